@@ -1,0 +1,318 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Backoff, JobState, Timestamp};
+
+/// The queue a job goes to when none is named.
+pub const DEFAULT_QUEUE: &str = "default";
+/// How many attempts a job gets when none is named.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
+/// Longest queue name, kind, tag or unique key, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A job's id: assigned by the store, increasing in insertion order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How far a running job has got, as its worker last reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// From 0.0 (nothing done) to 1.0 (all done).
+    pub fraction: f64,
+    /// What the worker is doing now, for people to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Progress {
+    /// Checks `fraction` is within 0.0–1.0.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(0.0..=1.0).contains(&self.fraction) {
+            return Err(ValidationError::new(
+                "progress.fraction",
+                format!("must be between 0.0 and 1.0, got {}", self.fraction),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One failed attempt, kept in the job's `errors` for good.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptError {
+    /// Which attempt failed (1-based).
+    pub attempt: i32,
+    /// When the failure was recorded.
+    pub at: Timestamp,
+    /// What went wrong: the worker's message, "lease expired", or "timed out".
+    pub error: String,
+    /// The worker that held the attempt, when it said who it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+/// A job as stored: everything Grafter knows about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Job {
+    /// Assigned on insert.
+    pub id: JobId,
+    /// The queue it was enqueued on.
+    pub queue: String,
+    /// The job's name, e.g. `send_email`; workers dispatch on it.
+    pub kind: String,
+    /// The job's arguments, any JSON value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub args: Value,
+    /// Lower runs first.
+    pub priority: i16,
+    /// Where the job is in its life.
+    pub state: JobState,
+    /// When the job is (or was) due to run next.
+    pub run_at: Timestamp,
+    /// How many attempts have started (0 before the first fetch).
+    pub attempt: i32,
+    /// The attempt count after which a failure makes the job `dead`.
+    pub max_attempts: i32,
+    /// Every failed attempt, oldest first.
+    pub errors: Vec<AttemptError>,
+    /// The running attempt's last reported progress.
+    pub progress: Option<Progress>,
+    /// What the worker returned on success.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub result: Option<Value>,
+    /// Free-form labels for searching.
+    pub tags: Vec<String>,
+    /// While a job with this key is not finished, enqueueing another with the same
+    /// key returns the existing job instead.
+    pub unique_key: Option<String>,
+    /// Longest an attempt may run, in milliseconds.
+    pub timeout_ms: Option<i64>,
+    /// A job not started by then becomes `expired`.
+    pub expires_at: Option<Timestamp>,
+    /// This job's own retry backoff, overriding the server's.
+    pub backoff: Option<Backoff>,
+    /// Someone asked to cancel this job while it was running; its worker should stop.
+    pub cancel_requested: bool,
+    /// The worker holding (or that last held) the lease.
+    pub worker_id: Option<String>,
+    /// When the current lease ends unless heartbeated.
+    pub lease_expires_at: Option<Timestamp>,
+    /// When the job was enqueued.
+    pub created_at: Timestamp,
+    /// When the latest attempt started.
+    pub attempted_at: Option<Timestamp>,
+    /// When the job reached a final state.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A job handed to a worker, with the lease that fences its acknowledgement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeasedJob {
+    /// The job, in state `running`.
+    #[serde(flatten)]
+    pub job: Job,
+    /// Proof of this attempt: ack, fail and heartbeat must present it.
+    pub lease: String,
+}
+
+/// A job to enqueue, as an application describes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// The job's name; workers dispatch on it.
+    pub kind: String,
+    /// Arguments, any JSON value (default `{}`).
+    #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub args: Value,
+    /// Queue name (default `default`).
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Lower runs first (default 0).
+    #[serde(default)]
+    pub priority: i16,
+    /// Run no earlier than this (default: now).
+    #[serde(default)]
+    pub run_at: Option<Timestamp>,
+    /// Attempts before the job is `dead` (default 25).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    /// Labels for searching.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Deduplication key among unfinished jobs.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// Longest an attempt may run, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<i64>,
+    /// Do not start after this time.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Retry backoff for this job only.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
+
+fn default_max_attempts() -> i32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+
+impl NewJob {
+    /// A job of `kind` with `args` and every other field at its default.
+    pub fn new(kind: impl Into<String>, args: Value) -> Self {
+        NewJob {
+            kind: kind.into(),
+            args,
+            queue: default_queue(),
+            priority: 0,
+            run_at: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            tags: Vec::new(),
+            unique_key: None,
+            timeout_ms: None,
+            expires_at: None,
+            backoff: None,
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("kind", &self.kind)?;
+        validate_name("queue", &self.queue)?;
+        if self.max_attempts < 1 {
+            return Err(ValidationError::new(
+                "max_attempts",
+                format!("must be at least 1, got {}", self.max_attempts),
+            ));
+        }
+        for tag in &self.tags {
+            validate_name("tags", tag)?;
+        }
+        if let Some(key) = &self.unique_key {
+            validate_name("unique_key", key)?;
+        }
+        if let Some(timeout) = self.timeout_ms {
+            if timeout <= 0 {
+                return Err(ValidationError::new(
+                    "timeout_ms",
+                    format!("must be a positive number of milliseconds, got {timeout}"),
+                ));
+            }
+        }
+        if let Some(backoff) = &self.backoff {
+            backoff
+                .validate()
+                .map_err(|message| ValidationError::new("backoff", message))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a queue name, kind, tag or key: not empty, not too long, no control characters.
+pub fn validate_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.trim().is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_NAME_LEN} bytes, got {}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A field of a request that is present but not acceptable.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The field's name as it appears in JSON.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_from_minimal_json() {
+        let job: NewJob = serde_json::from_value(json!({"kind": "send_email"})).unwrap();
+        assert_eq!(job.queue, "default");
+        assert_eq!(job.max_attempts, 25);
+        assert_eq!(job.args, json!({}));
+        assert_eq!(job.priority, 0);
+        job.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_value::<NewJob>(json!({"kind": "x", "priorty": 1})).unwrap_err();
+        assert!(err.to_string().contains("priorty"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (json!({"kind": ""}), "kind"),
+            (json!({"kind": "a", "queue": " "}), "queue"),
+            (json!({"kind": "a", "max_attempts": 0}), "max_attempts"),
+            (json!({"kind": "a", "timeout_ms": -5}), "timeout_ms"),
+            (json!({"kind": "a", "tags": ["ok", ""]}), "tags"),
+            (json!({"kind": "a\u{0007}"}), "kind"),
+            (json!({"kind": "a", "backoff": {"factor": 0.1}}), "backoff"),
+            (json!({"kind": "x".repeat(256)}), "kind"),
+        ];
+        for (input, field) in cases {
+            let job: NewJob = serde_json::from_value(input.clone()).unwrap();
+            assert_eq!(job.validate().unwrap_err().field, field, "{input}");
+        }
+    }
+
+    #[test]
+    fn progress_bounds() {
+        assert!(Progress { fraction: 0.5, message: None }.validate().is_ok());
+        assert!(Progress { fraction: 1.5, message: None }.validate().is_err());
+        assert!(Progress { fraction: f64::NAN, message: None }.validate().is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Grafter's job model, with no I/O: what a job is, the states it moves through,
+//! how a new job is validated, and how long a failed job waits before its next try.
+//!
+//! Everything above this crate (stores, server, library, CLI) speaks these types.
+
+mod backoff;
+mod job;
+mod state;
+
+pub use backoff::Backoff;
+pub use job::{
+    validate_name, AttemptError, Job, JobId, LeasedJob, NewJob, Progress, ValidationError,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN,
+};
+pub use state::{JobState, UnknownState};
+
+/// Timestamps everywhere in Grafter are UTC.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

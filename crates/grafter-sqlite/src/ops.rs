@@ -1,0 +1,471 @@
+//! The store's operations as SQL. Write operations run on the writer thread inside
+//! a transaction (see `writer.rs`); read operations on a read connection.
+
+use std::collections::BTreeMap;
+
+use grafter_core::{Job, JobId, JobState, LeasedJob};
+use grafter_store::transitions::{self, Failure};
+use grafter_store::{
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobReschedule, JobRetry,
+    JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueueInfo, QueuePause,
+    Result, StoreError,
+};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use crate::row::{job_from_row, micros, to_json, AFTER_JOB_COLUMNS, JOB_COLUMNS};
+
+const UNFINISHED: &str = "('scheduled', 'available', 'running', 'retryable')";
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn duration_micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub fn job_get(conn: &Connection, id: JobId) -> Result<Option<Job>> {
+    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+        .and_then(|mut stmt| stmt.query_row([id.0], job_from_row).optional())
+        .map_err(backend)
+}
+
+fn job_require(conn: &Connection, id: JobId) -> Result<Job> {
+    job_get(conn, id)?.ok_or(StoreError::NotFound(id))
+}
+
+pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<Inserted>> {
+    let now = micros(params.now);
+    let mut find_unique = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = ?1 AND state IN {UNFINISHED}"
+        ))
+        .map_err(backend)?;
+    let mut insert = conn
+        .prepare_cached(&format!(
+            "INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
+                unique_key, timeout_ms, expires_at, backoff, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .map_err(backend)?;
+    let mut out = Vec::with_capacity(params.jobs.len());
+    for job in &params.jobs {
+        if let Some(key) = &job.unique_key {
+            if let Some(existing) = find_unique.query_row([key], job_from_row).optional().map_err(backend)? {
+                out.push(Inserted { job: existing, created: false });
+                continue;
+            }
+        }
+        let run_at = job.run_at.map(micros).unwrap_or(now);
+        let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+        let backoff = job.backoff.as_ref().map(to_json).transpose()?;
+        let inserted = insert
+            .query_row(
+                params![
+                    job.queue,
+                    job.kind,
+                    to_json(&job.args)?,
+                    job.priority,
+                    state.as_str(),
+                    run_at,
+                    job.max_attempts,
+                    to_json(&job.tags)?,
+                    job.unique_key,
+                    job.timeout_ms,
+                    job.expires_at.map(micros),
+                    backoff,
+                    now,
+                ],
+                job_from_row,
+            )
+            .map_err(backend)?;
+        out.push(Inserted { job: inserted, created: true });
+    }
+    Ok(out)
+}
+
+pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
+    let now = micros(params.now);
+    let lease_until = now.saturating_add(duration_micros(params.lease_duration));
+    let placeholders = (0..params.queues.len())
+        .map(|i| format!("?{}", i + 5))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The lease never outlives the job's own timeout, so a job that overruns it
+    // is rescued as "timed out" even if its worker keeps heartbeating.
+    let sql = format!(
+        "UPDATE jobs SET
+            state = 'running',
+            attempt = attempt + 1,
+            lease = lower(hex(randomblob(16))),
+            lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?1
+                               ELSE min(?1, ?2 + timeout_ms * 1000) END,
+            worker_id = ?3,
+            attempted_at = ?2,
+            progress = NULL
+         WHERE id IN (
+            SELECT id FROM jobs
+            WHERE state = 'available' AND queue IN ({placeholders})
+              AND queue NOT IN (SELECT name FROM queues WHERE paused)
+              AND (expires_at IS NULL OR expires_at > ?2)
+            ORDER BY priority, run_at, id
+            LIMIT ?4)
+         RETURNING {JOB_COLUMNS}, lease"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        lease_until.into(),
+        now.into(),
+        params.worker_id.clone().into(),
+        i64::try_from(params.max).unwrap_or(i64::MAX).into(),
+    ];
+    values.extend(params.queues.iter().map(|q| q.clone().into()));
+    let mut leased = stmt
+        .query_map(params_from_iter(values), |row| {
+            Ok(LeasedJob { job: job_from_row(row)?, lease: row.get(AFTER_JOB_COLUMNS)? })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    // RETURNING gives no order; hand jobs out in the order they were chosen.
+    leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+    Ok(leased)
+}
+
+/// Explains why a fenced update matched no row.
+fn fence_error(conn: &Connection, id: JobId) -> StoreError {
+    match job_get(conn, id) {
+        Ok(Some(job)) => StoreError::LeaseMismatch { id, state: job.state, attempt: job.attempt },
+        Ok(None) => StoreError::NotFound(id),
+        Err(e) => e,
+    }
+}
+
+pub fn job_complete(conn: &Connection, params: &JobComplete) -> Result<Job> {
+    let result = params.result.as_ref().map(to_json).transpose()?;
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
+                lease = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND state = 'running' AND lease = ?2
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(params![params.id.0, params.lease, result, micros(params.now)], job_from_row)
+            .optional()
+    })
+    .map_err(backend)?
+    .ok_or_else(|| fence_error(conn, params.id))
+}
+
+/// Writes the outcome of a failed attempt.
+fn record_failure(conn: &Connection, job: &Job, failure: Failure<'_>) -> Result<Job> {
+    let next = transitions::after_failure(job, failure);
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET state = ?2, run_at = ?3, errors = ?4, finished_at = ?5,
+                lease = NULL, lease_expires_at = NULL
+         WHERE id = ?1
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![
+                job.id.0,
+                next.state.as_str(),
+                micros(next.run_at),
+                to_json(&next.errors).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                next.finished_at.map(micros),
+            ],
+            job_from_row,
+        )
+    })
+    .map_err(backend)
+}
+
+/// The running job holding `lease`, or the fencing error.
+fn leased_job(conn: &Connection, id: JobId, lease: &str) -> Result<Job> {
+    let holds: Option<bool> = conn
+        .prepare_cached("SELECT state = 'running' AND lease = ?2 FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row(params![id.0, lease], |row| row.get(0)).optional())
+        .map_err(backend)?;
+    match holds {
+        None => Err(StoreError::NotFound(id)),
+        Some(false) => Err(fence_error(conn, id)),
+        Some(true) => job_require(conn, id),
+    }
+}
+
+pub fn job_fail(conn: &Connection, params: &JobFail) -> Result<Job> {
+    let job = leased_job(conn, params.id, &params.lease)?;
+    record_failure(
+        conn,
+        &job,
+        Failure {
+            error: &params.error,
+            retry: params.retry,
+            retry_at: params.retry_at,
+            default_backoff: &params.backoff,
+            now: params.now,
+        },
+    )
+}
+
+pub fn job_heartbeat(conn: &Connection, params: &JobHeartbeat) -> Result<Job> {
+    let now = micros(params.now);
+    let until = now.saturating_add(duration_micros(params.lease_duration));
+    let progress = params.progress.as_ref().map(to_json).transpose()?;
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET
+            lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?3
+                               ELSE min(?3, attempted_at + timeout_ms * 1000) END,
+            progress = coalesce(?4, progress)
+         WHERE id = ?1 AND state = 'running' AND lease = ?2
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(params![params.id.0, params.lease, until, progress], job_from_row)
+            .optional()
+    })
+    .map_err(backend)?
+    .ok_or_else(|| fence_error(conn, params.id))
+}
+
+pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
+    let mut clauses = Vec::new();
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(state) = params.state {
+        values.push(state.as_str().to_owned().into());
+        clauses.push(format!("state = ?{}", values.len()));
+    }
+    if let Some(queue) = &params.queue {
+        values.push(queue.clone().into());
+        clauses.push(format!("queue = ?{}", values.len()));
+    }
+    if let Some(kind) = &params.kind {
+        values.push(kind.clone().into());
+        clauses.push(format!("kind = ?{}", values.len()));
+    }
+    let (cmp, dir) = match params.order {
+        Order::Desc => ("<", "DESC"),
+        Order::Asc => (">", "ASC"),
+    };
+    if let Some(after) = params.after {
+        values.push(after.0.into());
+        clauses.push(format!("id {cmp} ?{}", values.len()));
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    // One extra row tells whether there is a next page.
+    values.push(i64::try_from(params.limit.saturating_add(1)).unwrap_or(i64::MAX).into());
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id {dir} LIMIT ?{}",
+        values.len()
+    );
+    let mut jobs = conn
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| {
+            stmt.query_map(params_from_iter(values), job_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    let next = if jobs.len() > params.limit {
+        jobs.truncate(params.limit);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(JobPage { jobs, next })
+}
+
+fn invalid(job: &Job, message: &str) -> StoreError {
+    StoreError::InvalidState { id: job.id, state: job.state, message: message.to_owned() }
+}
+
+pub fn job_cancel(conn: &Connection, params: &JobCancel) -> Result<Job> {
+    let job = job_require(conn, params.id)?;
+    if job.state.is_finished() {
+        return Err(invalid(&job, "only unfinished jobs can be cancelled"));
+    }
+    let sql = if job.state == JobState::Running {
+        // The worker learns of it from its next heartbeat or ack answer.
+        format!("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 RETURNING {JOB_COLUMNS}")
+    } else {
+        format!(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 RETURNING {JOB_COLUMNS}"
+        )
+    };
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let result = if job.state == JobState::Running {
+        stmt.query_row(params![job.id.0], job_from_row)
+    } else {
+        stmt.query_row(params![job.id.0, micros(params.now)], job_from_row)
+    };
+    result.map_err(backend)
+}
+
+/// Puts a not-running job back in line at `run_at`, giving it one more attempt if
+/// it has none left.
+fn requeue(conn: &Connection, job: &Job, run_at: i64, now: i64) -> Result<Job> {
+    if job.state == JobState::Running {
+        return Err(invalid(job, "a running job cannot be retried or rescheduled; cancel it first"));
+    }
+    let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET state = ?2, run_at = ?3, finished_at = NULL, cancel_requested = 0,
+                max_attempts = max(max_attempts, attempt + 1)
+         WHERE id = ?1
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .and_then(|mut stmt| stmt.query_row(params![job.id.0, state.as_str(), run_at], job_from_row))
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::InvalidState {
+                id: job.id,
+                state: job.state,
+                message: "another unfinished job holds its unique_key".into(),
+            }
+        }
+        e => backend(e),
+    })
+}
+
+pub fn job_retry(conn: &Connection, params: &JobRetry) -> Result<Job> {
+    let job = job_require(conn, params.id)?;
+    if job.state == JobState::Completed {
+        return Err(invalid(&job, "completed jobs are not retried; enqueue a new job"));
+    }
+    let now = micros(params.now);
+    requeue(conn, &job, now, now)
+}
+
+pub fn job_reschedule(conn: &Connection, params: &JobReschedule) -> Result<Job> {
+    let job = job_require(conn, params.id)?;
+    requeue(conn, &job, micros(params.run_at), micros(params.now))
+}
+
+pub fn job_delete(conn: &Connection, id: JobId) -> Result<()> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute([id.0]))
+        .map_err(backend)?;
+    if deleted == 0 {
+        return Err(StoreError::NotFound(id));
+    }
+    Ok(())
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub fn jobs_schedule(conn: &Connection, params: &MaintenanceBatch) -> Result<u64> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'available'
+         WHERE id IN (SELECT id FROM jobs
+                      WHERE state IN ('scheduled', 'retryable') AND run_at <= ?1
+                      ORDER BY run_at LIMIT ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![micros(params.now), limit(params.limit)]))
+    .map(|n| n as u64)
+    .map_err(backend)
+}
+
+pub fn jobs_expire(conn: &Connection, params: &MaintenanceBatch) -> Result<u64> {
+    let now = micros(params.now);
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'expired', finished_at = ?1
+         WHERE id IN (SELECT id FROM jobs
+                      WHERE state IN ('scheduled', 'available', 'retryable') AND expires_at <= ?1
+                      LIMIT ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![now, limit(params.limit)]))
+    .map(|n| n as u64)
+    .map_err(backend)
+}
+
+pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64> {
+    let expired = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE state = 'running' AND lease_expires_at <= ?1
+             ORDER BY lease_expires_at LIMIT ?2"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_map(params![micros(params.now), limit(params.limit)], job_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    for job in &expired {
+        record_failure(
+            conn,
+            job,
+            Failure {
+                error: transitions::rescue_reason(job, params.now),
+                retry: true,
+                retry_at: None,
+                default_backoff: &params.backoff,
+                now: params.now,
+            },
+        )?;
+    }
+    Ok(expired.len() as u64)
+}
+
+pub fn queues_list(conn: &Connection) -> Result<Vec<QueueInfo>> {
+    let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached("SELECT name, paused FROM queues").map_err(backend)?;
+    let settings = stmt
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    for (name, paused) in settings {
+        queues.insert(name.clone(), QueueInfo::empty(name, paused));
+    }
+    let mut stmt = conn
+        .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
+        .map_err(backend)?;
+    let counts = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    for (queue, state, count) in counts {
+        let Ok(state) = state.parse::<JobState>() else { continue };
+        queues
+            .entry(queue.clone())
+            .or_insert_with(|| QueueInfo::empty(queue, false))
+            .counts
+            .insert(state, count as u64);
+    }
+    Ok(queues.into_values().collect())
+}
+
+pub fn queue_set_paused(conn: &Connection, params: &QueuePause) -> Result<QueueInfo> {
+    conn.prepare_cached(
+        "INSERT INTO queues (name, paused, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut stmt| stmt.execute(params![params.queue, params.paused, micros(params.now)]))
+    .map_err(backend)?;
+    let mut info = QueueInfo::empty(params.queue.clone(), params.paused);
+    let mut stmt = conn
+        .prepare_cached("SELECT state, count(*) FROM jobs WHERE queue = ?1 GROUP BY state")
+        .map_err(backend)?;
+    let counts = stmt
+        .query_map([&params.queue], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    for (state, count) in counts {
+        if let Ok(state) = state.parse::<JobState>() {
+            info.counts.insert(state, count as u64);
+        }
+    }
+    Ok(info)
+}
+
+pub fn ping(conn: &Connection) -> Result<()> {
+    conn.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| StoreError::Unavailable(e.to_string()))
+}

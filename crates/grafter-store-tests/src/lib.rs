@@ -1,0 +1,73 @@
+//! The conformance suite: what every [`Store`] must do, written once against the
+//! trait and run against every backend on a real database.
+//!
+//! A backend's test file calls [`conformance_suite!`] with an async expression
+//! that builds a fresh, isolated [`Harness`]; the macro expands to one
+//! `#[tokio::test]` per case, so each case fails (and is reported) on its own.
+//! A change to what the trait means changes this suite first.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use grafter_store::Store;
+
+pub mod cases;
+
+/// A fresh store for one test, and whatever must live as long as it (a temp dir,
+/// a schema to drop).
+pub struct Harness {
+    /// The store under test.
+    pub store: Arc<dyn Store>,
+    _keep: Box<dyn Any + Send + Sync>,
+}
+
+impl Harness {
+    /// A harness that keeps `keep` alive until the test ends.
+    pub fn new(store: Arc<dyn Store>, keep: impl Any + Send + Sync) -> Self {
+        Harness { store, _keep: Box::new(keep) }
+    }
+}
+
+/// Expands to one test per conformance case. `$make` is an async expression that
+/// evaluates to a [`Harness`].
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@cases $make;
+            insert_stores_every_field,
+            insert_in_the_future_is_scheduled_until_due,
+            fetch_leases_and_counts_the_attempt,
+            fetch_orders_by_priority_then_run_at_then_id,
+            fetch_takes_only_named_queues_up_to_max,
+            fetch_skips_paused_queues,
+            fetch_never_leases_a_job_twice_under_concurrency,
+            complete_stores_the_result,
+            fail_makes_retryable_after_backoff_then_runs_again,
+            fail_on_last_attempt_or_without_retry_is_dead,
+            fail_with_retry_at_uses_that_time,
+            stale_or_foreign_leases_are_refused_and_change_nothing,
+            heartbeat_extends_the_lease_and_stores_progress,
+            rescue_ends_expired_leases_as_failed_attempts,
+            timeout_caps_the_lease_and_is_recorded,
+            unique_key_dedupes_unfinished_jobs,
+            expires_at_expires_unstarted_jobs,
+            cancel_by_state,
+            retry_revives_finished_jobs,
+            reschedule_moves_run_at,
+            delete_removes_the_job,
+            list_filters_and_pages_by_keyset,
+            queues_list_counts_per_state,
+            availability_signal_fires_on_new_work,
+            ping_answers,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness: $crate::Harness = $make.await;
+                $crate::cases::$case(harness.store.clone()).await;
+            }
+        )*
+    };
+}

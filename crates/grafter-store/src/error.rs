@@ -1,0 +1,44 @@
+use grafter_core::{JobId, JobState};
+
+/// What can go wrong in a store call. Backends translate their own errors into
+/// these at the edge; nothing above sees a driver error type.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No job with that id.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The lease presented is not the job's current lease (stale, foreign or the
+    /// job is no longer running). Nothing was changed.
+    #[error("job {id}: lease is not current (the job is {state}, attempt {attempt})")]
+    LeaseMismatch {
+        /// The job.
+        id: JobId,
+        /// Its state now.
+        state: JobState,
+        /// Its attempt now.
+        attempt: i32,
+    },
+    /// The operation does not apply to a job in this state.
+    #[error("job {id} is {state}: {message}")]
+    InvalidState {
+        /// The job.
+        id: JobId,
+        /// Its state now.
+        state: JobState,
+        /// Why the operation does not apply.
+        message: String,
+    },
+    /// Input the store cannot accept.
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend cannot be reached or failed to commit; retrying may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The store is shutting down.
+    #[error("store is closed")]
+    Closed,
+    /// Anything else from the backend.
+    #[error("storage error: {0}")]
+    Backend(String),
+}

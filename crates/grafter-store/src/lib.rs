@@ -1,0 +1,95 @@
+//! The one storage boundary of Grafter.
+//!
+//! [`Store`] is implemented once per backend (`grafter-sqlite`, later PostgreSQL) and
+//! every backend must pass the same conformance suite (`grafter-store-tests`).
+//! Nothing above this trait touches a connection or writes SQL.
+//!
+//! Methods are named noun-verb and take a params struct, so a new option never
+//! changes a signature. Every method that changes job state commits durably before
+//! it returns `Ok`.
+
+mod error;
+mod params;
+pub mod transitions;
+
+use async_trait::async_trait;
+use grafter_core::{Job, JobId, LeasedJob};
+use tokio::sync::watch;
+
+pub use error::StoreError;
+pub use params::*;
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Durable storage of jobs and queues.
+///
+/// Object-safe: the server holds an `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts jobs in one transaction, in order. A job whose `unique_key` matches an
+    /// unfinished job is not inserted; the existing job is returned instead.
+    async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>>;
+
+    /// Leases up to `max` available jobs of the given queues (paused queues skipped,
+    /// expired jobs skipped), lowest `priority` first, then `run_at`, then id. Each
+    /// leased job is `running` with `attempt + 1` and a fresh lease token.
+    async fn jobs_fetch(&self, params: JobsFetch) -> Result<Vec<LeasedJob>>;
+
+    /// Marks a running job `completed` with its result. Fenced by the lease.
+    async fn job_complete(&self, params: JobComplete) -> Result<Job>;
+
+    /// Records a failed attempt: `retryable` after backoff, or `dead` when out of
+    /// attempts or told not to retry, or `cancelled` if a cancel was requested.
+    /// Fenced by the lease.
+    async fn job_fail(&self, params: JobFail) -> Result<Job>;
+
+    /// Extends a running job's lease and stores its progress. Fenced by the lease.
+    /// The answer carries `cancel_requested` so the worker learns of a cancel.
+    async fn job_heartbeat(&self, params: JobHeartbeat) -> Result<Job>;
+
+    /// One job by id, or `None`.
+    async fn job_get(&self, id: JobId) -> Result<Option<Job>>;
+
+    /// A page of jobs matching a filter, by id (keyset pagination).
+    async fn jobs_list(&self, params: JobsList) -> Result<JobPage>;
+
+    /// Cancels a job: at once if it is not running, else by setting
+    /// `cancel_requested` for its worker to see. Finished jobs are left as they are
+    /// (`InvalidState`).
+    async fn job_cancel(&self, params: JobCancel) -> Result<Job>;
+
+    /// Makes a not-running job `available` now (a manual retry or "run now"). A job
+    /// with no attempts left gets one more.
+    async fn job_retry(&self, params: JobRetry) -> Result<Job>;
+
+    /// Moves a not-running job's `run_at`, making it `scheduled` or `available`.
+    async fn job_reschedule(&self, params: JobReschedule) -> Result<Job>;
+
+    /// Deletes a job in any state; a worker holding its lease gets `NotFound` later.
+    async fn job_delete(&self, id: JobId) -> Result<()>;
+
+    /// Makes `scheduled` and `retryable` jobs whose `run_at` has come `available`.
+    /// Returns how many moved.
+    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<u64>;
+
+    /// Ends expired leases: each counts as a failed attempt ("lease expired", or
+    /// "timed out" when the job's own timeout is what ran out).
+    async fn jobs_rescue_expired(&self, params: JobsRescue) -> Result<u64>;
+
+    /// Moves jobs not started by their `expires_at` to `expired`.
+    async fn jobs_expire(&self, params: MaintenanceBatch) -> Result<u64>;
+
+    /// Every queue that has jobs or settings, with its job counts per state.
+    async fn queues_list(&self) -> Result<Vec<QueueInfo>>;
+
+    /// Pauses or resumes a queue: a paused queue's jobs are not fetched.
+    async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo>;
+
+    /// Checks the backend answers; `/readyz` calls it.
+    async fn ping(&self) -> Result<()>;
+
+    /// A counter bumped whenever jobs may have become available, so a long-polling
+    /// fetch can wait without polling. Missed values are fine: only change matters.
+    fn job_availability(&self) -> watch::Receiver<u64>;
+}

@@ -1,0 +1,207 @@
+//! Parameter and result structs of [`crate::Store`] methods.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use grafter_core::{Backoff, Job, JobId, JobState, NewJob, Progress, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Jobs to insert in one transaction.
+#[derive(Clone, Debug)]
+pub struct JobsInsert {
+    /// Already validated jobs.
+    pub jobs: Vec<NewJob>,
+    /// Used for `created_at`, and for `run_at` where the job names none.
+    pub now: Timestamp,
+}
+
+/// The outcome of inserting one job.
+#[derive(Clone, Debug)]
+pub struct Inserted {
+    /// The new job, or the unfinished job that already held its `unique_key`.
+    pub job: Job,
+    /// False when `job` is the pre-existing duplicate.
+    pub created: bool,
+}
+
+/// A worker asking for jobs.
+#[derive(Clone, Debug)]
+pub struct JobsFetch {
+    /// Queues to take jobs from.
+    pub queues: Vec<String>,
+    /// Most jobs to lease.
+    pub max: usize,
+    /// How long each lease lasts before it must be heartbeated.
+    pub lease_duration: Duration,
+    /// Who is asking, recorded on the job and in any error.
+    pub worker_id: Option<String>,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// A worker reporting success.
+#[derive(Clone, Debug)]
+pub struct JobComplete {
+    /// The job.
+    pub id: JobId,
+    /// The lease received with the job.
+    pub lease: String,
+    /// What the job produced.
+    pub result: Option<Value>,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// A worker reporting failure.
+#[derive(Clone, Debug)]
+pub struct JobFail {
+    /// The job.
+    pub id: JobId,
+    /// The lease received with the job.
+    pub lease: String,
+    /// What went wrong.
+    pub error: String,
+    /// `false`: fail for good (`dead`) whatever attempts remain.
+    pub retry: bool,
+    /// Retry at this time instead of after backoff (still counts as an attempt).
+    pub retry_at: Option<Timestamp>,
+    /// Backoff for jobs without their own.
+    pub backoff: Backoff,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// A worker saying it is still at it.
+#[derive(Clone, Debug)]
+pub struct JobHeartbeat {
+    /// The job.
+    pub id: JobId,
+    /// The lease received with the job.
+    pub lease: String,
+    /// Progress so far, if reported.
+    pub progress: Option<Progress>,
+    /// New lease length from now (never past the job's own timeout).
+    pub lease_duration: Duration,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Which way a job list runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Newest (highest id) first.
+    #[default]
+    Desc,
+    /// Oldest first.
+    Asc,
+}
+
+/// A filter and page position for listing jobs.
+#[derive(Clone, Debug, Default)]
+pub struct JobsList {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs on this queue.
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this id (exclusive), in `order`.
+    pub after: Option<JobId>,
+    /// Direction.
+    pub order: Order,
+}
+
+/// One page of jobs.
+#[derive(Clone, Debug)]
+pub struct JobPage {
+    /// The jobs, in the requested order.
+    pub jobs: Vec<Job>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<JobId>,
+}
+
+/// Cancel a job.
+#[derive(Clone, Debug)]
+pub struct JobCancel {
+    /// The job.
+    pub id: JobId,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Retry (or run now) a job.
+#[derive(Clone, Debug)]
+pub struct JobRetry {
+    /// The job.
+    pub id: JobId,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Move a job's run time.
+#[derive(Clone, Debug)]
+pub struct JobReschedule {
+    /// The job.
+    pub id: JobId,
+    /// The new time to run.
+    pub run_at: Timestamp,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// A bounded batch of maintenance work.
+#[derive(Clone, Debug)]
+pub struct MaintenanceBatch {
+    /// Current time.
+    pub now: Timestamp,
+    /// Most jobs to touch in this call.
+    pub limit: usize,
+}
+
+/// A bounded batch of lease rescues.
+#[derive(Clone, Debug)]
+pub struct JobsRescue {
+    /// Current time.
+    pub now: Timestamp,
+    /// Most jobs to touch in this call.
+    pub limit: usize,
+    /// Backoff for jobs without their own.
+    pub backoff: Backoff,
+}
+
+/// Pause or resume a queue.
+#[derive(Clone, Debug)]
+pub struct QueuePause {
+    /// The queue.
+    pub queue: String,
+    /// True to pause, false to resume.
+    pub paused: bool,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// A queue and its job counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: String,
+    /// Paused queues are not fetched from.
+    pub paused: bool,
+    /// Jobs per state; every state is present, zero or not.
+    pub counts: BTreeMap<JobState, u64>,
+}
+
+impl QueueInfo {
+    /// A queue with no jobs.
+    pub fn empty(name: String, paused: bool) -> Self {
+        QueueInfo {
+            name,
+            paused,
+            counts: JobState::ALL.into_iter().map(|s| (s, 0)).collect(),
+        }
+    }
+}
