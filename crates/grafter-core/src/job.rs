@@ -3,7 +3,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Backoff, JobState, Timestamp};
+use chrono::{DateTime, Utc};
+
+use crate::{Backoff, JobState};
 
 /// The queue a job goes to when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -56,7 +58,7 @@ pub struct AttemptError {
     /// Which attempt failed (1-based).
     pub attempt: i32,
     /// When the failure was recorded.
-    pub at: Timestamp,
+    pub at: DateTime<Utc>,
     /// What went wrong: the worker's message, "lease expired", or "timed out".
     pub error: String,
     /// The worker that held the attempt, when it said who it was.
@@ -82,7 +84,7 @@ pub struct Job {
     /// Where the job is in its life.
     pub state: JobState,
     /// When the job is (or was) due to run next.
-    pub run_at: Timestamp,
+    pub run_at: DateTime<Utc>,
     /// How many attempts have started (0 before the first fetch).
     pub attempt: i32,
     /// The attempt count after which a failure makes the job `dead`.
@@ -102,7 +104,7 @@ pub struct Job {
     /// Longest an attempt may run, in milliseconds.
     pub timeout_ms: Option<i64>,
     /// A job not started by then becomes `expired`.
-    pub expires_at: Option<Timestamp>,
+    pub expires_at: Option<DateTime<Utc>>,
     /// This job's own retry backoff, overriding the server's.
     pub backoff: Option<Backoff>,
     /// Someone asked to cancel this job while it was running; its worker should stop.
@@ -110,13 +112,13 @@ pub struct Job {
     /// The worker holding (or that last held) the lease.
     pub worker_id: Option<String>,
     /// When the current lease ends unless heartbeated.
-    pub lease_expires_at: Option<Timestamp>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
     /// When the job was enqueued.
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
     /// When the latest attempt started.
-    pub attempted_at: Option<Timestamp>,
+    pub attempted_at: Option<DateTime<Utc>>,
     /// When the job reached a final state.
-    pub finished_at: Option<Timestamp>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// A job handed to a worker, with the lease that fences its acknowledgement.
@@ -149,7 +151,7 @@ pub struct NewJob {
     pub priority: i16,
     /// Run no earlier than this (default: now).
     #[serde(default)]
-    pub run_at: Option<Timestamp>,
+    pub run_at: Option<DateTime<Utc>>,
     /// Attempts before the job is `dead` (default 25).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: i32,
@@ -164,7 +166,7 @@ pub struct NewJob {
     pub timeout_ms: Option<i64>,
     /// Do not start after this time.
     #[serde(default)]
-    pub expires_at: Option<Timestamp>,
+    pub expires_at: Option<DateTime<Utc>>,
     /// Retry backoff for this job only.
     #[serde(default)]
     pub backoff: Option<Backoff>,

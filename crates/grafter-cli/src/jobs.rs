@@ -1,0 +1,246 @@
+//! `grafter enqueue`, `grafter jobs …`, `grafter queues …`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use grafter_core::{Job, NewJob};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::{Failure, ServerArgs};
+
+#[derive(Args)]
+pub struct EnqueueArgs {
+    /// The job's kind (its name, e.g. send_email).
+    kind: String,
+    /// Arguments as JSON.
+    #[arg(long, default_value = "{}", value_parser = parse_json_arg)]
+    args: Value,
+    /// Queue.
+    #[arg(long, default_value = grafter_core::DEFAULT_QUEUE)]
+    queue: String,
+    /// Priority: lower runs first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i16,
+    /// Run after this delay, e.g. 30s, 5m, 2h.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "run_at")]
+    delay: Option<Duration>,
+    /// Run at this time (RFC 3339, e.g. 2030-01-01T09:00:00Z).
+    #[arg(long)]
+    run_at: Option<chrono::DateTime<Utc>>,
+    /// Attempts before the job is dead.
+    #[arg(long, default_value_t = grafter_core::DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: i32,
+    /// Deduplicate among unfinished jobs with this key.
+    #[arg(long)]
+    unique_key: Option<String>,
+    /// A tag (repeat for more).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Longest an attempt may run, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn parse_json_arg(s: &str) -> Result<Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not valid JSON ({e}); quote it like --args '{{\"to\": \"a@example.com\"}}'"))
+}
+
+pub async fn enqueue(args: EnqueueArgs) -> Result<(), Failure> {
+    let client = Client::new(&args.server)?;
+    let mut job = NewJob::new(args.kind, args.args);
+    job.queue = args.queue;
+    job.priority = args.priority;
+    job.run_at = match (args.run_at, args.delay) {
+        (Some(at), _) => Some(at),
+        (None, Some(delay)) => Some(Utc::now() + chrono::Duration::from_std(delay)?),
+        (None, None) => None,
+    };
+    job.max_attempts = args.max_attempts;
+    job.unique_key = args.unique_key;
+    job.tags = args.tags;
+    job.timeout_ms = args.timeout.map(|t| t.as_millis() as i64);
+    job.validate()?;
+    let job: Job = client.call(Method::POST, "/v1/jobs", Some(&serde_json::to_value(&job)?)).await?;
+    if args.server.json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else {
+        println!("job {} {} on queue {} ({}, run at {})", job.id, job.kind, job.queue, job.state, job.run_at.to_rfc3339());
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only this state (scheduled, available, running, retryable, completed, dead, cancelled, expired).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Continue from a previous page's cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one job in full.
+    Show(JobArg),
+    /// Run a dead, cancelled, expired, scheduled or retryable job now.
+    Retry(JobArg),
+    /// Cancel a job (a running one is asked to stop).
+    Cancel(JobArg),
+    /// Delete a job.
+    Delete(JobArg),
+}
+
+#[derive(Args)]
+pub struct JobArg {
+    /// The job's id.
+    id: i64,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
+    match command {
+        JobsCommand::List { state, queue, kind, limit, cursor, server } => {
+            let client = Client::new(&server)?;
+            let mut query = format!("limit={limit}");
+            for (name, value) in [("state", state), ("queue", queue), ("kind", kind), ("cursor", cursor)] {
+                if let Some(value) = value {
+                    query.push_str(&format!("&{name}={}", encode(&value)));
+                }
+            }
+            let page: Value = client.call(Method::GET, &format!("/v1/jobs?{query}"), None).await?;
+            if server.json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(());
+            }
+            let jobs: Vec<Job> = serde_json::from_value(page["jobs"].clone())?;
+            println!("{:>10}  {:<10}  {:<16}  {:<24}  {:>7}  run_at", "id", "state", "queue", "kind", "attempt");
+            for job in &jobs {
+                println!(
+                    "{:>10}  {:<10}  {:<16}  {:<24}  {:>3}/{:<3}  {}",
+                    job.id, job.state.as_str(), job.queue, job.kind, job.attempt, job.max_attempts,
+                    job.run_at.to_rfc3339()
+                );
+            }
+            if let Some(next) = page["next_cursor"].as_str() {
+                println!("more: --cursor {next}");
+            }
+            Ok(())
+        }
+        JobsCommand::Show(arg) => {
+            let client = Client::new(&arg.server)?;
+            let job: Value = client.call(Method::GET, &format!("/v1/jobs/{}", arg.id), None).await?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+            Ok(())
+        }
+        JobsCommand::Retry(arg) => act(arg, "retry", "available again").await,
+        JobsCommand::Cancel(arg) => act(arg, "cancel", "cancelled").await,
+        JobsCommand::Delete(arg) => {
+            let client = Client::new(&arg.server)?;
+            client.call::<Value>(Method::DELETE, &format!("/v1/jobs/{}", arg.id), None).await?;
+            println!("job {} deleted", arg.id);
+            Ok(())
+        }
+    }
+}
+
+async fn act(arg: JobArg, action: &str, done: &str) -> Result<(), Failure> {
+    let client = Client::new(&arg.server)?;
+    let job: Job = client
+        .call(Method::POST, &format!("/v1/jobs/{}/{action}", arg.id), Some(&json!({})))
+        .await?;
+    if arg.server.json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else if job.cancel_requested && job.state == grafter_core::JobState::Running {
+        println!("job {} is running: its worker has been asked to stop", job.id);
+    } else {
+        println!("job {} {done} ({})", job.id, job.state);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct QueuesArgs {
+    #[command(subcommand)]
+    command: Option<QueuesCommand>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Subcommand)]
+enum QueuesCommand {
+    /// List queues with job counts per state (the default).
+    List,
+    /// Stop handing out a queue's jobs.
+    Pause {
+        /// The queue.
+        name: String,
+    },
+    /// Hand out a queue's jobs again.
+    Resume {
+        /// The queue.
+        name: String,
+    },
+}
+
+pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
+    let client = Client::new(&args.server)?;
+    let (path, method) = match &args.command {
+        None | Some(QueuesCommand::List) => ("/v1/queues".to_owned(), Method::GET),
+        Some(QueuesCommand::Pause { name }) => (format!("/v1/queues/{}/pause", encode(name)), Method::POST),
+        Some(QueuesCommand::Resume { name }) => (format!("/v1/queues/{}/resume", encode(name)), Method::POST),
+    };
+    let body = (method == Method::POST).then(|| json!({}));
+    let answer: Value = client.call(method, &path, body.as_ref()).await?;
+    if args.server.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let queues = match answer.get("queues") {
+        Some(list) => list.as_array().cloned().unwrap_or_default(),
+        None => vec![answer],
+    };
+    let states = ["scheduled", "available", "running", "retryable", "completed", "dead", "cancelled", "expired"];
+    print!("{:<20} {:<7}", "queue", "paused");
+    for state in states {
+        print!(" {state:>10}");
+    }
+    println!();
+    for queue in queues {
+        print!(
+            "{:<20} {:<7}",
+            queue["name"].as_str().unwrap_or("?"),
+            if queue["paused"].as_bool().unwrap_or(false) { "yes" } else { "no" }
+        );
+        for state in states {
+            print!(" {:>10}", queue["counts"][state].as_u64().unwrap_or(0));
+        }
+        println!();
+    }
+    Ok(())
+}

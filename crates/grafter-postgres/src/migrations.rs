@@ -1,0 +1,66 @@
+//! Numbered migrations, applied in order in one transaction under an advisory
+//! lock, so that several nodes starting at once neither race nor half-apply.
+
+use deadpool_postgres::Object;
+use grafter_store::Result;
+
+use crate::error::pg_error;
+use crate::Schema;
+
+/// (version, SQL). Append only: a released migration never changes.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+
+/// First key of the advisory lock (the second is the schema's hash), so the lock
+/// does not collide with an application's own advisory locks by accident.
+/// The bytes spell "grft".
+const LOCK_CLASS: i32 = 0x6772_6674;
+
+/// Brings `schema` up to date; returns the versions applied by this call.
+pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i32>> {
+    let context = |what: &'static str| move |e| pg_error(e).context(what);
+    let tx = client.transaction().await.map_err(context("starting the migration"))?;
+    // Held until commit. Other nodes block here, then find every version applied.
+    // The schema is part of the key: migrating one schema does not hold up another.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&LOCK_CLASS, &schema.name().unwrap_or("")],
+    )
+    .await
+    .map_err(context("taking the migration lock"))?;
+    if let Some(quoted) = schema.quoted() {
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted}"
+        ))
+        .await
+        .map_err(context("creating the schema"))?;
+    }
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS grafter_migrations (
+            version    integer     PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await
+    .map_err(context("creating grafter_migrations"))?;
+    let done: Vec<i32> = tx
+        .query("SELECT version FROM grafter_migrations", &[])
+        .await
+        .map_err(context("reading grafter_migrations"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for &(version, sql) in MIGRATIONS {
+        if done.contains(&version) {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(context("applying a migration"))?;
+        tx.execute("INSERT INTO grafter_migrations (version) VALUES ($1)", &[&version])
+            .await
+            .map_err(context("recording a migration"))?;
+        tracing::info!(version, schema = schema.name(), "applied PostgreSQL migration");
+        applied.push(version);
+    }
+    tx.commit().await.map_err(context("committing migrations"))?;
+    Ok(applied)
+}

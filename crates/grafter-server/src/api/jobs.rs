@@ -1,0 +1,253 @@
+//! Enqueueing, reading and managing jobs.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use grafter_core::{validate_name, Job, JobId, JobState, NewJob};
+use grafter_store::{JobCancel, JobReschedule, JobRetry, JobsInsert, JobsList, Order};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, PathJobId};
+use crate::state::AppState;
+
+/// Most jobs in one batch enqueue.
+pub const MAX_BATCH: usize = 10_000;
+/// Page size when a list names none.
+pub const DEFAULT_PAGE: usize = 50;
+/// Largest page.
+pub const MAX_PAGE: usize = 1_000;
+
+/// Enqueue one job. A `unique_key` held by an unfinished job answers 200 with that job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = NewJob,
+    responses(
+        (status = 201, description = "Created", body = Job),
+        (status = 200, description = "An unfinished job already holds the unique_key", body = Job),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn enqueue(
+    State(state): State<AppState>,
+    ApiJson(job): ApiJson<NewJob>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    job.validate()?;
+    let inserted = state
+        .store()
+        .jobs_insert_many(JobsInsert { jobs: vec![job], now: Utc::now() })
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::unavailable("the store returned no job"))?;
+    if inserted.created {
+        state.metrics().enqueued(&inserted.job.queue);
+        Ok((StatusCode::CREATED, Json(inserted.job)))
+    } else {
+        Ok((StatusCode::OK, Json(inserted.job)))
+    }
+}
+
+/// Many jobs to enqueue in one transaction.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The jobs, inserted in this order.
+    pub jobs: Vec<NewJob>,
+}
+
+/// Jobs, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct JobsBody {
+    /// The jobs (for a batch, duplicates by `unique_key` are the existing jobs).
+    pub jobs: Vec<Job>,
+}
+
+/// Enqueue many jobs in one transaction: all are stored, or none.
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchRequest,
+    responses((status = 201, body = JobsBody), (status = 400, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn enqueue_batch(
+    State(state): State<AppState>,
+    ApiJson(batch): ApiJson<BatchRequest>,
+) -> Result<(StatusCode, Json<JobsBody>), ApiError> {
+    if batch.jobs.is_empty() {
+        return Err(ApiError::invalid_field("jobs", "must hold at least one job"));
+    }
+    if batch.jobs.len() > MAX_BATCH {
+        return Err(ApiError::invalid_field(
+            "jobs",
+            format!("at most {MAX_BATCH} jobs per batch, got {}", batch.jobs.len()),
+        ));
+    }
+    for (i, job) in batch.jobs.iter().enumerate() {
+        job.validate()
+            .map_err(|e| ApiError::invalid_field(format!("jobs[{i}].{}", e.field), e.message))?;
+    }
+    let inserted = state
+        .store()
+        .jobs_insert_many(JobsInsert { jobs: batch.jobs, now: Utc::now() })
+        .await?;
+    let jobs = inserted
+        .into_iter()
+        .map(|i| {
+            if i.created {
+                state.metrics().enqueued(&i.job.queue);
+            }
+            i.job
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(JobsBody { jobs })))
+}
+
+/// One job.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn show(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<Json<Job>, ApiError> {
+    state
+        .store()
+        .job_get(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+}
+
+/// Filters for listing jobs.
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    pub state: Option<String>,
+    /// Only jobs on this queue.
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Page size (default 50, at most 1000).
+    pub limit: Option<usize>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+    /// `desc` (newest first, default) or `asc`.
+    pub order: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Serialize, ToSchema)]
+pub struct JobPageBody {
+    /// The jobs.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query-string extractor answering 422 with our JSON.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::invalid_field("query", e.body_text()))
+    }
+}
+
+/// Jobs matching a filter, newest first, a page at a time (keyset pagination).
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobPageBody), (status = 422, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<JobPageBody>, ApiError> {
+    let job_state = query
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<JobState>().map_err(|e| ApiError::invalid_field("state", e)))
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse::<i64>().map(JobId).map_err(|_| ApiError::invalid_field("cursor", "not a cursor from a previous page")))
+        .transpose()?;
+    let order = match query.order.as_deref() {
+        None | Some("") | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(other) => return Err(ApiError::invalid_field("order", format!("must be asc or desc, got '{other}'"))),
+    };
+    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let page = state
+        .store()
+        .jobs_list(JobsList {
+            state: job_state,
+            queue: non_empty(query.queue),
+            kind: non_empty(query.kind),
+            limit,
+            after,
+            order,
+        })
+        .await?;
+    Ok(Json(JobPageBody { jobs: page.jobs, next_cursor: page.next.map(|id| id.to_string()) }))
+}
+
+/// Make a dead, cancelled, expired, scheduled or retryable job available now.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn retry(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<Json<Job>, ApiError> {
+    Ok(Json(state.store().job_retry(JobRetry { id, now: Utc::now() }).await?))
+}
+
+/// Cancel a job. A running job gets `cancel_requested`, which its worker sees in
+/// its next heartbeat or ack answer.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<Json<Job>, ApiError> {
+    Ok(Json(state.store().job_cancel(JobCancel { id, now: Utc::now() }).await?))
+}
+
+/// When to run a job: a time, or a delay from now.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleRequest {
+    /// Run at this time.
+    pub run_at: Option<chrono::DateTime<Utc>>,
+    /// Or run this many milliseconds from now.
+    pub delay_ms: Option<u64>,
+}
+
+/// Move a not-running job's run time.
+#[utoipa::path(post, path = "/v1/jobs/{id}/reschedule", tag = "jobs", params(("id" = i64, Path)),
+    request_body = RescheduleRequest,
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn reschedule(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    ApiJson(request): ApiJson<RescheduleRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let now = Utc::now();
+    let run_at = match (request.run_at, request.delay_ms) {
+        (Some(at), None) => at,
+        (None, Some(delay)) => now + chrono::Duration::milliseconds(i64::try_from(delay).unwrap_or(i64::MAX).min(i64::MAX / 1_000_000)),
+        _ => return Err(ApiError::invalid_field("run_at", "give exactly one of run_at or delay_ms")),
+    };
+    Ok(Json(state.store().job_reschedule(JobReschedule { id, run_at, now }).await?))
+}
+
+/// Delete a job in any state.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+pub async fn delete(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<StatusCode, ApiError> {
+    state.store().job_delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks a queue name from a path or body.
+pub fn queue_name(field: &'static str, name: &str) -> Result<(), ApiError> {
+    validate_name(field, name).map_err(ApiError::from)
+}

@@ -1,0 +1,38 @@
+//! HTTP handlers, one module per resource.
+
+pub mod auth;
+pub mod health;
+pub mod jobs;
+pub mod queues;
+pub mod worker;
+
+use std::any::Any;
+
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+
+/// Any path that is not a route.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// A route that exists, with another method.
+pub async fn method_not_allowed() -> Response {
+    let mut response = ApiError::not_found("method not allowed on this route").into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+/// A handler panicked: answer 500 JSON rather than dropping the connection.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "handler panicked");
+    let body = serde_json::json!({"error": {"code": "internal", "message": "internal server error"}});
+    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+}

@@ -1,0 +1,72 @@
+//! Queues: counts per state, pause and resume.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::Utc;
+use grafter_store::{QueueInfo, QueuePause};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::jobs::queue_name;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+/// A queue and its jobs per state.
+#[derive(Serialize, ToSchema)]
+pub struct QueueBody {
+    /// The queue's name.
+    pub name: String,
+    /// Paused queues are not fetched from.
+    pub paused: bool,
+    /// Jobs per state (every state present).
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl From<QueueInfo> for QueueBody {
+    fn from(info: QueueInfo) -> Self {
+        QueueBody {
+            name: info.name,
+            paused: info.paused,
+            counts: info.counts.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+        }
+    }
+}
+
+/// Every queue.
+#[derive(Serialize, ToSchema)]
+pub struct QueuesBody {
+    /// Sorted by name.
+    pub queues: Vec<QueueBody>,
+}
+
+/// Every queue with its job counts per state.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueuesBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<QueuesBody>, ApiError> {
+    let queues = state.store().queues_list().await?;
+    Ok(Json(QueuesBody { queues: queues.into_iter().map(QueueBody::from).collect() }))
+}
+
+async fn set_paused(state: AppState, name: String, paused: bool) -> Result<Json<QueueBody>, ApiError> {
+    queue_name("name", &name)?;
+    let info = state
+        .store()
+        .queue_set_paused(QueuePause { queue: name, paused, now: Utc::now() })
+        .await?;
+    Ok(Json(info.into()))
+}
+
+/// Stop handing out this queue's jobs (running ones go on).
+#[utoipa::path(post, path = "/v1/queues/{name}/pause", tag = "queues", params(("name" = String, Path)),
+    responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
+pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<QueueBody>, ApiError> {
+    set_paused(state, name, true).await
+}
+
+/// Hand out this queue's jobs again.
+#[utoipa::path(post, path = "/v1/queues/{name}/resume", tag = "queues", params(("name" = String, Path)),
+    responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
+pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<QueueBody>, ApiError> {
+    set_paused(state, name, false).await
+}

@@ -1,0 +1,246 @@
+//! The worker protocol: fetch (long-poll), heartbeat, ack, fail.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use chrono::Utc;
+use grafter_core::{Job, LeasedJob, Progress};
+use grafter_store::{JobComplete, JobFail, JobHeartbeat, JobsFetch};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::api::jobs::queue_name;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, PathJobId};
+use crate::state::AppState;
+
+/// Most jobs one fetch may lease.
+pub const MAX_FETCH: usize = 1_000;
+/// Shortest and longest lease a worker may ask for.
+const LEASE_RANGE_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
+
+/// A worker asking for jobs.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    /// Queues to take jobs from (default `["default"]`).
+    #[serde(default = "default_queues")]
+    pub queues: Vec<String>,
+    /// Most jobs to lease (default 1, at most 1000).
+    #[serde(default = "one")]
+    pub max: usize,
+    /// How long to wait for a job when none is available, in ms (default 0, at most 30000).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Who is asking; recorded on the job and its errors.
+    pub worker_id: Option<String>,
+    /// Lease length in ms (default the server's, 30000).
+    pub lease_ms: Option<u64>,
+}
+
+fn default_queues() -> Vec<String> {
+    vec![grafter_core::DEFAULT_QUEUE.to_owned()]
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Leased jobs.
+#[derive(Serialize, ToSchema)]
+pub struct FetchResponse {
+    /// Possibly none, after `wait_ms`.
+    pub jobs: Vec<LeasedJob>,
+}
+
+fn lease_duration(state: &AppState, lease_ms: Option<u64>) -> Result<Duration, ApiError> {
+    match lease_ms {
+        None => Ok(state.config().default_lease()),
+        Some(ms) if LEASE_RANGE_MS.contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(ms) => Err(ApiError::invalid_field(
+            "lease_ms",
+            format!("must be between {} and {}, got {ms}", LEASE_RANGE_MS.start(), LEASE_RANGE_MS.end()),
+        )),
+    }
+}
+
+/// Lease available jobs. With `wait_ms`, waits until a job is available or the
+/// time is up; a new job wakes the wait at once.
+#[utoipa::path(post, path = "/v1/fetch", tag = "worker", request_body = FetchRequest,
+    responses((status = 200, body = FetchResponse), (status = 422, body = ErrorBody)))]
+pub async fn fetch(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<FetchRequest>,
+) -> Result<Json<FetchResponse>, ApiError> {
+    if request.queues.is_empty() {
+        return Err(ApiError::invalid_field("queues", "name at least one queue"));
+    }
+    for queue in &request.queues {
+        queue_name("queues", queue)?;
+    }
+    if !(1..=MAX_FETCH).contains(&request.max) {
+        return Err(ApiError::invalid_field("max", format!("must be between 1 and {MAX_FETCH}")));
+    }
+    let max_wait = state.config().max_wait_ms;
+    if request.wait_ms > max_wait {
+        return Err(ApiError::invalid_field("wait_ms", format!("must be at most {max_wait}")));
+    }
+    let lease_duration = lease_duration(&state, request.lease_ms)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
+    let mut availability = state.store().job_availability();
+    loop {
+        // Mark the current value seen before looking, so a job inserted between
+        // the look and the wait still wakes us.
+        availability.borrow_and_update();
+        let jobs = state
+            .store()
+            .jobs_fetch(JobsFetch {
+                queues: request.queues.clone(),
+                max: request.max,
+                lease_duration,
+                worker_id: request.worker_id.clone(),
+                now: Utc::now(),
+            })
+            .await?;
+        if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(FetchResponse { jobs }));
+        }
+        tokio::select! {
+            changed = availability.changed() => {
+                if changed.is_err() {
+                    return Ok(Json(FetchResponse { jobs: Vec::new() }));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutdown().cancelled() => return Ok(Json(FetchResponse { jobs: Vec::new() })),
+        }
+    }
+}
+
+/// Success, with an optional result.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// The lease received with the job.
+    pub lease: String,
+    /// What the job produced, any JSON.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+}
+
+/// Mark a leased job completed.
+#[utoipa::path(post, path = "/v1/jobs/{id}/ack", tag = "worker", params(("id" = i64, Path)),
+    request_body = AckRequest,
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody),
+        (status = 409, description = "Stale or foreign lease; nothing changed", body = ErrorBody)))]
+pub async fn ack(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    ApiJson(request): ApiJson<AckRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let job = state
+        .store()
+        .job_complete(JobComplete { id, lease: request.lease, result: request.result, now: Utc::now() })
+        .await?;
+    state.metrics().completed(&job.queue);
+    Ok(Json(job))
+}
+
+/// A failed attempt.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    /// The lease received with the job.
+    pub lease: String,
+    /// What went wrong, kept in the job's `errors`.
+    pub error: String,
+    /// `false` to fail for good (`dead`) now (default true).
+    #[serde(default = "yes")]
+    pub retry: bool,
+    /// Retry after this many ms instead of the backoff.
+    pub retry_in_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Record a failed attempt: `retryable` after backoff, or `dead`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "worker", params(("id" = i64, Path)),
+    request_body = FailRequest,
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody),
+        (status = 409, description = "Stale or foreign lease; nothing changed", body = ErrorBody)))]
+pub async fn fail(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    ApiJson(request): ApiJson<FailRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let now = Utc::now();
+    let retry_at = request
+        .retry_in_ms
+        .map(|ms| now + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX).min(i64::MAX / 1_000_000)));
+    let job = state
+        .store()
+        .job_fail(JobFail {
+            id,
+            lease: request.lease,
+            error: request.error,
+            retry: request.retry,
+            retry_at,
+            backoff: state.config().retry,
+            now,
+        })
+        .await?;
+    state.metrics().failed(&job.queue);
+    Ok(Json(job))
+}
+
+/// Progress as a bare fraction or with a message.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ProgressInput {
+    /// `0.5`
+    Fraction(f64),
+    /// `{"fraction": 0.5, "message": "…"}`
+    Full(Progress),
+}
+
+/// Still working.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The lease received with the job.
+    pub lease: String,
+    /// Progress so far.
+    pub progress: Option<ProgressInput>,
+    /// New lease length from now in ms (default the server's).
+    pub lease_ms: Option<u64>,
+}
+
+/// Extend a lease and report progress. The answer's `cancel_requested` tells
+/// the worker to stop.
+#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "worker", params(("id" = i64, Path)),
+    request_body = HeartbeatRequest,
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody),
+        (status = 409, description = "Stale or foreign lease; nothing changed", body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let progress = request.progress.map(|p| match p {
+        ProgressInput::Fraction(fraction) => Progress { fraction, message: None },
+        ProgressInput::Full(progress) => progress,
+    });
+    if let Some(progress) = &progress {
+        progress.validate()?;
+    }
+    let lease_duration = lease_duration(&state, request.lease_ms)?;
+    let job = state
+        .store()
+        .job_heartbeat(JobHeartbeat { id, lease: request.lease, progress, lease_duration, now: Utc::now() })
+        .await?;
+    Ok(Json(job))
+}

@@ -1,0 +1,202 @@
+//! Server settings: defaults, the optional TOML file, and validation. The CLI
+//! layers `GRAFTER_*` variables and flags over the file (flags > env > file).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use grafter_core::Backoff;
+use serde::Deserialize;
+
+/// Where `grafter serve` listens when told nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7380";
+/// Where `grafter serve` keeps jobs when told nothing.
+pub const DEFAULT_DATABASE: &str = "sqlite://grafter.db";
+
+/// Everything `grafter serve` can be told.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// When set, every `/v1` request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Lease length when a fetch names none.
+    pub default_lease_ms: u64,
+    /// Longest `wait_ms` a long-poll fetch may ask for.
+    pub max_wait_ms: u64,
+    /// Retry backoff for jobs without their own.
+    pub retry: Backoff,
+    /// Maintenance services.
+    pub maintenance: MaintenanceConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            database: DEFAULT_DATABASE.into(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            token: None,
+            body_limit_bytes: 1024 * 1024,
+            default_lease_ms: 30_000,
+            max_wait_ms: 30_000,
+            retry: Backoff::default(),
+            maintenance: MaintenanceConfig::default(),
+        }
+    }
+}
+
+/// How often the maintenance services run and how much each run may touch.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Scheduler: promotes due `scheduled`/`retryable` jobs.
+    pub schedule_interval_ms: u64,
+    /// Rescuer: ends expired leases.
+    pub rescue_interval_ms: u64,
+    /// Expirer: expires jobs past `expires_at`.
+    pub expire_interval_ms: u64,
+    /// Most jobs one run of a service touches; a full batch runs again at once.
+    pub batch_size: usize,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            schedule_interval_ms: 500,
+            rescue_interval_ms: 1_000,
+            expire_interval_ms: 1_000,
+            batch_size: 1_000,
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    /// The scheduler's period.
+    pub fn schedule_interval(&self) -> Duration {
+        Duration::from_millis(self.schedule_interval_ms)
+    }
+    /// The rescuer's period.
+    pub fn rescue_interval(&self) -> Duration {
+        Duration::from_millis(self.rescue_interval_ms)
+    }
+    /// The expirer's period.
+    pub fn expire_interval(&self) -> Duration {
+        Duration::from_millis(self.expire_interval_ms)
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value out of range.
+    #[error("invalid setting {field}: {message}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; settings it omits keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        if self.body_limit_bytes < 1024 {
+            return invalid("body_limit_bytes", "must be at least 1024".into());
+        }
+        if self.default_lease_ms < 1_000 {
+            return invalid("default_lease_ms", "must be at least 1000".into());
+        }
+        if let Err(message) = self.retry.validate() {
+            return invalid("retry", message);
+        }
+        let m = &self.maintenance;
+        for (field, value) in [
+            ("maintenance.schedule_interval_ms", m.schedule_interval_ms),
+            ("maintenance.rescue_interval_ms", m.rescue_interval_ms),
+            ("maintenance.expire_interval_ms", m.expire_interval_ms),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be greater than 0".into());
+            }
+        }
+        if m.batch_size == 0 {
+            return invalid("maintenance.batch_size", "must be greater than 0".into());
+        }
+        if matches!(&self.token, Some(t) if t.is_empty()) {
+            return invalid("token", "must not be empty when set".into());
+        }
+        Ok(())
+    }
+
+    /// The default lease length.
+    pub fn default_lease(&self) -> Duration {
+        Duration::from_millis(self.default_lease_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_only_what_it_names() {
+        let config: ServerConfig = toml::from_str(
+            r#"
+            listen = "0.0.0.0:9000"
+            [retry]
+            base_ms = 500
+            [maintenance]
+            rescue_interval_ms = 200
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.retry.base_ms, 500);
+        assert_eq!(config.retry.factor, 2.0);
+        assert_eq!(config.maintenance.rescue_interval_ms, 200);
+        assert_eq!(config.database, DEFAULT_DATABASE);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        assert!(toml::from_str::<ServerConfig>("lisen = \"x\"").is_err());
+        let config = ServerConfig { default_lease_ms: 10, ..Default::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("default_lease_ms"));
+    }
+}

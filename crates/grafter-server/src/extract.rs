@@ -1,0 +1,74 @@
+//! Request extractors that answer with our JSON errors instead of axum's text.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use grafter_core::JobId;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON body. Any content type is accepted (curl's default form type
+/// included); syntax errors answer 400, missing or mistyped fields 422 naming
+/// the field, bodies over the limit 413.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::payload_too_large()
+    } else {
+        ApiError::invalid_json(format!("could not read the request body: {rejection}"))
+    }
+}
+
+/// Parses JSON, naming the path of a bad field (`jobs[3].kind`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = if path == "." { "body".to_owned() } else { path };
+                ApiError::invalid_field(field, inner)
+            }
+            _ => ApiError::invalid_json(format!("request body is not valid JSON: {inner}")),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::invalid_json(format!("request body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// The `{id}` path segment as a job id; anything else is a 404.
+pub struct PathJobId(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathJobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::not_found(e.to_string()))?;
+        raw.parse::<i64>()
+            .map(|id| PathJobId(JobId(id)))
+            .map_err(|_| ApiError::not_found(format!("no job with id '{raw}': ids are integers")))
+    }
+}

@@ -1,0 +1,107 @@
+//! Grafter's server: the HTTP API (`/v1`), the worker protocol, health and
+//! metrics endpoints, and the maintenance services, all over one
+//! `Arc<dyn Store>`.
+//!
+//! [`router`] builds the whole HTTP surface from an [`AppState`], so tests drive
+//! it without a socket; [`serve`] runs it on a listener together with the
+//! maintenance services until shut down.
+
+mod api;
+pub mod config;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+pub mod services;
+mod state;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use grafter_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use config::{MaintenanceConfig, ServerConfig};
+pub use error::ApiError;
+pub use openapi::openapi_json;
+pub use state::AppState;
+
+/// The whole HTTP surface: `/v1/…`, `/livez`, `/readyz`, `/metrics`, `/openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/jobs", post(api::jobs::enqueue).get(api::jobs::list))
+        .route("/jobs/batch", post(api::jobs::enqueue_batch))
+        .route("/jobs/{id}", get(api::jobs::show).delete(api::jobs::delete))
+        .route("/jobs/{id}/retry", post(api::jobs::retry))
+        .route("/jobs/{id}/cancel", post(api::jobs::cancel))
+        .route("/jobs/{id}/reschedule", post(api::jobs::reschedule))
+        .route("/jobs/{id}/ack", post(api::worker::ack))
+        .route("/jobs/{id}/fail", post(api::worker::fail))
+        .route("/jobs/{id}/heartbeat", post(api::worker::heartbeat))
+        .route("/fetch", post(api::worker::fetch))
+        .route("/queues", get(api::queues::list))
+        .route("/queues/{name}/pause", post(api::queues::pause))
+        .route("/queues/{name}/resume", post(api::queues::resume))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::auth::require_token));
+    let body_limit = state.config().body_limit_bytes;
+    Router::new()
+        .nest("/v1", v1)
+        .route("/livez", get(api::health::livez))
+        .route("/readyz", get(api::health::readyz))
+        .route("/metrics", get(api::health::metrics))
+        .route("/openapi.json", get(openapi::serve_openapi))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(api::panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the API on `listener` and runs the maintenance services until
+/// `shutdown` is cancelled; then stops taking requests, lets in-flight ones
+/// finish (long-polls answer at once), and stops the services.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let maintenance = services::start(store.clone(), &config, shutdown.child_token());
+    let state = AppState::new(store, config, shutdown.clone());
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    maintenance.stop().await;
+    result
+}
+
+/// Why a database URL could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Not a URL Grafter knows.
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://…")]
+    Unsupported(String),
+    /// The store would not open.
+    #[error("{0}")]
+    Store(#[from] grafter_store::StoreError),
+}
+
+/// Opens the store a database URL names: `sqlite://PATH` (also `sqlite:PATH`).
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if path.is_empty() {
+            return Err(OpenError::Unsupported(url.to_owned()));
+        }
+        let store = grafter_sqlite::SqliteStore::open(path).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(OpenError::Unsupported(url.to_owned()))
+}

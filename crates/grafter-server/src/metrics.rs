@@ -1,0 +1,71 @@
+//! Prometheus metrics: counters kept as jobs move, gauges read from the store at
+//! scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use grafter_store::QueueInfo;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueStateLabels {
+    pub queue: String,
+    pub state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    enqueued: Family<QueueLabels, Counter>,
+    completed: Family<QueueLabels, Counter>,
+    failed: Family<QueueLabels, Counter>,
+    jobs: Family<QueueStateLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("grafter");
+        let enqueued = Family::<QueueLabels, Counter>::default();
+        let completed = Family::<QueueLabels, Counter>::default();
+        let failed = Family::<QueueLabels, Counter>::default();
+        let jobs = Family::<QueueStateLabels, Gauge>::default();
+        registry.register("jobs_enqueued", "Jobs created through this server", enqueued.clone());
+        registry.register("jobs_completed", "Jobs acknowledged through this server", completed.clone());
+        registry.register("jobs_failed", "Failed attempts reported through this server", failed.clone());
+        registry.register("jobs", "Jobs in the store per queue and state", jobs.clone());
+        Metrics { registry, enqueued, completed, failed, jobs }
+    }
+
+    pub fn enqueued(&self, queue: &str) {
+        self.enqueued.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+    }
+
+    pub fn completed(&self, queue: &str) {
+        self.completed.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+    }
+
+    pub fn failed(&self, queue: &str) {
+        self.failed.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+    }
+
+    /// Renders the OpenMetrics text, with job gauges set from `queues`.
+    pub fn render(&self, queues: &[QueueInfo]) -> String {
+        for queue in queues {
+            for (state, count) in &queue.counts {
+                let labels = QueueStateLabels { queue: queue.name.clone(), state: state.to_string() };
+                self.jobs.get_or_create(&labels).set(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        text
+    }
+}

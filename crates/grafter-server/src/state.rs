@@ -1,0 +1,48 @@
+use std::sync::Arc;
+
+use grafter_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+
+/// What every handler shares: the store, the settings, the counters, and the
+/// shutdown signal that ends long-polls.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State for a router over `store`.
+    pub fn new(store: Arc<dyn Store>, config: ServerConfig, shutdown: CancellationToken) -> Self {
+        AppState {
+            inner: Arc::new(Inner { store, config, metrics: Metrics::new(), shutdown }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}
