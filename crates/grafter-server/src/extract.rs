@@ -36,24 +36,32 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// Parses JSON, naming the path of a bad field (`jobs[3].kind`).
+/// Parses JSON, naming the path of a bad field (`jobs[3].kind`). Syntax is
+/// checked over the whole body first, so trailing garbage is a syntax error
+/// (400) even when the start of the body is also missing a field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::invalid_json(format!("request body is not valid JSON: {e}")))?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let field = if path == "." { "body".to_owned() } else { path };
-                ApiError::invalid_field(field, inner)
-            }
-            _ => ApiError::invalid_json(format!("request body is not valid JSON: {inner}")),
-        }
-    })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError::invalid_json(format!("request body is not valid JSON: {e}")))?;
-    Ok(value)
+        ApiError::invalid_field(field_name(&path, &inner.to_string()), inner)
+    })
+}
+
+/// The dotted name of the field an error is about. serde reports a missing
+/// field at its parent's path, with the name only in the message.
+fn field_name(path: &str, message: &str) -> String {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (path, missing) {
+        (".", Some(name)) => name.to_owned(),
+        (".", None) => "body".to_owned(),
+        (path, Some(name)) => format!("{path}.{name}"),
+        (path, None) => path.to_owned(),
+    }
 }
 
 /// The `{id}` path segment as a job id; anything else is a 404.
