@@ -1,1 +1,350 @@
-//! x
+//! Grafter's PostgreSQL store: the scale-out engine.
+//!
+//! Any number of Grafter nodes share one database. Fetching is one statement,
+//! `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)`, so concurrent workers never
+//! wait on each other and never lease a job twice. Every index on a hot path is
+//! partial, so finished jobs do not slow fetching, scheduling or rescuing.
+//! Changes that make jobs available `NOTIFY` a channel in the same transaction;
+//! each node `LISTEN`s on it to wake long-polling fetches at once (or, behind
+//! PgBouncer in transaction mode, polls instead).
+//!
+//! All tables live in one schema ([`PostgresConfig::schema`]); migrations are
+//! numbered SQL files in `migrations/`, applied on connect under an advisory
+//! lock so that nodes starting together do not race.
+//!
+//! Time always comes from the caller's `now`, never from the database clock, so
+//! every node (and the conformance suite) agrees on what "due" means.
+//!
+//! ```no_run
+//! # async fn example() -> grafter_store::Result<()> {
+//! use grafter_postgres::{PostgresConfig, PostgresStore};
+//!
+//! let mut config = PostgresConfig::new("postgres://grafter@db.internal/grafter");
+//! config.schema = Some("grafter".into());
+//! let store = PostgresStore::connect(config).await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod migrations;
+mod notifier;
+mod ops;
+mod row;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use grafter_core::{Job, JobId, JobState, LeasedJob};
+use grafter_store::{
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobReschedule, JobRetry,
+    JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, QueueInfo, QueuePause, Result,
+    Store, StoreError,
+};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use error::pool_error;
+use ops::Db;
+
+/// The channel name every node listens on, before the schema is added.
+const CHANNEL_PREFIX: &str = "grafter_jobs";
+/// PostgreSQL's longest identifier (and channel name), in bytes.
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// How to reach the database and how to behave there.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// A libpq-style URL, `postgres://user:password@host:port/database?…`
+    /// (`postgresql://` works too, as do key=value strings).
+    pub url: String,
+    /// Most pooled connections. The listener holds one more of its own.
+    pub pool_size: usize,
+    /// The schema holding Grafter's tables, created if missing; `None` uses the
+    /// connection's default search path (usually `public`). Behind PgBouncer in
+    /// transaction mode a per-connection `search_path` does not stick: leave
+    /// this `None` and set the role's own `search_path` instead.
+    pub schema: Option<String>,
+    /// `LISTEN` for new work. Turn it off behind PgBouncer in transaction mode;
+    /// waiting fetches then look again every [`PostgresConfig::poll_interval`].
+    /// (`NOTIFY` is still sent, for nodes that do connect directly. PgBouncer must
+    /// also allow prepared statements: 1.21 or later, `max_prepared_statements`
+    /// above zero.)
+    pub listen: bool,
+    /// How often waiting fetches look again when `listen` is off.
+    pub poll_interval: Duration,
+    /// Longest wait to open a connection, or for a free one from the pool.
+    pub connect_timeout: Duration,
+    /// Apply pending migrations on connect. Turn off when migrations are run
+    /// separately (a `grafter migrate` step before a deploy).
+    pub migrate: bool,
+}
+
+impl PostgresConfig {
+    /// A config for `url` with defaults: 16 connections, default schema,
+    /// `LISTEN` on, 1 s poll interval, 10 s connect timeout, migrate on connect.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            pool_size: 16,
+            schema: None,
+            listen: true,
+            poll_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(10),
+            migrate: true,
+        }
+    }
+}
+
+/// The schema the store's tables live in, validated once.
+#[derive(Clone, Debug)]
+pub(crate) struct Schema(Option<String>);
+
+impl Schema {
+    fn new(name: Option<String>) -> Result<Self> {
+        if let Some(name) = &name {
+            if name.is_empty() || name.len() > MAX_IDENTIFIER_LEN || name.chars().any(char::is_control) {
+                return Err(StoreError::Invalid(format!(
+                    "schema {name:?}: must be 1 to {MAX_IDENTIFIER_LEN} bytes without control characters"
+                )));
+            }
+        }
+        Ok(Schema(name))
+    }
+
+    /// The schema's name, if one is configured.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// The schema's name quoted for SQL, if one is configured.
+    pub(crate) fn quoted(&self) -> Option<String> {
+        self.0.as_deref().map(quote_ident)
+    }
+
+    /// This schema's notification channel, so that stores in different schemas of
+    /// one database (tenants, parallel tests) do not wake each other.
+    fn channel(&self) -> String {
+        let full = match &self.0 {
+            None => CHANNEL_PREFIX.to_owned(),
+            Some(schema) => format!("{CHANNEL_PREFIX}:{schema}"),
+        };
+        // Longer names are cut by LISTEN but refused by pg_notify; cut them the same
+        // way for both. Two schemas sharing a 63-byte prefix only share wake-ups.
+        grafter_store::transitions::truncate(&full, MAX_IDENTIFIER_LEN).to_owned()
+    }
+}
+
+/// Quotes an identifier for SQL: `a"b` becomes `"a""b"`.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A [`Store`] on a PostgreSQL database.
+///
+/// Dropping it stops its background task (listener or poller); pooled
+/// connections close as they are released.
+pub struct PostgresStore {
+    db: Db,
+    schema: Schema,
+    availability: watch::Sender<u64>,
+    _background: DropGuard,
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations (unless [`PostgresConfig::migrate`] is
+    /// off) and starts listening for new work.
+    ///
+    /// Fails with `Unavailable` if the database cannot be reached within
+    /// [`PostgresConfig::connect_timeout`], and with `Invalid` for a bad URL or
+    /// schema name.
+    pub async fn connect(config: PostgresConfig) -> Result<Self> {
+        let schema = Schema::new(config.schema.clone())?;
+        let mut pg_config: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("grafter");
+        }
+        if pg_config.get_connect_timeout().is_none() {
+            pg_config.connect_timeout(config.connect_timeout);
+        }
+        let pool = build_pool(&config, &pg_config, &schema)?;
+        let (availability, _) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let store = PostgresStore {
+            db: Db { pool, channel: schema.channel() },
+            schema,
+            availability,
+            _background: cancel.clone().drop_guard(),
+        };
+        if config.migrate {
+            store.migrate().await?;
+        } else {
+            store.db.ping().await?;
+        }
+        if config.listen {
+            // Named apart, so an operator (or a test) can tell it in pg_stat_activity.
+            let mut listener_config = pg_config.clone();
+            let name = format!("{}:listener", pg_config.get_application_name().unwrap_or("grafter"));
+            listener_config.application_name(name);
+            notifier::spawn_listener(
+                listener_config,
+                store.db.channel.clone(),
+                store.availability.clone(),
+                cancel,
+            );
+        } else {
+            notifier::spawn_poller(config.poll_interval, store.availability.clone(), cancel);
+        }
+        Ok(store)
+    }
+
+    /// Applies pending migrations, creating the schema if missing, and returns
+    /// the versions this call applied (none when up to date). Safe to run from
+    /// several nodes at once: they take turns on an advisory lock.
+    pub async fn migrate(&self) -> Result<Vec<i32>> {
+        let mut client = self.db.pool.get().await.map_err(pool_error)?;
+        migrations::apply(&mut client, &self.schema).await
+    }
+
+    /// The schema holding the tables, if one was configured.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.name()
+    }
+
+    /// Wakes this node's own waiting fetches at once, without waiting for its
+    /// notification to come back from the server.
+    fn announce_available(&self) {
+        notifier::bump(&self.availability);
+    }
+}
+
+fn build_pool(config: &PostgresConfig, pg_config: &tokio_postgres::Config, schema: &Schema) -> Result<Pool> {
+    // Fast recycling keeps session settings (the search_path below); the
+    // thorough method would reset them with DISCARD ALL.
+    let manager = Manager::from_config(
+        pg_config.clone(),
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    let set_search_path = schema.quoted().map(|schema| format!("SET search_path TO {schema}"));
+    Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .post_create(Hook::async_fn(move |client, _| {
+            let sql = set_search_path.clone();
+            Box::pin(async move {
+                if let Some(sql) = sql {
+                    client.batch_execute(&sql).await.map_err(HookError::Backend)?;
+                }
+                Ok(())
+            })
+        }))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("building the connection pool: {e}")))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>> {
+        if params.jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (inserted, available) = self.db.jobs_insert_many(&params).await?;
+        if available {
+            self.announce_available();
+        }
+        Ok(inserted)
+    }
+
+    async fn jobs_fetch(&self, params: JobsFetch) -> Result<Vec<LeasedJob>> {
+        if params.max == 0 || params.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db.jobs_fetch(&params).await
+    }
+
+    async fn job_complete(&self, params: JobComplete) -> Result<Job> {
+        self.db.job_complete(&params).await
+    }
+
+    async fn job_fail(&self, params: JobFail) -> Result<Job> {
+        self.db.job_fail(&params).await
+    }
+
+    async fn job_heartbeat(&self, params: JobHeartbeat) -> Result<Job> {
+        self.db.job_heartbeat(&params).await
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
+        self.db.job_get(id).await
+    }
+
+    async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {
+        self.db.jobs_list(&params).await
+    }
+
+    async fn job_cancel(&self, params: JobCancel) -> Result<Job> {
+        self.db.job_cancel(&params).await
+    }
+
+    async fn job_retry(&self, params: JobRetry) -> Result<Job> {
+        let job = self.db.job_retry(&params).await?;
+        self.announce_available();
+        Ok(job)
+    }
+
+    async fn job_reschedule(&self, params: JobReschedule) -> Result<Job> {
+        let job = self.db.job_reschedule(&params).await?;
+        if job.state == JobState::Available {
+            self.announce_available();
+        }
+        Ok(job)
+    }
+
+    async fn job_delete(&self, id: JobId) -> Result<()> {
+        self.db.job_delete(id).await
+    }
+
+    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<u64> {
+        let moved = self.db.jobs_schedule(&params).await?;
+        if moved > 0 {
+            self.announce_available();
+        }
+        Ok(moved)
+    }
+
+    async fn jobs_rescue_expired(&self, params: JobsRescue) -> Result<u64> {
+        self.db.jobs_rescue_expired(&params).await
+    }
+
+    async fn jobs_expire(&self, params: MaintenanceBatch) -> Result<u64> {
+        self.db.jobs_expire(&params).await
+    }
+
+    async fn queues_list(&self) -> Result<Vec<QueueInfo>> {
+        self.db.queues_list().await
+    }
+
+    async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo> {
+        let info = self.db.queue_set_paused(&params).await?;
+        if !params.paused {
+            self.announce_available();
+        }
+        Ok(info)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.db.ping().await
+    }
+
+    fn job_availability(&self) -> watch::Receiver<u64> {
+        self.availability.subscribe()
+    }
+}

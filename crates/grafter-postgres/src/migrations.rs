@@ -3,8 +3,9 @@
 
 use deadpool_postgres::Object;
 use grafter_store::Result;
+use tokio_postgres::types::ToSql;
 
-use crate::error::pg_error;
+use crate::error::pg_error_in;
 use crate::Schema;
 
 /// (version, SQL). Append only: a released migration never changes.
@@ -17,13 +18,13 @@ const LOCK_CLASS: i32 = 0x6772_6674;
 
 /// Brings `schema` up to date; returns the versions applied by this call.
 pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i32>> {
-    let context = |what: &'static str| move |e| pg_error(e).context(what);
+    let context = |doing: &'static str| move |e| pg_error_in(doing, e);
     let tx = client.transaction().await.map_err(context("starting the migration"))?;
     // Held until commit. Other nodes block here, then find every version applied.
     // The schema is part of the key: migrating one schema does not hold up another.
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        &[&LOCK_CLASS, &schema.name().unwrap_or("")],
+        &[&LOCK_CLASS as &(dyn ToSql + Sync), &schema.name().unwrap_or("")],
     )
     .await
     .map_err(context("taking the migration lock"))?;

@@ -8,12 +8,21 @@ use tokio_postgres::Row;
 use crate::error::pg_error;
 
 /// The columns every job query selects, in the order [`job_from_row`] reads them.
-/// Qualified with `jobs.` because `UPDATE … FROM` statements join other relations.
-pub(crate) const JOB_COLUMNS: &str = "jobs.id, jobs.queue, jobs.kind, jobs.args, jobs.priority, \
-    jobs.state, jobs.run_at, jobs.attempt, jobs.max_attempts, jobs.errors, jobs.progress, \
-    jobs.result, jobs.tags, jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, \
-    jobs.cancel_requested, jobs.worker_id, jobs.lease_expires_at, jobs.created_at, \
-    jobs.attempted_at, jobs.finished_at";
+/// Qualified with `jobs.` because some statements join other relations. A macro,
+/// so statements can be `concat!`ed into `&'static str` (the per-connection
+/// statement cache is keyed by the SQL text).
+macro_rules! job_columns {
+    () => {
+        "jobs.id, jobs.queue, jobs.kind, jobs.args, jobs.priority, jobs.state, jobs.run_at, \
+         jobs.attempt, jobs.max_attempts, jobs.errors, jobs.progress, jobs.result, jobs.tags, \
+         jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, jobs.cancel_requested, \
+         jobs.worker_id, jobs.lease_expires_at, jobs.created_at, jobs.attempted_at, jobs.finished_at"
+    };
+}
+pub(crate) use job_columns;
+
+/// [`job_columns!`] as a constant, for statements built at run time.
+pub(crate) const JOB_COLUMNS: &str = job_columns!();
 
 /// Index of the first column after [`JOB_COLUMNS`].
 pub(crate) const AFTER_JOB_COLUMNS: usize = 23;

@@ -29,7 +29,9 @@ impl Harness {
 }
 
 /// Expands to one test per conformance case. `$make` is an async expression that
-/// evaluates to a [`Harness`].
+/// evaluates to a [`Harness`], or to an `Option<Harness>` for a backend whose
+/// server may be absent on a developer's machine: `None` ends the case at once
+/// (the backend's own code says so loudly, and fails instead under CI).
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr) => {
@@ -65,7 +67,9 @@ macro_rules! conformance_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let harness: $crate::Harness = $make.await;
+                let Some(harness): Option<$crate::Harness> = $make.await.into() else {
+                    return;
+                };
                 $crate::cases::$case(harness.store.clone()).await;
             }
         )*

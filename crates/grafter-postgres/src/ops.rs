@@ -1,0 +1,779 @@
+//! The store's operations as SQL, one method per [`grafter_store::Store`] method.
+//!
+//! Every statement takes "now" as a parameter instead of reading the database
+//! clock, so callers (and the conformance suite) control time. Read-modify-write
+//! operations run in a transaction that locks the job row first (`FOR UPDATE`);
+//! batch maintenance uses `FOR UPDATE SKIP LOCKED` so two nodes never wait on
+//! each other's rows.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Object, Pool};
+use grafter_core::{Job, JobId, JobState, LeasedJob, NewJob, Timestamp};
+use grafter_store::transitions::{self, Failure};
+use grafter_store::{
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobReschedule, JobRetry,
+    JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueueInfo, QueuePause,
+    Result, StoreError,
+};
+use serde_json::Value;
+use tokio_postgres::types::{Json, ToSql};
+
+use crate::error::{is_unique_violation, pg_error, pool_error};
+use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS, JOB_COLUMNS};
+
+/// The second half of both fetch statements: leases the rows a `picked` CTE
+/// chose. The lease token is a random UUID (122 random bits) as 32 hex digits.
+/// The lease never outlives the job's own timeout, so a job that overruns it is
+/// rescued as "timed out" even if its worker keeps heartbeating.
+/// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp.
+macro_rules! lease_picked {
+    () => {
+        concat!(
+            "UPDATE jobs SET
+                state = 'running',
+                attempt = attempt + 1,
+                lease = replace(gen_random_uuid()::text, '-', ''),
+                lease_expires_at = CASE WHEN timeout_ms IS NULL THEN $4::timestamptz
+                    ELSE least($4::timestamptz,
+                               $2 + least(timeout_ms, $6) * interval '1 millisecond') END,
+                worker_id = $5,
+                attempted_at = $2,
+                progress = NULL
+            FROM picked
+            WHERE jobs.id = picked.id
+            RETURNING ",
+            job_columns!(),
+            ", jobs.lease"
+        )
+    };
+}
+
+/// A job's own timeout is clamped to this (100 years) before it is added to a
+/// timestamp, so an absurd `timeout_ms` cannot push a lease out of range.
+const MAX_TIMEOUT_MS: i64 = 100 * 365 * 24 * 3_600_000;
+
+/// How often an insert of a keyed job is retried when a concurrent transaction
+/// inserted the same key and committed between our snapshot and our insert.
+const UNIQUE_RACE_RETRIES: usize = 5;
+
+/// The connection pool and the notification channel: everything an operation needs.
+pub(crate) struct Db {
+    pub(crate) pool: Pool,
+    /// The `LISTEN`/`NOTIFY` channel of this store's schema.
+    pub(crate) channel: String,
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `now + d`, saturating at the latest time chrono (and so PostgreSQL) can hold.
+fn later(now: Timestamp, d: std::time::Duration) -> Timestamp {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn invalid(job: &Job, message: &str) -> StoreError {
+    StoreError::InvalidState { id: job.id, state: job.state, message: message.to_owned() }
+}
+
+/// Queues a wake-up for every listening node. PostgreSQL delivers it at commit
+/// (never for a rolled-back change) and folds repeats within one transaction,
+/// so one call per transaction is enough however many jobs it touched.
+async fn notify(client: &impl GenericClient, channel: &str) -> Result<()> {
+    let stmt = client.prepare_cached("SELECT pg_notify($1, '')").await.map_err(pg_error)?;
+    client.execute(&stmt, &[&channel]).await.map_err(pg_error)?;
+    Ok(())
+}
+
+async fn job_get_on(client: &impl GenericClient, id: JobId) -> Result<Option<Job>> {
+    const SQL: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let row = client.query_opt(&stmt, &[&id.0]).await.map_err(pg_error)?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+/// Locks a job row for a read-modify-write and returns it with its lease.
+async fn job_lock(client: &impl GenericClient, id: JobId) -> Result<(Job, Option<String>)> {
+    const SQL: &str =
+        concat!("SELECT ", job_columns!(), ", jobs.lease FROM jobs WHERE id = $1 FOR UPDATE");
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let row = client
+        .query_opt(&stmt, &[&id.0])
+        .await
+        .map_err(pg_error)?
+        .ok_or(StoreError::NotFound(id))?;
+    let lease = row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?;
+    Ok((job_from_row(&row)?, lease))
+}
+
+/// Explains why a fenced update matched no row.
+async fn fence_error(client: &impl GenericClient, id: JobId) -> StoreError {
+    match job_get_on(client, id).await {
+        Ok(Some(job)) => StoreError::LeaseMismatch { id, state: job.state, attempt: job.attempt },
+        Ok(None) => StoreError::NotFound(id),
+        Err(e) => e,
+    }
+}
+
+/// The state a new or requeued job starts in.
+fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
+    if run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Available
+    }
+}
+
+impl Db {
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    pub(crate) async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
+        job_get_on(&self.client().await?, id).await
+    }
+
+    /// Inserts in one transaction. Consecutive jobs without a `unique_key` go in
+    /// one multi-row statement; keyed jobs go one at a time because each may turn
+    /// out to be a duplicate. Returns the outcomes and whether any job became
+    /// available (so the caller knows whether to announce it).
+    pub(crate) async fn jobs_insert_many(&self, params: &JobsInsert) -> Result<(Vec<Inserted>, bool)> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let mut out = Vec::with_capacity(params.jobs.len());
+        let mut rest = &params.jobs[..];
+        while let Some(first) = rest.first() {
+            if first.unique_key.is_some() {
+                out.push(insert_keyed(&tx, first, params.now).await?);
+                rest = &rest[1..];
+            } else {
+                let run = rest.iter().take_while(|j| j.unique_key.is_none()).count();
+                let jobs = insert_unkeyed(&tx, &rest[..run], params.now).await?;
+                out.extend(jobs.into_iter().map(|job| Inserted { job, created: true }));
+                rest = &rest[run..];
+            }
+        }
+        let available = out.iter().any(|i| i.created && i.job.state == JobState::Available);
+        if available {
+            notify(&tx, &self.channel).await?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok((out, available))
+    }
+
+    pub(crate) async fn jobs_fetch(&self, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
+        // `picked` chooses the first `max` available jobs in hand-out order and
+        // locks them, skipping rows another fetch holds, so concurrent fetchers
+        // never wait for each other nor lease a job twice.
+        //
+        // One queue (the common case) reads the fetch index in order and stops
+        // after `max` rows. Several queues get one such ordered read each, merged:
+        // a plain `queue = ANY($1)` would make PostgreSQL sort every available job
+        // of those queues on each fetch. The price is that up to `max` rows per
+        // extra queue stay locked (not leased) for the statement's few
+        // milliseconds, during which other fetches skip them.
+        const ONE_QUEUE: &str = concat!(
+            "WITH picked AS (
+                SELECT id FROM jobs
+                WHERE state = 'available'
+                  AND queue = $1
+                  AND (expires_at IS NULL OR expires_at > $2)
+                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+                ORDER BY priority, run_at, id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            ) ",
+            lease_picked!()
+        );
+        const MANY_QUEUES: &str = concat!(
+            "WITH picked AS (
+                SELECT j.id FROM unnest($1::text[]) AS q(name)
+                CROSS JOIN LATERAL (
+                    SELECT id, priority, run_at FROM jobs
+                    WHERE state = 'available'
+                      AND queue = q.name
+                      AND (expires_at IS NULL OR expires_at > $2)
+                    ORDER BY priority, run_at, id
+                    LIMIT $3
+                    FOR UPDATE SKIP LOCKED
+                ) AS j
+                WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = q.name AND paused)
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT $3
+            ) ",
+            lease_picked!()
+        );
+        // A queue named twice would be read twice, and its jobs picked twice.
+        let mut queues: Vec<&str> = params.queues.iter().map(String::as_str).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        let client = self.client().await?;
+        let lease_until = later(params.now, params.lease_duration);
+        let max = limit(params.max);
+        let rest: [&(dyn ToSql + Sync); 5] =
+            [&params.now, &max, &lease_until, &params.worker_id, &MAX_TIMEOUT_MS];
+        let rows = if let [queue] = queues[..] {
+            let stmt = client.prepare_cached(ONE_QUEUE).await.map_err(pg_error)?;
+            let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(&queue as _).chain(rest).collect();
+            client.query(&stmt, &args).await
+        } else {
+            let stmt = client.prepare_cached(MANY_QUEUES).await.map_err(pg_error)?;
+            let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(&queues as _).chain(rest).collect();
+            client.query(&stmt, &args).await
+        }
+        .map_err(pg_error)?;
+        let mut leased = rows
+            .iter()
+            .map(|row| {
+                Ok(LeasedJob {
+                    job: job_from_row(row)?,
+                    lease: row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING gives no order; hand jobs out in the order they were chosen.
+        leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+        Ok(leased)
+    }
+
+    pub(crate) async fn job_complete(&self, params: &JobComplete) -> Result<Job> {
+        const SQL: &str = concat!(
+            "UPDATE jobs SET state = 'completed', result = $3, finished_at = $4,
+                    lease = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND state = 'running' AND lease = $2
+             RETURNING ",
+            job_columns!()
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(&stmt, &[&params.id.0, &params.lease, &params.result, &params.now])
+            .await
+            .map_err(pg_error)?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(fence_error(&client, params.id).await),
+        }
+    }
+
+    pub(crate) async fn job_fail(&self, params: &JobFail) -> Result<Job> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let (job, lease) = job_lock(&tx, params.id).await?;
+        if job.state != JobState::Running || lease.as_deref() != Some(params.lease.as_str()) {
+            return Err(StoreError::LeaseMismatch { id: job.id, state: job.state, attempt: job.attempt });
+        }
+        let failure = Failure {
+            error: &params.error,
+            retry: params.retry,
+            retry_at: params.retry_at,
+            default_backoff: &params.backoff,
+            now: params.now,
+        };
+        let job = record_failure(&tx, &job, failure).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    pub(crate) async fn job_heartbeat(&self, params: &JobHeartbeat) -> Result<Job> {
+        const SQL: &str = concat!(
+            "UPDATE jobs SET
+                lease_expires_at = CASE WHEN timeout_ms IS NULL THEN $3::timestamptz
+                    ELSE least($3::timestamptz,
+                               attempted_at + least(timeout_ms, $5) * interval '1 millisecond') END,
+                progress = coalesce($4::jsonb, progress)
+             WHERE id = $1 AND state = 'running' AND lease = $2
+             RETURNING ",
+            job_columns!()
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let until = later(params.now, params.lease_duration);
+        let progress = params.progress.as_ref().map(Json);
+        let row = client
+            .query_opt(&stmt, &[&params.id.0, &params.lease, &until, &progress, &MAX_TIMEOUT_MS])
+            .await
+            .map_err(pg_error)?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(fence_error(&client, params.id).await),
+        }
+    }
+
+    pub(crate) async fn jobs_list(&self, params: &JobsList) -> Result<JobPage> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        if let Some(state) = params.state {
+            values.push(Box::new(state.as_str()));
+            clauses.push(format!("state = ${}", values.len()));
+        }
+        if let Some(queue) = &params.queue {
+            values.push(Box::new(queue.clone()));
+            clauses.push(format!("queue = ${}", values.len()));
+        }
+        if let Some(kind) = &params.kind {
+            values.push(Box::new(kind.clone()));
+            clauses.push(format!("kind = ${}", values.len()));
+        }
+        let (cmp, dir) = match params.order {
+            Order::Desc => ("<", "DESC"),
+            Order::Asc => (">", "ASC"),
+        };
+        if let Some(after) = params.after {
+            values.push(Box::new(after.0));
+            clauses.push(format!("id {cmp} ${}", values.len()));
+        }
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        // One extra row tells whether there is a next page.
+        values.push(Box::new(limit(params.limit.saturating_add(1))));
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id {dir} LIMIT ${}",
+            values.len()
+        );
+        let client = self.client().await?;
+        // A handful of filter shapes exist, so caching each is bounded.
+        let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&stmt, &refs).await.map_err(pg_error)?;
+        let mut jobs = jobs_from_rows(&rows)?;
+        let next = if jobs.len() > params.limit {
+            jobs.truncate(params.limit);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next })
+    }
+
+    pub(crate) async fn job_cancel(&self, params: &JobCancel) -> Result<Job> {
+        // A running job only gets the request; its worker learns of it from its
+        // next heartbeat or ack answer and stops.
+        const REQUEST: &str = concat!(
+            "UPDATE jobs SET cancel_requested = true WHERE id = $1 RETURNING ",
+            job_columns!()
+        );
+        const CANCEL: &str = concat!(
+            "UPDATE jobs SET state = 'cancelled', finished_at = $2 WHERE id = $1 RETURNING ",
+            job_columns!()
+        );
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let (job, _) = job_lock(&tx, params.id).await?;
+        if job.state.is_finished() {
+            return Err(invalid(&job, "only unfinished jobs can be cancelled"));
+        }
+        let row = if job.state == JobState::Running {
+            let stmt = tx.prepare_cached(REQUEST).await.map_err(pg_error)?;
+            tx.query_one(&stmt, &[&job.id.0]).await
+        } else {
+            let stmt = tx.prepare_cached(CANCEL).await.map_err(pg_error)?;
+            tx.query_one(&stmt, &[&job.id.0, &params.now]).await
+        }
+        .map_err(pg_error)?;
+        let job = job_from_row(&row)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    /// A manual retry: the job is available now.
+    pub(crate) async fn job_retry(&self, params: &JobRetry) -> Result<Job> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let (job, _) = job_lock(&tx, params.id).await?;
+        if job.state == JobState::Completed {
+            return Err(invalid(&job, "completed jobs are not retried; enqueue a new job"));
+        }
+        let job = requeue(&tx, &job, params.now, params.now, &self.channel).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    pub(crate) async fn job_reschedule(&self, params: &JobReschedule) -> Result<Job> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let (job, _) = job_lock(&tx, params.id).await?;
+        let job = requeue(&tx, &job, params.run_at, params.now, &self.channel).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    pub(crate) async fn job_delete(&self, id: JobId) -> Result<()> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("DELETE FROM jobs WHERE id = $1").await.map_err(pg_error)?;
+        let deleted = client.execute(&stmt, &[&id.0]).await.map_err(pg_error)?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn jobs_schedule(&self, params: &MaintenanceBatch) -> Result<u64> {
+        const SQL: &str = "
+            UPDATE jobs SET state = 'available'
+            WHERE id IN (SELECT id FROM jobs
+                         WHERE state IN ('scheduled', 'retryable') AND run_at <= $1
+                         ORDER BY run_at
+                         LIMIT $2
+                         FOR UPDATE SKIP LOCKED)";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
+        let moved = tx.execute(&stmt, &[&params.now, &limit(params.limit)]).await.map_err(pg_error)?;
+        if moved > 0 {
+            notify(&tx, &self.channel).await?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(moved)
+    }
+
+    pub(crate) async fn jobs_expire(&self, params: &MaintenanceBatch) -> Result<u64> {
+        const SQL: &str = "
+            UPDATE jobs SET state = 'expired', finished_at = $1
+            WHERE id IN (SELECT id FROM jobs
+                         WHERE state IN ('scheduled', 'available', 'retryable')
+                           AND expires_at <= $1
+                         LIMIT $2
+                         FOR UPDATE SKIP LOCKED)";
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        client.execute(&stmt, &[&params.now, &limit(params.limit)]).await.map_err(pg_error)
+    }
+
+    pub(crate) async fn jobs_rescue_expired(&self, params: &JobsRescue) -> Result<u64> {
+        const EXPIRED: &str = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs
+             WHERE state = 'running' AND lease_expires_at <= $1
+             ORDER BY lease_expires_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED"
+        );
+        // One statement writes every rescued job's outcome, computed in Rust by the
+        // shared failure rules.
+        const RECORD: &str = "
+            UPDATE jobs SET state = u.state, run_at = u.run_at, errors = u.errors,
+                   finished_at = u.finished_at, lease = NULL, lease_expires_at = NULL
+            FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::jsonb[], $5::timestamptz[])
+                 AS u(id, state, run_at, errors, finished_at)
+            WHERE jobs.id = u.id";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(EXPIRED).await.map_err(pg_error)?;
+        let rows = tx.query(&stmt, &[&params.now, &limit(params.limit)]).await.map_err(pg_error)?;
+        let expired = jobs_from_rows(&rows)?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(expired.len());
+        let mut states = Vec::with_capacity(expired.len());
+        let mut run_ats = Vec::with_capacity(expired.len());
+        let mut errors = Vec::with_capacity(expired.len());
+        let mut finished = Vec::with_capacity(expired.len());
+        for job in &expired {
+            let next = transitions::after_failure(
+                job,
+                Failure {
+                    error: transitions::rescue_reason(job, params.now),
+                    retry: true,
+                    retry_at: None,
+                    default_backoff: &params.backoff,
+                    now: params.now,
+                },
+            );
+            ids.push(job.id.0);
+            states.push(next.state.as_str());
+            run_ats.push(next.run_at);
+            errors.push(to_json(&next.errors)?);
+            finished.push(next.finished_at);
+        }
+        let stmt = tx.prepare_cached(RECORD).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&ids, &states, &run_ats, &errors, &finished])
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(expired.len() as u64)
+    }
+
+    pub(crate) async fn queues_list(&self) -> Result<Vec<QueueInfo>> {
+        let client = self.client().await?;
+        let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
+        let stmt = client.prepare_cached("SELECT name, paused FROM queues").await.map_err(pg_error)?;
+        for row in client.query(&stmt, &[]).await.map_err(pg_error)? {
+            let name: String = row.try_get(0).map_err(pg_error)?;
+            let paused: bool = row.try_get(1).map_err(pg_error)?;
+            queues.insert(name.clone(), QueueInfo::empty(name, paused));
+        }
+        // Answered from the (queue, state) index.
+        let stmt = client
+            .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
+            .await
+            .map_err(pg_error)?;
+        for row in client.query(&stmt, &[]).await.map_err(pg_error)? {
+            let queue: String = row.try_get(0).map_err(pg_error)?;
+            let state: String = row.try_get(1).map_err(pg_error)?;
+            let count: i64 = row.try_get(2).map_err(pg_error)?;
+            let Ok(state) = state.parse::<JobState>() else { continue };
+            queues
+                .entry(queue.clone())
+                .or_insert_with(|| QueueInfo::empty(queue, false))
+                .counts
+                .insert(state, count.max(0) as u64);
+        }
+        Ok(queues.into_values().collect())
+    }
+
+    pub(crate) async fn queue_set_paused(&self, params: &QueuePause) -> Result<QueueInfo> {
+        const UPSERT: &str = "
+            INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
+            ON CONFLICT (name) DO UPDATE
+                SET paused = excluded.paused, updated_at = excluded.updated_at";
+        const COUNTS: &str = "SELECT state, count(*) FROM jobs WHERE queue = $1 GROUP BY state";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(UPSERT).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&params.queue, &params.paused, &params.now])
+            .await
+            .map_err(pg_error)?;
+        if !params.paused {
+            // The queue's available jobs can be fetched again.
+            notify(&tx, &self.channel).await?;
+        }
+        let mut info = QueueInfo::empty(params.queue.clone(), params.paused);
+        let stmt = tx.prepare_cached(COUNTS).await.map_err(pg_error)?;
+        for row in tx.query(&stmt, &[&params.queue]).await.map_err(pg_error)? {
+            let state: String = row.try_get(0).map_err(pg_error)?;
+            let count: i64 = row.try_get(1).map_err(pg_error)?;
+            if let Ok(state) = state.parse::<JobState>() {
+                info.counts.insert(state, count.max(0) as u64);
+            }
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(info)
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(|e| match pg_error(e) {
+            StoreError::Backend(m) => StoreError::Unavailable(m),
+            other => other,
+        })?;
+        Ok(())
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))
+}
+
+/// Inserts jobs without a `unique_key` with one statement. `unnest … WITH
+/// ORDINALITY` keeps their order, and `ORDER BY ord` makes ids follow it, so
+/// the returned rows sorted by id line up with `jobs`. Tags travel as one JSON
+/// array per job because PostgreSQL has no arrays of arrays of varying length.
+async fn insert_unkeyed(
+    client: &impl GenericClient,
+    jobs: &[NewJob],
+    now: Timestamp,
+) -> Result<Vec<Job>> {
+    const SQL: &str = concat!(
+        "WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
+                                 $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
+                                 $9::bigint[], $10::timestamptz[], $11::jsonb[])
+                WITH ORDINALITY
+                AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
+                     timeout_ms, expires_at, backoff, ord)
+        )
+        INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
+                          timeout_ms, expires_at, backoff, created_at)
+        SELECT queue, kind, args, priority, state, run_at, max_attempts,
+               ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
+                     ORDER BY n),
+               timeout_ms, expires_at, backoff, $12
+        FROM input
+        ORDER BY ord
+        RETURNING ",
+        job_columns!()
+    );
+    let n = jobs.len();
+    let mut queues = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut tags = Vec::with_capacity(n);
+    let mut timeouts = Vec::with_capacity(n);
+    let mut expires = Vec::with_capacity(n);
+    let mut backoffs = Vec::with_capacity(n);
+    for job in jobs {
+        let run_at = job.run_at.unwrap_or(now);
+        queues.push(job.queue.as_str());
+        kinds.push(job.kind.as_str());
+        args.push(&job.args);
+        priorities.push(job.priority);
+        states.push(waiting_state(run_at, now).as_str());
+        run_ats.push(run_at);
+        max_attempts.push(job.max_attempts);
+        tags.push(to_json(&job.tags)?);
+        timeouts.push(job.timeout_ms);
+        expires.push(job.expires_at);
+        backoffs.push(job.backoff.as_ref().map(to_json).transpose()?);
+    }
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &queues, &kinds, &args, &priorities, &states, &run_ats, &max_attempts, &tags,
+                &timeouts, &expires, &backoffs, &now,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut inserted = jobs_from_rows(&rows)?;
+    if inserted.len() != n {
+        return Err(StoreError::Backend(format!(
+            "inserting {n} jobs returned {} rows",
+            inserted.len()
+        )));
+    }
+    inserted.sort_by_key(|j| j.id);
+    Ok(inserted)
+}
+
+/// Inserts one job with a `unique_key`, or returns the unfinished job that holds
+/// the key. `ON CONFLICT … DO NOTHING` names the partial unique index, so a
+/// concurrent insert of the same key waits for the other transaction instead of
+/// failing; the second branch finds the holder (including one inserted earlier
+/// in this same transaction).
+async fn insert_keyed(client: &impl GenericClient, job: &NewJob, now: Timestamp) -> Result<Inserted> {
+    const SQL: &str = concat!(
+        "WITH inserted AS (
+            INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
+                              unique_key, timeout_ms, expires_at, backoff, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            ON CONFLICT (unique_key)
+                WHERE state IN ('scheduled', 'available', 'running', 'retryable')
+                DO NOTHING
+            RETURNING *
+        )
+        SELECT ",
+        job_columns!(),
+        ", true FROM inserted AS jobs
+        UNION ALL
+        SELECT ",
+        job_columns!(),
+        ", false FROM jobs
+        WHERE unique_key = $9
+          AND state IN ('scheduled', 'available', 'running', 'retryable')
+          AND NOT EXISTS (SELECT 1 FROM inserted)"
+    );
+    let run_at = job.run_at.unwrap_or(now);
+    let state = waiting_state(run_at, now).as_str();
+    let backoff = job.backoff.as_ref().map(Json);
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    for _ in 0..UNIQUE_RACE_RETRIES {
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &job.queue,
+                    &job.kind,
+                    &job.args,
+                    &job.priority,
+                    &state,
+                    &run_at,
+                    &job.max_attempts,
+                    &job.tags,
+                    &job.unique_key,
+                    &job.timeout_ms,
+                    &job.expires_at,
+                    &backoff,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        // No row: another transaction committed a job with this key after this
+        // statement's snapshot was taken, so neither branch saw it. Again, with a
+        // fresh snapshot.
+        if let Some(row) = row {
+            let created: bool = row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?;
+            return Ok(Inserted { job: job_from_row(&row)?, created });
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "unique_key {:?} kept changing hands; try again",
+        job.unique_key.as_deref().unwrap_or_default()
+    )))
+}
+
+/// Writes the outcome of a failed attempt of a locked, running `job`.
+async fn record_failure(client: &impl GenericClient, job: &Job, failure: Failure<'_>) -> Result<Job> {
+    const SQL: &str = concat!(
+        "UPDATE jobs SET state = $2, run_at = $3, errors = $4, finished_at = $5,
+                lease = NULL, lease_expires_at = NULL
+         WHERE id = $1
+         RETURNING ",
+        job_columns!()
+    );
+    let next = transitions::after_failure(job, failure);
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[&job.id.0, &next.state.as_str(), &next.run_at, &Json(&next.errors), &next.finished_at],
+        )
+        .await
+        .map_err(pg_error)?;
+    job_from_row(&row)
+}
+
+/// Puts a locked, not-running job back in line at `run_at`, giving it one more
+/// attempt if it has none left. Announces it when it is available at once.
+async fn requeue(
+    client: &impl GenericClient,
+    job: &Job,
+    run_at: Timestamp,
+    now: Timestamp,
+    channel: &str,
+) -> Result<Job> {
+    const SQL: &str = concat!(
+        "UPDATE jobs SET state = $2, run_at = $3, finished_at = NULL, cancel_requested = false,
+                max_attempts = greatest(max_attempts, attempt + 1)
+         WHERE id = $1
+         RETURNING ",
+        job_columns!()
+    );
+    if job.state == JobState::Running {
+        return Err(invalid(job, "a running job cannot be retried or rescheduled; cancel it first"));
+    }
+    let state = waiting_state(run_at, now);
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let row = client
+        .query_one(&stmt, &[&job.id.0, &state.as_str(), &run_at])
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                invalid(job, "another unfinished job holds its unique_key")
+            } else {
+                pg_error(e)
+            }
+        })?;
+    if state == JobState::Available {
+        notify(client, channel).await?;
+    }
+    job_from_row(&row)
+}

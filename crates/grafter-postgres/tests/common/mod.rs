@@ -1,0 +1,126 @@
+//! Helpers shared by the PostgreSQL test files: where the database is, fresh
+//! schemas that are dropped afterwards, and the skip-or-fail rule when the
+//! database is absent.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use grafter_postgres::{PostgresConfig, PostgresStore};
+use grafter_store_tests::Harness;
+use tokio_postgres::NoTls;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub fn url() -> String {
+    std::env::var("GRAFTER_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A schema name no other case, run or process uses.
+pub fn fresh_schema() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "grafter_test_{}_{}_{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+/// Drops the case's schema when the case ends, pass or fail. Runs on its own
+/// thread and runtime because `Drop` cannot await, and waits for it so that the
+/// process does not exit with the schema still there.
+pub struct DropSchema {
+    pub url: String,
+    pub schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+                let driver = tokio::spawn(connection);
+                let outcome = client.batch_execute(&sql).await;
+                drop(client);
+                let _ = driver.await;
+                outcome
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop test schema {}: {e}", self.schema);
+        }
+    }
+}
+
+/// Whether the database answers; `Err` says why not.
+pub async fn reachable(url: &str) -> Result<(), String> {
+    let connecting = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls));
+    match connecting.await {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(connection);
+            client.simple_query("SELECT 1").await.map(drop).map_err(|e| e.to_string())
+        }
+        Ok(Err(e)) => Err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+        Err(_) => Err("timed out after 5 s".to_owned()),
+    }
+}
+
+/// The database URL if PostgreSQL answers; `None` (skip) when it does not and
+/// this is not CI; a panic when it does not and this is CI.
+pub async fn database() -> Option<String> {
+    let url = url();
+    if let Err(why) = reachable(&url).await {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "PostgreSQL not reachable at {url} ({why}); CI is set, so the PostgreSQL \
+                 conformance suite fails instead of skipping. Start PostgreSQL or set \
+                 GRAFTER_TEST_POSTGRES_URL."
+            );
+        }
+        // Straight to the process's stderr: libtest captures `eprintln!` from a
+        // passing test, and this must not be missed.
+        static WARN: Once = Once::new();
+        WARN.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n********************************************************************\n\
+                 SKIPPING: PostgreSQL not reachable at {url} ({why}).\n\
+                 The PostgreSQL tests return early and pass vacuously. Start\n\
+                 PostgreSQL or set GRAFTER_TEST_POSTGRES_URL to run them.\n\
+                 ********************************************************************\n"
+            );
+        });
+        return None;
+    }
+    Some(url)
+}
+
+/// A config for a fresh schema, and the guard that drops that schema.
+pub fn fresh_config(url: &str) -> (PostgresConfig, DropSchema) {
+    let schema = fresh_schema();
+    let guard = DropSchema { url: url.to_owned(), schema: schema.clone() };
+    let mut config = PostgresConfig::new(url);
+    config.schema = Some(schema);
+    config.pool_size = 8;
+    (config, guard)
+}
+
+/// A store on a fresh schema, or `None` (skip) when PostgreSQL is not there and
+/// this is not CI.
+pub async fn postgres() -> Option<Harness> {
+    let url = database().await?;
+    let (config, guard) = fresh_config(&url);
+    // The guard is dropped after the store: it removes whatever the store created.
+    let store = PostgresStore::connect(config).await.expect("connect to PostgreSQL");
+    Some(Harness::new(Arc::new(store), guard))
+}
+

@@ -1,0 +1,222 @@
+//! What only the PostgreSQL store does, beyond the shared suite: wake-ups that
+//! cross nodes (and not schemas), the polling fallback, migrations racing on
+//! start, and unique keys racing across nodes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use grafter_core::NewJob;
+use grafter_postgres::{PostgresConfig, PostgresStore};
+use grafter_store::{JobsFetch, JobsInsert, QueuePause, Store, StoreError};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use common::{database, fresh_config};
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Waits until the store's listener is up (it bumps the counter once when it
+/// starts listening), then marks the current value seen.
+async fn listening(store: &PostgresStore) -> watch::Receiver<u64> {
+    let mut signal = store.job_availability();
+    tokio::time::timeout(PATIENCE, signal.wait_for(|n| *n > 0))
+        .await
+        .expect("the listener comes up")
+        .unwrap();
+    signal.borrow_and_update();
+    signal
+}
+
+async fn insert(store: &PostgresStore, job: NewJob) -> Vec<grafter_store::Inserted> {
+    store.jobs_insert_many(JobsInsert { jobs: vec![job], now: Utc::now() }).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_on_one_node_wakes_the_others_in_its_schema_only() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let (elsewhere, _other_guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let c = PostgresStore::connect(elsewhere).await.unwrap();
+    let mut on_b = listening(&b).await;
+    let on_c = listening(&c).await;
+
+    insert(&a, NewJob::new("k", json!({}))).await;
+    tokio::time::timeout(PATIENCE, on_b.changed())
+        .await
+        .expect("another node in the schema hears of the new job")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!on_c.has_changed().unwrap(), "a store in another schema is not woken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_comes_back_after_its_connection_is_killed() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let mut on_b = listening(&b).await;
+
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'grafter:listener' AND query LIKE '%' || $1 || '%'",
+            &[&guard.schema],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 2, "both stores' listeners were found");
+    // Back up: the listener bumps once on reconnecting, for what it missed.
+    tokio::time::timeout(PATIENCE, on_b.changed()).await.expect("the listener reconnects").unwrap();
+    // And listening again: wait for the second listener too, then a new job wakes b.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    on_b.borrow_and_update();
+    insert(&a, NewJob::new("k", json!({}))).await;
+    tokio::time::timeout(PATIENCE, on_b.changed())
+        .await
+        .expect("the reconnected listener hears new work")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_listen_waiting_fetches_are_woken_by_polling() {
+    let Some(url) = database().await else { return };
+    let (mut config, _guard) = fresh_config(&url);
+    config.listen = false;
+    config.poll_interval = Duration::from_millis(50);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let mut signal = store.job_availability();
+    for _ in 0..3 {
+        signal.borrow_and_update();
+        tokio::time::timeout(PATIENCE, signal.changed())
+            .await
+            .expect("the poller bumps the counter")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_apply_each_migration_once() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let connects = (0..4).map(|_| PostgresStore::connect(config.clone()));
+    let stores: Vec<_> = futures_util::future::join_all(connects)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("every node starts");
+    assert_eq!(stores[0].migrate().await.unwrap(), Vec::<i32>::new(), "nothing left to apply");
+
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let sql = format!("SELECT count(*), count(DISTINCT version) FROM \"{}\".grafter_migrations", guard.schema);
+    let row = client.query_one(&sql, &[]).await.unwrap();
+    let (rows, versions): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(rows, versions);
+    assert!(versions >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_key_raced_from_two_nodes_is_created_once() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let a = Arc::new(PostgresStore::connect(config.clone()).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(config).await.unwrap());
+    for round in 0..20 {
+        let keyed = || {
+            let mut job = NewJob::new("sync", json!({}));
+            job.unique_key = Some(format!("user:{round}"));
+            job
+        };
+        let (x, y) = tokio::join!(insert(&a, keyed()), insert(&b, keyed()));
+        assert_eq!(x[0].job.id, y[0].job.id, "round {round}: both answers name one job");
+        assert!(x[0].created ^ y[0].created, "round {round}: exactly one insert created it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_mixed_batch_keeps_its_order() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    // Runs of plain jobs (one statement each) between keyed ones, some repeated.
+    let jobs: Vec<NewJob> = (0..600)
+        .map(|i| {
+            let mut job = NewJob::new("k", json!({ "i": i }));
+            if i % 50 == 7 {
+                job.unique_key = Some(format!("key:{}", i % 100));
+            }
+            job
+        })
+        .collect();
+    let inserted = store.jobs_insert_many(JobsInsert { jobs: jobs.clone(), now: Utc::now() }).await.unwrap();
+    assert_eq!(inserted.len(), jobs.len());
+    let mut last_id = None;
+    for (i, (new, got)) in jobs.iter().zip(&inserted).enumerate() {
+        if got.created {
+            assert_eq!(got.job.args, new.args, "job {i} answered in its place");
+            assert!(Some(got.job.id) > last_id, "job {i}: ids follow the batch order");
+            last_id = Some(got.job.id);
+        } else {
+            assert_eq!(got.job.unique_key, new.unique_key, "job {i} answered with its key's holder");
+        }
+    }
+    assert_eq!(inserted.iter().filter(|i| !i.created).count(), 10, "keys 7 and 57 repeat 5 times each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_from_several_queues_merges_them_in_order_and_skips_paused() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    let on = |queue: &str, priority: i16| {
+        let mut job = NewJob::new(format!("{queue}{priority}"), json!({}));
+        job.queue = queue.into();
+        job.priority = priority;
+        job
+    };
+    let jobs = vec![on("a", 3), on("b", 1), on("c", 0), on("a", 2), on("b", 4)];
+    store.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
+    store.queue_set_paused(QueuePause { queue: "c".into(), paused: true, now }).await.unwrap();
+    let fetch = |max| JobsFetch {
+        // "a" twice: its jobs must not be picked twice.
+        queues: vec!["a".into(), "b".into(), "c".into(), "a".into()],
+        max,
+        lease_duration: Duration::from_secs(30),
+        worker_id: None,
+        now,
+    };
+    let first = store.jobs_fetch(fetch(3)).await.unwrap();
+    let rest = store.jobs_fetch(fetch(10)).await.unwrap();
+    let kinds: Vec<_> = first.iter().chain(&rest).map(|l| l.job.kind.as_str()).collect();
+    assert_eq!(kinds, ["b1", "a2", "a3", "b4"]);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable() {
+    let mut config = PostgresConfig::new("postgres://postgres@127.0.0.1:1/test");
+    config.connect_timeout = Duration::from_secs(2);
+    match PostgresStore::connect(config).await {
+        Err(StoreError::Unavailable(message)) => assert!(!message.is_empty()),
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+}
+
+#[tokio::test]
+async fn bad_settings_are_invalid() {
+    let bad_url = PostgresConfig::new("postgres://host:notaport/db");
+    assert!(matches!(PostgresStore::connect(bad_url).await, Err(StoreError::Invalid(_))));
+    let mut bad_schema = PostgresConfig::new("postgres://postgres@127.0.0.1/test");
+    bad_schema.schema = Some("x".repeat(64));
+    assert!(matches!(PostgresStore::connect(bad_schema).await, Err(StoreError::Invalid(_))));
+}
