@@ -6,6 +6,7 @@
 mod backoff;
 mod job;
 mod state;
+mod worker;
 
 pub use backoff::Backoff;
 pub use job::{
@@ -13,6 +14,7 @@ pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN,
 };
 pub use state::{JobState, UnknownState};
+pub use worker::{Worker, WorkerRegistration};
 
 /// Timestamps everywhere in Grafter are UTC.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

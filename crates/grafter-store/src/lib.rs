@@ -9,6 +9,7 @@
 //! it returns `Ok`.
 
 mod error;
+mod fetch_wait;
 mod params;
 pub mod transitions;
 
@@ -17,6 +18,7 @@ use grafter_core::{Job, JobId, LeasedJob};
 use tokio::sync::watch;
 
 pub use error::StoreError;
+pub use fetch_wait::jobs_fetch_waiting;
 pub use params::*;
 
 /// Shorthand for store results.

@@ -205,3 +205,35 @@ impl QueueInfo {
         }
     }
 }
+
+/// Hand a leased job back without counting the attempt: on worker shutdown
+/// (run again now, elsewhere) or when a job snoozes (run again later).
+#[derive(Clone, Debug)]
+pub struct JobRelease {
+    /// The job.
+    pub id: JobId,
+    /// The lease received with the job.
+    pub lease: String,
+    /// When to run it next (now or later).
+    pub run_at: Timestamp,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// A worker's registration or heartbeat.
+#[derive(Clone, Debug)]
+pub struct WorkerBeat {
+    /// Who it is.
+    pub worker: grafter_core::WorkerRegistration,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Forget workers silent for too long and end the leases they held.
+#[derive(Clone, Debug)]
+pub struct WorkersPrune {
+    /// Current time.
+    pub now: Timestamp,
+    /// A worker not heard from for this long is dead.
+    pub stale_after: Duration,
+}

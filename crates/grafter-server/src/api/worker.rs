@@ -88,35 +88,16 @@ pub async fn fetch(
         return Err(ApiError::invalid_field("wait_ms", format!("must be at most {max_wait}")));
     }
     let lease_duration = lease_duration(&state, request.lease_ms)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
-    let mut availability = state.store().job_availability();
-    loop {
-        // Mark the current value seen before looking, so a job inserted between
-        // the look and the wait still wakes us.
-        availability.borrow_and_update();
-        let jobs = state
-            .store()
-            .jobs_fetch(JobsFetch {
-                queues: request.queues.clone(),
-                max: request.max,
-                lease_duration,
-                worker_id: request.worker_id.clone(),
-                now: Utc::now(),
-            })
-            .await?;
-        if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(FetchResponse { jobs }));
-        }
-        tokio::select! {
-            changed = availability.changed() => {
-                if changed.is_err() {
-                    return Ok(Json(FetchResponse { jobs: Vec::new() }));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.shutdown().cancelled() => return Ok(Json(FetchResponse { jobs: Vec::new() })),
-        }
-    }
+    let params = || JobsFetch {
+        queues: request.queues.clone(),
+        max: request.max,
+        lease_duration,
+        worker_id: request.worker_id.clone(),
+        now: Utc::now(),
+    };
+    let wait = Duration::from_millis(request.wait_ms);
+    let jobs = grafter_store::jobs_fetch_waiting(state.store(), params, wait, state.shutdown().cancelled()).await?;
+    Ok(Json(FetchResponse { jobs }))
 }
 
 /// Success, with an optional result.
