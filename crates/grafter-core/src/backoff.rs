@@ -3,6 +3,9 @@ use std::time::Duration;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// Longest wait between attempts: a year.
+const MAX_DELAY_MS: u64 = 365 * 24 * 3_600_000;
+
 /// Exponential backoff with jitter: the wait before attempt `n + 1` after attempt
 /// `n` failed is `min(max, base * factor^(n-1))`, then moved by up to `jitter`
 /// (a fraction) either way so that jobs that failed together do not all come back
@@ -41,6 +44,9 @@ impl Backoff {
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(format!("jitter must be between 0.0 and 1.0, got {}", self.jitter));
+        }
+        if self.max_ms > MAX_DELAY_MS {
+            return Err(format!("max_ms must be at most {MAX_DELAY_MS} (365 days), got {}", self.max_ms));
         }
         if self.max_ms < self.base_ms {
             return Err(format!(
@@ -111,6 +117,8 @@ mod tests {
         assert!(bad_factor.validate().unwrap_err().contains("factor"));
         let bad_jitter = Backoff { jitter: 2.0, ..Backoff::default() };
         assert!(bad_jitter.validate().unwrap_err().contains("jitter"));
+        let huge = Backoff { max_ms: u64::MAX, ..Backoff::default() };
+        assert!(huge.validate().unwrap_err().contains("max_ms"));
         let bad_max = Backoff { base_ms: 10, max_ms: 1, ..Backoff::default() };
         assert!(bad_max.validate().unwrap_err().contains("max_ms"));
         assert!(Backoff::default().validate().is_ok());

@@ -62,6 +62,9 @@ pub struct MaintenanceConfig {
     pub expire_interval_ms: u64,
     /// Most jobs one run of a service touches; a full batch runs again at once.
     pub batch_size: usize,
+    /// A registered worker silent this long is dead: the rescuer forgets it and
+    /// retries its running jobs at once.
+    pub worker_stale_ms: u64,
 }
 
 impl Default for MaintenanceConfig {
@@ -71,6 +74,7 @@ impl Default for MaintenanceConfig {
             rescue_interval_ms: 1_000,
             expire_interval_ms: 1_000,
             batch_size: 1_000,
+            worker_stale_ms: 15_000,
         }
     }
 }
@@ -83,6 +87,10 @@ impl MaintenanceConfig {
     /// The rescuer's period.
     pub fn rescue_interval(&self) -> Duration {
         Duration::from_millis(self.rescue_interval_ms)
+    }
+    /// How long a silent worker counts as alive.
+    pub fn worker_stale_after(&self) -> Duration {
+        Duration::from_millis(self.worker_stale_ms)
     }
     /// The expirer's period.
     pub fn expire_interval(&self) -> Duration {
@@ -149,6 +157,7 @@ impl ServerConfig {
             ("maintenance.schedule_interval_ms", m.schedule_interval_ms),
             ("maintenance.rescue_interval_ms", m.rescue_interval_ms),
             ("maintenance.expire_interval_ms", m.expire_interval_ms),
+            ("maintenance.worker_stale_ms", m.worker_stale_ms),
         ] {
             if value == 0 {
                 return invalid(field, "must be greater than 0".into());

@@ -12,6 +12,8 @@ use crate::api;
         api::jobs::enqueue, api::jobs::enqueue_batch, api::jobs::list, api::jobs::show,
         api::jobs::retry, api::jobs::cancel, api::jobs::reschedule, api::jobs::delete,
         api::worker::fetch, api::worker::ack, api::worker::fail, api::worker::heartbeat,
+        api::worker::release, api::worker::worker_heartbeat, api::worker::worker_remove,
+        api::worker::workers_list,
         api::queues::list, api::queues::pause, api::queues::resume,
         api::health::livez, api::health::readyz, api::health::metrics,
     ),

@@ -507,3 +507,40 @@ async fn a_token_guards_the_api_but_not_health() {
     assert_eq!(api.raw(right).await.0, StatusCode::OK);
     assert_eq!(api.get("/livez").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn release_hands_a_job_back_uncounted() {
+    let api = api().await;
+    let job = api.enqueue(json!({"kind": "k"})).await;
+    let leased = api.fetch_one("default").await;
+    let uri = format!("/v1/jobs/{}/release", job["id"]);
+    let (status, back) = api.post(&uri, json!({"lease": leased["lease"]})).await;
+    assert_eq!(status, StatusCode::OK, "{back}");
+    assert_eq!(back["state"], "available");
+    assert_eq!(back["attempt"], 0);
+    assert_error(&api.post(&uri, json!({"lease": leased["lease"]})).await, StatusCode::CONFLICT, "lease_mismatch");
+    let leased = api.fetch_one("default").await;
+    let (_, snoozed) = api.post(&uri, json!({"lease": leased["lease"], "delay_ms": 60000})).await;
+    assert_eq!(snoozed["state"], "scheduled");
+}
+
+#[tokio::test]
+async fn workers_register_and_list() {
+    let api = api().await;
+    let worker = json!({"id": "w1", "host": "box", "pid": 7, "queues": ["default"], "concurrency": 4, "kinds": ["k"]});
+    let (status, _) = api.call(Method::PUT, "/v1/workers/w1", Some(worker.clone())).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    api.enqueue(json!({"kind": "k"})).await;
+    api.post("/v1/fetch", json!({"worker_id": "w1"})).await;
+    let (_, listed) = api.get("/v1/workers").await;
+    assert_eq!(listed["workers"][0]["id"], "w1");
+    assert_eq!(listed["workers"][0]["host"], "box");
+    assert_eq!(listed["workers"][0]["running"], 1);
+    assert!(listed["workers"][0]["last_seen_at"].is_string());
+    let mismatch = api.call(Method::PUT, "/v1/workers/other", Some(worker.clone())).await;
+    assert_error(&mismatch, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let (status, _) = api.call(Method::DELETE, "/v1/workers/w1", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, listed) = api.get("/v1/workers").await;
+    assert_eq!(listed["workers"], json!([]));
+}

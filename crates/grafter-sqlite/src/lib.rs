@@ -15,11 +15,11 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use grafter_core::{Job, JobId, LeasedJob};
+use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobReschedule, JobRetry,
-    JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, QueueInfo, QueuePause, Result,
-    Store, StoreError,
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
+    JobRetry, JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, QueueInfo, QueuePause,
+    Result, Store, StoreError, WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 
@@ -90,6 +90,14 @@ impl Store for SqliteStore {
         self.writer.run(move |conn| ops::job_heartbeat(conn, &params)).await
     }
 
+    async fn job_release(&self, params: JobRelease) -> Result<Job> {
+        let job = self.writer.run(move |conn| ops::job_release(conn, &params)).await?;
+        if job.state == grafter_core::JobState::Available {
+            self.announce_available();
+        }
+        Ok(job)
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
         self.readers.run(move |conn| ops::job_get(conn, id)).await
     }
@@ -145,6 +153,22 @@ impl Store for SqliteStore {
             self.announce_available();
         }
         Ok(info)
+    }
+
+    async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()> {
+        self.writer.run(move |conn| ops::worker_heartbeat(conn, &params)).await
+    }
+
+    async fn worker_remove(&self, id: String) -> Result<()> {
+        self.writer.run(move |conn| ops::worker_remove(conn, &id)).await
+    }
+
+    async fn workers_list(&self) -> Result<Vec<Worker>> {
+        self.readers.run(ops::workers_list).await
+    }
+
+    async fn workers_prune(&self, params: WorkersPrune) -> Result<u64> {
+        self.writer.run(move |conn| ops::workers_prune(conn, &params)).await
     }
 
     async fn ping(&self) -> Result<()> {

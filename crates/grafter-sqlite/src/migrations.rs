@@ -3,7 +3,10 @@
 use rusqlite::Connection;
 
 /// (version, SQL). Append only: a released migration never changes.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_jobs.sql")),
+    (2, include_str!("../migrations/0002_workers.sql")),
+];
 
 /// Brings the schema up to date.
 pub fn apply(conn: &mut Connection) -> rusqlite::Result<()> {

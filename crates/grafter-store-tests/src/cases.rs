@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use grafter_core::{Backoff, Job, JobId, JobState, LeasedJob, NewJob, Progress};
+use grafter_core::{Backoff, Job, JobId, JobState, LeasedJob, NewJob, Progress, WorkerRegistration};
 use grafter_store::transitions::{LEASE_EXPIRED, TIMED_OUT};
 use grafter_store::{
-    JobCancel, JobComplete, JobFail, JobHeartbeat, JobReschedule, JobRetry, JobsFetch, JobsInsert,
-    JobsList, JobsRescue, MaintenanceBatch, Order, QueuePause, Store, StoreError,
+    JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule, JobRetry, JobsFetch,
+    JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueuePause, Store, StoreError,
+    WorkerBeat, WorkersPrune,
 };
 use serde_json::json;
 
@@ -657,6 +658,94 @@ pub async fn availability_signal_fires_on_new_work(store: S) {
         .await
         .expect("a scheduled job coming due must signal availability")
         .unwrap();
+}
+
+pub async fn release_hands_the_job_back_without_counting_the_attempt(store: S) {
+    let now = t0();
+    let jobs = insert(&store, vec![NewJob::new("a", json!({})), NewJob::new("b", json!({}))], now).await;
+    let leased = fetch(&store, "default", 2, now).await;
+    let release = |l: &LeasedJob, run_at| JobRelease { id: l.job.id, lease: l.lease.clone(), run_at, now };
+
+    // Now: available again at once, the attempt not counted.
+    let mut signal = store.job_availability();
+    signal.borrow_and_update();
+    let back = store.job_release(release(&leased[0], now)).await.unwrap();
+    assert_eq!(back.state, JobState::Available);
+    assert_eq!(back.attempt, 0);
+    assert!(back.lease_expires_at.is_none());
+    tokio::time::timeout(Duration::from_secs(5), signal.changed())
+        .await
+        .expect("a released job must signal availability")
+        .unwrap();
+    let again = fetch(&store, "default", 1, now).await.remove(0);
+    assert_eq!(again.job.id, jobs[0].id);
+    assert_eq!(again.job.attempt, 1);
+    // The old lease is stale.
+    assert_lease_mismatch(store.job_release(release(&leased[0], now)).await, jobs[0].id);
+
+    // Later (a snooze): scheduled until then.
+    let snoozed = store.job_release(release(&leased[1], now + ms(5_000))).await.unwrap();
+    assert_eq!(snoozed.state, JobState::Scheduled);
+    assert_eq!(snoozed.run_at, now + ms(5_000));
+    assert_eq!(snoozed.attempt, 0);
+
+    // A cancel requested meanwhile wins.
+    store.job_cancel(JobCancel { id: again.job.id, now }).await.unwrap();
+    let cancelled = store.job_release(release(&again, now)).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+}
+
+pub async fn workers_register_list_and_prune(store: S) {
+    let now = t0();
+    let worker = |id: &str| WorkerRegistration {
+        id: id.into(),
+        host: "host-1".into(),
+        pid: 42,
+        queues: vec!["default".into(), "mail".into()],
+        concurrency: 8,
+        kinds: vec!["send_email".into()],
+    };
+    store.worker_heartbeat(WorkerBeat { worker: worker("w-old"), now }).await.unwrap();
+    store.worker_heartbeat(WorkerBeat { worker: worker("w-new"), now: now + ms(1) }).await.unwrap();
+    let mut update = worker("w-new");
+    update.concurrency = 16;
+    store.worker_heartbeat(WorkerBeat { worker: update, now: now + ms(20_000) }).await.unwrap();
+
+    insert(&store, vec![NewJob::new("k", json!({})), NewJob::new("k", json!({}))], now).await;
+    let mut params = fetch_params("default", 1, now);
+    params.worker_id = Some("w-old".into());
+    let held_by_old = store.jobs_fetch(params).await.unwrap().remove(0);
+    let mut params = fetch_params("default", 1, now);
+    params.worker_id = Some("w-new".into());
+    let held_by_new = store.jobs_fetch(params).await.unwrap().remove(0);
+
+    let workers = store.workers_list().await.unwrap();
+    assert_eq!(workers.len(), 2);
+    assert_eq!(workers[0].registration, worker("w-old"));
+    assert_eq!(workers[0].started_at, now);
+    assert_eq!(workers[0].running, 1);
+    assert_eq!(workers[1].registration.id, "w-new");
+    assert_eq!(workers[1].registration.concurrency, 16);
+    assert_eq!(workers[1].started_at, now + ms(1), "a heartbeat keeps the start time");
+    assert_eq!(workers[1].last_seen_at, now + ms(20_000));
+
+    // w-old is silent past the limit: forgotten, and its lease ends now.
+    let prune = WorkersPrune { now: now + ms(20_000), stale_after: Duration::from_secs(15) };
+    assert_eq!(store.workers_prune(prune).await.unwrap(), 1);
+    let listed: Vec<_> = store.workers_list().await.unwrap().into_iter().map(|w| w.registration.id).collect();
+    assert_eq!(listed, ["w-new"]);
+    assert_eq!(get(&store, held_by_old.job.id).await.lease_expires_at, Some(now + ms(20_000)));
+    assert_eq!(get(&store, held_by_new.job.id).await.lease_expires_at, Some(now + ms(30_000)));
+    let rescue = JobsRescue { now: now + ms(20_000), limit: 10, backoff: no_jitter() };
+    assert_eq!(store.jobs_rescue_expired(rescue).await.unwrap(), 1);
+    let rescued = get(&store, held_by_old.job.id).await;
+    assert_eq!(rescued.state, JobState::Retryable);
+    assert_eq!(rescued.errors[0].worker_id.as_deref(), Some("w-old"));
+
+    store.worker_remove("w-new".into()).await.unwrap();
+    store.worker_remove("never-registered".into()).await.unwrap();
+    assert!(store.workers_list().await.unwrap().is_empty());
 }
 
 pub async fn ping_answers(store: S) {

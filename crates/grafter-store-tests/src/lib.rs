@@ -60,6 +60,8 @@ macro_rules! conformance_suite {
             list_filters_and_pages_by_keyset,
             queues_list_counts_per_state,
             availability_signal_fires_on_new_work,
+            release_hands_the_job_back_without_counting_the_attempt,
+            workers_register_list_and_prune,
             ping_answers,
         );
     };

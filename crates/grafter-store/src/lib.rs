@@ -14,7 +14,7 @@ mod params;
 pub mod transitions;
 
 use async_trait::async_trait;
-use grafter_core::{Job, JobId, LeasedJob};
+use grafter_core::{Job, JobId, LeasedJob, Worker};
 use tokio::sync::watch;
 
 pub use error::StoreError;
@@ -49,6 +49,11 @@ pub trait Store: Send + Sync + 'static {
     /// Extends a running job's lease and stores its progress. Fenced by the lease.
     /// The answer carries `cancel_requested` so the worker learns of a cancel.
     async fn job_heartbeat(&self, params: JobHeartbeat) -> Result<Job>;
+
+    /// Hands a leased job back without counting the attempt (`attempt - 1`): it
+    /// becomes `available` at once, or `scheduled` for a later `run_at` (a snooze).
+    /// A pending cancel request makes it `cancelled` instead. Fenced by the lease.
+    async fn job_release(&self, params: JobRelease) -> Result<Job>;
 
     /// One job by id, or `None`.
     async fn job_get(&self, id: JobId) -> Result<Option<Job>>;
@@ -87,6 +92,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pauses or resumes a queue: a paused queue's jobs are not fetched.
     async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo>;
+
+    /// Registers a worker or records its heartbeat.
+    async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()>;
+
+    /// Forgets a worker (on its orderly shutdown). Unknown ids are fine.
+    async fn worker_remove(&self, id: String) -> Result<()>;
+
+    /// Registered workers, oldest first, with how many jobs each is running.
+    async fn workers_list(&self) -> Result<Vec<Worker>>;
+
+    /// Forgets workers not heard from within `stale_after` and ends the leases
+    /// of their running jobs now, so the rescuer retries them at once rather
+    /// than when the leases would have run out. Returns how many were forgotten.
+    async fn workers_prune(&self, params: WorkersPrune) -> Result<u64>;
 
     /// Checks the backend answers; `/readyz` calls it.
     async fn ping(&self) -> Result<()>;

@@ -59,7 +59,10 @@ pub fn after_failure(job: &Job, failure: Failure<'_>) -> AfterFailure {
         let backoff = job.backoff.as_ref().unwrap_or(failure.default_backoff);
         let delay = backoff.delay(job.attempt.max(1) as u32);
         let next = failure.retry_at.unwrap_or_else(|| {
-            failure.now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+            chrono::Duration::from_std(delay)
+                .ok()
+                .and_then(|d| failure.now.checked_add_signed(d))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
         });
         (JobState::Retryable, next)
     };

@@ -233,7 +233,9 @@ pub async fn reschedule(
     let now = Utc::now();
     let run_at = match (request.run_at, request.delay_ms) {
         (Some(at), None) => at,
-        (None, Some(delay)) => now + chrono::Duration::milliseconds(i64::try_from(delay).unwrap_or(i64::MAX).min(i64::MAX / 1_000_000)),
+        (None, Some(delay)) => chrono::Duration::try_milliseconds(i64::try_from(delay).unwrap_or(i64::MAX))
+            .and_then(|d| now.checked_add_signed(d))
+            .ok_or_else(|| ApiError::invalid_field("delay_ms", "too far in the future"))?,
         _ => return Err(ApiError::invalid_field("run_at", "give exactly one of run_at or delay_ms")),
     };
     Ok(Json(state.store().job_reschedule(JobReschedule { id, run_at, now }).await?))

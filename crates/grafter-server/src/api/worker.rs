@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
-use grafter_core::{Job, LeasedJob, Progress};
-use grafter_store::{JobComplete, JobFail, JobHeartbeat, JobsFetch};
+use grafter_core::{Job, LeasedJob, Progress, Worker, WorkerRegistration};
+use grafter_store::{JobComplete, JobFail, JobHeartbeat, JobRelease, JobsFetch, WorkerBeat};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -144,6 +145,12 @@ pub struct FailRequest {
     pub retry_in_ms: Option<u64>,
 }
 
+fn later(now: chrono::DateTime<Utc>, ms: u64) -> chrono::DateTime<Utc> {
+    chrono::Duration::try_milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+}
+
 fn yes() -> bool {
     true
 }
@@ -159,9 +166,7 @@ pub async fn fail(
     ApiJson(request): ApiJson<FailRequest>,
 ) -> Result<Json<Job>, ApiError> {
     let now = Utc::now();
-    let retry_at = request
-        .retry_in_ms
-        .map(|ms| now + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX).min(i64::MAX / 1_000_000)));
+    let retry_at = request.retry_in_ms.map(|ms| later(now, ms));
     let job = state
         .store()
         .job_fail(JobFail {
@@ -224,4 +229,74 @@ pub async fn heartbeat(
         .job_heartbeat(JobHeartbeat { id, lease: request.lease, progress, lease_duration, now: Utc::now() })
         .await?;
     Ok(Json(job))
+}
+
+/// Hand a job back unfinished.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The lease received with the job.
+    pub lease: String,
+    /// Run again after this many ms (a snooze); default at once.
+    pub delay_ms: Option<u64>,
+}
+
+/// Hand a leased job back without counting the attempt: at once (a worker
+/// shutting down) or after `delay_ms` (a snooze).
+#[utoipa::path(post, path = "/v1/jobs/{id}/release", tag = "worker", params(("id" = i64, Path)),
+    request_body = ReleaseRequest,
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody),
+        (status = 409, description = "Stale or foreign lease; nothing changed", body = ErrorBody)))]
+pub async fn release(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    ApiJson(request): ApiJson<ReleaseRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let now = Utc::now();
+    let run_at = request.delay_ms.map_or(now, |ms| later(now, ms));
+    let job = state
+        .store()
+        .job_release(JobRelease { id, lease: request.lease, run_at, now })
+        .await?;
+    Ok(Json(job))
+}
+
+/// Register a worker or record its heartbeat (every few seconds). A worker not
+/// heard from for `maintenance.worker_stale_ms` is forgotten and its running
+/// jobs are retried at once.
+#[utoipa::path(put, path = "/v1/workers/{id}", tag = "worker", params(("id" = String, Path)),
+    request_body = WorkerRegistration,
+    responses((status = 204, description = "Recorded"), (status = 422, body = ErrorBody)))]
+pub async fn worker_heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(worker): ApiJson<WorkerRegistration>,
+) -> Result<StatusCode, ApiError> {
+    worker.validate()?;
+    if worker.id != id {
+        return Err(ApiError::invalid_field("id", format!("'{}' does not match the path's '{id}'", worker.id)));
+    }
+    state.store().worker_heartbeat(WorkerBeat { worker, now: Utc::now() }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deregister a worker (on its orderly shutdown).
+#[utoipa::path(delete, path = "/v1/workers/{id}", tag = "worker", params(("id" = String, Path)),
+    responses((status = 204, description = "Gone")))]
+pub async fn worker_remove(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.store().worker_remove(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Live workers.
+#[derive(Serialize, ToSchema)]
+pub struct WorkersBody {
+    /// Oldest first.
+    pub workers: Vec<Worker>,
+}
+
+/// Registered workers with their running job counts.
+#[utoipa::path(get, path = "/v1/workers", tag = "worker", responses((status = 200, body = WorkersBody)))]
+pub async fn workers_list(State(state): State<AppState>) -> Result<Json<WorkersBody>, ApiError> {
+    Ok(Json(WorkersBody { workers: state.store().workers_list().await? }))
 }

@@ -33,7 +33,8 @@ pub fn start(store: Arc<dyn Store>, config: &ServerConfig, cancel: CancellationT
     let m = &config.maintenance;
     tasks.spawn(scheduler::Scheduler::new(store.clone(), m.schedule_interval(), m.batch_size).run(cancel.clone()));
     tasks.spawn(
-        rescuer::Rescuer::new(store.clone(), m.rescue_interval(), m.batch_size, config.retry).run(cancel.clone()),
+        rescuer::Rescuer::new(store.clone(), m.rescue_interval(), m.batch_size, config.retry, m.worker_stale_after())
+            .run(cancel.clone()),
     );
     tasks.spawn(expirer::Expirer::new(store, m.expire_interval(), m.batch_size).run(cancel.clone()));
     Maintenance { tasks, cancel }
