@@ -1,0 +1,206 @@
+//! Enqueue typed jobs and follow them, over HTTP or in process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use grafter_core::{Backoff, Job as JobRecord, JobId, JobState, NewJob};
+use grafter_store::Store;
+
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::transport::{HttpTransport, StoreTransport, Transport};
+
+/// Per-enqueue settings; anything left `None` takes the job type's default.
+#[derive(Clone, Debug, Default)]
+pub struct EnqueueOptions {
+    /// Queue (default [`Job::QUEUE`]).
+    pub queue: Option<String>,
+    /// Priority, lower first (default [`Job::PRIORITY`]).
+    pub priority: Option<i16>,
+    /// Run at this time.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Or run after this delay.
+    pub delay: Option<Duration>,
+    /// Attempts before dead (default [`Job::MAX_ATTEMPTS`]).
+    pub max_attempts: Option<i32>,
+    /// While an unfinished job holds this key, enqueueing again returns it.
+    pub unique_key: Option<String>,
+    /// Longest an attempt may run (default [`Job::TIMEOUT`]).
+    pub timeout: Option<Duration>,
+    /// Do not start after this time.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Labels for searching.
+    pub tags: Vec<String>,
+    /// Retry backoff for this job.
+    pub backoff: Option<Backoff>,
+}
+
+impl EnqueueOptions {
+    /// Builds the stored form of `job` with these options over its type's defaults.
+    pub fn to_new_job<J: Job>(&self, job: &J) -> Result<NewJob> {
+        let mut new = NewJob::new(J::KIND, serde_json::to_value(job)?);
+        new.queue = self.queue.clone().unwrap_or_else(|| J::QUEUE.to_owned());
+        new.priority = self.priority.unwrap_or(J::PRIORITY);
+        new.run_at = match (self.run_at, self.delay) {
+            (Some(at), _) => Some(at),
+            (None, Some(delay)) => Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)),
+            (None, None) => None,
+        };
+        new.max_attempts = self.max_attempts.unwrap_or(J::MAX_ATTEMPTS);
+        new.unique_key = self.unique_key.clone();
+        new.timeout_ms = self.timeout.or(J::TIMEOUT).map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        new.expires_at = self.expires_at;
+        new.tags = self.tags.clone();
+        new.backoff = self.backoff;
+        new.validate().map_err(|e| Error::Rejected(e.to_string()))?;
+        Ok(new)
+    }
+}
+
+/// An enqueued job.
+#[derive(Clone, Debug)]
+pub struct Enqueued {
+    /// The job as stored.
+    pub job: JobRecord,
+    /// False when an unfinished job with the same `unique_key` was returned instead.
+    pub created: bool,
+}
+
+/// Enqueues jobs and reads their state. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> grafter::Result<()> {
+/// // Over HTTP to a running `grafter serve`:
+/// let client = grafter::Client::http("http://127.0.0.1:7380")?;
+/// // Or in process, on a SQLite file:
+/// let client = grafter::Client::open("sqlite://jobs.db").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) store: Option<Arc<dyn Store>>,
+    /// Retry backoff for an in-process client (its workers run the maintenance).
+    pub(crate) backoff: Backoff,
+}
+
+impl Client {
+    /// A client of the server at `url`, e.g. `http://127.0.0.1:7380`.
+    pub fn http(url: &str) -> Result<Client> {
+        Self::http_with_token(url, None)
+    }
+
+    /// A client of the server at `url` that sends a bearer token.
+    pub fn http_with_token(url: &str, token: Option<String>) -> Result<Client> {
+        Ok(Client { transport: Arc::new(HttpTransport::new(url, token)?), store: None, backoff: Backoff::default() })
+    }
+
+    /// A client from the environment: `GRAFTER_URL` (default
+    /// `http://127.0.0.1:7380`) and `GRAFTER_TOKEN`.
+    pub fn from_env() -> Result<Client> {
+        let url = std::env::var("GRAFTER_URL").unwrap_or_else(|_| "http://127.0.0.1:7380".to_owned());
+        Self::http_with_token(&url, std::env::var("GRAFTER_TOKEN").ok())
+    }
+
+    /// An in-process client straight on `store`; failed jobs back off by `Backoff::default()`.
+    pub fn from_store(store: Arc<dyn Store>) -> Client {
+        Self::from_store_with_backoff(store, Backoff::default())
+    }
+
+    /// An in-process client on `store` with the default retry backoff given.
+    pub fn from_store_with_backoff(store: Arc<dyn Store>, backoff: Backoff) -> Client {
+        Client { transport: Arc::new(StoreTransport::new(store.clone(), backoff)), store: Some(store), backoff }
+    }
+
+    /// Opens the database a URL names (`sqlite://PATH`, `postgres://…`) in this
+    /// process and returns a client on it.
+    pub async fn open(database_url: &str) -> Result<Client> {
+        let store = grafter_server::open_store(database_url)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        Ok(Self::from_store(store))
+    }
+
+    /// The store, for an in-process client.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
+    /// Enqueues `job` with its type's defaults.
+    pub async fn enqueue<J: Job>(&self, job: J) -> Result<Enqueued> {
+        self.enqueue_with(job, EnqueueOptions::default()).await
+    }
+
+    /// Enqueues `job` with options.
+    pub async fn enqueue_with<J: Job>(&self, job: J, options: EnqueueOptions) -> Result<Enqueued> {
+        let new = options.to_new_job(&job)?;
+        let (job, created) = self
+            .transport
+            .enqueue(vec![new])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Other("the server returned no job".into()))?;
+        Ok(Enqueued { job, created })
+    }
+
+    /// Enqueues many jobs in one transaction: all are stored, or none.
+    pub async fn enqueue_many<J: Job>(&self, jobs: impl IntoIterator<Item = J>) -> Result<Vec<JobRecord>> {
+        let options = EnqueueOptions::default();
+        let new = jobs.into_iter().map(|j| options.to_new_job(&j)).collect::<Result<Vec<_>>>()?;
+        self.enqueue_raw(new).await
+    }
+
+    /// Enqueues untyped jobs (any kind, JSON args) in one transaction.
+    pub async fn enqueue_raw(&self, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.transport.enqueue(jobs).await?.into_iter().map(|(job, _)| job).collect())
+    }
+
+    /// A job's current state.
+    pub async fn get(&self, id: JobId) -> Result<JobRecord> {
+        self.transport.get(id).await
+    }
+
+    /// Cancels a job; a running one is asked to stop.
+    pub async fn cancel(&self, id: JobId) -> Result<JobRecord> {
+        self.transport.cancel(id).await
+    }
+
+    /// Waits until the job is finished (completed, dead, cancelled or expired)
+    /// and returns it; `Err(WaitTimeout)` after `timeout`.
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobRecord> {
+        self.wait_with_progress(id, timeout, |_| {}).await
+    }
+
+    /// Like [`Client::wait`], calling `on_change` whenever the job's state,
+    /// attempt or progress changes.
+    pub async fn wait_with_progress(
+        &self,
+        id: JobId,
+        timeout: Duration,
+        mut on_change: impl FnMut(&JobRecord),
+    ) -> Result<JobRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last: Option<(JobState, i32, Option<grafter_core::Progress>)> = None;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let job = self.get(id).await?;
+            let seen = (job.state, job.attempt, job.progress.clone());
+            if last.as_ref() != Some(&seen) {
+                on_change(&job);
+                last = Some(seen);
+            }
+            if job.state.is_finished() {
+                return Ok(job);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(Error::WaitTimeout(id));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Durable background jobs for Rust applications.
+//!
+//! Define a job type with [`Job`], enqueue it with a [`Client`], and run it with
+//! a [`Worker`]. The client and worker reach jobs either over HTTP (a `grafter
+//! serve` anywhere) or straight on a store in the same process (SQLite or
+//! PostgreSQL), with the same API.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use grafter::{Client, Job, JobContext, JobError, Worker};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Export {
+//!     account: u64,
+//! }
+//!
+//! impl Job for Export {
+//!     const KIND: &'static str = "export";
+//!     const TIMEOUT: Option<Duration> = Some(Duration::from_secs(600));
+//!     type Output = String;
+//!
+//!     async fn perform(self, ctx: JobContext) -> Result<String, JobError> {
+//!         for page in 0..10 {
+//!             if ctx.is_cancelled() {
+//!                 return Err(JobError::cancel("stopped by request"));
+//!             }
+//!             ctx.progress(page as f64 / 10.0, format!("page {page}")).await;
+//!         }
+//!         Ok(format!("/exports/{}.csv", self.account))
+//!     }
+//! }
+//!
+//! # async fn demo() -> grafter::Result<()> {
+//! let client = Client::open("sqlite://jobs.db").await?;
+//! let job = client.enqueue(Export { account: 42 }).await?.job;
+//! let worker = Worker::builder(&client).register::<Export>().queue("default", 4).build()?;
+//! let running = worker.start();
+//! let done = client.wait(job.id, Duration::from_secs(60)).await?;
+//! assert_eq!(done.result, Some(serde_json::json!("/exports/42.csv")));
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! To serve the HTTP API (and its dashboard) from the same process, see
+//! [`server`].
+
+mod client;
+mod error;
+mod hooks;
+mod job;
+mod transport;
+mod worker;
+
+pub use client::{Client, EnqueueOptions, Enqueued};
+pub use error::{Error, Result};
+pub use grafter_core::{Job as JobRecord, JobId, JobState, NewJob, Progress};
+pub use hooks::{Hooks, JobInfo, JobOutcome};
+pub use job::{Job, JobContext, JobError};
+pub use worker::{wait_for_signal, Worker, WorkerBuilder, WorkerHandle};
+
+/// Running Grafter's HTTP API in this process, on the same store as an
+/// in-process client:
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = grafter::Client::open("sqlite://jobs.db").await?;
+/// let store = client.store().unwrap().clone();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:7380").await?;
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// tokio::spawn(grafter::server::serve(listener, store, Default::default(), shutdown.clone()));
+/// # Ok(()) }
+/// ```
+pub mod server {
+    pub use grafter_server::{open_store, router, serve, AppState, ServerConfig};
+}

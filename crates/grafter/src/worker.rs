@@ -1,0 +1,619 @@
+//! The worker runtime: fetch jobs in batches, run them with heartbeats, record
+//! outcomes, and shut down gracefully.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use grafter_core::{Job as JobRecord, LeasedJob, Progress, WorkerRegistration};
+use serde_json::Value;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::hooks::{Hooks, JobInfo, JobOutcome};
+use crate::job::{ErrorAction, Job, JobContext, JobError};
+use crate::transport::{Fetch, Finish, Transport};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Runs one registered kind from JSON args.
+trait Handler: Send + Sync {
+    fn run(&self, args: Value, ctx: JobContext) -> BoxFuture<Result<Option<Value>, JobError>>;
+}
+
+struct Typed<J>(PhantomData<fn() -> J>);
+
+impl<J: Job> Handler for Typed<J> {
+    fn run(&self, args: Value, ctx: JobContext) -> BoxFuture<Result<Option<Value>, JobError>> {
+        Box::pin(async move {
+            // Arguments that do not decode will not decode next time either.
+            let job: J = serde_json::from_value(args)
+                .map_err(|e| JobError::fail(format!("cannot decode args of {}: {e}", J::KIND)))?;
+            let output = job.perform(ctx).await?;
+            let value = serde_json::to_value(output)
+                .map_err(|e| JobError::fail(format!("cannot encode result of {}: {e}", J::KIND)))?;
+            Ok(Some(value).filter(|v| !v.is_null()))
+        })
+    }
+}
+
+/// Configures a [`Worker`].
+pub struct WorkerBuilder {
+    client: Client,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    queues: Vec<(String, usize)>,
+    lease: Duration,
+    poll_wait: Duration,
+    shutdown_timeout: Duration,
+    heartbeat_interval: Option<Duration>,
+    registry_interval: Duration,
+    hooks: Vec<Arc<dyn Hooks>>,
+    maintenance: bool,
+}
+
+impl WorkerBuilder {
+    /// Runs jobs of type `J`.
+    pub fn register<J: Job>(mut self) -> Self {
+        self.handlers.insert(J::KIND.to_owned(), Arc::new(Typed::<J>(PhantomData)));
+        self
+    }
+
+    /// Takes jobs from `queue`, running at most `concurrency` at once.
+    pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
+        self.queues.push((queue.into(), concurrency.max(1)));
+        self
+    }
+
+    /// Lease length per fetch (default 30 s). Heartbeats renew it every third of it,
+    /// so a job may run far longer; a dead worker's jobs come back after it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How often a running job's lease is renewed (default a third of the lease).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval.max(Duration::from_millis(50)));
+        self
+    }
+
+    /// How long one fetch waits for jobs on an idle queue (default 10 s). New jobs
+    /// wake it at once; this only bounds each wait.
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.poll_wait = wait;
+        self
+    }
+
+    /// On shutdown, how long running jobs may take to finish before they are
+    /// stopped and handed back (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Adds hooks around every job.
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks.push(Arc::new(hooks));
+        self
+    }
+
+    /// For an in-process client: whether this worker also runs the maintenance
+    /// services (scheduler, rescuer, expirer) on its store. Default true; turn it
+    /// off when a `grafter serve` in the same process already runs them.
+    pub fn maintenance(mut self, enabled: bool) -> Self {
+        self.maintenance = enabled;
+        self
+    }
+
+    /// Builds the worker. Fails if no kind is registered.
+    pub fn build(self) -> Result<Worker> {
+        if self.handlers.is_empty() {
+            return Err(Error::Other("register at least one job kind with .register::<J>()".into()));
+        }
+        let mut queues = self.queues;
+        if queues.is_empty() {
+            queues.push((grafter_core::DEFAULT_QUEUE.to_owned(), 10));
+        }
+        let host = hostname();
+        let pid = std::process::id();
+        let registration = WorkerRegistration {
+            id: format!("{host}-{pid}-{:08x}", rand::random::<u32>()),
+            host,
+            pid,
+            queues: queues.iter().map(|(q, _)| q.clone()).collect(),
+            concurrency: queues.iter().map(|(_, c)| *c as u32).sum(),
+            kinds: {
+                let mut kinds: Vec<_> = self.handlers.keys().cloned().collect();
+                kinds.sort();
+                kinds
+            },
+        };
+        let heartbeat_interval = self.heartbeat_interval.unwrap_or(self.lease / 3);
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                transport: self.client.transport.clone(),
+                store: self.client.store.clone(),
+                backoff: self.client.backoff,
+                handlers: self.handlers,
+                queues,
+                lease: self.lease,
+                poll_wait: self.poll_wait,
+                shutdown_timeout: self.shutdown_timeout,
+                heartbeat_interval,
+                registry_interval: self.registry_interval,
+                hooks: self.hooks,
+                maintenance: self.maintenance,
+                registration,
+            }),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Runs registered jobs from its queues. Build with [`Worker::builder`].
+///
+/// ```no_run
+/// # use grafter::{Client, Job, JobContext, JobError, Worker};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct SendEmail;
+/// # impl Job for SendEmail { const KIND: &'static str = "send_email"; type Output = ();
+/// #   async fn perform(self, _: JobContext) -> Result<(), JobError> { Ok(()) } }
+/// # async fn demo() -> grafter::Result<()> {
+/// let client = Client::http("http://127.0.0.1:7380")?;
+/// let worker = Worker::builder(&client)
+///     .register::<SendEmail>()
+///     .queue("default", 10)
+///     .build()?;
+/// worker.run_until_signal().await; // SIGINT/SIGTERM: finish running jobs, hand back the rest
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    transport: Arc<dyn Transport>,
+    store: Option<Arc<dyn grafter_store::Store>>,
+    backoff: grafter_core::Backoff,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    queues: Vec<(String, usize)>,
+    lease: Duration,
+    poll_wait: Duration,
+    shutdown_timeout: Duration,
+    heartbeat_interval: Duration,
+    registry_interval: Duration,
+    hooks: Vec<Arc<dyn Hooks>>,
+    maintenance: bool,
+    registration: WorkerRegistration,
+}
+
+/// A started worker; [`WorkerHandle::shutdown`] stops it gracefully.
+pub struct WorkerHandle {
+    inner: Arc<Inner>,
+    /// Stops fetching.
+    stop_fetching: CancellationToken,
+    /// Stops running jobs; they are handed back.
+    stop_jobs: CancellationToken,
+    /// Stops the registry heartbeat and in-process maintenance.
+    stop_background: CancellationToken,
+    fetchers: TaskTracker,
+    jobs: TaskTracker,
+    background: TaskTracker,
+}
+
+impl Worker {
+    /// Starts configuring a worker on `client`'s transport.
+    pub fn builder(client: &Client) -> WorkerBuilder {
+        WorkerBuilder {
+            client: client.clone(),
+            handlers: HashMap::new(),
+            queues: Vec::new(),
+            lease: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            heartbeat_interval: None,
+            registry_interval: Duration::from_secs(5),
+            hooks: Vec::new(),
+            maintenance: true,
+        }
+    }
+
+    /// This worker's identity, unique per start.
+    pub fn id(&self) -> &str {
+        &self.inner.registration.id
+    }
+
+    /// Starts fetching and running jobs in the background.
+    pub fn start(&self) -> WorkerHandle {
+        let handle = WorkerHandle {
+            inner: self.inner.clone(),
+            stop_fetching: CancellationToken::new(),
+            stop_jobs: CancellationToken::new(),
+            stop_background: CancellationToken::new(),
+            fetchers: TaskTracker::new(),
+            jobs: TaskTracker::new(),
+            background: TaskTracker::new(),
+        };
+        handle.background.spawn(registry_loop(self.inner.clone(), handle.stop_background.clone()));
+        if let (true, Some(store)) = (self.inner.maintenance, &self.inner.store) {
+            let config = grafter_server::ServerConfig { retry: self.inner.backoff, ..Default::default() };
+            let services = grafter_server::services::start(store.clone(), &config, handle.stop_background.child_token());
+            let stop = handle.stop_background.clone();
+            handle.background.spawn(async move {
+                stop.cancelled().await;
+                services.stop().await;
+            });
+        }
+        for (queue, concurrency) in &self.inner.queues {
+            handle.fetchers.spawn(fetch_loop(
+                self.inner.clone(),
+                queue.clone(),
+                Arc::new(Semaphore::new(*concurrency)),
+                handle.jobs.clone(),
+                handle.stop_fetching.clone(),
+                handle.stop_jobs.clone(),
+            ));
+        }
+        tracing::info!(worker = %self.inner.registration.id, queues = ?self.inner.registration.queues, "worker started");
+        handle
+    }
+
+    /// Starts, runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(&self) {
+        let handle = self.start();
+        wait_for_signal().await;
+        tracing::info!("signal received: finishing running jobs");
+        handle.shutdown().await;
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+impl WorkerHandle {
+    /// Stops fetching, lets running jobs finish within the shutdown timeout, then
+    /// stops the rest and hands their leases back so they run again at once
+    /// elsewhere (not counted as failed attempts).
+    pub async fn shutdown(self) {
+        let timeout = self.inner.shutdown_timeout;
+        self.shutdown_within(timeout).await
+    }
+
+    /// [`WorkerHandle::shutdown`] with an explicit time for running jobs to finish.
+    pub async fn shutdown_within(self, timeout: Duration) {
+        self.stop_fetching.cancel();
+        self.fetchers.close();
+        self.fetchers.wait().await;
+        self.jobs.close();
+        if tokio::time::timeout(timeout, self.jobs.wait()).await.is_err() {
+            tracing::info!("shutdown timeout reached: handing unfinished jobs back");
+            self.stop_jobs.cancel();
+            self.jobs.wait().await;
+        }
+        self.stop_background.cancel();
+        self.background.close();
+        self.background.wait().await;
+        if let Err(e) = self.inner.transport.worker_gone(&self.inner.registration.id).await {
+            tracing::warn!(error = %e, "could not deregister the worker");
+        }
+        tracing::info!(worker = %self.inner.registration.id, "worker stopped");
+    }
+}
+
+async fn registry_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        if let Err(e) = inner.transport.worker_beat(&inner.registration).await {
+            tracing::warn!(error = %e, "worker heartbeat failed");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(inner.registry_interval) => {}
+        }
+    }
+}
+
+async fn fetch_loop(
+    inner: Arc<Inner>,
+    queue: String,
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    stop_fetching: CancellationToken,
+    stop_jobs: CancellationToken,
+) {
+    let queues = [queue];
+    let mut failures = 0u32;
+    loop {
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop_fetching.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let fetch = Fetch {
+            queues: &queues,
+            max: permits.len(),
+            wait: inner.poll_wait,
+            lease: inner.lease,
+            worker_id: &inner.registration.id,
+        };
+        match inner.transport.fetch(fetch, &stop_fetching).await {
+            Ok(leased) => {
+                failures = 0;
+                for job in leased {
+                    let Some(permit) = permits.pop() else { break };
+                    jobs.spawn(execute(inner.clone(), job, permit, stop_jobs.clone()));
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                tracing::warn!(queue = %queues[0], error = %e, ?pause, "fetch failed; retrying");
+                tokio::select! {
+                    _ = stop_fetching.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+/// What the run produced, before it is recorded.
+enum RunEnd {
+    Done(Result<Option<Value>, JobError>),
+    Panicked(String),
+    TimedOut,
+    CancelledByRequest,
+    ShuttingDown,
+    LeaseLost,
+}
+
+async fn execute(inner: Arc<Inner>, leased: LeasedJob, _permit: OwnedSemaphorePermit, stop_jobs: CancellationToken) {
+    let LeasedJob { job, lease } = leased;
+    let info = JobInfo {
+        id: job.id,
+        kind: job.kind.clone(),
+        queue: job.queue.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+    };
+    let span = tracing::info_span!("grafter.job", id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempt);
+    async move {
+        for hook in &inner.hooks {
+            hook.before_job(&info);
+        }
+        let end = run(&inner, &job, &lease, &stop_jobs).await;
+        let (finish, outcome) = decide(&inner, &job, &info, end).await;
+        let outcome = match finish {
+            Some(finish) => match record(&inner, &job, &lease, &finish).await {
+                Ok(recorded) => refine(outcome, &recorded),
+                Err(_) => JobOutcome::LeaseLost,
+            },
+            None => outcome,
+        };
+        tracing::debug!(?outcome, "job finished");
+        for hook in &inner.hooks {
+            hook.after_job(&info, &outcome);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the job with its heartbeat, timeout, cancellation and shutdown.
+async fn run(inner: &Arc<Inner>, job: &JobRecord, lease: &str, stop_jobs: &CancellationToken) -> RunEnd {
+    let Some(handler) = inner.handlers.get(&job.kind).cloned() else {
+        return RunEnd::Done(Err(JobError::retry(format!(
+            "no handler for kind '{}' in worker {} (it runs: {})",
+            job.kind,
+            inner.registration.id,
+            inner.registration.kinds.join(", ")
+        ))));
+    };
+    let (progress, progress_seen) = watch::channel(None);
+    let cancel_requested = CancellationToken::new();
+    let lease_lost = CancellationToken::new();
+    let ctx = JobContext {
+        id: job.id,
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        queue: job.queue.clone(),
+        progress,
+        cancel: cancel_requested.clone(),
+    };
+    let heartbeat_done = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        inner.clone(),
+        job.id,
+        lease.to_owned(),
+        progress_seen,
+        cancel_requested.clone(),
+        lease_lost.clone(),
+        heartbeat_done.clone(),
+    ));
+    // Its own task, so a panic is caught and a timeout can abort it.
+    let mut task = tokio::spawn(handler.run(job.args.clone(), ctx).in_current_span());
+    let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let timed_out = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    // A job asked to cancel gets a moment to stop by itself before it is aborted.
+    let cancel_grace = async {
+        cancel_requested.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let end = tokio::select! {
+        joined = &mut task => match joined {
+            Ok(result) if cancel_requested.is_cancelled() && result.is_err() => RunEnd::CancelledByRequest,
+            Ok(result) => RunEnd::Done(result),
+            Err(e) if e.is_panic() => RunEnd::Panicked(panic_message(e.into_panic())),
+            Err(_) => RunEnd::ShuttingDown,
+        },
+        _ = timed_out => { task.abort(); RunEnd::TimedOut }
+        _ = cancel_grace => { task.abort(); RunEnd::CancelledByRequest }
+        _ = stop_jobs.cancelled() => { task.abort(); RunEnd::ShuttingDown }
+        _ = lease_lost.cancelled() => { task.abort(); RunEnd::LeaseLost }
+    };
+    heartbeat_done.cancel();
+    let _ = heartbeat.await;
+    end
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let detail = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    format!("panicked: {detail}")
+}
+
+async fn heartbeat_loop(
+    inner: Arc<Inner>,
+    id: grafter_core::JobId,
+    lease: String,
+    mut progress: watch::Receiver<Option<Progress>>,
+    cancel_requested: CancellationToken,
+    lease_lost: CancellationToken,
+    done: CancellationToken,
+) {
+    let mut progress_open = true;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(inner.heartbeat_interval) => {}
+            changed = progress.changed(), if progress_open => {
+                if changed.is_err() {
+                    progress_open = false;
+                    continue;
+                }
+                // Let a burst of updates settle into one heartbeat.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let current = progress.borrow_and_update().clone();
+        match inner.transport.heartbeat(id, &lease, current, inner.lease).await {
+            Ok(job) if job.cancel_requested => cancel_requested.cancel(),
+            Ok(_) => {}
+            Err(Error::LeaseLost(reason)) => {
+                tracing::warn!(%reason, "lease lost; stopping the job");
+                lease_lost.cancel();
+                return;
+            }
+            Err(Error::NotFound(_)) => {
+                tracing::warn!("job deleted while running; stopping it");
+                lease_lost.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+/// Turns how the run ended into what to record, and tells the failure hooks.
+async fn decide(inner: &Arc<Inner>, job: &JobRecord, info: &JobInfo, end: RunEnd) -> (Option<Finish>, JobOutcome) {
+    let retry_left = job.attempt < job.max_attempts;
+    let failed = |error: String, retry: bool, retry_in: Option<Duration>| {
+        for hook in &inner.hooks {
+            hook.on_failure(info, &error);
+        }
+        let outcome = JobOutcome::Failed { error: error.clone(), will_retry: retry && retry_left };
+        (Some(Finish::Fail { error, retry, retry_in }), outcome)
+    };
+    match end {
+        RunEnd::Done(Ok(result)) => (Some(Finish::Complete(result)), JobOutcome::Completed),
+        RunEnd::Done(Err(error)) => match error.action {
+            ErrorAction::Retry(after) => failed(error.message, true, after),
+            ErrorAction::Fail => failed(error.message, false, None),
+            ErrorAction::Cancel => {
+                // Ask for the cancel first, so the failure below lands as `cancelled`.
+                if let Err(e) = inner.transport.cancel(job.id).await {
+                    tracing::warn!(error = %e, "could not request the cancel");
+                }
+                (Some(Finish::Fail { error: error.message, retry: false, retry_in: None }), JobOutcome::Cancelled)
+            }
+            ErrorAction::Snooze(delay) => (Some(Finish::Release { after: Some(delay) }), JobOutcome::Snoozed),
+        },
+        RunEnd::Panicked(message) => failed(message, true, None),
+        RunEnd::TimedOut => failed(grafter_store::transitions::TIMED_OUT.to_owned(), true, None),
+        RunEnd::CancelledByRequest => (
+            Some(Finish::Fail { error: "cancelled on request".into(), retry: false, retry_in: None }),
+            JobOutcome::Cancelled,
+        ),
+        RunEnd::ShuttingDown => (Some(Finish::Release { after: None }), JobOutcome::Released),
+        RunEnd::LeaseLost => (None, JobOutcome::LeaseLost),
+    }
+}
+
+/// The recorded state may differ from the plan (a cancel requested meanwhile).
+fn refine(outcome: JobOutcome, recorded: &JobRecord) -> JobOutcome {
+    match (&outcome, recorded.state) {
+        (JobOutcome::Failed { .. }, grafter_core::JobState::Cancelled) => JobOutcome::Cancelled,
+        (JobOutcome::Failed { error, .. }, state) => {
+            JobOutcome::Failed { error: error.clone(), will_retry: state == grafter_core::JobState::Retryable }
+        }
+        _ => outcome,
+    }
+}
+
+/// Records the outcome, retrying while the server or database is unreachable so
+/// that a finished job's result is not lost to a blip. Gives up once the lease
+/// has surely expired: the job will run again elsewhere.
+async fn record(inner: &Arc<Inner>, job: &JobRecord, lease: &str, finish: &Finish) -> Result<JobRecord> {
+    let give_up = tokio::time::Instant::now() + inner.lease;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match inner.transport.finish(job.id, lease, finish).await {
+            Ok(recorded) => return Ok(recorded),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                tracing::warn!(error = %e, ?pause, "could not record the outcome; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "outcome not recorded; the job will run again after its lease");
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The worker runtime, end to end, over both transports: straight on a SQLite
+//! store in process, and over real HTTP to a `grafter serve` on loopback.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grafter::{Client, Hooks, Job, JobContext, JobError, JobInfo, JobOutcome, JobState, Worker, WorkerHandle};
+use grafter_core::Backoff;
+use grafter_server::ServerConfig;
+use grafter_sqlite::SqliteStore;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fast_backoff() -> Backoff {
+    Backoff { base_ms: 100, factor: 2.0, max_ms: 400, jitter: 0.0 }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    InProcess,
+    Http,
+}
+
+struct Env {
+    client: Client,
+    _shutdown: Option<tokio_util::sync::DropGuard>,
+    _dir: tempfile::TempDir,
+}
+
+async fn env(mode: Mode) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("grafter.db")).await.unwrap());
+    match mode {
+        Mode::InProcess => Env { client: Client::from_store_with_backoff(store, fast_backoff()), _shutdown: None, _dir: dir },
+        Mode::Http => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let mut config = ServerConfig { retry: fast_backoff(), ..Default::default() };
+            config.maintenance.schedule_interval_ms = 50;
+            config.maintenance.rescue_interval_ms = 100;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(grafter_server::serve(listener, store, config, shutdown.clone()));
+            Env { client: Client::http(&url).unwrap(), _shutdown: Some(shutdown.drop_guard()), _dir: dir }
+        }
+    }
+}
+
+fn worker(client: &Client) -> grafter::WorkerBuilder {
+    Worker::builder(client)
+        .queue("default", 4)
+        .lease(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(200))
+        .poll_wait(Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+impl Job for Add {
+    const KIND: &'static str = "add";
+    type Output = serde_json::Value;
+
+    async fn perform(self, ctx: JobContext) -> Result<serde_json::Value, JobError> {
+        Ok(json!({"sum": self.a + self.b, "attempt": ctx.attempt()}))
+    }
+}
+
+/// Fails its first attempt with an I/O error (retryable through `?`).
+#[derive(Serialize, Deserialize)]
+struct FlakyOnce;
+
+impl Job for FlakyOnce {
+    const KIND: &'static str = "flaky_once";
+    type Output = i32;
+
+    async fn perform(self, ctx: JobContext) -> Result<i32, JobError> {
+        if ctx.attempt() == 1 {
+            Err(std::io::Error::other("connection reset"))?;
+        }
+        Ok(ctx.attempt())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct BadInput;
+
+impl Job for BadInput {
+    const KIND: &'static str = "bad_input";
+    type Output = ();
+
+    async fn perform(self, _ctx: JobContext) -> Result<(), JobError> {
+        Err(JobError::fail("invalid address"))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Panics;
+
+impl Job for Panics {
+    const KIND: &'static str = "panics";
+    const MAX_ATTEMPTS: i32 = 1;
+    type Output = ();
+
+    async fn perform(self, _ctx: JobContext) -> Result<(), JobError> {
+        panic!("index out of bounds: the len is 3 but the index is 7");
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Slow;
+
+impl Job for Slow {
+    const KIND: &'static str = "slow";
+    const MAX_ATTEMPTS: i32 = 1;
+    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(300));
+    type Output = ();
+
+    async fn perform(self, _ctx: JobContext) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    }
+}
+
+/// Reports progress, then works until cancelled.
+#[derive(Serialize, Deserialize)]
+struct UntilCancelled;
+
+impl Job for UntilCancelled {
+    const KIND: &'static str = "until_cancelled";
+    type Output = ();
+
+    async fn perform(self, ctx: JobContext) -> Result<(), JobError> {
+        ctx.progress(0.25, "a quarter").await;
+        tokio::select! {
+            _ = ctx.cancelled() => Err(JobError::cancel("stopped on request")),
+            _ = tokio::time::sleep(Duration::from_secs(60)) => Ok(()),
+        }
+    }
+}
+
+/// Snoozes on its first run.
+#[derive(Serialize, Deserialize)]
+struct Snoozer;
+
+static SNOOZER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+impl Job for Snoozer {
+    const KIND: &'static str = "snoozer";
+    type Output = usize;
+
+    async fn perform(self, _ctx: JobContext) -> Result<usize, JobError> {
+        let run = SNOOZER_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+        if run == 1 {
+            return Err(JobError::snooze(Duration::from_millis(200)));
+        }
+        Ok(run)
+    }
+}
+
+/// Runs longer than its lease, heartbeating all the while.
+#[derive(Serialize, Deserialize)]
+struct Marathon;
+
+static MARATHON_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+impl Job for Marathon {
+    const KIND: &'static str = "marathon";
+    type Output = ();
+
+    async fn perform(self, _ctx: JobContext) -> Result<(), JobError> {
+        MARATHON_RUNS.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    failures: Mutex<Vec<String>>,
+    outcomes: Mutex<Vec<JobOutcome>>,
+}
+
+#[derive(Clone, Default)]
+struct SharedRecorder(Arc<Recorder>);
+
+impl Hooks for SharedRecorder {
+    fn on_failure(&self, _job: &JobInfo, error: &str) {
+        self.0.failures.lock().unwrap().push(error.to_owned());
+    }
+    fn after_job(&self, _job: &JobInfo, outcome: &JobOutcome) {
+        self.0.outcomes.lock().unwrap().push(outcome.clone());
+    }
+}
+
+fn start(builder: grafter::WorkerBuilder) -> WorkerHandle {
+    builder.build().unwrap().start()
+}
+
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Mode::InProcess).await; })*
+        }
+        mod http {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Mode::Http).await; })*
+        }
+    };
+}
+
+both_modes!(
+    success_stores_the_result,
+    retry_after_backoff_then_success,
+    fail_for_good_is_dead,
+    a_panic_is_a_failed_attempt_and_the_worker_survives,
+    timeout_records_timed_out,
+    cancel_reaches_a_running_job_and_progress_shows,
+    snooze_runs_again_without_counting_the_attempt,
+    a_job_longer_than_its_lease_runs_once,
+    unknown_kinds_are_not_lost,
+    graceful_shutdown_hands_unfinished_jobs_back,
+    duplicate_unique_keys_return_the_first_job,
+);
+
+async fn success_stores_the_result(mode: Mode) {
+    let env = env(mode).await;
+    let hooks = SharedRecorder::default();
+    let running = start(worker(&env.client).register::<Add>().hooks(hooks.clone()));
+    let enqueued = env.client.enqueue(Add { a: 2, b: 3 }).await.unwrap();
+    assert!(enqueued.created);
+    assert_eq!(enqueued.job.kind, "add");
+    let done = env.client.wait(enqueued.job.id, WAIT).await.unwrap();
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.result, Some(json!({"sum": 5, "attempt": 1})));
+    running.shutdown().await;
+    assert_eq!(*hooks.0.outcomes.lock().unwrap(), [JobOutcome::Completed]);
+}
+
+async fn retry_after_backoff_then_success(mode: Mode) {
+    let env = env(mode).await;
+    let hooks = SharedRecorder::default();
+    let running = start(worker(&env.client).register::<FlakyOnce>().hooks(hooks.clone()));
+    let job = env.client.enqueue(FlakyOnce).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.result, Some(json!(2)));
+    assert_eq!(done.errors.len(), 1);
+    assert_eq!(done.errors[0].error, "connection reset");
+    // The retry came after the backoff, not at once.
+    assert!(done.attempted_at.unwrap() - done.errors[0].at >= chrono::Duration::milliseconds(100));
+    assert_eq!(*hooks.0.failures.lock().unwrap(), ["connection reset"]);
+}
+
+async fn fail_for_good_is_dead(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(worker(&env.client).register::<BadInput>());
+    let job = env.client.enqueue(BadInput).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Dead);
+    assert_eq!(done.attempt, 1, "no retries for a failure for good");
+    assert_eq!(done.errors[0].error, "invalid address");
+}
+
+async fn a_panic_is_a_failed_attempt_and_the_worker_survives(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(worker(&env.client).register::<Panics>().register::<Add>());
+    let panicked = env.client.enqueue(Panics).await.unwrap().job;
+    let done = env.client.wait(panicked.id, WAIT).await.unwrap();
+    assert_eq!(done.state, JobState::Dead);
+    assert!(done.errors[0].error.contains("panicked: index out of bounds"), "{:?}", done.errors);
+    // The same worker goes on running jobs.
+    let next = env.client.enqueue(Add { a: 1, b: 1 }).await.unwrap().job;
+    assert_eq!(env.client.wait(next.id, WAIT).await.unwrap().state, JobState::Completed);
+    running.shutdown().await;
+}
+
+async fn timeout_records_timed_out(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(worker(&env.client).register::<Slow>());
+    let job = env.client.enqueue(Slow).await.unwrap().job;
+    assert_eq!(job.timeout_ms, Some(300));
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Dead);
+    assert_eq!(done.errors[0].error, "timed out");
+}
+
+async fn cancel_reaches_a_running_job_and_progress_shows(mode: Mode) {
+    let env = env(mode).await;
+    let hooks = SharedRecorder::default();
+    let running = start(worker(&env.client).register::<UntilCancelled>().hooks(hooks.clone()));
+    let job = env.client.enqueue(UntilCancelled).await.unwrap().job;
+    // Progress is visible through the client (and so the API) while it runs.
+    let mut seen = None;
+    for _ in 0..200 {
+        let now = env.client.get(job.id).await.unwrap();
+        if let Some(progress) = now.progress.filter(|_| now.state == JobState::Running) {
+            seen = Some(progress);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let progress = seen.expect("progress shows while running");
+    assert_eq!(progress.fraction, 0.25);
+    assert_eq!(progress.message.as_deref(), Some("a quarter"));
+
+    let requested = env.client.cancel(job.id).await.unwrap();
+    assert!(requested.cancel_requested);
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Cancelled);
+    assert_eq!(*hooks.0.outcomes.lock().unwrap(), [JobOutcome::Cancelled]);
+}
+
+async fn snooze_runs_again_without_counting_the_attempt(mode: Mode) {
+    let env = env(mode).await;
+    SNOOZER_RUNS.store(0, Ordering::SeqCst);
+    let running = start(worker(&env.client).register::<Snoozer>());
+    let job = env.client.enqueue(Snoozer).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.attempt, 1, "a snooze is not an attempt");
+    assert!(done.errors.is_empty());
+    assert_eq!(done.result, Some(json!(2)));
+}
+
+async fn a_job_longer_than_its_lease_runs_once(mode: Mode) {
+    let env = env(mode).await;
+    MARATHON_RUNS.store(0, Ordering::SeqCst);
+    // A 2 s lease and a 4.5 s job: heartbeats must keep the lease alive.
+    let running = start(worker(&env.client).register::<Marathon>());
+    let job = env.client.enqueue(Marathon).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.attempt, 1);
+    assert!(done.errors.is_empty(), "{:?}", done.errors);
+    assert_eq!(MARATHON_RUNS.load(Ordering::SeqCst), 1);
+}
+
+async fn unknown_kinds_are_not_lost(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(worker(&env.client).register::<Add>());
+    let mut stranger = grafter::NewJob::new("stranger", json!({}));
+    stranger.max_attempts = 1;
+    let job = env.client.enqueue_raw(vec![stranger]).await.unwrap().remove(0);
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Dead);
+    assert!(done.errors[0].error.contains("no handler for kind 'stranger'"), "{:?}", done.errors);
+}
+
+async fn graceful_shutdown_hands_unfinished_jobs_back(mode: Mode) {
+    let env = env(mode).await;
+    let running = worker(&env.client).register::<UntilCancelled>().build().unwrap().start();
+    let job = env.client.enqueue(UntilCancelled).await.unwrap().job;
+    for _ in 0..200 {
+        if env.client.get(job.id).await.unwrap().state == JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    running.shutdown_within(Duration::from_millis(100)).await;
+    let back = env.client.get(job.id).await.unwrap();
+    assert_eq!(back.state, JobState::Available, "handed back, ready at once");
+    assert_eq!(back.attempt, 0, "not counted as an attempt");
+    assert!(back.errors.is_empty());
+}
+
+async fn duplicate_unique_keys_return_the_first_job(mode: Mode) {
+    let env = env(mode).await;
+    let options = grafter::EnqueueOptions { unique_key: Some("sum:1".into()), ..Default::default() };
+    let first = env.client.enqueue_with(Add { a: 1, b: 0 }, options.clone()).await.unwrap();
+    let second = env.client.enqueue_with(Add { a: 1, b: 0 }, options).await.unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.job.id, second.job.id);
+    let many = env.client.enqueue_many((0..3).map(|i| Add { a: i, b: i })).await.unwrap();
+    assert_eq!(many.len(), 3);
+    assert!(many.iter().all(|j| j.state == JobState::Available));
+}
