@@ -35,11 +35,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use grafter_core::{Job, JobId, JobState, LeasedJob};
+use grafter_core::{Job, JobId, JobState, LeasedJob, Worker};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobReschedule, JobRetry,
-    JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, QueueInfo, QueuePause, Result,
-    Store, StoreError,
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
+    JobRetry, JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, QueueInfo, QueuePause,
+    Result, Store, StoreError, WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -282,6 +282,14 @@ impl Store for PostgresStore {
         self.db.job_heartbeat(&params).await
     }
 
+    async fn job_release(&self, params: JobRelease) -> Result<Job> {
+        let job = self.db.job_release(&params).await?;
+        if job.state == JobState::Available {
+            self.announce_available();
+        }
+        Ok(job)
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
         self.db.job_get(id).await
     }
@@ -338,6 +346,22 @@ impl Store for PostgresStore {
             self.announce_available();
         }
         Ok(info)
+    }
+
+    async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()> {
+        self.db.worker_heartbeat(&params).await
+    }
+
+    async fn worker_remove(&self, id: String) -> Result<()> {
+        self.db.worker_remove(&id).await
+    }
+
+    async fn workers_list(&self) -> Result<Vec<Worker>> {
+        self.db.workers_list().await
+    }
+
+    async fn workers_prune(&self, params: WorkersPrune) -> Result<u64> {
+        self.db.workers_prune(&params).await
     }
 
     async fn ping(&self) -> Result<()> {

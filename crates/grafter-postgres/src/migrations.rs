@@ -9,7 +9,10 @@ use crate::error::pg_error_in;
 use crate::Schema;
 
 /// (version, SQL). Append only: a released migration never changes.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_jobs.sql")),
+    (2, include_str!("../migrations/0002_workers.sql")),
+];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
 /// does not collide with an application's own advisory locks by accident.

@@ -10,15 +10,16 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Object, Pool};
-use grafter_core::{Job, JobId, JobState, LeasedJob, NewJob, Timestamp};
+use grafter_core::{Job, JobId, JobState, LeasedJob, NewJob, Timestamp, Worker, WorkerRegistration};
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobReschedule, JobRetry,
-    JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueueInfo, QueuePause,
-    Result, StoreError,
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
+    JobRetry, JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueueInfo,
+    QueuePause, Result, StoreError, WorkerBeat, WorkersPrune,
 };
 use serde_json::Value;
 use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::Row;
 
 use crate::error::{is_unique_violation, pg_error, pool_error};
 use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS, JOB_COLUMNS};
@@ -54,6 +55,9 @@ macro_rules! lease_picked {
 /// timestamp, so an absurd `timeout_ms` cannot push a lease out of range.
 const MAX_TIMEOUT_MS: i64 = 100 * 365 * 24 * 3_600_000;
 
+/// PostgreSQL's earliest timestamp, 4714-11-24 00:00:00 BC UTC, in Unix seconds.
+const PG_EARLIEST_SECS: i64 = -210_866_803_200;
+
 /// How often an insert of a keyed job is retried when a concurrent transaction
 /// inserted the same key and committed between our snapshot and our insert.
 const UNIQUE_RACE_RETRIES: usize = 5;
@@ -75,6 +79,16 @@ fn later(now: Timestamp, d: std::time::Duration) -> Timestamp {
         .ok()
         .and_then(|d| now.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `now - d`, saturating at the earliest time PostgreSQL can hold (4714 BC),
+/// which no stored timestamp is before.
+fn earlier(now: Timestamp, d: std::time::Duration) -> Timestamp {
+    let earliest = DateTime::<Utc>::from_timestamp(PG_EARLIEST_SECS, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .map_or(earliest, |t| t.max(earliest))
 }
 
 fn invalid(job: &Job, message: &str) -> StoreError {
@@ -562,6 +576,106 @@ impl Db {
         Ok(info)
     }
 
+    /// Hands a leased job back in one fenced statement: the state follows from
+    /// the row's own `cancel_requested` and the requested `run_at`. Returns the
+    /// job as it now is; the caller announces it when it is `available`.
+    pub(crate) async fn job_release(&self, params: &JobRelease) -> Result<Job> {
+        const SQL: &str = concat!(
+            "UPDATE jobs SET
+                state = CASE WHEN cancel_requested THEN 'cancelled'
+                             WHEN $3::timestamptz > $4::timestamptz THEN 'scheduled'
+                             ELSE 'available' END,
+                run_at = $3,
+                finished_at = CASE WHEN cancel_requested THEN $4::timestamptz END,
+                attempt = greatest(attempt - 1, 0),
+                lease = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND state = 'running' AND lease = $2
+             RETURNING ",
+            job_columns!()
+        );
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = tx
+            .query_opt(&stmt, &[&params.id.0, &params.lease, &params.run_at, &params.now])
+            .await
+            .map_err(pg_error)?;
+        let job = match row {
+            Some(row) => job_from_row(&row)?,
+            None => return Err(fence_error(&tx, params.id).await),
+        };
+        if job.state == JobState::Available {
+            notify(&tx, &self.channel).await?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    /// Registers a worker, or refreshes everything but its start time.
+    pub(crate) async fn worker_heartbeat(&self, params: &WorkerBeat) -> Result<()> {
+        const SQL: &str = "
+            INSERT INTO workers (id, host, pid, queues, concurrency, kinds, started_at, last_seen_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+            ON CONFLICT (id) DO UPDATE SET
+                host = excluded.host, pid = excluded.pid, queues = excluded.queues,
+                concurrency = excluded.concurrency, kinds = excluded.kinds,
+                last_seen_at = excluded.last_seen_at";
+        let w = &params.worker;
+        // u32 has no SQL integer of its own in the driver (it means `oid`).
+        let (pid, concurrency) = (i64::from(w.pid), i64::from(w.concurrency));
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        client
+            .execute(&stmt, &[&w.id, &w.host, &pid, &w.queues, &concurrency, &w.kinds, &params.now])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn worker_remove(&self, id: &str) -> Result<()> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("DELETE FROM workers WHERE id = $1").await.map_err(pg_error)?;
+        client.execute(&stmt, &[&id]).await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    /// Oldest first; ids break ties bytewise (`COLLATE "C"`), as in SQLite,
+    /// whatever the database's collation. Running counts come from the
+    /// `jobs_running_worker` index.
+    pub(crate) async fn workers_list(&self) -> Result<Vec<Worker>> {
+        const SQL: &str = r#"
+            SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.kinds, w.started_at, w.last_seen_at,
+                   (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.id)
+            FROM workers w
+            ORDER BY w.started_at, w.id COLLATE "C""#;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let rows = client.query(&stmt, &[]).await.map_err(pg_error)?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    /// One statement: deletes the stale workers and, for the running jobs they
+    /// held, brings `lease_expires_at` forward to now so the rescuer takes them
+    /// on its next pass. Two nodes pruning at once each count only the workers
+    /// they deleted.
+    pub(crate) async fn workers_prune(&self, params: &WorkersPrune) -> Result<u64> {
+        const SQL: &str = "
+            WITH stale AS (
+                DELETE FROM workers WHERE last_seen_at < $1 RETURNING id
+            ), ended AS (
+                UPDATE jobs SET lease_expires_at = $2
+                WHERE state = 'running' AND lease_expires_at > $2
+                  AND worker_id IN (SELECT id FROM stale)
+            )
+            SELECT count(*) FROM stale";
+        let cutoff = earlier(params.now, params.stale_after);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = client.query_one(&stmt, &[&cutoff, &params.now]).await.map_err(pg_error)?;
+        let pruned: i64 = row.try_get(0).map_err(pg_error)?;
+        Ok(pruned.max(0) as u64)
+    }
+
     pub(crate) async fn ping(&self) -> Result<()> {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await.map_err(|e| match pg_error(e) {
@@ -570,6 +684,28 @@ impl Db {
         })?;
         Ok(())
     }
+}
+
+/// Reads a row of [`Db::workers_list`].
+fn worker_from_row(row: &Row) -> Result<Worker> {
+    let u32_at = |i: usize| -> Result<u32> {
+        let n: i64 = row.try_get(i).map_err(pg_error)?;
+        u32::try_from(n).map_err(|_| StoreError::Backend(format!("reading a worker row: {n} is not a u32")))
+    };
+    let running: i64 = row.try_get(8).map_err(pg_error)?;
+    Ok(Worker {
+        registration: WorkerRegistration {
+            id: row.try_get(0).map_err(pg_error)?,
+            host: row.try_get(1).map_err(pg_error)?,
+            pid: u32_at(2)?,
+            queues: row.try_get(3).map_err(pg_error)?,
+            concurrency: u32_at(4)?,
+            kinds: row.try_get(5).map_err(pg_error)?,
+        },
+        started_at: row.try_get(6).map_err(pg_error)?,
+        last_seen_at: row.try_get(7).map_err(pg_error)?,
+        running: running.max(0) as u64,
+    })
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {

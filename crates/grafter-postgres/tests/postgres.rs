@@ -1,6 +1,6 @@
 //! What only the PostgreSQL store does, beyond the shared suite: wake-ups that
 //! cross nodes (and not schemas), the polling fallback, migrations racing on
-//! start, and unique keys racing across nodes.
+//! start and upgrading, unique keys and worker pruning racing across nodes.
 
 mod common;
 
@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use grafter_core::NewJob;
+use grafter_core::{JobState, NewJob, WorkerRegistration};
 use grafter_postgres::{PostgresConfig, PostgresStore};
-use grafter_store::{JobsFetch, JobsInsert, QueuePause, Store, StoreError};
+use grafter_store::{
+    JobRelease, JobsFetch, JobsInsert, QueuePause, Store, StoreError, WorkerBeat, WorkersPrune,
+};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -219,4 +221,102 @@ async fn bad_settings_are_invalid() {
     let mut bad_schema = PostgresConfig::new("postgres://postgres@127.0.0.1/test");
     bad_schema.schema = Some("x".repeat(64));
     assert!(matches!(PostgresStore::connect(bad_schema).await, Err(StoreError::Invalid(_))));
+}
+
+fn registration(id: &str) -> WorkerRegistration {
+    WorkerRegistration {
+        id: id.into(),
+        host: "host-1".into(),
+        pid: u32::MAX,
+        queues: vec!["default".into()],
+        concurrency: u32::MAX,
+        kinds: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_released_on_one_node_wakes_the_others() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let mut on_b = listening(&b).await;
+    let now = Utc::now();
+    let job = insert(&a, NewJob::new("k", json!({}))).await.remove(0).job;
+    tokio::time::timeout(PATIENCE, on_b.changed()).await.expect("the insert is heard").unwrap();
+    let fetch = JobsFetch {
+        queues: vec!["default".into()],
+        max: 1,
+        lease_duration: Duration::from_secs(30),
+        worker_id: None,
+        now,
+    };
+    let leased = a.jobs_fetch(fetch).await.unwrap().remove(0);
+    // Nothing else announces work from here on: only the release can wake b.
+    on_b.borrow_and_update();
+    let release = JobRelease { id: job.id, lease: leased.lease.clone(), run_at: now, now };
+    assert_eq!(a.job_release(release.clone()).await.unwrap().state, JobState::Available);
+    tokio::time::timeout(PATIENCE, on_b.changed())
+        .await
+        .expect("another node hears of the released job")
+        .unwrap();
+
+    // Fenced like any lease: a deleted job is NotFound.
+    a.job_delete(job.id).await.unwrap();
+    assert!(matches!(a.job_release(release).await, Err(StoreError::NotFound(id)) if id == job.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_keep_full_u32_values_and_any_stale_after_is_accepted() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    store.worker_heartbeat(WorkerBeat { worker: registration("w"), now }).await.unwrap();
+    let listed = store.workers_list().await.unwrap();
+    assert_eq!(listed[0].registration, registration("w"));
+    // A limit reaching back past what PostgreSQL can store prunes nobody, without error.
+    for stale_after in [Duration::MAX, Duration::from_secs(10_000 * 365 * 24 * 3600)] {
+        let prune = WorkersPrune { now, stale_after };
+        assert_eq!(store.workers_prune(prune).await.unwrap(), 0, "{stale_after:?}");
+    }
+    assert_eq!(store.workers_list().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_pruning_at_once_forget_each_worker_once() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    for i in 0..50 {
+        let beat = WorkerBeat { worker: registration(&format!("w-{i}")), now };
+        a.worker_heartbeat(beat).await.unwrap();
+    }
+    let prune = || WorkersPrune { now: now + chrono::Duration::seconds(60), stale_after: Duration::from_secs(15) };
+    let (x, y) = tokio::join!(a.workers_prune(prune()), b.workers_prune(prune()));
+    assert_eq!(x.unwrap() + y.unwrap(), 50);
+    assert!(a.workers_list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_at_version_1_is_brought_to_version_2() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Back to how a version 1 deployment left it.
+    let schema = format!("\"{}\"", guard.schema);
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE {schema}.workers; DROP INDEX {schema}.jobs_running_worker;
+             DELETE FROM {schema}.grafter_migrations WHERE version = 2"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.migrate().await.unwrap(), [2]);
+    store.worker_heartbeat(WorkerBeat { worker: registration("w"), now: Utc::now() }).await.unwrap();
+    assert_eq!(store.workers_list().await.unwrap().len(), 1);
 }
