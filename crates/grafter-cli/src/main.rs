@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the server: HTTP API, worker protocol and maintenance.
     Serve(serve::ServeArgs),
+    /// Apply database migrations and exit (serve also applies them on start).
+    Migrate(serve::MigrateArgs),
     /// Enqueue one job.
     Enqueue(jobs::EnqueueArgs),
     /// List, show, retry, cancel or delete jobs.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Migrate(args) => serve::migrate(args).await,
             Command::Enqueue(args) => jobs::enqueue(args).await,
             Command::Jobs(command) => jobs::jobs(command).await,
             Command::Queues(args) => jobs::queues(args).await,

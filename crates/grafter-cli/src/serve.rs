@@ -27,13 +27,16 @@ pub struct ServeArgs {
     token: Option<String>,
 }
 
-pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+pub fn init_logging() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
 
+pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    init_logging();
     let mut config = match &args.config {
         Some(path) => ServerConfig::from_file(path)?,
         None => ServerConfig::default(),
@@ -49,15 +52,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     config.validate()?;
 
-    let store = grafter_server::open_store(&config.database)
+    let store = grafter_server::open_store_with(&config.database, &config.postgres)
         .await
-        .map_err(|e| format!("cannot open database {}: {e}", config.database))?;
+        .map_err(|e| format!("cannot open database {}: {e}", redact(&config.database)))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(
-        database = %config.database,
+        database = %redact(&config.database),
         auth = if config.token.is_some() { "token" } else { "none" },
         "Grafter listening on http://{address}"
     );
@@ -92,4 +95,54 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = interrupt.await;
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.cancel();
+}
+
+/// `grafter migrate`: bring the database's schema up to date and exit.
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The database: sqlite://PATH or postgres://…
+    #[arg(long, env = "GRAFTER_DATABASE_URL", default_value = grafter_server::config::DEFAULT_DATABASE)]
+    database: String,
+    /// TOML file whose [postgres] settings (schema) apply.
+    #[arg(long, env = "GRAFTER_CONFIG", value_parser = crate::existing_file)]
+    config: Option<PathBuf>,
+}
+
+pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
+    init_logging();
+    let config = match &args.config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::default(),
+    };
+    let applied = grafter_server::migrate(&args.database, &config.postgres)
+        .await
+        .map_err(|e| format!("cannot migrate {}: {e}", redact(&args.database)))?;
+    if applied.is_empty() {
+        println!("{}: schema is up to date", redact(&args.database));
+    } else {
+        println!("{}: applied migrations {applied:?}", redact(&args.database));
+    }
+    Ok(())
+}
+
+/// A database URL fit for logs: any password replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(redact("postgres://app:s3cret@db:5432/jobs"), "postgres://app:***@db:5432/jobs");
+        assert_eq!(redact("postgres://app@db/jobs"), "postgres://app@db/jobs");
+        assert_eq!(redact("sqlite://grafter.db"), "sqlite://grafter.db");
+    }
 }

@@ -33,6 +33,30 @@ pub struct ServerConfig {
     pub retry: Backoff,
     /// Maintenance services.
     pub maintenance: MaintenanceConfig,
+    /// PostgreSQL settings, used when `database` is a `postgres://` URL.
+    pub postgres: PostgresSettings,
+}
+
+/// How the server uses a PostgreSQL database.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Most pooled connections per node.
+    pub pool_size: usize,
+    /// Schema for Grafter's tables (default: the connection's search path).
+    pub schema: Option<String>,
+    /// `LISTEN` for new work; turn off behind PgBouncer in transaction mode.
+    pub listen: bool,
+    /// With `listen` off, how often waiting fetches look again.
+    pub poll_interval_ms: u64,
+    /// Apply migrations on start (else run `grafter migrate` first).
+    pub migrate: bool,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings { pool_size: 16, schema: None, listen: true, poll_interval_ms: 1_000, migrate: true }
+    }
 }
 
 impl Default for ServerConfig {
@@ -46,6 +70,7 @@ impl Default for ServerConfig {
             max_wait_ms: 30_000,
             retry: Backoff::default(),
             maintenance: MaintenanceConfig::default(),
+            postgres: PostgresSettings::default(),
         }
     }
 }
@@ -165,6 +190,12 @@ impl ServerConfig {
         }
         if m.batch_size == 0 {
             return invalid("maintenance.batch_size", "must be greater than 0".into());
+        }
+        if self.postgres.pool_size == 0 {
+            return invalid("postgres.pool_size", "must be greater than 0".into());
+        }
+        if self.postgres.poll_interval_ms == 0 {
+            return invalid("postgres.poll_interval_ms", "must be greater than 0".into());
         }
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return invalid("token", "must not be empty when set".into());

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-pub use config::{MaintenanceConfig, ServerConfig};
+pub use config::{MaintenanceConfig, PostgresSettings, ServerConfig};
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use state::AppState;
@@ -90,15 +90,21 @@ pub async fn serve(
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// Not a URL Grafter knows.
-    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://…")]
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     Unsupported(String),
     /// The store would not open.
     #[error("{0}")]
     Store(#[from] grafter_store::StoreError),
 }
 
-/// Opens the store a database URL names: `sqlite://PATH` (also `sqlite:PATH`).
+/// Opens the store a database URL names, with default settings:
+/// `sqlite://PATH` (also `sqlite:PATH`) or `postgres://…` (also `postgresql://`).
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+    open_store_with(url, &PostgresSettings::default()).await
+}
+
+/// Opens the store a database URL names; `postgres` applies to PostgreSQL URLs.
+pub async fn open_store_with(url: &str, postgres: &PostgresSettings) -> Result<Arc<dyn Store>, OpenError> {
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {
             return Err(OpenError::Unsupported(url.to_owned()));
@@ -106,5 +112,31 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, OpenError> {
         let store = grafter_sqlite::SqliteStore::open(path).await?;
         return Ok(Arc::new(store));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut config = grafter_postgres::PostgresConfig::new(url);
+        config.pool_size = postgres.pool_size;
+        config.schema = postgres.schema.clone();
+        config.listen = postgres.listen;
+        config.poll_interval = std::time::Duration::from_millis(postgres.poll_interval_ms);
+        config.migrate = postgres.migrate;
+        let store = grafter_postgres::PostgresStore::connect(config).await?;
+        return Ok(Arc::new(store));
+    }
     Err(OpenError::Unsupported(url.to_owned()))
+}
+
+/// Applies pending migrations to the database a URL names and returns the
+/// versions applied now (SQLite applies its own on open and reports none).
+pub async fn migrate(url: &str, postgres: &PostgresSettings) -> Result<Vec<i32>, OpenError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut config = grafter_postgres::PostgresConfig::new(url);
+        config.schema = postgres.schema.clone();
+        config.listen = false;
+        config.migrate = false;
+        config.pool_size = 1;
+        let store = grafter_postgres::PostgresStore::connect(config).await?;
+        return Ok(store.migrate().await?);
+    }
+    open_store(url).await?;
+    Ok(Vec::new())
 }
