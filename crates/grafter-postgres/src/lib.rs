@@ -38,8 +38,9 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use grafter_core::{Job, JobId, JobState, LeasedJob, Worker};
 use grafter_store::{
     Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, QueueInfo, QueuePause,
-    Result, Store, StoreError, WorkerBeat, WorkersPrune,
+    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
+    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, Store,
+    StoreError, WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -176,7 +177,11 @@ impl PostgresStore {
         let (availability, _) = watch::channel(0);
         let cancel = CancellationToken::new();
         let store = PostgresStore {
-            db: Db { pool, channel: schema.channel() },
+            db: Db {
+                pool,
+                channel: schema.channel(),
+                lock_scope: schema.name().unwrap_or_default().to_owned(),
+            },
             schema,
             availability,
             _background: cancel.clone().drop_guard(),
@@ -274,6 +279,10 @@ impl Store for PostgresStore {
         self.db.job_complete(&params).await
     }
 
+    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>> {
+        self.db.jobs_complete_many(&params).await
+    }
+
     async fn job_fail(&self, params: JobFail) -> Result<Job> {
         self.db.job_fail(&params).await
     }
@@ -336,6 +345,10 @@ impl Store for PostgresStore {
         self.db.jobs_expire(&params).await
     }
 
+    async fn jobs_prune(&self, params: JobsPrune) -> Result<u64> {
+        self.db.jobs_prune(&params).await
+    }
+
     async fn queues_list(&self) -> Result<Vec<QueueInfo>> {
         self.db.queues_list().await
     }
@@ -346,6 +359,18 @@ impl Store for PostgresStore {
             self.announce_available();
         }
         Ok(info)
+    }
+
+    async fn queue_set_push(&self, params: QueuePush) -> Result<QueueInfo> {
+        self.db.queue_set_push(&params).await
+    }
+
+    async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
+        self.db.leader_acquire(&params).await
+    }
+
+    async fn leader_release(&self, params: LeaderRelease) -> Result<()> {
+        self.db.leader_release(&params).await
     }
 
     async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()> {

@@ -10,12 +10,15 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Object, Pool};
-use grafter_core::{Job, JobId, JobState, LeasedJob, NewJob, Timestamp, Worker, WorkerRegistration};
+use grafter_core::{
+    Job, JobId, JobState, LeasedJob, NewJob, PushTarget, Timestamp, Worker, WorkerRegistration,
+};
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
     Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueueInfo,
-    QueuePause, Result, StoreError, WorkerBeat, WorkersPrune,
+    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
+    LeaderAcquire, LeaderRelease, MaintenanceBatch, Order, QueueInfo, QueuePause, QueuePush, Result,
+    StoreError, WorkerBeat, WorkersPrune,
 };
 use serde_json::Value;
 use tokio_postgres::types::{Json, ToSql};
@@ -62,11 +65,22 @@ const PG_EARLIEST_SECS: i64 = -210_866_803_200;
 /// inserted the same key and committed between our snapshot and our insert.
 const UNIQUE_RACE_RETRIES: usize = 5;
 
+/// First key of the advisory lock that serializes fetches with a running limit
+/// on one queue (the second is a hash of the schema and queue). Apart from the
+/// migration lock's class. The bytes spell "grfl".
+const RUNNING_LIMIT_LOCK_CLASS: i32 = 0x6772_666c;
+
+/// The finished states, the only ones pruning deletes.
+const FINISHED: [JobState; 4] = [JobState::Completed, JobState::Dead, JobState::Cancelled, JobState::Expired];
+
 /// The connection pool and the notification channel: everything an operation needs.
 pub(crate) struct Db {
     pub(crate) pool: Pool,
     /// The `LISTEN`/`NOTIFY` channel of this store's schema.
     pub(crate) channel: String,
+    /// The store's schema name (empty for the default search path), which
+    /// scopes advisory locks so stores in different schemas never contend.
+    pub(crate) lock_scope: String,
 }
 
 fn limit(n: usize) -> i64 {
@@ -222,16 +236,53 @@ impl Db {
             ) ",
             lease_picked!()
         );
+        // With a running limit: the same, leasing no more than keeps the queue's
+        // running jobs (on every node) at or under $7. The count is exact because
+        // every limited fetch of the queue holds the queue's advisory lock from
+        // before this statement (and so before its snapshot) until it commits.
+        const ONE_QUEUE_LIMITED: &str = concat!(
+            "WITH picked AS (
+                SELECT id FROM jobs
+                WHERE state = 'available'
+                  AND queue = $1
+                  AND (expires_at IS NULL OR expires_at > $2)
+                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+                ORDER BY priority, run_at, id
+                LIMIT least($3, greatest($7::bigint - (SELECT count(*) FROM jobs
+                                                       WHERE state = 'running' AND queue = $1), 0))
+                FOR UPDATE SKIP LOCKED
+            ) ",
+            lease_picked!()
+        );
         // A queue named twice would be read twice, and its jobs picked twice.
         let mut queues: Vec<&str> = params.queues.iter().map(String::as_str).collect();
         queues.sort_unstable();
         queues.dedup();
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let lease_until = later(params.now, params.lease_duration);
         let max = limit(params.max);
         let rest: [&(dyn ToSql + Sync); 5] =
             [&params.now, &max, &lease_until, &params.worker_id, &MAX_TIMEOUT_MS];
-        let rows = if let [queue] = queues[..] {
+        let rows = if let (Some(running_limit), [queue]) = (params.running_limit, &queues[..]) {
+            // Serialized per queue: two nodes counting at once would both see
+            // room for the same slots.
+            let running_limit = limit(running_limit);
+            let key = format!("{}\n{queue}", self.lock_scope);
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let lock = tx
+                .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&lock, &[&RUNNING_LIMIT_LOCK_CLASS, &key]).await.map_err(pg_error)?;
+            let stmt = tx.prepare_cached(ONE_QUEUE_LIMITED).await.map_err(pg_error)?;
+            let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(queue as _)
+                .chain(rest)
+                .chain(std::iter::once(&running_limit as _))
+                .collect();
+            let rows = tx.query(&stmt, &args).await.map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(rows)
+        } else if let [queue] = queues[..] {
             let stmt = client.prepare_cached(ONE_QUEUE).await.map_err(pg_error)?;
             let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(&queue as _).chain(rest).collect();
             client.query(&stmt, &args).await
@@ -273,6 +324,60 @@ impl Db {
             Some(row) => job_from_row(&row),
             None => Err(fence_error(&client, params.id).await),
         }
+    }
+
+    /// One statement for the whole batch. `DISTINCT ON` keeps the first of
+    /// repeated (job, lease) items, so a job acked twice in one batch answers
+    /// `true` once, as it would acked one at a time. Rows are locked in id order
+    /// before they are written, so batches racing over the same jobs (a retried
+    /// ack, worker pruning) wait for each other instead of deadlocking.
+    pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
+        const SQL: &str = "
+            WITH input AS (
+                SELECT DISTINCT ON (id, lease) id, lease, result, ord
+                FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) WITH ORDINALITY
+                     AS t(id, lease, result, ord)
+                ORDER BY id, lease, ord
+            ), locked AS (
+                SELECT jobs.id, input.lease, input.result, input.ord
+                FROM input JOIN jobs ON jobs.id = input.id
+                WHERE jobs.state = 'running' AND jobs.lease = input.lease
+                ORDER BY jobs.id
+                FOR UPDATE OF jobs
+            )
+            UPDATE jobs SET state = 'completed', result = locked.result, finished_at = $4,
+                   lease = NULL, lease_expires_at = NULL
+            FROM locked
+            WHERE jobs.id = locked.id AND jobs.state = 'running' AND jobs.lease = locked.lease
+            RETURNING locked.ord";
+        let n = params.items.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut leases = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        for (id, lease, result) in &params.items {
+            ids.push(id.0);
+            leases.push(lease.as_str());
+            results.push(result.as_ref());
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let rows = client
+            .query(&stmt, &[&ids, &leases, &results, &params.now])
+            .await
+            .map_err(pg_error)?;
+        let mut done = vec![false; n];
+        for row in rows {
+            let ord: i64 = row.try_get(0).map_err(pg_error)?;
+            // Ordinality counts from 1.
+            match usize::try_from(ord).ok().and_then(|i| done.get_mut(i.wrapping_sub(1))) {
+                Some(slot) => *slot = true,
+                None => return Err(StoreError::Backend(format!("batch ack answered for item {ord} of {n}"))),
+            }
+        }
+        Ok(done)
     }
 
     pub(crate) async fn job_fail(&self, params: &JobFail) -> Result<Job> {
@@ -520,31 +625,7 @@ impl Db {
     }
 
     pub(crate) async fn queues_list(&self) -> Result<Vec<QueueInfo>> {
-        let client = self.client().await?;
-        let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
-        let stmt = client.prepare_cached("SELECT name, paused FROM queues").await.map_err(pg_error)?;
-        for row in client.query(&stmt, &[]).await.map_err(pg_error)? {
-            let name: String = row.try_get(0).map_err(pg_error)?;
-            let paused: bool = row.try_get(1).map_err(pg_error)?;
-            queues.insert(name.clone(), QueueInfo::empty(name, paused));
-        }
-        // Answered from the (queue, state) index.
-        let stmt = client
-            .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
-            .await
-            .map_err(pg_error)?;
-        for row in client.query(&stmt, &[]).await.map_err(pg_error)? {
-            let queue: String = row.try_get(0).map_err(pg_error)?;
-            let state: String = row.try_get(1).map_err(pg_error)?;
-            let count: i64 = row.try_get(2).map_err(pg_error)?;
-            let Ok(state) = state.parse::<JobState>() else { continue };
-            queues
-                .entry(queue.clone())
-                .or_insert_with(|| QueueInfo::empty(queue, false))
-                .counts
-                .insert(state, count.max(0) as u64);
-        }
-        Ok(queues.into_values().collect())
+        queue_infos(&self.client().await?, None).await
     }
 
     pub(crate) async fn queue_set_paused(&self, params: &QueuePause) -> Result<QueueInfo> {
@@ -552,7 +633,6 @@ impl Db {
             INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
             ON CONFLICT (name) DO UPDATE
                 SET paused = excluded.paused, updated_at = excluded.updated_at";
-        const COUNTS: &str = "SELECT state, count(*) FROM jobs WHERE queue = $1 GROUP BY state";
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(UPSERT).await.map_err(pg_error)?;
@@ -563,17 +643,84 @@ impl Db {
             // The queue's available jobs can be fetched again.
             notify(&tx, &self.channel).await?;
         }
-        let mut info = QueueInfo::empty(params.queue.clone(), params.paused);
-        let stmt = tx.prepare_cached(COUNTS).await.map_err(pg_error)?;
-        for row in tx.query(&stmt, &[&params.queue]).await.map_err(pg_error)? {
-            let state: String = row.try_get(0).map_err(pg_error)?;
-            let count: i64 = row.try_get(1).map_err(pg_error)?;
-            if let Ok(state) = state.parse::<JobState>() {
-                info.counts.insert(state, count.max(0) as u64);
-            }
-        }
+        let info = queue_info(&tx, &params.queue).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(info)
+    }
+
+    /// Sets or clears the push target, keeping the queue's other settings.
+    pub(crate) async fn queue_set_push(&self, params: &QueuePush) -> Result<QueueInfo> {
+        const UPSERT: &str = "
+            INSERT INTO queues (name, paused, push, updated_at) VALUES ($1, false, $2, $3)
+            ON CONFLICT (name) DO UPDATE
+                SET push = excluded.push, updated_at = excluded.updated_at";
+        let push = params.push.as_ref().map(Json);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(UPSERT).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&params.queue, &push, &params.now]).await.map_err(pg_error)?;
+        let info = queue_info(&tx, &params.queue).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(info)
+    }
+
+    /// Deletes up to `limit` jobs in the named finished states, oldest finish
+    /// first, from the `jobs_finished` index (the literal state list is its
+    /// predicate, which is what lets the planner use it). Rows another
+    /// transaction holds are skipped, so two pruners never wait on each other.
+    pub(crate) async fn jobs_prune(&self, params: &JobsPrune) -> Result<u64> {
+        const SQL: &str = "
+            DELETE FROM jobs
+            WHERE id IN (SELECT id FROM jobs
+                         WHERE state IN ('completed', 'dead', 'cancelled', 'expired')
+                           AND state = ANY($1::text[])
+                           AND finished_at < $2
+                         ORDER BY finished_at
+                         LIMIT $3
+                         FOR UPDATE SKIP LOCKED)";
+        let states: Vec<&str> = FINISHED
+            .into_iter()
+            .filter(|s| params.states.contains(s))
+            .map(JobState::as_str)
+            .collect();
+        if states.is_empty() || params.limit == 0 {
+            return Ok(0);
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        client
+            .execute(&stmt, &[&states, &params.finished_before, &limit(params.limit)])
+            .await
+            .map_err(pg_error)
+    }
+
+    /// One upsert: it inserts a free leadership, or takes over a row that is
+    /// expired or already `node`'s, and returns a row only then. Racing nodes
+    /// are serialized by the primary key (and the row lock `ON CONFLICT` takes),
+    /// the later one judging the row the earlier one left.
+    pub(crate) async fn leader_acquire(&self, params: &LeaderAcquire) -> Result<bool> {
+        const SQL: &str = "
+            INSERT INTO leaders (name, node, expires_at) VALUES ($1, $2, $3)
+            ON CONFLICT (name) DO UPDATE
+                SET node = excluded.node, expires_at = excluded.expires_at
+                WHERE leaders.node = excluded.node OR leaders.expires_at <= $4
+            RETURNING true";
+        let expires_at = later(params.now, params.ttl);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(&stmt, &[&params.name, &params.node, &expires_at, &params.now])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.is_some())
+    }
+
+    pub(crate) async fn leader_release(&self, params: &LeaderRelease) -> Result<()> {
+        const SQL: &str = "DELETE FROM leaders WHERE name = $1 AND node = $2";
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        client.execute(&stmt, &[&params.name, &params.node]).await.map_err(pg_error)?;
+        Ok(())
     }
 
     /// Hands a leased job back in one fenced statement: the state follows from
@@ -684,6 +831,71 @@ impl Db {
         })?;
         Ok(())
     }
+}
+
+/// Every queue with settings or jobs (or only `only`): settings, job counts per
+/// state, and the `run_at` of the longest-waiting available job. Separate
+/// statements for one queue, so that each can use the queue's indexes.
+async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<Vec<QueueInfo>> {
+    const SETTINGS_ALL: &str = "SELECT name, paused, push FROM queues";
+    const SETTINGS_ONE: &str = "SELECT name, paused, push FROM queues WHERE name = $1";
+    // Answered from the (queue, state) index.
+    const COUNTS_ALL: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state";
+    const COUNTS_ONE: &str =
+        "SELECT queue, state, count(*) FROM jobs WHERE queue = $1 GROUP BY queue, state";
+    // Answered from the fetch index (run_at is one of its columns).
+    const OLDEST_ALL: &str =
+        "SELECT queue, min(run_at) FROM jobs WHERE state = 'available' GROUP BY queue";
+    const OLDEST_ONE: &str =
+        "SELECT queue, min(run_at) FROM jobs WHERE state = 'available' AND queue = $1 GROUP BY queue";
+    let query = |all: &'static str, one: &'static str| async move {
+        let rows = match only {
+            None => {
+                let stmt = client.prepare_cached(all).await.map_err(pg_error)?;
+                client.query(&stmt, &[]).await
+            }
+            Some(queue) => {
+                let stmt = client.prepare_cached(one).await.map_err(pg_error)?;
+                client.query(&stmt, &[&queue]).await
+            }
+        };
+        rows.map_err(pg_error)
+    };
+    let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
+    for row in query(SETTINGS_ALL, SETTINGS_ONE).await? {
+        let name: String = row.try_get(0).map_err(pg_error)?;
+        let mut info = QueueInfo::empty(name.clone(), row.try_get(1).map_err(pg_error)?);
+        let push: Option<Json<PushTarget>> = row.try_get(2).map_err(pg_error)?;
+        info.push = push.map(|Json(p)| p);
+        queues.insert(name, info);
+    }
+    for row in query(COUNTS_ALL, COUNTS_ONE).await? {
+        let queue: String = row.try_get(0).map_err(pg_error)?;
+        let state: String = row.try_get(1).map_err(pg_error)?;
+        let count: i64 = row.try_get(2).map_err(pg_error)?;
+        let Ok(state) = state.parse::<JobState>() else { continue };
+        queues
+            .entry(queue.clone())
+            .or_insert_with(|| QueueInfo::empty(queue, false))
+            .counts
+            .insert(state, count.max(0) as u64);
+    }
+    for row in query(OLDEST_ALL, OLDEST_ONE).await? {
+        let queue: String = row.try_get(0).map_err(pg_error)?;
+        let oldest: Option<Timestamp> = row.try_get(1).map_err(pg_error)?;
+        if let Some(info) = queues.get_mut(&queue) {
+            info.oldest_available_at = oldest;
+        }
+    }
+    Ok(queues.into_values().collect())
+}
+
+/// One queue's [`QueueInfo`]; an unknown queue is empty and not paused.
+async fn queue_info(client: &impl GenericClient, name: &str) -> Result<QueueInfo> {
+    Ok(queue_infos(client, Some(name))
+        .await?
+        .pop()
+        .unwrap_or_else(|| QueueInfo::empty(name.to_owned(), false)))
 }
 
 /// Reads a row of [`Db::workers_list`].

@@ -1,6 +1,7 @@
 //! What only the PostgreSQL store does, beyond the shared suite: wake-ups that
 //! cross nodes (and not schemas), the polling fallback, migrations racing on
-//! start and upgrading, unique keys and worker pruning racing across nodes.
+//! start and upgrading, unique keys and worker pruning racing across nodes,
+//! running limits, leadership, batch acks and job pruning across nodes.
 
 mod common;
 
@@ -11,7 +12,8 @@ use chrono::Utc;
 use grafter_core::{JobState, NewJob, WorkerRegistration};
 use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store::{
-    JobRelease, JobsFetch, JobsInsert, QueuePause, Store, StoreError, WorkerBeat, WorkersPrune,
+    JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, LeaderAcquire, QueuePause, Store,
+    StoreError, WorkerBeat, WorkersPrune,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -195,6 +197,7 @@ async fn fetching_from_several_queues_merges_them_in_order_and_skips_paused() {
         max,
         lease_duration: Duration::from_secs(30),
         worker_id: None,
+        running_limit: None,
         now,
     };
     let first = store.jobs_fetch(fetch(3)).await.unwrap();
@@ -249,6 +252,7 @@ async fn a_job_released_on_one_node_wakes_the_others() {
         max: 1,
         lease_duration: Duration::from_secs(30),
         worker_id: None,
+        running_limit: None,
         now,
     };
     let leased = a.jobs_fetch(fetch).await.unwrap().remove(0);
@@ -319,4 +323,302 @@ async fn a_schema_at_version_1_is_brought_to_version_2() {
     assert_eq!(store.migrate().await.unwrap(), [2]);
     store.worker_heartbeat(WorkerBeat { worker: registration("w"), now: Utc::now() }).await.unwrap();
     assert_eq!(store.workers_list().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_at_version_2_is_brought_to_version_3() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Back to how a version 2 deployment left it, with a queue setting and a job.
+    let schema = format!("\"{}\"", guard.schema);
+    store.queue_set_paused(QueuePause { queue: "q".into(), paused: true, now: Utc::now() }).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE {schema}.leaders; DROP INDEX {schema}.jobs_finished;
+             ALTER TABLE {schema}.queues DROP COLUMN push;
+             DELETE FROM {schema}.grafter_migrations WHERE version = 3"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.migrate().await.unwrap(), [3]);
+    let queues = store.queues_list().await.unwrap();
+    assert!(queues[0].paused && queues[0].push.is_none(), "settings survive the upgrade");
+    let acquire = LeaderAcquire { name: "m".into(), node: "n".into(), ttl: Duration::from_secs(1), now: Utc::now() };
+    assert!(store.leader_acquire(acquire).await.unwrap());
+}
+
+/// Nodes fetching one queue at once, each with the queue's running limit, never
+/// have more than the limit running between them. A monitor on its own
+/// connection counts running jobs throughout; the workers also count the jobs
+/// they hold (from the fetch's answer until before their ack), a subset of
+/// what the database holds running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+    const JOBS: usize = 300;
+    const LIMIT: usize = 5;
+    const TASKS_PER_NODE: usize = 4;
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let a = Arc::new(PostgresStore::connect(config.clone()).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(config).await.unwrap());
+    let now = Utc::now();
+    let jobs = (0..JOBS)
+        .map(|i| {
+            let mut job = NewJob::new("hook", json!({ "i": i }));
+            job.queue = "push".into();
+            job
+        })
+        .collect();
+    a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
+    // Another queue's running jobs do not count against this one's limit.
+    let mut other = NewJob::new("k", json!({}));
+    other.queue = "other".into();
+    a.jobs_insert_many(JobsInsert { jobs: vec![other], now }).await.unwrap();
+    let other_fetch = JobsFetch {
+        queues: vec!["other".into()],
+        max: 1,
+        lease_duration: Duration::from_secs(60),
+        worker_id: None,
+        running_limit: None,
+        now,
+    };
+    assert_eq!(a.jobs_fetch(other_fetch).await.unwrap().len(), 1);
+
+    let held = Arc::new(AtomicI64::new(0));
+    let most_held = Arc::new(AtomicI64::new(0));
+    let completed = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let count = format!(
+        "SELECT count(*) FROM \"{}\".jobs WHERE state = 'running' AND queue = 'push'",
+        guard.schema
+    );
+    let monitor = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(Ordering::SeqCst) {
+                let running: i64 = admin.query_one(&count, &[]).await.unwrap().get(0);
+                most = most.max(running);
+            }
+            most
+        })
+    };
+
+    let mut tasks = Vec::new();
+    for (n, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        for t in 0..TASKS_PER_NODE {
+            let (store, held, most_held, completed) =
+                (store.clone(), held.clone(), most_held.clone(), completed.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut round = 0;
+                while completed.load(Ordering::SeqCst) < JOBS as i64 {
+                    round += 1;
+                    let fetch = JobsFetch {
+                        queues: vec!["push".into()],
+                        max: 1 + (n + t + round) % 3,
+                        lease_duration: Duration::from_secs(60),
+                        worker_id: Some(format!("node-{n}-task-{t}")),
+                        running_limit: Some(LIMIT),
+                        now,
+                    };
+                    let leased = store.jobs_fetch(fetch).await.unwrap();
+                    if leased.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let now_held = held.fetch_add(leased.len() as i64, Ordering::SeqCst) + leased.len() as i64;
+                    most_held.fetch_max(now_held, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    held.fetch_sub(leased.len() as i64, Ordering::SeqCst);
+                    let items = leased.iter().map(|l| (l.job.id, l.lease.clone(), None)).collect();
+                    let acked = store.jobs_complete_many(JobsCompleteMany { items, now }).await.unwrap();
+                    assert!(acked.iter().all(|&ok| ok));
+                    completed.fetch_add(leased.len() as i64, Ordering::SeqCst);
+                }
+            }));
+        }
+    }
+    let all = futures_util::future::join_all(tasks);
+    for task in tokio::time::timeout(Duration::from_secs(60), all).await.expect("the queue drains") {
+        task.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let most_running = monitor.await.unwrap();
+    assert_eq!(completed.load(Ordering::SeqCst), JOBS as i64);
+    let most_held = most_held.load(Ordering::SeqCst);
+    assert!(most_running <= LIMIT as i64, "{most_running} running at once, limit {LIMIT}");
+    assert!(most_held <= LIMIT as i64, "{most_held} held at once, limit {LIMIT}");
+    assert_eq!(most_running.max(most_held), LIMIT as i64, "the limit was reached, so it was tested");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_racing_for_a_leadership_end_with_exactly_one_leader() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    let acquire = |name: &str, node: &str, now| LeaderAcquire {
+        name: name.into(),
+        node: node.into(),
+        ttl: Duration::from_secs(10),
+        now,
+    };
+    let later = now + chrono::Duration::seconds(20);
+    for round in 0..25 {
+        // Free: two nodes, each with two contenders, ask at once.
+        let name = format!("maintenance-{round}");
+        let (a1, b1, a2, b2) = tokio::join!(
+            a.leader_acquire(acquire(&name, "a1", now)),
+            b.leader_acquire(acquire(&name, "b1", now)),
+            a.leader_acquire(acquire(&name, "a2", now)),
+            b.leader_acquire(acquire(&name, "b2", now)),
+        );
+        let won = [a1.unwrap(), b1.unwrap(), a2.unwrap(), b2.unwrap()];
+        assert_eq!(won.iter().filter(|&&w| w).count(), 1, "round {round}, free: {won:?}");
+        // Expired: the same race again, after the leader let its lease run out.
+        let (a1, b1, a2, b2) = tokio::join!(
+            a.leader_acquire(acquire(&name, "a1", later)),
+            b.leader_acquire(acquire(&name, "b1", later)),
+            a.leader_acquire(acquire(&name, "a2", later)),
+            b.leader_acquire(acquire(&name, "b2", later)),
+        );
+        let won_later = [a1.unwrap(), b1.unwrap(), a2.unwrap(), b2.unwrap()];
+        let winners: Vec<_> = won_later.iter().enumerate().filter(|(_, &w)| w).map(|(i, _)| i).collect();
+        assert_eq!(winners.len(), 1, "round {round}, expired: {won_later:?}");
+        // Whoever leads renews; nobody else gets in.
+        let node = ["a1", "b1", "a2", "b2"][winners[0]];
+        let renew = later + chrono::Duration::seconds(5);
+        assert!(a.leader_acquire(acquire(&name, node, renew)).await.unwrap());
+        let other = if node == "a1" { "b1" } else { "a1" };
+        assert!(!b.leader_acquire(acquire(&name, other, renew)).await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_acks_racing_over_the_same_jobs_complete_each_once() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    for round in 0..10 {
+        let jobs = (0..200).map(|i| NewJob::new("k", json!({ "round": round, "i": i }))).collect();
+        a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
+        let fetch = JobsFetch {
+            queues: vec!["default".into()],
+            max: 200,
+            lease_duration: Duration::from_secs(60),
+            worker_id: None,
+            running_limit: None,
+            now,
+        };
+        let leased = a.jobs_fetch(fetch).await.unwrap();
+        assert_eq!(leased.len(), 200);
+        // One node acks in order, the other in reverse (a retried ack), both
+        // naming some jobs twice: every job is completed once, and neither
+        // batch fails (a deadlock would fail one).
+        let forward: Vec<_> = leased
+            .iter()
+            .chain(&leased[..10])
+            .map(|l| (l.job.id, l.lease.clone(), Some(json!("forward"))))
+            .collect();
+        let mut backward: Vec<_> =
+            forward.iter().map(|(id, lease, _)| (*id, lease.clone(), Some(json!("backward")))).collect();
+        backward.reverse();
+        let (x, y) = tokio::join!(
+            a.jobs_complete_many(JobsCompleteMany { items: forward, now }),
+            b.jobs_complete_many(JobsCompleteMany { items: backward, now }),
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x.len(), 210);
+        assert_eq!(y.len(), 210);
+        for (i, l) in leased.iter().enumerate() {
+            // Forward names job i at i (and at 200 + i for the first ten);
+            // backward at 209 - i (and 9 - i).
+            let mut answers = vec![x[i], y[209 - i]];
+            if i < 10 {
+                answers.extend([x[200 + i], y[9 - i]]);
+            }
+            assert_eq!(answers.iter().filter(|&&w| w).count(), 1, "round {round}, job {i}: {answers:?}");
+            // The first naming within a batch is the one that answers.
+            if i < 10 {
+                assert!(!x[200 + i] && !y[209 - i], "round {round}, job {i}");
+            }
+            let job = a.job_get(l.job.id).await.unwrap().unwrap();
+            assert_eq!(job.state, JobState::Completed);
+            let by = if x[i] { "forward" } else { "backward" };
+            assert_eq!(job.result, Some(json!(by)), "round {round}, job {i}: the winner's result");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    // PostgreSQL keeps microseconds.
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let jobs = (0..500).map(|i| NewJob::new("k", json!({ "i": i }))).collect();
+    a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
+    let fetch = JobsFetch {
+        queues: vec!["default".into()],
+        max: 400,
+        lease_duration: Duration::from_secs(60),
+        worker_id: None,
+        running_limit: None,
+        now,
+    };
+    let leased = a.jobs_fetch(fetch).await.unwrap();
+    let items = leased.iter().map(|l| (l.job.id, l.lease.clone(), None)).collect();
+    assert!(a.jobs_complete_many(JobsCompleteMany { items, now }).await.unwrap().iter().all(|&ok| ok));
+
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let schema = format!("\"{}\"", guard.schema);
+    admin.batch_execute(&format!("ANALYZE {schema}.jobs")).await.unwrap();
+    // The plan of the pruning subselect, with sequential scans ruled out so a
+    // small table cannot hide that the index is unusable.
+    let plan: Vec<String> = admin
+        .simple_query(&format!(
+            "SET enable_seqscan = off;
+             EXPLAIN SELECT id FROM {schema}.jobs
+             WHERE state IN ('completed', 'dead', 'cancelled', 'expired')
+               AND state = ANY('{{completed,dead}}'::text[]) AND finished_at < now()
+             ORDER BY finished_at LIMIT 10 FOR UPDATE SKIP LOCKED"
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert!(plan.iter().any(|line| line.contains("jobs_finished")), "{plan:#?}");
+
+    let prune = || JobsPrune {
+        states: vec![JobState::Completed, JobState::Running],
+        finished_before: now + chrono::Duration::seconds(1),
+        limit: 150,
+    };
+    let (x, y) = tokio::join!(a.jobs_prune(prune()), b.jobs_prune(prune()));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x <= 150 && y <= 150);
+    let rest = a.jobs_prune(prune()).await.unwrap();
+    assert_eq!(x + y + rest, 400, "each completed job pruned once");
+    assert_eq!(a.jobs_prune(prune()).await.unwrap(), 0);
+    let queues = a.queues_list().await.unwrap();
+    assert_eq!(queues[0].counts[&JobState::Available], 100, "unfinished jobs stay");
+    assert_eq!(queues[0].oldest_available_at, Some(now));
 }
