@@ -5,6 +5,7 @@
 
 mod backoff;
 mod job;
+mod push;
 mod state;
 mod worker;
 
@@ -13,6 +14,7 @@ pub use job::{
     validate_name, AttemptError, Job, JobId, LeasedJob, NewJob, Progress, ValidationError,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN,
 };
+pub use push::PushTarget;
 pub use state::{JobState, UnknownState};
 pub use worker::{Worker, WorkerRegistration};
 

@@ -35,6 +35,26 @@ pub struct ServerConfig {
     pub maintenance: MaintenanceConfig,
     /// PostgreSQL settings, used when `database` is a `postgres://` URL.
     pub postgres: PostgresSettings,
+    /// How long finished jobs are kept.
+    pub retention: RetentionConfig,
+}
+
+/// How long finished jobs are kept before the pruner deletes them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Completed, cancelled and expired jobs, in ms (default 1 day).
+    pub finished_ms: u64,
+    /// Dead jobs, in ms (default 30 days), to inspect and retry by hand.
+    pub dead_ms: u64,
+    /// How often the pruner runs, in ms.
+    pub interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { finished_ms: 86_400_000, dead_ms: 30 * 86_400_000, interval_ms: 60_000 }
+    }
 }
 
 /// How the server uses a PostgreSQL database.
@@ -71,6 +91,7 @@ impl Default for ServerConfig {
             retry: Backoff::default(),
             maintenance: MaintenanceConfig::default(),
             postgres: PostgresSettings::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -90,6 +111,9 @@ pub struct MaintenanceConfig {
     /// A registered worker silent this long is dead: the rescuer forgets it and
     /// retries its running jobs at once.
     pub worker_stale_ms: u64,
+    /// How long the maintenance leadership lasts unless renewed: when a leader
+    /// dies, another node takes over within this time.
+    pub leader_ttl_ms: u64,
 }
 
 impl Default for MaintenanceConfig {
@@ -100,6 +124,7 @@ impl Default for MaintenanceConfig {
             expire_interval_ms: 1_000,
             batch_size: 1_000,
             worker_stale_ms: 15_000,
+            leader_ttl_ms: 5_000,
         }
     }
 }
@@ -112,6 +137,10 @@ impl MaintenanceConfig {
     /// The rescuer's period.
     pub fn rescue_interval(&self) -> Duration {
         Duration::from_millis(self.rescue_interval_ms)
+    }
+    /// How long the maintenance leadership lasts unless renewed.
+    pub fn leader_ttl(&self) -> Duration {
+        Duration::from_millis(self.leader_ttl_ms)
     }
     /// How long a silent worker counts as alive.
     pub fn worker_stale_after(&self) -> Duration {
@@ -183,6 +212,8 @@ impl ServerConfig {
             ("maintenance.rescue_interval_ms", m.rescue_interval_ms),
             ("maintenance.expire_interval_ms", m.expire_interval_ms),
             ("maintenance.worker_stale_ms", m.worker_stale_ms),
+            ("maintenance.leader_ttl_ms", m.leader_ttl_ms),
+            ("retention.interval_ms", self.retention.interval_ms),
         ] {
             if value == 0 {
                 return invalid(field, "must be greater than 0".into());

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-pub use config::{MaintenanceConfig, PostgresSettings, ServerConfig};
+pub use config::{MaintenanceConfig, PostgresSettings, RetentionConfig, ServerConfig};
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use state::AppState;

@@ -18,8 +18,9 @@ use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
     Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, QueueInfo, QueuePause,
-    Result, Store, StoreError, WorkerBeat, WorkersPrune,
+    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
+    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, Store,
+    StoreError, WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 
@@ -56,6 +57,12 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The write connection's durability settings as SQLite reports them, e.g.
+    /// `journal_mode=wal, synchronous=FULL`, for benchmarks and diagnostics to print.
+    pub async fn durability(&self) -> Result<String> {
+        self.writer.run(ops::durability).await
+    }
+
     fn announce_available(&self) {
         self.availability.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -80,6 +87,10 @@ impl Store for SqliteStore {
 
     async fn job_complete(&self, params: JobComplete) -> Result<Job> {
         self.writer.run(move |conn| ops::job_complete(conn, &params)).await
+    }
+
+    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>> {
+        self.writer.run(move |conn| ops::jobs_complete_many(conn, &params)).await
     }
 
     async fn job_fail(&self, params: JobFail) -> Result<Job> {
@@ -140,6 +151,22 @@ impl Store for SqliteStore {
 
     async fn jobs_expire(&self, params: MaintenanceBatch) -> Result<u64> {
         self.writer.run(move |conn| ops::jobs_expire(conn, &params)).await
+    }
+
+    async fn jobs_prune(&self, params: JobsPrune) -> Result<u64> {
+        self.writer.run(move |conn| ops::jobs_prune(conn, &params)).await
+    }
+
+    async fn queue_set_push(&self, params: QueuePush) -> Result<QueueInfo> {
+        self.writer.run(move |conn| ops::queue_set_push(conn, &params)).await
+    }
+
+    async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
+        self.writer.run(move |conn| ops::leader_acquire(conn, &params)).await
+    }
+
+    async fn leader_release(&self, params: LeaderRelease) -> Result<()> {
+        self.writer.run(move |conn| ops::leader_release(conn, &params)).await
     }
 
     async fn queues_list(&self) -> Result<Vec<QueueInfo>> {

@@ -6,6 +6,7 @@ use rusqlite::Connection;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_workers.sql")),
+    (3, include_str!("../migrations/0003_push_leaders_pruning.sql")),
 ];
 
 /// Brings the schema up to date.

@@ -7,8 +7,9 @@ use grafter_core::{Job, JobId, JobState, LeasedJob, Worker, WorkerRegistration};
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
     Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsFetch, JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueueInfo,
-    QueuePause, Result, StoreError, WorkerBeat, WorkersPrune,
+    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
+    LeaderAcquire, LeaderRelease, MaintenanceBatch, Order, QueueInfo, QueuePause, QueuePush, Result,
+    StoreError, WorkerBeat, WorkersPrune,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
@@ -86,6 +87,18 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
 }
 
 pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
+    let mut max = params.max;
+    if let (Some(limit), [queue]) = (params.running_limit, &params.queues[..]) {
+        // The one writer makes this count exact: nothing else leases meanwhile.
+        let running: i64 = conn
+            .prepare_cached("SELECT count(*) FROM jobs WHERE state = 'running' AND queue = ?1")
+            .and_then(|mut stmt| stmt.query_row([queue], |row| row.get(0)))
+            .map_err(backend)?;
+        max = max.min(limit.saturating_sub(running as usize));
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+    }
     let now = micros(params.now);
     let lease_until = now.saturating_add(duration_micros(params.lease_duration));
     let placeholders = (0..params.queues.len())
@@ -118,7 +131,7 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
         lease_until.into(),
         now.into(),
         params.worker_id.clone().into(),
-        i64::try_from(params.max).unwrap_or(i64::MAX).into(),
+        i64::try_from(max).unwrap_or(i64::MAX).into(),
     ];
     values.extend(params.queues.iter().map(|q| q.clone().into()));
     let mut leased = stmt
@@ -155,6 +168,26 @@ pub fn job_complete(conn: &Connection, params: &JobComplete) -> Result<Job> {
     })
     .map_err(backend)?
     .ok_or_else(|| fence_error(conn, params.id))
+}
+
+pub fn jobs_complete_many(conn: &Connection, params: &JobsCompleteMany) -> Result<Vec<bool>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
+                    lease = NULL, lease_expires_at = NULL
+             WHERE id = ?1 AND state = 'running' AND lease = ?2",
+        )
+        .map_err(backend)?;
+    let now = micros(params.now);
+    params
+        .items
+        .iter()
+        .map(|(id, lease, result)| {
+            let result = result.as_ref().map(to_json).transpose()?;
+            let changed = stmt.execute(params![id.0, lease, result, now]).map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .collect()
 }
 
 /// Writes the outcome of a failed attempt.
@@ -413,21 +446,39 @@ pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64
     Ok(expired.len() as u64)
 }
 
-pub fn queues_list(conn: &Connection) -> Result<Vec<QueueInfo>> {
+fn push_target(column: usize, text: Option<String>) -> rusqlite::Result<Option<grafter_core::PushTarget>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
+}
+
+/// Every queue, or only `only`, with settings, counts and oldest available job.
+fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> {
     let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
-    let mut stmt = conn.prepare_cached("SELECT name, paused FROM queues").map_err(backend)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT name, paused, push FROM queues WHERE ?1 IS NULL OR name = ?1")
+        .map_err(backend)?;
     let settings = stmt
-        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)))
+        .query_map([only], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?, push_target(2, row.get(2)?)?))
+        })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
-    for (name, paused) in settings {
-        queues.insert(name.clone(), QueueInfo::empty(name, paused));
+    for (name, paused, push) in settings {
+        let mut info = QueueInfo::empty(name.clone(), paused);
+        info.push = push;
+        queues.insert(name, info);
     }
     let mut stmt = conn
-        .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
+        .prepare_cached(
+            "SELECT queue, state, count(*) FROM jobs WHERE ?1 IS NULL OR queue = ?1 GROUP BY queue, state",
+        )
         .map_err(backend)?;
     let counts = stmt
-        .query_map([], |row| {
+        .query_map([only], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -440,7 +491,32 @@ pub fn queues_list(conn: &Connection) -> Result<Vec<QueueInfo>> {
             .counts
             .insert(state, count as u64);
     }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT queue, min(run_at) FROM jobs
+             WHERE state = 'available' AND (?1 IS NULL OR queue = ?1) GROUP BY queue",
+        )
+        .map_err(backend)?;
+    let oldest = stmt
+        .query_map([only], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    for (queue, run_at) in oldest {
+        if let Some(info) = queues.get_mut(&queue) {
+            info.oldest_available_at = Some(timestamp(run_at));
+        }
+    }
     Ok(queues.into_values().collect())
+}
+
+pub fn queues_list(conn: &Connection) -> Result<Vec<QueueInfo>> {
+    queue_infos(conn, None)
+}
+
+fn queue_info(conn: &Connection, name: &str) -> Result<QueueInfo> {
+    Ok(queue_infos(conn, Some(name))?
+        .pop()
+        .unwrap_or_else(|| QueueInfo::empty(name.to_owned(), false)))
 }
 
 pub fn queue_set_paused(conn: &Connection, params: &QueuePause) -> Result<QueueInfo> {
@@ -450,20 +526,75 @@ pub fn queue_set_paused(conn: &Connection, params: &QueuePause) -> Result<QueueI
     )
     .and_then(|mut stmt| stmt.execute(params![params.queue, params.paused, micros(params.now)]))
     .map_err(backend)?;
-    let mut info = QueueInfo::empty(params.queue.clone(), params.paused);
-    let mut stmt = conn
-        .prepare_cached("SELECT state, count(*) FROM jobs WHERE queue = ?1 GROUP BY state")
-        .map_err(backend)?;
-    let counts = stmt
-        .query_map([&params.queue], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(backend)?;
-    for (state, count) in counts {
-        if let Ok(state) = state.parse::<JobState>() {
-            info.counts.insert(state, count as u64);
-        }
+    queue_info(conn, &params.queue)
+}
+
+pub fn queue_set_push(conn: &Connection, params: &QueuePush) -> Result<QueueInfo> {
+    let push = params.push.as_ref().map(to_json).transpose()?;
+    conn.prepare_cached(
+        "INSERT INTO queues (name, paused, push, updated_at) VALUES (?1, 0, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET push = excluded.push, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut stmt| stmt.execute(params![params.queue, push, micros(params.now)]))
+    .map_err(backend)?;
+    queue_info(conn, &params.queue)
+}
+
+pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
+    let states: Vec<&str> = params.states.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
+    if states.is_empty() {
+        return Ok(0);
     }
-    Ok(info)
+    let placeholders = (0..states.len()).map(|i| format!("?{}", i + 3)).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "DELETE FROM jobs WHERE id IN (
+            SELECT id FROM jobs
+            WHERE state IN ('completed', 'dead', 'cancelled', 'expired') AND finished_at < ?1
+              AND state IN ({placeholders})
+            LIMIT ?2)"
+    );
+    let mut values: Vec<rusqlite::types::Value> =
+        vec![micros(params.finished_before).into(), limit(params.limit).into()];
+    values.extend(states.iter().map(|s| (*s).to_owned().into()));
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.execute(params_from_iter(values)))
+        .map(|n| n as u64)
+        .map_err(backend)
+}
+
+pub fn leader_acquire(conn: &Connection, params: &LeaderAcquire) -> Result<bool> {
+    let now = micros(params.now);
+    let expires = now.saturating_add(duration_micros(params.ttl));
+    conn.prepare_cached(
+        "INSERT INTO leaders (name, node, expires_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET node = excluded.node, expires_at = excluded.expires_at
+         WHERE leaders.node = excluded.node OR leaders.expires_at <= ?4",
+    )
+    .and_then(|mut stmt| stmt.execute(params![params.name, params.node, expires, now]))
+    .map_err(backend)?;
+    conn.prepare_cached("SELECT node = ?2 FROM leaders WHERE name = ?1")
+        .and_then(|mut stmt| stmt.query_row(params![params.name, params.node], |row| row.get(0)))
+        .map_err(backend)
+}
+
+pub fn leader_release(conn: &Connection, params: &LeaderRelease) -> Result<()> {
+    conn.prepare_cached("DELETE FROM leaders WHERE name = ?1 AND node = ?2")
+        .and_then(|mut stmt| stmt.execute(params![params.name, params.node]))
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub fn durability(conn: &Connection) -> Result<String> {
+    let journal: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).map_err(backend)?;
+    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |row| row.get(0)).map_err(backend)?;
+    let synchronous = match synchronous {
+        0 => "OFF",
+        1 => "NORMAL",
+        2 => "FULL",
+        3 => "EXTRA",
+        _ => "unknown",
+    };
+    Ok(format!("journal_mode={journal}, synchronous={synchronous}"))
 }
 
 pub fn ping(conn: &Connection) -> Result<()> {

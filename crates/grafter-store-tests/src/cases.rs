@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use grafter_core::{Backoff, Job, JobId, JobState, LeasedJob, NewJob, Progress, WorkerRegistration};
+use grafter_core::{Backoff, Job, JobId, JobState, LeasedJob, NewJob, Progress, PushTarget, WorkerRegistration};
 use grafter_store::transitions::{LEASE_EXPIRED, TIMED_OUT};
 use grafter_store::{
-    JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule, JobRetry, JobsFetch,
-    JobsInsert, JobsList, JobsRescue, MaintenanceBatch, Order, QueuePause, Store, StoreError,
-    WorkerBeat, WorkersPrune,
+    JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule, JobRetry,
+    JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire,
+    LeaderRelease, MaintenanceBatch, Order, QueuePause, QueuePush, Store, StoreError, WorkerBeat,
+    WorkersPrune,
 };
 use serde_json::json;
 
@@ -48,6 +49,7 @@ async fn insert_one(store: &S, job: NewJob, now: DateTime<Utc>) -> Job {
 
 fn fetch_params(queue: &str, max: usize, now: DateTime<Utc>) -> JobsFetch {
     JobsFetch {
+        running_limit: None,
         queues: vec![queue.to_owned()],
         max,
         lease_duration: Duration::from_secs(30),
@@ -746,6 +748,128 @@ pub async fn workers_register_list_and_prune(store: S) {
     store.worker_remove("w-new".into()).await.unwrap();
     store.worker_remove("never-registered".into()).await.unwrap();
     assert!(store.workers_list().await.unwrap().is_empty());
+}
+
+pub async fn complete_many_acks_a_batch_fenced_per_item(store: S) {
+    let now = t0();
+    let jobs: Vec<_> = (0..5).map(|i| NewJob::new("k", json!(i))).collect();
+    insert(&store, jobs, now).await;
+    let leased = fetch(&store, "default", 5, now).await;
+    let mut items: Vec<_> = leased.iter().map(|l| (l.job.id, l.lease.clone(), Some(json!({"n": l.job.args})))).collect();
+    items[1].1 = "not-the-lease".into();
+    items.push((JobId(i64::MAX), "x".into(), None));
+    let done = store.jobs_complete_many(JobsCompleteMany { items, now: now + ms(1) }).await.unwrap();
+    assert_eq!(done, [true, false, true, true, true, false]);
+    let first = get(&store, leased[0].job.id).await;
+    assert_eq!(first.state, JobState::Completed);
+    assert_eq!(first.result, Some(json!({"n": leased[0].job.args})));
+    assert_eq!(first.finished_at, Some(now + ms(1)));
+    assert_eq!(get(&store, leased[1].job.id).await.state, JobState::Running, "a wrong lease changes nothing");
+    assert!(store.jobs_complete_many(JobsCompleteMany { items: vec![], now }).await.unwrap().is_empty());
+}
+
+pub async fn running_limit_caps_a_queue_across_fetches(store: S) {
+    let now = t0();
+    let jobs: Vec<_> = (0..10).map(|i| NewJob::new("k", json!(i))).collect();
+    insert(&store, jobs, now).await;
+    let limited = |max| {
+        let mut params = fetch_params("default", max, now);
+        params.running_limit = Some(3);
+        params
+    };
+    assert_eq!(store.jobs_fetch(limited(2)).await.unwrap().len(), 2);
+    let more = store.jobs_fetch(limited(10)).await.unwrap();
+    assert_eq!(more.len(), 1, "3 running at most");
+    assert!(store.jobs_fetch(limited(10)).await.unwrap().is_empty());
+    store.job_complete(complete_params(&more[0], now)).await.unwrap();
+    assert_eq!(store.jobs_fetch(limited(10)).await.unwrap().len(), 1, "a finished job frees a slot");
+    assert_eq!(fetch(&store, "default", 10, now).await.len(), 6, "without a limit, the rest");
+}
+
+pub async fn prune_deletes_old_finished_jobs_only(store: S) {
+    let now = t0();
+    let mut once = NewJob::new("once", json!({}));
+    once.max_attempts = 1;
+    let jobs = insert(&store, vec![NewJob::new("done", json!({})), once, NewJob::new("waiting", json!({}))], now).await;
+    let leased = fetch(&store, "default", 2, now).await;
+    store.job_complete(complete_params(&leased[0], now)).await.unwrap();
+    store.job_fail(fail_params(&leased[1], "x", now + ms(10_000))).await.unwrap();
+    let prune = |states: Vec<JobState>, before| JobsPrune { states, finished_before: before, limit: 100 };
+    let finished = vec![JobState::Completed, JobState::Dead, JobState::Cancelled, JobState::Expired];
+    assert_eq!(store.jobs_prune(prune(finished.clone(), now)).await.unwrap(), 0, "nothing finished before now");
+    assert_eq!(store.jobs_prune(prune(vec![JobState::Completed], now + ms(20_000))).await.unwrap(), 1);
+    assert!(store.job_get(jobs[0].id).await.unwrap().is_none());
+    assert!(store.job_get(jobs[1].id).await.unwrap().is_some(), "dead jobs were not named");
+    // Unfinished states are never pruned, even when named.
+    assert_eq!(store.jobs_prune(prune(vec![JobState::Available], now + ms(20_000))).await.unwrap(), 0);
+    assert_eq!(store.jobs_prune(prune(finished, now + ms(20_000))).await.unwrap(), 1);
+    assert!(store.job_get(jobs[2].id).await.unwrap().is_some());
+}
+
+pub async fn push_target_is_kept_and_removed(store: S) {
+    let now = t0();
+    let target = PushTarget {
+        url: "http://127.0.0.1:9/jobs".into(),
+        secret: "0123456789abcdef".into(),
+        old_secrets: vec!["fedcba9876543210".into()],
+        timeout_ms: 5_000,
+        concurrency: 3,
+        headers: [("X-App".to_owned(), "demo".to_owned())].into(),
+    };
+    let info = store
+        .queue_set_push(QueuePush { queue: "hooks".into(), push: Some(target.clone()), now })
+        .await
+        .unwrap();
+    assert_eq!(info.push.as_ref(), Some(&target));
+    assert!(!info.paused);
+    // Pausing keeps the target; the list shows it.
+    store.queue_set_paused(QueuePause { queue: "hooks".into(), paused: true, now }).await.unwrap();
+    let listed = store.queues_list().await.unwrap();
+    let hooks = listed.iter().find(|q| q.name == "hooks").unwrap();
+    assert_eq!(hooks.push.as_ref(), Some(&target));
+    assert!(hooks.paused);
+    let info = store.queue_set_push(QueuePush { queue: "hooks".into(), push: None, now }).await.unwrap();
+    assert!(info.push.is_none());
+    assert!(info.paused, "removing the target keeps other settings");
+}
+
+pub async fn leadership_is_exclusive_until_it_expires_or_is_released(store: S) {
+    let now = t0();
+    let acquire = |node: &str, now| LeaderAcquire {
+        name: "maintenance".into(),
+        node: node.into(),
+        ttl: Duration::from_secs(10),
+        now,
+    };
+    assert!(store.leader_acquire(acquire("a", now)).await.unwrap());
+    assert!(!store.leader_acquire(acquire("b", now + ms(1))).await.unwrap());
+    assert!(store.leader_acquire(acquire("a", now + ms(5_000))).await.unwrap(), "renewal");
+    assert!(!store.leader_acquire(acquire("b", now + ms(14_000))).await.unwrap(), "renewed until 15 s");
+    assert!(store.leader_acquire(acquire("b", now + ms(15_000))).await.unwrap(), "expired: b takes over");
+    assert!(!store.leader_acquire(acquire("a", now + ms(15_001))).await.unwrap());
+    // Another name is another leadership.
+    let mut other = acquire("a", now + ms(15_001));
+    other.name = "cron".into();
+    assert!(store.leader_acquire(other).await.unwrap());
+    // Releasing hands over at once; releasing what one does not hold does nothing.
+    store.leader_release(LeaderRelease { name: "maintenance".into(), node: "a".into() }).await.unwrap();
+    assert!(!store.leader_acquire(acquire("a", now + ms(15_002))).await.unwrap());
+    store.leader_release(LeaderRelease { name: "maintenance".into(), node: "b".into() }).await.unwrap();
+    assert!(store.leader_acquire(acquire("a", now + ms(15_003))).await.unwrap());
+}
+
+pub async fn queues_list_shows_the_oldest_available_job(store: S) {
+    let now = t0();
+    let at = |back_ms: i64| {
+        let mut j = NewJob::new("k", json!({}));
+        j.run_at = Some(now - ms(back_ms));
+        j
+    };
+    insert(&store, vec![at(5_000), at(60_000), at(1_000)], now).await;
+    let queues = store.queues_list().await.unwrap();
+    assert_eq!(queues[0].oldest_available_at, Some(now - ms(60_000)));
+    fetch(&store, "default", 3, now).await;
+    assert_eq!(store.queues_list().await.unwrap()[0].oldest_available_at, None, "none available");
 }
 
 pub async fn ping_answers(store: S) {

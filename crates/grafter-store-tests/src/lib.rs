@@ -62,6 +62,12 @@ macro_rules! conformance_suite {
             availability_signal_fires_on_new_work,
             release_hands_the_job_back_without_counting_the_attempt,
             workers_register_list_and_prune,
+            complete_many_acks_a_batch_fenced_per_item,
+            running_limit_caps_a_queue_across_fetches,
+            prune_deletes_old_finished_jobs_only,
+            push_target_is_kept_and_removed,
+            leadership_is_exclusive_until_it_expires_or_is_released,
+            queues_list_shows_the_oldest_available_job,
             ping_answers,
         );
     };

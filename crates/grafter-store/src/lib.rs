@@ -41,6 +41,11 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a running job `completed` with its result. Fenced by the lease.
     async fn job_complete(&self, params: JobComplete) -> Result<Job>;
 
+    /// Completes many running jobs in one transaction (batch ack). Each item is
+    /// fenced by its lease; the answer says, per item in order, whether it was
+    /// completed (`false`: lease not current, or job gone).
+    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>>;
+
     /// Records a failed attempt: `retryable` after backoff, or `dead` when out of
     /// attempts or told not to retry, or `cancelled` if a cancel was requested.
     /// Fenced by the lease.
@@ -87,11 +92,27 @@ pub trait Store: Send + Sync + 'static {
     /// Moves jobs not started by their `expires_at` to `expired`.
     async fn jobs_expire(&self, params: MaintenanceBatch) -> Result<u64>;
 
+    /// Deletes jobs in the given (finished) states that finished before a time.
+    /// Returns how many went.
+    async fn jobs_prune(&self, params: JobsPrune) -> Result<u64>;
+
     /// Every queue that has jobs or settings, with its job counts per state.
     async fn queues_list(&self) -> Result<Vec<QueueInfo>>;
 
     /// Pauses or resumes a queue: a paused queue's jobs are not fetched.
     async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo>;
+
+    /// Sets or removes a queue's push target (removing turns it back into a pull queue).
+    async fn queue_set_push(&self, params: QueuePush) -> Result<QueueInfo>;
+
+    /// Takes or renews the named leadership for `node` if it is free, expired,
+    /// or already `node`'s; answers whether `node` leads now. Maintenance that
+    /// must run once per cluster runs only on the leader.
+    async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool>;
+
+    /// Gives up the named leadership if `node` holds it, so another node can
+    /// take over at once.
+    async fn leader_release(&self, params: LeaderRelease) -> Result<()>;
 
     /// Registers a worker or records its heartbeat.
     async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()>;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use grafter_core::{Backoff, Job, JobId, JobState, NewJob, Progress, Timestamp};
+use grafter_core::{Backoff, Job, JobId, JobState, NewJob, Progress, PushTarget, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -36,6 +36,9 @@ pub struct JobsFetch {
     pub lease_duration: Duration,
     /// Who is asking, recorded on the job and in any error.
     pub worker_id: Option<String>,
+    /// With one queue: lease only as many as keep that queue's running jobs
+    /// (on every node) at or under this number. A push queue's concurrency.
+    pub running_limit: Option<usize>,
     /// Current time.
     pub now: Timestamp,
 }
@@ -49,6 +52,15 @@ pub struct JobComplete {
     pub lease: String,
     /// What the job produced.
     pub result: Option<Value>,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Many workers' successes, recorded together.
+#[derive(Clone, Debug)]
+pub struct JobsCompleteMany {
+    /// (job, lease, result) per completed job.
+    pub items: Vec<(JobId, String, Option<Value>)>,
     /// Current time.
     pub now: Timestamp,
 }
@@ -184,15 +196,63 @@ pub struct QueuePause {
     pub now: Timestamp,
 }
 
-/// A queue and its job counts.
+/// Set or remove a queue's push target.
+#[derive(Clone, Debug)]
+pub struct QueuePush {
+    /// The queue.
+    pub queue: String,
+    /// The target, or `None` to make it a pull queue again.
+    pub push: Option<PushTarget>,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Delete finished jobs.
+#[derive(Clone, Debug)]
+pub struct JobsPrune {
+    /// Only jobs in these states (finished ones).
+    pub states: Vec<JobState>,
+    /// Only jobs whose `finished_at` is before this.
+    pub finished_before: Timestamp,
+    /// Most jobs to delete in this call.
+    pub limit: usize,
+}
+
+/// Take or renew a leadership.
+#[derive(Clone, Debug)]
+pub struct LeaderAcquire {
+    /// What is being led, e.g. `maintenance`.
+    pub name: String,
+    /// The node asking.
+    pub node: String,
+    /// How long the leadership lasts unless renewed.
+    pub ttl: Duration,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Give up a leadership.
+#[derive(Clone, Debug)]
+pub struct LeaderRelease {
+    /// What was led.
+    pub name: String,
+    /// The node giving it up.
+    pub node: String,
+}
+
+/// A queue, its settings and its job counts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueueInfo {
     /// The queue's name.
     pub name: String,
     /// Paused queues are not fetched from.
     pub paused: bool,
+    /// Where its jobs are pushed, for a push queue.
+    pub push: Option<PushTarget>,
     /// Jobs per state; every state is present, zero or not.
     pub counts: BTreeMap<JobState, u64>,
+    /// `run_at` of its longest-waiting available job.
+    pub oldest_available_at: Option<Timestamp>,
 }
 
 impl QueueInfo {
@@ -201,7 +261,9 @@ impl QueueInfo {
         QueueInfo {
             name,
             paused,
+            push: None,
             counts: JobState::ALL.into_iter().map(|s| (s, 0)).collect(),
+            oldest_available_at: None,
         }
     }
 }

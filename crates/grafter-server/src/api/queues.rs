@@ -20,8 +20,27 @@ pub struct QueueBody {
     pub name: String,
     /// Paused queues are not fetched from.
     pub paused: bool,
+    /// Where jobs are pushed, for a push queue (its secrets are never shown).
+    pub push: Option<PushView>,
     /// Jobs per state (every state present).
     pub counts: BTreeMap<String, u64>,
+    /// `run_at` of the longest-waiting available job.
+    pub oldest_available_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// A push target as the API shows it: no secrets, header names only.
+#[derive(Serialize, ToSchema)]
+pub struct PushView {
+    /// The application's endpoint.
+    pub url: String,
+    /// Request timeout in ms.
+    pub timeout_ms: u64,
+    /// Most requests in flight across the cluster.
+    pub concurrency: u32,
+    /// Names of the extra headers sent.
+    pub headers: Vec<String>,
+    /// How many secrets sign each request (more than one while rotating).
+    pub secrets: usize,
 }
 
 impl From<QueueInfo> for QueueBody {
@@ -29,7 +48,15 @@ impl From<QueueInfo> for QueueBody {
         QueueBody {
             name: info.name,
             paused: info.paused,
+            push: info.push.map(|p| PushView {
+                url: p.url,
+                timeout_ms: p.timeout_ms,
+                concurrency: p.concurrency,
+                headers: p.headers.into_keys().collect(),
+                secrets: 1 + p.old_secrets.len(),
+            }),
             counts: info.counts.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+            oldest_available_at: info.oldest_available_at,
         }
     }
 }

@@ -90,6 +90,7 @@ pub async fn fetch(
     }
     let lease_duration = lease_duration(&state, request.lease_ms)?;
     let params = || JobsFetch {
+        running_limit: None,
         queues: request.queues.clone(),
         max: request.max,
         lease_duration,

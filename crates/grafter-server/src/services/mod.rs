@@ -5,9 +5,16 @@
 //!
 //! - [`scheduler`]: due `scheduled`/`retryable` jobs become `available`;
 //! - [`rescuer`]: expired leases become failed attempts;
-//! - [`expirer`]: jobs past `expires_at` become `expired`.
+//! - [`expirer`]: jobs past `expires_at` become `expired`;
+//! - [`pruner`]: finished jobs past their retention are deleted.
+//!
+//! They run only on the node that holds the `maintenance` leadership
+//! ([`leader`]), so a cluster does each job's maintenance once; when the leader
+//! dies another node takes over within the leadership's TTL.
 
 pub mod expirer;
+pub mod leader;
+pub mod pruner;
 pub mod rescuer;
 pub mod scheduler;
 
@@ -16,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_store::{Result, Store};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,12 +39,20 @@ pub struct Maintenance {
 pub fn start(store: Arc<dyn Store>, config: &ServerConfig, cancel: CancellationToken) -> Maintenance {
     let mut tasks = JoinSet::new();
     let m = &config.maintenance;
-    tasks.spawn(scheduler::Scheduler::new(store.clone(), m.schedule_interval(), m.batch_size).run(cancel.clone()));
+    let (elector, leading) = leader::Elector::new(store.clone(), m.leader_ttl());
+    tasks.spawn(elector.run(cancel.clone()));
+    tasks.spawn(
+        scheduler::Scheduler::new(store.clone(), m.schedule_interval(), m.batch_size)
+            .run(leading.clone(), cancel.clone()),
+    );
     tasks.spawn(
         rescuer::Rescuer::new(store.clone(), m.rescue_interval(), m.batch_size, config.retry, m.worker_stale_after())
-            .run(cancel.clone()),
+            .run(leading.clone(), cancel.clone()),
     );
-    tasks.spawn(expirer::Expirer::new(store, m.expire_interval(), m.batch_size).run(cancel.clone()));
+    tasks.spawn(
+        expirer::Expirer::new(store.clone(), m.expire_interval(), m.batch_size).run(leading.clone(), cancel.clone()),
+    );
+    tasks.spawn(pruner::Pruner::new(store, &config.retention, m.batch_size).run(leading, cancel.clone()));
     Maintenance { tasks, cancel }
 }
 
@@ -53,6 +69,7 @@ async fn run_periodically<F, Fut>(
     name: &'static str,
     interval: Duration,
     batch_size: usize,
+    mut leading: watch::Receiver<bool>,
     cancel: CancellationToken,
     mut pass: F,
 ) where
@@ -61,6 +78,12 @@ async fn run_periodically<F, Fut>(
 {
     tracing::debug!(service = name, ?interval, "maintenance service started");
     loop {
+        if !*leading.borrow_and_update() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = leading.changed() => continue,
+            }
+        }
         let wait = match pass().await {
             Ok(touched) if touched as usize >= batch_size => Duration::ZERO,
             Ok(touched) => {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use grafter_core::Backoff;
 use grafter_store::{JobsRescue, Store, WorkersPrune};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The rescuer service.
@@ -32,10 +33,10 @@ impl Rescuer {
         Rescuer { store, interval, batch_size, backoff, worker_stale_after }
     }
 
-    /// Runs until cancelled.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Runs until cancelled, doing passes while this node leads.
+    pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
         let Rescuer { store, interval, batch_size, backoff, worker_stale_after } = self;
-        super::run_periodically("rescuer", interval, batch_size, cancel, || {
+        super::run_periodically("rescuer", interval, batch_size, leading, cancel, || {
             let store = store.clone();
             async move {
                 let now = Utc::now();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use grafter_store::{MaintenanceBatch, Store};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The scheduler service.
@@ -20,10 +21,10 @@ impl Scheduler {
         Scheduler { store, interval, batch_size }
     }
 
-    /// Runs until cancelled.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Runs until cancelled, doing passes while this node leads.
+    pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
         let Scheduler { store, interval, batch_size } = self;
-        super::run_periodically("scheduler", interval, batch_size, cancel, || {
+        super::run_periodically("scheduler", interval, batch_size, leading, cancel, || {
             store.jobs_schedule(MaintenanceBatch { now: Utc::now(), limit: batch_size })
         })
         .await;

@@ -51,6 +51,7 @@ impl Transport for StoreTransport {
 
     async fn fetch(&self, fetch: Fetch<'_>, stop: &CancellationToken) -> Result<Vec<LeasedJob>> {
         let params = || JobsFetch {
+            running_limit: None,
             queues: fetch.queues.to_vec(),
             max: fetch.max,
             lease_duration: fetch.lease,
