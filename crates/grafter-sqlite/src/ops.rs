@@ -296,20 +296,14 @@ pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
         "SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id {dir} LIMIT ?{}",
         values.len()
     );
-    let mut jobs = conn
+    let jobs = conn
         .prepare_cached(&sql)
         .and_then(|mut stmt| {
             stmt.query_map(params_from_iter(values), job_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(backend)?;
-    let next = if jobs.len() > params.limit {
-        jobs.truncate(params.limit);
-        jobs.last().map(|j| j.id)
-    } else {
-        None
-    };
-    Ok(JobPage { jobs, next })
+    Ok(JobPage::from_rows(jobs, params.limit))
 }
 
 fn invalid(job: &Job, message: &str) -> StoreError {

@@ -119,12 +119,60 @@ pub struct JobsList {
     pub queue: Option<String>,
     /// Only jobs of this kind.
     pub kind: Option<String>,
+    /// Only jobs carrying this tag.
+    pub tag: Option<String>,
+    /// Only jobs whose args hold this value at this path.
+    pub args: Option<ArgsMatch>,
     /// Page size.
     pub limit: usize,
     /// Continue after this id (exclusive), in `order`.
     pub after: Option<JobId>,
     /// Direction.
     pub order: Order,
+    /// When some filters are checked row by row (combinations no single index
+    /// answers, and `args`), look at no more than this many jobs for one page,
+    /// so a page costs the same however rare the matches are. The page may then
+    /// hold fewer than `limit` jobs while `next` says where to go on. `None`
+    /// looks as far as it takes to fill the page.
+    pub scan_limit: Option<usize>,
+}
+
+/// A value inside a job's `args`: matches when following `path` (object keys,
+/// from the top) reaches a value equal to `value`, a JSON string, number,
+/// boolean or null. Numbers compare by value (`1` matches `1.0`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArgsMatch {
+    /// Object keys from the top of `args`, e.g. `["user", "id"]`.
+    pub path: Vec<String>,
+    /// The value to find there.
+    pub value: Value,
+}
+
+impl ArgsMatch {
+    /// Checks the path is usable by every backend: 1 to 16 keys, none empty,
+    /// none with a double quote or control character; and the value is a scalar.
+    pub fn validate(&self) -> Result<(), crate::StoreError> {
+        let invalid = |m: &str| Err(crate::StoreError::Invalid(format!("args filter: {m}")));
+        if self.path.is_empty() || self.path.len() > 16 {
+            return invalid("give a path of 1 to 16 keys, e.g. user.id=42");
+        }
+        if self.path.iter().any(|k| k.is_empty() || k.contains('"') || k.chars().any(char::is_control)) {
+            return invalid("keys must not be empty or hold a double quote or control character");
+        }
+        if self.value.is_object() || self.value.is_array() {
+            return invalid("the value must be a string, number, boolean or null");
+        }
+        Ok(())
+    }
+
+    /// The smallest JSON document holding `value` at `path`, e.g.
+    /// `{"user": {"id": 42}}`: what JSON containment looks for.
+    pub fn document(&self) -> Value {
+        self.path
+            .iter()
+            .rev()
+            .fold(self.value.clone(), |inner, key| Value::Object([(key.clone(), inner)].into_iter().collect()))
+    }
 }
 
 /// One page of jobs.
@@ -132,8 +180,84 @@ pub struct JobsList {
 pub struct JobPage {
     /// The jobs, in the requested order.
     pub jobs: Vec<Job>,
-    /// Pass as `after` to get the next page; `None` on the last page.
+    /// Pass as `after` to get the next page; `None` when nothing is left. With
+    /// a `scan_limit`, it may be set on a page shorter than the limit, even an
+    /// empty one.
     pub next: Option<JobId>,
+}
+
+/// What a bulk change does to each job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkAction {
+    /// As [`crate::Store::job_retry`].
+    Retry,
+    /// As [`crate::Store::job_cancel`].
+    Cancel,
+    /// As [`crate::Store::job_delete`].
+    Delete,
+}
+
+/// The same change to many jobs, in one transaction.
+#[derive(Clone, Debug)]
+pub struct JobsBulk {
+    /// The jobs (at most [`JobsBulk::MAX_IDS`]).
+    pub ids: Vec<JobId>,
+    /// What to do to each.
+    pub action: BulkAction,
+    /// Skip jobs not in this state (checked under the same lock as the change),
+    /// so "retry every dead job" never touches a job that moved meanwhile.
+    pub only_state: Option<JobState>,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+impl JobsBulk {
+    /// Most jobs in one bulk change.
+    pub const MAX_IDS: usize = 1_000;
+}
+
+/// What a bulk change did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BulkOutcome {
+    /// Jobs changed.
+    pub changed: u64,
+    /// Jobs left alone: gone, or in a state the action does not apply to.
+    pub skipped: u64,
+}
+
+/// A time range of throughput to read.
+#[derive(Clone, Debug)]
+pub struct ThroughputRange {
+    /// From this time (inclusive; its minute counts whole).
+    pub since: Timestamp,
+    /// Until this time (exclusive).
+    pub until: Timestamp,
+}
+
+/// Attempts that ended in one minute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteThroughput {
+    /// The minute's start (UTC).
+    pub minute: Timestamp,
+    /// Attempts that completed their job.
+    pub completed: u64,
+    /// Attempts that failed (the job became `retryable` or `dead`), including
+    /// expired leases and timeouts.
+    pub failed: u64,
+}
+
+impl JobPage {
+    /// A page from up to `limit + 1` rows: backends fetch one extra row to learn
+    /// whether another page follows without counting.
+    pub fn from_rows(mut jobs: Vec<Job>, limit: usize) -> JobPage {
+        let next = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        JobPage { jobs, next }
+    }
 }
 
 /// Cancel a job.
@@ -150,6 +274,8 @@ pub struct JobCancel {
 pub struct JobRetry {
     /// The job.
     pub id: JobId,
+    /// Replace the job's args as it is requeued (a fix before another try).
+    pub args: Option<Value>,
     /// Current time.
     pub now: Timestamp,
 }

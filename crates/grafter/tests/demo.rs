@@ -102,6 +102,15 @@ fn poll(url: &str, what: &str, done: impl Fn(&Value) -> bool, logs: &[&Demo]) ->
     panic!("timed out waiting for {what} at {url}; last answer {last}\nlogs:\n{}", logs.join("\n---\n"));
 }
 
+/// Settings for a `web` process on its own database in `dir`.
+fn web_env(dir: &Path, web_port: u16, api_port: u16) -> [(&'static str, String); 3] {
+    [
+        ("PORT", web_port.to_string()),
+        ("GRAFTER_LISTEN", format!("127.0.0.1:{api_port}")),
+        ("GRAFTER_DATABASE_URL", format!("sqlite://{}", dir.join("demo.db").display())),
+    ]
+}
+
 fn enqueue_name(web_port: u16, name: &str, logs: &[&Demo]) -> i64 {
     let url = format!("http://127.0.0.1:{web_port}/?name={name}");
     let answer = poll(&url, "the web app to enqueue", |b| b["job_id"].is_i64(), logs);
@@ -138,12 +147,7 @@ fn a_killed_worker_process_loses_no_job() {
     let dir = tempfile::tempdir().unwrap();
     let (web_port, api) = (free_port(), free_port());
     let api_url = format!("http://127.0.0.1:{api}");
-    let web_env = [
-        ("PORT", web_port.to_string()),
-        ("GRAFTER_LISTEN", format!("127.0.0.1:{api}")),
-        ("GRAFTER_DATABASE_URL", format!("sqlite://{}", dir.path().join("demo.db").display())),
-    ];
-    let web = Demo::start(dir.path(), "web", &web_env, "web");
+    let web = Demo::start(dir.path(), "web", &web_env(dir.path(), web_port, api), "web");
     let worker_env = |seconds: &str| [("GRAFTER_URL", api_url.clone()), ("NAME_JOB_SECONDS", seconds.to_owned())];
     let mut doomed = Demo::start(dir.path(), "worker", &worker_env("60"), "doomed");
     let id = enqueue_name(web_port, "bar", &[&web, &doomed]);
@@ -164,12 +168,7 @@ fn sigterm_hands_the_running_job_back_uncounted() {
     let dir = tempfile::tempdir().unwrap();
     let (web_port, api) = (free_port(), free_port());
     let api_url = format!("http://127.0.0.1:{api}");
-    let web_env = [
-        ("PORT", web_port.to_string()),
-        ("GRAFTER_LISTEN", format!("127.0.0.1:{api}")),
-        ("GRAFTER_DATABASE_URL", format!("sqlite://{}", dir.path().join("demo.db").display())),
-    ];
-    let web = Demo::start(dir.path(), "web", &web_env, "web");
+    let web = Demo::start(dir.path(), "web", &web_env(dir.path(), web_port, api), "web");
     let mut leaving = Demo::start(
         dir.path(),
         "worker",
