@@ -1,11 +1,12 @@
 //! Server settings: defaults, the optional TOML file, and validation. The CLI
 //! layers `GRAFTER_*` variables and flags over the file (flags > env > file).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use grafter_core::Backoff;
+use grafter_core::{Backoff, PushTarget};
 use serde::Deserialize;
 
 /// Where `grafter serve` listens when told nothing.
@@ -37,6 +38,43 @@ pub struct ServerConfig {
     pub postgres: PostgresSettings,
     /// How long finished jobs are kept.
     pub retention: RetentionConfig,
+    /// Per-queue settings (`[queues.NAME.push]` makes NAME a push queue).
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// How the push dispatcher runs.
+    pub push: PushSettings,
+}
+
+/// One queue's settings in the file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Where the queue's jobs are pushed: the same fields as the API's
+    /// `PUT /v1/queues/{name}`. A `secret`, an `old_secrets` entry or a header
+    /// value written `${NAME}` is read from the environment variable NAME.
+    pub push: Option<PushTarget>,
+}
+
+/// How the push dispatcher runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// How often each node re-reads the push targets, in ms: a target changed
+    /// through another node applies here within this time (at once on the
+    /// node that changed it).
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings { refresh_interval_ms: 5_000 }
+    }
+}
+
+impl PushSettings {
+    /// How often push targets are re-read.
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.refresh_interval_ms)
+    }
 }
 
 /// How long finished jobs are kept before the pruner deletes them.
@@ -92,6 +130,8 @@ impl Default for ServerConfig {
             maintenance: MaintenanceConfig::default(),
             postgres: PostgresSettings::default(),
             retention: RetentionConfig::default(),
+            queues: BTreeMap::new(),
+            push: PushSettings::default(),
         }
     }
 }
@@ -152,6 +192,15 @@ impl MaintenanceConfig {
     }
 }
 
+/// A value written `${NAME}` is the environment variable NAME (which must be
+/// set); any other value is itself.
+fn from_env(value: &str) -> Result<String, String> {
+    let Some(name) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+        return Ok(value.to_owned());
+    };
+    std::env::var(name).map_err(|_| format!("environment variable {name} is not set (or not UTF-8)"))
+}
+
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -176,6 +225,16 @@ pub enum ConfigError {
     Invalid {
         /// The setting.
         field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A queue's settings are not usable.
+    #[error("invalid setting queues.{queue}.{field}: {message}")]
+    Queue {
+        /// The queue.
+        queue: String,
+        /// The setting under the queue, e.g. `push.secret`.
+        field: String,
         /// What is wrong.
         message: String,
     },
@@ -214,6 +273,7 @@ impl ServerConfig {
             ("maintenance.worker_stale_ms", m.worker_stale_ms),
             ("maintenance.leader_ttl_ms", m.leader_ttl_ms),
             ("retention.interval_ms", self.retention.interval_ms),
+            ("push.refresh_interval_ms", self.push.refresh_interval_ms),
         ] {
             if value == 0 {
                 return invalid(field, "must be greater than 0".into());
@@ -231,7 +291,34 @@ impl ServerConfig {
         if matches!(&self.token, Some(t) if t.is_empty()) {
             return invalid("token", "must not be empty when set".into());
         }
+        self.push_targets()?;
         Ok(())
+    }
+
+    /// The push targets of the `[queues.NAME.push]` tables, with `${VAR}`
+    /// values read from the environment, each validated.
+    pub fn push_targets(&self) -> Result<Vec<(String, PushTarget)>, ConfigError> {
+        let mut targets = Vec::new();
+        for (queue, settings) in &self.queues {
+            let invalid = |field: &str, message: String| ConfigError::Queue {
+                queue: queue.clone(),
+                field: field.to_owned(),
+                message,
+            };
+            grafter_core::validate_name("name", queue).map_err(|e| invalid("name", e.message))?;
+            let Some(push) = &settings.push else { continue };
+            let mut target = push.clone();
+            target.secret = from_env(&target.secret).map_err(|m| invalid("push.secret", m))?;
+            for secret in &mut target.old_secrets {
+                *secret = from_env(secret).map_err(|m| invalid("push.old_secrets", m))?;
+            }
+            for (name, value) in &mut target.headers {
+                *value = from_env(value).map_err(|m| invalid(&format!("push.headers.{name}"), m))?;
+            }
+            target.validate().map_err(|e| invalid(&e.field, e.message))?;
+            targets.push((queue.clone(), target));
+        }
+        Ok(targets)
     }
 
     /// The default lease length.

@@ -12,6 +12,7 @@ mod error;
 mod extract;
 mod metrics;
 mod openapi;
+pub mod push;
 pub mod services;
 mod state;
 
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workers", get(api::worker::workers_list))
         .route("/workers/{id}", axum::routing::put(api::worker::worker_heartbeat).delete(api::worker::worker_remove))
         .route("/queues", get(api::queues::list))
+        .route("/queues/{name}", axum::routing::put(api::queues::update))
         .route("/queues/{name}/pause", post(api::queues::pause))
         .route("/queues/{name}/resume", post(api::queues::resume))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::auth::require_token));
@@ -66,23 +68,29 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` and runs the maintenance services until
-/// `shutdown` is cancelled; then stops taking requests, lets in-flight ones
-/// finish (long-polls answer at once), and stops the services.
+/// Serves the API on `listener` and runs the maintenance services and the
+/// push dispatcher until `shutdown` is cancelled; then stops taking requests,
+/// lets in-flight ones finish (long-polls answer at once), and stops the
+/// services. The config file's push targets are stored first.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    push::apply_configured_targets(&store, &config).await.map_err(std::io::Error::other)?;
     let maintenance = services::start(store.clone(), &config, shutdown.child_token());
     let state = AppState::new(store, config, shutdown.clone());
+    let dispatcher = tokio::spawn(push::run_dispatcher(state.clone(), shutdown.child_token()));
     let app = router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
     maintenance.stop().await;
+    if let Err(error) = dispatcher.await {
+        tracing::error!(%error, "the push dispatcher failed");
+    }
     result
 }
 

@@ -14,7 +14,7 @@ use crate::api;
         api::worker::fetch, api::worker::ack, api::worker::fail, api::worker::heartbeat,
         api::worker::release, api::worker::worker_heartbeat, api::worker::worker_remove,
         api::worker::workers_list,
-        api::queues::list, api::queues::pause, api::queues::resume,
+        api::queues::list, api::queues::update, api::queues::pause, api::queues::resume,
         api::health::livez, api::health::readyz, api::health::metrics,
     ),
     modifiers(&BearerAuth),

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use grafter_store::Store;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -18,13 +19,21 @@ struct Inner {
     config: ServerConfig,
     metrics: Metrics,
     shutdown: CancellationToken,
+    /// Wakes this node's push dispatcher when the API changed a push target.
+    push_targets_changed: Notify,
 }
 
 impl AppState {
     /// State for a router over `store`.
     pub fn new(store: Arc<dyn Store>, config: ServerConfig, shutdown: CancellationToken) -> Self {
         AppState {
-            inner: Arc::new(Inner { store, config, metrics: Metrics::new(), shutdown }),
+            inner: Arc::new(Inner {
+                store,
+                config,
+                metrics: Metrics::new(),
+                shutdown,
+                push_targets_changed: Notify::new(),
+            }),
         }
     }
 
@@ -44,5 +53,11 @@ impl AppState {
 
     pub(crate) fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Notified (with a stored permit, so no change is missed) when a push
+    /// target was set or removed through this node.
+    pub(crate) fn push_targets_changed(&self) -> &Notify {
+        &self.inner.push_targets_changed
     }
 }

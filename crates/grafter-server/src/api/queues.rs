@@ -1,16 +1,18 @@
-//! Queues: counts per state, pause and resume.
+//! Queues: counts per state, pause and resume, push targets.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
-use grafter_store::{QueueInfo, QueuePause};
-use serde::Serialize;
+use grafter_core::PushTarget;
+use grafter_store::{QueueInfo, QueuePause, QueuePush};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::jobs::queue_name;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
 use crate::state::AppState;
 
 /// A queue and its jobs per state.
@@ -96,4 +98,37 @@ pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> R
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
 pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<QueueBody>, ApiError> {
     set_paused(state, name, false).await
+}
+
+/// A queue's settings.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Makes it a push queue: Grafter POSTs each due job to `url`, signed with
+    /// `secret` (and each of `old_secrets` while rotating). `null` or absent:
+    /// a pull queue, whose jobs workers fetch.
+    pub push: Option<PushTarget>,
+}
+
+/// Set a queue's settings: today, its push target. The answer never shows
+/// secrets. Whoever may call this decides where jobs are sent, so keep the
+/// server's token to administrators.
+#[utoipa::path(put, path = "/v1/queues/{name}", tag = "queues", params(("name" = String, Path)),
+    request_body = QueueSettings,
+    responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(settings): ApiJson<QueueSettings>,
+) -> Result<Json<QueueBody>, ApiError> {
+    queue_name("name", &name)?;
+    if let Some(push) = &settings.push {
+        push.validate()?;
+    }
+    let info = state
+        .store()
+        .queue_set_push(QueuePush { queue: name, push: settings.push, now: Utc::now() })
+        .await?;
+    state.push_targets_changed().notify_one();
+    Ok(Json(info.into()))
 }
