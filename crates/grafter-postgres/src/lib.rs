@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod browse;
 mod error;
 mod migrations;
 mod notifier;
@@ -37,10 +38,10 @@ use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use grafter_core::{Job, JobId, JobState, LeasedJob, Worker};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
+    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
+    JobRetry, JobsCompleteMany, JobsBulk, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
     LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, Store,
-    StoreError, WorkerBeat, WorkersPrune,
+    MinuteThroughput, StoreError, ThroughputRange, WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -191,6 +192,7 @@ impl PostgresStore {
         } else {
             store.db.ping().await?;
         }
+        browse::spawn_rollup(store.db.pool.clone(), store.db.lock_scope.clone(), cancel.clone());
         if config.listen {
             // Named apart, so an operator (or a test) can tell it in pg_stat_activity.
             let mut listener_config = pg_config.clone();
@@ -305,6 +307,21 @@ impl Store for PostgresStore {
 
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {
         self.db.jobs_list(&params).await
+    }
+
+    async fn jobs_bulk(&self, params: JobsBulk) -> Result<BulkOutcome> {
+        if params.ids.len() > JobsBulk::MAX_IDS {
+            return Err(StoreError::Invalid(format!("at most {} jobs per bulk change", JobsBulk::MAX_IDS)));
+        }
+        let outcome = self.db.jobs_bulk(&params).await?;
+        if params.action == BulkAction::Retry && outcome.changed > 0 {
+            self.announce_available();
+        }
+        Ok(outcome)
+    }
+
+    async fn throughput_list(&self, params: ThroughputRange) -> Result<Vec<MinuteThroughput>> {
+        self.db.throughput_list(&params).await
     }
 
     async fn job_cancel(&self, params: JobCancel) -> Result<Job> {

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_workers.sql")),
     (3, include_str!("../migrations/0003_push_leaders_pruning.sql")),
+    (4, include_str!("../migrations/0004_dashboard.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -15,9 +15,9 @@ use grafter_core::{
 };
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
-    LeaderAcquire, LeaderRelease, MaintenanceBatch, Order, QueueInfo, QueuePause, QueuePush, Result,
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule,
+    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, JobsRescue,
+    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result,
     StoreError, WorkerBeat, WorkersPrune,
 };
 use serde_json::Value;
@@ -25,7 +25,7 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
 use crate::error::{is_unique_violation, pg_error, pool_error};
-use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS, JOB_COLUMNS};
+use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS};
 
 /// The second half of both fetch statements: leases the rows a `picked` CTE
 /// chose. The lease token is a random UUID (122 random bits) as 32 hex digits.
@@ -105,7 +105,7 @@ fn earlier(now: Timestamp, d: std::time::Duration) -> Timestamp {
         .map_or(earliest, |t| t.max(earliest))
 }
 
-fn invalid(job: &Job, message: &str) -> StoreError {
+pub(crate) fn invalid(job: &Job, message: &str) -> StoreError {
     StoreError::InvalidState { id: job.id, state: job.state, message: message.to_owned() }
 }
 
@@ -126,7 +126,7 @@ async fn job_get_on(client: &impl GenericClient, id: JobId) -> Result<Option<Job
 }
 
 /// Locks a job row for a read-modify-write and returns it with its lease.
-async fn job_lock(client: &impl GenericClient, id: JobId) -> Result<(Job, Option<String>)> {
+pub(crate) async fn job_lock(client: &impl GenericClient, id: JobId) -> Result<(Job, Option<String>)> {
     const SQL: &str =
         concat!("SELECT ", job_columns!(), ", jobs.lease FROM jobs WHERE id = $1 FOR UPDATE");
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
@@ -158,7 +158,7 @@ fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
 }
 
 impl Db {
-    async fn client(&self) -> Result<Object> {
+    pub(crate) async fn client(&self) -> Result<Object> {
         self.pool.get().await.map_err(pool_error)
     }
 
@@ -424,82 +424,11 @@ impl Db {
         }
     }
 
-    pub(crate) async fn jobs_list(&self, params: &JobsList) -> Result<JobPage> {
-        let mut clauses: Vec<String> = Vec::new();
-        let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        if let Some(state) = params.state {
-            values.push(Box::new(state.as_str()));
-            clauses.push(format!("state = ${}", values.len()));
-        }
-        if let Some(queue) = &params.queue {
-            values.push(Box::new(queue.clone()));
-            clauses.push(format!("queue = ${}", values.len()));
-        }
-        if let Some(kind) = &params.kind {
-            values.push(Box::new(kind.clone()));
-            clauses.push(format!("kind = ${}", values.len()));
-        }
-        let (cmp, dir) = match params.order {
-            Order::Desc => ("<", "DESC"),
-            Order::Asc => (">", "ASC"),
-        };
-        if let Some(after) = params.after {
-            values.push(Box::new(after.0));
-            clauses.push(format!("id {cmp} ${}", values.len()));
-        }
-        let filter = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        // One extra row tells whether there is a next page.
-        values.push(Box::new(limit(params.limit.saturating_add(1))));
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id {dir} LIMIT ${}",
-            values.len()
-        );
-        let client = self.client().await?;
-        // A handful of filter shapes exist, so caching each is bounded.
-        let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
-        let rows = client.query(&stmt, &refs).await.map_err(pg_error)?;
-        let mut jobs = jobs_from_rows(&rows)?;
-        let next = if jobs.len() > params.limit {
-            jobs.truncate(params.limit);
-            jobs.last().map(|j| j.id)
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next })
-    }
-
     pub(crate) async fn job_cancel(&self, params: &JobCancel) -> Result<Job> {
-        // A running job only gets the request; its worker learns of it from its
-        // next heartbeat or ack answer and stops.
-        const REQUEST: &str = concat!(
-            "UPDATE jobs SET cancel_requested = true WHERE id = $1 RETURNING ",
-            job_columns!()
-        );
-        const CANCEL: &str = concat!(
-            "UPDATE jobs SET state = 'cancelled', finished_at = $2 WHERE id = $1 RETURNING ",
-            job_columns!()
-        );
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let (job, _) = job_lock(&tx, params.id).await?;
-        if job.state.is_finished() {
-            return Err(invalid(&job, "only unfinished jobs can be cancelled"));
-        }
-        let row = if job.state == JobState::Running {
-            let stmt = tx.prepare_cached(REQUEST).await.map_err(pg_error)?;
-            tx.query_one(&stmt, &[&job.id.0]).await
-        } else {
-            let stmt = tx.prepare_cached(CANCEL).await.map_err(pg_error)?;
-            tx.query_one(&stmt, &[&job.id.0, &params.now]).await
-        }
-        .map_err(pg_error)?;
-        let job = job_from_row(&row)?;
+        let job = cancel_locked(&tx, &job, params.now).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -512,7 +441,7 @@ impl Db {
         if job.state == JobState::Completed {
             return Err(invalid(&job, "completed jobs are not retried; enqueue a new job"));
         }
-        let job = requeue(&tx, &job, params.now, params.now, &self.channel).await?;
+        let job = requeue(&tx, &job, params.now, params.now, params.args.as_ref(), &self.channel).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -521,7 +450,7 @@ impl Db {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let (job, _) = job_lock(&tx, params.id).await?;
-        let job = requeue(&tx, &job, params.run_at, params.now, &self.channel).await?;
+        let job = requeue(&tx, &job, params.run_at, params.now, None, &self.channel).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -839,15 +768,31 @@ impl Db {
 async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<Vec<QueueInfo>> {
     const SETTINGS_ALL: &str = "SELECT name, paused, push FROM queues";
     const SETTINGS_ONE: &str = "SELECT name, paused, push FROM queues WHERE name = $1";
-    // Answered from the (queue, state) index.
-    const COUNTS_ALL: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state";
-    const COUNTS_ONE: &str =
-        "SELECT queue, state, count(*) FROM jobs WHERE queue = $1 GROUP BY queue, state";
-    // Answered from the fetch index (run_at is one of its columns).
-    const OLDEST_ALL: &str =
-        "SELECT queue, min(run_at) FROM jobs WHERE state = 'available' GROUP BY queue";
-    const OLDEST_ONE: &str =
-        "SELECT queue, min(run_at) FROM jobs WHERE state = 'available' AND queue = $1 GROUP BY queue";
+    // Kept by triggers (migration 0004): the totals plus the deltas not yet
+    // rolled into them, so the jobs table is never counted.
+    const COUNTS_ALL: &str = "
+        SELECT queue, state, sum(n)::bigint FROM (
+            SELECT queue, state, n FROM job_counts
+            UNION ALL SELECT queue, state, n FROM job_count_deltas) AS c
+        GROUP BY queue, state HAVING sum(n) > 0";
+    const COUNTS_ONE: &str = "
+        SELECT queue, state, sum(n)::bigint FROM (
+            SELECT queue, state, n FROM job_counts WHERE queue = $1
+            UNION ALL SELECT queue, state, n FROM job_count_deltas WHERE queue = $1) AS c
+        GROUP BY queue, state HAVING sum(n) > 0";
+    // The fetch index is (queue, priority, run_at): the oldest available job is
+    // the oldest of each priority's first entry. Skipping from one priority to
+    // the next reads a few index entries, however many jobs wait.
+    const OLDEST: &str = "
+        WITH RECURSIVE p(priority) AS (
+            SELECT min(priority) FROM jobs WHERE state = 'available' AND queue = $1
+            UNION ALL
+            SELECT (SELECT min(priority) FROM jobs
+                    WHERE state = 'available' AND queue = $1 AND priority > p.priority)
+            FROM p WHERE p.priority IS NOT NULL)
+        SELECT min((SELECT min(run_at) FROM jobs
+                    WHERE state = 'available' AND queue = $1 AND priority = p.priority))
+        FROM p WHERE p.priority IS NOT NULL";
     let query = |all: &'static str, one: &'static str| async move {
         let rows = match only {
             None => {
@@ -880,12 +825,10 @@ async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<
             .counts
             .insert(state, count.max(0) as u64);
     }
-    for row in query(OLDEST_ALL, OLDEST_ONE).await? {
-        let queue: String = row.try_get(0).map_err(pg_error)?;
-        let oldest: Option<Timestamp> = row.try_get(1).map_err(pg_error)?;
-        if let Some(info) = queues.get_mut(&queue) {
-            info.oldest_available_at = oldest;
-        }
+    let stmt = client.prepare_cached(OLDEST).await.map_err(pg_error)?;
+    for info in queues.values_mut().filter(|q| q.counts[&JobState::Available] > 0) {
+        let row = client.query_one(&stmt, &[&info.name]).await.map_err(pg_error)?;
+        info.oldest_available_at = row.try_get(0).map_err(pg_error)?;
     }
     Ok(queues.into_values().collect())
 }
@@ -1090,17 +1033,19 @@ async fn record_failure(client: &impl GenericClient, job: &Job, failure: Failure
 }
 
 /// Puts a locked, not-running job back in line at `run_at`, giving it one more
-/// attempt if it has none left. Announces it when it is available at once.
-async fn requeue(
+/// attempt if it has none left, with new `args` if given. Announces it when it
+/// is available at once.
+pub(crate) async fn requeue(
     client: &impl GenericClient,
     job: &Job,
     run_at: Timestamp,
     now: Timestamp,
+    args: Option<&Value>,
     channel: &str,
 ) -> Result<Job> {
     const SQL: &str = concat!(
         "UPDATE jobs SET state = $2, run_at = $3, finished_at = NULL, cancel_requested = false,
-                max_attempts = greatest(max_attempts, attempt + 1)
+                max_attempts = greatest(max_attempts, attempt + 1), args = coalesce($4, args)
          WHERE id = $1
          RETURNING ",
         job_columns!()
@@ -1111,7 +1056,7 @@ async fn requeue(
     let state = waiting_state(run_at, now);
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
     let row = client
-        .query_one(&stmt, &[&job.id.0, &state.as_str(), &run_at])
+        .query_one(&stmt, &[&job.id.0, &state.as_str(), &run_at, &args])
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -1123,5 +1068,30 @@ async fn requeue(
     if state == JobState::Available {
         notify(client, channel).await?;
     }
+    job_from_row(&row)
+}
+
+/// Cancels a locked job: at once if it is waiting, by request if it is running
+/// (its worker learns of it from its next heartbeat or ack answer and stops).
+pub(crate) async fn cancel_locked(client: &impl GenericClient, job: &Job, now: Timestamp) -> Result<Job> {
+    const REQUEST: &str = concat!(
+        "UPDATE jobs SET cancel_requested = true WHERE id = $1 RETURNING ",
+        job_columns!()
+    );
+    const CANCEL: &str = concat!(
+        "UPDATE jobs SET state = 'cancelled', finished_at = $2 WHERE id = $1 RETURNING ",
+        job_columns!()
+    );
+    if job.state.is_finished() {
+        return Err(invalid(job, "only unfinished jobs can be cancelled"));
+    }
+    let row = if job.state == JobState::Running {
+        let stmt = client.prepare_cached(REQUEST).await.map_err(pg_error)?;
+        client.query_one(&stmt, &[&job.id.0]).await
+    } else {
+        let stmt = client.prepare_cached(CANCEL).await.map_err(pg_error)?;
+        client.query_one(&stmt, &[&job.id.0, &now]).await
+    }
+    .map_err(pg_error)?;
     job_from_row(&row)
 }

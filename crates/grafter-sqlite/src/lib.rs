@@ -6,6 +6,7 @@
 //! concurrent callers share one fsync, and "database is locked" never reaches a
 //! caller. Reads use their own connections and are never blocked by the writer.
 
+mod browse;
 mod migrations;
 mod ops;
 mod readers;
@@ -17,10 +18,10 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
+    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
+    JobRetry, JobsCompleteMany, JobsFetch, JobsBulk, JobsInsert, JobsList, JobsPrune, JobsRescue,
     LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, Store,
-    StoreError, WorkerBeat, WorkersPrune,
+    StoreError, ThroughputRange, MinuteThroughput, WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 
@@ -114,7 +115,23 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {
-        self.readers.run(move |conn| ops::jobs_list(conn, &params)).await
+        self.readers.run(move |conn| browse::jobs_list(conn, &params)).await
+    }
+
+    async fn jobs_bulk(&self, params: JobsBulk) -> Result<BulkOutcome> {
+        if params.ids.len() > JobsBulk::MAX_IDS {
+            return Err(StoreError::Invalid(format!("at most {} jobs per bulk change", JobsBulk::MAX_IDS)));
+        }
+        let retried = params.action == BulkAction::Retry;
+        let outcome = self.writer.run(move |conn| browse::jobs_bulk(conn, &params)).await?;
+        if retried && outcome.changed > 0 {
+            self.announce_available();
+        }
+        Ok(outcome)
+    }
+
+    async fn throughput_list(&self, params: ThroughputRange) -> Result<Vec<MinuteThroughput>> {
+        self.readers.run(move |conn| browse::throughput_list(conn, &params)).await
     }
 
     async fn job_cancel(&self, params: JobCancel) -> Result<Job> {

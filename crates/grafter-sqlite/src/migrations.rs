@@ -7,6 +7,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_workers.sql")),
     (3, include_str!("../migrations/0003_push_leaders_pruning.sql")),
+    (4, include_str!("../migrations/0004_dashboard.sql")),
 ];
 
 /// Brings the schema up to date.

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use grafter_core::{Job, JobId, JobState, LeasedJob, Worker, WorkerRegistration};
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
-    LeaderAcquire, LeaderRelease, MaintenanceBatch, Order, QueueInfo, QueuePause, QueuePush, Result,
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule,
+    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, JobsRescue,
+    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result,
     StoreError, WorkerBeat, WorkersPrune,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
@@ -262,50 +262,6 @@ pub fn job_heartbeat(conn: &Connection, params: &JobHeartbeat) -> Result<Job> {
     .ok_or_else(|| fence_error(conn, params.id))
 }
 
-pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
-    let mut clauses = Vec::new();
-    let mut values: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(state) = params.state {
-        values.push(state.as_str().to_owned().into());
-        clauses.push(format!("state = ?{}", values.len()));
-    }
-    if let Some(queue) = &params.queue {
-        values.push(queue.clone().into());
-        clauses.push(format!("queue = ?{}", values.len()));
-    }
-    if let Some(kind) = &params.kind {
-        values.push(kind.clone().into());
-        clauses.push(format!("kind = ?{}", values.len()));
-    }
-    let (cmp, dir) = match params.order {
-        Order::Desc => ("<", "DESC"),
-        Order::Asc => (">", "ASC"),
-    };
-    if let Some(after) = params.after {
-        values.push(after.0.into());
-        clauses.push(format!("id {cmp} ?{}", values.len()));
-    }
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    // One extra row tells whether there is a next page.
-    values.push(i64::try_from(params.limit.saturating_add(1)).unwrap_or(i64::MAX).into());
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id {dir} LIMIT ?{}",
-        values.len()
-    );
-    let jobs = conn
-        .prepare_cached(&sql)
-        .and_then(|mut stmt| {
-            stmt.query_map(params_from_iter(values), job_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(backend)?;
-    Ok(JobPage::from_rows(jobs, params.limit))
-}
-
 fn invalid(job: &Job, message: &str) -> StoreError {
     StoreError::InvalidState { id: job.id, state: job.state, message: message.to_owned() }
 }
@@ -333,19 +289,20 @@ pub fn job_cancel(conn: &Connection, params: &JobCancel) -> Result<Job> {
 }
 
 /// Puts a not-running job back in line at `run_at`, giving it one more attempt if
-/// it has none left.
-fn requeue(conn: &Connection, job: &Job, run_at: i64, now: i64) -> Result<Job> {
+/// it has none left, with new args if given.
+fn requeue(conn: &Connection, job: &Job, run_at: i64, now: i64, args: Option<&serde_json::Value>) -> Result<Job> {
     if job.state == JobState::Running {
         return Err(invalid(job, "a running job cannot be retried or rescheduled; cancel it first"));
     }
     let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+    let args = args.map(to_json).transpose()?;
     conn.prepare_cached(&format!(
         "UPDATE jobs SET state = ?2, run_at = ?3, finished_at = NULL, cancel_requested = 0,
-                max_attempts = max(max_attempts, attempt + 1)
+                max_attempts = max(max_attempts, attempt + 1), args = coalesce(?4, args)
          WHERE id = ?1
          RETURNING {JOB_COLUMNS}"
     ))
-    .and_then(|mut stmt| stmt.query_row(params![job.id.0, state.as_str(), run_at], job_from_row))
+    .and_then(|mut stmt| stmt.query_row(params![job.id.0, state.as_str(), run_at, args], job_from_row))
     .map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
             StoreError::InvalidState {
@@ -364,12 +321,12 @@ pub fn job_retry(conn: &Connection, params: &JobRetry) -> Result<Job> {
         return Err(invalid(&job, "completed jobs are not retried; enqueue a new job"));
     }
     let now = micros(params.now);
-    requeue(conn, &job, now, now)
+    requeue(conn, &job, now, now, params.args.as_ref())
 }
 
 pub fn job_reschedule(conn: &Connection, params: &JobReschedule) -> Result<Job> {
     let job = job_require(conn, params.id)?;
-    requeue(conn, &job, micros(params.run_at), micros(params.now))
+    requeue(conn, &job, micros(params.run_at), micros(params.now), None)
 }
 
 pub fn job_delete(conn: &Connection, id: JobId) -> Result<()> {
@@ -466,10 +423,9 @@ fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> 
         info.push = push;
         queues.insert(name, info);
     }
+    // Kept by triggers (migration 0004), so the jobs table is never counted.
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT queue, state, count(*) FROM jobs WHERE ?1 IS NULL OR queue = ?1 GROUP BY queue, state",
-        )
+        .prepare_cached("SELECT queue, state, n FROM job_counts WHERE (?1 IS NULL OR queue = ?1) AND n > 0")
         .map_err(backend)?;
     let counts = stmt
         .query_map([only], |row| {
@@ -485,20 +441,25 @@ fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> 
             .counts
             .insert(state, count as u64);
     }
+    // The fetch index is (queue, priority, run_at): the oldest available job is
+    // the oldest of each priority's first entry. Skipping from one priority to
+    // the next reads a few index entries, however many jobs wait.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT queue, min(run_at) FROM jobs
-             WHERE state = 'available' AND (?1 IS NULL OR queue = ?1) GROUP BY queue",
+            "WITH RECURSIVE p(priority) AS (
+                SELECT min(priority) FROM jobs WHERE state = 'available' AND queue = ?1
+                UNION ALL
+                SELECT (SELECT min(priority) FROM jobs
+                        WHERE state = 'available' AND queue = ?1 AND priority > p.priority)
+                FROM p WHERE p.priority IS NOT NULL)
+             SELECT min((SELECT min(run_at) FROM jobs
+                         WHERE state = 'available' AND queue = ?1 AND priority = p.priority))
+             FROM p WHERE p.priority IS NOT NULL",
         )
         .map_err(backend)?;
-    let oldest = stmt
-        .query_map([only], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(backend)?;
-    for (queue, run_at) in oldest {
-        if let Some(info) = queues.get_mut(&queue) {
-            info.oldest_available_at = Some(timestamp(run_at));
-        }
+    for info in queues.values_mut().filter(|q| q.counts[&JobState::Available] > 0) {
+        let oldest: Option<i64> = stmt.query_row([&info.name], |row| row.get(0)).map_err(backend)?;
+        info.oldest_available_at = oldest.map(timestamp);
     }
     Ok(queues.into_values().collect())
 }

@@ -69,6 +69,11 @@ macro_rules! conformance_suite {
             leadership_is_exclusive_until_it_expires_or_is_released,
             queues_list_shows_the_oldest_available_job,
             ping_answers,
+            list_filters_by_tag_args_and_any_combination,
+            queue_counts_follow_every_change,
+            throughput_counts_attempts_per_minute,
+            bulk_changes_follow_the_one_job_rules,
+            retry_can_replace_the_args,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -63,16 +63,26 @@ pub trait Store: Send + Sync + 'static {
     /// One job by id, or `None`.
     async fn job_get(&self, id: JobId) -> Result<Option<Job>>;
 
-    /// A page of jobs matching a filter, by id (keyset pagination).
+    /// A page of jobs matching a filter, by id (keyset pagination). Every
+    /// filter is answered from an index or within `scan_limit` rows.
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage>;
+
+    /// Retries, cancels or deletes many jobs in one transaction, each by the
+    /// rules of the one-job method; jobs those rules refuse are skipped.
+    async fn jobs_bulk(&self, params: JobsBulk) -> Result<BulkOutcome>;
+
+    /// Completed and failed attempts per minute in a range, oldest first;
+    /// minutes with neither are left out. Kept as jobs change, never counted
+    /// from the jobs table, and kept for at least two days.
+    async fn throughput_list(&self, params: ThroughputRange) -> Result<Vec<MinuteThroughput>>;
 
     /// Cancels a job: at once if it is not running, else by setting
     /// `cancel_requested` for its worker to see. Finished jobs are left as they are
     /// (`InvalidState`).
     async fn job_cancel(&self, params: JobCancel) -> Result<Job>;
 
-    /// Makes a not-running job `available` now (a manual retry or "run now"). A job
-    /// with no attempts left gets one more.
+    /// Makes a not-running job `available` now (a manual retry or "run now"),
+    /// with new args if given. A job with no attempts left gets one more.
     async fn job_retry(&self, params: JobRetry) -> Result<Job>;
 
     /// Moves a not-running job's `run_at`, making it `scheduled` or `available`.
@@ -97,6 +107,7 @@ pub trait Store: Send + Sync + 'static {
     async fn jobs_prune(&self, params: JobsPrune) -> Result<u64>;
 
     /// Every queue that has jobs or settings, with its job counts per state.
+    /// Counts are kept as jobs change, so this never counts the jobs table.
     async fn queues_list(&self) -> Result<Vec<QueueInfo>>;
 
     /// Pauses or resumes a queue: a paused queue's jobs are not fetched.

@@ -187,9 +187,12 @@ pub async fn list(
             state: job_state,
             queue: non_empty(query.queue),
             kind: non_empty(query.kind),
+            tag: None,
+            args: None,
             limit,
             after,
             order,
+            scan_limit: None,
         })
         .await?;
     Ok(Json(JobPageBody { jobs: page.jobs, next_cursor: page.next.map(|id| id.to_string()) }))
@@ -199,7 +202,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<Json<Job>, ApiError> {
-    Ok(Json(state.store().job_retry(JobRetry { id, now: Utc::now() }).await?))
+    Ok(Json(state.store().job_retry(JobRetry { id, args: None, now: Utc::now() }).await?))
 }
 
 /// Cancel a job. A running job gets `cancel_requested`, which its worker sees in

@@ -1,0 +1,264 @@
+//! What people browse and fix by hand: job lists with every filter, bulk
+//! changes, and throughput. Reads run on a read connection; the bulk change on
+//! the writer.
+//!
+//! A list walks one index in id order (the "driver") and checks any other
+//! filter row by row, at most `scan_limit` rows per page. Drivers, best first:
+//! a tag (`job_tags`), a queue or kind with a state (`jobs_queue_state`,
+//! `jobs_kind_state`), a queue or kind alone (the same indexes, one ordered
+//! range per state merged), a state (`jobs_state`), or the primary key.
+
+use grafter_core::{JobId, JobState};
+use grafter_store::{
+    BulkAction, BulkOutcome, JobCancel, JobPage, JobRetry, JobsBulk, JobsList, MinuteThroughput, Order,
+    Result, StoreError, ThroughputRange,
+};
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, params_from_iter, Connection};
+use serde_json::Value;
+
+use crate::ops;
+use crate::row::{job_from_row, micros, timestamp, JOB_COLUMNS};
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// SQL with `?` placeholders and their values, built up in order.
+#[derive(Default)]
+struct Query {
+    text: String,
+    values: Vec<Sql>,
+}
+
+impl Query {
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn bind(&mut self, value: impl Into<Sql>) -> &mut Self {
+        self.values.push(value.into());
+        self.text.push('?');
+        self
+    }
+}
+
+/// One ordered range of ids: `SELECT <id> FROM <from> WHERE <conds> [AND id after]
+/// ORDER BY <id> <dir>`, without a limit.
+fn range(sql: &mut Query, id: &str, from: &str, conds: &[(&str, Sql)], params: &JobsList) {
+    let (cmp, dir) = direction(params.order);
+    sql.push(&format!("SELECT {id} AS id FROM {from} WHERE 1"));
+    for (column, value) in conds {
+        sql.push(&format!(" AND {column} = ")).bind(value.clone());
+    }
+    if let Some(after) = params.after {
+        sql.push(&format!(" AND {id} {cmp} ")).bind(after.0);
+    }
+    sql.push(&format!(" ORDER BY {id} {dir}"));
+}
+
+fn direction(order: Order) -> (&'static str, &'static str) {
+    match order {
+        Order::Desc => ("<", "DESC"),
+        Order::Asc => (">", "ASC"),
+    }
+}
+
+fn text(s: &str) -> Sql {
+    Sql::Text(s.to_owned())
+}
+
+/// Which filters the driver answers, so the rest are checked row by row.
+struct Driven {
+    state: bool,
+    queue: bool,
+    kind: bool,
+}
+
+/// What [`driver`] will walk for these filters.
+fn driven(params: &JobsList) -> Driven {
+    if params.tag.is_some() {
+        return Driven { state: false, queue: false, kind: false };
+    }
+    Driven { state: true, queue: true, kind: params.queue.is_none() }
+}
+
+/// Appends the driver's ordered ids, at most `limit` of them (`-1`: all).
+fn driver(sql: &mut Query, params: &JobsList, limit: i64) {
+    let (_, dir) = direction(params.order);
+    if let Some(tag) = &params.tag {
+        range(sql, "job_id", "job_tags", &[("tag", text(tag))], params);
+        sql.push(" LIMIT ").bind(limit);
+        return;
+    }
+    let state = params.state.map(|s| text(s.as_str()));
+    let by = match (&params.queue, &params.kind) {
+        (Some(queue), _) => Some(("queue", text(queue))),
+        (None, Some(kind)) => Some(("kind", text(kind))),
+        (None, None) => None,
+    };
+    match (by, state) {
+        (Some((column, value)), None) => {
+            // One ordered range per state of the (column, state) index, merged:
+            // each stops after `limit` rows, so none reads the whole queue.
+            sql.push("SELECT id FROM (");
+            for (i, s) in JobState::ALL.into_iter().enumerate() {
+                if i > 0 {
+                    sql.push(" UNION ALL ");
+                }
+                sql.push("SELECT id FROM (");
+                range(sql, "id", "jobs", &[(column, value.clone()), ("state", text(s.as_str()))], params);
+                sql.push(" LIMIT ").bind(limit).push(")");
+            }
+            sql.push(&format!(") ORDER BY id {dir} LIMIT ")).bind(limit);
+        }
+        (by, state) => {
+            let conds: Vec<_> = by.into_iter().chain(state.map(|s| ("state", s))).collect();
+            range(sql, "id", "jobs", &conds, params);
+            sql.push(" LIMIT ").bind(limit);
+        }
+    }
+}
+
+/// `AND …` for every filter the driver does not answer.
+fn residual(sql: &mut Query, params: &JobsList, driven: &Driven) -> Result<bool> {
+    let mut any = false;
+    if let (Some(state), false) = (params.state, driven.state) {
+        sql.push(" AND state = ").bind(text(state.as_str()));
+        any = true;
+    }
+    if let (Some(queue), false) = (&params.queue, driven.queue) {
+        sql.push(" AND queue = ").bind(text(queue));
+        any = true;
+    }
+    if let (Some(kind), false) = (&params.kind, driven.kind) {
+        sql.push(" AND kind = ").bind(text(kind));
+        any = true;
+    }
+    if let Some(args) = &params.args {
+        args.validate()?;
+        let path = format!(
+            "${}",
+            args.path.iter().map(|k| format!(".\"{k}\"")).collect::<String>()
+        );
+        // json_extract answers SQL values (true is 1), so the JSON type is
+        // checked too; integers and reals are both numbers.
+        let (value, types): (Sql, &[&str]) = match &args.value {
+            Value::Null => (Sql::Null, &["null"]),
+            Value::Bool(true) => (Sql::Integer(1), &["true"]),
+            Value::Bool(false) => (Sql::Integer(0), &["false"]),
+            Value::String(s) => (text(s), &["text"]),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => (Sql::Integer(i), &["integer", "real"]),
+                None => (Sql::Real(n.as_f64().unwrap_or(f64::NAN)), &["integer", "real"]),
+            },
+            Value::Array(_) | Value::Object(_) => unreachable!("validated as a scalar"),
+        };
+        if value != Sql::Null {
+            sql.push(" AND json_extract(args, ").bind(path.clone()).push(") = ").bind(value);
+        }
+        sql.push(" AND json_type(args, ").bind(path).push(") IN (");
+        for (i, t) in types.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(text(t));
+        }
+        sql.push(")");
+        any = true;
+    }
+    Ok(any)
+}
+
+fn as_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
+    let (_, dir) = direction(params.order);
+    let wanted = as_limit(params.limit.saturating_add(1));
+    let scan = params.scan_limit.map_or(-1, as_limit);
+    let checked = residual(&mut Query::default(), params, &driven(params))?;
+
+    let mut sql = Query::default();
+    sql.push(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ("));
+    // Without row-by-row checks, the first `wanted` ids are the page.
+    driver(&mut sql, params, if checked { scan } else { wanted });
+    sql.push(")");
+    residual(&mut sql, params, &driven(params))?;
+    sql.push(&format!(" ORDER BY id {dir} LIMIT ")).bind(wanted);
+    let jobs = conn
+        .prepare_cached(&sql.text)
+        .and_then(|mut stmt| {
+            stmt.query_map(params_from_iter(sql.values), job_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    let page = JobPage::from_rows(jobs, params.limit);
+    if page.next.is_some() || !checked || scan < 0 {
+        return Ok(page);
+    }
+    // Short page: go on from the last row the scan looked at, if it stopped
+    // because of the limit rather than the end of the index.
+    let edge = match params.order {
+        Order::Desc => "min(id)",
+        Order::Asc => "max(id)",
+    };
+    let mut sql = Query::default();
+    sql.push(&format!("SELECT count(*), {edge} FROM ("));
+    driver(&mut sql, params, scan);
+    sql.push(")");
+    let (scanned, last): (i64, Option<i64>) = conn
+        .prepare_cached(&sql.text)
+        .and_then(|mut stmt| stmt.query_row(params_from_iter(sql.values), |row| Ok((row.get(0)?, row.get(1)?))))
+        .map_err(backend)?;
+    let next = if scanned >= scan { last.map(JobId) } else { None };
+    Ok(JobPage { jobs: page.jobs, next })
+}
+
+pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
+    let mut outcome = BulkOutcome::default();
+    for &id in &params.ids {
+        if let Some(only) = params.only_state {
+            match ops::job_get(conn, id)? {
+                Some(job) if job.state == only => {}
+                _ => {
+                    outcome.skipped += 1;
+                    continue;
+                }
+            }
+        }
+        let done = match params.action {
+            BulkAction::Retry => ops::job_retry(conn, &JobRetry { id, args: None, now: params.now }).map(drop),
+            BulkAction::Cancel => ops::job_cancel(conn, &JobCancel { id, now: params.now }).map(drop),
+            BulkAction::Delete => ops::job_delete(conn, id),
+        };
+        match done {
+            Ok(()) => outcome.changed += 1,
+            Err(StoreError::NotFound(_) | StoreError::InvalidState { .. }) => outcome.skipped += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(outcome)
+}
+
+pub fn throughput_list(conn: &Connection, params: &ThroughputRange) -> Result<Vec<MinuteThroughput>> {
+    let since = micros(params.since);
+    let since = since - since.rem_euclid(60_000_000);
+    conn.prepare_cached(
+        "SELECT minute, completed, failed FROM job_throughput
+         WHERE minute >= ?1 AND minute < ?2 AND (completed > 0 OR failed > 0) ORDER BY minute",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_map(params![since, micros(params.until)], |row| {
+            Ok(MinuteThroughput {
+                minute: timestamp(row.get(0)?),
+                completed: row.get::<_, i64>(1)?.max(0) as u64,
+                failed: row.get::<_, i64>(2)?.max(0) as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .map_err(backend)
+}
