@@ -352,6 +352,46 @@ mod tests {
     }
 
     #[test]
+    fn push_targets_come_from_the_file_with_secrets_from_the_environment() {
+        // A name no other test uses, so setting it races with nothing.
+        std::env::set_var("GRAFTER_CONFIG_TEST_PUSH_SECRET", "from-the-environment-123");
+        let config: ServerConfig = toml::from_str(
+            r#"
+            [queues.mail.push]
+            url = "https://app.example.com/grafter"
+            secret = "${GRAFTER_CONFIG_TEST_PUSH_SECRET}"
+            old_secrets = ["an-old-secret-in-the-file"]
+            concurrency = 4
+            headers = { X-App = "web" }
+
+            [queues.reports]
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let targets = config.push_targets().unwrap();
+        assert_eq!(targets.len(), 1, "a queue without push is no push target");
+        let (queue, target) = &targets[0];
+        assert_eq!(queue, "mail");
+        assert_eq!(target.secret, "from-the-environment-123");
+        assert_eq!(target.old_secrets, ["an-old-secret-in-the-file"]);
+        assert_eq!((target.timeout_ms, target.concurrency), (30_000, 4), "defaults as in the API");
+        assert_eq!(target.headers["X-App"], "web");
+
+        let refused = |toml_text: &str| {
+            let config: ServerConfig = toml::from_str(toml_text).unwrap();
+            config.validate().unwrap_err().to_string()
+        };
+        let unset = refused(
+            "[queues.mail.push]\nurl = \"https://a.example/x\"\nsecret = \"${GRAFTER_CONFIG_TEST_UNSET}\"",
+        );
+        assert!(unset.contains("queues.mail.push.secret") && unset.contains("GRAFTER_CONFIG_TEST_UNSET"), "{unset}");
+        let short = refused("[queues.mail.push]\nurl = \"https://a.example/x\"\nsecret = \"short\"");
+        assert!(short.contains("queues.mail.push.secret: must be at least 16"), "{short}");
+        assert!(toml::from_str::<ServerConfig>("[queues.mail.push]\nurl = \"x\"\nsecret = \"y\"\nsekret = 1").is_err());
+    }
+
+    #[test]
     fn typos_and_bad_values_are_refused() {
         assert!(toml::from_str::<ServerConfig>("lisen = \"x\"").is_err());
         let config = ServerConfig { default_lease_ms: 10, ..Default::default() };

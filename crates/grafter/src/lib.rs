@@ -43,12 +43,14 @@
 //! ```
 //!
 //! To serve the HTTP API (and its dashboard) from the same process, see
-//! [`server`].
+//! [`server`]. To run jobs inside HTTP requests that Grafter pushes to your
+//! web app (no worker process), see [`push`].
 
 mod client;
 mod error;
 mod hooks;
 mod job;
+pub mod push;
 mod transport;
 mod worker;
 

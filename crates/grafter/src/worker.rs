@@ -23,12 +23,12 @@ use crate::transport::{Fetch, Finish, Transport};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Runs one registered kind from JSON args.
-trait Handler: Send + Sync {
+/// Runs one registered kind from JSON args (for workers and push endpoints).
+pub(crate) trait Handler: Send + Sync {
     fn run(&self, args: Value, ctx: JobContext) -> BoxFuture<Result<Option<Value>, JobError>>;
 }
 
-struct Typed<J>(PhantomData<fn() -> J>);
+pub(crate) struct Typed<J>(pub(crate) PhantomData<fn() -> J>);
 
 impl<J: Job> Handler for Typed<J> {
     fn run(&self, args: Value, ctx: JobContext) -> BoxFuture<Result<Option<Value>, JobError>> {
@@ -499,7 +499,7 @@ async fn run(inner: &Arc<Inner>, job: &JobRecord, lease: &str, stop_jobs: &Cance
     end
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     let detail = payload
         .downcast_ref::<String>()
         .cloned()
