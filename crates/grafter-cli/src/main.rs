@@ -1,5 +1,6 @@
 //! `grafter`: run the server, enqueue and manage jobs from a shell.
 
+mod bench;
 mod client;
 mod jobs;
 mod serve;
@@ -32,6 +33,8 @@ enum Command {
     Queues(jobs::QueuesArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Measure throughput and latency on a throwaway database (see docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 /// Where a command finds the server.
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             Command::Enqueue(args) => jobs::enqueue(args).await,
             Command::Jobs(command) => jobs::jobs(command).await,
             Command::Queues(args) => jobs::queues(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Openapi => {
                 println!("{}", grafter_server::openapi_json());
                 Ok(())
