@@ -8,6 +8,7 @@
 
 mod api;
 pub mod config;
+pub mod dashboard;
 mod error;
 mod extract;
 mod metrics;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config().body_limit_bytes;
     Router::new()
         .nest("/v1", v1)
+        .merge(dashboard::routes(state.clone()))
         .route("/livez", get(api::health::livez))
         .route("/readyz", get(api::health::readyz))
         .route("/metrics", get(api::health::metrics))

@@ -13,9 +13,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
-/// Any path that is not a route.
-pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}", uri.path()))
+/// Any path that is not a route: JSON under `/v1`, where clients are programs;
+/// an HTML page elsewhere, where they are people with browsers.
+pub async fn not_found(uri: Uri) -> Response {
+    if uri.path() == "/v1" || uri.path().starts_with("/v1/") {
+        return ApiError::not_found(format!("no route for {}", uri.path())).into_response();
+    }
+    crate::dashboard::error_page(StatusCode::NOT_FOUND, &format!("There is no page at {}.", uri.path()))
 }
 
 /// A route that exists, with another method.

@@ -1,0 +1,173 @@
+//! Login for a server with a token: a form that checks the token once and
+//! sets a session cookie, `<expiry>.<HMAC-SHA256(token, expiry)>`. Any node
+//! holding the same token verifies it, with no session store; changing the
+//! token ends every session.
+
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Extension;
+use hmac::{Hmac, KeyInit, Mac};
+use maud::html;
+use serde::Deserialize;
+use sha2::Sha256;
+
+use super::{checked_form, cookie, error_page, html, layout, redirect_with, Ctx};
+use crate::state::AppState;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "grafter_session";
+/// How long a login lasts.
+const SESSION_SECS: i64 = 12 * 3600;
+
+/// Compares without leaking where the first difference is.
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn signature(token: &str, expires: i64) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("grafter-dashboard-session:{expires}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A session cookie value valid until `expires` (Unix seconds).
+fn session_value(token: &str, expires: i64) -> String {
+    format!("{expires}.{}", signature(token, expires))
+}
+
+/// Whether a session cookie value is genuine and unexpired.
+fn session_valid(token: &str, value: &str) -> bool {
+    let Some((expires, sig)) = value.split_once('.') else { return false };
+    let Ok(expires) = expires.parse::<i64>() else { return false };
+    expires > chrono::Utc::now().timestamp() && constant_time_eq(sig.as_bytes(), signature(token, expires).as_bytes())
+}
+
+/// Lets a request through when the server has no token, or it carries a valid
+/// session cookie or the token as a bearer header. Otherwise pages redirect to
+/// the login form and changes are refused.
+pub(super) async fn require_login(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.config().token else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+    let session = cookie(headers, SESSION_COOKIE).is_some_and(|v| session_valid(token, v));
+    if bearer || session {
+        return next.run(request).await;
+    }
+    if request.method() == Method::GET {
+        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let next: String = form_urlencoded::byte_serialize(path.as_bytes()).collect();
+        return Redirect::to(&format!("/login?next={next}")).into_response();
+    }
+    error_page(StatusCode::UNAUTHORIZED, "Log in first: this server has a token.")
+}
+
+/// Where to go after logging in.
+#[derive(Deserialize)]
+pub(super) struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Only paths on this site, so a crafted link cannot send a user elsewhere.
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.starts_with("/\\") => p,
+        _ => "/",
+    }
+}
+
+pub(super) async fn login_page(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    if state.config().token.is_none() {
+        return Redirect::to("/").into_response();
+    }
+    let next = local_path(query.next.as_deref()).to_owned();
+    html(layout::bare(
+        "Log in",
+        html! {
+            @if let Some(flash) = &ctx.flash { (layout::flash(flash)) }
+            form.login method="post" action="/login" {
+                h1 { "Grafter" }
+                p { "This server has a token. Enter it to open the dashboard." }
+                input type="hidden" name="csrf" value=(ctx.csrf);
+                input type="hidden" name="next" value=(next);
+                label { "Token " input type="password" name="token" autocomplete="current-password" required autofocus; }
+                button type="submit" { "Log in" }
+            }
+        },
+    ))
+}
+
+pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = match checked_form(&headers, &body) {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let Some(token) = &state.config().token else {
+        return Redirect::to("/").into_response();
+    };
+    let next = local_path(form.get("next")).to_owned();
+    let given = form.get("token").unwrap_or_default();
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        let to: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
+        return redirect_with(&format!("/login?next={to}"), false, "That token is not this server's token.");
+    }
+    let expires = chrono::Utc::now().timestamp() + SESSION_SECS;
+    let value = format!(
+        "{SESSION_COOKIE}={}; Path=/; Max-Age={SESSION_SECS}; HttpOnly; SameSite=Strict",
+        session_value(token, expires)
+    );
+    let mut response = redirect_with(&next, true, "Logged in.");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+pub(super) async fn logout(headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = checked_form(&headers, &body) {
+        return refused;
+    }
+    let mut response = redirect_with("/login", true, "Logged out.");
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("grafter_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_signed_and_expire() {
+        let later = chrono::Utc::now().timestamp() + 60;
+        assert!(session_valid("secret", &session_value("secret", later)));
+        assert!(!session_valid("other", &session_value("secret", later)), "another token's session");
+        assert!(!session_valid("secret", &session_value("secret", later - 120)), "expired");
+        assert!(!session_valid("secret", &format!("{}.{}", later + 999, signature("secret", later))), "moved expiry");
+        assert!(!session_valid("secret", "garbage"));
+    }
+
+    #[test]
+    fn next_stays_on_this_site() {
+        assert_eq!(local_path(Some("/jobs?state=dead")), "/jobs?state=dead");
+        assert_eq!(local_path(Some("//evil.example/")), "/");
+        assert_eq!(local_path(Some("https://evil.example/")), "/");
+        assert_eq!(local_path(Some("/\\evil.example")), "/");
+        assert_eq!(local_path(None), "/");
+    }
+}

@@ -1,0 +1,244 @@
+//! The web dashboard: server-rendered HTML (maud) with a little vanilla JS and
+//! CSS compiled into the binary, served at `/` beside the API.
+//!
+//! Every page reads only what is kept for it (counters, keyset pages, one job),
+//! so a page costs the same at ten jobs or ten million. Every change is a POST
+//! carrying the CSRF token of the `grafter_csrf` cookie (double submit; the
+//! cookie is `SameSite=Strict` and `HttpOnly`) and answers with a redirect and
+//! a visible message. Everything from jobs is escaped by the templates, and a
+//! strict Content-Security-Policy allows only our own script and style.
+//!
+//! When the server has a token, the dashboard asks for it once (`/login`) and
+//! keeps a signed, expiring `HttpOnly` session cookie; `Authorization: Bearer`
+//! works too.
+
+mod auth;
+mod chart;
+mod job;
+mod jobs;
+mod layout;
+mod overview;
+mod queues;
+mod workers;
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::Markup;
+
+use crate::state::AppState;
+
+pub use auth::SESSION_COOKIE;
+
+/// The policy every dashboard answer carries: our own script, style and
+/// images only, no framing, forms post only here.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// How many jobs one page of a filtered list looks at when some filter is
+/// checked row by row; keeps every page fast however rare the matches.
+const SCAN_LIMIT: usize = 20_000;
+
+/// The dashboard's routes, to merge into the main router.
+pub fn routes(state: AppState) -> Router<AppState> {
+    let pages = Router::new()
+        .route("/", get(overview::page))
+        .route("/overview/live", get(overview::live))
+        .route("/jobs", get(jobs::page))
+        .route("/jobs/bulk", post(jobs::bulk))
+        .route("/jobs/{id}", get(job::page))
+        .route("/jobs/{id}/live", get(job::live))
+        .route("/jobs/{id}/{action}", post(job::act))
+        .route("/queues", get(queues::page))
+        .route("/queues/{name}/{action}", post(queues::act))
+        .route("/workers", get(workers::page))
+        .route("/logout", post(auth::logout))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_login));
+    Router::new()
+        .merge(pages)
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/assets/app.css", get(css))
+        .route("/assets/app.js", get(js))
+        .layer(middleware::from_fn(context))
+}
+
+/// What every page needs from the request: the CSRF token to put in forms and
+/// the message left by the last action.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// The `grafter_csrf` cookie's value (new if the browser had none).
+    pub csrf: String,
+    /// The message the last action left, shown once.
+    pub flash: Option<Flash>,
+    /// Whether a login is in force, so pages offer to log out.
+    pub logged_in: bool,
+}
+
+/// A message shown once at the top of the next page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Flash {
+    /// Whether it reports success.
+    pub ok: bool,
+    /// What to say.
+    pub text: String,
+}
+
+const CSRF_COOKIE: &str = "grafter_csrf";
+const FLASH_COOKIE: &str = "grafter_flash";
+
+/// A cookie's value from the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// 32 random bytes as hex.
+fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Sets up [`Ctx`] for every dashboard request: creates the CSRF cookie when
+/// missing, takes the flash message (clearing it, except for the background
+/// refreshes, which must not eat it), and adds the security headers.
+async fn context(mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let existing = cookie(headers, CSRF_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned);
+    let is_live = request.uri().path().ends_with("/live");
+    let flash = if is_live { None } else { cookie(headers, FLASH_COOKIE).and_then(decode_flash) };
+    let ctx = Ctx {
+        csrf: existing.clone().unwrap_or_else(random_token),
+        flash: flash.clone(),
+        logged_in: cookie(headers, SESSION_COOKIE).is_some(),
+    };
+    request.extensions_mut().insert(ctx.clone());
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    if existing.is_none() {
+        let value = format!("{CSRF_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", ctx.csrf);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    if flash.is_some() && !h.contains_key(header::LOCATION) {
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("grafter_flash=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+        );
+    }
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+fn decode_flash(value: &str) -> Option<Flash> {
+    let decoded: String = form_urlencoded::parse(format!("f={value}").as_bytes()).next()?.1.into_owned();
+    let (kind, text) = decoded.split_once('|')?;
+    Some(Flash { ok: kind == "ok", text: text.chars().take(500).collect() })
+}
+
+/// A redirect to `to` that shows `text` there once.
+fn redirect_with(to: &str, ok: bool, text: &str) -> Response {
+    let encoded: String =
+        form_urlencoded::byte_serialize(format!("{}|{text}", if ok { "ok" } else { "error" }).as_bytes()).collect();
+    let mut response = Redirect::to(to).into_response();
+    let value = format!("{FLASH_COOKIE}={encoded}; Path=/; Max-Age=60; HttpOnly; SameSite=Strict");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// A form body: every field in order, repeated names kept.
+pub struct FormData(Vec<(String, String)>);
+
+impl FormData {
+    fn parse(body: &Bytes) -> Self {
+        FormData(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The first value of a field.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a field.
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.0.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a state-changing form and checks its CSRF token against the cookie.
+/// A mismatch is refused with 403 and changes nothing.
+fn checked_form(headers: &HeaderMap, body: &Bytes) -> Result<FormData, Response> {
+    let form = FormData::parse(body);
+    let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_default();
+    let sent = form.get("csrf").unwrap_or_default();
+    if cookie.is_empty() || !auth::constant_time_eq(cookie.as_bytes(), sent.as_bytes()) {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            "This form has expired or did not come from this dashboard (CSRF check failed). Reload the page and try again.",
+        ));
+    }
+    Ok(form)
+}
+
+/// An HTML answer with security headers added by [`context`].
+fn html(markup: Markup) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+/// A page explaining what went wrong.
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let body = layout::bare(
+        status.canonical_reason().unwrap_or("Error"),
+        maud::html! {
+            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("Error")) }
+            p.flash.error { (message) }
+            p { a href="/" { "Back to the overview" } }
+        },
+    );
+    (status, html(body)).into_response()
+}
+
+/// A store failure on a page load: 404 for a missing job, 503 when storage is
+/// unreachable, else 500, each with the store's explanation.
+fn store_error(e: grafter_store::StoreError) -> Response {
+    let api = crate::error::ApiError::from(e.clone());
+    error_page(api.status(), &e.to_string())
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("assets/app.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("assets/app.js"),
+    )
+}

@@ -1,0 +1,97 @@
+//! Queues: depth, how long the oldest job has waited, paused or not (with the
+//! buttons to change it), and the push target if any — never its secrets.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use chrono::Utc;
+use grafter_core::{validate_name, JobState};
+use grafter_store::QueuePause;
+use maud::html;
+
+use super::layout::{self, age, count, csrf_field, path_segment, time, Tab};
+use super::overview::urlencode;
+use super::{checked_form, error_page, html, redirect_with, store_error, Ctx};
+use crate::state::AppState;
+
+pub(super) async fn page(State(state): State<AppState>, Extension(ctx): Extension<Ctx>) -> Response {
+    let queues = match state.store().queues_list().await {
+        Ok(queues) => queues,
+        Err(e) => return store_error(e),
+    };
+    let now = Utc::now();
+    html(layout::page(
+        "Queues",
+        Tab::Queues,
+        &ctx,
+        html! {
+            h1 { "Queues" }
+            @if queues.is_empty() { p.muted { "No queues yet: a queue appears with its first job." } }
+            @else {
+                table.queues {
+                    thead { tr {
+                        th { "Queue" } th { "Status" } th.num { "Depth (available)" } th.num { "Scheduled" } th.num { "Retryable" }
+                        th.num { "Running" } th.num { "Dead" } th { "Oldest available waits" } th { "Push target" } th {}
+                    } }
+                    tbody {
+                        @for q in &queues {
+                            @let n = |s: JobState| count(q.counts.get(&s).copied().unwrap_or(0));
+                            tr data-queue=(q.name) {
+                                td { a href={ "/jobs?queue=" (urlencode(&q.name)) } { (q.name) } }
+                                td { @if q.paused { span.badge.paused { "paused" } } @else { span.badge.active { "active" } } }
+                                td.num { (n(JobState::Available)) }
+                                td.num { (n(JobState::Scheduled)) }
+                                td.num { (n(JobState::Retryable)) }
+                                td.num { (n(JobState::Running)) }
+                                td.num { a href={ "/jobs?state=dead&queue=" (urlencode(&q.name)) } { (n(JobState::Dead)) } }
+                                td { @if let Some(t) = q.oldest_available_at { (age(now - t)) " (since " (time(t)) ")" } @else { span.muted { "—" } } }
+                                td {
+                                    @if let Some(p) = &q.push {
+                                        code { (p.url) } br;
+                                        span.muted { "up to " (p.concurrency) " at once, " (p.timeout_ms) " ms timeout, signed" }
+                                    } @else { span.muted { "pull (workers fetch)" } }
+                                }
+                                td {
+                                    form method="post" action={ "/queues/" (path_segment(&q.name)) "/" (if q.paused { "resume" } else { "pause" }) } {
+                                        (csrf_field(&ctx))
+                                        @if q.paused {
+                                            button type="submit" { "Resume" }
+                                        } @else {
+                                            button type="submit" data-confirm={ "Pause queue " (q.name) "? Running jobs go on; no new ones start." } { "Pause" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+pub(super) async fn act(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = checked_form(&headers, &body) {
+        return refused;
+    }
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return error_page(StatusCode::NOT_FOUND, "No such action."),
+    };
+    if let Err(e) = validate_name("queue", &name) {
+        return redirect_with("/queues", false, &e.to_string());
+    }
+    match state.store().queue_set_paused(QueuePause { queue: name.clone(), paused, now: Utc::now() }).await {
+        Ok(_) if paused => redirect_with("/queues", true, &format!("Paused queue {name}: no new jobs start until you resume it.")),
+        Ok(_) => redirect_with("/queues", true, &format!("Resumed queue {name}.")),
+        Err(e) => redirect_with("/queues", false, &format!("Nothing changed: {e}.")),
+    }
+}
