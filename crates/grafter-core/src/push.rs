@@ -65,13 +65,18 @@ impl PushTarget {
         if !(1..=10_000).contains(&self.concurrency) {
             return Err(ValidationError::new("push.concurrency", "must be between 1 and 10000"));
         }
-        for name in self.headers.keys() {
+        for (name, value) in &self.headers {
             let lower = name.to_ascii_lowercase();
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 return Err(ValidationError::new("push.headers", format!("'{name}' is not a header name")));
             }
             if lower.starts_with("grafter-") || lower == "content-type" || lower == "content-length" || lower == "host" {
                 return Err(ValidationError::new("push.headers", format!("'{name}' is set by Grafter")));
+            }
+            // HTTP allows visible ASCII and spaces in values; anything else
+            // would fail every push rather than this request.
+            if !value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
+                return Err(ValidationError::new("push.headers", format!("the value of '{name}' is not visible ASCII")));
             }
         }
         Ok(())

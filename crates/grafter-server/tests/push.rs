@@ -480,6 +480,7 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
         (json!({"url": receiver.url, "secret": SECRET, "timeout_ms": 10}), "push.timeout_ms"),
         (json!({"url": receiver.url, "secret": SECRET, "concurrency": 0}), "push.concurrency"),
         (json!({"url": receiver.url, "secret": SECRET, "headers": {"Grafter-Job-Id": "1"}}), "push.headers"),
+        (json!({"url": receiver.url, "secret": SECRET, "headers": {"X-Token": "a\nb"}}), "push.headers"),
         (json!({"url": receiver.url, "secret": SECRET, "sekret": "typo"}), "push"),
     ] {
         let (status, body) = grafter.put_push("mail", push.clone()).await;
