@@ -15,6 +15,9 @@
 //! Time always comes from the caller's `now`, never from the database clock, so
 //! every node (and the conformance suite) agrees on what "due" means.
 //!
+//! [`enqueue_in`] enqueues inside an application's own transaction, so a job
+//! exists if and only if the application's change it belongs to committed.
+//!
 //! ```no_run
 //! # async fn example() -> grafter_store::Result<()> {
 //! use grafter_postgres::{PostgresConfig, PostgresStore};
@@ -26,11 +29,18 @@
 //! ```
 
 mod browse;
+mod conn;
+mod enqueue;
 mod error;
 mod migrations;
 mod notifier;
 mod ops;
 mod row;
+
+pub use enqueue::enqueue_in;
+/// The driver [`enqueue_in`] takes transactions of, so applications can name
+/// the exact version.
+pub use tokio_postgres;
 
 use std::time::Duration;
 

@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
+use crate::conn::Conn;
 use crate::error::{is_unique_violation, pg_error, pool_error};
 use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS};
 
@@ -112,9 +113,9 @@ pub(crate) fn invalid(job: &Job, message: &str) -> StoreError {
 /// Queues a wake-up for every listening node. PostgreSQL delivers it at commit
 /// (never for a rolled-back change) and folds repeats within one transaction,
 /// so one call per transaction is enough however many jobs it touched.
-async fn notify(client: &impl GenericClient, channel: &str) -> Result<()> {
-    let stmt = client.prepare_cached("SELECT pg_notify($1, '')").await.map_err(pg_error)?;
-    client.execute(&stmt, &[&channel]).await.map_err(pg_error)?;
+async fn notify(client: &impl Conn, channel: &str) -> Result<()> {
+    let stmt = client.statement("SELECT pg_notify($1, '')").await?;
+    client.rows(&stmt, &[&channel]).await?;
     Ok(())
 }
 
@@ -166,32 +167,14 @@ impl Db {
         job_get_on(&self.client().await?, id).await
     }
 
-    /// Inserts in one transaction. Consecutive jobs without a `unique_key` go in
-    /// one multi-row statement; keyed jobs go one at a time because each may turn
-    /// out to be a duplicate. Returns the outcomes and whether any job became
-    /// available (so the caller knows whether to announce it).
+    /// Inserts in one transaction (see [`insert_jobs`]). Returns the outcomes and
+    /// whether any job became available (so the caller knows whether to announce it).
     pub(crate) async fn jobs_insert_many(&self, params: &JobsInsert) -> Result<(Vec<Inserted>, bool)> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        let mut out = Vec::with_capacity(params.jobs.len());
-        let mut rest = &params.jobs[..];
-        while let Some(first) = rest.first() {
-            if first.unique_key.is_some() {
-                out.push(insert_keyed(&tx, first, params.now).await?);
-                rest = &rest[1..];
-            } else {
-                let run = rest.iter().take_while(|j| j.unique_key.is_none()).count();
-                let jobs = insert_unkeyed(&tx, &rest[..run], params.now).await?;
-                out.extend(jobs.into_iter().map(|job| Inserted { job, created: true }));
-                rest = &rest[run..];
-            }
-        }
-        let available = out.iter().any(|i| i.created && i.job.state == JobState::Available);
-        if available {
-            notify(&tx, &self.channel).await?;
-        }
+        let inserted = insert_jobs(&tx, &params.jobs, params.now, &self.channel).await?;
         tx.commit().await.map_err(pg_error)?;
-        Ok((out, available))
+        Ok(inserted)
     }
 
     pub(crate) async fn jobs_fetch(&self, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
@@ -867,12 +850,44 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))
 }
 
+/// Inserts jobs inside the caller's transaction: the store's own, or an
+/// application's ([`crate::enqueue_in`]). Consecutive jobs without a
+/// `unique_key` go in one multi-row statement; keyed jobs go one at a time
+/// because each may turn out to be a duplicate. If any job became available it
+/// queues a `NOTIFY`, which PostgreSQL delivers when the transaction commits.
+/// Returns the outcomes and whether any job became available.
+pub(crate) async fn insert_jobs(
+    client: &impl Conn,
+    jobs: &[NewJob],
+    now: Timestamp,
+    channel: &str,
+) -> Result<(Vec<Inserted>, bool)> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut rest = jobs;
+    while let Some(first) = rest.first() {
+        if first.unique_key.is_some() {
+            out.push(insert_keyed(client, first, now).await?);
+            rest = &rest[1..];
+        } else {
+            let run = rest.iter().take_while(|j| j.unique_key.is_none()).count();
+            let jobs = insert_unkeyed(client, &rest[..run], now).await?;
+            out.extend(jobs.into_iter().map(|job| Inserted { job, created: true }));
+            rest = &rest[run..];
+        }
+    }
+    let available = out.iter().any(|i| i.created && i.job.state == JobState::Available);
+    if available {
+        notify(client, channel).await?;
+    }
+    Ok((out, available))
+}
+
 /// Inserts jobs without a `unique_key` with one statement. `unnest … WITH
 /// ORDINALITY` keeps their order, and `ORDER BY ord` makes ids follow it, so
 /// the returned rows sorted by id line up with `jobs`. Tags travel as one JSON
 /// array per job because PostgreSQL has no arrays of arrays of varying length.
 async fn insert_unkeyed(
-    client: &impl GenericClient,
+    client: &impl Conn,
     jobs: &[NewJob],
     now: Timestamp,
 ) -> Result<Vec<Job>> {
@@ -922,17 +937,16 @@ async fn insert_unkeyed(
         expires.push(job.expires_at);
         backoffs.push(job.backoff.as_ref().map(to_json).transpose()?);
     }
-    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let stmt = client.statement(SQL).await?;
     let rows = client
-        .query(
+        .rows(
             &stmt,
             &[
                 &queues, &kinds, &args, &priorities, &states, &run_ats, &max_attempts, &tags,
                 &timeouts, &expires, &backoffs, &now,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let mut inserted = jobs_from_rows(&rows)?;
     if inserted.len() != n {
         return Err(StoreError::Backend(format!(
@@ -949,7 +963,7 @@ async fn insert_unkeyed(
 /// concurrent insert of the same key waits for the other transaction instead of
 /// failing; the second branch finds the holder (including one inserted earlier
 /// in this same transaction).
-async fn insert_keyed(client: &impl GenericClient, job: &NewJob, now: Timestamp) -> Result<Inserted> {
+async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Result<Inserted> {
     const SQL: &str = concat!(
         "WITH inserted AS (
             INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
@@ -974,10 +988,10 @@ async fn insert_keyed(client: &impl GenericClient, job: &NewJob, now: Timestamp)
     let run_at = job.run_at.unwrap_or(now);
     let state = waiting_state(run_at, now).as_str();
     let backoff = job.backoff.as_ref().map(Json);
-    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let stmt = client.statement(SQL).await?;
     for _ in 0..UNIQUE_RACE_RETRIES {
         let row = client
-            .query_opt(
+            .row_opt(
                 &stmt,
                 &[
                     &job.queue,
@@ -995,8 +1009,7 @@ async fn insert_keyed(client: &impl GenericClient, job: &NewJob, now: Timestamp)
                     &now,
                 ],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
         // No row: another transaction committed a job with this key after this
         // statement's snapshot was taken, so neither branch saw it. Again, with a
         // fresh snapshot.

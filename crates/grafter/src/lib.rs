@@ -43,13 +43,15 @@
 //! ```
 //!
 //! To serve the HTTP API (and its dashboard) from the same process, see
-//! [`server`]. To run jobs inside HTTP requests that Grafter pushes to your
-//! web app (no worker process), see [`push`].
+//! [`server`]. To enqueue inside your own PostgreSQL transaction, committed or
+//! rolled back with it, see [`postgres`]. To run jobs inside HTTP requests
+//! that Grafter pushes to your web app (no worker process), see [`push`].
 
 mod client;
 mod error;
 mod hooks;
 mod job;
+pub mod postgres;
 pub mod push;
 mod transport;
 mod worker;
