@@ -6,22 +6,16 @@
 //! Maintenance and retry backoff are configured fast so the tests take seconds;
 //! every wait is a poll with a generous deadline, and nothing asserts on speed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-const GRAFTER: &str = env!("CARGO_BIN_EXE_grafter");
-
-/// How long any poll may take before the test gives up. Generous: the machine
-/// may be loaded; a passing test never comes close.
-const PATIENCE: Duration = Duration::from_secs(20);
+use common::{free_port, id_of, run_cli, temp_dir, Server};
 
 /// Fast maintenance and a fast, deterministic retry backoff.
 const CONFIG: &str = r#"
@@ -36,256 +30,21 @@ rescue_interval_ms = 100
 expire_interval_ms = 100
 "#;
 
-/// Every `GRAFTER_*` variable the binary reads, removed so the caller's
-/// environment cannot change what a test runs against.
-const ENVIRONMENT: [&str; 5] =
-    ["GRAFTER_DATABASE_URL", "GRAFTER_LISTEN", "GRAFTER_CONFIG", "GRAFTER_URL", "GRAFTER_TOKEN"];
-
-/// A `grafter` command with a clean environment.
-fn grafter() -> std::process::Command {
-    let mut command = std::process::Command::new(GRAFTER);
-    for name in ENVIRONMENT {
-        command.env_remove(name);
+/// A server on the SQLite file `dir/jobs.db`, configured by `dir/grafter.toml`
+/// (written with [`CONFIG`] if missing).
+async fn start(dir: &Path) -> Server {
+    let config = dir.join("grafter.toml");
+    if !config.exists() {
+        std::fs::write(&config, CONFIG).expect("write config");
     }
-    command.env("RUST_LOG", "info").stdin(Stdio::null());
-    command
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("HTTP client")
-}
-
-/// Numbers the server logs, so a restart never overwrites an earlier log.
-static STARTS: AtomicUsize = AtomicUsize::new(0);
-
-/// A running `grafter serve` on `dir/jobs.db`, killed with SIGKILL on drop. If
-/// the test is panicking, the server's log is printed first.
-struct Server {
-    child: Option<Child>,
-    base: String,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Server {
-    /// Starts a server on the database in `dir` and waits until `/livez` answers.
-    async fn start(dir: &Path) -> Server {
-        let config = dir.join("grafter.toml");
-        if !config.exists() {
-            std::fs::write(&config, CONFIG).expect("write config");
-        }
-        let database = format!("sqlite://{}", dir.join("jobs.db").display());
-        let http = http_client();
-        // A port picked free may be taken by someone else before we bind it:
-        // then try another.
-        for _ in 0..5 {
-            let port = free_port();
-            let log = dir.join(format!("server-{}.log", STARTS.fetch_add(1, Ordering::SeqCst)));
-            let child = grafter()
-                .args(["serve", "--database", &database, "--listen", &format!("127.0.0.1:{port}")])
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).expect("create log file"))
-                .spawn()
-                .expect("spawn grafter serve");
-            let mut server =
-                Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), log, http: http.clone() };
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
-                    server.child = None;
-                    let log = server.log_text();
-                    if log.contains("cannot listen") {
-                        break; // the port was taken: next one
-                    }
-                    panic!("grafter serve exited ({status}) before it was ready; its log:\n{log}");
-                }
-                if let Ok(response) = http.get(server.url("/livez")).send().await {
-                    if response.status().is_success() {
-                        return server;
-                    }
-                }
-                assert!(Instant::now() < deadline, "grafter serve did not answer /livez within {PATIENCE:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("could not start grafter serve on a free port in 5 tries");
-    }
-
-    fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("server is running")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("server is running").id()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
-    }
-
-    /// SIGKILL, as a crash or an OOM killer would: no chance to clean up.
-    fn kill9(mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("kill -9 grafter serve");
-            child.wait().expect("reap grafter serve");
-        }
-    }
-
-    /// Waits for the process to exit on its own.
-    async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let response = request.send().await.expect("request to grafter");
-        let status = response.status();
-        let text = response.text().await.expect("response body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"))
-        };
-        (status, body)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.http.get(self.url(path))).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(self.http.post(self.url(path)).json(&body)).await
-    }
-
-    /// Enqueues one job, which must be created.
-    async fn enqueue(&self, job: Value) -> Value {
-        let (status, body) = self.post("/v1/jobs", job).await;
-        assert_eq!(status, StatusCode::CREATED, "enqueue: {body}");
-        body
-    }
-
-    async fn job(&self, id: i64) -> Value {
-        let (status, body) = self.get(&format!("/v1/jobs/{id}")).await;
-        assert_eq!(status, StatusCode::OK, "GET job {id}: {body}");
-        body
-    }
-
-    /// One fetch of at most one job from `queue`.
-    async fn fetch(&self, queue: &str, lease_ms: u64, wait_ms: u64) -> Option<Value> {
-        let (status, body) = self
-            .post(
-                "/v1/fetch",
-                json!({"queues": [queue], "max": 1, "wait_ms": wait_ms, "lease_ms": lease_ms, "worker_id": "test-worker"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "fetch: {body}");
-        let jobs = body["jobs"].as_array().expect("fetch answers jobs");
-        assert!(jobs.len() <= 1, "fetch with max 1 answered {}", jobs.len());
-        jobs.first().cloned()
-    }
-
-    /// Fetches from `queue` until a job comes, or fails the test after `PATIENCE`.
-    async fn fetch_until(&self, queue: &str, lease_ms: u64) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(job) = self.fetch(queue, lease_ms, 500).await {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "no job came back on queue {queue} within {PATIENCE:?}");
-        }
-    }
-
-    /// Every job on `queue`, following `next_cursor` page by page.
-    async fn all_jobs(&self, queue: &str, page: usize) -> Vec<Value> {
-        let mut jobs = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut path = format!("/v1/jobs?queue={queue}&limit={page}");
-            if let Some(cursor) = &cursor {
-                path.push_str(&format!("&cursor={cursor}"));
-            }
-            let (status, body) = self.get(&path).await;
-            assert_eq!(status, StatusCode::OK, "list: {body}");
-            jobs.extend(body["jobs"].as_array().expect("a page has jobs").iter().cloned());
-            match body["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => return jobs,
-            }
-            assert!(jobs.len() <= 100_000, "pagination does not end");
-        }
-    }
-
-    /// The counts per state of one queue from `GET /v1/queues`.
-    async fn queue_counts(&self, queue: &str) -> BTreeMap<String, u64> {
-        let (status, body) = self.get("/v1/queues").await;
-        assert_eq!(status, StatusCode::OK, "queues: {body}");
-        let entry = body["queues"]
-            .as_array()
-            .expect("queues list")
-            .iter()
-            .find(|q| q["name"] == queue)
-            .unwrap_or_else(|| panic!("queue {queue} missing from {body}"));
-        serde_json::from_value(entry["counts"].clone()).expect("counts per state")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- log of grafter serve at {} ({}) ----\n{}", self.base, self.log.display(), self.log_text());
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn temp_dir() -> TempDir {
-    tempfile::Builder::new().prefix("grafter-process-").tempdir().expect("temp dir")
-}
-
-fn id_of(job: &Value) -> i64 {
-    job["id"].as_i64().unwrap_or_else(|| panic!("job without an integer id: {job}"))
-}
-
-/// Runs a CLI command (not `serve`) to completion.
-async fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
-    let mut command = tokio::process::Command::from(grafter());
-    command.args(args).current_dir(cwd).kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("grafter {args:?} did not finish within 60 s"))
-        .expect("run grafter")
+    let database = format!("sqlite://{}", dir.join("jobs.db").display());
+    Server::start(dir, &database, &config).await
 }
 
 #[tokio::test]
 async fn kill_9_while_leased_the_job_comes_back_as_attempt_2() {
     let dir = temp_dir();
-    let server = Server::start(dir.path()).await;
+    let mut server = start(dir.path()).await;
     let id = id_of(&server.enqueue(json!({"kind": "sync", "queue": "crash", "args": {"n": 1}})).await);
 
     let first = server.fetch("crash", 1_000, 0).await.expect("the job is available");
@@ -295,7 +54,7 @@ async fn kill_9_while_leased_the_job_comes_back_as_attempt_2() {
     let old_lease = first["lease"].as_str().expect("a lease").to_owned();
 
     server.kill9();
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
 
     // The lease was acknowledged, so it survived: the attempt count stays 1
     // until the job is fetched again.
@@ -337,7 +96,7 @@ async fn kill_9_while_leased_the_job_comes_back_as_attempt_2() {
 #[tokio::test]
 async fn an_acknowledged_batch_survives_kill_9() {
     let dir = temp_dir();
-    let server = Server::start(dir.path()).await;
+    let mut server = start(dir.path()).await;
     let jobs: Vec<Value> = (0..200).map(|i| json!({"kind": "bulk", "queue": "durable", "args": {"i": i}})).collect();
     let (status, body) = server.post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -347,7 +106,7 @@ async fn an_acknowledged_batch_survives_kill_9() {
     assert_eq!(expected.len(), 200, "ids are distinct");
 
     server.kill9();
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
 
     // Small pages, to follow the cursor too.
     let stored = server.all_jobs("durable", 64).await;
@@ -365,7 +124,7 @@ async fn an_acknowledged_batch_survives_kill_9() {
 #[tokio::test]
 async fn concurrent_acknowledged_enqueues_survive_kill_9() {
     let dir = temp_dir();
-    let server = Server::start(dir.path()).await;
+    let mut server = start(dir.path()).await;
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..8usize {
         let http = server.http.clone();
@@ -393,7 +152,7 @@ async fn concurrent_acknowledged_enqueues_survive_kill_9() {
     assert_eq!(ids.len(), 50, "50 distinct ids");
 
     server.kill9();
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
 
     for &id in &ids {
         let job = server.job(id).await;
@@ -408,7 +167,7 @@ async fn concurrent_acknowledged_enqueues_survive_kill_9() {
 #[tokio::test]
 async fn a_new_job_wakes_a_long_poll() {
     let dir = temp_dir();
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     let request = server.http.post(server.url("/v1/fetch")).json(&json!({
         "queues": ["wake"], "max": 1, "wait_ms": 20_000, "lease_ms": 30_000, "worker_id": "sleeper"
     }));
@@ -440,7 +199,7 @@ async fn a_new_job_wakes_a_long_poll() {
 #[tokio::test]
 async fn sigterm_with_a_pending_long_poll_exits_cleanly() {
     let dir = temp_dir();
-    let mut server = Server::start(dir.path()).await;
+    let mut server = start(dir.path()).await;
     let request = server
         .http
         .post(server.url("/v1/fetch"))
@@ -474,7 +233,7 @@ async fn sigterm_with_a_pending_long_poll_exits_cleanly() {
 #[tokio::test]
 async fn the_cli_enqueues_shows_and_explains_failures() {
     let dir = temp_dir();
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     let cwd = dir.path();
 
     let out = run_cli(&["enqueue", "send_email", "--args", r#"{"to":"a@b.c"}"#, "--url", &server.base], cwd).await;
@@ -524,7 +283,7 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
 #[tokio::test]
 async fn a_failing_job_is_retried_after_backoff_then_dead() {
     let dir = temp_dir();
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     let id = id_of(&server.enqueue(json!({"kind": "flaky", "queue": "retry", "max_attempts": 2})).await);
 
     let first = server.fetch("retry", 30_000, 0).await.expect("the job is available");

@@ -1,0 +1,516 @@
+//! Helpers shared by the process tests: the real `grafter` binary started on a
+//! free port with a config file, its log, HTTP calls to it; PostgreSQL for the
+//! tests that need it (the shared test database with a fresh schema per test,
+//! or a private cluster a test may stop and start), with the skip-or-fail rule
+//! when PostgreSQL is absent.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio_postgres::NoTls;
+
+pub const GRAFTER: &str = env!("CARGO_BIN_EXE_grafter");
+
+/// How long any poll may take before the test gives up. Generous: the machine
+/// may be loaded; a passing test never comes close.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Every `GRAFTER_*` variable the binary reads, removed so the caller's
+/// environment cannot change what a test runs against.
+const ENVIRONMENT: [&str; 5] =
+    ["GRAFTER_DATABASE_URL", "GRAFTER_LISTEN", "GRAFTER_CONFIG", "GRAFTER_URL", "GRAFTER_TOKEN"];
+
+/// A `grafter` command with a clean environment.
+pub fn grafter() -> std::process::Command {
+    let mut command = std::process::Command::new(GRAFTER);
+    for name in ENVIRONMENT {
+        command.env_remove(name);
+    }
+    command.env("RUST_LOG", "info").stdin(Stdio::null());
+    command
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client")
+}
+
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new().prefix("grafter-process-").tempdir().expect("temp dir")
+}
+
+pub fn id_of(job: &Value) -> i64 {
+    job["id"].as_i64().unwrap_or_else(|| panic!("job without an integer id: {job}"))
+}
+
+/// Numbers the server logs, so a restart never overwrites an earlier log.
+static STARTS: AtomicUsize = AtomicUsize::new(0);
+
+/// A running `grafter serve`, killed with SIGKILL on drop. If the test is
+/// panicking, the server's log is printed first.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `grafter serve --database <database> --config <config>` on a free
+    /// port, logging to a new file in `dir`, and waits until `/livez` answers.
+    pub async fn start(dir: &Path, database: &str, config: &Path) -> Server {
+        let http = http_client();
+        // A port picked free may be taken by someone else before we bind it:
+        // then try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let log = dir.join(format!("server-{}.log", STARTS.fetch_add(1, Ordering::SeqCst)));
+            let child = grafter()
+                .args(["serve", "--database", database, "--listen", &format!("127.0.0.1:{port}")])
+                .arg("--config")
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(File::create(&log).expect("create log file"))
+                .spawn()
+                .expect("spawn grafter serve");
+            let mut server =
+                Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), log, http: http.clone() };
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
+                    server.child = None;
+                    let log = server.log_text();
+                    if log.contains("cannot listen") {
+                        break; // the port was taken: next one
+                    }
+                    panic!("grafter serve exited ({status}) before it was ready; its log:\n{log}");
+                }
+                if let Ok(response) = http.get(server.url("/livez")).send().await {
+                    if response.status().is_success() {
+                        return server;
+                    }
+                }
+                assert!(Instant::now() < deadline, "grafter serve did not answer /livez within {PATIENCE:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("could not start grafter serve on a free port in 5 tries");
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("server is running")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+    }
+
+    /// Whether this node's log says it holds the maintenance leadership now
+    /// (its last leadership change was to leading).
+    pub fn leads_maintenance(&self) -> bool {
+        let log = self.log_text();
+        log.lines()
+            .rev()
+            .find(|line| line.contains("maintenance leadership changed"))
+            .is_some_and(|line| line.contains("leads=true"))
+    }
+
+    /// SIGKILL, as a crash or an OOM killer would: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9 grafter serve");
+            child.wait().expect("reap grafter serve");
+        }
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request to grafter");
+        let status = response.status();
+        let text = response.text().await.expect("response body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    /// Enqueues one job, which must be created.
+    pub async fn enqueue(&self, job: Value) -> Value {
+        let (status, body) = self.post("/v1/jobs", job).await;
+        assert_eq!(status, StatusCode::CREATED, "enqueue: {body}");
+        body
+    }
+
+    pub async fn job(&self, id: i64) -> Value {
+        let (status, body) = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "GET job {id}: {body}");
+        body
+    }
+
+    /// One fetch of at most one job from `queue`.
+    pub async fn fetch(&self, queue: &str, lease_ms: u64, wait_ms: u64) -> Option<Value> {
+        let (status, body) = self
+            .post(
+                "/v1/fetch",
+                json!({"queues": [queue], "max": 1, "wait_ms": wait_ms, "lease_ms": lease_ms, "worker_id": "test-worker"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "fetch: {body}");
+        let jobs = body["jobs"].as_array().expect("fetch answers jobs");
+        assert!(jobs.len() <= 1, "fetch with max 1 answered {}", jobs.len());
+        jobs.first().cloned()
+    }
+
+    /// Fetches from `queue` until a job comes, or fails the test after `PATIENCE`.
+    pub async fn fetch_until(&self, queue: &str, lease_ms: u64) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(job) = self.fetch(queue, lease_ms, 500).await {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "no job came back on queue {queue} within {PATIENCE:?}");
+        }
+    }
+
+    /// Every job on `queue`, following `next_cursor` page by page.
+    pub async fn all_jobs(&self, queue: &str, page: usize) -> Vec<Value> {
+        let mut jobs = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/jobs?queue={queue}&limit={page}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "list: {body}");
+            jobs.extend(body["jobs"].as_array().expect("a page has jobs").iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return jobs,
+            }
+            assert!(jobs.len() <= 100_000, "pagination does not end");
+        }
+    }
+
+    /// The counts per state of one queue from `GET /v1/queues`.
+    pub async fn queue_counts(&self, queue: &str) -> BTreeMap<String, u64> {
+        let (status, body) = self.get("/v1/queues").await;
+        assert_eq!(status, StatusCode::OK, "queues: {body}");
+        let entry = body["queues"]
+            .as_array()
+            .expect("queues list")
+            .iter()
+            .find(|q| q["name"] == queue)
+            .unwrap_or_else(|| panic!("queue {queue} missing from {body}"));
+        serde_json::from_value(entry["counts"].clone()).expect("counts per state")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of grafter serve at {} ({}) ----\n{}", self.base, self.log.display(), self.log_text());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a CLI command (not `serve`) to completion.
+pub async fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
+    let mut command = tokio::process::Command::from(grafter());
+    command.args(args).current_dir(cwd).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("grafter {args:?} did not finish within 60 s"))
+        .expect("run grafter")
+}
+
+// ---- PostgreSQL ----
+
+/// Reports that a PostgreSQL test cannot run: under CI (`CI` set) that fails
+/// the test; elsewhere it says so loudly and the test returns early.
+pub fn skip_or_fail(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}; CI is set, so this test fails instead of skipping"
+    );
+    // Straight to the process's stderr: libtest hides `eprintln!` of a passing test.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n********************************************************************\n\
+         SKIPPING: {why}.\n\
+         This PostgreSQL test returns early and passes vacuously.\n\
+         ********************************************************************\n"
+    );
+}
+
+/// Connects to `url`, with the driver's connection running in the background.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    let connecting = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls));
+    match connecting.await {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(connection);
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+        Err(_) => Err("timed out after 5 s".to_owned()),
+    }
+}
+
+/// The shared test database (`GRAFTER_TEST_POSTGRES_URL`, default the local
+/// server's `test` database), or `None` after [`skip_or_fail`] when it does not answer.
+pub async fn shared_postgres() -> Option<String> {
+    let url = std::env::var("GRAFTER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    match connect(&url).await {
+        Ok(_) => Some(url),
+        Err(why) => {
+            skip_or_fail(&format!(
+                "PostgreSQL not reachable at {url} ({why}); start it or set GRAFTER_TEST_POSTGRES_URL"
+            ));
+            None
+        }
+    }
+}
+
+/// A schema name no other test, run or process uses, dropped (with whatever
+/// the test's servers created in it) when this is dropped, pass or fail.
+pub struct Schema {
+    url: String,
+    pub name: String,
+}
+
+impl Schema {
+    pub fn fresh(url: &str) -> Schema {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "grafter_cluster_{}_{}_{:08x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        Schema { url: url.to_owned(), name }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        // Its own thread and runtime: `Drop` cannot await, and this may run
+        // inside (or after) the test's runtime.
+        let url = self.url.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            runtime.block_on(async { connect(&url).await?.batch_execute(&sql).await.map_err(|e| e.to_string()) })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop test schema {}: {e}", self.name);
+        }
+    }
+}
+
+/// A PostgreSQL cluster of the test's own, in a temp directory, on a free
+/// port, that the test may stop and start (the machine's shared server must
+/// never be restarted by a test). Stopped and removed on drop.
+pub struct PrivateCluster {
+    bin: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    pub port: u16,
+    /// As root, PostgreSQL refuses to run: its commands run as `postgres`.
+    as_postgres: bool,
+    _dir: TempDir,
+}
+
+impl PrivateCluster {
+    /// Creates and starts a cluster, or returns `None` after [`skip_or_fail`]
+    /// when PostgreSQL's server programs are not installed.
+    pub fn start() -> Option<PrivateCluster> {
+        let Some(bin) = postgres_bin() else {
+            skip_or_fail("PostgreSQL's server programs (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin");
+            return None;
+        };
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new().prefix("grafter-pg-").tempdir().expect("temp dir");
+        if as_postgres {
+            // initdb and the server run as `postgres`, which must own the directory.
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("run chown");
+            assert!(status.success(), "chown postgres {} failed", dir.path().display());
+        }
+        let mut cluster = PrivateCluster {
+            data: dir.path().join("data"),
+            socket_dir: dir.path().to_owned(),
+            log: dir.path().join("postgres.log"),
+            bin,
+            port: 0,
+            as_postgres,
+            _dir: dir,
+        };
+        let mut initdb = cluster.command("initdb");
+        initdb.arg("-D").arg(&cluster.data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+        let out = initdb.output().expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A port picked free may be taken before the server binds it: try another.
+        for _ in 0..5 {
+            cluster.port = free_port();
+            if cluster.try_start() {
+                return Some(cluster);
+            }
+        }
+        panic!("could not start a private PostgreSQL on a free port; its log:\n{}", cluster.log_text());
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the stopped cluster again, on the same port.
+    pub fn restart(&self) {
+        assert!(self.try_start(), "the private PostgreSQL did not start again; its log:\n{}", self.log_text());
+    }
+
+    /// Stops it at once, as a crash would (`pg_ctl stop -m immediate`): every
+    /// connection is cut and the next start recovers from the log.
+    pub fn stop(&self) {
+        let out = self.pg_ctl(&["stop", "-m", "immediate"]).output().expect("run pg_ctl stop");
+        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn try_start(&self) -> bool {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.socket_dir.display()
+        );
+        let mut start = self.pg_ctl(&["start"]);
+        start.arg("-l").arg(&self.log).arg("-o").arg(options);
+        start.output().expect("run pg_ctl start").status.success()
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Command {
+        let mut command = self.command("pg_ctl");
+        command.arg("-D").arg(&self.data).args(["-w", "-t", "30"]).args(args);
+        command
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let path = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            std::process::Command::new(path)
+        };
+        command.stdin(Stdio::null()).env_remove("PGDATA").env_remove("PGPORT");
+        command
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of the private PostgreSQL ----\n{}", self.log_text());
+        }
+        let _ = self.pg_ctl(&["stop", "-m", "immediate"]).output();
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb` and `pg_ctl`.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
