@@ -393,7 +393,11 @@ impl PrivateCluster {
             return None;
         };
         let as_postgres = is_root();
-        let dir = tempfile::Builder::new().prefix("grafter-pg-").tempdir().expect("temp dir");
+        let mut dir = tempfile::Builder::new();
+        dir.prefix("grafter-pg-");
+        // `postgres` must reach the directory: /tmp is open to all, while
+        // root's own $TMPDIR may not be.
+        let dir = if as_postgres { dir.tempdir_in("/tmp") } else { dir.tempdir() }.expect("temp dir");
         if as_postgres {
             // initdb and the server run as `postgres`, which must own the directory.
             let status = std::process::Command::new("chown")
