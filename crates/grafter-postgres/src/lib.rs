@@ -64,6 +64,9 @@ use ops::Db;
 const CHANNEL_PREFIX: &str = "grafter_jobs";
 /// PostgreSQL's longest identifier (and channel name), in bytes.
 const MAX_IDENTIFIER_LEN: usize = 63;
+/// Longest that data sent to the database may go unacknowledged before the
+/// connection counts as lost (unless the URL sets `tcp_user_timeout`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to reach the database and how to behave there.
 #[derive(Clone, Debug)]
@@ -183,6 +186,13 @@ impl PostgresStore {
         }
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(config.connect_timeout);
+        }
+        if pg_config.get_tcp_user_timeout().is_none() {
+            // A database that vanishes without closing its connections (a
+            // network partition, a host that died) would otherwise leave every
+            // statement waiting for TCP to give up, some 15 minutes: requests
+            // would hang instead of answering `unavailable`.
+            pg_config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         let pool = build_pool(&config, &pg_config, &schema)?;
         let (availability, _) = watch::channel(0);
