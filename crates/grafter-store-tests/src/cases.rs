@@ -924,7 +924,8 @@ pub async fn list_filters_by_tag_args_and_any_combination(store: S) {
     let args = |path: &[&str], value: serde_json::Value| {
         Some(ArgsMatch { path: path.iter().map(|s| s.to_string()).collect(), value })
     };
-    let filters: Vec<(&str, JobsList, Box<dyn Fn(&Job) -> bool>)> = vec![
+    type Case = (&'static str, JobsList, Box<dyn Fn(&Job) -> bool>);
+    let filters: Vec<Case> = vec![
         ("tag", JobsList { tag: Some("vip".into()), ..Default::default() }, Box::new(|j| j.tags.contains(&"vip".into()))),
         ("tag+state", JobsList { tag: Some("vip".into()), state: Some(JobState::Available), ..Default::default() },
             Box::new(|j| j.tags.contains(&"vip".into()) && j.state == JobState::Available)),

@@ -113,7 +113,7 @@ pub(super) async fn login_page(
 pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let form = match checked_form(&headers, &body) {
         Ok(form) => form,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(token) = &state.config().token else {
         return Redirect::to("/").into_response();
@@ -138,7 +138,7 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
 
 pub(super) async fn logout(headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = checked_form(&headers, &body) {
-        return refused;
+        return *refused;
     }
     let mut response = redirect_with("/login", true, "Logged out.");
     response.headers_mut().append(

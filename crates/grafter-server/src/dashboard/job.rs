@@ -231,7 +231,7 @@ pub(super) async fn act(
 ) -> Response {
     let form = match checked_form(&headers, &body) {
         Ok(form) => form,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(id) = parse_id(&raw) else {
         return error_page(StatusCode::NOT_FOUND, "A job id is a number.");

@@ -274,7 +274,7 @@ fn table(jobs: &[Job]) -> Markup {
 pub(super) async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let form = match checked_form(&headers, &body) {
         Ok(form) => form,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let filter = Filter::from_form(&form);
     let back = format!("/jobs?{}", filter.query());

@@ -186,16 +186,16 @@ impl FormData {
 }
 
 /// Parses a state-changing form and checks its CSRF token against the cookie.
-/// A mismatch is refused with 403 and changes nothing.
-fn checked_form(headers: &HeaderMap, body: &Bytes) -> Result<FormData, Response> {
+/// A mismatch is refused with 403 (the boxed answer) and changes nothing.
+fn checked_form(headers: &HeaderMap, body: &Bytes) -> Result<FormData, Box<Response>> {
     let form = FormData::parse(body);
     let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_default();
     let sent = form.get("csrf").unwrap_or_default();
     if cookie.is_empty() || !auth::constant_time_eq(cookie.as_bytes(), sent.as_bytes()) {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             "This form has expired or did not come from this dashboard (CSRF check failed). Reload the page and try again.",
-        ));
+        )));
     }
     Ok(form)
 }

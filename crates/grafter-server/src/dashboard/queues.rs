@@ -79,7 +79,7 @@ pub(super) async fn act(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = checked_form(&headers, &body) {
-        return refused;
+        return *refused;
     }
     let paused = match action.as_str() {
         "pause" => true,
