@@ -35,7 +35,8 @@ const ROLL_BACK: &str = "ROLLBACK TO SAVEPOINT grafter_enqueue_in; RELEASE SAVEP
 /// `grafter migrate` has run).
 ///
 /// Any deadpool transaction works too: it dereferences to a
-/// [`tokio_postgres::Transaction`].
+/// [`tokio_postgres::Transaction`]. Await one call before starting the next on
+/// the same transaction: each takes its own savepoint.
 ///
 /// # Errors
 ///

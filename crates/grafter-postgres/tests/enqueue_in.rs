@@ -153,3 +153,17 @@ async fn the_search_path_is_kept_and_a_failed_enqueue_leaves_the_transaction_usa
     let kinds: Vec<&str> = all.iter().map(|l| l.job.kind.as_str()).collect();
     assert_eq!(kinds, ["welcome", "welcome"], "only the two good enqueues were stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_deadpool_transaction_works_as_it_is() {
+    let Some(url) = database().await else { return };
+    let (store, _app, schema, _guard) = setup(&url).await;
+    let manager = deadpool_postgres::Manager::new(url.parse().unwrap(), NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager).max_size(1).build().unwrap();
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    // `&deadpool_postgres::Transaction` dereferences to the driver's transaction.
+    let inserted = enqueue_in(&tx, Some(&schema), vec![NewJob::new("pooled", json!({}))]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(store.job_get(inserted[0].job.id).await.unwrap().is_some());
+}
