@@ -170,13 +170,16 @@ impl Db {
         let scan = params.scan_limit.map(as_limit);
         let checked = residual(&mut Query::default(), params, &driven(params))?;
 
+        // The driver's ids, in order, each looked up by key: the LATERAL
+        // subquery's LIMIT keeps the planner from turning this into a scan of
+        // the whole table when it guesses the other filters are rare.
         let mut sql = Query::default();
-        sql.push(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ("));
+        sql.push(&format!("SELECT {JOB_COLUMNS} FROM ("));
         // Without row-by-row checks, the first `wanted` ids are the page.
         driver(&mut sql, params, if checked { scan } else { Some(wanted) });
-        sql.push(")");
+        sql.push(") AS cand CROSS JOIN LATERAL (SELECT * FROM jobs WHERE jobs.id = cand.id LIMIT 1) AS jobs WHERE true");
         residual(&mut sql, params, &driven(params))?;
-        sql.push(&format!(" ORDER BY id {dir} LIMIT ")).bind(wanted);
+        sql.push(&format!(" ORDER BY cand.id {dir} LIMIT ")).bind(wanted);
 
         let client = self.client().await?;
         // A bounded set of shapes (filters present × order), so caching each is fine.

@@ -121,19 +121,21 @@ fn driver(sql: &mut Query, params: &JobsList, limit: i64) {
     }
 }
 
-/// `AND …` for every filter the driver does not answer.
+/// `AND …` for every filter the driver does not answer. The unary `+` keeps
+/// SQLite from using another index for them instead of walking the driver's
+/// ids in order (which is what bounds the scan and stops it at a full page).
 fn residual(sql: &mut Query, params: &JobsList, driven: &Driven) -> Result<bool> {
     let mut any = false;
     if let (Some(state), false) = (params.state, driven.state) {
-        sql.push(" AND state = ").bind(text(state.as_str()));
+        sql.push(" AND +state = ").bind(text(state.as_str()));
         any = true;
     }
     if let (Some(queue), false) = (&params.queue, driven.queue) {
-        sql.push(" AND queue = ").bind(text(queue));
+        sql.push(" AND +queue = ").bind(text(queue));
         any = true;
     }
     if let (Some(kind), false) = (&params.kind, driven.kind) {
-        sql.push(" AND kind = ").bind(text(kind));
+        sql.push(" AND +kind = ").bind(text(kind));
         any = true;
     }
     if let Some(args) = &params.args {

@@ -42,7 +42,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 
 /// How many jobs one page of a filtered list looks at when some filter is
 /// checked row by row; keeps every page fast however rare the matches.
-const SCAN_LIMIT: usize = 20_000;
+const SCAN_LIMIT: usize = 10_000;
 
 /// The dashboard's routes, to merge into the main router.
 pub fn routes(state: AppState) -> Router<AppState> {
