@@ -28,9 +28,8 @@ function localizeTimes(root) {
 function startLive(region) {
   const url = region.dataset.live;
   const every = parseInt(region.dataset.interval || "3000", 10);
-  let timer = null;
   async function refresh() {
-    if (document.hidden) { timer = setTimeout(refresh, every); return; }
+    if (document.hidden) { setTimeout(refresh, every); return; }
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } });
       if (response.ok) {
@@ -41,10 +40,9 @@ function startLive(region) {
     } catch (e) {
       // The server may be restarting; try again on the next tick.
     }
-    if (!region.querySelector("[data-live-done]")) timer = setTimeout(refresh, every);
+    if (!region.querySelector("[data-live-done]")) setTimeout(refresh, every);
   }
-  if (!region.querySelector("[data-live-done]")) timer = setTimeout(refresh, every);
-  return () => clearTimeout(timer);
+  if (!region.querySelector("[data-live-done]")) setTimeout(refresh, every);
 }
 
 document.addEventListener("submit", (event) => {
@@ -76,4 +74,6 @@ document.addEventListener("DOMContentLoaded", () => {
     when.value = now.toISOString().slice(0, 16);
   }
   for (const region of document.querySelectorAll("[data-live]")) startLive(region);
+  // Keep "3 min ago" true on pages left open.
+  setInterval(() => localizeTimes(document), 30000);
 });
