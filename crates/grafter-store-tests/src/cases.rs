@@ -768,6 +768,39 @@ pub async fn complete_many_acks_a_batch_fenced_per_item(store: S) {
     assert!(store.jobs_complete_many(JobsCompleteMany { items: vec![], now }).await.unwrap().is_empty());
 }
 
+/// Items naming a job twice answer as they would one at a time: the first
+/// that holds the lease completes it (with its result), the rest answer false.
+/// Results of every JSON shape come back as they were sent.
+pub async fn complete_many_repeats_and_results_answer_as_one_at_a_time(store: S) {
+    let now = t0();
+    let jobs: Vec<_> = (0..6).map(|i| NewJob::new("k", json!(i))).collect();
+    insert(&store, jobs, now).await;
+    let leased = fetch(&store, "default", 6, now).await;
+    let item = |l: &LeasedJob, result: Option<serde_json::Value>| (l.job.id, l.lease.clone(), result);
+    let results = [json!("text"), json!(12.5), json!(null), json!([1, {"b": [true]}]), json!({"z": 1, "a": 2})];
+    let items = vec![
+        item(&leased[0], Some(json!("first"))),
+        item(&leased[0], Some(json!("second"))),
+        (leased[1].job.id, "stale".into(), Some(json!("wrong"))),
+        item(&leased[1], Some(results[0].clone())),
+        item(&leased[2], Some(results[1].clone())),
+        item(&leased[3], Some(results[2].clone())),
+        item(&leased[4], Some(results[3].clone())),
+        item(&leased[5], Some(results[4].clone())),
+        item(&leased[5], None),
+    ];
+    let done = store.jobs_complete_many(JobsCompleteMany { items, now: now + ms(1) }).await.unwrap();
+    assert_eq!(done, [true, false, false, true, true, true, true, true, false]);
+    assert_eq!(get(&store, leased[0].job.id).await.result, Some(json!("first")));
+    for (l, result) in leased[1..].iter().zip(&results) {
+        let job = get(&store, l.job.id).await;
+        assert_eq!(job.state, JobState::Completed);
+        assert_eq!(job.result.as_ref(), Some(result), "job {}", l.job.id);
+    }
+    let again = vec![item(&leased[1], None)];
+    assert_eq!(store.jobs_complete_many(JobsCompleteMany { items: again, now }).await.unwrap(), [false]);
+}
+
 pub async fn running_limit_caps_a_queue_across_fetches(store: S) {
     let now = t0();
     let jobs: Vec<_> = (0..10).map(|i| NewJob::new("k", json!(i))).collect();

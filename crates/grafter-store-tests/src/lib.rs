@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
             release_hands_the_job_back_without_counting_the_attempt,
             workers_register_list_and_prune,
             complete_many_acks_a_batch_fenced_per_item,
+            complete_many_repeats_and_results_answer_as_one_at_a_time,
             running_limit_caps_a_queue_across_fetches,
             prune_deletes_old_finished_jobs_only,
             push_target_is_kept_and_removed,
