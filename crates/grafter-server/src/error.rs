@@ -89,6 +89,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// The code and message, for an answer that reports errors per item.
+    pub(crate) fn into_detail(self) -> ErrorDetail {
+        ErrorDetail { code: self.code, message: self.message, field: self.field }
+    }
+
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/retry", post(api::jobs::retry))
         .route("/jobs/{id}/cancel", post(api::jobs::cancel))
         .route("/jobs/{id}/reschedule", post(api::jobs::reschedule))
+        .route("/jobs/ack", post(api::worker::ack_many))
         .route("/jobs/{id}/ack", post(api::worker::ack))
         .route("/jobs/{id}/fail", post(api::worker::fail))
         .route("/jobs/{id}/heartbeat", post(api::worker::heartbeat))

@@ -24,6 +24,7 @@ pub struct Metrics {
     registry: Registry,
     enqueued: Family<QueueLabels, Counter>,
     completed: Family<QueueLabels, Counter>,
+    batch_acked: Counter,
     failed: Family<QueueLabels, Counter>,
     jobs: Family<QueueStateLabels, Gauge>,
 }
@@ -33,13 +34,19 @@ impl Metrics {
         let mut registry = Registry::with_prefix("grafter");
         let enqueued = Family::<QueueLabels, Counter>::default();
         let completed = Family::<QueueLabels, Counter>::default();
+        let batch_acked = Counter::default();
         let failed = Family::<QueueLabels, Counter>::default();
         let jobs = Family::<QueueStateLabels, Gauge>::default();
         registry.register("jobs_enqueued", "Jobs created through this server", enqueued.clone());
-        registry.register("jobs_completed", "Jobs acknowledged through this server", completed.clone());
+        registry.register("jobs_completed", "Jobs acknowledged one by one through this server", completed.clone());
+        registry.register(
+            "jobs_batch_acked",
+            "Jobs completed through batch acks (POST /v1/jobs/ack) on this server, all queues",
+            batch_acked.clone(),
+        );
         registry.register("jobs_failed", "Failed attempts reported through this server", failed.clone());
         registry.register("jobs", "Jobs in the store per queue and state", jobs.clone());
-        Metrics { registry, enqueued, completed, failed, jobs }
+        Metrics { registry, enqueued, completed, batch_acked, failed, jobs }
     }
 
     pub fn enqueued(&self, queue: &str) {
@@ -48,6 +55,10 @@ impl Metrics {
 
     pub fn completed(&self, queue: &str) {
         self.completed.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+    }
+
+    pub fn batch_acked(&self, jobs: usize) {
+        self.batch_acked.inc_by(jobs as u64);
     }
 
     pub fn failed(&self, queue: &str) {

@@ -11,7 +11,7 @@ use crate::api;
     paths(
         api::jobs::enqueue, api::jobs::enqueue_batch, api::jobs::list, api::jobs::show,
         api::jobs::retry, api::jobs::cancel, api::jobs::reschedule, api::jobs::delete,
-        api::worker::fetch, api::worker::ack, api::worker::fail, api::worker::heartbeat,
+        api::worker::fetch, api::worker::ack, api::worker::ack_many, api::worker::fail, api::worker::heartbeat,
         api::worker::release, api::worker::worker_heartbeat, api::worker::worker_remove,
         api::worker::workers_list,
         api::queues::list, api::queues::update, api::queues::pause, api::queues::resume,

@@ -219,6 +219,62 @@ async fn fetch_then_ack_completes_with_the_result() {
 }
 
 #[tokio::test]
+async fn batch_ack_completes_each_job_fenced_by_its_own_lease() {
+    let api = api().await;
+    for kind in ["a", "b", "c"] {
+        api.enqueue(json!({"kind": kind})).await;
+    }
+    let (_, fetched) = api.post("/v1/fetch", json!({"queues": ["default"], "max": 3, "worker_id": "w1"})).await;
+    let jobs = fetched["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 3);
+    let ack = |job: &Value, lease: &Value| json!({"id": job["id"], "lease": lease, "result": {"kind": job["kind"]}});
+    let acks = json!({"acks": [
+        ack(&jobs[0], &jobs[0]["lease"]),
+        ack(&jobs[1], &jobs[2]["lease"]), // a foreign lease
+        {"id": jobs[2]["id"], "lease": jobs[2]["lease"]},
+        {"id": 987_654, "lease": "x"},
+        ack(&jobs[0], &jobs[0]["lease"]), // the same ack twice: the first one counts
+    ]});
+    let (status, answer) = api.post("/v1/jobs/ack", acks).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let oks: Vec<bool> = results.iter().map(|r| r["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, [true, false, true, false, false]);
+    let ids: Vec<&Value> = results.iter().map(|r| &r["id"]).collect();
+    assert_eq!(ids, [&jobs[0]["id"], &jobs[1]["id"], &jobs[2]["id"], &json!(987_654), &jobs[0]["id"]]);
+    assert!(results[0].get("error").is_none());
+    assert_eq!(results[1]["error"]["code"], "lease_mismatch");
+    assert_eq!(results[3]["error"]["code"], "not_found");
+    assert_eq!(results[4]["error"]["code"], "lease_mismatch");
+
+    let (_, first) = api.get(&format!("/v1/jobs/{}", jobs[0]["id"])).await;
+    assert_eq!(first["state"], "completed");
+    assert_eq!(first["result"], json!({"kind": "a"}));
+    let (_, second) = api.get(&format!("/v1/jobs/{}", jobs[1]["id"])).await;
+    assert_eq!(second["state"], "running", "a foreign lease changes nothing");
+    let (_, third) = api.get(&format!("/v1/jobs/{}", jobs[2]["id"])).await;
+    assert_eq!(third["state"], "completed");
+    assert_eq!(third["result"], Value::Null);
+
+    let (_, metrics) = api.text(Method::GET, "/metrics", "").await;
+    assert!(metrics.as_str().unwrap_or_default().contains("grafter_jobs_batch_acked_total 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn batch_ack_validates_its_request() {
+    let api = api().await;
+    assert_error(&api.post("/v1/jobs/ack", json!({"acks": []})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let too_many: Vec<Value> = (0..1001).map(|i| json!({"id": i, "lease": "x"})).collect();
+    assert_error(&api.post("/v1/jobs/ack", json!({"acks": too_many})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let missing = api.post("/v1/jobs/ack", json!({"acks": [{"id": 1}]})).await;
+    assert_error(&missing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(missing.1["error"]["field"], "acks[0].lease");
+    let unknown = api.post("/v1/jobs/ack", json!({"acks": [{"id": 1, "lease": "x", "reslt": 1}]})).await;
+    assert_error(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(&api.text(Method::POST, "/v1/jobs/ack", "{\"acks\": [").await, StatusCode::BAD_REQUEST, "invalid_json");
+}
+
+#[tokio::test]
 async fn stale_or_foreign_leases_answer_409_and_change_nothing() {
     let api = api().await;
     let a = api.enqueue(json!({"kind": "a"})).await;
@@ -480,7 +536,7 @@ async fn health_metrics_and_openapi() {
     let (status, spec) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/v1/jobs", "/v1/jobs/batch", "/v1/fetch", "/v1/jobs/{id}/ack", "/v1/queues", "/readyz"] {
+    for path in ["/v1/jobs", "/v1/jobs/batch", "/v1/fetch", "/v1/jobs/{id}/ack", "/v1/jobs/ack", "/v1/queues", "/readyz"] {
         assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     assert!(spec["components"]["schemas"].get("Job").is_some());

@@ -8,9 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use grafter_core::{Job as JobRecord, LeasedJob, Progress, WorkerRegistration};
+use grafter_core::{Job as JobRecord, JobId, LeasedJob, Progress, WorkerRegistration};
 use serde_json::Value;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -19,7 +19,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::hooks::{Hooks, JobInfo, JobOutcome};
 use crate::job::{ErrorAction, Job, JobContext, JobError};
-use crate::transport::{Fetch, Finish, Transport};
+use crate::transport::{Ack, Fetch, Finish, Transport};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -259,14 +259,15 @@ impl Worker {
                 services.stop().await;
             });
         }
+        // Stops with the background tasks, after every job has finished and had its answer.
+        let acks = Acks::start(self.inner.transport.clone(), &handle.background, handle.stop_background.clone());
         for (queue, concurrency) in &self.inner.queues {
             handle.fetchers.spawn(fetch_loop(
                 self.inner.clone(),
                 queue.clone(),
                 Arc::new(Semaphore::new(*concurrency)),
                 handle.jobs.clone(),
-                handle.stop_fetching.clone(),
-                handle.stop_jobs.clone(),
+                Ctl { acks: acks.clone(), stop_fetching: handle.stop_fetching.clone(), stop_jobs: handle.stop_jobs.clone() },
             ));
         }
         tracing::info!(worker = %self.inner.registration.id, queues = ?self.inner.registration.queues, "worker started");
@@ -345,14 +346,15 @@ async fn registry_loop(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-async fn fetch_loop(
-    inner: Arc<Inner>,
-    queue: String,
-    slots: Arc<Semaphore>,
-    jobs: TaskTracker,
+/// What a fetch loop hands each job: where its ack goes, and the signals to stop.
+struct Ctl {
+    acks: Acks,
     stop_fetching: CancellationToken,
     stop_jobs: CancellationToken,
-) {
+}
+
+async fn fetch_loop(inner: Arc<Inner>, queue: String, slots: Arc<Semaphore>, jobs: TaskTracker, ctl: Ctl) {
+    let Ctl { acks, stop_fetching, stop_jobs } = ctl;
     let queues = [queue];
     let mut failures = 0u32;
     loop {
@@ -375,11 +377,21 @@ async fn fetch_loop(
             worker_id: &inner.registration.id,
         };
         match inner.transport.fetch(fetch, &stop_fetching).await {
+            Ok(leased) if stop_fetching.is_cancelled() => {
+                // Leased as we were stopping: hand them straight back.
+                for job in leased {
+                    let finish = Finish::Release { after: None };
+                    if let Err(e) = inner.transport.finish(job.job.id, &job.lease, &finish).await {
+                        tracing::warn!(job = %job.job.id, error = %e, "could not hand back a job leased while stopping");
+                    }
+                }
+                return;
+            }
             Ok(leased) => {
                 failures = 0;
                 for job in leased {
                     let Some(permit) = permits.pop() else { break };
-                    jobs.spawn(execute(inner.clone(), job, permit, stop_jobs.clone()));
+                    jobs.spawn(execute(inner.clone(), job, permit, acks.clone(), stop_jobs.clone()));
                 }
             }
             Err(e) => {
@@ -405,7 +417,13 @@ enum RunEnd {
     LeaseLost,
 }
 
-async fn execute(inner: Arc<Inner>, leased: LeasedJob, _permit: OwnedSemaphorePermit, stop_jobs: CancellationToken) {
+async fn execute(
+    inner: Arc<Inner>,
+    leased: LeasedJob,
+    _permit: OwnedSemaphorePermit,
+    acks: Acks,
+    stop_jobs: CancellationToken,
+) {
     let LeasedJob { job, lease } = leased;
     let info = JobInfo {
         id: job.id,
@@ -422,8 +440,8 @@ async fn execute(inner: Arc<Inner>, leased: LeasedJob, _permit: OwnedSemaphorePe
         let end = run(&inner, &job, &lease, &stop_jobs).await;
         let (finish, outcome) = decide(&inner, &job, &info, end).await;
         let outcome = match finish {
-            Some(finish) => match record(&inner, &job, &lease, &finish).await {
-                Ok(recorded) => refine(outcome, &recorded),
+            Some(finish) => match record(&inner, &acks, &job, &lease, &finish).await {
+                Ok(recorded) => refine(outcome, recorded.as_ref()),
                 Err(_) => JobOutcome::LeaseLost,
             },
             None => outcome,
@@ -586,7 +604,9 @@ async fn decide(inner: &Arc<Inner>, job: &JobRecord, info: &JobInfo, end: RunEnd
 }
 
 /// The recorded state may differ from the plan (a cancel requested meanwhile).
-fn refine(outcome: JobOutcome, recorded: &JobRecord) -> JobOutcome {
+/// A batch ack answers no job record: completed is completed.
+fn refine(outcome: JobOutcome, recorded: Option<&JobRecord>) -> JobOutcome {
+    let Some(recorded) = recorded else { return outcome };
     match (&outcome, recorded.state) {
         (JobOutcome::Failed { .. }, grafter_core::JobState::Cancelled) => JobOutcome::Cancelled,
         (JobOutcome::Failed { error, .. }, state) => {
@@ -599,11 +619,20 @@ fn refine(outcome: JobOutcome, recorded: &JobRecord) -> JobOutcome {
 /// Records the outcome, retrying while the server or database is unreachable so
 /// that a finished job's result is not lost to a blip. Gives up once the lease
 /// has surely expired: the job will run again elsewhere.
-async fn record(inner: &Arc<Inner>, job: &JobRecord, lease: &str, finish: &Finish) -> Result<JobRecord> {
+/// Successes go through `acks`, batched with other jobs' (no record comes back).
+async fn record(inner: &Arc<Inner>, acks: &Acks, job: &JobRecord, lease: &str, finish: &Finish) -> Result<Option<JobRecord>> {
     let give_up = tokio::time::Instant::now() + inner.lease;
     let mut pause = Duration::from_millis(50);
     loop {
-        match inner.transport.finish(job.id, lease, finish).await {
+        let recorded = match finish {
+            Finish::Complete(result) => match acks.send(job.id, lease, result.clone()).await {
+                Ok(true) => Ok(None),
+                Ok(false) => Err(Error::LeaseLost(format!("job {}: lease is not current", job.id))),
+                Err(e) => Err(e),
+            },
+            other => inner.transport.finish(job.id, lease, other).await.map(Some),
+        };
+        match recorded {
             Ok(recorded) => return Ok(recorded),
             Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
                 tracing::warn!(error = %e, ?pause, "could not record the outcome; retrying");
@@ -613,6 +642,81 @@ async fn record(inner: &Arc<Inner>, job: &JobRecord, lease: &str, finish: &Finis
             Err(e) => {
                 tracing::warn!(error = %e, "outcome not recorded; the job will run again after its lease");
                 return Err(e);
+            }
+        }
+    }
+}
+
+/// Most acks sent in one batch: the server's limit.
+const MAX_ACKS: usize = 1_000;
+
+/// A job's success on its way, and where its answer goes.
+struct PendingAck {
+    ack: Ack,
+    reply: oneshot::Sender<Result<bool>>,
+}
+
+/// Sends the successes of jobs that finish close together in one call, like a
+/// group commit: while one batch is on its way, the next one gathers. A job
+/// finishing alone is sent at once, so a quiet worker adds no delay.
+#[derive(Clone)]
+struct Acks(mpsc::UnboundedSender<PendingAck>);
+
+impl Acks {
+    /// Starts the sending task on `tasks`; it ends when `stop` fires.
+    fn start(transport: Arc<dyn Transport>, tasks: &TaskTracker, stop: CancellationToken) -> Acks {
+        let (sender, pending) = mpsc::unbounded_channel();
+        tasks.spawn(ack_loop(transport, pending, stop));
+        Acks(sender)
+    }
+
+    /// Completes one job, fenced by its lease: true when this completed it.
+    async fn send(&self, id: JobId, lease: &str, result: Option<Value>) -> Result<bool> {
+        let (reply, answer) = oneshot::channel();
+        let ack = Ack { id, lease: lease.to_owned(), result };
+        self.0.send(PendingAck { ack, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the worker's ack sender has stopped".into())
+}
+
+async fn ack_loop(transport: Arc<dyn Transport>, mut pending: mpsc::UnboundedReceiver<PendingAck>, stop: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            first = pending.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_ACKS {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (acks, replies): (Vec<Ack>, Vec<_>) = batch.into_iter().map(|p| (p.ack, p.reply)).unzip();
+        let n = acks.len();
+        match transport.complete_many(acks).await {
+            Ok(done) if done.len() == n => {
+                for (reply, ok) in replies.into_iter().zip(done) {
+                    let _ = reply.send(Ok(ok));
+                }
+            }
+            outcome => {
+                // Each job retries on its own (or gives up) by the usual rules.
+                let (transient, message) = match outcome {
+                    Ok(done) => (false, format!("a batch ack of {n} answered {}", done.len())),
+                    Err(e) => (e.is_transient(), e.to_string()),
+                };
+                for reply in replies {
+                    let error = if transient { Error::Unavailable(message.clone()) } else { Error::Other(message.clone()) };
+                    let _ = reply.send(Err(error));
+                }
             }
         }
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use grafter::{Client, Hooks, Job, JobContext, JobError, JobInfo, JobOutcome, JobState, Worker, WorkerHandle};
 use grafter_core::Backoff;
 use grafter_server::ServerConfig;
@@ -229,6 +230,7 @@ both_modes!(
     unknown_kinds_are_not_lost,
     graceful_shutdown_hands_unfinished_jobs_back,
     duplicate_unique_keys_return_the_first_job,
+    many_jobs_finishing_together_are_acked_in_batches,
 );
 
 async fn success_stores_the_result(mode: Mode) {
@@ -391,4 +393,93 @@ async fn duplicate_unique_keys_return_the_first_job(mode: Mode) {
     let many = env.client.enqueue_many((0..3).map(|i| Add { a: i, b: i })).await.unwrap();
     assert_eq!(many.len(), 3);
     assert!(many.iter().all(|j| j.state == JobState::Available));
+}
+
+async fn many_jobs_finishing_together_are_acked_in_batches(mode: Mode) {
+    let env = env(mode).await;
+    let hooks = SharedRecorder::default();
+    let jobs = env.client.enqueue_many((0..300).map(|i| Add { a: i, b: 1 })).await.unwrap();
+    let running = start(worker(&env.client).queue("default", 64).register::<Add>().hooks(hooks.clone()));
+    for job in &jobs {
+        let done = env.client.wait(job.id, WAIT).await.unwrap();
+        assert_eq!(done.state, JobState::Completed);
+        let a = job.args["a"].as_i64().unwrap();
+        assert_eq!(done.result, Some(json!({"sum": a + 1, "attempt": 1})));
+    }
+    running.shutdown().await;
+    let outcomes = hooks.0.outcomes.lock().unwrap();
+    assert_eq!(outcomes.len(), 300);
+    assert!(outcomes.iter().all(|o| *o == JobOutcome::Completed), "{outcomes:?}");
+}
+
+/// A job deleted while it runs: its ack, batched or not, is refused.
+#[derive(Serialize, Deserialize)]
+struct DeletedWhileRunning {
+    url: String,
+}
+
+impl Job for DeletedWhileRunning {
+    const KIND: &'static str = "deleted_while_running";
+    type Output = ();
+
+    async fn perform(self, ctx: JobContext) -> Result<(), JobError> {
+        let url = format!("{}/v1/jobs/{}", self.url, ctx.id());
+        reqwest::Client::new().delete(url).send().await.map_err(|e| JobError::retry(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// A `grafter serve` on loopback; with `old`, it answers batch acks as a
+/// server from before them did (405: the path reads as a job id).
+async fn served(old: bool) -> (String, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("grafter.db")).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let state = grafter_server::AppState::new(store, ServerConfig::default(), shutdown.clone());
+    let app = grafter_server::router(state).layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+        if old && request.uri().path() == "/v1/jobs/ack" {
+            let body = json!({"error": {"code": "method_not_allowed", "message": "POST is not allowed here"}});
+            return (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();
+        }
+        next.run(request).await
+    }));
+    let stop = shutdown.clone();
+    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    (url, shutdown, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_batch_acks_gets_acks_one_by_one() {
+    let (url, shutdown, _dir) = served(true).await;
+    let client = Client::http(&url).unwrap();
+    let hooks = SharedRecorder::default();
+    let jobs = client.enqueue_many((0..20).map(|i| Add { a: i, b: 2 })).await.unwrap();
+    let running = start(worker(&client).queue("default", 8).register::<Add>().hooks(hooks.clone()));
+    for job in &jobs {
+        assert_eq!(client.wait(job.id, WAIT).await.unwrap().state, JobState::Completed);
+    }
+    running.shutdown().await;
+    assert!(hooks.0.outcomes.lock().unwrap().iter().all(|o| *o == JobOutcome::Completed));
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_for_a_job_gone_meanwhile_is_a_lost_lease() {
+    for old in [false, true] {
+        let (url, shutdown, _dir) = served(old).await;
+        let client = Client::http(&url).unwrap();
+        let hooks = SharedRecorder::default();
+        let running = start(worker(&client).register::<DeletedWhileRunning>().hooks(hooks.clone()));
+        client.enqueue(DeletedWhileRunning { url: url.clone() }).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while hooks.0.outcomes.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the job never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        running.shutdown().await;
+        assert_eq!(*hooks.0.outcomes.lock().unwrap(), [JobOutcome::LeaseLost], "old server: {old}");
+        shutdown.cancel();
+    }
 }

@@ -6,14 +6,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
-use grafter_core::{Job, LeasedJob, Progress, Worker, WorkerRegistration};
-use grafter_store::{JobComplete, JobFail, JobHeartbeat, JobRelease, JobsFetch, WorkerBeat};
+use grafter_core::{Job, JobId, LeasedJob, Progress, Worker, WorkerRegistration};
+use grafter_store::{
+    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, StoreError, WorkerBeat,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::api::jobs::queue_name;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{ApiJson, PathJobId};
 use crate::state::AppState;
 
@@ -129,6 +131,82 @@ pub async fn ack(
         .await?;
     state.metrics().completed(&job.queue);
     Ok(Json(job))
+}
+
+/// Many successes at once.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckManyRequest {
+    /// One to 1000 acks; each is fenced by its own lease.
+    pub acks: Vec<AckItem>,
+}
+
+/// One success in a batch ack.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckItem {
+    /// The job.
+    #[schema(value_type = i64)]
+    pub id: JobId,
+    /// The lease received with the job.
+    pub lease: String,
+    /// What the job produced, any JSON.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+}
+
+/// What became of each ack, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct AckManyResponse {
+    /// One per ack.
+    pub results: Vec<AckOutcome>,
+}
+
+/// What became of one ack.
+#[derive(Serialize, ToSchema)]
+pub struct AckOutcome {
+    /// The job.
+    #[schema(value_type = i64)]
+    pub id: JobId,
+    /// True when this ack completed the job.
+    pub ok: bool,
+    /// Why not: `lease_mismatch` (nothing changed) or `not_found`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// Mark many leased jobs completed in one transaction: what a worker sends
+/// when several jobs finish close together. Each ack is fenced by its own
+/// lease and answered on its own; a stale lease fails only its item.
+#[utoipa::path(post, path = "/v1/jobs/ack", tag = "worker", request_body = AckManyRequest,
+    responses((status = 200, body = AckManyResponse), (status = 400, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn ack_many(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<AckManyRequest>,
+) -> Result<Json<AckManyResponse>, ApiError> {
+    if !(1..=MAX_FETCH).contains(&request.acks.len()) {
+        return Err(ApiError::invalid_field("acks", format!("must hold between 1 and {MAX_FETCH} acks")));
+    }
+    let ids: Vec<JobId> = request.acks.iter().map(|a| a.id).collect();
+    let items = request.acks.into_iter().map(|a| (a.id, a.lease, a.result)).collect();
+    let done = state.store().jobs_complete_many(JobsCompleteMany { items, now: Utc::now() }).await?;
+    state.metrics().batch_acked(done.iter().filter(|&&ok| ok).count());
+    let mut results = Vec::with_capacity(ids.len());
+    for (id, ok) in ids.into_iter().zip(done) {
+        let error = if ok {
+            None
+        } else {
+            // Rare, so the reason is looked up only now.
+            let why = match state.store().job_get(id).await? {
+                Some(job) => StoreError::LeaseMismatch { id, state: job.state, attempt: job.attempt },
+                None => StoreError::NotFound(id),
+            };
+            Some(ApiError::from(why).into_detail())
+        };
+        results.push(AckOutcome { id, ok, error });
+    }
+    Ok(Json(AckManyResponse { results }))
 }
 
 /// A failed attempt.

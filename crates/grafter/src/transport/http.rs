@@ -1,5 +1,6 @@
 //! The transport over Grafter's HTTP API.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{Fetch, Finish, Transport};
+use super::{Ack, Fetch, Finish, Transport};
 use crate::error::{Error, Result};
 
 /// Talks to a `grafter serve` at a base URL.
@@ -18,6 +19,9 @@ pub struct HttpTransport {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// Whether the server takes batch acks (`POST /v1/jobs/ack`); servers from
+    /// before them answer 404, and then acks go one by one.
+    batch_ack: AtomicBool,
 }
 
 impl HttpTransport {
@@ -28,7 +32,7 @@ impl HttpTransport {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| Error::Other(format!("building the HTTP client: {e}")))?;
-        Ok(HttpTransport { http, base: base.trim_end_matches('/').to_owned(), token })
+        Ok(HttpTransport { http, base: base.trim_end_matches('/').to_owned(), token, batch_ack: AtomicBool::new(true) })
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>, timeout: Duration) -> Result<T> {
@@ -88,8 +92,25 @@ impl HttpTransport {
     }
 }
 
+impl HttpTransport {
+    async fn complete_one_by_one(&self, acks: Vec<Ack>) -> Result<Vec<bool>> {
+        let mut done = Vec::with_capacity(acks.len());
+        for ack in acks {
+            let finish = Finish::Complete(ack.result);
+            done.push(match self.finish(ack.id, &ack.lease, &finish).await {
+                Ok(_) => true,
+                Err(Error::LeaseLost(_) | Error::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(done)
+    }
+}
+
 /// Ordinary calls answer quickly; long-polls get their wait on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping fetch waits for an answer already in flight.
+const IN_FLIGHT_GRACE: Duration = Duration::from_millis(500);
 /// The server's longest long-poll.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -135,11 +156,20 @@ impl Transport for HttpTransport {
             "lease_ms": ms(fetch.lease),
             "worker_id": fetch.worker_id,
         });
+        let request = self.call::<Leased>(Method::POST, "/v1/fetch", Some(body), CALL_TIMEOUT + wait);
+        tokio::pin!(request);
         tokio::select! {
-            answer = self.call::<Leased>(Method::POST, "/v1/fetch", Some(body), CALL_TIMEOUT + wait) => Ok(answer?.jobs),
-            // Dropping the request is safe: jobs leased by an answer we never read
-            // come back when their lease expires.
-            _ = stop.cancelled() => Ok(Vec::new()),
+            answer = &mut request => Ok(answer?.jobs),
+            _ = stop.cancelled() => {
+                // An answer with leased jobs may already be on its way: wait a
+                // moment for it so they can be handed back at once. Past that,
+                // dropping the request is still safe: jobs leased by an answer we
+                // never read come back when their lease expires.
+                match tokio::time::timeout(IN_FLIGHT_GRACE, request).await {
+                    Ok(Ok(answer)) => Ok(answer.jobs),
+                    _ => Ok(Vec::new()),
+                }
+            }
         }
     }
 
@@ -158,6 +188,38 @@ impl Transport for HttpTransport {
             Finish::Release { after } => ("release", json!({ "lease": lease, "delay_ms": after.map(ms) })),
         };
         self.call(Method::POST, &format!("/v1/jobs/{id}/{action}"), Some(body), CALL_TIMEOUT).await
+    }
+
+    async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<bool>> {
+        #[derive(Deserialize)]
+        struct Outcome {
+            ok: bool,
+        }
+        #[derive(Deserialize)]
+        struct Outcomes {
+            results: Vec<Outcome>,
+        }
+        if !self.batch_ack.load(Ordering::Relaxed) {
+            return self.complete_one_by_one(acks).await;
+        }
+        let items: Vec<Value> =
+            acks.iter().map(|a| json!({ "id": a.id, "lease": a.lease, "result": a.result })).collect();
+        let n = items.len();
+        match self.call::<Outcomes>(Method::POST, "/v1/jobs/ack", Some(json!({ "acks": items })), CALL_TIMEOUT).await {
+            Ok(answer) if answer.results.len() == n => Ok(answer.results.into_iter().map(|o| o.ok).collect()),
+            Ok(answer) => Err(Error::Other(format!("batch ack of {n} answered {} results", answer.results.len()))),
+            // A server from before batch acks (where the path means a job
+            // named "ack": 404 or 405): ack one by one from now on.
+            Err(Error::NotFound(_)) => {
+                self.batch_ack.store(false, Ordering::Relaxed);
+                self.complete_one_by_one(acks).await
+            }
+            Err(Error::Rejected(message)) if message.starts_with("HTTP 405 ") => {
+                self.batch_ack.store(false, Ordering::Relaxed);
+                self.complete_one_by_one(acks).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()> {

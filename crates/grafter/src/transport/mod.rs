@@ -34,6 +34,13 @@ pub enum Finish {
     Release { after: Option<Duration> },
 }
 
+/// One success in a batch ack.
+pub struct Ack {
+    pub id: JobId,
+    pub lease: String,
+    pub result: Option<Value>,
+}
+
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<(JobRecord, bool)>>;
@@ -43,6 +50,9 @@ pub trait Transport: Send + Sync + 'static {
     async fn fetch(&self, fetch: Fetch<'_>, stop: &CancellationToken) -> Result<Vec<LeasedJob>>;
     async fn heartbeat(&self, id: JobId, lease: &str, progress: Option<Progress>, extend: Duration) -> Result<JobRecord>;
     async fn finish(&self, id: JobId, lease: &str, finish: &Finish) -> Result<JobRecord>;
+    /// Completes many jobs in one round trip; per item, in order, whether it
+    /// completed the job (`false`: the lease is not current, or the job is gone).
+    async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<bool>>;
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()>;
     async fn worker_gone(&self, worker_id: &str) -> Result<()>;
 }

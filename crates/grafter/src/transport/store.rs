@@ -7,11 +7,12 @@ use async_trait::async_trait;
 use chrono::Utc;
 use grafter_core::{Backoff, Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration};
 use grafter_store::{
-    JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsFetch, JobsInsert, Store, WorkerBeat,
+    JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, Store,
+    WorkerBeat,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Fetch, Finish, Transport};
+use super::{Ack, Fetch, Finish, Transport};
 use crate::error::{Error, Result};
 
 /// Works on an `Arc<dyn Store>` directly.
@@ -91,6 +92,11 @@ impl Transport for StoreTransport {
             }
         };
         Ok(job)
+    }
+
+    async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<bool>> {
+        let items = acks.into_iter().map(|a| (a.id, a.lease, a.result)).collect();
+        Ok(self.store.jobs_complete_many(JobsCompleteMany { items, now: Utc::now() }).await?)
     }
 
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()> {
