@@ -8,6 +8,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_workers.sql")),
     (3, include_str!("../migrations/0003_push_leaders_pruning.sql")),
     (4, include_str!("../migrations/0004_dashboard.sql")),
+    (5, include_str!("../migrations/0005_lean_partial_indexes.sql")),
 ];
 
 /// Brings the schema up to date.
