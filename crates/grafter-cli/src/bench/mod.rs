@@ -5,6 +5,7 @@
 //! benchmark works in a database of its own (a new SQLite file, or a fresh
 //! PostgreSQL schema) and removes it afterwards.
 
+mod cpu;
 mod report;
 mod target;
 
@@ -211,6 +212,10 @@ struct Setup {
 }
 
 impl Setup {
+    fn cpu(&self) -> cpu::Sample {
+        cpu::Sample::now(self.server.as_ref().and_then(Server::pid))
+    }
+
     fn rss(&self) -> Option<u64> {
         match &self.server {
             Some(server) => server.rss(),
@@ -305,12 +310,14 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
     let total = args.jobs.unwrap_or(100_000);
     report.jobs = total;
     let progress = Progress::start("enqueue", total);
+    let cpu = setup.cpu();
     let started = Instant::now();
     let enqueued = tokio::select! {
         enqueued = enqueue_all(&setup.client, total, args.batch, args.producers, progress.counter()) => enqueued,
         () = progress.follow(None, None) => Ok(()),
     };
     let enqueue_time = started.elapsed();
+    let enqueue_cpu = cpu.describe(&setup.cpu(), total, enqueue_time);
     progress.finish();
     enqueued?;
     report.enqueue_per_s = Some(total as f64 / enqueue_time.as_secs_f64());
@@ -321,11 +328,13 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
         args.producers,
         args.batch
     ));
+    report.note(format!("  cpu       {enqueue_cpu}"));
 
     let tally = Arc::new(Tally::default());
     let worker = setup.worker(args, &tally)?;
     let rss = || setup.rss();
     let progress = Progress::start("work", total);
+    let cpu = setup.cpu();
     let started = Instant::now();
     let running = worker.start();
     let finished = tokio::select! {
@@ -333,6 +342,7 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
         () = progress.follow(Some(&tally.completed), Some(&rss)) => Ok(()),
     };
     let work_time = started.elapsed();
+    let work_cpu = cpu.describe(&setup.cpu(), total, work_time);
     report.rss_marks = progress.finish();
     report.rss_marks.extend(setup.rss().map(|bytes| (total, bytes)));
     running.shutdown_within(Duration::from_secs(5)).await;
@@ -345,6 +355,7 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
         work_time.as_secs_f64(),
         args.concurrency
     ));
+    report.note(format!("  cpu       {work_cpu}"));
     Ok(())
 }
 
@@ -357,6 +368,7 @@ async fn continuous(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Res
     let enqueued = progress.counter();
     let deadline = tokio::time::Instant::now() + args.duration;
     let per_producer = args.rate.map(|rate| rate as f64 / args.producers as f64);
+    let cpu = setup.cpu();
     let started = Instant::now();
     let mut producers = tokio::task::JoinSet::new();
     for _ in 0..args.producers {
@@ -382,6 +394,7 @@ async fn continuous(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Res
     }
     let completed = tally.completed.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let run_cpu = cpu.describe(&setup.cpu(), completed, elapsed);
     let mut outcome = Ok(());
     while let Some(joined) = producers.join_next().await {
         if let Err(e) = joined.map_err(|e| Failure(e.to_string())).and_then(|r| r) {
@@ -407,6 +420,7 @@ async fn continuous(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Res
         args.rate.map(|r| format!(", paced to {r}/s")).unwrap_or_default(),
         report::thousands(completed),
     ));
+    report.note(format!("  cpu       {run_cpu} (per job completed)"));
     Ok(())
 }
 

@@ -222,6 +222,11 @@ impl Server {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The server process's resident memory, in bytes.
     pub fn rss(&self) -> Option<u64> {
         self.child.id().and_then(|pid| rss_of(&format!("/proc/{pid}/status")))
