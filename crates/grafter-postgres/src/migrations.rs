@@ -14,6 +14,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/0002_workers.sql")),
     (3, include_str!("../migrations/0003_push_leaders_pruning.sql")),
     (4, include_str!("../migrations/0004_dashboard.sql")),
+    (5, include_str!("../migrations/0005_lean_partial_indexes.sql")),
+    (6, include_str!("../migrations/0006_counts_trigger_hash_join.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

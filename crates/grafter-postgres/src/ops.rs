@@ -33,6 +33,11 @@ use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS};
 /// The lease never outlives the job's own timeout, so a job that overruns it is
 /// rescued as "timed out" even if its worker keeps heartbeating.
 /// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp.
+///
+/// The picked ids go in as an array so that each row is reached through the
+/// primary key. Joined as a table instead, they led the planner to hash the
+/// whole jobs table on every fetch (it cannot tell how few rows `picked` holds),
+/// a cost that grows with the table.
 macro_rules! lease_picked {
     () => {
         concat!(
@@ -46,8 +51,7 @@ macro_rules! lease_picked {
                 worker_id = $5,
                 attempted_at = $2,
                 progress = NULL
-            FROM picked
-            WHERE jobs.id = picked.id
+            WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
             RETURNING ",
             job_columns!(),
             ", jobs.lease"
@@ -312,8 +316,20 @@ impl Db {
     /// One statement for the whole batch. `DISTINCT ON` keeps the first of
     /// repeated (job, lease) items, so a job acked twice in one batch answers
     /// `true` once, as it would acked one at a time. Rows are locked in id order
-    /// before they are written, so batches racing over the same jobs (a retried
-    /// ack, worker pruning) wait for each other instead of deadlocking.
+    /// (the order of `input`) before they are written, so batches racing over
+    /// the same jobs (a retried ack, worker pruning) wait for each other instead
+    /// of deadlocking.
+    ///
+    /// Each job is looked up on its own (the lateral subquery, which `FOR
+    /// UPDATE` keeps from being merged into a join). As a join, the planner
+    /// walked the running jobs in the state index instead, over the entries of
+    /// every job that ever ran and is not yet vacuumed away, a cost that grew
+    /// with each batch.
+    ///
+    /// The update names rows by id alone: `locked` checked state and lease on
+    /// the newest version of each row and holds its lock until commit, so
+    /// nothing can have changed them since. Repeating those checks there made
+    /// the planner scan every running job once per acked job.
     pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
         const SQL: &str = "
             WITH input AS (
@@ -322,16 +338,17 @@ impl Db {
                      AS t(id, lease, result, ord)
                 ORDER BY id, lease, ord
             ), locked AS (
-                SELECT jobs.id, input.lease, input.result, input.ord
-                FROM input JOIN jobs ON jobs.id = input.id
-                WHERE jobs.state = 'running' AND jobs.lease = input.lease
-                ORDER BY jobs.id
-                FOR UPDATE OF jobs
+                SELECT job.id, input.lease, input.result, input.ord
+                FROM input CROSS JOIN LATERAL (
+                    SELECT jobs.id FROM jobs
+                    WHERE jobs.id = input.id AND jobs.state = 'running' AND jobs.lease = input.lease
+                    FOR UPDATE
+                ) AS job
             )
             UPDATE jobs SET state = 'completed', result = locked.result, finished_at = $4,
                    lease = NULL, lease_expires_at = NULL
             FROM locked
-            WHERE jobs.id = locked.id AND jobs.state = 'running' AND jobs.lease = locked.lease
+            WHERE jobs.id = locked.id
             RETURNING locked.ord";
         let n = params.items.len();
         if n == 0 {
@@ -970,7 +987,7 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
                               unique_key, timeout_ms, expires_at, backoff, created_at)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
             ON CONFLICT (unique_key)
-                WHERE state IN ('scheduled', 'available', 'running', 'retryable')
+                WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
                 DO NOTHING
             RETURNING *
         )
