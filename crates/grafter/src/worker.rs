@@ -649,6 +649,10 @@ async fn record(inner: &Arc<Inner>, acks: &Acks, job: &JobRecord, lease: &str, f
 
 /// Most acks sent in one batch: the server's limit.
 const MAX_ACKS: usize = 1_000;
+/// Batches on their way at once. Two keep a PostgreSQL store's work on two
+/// connections (and cores) and an HTTP worker's link busy while an answer
+/// travels back; more would only make each batch smaller.
+const ACKS_IN_FLIGHT: usize = 2;
 
 /// A job's success on its way, and where its answer goes.
 struct PendingAck {
@@ -657,7 +661,7 @@ struct PendingAck {
 }
 
 /// Sends the successes of jobs that finish close together in one call, like a
-/// group commit: while one batch is on its way, the next one gathers. A job
+/// group commit: while batches are on their way, the next one gathers. A job
 /// finishing alone is sent at once, so a quiet worker adds no delay.
 #[derive(Clone)]
 struct Acks(mpsc::UnboundedSender<PendingAck>);
@@ -684,7 +688,9 @@ fn stopped() -> Error {
 }
 
 async fn ack_loop(transport: Arc<dyn Transport>, mut pending: mpsc::UnboundedReceiver<PendingAck>, stop: CancellationToken) {
+    let sending = Arc::new(Semaphore::new(ACKS_IN_FLIGHT));
     loop {
+        let Ok(slot) = sending.clone().acquire_owned().await else { return };
         let first = tokio::select! {
             first = pending.recv() => match first {
                 Some(first) => first,
@@ -699,24 +705,33 @@ async fn ack_loop(transport: Arc<dyn Transport>, mut pending: mpsc::UnboundedRec
                 Err(_) => break,
             }
         }
-        let (acks, replies): (Vec<Ack>, Vec<_>) = batch.into_iter().map(|p| (p.ack, p.reply)).unzip();
-        let n = acks.len();
-        match transport.complete_many(acks).await {
-            Ok(done) if done.len() == n => {
-                for (reply, ok) in replies.into_iter().zip(done) {
-                    let _ = reply.send(Ok(ok));
-                }
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            send_acks(transport.as_ref(), batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Sends one batch and answers each of its jobs.
+async fn send_acks(transport: &dyn Transport, batch: Vec<PendingAck>) {
+    let (acks, replies): (Vec<Ack>, Vec<_>) = batch.into_iter().map(|p| (p.ack, p.reply)).unzip();
+    let n = acks.len();
+    match transport.complete_many(acks).await {
+        Ok(done) if done.len() == n => {
+            for (reply, ok) in replies.into_iter().zip(done) {
+                let _ = reply.send(Ok(ok));
             }
-            outcome => {
-                // Each job retries on its own (or gives up) by the usual rules.
-                let (transient, message) = match outcome {
-                    Ok(done) => (false, format!("a batch ack of {n} answered {}", done.len())),
-                    Err(e) => (e.is_transient(), e.to_string()),
-                };
-                for reply in replies {
-                    let error = if transient { Error::Unavailable(message.clone()) } else { Error::Other(message.clone()) };
-                    let _ = reply.send(Err(error));
-                }
+        }
+        outcome => {
+            // Each job retries on its own (or gives up) by the usual rules.
+            let (transient, message) = match outcome {
+                Ok(done) => (false, format!("a batch ack of {n} answered {}", done.len())),
+                Err(e) => (e.is_transient(), e.to_string()),
+            };
+            for reply in replies {
+                let error = if transient { Error::Unavailable(message.clone()) } else { Error::Other(message.clone()) };
+                let _ = reply.send(Err(error));
             }
         }
     }
