@@ -366,7 +366,8 @@ async fn fetch_loop(inner: Arc<Inner>, queue: String, slots: Arc<Semaphore>, job
             _ = stop_fetching.cancelled() => return,
         };
         let mut permits = vec![first];
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
+        while permits.len() < MAX_FETCH {
+            let Ok(permit) = slots.clone().try_acquire_owned() else { break };
             permits.push(permit);
         }
         let fetch = Fetch {
@@ -647,6 +648,8 @@ async fn record(inner: &Arc<Inner>, acks: &Acks, job: &JobRecord, lease: &str, f
     }
 }
 
+/// Most jobs asked for in one fetch: the server's limit.
+const MAX_FETCH: usize = 1_000;
 /// Most acks sent in one batch: the server's limit.
 const MAX_ACKS: usize = 1_000;
 /// Batches on their way at once. Two keep a PostgreSQL store's work on two

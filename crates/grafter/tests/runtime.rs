@@ -231,6 +231,7 @@ both_modes!(
     graceful_shutdown_hands_unfinished_jobs_back,
     duplicate_unique_keys_return_the_first_job,
     many_jobs_finishing_together_are_acked_in_batches,
+    more_slots_than_one_fetch_may_ask_for,
 );
 
 async fn success_stores_the_result(mode: Mode) {
@@ -482,4 +483,16 @@ async fn an_ack_for_a_job_gone_meanwhile_is_a_lost_lease() {
         assert_eq!(*hooks.0.outcomes.lock().unwrap(), [JobOutcome::LeaseLost], "old server: {old}");
         shutdown.cancel();
     }
+}
+
+/// A queue with more slots than the server hands out per fetch still runs.
+async fn more_slots_than_one_fetch_may_ask_for(mode: Mode) {
+    let env = env(mode).await;
+    let jobs = env.client.enqueue_many((0..1500).map(|i| Add { a: i, b: 0 })).await.unwrap();
+    let builder = Worker::builder(&env.client).queue("default", 1500).poll_wait(Duration::from_millis(500));
+    let running = start(builder.register::<Add>());
+    for job in &jobs {
+        assert_eq!(env.client.wait(job.id, WAIT).await.unwrap().state, JobState::Completed);
+    }
+    running.shutdown().await;
 }
