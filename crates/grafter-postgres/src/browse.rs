@@ -229,7 +229,7 @@ impl Db {
                     BulkAction::Retry if job.state == JobState::Completed => {
                         Err(invalid(&job, "completed jobs are not retried"))
                     }
-                    BulkAction::Retry => requeue(&item, &job, params.now, params.now, None, &self.channel).await.map(drop),
+                    BulkAction::Retry => requeue(&item, &job, params.now, params.now, None).await.map(drop),
                     BulkAction::Cancel => cancel_locked(&item, &job, params.now).await.map(drop),
                     BulkAction::Delete => {
                         let stmt = item.prepare_cached(DELETE).await.map_err(pg_error)?;

@@ -91,7 +91,11 @@ async fn insert(tx: &Transaction<'_>, schema: &Schema, jobs: &[NewJob]) -> Resul
         }
         None => None,
     };
-    let (inserted, _) = ops::insert_jobs(&AppTransaction(tx), jobs, Utc::now(), &schema.channel()).await?;
+    let (inserted, available) = ops::insert_jobs(&AppTransaction(tx), jobs, Utc::now()).await?;
+    if available {
+        // Delivered when the application commits; nothing if it rolls back.
+        ops::notify(&AppTransaction(tx), &schema.channel()).await?;
+    }
     if let Some(previous) = previous_path {
         // Local to `tx`, like the change it undoes: after `tx` ends the
         // session's own setting is back either way.

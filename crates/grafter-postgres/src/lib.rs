@@ -4,9 +4,10 @@
 //! `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)`, so concurrent workers never
 //! wait on each other and never lease a job twice. Every index on a hot path is
 //! partial, so finished jobs do not slow fetching, scheduling or rescuing.
-//! Changes that make jobs available `NOTIFY` a channel in the same transaction;
-//! each node `LISTEN`s on it to wake long-polling fetches at once (or, behind
-//! PgBouncer in transaction mode, polls instead).
+//! Changes that make jobs available `NOTIFY` a channel once they have committed
+//! (coalesced: one notification covers a burst); each node `LISTEN`s on it to
+//! wake long-polling fetches at once (or, behind PgBouncer in transaction mode,
+//! polls instead).
 //!
 //! All tables live in one schema ([`PostgresConfig::schema`]); migrations are
 //! numbered SQL files in `migrations/`, applied on connect under an advisory
@@ -165,6 +166,7 @@ pub struct PostgresStore {
     db: Db,
     schema: Schema,
     availability: watch::Sender<u64>,
+    announcer: notifier::Announcer,
     _background: DropGuard,
 }
 
@@ -197,6 +199,7 @@ impl PostgresStore {
         let pool = build_pool(&config, &pg_config, &schema)?;
         let (availability, _) = watch::channel(0);
         let cancel = CancellationToken::new();
+        let announcer = notifier::Announcer::spawn(pool.clone(), &schema.channel(), cancel.clone());
         let store = PostgresStore {
             db: Db {
                 pool,
@@ -205,6 +208,7 @@ impl PostgresStore {
             },
             schema,
             availability,
+            announcer,
             _background: cancel.clone().drop_guard(),
         };
         if config.migrate {
@@ -244,9 +248,10 @@ impl PostgresStore {
     }
 
     /// Wakes this node's own waiting fetches at once, without waiting for its
-    /// notification to come back from the server.
+    /// notification to come back from the server, and notifies the others.
     fn announce_available(&self) {
         notifier::bump(&self.availability);
+        self.announcer.announce();
     }
 }
 

@@ -10,9 +10,11 @@
 //! kept and `LISTEN` does not work), a task bumps the counter every
 //! `poll_interval` instead, so waiting fetches look again that often.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,72 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How long the health check may take before the connection counts as dead.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tells every node listening on the channel that jobs may have become
+/// available, after the change committed and outside its transaction.
+///
+/// A transaction that sends `NOTIFY` holds a database-wide lock from its
+/// commit until that commit is on disk, so enqueues that each notified waited
+/// for each other's disk flushes one by one (a few thousand per second, however
+/// many clients). Announcing after the commit takes that lock out of the
+/// enqueue's path. Announcements are coalesced: one notification covers every
+/// announcement made before it was sent, so a burst costs one or two. The
+/// notifying transaction changes no data and commits with
+/// `synchronous_commit` off, which only means the notification itself is not
+/// waited onto disk; notifications are never kept across a restart anyway.
+pub(crate) struct Announcer {
+    wanted: Arc<Notify>,
+}
+
+impl Announcer {
+    /// Starts the sending task on `pool`; it ends when `cancel` fires.
+    pub(crate) fn spawn(pool: Pool, channel: &str, cancel: CancellationToken) -> Self {
+        let wanted = Arc::new(Notify::new());
+        let sql = format!(
+            "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify({}, ''); COMMIT",
+            quote_literal(channel)
+        );
+        tokio::spawn(announce_loop(pool, sql, wanted.clone(), cancel));
+        Announcer { wanted }
+    }
+
+    /// Asks for a notification; returns at once.
+    pub(crate) fn announce(&self) {
+        self.wanted.notify_one();
+    }
+}
+
+/// `'a''b'` for `a'b`.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+async fn announce_loop(pool: Pool, sql: String, wanted: Arc<Notify>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = wanted.notified() => {}
+        }
+        // Whatever is announced from here on waits for the next round.
+        if let Err(error) = send(&pool, &sql).await {
+            tracing::warn!(%error, "could not notify the other nodes; their waiting fetches look again when their wait ends");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(MIN_RECONNECT_DELAY) => {}
+            }
+        }
+    }
+}
+
+async fn send(pool: &Pool, sql: &str) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    if let Err(e) = client.batch_execute(sql).await {
+        // It may be left inside the failed transaction: never hand it out again.
+        drop(Object::take(client));
+        return Err(e.to_string());
+    }
+    Ok(())
+}
 
 /// Bumps the counter: jobs may have become available.
 pub(crate) fn bump(availability: &watch::Sender<u64>) {

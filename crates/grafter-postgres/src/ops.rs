@@ -114,10 +114,15 @@ pub(crate) fn invalid(job: &Job, message: &str) -> StoreError {
     StoreError::InvalidState { id: job.id, state: job.state, message: message.to_owned() }
 }
 
-/// Queues a wake-up for every listening node. PostgreSQL delivers it at commit
-/// (never for a rolled-back change) and folds repeats within one transaction,
-/// so one call per transaction is enough however many jobs it touched.
-async fn notify(client: &impl Conn, channel: &str) -> Result<()> {
+/// Queues a wake-up for every listening node inside the caller's transaction:
+/// PostgreSQL delivers it at commit (never for a rolled-back change) and folds
+/// repeats within one transaction. Only for an application's transaction
+/// ([`crate::enqueue_in`]), whose commit the store does not see; the store's
+/// own changes are announced after they commit (`notifier::Announcer`), since
+/// a transaction that notifies holds a lock shared by every such transaction
+/// of the database from its commit until it is on disk, so their flushes to
+/// disk queue one by one instead of being shared.
+pub(crate) async fn notify(client: &impl Conn, channel: &str) -> Result<()> {
     let stmt = client.statement("SELECT pg_notify($1, '')").await?;
     client.rows(&stmt, &[&channel]).await?;
     Ok(())
@@ -175,8 +180,12 @@ impl Db {
     /// whether any job became available (so the caller knows whether to announce it).
     pub(crate) async fn jobs_insert_many(&self, params: &JobsInsert) -> Result<(Vec<Inserted>, bool)> {
         let mut client = self.client().await?;
+        if params.jobs.iter().all(|job| job.unique_key.is_none()) {
+            // One statement, atomic on its own: no BEGIN and COMMIT round trips.
+            return insert_jobs(&client, &params.jobs, params.now).await;
+        }
         let tx = client.transaction().await.map_err(pg_error)?;
-        let inserted = insert_jobs(&tx, &params.jobs, params.now, &self.channel).await?;
+        let inserted = insert_jobs(&tx, &params.jobs, params.now).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(inserted)
     }
@@ -441,7 +450,7 @@ impl Db {
         if job.state == JobState::Completed {
             return Err(invalid(&job, "completed jobs are not retried; enqueue a new job"));
         }
-        let job = requeue(&tx, &job, params.now, params.now, params.args.as_ref(), &self.channel).await?;
+        let job = requeue(&tx, &job, params.now, params.now, params.args.as_ref()).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -450,7 +459,7 @@ impl Db {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let (job, _) = job_lock(&tx, params.id).await?;
-        let job = requeue(&tx, &job, params.run_at, params.now, None, &self.channel).await?;
+        let job = requeue(&tx, &job, params.run_at, params.now, None).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -477,9 +486,6 @@ impl Db {
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
         let moved = tx.execute(&stmt, &[&params.now, &limit(params.limit)]).await.map_err(pg_error)?;
-        if moved > 0 {
-            notify(&tx, &self.channel).await?;
-        }
         tx.commit().await.map_err(pg_error)?;
         Ok(moved)
     }
@@ -568,10 +574,6 @@ impl Db {
         tx.execute(&stmt, &[&params.queue, &params.paused, &params.now])
             .await
             .map_err(pg_error)?;
-        if !params.paused {
-            // The queue's available jobs can be fetched again.
-            notify(&tx, &self.channel).await?;
-        }
         let info = queue_info(&tx, &params.queue).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(info)
@@ -680,9 +682,6 @@ impl Db {
             Some(row) => job_from_row(&row)?,
             None => return Err(fence_error(&tx, params.id).await),
         };
-        if job.state == JobState::Available {
-            notify(&tx, &self.channel).await?;
-        }
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -870,15 +869,9 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
 /// Inserts jobs inside the caller's transaction: the store's own, or an
 /// application's ([`crate::enqueue_in`]). Consecutive jobs without a
 /// `unique_key` go in one multi-row statement; keyed jobs go one at a time
-/// because each may turn out to be a duplicate. If any job became available it
-/// queues a `NOTIFY`, which PostgreSQL delivers when the transaction commits.
-/// Returns the outcomes and whether any job became available.
-pub(crate) async fn insert_jobs(
-    client: &impl Conn,
-    jobs: &[NewJob],
-    now: Timestamp,
-    channel: &str,
-) -> Result<(Vec<Inserted>, bool)> {
+/// because each may turn out to be a duplicate. Returns the outcomes and
+/// whether any job became available (for the caller to announce).
+pub(crate) async fn insert_jobs(client: &impl Conn, jobs: &[NewJob], now: Timestamp) -> Result<(Vec<Inserted>, bool)> {
     let mut out = Vec::with_capacity(jobs.len());
     let mut rest = jobs;
     while let Some(first) = rest.first() {
@@ -893,9 +886,6 @@ pub(crate) async fn insert_jobs(
         }
     }
     let available = out.iter().any(|i| i.created && i.job.state == JobState::Available);
-    if available {
-        notify(client, channel).await?;
-    }
     Ok((out, available))
 }
 
@@ -1063,15 +1053,13 @@ async fn record_failure(client: &impl GenericClient, job: &Job, failure: Failure
 }
 
 /// Puts a locked, not-running job back in line at `run_at`, giving it one more
-/// attempt if it has none left, with new `args` if given. Announces it when it
-/// is available at once.
+/// attempt if it has none left, with new `args` if given.
 pub(crate) async fn requeue(
     client: &impl GenericClient,
     job: &Job,
     run_at: Timestamp,
     now: Timestamp,
     args: Option<&Value>,
-    channel: &str,
 ) -> Result<Job> {
     const SQL: &str = concat!(
         "UPDATE jobs SET state = $2, run_at = $3, finished_at = NULL, cancel_requested = false,
@@ -1095,9 +1083,6 @@ pub(crate) async fn requeue(
                 pg_error(e)
             }
         })?;
-    if state == JobState::Available {
-        notify(client, channel).await?;
-    }
     job_from_row(&row)
 }
 
