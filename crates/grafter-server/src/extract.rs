@@ -36,18 +36,33 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// Parses JSON, naming the path of a bad field (`jobs[3].kind`). Syntax is
-/// checked over the whole body first, so trailing garbage is a syntax error
-/// (400) even when the start of the body is also missing a field.
+/// Parses JSON, naming the path of a bad field (`jobs[3].kind`). A syntax
+/// error anywhere in the body, trailing garbage included, is a 400 even when
+/// the start of the body is also missing a field. A good body is parsed once;
+/// only a bad one is read again to tell the two kinds of error apart.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map_err(|e| ApiError::invalid_json(format!("request body is not valid JSON: {e}")))?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ApiError::invalid_field(field_name(&path, &inner.to_string()), inner)
-    })
+    let outcome = serde_path_to_error::deserialize(&mut deserializer);
+    let end = deserializer.end();
+    match (outcome, end) {
+        (Ok(value), Ok(())) => Ok(value),
+        (outcome, end) => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(syntax_error)?;
+            match outcome {
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let inner = e.into_inner();
+                    Err(ApiError::invalid_field(field_name(&path, &inner.to_string()), inner))
+                }
+                // The value parsed and the body is valid JSON: what follows it was not.
+                Ok(_) => Err(syntax_error(end.err().unwrap_or_else(|| serde::de::Error::custom("trailing data")))),
+            }
+        }
+    }
+}
+
+fn syntax_error(e: serde_json::Error) -> ApiError {
+    ApiError::invalid_json(format!("request body is not valid JSON: {e}"))
 }
 
 /// The dotted name of the field an error is about. serde reports a missing
@@ -78,5 +93,39 @@ impl<S: Send + Sync> FromRequestParts<S> for PathJobId {
         raw.parse::<i64>()
             .map(|id| PathJobId(JobId(id)))
             .map_err(|_| ApiError::not_found(format!("no job with id '{raw}': ids are integers")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        kind: String,
+    }
+
+    fn code(body: &str) -> (StatusCode, String) {
+        match parse_json::<Body>(body.as_bytes()) {
+            Ok(body) => (StatusCode::OK, body.kind),
+            Err(e) => {
+                let status = e.status();
+                let detail = e.into_detail();
+                (status, detail.field.unwrap_or_default())
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_errors_win_over_field_errors_wherever_they_are() {
+        assert_eq!(code(r#"{"kind": "a"}"#), (StatusCode::OK, "a".into()));
+        assert_eq!(code(r#"{"kind": "a"} trailing"#).0, StatusCode::BAD_REQUEST);
+        assert_eq!(code(r#"{"kind": "a"}{"kind": "b"}"#).0, StatusCode::BAD_REQUEST);
+        assert_eq!(code(r#"{"kind": 1} trailing"#).0, StatusCode::BAD_REQUEST);
+        assert_eq!(code(r#"{} ["#).0, StatusCode::BAD_REQUEST);
+        assert_eq!(code("{}"), (StatusCode::UNPROCESSABLE_ENTITY, "kind".into()));
+        assert_eq!(code(r#"{"kind": "a", "knd": 1}"#).0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(code(r#"{"kind": 1}"#), (StatusCode::UNPROCESSABLE_ENTITY, "kind".into()));
     }
 }
