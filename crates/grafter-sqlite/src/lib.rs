@@ -91,7 +91,8 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>> {
-        self.writer.run(move |conn| ops::jobs_complete_many(conn, &params)).await
+        let batch = ops::ack_batch(&params)?;
+        self.writer.run(move |conn| ops::jobs_complete_many(conn, &params, batch.as_deref())).await
     }
 
     async fn job_fail(&self, params: JobFail) -> Result<Job> {

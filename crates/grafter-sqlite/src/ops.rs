@@ -170,31 +170,47 @@ pub fn job_complete(conn: &Connection, params: &JobComplete) -> Result<Job> {
     .ok_or_else(|| fence_error(conn, params.id))
 }
 
-/// One statement for the whole batch: per-statement work (the statement
-/// journal, trigger bookkeeping) is paid once, not once per job. Items travel
-/// as one JSON array, `[id, lease]` or `[id, lease, result as JSON text]`.
-pub fn jobs_complete_many(conn: &Connection, params: &JobsCompleteMany) -> Result<Vec<bool>> {
-    // A row matched by two items would be updated by either; which one answered
-    // could then not be told. Items naming one job under different leases are
-    // rare enough to go one at a time.
+/// A batch ack's items as the one JSON array [`jobs_complete_many`] takes,
+/// `[id, lease]` or `[id, lease, result as JSON text]`: built by the caller,
+/// away from the writer thread. `None` when the batch must go one item at a
+/// time: items naming one job under different leases (rare) would each match
+/// the row, and which one answered could then not be told.
+pub fn ack_batch(params: &JobsCompleteMany) -> Result<Option<String>> {
     let mut leases: HashMap<JobId, &str> = HashMap::with_capacity(params.items.len());
     for (id, lease, _) in &params.items {
         if *leases.entry(*id).or_insert(lease) != lease.as_str() {
-            return jobs_complete_one_by_one(conn, params);
+            return Ok(None);
         }
     }
-    let mut batch = Vec::with_capacity(params.items.len());
+    let encoding = |e: serde_json::Error| StoreError::Backend(format!("encoding JSON: {e}"));
+    let mut text = Vec::with_capacity(params.items.len() * 64);
+    text.push(b'[');
     let mut seen = HashSet::with_capacity(params.items.len());
     for (id, lease, result) in &params.items {
         // Repeats of an item answer false, as they would one at a time.
-        if seen.insert(*id) {
-            let mut item = vec![serde_json::Value::from(id.0), serde_json::Value::from(lease.as_str())];
-            if let Some(result) = result {
-                item.push(serde_json::Value::String(to_json(result)?));
-            }
-            batch.push(serde_json::Value::Array(item));
+        if !seen.insert(*id) {
+            continue;
         }
+        if text.len() > 1 {
+            text.push(b',');
+        }
+        match result {
+            Some(result) => serde_json::to_writer(&mut text, &(id.0, lease, to_json(result)?)),
+            None => serde_json::to_writer(&mut text, &(id.0, lease)),
+        }
+        .map_err(encoding)?;
     }
+    text.push(b']');
+    String::from_utf8(text).map(Some).map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))
+}
+
+/// One statement for the whole batch (`batch` from [`ack_batch`]): the
+/// per-statement work (the statement journal, trigger bookkeeping) is paid
+/// once, not once per job.
+pub fn jobs_complete_many(conn: &Connection, params: &JobsCompleteMany, batch: Option<&str>) -> Result<Vec<bool>> {
+    let Some(batch) = batch else {
+        return jobs_complete_one_by_one(conn, params);
+    };
     // `+jobs.state`: look each job up by its id, never scan the running ones.
     let mut stmt = conn
         .prepare_cached(
@@ -207,7 +223,7 @@ pub fn jobs_complete_many(conn: &Connection, params: &JobsCompleteMany) -> Resul
         )
         .map_err(backend)?;
     let completed = stmt
-        .query_map(params![to_json(&batch)?, micros(params.now)], |row| row.get::<_, i64>(0))
+        .query_map(params![batch, micros(params.now)], |row| row.get::<_, i64>(0))
         .and_then(|rows| rows.collect::<rusqlite::Result<HashSet<i64>>>())
         .map_err(backend)?;
     let mut answered = HashSet::with_capacity(completed.len());
