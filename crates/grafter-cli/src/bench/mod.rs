@@ -39,8 +39,8 @@ pub struct BenchArgs {
     /// continuous: as many as fit in --duration]
     #[arg(long)]
     jobs: Option<u64>,
-    /// Jobs the worker runs at once.
-    #[arg(long, default_value_t = 1000)]
+    /// Jobs the worker runs at once (River's benchmark runs 2,000 workers too).
+    #[arg(long, default_value_t = 2000)]
     concurrency: usize,
     /// Workers on the store in this process, or through a `grafter serve`
     /// child process over loopback HTTP.
