@@ -17,7 +17,11 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
             .build()?;
-        Ok(Client { http, base: args.url.trim_end_matches('/').to_owned(), token: args.token.clone() })
+        Ok(Client {
+            http,
+            base: args.url.trim_end_matches('/').to_owned(),
+            token: args.token.clone(),
+        })
     }
 
     /// Sends a request; a non-2xx answer becomes a one-line failure with the
@@ -53,7 +57,8 @@ impl Client {
             return Err(Failure(describe_error(status, &text)));
         }
         let text = if text.is_empty() { "null" } else { &text };
-        serde_json::from_str(text).map_err(|e| Failure(format!("unexpected answer from the server: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| Failure(format!("unexpected answer from the server: {e}")))
     }
 }
 
@@ -70,7 +75,10 @@ fn describe_error(status: StatusCode, body: &str) -> String {
     match parsed.as_ref().and_then(|v| v.get("error")) {
         Some(error) => format!(
             "{} ({}, HTTP {})",
-            error.get("message").and_then(Value::as_str).unwrap_or("unknown error"),
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error"),
             error.get("code").and_then(Value::as_str).unwrap_or("?"),
             status.as_u16()
         ),

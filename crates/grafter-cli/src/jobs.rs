@@ -47,7 +47,9 @@ pub struct EnqueueArgs {
 }
 
 fn parse_json_arg(s: &str) -> Result<Value, String> {
-    serde_json::from_str(s).map_err(|e| format!("not valid JSON ({e}); quote it like --args '{{\"to\": \"a@example.com\"}}'"))
+    serde_json::from_str(s).map_err(|e| {
+        format!("not valid JSON ({e}); quote it like --args '{{\"to\": \"a@example.com\"}}'")
+    })
 }
 
 pub async fn enqueue(args: EnqueueArgs) -> Result<(), Failure> {
@@ -65,11 +67,20 @@ pub async fn enqueue(args: EnqueueArgs) -> Result<(), Failure> {
     job.tags = args.tags;
     job.timeout_ms = args.timeout.map(|t| t.as_millis() as i64);
     job.validate()?;
-    let job: Job = client.call(Method::POST, "/v1/jobs", Some(&serde_json::to_value(&job)?)).await?;
+    let job: Job = client
+        .call(Method::POST, "/v1/jobs", Some(&serde_json::to_value(&job)?))
+        .await?;
     if args.server.json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     } else {
-        println!("job {} {} on queue {} ({}, run at {})", job.id, job.kind, job.queue, job.state, job.run_at.to_rfc3339());
+        println!(
+            "job {} {} on queue {} ({}, run at {})",
+            job.id,
+            job.kind,
+            job.queue,
+            job.state,
+            job.run_at.to_rfc3339()
+        );
     }
     Ok(())
 }
@@ -117,7 +128,9 @@ pub struct JobArg {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -125,25 +138,47 @@ fn encode(s: &str) -> String {
 
 pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
     match command {
-        JobsCommand::List { state, queue, kind, limit, cursor, server } => {
+        JobsCommand::List {
+            state,
+            queue,
+            kind,
+            limit,
+            cursor,
+            server,
+        } => {
             let client = Client::new(&server)?;
             let mut query = format!("limit={limit}");
-            for (name, value) in [("state", state), ("queue", queue), ("kind", kind), ("cursor", cursor)] {
+            for (name, value) in [
+                ("state", state),
+                ("queue", queue),
+                ("kind", kind),
+                ("cursor", cursor),
+            ] {
                 if let Some(value) = value {
                     query.push_str(&format!("&{name}={}", encode(&value)));
                 }
             }
-            let page: Value = client.call(Method::GET, &format!("/v1/jobs?{query}"), None).await?;
+            let page: Value = client
+                .call(Method::GET, &format!("/v1/jobs?{query}"), None)
+                .await?;
             if server.json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
                 return Ok(());
             }
             let jobs: Vec<Job> = serde_json::from_value(page["jobs"].clone())?;
-            println!("{:>10}  {:<10}  {:<16}  {:<24}  {:>7}  run_at", "id", "state", "queue", "kind", "attempt");
+            println!(
+                "{:>10}  {:<10}  {:<16}  {:<24}  {:>7}  run_at",
+                "id", "state", "queue", "kind", "attempt"
+            );
             for job in &jobs {
                 println!(
                     "{:>10}  {:<10}  {:<16}  {:<24}  {:>3}/{:<3}  {}",
-                    job.id, job.state.as_str(), job.queue, job.kind, job.attempt, job.max_attempts,
+                    job.id,
+                    job.state.as_str(),
+                    job.queue,
+                    job.kind,
+                    job.attempt,
+                    job.max_attempts,
                     job.run_at.to_rfc3339()
                 );
             }
@@ -154,7 +189,9 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
         }
         JobsCommand::Show(arg) => {
             let client = Client::new(&arg.server)?;
-            let job: Value = client.call(Method::GET, &format!("/v1/jobs/{}", arg.id), None).await?;
+            let job: Value = client
+                .call(Method::GET, &format!("/v1/jobs/{}", arg.id), None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&job)?);
             Ok(())
         }
@@ -162,7 +199,9 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
         JobsCommand::Cancel(arg) => act(arg, "cancel", "cancelled").await,
         JobsCommand::Delete(arg) => {
             let client = Client::new(&arg.server)?;
-            client.call::<Value>(Method::DELETE, &format!("/v1/jobs/{}", arg.id), None).await?;
+            client
+                .call::<Value>(Method::DELETE, &format!("/v1/jobs/{}", arg.id), None)
+                .await?;
             println!("job {} deleted", arg.id);
             Ok(())
         }
@@ -172,12 +211,19 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
 async fn act(arg: JobArg, action: &str, done: &str) -> Result<(), Failure> {
     let client = Client::new(&arg.server)?;
     let job: Job = client
-        .call(Method::POST, &format!("/v1/jobs/{}/{action}", arg.id), Some(&json!({})))
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{}/{action}", arg.id),
+            Some(&json!({})),
+        )
         .await?;
     if arg.server.json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     } else if job.cancel_requested && job.state == grafter_core::JobState::Running {
-        println!("job {} is running: its worker has been asked to stop", job.id);
+        println!(
+            "job {} is running: its worker has been asked to stop",
+            job.id
+        );
     } else {
         println!("job {} {done} ({})", job.id, job.state);
     }
@@ -212,8 +258,12 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
     let client = Client::new(&args.server)?;
     let (path, method) = match &args.command {
         None | Some(QueuesCommand::List) => ("/v1/queues".to_owned(), Method::GET),
-        Some(QueuesCommand::Pause { name }) => (format!("/v1/queues/{}/pause", encode(name)), Method::POST),
-        Some(QueuesCommand::Resume { name }) => (format!("/v1/queues/{}/resume", encode(name)), Method::POST),
+        Some(QueuesCommand::Pause { name }) => {
+            (format!("/v1/queues/{}/pause", encode(name)), Method::POST)
+        }
+        Some(QueuesCommand::Resume { name }) => {
+            (format!("/v1/queues/{}/resume", encode(name)), Method::POST)
+        }
     };
     let body = (method == Method::POST).then(|| json!({}));
     let answer: Value = client.call(method, &path, body.as_ref()).await?;
@@ -225,7 +275,16 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
         Some(list) => list.as_array().cloned().unwrap_or_default(),
         None => vec![answer],
     };
-    let states = ["scheduled", "available", "running", "retryable", "completed", "dead", "cancelled", "expired"];
+    let states = [
+        "scheduled",
+        "available",
+        "running",
+        "retryable",
+        "completed",
+        "dead",
+        "cancelled",
+        "expired",
+    ];
     print!("{:<20} {:<7}", "queue", "paused");
     for state in states {
         print!(" {state:>10}");
@@ -235,7 +294,11 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
         print!(
             "{:<20} {:<7}",
             queue["name"].as_str().unwrap_or("?"),
-            if queue["paused"].as_bool().unwrap_or(false) { "yes" } else { "no" }
+            if queue["paused"].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                "no"
+            }
         );
         for state in states {
             print!(" {:>10}", queue["counts"][state].as_u64().unwrap_or(0));

@@ -41,7 +41,12 @@ enum Command {
 #[derive(Args, Clone)]
 pub struct ServerArgs {
     /// The Grafter server's base URL.
-    #[arg(long, env = "GRAFTER_URL", default_value = "http://127.0.0.1:7380", global = true)]
+    #[arg(
+        long,
+        env = "GRAFTER_URL",
+        default_value = "http://127.0.0.1:7380",
+        global = true
+    )]
     url: String,
     /// Bearer token, when the server requires one.
     #[arg(long, env = "GRAFTER_TOKEN", hide_env_values = true, global = true)]
@@ -62,7 +67,10 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

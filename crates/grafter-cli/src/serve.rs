@@ -29,7 +29,10 @@ pub struct ServeArgs {
 
 pub fn init_logging() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -127,8 +130,12 @@ pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
 
 /// A database URL fit for logs: any password replaced by `***`.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
     match credentials.split_once(':') {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -141,7 +148,10 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_the_log() {
-        assert_eq!(redact("postgres://app:s3cret@db:5432/jobs"), "postgres://app:***@db:5432/jobs");
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/jobs"),
+            "postgres://app:***@db:5432/jobs"
+        );
         assert_eq!(redact("postgres://app@db/jobs"), "postgres://app@db/jobs");
         assert_eq!(redact("sqlite://grafter.db"), "sqlite://grafter.db");
     }

@@ -58,7 +58,10 @@ pool_size = 8
 async fn wait_until_leading(server: &Server) {
     let deadline = Instant::now() + PATIENCE;
     while !server.leads_maintenance() {
-        assert!(Instant::now() < deadline, "the node never took the maintenance leadership");
+        assert!(
+            Instant::now() < deadline,
+            "the node never took the maintenance leadership"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -74,9 +77,17 @@ async fn enqueue_many(nodes: &[&Server], queue: &str, n: usize) -> BTreeSet<i64>
         .map(<[Value]>::to_vec)
         .collect();
     for (b, jobs) in batches.into_iter().enumerate() {
-        let (status, body) = nodes[b % nodes.len()].post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
+        let (status, body) = nodes[b % nodes.len()]
+            .post("/v1/jobs/batch", json!({ "jobs": jobs }))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        ids.extend(body["jobs"].as_array().expect("batch answers jobs").iter().map(id_of));
+        ids.extend(
+            body["jobs"]
+                .as_array()
+                .expect("batch answers jobs")
+                .iter()
+                .map(id_of),
+        );
     }
     assert_eq!(ids.len(), n, "distinct ids");
     ids
@@ -111,7 +122,12 @@ async fn worker(name: String, home: usize, control: Arc<Control>, tally: Arc<Tal
     let http = common::http_client();
     while !control.done.load(Ordering::SeqCst) {
         let request = json!({"queues": ["cluster"], "max": 25, "wait_ms": 500, "lease_ms": 2000, "worker_id": name});
-        let answer = match http.post(format!("{}/v1/fetch", control.nodes[home])).json(&request).send().await {
+        let answer = match http
+            .post(format!("{}/v1/fetch", control.nodes[home]))
+            .json(&request)
+            .send()
+            .await
+        {
             Ok(answer) => answer,
             // Our node died under us; so do we.
             Err(_) if home == 1 && !control.node_1_up.load(Ordering::SeqCst) => return,
@@ -122,23 +138,46 @@ async fn worker(name: String, home: usize, control: Arc<Control>, tally: Arc<Tal
         let jobs = body["jobs"].as_array().expect("jobs").clone();
         for job in &jobs {
             let pair = (id_of(job), job["attempt"].as_i64().expect("attempt"));
-            assert!(tally.leased.lock().unwrap().insert(pair), "{name}: job {} attempt {} leased twice", pair.0, pair.1);
+            assert!(
+                tally.leased.lock().unwrap().insert(pair),
+                "{name}: job {} attempt {} leased twice",
+                pair.0,
+                pair.1
+            );
         }
         if home == 1 && control.node_1_dying.load(Ordering::SeqCst) {
-            tally.abandoned.lock().unwrap().extend(jobs.iter().map(id_of));
+            tally
+                .abandoned
+                .lock()
+                .unwrap()
+                .extend(jobs.iter().map(id_of));
             return;
         }
         for job in &jobs {
             let id = id_of(job);
             let ack = json!({"lease": job["lease"], "result": {"by": name}});
-            let through = if home == 0 && control.node_1_up.load(Ordering::SeqCst) { 1 } else { 0 };
-            let mut answer = http.post(format!("{}/v1/jobs/{id}/ack", control.nodes[through])).json(&ack).send().await;
+            let through = if home == 0 && control.node_1_up.load(Ordering::SeqCst) {
+                1
+            } else {
+                0
+            };
+            let mut answer = http
+                .post(format!("{}/v1/jobs/{id}/ack", control.nodes[through]))
+                .json(&ack)
+                .send()
+                .await;
             if answer.is_err() && through == 1 {
                 // Node 1 died with the ack in flight: it may or may not have
                 // committed it. Ask the survivor; it says 200 or 409, never both.
-                answer = http.post(format!("{}/v1/jobs/{id}/ack", control.nodes[0])).json(&ack).send().await;
+                answer = http
+                    .post(format!("{}/v1/jobs/{id}/ack", control.nodes[0]))
+                    .json(&ack)
+                    .send()
+                    .await;
             }
-            let status = answer.unwrap_or_else(|e| panic!("{name}: ack of job {id} failed: {e}")).status();
+            let status = answer
+                .unwrap_or_else(|e| panic!("{name}: ack of job {id} failed: {e}"))
+                .status();
             match status {
                 StatusCode::OK => *tally.acked.lock().unwrap().entry(id).or_default() += 1,
                 // The lease ran out before the ack (a slow machine): the job runs again.
@@ -155,7 +194,9 @@ async fn worker(name: String, home: usize, control: Arc<Control>, tally: Arc<Tal
 /// its workers dying with it while holding leases.
 async fn five_thousand_jobs_on_two_nodes(kill: bool) {
     const JOBS: usize = 5_000;
-    let Some(url) = shared_postgres().await else { return };
+    let Some(url) = shared_postgres().await else {
+        return;
+    };
     let schema = Schema::fresh(&url);
     let dir = temp_dir();
     let config = write_config(dir.path(), Some(&schema.name));
@@ -175,7 +216,12 @@ async fn five_thousand_jobs_on_two_nodes(kill: bool) {
     let tally = Arc::new(Tally::default());
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..8 {
-        workers.spawn(worker(format!("worker-{n}"), n % 2, control.clone(), tally.clone()));
+        workers.spawn(worker(
+            format!("worker-{n}"),
+            n % 2,
+            control.clone(),
+            tally.clone(),
+        ));
     }
 
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -197,7 +243,10 @@ async fn five_thousand_jobs_on_two_nodes(kill: bool) {
             node_1.kill9();
             killed = true;
         }
-        assert!(Instant::now() < deadline, "not every job completed in time: {counts:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not every job completed in time: {counts:?}"
+        );
         if let Some(Err(e)) = workers.try_join_next() {
             std::panic::resume_unwind(e.into_panic());
         }
@@ -211,29 +260,54 @@ async fn five_thousand_jobs_on_two_nodes(kill: bool) {
     }
 
     let counts = node_0.queue_counts("cluster").await;
-    let unfinished: BTreeMap<&String, &u64> = counts.iter().filter(|(s, n)| *s != "completed" && **n > 0).collect();
+    let unfinished: BTreeMap<&String, &u64> = counts
+        .iter()
+        .filter(|(s, n)| *s != "completed" && **n > 0)
+        .collect();
     assert!(unfinished.is_empty(), "jobs left unfinished: {counts:?}");
     let jobs = node_0.all_jobs("cluster", 1_000).await;
     let listed: BTreeSet<i64> = jobs.iter().map(id_of).collect();
     assert_eq!(listed, ids, "jobs lost or invented");
-    assert!(jobs.iter().all(|j| j["state"] == "completed"), "a job is not completed");
+    assert!(
+        jobs.iter().all(|j| j["state"] == "completed"),
+        "a job is not completed"
+    );
 
     let acked = tally.acked.lock().unwrap().clone();
     let twice: Vec<_> = acked.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "jobs acked successfully more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "jobs acked successfully more than once: {twice:?}"
+    );
     let abandoned = tally.abandoned.lock().unwrap().clone();
     if kill {
         // An ack committed by node 1 as it died got no answer: such a job is
         // completed without a 200 here. Every other job had exactly one.
-        assert!(acked.len() <= JOBS && acked.len() > JOBS / 2, "{} acks answered 200", acked.len());
-        assert!(!abandoned.is_empty(), "node 1's workers held no leases when it died");
+        assert!(
+            acked.len() <= JOBS && acked.len() > JOBS / 2,
+            "{} acks answered 200",
+            acked.len()
+        );
+        assert!(
+            !abandoned.is_empty(),
+            "node 1's workers held no leases when it died"
+        );
         let by_id: HashMap<i64, &Value> = jobs.iter().map(|j| (id_of(j), j)).collect();
         for id in &abandoned {
             let job = by_id[id];
-            assert!(job["attempt"].as_i64() >= Some(2), "abandoned job {id} was not run again: {job}");
-            assert_eq!(job["errors"][0]["error"], "lease expired", "abandoned job {id}: {job}");
+            assert!(
+                job["attempt"].as_i64() >= Some(2),
+                "abandoned job {id} was not run again: {job}"
+            );
+            assert_eq!(
+                job["errors"][0]["error"], "lease expired",
+                "abandoned job {id}: {job}"
+            );
         }
-        assert!(node_0.leads_maintenance(), "the survivor does not lead maintenance");
+        assert!(
+            node_0.leads_maintenance(),
+            "the survivor does not lead maintenance"
+        );
     } else {
         assert_eq!(acked.len(), JOBS, "every job acked exactly once");
         assert!(abandoned.is_empty());
@@ -265,7 +339,10 @@ async fn enqueue_wakes_long_poll(node: &Server, other: &Server, queue: &str) {
         (status, response.json::<Value>().await.expect("fetch JSON"))
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!poll.is_finished(), "the fetch on an empty queue answered before any job was enqueued");
+    assert!(
+        !poll.is_finished(),
+        "the fetch on an empty queue answered before any job was enqueued"
+    );
 
     let id = id_of(&other.enqueue(json!({"kind": "ping", "queue": queue})).await);
     let (status, body) = tokio::time::timeout(wait + PATIENCE, poll)
@@ -279,12 +356,17 @@ async fn enqueue_wakes_long_poll(node: &Server, other: &Server, queue: &str) {
     assert_eq!(id_of(&jobs[0]), id);
     // Not a speed check: anywhere near `wait` would mean the poll timed out and
     // found the job by looking again, not that the enqueue woke it.
-    assert!(elapsed < wait / 2, "the long-poll was not woken by the enqueue on the other node (took {elapsed:?})");
+    assert!(
+        elapsed < wait / 2,
+        "the long-poll was not woken by the enqueue on the other node (took {elapsed:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_on_one_node_wakes_a_long_poll_on_the_other() {
-    let Some(url) = shared_postgres().await else { return };
+    let Some(url) = shared_postgres().await else {
+        return;
+    };
     let schema = Schema::fresh(&url);
     let dir = temp_dir();
     let config = write_config(dir.path(), Some(&schema.name));
@@ -302,7 +384,10 @@ async fn wait_for_readyz(server: &Server, want: StatusCode) {
         if status == want {
             return;
         }
-        assert!(Instant::now() < deadline, "/readyz still answers {status} {body}, not {want}");
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still answers {status} {body}, not {want}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -320,7 +405,9 @@ async fn lease(server: &Server, queue: &str, n: usize, lease_ms: u64) -> Vec<Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_loses_nothing_and_the_nodes_recover_by_themselves() {
-    let Some(cluster) = PrivateCluster::start() else { return };
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
     let url = cluster.url();
     let dir = temp_dir();
     let config = write_config(dir.path(), None);
@@ -331,7 +418,12 @@ async fn a_postgres_restart_loses_nothing_and_the_nodes_recover_by_themselves() 
 
     // Some work done before the restart; two leases held across it.
     for job in lease(&a, "restart", 10, 60_000).await {
-        let (status, body) = b.post(&format!("/v1/jobs/{}/ack", id_of(&job)), json!({"lease": job["lease"]})).await;
+        let (status, body) = b
+            .post(
+                &format!("/v1/jobs/{}/ack", id_of(&job)),
+                json!({"lease": job["lease"]}),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let held = lease(&b, "restart", 2, 60_000).await;
@@ -346,16 +438,45 @@ async fn a_postgres_restart_loses_nothing_and_the_nodes_recover_by_themselves() 
         assert_eq!(status, StatusCode::OK, "the process itself is alive");
     }
     // Nothing that could not be written is answered as a success.
-    let (status, body) = a.post(&ack_path, json!({"lease": to_ack["lease"], "result": 1})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "an ack with the database down: {body}");
+    let (status, body) = a
+        .post(&ack_path, json!({"lease": to_ack["lease"], "result": 1}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an ack with the database down: {body}"
+    );
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
-    let (status, body) = b.post(&fail_path, json!({"lease": to_fail["lease"], "error": "boom"})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a fail with the database down: {body}");
-    let (status, body) = a.post("/v1/jobs", json!({"kind": "lost?", "queue": "restart"})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "an enqueue with the database down: {body}");
-    let (status, body) =
-        b.post("/v1/fetch", json!({"queues": ["restart"], "max": 1, "wait_ms": 0, "worker_id": "w"})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a fetch with the database down: {body}");
+    let (status, body) = b
+        .post(
+            &fail_path,
+            json!({"lease": to_fail["lease"], "error": "boom"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a fail with the database down: {body}"
+    );
+    let (status, body) = a
+        .post("/v1/jobs", json!({"kind": "lost?", "queue": "restart"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an enqueue with the database down: {body}"
+    );
+    let (status, body) = b
+        .post(
+            "/v1/fetch",
+            json!({"queues": ["restart"], "max": 1, "wait_ms": 0, "worker_id": "w"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a fetch with the database down: {body}"
+    );
     // Long enough for every maintenance loop and the listeners to hit the outage.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 
@@ -364,10 +485,17 @@ async fn a_postgres_restart_loses_nothing_and_the_nodes_recover_by_themselves() 
         wait_for_readyz(node, StatusCode::OK).await;
     }
     // The same ack and fail, retried, now succeed.
-    let (status, body) = a.post(&ack_path, json!({"lease": to_ack["lease"], "result": 1})).await;
+    let (status, body) = a
+        .post(&ack_path, json!({"lease": to_ack["lease"], "result": 1}))
+        .await;
     assert_eq!(status, StatusCode::OK, "the retried ack: {body}");
     assert_eq!(body["state"], "completed");
-    let (status, body) = b.post(&fail_path, json!({"lease": to_fail["lease"], "error": "boom"})).await;
+    let (status, body) = b
+        .post(
+            &fail_path,
+            json!({"lease": to_fail["lease"], "error": "boom"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "the retried fail: {body}");
     assert_eq!(body["state"], "retryable");
     // The listeners came back too: an enqueue on one node wakes the other.
@@ -380,28 +508,51 @@ async fn a_postgres_restart_loses_nothing_and_the_nodes_recover_by_themselves() 
         if counts.get("completed") == Some(&(ids.len() as u64)) {
             break;
         }
-        assert!(Instant::now() < deadline, "jobs not completed after the restart: {counts:?}");
+        assert!(
+            Instant::now() < deadline,
+            "jobs not completed after the restart: {counts:?}"
+        );
         let (status, body) = b
             .post("/v1/fetch", json!({"queues": ["restart"], "max": 50, "wait_ms": 200, "lease_ms": 30_000, "worker_id": "w"}))
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         for job in body["jobs"].as_array().expect("jobs") {
-            let (status, body) = a.post(&format!("/v1/jobs/{}/ack", id_of(job)), json!({"lease": job["lease"]})).await;
+            let (status, body) = a
+                .post(
+                    &format!("/v1/jobs/{}/ack", id_of(job)),
+                    json!({"lease": job["lease"]}),
+                )
+                .await;
             assert_eq!(status, StatusCode::OK, "{body}");
         }
     }
-    let listed: BTreeSet<i64> = a.all_jobs("restart", 1_000).await.iter().map(id_of).collect();
+    let listed: BTreeSet<i64> = a
+        .all_jobs("restart", 1_000)
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
     assert_eq!(listed, ids, "jobs lost or invented across the restart");
-    assert_eq!(b.job(id_of(to_fail)).await["attempt"], 2, "the failed job ran again");
+    assert_eq!(
+        b.job(id_of(to_fail)).await["attempt"],
+        2,
+        "the failed job ran again"
+    );
     for node in [&mut a, &mut b] {
         assert!(node.is_running(), "a node exited:\n{}", node.log_text());
-        assert!(!node.log_text().contains("panicked"), "a node panicked:\n{}", node.log_text());
+        assert!(
+            !node.log_text().contains("panicked"),
+            "a node panicked:\n{}",
+            node.log_text()
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_maintenance_leader_is_killed_the_survivor_takes_over() {
-    let Some(url) = shared_postgres().await else { return };
+    let Some(url) = shared_postgres().await else {
+        return;
+    };
     let schema = Schema::fresh(&url);
     let dir = temp_dir();
     let config = write_config(dir.path(), Some(&schema.name));
@@ -411,11 +562,18 @@ async fn when_the_maintenance_leader_is_killed_the_survivor_takes_over() {
 
     // A worker that will never come back, and a job due shortly: left to the
     // rescuer and the scheduler, which until now ran on the leader only.
-    let lost = survivor.enqueue(json!({"kind": "lost", "queue": "failover"})).await;
-    let leased = survivor.fetch("failover", 2_000, 0).await.expect("the job is available");
+    let lost = survivor
+        .enqueue(json!({"kind": "lost", "queue": "failover"}))
+        .await;
+    let leased = survivor
+        .fetch("failover", 2_000, 0)
+        .await
+        .expect("the job is available");
     assert_eq!(id_of(&leased), id_of(&lost));
     let run_at = (chrono::Utc::now() + chrono::Duration::milliseconds(2_000)).to_rfc3339();
-    let due = survivor.enqueue(json!({"kind": "due", "queue": "failover", "run_at": run_at})).await;
+    let due = survivor
+        .enqueue(json!({"kind": "due", "queue": "failover", "run_at": run_at}))
+        .await;
     assert_eq!(due["state"], "scheduled");
 
     leader.kill9();
@@ -433,5 +591,9 @@ async fn when_the_maintenance_leader_is_killed_the_survivor_takes_over() {
     let rescued = &came[&id_of(&lost)];
     assert_eq!(rescued["attempt"], 2, "{rescued}");
     assert_eq!(rescued["errors"][0]["error"], "lease expired", "{rescued}");
-    assert!(survivor.leads_maintenance(), "the survivor's log does not say it leads:\n{}", survivor.log_text());
+    assert!(
+        survivor.leads_maintenance(),
+        "the survivor's log does not say it leads:\n{}",
+        survivor.log_text()
+    );
 }

@@ -45,9 +45,16 @@ async fn start(dir: &Path) -> Server {
 async fn kill_9_while_leased_the_job_comes_back_as_attempt_2() {
     let dir = temp_dir();
     let mut server = start(dir.path()).await;
-    let id = id_of(&server.enqueue(json!({"kind": "sync", "queue": "crash", "args": {"n": 1}})).await);
+    let id = id_of(
+        &server
+            .enqueue(json!({"kind": "sync", "queue": "crash", "args": {"n": 1}}))
+            .await,
+    );
 
-    let first = server.fetch("crash", 1_000, 0).await.expect("the job is available");
+    let first = server
+        .fetch("crash", 1_000, 0)
+        .await
+        .expect("the job is available");
     assert_eq!(id_of(&first), id);
     assert_eq!(first["state"], "running");
     assert_eq!(first["attempt"], 1);
@@ -76,7 +83,9 @@ async fn kill_9_while_leased_the_job_comes_back_as_attempt_2() {
     assert_ne!(new_lease, old_lease);
 
     // The crashed worker's lease is stale: refused, and nothing changes.
-    let (status, body) = server.post(&format!("/v1/jobs/{id}/ack"), json!({"lease": old_lease})).await;
+    let (status, body) = server
+        .post(&format!("/v1/jobs/{id}/ack"), json!({"lease": old_lease}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "lease_mismatch", "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
@@ -84,8 +93,12 @@ async fn kill_9_while_leased_the_job_comes_back_as_attempt_2() {
     assert_eq!(unchanged["state"], "running");
     assert_eq!(unchanged["attempt"], 2);
 
-    let (status, done) =
-        server.post(&format!("/v1/jobs/{id}/ack"), json!({"lease": new_lease, "result": {"ok": true}})).await;
+    let (status, done) = server
+        .post(
+            &format!("/v1/jobs/{id}/ack"),
+            json!({"lease": new_lease, "result": {"ok": true}}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["state"], "completed");
     assert_eq!(done["attempt"], 2);
@@ -97,12 +110,17 @@ async fn kill_9_while_leased_the_job_comes_back_as_attempt_2() {
 async fn an_acknowledged_batch_survives_kill_9() {
     let dir = temp_dir();
     let mut server = start(dir.path()).await;
-    let jobs: Vec<Value> = (0..200).map(|i| json!({"kind": "bulk", "queue": "durable", "args": {"i": i}})).collect();
+    let jobs: Vec<Value> = (0..200)
+        .map(|i| json!({"kind": "bulk", "queue": "durable", "args": {"i": i}}))
+        .collect();
     let (status, body) = server.post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let created = body["jobs"].as_array().expect("batch answers jobs");
     assert_eq!(created.len(), 200);
-    let expected: BTreeMap<i64, Value> = created.iter().map(|j| (id_of(j), j["args"].clone())).collect();
+    let expected: BTreeMap<i64, Value> = created
+        .iter()
+        .map(|j| (id_of(j), j["args"].clone()))
+        .collect();
     assert_eq!(expected.len(), 200, "ids are distinct");
 
     server.kill9();
@@ -110,7 +128,10 @@ async fn an_acknowledged_batch_survives_kill_9() {
 
     // Small pages, to follow the cursor too.
     let stored = server.all_jobs("durable", 64).await;
-    let found: BTreeMap<i64, Value> = stored.iter().map(|j| (id_of(j), j["args"].clone())).collect();
+    let found: BTreeMap<i64, Value> = stored
+        .iter()
+        .map(|j| (id_of(j), j["args"].clone()))
+        .collect();
     assert_eq!(found.len(), stored.len(), "a job listed twice across pages");
     assert_eq!(found, expected, "jobs lost or changed by kill -9");
     let (status, one_page) = server.get("/v1/jobs?queue=durable&limit=1000").await;
@@ -159,9 +180,17 @@ async fn concurrent_acknowledged_enqueues_survive_kill_9() {
         assert_eq!(job["queue"], "concurrent");
         assert_eq!(job["state"], "available");
     }
-    let listed: BTreeSet<i64> = server.all_jobs("concurrent", 1_000).await.iter().map(id_of).collect();
+    let listed: BTreeSet<i64> = server
+        .all_jobs("concurrent", 1_000)
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
     assert_eq!(listed, ids);
-    assert_eq!(server.queue_counts("concurrent").await.get("available"), Some(&50));
+    assert_eq!(
+        server.queue_counts("concurrent").await.get("available"),
+        Some(&50)
+    );
 }
 
 #[tokio::test]
@@ -178,9 +207,16 @@ async fn a_new_job_wakes_a_long_poll() {
         (status, response.json::<Value>().await.expect("fetch JSON"))
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!poll.is_finished(), "the fetch on an empty queue answered before any job was enqueued");
+    assert!(
+        !poll.is_finished(),
+        "the fetch on an empty queue answered before any job was enqueued"
+    );
 
-    let id = id_of(&server.enqueue(json!({"kind": "ping", "queue": "wake"})).await);
+    let id = id_of(
+        &server
+            .enqueue(json!({"kind": "ping", "queue": "wake"}))
+            .await,
+    );
     let (status, body) = tokio::time::timeout(Duration::from_secs(30), poll)
         .await
         .expect("the long-poll never answered")
@@ -193,7 +229,10 @@ async fn a_new_job_wakes_a_long_poll() {
     assert_eq!(jobs[0]["state"], "running");
     assert!(jobs[0]["lease"].is_string());
     // Not a speed check: 20 s would mean it timed out instead of being woken.
-    assert!(elapsed < Duration::from_secs(10), "the fetch was not woken by the enqueue (took {elapsed:?})");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the fetch was not woken by the enqueue (took {elapsed:?})"
+    );
 }
 
 #[tokio::test]
@@ -210,15 +249,30 @@ async fn sigterm_with_a_pending_long_poll_exits_cleanly() {
         (status, response.json::<Value>().await.expect("fetch JSON"))
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!poll.is_finished(), "the fetch on an empty queue answered at once");
+    assert!(
+        !poll.is_finished(),
+        "the fetch on an empty queue answered at once"
+    );
 
     let pid = server.pid().to_string();
-    let kill = std::process::Command::new("sh").args(["-c", "kill -TERM \"$0\"", &pid]).status().expect("run kill");
+    let kill = std::process::Command::new("sh")
+        .args(["-c", "kill -TERM \"$0\"", &pid])
+        .status()
+        .expect("run kill");
     assert!(kill.success(), "kill -TERM {pid} failed");
 
     let status = server.wait_exit(Duration::from_secs(15)).await;
-    let status = status.unwrap_or_else(|| panic!("grafter serve still running 15 s after SIGTERM:\n{}", server.log_text()));
-    assert!(status.success(), "grafter serve exited with {status} after SIGTERM:\n{}", server.log_text());
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "grafter serve still running 15 s after SIGTERM:\n{}",
+            server.log_text()
+        )
+    });
+    assert!(
+        status.success(),
+        "grafter serve exited with {status} after SIGTERM:\n{}",
+        server.log_text()
+    );
 
     // The pending long-poll was answered (with no job), not cut off.
     let (status, body) = tokio::time::timeout(Duration::from_secs(15), poll)
@@ -227,7 +281,11 @@ async fn sigterm_with_a_pending_long_poll_exits_cleanly() {
         .expect("the long-poll task panicked");
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["jobs"], json!([]));
-    assert!(server.log_text().contains("Grafter stopped"), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("Grafter stopped"),
+        "{}",
+        server.log_text()
+    );
 }
 
 #[tokio::test]
@@ -236,10 +294,25 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
     let server = start(dir.path()).await;
     let cwd = dir.path();
 
-    let out = run_cli(&["enqueue", "send_email", "--args", r#"{"to":"a@b.c"}"#, "--url", &server.base], cwd).await;
+    let out = run_cli(
+        &[
+            "enqueue",
+            "send_email",
+            "--args",
+            r#"{"to":"a@b.c"}"#,
+            "--url",
+            &server.base,
+        ],
+        cwd,
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "enqueue failed ({}): {stdout}{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "enqueue failed ({}): {stdout}{stderr}",
+        out.status
+    );
     // "job <id> send_email on queue default (available, run at …)"
     let id: i64 = stdout
         .split_whitespace()
@@ -250,15 +323,31 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
     assert_eq!(stored["kind"], "send_email");
     assert_eq!(stored["args"], json!({"to": "a@b.c"}));
 
-    let out = run_cli(&["jobs", "show", &id.to_string(), "--url", &server.base], cwd).await;
-    assert!(out.status.success(), "jobs show failed: {}", String::from_utf8_lossy(&out.stderr));
-    let shown: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("jobs show printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let out = run_cli(
+        &["jobs", "show", &id.to_string(), "--url", &server.base],
+        cwd,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "jobs show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "jobs show printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     assert_eq!(id_of(&shown), id);
     assert_eq!(shown["kind"], "send_email");
     assert_eq!(shown["args"]["to"], "a@b.c");
 
-    let out = run_cli(&["enqueue", "x", "--args", "{bad", "--url", &server.base], cwd).await;
+    let out = run_cli(
+        &["enqueue", "x", "--args", "{bad", "--url", &server.base],
+        cwd,
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "bad --args was accepted");
     assert!(stderr.contains("not valid JSON"), "{stderr}");
@@ -269,7 +358,11 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
     assert!(stderr.contains("cannot reach Grafter"), "{stderr}");
 
     let listen = format!("127.0.0.1:{}", free_port());
-    let out = run_cli(&["serve", "--database", "mysql://x", "--listen", &listen], cwd).await;
+    let out = run_cli(
+        &["serve", "--database", "mysql://x", "--listen", &listen],
+        cwd,
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve accepted a mysql:// URL");
     assert!(stderr.contains("unsupported database URL"), "{stderr}");
@@ -284,24 +377,43 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
 async fn a_failing_job_is_retried_after_backoff_then_dead() {
     let dir = temp_dir();
     let server = start(dir.path()).await;
-    let id = id_of(&server.enqueue(json!({"kind": "flaky", "queue": "retry", "max_attempts": 2})).await);
+    let id = id_of(
+        &server
+            .enqueue(json!({"kind": "flaky", "queue": "retry", "max_attempts": 2}))
+            .await,
+    );
 
-    let first = server.fetch("retry", 30_000, 0).await.expect("the job is available");
+    let first = server
+        .fetch("retry", 30_000, 0)
+        .await
+        .expect("the job is available");
     assert_eq!(id_of(&first), id);
     assert_eq!(first["attempt"], 1);
-    let (status, failed) =
-        server.post(&format!("/v1/jobs/{id}/fail"), json!({"lease": first["lease"], "error": "boom"})).await;
+    let (status, failed) = server
+        .post(
+            &format!("/v1/jobs/{id}/fail"),
+            json!({"lease": first["lease"], "error": "boom"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{failed}");
     assert_eq!(failed["state"], "retryable", "{failed}");
     assert_eq!(failed["attempt"], 1);
-    assert_eq!(failed["errors"].as_array().map(Vec::len), Some(1), "{failed}");
+    assert_eq!(
+        failed["errors"].as_array().map(Vec::len),
+        Some(1),
+        "{failed}"
+    );
 
     // The backoff passes, the scheduler makes it available, a worker takes it.
     let second = server.fetch_until("retry", 30_000).await;
     assert_eq!(id_of(&second), id);
     assert_eq!(second["attempt"], 2);
-    let (status, dead) =
-        server.post(&format!("/v1/jobs/{id}/fail"), json!({"lease": second["lease"], "error": "boom"})).await;
+    let (status, dead) = server
+        .post(
+            &format!("/v1/jobs/{id}/fail"),
+            json!({"lease": second["lease"], "error": "boom"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{dead}");
     assert_eq!(dead["state"], "dead", "{dead}");
     assert_eq!(dead["attempt"], 2);
@@ -313,6 +425,9 @@ async fn a_failing_job_is_retried_after_backoff_then_dead() {
     }
 
     // Dead is final: the scheduler does not bring it back.
-    assert!(server.fetch("retry", 30_000, 1_000).await.is_none(), "a dead job was handed out");
+    assert!(
+        server.fetch("retry", 30_000, 1_000).await.is_none(),
+        "a dead job was handed out"
+    );
     assert_eq!(server.job(id).await["state"], "dead");
 }

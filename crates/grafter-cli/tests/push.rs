@@ -47,10 +47,15 @@ async fn wait_finished(server: &Server, id: i64) -> Value {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let job = server.job(id).await;
-        if ["completed", "dead", "cancelled", "expired"].contains(&job["state"].as_str().unwrap_or("")) {
+        if ["completed", "dead", "cancelled", "expired"]
+            .contains(&job["state"].as_str().unwrap_or(""))
+        {
             return job;
         }
-        assert!(Instant::now() < deadline, "job {id} did not finish within {PATIENCE:?}: {job}");
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not finish within {PATIENCE:?}: {job}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -89,7 +94,10 @@ impl HoldingReceiver {
     async fn wait_for(&self, requests: usize) {
         let deadline = Instant::now() + PATIENCE;
         while self.seen.lock().unwrap().len() < requests {
-            assert!(Instant::now() < deadline, "the receiver did not get {requests} requests");
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not get {requests} requests"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -109,10 +117,15 @@ async fn serve_connection(stream: tokio::net::TcpStream, seen: Arc<Mutex<Vec<See
             if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
                 return;
             }
-            let Some((name, value)) = line.trim_end().split_once(':') else { break };
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
             headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
         }
-        let length = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let length = headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; length];
         if stream.read_exact(&mut body).await.is_err() {
             return;
@@ -145,7 +158,11 @@ async fn kill_9_during_pushes_loses_nothing_each_job_is_pushed_again_after_its_l
     let mut server = start(dir.path(), &queues).await;
     let mut ids = Vec::new();
     for n in 0..3 {
-        ids.push(id_of(&server.enqueue(json!({"kind": "sync", "queue": "crash", "args": {"n": n}})).await));
+        ids.push(id_of(
+            &server
+                .enqueue(json!({"kind": "sync", "queue": "crash", "args": {"n": n}}))
+                .await,
+        ));
     }
     // All three are with the app, unanswered, when the server dies.
     receiver.wait_for(3).await;
@@ -177,15 +194,23 @@ async fn kill_9_during_pushes_loses_nothing_each_job_is_pushed_again_after_its_l
 /// Says loudly that a language's test cannot run here; under CI (`CI` set),
 /// fails instead.
 fn skip_or_fail(why: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{why}; CI is set, so this test fails instead of skipping");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}; CI is set, so this test fails instead of skipping"
+    );
     use std::io::Write;
     // Straight to the process's stderr: libtest hides `eprintln!` of a passing test.
-    let _ = writeln!(std::io::stderr(), "\n**** SKIPPING: {why}. (.ci/run installs it.) ****\n");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n**** SKIPPING: {why}. (.ci/run installs it.) ****\n"
+    );
 }
 
 /// The first fenced code block tagged `lang` in `doc`.
 fn snippet<'a>(doc: &'a str, lang: &str) -> &'a str {
-    let start = doc.find(&format!("\n```{lang}\n")).unwrap_or_else(|| panic!("docs/push.md has no {lang} block"));
+    let start = doc
+        .find(&format!("\n```{lang}\n"))
+        .unwrap_or_else(|| panic!("docs/push.md has no {lang} block"));
     let code = &doc[start + lang.len() + 5..];
     &code[..code.find("\n```").expect("the block ends")]
 }
@@ -194,12 +219,17 @@ fn snippet<'a>(doc: &'a str, lang: &str) -> &'a str {
 async fn the_documented_snippets_accept_grafters_requests_and_reject_tampered_ones() {
     const NEW: &str = "the-new-push-secret-42";
     const OLD: &str = "the-old-push-secret-42";
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/push.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/push.md"))
+        .unwrap();
     let harnesses = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/push_receivers");
     let dir = temp_dir();
     let mut receivers = Vec::new();
     let mut queues = String::new();
-    for (lang, program, extension) in [("python", "python3", "py"), ("javascript", "node", "js"), ("ruby", "ruby", "rb")] {
+    for (lang, program, extension) in [
+        ("python", "python3", "py"),
+        ("javascript", "node", "js"),
+        ("ruby", "ruby", "rb"),
+    ] {
         let file = dir.path().join(format!("snippet.{extension}"));
         std::fs::write(&file, snippet(&doc, lang)).unwrap();
         // The receiver holds the old secret: Grafter is mid-rotation and signs
@@ -214,7 +244,9 @@ async fn the_documented_snippets_accept_grafters_requests_and_reject_tampered_on
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
-                skip_or_fail(&format!("cannot run {program} for the {lang} snippet ({error})"));
+                skip_or_fail(&format!(
+                    "cannot run {program} for the {lang} snippet ({error})"
+                ));
                 continue;
             }
         };
@@ -234,12 +266,18 @@ async fn the_documented_snippets_accept_grafters_requests_and_reject_tampered_on
     let args = json!({"greeting": "Grüße ✓", "to": "ada@example.com"});
     let mut jobs = Vec::new();
     for (lang, _) in &receivers {
-        let job = server.enqueue(json!({"kind": "send_email", "queue": lang, "args": args, "max_attempts": 1})).await;
+        let job = server
+            .enqueue(json!({"kind": "send_email", "queue": lang, "args": args, "max_attempts": 1}))
+            .await;
         jobs.push((lang, id_of(&job)));
     }
     for (lang, id) in jobs {
         let job = wait_finished(&server, id).await;
         assert_eq!(job["state"], "completed", "{lang}: {job}");
-        assert_eq!(job["result"], json!({"lang": lang, "verified": true, "args": args}), "{lang}");
+        assert_eq!(
+            job["result"],
+            json!({"lang": lang, "verified": true, "args": args}),
+            "{lang}"
+        );
     }
 }

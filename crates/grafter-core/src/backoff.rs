@@ -40,13 +40,22 @@ impl Backoff {
     /// Checks the values make sense; returns the offending field's message.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.factor.is_finite() && self.factor >= 1.0) {
-            return Err(format!("factor must be a number >= 1.0, got {}", self.factor));
+            return Err(format!(
+                "factor must be a number >= 1.0, got {}",
+                self.factor
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!("jitter must be between 0.0 and 1.0, got {}", self.jitter));
+            return Err(format!(
+                "jitter must be between 0.0 and 1.0, got {}",
+                self.jitter
+            ));
         }
         if self.max_ms > MAX_DELAY_MS {
-            return Err(format!("max_ms must be at most {MAX_DELAY_MS} (365 days), got {}", self.max_ms));
+            return Err(format!(
+                "max_ms must be at most {MAX_DELAY_MS} (365 days), got {}",
+                self.max_ms
+            ));
         }
         if self.max_ms < self.base_ms {
             return Err(format!(
@@ -113,13 +122,26 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        let bad_factor = Backoff { factor: 0.5, ..Backoff::default() };
+        let bad_factor = Backoff {
+            factor: 0.5,
+            ..Backoff::default()
+        };
         assert!(bad_factor.validate().unwrap_err().contains("factor"));
-        let bad_jitter = Backoff { jitter: 2.0, ..Backoff::default() };
+        let bad_jitter = Backoff {
+            jitter: 2.0,
+            ..Backoff::default()
+        };
         assert!(bad_jitter.validate().unwrap_err().contains("jitter"));
-        let huge = Backoff { max_ms: u64::MAX, ..Backoff::default() };
+        let huge = Backoff {
+            max_ms: u64::MAX,
+            ..Backoff::default()
+        };
         assert!(huge.validate().unwrap_err().contains("max_ms"));
-        let bad_max = Backoff { base_ms: 10, max_ms: 1, ..Backoff::default() };
+        let bad_max = Backoff {
+            base_ms: 10,
+            max_ms: 1,
+            ..Backoff::default()
+        };
         assert!(bad_max.validate().unwrap_err().contains("max_ms"));
         assert!(Backoff::default().validate().is_ok());
     }

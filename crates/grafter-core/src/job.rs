@@ -247,7 +247,10 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<(), ValidationE
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(ValidationError::new(field, "must not contain control characters"));
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -313,8 +316,23 @@ mod tests {
 
     #[test]
     fn progress_bounds() {
-        assert!(Progress { fraction: 0.5, message: None }.validate().is_ok());
-        assert!(Progress { fraction: 1.5, message: None }.validate().is_err());
-        assert!(Progress { fraction: f64::NAN, message: None }.validate().is_err());
+        assert!(Progress {
+            fraction: 0.5,
+            message: None
+        }
+        .validate()
+        .is_ok());
+        assert!(Progress {
+            fraction: 1.5,
+            message: None
+        }
+        .validate()
+        .is_err());
+        assert!(Progress {
+            fraction: f64::NAN,
+            message: None
+        }
+        .validate()
+        .is_err());
     }
 }

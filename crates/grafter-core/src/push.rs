@@ -54,29 +54,61 @@ impl PushTarget {
     pub fn validate(&self) -> Result<(), ValidationError> {
         let url = self.url.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(ValidationError::new("push.url", "must be an http:// or https:// URL"));
+            return Err(ValidationError::new(
+                "push.url",
+                "must be an http:// or https:// URL",
+            ));
         }
         if self.secret.len() < 16 {
-            return Err(ValidationError::new("push.secret", "must be at least 16 characters"));
+            return Err(ValidationError::new(
+                "push.secret",
+                "must be at least 16 characters",
+            ));
         }
         if !(100..=3_600_000).contains(&self.timeout_ms) {
-            return Err(ValidationError::new("push.timeout_ms", "must be between 100 and 3600000"));
+            return Err(ValidationError::new(
+                "push.timeout_ms",
+                "must be between 100 and 3600000",
+            ));
         }
         if !(1..=10_000).contains(&self.concurrency) {
-            return Err(ValidationError::new("push.concurrency", "must be between 1 and 10000"));
+            return Err(ValidationError::new(
+                "push.concurrency",
+                "must be between 1 and 10000",
+            ));
         }
         for (name, value) in &self.headers {
             let lower = name.to_ascii_lowercase();
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(ValidationError::new("push.headers", format!("'{name}' is not a header name")));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ValidationError::new(
+                    "push.headers",
+                    format!("'{name}' is not a header name"),
+                ));
             }
-            if lower.starts_with("grafter-") || lower == "content-type" || lower == "content-length" || lower == "host" {
-                return Err(ValidationError::new("push.headers", format!("'{name}' is set by Grafter")));
+            if lower.starts_with("grafter-")
+                || lower == "content-type"
+                || lower == "content-length"
+                || lower == "host"
+            {
+                return Err(ValidationError::new(
+                    "push.headers",
+                    format!("'{name}' is set by Grafter"),
+                ));
             }
             // HTTP allows visible ASCII and spaces in values; anything else
             // would fail every push rather than this request.
-            if !value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
-                return Err(ValidationError::new("push.headers", format!("the value of '{name}' is not visible ASCII")));
+            if !value
+                .bytes()
+                .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+            {
+                return Err(ValidationError::new(
+                    "push.headers",
+                    format!("the value of '{name}' is not visible ASCII"),
+                ));
             }
         }
         Ok(())

@@ -102,10 +102,18 @@ mod tests {
 
     #[test]
     fn finished_states() {
-        let finished: Vec<_> = JobState::ALL.into_iter().filter(|s| s.is_finished()).collect();
+        let finished: Vec<_> = JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_finished())
+            .collect();
         assert_eq!(
             finished,
-            [JobState::Completed, JobState::Dead, JobState::Cancelled, JobState::Expired]
+            [
+                JobState::Completed,
+                JobState::Dead,
+                JobState::Cancelled,
+                JobState::Expired
+            ]
         );
     }
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use grafter_core::{JobId, JobState};
 use grafter_store::{
-    BulkAction, BulkOutcome, JobPage, JobsBulk, JobsList, MinuteThroughput, Order, Result, StoreError,
-    ThroughputRange,
+    BulkAction, BulkOutcome, JobPage, JobsBulk, JobsList, MinuteThroughput, Order, Result,
+    StoreError, ThroughputRange,
 };
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,10 @@ impl Query {
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect()
+        self.values
+            .iter()
+            .map(|v| &**v as &(dyn ToSql + Sync))
+            .collect()
     }
 }
 
@@ -67,7 +70,14 @@ fn direction(order: Order) -> (&'static str, &'static str) {
 
 /// One ordered range of ids: `SELECT <id> FROM <from> WHERE <conds> [AND id
 /// after] ORDER BY <id> <dir> LIMIT <limit>` (no limit when `limit` is `None`).
-fn range(sql: &mut Query, id: &str, from: &str, conds: &[(&str, String)], params: &JobsList, limit: Option<i64>) {
+fn range(
+    sql: &mut Query,
+    id: &str,
+    from: &str,
+    conds: &[(&str, String)],
+    params: &JobsList,
+    limit: Option<i64>,
+) {
     let (cmp, dir) = direction(params.order);
     sql.push(&format!("SELECT {id} AS id FROM {from} WHERE true"));
     for (column, value) in conds {
@@ -92,16 +102,31 @@ struct Driven {
 /// What [`driver`] will walk for these filters.
 fn driven(params: &JobsList) -> Driven {
     if params.tag.is_some() {
-        return Driven { state: false, queue: false, kind: false };
+        return Driven {
+            state: false,
+            queue: false,
+            kind: false,
+        };
     }
-    Driven { state: true, queue: true, kind: params.queue.is_none() }
+    Driven {
+        state: true,
+        queue: true,
+        kind: params.queue.is_none(),
+    }
 }
 
 /// Appends the driver's ordered ids, at most `limit` of them (`None`: all).
 fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
     let (_, dir) = direction(params.order);
     if let Some(tag) = &params.tag {
-        range(sql, "job_id", "job_tags", &[("tag", tag.clone())], params, limit);
+        range(
+            sql,
+            "job_id",
+            "job_tags",
+            &[("tag", tag.clone())],
+            params,
+            limit,
+        );
         return;
     }
     let state = params.state.map(|s| s.as_str().to_owned());
@@ -120,7 +145,14 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
                     sql.push(" UNION ALL ");
                 }
                 sql.push("(");
-                range(sql, "id", "jobs", &[(column, value.clone()), ("state", s.as_str().to_owned())], params, limit);
+                range(
+                    sql,
+                    "id",
+                    "jobs",
+                    &[(column, value.clone()), ("state", s.as_str().to_owned())],
+                    params,
+                    limit,
+                );
                 sql.push(")");
             }
             sql.push(&format!(") AS merged ORDER BY id {dir}"));
@@ -153,7 +185,9 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &Driven) -> Result<bool>
     if let Some(args) = &params.args {
         args.validate()?;
         // Containment of {"a": {"b": value}}: the value at a.b, numbers by value.
-        sql.push(" AND args @> ").bind(args.document()).push("::jsonb");
+        sql.push(" AND args @> ")
+            .bind(args.document())
+            .push("::jsonb");
         any = true;
     }
     Ok(any)
@@ -179,7 +213,8 @@ impl Db {
         driver(&mut sql, params, if checked { scan } else { Some(wanted) });
         sql.push(") AS cand CROSS JOIN LATERAL (SELECT * FROM jobs WHERE jobs.id = cand.id LIMIT 1) AS jobs WHERE true");
         residual(&mut sql, params, &driven(params))?;
-        sql.push(&format!(" ORDER BY cand.id {dir} LIMIT ")).bind(wanted);
+        sql.push(&format!(" ORDER BY cand.id {dir} LIMIT "))
+            .bind(wanted);
 
         let client = self.client().await?;
         // A bounded set of shapes (filters present × order), so caching each is fine.
@@ -200,11 +235,21 @@ impl Db {
         driver(&mut sql, params, Some(scan));
         sql.push(") AS scanned");
         let stmt = client.prepare_cached(&sql.text).await.map_err(pg_error)?;
-        let row = client.query_one(&stmt, &sql.params()).await.map_err(pg_error)?;
+        let row = client
+            .query_one(&stmt, &sql.params())
+            .await
+            .map_err(pg_error)?;
         let scanned: i64 = row.try_get(0).map_err(pg_error)?;
         let last: Option<i64> = row.try_get(1).map_err(pg_error)?;
-        let next = if scanned >= scan { last.map(JobId) } else { None };
-        Ok(JobPage { jobs: page.jobs, next })
+        let next = if scanned >= scan {
+            last.map(JobId)
+        } else {
+            None
+        };
+        Ok(JobPage {
+            jobs: page.jobs,
+            next,
+        })
     }
 
     /// One transaction; each job is locked (in id order, so two bulk changes
@@ -229,11 +274,16 @@ impl Db {
                     BulkAction::Retry if job.state == JobState::Completed => {
                         Err(invalid(&job, "completed jobs are not retried"))
                     }
-                    BulkAction::Retry => requeue(&item, &job, params.now, params.now, None).await.map(drop),
+                    BulkAction::Retry => requeue(&item, &job, params.now, params.now, None)
+                        .await
+                        .map(drop),
                     BulkAction::Cancel => cancel_locked(&item, &job, params.now).await.map(drop),
                     BulkAction::Delete => {
                         let stmt = item.prepare_cached(DELETE).await.map_err(pg_error)?;
-                        item.execute(&stmt, &[&id.0]).await.map_err(pg_error).map(drop)
+                        item.execute(&stmt, &[&id.0])
+                            .await
+                            .map_err(pg_error)
+                            .map(drop)
                     }
                 }
             }
@@ -254,7 +304,10 @@ impl Db {
         Ok(outcome)
     }
 
-    pub(crate) async fn throughput_list(&self, params: &ThroughputRange) -> Result<Vec<MinuteThroughput>> {
+    pub(crate) async fn throughput_list(
+        &self,
+        params: &ThroughputRange,
+    ) -> Result<Vec<MinuteThroughput>> {
         const SQL: &str = "
             SELECT minute, sum(completed)::bigint, sum(failed)::bigint FROM (
                 SELECT minute, completed, failed FROM job_throughput
@@ -268,7 +321,10 @@ impl Db {
             ORDER BY minute";
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-        let rows = client.query(&stmt, &[&params.since, &params.until]).await.map_err(pg_error)?;
+        let rows = client
+            .query(&stmt, &[&params.since, &params.until])
+            .await
+            .map_err(pg_error)?;
         rows.iter()
             .map(|row| {
                 let completed: i64 = row.try_get(1).map_err(pg_error)?;
@@ -321,7 +377,9 @@ async fn rollup(pool: &Pool, lock_scope: &str) -> Result<()> {
         tx.execute(&stmt, &[]).await.map_err(pg_error)?;
     }
     let stmt = tx.prepare_cached(FORGET).await.map_err(pg_error)?;
-    tx.execute(&stmt, &[&(chrono::Utc::now() - THROUGHPUT_KEPT)]).await.map_err(pg_error)?;
+    tx.execute(&stmt, &[&(chrono::Utc::now() - THROUGHPUT_KEPT)])
+        .await
+        .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)
 }
 

@@ -22,7 +22,11 @@ pub(crate) trait Conn: Sync {
     /// Runs `stmt` and returns its rows.
     async fn rows(&self, stmt: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>;
     /// Runs `stmt` and returns its row, if it returned one.
-    async fn row_opt(&self, stmt: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>>;
+    async fn row_opt(
+        &self,
+        stmt: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>>;
 }
 
 /// The store's own pooled connections and transactions.
@@ -36,7 +40,11 @@ impl<C: deadpool_postgres::GenericClient> Conn for C {
         self.query(stmt, params).await.map_err(pg_error)
     }
 
-    async fn row_opt(&self, stmt: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+    async fn row_opt(
+        &self,
+        stmt: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
         self.query_opt(stmt, params).await.map_err(pg_error)
     }
 }
@@ -54,7 +62,11 @@ impl Conn for AppTransaction<'_, '_> {
         self.0.query(stmt, params).await.map_err(pg_error)
     }
 
-    async fn row_opt(&self, stmt: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+    async fn row_opt(
+        &self,
+        stmt: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
         self.0.query_opt(stmt, params).await.map_err(pg_error)
     }
 }

@@ -14,7 +14,8 @@ use crate::{ops, Schema};
 /// leaves nothing behind and the application's transaction usable.
 const SAVEPOINT: &str = "SAVEPOINT grafter_enqueue_in";
 const RELEASE: &str = "RELEASE SAVEPOINT grafter_enqueue_in";
-const ROLL_BACK: &str = "ROLLBACK TO SAVEPOINT grafter_enqueue_in; RELEASE SAVEPOINT grafter_enqueue_in";
+const ROLL_BACK: &str =
+    "ROLLBACK TO SAVEPOINT grafter_enqueue_in; RELEASE SAVEPOINT grafter_enqueue_in";
 
 /// Enqueues `jobs` inside the application's transaction `tx`: they are stored
 /// if and only if `tx` commits, and waiting workers on every node are woken
@@ -57,12 +58,17 @@ const ROLL_BACK: &str = "ROLLBACK TO SAVEPOINT grafter_enqueue_in; RELEASE SAVEP
 /// tx.commit().await?; // the user and the job, or neither
 /// # Ok(()) }
 /// ```
-pub async fn enqueue_in(tx: &Transaction<'_>, schema: Option<&str>, jobs: Vec<NewJob>) -> Result<Vec<Inserted>> {
+pub async fn enqueue_in(
+    tx: &Transaction<'_>,
+    schema: Option<&str>,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<Inserted>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
     for (i, job) in jobs.iter().enumerate() {
-        job.validate().map_err(|e| StoreError::Invalid(format!("jobs[{i}]: {e}")))?;
+        job.validate()
+            .map_err(|e| StoreError::Invalid(format!("jobs[{i}]: {e}")))?;
     }
     let schema = Schema::new(schema.map(str::to_owned))?;
     tx.batch_execute(SAVEPOINT).await.map_err(pg_error)?;
@@ -84,7 +90,10 @@ async fn insert(tx: &Transaction<'_>, schema: &Schema, jobs: &[NewJob]) -> Resul
     const SET_PATH: &str = "SELECT set_config('search_path', $1, true)";
     let previous_path = match schema.quoted() {
         Some(path) => {
-            let row = tx.query_one("SELECT current_setting('search_path')", &[]).await.map_err(pg_error)?;
+            let row = tx
+                .query_one("SELECT current_setting('search_path')", &[])
+                .await
+                .map_err(pg_error)?;
             let previous: String = row.try_get(0).map_err(pg_error)?;
             tx.execute(SET_PATH, &[&path]).await.map_err(pg_error)?;
             Some(previous)

@@ -76,7 +76,12 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// The message with the server's own words, which the driver's `Display` leaves out.
 fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        let mut message = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+        let mut message = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
         if let Some(detail) = db.detail() {
             message.push_str(": ");
             message.push_str(detail);

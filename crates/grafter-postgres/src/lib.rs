@@ -49,10 +49,11 @@ use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use grafter_core::{Job, JobId, JobState, LeasedJob, Worker};
 use grafter_store::{
-    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsBulk, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue,
-    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, Store,
-    MinuteThroughput, StoreError, ThroughputRange, WorkerBeat, WorkersPrune,
+    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
+    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
+    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
+    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Store, StoreError, ThroughputRange,
+    WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -121,7 +122,10 @@ pub(crate) struct Schema(Option<String>);
 impl Schema {
     fn new(name: Option<String>) -> Result<Self> {
         if let Some(name) = &name {
-            if name.is_empty() || name.len() > MAX_IDENTIFIER_LEN || name.chars().any(char::is_control) {
+            if name.is_empty()
+                || name.len() > MAX_IDENTIFIER_LEN
+                || name.chars().any(char::is_control)
+            {
                 return Err(StoreError::Invalid(format!(
                     "schema {name:?}: must be 1 to {MAX_IDENTIFIER_LEN} bytes without control characters"
                 )));
@@ -216,11 +220,18 @@ impl PostgresStore {
         } else {
             store.db.ping().await?;
         }
-        browse::spawn_rollup(store.db.pool.clone(), store.db.lock_scope.clone(), cancel.clone());
+        browse::spawn_rollup(
+            store.db.pool.clone(),
+            store.db.lock_scope.clone(),
+            cancel.clone(),
+        );
         if config.listen {
             // Named apart, so an operator (or a test) can tell it in pg_stat_activity.
             let mut listener_config = pg_config.clone();
-            let name = format!("{}:listener", pg_config.get_application_name().unwrap_or("grafter"));
+            let name = format!(
+                "{}:listener",
+                pg_config.get_application_name().unwrap_or("grafter")
+            );
             listener_config.application_name(name);
             notifier::spawn_listener(
                 listener_config,
@@ -255,15 +266,23 @@ impl PostgresStore {
     }
 }
 
-fn build_pool(config: &PostgresConfig, pg_config: &tokio_postgres::Config, schema: &Schema) -> Result<Pool> {
+fn build_pool(
+    config: &PostgresConfig,
+    pg_config: &tokio_postgres::Config,
+    schema: &Schema,
+) -> Result<Pool> {
     // Fast recycling keeps session settings (the search_path below); the
     // thorough method would reset them with DISCARD ALL.
     let manager = Manager::from_config(
         pg_config.clone(),
         NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
-    let set_search_path = schema.quoted().map(|schema| format!("SET search_path TO {schema}"));
+    let set_search_path = schema
+        .quoted()
+        .map(|schema| format!("SET search_path TO {schema}"));
     Pool::builder(manager)
         .max_size(config.pool_size.max(1))
         .runtime(Runtime::Tokio1)
@@ -273,7 +292,10 @@ fn build_pool(config: &PostgresConfig, pg_config: &tokio_postgres::Config, schem
             let sql = set_search_path.clone();
             Box::pin(async move {
                 if let Some(sql) = sql {
-                    client.batch_execute(&sql).await.map_err(HookError::Backend)?;
+                    client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(HookError::Backend)?;
                 }
                 Ok(())
             })
@@ -336,7 +358,10 @@ impl Store for PostgresStore {
 
     async fn jobs_bulk(&self, params: JobsBulk) -> Result<BulkOutcome> {
         if params.ids.len() > JobsBulk::MAX_IDS {
-            return Err(StoreError::Invalid(format!("at most {} jobs per bulk change", JobsBulk::MAX_IDS)));
+            return Err(StoreError::Invalid(format!(
+                "at most {} jobs per bulk change",
+                JobsBulk::MAX_IDS
+            )));
         }
         let outcome = self.db.jobs_bulk(&params).await?;
         if params.action == BulkAction::Retry && outcome.changed > 0 {

@@ -12,10 +12,19 @@ use crate::Schema;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_workers.sql")),
-    (3, include_str!("../migrations/0003_push_leaders_pruning.sql")),
+    (
+        3,
+        include_str!("../migrations/0003_push_leaders_pruning.sql"),
+    ),
     (4, include_str!("../migrations/0004_dashboard.sql")),
-    (5, include_str!("../migrations/0005_lean_partial_indexes.sql")),
-    (6, include_str!("../migrations/0006_counts_trigger_hash_join.sql")),
+    (
+        5,
+        include_str!("../migrations/0005_lean_partial_indexes.sql"),
+    ),
+    (
+        6,
+        include_str!("../migrations/0006_counts_trigger_hash_join.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
@@ -26,12 +35,18 @@ const LOCK_CLASS: i32 = 0x6772_6674;
 /// Brings `schema` up to date; returns the versions applied by this call.
 pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i32>> {
     let context = |doing: &'static str| move |e| pg_error_in(doing, e);
-    let tx = client.transaction().await.map_err(context("starting the migration"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(context("starting the migration"))?;
     // Held until commit. Other nodes block here, then find every version applied.
     // The schema is part of the key: migrating one schema does not hold up another.
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        &[&LOCK_CLASS as &(dyn ToSql + Sync), &schema.name().unwrap_or("")],
+        &[
+            &LOCK_CLASS as &(dyn ToSql + Sync),
+            &schema.name().unwrap_or(""),
+        ],
     )
     .await
     .map_err(context("taking the migration lock"))?;
@@ -62,13 +77,24 @@ pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i3
         if done.contains(&version) {
             continue;
         }
-        tx.batch_execute(sql).await.map_err(context("applying a migration"))?;
-        tx.execute("INSERT INTO grafter_migrations (version) VALUES ($1)", &[&version])
+        tx.batch_execute(sql)
             .await
-            .map_err(context("recording a migration"))?;
-        tracing::info!(version, schema = schema.name(), "applied PostgreSQL migration");
+            .map_err(context("applying a migration"))?;
+        tx.execute(
+            "INSERT INTO grafter_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(context("recording a migration"))?;
+        tracing::info!(
+            version,
+            schema = schema.name(),
+            "applied PostgreSQL migration"
+        );
         applied.push(version);
     }
-    tx.commit().await.map_err(context("committing migrations"))?;
+    tx.commit()
+        .await
+        .map_err(context("committing migrations"))?;
     Ok(applied)
 }

@@ -15,10 +15,10 @@ use grafter_core::{
 };
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, JobsRescue,
-    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result,
-    StoreError, WorkerBeat, WorkersPrune,
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule, JobRetry,
+    JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
+    MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, StoreError, WorkerBeat,
+    WorkersPrune,
 };
 use serde_json::Value;
 use tokio_postgres::types::{Json, ToSql};
@@ -76,7 +76,12 @@ const UNIQUE_RACE_RETRIES: usize = 5;
 const RUNNING_LIMIT_LOCK_CLASS: i32 = 0x6772_666c;
 
 /// The finished states, the only ones pruning deletes.
-const FINISHED: [JobState; 4] = [JobState::Completed, JobState::Dead, JobState::Cancelled, JobState::Expired];
+const FINISHED: [JobState; 4] = [
+    JobState::Completed,
+    JobState::Dead,
+    JobState::Cancelled,
+    JobState::Expired,
+];
 
 /// The connection pool and the notification channel: everything an operation needs.
 pub(crate) struct Db {
@@ -103,7 +108,8 @@ fn later(now: Timestamp, d: std::time::Duration) -> Timestamp {
 /// `now - d`, saturating at the earliest time PostgreSQL can hold (4714 BC),
 /// which no stored timestamp is before.
 fn earlier(now: Timestamp, d: std::time::Duration) -> Timestamp {
-    let earliest = DateTime::<Utc>::from_timestamp(PG_EARLIEST_SECS, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let earliest =
+        DateTime::<Utc>::from_timestamp(PG_EARLIEST_SECS, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
@@ -111,7 +117,11 @@ fn earlier(now: Timestamp, d: std::time::Duration) -> Timestamp {
 }
 
 pub(crate) fn invalid(job: &Job, message: &str) -> StoreError {
-    StoreError::InvalidState { id: job.id, state: job.state, message: message.to_owned() }
+    StoreError::InvalidState {
+        id: job.id,
+        state: job.state,
+        message: message.to_owned(),
+    }
 }
 
 /// Queues a wake-up for every listening node inside the caller's transaction:
@@ -136,9 +146,15 @@ async fn job_get_on(client: &impl GenericClient, id: JobId) -> Result<Option<Job
 }
 
 /// Locks a job row for a read-modify-write and returns it with its lease.
-pub(crate) async fn job_lock(client: &impl GenericClient, id: JobId) -> Result<(Job, Option<String>)> {
-    const SQL: &str =
-        concat!("SELECT ", job_columns!(), ", jobs.lease FROM jobs WHERE id = $1 FOR UPDATE");
+pub(crate) async fn job_lock(
+    client: &impl GenericClient,
+    id: JobId,
+) -> Result<(Job, Option<String>)> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        job_columns!(),
+        ", jobs.lease FROM jobs WHERE id = $1 FOR UPDATE"
+    );
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
     let row = client
         .query_opt(&stmt, &[&id.0])
@@ -152,7 +168,11 @@ pub(crate) async fn job_lock(client: &impl GenericClient, id: JobId) -> Result<(
 /// Explains why a fenced update matched no row.
 async fn fence_error(client: &impl GenericClient, id: JobId) -> StoreError {
     match job_get_on(client, id).await {
-        Ok(Some(job)) => StoreError::LeaseMismatch { id, state: job.state, attempt: job.attempt },
+        Ok(Some(job)) => StoreError::LeaseMismatch {
+            id,
+            state: job.state,
+            attempt: job.attempt,
+        },
         Ok(None) => StoreError::NotFound(id),
         Err(e) => e,
     }
@@ -178,7 +198,10 @@ impl Db {
 
     /// Inserts in one transaction (see [`insert_jobs`]). Returns the outcomes and
     /// whether any job became available (so the caller knows whether to announce it).
-    pub(crate) async fn jobs_insert_many(&self, params: &JobsInsert) -> Result<(Vec<Inserted>, bool)> {
+    pub(crate) async fn jobs_insert_many(
+        &self,
+        params: &JobsInsert,
+    ) -> Result<(Vec<Inserted>, bool)> {
         let mut client = self.client().await?;
         if params.jobs.iter().all(|job| job.unique_key.is_none()) {
             // One statement, atomic on its own: no BEGIN and COMMIT round trips.
@@ -257,8 +280,13 @@ impl Db {
         let mut client = self.client().await?;
         let lease_until = later(params.now, params.lease_duration);
         let max = limit(params.max);
-        let rest: [&(dyn ToSql + Sync); 5] =
-            [&params.now, &max, &lease_until, &params.worker_id, &MAX_TIMEOUT_MS];
+        let rest: [&(dyn ToSql + Sync); 5] = [
+            &params.now,
+            &max,
+            &lease_until,
+            &params.worker_id,
+            &MAX_TIMEOUT_MS,
+        ];
         let rows = if let (Some(running_limit), [queue]) = (params.running_limit, &queues[..]) {
             // Serialized per queue: two nodes counting at once would both see
             // room for the same slots.
@@ -269,8 +297,13 @@ impl Db {
                 .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
                 .await
                 .map_err(pg_error)?;
-            tx.execute(&lock, &[&RUNNING_LIMIT_LOCK_CLASS, &key]).await.map_err(pg_error)?;
-            let stmt = tx.prepare_cached(ONE_QUEUE_LIMITED).await.map_err(pg_error)?;
+            tx.execute(&lock, &[&RUNNING_LIMIT_LOCK_CLASS, &key])
+                .await
+                .map_err(pg_error)?;
+            let stmt = tx
+                .prepare_cached(ONE_QUEUE_LIMITED)
+                .await
+                .map_err(pg_error)?;
             let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(queue as _)
                 .chain(rest)
                 .chain(std::iter::once(&running_limit as _))
@@ -284,7 +317,8 @@ impl Db {
             client.query(&stmt, &args).await
         } else {
             let stmt = client.prepare_cached(MANY_QUEUES).await.map_err(pg_error)?;
-            let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(&queues as _).chain(rest).collect();
+            let args: Vec<&(dyn ToSql + Sync)> =
+                std::iter::once(&queues as _).chain(rest).collect();
             client.query(&stmt, &args).await
         }
         .map_err(pg_error)?;
@@ -313,7 +347,10 @@ impl Db {
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
         let row = client
-            .query_opt(&stmt, &[&params.id.0, &params.lease, &params.result, &params.now])
+            .query_opt(
+                &stmt,
+                &[&params.id.0, &params.lease, &params.result, &params.now],
+            )
             .await
             .map_err(pg_error)?;
         match row {
@@ -381,9 +418,16 @@ impl Db {
         for row in rows {
             let ord: i64 = row.try_get(0).map_err(pg_error)?;
             // Ordinality counts from 1.
-            match usize::try_from(ord).ok().and_then(|i| done.get_mut(i.wrapping_sub(1))) {
+            match usize::try_from(ord)
+                .ok()
+                .and_then(|i| done.get_mut(i.wrapping_sub(1)))
+            {
                 Some(slot) => *slot = true,
-                None => return Err(StoreError::Backend(format!("batch ack answered for item {ord} of {n}"))),
+                None => {
+                    return Err(StoreError::Backend(format!(
+                        "batch ack answered for item {ord} of {n}"
+                    )))
+                }
             }
         }
         Ok(done)
@@ -394,7 +438,11 @@ impl Db {
         let tx = client.transaction().await.map_err(pg_error)?;
         let (job, lease) = job_lock(&tx, params.id).await?;
         if job.state != JobState::Running || lease.as_deref() != Some(params.lease.as_str()) {
-            return Err(StoreError::LeaseMismatch { id: job.id, state: job.state, attempt: job.attempt });
+            return Err(StoreError::LeaseMismatch {
+                id: job.id,
+                state: job.state,
+                attempt: job.attempt,
+            });
         }
         let failure = Failure {
             error: &params.error,
@@ -424,7 +472,16 @@ impl Db {
         let until = later(params.now, params.lease_duration);
         let progress = params.progress.as_ref().map(Json);
         let row = client
-            .query_opt(&stmt, &[&params.id.0, &params.lease, &until, &progress, &MAX_TIMEOUT_MS])
+            .query_opt(
+                &stmt,
+                &[
+                    &params.id.0,
+                    &params.lease,
+                    &until,
+                    &progress,
+                    &MAX_TIMEOUT_MS,
+                ],
+            )
             .await
             .map_err(pg_error)?;
         match row {
@@ -448,7 +505,10 @@ impl Db {
         let tx = client.transaction().await.map_err(pg_error)?;
         let (job, _) = job_lock(&tx, params.id).await?;
         if job.state == JobState::Completed {
-            return Err(invalid(&job, "completed jobs are not retried; enqueue a new job"));
+            return Err(invalid(
+                &job,
+                "completed jobs are not retried; enqueue a new job",
+            ));
         }
         let job = requeue(&tx, &job, params.now, params.now, params.args.as_ref()).await?;
         tx.commit().await.map_err(pg_error)?;
@@ -466,7 +526,10 @@ impl Db {
 
     pub(crate) async fn job_delete(&self, id: JobId) -> Result<()> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached("DELETE FROM jobs WHERE id = $1").await.map_err(pg_error)?;
+        let stmt = client
+            .prepare_cached("DELETE FROM jobs WHERE id = $1")
+            .await
+            .map_err(pg_error)?;
         let deleted = client.execute(&stmt, &[&id.0]).await.map_err(pg_error)?;
         if deleted == 0 {
             return Err(StoreError::NotFound(id));
@@ -485,7 +548,10 @@ impl Db {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
-        let moved = tx.execute(&stmt, &[&params.now, &limit(params.limit)]).await.map_err(pg_error)?;
+        let moved = tx
+            .execute(&stmt, &[&params.now, &limit(params.limit)])
+            .await
+            .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(moved)
     }
@@ -500,7 +566,10 @@ impl Db {
                          FOR UPDATE SKIP LOCKED)";
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-        client.execute(&stmt, &[&params.now, &limit(params.limit)]).await.map_err(pg_error)
+        client
+            .execute(&stmt, &[&params.now, &limit(params.limit)])
+            .await
+            .map_err(pg_error)
     }
 
     pub(crate) async fn jobs_rescue_expired(&self, params: &JobsRescue) -> Result<u64> {
@@ -524,7 +593,10 @@ impl Db {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(EXPIRED).await.map_err(pg_error)?;
-        let rows = tx.query(&stmt, &[&params.now, &limit(params.limit)]).await.map_err(pg_error)?;
+        let rows = tx
+            .query(&stmt, &[&params.now, &limit(params.limit)])
+            .await
+            .map_err(pg_error)?;
         let expired = jobs_from_rows(&rows)?;
         if expired.is_empty() {
             return Ok(0);
@@ -589,7 +661,9 @@ impl Db {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(UPSERT).await.map_err(pg_error)?;
-        tx.execute(&stmt, &[&params.queue, &push, &params.now]).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&params.queue, &push, &params.now])
+            .await
+            .map_err(pg_error)?;
         let info = queue_info(&tx, &params.queue).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(info)
@@ -620,7 +694,10 @@ impl Db {
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
         client
-            .execute(&stmt, &[&states, &params.finished_before, &limit(params.limit)])
+            .execute(
+                &stmt,
+                &[&states, &params.finished_before, &limit(params.limit)],
+            )
             .await
             .map_err(pg_error)
     }
@@ -640,7 +717,10 @@ impl Db {
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
         let row = client
-            .query_opt(&stmt, &[&params.name, &params.node, &expires_at, &params.now])
+            .query_opt(
+                &stmt,
+                &[&params.name, &params.node, &expires_at, &params.now],
+            )
             .await
             .map_err(pg_error)?;
         Ok(row.is_some())
@@ -650,7 +730,10 @@ impl Db {
         const SQL: &str = "DELETE FROM leaders WHERE name = $1 AND node = $2";
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-        client.execute(&stmt, &[&params.name, &params.node]).await.map_err(pg_error)?;
+        client
+            .execute(&stmt, &[&params.name, &params.node])
+            .await
+            .map_err(pg_error)?;
         Ok(())
     }
 
@@ -675,7 +758,10 @@ impl Db {
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
         let row = tx
-            .query_opt(&stmt, &[&params.id.0, &params.lease, &params.run_at, &params.now])
+            .query_opt(
+                &stmt,
+                &[&params.id.0, &params.lease, &params.run_at, &params.now],
+            )
             .await
             .map_err(pg_error)?;
         let job = match row {
@@ -701,7 +787,18 @@ impl Db {
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
         client
-            .execute(&stmt, &[&w.id, &w.host, &pid, &w.queues, &concurrency, &w.kinds, &params.now])
+            .execute(
+                &stmt,
+                &[
+                    &w.id,
+                    &w.host,
+                    &pid,
+                    &w.queues,
+                    &concurrency,
+                    &w.kinds,
+                    &params.now,
+                ],
+            )
             .await
             .map_err(pg_error)?;
         Ok(())
@@ -709,7 +806,10 @@ impl Db {
 
     pub(crate) async fn worker_remove(&self, id: &str) -> Result<()> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached("DELETE FROM workers WHERE id = $1").await.map_err(pg_error)?;
+        let stmt = client
+            .prepare_cached("DELETE FROM workers WHERE id = $1")
+            .await
+            .map_err(pg_error)?;
         client.execute(&stmt, &[&id]).await.map_err(pg_error)?;
         Ok(())
     }
@@ -746,17 +846,23 @@ impl Db {
         let cutoff = earlier(params.now, params.stale_after);
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-        let row = client.query_one(&stmt, &[&cutoff, &params.now]).await.map_err(pg_error)?;
+        let row = client
+            .query_one(&stmt, &[&cutoff, &params.now])
+            .await
+            .map_err(pg_error)?;
         let pruned: i64 = row.try_get(0).map_err(pg_error)?;
         Ok(pruned.max(0) as u64)
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(|e| match pg_error(e) {
-            StoreError::Backend(m) => StoreError::Unavailable(m),
-            other => other,
-        })?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| match pg_error(e) {
+                StoreError::Backend(m) => StoreError::Unavailable(m),
+                other => other,
+            })?;
         Ok(())
     }
 }
@@ -817,7 +923,9 @@ async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<
         let queue: String = row.try_get(0).map_err(pg_error)?;
         let state: String = row.try_get(1).map_err(pg_error)?;
         let count: i64 = row.try_get(2).map_err(pg_error)?;
-        let Ok(state) = state.parse::<JobState>() else { continue };
+        let Ok(state) = state.parse::<JobState>() else {
+            continue;
+        };
         queues
             .entry(queue.clone())
             .or_insert_with(|| QueueInfo::empty(queue, false))
@@ -825,8 +933,14 @@ async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<
             .insert(state, count.max(0) as u64);
     }
     let stmt = client.prepare_cached(OLDEST).await.map_err(pg_error)?;
-    for info in queues.values_mut().filter(|q| q.counts[&JobState::Available] > 0) {
-        let row = client.query_one(&stmt, &[&info.name]).await.map_err(pg_error)?;
+    for info in queues
+        .values_mut()
+        .filter(|q| q.counts[&JobState::Available] > 0)
+    {
+        let row = client
+            .query_one(&stmt, &[&info.name])
+            .await
+            .map_err(pg_error)?;
         info.oldest_available_at = row.try_get(0).map_err(pg_error)?;
     }
     Ok(queues.into_values().collect())
@@ -844,7 +958,8 @@ async fn queue_info(client: &impl GenericClient, name: &str) -> Result<QueueInfo
 fn worker_from_row(row: &Row) -> Result<Worker> {
     let u32_at = |i: usize| -> Result<u32> {
         let n: i64 = row.try_get(i).map_err(pg_error)?;
-        u32::try_from(n).map_err(|_| StoreError::Backend(format!("reading a worker row: {n} is not a u32")))
+        u32::try_from(n)
+            .map_err(|_| StoreError::Backend(format!("reading a worker row: {n} is not a u32")))
     };
     let running: i64 = row.try_get(8).map_err(pg_error)?;
     Ok(Worker {
@@ -871,7 +986,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
 /// `unique_key` go in one multi-row statement; keyed jobs go one at a time
 /// because each may turn out to be a duplicate. Returns the outcomes and
 /// whether any job became available (for the caller to announce).
-pub(crate) async fn insert_jobs(client: &impl Conn, jobs: &[NewJob], now: Timestamp) -> Result<(Vec<Inserted>, bool)> {
+pub(crate) async fn insert_jobs(
+    client: &impl Conn,
+    jobs: &[NewJob],
+    now: Timestamp,
+) -> Result<(Vec<Inserted>, bool)> {
     let mut out = Vec::with_capacity(jobs.len());
     let mut rest = jobs;
     while let Some(first) = rest.first() {
@@ -885,7 +1004,9 @@ pub(crate) async fn insert_jobs(client: &impl Conn, jobs: &[NewJob], now: Timest
             rest = &rest[run..];
         }
     }
-    let available = out.iter().any(|i| i.created && i.job.state == JobState::Available);
+    let available = out
+        .iter()
+        .any(|i| i.created && i.job.state == JobState::Available);
     Ok((out, available))
 }
 
@@ -893,11 +1014,7 @@ pub(crate) async fn insert_jobs(client: &impl Conn, jobs: &[NewJob], now: Timest
 /// ORDINALITY` keeps their order, and `ORDER BY ord` makes ids follow it, so
 /// the returned rows sorted by id line up with `jobs`. Tags travel as one JSON
 /// array per job because PostgreSQL has no arrays of arrays of varying length.
-async fn insert_unkeyed(
-    client: &impl Conn,
-    jobs: &[NewJob],
-    now: Timestamp,
-) -> Result<Vec<Job>> {
+async fn insert_unkeyed(client: &impl Conn, jobs: &[NewJob], now: Timestamp) -> Result<Vec<Job>> {
     const SQL: &str = concat!(
         "WITH input AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
@@ -949,8 +1066,18 @@ async fn insert_unkeyed(
         .rows(
             &stmt,
             &[
-                &queues, &kinds, &args, &priorities, &states, &run_ats, &max_attempts, &tags,
-                &timeouts, &expires, &backoffs, &now,
+                &queues,
+                &kinds,
+                &args,
+                &priorities,
+                &states,
+                &run_ats,
+                &max_attempts,
+                &tags,
+                &timeouts,
+                &expires,
+                &backoffs,
+                &now,
             ],
         )
         .await?;
@@ -1022,7 +1149,10 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
         // fresh snapshot.
         if let Some(row) = row {
             let created: bool = row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?;
-            return Ok(Inserted { job: job_from_row(&row)?, created });
+            return Ok(Inserted {
+                job: job_from_row(&row)?,
+                created,
+            });
         }
     }
     Err(StoreError::Unavailable(format!(
@@ -1032,7 +1162,11 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
 }
 
 /// Writes the outcome of a failed attempt of a locked, running `job`.
-async fn record_failure(client: &impl GenericClient, job: &Job, failure: Failure<'_>) -> Result<Job> {
+async fn record_failure(
+    client: &impl GenericClient,
+    job: &Job,
+    failure: Failure<'_>,
+) -> Result<Job> {
     const SQL: &str = concat!(
         "UPDATE jobs SET state = $2, run_at = $3, errors = $4, finished_at = $5,
                 lease = NULL, lease_expires_at = NULL
@@ -1045,7 +1179,13 @@ async fn record_failure(client: &impl GenericClient, job: &Job, failure: Failure
     let row = client
         .query_one(
             &stmt,
-            &[&job.id.0, &next.state.as_str(), &next.run_at, &Json(&next.errors), &next.finished_at],
+            &[
+                &job.id.0,
+                &next.state.as_str(),
+                &next.run_at,
+                &Json(&next.errors),
+                &next.finished_at,
+            ],
         )
         .await
         .map_err(pg_error)?;
@@ -1069,7 +1209,10 @@ pub(crate) async fn requeue(
         job_columns!()
     );
     if job.state == JobState::Running {
-        return Err(invalid(job, "a running job cannot be retried or rescheduled; cancel it first"));
+        return Err(invalid(
+            job,
+            "a running job cannot be retried or rescheduled; cancel it first",
+        ));
     }
     let state = waiting_state(run_at, now);
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
@@ -1088,7 +1231,11 @@ pub(crate) async fn requeue(
 
 /// Cancels a locked job: at once if it is waiting, by request if it is running
 /// (its worker learns of it from its next heartbeat or ack answer and stops).
-pub(crate) async fn cancel_locked(client: &impl GenericClient, job: &Job, now: Timestamp) -> Result<Job> {
+pub(crate) async fn cancel_locked(
+    client: &impl GenericClient,
+    job: &Job,
+    now: Timestamp,
+) -> Result<Job> {
     const REQUEST: &str = concat!(
         "UPDATE jobs SET cancel_requested = true WHERE id = $1 RETURNING ",
         job_columns!()

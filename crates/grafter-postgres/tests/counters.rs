@@ -28,8 +28,12 @@ async fn rollup_folds_deltas_without_changing_what_readers_see() {
     let b = PostgresStore::connect(config).await.unwrap();
     let now = Utc::now();
     for (i, node) in [&a, &b].into_iter().enumerate() {
-        let jobs = (0..50).map(|n| NewJob::new("k", json!({"node": i, "n": n}))).collect();
-        node.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
+        let jobs = (0..50)
+            .map(|n| NewJob::new("k", json!({"node": i, "n": n})))
+            .collect();
+        node.jobs_insert_many(JobsInsert { jobs, now })
+            .await
+            .unwrap();
         let leased = node
             .jobs_fetch(JobsFetch {
                 queues: vec!["default".into()],
@@ -41,13 +45,21 @@ async fn rollup_folds_deltas_without_changing_what_readers_see() {
             })
             .await
             .unwrap();
-        let items = leased.into_iter().map(|l| (l.job.id, l.lease, None)).collect();
-        node.jobs_complete_many(JobsCompleteMany { items, now }).await.unwrap();
+        let items = leased
+            .into_iter()
+            .map(|l| (l.job.id, l.lease, None))
+            .collect();
+        node.jobs_complete_many(JobsCompleteMany { items, now })
+            .await
+            .unwrap();
     }
     let expected = counts(&a).await;
     assert_eq!(expected[&JobState::Available], 60);
     assert_eq!(expected[&JobState::Completed], 40);
-    let range = ThroughputRange { since: now - chrono::Duration::minutes(1), until: now + chrono::Duration::minutes(1) };
+    let range = ThroughputRange {
+        since: now - chrono::Duration::minutes(1),
+        until: now + chrono::Duration::minutes(1),
+    };
     let throughput = a.throughput_list(range.clone()).await.unwrap();
     assert_eq!(throughput.iter().map(|m| m.completed).sum::<u64>(), 40);
 

@@ -12,8 +12,8 @@ use chrono::Utc;
 use grafter_core::{JobState, NewJob, WorkerRegistration};
 use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store::{
-    JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, LeaderAcquire, QueuePause, Store,
-    StoreError, WorkerBeat, WorkersPrune,
+    JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, LeaderAcquire, QueuePause,
+    Store, StoreError, WorkerBeat, WorkersPrune,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -36,7 +36,13 @@ async fn listening(store: &PostgresStore) -> watch::Receiver<u64> {
 }
 
 async fn insert(store: &PostgresStore, job: NewJob) -> Vec<grafter_store::Inserted> {
-    store.jobs_insert_many(JobsInsert { jobs: vec![job], now: Utc::now() }).await.unwrap()
+    store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![job],
+            now: Utc::now(),
+        })
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +62,10 @@ async fn an_insert_on_one_node_wakes_the_others_in_its_schema_only() {
         .expect("another node in the schema hears of the new job")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!on_c.has_changed().unwrap(), "a store in another schema is not woken");
+    assert!(
+        !on_c.has_changed().unwrap(),
+        "a store in another schema is not woken"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +88,10 @@ async fn the_listener_comes_back_after_its_connection_is_killed() {
         .unwrap();
     assert_eq!(killed.len(), 2, "both stores' listeners were found");
     // Back up: the listener bumps once on reconnecting, for what it missed.
-    tokio::time::timeout(PATIENCE, on_b.changed()).await.expect("the listener reconnects").unwrap();
+    tokio::time::timeout(PATIENCE, on_b.changed())
+        .await
+        .expect("the listener reconnects")
+        .unwrap();
     // And listening again: wait for the second listener too, then a new job wakes b.
     tokio::time::sleep(Duration::from_millis(200)).await;
     on_b.borrow_and_update();
@@ -117,11 +129,18 @@ async fn nodes_starting_together_apply_each_migration_once() {
         .into_iter()
         .collect::<Result<_, _>>()
         .expect("every node starts");
-    assert_eq!(stores[0].migrate().await.unwrap(), Vec::<i32>::new(), "nothing left to apply");
+    assert_eq!(
+        stores[0].migrate().await.unwrap(),
+        Vec::<i32>::new(),
+        "nothing left to apply"
+    );
 
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
-    let sql = format!("SELECT count(*), count(DISTINCT version) FROM \"{}\".grafter_migrations", guard.schema);
+    let sql = format!(
+        "SELECT count(*), count(DISTINCT version) FROM \"{}\".grafter_migrations",
+        guard.schema
+    );
     let row = client.query_one(&sql, &[]).await.unwrap();
     let (rows, versions): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(rows, versions);
@@ -141,8 +160,14 @@ async fn a_unique_key_raced_from_two_nodes_is_created_once() {
             job
         };
         let (x, y) = tokio::join!(insert(&a, keyed()), insert(&b, keyed()));
-        assert_eq!(x[0].job.id, y[0].job.id, "round {round}: both answers name one job");
-        assert!(x[0].created ^ y[0].created, "round {round}: exactly one insert created it");
+        assert_eq!(
+            x[0].job.id, y[0].job.id,
+            "round {round}: both answers name one job"
+        );
+        assert!(
+            x[0].created ^ y[0].created,
+            "round {round}: exactly one insert created it"
+        );
     }
 }
 
@@ -161,19 +186,35 @@ async fn a_large_mixed_batch_keeps_its_order() {
             job
         })
         .collect();
-    let inserted = store.jobs_insert_many(JobsInsert { jobs: jobs.clone(), now: Utc::now() }).await.unwrap();
+    let inserted = store
+        .jobs_insert_many(JobsInsert {
+            jobs: jobs.clone(),
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
     assert_eq!(inserted.len(), jobs.len());
     let mut last_id = None;
     for (i, (new, got)) in jobs.iter().zip(&inserted).enumerate() {
         if got.created {
             assert_eq!(got.job.args, new.args, "job {i} answered in its place");
-            assert!(Some(got.job.id) > last_id, "job {i}: ids follow the batch order");
+            assert!(
+                Some(got.job.id) > last_id,
+                "job {i}: ids follow the batch order"
+            );
             last_id = Some(got.job.id);
         } else {
-            assert_eq!(got.job.unique_key, new.unique_key, "job {i} answered with its key's holder");
+            assert_eq!(
+                got.job.unique_key, new.unique_key,
+                "job {i} answered with its key's holder"
+            );
         }
     }
-    assert_eq!(inserted.iter().filter(|i| !i.created).count(), 10, "keys 7 and 57 repeat 5 times each");
+    assert_eq!(
+        inserted.iter().filter(|i| !i.created).count(),
+        10,
+        "keys 7 and 57 repeat 5 times each"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,8 +230,18 @@ async fn fetching_from_several_queues_merges_them_in_order_and_skips_paused() {
         job
     };
     let jobs = vec![on("a", 3), on("b", 1), on("c", 0), on("a", 2), on("b", 4)];
-    store.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
-    store.queue_set_paused(QueuePause { queue: "c".into(), paused: true, now }).await.unwrap();
+    store
+        .jobs_insert_many(JobsInsert { jobs, now })
+        .await
+        .unwrap();
+    store
+        .queue_set_paused(QueuePause {
+            queue: "c".into(),
+            paused: true,
+            now,
+        })
+        .await
+        .unwrap();
     let fetch = |max| JobsFetch {
         // "a" twice: its jobs must not be picked twice.
         queues: vec!["a".into(), "b".into(), "c".into(), "a".into()],
@@ -202,7 +253,11 @@ async fn fetching_from_several_queues_merges_them_in_order_and_skips_paused() {
     };
     let first = store.jobs_fetch(fetch(3)).await.unwrap();
     let rest = store.jobs_fetch(fetch(10)).await.unwrap();
-    let kinds: Vec<_> = first.iter().chain(&rest).map(|l| l.job.kind.as_str()).collect();
+    let kinds: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .map(|l| l.job.kind.as_str())
+        .collect();
     assert_eq!(kinds, ["b1", "a2", "a3", "b4"]);
 }
 
@@ -220,10 +275,16 @@ async fn an_unreachable_database_is_unavailable() {
 #[tokio::test]
 async fn bad_settings_are_invalid() {
     let bad_url = PostgresConfig::new("postgres://host:notaport/db");
-    assert!(matches!(PostgresStore::connect(bad_url).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        PostgresStore::connect(bad_url).await,
+        Err(StoreError::Invalid(_))
+    ));
     let mut bad_schema = PostgresConfig::new("postgres://postgres@127.0.0.1/test");
     bad_schema.schema = Some("x".repeat(64));
-    assert!(matches!(PostgresStore::connect(bad_schema).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        PostgresStore::connect(bad_schema).await,
+        Err(StoreError::Invalid(_))
+    ));
 }
 
 fn registration(id: &str) -> WorkerRegistration {
@@ -246,7 +307,10 @@ async fn a_job_released_on_one_node_wakes_the_others() {
     let mut on_b = listening(&b).await;
     let now = Utc::now();
     let job = insert(&a, NewJob::new("k", json!({}))).await.remove(0).job;
-    tokio::time::timeout(PATIENCE, on_b.changed()).await.expect("the insert is heard").unwrap();
+    tokio::time::timeout(PATIENCE, on_b.changed())
+        .await
+        .expect("the insert is heard")
+        .unwrap();
     let fetch = JobsFetch {
         queues: vec!["default".into()],
         max: 1,
@@ -258,8 +322,16 @@ async fn a_job_released_on_one_node_wakes_the_others() {
     let leased = a.jobs_fetch(fetch).await.unwrap().remove(0);
     // Nothing else announces work from here on: only the release can wake b.
     on_b.borrow_and_update();
-    let release = JobRelease { id: job.id, lease: leased.lease.clone(), run_at: now, now };
-    assert_eq!(a.job_release(release.clone()).await.unwrap().state, JobState::Available);
+    let release = JobRelease {
+        id: job.id,
+        lease: leased.lease.clone(),
+        run_at: now,
+        now,
+    };
+    assert_eq!(
+        a.job_release(release.clone()).await.unwrap().state,
+        JobState::Available
+    );
     tokio::time::timeout(PATIENCE, on_b.changed())
         .await
         .expect("another node hears of the released job")
@@ -276,13 +348,23 @@ async fn workers_keep_full_u32_values_and_any_stale_after_is_accepted() {
     let (config, _guard) = fresh_config(&url);
     let store = PostgresStore::connect(config).await.unwrap();
     let now = Utc::now();
-    store.worker_heartbeat(WorkerBeat { worker: registration("w"), now }).await.unwrap();
+    store
+        .worker_heartbeat(WorkerBeat {
+            worker: registration("w"),
+            now,
+        })
+        .await
+        .unwrap();
     let listed = store.workers_list().await.unwrap();
     assert_eq!(listed[0].registration, registration("w"));
     // A limit reaching back past what PostgreSQL can store prunes nobody, without error.
     for stale_after in [Duration::MAX, Duration::from_secs(10_000 * 365 * 24 * 3600)] {
         let prune = WorkersPrune { now, stale_after };
-        assert_eq!(store.workers_prune(prune).await.unwrap(), 0, "{stale_after:?}");
+        assert_eq!(
+            store.workers_prune(prune).await.unwrap(),
+            0,
+            "{stale_after:?}"
+        );
     }
     assert_eq!(store.workers_list().await.unwrap().len(), 1);
 }
@@ -295,10 +377,16 @@ async fn two_nodes_pruning_at_once_forget_each_worker_once() {
     let b = PostgresStore::connect(config).await.unwrap();
     let now = Utc::now();
     for i in 0..50 {
-        let beat = WorkerBeat { worker: registration(&format!("w-{i}")), now };
+        let beat = WorkerBeat {
+            worker: registration(&format!("w-{i}")),
+            now,
+        };
         a.worker_heartbeat(beat).await.unwrap();
     }
-    let prune = || WorkersPrune { now: now + chrono::Duration::seconds(60), stale_after: Duration::from_secs(15) };
+    let prune = || WorkersPrune {
+        now: now + chrono::Duration::seconds(60),
+        stale_after: Duration::from_secs(15),
+    };
     let (x, y) = tokio::join!(a.workers_prune(prune()), b.workers_prune(prune()));
     assert_eq!(x.unwrap() + y.unwrap(), 50);
     assert!(a.workers_list().await.unwrap().is_empty());
@@ -321,7 +409,13 @@ async fn a_schema_at_version_1_is_brought_to_version_2() {
         .await
         .unwrap();
     assert_eq!(store.migrate().await.unwrap(), [2]);
-    store.worker_heartbeat(WorkerBeat { worker: registration("w"), now: Utc::now() }).await.unwrap();
+    store
+        .worker_heartbeat(WorkerBeat {
+            worker: registration("w"),
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
     assert_eq!(store.workers_list().await.unwrap().len(), 1);
 }
 
@@ -334,7 +428,14 @@ async fn a_schema_at_version_2_is_brought_to_version_3() {
     tokio::spawn(connection);
     // Back to how a version 2 deployment left it, with a queue setting and a job.
     let schema = format!("\"{}\"", guard.schema);
-    store.queue_set_paused(QueuePause { queue: "q".into(), paused: true, now: Utc::now() }).await.unwrap();
+    store
+        .queue_set_paused(QueuePause {
+            queue: "q".into(),
+            paused: true,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
     admin
         .batch_execute(&format!(
             "DROP TABLE {schema}.leaders; DROP INDEX {schema}.jobs_finished;
@@ -345,8 +446,16 @@ async fn a_schema_at_version_2_is_brought_to_version_3() {
         .unwrap();
     assert_eq!(store.migrate().await.unwrap(), [3]);
     let queues = store.queues_list().await.unwrap();
-    assert!(queues[0].paused && queues[0].push.is_none(), "settings survive the upgrade");
-    let acquire = LeaderAcquire { name: "m".into(), node: "n".into(), ttl: Duration::from_secs(1), now: Utc::now() };
+    assert!(
+        queues[0].paused && queues[0].push.is_none(),
+        "settings survive the upgrade"
+    );
+    let acquire = LeaderAcquire {
+        name: "m".into(),
+        node: "n".into(),
+        ttl: Duration::from_secs(1),
+        now: Utc::now(),
+    };
     assert!(store.leader_acquire(acquire).await.unwrap());
 }
 
@@ -378,7 +487,12 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
     // Another queue's running jobs do not count against this one's limit.
     let mut other = NewJob::new("k", json!({}));
     other.queue = "other".into();
-    a.jobs_insert_many(JobsInsert { jobs: vec![other], now }).await.unwrap();
+    a.jobs_insert_many(JobsInsert {
+        jobs: vec![other],
+        now,
+    })
+    .await
+    .unwrap();
     let other_fetch = JobsFetch {
         queues: vec!["other".into()],
         max: 1,
@@ -415,8 +529,12 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
     let mut tasks = Vec::new();
     for (n, store) in [a.clone(), b.clone()].into_iter().enumerate() {
         for t in 0..TASKS_PER_NODE {
-            let (store, held, most_held, completed) =
-                (store.clone(), held.clone(), most_held.clone(), completed.clone());
+            let (store, held, most_held, completed) = (
+                store.clone(),
+                held.clone(),
+                most_held.clone(),
+                completed.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let mut round = 0;
                 while completed.load(Ordering::SeqCst) < JOBS as i64 {
@@ -434,12 +552,19 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     }
-                    let now_held = held.fetch_add(leased.len() as i64, Ordering::SeqCst) + leased.len() as i64;
+                    let now_held =
+                        held.fetch_add(leased.len() as i64, Ordering::SeqCst) + leased.len() as i64;
                     most_held.fetch_max(now_held, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(3)).await;
                     held.fetch_sub(leased.len() as i64, Ordering::SeqCst);
-                    let items = leased.iter().map(|l| (l.job.id, l.lease.clone(), None)).collect();
-                    let acked = store.jobs_complete_many(JobsCompleteMany { items, now }).await.unwrap();
+                    let items = leased
+                        .iter()
+                        .map(|l| (l.job.id, l.lease.clone(), None))
+                        .collect();
+                    let acked = store
+                        .jobs_complete_many(JobsCompleteMany { items, now })
+                        .await
+                        .unwrap();
                     assert!(acked.iter().all(|&ok| ok));
                     completed.fetch_add(leased.len() as i64, Ordering::SeqCst);
                 }
@@ -447,16 +572,29 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
         }
     }
     let all = futures_util::future::join_all(tasks);
-    for task in tokio::time::timeout(Duration::from_secs(60), all).await.expect("the queue drains") {
+    for task in tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the queue drains")
+    {
         task.unwrap();
     }
     done.store(true, Ordering::SeqCst);
     let most_running = monitor.await.unwrap();
     assert_eq!(completed.load(Ordering::SeqCst), JOBS as i64);
     let most_held = most_held.load(Ordering::SeqCst);
-    assert!(most_running <= LIMIT as i64, "{most_running} running at once, limit {LIMIT}");
-    assert!(most_held <= LIMIT as i64, "{most_held} held at once, limit {LIMIT}");
-    assert_eq!(most_running.max(most_held), LIMIT as i64, "the limit was reached, so it was tested");
+    assert!(
+        most_running <= LIMIT as i64,
+        "{most_running} running at once, limit {LIMIT}"
+    );
+    assert!(
+        most_held <= LIMIT as i64,
+        "{most_held} held at once, limit {LIMIT}"
+    );
+    assert_eq!(
+        most_running.max(most_held),
+        LIMIT as i64,
+        "the limit was reached, so it was tested"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -483,7 +621,11 @@ async fn nodes_racing_for_a_leadership_end_with_exactly_one_leader() {
             b.leader_acquire(acquire(&name, "b2", now)),
         );
         let won = [a1.unwrap(), b1.unwrap(), a2.unwrap(), b2.unwrap()];
-        assert_eq!(won.iter().filter(|&&w| w).count(), 1, "round {round}, free: {won:?}");
+        assert_eq!(
+            won.iter().filter(|&&w| w).count(),
+            1,
+            "round {round}, free: {won:?}"
+        );
         // Expired: the same race again, after the leader let its lease run out.
         let (a1, b1, a2, b2) = tokio::join!(
             a.leader_acquire(acquire(&name, "a1", later)),
@@ -492,14 +634,22 @@ async fn nodes_racing_for_a_leadership_end_with_exactly_one_leader() {
             b.leader_acquire(acquire(&name, "b2", later)),
         );
         let won_later = [a1.unwrap(), b1.unwrap(), a2.unwrap(), b2.unwrap()];
-        let winners: Vec<_> = won_later.iter().enumerate().filter(|(_, &w)| w).map(|(i, _)| i).collect();
+        let winners: Vec<_> = won_later
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| w)
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(winners.len(), 1, "round {round}, expired: {won_later:?}");
         // Whoever leads renews; nobody else gets in.
         let node = ["a1", "b1", "a2", "b2"][winners[0]];
         let renew = later + chrono::Duration::seconds(5);
         assert!(a.leader_acquire(acquire(&name, node, renew)).await.unwrap());
         let other = if node == "a1" { "b1" } else { "a1" };
-        assert!(!b.leader_acquire(acquire(&name, other, renew)).await.unwrap());
+        assert!(!b
+            .leader_acquire(acquire(&name, other, renew))
+            .await
+            .unwrap());
     }
 }
 
@@ -511,7 +661,9 @@ async fn batch_acks_racing_over_the_same_jobs_complete_each_once() {
     let b = PostgresStore::connect(config).await.unwrap();
     let now = Utc::now();
     for round in 0..10 {
-        let jobs = (0..200).map(|i| NewJob::new("k", json!({ "round": round, "i": i }))).collect();
+        let jobs = (0..200)
+            .map(|i| NewJob::new("k", json!({ "round": round, "i": i })))
+            .collect();
         a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
         let fetch = JobsFetch {
             queues: vec!["default".into()],
@@ -531,12 +683,20 @@ async fn batch_acks_racing_over_the_same_jobs_complete_each_once() {
             .chain(&leased[..10])
             .map(|l| (l.job.id, l.lease.clone(), Some(json!("forward"))))
             .collect();
-        let mut backward: Vec<_> =
-            forward.iter().map(|(id, lease, _)| (*id, lease.clone(), Some(json!("backward")))).collect();
+        let mut backward: Vec<_> = forward
+            .iter()
+            .map(|(id, lease, _)| (*id, lease.clone(), Some(json!("backward"))))
+            .collect();
         backward.reverse();
         let (x, y) = tokio::join!(
-            a.jobs_complete_many(JobsCompleteMany { items: forward, now }),
-            b.jobs_complete_many(JobsCompleteMany { items: backward, now }),
+            a.jobs_complete_many(JobsCompleteMany {
+                items: forward,
+                now
+            }),
+            b.jobs_complete_many(JobsCompleteMany {
+                items: backward,
+                now
+            }),
         );
         let (x, y) = (x.unwrap(), y.unwrap());
         assert_eq!(x.len(), 210);
@@ -548,7 +708,11 @@ async fn batch_acks_racing_over_the_same_jobs_complete_each_once() {
             if i < 10 {
                 answers.extend([x[200 + i], y[9 - i]]);
             }
-            assert_eq!(answers.iter().filter(|&&w| w).count(), 1, "round {round}, job {i}: {answers:?}");
+            assert_eq!(
+                answers.iter().filter(|&&w| w).count(),
+                1,
+                "round {round}, job {i}: {answers:?}"
+            );
             // The first naming within a batch is the one that answers.
             if i < 10 {
                 assert!(!x[200 + i] && !y[209 - i], "round {round}, job {i}");
@@ -556,7 +720,11 @@ async fn batch_acks_racing_over_the_same_jobs_complete_each_once() {
             let job = a.job_get(l.job.id).await.unwrap().unwrap();
             assert_eq!(job.state, JobState::Completed);
             let by = if x[i] { "forward" } else { "backward" };
-            assert_eq!(job.result, Some(json!(by)), "round {round}, job {i}: the winner's result");
+            assert_eq!(
+                job.result,
+                Some(json!(by)),
+                "round {round}, job {i}: the winner's result"
+            );
         }
     }
 }
@@ -569,7 +737,9 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
     let b = PostgresStore::connect(config).await.unwrap();
     // PostgreSQL keeps microseconds.
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-    let jobs = (0..500).map(|i| NewJob::new("k", json!({ "i": i }))).collect();
+    let jobs = (0..500)
+        .map(|i| NewJob::new("k", json!({ "i": i })))
+        .collect();
     a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
     let fetch = JobsFetch {
         queues: vec!["default".into()],
@@ -580,13 +750,24 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
         now,
     };
     let leased = a.jobs_fetch(fetch).await.unwrap();
-    let items = leased.iter().map(|l| (l.job.id, l.lease.clone(), None)).collect();
-    assert!(a.jobs_complete_many(JobsCompleteMany { items, now }).await.unwrap().iter().all(|&ok| ok));
+    let items = leased
+        .iter()
+        .map(|l| (l.job.id, l.lease.clone(), None))
+        .collect();
+    assert!(a
+        .jobs_complete_many(JobsCompleteMany { items, now })
+        .await
+        .unwrap()
+        .iter()
+        .all(|&ok| ok));
 
     let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
     let schema = format!("\"{}\"", guard.schema);
-    admin.batch_execute(&format!("ANALYZE {schema}.jobs")).await.unwrap();
+    admin
+        .batch_execute(&format!("ANALYZE {schema}.jobs"))
+        .await
+        .unwrap();
     // The plan of the pruning subselect, with sequential scans ruled out so a
     // small table cannot hide that the index is unusable.
     let plan: Vec<String> = admin
@@ -605,7 +786,10 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
             _ => None,
         })
         .collect();
-    assert!(plan.iter().any(|line| line.contains("jobs_finished")), "{plan:#?}");
+    assert!(
+        plan.iter().any(|line| line.contains("jobs_finished")),
+        "{plan:#?}"
+    );
 
     let prune = || JobsPrune {
         states: vec![JobState::Completed, JobState::Running],
@@ -619,6 +803,10 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
     assert_eq!(x + y + rest, 400, "each completed job pruned once");
     assert_eq!(a.jobs_prune(prune()).await.unwrap(), 0);
     let queues = a.queues_list().await.unwrap();
-    assert_eq!(queues[0].counts[&JobState::Available], 100, "unfinished jobs stay");
+    assert_eq!(
+        queues[0].counts[&JobState::Available],
+        100,
+        "unfinished jobs stay"
+    );
     assert_eq!(queues[0].oldest_available_at, Some(now));
 }

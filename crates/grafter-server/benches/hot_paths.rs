@@ -75,7 +75,13 @@ fn failure_transition(bencher: Bencher) {
     bencher.bench(|| {
         transitions::after_failure(
             black_box(&job),
-            Failure { error: "SMTP timeout", retry: true, retry_at: None, default_backoff: &backoff, now },
+            Failure {
+                error: "SMTP timeout",
+                retry: true,
+                retry_at: None,
+                default_backoff: &backoff,
+                now,
+            },
         )
     });
 }
@@ -99,24 +105,37 @@ fn leased_job_decode(bencher: Bencher) {
 fn push_signature(bencher: Bencher) {
     let body = serde_json::to_vec(&leased_job()).unwrap_or_default();
     let secrets = ["whsec_0123456789abcdef"];
-    bencher.bench(|| grafter_server::push::signature::sign(&secrets, 1_700_000_000, black_box(&body)));
+    bencher
+        .bench(|| grafter_server::push::signature::sign(&secrets, 1_700_000_000, black_box(&body)));
 }
 
 /// Insert, fetch and batch-ack `n` jobs on a SQLite store: the statements and
 /// the row encoding and decoding of a whole job life, per batch.
 #[divan::bench(args = [1, 100], sample_count = 30)]
 fn sqlite_job_life(bencher: Bencher, n: usize) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build();
     let Ok(runtime) = runtime else { return };
-    let dir = tempfile::Builder::new().prefix("grafter-bench-").tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir());
+    let dir = tempfile::Builder::new()
+        .prefix("grafter-bench-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir());
     let Ok(dir) = dir else { return };
-    let Ok(store) = runtime.block_on(SqliteStore::open(dir.path().join("bench.db"))) else { return };
+    let Ok(store) = runtime.block_on(SqliteStore::open(dir.path().join("bench.db"))) else {
+        return;
+    };
     let store = Arc::new(store);
     bencher.bench(|| {
         runtime.block_on(async {
             let now = Utc::now();
             let jobs = (0..n).map(|_| NewJob::new("noop", json!({}))).collect();
-            store.jobs_insert_many(JobsInsert { jobs, now }).await.map(drop).ok();
+            store
+                .jobs_insert_many(JobsInsert { jobs, now })
+                .await
+                .map(drop)
+                .ok();
             let fetch = JobsFetch {
                 queues: vec!["default".into()],
                 max: n,
@@ -126,8 +145,15 @@ fn sqlite_job_life(bencher: Bencher, n: usize) {
                 now,
             };
             let leased = store.jobs_fetch(fetch).await.unwrap_or_default();
-            let items = leased.into_iter().map(|l| (l.job.id, l.lease, None)).collect();
-            store.jobs_complete_many(JobsCompleteMany { items, now }).await.map(|done| done.len()).ok()
+            let items = leased
+                .into_iter()
+                .map(|l| (l.job.id, l.lease, None))
+                .collect();
+            store
+                .jobs_complete_many(JobsCompleteMany { items, now })
+                .await
+                .map(|done| done.len())
+                .ok()
         })
     });
 }

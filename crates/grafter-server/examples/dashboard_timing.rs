@@ -20,7 +20,9 @@ use axum::http::Request;
 use chrono::Utc;
 use grafter_core::{JobState, NewJob, WorkerRegistration};
 use grafter_server::{open_store, router, AppState, ServerConfig};
-use grafter_store::{JobFail, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, Store, WorkerBeat};
+use grafter_store::{
+    JobFail, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, Store, WorkerBeat,
+};
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,10 @@ const QUEUES: [&str; 5] = ["default", "mail", "reports", "webhooks", "billing"];
 const KINDS: [&str; 4] = ["send_email", "export", "sync", "charge"];
 
 fn job(i: u64) -> NewJob {
-    let mut j = NewJob::new(KINDS[(i % 4) as usize], json!({"user": {"id": i % 50_000}, "to": format!("user{i}@example.com")}));
+    let mut j = NewJob::new(
+        KINDS[(i % 4) as usize],
+        json!({"user": {"id": i % 50_000}, "to": format!("user{i}@example.com")}),
+    );
     j.queue = QUEUES[(i % 5) as usize].into();
     if i.is_multiple_of(10) {
         j.tags = vec!["vip".into(), format!("cohort-{}", i % 100)];
@@ -39,7 +44,13 @@ fn job(i: u64) -> NewJob {
 }
 
 async fn total(store: &dyn Store) -> u64 {
-    store.queues_list().await.unwrap().iter().flat_map(|q| q.counts.values()).sum()
+    store
+        .queues_list()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|q| q.counts.values())
+        .sum()
 }
 
 /// Inserts up to `want` jobs, then runs most of them: 90% completed, 2% dead,
@@ -63,7 +74,13 @@ async fn fill(store: &dyn Store, want: u64) {
                 j
             })
             .collect();
-        store.jobs_insert_many(JobsInsert { jobs, now: Utc::now() }).await.unwrap();
+        store
+            .jobs_insert_many(JobsInsert {
+                jobs,
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
         i += n;
     }
     println!("inserted {} jobs in {:.1?}", want - have, started.elapsed());
@@ -87,13 +104,30 @@ async fn fill(store: &dyn Store, want: u64) {
             if leased.is_empty() {
                 break;
             }
-            let (fail, ok): (Vec<_>, Vec<_>) = leased.into_iter().partition(|l| l.job.id.0 % 50 == 0);
-            let items = ok.into_iter().map(|l| (l.job.id, l.lease, Some(json!({"ok": true})))).collect();
-            store.jobs_complete_many(JobsCompleteMany { items, now: Utc::now() }).await.unwrap();
+            let (fail, ok): (Vec<_>, Vec<_>) =
+                leased.into_iter().partition(|l| l.job.id.0 % 50 == 0);
+            let items = ok
+                .into_iter()
+                .map(|l| (l.job.id, l.lease, Some(json!({"ok": true}))))
+                .collect();
+            store
+                .jobs_complete_many(JobsCompleteMany {
+                    items,
+                    now: Utc::now(),
+                })
+                .await
+                .unwrap();
             for l in fail {
                 let error = format!("SMTP 550: mailbox unavailable for job {}", l.job.id);
-                let params =
-                    JobFail { id: l.job.id, lease: l.lease, error, retry: false, retry_at: None, backoff: Default::default(), now: Utc::now() };
+                let params = JobFail {
+                    id: l.job.id,
+                    lease: l.lease,
+                    error,
+                    retry: false,
+                    retry_at: None,
+                    backoff: Default::default(),
+                    now: Utc::now(),
+                };
                 store.job_fail(params).await.unwrap();
             }
             ran += 1_000;
@@ -105,8 +139,13 @@ async fn fill(store: &dyn Store, want: u64) {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "sqlite:///tmp/grafter-dashboard-timing.db".into());
-    let want: u64 = args.next().map(|n| n.parse().expect("a number of jobs")).unwrap_or(1_000_000);
+    let url = args
+        .next()
+        .unwrap_or_else(|| "sqlite:///tmp/grafter-dashboard-timing.db".into());
+    let want: u64 = args
+        .next()
+        .map(|n| n.parse().expect("a number of jobs"))
+        .unwrap_or(1_000_000);
     let store: Arc<dyn Store> = open_store(&url).await.expect("open the store");
     fill(store.as_ref(), want).await;
     for i in 0..8 {
@@ -118,14 +157,31 @@ async fn main() {
             concurrency: 10,
             kinds: vec![],
         };
-        store.worker_heartbeat(WorkerBeat { worker, now: Utc::now() }).await.unwrap();
+        store
+            .worker_heartbeat(WorkerBeat {
+                worker,
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
     }
-    let some = store.jobs_list(JobsList { limit: 1, state: Some(JobState::Dead), ..Default::default() }).await.unwrap();
+    let some = store
+        .jobs_list(JobsList {
+            limit: 1,
+            state: Some(JobState::Dead),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let dead_id = some.jobs[0].id;
     let middle = dead_id.0 / 2;
     println!("jobs: {}", total(store.as_ref()).await);
 
-    let app = router(AppState::new(store.clone(), ServerConfig::default(), CancellationToken::new()));
+    let app = router(AppState::new(
+        store.clone(),
+        ServerConfig::default(),
+        CancellationToken::new(),
+    ));
     let pages = [
         "/".to_owned(),
         "/overview/live".into(),
@@ -145,20 +201,41 @@ async fn main() {
         "/queues".into(),
         "/workers".into(),
     ];
-    println!("{:<42} {:>10} {:>10} {:>8}", "page", "median ms", "max ms", "bytes");
+    println!(
+        "{:<42} {:>10} {:>10} {:>8}",
+        "page", "median ms", "max ms", "bytes"
+    );
     for page in pages {
         let mut times = Vec::new();
         let mut bytes = 0;
         for _ in 0..11 {
             let started = Instant::now();
-            let response = app.clone().oneshot(Request::get(&page).body(Body::empty()).unwrap()).await.unwrap();
-            assert!(response.status().is_success(), "{page}: {}", response.status());
-            bytes = response.into_body().collect().await.unwrap().to_bytes().len();
+            let response = app
+                .clone()
+                .oneshot(Request::get(&page).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert!(
+                response.status().is_success(),
+                "{page}: {}",
+                response.status()
+            );
+            bytes = response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .len();
             times.push(started.elapsed());
         }
         times.remove(0); // warm-up
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!("{page:<42} {:>10.1} {:>10.1} {bytes:>8}", ms(times[times.len() / 2]), ms(times[times.len() - 1]));
+        println!(
+            "{page:<42} {:>10.1} {:>10.1} {bytes:>8}",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1])
+        );
     }
 }

@@ -66,7 +66,9 @@ pub struct PushSettings {
 
 impl Default for PushSettings {
     fn default() -> Self {
-        PushSettings { refresh_interval_ms: 5_000 }
+        PushSettings {
+            refresh_interval_ms: 5_000,
+        }
     }
 }
 
@@ -91,7 +93,11 @@ pub struct RetentionConfig {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { finished_ms: 86_400_000, dead_ms: 30 * 86_400_000, interval_ms: 60_000 }
+        RetentionConfig {
+            finished_ms: 86_400_000,
+            dead_ms: 30 * 86_400_000,
+            interval_ms: 60_000,
+        }
     }
 }
 
@@ -113,7 +119,13 @@ pub struct PostgresSettings {
 
 impl Default for PostgresSettings {
     fn default() -> Self {
-        PostgresSettings { pool_size: 16, schema: None, listen: true, poll_interval_ms: 1_000, migrate: true }
+        PostgresSettings {
+            pool_size: 16,
+            schema: None,
+            listen: true,
+            poll_interval_ms: 1_000,
+            migrate: true,
+        }
     }
 }
 
@@ -198,7 +210,8 @@ fn from_env(value: &str) -> Result<String, String> {
     let Some(name) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
         return Ok(value.to_owned());
     };
-    std::env::var(name).map_err(|_| format!("environment variable {name} is not set (or not UTF-8)"))
+    std::env::var(name)
+        .map_err(|_| format!("environment variable {name} is not set (or not UTF-8)"))
 }
 
 /// A setting that cannot work.
@@ -313,9 +326,12 @@ impl ServerConfig {
                 *secret = from_env(secret).map_err(|m| invalid("push.old_secrets", m))?;
             }
             for (name, value) in &mut target.headers {
-                *value = from_env(value).map_err(|m| invalid(&format!("push.headers.{name}"), m))?;
+                *value =
+                    from_env(value).map_err(|m| invalid(&format!("push.headers.{name}"), m))?;
             }
-            target.validate().map_err(|e| invalid(&e.field, e.message))?;
+            target
+                .validate()
+                .map_err(|e| invalid(&e.field, e.message))?;
             targets.push((queue.clone(), target));
         }
         Ok(targets)
@@ -354,7 +370,10 @@ mod tests {
     #[test]
     fn push_targets_come_from_the_file_with_secrets_from_the_environment() {
         // A name no other test uses, so setting it races with nothing.
-        std::env::set_var("GRAFTER_CONFIG_TEST_PUSH_SECRET", "from-the-environment-123");
+        std::env::set_var(
+            "GRAFTER_CONFIG_TEST_PUSH_SECRET",
+            "from-the-environment-123",
+        );
         let config: ServerConfig = toml::from_str(
             r#"
             [queues.mail.push]
@@ -375,7 +394,11 @@ mod tests {
         assert_eq!(queue, "mail");
         assert_eq!(target.secret, "from-the-environment-123");
         assert_eq!(target.old_secrets, ["an-old-secret-in-the-file"]);
-        assert_eq!((target.timeout_ms, target.concurrency), (30_000, 4), "defaults as in the API");
+        assert_eq!(
+            (target.timeout_ms, target.concurrency),
+            (30_000, 4),
+            "defaults as in the API"
+        );
         assert_eq!(target.headers["X-App"], "web");
 
         let refused = |toml_text: &str| {
@@ -385,16 +408,34 @@ mod tests {
         let unset = refused(
             "[queues.mail.push]\nurl = \"https://a.example/x\"\nsecret = \"${GRAFTER_CONFIG_TEST_UNSET}\"",
         );
-        assert!(unset.contains("queues.mail.push.secret") && unset.contains("GRAFTER_CONFIG_TEST_UNSET"), "{unset}");
-        let short = refused("[queues.mail.push]\nurl = \"https://a.example/x\"\nsecret = \"short\"");
-        assert!(short.contains("queues.mail.push.secret: must be at least 16"), "{short}");
-        assert!(toml::from_str::<ServerConfig>("[queues.mail.push]\nurl = \"x\"\nsecret = \"y\"\nsekret = 1").is_err());
+        assert!(
+            unset.contains("queues.mail.push.secret")
+                && unset.contains("GRAFTER_CONFIG_TEST_UNSET"),
+            "{unset}"
+        );
+        let short =
+            refused("[queues.mail.push]\nurl = \"https://a.example/x\"\nsecret = \"short\"");
+        assert!(
+            short.contains("queues.mail.push.secret: must be at least 16"),
+            "{short}"
+        );
+        assert!(toml::from_str::<ServerConfig>(
+            "[queues.mail.push]\nurl = \"x\"\nsecret = \"y\"\nsekret = 1"
+        )
+        .is_err());
     }
 
     #[test]
     fn typos_and_bad_values_are_refused() {
         assert!(toml::from_str::<ServerConfig>("lisen = \"x\"").is_err());
-        let config = ServerConfig { default_lease_ms: 10, ..Default::default() };
-        assert!(config.validate().unwrap_err().to_string().contains("default_lease_ms"));
+        let config = ServerConfig {
+            default_lease_ms: 10,
+            ..Default::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("default_lease_ms"));
     }
 }

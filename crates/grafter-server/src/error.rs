@@ -41,7 +41,12 @@ pub struct ErrorDetail {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     /// The body is not JSON.
@@ -91,7 +96,11 @@ impl ApiError {
 
     /// The code and message, for an answer that reports errors per item.
     pub(crate) fn into_detail(self) -> ErrorDetail {
-        ErrorDetail { code: self.code, message: self.message, field: self.field }
+        ErrorDetail {
+            code: self.code,
+            message: self.message,
+            field: self.field,
+        }
     }
 
     /// The status this error answers with.
@@ -132,7 +141,11 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code, message: self.message, field: self.field },
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                field: self.field,
+            },
         };
         (self.status, Json(body)).into_response()
     }

@@ -52,10 +52,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 Err(e) => {
                     let path = e.path().to_string();
                     let inner = e.into_inner();
-                    Err(ApiError::invalid_field(field_name(&path, &inner.to_string()), inner))
+                    Err(ApiError::invalid_field(
+                        field_name(&path, &inner.to_string()),
+                        inner,
+                    ))
                 }
                 // The value parsed and the body is valid JSON: what follows it was not.
-                Ok(_) => Err(syntax_error(end.err().unwrap_or_else(|| serde::de::Error::custom("trailing data")))),
+                Ok(_) => {
+                    Err(syntax_error(end.err().unwrap_or_else(|| {
+                        serde::de::Error::custom("trailing data")
+                    })))
+                }
             }
         }
     }
@@ -121,11 +128,23 @@ mod tests {
     fn syntax_errors_win_over_field_errors_wherever_they_are() {
         assert_eq!(code(r#"{"kind": "a"}"#), (StatusCode::OK, "a".into()));
         assert_eq!(code(r#"{"kind": "a"} trailing"#).0, StatusCode::BAD_REQUEST);
-        assert_eq!(code(r#"{"kind": "a"}{"kind": "b"}"#).0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            code(r#"{"kind": "a"}{"kind": "b"}"#).0,
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(code(r#"{"kind": 1} trailing"#).0, StatusCode::BAD_REQUEST);
         assert_eq!(code(r#"{} ["#).0, StatusCode::BAD_REQUEST);
-        assert_eq!(code("{}"), (StatusCode::UNPROCESSABLE_ENTITY, "kind".into()));
-        assert_eq!(code(r#"{"kind": "a", "knd": 1}"#).0, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(code(r#"{"kind": 1}"#), (StatusCode::UNPROCESSABLE_ENTITY, "kind".into()));
+        assert_eq!(
+            code("{}"),
+            (StatusCode::UNPROCESSABLE_ENTITY, "kind".into())
+        );
+        assert_eq!(
+            code(r#"{"kind": "a", "knd": 1}"#).0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            code(r#"{"kind": 1}"#),
+            (StatusCode::UNPROCESSABLE_ENTITY, "kind".into())
+        );
     }
 }

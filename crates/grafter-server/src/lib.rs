@@ -49,12 +49,18 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/release", post(api::worker::release))
         .route("/fetch", post(api::worker::fetch))
         .route("/workers", get(api::worker::workers_list))
-        .route("/workers/{id}", axum::routing::put(api::worker::worker_heartbeat).delete(api::worker::worker_remove))
+        .route(
+            "/workers/{id}",
+            axum::routing::put(api::worker::worker_heartbeat).delete(api::worker::worker_remove),
+        )
         .route("/queues", get(api::queues::list))
         .route("/queues/{name}", axum::routing::put(api::queues::update))
         .route("/queues/{name}/pause", post(api::queues::pause))
         .route("/queues/{name}/resume", post(api::queues::resume))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::auth::require_token));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::auth::require_token,
+        ));
     let body_limit = state.config().body_limit_bytes;
     Router::new()
         .nest("/v1", v1)
@@ -81,7 +87,9 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    push::apply_configured_targets(&store, &config).await.map_err(std::io::Error::other)?;
+    push::apply_configured_targets(&store, &config)
+        .await
+        .map_err(std::io::Error::other)?;
     let maintenance = services::start(store.clone(), &config, shutdown.child_token());
     let state = AppState::new(store, config, shutdown.clone());
     let dispatcher = tokio::spawn(push::run_dispatcher(state.clone(), shutdown.child_token()));
@@ -115,8 +123,14 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, OpenError> {
 }
 
 /// Opens the store a database URL names; `postgres` applies to PostgreSQL URLs.
-pub async fn open_store_with(url: &str, postgres: &PostgresSettings) -> Result<Arc<dyn Store>, OpenError> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+pub async fn open_store_with(
+    url: &str,
+    postgres: &PostgresSettings,
+) -> Result<Arc<dyn Store>, OpenError> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         if path.is_empty() {
             return Err(OpenError::Unsupported(url.to_owned()));
         }

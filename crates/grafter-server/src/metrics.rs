@@ -37,24 +37,55 @@ impl Metrics {
         let batch_acked = Counter::default();
         let failed = Family::<QueueLabels, Counter>::default();
         let jobs = Family::<QueueStateLabels, Gauge>::default();
-        registry.register("jobs_enqueued", "Jobs created through this server", enqueued.clone());
-        registry.register("jobs_completed", "Jobs acknowledged one by one through this server", completed.clone());
+        registry.register(
+            "jobs_enqueued",
+            "Jobs created through this server",
+            enqueued.clone(),
+        );
+        registry.register(
+            "jobs_completed",
+            "Jobs acknowledged one by one through this server",
+            completed.clone(),
+        );
         registry.register(
             "jobs_batch_acked",
             "Jobs completed through batch acks (POST /v1/jobs/ack) on this server, all queues",
             batch_acked.clone(),
         );
-        registry.register("jobs_failed", "Failed attempts reported through this server", failed.clone());
-        registry.register("jobs", "Jobs in the store per queue and state", jobs.clone());
-        Metrics { registry, enqueued, completed, batch_acked, failed, jobs }
+        registry.register(
+            "jobs_failed",
+            "Failed attempts reported through this server",
+            failed.clone(),
+        );
+        registry.register(
+            "jobs",
+            "Jobs in the store per queue and state",
+            jobs.clone(),
+        );
+        Metrics {
+            registry,
+            enqueued,
+            completed,
+            batch_acked,
+            failed,
+            jobs,
+        }
     }
 
     pub fn enqueued(&self, queue: &str) {
-        self.enqueued.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+        self.enqueued
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .inc();
     }
 
     pub fn completed(&self, queue: &str) {
-        self.completed.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+        self.completed
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .inc();
     }
 
     pub fn batch_acked(&self, jobs: usize) {
@@ -62,15 +93,24 @@ impl Metrics {
     }
 
     pub fn failed(&self, queue: &str) {
-        self.failed.get_or_create(&QueueLabels { queue: queue.to_owned() }).inc();
+        self.failed
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .inc();
     }
 
     /// Renders the OpenMetrics text, with job gauges set from `queues`.
     pub fn render(&self, queues: &[QueueInfo]) -> String {
         for queue in queues {
             for (state, count) in &queue.counts {
-                let labels = QueueStateLabels { queue: queue.name.clone(), state: state.to_string() };
-                self.jobs.get_or_create(&labels).set(i64::try_from(*count).unwrap_or(i64::MAX));
+                let labels = QueueStateLabels {
+                    queue: queue.name.clone(),
+                    state: state.to_string(),
+                };
+                self.jobs
+                    .get_or_create(&labels)
+                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
             }
         }
         let mut text = String::new();

@@ -37,7 +37,9 @@ impl utoipa::Modify for BearerAuth {
 
 /// The OpenAPI document as JSON text.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_owned())
 }
 
 pub async fn serve_openapi() -> Json<utoipa::openapi::OpenApi> {

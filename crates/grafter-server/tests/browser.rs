@@ -38,7 +38,11 @@ impl Drop for Driver {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn artifacts() -> PathBuf {
@@ -67,7 +71,10 @@ async fn start_driver() -> Option<(Driver, String)> {
     let driver = Driver(child);
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Some((driver, url));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -89,7 +96,11 @@ async fn browser(driver_url: &str, profile: &std::path::Path) -> Client {
         }),
     );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector).capabilities(caps).connect(driver_url).await.expect("start a browser session")
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(driver_url)
+        .await
+        .expect("start a browser session")
 }
 
 async fn shot(client: &Client, name: &str) {
@@ -98,7 +109,13 @@ async fn shot(client: &Client, name: &str) {
 }
 
 async fn text(client: &Client, css: &str) -> String {
-    client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Waits until the element's text satisfies `ok` (pages refresh on their own).
@@ -147,16 +164,25 @@ async fn kill(store: &Arc<dyn Store>, leased: LeasedJob, error: &str) -> JobId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_finds_and_fixes_jobs_in_the_browser() {
-    let Some((_driver, driver_url)) = start_driver().await else { return };
+    let Some((_driver, driver_url)) = start_driver().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("grafter.db")).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(dir.path().join("grafter.db"))
+            .await
+            .unwrap(),
+    );
 
     // Jobs in every interesting state: 3 dead (one with a hostile payload),
     // 1 running with progress, 4 waiting on "mail", 2 on "reports".
     let xss_args = json!({"to": "<script>window.__xss = 'args'</script>", "html": "<img src=x onerror=\"window.__xss='img'\">"});
     let mut jobs = vec![NewJob::new("send_email", xss_args)];
     for i in 0..2 {
-        jobs.push(NewJob::new("send_email", json!({"to": format!("user{i}@example.com")})));
+        jobs.push(NewJob::new(
+            "send_email",
+            json!({"to": format!("user{i}@example.com")}),
+        ));
     }
     jobs.push(NewJob::new("export", json!({"report": "monthly"})));
     for job in &mut jobs {
@@ -172,10 +198,21 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
         j.queue = "reports".into();
         jobs.push(j);
     }
-    store.jobs_insert_many(JobsInsert { jobs, now: Utc::now() }).await.unwrap();
+    store
+        .jobs_insert_many(JobsInsert {
+            jobs,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
     let mut leased = lease(&store, "mail", 4).await;
     let running = leased.pop().unwrap();
-    let xss = kill(&store, leased.remove(0), "<script>window.__xss = 'error'</script><b>bold?</b>").await;
+    let xss = kill(
+        &store,
+        leased.remove(0),
+        "<script>window.__xss = 'error'</script><b>bold?</b>",
+    )
+    .await;
     let dead_a = kill(&store, leased.remove(0), "SMTP 550: mailbox unavailable").await;
     let dead_b = kill(&store, leased.remove(0), "SMTP 421: try again later").await;
     let registration = WorkerRegistration {
@@ -186,12 +223,23 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
         concurrency: 4,
         kinds: vec!["send_email".into(), "export".into()],
     };
-    store.worker_heartbeat(WorkerBeat { worker: registration, now: Utc::now() }).await.unwrap();
+    store
+        .worker_heartbeat(WorkerBeat {
+            worker: registration,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(grafter_server::serve(listener, store.clone(), ServerConfig::default(), shutdown.clone()));
+    let server = tokio::spawn(grafter_server::serve(
+        listener,
+        store.clone(),
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
 
     let profile = tempfile::tempdir().unwrap();
     let client = browser(&driver_url, profile.path()).await;
@@ -199,10 +247,20 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
         // The overview shows the counts.
         client.goto(&format!("{base}/")).await.unwrap();
         assert_eq!(text(&client, r#"a.count[data-state="dead"] .n"#).await, "3");
-        assert_eq!(text(&client, r#"a.count[data-state="running"] .n"#).await, "1");
-        assert_eq!(text(&client, r#"a.count[data-state="available"] .n"#).await, "6");
-        assert!(text(&client, "figure.chart figcaption").await.contains("3 failed"));
-        assert!(text(&client, r#"tr[data-queue="mail"]"#).await.contains("mail"));
+        assert_eq!(
+            text(&client, r#"a.count[data-state="running"] .n"#).await,
+            "1"
+        );
+        assert_eq!(
+            text(&client, r#"a.count[data-state="available"] .n"#).await,
+            "6"
+        );
+        assert!(text(&client, "figure.chart figcaption")
+            .await
+            .contains("3 failed"));
+        assert!(text(&client, r#"tr[data-queue="mail"]"#)
+            .await
+            .contains("mail"));
         // Times are shown in the browser's zone with a relative hint.
         assert!(text(&client, "table.workers time").await.contains("ago"));
         shot(&client, "overview").await;
@@ -210,72 +268,176 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
         // Filter to dead jobs.
         client.goto(&format!("{base}/jobs")).await.unwrap();
         shot(&client, "jobs").await;
-        client.find(Locator::Css(r#"nav.states a[href*="state=dead"]"#)).await.unwrap().click().await.unwrap();
-        eventually(&client, "nav.states a.current", "the dead tab", |t| t.starts_with("dead")).await;
-        let rows = client.find_all(Locator::Css("table.jobs tbody tr")).await.unwrap();
+        client
+            .find(Locator::Css(r#"nav.states a[href*="state=dead"]"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually(&client, "nav.states a.current", "the dead tab", |t| {
+            t.starts_with("dead")
+        })
+        .await;
+        let rows = client
+            .find_all(Locator::Css("table.jobs tbody tr"))
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 3);
         shot(&client, "jobs-dead").await;
 
         // Open a job and see its attempt.
-        client.find(Locator::Css(&format!(r#"a[href="/jobs/{dead_a}"]"#))).await.unwrap().click().await.unwrap();
-        let attempts = eventually(&client, "table.attempts", "the failed attempt", |t| t.contains("SMTP 550")).await;
+        client
+            .find(Locator::Css(&format!(r#"a[href="/jobs/{dead_a}"]"#)))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let attempts = eventually(&client, "table.attempts", "the failed attempt", |t| {
+            t.contains("SMTP 550")
+        })
+        .await;
         assert!(attempts.contains("mailer-1"), "{attempts}");
         shot(&client, "job").await;
 
         // Retry it and see it leave the dead list.
-        client.find(Locator::Css(r#"form[action$="/retry"] button"#)).await.unwrap().click().await.unwrap();
-        eventually(&client, "p.flash.ok", "a confirmation", |t| t.contains("Retried")).await;
+        client
+            .find(Locator::Css(r#"form[action$="/retry"] button"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually(&client, "p.flash.ok", "a confirmation", |t| {
+            t.contains("Retried")
+        })
+        .await;
         assert!(text(&client, "section.status").await.contains("available"));
-        client.goto(&format!("{base}/jobs?state=dead")).await.unwrap();
+        client
+            .goto(&format!("{base}/jobs?state=dead"))
+            .await
+            .unwrap();
         let ids: Vec<String> = {
             let mut ids = Vec::new();
-            for row in client.find_all(Locator::Css("table.jobs tbody tr")).await.unwrap() {
+            for row in client
+                .find_all(Locator::Css("table.jobs tbody tr"))
+                .await
+                .unwrap()
+            {
                 ids.push(row.attr("data-job").await.unwrap().unwrap_or_default());
             }
             ids
         };
-        assert_eq!(ids, [dead_b.to_string(), xss.to_string()], "the retried job left the dead list");
+        assert_eq!(
+            ids,
+            [dead_b.to_string(), xss.to_string()],
+            "the retried job left the dead list"
+        );
 
         // Pause and resume a queue (pausing asks first).
         client.goto(&format!("{base}/queues")).await.unwrap();
-        client.find(Locator::Css(r#"tr[data-queue="mail"] form button"#)).await.unwrap().click().await.unwrap();
+        client
+            .find(Locator::Css(r#"tr[data-queue="mail"] form button"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         client.accept_alert().await.unwrap();
-        eventually(&client, "p.flash.ok", "the pause confirmation", |t| t.contains("Paused queue mail")).await;
-        assert!(text(&client, r#"tr[data-queue="mail"]"#).await.contains("paused"));
-        assert!(store.queues_list().await.unwrap().iter().any(|q| q.name == "mail" && q.paused));
+        eventually(&client, "p.flash.ok", "the pause confirmation", |t| {
+            t.contains("Paused queue mail")
+        })
+        .await;
+        assert!(text(&client, r#"tr[data-queue="mail"]"#)
+            .await
+            .contains("paused"));
+        assert!(store
+            .queues_list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|q| q.name == "mail" && q.paused));
         shot(&client, "queues-paused").await;
-        client.find(Locator::Css(r#"tr[data-queue="mail"] form button"#)).await.unwrap().click().await.unwrap();
-        eventually(&client, "p.flash.ok", "the resume confirmation", |t| t.contains("Resumed queue mail")).await;
-        assert!(text(&client, r#"tr[data-queue="mail"]"#).await.contains("active"));
+        client
+            .find(Locator::Css(r#"tr[data-queue="mail"] form button"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually(&client, "p.flash.ok", "the resume confirmation", |t| {
+            t.contains("Resumed queue mail")
+        })
+        .await;
+        assert!(text(&client, r#"tr[data-queue="mail"]"#)
+            .await
+            .contains("active"));
         assert!(store.queues_list().await.unwrap().iter().all(|q| !q.paused));
 
         // Workers.
         client.goto(&format!("{base}/workers")).await.unwrap();
         let workers = text(&client, "table.workers").await;
-        assert!(workers.contains("mailer-1") && workers.contains("web-1") && workers.contains("4242"), "{workers}");
+        assert!(
+            workers.contains("mailer-1") && workers.contains("web-1") && workers.contains("4242"),
+            "{workers}"
+        );
         shot(&client, "workers").await;
 
         // A running job's progress moves without a reload.
-        client.goto(&format!("{base}/jobs/{}", running.job.id)).await.unwrap();
-        client.execute("window.__stayed = true", vec![]).await.unwrap();
+        client
+            .goto(&format!("{base}/jobs/{}", running.job.id))
+            .await
+            .unwrap();
+        client
+            .execute("window.__stayed = true", vec![])
+            .await
+            .unwrap();
         let beat = JobHeartbeat {
             id: running.job.id,
             lease: running.lease.clone(),
-            progress: Some(Progress { fraction: 0.5, message: Some("half way: 500 of 1000 rows".into()) }),
+            progress: Some(Progress {
+                fraction: 0.5,
+                message: Some("half way: 500 of 1000 rows".into()),
+            }),
             lease_duration: Duration::from_secs(300),
             now: Utc::now(),
         };
         store.job_heartbeat(beat).await.unwrap();
-        eventually(&client, "div.progress", "the new progress", |t| t.contains("half way") && t.contains("50%")).await;
-        assert_eq!(client.execute("return window.__stayed === true", vec![]).await.unwrap(), json!(true), "no reload");
+        eventually(&client, "div.progress", "the new progress", |t| {
+            t.contains("half way") && t.contains("50%")
+        })
+        .await;
+        assert_eq!(
+            client
+                .execute("return window.__stayed === true", vec![])
+                .await
+                .unwrap(),
+            json!(true),
+            "no reload"
+        );
         shot(&client, "job-running").await;
 
         // Hostile args and errors are text.
         client.goto(&format!("{base}/jobs/{xss}")).await.unwrap();
-        assert!(text(&client, "pre.json").await.contains("<script>window.__xss = 'args'</script>"));
-        assert!(text(&client, "table.attempts").await.contains("<script>window.__xss = 'error'</script><b>bold?</b>"));
-        assert!(client.find_all(Locator::Css("table.attempts b, main img")).await.unwrap().is_empty());
-        assert_eq!(client.execute("return window.__xss === undefined", vec![]).await.unwrap(), json!(true));
+        assert!(text(&client, "pre.json")
+            .await
+            .contains("<script>window.__xss = 'args'</script>"));
+        assert!(text(&client, "table.attempts")
+            .await
+            .contains("<script>window.__xss = 'error'</script><b>bold?</b>"));
+        assert!(client
+            .find_all(Locator::Css("table.attempts b, main img"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            client
+                .execute("return window.__xss === undefined", vec![])
+                .await
+                .unwrap(),
+            json!(true)
+        );
         shot(&client, "job-xss").await;
     }
     .await;

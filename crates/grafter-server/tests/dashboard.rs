@@ -40,15 +40,26 @@ impl Answer {
     }
 
     fn location(&self) -> &str {
-        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 }
 
 async fn dash_with(config: ServerConfig) -> Dash {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("grafter.db")).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(dir.path().join("grafter.db"))
+            .await
+            .unwrap(),
+    );
     let state = AppState::new(store.clone(), config, CancellationToken::new());
-    Dash { app: router(state), store, _dir: dir }
+    Dash {
+        app: router(state),
+        store,
+        _dir: dir,
+    }
 }
 
 const CSRF: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
@@ -59,20 +70,33 @@ impl Dash {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
     }
 
     async fn get(&self, uri: &str) -> Answer {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
     }
 
     async fn get_with_cookie(&self, uri: &str, cookie: &str) -> Answer {
-        self.send(Request::get(uri).header(header::COOKIE, cookie).body(Body::empty()).unwrap()).await
+        self.send(
+            Request::get(uri)
+                .header(header::COOKIE, cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     /// A form POST carrying `cookie` and the fields.
     async fn post(&self, uri: &str, cookie: &str, fields: &[(&str, &str)]) -> Answer {
-        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
         let request = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::COOKIE, cookie)
@@ -82,7 +106,14 @@ impl Dash {
     }
 
     async fn enqueue(&self, job: NewJob) -> JobId {
-        let inserted = self.store.jobs_insert_many(JobsInsert { jobs: vec![job], now: Utc::now() }).await.unwrap();
+        let inserted = self
+            .store
+            .jobs_insert_many(JobsInsert {
+                jobs: vec![job],
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
         inserted[0].job.id
     }
 
@@ -120,10 +151,21 @@ impl Dash {
 }
 
 fn assert_secure_headers(answer: &Answer) {
-    let csp = answer.headers.get(header::CONTENT_SECURITY_POLICY).expect("a CSP header").to_str().unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    let csp = answer
+        .headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .expect("a CSP header")
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
-    assert_eq!(answer.headers.get(header::X_CONTENT_TYPE_OPTIONS).unwrap(), "nosniff");
+    assert_eq!(
+        answer.headers.get(header::X_CONTENT_TYPE_OPTIONS).unwrap(),
+        "nosniff"
+    );
     assert_eq!(answer.headers.get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
 }
 
@@ -151,22 +193,40 @@ async fn every_page_renders_with_security_headers() {
         let answer = dash.get(&uri).await;
         assert_eq!(answer.status, StatusCode::OK, "{uri}: {}", answer.body);
         assert_secure_headers(&answer);
-        assert!(answer.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"), "{uri}");
-        let cookie = answer.set_cookie("grafter_csrf").expect("a CSRF cookie for a new browser");
+        assert!(
+            answer.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{uri}"
+        );
+        let cookie = answer
+            .set_cookie("grafter_csrf")
+            .expect("a CSRF cookie for a new browser");
         assert_eq!(cookie.len(), "grafter_csrf=".len() + 64);
     }
     let overview = dash.get("/").await.body;
-    assert!(overview.contains(r#"data-state="dead""#) && overview.contains("Last hour, per minute"));
+    assert!(
+        overview.contains(r#"data-state="dead""#) && overview.contains("Last hour, per minute")
+    );
     let dead_list = dash.get("/jobs?state=dead").await.body;
-    assert!(dead_list.contains(&format!(r#"data-job="{id}""#)), "{dead_list}");
-    assert!(dead_list.contains("Retry all"), "all-matching actions for dead jobs");
+    assert!(
+        dead_list.contains(&format!(r#"data-job="{id}""#)),
+        "{dead_list}"
+    );
+    assert!(
+        dead_list.contains("Retry all"),
+        "all-matching actions for dead jobs"
+    );
     let job_page = dash.get(&format!("/jobs/{id}")).await.body;
     assert!(job_page.contains("SMTP said no") && job_page.contains("attempt 1 failed"));
     for asset in ["/assets/app.css", "/assets/app.js"] {
         assert_eq!(dash.get(asset).await.status, StatusCode::OK, "{asset}");
     }
     // A browser that has its cookie keeps it.
-    let again = dash.get_with_cookie("/", &format!("grafter_csrf={CSRF}")).await;
+    let again = dash
+        .get_with_cookie("/", &format!("grafter_csrf={CSRF}"))
+        .await;
     assert!(again.set_cookie("grafter_csrf").is_none());
 }
 
@@ -180,17 +240,25 @@ async fn changes_without_the_csrf_token_are_refused() {
     let other = "cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34";
 
     for (cookie, fields) in [
-        ("", vec![("csrf", CSRF)]),                 // no cookie (another site's form)
-        (cookie.as_str(), vec![]),                  // no token in the form
-        (cookie.as_str(), vec![("csrf", other)]),   // a token that is not the cookie's
+        ("", vec![("csrf", CSRF)]), // no cookie (another site's form)
+        (cookie.as_str(), vec![]),  // no token in the form
+        (cookie.as_str(), vec![("csrf", other)]), // a token that is not the cookie's
     ] {
         let answer = dash.post(&uri, cookie, &fields).await;
-        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{cookie:?} {fields:?}");
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{cookie:?} {fields:?}"
+        );
         assert!(answer.body.contains("CSRF"));
         assert_eq!(dash.state_of(id).await, JobState::Dead, "nothing changed");
     }
     for uri in ["/jobs/bulk", "/queues/default/pause", "/logout"] {
-        assert_eq!(dash.post(uri, &cookie, &[("csrf", other)]).await.status, StatusCode::FORBIDDEN, "{uri}");
+        assert_eq!(
+            dash.post(uri, &cookie, &[("csrf", other)]).await.status,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
     }
     assert!(!dash.store.queues_list().await.unwrap()[0].paused);
     // Changes are POSTs only: a GET of an action path changes nothing.
@@ -202,28 +270,58 @@ async fn changes_without_the_csrf_token_are_refused() {
     assert_eq!(answer.location(), format!("/jobs/{id}"));
     assert_eq!(dash.state_of(id).await, JobState::Available);
     // The confirmation shows once on the next page.
-    let flash = answer.set_cookie("grafter_flash").expect("a message for the next page");
-    let next = dash.get_with_cookie(answer.location(), &format!("{cookie}; {flash}")).await;
+    let flash = answer
+        .set_cookie("grafter_flash")
+        .expect("a message for the next page");
+    let next = dash
+        .get_with_cookie(answer.location(), &format!("{cookie}; {flash}"))
+        .await;
     assert!(next.body.contains("Retried"), "{}", next.body);
-    assert!(next.headers.get_all(header::SET_COOKIE).iter().any(|v| v.to_str().unwrap().starts_with("grafter_flash=;")));
+    assert!(next
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with("grafter_flash=;")));
 }
 
 #[tokio::test]
 async fn job_data_shows_as_text_never_as_markup() {
     let dash = dash_with(ServerConfig::default()).await;
-    let mut job = NewJob::new("<script>kind()</script>", json!({"html": "<script>alert('args')</script>"}));
+    let mut job = NewJob::new(
+        "<script>kind()</script>",
+        json!({"html": "<script>alert('args')</script>"}),
+    );
     job.queue = "q<i>1</i>".into();
     job.tags = vec!["<b>tag</b>".into()];
     dash.enqueue(job).await;
-    let id = dash.kill_next("q<i>1</i>", "<img src=x onerror=alert('error')>").await;
-    for uri in [format!("/jobs/{id}"), "/jobs".into(), "/jobs?state=dead".into(), "/".into(), "/queues".into()] {
+    let id = dash
+        .kill_next("q<i>1</i>", "<img src=x onerror=alert('error')>")
+        .await;
+    for uri in [
+        format!("/jobs/{id}"),
+        "/jobs".into(),
+        "/jobs?state=dead".into(),
+        "/".into(),
+        "/queues".into(),
+    ] {
         let body = dash.get(&uri).await.body;
-        for raw in ["<script>alert", "<script>kind", "<img src=x", "<i>1</i>", "<b>tag</b>", "<b>1</b>"] {
+        for raw in [
+            "<script>alert",
+            "<script>kind",
+            "<img src=x",
+            "<i>1</i>",
+            "<b>tag</b>",
+            "<b>1</b>",
+        ] {
             assert!(!body.contains(raw), "{uri} shows {raw} unescaped");
         }
     }
     let page = dash.get(&format!("/jobs/{id}")).await.body;
-    assert!(page.contains("&lt;script&gt;alert(&#39;args&#39;)&lt;/script&gt;") || page.contains("&lt;script&gt;alert('args')&lt;/script&gt;"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(&#39;args&#39;)&lt;/script&gt;")
+            || page.contains("&lt;script&gt;alert('args')&lt;/script&gt;"),
+        "{page}"
+    );
     assert!(page.contains("&lt;img src=x onerror=alert("), "{page}");
     assert!(page.contains("worker-&lt;b&gt;1&lt;/b&gt;"));
     // No inline script at all: the only script is our own file.
@@ -243,84 +341,260 @@ async fn actions_answer_with_a_visible_outcome() {
     let waiting = dash.enqueue(NewJob::new("k", json!({"n": 1}))).await;
     let flash_of = |a: &Answer| {
         let raw = a.set_cookie("grafter_flash").unwrap_or_default();
-        form_urlencoded::parse(raw.replacen("grafter_flash=", "f=", 1).as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+        form_urlencoded::parse(raw.replacen("grafter_flash=", "f=", 1).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
     };
 
     // An invalid change says why and changes nothing.
-    let running_free = dash.post(&format!("/jobs/{}/edit-retry", dead[0]), &cookie, &[("csrf", CSRF), ("args", "{not json")]).await;
-    assert!(flash_of(&running_free).starts_with("error|The args are not valid JSON"), "{}", flash_of(&running_free));
-    let edited = dash.post(&format!("/jobs/{}/edit-retry", dead[0]), &cookie, &[("csrf", CSRF), ("args", r#"{"fixed": true}"#)]).await;
-    assert!(flash_of(&edited).starts_with("ok|"), "{}", flash_of(&edited));
-    assert_eq!(dash.store.job_get(dead[0]).await.unwrap().unwrap().args, json!({"fixed": true}));
+    let running_free = dash
+        .post(
+            &format!("/jobs/{}/edit-retry", dead[0]),
+            &cookie,
+            &[("csrf", CSRF), ("args", "{not json")],
+        )
+        .await;
+    assert!(
+        flash_of(&running_free).starts_with("error|The args are not valid JSON"),
+        "{}",
+        flash_of(&running_free)
+    );
+    let edited = dash
+        .post(
+            &format!("/jobs/{}/edit-retry", dead[0]),
+            &cookie,
+            &[("csrf", CSRF), ("args", r#"{"fixed": true}"#)],
+        )
+        .await;
+    assert!(
+        flash_of(&edited).starts_with("ok|"),
+        "{}",
+        flash_of(&edited)
+    );
+    assert_eq!(
+        dash.store.job_get(dead[0]).await.unwrap().unwrap().args,
+        json!({"fixed": true})
+    );
 
     let rescheduled = dash
-        .post(&format!("/jobs/{}/reschedule", dead[1]), &cookie, &[("csrf", CSRF), ("when", "2099-01-02T03:04"), ("tz_offset", "-60")])
+        .post(
+            &format!("/jobs/{}/reschedule", dead[1]),
+            &cookie,
+            &[
+                ("csrf", CSRF),
+                ("when", "2099-01-02T03:04"),
+                ("tz_offset", "-60"),
+            ],
+        )
         .await;
-    assert_eq!(flash_of(&rescheduled), "ok|Rescheduled to 2099-01-02 02:04 UTC.");
+    assert_eq!(
+        flash_of(&rescheduled),
+        "ok|Rescheduled to 2099-01-02 02:04 UTC."
+    );
     assert_eq!(dash.state_of(dead[1]).await, JobState::Scheduled);
-    let run_now = dash.post(&format!("/jobs/{}/run-now", dead[1]), &cookie, &[("csrf", CSRF)]).await;
+    let run_now = dash
+        .post(
+            &format!("/jobs/{}/run-now", dead[1]),
+            &cookie,
+            &[("csrf", CSRF)],
+        )
+        .await;
     assert!(flash_of(&run_now).starts_with("ok|"));
     assert_eq!(dash.state_of(dead[1]).await, JobState::Available);
 
     // Bulk over selected rows: one is not cancellable any more.
     let bulk = dash
-        .post("/jobs/bulk", &cookie, &[("csrf", CSRF), ("action", "cancel"), ("ids", &waiting.to_string()), ("ids", &dead[2].to_string())])
+        .post(
+            "/jobs/bulk",
+            &cookie,
+            &[
+                ("csrf", CSRF),
+                ("action", "cancel"),
+                ("ids", &waiting.to_string()),
+                ("ids", &dead[2].to_string()),
+            ],
+        )
         .await;
     assert_eq!(bulk.status, StatusCode::SEE_OTHER);
-    assert!(flash_of(&bulk).contains("Cancelled 1 jobs; 1 skipped"), "{}", flash_of(&bulk));
+    assert!(
+        flash_of(&bulk).contains("Cancelled 1 jobs; 1 skipped"),
+        "{}",
+        flash_of(&bulk)
+    );
 
     // Every dead job matching a filter.
-    let all = dash.post("/jobs/bulk", &cookie, &[("csrf", CSRF), ("action", "retry"), ("all", "1"), ("state", "dead")]).await;
-    assert_eq!(flash_of(&all), "ok|Retried 1 dead jobs matching the filter.");
+    let all = dash
+        .post(
+            "/jobs/bulk",
+            &cookie,
+            &[
+                ("csrf", CSRF),
+                ("action", "retry"),
+                ("all", "1"),
+                ("state", "dead"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        flash_of(&all),
+        "ok|Retried 1 dead jobs matching the filter."
+    );
     assert_eq!(dash.state_of(dead[2]).await, JobState::Available);
-    let not_dead = dash.post("/jobs/bulk", &cookie, &[("csrf", CSRF), ("action", "delete"), ("all", "1"), ("state", "available")]).await;
+    let not_dead = dash
+        .post(
+            "/jobs/bulk",
+            &cookie,
+            &[
+                ("csrf", CSRF),
+                ("action", "delete"),
+                ("all", "1"),
+                ("state", "available"),
+            ],
+        )
+        .await;
     assert!(flash_of(&not_dead).starts_with("error|"));
 
-    let paused = dash.post("/queues/default/pause", &cookie, &[("csrf", CSRF)]).await;
+    let paused = dash
+        .post("/queues/default/pause", &cookie, &[("csrf", CSRF)])
+        .await;
     assert!(flash_of(&paused).starts_with("ok|Paused queue default"));
     assert!(dash.store.queues_list().await.unwrap()[0].paused);
-    let deleted = dash.post(&format!("/jobs/{waiting}/delete"), &cookie, &[("csrf", CSRF)]).await;
+    let deleted = dash
+        .post(
+            &format!("/jobs/{waiting}/delete"),
+            &cookie,
+            &[("csrf", CSRF)],
+        )
+        .await;
     assert_eq!(deleted.location(), "/jobs");
     assert!(dash.store.job_get(waiting).await.unwrap().is_none());
-    let gone = dash.post(&format!("/jobs/{waiting}/cancel"), &cookie, &[("csrf", CSRF)]).await;
-    assert!(flash_of(&gone).starts_with("error|Nothing changed: job"), "{}", flash_of(&gone));
-    assert_eq!(dash.get(&format!("/jobs/{waiting}")).await.status, StatusCode::NOT_FOUND);
+    let gone = dash
+        .post(
+            &format!("/jobs/{waiting}/cancel"),
+            &cookie,
+            &[("csrf", CSRF)],
+        )
+        .await;
+    assert!(
+        flash_of(&gone).starts_with("error|Nothing changed: job"),
+        "{}",
+        flash_of(&gone)
+    );
+    assert_eq!(
+        dash.get(&format!("/jobs/{waiting}")).await.status,
+        StatusCode::NOT_FOUND
+    );
     // A jump to an id, and a bad filter, say what happened.
-    assert_eq!(dash.get(&format!("/jobs?id={}", dead[0])).await.location(), format!("/jobs/{}", dead[0]));
-    assert!(dash.get("/jobs?args=nonsense").await.body.contains("search args as path=value"));
+    assert_eq!(
+        dash.get(&format!("/jobs?id={}", dead[0])).await.location(),
+        format!("/jobs/{}", dead[0])
+    );
+    assert!(dash
+        .get("/jobs?args=nonsense")
+        .await
+        .body
+        .contains("search args as path=value"));
 }
 
 #[tokio::test]
 async fn a_server_token_guards_the_dashboard() {
-    let dash = dash_with(ServerConfig { token: Some("s3cret-token".into()), ..Default::default() }).await;
+    let dash = dash_with(ServerConfig {
+        token: Some("s3cret-token".into()),
+        ..Default::default()
+    })
+    .await;
     let cookie = format!("grafter_csrf={CSRF}");
     let page = dash.get("/jobs?state=dead").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location(), "/login?next=%2Fjobs%3Fstate%3Ddead");
     assert_eq!(dash.get("/login").await.status, StatusCode::OK);
-    assert_eq!(dash.post("/queues/default/pause", &cookie, &[("csrf", CSRF)]).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        dash.post("/queues/default/pause", &cookie, &[("csrf", CSRF)])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
 
-    let wrong = dash.post("/login", &cookie, &[("csrf", CSRF), ("token", "guess"), ("next", "/queues")]).await;
+    let wrong = dash
+        .post(
+            "/login",
+            &cookie,
+            &[("csrf", CSRF), ("token", "guess"), ("next", "/queues")],
+        )
+        .await;
     assert!(wrong.set_cookie("grafter_session").is_none());
     assert!(wrong.location().starts_with("/login"));
-    let forged = dash.post("/login", &cookie, &[("csrf", "nope"), ("token", "s3cret-token")]).await;
-    assert_eq!(forged.status, StatusCode::FORBIDDEN, "login forms carry the CSRF token too");
+    let forged = dash
+        .post(
+            "/login",
+            &cookie,
+            &[("csrf", "nope"), ("token", "s3cret-token")],
+        )
+        .await;
+    assert_eq!(
+        forged.status,
+        StatusCode::FORBIDDEN,
+        "login forms carry the CSRF token too"
+    );
 
-    let login = dash.post("/login", &cookie, &[("csrf", CSRF), ("token", "s3cret-token"), ("next", "/queues")]).await;
+    let login = dash
+        .post(
+            "/login",
+            &cookie,
+            &[
+                ("csrf", CSRF),
+                ("token", "s3cret-token"),
+                ("next", "/queues"),
+            ],
+        )
+        .await;
     assert_eq!(login.location(), "/queues");
-    let session = login.set_cookie("grafter_session").expect("a session cookie");
-    let set = login.headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
-    assert!(set.iter().any(|c| c.starts_with("grafter_session=") && c.contains("HttpOnly") && c.contains("SameSite=Strict")));
-    assert_eq!(dash.get_with_cookie("/queues", &format!("{cookie}; {session}")).await.status, StatusCode::OK);
-    let offsite = dash.post("/login", &cookie, &[("csrf", CSRF), ("token", "s3cret-token"), ("next", "//evil.example/")]).await;
+    let session = login
+        .set_cookie("grafter_session")
+        .expect("a session cookie");
+    let set = login
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert!(set.iter().any(|c| c.starts_with("grafter_session=")
+        && c.contains("HttpOnly")
+        && c.contains("SameSite=Strict")));
+    assert_eq!(
+        dash.get_with_cookie("/queues", &format!("{cookie}; {session}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let offsite = dash
+        .post(
+            "/login",
+            &cookie,
+            &[
+                ("csrf", CSRF),
+                ("token", "s3cret-token"),
+                ("next", "//evil.example/"),
+            ],
+        )
+        .await;
     assert_eq!(offsite.location(), "/");
     // The token as a bearer header works as well (scripts, curl).
     let bearer = dash
-        .send(Request::get("/workers").header(header::AUTHORIZATION, "Bearer s3cret-token").body(Body::empty()).unwrap())
+        .send(
+            Request::get("/workers")
+                .header(header::AUTHORIZATION, "Bearer s3cret-token")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(bearer.status, StatusCode::OK);
     // The API keeps its own rule.
-    assert_eq!(dash.get("/v1/queues").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        dash.get("/v1/queues").await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -329,7 +603,15 @@ async fn unknown_paths_are_html_outside_the_api_and_json_inside() {
     let page = dash.get("/nothing/here").await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
     assert!(page.body.contains("<html"));
-    let api = dash.send(Request::builder().method(Method::GET).uri("/v1/nothing").body(Body::empty()).unwrap()).await;
+    let api = dash
+        .send(
+            Request::builder()
+                .method(Method::GET)
+                .uri("/v1/nothing")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
     assert_eq!(api.status, StatusCode::NOT_FOUND);
     assert!(api.body.contains(r#""code":"not_found""#), "{}", api.body);
     assert_eq!(dash.get("/jobs/999999").await.status, StatusCode::NOT_FOUND);

@@ -21,9 +21,14 @@ struct Api {
 
 async fn api_with(config: ServerConfig) -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("grafter.db")).await.unwrap();
+    let store = SqliteStore::open(dir.path().join("grafter.db"))
+        .await
+        .unwrap();
     let state = AppState::new(Arc::new(store), config, CancellationToken::new());
-    Api { app: router(state), _dir: dir }
+    Api {
+        app: router(state),
+        _dir: dir,
+    }
 }
 
 async fn api() -> Api {
@@ -56,8 +61,14 @@ impl Api {
     }
 
     async fn text(&self, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
-        self.raw(Request::builder().method(method).uri(uri).body(Body::from(body.to_owned())).unwrap())
-            .await
+        self.raw(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body.to_owned()))
+                .unwrap(),
+        )
+        .await
     }
 
     async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
@@ -75,7 +86,9 @@ impl Api {
     }
 
     async fn fetch_one(&self, queue: &str) -> Value {
-        let (status, body) = self.post("/v1/fetch", json!({"queues": [queue], "worker_id": "w1"})).await;
+        let (status, body) = self
+            .post("/v1/fetch", json!({"queues": [queue], "worker_id": "w1"}))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["jobs"].as_array().unwrap().len(), 1, "{body}");
         body["jobs"][0].clone()
@@ -85,14 +98,35 @@ impl Api {
 fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert_eq!(response.0, status, "{}", response.1);
     assert_eq!(response.1["error"]["code"], code, "{}", response.1);
-    assert!(response.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", response.1);
+    assert!(
+        response.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        response.1
+    );
 }
 
 #[tokio::test]
 async fn enqueue_answers_the_job_with_every_contract_field() {
     let api = api().await;
-    let job = api.enqueue(json!({"kind": "send_email", "args": {"to": "a@example.com"}, "tags": ["t"]})).await;
-    for field in ["id", "queue", "kind", "args", "state", "attempt", "max_attempts", "priority", "run_at", "progress", "result", "errors"] {
+    let job = api
+        .enqueue(json!({"kind": "send_email", "args": {"to": "a@example.com"}, "tags": ["t"]}))
+        .await;
+    for field in [
+        "id",
+        "queue",
+        "kind",
+        "args",
+        "state",
+        "attempt",
+        "max_attempts",
+        "priority",
+        "run_at",
+        "progress",
+        "result",
+        "errors",
+    ] {
         assert!(job.get(field).is_some(), "missing {field} in {job}");
     }
     assert_eq!(job["state"], "available");
@@ -103,15 +137,21 @@ async fn enqueue_answers_the_job_with_every_contract_field() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown, job);
 
-    let later = api.enqueue(json!({"kind": "k", "run_at": "2999-01-01T00:00:00Z"})).await;
+    let later = api
+        .enqueue(json!({"kind": "k", "run_at": "2999-01-01T00:00:00Z"}))
+        .await;
     assert_eq!(later["state"], "scheduled");
 }
 
 #[tokio::test]
 async fn duplicate_unique_key_answers_200_with_the_existing_job() {
     let api = api().await;
-    let first = api.enqueue(json!({"kind": "sync", "unique_key": "user:1"})).await;
-    let (status, again) = api.post("/v1/jobs", json!({"kind": "sync", "unique_key": "user:1"})).await;
+    let first = api
+        .enqueue(json!({"kind": "sync", "unique_key": "user:1"}))
+        .await;
+    let (status, again) = api
+        .post("/v1/jobs", json!({"kind": "sync", "unique_key": "user:1"}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["id"], first["id"]);
 }
@@ -119,23 +159,50 @@ async fn duplicate_unique_key_answers_200_with_the_existing_job() {
 #[tokio::test]
 async fn bad_enqueue_input_gets_json_errors_naming_the_field() {
     let api = api().await;
-    assert_error(&api.text(Method::POST, "/v1/jobs", "{not json").await, StatusCode::BAD_REQUEST, "invalid_json");
-    assert_error(&api.text(Method::POST, "/v1/jobs", "").await, StatusCode::BAD_REQUEST, "invalid_json");
-    assert_error(&api.text(Method::POST, "/v1/jobs", "{} trailing").await, StatusCode::BAD_REQUEST, "invalid_json");
+    assert_error(
+        &api.text(Method::POST, "/v1/jobs", "{not json").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
+    assert_error(
+        &api.text(Method::POST, "/v1/jobs", "").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
+    assert_error(
+        &api.text(Method::POST, "/v1/jobs", "{} trailing").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
 
     let missing = api.post("/v1/jobs", json!({"args": {}})).await;
     assert_error(&missing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(missing.1["error"]["field"], "kind");
     let not_object = api.post("/v1/jobs", json!([1, 2])).await;
-    assert_error(&not_object, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &not_object,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
 
-    let wrong_type = api.post("/v1/jobs", json!({"kind": "k", "priority": "high"})).await;
-    assert_error(&wrong_type, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let wrong_type = api
+        .post("/v1/jobs", json!({"kind": "k", "priority": "high"}))
+        .await;
+    assert_error(
+        &wrong_type,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
     assert_eq!(wrong_type.1["error"]["field"], "priority");
 
-    let unknown = api.post("/v1/jobs", json!({"kind": "k", "priorty": 1})).await;
+    let unknown = api
+        .post("/v1/jobs", json!({"kind": "k", "priorty": 1}))
+        .await;
     assert_error(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert!(unknown.1["error"]["message"].as_str().unwrap().contains("priorty"));
+    assert!(unknown.1["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("priorty"));
 
     for (body, field) in [
         (json!({"kind": ""}), "kind"),
@@ -147,52 +214,122 @@ async fn bad_enqueue_input_gets_json_errors_naming_the_field() {
     ] {
         let response = api.post("/v1/jobs", body.clone()).await;
         assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-        assert_eq!(response.1["error"]["field"], field, "{body} → {}", response.1);
+        assert_eq!(
+            response.1["error"]["field"], field,
+            "{body} → {}",
+            response.1
+        );
     }
     let (_, page) = api.get("/v1/jobs").await;
-    assert!(page["jobs"].as_array().unwrap().is_empty(), "no bad input was stored");
+    assert!(
+        page["jobs"].as_array().unwrap().is_empty(),
+        "no bad input was stored"
+    );
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
-    let api = api_with(ServerConfig { body_limit_bytes: 2048, ..Default::default() }).await;
+    let api = api_with(ServerConfig {
+        body_limit_bytes: 2048,
+        ..Default::default()
+    })
+    .await;
     let big = json!({"kind": "k", "args": {"blob": "x".repeat(4096)}});
-    assert_error(&api.post("/v1/jobs", big).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    api.enqueue(json!({"kind": "k", "args": {"blob": "x".repeat(100)}})).await;
+    assert_error(
+        &api.post("/v1/jobs", big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    api.enqueue(json!({"kind": "k", "args": {"blob": "x".repeat(100)}}))
+        .await;
 }
 
 #[tokio::test]
 async fn batch_enqueue_is_one_transaction() {
     let api = api().await;
-    let jobs: Vec<Value> = (0..50).map(|i| json!({"kind": "k", "args": {"i": i}})).collect();
+    let jobs: Vec<Value> = (0..50)
+        .map(|i| json!({"kind": "k", "args": {"i": i}}))
+        .collect();
     let (status, body) = api.post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let ids: Vec<i64> = body["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids.len(), 50);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in request order");
 
-    let bad = api.post("/v1/jobs/batch", json!({"jobs": [{"kind": "ok"}, {"kind": ""}]})).await;
+    let bad = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "ok"}, {"kind": ""}]}),
+        )
+        .await;
     assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(bad.1["error"]["field"], "jobs[1].kind");
-    let typo = api.post("/v1/jobs/batch", json!({"jobs": [{"kind": "ok"}, {"kind": 5}]})).await;
+    let typo = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "ok"}, {"kind": 5}]}),
+        )
+        .await;
     assert_error(&typo, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(typo.1["error"]["field"], "jobs[1].kind");
-    let missing = api.post("/v1/jobs/batch", json!({"jobs": [{"kind": "ok"}, {"args": {}}]})).await;
+    let missing = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "ok"}, {"args": {}}]}),
+        )
+        .await;
     assert_eq!(missing.1["error"]["field"], "jobs[1].kind", "{}", missing.1);
-    assert_error(&api.post("/v1/jobs/batch", json!({"jobs": []})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &api.post("/v1/jobs/batch", json!({"jobs": []})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
     let (_, page) = api.get("/v1/jobs?limit=1000").await;
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 50, "the bad batches stored nothing");
+    assert_eq!(
+        page["jobs"].as_array().unwrap().len(),
+        50,
+        "the bad batches stored nothing"
+    );
 }
 
 #[tokio::test]
 async fn unknown_jobs_and_routes_are_404_json() {
     let api = api().await;
-    assert_error(&api.get("/v1/jobs/12345").await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&api.get("/v1/jobs/abc").await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&api.post("/v1/jobs/12345/retry", json!({})).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&api.call(Method::DELETE, "/v1/jobs/12345", None).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&api.post("/v1/jobs/12345/ack", json!({"lease": "x"})).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&api.get("/v1/nothing").await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &api.get("/v1/jobs/12345").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &api.get("/v1/jobs/abc").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &api.post("/v1/jobs/12345/retry", json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &api.call(Method::DELETE, "/v1/jobs/12345", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &api.post("/v1/jobs/12345/ack", json!({"lease": "x"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &api.get("/v1/nothing").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     let wrong_method = api.call(Method::PUT, "/v1/jobs", None).await;
     assert_eq!(wrong_method.0, StatusCode::METHOD_NOT_ALLOWED);
     assert!(wrong_method.1["error"]["message"].is_string());
@@ -210,12 +347,21 @@ async fn fetch_then_ack_completes_with_the_result() {
     let lease = leased["lease"].as_str().unwrap().to_owned();
 
     let uri = format!("/v1/jobs/{}/ack", job["id"]);
-    let (status, done) = api.post(&uri, json!({"lease": lease, "result": {"url": "/exports/1.csv"}})).await;
+    let (status, done) = api
+        .post(
+            &uri,
+            json!({"lease": lease, "result": {"url": "/exports/1.csv"}}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["state"], "completed");
     assert_eq!(done["result"]["url"], "/exports/1.csv");
     // The same lease again is stale now.
-    assert_error(&api.post(&uri, json!({"lease": lease})).await, StatusCode::CONFLICT, "lease_mismatch");
+    assert_error(
+        &api.post(&uri, json!({"lease": lease})).await,
+        StatusCode::CONFLICT,
+        "lease_mismatch",
+    );
 }
 
 #[tokio::test]
@@ -224,7 +370,12 @@ async fn batch_ack_completes_each_job_fenced_by_its_own_lease() {
     for kind in ["a", "b", "c"] {
         api.enqueue(json!({"kind": kind})).await;
     }
-    let (_, fetched) = api.post("/v1/fetch", json!({"queues": ["default"], "max": 3, "worker_id": "w1"})).await;
+    let (_, fetched) = api
+        .post(
+            "/v1/fetch",
+            json!({"queues": ["default"], "max": 3, "worker_id": "w1"}),
+        )
+        .await;
     let jobs = fetched["jobs"].as_array().unwrap().clone();
     assert_eq!(jobs.len(), 3);
     let ack = |job: &Value, lease: &Value| json!({"id": job["id"], "lease": lease, "result": {"kind": job["kind"]}});
@@ -241,7 +392,16 @@ async fn batch_ack_completes_each_job_fenced_by_its_own_lease() {
     let oks: Vec<bool> = results.iter().map(|r| r["ok"].as_bool().unwrap()).collect();
     assert_eq!(oks, [true, false, true, false, false]);
     let ids: Vec<&Value> = results.iter().map(|r| &r["id"]).collect();
-    assert_eq!(ids, [&jobs[0]["id"], &jobs[1]["id"], &jobs[2]["id"], &json!(987_654), &jobs[0]["id"]]);
+    assert_eq!(
+        ids,
+        [
+            &jobs[0]["id"],
+            &jobs[1]["id"],
+            &jobs[2]["id"],
+            &json!(987_654),
+            &jobs[0]["id"]
+        ]
+    );
     assert!(results[0].get("error").is_none());
     assert_eq!(results[1]["error"]["code"], "lease_mismatch");
     assert_eq!(results[3]["error"]["code"], "not_found");
@@ -251,27 +411,53 @@ async fn batch_ack_completes_each_job_fenced_by_its_own_lease() {
     assert_eq!(first["state"], "completed");
     assert_eq!(first["result"], json!({"kind": "a"}));
     let (_, second) = api.get(&format!("/v1/jobs/{}", jobs[1]["id"])).await;
-    assert_eq!(second["state"], "running", "a foreign lease changes nothing");
+    assert_eq!(
+        second["state"], "running",
+        "a foreign lease changes nothing"
+    );
     let (_, third) = api.get(&format!("/v1/jobs/{}", jobs[2]["id"])).await;
     assert_eq!(third["state"], "completed");
     assert_eq!(third["result"], Value::Null);
 
     let (_, metrics) = api.text(Method::GET, "/metrics", "").await;
-    assert!(metrics.as_str().unwrap_or_default().contains("grafter_jobs_batch_acked_total 2"), "{metrics}");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("grafter_jobs_batch_acked_total 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn batch_ack_validates_its_request() {
     let api = api().await;
-    assert_error(&api.post("/v1/jobs/ack", json!({"acks": []})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &api.post("/v1/jobs/ack", json!({"acks": []})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
     let too_many: Vec<Value> = (0..1001).map(|i| json!({"id": i, "lease": "x"})).collect();
-    assert_error(&api.post("/v1/jobs/ack", json!({"acks": too_many})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &api.post("/v1/jobs/ack", json!({"acks": too_many})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
     let missing = api.post("/v1/jobs/ack", json!({"acks": [{"id": 1}]})).await;
     assert_error(&missing, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(missing.1["error"]["field"], "acks[0].lease");
-    let unknown = api.post("/v1/jobs/ack", json!({"acks": [{"id": 1, "lease": "x", "reslt": 1}]})).await;
+    let unknown = api
+        .post(
+            "/v1/jobs/ack",
+            json!({"acks": [{"id": 1, "lease": "x", "reslt": 1}]}),
+        )
+        .await;
     assert_error(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert_error(&api.text(Method::POST, "/v1/jobs/ack", "{\"acks\": [").await, StatusCode::BAD_REQUEST, "invalid_json");
+    assert_error(
+        &api.text(Method::POST, "/v1/jobs/ack", "{\"acks\": [").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
 }
 
 #[tokio::test]
@@ -284,24 +470,39 @@ async fn stale_or_foreign_leases_answer_409_and_change_nothing() {
     let foreign = leased_b["lease"].clone();
     for action in ["ack", "fail", "heartbeat"] {
         let body = json!({"lease": foreign, "error": "x"});
-        let body = if action == "fail" { body } else { json!({"lease": foreign}) };
-        let response = api.post(&format!("/v1/jobs/{}/{action}", a["id"]), body).await;
+        let body = if action == "fail" {
+            body
+        } else {
+            json!({"lease": foreign})
+        };
+        let response = api
+            .post(&format!("/v1/jobs/{}/{action}", a["id"]), body)
+            .await;
         assert_error(&response, StatusCode::CONFLICT, "lease_mismatch");
     }
     let (_, now) = api.get(&format!("/v1/jobs/{}", a["id"])).await;
     let mut expected = leased_a.clone();
     expected.as_object_mut().unwrap().remove("lease");
     assert_eq!(now, expected);
-    assert_error(&api.post(&format!("/v1/jobs/{}/ack", a["id"]), json!({})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &api.post(&format!("/v1/jobs/{}/ack", a["id"]), json!({}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
 }
 
 #[tokio::test]
 async fn fail_retries_then_dies() {
     let api = api().await;
-    let job = api.enqueue(json!({"kind": "flaky", "max_attempts": 2})).await;
+    let job = api
+        .enqueue(json!({"kind": "flaky", "max_attempts": 2}))
+        .await;
     let leased = api.fetch_one("default").await;
     let uri = format!("/v1/jobs/{}/fail", job["id"]);
-    let (status, failed) = api.post(&uri, json!({"lease": leased["lease"], "error": "boom"})).await;
+    let (status, failed) = api
+        .post(&uri, json!({"lease": leased["lease"], "error": "boom"}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{failed}");
     assert_eq!(failed["state"], "retryable");
     assert_eq!(failed["errors"][0]["error"], "boom");
@@ -309,17 +510,26 @@ async fn fail_retries_then_dies() {
     assert_eq!(failed["errors"][0]["worker_id"], "w1");
 
     // Run it now rather than wait for the backoff, then fail the last attempt.
-    api.post(&format!("/v1/jobs/{}/retry", job["id"]), json!({})).await;
+    api.post(&format!("/v1/jobs/{}/retry", job["id"]), json!({}))
+        .await;
     let leased = api.fetch_one("default").await;
     assert_eq!(leased["attempt"], 2);
-    let (_, dead) = api.post(&uri, json!({"lease": leased["lease"], "error": "boom again"})).await;
+    let (_, dead) = api
+        .post(
+            &uri,
+            json!({"lease": leased["lease"], "error": "boom again"}),
+        )
+        .await;
     assert_eq!(dead["state"], "dead");
     assert_eq!(dead["errors"].as_array().unwrap().len(), 2);
 
     let other = api.enqueue(json!({"kind": "bad_input"})).await;
     let leased = api.fetch_one("default").await;
     let (_, dead) = api
-        .post(&format!("/v1/jobs/{}/fail", other["id"]), json!({"lease": leased["lease"], "error": "invalid", "retry": false}))
+        .post(
+            &format!("/v1/jobs/{}/fail", other["id"]),
+            json!({"lease": leased["lease"], "error": "invalid", "retry": false}),
+        )
         .await;
     assert_eq!(dead["state"], "dead");
     assert_eq!(dead["attempt"], 1);
@@ -327,10 +537,14 @@ async fn fail_retries_then_dies() {
     let third = api.enqueue(json!({"kind": "rate_limited"})).await;
     let leased = api.fetch_one("default").await;
     let (_, later) = api
-        .post(&format!("/v1/jobs/{}/fail", third["id"]), json!({"lease": leased["lease"], "error": "429", "retry_in_ms": 60000}))
+        .post(
+            &format!("/v1/jobs/{}/fail", third["id"]),
+            json!({"lease": leased["lease"], "error": "429", "retry_in_ms": 60000}),
+        )
         .await;
     assert_eq!(later["state"], "retryable");
-    let run_at: chrono::DateTime<chrono::Utc> = serde_json::from_value(later["run_at"].clone()).unwrap();
+    let run_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(later["run_at"].clone()).unwrap();
     assert!(run_at > chrono::Utc::now() + chrono::Duration::seconds(50));
 }
 
@@ -340,30 +554,50 @@ async fn heartbeat_stores_progress_and_carries_cancel_requests() {
     let job = api.enqueue(json!({"kind": "long"})).await;
     let leased = api.fetch_one("default").await;
     let uri = format!("/v1/jobs/{}/heartbeat", job["id"]);
-    let (status, beat) = api.post(&uri, json!({"lease": leased["lease"], "progress": 0.5})).await;
+    let (status, beat) = api
+        .post(&uri, json!({"lease": leased["lease"], "progress": 0.5}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{beat}");
     assert_eq!(beat["progress"]["fraction"], 0.5);
     assert_eq!(beat["cancel_requested"], false);
     let (_, beat) = api
-        .post(&uri, json!({"lease": leased["lease"], "progress": {"fraction": 0.75, "message": "3 of 4"}}))
+        .post(
+            &uri,
+            json!({"lease": leased["lease"], "progress": {"fraction": 0.75, "message": "3 of 4"}}),
+        )
         .await;
     assert_eq!(beat["progress"]["message"], "3 of 4");
     let (_, seen) = api.get(&format!("/v1/jobs/{}", job["id"])).await;
-    assert_eq!(seen["progress"]["fraction"], 0.75, "progress is visible while running");
+    assert_eq!(
+        seen["progress"]["fraction"], 0.75,
+        "progress is visible while running"
+    );
 
-    let bad = api.post(&uri, json!({"lease": leased["lease"], "progress": 1.5})).await;
+    let bad = api
+        .post(&uri, json!({"lease": leased["lease"], "progress": 1.5}))
+        .await;
     assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(bad.1["error"]["field"], "progress.fraction");
-    assert_error(&api.post(&uri, json!({"lease": leased["lease"], "lease_ms": 5})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &api.post(&uri, json!({"lease": leased["lease"], "lease_ms": 5}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
 
-    let (status, cancelled) = api.post(&format!("/v1/jobs/{}/cancel", job["id"]), json!({})).await;
+    let (status, cancelled) = api
+        .post(&format!("/v1/jobs/{}/cancel", job["id"]), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cancelled["state"], "running");
     assert_eq!(cancelled["cancel_requested"], true);
     let (_, beat) = api.post(&uri, json!({"lease": leased["lease"]})).await;
     assert_eq!(beat["cancel_requested"], true);
     let (_, stopped) = api
-        .post(&format!("/v1/jobs/{}/fail", job["id"]), json!({"lease": leased["lease"], "error": "stopped on request"}))
+        .post(
+            &format!("/v1/jobs/{}/fail", job["id"]),
+            json!({"lease": leased["lease"], "error": "stopped on request"}),
+        )
         .await;
     assert_eq!(stopped["state"], "cancelled");
 }
@@ -393,12 +627,23 @@ async fn fetch_validates_its_request() {
 async fn fetch_hands_out_by_priority_and_batches() {
     let api = api().await;
     for (kind, priority) in [("low", 10), ("high", -5), ("mid", 0), ("mid2", 0)] {
-        api.enqueue(json!({"kind": kind, "priority": priority})).await;
+        api.enqueue(json!({"kind": kind, "priority": priority}))
+            .await;
     }
     let (_, body) = api.post("/v1/fetch", json!({"max": 3})).await;
-    let kinds: Vec<_> = body["jobs"].as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<_> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(kinds, ["high", "mid", "mid2"]);
-    let leases: std::collections::HashSet<_> = body["jobs"].as_array().unwrap().iter().map(|j| j["lease"].as_str().unwrap().to_owned()).collect();
+    let leases: std::collections::HashSet<_> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["lease"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(leases.len(), 3, "every job has its own lease");
 }
 
@@ -409,7 +654,9 @@ async fn a_waiting_fetch_wakes_when_a_job_is_enqueued() {
         let api = api.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let response = api.post("/v1/fetch", json!({"queues": ["mail"], "wait_ms": 20000})).await;
+            let response = api
+                .post("/v1/fetch", json!({"queues": ["mail"], "wait_ms": 20000}))
+                .await;
             (response, started.elapsed())
         })
     };
@@ -418,10 +665,15 @@ async fn a_waiting_fetch_wakes_when_a_job_is_enqueued() {
     let ((status, body), waited) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["jobs"][0]["id"], job["id"]);
-    assert!(waited < Duration::from_secs(20), "woken by the enqueue, not by its own timeout");
+    assert!(
+        waited < Duration::from_secs(20),
+        "woken by the enqueue, not by its own timeout"
+    );
 
     // With nothing to take, the wait ends empty at wait_ms.
-    let (status, body) = api.post("/v1/fetch", json!({"queues": ["mail"], "wait_ms": 100})).await;
+    let (status, body) = api
+        .post("/v1/fetch", json!({"queues": ["mail"], "wait_ms": 100}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["jobs"], json!([]));
 }
@@ -430,14 +682,21 @@ async fn a_waiting_fetch_wakes_when_a_job_is_enqueued() {
 async fn list_filters_and_pages() {
     let api = api().await;
     for i in 0..7 {
-        api.enqueue(json!({"kind": if i % 2 == 0 { "even" } else { "odd" }, "queue": "q"})).await;
+        api.enqueue(json!({"kind": if i % 2 == 0 { "even" } else { "odd" }, "queue": "q"}))
+            .await;
     }
     let mut ids = Vec::new();
     let mut uri = "/v1/jobs?limit=3".to_owned();
     loop {
         let (status, page) = api.get(&uri).await;
         assert_eq!(status, StatusCode::OK, "{page}");
-        ids.extend(page["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()));
+        ids.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_i64().unwrap()),
+        );
         match page["next_cursor"].as_str() {
             Some(cursor) => uri = format!("/v1/jobs?limit=3&cursor={cursor}"),
             None => break,
@@ -452,12 +711,36 @@ async fn list_filters_and_pages() {
     let (_, none) = api.get("/v1/jobs?state=dead").await;
     assert_eq!(none["jobs"], json!([]));
 
-    assert_error(&api.get("/v1/jobs?state=done").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert_error(&api.get("/v1/jobs?limit=0").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert_error(&api.get("/v1/jobs?limit=lots").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert_error(&api.get("/v1/jobs?cursor=zzz").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert_error(&api.get("/v1/jobs?order=up").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
-    assert_error(&api.get("/v1/jobs?colour=red").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &api.get("/v1/jobs?state=done").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_error(
+        &api.get("/v1/jobs?limit=0").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_error(
+        &api.get("/v1/jobs?limit=lots").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_error(
+        &api.get("/v1/jobs?cursor=zzz").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_error(
+        &api.get("/v1/jobs?order=up").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_error(
+        &api.get("/v1/jobs?colour=red").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
 }
 
 #[tokio::test]
@@ -465,33 +748,61 @@ async fn retry_cancel_reschedule_delete() {
     let api = api().await;
     let job = api.enqueue(json!({"kind": "k"})).await;
     let id = job["id"].clone();
-    let (status, later) = api.post(&format!("/v1/jobs/{id}/reschedule"), json!({"delay_ms": 60000})).await;
+    let (status, later) = api
+        .post(
+            &format!("/v1/jobs/{id}/reschedule"),
+            json!({"delay_ms": 60000}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{later}");
     assert_eq!(later["state"], "scheduled");
-    let (_, at) = api.post(&format!("/v1/jobs/{id}/reschedule"), json!({"run_at": "2000-01-01T00:00:00Z"})).await;
+    let (_, at) = api
+        .post(
+            &format!("/v1/jobs/{id}/reschedule"),
+            json!({"run_at": "2000-01-01T00:00:00Z"}),
+        )
+        .await;
     assert_eq!(at["state"], "available");
     assert_error(
-        &api.post(&format!("/v1/jobs/{id}/reschedule"), json!({})).await,
+        &api.post(&format!("/v1/jobs/{id}/reschedule"), json!({}))
+            .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
     );
     let (_, cancelled) = api.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
     assert_eq!(cancelled["state"], "cancelled");
-    assert_error(&api.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await, StatusCode::CONFLICT, "invalid_state");
+    assert_error(
+        &api.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    );
     let (_, retried) = api.post(&format!("/v1/jobs/{id}/retry"), json!({})).await;
     assert_eq!(retried["state"], "available");
     // Retry and cancel need no body at all.
-    let (status, _) = api.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await;
+    let (status, _) = api
+        .call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
 
     let leased_job = api.enqueue(json!({"kind": "busy"})).await;
     let leased = api.fetch_one("default").await;
     assert_eq!(leased["id"], leased_job["id"]);
-    assert_error(&api.post(&format!("/v1/jobs/{}/retry", leased_job["id"]), json!({})).await, StatusCode::CONFLICT, "invalid_state");
+    assert_error(
+        &api.post(&format!("/v1/jobs/{}/retry", leased_job["id"]), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    );
 
-    let (status, _) = api.call(Method::DELETE, &format!("/v1/jobs/{id}"), None).await;
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/v1/jobs/{id}"), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_error(&api.get(&format!("/v1/jobs/{id}")).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &api.get(&format!("/v1/jobs/{id}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 }
 
 #[tokio::test]
@@ -506,7 +817,13 @@ async fn queues_count_and_pause() {
     let (_, fetched) = api.post("/v1/fetch", json!({"queues": ["mail"]})).await;
     assert_eq!(fetched["jobs"], json!([]), "paused queues are skipped");
     let (_, queues) = api.get("/v1/queues").await;
-    let mail = queues["queues"].as_array().unwrap().iter().find(|q| q["name"] == "mail").unwrap().clone();
+    let mail = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "mail")
+        .unwrap()
+        .clone();
     assert_eq!(mail["paused"], true);
     assert_eq!(mail["counts"]["available"], 2);
     assert_eq!(mail["counts"]["dead"], 0);
@@ -518,8 +835,14 @@ async fn queues_count_and_pause() {
 #[tokio::test]
 async fn health_metrics_and_openapi() {
     let api = api().await;
-    assert_eq!(api.get("/livez").await, (StatusCode::OK, json!({"status": "ok"})));
-    assert_eq!(api.get("/readyz").await, (StatusCode::OK, json!({"status": "ready"})));
+    assert_eq!(
+        api.get("/livez").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        api.get("/readyz").await,
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
 
     api.enqueue(json!({"kind": "k", "queue": "mail"})).await;
     let response = api
@@ -529,14 +852,37 @@ async fn health_metrics_and_openapi() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(text.contains("grafter_jobs_enqueued_total{queue=\"mail\"} 1"), "{text}");
-    assert!(text.contains("grafter_jobs{queue=\"mail\",state=\"available\"} 1"), "{text}");
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("grafter_jobs_enqueued_total{queue=\"mail\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("grafter_jobs{queue=\"mail\",state=\"available\"} 1"),
+        "{text}"
+    );
 
     let (status, spec) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/v1/jobs", "/v1/jobs/batch", "/v1/fetch", "/v1/jobs/{id}/ack", "/v1/jobs/ack", "/v1/queues", "/readyz"] {
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/batch",
+        "/v1/fetch",
+        "/v1/jobs/{id}/ack",
+        "/v1/jobs/ack",
+        "/v1/queues",
+        "/readyz",
+    ] {
         assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     assert!(spec["components"]["schemas"].get("Job").is_some());
@@ -547,19 +893,44 @@ async fn readyz_is_not_ready_while_shutting_down() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("g.db")).await.unwrap();
     let shutdown = CancellationToken::new();
-    let app = router(AppState::new(Arc::new(store), ServerConfig::default(), shutdown.clone()));
+    let app = router(AppState::new(
+        Arc::new(store),
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
     shutdown.cancel();
-    let response = app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]
 async fn a_token_guards_the_api_but_not_health() {
-    let api = api_with(ServerConfig { token: Some("s3cret".into()), ..Default::default() }).await;
-    assert_error(&api.get("/v1/queues").await, StatusCode::UNAUTHORIZED, "unauthorized");
-    let wrong = Request::get("/v1/queues").header(header::AUTHORIZATION, "Bearer nope").body(Body::empty()).unwrap();
-    assert_error(&api.raw(wrong).await, StatusCode::UNAUTHORIZED, "unauthorized");
-    let right = Request::get("/v1/queues").header(header::AUTHORIZATION, "Bearer s3cret").body(Body::empty()).unwrap();
+    let api = api_with(ServerConfig {
+        token: Some("s3cret".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_error(
+        &api.get("/v1/queues").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let wrong = Request::get("/v1/queues")
+        .header(header::AUTHORIZATION, "Bearer nope")
+        .body(Body::empty())
+        .unwrap();
+    assert_error(
+        &api.raw(wrong).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let right = Request::get("/v1/queues")
+        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .body(Body::empty())
+        .unwrap();
     assert_eq!(api.raw(right).await.0, StatusCode::OK);
     assert_eq!(api.get("/livez").await.0, StatusCode::OK);
 }
@@ -574,9 +945,15 @@ async fn release_hands_a_job_back_uncounted() {
     assert_eq!(status, StatusCode::OK, "{back}");
     assert_eq!(back["state"], "available");
     assert_eq!(back["attempt"], 0);
-    assert_error(&api.post(&uri, json!({"lease": leased["lease"]})).await, StatusCode::CONFLICT, "lease_mismatch");
+    assert_error(
+        &api.post(&uri, json!({"lease": leased["lease"]})).await,
+        StatusCode::CONFLICT,
+        "lease_mismatch",
+    );
     let leased = api.fetch_one("default").await;
-    let (_, snoozed) = api.post(&uri, json!({"lease": leased["lease"], "delay_ms": 60000})).await;
+    let (_, snoozed) = api
+        .post(&uri, json!({"lease": leased["lease"], "delay_ms": 60000}))
+        .await;
     assert_eq!(snoozed["state"], "scheduled");
 }
 
@@ -584,7 +961,9 @@ async fn release_hands_a_job_back_uncounted() {
 async fn workers_register_and_list() {
     let api = api().await;
     let worker = json!({"id": "w1", "host": "box", "pid": 7, "queues": ["default"], "concurrency": 4, "kinds": ["k"]});
-    let (status, _) = api.call(Method::PUT, "/v1/workers/w1", Some(worker.clone())).await;
+    let (status, _) = api
+        .call(Method::PUT, "/v1/workers/w1", Some(worker.clone()))
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     api.enqueue(json!({"kind": "k"})).await;
     api.post("/v1/fetch", json!({"worker_id": "w1"})).await;
@@ -593,7 +972,9 @@ async fn workers_register_and_list() {
     assert_eq!(listed["workers"][0]["host"], "box");
     assert_eq!(listed["workers"][0]["running"], 1);
     assert!(listed["workers"][0]["last_seen_at"].is_string());
-    let mismatch = api.call(Method::PUT, "/v1/workers/other", Some(worker.clone())).await;
+    let mismatch = api
+        .call(Method::PUT, "/v1/workers/other", Some(worker.clone()))
+        .await;
     assert_error(&mismatch, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     let (status, _) = api.call(Method::DELETE, "/v1/workers/w1", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);

@@ -59,7 +59,10 @@ async fn services_move_jobs_along_as_time_passes() {
     let mut leased = NewJob::new("leased", json!({}));
     leased.queue = "leased".into();
     let jobs: Vec<_> = store
-        .jobs_insert_many(JobsInsert { jobs: vec![later, deadline, leased, NewJob::new("done", json!({}))], now })
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![later, deadline, leased, NewJob::new("done", json!({}))],
+            now,
+        })
         .await
         .unwrap()
         .into_iter()
@@ -74,9 +77,18 @@ async fn services_move_jobs_along_as_time_passes() {
         now: Utc::now(),
     };
     // "done" completes now; "leased" is leased briefly and abandoned.
-    let done = store.jobs_fetch(fetch("default", 30_000)).await.unwrap().remove(0);
+    let done = store
+        .jobs_fetch(fetch("default", 30_000))
+        .await
+        .unwrap()
+        .remove(0);
     store
-        .job_complete(JobComplete { id: done.job.id, lease: done.lease, result: None, now: Utc::now() })
+        .job_complete(JobComplete {
+            id: done.job.id,
+            lease: done.lease,
+            result: None,
+            now: Utc::now(),
+        })
         .await
         .unwrap();
     store.jobs_fetch(fetch("leased", 1)).await.unwrap();
@@ -93,10 +105,15 @@ async fn services_move_jobs_along_as_time_passes() {
     .await;
     eventually("the rescuer retries the abandoned lease", async || {
         let job = store.job_get(jobs[2].id).await.unwrap().unwrap();
-        job.errors.first().is_some_and(|e| e.error == "lease expired")
+        job.errors
+            .first()
+            .is_some_and(|e| e.error == "lease expired")
     })
     .await;
-    eventually("the pruner deletes the finished job", async || state_of(&store, jobs[3].id).await.is_none()).await;
+    eventually("the pruner deletes the finished job", async || {
+        state_of(&store, jobs[3].id).await.is_none()
+    })
+    .await;
     maintenance.stop().await;
 }
 
@@ -113,7 +130,10 @@ async fn only_one_node_leads_and_a_stopping_leader_hands_over() {
     };
     let first = services::start(store.clone(), &config, CancellationToken::new());
     let second = services::start(store.clone(), &config, CancellationToken::new());
-    eventually("someone leads", async || !store.leader_acquire(outsider(Utc::now())).await.unwrap()).await;
+    eventually("someone leads", async || {
+        !store.leader_acquire(outsider(Utc::now())).await.unwrap()
+    })
+    .await;
     // While either runs, an outsider never gets the leadership.
     for _ in 0..10 {
         assert!(!store.leader_acquire(outsider(Utc::now())).await.unwrap());

@@ -56,19 +56,31 @@ async fn start_node(store: Arc<dyn Store>, config: ServerConfig) -> Grafter {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     tokio::spawn(serve(listener, store, config, shutdown.clone()));
-    Grafter { base, http: reqwest::Client::new(), shutdown, _dir: None }
+    Grafter {
+        base,
+        http: reqwest::Client::new(),
+        shutdown,
+        _dir: None,
+    }
 }
 
 async fn grafter() -> Grafter {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("grafter.db")).await.unwrap();
+    let store = SqliteStore::open(dir.path().join("grafter.db"))
+        .await
+        .unwrap();
     let mut node = start_node(Arc::new(store), fast_config()).await;
     node._dir = Some(dir);
     node
 }
 
 impl Grafter {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(&body);
@@ -76,29 +88,47 @@ impl Grafter {
         let response = request.send().await.expect("request to grafter");
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
         let text = response.text().await.unwrap();
-        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
     }
 
     async fn put_push(&self, queue: &str, push: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::PUT, &format!("/v1/queues/{queue}"), Some(json!({"push": push}))).await
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/v1/queues/{queue}"),
+            Some(json!({"push": push})),
+        )
+        .await
     }
 
     /// Makes `queue` push to `url` with the test secret, plus `extra` fields.
     async fn push_to(&self, queue: &str, url: &str, extra: Value) {
         let mut push = json!({"url": url, "secret": SECRET});
-        push.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        push.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
         let (status, body) = self.put_push(queue, push).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     async fn enqueue(&self, job: Value) -> i64 {
-        let (status, body) = self.call(reqwest::Method::POST, "/v1/jobs", Some(job)).await;
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/v1/jobs", Some(job))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_i64().unwrap()
     }
 
     async fn job(&self, id: i64) -> Value {
-        let (status, body) = self.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await;
+        let (status, body) = self
+            .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body
     }
@@ -111,7 +141,10 @@ impl Grafter {
             if done(&job) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job {id} never became {what}: {job}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never became {what}: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -132,7 +165,12 @@ struct Reply {
 
 impl Reply {
     fn new(status: u16, body: impl Into<String>) -> Self {
-        Reply { status, headers: Vec::new(), body: body.into(), delay: Duration::ZERO }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
     }
 
     fn json(status: u16, body: Value) -> Self {
@@ -160,7 +198,10 @@ struct Seen {
 
 impl Seen {
     fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("no {name} header"))
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} header"))
     }
 
     fn json(&self) -> Value {
@@ -204,13 +245,23 @@ impl Receiver {
     }
 
     async fn answer(&self, headers: HeaderMap, body: Bytes) -> Response {
-        self.seen.lock().unwrap().push(Seen { headers, body, at: Instant::now() });
+        self.seen.lock().unwrap().push(Seen {
+            headers,
+            body,
+            at: Instant::now(),
+        });
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
-        let reply = self.script.lock().unwrap().pop_front().unwrap_or_else(|| self.fallback.lock().unwrap().clone());
+        let reply = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| self.fallback.lock().unwrap().clone());
         tokio::time::sleep(reply.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+        let mut response =
+            (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
         for (name, value) in reply.headers {
             response.headers_mut().insert(name, value.parse().unwrap());
         }
@@ -231,7 +282,12 @@ impl Receiver {
 }
 
 fn error_messages(job: &Value) -> Vec<String> {
-    job["errors"].as_array().unwrap().iter().map(|e| e["error"].as_str().unwrap().to_owned()).collect()
+    job["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["error"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -242,15 +298,28 @@ async fn a_failed_push_is_retried_and_completes_as_attempt_2_with_the_first_erro
     )
     .await;
     let grafter = grafter().await;
-    grafter.push_to("mail", &receiver.url, json!({"headers": {"X-App": "demo"}})).await;
-    let id = grafter.enqueue(json!({"kind": "send_email", "queue": "mail", "args": {"to": "ada@example.com"}})).await;
+    grafter
+        .push_to("mail", &receiver.url, json!({"headers": {"X-App": "demo"}}))
+        .await;
+    let id = grafter
+        .enqueue(json!({"kind": "send_email", "queue": "mail", "args": {"to": "ada@example.com"}}))
+        .await;
 
     let job = grafter.wait_state(id, "completed").await;
     assert_eq!(job["attempt"], 2, "{job}");
     assert_eq!(job["result"], json!({"sent": true}));
-    assert_eq!(error_messages(&job), ["500 Internal Server Error: boom: database is down"]);
+    assert_eq!(
+        error_messages(&job),
+        ["500 Internal Server Error: boom: database is down"]
+    );
     assert_eq!(job["errors"][0]["attempt"], 1);
-    assert!(job["errors"][0]["worker_id"].as_str().unwrap().starts_with("push:"), "{job}");
+    assert!(
+        job["errors"][0]["worker_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("push:"),
+        "{job}"
+    );
 
     let seen = receiver.seen();
     assert_eq!(seen.len(), 2);
@@ -263,11 +332,24 @@ async fn a_failed_push_is_retried_and_completes_as_attempt_2_with_the_first_erro
         assert!(!request.header("grafter-lease").is_empty());
         assert_eq!(request.header("x-app"), "demo");
         assert!(request.header("user-agent").starts_with("grafter/"));
-        verifier.verify(request.header("grafter-signature"), &request.body).expect("Grafter's signature verifies");
+        verifier
+            .verify(request.header("grafter-signature"), &request.body)
+            .expect("Grafter's signature verifies");
         let body = request.json();
         let mut keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, ["args", "attempt", "enqueued_at", "id", "kind", "max_attempts", "queue"]);
+        assert_eq!(
+            keys,
+            [
+                "args",
+                "attempt",
+                "enqueued_at",
+                "id",
+                "kind",
+                "max_attempts",
+                "queue"
+            ]
+        );
         assert_eq!(body["id"], id);
         assert_eq!(body["kind"], "send_email");
         assert_eq!(body["queue"], "mail");
@@ -276,7 +358,11 @@ async fn a_failed_push_is_retried_and_completes_as_attempt_2_with_the_first_erro
         assert_eq!(body["max_attempts"], 25);
         assert_eq!(body["enqueued_at"], job["created_at"]);
     }
-    assert_ne!(seen[0].header("grafter-lease"), seen[1].header("grafter-lease"), "each attempt has its own lease");
+    assert_ne!(
+        seen[0].header("grafter-lease"),
+        seen[1].header("grafter-lease"),
+        "each attempt has its own lease"
+    );
 }
 
 #[tokio::test]
@@ -287,8 +373,12 @@ async fn a_push_that_times_out_is_a_failed_attempt() {
     )
     .await;
     let grafter = grafter().await;
-    grafter.push_to("slow", &receiver.url, json!({"timeout_ms": 300})).await;
-    let id = grafter.enqueue(json!({"kind": "export", "queue": "slow"})).await;
+    grafter
+        .push_to("slow", &receiver.url, json!({"timeout_ms": 300}))
+        .await;
+    let id = grafter
+        .enqueue(json!({"kind": "export", "queue": "slow"}))
+        .await;
 
     let job = grafter.wait_state(id, "completed").await;
     assert_eq!(job["attempt"], 2, "{job}");
@@ -300,8 +390,12 @@ async fn a_push_that_times_out_is_a_failed_attempt() {
 async fn a_202_keeps_the_job_running_until_the_app_acks_it_through_the_api() {
     let receiver = Receiver::start(vec![], Reply::new(202, "")).await;
     let grafter = grafter().await;
-    grafter.push_to("long", &receiver.url, json!({"timeout_ms": 1000})).await;
-    let id = grafter.enqueue(json!({"kind": "render_video", "queue": "long"})).await;
+    grafter
+        .push_to("long", &receiver.url, json!({"timeout_ms": 1000}))
+        .await;
+    let id = grafter
+        .enqueue(json!({"kind": "render_video", "queue": "long"}))
+        .await;
 
     // The 202 gives the app a full lease (default 30 s) from then, rather than
     // what is left of the request's.
@@ -329,14 +423,22 @@ async fn a_202_keeps_the_job_running_until_the_app_acks_it_through_the_api() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = grafter
-        .call(reqwest::Method::POST, &format!("/v1/jobs/{id}/ack"), Some(json!({"lease": lease, "result": {"url": "/v/1.mp4"}})))
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{id}/ack"),
+            Some(json!({"lease": lease, "result": {"url": "/v/1.mp4"}})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let job = grafter.job(id).await;
     assert_eq!(job["state"], "completed");
     assert_eq!(job["attempt"], 1);
     assert_eq!(job["result"], json!({"url": "/v/1.mp4"}));
-    assert_eq!(receiver.count(), 1, "a job finished through the API is not pushed again");
+    assert_eq!(
+        receiver.count(),
+        1,
+        "a job finished through the API is not pushed again"
+    );
 }
 
 #[tokio::test]
@@ -348,15 +450,23 @@ async fn retry_after_on_503_pushes_again_then_without_counting_the_attempt() {
     .await;
     let grafter = grafter().await;
     grafter.push_to("hooks", &receiver.url, json!({})).await;
-    let id = grafter.enqueue(json!({"kind": "sync", "queue": "hooks"})).await;
+    let id = grafter
+        .enqueue(json!({"kind": "sync", "queue": "hooks"}))
+        .await;
 
     let job = grafter.wait_state(id, "completed").await;
-    assert_eq!(job["attempt"], 1, "the app did not run it the first time: {job}");
+    assert_eq!(
+        job["attempt"], 1,
+        "the app did not run it the first time: {job}"
+    );
     assert!(error_messages(&job).is_empty(), "{job}");
     let seen = receiver.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].header("grafter-attempt"), "1");
-    assert!(seen[1].at - seen[0].at >= Duration::from_secs(1), "pushed again before Retry-After");
+    assert!(
+        seen[1].at - seen[0].at >= Duration::from_secs(1),
+        "pushed again before Retry-After"
+    );
 }
 
 #[tokio::test]
@@ -368,72 +478,124 @@ async fn retry_after_on_another_failure_sets_when_the_counted_retry_runs() {
     .await;
     let grafter = grafter().await;
     grafter.push_to("hooks", &receiver.url, json!({})).await;
-    let id = grafter.enqueue(json!({"kind": "sync", "queue": "hooks"})).await;
+    let id = grafter
+        .enqueue(json!({"kind": "sync", "queue": "hooks"}))
+        .await;
 
     let job = grafter.wait_state(id, "completed").await;
     assert_eq!(job["attempt"], 2, "{job}");
-    assert_eq!(error_messages(&job), ["500 Internal Server Error: rate limited upstream"]);
+    assert_eq!(
+        error_messages(&job),
+        ["500 Internal Server Error: rate limited upstream"]
+    );
     let seen = receiver.seen();
     // The queue's backoff is 100 ms; Retry-After asked for a second.
-    assert!(seen[1].at - seen[0].at >= Duration::from_secs(1), "pushed again before Retry-After");
+    assert!(
+        seen[1].at - seen[0].at >= Duration::from_secs(1),
+        "pushed again before Retry-After"
+    );
 }
 
 #[tokio::test]
 async fn grafter_retry_false_makes_the_job_dead_at_once() {
-    let receiver =
-        Receiver::start(vec![], Reply::new(422, "no such user\n").header("grafter-retry", "false")).await;
+    let receiver = Receiver::start(
+        vec![],
+        Reply::new(422, "no such user\n").header("grafter-retry", "false"),
+    )
+    .await;
     let grafter = grafter().await;
     grafter.push_to("mail", &receiver.url, json!({})).await;
-    let id = grafter.enqueue(json!({"kind": "send_email", "queue": "mail"})).await;
+    let id = grafter
+        .enqueue(json!({"kind": "send_email", "queue": "mail"}))
+        .await;
 
     let job = grafter.wait_state(id, "dead").await;
     assert_eq!(job["attempt"], 1);
     assert_eq!(job["max_attempts"], 25);
-    assert_eq!(error_messages(&job), ["422 Unprocessable Entity: no such user"]);
+    assert_eq!(
+        error_messages(&job),
+        ["422 Unprocessable Entity: no such user"]
+    );
     assert_eq!(receiver.count(), 1);
 }
 
 #[tokio::test]
 async fn only_the_first_4_kib_of_a_failed_answer_is_kept() {
     let long = "x".repeat(10_000);
-    let receiver = Receiver::start(vec![], Reply::new(500, long).header("grafter-retry", "false")).await;
+    let receiver = Receiver::start(
+        vec![],
+        Reply::new(500, long).header("grafter-retry", "false"),
+    )
+    .await;
     let grafter = grafter().await;
     grafter.push_to("mail", &receiver.url, json!({})).await;
-    let id = grafter.enqueue(json!({"kind": "send_email", "queue": "mail"})).await;
+    let id = grafter
+        .enqueue(json!({"kind": "send_email", "queue": "mail"}))
+        .await;
 
     let job = grafter.wait_state(id, "dead").await;
     let error = &error_messages(&job)[0];
-    assert_eq!(error, &format!("500 Internal Server Error: {}", "x".repeat(4096)));
+    assert_eq!(
+        error,
+        &format!("500 Internal Server Error: {}", "x".repeat(4096))
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_failed_attempt() {
     // A port that was free a moment ago: connection refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let grafter = grafter().await;
-    grafter.push_to("mail", &format!("http://127.0.0.1:{port}/jobs"), json!({})).await;
-    let id = grafter.enqueue(json!({"kind": "send_email", "queue": "mail", "max_attempts": 1})).await;
+    grafter
+        .push_to("mail", &format!("http://127.0.0.1:{port}/jobs"), json!({}))
+        .await;
+    let id = grafter
+        .enqueue(json!({"kind": "send_email", "queue": "mail", "max_attempts": 1}))
+        .await;
 
     let job = grafter.wait_state(id, "dead").await;
     let error = &error_messages(&job)[0];
-    assert!(error.starts_with("could not reach the push target"), "{error}");
-    assert!(!error.contains(&port.to_string()), "the URL stays out of errors: {error}");
+    assert!(
+        error.starts_with("could not reach the push target"),
+        "{error}"
+    );
+    assert!(
+        !error.contains(&port.to_string()),
+        "the URL stays out of errors: {error}"
+    );
 }
 
 #[tokio::test]
 async fn a_push_queue_keeps_to_its_concurrency_across_nodes() {
-    let receiver = Receiver::start(vec![], Reply::json(200, json!({})).after(Duration::from_millis(150))).await;
+    let receiver = Receiver::start(
+        vec![],
+        Reply::json(200, json!({})).after(Duration::from_millis(150)),
+    )
+    .await;
     // Two nodes on one store, as two servers on one PostgreSQL database.
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("grafter.db")).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(dir.path().join("grafter.db"))
+            .await
+            .unwrap(),
+    );
     let first = start_node(store.clone(), fast_config()).await;
     let second = start_node(store, fast_config()).await;
-    first.push_to("exports", &receiver.url, json!({"concurrency": 2})).await;
+    first
+        .push_to("exports", &receiver.url, json!({"concurrency": 2}))
+        .await;
     // The second node learns of the target from the store (refreshed every 100 ms here).
     let mut ids = Vec::new();
     for n in 0..10 {
         let node = if n % 2 == 0 { &first } else { &second };
-        ids.push(node.enqueue(json!({"kind": "export", "queue": "exports", "args": {"n": n}})).await);
+        ids.push(
+            node.enqueue(json!({"kind": "export", "queue": "exports", "args": {"n": n}}))
+                .await,
+        );
     }
     for id in ids {
         first.wait_state(id, "completed").await;
@@ -447,27 +609,45 @@ async fn a_push_queue_keeps_to_its_concurrency_across_nodes() {
 async fn a_target_that_keeps_failing_is_backed_off_then_recovers() {
     let receiver = Receiver::start(vec![], Reply::new(500, "down")).await;
     let grafter = grafter().await;
-    grafter.push_to("flaky", &receiver.url, json!({"concurrency": 3})).await;
+    grafter
+        .push_to("flaky", &receiver.url, json!({"concurrency": 3}))
+        .await;
     let mut ids = Vec::new();
     for n in 0..30 {
-        ids.push(grafter.enqueue(json!({"kind": "sync", "queue": "flaky", "args": {"n": n}, "max_attempts": 1})).await);
+        ids.push(
+            grafter
+                .enqueue(
+                    json!({"kind": "sync", "queue": "flaky", "args": {"n": n}, "max_attempts": 1}),
+                )
+                .await,
+        );
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // Without backing off, all 30 would have been pushed (and died) by now.
     // With it: three at once fail, then one probe after 0.5 s, one after 1 s more.
     let pushed = receiver.count();
-    assert!((3..=8).contains(&pushed), "{pushed} pushes to a failing target in 1.5 s");
+    assert!(
+        (3..=8).contains(&pushed),
+        "{pushed} pushes to a failing target in 1.5 s"
+    );
 
     // The target comes back: the next probe succeeds and the rest go through.
     receiver.answer_from_now_on(Reply::json(200, json!({})));
     for id in &ids {
-        grafter.wait_job(*id, "finished", |job| job["state"] == "completed" || job["state"] == "dead").await;
+        grafter
+            .wait_job(*id, "finished", |job| {
+                job["state"] == "completed" || job["state"] == "dead"
+            })
+            .await;
     }
     let mut completed = 0;
     for id in &ids {
         completed += usize::from(grafter.job(*id).await["state"] == "completed");
     }
-    assert!(completed >= 30 - 8, "{completed} of 30 completed after recovery");
+    assert!(
+        completed >= 30 - 8,
+        "{completed} of 30 completed after recovery"
+    );
 }
 
 #[tokio::test]
@@ -475,17 +655,41 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
     let receiver = Receiver::start(vec![], Reply::json(200, json!({}))).await;
     let grafter = grafter().await;
     for (push, field) in [
-        (json!({"url": "ftp://example.com/x", "secret": SECRET}), "push.url"),
-        (json!({"url": receiver.url, "secret": "short"}), "push.secret"),
-        (json!({"url": receiver.url, "secret": SECRET, "timeout_ms": 10}), "push.timeout_ms"),
-        (json!({"url": receiver.url, "secret": SECRET, "concurrency": 0}), "push.concurrency"),
-        (json!({"url": receiver.url, "secret": SECRET, "headers": {"Grafter-Job-Id": "1"}}), "push.headers"),
-        (json!({"url": receiver.url, "secret": SECRET, "headers": {"X-Token": "a\nb"}}), "push.headers"),
-        (json!({"url": receiver.url, "secret": SECRET, "sekret": "typo"}), "push"),
+        (
+            json!({"url": "ftp://example.com/x", "secret": SECRET}),
+            "push.url",
+        ),
+        (
+            json!({"url": receiver.url, "secret": "short"}),
+            "push.secret",
+        ),
+        (
+            json!({"url": receiver.url, "secret": SECRET, "timeout_ms": 10}),
+            "push.timeout_ms",
+        ),
+        (
+            json!({"url": receiver.url, "secret": SECRET, "concurrency": 0}),
+            "push.concurrency",
+        ),
+        (
+            json!({"url": receiver.url, "secret": SECRET, "headers": {"Grafter-Job-Id": "1"}}),
+            "push.headers",
+        ),
+        (
+            json!({"url": receiver.url, "secret": SECRET, "headers": {"X-Token": "a\nb"}}),
+            "push.headers",
+        ),
+        (
+            json!({"url": receiver.url, "secret": SECRET, "sekret": "typo"}),
+            "push",
+        ),
     ] {
         let (status, body) = grafter.put_push("mail", push.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{push} → {body}");
-        assert!(body["error"]["field"].as_str().unwrap().starts_with(field), "{push} → {body}");
+        assert!(
+            body["error"]["field"].as_str().unwrap().starts_with(field),
+            "{push} → {body}"
+        );
     }
 
     let old = "the-old-secret-0123456789";
@@ -508,9 +712,15 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["push"], Value::Null);
     let run_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let id = grafter.enqueue(json!({"kind": "send_email", "queue": "mail", "run_at": run_at})).await;
+    let id = grafter
+        .enqueue(json!({"kind": "send_email", "queue": "mail", "run_at": run_at}))
+        .await;
     let (status, body) = grafter
-        .call(reqwest::Method::POST, "/v1/fetch", Some(json!({"queues": ["mail"], "wait_ms": 15000, "worker_id": "w"})))
+        .call(
+            reqwest::Method::POST,
+            "/v1/fetch",
+            Some(json!({"queues": ["mail"], "wait_ms": 15000, "worker_id": "w"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["jobs"][0]["id"], id, "{body}");

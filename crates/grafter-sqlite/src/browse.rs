@@ -10,8 +10,8 @@
 
 use grafter_core::{JobId, JobState};
 use grafter_store::{
-    BulkAction, BulkOutcome, JobCancel, JobPage, JobRetry, JobsBulk, JobsList, MinuteThroughput, Order,
-    Result, StoreError, ThroughputRange,
+    BulkAction, BulkOutcome, JobCancel, JobPage, JobRetry, JobsBulk, JobsList, MinuteThroughput,
+    Order, Result, StoreError, ThroughputRange,
 };
 use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection};
@@ -79,9 +79,17 @@ struct Driven {
 /// What [`driver`] will walk for these filters.
 fn driven(params: &JobsList) -> Driven {
     if params.tag.is_some() {
-        return Driven { state: false, queue: false, kind: false };
+        return Driven {
+            state: false,
+            queue: false,
+            kind: false,
+        };
     }
-    Driven { state: true, queue: true, kind: params.queue.is_none() }
+    Driven {
+        state: true,
+        queue: true,
+        kind: params.queue.is_none(),
+    }
 }
 
 /// Appends the driver's ordered ids, at most `limit` of them (`-1`: all).
@@ -108,7 +116,13 @@ fn driver(sql: &mut Query, params: &JobsList, limit: i64) {
                     sql.push(" UNION ALL ");
                 }
                 sql.push("SELECT id FROM (");
-                range(sql, "id", "jobs", &[(column, value.clone()), ("state", text(s.as_str()))], params);
+                range(
+                    sql,
+                    "id",
+                    "jobs",
+                    &[(column, value.clone()), ("state", text(s.as_str()))],
+                    params,
+                );
                 sql.push(" LIMIT ").bind(limit).push(")");
             }
             sql.push(&format!(") ORDER BY id {dir} LIMIT ")).bind(limit);
@@ -142,7 +156,10 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &Driven) -> Result<bool>
         args.validate()?;
         let path = format!(
             "${}",
-            args.path.iter().map(|k| format!(".\"{k}\"")).collect::<String>()
+            args.path
+                .iter()
+                .map(|k| format!(".\"{k}\""))
+                .collect::<String>()
         );
         // json_extract answers SQL values (true is 1), so the JSON type is
         // checked too; integers and reals are both numbers.
@@ -153,12 +170,18 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &Driven) -> Result<bool>
             Value::String(s) => (text(s), &["text"]),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => (Sql::Integer(i), &["integer", "real"]),
-                None => (Sql::Real(n.as_f64().unwrap_or(f64::NAN)), &["integer", "real"]),
+                None => (
+                    Sql::Real(n.as_f64().unwrap_or(f64::NAN)),
+                    &["integer", "real"],
+                ),
             },
             Value::Array(_) | Value::Object(_) => unreachable!("validated as a scalar"),
         };
         if value != Sql::Null {
-            sql.push(" AND json_extract(args, ").bind(path.clone()).push(") = ").bind(value);
+            sql.push(" AND json_extract(args, ")
+                .bind(path.clone())
+                .push(") = ")
+                .bind(value);
         }
         sql.push(" AND json_type(args, ").bind(path).push(") IN (");
         for (i, t) in types.iter().enumerate() {
@@ -213,10 +236,21 @@ pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
     sql.push(")");
     let (scanned, last): (i64, Option<i64>) = conn
         .prepare_cached(&sql.text)
-        .and_then(|mut stmt| stmt.query_row(params_from_iter(sql.values), |row| Ok((row.get(0)?, row.get(1)?))))
+        .and_then(|mut stmt| {
+            stmt.query_row(params_from_iter(sql.values), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+        })
         .map_err(backend)?;
-    let next = if scanned >= scan { last.map(JobId) } else { None };
-    Ok(JobPage { jobs: page.jobs, next })
+    let next = if scanned >= scan {
+        last.map(JobId)
+    } else {
+        None
+    };
+    Ok(JobPage {
+        jobs: page.jobs,
+        next,
+    })
 }
 
 pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
@@ -232,8 +266,23 @@ pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
             }
         }
         let done = match params.action {
-            BulkAction::Retry => ops::job_retry(conn, &JobRetry { id, args: None, now: params.now }).map(drop),
-            BulkAction::Cancel => ops::job_cancel(conn, &JobCancel { id, now: params.now }).map(drop),
+            BulkAction::Retry => ops::job_retry(
+                conn,
+                &JobRetry {
+                    id,
+                    args: None,
+                    now: params.now,
+                },
+            )
+            .map(drop),
+            BulkAction::Cancel => ops::job_cancel(
+                conn,
+                &JobCancel {
+                    id,
+                    now: params.now,
+                },
+            )
+            .map(drop),
             BulkAction::Delete => ops::job_delete(conn, id),
         };
         match done {
@@ -245,7 +294,10 @@ pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
     Ok(outcome)
 }
 
-pub fn throughput_list(conn: &Connection, params: &ThroughputRange) -> Result<Vec<MinuteThroughput>> {
+pub fn throughput_list(
+    conn: &Connection,
+    params: &ThroughputRange,
+) -> Result<Vec<MinuteThroughput>> {
     let since = micros(params.since);
     let since = since - since.rem_euclid(60_000_000);
     conn.prepare_cached(

@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
-    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsFetch, JobsBulk, JobsInsert, JobsList, JobsPrune, JobsRescue,
-    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, Store,
-    StoreError, ThroughputRange, MinuteThroughput, WorkerBeat, WorkersPrune,
+    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
+    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
+    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
+    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Store, StoreError, ThroughputRange,
+    WorkerBeat, WorkersPrune,
 };
 use tokio::sync::watch;
 
@@ -72,7 +73,10 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>> {
-        let inserted = self.writer.run(move |conn| ops::jobs_insert_many(conn, &params)).await?;
+        let inserted = self
+            .writer
+            .run(move |conn| ops::jobs_insert_many(conn, &params))
+            .await?;
         if inserted.iter().any(|i| i.created) {
             self.announce_available();
         }
@@ -83,28 +87,41 @@ impl Store for SqliteStore {
         if params.max == 0 || params.queues.is_empty() {
             return Ok(Vec::new());
         }
-        self.writer.run(move |conn| ops::jobs_fetch(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::jobs_fetch(conn, &params))
+            .await
     }
 
     async fn job_complete(&self, params: JobComplete) -> Result<Job> {
-        self.writer.run(move |conn| ops::job_complete(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::job_complete(conn, &params))
+            .await
     }
 
     async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>> {
         let batch = ops::ack_batch(&params)?;
-        self.writer.run(move |conn| ops::jobs_complete_many(conn, &params, batch.as_deref())).await
+        self.writer
+            .run(move |conn| ops::jobs_complete_many(conn, &params, batch.as_deref()))
+            .await
     }
 
     async fn job_fail(&self, params: JobFail) -> Result<Job> {
-        self.writer.run(move |conn| ops::job_fail(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::job_fail(conn, &params))
+            .await
     }
 
     async fn job_heartbeat(&self, params: JobHeartbeat) -> Result<Job> {
-        self.writer.run(move |conn| ops::job_heartbeat(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::job_heartbeat(conn, &params))
+            .await
     }
 
     async fn job_release(&self, params: JobRelease) -> Result<Job> {
-        let job = self.writer.run(move |conn| ops::job_release(conn, &params)).await?;
+        let job = self
+            .writer
+            .run(move |conn| ops::job_release(conn, &params))
+            .await?;
         if job.state == grafter_core::JobState::Available {
             self.announce_available();
         }
@@ -116,15 +133,23 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {
-        self.readers.run(move |conn| browse::jobs_list(conn, &params)).await
+        self.readers
+            .run(move |conn| browse::jobs_list(conn, &params))
+            .await
     }
 
     async fn jobs_bulk(&self, params: JobsBulk) -> Result<BulkOutcome> {
         if params.ids.len() > JobsBulk::MAX_IDS {
-            return Err(StoreError::Invalid(format!("at most {} jobs per bulk change", JobsBulk::MAX_IDS)));
+            return Err(StoreError::Invalid(format!(
+                "at most {} jobs per bulk change",
+                JobsBulk::MAX_IDS
+            )));
         }
         let retried = params.action == BulkAction::Retry;
-        let outcome = self.writer.run(move |conn| browse::jobs_bulk(conn, &params)).await?;
+        let outcome = self
+            .writer
+            .run(move |conn| browse::jobs_bulk(conn, &params))
+            .await?;
         if retried && outcome.changed > 0 {
             self.announce_available();
         }
@@ -132,21 +157,31 @@ impl Store for SqliteStore {
     }
 
     async fn throughput_list(&self, params: ThroughputRange) -> Result<Vec<MinuteThroughput>> {
-        self.readers.run(move |conn| browse::throughput_list(conn, &params)).await
+        self.readers
+            .run(move |conn| browse::throughput_list(conn, &params))
+            .await
     }
 
     async fn job_cancel(&self, params: JobCancel) -> Result<Job> {
-        self.writer.run(move |conn| ops::job_cancel(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::job_cancel(conn, &params))
+            .await
     }
 
     async fn job_retry(&self, params: JobRetry) -> Result<Job> {
-        let job = self.writer.run(move |conn| ops::job_retry(conn, &params)).await?;
+        let job = self
+            .writer
+            .run(move |conn| ops::job_retry(conn, &params))
+            .await?;
         self.announce_available();
         Ok(job)
     }
 
     async fn job_reschedule(&self, params: JobReschedule) -> Result<Job> {
-        let job = self.writer.run(move |conn| ops::job_reschedule(conn, &params)).await?;
+        let job = self
+            .writer
+            .run(move |conn| ops::job_reschedule(conn, &params))
+            .await?;
         self.announce_available();
         Ok(job)
     }
@@ -156,7 +191,10 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<u64> {
-        let moved = self.writer.run(move |conn| ops::jobs_schedule(conn, &params)).await?;
+        let moved = self
+            .writer
+            .run(move |conn| ops::jobs_schedule(conn, &params))
+            .await?;
         if moved > 0 {
             self.announce_available();
         }
@@ -164,27 +202,39 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_rescue_expired(&self, params: JobsRescue) -> Result<u64> {
-        self.writer.run(move |conn| ops::jobs_rescue_expired(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::jobs_rescue_expired(conn, &params))
+            .await
     }
 
     async fn jobs_expire(&self, params: MaintenanceBatch) -> Result<u64> {
-        self.writer.run(move |conn| ops::jobs_expire(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::jobs_expire(conn, &params))
+            .await
     }
 
     async fn jobs_prune(&self, params: JobsPrune) -> Result<u64> {
-        self.writer.run(move |conn| ops::jobs_prune(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::jobs_prune(conn, &params))
+            .await
     }
 
     async fn queue_set_push(&self, params: QueuePush) -> Result<QueueInfo> {
-        self.writer.run(move |conn| ops::queue_set_push(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::queue_set_push(conn, &params))
+            .await
     }
 
     async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
-        self.writer.run(move |conn| ops::leader_acquire(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::leader_acquire(conn, &params))
+            .await
     }
 
     async fn leader_release(&self, params: LeaderRelease) -> Result<()> {
-        self.writer.run(move |conn| ops::leader_release(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::leader_release(conn, &params))
+            .await
     }
 
     async fn queues_list(&self) -> Result<Vec<QueueInfo>> {
@@ -193,7 +243,10 @@ impl Store for SqliteStore {
 
     async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo> {
         let paused = params.paused;
-        let info = self.writer.run(move |conn| ops::queue_set_paused(conn, &params)).await?;
+        let info = self
+            .writer
+            .run(move |conn| ops::queue_set_paused(conn, &params))
+            .await?;
         if !paused {
             self.announce_available();
         }
@@ -201,11 +254,15 @@ impl Store for SqliteStore {
     }
 
     async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()> {
-        self.writer.run(move |conn| ops::worker_heartbeat(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::worker_heartbeat(conn, &params))
+            .await
     }
 
     async fn worker_remove(&self, id: String) -> Result<()> {
-        self.writer.run(move |conn| ops::worker_remove(conn, &id)).await
+        self.writer
+            .run(move |conn| ops::worker_remove(conn, &id))
+            .await
     }
 
     async fn workers_list(&self) -> Result<Vec<Worker>> {
@@ -213,7 +270,9 @@ impl Store for SqliteStore {
     }
 
     async fn workers_prune(&self, params: WorkersPrune) -> Result<u64> {
-        self.writer.run(move |conn| ops::workers_prune(conn, &params)).await
+        self.writer
+            .run(move |conn| ops::workers_prune(conn, &params))
+            .await
     }
 
     async fn ping(&self) -> Result<()> {

@@ -6,9 +6,15 @@ use rusqlite::Connection;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_workers.sql")),
-    (3, include_str!("../migrations/0003_push_leaders_pruning.sql")),
+    (
+        3,
+        include_str!("../migrations/0003_push_leaders_pruning.sql"),
+    ),
     (4, include_str!("../migrations/0004_dashboard.sql")),
-    (5, include_str!("../migrations/0005_lean_partial_indexes.sql")),
+    (
+        5,
+        include_str!("../migrations/0005_lean_partial_indexes.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use grafter_core::{Job, JobId, JobState, LeasedJob, Worker, WorkerRegistration};
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
-    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule,
-    JobRetry, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, JobsRescue,
-    LeaderAcquire, LeaderRelease, MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result,
-    StoreError, WorkerBeat, WorkersPrune,
+    Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobReschedule, JobRetry,
+    JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
+    MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Result, StoreError, WorkerBeat,
+    WorkersPrune,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
@@ -53,13 +53,24 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
     let mut out = Vec::with_capacity(params.jobs.len());
     for job in &params.jobs {
         if let Some(key) = &job.unique_key {
-            if let Some(existing) = find_unique.query_row([key], job_from_row).optional().map_err(backend)? {
-                out.push(Inserted { job: existing, created: false });
+            if let Some(existing) = find_unique
+                .query_row([key], job_from_row)
+                .optional()
+                .map_err(backend)?
+            {
+                out.push(Inserted {
+                    job: existing,
+                    created: false,
+                });
                 continue;
             }
         }
         let run_at = job.run_at.map(micros).unwrap_or(now);
-        let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        };
         let backoff = job.backoff.as_ref().map(to_json).transpose()?;
         let inserted = insert
             .query_row(
@@ -81,7 +92,10 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
                 job_from_row,
             )
             .map_err(backend)?;
-        out.push(Inserted { job: inserted, created: true });
+        out.push(Inserted {
+            job: inserted,
+            created: true,
+        });
     }
     Ok(out)
 }
@@ -136,7 +150,10 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
     values.extend(params.queues.iter().map(|q| q.clone().into()));
     let mut leased = stmt
         .query_map(params_from_iter(values), |row| {
-            Ok(LeasedJob { job: job_from_row(row)?, lease: row.get(AFTER_JOB_COLUMNS)? })
+            Ok(LeasedJob {
+                job: job_from_row(row)?,
+                lease: row.get(AFTER_JOB_COLUMNS)?,
+            })
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
@@ -148,7 +165,11 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
 /// Explains why a fenced update matched no row.
 fn fence_error(conn: &Connection, id: JobId) -> StoreError {
     match job_get(conn, id) {
-        Ok(Some(job)) => StoreError::LeaseMismatch { id, state: job.state, attempt: job.attempt },
+        Ok(Some(job)) => StoreError::LeaseMismatch {
+            id,
+            state: job.state,
+            attempt: job.attempt,
+        },
         Ok(None) => StoreError::NotFound(id),
         Err(e) => e,
     }
@@ -163,8 +184,11 @@ pub fn job_complete(conn: &Connection, params: &JobComplete) -> Result<Job> {
          RETURNING {JOB_COLUMNS}"
     ))
     .and_then(|mut stmt| {
-        stmt.query_row(params![params.id.0, params.lease, result, micros(params.now)], job_from_row)
-            .optional()
+        stmt.query_row(
+            params![params.id.0, params.lease, result, micros(params.now)],
+            job_from_row,
+        )
+        .optional()
     })
     .map_err(backend)?
     .ok_or_else(|| fence_error(conn, params.id))
@@ -201,13 +225,19 @@ pub fn ack_batch(params: &JobsCompleteMany) -> Result<Option<String>> {
         .map_err(encoding)?;
     }
     text.push(b']');
-    String::from_utf8(text).map(Some).map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))
+    String::from_utf8(text)
+        .map(Some)
+        .map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))
 }
 
 /// One statement for the whole batch (`batch` from [`ack_batch`]): the
 /// per-statement work (the statement journal, trigger bookkeeping) is paid
 /// once, not once per job.
-pub fn jobs_complete_many(conn: &Connection, params: &JobsCompleteMany, batch: Option<&str>) -> Result<Vec<bool>> {
+pub fn jobs_complete_many(
+    conn: &Connection,
+    params: &JobsCompleteMany,
+    batch: Option<&str>,
+) -> Result<Vec<bool>> {
     let Some(batch) = batch else {
         return jobs_complete_one_by_one(conn, params);
     };
@@ -223,11 +253,17 @@ pub fn jobs_complete_many(conn: &Connection, params: &JobsCompleteMany, batch: O
         )
         .map_err(backend)?;
     let completed = stmt
-        .query_map(params![batch, micros(params.now)], |row| row.get::<_, i64>(0))
+        .query_map(params![batch, micros(params.now)], |row| {
+            row.get::<_, i64>(0)
+        })
         .and_then(|rows| rows.collect::<rusqlite::Result<HashSet<i64>>>())
         .map_err(backend)?;
     let mut answered = HashSet::with_capacity(completed.len());
-    Ok(params.items.iter().map(|(id, _, _)| completed.contains(&id.0) && answered.insert(id.0)).collect())
+    Ok(params
+        .items
+        .iter()
+        .map(|(id, _, _)| completed.contains(&id.0) && answered.insert(id.0))
+        .collect())
 }
 
 fn jobs_complete_one_by_one(conn: &Connection, params: &JobsCompleteMany) -> Result<Vec<bool>> {
@@ -244,7 +280,9 @@ fn jobs_complete_one_by_one(conn: &Connection, params: &JobsCompleteMany) -> Res
         .iter()
         .map(|(id, lease, result)| {
             let result = result.as_ref().map(to_json).transpose()?;
-            let changed = stmt.execute(params![id.0, lease, result, now]).map_err(backend)?;
+            let changed = stmt
+                .execute(params![id.0, lease, result, now])
+                .map_err(backend)?;
             Ok(changed == 1)
         })
         .collect()
@@ -265,7 +303,8 @@ fn record_failure(conn: &Connection, job: &Job, failure: Failure<'_>) -> Result<
                 job.id.0,
                 next.state.as_str(),
                 micros(next.run_at),
-                to_json(&next.errors).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                to_json(&next.errors)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
                 next.finished_at.map(micros),
             ],
             job_from_row,
@@ -278,7 +317,10 @@ fn record_failure(conn: &Connection, job: &Job, failure: Failure<'_>) -> Result<
 fn leased_job(conn: &Connection, id: JobId, lease: &str) -> Result<Job> {
     let holds: Option<bool> = conn
         .prepare_cached("SELECT state = 'running' AND lease = ?2 FROM jobs WHERE id = ?1")
-        .and_then(|mut stmt| stmt.query_row(params![id.0, lease], |row| row.get(0)).optional())
+        .and_then(|mut stmt| {
+            stmt.query_row(params![id.0, lease], |row| row.get(0))
+                .optional()
+        })
         .map_err(backend)?;
     match holds {
         None => Err(StoreError::NotFound(id)),
@@ -315,15 +357,22 @@ pub fn job_heartbeat(conn: &Connection, params: &JobHeartbeat) -> Result<Job> {
          RETURNING {JOB_COLUMNS}"
     ))
     .and_then(|mut stmt| {
-        stmt.query_row(params![params.id.0, params.lease, until, progress], job_from_row)
-            .optional()
+        stmt.query_row(
+            params![params.id.0, params.lease, until, progress],
+            job_from_row,
+        )
+        .optional()
     })
     .map_err(backend)?
     .ok_or_else(|| fence_error(conn, params.id))
 }
 
 fn invalid(job: &Job, message: &str) -> StoreError {
-    StoreError::InvalidState { id: job.id, state: job.state, message: message.to_owned() }
+    StoreError::InvalidState {
+        id: job.id,
+        state: job.state,
+        message: message.to_owned(),
+    }
 }
 
 pub fn job_cancel(conn: &Connection, params: &JobCancel) -> Result<Job> {
@@ -350,11 +399,24 @@ pub fn job_cancel(conn: &Connection, params: &JobCancel) -> Result<Job> {
 
 /// Puts a not-running job back in line at `run_at`, giving it one more attempt if
 /// it has none left, with new args if given.
-fn requeue(conn: &Connection, job: &Job, run_at: i64, now: i64, args: Option<&serde_json::Value>) -> Result<Job> {
+fn requeue(
+    conn: &Connection,
+    job: &Job,
+    run_at: i64,
+    now: i64,
+    args: Option<&serde_json::Value>,
+) -> Result<Job> {
     if job.state == JobState::Running {
-        return Err(invalid(job, "a running job cannot be retried or rescheduled; cancel it first"));
+        return Err(invalid(
+            job,
+            "a running job cannot be retried or rescheduled; cancel it first",
+        ));
     }
-    let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+    let state = if run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Available
+    };
     let args = args.map(to_json).transpose()?;
     conn.prepare_cached(&format!(
         "UPDATE jobs SET state = ?2, run_at = ?3, finished_at = NULL, cancel_requested = 0,
@@ -362,9 +424,16 @@ fn requeue(conn: &Connection, job: &Job, run_at: i64, now: i64, args: Option<&se
          WHERE id = ?1
          RETURNING {JOB_COLUMNS}"
     ))
-    .and_then(|mut stmt| stmt.query_row(params![job.id.0, state.as_str(), run_at, args], job_from_row))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![job.id.0, state.as_str(), run_at, args],
+            job_from_row,
+        )
+    })
     .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             StoreError::InvalidState {
                 id: job.id,
                 state: job.state,
@@ -378,7 +447,10 @@ fn requeue(conn: &Connection, job: &Job, run_at: i64, now: i64, args: Option<&se
 pub fn job_retry(conn: &Connection, params: &JobRetry) -> Result<Job> {
     let job = job_require(conn, params.id)?;
     if job.state == JobState::Completed {
-        return Err(invalid(&job, "completed jobs are not retried; enqueue a new job"));
+        return Err(invalid(
+            &job,
+            "completed jobs are not retried; enqueue a new job",
+        ));
     }
     let now = micros(params.now);
     requeue(conn, &job, now, now, params.args.as_ref())
@@ -439,8 +511,11 @@ pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64
              ORDER BY lease_expires_at LIMIT ?2"
         ))
         .and_then(|mut stmt| {
-            stmt.query_map(params![micros(params.now), limit(params.limit)], job_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            stmt.query_map(
+                params![micros(params.now), limit(params.limit)],
+                job_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(backend)?;
     for job in &expired {
@@ -459,10 +534,17 @@ pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64
     Ok(expired.len() as u64)
 }
 
-fn push_target(column: usize, text: Option<String>) -> rusqlite::Result<Option<grafter_core::PushTarget>> {
+fn push_target(
+    column: usize,
+    text: Option<String>,
+) -> rusqlite::Result<Option<grafter_core::PushTarget>> {
     text.map(|t| {
         serde_json::from_str(&t).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+            rusqlite::Error::FromSqlConversionFailure(
+                column,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
         })
     })
     .transpose()
@@ -476,7 +558,11 @@ fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> 
         .map_err(backend)?;
     let settings = stmt
         .query_map([only], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?, push_target(2, row.get(2)?)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, bool>(1)?,
+                push_target(2, row.get(2)?)?,
+            ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
@@ -487,16 +573,24 @@ fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> 
     }
     // Kept by triggers (migration 0004), so the jobs table is never counted.
     let mut stmt = conn
-        .prepare_cached("SELECT queue, state, n FROM job_counts WHERE (?1 IS NULL OR queue = ?1) AND n > 0")
+        .prepare_cached(
+            "SELECT queue, state, n FROM job_counts WHERE (?1 IS NULL OR queue = ?1) AND n > 0",
+        )
         .map_err(backend)?;
     let counts = stmt
         .query_map([only], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
     for (queue, state, count) in counts {
-        let Ok(state) = state.parse::<JobState>() else { continue };
+        let Ok(state) = state.parse::<JobState>() else {
+            continue;
+        };
         queues
             .entry(queue.clone())
             .or_insert_with(|| QueueInfo::empty(queue, false))
@@ -519,8 +613,13 @@ fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> 
              FROM p WHERE p.priority IS NOT NULL",
         )
         .map_err(backend)?;
-    for info in queues.values_mut().filter(|q| q.counts[&JobState::Available] > 0) {
-        let oldest: Option<i64> = stmt.query_row([&info.name], |row| row.get(0)).map_err(backend)?;
+    for info in queues
+        .values_mut()
+        .filter(|q| q.counts[&JobState::Available] > 0)
+    {
+        let oldest: Option<i64> = stmt
+            .query_row([&info.name], |row| row.get(0))
+            .map_err(backend)?;
         info.oldest_available_at = oldest.map(timestamp);
     }
     Ok(queues.into_values().collect())
@@ -558,11 +657,19 @@ pub fn queue_set_push(conn: &Connection, params: &QueuePush) -> Result<QueueInfo
 }
 
 pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
-    let states: Vec<&str> = params.states.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
+    let states: Vec<&str> = params
+        .states
+        .iter()
+        .filter(|s| s.is_finished())
+        .map(|s| s.as_str())
+        .collect();
     if states.is_empty() {
         return Ok(0);
     }
-    let placeholders = (0..states.len()).map(|i| format!("?{}", i + 3)).collect::<Vec<_>>().join(", ");
+    let placeholders = (0..states.len())
+        .map(|i| format!("?{}", i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "DELETE FROM jobs WHERE id IN (
             SELECT id FROM jobs
@@ -570,8 +677,10 @@ pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
               AND state IN ({placeholders})
             LIMIT ?2)"
     );
-    let mut values: Vec<rusqlite::types::Value> =
-        vec![micros(params.finished_before).into(), limit(params.limit).into()];
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        micros(params.finished_before).into(),
+        limit(params.limit).into(),
+    ];
     values.extend(states.iter().map(|s| (*s).to_owned().into()));
     conn.prepare_cached(&sql)
         .and_then(|mut stmt| stmt.execute(params_from_iter(values)))
@@ -602,8 +711,12 @@ pub fn leader_release(conn: &Connection, params: &LeaderRelease) -> Result<()> {
 }
 
 pub fn durability(conn: &Connection) -> Result<String> {
-    let journal: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).map_err(backend)?;
-    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |row| row.get(0)).map_err(backend)?;
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .map_err(backend)?;
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |row| row.get(0))
+        .map_err(backend)?;
     let synchronous = match synchronous {
         0 => "OFF",
         1 => "NORMAL",
@@ -615,7 +728,8 @@ pub fn durability(conn: &Connection) -> Result<String> {
 }
 
 pub fn ping(conn: &Connection) -> Result<()> {
-    conn.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| StoreError::Unavailable(e.to_string()))
+    conn.query_row("SELECT 1", [], |_| Ok(()))
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 pub fn job_release(conn: &Connection, params: &JobRelease) -> Result<Job> {
@@ -635,7 +749,12 @@ pub fn job_release(conn: &Connection, params: &JobRelease) -> Result<Job> {
          WHERE id = ?1
          RETURNING {JOB_COLUMNS}"
     ))
-    .and_then(|mut stmt| stmt.query_row(params![job.id.0, state.as_str(), run_at, finished_at], job_from_row))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![job.id.0, state.as_str(), run_at, finished_at],
+            job_from_row,
+        )
+    })
     .map_err(backend)
 }
 

@@ -31,7 +31,10 @@ fn json<T: DeserializeOwned>(column: usize, text: &str) -> rusqlite::Result<T> {
     })
 }
 
-fn opt_json<T: DeserializeOwned>(column: usize, text: Option<String>) -> rusqlite::Result<Option<T>> {
+fn opt_json<T: DeserializeOwned>(
+    column: usize,
+    text: Option<String>,
+) -> rusqlite::Result<Option<T>> {
     text.map(|t| json(column, &t)).transpose()
 }
 

@@ -91,7 +91,10 @@ impl Writer {
     /// Opens the write connection, migrates, and starts the thread.
     pub fn start(path: &Path) -> Result<Self> {
         let mut conn = open(path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display()))
+            StoreError::Unavailable(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
         })?;
         migrations::apply(&mut conn)
             .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
@@ -112,7 +115,11 @@ impl Writer {
         F: Fn(&Connection) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let op: Box<dyn Op> = Box::new(Pending { f, outcome: None, reply });
+        let op: Box<dyn Op> = Box::new(Pending {
+            f,
+            outcome: None,
+            reply,
+        });
         self.ops.send(op).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -137,8 +144,11 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// Runs `f`, turning a panic into an error so that one bad operation cannot
 /// take the writer thread down.
 fn catch_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(StoreError::Backend("internal error in a store operation".into())))
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(StoreError::Backend(
+            "internal error in a store operation".into(),
+        ))
+    })
 }
 
 /// Runs a statement of transaction control, prepared once per connection.
@@ -217,7 +227,8 @@ mod tests {
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let conn = open(&dir.path().join("t.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)").unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)")
+            .unwrap();
         (dir, conn)
     }
 
@@ -226,16 +237,30 @@ mod tests {
 
     fn op<T: Send + 'static>(f: impl Fn(&Connection) -> Result<T> + Send + 'static) -> Queued<T> {
         let (reply, answer) = oneshot::channel();
-        (Box::new(Pending { f, outcome: None, reply }), answer)
+        (
+            Box::new(Pending {
+                f,
+                outcome: None,
+                reply,
+            }),
+            answer,
+        )
     }
 
     fn insert(v: i64) -> impl Fn(&Connection) -> Result<()> + Send + 'static {
-        move |conn: &Connection| conn.execute("INSERT INTO t (v) VALUES (?1)", [v]).map(drop).map_err(backend)
+        move |conn: &Connection| {
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [v])
+                .map(drop)
+                .map_err(backend)
+        }
     }
 
     fn values(conn: &Connection) -> Vec<i64> {
         let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
-        stmt.query_map([], |row| row.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+        stmt.query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
     }
 
     /// Commits ops as one group and returns their answers.
@@ -245,7 +270,10 @@ mod tests {
         for op in group {
             op.answer(error.as_ref());
         }
-        answers.iter_mut().map(|a| a.try_recv().expect("answered")).collect()
+        answers
+            .iter_mut()
+            .map(|a| a.try_recv().expect("answered"))
+            .collect()
     }
 
     #[test]

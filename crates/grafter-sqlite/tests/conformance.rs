@@ -7,7 +7,9 @@ use grafter_store_tests::{conformance_suite, Harness};
 
 async fn sqlite() -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(dir.path().join("grafter.db")).await.expect("open store");
+    let store = SqliteStore::open(dir.path().join("grafter.db"))
+        .await
+        .expect("open store");
     Harness::new(Arc::new(store), dir)
 }
 

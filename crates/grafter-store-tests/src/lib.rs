@@ -24,7 +24,10 @@ pub struct Harness {
 impl Harness {
     /// A harness that keeps `keep` alive until the test ends.
     pub fn new(store: Arc<dyn Store>, keep: impl Any + Send + Sync) -> Self {
-        Harness { store, _keep: Box::new(keep) }
+        Harness {
+            store,
+            _keep: Box::new(keep),
+        }
     }
 }
 

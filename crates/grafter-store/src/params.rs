@@ -156,7 +156,11 @@ impl ArgsMatch {
         if self.path.is_empty() || self.path.len() > 16 {
             return invalid("give a path of 1 to 16 keys, e.g. user.id=42");
         }
-        if self.path.iter().any(|k| k.is_empty() || k.contains('"') || k.chars().any(char::is_control)) {
+        if self
+            .path
+            .iter()
+            .any(|k| k.is_empty() || k.contains('"') || k.chars().any(char::is_control))
+        {
             return invalid("keys must not be empty or hold a double quote or control character");
         }
         if self.value.is_object() || self.value.is_array() {
@@ -171,7 +175,9 @@ impl ArgsMatch {
         self.path
             .iter()
             .rev()
-            .fold(self.value.clone(), |inner, key| Value::Object([(key.clone(), inner)].into_iter().collect()))
+            .fold(self.value.clone(), |inner, key| {
+                Value::Object([(key.clone(), inner)].into_iter().collect())
+            })
     }
 }
 

@@ -77,7 +77,9 @@ pub fn after_failure(job: &Job, failure: Failure<'_>) -> AfterFailure {
 /// Why an expired lease is being rescued: the job's own timeout, or a silent worker.
 pub fn rescue_reason(job: &Job, now: Timestamp) -> &'static str {
     match (job.timeout_ms, job.attempted_at) {
-        (Some(timeout), Some(started)) if started + chrono::Duration::milliseconds(timeout) <= now => {
+        (Some(timeout), Some(started))
+            if started + chrono::Duration::milliseconds(timeout) <= now =>
+        {
             TIMED_OUT
         }
         _ => LEASE_EXPIRED,
@@ -132,10 +134,19 @@ mod tests {
     }
 
     fn fail(job: &Job, retry: bool) -> AfterFailure {
-        let backoff = Backoff { jitter: 0.0, ..Backoff::default() };
+        let backoff = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
         after_failure(
             job,
-            Failure { error: "boom", retry, retry_at: None, default_backoff: &backoff, now: job.run_at },
+            Failure {
+                error: "boom",
+                retry,
+                retry_at: None,
+                default_backoff: &backoff,
+                now: job.run_at,
+            },
         )
     }
 
@@ -176,8 +187,14 @@ mod tests {
         let mut job = running(1, 3);
         job.timeout_ms = Some(1_000);
         let started = job.attempted_at.unwrap();
-        assert_eq!(rescue_reason(&job, started + chrono::Duration::seconds(2)), TIMED_OUT);
+        assert_eq!(
+            rescue_reason(&job, started + chrono::Duration::seconds(2)),
+            TIMED_OUT
+        );
         job.timeout_ms = Some(60_000);
-        assert_eq!(rescue_reason(&job, started + chrono::Duration::seconds(2)), LEASE_EXPIRED);
+        assert_eq!(
+            rescue_reason(&job, started + chrono::Duration::seconds(2)),
+            LEASE_EXPIRED
+        );
     }
 }

@@ -40,7 +40,11 @@ impl Job for NameJob {
     async fn perform(self, ctx: JobContext) -> Result<Value, JobError> {
         let seconds: u64 = env_or("NAME_JOB_SECONDS", "10").parse().unwrap_or(10);
         for second in 0..seconds {
-            ctx.progress(second as f64 / seconds as f64, format!("{second} of {seconds} s")).await;
+            ctx.progress(
+                second as f64 / seconds as f64,
+                format!("{second} of {seconds} s"),
+            )
+            .await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let greeting = format!("Hello, {}", self.name);
@@ -57,7 +61,9 @@ fn env_or(name: &str, default: &str) -> String {
 /// back within seconds; on SIGTERM, running jobs get `SHUTDOWN_TIMEOUT_SECONDS`
 /// (default 30) to finish before they are handed back.
 fn name_worker(client: &Client) -> grafter::WorkerBuilder {
-    let shutdown_timeout = env_or("SHUTDOWN_TIMEOUT_SECONDS", "30").parse().unwrap_or(30);
+    let shutdown_timeout = env_or("SHUTDOWN_TIMEOUT_SECONDS", "30")
+        .parse()
+        .unwrap_or(30);
     Worker::builder(client)
         .register::<NameJob>()
         .queue("default", 4)
@@ -70,7 +76,10 @@ async fn enqueue_name(
     Query(query): Query<HashMap<String, String>>,
 ) -> (StatusCode, Json<Value>) {
     let Some(name) = query.get("name").filter(|n| !n.is_empty()).cloned() else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "add ?name=yourname"})));
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "add ?name=yourname"})),
+        );
     };
     match client.enqueue(NameJob { name }).await {
         Ok(enqueued) => (
@@ -81,7 +90,10 @@ async fn enqueue_name(
                 "status_url": format!("http://{api}/v1/jobs/{}", enqueued.job.id),
             })),
         ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
+        ),
     }
 }
 
@@ -93,12 +105,23 @@ async fn web(client: Client, worker: Option<Worker>) -> Result<(), Box<dyn std::
     let shutdown = CancellationToken::new();
 
     let api_listener = tokio::net::TcpListener::bind(&api_addr).await?;
-    let api = tokio::spawn(grafter::server::serve(api_listener, store, Default::default(), shutdown.clone()));
-    let app = Router::new().route("/", get(enqueue_name)).with_state((client, api_addr.clone()));
+    let api = tokio::spawn(grafter::server::serve(
+        api_listener,
+        store,
+        Default::default(),
+        shutdown.clone(),
+    ));
+    let app = Router::new()
+        .route("/", get(enqueue_name))
+        .with_state((client, api_addr.clone()));
     let web_listener = tokio::net::TcpListener::bind(&web_addr).await?;
     let web = tokio::spawn({
         let shutdown = shutdown.clone();
-        async move { axum::serve(web_listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+        async move {
+            axum::serve(web_listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
     });
     let running = worker.map(|w| w.start());
     tracing::info!("web app on http://{web_addr}/?name=foo, Grafter API on http://{api_addr}");
@@ -116,7 +139,9 @@ async fn web(client: Client, worker: Option<Worker>) -> Result<(), Box<dyn std::
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let mode = std::env::args().nth(1).unwrap_or_else(|| "all".to_owned());
     let database = env_or("GRAFTER_DATABASE_URL", "sqlite://grafter-demo.db");

@@ -44,12 +44,17 @@ impl EnqueueOptions {
         new.priority = self.priority.unwrap_or(J::PRIORITY);
         new.run_at = match (self.run_at, self.delay) {
             (Some(at), _) => Some(at),
-            (None, Some(delay)) => Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)),
+            (None, Some(delay)) => Some(
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+            ),
             (None, None) => None,
         };
         new.max_attempts = self.max_attempts.unwrap_or(J::MAX_ATTEMPTS);
         new.unique_key = self.unique_key.clone();
-        new.timeout_ms = self.timeout.or(J::TIMEOUT).map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        new.timeout_ms = self
+            .timeout
+            .or(J::TIMEOUT)
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
         new.expires_at = self.expires_at;
         new.tags = self.tags.clone();
         new.backoff = self.backoff;
@@ -93,13 +98,18 @@ impl Client {
 
     /// A client of the server at `url` that sends a bearer token.
     pub fn http_with_token(url: &str, token: Option<String>) -> Result<Client> {
-        Ok(Client { transport: Arc::new(HttpTransport::new(url, token)?), store: None, backoff: Backoff::default() })
+        Ok(Client {
+            transport: Arc::new(HttpTransport::new(url, token)?),
+            store: None,
+            backoff: Backoff::default(),
+        })
     }
 
     /// A client from the environment: `GRAFTER_URL` (default
     /// `http://127.0.0.1:7380`) and `GRAFTER_TOKEN`.
     pub fn from_env() -> Result<Client> {
-        let url = std::env::var("GRAFTER_URL").unwrap_or_else(|_| "http://127.0.0.1:7380".to_owned());
+        let url =
+            std::env::var("GRAFTER_URL").unwrap_or_else(|_| "http://127.0.0.1:7380".to_owned());
         Self::http_with_token(&url, std::env::var("GRAFTER_TOKEN").ok())
     }
 
@@ -110,7 +120,11 @@ impl Client {
 
     /// An in-process client on `store` with the default retry backoff given.
     pub fn from_store_with_backoff(store: Arc<dyn Store>, backoff: Backoff) -> Client {
-        Client { transport: Arc::new(StoreTransport::new(store.clone(), backoff)), store: Some(store), backoff }
+        Client {
+            transport: Arc::new(StoreTransport::new(store.clone(), backoff)),
+            store: Some(store),
+            backoff,
+        }
     }
 
     /// Opens the database a URL names (`sqlite://PATH`, `postgres://…`) in this
@@ -145,9 +159,15 @@ impl Client {
     }
 
     /// Enqueues many jobs in one transaction: all are stored, or none.
-    pub async fn enqueue_many<J: Job>(&self, jobs: impl IntoIterator<Item = J>) -> Result<Vec<JobRecord>> {
+    pub async fn enqueue_many<J: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = J>,
+    ) -> Result<Vec<JobRecord>> {
         let options = EnqueueOptions::default();
-        let new = jobs.into_iter().map(|j| options.to_new_job(&j)).collect::<Result<Vec<_>>>()?;
+        let new = jobs
+            .into_iter()
+            .map(|j| options.to_new_job(&j))
+            .collect::<Result<Vec<_>>>()?;
         self.enqueue_raw(new).await
     }
 
@@ -156,7 +176,13 @@ impl Client {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.transport.enqueue(jobs).await?.into_iter().map(|(job, _)| job).collect())
+        Ok(self
+            .transport
+            .enqueue(jobs)
+            .await?
+            .into_iter()
+            .map(|(job, _)| job)
+            .collect())
     }
 
     /// A job's current state.

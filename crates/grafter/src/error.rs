@@ -44,7 +44,9 @@ impl From<StoreError> for Error {
         match e {
             StoreError::NotFound(id) => Error::NotFound(id),
             StoreError::LeaseMismatch { .. } => Error::LeaseLost(e.to_string()),
-            StoreError::InvalidState { .. } | StoreError::Invalid(_) => Error::Rejected(e.to_string()),
+            StoreError::InvalidState { .. } | StoreError::Invalid(_) => {
+                Error::Rejected(e.to_string())
+            }
             StoreError::Unavailable(_) | StoreError::Closed => Error::Unavailable(e.to_string()),
             other => Error::Other(other.to_string()),
         }

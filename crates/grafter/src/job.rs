@@ -54,7 +54,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Does the work. `Err` decides what happens next (see [`JobError`]); a panic
     /// is caught and recorded as a failed attempt.
-    fn perform(self, ctx: JobContext) -> impl Future<Output = Result<Self::Output, JobError>> + Send;
+    fn perform(
+        self,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<Self::Output, JobError>> + Send;
 }
 
 /// How a run did not succeed, and what should happen next.
@@ -80,27 +83,42 @@ pub(crate) enum ErrorAction {
 impl JobError {
     /// A failed attempt, retried after the usual backoff.
     pub fn retry(message: impl fmt::Display) -> Self {
-        JobError { action: ErrorAction::Retry(None), message: message.to_string() }
+        JobError {
+            action: ErrorAction::Retry(None),
+            message: message.to_string(),
+        }
     }
 
     /// A failed attempt, retried after `delay` instead of the backoff.
     pub fn retry_after(message: impl fmt::Display, delay: Duration) -> Self {
-        JobError { action: ErrorAction::Retry(Some(delay)), message: message.to_string() }
+        JobError {
+            action: ErrorAction::Retry(Some(delay)),
+            message: message.to_string(),
+        }
     }
 
     /// Fail for good: the job becomes `dead` whatever attempts remain.
     pub fn fail(message: impl fmt::Display) -> Self {
-        JobError { action: ErrorAction::Fail, message: message.to_string() }
+        JobError {
+            action: ErrorAction::Fail,
+            message: message.to_string(),
+        }
     }
 
     /// Cancel the job: it becomes `cancelled`.
     pub fn cancel(message: impl fmt::Display) -> Self {
-        JobError { action: ErrorAction::Cancel, message: message.to_string() }
+        JobError {
+            action: ErrorAction::Cancel,
+            message: message.to_string(),
+        }
     }
 
     /// Not ready yet: run again after `delay`, without counting this attempt.
     pub fn snooze(delay: Duration) -> Self {
-        JobError { action: ErrorAction::Snooze(delay), message: format!("snoozed for {delay:?}") }
+        JobError {
+            action: ErrorAction::Snooze(delay),
+            message: format!("snoozed for {delay:?}"),
+        }
     }
 
     /// The message recorded with the attempt.
@@ -170,9 +188,14 @@ impl JobContext {
     /// Reports progress (0.0–1.0, clamped) with a message; it is sent with the
     /// next heartbeat, which follows promptly, and shows in the API.
     pub async fn progress(&self, fraction: f64, message: impl Into<String>) {
-        let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+        let fraction = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
         let message = Some(message.into()).filter(|m| !m.is_empty());
-        self.progress.send_replace(Some(Progress { fraction, message }));
+        self.progress
+            .send_replace(Some(Progress { fraction, message }));
         tokio::task::yield_now().await;
     }
 

@@ -84,5 +84,8 @@ pub async fn enqueue_in_with<J: Job>(
         .await?
         .pop()
         .ok_or_else(|| crate::Error::Other("the insert returned no job".into()))?;
-    Ok(Enqueued { job: inserted.job, created: inserted.created })
+    Ok(Enqueued {
+        job: inserted.job,
+        created: inserted.created,
+    })
 }

@@ -69,7 +69,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 // `sign` makes `Grafter-Signature` values, for testing your own endpoint.
-pub use grafter_server::push::signature::{sign, unix_now, SignatureError, Verifier, DEFAULT_TOLERANCE};
+pub use grafter_server::push::signature::{
+    sign, unix_now, SignatureError, Verifier, DEFAULT_TOLERANCE,
+};
 pub use grafter_server::push::{
     PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, RETRY_HEADER, SIGNATURE_HEADER,
 };
@@ -86,12 +88,16 @@ pub struct PushEndpoint {
 impl PushEndpoint {
     /// An endpoint accepting requests signed as `verifier` checks.
     pub fn new(verifier: Verifier) -> Self {
-        PushEndpoint { verifier, handlers: HashMap::new() }
+        PushEndpoint {
+            verifier,
+            handlers: HashMap::new(),
+        }
     }
 
     /// Runs jobs whose `kind` is `J::KIND` as `J`.
     pub fn register<J: Job>(mut self) -> Self {
-        self.handlers.insert(J::KIND.to_owned(), Arc::new(Typed::<J>(PhantomData)));
+        self.handlers
+            .insert(J::KIND.to_owned(), Arc::new(Typed::<J>(PhantomData)));
         self
     }
 
@@ -118,11 +124,20 @@ impl PushEndpoint {
         }
         let request: PushRequest = match serde_json::from_slice(body) {
             Ok(request) => request,
-            Err(error) => return (StatusCode::BAD_REQUEST, format!("not a Grafter push body: {error}")).into_response(),
+            Err(error) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("not a Grafter push body: {error}"),
+                )
+                    .into_response()
+            }
         };
         let Some(handler) = self.handlers.get(&request.kind) else {
             // A failed attempt, not a dead job: the kind may be in the next deploy.
-            let message = format!("no job kind '{}' is registered at this endpoint", request.kind);
+            let message = format!(
+                "no job kind '{}' is registered at this endpoint",
+                request.kind
+            );
             return (StatusCode::NOT_FOUND, message).into_response();
         };
         let cancel = CancellationToken::new();
@@ -136,7 +151,10 @@ impl PushEndpoint {
             progress: watch::channel(None).0,
             cancel,
         };
-        match AssertUnwindSafe(handler.run(request.args, ctx)).catch_unwind().await {
+        match AssertUnwindSafe(handler.run(request.args, ctx))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(Some(output))) => axum::Json(output).into_response(),
             Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
             Ok(Err(error)) => failure(error),
@@ -149,24 +167,38 @@ impl PushEndpoint {
 fn failure(error: JobError) -> Response {
     let text = |status, message: String| {
         let mut response = (status, message).into_response();
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         response
     };
     let no_retry = |mut response: Response| {
-        response.headers_mut().insert(RETRY_HEADER, HeaderValue::from_static("false"));
+        response
+            .headers_mut()
+            .insert(RETRY_HEADER, HeaderValue::from_static("false"));
         response
     };
     let retry_after = |mut response: Response, delay: Duration| {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(whole_seconds(delay)));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(whole_seconds(delay)));
         response
     };
     let JobError { action, message } = error;
     match action {
         ErrorAction::Retry(None) => text(StatusCode::INTERNAL_SERVER_ERROR, message),
-        ErrorAction::Retry(Some(delay)) => retry_after(text(StatusCode::INTERNAL_SERVER_ERROR, message), delay),
+        ErrorAction::Retry(Some(delay)) => {
+            retry_after(text(StatusCode::INTERNAL_SERVER_ERROR, message), delay)
+        }
         ErrorAction::Fail => no_retry(text(StatusCode::UNPROCESSABLE_ENTITY, message)),
-        ErrorAction::Cancel => no_retry(text(StatusCode::UNPROCESSABLE_ENTITY, format!("cancelled: {message}"))),
-        ErrorAction::Snooze(delay) => retry_after(text(StatusCode::SERVICE_UNAVAILABLE, message), delay),
+        ErrorAction::Cancel => no_retry(text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("cancelled: {message}"),
+        )),
+        ErrorAction::Snooze(delay) => {
+            retry_after(text(StatusCode::SERVICE_UNAVAILABLE, message), delay)
+        }
     }
 }
 
@@ -181,22 +213,48 @@ mod tests {
 
     #[test]
     fn failures_answer_as_the_contract_says() {
-        let check = |error: JobError, status: StatusCode, retry: Option<&str>, after: Option<&str>| {
-            let response = failure(error);
-            assert_eq!(response.status(), status);
-            let header = |name| response.headers().get(name).map(|v: &HeaderValue| v.to_str().unwrap().to_owned());
-            assert_eq!(header(RETRY_HEADER).as_deref(), retry);
-            assert_eq!(header(RETRY_AFTER.as_str()).as_deref(), after);
-        };
-        check(JobError::retry("smtp down"), StatusCode::INTERNAL_SERVER_ERROR, None, None);
+        let check =
+            |error: JobError, status: StatusCode, retry: Option<&str>, after: Option<&str>| {
+                let response = failure(error);
+                assert_eq!(response.status(), status);
+                let header = |name| {
+                    response
+                        .headers()
+                        .get(name)
+                        .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
+                };
+                assert_eq!(header(RETRY_HEADER).as_deref(), retry);
+                assert_eq!(header(RETRY_AFTER.as_str()).as_deref(), after);
+            };
+        check(
+            JobError::retry("smtp down"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            None,
+        );
         check(
             JobError::retry_after("smtp down", Duration::from_millis(1_500)),
             StatusCode::INTERNAL_SERVER_ERROR,
             None,
             Some("2"),
         );
-        check(JobError::fail("no such user"), StatusCode::UNPROCESSABLE_ENTITY, Some("false"), None);
-        check(JobError::cancel("stop"), StatusCode::UNPROCESSABLE_ENTITY, Some("false"), None);
-        check(JobError::snooze(Duration::from_secs(30)), StatusCode::SERVICE_UNAVAILABLE, None, Some("30"));
+        check(
+            JobError::fail("no such user"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("false"),
+            None,
+        );
+        check(
+            JobError::cancel("stop"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("false"),
+            None,
+        );
+        check(
+            JobError::snooze(Duration::from_secs(30)),
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            Some("30"),
+        );
     }
 }

@@ -61,7 +61,8 @@ pub struct WorkerBuilder {
 impl WorkerBuilder {
     /// Runs jobs of type `J`.
     pub fn register<J: Job>(mut self) -> Self {
-        self.handlers.insert(J::KIND.to_owned(), Arc::new(Typed::<J>(PhantomData)));
+        self.handlers
+            .insert(J::KIND.to_owned(), Arc::new(Typed::<J>(PhantomData)));
         self
     }
 
@@ -115,7 +116,9 @@ impl WorkerBuilder {
     /// Builds the worker. Fails if no kind is registered.
     pub fn build(self) -> Result<Worker> {
         if self.handlers.is_empty() {
-            return Err(Error::Other("register at least one job kind with .register::<J>()".into()));
+            return Err(Error::Other(
+                "register at least one job kind with .register::<J>()".into(),
+            ));
         }
         let mut queues = self.queues;
         if queues.is_empty() {
@@ -249,10 +252,20 @@ impl Worker {
             jobs: TaskTracker::new(),
             background: TaskTracker::new(),
         };
-        handle.background.spawn(registry_loop(self.inner.clone(), handle.stop_background.clone()));
+        handle.background.spawn(registry_loop(
+            self.inner.clone(),
+            handle.stop_background.clone(),
+        ));
         if let (true, Some(store)) = (self.inner.maintenance, &self.inner.store) {
-            let config = grafter_server::ServerConfig { retry: self.inner.backoff, ..Default::default() };
-            let services = grafter_server::services::start(store.clone(), &config, handle.stop_background.child_token());
+            let config = grafter_server::ServerConfig {
+                retry: self.inner.backoff,
+                ..Default::default()
+            };
+            let services = grafter_server::services::start(
+                store.clone(),
+                &config,
+                handle.stop_background.child_token(),
+            );
             let stop = handle.stop_background.clone();
             handle.background.spawn(async move {
                 stop.cancelled().await;
@@ -260,14 +273,22 @@ impl Worker {
             });
         }
         // Stops with the background tasks, after every job has finished and had its answer.
-        let acks = Acks::start(self.inner.transport.clone(), &handle.background, handle.stop_background.clone());
+        let acks = Acks::start(
+            self.inner.transport.clone(),
+            &handle.background,
+            handle.stop_background.clone(),
+        );
         for (queue, concurrency) in &self.inner.queues {
             handle.fetchers.spawn(fetch_loop(
                 self.inner.clone(),
                 queue.clone(),
                 Arc::new(Semaphore::new(*concurrency)),
                 handle.jobs.clone(),
-                Ctl { acks: acks.clone(), stop_fetching: handle.stop_fetching.clone(), stop_jobs: handle.stop_jobs.clone() },
+                Ctl {
+                    acks: acks.clone(),
+                    stop_fetching: handle.stop_fetching.clone(),
+                    stop_jobs: handle.stop_jobs.clone(),
+                },
             ));
         }
         tracing::info!(worker = %self.inner.registration.id, queues = ?self.inner.registration.queues, "worker started");
@@ -319,7 +340,10 @@ impl WorkerHandle {
         self.fetchers.close();
         self.fetchers.wait().await;
         self.jobs.close();
-        if tokio::time::timeout(timeout, self.jobs.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.jobs.wait())
+            .await
+            .is_err()
+        {
             tracing::info!("shutdown timeout reached: handing unfinished jobs back");
             self.stop_jobs.cancel();
             self.jobs.wait().await;
@@ -327,7 +351,12 @@ impl WorkerHandle {
         self.stop_background.cancel();
         self.background.close();
         self.background.wait().await;
-        if let Err(e) = self.inner.transport.worker_gone(&self.inner.registration.id).await {
+        if let Err(e) = self
+            .inner
+            .transport
+            .worker_gone(&self.inner.registration.id)
+            .await
+        {
             tracing::warn!(error = %e, "could not deregister the worker");
         }
         tracing::info!(worker = %self.inner.registration.id, "worker stopped");
@@ -353,8 +382,18 @@ struct Ctl {
     stop_jobs: CancellationToken,
 }
 
-async fn fetch_loop(inner: Arc<Inner>, queue: String, slots: Arc<Semaphore>, jobs: TaskTracker, ctl: Ctl) {
-    let Ctl { acks, stop_fetching, stop_jobs } = ctl;
+async fn fetch_loop(
+    inner: Arc<Inner>,
+    queue: String,
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    ctl: Ctl,
+) {
+    let Ctl {
+        acks,
+        stop_fetching,
+        stop_jobs,
+    } = ctl;
     let queues = [queue];
     let mut failures = 0u32;
     loop {
@@ -367,7 +406,9 @@ async fn fetch_loop(inner: Arc<Inner>, queue: String, slots: Arc<Semaphore>, job
         };
         let mut permits = vec![first];
         while permits.len() < MAX_FETCH {
-            let Ok(permit) = slots.clone().try_acquire_owned() else { break };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
             permits.push(permit);
         }
         let fetch = Fetch {
@@ -382,7 +423,11 @@ async fn fetch_loop(inner: Arc<Inner>, queue: String, slots: Arc<Semaphore>, job
                 // Leased as we were stopping: hand them straight back.
                 for job in leased {
                     let finish = Finish::Release { after: None };
-                    if let Err(e) = inner.transport.finish(job.job.id, &job.lease, &finish).await {
+                    if let Err(e) = inner
+                        .transport
+                        .finish(job.job.id, &job.lease, &finish)
+                        .await
+                    {
                         tracing::warn!(job = %job.job.id, error = %e, "could not hand back a job leased while stopping");
                     }
                 }
@@ -392,7 +437,13 @@ async fn fetch_loop(inner: Arc<Inner>, queue: String, slots: Arc<Semaphore>, job
                 failures = 0;
                 for job in leased {
                     let Some(permit) = permits.pop() else { break };
-                    jobs.spawn(execute(inner.clone(), job, permit, acks.clone(), stop_jobs.clone()));
+                    jobs.spawn(execute(
+                        inner.clone(),
+                        job,
+                        permit,
+                        acks.clone(),
+                        stop_jobs.clone(),
+                    ));
                 }
             }
             Err(e) => {
@@ -457,7 +508,12 @@ async fn execute(
 }
 
 /// Runs the job with its heartbeat, timeout, cancellation and shutdown.
-async fn run(inner: &Arc<Inner>, job: &JobRecord, lease: &str, stop_jobs: &CancellationToken) -> RunEnd {
+async fn run(
+    inner: &Arc<Inner>,
+    job: &JobRecord,
+    lease: &str,
+    stop_jobs: &CancellationToken,
+) -> RunEnd {
     let Some(handler) = inner.handlers.get(&job.kind).cloned() else {
         return RunEnd::Done(Err(JobError::retry(format!(
             "no handler for kind '{}' in worker {} (it runs: {})",
@@ -489,7 +545,9 @@ async fn run(inner: &Arc<Inner>, job: &JobRecord, lease: &str, stop_jobs: &Cance
     ));
     // Its own task, so a panic is caught and a timeout can abort it.
     let mut task = tokio::spawn(handler.run(job.args.clone(), ctx).in_current_span());
-    let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let timeout = job
+        .timeout_ms
+        .map(|ms| Duration::from_millis(ms.max(0) as u64));
     let timed_out = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -551,7 +609,11 @@ async fn heartbeat_loop(
             }
         }
         let current = progress.borrow_and_update().clone();
-        match inner.transport.heartbeat(id, &lease, current, inner.lease).await {
+        match inner
+            .transport
+            .heartbeat(id, &lease, current, inner.lease)
+            .await
+        {
             Ok(job) if job.cancel_requested => cancel_requested.cancel(),
             Ok(_) => {}
             Err(Error::LeaseLost(reason)) => {
@@ -570,14 +632,29 @@ async fn heartbeat_loop(
 }
 
 /// Turns how the run ended into what to record, and tells the failure hooks.
-async fn decide(inner: &Arc<Inner>, job: &JobRecord, info: &JobInfo, end: RunEnd) -> (Option<Finish>, JobOutcome) {
+async fn decide(
+    inner: &Arc<Inner>,
+    job: &JobRecord,
+    info: &JobInfo,
+    end: RunEnd,
+) -> (Option<Finish>, JobOutcome) {
     let retry_left = job.attempt < job.max_attempts;
     let failed = |error: String, retry: bool, retry_in: Option<Duration>| {
         for hook in &inner.hooks {
             hook.on_failure(info, &error);
         }
-        let outcome = JobOutcome::Failed { error: error.clone(), will_retry: retry && retry_left };
-        (Some(Finish::Fail { error, retry, retry_in }), outcome)
+        let outcome = JobOutcome::Failed {
+            error: error.clone(),
+            will_retry: retry && retry_left,
+        };
+        (
+            Some(Finish::Fail {
+                error,
+                retry,
+                retry_in,
+            }),
+            outcome,
+        )
     };
     match end {
         RunEnd::Done(Ok(result)) => (Some(Finish::Complete(result)), JobOutcome::Completed),
@@ -589,14 +666,28 @@ async fn decide(inner: &Arc<Inner>, job: &JobRecord, info: &JobInfo, end: RunEnd
                 if let Err(e) = inner.transport.cancel(job.id).await {
                     tracing::warn!(error = %e, "could not request the cancel");
                 }
-                (Some(Finish::Fail { error: error.message, retry: false, retry_in: None }), JobOutcome::Cancelled)
+                (
+                    Some(Finish::Fail {
+                        error: error.message,
+                        retry: false,
+                        retry_in: None,
+                    }),
+                    JobOutcome::Cancelled,
+                )
             }
-            ErrorAction::Snooze(delay) => (Some(Finish::Release { after: Some(delay) }), JobOutcome::Snoozed),
+            ErrorAction::Snooze(delay) => (
+                Some(Finish::Release { after: Some(delay) }),
+                JobOutcome::Snoozed,
+            ),
         },
         RunEnd::Panicked(message) => failed(message, true, None),
         RunEnd::TimedOut => failed(grafter_store::transitions::TIMED_OUT.to_owned(), true, None),
         RunEnd::CancelledByRequest => (
-            Some(Finish::Fail { error: "cancelled on request".into(), retry: false, retry_in: None }),
+            Some(Finish::Fail {
+                error: "cancelled on request".into(),
+                retry: false,
+                retry_in: None,
+            }),
             JobOutcome::Cancelled,
         ),
         RunEnd::ShuttingDown => (Some(Finish::Release { after: None }), JobOutcome::Released),
@@ -607,12 +698,15 @@ async fn decide(inner: &Arc<Inner>, job: &JobRecord, info: &JobInfo, end: RunEnd
 /// The recorded state may differ from the plan (a cancel requested meanwhile).
 /// A batch ack answers no job record: completed is completed.
 fn refine(outcome: JobOutcome, recorded: Option<&JobRecord>) -> JobOutcome {
-    let Some(recorded) = recorded else { return outcome };
+    let Some(recorded) = recorded else {
+        return outcome;
+    };
     match (&outcome, recorded.state) {
         (JobOutcome::Failed { .. }, grafter_core::JobState::Cancelled) => JobOutcome::Cancelled,
-        (JobOutcome::Failed { error, .. }, state) => {
-            JobOutcome::Failed { error: error.clone(), will_retry: state == grafter_core::JobState::Retryable }
-        }
+        (JobOutcome::Failed { error, .. }, state) => JobOutcome::Failed {
+            error: error.clone(),
+            will_retry: state == grafter_core::JobState::Retryable,
+        },
         _ => outcome,
     }
 }
@@ -621,14 +715,23 @@ fn refine(outcome: JobOutcome, recorded: Option<&JobRecord>) -> JobOutcome {
 /// that a finished job's result is not lost to a blip. Gives up once the lease
 /// has surely expired: the job will run again elsewhere.
 /// Successes go through `acks`, batched with other jobs' (no record comes back).
-async fn record(inner: &Arc<Inner>, acks: &Acks, job: &JobRecord, lease: &str, finish: &Finish) -> Result<Option<JobRecord>> {
+async fn record(
+    inner: &Arc<Inner>,
+    acks: &Acks,
+    job: &JobRecord,
+    lease: &str,
+    finish: &Finish,
+) -> Result<Option<JobRecord>> {
     let give_up = tokio::time::Instant::now() + inner.lease;
     let mut pause = Duration::from_millis(50);
     loop {
         let recorded = match finish {
             Finish::Complete(result) => match acks.send(job.id, lease, result.clone()).await {
                 Ok(true) => Ok(None),
-                Ok(false) => Err(Error::LeaseLost(format!("job {}: lease is not current", job.id))),
+                Ok(false) => Err(Error::LeaseLost(format!(
+                    "job {}: lease is not current",
+                    job.id
+                ))),
                 Err(e) => Err(e),
             },
             other => inner.transport.finish(job.id, lease, other).await.map(Some),
@@ -680,8 +783,14 @@ impl Acks {
     /// Completes one job, fenced by its lease: true when this completed it.
     async fn send(&self, id: JobId, lease: &str, result: Option<Value>) -> Result<bool> {
         let (reply, answer) = oneshot::channel();
-        let ack = Ack { id, lease: lease.to_owned(), result };
-        self.0.send(PendingAck { ack, reply }).map_err(|_| stopped())?;
+        let ack = Ack {
+            id,
+            lease: lease.to_owned(),
+            result,
+        };
+        self.0
+            .send(PendingAck { ack, reply })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -690,10 +799,16 @@ fn stopped() -> Error {
     Error::Unavailable("the worker's ack sender has stopped".into())
 }
 
-async fn ack_loop(transport: Arc<dyn Transport>, mut pending: mpsc::UnboundedReceiver<PendingAck>, stop: CancellationToken) {
+async fn ack_loop(
+    transport: Arc<dyn Transport>,
+    mut pending: mpsc::UnboundedReceiver<PendingAck>,
+    stop: CancellationToken,
+) {
     let sending = Arc::new(Semaphore::new(ACKS_IN_FLIGHT));
     loop {
-        let Ok(slot) = sending.clone().acquire_owned().await else { return };
+        let Ok(slot) = sending.clone().acquire_owned().await else {
+            return;
+        };
         let first = tokio::select! {
             first = pending.recv() => match first {
                 Some(first) => first,
@@ -733,7 +848,11 @@ async fn send_acks(transport: &dyn Transport, batch: Vec<PendingAck>) {
                 Err(e) => (e.is_transient(), e.to_string()),
             };
             for reply in replies {
-                let error = if transient { Error::Unavailable(message.clone()) } else { Error::Other(message.clone()) };
+                let error = if transient {
+                    Error::Unavailable(message.clone())
+                } else {
+                    Error::Other(message.clone())
+                };
                 let _ = reply.send(Err(error));
             }
         }

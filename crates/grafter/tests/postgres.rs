@@ -38,17 +38,23 @@ impl Job for Welcome {
 async fn database() -> Option<String> {
     let url = std::env::var("GRAFTER_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let why = match tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls)).await {
-        Ok(Ok(_)) => return Some(url),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out after 5 s".to_owned(),
-    };
+    let why =
+        match tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls))
+            .await
+        {
+            Ok(Ok(_)) => return Some(url),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out after 5 s".to_owned(),
+        };
     assert!(
         std::env::var_os("CI").is_none(),
         "PostgreSQL not reachable at {url} ({why}); CI is set, so this fails instead of skipping"
     );
     // Straight to stderr: libtest hides `eprintln!` of a passing test.
-    let _ = writeln!(std::io::stderr(), "\n*** SKIPPING: PostgreSQL not reachable at {url} ({why}) ***\n");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPING: PostgreSQL not reachable at {url} ({why}) ***\n"
+    );
     None
 }
 
@@ -59,12 +65,19 @@ where
     F: FnOnce(String, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let schema = format!("grafter_test_lib_{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let schema = format!(
+        "grafter_test_lib_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     // In its own task, so that a panic comes back here as a value.
     let outcome = tokio::spawn(test(url.clone(), schema.clone())).await;
     let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
-    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -79,7 +92,11 @@ async fn a_job_enqueued_in_a_transaction_runs_only_once_it_commits() {
 async fn enqueue_and_run(url: String, schema: String) {
     let mut config = PostgresConfig::new(&url);
     config.schema = Some(schema.clone());
-    let store = Arc::new(PostgresStore::connect(config).await.expect("connect the store"));
+    let store = Arc::new(
+        PostgresStore::connect(config)
+            .await
+            .expect("connect the store"),
+    );
     let client = Client::from_store(store);
     // Waiting longer than the test waits for a result: the jobs must be picked
     // up because the commit woke the worker, not because it looked again.
@@ -96,27 +113,63 @@ async fn enqueue_and_run(url: String, schema: String) {
 
     // Rolled back: the job never existed.
     let tx = app.transaction().await.unwrap();
-    let options = EnqueueOptions { unique_key: Some("ada".into()), ..Default::default() };
-    let gone = enqueue_in_with(&tx, Some(&schema), Welcome { email: "ada@example.com".into() }, options.clone())
-        .await
-        .unwrap();
+    let options = EnqueueOptions {
+        unique_key: Some("ada".into()),
+        ..Default::default()
+    };
+    let gone = enqueue_in_with(
+        &tx,
+        Some(&schema),
+        Welcome {
+            email: "ada@example.com".into(),
+        },
+        options.clone(),
+    )
+    .await
+    .unwrap();
     assert!(gone.created);
     tx.rollback().await.unwrap();
-    assert!(matches!(client.get(gone.job.id).await, Err(grafter::Error::NotFound(_))));
+    assert!(matches!(
+        client.get(gone.job.id).await,
+        Err(grafter::Error::NotFound(_))
+    ));
 
     // Committed: the worker runs them. The same key within the transaction
     // returns the first job. Without a schema the tables are found through the
     // search_path (the wake-up comes from the first enqueue, which names the
     // nodes' schema and so their channel).
     let tx = app.transaction().await.unwrap();
-    let first = enqueue_in_with(&tx, Some(&schema), Welcome { email: "ada@example.com".into() }, options).await.unwrap();
-    tx.batch_execute(&format!("SET LOCAL search_path TO \"{schema}\"")).await.unwrap();
-    let unkeyed = enqueue_in(&tx, Welcome { email: "bob@example.com".into() }).await.unwrap();
+    let first = enqueue_in_with(
+        &tx,
+        Some(&schema),
+        Welcome {
+            email: "ada@example.com".into(),
+        },
+        options,
+    )
+    .await
+    .unwrap();
+    tx.batch_execute(&format!("SET LOCAL search_path TO \"{schema}\""))
+        .await
+        .unwrap();
+    let unkeyed = enqueue_in(
+        &tx,
+        Welcome {
+            email: "bob@example.com".into(),
+        },
+    )
+    .await
+    .unwrap();
     let again = enqueue_in_with(
         &tx,
         Some(&schema),
-        Welcome { email: "ada@example.com".into() },
-        EnqueueOptions { unique_key: Some("ada".into()), ..Default::default() },
+        Welcome {
+            email: "ada@example.com".into(),
+        },
+        EnqueueOptions {
+            unique_key: Some("ada".into()),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -124,7 +177,10 @@ async fn enqueue_and_run(url: String, schema: String) {
     assert_eq!(again.job.id, first.job.id);
     tx.commit().await.unwrap();
 
-    for (id, result) in [(first.job.id, "welcomed ada@example.com"), (unkeyed.job.id, "welcomed bob@example.com")] {
+    for (id, result) in [
+        (first.job.id, "welcomed ada@example.com"),
+        (unkeyed.job.id, "welcomed bob@example.com"),
+    ] {
         let done = client.wait(id, Duration::from_secs(15)).await.unwrap();
         assert_eq!(done.state, JobState::Completed);
         assert_eq!(done.result, Some(serde_json::json!(result)));
@@ -171,7 +227,10 @@ impl Proxy {
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut proxied = format!("host=127.0.0.1 port={}", listener.local_addr().unwrap().port());
+        let mut proxied = format!(
+            "host=127.0.0.1 port={}",
+            listener.local_addr().unwrap().port()
+        );
         if let Some(user) = config.get_user() {
             proxied.push_str(&format!(" user={user}"));
         }
@@ -191,7 +250,9 @@ impl Proxy {
                 let mut cut = watch_up.subscribe();
                 let upstream = (host.clone(), port);
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.wait_for(|up| !*up) => {}
@@ -221,12 +282,21 @@ async fn record_through_an_outage(url: String, schema: String) {
     let proxy = Proxy::start(&url).await;
     let mut config = PostgresConfig::new(&proxy.url);
     config.schema = Some(schema);
-    let store = Arc::new(PostgresStore::connect(config).await.expect("connect through the proxy"));
+    let store = Arc::new(
+        PostgresStore::connect(config)
+            .await
+            .expect("connect through the proxy"),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let _stop_server = shutdown.clone().drop_guard();
-    tokio::spawn(grafter::server::serve(listener, store, Default::default(), shutdown));
+    tokio::spawn(grafter::server::serve(
+        listener,
+        store,
+        Default::default(),
+        shutdown,
+    ));
 
     // The worker talks HTTP to the server, which cannot reach the database
     // while the proxy is cut: its answers are then 503s, never a false 200.
@@ -255,14 +325,23 @@ async fn record_through_an_outage(url: String, schema: String) {
     // The job finishes; recording its result fails while the database is away.
     GATE_OPEN.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(matches!(client.get(id).await, Err(grafter::Error::Unavailable(_))));
+    assert!(matches!(
+        client.get(id).await,
+        Err(grafter::Error::Unavailable(_))
+    ));
 
     proxy.restore();
-    let done = client.wait(id, Duration::from_secs(15)).await.expect("the job is finished");
+    let done = client
+        .wait(id, Duration::from_secs(15))
+        .await
+        .expect("the job is finished");
     assert_eq!(done.state, JobState::Completed, "{done:?}");
     // The same attempt's result: recorded by the retry, not run again after
     // its lease (20 s) ran out.
     assert_eq!(done.attempt, 1, "{done:?}");
-    assert_eq!(done.result, Some(serde_json::json!("finished during the outage")));
+    assert_eq!(
+        done.result,
+        Some(serde_json::json!("finished during the outage"))
+    );
     running.shutdown().await;
 }

@@ -91,25 +91,44 @@ struct Env {
 /// A Grafter server and a web app with a push endpoint, both on loopback.
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store = grafter::server::open_store(&format!("sqlite://{}", dir.path().join("g.db").display())).await.unwrap();
+    let store =
+        grafter::server::open_store(&format!("sqlite://{}", dir.path().join("g.db").display()))
+            .await
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grafter = format!("http://{}", listener.local_addr().unwrap());
-    let mut config =
-        ServerConfig { retry: Backoff { base_ms: 100, factor: 2.0, max_ms: 200, jitter: 0.0 }, ..Default::default() };
+    let mut config = ServerConfig {
+        retry: Backoff {
+            base_ms: 100,
+            factor: 2.0,
+            max_ms: 200,
+            jitter: 0.0,
+        },
+        ..Default::default()
+    };
     config.maintenance.schedule_interval_ms = 50;
     let shutdown = CancellationToken::new();
-    tokio::spawn(grafter::server::serve(listener, store, config, shutdown.clone()));
+    tokio::spawn(grafter::server::serve(
+        listener,
+        store,
+        config,
+        shutdown.clone(),
+    ));
 
     let captured: Captured = Arc::default();
-    let endpoint =
-        PushEndpoint::new(Verifier::new(SECRET)).register::<SendEmail>().register::<NotYet>().register::<Explodes>();
+    let endpoint = PushEndpoint::new(Verifier::new(SECRET))
+        .register::<SendEmail>()
+        .register::<NotYet>()
+        .register::<Explodes>();
     let record = captured.clone();
-    let app = axum::Router::new().route("/grafter/jobs", endpoint.into_route()).layer(axum::middleware::from_fn(
-        move |request: Request, next: Next| {
-            let record = record.clone();
-            async move { capture(record, request, next).await }
-        },
-    ));
+    let app = axum::Router::new()
+        .route("/grafter/jobs", endpoint.into_route())
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let record = record.clone();
+                async move { capture(record, request, next).await }
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_url = format!("http://{}/grafter/jobs", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -131,7 +150,8 @@ async fn capture(record: Captured, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     *record.lock().unwrap() = Some((parts.headers.clone(), bytes.clone()));
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 impl Env {
@@ -143,7 +163,11 @@ impl Env {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap()
+        );
     }
 
     async fn run<J: Job>(&self, job: J, options: EnqueueOptions) -> JobRecord {
@@ -169,16 +193,35 @@ fn errors(job: &JobRecord) -> Vec<&str> {
 #[tokio::test]
 async fn typed_jobs_run_inside_grafters_pushes_with_every_outcome() {
     let env = env().await;
-    let done = env.run(SendEmail { to: "ada@example.com".into() }, EnqueueOptions::default()).await;
+    let done = env
+        .run(
+            SendEmail {
+                to: "ada@example.com".into(),
+            },
+            EnqueueOptions::default(),
+        )
+        .await;
     assert_eq!(done.state, JobState::Completed);
-    assert_eq!(done.result, Some(json!({"sent_to": "ada@example.com", "attempt": 1, "queue": "app"})));
+    assert_eq!(
+        done.result,
+        Some(json!({"sent_to": "ada@example.com", "attempt": 1, "queue": "app"}))
+    );
 
-    let retried = env.run(SendEmail { to: "flaky@example.com".into() }, EnqueueOptions::default()).await;
+    let retried = env
+        .run(
+            SendEmail {
+                to: "flaky@example.com".into(),
+            },
+            EnqueueOptions::default(),
+        )
+        .await;
     assert_eq!(retried.state, JobState::Completed);
     assert_eq!(retried.attempt, 2);
     assert_eq!(errors(&retried), ["500 Internal Server Error: smtp down"]);
 
-    let failed = env.run(SendEmail { to: String::new() }, EnqueueOptions::default()).await;
+    let failed = env
+        .run(SendEmail { to: String::new() }, EnqueueOptions::default())
+        .await;
     assert_eq!(failed.state, JobState::Dead);
     assert_eq!((failed.attempt, failed.max_attempts), (1, 25));
     assert_eq!(errors(&failed), ["422 Unprocessable Entity: no recipient"]);
@@ -191,7 +234,10 @@ async fn typed_jobs_run_inside_grafters_pushes_with_every_outcome() {
 
     let panicked = env.run(Explodes, EnqueueOptions::default()).await;
     assert_eq!(panicked.state, JobState::Dead);
-    assert_eq!(errors(&panicked), ["500 Internal Server Error: panicked: kaboom"]);
+    assert_eq!(
+        errors(&panicked),
+        ["500 Internal Server Error: panicked: kaboom"]
+    );
 
     let unknown = env
         .client
@@ -204,16 +250,32 @@ async fn typed_jobs_run_inside_grafters_pushes_with_every_outcome() {
         .await
         .unwrap();
     let unknown = env.client.wait(unknown[0].id, WAIT).await.unwrap();
-    assert_eq!(errors(&unknown), ["404 Not Found: no job kind 'not_registered' is registered at this endpoint"]);
+    assert_eq!(
+        errors(&unknown),
+        ["404 Not Found: no job kind 'not_registered' is registered at this endpoint"]
+    );
 }
 
 #[tokio::test]
-async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_changed_body_and_stale_time() {
+async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_changed_body_and_stale_time(
+) {
     let env = env().await;
     // Grafter's own request is accepted (the job completes)...
-    let done = env.run(SendEmail { to: "ada@example.com".into() }, EnqueueOptions::default()).await;
+    let done = env
+        .run(
+            SendEmail {
+                to: "ada@example.com".into(),
+            },
+            EnqueueOptions::default(),
+        )
+        .await;
     assert_eq!(done.state, JobState::Completed);
-    let (headers, body) = env.captured.lock().unwrap().clone().expect("the app saw Grafter's request");
+    let (headers, body) = env
+        .captured
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the app saw Grafter's request");
     let signature = headers[SIGNATURE_HEADER].to_str().unwrap().to_owned();
     // ...and so is the very same request again, within the tolerance.
     let (status, _) = env.replay(Some(&signature), &body).await;
@@ -222,8 +284,19 @@ async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_change
     // A queue signing with another secret: refused, a failed attempt whose
     // error says why.
     env.push_to("elsewhere", "not-the-apps-secret-0000").await;
-    let options = EnqueueOptions { queue: Some("elsewhere".into()), max_attempts: Some(1), ..Default::default() };
-    let refused = env.run(SendEmail { to: "ada@example.com".into() }, options).await;
+    let options = EnqueueOptions {
+        queue: Some("elsewhere".into()),
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    let refused = env
+        .run(
+            SendEmail {
+                to: "ada@example.com".into(),
+            },
+            options,
+        )
+        .await;
     assert_eq!(refused.state, JobState::Dead);
     assert_eq!(
         errors(&refused),
@@ -231,9 +304,17 @@ async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_change
     );
 
     // A changed body.
-    let changed = String::from_utf8(body.to_vec()).unwrap().replace("ada@example.com", "eve@example.com");
+    let changed = String::from_utf8(body.to_vec())
+        .unwrap()
+        .replace("ada@example.com", "eve@example.com");
     let (status, text) = env.replay(Some(&signature), changed.as_bytes()).await;
-    assert_eq!((status, text.as_str()), (401, "Grafter-Signature does not match (wrong secret, or the body was changed)"));
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            401,
+            "Grafter-Signature does not match (wrong secret, or the body was changed)"
+        )
+    );
 
     // A stale timestamp, correctly signed.
     let stale = sign(&[SECRET], unix_now() - 600, &body);
@@ -243,5 +324,8 @@ async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_change
 
     // No signature at all.
     let (status, text) = env.replay(None, &body).await;
-    assert_eq!((status, text.as_str()), (401, "missing Grafter-Signature header"));
+    assert_eq!(
+        (status, text.as_str()),
+        (401, "missing Grafter-Signature header")
+    );
 }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::IntoResponse;
-use grafter::{Client, Hooks, Job, JobContext, JobError, JobInfo, JobOutcome, JobState, Worker, WorkerHandle};
+use grafter::{
+    Client, Hooks, Job, JobContext, JobError, JobInfo, JobOutcome, JobState, Worker, WorkerHandle,
+};
 use grafter_core::Backoff;
 use grafter_server::ServerConfig;
 use grafter_sqlite::SqliteStore;
@@ -17,7 +19,12 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn fast_backoff() -> Backoff {
-    Backoff { base_ms: 100, factor: 2.0, max_ms: 400, jitter: 0.0 }
+    Backoff {
+        base_ms: 100,
+        factor: 2.0,
+        max_ms: 400,
+        jitter: 0.0,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -34,18 +41,38 @@ struct Env {
 
 async fn env(mode: Mode) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("grafter.db")).await.unwrap());
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("grafter.db"))
+            .await
+            .unwrap(),
+    );
     match mode {
-        Mode::InProcess => Env { client: Client::from_store_with_backoff(store, fast_backoff()), _shutdown: None, _dir: dir },
+        Mode::InProcess => Env {
+            client: Client::from_store_with_backoff(store, fast_backoff()),
+            _shutdown: None,
+            _dir: dir,
+        },
         Mode::Http => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
-            let mut config = ServerConfig { retry: fast_backoff(), ..Default::default() };
+            let mut config = ServerConfig {
+                retry: fast_backoff(),
+                ..Default::default()
+            };
             config.maintenance.schedule_interval_ms = 50;
             config.maintenance.rescue_interval_ms = 100;
             let shutdown = CancellationToken::new();
-            tokio::spawn(grafter_server::serve(listener, store, config, shutdown.clone()));
-            Env { client: Client::http(&url).unwrap(), _shutdown: Some(shutdown.drop_guard()), _dir: dir }
+            tokio::spawn(grafter_server::serve(
+                listener,
+                store,
+                config,
+                shutdown.clone(),
+            ));
+            Env {
+                client: Client::http(&url).unwrap(),
+                _shutdown: Some(shutdown.drop_guard()),
+                _dir: dir,
+            }
         }
     }
 }
@@ -251,7 +278,11 @@ async fn success_stores_the_result(mode: Mode) {
 async fn retry_after_backoff_then_success(mode: Mode) {
     let env = env(mode).await;
     let hooks = SharedRecorder::default();
-    let running = start(worker(&env.client).register::<FlakyOnce>().hooks(hooks.clone()));
+    let running = start(
+        worker(&env.client)
+            .register::<FlakyOnce>()
+            .hooks(hooks.clone()),
+    );
     let job = env.client.enqueue(FlakyOnce).await.unwrap().job;
     let done = env.client.wait(job.id, WAIT).await.unwrap();
     running.shutdown().await;
@@ -282,10 +313,19 @@ async fn a_panic_is_a_failed_attempt_and_the_worker_survives(mode: Mode) {
     let panicked = env.client.enqueue(Panics).await.unwrap().job;
     let done = env.client.wait(panicked.id, WAIT).await.unwrap();
     assert_eq!(done.state, JobState::Dead);
-    assert!(done.errors[0].error.contains("panicked: index out of bounds"), "{:?}", done.errors);
+    assert!(
+        done.errors[0]
+            .error
+            .contains("panicked: index out of bounds"),
+        "{:?}",
+        done.errors
+    );
     // The same worker goes on running jobs.
     let next = env.client.enqueue(Add { a: 1, b: 1 }).await.unwrap().job;
-    assert_eq!(env.client.wait(next.id, WAIT).await.unwrap().state, JobState::Completed);
+    assert_eq!(
+        env.client.wait(next.id, WAIT).await.unwrap().state,
+        JobState::Completed
+    );
     running.shutdown().await;
 }
 
@@ -303,7 +343,11 @@ async fn timeout_records_timed_out(mode: Mode) {
 async fn cancel_reaches_a_running_job_and_progress_shows(mode: Mode) {
     let env = env(mode).await;
     let hooks = SharedRecorder::default();
-    let running = start(worker(&env.client).register::<UntilCancelled>().hooks(hooks.clone()));
+    let running = start(
+        worker(&env.client)
+            .register::<UntilCancelled>()
+            .hooks(hooks.clone()),
+    );
     let job = env.client.enqueue(UntilCancelled).await.unwrap().job;
     // Progress is visible through the client (and so the API) while it runs.
     let mut seen = None;
@@ -359,16 +403,31 @@ async fn unknown_kinds_are_not_lost(mode: Mode) {
     let running = start(worker(&env.client).register::<Add>());
     let mut stranger = grafter::NewJob::new("stranger", json!({}));
     stranger.max_attempts = 1;
-    let job = env.client.enqueue_raw(vec![stranger]).await.unwrap().remove(0);
+    let job = env
+        .client
+        .enqueue_raw(vec![stranger])
+        .await
+        .unwrap()
+        .remove(0);
     let done = env.client.wait(job.id, WAIT).await.unwrap();
     running.shutdown().await;
     assert_eq!(done.state, JobState::Dead);
-    assert!(done.errors[0].error.contains("no handler for kind 'stranger'"), "{:?}", done.errors);
+    assert!(
+        done.errors[0]
+            .error
+            .contains("no handler for kind 'stranger'"),
+        "{:?}",
+        done.errors
+    );
 }
 
 async fn graceful_shutdown_hands_unfinished_jobs_back(mode: Mode) {
     let env = env(mode).await;
-    let running = worker(&env.client).register::<UntilCancelled>().build().unwrap().start();
+    let running = worker(&env.client)
+        .register::<UntilCancelled>()
+        .build()
+        .unwrap()
+        .start();
     let job = env.client.enqueue(UntilCancelled).await.unwrap().job;
     for _ in 0..200 {
         if env.client.get(job.id).await.unwrap().state == JobState::Running {
@@ -378,20 +437,39 @@ async fn graceful_shutdown_hands_unfinished_jobs_back(mode: Mode) {
     }
     running.shutdown_within(Duration::from_millis(100)).await;
     let back = env.client.get(job.id).await.unwrap();
-    assert_eq!(back.state, JobState::Available, "handed back, ready at once");
+    assert_eq!(
+        back.state,
+        JobState::Available,
+        "handed back, ready at once"
+    );
     assert_eq!(back.attempt, 0, "not counted as an attempt");
     assert!(back.errors.is_empty());
 }
 
 async fn duplicate_unique_keys_return_the_first_job(mode: Mode) {
     let env = env(mode).await;
-    let options = grafter::EnqueueOptions { unique_key: Some("sum:1".into()), ..Default::default() };
-    let first = env.client.enqueue_with(Add { a: 1, b: 0 }, options.clone()).await.unwrap();
-    let second = env.client.enqueue_with(Add { a: 1, b: 0 }, options).await.unwrap();
+    let options = grafter::EnqueueOptions {
+        unique_key: Some("sum:1".into()),
+        ..Default::default()
+    };
+    let first = env
+        .client
+        .enqueue_with(Add { a: 1, b: 0 }, options.clone())
+        .await
+        .unwrap();
+    let second = env
+        .client
+        .enqueue_with(Add { a: 1, b: 0 }, options)
+        .await
+        .unwrap();
     assert!(first.created);
     assert!(!second.created);
     assert_eq!(first.job.id, second.job.id);
-    let many = env.client.enqueue_many((0..3).map(|i| Add { a: i, b: i })).await.unwrap();
+    let many = env
+        .client
+        .enqueue_many((0..3).map(|i| Add { a: i, b: i }))
+        .await
+        .unwrap();
     assert_eq!(many.len(), 3);
     assert!(many.iter().all(|j| j.state == JobState::Available));
 }
@@ -399,8 +477,17 @@ async fn duplicate_unique_keys_return_the_first_job(mode: Mode) {
 async fn many_jobs_finishing_together_are_acked_in_batches(mode: Mode) {
     let env = env(mode).await;
     let hooks = SharedRecorder::default();
-    let jobs = env.client.enqueue_many((0..300).map(|i| Add { a: i, b: 1 })).await.unwrap();
-    let running = start(worker(&env.client).queue("default", 64).register::<Add>().hooks(hooks.clone()));
+    let jobs = env
+        .client
+        .enqueue_many((0..300).map(|i| Add { a: i, b: 1 }))
+        .await
+        .unwrap();
+    let running = start(
+        worker(&env.client)
+            .queue("default", 64)
+            .register::<Add>()
+            .hooks(hooks.clone()),
+    );
     for job in &jobs {
         let done = env.client.wait(job.id, WAIT).await.unwrap();
         assert_eq!(done.state, JobState::Completed);
@@ -410,7 +497,10 @@ async fn many_jobs_finishing_together_are_acked_in_batches(mode: Mode) {
     running.shutdown().await;
     let outcomes = hooks.0.outcomes.lock().unwrap();
     assert_eq!(outcomes.len(), 300);
-    assert!(outcomes.iter().all(|o| *o == JobOutcome::Completed), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == JobOutcome::Completed),
+        "{outcomes:?}"
+    );
 }
 
 /// A job deleted while it runs: its ack, batched or not, is refused.
@@ -425,7 +515,11 @@ impl Job for DeletedWhileRunning {
 
     async fn perform(self, ctx: JobContext) -> Result<(), JobError> {
         let url = format!("{}/v1/jobs/{}", self.url, ctx.id());
-        reqwest::Client::new().delete(url).send().await.map_err(|e| JobError::retry(e.to_string()))?;
+        reqwest::Client::new()
+            .delete(url)
+            .send()
+            .await
+            .map_err(|e| JobError::retry(e.to_string()))?;
         Ok(())
     }
 }
@@ -434,7 +528,11 @@ impl Job for DeletedWhileRunning {
 /// server from before them did (405: the path reads as a job id).
 async fn served(old: bool) -> (String, CancellationToken, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("grafter.db")).await.unwrap());
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("grafter.db"))
+            .await
+            .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -447,7 +545,11 @@ async fn served(old: bool) -> (String, CancellationToken, tempfile::TempDir) {
         next.run(request).await
     }));
     let stop = shutdown.clone();
-    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
     (url, shutdown, dir)
 }
 
@@ -456,13 +558,30 @@ async fn a_server_without_batch_acks_gets_acks_one_by_one() {
     let (url, shutdown, _dir) = served(true).await;
     let client = Client::http(&url).unwrap();
     let hooks = SharedRecorder::default();
-    let jobs = client.enqueue_many((0..20).map(|i| Add { a: i, b: 2 })).await.unwrap();
-    let running = start(worker(&client).queue("default", 8).register::<Add>().hooks(hooks.clone()));
+    let jobs = client
+        .enqueue_many((0..20).map(|i| Add { a: i, b: 2 }))
+        .await
+        .unwrap();
+    let running = start(
+        worker(&client)
+            .queue("default", 8)
+            .register::<Add>()
+            .hooks(hooks.clone()),
+    );
     for job in &jobs {
-        assert_eq!(client.wait(job.id, WAIT).await.unwrap().state, JobState::Completed);
+        assert_eq!(
+            client.wait(job.id, WAIT).await.unwrap().state,
+            JobState::Completed
+        );
     }
     running.shutdown().await;
-    assert!(hooks.0.outcomes.lock().unwrap().iter().all(|o| *o == JobOutcome::Completed));
+    assert!(hooks
+        .0
+        .outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|o| *o == JobOutcome::Completed));
     shutdown.cancel();
 }
 
@@ -472,15 +591,29 @@ async fn an_ack_for_a_job_gone_meanwhile_is_a_lost_lease() {
         let (url, shutdown, _dir) = served(old).await;
         let client = Client::http(&url).unwrap();
         let hooks = SharedRecorder::default();
-        let running = start(worker(&client).register::<DeletedWhileRunning>().hooks(hooks.clone()));
-        client.enqueue(DeletedWhileRunning { url: url.clone() }).await.unwrap();
+        let running = start(
+            worker(&client)
+                .register::<DeletedWhileRunning>()
+                .hooks(hooks.clone()),
+        );
+        client
+            .enqueue(DeletedWhileRunning { url: url.clone() })
+            .await
+            .unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         while hooks.0.outcomes.lock().unwrap().is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "the job never finished");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the job never finished"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         running.shutdown().await;
-        assert_eq!(*hooks.0.outcomes.lock().unwrap(), [JobOutcome::LeaseLost], "old server: {old}");
+        assert_eq!(
+            *hooks.0.outcomes.lock().unwrap(),
+            [JobOutcome::LeaseLost],
+            "old server: {old}"
+        );
         shutdown.cancel();
     }
 }
@@ -488,11 +621,20 @@ async fn an_ack_for_a_job_gone_meanwhile_is_a_lost_lease() {
 /// A queue with more slots than the server hands out per fetch still runs.
 async fn more_slots_than_one_fetch_may_ask_for(mode: Mode) {
     let env = env(mode).await;
-    let jobs = env.client.enqueue_many((0..1500).map(|i| Add { a: i, b: 0 })).await.unwrap();
-    let builder = Worker::builder(&env.client).queue("default", 1500).poll_wait(Duration::from_millis(500));
+    let jobs = env
+        .client
+        .enqueue_many((0..1500).map(|i| Add { a: i, b: 0 }))
+        .await
+        .unwrap();
+    let builder = Worker::builder(&env.client)
+        .queue("default", 1500)
+        .poll_wait(Duration::from_millis(500));
     let running = start(builder.register::<Add>());
     for job in &jobs {
-        assert_eq!(env.client.wait(job.id, WAIT).await.unwrap().state, JobState::Completed);
+        assert_eq!(
+            env.client.wait(job.id, WAIT).await.unwrap().state,
+            JobState::Completed
+        );
     }
     running.shutdown().await;
 }

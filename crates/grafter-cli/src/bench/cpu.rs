@@ -30,7 +30,13 @@ fn process_ticks(pid: &str) -> Option<u64> {
 /// (busy, total) ticks of all CPUs, from `/proc/stat`.
 fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
     let total: u64 = ticks.iter().take(8).sum();
     let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
@@ -47,9 +53,15 @@ fn writer_ticks(pid: &str) -> Option<u64> {
     let writers: Vec<u64> = tasks
         .flatten()
         .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == WRITER_THREAD)
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == WRITER_THREAD)
         })
-        .filter_map(|task| process_ticks(&format!("{pid}/task/{}", task.file_name().to_string_lossy())))
+        .filter_map(|task| {
+            process_ticks(&format!(
+                "{pid}/task/{}",
+                task.file_name().to_string_lossy()
+            ))
+        })
         .collect();
     (!writers.is_empty()).then(|| writers.iter().sum())
 }
@@ -83,13 +95,21 @@ impl Sample {
             line.push_str(&format!(" = {:.1} µs/job", ours * 1e6 / jobs as f64));
         }
         if let (Some(a), Some(b)) = (self.writer, later.writer) {
-            line.push_str(&format!(" (SQLite writer thread {:.2} s)", seconds(b.saturating_sub(a))));
+            line.push_str(&format!(
+                " (SQLite writer thread {:.2} s)",
+                seconds(b.saturating_sub(a))
+            ));
         }
         if let (Some((busy_a, total_a)), Some((busy_b, total_b))) = (self.machine, later.machine) {
-            let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0);
             let total = total_b.saturating_sub(total_a).max(1) as f64;
             let busy = busy_b.saturating_sub(busy_a) as f64 / total * cores;
-            line.push_str(&format!("; machine busy {busy:.2} of {cores:.0} cores over {:.2} s", wall.as_secs_f64()));
+            line.push_str(&format!(
+                "; machine busy {busy:.2} of {cores:.0} cores over {:.2} s",
+                wall.as_secs_f64()
+            ));
         }
         line
     }

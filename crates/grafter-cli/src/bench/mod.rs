@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use grafter::{Client, Hooks, Job, JobContext, JobError, JobId, JobInfo, JobOutcome, NewJob, Worker};
+use grafter::{
+    Client, Hooks, Job, JobContext, JobError, JobId, JobInfo, JobOutcome, NewJob, Worker,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -139,7 +141,10 @@ struct Tally {
 
 impl Tally {
     fn tracking_starts() -> Self {
-        Tally { starts: Some(Mutex::new(Vec::new())), ..Tally::default() }
+        Tally {
+            starts: Some(Mutex::new(Vec::new())),
+            ..Tally::default()
+        }
     }
 
     fn done(&self) -> u64 {
@@ -152,7 +157,10 @@ struct Counting(Arc<Tally>);
 impl Hooks for Counting {
     fn before_job(&self, job: &JobInfo) {
         if let Some(starts) = &self.0.starts {
-            starts.lock().unwrap_or_else(|p| p.into_inner()).push((job.id, Instant::now()));
+            starts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((job.id, Instant::now()));
         }
     }
 
@@ -171,11 +179,15 @@ impl Hooks for Counting {
 /// Runs `grafter bench`.
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.batch == 0 || args.producers == 0 || args.concurrency == 0 {
-        return Err(Failure("--batch, --producers and --concurrency must be at least 1".into()));
+        return Err(Failure(
+            "--batch, --producers and --concurrency must be at least 1".into(),
+        ));
     }
     // Only warnings: the summary is the output.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let target = Target::prepare(args.database.as_deref()).await?;
@@ -235,10 +247,16 @@ impl Setup {
 
 async fn run_on(args: &BenchArgs, target: &Target) -> Result<Report, Failure> {
     let setup = match args.mode {
-        Mode::Inprocess => Setup { client: Client::from_store(target.open_store().await?), server: None },
+        Mode::Inprocess => Setup {
+            client: Client::from_store(target.open_store().await?),
+            server: None,
+        },
         Mode::Http => {
             let server = target.serve().await?;
-            Setup { client: Client::http(&server.url)?, server: Some(server) }
+            Setup {
+                client: Client::http(&server.url)?,
+                server: Some(server),
+            }
         }
     };
     let mut report = Report::new(args.mode.name(), args.workload.name());
@@ -273,7 +291,9 @@ async fn enqueue_all(
                     return Ok::<_, Failure>(());
                 }
                 let n = (total - start).min(batch as u64);
-                client.enqueue_raw((0..n).map(|_| noop_job()).collect()).await?;
+                client
+                    .enqueue_raw((0..n).map(|_| noop_job()).collect())
+                    .await?;
                 progress.fetch_add(n, Ordering::Relaxed);
             }
         });
@@ -296,7 +316,10 @@ async fn wait_finished(tally: &Tally, total: u64) -> Result<(), Failure> {
         if done != last {
             (last, since) = (done, Instant::now());
         } else if since.elapsed() > STALL {
-            return Err(Failure(format!("stalled: {done} of {total} jobs finished, none in {} s", STALL.as_secs())));
+            return Err(Failure(format!(
+                "stalled: {done} of {total} jobs finished, none in {} s",
+                STALL.as_secs()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -344,7 +367,9 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
     let work_time = started.elapsed();
     let work_cpu = cpu.describe(&setup.cpu(), total, work_time);
     report.rss_marks = progress.finish();
-    report.rss_marks.extend(setup.rss().map(|bytes| (total, bytes)));
+    report
+        .rss_marks
+        .extend(setup.rss().map(|bytes| (total, bytes)));
     running.shutdown_within(Duration::from_secs(5)).await;
     finished?;
     report.jobs_per_s = Some(total as f64 / work_time.as_secs_f64());
@@ -372,14 +397,24 @@ async fn continuous(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Res
     let started = Instant::now();
     let mut producers = tokio::task::JoinSet::new();
     for _ in 0..args.producers {
-        let (client, enqueues, enqueued, batch) = (setup.client.clone(), enqueues.clone(), enqueued.clone(), args.batch);
+        let (client, enqueues, enqueued, batch) = (
+            setup.client.clone(),
+            enqueues.clone(),
+            enqueued.clone(),
+            args.batch,
+        );
         producers.spawn(async move {
             let mut next = tokio::time::Instant::now();
             while tokio::time::Instant::now() < deadline {
                 let at = Instant::now();
-                let jobs = client.enqueue_raw((0..batch).map(|_| noop_job()).collect()).await?;
+                let jobs = client
+                    .enqueue_raw((0..batch).map(|_| noop_job()).collect())
+                    .await?;
                 enqueued.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                enqueues.lock().unwrap_or_else(|p| p.into_inner()).extend(jobs.iter().map(|j| (j.id, at)));
+                enqueues
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(jobs.iter().map(|j| (j.id, at)));
                 if let Some(rate) = per_producer {
                     next += Duration::from_secs_f64(batch as f64 / rate);
                     tokio::time::sleep_until(next.min(deadline)).await;
@@ -417,7 +452,9 @@ async fn continuous(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Res
         report::thousands(enqueued),
         args.producers,
         args.batch,
-        args.rate.map(|r| format!(", paced to {r}/s")).unwrap_or_default(),
+        args.rate
+            .map(|r| format!(", paced to {r}/s"))
+            .unwrap_or_default(),
         report::thousands(completed),
     ));
     report.note(format!("  cpu       {run_cpu} (per job completed)"));
@@ -429,7 +466,10 @@ async fn latency(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Result
     const WARM_UP: u64 = 20;
     let samples = args.jobs.unwrap_or(2_000);
     let (finished, mut finished_seen) = watch::channel(0u64);
-    let tally = Arc::new(Tally { finished: Some(finished), ..Tally::tracking_starts() });
+    let tally = Arc::new(Tally {
+        finished: Some(finished),
+        ..Tally::tracking_starts()
+    });
     let worker = setup.worker(args, &tally)?;
     let running = worker.start();
     let progress = Progress::start("sample", samples);
@@ -449,7 +489,13 @@ async fn latency(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Result
             // Wait until it ran, so the next sample finds the queue idle again.
             match tokio::time::timeout(STALL, finished_seen.wait_for(|n| *n > i)).await {
                 Ok(Ok(_)) => {}
-                _ => return Err(Failure(format!("job {} did not run within {} s", job.id, STALL.as_secs()))),
+                _ => {
+                    return Err(Failure(format!(
+                        "job {} did not run within {} s",
+                        job.id,
+                        STALL.as_secs()
+                    )))
+                }
             }
             if i >= WARM_UP {
                 enqueue_time += enqueued;

@@ -56,9 +56,17 @@ impl Progress {
     /// Shows `done` (or this phase's own counter) until dropped: a bar redrawn
     /// in place on a terminal, a line a second otherwise. With `rss`, samples
     /// resident memory at every tenth of the jobs. Never returns.
-    pub async fn follow(&self, done: Option<&AtomicU64>, rss: Option<&(dyn Fn() -> Option<u64> + Sync)>) {
+    pub async fn follow(
+        &self,
+        done: Option<&AtomicU64>,
+        rss: Option<&(dyn Fn() -> Option<u64> + Sync)>,
+    ) {
         let done = done.unwrap_or(&self.counter);
-        let every = if self.tty { Duration::from_millis(200) } else { Duration::from_secs(1) };
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(1)
+        };
         let mut next_print = Instant::now() + every;
         let mut next_mark = 1;
         loop {
@@ -68,7 +76,10 @@ impl Progress {
                 // The last tenth is the caller's to take, once every job is done.
                 while next_mark < RSS_MARKS && n >= total * next_mark / RSS_MARKS {
                     if let Some(bytes) = rss() {
-                        self.marks.lock().unwrap_or_else(|p| p.into_inner()).push((n, bytes));
+                        self.marks
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((n, bytes));
                     }
                     next_mark += 1;
                 }
@@ -91,8 +102,15 @@ impl Progress {
         const WIDTH: usize = 30;
         let filled = (fraction * WIDTH as f64).round() as usize;
         let bar: String = "█".repeat(filled) + &"░".repeat(WIDTH - filled);
-        let rate = if elapsed > 0.0 { n as f64 / elapsed } else { 0.0 };
-        let of = self.total.map(|t| format!("/{}", thousands(t))).unwrap_or_default();
+        let rate = if elapsed > 0.0 {
+            n as f64 / elapsed
+        } else {
+            0.0
+        };
+        let of = self
+            .total
+            .map(|t| format!("/{}", thousands(t)))
+            .unwrap_or_default();
         let line = format!(
             "{:<7} [{bar}] {:>3.0}% {}{of} jobs  {} jobs/s",
             self.phase,
@@ -101,7 +119,11 @@ impl Progress {
             thousands(rate.round() as u64)
         );
         let mut err = std::io::stderr().lock();
-        let _ = if self.tty { write!(err, "\r{line}\x1b[K") } else { writeln!(err, "{line}") };
+        let _ = if self.tty {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
         let _ = err.flush();
     }
 
@@ -130,7 +152,12 @@ pub fn thousands(n: u64) -> String {
 /// The 1-, 5- and 15-minute load averages, as the kernel reports them.
 pub fn load_average() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// Enqueue → start, in ms, of every enqueued job that started.
@@ -141,7 +168,11 @@ pub fn latencies(enqueues: &[(JobId, Instant)], starts: &[(JobId, Instant)]) -> 
     }
     enqueues
         .iter()
-        .filter_map(|(id, at)| first_start.get(id).map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1e3))
+        .filter_map(|(id, at)| {
+            first_start
+                .get(id)
+                .map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1e3)
+        })
         .collect()
 }
 
@@ -198,15 +229,26 @@ impl Report {
             return;
         }
         samples.sort_by(f64::total_cmp);
-        let at = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+        let at = |p: f64| {
+            samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1]
+        };
         self.latency = Some(([at(0.50), at(0.95), at(0.99)], samples.len()));
     }
 
     /// Prints the summary, then the JSON line.
     pub fn print(&self) {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-        let place = if self.mode == "http" { "over loopback HTTP (grafter serve)" } else { "in process" };
-        println!("grafter bench: {} on {}, {place}", self.workload, self.database);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        let place = if self.mode == "http" {
+            "over loopback HTTP (grafter serve)"
+        } else {
+            "in process"
+        };
+        println!(
+            "grafter bench: {} on {}, {place}",
+            self.workload, self.database
+        );
         println!("  database    {}", self.place);
         println!("  durability  {}", self.durability);
         println!(
@@ -221,7 +263,11 @@ impl Report {
             println!("  enqueue     {} jobs/s", thousands(rate.round() as u64));
         }
         if let Some(rate) = self.jobs_per_s {
-            let what = if self.workload == "latency" { "round trips" } else { "jobs" };
+            let what = if self.workload == "latency" {
+                "round trips"
+            } else {
+                "jobs"
+            };
             println!("  throughput  {} {what}/s", thousands(rate.round() as u64));
         }
         if let Some(([p50, p95, p99], n)) = self.latency {
@@ -233,11 +279,21 @@ impl Report {
                 .iter()
                 .map(|(n, bytes)| format!("{} {:.1}", thousands(*n), *bytes as f64 / 1_048_576.0))
                 .collect();
-            let whose = if self.mode == "http" { "server" } else { "process" };
-            println!("  memory      {whose} RSS in MiB by jobs done: {}", marks.join(" | "));
+            let whose = if self.mode == "http" {
+                "server"
+            } else {
+                "process"
+            };
+            println!(
+                "  memory      {whose} RSS in MiB by jobs done: {}",
+                marks.join(" | ")
+            );
         }
         if self.failures > 0 {
-            println!("  WARNING     {} jobs did not complete (failed or lost their lease)", self.failures);
+            println!(
+                "  WARNING     {} jobs did not complete (failed or lost their lease)",
+                self.failures
+            );
         }
         let round = |v: Option<f64>, places: i32| {
             let scale = 10f64.powi(places);
@@ -306,8 +362,15 @@ mod tests {
         let ms = Duration::from_millis;
         let enqueues = [(JobId(1), t), (JobId(2), t + ms(1)), (JobId(3), t)];
         // Job 1 started twice (a retry): the first start counts. Job 3 never started.
-        let starts = [(JobId(2), t + ms(4)), (JobId(1), t + ms(2)), (JobId(1), t + ms(9))];
-        let rounded: Vec<f64> = latencies(&enqueues, &starts).iter().map(|ms| ms.round()).collect();
+        let starts = [
+            (JobId(2), t + ms(4)),
+            (JobId(1), t + ms(2)),
+            (JobId(1), t + ms(9)),
+        ];
+        let rounded: Vec<f64> = latencies(&enqueues, &starts)
+            .iter()
+            .map(|ms| ms.round())
+            .collect();
         assert_eq!(rounded, vec![2.0, 3.0]);
     }
 }

@@ -24,7 +24,10 @@ pub struct Target {
 
 enum Backend {
     /// A new file; `_dir` is the temporary directory holding it, if we made one.
-    Sqlite { path: PathBuf, _dir: Option<TempDir> },
+    Sqlite {
+        path: PathBuf,
+        _dir: Option<TempDir>,
+    },
     /// A fresh schema in the database at `url`.
     Postgres { url: String, schema: String },
 }
@@ -45,13 +48,22 @@ impl Target {
     pub async fn prepare(database: Option<&str>) -> Result<Target, Failure> {
         let backend = match database {
             None => {
-                let dir = tempfile::Builder::new().prefix("grafter-bench-").tempdir()?;
-                Backend::Sqlite { path: dir.path().join("bench.db"), _dir: Some(dir) }
+                let dir = tempfile::Builder::new()
+                    .prefix("grafter-bench-")
+                    .tempdir()?;
+                Backend::Sqlite {
+                    path: dir.path().join("bench.db"),
+                    _dir: Some(dir),
+                }
             }
             Some(url) if url.starts_with("sqlite:") => {
-                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
                 if path.is_empty() {
-                    return Err(Failure(format!("{url}: name a file, e.g. sqlite:///tmp/bench.db")));
+                    return Err(Failure(format!(
+                        "{url}: name a file, e.g. sqlite:///tmp/bench.db"
+                    )));
                 }
                 let path = PathBuf::from(path);
                 if sqlite_files(&path).iter().any(|p| p.exists()) {
@@ -64,14 +76,26 @@ impl Target {
                 Backend::Sqlite { path, _dir: None }
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let schema = format!("grafter_bench_{}_{:08x}", std::process::id(), rand::random::<u32>());
-                Backend::Postgres { url: url.to_owned(), schema }
+                let schema = format!(
+                    "grafter_bench_{}_{:08x}",
+                    std::process::id(),
+                    rand::random::<u32>()
+                );
+                Backend::Postgres {
+                    url: url.to_owned(),
+                    schema,
+                }
             }
             Some(url) => {
-                return Err(Failure(format!("unsupported database URL '{url}': use sqlite://PATH or postgres://…")))
+                return Err(Failure(format!(
+                    "unsupported database URL '{url}': use sqlite://PATH or postgres://…"
+                )))
             }
         };
-        let mut target = Target { backend, durability: String::new() };
+        let mut target = Target {
+            backend,
+            durability: String::new(),
+        };
         // Creates the file or schema (and runs migrations), then reads back the
         // settings the product's connections run with.
         target.durability = match &target.backend {
@@ -96,8 +120,12 @@ impl Target {
     /// Where the benchmark's jobs live, for the summary.
     pub fn place(&self) -> String {
         match &self.backend {
-            Backend::Sqlite { path, .. } => format!("SQLite file {} (removed afterwards)", path.display()),
-            Backend::Postgres { schema, .. } => format!("PostgreSQL schema {schema} (dropped afterwards)"),
+            Backend::Sqlite { path, .. } => {
+                format!("SQLite file {} (removed afterwards)", path.display())
+            }
+            Backend::Postgres { schema, .. } => {
+                format!("PostgreSQL schema {schema} (dropped afterwards)")
+            }
         }
     }
 
@@ -115,7 +143,8 @@ impl Target {
         match self.backend {
             Backend::Sqlite { .. } => self.durability.contains("synchronous=FULL"),
             Backend::Postgres { .. } => {
-                self.durability.contains("synchronous_commit=on") && self.durability.contains("fsync=on")
+                self.durability.contains("synchronous_commit=on")
+                    && self.durability.contains("fsync=on")
             }
         }
     }
@@ -148,7 +177,9 @@ impl Target {
             Backend::Postgres { url, schema } => {
                 let dropped = async {
                     let client = admin(&url).await?;
-                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
+                    client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .await?;
                     Ok::<_, Failure>(())
                 };
                 if let Err(Failure(e)) = dropped.await {
@@ -176,32 +207,61 @@ pub struct Server {
 
 impl Server {
     async fn start(target: &Target) -> Result<Server, Failure> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let url = format!("http://127.0.0.1:{port}");
         let mut command = tokio::process::Command::new(std::env::current_exe()?);
-        command.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}"));
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"));
         let mut config = None;
         match &target.backend {
             Backend::Sqlite { path, .. } => {
-                command.arg("--database").arg(format!("sqlite://{}", path.display()));
+                command
+                    .arg("--database")
+                    .arg(format!("sqlite://{}", path.display()));
             }
             Backend::Postgres { url, schema } => {
-                let mut file = tempfile::Builder::new().prefix("grafter-bench-").suffix(".toml").tempfile()?;
-                std::io::Write::write_all(&mut file, format!("[postgres]\nschema = \"{schema}\"\n").as_bytes())?;
-                command.arg("--database").arg(url).arg("--config").arg(file.path());
+                let mut file = tempfile::Builder::new()
+                    .prefix("grafter-bench-")
+                    .suffix(".toml")
+                    .tempfile()?;
+                std::io::Write::write_all(
+                    &mut file,
+                    format!("[postgres]\nschema = \"{schema}\"\n").as_bytes(),
+                )?;
+                command
+                    .arg("--database")
+                    .arg(url)
+                    .arg("--config")
+                    .arg(file.path());
                 config = Some(file);
             }
         }
-        for name in ["GRAFTER_CONFIG", "GRAFTER_TOKEN", "GRAFTER_LISTEN", "GRAFTER_DATABASE_URL"] {
+        for name in [
+            "GRAFTER_CONFIG",
+            "GRAFTER_TOKEN",
+            "GRAFTER_LISTEN",
+            "GRAFTER_DATABASE_URL",
+        ] {
             command.env_remove(name);
         }
         command
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
         let child = command.spawn()?;
-        let server = Server { child, url, _config: config };
+        let server = Server {
+            child,
+            url,
+            _config: config,
+        };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -216,7 +276,9 @@ impl Server {
                 }
             }
             if Instant::now() > deadline {
-                return Err(Failure("grafter serve did not become ready within 30 s".into()));
+                return Err(Failure(
+                    "grafter serve did not become ready within 30 s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -229,15 +291,24 @@ impl Server {
 
     /// The server process's resident memory, in bytes.
     pub fn rss(&self) -> Option<u64> {
-        self.child.id().and_then(|pid| rss_of(&format!("/proc/{pid}/status")))
+        self.child
+            .id()
+            .and_then(|pid| rss_of(&format!("/proc/{pid}/status")))
     }
 
     /// Stops the server with SIGTERM (its graceful shutdown), or SIGKILL after 10 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+            let _ = tokio::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
         }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }

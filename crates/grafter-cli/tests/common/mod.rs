@@ -27,8 +27,13 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Every `GRAFTER_*` variable the binary reads, removed so the caller's
 /// environment cannot change what a test runs against.
-const ENVIRONMENT: [&str; 5] =
-    ["GRAFTER_DATABASE_URL", "GRAFTER_LISTEN", "GRAFTER_CONFIG", "GRAFTER_URL", "GRAFTER_TOKEN"];
+const ENVIRONMENT: [&str; 5] = [
+    "GRAFTER_DATABASE_URL",
+    "GRAFTER_LISTEN",
+    "GRAFTER_CONFIG",
+    "GRAFTER_URL",
+    "GRAFTER_TOKEN",
+];
 
 /// A `grafter` command with a clean environment.
 pub fn grafter() -> std::process::Command {
@@ -53,11 +58,16 @@ pub fn http_client() -> reqwest::Client {
 }
 
 pub fn temp_dir() -> TempDir {
-    tempfile::Builder::new().prefix("grafter-process-").tempdir().expect("temp dir")
+    tempfile::Builder::new()
+        .prefix("grafter-process-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 pub fn id_of(job: &Value) -> i64 {
-    job["id"].as_i64().unwrap_or_else(|| panic!("job without an integer id: {job}"))
+    job["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("job without an integer id: {job}"))
 }
 
 /// Numbers the server logs, so a restart never overwrites an earlier log.
@@ -81,17 +91,30 @@ impl Server {
         // then try another.
         for _ in 0..5 {
             let port = free_port();
-            let log = dir.join(format!("server-{}.log", STARTS.fetch_add(1, Ordering::SeqCst)));
+            let log = dir.join(format!(
+                "server-{}.log",
+                STARTS.fetch_add(1, Ordering::SeqCst)
+            ));
             let child = grafter()
-                .args(["serve", "--database", database, "--listen", &format!("127.0.0.1:{port}")])
+                .args([
+                    "serve",
+                    "--database",
+                    database,
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
                 .arg("--config")
                 .arg(config)
                 .stdout(Stdio::null())
                 .stderr(File::create(&log).expect("create log file"))
                 .spawn()
                 .expect("spawn grafter serve");
-            let mut server =
-                Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), log, http: http.clone() };
+            let mut server = Server {
+                child: Some(child),
+                base: format!("http://127.0.0.1:{port}"),
+                log,
+                http: http.clone(),
+            };
             let deadline = Instant::now() + PATIENCE;
             loop {
                 if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
@@ -107,7 +130,10 @@ impl Server {
                         return server;
                     }
                 }
-                assert!(Instant::now() < deadline, "grafter serve did not answer /livez within {PATIENCE:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "grafter serve did not answer /livez within {PATIENCE:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -135,7 +161,8 @@ impl Server {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
     }
 
     /// Whether this node's log says it holds the maintenance leadership now
@@ -178,7 +205,8 @@ impl Server {
         let body = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"))
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"))
         };
         (status, body)
     }
@@ -225,7 +253,10 @@ impl Server {
             if let Some(job) = self.fetch(queue, lease_ms, 500).await {
                 return job;
             }
-            assert!(Instant::now() < deadline, "no job came back on queue {queue} within {PATIENCE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no job came back on queue {queue} within {PATIENCE:?}"
+            );
         }
     }
 
@@ -240,7 +271,13 @@ impl Server {
             }
             let (status, body) = self.get(&path).await;
             assert_eq!(status, StatusCode::OK, "list: {body}");
-            jobs.extend(body["jobs"].as_array().expect("a page has jobs").iter().cloned());
+            jobs.extend(
+                body["jobs"]
+                    .as_array()
+                    .expect("a page has jobs")
+                    .iter()
+                    .cloned(),
+            );
             match body["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
                 None => return jobs,
@@ -266,7 +303,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- log of grafter serve at {} ({}) ----\n{}", self.base, self.log.display(), self.log_text());
+            eprintln!(
+                "---- log of grafter serve at {} ({}) ----\n{}",
+                self.base,
+                self.log.display(),
+                self.log_text()
+            );
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -306,13 +348,19 @@ pub fn skip_or_fail(why: &str) {
 
 /// Connects to `url`, with the driver's connection running in the background.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    let connecting = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls));
+    let connecting =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls));
     match connecting.await {
         Ok(Ok((client, connection))) => {
             tokio::spawn(connection);
             Ok(client)
         }
-        Ok(Err(e)) => Err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+        Ok(Err(e)) => Err(format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )),
         Err(_) => Err("timed out after 5 s".to_owned()),
     }
 }
@@ -349,7 +397,10 @@ impl Schema {
             COUNTER.fetch_add(1, Ordering::Relaxed),
             rand::random::<u32>()
         );
-        Schema { url: url.to_owned(), name }
+        Schema {
+            url: url.to_owned(),
+            name,
+        }
     }
 }
 
@@ -360,8 +411,17 @@ impl Drop for Schema {
         let url = self.url.clone();
         let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            runtime.block_on(async { connect(&url).await?.batch_execute(&sql).await.map_err(|e| e.to_string()) })
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                connect(&url)
+                    .await?
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
         })
         .join();
         if let Ok(Err(e)) = dropped {
@@ -397,7 +457,12 @@ impl PrivateCluster {
         dir.prefix("grafter-pg-");
         // `postgres` must reach the directory: /tmp is open to all, while
         // root's own $TMPDIR may not be.
-        let dir = if as_postgres { dir.tempdir_in("/tmp") } else { dir.tempdir() }.expect("temp dir");
+        let dir = if as_postgres {
+            dir.tempdir_in("/tmp")
+        } else {
+            dir.tempdir()
+        }
+        .expect("temp dir");
         if as_postgres {
             // initdb and the server run as `postgres`, which must own the directory.
             let status = std::process::Command::new("chown")
@@ -405,7 +470,11 @@ impl PrivateCluster {
                 .arg(dir.path())
                 .status()
                 .expect("run chown");
-            assert!(status.success(), "chown postgres {} failed", dir.path().display());
+            assert!(
+                status.success(),
+                "chown postgres {} failed",
+                dir.path().display()
+            );
         }
         let mut cluster = PrivateCluster {
             data: dir.path().join("data"),
@@ -417,7 +486,15 @@ impl PrivateCluster {
             _dir: dir,
         };
         let mut initdb = cluster.command("initdb");
-        initdb.arg("-D").arg(&cluster.data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+        initdb.arg("-D").arg(&cluster.data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         let out = initdb.output().expect("run initdb");
         assert!(
             out.status.success(),
@@ -433,7 +510,10 @@ impl PrivateCluster {
                 return Some(cluster);
             }
         }
-        panic!("could not start a private PostgreSQL on a free port; its log:\n{}", cluster.log_text());
+        panic!(
+            "could not start a private PostgreSQL on a free port; its log:\n{}",
+            cluster.log_text()
+        );
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -443,14 +523,25 @@ impl PrivateCluster {
 
     /// Starts the stopped cluster again, on the same port.
     pub fn restart(&self) {
-        assert!(self.try_start(), "the private PostgreSQL did not start again; its log:\n{}", self.log_text());
+        assert!(
+            self.try_start(),
+            "the private PostgreSQL did not start again; its log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Stops it at once, as a crash would (`pg_ctl stop -m immediate`): every
     /// connection is cut and the next start recovers from the log.
     pub fn stop(&self) {
-        let out = self.pg_ctl(&["stop", "-m", "immediate"]).output().expect("run pg_ctl stop");
-        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .pg_ctl(&["stop", "-m", "immediate"])
+            .output()
+            .expect("run pg_ctl stop");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn try_start(&self) -> bool {
@@ -466,7 +557,11 @@ impl PrivateCluster {
 
     fn pg_ctl(&self, args: &[&str]) -> std::process::Command {
         let mut command = self.command("pg_ctl");
-        command.arg("-D").arg(&self.data).args(["-w", "-t", "30"]).args(args);
+        command
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "30"])
+            .args(args);
         command
     }
 
@@ -479,19 +574,26 @@ impl PrivateCluster {
         } else {
             std::process::Command::new(path)
         };
-        command.stdin(Stdio::null()).env_remove("PGDATA").env_remove("PGPORT");
+        command
+            .stdin(Stdio::null())
+            .env_remove("PGDATA")
+            .env_remove("PGPORT");
         command
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
     }
 }
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- log of the private PostgreSQL ----\n{}", self.log_text());
+            eprintln!(
+                "---- log of the private PostgreSQL ----\n{}",
+                self.log_text()
+            );
         }
         let _ = self.pg_ctl(&["stop", "-m", "immediate"]).output();
     }

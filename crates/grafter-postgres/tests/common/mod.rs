@@ -43,7 +43,9 @@ impl Drop for DropSchema {
         let url = self.url.clone();
         let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async {
                 let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
                 let driver = tokio::spawn(connection);
@@ -63,13 +65,23 @@ impl Drop for DropSchema {
 
 /// Whether the database answers; `Err` says why not.
 pub async fn reachable(url: &str) -> Result<(), String> {
-    let connecting = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls));
+    let connecting =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls));
     match connecting.await {
         Ok(Ok((client, connection))) => {
             tokio::spawn(connection);
-            client.simple_query("SELECT 1").await.map(drop).map_err(|e| e.to_string())
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
-        Ok(Err(e)) => Err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+        Ok(Err(e)) => Err(format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )),
         Err(_) => Err("timed out after 5 s".to_owned()),
     }
 }
@@ -107,7 +119,10 @@ pub async fn database() -> Option<String> {
 /// A config for a fresh schema, and the guard that drops that schema.
 pub fn fresh_config(url: &str) -> (PostgresConfig, DropSchema) {
     let schema = fresh_schema();
-    let guard = DropSchema { url: url.to_owned(), schema: schema.clone() };
+    let guard = DropSchema {
+        url: url.to_owned(),
+        schema: schema.clone(),
+    };
     let mut config = PostgresConfig::new(url);
     config.schema = Some(schema);
     config.pool_size = 8;
@@ -120,7 +135,8 @@ pub async fn postgres() -> Option<Harness> {
     let url = database().await?;
     let (config, guard) = fresh_config(&url);
     // The guard is dropped after the store: it removes whatever the store created.
-    let store = PostgresStore::connect(config).await.expect("connect to PostgreSQL");
+    let store = PostgresStore::connect(config)
+        .await
+        .expect("connect to PostgreSQL");
     Some(Harness::new(Arc::new(store), guard))
 }
-

@@ -25,7 +25,10 @@ pub struct Health {
 /// The process is up and answering.
 #[utoipa::path(get, path = "/livez", tag = "health", responses((status = 200, body = Health)))]
 pub async fn livez() -> Json<Health> {
-    Json(Health { status: "ok", error: None })
+    Json(Health {
+        status: "ok",
+        error: None,
+    })
 }
 
 /// The process can serve jobs: its store answers and it is not shutting down.
@@ -33,17 +36,32 @@ pub async fn livez() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     if state.shutdown().is_cancelled() {
-        let health = Health { status: "unavailable", error: Some("shutting down".into()) };
+        let health = Health {
+            status: "unavailable",
+            error: Some("shutting down".into()),
+        };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(health));
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store().ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(Health { status: "ready", error: None })),
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready",
+                error: None,
+            }),
+        ),
         Ok(Err(e)) => {
-            let health = Health { status: "unavailable", error: Some(e.to_string()) };
+            let health = Health {
+                status: "unavailable",
+                error: Some(e.to_string()),
+            };
             (StatusCode::SERVICE_UNAVAILABLE, Json(health))
         }
         Err(_) => {
-            let health = Health { status: "unavailable", error: Some("store did not answer within 2 s".into()) };
+            let health = Health {
+                status: "unavailable",
+                error: Some("store did not answer within 2 s".into()),
+            };
             (StatusCode::SERVICE_UNAVAILABLE, Json(health))
         }
     }
@@ -56,7 +74,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let queues = state.store().queues_list().await?;
     let text = state.metrics().render(&queues);
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
         .into_response())

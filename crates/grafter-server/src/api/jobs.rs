@@ -34,7 +34,10 @@ pub async fn enqueue(
     job.validate()?;
     let inserted = state
         .store()
-        .jobs_insert_many(JobsInsert { jobs: vec![job], now: Utc::now() })
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![job],
+            now: Utc::now(),
+        })
         .await?
         .pop()
         .ok_or_else(|| ApiError::unavailable("the store returned no job"))?;
@@ -70,12 +73,18 @@ pub async fn enqueue_batch(
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<(StatusCode, Json<JobsBody>), ApiError> {
     if batch.jobs.is_empty() {
-        return Err(ApiError::invalid_field("jobs", "must hold at least one job"));
+        return Err(ApiError::invalid_field(
+            "jobs",
+            "must hold at least one job",
+        ));
     }
     if batch.jobs.len() > MAX_BATCH {
         return Err(ApiError::invalid_field(
             "jobs",
-            format!("at most {MAX_BATCH} jobs per batch, got {}", batch.jobs.len()),
+            format!(
+                "at most {MAX_BATCH} jobs per batch, got {}",
+                batch.jobs.len()
+            ),
         ));
     }
     for (i, job) in batch.jobs.iter().enumerate() {
@@ -84,7 +93,10 @@ pub async fn enqueue_batch(
     }
     let inserted = state
         .store()
-        .jobs_insert_many(JobsInsert { jobs: batch.jobs, now: Utc::now() })
+        .jobs_insert_many(JobsInsert {
+            jobs: batch.jobs,
+            now: Utc::now(),
+        })
         .await?;
     let jobs = inserted
         .into_iter()
@@ -101,7 +113,10 @@ pub async fn enqueue_batch(
 /// One job.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-pub async fn show(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<Json<Job>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<Job>, ApiError> {
     state
         .store()
         .job_get(id)
@@ -163,22 +178,37 @@ pub async fn list(
         .state
         .as_deref()
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<JobState>().map_err(|e| ApiError::invalid_field("state", e)))
+        .map(|s| {
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::invalid_field("state", e))
+        })
         .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", format!("must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let after = query
         .cursor
         .as_deref()
         .filter(|c| !c.is_empty())
-        .map(|c| c.parse::<i64>().map(JobId).map_err(|_| ApiError::invalid_field("cursor", "not a cursor from a previous page")))
+        .map(|c| {
+            c.parse::<i64>()
+                .map(JobId)
+                .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from a previous page"))
+        })
         .transpose()?;
     let order = match query.order.as_deref() {
         None | Some("") | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
-        Some(other) => return Err(ApiError::invalid_field("order", format!("must be asc or desc, got '{other}'"))),
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "order",
+                format!("must be asc or desc, got '{other}'"),
+            ))
+        }
     };
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let page = state
@@ -195,22 +225,48 @@ pub async fn list(
             scan_limit: None,
         })
         .await?;
-    Ok(Json(JobPageBody { jobs: page.jobs, next_cursor: page.next.map(|id| id.to_string()) }))
+    Ok(Json(JobPageBody {
+        jobs: page.jobs,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
 }
 
 /// Make a dead, cancelled, expired, scheduled or retryable job available now.
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn retry(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<Json<Job>, ApiError> {
-    Ok(Json(state.store().job_retry(JobRetry { id, args: None, now: Utc::now() }).await?))
+pub async fn retry(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(
+        state
+            .store()
+            .job_retry(JobRetry {
+                id,
+                args: None,
+                now: Utc::now(),
+            })
+            .await?,
+    ))
 }
 
 /// Cancel a job. A running job gets `cancel_requested`, which its worker sees in
 /// its next heartbeat or ack answer.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<Json<Job>, ApiError> {
-    Ok(Json(state.store().job_cancel(JobCancel { id, now: Utc::now() }).await?))
+pub async fn cancel(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(
+        state
+            .store()
+            .job_cancel(JobCancel {
+                id,
+                now: Utc::now(),
+            })
+            .await?,
+    ))
 }
 
 /// When to run a job: a time, or a delay from now.
@@ -236,18 +292,33 @@ pub async fn reschedule(
     let now = Utc::now();
     let run_at = match (request.run_at, request.delay_ms) {
         (Some(at), None) => at,
-        (None, Some(delay)) => chrono::Duration::try_milliseconds(i64::try_from(delay).unwrap_or(i64::MAX))
-            .and_then(|d| now.checked_add_signed(d))
-            .ok_or_else(|| ApiError::invalid_field("delay_ms", "too far in the future"))?,
-        _ => return Err(ApiError::invalid_field("run_at", "give exactly one of run_at or delay_ms")),
+        (None, Some(delay)) => {
+            chrono::Duration::try_milliseconds(i64::try_from(delay).unwrap_or(i64::MAX))
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| ApiError::invalid_field("delay_ms", "too far in the future"))?
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "run_at",
+                "give exactly one of run_at or delay_ms",
+            ))
+        }
     };
-    Ok(Json(state.store().job_reschedule(JobReschedule { id, run_at, now }).await?))
+    Ok(Json(
+        state
+            .store()
+            .job_reschedule(JobReschedule { id, run_at, now })
+            .await?,
+    ))
 }
 
 /// Delete a job in any state.
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, PathJobId(id): PathJobId) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<StatusCode, ApiError> {
     state.store().job_delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,7 +19,10 @@ pub async fn not_found(uri: Uri) -> Response {
     if uri.path() == "/v1" || uri.path().starts_with("/v1/") {
         return ApiError::not_found(format!("no route for {}", uri.path())).into_response();
     }
-    crate::dashboard::error_page(StatusCode::NOT_FOUND, &format!("There is no page at {}.", uri.path()))
+    crate::dashboard::error_page(
+        StatusCode::NOT_FOUND,
+        &format!("There is no page at {}.", uri.path()),
+    )
 }
 
 /// A route that exists, with another method.
@@ -37,6 +40,7 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!(panic = detail, "handler panicked");
-    let body = serde_json::json!({"error": {"code": "internal", "message": "internal server error"}});
+    let body =
+        serde_json::json!({"error": {"code": "internal", "message": "internal server error"}});
     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }

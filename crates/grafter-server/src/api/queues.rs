@@ -57,7 +57,11 @@ impl From<QueueInfo> for QueueBody {
                 headers: p.headers.into_keys().collect(),
                 secrets: 1 + p.old_secrets.len(),
             }),
-            counts: info.counts.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+            counts: info
+                .counts
+                .into_iter()
+                .map(|(s, n)| (s.to_string(), n))
+                .collect(),
             oldest_available_at: info.oldest_available_at,
         }
     }
@@ -74,14 +78,24 @@ pub struct QueuesBody {
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueuesBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<QueuesBody>, ApiError> {
     let queues = state.store().queues_list().await?;
-    Ok(Json(QueuesBody { queues: queues.into_iter().map(QueueBody::from).collect() }))
+    Ok(Json(QueuesBody {
+        queues: queues.into_iter().map(QueueBody::from).collect(),
+    }))
 }
 
-async fn set_paused(state: AppState, name: String, paused: bool) -> Result<Json<QueueBody>, ApiError> {
+async fn set_paused(
+    state: AppState,
+    name: String,
+    paused: bool,
+) -> Result<Json<QueueBody>, ApiError> {
     queue_name("name", &name)?;
     let info = state
         .store()
-        .queue_set_paused(QueuePause { queue: name, paused, now: Utc::now() })
+        .queue_set_paused(QueuePause {
+            queue: name,
+            paused,
+            now: Utc::now(),
+        })
         .await?;
     Ok(Json(info.into()))
 }
@@ -89,14 +103,20 @@ async fn set_paused(state: AppState, name: String, paused: bool) -> Result<Json<
 /// Stop handing out this queue's jobs (running ones go on).
 #[utoipa::path(post, path = "/v1/queues/{name}/pause", tag = "queues", params(("name" = String, Path)),
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
-pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<QueueBody>, ApiError> {
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<QueueBody>, ApiError> {
     set_paused(state, name, true).await
 }
 
 /// Hand out this queue's jobs again.
 #[utoipa::path(post, path = "/v1/queues/{name}/resume", tag = "queues", params(("name" = String, Path)),
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
-pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<QueueBody>, ApiError> {
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<QueueBody>, ApiError> {
     set_paused(state, name, false).await
 }
 
@@ -127,7 +147,11 @@ pub async fn update(
     }
     let info = state
         .store()
-        .queue_set_push(QueuePush { queue: name, push: settings.push, now: Utc::now() })
+        .queue_set_push(QueuePush {
+            queue: name,
+            push: settings.push,
+            now: Utc::now(),
+        })
         .await?;
     state.push_targets_changed().notify_one();
     Ok(Json(info.into()))

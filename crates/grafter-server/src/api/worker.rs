@@ -8,7 +8,8 @@ use axum::Json;
 use chrono::Utc;
 use grafter_core::{Job, JobId, LeasedJob, Progress, Worker, WorkerRegistration};
 use grafter_store::{
-    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, StoreError, WorkerBeat,
+    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, StoreError,
+    WorkerBeat,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -64,7 +65,11 @@ fn lease_duration(state: &AppState, lease_ms: Option<u64>) -> Result<Duration, A
         Some(ms) if LEASE_RANGE_MS.contains(&ms) => Ok(Duration::from_millis(ms)),
         Some(ms) => Err(ApiError::invalid_field(
             "lease_ms",
-            format!("must be between {} and {}, got {ms}", LEASE_RANGE_MS.start(), LEASE_RANGE_MS.end()),
+            format!(
+                "must be between {} and {}, got {ms}",
+                LEASE_RANGE_MS.start(),
+                LEASE_RANGE_MS.end()
+            ),
         )),
     }
 }
@@ -84,11 +89,17 @@ pub async fn fetch(
         queue_name("queues", queue)?;
     }
     if !(1..=MAX_FETCH).contains(&request.max) {
-        return Err(ApiError::invalid_field("max", format!("must be between 1 and {MAX_FETCH}")));
+        return Err(ApiError::invalid_field(
+            "max",
+            format!("must be between 1 and {MAX_FETCH}"),
+        ));
     }
     let max_wait = state.config().max_wait_ms;
     if request.wait_ms > max_wait {
-        return Err(ApiError::invalid_field("wait_ms", format!("must be at most {max_wait}")));
+        return Err(ApiError::invalid_field(
+            "wait_ms",
+            format!("must be at most {max_wait}"),
+        ));
     }
     let lease_duration = lease_duration(&state, request.lease_ms)?;
     let params = || JobsFetch {
@@ -100,7 +111,13 @@ pub async fn fetch(
         now: Utc::now(),
     };
     let wait = Duration::from_millis(request.wait_ms);
-    let jobs = grafter_store::jobs_fetch_waiting(state.store(), params, wait, state.shutdown().cancelled()).await?;
+    let jobs = grafter_store::jobs_fetch_waiting(
+        state.store(),
+        params,
+        wait,
+        state.shutdown().cancelled(),
+    )
+    .await?;
     Ok(Json(FetchResponse { jobs }))
 }
 
@@ -127,7 +144,12 @@ pub async fn ack(
 ) -> Result<Json<Job>, ApiError> {
     let job = state
         .store()
-        .job_complete(JobComplete { id, lease: request.lease, result: request.result, now: Utc::now() })
+        .job_complete(JobComplete {
+            id,
+            lease: request.lease,
+            result: request.result,
+            now: Utc::now(),
+        })
         .await?;
     state.metrics().completed(&job.queue);
     Ok(Json(job))
@@ -186,12 +208,27 @@ pub async fn ack_many(
     ApiJson(request): ApiJson<AckManyRequest>,
 ) -> Result<Json<AckManyResponse>, ApiError> {
     if !(1..=MAX_FETCH).contains(&request.acks.len()) {
-        return Err(ApiError::invalid_field("acks", format!("must hold between 1 and {MAX_FETCH} acks")));
+        return Err(ApiError::invalid_field(
+            "acks",
+            format!("must hold between 1 and {MAX_FETCH} acks"),
+        ));
     }
     let ids: Vec<JobId> = request.acks.iter().map(|a| a.id).collect();
-    let items = request.acks.into_iter().map(|a| (a.id, a.lease, a.result)).collect();
-    let done = state.store().jobs_complete_many(JobsCompleteMany { items, now: Utc::now() }).await?;
-    state.metrics().batch_acked(done.iter().filter(|&&ok| ok).count());
+    let items = request
+        .acks
+        .into_iter()
+        .map(|a| (a.id, a.lease, a.result))
+        .collect();
+    let done = state
+        .store()
+        .jobs_complete_many(JobsCompleteMany {
+            items,
+            now: Utc::now(),
+        })
+        .await?;
+    state
+        .metrics()
+        .batch_acked(done.iter().filter(|&&ok| ok).count());
     let mut results = Vec::with_capacity(ids.len());
     for (id, ok) in ids.into_iter().zip(done) {
         let error = if ok {
@@ -199,7 +236,11 @@ pub async fn ack_many(
         } else {
             // Rare, so the reason is looked up only now.
             let why = match state.store().job_get(id).await? {
-                Some(job) => StoreError::LeaseMismatch { id, state: job.state, attempt: job.attempt },
+                Some(job) => StoreError::LeaseMismatch {
+                    id,
+                    state: job.state,
+                    attempt: job.attempt,
+                },
                 None => StoreError::NotFound(id),
             };
             Some(ApiError::from(why).into_detail())
@@ -296,7 +337,10 @@ pub async fn heartbeat(
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<Job>, ApiError> {
     let progress = request.progress.map(|p| match p {
-        ProgressInput::Fraction(fraction) => Progress { fraction, message: None },
+        ProgressInput::Fraction(fraction) => Progress {
+            fraction,
+            message: None,
+        },
         ProgressInput::Full(progress) => progress,
     });
     if let Some(progress) = &progress {
@@ -305,7 +349,13 @@ pub async fn heartbeat(
     let lease_duration = lease_duration(&state, request.lease_ms)?;
     let job = state
         .store()
-        .job_heartbeat(JobHeartbeat { id, lease: request.lease, progress, lease_duration, now: Utc::now() })
+        .job_heartbeat(JobHeartbeat {
+            id,
+            lease: request.lease,
+            progress,
+            lease_duration,
+            now: Utc::now(),
+        })
         .await?;
     Ok(Json(job))
 }
@@ -335,7 +385,12 @@ pub async fn release(
     let run_at = request.delay_ms.map_or(now, |ms| later(now, ms));
     let job = state
         .store()
-        .job_release(JobRelease { id, lease: request.lease, run_at, now })
+        .job_release(JobRelease {
+            id,
+            lease: request.lease,
+            run_at,
+            now,
+        })
         .await?;
     Ok(Json(job))
 }
@@ -353,16 +408,28 @@ pub async fn worker_heartbeat(
 ) -> Result<StatusCode, ApiError> {
     worker.validate()?;
     if worker.id != id {
-        return Err(ApiError::invalid_field("id", format!("'{}' does not match the path's '{id}'", worker.id)));
+        return Err(ApiError::invalid_field(
+            "id",
+            format!("'{}' does not match the path's '{id}'", worker.id),
+        ));
     }
-    state.store().worker_heartbeat(WorkerBeat { worker, now: Utc::now() }).await?;
+    state
+        .store()
+        .worker_heartbeat(WorkerBeat {
+            worker,
+            now: Utc::now(),
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Deregister a worker (on its orderly shutdown).
 #[utoipa::path(delete, path = "/v1/workers/{id}", tag = "worker", params(("id" = String, Path)),
     responses((status = 204, description = "Gone")))]
-pub async fn worker_remove(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn worker_remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.store().worker_remove(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -377,5 +444,7 @@ pub struct WorkersBody {
 /// Registered workers with their running job counts.
 #[utoipa::path(get, path = "/v1/workers", tag = "worker", responses((status = 200, body = WorkersBody)))]
 pub async fn workers_list(State(state): State<AppState>) -> Result<Json<WorkersBody>, ApiError> {
-    Ok(Json(WorkersBody { workers: state.store().workers_list().await? }))
+    Ok(Json(WorkersBody {
+        workers: state.store().workers_list().await?,
+    }))
 }

@@ -29,7 +29,8 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn signature(token: &str, expires: i64) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes())
+        .expect("HMAC takes any key length");
     mac.update(format!("grafter-dashboard-session:{expires}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -41,15 +42,24 @@ fn session_value(token: &str, expires: i64) -> String {
 
 /// Whether a session cookie value is genuine and unexpired.
 fn session_valid(token: &str, value: &str) -> bool {
-    let Some((expires, sig)) = value.split_once('.') else { return false };
-    let Ok(expires) = expires.parse::<i64>() else { return false };
-    expires > chrono::Utc::now().timestamp() && constant_time_eq(sig.as_bytes(), signature(token, expires).as_bytes())
+    let Some((expires, sig)) = value.split_once('.') else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<i64>() else {
+        return false;
+    };
+    expires > chrono::Utc::now().timestamp()
+        && constant_time_eq(sig.as_bytes(), signature(token, expires).as_bytes())
 }
 
 /// Lets a request through when the server has no token, or it carries a valid
 /// session cookie or the token as a bearer header. Otherwise pages redirect to
 /// the login form and changes are refused.
-pub(super) async fn require_login(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn require_login(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(token) = &state.config().token else {
         return next.run(request).await;
     };
@@ -64,11 +74,18 @@ pub(super) async fn require_login(State(state): State<AppState>, request: Reques
         return next.run(request).await;
     }
     if request.method() == Method::GET {
-        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let next: String = form_urlencoded::byte_serialize(path.as_bytes()).collect();
         return Redirect::to(&format!("/login?next={next}")).into_response();
     }
-    error_page(StatusCode::UNAUTHORIZED, "Log in first: this server has a token.")
+    error_page(
+        StatusCode::UNAUTHORIZED,
+        "Log in first: this server has a token.",
+    )
 }
 
 /// Where to go after logging in.
@@ -110,7 +127,11 @@ pub(super) async fn login_page(
     ))
 }
 
-pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = match checked_form(&headers, &body) {
         Ok(form) => form,
         Err(refused) => return *refused,
@@ -122,7 +143,11 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, bod
     let given = form.get("token").unwrap_or_default();
     if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
         let to: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
-        return redirect_with(&format!("/login?next={to}"), false, "That token is not this server's token.");
+        return redirect_with(
+            &format!("/login?next={to}"),
+            false,
+            "That token is not this server's token.",
+        );
     }
     let expires = chrono::Utc::now().timestamp() + SESSION_SECS;
     let value = format!(
@@ -156,9 +181,21 @@ mod tests {
     fn sessions_are_signed_and_expire() {
         let later = chrono::Utc::now().timestamp() + 60;
         assert!(session_valid("secret", &session_value("secret", later)));
-        assert!(!session_valid("other", &session_value("secret", later)), "another token's session");
-        assert!(!session_valid("secret", &session_value("secret", later - 120)), "expired");
-        assert!(!session_valid("secret", &format!("{}.{}", later + 999, signature("secret", later))), "moved expiry");
+        assert!(
+            !session_valid("other", &session_value("secret", later)),
+            "another token's session"
+        );
+        assert!(
+            !session_valid("secret", &session_value("secret", later - 120)),
+            "expired"
+        );
+        assert!(
+            !session_valid(
+                "secret",
+                &format!("{}.{}", later + 999, signature("secret", later))
+            ),
+            "moved expiry"
+        );
         assert!(!session_valid("secret", "garbage"));
     }
 

@@ -19,7 +19,12 @@ pub struct Bucket {
 
 /// Sums per-minute rows into `n` buckets of `width` ending at `end` (the last
 /// bucket holds `end`'s own, partial, bucket).
-pub fn buckets(rows: &[MinuteThroughput], end: DateTime<Utc>, width: Duration, n: usize) -> Vec<Bucket> {
+pub fn buckets(
+    rows: &[MinuteThroughput],
+    end: DateTime<Utc>,
+    width: Duration,
+    n: usize,
+) -> Vec<Bucket> {
     let mut out = vec![Bucket::default(); n];
     let w = width.num_seconds().max(1);
     let last = end.timestamp().div_euclid(w);
@@ -44,7 +49,12 @@ const BOTTOM: f64 = 20.0;
 /// The chart, `unit` naming one bucket ("minute", "hour") and `span` the
 /// whole range ("60 min", "24 h") for the axis.
 pub fn render(title: &str, buckets: &[Bucket], unit: &str, span: &str) -> Markup {
-    let max = buckets.iter().map(|b| b.completed + b.failed).max().unwrap_or(0).max(1);
+    let max = buckets
+        .iter()
+        .map(|b| b.completed + b.failed)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let plot_w = WIDTH - LEFT;
     let plot_h = HEIGHT - BOTTOM - 8.0;
     let slot = plot_w / buckets.len().max(1) as f64;
@@ -98,14 +108,47 @@ mod tests {
             completed,
             failed,
         };
-        let rows = [at(10 * 3600 + 1_800, 3, 1), at(10 * 3600 + 1_740, 2, 0), at(9 * 3600, 5, 5), at(0, 9, 9)];
+        let rows = [
+            at(10 * 3600 + 1_800, 3, 1),
+            at(10 * 3600 + 1_740, 2, 0),
+            at(9 * 3600, 5, 5),
+            at(0, 9, 9),
+        ];
         let minutes = buckets(&rows, end, Duration::minutes(1), 60);
-        assert_eq!(minutes[59], Bucket { completed: 3, failed: 1 });
-        assert_eq!(minutes[58], Bucket { completed: 2, failed: 0 });
-        assert_eq!(minutes.iter().map(|b| b.completed).sum::<u64>(), 5, "older minutes fall outside");
+        assert_eq!(
+            minutes[59],
+            Bucket {
+                completed: 3,
+                failed: 1
+            }
+        );
+        assert_eq!(
+            minutes[58],
+            Bucket {
+                completed: 2,
+                failed: 0
+            }
+        );
+        assert_eq!(
+            minutes.iter().map(|b| b.completed).sum::<u64>(),
+            5,
+            "older minutes fall outside"
+        );
         let hours = buckets(&rows, end, Duration::hours(1), 24);
-        assert_eq!(hours[23], Bucket { completed: 5, failed: 1 });
-        assert_eq!(hours[22], Bucket { completed: 5, failed: 5 });
+        assert_eq!(
+            hours[23],
+            Bucket {
+                completed: 5,
+                failed: 1
+            }
+        );
+        assert_eq!(
+            hours[22],
+            Bucket {
+                completed: 5,
+                failed: 5
+            }
+        );
         let svg = render("Last hour", &minutes, "minute", "60 min").into_string();
         assert_eq!(svg.matches("<rect class=\"completed\"").count(), 60);
         assert!(!svg.contains("style="), "no inline styles under the CSP");

@@ -23,15 +23,23 @@ fn parse_id(raw: &str) -> Option<JobId> {
 }
 
 async fn load(state: &AppState, raw: &str) -> Result<Job, Response> {
-    let id = parse_id(raw).ok_or_else(|| error_page(StatusCode::NOT_FOUND, "A job id is a number."))?;
+    let id =
+        parse_id(raw).ok_or_else(|| error_page(StatusCode::NOT_FOUND, "A job id is a number."))?;
     match state.store().job_get(id).await {
         Ok(Some(job)) => Ok(job),
-        Ok(None) => Err(error_page(StatusCode::NOT_FOUND, &format!("There is no job {id}. It may have been deleted or pruned."))),
+        Ok(None) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            &format!("There is no job {id}. It may have been deleted or pruned."),
+        )),
         Err(e) => Err(store_error(e)),
     }
 }
 
-pub(super) async fn page(State(state): State<AppState>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>) -> Response {
+pub(super) async fn page(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Response {
     let job = match load(&state, &id).await {
         Ok(job) => job,
         Err(response) => return response,
@@ -136,7 +144,10 @@ fn actions(job: &Job, ctx: &Ctx) -> Markup {
         }
     };
     let waiting = matches!(job.state, JobState::Scheduled | JobState::Retryable);
-    let retryable = matches!(job.state, JobState::Dead | JobState::Cancelled | JobState::Expired);
+    let retryable = matches!(
+        job.state,
+        JobState::Dead | JobState::Cancelled | JobState::Expired
+    );
     let now_local = Utc::now().format("%Y-%m-%dT%H:%M").to_string();
     html! {
         section.actions {
@@ -162,15 +173,26 @@ fn actions(job: &Job, ctx: &Ctx) -> Markup {
 /// attempt, the latest start, and where it is now.
 fn timeline(job: &Job) -> Markup {
     // (time, order among events at the same time, what, detail)
-    let mut events: Vec<(DateTime<Utc>, u8, String, Option<&str>)> = vec![(job.created_at, 0, "enqueued".into(), None)];
+    let mut events: Vec<(DateTime<Utc>, u8, String, Option<&str>)> =
+        vec![(job.created_at, 0, "enqueued".into(), None)];
     if let Some(at) = job.attempted_at {
         events.push((at, 1, format!("attempt {} started", job.attempt), None));
     }
     for e in &job.errors {
-        events.push((e.at, 2, format!("attempt {} failed", e.attempt), Some(&e.error)));
+        events.push((
+            e.at,
+            2,
+            format!("attempt {} failed", e.attempt),
+            Some(&e.error),
+        ));
     }
     match job.state {
-        JobState::Scheduled | JobState::Retryable => events.push((job.run_at, 3, format!("{} until this time", job.state), None)),
+        JobState::Scheduled | JobState::Retryable => events.push((
+            job.run_at,
+            3,
+            format!("{} until this time", job.state),
+            None,
+        )),
         JobState::Available => events.push((job.run_at, 3, "available".into(), None)),
         _ => {}
     }
@@ -219,7 +241,11 @@ fn picked_time(when: &str, tz_offset: &str) -> Option<DateTime<Utc>> {
     let local = NaiveDateTime::parse_from_str(when.trim(), "%Y-%m-%dT%H:%M")
         .or_else(|_| NaiveDateTime::parse_from_str(when.trim(), "%Y-%m-%dT%H:%M:%S"))
         .ok()?;
-    let offset: i64 = tz_offset.trim().parse().ok().filter(|m: &i64| m.abs() <= 24 * 60)?;
+    let offset: i64 = tz_offset
+        .trim()
+        .parse()
+        .ok()
+        .filter(|m: &i64| m.abs() <= 24 * 60)?;
     Some(local.and_utc() + chrono::Duration::minutes(offset))
 }
 
@@ -241,9 +267,19 @@ pub(super) async fn act(
     let store = state.store();
     let done = match action.as_str() {
         "retry" | "run-now" => store
-            .job_retry(JobRetry { id, args: None, now })
+            .job_retry(JobRetry {
+                id,
+                args: None,
+                now,
+            })
             .await
-            .map(|_| if action == "retry" { "Retried: the job is available to run now." } else { "The job is available to run now." }),
+            .map(|_| {
+                if action == "retry" {
+                    "Retried: the job is available to run now."
+                } else {
+                    "The job is available to run now."
+                }
+            }),
         "cancel" => store.job_cancel(JobCancel { id, now }).await.map(|job| {
             if job.state == JobState::Running {
                 "Cancel requested: the worker will stop the job at its next heartbeat."
@@ -256,10 +292,16 @@ pub(super) async fn act(
             Err(e) => Err(e),
         },
         "reschedule" => {
-            let Some(run_at) = picked_time(form.get("when").unwrap_or_default(), form.get("tz_offset").unwrap_or("0")) else {
+            let Some(run_at) = picked_time(
+                form.get("when").unwrap_or_default(),
+                form.get("tz_offset").unwrap_or("0"),
+            ) else {
                 return redirect_with(&back, false, "Pick a date and time to run the job.");
             };
-            match store.job_reschedule(JobReschedule { id, run_at, now }).await {
+            match store
+                .job_reschedule(JobReschedule { id, run_at, now })
+                .await
+            {
                 Ok(_) => {
                     let at = run_at.format("%Y-%m-%d %H:%M UTC");
                     return redirect_with(&back, true, &format!("Rescheduled to {at}."));
@@ -270,9 +312,22 @@ pub(super) async fn act(
         "edit-retry" => {
             let args: Value = match serde_json::from_str(form.get("args").unwrap_or_default()) {
                 Ok(args) => args,
-                Err(e) => return redirect_with(&back, false, &format!("The args are not valid JSON: {e}. Nothing changed.")),
+                Err(e) => {
+                    return redirect_with(
+                        &back,
+                        false,
+                        &format!("The args are not valid JSON: {e}. Nothing changed."),
+                    )
+                }
             };
-            store.job_retry(JobRetry { id, args: Some(args), now }).await.map(|_| "Saved the new args; the job is available to run now.")
+            store
+                .job_retry(JobRetry {
+                    id,
+                    args: Some(args),
+                    now,
+                })
+                .await
+                .map(|_| "Saved the new args; the job is available to run now.")
         }
         _ => return error_page(StatusCode::NOT_FOUND, "No such action."),
     };
@@ -291,7 +346,10 @@ mod tests {
         // Berlin in winter: JavaScript says -60 (UTC is an hour behind).
         let t = picked_time("2030-01-02T10:30", "-60").unwrap();
         assert_eq!(t.to_rfc3339(), "2030-01-02T09:30:00+00:00");
-        assert_eq!(picked_time("2030-01-02T10:30", "0").unwrap().to_rfc3339(), "2030-01-02T10:30:00+00:00");
+        assert_eq!(
+            picked_time("2030-01-02T10:30", "0").unwrap().to_rfc3339(),
+            "2030-01-02T10:30:00+00:00"
+        );
         assert!(picked_time("tomorrow", "0").is_none());
         assert!(picked_time("2030-01-02T10:30", "99999").is_none());
     }

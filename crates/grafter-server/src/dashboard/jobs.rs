@@ -68,9 +68,15 @@ impl Filter {
     /// The store's filter, or what is wrong with the input.
     fn to_list(&self, limit: usize) -> Result<JobsList, String> {
         let some = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
-        let state = some(&self.state).map(|s| s.parse::<JobState>().map_err(|e| e.to_string())).transpose()?;
+        let state = some(&self.state)
+            .map(|s| s.parse::<JobState>().map_err(|e| e.to_string()))
+            .transpose()?;
         let after = some(&self.cursor)
-            .map(|c| c.parse::<i64>().map(JobId).map_err(|_| "that page link is broken".to_owned()))
+            .map(|c| {
+                c.parse::<i64>()
+                    .map(JobId)
+                    .map_err(|_| "that page link is broken".to_owned())
+            })
             .transpose()?;
         Ok(JobsList {
             state,
@@ -80,7 +86,11 @@ impl Filter {
             args: some(&self.args).map(|a| parse_args(&a)).transpose()?,
             limit,
             after,
-            order: if self.order == "asc" { Order::Asc } else { Order::Desc },
+            order: if self.order == "asc" {
+                Order::Asc
+            } else {
+                Order::Desc
+            },
             scan_limit: Some(SCAN_LIMIT),
         })
     }
@@ -116,14 +126,21 @@ impl Filter {
 /// `user.id=42` → path `["user", "id"]`, value `42`. The value is read as
 /// JSON when it is a JSON scalar (`42`, `true`, `null`, `"42"`), else as text.
 pub(super) fn parse_args(input: &str) -> Result<ArgsMatch, String> {
-    let (path, value) = input
-        .split_once('=')
-        .ok_or_else(|| "search args as path=value, e.g. user.id=42 or to=ada@example.com".to_owned())?;
+    let (path, value) = input.split_once('=').ok_or_else(|| {
+        "search args as path=value, e.g. user.id=42 or to=ada@example.com".to_owned()
+    })?;
     let value = match serde_json::from_str::<Value>(value.trim()) {
         Ok(v) if !v.is_object() && !v.is_array() => v,
         _ => Value::String(value.trim().to_owned()),
     };
-    let args = ArgsMatch { path: path.trim().split('.').map(|k| k.trim().to_owned()).collect(), value };
+    let args = ArgsMatch {
+        path: path
+            .trim()
+            .split('.')
+            .map(|k| k.trim().to_owned())
+            .collect(),
+        value,
+    };
     args.validate().map_err(|e| e.to_string())?;
     Ok(args)
 }
@@ -138,7 +155,11 @@ pub(super) async fn page(
         return match id.parse::<i64>() {
             Ok(id) => match state.store().job_get(JobId(id)).await {
                 Ok(Some(_)) => Redirect::to(&format!("/jobs/{id}")).into_response(),
-                Ok(None) => redirect_with(&format!("/jobs?{}", filter.query()), false, &format!("There is no job {id}.")),
+                Ok(None) => redirect_with(
+                    &format!("/jobs?{}", filter.query()),
+                    false,
+                    &format!("There is no job {id}."),
+                ),
                 Err(e) => store_error(e),
             },
             Err(_) => redirect_with("/jobs", false, "A job id is a number."),
@@ -159,13 +180,19 @@ pub(super) async fn page(
         }
     };
     let mut per_state = std::collections::BTreeMap::<JobState, u64>::new();
-    for q in queues.iter().filter(|q| filter.queue.trim().is_empty() || q.name == filter.queue.trim()) {
+    for q in queues
+        .iter()
+        .filter(|q| filter.queue.trim().is_empty() || q.name == filter.queue.trim())
+    {
         for (s, n) in &q.counts {
             *per_state.entry(*s).or_default() += n;
         }
     }
     let tab_link = |s: Option<JobState>| {
-        let f = Filter { state: s.map(|s| s.as_str().to_owned()).unwrap_or_default(), ..filter.clone() };
+        let f = Filter {
+            state: s.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            ..filter.clone()
+        };
         format!("/jobs?{}", f.query())
     };
     let dead = filter.state == "dead";
@@ -271,7 +298,11 @@ fn table(jobs: &[Job]) -> Markup {
 
 /// Bulk retry, cancel or delete: of the selected rows, or (`all`) of every
 /// dead job the filter matches, a thousand at a time for up to ten seconds.
-pub(super) async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn bulk(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = match checked_form(&headers, &body) {
         Ok(form) => form,
         Err(refused) => return *refused,
@@ -287,7 +318,11 @@ pub(super) async fn bulk(State(state): State<AppState>, headers: HeaderMap, body
     let now = Utc::now();
     if form.get("all") == Some("1") {
         if filter.state != "dead" || action == BulkAction::Cancel {
-            return redirect_with(&back, false, "“All matching” retries or deletes dead jobs only.");
+            return redirect_with(
+                &back,
+                false,
+                "“All matching” retries or deletes dead jobs only.",
+            );
         }
         let mut list = match filter.to_list(JobsBulk::MAX_IDS) {
             Ok(list) => list,
@@ -298,43 +333,92 @@ pub(super) async fn bulk(State(state): State<AppState>, headers: HeaderMap, body
         loop {
             let page = match state.store().jobs_list(list.clone()).await {
                 Ok(page) => page,
-                Err(e) => return redirect_with(&back, false, &format!("Stopped after {} jobs: {e}", total.changed)),
+                Err(e) => {
+                    return redirect_with(
+                        &back,
+                        false,
+                        &format!("Stopped after {} jobs: {e}", total.changed),
+                    )
+                }
             };
             let ids: Vec<JobId> = page.jobs.iter().map(|j| j.id).collect();
             if !ids.is_empty() {
-                let bulk = JobsBulk { ids, action, only_state: Some(JobState::Dead), now };
+                let bulk = JobsBulk {
+                    ids,
+                    action,
+                    only_state: Some(JobState::Dead),
+                    now,
+                };
                 match state.store().jobs_bulk(bulk).await {
                     Ok(o) => {
                         total.changed += o.changed;
                         total.skipped += o.skipped;
                     }
-                    Err(e) => return redirect_with(&back, false, &format!("Stopped after {} jobs: {e}", total.changed)),
+                    Err(e) => {
+                        return redirect_with(
+                            &back,
+                            false,
+                            &format!("Stopped after {} jobs: {e}", total.changed),
+                        )
+                    }
                 }
             }
             match page.next {
                 Some(next) if started.elapsed() < BULK_BUDGET => list.after = Some(next),
                 Some(_) => {
-                    let text = format!("{verb} {} dead jobs; more remain — press the button again to go on.", count(total.changed));
+                    let text = format!(
+                        "{verb} {} dead jobs; more remain — press the button again to go on.",
+                        count(total.changed)
+                    );
                     return redirect_with(&back, true, &text);
                 }
                 None => break,
             }
         }
-        return redirect_with(&back, true, &format!("{verb} {} dead jobs matching the filter.", count(total.changed)));
+        return redirect_with(
+            &back,
+            true,
+            &format!(
+                "{verb} {} dead jobs matching the filter.",
+                count(total.changed)
+            ),
+        );
     }
-    let ids: Vec<JobId> = form.all("ids").filter_map(|id| id.parse().ok()).map(JobId).collect();
+    let ids: Vec<JobId> = form
+        .all("ids")
+        .filter_map(|id| id.parse().ok())
+        .map(JobId)
+        .collect();
     if ids.is_empty() {
         return redirect_with(&back, false, "Select some jobs first.");
     }
     if ids.len() > JobsBulk::MAX_IDS {
-        return redirect_with(&back, false, &format!("At most {} jobs at once.", JobsBulk::MAX_IDS));
+        return redirect_with(
+            &back,
+            false,
+            &format!("At most {} jobs at once.", JobsBulk::MAX_IDS),
+        );
     }
-    match state.store().jobs_bulk(JobsBulk { ids, action, only_state: None, now }).await {
-        Ok(o) if o.skipped == 0 => redirect_with(&back, true, &format!("{verb} {} jobs.", o.changed)),
+    match state
+        .store()
+        .jobs_bulk(JobsBulk {
+            ids,
+            action,
+            only_state: None,
+            now,
+        })
+        .await
+    {
+        Ok(o) if o.skipped == 0 => {
+            redirect_with(&back, true, &format!("{verb} {} jobs.", o.changed))
+        }
         Ok(o) => redirect_with(
             &back,
             o.changed > 0,
-            &format!("{verb} {} jobs; {} skipped (gone, or in a state that does not allow it).", o.changed, o.skipped),
+            &format!(
+                "{verb} {} jobs; {} skipped (gone, or in a state that does not allow it).",
+                o.changed, o.skipped
+            ),
         ),
         Err(e) => redirect_with(&back, false, &format!("Nothing changed: {e}")),
     }
@@ -350,17 +434,28 @@ mod tests {
         let a = parse_args("user.id=42").unwrap();
         assert_eq!(a.path, ["user", "id"]);
         assert_eq!(a.value, json!(42));
-        assert_eq!(parse_args("to = ada@example.com").unwrap().value, json!("ada@example.com"));
+        assert_eq!(
+            parse_args("to = ada@example.com").unwrap().value,
+            json!("ada@example.com")
+        );
         assert_eq!(parse_args("code=\"42\"").unwrap().value, json!("42"));
         assert_eq!(parse_args("ok=true").unwrap().value, json!(true));
-        assert_eq!(parse_args("x=[1]").unwrap().value, json!("[1]"), "not a scalar: text");
+        assert_eq!(
+            parse_args("x=[1]").unwrap().value,
+            json!("[1]"),
+            "not a scalar: text"
+        );
         assert!(parse_args("no equals sign").is_err());
         assert!(parse_args("a..b=1").is_err(), "empty key");
     }
 
     #[test]
     fn filter_links_keep_only_what_is_set() {
-        let f = Filter { state: "dead".into(), queue: "mail & more".into(), ..Default::default() };
+        let f = Filter {
+            state: "dead".into(),
+            queue: "mail & more".into(),
+            ..Default::default()
+        };
         assert_eq!(f.query(), "state=dead&queue=mail+%26+more");
     }
 }

@@ -138,7 +138,9 @@ pub fn clip(s: &str, n: usize) -> String {
 pub fn path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -170,9 +172,15 @@ mod tests {
 
     #[test]
     fn job_data_is_escaped() {
-        let flash = Flash { ok: false, text: "<script>alert(1)</script>".into() };
+        let flash = Flash {
+            ok: false,
+            text: "<script>alert(1)</script>".into(),
+        };
         let out = super::flash(&flash).into_string();
-        assert!(out.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{out}");
+        assert!(
+            out.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{out}"
+        );
         assert!(!out.contains("<script>"));
     }
 }

@@ -58,7 +58,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/queues/{name}/{action}", post(queues::act))
         .route("/workers", get(workers::page))
         .route("/logout", post(auth::logout))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_login));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_login,
+        ));
     Router::new()
         .merge(pages)
         .route("/login", get(auth::login_page).post(auth::login))
@@ -117,7 +120,11 @@ async fn context(mut request: Request, next: Next) -> Response {
         .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_owned);
     let is_live = request.uri().path().ends_with("/live");
-    let flash = if is_live { None } else { cookie(headers, FLASH_COOKIE).and_then(decode_flash) };
+    let flash = if is_live {
+        None
+    } else {
+        cookie(headers, FLASH_COOKIE).and_then(decode_flash)
+    };
     let ctx = Ctx {
         csrf: existing.clone().unwrap_or_else(random_token),
         flash: flash.clone(),
@@ -127,7 +134,10 @@ async fn context(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     if existing.is_none() {
-        let value = format!("{CSRF_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", ctx.csrf);
+        let value = format!(
+            "{CSRF_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+            ctx.csrf
+        );
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.append(header::SET_COOKIE, v);
         }
@@ -135,13 +145,24 @@ async fn context(mut request: Request, next: Next) -> Response {
     if flash.is_some() && !h.contains_key(header::LOCATION) {
         h.append(
             header::SET_COOKIE,
-            HeaderValue::from_static("grafter_flash=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+            HeaderValue::from_static(
+                "grafter_flash=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict",
+            ),
         );
     }
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -149,15 +170,23 @@ async fn context(mut request: Request, next: Next) -> Response {
 }
 
 fn decode_flash(value: &str) -> Option<Flash> {
-    let decoded: String = form_urlencoded::parse(format!("f={value}").as_bytes()).next()?.1.into_owned();
+    let decoded: String = form_urlencoded::parse(format!("f={value}").as_bytes())
+        .next()?
+        .1
+        .into_owned();
     let (kind, text) = decoded.split_once('|')?;
-    Some(Flash { ok: kind == "ok", text: text.chars().take(500).collect() })
+    Some(Flash {
+        ok: kind == "ok",
+        text: text.chars().take(500).collect(),
+    })
 }
 
 /// A redirect to `to` that shows `text` there once.
 fn redirect_with(to: &str, ok: bool, text: &str) -> Response {
-    let encoded: String =
-        form_urlencoded::byte_serialize(format!("{}|{text}", if ok { "ok" } else { "error" }).as_bytes()).collect();
+    let encoded: String = form_urlencoded::byte_serialize(
+        format!("{}|{text}", if ok { "ok" } else { "error" }).as_bytes(),
+    )
+    .collect();
     let mut response = Redirect::to(to).into_response();
     let value = format!("{FLASH_COOKIE}={encoded}; Path=/; Max-Age=60; HttpOnly; SameSite=Strict");
     if let Ok(v) = HeaderValue::from_str(&value) {
@@ -176,12 +205,18 @@ impl FormData {
 
     /// The first value of a field.
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of a field.
     fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
-        self.0.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -203,7 +238,10 @@ fn checked_form(headers: &HeaderMap, body: &Bytes) -> Result<FormData, Box<Respo
 /// An HTML answer with security headers added by [`context`].
 fn html(markup: Markup) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
         markup.into_string(),
     )
         .into_response()
@@ -231,14 +269,20 @@ fn store_error(e: grafter_store::StoreError) -> Response {
 
 async fn css() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
         include_str!("assets/app.css"),
     )
 }
 
 async fn js() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
         include_str!("assets/app.js"),
     )
 }

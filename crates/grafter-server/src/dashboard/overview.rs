@@ -17,7 +17,10 @@ use super::layout::{self, age, count, state_badge, time, Tab};
 use super::{html, store_error, Ctx};
 use crate::state::AppState;
 
-pub(super) async fn page(State(state): State<AppState>, Extension(ctx): Extension<Ctx>) -> Response {
+pub(super) async fn page(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+) -> Response {
     match body(&state).await {
         Ok(body) => html(layout::page(
             "Overview",
@@ -45,7 +48,10 @@ async fn body(state: &AppState) -> grafter_store::Result<Markup> {
     let store = state.store();
     let (queues, throughput, workers) = tokio::try_join!(
         store.queues_list(),
-        store.throughput_list(ThroughputRange { since: now - Duration::hours(24), until: now + Duration::minutes(1) }),
+        store.throughput_list(ThroughputRange {
+            since: now - Duration::hours(24),
+            until: now + Duration::minutes(1)
+        }),
         store.workers_list(),
     )?;
     let mut totals: BTreeMap<JobState, u64> = JobState::ALL.into_iter().map(|s| (s, 0)).collect();
@@ -56,7 +62,9 @@ async fn body(state: &AppState) -> grafter_store::Result<Markup> {
     }
     let minutes = chart::buckets(&throughput, now, Duration::minutes(1), 60);
     let hours = chart::buckets(&throughput, now, Duration::hours(1), 24);
-    let stale_after = Duration::milliseconds(i64::try_from(state.config().maintenance.worker_stale_ms).unwrap_or(i64::MAX));
+    let stale_after = Duration::milliseconds(
+        i64::try_from(state.config().maintenance.worker_stale_ms).unwrap_or(i64::MAX),
+    );
     Ok(html! {
         section.counts {
             @for (s, n) in &totals {

@@ -16,7 +16,10 @@ use super::overview::urlencode;
 use super::{checked_form, error_page, html, redirect_with, store_error, Ctx};
 use crate::state::AppState;
 
-pub(super) async fn page(State(state): State<AppState>, Extension(ctx): Extension<Ctx>) -> Response {
+pub(super) async fn page(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+) -> Response {
     let queues = match state.store().queues_list().await {
         Ok(queues) => queues,
         Err(e) => return store_error(e),
@@ -89,8 +92,20 @@ pub(super) async fn act(
     if let Err(e) = validate_name("queue", &name) {
         return redirect_with("/queues", false, &e.to_string());
     }
-    match state.store().queue_set_paused(QueuePause { queue: name.clone(), paused, now: Utc::now() }).await {
-        Ok(_) if paused => redirect_with("/queues", true, &format!("Paused queue {name}: no new jobs start until you resume it.")),
+    match state
+        .store()
+        .queue_set_paused(QueuePause {
+            queue: name.clone(),
+            paused,
+            now: Utc::now(),
+        })
+        .await
+    {
+        Ok(_) if paused => redirect_with(
+            "/queues",
+            true,
+            &format!("Paused queue {name}: no new jobs start until you resume it."),
+        ),
         Ok(_) => redirect_with("/queues", true, &format!("Resumed queue {name}.")),
         Err(e) => redirect_with("/queues", false, &format!("Nothing changed: {e}.")),
     }

@@ -11,13 +11,18 @@ use super::layout::{self, time, Tab};
 use super::{html, store_error, Ctx};
 use crate::state::AppState;
 
-pub(super) async fn page(State(state): State<AppState>, Extension(ctx): Extension<Ctx>) -> Response {
+pub(super) async fn page(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+) -> Response {
     let workers = match state.store().workers_list().await {
         Ok(workers) => workers,
         Err(e) => return store_error(e),
     };
     let now = Utc::now();
-    let stale_after = Duration::milliseconds(i64::try_from(state.config().maintenance.worker_stale_ms).unwrap_or(i64::MAX));
+    let stale_after = Duration::milliseconds(
+        i64::try_from(state.config().maintenance.worker_stale_ms).unwrap_or(i64::MAX),
+    );
     html(layout::page(
         "Workers",
         Tab::Workers,

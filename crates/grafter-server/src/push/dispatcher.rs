@@ -11,14 +11,18 @@ use std::time::Duration;
 
 use chrono::Utc;
 use grafter_core::{Job, LeasedJob, PushTarget};
-use grafter_store::{JobComplete, JobFail, JobHeartbeat, JobRelease, JobsFetch, QueueInfo, StoreError};
+use grafter_store::{
+    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsFetch, QueueInfo, StoreError,
+};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::outcome::Outcome;
-use super::{signature, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, SIGNATURE_HEADER};
+use super::{
+    signature, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, SIGNATURE_HEADER,
+};
 use crate::state::AppState;
 
 /// Added to the request timeout for a push's lease: time to record the
@@ -107,7 +111,10 @@ pub(crate) async fn run(state: AppState, cancel: CancellationToken) {
         let _ = queue.task.await;
     }
     shared.in_flight.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, shared.in_flight.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.in_flight.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("pushes still in flight at shutdown are left to their leases");
         shared.abort.cancel();
         shared.in_flight.wait().await;
@@ -117,9 +124,16 @@ pub(crate) async fn run(state: AppState, cancel: CancellationToken) {
 /// Starts a loop for each new push target, restarts those whose target
 /// changed, and stops those whose target is gone. A stopped loop leases no
 /// more; its pushes in flight finish.
-fn reconcile(shared: &Arc<Shared>, running: &mut HashMap<String, Running>, queues: Vec<QueueInfo>, cancel: &CancellationToken) {
-    let wanted: HashMap<String, PushTarget> =
-        queues.into_iter().filter_map(|q| q.push.map(|push| (q.name, push))).collect();
+fn reconcile(
+    shared: &Arc<Shared>,
+    running: &mut HashMap<String, Running>,
+    queues: Vec<QueueInfo>,
+    cancel: &CancellationToken,
+) {
+    let wanted: HashMap<String, PushTarget> = queues
+        .into_iter()
+        .filter_map(|q| q.push.map(|push| (q.name, push)))
+        .collect();
     running.retain(|name, queue| {
         let keep = wanted.get(name) == Some(&queue.target);
         if !keep {
@@ -134,7 +148,11 @@ fn reconcile(shared: &Arc<Shared>, running: &mut HashMap<String, Running>, queue
         }
         tracing::info!(queue = %name, url = %target.url, concurrency = target.concurrency, "pushing jobs");
         let stop = cancel.child_token();
-        let queue = Arc::new(Queue { name: name.clone(), target: target.clone(), health: Health::default() });
+        let queue = Arc::new(Queue {
+            name: name.clone(),
+            target: target.clone(),
+            health: Health::default(),
+        });
         let task = tokio::spawn(run_queue(shared.clone(), queue, stop.clone()));
         running.insert(name, Running { target, stop, task });
     }
@@ -150,7 +168,9 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
     loop {
         // A slot frees when a push has been recorded, so its outcome is known
         // to `health` by the time the slot is taken again.
-        let Some(mut first) = acquire(&slots, &stop).await else { return };
+        let Some(mut first) = acquire(&slots, &stop).await else {
+            return;
+        };
         let mut want = concurrency;
         if let Some(pause) = queue.health.pause() {
             // A failing target: wait, then probe it with one push at a time
@@ -164,7 +184,9 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
                 _ = stop.cancelled() => return,
                 all = slots.clone().acquire_many_owned(queue.target.concurrency) => drop(all),
             }
-            let Some(permit) = acquire(&slots, &stop).await else { return };
+            let Some(permit) = acquire(&slots, &stop).await else {
+                return;
+            };
             first = permit;
             want = 1;
         }
@@ -197,7 +219,9 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
             Ok(jobs) => {
                 // Permits beyond the jobs leased go back as the iterator ends.
                 for (leased, permit) in jobs.into_iter().zip(permits) {
-                    shared.in_flight.spawn(deliver(shared.clone(), queue.clone(), leased, permit));
+                    shared
+                        .in_flight
+                        .spawn(deliver(shared.clone(), queue.clone(), leased, permit));
                 }
             }
             Err(error) => {
@@ -229,7 +253,12 @@ async fn changed(availability: &mut watch::Receiver<u64>) {
 }
 
 /// Pushes one leased job and records the outcome. Holds its slot until done.
-async fn deliver(shared: Arc<Shared>, queue: Arc<Queue>, leased: LeasedJob, _slot: OwnedSemaphorePermit) {
+async fn deliver(
+    shared: Arc<Shared>,
+    queue: Arc<Queue>,
+    leased: LeasedJob,
+    _slot: OwnedSemaphorePermit,
+) {
     let timeout = request_timeout(&queue.target, &leased.job);
     let outcome = tokio::select! {
         outcome = push(&shared.http, &queue.target, &leased, timeout) => outcome,
@@ -253,13 +282,24 @@ fn request_timeout(target: &PushTarget, job: &Job) -> Duration {
 }
 
 /// One signed POST of a job, and what its answer means.
-async fn push(http: &reqwest::Client, target: &PushTarget, leased: &LeasedJob, timeout: Duration) -> Outcome {
+async fn push(
+    http: &reqwest::Client,
+    target: &PushTarget,
+    leased: &LeasedJob,
+    timeout: Duration,
+) -> Outcome {
     let body = match serde_json::to_vec(&PushRequest::from(&leased.job)) {
         Ok(body) => body,
-        Err(error) => return Outcome::Failed { error: format!("cannot encode the job: {error}"), retry_at: None },
+        Err(error) => {
+            return Outcome::Failed {
+                error: format!("cannot encode the job: {error}"),
+                retry_at: None,
+            }
+        }
     };
-    let secrets: Vec<&str> =
-        std::iter::once(target.secret.as_str()).chain(target.old_secrets.iter().map(String::as_str)).collect();
+    let secrets: Vec<&str> = std::iter::once(target.secret.as_str())
+        .chain(target.old_secrets.iter().map(String::as_str))
+        .collect();
     let signature = signature::sign(&secrets, signature::unix_now(), &body);
     let mut request = http
         .post(&target.url)
@@ -274,7 +314,10 @@ async fn push(http: &reqwest::Client, target: &PushTarget, leased: &LeasedJob, t
     }
     match request.body(body).send().await {
         Ok(response) => Outcome::from_response(response, Utc::now()).await,
-        Err(error) => Outcome::Failed { error: request_error(error, timeout), retry_at: None },
+        Err(error) => Outcome::Failed {
+            error: request_error(error, timeout),
+            retry_at: None,
+        },
     }
 }
 
@@ -316,16 +359,42 @@ async fn record(state: &AppState, queue: &str, leased: &LeasedJob, outcome: &Out
         };
         let result = match outcome {
             Outcome::Completed(result) => {
-                store.job_complete(JobComplete { id, lease: lease.clone(), result: result.clone(), now }).await
+                store
+                    .job_complete(JobComplete {
+                        id,
+                        lease: lease.clone(),
+                        result: result.clone(),
+                        now,
+                    })
+                    .await
             }
             // The application finishes it later: give it a full lease from now.
             Outcome::Accepted => {
                 let lease_duration = state.config().default_lease();
-                store.job_heartbeat(JobHeartbeat { id, lease: lease.clone(), progress: None, lease_duration, now }).await
+                store
+                    .job_heartbeat(JobHeartbeat {
+                        id,
+                        lease: lease.clone(),
+                        progress: None,
+                        lease_duration,
+                        now,
+                    })
+                    .await
             }
-            Outcome::Later { at, .. } => store.job_release(JobRelease { id, lease: lease.clone(), run_at: *at, now }).await,
+            Outcome::Later { at, .. } => {
+                store
+                    .job_release(JobRelease {
+                        id,
+                        lease: lease.clone(),
+                        run_at: *at,
+                        now,
+                    })
+                    .await
+            }
             Outcome::Dead(error) => store.job_fail(fail(error, false, None)).await,
-            Outcome::Failed { error, retry_at } => store.job_fail(fail(error, true, *retry_at)).await,
+            Outcome::Failed { error, retry_at } => {
+                store.job_fail(fail(error, true, *retry_at)).await
+            }
         };
         match result {
             Ok(_) => {
@@ -380,7 +449,11 @@ impl Health {
 /// then doubling from [`BACKOFF_BASE`] up to [`BACKOFF_MAX`].
 fn backoff(failures: u32) -> Option<Duration> {
     let over = failures.checked_sub(FAILURES_BEFORE_BACKOFF)?;
-    Some(BACKOFF_BASE.saturating_mul(2u32.saturating_pow(over)).min(BACKOFF_MAX))
+    Some(
+        BACKOFF_BASE
+            .saturating_mul(2u32.saturating_pow(over))
+            .min(BACKOFF_MAX),
+    )
 }
 
 #[cfg(test)]

@@ -87,12 +87,19 @@ pub enum ApplyError {
 /// Stores the push targets of the config file's `[queues.NAME.push]` tables,
 /// replacing what the API set for those queues (the file wins at start).
 /// Queues the file does not name keep their settings.
-pub async fn apply_configured_targets(store: &Arc<dyn Store>, config: &ServerConfig) -> Result<usize, ApplyError> {
+pub async fn apply_configured_targets(
+    store: &Arc<dyn Store>,
+    config: &ServerConfig,
+) -> Result<usize, ApplyError> {
     let targets = config.push_targets()?;
     let count = targets.len();
     for (queue, target) in targets {
         store
-            .queue_set_push(QueuePush { queue: queue.clone(), push: Some(target), now: Utc::now() })
+            .queue_set_push(QueuePush {
+                queue: queue.clone(),
+                push: Some(target),
+                now: Utc::now(),
+            })
             .await
             .map_err(|source| ApplyError::Store { queue, source })?;
     }

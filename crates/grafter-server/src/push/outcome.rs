@@ -57,9 +57,16 @@ impl Outcome {
         if status == StatusCode::ACCEPTED {
             return Outcome::Accepted;
         }
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let no_retry = header(RETRY_HEADER).is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
-        let retry_after = header(reqwest::header::RETRY_AFTER.as_str()).and_then(|v| retry_after(&v, now));
+        let retry_after =
+            header(reqwest::header::RETRY_AFTER.as_str()).and_then(|v| retry_after(&v, now));
         if status.is_success() {
             let (body, end) = read_prefix(&mut response, MAX_RESULT_BYTES).await;
             return Outcome::Completed(result(status, &body, end));
@@ -67,10 +74,19 @@ impl Outcome {
         let (body, _) = read_prefix(&mut response, MAX_ERROR_BODY_BYTES).await;
         let text = String::from_utf8_lossy(&body);
         let text = text.trim();
-        let error = if text.is_empty() { status.to_string() } else { format!("{status}: {text}") };
+        let error = if text.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status}: {text}")
+        };
         match retry_after {
             _ if no_retry => Outcome::Dead(error),
-            Some(at) if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
+            Some(at)
+                if matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                ) =>
+            {
                 Outcome::Later { at, answer: error }
             }
             retry_at => Outcome::Failed { error, retry_at },
@@ -138,7 +154,9 @@ pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         Ok(seconds) => chrono::Duration::try_seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
             .and_then(|d| now.checked_add_signed(d))
             .unwrap_or(latest),
-        Err(_) => DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc),
+        Err(_) => DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .with_timezone(&Utc),
     };
     Some(at.clamp(now, latest))
 }
@@ -149,16 +167,31 @@ mod tests {
 
     #[test]
     fn retry_after_takes_seconds_or_a_date_within_bounds() {
-        let now = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(retry_after("120", now), Some(now + chrono::Duration::seconds(120)));
+        let now = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            retry_after("120", now),
+            Some(now + chrono::Duration::seconds(120))
+        );
         assert_eq!(retry_after(" 0 ", now), Some(now));
         assert_eq!(
             retry_after("Tue, 01 Jan 2030 00:05:00 GMT", now),
             Some(now + chrono::Duration::minutes(5))
         );
-        assert_eq!(retry_after("Mon, 01 Jan 2029 00:00:00 GMT", now), Some(now), "past dates mean now");
-        assert_eq!(retry_after("18446744073709551615", now), Some(now + chrono::Duration::days(1)));
-        assert_eq!(retry_after("86401", now), Some(now + chrono::Duration::days(1)));
+        assert_eq!(
+            retry_after("Mon, 01 Jan 2029 00:00:00 GMT", now),
+            Some(now),
+            "past dates mean now"
+        );
+        assert_eq!(
+            retry_after("18446744073709551615", now),
+            Some(now + chrono::Duration::days(1))
+        );
+        assert_eq!(
+            retry_after("86401", now),
+            Some(now + chrono::Duration::days(1))
+        );
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-5", now), None);
     }
@@ -166,7 +199,10 @@ mod tests {
     #[test]
     fn a_result_is_json_within_the_cap() {
         let json = br#"{"sent": true}"#;
-        assert_eq!(result(StatusCode::OK, json, BodyEnd::Complete), Some(serde_json::json!({"sent": true})));
+        assert_eq!(
+            result(StatusCode::OK, json, BodyEnd::Complete),
+            Some(serde_json::json!({"sent": true}))
+        );
         assert_eq!(result(StatusCode::OK, json, BodyEnd::TooLarge), None);
         assert_eq!(result(StatusCode::OK, json, BodyEnd::BrokeOff), None);
         assert_eq!(result(StatusCode::OK, b"OK", BodyEnd::Complete), None);

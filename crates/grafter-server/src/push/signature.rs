@@ -31,7 +31,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The MAC state after `"<t>.<body>"`, ready to finalize or compare.
 fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -44,7 +45,11 @@ pub fn sign<S: AsRef<[u8]>>(secrets: &[S], timestamp: i64, body: &[u8]) -> Strin
     let mut header = format!("t={timestamp}");
     for secret in secrets {
         header.push_str(",v1=");
-        header.push_str(&hex::encode(mac(secret.as_ref(), timestamp, body).finalize().into_bytes()));
+        header.push_str(&hex::encode(
+            mac(secret.as_ref(), timestamp, body)
+                .finalize()
+                .into_bytes(),
+        ));
     }
     header
 }
@@ -110,7 +115,10 @@ impl Verifier {
     /// A verifier accepting signatures made with `secret`, within
     /// [`DEFAULT_TOLERANCE`] of this clock.
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
-        Verifier { secrets: vec![secret.as_ref().to_vec()], tolerance: DEFAULT_TOLERANCE }
+        Verifier {
+            secrets: vec![secret.as_ref().to_vec()],
+            tolerance: DEFAULT_TOLERANCE,
+        }
     }
 
     /// Also accepts signatures made with `secret`: for rotating on the
@@ -137,13 +145,22 @@ impl Verifier {
         let (timestamp, signatures) = parse(header)?;
         let skew_secs = now.abs_diff(timestamp);
         if skew_secs > self.tolerance.as_secs() {
-            return Err(SignatureError::Stale { skew_secs, tolerance_secs: self.tolerance.as_secs() });
+            return Err(SignatureError::Stale {
+                skew_secs,
+                tolerance_secs: self.tolerance.as_secs(),
+            });
         }
-        let candidates: Vec<Vec<u8>> = signatures.iter().filter_map(|s| hex::decode(s).ok()).collect();
+        let candidates: Vec<Vec<u8>> = signatures
+            .iter()
+            .filter_map(|s| hex::decode(s).ok())
+            .collect();
         for secret in &self.secrets {
             let expected = mac(secret, timestamp, body);
             // verify_slice compares in constant time.
-            if candidates.iter().any(|candidate| expected.clone().verify_slice(candidate).is_ok()) {
+            if candidates
+                .iter()
+                .any(|candidate| expected.clone().verify_slice(candidate).is_ok())
+            {
                 return Ok(());
             }
         }
@@ -160,11 +177,19 @@ fn parse(header: &str) -> Result<(i64, Vec<&str>), SignatureError> {
         let (key, value) = part
             .trim()
             .split_once('=')
-            .ok_or(SignatureError::Malformed("expected comma-separated key=value pairs"))?;
+            .ok_or(SignatureError::Malformed(
+                "expected comma-separated key=value pairs",
+            ))?;
         match key {
-            "t" if timestamp.is_some() => return Err(SignatureError::Malformed("more than one t=")),
+            "t" if timestamp.is_some() => {
+                return Err(SignatureError::Malformed("more than one t="))
+            }
             "t" => {
-                timestamp = Some(value.parse::<i64>().map_err(|_| SignatureError::Malformed("t= is not unix seconds"))?)
+                timestamp = Some(
+                    value
+                        .parse::<i64>()
+                        .map_err(|_| SignatureError::Malformed("t= is not unix seconds"))?,
+                )
             }
             "v1" if signatures.len() < MAX_SIGNATURES => signatures.push(value),
             _ => {}
@@ -199,19 +224,38 @@ mod tests {
         let header = sign(&[SECRET], now, BODY);
         let verifier = Verifier::new(SECRET);
         assert_eq!(verifier.verify_at(&header, BODY, now), Ok(()));
-        assert_eq!(verifier.verify_at(&header, BODY, now + 300), Ok(()), "at the edge of the tolerance");
-        assert_eq!(Verifier::new("another secret!!").verify_at(&header, BODY, now), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verifier.verify_at(&header, BODY, now + 300),
+            Ok(()),
+            "at the edge of the tolerance"
+        );
+        assert_eq!(
+            Verifier::new("another secret!!").verify_at(&header, BODY, now),
+            Err(SignatureError::Mismatch)
+        );
         let mut changed = BODY.to_vec();
         changed[10] ^= 1;
-        assert_eq!(verifier.verify_at(&header, &changed, now), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verifier.verify_at(&header, &changed, now),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(
             verifier.verify_at(&header, BODY, now + 301),
-            Err(SignatureError::Stale { skew_secs: 301, tolerance_secs: 300 })
+            Err(SignatureError::Stale {
+                skew_secs: 301,
+                tolerance_secs: 300
+            })
         );
-        assert!(matches!(verifier.verify_at(&header, BODY, now - 301), Err(SignatureError::Stale { .. })));
+        assert!(matches!(
+            verifier.verify_at(&header, BODY, now - 301),
+            Err(SignatureError::Stale { .. })
+        ));
         // A fresh t on an old signature does not pass: t is signed.
         let replayed = header.replacen(&format!("t={now}"), &format!("t={}", now + 400), 1);
-        assert_eq!(verifier.verify_at(&replayed, BODY, now + 400), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verifier.verify_at(&replayed, BODY, now + 400),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -219,8 +263,14 @@ mod tests {
         let now = 1_700_000_000;
         let header = sign(&["the new secret..", "the old secret.."], now, BODY);
         assert_eq!(header.matches(",v1=").count(), 2);
-        assert_eq!(Verifier::new("the old secret..").verify_at(&header, BODY, now), Ok(()));
-        assert_eq!(Verifier::new("the new secret..").verify_at(&header, BODY, now), Ok(()));
+        assert_eq!(
+            Verifier::new("the old secret..").verify_at(&header, BODY, now),
+            Ok(())
+        );
+        assert_eq!(
+            Verifier::new("the new secret..").verify_at(&header, BODY, now),
+            Ok(())
+        );
         let old_only = sign(&["the old secret.."], now, BODY);
         let both = Verifier::new("the new secret..").also_accept("the old secret..");
         assert_eq!(both.verify_at(&old_only, BODY, now), Ok(()));
@@ -229,13 +279,26 @@ mod tests {
     #[test]
     fn malformed_headers_are_named() {
         let verifier = Verifier::new(SECRET);
-        for header in ["", "garbage", "t=abc,v1=00", "v1=00", "t=1", "t=1,t=2,v1=00"] {
+        for header in [
+            "",
+            "garbage",
+            "t=abc,v1=00",
+            "v1=00",
+            "t=1",
+            "t=1,t=2,v1=00",
+        ] {
             assert!(
-                matches!(verifier.verify_at(header, BODY, 1), Err(SignatureError::Malformed(_))),
+                matches!(
+                    verifier.verify_at(header, BODY, 1),
+                    Err(SignatureError::Malformed(_))
+                ),
                 "{header:?}"
             );
         }
         // Not hex, or unknown versions only among valid ones: a mismatch, not a crash.
-        assert_eq!(verifier.verify_at("t=1,v1=zz,v2=abc", BODY, 1), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verifier.verify_at("t=1,v1=zz,v2=abc", BODY, 1),
+            Err(SignatureError::Mismatch)
+        );
     }
 }

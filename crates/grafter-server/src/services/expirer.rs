@@ -18,14 +18,25 @@ pub struct Expirer {
 impl Expirer {
     /// An expirer passing every `interval`, touching at most `batch_size` jobs a pass.
     pub fn new(store: Arc<dyn Store>, interval: Duration, batch_size: usize) -> Self {
-        Expirer { store, interval, batch_size }
+        Expirer {
+            store,
+            interval,
+            batch_size,
+        }
     }
 
     /// Runs until cancelled, doing passes while this node leads.
     pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Expirer { store, interval, batch_size } = self;
+        let Expirer {
+            store,
+            interval,
+            batch_size,
+        } = self;
         super::run_periodically("expirer", interval, batch_size, leading, cancel, || {
-            store.jobs_expire(MaintenanceBatch { now: Utc::now(), limit: batch_size })
+            store.jobs_expire(MaintenanceBatch {
+                now: Utc::now(),
+                limit: batch_size,
+            })
         })
         .await;
     }

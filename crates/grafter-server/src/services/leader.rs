@@ -27,7 +27,15 @@ impl Elector {
     pub fn new(store: Arc<dyn Store>, ttl: Duration) -> (Self, watch::Receiver<bool>) {
         let (leading, receiver) = watch::channel(false);
         let node = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
-        (Elector { store, node, ttl, leading }, receiver)
+        (
+            Elector {
+                store,
+                node,
+                ttl,
+                leading,
+            },
+            receiver,
+        )
     }
 
     /// Runs until cancelled; then gives the leadership up if held.
@@ -60,7 +68,10 @@ impl Elector {
         }
         if *self.leading.borrow() {
             self.leading.send_replace(false);
-            let release = LeaderRelease { name: MAINTENANCE.into(), node: self.node.clone() };
+            let release = LeaderRelease {
+                name: MAINTENANCE.into(),
+                node: self.node.clone(),
+            };
             if let Err(error) = self.store.leader_release(release).await {
                 tracing::warn!(%error, "could not release the maintenance leadership");
             }

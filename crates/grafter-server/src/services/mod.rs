@@ -36,7 +36,11 @@ pub struct Maintenance {
 }
 
 /// Starts every service on `store`.
-pub fn start(store: Arc<dyn Store>, config: &ServerConfig, cancel: CancellationToken) -> Maintenance {
+pub fn start(
+    store: Arc<dyn Store>,
+    config: &ServerConfig,
+    cancel: CancellationToken,
+) -> Maintenance {
     let mut tasks = JoinSet::new();
     let m = &config.maintenance;
     let (elector, leading) = leader::Elector::new(store.clone(), m.leader_ttl());
@@ -46,13 +50,22 @@ pub fn start(store: Arc<dyn Store>, config: &ServerConfig, cancel: CancellationT
             .run(leading.clone(), cancel.clone()),
     );
     tasks.spawn(
-        rescuer::Rescuer::new(store.clone(), m.rescue_interval(), m.batch_size, config.retry, m.worker_stale_after())
+        rescuer::Rescuer::new(
+            store.clone(),
+            m.rescue_interval(),
+            m.batch_size,
+            config.retry,
+            m.worker_stale_after(),
+        )
+        .run(leading.clone(), cancel.clone()),
+    );
+    tasks.spawn(
+        expirer::Expirer::new(store.clone(), m.expire_interval(), m.batch_size)
             .run(leading.clone(), cancel.clone()),
     );
     tasks.spawn(
-        expirer::Expirer::new(store.clone(), m.expire_interval(), m.batch_size).run(leading.clone(), cancel.clone()),
+        pruner::Pruner::new(store, &config.retention, m.batch_size).run(leading, cancel.clone()),
     );
-    tasks.spawn(pruner::Pruner::new(store, &config.retention, m.batch_size).run(leading, cancel.clone()));
     Maintenance { tasks, cancel }
 }
 

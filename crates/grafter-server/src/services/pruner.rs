@@ -22,12 +22,20 @@ pub struct Pruner {
 impl Pruner {
     /// A pruner keeping finished jobs as long as `retention` says.
     pub fn new(store: Arc<dyn Store>, retention: &RetentionConfig, batch_size: usize) -> Self {
-        Pruner { store, retention: retention.clone(), batch_size }
+        Pruner {
+            store,
+            retention: retention.clone(),
+            batch_size,
+        }
     }
 
     /// Runs until cancelled, doing passes while this node leads.
     pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Pruner { store, retention, batch_size } = self;
+        let Pruner {
+            store,
+            retention,
+            batch_size,
+        } = self;
         let interval = Duration::from_millis(retention.interval_ms);
         super::run_periodically("pruner", interval, batch_size, leading, cancel, || {
             let store = store.clone();

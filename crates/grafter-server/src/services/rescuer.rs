@@ -30,21 +30,47 @@ impl Rescuer {
         backoff: Backoff,
         worker_stale_after: Duration,
     ) -> Self {
-        Rescuer { store, interval, batch_size, backoff, worker_stale_after }
+        Rescuer {
+            store,
+            interval,
+            batch_size,
+            backoff,
+            worker_stale_after,
+        }
     }
 
     /// Runs until cancelled, doing passes while this node leads.
     pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Rescuer { store, interval, batch_size, backoff, worker_stale_after } = self;
+        let Rescuer {
+            store,
+            interval,
+            batch_size,
+            backoff,
+            worker_stale_after,
+        } = self;
         super::run_periodically("rescuer", interval, batch_size, leading, cancel, || {
             let store = store.clone();
             async move {
                 let now = Utc::now();
-                let forgotten = store.workers_prune(WorkersPrune { now, stale_after: worker_stale_after }).await?;
+                let forgotten = store
+                    .workers_prune(WorkersPrune {
+                        now,
+                        stale_after: worker_stale_after,
+                    })
+                    .await?;
                 if forgotten > 0 {
-                    tracing::warn!(workers = forgotten, "forgot silent workers; retrying their jobs");
+                    tracing::warn!(
+                        workers = forgotten,
+                        "forgot silent workers; retrying their jobs"
+                    );
                 }
-                store.jobs_rescue_expired(JobsRescue { now, limit: batch_size, backoff }).await
+                store
+                    .jobs_rescue_expired(JobsRescue {
+                        now,
+                        limit: batch_size,
+                        backoff,
+                    })
+                    .await
             }
         })
         .await;

@@ -18,14 +18,25 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler passing every `interval`, touching at most `batch_size` jobs a pass.
     pub fn new(store: Arc<dyn Store>, interval: Duration, batch_size: usize) -> Self {
-        Scheduler { store, interval, batch_size }
+        Scheduler {
+            store,
+            interval,
+            batch_size,
+        }
     }
 
     /// Runs until cancelled, doing passes while this node leads.
     pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Scheduler { store, interval, batch_size } = self;
+        let Scheduler {
+            store,
+            interval,
+            batch_size,
+        } = self;
         super::run_periodically("scheduler", interval, batch_size, leading, cancel, || {
-            store.jobs_schedule(MaintenanceBatch { now: Utc::now(), limit: batch_size })
+            store.jobs_schedule(MaintenanceBatch {
+                now: Utc::now(),
+                limit: batch_size,
+            })
         })
         .await;
     }

@@ -32,11 +32,24 @@ impl HttpTransport {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| Error::Other(format!("building the HTTP client: {e}")))?;
-        Ok(HttpTransport { http, base: base.trim_end_matches('/').to_owned(), token, batch_ack: AtomicBool::new(true) })
+        Ok(HttpTransport {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            batch_ack: AtomicBool::new(true),
+        })
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>, timeout: Duration) -> Result<T> {
-        self.call_with_status(method, path, body, timeout).await.map(|(_, answer)| answer)
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<T> {
+        self.call_with_status(method, path, body, timeout)
+            .await
+            .map(|(_, answer)| answer)
     }
 
     /// Sends a request; a 2xx answer is parsed, anything else becomes an [`Error`].
@@ -47,7 +60,10 @@ impl HttpTransport {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<(StatusCode, T)> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).timeout(timeout);
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -64,7 +80,11 @@ impl HttpTransport {
             .await
             .map_err(|e| Error::Unavailable(format!("reading the answer: {e}")))?;
         if status.is_success() {
-            let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+            let bytes = if bytes.is_empty() {
+                &b"null"[..]
+            } else {
+                &bytes[..]
+            };
             return Ok((status, serde_json::from_slice(bytes)?));
         }
         #[derive(Deserialize)]
@@ -83,10 +103,16 @@ impl HttpTransport {
         Err(match (status, code.as_str()) {
             (StatusCode::CONFLICT, "lease_mismatch") => Error::LeaseLost(message),
             (StatusCode::NOT_FOUND, _) => {
-                let id = path.split('/').nth(3).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let id = path
+                    .split('/')
+                    .nth(3)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 Error::NotFound(JobId(id))
             }
-            (s, _) if s.is_server_error() => Error::Unavailable(format!("HTTP {}: {message}", s.as_u16())),
+            (s, _) if s.is_server_error() => {
+                Error::Unavailable(format!("HTTP {}: {message}", s.as_u16()))
+            }
             (s, _) => Error::Rejected(format!("HTTP {} {code}: {message}", s.as_u16())),
         })
     }
@@ -124,23 +150,39 @@ impl Transport for HttpTransport {
         if let [job] = &jobs[..] {
             // The single-job endpoint says whether it was a duplicate (200) or new (201).
             let body = serde_json::to_value(job)?;
-            let (status, job) = self.call_with_status(Method::POST, "/v1/jobs", Some(body), CALL_TIMEOUT).await?;
+            let (status, job) = self
+                .call_with_status(Method::POST, "/v1/jobs", Some(body), CALL_TIMEOUT)
+                .await?;
             return Ok(vec![(job, status == StatusCode::CREATED)]);
         }
         #[derive(Deserialize)]
         struct Jobs {
             jobs: Vec<JobRecord>,
         }
-        let answer: Jobs = self.call(Method::POST, "/v1/jobs/batch", Some(json!({ "jobs": jobs })), CALL_TIMEOUT).await?;
+        let answer: Jobs = self
+            .call(
+                Method::POST,
+                "/v1/jobs/batch",
+                Some(json!({ "jobs": jobs })),
+                CALL_TIMEOUT,
+            )
+            .await?;
         Ok(answer.jobs.into_iter().map(|j| (j, true)).collect())
     }
 
     async fn get(&self, id: JobId) -> Result<JobRecord> {
-        self.call(Method::GET, &format!("/v1/jobs/{id}"), None, CALL_TIMEOUT).await
+        self.call(Method::GET, &format!("/v1/jobs/{id}"), None, CALL_TIMEOUT)
+            .await
     }
 
     async fn cancel(&self, id: JobId) -> Result<JobRecord> {
-        self.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), Some(json!({})), CALL_TIMEOUT).await
+        self.call(
+            Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            Some(json!({})),
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn fetch(&self, fetch: Fetch<'_>, stop: &CancellationToken) -> Result<Vec<LeasedJob>> {
@@ -156,7 +198,8 @@ impl Transport for HttpTransport {
             "lease_ms": ms(fetch.lease),
             "worker_id": fetch.worker_id,
         });
-        let request = self.call::<Leased>(Method::POST, "/v1/fetch", Some(body), CALL_TIMEOUT + wait);
+        let request =
+            self.call::<Leased>(Method::POST, "/v1/fetch", Some(body), CALL_TIMEOUT + wait);
         tokio::pin!(request);
         tokio::select! {
             answer = &mut request => Ok(answer?.jobs),
@@ -173,21 +216,46 @@ impl Transport for HttpTransport {
         }
     }
 
-    async fn heartbeat(&self, id: JobId, lease: &str, progress: Option<Progress>, extend: Duration) -> Result<JobRecord> {
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        lease: &str,
+        progress: Option<Progress>,
+        extend: Duration,
+    ) -> Result<JobRecord> {
         let body = json!({ "lease": lease, "progress": progress, "lease_ms": ms(extend) });
-        self.call(Method::POST, &format!("/v1/jobs/{id}/heartbeat"), Some(body), CALL_TIMEOUT).await
+        self.call(
+            Method::POST,
+            &format!("/v1/jobs/{id}/heartbeat"),
+            Some(body),
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn finish(&self, id: JobId, lease: &str, finish: &Finish) -> Result<JobRecord> {
         let (action, body) = match finish {
             Finish::Complete(result) => ("ack", json!({ "lease": lease, "result": result })),
-            Finish::Fail { error, retry, retry_in } => (
+            Finish::Fail {
+                error,
+                retry,
+                retry_in,
+            } => (
                 "fail",
                 json!({ "lease": lease, "error": error, "retry": retry, "retry_in_ms": retry_in.map(ms) }),
             ),
-            Finish::Release { after } => ("release", json!({ "lease": lease, "delay_ms": after.map(ms) })),
+            Finish::Release { after } => (
+                "release",
+                json!({ "lease": lease, "delay_ms": after.map(ms) }),
+            ),
         };
-        self.call(Method::POST, &format!("/v1/jobs/{id}/{action}"), Some(body), CALL_TIMEOUT).await
+        self.call(
+            Method::POST,
+            &format!("/v1/jobs/{id}/{action}"),
+            Some(body),
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<bool>> {
@@ -202,12 +270,27 @@ impl Transport for HttpTransport {
         if !self.batch_ack.load(Ordering::Relaxed) {
             return self.complete_one_by_one(acks).await;
         }
-        let items: Vec<Value> =
-            acks.iter().map(|a| json!({ "id": a.id, "lease": a.lease, "result": a.result })).collect();
+        let items: Vec<Value> = acks
+            .iter()
+            .map(|a| json!({ "id": a.id, "lease": a.lease, "result": a.result }))
+            .collect();
         let n = items.len();
-        match self.call::<Outcomes>(Method::POST, "/v1/jobs/ack", Some(json!({ "acks": items })), CALL_TIMEOUT).await {
-            Ok(answer) if answer.results.len() == n => Ok(answer.results.into_iter().map(|o| o.ok).collect()),
-            Ok(answer) => Err(Error::Other(format!("batch ack of {n} answered {} results", answer.results.len()))),
+        match self
+            .call::<Outcomes>(
+                Method::POST,
+                "/v1/jobs/ack",
+                Some(json!({ "acks": items })),
+                CALL_TIMEOUT,
+            )
+            .await
+        {
+            Ok(answer) if answer.results.len() == n => {
+                Ok(answer.results.into_iter().map(|o| o.ok).collect())
+            }
+            Ok(answer) => Err(Error::Other(format!(
+                "batch ack of {n} answered {} results",
+                answer.results.len()
+            ))),
             // A server from before batch acks (where the path means a job
             // named "ack": 404 or 405): ack one by one from now on.
             Err(Error::NotFound(_)) => {
@@ -224,12 +307,26 @@ impl Transport for HttpTransport {
 
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()> {
         let body = serde_json::to_value(worker)?;
-        self.call::<Value>(Method::PUT, &format!("/v1/workers/{}", worker.id), Some(body), CALL_TIMEOUT).await?;
+        self.call::<Value>(
+            Method::PUT,
+            &format!("/v1/workers/{}", worker.id),
+            Some(body),
+            CALL_TIMEOUT,
+        )
+        .await?;
         Ok(())
     }
 
     async fn worker_gone(&self, worker_id: &str) -> Result<()> {
-        match self.call::<Value>(Method::DELETE, &format!("/v1/workers/{worker_id}"), None, CALL_TIMEOUT).await {
+        match self
+            .call::<Value>(
+                Method::DELETE,
+                &format!("/v1/workers/{worker_id}"),
+                None,
+                CALL_TIMEOUT,
+            )
+            .await
+        {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }

@@ -29,9 +29,15 @@ pub struct Fetch<'a> {
 /// How a run ended, as sent to the server.
 pub enum Finish {
     Complete(Option<Value>),
-    Fail { error: String, retry: bool, retry_in: Option<Duration> },
+    Fail {
+        error: String,
+        retry: bool,
+        retry_in: Option<Duration>,
+    },
     /// Hand the job back without counting the attempt, to run at once or after a delay.
-    Release { after: Option<Duration> },
+    Release {
+        after: Option<Duration>,
+    },
 }
 
 /// One success in a batch ack.
@@ -48,7 +54,13 @@ pub trait Transport: Send + Sync + 'static {
     async fn cancel(&self, id: JobId) -> Result<JobRecord>;
     /// Leases jobs, waiting up to `wait` for one; returns early (empty) when `stop` fires.
     async fn fetch(&self, fetch: Fetch<'_>, stop: &CancellationToken) -> Result<Vec<LeasedJob>>;
-    async fn heartbeat(&self, id: JobId, lease: &str, progress: Option<Progress>, extend: Duration) -> Result<JobRecord>;
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        lease: &str,
+        progress: Option<Progress>,
+        extend: Duration,
+    ) -> Result<JobRecord>;
     async fn finish(&self, id: JobId, lease: &str, finish: &Finish) -> Result<JobRecord>;
     /// Completes many jobs in one round trip; per item, in order, whether it
     /// completed the job (`false`: the lease is not current, or the job is gone).

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use grafter_core::{Backoff, Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration};
+use grafter_core::{
+    Backoff, Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration,
+};
 use grafter_store::{
-    JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, Store,
-    WorkerBeat,
+    JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch,
+    JobsInsert, Store, WorkerBeat,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +40,13 @@ impl Transport for StoreTransport {
         for job in &jobs {
             job.validate().map_err(|e| Error::Rejected(e.to_string()))?;
         }
-        let inserted = self.store.jobs_insert_many(JobsInsert { jobs, now: Utc::now() }).await?;
+        let inserted = self
+            .store
+            .jobs_insert_many(JobsInsert {
+                jobs,
+                now: Utc::now(),
+            })
+            .await?;
         Ok(inserted.into_iter().map(|i| (i.job, i.created)).collect())
     }
 
@@ -47,7 +55,13 @@ impl Transport for StoreTransport {
     }
 
     async fn cancel(&self, id: JobId) -> Result<JobRecord> {
-        Ok(self.store.job_cancel(JobCancel { id, now: Utc::now() }).await?)
+        Ok(self
+            .store
+            .job_cancel(JobCancel {
+                id,
+                now: Utc::now(),
+            })
+            .await?)
     }
 
     async fn fetch(&self, fetch: Fetch<'_>, stop: &CancellationToken) -> Result<Vec<LeasedJob>> {
@@ -59,11 +73,29 @@ impl Transport for StoreTransport {
             worker_id: Some(fetch.worker_id.to_owned()),
             now: Utc::now(),
         };
-        Ok(grafter_store::jobs_fetch_waiting(self.store.as_ref(), params, fetch.wait, stop.cancelled()).await?)
+        Ok(grafter_store::jobs_fetch_waiting(
+            self.store.as_ref(),
+            params,
+            fetch.wait,
+            stop.cancelled(),
+        )
+        .await?)
     }
 
-    async fn heartbeat(&self, id: JobId, lease: &str, progress: Option<Progress>, extend: Duration) -> Result<JobRecord> {
-        let beat = JobHeartbeat { id, lease: lease.to_owned(), progress, lease_duration: extend, now: Utc::now() };
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        lease: &str,
+        progress: Option<Progress>,
+        extend: Duration,
+    ) -> Result<JobRecord> {
+        let beat = JobHeartbeat {
+            id,
+            lease: lease.to_owned(),
+            progress,
+            lease_duration: extend,
+            now: Utc::now(),
+        };
         Ok(self.store.job_heartbeat(beat).await?)
     }
 
@@ -72,9 +104,20 @@ impl Transport for StoreTransport {
         let now = Utc::now();
         let job = match finish {
             Finish::Complete(result) => {
-                self.store.job_complete(JobComplete { id, lease, result: result.clone(), now }).await?
+                self.store
+                    .job_complete(JobComplete {
+                        id,
+                        lease,
+                        result: result.clone(),
+                        now,
+                    })
+                    .await?
             }
-            Finish::Fail { error, retry, retry_in } => {
+            Finish::Fail {
+                error,
+                retry,
+                retry_in,
+            } => {
                 let fail = JobFail {
                     id,
                     lease,
@@ -88,19 +131,41 @@ impl Transport for StoreTransport {
             }
             Finish::Release { after } => {
                 let run_at = after.map(later).unwrap_or(now);
-                self.store.job_release(JobRelease { id, lease, run_at, now }).await?
+                self.store
+                    .job_release(JobRelease {
+                        id,
+                        lease,
+                        run_at,
+                        now,
+                    })
+                    .await?
             }
         };
         Ok(job)
     }
 
     async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<bool>> {
-        let items = acks.into_iter().map(|a| (a.id, a.lease, a.result)).collect();
-        Ok(self.store.jobs_complete_many(JobsCompleteMany { items, now: Utc::now() }).await?)
+        let items = acks
+            .into_iter()
+            .map(|a| (a.id, a.lease, a.result))
+            .collect();
+        Ok(self
+            .store
+            .jobs_complete_many(JobsCompleteMany {
+                items,
+                now: Utc::now(),
+            })
+            .await?)
     }
 
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()> {
-        Ok(self.store.worker_heartbeat(WorkerBeat { worker: worker.clone(), now: Utc::now() }).await?)
+        Ok(self
+            .store
+            .worker_heartbeat(WorkerBeat {
+                worker: worker.clone(),
+                now: Utc::now(),
+            })
+            .await?)
     }
 
     async fn worker_gone(&self, worker_id: &str) -> Result<()> {
