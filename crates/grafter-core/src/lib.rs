@@ -4,12 +4,14 @@
 //! Everything above this crate (stores, server, library, CLI) speaks these types.
 
 mod backoff;
+mod display;
 mod job;
 mod push;
 mod state;
 mod worker;
 
 pub use backoff::Backoff;
+pub use display::group_thousands;
 pub use job::{
     validate_name, AttemptError, Job, JobId, LeasedJob, NewJob, Progress, ValidationError,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN,

@@ -100,17 +100,7 @@ pub fn state_badge(state: JobState) -> Markup {
 }
 
 /// A number with thousands separators.
-pub fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use grafter_core::group_thousands as count;
 
 /// A duration for people: "45 s", "12 min", "3 h 5 min", "2 d 4 h".
 pub fn age(d: chrono::Duration) -> String {
