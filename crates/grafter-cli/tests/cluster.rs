@@ -24,28 +24,14 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{id_of, shared_postgres, temp_dir, PrivateCluster, Schema, Server, PATIENCE};
+use common::{
+    id_of, shared_postgres, temp_dir, PrivateCluster, Schema, Server, FAST_CONFIG, PATIENCE,
+};
 
 /// Fast maintenance, fast deterministic backoff, a one-second leadership, and
 /// the tables in `schema` (`None`: the connection's default).
 fn write_config(dir: &Path, schema: Option<&str>) -> PathBuf {
-    let mut text = String::from(
-        r#"
-[retry]
-base_ms = 100
-max_ms = 200
-jitter = 0.0
-
-[maintenance]
-schedule_interval_ms = 100
-rescue_interval_ms = 100
-expire_interval_ms = 100
-leader_ttl_ms = 1000
-
-[postgres]
-pool_size = 8
-"#,
-    );
+    let mut text = format!("{FAST_CONFIG}\n[postgres]\npool_size = 8\n");
     if let Some(schema) = schema {
         text.push_str(&format!("schema = \"{schema}\"\n"));
     }

@@ -15,27 +15,14 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{free_port, id_of, run_cli, temp_dir, Server};
-
-/// Fast maintenance and a fast, deterministic retry backoff.
-const CONFIG: &str = r#"
-[retry]
-base_ms = 100
-max_ms = 200
-jitter = 0.0
-
-[maintenance]
-schedule_interval_ms = 100
-rescue_interval_ms = 100
-expire_interval_ms = 100
-"#;
+use common::{free_port, id_of, run_cli, temp_dir, Server, FAST_CONFIG};
 
 /// A server on the SQLite file `dir/jobs.db`, configured by `dir/grafter.toml`
-/// (written with [`CONFIG`] if missing).
+/// (written with [`FAST_CONFIG`] if missing).
 async fn start(dir: &Path) -> Server {
     let config = dir.join("grafter.toml");
     if !config.exists() {
-        std::fs::write(&config, CONFIG).expect("write config");
+        std::fs::write(&config, FAST_CONFIG).expect("write config");
     }
     let database = format!("sqlite://{}", dir.join("jobs.db").display());
     Server::start(dir, &database, &config).await

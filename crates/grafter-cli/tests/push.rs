@@ -17,27 +17,12 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use common::{id_of, temp_dir, Server, PATIENCE};
+use common::{id_of, temp_dir, Server, FAST_CONFIG, PATIENCE};
 
-/// Fast maintenance, a fast deterministic backoff, and a short leadership so
-/// a restarted server takes over maintenance soon after a `kill -9`.
-const FAST: &str = r#"
-[retry]
-base_ms = 100
-max_ms = 200
-jitter = 0.0
-
-[maintenance]
-schedule_interval_ms = 100
-rescue_interval_ms = 100
-expire_interval_ms = 100
-leader_ttl_ms = 1000
-"#;
-
-/// Starts a server on `dir/jobs.db` with [`FAST`] plus `queues` (TOML).
+/// Starts a server on `dir/jobs.db` with [`FAST_CONFIG`] plus `queues` (TOML).
 async fn start(dir: &Path, queues: &str) -> Server {
     let config = dir.join("grafter.toml");
-    std::fs::write(&config, format!("{FAST}\n{queues}")).expect("write config");
+    std::fs::write(&config, format!("{FAST_CONFIG}\n{queues}")).expect("write config");
     let database = format!("sqlite://{}", dir.join("jobs.db").display());
     Server::start(dir, &database, &config).await
 }

@@ -21,6 +21,23 @@ use tokio_postgres::NoTls;
 
 pub const GRAFTER: &str = env!("CARGO_BIN_EXE_grafter");
 
+/// Server settings for process tests: fast maintenance, a fast deterministic
+/// retry backoff, and a one-second leadership so a restarted or surviving
+/// server takes over maintenance soon after a `kill -9`. Ends inside
+/// `[maintenance]`'s table, so callers append further tables only.
+pub const FAST_CONFIG: &str = r#"
+[retry]
+base_ms = 100
+max_ms = 200
+jitter = 0.0
+
+[maintenance]
+schedule_interval_ms = 100
+rescue_interval_ms = 100
+expire_interval_ms = 100
+leader_ttl_ms = 1000
+"#;
+
 /// How long any poll may take before the test gives up. Generous: the machine
 /// may be loaded; a passing test never comes close.
 pub const PATIENCE: Duration = Duration::from_secs(20);
