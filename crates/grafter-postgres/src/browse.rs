@@ -13,8 +13,8 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use grafter_core::{JobId, JobState};
 use grafter_store::{
-    BulkAction, BulkOutcome, JobPage, JobsBulk, JobsList, MinuteThroughput, Order, Result,
-    StoreError, ThroughputRange,
+    BulkAction, BulkOutcome, IndexedFilters, JobPage, JobsBulk, JobsList, MinuteThroughput, Order,
+    Result, StoreError, ThroughputRange,
 };
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
@@ -92,29 +92,6 @@ fn range(
     }
 }
 
-/// Which filters the driver answers, so the rest are checked row by row.
-struct Driven {
-    state: bool,
-    queue: bool,
-    kind: bool,
-}
-
-/// What [`driver`] will walk for these filters.
-fn driven(params: &JobsList) -> Driven {
-    if params.tag.is_some() {
-        return Driven {
-            state: false,
-            queue: false,
-            kind: false,
-        };
-    }
-    Driven {
-        state: true,
-        queue: true,
-        kind: params.queue.is_none(),
-    }
-}
-
 /// Appends the driver's ordered ids, at most `limit` of them (`None`: all).
 fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
     let (_, dir) = direction(params.order);
@@ -168,7 +145,7 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
 }
 
 /// `AND …` for every filter the driver does not answer; whether there was any.
-fn residual(sql: &mut Query, params: &JobsList, driven: &Driven) -> Result<bool> {
+fn residual(sql: &mut Query, params: &JobsList, driven: &IndexedFilters) -> Result<bool> {
     let mut any = false;
     if let (Some(state), false) = (params.state, driven.state) {
         sql.push(" AND state = ").bind(state.as_str().to_owned());
@@ -202,7 +179,7 @@ impl Db {
         let (_, dir) = direction(params.order);
         let wanted = as_limit(params.limit.saturating_add(1));
         let scan = params.scan_limit.map(as_limit);
-        let checked = residual(&mut Query::default(), params, &driven(params))?;
+        let checked = residual(&mut Query::default(), params, &params.indexed_filters())?;
 
         // The driver's ids, in order, each looked up by key: the LATERAL
         // subquery's LIMIT keeps the planner from turning this into a scan of
@@ -212,7 +189,7 @@ impl Db {
         // Without row-by-row checks, the first `wanted` ids are the page.
         driver(&mut sql, params, if checked { scan } else { Some(wanted) });
         sql.push(") AS cand CROSS JOIN LATERAL (SELECT * FROM jobs WHERE jobs.id = cand.id LIMIT 1) AS jobs WHERE true");
-        residual(&mut sql, params, &driven(params))?;
+        residual(&mut sql, params, &params.indexed_filters())?;
         sql.push(&format!(" ORDER BY cand.id {dir} LIMIT "))
             .bind(wanted);
 

@@ -10,8 +10,8 @@
 
 use grafter_core::{JobId, JobState};
 use grafter_store::{
-    BulkAction, BulkOutcome, JobCancel, JobPage, JobRetry, JobsBulk, JobsList, MinuteThroughput,
-    Order, Result, StoreError, ThroughputRange,
+    BulkAction, BulkOutcome, IndexedFilters, JobCancel, JobPage, JobRetry, JobsBulk, JobsList,
+    MinuteThroughput, Order, Result, StoreError, ThroughputRange,
 };
 use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection};
@@ -69,29 +69,6 @@ fn text(s: &str) -> Sql {
     Sql::Text(s.to_owned())
 }
 
-/// Which filters the driver answers, so the rest are checked row by row.
-struct Driven {
-    state: bool,
-    queue: bool,
-    kind: bool,
-}
-
-/// What [`driver`] will walk for these filters.
-fn driven(params: &JobsList) -> Driven {
-    if params.tag.is_some() {
-        return Driven {
-            state: false,
-            queue: false,
-            kind: false,
-        };
-    }
-    Driven {
-        state: true,
-        queue: true,
-        kind: params.queue.is_none(),
-    }
-}
-
 /// Appends the driver's ordered ids, at most `limit` of them (`-1`: all).
 fn driver(sql: &mut Query, params: &JobsList, limit: i64) {
     let (_, dir) = direction(params.order);
@@ -138,7 +115,7 @@ fn driver(sql: &mut Query, params: &JobsList, limit: i64) {
 /// `AND …` for every filter the driver does not answer. The unary `+` keeps
 /// SQLite from using another index for them instead of walking the driver's
 /// ids in order (which is what bounds the scan and stops it at a full page).
-fn residual(sql: &mut Query, params: &JobsList, driven: &Driven) -> Result<bool> {
+fn residual(sql: &mut Query, params: &JobsList, driven: &IndexedFilters) -> Result<bool> {
     let mut any = false;
     if let (Some(state), false) = (params.state, driven.state) {
         sql.push(" AND +state = ").bind(text(state.as_str()));
@@ -204,14 +181,14 @@ pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
     let (_, dir) = direction(params.order);
     let wanted = as_limit(params.limit.saturating_add(1));
     let scan = params.scan_limit.map_or(-1, as_limit);
-    let checked = residual(&mut Query::default(), params, &driven(params))?;
+    let checked = residual(&mut Query::default(), params, &params.indexed_filters())?;
 
     let mut sql = Query::default();
     sql.push(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ("));
     // Without row-by-row checks, the first `wanted` ids are the page.
     driver(&mut sql, params, if checked { scan } else { wanted });
     sql.push(")");
-    residual(&mut sql, params, &driven(params))?;
+    residual(&mut sql, params, &params.indexed_filters())?;
     sql.push(&format!(" ORDER BY id {dir} LIMIT ")).bind(wanted);
     let jobs = conn
         .prepare_cached(&sql.text)

@@ -181,6 +181,38 @@ impl ArgsMatch {
     }
 }
 
+/// Which of a list's filters both backends answer from an index walk (their
+/// list indexes are the same); the others are checked row by row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexedFilters {
+    /// The state filter.
+    pub state: bool,
+    /// The queue filter.
+    pub queue: bool,
+    /// The kind filter.
+    pub kind: bool,
+}
+
+impl JobsList {
+    /// What the index walk for these filters answers: a tag walks the tag index
+    /// alone; otherwise state and queue are indexed, and kind too when no queue
+    /// is named.
+    pub fn indexed_filters(&self) -> IndexedFilters {
+        if self.tag.is_some() {
+            return IndexedFilters {
+                state: false,
+                queue: false,
+                kind: false,
+            };
+        }
+        IndexedFilters {
+            state: true,
+            queue: true,
+            kind: self.queue.is_none(),
+        }
+    }
+}
+
 /// One page of jobs.
 #[derive(Clone, Debug)]
 pub struct JobPage {
