@@ -33,6 +33,7 @@ mod browse;
 mod conn;
 mod enqueue;
 mod error;
+mod group_insert;
 mod migrations;
 mod notifier;
 mod ops;
@@ -204,11 +205,13 @@ impl PostgresStore {
         let (availability, _) = watch::channel(0);
         let cancel = CancellationToken::new();
         let announcer = notifier::Announcer::spawn(pool.clone(), &schema.channel(), cancel.clone());
+        let group_insert = group_insert::GroupInsert::spawn(pool.clone());
         let store = PostgresStore {
             db: Db {
                 pool,
                 channel: schema.channel(),
                 lock_scope: schema.name().unwrap_or_default().to_owned(),
+                group_insert,
             },
             schema,
             availability,
@@ -310,7 +313,7 @@ impl Store for PostgresStore {
         if params.jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let (inserted, available) = self.db.jobs_insert_many(&params).await?;
+        let (inserted, available) = self.db.jobs_insert_many(params).await?;
         if available {
             self.announce_available();
         }

@@ -26,6 +26,7 @@ use tokio_postgres::Row;
 
 use crate::conn::Conn;
 use crate::error::{is_unique_violation, pg_error, pool_error};
+use crate::group_insert::{GroupInsert, GROUPED_BELOW};
 use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS};
 
 /// The second half of both fetch statements: leases the rows a `picked` CTE
@@ -91,6 +92,8 @@ pub(crate) struct Db {
     /// The store's schema name (empty for the default search path), which
     /// scopes advisory locks so stores in different schemas never contend.
     pub(crate) lock_scope: String,
+    /// Where small inserts go to share a statement and a commit.
+    pub(crate) group_insert: GroupInsert,
 }
 
 fn limit(n: usize) -> i64 {
@@ -196,14 +199,26 @@ impl Db {
         job_get_on(&self.client().await?, id).await
     }
 
-    /// Inserts in one transaction (see [`insert_jobs`]). Returns the outcomes and
-    /// whether any job became available (so the caller knows whether to announce it).
+    /// Inserts in one transaction (see [`insert_jobs`]); a few jobs without
+    /// unique keys share their statement with other callers' (see
+    /// [`crate::group_insert`]). Returns the outcomes and whether any job
+    /// became available (so the caller knows whether to announce it).
     pub(crate) async fn jobs_insert_many(
         &self,
-        params: &JobsInsert,
+        params: JobsInsert,
     ) -> Result<(Vec<Inserted>, bool)> {
+        let unkeyed = params.jobs.iter().all(|job| job.unique_key.is_none());
+        if unkeyed && params.jobs.len() < GROUPED_BELOW {
+            let jobs = self.group_insert.insert(params.jobs, params.now).await?;
+            let available = jobs.iter().any(|job| job.state == JobState::Available);
+            let inserted = jobs
+                .into_iter()
+                .map(|job| Inserted { job, created: true })
+                .collect();
+            return Ok((inserted, available));
+        }
         let mut client = self.client().await?;
-        if params.jobs.iter().all(|job| job.unique_key.is_none()) {
+        if unkeyed {
             // One statement, atomic on its own: no BEGIN and COMMIT round trips.
             return insert_jobs(&client, &params.jobs, params.now).await;
         }
@@ -815,13 +830,15 @@ impl Db {
     }
 
     /// Oldest first; ids break ties bytewise (`COLLATE "C"`), as in SQLite,
-    /// whatever the database's collation. Running counts come from the
-    /// `jobs_running_worker` index.
+    /// whatever the database's collation. Running counts come from one pass
+    /// over the running jobs (the `jobs_leases` index), counted per worker.
     pub(crate) async fn workers_list(&self) -> Result<Vec<Worker>> {
         const SQL: &str = r#"
             SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.kinds, w.started_at, w.last_seen_at,
-                   (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.id)
+                   coalesce(r.n, 0)
             FROM workers w
+            LEFT JOIN (SELECT worker_id, count(*) AS n FROM jobs WHERE state = 'running'
+                       GROUP BY worker_id) AS r ON r.worker_id = w.id
             ORDER BY w.started_at, w.id COLLATE "C""#;
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
@@ -999,7 +1016,7 @@ pub(crate) async fn insert_jobs(
             rest = &rest[1..];
         } else {
             let run = rest.iter().take_while(|j| j.unique_key.is_none()).count();
-            let jobs = insert_unkeyed(client, &rest[..run], now).await?;
+            let jobs = insert_unkeyed(client, &rest[..run], &vec![now; run]).await?;
             out.extend(jobs.into_iter().map(|job| Inserted { job, created: true }));
             rest = &rest[run..];
         }
@@ -1010,32 +1027,45 @@ pub(crate) async fn insert_jobs(
     Ok((out, available))
 }
 
-/// Inserts jobs without a `unique_key` with one statement. `unnest … WITH
-/// ORDINALITY` keeps their order, and `ORDER BY ord` makes ids follow it, so
-/// the returned rows sorted by id line up with `jobs`. Tags travel as one JSON
-/// array per job because PostgreSQL has no arrays of arrays of varying length.
-async fn insert_unkeyed(client: &impl Conn, jobs: &[NewJob], now: Timestamp) -> Result<Vec<Job>> {
+/// Inserts jobs without a `unique_key` with one statement, each created at its
+/// own entry in `nows` (jobs of several callers can share a statement, see
+/// [`crate::group_insert`]). `unnest … WITH ORDINALITY` keeps their order, and
+/// `ORDER BY ord` makes ids follow it, so the returned rows sorted by id line
+/// up with `jobs`. Tags travel as one JSON array per job because PostgreSQL has
+/// no arrays of arrays of varying length.
+pub(crate) async fn insert_unkeyed(
+    client: &impl Conn,
+    jobs: &[NewJob],
+    nows: &[Timestamp],
+) -> Result<Vec<Job>> {
     const SQL: &str = concat!(
         "WITH input AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
                                  $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
-                                 $9::bigint[], $10::timestamptz[], $11::jsonb[])
+                                 $9::bigint[], $10::timestamptz[], $11::jsonb[],
+                                 $12::timestamptz[])
                 WITH ORDINALITY
                 AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
-                     timeout_ms, expires_at, backoff, ord)
+                     timeout_ms, expires_at, backoff, created_at, ord)
         )
         INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                           timeout_ms, expires_at, backoff, created_at)
         SELECT queue, kind, args, priority, state, run_at, max_attempts,
                ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
                      ORDER BY n),
-               timeout_ms, expires_at, backoff, $12
+               timeout_ms, expires_at, backoff, created_at
         FROM input
         ORDER BY ord
         RETURNING ",
         job_columns!()
     );
     let n = jobs.len();
+    if nows.len() != n {
+        return Err(StoreError::Backend(format!(
+            "inserting {n} jobs with {} creation times",
+            nows.len()
+        )));
+    }
     let mut queues = Vec::with_capacity(n);
     let mut kinds = Vec::with_capacity(n);
     let mut args = Vec::with_capacity(n);
@@ -1047,7 +1077,7 @@ async fn insert_unkeyed(client: &impl Conn, jobs: &[NewJob], now: Timestamp) -> 
     let mut timeouts = Vec::with_capacity(n);
     let mut expires = Vec::with_capacity(n);
     let mut backoffs = Vec::with_capacity(n);
-    for job in jobs {
+    for (job, &now) in jobs.iter().zip(nows) {
         let run_at = job.run_at.unwrap_or(now);
         queues.push(job.queue.as_str());
         kinds.push(job.kind.as_str());
@@ -1077,7 +1107,7 @@ async fn insert_unkeyed(client: &impl Conn, jobs: &[NewJob], now: Timestamp) -> 
                 &timeouts,
                 &expires,
                 &backoffs,
-                &now,
+                &nows,
             ],
         )
         .await?;

@@ -403,7 +403,7 @@ async fn a_schema_at_version_1_is_brought_to_version_2() {
     let schema = format!("\"{}\"", guard.schema);
     admin
         .batch_execute(&format!(
-            "DROP TABLE {schema}.workers; DROP INDEX {schema}.jobs_running_worker;
+            "DROP TABLE {schema}.workers; DROP INDEX IF EXISTS {schema}.jobs_running_worker;
              DELETE FROM {schema}.grafter_migrations WHERE version = 2"
         ))
         .await
@@ -809,4 +809,92 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
         "unfinished jobs stay"
     );
     assert_eq!(queues[0].oldest_available_at, Some(now));
+}
+
+/// Sends `count` single-digit inserts at once, request `bad` (if any) with a
+/// NUL character, which PostgreSQL's jsonb refuses (SQLite stores it), so it
+/// fails in the database, inside whatever group it joined. Checks each caller
+/// got its own jobs back; returns how many were stored.
+async fn insert_at_once(
+    store: &Arc<PostgresStore>,
+    wave: usize,
+    count: usize,
+    bad: Option<usize>,
+) -> i64 {
+    let requests = (0..count).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let text = if Some(i) == bad {
+                "nul \u{0} here"
+            } else {
+                "fine"
+            };
+            let jobs = (0..1 + i % 3)
+                .map(|n| {
+                    NewJob::new(
+                        "k",
+                        json!({"wave": wave, "request": i, "n": n, "text": text}),
+                    )
+                })
+                .collect();
+            store
+                .jobs_insert_many(JobsInsert {
+                    jobs,
+                    now: Utc::now(),
+                })
+                .await
+        })
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let mut stored = 0;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.unwrap();
+        if Some(i) == bad {
+            assert!(answer.is_err(), "the NUL request fails");
+            continue;
+        }
+        // Each caller gets its own jobs back, in its order, with their ids.
+        let inserted = answer.unwrap();
+        assert_eq!(inserted.len(), 1 + i % 3);
+        for (n, job) in inserted.iter().enumerate() {
+            assert!(job.created);
+            let args = json!({"wave": wave, "request": i, "n": n, "text": "fine"});
+            assert_eq!(job.job.args, args);
+            assert_eq!(store.job_get(job.job.id).await.unwrap().unwrap().args, args);
+        }
+        assert!(inserted.windows(2).all(|w| w[0].job.id < w[1].job.id));
+        stored += inserted.len() as i64;
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_small_inserts_share_statements_and_one_bad_request_fails_alone() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = Arc::new(PostgresStore::connect(config).await.unwrap());
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Rows written by one statement share its transaction id.
+    let count = format!(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM \"{}\".jobs",
+        guard.schema
+    );
+
+    let stored = insert_at_once(&store, 1, 100, None).await;
+    let row = admin.query_one(&count, &[]).await.unwrap();
+    let (rows, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(rows, stored);
+    assert!(
+        transactions < 50,
+        "100 requests at once share statements: {transactions} transactions"
+    );
+
+    let stored = stored + insert_at_once(&store, 2, 100, Some(37)).await;
+    let row = admin.query_one(&count, &[]).await.unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        stored,
+        "all but the bad request's jobs are stored"
+    );
 }
