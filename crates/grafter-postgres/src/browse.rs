@@ -5,8 +5,10 @@
 //! filter row by row, at most `scan_limit` rows per page. Drivers, best first:
 //! a tag (`job_tags`), a queue or kind with a state (`jobs_queue_state`,
 //! `jobs_kind_state`), a queue or kind alone (the same indexes, one ordered
-//! range per state merged), a state (`jobs_state`), or the primary key. The
-//! same plan as the SQLite store's, so both answer the same pages.
+//! range per state merged), a state alone (`jobs_queue_state`, one ordered
+//! range per queue merged), or the primary key; running jobs, which those
+//! indexes leave out, come from `jobs_leases`. Both stores answer the same
+//! pages: each driver yields ids in the same order.
 
 use std::time::Duration;
 
@@ -68,20 +70,35 @@ fn direction(order: Order) -> (&'static str, &'static str) {
     }
 }
 
+/// What a column of a range equals.
+enum Cond {
+    /// A value, bound as a parameter.
+    Value(String),
+    /// A column of an enclosing query (the queue of a per-queue range).
+    Column(&'static str),
+    /// A state, written as a literal so the planner can tell which partial
+    /// index holds it (running jobs are only in `jobs_leases`).
+    State(JobState),
+}
+
 /// One ordered range of ids: `SELECT <id> FROM <from> WHERE <conds> [AND id
 /// after] ORDER BY <id> <dir> LIMIT <limit>` (no limit when `limit` is `None`).
 fn range(
     sql: &mut Query,
     id: &str,
     from: &str,
-    conds: &[(&str, String)],
+    conds: &[(&str, Cond)],
     params: &JobsList,
     limit: Option<i64>,
 ) {
     let (cmp, dir) = direction(params.order);
     sql.push(&format!("SELECT {id} AS id FROM {from} WHERE true"));
-    for (column, value) in conds {
-        sql.push(&format!(" AND {column} = ")).bind(value.clone());
+    for (column, cond) in conds {
+        match cond {
+            Cond::Value(value) => sql.push(&format!(" AND {column} = ")).bind(value.clone()),
+            Cond::Column(other) => sql.push(&format!(" AND {column} = {other}")),
+            Cond::State(state) => sql.push(&format!(" AND {column} = '{}'", state.as_str())),
+        };
     }
     if let Some(after) = params.after {
         sql.push(&format!(" AND {id} {cmp} ")).bind(after.0);
@@ -100,19 +117,53 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
             sql,
             "job_id",
             "job_tags",
-            &[("tag", tag.clone())],
+            &[("tag", Cond::Value(tag.clone()))],
             params,
             limit,
         );
         return;
     }
-    let state = params.state.map(|s| s.as_str().to_owned());
     let by = match (&params.queue, &params.kind) {
         (Some(queue), _) => Some(("queue", queue.clone())),
         (None, Some(kind)) => Some(("kind", kind.clone())),
         (None, None) => None,
     };
-    match (by, state) {
+    match (by, params.state) {
+        (None, Some(state)) if state != JobState::Running => {
+            // One ordered range of (queue, state, id) per queue that has had
+            // jobs, merged as lists by queue merge their states (below): a
+            // state alone has no index of its own (it would cost one more
+            // entry on every change of every job).
+            sql.push(
+                "SELECT per_queue.id FROM (SELECT queue FROM job_counts \
+                 UNION SELECT queue FROM job_count_deltas) AS q CROSS JOIN LATERAL (",
+            );
+            range(
+                sql,
+                "id",
+                "jobs",
+                &[
+                    ("queue", Cond::Column("q.queue")),
+                    ("state", Cond::State(state)),
+                ],
+                params,
+                limit,
+            );
+            sql.push(&format!(") AS per_queue ORDER BY per_queue.id {dir}"));
+            if let Some(limit) = limit {
+                sql.push(" LIMIT ").bind(limit);
+            }
+        }
+        (by, Some(state)) => {
+            // Running jobs are read from `jobs_leases` (all of them, a few at
+            // most), the others from (column, state, id).
+            let conds: Vec<_> = by
+                .map(|(column, value)| (column, Cond::Value(value)))
+                .into_iter()
+                .chain([("state", Cond::State(state))])
+                .collect();
+            range(sql, "id", "jobs", &conds, params, limit);
+        }
         (Some((column, value)), None) => {
             // One ordered range per state of the (column, state, id) index,
             // merged: each stops after `limit` rows, so none reads a whole queue.
@@ -126,7 +177,10 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
                     sql,
                     "id",
                     "jobs",
-                    &[(column, value.clone()), ("state", s.as_str().to_owned())],
+                    &[
+                        (column, Cond::Value(value.clone())),
+                        ("state", Cond::State(s)),
+                    ],
                     params,
                     limit,
                 );
@@ -137,10 +191,7 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
                 sql.push(" LIMIT ").bind(limit);
             }
         }
-        (by, state) => {
-            let conds: Vec<_> = by.into_iter().chain(state.map(|s| ("state", s))).collect();
-            range(sql, "id", "jobs", &conds, params, limit);
-        }
+        (None, None) => range(sql, "id", "jobs", &[], params, limit),
     }
 }
 

@@ -25,6 +25,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         6,
         include_str!("../migrations/0006_counts_trigger_hash_join.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/0007_fewer_index_entries.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

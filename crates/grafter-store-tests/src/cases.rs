@@ -1635,6 +1635,40 @@ pub async fn list_filters_by_tag_args_and_any_combination(store: S) {
             Box::new(|j| j.kind == "sync" && j.state == JobState::Running),
         ),
         (
+            "state",
+            JobsList {
+                state: Some(JobState::Available),
+                ..Default::default()
+            },
+            Box::new(|j| j.state == JobState::Available),
+        ),
+        (
+            "running",
+            JobsList {
+                state: Some(JobState::Running),
+                ..Default::default()
+            },
+            Box::new(|j| j.state == JobState::Running),
+        ),
+        (
+            "queue+running",
+            JobsList {
+                queue: Some("even".into()),
+                state: Some(JobState::Running),
+                ..Default::default()
+            },
+            Box::new(|j| j.queue == "even" && j.state == JobState::Running),
+        ),
+        (
+            "state+args",
+            JobsList {
+                state: Some(JobState::Available),
+                args: args(&["user", "id"], json!(1)),
+                ..Default::default()
+            },
+            Box::new(|j| j.state == JobState::Available && j.args["user"]["id"] == json!(1)),
+        ),
+        (
             "nested args",
             JobsList {
                 args: args(&["user", "id"], json!(2)),
