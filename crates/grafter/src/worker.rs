@@ -485,7 +485,9 @@ async fn execute(
         max_attempts: job.max_attempts,
     };
     let span = tracing::info_span!("grafter.job", id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempt);
-    async move {
+    // Boxed: the job's whole life is a large future, and the task would
+    // otherwise copy it each time it is moved on its way to being spawned.
+    Box::pin(async move {
         for hook in &inner.hooks {
             hook.before_job(&info);
         }
@@ -502,7 +504,7 @@ async fn execute(
         for hook in &inner.hooks {
             hook.after_job(&info, &outcome);
         }
-    }
+    })
     .instrument(span)
     .await
 }
@@ -533,16 +535,21 @@ async fn run(
         progress,
         cancel: cancel_requested.clone(),
     };
-    let heartbeat_done = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        inner.clone(),
-        job.id,
-        lease.to_owned(),
-        progress_seen,
-        cancel_requested.clone(),
-        lease_lost.clone(),
-        heartbeat_done.clone(),
-    ));
+    // Polled alongside the job rather than spawned: it only waits on timers
+    // and the progress channel, and the job runs in a task of its own anyway.
+    // It acts through the tokens; once it ends (lease lost), it stays pending.
+    let heartbeat = async {
+        heartbeat_loop(
+            inner,
+            job.id,
+            lease,
+            progress_seen,
+            &cancel_requested,
+            &lease_lost,
+        )
+        .await;
+        std::future::pending::<std::convert::Infallible>().await
+    };
     // Its own task, so a panic is caught and a timeout can abort it.
     let mut task = tokio::spawn(handler.run(job.args.clone(), ctx).in_current_span());
     let timeout = job
@@ -570,9 +577,8 @@ async fn run(
         _ = cancel_grace => { task.abort(); RunEnd::CancelledByRequest }
         _ = stop_jobs.cancelled() => { task.abort(); RunEnd::ShuttingDown }
         _ = lease_lost.cancelled() => { task.abort(); RunEnd::LeaseLost }
+        never = heartbeat => match never {},
     };
-    heartbeat_done.cancel();
-    let _ = heartbeat.await;
     end
 }
 
@@ -586,18 +592,16 @@ pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 async fn heartbeat_loop(
-    inner: Arc<Inner>,
+    inner: &Inner,
     id: grafter_core::JobId,
-    lease: String,
+    lease: &str,
     mut progress: watch::Receiver<Option<Progress>>,
-    cancel_requested: CancellationToken,
-    lease_lost: CancellationToken,
-    done: CancellationToken,
+    cancel_requested: &CancellationToken,
+    lease_lost: &CancellationToken,
 ) {
     let mut progress_open = true;
     loop {
         tokio::select! {
-            _ = done.cancelled() => return,
             _ = tokio::time::sleep(inner.heartbeat_interval) => {}
             changed = progress.changed(), if progress_open => {
                 if changed.is_err() {
@@ -611,7 +615,7 @@ async fn heartbeat_loop(
         let current = progress.borrow_and_update().clone();
         match inner
             .transport
-            .heartbeat(id, &lease, current, inner.lease)
+            .heartbeat(id, lease, current, inner.lease)
             .await
         {
             Ok(job) if job.cancel_requested => cancel_requested.cancel(),
