@@ -29,6 +29,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../migrations/0007_fewer_index_entries.sql"),
     ),
+    (
+        8,
+        include_str!("../migrations/0008_throughput_only_after_running.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
