@@ -83,7 +83,9 @@ pub struct PostgresConfig {
     /// The schema holding Grafter's tables, created if missing; `None` uses the
     /// connection's default search path (usually `public`). Behind PgBouncer in
     /// transaction mode a per-connection `search_path` does not stick: leave
-    /// this `None` and set the role's own `search_path` instead.
+    /// this `None` and set the role's own `search_path` instead. The same goes
+    /// for the session settings every store connection gets (`jit` and
+    /// `enable_bitmapscan` off): there, `ALTER ROLE … SET` them.
     pub schema: Option<String>,
     /// `LISTEN` for new work. Turn it off behind PgBouncer in transaction mode;
     /// waiting fetches then look again every [`PostgresConfig::poll_interval`].
