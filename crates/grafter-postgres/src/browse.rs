@@ -103,6 +103,11 @@ fn range(
     if let Some(after) = params.after {
         sql.push(&format!(" AND {id} {cmp} ")).bind(after.0);
     }
+    order_and_limit(sql, id, dir, limit);
+}
+
+/// ` ORDER BY <id> <dir> [LIMIT <limit>]`: the end of a range and of a merge.
+fn order_and_limit(sql: &mut Query, id: &str, dir: &str, limit: Option<i64>) {
     sql.push(&format!(" ORDER BY {id} {dir}"));
     if let Some(limit) = limit {
         sql.push(" LIMIT ").bind(limit);
@@ -149,10 +154,8 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
                 params,
                 limit,
             );
-            sql.push(&format!(") AS per_queue ORDER BY per_queue.id {dir}"));
-            if let Some(limit) = limit {
-                sql.push(" LIMIT ").bind(limit);
-            }
+            sql.push(") AS per_queue");
+            order_and_limit(sql, "per_queue.id", dir, limit);
         }
         (by, Some(state)) => {
             // Running jobs are read from `jobs_leases` (all of them, a few at
@@ -186,10 +189,8 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
                 );
                 sql.push(")");
             }
-            sql.push(&format!(") AS merged ORDER BY id {dir}"));
-            if let Some(limit) = limit {
-                sql.push(" LIMIT ").bind(limit);
-            }
+            sql.push(") AS merged");
+            order_and_limit(sql, "id", dir, limit);
         }
         (None, None) => range(sql, "id", "jobs", &[], params, limit),
     }
