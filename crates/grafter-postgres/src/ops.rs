@@ -210,12 +210,7 @@ impl Db {
         let unkeyed = params.jobs.iter().all(|job| job.unique_key.is_none());
         if unkeyed && params.jobs.len() < GROUPED_BELOW {
             let jobs = self.group_insert.insert(params.jobs, params.now).await?;
-            let available = jobs.iter().any(|job| job.state == JobState::Available);
-            let inserted = jobs
-                .into_iter()
-                .map(|job| Inserted { job, created: true })
-                .collect();
-            return Ok((inserted, available));
+            return Ok(with_availability(jobs.into_iter().map(created).collect()));
         }
         let mut client = self.client().await?;
         if unkeyed {
@@ -1017,14 +1012,25 @@ pub(crate) async fn insert_jobs(
         } else {
             let run = rest.iter().take_while(|j| j.unique_key.is_none()).count();
             let jobs = insert_unkeyed(client, &rest[..run], &vec![now; run]).await?;
-            out.extend(jobs.into_iter().map(|job| Inserted { job, created: true }));
+            out.extend(jobs.into_iter().map(created));
             rest = &rest[run..];
         }
     }
+    Ok(with_availability(out))
+}
+
+/// A job this call inserted (not one already holding its unique key).
+fn created(job: Job) -> Inserted {
+    Inserted { job, created: true }
+}
+
+/// Insert outcomes, and whether any of them made a job available (for the
+/// caller to announce).
+fn with_availability(out: Vec<Inserted>) -> (Vec<Inserted>, bool) {
     let available = out
         .iter()
         .any(|i| i.created && i.job.state == JobState::Available);
-    Ok((out, available))
+    (out, available)
 }
 
 /// Inserts jobs without a `unique_key` with one statement, each created at its

@@ -811,7 +811,7 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
     assert_eq!(queues[0].oldest_available_at, Some(now));
 }
 
-/// Sends `count` single-digit inserts at once, request `bad` (if any) with a
+/// Sends `count` inserts of 1 to 3 jobs at once, request `bad` (if any) with a
 /// NUL character, which PostgreSQL's jsonb refuses (SQLite stores it), so it
 /// fails in the database, inside whatever group it joined. Checks each caller
 /// got its own jobs back; returns how many were stored.
