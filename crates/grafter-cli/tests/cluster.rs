@@ -25,7 +25,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use common::{
-    id_of, shared_postgres, temp_dir, PrivateCluster, Schema, Server, FAST_CONFIG, PATIENCE,
+    enqueue_wakes_long_poll, id_of, shared_postgres, temp_dir, PrivateCluster, Schema, Server,
+    FAST_CONFIG, PATIENCE,
 };
 
 /// Fast maintenance, fast deterministic backoff, a one-second leadership, and
@@ -308,44 +309,6 @@ async fn two_nodes_complete_5000_jobs_each_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_complete_5000_jobs_when_the_leader_is_killed_mid_run() {
     five_thousand_jobs_on_two_nodes(true).await;
-}
-
-/// Starts a long-poll on `node` for `queue`, waits until it is surely waiting,
-/// enqueues on `other`, and checks the poll was woken with that job before
-/// its own timeout.
-async fn enqueue_wakes_long_poll(node: &Server, other: &Server, queue: &str) {
-    let wait = Duration::from_secs(20);
-    let request = node.http.post(node.url("/v1/fetch")).json(&json!({
-        "queues": [queue], "max": 1, "wait_ms": wait.as_millis() as u64, "lease_ms": 30_000, "worker_id": "sleeper"
-    }));
-    let started = Instant::now();
-    let poll = tokio::spawn(async move {
-        let response = request.send().await.expect("long-poll fetch");
-        let status = response.status();
-        (status, response.json::<Value>().await.expect("fetch JSON"))
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !poll.is_finished(),
-        "the fetch on an empty queue answered before any job was enqueued"
-    );
-
-    let id = id_of(&other.enqueue(json!({"kind": "ping", "queue": queue})).await);
-    let (status, body) = tokio::time::timeout(wait + PATIENCE, poll)
-        .await
-        .expect("the long-poll never answered")
-        .expect("the long-poll task panicked");
-    let elapsed = started.elapsed();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let jobs = body["jobs"].as_array().expect("jobs");
-    assert_eq!(jobs.len(), 1, "the long-poll ended without the job: {body}");
-    assert_eq!(id_of(&jobs[0]), id);
-    // Not a speed check: anywhere near `wait` would mean the poll timed out and
-    // found the job by looking again, not that the enqueue woke it.
-    assert!(
-        elapsed < wait / 2,
-        "the long-poll was not woken by the enqueue on the other node (took {elapsed:?})"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

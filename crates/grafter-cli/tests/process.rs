@@ -10,12 +10,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{free_port, id_of, run_cli, temp_dir, Server, FAST_CONFIG};
+use common::{enqueue_wakes_long_poll, free_port, id_of, run_cli, temp_dir, Server, FAST_CONFIG};
 
 /// A server on the SQLite file `dir/jobs.db`, configured by `dir/grafter.toml`
 /// (written with [`FAST_CONFIG`] if missing).
@@ -184,42 +184,7 @@ async fn concurrent_acknowledged_enqueues_survive_kill_9() {
 async fn a_new_job_wakes_a_long_poll() {
     let dir = temp_dir();
     let server = start(dir.path()).await;
-    let request = server.http.post(server.url("/v1/fetch")).json(&json!({
-        "queues": ["wake"], "max": 1, "wait_ms": 20_000, "lease_ms": 30_000, "worker_id": "sleeper"
-    }));
-    let started = Instant::now();
-    let poll = tokio::spawn(async move {
-        let response = request.send().await.expect("long-poll fetch");
-        let status = response.status();
-        (status, response.json::<Value>().await.expect("fetch JSON"))
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !poll.is_finished(),
-        "the fetch on an empty queue answered before any job was enqueued"
-    );
-
-    let id = id_of(
-        &server
-            .enqueue(json!({"kind": "ping", "queue": "wake"}))
-            .await,
-    );
-    let (status, body) = tokio::time::timeout(Duration::from_secs(30), poll)
-        .await
-        .expect("the long-poll never answered")
-        .expect("the long-poll task panicked");
-    let elapsed = started.elapsed();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let jobs = body["jobs"].as_array().expect("jobs");
-    assert_eq!(jobs.len(), 1, "{body}");
-    assert_eq!(id_of(&jobs[0]), id);
-    assert_eq!(jobs[0]["state"], "running");
-    assert!(jobs[0]["lease"].is_string());
-    // Not a speed check: 20 s would mean it timed out instead of being woken.
-    assert!(
-        elapsed < Duration::from_secs(10),
-        "the fetch was not woken by the enqueue (took {elapsed:?})"
-    );
+    enqueue_wakes_long_poll(&server, &server, "wake").await;
 }
 
 #[tokio::test]

@@ -334,6 +334,48 @@ impl Drop for Server {
     }
 }
 
+/// Starts a long-poll on `node` for `queue`, waits until it is surely waiting,
+/// enqueues on `other` (the same server or another node), and checks the poll
+/// was woken with that job, leased, before its own timeout.
+pub async fn enqueue_wakes_long_poll(node: &Server, other: &Server, queue: &str) {
+    let wait = Duration::from_secs(20);
+    let request = node.http.post(node.url("/v1/fetch")).json(&json!({
+        "queues": [queue], "max": 1, "wait_ms": wait.as_millis() as u64, "lease_ms": 30_000, "worker_id": "sleeper"
+    }));
+    let started = Instant::now();
+    let poll = tokio::spawn(async move {
+        let response = request.send().await.expect("long-poll fetch");
+        let status = response.status();
+        (status, response.json::<Value>().await.expect("fetch JSON"))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "the fetch on an empty queue answered before any job was enqueued"
+    );
+
+    let id = id_of(&other.enqueue(json!({"kind": "ping", "queue": queue})).await);
+    // The poll answers by `wait` in any case; this only keeps a hang from
+    // stalling the suite.
+    let (status, body) = tokio::time::timeout(wait + Duration::from_secs(10), poll)
+        .await
+        .expect("the long-poll never answered")
+        .expect("the long-poll task panicked");
+    let elapsed = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let jobs = body["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 1, "the long-poll ended without the job: {body}");
+    assert_eq!(id_of(&jobs[0]), id);
+    assert_eq!(jobs[0]["state"], "running");
+    assert!(jobs[0]["lease"].is_string());
+    // Not a speed check: anywhere near `wait` would mean the poll timed out and
+    // found the job by looking again, not that the enqueue woke it.
+    assert!(
+        elapsed < wait / 2,
+        "the long-poll was not woken by the enqueue on the other node (took {elapsed:?})"
+    );
+}
+
 /// Runs a CLI command (not `serve`) to completion.
 pub async fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
     let mut command = tokio::process::Command::from(grafter());
