@@ -17,9 +17,8 @@ use grafter_store::{
 };
 use serde_json::json;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
-use common::{database, fresh_config};
+use common::{admin, database, fresh_config};
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -76,8 +75,7 @@ async fn the_listener_comes_back_after_its_connection_is_killed() {
     let b = PostgresStore::connect(config).await.unwrap();
     let mut on_b = listening(&b).await;
 
-    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let admin = admin(&url).await;
     let killed = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -135,8 +133,7 @@ async fn nodes_starting_together_apply_each_migration_once() {
         "nothing left to apply"
     );
 
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = admin(&url).await;
     let sql = format!(
         "SELECT count(*), count(DISTINCT version) FROM \"{}\".grafter_migrations",
         guard.schema
@@ -397,8 +394,7 @@ async fn a_schema_at_version_1_is_brought_to_version_2() {
     let Some(url) = database().await else { return };
     let (config, guard) = fresh_config(&url);
     let store = PostgresStore::connect(config).await.unwrap();
-    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let admin = admin(&url).await;
     // Back to how a version 1 deployment left it.
     let schema = format!("\"{}\"", guard.schema);
     admin
@@ -424,8 +420,7 @@ async fn a_schema_at_version_2_is_brought_to_version_3() {
     let Some(url) = database().await else { return };
     let (config, guard) = fresh_config(&url);
     let store = PostgresStore::connect(config).await.unwrap();
-    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let admin = admin(&url).await;
     // Back to how a version 2 deployment left it, with a queue setting and a job.
     let schema = format!("\"{}\"", guard.schema);
     store
@@ -508,8 +503,7 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
     let completed = Arc::new(AtomicI64::new(0));
     let done = Arc::new(AtomicBool::new(false));
 
-    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let admin = admin(&url).await;
     let count = format!(
         "SELECT count(*) FROM \"{}\".jobs WHERE state = 'running' AND queue = 'push'",
         guard.schema
@@ -761,8 +755,7 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
         .iter()
         .all(|&ok| ok));
 
-    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let admin = admin(&url).await;
     let schema = format!("\"{}\"", guard.schema);
     admin
         .batch_execute(&format!("ANALYZE {schema}.jobs"))
@@ -873,8 +866,7 @@ async fn concurrent_small_inserts_share_statements_and_one_bad_request_fails_alo
     let Some(url) = database().await else { return };
     let (config, guard) = fresh_config(&url);
     let store = Arc::new(PostgresStore::connect(config).await.unwrap());
-    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let admin = admin(&url).await;
     // Rows written by one statement share its transaction id.
     let count = format!(
         "SELECT count(*), count(DISTINCT xmin::text) FROM \"{}\".jobs",

@@ -30,6 +30,14 @@ pub fn fresh_schema() -> String {
     )
 }
 
+/// A plain connection of the test's own, to look at or change the database
+/// behind the store's back.
+pub async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Drops the case's schema when the case ends, pass or fail. Runs on its own
 /// thread and runtime because `Drop` cannot await, and waits for it so that the
 /// process does not exit with the schema still there.
