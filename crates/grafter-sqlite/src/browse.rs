@@ -6,7 +6,10 @@
 //! filter row by row, at most `scan_limit` rows per page. Drivers, best first:
 //! a tag (`job_tags`), a queue or kind with a state (`jobs_queue_state`,
 //! `jobs_kind_state`), a queue or kind alone (the same indexes, one ordered
-//! range per state merged), a state (`jobs_state`), or the primary key.
+//! range per state merged), a state alone (`jobs_queue_state`, one ordered
+//! range per queue merged), or the primary key; running jobs, which those
+//! indexes leave out, come from `jobs_leases`. Both stores answer the same
+//! pages: each driver yields ids in the same order.
 
 use grafter_core::{JobId, JobState};
 use grafter_store::{
@@ -44,18 +47,65 @@ impl Query {
     }
 }
 
-/// One ordered range of ids: `SELECT <id> FROM <from> WHERE <conds> [AND id after]
-/// ORDER BY <id> <dir>`, without a limit.
-fn range(sql: &mut Query, id: &str, from: &str, conds: &[(&str, Sql)], params: &JobsList) {
+/// What a column of a range equals.
+enum Cond {
+    /// A value, bound as a parameter.
+    Value(Sql),
+    /// A state, written as a literal, and for any state but running also
+    /// `state <> 'running'`: SQLite uses a partial index only for a query
+    /// whose own terms show that it holds the rows asked for.
+    State(JobState),
+}
+
+/// One ordered range of ids: `SELECT <id> FROM <from> WHERE <conds> [AND id
+/// after] ORDER BY <id> <dir> LIMIT <limit>` (`-1`: no limit).
+fn range(
+    sql: &mut Query,
+    id: &str,
+    from: &str,
+    conds: &[(&str, Cond)],
+    params: &JobsList,
+    limit: i64,
+) {
     let (cmp, dir) = direction(params.order);
     sql.push(&format!("SELECT {id} AS id FROM {from} WHERE 1"));
-    for (column, value) in conds {
-        sql.push(&format!(" AND {column} = ")).bind(value.clone());
+    for (column, cond) in conds {
+        match cond {
+            Cond::Value(value) => sql.push(&format!(" AND {column} = ")).bind(value.clone()),
+            Cond::State(JobState::Running) => sql.push(&format!(" AND {column} = 'running'")),
+            Cond::State(state) => sql.push(&format!(
+                " AND {column} = '{}' AND {column} <> 'running'",
+                state.as_str()
+            )),
+        };
     }
     if let Some(after) = params.after {
         sql.push(&format!(" AND {id} {cmp} ")).bind(after.0);
     }
-    sql.push(&format!(" ORDER BY {id} {dir}"));
+    sql.push(&format!(" ORDER BY {id} {dir} LIMIT ")).bind(limit);
+}
+
+/// The ids of jobs in `state`, and on the queue or of the kind `by` names, in
+/// list order: an index range of (queue or kind, state, id), or for running
+/// jobs, which those indexes leave out, all of them from `jobs_leases`.
+fn state_range(
+    sql: &mut Query,
+    by: Option<&(&str, Sql)>,
+    state: JobState,
+    params: &JobsList,
+    limit: i64,
+) {
+    let mut conds: Vec<(&str, Cond)> = by
+        .map(|(column, value)| (*column, Cond::Value(value.clone())))
+        .into_iter()
+        .collect();
+    conds.push(("state", Cond::State(state)));
+    let from = match (state, by) {
+        (JobState::Running, _) => "jobs INDEXED BY jobs_leases",
+        (_, Some(("kind", _))) => "jobs INDEXED BY jobs_kind_state",
+        (_, _) => "jobs INDEXED BY jobs_queue_state",
+    };
+    range(sql, "id", from, &conds, params, limit);
 }
 
 fn direction(order: Order) -> (&'static str, &'static str) {
@@ -70,46 +120,81 @@ fn text(s: &str) -> Sql {
 }
 
 /// Appends the driver's ordered ids, at most `limit` of them (`-1`: all).
-fn driver(sql: &mut Query, params: &JobsList, limit: i64) {
+fn driver(conn: &Connection, sql: &mut Query, params: &JobsList, limit: i64) -> Result<()> {
     let (_, dir) = direction(params.order);
     if let Some(tag) = &params.tag {
-        range(sql, "job_id", "job_tags", &[("tag", text(tag))], params);
-        sql.push(" LIMIT ").bind(limit);
-        return;
+        range(
+            sql,
+            "job_id",
+            "job_tags",
+            &[("tag", Cond::Value(text(tag)))],
+            params,
+            limit,
+        );
+        return Ok(());
     }
-    let state = params.state.map(|s| text(s.as_str()));
     let by = match (&params.queue, &params.kind) {
         (Some(queue), _) => Some(("queue", text(queue))),
         (None, Some(kind)) => Some(("kind", text(kind))),
         (None, None) => None,
     };
-    match (by, state) {
-        (Some((column, value)), None) => {
-            // One ordered range per state of the (column, state) index, merged:
-            // each stops after `limit` rows, so none reads the whole queue.
+    match (by, params.state) {
+        (None, Some(state)) if state != JobState::Running => {
+            let ids = state_ids(conn, params, state, limit)?;
+            sql.push("SELECT value AS id FROM json_each(")
+                .bind(serde_json::to_string(&ids).map_err(|e| StoreError::Backend(e.to_string()))?)
+                .push(")");
+        }
+        (by, Some(state)) => state_range(sql, by.as_ref(), state, params, limit),
+        (Some(by), None) => {
+            // One ordered range per state, merged: each stops after `limit`
+            // rows, so none reads the whole queue.
             sql.push("SELECT id FROM (");
-            for (i, s) in JobState::ALL.into_iter().enumerate() {
+            for (i, state) in JobState::ALL.into_iter().enumerate() {
                 if i > 0 {
                     sql.push(" UNION ALL ");
                 }
                 sql.push("SELECT id FROM (");
-                range(
-                    sql,
-                    "id",
-                    "jobs",
-                    &[(column, value.clone()), ("state", text(s.as_str()))],
-                    params,
-                );
-                sql.push(" LIMIT ").bind(limit).push(")");
+                state_range(sql, Some(&by), state, params, limit);
+                sql.push(")");
             }
             sql.push(&format!(") ORDER BY id {dir} LIMIT ")).bind(limit);
         }
-        (by, state) => {
-            let conds: Vec<_> = by.into_iter().chain(state.map(|s| ("state", s))).collect();
-            range(sql, "id", "jobs", &conds, params);
-            sql.push(" LIMIT ").bind(limit);
-        }
+        (None, None) => range(sql, "id", "jobs", &[], params, limit),
     }
+    Ok(())
+}
+
+/// The ids of jobs in `state` (not running), at most `limit`, in list order: a
+/// state alone has no index of its own (it would cost one more entry on every
+/// change of every job), so one ordered range of (queue, state, id) is read per
+/// queue that has had jobs, and the ranges merged here. Here rather than in one
+/// statement: a compound SELECT has at most 500 parts, and queues are not
+/// bounded.
+fn state_ids(conn: &Connection, params: &JobsList, state: JobState, limit: i64) -> Result<Vec<i64>> {
+    let queues: Vec<String> = conn
+        .prepare_cached("SELECT DISTINCT queue FROM job_counts")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .map_err(backend)?;
+    let mut ids = Vec::new();
+    for queue in queues {
+        let mut sql = Query::default();
+        state_range(&mut sql, Some(&("queue", text(&queue))), state, params, limit);
+        let mut stmt = conn.prepare_cached(&sql.text).map_err(backend)?;
+        let rows = stmt
+            .query_map(params_from_iter(sql.values), |row| row.get::<_, i64>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(backend)?;
+        ids.extend(rows);
+    }
+    match params.order {
+        Order::Desc => ids.sort_unstable_by(|a, b| b.cmp(a)),
+        Order::Asc => ids.sort_unstable(),
+    }
+    if let Ok(limit) = usize::try_from(limit) {
+        ids.truncate(limit);
+    }
+    Ok(ids)
 }
 
 /// `AND …` for every filter the driver does not answer. The unary `+` keeps
@@ -178,6 +263,14 @@ fn as_limit(n: usize) -> i64 {
 }
 
 pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
+    // One snapshot for the driver's reads, the page and the scan count.
+    let snapshot = conn.unchecked_transaction().map_err(backend)?;
+    let page = page(conn, params)?;
+    snapshot.finish().map_err(backend)?;
+    Ok(page)
+}
+
+fn page(conn: &Connection, params: &JobsList) -> Result<JobPage> {
     let (_, dir) = direction(params.order);
     let wanted = as_limit(params.limit.saturating_add(1));
     let scan = params.scan_limit.map_or(-1, as_limit);
@@ -186,7 +279,7 @@ pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
     let mut sql = Query::default();
     sql.push(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ("));
     // Without row-by-row checks, the first `wanted` ids are the page.
-    driver(&mut sql, params, if checked { scan } else { wanted });
+    driver(conn, &mut sql, params, if checked { scan } else { wanted })?;
     sql.push(")");
     residual(&mut sql, params, &params.indexed_filters())?;
     sql.push(&format!(" ORDER BY id {dir} LIMIT ")).bind(wanted);
@@ -209,7 +302,7 @@ pub fn jobs_list(conn: &Connection, params: &JobsList) -> Result<JobPage> {
     };
     let mut sql = Query::default();
     sql.push(&format!("SELECT count(*), {edge} FROM ("));
-    driver(&mut sql, params, scan);
+    driver(conn, &mut sql, params, scan)?;
     sql.push(")");
     let (scanned, last): (i64, Option<i64>) = conn
         .prepare_cached(&sql.text)

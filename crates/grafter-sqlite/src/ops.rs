@@ -103,9 +103,12 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
 pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
     let mut max = params.max;
     if let (Some(limit), [queue]) = (params.running_limit, &params.queues[..]) {
-        // The one writer makes this count exact: nothing else leases meanwhile.
+        // The one writer makes this count exact: nothing else leases meanwhile,
+        // and the counter triggers keep job_counts in step with every change.
         let running: i64 = conn
-            .prepare_cached("SELECT count(*) FROM jobs WHERE state = 'running' AND queue = ?1")
+            .prepare_cached(
+                "SELECT coalesce(sum(n), 0) FROM job_counts WHERE queue = ?1 AND state = 'running'",
+            )
             .and_then(|mut stmt| stmt.query_row([queue], |row| row.get(0)))
             .map_err(backend)?;
         max = max.min(limit.saturating_sub(running as usize));
@@ -793,8 +796,11 @@ pub fn worker_remove(conn: &Connection, id: &str) -> Result<()> {
 pub fn workers_list(conn: &Connection) -> Result<Vec<Worker>> {
     conn.prepare_cached(
         "SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.kinds, w.started_at, w.last_seen_at,
-                (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.id)
-         FROM workers w ORDER BY w.started_at, w.id",
+                coalesce(r.n, 0)
+         FROM workers w
+         LEFT JOIN (SELECT worker_id, count(*) AS n FROM jobs INDEXED BY jobs_leases
+                    WHERE state = 'running' GROUP BY worker_id) AS r ON r.worker_id = w.id
+         ORDER BY w.started_at, w.id",
     )
     .and_then(|mut stmt| {
         stmt.query_map([], |row| {
@@ -832,7 +838,7 @@ pub fn workers_prune(conn: &Connection, params: &WorkersPrune) -> Result<u64> {
     for id in &stale {
         // End the dead worker's leases now; the rescuer records them as failed attempts.
         conn.prepare_cached(
-            "UPDATE jobs SET lease_expires_at = ?2
+            "UPDATE jobs INDEXED BY jobs_leases SET lease_expires_at = ?2
              WHERE state = 'running' AND worker_id = ?1 AND lease_expires_at > ?2",
         )
         .and_then(|mut stmt| stmt.execute(params![id, now]))
