@@ -29,6 +29,19 @@ use crate::error::{is_unique_violation, pg_error, pool_error};
 use crate::group_insert::{GroupInsert, GROUPED_BELOW};
 use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS};
 
+/// The lease fence of a statement on one leased job: the row with id `$1`, if
+/// it is running under lease `$2`. Written so that it does not say
+/// `state = 'running'` on its own: that would let the planner reach the row
+/// through `jobs_leases` (whose predicate it is) instead of the primary key,
+/// and after an ANALYZE that saw few running jobs it does, so that every ack,
+/// heartbeat and release reads every running job (with 40,000 running, an
+/// ack of 1,000 took 3.5 s instead of 10 ms).
+macro_rules! lease_fence {
+    () => {
+        "id = $1 AND CASE WHEN state = 'running' THEN lease END = $2"
+    };
+}
+
 /// The second half of both fetch statements: leases the rows a `picked` CTE
 /// chose. The lease token is a random UUID (122 random bits) as 32 hex digits.
 /// The lease never outlives the job's own timeout, so a job that overruns it is
@@ -350,7 +363,9 @@ impl Db {
         const SQL: &str = concat!(
             "UPDATE jobs SET state = 'completed', result = $3, finished_at = $4,
                     lease = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND state = 'running' AND lease = $2
+             WHERE ",
+            lease_fence!(),
+            "
              RETURNING ",
             job_columns!()
         );
@@ -387,6 +402,7 @@ impl Db {
     /// nothing can have changed them since. Repeating those checks there made
     /// the planner scan every running job once per acked job.
     pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
+        // Each item is locked through the primary key, fenced as in `lease_fence!`.
         const SQL: &str = "
             WITH input AS (
                 SELECT DISTINCT ON (id, lease) id, lease, result, ord
@@ -397,7 +413,8 @@ impl Db {
                 SELECT job.id, input.lease, input.result, input.ord
                 FROM input CROSS JOIN LATERAL (
                     SELECT jobs.id FROM jobs
-                    WHERE jobs.id = input.id AND jobs.state = 'running' AND jobs.lease = input.lease
+                    WHERE jobs.id = input.id
+                      AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
                     FOR UPDATE
                 ) AS job
             )
@@ -473,7 +490,9 @@ impl Db {
                     ELSE least($3::timestamptz,
                                attempted_at + least(timeout_ms, $5) * interval '1 millisecond') END,
                 progress = coalesce($4::jsonb, progress)
-             WHERE id = $1 AND state = 'running' AND lease = $2
+             WHERE ",
+            lease_fence!(),
+            "
              RETURNING ",
             job_columns!()
         );
@@ -760,7 +779,9 @@ impl Db {
                 finished_at = CASE WHEN cancel_requested THEN $4::timestamptz END,
                 attempt = greatest(attempt - 1, 0),
                 lease = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND state = 'running' AND lease = $2
+             WHERE ",
+            lease_fence!(),
+            "
              RETURNING ",
             job_columns!()
         );

@@ -12,8 +12,8 @@ use chrono::Utc;
 use grafter_core::{JobState, NewJob, WorkerRegistration};
 use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store::{
-    JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune, LeaderAcquire, QueuePause,
-    Store, StoreError, WorkerBeat, WorkersPrune,
+    JobComplete, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune,
+    LeaderAcquire, QueuePause, Store, StoreError, WorkerBeat, WorkersPrune,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -888,5 +888,122 @@ async fn concurrent_small_inserts_share_statements_and_one_bad_request_fails_alo
         row.get::<_, i64>(0),
         stored,
         "all but the bad request's jobs are stored"
+    );
+}
+
+/// After an ANALYZE that saw no running jobs, the planner takes `jobs_leases`
+/// for nearly empty. A statement on one leased job (ack, heartbeat, release)
+/// must still reach its row through the primary key: through `jobs_leases` each
+/// one reads every running job (`lease_fence!` in `src/ops.rs`). Counted in
+/// the statistics views, which the store's sessions report within seconds:
+/// those statements may not read `jobs_leases` at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_on_a_leased_job_reach_it_by_key_whatever_the_statistics() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    for _ in 0..5 {
+        let jobs = (0..1000).map(|_| NewJob::new("k", json!({}))).collect();
+        store
+            .jobs_insert_many(JobsInsert { jobs, now })
+            .await
+            .unwrap();
+    }
+    let admin = admin(&url).await;
+    admin
+        .batch_execute(&format!("ANALYZE \"{}\".jobs", guard.schema))
+        .await
+        .unwrap();
+    let mut leased = Vec::new();
+    for _ in 0..2 {
+        let fetch = JobsFetch {
+            queues: vec!["default".into()],
+            max: 1000,
+            lease_duration: Duration::from_secs(60),
+            worker_id: None,
+            running_limit: None,
+            now,
+        };
+        leased.extend(store.jobs_fetch(fetch).await.unwrap());
+    }
+    assert_eq!(leased.len(), 2000);
+
+    // (primary key scans, jobs_leases entries read)
+    let index_use = || async {
+        let row = admin
+            .query_one(
+                "SELECT sum(idx_scan) FILTER (WHERE indexrelname = 'jobs_pkey')::bigint,
+                        sum(idx_tup_read) FILTER (WHERE indexrelname = 'jobs_leases')::bigint
+                 FROM pg_stat_user_indexes WHERE schemaname = $1",
+                &[&guard.schema],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, Option<i64>>(0).unwrap_or(0),
+            row.get::<_, Option<i64>>(1).unwrap_or(0),
+        )
+    };
+    let (pkey_before, leases_before) = index_use().await;
+
+    let items = leased[..1000]
+        .iter()
+        .map(|l| (l.job.id, l.lease.clone(), None))
+        .collect();
+    let acked = store
+        .jobs_complete_many(JobsCompleteMany { items, now })
+        .await
+        .unwrap();
+    assert!(acked.iter().all(|&ok| ok));
+    let one = &leased[1000];
+    store
+        .job_heartbeat(JobHeartbeat {
+            id: one.job.id,
+            lease: one.lease.clone(),
+            progress: None,
+            lease_duration: Duration::from_secs(60),
+            now,
+        })
+        .await
+        .unwrap();
+    store
+        .job_complete(JobComplete {
+            id: one.job.id,
+            lease: one.lease.clone(),
+            result: None,
+            now,
+        })
+        .await
+        .unwrap();
+    let other = &leased[1001];
+    store
+        .job_release(JobRelease {
+            id: other.job.id,
+            lease: other.lease.clone(),
+            run_at: now,
+            now,
+        })
+        .await
+        .unwrap();
+
+    // The batch ack alone looks up 1,000 rows by key; wait until its report is in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (pkey_after, leases_after) = loop {
+        let (pkey, leases) = index_use().await;
+        if pkey >= pkey_before + 1000 || tokio::time::Instant::now() > deadline {
+            break (pkey, leases);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        leases_after - leases_before,
+        0,
+        "jobs_leases entries read by statements on single leased jobs \
+         (primary key scans went from {pkey_before} to {pkey_after})"
+    );
+    assert!(
+        pkey_after >= pkey_before + 1000,
+        "{pkey_before} -> {pkey_after}"
     );
 }
