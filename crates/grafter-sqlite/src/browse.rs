@@ -82,7 +82,8 @@ fn range(
     if let Some(after) = params.after {
         sql.push(&format!(" AND {id} {cmp} ")).bind(after.0);
     }
-    sql.push(&format!(" ORDER BY {id} {dir} LIMIT ")).bind(limit);
+    sql.push(&format!(" ORDER BY {id} {dir} LIMIT "))
+        .bind(limit);
 }
 
 /// The ids of jobs in `state`, and on the queue or of the kind `by` names, in
@@ -171,7 +172,12 @@ fn driver(conn: &Connection, sql: &mut Query, params: &JobsList, limit: i64) -> 
 /// queue that has had jobs, and the ranges merged here. Here rather than in one
 /// statement: a compound SELECT has at most 500 parts, and queues are not
 /// bounded.
-fn state_ids(conn: &Connection, params: &JobsList, state: JobState, limit: i64) -> Result<Vec<i64>> {
+fn state_ids(
+    conn: &Connection,
+    params: &JobsList,
+    state: JobState,
+    limit: i64,
+) -> Result<Vec<i64>> {
     let queues: Vec<String> = conn
         .prepare_cached("SELECT DISTINCT queue FROM job_counts")
         .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
@@ -179,7 +185,13 @@ fn state_ids(conn: &Connection, params: &JobsList, state: JobState, limit: i64) 
     let mut ids = Vec::new();
     for queue in queues {
         let mut sql = Query::default();
-        state_range(&mut sql, Some(&("queue", text(&queue))), state, params, limit);
+        state_range(
+            &mut sql,
+            Some(&("queue", text(&queue))),
+            state,
+            params,
+            limit,
+        );
         let mut stmt = conn.prepare_cached(&sql.text).map_err(backend)?;
         let rows = stmt
             .query_map(params_from_iter(sql.values), |row| row.get::<_, i64>(0))

@@ -15,7 +15,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../migrations/0005_lean_partial_indexes.sql"),
     ),
-    (6, include_str!("../migrations/0006_fewer_index_entries.sql")),
+    (
+        6,
+        include_str!("../migrations/0006_fewer_index_entries.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.
