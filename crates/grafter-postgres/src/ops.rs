@@ -402,27 +402,26 @@ impl Db {
     /// nothing can have changed them since. Repeating those checks there made
     /// the planner scan every running job once per acked job.
     pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
-        // Each item is locked through the primary key, fenced as in `lease_fence!`.
+        // One join of the items to their rows, fenced as in `lease_fence!`.
+        // `jobs.id = ANY($1)` reaches the rows through the primary key in one
+        // ordered index scan, whatever the planner guesses of the items (joined
+        // on the items alone, it hashed the whole table). Two acks racing for a
+        // job: the second waits for the first's row lock, then finds the row no
+        // longer running under that lease and leaves it. An item named twice is
+        // answered once: DISTINCT ON keeps its first mention.
         const SQL: &str = "
             WITH input AS (
                 SELECT DISTINCT ON (id, lease) id, lease, result, ord
                 FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) WITH ORDINALITY
                      AS t(id, lease, result, ord)
                 ORDER BY id, lease, ord
-            ), locked AS (
-                SELECT job.id, input.lease, input.result, input.ord
-                FROM input CROSS JOIN LATERAL (
-                    SELECT jobs.id FROM jobs
-                    WHERE jobs.id = input.id
-                      AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
-                    FOR UPDATE
-                ) AS job
             )
-            UPDATE jobs SET state = 'completed', result = locked.result, finished_at = $4,
+            UPDATE jobs SET state = 'completed', result = input.result, finished_at = $4,
                    lease = NULL, lease_expires_at = NULL
-            FROM locked
-            WHERE jobs.id = locked.id
-            RETURNING locked.ord";
+            FROM input
+            WHERE jobs.id = ANY($1) AND jobs.id = input.id
+              AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
+            RETURNING input.ord";
         let n = params.items.len();
         if n == 0 {
             return Ok(Vec::new());

@@ -472,7 +472,7 @@ enum RunEnd {
 async fn execute(
     inner: Arc<Inner>,
     leased: LeasedJob,
-    _permit: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
     acks: Acks,
     stop_jobs: CancellationToken,
 ) {
@@ -494,7 +494,7 @@ async fn execute(
         let end = run(&inner, &job, &lease, &stop_jobs).await;
         let (finish, outcome) = decide(&inner, &job, &info, end).await;
         let outcome = match finish {
-            Some(finish) => match record(&inner, &acks, &job, &lease, &finish).await {
+            Some(finish) => match record(&inner, &acks, slot, &job, &lease, &finish).await {
                 Ok(recorded) => refine(outcome, recorded.as_ref()),
                 Err(_) => JobOutcome::LeaseLost,
             },
@@ -719,13 +719,22 @@ fn refine(outcome: JobOutcome, recorded: Option<&JobRecord>) -> JobOutcome {
 /// that a finished job's result is not lost to a blip. Gives up once the lease
 /// has surely expired: the job will run again elsewhere.
 /// Successes go through `acks`, batched with other jobs' (no record comes back).
+/// The job's `slot` is held until the outcome is recorded, except for a
+/// success: its slot goes to the next job as soon as it has a place in the ack
+/// backlog, so a worker keeps running `concurrency` jobs while their
+/// predecessors' acks commit.
 async fn record(
     inner: &Arc<Inner>,
     acks: &Acks,
+    slot: OwnedSemaphorePermit,
     job: &JobRecord,
     lease: &str,
     finish: &Finish,
 ) -> Result<Option<JobRecord>> {
+    let _held = match finish {
+        Finish::Complete(_) => acks.hand_over(slot).await,
+        _ => slot,
+    };
     let give_up = tokio::time::Instant::now() + inner.lease;
     let mut pause = Duration::from_millis(50);
     loop {
@@ -763,6 +772,11 @@ const MAX_ACKS: usize = 1_000;
 /// connections (and cores) and an HTTP worker's link busy while an answer
 /// travels back; more would only make each batch smaller.
 const ACKS_IN_FLIGHT: usize = 2;
+/// Successes whose job has handed its slot on and that wait for their batch to
+/// commit: the batches in flight and the one gathering. Past this, finished
+/// jobs keep their slots, so a slow store slows fetching instead of piling up
+/// acks.
+const ACK_BACKLOG: usize = MAX_ACKS * (ACKS_IN_FLIGHT + 1);
 
 /// A job's success on its way, and where its answer goes.
 struct PendingAck {
@@ -774,14 +788,32 @@ struct PendingAck {
 /// group commit: while batches are on their way, the next one gathers. A job
 /// finishing alone is sent at once, so a quiet worker adds no delay.
 #[derive(Clone)]
-struct Acks(mpsc::UnboundedSender<PendingAck>);
+struct Acks {
+    pending: mpsc::UnboundedSender<PendingAck>,
+    /// Places for successes waiting without a slot (`ACK_BACKLOG`).
+    backlog: Arc<Semaphore>,
+}
 
 impl Acks {
     /// Starts the sending task on `tasks`; it ends when `stop` fires.
     fn start(transport: Arc<dyn Transport>, tasks: &TaskTracker, stop: CancellationToken) -> Acks {
         let (sender, pending) = mpsc::unbounded_channel();
         tasks.spawn(ack_loop(transport, pending, stop));
-        Acks(sender)
+        Acks {
+            pending: sender,
+            backlog: Arc::new(Semaphore::new(ACK_BACKLOG)),
+        }
+    }
+
+    /// Trades a finished job's slot for a place in the backlog, waiting for
+    /// one if the backlog is full; the place is held until the job's success
+    /// is recorded.
+    async fn hand_over(&self, slot: OwnedSemaphorePermit) -> OwnedSemaphorePermit {
+        match self.backlog.clone().acquire_owned().await {
+            Ok(place) => place,
+            // Never closed; should it be, the job simply keeps its slot.
+            Err(_) => slot,
+        }
     }
 
     /// Completes one job, fenced by its lease: true when this completed it.
@@ -792,7 +824,7 @@ impl Acks {
             lease: lease.to_owned(),
             result,
         };
-        self.0
+        self.pending
             .send(PendingAck { ack, reply })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?

@@ -1,7 +1,8 @@
 //! The library on PostgreSQL: a typed job enqueued inside the application's
 //! own transaction (`grafter::postgres::enqueue_in`) runs only if that
 //! transaction commits; a worker whose result could not be written while the
-//! database was unreachable records it once the database is back.
+//! database was unreachable records it once the database is back; a finished
+//! job's slot goes to the next job while its ack waits for the database.
 //!
 //! Needs PostgreSQL at `GRAFTER_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); without it the test skips loudly,
@@ -343,5 +344,104 @@ async fn record_through_an_outage(url: String, schema: String) {
         done.result,
         Some(serde_json::json!("finished during the outage"))
     );
+    running.shutdown().await;
+}
+
+/// Jobs of the slot test: each says it started; "first" then waits for the gate.
+#[derive(Serialize, Deserialize)]
+struct Step {
+    name: String,
+}
+
+static STARTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+impl Job for Step {
+    const KIND: &'static str = "step";
+    type Output = ();
+
+    async fn perform(self, _ctx: JobContext) -> Result<(), JobError> {
+        STARTED.lock().unwrap().push(self.name.clone());
+        if self.name == "first" {
+            GATE.notified().await;
+        }
+        Ok(())
+    }
+}
+
+/// Polls `check` every 20 ms for up to 10 s.
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_jobs_slot_goes_to_the_next_job_while_its_ack_waits() {
+    let Some(url) = database().await else { return };
+    in_fresh_schema(url, next_job_runs_while_ack_waits).await;
+}
+
+/// One slot. The first job finishes while another session holds its row
+/// locked, so its ack cannot commit; the second job runs meanwhile, and the
+/// first is completed once the lock goes.
+async fn next_job_runs_while_ack_waits(url: String, schema: String) {
+    let mut config = PostgresConfig::new(&url);
+    config.schema = Some(schema.clone());
+    let store = Arc::new(PostgresStore::connect(config).await.unwrap());
+    let client = Client::from_store(store);
+    let step = |name: &str| Step { name: name.into() };
+    let first = client.enqueue(step("first")).await.unwrap().job.id;
+    let second = client.enqueue(step("second")).await.unwrap().job.id;
+    let worker = Worker::builder(&client)
+        .register::<Step>()
+        .queue("default", 1)
+        .build()
+        .unwrap();
+    let running = worker.start();
+    let started = |name: &str| STARTED.lock().unwrap().iter().any(|n| n == name);
+    assert!(
+        eventually(|| started("first")).await,
+        "the first job never ran"
+    );
+
+    let (mut admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let lock = admin.transaction().await.unwrap();
+    lock.execute(
+        &format!("SELECT 1 FROM \"{schema}\".jobs WHERE id = $1 FOR UPDATE"),
+        &[&first.0],
+    )
+    .await
+    .unwrap();
+    GATE.notify_one();
+
+    assert!(
+        eventually(|| started("second")).await,
+        "the second job did not run while the first one's ack waited"
+    );
+    let pending = client.get(first).await.unwrap();
+    assert_eq!(
+        pending.state,
+        JobState::Running,
+        "the first job's ack should still be waiting for the lock"
+    );
+
+    lock.rollback().await.unwrap();
+    for id in [first, second] {
+        let mut state = JobState::Running;
+        for _ in 0..500 {
+            state = client.get(id).await.unwrap().state;
+            if state == JobState::Completed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(state, JobState::Completed, "job {id}");
+    }
     running.shutdown().await;
 }
