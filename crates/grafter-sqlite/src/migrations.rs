@@ -19,6 +19,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/0006_fewer_index_entries.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/0007_hot_moves_counted_by_their_statements.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.

@@ -25,6 +25,56 @@ fn duration_micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Counts the jobs of `moved` (one queue name per job) as gone from state
+/// `from` to state `to`. The counter triggers leave the fetch's and the
+/// completions' moves to their statements (migration 7), which call this once
+/// per statement.
+fn count_moved<'q>(
+    conn: &Connection,
+    moved: impl IntoIterator<Item = &'q str>,
+    from: JobState,
+    to: JobState,
+) -> Result<()> {
+    let mut per_queue: BTreeMap<&str, i64> = BTreeMap::new();
+    for queue in moved {
+        *per_queue.entry(queue).or_default() += 1;
+    }
+    for (queue, n) in per_queue {
+        conn.prepare_cached("UPDATE job_counts SET n = n - ?3 WHERE queue = ?1 AND state = ?2")
+            .and_then(|mut stmt| stmt.execute(params![queue, from.as_str(), n]))
+            .map_err(backend)?;
+        conn.prepare_cached(
+            "INSERT INTO job_counts (queue, state, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+        )
+        .and_then(|mut stmt| stmt.execute(params![queue, to.as_str(), n]))
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Counts completions (one queue name per completed job): the jobs as gone
+/// from running to completed, and the attempts as ended in the minute of
+/// `finished_at` (microseconds).
+fn count_completed<'q>(
+    conn: &Connection,
+    queues: impl ExactSizeIterator<Item = &'q str>,
+    finished_at: i64,
+) -> Result<()> {
+    let n = queues.len() as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    count_moved(conn, queues, JobState::Running, JobState::Completed)?;
+    conn.prepare_cached(
+        "INSERT INTO job_throughput (minute, completed) VALUES (?1 - (?1 % 60000000), ?2)
+         ON CONFLICT (minute) DO UPDATE SET completed = completed + excluded.completed",
+    )
+    .and_then(|mut stmt| stmt.execute(params![finished_at, n]))
+    .map_err(backend)?;
+    Ok(())
+}
+
 pub fn job_get(conn: &Connection, id: JobId) -> Result<Option<Job>> {
     conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
         .and_then(|mut stmt| stmt.query_row([id.0], job_from_row).optional())
@@ -160,6 +210,12 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
+    count_moved(
+        conn,
+        leased.iter().map(|l| l.job.queue.as_str()),
+        JobState::Available,
+        JobState::Running,
+    )?;
     // RETURNING gives no order; hand jobs out in the order they were chosen.
     leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
     Ok(leased)
@@ -180,21 +236,25 @@ fn fence_error(conn: &Connection, id: JobId) -> StoreError {
 
 pub fn job_complete(conn: &Connection, params: &JobComplete) -> Result<Job> {
     let result = params.result.as_ref().map(to_json).transpose()?;
-    conn.prepare_cached(&format!(
-        "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
+    let now = micros(params.now);
+    let job = conn
+        .prepare_cached(&format!(
+            "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
                 lease = NULL, lease_expires_at = NULL
          WHERE id = ?1 AND state = 'running' AND lease = ?2
          RETURNING {JOB_COLUMNS}"
-    ))
-    .and_then(|mut stmt| {
-        stmt.query_row(
-            params![params.id.0, params.lease, result, micros(params.now)],
-            job_from_row,
-        )
-        .optional()
-    })
-    .map_err(backend)?
-    .ok_or_else(|| fence_error(conn, params.id))
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_row(
+                params![params.id.0, params.lease, result, now],
+                job_from_row,
+            )
+            .optional()
+        })
+        .map_err(backend)?
+        .ok_or_else(|| fence_error(conn, params.id))?;
+    count_completed(conn, std::iter::once(job.queue.as_str()), now)?;
+    Ok(job)
 }
 
 /// A batch ack's items as the one JSON array [`jobs_complete_many`] takes,
@@ -252,15 +312,18 @@ pub fn jobs_complete_many(
              FROM (SELECT CAST(value ->> 0 AS INTEGER) AS id, value ->> 1 AS lease, value ->> 2 AS result
                    FROM json_each(?1)) AS acks
              WHERE jobs.id = acks.id AND +jobs.state = 'running' AND jobs.lease = acks.lease
-             RETURNING jobs.id",
+             RETURNING jobs.id, jobs.queue",
         )
         .map_err(backend)?;
-    let completed = stmt
-        .query_map(params![batch, micros(params.now)], |row| {
-            row.get::<_, i64>(0)
+    let now = micros(params.now);
+    let rows = stmt
+        .query_map(params![batch, now], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
         })
-        .and_then(|rows| rows.collect::<rusqlite::Result<HashSet<i64>>>())
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
+    count_completed(conn, rows.iter().map(|(_, queue)| queue.as_str()), now)?;
+    let completed: HashSet<i64> = rows.into_iter().map(|(id, _)| id).collect();
     let mut answered = HashSet::with_capacity(completed.len());
     Ok(params
         .items
@@ -274,21 +337,28 @@ fn jobs_complete_one_by_one(conn: &Connection, params: &JobsCompleteMany) -> Res
         .prepare_cached(
             "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
                     lease = NULL, lease_expires_at = NULL
-             WHERE id = ?1 AND state = 'running' AND lease = ?2",
+             WHERE id = ?1 AND state = 'running' AND lease = ?2
+             RETURNING queue",
         )
         .map_err(backend)?;
     let now = micros(params.now);
-    params
+    let mut queues = Vec::new();
+    let done = params
         .items
         .iter()
         .map(|(id, lease, result)| {
             let result = result.as_ref().map(to_json).transpose()?;
-            let changed = stmt
-                .execute(params![id.0, lease, result, now])
+            let queue: Option<String> = stmt
+                .query_row(params![id.0, lease, result, now], |row| row.get(0))
+                .optional()
                 .map_err(backend)?;
-            Ok(changed == 1)
+            let done = queue.is_some();
+            queues.extend(queue);
+            Ok(done)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    count_completed(conn, queues.iter().map(String::as_str), now)?;
+    Ok(done)
 }
 
 /// Writes the outcome of a failed attempt.

@@ -1859,6 +1859,31 @@ pub async fn queue_counts_follow_every_change(store: S) {
     assert_counts_exact(&store, "insert").await;
     let leased = fetch(&store, "a", 4, now).await;
     assert_counts_exact(&store, "fetch").await;
+    let from_c = fetch(&store, "c", 2, now).await;
+    let ack = |job: &LeasedJob, lease: &str| (job.job.id, lease.to_owned(), None);
+    store
+        .jobs_complete_many(JobsCompleteMany {
+            items: vec![
+                ack(&leased[3], &leased[3].lease),
+                ack(&from_c[0], &from_c[0].lease),
+            ],
+            now,
+        })
+        .await
+        .unwrap();
+    assert_counts_exact(&store, "a batch ack over two queues").await;
+    // One job under two leases: the batch goes item by item.
+    store
+        .jobs_complete_many(JobsCompleteMany {
+            items: vec![
+                ack(&from_c[1], &from_c[1].lease),
+                ack(&from_c[1], "not its lease"),
+            ],
+            now,
+        })
+        .await
+        .unwrap();
+    assert_counts_exact(&store, "a batch ack item by item").await;
     store
         .job_complete(complete_params(&leased[0], now))
         .await
