@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use grafter_core::{Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration};
-use reqwest::{Method, StatusCode};
+use reqwest::{header, Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 /// Talks to a `grafter serve` at a base URL.
 pub struct HttpTransport {
     http: reqwest::Client,
-    base: String,
+    /// The server's URL, parsed once: each call only sets the path.
+    base: Url,
+    /// The base URL's own path, without its trailing slash.
+    base_path: String,
     token: Option<String>,
     /// Whether the server takes batch acks (`POST /v1/jobs/ack`); servers from
     /// before them answer 404, and then acks go one by one.
@@ -32,9 +35,12 @@ impl HttpTransport {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| Error::Other(format!("building the HTTP client: {e}")))?;
+        let base = Url::parse(base)
+            .map_err(|e| Error::Other(format!("the server URL '{base}' is not valid: {e}")))?;
         Ok(HttpTransport {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base_path: base.path().trim_end_matches('/').to_owned(),
+            base,
             token,
             batch_ack: AtomicBool::new(true),
         })
@@ -44,7 +50,7 @@ impl HttpTransport {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T> {
         self.call_with_status(method, path, body, timeout)
@@ -57,18 +63,19 @@ impl HttpTransport {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, T)> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(timeout);
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{path}", self.base_path));
+        let mut request = self.http.request(method, url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
         }
         let response = request
             .send()
@@ -140,6 +147,12 @@ const IN_FLIGHT_GRACE: Duration = Duration::from_millis(500);
 /// The server's longest long-poll.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// A request body: JSON written straight from the value, with no `Value` in
+/// between.
+fn json_body(value: &impl Serialize) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -149,11 +162,15 @@ impl Transport for HttpTransport {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<(JobRecord, bool)>> {
         if let [job] = &jobs[..] {
             // The single-job endpoint says whether it was a duplicate (200) or new (201).
-            let body = serde_json::to_value(job)?;
+            let body = json_body(job)?;
             let (status, job) = self
                 .call_with_status(Method::POST, "/v1/jobs", Some(body), CALL_TIMEOUT)
                 .await?;
             return Ok(vec![(job, status == StatusCode::CREATED)]);
+        }
+        #[derive(Serialize)]
+        struct Batch<'a> {
+            jobs: &'a [NewJob],
         }
         #[derive(Deserialize)]
         struct Jobs {
@@ -163,7 +180,7 @@ impl Transport for HttpTransport {
             .call(
                 Method::POST,
                 "/v1/jobs/batch",
-                Some(json!({ "jobs": jobs })),
+                Some(json_body(&Batch { jobs: &jobs })?),
                 CALL_TIMEOUT,
             )
             .await?;
@@ -179,7 +196,7 @@ impl Transport for HttpTransport {
         self.call(
             Method::POST,
             &format!("/v1/jobs/{id}/cancel"),
-            Some(json!({})),
+            Some(b"{}".to_vec()),
             CALL_TIMEOUT,
         )
         .await
@@ -198,8 +215,12 @@ impl Transport for HttpTransport {
             "lease_ms": ms(fetch.lease),
             "worker_id": fetch.worker_id,
         });
-        let request =
-            self.call::<Leased>(Method::POST, "/v1/fetch", Some(body), CALL_TIMEOUT + wait);
+        let request = self.call::<Leased>(
+            Method::POST,
+            "/v1/fetch",
+            Some(json_body(&body)?),
+            CALL_TIMEOUT + wait,
+        );
         tokio::pin!(request);
         tokio::select! {
             answer = &mut request => Ok(answer?.jobs),
@@ -223,7 +244,8 @@ impl Transport for HttpTransport {
         progress: Option<Progress>,
         extend: Duration,
     ) -> Result<JobRecord> {
-        let body = json!({ "lease": lease, "progress": progress, "lease_ms": ms(extend) });
+        let body =
+            json_body(&json!({ "lease": lease, "progress": progress, "lease_ms": ms(extend) }))?;
         self.call(
             Method::POST,
             &format!("/v1/jobs/{id}/heartbeat"),
@@ -252,7 +274,7 @@ impl Transport for HttpTransport {
         self.call(
             Method::POST,
             &format!("/v1/jobs/{id}/{action}"),
-            Some(body),
+            Some(json_body(&body)?),
             CALL_TIMEOUT,
         )
         .await
@@ -270,16 +292,32 @@ impl Transport for HttpTransport {
         if !self.batch_ack.load(Ordering::Relaxed) {
             return self.complete_one_by_one(acks).await;
         }
-        let items: Vec<Value> = acks
-            .iter()
-            .map(|a| json!({ "id": a.id, "lease": a.lease, "result": a.result }))
-            .collect();
-        let n = items.len();
+        #[derive(Serialize)]
+        struct Item<'a> {
+            id: JobId,
+            lease: &'a str,
+            result: &'a Option<Value>,
+        }
+        #[derive(Serialize)]
+        struct Items<'a> {
+            acks: Vec<Item<'a>>,
+        }
+        let items = Items {
+            acks: acks
+                .iter()
+                .map(|a| Item {
+                    id: a.id,
+                    lease: &a.lease,
+                    result: &a.result,
+                })
+                .collect(),
+        };
+        let n = items.acks.len();
         match self
             .call::<Outcomes>(
                 Method::POST,
                 "/v1/jobs/ack",
-                Some(json!({ "acks": items })),
+                Some(json_body(&items)?),
                 CALL_TIMEOUT,
             )
             .await
@@ -306,7 +344,7 @@ impl Transport for HttpTransport {
     }
 
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()> {
-        let body = serde_json::to_value(worker)?;
+        let body = json_body(worker)?;
         self.call::<Value>(
             Method::PUT,
             &format!("/v1/workers/{}", worker.id),
