@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use grafter_core::{JobState, NewJob, WorkerRegistration};
+use grafter_core::{JobState, LeasedJob, NewJob, WorkerRegistration};
 use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store::{
     JobComplete, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune,
@@ -21,6 +21,19 @@ use tokio::sync::watch;
 use common::{admin, database, fresh_config};
 
 const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Batch-acks `leased` and checks that each of them completed.
+async fn ack_all(store: &impl Store, leased: &[LeasedJob], now: chrono::DateTime<Utc>) {
+    let items = leased
+        .iter()
+        .map(|l| (l.job.id, l.lease.clone(), None))
+        .collect();
+    let acked = store
+        .jobs_complete_many(JobsCompleteMany { items, now })
+        .await
+        .unwrap();
+    assert!(acked.iter().all(|&ok| ok), "{acked:?}");
+}
 
 /// Waits until the store's listener is up (it bumps the counter once when it
 /// starts listening), then marks the current value seen.
@@ -551,15 +564,7 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
                     most_held.fetch_max(now_held, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(3)).await;
                     held.fetch_sub(leased.len() as i64, Ordering::SeqCst);
-                    let items = leased
-                        .iter()
-                        .map(|l| (l.job.id, l.lease.clone(), None))
-                        .collect();
-                    let acked = store
-                        .jobs_complete_many(JobsCompleteMany { items, now })
-                        .await
-                        .unwrap();
-                    assert!(acked.iter().all(|&ok| ok));
+                    ack_all(&*store, &leased, now).await;
                     completed.fetch_add(leased.len() as i64, Ordering::SeqCst);
                 }
             }));
@@ -744,16 +749,7 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
         now,
     };
     let leased = a.jobs_fetch(fetch).await.unwrap();
-    let items = leased
-        .iter()
-        .map(|l| (l.job.id, l.lease.clone(), None))
-        .collect();
-    assert!(a
-        .jobs_complete_many(JobsCompleteMany { items, now })
-        .await
-        .unwrap()
-        .iter()
-        .all(|&ok| ok));
+    ack_all(&a, &leased, now).await;
 
     let admin = admin(&url).await;
     let schema = format!("\"{}\"", guard.schema);
@@ -947,15 +943,7 @@ async fn statements_on_a_leased_job_reach_it_by_key_whatever_the_statistics() {
     };
     let (pkey_before, leases_before) = index_use().await;
 
-    let items = leased[..1000]
-        .iter()
-        .map(|l| (l.job.id, l.lease.clone(), None))
-        .collect();
-    let acked = store
-        .jobs_complete_many(JobsCompleteMany { items, now })
-        .await
-        .unwrap();
-    assert!(acked.iter().all(|&ok| ok));
+    ack_all(&store, &leased[..1000], now).await;
     let one = &leased[1000];
     store
         .job_heartbeat(JobHeartbeat {
