@@ -18,14 +18,17 @@ pub mod services;
 mod state;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use grafter_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
 pub use config::{MaintenanceConfig, PostgresSettings, RetentionConfig, ServerConfig};
@@ -73,8 +76,22 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(api::panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
+}
+
+/// How a failed response is logged. A 503 says the database is unavailable:
+/// during an outage every request and readiness probe says so until it ends,
+/// and the store reports the cause itself, so it is a warning. Any other
+/// server error is an error.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    let latency_ms = latency.as_millis();
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::warn!(classification = %class, latency_ms, "response failed")
+        }
+        _ => tracing::error!(classification = %class, latency_ms, "response failed"),
+    }
 }
 
 /// Serves the API on `listener` and runs the maintenance services and the

@@ -906,6 +906,56 @@ async fn readyz_is_not_ready_while_shutting_down() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// What a test's own thread logs, as text.
+#[derive(Clone, Default)]
+struct Logged(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logged {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_answer_is_logged_as_a_warning_and_not_an_error() {
+    let logged = Logged::default();
+    let writer = logged.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("g.db")).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let app = router(AppState::new(
+        Arc::new(store),
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
+    shutdown.cancel();
+    let response = app
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("response failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert!(
+        failed[0].contains("WARN") && failed[0].contains("503"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_token_guards_the_api_but_not_health() {
     let api = api_with(ServerConfig {
