@@ -98,6 +98,12 @@ pub enum JobsCommand {
         /// Only this kind.
         #[arg(long)]
         kind: Option<String>,
+        /// Only jobs carrying this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only jobs whose args hold a value, as path=value (e.g. user.id=42).
+        #[arg(long)]
+        args: Option<String>,
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -142,6 +148,8 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
             state,
             queue,
             kind,
+            tag,
+            args,
             limit,
             cursor,
             server,
@@ -152,6 +160,8 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
                 ("state", state),
                 ("queue", queue),
                 ("kind", kind),
+                ("tag", tag),
+                ("args", args),
                 ("cursor", cursor),
             ] {
                 if let Some(value) = value {

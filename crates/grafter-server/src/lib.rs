@@ -11,6 +11,7 @@ pub mod config;
 pub mod dashboard;
 mod error;
 mod extract;
+mod filters;
 mod metrics;
 mod openapi;
 pub mod push;

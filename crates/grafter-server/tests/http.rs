@@ -679,6 +679,70 @@ async fn a_waiting_fetch_wakes_when_a_job_is_enqueued() {
 }
 
 #[tokio::test]
+async fn list_filters_by_tag_and_args_with_a_bounded_scan() {
+    let api = api().await;
+    let ids = |page: &Value| -> Vec<i64> {
+        page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect()
+    };
+    // The one job with user.id 1 is the oldest; 10,500 newer ones lie
+    // between it and the first page.
+    let (_, first) = api
+        .post(
+            "/v1/jobs",
+            json!({"kind": "k", "args": {"user": {"id": 1}}, "tags": ["vip"]}),
+        )
+        .await;
+    let first = first["id"].as_i64().unwrap();
+    for batch in 0..11 {
+        let jobs: Vec<Value> = (0..1000)
+            .filter(|i| batch * 1000 + i < 10_500)
+            .map(|i| json!({"kind": "k", "args": {"user": {"id": 2 + i}}}))
+            .collect();
+        let (status, body) = api.post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    let (status, tagged) = api.get("/v1/jobs?tag=vip").await;
+    assert_eq!(status, StatusCode::OK, "{tagged}");
+    assert_eq!(ids(&tagged), [first]);
+    assert_eq!(tagged["next_cursor"], Value::Null);
+
+    // Args are checked job by job: the first page looks at 10,000 jobs, finds
+    // none, and says where to go on; the next one finds the match.
+    let (status, page) = api.get("/v1/jobs?args=user.id%3D1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), Vec::<i64>::new());
+    let cursor = page["next_cursor"].as_str().expect("a cursor to go on");
+    let (_, page) = api
+        .get(&format!("/v1/jobs?args=user.id%3D1&cursor={cursor}"))
+        .await;
+    assert_eq!(ids(&page), [first]);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    let (_, both) = api.get("/v1/jobs?args=user.id%3D1&tag=vip").await;
+    assert_eq!(ids(&both), [first]);
+    let (_, text) = api.get("/v1/jobs?args=user.id%3D%221%22&tag=vip").await;
+    assert_eq!(
+        ids(&text),
+        Vec::<i64>::new(),
+        "\"1\" is text, not the number"
+    );
+
+    let (status, body) = api.get("/v1/jobs?args=user.id").await;
+    assert_error(
+        &(status, body.clone()),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_eq!(body["error"]["field"], "args", "{body}");
+}
+
+#[tokio::test]
 async fn list_filters_and_pages() {
     let api = api().await;
     for i in 0..7 {

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, PathJobId};
+use crate::filters::{parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
 /// Most jobs in one batch enqueue.
@@ -136,7 +137,16 @@ pub struct ListQuery {
     pub queue: Option<String>,
     /// Only jobs of this kind.
     pub kind: Option<String>,
-    /// Page size (default 50, at most 1000).
+    /// Only jobs carrying this tag.
+    pub tag: Option<String>,
+    /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
+    /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as
+    /// text).
+    pub args: Option<String>,
+    /// Page size (default 50, at most 1000). A page may hold fewer jobs, even
+    /// none, while `next_cursor` is set: when filters are checked job by job
+    /// (args, a tag with anything else, a queue with a kind), one page looks
+    /// at no more than 10,000 jobs.
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
@@ -211,18 +221,21 @@ pub async fn list(
         }
     };
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let args = non_empty(query.args)
+        .map(|a| parse_args(&a).map_err(|e| ApiError::invalid_field("args", e)))
+        .transpose()?;
     let page = state
         .store()
         .jobs_list(JobsList {
             state: job_state,
             queue: non_empty(query.queue),
             kind: non_empty(query.kind),
-            tag: None,
-            args: None,
+            tag: non_empty(query.tag),
+            args,
             limit,
             after,
             order,
-            scan_limit: None,
+            scan_limit: Some(SCAN_LIMIT),
         })
         .await?;
     Ok(Json(JobPageBody {

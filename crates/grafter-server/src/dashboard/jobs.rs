@@ -11,13 +11,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use chrono::Utc;
 use grafter_core::{Job, JobId, JobState};
-use grafter_store::{ArgsMatch, BulkAction, BulkOutcome, JobsBulk, JobsList, Order};
+use grafter_store::{BulkAction, BulkOutcome, JobsBulk, JobsList, Order};
 use maud::{html, Markup};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::layout::{self, clip, count, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::{checked_form, html, redirect_with, store_error, Ctx, FormData, SCAN_LIMIT};
+use super::{checked_form, html, redirect_with, store_error, Ctx, FormData};
+use crate::filters::{parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
 /// Rows per page.
@@ -121,28 +121,6 @@ impl Filter {
             }
         }
     }
-}
-
-/// `user.id=42` → path `["user", "id"]`, value `42`. The value is read as
-/// JSON when it is a JSON scalar (`42`, `true`, `null`, `"42"`), else as text.
-pub(super) fn parse_args(input: &str) -> Result<ArgsMatch, String> {
-    let (path, value) = input.split_once('=').ok_or_else(|| {
-        "search args as path=value, e.g. user.id=42 or to=ada@example.com".to_owned()
-    })?;
-    let value = match serde_json::from_str::<Value>(value.trim()) {
-        Ok(v) if !v.is_object() && !v.is_array() => v,
-        _ => Value::String(value.trim().to_owned()),
-    };
-    let args = ArgsMatch {
-        path: path
-            .trim()
-            .split('.')
-            .map(|k| k.trim().to_owned())
-            .collect(),
-        value,
-    };
-    args.validate().map_err(|e| e.to_string())?;
-    Ok(args)
 }
 
 pub(super) async fn page(
@@ -427,27 +405,6 @@ pub(super) async fn bulk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn args_search_reads_path_and_value() {
-        let a = parse_args("user.id=42").unwrap();
-        assert_eq!(a.path, ["user", "id"]);
-        assert_eq!(a.value, json!(42));
-        assert_eq!(
-            parse_args("to = ada@example.com").unwrap().value,
-            json!("ada@example.com")
-        );
-        assert_eq!(parse_args("code=\"42\"").unwrap().value, json!("42"));
-        assert_eq!(parse_args("ok=true").unwrap().value, json!(true));
-        assert_eq!(
-            parse_args("x=[1]").unwrap().value,
-            json!("[1]"),
-            "not a scalar: text"
-        );
-        assert!(parse_args("no equals sign").is_err());
-        assert!(parse_args("a..b=1").is_err(), "empty key");
-    }
 
     #[test]
     fn filter_links_keep_only_what_is_set() {

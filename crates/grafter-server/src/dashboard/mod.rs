@@ -40,10 +40,6 @@ pub use auth::SESSION_COOKIE;
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// How many jobs one page of a filtered list looks at when some filter is
-/// checked row by row; keeps every page fast however rare the matches.
-const SCAN_LIMIT: usize = 10_000;
-
 /// The dashboard's routes, to merge into the main router.
 pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
