@@ -952,8 +952,8 @@ async fn health_metrics_and_openapi() {
     assert!(spec["components"]["schemas"].get("Job").is_some());
 }
 
-#[tokio::test]
-async fn readyz_is_not_ready_while_shutting_down() {
+/// Asks `/readyz` of a server that is shutting down, and answers the status.
+async fn readyz_while_shutting_down() -> StatusCode {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("g.db")).await.unwrap();
     let shutdown = CancellationToken::new();
@@ -963,11 +963,18 @@ async fn readyz_is_not_ready_while_shutting_down() {
         shutdown.clone(),
     ));
     shutdown.cancel();
-    let response = app
-        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+    app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
         .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn readyz_is_not_ready_while_shutting_down() {
+    assert_eq!(
+        readyz_while_shutting_down().await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 /// What a test's own thread logs, as text.
@@ -994,20 +1001,10 @@ async fn an_unavailable_answer_is_logged_as_a_warning_and_not_an_error() {
         .with_ansi(false)
         .finish();
     let _logging = tracing::subscriber::set_default(subscriber);
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("g.db")).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let app = router(AppState::new(
-        Arc::new(store),
-        ServerConfig::default(),
-        shutdown.clone(),
-    ));
-    shutdown.cancel();
-    let response = app
-        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        readyz_while_shutting_down().await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let text = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
     let failed: Vec<&str> = text
         .lines()
