@@ -22,6 +22,19 @@ use common::{admin, database, fresh_config};
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
+/// A fetch of up to `max` jobs of one queue on a 60-second lease, by no
+/// worker in particular.
+fn fetch_params(queue: &str, max: usize, now: chrono::DateTime<Utc>) -> JobsFetch {
+    JobsFetch {
+        queues: vec![queue.into()],
+        max,
+        lease_duration: Duration::from_secs(60),
+        worker_id: None,
+        running_limit: None,
+        now,
+    }
+}
+
 /// Batch-acks `leased` and checks that each of them completed.
 async fn ack_all(store: &impl Store, leased: &[LeasedJob], now: chrono::DateTime<Utc>) {
     let items = leased
@@ -501,14 +514,7 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
     })
     .await
     .unwrap();
-    let other_fetch = JobsFetch {
-        queues: vec!["other".into()],
-        max: 1,
-        lease_duration: Duration::from_secs(60),
-        worker_id: None,
-        running_limit: None,
-        now,
-    };
+    let other_fetch = fetch_params("other", 1, now);
     assert_eq!(a.jobs_fetch(other_fetch).await.unwrap().len(), 1);
 
     let held = Arc::new(AtomicI64::new(0));
@@ -664,14 +670,7 @@ async fn batch_acks_racing_over_the_same_jobs_complete_each_once() {
             .map(|i| NewJob::new("k", json!({ "round": round, "i": i })))
             .collect();
         a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
-        let fetch = JobsFetch {
-            queues: vec!["default".into()],
-            max: 200,
-            lease_duration: Duration::from_secs(60),
-            worker_id: None,
-            running_limit: None,
-            now,
-        };
+        let fetch = fetch_params("default", 200, now);
         let leased = a.jobs_fetch(fetch).await.unwrap();
         assert_eq!(leased.len(), 200);
         // One node acks in order, the other in reverse (a retried ack), both
@@ -740,14 +739,7 @@ async fn pruning_uses_its_index_and_two_pruners_share_the_work() {
         .map(|i| NewJob::new("k", json!({ "i": i })))
         .collect();
     a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
-    let fetch = JobsFetch {
-        queues: vec!["default".into()],
-        max: 400,
-        lease_duration: Duration::from_secs(60),
-        worker_id: None,
-        running_limit: None,
-        now,
-    };
+    let fetch = fetch_params("default", 400, now);
     let leased = a.jobs_fetch(fetch).await.unwrap();
     ack_all(&a, &leased, now).await;
 
@@ -913,14 +905,7 @@ async fn statements_on_a_leased_job_reach_it_by_key_whatever_the_statistics() {
         .unwrap();
     let mut leased = Vec::new();
     for _ in 0..2 {
-        let fetch = JobsFetch {
-            queues: vec!["default".into()],
-            max: 1000,
-            lease_duration: Duration::from_secs(60),
-            worker_id: None,
-            running_limit: None,
-            now,
-        };
+        let fetch = fetch_params("default", 1000, now);
         leased.extend(store.jobs_fetch(fetch).await.unwrap());
     }
     assert_eq!(leased.len(), 2000);
