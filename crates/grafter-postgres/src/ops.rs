@@ -384,31 +384,19 @@ impl Db {
         }
     }
 
-    /// One statement for the whole batch. `DISTINCT ON` keeps the first of
-    /// repeated (job, lease) items, so a job acked twice in one batch answers
-    /// `true` once, as it would acked one at a time. Rows are locked in id order
-    /// (the order of `input`) before they are written, so batches racing over
-    /// the same jobs (a retried ack, worker pruning) wait for each other instead
-    /// of deadlocking.
+    /// One statement for the whole batch: the items joined to their rows,
+    /// fenced as in `lease_fence!`. `DISTINCT ON` keeps the first of repeated
+    /// (job, lease) items, so a job acked twice in one batch answers `true`
+    /// once, as it would acked one at a time.
     ///
-    /// Each job is looked up on its own (the lateral subquery, which `FOR
-    /// UPDATE` keeps from being merged into a join). As a join, the planner
-    /// walked the running jobs in the state index instead, over the entries of
-    /// every job that ever ran and is not yet vacuumed away, a cost that grew
-    /// with each batch.
-    ///
-    /// The update names rows by id alone: `locked` checked state and lease on
-    /// the newest version of each row and holds its lock until commit, so
-    /// nothing can have changed them since. Repeating those checks there made
-    /// the planner scan every running job once per acked job.
+    /// `jobs.id = ANY($1)` reaches the rows through the primary key in one
+    /// ordered index scan, whatever the planner guesses of the items (joined on
+    /// the items alone, it hashed the whole table). Both sides of the join come
+    /// in id order (`input` is sorted by id), so rows are locked in id order and
+    /// batches racing over the same jobs (a retried ack, worker pruning) wait
+    /// for each other instead of deadlocking; the second finds the row no
+    /// longer running under that lease and leaves it.
     pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
-        // One join of the items to their rows, fenced as in `lease_fence!`.
-        // `jobs.id = ANY($1)` reaches the rows through the primary key in one
-        // ordered index scan, whatever the planner guesses of the items (joined
-        // on the items alone, it hashed the whole table). Two acks racing for a
-        // job: the second waits for the first's row lock, then finds the row no
-        // longer running under that lease and leaves it. An item named twice is
-        // answered once: DISTINCT ON keeps its first mention.
         const SQL: &str = "
             WITH input AS (
                 SELECT DISTINCT ON (id, lease) id, lease, result, ord

@@ -154,7 +154,8 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
     let mut max = params.max;
     if let (Some(limit), [queue]) = (params.running_limit, &params.queues[..]) {
         // The one writer makes this count exact: nothing else leases meanwhile,
-        // and the counter triggers keep job_counts in step with every change.
+        // and job_counts moves with every change in the same transaction (by
+        // trigger, or for fetches and completions by their own statements).
         let running: i64 = conn
             .prepare_cached(
                 "SELECT coalesce(sum(n), 0) FROM job_counts WHERE queue = ?1 AND state = 'running'",
