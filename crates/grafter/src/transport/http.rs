@@ -19,8 +19,6 @@ pub struct HttpTransport {
     http: reqwest::Client,
     /// The server's URL, parsed once: each call only sets the path.
     base: Url,
-    /// The base URL's own path, without its trailing slash.
-    base_path: String,
     token: Option<String>,
     /// Whether the server takes batch acks (`POST /v1/jobs/ack`); servers from
     /// before them answer 404, and then acks go one by one.
@@ -39,7 +37,6 @@ impl HttpTransport {
             .map_err(|e| Error::Other(format!("the server URL '{base}' is not valid: {e}")))?;
         Ok(HttpTransport {
             http,
-            base_path: base.path().trim_end_matches('/').to_owned(),
             base,
             token,
             batch_ack: AtomicBool::new(true),
@@ -67,7 +64,7 @@ impl HttpTransport {
         timeout: Duration,
     ) -> Result<(StatusCode, T)> {
         let mut url = self.base.clone();
-        url.set_path(&format!("{}{path}", self.base_path));
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
         let mut request = self.http.request(method, url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
