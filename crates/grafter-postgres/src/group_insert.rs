@@ -11,9 +11,10 @@
 //!
 //! One statement at a time, not two (one gathering while the other commits):
 //! on 2 cores, 64 clients over HTTP enqueued 100,000 single jobs in 4.5–5.0 s
-//! with one and 5.1–5.3 s with two, eight interleaved pairs. Groups twice the
-//! size cost PostgreSQL less CPU per job than a second statement saves in
-//! waiting; with more, groups only got smaller (4 in flight: +13 %, 8: +45 %).
+//! with one and 5.1–5.3 s with two (four interleaved pairs; five more agreed).
+//! Groups twice the size cost PostgreSQL less CPU per job than a second
+//! statement saves in waiting; with more in flight, groups only got smaller
+//! (4: 13 % slower than 2, 8: 45 %).
 //!
 //! If the combined statement fails, each request is tried again on its own, so
 //! one request the database refuses never fails the others with it.
