@@ -395,7 +395,11 @@ impl Db {
     /// in id order (`input` is sorted by id), so rows are locked in id order and
     /// batches racing over the same jobs (a retried ack, worker pruning) wait
     /// for each other instead of deadlocking; the second finds the row no
-    /// longer running under that lease and leaves it.
+    /// longer running under that lease and leaves it. That order is the plan's,
+    /// though: on a small table the planner may read `jobs` sequentially, in
+    /// the order rows were last written, and two such batches can deadlock.
+    /// PostgreSQL then rolls one statement back whole, and it is run again: a
+    /// rerun answers as if it had run after the other.
     pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
         const SQL: &str = "
             WITH input AS (
@@ -424,10 +428,16 @@ impl Db {
         }
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-        let rows = client
-            .query(&stmt, &[&ids, &leases, &results, &params.now])
-            .await
-            .map_err(pg_error)?;
+        let mut attempt = 1;
+        let rows = loop {
+            match client
+                .query(&stmt, &[&ids, &leases, &results, &params.now])
+                .await
+            {
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_ATTEMPTS => attempt += 1,
+                answer => break answer.map_err(pg_error)?,
+            }
+        };
         let mut done = vec![false; n];
         for row in rows {
             let ord: i64 = row.try_get(0).map_err(pg_error)?;
@@ -1300,4 +1310,13 @@ pub(crate) async fn cancel_locked(
     }
     .map_err(pg_error)?;
     job_from_row(&row)
+}
+
+/// Runs of a batch ack that PostgreSQL may roll back as a deadlock victim
+/// before the error is returned (see `jobs_complete_many`).
+const DEADLOCK_ATTEMPTS: u32 = 3;
+
+/// True when PostgreSQL rolled the statement back to break a deadlock.
+fn is_deadlock(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
 }
