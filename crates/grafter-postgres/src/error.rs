@@ -52,6 +52,11 @@ pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
+/// True when PostgreSQL rolled the statement back to break a deadlock.
+pub(crate) fn is_deadlock(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+}
+
 fn is_transient(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;

@@ -25,7 +25,7 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
 use crate::conn::Conn;
-use crate::error::{is_unique_violation, pg_error, pool_error};
+use crate::error::{is_deadlock, is_unique_violation, pg_error, pool_error};
 use crate::group_insert::{GroupInsert, GROUPED_BELOW};
 use crate::row::{job_columns, job_from_row, jobs_from_rows, AFTER_JOB_COLUMNS};
 
@@ -1315,8 +1315,3 @@ pub(crate) async fn cancel_locked(
 /// Runs of a batch ack that PostgreSQL may roll back as a deadlock victim
 /// before the error is returned (see `jobs_complete_many`).
 const DEADLOCK_ATTEMPTS: u32 = 3;
-
-/// True when PostgreSQL rolled the statement back to break a deadlock.
-fn is_deadlock(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
-}
