@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use chrono::{DateTime, Utc};
 
-use crate::{Backoff, JobState};
+use crate::{time, Backoff, JobState};
 
 /// The queue a job goes to when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -219,12 +219,13 @@ impl NewJob {
             validate_name("unique_key", key)?;
         }
         if let Some(timeout) = self.timeout_ms {
-            if timeout <= 0 {
-                return Err(ValidationError::new(
-                    "timeout_ms",
-                    format!("must be a positive number of milliseconds, got {timeout}"),
-                ));
-            }
+            time::validate_ms("timeout_ms", i128::from(timeout), 1)?;
+        }
+        if let Some(run_at) = self.run_at {
+            time::validate_time("run_at", run_at)?;
+        }
+        if let Some(expires_at) = self.expires_at {
+            time::validate_time("expires_at", expires_at)?;
         }
         if let Some(backoff) = &self.backoff {
             backoff
@@ -235,9 +236,11 @@ impl NewJob {
     }
 }
 
-/// Checks a queue name, kind, tag or key: not empty, not too long, no control characters.
+/// Checks a queue name, kind, tag or key: not empty, not too long, no control
+/// or invisible characters, no space at either end. Two names that look the
+/// same on a dashboard or in a log must be the same name.
 pub fn validate_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
-    if value.trim().is_empty() {
+    if value.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if value.len() > MAX_NAME_LEN {
@@ -246,13 +249,49 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<(), ValidationE
             format!("must be at most {MAX_NAME_LEN} bytes, got {}", value.len()),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if let Some(c) = value.chars().find(|&c| c.is_control() || is_invisible(c)) {
         return Err(ValidationError::new(
             field,
-            "must not contain control characters",
+            format!(
+                "must not contain control or invisible characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        ));
+    }
+    if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        return Err(ValidationError::new(
+            field,
+            "must not start or end with a space",
         ));
     }
     Ok(())
+}
+
+/// Characters that show nothing (or reorder what follows) where a name is
+/// displayed: zero-width and format characters, bidirectional controls,
+/// variation selectors, fillers and tags.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// A field of a request that is present but not acceptable.
@@ -307,6 +346,20 @@ mod tests {
             (json!({"kind": "a\u{0007}"}), "kind"),
             (json!({"kind": "a", "backoff": {"factor": 0.1}}), "backoff"),
             (json!({"kind": "x".repeat(256)}), "kind"),
+            (json!({"kind": "\u{200b}"}), "kind"),
+            (json!({"kind": "send\u{200b}email"}), "kind"),
+            (json!({"kind": "a", "queue": " sp "}), "queue"),
+            (json!({"kind": "a\u{202e}b"}), "kind"),
+            (json!({"kind": "a", "timeout_ms": 0}), "timeout_ms"),
+            (json!({"kind": "a", "timeout_ms": i64::MAX}), "timeout_ms"),
+            (
+                json!({"kind": "a", "run_at": "0000-12-31T00:00:00Z"}),
+                "run_at",
+            ),
+            (
+                json!({"kind": "a", "expires_at": "+10000-01-01T00:00:00Z"}),
+                "expires_at",
+            ),
         ];
         for (input, field) in cases {
             let job: NewJob = serde_json::from_value(input.clone()).unwrap();

@@ -8,6 +8,7 @@ mod display;
 mod job;
 mod push;
 mod state;
+pub mod time;
 mod worker;
 
 pub use backoff::Backoff;
