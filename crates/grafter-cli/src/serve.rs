@@ -55,7 +55,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     config.validate()?;
 
-    let store = grafter_server::open_store_with(&config.database, &config.postgres)
+    let store = grafter_engine::open(&config.database, &config.postgres)
         .await
         .map_err(|e| format!("cannot open database {}: {e}", redact(&config.database)))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -117,7 +117,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
         Some(path) => ServerConfig::from_file(path)?,
         None => ServerConfig::default(),
     };
-    let applied = grafter_server::migrate(&args.database, &config.postgres)
+    let applied = grafter_engine::migrate(&args.database, &config.postgres)
         .await
         .map_err(|e| format!("cannot migrate {}: {e}", redact(&args.database)))?;
     if applied.is_empty() {

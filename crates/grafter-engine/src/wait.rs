@@ -1,17 +1,15 @@
-//! Long-polling on top of [`Store::jobs_fetch`]: one loop shared by the HTTP
-//! fetch endpoint and in-process workers.
+//! Long-polling on top of [`Store::jobs_fetch`], for [`crate::Engine::fetch`].
 
 use std::future::Future;
 use std::time::Duration;
 
 use grafter_core::LeasedJob;
-
-use crate::{JobsFetch, Result, Store};
+use grafter_store::{JobsFetch, Result, Store};
 
 /// Fetches jobs, waiting up to `wait` for some to become available. Wakes on
 /// the store's availability signal rather than polling; returns what it has
 /// (possibly nothing) when `wait` ends or `stop` completes.
-pub async fn jobs_fetch_waiting(
+pub(crate) async fn jobs_fetch_waiting(
     store: &dyn Store,
     params: impl Fn() -> JobsFetch,
     wait: Duration,

@@ -1,29 +1,50 @@
 //! The maintenance services against a real SQLite store: they move jobs along
-//! as time passes, and only the node holding the leadership acts.
+//! as time passes, only the node holding the leadership acts, and each
+//! reports its health.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use grafter_core::{JobState, NewJob};
-use grafter_server::{services, ServerConfig};
+use grafter_core::{Backoff, JobState, NewJob};
+use grafter_engine::maintenance::{
+    leader, Maintenance, MaintenanceConfig, MaintenanceHealth, RetentionConfig,
+};
+use grafter_engine::{Engine, EngineConfig};
 use grafter_sqlite::SqliteStore;
 use grafter_store::{JobComplete, JobsFetch, JobsInsert, LeaderAcquire, Store};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-fn fast_config() -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.maintenance.schedule_interval_ms = 20;
-    config.maintenance.rescue_interval_ms = 20;
-    config.maintenance.expire_interval_ms = 20;
-    config.maintenance.leader_ttl_ms = 400;
-    config.retention.interval_ms = 20;
-    // Long enough to see a job expired before it is pruned, short enough to wait for.
-    config.retention.finished_ms = 1_500;
-    config.retry.base_ms = 10;
-    config.retry.max_ms = 10;
-    config
+/// Maintenance on `store` with every service passing every 20 ms.
+fn start(store: &Arc<dyn Store>, cancel: CancellationToken) -> (Maintenance, MaintenanceHealth) {
+    let engine = Engine::new(
+        store.clone(),
+        EngineConfig {
+            retry: Backoff {
+                base_ms: 10,
+                max_ms: 10,
+                ..Backoff::default()
+            },
+            ..EngineConfig::default()
+        },
+    );
+    let config = MaintenanceConfig {
+        schedule_interval_ms: 20,
+        rescue_interval_ms: 20,
+        expire_interval_ms: 20,
+        leader_ttl_ms: 400,
+        ..MaintenanceConfig::default()
+    };
+    let retention = RetentionConfig {
+        interval_ms: 20,
+        // Long enough to see a job expired before it is pruned, short enough to wait for.
+        finished_ms: 1_500,
+        ..RetentionConfig::default()
+    };
+    let health = MaintenanceHealth::default();
+    let maintenance = Maintenance::start(&engine, &config, &retention, health.clone(), cancel);
+    (maintenance, health)
 }
 
 async fn store() -> (Arc<dyn Store>, tempfile::TempDir) {
@@ -93,8 +114,7 @@ async fn services_move_jobs_along_as_time_passes() {
         .unwrap();
     store.jobs_fetch(fetch("leased", 1)).await.unwrap();
 
-    let cancel = CancellationToken::new();
-    let maintenance = services::start(store.clone(), &fast_config(), cancel.clone());
+    let (maintenance, health) = start(&store, CancellationToken::new());
     eventually("the scheduler makes the due job available", async || {
         state_of(&store, jobs[0].id).await == Some(JobState::Available)
     })
@@ -114,22 +134,29 @@ async fn services_move_jobs_along_as_time_passes() {
         state_of(&store, jobs[3].id).await.is_none()
     })
     .await;
+    let services = health.snapshot();
+    for name in ["elector", "scheduler", "rescuer", "expirer", "pruner"] {
+        let service = &services[name];
+        assert!(
+            service.last_pass_at.is_some() && !service.failing(),
+            "{name}: {service:?}"
+        );
+    }
     maintenance.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_node_leads_and_a_stopping_leader_hands_over() {
     let (store, _dir) = store().await;
-    let config = fast_config();
     // A probe with no TTL: it wins only a free leadership, and holds it for no time.
     let outsider = |now| LeaderAcquire {
-        name: services::leader::MAINTENANCE.into(),
+        name: leader::MAINTENANCE.into(),
         node: "outsider".into(),
         ttl: Duration::ZERO,
         now,
     };
-    let first = services::start(store.clone(), &config, CancellationToken::new());
-    let second = services::start(store.clone(), &config, CancellationToken::new());
+    let (first, _) = start(&store, CancellationToken::new());
+    let (second, _) = start(&store, CancellationToken::new());
     eventually("someone leads", async || {
         !store.leader_acquire(outsider(Utc::now())).await.unwrap()
     })

@@ -90,14 +90,16 @@ async fn a_rolled_back_enqueue_leaves_nothing_and_a_committed_one_wakes_a_long_p
     let wait = Duration::from_secs(20);
     let poller = store.clone();
     let started = Instant::now();
+    // A long-poll as the engine does it: look, then wait for the signal.
     let poll = tokio::spawn(async move {
-        grafter_store::jobs_fetch_waiting(
-            &*poller,
-            || fetch("default"),
-            wait,
-            std::future::pending(),
-        )
-        .await
+        let mut signal = poller.job_availability();
+        loop {
+            signal.borrow_and_update();
+            let jobs = poller.jobs_fetch(fetch("default")).await?;
+            if !jobs.is_empty() || tokio::time::timeout(wait, signal.changed()).await.is_err() {
+                return Ok::<_, grafter_store::StoreError>(jobs);
+            }
+        }
     });
 
     let tx = app.transaction().await.unwrap();

@@ -106,7 +106,7 @@ fn push_signature(bencher: Bencher) {
     let body = serde_json::to_vec(&leased_job()).unwrap_or_default();
     let secrets = ["whsec_0123456789abcdef"];
     bencher
-        .bench(|| grafter_server::push::signature::sign(&secrets, 1_700_000_000, black_box(&body)));
+        .bench(|| grafter_engine::push::signature::sign(&secrets, 1_700_000_000, black_box(&body)));
 }
 
 /// Insert, fetch and batch-ack `n` jobs on a SQLite store: the statements and

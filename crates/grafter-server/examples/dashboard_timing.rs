@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::http::Request;
 use chrono::Utc;
 use grafter_core::{JobState, NewJob, WorkerRegistration};
-use grafter_server::{open_store, router, AppState, ServerConfig};
+use grafter_server::{router, AppState, ServerConfig};
 use grafter_store::{
     JobFail, JobsCompleteMany, JobsFetch, JobsInsert, JobsList, Store, WorkerBeat,
 };
@@ -146,7 +146,9 @@ async fn main() {
         .next()
         .map(|n| n.parse().expect("a number of jobs"))
         .unwrap_or(1_000_000);
-    let store: Arc<dyn Store> = open_store(&url).await.expect("open the store");
+    let store: Arc<dyn Store> = grafter_engine::open(&url, &Default::default())
+        .await
+        .expect("open the store");
     fill(store.as_ref(), want).await;
     for i in 0..8 {
         let worker = WorkerRegistration {

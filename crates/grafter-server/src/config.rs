@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use grafter_core::{Backoff, PushTarget};
+use grafter_engine::maintenance::{MaintenanceConfig, RetentionConfig};
+use grafter_engine::{EngineConfig, PostgresSettings};
 use serde::Deserialize;
 
 /// Where `grafter serve` listens when told nothing.
@@ -79,56 +81,6 @@ impl PushSettings {
     }
 }
 
-/// How long finished jobs are kept before the pruner deletes them.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// Completed, cancelled and expired jobs, in ms (default 1 day).
-    pub finished_ms: u64,
-    /// Dead jobs, in ms (default 30 days), to inspect and retry by hand.
-    pub dead_ms: u64,
-    /// How often the pruner runs, in ms.
-    pub interval_ms: u64,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        RetentionConfig {
-            finished_ms: 86_400_000,
-            dead_ms: 30 * 86_400_000,
-            interval_ms: 60_000,
-        }
-    }
-}
-
-/// How the server uses a PostgreSQL database.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PostgresSettings {
-    /// Most pooled connections per node.
-    pub pool_size: usize,
-    /// Schema for Grafter's tables (default: the connection's search path).
-    pub schema: Option<String>,
-    /// `LISTEN` for new work; turn off behind PgBouncer in transaction mode.
-    pub listen: bool,
-    /// With `listen` off, how often waiting fetches look again.
-    pub poll_interval_ms: u64,
-    /// Apply migrations on start (else run `grafter migrate` first).
-    pub migrate: bool,
-}
-
-impl Default for PostgresSettings {
-    fn default() -> Self {
-        PostgresSettings {
-            pool_size: 16,
-            schema: None,
-            listen: true,
-            poll_interval_ms: 1_000,
-            migrate: true,
-        }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -145,62 +97,6 @@ impl Default for ServerConfig {
             queues: BTreeMap::new(),
             push: PushSettings::default(),
         }
-    }
-}
-
-/// How often the maintenance services run and how much each run may touch.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MaintenanceConfig {
-    /// Scheduler: promotes due `scheduled`/`retryable` jobs.
-    pub schedule_interval_ms: u64,
-    /// Rescuer: ends expired leases.
-    pub rescue_interval_ms: u64,
-    /// Expirer: expires jobs past `expires_at`.
-    pub expire_interval_ms: u64,
-    /// Most jobs one run of a service touches; a full batch runs again at once.
-    pub batch_size: usize,
-    /// A registered worker silent this long is dead: the rescuer forgets it and
-    /// retries its running jobs at once.
-    pub worker_stale_ms: u64,
-    /// How long the maintenance leadership lasts unless renewed: when a leader
-    /// dies, another node takes over within this time.
-    pub leader_ttl_ms: u64,
-}
-
-impl Default for MaintenanceConfig {
-    fn default() -> Self {
-        MaintenanceConfig {
-            schedule_interval_ms: 500,
-            rescue_interval_ms: 1_000,
-            expire_interval_ms: 1_000,
-            batch_size: 1_000,
-            worker_stale_ms: 15_000,
-            leader_ttl_ms: 5_000,
-        }
-    }
-}
-
-impl MaintenanceConfig {
-    /// The scheduler's period.
-    pub fn schedule_interval(&self) -> Duration {
-        Duration::from_millis(self.schedule_interval_ms)
-    }
-    /// The rescuer's period.
-    pub fn rescue_interval(&self) -> Duration {
-        Duration::from_millis(self.rescue_interval_ms)
-    }
-    /// How long the maintenance leadership lasts unless renewed.
-    pub fn leader_ttl(&self) -> Duration {
-        Duration::from_millis(self.leader_ttl_ms)
-    }
-    /// How long a silent worker counts as alive.
-    pub fn worker_stale_after(&self) -> Duration {
-        Duration::from_millis(self.worker_stale_ms)
-    }
-    /// The expirer's period.
-    pub fn expire_interval(&self) -> Duration {
-        Duration::from_millis(self.expire_interval_ms)
     }
 }
 
@@ -272,8 +168,14 @@ impl ServerConfig {
         if self.body_limit_bytes < 1024 {
             return invalid("body_limit_bytes", "must be at least 1024".into());
         }
-        if self.default_lease_ms < 1_000 {
-            return invalid("default_lease_ms", "must be at least 1000".into());
+        if !(1_000..=86_400_000).contains(&self.default_lease_ms) {
+            return invalid(
+                "default_lease_ms",
+                "must be between 1000 and 86400000 (a day)".into(),
+            );
+        }
+        if self.max_wait_ms > 600_000 {
+            return invalid("max_wait_ms", "must be at most 600000 (10 minutes)".into());
         }
         if let Err(message) = self.retry.validate() {
             return invalid("retry", message);
@@ -340,6 +242,15 @@ impl ServerConfig {
     /// The default lease length.
     pub fn default_lease(&self) -> Duration {
         Duration::from_millis(self.default_lease_ms)
+    }
+
+    /// What the engine is told of these settings.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            retry: self.retry,
+            default_lease: self.default_lease(),
+            max_wait: Duration::from_millis(self.max_wait_ms),
+        }
     }
 }
 

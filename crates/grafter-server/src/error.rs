@@ -103,6 +103,11 @@ impl ApiError {
         }
     }
 
+    /// What the answer says, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -116,6 +121,8 @@ impl From<ValidationError> for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// What the database said stays in the log: its text can name tables,
+    /// process ids and transactions, which are no business of a client.
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
@@ -129,11 +136,30 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
             }
-            StoreError::Unavailable(_) | StoreError::Closed => ApiError::unavailable(message),
+            StoreError::Closed => ApiError::unavailable("the server is shutting down"),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %message, "store unavailable");
+                ApiError::unavailable(
+                    "the database is unavailable or did not commit; nothing was changed, try again",
+                )
+            }
             _ => {
                 tracing::error!(error = %message, "store error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error (the server's log has the details)",
+                )
             }
+        }
+    }
+}
+
+impl From<grafter_engine::Error> for ApiError {
+    fn from(e: grafter_engine::Error) -> Self {
+        match e {
+            grafter_engine::Error::Invalid(e) => e.into(),
+            grafter_engine::Error::Store(e) => e.into(),
         }
     }
 }

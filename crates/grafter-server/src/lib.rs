@@ -1,10 +1,10 @@
-//! Grafter's server: the HTTP API (`/v1`), the worker protocol, health and
-//! metrics endpoints, and the maintenance services, all over one
-//! `Arc<dyn Store>`.
+//! Grafter's server: the HTTP API (`/v1`), the worker protocol, the dashboard,
+//! health and metrics endpoints, and the push dispatcher, all thin callers of
+//! one [`grafter_engine::Engine`].
 //!
 //! [`router`] builds the whole HTTP surface from an [`AppState`], so tests drive
 //! it without a socket; [`serve`] runs it on a listener together with the
-//! maintenance services until shut down.
+//! engine's maintenance services and the push dispatcher until shut down.
 
 mod api;
 pub mod config;
@@ -15,7 +15,6 @@ mod filters;
 mod metrics;
 mod openapi;
 pub mod push;
-pub mod services;
 mod state;
 
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use grafter_engine::maintenance::Maintenance;
 use grafter_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
-pub use config::{MaintenanceConfig, PostgresSettings, RetentionConfig, ServerConfig};
+pub use config::ServerConfig;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use state::AppState;
@@ -105,11 +105,17 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    push::apply_configured_targets(&store, &config)
+    let state = AppState::new(store, config, shutdown.clone());
+    push::apply_configured_targets(state.engine(), state.config())
         .await
         .map_err(std::io::Error::other)?;
-    let maintenance = services::start(store.clone(), &config, shutdown.child_token());
-    let state = AppState::new(store, config, shutdown.clone());
+    let maintenance = Maintenance::start(
+        state.engine(),
+        &state.config().maintenance,
+        &state.config().retention,
+        state.maintenance_health().clone(),
+        shutdown.child_token(),
+    );
     let dispatcher = tokio::spawn(push::run_dispatcher(state.clone(), shutdown.child_token()));
     let app = router(state);
     let result = axum::serve(listener, app)
@@ -121,65 +127,4 @@ pub async fn serve(
         tracing::error!(%error, "the push dispatcher failed");
     }
     result
-}
-
-/// Why a database URL could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// Not a URL Grafter knows.
-    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://USER@HOST/DATABASE")]
-    Unsupported(String),
-    /// The store would not open.
-    #[error("{0}")]
-    Store(#[from] grafter_store::StoreError),
-}
-
-/// Opens the store a database URL names, with default settings:
-/// `sqlite://PATH` (also `sqlite:PATH`) or `postgres://…` (also `postgresql://`).
-pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, OpenError> {
-    open_store_with(url, &PostgresSettings::default()).await
-}
-
-/// Opens the store a database URL names; `postgres` applies to PostgreSQL URLs.
-pub async fn open_store_with(
-    url: &str,
-    postgres: &PostgresSettings,
-) -> Result<Arc<dyn Store>, OpenError> {
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        if path.is_empty() {
-            return Err(OpenError::Unsupported(url.to_owned()));
-        }
-        let store = grafter_sqlite::SqliteStore::open(path).await?;
-        return Ok(Arc::new(store));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let mut config = grafter_postgres::PostgresConfig::new(url);
-        config.pool_size = postgres.pool_size;
-        config.schema = postgres.schema.clone();
-        config.listen = postgres.listen;
-        config.poll_interval = std::time::Duration::from_millis(postgres.poll_interval_ms);
-        config.migrate = postgres.migrate;
-        let store = grafter_postgres::PostgresStore::connect(config).await?;
-        return Ok(Arc::new(store));
-    }
-    Err(OpenError::Unsupported(url.to_owned()))
-}
-
-/// Applies pending migrations to the database a URL names and returns the
-/// versions applied now (SQLite applies its own on open and reports none).
-pub async fn migrate(url: &str, postgres: &PostgresSettings) -> Result<Vec<i32>, OpenError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let mut config = grafter_postgres::PostgresConfig::new(url);
-        config.schema = postgres.schema.clone();
-        config.listen = false;
-        config.migrate = false;
-        config.pool_size = 1;
-        let store = grafter_postgres::PostgresStore::connect(config).await?;
-        return Ok(store.migrate().await?);
-    }
-    open_store(url).await?;
-    Ok(Vec::new())
 }

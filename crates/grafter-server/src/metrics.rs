@@ -1,17 +1,26 @@
 //! Prometheus metrics: counters kept as jobs move, gauges read from the store at
 //! scrape time.
 
+use std::collections::BTreeMap;
+
+use grafter_core::Job;
+use grafter_engine::maintenance::ServiceHealth;
+use grafter_engine::Observer;
+use grafter_store::QueueInfo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use grafter_store::QueueInfo;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +36,8 @@ pub struct Metrics {
     batch_acked: Counter,
     failed: Family<QueueLabels, Counter>,
     jobs: Family<QueueStateLabels, Gauge>,
+    maintenance_failing: Family<ServiceLabels, Gauge>,
+    maintenance_failures: Family<ServiceLabels, Gauge>,
 }
 
 impl Metrics {
@@ -37,6 +48,8 @@ impl Metrics {
         let batch_acked = Counter::default();
         let failed = Family::<QueueLabels, Counter>::default();
         let jobs = Family::<QueueStateLabels, Gauge>::default();
+        let maintenance_failing = Family::<ServiceLabels, Gauge>::default();
+        let maintenance_failures = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "jobs_enqueued",
             "Jobs created through this server",
@@ -62,6 +75,16 @@ impl Metrics {
             "Jobs in the store per queue and state",
             jobs.clone(),
         );
+        registry.register(
+            "maintenance_failing",
+            "1 while a maintenance service's latest pass on this node failed",
+            maintenance_failing.clone(),
+        );
+        registry.register(
+            "maintenance_pass_failures",
+            "Failed passes and panics of each maintenance service since this node started",
+            maintenance_failures.clone(),
+        );
         Metrics {
             registry,
             enqueued,
@@ -69,39 +92,37 @@ impl Metrics {
             batch_acked,
             failed,
             jobs,
+            maintenance_failing,
+            maintenance_failures,
         }
     }
 
-    pub fn enqueued(&self, queue: &str) {
-        self.enqueued
+    fn count(family: &Family<QueueLabels, Counter>, job: &Job) {
+        family
             .get_or_create(&QueueLabels {
-                queue: queue.to_owned(),
+                queue: job.queue.clone(),
             })
             .inc();
     }
 
-    pub fn completed(&self, queue: &str) {
-        self.completed
-            .get_or_create(&QueueLabels {
-                queue: queue.to_owned(),
-            })
-            .inc();
-    }
-
-    pub fn batch_acked(&self, jobs: usize) {
-        self.batch_acked.inc_by(jobs as u64);
-    }
-
-    pub fn failed(&self, queue: &str) {
-        self.failed
-            .get_or_create(&QueueLabels {
-                queue: queue.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Renders the OpenMetrics text, with job gauges set from `queues`.
-    pub fn render(&self, queues: &[QueueInfo]) -> String {
+    /// Renders the OpenMetrics text, with job gauges set from `queues` and
+    /// maintenance gauges from `maintenance`.
+    pub fn render(
+        &self,
+        queues: &[QueueInfo],
+        maintenance: &BTreeMap<&'static str, ServiceHealth>,
+    ) -> String {
+        for (service, health) in maintenance {
+            let labels = ServiceLabels {
+                service: (*service).to_owned(),
+            };
+            self.maintenance_failing
+                .get_or_create(&labels)
+                .set(i64::from(health.failing()));
+            self.maintenance_failures
+                .get_or_create(&labels)
+                .set(i64::try_from(health.failures_total).unwrap_or(i64::MAX));
+        }
         for queue in queues {
             for (state, count) in &queue.counts {
                 let labels = QueueStateLabels {
@@ -118,5 +139,25 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics");
         }
         text
+    }
+}
+
+/// The counters follow every change the engine makes on this node: through
+/// the API, the push dispatcher, and in-process workers sharing the engine.
+impl Observer for Metrics {
+    fn enqueued(&self, job: &Job) {
+        Self::count(&self.enqueued, job);
+    }
+
+    fn completed(&self, job: &Job) {
+        Self::count(&self.completed, job);
+    }
+
+    fn batch_completed(&self, count: usize) {
+        self.batch_acked.inc_by(count as u64);
+    }
+
+    fn failed(&self, job: &Job) {
+        Self::count(&self.failed, job);
     }
 }

@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use grafter_engine::maintenance::MaintenanceHealth;
+use grafter_engine::Engine;
 use grafter_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -7,39 +9,49 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 
-/// What every handler shares: the store, the settings, the counters, and the
-/// shutdown signal that ends long-polls.
+/// What every handler shares: the engine, the settings, the counters, the
+/// maintenance services' health, and the shutdown signal that ends
+/// long-polls.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    engine: Engine,
     config: ServerConfig,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    maintenance_health: MaintenanceHealth,
     shutdown: CancellationToken,
     /// Wakes this node's push dispatcher when the API changed a push target.
     push_targets_changed: Notify,
 }
 
 impl AppState {
-    /// State for a router over `store`.
+    /// State for a router over `store`, with an engine the metrics observe.
     pub fn new(store: Arc<dyn Store>, config: ServerConfig, shutdown: CancellationToken) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let engine = Engine::new(store, config.engine()).with_observer(metrics.clone());
         AppState {
             inner: Arc::new(Inner {
-                store,
+                engine,
                 config,
-                metrics: Metrics::new(),
+                metrics,
+                maintenance_health: MaintenanceHealth::default(),
                 shutdown,
                 push_targets_changed: Notify::new(),
             }),
         }
     }
 
-    /// The store.
+    /// The engine every change goes through.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The store, for reads.
     pub fn store(&self) -> &dyn Store {
-        self.inner.store.as_ref()
+        self.inner.engine.store().as_ref()
     }
 
     /// The settings.
@@ -49,6 +61,12 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// How this node's maintenance services are doing (empty when `serve`
+    /// does not run them).
+    pub fn maintenance_health(&self) -> &MaintenanceHealth {
+        &self.inner.maintenance_health
     }
 
     pub(crate) fn shutdown(&self) -> &CancellationToken {

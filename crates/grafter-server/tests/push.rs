@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use grafter_server::push::signature::Verifier;
+use grafter_engine::push::signature::Verifier;
 use grafter_server::{serve, ServerConfig};
 use grafter_sqlite::SqliteStore;
 use grafter_store::Store;

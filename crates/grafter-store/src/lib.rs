@@ -1,15 +1,15 @@
 //! The one storage boundary of Grafter.
 //!
-//! [`Store`] is implemented once per backend (`grafter-sqlite`, later PostgreSQL) and
-//! every backend must pass the same conformance suite (`grafter-store-tests`).
-//! Nothing above this trait touches a connection or writes SQL.
+//! [`Store`] is implemented once per backend (`grafter-sqlite`,
+//! `grafter-postgres`) and every backend must pass the same conformance suite
+//! (`grafter-store-tests`). Nothing above this trait touches a connection or
+//! writes SQL; the engine (`grafter-engine`) is its one caller.
 //!
 //! Methods are named noun-verb and take a params struct, so a new option never
 //! changes a signature. Every method that changes job state commits durably before
 //! it returns `Ok`.
 
 mod error;
-mod fetch_wait;
 mod params;
 pub mod transitions;
 
@@ -18,7 +18,6 @@ use grafter_core::{Job, JobId, LeasedJob, Worker};
 use tokio::sync::watch;
 
 pub use error::StoreError;
-pub use fetch_wait::jobs_fetch_waiting;
 pub use params::*;
 
 /// Shorthand for store results.

@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use grafter_core::{Backoff, Job as JobRecord, JobId, JobState, NewJob};
+use grafter_core::{time, Backoff, Job as JobRecord, JobId, JobState, NewJob};
+use grafter_engine::{Engine, EngineConfig};
 use grafter_store::Store;
 
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::transport::{HttpTransport, StoreTransport, Transport};
+use crate::transport::{EngineTransport, HttpTransport, Transport};
 
 /// Per-enqueue settings; anything left `None` takes the job type's default.
 #[derive(Clone, Debug, Default)]
@@ -44,9 +45,7 @@ impl EnqueueOptions {
         new.priority = self.priority.unwrap_or(J::PRIORITY);
         new.run_at = match (self.run_at, self.delay) {
             (Some(at), _) => Some(at),
-            (None, Some(delay)) => Some(
-                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
-            ),
+            (None, Some(delay)) => Some(time::after(Utc::now(), delay)),
             (None, None) => None,
         };
         new.max_attempts = self.max_attempts.unwrap_or(J::MAX_ATTEMPTS);
@@ -58,7 +57,7 @@ impl EnqueueOptions {
         new.expires_at = self.expires_at;
         new.tags = self.tags.clone();
         new.backoff = self.backoff;
-        new.validate().map_err(|e| Error::Rejected(e.to_string()))?;
+        new.validate()?;
         Ok(new)
     }
 }
@@ -85,9 +84,9 @@ pub struct Enqueued {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) store: Option<Arc<dyn Store>>,
-    /// Retry backoff for an in-process client (its workers run the maintenance).
-    pub(crate) backoff: Backoff,
+    /// For an in-process client: the engine its calls (and its workers'
+    /// maintenance) run on.
+    pub(crate) engine: Option<Engine>,
 }
 
 impl Client {
@@ -100,8 +99,7 @@ impl Client {
     pub fn http_with_token(url: &str, token: Option<String>) -> Result<Client> {
         Ok(Client {
             transport: Arc::new(HttpTransport::new(url, token)?),
-            store: None,
-            backoff: Backoff::default(),
+            engine: None,
         })
     }
 
@@ -120,25 +118,38 @@ impl Client {
 
     /// An in-process client on `store` with the default retry backoff given.
     pub fn from_store_with_backoff(store: Arc<dyn Store>, backoff: Backoff) -> Client {
+        let config = EngineConfig {
+            retry: backoff,
+            ..EngineConfig::default()
+        };
+        Self::from_engine(Engine::new(store, config))
+    }
+
+    /// An in-process client on `engine` (for instance the one a `grafter
+    /// serve` in this process runs on, so both count the same jobs).
+    pub fn from_engine(engine: Engine) -> Client {
         Client {
-            transport: Arc::new(StoreTransport::new(store.clone(), backoff)),
-            store: Some(store),
-            backoff,
+            transport: Arc::new(EngineTransport::new(engine.clone())),
+            engine: Some(engine),
         }
     }
 
-    /// Opens the database a URL names (`sqlite://PATH`, `postgres://…`) in this
-    /// process and returns a client on it.
+    /// Opens the database a URL names (`sqlite://PATH` with the `sqlite`
+    /// feature, `postgres://…` with `postgres`) in this process and returns a
+    /// client on it.
     pub async fn open(database_url: &str) -> Result<Client> {
-        let store = grafter_server::open_store(database_url)
+        let store = grafter_engine::open(database_url, &Default::default())
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                grafter_engine::OpenError::Store(e) => Error::from(e),
+                other => Error::Other(other.to_string()),
+            })?;
         Ok(Self::from_store(store))
     }
 
     /// The store, for an in-process client.
     pub fn store(&self) -> Option<&Arc<dyn Store>> {
-        self.store.as_ref()
+        self.engine.as_ref().map(Engine::store)
     }
 
     /// Enqueues `job` with its type's defaults.

@@ -5,6 +5,17 @@
 //! serve` anywhere) or straight on a store in the same process (SQLite or
 //! PostgreSQL), with the same API.
 //!
+//! With default features this crate is the typed client and worker over HTTP
+//! (and in process on a store you bring): no database driver, no HTTP server.
+//! Features add the rest:
+//!
+//! | feature | adds |
+//! | --- | --- |
+//! | `sqlite` | [`Client::open`] on `sqlite://…` (SQLite in this process) |
+//! | `postgres` | [`Client::open`] on `postgres://…`, and [`postgres`]: enqueue inside your own transaction |
+//! | `server` | [`server`]: Grafter's HTTP API and dashboard in this process |
+//! | `axum` | [`push::PushEndpoint`]: run pushed jobs inside an axum app |
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use grafter::{Client, Job, JobContext, JobError, Worker};
@@ -31,6 +42,7 @@
 //!     }
 //! }
 //!
+//! # #[cfg(feature = "sqlite")]
 //! # async fn demo() -> grafter::Result<()> {
 //! let client = Client::open("sqlite://jobs.db").await?;
 //! let job = client.enqueue(Export { account: 42 }).await?.job;
@@ -51,6 +63,7 @@ mod client;
 mod error;
 mod hooks;
 mod job;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod push;
 mod transport;
@@ -59,12 +72,13 @@ mod worker;
 pub use client::{Client, EnqueueOptions, Enqueued};
 pub use error::{Error, Result};
 pub use grafter_core::{Job as JobRecord, JobId, JobState, NewJob, Progress};
+pub use grafter_engine::Engine;
 pub use hooks::{Hooks, JobInfo, JobOutcome};
 pub use job::{Job, JobContext, JobError};
 pub use worker::{wait_for_signal, Worker, WorkerBuilder, WorkerHandle};
 
 /// Running Grafter's HTTP API in this process, on the same store as an
-/// in-process client:
+/// in-process client (feature `server`):
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,6 +89,7 @@ pub use worker::{wait_for_signal, Worker, WorkerBuilder, WorkerHandle};
 /// tokio::spawn(grafter::server::serve(listener, store, Default::default(), shutdown.clone()));
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "server")]
 pub mod server {
-    pub use grafter_server::{open_store, router, serve, AppState, ServerConfig};
+    pub use grafter_server::{router, serve, AppState, ServerConfig};
 }

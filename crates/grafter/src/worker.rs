@@ -9,6 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_core::{Job as JobRecord, JobId, LeasedJob, Progress, WorkerRegistration};
+use grafter_engine::maintenance::{
+    Maintenance, MaintenanceConfig, MaintenanceHealth, RetentionConfig,
+};
+use grafter_engine::{Ack, AckOutcome, Engine, FetchRequest, Outcome, Retry, When};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +23,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::hooks::{Hooks, JobInfo, JobOutcome};
 use crate::job::{ErrorAction, Job, JobContext, JobError};
-use crate::transport::{Ack, Fetch, Finish, Transport};
+use crate::transport::Transport;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -142,8 +146,7 @@ impl WorkerBuilder {
         Ok(Worker {
             inner: Arc::new(Inner {
                 transport: self.client.transport.clone(),
-                store: self.client.store.clone(),
-                backoff: self.client.backoff,
+                engine: self.client.engine.clone(),
                 handlers: self.handlers,
                 queues,
                 lease: self.lease,
@@ -191,8 +194,8 @@ pub struct Worker {
 
 struct Inner {
     transport: Arc<dyn Transport>,
-    store: Option<Arc<dyn grafter_store::Store>>,
-    backoff: grafter_core::Backoff,
+    /// For an in-process client: the engine its maintenance runs on.
+    engine: Option<Engine>,
     handlers: HashMap<String, Arc<dyn Handler>>,
     queues: Vec<(String, usize)>,
     lease: Duration,
@@ -256,14 +259,12 @@ impl Worker {
             self.inner.clone(),
             handle.stop_background.clone(),
         ));
-        if let (true, Some(store)) = (self.inner.maintenance, &self.inner.store) {
-            let config = grafter_server::ServerConfig {
-                retry: self.inner.backoff,
-                ..Default::default()
-            };
-            let services = grafter_server::services::start(
-                store.clone(),
-                &config,
+        if let (true, Some(engine)) = (self.inner.maintenance, &self.inner.engine) {
+            let services = Maintenance::start(
+                engine,
+                &MaintenanceConfig::default(),
+                &RetentionConfig::default(),
+                MaintenanceHealth::default(),
                 handle.stop_background.child_token(),
             );
             let stop = handle.stop_background.clone();
@@ -394,7 +395,6 @@ async fn fetch_loop(
         stop_fetching,
         stop_jobs,
     } = ctl;
-    let queues = [queue];
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {
@@ -411,21 +411,22 @@ async fn fetch_loop(
             };
             permits.push(permit);
         }
-        let fetch = Fetch {
-            queues: &queues,
+        let fetch = FetchRequest {
+            queues: vec![queue.clone()],
             max: permits.len(),
             wait: inner.poll_wait,
-            lease: inner.lease,
-            worker_id: &inner.registration.id,
+            lease: Some(inner.lease),
+            worker_id: Some(inner.registration.id.clone()),
+            running_limit: None,
         };
         match inner.transport.fetch(fetch, &stop_fetching).await {
             Ok(leased) if stop_fetching.is_cancelled() => {
                 // Leased as we were stopping: hand them straight back.
                 for job in leased {
-                    let finish = Finish::Release { after: None };
+                    let release = Outcome::Released { run_at: When::Now };
                     if let Err(e) = inner
                         .transport
-                        .finish(job.job.id, &job.lease, &finish)
+                        .record(job.job.id, &job.lease, &release)
                         .await
                     {
                         tracing::warn!(job = %job.job.id, error = %e, "could not hand back a job leased while stopping");
@@ -449,7 +450,7 @@ async fn fetch_loop(
             Err(e) => {
                 failures += 1;
                 let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                tracing::warn!(queue = %queues[0], error = %e, ?pause, "fetch failed; retrying");
+                tracing::warn!(queue = %queue, error = %e, ?pause, "fetch failed; retrying");
                 tokio::select! {
                     _ = stop_fetching.cancelled() => return,
                     _ = tokio::time::sleep(pause) => {}
@@ -492,9 +493,9 @@ async fn execute(
             hook.before_job(&info);
         }
         let end = run(&inner, &job, &lease, &stop_jobs).await;
-        let (finish, outcome) = decide(&inner, &job, &info, end).await;
-        let outcome = match finish {
-            Some(finish) => match record(&inner, &acks, slot, &job, &lease, &finish).await {
+        let (to_record, outcome) = decide(&inner, &job, &info, end).await;
+        let outcome = match to_record {
+            Some(to_record) => match record(&inner, &acks, slot, &job, &lease, &to_record).await {
                 Ok(recorded) => refine(outcome, recorded.as_ref()),
                 Err(_) => JobOutcome::LeaseLost,
             },
@@ -641,60 +642,51 @@ async fn decide(
     job: &JobRecord,
     info: &JobInfo,
     end: RunEnd,
-) -> (Option<Finish>, JobOutcome) {
+) -> (Option<Outcome>, JobOutcome) {
     let retry_left = job.attempt < job.max_attempts;
-    let failed = |error: String, retry: bool, retry_in: Option<Duration>| {
+    let failed = |error: String, retry: Retry| {
         for hook in &inner.hooks {
             hook.on_failure(info, &error);
         }
         let outcome = JobOutcome::Failed {
             error: error.clone(),
-            will_retry: retry && retry_left,
+            will_retry: retry != Retry::Never && retry_left,
         };
-        (
-            Some(Finish::Fail {
-                error,
-                retry,
-                retry_in,
-            }),
-            outcome,
-        )
+        (Some(Outcome::Failed { error, retry }), outcome)
     };
+    let release = |run_at| Some(Outcome::Released { run_at });
     match end {
-        RunEnd::Done(Ok(result)) => (Some(Finish::Complete(result)), JobOutcome::Completed),
+        RunEnd::Done(Ok(result)) => (Some(Outcome::Completed { result }), JobOutcome::Completed),
         RunEnd::Done(Err(error)) => match error.action {
-            ErrorAction::Retry(after) => failed(error.message, true, after),
-            ErrorAction::Fail => failed(error.message, false, None),
+            ErrorAction::Retry(None) => failed(error.message, Retry::Backoff),
+            ErrorAction::Retry(Some(after)) => failed(error.message, Retry::At(When::After(after))),
+            ErrorAction::Fail => failed(error.message, Retry::Never),
             ErrorAction::Cancel => {
                 // Ask for the cancel first, so the failure below lands as `cancelled`.
                 if let Err(e) = inner.transport.cancel(job.id).await {
                     tracing::warn!(error = %e, "could not request the cancel");
                 }
-                (
-                    Some(Finish::Fail {
-                        error: error.message,
-                        retry: false,
-                        retry_in: None,
-                    }),
-                    JobOutcome::Cancelled,
-                )
+                let failed = Outcome::Failed {
+                    error: error.message,
+                    retry: Retry::Never,
+                };
+                (Some(failed), JobOutcome::Cancelled)
             }
-            ErrorAction::Snooze(delay) => (
-                Some(Finish::Release { after: Some(delay) }),
-                JobOutcome::Snoozed,
-            ),
+            ErrorAction::Snooze(delay) => (release(When::After(delay)), JobOutcome::Snoozed),
         },
-        RunEnd::Panicked(message) => failed(message, true, None),
-        RunEnd::TimedOut => failed(grafter_store::transitions::TIMED_OUT.to_owned(), true, None),
-        RunEnd::CancelledByRequest => (
-            Some(Finish::Fail {
-                error: "cancelled on request".into(),
-                retry: false,
-                retry_in: None,
-            }),
-            JobOutcome::Cancelled,
+        RunEnd::Panicked(message) => failed(message, Retry::Backoff),
+        RunEnd::TimedOut => failed(
+            grafter_store::transitions::TIMED_OUT.to_owned(),
+            Retry::Backoff,
         ),
-        RunEnd::ShuttingDown => (Some(Finish::Release { after: None }), JobOutcome::Released),
+        RunEnd::CancelledByRequest => {
+            let failed = Outcome::Failed {
+                error: "cancelled on request".into(),
+                retry: Retry::Never,
+            };
+            (Some(failed), JobOutcome::Cancelled)
+        }
+        RunEnd::ShuttingDown => (release(When::Now), JobOutcome::Released),
         RunEnd::LeaseLost => (None, JobOutcome::LeaseLost),
     }
 }
@@ -729,25 +721,26 @@ async fn record(
     slot: OwnedSemaphorePermit,
     job: &JobRecord,
     lease: &str,
-    finish: &Finish,
+    outcome: &Outcome,
 ) -> Result<Option<JobRecord>> {
-    let _held = match finish {
-        Finish::Complete(_) => acks.hand_over(slot).await,
+    let _held = match outcome {
+        Outcome::Completed { .. } => acks.hand_over(slot).await,
         _ => slot,
     };
     let give_up = tokio::time::Instant::now() + inner.lease;
     let mut pause = Duration::from_millis(50);
     loop {
-        let recorded = match finish {
-            Finish::Complete(result) => match acks.send(job.id, lease, result.clone()).await {
-                Ok(true) => Ok(None),
-                Ok(false) => Err(Error::LeaseLost(format!(
-                    "job {}: lease is not current",
+        let recorded = match outcome {
+            Outcome::Completed { result } => match acks.send(job.id, lease, result.clone()).await {
+                Ok(AckOutcome::Completed) => Ok(None),
+                Ok(AckOutcome::NotFound) => Err(Error::NotFound(job.id)),
+                Ok(AckOutcome::LeaseMismatch { state, attempt }) => Err(Error::LeaseLost(format!(
+                    "job {}: lease is not current (the job is {state}, attempt {attempt})",
                     job.id
                 ))),
                 Err(e) => Err(e),
             },
-            other => inner.transport.finish(job.id, lease, other).await.map(Some),
+            other => inner.transport.record(job.id, lease, other).await.map(Some),
         };
         match recorded {
             Ok(recorded) => return Ok(recorded),
@@ -781,7 +774,7 @@ const ACK_BACKLOG: usize = MAX_ACKS * (ACKS_IN_FLIGHT + 1);
 /// A job's success on its way, and where its answer goes.
 struct PendingAck {
     ack: Ack,
-    reply: oneshot::Sender<Result<bool>>,
+    reply: oneshot::Sender<Result<AckOutcome>>,
 }
 
 /// Sends the successes of jobs that finish close together in one call, like a
@@ -816,8 +809,8 @@ impl Acks {
         }
     }
 
-    /// Completes one job, fenced by its lease: true when this completed it.
-    async fn send(&self, id: JobId, lease: &str, result: Option<Value>) -> Result<bool> {
+    /// Completes one job, fenced by its lease, and answers what that came to.
+    async fn send(&self, id: JobId, lease: &str, result: Option<Value>) -> Result<AckOutcome> {
         let (reply, answer) = oneshot::channel();
         let ack = Ack {
             id,
@@ -873,8 +866,8 @@ async fn send_acks(transport: &dyn Transport, batch: Vec<PendingAck>) {
     let n = acks.len();
     match transport.complete_many(acks).await {
         Ok(done) if done.len() == n => {
-            for (reply, ok) in replies.into_iter().zip(done) {
-                let _ = reply.send(Ok(ok));
+            for (reply, outcome) in replies.into_iter().zip(done) {
+                let _ = reply.send(Ok(outcome));
             }
         }
         outcome => {

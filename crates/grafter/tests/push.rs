@@ -12,9 +12,9 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
 use grafter::push::{sign, unix_now, PushEndpoint, Verifier, SIGNATURE_HEADER};
+use grafter::server::ServerConfig;
 use grafter::{Client, EnqueueOptions, Job, JobContext, JobError, JobRecord, JobState};
 use grafter_core::Backoff;
-use grafter_server::ServerConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -91,10 +91,12 @@ struct Env {
 /// A Grafter server and a web app with a push endpoint, both on loopback.
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        grafter::server::open_store(&format!("sqlite://{}", dir.path().join("g.db").display()))
-            .await
-            .unwrap();
+    let store = grafter_engine::open(
+        &format!("sqlite://{}", dir.path().join("g.db").display()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grafter = format!("http://{}", listener.local_addr().unwrap());
     let mut config = ServerConfig {

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::IntoResponse;
+use grafter::server::ServerConfig;
 use grafter::{
     Client, Hooks, Job, JobContext, JobError, JobInfo, JobOutcome, JobState, Worker, WorkerHandle,
 };
 use grafter_core::Backoff;
-use grafter_server::ServerConfig;
 use grafter_sqlite::SqliteStore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -62,7 +62,7 @@ async fn env(mode: Mode) -> Env {
             config.maintenance.schedule_interval_ms = 50;
             config.maintenance.rescue_interval_ms = 100;
             let shutdown = CancellationToken::new();
-            tokio::spawn(grafter_server::serve(
+            tokio::spawn(grafter::server::serve(
                 listener,
                 store,
                 config,
@@ -536,8 +536,8 @@ async fn served(old: bool) -> (String, CancellationToken, tempfile::TempDir) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let state = grafter_server::AppState::new(store, ServerConfig::default(), shutdown.clone());
-    let app = grafter_server::router(state).layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+    let state = grafter::server::AppState::new(store, ServerConfig::default(), shutdown.clone());
+    let app = grafter::server::router(state).layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| async move {
         if old && request.uri().path() == "/v1/jobs/ack" {
             let body = json!({"error": {"code": "method_not_allowed", "message": "POST is not allowed here"}});
             return (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();

@@ -1,43 +1,47 @@
 //! Moves jobs not started by their `expires_at` to `expired`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use grafter_store::{MaintenanceBatch, Store};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use grafter_store::MaintenanceBatch;
+
+use super::{MaintenanceConfig, PassFuture, Service};
+use crate::Engine;
 
 /// The expirer service.
 pub struct Expirer {
-    store: Arc<dyn Store>,
+    engine: Engine,
     interval: Duration,
     batch_size: usize,
 }
 
 impl Expirer {
-    /// An expirer passing every `interval`, touching at most `batch_size` jobs a pass.
-    pub fn new(store: Arc<dyn Store>, interval: Duration, batch_size: usize) -> Self {
+    /// An expirer passing as `config` says.
+    pub fn new(engine: Engine, config: &MaintenanceConfig) -> Self {
         Expirer {
-            store,
-            interval,
-            batch_size,
+            engine,
+            interval: config.expire_interval(),
+            batch_size: config.batch_size,
         }
     }
+}
 
-    /// Runs until cancelled, doing passes while this node leads.
-    pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Expirer {
-            store,
-            interval,
-            batch_size,
-        } = self;
-        super::run_periodically("expirer", interval, batch_size, leading, cancel, || {
-            store.jobs_expire(MaintenanceBatch {
-                now: Utc::now(),
-                limit: batch_size,
-            })
-        })
-        .await;
+impl Service for Expirer {
+    fn name(&self) -> &'static str {
+        "expirer"
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn pass(&self) -> PassFuture<'_> {
+        Box::pin(self.engine.store().jobs_expire(MaintenanceBatch {
+            now: self.engine.now(),
+            limit: self.batch_size,
+        }))
     }
 }

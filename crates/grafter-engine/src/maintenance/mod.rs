@@ -4,30 +4,60 @@
 //! the cancellation token.
 //!
 //! - [`scheduler`]: due `scheduled`/`retryable` jobs become `available`;
-//! - [`rescuer`]: expired leases become failed attempts;
+//! - [`rescuer`]: silent workers are forgotten and expired leases become
+//!   failed attempts;
 //! - [`expirer`]: jobs past `expires_at` become `expired`;
 //! - [`pruner`]: finished jobs past their retention are deleted.
 //!
-//! They run only on the node that holds the `maintenance` leadership
+//! They act only on the node that holds the `maintenance` leadership
 //! ([`leader`]), so a cluster does each job's maintenance once; when the leader
 //! dies another node takes over within the leadership's TTL.
+//!
+//! Every service runs supervised: a pass that fails is logged and tried again
+//! next interval, and a service that panics is logged and restarted (an
+//! elector that panics first stops this node from acting as leader).
+//! [`MaintenanceHealth`] shows each service's state, so one that keeps
+//! failing is visible (`/readyz`, `/metrics`) rather than silently gone.
 
+mod config;
 pub mod expirer;
+mod health;
 pub mod leader;
 pub mod pruner;
 pub mod rescuer;
 pub mod scheduler;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use grafter_store::{Result, Store};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
+use crate::Engine;
+
+pub use config::{MaintenanceConfig, RetentionConfig};
+pub use health::{MaintenanceHealth, ServiceHealth};
+
+/// The boxed future of one pass.
+pub type PassFuture<'a> = Pin<Box<dyn Future<Output = grafter_store::Result<u64>> + Send + 'a>>;
+
+/// One maintenance service: a name, how often it runs, and one pass.
+pub trait Service: Send + Sync + 'static {
+    /// Its name in logs, health and metrics.
+    fn name(&self) -> &'static str;
+    /// How long it sleeps after a pass that was not full.
+    fn interval(&self) -> Duration;
+    /// Most jobs a pass touches: a pass that touched this many runs again at once.
+    fn batch_size(&self) -> usize;
+    /// One bounded pass; answers how many jobs it touched.
+    fn pass(&self) -> PassFuture<'_>;
+}
+
+/// How long a panicked service waits before it is started again.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// The running services.
 pub struct Maintenance {
@@ -35,41 +65,49 @@ pub struct Maintenance {
     cancel: CancellationToken,
 }
 
-/// Starts every service on `store`.
-pub fn start(
-    store: Arc<dyn Store>,
-    config: &ServerConfig,
-    cancel: CancellationToken,
-) -> Maintenance {
-    let mut tasks = JoinSet::new();
-    let m = &config.maintenance;
-    let (elector, leading) = leader::Elector::new(store.clone(), m.leader_ttl());
-    tasks.spawn(elector.run(cancel.clone()));
-    tasks.spawn(
-        scheduler::Scheduler::new(store.clone(), m.schedule_interval(), m.batch_size)
-            .run(leading.clone(), cancel.clone()),
-    );
-    tasks.spawn(
-        rescuer::Rescuer::new(
-            store.clone(),
-            m.rescue_interval(),
-            m.batch_size,
-            config.retry,
-            m.worker_stale_after(),
-        )
-        .run(leading.clone(), cancel.clone()),
-    );
-    tasks.spawn(
-        expirer::Expirer::new(store.clone(), m.expire_interval(), m.batch_size)
-            .run(leading.clone(), cancel.clone()),
-    );
-    tasks.spawn(
-        pruner::Pruner::new(store, &config.retention, m.batch_size).run(leading, cancel.clone()),
-    );
-    Maintenance { tasks, cancel }
-}
-
 impl Maintenance {
+    /// Starts the elector and every service on `engine`'s store, reporting
+    /// to `health`.
+    pub fn start(
+        engine: &Engine,
+        config: &MaintenanceConfig,
+        retention: &RetentionConfig,
+        health: MaintenanceHealth,
+        cancel: CancellationToken,
+    ) -> Maintenance {
+        let mut tasks = JoinSet::new();
+        let (elector, leading) = leader::Elector::new(engine.clone(), config.leader_ttl());
+        tasks.spawn(leader::supervise(elector, health.clone(), cancel.clone()));
+        let services: [Arc<dyn Service>; 4] = [
+            Arc::new(scheduler::Scheduler::new(engine.clone(), config)),
+            Arc::new(rescuer::Rescuer::new(engine.clone(), config)),
+            Arc::new(expirer::Expirer::new(engine.clone(), config)),
+            Arc::new(pruner::Pruner::new(
+                engine.clone(),
+                retention,
+                config.batch_size,
+            )),
+        ];
+        for service in services {
+            let (leading, health, cancel) = (leading.clone(), health.clone(), cancel.clone());
+            tasks.spawn(supervised(
+                service.name(),
+                health.clone(),
+                cancel.clone(),
+                move || {
+                    run_periodically(
+                        service.clone(),
+                        leading.clone(),
+                        health.clone(),
+                        cancel.clone(),
+                    )
+                },
+                || {},
+            ));
+        }
+        Maintenance { tasks, cancel }
+    }
+
     /// Stops every service and waits for them to finish their pass.
     pub async fn stop(mut self) {
         self.cancel.cancel();
@@ -77,18 +115,56 @@ impl Maintenance {
     }
 }
 
-/// The loop every service runs: `pass` returns how many jobs it touched.
-async fn run_periodically<F, Fut>(
+/// Runs the task `start` makes until it ends (on cancellation), making and
+/// running a new one whenever it panics; `on_panic` runs first.
+async fn supervised<Fut>(
     name: &'static str,
-    interval: Duration,
-    batch_size: usize,
-    mut leading: watch::Receiver<bool>,
+    health: MaintenanceHealth,
     cancel: CancellationToken,
-    mut pass: F,
+    start: impl Fn() -> Fut,
+    on_panic: impl Fn(),
 ) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<u64>>,
+    Fut: Future<Output = ()> + Send + 'static,
 {
+    loop {
+        match tokio::spawn(start()).await {
+            Ok(()) => return,
+            Err(error) => {
+                on_panic();
+                let message = panic_message(error);
+                tracing::error!(service = name, panic = %message, "maintenance service panicked; restarting it");
+                health.failed(name, &format!("panicked: {message}"));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RESTART_DELAY) => {}
+        }
+    }
+}
+
+/// What a task's join error says, for the log.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return error.to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// The loop every service runs while this node leads.
+async fn run_periodically(
+    service: Arc<dyn Service>,
+    mut leading: watch::Receiver<bool>,
+    health: MaintenanceHealth,
+    cancel: CancellationToken,
+) {
+    let name = service.name();
+    let interval = service.interval();
     tracing::debug!(service = name, ?interval, "maintenance service started");
     loop {
         if !*leading.borrow_and_update() {
@@ -97,16 +173,21 @@ async fn run_periodically<F, Fut>(
                 _ = leading.changed() => continue,
             }
         }
-        let wait = match pass().await {
-            Ok(touched) if touched as usize >= batch_size => Duration::ZERO,
+        let wait = match service.pass().await {
             Ok(touched) => {
-                if touched > 0 {
-                    tracing::debug!(service = name, touched, "maintenance pass");
+                health.passed(name);
+                if touched as usize >= service.batch_size() {
+                    Duration::ZERO
+                } else {
+                    if touched > 0 {
+                        tracing::debug!(service = name, touched, "maintenance pass");
+                    }
+                    interval
                 }
-                interval
             }
             Err(error) => {
                 tracing::warn!(service = name, %error, "maintenance pass failed; will retry");
+                health.failed(name, &error.to_string());
                 interval
             }
         };
@@ -116,4 +197,69 @@ async fn run_periodically<F, Fut>(
         }
     }
     tracing::debug!(service = name, "maintenance service stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_panics_is_restarted_and_shown_failing() {
+        let health = MaintenanceHealth::default();
+        let cancel = CancellationToken::new();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let panics_seen = Arc::new(AtomicUsize::new(0));
+        let start = {
+            let (starts, cancel) = (starts.clone(), cancel.clone());
+            move || {
+                let (starts, cancel) = (starts.clone(), cancel.clone());
+                async move {
+                    if starts.fetch_add(1, Ordering::SeqCst) < 2 {
+                        panic!("a stored value the service could not handle");
+                    }
+                    cancel.cancelled().await;
+                }
+            }
+        };
+        let on_panic = {
+            let panics_seen = panics_seen.clone();
+            move || {
+                panics_seen.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let supervisor = tokio::spawn(supervised(
+            "rescuer",
+            health.clone(),
+            cancel.clone(),
+            start,
+            on_panic,
+        ));
+        while starts.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            panics_seen.load(Ordering::SeqCst),
+            2,
+            "on_panic runs per panic"
+        );
+        let rescuer = health.snapshot()["rescuer"].clone();
+        assert_eq!(rescuer.failures_in_a_row, 2);
+        assert!(rescuer.failing());
+        assert!(
+            rescuer
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("could not handle")),
+            "{rescuer:?}"
+        );
+        cancel.cancel();
+        supervisor.await.unwrap();
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            3,
+            "not started again once stopped"
+        );
+    }
 }

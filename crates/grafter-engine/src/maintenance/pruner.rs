@@ -1,67 +1,63 @@
 //! Deletes finished jobs past their retention, so the jobs table stays the
 //! size of the work in flight plus a window of history.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use grafter_core::JobState;
-use grafter_store::{JobsPrune, Store};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use grafter_core::{time, JobState};
+use grafter_store::JobsPrune;
 
-use crate::config::RetentionConfig;
+use super::{PassFuture, RetentionConfig, Service};
+use crate::Engine;
 
 /// The pruner service.
 pub struct Pruner {
-    store: Arc<dyn Store>,
+    engine: Engine,
     retention: RetentionConfig,
     batch_size: usize,
 }
 
 impl Pruner {
     /// A pruner keeping finished jobs as long as `retention` says.
-    pub fn new(store: Arc<dyn Store>, retention: &RetentionConfig, batch_size: usize) -> Self {
+    pub fn new(engine: Engine, retention: &RetentionConfig, batch_size: usize) -> Self {
         Pruner {
-            store,
+            engine,
             retention: retention.clone(),
             batch_size,
         }
     }
+}
 
-    /// Runs until cancelled, doing passes while this node leads.
-    pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Pruner {
-            store,
-            retention,
-            batch_size,
-        } = self;
-        let interval = Duration::from_millis(retention.interval_ms);
-        super::run_periodically("pruner", interval, batch_size, leading, cancel, || {
-            let store = store.clone();
-            let retention = retention.clone();
-            async move {
-                let now = Utc::now();
-                let before = |ms: u64| {
-                    chrono::Duration::try_milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
-                        .and_then(|age| now.checked_sub_signed(age))
-                        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
-                };
-                let finished = JobsPrune {
-                    states: vec![JobState::Completed, JobState::Cancelled, JobState::Expired],
-                    finished_before: before(retention.finished_ms),
-                    limit: batch_size,
-                };
-                let mut pruned = store.jobs_prune(finished).await?;
-                let dead = JobsPrune {
-                    states: vec![JobState::Dead],
-                    finished_before: before(retention.dead_ms),
-                    limit: batch_size,
-                };
-                pruned += store.jobs_prune(dead).await?;
-                Ok(pruned)
-            }
+impl Service for Pruner {
+    fn name(&self) -> &'static str {
+        "pruner"
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.retention.interval_ms)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn pass(&self) -> PassFuture<'_> {
+        Box::pin(async move {
+            let store = self.engine.store();
+            let now = self.engine.now();
+            let before = |ms: u64| time::before(now, Duration::from_millis(ms));
+            let finished = JobsPrune {
+                states: vec![JobState::Completed, JobState::Cancelled, JobState::Expired],
+                finished_before: before(self.retention.finished_ms),
+                limit: self.batch_size,
+            };
+            let mut pruned = store.jobs_prune(finished).await?;
+            let dead = JobsPrune {
+                states: vec![JobState::Dead],
+                finished_before: before(self.retention.dead_ms),
+                limit: self.batch_size,
+            };
+            pruned += store.jobs_prune(dead).await?;
+            Ok(pruned)
         })
-        .await;
     }
 }

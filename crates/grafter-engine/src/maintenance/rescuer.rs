@@ -3,76 +3,69 @@
 //! forgets registered workers that went silent, ending their leases at once, so
 //! a dead worker's jobs come back within seconds even under long leases.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use grafter_core::Backoff;
-use grafter_store::{JobsRescue, Store, WorkersPrune};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use grafter_store::{JobsRescue, WorkersPrune};
+
+use super::{MaintenanceConfig, PassFuture, Service};
+use crate::Engine;
 
 /// The rescuer service.
 pub struct Rescuer {
-    store: Arc<dyn Store>,
+    engine: Engine,
     interval: Duration,
     batch_size: usize,
-    backoff: Backoff,
     worker_stale_after: Duration,
 }
 
 impl Rescuer {
-    /// A rescuer passing every `interval`, touching at most `batch_size` jobs a pass.
-    pub fn new(
-        store: Arc<dyn Store>,
-        interval: Duration,
-        batch_size: usize,
-        backoff: Backoff,
-        worker_stale_after: Duration,
-    ) -> Self {
+    /// A rescuer passing as `config` says.
+    pub fn new(engine: Engine, config: &MaintenanceConfig) -> Self {
         Rescuer {
-            store,
-            interval,
-            batch_size,
-            backoff,
-            worker_stale_after,
+            engine,
+            interval: config.rescue_interval(),
+            batch_size: config.batch_size,
+            worker_stale_after: config.worker_stale_after(),
         }
     }
+}
 
-    /// Runs until cancelled, doing passes while this node leads.
-    pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Rescuer {
-            store,
-            interval,
-            batch_size,
-            backoff,
-            worker_stale_after,
-        } = self;
-        super::run_periodically("rescuer", interval, batch_size, leading, cancel, || {
-            let store = store.clone();
-            async move {
-                let now = Utc::now();
-                let forgotten = store
-                    .workers_prune(WorkersPrune {
-                        now,
-                        stale_after: worker_stale_after,
-                    })
-                    .await?;
-                if forgotten > 0 {
-                    tracing::warn!(
-                        workers = forgotten,
-                        "forgot silent workers; retrying their jobs"
-                    );
-                }
-                store
-                    .jobs_rescue_expired(JobsRescue {
-                        now,
-                        limit: batch_size,
-                        backoff,
-                    })
-                    .await
+impl Service for Rescuer {
+    fn name(&self) -> &'static str {
+        "rescuer"
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn pass(&self) -> PassFuture<'_> {
+        Box::pin(async move {
+            let store = self.engine.store();
+            let now = self.engine.now();
+            let forgotten = store
+                .workers_prune(WorkersPrune {
+                    now,
+                    stale_after: self.worker_stale_after,
+                })
+                .await?;
+            if forgotten > 0 {
+                tracing::warn!(
+                    workers = forgotten,
+                    "forgot silent workers; retrying their jobs"
+                );
             }
+            store
+                .jobs_rescue_expired(JobsRescue {
+                    now,
+                    limit: self.batch_size,
+                    backoff: self.engine.config().retry,
+                })
+                .await
         })
-        .await;
     }
 }

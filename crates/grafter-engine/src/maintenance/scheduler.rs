@@ -1,43 +1,47 @@
 //! Makes due `scheduled` and `retryable` jobs `available` (which wakes fetches).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use grafter_store::{MaintenanceBatch, Store};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use grafter_store::MaintenanceBatch;
+
+use super::{MaintenanceConfig, PassFuture, Service};
+use crate::Engine;
 
 /// The scheduler service.
 pub struct Scheduler {
-    store: Arc<dyn Store>,
+    engine: Engine,
     interval: Duration,
     batch_size: usize,
 }
 
 impl Scheduler {
-    /// A scheduler passing every `interval`, touching at most `batch_size` jobs a pass.
-    pub fn new(store: Arc<dyn Store>, interval: Duration, batch_size: usize) -> Self {
+    /// A scheduler passing as `config` says.
+    pub fn new(engine: Engine, config: &MaintenanceConfig) -> Self {
         Scheduler {
-            store,
-            interval,
-            batch_size,
+            engine,
+            interval: config.schedule_interval(),
+            batch_size: config.batch_size,
         }
     }
+}
 
-    /// Runs until cancelled, doing passes while this node leads.
-    pub async fn run(self, leading: watch::Receiver<bool>, cancel: CancellationToken) {
-        let Scheduler {
-            store,
-            interval,
-            batch_size,
-        } = self;
-        super::run_periodically("scheduler", interval, batch_size, leading, cancel, || {
-            store.jobs_schedule(MaintenanceBatch {
-                now: Utc::now(),
-                limit: batch_size,
-            })
-        })
-        .await;
+impl Service for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn pass(&self) -> PassFuture<'_> {
+        Box::pin(self.engine.store().jobs_schedule(MaintenanceBatch {
+            now: self.engine.now(),
+            limit: self.batch_size,
+        }))
     }
 }

@@ -87,7 +87,7 @@ pub enum SignatureError {
 /// Checks `Grafter-Signature` headers on the receiving side.
 ///
 /// ```
-/// use grafter_server::push::signature::{sign, unix_now, SignatureError, Verifier};
+/// use grafter_engine::push::signature::{sign, unix_now, SignatureError, Verifier};
 ///
 /// let body = br#"{"id":1,"kind":"send_email"}"#;
 /// let header = sign(&["a secret of 16+ chars"], unix_now(), body);

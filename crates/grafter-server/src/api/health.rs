@@ -1,11 +1,13 @@
 //! Liveness, readiness and metrics.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use grafter_engine::maintenance::ServiceHealth;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -20,51 +22,60 @@ pub struct Health {
     /// Why not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Maintenance services of this node whose latest pass failed, by name
+    /// (`scheduler`, `rescuer`, `expirer`, `pruner`, `elector`): the node
+    /// still serves, but jobs may not move on time until they recover.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub maintenance_failing: BTreeMap<&'static str, ServiceHealth>,
+}
+
+impl Health {
+    fn new(status: &'static str, error: Option<String>) -> Self {
+        Health {
+            status,
+            error,
+            maintenance_failing: BTreeMap::new(),
+        }
+    }
 }
 
 /// The process is up and answering.
 #[utoipa::path(get, path = "/livez", tag = "health", responses((status = 200, body = Health)))]
 pub async fn livez() -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        error: None,
-    })
+    Json(Health::new("ok", None))
 }
 
 /// The process can serve jobs: its store answers and it is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    if state.shutdown().is_cancelled() {
-        let health = Health {
-            status: "unavailable",
-            error: Some("shutting down".into()),
-        };
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(health));
-    }
-    match tokio::time::timeout(Duration::from_secs(2), state.store().ping()).await {
-        Ok(Ok(())) => (
-            StatusCode::OK,
-            Json(Health {
-                status: "ready",
-                error: None,
-            }),
-        ),
-        Ok(Err(e)) => {
-            let health = Health {
-                status: "unavailable",
-                error: Some(e.to_string()),
-            };
-            (StatusCode::SERVICE_UNAVAILABLE, Json(health))
+    let unavailable = |error: &str| Health::new("unavailable", Some(error.to_owned()));
+    let (status, mut health) = if state.shutdown().is_cancelled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            unavailable("shutting down"),
+        )
+    } else {
+        match tokio::time::timeout(Duration::from_secs(2), state.store().ping()).await {
+            Ok(Ok(())) => (StatusCode::OK, Health::new("ready", None)),
+            Ok(Err(e)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                unavailable(crate::error::ApiError::from(e).message()),
+            ),
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                unavailable("store did not answer within 2 s"),
+            ),
         }
-        Err(_) => {
-            let health = Health {
-                status: "unavailable",
-                error: Some("store did not answer within 2 s".into()),
-            };
-            (StatusCode::SERVICE_UNAVAILABLE, Json(health))
-        }
-    }
+    };
+    health.maintenance_failing = state
+        .maintenance_health()
+        .snapshot()
+        .into_iter()
+        .filter(|(_, service)| service.failing())
+        .collect();
+    (status, Json(health))
 }
 
 /// Prometheus (OpenMetrics) text.
@@ -72,7 +83,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let queues = state.store().queues_list().await?;
-    let text = state.metrics().render(&queues);
+    let maintenance = state.maintenance_health().snapshot();
+    let text = state.metrics().render(&queues, &maintenance);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -5,18 +5,18 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
-use grafter_core::{validate_name, Job, JobId, JobState, NewJob};
-use grafter_store::{JobCancel, JobReschedule, JobRetry, JobsInsert, JobsList, Order};
+use grafter_core::{Job, JobId, JobState, NewJob};
+use grafter_engine::When;
+use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, PathJobId};
 use crate::filters::{parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
-/// Most jobs in one batch enqueue.
-pub const MAX_BATCH: usize = 10_000;
 /// Page size when a list names none.
 pub const DEFAULT_PAGE: usize = 50;
 /// Largest page.
@@ -32,22 +32,13 @@ pub async fn enqueue(
     State(state): State<AppState>,
     ApiJson(job): ApiJson<NewJob>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
-    job.validate()?;
-    let inserted = state
-        .store()
-        .jobs_insert_many(JobsInsert {
-            jobs: vec![job],
-            now: Utc::now(),
-        })
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::unavailable("the store returned no job"))?;
-    if inserted.created {
-        state.metrics().enqueued(&inserted.job.queue);
-        Ok((StatusCode::CREATED, Json(inserted.job)))
+    let inserted = state.engine().enqueue(job).await?;
+    let status = if inserted.created {
+        StatusCode::CREATED
     } else {
-        Ok((StatusCode::OK, Json(inserted.job)))
-    }
+        StatusCode::OK
+    };
+    Ok((status, Json(inserted.job)))
 }
 
 /// Many jobs to enqueue in one transaction.
@@ -73,41 +64,8 @@ pub async fn enqueue_batch(
     State(state): State<AppState>,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<(StatusCode, Json<JobsBody>), ApiError> {
-    if batch.jobs.is_empty() {
-        return Err(ApiError::invalid_field(
-            "jobs",
-            "must hold at least one job",
-        ));
-    }
-    if batch.jobs.len() > MAX_BATCH {
-        return Err(ApiError::invalid_field(
-            "jobs",
-            format!(
-                "at most {MAX_BATCH} jobs per batch, got {}",
-                batch.jobs.len()
-            ),
-        ));
-    }
-    for (i, job) in batch.jobs.iter().enumerate() {
-        job.validate()
-            .map_err(|e| ApiError::invalid_field(format!("jobs[{i}].{}", e.field), e.message))?;
-    }
-    let inserted = state
-        .store()
-        .jobs_insert_many(JobsInsert {
-            jobs: batch.jobs,
-            now: Utc::now(),
-        })
-        .await?;
-    let jobs = inserted
-        .into_iter()
-        .map(|i| {
-            if i.created {
-                state.metrics().enqueued(&i.job.queue);
-            }
-            i.job
-        })
-        .collect();
+    let inserted = state.engine().enqueue_many(batch.jobs).await?;
+    let jobs = inserted.into_iter().map(|i| i.job).collect();
     Ok((StatusCode::CREATED, Json(JobsBody { jobs })))
 }
 
@@ -251,16 +209,7 @@ pub async fn retry(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(
-        state
-            .store()
-            .job_retry(JobRetry {
-                id,
-                args: None,
-                now: Utc::now(),
-            })
-            .await?,
-    ))
+    Ok(Json(state.engine().retry(id, None).await?))
 }
 
 /// Cancel a job. A running job gets `cancel_requested`, which its worker sees in
@@ -271,15 +220,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(
-        state
-            .store()
-            .job_cancel(JobCancel {
-                id,
-                now: Utc::now(),
-            })
-            .await?,
-    ))
+    Ok(Json(state.engine().cancel(id).await?))
 }
 
 /// When to run a job: a time, or a delay from now.
@@ -302,14 +243,9 @@ pub async fn reschedule(
     PathJobId(id): PathJobId,
     ApiJson(request): ApiJson<RescheduleRequest>,
 ) -> Result<Json<Job>, ApiError> {
-    let now = Utc::now();
-    let run_at = match (request.run_at, request.delay_ms) {
-        (Some(at), None) => at,
-        (None, Some(delay)) => {
-            chrono::Duration::try_milliseconds(i64::try_from(delay).unwrap_or(i64::MAX))
-                .and_then(|d| now.checked_add_signed(d))
-                .ok_or_else(|| ApiError::invalid_field("delay_ms", "too far in the future"))?
-        }
+    let when = match (request.run_at, request.delay_ms) {
+        (Some(at), None) => When::At(at),
+        (None, Some(delay)) => When::After(millis("delay_ms", delay, 0)?),
         _ => {
             return Err(ApiError::invalid_field(
                 "run_at",
@@ -317,12 +253,7 @@ pub async fn reschedule(
             ))
         }
     };
-    Ok(Json(
-        state
-            .store()
-            .job_reschedule(JobReschedule { id, run_at, now })
-            .await?,
-    ))
+    Ok(Json(state.engine().reschedule(id, when).await?))
 }
 
 /// Delete a job in any state.
@@ -332,11 +263,6 @@ pub async fn delete(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
 ) -> Result<StatusCode, ApiError> {
-    state.store().job_delete(id).await?;
+    state.engine().delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Checks a queue name from a path or body.
-pub fn queue_name(field: &'static str, name: &str) -> Result<(), ApiError> {
-    validate_name(field, name).map_err(ApiError::from)
 }

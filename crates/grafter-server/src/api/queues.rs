@@ -6,11 +6,10 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
 use grafter_core::PushTarget;
-use grafter_store::{QueueInfo, QueuePause, QueuePush};
+use grafter_store::QueueInfo;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::jobs::queue_name;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -88,15 +87,7 @@ async fn set_paused(
     name: String,
     paused: bool,
 ) -> Result<Json<QueueBody>, ApiError> {
-    queue_name("name", &name)?;
-    let info = state
-        .store()
-        .queue_set_paused(QueuePause {
-            queue: name,
-            paused,
-            now: Utc::now(),
-        })
-        .await?;
+    let info = state.engine().queue_pause(&name, paused).await?;
     Ok(Json(info.into()))
 }
 
@@ -141,18 +132,7 @@ pub async fn update(
     Path(name): Path<String>,
     ApiJson(settings): ApiJson<QueueSettings>,
 ) -> Result<Json<QueueBody>, ApiError> {
-    queue_name("name", &name)?;
-    if let Some(push) = &settings.push {
-        push.validate()?;
-    }
-    let info = state
-        .store()
-        .queue_set_push(QueuePush {
-            queue: name,
-            push: settings.push,
-            now: Utc::now(),
-        })
-        .await?;
+    let info = state.engine().queue_set_push(&name, settings.push).await?;
     state.push_targets_changed().notify_one();
     Ok(Json(info.into()))
 }

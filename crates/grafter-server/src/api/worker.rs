@@ -5,25 +5,17 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::Utc;
-use grafter_core::{Job, JobId, LeasedJob, Progress, Worker, WorkerRegistration};
-use grafter_store::{
-    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, StoreError,
-    WorkerBeat,
+use grafter_core::{time, Job, JobId, JobState, LeasedJob, Progress, Worker, WorkerRegistration};
+use grafter_engine::{
+    Ack, AckOutcome as EngineAckOutcome, FetchRequest as EngineFetch, Outcome, Retry, When,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::api::jobs::queue_name;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{ApiJson, PathJobId};
 use crate::state::AppState;
-
-/// Most jobs one fetch may lease.
-pub const MAX_FETCH: usize = 1_000;
-/// Shortest and longest lease a worker may ask for.
-const LEASE_RANGE_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 
 /// A worker asking for jobs.
 #[derive(Deserialize, ToSchema)]
@@ -59,19 +51,10 @@ pub struct FetchResponse {
     pub jobs: Vec<LeasedJob>,
 }
 
-fn lease_duration(state: &AppState, lease_ms: Option<u64>) -> Result<Duration, ApiError> {
-    match lease_ms {
-        None => Ok(state.config().default_lease()),
-        Some(ms) if LEASE_RANGE_MS.contains(&ms) => Ok(Duration::from_millis(ms)),
-        Some(ms) => Err(ApiError::invalid_field(
-            "lease_ms",
-            format!(
-                "must be between {} and {}, got {ms}",
-                LEASE_RANGE_MS.start(),
-                LEASE_RANGE_MS.end()
-            ),
-        )),
-    }
+/// A count of milliseconds from a request as a duration, within `min` and
+/// 100 years (the field names the range otherwise).
+pub(crate) fn millis(field: &str, ms: u64, min: u64) -> Result<Duration, ApiError> {
+    Ok(time::validate_ms(field, i128::from(ms), min)?)
 }
 
 /// Lease available jobs. With `wait_ms`, waits until a job is available or the
@@ -82,42 +65,21 @@ pub async fn fetch(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<FetchRequest>,
 ) -> Result<Json<FetchResponse>, ApiError> {
-    if request.queues.is_empty() {
-        return Err(ApiError::invalid_field("queues", "name at least one queue"));
-    }
-    for queue in &request.queues {
-        queue_name("queues", queue)?;
-    }
-    if !(1..=MAX_FETCH).contains(&request.max) {
-        return Err(ApiError::invalid_field(
-            "max",
-            format!("must be between 1 and {MAX_FETCH}"),
-        ));
-    }
-    let max_wait = state.config().max_wait_ms;
-    if request.wait_ms > max_wait {
-        return Err(ApiError::invalid_field(
-            "wait_ms",
-            format!("must be at most {max_wait}"),
-        ));
-    }
-    let lease_duration = lease_duration(&state, request.lease_ms)?;
-    let params = || JobsFetch {
-        running_limit: None,
-        queues: request.queues.clone(),
+    let fetch = EngineFetch {
+        queues: request.queues,
         max: request.max,
-        lease_duration,
-        worker_id: request.worker_id.clone(),
-        now: Utc::now(),
+        wait: millis("wait_ms", request.wait_ms, 0)?,
+        lease: request
+            .lease_ms
+            .map(|ms| millis("lease_ms", ms, 0))
+            .transpose()?,
+        worker_id: request.worker_id,
+        running_limit: None,
     };
-    let wait = Duration::from_millis(request.wait_ms);
-    let jobs = grafter_store::jobs_fetch_waiting(
-        state.store(),
-        params,
-        wait,
-        state.shutdown().cancelled(),
-    )
-    .await?;
+    let jobs = state
+        .engine()
+        .fetch(fetch, state.shutdown().cancelled())
+        .await?;
     Ok(Json(FetchResponse { jobs }))
 }
 
@@ -142,17 +104,12 @@ pub async fn ack(
     PathJobId(id): PathJobId,
     ApiJson(request): ApiJson<AckRequest>,
 ) -> Result<Json<Job>, ApiError> {
-    let job = state
-        .store()
-        .job_complete(JobComplete {
-            id,
-            lease: request.lease,
-            result: request.result,
-            now: Utc::now(),
-        })
-        .await?;
-    state.metrics().completed(&job.queue);
-    Ok(Json(job))
+    let outcome = Outcome::Completed {
+        result: request.result,
+    };
+    Ok(Json(
+        state.engine().record(id, &request.lease, outcome).await?,
+    ))
 }
 
 /// Many successes at once.
@@ -195,6 +152,12 @@ pub struct AckOutcome {
     /// Why not: `lease_mismatch` (nothing changed) or `not_found`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
+    /// For `lease_mismatch`: the job's state now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// For `lease_mismatch`: the job's attempt now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
 }
 
 /// Mark many leased jobs completed in one transaction: what a worker sends
@@ -207,46 +170,35 @@ pub async fn ack_many(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<AckManyRequest>,
 ) -> Result<Json<AckManyResponse>, ApiError> {
-    if !(1..=MAX_FETCH).contains(&request.acks.len()) {
-        return Err(ApiError::invalid_field(
-            "acks",
-            format!("must hold between 1 and {MAX_FETCH} acks"),
-        ));
-    }
-    let ids: Vec<JobId> = request.acks.iter().map(|a| a.id).collect();
-    let items = request
+    let acks: Vec<Ack> = request
         .acks
         .into_iter()
-        .map(|a| (a.id, a.lease, a.result))
-        .collect();
-    let done = state
-        .store()
-        .jobs_complete_many(JobsCompleteMany {
-            items,
-            now: Utc::now(),
+        .map(|a| Ack {
+            id: a.id,
+            lease: a.lease,
+            result: a.result,
         })
-        .await?;
-    state
-        .metrics()
-        .batch_acked(done.iter().filter(|&&ok| ok).count());
-    let mut results = Vec::with_capacity(ids.len());
-    for (id, ok) in ids.into_iter().zip(done) {
-        let error = if ok {
-            None
-        } else {
-            // Rare, so the reason is looked up only now.
-            let why = match state.store().job_get(id).await? {
-                Some(job) => StoreError::LeaseMismatch {
-                    id,
-                    state: job.state,
-                    attempt: job.attempt,
-                },
-                None => StoreError::NotFound(id),
+        .collect();
+    let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
+    let outcomes = state.engine().complete_many(acks).await?;
+    let results = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(id, outcome)| {
+            let (state, attempt) = match outcome {
+                EngineAckOutcome::LeaseMismatch { state, attempt } => (Some(state), Some(attempt)),
+                _ => (None, None),
             };
-            Some(ApiError::from(why).into_detail())
-        };
-        results.push(AckOutcome { id, ok, error });
-    }
+            let error = outcome.error(id).map(|e| ApiError::from(e).into_detail());
+            AckOutcome {
+                id,
+                ok: error.is_none(),
+                error,
+                state,
+                attempt,
+            }
+        })
+        .collect();
     Ok(Json(AckManyResponse { results }))
 }
 
@@ -265,12 +217,6 @@ pub struct FailRequest {
     pub retry_in_ms: Option<u64>,
 }
 
-fn later(now: chrono::DateTime<Utc>, ms: u64) -> chrono::DateTime<Utc> {
-    chrono::Duration::try_milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
-}
-
 fn yes() -> bool {
     true
 }
@@ -285,22 +231,18 @@ pub async fn fail(
     PathJobId(id): PathJobId,
     ApiJson(request): ApiJson<FailRequest>,
 ) -> Result<Json<Job>, ApiError> {
-    let now = Utc::now();
-    let retry_at = request.retry_in_ms.map(|ms| later(now, ms));
-    let job = state
-        .store()
-        .job_fail(JobFail {
-            id,
-            lease: request.lease,
-            error: request.error,
-            retry: request.retry,
-            retry_at,
-            backoff: state.config().retry,
-            now,
-        })
-        .await?;
-    state.metrics().failed(&job.queue);
-    Ok(Json(job))
+    let retry = match (request.retry, request.retry_in_ms) {
+        (false, _) => Retry::Never,
+        (true, None) => Retry::Backoff,
+        (true, Some(ms)) => Retry::At(When::After(millis("retry_in_ms", ms, 0)?)),
+    };
+    let outcome = Outcome::Failed {
+        error: request.error,
+        retry,
+    };
+    Ok(Json(
+        state.engine().record(id, &request.lease, outcome).await?,
+    ))
 }
 
 /// Progress as a bare fraction or with a message.
@@ -343,21 +285,16 @@ pub async fn heartbeat(
         },
         ProgressInput::Full(progress) => progress,
     });
-    if let Some(progress) = &progress {
-        progress.validate()?;
-    }
-    let lease_duration = lease_duration(&state, request.lease_ms)?;
-    let job = state
-        .store()
-        .job_heartbeat(JobHeartbeat {
-            id,
-            lease: request.lease,
-            progress,
-            lease_duration,
-            now: Utc::now(),
-        })
-        .await?;
-    Ok(Json(job))
+    let extend = request
+        .lease_ms
+        .map(|ms| millis("lease_ms", ms, 0))
+        .transpose()?;
+    Ok(Json(
+        state
+            .engine()
+            .heartbeat(id, &request.lease, progress, extend)
+            .await?,
+    ))
 }
 
 /// Hand a job back unfinished.
@@ -381,18 +318,14 @@ pub async fn release(
     PathJobId(id): PathJobId,
     ApiJson(request): ApiJson<ReleaseRequest>,
 ) -> Result<Json<Job>, ApiError> {
-    let now = Utc::now();
-    let run_at = request.delay_ms.map_or(now, |ms| later(now, ms));
-    let job = state
-        .store()
-        .job_release(JobRelease {
-            id,
-            lease: request.lease,
-            run_at,
-            now,
-        })
-        .await?;
-    Ok(Json(job))
+    let run_at = match request.delay_ms {
+        None => When::Now,
+        Some(ms) => When::After(millis("delay_ms", ms, 0)?),
+    };
+    let outcome = Outcome::Released { run_at };
+    Ok(Json(
+        state.engine().record(id, &request.lease, outcome).await?,
+    ))
 }
 
 /// Register a worker or record its heartbeat (every few seconds). A worker not
@@ -406,20 +339,13 @@ pub async fn worker_heartbeat(
     Path(id): Path<String>,
     ApiJson(worker): ApiJson<WorkerRegistration>,
 ) -> Result<StatusCode, ApiError> {
-    worker.validate()?;
     if worker.id != id {
         return Err(ApiError::invalid_field(
             "id",
             format!("'{}' does not match the path's '{id}'", worker.id),
         ));
     }
-    state
-        .store()
-        .worker_heartbeat(WorkerBeat {
-            worker,
-            now: Utc::now(),
-        })
-        .await?;
+    state.engine().worker_beat(worker).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -430,7 +356,7 @@ pub async fn worker_remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store().worker_remove(id).await?;
+    state.engine().worker_remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

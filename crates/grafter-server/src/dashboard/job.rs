@@ -10,12 +10,12 @@ use axum::response::Response;
 use axum::Extension;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use grafter_core::{Job, JobId, JobState};
-use grafter_store::{JobCancel, JobReschedule, JobRetry};
+use grafter_engine::When;
 use maud::{html, Markup};
 use serde_json::Value;
 
 use super::layout::{self, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::{checked_form, error_page, html, redirect_with, store_error, Ctx};
+use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx};
 use crate::state::AppState;
 
 fn parse_id(raw: &str) -> Option<JobId> {
@@ -263,31 +263,23 @@ pub(super) async fn act(
         return error_page(StatusCode::NOT_FOUND, "A job id is a number.");
     };
     let back = format!("/jobs/{id}");
-    let now = Utc::now();
-    let store = state.store();
+    let engine = state.engine();
     let done = match action.as_str() {
-        "retry" | "run-now" => store
-            .job_retry(JobRetry {
-                id,
-                args: None,
-                now,
-            })
-            .await
-            .map(|_| {
-                if action == "retry" {
-                    "Retried: the job is available to run now."
-                } else {
-                    "The job is available to run now."
-                }
-            }),
-        "cancel" => store.job_cancel(JobCancel { id, now }).await.map(|job| {
+        "retry" | "run-now" => engine.retry(id, None).await.map(|_| {
+            if action == "retry" {
+                "Retried: the job is available to run now."
+            } else {
+                "The job is available to run now."
+            }
+        }),
+        "cancel" => engine.cancel(id).await.map(|job| {
             if job.state == JobState::Running {
                 "Cancel requested: the worker will stop the job at its next heartbeat."
             } else {
                 "Cancelled."
             }
         }),
-        "delete" => match store.job_delete(id).await {
+        "delete" => match engine.delete(id).await {
             Ok(()) => return redirect_with("/jobs", true, &format!("Deleted job {id}.")),
             Err(e) => Err(e),
         },
@@ -298,10 +290,7 @@ pub(super) async fn act(
             ) else {
                 return redirect_with(&back, false, "Pick a date and time to run the job.");
             };
-            match store
-                .job_reschedule(JobReschedule { id, run_at, now })
-                .await
-            {
+            match engine.reschedule(id, When::At(run_at)).await {
                 Ok(_) => {
                     let at = run_at.format("%Y-%m-%d %H:%M UTC");
                     return redirect_with(&back, true, &format!("Rescheduled to {at}."));
@@ -320,12 +309,8 @@ pub(super) async fn act(
                     )
                 }
             };
-            store
-                .job_retry(JobRetry {
-                    id,
-                    args: Some(args),
-                    now,
-                })
+            engine
+                .retry(id, Some(args))
                 .await
                 .map(|_| "Saved the new args; the job is available to run now.")
         }
@@ -333,7 +318,7 @@ pub(super) async fn act(
     };
     match done {
         Ok(message) => redirect_with(&back, true, message),
-        Err(e) => redirect_with(&back, false, &format!("Nothing changed: {e}.")),
+        Err(e) => redirect_with(&back, false, &format!("Nothing changed: {}.", explain(e))),
     }
 }
 

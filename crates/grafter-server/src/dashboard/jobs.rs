@@ -9,14 +9,13 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
-use chrono::Utc;
 use grafter_core::{Job, JobId, JobState};
 use grafter_store::{BulkAction, BulkOutcome, JobsBulk, JobsList, Order};
 use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{self, clip, count, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::{checked_form, html, redirect_with, store_error, Ctx, FormData};
+use super::{checked_form, explain, html, redirect_with, store_error, Ctx, FormData};
 use crate::filters::{parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
@@ -293,7 +292,6 @@ pub(super) async fn bulk(
         Some("delete") => (BulkAction::Delete, "Deleted"),
         _ => return redirect_with(&back, false, "Choose retry, cancel or delete."),
     };
-    let now = Utc::now();
     if form.get("all") == Some("1") {
         if filter.state != "dead" || action == BulkAction::Cancel {
             return redirect_with(
@@ -315,19 +313,14 @@ pub(super) async fn bulk(
                     return redirect_with(
                         &back,
                         false,
-                        &format!("Stopped after {} jobs: {e}", total.changed),
+                        &format!("Stopped after {} jobs: {}", total.changed, explain(e)),
                     )
                 }
             };
             let ids: Vec<JobId> = page.jobs.iter().map(|j| j.id).collect();
             if !ids.is_empty() {
-                let bulk = JobsBulk {
-                    ids,
-                    action,
-                    only_state: Some(JobState::Dead),
-                    now,
-                };
-                match state.store().jobs_bulk(bulk).await {
+                let bulk = state.engine().bulk(ids, action, Some(JobState::Dead)).await;
+                match bulk {
                     Ok(o) => {
                         total.changed += o.changed;
                         total.skipped += o.skipped;
@@ -336,7 +329,7 @@ pub(super) async fn bulk(
                         return redirect_with(
                             &back,
                             false,
-                            &format!("Stopped after {} jobs: {e}", total.changed),
+                            &format!("Stopped after {} jobs: {}", total.changed, explain(e)),
                         )
                     }
                 }
@@ -370,23 +363,7 @@ pub(super) async fn bulk(
     if ids.is_empty() {
         return redirect_with(&back, false, "Select some jobs first.");
     }
-    if ids.len() > JobsBulk::MAX_IDS {
-        return redirect_with(
-            &back,
-            false,
-            &format!("At most {} jobs at once.", JobsBulk::MAX_IDS),
-        );
-    }
-    match state
-        .store()
-        .jobs_bulk(JobsBulk {
-            ids,
-            action,
-            only_state: None,
-            now,
-        })
-        .await
-    {
+    match state.engine().bulk(ids, action, None).await {
         Ok(o) if o.skipped == 0 => {
             redirect_with(&back, true, &format!("{verb} {} jobs.", o.changed))
         }

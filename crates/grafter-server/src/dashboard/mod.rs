@@ -258,9 +258,15 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 
 /// A store failure on a page load: 404 for a missing job, 503 when storage is
 /// unreachable, else 500, each with the store's explanation.
-fn store_error(e: grafter_store::StoreError) -> Response {
-    let api = crate::error::ApiError::from(e.clone());
-    error_page(api.status(), &e.to_string())
+fn store_error(e: impl Into<crate::error::ApiError>) -> Response {
+    let api = e.into();
+    error_page(api.status(), api.message())
+}
+
+/// Why a change was refused, as the API would say it (never the database's
+/// own text).
+fn explain(e: impl Into<crate::error::ApiError>) -> String {
+    e.into().message().to_owned()
 }
 
 async fn css() -> impl IntoResponse {

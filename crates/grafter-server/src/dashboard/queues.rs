@@ -7,13 +7,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use chrono::Utc;
-use grafter_core::{validate_name, JobState};
-use grafter_store::QueuePause;
+use grafter_core::JobState;
 use maud::html;
 
 use super::layout::{self, age, count, csrf_field, path_segment, time, Tab};
 use super::overview::urlencode;
-use super::{checked_form, error_page, html, redirect_with, store_error, Ctx};
+use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx};
 use crate::state::AppState;
 
 pub(super) async fn page(
@@ -89,24 +88,17 @@ pub(super) async fn act(
         "resume" => false,
         _ => return error_page(StatusCode::NOT_FOUND, "No such action."),
     };
-    if let Err(e) = validate_name("queue", &name) {
-        return redirect_with("/queues", false, &e.to_string());
-    }
-    match state
-        .store()
-        .queue_set_paused(QueuePause {
-            queue: name.clone(),
-            paused,
-            now: Utc::now(),
-        })
-        .await
-    {
+    match state.engine().queue_pause(&name, paused).await {
         Ok(_) if paused => redirect_with(
             "/queues",
             true,
             &format!("Paused queue {name}: no new jobs start until you resume it."),
         ),
         Ok(_) => redirect_with("/queues", true, &format!("Resumed queue {name}.")),
-        Err(e) => redirect_with("/queues", false, &format!("Nothing changed: {e}.")),
+        Err(e) => redirect_with(
+            "/queues",
+            false,
+            &format!("Nothing changed: {}.", explain(e)),
+        ),
     }
 }

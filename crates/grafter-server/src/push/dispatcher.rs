@@ -9,20 +9,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use grafter_core::{Job, LeasedJob, PushTarget};
-use grafter_store::{
-    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsFetch, QueueInfo, StoreError,
+use grafter_engine::push::{
+    signature, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, SIGNATURE_HEADER,
 };
+use grafter_engine::{Clock, FetchRequest, Retry, When};
+use grafter_store::{QueueInfo, StoreError};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::outcome::Outcome;
-use super::{
-    signature, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, SIGNATURE_HEADER,
-};
 use crate::state::AppState;
 
 /// Added to the request timeout for a push's lease: time to record the
@@ -162,8 +160,8 @@ fn reconcile(
 async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationToken) {
     let concurrency = queue.target.concurrency as usize;
     let slots = Arc::new(Semaphore::new(concurrency));
-    let store = shared.state.store();
-    let mut availability = store.job_availability();
+    let engine = shared.state.engine();
+    let mut availability = engine.store().job_availability();
     let lease_duration = Duration::from_millis(queue.target.timeout_ms) + LEASE_GRACE;
     loop {
         // A slot frees when a push has been recorded, so its outcome is known
@@ -199,15 +197,15 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
         }
         // Seen before looking, so a job arriving meanwhile still wakes us.
         availability.borrow_and_update();
-        let fetch = JobsFetch {
+        let fetch = FetchRequest {
             queues: vec![queue.name.clone()],
             max: permits.len(),
-            lease_duration,
+            wait: Duration::ZERO,
+            lease: Some(lease_duration),
             worker_id: Some(shared.worker_id.clone()),
             running_limit: Some(concurrency),
-            now: Utc::now(),
         };
-        match store.jobs_fetch(fetch).await {
+        match engine.fetch(fetch, std::future::pending()).await {
             Ok(jobs) if jobs.is_empty() => {
                 drop(permits);
                 tokio::select! {
@@ -261,7 +259,7 @@ async fn deliver(
 ) {
     let timeout = request_timeout(&queue.target, &leased.job);
     let outcome = tokio::select! {
-        outcome = push(&shared.http, &queue.target, &leased, timeout) => outcome,
+        outcome = push(&shared.http, &queue.target, &leased, timeout, shared.state.engine().clock()) => outcome,
         // Shutting down and out of time: the lease will end this attempt.
         _ = shared.abort.cancelled() => return,
     };
@@ -269,7 +267,7 @@ async fn deliver(
     if queue.health.record(outcome.target_failed()) {
         tracing::warn!(queue = %queue.name, url = %queue.target.url, "push target keeps failing; backing off");
     }
-    record(&shared.state, &queue.name, &leased, &outcome).await;
+    record(&shared.state, &leased, &outcome).await;
 }
 
 /// The request's time limit: the target's, or the job's own timeout if shorter.
@@ -287,6 +285,7 @@ async fn push(
     target: &PushTarget,
     leased: &LeasedJob,
     timeout: Duration,
+    clock: &Clock,
 ) -> Outcome {
     let body = match serde_json::to_vec(&PushRequest::from(&leased.job)) {
         Ok(body) => body,
@@ -313,7 +312,7 @@ async fn push(
         request = request.header(name, value);
     }
     match request.body(body).send().await {
-        Ok(response) => Outcome::from_response(response, Utc::now()).await,
+        Ok(response) => Outcome::from_response(response, clock.now()).await,
         Err(error) => Outcome::Failed {
             error: request_error(error, timeout),
             retry_at: None,
@@ -342,74 +341,52 @@ fn request_error(error: reqwest::Error, timeout: Duration) -> String {
 /// unavailable and the lease lasts. A lease that is no longer current means
 /// the job moved on meanwhile (the application finished it through the API,
 /// or someone deleted it): there is nothing to record then.
-async fn record(state: &AppState, queue: &str, leased: &LeasedJob, outcome: &Outcome) {
-    let store = state.store();
-    let (id, lease) = (leased.job.id, &leased.lease);
-    let give_up_at = leased.job.lease_expires_at.unwrap_or_else(Utc::now);
+async fn record(state: &AppState, leased: &LeasedJob, outcome: &Outcome) {
+    let engine = state.engine();
+    let (id, lease) = (leased.job.id, leased.lease.as_str());
+    let give_up_at = leased.job.lease_expires_at.unwrap_or_else(|| engine.now());
     loop {
-        let now = Utc::now();
-        let fail = |error: &str, retry, retry_at| JobFail {
-            id,
-            lease: lease.clone(),
-            error: error.to_owned(),
-            retry,
-            retry_at,
-            backoff: state.config().retry,
-            now,
-        };
         let result = match outcome {
-            Outcome::Completed(result) => {
-                store
-                    .job_complete(JobComplete {
-                        id,
-                        lease: lease.clone(),
-                        result: result.clone(),
-                        now,
-                    })
-                    .await
-            }
             // The application finishes it later: give it a full lease from now.
-            Outcome::Accepted => {
-                let lease_duration = state.config().default_lease();
-                store
-                    .job_heartbeat(JobHeartbeat {
-                        id,
-                        lease: lease.clone(),
-                        progress: None,
-                        lease_duration,
-                        now,
-                    })
-                    .await
+            Outcome::Accepted => engine.heartbeat(id, lease, None, None).await,
+            Outcome::Completed(result) => {
+                let completed = grafter_engine::Outcome::Completed {
+                    result: result.clone(),
+                };
+                engine.record(id, lease, completed).await
             }
             Outcome::Later { at, .. } => {
-                store
-                    .job_release(JobRelease {
-                        id,
-                        lease: lease.clone(),
-                        run_at: *at,
-                        now,
-                    })
-                    .await
+                let released = grafter_engine::Outcome::Released {
+                    run_at: When::At(*at),
+                };
+                engine.record(id, lease, released).await
             }
-            Outcome::Dead(error) => store.job_fail(fail(error, false, None)).await,
+            Outcome::Dead(error) => {
+                let failed = grafter_engine::Outcome::Failed {
+                    error: error.clone(),
+                    retry: Retry::Never,
+                };
+                engine.record(id, lease, failed).await
+            }
             Outcome::Failed { error, retry_at } => {
-                store.job_fail(fail(error, true, *retry_at)).await
+                let failed = grafter_engine::Outcome::Failed {
+                    error: error.clone(),
+                    retry: retry_at.map_or(Retry::Backoff, |at| Retry::At(When::At(at))),
+                };
+                engine.record(id, lease, failed).await
             }
         };
         match result {
-            Ok(_) => {
-                match outcome {
-                    Outcome::Completed(_) => state.metrics().completed(queue),
-                    Outcome::Dead(_) | Outcome::Failed { .. } => state.metrics().failed(queue),
-                    Outcome::Accepted | Outcome::Later { .. } => {}
-                }
-                return;
-            }
-            Err(StoreError::LeaseMismatch { .. } | StoreError::NotFound(_)) => {
+            Ok(_) => return,
+            Err(grafter_engine::Error::Store(
+                StoreError::LeaseMismatch { .. } | StoreError::NotFound(_),
+            )) => {
                 tracing::debug!(job = %id.0, "pushed job moved on meanwhile; nothing to record");
                 return;
             }
-            Err(StoreError::Unavailable(error)) if now < give_up_at => {
+            Err(grafter_engine::Error::Store(StoreError::Unavailable(error)))
+                if engine.now() < give_up_at =>
+            {
                 tracing::warn!(job = %id.0, %error, "cannot record push outcome yet; retrying");
                 tokio::time::sleep(STORE_RETRY).await;
             }

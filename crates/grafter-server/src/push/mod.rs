@@ -1,72 +1,22 @@
 //! Push queues: a queue with a push target has its jobs POSTed, signed, to the
 //! application's endpoint, and the answer decides each job's outcome
-//! (docs/push.md has the contract as a table).
+//! (docs/push.md has the contract as a table). The wire format (body,
+//! headers, `Grafter-Signature`) is `grafter_engine::push`, shared with the
+//! receivers.
 //!
-//! - [`signature`]: the `Grafter-Signature` scheme, both sides of it;
 //! - `dispatcher`: on every node, leases due jobs of push queues (never more
 //!   running, cluster-wide, than a queue's `concurrency`) and pushes them;
 //! - `outcome`: what an answer means for the job.
 
 mod dispatcher;
 mod outcome;
-pub mod signature;
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
-use grafter_core::{Job, JobId};
-use grafter_store::{QueuePush, Store};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use grafter_engine::Engine;
 
 use crate::config::{ConfigError, ServerConfig};
 
 pub(crate) use dispatcher::run as run_dispatcher;
 pub use outcome::{MAX_ERROR_BODY_BYTES, MAX_RESULT_BYTES};
-pub use signature::HEADER as SIGNATURE_HEADER;
-
-/// Request header: the job's id.
-pub const JOB_ID_HEADER: &str = "Grafter-Job-Id";
-/// Request header: this attempt's number (1-based).
-pub const ATTEMPT_HEADER: &str = "Grafter-Attempt";
-/// Request header: the lease, for finishing a job later (after a 202) through
-/// `/v1/jobs/{id}/heartbeat`, `/ack` or `/fail`.
-pub const LEASE_HEADER: &str = "Grafter-Lease";
-/// Response header: `false` makes a failed answer final (the job is dead).
-pub const RETRY_HEADER: &str = "Grafter-Retry";
-
-/// The JSON body of every push.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PushRequest {
-    /// The job's id.
-    pub id: JobId,
-    /// What to run.
-    pub kind: String,
-    /// The queue it came from.
-    pub queue: String,
-    /// Its arguments.
-    pub args: Value,
-    /// This attempt's number (1-based).
-    pub attempt: i32,
-    /// The attempt after which a failure is final.
-    pub max_attempts: i32,
-    /// When the job was enqueued.
-    pub enqueued_at: DateTime<Utc>,
-}
-
-impl From<&Job> for PushRequest {
-    fn from(job: &Job) -> Self {
-        PushRequest {
-            id: job.id,
-            kind: job.kind.clone(),
-            queue: job.queue.clone(),
-            args: job.args.clone(),
-            attempt: job.attempt,
-            max_attempts: job.max_attempts,
-            enqueued_at: job.created_at,
-        }
-    }
-}
 
 /// Why the configured push targets could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +30,7 @@ pub enum ApplyError {
         /// The queue.
         queue: String,
         /// Why.
-        source: grafter_store::StoreError,
+        source: grafter_engine::Error,
     },
 }
 
@@ -88,18 +38,14 @@ pub enum ApplyError {
 /// replacing what the API set for those queues (the file wins at start).
 /// Queues the file does not name keep their settings.
 pub async fn apply_configured_targets(
-    store: &Arc<dyn Store>,
+    engine: &Engine,
     config: &ServerConfig,
 ) -> Result<usize, ApplyError> {
     let targets = config.push_targets()?;
     let count = targets.len();
     for (queue, target) in targets {
-        store
-            .queue_set_push(QueuePush {
-                queue: queue.clone(),
-                push: Some(target),
-                now: Utc::now(),
-            })
+        engine
+            .queue_set_push(&queue, Some(target))
             .await
             .map_err(|source| ApplyError::Store { queue, source })?;
     }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::RETRY_HEADER;
+use grafter_engine::push::RETRY_HEADER;
 
 /// Most bytes of a 2xx body kept as the job's result; a larger body is not stored.
 pub const MAX_RESULT_BYTES: usize = 64 * 1024;

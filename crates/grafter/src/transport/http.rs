@@ -4,14 +4,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use grafter_core::{Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration};
+use grafter_core::{
+    time, Job as JobRecord, JobId, JobState, LeasedJob, NewJob, Progress, WorkerRegistration,
+};
+use grafter_engine::{Ack, AckOutcome, FetchRequest, Outcome, Retry, When};
 use reqwest::{header, Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, Fetch, Finish, Transport};
+use super::Transport;
 use crate::error::{Error, Result};
 
 /// Talks to a `grafter serve` at a base URL.
@@ -23,6 +26,47 @@ pub struct HttpTransport {
     /// Whether the server takes batch acks (`POST /v1/jobs/ack`); servers from
     /// before them answer 404, and then acks go one by one.
     batch_ack: AtomicBool,
+}
+
+/// Why a call did not get a 2xx answer.
+enum Failure {
+    /// No answer: the server could not be reached, or the answer broke off.
+    Unreachable(String),
+    /// An answer with a status other than 2xx, and the API's error body.
+    Answer {
+        status: StatusCode,
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
+}
+
+impl Failure {
+    /// The library's error for this failure; a 404 is about job `id`.
+    fn into_error(self, id: Option<JobId>) -> Error {
+        let (status, code, message, field) = match self {
+            Failure::Unreachable(message) => return Error::Unavailable(message),
+            Failure::Answer {
+                status,
+                code,
+                message,
+                field,
+            } => (status, code, message, field),
+        };
+        match (status, code.as_str(), id) {
+            (StatusCode::CONFLICT, "lease_mismatch", _) => Error::LeaseLost(message),
+            (StatusCode::NOT_FOUND, _, Some(id)) => Error::NotFound(id),
+            (s, _, _) if s.is_server_error() => {
+                Error::Unavailable(format!("HTTP {}: {message}", s.as_u16()))
+            }
+            (s, _, _) => Error::Rejected {
+                code,
+                message,
+                field,
+                status: Some(s.as_u16()),
+            },
+        }
+    }
 }
 
 impl HttpTransport {
@@ -43,26 +87,30 @@ impl HttpTransport {
         })
     }
 
+    /// Sends a request about job `id` (if any); a 2xx answer is parsed,
+    /// anything else becomes an [`Error`].
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-        timeout: Duration,
+        id: Option<JobId>,
     ) -> Result<T> {
-        self.call_with_status(method, path, body, timeout)
+        self.send(method, path, body, CALL_TIMEOUT)
             .await
             .map(|(_, answer)| answer)
+            .map_err(|failure| failure.into_error(id))
     }
 
-    /// Sends a request; a 2xx answer is parsed, anything else becomes an [`Error`].
-    async fn call_with_status<T: DeserializeOwned>(
+    /// Sends a request and reads its answer: the parsed body of a 2xx, or
+    /// what went wrong.
+    async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<(StatusCode, T)> {
+    ) -> Result<(StatusCode, T), Failure> {
         let mut url = self.base.clone();
         url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
         let mut request = self.http.request(method, url).timeout(timeout);
@@ -77,19 +125,26 @@ impl HttpTransport {
         let response = request
             .send()
             .await
-            .map_err(|e| Error::Unavailable(format!("{}: {e}", self.base)))?;
+            .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.base)))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| Error::Unavailable(format!("reading the answer: {e}")))?;
+            .map_err(|e| Failure::Unreachable(format!("reading the answer: {e}")))?;
         if status.is_success() {
             let bytes = if bytes.is_empty() {
                 &b"null"[..]
             } else {
                 &bytes[..]
             };
-            return Ok((status, serde_json::from_slice(bytes)?));
+            return serde_json::from_slice(bytes)
+                .map(|answer| (status, answer))
+                .map_err(|e| Failure::Answer {
+                    status,
+                    code: "invalid_answer".to_owned(),
+                    message: format!("the server's answer is not what this client expects: {e}"),
+                    field: None,
+                });
         }
         #[derive(Deserialize)]
         struct Body {
@@ -99,37 +154,39 @@ impl HttpTransport {
         struct Detail {
             code: String,
             message: String,
+            field: Option<String>,
         }
-        let (code, message) = match serde_json::from_slice::<Body>(&bytes) {
-            Ok(body) => (body.error.code, body.error.message),
-            Err(_) => (String::new(), String::from_utf8_lossy(&bytes).into_owned()),
-        };
-        Err(match (status, code.as_str()) {
-            (StatusCode::CONFLICT, "lease_mismatch") => Error::LeaseLost(message),
-            (StatusCode::NOT_FOUND, _) => {
-                let id = path
-                    .split('/')
-                    .nth(3)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                Error::NotFound(JobId(id))
-            }
-            (s, _) if s.is_server_error() => {
-                Error::Unavailable(format!("HTTP {}: {message}", s.as_u16()))
-            }
-            (s, _) => Error::Rejected(format!("HTTP {} {code}: {message}", s.as_u16())),
+        Err(match serde_json::from_slice::<Body>(&bytes) {
+            Ok(Body { error }) => Failure::Answer {
+                status,
+                code: error.code,
+                message: error.message,
+                field: error.field,
+            },
+            Err(_) => Failure::Answer {
+                status,
+                code: String::new(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+                field: None,
+            },
         })
     }
-}
 
-impl HttpTransport {
-    async fn complete_one_by_one(&self, acks: Vec<Ack>) -> Result<Vec<bool>> {
+    async fn complete_one_by_one(&self, acks: Vec<Ack>) -> Result<Vec<AckOutcome>> {
         let mut done = Vec::with_capacity(acks.len());
         for ack in acks {
-            let finish = Finish::Complete(ack.result);
-            done.push(match self.finish(ack.id, &ack.lease, &finish).await {
-                Ok(_) => true,
-                Err(Error::LeaseLost(_) | Error::NotFound(_)) => false,
+            let outcome = Outcome::Completed { result: ack.result };
+            done.push(match self.record(ack.id, &ack.lease, &outcome).await {
+                Ok(_) => AckOutcome::Completed,
+                Err(Error::NotFound(_)) => AckOutcome::NotFound,
+                Err(Error::LeaseLost(_)) => match self.get(ack.id).await {
+                    Ok(job) => AckOutcome::LeaseMismatch {
+                        state: job.state,
+                        attempt: job.attempt,
+                    },
+                    Err(Error::NotFound(_)) => AckOutcome::NotFound,
+                    Err(e) => return Err(e),
+                },
                 Err(e) => return Err(e),
             });
         }
@@ -150,8 +207,18 @@ fn json_body(value: &impl Serialize) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(value)?)
 }
 
+/// A delay as the API takes it: whole milliseconds, at most what it accepts.
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    time::saturating_ms(d)
+}
+
+/// `when` as a delay from now, for the API's `*_ms` fields.
+fn delay(when: When) -> Duration {
+    match when {
+        When::Now => Duration::ZERO,
+        When::After(delay) => delay,
+        When::At(at) => (at - chrono::Utc::now()).to_std().unwrap_or_default(),
+    }
 }
 
 #[async_trait]
@@ -161,8 +228,9 @@ impl Transport for HttpTransport {
             // The single-job endpoint says whether it was a duplicate (200) or new (201).
             let body = json_body(job)?;
             let (status, job) = self
-                .call_with_status(Method::POST, "/v1/jobs", Some(body), CALL_TIMEOUT)
-                .await?;
+                .send(Method::POST, "/v1/jobs", Some(body), CALL_TIMEOUT)
+                .await
+                .map_err(|failure| failure.into_error(None))?;
             return Ok(vec![(job, status == StatusCode::CREATED)]);
         }
         #[derive(Serialize)]
@@ -178,14 +246,14 @@ impl Transport for HttpTransport {
                 Method::POST,
                 "/v1/jobs/batch",
                 Some(json_body(&Batch { jobs: &jobs })?),
-                CALL_TIMEOUT,
+                None,
             )
             .await?;
         Ok(answer.jobs.into_iter().map(|j| (j, true)).collect())
     }
 
     async fn get(&self, id: JobId) -> Result<JobRecord> {
-        self.call(Method::GET, &format!("/v1/jobs/{id}"), None, CALL_TIMEOUT)
+        self.call(Method::GET, &format!("/v1/jobs/{id}"), None, Some(id))
             .await
     }
 
@@ -194,12 +262,12 @@ impl Transport for HttpTransport {
             Method::POST,
             &format!("/v1/jobs/{id}/cancel"),
             Some(b"{}".to_vec()),
-            CALL_TIMEOUT,
+            Some(id),
         )
         .await
     }
 
-    async fn fetch(&self, fetch: Fetch<'_>, stop: &CancellationToken) -> Result<Vec<LeasedJob>> {
+    async fn fetch(&self, fetch: FetchRequest, stop: &CancellationToken) -> Result<Vec<LeasedJob>> {
         #[derive(Deserialize)]
         struct Leased {
             jobs: Vec<LeasedJob>,
@@ -209,10 +277,10 @@ impl Transport for HttpTransport {
             "queues": fetch.queues,
             "max": fetch.max,
             "wait_ms": ms(wait),
-            "lease_ms": ms(fetch.lease),
+            "lease_ms": fetch.lease.map(ms),
             "worker_id": fetch.worker_id,
         });
-        let request = self.call::<Leased>(
+        let request = self.send::<Leased>(
             Method::POST,
             "/v1/fetch",
             Some(json_body(&body)?),
@@ -220,14 +288,14 @@ impl Transport for HttpTransport {
         );
         tokio::pin!(request);
         tokio::select! {
-            answer = &mut request => Ok(answer?.jobs),
+            answer = &mut request => answer.map(|a| a.1.jobs).map_err(|f| f.into_error(None)),
             _ = stop.cancelled() => {
                 // An answer with leased jobs may already be on its way: wait a
                 // moment for it so they can be handed back at once. Past that,
                 // dropping the request is still safe: jobs leased by an answer we
                 // never read come back when their lease expires.
                 match tokio::time::timeout(IN_FLIGHT_GRACE, request).await {
-                    Ok(Ok(answer)) => Ok(answer.jobs),
+                    Ok(Ok((_, answer))) => Ok(answer.jobs),
                     _ => Ok(Vec::new()),
                 }
             }
@@ -247,96 +315,115 @@ impl Transport for HttpTransport {
             Method::POST,
             &format!("/v1/jobs/{id}/heartbeat"),
             Some(body),
-            CALL_TIMEOUT,
+            Some(id),
         )
         .await
     }
 
-    async fn finish(&self, id: JobId, lease: &str, finish: &Finish) -> Result<JobRecord> {
-        let (action, body) = match finish {
-            Finish::Complete(result) => ("ack", json!({ "lease": lease, "result": result })),
-            Finish::Fail {
-                error,
-                retry,
-                retry_in,
-            } => (
-                "fail",
-                json!({ "lease": lease, "error": error, "retry": retry, "retry_in_ms": retry_in.map(ms) }),
-            ),
-            Finish::Release { after } => (
+    async fn record(&self, id: JobId, lease: &str, outcome: &Outcome) -> Result<JobRecord> {
+        let (action, body) = match outcome {
+            Outcome::Completed { result } => ("ack", json!({ "lease": lease, "result": result })),
+            Outcome::Failed { error, retry } => {
+                let (retry, retry_in) = match retry {
+                    Retry::Backoff => (true, None),
+                    Retry::At(when) => (true, Some(ms(delay(*when)))),
+                    Retry::Never => (false, None),
+                };
+                (
+                    "fail",
+                    json!({ "lease": lease, "error": error, "retry": retry, "retry_in_ms": retry_in }),
+                )
+            }
+            Outcome::Released { run_at } => (
                 "release",
-                json!({ "lease": lease, "delay_ms": after.map(ms) }),
+                json!({ "lease": lease, "delay_ms": ms(delay(*run_at)) }),
             ),
         };
         self.call(
             Method::POST,
             &format!("/v1/jobs/{id}/{action}"),
             Some(json_body(&body)?),
-            CALL_TIMEOUT,
+            Some(id),
         )
         .await
     }
 
-    async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<bool>> {
+    async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<AckOutcome>> {
         #[derive(Deserialize)]
-        struct Outcome {
+        struct Item {
             ok: bool,
+            error: Option<ItemError>,
+            state: Option<JobState>,
+            attempt: Option<i32>,
+        }
+        #[derive(Deserialize)]
+        struct ItemError {
+            code: String,
         }
         #[derive(Deserialize)]
         struct Outcomes {
-            results: Vec<Outcome>,
+            results: Vec<Item>,
         }
         if !self.batch_ack.load(Ordering::Relaxed) {
             return self.complete_one_by_one(acks).await;
         }
         #[derive(Serialize)]
-        struct Item<'a> {
+        struct SentAck<'a> {
             id: JobId,
             lease: &'a str,
             result: &'a Option<Value>,
         }
         #[derive(Serialize)]
-        struct Items<'a> {
-            acks: Vec<Item<'a>>,
+        struct SentAcks<'a> {
+            acks: Vec<SentAck<'a>>,
         }
-        let items = Items {
+        let sent = SentAcks {
             acks: acks
                 .iter()
-                .map(|a| Item {
+                .map(|a| SentAck {
                     id: a.id,
                     lease: &a.lease,
                     result: &a.result,
                 })
                 .collect(),
         };
-        let n = items.acks.len();
-        match self
-            .call::<Outcomes>(
+        let n = sent.acks.len();
+        let answer = self
+            .send::<Outcomes>(
                 Method::POST,
                 "/v1/jobs/ack",
-                Some(json_body(&items)?),
+                Some(json_body(&sent)?),
                 CALL_TIMEOUT,
             )
-            .await
-        {
-            Ok(answer) if answer.results.len() == n => {
-                Ok(answer.results.into_iter().map(|o| o.ok).collect())
-            }
-            Ok(answer) => Err(Error::Other(format!(
+            .await;
+        match answer {
+            Ok((_, answer)) if answer.results.len() == n => Ok(answer
+                .results
+                .into_iter()
+                .map(|item| match (item.ok, item.error) {
+                    (true, _) => AckOutcome::Completed,
+                    (false, Some(e)) if e.code == "not_found" => AckOutcome::NotFound,
+                    (false, _) => AckOutcome::LeaseMismatch {
+                        // Servers before 0.1 leave these out; the worker only logs them.
+                        state: item.state.unwrap_or(JobState::Running),
+                        attempt: item.attempt.unwrap_or_default(),
+                    },
+                })
+                .collect()),
+            Ok((_, answer)) => Err(Error::Other(format!(
                 "batch ack of {n} answered {} results",
                 answer.results.len()
             ))),
-            // A server from before batch acks (where the path means a job
-            // named "ack": 404 or 405): ack one by one from now on.
-            Err(Error::NotFound(_)) => {
+            // A server from before batch acks, where the path means a job
+            // named "ack": 404 or 405. Ack one by one from now on.
+            Err(Failure::Answer {
+                status: StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED,
+                ..
+            }) => {
                 self.batch_ack.store(false, Ordering::Relaxed);
                 self.complete_one_by_one(acks).await
             }
-            Err(Error::Rejected(message)) if message.starts_with("HTTP 405 ") => {
-                self.batch_ack.store(false, Ordering::Relaxed);
-                self.complete_one_by_one(acks).await
-            }
-            Err(e) => Err(e),
+            Err(failure) => Err(failure.into_error(None)),
         }
     }
 
@@ -346,24 +433,24 @@ impl Transport for HttpTransport {
             Method::PUT,
             &format!("/v1/workers/{}", worker.id),
             Some(body),
-            CALL_TIMEOUT,
+            None,
         )
         .await?;
         Ok(())
     }
 
     async fn worker_gone(&self, worker_id: &str) -> Result<()> {
+        let path = format!("/v1/workers/{worker_id}");
         match self
-            .call::<Value>(
-                Method::DELETE,
-                &format!("/v1/workers/{worker_id}"),
-                None,
-                CALL_TIMEOUT,
-            )
+            .send::<Value>(Method::DELETE, &path, None, CALL_TIMEOUT)
             .await
         {
-            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+            Ok(_)
+            | Err(Failure::Answer {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(()),
+            Err(failure) => Err(failure.into_error(None)),
         }
     }
 }

@@ -1,0 +1,579 @@
+//! The job operations every caller shares: enqueue, fetch, record an
+//! attempt's outcome, heartbeat, and the operator's changes. Each checks its
+//! input, takes "now" from the engine's clock and turns relative times into
+//! absolute ones with saturating arithmetic, then makes one store call.
+
+use std::future::Future;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use grafter_core::{
+    time, validate_name, Job, JobId, JobState, LeasedJob, NewJob, Progress, PushTarget, Timestamp,
+    ValidationError, WorkerRegistration,
+};
+use grafter_store::{
+    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease,
+    JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert, QueueInfo,
+    QueuePause, QueuePush, Store, StoreError, WorkerBeat,
+};
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::config::EngineConfig;
+use crate::error::Result;
+use crate::observer::{Observer, Unobserved};
+
+/// Most jobs one fetch may lease, and most acks in one batch.
+pub const MAX_FETCH: usize = 1_000;
+/// Most queues one fetch may name.
+pub const MAX_FETCH_QUEUES: usize = 1_000;
+/// Most jobs in one batch enqueue.
+pub const MAX_BATCH: usize = 10_000;
+/// Shortest and longest lease a worker may ask for, in milliseconds.
+const LEASE_RANGE_MS: RangeInclusive<u64> = 1_000..=86_400_000;
+/// Longest progress message kept, in bytes; longer ones are cut.
+const MAX_PROGRESS_MESSAGE: usize = 1_024;
+
+/// Moves jobs through their states on one store. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+    clock: Clock,
+    observer: Arc<dyn Observer>,
+}
+
+/// When something should happen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum When {
+    /// At once.
+    Now,
+    /// This long from now (saturating at the latest storable time).
+    After(Duration),
+    /// At this time (moved into the storable range).
+    At(Timestamp),
+}
+
+/// When a failed attempt is tried again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Retry {
+    /// After the job's backoff (or the engine's).
+    Backoff,
+    /// At a chosen time instead of the backoff.
+    At(When),
+    /// Never: the job is dead now, whatever attempts remain.
+    Never,
+}
+
+/// How an attempt ended, as its worker (or push target) reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// It succeeded; `result` is kept as the job's result.
+    Completed {
+        /// What the job produced.
+        result: Option<Value>,
+    },
+    /// It failed: a failed attempt, retried by the rules unless `retry` says
+    /// never (a requested cancel wins and makes the job `cancelled`).
+    Failed {
+        /// The attempt's error.
+        error: String,
+        /// When to try again.
+        retry: Retry,
+    },
+    /// It was handed back without counting the attempt: on a worker's
+    /// shutdown (`When::Now`) or as a snooze.
+    Released {
+        /// When the job runs next.
+        run_at: When,
+    },
+}
+
+/// One success in a batch ack.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    /// The job.
+    pub id: JobId,
+    /// The lease received with it.
+    pub lease: String,
+    /// What it produced.
+    pub result: Option<Value>,
+}
+
+/// What one ack of a batch came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AckOutcome {
+    /// This ack completed the job.
+    Completed,
+    /// The lease is not the job's current one; nothing changed.
+    LeaseMismatch {
+        /// The job's state now.
+        state: JobState,
+        /// The job's attempt now.
+        attempt: i32,
+    },
+    /// There is no such job (any more).
+    NotFound,
+}
+
+impl AckOutcome {
+    /// The store error the same ack would have met alone, if it did not apply.
+    pub fn error(&self, id: JobId) -> Option<StoreError> {
+        match *self {
+            AckOutcome::Completed => None,
+            AckOutcome::LeaseMismatch { state, attempt } => {
+                Some(StoreError::LeaseMismatch { id, state, attempt })
+            }
+            AckOutcome::NotFound => Some(StoreError::NotFound(id)),
+        }
+    }
+}
+
+/// A worker asking for jobs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FetchRequest {
+    /// Queues to take jobs from.
+    pub queues: Vec<String>,
+    /// Most jobs to lease.
+    pub max: usize,
+    /// How long to wait for a job when none is available.
+    pub wait: Duration,
+    /// Lease length (default the engine's).
+    pub lease: Option<Duration>,
+    /// Who is asking; recorded on the job and its errors.
+    pub worker_id: Option<String>,
+    /// With one queue: lease only as many as keep its running jobs (on every
+    /// node) at or under this number.
+    pub running_limit: Option<usize>,
+}
+
+impl Engine {
+    /// An engine on `store` with the system clock.
+    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                clock: Clock::system(),
+                observer: Arc::new(Unobserved),
+            }),
+        }
+    }
+
+    /// This engine reading the time from `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        self.rebuilt(|inner| inner.clock = clock)
+    }
+
+    /// This engine telling `observer` of every change.
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Self {
+        self.rebuilt(|inner| inner.observer = observer)
+    }
+
+    fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Inner {
+            store: self.inner.store.clone(),
+            config: self.inner.config.clone(),
+            clock: self.inner.clock.clone(),
+            observer: self.inner.observer.clone(),
+        };
+        change(&mut inner);
+        Engine {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The store, for reads (job pages, queue counts, workers).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The current time by the engine's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// `when` as a time, from `now`.
+    fn resolve(when: When, now: Timestamp) -> Timestamp {
+        match when {
+            When::Now => now,
+            When::After(delay) => time::after(now, delay),
+            When::At(at) => time::clamp(at),
+        }
+    }
+
+    /// Enqueues one job; a duplicate by `unique_key` answers the existing job.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Inserted> {
+        job.validate()?;
+        let inserted = self.insert(vec![job]).await?.pop();
+        inserted.ok_or_else(|| StoreError::Backend("the store returned no job".into()).into())
+    }
+
+    /// Enqueues 1 to [`MAX_BATCH`] jobs in one transaction: all or none. An
+    /// error names the job as `jobs[i].field`.
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>> {
+        if jobs.is_empty() || jobs.len() > MAX_BATCH {
+            return Err(ValidationError::new(
+                "jobs",
+                format!("must hold 1 to {MAX_BATCH} jobs, got {}", jobs.len()),
+            )
+            .into());
+        }
+        for (i, job) in jobs.iter().enumerate() {
+            job.validate()
+                .map_err(|e| ValidationError::new(format!("jobs[{i}].{}", e.field), e.message))?;
+        }
+        self.insert(jobs).await
+    }
+
+    async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>> {
+        let inserted = self
+            .inner
+            .store
+            .jobs_insert_many(JobsInsert {
+                jobs,
+                now: self.now(),
+            })
+            .await?;
+        for created in inserted.iter().filter(|i| i.created) {
+            self.inner.observer.enqueued(&created.job);
+        }
+        Ok(inserted)
+    }
+
+    /// Leases available jobs; with a `wait`, waits until some are available
+    /// or the time is up (a new job wakes the wait at once). Answers what it
+    /// has, possibly nothing, when `stop` completes.
+    pub async fn fetch(
+        &self,
+        request: FetchRequest,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Vec<LeasedJob>> {
+        let lease_duration = self.lease_duration(request.lease)?;
+        if request.queues.is_empty() || request.queues.len() > MAX_FETCH_QUEUES {
+            return Err(ValidationError::new(
+                "queues",
+                format!(
+                    "name 1 to {MAX_FETCH_QUEUES} queues, got {}",
+                    request.queues.len()
+                ),
+            )
+            .into());
+        }
+        for queue in &request.queues {
+            validate_name("queues", queue)?;
+        }
+        if !(1..=MAX_FETCH).contains(&request.max) {
+            return Err(ValidationError::new(
+                "max",
+                format!("must be between 1 and {MAX_FETCH}, got {}", request.max),
+            )
+            .into());
+        }
+        let max_wait = self.inner.config.max_wait;
+        if request.wait > max_wait {
+            return Err(ValidationError::new(
+                "wait_ms",
+                format!(
+                    "must be at most {}, got {}",
+                    max_wait.as_millis(),
+                    request.wait.as_millis()
+                ),
+            )
+            .into());
+        }
+        if let Some(worker) = &request.worker_id {
+            validate_name("worker_id", worker)?;
+        }
+        let params = || JobsFetch {
+            queues: request.queues.clone(),
+            max: request.max,
+            lease_duration,
+            worker_id: request.worker_id.clone(),
+            running_limit: request.running_limit,
+            now: self.now(),
+        };
+        Ok(
+            crate::wait::jobs_fetch_waiting(self.store().as_ref(), params, request.wait, stop)
+                .await?,
+        )
+    }
+
+    /// A lease length asked for, or the default; out of range is refused.
+    fn lease_duration(&self, asked: Option<Duration>) -> Result<Duration> {
+        let Some(lease) = asked else {
+            return Ok(self.inner.config.default_lease);
+        };
+        let ms = lease.as_millis();
+        if !(u128::from(*LEASE_RANGE_MS.start())..=u128::from(*LEASE_RANGE_MS.end())).contains(&ms)
+        {
+            return Err(ValidationError::new(
+                "lease_ms",
+                format!(
+                    "must be between {} and {}, got {ms}",
+                    LEASE_RANGE_MS.start(),
+                    LEASE_RANGE_MS.end()
+                ),
+            )
+            .into());
+        }
+        Ok(lease)
+    }
+
+    /// Records how an attempt ended, fenced by its lease: the one path every
+    /// worker's and push target's outcome takes.
+    pub async fn record(&self, id: JobId, lease: &str, outcome: Outcome) -> Result<Job> {
+        let store = &self.inner.store;
+        let now = self.now();
+        let lease = lease.to_owned();
+        let observer = &self.inner.observer;
+        let job = match outcome {
+            Outcome::Completed { result } => {
+                let job = store
+                    .job_complete(JobComplete {
+                        id,
+                        lease,
+                        result,
+                        now,
+                    })
+                    .await?;
+                observer.completed(&job);
+                job
+            }
+            Outcome::Failed { error, retry } => {
+                let (retry, retry_at) = match retry {
+                    Retry::Backoff => (true, None),
+                    Retry::At(when) => (true, Some(Self::resolve(when, now))),
+                    Retry::Never => (false, None),
+                };
+                let job = store
+                    .job_fail(JobFail {
+                        id,
+                        lease,
+                        error,
+                        retry,
+                        retry_at,
+                        backoff: self.inner.config.retry,
+                        now,
+                    })
+                    .await?;
+                observer.failed(&job);
+                job
+            }
+            Outcome::Released { run_at } => {
+                store
+                    .job_release(JobRelease {
+                        id,
+                        lease,
+                        run_at: Self::resolve(run_at, now),
+                        now,
+                    })
+                    .await?
+            }
+        };
+        Ok(job)
+    }
+
+    /// Completes 1 to [`MAX_FETCH`] jobs in one transaction, each fenced by
+    /// its own lease; answers per ack, in order, what it came to.
+    pub async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<AckOutcome>> {
+        if acks.is_empty() || acks.len() > MAX_FETCH {
+            return Err(ValidationError::new(
+                "acks",
+                format!("must hold 1 to {MAX_FETCH} acks, got {}", acks.len()),
+            )
+            .into());
+        }
+        let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
+        let items = acks
+            .into_iter()
+            .map(|a| (a.id, a.lease, a.result))
+            .collect();
+        let done = self
+            .inner
+            .store
+            .jobs_complete_many(JobsCompleteMany {
+                items,
+                now: self.now(),
+            })
+            .await?;
+        self.inner
+            .observer
+            .batch_completed(done.iter().filter(|&&ok| ok).count());
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for (id, ok) in ids.into_iter().zip(done) {
+            outcomes.push(if ok {
+                AckOutcome::Completed
+            } else {
+                // Rare, so the reason is looked up only now.
+                match self.inner.store.job_get(id).await? {
+                    Some(job) => AckOutcome::LeaseMismatch {
+                        state: job.state,
+                        attempt: job.attempt,
+                    },
+                    None => AckOutcome::NotFound,
+                }
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Extends a running job's lease (by `lease`, or the default) and stores
+    /// its progress; the answer's `cancel_requested` tells the worker to stop.
+    pub async fn heartbeat(
+        &self,
+        id: JobId,
+        lease: &str,
+        progress: Option<Progress>,
+        extend: Option<Duration>,
+    ) -> Result<Job> {
+        let lease_duration = self.lease_duration(extend)?;
+        let progress = progress.map(cut_message).transpose()?;
+        Ok(self
+            .inner
+            .store
+            .job_heartbeat(JobHeartbeat {
+                id,
+                lease: lease.to_owned(),
+                progress,
+                lease_duration,
+                now: self.now(),
+            })
+            .await?)
+    }
+
+    /// Cancels a job: at once if it is waiting, by request if it is running.
+    pub async fn cancel(&self, id: JobId) -> Result<Job> {
+        let now = self.now();
+        Ok(self.inner.store.job_cancel(JobCancel { id, now }).await?)
+    }
+
+    /// Makes a not-running job available now, with new args if given.
+    pub async fn retry(&self, id: JobId, args: Option<Value>) -> Result<Job> {
+        let now = self.now();
+        Ok(self
+            .inner
+            .store
+            .job_retry(JobRetry { id, args, now })
+            .await?)
+    }
+
+    /// Moves a not-running job's run time. A time outside years 1 to 9999 is
+    /// refused (field `run_at`).
+    pub async fn reschedule(&self, id: JobId, when: When) -> Result<Job> {
+        if let When::At(at) = when {
+            time::validate_time("run_at", at)?;
+        }
+        let now = self.now();
+        let run_at = Self::resolve(when, now);
+        Ok(self
+            .inner
+            .store
+            .job_reschedule(JobReschedule { id, run_at, now })
+            .await?)
+    }
+
+    /// Deletes a job in any state.
+    pub async fn delete(&self, id: JobId) -> Result<()> {
+        Ok(self.inner.store.job_delete(id).await?)
+    }
+
+    /// Retries, cancels or deletes up to [`JobsBulk::MAX_IDS`] jobs in one
+    /// transaction, skipping those the one-job rules refuse.
+    pub async fn bulk(
+        &self,
+        ids: Vec<JobId>,
+        action: BulkAction,
+        only_state: Option<JobState>,
+    ) -> Result<BulkOutcome> {
+        if ids.len() > JobsBulk::MAX_IDS {
+            return Err(ValidationError::new(
+                "ids",
+                format!("at most {} jobs at once", JobsBulk::MAX_IDS),
+            )
+            .into());
+        }
+        Ok(self
+            .inner
+            .store
+            .jobs_bulk(JobsBulk {
+                ids,
+                action,
+                only_state,
+                now: self.now(),
+            })
+            .await?)
+    }
+
+    /// Pauses or resumes a queue.
+    pub async fn queue_pause(&self, queue: &str, paused: bool) -> Result<QueueInfo> {
+        validate_name("name", queue)?;
+        Ok(self
+            .inner
+            .store
+            .queue_set_paused(QueuePause {
+                queue: queue.to_owned(),
+                paused,
+                now: self.now(),
+            })
+            .await?)
+    }
+
+    /// Sets (after checking it) or removes a queue's push target.
+    pub async fn queue_set_push(&self, queue: &str, push: Option<PushTarget>) -> Result<QueueInfo> {
+        validate_name("name", queue)?;
+        if let Some(target) = &push {
+            target.validate()?;
+        }
+        Ok(self
+            .inner
+            .store
+            .queue_set_push(QueuePush {
+                queue: queue.to_owned(),
+                push,
+                now: self.now(),
+            })
+            .await?)
+    }
+
+    /// Registers a worker or records its heartbeat.
+    pub async fn worker_beat(&self, worker: WorkerRegistration) -> Result<()> {
+        worker.validate()?;
+        let now = self.now();
+        Ok(self
+            .inner
+            .store
+            .worker_heartbeat(WorkerBeat { worker, now })
+            .await?)
+    }
+
+    /// Forgets a worker (on its orderly shutdown).
+    pub async fn worker_remove(&self, id: &str) -> Result<()> {
+        Ok(self.inner.store.worker_remove(id.to_owned()).await?)
+    }
+}
+
+/// Checks a progress report and cuts its message to [`MAX_PROGRESS_MESSAGE`].
+fn cut_message(mut progress: Progress) -> Result<Progress, ValidationError> {
+    progress.validate()?;
+    if let Some(message) = &mut progress.message {
+        let cut = grafter_store::transitions::truncate(message, MAX_PROGRESS_MESSAGE).len();
+        message.truncate(cut);
+    }
+    Ok(progress)
+}

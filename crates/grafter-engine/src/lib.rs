@@ -1,0 +1,42 @@
+//! Grafter's job engine: what every caller of a store shares, written once.
+//!
+//! The HTTP API, the push dispatcher and the library's in-process workers all
+//! move jobs through an [`Engine`]: it validates what enters, owns the clock
+//! and the time arithmetic (which saturates, so no input can make a later
+//! step overflow), records every outcome of an attempt through one path
+//! ([`Engine::record`]), and long-polls fetches. [`maintenance`] runs the
+//! services that keep job states true as time passes (scheduler, rescuer,
+//! expirer, pruner) on one elected node, supervised so that none can silently
+//! stop. [`open`] opens a store by URL (SQLite and PostgreSQL behind the
+//! `sqlite` and `postgres` features), and [`push`] is the wire format of push
+//! deliveries, shared by the sender and receivers.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use grafter_engine::{Engine, EngineConfig};
+//!
+//! let store = grafter_engine::open("sqlite://jobs.db", &Default::default()).await?;
+//! let engine = Engine::new(store, EngineConfig::default());
+//! let job = engine.enqueue(grafter_core::NewJob::new("send_email", serde_json::json!({}))).await?;
+//! # Ok(()) }
+//! ```
+
+mod clock;
+mod config;
+mod error;
+mod jobs;
+pub mod maintenance;
+mod observer;
+mod open;
+pub mod push;
+mod wait;
+
+pub use clock::Clock;
+pub use config::EngineConfig;
+pub use error::{Error, Result};
+pub use jobs::{
+    Ack, AckOutcome, Engine, FetchRequest, Outcome, Retry, When, MAX_BATCH, MAX_FETCH,
+    MAX_FETCH_QUEUES,
+};
+pub use observer::Observer;
+pub use open::{migrate, open, OpenError, PostgresSettings};

@@ -1,0 +1,21 @@
+//! What the engine tells whoever counts (the server's metrics) as jobs move.
+
+use grafter_core::Job;
+
+/// Told of each change the engine makes, after it is durable. Called inline,
+/// so implementations must be quick and must not block.
+pub trait Observer: Send + Sync + 'static {
+    /// A job was created (not a duplicate by `unique_key`).
+    fn enqueued(&self, _job: &Job) {}
+    /// An attempt succeeded: `job` is completed.
+    fn completed(&self, _job: &Job) {}
+    /// `count` jobs were completed by one batch ack.
+    fn batch_completed(&self, _count: usize) {}
+    /// An attempt failed: `job` is retryable, dead, or cancelled.
+    fn failed(&self, _job: &Job) {}
+}
+
+/// The observer of an engine nobody watches.
+pub(crate) struct Unobserved;
+
+impl Observer for Unobserved {}

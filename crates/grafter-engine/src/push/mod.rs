@@ -1,0 +1,55 @@
+//! The wire format of push deliveries, shared by the server that sends them
+//! and the receivers that check and run them (docs/push.md): the request's
+//! JSON body, its headers, and [`signature`], the `Grafter-Signature` scheme.
+
+pub mod signature;
+
+use chrono::{DateTime, Utc};
+use grafter_core::{Job, JobId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use signature::HEADER as SIGNATURE_HEADER;
+
+/// Request header: the job's id.
+pub const JOB_ID_HEADER: &str = "Grafter-Job-Id";
+/// Request header: this attempt's number (1-based).
+pub const ATTEMPT_HEADER: &str = "Grafter-Attempt";
+/// Request header: the lease, for finishing a job later (after a 202) through
+/// `/v1/jobs/{id}/heartbeat`, `/ack` or `/fail`.
+pub const LEASE_HEADER: &str = "Grafter-Lease";
+/// Response header: `false` makes a failed answer final (the job is dead).
+pub const RETRY_HEADER: &str = "Grafter-Retry";
+
+/// The JSON body of every push.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The job's id.
+    pub id: JobId,
+    /// What to run.
+    pub kind: String,
+    /// The queue it came from.
+    pub queue: String,
+    /// Its arguments.
+    pub args: Value,
+    /// This attempt's number (1-based).
+    pub attempt: i32,
+    /// The attempt after which a failure is final.
+    pub max_attempts: i32,
+    /// When the job was enqueued.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+impl From<&Job> for PushRequest {
+    fn from(job: &Job) -> Self {
+        PushRequest {
+            id: job.id,
+            kind: job.kind.clone(),
+            queue: job.queue.clone(),
+            args: job.args.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            enqueued_at: job.created_at,
+        }
+    }
+}
