@@ -29,8 +29,8 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_json`, `invalid_field`, `payload_too_large`,
-    /// `not_found`, `lease_mismatch`, `invalid_state`, `unauthorized`, `unavailable`,
-    /// `internal`.
+    /// `not_found`, `method_not_allowed`, `lease_mismatch`, `invalid_state`,
+    /// `unauthorized`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -78,6 +78,15 @@ impl ApiError {
     /// No such thing.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// The route exists, but not with this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take this method",
+        )
     }
 
     /// Missing or wrong token.

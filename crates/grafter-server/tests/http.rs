@@ -330,9 +330,11 @@ async fn unknown_jobs_and_routes_are_404_json() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    let wrong_method = api.call(Method::PUT, "/v1/jobs", None).await;
-    assert_eq!(wrong_method.0, StatusCode::METHOD_NOT_ALLOWED);
-    assert!(wrong_method.1["error"]["message"].is_string());
+    assert_error(
+        &api.call(Method::PUT, "/v1/jobs", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
 }
 
 #[tokio::test]

@@ -199,8 +199,10 @@ impl JobContext {
         tokio::task::yield_now().await;
     }
 
-    /// True once someone asked to cancel this job (through the API), or the
-    /// worker is shutting down and the job's time to finish is up.
+    /// True once someone asked to cancel this job through the API (the worker
+    /// learns of it at its next heartbeat). A worker shutting down does not
+    /// use this: past its deadline it stops the job's task and hands the job
+    /// back.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }

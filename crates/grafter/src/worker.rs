@@ -110,8 +110,9 @@ impl WorkerBuilder {
     }
 
     /// For an in-process client: whether this worker also runs the maintenance
-    /// services (scheduler, rescuer, expirer) on its store. Default true; turn it
-    /// off when a `grafter serve` in the same process already runs them.
+    /// services (scheduler, rescuer, expirer, pruner, under the cluster's
+    /// leader election) on its store. Default true; turn it off when a
+    /// `grafter serve` in the same process already runs them.
     pub fn maintenance(mut self, enabled: bool) -> Self {
         self.maintenance = enabled;
         self

@@ -27,9 +27,7 @@ pub async fn not_found(uri: Uri) -> Response {
 
 /// A route that exists, with another method.
 pub async fn method_not_allowed() -> Response {
-    let mut response = ApiError::not_found("method not allowed on this route").into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+    ApiError::method_not_allowed().into_response()
 }
 
 /// A handler panicked: answer 500 JSON rather than dropping the connection.
