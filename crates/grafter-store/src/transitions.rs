@@ -2,7 +2,7 @@
 //! turns a job into. Backends call these inside their transaction so that every
 //! backend moves jobs the same way.
 
-use grafter_core::{AttemptError, Backoff, Job, JobState, Timestamp};
+use grafter_core::{time, AttemptError, Backoff, Job, JobState, Timestamp};
 
 /// Longest error message kept per attempt, in bytes; longer ones are cut.
 pub const MAX_ERROR_LEN: usize = 16 * 1024;
@@ -58,12 +58,9 @@ pub fn after_failure(job: &Job, failure: Failure<'_>) -> AfterFailure {
     } else {
         let backoff = job.backoff.as_ref().unwrap_or(failure.default_backoff);
         let delay = backoff.delay(job.attempt.max(1) as u32);
-        let next = failure.retry_at.unwrap_or_else(|| {
-            chrono::Duration::from_std(delay)
-                .ok()
-                .and_then(|d| failure.now.checked_add_signed(d))
-                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
-        });
+        let next = failure
+            .retry_at
+            .map_or_else(|| time::after(failure.now, delay), time::clamp);
         (JobState::Retryable, next)
     };
     AfterFailure {
@@ -74,14 +71,11 @@ pub fn after_failure(job: &Job, failure: Failure<'_>) -> AfterFailure {
     }
 }
 
-/// Why an expired lease is being rescued: the job's own timeout, or a silent worker.
+/// Why an expired lease is being rescued: the job's own timeout, or a silent
+/// worker. Saturating, so no stored `timeout_ms` can make it fail.
 pub fn rescue_reason(job: &Job, now: Timestamp) -> &'static str {
     match (job.timeout_ms, job.attempted_at) {
-        (Some(timeout), Some(started))
-            if started + chrono::Duration::milliseconds(timeout) <= now =>
-        {
-            TIMED_OUT
-        }
+        (Some(timeout), Some(started)) if time::after_ms(started, timeout) <= now => TIMED_OUT,
         _ => LEASE_EXPIRED,
     }
 }
