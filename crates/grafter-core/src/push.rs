@@ -41,7 +41,7 @@ impl std::fmt::Debug for PushTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Secrets stay out of logs.
         f.debug_struct("PushTarget")
-            .field("url", &self.url)
+            .field("url", &self.redacted_url())
             .field("timeout_ms", &self.timeout_ms)
             .field("concurrency", &self.concurrency)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
@@ -49,20 +49,57 @@ impl std::fmt::Debug for PushTarget {
     }
 }
 
+/// Most secrets kept for rotation besides the current one.
+pub const MAX_OLD_SECRETS: usize = 4;
+/// Longest secret, in bytes.
+pub const MAX_SECRET_LEN: usize = 512;
+/// Longest push URL, in bytes.
+pub const MAX_URL_LEN: usize = 2_048;
+
 impl PushTarget {
     /// Checks the target is usable.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let url = self.url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        let url = self.url.as_str();
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() < 10
+            || url.len() > MAX_URL_LEN
+        {
             return Err(ValidationError::new(
                 "push.url",
-                "must be an http:// or https:// URL",
+                format!("must be an http:// or https:// URL of at most {MAX_URL_LEN} bytes"),
             ));
         }
-        if self.secret.len() < 16 {
+        // Spaces and control characters are not part of any URL, and would
+        // let a URL written into a log line forge the lines after it.
+        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ValidationError::new(
+                "push.url",
+                "must not contain spaces or control characters",
+            ));
+        }
+        if !(16..=MAX_SECRET_LEN).contains(&self.secret.len()) {
             return Err(ValidationError::new(
                 "push.secret",
-                "must be at least 16 characters",
+                format!("must be 16 to {MAX_SECRET_LEN} bytes long"),
+            ));
+        }
+        if self.old_secrets.len() > MAX_OLD_SECRETS {
+            return Err(ValidationError::new(
+                "push.old_secrets",
+                format!(
+                    "at most {MAX_OLD_SECRETS} secrets being rotated out, got {}",
+                    self.old_secrets.len()
+                ),
+            ));
+        }
+        if self
+            .old_secrets
+            .iter()
+            .any(|s| !(16..=MAX_SECRET_LEN).contains(&s.len()))
+        {
+            return Err(ValidationError::new(
+                "push.old_secrets",
+                format!("each must be 16 to {MAX_SECRET_LEN} bytes long"),
             ));
         }
         if !(100..=3_600_000).contains(&self.timeout_ms) {
@@ -112,5 +149,105 @@ impl PushTarget {
             }
         }
         Ok(())
+    }
+
+    /// The URL as it may be shown (API answers, the dashboard, logs): the
+    /// credentials of `user:password@` and the values of query parameters,
+    /// which often carry tokens, are replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((rest, fragment)) => (rest, Some(fragment)),
+        None => (rest, None),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let mut shown = format!("{scheme}://{host}{path}");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=***"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        shown.push('#');
+        shown.push_str(fragment);
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> PushTarget {
+        PushTarget {
+            url: url.to_owned(),
+            secret: "s".repeat(16),
+            old_secrets: Vec::new(),
+            timeout_ms: default_timeout_ms(),
+            concurrency: default_concurrency(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn credentials_and_query_values_are_not_shown() {
+        let shown = |url: &str| target(url).redacted_url();
+        assert_eq!(
+            shown("https://user:pass@app.example.com:8443/jobs?tok=abc&x=1&flag#f"),
+            "https://***@app.example.com:8443/jobs?tok=***&x=***&flag#f"
+        );
+        assert_eq!(
+            shown("https://app.example.com/grafter/jobs"),
+            "https://app.example.com/grafter/jobs"
+        );
+        assert_eq!(shown("http://a@b@host?"), "http://***@host?");
+        let debug = format!("{:?}", target("https://u:p@h.example/x?key=v"));
+        assert!(!debug.contains("u:p") && !debug.contains("=v"), "{debug}");
+    }
+
+    #[test]
+    fn urls_that_could_forge_log_lines_and_oversized_secrets_are_refused() {
+        assert!(target("https://app.example.com/ok").validate().is_ok());
+        for url in [
+            "https://app.example.com/x\nINFO forged",
+            "https://app.example.com/ x",
+            "https://app.example.com/\u{0}",
+        ] {
+            let error = target(url).validate().unwrap_err();
+            assert_eq!(error.field, "push.url", "{url:?}");
+        }
+        let long = format!("https://app.example.com/{}", "x".repeat(MAX_URL_LEN));
+        assert!(target(&long).validate().is_err());
+        let mut rotating = target("https://app.example.com/ok");
+        rotating.old_secrets = vec!["o".repeat(16); MAX_OLD_SECRETS + 1];
+        assert_eq!(rotating.validate().unwrap_err().field, "push.old_secrets");
+        rotating.old_secrets = vec!["o".repeat(MAX_SECRET_LEN + 1)];
+        assert_eq!(rotating.validate().unwrap_err().field, "push.old_secrets");
+        rotating.old_secrets = vec!["o".repeat(16); MAX_OLD_SECRETS];
+        assert!(rotating.validate().is_ok());
+        rotating.secret = "s".repeat(MAX_SECRET_LEN + 1);
+        assert_eq!(rotating.validate().unwrap_err().field, "push.secret");
     }
 }

@@ -327,7 +327,7 @@ mod tests {
         let short =
             refused("[queues.mail.push]\nurl = \"https://a.example/x\"\nsecret = \"short\"");
         assert!(
-            short.contains("queues.mail.push.secret: must be at least 16"),
+            short.contains("queues.mail.push.secret: must be 16 to 512 bytes long"),
             "{short}"
         );
         assert!(toml::from_str::<ServerConfig>(

@@ -683,6 +683,14 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
             json!({"url": receiver.url, "secret": SECRET, "sekret": "typo"}),
             "push",
         ),
+        (
+            json!({"url": format!("{}\nINFO forged line", receiver.url), "secret": SECRET}),
+            "push.url",
+        ),
+        (
+            json!({"url": receiver.url, "secret": SECRET, "old_secrets": vec![SECRET; 5]}),
+            "push.old_secrets",
+        ),
     ] {
         let (status, body) = grafter.put_push("mail", push.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{push} → {body}");
@@ -706,6 +714,19 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
             assert!(!text.contains(secret), "the API showed a secret: {text}");
         }
     }
+
+    // Credentials and query values in the URL itself are not shown either.
+    let with_credentials = receiver.url.replace("http://", "http://app:hunter2@") + "?tok=t0ken";
+    let push = json!({"url": with_credentials, "secret": SECRET});
+    let (status, body) = grafter.put_push("mail", push).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let shown = receiver.url.replace("http://", "http://***@") + "?tok=***";
+    assert_eq!(body["push"]["url"], shown.as_str(), "{body}");
+    let (_, queues) = grafter.call(reqwest::Method::GET, "/v1/queues", None).await;
+    assert!(
+        !queues.to_string().contains("hunter2") && !queues.to_string().contains("t0ken"),
+        "{queues}"
+    );
 
     // Removing the target makes it a pull queue: a worker fetches its jobs.
     let (status, body) = grafter.put_push("mail", Value::Null).await;

@@ -32,7 +32,8 @@ pub struct QueueBody {
 /// A push target as the API shows it: no secrets, header names only.
 #[derive(Serialize, ToSchema)]
 pub struct PushView {
-    /// The application's endpoint.
+    /// The application's endpoint, with any credentials and query values
+    /// shown as `***`.
     pub url: String,
     /// Request timeout in ms.
     pub timeout_ms: u64,
@@ -50,7 +51,7 @@ impl From<QueueInfo> for QueueBody {
             name: info.name,
             paused: info.paused,
             push: info.push.map(|p| PushView {
-                url: p.url,
+                url: p.redacted_url(),
                 timeout_ms: p.timeout_ms,
                 concurrency: p.concurrency,
                 headers: p.headers.into_keys().collect(),

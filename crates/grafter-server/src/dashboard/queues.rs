@@ -51,7 +51,7 @@ pub(super) async fn page(
                                 td { @if let Some(t) = q.oldest_available_at { (age(now - t)) " (since " (time(t)) ")" } @else { span.muted { "—" } } }
                                 td {
                                     @if let Some(p) = &q.push {
-                                        code { (p.url) } br;
+                                        code { (p.redacted_url()) } br;
                                         span.muted { "up to " (p.concurrency) " at once, " (p.timeout_ms) " ms timeout, signed" }
                                     } @else { span.muted { "pull (workers fetch)" } }
                                 }

@@ -144,7 +144,7 @@ fn reconcile(
         if running.contains_key(&name) {
             continue;
         }
-        tracing::info!(queue = %name, url = %target.url, concurrency = target.concurrency, "pushing jobs");
+        tracing::info!(queue = %name, url = %target.redacted_url(), concurrency = target.concurrency, "pushing jobs");
         let stop = cancel.child_token();
         let queue = Arc::new(Queue {
             name: name.clone(),
@@ -265,7 +265,7 @@ async fn deliver(
     };
     tracing::debug!(queue = %queue.name, job = %leased.job.id.0, attempt = leased.job.attempt, ?outcome, "pushed");
     if queue.health.record(outcome.target_failed()) {
-        tracing::warn!(queue = %queue.name, url = %queue.target.url, "push target keeps failing; backing off");
+        tracing::warn!(queue = %queue.name, url = %queue.target.redacted_url(), "push target keeps failing; backing off");
     }
     record(&shared.state, &leased, &outcome).await;
 }
