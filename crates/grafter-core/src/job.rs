@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use chrono::{DateTime, Utc};
 
-use crate::{time, Backoff, JobState};
+use crate::{storable, time, Backoff, JobState};
 
 /// The queue a job goes to when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -206,6 +206,7 @@ impl NewJob {
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("kind", &self.kind)?;
         validate_name("queue", &self.queue)?;
+        storable::validate_json("args", &self.args)?;
         if self.max_attempts < 1 {
             return Err(ValidationError::new(
                 "max_attempts",

@@ -8,6 +8,7 @@ mod display;
 mod job;
 mod push;
 mod state;
+pub mod storable;
 pub mod time;
 mod worker;
 

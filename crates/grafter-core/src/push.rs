@@ -83,6 +83,17 @@ impl PushTarget {
                 format!("must be 16 to {MAX_SECRET_LEN} bytes long"),
             ));
         }
+        if self
+            .old_secrets
+            .iter()
+            .chain([&self.secret])
+            .any(|s| s.chars().any(char::is_control))
+        {
+            return Err(ValidationError::new(
+                "push.secret",
+                "secrets must not contain control characters",
+            ));
+        }
         if self.old_secrets.len() > MAX_OLD_SECRETS {
             return Err(ValidationError::new(
                 "push.old_secrets",

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_core::{
-    time, validate_name, Job, JobId, JobState, LeasedJob, NewJob, Progress, PushTarget, Timestamp,
-    ValidationError, WorkerRegistration,
+    storable, time, validate_name, Job, JobId, JobState, LeasedJob, NewJob, Progress, PushTarget,
+    Timestamp, ValidationError, WorkerRegistration,
 };
 use grafter_store::{
     BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease,
@@ -336,11 +336,13 @@ impl Engine {
     }
 
     /// Records how an attempt ended, fenced by its lease: the one path every
-    /// worker's and push target's outcome takes.
+    /// worker's and push target's outcome takes. A NUL in the result or the
+    /// error is replaced (see [`grafter_core::storable`]): the outcome of work
+    /// that is done is never refused for its text.
     pub async fn record(&self, id: JobId, lease: &str, outcome: Outcome) -> Result<Job> {
         let store = &self.inner.store;
         let now = self.now();
-        let lease = lease.to_owned();
+        let lease = storable::text(lease.to_owned());
         let observer = &self.inner.observer;
         let job = match outcome {
             Outcome::Completed { result } => {
@@ -348,7 +350,7 @@ impl Engine {
                     .job_complete(JobComplete {
                         id,
                         lease,
-                        result,
+                        result: result.map(storable::json),
                         now,
                     })
                     .await?;
@@ -365,7 +367,7 @@ impl Engine {
                     .job_fail(JobFail {
                         id,
                         lease,
-                        error,
+                        error: storable::text(error),
                         retry,
                         retry_at,
                         backoff: self.inner.config.retry,
@@ -449,7 +451,7 @@ impl Engine {
             .store
             .job_heartbeat(JobHeartbeat {
                 id,
-                lease: lease.to_owned(),
+                lease: storable::text(lease.to_owned()),
                 progress,
                 lease_duration,
                 now: self.now(),
@@ -465,6 +467,9 @@ impl Engine {
 
     /// Makes a not-running job available now, with new args if given.
     pub async fn retry(&self, id: JobId, args: Option<Value>) -> Result<Job> {
+        if let Some(args) = &args {
+            storable::validate_json("args", args)?;
+        }
         let now = self.now();
         Ok(self
             .inner
@@ -568,12 +573,13 @@ impl Engine {
     }
 }
 
-/// Checks a progress report and cuts its message to [`MAX_PROGRESS_MESSAGE`].
+/// Checks a progress report and cuts its message to [`MAX_PROGRESS_MESSAGE`],
+/// any NUL in it replaced.
 fn cut_message(mut progress: Progress) -> Result<Progress, ValidationError> {
     progress.validate()?;
-    if let Some(message) = &mut progress.message {
-        let cut = grafter_store::transitions::truncate(message, MAX_PROGRESS_MESSAGE).len();
-        message.truncate(cut);
-    }
+    progress.message = progress.message.map(|message| {
+        let cut = grafter_store::transitions::truncate(&message, MAX_PROGRESS_MESSAGE).len();
+        storable::text(message[..cut].to_owned())
+    });
     Ok(progress)
 }

@@ -1,11 +1,24 @@
 //! Job-list filters that the API and the dashboard read the same way.
 
+use grafter_core::ValidationError;
 use grafter_store::ArgsMatch;
 use serde_json::Value;
 
 /// How many jobs one page of a filtered list looks at when some filter is
 /// checked row by row; keeps every page fast however rare the matches.
 pub(crate) const SCAN_LIMIT: usize = 10_000;
+
+/// A queue, kind or tag to filter by: `None` when empty; refused when it holds
+/// a control character, which no name can (and PostgreSQL cannot compare).
+pub(crate) fn name_filter(field: &str, value: &str) -> Result<Option<String>, ValidationError> {
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(Some(value.to_owned()).filter(|v| !v.is_empty()))
+}
 
 /// `user.id=42` → path `["user", "id"]`, value `42`. The value is read as
 /// JSON when it is a JSON scalar (`42`, `true`, `null`, `"42"`), else as text.
@@ -52,5 +65,17 @@ mod tests {
         );
         assert!(parse_args("no equals sign").is_err());
         assert!(parse_args("a..b=1").is_err(), "empty key");
+        assert!(parse_args("a=b\u{0}c").is_err(), "NUL in the value");
+        assert!(parse_args("a\u{0}=1").is_err(), "NUL in a key");
+    }
+
+    #[test]
+    fn name_filters_refuse_control_characters() {
+        assert_eq!(
+            name_filter("queue", "mail").unwrap().as_deref(),
+            Some("mail")
+        );
+        assert_eq!(name_filter("queue", "").unwrap(), None);
+        assert_eq!(name_filter("queue", "a\u{0}").unwrap_err().field, "queue");
     }
 }

@@ -150,7 +150,8 @@ pub struct ArgsMatch {
 
 impl ArgsMatch {
     /// Checks the path is usable by every backend: 1 to 16 keys, none empty,
-    /// none with a double quote or control character; and the value is a scalar.
+    /// none with a double quote or control character; and the value is a
+    /// scalar, without NUL if a string.
     pub fn validate(&self) -> Result<(), crate::StoreError> {
         let invalid = |m: &str| Err(crate::StoreError::Invalid(format!("args filter: {m}")));
         if self.path.is_empty() || self.path.len() > 16 {
@@ -165,6 +166,9 @@ impl ArgsMatch {
         }
         if self.value.is_object() || self.value.is_array() {
             return invalid("the value must be a string, number, boolean or null");
+        }
+        if self.value.as_str().is_some_and(|v| v.contains('\0')) {
+            return invalid("the value must not contain the NUL character");
         }
         Ok(())
     }

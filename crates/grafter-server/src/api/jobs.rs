@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, PathJobId};
-use crate::filters::{parse_args, SCAN_LIMIT};
+use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
 /// Page size when a list names none.
@@ -178,17 +178,20 @@ pub async fn list(
             ))
         }
     };
-    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
-    let args = non_empty(query.args)
+    let name = |field: &str, value: Option<String>| {
+        name_filter(field, value.as_deref().unwrap_or_default()).map_err(ApiError::from)
+    };
+    let args = Some(query.args.unwrap_or_default())
+        .filter(|a| !a.is_empty())
         .map(|a| parse_args(&a).map_err(|e| ApiError::invalid_field("args", e)))
         .transpose()?;
     let page = state
         .store()
         .jobs_list(JobsList {
             state: job_state,
-            queue: non_empty(query.queue),
-            kind: non_empty(query.kind),
-            tag: non_empty(query.tag),
+            queue: name("queue", query.queue)?,
+            kind: name("kind", query.kind)?,
+            tag: name("tag", query.tag)?,
             args,
             limit,
             after,

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::layout::{self, clip, count, csrf_field, state_badge, time, time_or_dash, Tab};
 use super::{checked_form, explain, html, redirect_with, store_error, Ctx, FormData};
-use crate::filters::{parse_args, SCAN_LIMIT};
+use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
 /// Rows per page.
@@ -79,9 +79,9 @@ impl Filter {
             .transpose()?;
         Ok(JobsList {
             state,
-            queue: some(&self.queue),
-            kind: some(&self.kind),
-            tag: some(&self.tag),
+            queue: name_filter("queue", self.queue.trim()).map_err(|e| e.to_string())?,
+            kind: name_filter("kind", self.kind.trim()).map_err(|e| e.to_string())?,
+            tag: name_filter("tag", self.tag.trim()).map_err(|e| e.to_string())?,
             args: some(&self.args).map(|a| parse_args(&a)).transpose()?,
             limit,
             after,
