@@ -21,8 +21,9 @@ use grafter_store::{
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::Db;
 use crate::error::pg_error;
-use crate::ops::{cancel_locked, invalid, job_lock, requeue, Db};
+use crate::jobs::{cancel_locked, invalid, job_lock, requeue};
 use crate::row::{jobs_from_rows, JOB_COLUMNS};
 
 /// How often each node folds counter deltas into the totals.

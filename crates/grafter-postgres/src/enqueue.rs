@@ -6,9 +6,9 @@ use grafter_core::NewJob;
 use grafter_store::{Inserted, Result, StoreError};
 use tokio_postgres::Transaction;
 
-use crate::conn::AppTransaction;
+use crate::conn::{AppTransaction, Conn};
 use crate::error::pg_error;
-use crate::{ops, Schema};
+use crate::{inserts, Schema};
 
 /// Taken on entry and rolled back to on any error, so that a failed enqueue
 /// leaves nothing behind and the application's transaction usable.
@@ -100,10 +100,10 @@ async fn insert(tx: &Transaction<'_>, schema: &Schema, jobs: &[NewJob]) -> Resul
         }
         None => None,
     };
-    let (inserted, available) = ops::insert_jobs(&AppTransaction(tx), jobs, Utc::now()).await?;
+    let (inserted, available) = inserts::insert_jobs(&AppTransaction(tx), jobs, Utc::now()).await?;
     if available {
         // Delivered when the application commits; nothing if it rolls back.
-        ops::notify(&AppTransaction(tx), &schema.channel()).await?;
+        notify(&AppTransaction(tx), &schema.channel()).await?;
     }
     if let Some(previous) = previous_path {
         // Local to `tx`, like the change it undoes: after `tx` ends the
@@ -111,4 +111,18 @@ async fn insert(tx: &Transaction<'_>, schema: &Schema, jobs: &[NewJob]) -> Resul
         tx.execute(SET_PATH, &[&previous]).await.map_err(pg_error)?;
     }
     Ok(inserted)
+}
+
+/// Queues a wake-up for every listening node inside the caller's transaction:
+/// PostgreSQL delivers it at commit (never for a rolled-back change) and folds
+/// repeats within one transaction. Only for an application's transaction
+/// ([`crate::enqueue_in`]), whose commit the store does not see; the store's
+/// own changes are announced after they commit (`notifier::Announcer`), since
+/// a transaction that notifies holds a lock shared by every such transaction
+/// of the database from its commit until it is on disk, so their flushes to
+/// disk queue one by one instead of being shared.
+async fn notify(client: &impl Conn, channel: &str) -> Result<()> {
+    let stmt = client.statement("SELECT pg_notify($1, '')").await?;
+    client.rows(&stmt, &[&channel]).await?;
+    Ok(())
 }

@@ -25,7 +25,7 @@ use grafter_store::{Result, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::pool_error;
-use crate::ops::insert_unkeyed;
+use crate::inserts::insert_unkeyed;
 
 /// Requests with at least this many jobs are a batch already: they go straight
 /// to the database rather than through the group.

@@ -31,13 +31,20 @@
 
 mod browse;
 mod conn;
+mod db;
 mod enqueue;
 mod error;
 mod group_insert;
+mod inserts;
+mod jobs;
+mod leadership;
+mod leasing;
+mod maintenance;
 mod migrations;
 mod notifier;
-mod ops;
+mod queues;
 mod row;
+mod workers;
 
 pub use enqueue::enqueue_in;
 /// The driver [`enqueue_in`] takes transactions of, so applications can name
@@ -60,8 +67,8 @@ use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use db::Db;
 use error::pool_error;
-use ops::Db;
 
 /// The channel name every node listens on, before the schema is added.
 const CHANNEL_PREFIX: &str = "grafter_jobs";

@@ -882,7 +882,7 @@ async fn concurrent_small_inserts_share_statements_and_one_bad_request_fails_alo
 /// After an ANALYZE that saw no running jobs, the planner takes `jobs_leases`
 /// for nearly empty. A statement on one leased job (ack, heartbeat, release)
 /// must still reach its row through the primary key: through `jobs_leases` each
-/// one reads every running job (`lease_fence!` in `src/ops.rs`). Counted in
+/// one reads every running job (`lease_fence!` in `src/leasing.rs`). Counted in
 /// the statistics views, which the store's sessions report within seconds:
 /// those statements may not read `jobs_leases` at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

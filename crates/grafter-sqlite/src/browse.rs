@@ -20,7 +20,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection};
 use serde_json::Value;
 
-use crate::ops;
+use crate::jobs;
 use crate::row::{job_from_row, micros, timestamp, JOB_COLUMNS};
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -339,7 +339,7 @@ pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
     let mut outcome = BulkOutcome::default();
     for &id in &params.ids {
         if let Some(only) = params.only_state {
-            match ops::job_get(conn, id)? {
+            match jobs::job_get(conn, id)? {
                 Some(job) if job.state == only => {}
                 _ => {
                     outcome.skipped += 1;
@@ -348,7 +348,7 @@ pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
             }
         }
         let done = match params.action {
-            BulkAction::Retry => ops::job_retry(
+            BulkAction::Retry => jobs::job_retry(
                 conn,
                 &JobRetry {
                     id,
@@ -357,7 +357,7 @@ pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
                 },
             )
             .map(drop),
-            BulkAction::Cancel => ops::job_cancel(
+            BulkAction::Cancel => jobs::job_cancel(
                 conn,
                 &JobCancel {
                     id,
@@ -365,7 +365,7 @@ pub fn jobs_bulk(conn: &Connection, params: &JobsBulk) -> Result<BulkOutcome> {
                 },
             )
             .map(drop),
-            BulkAction::Delete => ops::job_delete(conn, id),
+            BulkAction::Delete => jobs::job_delete(conn, id),
         };
         match done {
             Ok(()) => outcome.changed += 1,

@@ -7,10 +7,17 @@
 //! caller. Reads use their own connections and are never blocked by the writer.
 
 mod browse;
+mod error;
+mod inserts;
+mod jobs;
+mod leadership;
+mod leasing;
+mod maintenance;
 mod migrations;
-mod ops;
+mod queues;
 mod readers;
 mod row;
+mod workers;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +31,10 @@ use grafter_store::{
     MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Store, StoreError, ThroughputRange,
     WorkerBeat, WorkersPrune,
 };
+use rusqlite::Connection;
 use tokio::sync::watch;
 
+use error::backend;
 use readers::Readers;
 use writer::Writer;
 
@@ -62,7 +71,7 @@ impl SqliteStore {
     /// The write connection's durability settings as SQLite reports them, e.g.
     /// `journal_mode=wal, synchronous=FULL`, for benchmarks and diagnostics to print.
     pub async fn durability(&self) -> Result<String> {
-        self.writer.run(ops::durability).await
+        self.writer.run(durability).await
     }
 
     fn announce_available(&self) {
@@ -75,7 +84,7 @@ impl Store for SqliteStore {
     async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>> {
         let inserted = self
             .writer
-            .run(move |conn| ops::jobs_insert_many(conn, &params))
+            .run(move |conn| inserts::jobs_insert_many(conn, &params))
             .await?;
         if inserted.iter().any(|i| i.created) {
             self.announce_available();
@@ -88,39 +97,39 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.writer
-            .run(move |conn| ops::jobs_fetch(conn, &params))
+            .run(move |conn| leasing::jobs_fetch(conn, &params))
             .await
     }
 
     async fn job_complete(&self, params: JobComplete) -> Result<Job> {
         self.writer
-            .run(move |conn| ops::job_complete(conn, &params))
+            .run(move |conn| leasing::job_complete(conn, &params))
             .await
     }
 
     async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>> {
-        let batch = ops::ack_batch(&params)?;
+        let batch = leasing::ack_batch(&params)?;
         self.writer
-            .run(move |conn| ops::jobs_complete_many(conn, &params, batch.as_deref()))
+            .run(move |conn| leasing::jobs_complete_many(conn, &params, batch.as_deref()))
             .await
     }
 
     async fn job_fail(&self, params: JobFail) -> Result<Job> {
         self.writer
-            .run(move |conn| ops::job_fail(conn, &params))
+            .run(move |conn| leasing::job_fail(conn, &params))
             .await
     }
 
     async fn job_heartbeat(&self, params: JobHeartbeat) -> Result<Job> {
         self.writer
-            .run(move |conn| ops::job_heartbeat(conn, &params))
+            .run(move |conn| leasing::job_heartbeat(conn, &params))
             .await
     }
 
     async fn job_release(&self, params: JobRelease) -> Result<Job> {
         let job = self
             .writer
-            .run(move |conn| ops::job_release(conn, &params))
+            .run(move |conn| leasing::job_release(conn, &params))
             .await?;
         if job.state == grafter_core::JobState::Available {
             self.announce_available();
@@ -129,7 +138,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
-        self.readers.run(move |conn| ops::job_get(conn, id)).await
+        self.readers.run(move |conn| jobs::job_get(conn, id)).await
     }
 
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {
@@ -164,14 +173,14 @@ impl Store for SqliteStore {
 
     async fn job_cancel(&self, params: JobCancel) -> Result<Job> {
         self.writer
-            .run(move |conn| ops::job_cancel(conn, &params))
+            .run(move |conn| jobs::job_cancel(conn, &params))
             .await
     }
 
     async fn job_retry(&self, params: JobRetry) -> Result<Job> {
         let job = self
             .writer
-            .run(move |conn| ops::job_retry(conn, &params))
+            .run(move |conn| jobs::job_retry(conn, &params))
             .await?;
         self.announce_available();
         Ok(job)
@@ -180,20 +189,22 @@ impl Store for SqliteStore {
     async fn job_reschedule(&self, params: JobReschedule) -> Result<Job> {
         let job = self
             .writer
-            .run(move |conn| ops::job_reschedule(conn, &params))
+            .run(move |conn| jobs::job_reschedule(conn, &params))
             .await?;
         self.announce_available();
         Ok(job)
     }
 
     async fn job_delete(&self, id: JobId) -> Result<()> {
-        self.writer.run(move |conn| ops::job_delete(conn, id)).await
+        self.writer
+            .run(move |conn| jobs::job_delete(conn, id))
+            .await
     }
 
     async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<u64> {
         let moved = self
             .writer
-            .run(move |conn| ops::jobs_schedule(conn, &params))
+            .run(move |conn| maintenance::jobs_schedule(conn, &params))
             .await?;
         if moved > 0 {
             self.announce_available();
@@ -203,49 +214,49 @@ impl Store for SqliteStore {
 
     async fn jobs_rescue_expired(&self, params: JobsRescue) -> Result<u64> {
         self.writer
-            .run(move |conn| ops::jobs_rescue_expired(conn, &params))
+            .run(move |conn| maintenance::jobs_rescue_expired(conn, &params))
             .await
     }
 
     async fn jobs_expire(&self, params: MaintenanceBatch) -> Result<u64> {
         self.writer
-            .run(move |conn| ops::jobs_expire(conn, &params))
+            .run(move |conn| maintenance::jobs_expire(conn, &params))
             .await
     }
 
     async fn jobs_prune(&self, params: JobsPrune) -> Result<u64> {
         self.writer
-            .run(move |conn| ops::jobs_prune(conn, &params))
+            .run(move |conn| maintenance::jobs_prune(conn, &params))
             .await
     }
 
     async fn queue_set_push(&self, params: QueuePush) -> Result<QueueInfo> {
         self.writer
-            .run(move |conn| ops::queue_set_push(conn, &params))
+            .run(move |conn| queues::queue_set_push(conn, &params))
             .await
     }
 
     async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
         self.writer
-            .run(move |conn| ops::leader_acquire(conn, &params))
+            .run(move |conn| leadership::leader_acquire(conn, &params))
             .await
     }
 
     async fn leader_release(&self, params: LeaderRelease) -> Result<()> {
         self.writer
-            .run(move |conn| ops::leader_release(conn, &params))
+            .run(move |conn| leadership::leader_release(conn, &params))
             .await
     }
 
     async fn queues_list(&self) -> Result<Vec<QueueInfo>> {
-        self.readers.run(ops::queues_list).await
+        self.readers.run(queues::queues_list).await
     }
 
     async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo> {
         let paused = params.paused;
         let info = self
             .writer
-            .run(move |conn| ops::queue_set_paused(conn, &params))
+            .run(move |conn| queues::queue_set_paused(conn, &params))
             .await?;
         if !paused {
             self.announce_available();
@@ -255,32 +266,54 @@ impl Store for SqliteStore {
 
     async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()> {
         self.writer
-            .run(move |conn| ops::worker_heartbeat(conn, &params))
+            .run(move |conn| workers::worker_heartbeat(conn, &params))
             .await
     }
 
     async fn worker_remove(&self, id: String) -> Result<()> {
         self.writer
-            .run(move |conn| ops::worker_remove(conn, &id))
+            .run(move |conn| workers::worker_remove(conn, &id))
             .await
     }
 
     async fn workers_list(&self) -> Result<Vec<Worker>> {
-        self.readers.run(ops::workers_list).await
+        self.readers.run(workers::workers_list).await
     }
 
     async fn workers_prune(&self, params: WorkersPrune) -> Result<u64> {
         self.writer
-            .run(move |conn| ops::workers_prune(conn, &params))
+            .run(move |conn| workers::workers_prune(conn, &params))
             .await
     }
 
     async fn ping(&self) -> Result<()> {
-        self.readers.run(ops::ping).await?;
+        self.readers.run(ping).await?;
         self.writer.run(|_| Ok(())).await
     }
 
     fn job_availability(&self) -> watch::Receiver<u64> {
         self.availability.subscribe()
     }
+}
+
+fn durability(conn: &Connection) -> Result<String> {
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .map_err(backend)?;
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |row| row.get(0))
+        .map_err(backend)?;
+    let synchronous = match synchronous {
+        0 => "OFF",
+        1 => "NORMAL",
+        2 => "FULL",
+        3 => "EXTRA",
+        _ => "unknown",
+    };
+    Ok(format!("journal_mode={journal}, synchronous={synchronous}"))
+}
+
+fn ping(conn: &Connection) -> Result<()> {
+    conn.query_row("SELECT 1", [], |_| Ok(()))
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }

@@ -1,4 +1,5 @@
-//! Mapping between `jobs` rows and [`Job`].
+//! Mapping between `jobs` rows and [`Job`], and between values and their
+//! columns: times and durations as integer microseconds, JSON as text.
 
 use grafter_core::{Job, JobId, JobState, Timestamp};
 use grafter_store::StoreError;
@@ -15,6 +16,10 @@ pub const AFTER_JOB_COLUMNS: usize = 23;
 
 pub fn micros(t: Timestamp) -> i64 {
     t.timestamp_micros()
+}
+
+pub fn duration_micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 pub fn timestamp(micros: i64) -> Timestamp {

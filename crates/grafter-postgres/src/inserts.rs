@@ -1,0 +1,230 @@
+//! The insert statements, run on the store's connections or inside an
+//! application's transaction (`enqueue_in`), both through [`Conn`]: jobs
+//! without a `unique_key` many to a statement, keyed jobs one at a time. They
+//! take no `Db`, so `group_insert.rs` can run them without a cycle (the entry
+//! that chooses the group is `Db::jobs_insert_many`, in `db.rs`).
+
+use grafter_core::{Job, JobState, NewJob, Timestamp};
+use grafter_store::{Inserted, Result, StoreError};
+use tokio_postgres::types::Json;
+
+use crate::conn::Conn;
+use crate::error::pg_error;
+use crate::row::{job_columns, job_from_row, jobs_from_rows, to_json, AFTER_JOB_COLUMNS};
+
+/// How often an insert of a keyed job is retried when a concurrent transaction
+/// inserted the same key and committed between our snapshot and our insert.
+const UNIQUE_RACE_RETRIES: usize = 5;
+
+/// The state a new or requeued job starts in.
+pub(crate) fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
+    if run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Available
+    }
+}
+
+/// Inserts jobs inside the caller's transaction: the store's own, or an
+/// application's ([`crate::enqueue_in`]). Consecutive jobs without a
+/// `unique_key` go in one multi-row statement; keyed jobs go one at a time
+/// because each may turn out to be a duplicate. Returns the outcomes and
+/// whether any job became available (for the caller to announce).
+pub(crate) async fn insert_jobs(
+    client: &impl Conn,
+    jobs: &[NewJob],
+    now: Timestamp,
+) -> Result<(Vec<Inserted>, bool)> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut rest = jobs;
+    while let Some(first) = rest.first() {
+        if first.unique_key.is_some() {
+            out.push(insert_keyed(client, first, now).await?);
+            rest = &rest[1..];
+        } else {
+            let run = rest.iter().take_while(|j| j.unique_key.is_none()).count();
+            let jobs = insert_unkeyed(client, &rest[..run], &vec![now; run]).await?;
+            out.extend(jobs.into_iter().map(created));
+            rest = &rest[run..];
+        }
+    }
+    Ok(with_availability(out))
+}
+
+/// A job this call inserted (not one already holding its unique key).
+pub(crate) fn created(job: Job) -> Inserted {
+    Inserted { job, created: true }
+}
+
+/// Insert outcomes, and whether any of them made a job available (for the
+/// caller to announce).
+pub(crate) fn with_availability(out: Vec<Inserted>) -> (Vec<Inserted>, bool) {
+    let available = out
+        .iter()
+        .any(|i| i.created && i.job.state == JobState::Available);
+    (out, available)
+}
+
+/// Inserts jobs without a `unique_key` with one statement, each created at its
+/// own entry in `nows` (jobs of several callers can share a statement, see
+/// [`crate::group_insert`]). `unnest … WITH ORDINALITY` keeps their order, and
+/// `ORDER BY ord` makes ids follow it, so the returned rows sorted by id line
+/// up with `jobs`. Tags travel as one JSON array per job because PostgreSQL has
+/// no arrays of arrays of varying length.
+pub(crate) async fn insert_unkeyed(
+    client: &impl Conn,
+    jobs: &[NewJob],
+    nows: &[Timestamp],
+) -> Result<Vec<Job>> {
+    const SQL: &str = concat!(
+        "WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
+                                 $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
+                                 $9::bigint[], $10::timestamptz[], $11::jsonb[],
+                                 $12::timestamptz[])
+                WITH ORDINALITY
+                AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
+                     timeout_ms, expires_at, backoff, created_at, ord)
+        )
+        INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
+                          timeout_ms, expires_at, backoff, created_at)
+        SELECT queue, kind, args, priority, state, run_at, max_attempts,
+               ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
+                     ORDER BY n),
+               timeout_ms, expires_at, backoff, created_at
+        FROM input
+        ORDER BY ord
+        RETURNING ",
+        job_columns!()
+    );
+    let n = jobs.len();
+    if nows.len() != n {
+        return Err(StoreError::Backend(format!(
+            "inserting {n} jobs with {} creation times",
+            nows.len()
+        )));
+    }
+    let mut queues = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut tags = Vec::with_capacity(n);
+    let mut timeouts = Vec::with_capacity(n);
+    let mut expires = Vec::with_capacity(n);
+    let mut backoffs = Vec::with_capacity(n);
+    for (job, &now) in jobs.iter().zip(nows) {
+        let run_at = job.run_at.unwrap_or(now);
+        queues.push(job.queue.as_str());
+        kinds.push(job.kind.as_str());
+        args.push(&job.args);
+        priorities.push(job.priority);
+        states.push(waiting_state(run_at, now).as_str());
+        run_ats.push(run_at);
+        max_attempts.push(job.max_attempts);
+        tags.push(to_json(&job.tags)?);
+        timeouts.push(job.timeout_ms);
+        expires.push(job.expires_at);
+        backoffs.push(job.backoff.as_ref().map(to_json).transpose()?);
+    }
+    let stmt = client.statement(SQL).await?;
+    let rows = client
+        .rows(
+            &stmt,
+            &[
+                &queues,
+                &kinds,
+                &args,
+                &priorities,
+                &states,
+                &run_ats,
+                &max_attempts,
+                &tags,
+                &timeouts,
+                &expires,
+                &backoffs,
+                &nows,
+            ],
+        )
+        .await?;
+    let mut inserted = jobs_from_rows(&rows)?;
+    if inserted.len() != n {
+        return Err(StoreError::Backend(format!(
+            "inserting {n} jobs returned {} rows",
+            inserted.len()
+        )));
+    }
+    inserted.sort_by_key(|j| j.id);
+    Ok(inserted)
+}
+
+/// Inserts one job with a `unique_key`, or returns the unfinished job that holds
+/// the key. `ON CONFLICT … DO NOTHING` names the partial unique index, so a
+/// concurrent insert of the same key waits for the other transaction instead of
+/// failing; the second branch finds the holder (including one inserted earlier
+/// in this same transaction).
+async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Result<Inserted> {
+    const SQL: &str = concat!(
+        "WITH inserted AS (
+            INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
+                              unique_key, timeout_ms, expires_at, backoff, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            ON CONFLICT (unique_key)
+                WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
+                DO NOTHING
+            RETURNING *
+        )
+        SELECT ",
+        job_columns!(),
+        ", true FROM inserted AS jobs
+        UNION ALL
+        SELECT ",
+        job_columns!(),
+        ", false FROM jobs
+        WHERE unique_key = $9
+          AND state IN ('scheduled', 'available', 'running', 'retryable')
+          AND NOT EXISTS (SELECT 1 FROM inserted)"
+    );
+    let run_at = job.run_at.unwrap_or(now);
+    let state = waiting_state(run_at, now).as_str();
+    let backoff = job.backoff.as_ref().map(Json);
+    let stmt = client.statement(SQL).await?;
+    for _ in 0..UNIQUE_RACE_RETRIES {
+        let row = client
+            .row_opt(
+                &stmt,
+                &[
+                    &job.queue,
+                    &job.kind,
+                    &job.args,
+                    &job.priority,
+                    &state,
+                    &run_at,
+                    &job.max_attempts,
+                    &job.tags,
+                    &job.unique_key,
+                    &job.timeout_ms,
+                    &job.expires_at,
+                    &backoff,
+                    &now,
+                ],
+            )
+            .await?;
+        // No row: another transaction committed a job with this key after this
+        // statement's snapshot was taken, so neither branch saw it. Again, with a
+        // fresh snapshot.
+        if let Some(row) = row {
+            let created: bool = row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?;
+            return Ok(Inserted {
+                job: job_from_row(&row)?,
+                created,
+            });
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "unique_key {:?} kept changing hands; try again",
+        job.unique_key.as_deref().unwrap_or_default()
+    )))
+}

@@ -1,0 +1,45 @@
+//! Leadership: a named role (the server's maintenance runs under one) that one
+//! node at a time holds, until it expires or is released.
+
+use grafter_store::{LeaderAcquire, LeaderRelease, Result};
+
+use crate::db::Db;
+use crate::error::pg_error;
+use crate::row::later;
+
+impl Db {
+    /// One upsert: it inserts a free leadership, or takes over a row that is
+    /// expired or already `node`'s, and returns a row only then. Racing nodes
+    /// are serialized by the primary key (and the row lock `ON CONFLICT` takes),
+    /// the later one judging the row the earlier one left.
+    pub(crate) async fn leader_acquire(&self, params: &LeaderAcquire) -> Result<bool> {
+        const SQL: &str = "
+            INSERT INTO leaders (name, node, expires_at) VALUES ($1, $2, $3)
+            ON CONFLICT (name) DO UPDATE
+                SET node = excluded.node, expires_at = excluded.expires_at
+                WHERE leaders.node = excluded.node OR leaders.expires_at <= $4
+            RETURNING true";
+        let expires_at = later(params.now, params.ttl);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[&params.name, &params.node, &expires_at, &params.now],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.is_some())
+    }
+
+    pub(crate) async fn leader_release(&self, params: &LeaderRelease) -> Result<()> {
+        const SQL: &str = "DELETE FROM leaders WHERE name = $1 AND node = $2";
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        client
+            .execute(&stmt, &[&params.name, &params.node])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+}

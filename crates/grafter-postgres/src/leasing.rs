@@ -1,0 +1,436 @@
+//! Leasing: the fetch, which leases available jobs to a worker, and what a
+//! worker does with a lease it holds (complete one job or a batch, fail,
+//! heartbeat, release), fenced by the lease token (`lease_fence!`).
+
+use deadpool_postgres::GenericClient;
+use grafter_core::{Job, JobId, JobState, LeasedJob};
+use grafter_store::transitions::{self, Failure};
+use grafter_store::{
+    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, Result, StoreError,
+};
+use tokio_postgres::types::{Json, ToSql};
+
+use crate::db::Db;
+use crate::error::{is_deadlock, pg_error};
+use crate::jobs::{job_get_on, job_lock};
+use crate::row::{job_columns, job_from_row, later, limit, AFTER_JOB_COLUMNS};
+
+/// The lease fence of a statement on one leased job: the row with id `$1`, if
+/// it is running under lease `$2`. Written so that it does not say
+/// `state = 'running'` on its own: that would let the planner reach the row
+/// through `jobs_leases` (whose predicate it is) instead of the primary key,
+/// and after an ANALYZE that saw few running jobs it does, so that every ack,
+/// heartbeat and release reads every running job (with 40,000 running, an
+/// ack of 1,000 took 3.5 s instead of 10 ms).
+macro_rules! lease_fence {
+    () => {
+        "id = $1 AND CASE WHEN state = 'running' THEN lease END = $2"
+    };
+}
+
+/// The second half of both fetch statements: leases the rows a `picked` CTE
+/// chose. The lease token is a random UUID (122 random bits) as 32 hex digits.
+/// The lease never outlives the job's own timeout, so a job that overruns it is
+/// rescued as "timed out" even if its worker keeps heartbeating.
+/// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp.
+///
+/// The picked ids go in as an array so that each row is reached through the
+/// primary key. Joined as a table instead, they led the planner to hash the
+/// whole jobs table on every fetch (it cannot tell how few rows `picked` holds),
+/// a cost that grows with the table.
+macro_rules! lease_picked {
+    () => {
+        concat!(
+            "UPDATE jobs SET
+                state = 'running',
+                attempt = attempt + 1,
+                lease = replace(gen_random_uuid()::text, '-', ''),
+                lease_expires_at = CASE WHEN timeout_ms IS NULL THEN $4::timestamptz
+                    ELSE least($4::timestamptz,
+                               $2 + least(timeout_ms, $6) * interval '1 millisecond') END,
+                worker_id = $5,
+                attempted_at = $2,
+                progress = NULL
+            WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
+            RETURNING ",
+            job_columns!(),
+            ", jobs.lease"
+        )
+    };
+}
+
+/// A job's own timeout is clamped to this (100 years) before it is added to a
+/// timestamp, so an absurd `timeout_ms` cannot push a lease out of range.
+const MAX_TIMEOUT_MS: i64 = 100 * 365 * 24 * 3_600_000;
+
+/// First key of the advisory lock that serializes fetches with a running limit
+/// on one queue (the second is a hash of the schema and queue). Apart from the
+/// migration lock's class. The bytes spell "grfl".
+const RUNNING_LIMIT_LOCK_CLASS: i32 = 0x6772_666c;
+
+/// Runs of a batch ack that PostgreSQL may roll back as a deadlock victim
+/// before the error is returned (see `jobs_complete_many`).
+const DEADLOCK_ATTEMPTS: u32 = 3;
+
+/// Explains why a fenced update matched no row.
+async fn fence_error(client: &impl GenericClient, id: JobId) -> StoreError {
+    match job_get_on(client, id).await {
+        Ok(Some(job)) => StoreError::LeaseMismatch {
+            id,
+            state: job.state,
+            attempt: job.attempt,
+        },
+        Ok(None) => StoreError::NotFound(id),
+        Err(e) => e,
+    }
+}
+
+impl Db {
+    pub(crate) async fn jobs_fetch(&self, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
+        // `picked` chooses the first `max` available jobs in hand-out order and
+        // locks them, skipping rows another fetch holds, so concurrent fetchers
+        // never wait for each other nor lease a job twice.
+        //
+        // One queue (the common case) reads the fetch index in order and stops
+        // after `max` rows. Several queues get one such ordered read each, merged:
+        // a plain `queue = ANY($1)` would make PostgreSQL sort every available job
+        // of those queues on each fetch. The price is that up to `max` rows per
+        // extra queue stay locked (not leased) for the statement's few
+        // milliseconds, during which other fetches skip them.
+        const ONE_QUEUE: &str = concat!(
+            "WITH picked AS (
+                SELECT id FROM jobs
+                WHERE state = 'available'
+                  AND queue = $1
+                  AND (expires_at IS NULL OR expires_at > $2)
+                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+                ORDER BY priority, run_at, id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            ) ",
+            lease_picked!()
+        );
+        const MANY_QUEUES: &str = concat!(
+            "WITH picked AS (
+                SELECT j.id FROM unnest($1::text[]) AS q(name)
+                CROSS JOIN LATERAL (
+                    SELECT id, priority, run_at FROM jobs
+                    WHERE state = 'available'
+                      AND queue = q.name
+                      AND (expires_at IS NULL OR expires_at > $2)
+                    ORDER BY priority, run_at, id
+                    LIMIT $3
+                    FOR UPDATE SKIP LOCKED
+                ) AS j
+                WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = q.name AND paused)
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT $3
+            ) ",
+            lease_picked!()
+        );
+        // With a running limit: the same, leasing no more than keeps the queue's
+        // running jobs (on every node) at or under $7. The count is exact because
+        // every limited fetch of the queue holds the queue's advisory lock from
+        // before this statement (and so before its snapshot) until it commits.
+        const ONE_QUEUE_LIMITED: &str = concat!(
+            "WITH picked AS (
+                SELECT id FROM jobs
+                WHERE state = 'available'
+                  AND queue = $1
+                  AND (expires_at IS NULL OR expires_at > $2)
+                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+                ORDER BY priority, run_at, id
+                LIMIT least($3, greatest($7::bigint - (SELECT count(*) FROM jobs
+                                                       WHERE state = 'running' AND queue = $1), 0))
+                FOR UPDATE SKIP LOCKED
+            ) ",
+            lease_picked!()
+        );
+        // A queue named twice would be read twice, and its jobs picked twice.
+        let mut queues: Vec<&str> = params.queues.iter().map(String::as_str).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        let mut client = self.client().await?;
+        let lease_until = later(params.now, params.lease_duration);
+        let max = limit(params.max);
+        let rest: [&(dyn ToSql + Sync); 5] = [
+            &params.now,
+            &max,
+            &lease_until,
+            &params.worker_id,
+            &MAX_TIMEOUT_MS,
+        ];
+        let rows = if let (Some(running_limit), [queue]) = (params.running_limit, &queues[..]) {
+            // Serialized per queue: two nodes counting at once would both see
+            // room for the same slots.
+            let running_limit = limit(running_limit);
+            let key = format!("{}\n{queue}", self.lock_scope);
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let lock = tx
+                .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&lock, &[&RUNNING_LIMIT_LOCK_CLASS, &key])
+                .await
+                .map_err(pg_error)?;
+            let stmt = tx
+                .prepare_cached(ONE_QUEUE_LIMITED)
+                .await
+                .map_err(pg_error)?;
+            let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(queue as _)
+                .chain(rest)
+                .chain(std::iter::once(&running_limit as _))
+                .collect();
+            let rows = tx.query(&stmt, &args).await.map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(rows)
+        } else if let [queue] = queues[..] {
+            let stmt = client.prepare_cached(ONE_QUEUE).await.map_err(pg_error)?;
+            let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(&queue as _).chain(rest).collect();
+            client.query(&stmt, &args).await
+        } else {
+            let stmt = client.prepare_cached(MANY_QUEUES).await.map_err(pg_error)?;
+            let args: Vec<&(dyn ToSql + Sync)> =
+                std::iter::once(&queues as _).chain(rest).collect();
+            client.query(&stmt, &args).await
+        }
+        .map_err(pg_error)?;
+        let mut leased = rows
+            .iter()
+            .map(|row| {
+                Ok(LeasedJob {
+                    job: job_from_row(row)?,
+                    lease: row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING gives no order; hand jobs out in the order they were chosen.
+        leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+        Ok(leased)
+    }
+
+    pub(crate) async fn job_complete(&self, params: &JobComplete) -> Result<Job> {
+        const SQL: &str = concat!(
+            "UPDATE jobs SET state = 'completed', result = $3, finished_at = $4,
+                    lease = NULL, lease_expires_at = NULL
+             WHERE ",
+            lease_fence!(),
+            "
+             RETURNING ",
+            job_columns!()
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[&params.id.0, &params.lease, &params.result, &params.now],
+            )
+            .await
+            .map_err(pg_error)?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(fence_error(&client, params.id).await),
+        }
+    }
+
+    /// One statement for the whole batch: the items joined to their rows,
+    /// fenced as in `lease_fence!`. `DISTINCT ON` keeps the first of repeated
+    /// (job, lease) items, so a job acked twice in one batch answers `true`
+    /// once, as it would acked one at a time.
+    ///
+    /// `jobs.id = ANY($1)` reaches the rows through the primary key in one
+    /// ordered index scan, whatever the planner guesses of the items (joined on
+    /// the items alone, it hashed the whole table). Both sides of the join come
+    /// in id order (`input` is sorted by id), so rows are locked in id order and
+    /// batches racing over the same jobs (a retried ack, worker pruning) wait
+    /// for each other instead of deadlocking; the second finds the row no
+    /// longer running under that lease and leaves it. That order is the plan's,
+    /// though: on a small table the planner may read `jobs` sequentially, in
+    /// the order rows were last written, and two such batches can deadlock.
+    /// PostgreSQL then rolls one statement back whole, and it is run again: a
+    /// rerun answers as if it had run after the other.
+    pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
+        const SQL: &str = "
+            WITH input AS (
+                SELECT DISTINCT ON (id, lease) id, lease, result, ord
+                FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) WITH ORDINALITY
+                     AS t(id, lease, result, ord)
+                ORDER BY id, lease, ord
+            )
+            UPDATE jobs SET state = 'completed', result = input.result, finished_at = $4,
+                   lease = NULL, lease_expires_at = NULL
+            FROM input
+            WHERE jobs.id = ANY($1) AND jobs.id = input.id
+              AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
+            RETURNING input.ord";
+        let n = params.items.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut leases = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        for (id, lease, result) in &params.items {
+            ids.push(id.0);
+            leases.push(lease.as_str());
+            results.push(result.as_ref());
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let mut attempt = 1;
+        let rows = loop {
+            match client
+                .query(&stmt, &[&ids, &leases, &results, &params.now])
+                .await
+            {
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_ATTEMPTS => attempt += 1,
+                answer => break answer.map_err(pg_error)?,
+            }
+        };
+        let mut done = vec![false; n];
+        for row in rows {
+            let ord: i64 = row.try_get(0).map_err(pg_error)?;
+            // Ordinality counts from 1.
+            match usize::try_from(ord)
+                .ok()
+                .and_then(|i| done.get_mut(i.wrapping_sub(1)))
+            {
+                Some(slot) => *slot = true,
+                None => {
+                    return Err(StoreError::Backend(format!(
+                        "batch ack answered for item {ord} of {n}"
+                    )))
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    pub(crate) async fn job_fail(&self, params: &JobFail) -> Result<Job> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let (job, lease) = job_lock(&tx, params.id).await?;
+        if job.state != JobState::Running || lease.as_deref() != Some(params.lease.as_str()) {
+            return Err(StoreError::LeaseMismatch {
+                id: job.id,
+                state: job.state,
+                attempt: job.attempt,
+            });
+        }
+        let failure = Failure {
+            error: &params.error,
+            retry: params.retry,
+            retry_at: params.retry_at,
+            default_backoff: &params.backoff,
+            now: params.now,
+        };
+        let job = record_failure(&tx, &job, failure).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+
+    pub(crate) async fn job_heartbeat(&self, params: &JobHeartbeat) -> Result<Job> {
+        const SQL: &str = concat!(
+            "UPDATE jobs SET
+                lease_expires_at = CASE WHEN timeout_ms IS NULL THEN $3::timestamptz
+                    ELSE least($3::timestamptz,
+                               attempted_at + least(timeout_ms, $5) * interval '1 millisecond') END,
+                progress = coalesce($4::jsonb, progress)
+             WHERE ",
+            lease_fence!(),
+            "
+             RETURNING ",
+            job_columns!()
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let until = later(params.now, params.lease_duration);
+        let progress = params.progress.as_ref().map(Json);
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &params.id.0,
+                    &params.lease,
+                    &until,
+                    &progress,
+                    &MAX_TIMEOUT_MS,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(fence_error(&client, params.id).await),
+        }
+    }
+
+    /// Hands a leased job back in one fenced statement: the state follows from
+    /// the row's own `cancel_requested` and the requested `run_at`. Returns the
+    /// job as it now is; the caller announces it when it is `available`.
+    pub(crate) async fn job_release(&self, params: &JobRelease) -> Result<Job> {
+        const SQL: &str = concat!(
+            "UPDATE jobs SET
+                state = CASE WHEN cancel_requested THEN 'cancelled'
+                             WHEN $3::timestamptz > $4::timestamptz THEN 'scheduled'
+                             ELSE 'available' END,
+                run_at = $3,
+                finished_at = CASE WHEN cancel_requested THEN $4::timestamptz END,
+                attempt = greatest(attempt - 1, 0),
+                lease = NULL, lease_expires_at = NULL
+             WHERE ",
+            lease_fence!(),
+            "
+             RETURNING ",
+            job_columns!()
+        );
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = tx
+            .query_opt(
+                &stmt,
+                &[&params.id.0, &params.lease, &params.run_at, &params.now],
+            )
+            .await
+            .map_err(pg_error)?;
+        let job = match row {
+            Some(row) => job_from_row(&row)?,
+            None => return Err(fence_error(&tx, params.id).await),
+        };
+        tx.commit().await.map_err(pg_error)?;
+        Ok(job)
+    }
+}
+
+/// Writes the outcome of a failed attempt of a locked, running `job`.
+async fn record_failure(
+    client: &impl GenericClient,
+    job: &Job,
+    failure: Failure<'_>,
+) -> Result<Job> {
+    const SQL: &str = concat!(
+        "UPDATE jobs SET state = $2, run_at = $3, errors = $4, finished_at = $5,
+                lease = NULL, lease_expires_at = NULL
+         WHERE id = $1
+         RETURNING ",
+        job_columns!()
+    );
+    let next = transitions::after_failure(job, failure);
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &job.id.0,
+                &next.state.as_str(),
+                &next.run_at,
+                &Json(&next.errors),
+                &next.finished_at,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    job_from_row(&row)
+}

@@ -1,0 +1,77 @@
+//! Inserting jobs, one statement per job; a job whose `unique_key` an
+//! unfinished job holds is answered with that job instead. Runs on the writer
+//! thread (see `writer.rs`).
+
+use grafter_core::JobState;
+use grafter_store::{Inserted, JobsInsert, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::backend;
+use crate::row::{job_from_row, micros, to_json, JOB_COLUMNS};
+
+const UNFINISHED: &str = "('scheduled', 'available', 'running', 'retryable')";
+
+pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<Inserted>> {
+    let now = micros(params.now);
+    let mut find_unique = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = ?1 AND state IN {UNFINISHED}"
+        ))
+        .map_err(backend)?;
+    let mut insert = conn
+        .prepare_cached(&format!(
+            "INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
+                unique_key, timeout_ms, expires_at, backoff, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .map_err(backend)?;
+    let mut out = Vec::with_capacity(params.jobs.len());
+    for job in &params.jobs {
+        if let Some(key) = &job.unique_key {
+            if let Some(existing) = find_unique
+                .query_row([key], job_from_row)
+                .optional()
+                .map_err(backend)?
+            {
+                out.push(Inserted {
+                    job: existing,
+                    created: false,
+                });
+                continue;
+            }
+        }
+        let run_at = job.run_at.map(micros).unwrap_or(now);
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        };
+        let backoff = job.backoff.as_ref().map(to_json).transpose()?;
+        let inserted = insert
+            .query_row(
+                params![
+                    job.queue,
+                    job.kind,
+                    to_json(&job.args)?,
+                    job.priority,
+                    state.as_str(),
+                    run_at,
+                    job.max_attempts,
+                    to_json(&job.tags)?,
+                    job.unique_key,
+                    job.timeout_ms,
+                    job.expires_at.map(micros),
+                    backoff,
+                    now,
+                ],
+                job_from_row,
+            )
+            .map_err(backend)?;
+        out.push(Inserted {
+            job: inserted,
+            created: true,
+        });
+    }
+    Ok(out)
+}

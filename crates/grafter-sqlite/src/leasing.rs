@@ -1,0 +1,385 @@
+//! Leasing: the fetch, which leases available jobs to a worker, and what a
+//! worker does with a lease it holds (complete one job or a batch, fail,
+//! heartbeat, release), fenced by the lease token. All run on the writer thread
+//! (see `writer.rs`); the fetch and the completions count the jobs they move
+//! themselves (`count_moved`, `count_completed`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use grafter_core::{Job, JobId, JobState, LeasedJob};
+use grafter_store::transitions::{self, Failure};
+use grafter_store::{
+    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, Result, StoreError,
+};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use crate::error::backend;
+use crate::jobs::{job_get, job_require};
+use crate::row::{duration_micros, job_from_row, micros, to_json, AFTER_JOB_COLUMNS, JOB_COLUMNS};
+
+/// Counts the jobs of `moved` (one queue name per job) as gone from state
+/// `from` to state `to`. The counter triggers leave the fetch's and the
+/// completions' moves to their statements (migration 7), which call this once
+/// per statement.
+fn count_moved<'q>(
+    conn: &Connection,
+    moved: impl IntoIterator<Item = &'q str>,
+    from: JobState,
+    to: JobState,
+) -> Result<()> {
+    let mut per_queue: BTreeMap<&str, i64> = BTreeMap::new();
+    for queue in moved {
+        *per_queue.entry(queue).or_default() += 1;
+    }
+    for (queue, n) in per_queue {
+        conn.prepare_cached("UPDATE job_counts SET n = n - ?3 WHERE queue = ?1 AND state = ?2")
+            .and_then(|mut stmt| stmt.execute(params![queue, from.as_str(), n]))
+            .map_err(backend)?;
+        conn.prepare_cached(
+            "INSERT INTO job_counts (queue, state, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+        )
+        .and_then(|mut stmt| stmt.execute(params![queue, to.as_str(), n]))
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Counts completions (one queue name per completed job): the jobs as gone
+/// from running to completed, and the attempts as ended in the minute of
+/// `finished_at` (microseconds).
+fn count_completed<'q>(
+    conn: &Connection,
+    queues: impl ExactSizeIterator<Item = &'q str>,
+    finished_at: i64,
+) -> Result<()> {
+    let n = queues.len() as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    count_moved(conn, queues, JobState::Running, JobState::Completed)?;
+    conn.prepare_cached(
+        "INSERT INTO job_throughput (minute, completed) VALUES (?1 - (?1 % 60000000), ?2)
+         ON CONFLICT (minute) DO UPDATE SET completed = completed + excluded.completed",
+    )
+    .and_then(|mut stmt| stmt.execute(params![finished_at, n]))
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
+    let mut max = params.max;
+    if let (Some(limit), [queue]) = (params.running_limit, &params.queues[..]) {
+        // The one writer makes this count exact: nothing else leases meanwhile,
+        // and job_counts moves with every change in the same transaction (by
+        // trigger, or for fetches and completions by their own statements).
+        let running: i64 = conn
+            .prepare_cached(
+                "SELECT coalesce(sum(n), 0) FROM job_counts WHERE queue = ?1 AND state = 'running'",
+            )
+            .and_then(|mut stmt| stmt.query_row([queue], |row| row.get(0)))
+            .map_err(backend)?;
+        max = max.min(limit.saturating_sub(running as usize));
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+    }
+    let now = micros(params.now);
+    let lease_until = now.saturating_add(duration_micros(params.lease_duration));
+    let placeholders = (0..params.queues.len())
+        .map(|i| format!("?{}", i + 5))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The lease never outlives the job's own timeout, so a job that overruns it
+    // is rescued as "timed out" even if its worker keeps heartbeating.
+    let sql = format!(
+        "UPDATE jobs SET
+            state = 'running',
+            attempt = attempt + 1,
+            lease = lower(hex(randomblob(16))),
+            lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?1
+                               ELSE min(?1, ?2 + timeout_ms * 1000) END,
+            worker_id = ?3,
+            attempted_at = ?2,
+            progress = NULL
+         WHERE id IN (
+            SELECT id FROM jobs
+            WHERE state = 'available' AND queue IN ({placeholders})
+              AND queue NOT IN (SELECT name FROM queues WHERE paused)
+              AND (expires_at IS NULL OR expires_at > ?2)
+            ORDER BY priority, run_at, id
+            LIMIT ?4)
+         RETURNING {JOB_COLUMNS}, lease"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        lease_until.into(),
+        now.into(),
+        params.worker_id.clone().into(),
+        i64::try_from(max).unwrap_or(i64::MAX).into(),
+    ];
+    values.extend(params.queues.iter().map(|q| q.clone().into()));
+    let mut leased = stmt
+        .query_map(params_from_iter(values), |row| {
+            Ok(LeasedJob {
+                job: job_from_row(row)?,
+                lease: row.get(AFTER_JOB_COLUMNS)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    count_moved(
+        conn,
+        leased.iter().map(|l| l.job.queue.as_str()),
+        JobState::Available,
+        JobState::Running,
+    )?;
+    // RETURNING gives no order; hand jobs out in the order they were chosen.
+    leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+    Ok(leased)
+}
+
+/// Explains why a fenced update matched no row.
+fn fence_error(conn: &Connection, id: JobId) -> StoreError {
+    match job_get(conn, id) {
+        Ok(Some(job)) => StoreError::LeaseMismatch {
+            id,
+            state: job.state,
+            attempt: job.attempt,
+        },
+        Ok(None) => StoreError::NotFound(id),
+        Err(e) => e,
+    }
+}
+
+pub fn job_complete(conn: &Connection, params: &JobComplete) -> Result<Job> {
+    let result = params.result.as_ref().map(to_json).transpose()?;
+    let now = micros(params.now);
+    let job = conn
+        .prepare_cached(&format!(
+            "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
+                lease = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND state = 'running' AND lease = ?2
+         RETURNING {JOB_COLUMNS}"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_row(
+                params![params.id.0, params.lease, result, now],
+                job_from_row,
+            )
+            .optional()
+        })
+        .map_err(backend)?
+        .ok_or_else(|| fence_error(conn, params.id))?;
+    count_completed(conn, std::iter::once(job.queue.as_str()), now)?;
+    Ok(job)
+}
+
+/// A batch ack's items as the one JSON array [`jobs_complete_many`] takes,
+/// `[id, lease]` or `[id, lease, result as JSON text]`: built by the caller,
+/// away from the writer thread. `None` when the batch must go one item at a
+/// time: items naming one job under different leases (rare) would each match
+/// the row, and which one answered could then not be told.
+pub fn ack_batch(params: &JobsCompleteMany) -> Result<Option<String>> {
+    let mut leases: HashMap<JobId, &str> = HashMap::with_capacity(params.items.len());
+    for (id, lease, _) in &params.items {
+        if *leases.entry(*id).or_insert(lease) != lease.as_str() {
+            return Ok(None);
+        }
+    }
+    let encoding = |e: serde_json::Error| StoreError::Backend(format!("encoding JSON: {e}"));
+    let mut text = Vec::with_capacity(params.items.len() * 64);
+    text.push(b'[');
+    let mut seen = HashSet::with_capacity(params.items.len());
+    for (id, lease, result) in &params.items {
+        // Repeats of an item answer false, as they would one at a time.
+        if !seen.insert(*id) {
+            continue;
+        }
+        if text.len() > 1 {
+            text.push(b',');
+        }
+        match result {
+            Some(result) => serde_json::to_writer(&mut text, &(id.0, lease, to_json(result)?)),
+            None => serde_json::to_writer(&mut text, &(id.0, lease)),
+        }
+        .map_err(encoding)?;
+    }
+    text.push(b']');
+    String::from_utf8(text)
+        .map(Some)
+        .map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))
+}
+
+/// One statement for the whole batch (`batch` from [`ack_batch`]): the
+/// per-statement work (the statement journal, trigger bookkeeping) is paid
+/// once, not once per job.
+pub fn jobs_complete_many(
+    conn: &Connection,
+    params: &JobsCompleteMany,
+    batch: Option<&str>,
+) -> Result<Vec<bool>> {
+    let Some(batch) = batch else {
+        return jobs_complete_one_by_one(conn, params);
+    };
+    // `+jobs.state`: look each job up by its id, never scan the running ones.
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'completed', result = acks.result, finished_at = ?2,
+                    lease = NULL, lease_expires_at = NULL
+             FROM (SELECT CAST(value ->> 0 AS INTEGER) AS id, value ->> 1 AS lease, value ->> 2 AS result
+                   FROM json_each(?1)) AS acks
+             WHERE jobs.id = acks.id AND +jobs.state = 'running' AND jobs.lease = acks.lease
+             RETURNING jobs.id, jobs.queue",
+        )
+        .map_err(backend)?;
+    let now = micros(params.now);
+    let rows = stmt
+        .query_map(params![batch, now], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    count_completed(conn, rows.iter().map(|(_, queue)| queue.as_str()), now)?;
+    let completed: HashSet<i64> = rows.into_iter().map(|(id, _)| id).collect();
+    let mut answered = HashSet::with_capacity(completed.len());
+    Ok(params
+        .items
+        .iter()
+        .map(|(id, _, _)| completed.contains(&id.0) && answered.insert(id.0))
+        .collect())
+}
+
+fn jobs_complete_one_by_one(conn: &Connection, params: &JobsCompleteMany) -> Result<Vec<bool>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
+                    lease = NULL, lease_expires_at = NULL
+             WHERE id = ?1 AND state = 'running' AND lease = ?2
+             RETURNING queue",
+        )
+        .map_err(backend)?;
+    let now = micros(params.now);
+    let mut queues = Vec::new();
+    let done = params
+        .items
+        .iter()
+        .map(|(id, lease, result)| {
+            let result = result.as_ref().map(to_json).transpose()?;
+            let queue: Option<String> = stmt
+                .query_row(params![id.0, lease, result, now], |row| row.get(0))
+                .optional()
+                .map_err(backend)?;
+            let done = queue.is_some();
+            queues.extend(queue);
+            Ok(done)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    count_completed(conn, queues.iter().map(String::as_str), now)?;
+    Ok(done)
+}
+
+/// Writes the outcome of a failed attempt.
+pub fn record_failure(conn: &Connection, job: &Job, failure: Failure<'_>) -> Result<Job> {
+    let next = transitions::after_failure(job, failure);
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET state = ?2, run_at = ?3, errors = ?4, finished_at = ?5,
+                lease = NULL, lease_expires_at = NULL
+         WHERE id = ?1
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![
+                job.id.0,
+                next.state.as_str(),
+                micros(next.run_at),
+                to_json(&next.errors)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                next.finished_at.map(micros),
+            ],
+            job_from_row,
+        )
+    })
+    .map_err(backend)
+}
+
+/// The running job holding `lease`, or the fencing error.
+fn leased_job(conn: &Connection, id: JobId, lease: &str) -> Result<Job> {
+    let holds: Option<bool> = conn
+        .prepare_cached("SELECT state = 'running' AND lease = ?2 FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![id.0, lease], |row| row.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    match holds {
+        None => Err(StoreError::NotFound(id)),
+        Some(false) => Err(fence_error(conn, id)),
+        Some(true) => job_require(conn, id),
+    }
+}
+
+pub fn job_fail(conn: &Connection, params: &JobFail) -> Result<Job> {
+    let job = leased_job(conn, params.id, &params.lease)?;
+    record_failure(
+        conn,
+        &job,
+        Failure {
+            error: &params.error,
+            retry: params.retry,
+            retry_at: params.retry_at,
+            default_backoff: &params.backoff,
+            now: params.now,
+        },
+    )
+}
+
+pub fn job_heartbeat(conn: &Connection, params: &JobHeartbeat) -> Result<Job> {
+    let now = micros(params.now);
+    let until = now.saturating_add(duration_micros(params.lease_duration));
+    let progress = params.progress.as_ref().map(to_json).transpose()?;
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET
+            lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?3
+                               ELSE min(?3, attempted_at + timeout_ms * 1000) END,
+            progress = coalesce(?4, progress)
+         WHERE id = ?1 AND state = 'running' AND lease = ?2
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![params.id.0, params.lease, until, progress],
+            job_from_row,
+        )
+        .optional()
+    })
+    .map_err(backend)?
+    .ok_or_else(|| fence_error(conn, params.id))
+}
+
+pub fn job_release(conn: &Connection, params: &JobRelease) -> Result<Job> {
+    let job = leased_job(conn, params.id, &params.lease)?;
+    let (now, run_at) = (micros(params.now), micros(params.run_at));
+    // A cancel requested meanwhile wins: the job is not handed out again.
+    let (state, finished_at) = if job.cancel_requested {
+        (JobState::Cancelled, Some(now))
+    } else if run_at > now {
+        (JobState::Scheduled, None)
+    } else {
+        (JobState::Available, None)
+    };
+    conn.prepare_cached(&format!(
+        "UPDATE jobs SET state = ?2, run_at = ?3, finished_at = ?4, attempt = max(attempt - 1, 0),
+                lease = NULL, lease_expires_at = NULL
+         WHERE id = ?1
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![job.id.0, state.as_str(), run_at, finished_at],
+            job_from_row,
+        )
+    })
+    .map_err(backend)
+}

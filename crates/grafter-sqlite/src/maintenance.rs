@@ -1,0 +1,105 @@
+//! The maintenance passes, each a bounded batch on the writer thread:
+//! scheduling due jobs, expiring jobs past their deadline, rescuing expired
+//! leases as failed attempts, and pruning old finished jobs.
+
+use grafter_store::transitions::{self, Failure};
+use grafter_store::{JobsPrune, JobsRescue, MaintenanceBatch, Result};
+use rusqlite::{params, params_from_iter, Connection};
+
+use crate::error::backend;
+use crate::leasing::record_failure;
+use crate::row::{job_from_row, micros, JOB_COLUMNS};
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub fn jobs_schedule(conn: &Connection, params: &MaintenanceBatch) -> Result<u64> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'available'
+         WHERE id IN (SELECT id FROM jobs
+                      WHERE state IN ('scheduled', 'retryable') AND run_at <= ?1
+                      ORDER BY run_at LIMIT ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![micros(params.now), limit(params.limit)]))
+    .map(|n| n as u64)
+    .map_err(backend)
+}
+
+pub fn jobs_expire(conn: &Connection, params: &MaintenanceBatch) -> Result<u64> {
+    let now = micros(params.now);
+    conn.prepare_cached(
+        // Named, or the planner walks every waiting job by state instead of the
+        // few with a deadline, every second.
+        "UPDATE jobs SET state = 'expired', finished_at = ?1
+         WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_expiry
+                      WHERE state IN ('scheduled', 'available', 'retryable') AND expires_at <= ?1
+                      LIMIT ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![now, limit(params.limit)]))
+    .map(|n| n as u64)
+    .map_err(backend)
+}
+
+pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64> {
+    let expired = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_leases
+             WHERE state = 'running' AND lease_expires_at <= ?1
+             ORDER BY lease_expires_at LIMIT ?2"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_map(
+                params![micros(params.now), limit(params.limit)],
+                job_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    for job in &expired {
+        record_failure(
+            conn,
+            job,
+            Failure {
+                error: transitions::rescue_reason(job, params.now),
+                retry: true,
+                retry_at: None,
+                default_backoff: &params.backoff,
+                now: params.now,
+            },
+        )?;
+    }
+    Ok(expired.len() as u64)
+}
+
+pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
+    let states: Vec<&str> = params
+        .states
+        .iter()
+        .filter(|s| s.is_finished())
+        .map(|s| s.as_str())
+        .collect();
+    if states.is_empty() {
+        return Ok(0);
+    }
+    let placeholders = (0..states.len())
+        .map(|i| format!("?{}", i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "DELETE FROM jobs WHERE id IN (
+            SELECT id FROM jobs
+            WHERE state IN ('completed', 'dead', 'cancelled', 'expired') AND finished_at < ?1
+              AND state IN ({placeholders})
+            LIMIT ?2)"
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        micros(params.finished_before).into(),
+        limit(params.limit).into(),
+    ];
+    values.extend(states.iter().map(|s| (*s).to_owned().into()));
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.execute(params_from_iter(values)))
+        .map(|n| n as u64)
+        .map_err(backend)
+}

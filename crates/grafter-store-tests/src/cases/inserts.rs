@@ -1,0 +1,165 @@
+//! Inserting jobs: what is stored, jobs due later, unique keys, and the
+//! availability signal that new work raises.
+
+use std::time::Duration;
+
+use grafter_core::{Backoff, JobId, JobState, NewJob};
+use grafter_store::{JobsInsert, MaintenanceBatch};
+use serde_json::json;
+
+use super::{complete_params, fetch, get, insert, insert_one, ms, t0, S};
+
+pub async fn insert_stores_every_field(store: S) {
+    let now = t0();
+    let mut new = NewJob::new("send_email", json!({"to": "a@example.com", "n": [1, 2]}));
+    new.queue = "mail".into();
+    new.priority = -3;
+    new.max_attempts = 7;
+    new.tags = vec!["welcome".into(), "user:42".into()];
+    new.timeout_ms = Some(5_000);
+    new.expires_at = Some(now + ms(60_000));
+    new.backoff = Some(Backoff {
+        base_ms: 10,
+        factor: 3.0,
+        max_ms: 1_000,
+        jitter: 0.0,
+    });
+    let job = insert_one(&store, new.clone(), now).await;
+
+    assert_eq!(job.state, JobState::Available);
+    assert_eq!(job.kind, "send_email");
+    assert_eq!(job.queue, "mail");
+    assert_eq!(job.args, new.args);
+    assert_eq!(job.priority, -3);
+    assert_eq!(job.max_attempts, 7);
+    assert_eq!(job.attempt, 0);
+    assert_eq!(job.tags, new.tags);
+    assert_eq!(job.timeout_ms, Some(5_000));
+    assert_eq!(job.expires_at, new.expires_at);
+    assert_eq!(job.backoff, new.backoff);
+    assert_eq!(job.run_at, now);
+    assert_eq!(job.created_at, now);
+    assert!(job.errors.is_empty() && job.progress.is_none() && job.result.is_none());
+    assert!(!job.cancel_requested && job.finished_at.is_none());
+    assert_eq!(get(&store, job.id).await, job);
+
+    // Ids increase in insertion order within one batch.
+    let batch = insert(
+        &store,
+        (0..3).map(|i| NewJob::new("k", json!(i))).collect(),
+        now,
+    )
+    .await;
+    assert!(batch.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(batch[0].id > job.id);
+    assert!(store.job_get(JobId(i64::MAX)).await.unwrap().is_none());
+}
+
+pub async fn insert_in_the_future_is_scheduled_until_due(store: S) {
+    let now = t0();
+    let mut new = NewJob::new("later", json!({}));
+    new.run_at = Some(now + ms(10_000));
+    let job = insert_one(&store, new, now).await;
+    assert_eq!(job.state, JobState::Scheduled);
+    assert!(
+        fetch(&store, "default", 10, now + ms(20_000))
+            .await
+            .is_empty(),
+        "scheduled jobs wait for the scheduler"
+    );
+
+    let batch = |now| MaintenanceBatch { now, limit: 100 };
+    assert_eq!(
+        store.jobs_schedule(batch(now + ms(9_999))).await.unwrap(),
+        0
+    );
+    assert_eq!(get(&store, job.id).await.state, JobState::Scheduled);
+    assert_eq!(
+        store.jobs_schedule(batch(now + ms(10_000))).await.unwrap(),
+        1
+    );
+    assert_eq!(get(&store, job.id).await.state, JobState::Available);
+    assert_eq!(
+        fetch(&store, "default", 10, now + ms(10_000)).await.len(),
+        1
+    );
+}
+
+pub async fn unique_key_dedupes_unfinished_jobs(store: S) {
+    let now = t0();
+    let keyed = |key: &str| {
+        let mut j = NewJob::new("sync", json!({}));
+        j.unique_key = Some(key.into());
+        j
+    };
+    let inserted = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![keyed("user:1"), keyed("user:1"), keyed("user:2")],
+            now,
+        })
+        .await
+        .unwrap();
+    assert!(inserted[0].created && !inserted[1].created && inserted[2].created);
+    assert_eq!(inserted[0].job.id, inserted[1].job.id);
+    let again = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![keyed("user:1")],
+            now,
+        })
+        .await
+        .unwrap();
+    assert!(!again[0].created);
+    assert_eq!(again[0].job.id, inserted[0].job.id);
+
+    // Still unique while running; free again once finished.
+    let leased = fetch(&store, "default", 1, now).await.remove(0);
+    assert_eq!(leased.job.id, inserted[0].job.id);
+    let while_running = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![keyed("user:1")],
+            now,
+        })
+        .await
+        .unwrap();
+    assert!(!while_running[0].created);
+    store
+        .job_complete(complete_params(&leased, now))
+        .await
+        .unwrap();
+    let after = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![keyed("user:1")],
+            now,
+        })
+        .await
+        .unwrap();
+    assert!(after[0].created);
+    assert_ne!(after[0].job.id, inserted[0].job.id);
+}
+
+pub async fn availability_signal_fires_on_new_work(store: S) {
+    let now = t0();
+    let mut signal = store.job_availability();
+    signal.borrow_and_update();
+    insert_one(&store, NewJob::new("k", json!({})), now).await;
+    tokio::time::timeout(Duration::from_secs(5), signal.changed())
+        .await
+        .expect("an insert must signal availability")
+        .unwrap();
+
+    let mut later = NewJob::new("later", json!({}));
+    later.run_at = Some(now + ms(1_000));
+    insert_one(&store, later, now).await;
+    signal.borrow_and_update();
+    store
+        .jobs_schedule(MaintenanceBatch {
+            now: now + ms(1_000),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), signal.changed())
+        .await
+        .expect("a scheduled job coming due must signal availability")
+        .unwrap();
+}

@@ -1,0 +1,153 @@
+//! The maintenance passes: rescuing expired leases, expiring jobs past their
+//! deadline, pruning old finished jobs. (Scheduling due jobs is in `inserts.rs`,
+//! with the jobs inserted for later.)
+
+use grafter_core::{JobState, NewJob};
+use grafter_store::transitions::LEASE_EXPIRED;
+use grafter_store::{JobsPrune, JobsRescue, MaintenanceBatch};
+use serde_json::json;
+
+use super::{complete_params, fail_params, fetch, get, insert, ms, no_jitter, t0, S};
+
+pub async fn rescue_ends_expired_leases_as_failed_attempts(store: S) {
+    let now = t0();
+    let mut last = NewJob::new("last", json!({}));
+    last.max_attempts = 1;
+    insert(&store, vec![NewJob::new("k", json!({})), last], now).await;
+    let leased = fetch(&store, "default", 2, now).await;
+    let rescue = |now| JobsRescue {
+        now,
+        limit: 10,
+        backoff: no_jitter(),
+    };
+    assert_eq!(
+        store
+            .jobs_rescue_expired(rescue(now + ms(29_999)))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .jobs_rescue_expired(rescue(now + ms(30_000)))
+            .await
+            .unwrap(),
+        2
+    );
+
+    let retried = get(&store, leased[0].job.id).await;
+    assert_eq!(retried.state, JobState::Retryable);
+    assert_eq!(retried.errors.len(), 1);
+    assert_eq!(retried.errors[0].error, LEASE_EXPIRED);
+    assert_eq!(retried.errors[0].worker_id.as_deref(), Some("worker-1"));
+    assert_eq!(retried.run_at, now + ms(30_000) + ms(1_000));
+    let dead = get(&store, leased[1].job.id).await;
+    assert_eq!(dead.state, JobState::Dead);
+    assert_eq!(dead.errors[0].error, LEASE_EXPIRED);
+    assert_eq!(
+        store
+            .jobs_rescue_expired(rescue(now + ms(60_000)))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+pub async fn expires_at_expires_unstarted_jobs(store: S) {
+    let now = t0();
+    let mut soon = NewJob::new("soon", json!({}));
+    soon.expires_at = Some(now + ms(1_000));
+    let mut later = NewJob::new("later", json!({}));
+    later.expires_at = Some(now + ms(60_000));
+    let jobs = insert(&store, vec![soon, later], now).await;
+    // Past its deadline a job is not handed out, even before the expirer runs.
+    let leased = fetch(&store, "default", 10, now + ms(1_000)).await;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].job.kind, "later");
+    let batch = MaintenanceBatch {
+        now: now + ms(1_000),
+        limit: 10,
+    };
+    assert_eq!(store.jobs_expire(batch).await.unwrap(), 1);
+    let expired = get(&store, jobs[0].id).await;
+    assert_eq!(expired.state, JobState::Expired);
+    assert_eq!(expired.finished_at, Some(now + ms(1_000)));
+    // A running job is not expired: it has started.
+    let batch = MaintenanceBatch {
+        now: now + ms(120_000),
+        limit: 10,
+    };
+    assert_eq!(store.jobs_expire(batch).await.unwrap(), 0);
+}
+
+pub async fn prune_deletes_old_finished_jobs_only(store: S) {
+    let now = t0();
+    let mut once = NewJob::new("once", json!({}));
+    once.max_attempts = 1;
+    let jobs = insert(
+        &store,
+        vec![
+            NewJob::new("done", json!({})),
+            once,
+            NewJob::new("waiting", json!({})),
+        ],
+        now,
+    )
+    .await;
+    let leased = fetch(&store, "default", 2, now).await;
+    store
+        .job_complete(complete_params(&leased[0], now))
+        .await
+        .unwrap();
+    store
+        .job_fail(fail_params(&leased[1], "x", now + ms(10_000)))
+        .await
+        .unwrap();
+    let prune = |states: Vec<JobState>, before| JobsPrune {
+        states,
+        finished_before: before,
+        limit: 100,
+    };
+    let finished = vec![
+        JobState::Completed,
+        JobState::Dead,
+        JobState::Cancelled,
+        JobState::Expired,
+    ];
+    assert_eq!(
+        store
+            .jobs_prune(prune(finished.clone(), now))
+            .await
+            .unwrap(),
+        0,
+        "nothing finished before now"
+    );
+    assert_eq!(
+        store
+            .jobs_prune(prune(vec![JobState::Completed], now + ms(20_000)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.job_get(jobs[0].id).await.unwrap().is_none());
+    assert!(
+        store.job_get(jobs[1].id).await.unwrap().is_some(),
+        "dead jobs were not named"
+    );
+    // Unfinished states are never pruned, even when named.
+    assert_eq!(
+        store
+            .jobs_prune(prune(vec![JobState::Available], now + ms(20_000)))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .jobs_prune(prune(finished, now + ms(20_000)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.job_get(jobs[2].id).await.unwrap().is_some());
+}
