@@ -13,9 +13,9 @@ use grafter_core::{
     Timestamp, ValidationError, WorkerRegistration,
 };
 use grafter_store::{
-    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobRelease,
-    JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert, QueueInfo,
-    QueuePause, QueuePush, Store, StoreError, WorkerBeat,
+    AckOutcome, BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat,
+    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
+    MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Store, StoreError, WorkerBeat,
 };
 use serde_json::Value;
 
@@ -103,35 +103,6 @@ pub struct Ack {
     pub lease: String,
     /// What it produced.
     pub result: Option<Value>,
-}
-
-/// What one ack of a batch came to.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AckOutcome {
-    /// This ack completed the job.
-    Completed,
-    /// The lease is not the job's current one; nothing changed.
-    LeaseMismatch {
-        /// The job's state now.
-        state: JobState,
-        /// The job's attempt now.
-        attempt: i32,
-    },
-    /// There is no such job (any more).
-    NotFound,
-}
-
-impl AckOutcome {
-    /// The store error the same ack would have met alone, if it did not apply.
-    pub fn error(&self, id: JobId) -> Option<StoreError> {
-        match *self {
-            AckOutcome::Completed => None,
-            AckOutcome::LeaseMismatch { state, attempt } => {
-                Some(StoreError::LeaseMismatch { id, state, attempt })
-            }
-            AckOutcome::NotFound => Some(StoreError::NotFound(id)),
-        }
-    }
 }
 
 /// A worker asking for jobs.
@@ -250,10 +221,25 @@ impl Engine {
                 now: self.now(),
             })
             .await?;
-        for created in inserted.iter().filter(|i| i.created) {
-            self.inner.observer.enqueued(&created.job);
+        let created = inserted.iter().filter(|i| i.created).map(|i| &i.job);
+        self.announce_available(created.clone());
+        for job in created {
+            self.inner.observer.enqueued(job);
         }
         Ok(inserted)
+    }
+
+    /// The rule for waking waiting fetches, in one place: after a change
+    /// commits, the queues of the jobs it made `available` are announced.
+    fn announce_available<'j>(&self, jobs: impl IntoIterator<Item = &'j Job>) {
+        let mut queues: Vec<&str> = jobs
+            .into_iter()
+            .filter(|job| job.state == JobState::Available)
+            .map(|job| job.queue.as_str())
+            .collect();
+        queues.sort_unstable();
+        queues.dedup();
+        self.inner.store.announce(&queues);
     }
 
     /// Leases available jobs; with a `wait`, waits until some are available
@@ -378,14 +364,16 @@ impl Engine {
                 job
             }
             Outcome::Released { run_at } => {
-                store
+                let job = store
                     .job_release(JobRelease {
                         id,
                         lease,
                         run_at: Self::resolve(run_at, now),
                         now,
                     })
-                    .await?
+                    .await?;
+                self.announce_available([&job]);
+                job
             }
         };
         Ok(job)
@@ -401,12 +389,14 @@ impl Engine {
             )
             .into());
         }
-        let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let items = acks
             .into_iter()
-            .map(|a| (a.id, a.lease, a.result))
+            .map(|a| {
+                let result = a.result.map(storable::json);
+                (a.id, storable::text(a.lease), result)
+            })
             .collect();
-        let done = self
+        let outcomes = self
             .inner
             .store
             .jobs_complete_many(JobsCompleteMany {
@@ -414,24 +404,11 @@ impl Engine {
                 now: self.now(),
             })
             .await?;
-        self.inner
-            .observer
-            .batch_completed(done.iter().filter(|&&ok| ok).count());
-        let mut outcomes = Vec::with_capacity(ids.len());
-        for (id, ok) in ids.into_iter().zip(done) {
-            outcomes.push(if ok {
-                AckOutcome::Completed
-            } else {
-                // Rare, so the reason is looked up only now.
-                match self.inner.store.job_get(id).await? {
-                    Some(job) => AckOutcome::LeaseMismatch {
-                        state: job.state,
-                        attempt: job.attempt,
-                    },
-                    None => AckOutcome::NotFound,
-                }
-            });
-        }
+        let completed = outcomes
+            .iter()
+            .filter(|&&o| o == AckOutcome::Completed)
+            .count();
+        self.inner.observer.batch_completed(completed);
         Ok(outcomes)
     }
 
@@ -471,11 +448,13 @@ impl Engine {
             storable::validate_json("args", args)?;
         }
         let now = self.now();
-        Ok(self
+        let job = self
             .inner
             .store
             .job_retry(JobRetry { id, args, now })
-            .await?)
+            .await?;
+        self.announce_available([&job]);
+        Ok(job)
     }
 
     /// Moves a not-running job's run time. A time outside years 1 to 9999 is
@@ -486,11 +465,13 @@ impl Engine {
         }
         let now = self.now();
         let run_at = Self::resolve(when, now);
-        Ok(self
+        let job = self
             .inner
             .store
             .job_reschedule(JobReschedule { id, run_at, now })
-            .await?)
+            .await?;
+        self.announce_available([&job]);
+        Ok(job)
     }
 
     /// Deletes a job in any state.
@@ -513,7 +494,7 @@ impl Engine {
             )
             .into());
         }
-        Ok(self
+        let outcome = self
             .inner
             .store
             .jobs_bulk(JobsBulk {
@@ -522,13 +503,19 @@ impl Engine {
                 only_state,
                 now: self.now(),
             })
-            .await?)
+            .await?;
+        if action == BulkAction::Retry && outcome.changed > 0 {
+            // Which queues the retried jobs are on is not told: a rare,
+            // operator's action, so every waiting fetch looks once.
+            self.inner.store.announce_all();
+        }
+        Ok(outcome)
     }
 
     /// Pauses or resumes a queue.
     pub async fn queue_pause(&self, queue: &str, paused: bool) -> Result<QueueInfo> {
         validate_name("name", queue)?;
-        Ok(self
+        let info = self
             .inner
             .store
             .queue_set_paused(QueuePause {
@@ -536,7 +523,28 @@ impl Engine {
                 paused,
                 now: self.now(),
             })
-            .await?)
+            .await?;
+        if !paused {
+            self.inner.store.announce(&[queue]);
+        }
+        Ok(info)
+    }
+
+    /// Makes up to `limit` due `scheduled` and `retryable` jobs `available`
+    /// (the scheduler's pass) and wakes the fetches waiting on their queues;
+    /// answers how many moved.
+    pub async fn schedule_due(&self, limit: usize) -> Result<u64> {
+        let scheduled = self
+            .inner
+            .store
+            .jobs_schedule(MaintenanceBatch {
+                now: self.now(),
+                limit,
+            })
+            .await?;
+        let queues: Vec<&str> = scheduled.queues.iter().map(String::as_str).collect();
+        self.inner.store.announce(&queues);
+        Ok(scheduled.moved)
     }
 
     /// Sets (after checking it) or removes a queue's push target.

@@ -34,9 +34,9 @@ mod wait;
 pub use clock::Clock;
 pub use config::EngineConfig;
 pub use error::{Error, Result};
+pub use grafter_store::AckOutcome;
 pub use jobs::{
-    Ack, AckOutcome, Engine, FetchRequest, Outcome, Retry, When, MAX_BATCH, MAX_FETCH,
-    MAX_FETCH_QUEUES,
+    Ack, Engine, FetchRequest, Outcome, Retry, When, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES,
 };
 pub use observer::Observer;
 pub use open::{migrate, open, OpenError, PostgresSettings};

@@ -6,9 +6,9 @@ use std::time::Duration;
 use grafter_core::LeasedJob;
 use grafter_store::{JobsFetch, Result, Store};
 
-/// Fetches jobs, waiting up to `wait` for some to become available. Wakes on
-/// the store's availability signal rather than polling; returns what it has
-/// (possibly nothing) when `wait` ends or `stop` completes.
+/// Fetches jobs, waiting up to `wait` for some to become available. Wakes
+/// when work is announced on one of its queues rather than polling; returns
+/// what it has (possibly nothing) when `wait` ends or `stop` completes.
 pub(crate) async fn jobs_fetch_waiting(
     store: &dyn Store,
     params: impl Fn() -> JobsFetch,
@@ -16,24 +16,25 @@ pub(crate) async fn jobs_fetch_waiting(
     stop: impl Future<Output = ()>,
 ) -> Result<Vec<LeasedJob>> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut availability = store.job_availability();
+    let first = params();
+    if wait.is_zero() {
+        return store.jobs_fetch(first).await;
+    }
+    // Registered before the first look, so work announced between a look and
+    // the wait after it still wakes this fetch.
+    let waiter = store.wakeups().waiter(&first.queues);
     tokio::pin!(stop);
+    let mut fetch = first;
     loop {
-        // Mark the current value seen before looking, so a job that becomes
-        // available between the look and the wait still wakes us.
-        availability.borrow_and_update();
-        let jobs = store.jobs_fetch(params()).await?;
+        let jobs = store.jobs_fetch(fetch).await?;
         if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(jobs);
         }
         tokio::select! {
-            changed = availability.changed() => {
-                if changed.is_err() {
-                    return Ok(Vec::new());
-                }
-            }
+            _ = waiter.woken() => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = &mut stop => return Ok(Vec::new()),
         }
+        fetch = params();
     }
 }

@@ -17,7 +17,7 @@ use grafter_store::{Inserted, JobsInsert, Result, StoreError};
 
 use crate::error::{pg_error, pool_error};
 use crate::group_insert::{GroupInsert, GROUPED_BELOW};
-use crate::inserts::{created, insert_jobs, with_availability};
+use crate::inserts::{created, insert_jobs};
 
 /// The connection pool and the notification channel: everything an operation needs.
 pub(crate) struct Db {
@@ -38,16 +38,12 @@ impl Db {
 
     /// Inserts in one transaction (see [`insert_jobs`]); a few jobs without
     /// unique keys share their statement with other callers' (see
-    /// [`crate::group_insert`]). Returns the outcomes and whether any job
-    /// became available (so the caller knows whether to announce it).
-    pub(crate) async fn jobs_insert_many(
-        &self,
-        params: JobsInsert,
-    ) -> Result<(Vec<Inserted>, bool)> {
+    /// [`crate::group_insert`]).
+    pub(crate) async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>> {
         let unkeyed = params.jobs.iter().all(|job| job.unique_key.is_none());
         if unkeyed && params.jobs.len() < GROUPED_BELOW {
             let jobs = self.group_insert.insert(params.jobs, params.now).await?;
-            return Ok(with_availability(jobs.into_iter().map(created).collect()));
+            return Ok(jobs.into_iter().map(created).collect());
         }
         let mut client = self.client().await?;
         if unkeyed {

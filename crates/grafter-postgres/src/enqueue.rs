@@ -1,14 +1,16 @@
 //! Transactional enqueue: jobs that commit or roll back with the application's
 //! own transaction.
 
+use std::collections::BTreeSet;
+
 use chrono::Utc;
-use grafter_core::NewJob;
+use grafter_core::{JobState, NewJob};
 use grafter_store::{Inserted, Result, StoreError};
 use tokio_postgres::Transaction;
 
 use crate::conn::{AppTransaction, Conn};
 use crate::error::pg_error;
-use crate::{inserts, Schema};
+use crate::{inserts, notifier, Schema};
 
 /// Taken on entry and rolled back to on any error, so that a failed enqueue
 /// leaves nothing behind and the application's transaction usable.
@@ -100,10 +102,17 @@ async fn insert(tx: &Transaction<'_>, schema: &Schema, jobs: &[NewJob]) -> Resul
         }
         None => None,
     };
-    let (inserted, available) = inserts::insert_jobs(&AppTransaction(tx), jobs, Utc::now()).await?;
-    if available {
+    let inserted = inserts::insert_jobs(&AppTransaction(tx), jobs, Utc::now()).await?;
+    let available: BTreeSet<&str> = inserted
+        .iter()
+        .filter(|i| i.created && i.job.state == JobState::Available)
+        .map(|i| i.job.queue.as_str())
+        .collect();
+    if !available.is_empty() {
         // Delivered when the application commits; nothing if it rolls back.
-        notify(&AppTransaction(tx), &schema.channel()).await?;
+        // From no node: every node, the application's own included, hears it.
+        let payload = notifier::payload("", available);
+        notify(&AppTransaction(tx), &schema.channel(), &payload).await?;
     }
     if let Some(previous) = previous_path {
         // Local to `tx`, like the change it undoes: after `tx` ends the
@@ -121,8 +130,8 @@ async fn insert(tx: &Transaction<'_>, schema: &Schema, jobs: &[NewJob]) -> Resul
 /// a transaction that notifies holds a lock shared by every such transaction
 /// of the database from its commit until it is on disk, so their flushes to
 /// disk queue one by one instead of being shared.
-async fn notify(client: &impl Conn, channel: &str) -> Result<()> {
-    let stmt = client.statement("SELECT pg_notify($1, '')").await?;
-    client.rows(&stmt, &[&channel]).await?;
+async fn notify(client: &impl Conn, channel: &str, payload: &str) -> Result<()> {
+    let stmt = client.statement("SELECT pg_notify($1, $2)").await?;
+    client.rows(&stmt, &[&channel, &payload]).await?;
     Ok(())
 }

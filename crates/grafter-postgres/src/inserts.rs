@@ -28,13 +28,12 @@ pub(crate) fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
 /// Inserts jobs inside the caller's transaction: the store's own, or an
 /// application's ([`crate::enqueue_in`]). Consecutive jobs without a
 /// `unique_key` go in one multi-row statement; keyed jobs go one at a time
-/// because each may turn out to be a duplicate. Returns the outcomes and
-/// whether any job became available (for the caller to announce).
+/// because each may turn out to be a duplicate.
 pub(crate) async fn insert_jobs(
     client: &impl Conn,
     jobs: &[NewJob],
     now: Timestamp,
-) -> Result<(Vec<Inserted>, bool)> {
+) -> Result<Vec<Inserted>> {
     let mut out = Vec::with_capacity(jobs.len());
     let mut rest = jobs;
     while let Some(first) = rest.first() {
@@ -48,21 +47,12 @@ pub(crate) async fn insert_jobs(
             rest = &rest[run..];
         }
     }
-    Ok(with_availability(out))
+    Ok(out)
 }
 
 /// A job this call inserted (not one already holding its unique key).
 pub(crate) fn created(job: Job) -> Inserted {
     Inserted { job, created: true }
-}
-
-/// Insert outcomes, and whether any of them made a job available (for the
-/// caller to announce).
-pub(crate) fn with_availability(out: Vec<Inserted>) -> (Vec<Inserted>, bool) {
-    let available = out
-        .iter()
-        .any(|i| i.created && i.job.state == JobState::Available);
-    (out, available)
 }
 
 /// Inserts jobs without a `unique_key` with one statement, each created at its

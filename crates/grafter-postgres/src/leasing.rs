@@ -2,11 +2,14 @@
 //! worker does with a lease it holds (complete one job or a batch, fail,
 //! heartbeat, release), fenced by the lease token (`lease_fence!`).
 
+use std::collections::HashMap;
+
 use deadpool_postgres::GenericClient;
-use grafter_core::{Job, JobId, JobState, LeasedJob};
+use grafter_core::{time, Job, JobId, JobState, LeasedJob};
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
-    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, Result, StoreError,
+    AckOutcome, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch,
+    Result, StoreError,
 };
 use tokio_postgres::types::{Json, ToSql};
 
@@ -47,7 +50,7 @@ macro_rules! lease_picked {
                 lease = replace(gen_random_uuid()::text, '-', ''),
                 lease_expires_at = CASE WHEN timeout_ms IS NULL THEN $4::timestamptz
                     ELSE least($4::timestamptz,
-                               $2 + least(timeout_ms, $6) * interval '1 millisecond') END,
+                               $2 + greatest(least(timeout_ms, $6), 0) * interval '1 millisecond') END,
                 worker_id = $5,
                 attempted_at = $2,
                 progress = NULL
@@ -59,9 +62,9 @@ macro_rules! lease_picked {
     };
 }
 
-/// A job's own timeout is clamped to this (100 years) before it is added to a
-/// timestamp, so an absurd `timeout_ms` cannot push a lease out of range.
-const MAX_TIMEOUT_MS: i64 = 100 * 365 * 24 * 3_600_000;
+/// A job's own timeout is clamped to 0 to this (100 years) before it is added
+/// to a timestamp, so no stored `timeout_ms` can push a lease out of range.
+const MAX_TIMEOUT_MS: i64 = time::MAX_DURATION_MS as i64;
 
 /// First key of the advisory lock that serializes fetches with a running limit
 /// on one queue (the second is a hash of the schema and queue). Apart from the
@@ -250,7 +253,10 @@ impl Db {
     /// the order rows were last written, and two such batches can deadlock.
     /// PostgreSQL then rolls one statement back whole, and it is run again: a
     /// rerun answers as if it had run after the other.
-    pub(crate) async fn jobs_complete_many(&self, params: &JobsCompleteMany) -> Result<Vec<bool>> {
+    pub(crate) async fn jobs_complete_many(
+        &self,
+        params: &JobsCompleteMany,
+    ) -> Result<Vec<AckOutcome>> {
         const SQL: &str = "
             WITH input AS (
                 SELECT DISTINCT ON (id, lease) id, lease, result, ord
@@ -304,7 +310,40 @@ impl Db {
                 }
             }
         }
-        Ok(done)
+        // Why the others did not apply: rare, so looked up only now. After
+        // the commit, so it reads what a caller asking next would see.
+        let missed: Vec<i64> = ids
+            .iter()
+            .zip(&done)
+            .filter(|(_, &done)| !done)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut now = HashMap::with_capacity(missed.len());
+        if !missed.is_empty() {
+            let stmt = client
+                .prepare_cached("SELECT id, state, attempt FROM jobs WHERE id = ANY($1)")
+                .await
+                .map_err(pg_error)?;
+            for row in client.query(&stmt, &[&missed]).await.map_err(pg_error)? {
+                let id: i64 = row.try_get(0).map_err(pg_error)?;
+                let state: String = row.try_get(1).map_err(pg_error)?;
+                let state = state
+                    .parse::<JobState>()
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                now.insert(id, (state, row.try_get(2).map_err(pg_error)?));
+            }
+        }
+        Ok(ids
+            .iter()
+            .zip(done)
+            .map(|(id, done)| {
+                if done {
+                    AckOutcome::Completed
+                } else {
+                    AckOutcome::not_completed(now.get(id).copied())
+                }
+            })
+            .collect())
     }
 
     pub(crate) async fn job_fail(&self, params: &JobFail) -> Result<Job> {
@@ -335,7 +374,7 @@ impl Db {
             "UPDATE jobs SET
                 lease_expires_at = CASE WHEN timeout_ms IS NULL THEN $3::timestamptz
                     ELSE least($3::timestamptz,
-                               attempted_at + least(timeout_ms, $5) * interval '1 millisecond') END,
+                               attempted_at + greatest(least(timeout_ms, $5), 0) * interval '1 millisecond') END,
                 progress = coalesce($4::jsonb, progress)
              WHERE ",
             lease_fence!(),

@@ -55,15 +55,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use grafter_core::{Job, JobId, JobState, LeasedJob, Worker};
+use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
-    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
+    AckOutcome, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
     JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
     JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Store, StoreError, ThroughputRange,
-    WorkerBeat, WorkersPrune,
+    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Scheduled, Store, StoreError,
+    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
-use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -179,7 +178,7 @@ pub(crate) fn quote_ident(name: &str) -> String {
 pub struct PostgresStore {
     db: Db,
     schema: Schema,
-    availability: watch::Sender<u64>,
+    wakeups: Wakeups,
     announcer: notifier::Announcer,
     _background: DropGuard,
 }
@@ -211,9 +210,12 @@ impl PostgresStore {
             pg_config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         let pool = build_pool(&config, &pg_config, &schema)?;
-        let (availability, _) = watch::channel(0);
+        let wakeups = Wakeups::default();
         let cancel = CancellationToken::new();
-        let announcer = notifier::Announcer::spawn(pool.clone(), &schema.channel(), cancel.clone());
+        // Names this store's notifications, so its listener skips them.
+        let node = format!("{:016x}", rand::random::<u64>());
+        let announcer =
+            notifier::Announcer::spawn(pool.clone(), &schema.channel(), &node, cancel.clone());
         let group_insert = group_insert::GroupInsert::spawn(pool.clone());
         let store = PostgresStore {
             db: Db {
@@ -223,7 +225,7 @@ impl PostgresStore {
                 group_insert,
             },
             schema,
-            availability,
+            wakeups,
             announcer,
             _background: cancel.clone().drop_guard(),
         };
@@ -248,11 +250,12 @@ impl PostgresStore {
             notifier::spawn_listener(
                 listener_config,
                 store.db.channel.clone(),
-                store.availability.clone(),
+                node,
+                store.wakeups.clone(),
                 cancel,
             );
         } else {
-            notifier::spawn_poller(config.poll_interval, store.availability.clone(), cancel);
+            notifier::spawn_poller(config.poll_interval, store.wakeups.clone(), cancel);
         }
         Ok(store)
     }
@@ -268,13 +271,6 @@ impl PostgresStore {
     /// The schema holding the tables, if one was configured.
     pub fn schema(&self) -> Option<&str> {
         self.schema.name()
-    }
-
-    /// Wakes this node's own waiting fetches at once, without waiting for its
-    /// notification to come back from the server, and notifies the others.
-    fn announce_available(&self) {
-        notifier::bump(&self.availability);
-        self.announcer.announce();
     }
 }
 
@@ -327,11 +323,7 @@ impl Store for PostgresStore {
         if params.jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let (inserted, available) = self.db.jobs_insert_many(params).await?;
-        if available {
-            self.announce_available();
-        }
-        Ok(inserted)
+        self.db.jobs_insert_many(params).await
     }
 
     async fn jobs_fetch(&self, params: JobsFetch) -> Result<Vec<LeasedJob>> {
@@ -345,7 +337,7 @@ impl Store for PostgresStore {
         self.db.job_complete(&params).await
     }
 
-    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>> {
+    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<AckOutcome>> {
         self.db.jobs_complete_many(&params).await
     }
 
@@ -358,11 +350,7 @@ impl Store for PostgresStore {
     }
 
     async fn job_release(&self, params: JobRelease) -> Result<Job> {
-        let job = self.db.job_release(&params).await?;
-        if job.state == JobState::Available {
-            self.announce_available();
-        }
-        Ok(job)
+        self.db.job_release(&params).await
     }
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
@@ -380,11 +368,7 @@ impl Store for PostgresStore {
                 JobsBulk::MAX_IDS
             )));
         }
-        let outcome = self.db.jobs_bulk(&params).await?;
-        if params.action == BulkAction::Retry && outcome.changed > 0 {
-            self.announce_available();
-        }
-        Ok(outcome)
+        self.db.jobs_bulk(&params).await
     }
 
     async fn throughput_list(&self, params: ThroughputRange) -> Result<Vec<MinuteThroughput>> {
@@ -396,29 +380,19 @@ impl Store for PostgresStore {
     }
 
     async fn job_retry(&self, params: JobRetry) -> Result<Job> {
-        let job = self.db.job_retry(&params).await?;
-        self.announce_available();
-        Ok(job)
+        self.db.job_retry(&params).await
     }
 
     async fn job_reschedule(&self, params: JobReschedule) -> Result<Job> {
-        let job = self.db.job_reschedule(&params).await?;
-        if job.state == JobState::Available {
-            self.announce_available();
-        }
-        Ok(job)
+        self.db.job_reschedule(&params).await
     }
 
     async fn job_delete(&self, id: JobId) -> Result<()> {
         self.db.job_delete(id).await
     }
 
-    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<u64> {
-        let moved = self.db.jobs_schedule(&params).await?;
-        if moved > 0 {
-            self.announce_available();
-        }
-        Ok(moved)
+    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<Scheduled> {
+        self.db.jobs_schedule(&params).await
     }
 
     async fn jobs_rescue_expired(&self, params: JobsRescue) -> Result<u64> {
@@ -438,11 +412,7 @@ impl Store for PostgresStore {
     }
 
     async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo> {
-        let info = self.db.queue_set_paused(&params).await?;
-        if !params.paused {
-            self.announce_available();
-        }
-        Ok(info)
+        self.db.queue_set_paused(&params).await
     }
 
     async fn queue_set_push(&self, params: QueuePush) -> Result<QueueInfo> {
@@ -477,7 +447,22 @@ impl Store for PostgresStore {
         self.db.ping().await
     }
 
-    fn job_availability(&self) -> watch::Receiver<u64> {
-        self.availability.subscribe()
+    fn wakeups(&self) -> &Wakeups {
+        &self.wakeups
+    }
+
+    /// Wakes this node's own waiters at once, without waiting for its
+    /// notification to come back from the server, and notifies the others.
+    fn announce(&self, queues: &[&str]) {
+        if queues.is_empty() {
+            return;
+        }
+        self.wakeups.wake(queues.iter().copied());
+        self.announcer.announce(queues);
+    }
+
+    fn announce_all(&self) {
+        self.wakeups.wake_all();
+        self.announcer.announce_all();
     }
 }

@@ -14,7 +14,7 @@ use grafter_store::{JobsFetch, JobsInsert, Store, StoreError};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
-use common::{database, fresh_config};
+use common::{database, fresh_config, listening};
 
 /// Generous: a passing test never comes close.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -82,21 +82,16 @@ async fn a_rolled_back_enqueue_leaves_nothing_and_a_committed_one_wakes_a_long_p
 
     // Wait for the store's listener, so the wake-up below can only come from
     // the commit's NOTIFY.
-    let mut signal = store.job_availability();
-    tokio::time::timeout(PATIENCE, signal.wait_for(|n| *n > 0))
-        .await
-        .expect("the listener comes up")
-        .unwrap();
+    listening(&url, &schema, 1).await;
     let wait = Duration::from_secs(20);
     let poller = store.clone();
     let started = Instant::now();
-    // A long-poll as the engine does it: look, then wait for the signal.
+    // A long-poll as the engine does it: look, then wait to be woken.
+    let waiter = store.wakeups().waiter(&["default".to_owned()]);
     let poll = tokio::spawn(async move {
-        let mut signal = poller.job_availability();
         loop {
-            signal.borrow_and_update();
             let jobs = poller.jobs_fetch(fetch("default")).await?;
-            if !jobs.is_empty() || tokio::time::timeout(wait, signal.changed()).await.is_err() {
+            if !jobs.is_empty() || tokio::time::timeout(wait, waiter.woken()).await.is_err() {
                 return Ok::<_, grafter_store::StoreError>(jobs);
             }
         }

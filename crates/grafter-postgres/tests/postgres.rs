@@ -12,13 +12,12 @@ use chrono::Utc;
 use grafter_core::{JobState, LeasedJob, NewJob, WorkerRegistration};
 use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store::{
-    JobComplete, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, JobsInsert, JobsPrune,
-    LeaderAcquire, QueuePause, Store, StoreError, WorkerBeat, WorkersPrune,
+    AckOutcome, JobComplete, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, JobsInsert,
+    JobsPrune, LeaderAcquire, QueuePause, Store, StoreError, Waiter, WorkerBeat, WorkersPrune,
 };
 use serde_json::json;
-use tokio::sync::watch;
 
-use common::{admin, database, fresh_config};
+use common::{admin, database, fresh_config, listening};
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -45,19 +44,19 @@ async fn ack_all(store: &impl Store, leased: &[LeasedJob], now: chrono::DateTime
         .jobs_complete_many(JobsCompleteMany { items, now })
         .await
         .unwrap();
-    assert!(acked.iter().all(|&ok| ok), "{acked:?}");
+    assert!(
+        acked.iter().all(|&o| o == AckOutcome::Completed),
+        "{acked:?}"
+    );
 }
 
-/// Waits until the store's listener is up (it bumps the counter once when it
-/// starts listening), then marks the current value seen.
-async fn listening(store: &PostgresStore) -> watch::Receiver<u64> {
-    let mut signal = store.job_availability();
-    tokio::time::timeout(PATIENCE, signal.wait_for(|n| *n > 0))
-        .await
-        .expect("the listener comes up")
-        .unwrap();
-    signal.borrow_and_update();
-    signal
+/// Whether `waiter` is woken within `within`.
+async fn woken(waiter: &Waiter, within: Duration) -> bool {
+    tokio::time::timeout(within, waiter.woken()).await.is_ok()
+}
+
+fn queues(names: &[&str]) -> Vec<String> {
+    names.iter().map(|&n| n.to_owned()).collect()
 }
 
 async fn insert(store: &PostgresStore, job: NewJob) -> Vec<grafter_store::Inserted> {
@@ -71,25 +70,38 @@ async fn insert(store: &PostgresStore, job: NewJob) -> Vec<grafter_store::Insert
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_insert_on_one_node_wakes_the_others_in_its_schema_only() {
+async fn an_announcement_on_one_node_wakes_the_others_waiting_on_its_queues_in_its_schema_only() {
     let Some(url) = database().await else { return };
-    let (config, _guard) = fresh_config(&url);
-    let (elsewhere, _other_guard) = fresh_config(&url);
+    let (config, guard) = fresh_config(&url);
+    let (elsewhere, other_guard) = fresh_config(&url);
     let a = PostgresStore::connect(config.clone()).await.unwrap();
     let b = PostgresStore::connect(config).await.unwrap();
     let c = PostgresStore::connect(elsewhere).await.unwrap();
-    let mut on_b = listening(&b).await;
-    let on_c = listening(&c).await;
+    listening(&url, &guard.schema, 2).await;
+    listening(&url, &other_guard.schema, 1).await;
+    let on_b = b.wakeups().waiter(&queues(&["default"]));
+    let mail_on_b = b.wakeups().waiter(&queues(&["mail"]));
+    let on_c = c.wakeups().waiter(&queues(&["default"]));
 
-    insert(&a, NewJob::new("k", json!({}))).await;
-    tokio::time::timeout(PATIENCE, on_b.changed())
-        .await
-        .expect("another node in the schema hears of the new job")
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.announce(&["default", "it's \\ quoted"]);
     assert!(
-        !on_c.has_changed().unwrap(),
+        woken(&on_b, PATIENCE).await,
+        "another node in the schema hears of work on its queue"
+    );
+    let quiet = Duration::from_millis(300);
+    assert!(
+        !woken(&mail_on_b, quiet).await,
+        "a waiter on another queue is not woken"
+    );
+    assert!(
+        !woken(&on_c, quiet).await,
         "a store in another schema is not woken"
+    );
+
+    a.announce_all();
+    assert!(
+        woken(&mail_on_b, PATIENCE).await,
+        "every queue, when named none"
     );
 }
 
@@ -99,7 +111,8 @@ async fn the_listener_comes_back_after_its_connection_is_killed() {
     let (config, guard) = fresh_config(&url);
     let a = PostgresStore::connect(config.clone()).await.unwrap();
     let b = PostgresStore::connect(config).await.unwrap();
-    let mut on_b = listening(&b).await;
+    listening(&url, &guard.schema, 2).await;
+    let on_b = b.wakeups().waiter(&queues(&["default"]));
 
     let admin = admin(&url).await;
     let killed = admin
@@ -111,19 +124,15 @@ async fn the_listener_comes_back_after_its_connection_is_killed() {
         .await
         .unwrap();
     assert_eq!(killed.len(), 2, "both stores' listeners were found");
-    // Back up: the listener bumps once on reconnecting, for what it missed.
-    tokio::time::timeout(PATIENCE, on_b.changed())
-        .await
-        .expect("the listener reconnects")
-        .unwrap();
-    // And listening again: wait for the second listener too, then a new job wakes b.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    on_b.borrow_and_update();
-    insert(&a, NewJob::new("k", json!({}))).await;
-    tokio::time::timeout(PATIENCE, on_b.changed())
-        .await
-        .expect("the reconnected listener hears new work")
-        .unwrap();
+    // Back up: the listener wakes every waiter on reconnecting, for what it missed.
+    assert!(woken(&on_b, PATIENCE).await, "the listener reconnects");
+    // And listening again: a new announcement wakes b.
+    listening(&url, &guard.schema, 2).await;
+    a.announce(&["default"]);
+    assert!(
+        woken(&on_b, PATIENCE).await,
+        "the reconnected listener hears new work"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,13 +142,12 @@ async fn without_listen_waiting_fetches_are_woken_by_polling() {
     config.listen = false;
     config.poll_interval = Duration::from_millis(50);
     let store = PostgresStore::connect(config).await.unwrap();
-    let mut signal = store.job_availability();
+    let waiter = store.wakeups().waiter(&queues(&["default"]));
     for _ in 0..3 {
-        signal.borrow_and_update();
-        tokio::time::timeout(PATIENCE, signal.changed())
-            .await
-            .expect("the poller bumps the counter")
-            .unwrap();
+        assert!(
+            woken(&waiter, PATIENCE).await,
+            "the poller wakes every waiter"
+        );
     }
 }
 
@@ -322,18 +330,12 @@ fn registration(id: &str) -> WorkerRegistration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_released_on_one_node_wakes_the_others() {
+async fn a_release_is_fenced_like_any_lease() {
     let Some(url) = database().await else { return };
     let (config, _guard) = fresh_config(&url);
-    let a = PostgresStore::connect(config.clone()).await.unwrap();
-    let b = PostgresStore::connect(config).await.unwrap();
-    let mut on_b = listening(&b).await;
+    let a = PostgresStore::connect(config).await.unwrap();
     let now = Utc::now();
     let job = insert(&a, NewJob::new("k", json!({}))).await.remove(0).job;
-    tokio::time::timeout(PATIENCE, on_b.changed())
-        .await
-        .expect("the insert is heard")
-        .unwrap();
     let fetch = JobsFetch {
         queues: vec!["default".into()],
         max: 1,
@@ -343,24 +345,12 @@ async fn a_job_released_on_one_node_wakes_the_others() {
         now,
     };
     let leased = a.jobs_fetch(fetch).await.unwrap().remove(0);
-    // Nothing else announces work from here on: only the release can wake b.
-    on_b.borrow_and_update();
     let release = JobRelease {
         id: job.id,
         lease: leased.lease.clone(),
         run_at: now,
         now,
     };
-    assert_eq!(
-        a.job_release(release.clone()).await.unwrap().state,
-        JobState::Available
-    );
-    tokio::time::timeout(PATIENCE, on_b.changed())
-        .await
-        .expect("another node hears of the released job")
-        .unwrap();
-
-    // Fenced like any lease: a deleted job is NotFound.
     a.job_delete(job.id).await.unwrap();
     assert!(matches!(a.job_release(release).await, Err(StoreError::NotFound(id)) if id == job.id));
 }
@@ -706,18 +696,22 @@ async fn batch_acks_racing_over_the_same_jobs_complete_each_once() {
             if i < 10 {
                 answers.extend([x[200 + i], y[9 - i]]);
             }
+            let done = |o: &AckOutcome| *o == AckOutcome::Completed;
             assert_eq!(
-                answers.iter().filter(|&&w| w).count(),
+                answers.iter().filter(|o| done(o)).count(),
                 1,
                 "round {round}, job {i}: {answers:?}"
             );
             // The first naming within a batch is the one that answers.
             if i < 10 {
-                assert!(!x[200 + i] && !y[209 - i], "round {round}, job {i}");
+                assert!(
+                    !done(&x[200 + i]) && !done(&y[209 - i]),
+                    "round {round}, job {i}"
+                );
             }
             let job = a.job_get(l.job.id).await.unwrap().unwrap();
             assert_eq!(job.state, JobState::Completed);
-            let by = if x[i] { "forward" } else { "backward" };
+            let by = if done(&x[i]) { "forward" } else { "backward" };
             assert_eq!(
                 job.result,
                 Some(json!(by)),
@@ -979,4 +973,60 @@ async fn statements_on_a_leased_job_reach_it_by_key_whatever_the_statistics() {
         pkey_after >= pkey_before + 1000,
         "{pkey_before} -> {pkey_after}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_cannot_be_read_is_set_aside_and_the_others_are_rescued() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    let jobs = vec![NewJob::new("a", json!({})), NewJob::new("b", json!({}))];
+    let inserted = store
+        .jobs_insert_many(JobsInsert { jobs, now })
+        .await
+        .unwrap();
+    let mut fetch = fetch_params("default", 2, now);
+    fetch.lease_duration = Duration::from_secs(1);
+    assert_eq!(store.jobs_fetch(fetch).await.unwrap().len(), 2);
+    let (broken, fine) = (inserted[0].job.id, inserted[1].job.id);
+    // Written behind the store's back, as a bad upgrade or a hand edit might.
+    admin(&url)
+        .await
+        .execute(
+            &format!(
+                "UPDATE \"{}\".jobs SET errors = '\"not a list\"' WHERE id = $1",
+                guard.schema
+            ),
+            &[&broken.0],
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.job_get(broken).await.is_err(),
+        "the row no longer reads"
+    );
+
+    let rescued = store
+        .jobs_rescue_expired(grafter_store::JobsRescue {
+            now: now + chrono::Duration::seconds(2),
+            limit: 10,
+            backoff: Default::default(),
+        })
+        .await
+        .expect("one unreadable row does not fail the pass");
+    assert_eq!(rescued, 2);
+    let fine = store.job_get(fine).await.unwrap().unwrap();
+    assert_eq!(fine.state, JobState::Retryable);
+    assert_eq!(fine.errors[0].error, "lease expired");
+    let broken = store.job_get(broken).await.unwrap().unwrap();
+    assert_eq!(broken.state, JobState::Dead);
+    let last = broken.errors.last().unwrap();
+    assert!(
+        last.error
+            .starts_with(grafter_store::transitions::SET_ASIDE),
+        "{:?}",
+        broken.errors
+    );
+    assert_eq!(last.attempt, 1);
 }

@@ -6,10 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use grafter_core::{Job, JobId, JobState, LeasedJob};
+use grafter_core::{time, Job, JobId, JobState, LeasedJob};
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
-    JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, Result, StoreError,
+    AckOutcome, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch,
+    Result, StoreError,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
@@ -92,13 +93,14 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
         .join(", ");
     // The lease never outlives the job's own timeout, so a job that overruns it
     // is rescued as "timed out" even if its worker keeps heartbeating.
+    let timeout = timeout_micros();
     let sql = format!(
         "UPDATE jobs SET
             state = 'running',
             attempt = attempt + 1,
             lease = lower(hex(randomblob(16))),
             lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?1
-                               ELSE min(?1, ?2 + timeout_ms * 1000) END,
+                               ELSE min(?1, ?2 + {timeout}) END,
             worker_id = ?3,
             attempted_at = ?2,
             progress = NULL
@@ -218,10 +220,72 @@ pub fn jobs_complete_many(
     conn: &Connection,
     params: &JobsCompleteMany,
     batch: Option<&str>,
-) -> Result<Vec<bool>> {
-    let Some(batch) = batch else {
-        return jobs_complete_one_by_one(conn, params);
+) -> Result<Vec<AckOutcome>> {
+    let done = match batch {
+        Some(batch) => complete_batch(conn, params, batch)?,
+        None => complete_one_by_one(conn, params)?,
     };
+    ack_outcomes(conn, params, &done)
+}
+
+/// Each item's outcome from whether it completed its job; for those that did
+/// not, why, read in the same transaction (rare, so looked up only then).
+fn ack_outcomes(
+    conn: &Connection,
+    params: &JobsCompleteMany,
+    done: &[bool],
+) -> Result<Vec<AckOutcome>> {
+    let missed: Vec<i64> = params
+        .items
+        .iter()
+        .zip(done)
+        .filter(|(_, &done)| !done)
+        .map(|((id, _, _), _)| id.0)
+        .collect();
+    let mut now: HashMap<i64, (JobState, i32)> = HashMap::with_capacity(missed.len());
+    if !missed.is_empty() {
+        let ids = serde_json::to_string(&missed)
+            .map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, state, attempt FROM jobs
+                 WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([ids], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i32>(2)?,
+                ))
+            })
+            .map_err(backend)?;
+        for row in rows {
+            let (id, state, attempt) = row.map_err(backend)?;
+            let state = state
+                .parse::<JobState>()
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            now.insert(id, (state, attempt));
+        }
+    }
+    Ok(params
+        .items
+        .iter()
+        .zip(done)
+        .map(|((id, _, _), &done)| {
+            if done {
+                AckOutcome::Completed
+            } else {
+                AckOutcome::not_completed(now.get(&id.0).copied())
+            }
+        })
+        .collect())
+}
+
+/// Completes the items of `batch` with one statement; per item, whether it
+/// completed its job.
+fn complete_batch(conn: &Connection, params: &JobsCompleteMany, batch: &str) -> Result<Vec<bool>> {
     // `+jobs.state`: look each job up by its id, never scan the running ones.
     let mut stmt = conn
         .prepare_cached(
@@ -250,7 +314,7 @@ pub fn jobs_complete_many(
         .collect())
 }
 
-fn jobs_complete_one_by_one(conn: &Connection, params: &JobsCompleteMany) -> Result<Vec<bool>> {
+fn complete_one_by_one(conn: &Connection, params: &JobsCompleteMany) -> Result<Vec<bool>> {
     let mut stmt = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'completed', result = ?3, finished_at = ?4,
@@ -335,14 +399,22 @@ pub fn job_fail(conn: &Connection, params: &JobFail) -> Result<Job> {
     )
 }
 
+/// A job's own timeout in microseconds, as SQL: within 0 and 100 years
+/// whatever is stored, so no stored value can overflow the lease's sum (which
+/// SQLite would turn into a float).
+fn timeout_micros() -> String {
+    format!("max(0, min(timeout_ms, {})) * 1000", time::MAX_DURATION_MS)
+}
+
 pub fn job_heartbeat(conn: &Connection, params: &JobHeartbeat) -> Result<Job> {
     let now = micros(params.now);
     let until = now.saturating_add(duration_micros(params.lease_duration));
     let progress = params.progress.as_ref().map(to_json).transpose()?;
+    let timeout = timeout_micros();
     conn.prepare_cached(&format!(
         "UPDATE jobs SET
             lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?3
-                               ELSE min(?3, attempted_at + timeout_ms * 1000) END,
+                               ELSE min(?3, attempted_at + {timeout}) END,
             progress = coalesce(?4, progress)
          WHERE id = ?1 AND state = 'running' AND lease = ?2
          RETURNING {JOB_COLUMNS}"

@@ -25,14 +25,13 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
-    BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
+    AckOutcome, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
     JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
     JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Store, StoreError, ThroughputRange,
-    WorkerBeat, WorkersPrune,
+    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Scheduled, Store, StoreError,
+    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use rusqlite::Connection;
-use tokio::sync::watch;
 
 use error::backend;
 use readers::Readers;
@@ -43,7 +42,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
     readers: Readers,
-    availability: watch::Sender<u64>,
+    wakeups: Wakeups,
 }
 
 impl SqliteStore {
@@ -54,12 +53,11 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || Writer::start(&writer_path))
             .await
             .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
-        let (availability, _) = watch::channel(0);
         Ok(SqliteStore {
             readers: Readers::new(path.clone()),
             path,
             writer,
-            availability,
+            wakeups: Wakeups::default(),
         })
     }
 
@@ -73,23 +71,14 @@ impl SqliteStore {
     pub async fn durability(&self) -> Result<String> {
         self.writer.run(durability).await
     }
-
-    fn announce_available(&self) {
-        self.availability.send_modify(|n| *n = n.wrapping_add(1));
-    }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>> {
-        let inserted = self
-            .writer
+        self.writer
             .run(move |conn| inserts::jobs_insert_many(conn, &params))
-            .await?;
-        if inserted.iter().any(|i| i.created) {
-            self.announce_available();
-        }
-        Ok(inserted)
+            .await
     }
 
     async fn jobs_fetch(&self, params: JobsFetch) -> Result<Vec<LeasedJob>> {
@@ -107,7 +96,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>> {
+    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<AckOutcome>> {
         let batch = leasing::ack_batch(&params)?;
         self.writer
             .run(move |conn| leasing::jobs_complete_many(conn, &params, batch.as_deref()))
@@ -127,14 +116,9 @@ impl Store for SqliteStore {
     }
 
     async fn job_release(&self, params: JobRelease) -> Result<Job> {
-        let job = self
-            .writer
+        self.writer
             .run(move |conn| leasing::job_release(conn, &params))
-            .await?;
-        if job.state == grafter_core::JobState::Available {
-            self.announce_available();
-        }
-        Ok(job)
+            .await
     }
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
@@ -154,15 +138,9 @@ impl Store for SqliteStore {
                 JobsBulk::MAX_IDS
             )));
         }
-        let retried = params.action == BulkAction::Retry;
-        let outcome = self
-            .writer
+        self.writer
             .run(move |conn| browse::jobs_bulk(conn, &params))
-            .await?;
-        if retried && outcome.changed > 0 {
-            self.announce_available();
-        }
-        Ok(outcome)
+            .await
     }
 
     async fn throughput_list(&self, params: ThroughputRange) -> Result<Vec<MinuteThroughput>> {
@@ -178,21 +156,15 @@ impl Store for SqliteStore {
     }
 
     async fn job_retry(&self, params: JobRetry) -> Result<Job> {
-        let job = self
-            .writer
+        self.writer
             .run(move |conn| jobs::job_retry(conn, &params))
-            .await?;
-        self.announce_available();
-        Ok(job)
+            .await
     }
 
     async fn job_reschedule(&self, params: JobReschedule) -> Result<Job> {
-        let job = self
-            .writer
+        self.writer
             .run(move |conn| jobs::job_reschedule(conn, &params))
-            .await?;
-        self.announce_available();
-        Ok(job)
+            .await
     }
 
     async fn job_delete(&self, id: JobId) -> Result<()> {
@@ -201,15 +173,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<u64> {
-        let moved = self
-            .writer
+    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<Scheduled> {
+        self.writer
             .run(move |conn| maintenance::jobs_schedule(conn, &params))
-            .await?;
-        if moved > 0 {
-            self.announce_available();
-        }
-        Ok(moved)
+            .await
     }
 
     async fn jobs_rescue_expired(&self, params: JobsRescue) -> Result<u64> {
@@ -253,15 +220,9 @@ impl Store for SqliteStore {
     }
 
     async fn queue_set_paused(&self, params: QueuePause) -> Result<QueueInfo> {
-        let paused = params.paused;
-        let info = self
-            .writer
+        self.writer
             .run(move |conn| queues::queue_set_paused(conn, &params))
-            .await?;
-        if !paused {
-            self.announce_available();
-        }
-        Ok(info)
+            .await
     }
 
     async fn worker_heartbeat(&self, params: WorkerBeat) -> Result<()> {
@@ -291,8 +252,18 @@ impl Store for SqliteStore {
         self.writer.run(|_| Ok(())).await
     }
 
-    fn job_availability(&self) -> watch::Receiver<u64> {
-        self.availability.subscribe()
+    fn wakeups(&self) -> &Wakeups {
+        &self.wakeups
+    }
+
+    /// One process owns the file (the writer holds it), so the waiters of
+    /// this process are all there are.
+    fn announce(&self, queues: &[&str]) {
+        self.wakeups.wake(queues.iter().copied());
+    }
+
+    fn announce_all(&self) {
+        self.wakeups.wake_all();
     }
 }
 

@@ -2,8 +2,9 @@
 //! scheduling due jobs, expiring jobs past their deadline, rescuing expired
 //! leases as failed attempts, and pruning old finished jobs.
 
-use grafter_store::transitions::{self, Failure};
-use grafter_store::{JobsPrune, JobsRescue, MaintenanceBatch, Result};
+use grafter_core::Timestamp;
+use grafter_store::transitions::{self, Failure, SET_ASIDE};
+use grafter_store::{JobsPrune, JobsRescue, MaintenanceBatch, Result, Scheduled, StoreError};
 use rusqlite::{params, params_from_iter, Connection};
 
 use crate::error::backend;
@@ -14,16 +15,23 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-pub fn jobs_schedule(conn: &Connection, params: &MaintenanceBatch) -> Result<u64> {
-    conn.prepare_cached(
-        "UPDATE jobs SET state = 'available'
-         WHERE id IN (SELECT id FROM jobs
-                      WHERE state IN ('scheduled', 'retryable') AND run_at <= ?1
-                      ORDER BY run_at LIMIT ?2)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![micros(params.now), limit(params.limit)]))
-    .map(|n| n as u64)
-    .map_err(backend)
+pub fn jobs_schedule(conn: &Connection, params: &MaintenanceBatch) -> Result<Scheduled> {
+    let queues: Vec<String> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'available'
+             WHERE id IN (SELECT id FROM jobs
+                          WHERE state IN ('scheduled', 'retryable') AND run_at <= ?1
+                          ORDER BY run_at LIMIT ?2)
+             RETURNING queue",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![micros(params.now), limit(params.limit)], |row| {
+                row.get(0)
+            })?
+            .collect()
+        })
+        .map_err(backend)?;
+    Ok(Scheduled::of(queues))
 }
 
 pub fn jobs_expire(conn: &Connection, params: &MaintenanceBatch) -> Result<u64> {
@@ -41,6 +49,10 @@ pub fn jobs_expire(conn: &Connection, params: &MaintenanceBatch) -> Result<u64> 
     .map_err(backend)
 }
 
+/// Ends expired leases as failed attempts. Each job is rescued on its own
+/// savepoint: a job whose row cannot be read or written is set aside (made
+/// `dead` with the reason in its errors) and the others are rescued, so no
+/// stored value can stop the rescue of the rest.
 pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64> {
     let expired = conn
         .prepare_cached(&format!(
@@ -49,27 +61,54 @@ pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64
              ORDER BY lease_expires_at LIMIT ?2"
         ))
         .and_then(|mut stmt| {
-            stmt.query_map(
-                params![micros(params.now), limit(params.limit)],
-                job_from_row,
-            )?
+            stmt.query_map(params![micros(params.now), limit(params.limit)], |row| {
+                Ok((row.get::<_, i64>(0)?, job_from_row(row).map_err(backend)))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(backend)?;
-    for job in &expired {
-        record_failure(
-            conn,
-            job,
-            Failure {
+    for (id, job) in &expired {
+        conn.execute_batch("SAVEPOINT rescue").map_err(backend)?;
+        let rescued = job.as_ref().map_err(Clone::clone).and_then(|job| {
+            let failure = Failure {
                 error: transitions::rescue_reason(job, params.now),
                 retry: true,
                 retry_at: None,
                 default_backoff: &params.backoff,
                 now: params.now,
-            },
-        )?;
+            };
+            record_failure(conn, job, failure)
+        });
+        match rescued {
+            Ok(_) => conn.execute_batch("RELEASE rescue").map_err(backend)?,
+            Err(error) => {
+                conn.execute_batch("ROLLBACK TO rescue; RELEASE rescue")
+                    .map_err(backend)?;
+                tracing::error!(job = id, %error, "cannot rescue a job; setting it aside as dead");
+                set_aside(conn, *id, params.now, &error)?;
+            }
+        }
     }
     Ok(expired.len() as u64)
+}
+
+/// Makes a job that maintenance cannot process `dead`, with why appended to
+/// its errors (or as its only error, if its errors cannot be read).
+fn set_aside(conn: &Connection, id: i64, now: Timestamp, error: &StoreError) -> Result<()> {
+    let entry = serde_json::json!({
+        "at": now,
+        "error": format!("{SET_ASIDE}: {error}"),
+    });
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'dead', finished_at = ?2, lease = NULL, lease_expires_at = NULL,
+                errors = CASE WHEN json_valid(errors) AND json_type(errors) = 'array'
+                              THEN json_insert(errors, '$[#]', json_set(json(?3), '$.attempt', attempt))
+                              ELSE json_array(json_set(json(?3), '$.attempt', attempt)) END
+         WHERE id = ?1",
+    )
+    .and_then(|mut stmt| stmt.execute(params![id, micros(now), entry.to_string()]))
+    .map_err(backend)?;
+    Ok(())
 }
 
 pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {

@@ -62,7 +62,7 @@ macro_rules! conformance_suite {
             delete_removes_the_job,
             list_filters_and_pages_by_keyset,
             queues_list_counts_per_state,
-            availability_signal_fires_on_new_work,
+            announce_wakes_only_the_waiters_of_its_queues,
             release_hands_the_job_back_without_counting_the_attempt,
             workers_register_list_and_prune,
             complete_many_acks_a_batch_fenced_per_item,
@@ -78,6 +78,9 @@ macro_rules! conformance_suite {
             throughput_counts_attempts_per_minute,
             bulk_changes_follow_the_one_job_rules,
             retry_can_replace_the_args,
+            extreme_values_cannot_stop_recovery,
+            the_same_input_has_the_same_outcome_on_every_store,
+            work_wakes_only_the_fetches_of_its_queue,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -12,13 +12,14 @@
 mod error;
 mod params;
 pub mod transitions;
+mod wakeups;
 
 use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Worker};
-use tokio::sync::watch;
 
 pub use error::StoreError;
 pub use params::*;
+pub use wakeups::{Waiter, Wakeups};
 
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -41,9 +42,10 @@ pub trait Store: Send + Sync + 'static {
     async fn job_complete(&self, params: JobComplete) -> Result<Job>;
 
     /// Completes many running jobs in one transaction (batch ack). Each item is
-    /// fenced by its lease; the answer says, per item in order, whether it was
-    /// completed (`false`: lease not current, or job gone).
-    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<bool>>;
+    /// fenced by its lease; the answer says, per item in order, what it came
+    /// to. An item repeating an earlier one answers as it would alone after
+    /// it: the lease is no longer current.
+    async fn jobs_complete_many(&self, params: JobsCompleteMany) -> Result<Vec<AckOutcome>>;
 
     /// Records a failed attempt: `retryable` after backoff, or `dead` when out of
     /// attempts or told not to retry, or `cancelled` if a cancel was requested.
@@ -91,8 +93,8 @@ pub trait Store: Send + Sync + 'static {
     async fn job_delete(&self, id: JobId) -> Result<()>;
 
     /// Makes `scheduled` and `retryable` jobs whose `run_at` has come `available`.
-    /// Returns how many moved.
-    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<u64>;
+    /// Answers how many moved, and on which queues.
+    async fn jobs_schedule(&self, params: MaintenanceBatch) -> Result<Scheduled>;
 
     /// Ends expired leases: each counts as a failed attempt ("lease expired", or
     /// "timed out" when the job's own timeout is what ran out).
@@ -141,7 +143,17 @@ pub trait Store: Send + Sync + 'static {
     /// Checks the backend answers; `/readyz` calls it.
     async fn ping(&self) -> Result<()>;
 
-    /// A counter bumped whenever jobs may have become available, so a long-polling
-    /// fetch can wait without polling. Missed values are fine: only change matters.
-    fn job_availability(&self) -> watch::Receiver<u64>;
+    /// The waits for work registered in this process, so a long-polling fetch
+    /// waits without polling and wakes only for its queues.
+    fn wakeups(&self) -> &Wakeups;
+
+    /// Jobs may have become available on `queues` (a change that committed):
+    /// wakes this process's waiters of those queues and, where the store is
+    /// shared by many processes, the others'. Which changes call for it is
+    /// the caller's rule (the engine's), not the store's.
+    fn announce(&self, queues: &[&str]);
+
+    /// As [`Store::announce`] for every queue: for changes whose queues are
+    /// not known (a bulk retry).
+    fn announce_all(&self);
 }

@@ -65,6 +65,63 @@ pub struct JobsCompleteMany {
     pub now: Timestamp,
 }
 
+/// What one item of a batch ack came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// This ack completed the job.
+    Completed,
+    /// The lease is not the job's current one; nothing changed.
+    LeaseMismatch {
+        /// The job's state now.
+        state: JobState,
+        /// The job's attempt now.
+        attempt: i32,
+    },
+    /// There is no such job (any more).
+    NotFound,
+}
+
+impl AckOutcome {
+    /// The error the same ack would have met alone, if it did not apply.
+    pub fn error(&self, id: JobId) -> Option<crate::StoreError> {
+        match *self {
+            AckOutcome::Completed => None,
+            AckOutcome::LeaseMismatch { state, attempt } => {
+                Some(crate::StoreError::LeaseMismatch { id, state, attempt })
+            }
+            AckOutcome::NotFound => Some(crate::StoreError::NotFound(id)),
+        }
+    }
+
+    /// The answer for an item that did not complete, from the job's state
+    /// and attempt now (`None`: it is gone).
+    pub fn not_completed(now: Option<(JobState, i32)>) -> Self {
+        match now {
+            Some((state, attempt)) => AckOutcome::LeaseMismatch { state, attempt },
+            None => AckOutcome::NotFound,
+        }
+    }
+}
+
+/// What a scheduling pass moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scheduled {
+    /// Jobs made `available`.
+    pub moved: u64,
+    /// Their queues, each once, in order.
+    pub queues: Vec<String>,
+}
+
+impl Scheduled {
+    /// The pass that moved one job per entry of `queues` (a queue per job).
+    pub fn of(mut queues: Vec<String>) -> Self {
+        let moved = queues.len() as u64;
+        queues.sort_unstable();
+        queues.dedup();
+        Scheduled { moved, queues }
+    }
+}
+
 /// A worker reporting failure.
 #[derive(Clone, Debug)]
 pub struct JobFail {

@@ -11,6 +11,9 @@ pub const MAX_ERROR_LEN: usize = 16 * 1024;
 pub const LEASE_EXPIRED: &str = "lease expired";
 /// The error recorded when a job's own `timeout_ms` ran out.
 pub const TIMED_OUT: &str = "timed out";
+/// How the error begins when maintenance could not process a job (its row
+/// could not be read or written) and made it `dead` so the rest go on.
+pub const SET_ASIDE: &str = "set aside by maintenance";
 
 /// What a job becomes after a failed attempt.
 #[derive(Clone, Debug, PartialEq)]

@@ -39,9 +39,12 @@ impl Service for Expirer {
     }
 
     fn pass(&self) -> PassFuture<'_> {
-        Box::pin(self.engine.store().jobs_expire(MaintenanceBatch {
-            now: self.engine.now(),
-            limit: self.batch_size,
-        }))
+        Box::pin(async move {
+            let batch = MaintenanceBatch {
+                now: self.engine.now(),
+                limit: self.batch_size,
+            };
+            Ok(self.engine.store().jobs_expire(batch).await?)
+        })
     }
 }

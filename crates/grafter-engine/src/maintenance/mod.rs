@@ -42,7 +42,7 @@ pub use config::{MaintenanceConfig, RetentionConfig};
 pub use health::{MaintenanceHealth, ServiceHealth};
 
 /// The boxed future of one pass.
-pub type PassFuture<'a> = Pin<Box<dyn Future<Output = grafter_store::Result<u64>> + Send + 'a>>;
+pub type PassFuture<'a> = Pin<Box<dyn Future<Output = crate::Result<u64>> + Send + 'a>>;
 
 /// One maintenance service: a name, how often it runs, and one pass.
 pub trait Service: Send + Sync + 'static {

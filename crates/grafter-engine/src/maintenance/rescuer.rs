@@ -59,13 +59,12 @@ impl Service for Rescuer {
                     "forgot silent workers; retrying their jobs"
                 );
             }
-            store
-                .jobs_rescue_expired(JobsRescue {
-                    now,
-                    limit: self.batch_size,
-                    backoff: self.engine.config().retry,
-                })
-                .await
+            let rescue = JobsRescue {
+                now,
+                limit: self.batch_size,
+                backoff: self.engine.config().retry,
+            };
+            Ok(store.jobs_rescue_expired(rescue).await?)
         })
     }
 }

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use grafter_store::MaintenanceBatch;
-
 use super::{MaintenanceConfig, PassFuture, Service};
 use crate::Engine;
 
@@ -39,9 +37,6 @@ impl Service for Scheduler {
     }
 
     fn pass(&self) -> PassFuture<'_> {
-        Box::pin(self.engine.store().jobs_schedule(MaintenanceBatch {
-            now: self.engine.now(),
-            limit: self.batch_size,
-        }))
+        Box::pin(self.engine.schedule_due(self.batch_size))
     }
 }

@@ -146,5 +146,37 @@ pub async fn postgres() -> Option<Harness> {
     let store = PostgresStore::connect(config)
         .await
         .expect("connect to PostgreSQL");
+    // Its listener wakes every waiter as it comes up: let that happen before
+    // a case registers waiters of its own.
+    listening(&url, &guard.schema, 1).await;
     Some(Harness::new(Arc::new(store), guard))
+}
+
+/// How long the listeners may take to come up.
+const LISTENER_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits until `count` stores' listeners on `schema`'s channel are up, as
+/// PostgreSQL itself shows them: an announcement before that is not heard.
+pub async fn listening(url: &str, schema: &str, count: i64) {
+    let admin = admin(url).await;
+    let up = || async {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'grafter:listener'
+                   AND query LIKE 'LISTEN %' || $1 || '%'",
+                &[&schema],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let deadline = tokio::time::Instant::now() + LISTENER_PATIENCE;
+    while up().await < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listeners come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

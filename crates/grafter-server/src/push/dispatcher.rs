@@ -15,7 +15,7 @@ use grafter_engine::push::{
 };
 use grafter_engine::{Clock, FetchRequest, Retry, When};
 use grafter_store::{QueueInfo, StoreError};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -161,7 +161,12 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
     let concurrency = queue.target.concurrency as usize;
     let slots = Arc::new(Semaphore::new(concurrency));
     let engine = shared.state.engine();
-    let mut availability = engine.store().job_availability();
+    // Registered for the loop's life, so work announced between a look and
+    // the wait after it still wakes the loop.
+    let waiter = engine
+        .store()
+        .wakeups()
+        .waiter(std::slice::from_ref(&queue.name));
     let lease_duration = Duration::from_millis(queue.target.timeout_ms) + LEASE_GRACE;
     loop {
         // A slot frees when a push has been recorded, so its outcome is known
@@ -195,8 +200,6 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
                 Err(_) => break,
             }
         }
-        // Seen before looking, so a job arriving meanwhile still wakes us.
-        availability.borrow_and_update();
         let fetch = FetchRequest {
             queues: vec![queue.name.clone()],
             max: permits.len(),
@@ -210,7 +213,7 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
                 drop(permits);
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = changed(&mut availability) => {}
+                    _ = waiter.woken() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
             }
@@ -239,14 +242,6 @@ async fn acquire(slots: &Arc<Semaphore>, stop: &CancellationToken) -> Option<Own
     tokio::select! {
         _ = stop.cancelled() => None,
         permit = slots.clone().acquire_owned() => permit.ok(),
-    }
-}
-
-/// Completes when jobs may have become available; never if the store stopped
-/// announcing (the idle poll still runs).
-async fn changed(availability: &mut watch::Receiver<u64>) {
-    if availability.changed().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -1,10 +1,7 @@
-//! Inserting jobs: what is stored, jobs due later, unique keys, and the
-//! availability signal that new work raises.
-
-use std::time::Duration;
+//! Inserting jobs: what is stored, jobs due later, and unique keys.
 
 use grafter_core::{Backoff, JobId, JobState, NewJob};
-use grafter_store::{JobsInsert, MaintenanceBatch};
+use grafter_store::{JobsInsert, MaintenanceBatch, Scheduled};
 use serde_json::json;
 
 use super::{complete_params, fetch, get, insert, insert_one, ms, t0, S};
@@ -71,12 +68,16 @@ pub async fn insert_in_the_future_is_scheduled_until_due(store: S) {
     let batch = |now| MaintenanceBatch { now, limit: 100 };
     assert_eq!(
         store.jobs_schedule(batch(now + ms(9_999))).await.unwrap(),
-        0
+        Scheduled::default()
     );
     assert_eq!(get(&store, job.id).await.state, JobState::Scheduled);
     assert_eq!(
         store.jobs_schedule(batch(now + ms(10_000))).await.unwrap(),
-        1
+        Scheduled {
+            moved: 1,
+            queues: vec!["default".into()]
+        },
+        "the pass says which queues got work, for the engine to announce"
     );
     assert_eq!(get(&store, job.id).await.state, JobState::Available);
     assert_eq!(
@@ -135,31 +136,4 @@ pub async fn unique_key_dedupes_unfinished_jobs(store: S) {
         .unwrap();
     assert!(after[0].created);
     assert_ne!(after[0].job.id, inserted[0].job.id);
-}
-
-pub async fn availability_signal_fires_on_new_work(store: S) {
-    let now = t0();
-    let mut signal = store.job_availability();
-    signal.borrow_and_update();
-    insert_one(&store, NewJob::new("k", json!({})), now).await;
-    tokio::time::timeout(Duration::from_secs(5), signal.changed())
-        .await
-        .expect("an insert must signal availability")
-        .unwrap();
-
-    let mut later = NewJob::new("later", json!({}));
-    later.run_at = Some(now + ms(1_000));
-    insert_one(&store, later, now).await;
-    signal.borrow_and_update();
-    store
-        .jobs_schedule(MaintenanceBatch {
-            now: now + ms(1_000),
-            limit: 10,
-        })
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), signal.changed())
-        .await
-        .expect("a scheduled job coming due must signal availability")
-        .unwrap();
 }

@@ -3,12 +3,12 @@
 //! lease token.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use grafter_core::{Backoff, Job, JobId, JobState, LeasedJob, NewJob, Progress};
 use grafter_store::transitions::TIMED_OUT;
 use grafter_store::{
-    JobCancel, JobRelease, JobsCompleteMany, JobsRescue, MaintenanceBatch, QueuePause, StoreError,
+    AckOutcome, JobCancel, JobRelease, JobsCompleteMany, JobsRescue, MaintenanceBatch, QueuePause,
+    StoreError,
 };
 use serde_json::json;
 
@@ -208,7 +208,7 @@ pub async fn fail_makes_retryable_after_backoff_then_runs_again(store: S) {
         now: now + ms(1_000),
         limit: 10,
     };
-    assert_eq!(store.jobs_schedule(batch).await.unwrap(), 1);
+    assert_eq!(store.jobs_schedule(batch).await.unwrap().moved, 1);
     let second = fetch(&store, "default", 1, now + ms(1_000)).await.remove(0);
     assert_eq!(second.job.attempt, 2);
     assert_ne!(second.lease, first.lease);
@@ -433,16 +433,10 @@ pub async fn release_hands_the_job_back_without_counting_the_attempt(store: S) {
     };
 
     // Now: available again at once, the attempt not counted.
-    let mut signal = store.job_availability();
-    signal.borrow_and_update();
     let back = store.job_release(release(&leased[0], now)).await.unwrap();
     assert_eq!(back.state, JobState::Available);
     assert_eq!(back.attempt, 0);
     assert!(back.lease_expires_at.is_none());
-    tokio::time::timeout(Duration::from_secs(5), signal.changed())
-        .await
-        .expect("a released job must signal availability")
-        .unwrap();
     let again = fetch(&store, "default", 1, now).await.remove(0);
     assert_eq!(again.job.id, jobs[0].id);
     assert_eq!(again.job.attempt, 1);
@@ -492,7 +486,22 @@ pub async fn complete_many_acks_a_batch_fenced_per_item(store: S) {
         })
         .await
         .unwrap();
-    assert_eq!(done, [true, false, true, true, true, false]);
+    let running = AckOutcome::LeaseMismatch {
+        state: JobState::Running,
+        attempt: 1,
+    };
+    assert_eq!(
+        done,
+        [
+            AckOutcome::Completed,
+            running,
+            AckOutcome::Completed,
+            AckOutcome::Completed,
+            AckOutcome::Completed,
+            AckOutcome::NotFound
+        ],
+        "each item says what it came to, and why not"
+    );
     let first = get(&store, leased[0].job.id).await;
     assert_eq!(first.state, JobState::Completed);
     assert_eq!(first.result, Some(json!({"n": leased[0].job.args})));
@@ -510,8 +519,8 @@ pub async fn complete_many_acks_a_batch_fenced_per_item(store: S) {
 }
 
 /// Items naming a job twice answer as they would one at a time: the first
-/// that holds the lease completes it (with its result), the rest answer false.
-/// Results of every JSON shape come back as they were sent.
+/// that holds the lease completes it (with its result), the rest find the
+/// job completed. Results of every JSON shape come back as they were sent.
 pub async fn complete_many_repeats_and_results_answer_as_one_at_a_time(store: S) {
     let now = t0();
     let jobs: Vec<_> = (0..6).map(|i| NewJob::new("k", json!(i))).collect();
@@ -544,9 +553,14 @@ pub async fn complete_many_repeats_and_results_answer_as_one_at_a_time(store: S)
         })
         .await
         .unwrap();
+    let completed = AckOutcome::LeaseMismatch {
+        state: JobState::Completed,
+        attempt: 1,
+    };
+    use AckOutcome::Completed as Done;
     assert_eq!(
         done,
-        [true, false, false, true, true, true, true, true, false]
+        [Done, completed, completed, Done, Done, Done, Done, Done, completed]
     );
     assert_eq!(
         get(&store, leased[0].job.id).await.result,
@@ -563,7 +577,7 @@ pub async fn complete_many_repeats_and_results_answer_as_one_at_a_time(store: S)
             .jobs_complete_many(JobsCompleteMany { items: again, now })
             .await
             .unwrap(),
-        [false]
+        [completed]
     );
 }
 

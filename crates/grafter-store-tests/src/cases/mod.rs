@@ -3,13 +3,15 @@
 //!
 //! One module per concern, under the names of the stores' own modules
 //! (`leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
-//! `leadership`, `browse`). Here: the helpers they share, the one case about
+//! `leadership`, `browse`), and `engine`: what the engine's rules (validation,
+//! wake-ups, the one outcome path) come to on each store. Here: the helpers they share, the one case about
 //! the store as a whole (`ping_answers`), and every case re-exported, which is
 //! the path `conformance_suite!` names.
 
 #![allow(missing_docs)]
 
 mod browse;
+mod engine;
 mod inserts;
 mod jobs;
 mod leadership;
@@ -19,6 +21,7 @@ mod queues;
 mod workers;
 
 pub use browse::*;
+pub use engine::*;
 pub use inserts::*;
 pub use jobs::*;
 pub use leadership::*;

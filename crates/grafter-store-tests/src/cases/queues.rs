@@ -2,8 +2,10 @@
 //! the push target setting. (Pausing is in `leasing.rs`, as what the fetch
 //! skips.)
 
+use std::time::Duration;
+
 use grafter_core::{JobState, NewJob, PushTarget};
-use grafter_store::{QueuePause, QueuePush};
+use grafter_store::{QueuePause, QueuePush, Waiter};
 use serde_json::json;
 
 use super::{fetch, insert, ms, t0, S};
@@ -92,4 +94,37 @@ pub async fn queues_list_shows_the_oldest_available_job(store: S) {
         None,
         "none available"
     );
+}
+
+/// What `announce` wakes: the waiters of the queues it names (waiting
+/// fetches in this process; on a shared database, in every process), and
+/// every waiter for `announce_all`. When to announce is the engine's rule.
+pub async fn announce_wakes_only_the_waiters_of_its_queues(store: S) {
+    async fn woken(waiter: &Waiter) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), waiter.woken())
+            .await
+            .is_ok()
+    }
+    let waiter = |names: &[&str]| {
+        let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
+        store.wakeups().waiter(&names)
+    };
+    let mail = waiter(&["mail"]);
+    let reports = waiter(&["reports", "other"]);
+    store.announce(&["mail"]);
+    assert!(woken(&mail).await, "announcing mail wakes its waiter");
+    assert!(!woken(&reports).await, "and no other");
+    store.announce(&["other", "elsewhere"]);
+    assert!(
+        woken(&reports).await,
+        "a waiter wakes for any of its queues"
+    );
+    assert!(!woken(&mail).await);
+    store.announce(&[]);
+    assert!(
+        !woken(&mail).await && !woken(&reports).await,
+        "nothing named, nobody woken"
+    );
+    store.announce_all();
+    assert!(woken(&mail).await && woken(&reports).await);
 }
