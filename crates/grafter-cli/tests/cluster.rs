@@ -16,7 +16,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,21 +24,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use common::{
-    enqueue_wakes_long_poll, id_of, shared_postgres, temp_dir, PrivateCluster, Schema, Server,
-    FAST_CONFIG, PATIENCE,
+    enqueue_wakes_long_poll, id_of, schema_setup, temp_dir, write_postgres_config, PrivateCluster,
+    Server, PATIENCE,
 };
-
-/// Fast maintenance, fast deterministic backoff, a one-second leadership, and
-/// the tables in `schema` (`None`: the connection's default).
-fn write_config(dir: &Path, schema: Option<&str>) -> PathBuf {
-    let mut text = format!("{FAST_CONFIG}\n[postgres]\npool_size = 8\n");
-    if let Some(schema) = schema {
-        text.push_str(&format!("schema = \"{schema}\"\n"));
-    }
-    let path = dir.join("grafter.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
 
 /// Waits until `server`'s log says it leads maintenance.
 async fn wait_until_leading(server: &Server) {
@@ -181,17 +168,14 @@ async fn worker(name: String, home: usize, control: Arc<Control>, tally: Arc<Tal
 /// its workers dying with it while holding leases.
 async fn five_thousand_jobs_on_two_nodes(kill: bool) {
     const JOBS: usize = 5_000;
-    let Some(url) = shared_postgres().await else {
+    let Some(pg) = schema_setup().await else {
         return;
     };
-    let schema = Schema::fresh(&url);
-    let dir = temp_dir();
-    let config = write_config(dir.path(), Some(&schema.name));
     // Node 1 starts first and leads maintenance, so killing it also tests the
     // failover: node 0 must take over to rescue node 1's lost leases.
-    let mut node_1 = Server::start(dir.path(), &url, &config).await;
+    let mut node_1 = Server::start(pg.dir.path(), &pg.url, &pg.config).await;
     wait_until_leading(&node_1).await;
-    let node_0 = Server::start(dir.path(), &url, &config).await;
+    let node_0 = Server::start(pg.dir.path(), &pg.url, &pg.config).await;
     let ids = enqueue_many(&[&node_0, &node_1], "cluster", JOBS).await;
 
     let control = Arc::new(Control {
@@ -313,14 +297,11 @@ async fn two_nodes_complete_5000_jobs_when_the_leader_is_killed_mid_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_on_one_node_wakes_a_long_poll_on_the_other() {
-    let Some(url) = shared_postgres().await else {
+    let Some(pg) = schema_setup().await else {
         return;
     };
-    let schema = Schema::fresh(&url);
-    let dir = temp_dir();
-    let config = write_config(dir.path(), Some(&schema.name));
-    let a = Server::start(dir.path(), &url, &config).await;
-    let b = Server::start(dir.path(), &url, &config).await;
+    let a = Server::start(pg.dir.path(), &pg.url, &pg.config).await;
+    let b = Server::start(pg.dir.path(), &pg.url, &pg.config).await;
     enqueue_wakes_long_poll(&b, &a, "wake").await;
     enqueue_wakes_long_poll(&a, &b, "wake").await;
 }
@@ -359,7 +340,7 @@ async fn a_postgres_restart_loses_nothing_and_the_nodes_recover_by_themselves() 
     };
     let url = cluster.url();
     let dir = temp_dir();
-    let config = write_config(dir.path(), None);
+    let config = write_postgres_config(dir.path(), None);
     let mut a = Server::start(dir.path(), &url, &config).await;
     let mut b = Server::start(dir.path(), &url, &config).await;
     wait_for_readyz(&a, StatusCode::OK).await;
@@ -499,15 +480,12 @@ async fn a_postgres_restart_loses_nothing_and_the_nodes_recover_by_themselves() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_maintenance_leader_is_killed_the_survivor_takes_over() {
-    let Some(url) = shared_postgres().await else {
+    let Some(pg) = schema_setup().await else {
         return;
     };
-    let schema = Schema::fresh(&url);
-    let dir = temp_dir();
-    let config = write_config(dir.path(), Some(&schema.name));
-    let mut leader = Server::start(dir.path(), &url, &config).await;
+    let mut leader = Server::start(pg.dir.path(), &pg.url, &pg.config).await;
     wait_until_leading(&leader).await;
-    let survivor = Server::start(dir.path(), &url, &config).await;
+    let survivor = Server::start(pg.dir.path(), &pg.url, &pg.config).await;
 
     // A worker that will never come back, and a job due shortly: left to the
     // rescuer and the scheduler, which until now ran on the leader only.

@@ -67,6 +67,26 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// A free port below the kernel's ephemeral range, for a server that is
+/// killed and started again on the same address: no outgoing connection (of
+/// this test or any other) can take it while the server is down.
+pub fn steady_port() -> u16 {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_from <= 11_000 {
+        return free_port(); // no room below the range: the best there is
+    }
+    for _ in 0..100 {
+        let port = rand::random_range(10_000..ephemeral_from);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {ephemeral_from} in 100 tries");
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -103,58 +123,82 @@ impl Server {
     /// Starts `grafter serve --database <database> --config <config>` on a free
     /// port, logging to a new file in `dir`, and waits until `/livez` answers.
     pub async fn start(dir: &Path, database: &str, config: &Path) -> Server {
-        let http = http_client();
         // A port picked free may be taken by someone else before we bind it:
         // then try another.
         for _ in 0..5 {
-            let port = free_port();
-            let log = dir.join(format!(
-                "server-{}.log",
-                STARTS.fetch_add(1, Ordering::SeqCst)
-            ));
-            let child = grafter()
-                .args([
-                    "serve",
-                    "--database",
-                    database,
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                ])
-                .arg("--config")
-                .arg(config)
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).expect("create log file"))
-                .spawn()
-                .expect("spawn grafter serve");
-            let mut server = Server {
-                child: Some(child),
-                base: format!("http://127.0.0.1:{port}"),
-                log,
-                http: http.clone(),
-            };
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
-                    server.child = None;
-                    let log = server.log_text();
-                    if log.contains("cannot listen") {
-                        break; // the port was taken: next one
-                    }
-                    panic!("grafter serve exited ({status}) before it was ready; its log:\n{log}");
-                }
-                if let Ok(response) = http.get(server.url("/livez")).send().await {
-                    if response.status().is_success() {
-                        return server;
-                    }
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "grafter serve did not answer /livez within {PATIENCE:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(server) = Server::try_start(dir, database, config, free_port()).await {
+                return server;
             }
         }
         panic!("could not start grafter serve on a free port in 5 tries");
+    }
+
+    /// Starts it on `port` (from [`steady_port`]), e.g. again after a
+    /// `kill -9`, at the address its workers know. Waits while the port is
+    /// still taken.
+    pub async fn start_on(dir: &Path, database: &str, config: &Path, port: u16) -> Server {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(server) = Server::try_start(dir, database, config, port).await {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {port} was still taken after {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts it on `port` and waits until `/livez` answers; `None` if the
+    /// port was taken.
+    async fn try_start(dir: &Path, database: &str, config: &Path, port: u16) -> Option<Server> {
+        let http = http_client();
+        let log = dir.join(format!(
+            "server-{}.log",
+            STARTS.fetch_add(1, Ordering::SeqCst)
+        ));
+        let child = grafter()
+            .args([
+                "serve",
+                "--database",
+                database,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("create log file"))
+            .spawn()
+            .expect("spawn grafter serve");
+        let mut server = Server {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            http: http.clone(),
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
+                server.child = None;
+                let log = server.log_text();
+                if log.contains("cannot listen") {
+                    return None;
+                }
+                panic!("grafter serve exited ({status}) before it was ready; its log:\n{log}");
+            }
+            if let Ok(response) = http.get(server.url("/livez")).send().await {
+                if response.status().is_success() {
+                    return Some(server);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "grafter serve did not answer /livez within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn child_mut(&mut self) -> &mut Child {
@@ -405,6 +449,18 @@ pub fn skip_or_fail(why: &str) {
     );
 }
 
+/// Writes `dir/grafter.toml` for servers on PostgreSQL: [`FAST_CONFIG`], a
+/// pool of 8, and the tables in `schema` (`None`: the connection's default).
+pub fn write_postgres_config(dir: &Path, schema: Option<&str>) -> PathBuf {
+    let mut text = format!("{FAST_CONFIG}\n[postgres]\npool_size = 8\n");
+    if let Some(schema) = schema {
+        text.push_str(&format!("schema = \"{schema}\"\n"));
+    }
+    let path = dir.join("grafter.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 /// Connects to `url`, with the driver's connection running in the background.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
     let connecting =
@@ -438,6 +494,32 @@ pub async fn shared_postgres() -> Option<String> {
             None
         }
     }
+}
+
+/// What a test on the shared test database needs: its URL, a fresh schema, a
+/// directory for the servers' logs, and their config for that schema. Dropping
+/// it drops the schema: get it before the servers start, so that they are
+/// gone first.
+pub struct SchemaSetup {
+    pub url: String,
+    pub schema: Schema,
+    pub dir: TempDir,
+    pub config: PathBuf,
+}
+
+/// A [`SchemaSetup`], or `None` after [`skip_or_fail`] when PostgreSQL does
+/// not answer.
+pub async fn schema_setup() -> Option<SchemaSetup> {
+    let url = shared_postgres().await?;
+    let schema = Schema::fresh(&url);
+    let dir = temp_dir();
+    let config = write_postgres_config(dir.path(), Some(&schema.name));
+    Some(SchemaSetup {
+        url,
+        schema,
+        dir,
+        config,
+    })
 }
 
 /// A schema name no other test, run or process uses, dropped (with whatever
