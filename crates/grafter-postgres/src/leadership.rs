@@ -1,11 +1,11 @@
 //! Leadership: a named role (the server's maintenance runs under one) that one
 //! node at a time holds, until it expires or is released.
 
+use grafter_core::time;
 use grafter_store::{LeaderAcquire, LeaderRelease, Result};
 
 use crate::db::Db;
 use crate::error::pg_error;
-use crate::row::later;
 
 impl Db {
     /// One upsert: it inserts a free leadership, or takes over a row that is
@@ -19,7 +19,7 @@ impl Db {
                 SET node = excluded.node, expires_at = excluded.expires_at
                 WHERE leaders.node = excluded.node OR leaders.expires_at <= $4
             RETURNING true";
-        let expires_at = later(params.now, params.ttl);
+        let expires_at = time::after(params.now, params.ttl);
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
         let row = client

@@ -16,7 +16,7 @@ use tokio_postgres::types::{Json, ToSql};
 use crate::db::Db;
 use crate::error::{is_deadlock, pg_error};
 use crate::jobs::{job_get_on, job_lock};
-use crate::row::{job_columns, job_from_row, later, limit, AFTER_JOB_COLUMNS};
+use crate::row::{job_columns, job_from_row, limit, AFTER_JOB_COLUMNS};
 
 /// The lease fence of a statement on one leased job: the row with id `$1`, if
 /// it is running under lease `$2`. Written so that it does not say
@@ -154,7 +154,7 @@ impl Db {
         queues.sort_unstable();
         queues.dedup();
         let mut client = self.client().await?;
-        let lease_until = later(params.now, params.lease_duration);
+        let lease_until = time::after(params.now, params.lease_duration);
         let max = limit(params.max);
         let rest: [&(dyn ToSql + Sync); 5] = [
             &params.now,
@@ -384,7 +384,7 @@ impl Db {
         );
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-        let until = later(params.now, params.lease_duration);
+        let until = time::after(params.now, params.lease_duration);
         let progress = params.progress.as_ref().map(Json);
         let row = client
             .query_opt(

@@ -1,8 +1,7 @@
 //! Mapping between `jobs` rows and [`Job`], and the values statements bind:
 //! JSON, counts, and times kept within what PostgreSQL can hold.
 
-use chrono::{DateTime, Utc};
-use grafter_core::{Job, JobId, JobState, Timestamp};
+use grafter_core::{Job, JobId, JobState};
 use grafter_store::{Result, StoreError};
 use serde_json::Value;
 use tokio_postgres::types::Json;
@@ -78,14 +77,6 @@ pub(crate) fn jobs_from_rows(rows: &[Row]) -> Result<Vec<Job>> {
 
 pub(crate) fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// `now + d`, saturating at the latest time chrono (and so PostgreSQL) can hold.
-pub(crate) fn later(now: Timestamp, d: std::time::Duration) -> Timestamp {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
