@@ -1,5 +1,5 @@
 //! Mapping between `jobs` rows and [`Job`], and the values statements bind:
-//! JSON, counts, and times kept within what PostgreSQL can hold.
+//! JSON and counts.
 
 use grafter_core::{Job, JobId, JobState};
 use grafter_store::{Result, StoreError};
