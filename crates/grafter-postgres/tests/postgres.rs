@@ -18,6 +18,7 @@ use grafter_store::{
 use serde_json::json;
 
 use common::{admin, database, fresh_config, listening};
+use grafter_store_tests::cases::an_unreadable_row_is_set_aside_and_the_others_are_rescued;
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -979,54 +980,14 @@ async fn statements_on_a_leased_job_reach_it_by_key_whatever_the_statistics() {
 async fn a_row_that_cannot_be_read_is_set_aside_and_the_others_are_rescued() {
     let Some(url) = database().await else { return };
     let (config, guard) = fresh_config(&url);
-    let store = PostgresStore::connect(config).await.unwrap();
-    let now = Utc::now();
-    let jobs = vec![NewJob::new("a", json!({})), NewJob::new("b", json!({}))];
-    let inserted = store
-        .jobs_insert_many(JobsInsert { jobs, now })
-        .await
-        .unwrap();
-    let mut fetch = fetch_params("default", 2, now);
-    fetch.lease_duration = Duration::from_secs(1);
-    assert_eq!(store.jobs_fetch(fetch).await.unwrap().len(), 2);
-    let (broken, fine) = (inserted[0].job.id, inserted[1].job.id);
-    // Written behind the store's back, as a bad upgrade or a hand edit might.
-    admin(&url)
-        .await
-        .execute(
-            &format!(
-                "UPDATE \"{}\".jobs SET errors = '\"not a list\"' WHERE id = $1",
-                guard.schema
-            ),
-            &[&broken.0],
-        )
-        .await
-        .unwrap();
-    assert!(
-        store.job_get(broken).await.is_err(),
-        "the row no longer reads"
-    );
-
-    let rescued = store
-        .jobs_rescue_expired(grafter_store::JobsRescue {
-            now: now + chrono::Duration::seconds(2),
-            limit: 10,
-            backoff: Default::default(),
-        })
-        .await
-        .expect("one unreadable row does not fail the pass");
-    assert_eq!(rescued, 2);
-    let fine = store.job_get(fine).await.unwrap().unwrap();
-    assert_eq!(fine.state, JobState::Retryable);
-    assert_eq!(fine.errors[0].error, "lease expired");
-    let broken = store.job_get(broken).await.unwrap().unwrap();
-    assert_eq!(broken.state, JobState::Dead);
-    let last = broken.errors.last().unwrap();
-    assert!(
-        last.error
-            .starts_with(grafter_store::transitions::SET_ASIDE),
-        "{:?}",
-        broken.errors
-    );
-    assert_eq!(last.attempt, 1);
+    let store = Arc::new(PostgresStore::connect(config).await.unwrap());
+    an_unreadable_row_is_set_aside_and_the_others_are_rescued(store, async |id| {
+        // Written behind the store's back, as a bad upgrade or a hand edit might.
+        let sql = format!(
+            "UPDATE \"{}\".jobs SET errors = '\"not a list\"' WHERE id = $1",
+            guard.schema
+        );
+        admin(&url).await.execute(&sql, &[&id.0]).await.unwrap();
+    })
+    .await;
 }

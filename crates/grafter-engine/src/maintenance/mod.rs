@@ -20,12 +20,12 @@
 //! failing is visible (`/readyz`, `/metrics`) rather than silently gone.
 
 mod config;
-pub mod expirer;
+mod expirer;
 mod health;
 pub mod leader;
-pub mod pruner;
-pub mod rescuer;
-pub mod scheduler;
+mod pruner;
+mod rescuer;
+mod scheduler;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,19 +41,17 @@ use crate::Engine;
 pub use config::{MaintenanceConfig, RetentionConfig};
 pub use health::{MaintenanceHealth, ServiceHealth};
 
-/// The boxed future of one pass.
-pub type PassFuture<'a> = Pin<Box<dyn Future<Output = crate::Result<u64>> + Send + 'a>>;
+/// One bounded pass of a service; answers how many jobs it touched.
+type PassFuture = Pin<Box<dyn Future<Output = crate::Result<u64>> + Send>>;
 
-/// One maintenance service: a name, how often it runs, and one pass.
-pub trait Service: Send + Sync + 'static {
-    /// Its name in logs, health and metrics.
-    fn name(&self) -> &'static str;
-    /// How long it sleeps after a pass that was not full.
-    fn interval(&self) -> Duration;
-    /// Most jobs a pass touches: a pass that touched this many runs again at once.
-    fn batch_size(&self) -> usize;
-    /// One bounded pass; answers how many jobs it touched.
-    fn pass(&self) -> PassFuture<'_>;
+/// One maintenance service: its name (in logs, health and metrics), how long
+/// it sleeps after a pass that was not full, the most jobs a pass touches (a
+/// full pass runs again at once), and its pass.
+struct Service {
+    name: &'static str,
+    interval: Duration,
+    batch_size: usize,
+    pass: Box<dyn Fn() -> PassFuture + Send + Sync>,
 }
 
 /// How long a panicked service waits before it is started again.
@@ -78,20 +76,44 @@ impl Maintenance {
         let mut tasks = JoinSet::new();
         let (elector, leading) = leader::Elector::new(engine.clone(), config.leader_ttl());
         tasks.spawn(leader::supervise(elector, health.clone(), cancel.clone()));
-        let services: [Arc<dyn Service>; 4] = [
-            Arc::new(scheduler::Scheduler::new(engine.clone(), config)),
-            Arc::new(rescuer::Rescuer::new(engine.clone(), config)),
-            Arc::new(expirer::Expirer::new(engine.clone(), config)),
-            Arc::new(pruner::Pruner::new(
-                engine.clone(),
-                retention,
-                config.batch_size,
-            )),
+        let batch_size = config.batch_size;
+        let stale_after = config.worker_stale_after();
+        let services = [
+            Service {
+                name: "scheduler",
+                interval: config.schedule_interval(),
+                batch_size,
+                pass: with(engine, move |engine| scheduler::pass(engine, batch_size)),
+            },
+            Service {
+                name: "rescuer",
+                interval: config.rescue_interval(),
+                batch_size,
+                pass: with(engine, move |engine| {
+                    rescuer::pass(engine, batch_size, stale_after)
+                }),
+            },
+            Service {
+                name: "expirer",
+                interval: config.expire_interval(),
+                batch_size,
+                pass: with(engine, move |engine| expirer::pass(engine, batch_size)),
+            },
+            Service {
+                name: "pruner",
+                interval: Duration::from_millis(retention.interval_ms),
+                batch_size,
+                pass: with(engine, {
+                    let retention = retention.clone();
+                    move |engine| pruner::pass(engine, retention.clone(), batch_size)
+                }),
+            },
         ];
         for service in services {
+            let service = Arc::new(service);
             let (leading, health, cancel) = (leading.clone(), health.clone(), cancel.clone());
             tasks.spawn(supervised(
-                service.name(),
+                service.name,
                 health.clone(),
                 cancel.clone(),
                 move || {
@@ -113,6 +135,18 @@ impl Maintenance {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// A service's pass: `pass` on a clone of `engine` each time.
+fn with<Fut>(
+    engine: &Engine,
+    pass: impl Fn(Engine) -> Fut + Send + Sync + 'static,
+) -> Box<dyn Fn() -> PassFuture + Send + Sync>
+where
+    Fut: Future<Output = crate::Result<u64>> + Send + 'static,
+{
+    let engine = engine.clone();
+    Box::new(move || Box::pin(pass(engine.clone())))
 }
 
 /// Runs the task `start` makes until it ends (on cancellation), making and
@@ -158,13 +192,12 @@ fn panic_message(error: tokio::task::JoinError) -> String {
 
 /// The loop every service runs while this node leads.
 async fn run_periodically(
-    service: Arc<dyn Service>,
+    service: Arc<Service>,
     mut leading: watch::Receiver<bool>,
     health: MaintenanceHealth,
     cancel: CancellationToken,
 ) {
-    let name = service.name();
-    let interval = service.interval();
+    let (name, interval) = (service.name, service.interval);
     tracing::debug!(service = name, ?interval, "maintenance service started");
     loop {
         if !*leading.borrow_and_update() {
@@ -173,10 +206,10 @@ async fn run_periodically(
                 _ = leading.changed() => continue,
             }
         }
-        let wait = match service.pass().await {
+        let wait = match (service.pass)().await {
             Ok(touched) => {
                 health.passed(name);
-                if touched as usize >= service.batch_size() {
+                if touched as usize >= service.batch_size {
                     Duration::ZERO
                 } else {
                     if touched > 0 {

@@ -1,42 +1,8 @@
 //! Makes due `scheduled` and `retryable` jobs `available` (which wakes fetches).
 
-use std::time::Duration;
+use crate::{Engine, Result};
 
-use super::{MaintenanceConfig, PassFuture, Service};
-use crate::Engine;
-
-/// The scheduler service.
-pub struct Scheduler {
-    engine: Engine,
-    interval: Duration,
-    batch_size: usize,
-}
-
-impl Scheduler {
-    /// A scheduler passing as `config` says.
-    pub fn new(engine: Engine, config: &MaintenanceConfig) -> Self {
-        Scheduler {
-            engine,
-            interval: config.schedule_interval(),
-            batch_size: config.batch_size,
-        }
-    }
-}
-
-impl Service for Scheduler {
-    fn name(&self) -> &'static str {
-        "scheduler"
-    }
-
-    fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-
-    fn pass(&self) -> PassFuture<'_> {
-        Box::pin(self.engine.schedule_due(self.batch_size))
-    }
+/// One pass: up to `batch_size` jobs.
+pub(super) async fn pass(engine: Engine, batch_size: usize) -> Result<u64> {
+    engine.schedule_due(batch_size).await
 }

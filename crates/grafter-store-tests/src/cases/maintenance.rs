@@ -2,12 +2,14 @@
 //! deadline, pruning old finished jobs. (Scheduling due jobs is in `inserts.rs`,
 //! with the jobs inserted for later.)
 
-use grafter_core::{JobState, NewJob};
-use grafter_store::transitions::LEASE_EXPIRED;
+use std::time::Duration;
+
+use grafter_core::{JobId, JobState, NewJob};
+use grafter_store::transitions::{LEASE_EXPIRED, SET_ASIDE};
 use grafter_store::{JobsPrune, JobsRescue, MaintenanceBatch};
 use serde_json::json;
 
-use super::{complete_params, fail_params, fetch, get, insert, ms, no_jitter, t0, S};
+use super::{complete_params, fail_params, fetch, fetch_params, get, insert, ms, no_jitter, t0, S};
 
 pub async fn rescue_ends_expired_leases_as_failed_attempts(store: S) {
     let now = t0();
@@ -150,4 +152,44 @@ pub async fn prune_deletes_old_finished_jobs_only(store: S) {
         1
     );
     assert!(store.job_get(jobs[2].id).await.unwrap().is_some());
+}
+
+/// Not in the suite's list, since only a backend's own test can break a row
+/// behind the store's back: `make_unreadable` does that to one of two jobs
+/// whose leases expired. The rescue pass sets that one aside (dead, with why
+/// in its errors) and rescues the other.
+pub async fn an_unreadable_row_is_set_aside_and_the_others_are_rescued(
+    store: S,
+    make_unreadable: impl AsyncFnOnce(JobId),
+) {
+    let now = t0();
+    let jobs = vec![NewJob::new("a", json!({})), NewJob::new("b", json!({}))];
+    let inserted = insert(&store, jobs, now).await;
+    let mut params = fetch_params("default", 2, now);
+    params.lease_duration = Duration::from_secs(1);
+    assert_eq!(store.jobs_fetch(params).await.unwrap().len(), 2);
+    let (broken, fine) = (inserted[0].id, inserted[1].id);
+    make_unreadable(broken).await;
+    assert!(
+        store.job_get(broken).await.is_err(),
+        "the row no longer reads"
+    );
+
+    let rescued = store
+        .jobs_rescue_expired(JobsRescue {
+            now: now + ms(2_000),
+            limit: 10,
+            backoff: no_jitter(),
+        })
+        .await
+        .expect("one unreadable row does not fail the pass");
+    assert_eq!(rescued, 2);
+    let fine = get(&store, fine).await;
+    assert_eq!(fine.state, JobState::Retryable);
+    assert_eq!(fine.errors[0].error, LEASE_EXPIRED);
+    let broken = get(&store, broken).await;
+    assert_eq!(broken.state, JobState::Dead);
+    let last = broken.errors.last().unwrap();
+    assert!(last.error.starts_with(SET_ASIDE), "{:?}", broken.errors);
+    assert_eq!(last.attempt, 1);
 }
