@@ -28,6 +28,7 @@ mod jobs;
 pub mod maintenance;
 mod observer;
 mod open;
+mod outcome;
 pub mod push;
 mod wait;
 
@@ -35,8 +36,7 @@ pub use clock::Clock;
 pub use config::EngineConfig;
 pub use error::{Error, Result};
 pub use grafter_store::AckOutcome;
-pub use jobs::{
-    Ack, Engine, FetchRequest, Outcome, Retry, When, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES,
-};
+pub use jobs::{Engine, FetchRequest, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};
 pub use observer::Observer;
 pub use open::{migrate, open, OpenError, PostgresSettings};
+pub use outcome::{Ack, Outcome, Retry, When};
