@@ -42,6 +42,43 @@ pub struct ServerConfig {
     pub queues: BTreeMap<String, QueueConfig>,
     /// How the push dispatcher runs.
     pub push: PushSettings,
+    /// How HTTP connections are kept.
+    pub http: HttpSettings,
+}
+
+/// How long an HTTP connection may take to send a request, or wait between
+/// requests, before the server closes it: each open connection holds a file
+/// descriptor, so slow or silent clients must not keep them forever.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// A request's headers must have arrived this many ms after its first
+    /// byte (after the connection opened, for its first request).
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this many ms is closed.
+    /// Only the time between requests counts: a long-poll fetch may wait
+    /// longer.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// How long a request's headers may take.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// How long a connection may wait for its next request.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
 }
 
 /// One queue's settings in the file.
@@ -144,6 +181,7 @@ impl Default for ServerConfig {
             retention: RetentionConfig::default(),
             queues: BTreeMap::new(),
             push: PushSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -287,6 +325,11 @@ impl ServerConfig {
             ("maintenance.leader_ttl_ms", m.leader_ttl_ms),
             ("retention.interval_ms", self.retention.interval_ms),
             ("push.refresh_interval_ms", self.push.refresh_interval_ms),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
         ] {
             if value == 0 {
                 return invalid(field, "must be greater than 0".into());
@@ -437,5 +480,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("default_lease_ms"));
+        let no_idle: ServerConfig = toml::from_str("[http]\nidle_timeout_ms = 0").unwrap();
+        assert!(no_idle
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("http.idle_timeout_ms: must be greater than 0"));
     }
 }

@@ -8,6 +8,7 @@
 
 mod api;
 pub mod config;
+mod connections;
 pub mod dashboard;
 mod error;
 mod extract;
@@ -32,7 +33,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
-pub use config::{MaintenanceConfig, PostgresSettings, RetentionConfig, ServerConfig};
+pub use config::{
+    HttpSettings, MaintenanceConfig, PostgresSettings, RetentionConfig, ServerConfig,
+};
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use state::AppState;
@@ -76,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::refuse_declared_oversize_bodies,
+        ))
         .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
@@ -98,7 +105,9 @@ fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &traci
 /// Serves the API on `listener` and runs the maintenance services and the
 /// push dispatcher until `shutdown` is cancelled; then stops taking requests,
 /// lets in-flight ones finish (long-polls answer at once), and stops the
-/// services. The config file's push targets are stored first.
+/// services. Connections slow to send a request, or idle too long between
+/// requests, are closed (`ServerConfig::http`). The config file's push
+/// targets are stored first.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
@@ -111,16 +120,14 @@ pub async fn serve(
     let maintenance = services::start(store.clone(), &config, shutdown.child_token());
     let state = AppState::new(store, config, shutdown.clone());
     let dispatcher = tokio::spawn(push::run_dispatcher(state.clone(), shutdown.child_token()));
+    let http = state.config().http.clone();
     let app = router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    shutdown.cancel();
+    connections::serve_connections(listener, app, http, shutdown.clone()).await;
     maintenance.stop().await;
     if let Err(error) = dispatcher.await {
         tracing::error!(%error, "the push dispatcher failed");
     }
-    result
+    Ok(())
 }
 
 /// Why a database URL could not be opened.
