@@ -1,7 +1,10 @@
 //! Prometheus metrics: counters kept as jobs move, gauges read from the store at
 //! scrape time.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -9,14 +12,43 @@ use prometheus_client::registry::Registry;
 
 use grafter_store::QueueInfo;
 
+/// A label value that may hold any printable text, such as a queue name,
+/// written with the escapes the exposition format requires (`\\`, `\"`,
+/// `\n`): prometheus-client 0.23 writes label values as they are, and one
+/// quote in a queue name would make the whole scrape unparsable.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct EscapedText(String);
+
+impl EncodeLabelValue for EscapedText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
-    pub queue: String,
+    pub queue: EscapedText,
+}
+
+impl QueueLabels {
+    fn of(queue: &str) -> Self {
+        QueueLabels {
+            queue: EscapedText(queue.to_owned()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueStateLabels {
-    pub queue: String,
+    pub queue: EscapedText,
     pub state: String,
 }
 
@@ -27,6 +59,9 @@ pub struct Metrics {
     batch_acked: Counter,
     failed: Family<QueueLabels, Counter>,
     jobs: Family<QueueStateLabels, Gauge>,
+    /// Held from resetting the job gauges until they are written, so a
+    /// concurrent scrape never clears them in between.
+    rendering: Mutex<()>,
 }
 
 impl Metrics {
@@ -69,23 +104,16 @@ impl Metrics {
             batch_acked,
             failed,
             jobs,
+            rendering: Mutex::new(()),
         }
     }
 
     pub fn enqueued(&self, queue: &str) {
-        self.enqueued
-            .get_or_create(&QueueLabels {
-                queue: queue.to_owned(),
-            })
-            .inc();
+        self.enqueued.get_or_create(&QueueLabels::of(queue)).inc();
     }
 
     pub fn completed(&self, queue: &str) {
-        self.completed
-            .get_or_create(&QueueLabels {
-                queue: queue.to_owned(),
-            })
-            .inc();
+        self.completed.get_or_create(&QueueLabels::of(queue)).inc();
     }
 
     pub fn batch_acked(&self, jobs: usize) {
@@ -93,19 +121,19 @@ impl Metrics {
     }
 
     pub fn failed(&self, queue: &str) {
-        self.failed
-            .get_or_create(&QueueLabels {
-                queue: queue.to_owned(),
-            })
-            .inc();
+        self.failed.get_or_create(&QueueLabels::of(queue)).inc();
     }
 
-    /// Renders the OpenMetrics text, with job gauges set from `queues`.
+    /// Renders the OpenMetrics text, with job gauges set from `queues`. The
+    /// gauges are reset first: a queue whose jobs were all deleted or pruned
+    /// is not in `queues`, and its last counts must not linger as a backlog.
     pub fn render(&self, queues: &[QueueInfo]) -> String {
+        let _rendering = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        self.jobs.clear();
         for queue in queues {
             for (state, count) in &queue.counts {
                 let labels = QueueStateLabels {
-                    queue: queue.name.clone(),
+                    queue: EscapedText(queue.name.clone()),
                     state: state.to_string(),
                 };
                 self.jobs

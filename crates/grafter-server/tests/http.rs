@@ -952,6 +952,42 @@ async fn health_metrics_and_openapi() {
     assert!(spec["components"]["schemas"].get("Job").is_some());
 }
 
+#[tokio::test]
+async fn job_gauges_of_a_queue_whose_jobs_are_all_gone_disappear() {
+    let api = api().await;
+    let gone = api.enqueue(json!({"kind": "k", "queue": "gone"})).await;
+    api.enqueue(json!({"kind": "k", "queue": "kept"})).await;
+    let gauges_of = |scrape: &str, queue: &str| -> Vec<String> {
+        let prefix = format!("grafter_jobs{{queue=\"{queue}\"");
+        scrape
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = api.text(Method::GET, "/metrics", "").await.1;
+    let before = before.as_str().unwrap();
+    assert!(
+        gauges_of(before, "gone")
+            .contains(&"grafter_jobs{queue=\"gone\",state=\"available\"} 1".to_owned()),
+        "{before}"
+    );
+
+    let deleted = api
+        .call(Method::DELETE, &format!("/v1/jobs/{}", gone["id"]), None)
+        .await;
+    assert_eq!(deleted.0, StatusCode::NO_CONTENT);
+    let after = api.text(Method::GET, "/metrics", "").await.1;
+    let after = after.as_str().unwrap();
+    assert_eq!(gauges_of(after, "gone"), Vec::<String>::new(), "{after}");
+    assert!(!gauges_of(after, "kept").is_empty(), "{after}");
+    // The counter says what this server did, and stays.
+    assert!(
+        after.contains("grafter_jobs_enqueued_total{queue=\"gone\"} 1"),
+        "{after}"
+    );
+}
+
 /// Asks `/readyz` of a server that is shutting down, and answers the status.
 async fn readyz_while_shutting_down() -> StatusCode {
     let dir = tempfile::tempdir().unwrap();

@@ -386,6 +386,20 @@ pub async fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
         .expect("run grafter")
 }
 
+/// Says loudly that a test cannot run here for want of a program (an
+/// interpreter, a library for it); under CI (`CI` set), fails instead.
+pub fn skip_or_fail_without_tool(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}; CI is set, so this test fails instead of skipping"
+    );
+    // Straight to the process's stderr: libtest hides `eprintln!` of a passing test.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n**** SKIPPING: {why}. (.ci/run installs it.) ****\n"
+    );
+}
+
 // ---- PostgreSQL ----
 
 /// Reports that a PostgreSQL test cannot run: under CI (`CI` set) that fails
