@@ -598,6 +598,65 @@ async fn a_server_token_guards_the_dashboard() {
 }
 
 #[tokio::test]
+async fn after_login_only_paths_on_this_site_are_followed() {
+    let dash = dash_with(ServerConfig {
+        token: Some("s3cret-token".into()),
+        ..Default::default()
+    })
+    .await;
+    let cookie = format!("grafter_csrf={CSRF}");
+    // Each is what the server sees once the form or query is decoded: a
+    // browser drops the tab or newline of `/\t/evil.example` (sent as
+    // `/%09/evil.example`) and goes to another host.
+    for hostile in [
+        "//evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "https://evil.example/",
+        "\r\nSet-Cookie: grafter_session=forged",
+        "/\r\nSet-Cookie: grafter_session=forged",
+        "javascript:alert(1)",
+        "",
+    ] {
+        let login = dash
+            .post(
+                "/login",
+                &cookie,
+                &[("csrf", CSRF), ("token", "s3cret-token"), ("next", hostile)],
+            )
+            .await;
+        assert_eq!(
+            login.status,
+            StatusCode::SEE_OTHER,
+            "{hostile:?}: {}",
+            login.body
+        );
+        assert_eq!(login.location(), "/", "{hostile:?}");
+        let encoded: String = form_urlencoded::byte_serialize(hostile.as_bytes()).collect();
+        let page = dash.get(&format!("/login?next={encoded}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{hostile:?}");
+        assert!(
+            page.body.contains(r#"name="next" value="/""#),
+            "{hostile:?}: {}",
+            page.body
+        );
+    }
+    let home = dash
+        .post(
+            "/login",
+            &cookie,
+            &[
+                ("csrf", CSRF),
+                ("token", "s3cret-token"),
+                ("next", "/jobs?state=dead"),
+            ],
+        )
+        .await;
+    assert_eq!(home.location(), "/jobs?state=dead");
+}
+
+#[tokio::test]
 async fn unknown_paths_are_html_outside_the_api_and_json_inside() {
     let dash = dash_with(ServerConfig::default()).await;
     let page = dash.get("/nothing/here").await;

@@ -94,10 +94,23 @@ pub(super) struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only paths on this site, so a crafted link cannot send a user elsewhere.
+/// Only paths on this site, so a crafted link cannot send a user elsewhere;
+/// anything else is `/`. Checked as a browser will read it: browsers drop
+/// tabs and newlines from a URL and treat `\\` as `/`, so `/\t/evil.example`
+/// is `//evil.example`, another host. A path must start with one `/` and hold
+/// no backslash, whitespace or control character at all (which also keeps
+/// CR/LF out of the `Location` header).
 fn local_path(next: Option<&str>) -> &str {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.starts_with("/\\") => p,
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path
+                    .chars()
+                    .any(|c| c == '\\' || c.is_whitespace() || c.is_control()) =>
+        {
+            path
+        }
         _ => "/",
     }
 }
@@ -206,5 +219,23 @@ mod tests {
         assert_eq!(local_path(Some("https://evil.example/")), "/");
         assert_eq!(local_path(Some("/\\evil.example")), "/");
         assert_eq!(local_path(None), "/");
+        for hostile in [
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "/./\\evil.example",
+            "\\\\evil.example",
+            " //evil.example",
+            "/jobs\r\nSet-Cookie: grafter_session=x",
+            "/\u{0}",
+            "/\u{7f}",
+            "/\u{a0}/evil.example",
+            "javascript:alert(1)",
+            "",
+        ] {
+            assert_eq!(local_path(Some(hostile)), "/", "{hostile:?}");
+        }
+        assert_eq!(local_path(Some("/jobs/1?x=%2F#top")), "/jobs/1?x=%2F#top");
+        assert_eq!(local_path(Some("/jobs?q=Grüße")), "/jobs?q=Grüße");
     }
 }
