@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// TOML file with further settings (see README).
     #[arg(long, env = "GRAFTER_CONFIG", value_parser = crate::existing_file)]
     config: Option<PathBuf>,
-    /// Require this bearer token on every /v1 request.
+    /// Require this bearer token on every /v1 request (at least 16 characters).
     #[arg(long, env = "GRAFTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }

@@ -318,6 +318,13 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve accepted a mysql:// URL");
     assert!(stderr.contains("unsupported database URL"), "{stderr}");
+    let out = run_cli(&["serve", "--token", "hunter2", "--listen", &listen], cwd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve accepted a 7-character token");
+    assert!(
+        stderr.contains("invalid setting token: must be at least 16 characters"),
+        "{stderr}"
+    );
 
     // The failed commands stored nothing: only the one good enqueue is there.
     let (status, page) = server.get("/v1/jobs?limit=10").await;

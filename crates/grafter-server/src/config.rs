@@ -13,6 +13,8 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7380";
 /// Where `grafter serve` keeps jobs when told nothing.
 pub const DEFAULT_DATABASE: &str = "sqlite://grafter.db";
+/// The shortest server token accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// Everything `grafter serve` can be told.
 #[derive(Clone, Debug, Deserialize)]
@@ -344,8 +346,16 @@ impl ServerConfig {
         if self.postgres.poll_interval_ms == 0 {
             return invalid("postgres.poll_interval_ms", "must be greater than 0".into());
         }
-        if matches!(&self.token, Some(t) if t.is_empty()) {
-            return invalid("token", "must not be empty when set".into());
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < MIN_TOKEN_CHARS)
+        {
+            let message = format!(
+                "must be at least {MIN_TOKEN_CHARS} characters: a short token is guessed \
+                 (use a long random one, e.g. `openssl rand -hex 32`)"
+            );
+            return invalid("token", message);
         }
         self.push_targets()?;
         Ok(())
@@ -480,6 +490,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("default_lease_ms"));
+        let short_token = ServerConfig {
+            token: Some("x".repeat(MIN_TOKEN_CHARS - 1)),
+            ..Default::default()
+        };
+        assert!(short_token
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("token: must be at least 16 characters"));
+        ServerConfig {
+            token: Some("x".repeat(MIN_TOKEN_CHARS)),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
         let no_idle: ServerConfig = toml::from_str("[http]\nidle_timeout_ms = 0").unwrap();
         assert!(no_idle
             .validate()

@@ -62,6 +62,9 @@ async fn dash_with(config: ServerConfig) -> Dash {
     }
 }
 
+/// The server token of the tests that set one.
+const TOKEN: &str = "s3cret-token-0123456789";
+
 const CSRF: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
 
 impl Dash {
@@ -500,7 +503,7 @@ async fn actions_answer_with_a_visible_outcome() {
 #[tokio::test]
 async fn a_server_token_guards_the_dashboard() {
     let dash = dash_with(ServerConfig {
-        token: Some("s3cret-token".into()),
+        token: Some(TOKEN.into()),
         ..Default::default()
     })
     .await;
@@ -526,11 +529,7 @@ async fn a_server_token_guards_the_dashboard() {
     assert!(wrong.set_cookie("grafter_session").is_none());
     assert!(wrong.location().starts_with("/login"));
     let forged = dash
-        .post(
-            "/login",
-            &cookie,
-            &[("csrf", "nope"), ("token", "s3cret-token")],
-        )
+        .post("/login", &cookie, &[("csrf", "nope"), ("token", TOKEN)])
         .await;
     assert_eq!(
         forged.status,
@@ -542,11 +541,7 @@ async fn a_server_token_guards_the_dashboard() {
         .post(
             "/login",
             &cookie,
-            &[
-                ("csrf", CSRF),
-                ("token", "s3cret-token"),
-                ("next", "/queues"),
-            ],
+            &[("csrf", CSRF), ("token", TOKEN), ("next", "/queues")],
         )
         .await;
     assert_eq!(login.location(), "/queues");
@@ -574,7 +569,7 @@ async fn a_server_token_guards_the_dashboard() {
             &cookie,
             &[
                 ("csrf", CSRF),
-                ("token", "s3cret-token"),
+                ("token", TOKEN),
                 ("next", "//evil.example/"),
             ],
         )
@@ -584,7 +579,7 @@ async fn a_server_token_guards_the_dashboard() {
     let bearer = dash
         .send(
             Request::get("/workers")
-                .header(header::AUTHORIZATION, "Bearer s3cret-token")
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -600,7 +595,7 @@ async fn a_server_token_guards_the_dashboard() {
 #[tokio::test]
 async fn after_login_only_paths_on_this_site_are_followed() {
     let dash = dash_with(ServerConfig {
-        token: Some("s3cret-token".into()),
+        token: Some(TOKEN.into()),
         ..Default::default()
     })
     .await;
@@ -623,7 +618,7 @@ async fn after_login_only_paths_on_this_site_are_followed() {
             .post(
                 "/login",
                 &cookie,
-                &[("csrf", CSRF), ("token", "s3cret-token"), ("next", hostile)],
+                &[("csrf", CSRF), ("token", TOKEN), ("next", hostile)],
             )
             .await;
         assert_eq!(
@@ -648,7 +643,7 @@ async fn after_login_only_paths_on_this_site_are_followed() {
             &cookie,
             &[
                 ("csrf", CSRF),
-                ("token", "s3cret-token"),
+                ("token", TOKEN),
                 ("next", "/jobs?state=dead"),
             ],
         )

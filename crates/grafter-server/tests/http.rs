@@ -1056,7 +1056,7 @@ async fn an_unavailable_answer_is_logged_as_a_warning_and_not_an_error() {
 #[tokio::test]
 async fn a_token_guards_the_api_but_not_health() {
     let api = api_with(ServerConfig {
-        token: Some("s3cret".into()),
+        token: Some("s3cret-0123456789".into()),
         ..Default::default()
     })
     .await;
@@ -1075,7 +1075,7 @@ async fn a_token_guards_the_api_but_not_health() {
         "unauthorized",
     );
     let right = Request::get("/v1/queues")
-        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .header(header::AUTHORIZATION, "Bearer s3cret-0123456789")
         .body(Body::empty())
         .unwrap();
     assert_eq!(api.raw(right).await.0, StatusCode::OK);
