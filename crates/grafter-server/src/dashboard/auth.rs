@@ -16,17 +16,13 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{checked_form, cookie, error_page, html, layout, redirect_with, Ctx};
+use crate::api::auth::secrets_match;
 use crate::state::AppState;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "grafter_session";
 /// How long a login lasts.
 const SESSION_SECS: i64 = 12 * 3600;
-
-/// Compares without leaking where the first difference is.
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 fn signature(token: &str, expires: i64) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes())
@@ -49,7 +45,7 @@ fn session_valid(token: &str, value: &str) -> bool {
         return false;
     };
     expires > chrono::Utc::now().timestamp()
-        && constant_time_eq(sig.as_bytes(), signature(token, expires).as_bytes())
+        && secrets_match(sig.as_bytes(), signature(token, expires).as_bytes())
 }
 
 /// Lets a request through when the server has no token, or it carries a valid
@@ -68,7 +64,7 @@ pub(super) async fn require_login(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        .is_some_and(|t| secrets_match(t.as_bytes(), token.as_bytes()));
     let session = cookie(headers, SESSION_COOKIE).is_some_and(|v| session_valid(token, v));
     if bearer || session {
         return next.run(request).await;
@@ -154,7 +150,7 @@ pub(super) async fn login(
     };
     let next = local_path(form.get("next")).to_owned();
     let given = form.get("token").unwrap_or_default();
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if !secrets_match(given.as_bytes(), token.as_bytes()) {
         let to: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
         return redirect_with(
             &format!("/login?next={to}"),

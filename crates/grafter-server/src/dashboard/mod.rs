@@ -31,6 +31,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use maud::Markup;
 
+use crate::api::auth::secrets_match;
 use crate::state::AppState;
 
 pub use auth::SESSION_COOKIE;
@@ -222,7 +223,7 @@ fn checked_form(headers: &HeaderMap, body: &Bytes) -> Result<FormData, Box<Respo
     let form = FormData::parse(body);
     let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_default();
     let sent = form.get("csrf").unwrap_or_default();
-    if cookie.is_empty() || !auth::constant_time_eq(cookie.as_bytes(), sent.as_bytes()) {
+    if cookie.is_empty() || !secrets_match(sent.as_bytes(), cookie.as_bytes()) {
         return Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             "This form has expired or did not come from this dashboard (CSRF check failed). Reload the page and try again.",
