@@ -14,10 +14,12 @@
 //! long-poll included) has no deadline.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -44,12 +46,13 @@ pub(crate) async fn serve_connections(
     loop {
         // axum's accept logs an error such as EMFILE (too many open files)
         // and sleeps a second before trying again, rather than spinning.
-        let (stream, _remote) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             () = shutdown.cancelled() => break,
         };
         connections.spawn(serve_connection(
             stream,
+            peer,
             app.clone(),
             settings.clone(),
             shutdown.clone(),
@@ -167,6 +170,7 @@ impl AsyncWrite for ClockedStream {
 /// shutdown has let its request in flight finish.
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     settings: HttpSettings,
     shutdown: CancellationToken,
@@ -177,8 +181,11 @@ async fn serve_connection(
         clock: clock.clone(),
     });
     let request_clock = clock.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request_clock.set(Phase::Answering);
+        // Who is asking, for the wrong-token throttle (as `axum::serve` with
+        // connect info would attach it).
+        request.extensions_mut().insert(ConnectInfo(peer));
         let clock = request_clock.clone();
         let answered = app.clone().oneshot(request);
         async move {

@@ -18,6 +18,7 @@ mod openapi;
 pub mod push;
 pub mod services;
 mod state;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;

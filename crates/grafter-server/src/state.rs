@@ -6,9 +6,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::throttle::{AuthFailures, TRACKED_CLIENTS};
 
-/// What every handler shares: the store, the settings, the counters, and the
-/// shutdown signal that ends long-polls.
+/// What every handler shares: the store, the settings, the counters, the
+/// wrong-token throttle, and the shutdown signal that ends long-polls.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -21,6 +22,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Wakes this node's push dispatcher when the API changed a push target.
     push_targets_changed: Notify,
+    /// Wrong tokens per client, to throttle guessing.
+    auth_failures: AuthFailures,
 }
 
 impl AppState {
@@ -33,6 +36,7 @@ impl AppState {
                 metrics: Metrics::new(),
                 shutdown,
                 push_targets_changed: Notify::new(),
+                auth_failures: AuthFailures::new(TRACKED_CLIENTS),
             }),
         }
     }
@@ -49,6 +53,10 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn auth_failures(&self) -> &AuthFailures {
+        &self.inner.auth_failures
     }
 
     pub(crate) fn shutdown(&self) -> &CancellationToken {

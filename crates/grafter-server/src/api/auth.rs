@@ -1,31 +1,49 @@
-//! Bearer-token check for `/v1` when the server has a token.
+//! Bearer-token check for `/v1` when the server has a token, with wrong
+//! tokens throttled per client (`throttle`).
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::throttle::Client;
 
-/// Refuses `/v1` requests without the server's token, when it has one.
+/// Refuses `/v1` requests without the server's token, when it has one; a
+/// client that sent too many wrong tokens is refused with 429 until its
+/// window ends (`throttle`).
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(token) = &state.config().token {
-        let presented = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| secrets_match(p.as_bytes(), token.as_bytes())) {
-            return Err(ApiError::unauthorized());
+        let client = Client::of(request.extensions());
+        if let Some(wait) = state.auth_failures().throttled(client) {
+            return Err(ApiError::too_many_requests(wait));
+        }
+        match bearer_token(request.headers()) {
+            Some(presented) if secrets_match(presented.as_bytes(), token.as_bytes()) => {}
+            Some(_) => {
+                state.auth_failures().record(client);
+                return Err(ApiError::unauthorized());
+            }
+            // No token at all is a client not set up, not a guess.
+            None => return Err(ApiError::unauthorized()),
         }
     }
     Ok(next.run(request).await)
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Whether a presented secret (a token, a signature) is the expected one,

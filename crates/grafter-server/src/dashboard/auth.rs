@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
-use axum::http::{Method, StatusCode};
+use axum::http::{Extensions, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
@@ -16,8 +16,9 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{checked_form, cookie, error_page, html, layout, redirect_with, Ctx};
-use crate::api::auth::secrets_match;
+use crate::api::auth::{bearer_token, secrets_match};
 use crate::state::AppState;
+use crate::throttle::{retry_after_secs, Client};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "grafter_session";
@@ -50,7 +51,8 @@ fn session_valid(token: &str, value: &str) -> bool {
 
 /// Lets a request through when the server has no token, or it carries a valid
 /// session cookie or the token as a bearer header. Otherwise pages redirect to
-/// the login form and changes are refused.
+/// the login form and changes are refused. A wrong bearer token counts
+/// towards the client's throttle, like the API's.
 pub(super) async fn require_login(
     State(state): State<AppState>,
     request: Request,
@@ -60,14 +62,18 @@ pub(super) async fn require_login(
         return next.run(request).await;
     };
     let headers = request.headers();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| secrets_match(t.as_bytes(), token.as_bytes()));
-    let session = cookie(headers, SESSION_COOKIE).is_some_and(|v| session_valid(token, v));
-    if bearer || session {
+    if cookie(headers, SESSION_COOKIE).is_some_and(|v| session_valid(token, v)) {
         return next.run(request).await;
+    }
+    if let Some(presented) = bearer_token(headers) {
+        let client = Client::of(request.extensions());
+        if let Some(wait) = state.auth_failures().throttled(client) {
+            return too_many_wrong_tokens(wait);
+        }
+        if secrets_match(presented.as_bytes(), token.as_bytes()) {
+            return next.run(request).await;
+        }
+        state.auth_failures().record(client);
     }
     if request.method() == Method::GET {
         let path = request
@@ -82,6 +88,19 @@ pub(super) async fn require_login(
         StatusCode::UNAUTHORIZED,
         "Log in first: this server has a token.",
     )
+}
+
+/// The answer to a client throttled for wrong tokens.
+fn too_many_wrong_tokens(wait: std::time::Duration) -> Response {
+    let secs = retry_after_secs(wait);
+    let mut response = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too many wrong tokens from this address. Try again in {secs} seconds."),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
 }
 
 /// Where to go after logging in.
@@ -138,6 +157,7 @@ pub(super) async fn login_page(
 
 pub(super) async fn login(
     State(state): State<AppState>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -148,9 +168,14 @@ pub(super) async fn login(
     let Some(token) = &state.config().token else {
         return Redirect::to("/").into_response();
     };
+    let client = Client::of(&extensions);
+    if let Some(wait) = state.auth_failures().throttled(client) {
+        return too_many_wrong_tokens(wait);
+    }
     let next = local_path(form.get("next")).to_owned();
     let given = form.get("token").unwrap_or_default();
     if !secrets_match(given.as_bytes(), token.as_bytes()) {
+        state.auth_failures().record(client);
         let to: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
         return redirect_with(
             &format!("/login?next={to}"),
