@@ -24,8 +24,15 @@ pub struct ServerConfig {
     pub database: String,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// When set, every `/v1` request must carry `Authorization: Bearer <token>`.
+    /// When set, every `/v1` request must carry `Authorization: Bearer <token>`
+    /// (at least [`MIN_TOKEN_CHARS`] characters), and so must `/metrics` and
+    /// `/openapi.json` unless made public below.
     pub token: Option<String>,
+    /// Serve `/metrics` without the token even when there is one (for a
+    /// scraper that cannot send `Authorization: Bearer`).
+    pub metrics_public: bool,
+    /// Serve `/openapi.json` without the token even when there is one.
+    pub openapi_public: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     /// Lease length when a fetch names none.
@@ -174,6 +181,8 @@ impl Default for ServerConfig {
             database: DEFAULT_DATABASE.into(),
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             token: None,
+            metrics_public: false,
+            openapi_public: false,
             body_limit_bytes: 1024 * 1024,
             default_lease_ms: 30_000,
             max_wait_ms: 30_000,

@@ -41,7 +41,8 @@ pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use state::AppState;
 
-/// The whole HTTP surface: `/v1/…`, `/livez`, `/readyz`, `/metrics`, `/openapi.json`.
+/// The whole HTTP surface: `/v1/…`, `/livez`, `/readyz`, `/metrics`, `/openapi.json`
+/// (the last two under the token unless `metrics_public`/`openapi_public`).
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/jobs", post(api::jobs::enqueue).get(api::jobs::list))
@@ -70,13 +71,15 @@ pub fn router(state: AppState) -> Router {
             api::auth::require_token,
         ));
     let body_limit = state.config().body_limit_bytes;
+    let metrics = Router::new().route("/metrics", get(api::health::metrics));
+    let openapi = Router::new().route("/openapi.json", get(openapi::serve_openapi));
     Router::new()
         .nest("/v1", v1)
         .merge(dashboard::routes(state.clone()))
         .route("/livez", get(api::health::livez))
         .route("/readyz", get(api::health::readyz))
-        .route("/metrics", get(api::health::metrics))
-        .route("/openapi.json", get(openapi::serve_openapi))
+        .merge(token_unless(state.config().metrics_public, metrics, &state))
+        .merge(token_unless(state.config().openapi_public, openapi, &state))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -87,6 +90,17 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
+}
+
+/// `routes` behind the server's token (when it has one), unless `public`.
+fn token_unless(public: bool, routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    if public {
+        return routes;
+    }
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        api::auth::require_token,
+    ))
 }
 
 /// How a failed response is logged. A 503 says the database is unavailable:

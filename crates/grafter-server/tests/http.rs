@@ -1053,18 +1053,26 @@ async fn an_unavailable_answer_is_logged_as_a_warning_and_not_an_error() {
     );
 }
 
+const TOKEN: &str = "s3cret-0123456789";
+
+/// A GET of `uri`, with the server's token when `with_token`.
+fn get_request(uri: &str, with_token: bool) -> Request<Body> {
+    let request = Request::get(uri);
+    let request = if with_token {
+        request.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    } else {
+        request
+    };
+    request.body(Body::empty()).unwrap()
+}
+
 #[tokio::test]
-async fn a_token_guards_the_api_but_not_health() {
+async fn a_token_guards_the_api_metrics_and_openapi_but_not_health() {
     let api = api_with(ServerConfig {
-        token: Some("s3cret-0123456789".into()),
+        token: Some(TOKEN.into()),
         ..Default::default()
     })
     .await;
-    assert_error(
-        &api.get("/v1/queues").await,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
     let wrong = Request::get("/v1/queues")
         .header(header::AUTHORIZATION, "Bearer nope")
         .body(Body::empty())
@@ -1074,12 +1082,64 @@ async fn a_token_guards_the_api_but_not_health() {
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
-    let right = Request::get("/v1/queues")
-        .header(header::AUTHORIZATION, "Bearer s3cret-0123456789")
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(api.raw(right).await.0, StatusCode::OK);
-    assert_eq!(api.get("/livez").await.0, StatusCode::OK);
+    for uri in ["/v1/queues", "/metrics", "/openapi.json"] {
+        assert_error(
+            &api.raw(get_request(uri, false)).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert_eq!(
+            api.raw(get_request(uri, true)).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+    for uri in ["/livez", "/readyz"] {
+        assert_eq!(
+            api.raw(get_request(uri, false)).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_and_openapi_can_be_made_public_beside_a_token() {
+    let api = api_with(ServerConfig {
+        token: Some(TOKEN.into()),
+        metrics_public: true,
+        openapi_public: true,
+        ..Default::default()
+    })
+    .await;
+    for uri in ["/metrics", "/openapi.json"] {
+        assert_eq!(
+            api.raw(get_request(uri, false)).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        api.raw(get_request("/v1/queues", false)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let only_metrics = api_with(ServerConfig {
+        token: Some(TOKEN.into()),
+        metrics_public: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        only_metrics.raw(get_request("/metrics", false)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        only_metrics
+            .raw(get_request("/openapi.json", false))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
