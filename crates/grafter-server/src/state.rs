@@ -24,6 +24,9 @@ struct Inner {
     push_targets_changed: Notify,
     /// Wrong tokens per client, to throttle guessing.
     auth_failures: AuthFailures,
+    /// Signs the dashboard's CSRF tokens when the server has no token of its
+    /// own: random, so only this process issues forms it accepts.
+    process_key: [u8; 32],
 }
 
 impl AppState {
@@ -37,6 +40,7 @@ impl AppState {
                 shutdown,
                 push_targets_changed: Notify::new(),
                 auth_failures: AuthFailures::new(TRACKED_CLIENTS),
+                process_key: rand::random(),
             }),
         }
     }
@@ -57,6 +61,10 @@ impl AppState {
 
     pub(crate) fn auth_failures(&self) -> &AuthFailures {
         &self.inner.auth_failures
+    }
+
+    pub(crate) fn process_key(&self) -> &[u8] {
+        &self.inner.process_key
     }
 
     pub(crate) fn shutdown(&self) -> &CancellationToken {

@@ -10,12 +10,10 @@ use axum::http::{Extensions, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
-use hmac::{Hmac, KeyInit, Mac};
 use maud::html;
 use serde::Deserialize;
-use sha2::Sha256;
 
-use super::{checked_form, cookie, error_page, html, layout, redirect_with, Ctx};
+use super::{checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx};
 use crate::api::auth::{bearer_token, secrets_match};
 use crate::state::AppState;
 use crate::throttle::{retry_after_secs, Client};
@@ -26,10 +24,10 @@ pub const SESSION_COOKIE: &str = "grafter_session";
 const SESSION_SECS: i64 = 12 * 3600;
 
 fn signature(token: &str, expires: i64) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(format!("grafter-dashboard-session:{expires}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    signed_hex(
+        token.as_bytes(),
+        &[format!("grafter-dashboard-session:{expires}").as_bytes()],
+    )
 }
 
 /// A session cookie value valid until `expires` (Unix seconds).
@@ -146,7 +144,7 @@ pub(super) async fn login_page(
             form.login method="post" action="/login" {
                 h1 { "Grafter" }
                 p { "This server has a token. Enter it to open the dashboard." }
-                input type="hidden" name="csrf" value=(ctx.csrf);
+                (layout::csrf_field(&ctx))
                 input type="hidden" name="next" value=(next);
                 label { "Token " input type="password" name="token" autocomplete="current-password" required autofocus; }
                 button type="submit" { "Log in" }
@@ -161,7 +159,7 @@ pub(super) async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match checked_form(&headers, &body) {
+    let form = match checked_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(refused) => return *refused,
     };
@@ -195,8 +193,12 @@ pub(super) async fn login(
     response
 }
 
-pub(super) async fn logout(headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = checked_form(&headers, &body) {
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = checked_form(&state, &headers, &body) {
         return *refused;
     }
     let mut response = redirect_with("/login", true, "Logged out.");
