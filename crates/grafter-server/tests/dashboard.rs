@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use chrono::Utc;
+use chrono::{Datelike, Utc};
 use grafter_core::{JobId, JobState, NewJob};
 use grafter_server::{router, AppState, ServerConfig};
 use grafter_sqlite::SqliteStore;
@@ -418,6 +418,38 @@ async fn actions_answer_with_a_visible_outcome() {
         "ok|Rescheduled to 2099-01-02 02:04 UTC."
     );
     assert_eq!(dash.state_of(dead[1]).await, JobState::Scheduled);
+    // A year the time field takes but no run time can be: said, not a 500.
+    for (when, tz_offset) in [("+262142-12-31T23:59", "1440"), ("+10000-01-01T00:00", "0")] {
+        let extreme = dash
+            .post(
+                &format!("/jobs/{}/reschedule", dead[1]),
+                &cookie,
+                &[("csrf", csrf), ("when", when), ("tz_offset", tz_offset)],
+            )
+            .await;
+        assert_eq!(
+            extreme.status,
+            StatusCode::SEE_OTHER,
+            "{when}: {}",
+            extreme.body
+        );
+        assert_eq!(
+            flash_of(&extreme),
+            "error|Pick a date between the years 1 and 9999.",
+            "{when}"
+        );
+    }
+    assert_eq!(
+        dash.store
+            .job_get(dead[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .run_at
+            .year(),
+        2099,
+        "nothing changed"
+    );
     let run_now = dash
         .post(
             &format!("/jobs/{}/run-now", dead[1]),
