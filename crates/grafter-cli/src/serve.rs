@@ -8,7 +8,7 @@ use grafter_server::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::Failure;
+use crate::{outln, Failure};
 
 /// Settings: flags win over `GRAFTER_*` variables, which win over the file.
 #[derive(Args)]
@@ -121,9 +121,9 @@ pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| format!("cannot migrate {}: {e}", redact(&args.database)))?;
     if applied.is_empty() {
-        println!("{}: schema is up to date", redact(&args.database));
+        outln!("{}: schema is up to date", redact(&args.database))?;
     } else {
-        println!("{}: applied migrations {applied:?}", redact(&args.database));
+        outln!("{}: applied migrations {applied:?}", redact(&args.database))?;
     }
     Ok(())
 }

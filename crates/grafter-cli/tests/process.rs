@@ -333,6 +333,42 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
 }
 
 #[tokio::test]
+async fn client_commands_end_quietly_when_their_reader_stops_reading() {
+    let dir = temp_dir();
+    let server = start(dir.path()).await;
+    let id = id_of(&server.enqueue(json!({"kind": "k"})).await).to_string();
+    let url = server.base.as_str();
+    for args in [
+        vec!["jobs", "show", &id, "--url", url],
+        vec!["jobs", "list", "--url", url],
+        vec!["queues", "--url", url],
+        vec!["openapi"],
+    ] {
+        // `grafter … | head -0`: the reading end of stdout is closed before
+        // the command has written anything.
+        let mut command = tokio::process::Command::from(common::grafter());
+        command
+            .args(&args)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("run grafter");
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the command did not end")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "grafter {args:?} with its stdout closed: {} {stderr}",
+            out.status
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_failing_job_is_retried_after_backoff_then_dead() {
     let dir = temp_dir();
     let server = start(dir.path()).await;
