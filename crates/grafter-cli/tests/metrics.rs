@@ -10,7 +10,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use common::{skip_or_fail_without_tool, temp_dir, Server, FAST_CONFIG};
+use common::{skip_or_fail, temp_dir, Server, FAST_CONFIG};
 
 /// Parses OpenMetrics text from stdin and prints every sample as JSON.
 const PARSE_SCRAPE: &str = r#"
@@ -29,7 +29,7 @@ print(json.dumps(samples))
 "#;
 
 /// The samples a scrape holds, as the Python parser reads them; `None` when
-/// the parser cannot run here (after [`skip_or_fail_without_tool`]).
+/// the parser cannot run here (after [`skip_or_fail`]).
 async fn parse_with_python(scrape: &str) -> Option<Vec<Value>> {
     let spawned = tokio::process::Command::new("python3")
         .arg("-c")
@@ -42,7 +42,7 @@ async fn parse_with_python(scrape: &str) -> Option<Vec<Value>> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
-            skip_or_fail_without_tool(&format!("cannot run python3 ({error})"));
+            skip_or_fail(&format!("cannot run python3 ({error})"));
             return None;
         }
     };
@@ -52,7 +52,7 @@ async fn parse_with_python(scrape: &str) -> Option<Vec<Value>> {
     let output = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.code() == Some(3) && stderr.starts_with("MISSING:") {
-        skip_or_fail_without_tool(&format!(
+        skip_or_fail(&format!(
             "python3 lacks prometheus_client ({})",
             stderr.trim()
         ));

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use common::{id_of, skip_or_fail_without_tool, temp_dir, Server, FAST_CONFIG, PATIENCE};
+use common::{id_of, skip_or_fail, temp_dir, Server, FAST_CONFIG, PATIENCE};
 
 /// Starts a server on `dir/jobs.db` with [`FAST_CONFIG`] plus `queues` (TOML).
 async fn start(dir: &Path, queues: &str) -> Server {
@@ -214,7 +214,7 @@ async fn the_documented_snippets_accept_grafters_requests_and_reject_tampered_on
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
-                skip_or_fail_without_tool(&format!(
+                skip_or_fail(&format!(
                     "cannot run {program} for the {lang} snippet ({error})"
                 ));
                 continue;

@@ -21,6 +21,12 @@ use tokio_util::sync::CancellationToken;
 /// Longer than any timeout a test sets, plus room for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(15);
 
+/// Headers due within a second, idle connections kept as by default.
+const ONE_SECOND_FOR_HEADERS: HttpSettings = HttpSettings {
+    header_read_timeout_ms: 1_000,
+    idle_timeout_ms: 60_000,
+};
+
 /// A running server on a temp SQLite file; stopped on drop.
 struct Grafter {
     address: std::net::SocketAddr,
@@ -107,11 +113,7 @@ async fn read_answer(stream: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn a_client_trickling_headers_is_disconnected_while_others_are_served() {
-    let grafter = start(HttpSettings {
-        header_read_timeout_ms: 1_000,
-        ..Default::default()
-    })
-    .await;
+    let grafter = start(ONE_SECOND_FOR_HEADERS).await;
     let mut slow = grafter.connect().await;
     let started = Instant::now();
     slow.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
@@ -163,11 +165,7 @@ async fn a_client_trickling_headers_is_disconnected_while_others_are_served() {
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
-    let grafter = start(HttpSettings {
-        header_read_timeout_ms: 1_000,
-        ..Default::default()
-    })
-    .await;
+    let grafter = start(ONE_SECOND_FOR_HEADERS).await;
     let mut silent = grafter.connect().await;
     let answer = tokio::time::timeout(PATIENCE, read_until_closed(&mut silent))
         .await

@@ -386,24 +386,9 @@ pub async fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
         .expect("run grafter")
 }
 
-/// Says loudly that a test cannot run here for want of a program (an
-/// interpreter, a library for it); under CI (`CI` set), fails instead.
-pub fn skip_or_fail_without_tool(why: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{why}; CI is set, so this test fails instead of skipping"
-    );
-    // Straight to the process's stderr: libtest hides `eprintln!` of a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n**** SKIPPING: {why}. (.ci/run installs it.) ****\n"
-    );
-}
-
-// ---- PostgreSQL ----
-
-/// Reports that a PostgreSQL test cannot run: under CI (`CI` set) that fails
-/// the test; elsewhere it says so loudly and the test returns early.
+/// Reports that a test cannot run here (no PostgreSQL, no interpreter for a
+/// snippet, …): under CI (`CI` set) that fails the test; elsewhere it says so
+/// loudly and the test returns early.
 pub fn skip_or_fail(why: &str) {
     assert!(
         std::env::var_os("CI").is_none(),
@@ -414,10 +399,12 @@ pub fn skip_or_fail(why: &str) {
         std::io::stderr(),
         "\n********************************************************************\n\
          SKIPPING: {why}.\n\
-         This PostgreSQL test returns early and passes vacuously.\n\
+         This test returns early and passes vacuously (.ci/run installs what it needs).\n\
          ********************************************************************\n"
     );
 }
+
+// ---- PostgreSQL ----
 
 /// Connects to `url`, with the driver's connection running in the background.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
