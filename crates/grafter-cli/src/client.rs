@@ -42,23 +42,23 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
-                Failure(format!(
+                Failure::Message(format!(
                     "cannot reach Grafter at {} ({}); is `grafter serve` running? Set GRAFTER_URL or --url to point elsewhere",
                     self.base,
                     root_cause(&e)
                 ))
             } else {
-                Failure(format!("request to {url} failed: {}", root_cause(&e)))
+                Failure::Message(format!("request to {url} failed: {}", root_cause(&e)))
             }
         })?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
-            return Err(Failure(describe_error(status, &text)));
+            return Err(Failure::Message(describe_error(status, &text)));
         }
         let text = if text.is_empty() { "null" } else { &text };
         serde_json::from_str(text)
-            .map_err(|e| Failure(format!("unexpected answer from the server: {e}")))
+            .map_err(|e| Failure::Message(format!("unexpected answer from the server: {e}")))
     }
 }
 

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
-use crate::{Failure, ServerArgs};
+use crate::{outln, Failure, ServerArgs};
 
 #[derive(Args)]
 pub struct EnqueueArgs {
@@ -71,16 +71,16 @@ pub async fn enqueue(args: EnqueueArgs) -> Result<(), Failure> {
         .call(Method::POST, "/v1/jobs", Some(&serde_json::to_value(&job)?))
         .await?;
     if args.server.json {
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        outln!("{}", serde_json::to_string_pretty(&job)?)?;
     } else {
-        println!(
+        outln!(
             "job {} {} on queue {} ({}, run at {})",
             job.id,
             job.kind,
             job.queue,
             job.state,
             job.run_at.to_rfc3339()
-        );
+        )?;
     }
     Ok(())
 }
@@ -172,16 +172,20 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
                 .call(Method::GET, &format!("/v1/jobs?{query}"), None)
                 .await?;
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                outln!("{}", serde_json::to_string_pretty(&page)?)?;
                 return Ok(());
             }
             let jobs: Vec<Job> = serde_json::from_value(page["jobs"].clone())?;
-            println!(
+            outln!(
                 "{:>10}  {:<10}  {:<16}  {:<24}  {:>7}  run_at",
-                "id", "state", "queue", "kind", "attempt"
-            );
+                "id",
+                "state",
+                "queue",
+                "kind",
+                "attempt"
+            )?;
             for job in &jobs {
-                println!(
+                outln!(
                     "{:>10}  {:<10}  {:<16}  {:<24}  {:>3}/{:<3}  {}",
                     job.id,
                     job.state.as_str(),
@@ -190,10 +194,10 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
                     job.attempt,
                     job.max_attempts,
                     job.run_at.to_rfc3339()
-                );
+                )?;
             }
             if let Some(next) = page["next_cursor"].as_str() {
-                println!("more: --cursor {next}");
+                outln!("more: --cursor {next}")?;
             }
             Ok(())
         }
@@ -202,7 +206,7 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
             let job: Value = client
                 .call(Method::GET, &format!("/v1/jobs/{}", arg.id), None)
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&job)?);
+            outln!("{}", serde_json::to_string_pretty(&job)?)?;
             Ok(())
         }
         JobsCommand::Retry(arg) => act(arg, "retry", "available again").await,
@@ -212,7 +216,7 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
             client
                 .call::<Value>(Method::DELETE, &format!("/v1/jobs/{}", arg.id), None)
                 .await?;
-            println!("job {} deleted", arg.id);
+            outln!("job {} deleted", arg.id)?;
             Ok(())
         }
     }
@@ -228,14 +232,14 @@ async fn act(arg: JobArg, action: &str, done: &str) -> Result<(), Failure> {
         )
         .await?;
     if arg.server.json {
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        outln!("{}", serde_json::to_string_pretty(&job)?)?;
     } else if job.cancel_requested && job.state == grafter_core::JobState::Running {
-        println!(
+        outln!(
             "job {} is running: its worker has been asked to stop",
             job.id
-        );
+        )?;
     } else {
-        println!("job {} {done} ({})", job.id, job.state);
+        outln!("job {} {done} ({})", job.id, job.state)?;
     }
     Ok(())
 }
@@ -278,7 +282,7 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
     let body = (method == Method::POST).then(|| json!({}));
     let answer: Value = client.call(method, &path, body.as_ref()).await?;
     if args.server.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?)?;
         return Ok(());
     }
     let queues = match answer.get("queues") {
@@ -295,13 +299,13 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
         "cancelled",
         "expired",
     ];
-    print!("{:<20} {:<7}", "queue", "paused");
+    let mut header = format!("{:<20} {:<7}", "queue", "paused");
     for state in states {
-        print!(" {state:>10}");
+        header.push_str(&format!(" {state:>10}"));
     }
-    println!();
+    outln!("{header}")?;
     for queue in queues {
-        print!(
+        let mut row = format!(
             "{:<20} {:<7}",
             queue["name"].as_str().unwrap_or("?"),
             if queue["paused"].as_bool().unwrap_or(false) {
@@ -311,9 +315,12 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
             }
         );
         for state in states {
-            print!(" {:>10}", queue["counts"][state].as_u64().unwrap_or(0));
+            row.push_str(&format!(
+                " {:>10}",
+                queue["counts"][state].as_u64().unwrap_or(0)
+            ));
         }
-        println!();
+        outln!("{row}")?;
     }
     Ok(())
 }

@@ -56,13 +56,38 @@ pub struct ServerArgs {
     json: bool,
 }
 
-/// A failure to report on one line.
-pub struct Failure(String);
+/// Why a command did not finish.
+pub enum Failure {
+    /// A failure to report on one line.
+    Message(String),
+    /// Whoever read stdout stopped reading (`grafter jobs list | head`):
+    /// nothing to report, the command just ends.
+    OutputClosed,
+}
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure(e.to_string())
+        Failure::Message(e.to_string())
     }
+}
+
+/// `println!` for command output: a closed stdout is [`Failure::OutputClosed`]
+/// rather than the panic `println!` makes of it.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line of command output (see [`outln!`]).
+pub fn write_stdout(line: std::fmt::Arguments) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Failure::OutputClosed,
+        _ => Failure::Message(format!("cannot write the output: {e}")),
+    })
 }
 
 fn main() -> ExitCode {
@@ -85,15 +110,12 @@ fn main() -> ExitCode {
             Command::Jobs(command) => jobs::jobs(command).await,
             Command::Queues(args) => jobs::queues(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Openapi => {
-                println!("{}", grafter_server::openapi_json());
-                Ok(())
-            }
+            Command::Openapi => outln!("{}", grafter_server::openapi_json()),
         }
     });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(message)) => {
+        Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
+        Err(Failure::Message(message)) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

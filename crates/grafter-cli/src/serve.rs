@@ -8,7 +8,7 @@ use grafter_server::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::Failure;
+use crate::{outln, Failure};
 
 /// Settings: flags win over `GRAFTER_*` variables, which win over the file.
 #[derive(Args)]
@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// TOML file with further settings (see README).
     #[arg(long, env = "GRAFTER_CONFIG", value_parser = crate::existing_file)]
     config: Option<PathBuf>,
-    /// Require this bearer token on every /v1 request.
+    /// Require this bearer token on every /v1 request (at least 16 characters).
     #[arg(long, env = "GRAFTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
@@ -121,9 +121,9 @@ pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| format!("cannot migrate {}: {e}", redact(&args.database)))?;
     if applied.is_empty() {
-        println!("{}: schema is up to date", redact(&args.database));
+        outln!("{}: schema is up to date", redact(&args.database))?;
     } else {
-        println!("{}: applied migrations {applied:?}", redact(&args.database));
+        outln!("{}: applied migrations {applied:?}", redact(&args.database))?;
     }
     Ok(())
 }

@@ -318,11 +318,54 @@ async fn the_cli_enqueues_shows_and_explains_failures() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve accepted a mysql:// URL");
     assert!(stderr.contains("unsupported database URL"), "{stderr}");
+    let out = run_cli(&["serve", "--token", "hunter2", "--listen", &listen], cwd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve accepted a 7-character token");
+    assert!(
+        stderr.contains("invalid setting token: must be at least 16 characters"),
+        "{stderr}"
+    );
 
     // The failed commands stored nothing: only the one good enqueue is there.
     let (status, page) = server.get("/v1/jobs?limit=10").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["jobs"].as_array().map(Vec::len), Some(1), "{page}");
+}
+
+#[tokio::test]
+async fn client_commands_end_quietly_when_their_reader_stops_reading() {
+    let dir = temp_dir();
+    let server = start(dir.path()).await;
+    let id = id_of(&server.enqueue(json!({"kind": "k"})).await).to_string();
+    let url = server.base.as_str();
+    for args in [
+        vec!["jobs", "show", &id, "--url", url],
+        vec!["jobs", "list", "--url", url],
+        vec!["queues", "--url", url],
+        vec!["openapi"],
+    ] {
+        // `grafter … | head -0`: the reading end of stdout is closed before
+        // the command has written anything.
+        let mut command = tokio::process::Command::from(common::grafter());
+        command
+            .args(&args)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("run grafter");
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the command did not end")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "grafter {args:?} with its stdout closed: {} {stderr}",
+            out.status
+        );
+    }
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use common::{id_of, temp_dir, Server, FAST_CONFIG, PATIENCE};
+use common::{id_of, skip_or_fail, temp_dir, Server, FAST_CONFIG, PATIENCE};
 
 /// Starts a server on `dir/jobs.db` with [`FAST_CONFIG`] plus `queues` (TOML).
 async fn start(dir: &Path, queues: &str) -> Server {
@@ -174,21 +174,6 @@ async fn kill_9_during_pushes_loses_nothing_each_job_is_pushed_again_after_its_l
             .collect();
         assert_eq!(attempts, ["1", "2"], "job {id}");
     }
-}
-
-/// Says loudly that a language's test cannot run here; under CI (`CI` set),
-/// fails instead.
-fn skip_or_fail(why: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{why}; CI is set, so this test fails instead of skipping"
-    );
-    use std::io::Write;
-    // Straight to the process's stderr: libtest hides `eprintln!` of a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n**** SKIPPING: {why}. (.ci/run installs it.) ****\n"
-    );
 }
 
 /// The first fenced code block tagged `lang` in `doc`.

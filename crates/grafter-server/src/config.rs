@@ -15,6 +15,8 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7380";
 /// Where `grafter serve` keeps jobs when told nothing.
 pub const DEFAULT_DATABASE: &str = "sqlite://grafter.db";
+/// The shortest server token accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// Everything `grafter serve` can be told.
 #[derive(Clone, Debug, Deserialize)]
@@ -24,8 +26,15 @@ pub struct ServerConfig {
     pub database: String,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// When set, every `/v1` request must carry `Authorization: Bearer <token>`.
+    /// When set, every `/v1` request must carry `Authorization: Bearer <token>`
+    /// (at least [`MIN_TOKEN_CHARS`] characters), and so must `/metrics` and
+    /// `/openapi.json` unless made public below.
     pub token: Option<String>,
+    /// Serve `/metrics` without the token even when there is one (for a
+    /// scraper that cannot send `Authorization: Bearer`).
+    pub metrics_public: bool,
+    /// Serve `/openapi.json` without the token even when there is one.
+    pub openapi_public: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     /// Lease length when a fetch names none.
@@ -44,6 +53,43 @@ pub struct ServerConfig {
     pub queues: BTreeMap<String, QueueConfig>,
     /// How the push dispatcher runs.
     pub push: PushSettings,
+    /// How HTTP connections are kept.
+    pub http: HttpSettings,
+}
+
+/// How long an HTTP connection may take to send a request, or wait between
+/// requests, before the server closes it: each open connection holds a file
+/// descriptor, so slow or silent clients must not keep them forever.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// A request's headers must have arrived this many ms after its first
+    /// byte (after the connection opened, for its first request).
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this many ms is closed.
+    /// Only the time between requests counts: a long-poll fetch may wait
+    /// longer.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// How long a request's headers may take.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// How long a connection may wait for its next request.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
 }
 
 /// One queue's settings in the file.
@@ -87,6 +133,8 @@ impl Default for ServerConfig {
             database: DEFAULT_DATABASE.into(),
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             token: None,
+            metrics_public: false,
+            openapi_public: false,
             body_limit_bytes: 1024 * 1024,
             default_lease_ms: 30_000,
             max_wait_ms: 30_000,
@@ -96,6 +144,7 @@ impl Default for ServerConfig {
             retention: RetentionConfig::default(),
             queues: BTreeMap::new(),
             push: PushSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -189,6 +238,11 @@ impl ServerConfig {
             ("maintenance.leader_ttl_ms", m.leader_ttl_ms),
             ("retention.interval_ms", self.retention.interval_ms),
             ("push.refresh_interval_ms", self.push.refresh_interval_ms),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
         ] {
             if value == 0 {
                 return invalid(field, "must be greater than 0".into());
@@ -203,8 +257,16 @@ impl ServerConfig {
         if self.postgres.poll_interval_ms == 0 {
             return invalid("postgres.poll_interval_ms", "must be greater than 0".into());
         }
-        if matches!(&self.token, Some(t) if t.is_empty()) {
-            return invalid("token", "must not be empty when set".into());
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < MIN_TOKEN_CHARS)
+        {
+            let message = format!(
+                "must be at least {MIN_TOKEN_CHARS} characters: a short token is guessed \
+                 (use a long random one, e.g. `openssl rand -hex 32`)"
+            );
+            return invalid("token", message);
         }
         self.push_targets()?;
         Ok(())
@@ -348,5 +410,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("default_lease_ms"));
+        let short_token = ServerConfig {
+            token: Some("x".repeat(MIN_TOKEN_CHARS - 1)),
+            ..Default::default()
+        };
+        assert!(short_token
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("token: must be at least 16 characters"));
+        ServerConfig {
+            token: Some("x".repeat(MIN_TOKEN_CHARS)),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let no_idle: ServerConfig = toml::from_str("[http]\nidle_timeout_ms = 0").unwrap();
+        assert!(no_idle
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("http.idle_timeout_ms: must be greater than 0"));
     }
 }

@@ -1,7 +1,7 @@
 //! Every error the API answers, mapped to JSON `{"error": {"code", "message"}}`
 //! and a status in one place.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use grafter_core::ValidationError;
@@ -16,6 +16,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds for a `Retry-After` header.
+    retry_after_secs: Option<u64>,
 }
 
 /// The JSON body of every error.
@@ -30,7 +32,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_json`, `invalid_field`, `payload_too_large`,
     /// `not_found`, `method_not_allowed`, `lease_mismatch`, `invalid_state`,
-    /// `unauthorized`, `unavailable`, `internal`.
+    /// `unauthorized`, `too_many_requests`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -46,6 +48,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_secs: None,
         }
     }
 
@@ -96,6 +99,18 @@ impl ApiError {
             "unauthorized",
             "missing or wrong token: send 'Authorization: Bearer <GRAFTER_TOKEN>'",
         )
+    }
+
+    /// Too many wrong tokens from this client; it may try again after `wait`.
+    pub fn too_many_requests(wait: std::time::Duration) -> Self {
+        let secs = crate::throttle::retry_after_secs(wait);
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("too many wrong tokens from this address: try again in {secs} s"),
+        );
+        error.retry_after_secs = Some(secs);
+        error
     }
 
     /// The server is shutting down or its storage is unreachable.
@@ -182,6 +197,12 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }

@@ -1,14 +1,19 @@
-//! Request extractors that answer with our JSON errors instead of axum's text.
+//! Request extractors that answer with our JSON errors instead of axum's text,
+//! and the check of a declared body size that runs before any of them.
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use grafter_core::JobId;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A JSON body. Any content type is accepted (curl's default form type
 /// included); syntax errors answer 400, missing or mistyped fields 422 naming
@@ -26,6 +31,26 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Answers 413 at once when a request declares a `Content-Length` over
+/// `body_limit_bytes`, before its body is read: the limit on reading would
+/// otherwise wait for bytes a client may never send.
+pub async fn refuse_declared_oversize_bodies(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = u64::try_from(state.config().body_limit_bytes).unwrap_or(u64::MAX);
+    if declared.is_some_and(|length| length > limit) {
+        return ApiError::payload_too_large().into_response();
+    }
+    next.run(request).await
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {

@@ -8,6 +8,7 @@
 
 mod api;
 pub mod config;
+mod connections;
 pub mod dashboard;
 mod error;
 mod extract;
@@ -16,6 +17,7 @@ mod metrics;
 mod openapi;
 pub mod push;
 mod state;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +34,13 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
-pub use config::ServerConfig;
+pub use config::{HttpSettings, ServerConfig};
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use state::AppState;
 
-/// The whole HTTP surface: `/v1/…`, `/livez`, `/readyz`, `/metrics`, `/openapi.json`.
+/// The whole HTTP surface: `/v1/…`, `/livez`, `/readyz`, `/metrics`, `/openapi.json`
+/// (the last two under the token unless `metrics_public`/`openapi_public`).
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/jobs", post(api::jobs::enqueue).get(api::jobs::list))
@@ -66,19 +69,36 @@ pub fn router(state: AppState) -> Router {
             api::auth::require_token,
         ));
     let body_limit = state.config().body_limit_bytes;
+    let metrics = Router::new().route("/metrics", get(api::health::metrics));
+    let openapi = Router::new().route("/openapi.json", get(openapi::serve_openapi));
     Router::new()
         .nest("/v1", v1)
         .merge(dashboard::routes(state.clone()))
         .route("/livez", get(api::health::livez))
         .route("/readyz", get(api::health::readyz))
-        .route("/metrics", get(api::health::metrics))
-        .route("/openapi.json", get(openapi::serve_openapi))
+        .merge(token_unless(state.config().metrics_public, metrics, &state))
+        .merge(token_unless(state.config().openapi_public, openapi, &state))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::refuse_declared_oversize_bodies,
+        ))
         .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
+}
+
+/// `routes` behind the server's token (when it has one), unless `public`.
+fn token_unless(public: bool, routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    if public {
+        return routes;
+    }
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        api::auth::require_token,
+    ))
 }
 
 /// How a failed response is logged. A 503 says the database is unavailable:
@@ -98,7 +118,9 @@ fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &traci
 /// Serves the API on `listener` and runs the maintenance services and the
 /// push dispatcher until `shutdown` is cancelled; then stops taking requests,
 /// lets in-flight ones finish (long-polls answer at once), and stops the
-/// services. The config file's push targets are stored first.
+/// services. Connections slow to send a request, or idle too long between
+/// requests, are closed (`ServerConfig::http`). The config file's push
+/// targets are stored first.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
@@ -117,14 +139,12 @@ pub async fn serve(
         shutdown.child_token(),
     );
     let dispatcher = tokio::spawn(push::run_dispatcher(state.clone(), shutdown.child_token()));
+    let http = state.config().http.clone();
     let app = router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    shutdown.cancel();
+    connections::serve_connections(listener, app, http, shutdown.clone()).await;
     maintenance.stop().await;
     if let Err(error) = dispatcher.await {
         tracing::error!(%error, "the push dispatcher failed");
     }
-    result
+    Ok(())
 }

@@ -2,20 +2,51 @@
 //! scrape time.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
 
 use grafter_core::Job;
 use grafter_engine::maintenance::ServiceHealth;
 use grafter_engine::Observer;
 use grafter_store::QueueInfo;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// A label value that may hold any printable text, such as a queue name,
+/// written with the escapes the exposition format requires (`\\`, `\"`,
+/// `\n`): prometheus-client 0.23 writes label values as they are, and one
+/// quote in a queue name would make the whole scrape unparsable.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct EscapedText(String);
+
+impl EncodeLabelValue for EscapedText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
-    pub queue: String,
+    pub queue: EscapedText,
+}
+
+impl QueueLabels {
+    fn of(queue: &str) -> Self {
+        QueueLabels {
+            queue: EscapedText(queue.to_owned()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,7 +56,7 @@ pub struct ServiceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueStateLabels {
-    pub queue: String,
+    pub queue: EscapedText,
     pub state: String,
 }
 
@@ -38,6 +69,9 @@ pub struct Metrics {
     jobs: Family<QueueStateLabels, Gauge>,
     maintenance_failing: Family<ServiceLabels, Gauge>,
     maintenance_failures: Family<ServiceLabels, Gauge>,
+    /// Held from resetting the job gauges until they are written, so a
+    /// concurrent scrape never clears them in between.
+    rendering: Mutex<()>,
 }
 
 impl Metrics {
@@ -94,19 +128,18 @@ impl Metrics {
             jobs,
             maintenance_failing,
             maintenance_failures,
+            rendering: Mutex::new(()),
         }
     }
 
     fn count(family: &Family<QueueLabels, Counter>, job: &Job) {
-        family
-            .get_or_create(&QueueLabels {
-                queue: job.queue.clone(),
-            })
-            .inc();
+        family.get_or_create(&QueueLabels::of(&job.queue)).inc();
     }
 
     /// Renders the OpenMetrics text, with job gauges set from `queues` and
-    /// maintenance gauges from `maintenance`.
+    /// maintenance gauges from `maintenance`. The job gauges are reset first:
+    /// a queue whose jobs were all deleted or pruned is not in `queues`, and
+    /// its last counts must not linger as a backlog.
     pub fn render(
         &self,
         queues: &[QueueInfo],
@@ -123,10 +156,12 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::try_from(health.failures_total).unwrap_or(i64::MAX));
         }
+        let _rendering = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        self.jobs.clear();
         for queue in queues {
             for (state, count) in &queue.counts {
                 let labels = QueueStateLabels {
-                    queue: queue.name.clone(),
+                    queue: EscapedText(queue.name.clone()),
                     state: state.to_string(),
                 };
                 self.jobs

@@ -8,10 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::throttle::{AuthFailures, TRACKED_CLIENTS};
 
 /// What every handler shares: the engine, the settings, the counters, the
-/// maintenance services' health, and the shutdown signal that ends
-/// long-polls.
+/// maintenance services' health, the wrong-token throttle, and the shutdown
+/// signal that ends long-polls.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -25,6 +26,11 @@ struct Inner {
     shutdown: CancellationToken,
     /// Wakes this node's push dispatcher when the API changed a push target.
     push_targets_changed: Notify,
+    /// Wrong tokens per client, to throttle guessing.
+    auth_failures: AuthFailures,
+    /// Signs the dashboard's CSRF tokens when the server has no token of its
+    /// own: random, so only this process issues forms it accepts.
+    process_key: [u8; 32],
 }
 
 impl AppState {
@@ -40,6 +46,8 @@ impl AppState {
                 maintenance_health: MaintenanceHealth::default(),
                 shutdown,
                 push_targets_changed: Notify::new(),
+                auth_failures: AuthFailures::new(TRACKED_CLIENTS),
+                process_key: rand::random(),
             }),
         }
     }
@@ -67,6 +75,14 @@ impl AppState {
     /// does not run them).
     pub fn maintenance_health(&self) -> &MaintenanceHealth {
         &self.inner.maintenance_health
+    }
+
+    pub(crate) fn auth_failures(&self) -> &AuthFailures {
+        &self.inner.auth_failures
+    }
+
+    pub(crate) fn process_key(&self) -> &[u8] {
+        &self.inner.process_key
     }
 
     pub(crate) fn shutdown(&self) -> &CancellationToken {

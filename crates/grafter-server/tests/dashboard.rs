@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use chrono::Utc;
+use chrono::{Datelike, Utc};
 use grafter_core::{JobId, JobState, NewJob};
 use grafter_server::{router, AppState, ServerConfig};
 use grafter_sqlite::SqliteStore;
@@ -62,7 +62,11 @@ async fn dash_with(config: ServerConfig) -> Dash {
     }
 }
 
-const CSRF: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
+/// The server token of the tests that set one.
+const TOKEN: &str = "s3cret-token-0123456789";
+
+/// A well-formed `grafter_csrf` nonce for a test browser to carry.
+const NONCE: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
 
 impl Dash {
     async fn send(&self, request: Request<Body>) -> Answer {
@@ -90,6 +94,17 @@ impl Dash {
                 .unwrap(),
         )
         .await
+    }
+
+    /// The CSRF token the forms of `uri` carry for a browser sending `cookie`.
+    async fn csrf_token(&self, uri: &str, cookie: &str) -> String {
+        let page = self.get_with_cookie(uri, cookie).await;
+        page.body
+            .split(r#"name="csrf" value=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no CSRF field on {uri}: {}", page.body))
+            .to_owned()
     }
 
     /// A form POST carrying `cookie` and the fields.
@@ -225,7 +240,7 @@ async fn every_page_renders_with_security_headers() {
     }
     // A browser that has its cookie keeps it.
     let again = dash
-        .get_with_cookie("/", &format!("grafter_csrf={CSRF}"))
+        .get_with_cookie("/", &format!("grafter_csrf={NONCE}"))
         .await;
     assert!(again.set_cookie("grafter_csrf").is_none());
 }
@@ -236,13 +251,21 @@ async fn changes_without_the_csrf_token_are_refused() {
     dash.enqueue(NewJob::new("k", json!({}))).await;
     let id = dash.kill_next("default", "x").await;
     let uri = format!("/jobs/{id}/retry");
-    let cookie = format!("grafter_csrf={CSRF}");
+    let cookie = format!("grafter_csrf={NONCE}");
+    let csrf = dash.csrf_token("/jobs", &cookie).await;
     let other = "cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34cd34";
+    let other_cookie = format!("grafter_csrf={other}");
 
     for (cookie, fields) in [
-        ("", vec![("csrf", CSRF)]), // no cookie (another site's form)
-        (cookie.as_str(), vec![]),  // no token in the form
-        (cookie.as_str(), vec![("csrf", other)]), // a token that is not the cookie's
+        ("", vec![("csrf", csrf.as_str())]), // no cookie (another site's form)
+        (cookie.as_str(), vec![]),           // no token in the form
+        (cookie.as_str(), vec![("csrf", other)]), // a token that is not this browser's
+        // A cookie and a field that match, as a sibling site can plant them,
+        // but that the server never issued.
+        (cookie.as_str(), vec![("csrf", NONCE)]),
+        (other_cookie.as_str(), vec![("csrf", other)]),
+        // This browser's token with another browser's cookie.
+        (other_cookie.as_str(), vec![("csrf", csrf.as_str())]),
     ] {
         let answer = dash.post(&uri, cookie, &fields).await;
         assert_eq!(
@@ -265,7 +288,7 @@ async fn changes_without_the_csrf_token_are_refused() {
     assert_eq!(dash.get(&uri).await.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(dash.state_of(id).await, JobState::Dead);
 
-    let answer = dash.post(&uri, &cookie, &[("csrf", CSRF)]).await;
+    let answer = dash.post(&uri, &cookie, &[("csrf", &csrf)]).await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER);
     assert_eq!(answer.location(), format!("/jobs/{id}"));
     assert_eq!(dash.state_of(id).await, JobState::Available);
@@ -332,7 +355,9 @@ async fn job_data_shows_as_text_never_as_markup() {
 #[tokio::test]
 async fn actions_answer_with_a_visible_outcome() {
     let dash = dash_with(ServerConfig::default()).await;
-    let cookie = format!("grafter_csrf={CSRF}");
+    let cookie = format!("grafter_csrf={NONCE}");
+    let csrf = dash.csrf_token("/jobs", &cookie).await;
+    let csrf = csrf.as_str();
     let mut dead = Vec::new();
     for _ in 0..3 {
         dash.enqueue(NewJob::new("k", json!({}))).await;
@@ -352,7 +377,7 @@ async fn actions_answer_with_a_visible_outcome() {
         .post(
             &format!("/jobs/{}/edit-retry", dead[0]),
             &cookie,
-            &[("csrf", CSRF), ("args", "{not json")],
+            &[("csrf", csrf), ("args", "{not json")],
         )
         .await;
     assert!(
@@ -364,7 +389,7 @@ async fn actions_answer_with_a_visible_outcome() {
         .post(
             &format!("/jobs/{}/edit-retry", dead[0]),
             &cookie,
-            &[("csrf", CSRF), ("args", r#"{"fixed": true}"#)],
+            &[("csrf", csrf), ("args", r#"{"fixed": true}"#)],
         )
         .await;
     assert!(
@@ -382,7 +407,7 @@ async fn actions_answer_with_a_visible_outcome() {
             &format!("/jobs/{}/reschedule", dead[1]),
             &cookie,
             &[
-                ("csrf", CSRF),
+                ("csrf", csrf),
                 ("when", "2099-01-02T03:04"),
                 ("tz_offset", "-60"),
             ],
@@ -393,11 +418,43 @@ async fn actions_answer_with_a_visible_outcome() {
         "ok|Rescheduled to 2099-01-02 02:04 UTC."
     );
     assert_eq!(dash.state_of(dead[1]).await, JobState::Scheduled);
+    // A year the time field takes but no run time can be: said, not a 500.
+    for (when, tz_offset) in [("+262142-12-31T23:59", "1440"), ("+10000-01-01T00:00", "0")] {
+        let extreme = dash
+            .post(
+                &format!("/jobs/{}/reschedule", dead[1]),
+                &cookie,
+                &[("csrf", csrf), ("when", when), ("tz_offset", tz_offset)],
+            )
+            .await;
+        assert_eq!(
+            extreme.status,
+            StatusCode::SEE_OTHER,
+            "{when}: {}",
+            extreme.body
+        );
+        assert_eq!(
+            flash_of(&extreme),
+            "error|Pick a date between the years 1 and 9999.",
+            "{when}"
+        );
+    }
+    assert_eq!(
+        dash.store
+            .job_get(dead[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .run_at
+            .year(),
+        2099,
+        "nothing changed"
+    );
     let run_now = dash
         .post(
             &format!("/jobs/{}/run-now", dead[1]),
             &cookie,
-            &[("csrf", CSRF)],
+            &[("csrf", csrf)],
         )
         .await;
     assert!(flash_of(&run_now).starts_with("ok|"));
@@ -409,7 +466,7 @@ async fn actions_answer_with_a_visible_outcome() {
             "/jobs/bulk",
             &cookie,
             &[
-                ("csrf", CSRF),
+                ("csrf", csrf),
                 ("action", "cancel"),
                 ("ids", &waiting.to_string()),
                 ("ids", &dead[2].to_string()),
@@ -429,7 +486,7 @@ async fn actions_answer_with_a_visible_outcome() {
             "/jobs/bulk",
             &cookie,
             &[
-                ("csrf", CSRF),
+                ("csrf", csrf),
                 ("action", "retry"),
                 ("all", "1"),
                 ("state", "dead"),
@@ -446,7 +503,7 @@ async fn actions_answer_with_a_visible_outcome() {
             "/jobs/bulk",
             &cookie,
             &[
-                ("csrf", CSRF),
+                ("csrf", csrf),
                 ("action", "delete"),
                 ("all", "1"),
                 ("state", "available"),
@@ -456,7 +513,7 @@ async fn actions_answer_with_a_visible_outcome() {
     assert!(flash_of(&not_dead).starts_with("error|"));
 
     let paused = dash
-        .post("/queues/default/pause", &cookie, &[("csrf", CSRF)])
+        .post("/queues/default/pause", &cookie, &[("csrf", csrf)])
         .await;
     assert!(flash_of(&paused).starts_with("ok|Paused queue default"));
     assert!(dash.store.queues_list().await.unwrap()[0].paused);
@@ -464,7 +521,7 @@ async fn actions_answer_with_a_visible_outcome() {
         .post(
             &format!("/jobs/{waiting}/delete"),
             &cookie,
-            &[("csrf", CSRF)],
+            &[("csrf", csrf)],
         )
         .await;
     assert_eq!(deleted.location(), "/jobs");
@@ -473,7 +530,7 @@ async fn actions_answer_with_a_visible_outcome() {
         .post(
             &format!("/jobs/{waiting}/cancel"),
             &cookie,
-            &[("csrf", CSRF)],
+            &[("csrf", csrf)],
         )
         .await;
     assert!(
@@ -497,20 +554,29 @@ async fn actions_answer_with_a_visible_outcome() {
         .contains("search args as path=value"));
 }
 
-#[tokio::test]
-async fn a_server_token_guards_the_dashboard() {
+/// A dashboard with [`TOKEN`], and a browser not logged in: its cookie and
+/// the CSRF token of its login form.
+async fn with_token_logged_out() -> (Dash, String, String) {
     let dash = dash_with(ServerConfig {
-        token: Some("s3cret-token".into()),
+        token: Some(TOKEN.into()),
         ..Default::default()
     })
     .await;
-    let cookie = format!("grafter_csrf={CSRF}");
+    let cookie = format!("grafter_csrf={NONCE}");
+    let csrf = dash.csrf_token("/login", &cookie).await;
+    (dash, cookie, csrf)
+}
+
+#[tokio::test]
+async fn a_server_token_guards_the_dashboard() {
+    let (dash, cookie, csrf) = with_token_logged_out().await;
+    let csrf = csrf.as_str();
     let page = dash.get("/jobs?state=dead").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location(), "/login?next=%2Fjobs%3Fstate%3Ddead");
     assert_eq!(dash.get("/login").await.status, StatusCode::OK);
     assert_eq!(
-        dash.post("/queues/default/pause", &cookie, &[("csrf", CSRF)])
+        dash.post("/queues/default/pause", &cookie, &[("csrf", csrf)])
             .await
             .status,
         StatusCode::UNAUTHORIZED
@@ -520,17 +586,13 @@ async fn a_server_token_guards_the_dashboard() {
         .post(
             "/login",
             &cookie,
-            &[("csrf", CSRF), ("token", "guess"), ("next", "/queues")],
+            &[("csrf", csrf), ("token", "guess"), ("next", "/queues")],
         )
         .await;
     assert!(wrong.set_cookie("grafter_session").is_none());
     assert!(wrong.location().starts_with("/login"));
     let forged = dash
-        .post(
-            "/login",
-            &cookie,
-            &[("csrf", "nope"), ("token", "s3cret-token")],
-        )
+        .post("/login", &cookie, &[("csrf", "nope"), ("token", TOKEN)])
         .await;
     assert_eq!(
         forged.status,
@@ -542,11 +604,7 @@ async fn a_server_token_guards_the_dashboard() {
         .post(
             "/login",
             &cookie,
-            &[
-                ("csrf", CSRF),
-                ("token", "s3cret-token"),
-                ("next", "/queues"),
-            ],
+            &[("csrf", csrf), ("token", TOKEN), ("next", "/queues")],
         )
         .await;
     assert_eq!(login.location(), "/queues");
@@ -562,29 +620,48 @@ async fn a_server_token_guards_the_dashboard() {
     assert!(set.iter().any(|c| c.starts_with("grafter_session=")
         && c.contains("HttpOnly")
         && c.contains("SameSite=Strict")));
+    let logged_in = format!("{cookie}; {session}");
     assert_eq!(
-        dash.get_with_cookie("/queues", &format!("{cookie}; {session}"))
-            .await
-            .status,
+        dash.get_with_cookie("/queues", &logged_in).await.status,
         StatusCode::OK
     );
-    let offsite = dash
+    // Forms are bound to the session: the token from before logging in is
+    // refused under it, the session's own is taken.
+    assert_eq!(
+        dash.post("/queues/default/pause", &logged_in, &[("csrf", csrf)])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let session_csrf = dash.csrf_token("/jobs", &logged_in).await;
+    let paused = dash
         .post(
-            "/login",
-            &cookie,
-            &[
-                ("csrf", CSRF),
-                ("token", "s3cret-token"),
-                ("next", "//evil.example/"),
-            ],
+            "/queues/default/pause",
+            &logged_in,
+            &[("csrf", &session_csrf)],
         )
         .await;
-    assert_eq!(offsite.location(), "/");
+    assert_eq!(paused.status, StatusCode::SEE_OTHER);
+    assert!(dash.store.queues_list().await.unwrap()[0].paused);
+    // Another node with the same token takes this node's forms and session.
+    let other_node = dash_with(ServerConfig {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await;
+    let resumed = other_node
+        .post(
+            "/queues/default/resume",
+            &logged_in,
+            &[("csrf", &session_csrf)],
+        )
+        .await;
+    assert_eq!(resumed.status, StatusCode::SEE_OTHER, "{}", resumed.body);
     // The token as a bearer header works as well (scripts, curl).
     let bearer = dash
         .send(
             Request::get("/workers")
-                .header(header::AUTHORIZATION, "Bearer s3cret-token")
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -595,6 +672,61 @@ async fn a_server_token_guards_the_dashboard() {
         dash.get("/v1/queues").await.status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test]
+async fn after_login_only_paths_on_this_site_are_followed() {
+    let (dash, cookie, csrf) = with_token_logged_out().await;
+    let csrf = csrf.as_str();
+    // Each is what the server sees once the form or query is decoded: a
+    // browser drops the tab or newline of `/\t/evil.example` (sent as
+    // `/%09/evil.example`) and goes to another host.
+    for hostile in [
+        "//evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "https://evil.example/",
+        "\r\nSet-Cookie: grafter_session=forged",
+        "/\r\nSet-Cookie: grafter_session=forged",
+        "javascript:alert(1)",
+        "",
+    ] {
+        let login = dash
+            .post(
+                "/login",
+                &cookie,
+                &[("csrf", csrf), ("token", TOKEN), ("next", hostile)],
+            )
+            .await;
+        assert_eq!(
+            login.status,
+            StatusCode::SEE_OTHER,
+            "{hostile:?}: {}",
+            login.body
+        );
+        assert_eq!(login.location(), "/", "{hostile:?}");
+        let encoded: String = form_urlencoded::byte_serialize(hostile.as_bytes()).collect();
+        let page = dash.get(&format!("/login?next={encoded}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{hostile:?}");
+        assert!(
+            page.body.contains(r#"name="next" value="/""#),
+            "{hostile:?}: {}",
+            page.body
+        );
+    }
+    let home = dash
+        .post(
+            "/login",
+            &cookie,
+            &[
+                ("csrf", csrf),
+                ("token", TOKEN),
+                ("next", "/jobs?state=dead"),
+            ],
+        )
+        .await;
+    assert_eq!(home.location(), "/jobs?state=dead");
 }
 
 #[tokio::test]

@@ -954,6 +954,42 @@ async fn health_metrics_and_openapi() {
     assert!(spec["components"]["schemas"].get("Job").is_some());
 }
 
+#[tokio::test]
+async fn job_gauges_of_a_queue_whose_jobs_are_all_gone_disappear() {
+    let api = api().await;
+    let gone = api.enqueue(json!({"kind": "k", "queue": "gone"})).await;
+    api.enqueue(json!({"kind": "k", "queue": "kept"})).await;
+    let gauges_of = |scrape: &str, queue: &str| -> Vec<String> {
+        let prefix = format!("grafter_jobs{{queue=\"{queue}\"");
+        scrape
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = api.text(Method::GET, "/metrics", "").await.1;
+    let before = before.as_str().unwrap();
+    assert!(
+        gauges_of(before, "gone")
+            .contains(&"grafter_jobs{queue=\"gone\",state=\"available\"} 1".to_owned()),
+        "{before}"
+    );
+
+    let deleted = api
+        .call(Method::DELETE, &format!("/v1/jobs/{}", gone["id"]), None)
+        .await;
+    assert_eq!(deleted.0, StatusCode::NO_CONTENT);
+    let after = api.text(Method::GET, "/metrics", "").await.1;
+    let after = after.as_str().unwrap();
+    assert_eq!(gauges_of(after, "gone"), Vec::<String>::new(), "{after}");
+    assert!(!gauges_of(after, "kept").is_empty(), "{after}");
+    // The counter says what this server did, and stays.
+    assert!(
+        after.contains("grafter_jobs_enqueued_total{queue=\"gone\"} 1"),
+        "{after}"
+    );
+}
+
 /// Asks `/readyz` of a server that is shutting down, and answers the status.
 async fn readyz_while_shutting_down() -> StatusCode {
     let dir = tempfile::tempdir().unwrap();
@@ -1019,18 +1055,26 @@ async fn an_unavailable_answer_is_logged_as_a_warning_and_not_an_error() {
     );
 }
 
+const TOKEN: &str = "s3cret-0123456789";
+
+/// A GET of `uri`, with the server's token when `with_token`.
+fn get_request(uri: &str, with_token: bool) -> Request<Body> {
+    let request = Request::get(uri);
+    let request = if with_token {
+        request.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    } else {
+        request
+    };
+    request.body(Body::empty()).unwrap()
+}
+
 #[tokio::test]
-async fn a_token_guards_the_api_but_not_health() {
+async fn a_token_guards_the_api_metrics_and_openapi_but_not_health() {
     let api = api_with(ServerConfig {
-        token: Some("s3cret".into()),
+        token: Some(TOKEN.into()),
         ..Default::default()
     })
     .await;
-    assert_error(
-        &api.get("/v1/queues").await,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
     let wrong = Request::get("/v1/queues")
         .header(header::AUTHORIZATION, "Bearer nope")
         .body(Body::empty())
@@ -1040,12 +1084,64 @@ async fn a_token_guards_the_api_but_not_health() {
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
-    let right = Request::get("/v1/queues")
-        .header(header::AUTHORIZATION, "Bearer s3cret")
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(api.raw(right).await.0, StatusCode::OK);
-    assert_eq!(api.get("/livez").await.0, StatusCode::OK);
+    for uri in ["/v1/queues", "/metrics", "/openapi.json"] {
+        assert_error(
+            &api.raw(get_request(uri, false)).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert_eq!(
+            api.raw(get_request(uri, true)).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+    for uri in ["/livez", "/readyz"] {
+        assert_eq!(
+            api.raw(get_request(uri, false)).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_and_openapi_can_be_made_public_beside_a_token() {
+    let api = api_with(ServerConfig {
+        token: Some(TOKEN.into()),
+        metrics_public: true,
+        openapi_public: true,
+        ..Default::default()
+    })
+    .await;
+    for uri in ["/metrics", "/openapi.json"] {
+        assert_eq!(
+            api.raw(get_request(uri, false)).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        api.raw(get_request("/v1/queues", false)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let only_metrics = api_with(ServerConfig {
+        token: Some(TOKEN.into()),
+        metrics_public: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        only_metrics.raw(get_request("/metrics", false)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        only_metrics
+            .raw(get_request("/openapi.json", false))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]

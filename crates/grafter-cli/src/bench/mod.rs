@@ -179,7 +179,7 @@ impl Hooks for Counting {
 /// Runs `grafter bench`.
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.batch == 0 || args.producers == 0 || args.concurrency == 0 {
-        return Err(Failure(
+        return Err(Failure::Message(
             "--batch, --producers and --concurrency must be at least 1".into(),
         ));
     }
@@ -201,7 +201,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let load_before = report::load_average();
     let outcome = tokio::select! {
         outcome = run_on(&args, &target) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(Failure("interrupted".into())),
+        _ = tokio::signal::ctrl_c() => Err(Failure::Message("interrupted".into())),
     };
     let durability = target.durability.clone();
     let (kind, place) = (target.kind(), target.place());
@@ -212,8 +212,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     report.place = place;
     report.load_before = load_before;
     report.load_after = report::load_average();
-    report.print();
-    Ok(())
+    report.print()
 }
 
 /// The workers' side: a client over the chosen transport, and the server
@@ -299,7 +298,7 @@ async fn enqueue_all(
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        joined.map_err(|e| Failure(format!("an enqueuer failed: {e}")))??;
+        joined.map_err(|e| Failure::Message(format!("an enqueuer failed: {e}")))??;
     }
     Ok(())
 }
@@ -316,7 +315,7 @@ async fn wait_finished(tally: &Tally, total: u64) -> Result<(), Failure> {
         if done != last {
             (last, since) = (done, Instant::now());
         } else if since.elapsed() > STALL {
-            return Err(Failure(format!(
+            return Err(Failure::Message(format!(
                 "stalled: {done} of {total} jobs finished, none in {} s",
                 STALL.as_secs()
             )));
@@ -432,7 +431,10 @@ async fn continuous(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Res
     let run_cpu = cpu.describe(&setup.cpu(), completed, elapsed);
     let mut outcome = Ok(());
     while let Some(joined) = producers.join_next().await {
-        if let Err(e) = joined.map_err(|e| Failure(e.to_string())).and_then(|r| r) {
+        if let Err(e) = joined
+            .map_err(|e| Failure::Message(e.to_string()))
+            .and_then(|r| r)
+        {
             outcome = Err(e);
         }
     }
@@ -484,13 +486,13 @@ async fn latency(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Result
                 .enqueue_raw(vec![noop_job()])
                 .await?
                 .pop()
-                .ok_or_else(|| Failure("the enqueue answered no job".into()))?;
+                .ok_or_else(|| Failure::Message("the enqueue answered no job".into()))?;
             let enqueued = at.elapsed();
             // Wait until it ran, so the next sample finds the queue idle again.
             match tokio::time::timeout(STALL, finished_seen.wait_for(|n| *n > i)).await {
                 Ok(Ok(_)) => {}
                 _ => {
-                    return Err(Failure(format!(
+                    return Err(Failure::Message(format!(
                         "job {} did not run within {} s",
                         job.id,
                         STALL.as_secs()

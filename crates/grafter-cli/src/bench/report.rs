@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use grafter::JobId;
 
+use crate::{outln, Failure};
+
 /// Resident memory is sampled at every tenth of the jobs.
 const RSS_MARKS: u64 = 10;
 
@@ -225,7 +227,7 @@ impl Report {
     }
 
     /// Prints the summary, then the JSON line.
-    pub fn print(&self) {
+    pub fn print(&self) -> Result<(), Failure> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0);
@@ -234,22 +236,23 @@ impl Report {
         } else {
             "in process"
         };
-        println!(
+        outln!(
             "grafter bench: {} on {}, {place}",
-            self.workload, self.database
-        );
-        println!("  database    {}", self.place);
-        println!("  durability  {}", self.durability);
-        println!(
+            self.workload,
+            self.database
+        )?;
+        outln!("  database    {}", self.place)?;
+        outln!("  durability  {}", self.durability)?;
+        outln!(
             "  machine     {cores} cores; load average {} before, {} after",
             self.load_before.as_deref().unwrap_or("?"),
             self.load_after.as_deref().unwrap_or("?")
-        );
+        )?;
         for note in &self.notes {
-            println!("  {note}");
+            outln!("  {note}")?;
         }
         if let Some(rate) = self.enqueue_per_s {
-            println!("  enqueue     {} jobs/s", thousands(rate.round() as u64));
+            outln!("  enqueue     {} jobs/s", thousands(rate.round() as u64))?;
         }
         if let Some(rate) = self.jobs_per_s {
             let what = if self.workload == "latency" {
@@ -257,10 +260,10 @@ impl Report {
             } else {
                 "jobs"
             };
-            println!("  throughput  {} {what}/s", thousands(rate.round() as u64));
+            outln!("  throughput  {} {what}/s", thousands(rate.round() as u64))?;
         }
         if let Some(([p50, p95, p99], n)) = self.latency {
-            println!("  latency     enqueue → start p50 {p50:.3} ms, p95 {p95:.3} ms, p99 {p99:.3} ms ({n} samples)");
+            outln!("  latency     enqueue → start p50 {p50:.3} ms, p95 {p95:.3} ms, p99 {p99:.3} ms ({n} samples)")?;
         }
         if !self.rss_marks.is_empty() {
             let marks: Vec<String> = self
@@ -273,16 +276,16 @@ impl Report {
             } else {
                 "process"
             };
-            println!(
+            outln!(
                 "  memory      {whose} RSS in MiB by jobs done: {}",
                 marks.join(" | ")
-            );
+            )?;
         }
         if self.failures > 0 {
-            println!(
+            outln!(
                 "  WARNING     {} jobs did not complete (failed or lost their lease)",
                 self.failures
-            );
+            )?;
         }
         let round = |v: Option<f64>, places: i32| {
             let scale = 10f64.powi(places);
@@ -316,7 +319,7 @@ impl Report {
             durability: &self.durability,
         };
         let line = serde_json::to_string(&line).unwrap_or_default();
-        println!("{line}");
+        outln!("{line}")
     }
 }
 

@@ -61,13 +61,13 @@ impl Target {
                     .trim_start_matches("sqlite://")
                     .trim_start_matches("sqlite:");
                 if path.is_empty() {
-                    return Err(Failure(format!(
+                    return Err(Failure::Message(format!(
                         "{url}: name a file, e.g. sqlite:///tmp/bench.db"
                     )));
                 }
                 let path = PathBuf::from(path);
                 if sqlite_files(&path).iter().any(|p| p.exists()) {
-                    return Err(Failure(format!(
+                    return Err(Failure::Message(format!(
                         "{} already exists: the benchmark writes and then deletes its database, \
                          so it only runs on a new file",
                         path.display()
@@ -87,7 +87,7 @@ impl Target {
                 }
             }
             Some(url) => {
-                return Err(Failure(format!(
+                return Err(Failure::Message(format!(
                     "unsupported database URL '{url}': use sqlite://PATH or postgres://…"
                 )))
             }
@@ -182,7 +182,7 @@ impl Target {
                         .await?;
                     Ok::<_, Failure>(())
                 };
-                if let Err(Failure(e)) = dropped.await {
+                if let Err(Failure::Message(e)) = dropped.await {
                     eprintln!("warning: could not drop the benchmark schema {schema}: {e}");
                 }
             }
@@ -276,7 +276,7 @@ impl Server {
                 }
             }
             if Instant::now() > deadline {
-                return Err(Failure(
+                return Err(Failure::Message(
                     "grafter serve did not become ready within 30 s".into(),
                 ));
             }

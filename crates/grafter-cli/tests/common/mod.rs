@@ -430,10 +430,9 @@ pub async fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
         .expect("run grafter")
 }
 
-// ---- PostgreSQL ----
-
-/// Reports that a PostgreSQL test cannot run: under CI (`CI` set) that fails
-/// the test; elsewhere it says so loudly and the test returns early.
+/// Reports that a test cannot run here (no PostgreSQL, no interpreter for a
+/// snippet, …): under CI (`CI` set) that fails the test; elsewhere it says so
+/// loudly and the test returns early.
 pub fn skip_or_fail(why: &str) {
     assert!(
         std::env::var_os("CI").is_none(),
@@ -444,10 +443,12 @@ pub fn skip_or_fail(why: &str) {
         std::io::stderr(),
         "\n********************************************************************\n\
          SKIPPING: {why}.\n\
-         This PostgreSQL test returns early and passes vacuously.\n\
+         This test returns early and passes vacuously (.ci/run installs what it needs).\n\
          ********************************************************************\n"
     );
 }
+
+// ---- PostgreSQL ----
 
 /// Writes `dir/grafter.toml` for servers on PostgreSQL: [`FAST_CONFIG`], a
 /// pool of 8, and the tables in `schema` (`None`: the connection's default).

@@ -6,33 +6,28 @@
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
-use axum::http::{Method, StatusCode};
+use axum::http::{Extensions, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
-use hmac::{Hmac, KeyInit, Mac};
 use maud::html;
 use serde::Deserialize;
-use sha2::Sha256;
 
-use super::{checked_form, cookie, error_page, html, layout, redirect_with, Ctx};
+use super::{checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx};
+use crate::api::auth::{bearer_token, secrets_match};
 use crate::state::AppState;
+use crate::throttle::{retry_after_secs, Client};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "grafter_session";
 /// How long a login lasts.
 const SESSION_SECS: i64 = 12 * 3600;
 
-/// Compares without leaking where the first difference is.
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn signature(token: &str, expires: i64) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(format!("grafter-dashboard-session:{expires}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    signed_hex(
+        token.as_bytes(),
+        &[format!("grafter-dashboard-session:{expires}").as_bytes()],
+    )
 }
 
 /// A session cookie value valid until `expires` (Unix seconds).
@@ -49,12 +44,13 @@ fn session_valid(token: &str, value: &str) -> bool {
         return false;
     };
     expires > chrono::Utc::now().timestamp()
-        && constant_time_eq(sig.as_bytes(), signature(token, expires).as_bytes())
+        && secrets_match(sig.as_bytes(), signature(token, expires).as_bytes())
 }
 
 /// Lets a request through when the server has no token, or it carries a valid
 /// session cookie or the token as a bearer header. Otherwise pages redirect to
-/// the login form and changes are refused.
+/// the login form and changes are refused. A wrong bearer token counts
+/// towards the client's throttle, like the API's.
 pub(super) async fn require_login(
     State(state): State<AppState>,
     request: Request,
@@ -64,14 +60,18 @@ pub(super) async fn require_login(
         return next.run(request).await;
     };
     let headers = request.headers();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-    let session = cookie(headers, SESSION_COOKIE).is_some_and(|v| session_valid(token, v));
-    if bearer || session {
+    if cookie(headers, SESSION_COOKIE).is_some_and(|v| session_valid(token, v)) {
         return next.run(request).await;
+    }
+    if let Some(presented) = bearer_token(headers) {
+        let client = Client::of(request.extensions());
+        if let Some(wait) = state.auth_failures().throttled(client) {
+            return too_many_wrong_tokens(wait);
+        }
+        if secrets_match(presented.as_bytes(), token.as_bytes()) {
+            return next.run(request).await;
+        }
+        state.auth_failures().record(client);
     }
     if request.method() == Method::GET {
         let path = request
@@ -88,16 +88,42 @@ pub(super) async fn require_login(
     )
 }
 
+/// The answer to a client throttled for wrong tokens.
+fn too_many_wrong_tokens(wait: std::time::Duration) -> Response {
+    let secs = retry_after_secs(wait);
+    let mut response = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too many wrong tokens from this address. Try again in {secs} seconds."),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
 /// Where to go after logging in.
 #[derive(Deserialize)]
 pub(super) struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only paths on this site, so a crafted link cannot send a user elsewhere.
+/// Only paths on this site, so a crafted link cannot send a user elsewhere;
+/// anything else is `/`. Checked as a browser will read it: browsers drop
+/// tabs and newlines from a URL and treat `\\` as `/`, so `/\t/evil.example`
+/// is `//evil.example`, another host. A path must start with one `/` and hold
+/// no backslash, whitespace or control character at all (which also keeps
+/// CR/LF out of the `Location` header).
 fn local_path(next: Option<&str>) -> &str {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.starts_with("/\\") => p,
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path
+                    .chars()
+                    .any(|c| c == '\\' || c.is_whitespace() || c.is_control()) =>
+        {
+            path
+        }
         _ => "/",
     }
 }
@@ -118,7 +144,7 @@ pub(super) async fn login_page(
             form.login method="post" action="/login" {
                 h1 { "Grafter" }
                 p { "This server has a token. Enter it to open the dashboard." }
-                input type="hidden" name="csrf" value=(ctx.csrf);
+                (layout::csrf_field(&ctx))
                 input type="hidden" name="next" value=(next);
                 label { "Token " input type="password" name="token" autocomplete="current-password" required autofocus; }
                 button type="submit" { "Log in" }
@@ -129,19 +155,25 @@ pub(super) async fn login_page(
 
 pub(super) async fn login(
     State(state): State<AppState>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match checked_form(&headers, &body) {
+    let form = match checked_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(refused) => return *refused,
     };
     let Some(token) = &state.config().token else {
         return Redirect::to("/").into_response();
     };
+    let client = Client::of(&extensions);
+    if let Some(wait) = state.auth_failures().throttled(client) {
+        return too_many_wrong_tokens(wait);
+    }
     let next = local_path(form.get("next")).to_owned();
     let given = form.get("token").unwrap_or_default();
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if !secrets_match(given.as_bytes(), token.as_bytes()) {
+        state.auth_failures().record(client);
         let to: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
         return redirect_with(
             &format!("/login?next={to}"),
@@ -161,8 +193,12 @@ pub(super) async fn login(
     response
 }
 
-pub(super) async fn logout(headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = checked_form(&headers, &body) {
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = checked_form(&state, &headers, &body) {
         return *refused;
     }
     let mut response = redirect_with("/login", true, "Logged out.");
@@ -206,5 +242,23 @@ mod tests {
         assert_eq!(local_path(Some("https://evil.example/")), "/");
         assert_eq!(local_path(Some("/\\evil.example")), "/");
         assert_eq!(local_path(None), "/");
+        for hostile in [
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "/./\\evil.example",
+            "\\\\evil.example",
+            " //evil.example",
+            "/jobs\r\nSet-Cookie: grafter_session=x",
+            "/\u{0}",
+            "/\u{7f}",
+            "/\u{a0}/evil.example",
+            "javascript:alert(1)",
+            "",
+        ] {
+            assert_eq!(local_path(Some(hostile)), "/", "{hostile:?}");
+        }
+        assert_eq!(local_path(Some("/jobs/1?x=%2F#top")), "/jobs/1?x=%2F#top");
+        assert_eq!(local_path(Some("/jobs?q=Grüße")), "/jobs?q=Grüße");
     }
 }

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use grafter_core::{Job, JobId, JobState};
 use grafter_engine::When;
 use maud::{html, Markup};
@@ -160,7 +160,7 @@ fn actions(job: &Job, ctx: &Ctx) -> Markup {
             @if job.state != JobState::Running {
                 form.reschedule method="post" action={ "/jobs/" (job.id) "/reschedule" } {
                     (csrf_field(ctx))
-                    label { "Run at " input type="datetime-local" name="when" value=(now_local) required; }
+                    label { "Run at " input type="datetime-local" name="when" value=(now_local) min="0001-01-01T00:00" max="9999-12-31T23:59" required; }
                     input type="hidden" name="tz_offset" value="0";
                     button type="submit" { "Reschedule" }
                 }
@@ -237,16 +237,27 @@ fn attempts(job: &Job) -> Markup {
 
 /// A time picked in the browser (`datetime-local`) and the browser's offset
 /// from UTC in minutes as JavaScript reports it (UTC minus local).
-fn picked_time(when: &str, tz_offset: &str) -> Option<DateTime<Utc>> {
+/// The run time a reschedule form picked: `when` in the browser's local time,
+/// `tz_offset` minutes from it to UTC (JavaScript's `getTimezoneOffset`).
+/// Only years 1 to 9999 are taken, what RFC 3339 and so the API can write:
+/// the time field accepts years up to ±262143, where the offset alone
+/// overflows.
+fn picked_time(when: &str, tz_offset: &str) -> Result<DateTime<Utc>, &'static str> {
+    let pick = "Pick a date and time to run the job.";
     let local = NaiveDateTime::parse_from_str(when.trim(), "%Y-%m-%dT%H:%M")
         .or_else(|_| NaiveDateTime::parse_from_str(when.trim(), "%Y-%m-%dT%H:%M:%S"))
-        .ok()?;
+        .map_err(|_| pick)?;
     let offset: i64 = tz_offset
         .trim()
         .parse()
         .ok()
-        .filter(|m: &i64| m.abs() <= 24 * 60)?;
-    Some(local.and_utc() + chrono::Duration::minutes(offset))
+        .filter(|m: &i64| m.abs() <= 24 * 60)
+        .ok_or(pick)?;
+    local
+        .and_utc()
+        .checked_add_signed(chrono::Duration::minutes(offset))
+        .filter(|at| (1..=9999).contains(&at.year()))
+        .ok_or("Pick a date between the years 1 and 9999.")
 }
 
 pub(super) async fn act(
@@ -255,7 +266,7 @@ pub(super) async fn act(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match checked_form(&headers, &body) {
+    let form = match checked_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(refused) => return *refused,
     };
@@ -284,11 +295,12 @@ pub(super) async fn act(
             Err(e) => Err(e),
         },
         "reschedule" => {
-            let Some(run_at) = picked_time(
+            let run_at = match picked_time(
                 form.get("when").unwrap_or_default(),
                 form.get("tz_offset").unwrap_or("0"),
-            ) else {
-                return redirect_with(&back, false, "Pick a date and time to run the job.");
+            ) {
+                Ok(run_at) => run_at,
+                Err(message) => return redirect_with(&back, false, message),
             };
             match engine.reschedule(id, When::At(run_at)).await {
                 Ok(_) => {
@@ -335,7 +347,26 @@ mod tests {
             picked_time("2030-01-02T10:30", "0").unwrap().to_rfc3339(),
             "2030-01-02T10:30:00+00:00"
         );
-        assert!(picked_time("tomorrow", "0").is_none());
-        assert!(picked_time("2030-01-02T10:30", "99999").is_none());
+        assert!(picked_time("tomorrow", "0").is_err());
+        assert!(picked_time("2030-01-02T10:30", "99999").is_err());
+    }
+
+    #[test]
+    fn picked_times_beyond_what_the_api_can_write_are_refused() {
+        for (when, tz_offset) in [
+            ("+262142-12-31T23:59", "1440"),
+            ("-262143-01-01T00:00", "-1440"),
+            ("+10000-01-01T00:00", "0"),
+            ("0000-12-31T23:59", "0"),
+            ("0001-01-01T00:30", "-60"),
+        ] {
+            assert_eq!(
+                picked_time(when, tz_offset),
+                Err("Pick a date between the years 1 and 9999."),
+                "{when} {tz_offset}"
+            );
+        }
+        assert!(picked_time("9999-12-31T23:59", "0").is_ok());
+        assert!(picked_time("0001-01-01T00:00", "0").is_ok());
     }
 }

@@ -280,7 +280,7 @@ pub(super) async fn bulk(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match checked_form(&headers, &body) {
+    let form = match checked_form(&state, &headers, &body) {
         Ok(form) => form,
         Err(refused) => return *refused,
     };

@@ -34,7 +34,7 @@ pub fn page(title: &str, tab: Tab, ctx: &Ctx, body: Markup) -> Markup {
                     (link(Tab::Workers, "/workers", "Workers"))
                     @if ctx.logged_in {
                         form.logout method="post" action="/logout" {
-                            input type="hidden" name="csrf" value=(ctx.csrf);
+                            (csrf_field(ctx))
                             button.link type="submit" { "Log out" }
                         }
                     }

@@ -3,9 +3,10 @@
 //!
 //! Every page reads only what is kept for it (counters, keyset pages, one job),
 //! so a page costs the same at ten jobs or ten million. Every change is a POST
-//! carrying the CSRF token of the `grafter_csrf` cookie (double submit; the
-//! cookie is `SameSite=Strict` and `HttpOnly`) and answers with a redirect and
-//! a visible message. Everything from jobs is escaped by the templates, and a
+//! carrying a CSRF token the server derived from the browser's cookies (its
+//! random `grafter_csrf` nonce and its session, both `SameSite=Strict` and
+//! `HttpOnly`) with a key only the server holds, and answers with a redirect
+//! and a visible message. Everything from jobs is escaped by the templates, and a
 //! strict Content-Security-Policy allows only our own script and style.
 //!
 //! When the server has a token, the dashboard asks for it once (`/login`) and
@@ -22,15 +23,18 @@ mod queues;
 mod workers;
 
 use axum::body::Bytes;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use hmac::{Hmac, KeyInit, Mac};
 use maud::Markup;
+use sha2::Sha256;
 
+use crate::api::auth::secrets_match;
 use crate::state::AppState;
 
 pub use auth::SESSION_COOKIE;
@@ -63,14 +67,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
-        .layer(middleware::from_fn(context))
+        .layer(middleware::from_fn_with_state(state, context))
 }
 
 /// What every page needs from the request: the CSRF token to put in forms and
 /// the message left by the last action.
 #[derive(Clone, Debug)]
 pub struct Ctx {
-    /// The `grafter_csrf` cookie's value (new if the browser had none).
+    /// The token this browser's forms carry ([`csrf_token`]).
     pub csrf: String,
     /// The message the last action left, shown once.
     pub flash: Option<Flash>,
@@ -102,38 +106,72 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// 32 random bytes as hex.
-fn random_token() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
+/// HMAC-SHA256 of `parts` in order under `key`, as hex.
+fn signed_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
 }
 
-/// Sets up [`Ctx`] for every dashboard request: creates the CSRF cookie when
-/// missing, takes the flash message (clearing it, except for the background
-/// refreshes, which must not eat it), and adds the security headers.
-async fn context(mut request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let existing = cookie(headers, CSRF_COOKIE)
+/// The browser's `grafter_csrf` nonce, when it has a well-formed one.
+fn csrf_nonce(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, CSRF_COOKIE)
         .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_owned);
+}
+
+/// The CSRF token of a browser with this nonce and session cookie (empty
+/// without one): signed with the server's token, so every node holding it
+/// accepts the forms of any other, or without a token with this process's
+/// random key. A double submit that only compared cookie and field would
+/// accept any pair planted by a sibling site, which may set cookies for this
+/// host; a pair the server never signed is refused here, and a session's
+/// forms are bound to that session.
+fn csrf_token(state: &AppState, nonce: &str, session: &str) -> String {
+    let key = match &state.config().token {
+        Some(token) => token.as_bytes(),
+        None => state.process_key(),
+    };
+    signed_hex(
+        key,
+        &[
+            b"grafter-dashboard-csrf:",
+            nonce.as_bytes(),
+            b".",
+            session.as_bytes(),
+        ],
+    )
+}
+
+/// Sets up [`Ctx`] for every dashboard request: creates the CSRF nonce
+/// cookie when missing, takes the flash message (clearing it, except for the
+/// background refreshes, which must not eat it), and adds the security
+/// headers.
+async fn context(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let existing = csrf_nonce(headers).map(str::to_owned);
     let is_live = request.uri().path().ends_with("/live");
     let flash = if is_live {
         None
     } else {
         cookie(headers, FLASH_COOKIE).and_then(decode_flash)
     };
+    let nonce = existing
+        .clone()
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()));
+    let session = cookie(headers, SESSION_COOKIE);
     let ctx = Ctx {
-        csrf: existing.clone().unwrap_or_else(random_token),
+        csrf: csrf_token(&state, &nonce, session.unwrap_or_default()),
         flash: flash.clone(),
-        logged_in: cookie(headers, SESSION_COOKIE).is_some(),
+        logged_in: session.is_some(),
     };
     request.extensions_mut().insert(ctx.clone());
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     if existing.is_none() {
-        let value = format!(
-            "{CSRF_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-            ctx.csrf
-        );
+        let value = format!("{CSRF_COOKIE}={nonce}; Path=/; HttpOnly; SameSite=Strict");
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.append(header::SET_COOKIE, v);
         }
@@ -216,13 +254,24 @@ impl FormData {
     }
 }
 
-/// Parses a state-changing form and checks its CSRF token against the cookie.
-/// A mismatch is refused with 403 (the boxed answer) and changes nothing.
-fn checked_form(headers: &HeaderMap, body: &Bytes) -> Result<FormData, Box<Response>> {
+/// Parses a state-changing form and checks its CSRF token against the one
+/// the server derives from the request's cookies ([`csrf_token`]). A
+/// mismatch is refused with 403 (the boxed answer) and changes nothing.
+fn checked_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<FormData, Box<Response>> {
     let form = FormData::parse(body);
-    let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_default();
     let sent = form.get("csrf").unwrap_or_default();
-    if cookie.is_empty() || !auth::constant_time_eq(cookie.as_bytes(), sent.as_bytes()) {
+    let expected = csrf_nonce(headers).map(|nonce| {
+        csrf_token(
+            state,
+            nonce,
+            cookie(headers, SESSION_COOKIE).unwrap_or_default(),
+        )
+    });
+    if !expected.is_some_and(|expected| secrets_match(sent.as_bytes(), expected.as_bytes())) {
         return Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             "This form has expired or did not come from this dashboard (CSRF check failed). Reload the page and try again.",

@@ -80,7 +80,7 @@ pub(super) async fn act(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = checked_form(&headers, &body) {
+    if let Err(refused) = checked_form(&state, &headers, &body) {
         return *refused;
     }
     let paused = match action.as_str() {

@@ -150,13 +150,19 @@ async fn read_prefix(response: &mut reqwest::Response, limit: usize) -> (Vec<u8>
 pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let value = value.trim();
     let latest = now + chrono::Duration::from_std(MAX_RETRY_AFTER).expect("a day fits");
-    let at = match value.parse::<u64>() {
-        Ok(seconds) => chrono::Duration::try_seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
+    let is_seconds = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    let at = if is_seconds {
+        // Digits too many for any integer still say "later than the cap".
+        value
+            .parse::<i64>()
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
             .and_then(|d| now.checked_add_signed(d))
-            .unwrap_or(latest),
-        Err(_) => DateTime::parse_from_rfc2822(value)
+            .unwrap_or(latest)
+    } else {
+        DateTime::parse_from_rfc2822(value)
             .ok()?
-            .with_timezone(&Utc),
+            .with_timezone(&Utc)
     };
     Some(at.clamp(now, latest))
 }
@@ -191,6 +197,16 @@ mod tests {
         assert_eq!(
             retry_after("86401", now),
             Some(now + chrono::Duration::days(1))
+        );
+        assert_eq!(
+            retry_after("99999999999999999999999", now),
+            Some(now + chrono::Duration::days(1)),
+            "more seconds than 64 bits hold is capped, not refused"
+        );
+        assert_eq!(
+            retry_after("+5", now),
+            None,
+            "delay-seconds are digits only"
         );
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-5", now), None);

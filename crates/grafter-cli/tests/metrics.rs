@@ -1,0 +1,114 @@
+//! `/metrics` of the real binary, read by a real parser: the OpenMetrics
+//! parser of Python's `prometheus_client` (which .ci/run installs) accepts a
+//! scrape whose queue names hold quotes, backslashes, braces and other
+//! exposition syntax, and reads every name back exactly.
+
+mod common;
+
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use common::{skip_or_fail, temp_dir, Server, FAST_CONFIG};
+
+/// Parses OpenMetrics text from stdin and prints every sample as JSON.
+const PARSE_SCRAPE: &str = r#"
+import json, sys
+try:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+except ImportError as error:
+    print(f"MISSING: {error}", file=sys.stderr)
+    sys.exit(3)
+samples = [
+    {"name": s.name, "labels": s.labels, "value": s.value}
+    for family in text_string_to_metric_families(sys.stdin.read())
+    for s in family.samples
+]
+print(json.dumps(samples))
+"#;
+
+/// The samples a scrape holds, as the Python parser reads them; `None` when
+/// the parser cannot run here (after [`skip_or_fail`]).
+async fn parse_with_python(scrape: &str) -> Option<Vec<Value>> {
+    let spawned = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(PARSE_SCRAPE)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            skip_or_fail(&format!("cannot run python3 ({error})"));
+            return None;
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(scrape.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(3) && stderr.starts_with("MISSING:") {
+        skip_or_fail(&format!(
+            "python3 lacks prometheus_client ({})",
+            stderr.trim()
+        ));
+        return None;
+    }
+    assert!(
+        output.status.success(),
+        "the OpenMetrics parser refused the scrape: {stderr}\n{scrape}"
+    );
+    Some(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn a_scrape_with_hostile_queue_names_parses_and_reads_them_back() {
+    let dir = temp_dir();
+    let config = dir.path().join("grafter.toml");
+    std::fs::write(&config, FAST_CONFIG).unwrap();
+    let database = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let server = Server::start(dir.path(), &database, &config).await;
+    let names = [
+        r#"q"uote\"#,
+        r"a\\b",
+        r"back\n-slash-n",
+        r#"x",state="forged"#,
+        "{} = , #",
+        "# EOF",
+        "Grüße ✓ 队列",
+    ];
+    for name in names {
+        server.enqueue(json!({"kind": "k", "queue": name})).await;
+    }
+    let scrape = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let Some(samples) = parse_with_python(&scrape).await else {
+        return;
+    };
+    let has = |name: &str, labels: Value| {
+        samples
+            .iter()
+            .any(|s| s["name"] == name && s["labels"] == labels && s["value"] == 1.0)
+    };
+    for name in names {
+        assert!(
+            has("grafter_jobs", json!({"queue": name, "state": "available"})),
+            "no jobs gauge read back for {name:?}: {scrape}"
+        );
+        assert!(
+            has("grafter_jobs_enqueued_total", json!({"queue": name})),
+            "no enqueued counter read back for {name:?}: {scrape}"
+        );
+    }
+}

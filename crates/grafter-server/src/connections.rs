@@ -1,0 +1,231 @@
+//! Serving the router over TCP, one HTTP/1.1 connection (hyper) per task,
+//! with the two deadlines `axum::serve` lacks: a request's headers must
+//! arrive within `header_read_timeout`, and a keep-alive connection may wait
+//! for its next request no longer than `idle_timeout`. Without them, clients
+//! that trickle headers or hold idle sockets keep file descriptors until the
+//! process runs out and stops accepting anyone.
+//!
+//! hyper's own `header_read_timeout` is not used: its clock starts as soon as
+//! a connection waits for a request, so it would also close idle keep-alive
+//! connections after the (short) header timeout, and workers that heartbeat
+//! every few seconds would keep racing a closing socket. Here, as in Go's
+//! `http.Server`, the header clock starts at a request's first byte, and the
+//! idle clock runs only between requests; a request being answered (a
+//! long-poll included) has no deadline.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::HttpSettings;
+
+/// Accepts connections until `shutdown` fires, then stops accepting, asks
+/// every connection to close once its request in flight is answered, and
+/// returns when all are closed.
+pub(crate) async fn serve_connections(
+    mut listener: TcpListener,
+    app: Router,
+    settings: HttpSettings,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        // axum's accept logs an error such as EMFILE (too many open files)
+        // and sleeps a second before trying again, rather than spinning.
+        let (stream, peer) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            app.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Where a connection is in its life, which decides its deadline.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Waiting for the first byte of the next request since this instant.
+    Idle(Instant),
+    /// A request started arriving at this instant; its headers are not complete.
+    ReadingHeaders(Instant),
+    /// A request is being answered: no deadline.
+    Answering,
+}
+
+/// A connection's phase, moved by its socket reads and its requests, and
+/// watched by the task serving it.
+struct ConnectionClock {
+    phase: Mutex<Phase>,
+    /// Tells the serving task the deadline moved (a stored permit, so no
+    /// change is missed between two looks).
+    moved: Notify,
+}
+
+impl ConnectionClock {
+    fn new() -> Self {
+        ConnectionClock {
+            // A new connection owes its first request's headers at once.
+            phase: Mutex::new(Phase::ReadingHeaders(Instant::now())),
+            moved: Notify::new(),
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        self.moved.notify_one();
+    }
+
+    /// Bytes came in: if the connection was idle, a request has begun.
+    fn bytes_arrived(&self) {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::ReadingHeaders(Instant::now());
+            self.moved.notify_one();
+        }
+    }
+
+    fn deadline(&self, settings: &HttpSettings) -> Option<Instant> {
+        match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
+            Phase::Idle(since) => Some(since + settings.idle_timeout()),
+            Phase::ReadingHeaders(since) => Some(since + settings.header_read_timeout()),
+            Phase::Answering => None,
+        }
+    }
+}
+
+/// A socket that reports incoming bytes to its connection's clock.
+struct ClockedStream {
+    stream: TcpStream,
+    clock: Arc<ConnectionClock>,
+}
+
+impl AsyncRead for ClockedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ClockedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection until the client closes it, a deadline passes, or
+/// shutdown has let its request in flight finish.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    settings: HttpSettings,
+    shutdown: CancellationToken,
+) {
+    let clock = Arc::new(ConnectionClock::new());
+    let io = TokioIo::new(ClockedStream {
+        stream,
+        clock: clock.clone(),
+    });
+    let request_clock = clock.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request_clock.set(Phase::Answering);
+        // Who is asking, for the wrong-token throttle (as `axum::serve` with
+        // connect info would attach it).
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let clock = request_clock.clone();
+        let answered = app.clone().oneshot(request);
+        async move {
+            let response = answered.await;
+            clock.set(Phase::Idle(Instant::now()));
+            response
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        // Off: its clock would also run between requests (see the module doc).
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        let deadline = clock.deadline(&settings);
+        let expired = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(error) = served {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = clock.moved.notified() => {}
+            () = expired => {
+                if clock.deadline(&settings).is_some_and(|at| at <= Instant::now()) {
+                    // Dropping the connection closes the socket.
+                    return;
+                }
+            }
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! How `serve` treats connections, over real sockets on loopback and a real
+//! SQLite file: clients that trickle headers or sit idle are disconnected
+//! after the configured timeouts while others are served, a long-poll may
+//! outlast the idle timeout, a declared body over the limit is refused before
+//! it is read, and shutdown answers waiting long-polls and returns.
+//!
+//! Deadlines in these tests are generous upper bounds for a loaded machine;
+//! nothing asserts on speed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grafter_server::{serve, HttpSettings, ServerConfig};
+use grafter_sqlite::SqliteStore;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Longer than any timeout a test sets, plus room for a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Headers due within a second, idle connections kept as by default.
+const ONE_SECOND_FOR_HEADERS: HttpSettings = HttpSettings {
+    header_read_timeout_ms: 1_000,
+    idle_timeout_ms: 60_000,
+};
+
+/// A running server on a temp SQLite file; stopped on drop.
+struct Grafter {
+    address: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    served: JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Grafter {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(http: HttpSettings) -> Grafter {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("grafter.db"))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let config = ServerConfig {
+        http,
+        ..Default::default()
+    };
+    let served = tokio::spawn(serve(listener, Arc::new(store), config, shutdown.clone()));
+    Grafter {
+        address,
+        shutdown,
+        served,
+        _dir: dir,
+    }
+}
+
+impl Grafter {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    async fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.address).await.unwrap()
+    }
+}
+
+/// Reads until the server closes the connection (end of file or a reset) and
+/// answers what it sent.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// Reads one answer to a request on a kept-alive connection: its head and a
+/// body of the length it declares.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "closed before answering: {text}");
+        received.extend_from_slice(&buffer[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_client_trickling_headers_is_disconnected_while_others_are_served() {
+    let grafter = start(ONE_SECOND_FOR_HEADERS).await;
+    let mut slow = grafter.connect().await;
+    let started = Instant::now();
+    slow.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
+    let (mut reader, mut writer) = slow.split();
+    let trickle = async {
+        // One header line every 300 ms: each line is progress, but the
+        // headers as a whole are late.
+        for n in 0.. {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let line = format!("X-Slow-{n}: still coming\r\n");
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    };
+    let closed = async {
+        let mut buffer = [0; 1024];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    let others = async {
+        // Meanwhile another client is served as usual.
+        let health = reqwest::get(grafter.url("/livez")).await.unwrap();
+        assert_eq!(health.status(), 200);
+    };
+    let (_, closed_after, ()) = tokio::time::timeout(PATIENCE, async {
+        tokio::join!(
+            async {
+                tokio::select! {
+                    () = trickle => {}
+                    () = tokio::time::sleep(PATIENCE) => {}
+                }
+            },
+            closed,
+            others
+        )
+    })
+    .await
+    .expect("the trickling client was never disconnected");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed before its headers were late: {closed_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let grafter = start(ONE_SECOND_FOR_HEADERS).await;
+    let mut silent = grafter.connect().await;
+    let answer = tokio::time::timeout(PATIENCE, read_until_closed(&mut silent))
+        .await
+        .expect("a silent new connection was never closed");
+    assert_eq!(answer, "", "nothing is answered to a request never made");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_outlasts_the_timeout() {
+    let grafter = start(HttpSettings {
+        header_read_timeout_ms: 1_000,
+        idle_timeout_ms: 1_500,
+    })
+    .await;
+    let mut idle = grafter.connect().await;
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: grafter\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answered = Instant::now();
+    // Kept alive: a second request on the same connection, within the idle time.
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: grafter\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let rest = tokio::time::timeout(PATIENCE, read_until_closed(&mut idle))
+        .await
+        .expect("an idle keep-alive connection was never closed");
+    assert_eq!(rest, "");
+    assert!(
+        answered.elapsed() >= Duration::from_millis(1_400),
+        "closed before it was idle for the timeout: {:?}",
+        answered.elapsed()
+    );
+
+    // A fetch that waits longer than both timeouts is answered, not cut off.
+    let client = reqwest::Client::new();
+    let waited = Instant::now();
+    let fetch = client
+        .post(grafter.url("/v1/fetch"))
+        .json(&json!({"queues": ["empty"], "wait_ms": 3_000, "worker_id": "w"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetch.status(), 200);
+    assert_eq!(fetch.json::<Value>().await.unwrap(), json!({"jobs": []}));
+    assert!(waited.elapsed() >= Duration::from_millis(2_900));
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_answers_413_before_it_is_sent() {
+    let grafter = start(HttpSettings::default()).await;
+    let mut client = grafter.connect().await;
+    client
+        .write_all(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: grafter\r\nContent-Type: application/json\r\n\
+              Content-Length: 99999999999\r\n\r\n{\"kind\":",
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_answer(&mut client))
+        .await
+        .expect("no answer while the body was still owed");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+}
+
+#[tokio::test]
+async fn shutdown_answers_a_waiting_long_poll_and_closes_idle_connections() {
+    let mut grafter = start(HttpSettings::default()).await;
+    let mut idle = grafter.connect().await;
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: grafter\r\n\r\n")
+        .await
+        .unwrap();
+    read_answer(&mut idle).await;
+    let client = reqwest::Client::new();
+    let fetch = client
+        .post(grafter.url("/v1/fetch"))
+        .json(&json!({"queues": ["empty"], "wait_ms": 20_000, "worker_id": "w"}))
+        .send();
+    let shutdown = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        grafter.shutdown.cancel();
+    };
+    let (fetch, ()) = tokio::time::timeout(PATIENCE, async { tokio::join!(fetch, shutdown) })
+        .await
+        .expect("the long-poll was not answered at shutdown");
+    assert_eq!(fetch.unwrap().status(), 200);
+    tokio::time::timeout(PATIENCE, read_until_closed(&mut idle))
+        .await
+        .expect("an idle connection was kept open through shutdown");
+    tokio::time::timeout(PATIENCE, &mut grafter.served)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap()
+        .unwrap();
+}
