@@ -16,8 +16,13 @@ use grafter_store::{JobComplete, JobsFetch, JobsInsert, LeaderAcquire, Store};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-/// Maintenance on `store` with every service passing every 20 ms.
-fn start(store: &Arc<dyn Store>, cancel: CancellationToken) -> (Maintenance, MaintenanceHealth) {
+/// Maintenance on `store` with every service passing every 20 ms and a
+/// leadership of `leader_ttl_ms`.
+fn start(
+    store: &Arc<dyn Store>,
+    leader_ttl_ms: u64,
+    cancel: CancellationToken,
+) -> (Maintenance, MaintenanceHealth) {
     let engine = Engine::new(
         store.clone(),
         EngineConfig {
@@ -33,7 +38,7 @@ fn start(store: &Arc<dyn Store>, cancel: CancellationToken) -> (Maintenance, Mai
         schedule_interval_ms: 20,
         rescue_interval_ms: 20,
         expire_interval_ms: 20,
-        leader_ttl_ms: 400,
+        leader_ttl_ms,
         ..MaintenanceConfig::default()
     };
     let retention = RetentionConfig {
@@ -114,7 +119,7 @@ async fn services_move_jobs_along_as_time_passes() {
         .unwrap();
     store.jobs_fetch(fetch("leased", 1)).await.unwrap();
 
-    let (maintenance, health) = start(&store, CancellationToken::new());
+    let (maintenance, health) = start(&store, 400, CancellationToken::new());
     eventually("the scheduler makes the due job available", async || {
         state_of(&store, jobs[0].id).await == Some(JobState::Available)
     })
@@ -155,8 +160,10 @@ async fn only_one_node_leads_and_a_stopping_leader_hands_over() {
         ttl: Duration::ZERO,
         now,
     };
-    let (first, _) = start(&store, CancellationToken::new());
-    let (second, _) = start(&store, CancellationToken::new());
+    // A leadership long enough that a loaded machine delaying a renewal
+    // cannot let it lapse: this is about exclusivity and release, not failover.
+    let (first, _) = start(&store, 30_000, CancellationToken::new());
+    let (second, _) = start(&store, 30_000, CancellationToken::new());
     eventually("someone leads", async || {
         !store.leader_acquire(outsider(Utc::now())).await.unwrap()
     })
