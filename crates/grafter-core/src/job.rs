@@ -14,7 +14,9 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
 /// Longest queue name, kind, tag or unique key, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// A job's id: assigned by the store, increasing in insertion order.
+/// A job's id: assigned by the store, increasing in insertion order, and never
+/// given to another job, even after this one is deleted or pruned
+/// (applications keep ids: push receivers for idempotency, status URLs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]

@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance_suite!(@cases $make;
             insert_stores_every_field,
+            ids_are_never_reused,
             insert_in_the_future_is_scheduled_until_due,
             fetch_leases_and_counts_the_attempt,
             fetch_orders_by_priority_then_run_at_then_id,

@@ -1,10 +1,10 @@
-//! Inserting jobs: what is stored, jobs due later, unique keys, and the
+//! Inserting jobs: what is stored, ids, jobs due later, unique keys, and the
 //! availability signal that new work raises.
 
 use std::time::Duration;
 
 use grafter_core::{Backoff, JobId, JobState, NewJob};
-use grafter_store::{JobsInsert, MaintenanceBatch};
+use grafter_store::{JobCancel, JobsInsert, JobsList, JobsPrune, MaintenanceBatch};
 use serde_json::json;
 
 use super::{complete_params, fetch, get, insert, insert_one, ms, t0, S};
@@ -53,6 +53,58 @@ pub async fn insert_stores_every_field(store: S) {
     assert!(batch.windows(2).all(|w| w[0].id < w[1].id));
     assert!(batch[0].id > job.id);
     assert!(store.job_get(JobId(i64::MAX)).await.unwrap().is_none());
+}
+
+/// An id names one job for good: applications keep ids (push's
+/// `Grafter-Job-Id` for idempotency, status URLs), so a new job must never get
+/// an id another job had, whichever way that job went.
+pub async fn ids_are_never_reused(store: S) {
+    let now = t0();
+    let first = insert(
+        &store,
+        (0..3).map(|i| NewJob::new("k", json!(i))).collect(),
+        now,
+    )
+    .await;
+    let newest = first[2].id;
+    store.job_delete(newest).await.unwrap();
+    let after_delete = insert_one(&store, NewJob::new("k", json!(3)), now).await;
+    assert!(
+        after_delete.id > newest,
+        "job {} got an id at or below the deleted newest job's {newest}",
+        after_delete.id
+    );
+
+    // Every job finished and pruned: the table is empty, and ids go on.
+    for id in [first[0].id, first[1].id, after_delete.id] {
+        store.job_cancel(JobCancel { id, now }).await.unwrap();
+    }
+    let pruned = store
+        .jobs_prune(JobsPrune {
+            states: vec![JobState::Cancelled],
+            finished_before: now + ms(1),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, 3);
+    let left = store
+        .jobs_list(JobsList {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(left.jobs.is_empty(), "{:?}", left.jobs);
+    let mut keyed = NewJob::new("k", json!(4));
+    keyed.unique_key = Some("after-prune".into());
+    let after_prune = insert(&store, vec![NewJob::new("k", json!(5)), keyed], now).await;
+    assert!(
+        after_prune.iter().all(|job| job.id > after_delete.id),
+        "ids after pruning every job: {:?}, the largest before: {}",
+        after_prune.iter().map(|job| job.id).collect::<Vec<_>>(),
+        after_delete.id
+    );
 }
 
 pub async fn insert_in_the_future_is_scheduled_until_due(store: S) {
