@@ -16,6 +16,11 @@ use crate::row::{job_columns, job_from_row, jobs_from_rows, to_json, AFTER_JOB_C
 /// inserted the same key and committed between our snapshot and our insert.
 const UNIQUE_RACE_RETRIES: usize = 5;
 
+/// First key of the advisory locks a batch takes on its unique keys (the
+/// second is a hash of the schema and the key). Apart from the other locks'
+/// classes. The bytes spell "grfu".
+const UNIQUE_KEY_LOCK_CLASS: i32 = 0x6772_6675;
+
 /// The state a new or requeued job starts in.
 pub(crate) fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
     if run_at > now {
@@ -35,6 +40,7 @@ pub(crate) async fn insert_jobs(
     jobs: &[NewJob],
     now: Timestamp,
 ) -> Result<(Vec<Inserted>, bool)> {
+    lock_unique_keys(client, jobs).await?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut rest = jobs;
     while let Some(first) = rest.first() {
@@ -49,6 +55,39 @@ pub(crate) async fn insert_jobs(
         }
     }
     Ok(with_availability(out))
+}
+
+/// Takes the transaction's advisory lock on each unique key of `jobs`, all
+/// before any job is inserted and in one order every caller shares (by lock
+/// key), so that two batches holding keys in common insert them one batch
+/// after the other. Without it, each inserted its first shared key and then
+/// waited on the other's uncommitted entry in the unique index for the next,
+/// and PostgreSQL broke the cycle by failing one of them as a deadlock. The
+/// jobs themselves still go in request order, so their ids follow it. A batch
+/// with one key cannot close such a cycle and takes no lock.
+///
+/// The locks are taken in the select list after `ORDER BY`: PostgreSQL
+/// evaluates a volatile output expression after sorting when the sort does
+/// not use it (the SELECT reference, "SELECT List").
+async fn lock_unique_keys(client: &impl Conn, jobs: &[NewJob]) -> Result<()> {
+    const SQL: &str = "SELECT pg_advisory_xact_lock($1, lock_key)
+        FROM (SELECT DISTINCT hashtext(current_schema() || E'\\n' || key) AS lock_key
+              FROM unnest($2::text[]) AS key) AS keys
+        ORDER BY lock_key";
+    let mut keys: Vec<&str> = jobs
+        .iter()
+        .filter_map(|job| job.unique_key.as_deref())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.len() < 2 {
+        return Ok(());
+    }
+    let stmt = client.statement(SQL).await?;
+    client
+        .rows(&stmt, &[&UNIQUE_KEY_LOCK_CLASS, &keys])
+        .await
+        .map(drop)
 }
 
 /// A job this call inserted (not one already holding its unique key).

@@ -56,6 +56,7 @@ macro_rules! conformance_suite {
             rescue_ends_expired_leases_as_failed_attempts,
             timeout_caps_the_lease_and_is_recorded,
             unique_key_dedupes_unfinished_jobs,
+            batches_with_the_same_keys_in_any_order_all_succeed,
             expires_at_expires_unstarted_jobs,
             cancel_by_state,
             retry_revives_finished_jobs,

@@ -189,6 +189,66 @@ pub async fn unique_key_dedupes_unfinished_jobs(store: S) {
     assert_ne!(after[0].job.id, inserted[0].job.id);
 }
 
+/// Batches naming the same unique keys in different orders, at once: every
+/// batch is stored (none fails as a deadlock victim), every key is held by one
+/// job, and every batch is answered with that job, in its own order.
+pub async fn batches_with_the_same_keys_in_any_order_all_succeed(store: S) {
+    const TASKS: usize = 6;
+    const ROUNDS: usize = 20;
+    const KEYS: usize = 10;
+    let now = t0();
+    for round in 0..ROUNDS {
+        let batches = (0..TASKS).map(|task| {
+            let store = store.clone();
+            // Each task its own order: rotated, every other one reversed, so
+            // every pair of tasks holds some keys in opposite orders.
+            let mut order: Vec<usize> = (0..KEYS).collect();
+            order.rotate_left((task * 3 + round) % KEYS);
+            if task % 2 == 1 {
+                order.reverse();
+            }
+            tokio::spawn(async move {
+                let jobs = order
+                    .iter()
+                    .map(|k| {
+                        let mut job = NewJob::new("sync", json!({"task": task}));
+                        job.unique_key = Some(format!("round{round}-key{k}"));
+                        job
+                    })
+                    .collect();
+                let inserted = store.jobs_insert_many(JobsInsert { jobs, now }).await;
+                (order, inserted)
+            })
+        });
+        let mut holder: Vec<Option<JobId>> = vec![None; KEYS];
+        let mut created = 0;
+        for batch in batches.collect::<Vec<_>>() {
+            let (order, inserted) = batch.await.unwrap();
+            let inserted =
+                inserted.unwrap_or_else(|e| panic!("round {round}: a batch failed: {e}"));
+            assert_eq!(inserted.len(), KEYS);
+            for (k, one) in order.into_iter().zip(inserted) {
+                let key = format!("round{round}-key{k}");
+                assert_eq!(
+                    one.job.unique_key.as_deref(),
+                    Some(key.as_str()),
+                    "answered in request order"
+                );
+                let id = *holder[k].get_or_insert(one.job.id);
+                assert_eq!(one.job.id, id, "{key} is held by two jobs");
+                created += usize::from(one.created);
+            }
+        }
+        assert_eq!(created, KEYS, "round {round}: one job created per key");
+    }
+    let counts = store.queues_list().await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(
+        counts[0].counts[&JobState::Available],
+        (ROUNDS * KEYS) as u64
+    );
+}
+
 pub async fn availability_signal_fires_on_new_work(store: S) {
     let now = t0();
     let mut signal = store.job_availability();
