@@ -1,6 +1,11 @@
 //! Every endpoint and every error answer, through `router()` without a socket,
-//! on a real SQLite file.
+//! on a real SQLite file; where the stores could answer differently, on
+//! PostgreSQL too.
 
+#[path = "../../grafter-postgres/tests/common/mod.rs"]
+mod postgres;
+
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +21,8 @@ use tower::ServiceExt;
 
 struct Api {
     app: Router,
-    _dir: tempfile::TempDir,
+    /// The SQLite file's directory, or the PostgreSQL schema's guard.
+    _keep: Box<dyn Any + Send + Sync>,
 }
 
 async fn api_with(config: ServerConfig) -> Api {
@@ -27,12 +33,29 @@ async fn api_with(config: ServerConfig) -> Api {
     let state = AppState::new(Arc::new(store), config, CancellationToken::new());
     Api {
         app: router(state),
-        _dir: dir,
+        _keep: Box::new(dir),
     }
 }
 
 async fn api() -> Api {
     api_with(ServerConfig::default()).await
+}
+
+/// The API on a fresh PostgreSQL schema (the PostgreSQL store's own test
+/// fixture), or `None` when PostgreSQL is not there and CI is not set. Tests
+/// on it run multi-threaded: dropping it blocks its thread until the schema is
+/// dropped, which waits for the store's tasks to let go.
+async fn postgres_api() -> Option<Api> {
+    let harness = postgres::postgres().await?;
+    let state = AppState::new(
+        harness.store.clone(),
+        ServerConfig::default(),
+        CancellationToken::new(),
+    );
+    Some(Api {
+        app: router(state),
+        _keep: Box::new(harness),
+    })
 }
 
 impl Api {
@@ -1070,6 +1093,35 @@ async fn release_hands_a_job_back_uncounted() {
     assert_eq!(snoozed["state"], "scheduled");
 }
 
+/// A fetch names at most 1,000 queues, checked before the store: SQLite binds
+/// each queue as a parameter, and past its 32,766 a fetch answered 500 there.
+async fn fetch_names_at_most_1000_queues(api: Api) {
+    let queues = |n: usize| (0..n).map(|i| format!("q{i}")).collect::<Vec<_>>();
+    api.enqueue(json!({"kind": "k", "queue": "q999"})).await;
+    let (status, body) = api
+        .post("/v1/fetch", json!({"queues": queues(1000), "max": 5}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["jobs"][0]["queue"], "q999", "{body}");
+    for n in [1001, 40_000] {
+        let refused = api.post("/v1/fetch", json!({"queues": queues(n)})).await;
+        assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(refused.1["error"]["field"], "queues", "{}", refused.1);
+    }
+}
+
+#[tokio::test]
+async fn fetch_names_at_most_1000_queues_on_sqlite() {
+    fetch_names_at_most_1000_queues(api().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_names_at_most_1000_queues_on_postgres() {
+    if let Some(api) = postgres_api().await {
+        fetch_names_at_most_1000_queues(api).await;
+    }
+}
+
 #[tokio::test]
 async fn workers_register_and_list() {
     let api = api().await;
@@ -1093,4 +1145,21 @@ async fn workers_register_and_list() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, listed) = api.get("/v1/workers").await;
     assert_eq!(listed["workers"], json!([]));
+
+    // The queue and kind lists are bounded: they are kept and listed.
+    let names: Vec<String> = (0..1001).map(|i| format!("n{i}")).collect();
+    for field in ["queues", "kinds"] {
+        let mut long = worker.clone();
+        long[field] = json!(names);
+        let refused = api
+            .call(Method::PUT, "/v1/workers/w1", Some(long.clone()))
+            .await;
+        assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(refused.1["error"]["field"], field, "{}", refused.1);
+        long[field] = json!(names[..1000]);
+        let (status, body) = api
+            .call(Method::PUT, "/v1/workers/w1", Some(long.clone()))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
 }
