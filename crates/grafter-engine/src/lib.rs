@@ -32,7 +32,7 @@ pub mod push;
 mod wait;
 
 pub use clock::Clock;
-pub use config::EngineConfig;
+pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};
 pub use error::{Error, Result};
 pub use jobs::{
     Ack, AckOutcome, Engine, FetchRequest, Outcome, Retry, When, MAX_BATCH, MAX_FETCH,

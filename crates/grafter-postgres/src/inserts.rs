@@ -10,7 +10,9 @@ use tokio_postgres::types::Json;
 
 use crate::conn::Conn;
 use crate::error::pg_error;
-use crate::row::{job_columns, job_from_row, jobs_from_rows, to_json, AFTER_JOB_COLUMNS};
+use crate::row::{
+    args_bytes, job_columns, job_from_row, jobs_from_rows, to_json, AFTER_JOB_COLUMNS,
+};
 
 /// How often an insert of a keyed job is retried when a concurrent transaction
 /// inserted the same key and committed between our snapshot and our insert.
@@ -120,17 +122,17 @@ pub(crate) async fn insert_unkeyed(
             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
                                  $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
                                  $9::bigint[], $10::timestamptz[], $11::jsonb[],
-                                 $12::timestamptz[])
+                                 $12::timestamptz[], $13::integer[])
                 WITH ORDINALITY
                 AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
-                     timeout_ms, expires_at, backoff, created_at, ord)
+                     timeout_ms, expires_at, backoff, created_at, args_bytes, ord)
         )
         INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                          timeout_ms, expires_at, backoff, created_at)
+                          timeout_ms, expires_at, backoff, created_at, args_bytes)
         SELECT queue, kind, args, priority, state, run_at, max_attempts,
                ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
                      ORDER BY n),
-               timeout_ms, expires_at, backoff, created_at
+               timeout_ms, expires_at, backoff, created_at, args_bytes
         FROM input
         ORDER BY ord
         RETURNING ",
@@ -154,6 +156,7 @@ pub(crate) async fn insert_unkeyed(
     let mut timeouts = Vec::with_capacity(n);
     let mut expires = Vec::with_capacity(n);
     let mut backoffs = Vec::with_capacity(n);
+    let mut sizes = Vec::with_capacity(n);
     for (job, &now) in jobs.iter().zip(nows) {
         let run_at = job.run_at.unwrap_or(now);
         queues.push(job.queue.as_str());
@@ -167,6 +170,7 @@ pub(crate) async fn insert_unkeyed(
         timeouts.push(job.timeout_ms);
         expires.push(job.expires_at);
         backoffs.push(job.backoff.as_ref().map(to_json).transpose()?);
+        sizes.push(args_bytes(&job.args));
     }
     let stmt = client.statement(SQL).await?;
     let rows = client
@@ -185,6 +189,7 @@ pub(crate) async fn insert_unkeyed(
                 &expires,
                 &backoffs,
                 &nows,
+                &sizes,
             ],
         )
         .await?;
@@ -208,8 +213,8 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
     const SQL: &str = concat!(
         "WITH inserted AS (
             INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                              unique_key, timeout_ms, expires_at, backoff, created_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                              unique_key, timeout_ms, expires_at, backoff, created_at, args_bytes)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             ON CONFLICT (unique_key)
                 WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
                 DO NOTHING
@@ -229,6 +234,7 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
     let run_at = job.run_at.unwrap_or(now);
     let state = waiting_state(run_at, now).as_str();
     let backoff = job.backoff.as_ref().map(Json);
+    let size = args_bytes(&job.args);
     let stmt = client.statement(SQL).await?;
     for _ in 0..UNIQUE_RACE_RETRIES {
         let row = client
@@ -248,6 +254,7 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
                     &job.expires_at,
                     &backoff,
                     &now,
+                    &size,
                 ],
             )
             .await?;

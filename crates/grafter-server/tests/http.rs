@@ -60,6 +60,12 @@ async fn postgres_api() -> Option<Api> {
 
 impl Api {
     async fn raw(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let (status, body, _) = self.raw_sized(request).await;
+        (status, body)
+    }
+
+    /// The answer, and its body's size in bytes.
+    async fn raw_sized(&self, request: Request<Body>) -> (StatusCode, Value, usize) {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -69,10 +75,21 @@ impl Api {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        (status, body)
+        (status, body, bytes.len())
     }
 
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (status, body, _) = self.call_sized(method, uri, body).await;
+        (status, body)
+    }
+
+    /// [`Api::call`], with the answer's size in bytes.
+    async fn call_sized(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, usize) {
         let request = Request::builder().method(method).uri(uri);
         let request = match body {
             Some(body) => request
@@ -80,7 +97,7 @@ impl Api {
                 .body(Body::from(body.to_string())),
             None => request.body(Body::empty()),
         };
-        self.raw(request.unwrap()).await
+        self.raw_sized(request.unwrap()).await
     }
 
     async fn text(&self, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
@@ -1110,17 +1127,75 @@ async fn fetch_names_at_most_1000_queues(api: Api) {
     }
 }
 
-#[tokio::test]
-async fn fetch_names_at_most_1000_queues_on_sqlite() {
-    fetch_names_at_most_1000_queues(api().await).await;
+/// A hundred jobs of 1 MB args: a list page of them answers a few hundred KB
+/// (the args cut to their start), and a fetch of up to 1,000 leases only as
+/// many as fit in the byte budget, instead of answering 100 MB and more.
+async fn large_jobs_are_listed_cut_and_fetched_within_the_byte_budget(api: Api) {
+    let args = json!({"blob": "x".repeat(1_000_000)});
+    let size = args.to_string().len();
+    for _ in 0..100 {
+        api.enqueue(json!({"kind": "big", "args": args})).await;
+    }
+    let (status, page, bytes) = api
+        .call_sized(Method::GET, "/v1/jobs?limit=100", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 100);
+    assert!(
+        bytes < 256 * 1024,
+        "a list page of 100 answered {bytes} bytes"
+    );
+    let first = &page["jobs"][0];
+    assert_eq!(first["cut"], json!(["args"]), "{}", first["cut"]);
+    let (_, whole) = api.get(&format!("/v1/jobs/{}", first["id"])).await;
+    assert_eq!(whole["args"], args);
+    assert!(whole.get("cut").is_none(), "a job alone is whole");
+
+    let budget = grafter_engine::DEFAULT_FETCH_MAX_BYTES;
+    let (status, fetched, bytes) = api
+        .call_sized(Method::POST, "/v1/fetch", Some(json!({"max": 1000})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", fetched["error"]);
+    let leased = fetched["jobs"].as_array().unwrap();
+    assert_eq!(
+        leased.len(),
+        budget / size,
+        "as many as fit in {budget} bytes"
+    );
+    assert_eq!(leased[0]["args"], args, "a fetch carries whole args");
+    assert!(
+        bytes <= budget + 64 * 1024,
+        "a fetch answered {bytes} bytes"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetch_names_at_most_1000_queues_on_postgres() {
-    if let Some(api) = postgres_api().await {
-        fetch_names_at_most_1000_queues(api).await;
-    }
+/// Each case as two tests, `<case>::sqlite` and `<case>::postgres`: where the
+/// stores could answer differently. On PostgreSQL multi-threaded, as its
+/// fixture needs (see [`postgres_api`]).
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$case(super::api().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(api) = super::postgres_api().await {
+                        super::$case(api).await;
+                    }
+                }
+            }
+        )*
+    };
 }
+
+on_both_stores!(
+    fetch_names_at_most_1000_queues,
+    large_jobs_are_listed_cut_and_fetched_within_the_byte_budget,
+);
 
 #[tokio::test]
 async fn workers_register_and_list() {

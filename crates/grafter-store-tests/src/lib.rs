@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             complete_many_acks_a_batch_fenced_per_item,
             complete_many_repeats_and_results_answer_as_one_at_a_time,
             running_limit_caps_a_queue_across_fetches,
+            fetch_stops_at_the_byte_budget,
             prune_deletes_old_finished_jobs_only,
             push_target_is_kept_and_removed,
             leadership_is_exclusive_until_it_expires_or_is_released,
@@ -80,6 +81,7 @@ macro_rules! conformance_suite {
             throughput_counts_attempts_per_minute,
             bulk_changes_follow_the_one_job_rules,
             retry_can_replace_the_args,
+            list_shows_large_fields_cut,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
