@@ -13,8 +13,12 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
 /// Longest queue name, kind, tag or unique key, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
+/// Most tags on one job: every list answer carries them whole.
+pub const MAX_TAGS: usize = 64;
 
-/// A job's id: assigned by the store, increasing in insertion order.
+/// A job's id: assigned by the store, increasing in insertion order, and never
+/// given to another job, even after this one is deleted or pruned
+/// (applications keep ids: push receivers for idempotency, status URLs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
@@ -119,6 +123,26 @@ pub struct Job {
     pub attempted_at: Option<DateTime<Utc>>,
     /// When the job reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// In a job list only: the fields shortened to keep the list small.
+    /// `args` and `result` then hold a string, the start of their JSON text;
+    /// `errors` holds the last attempt's error alone, its message cut. The job
+    /// itself (`GET /v1/jobs/{id}`) has them whole. Empty, and left out of
+    /// the JSON, everywhere else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut: Vec<CutField>,
+}
+
+/// A field of a [`Job`] that a job list may shorten (see [`Job::cut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CutField {
+    /// `args`.
+    Args,
+    /// `result`.
+    Result,
+    /// `errors`.
+    Errors,
 }
 
 /// A job handed to a worker, with the lease that fences its acknowledgement.
@@ -211,6 +235,12 @@ impl NewJob {
             return Err(ValidationError::new(
                 "max_attempts",
                 format!("must be at least 1, got {}", self.max_attempts),
+            ));
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(ValidationError::new(
+                "tags",
+                format!("at most {MAX_TAGS} tags, got {}", self.tags.len()),
             ));
         }
         for tag in &self.tags {
@@ -344,6 +374,10 @@ mod tests {
             (json!({"kind": "a", "max_attempts": 0}), "max_attempts"),
             (json!({"kind": "a", "timeout_ms": -5}), "timeout_ms"),
             (json!({"kind": "a", "tags": ["ok", ""]}), "tags"),
+            (
+                json!({"kind": "a", "tags": vec!["t"; MAX_TAGS + 1]}),
+                "tags",
+            ),
             (json!({"kind": "a\u{0007}"}), "kind"),
             (json!({"kind": "a", "backoff": {"factor": 0.1}}), "backoff"),
             (json!({"kind": "x".repeat(256)}), "kind"),

@@ -15,8 +15,8 @@ mod worker;
 pub use backoff::Backoff;
 pub use display::group_thousands;
 pub use job::{
-    validate_name, AttemptError, Job, JobId, LeasedJob, NewJob, Progress, ValidationError,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN,
+    validate_name, AttemptError, CutField, Job, JobId, LeasedJob, NewJob, Progress,
+    ValidationError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN, MAX_TAGS,
 };
 pub use push::PushTarget;
 pub use state::{JobState, UnknownState};

@@ -15,20 +15,37 @@ pub struct WorkerRegistration {
     pub host: String,
     /// Process id on that host.
     pub pid: u32,
-    /// Queues it takes jobs from.
+    /// Queues it takes jobs from (at most 1,000).
     pub queues: Vec<String>,
     /// Most jobs it runs at once.
     pub concurrency: u32,
-    /// Job kinds it can run.
+    /// Job kinds it can run (at most 1,000).
     #[serde(default)]
     pub kinds: Vec<String>,
 }
 
 impl WorkerRegistration {
-    /// Checks the names are usable.
+    /// Most queues a worker may name (as many as one fetch may).
+    pub const MAX_QUEUES: usize = 1_000;
+    /// Most kinds a worker may name.
+    pub const MAX_KINDS: usize = 1_000;
+
+    /// Checks the names are usable, and that the lists are bounded: they are
+    /// stored, rewritten on every heartbeat and listed with every worker.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("id", &self.id)?;
         validate_name("host", &self.host)?;
+        for (field, names, max) in [
+            ("queues", &self.queues, Self::MAX_QUEUES),
+            ("kinds", &self.kinds, Self::MAX_KINDS),
+        ] {
+            if names.len() > max {
+                return Err(ValidationError::new(
+                    field,
+                    format!("name at most {max}, got {}", names.len()),
+                ));
+            }
+        }
         for queue in &self.queues {
             validate_name("queues", queue)?;
         }
@@ -52,4 +69,29 @@ pub struct Worker {
     pub last_seen_at: DateTime<Utc>,
     /// Jobs it holds leases on now.
     pub running: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_and_kind_lists_are_bounded() {
+        let names = |n: usize| (0..n).map(|i| format!("n{i}")).collect::<Vec<_>>();
+        let worker = |queues: usize, kinds: usize| WorkerRegistration {
+            id: "w".into(),
+            host: "h".into(),
+            pid: 1,
+            queues: names(queues),
+            concurrency: 1,
+            kinds: names(kinds),
+        };
+        let max = (
+            WorkerRegistration::MAX_QUEUES,
+            WorkerRegistration::MAX_KINDS,
+        );
+        assert!(worker(max.0, max.1).validate().is_ok());
+        assert_eq!(worker(max.0 + 1, 0).validate().unwrap_err().field, "queues");
+        assert_eq!(worker(1, max.1 + 1).validate().unwrap_err().field, "kinds");
+    }
 }

@@ -236,6 +236,7 @@ impl Engine {
             lease_duration,
             worker_id: request.worker_id.clone(),
             running_limit: request.running_limit,
+            max_bytes: self.inner.config.fetch_max_bytes,
             now: self.now(),
         };
         Ok(

@@ -33,7 +33,7 @@ pub mod push;
 mod wait;
 
 pub use clock::Clock;
-pub use config::EngineConfig;
+pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};
 pub use error::{Error, Result};
 pub use grafter_store::AckOutcome;
 pub use jobs::{Engine, FetchRequest, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};

@@ -100,6 +100,7 @@ async fn services_move_jobs_along_as_time_passes() {
         lease_duration: Duration::from_millis(lease_ms),
         worker_id: Some("w".into()),
         running_limit: None,
+        max_bytes: usize::MAX,
         now: Utc::now(),
     };
     // "done" completes now; "leased" is leased briefly and abandoned.

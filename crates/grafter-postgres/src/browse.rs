@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::error::pg_error;
 use crate::jobs::{cancel_locked, invalid, job_lock, requeue};
-use crate::row::{jobs_from_rows, JOB_COLUMNS};
+use crate::row::{job_preview_from_row, list_columns};
 
 /// How often each node folds counter deltas into the totals.
 const ROLLUP_EVERY: Duration = Duration::from_secs(1);
@@ -238,7 +238,7 @@ impl Db {
         // subquery's LIMIT keeps the planner from turning this into a scan of
         // the whole table when it guesses the other filters are rare.
         let mut sql = Query::default();
-        sql.push(&format!("SELECT {JOB_COLUMNS} FROM ("));
+        sql.push(&format!("SELECT {} FROM (", list_columns()));
         // Without row-by-row checks, the first `wanted` ids are the page.
         driver(&mut sql, params, if checked { scan } else { Some(wanted) });
         sql.push(") AS cand CROSS JOIN LATERAL (SELECT * FROM jobs WHERE jobs.id = cand.id LIMIT 1) AS jobs WHERE true");
@@ -250,7 +250,11 @@ impl Db {
         // A bounded set of shapes (filters present × order), so caching each is fine.
         let stmt = client.prepare_cached(&sql.text).await.map_err(pg_error)?;
         let rows = client.query(&stmt, &sql.params()).await.map_err(pg_error)?;
-        let page = JobPage::from_rows(jobs_from_rows(&rows)?, params.limit);
+        let jobs = rows
+            .iter()
+            .map(job_preview_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let page = JobPage::from_rows(jobs, params.limit);
         let Some(scan) = scan.filter(|_| checked && page.next.is_none()) else {
             return Ok(page);
         };

@@ -10,11 +10,18 @@ use tokio_postgres::types::Json;
 
 use crate::conn::Conn;
 use crate::error::pg_error;
-use crate::row::{job_columns, job_from_row, jobs_from_rows, to_json, AFTER_JOB_COLUMNS};
+use crate::row::{
+    args_bytes, job_columns, job_from_row, jobs_from_rows, to_json, AFTER_JOB_COLUMNS,
+};
 
 /// How often an insert of a keyed job is retried when a concurrent transaction
 /// inserted the same key and committed between our snapshot and our insert.
 const UNIQUE_RACE_RETRIES: usize = 5;
+
+/// First key of the advisory locks a batch takes on its unique keys (the
+/// second is a hash of the schema and the key). Apart from the other locks'
+/// classes. The bytes spell "grfu".
+const UNIQUE_KEY_LOCK_CLASS: i32 = 0x6772_6675;
 
 /// The state a new or requeued job starts in.
 pub(crate) fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
@@ -34,6 +41,7 @@ pub(crate) async fn insert_jobs(
     jobs: &[NewJob],
     now: Timestamp,
 ) -> Result<Vec<Inserted>> {
+    lock_unique_keys(client, jobs).await?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut rest = jobs;
     while let Some(first) = rest.first() {
@@ -48,6 +56,39 @@ pub(crate) async fn insert_jobs(
         }
     }
     Ok(out)
+}
+
+/// Takes the transaction's advisory lock on each unique key of `jobs`, all
+/// before any job is inserted and in one order every caller shares (by lock
+/// key), so that two batches holding keys in common insert them one batch
+/// after the other. Without it, each inserted its first shared key and then
+/// waited on the other's uncommitted entry in the unique index for the next,
+/// and PostgreSQL broke the cycle by failing one of them as a deadlock. The
+/// jobs themselves still go in request order, so their ids follow it. A batch
+/// with one key cannot close such a cycle and takes no lock.
+///
+/// The locks are taken in the select list after `ORDER BY`: PostgreSQL
+/// evaluates a volatile output expression after sorting when the sort does
+/// not use it (the SELECT reference, "SELECT List").
+async fn lock_unique_keys(client: &impl Conn, jobs: &[NewJob]) -> Result<()> {
+    const SQL: &str = "SELECT pg_advisory_xact_lock($1, lock_key)
+        FROM (SELECT DISTINCT hashtext(current_schema() || E'\\n' || key) AS lock_key
+              FROM unnest($2::text[]) AS key) AS keys
+        ORDER BY lock_key";
+    let mut keys: Vec<&str> = jobs
+        .iter()
+        .filter_map(|job| job.unique_key.as_deref())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.len() < 2 {
+        return Ok(());
+    }
+    let stmt = client.statement(SQL).await?;
+    client
+        .rows(&stmt, &[&UNIQUE_KEY_LOCK_CLASS, &keys])
+        .await
+        .map(drop)
 }
 
 /// A job this call inserted (not one already holding its unique key).
@@ -71,17 +112,17 @@ pub(crate) async fn insert_unkeyed(
             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
                                  $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
                                  $9::bigint[], $10::timestamptz[], $11::jsonb[],
-                                 $12::timestamptz[])
+                                 $12::timestamptz[], $13::integer[])
                 WITH ORDINALITY
                 AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
-                     timeout_ms, expires_at, backoff, created_at, ord)
+                     timeout_ms, expires_at, backoff, created_at, args_bytes, ord)
         )
         INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                          timeout_ms, expires_at, backoff, created_at)
+                          timeout_ms, expires_at, backoff, created_at, args_bytes)
         SELECT queue, kind, args, priority, state, run_at, max_attempts,
                ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
                      ORDER BY n),
-               timeout_ms, expires_at, backoff, created_at
+               timeout_ms, expires_at, backoff, created_at, args_bytes
         FROM input
         ORDER BY ord
         RETURNING ",
@@ -105,6 +146,7 @@ pub(crate) async fn insert_unkeyed(
     let mut timeouts = Vec::with_capacity(n);
     let mut expires = Vec::with_capacity(n);
     let mut backoffs = Vec::with_capacity(n);
+    let mut sizes = Vec::with_capacity(n);
     for (job, &now) in jobs.iter().zip(nows) {
         let run_at = job.run_at.unwrap_or(now);
         queues.push(job.queue.as_str());
@@ -118,6 +160,7 @@ pub(crate) async fn insert_unkeyed(
         timeouts.push(job.timeout_ms);
         expires.push(job.expires_at);
         backoffs.push(job.backoff.as_ref().map(to_json).transpose()?);
+        sizes.push(args_bytes(&job.args));
     }
     let stmt = client.statement(SQL).await?;
     let rows = client
@@ -136,6 +179,7 @@ pub(crate) async fn insert_unkeyed(
                 &expires,
                 &backoffs,
                 &nows,
+                &sizes,
             ],
         )
         .await?;
@@ -159,8 +203,8 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
     const SQL: &str = concat!(
         "WITH inserted AS (
             INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                              unique_key, timeout_ms, expires_at, backoff, created_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                              unique_key, timeout_ms, expires_at, backoff, created_at, args_bytes)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             ON CONFLICT (unique_key)
                 WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
                 DO NOTHING
@@ -180,6 +224,7 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
     let run_at = job.run_at.unwrap_or(now);
     let state = waiting_state(run_at, now).as_str();
     let backoff = job.backoff.as_ref().map(Json);
+    let size = args_bytes(&job.args);
     let stmt = client.statement(SQL).await?;
     for _ in 0..UNIQUE_RACE_RETRIES {
         let row = client
@@ -199,6 +244,7 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
                     &job.expires_at,
                     &backoff,
                     &now,
+                    &size,
                 ],
             )
             .await?;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::db::Db;
 use crate::error::{is_unique_violation, pg_error};
 use crate::inserts::waiting_state;
-use crate::row::{job_columns, job_from_row, AFTER_JOB_COLUMNS};
+use crate::row::{args_bytes, job_columns, job_from_row, AFTER_JOB_COLUMNS};
 
 pub(crate) fn invalid(job: &Job, message: &str) -> StoreError {
     StoreError::InvalidState {
@@ -111,7 +111,8 @@ pub(crate) async fn requeue(
 ) -> Result<Job> {
     const SQL: &str = concat!(
         "UPDATE jobs SET state = $2, run_at = $3, finished_at = NULL, cancel_requested = false,
-                max_attempts = greatest(max_attempts, attempt + 1), args = coalesce($4, args)
+                max_attempts = greatest(max_attempts, attempt + 1), args = coalesce($4, args),
+                args_bytes = coalesce($5, args_bytes)
          WHERE id = $1
          RETURNING ",
         job_columns!()
@@ -123,9 +124,10 @@ pub(crate) async fn requeue(
         ));
     }
     let state = waiting_state(run_at, now);
+    let size = args.map(args_bytes);
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
     let row = client
-        .query_one(&stmt, &[&job.id.0, &state.as_str(), &run_at, &args])
+        .query_one(&stmt, &[&job.id.0, &state.as_str(), &run_at, &args, &size])
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {

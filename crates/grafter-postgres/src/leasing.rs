@@ -16,7 +16,7 @@ use tokio_postgres::types::{Json, ToSql};
 use crate::db::Db;
 use crate::error::{is_deadlock, pg_error};
 use crate::jobs::{job_get_on, job_lock};
-use crate::row::{job_columns, job_from_row, limit, AFTER_JOB_COLUMNS};
+use crate::row::{args_size, job_columns, job_from_row, limit, AFTER_JOB_COLUMNS};
 
 /// The lease fence of a statement on one leased job: the row with id `$1`, if
 /// it is running under lease `$2`. Written so that it does not say
@@ -31,11 +31,17 @@ macro_rules! lease_fence {
     };
 }
 
-/// The second half of both fetch statements: leases the rows a `picked` CTE
-/// chose. The lease token is a random UUID (122 random bits) as 32 hex digits.
-/// The lease never outlives the job's own timeout, so a job that overruns it is
-/// rescued as "timed out" even if its worker keeps heartbeating.
-/// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp.
+/// The second half of every fetch statement: of the rows a `candidates` CTE
+/// chose and locked (`id, priority, run_at, size`: the first `max` in hand-out
+/// order), picks those whose args, added up in that order, stay within the
+/// byte budget $7 (and always the first: its running total is its own size),
+/// and leases them. Candidates past the budget stay locked, not leased, until
+/// the statement ends; other fetches skip them meanwhile. The lease token is
+/// a random UUID (122 random bits) as 32 hex digits. The lease never outlives
+/// the job's own timeout, so a job that overruns it is rescued as "timed out"
+/// even if its worker keeps heartbeating.
+/// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp, $7 the
+/// byte budget.
 ///
 /// The picked ids go in as an array so that each row is reached through the
 /// primary key. Joined as a table instead, they led the planner to hash the
@@ -44,7 +50,15 @@ macro_rules! lease_fence {
 macro_rules! lease_picked {
     () => {
         concat!(
-            "UPDATE jobs SET
+            ", picked AS (
+                SELECT id FROM (
+                    SELECT id, size, sum(size) OVER (ORDER BY priority, run_at, id
+                                                     ROWS UNBOUNDED PRECEDING) AS upto
+                    FROM candidates
+                ) AS c
+                WHERE upto <= $7 OR upto = size
+            )
+            UPDATE jobs SET
                 state = 'running',
                 attempt = attempt + 1,
                 lease = replace(gen_random_uuid()::text, '-', ''),
@@ -101,8 +115,10 @@ impl Db {
         // extra queue stay locked (not leased) for the statement's few
         // milliseconds, during which other fetches skip them.
         const ONE_QUEUE: &str = concat!(
-            "WITH picked AS (
-                SELECT id FROM jobs
+            "WITH candidates AS (
+                SELECT id, priority, run_at, ",
+            args_size!(),
+            " AS size FROM jobs
                 WHERE state = 'available'
                   AND queue = $1
                   AND (expires_at IS NULL OR expires_at > $2)
@@ -114,10 +130,12 @@ impl Db {
             lease_picked!()
         );
         const MANY_QUEUES: &str = concat!(
-            "WITH picked AS (
-                SELECT j.id FROM unnest($1::text[]) AS q(name)
+            "WITH candidates AS (
+                SELECT j.* FROM unnest($1::text[]) AS q(name)
                 CROSS JOIN LATERAL (
-                    SELECT id, priority, run_at FROM jobs
+                    SELECT id, priority, run_at, ",
+            args_size!(),
+            " AS size FROM jobs
                     WHERE state = 'available'
                       AND queue = q.name
                       AND (expires_at IS NULL OR expires_at > $2)
@@ -132,18 +150,20 @@ impl Db {
             lease_picked!()
         );
         // With a running limit: the same, leasing no more than keeps the queue's
-        // running jobs (on every node) at or under $7. The count is exact because
+        // running jobs (on every node) at or under $8. The count is exact because
         // every limited fetch of the queue holds the queue's advisory lock from
         // before this statement (and so before its snapshot) until it commits.
         const ONE_QUEUE_LIMITED: &str = concat!(
-            "WITH picked AS (
-                SELECT id FROM jobs
+            "WITH candidates AS (
+                SELECT id, priority, run_at, ",
+            args_size!(),
+            " AS size FROM jobs
                 WHERE state = 'available'
                   AND queue = $1
                   AND (expires_at IS NULL OR expires_at > $2)
                   AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
                 ORDER BY priority, run_at, id
-                LIMIT least($3, greatest($7::bigint - (SELECT count(*) FROM jobs
+                LIMIT least($3, greatest($8::bigint - (SELECT count(*) FROM jobs
                                                        WHERE state = 'running' AND queue = $1), 0))
                 FOR UPDATE SKIP LOCKED
             ) ",
@@ -156,12 +176,14 @@ impl Db {
         let mut client = self.client().await?;
         let lease_until = time::after(params.now, params.lease_duration);
         let max = limit(params.max);
-        let rest: [&(dyn ToSql + Sync); 5] = [
+        let max_bytes = limit(params.max_bytes);
+        let rest: [&(dyn ToSql + Sync); 6] = [
             &params.now,
             &max,
             &lease_until,
             &params.worker_id,
             &MAX_TIMEOUT_MS,
+            &max_bytes,
         ];
         let rows = if let (Some(running_limit), [queue]) = (params.running_limit, &queues[..]) {
             // Serialized per queue: two nodes counting at once would both see

@@ -41,6 +41,7 @@ async fn rollup_folds_deltas_without_changing_what_readers_see() {
                 lease_duration: Duration::from_secs(30),
                 worker_id: None,
                 running_limit: None,
+                max_bytes: usize::MAX,
                 now,
             })
             .await

@@ -43,6 +43,7 @@ fn fetch(queue: &str) -> JobsFetch {
         lease_duration: Duration::from_secs(30),
         worker_id: Some("test".into()),
         running_limit: None,
+        max_bytes: usize::MAX,
         now: Utc::now(),
     }
 }

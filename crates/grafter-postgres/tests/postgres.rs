@@ -1,7 +1,8 @@
 //! What only the PostgreSQL store does, beyond the shared suite: wake-ups that
 //! cross nodes (and not schemas), the polling fallback, migrations racing on
-//! start and upgrading, unique keys and worker pruning racing across nodes,
-//! running limits, leadership, batch acks and job pruning across nodes.
+//! start and upgrading, jobs from before `args_bytes`, unique keys and worker
+//! pruning racing across nodes, running limits, leadership, batch acks and job
+//! pruning across nodes.
 
 mod common;
 
@@ -9,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use grafter_core::{JobState, LeasedJob, NewJob, WorkerRegistration};
+use grafter_core::{CutField, JobState, LeasedJob, NewJob, WorkerRegistration};
 use grafter_postgres::{PostgresConfig, PostgresStore};
+use grafter_store::preview::json_len;
 use grafter_store::{
-    AckOutcome, JobComplete, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch, JobsInsert,
-    JobsPrune, LeaderAcquire, QueuePause, Store, StoreError, Waiter, WorkerBeat, WorkersPrune,
+    AckOutcome, JobComplete, JobHeartbeat, JobRelease, JobRetry, JobsCompleteMany, JobsFetch,
+    JobsInsert, JobsList, JobsPrune, LeaderAcquire, QueuePause, Store, StoreError, Waiter,
+    WorkerBeat, WorkersPrune,
 };
 use serde_json::json;
 
@@ -31,6 +34,7 @@ fn fetch_params(queue: &str, max: usize, now: chrono::DateTime<Utc>) -> JobsFetc
         lease_duration: Duration::from_secs(60),
         worker_id: None,
         running_limit: None,
+        max_bytes: usize::MAX,
         now,
     }
 }
@@ -281,6 +285,7 @@ async fn fetching_from_several_queues_merges_them_in_order_and_skips_paused() {
         lease_duration: Duration::from_secs(30),
         worker_id: None,
         running_limit: None,
+        max_bytes: usize::MAX,
         now,
     };
     let first = store.jobs_fetch(fetch(3)).await.unwrap();
@@ -343,6 +348,7 @@ async fn a_release_is_fenced_like_any_lease() {
         lease_duration: Duration::from_secs(30),
         worker_id: None,
         running_limit: None,
+        max_bytes: usize::MAX,
         now,
     };
     let leased = a.jobs_fetch(fetch).await.unwrap().remove(0);
@@ -430,6 +436,64 @@ async fn a_schema_at_version_1_is_brought_to_version_2() {
         .await
         .unwrap();
     assert_eq!(store.workers_list().await.unwrap().len(), 1);
+}
+
+/// Jobs enqueued before migration 9 have no `args_bytes`: a fetch's byte
+/// budget and a list's cut measure their args instead. New args given on a
+/// retry are measured as they are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_enqueued_without_a_recorded_size_are_measured() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let admin = admin(&url).await;
+    let jobs_table = format!("\"{}\".jobs", guard.schema);
+    let now = Utc::now();
+    let big = json!({"blob": "x".repeat(100_000)});
+    let jobs = store
+        .jobs_insert_many(JobsInsert {
+            jobs: (0..3).map(|_| NewJob::new("big", big.clone())).collect(),
+            now,
+        })
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("UPDATE {jobs_table} SET args_bytes = NULL"))
+        .await
+        .unwrap();
+
+    let page = store
+        .jobs_list(JobsList {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.jobs.iter().all(|j| j.cut == [CutField::Args]));
+    let small = json!({"small": true});
+    let retry = JobRetry {
+        id: jobs[0].job.id,
+        args: Some(small.clone()),
+        now,
+    };
+    store.job_retry(retry).await.unwrap();
+    let sizes: Vec<Option<i32>> = admin
+        .query(
+            &format!("SELECT args_bytes FROM {jobs_table} ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(sizes, [Some(json_len(&small) as i32), None, None]);
+    let within = JobsFetch {
+        max_bytes: json_len(&big) * 3 / 2,
+        ..fetch_params("default", 10, now)
+    };
+    let leased = store.jobs_fetch(within).await.unwrap();
+    assert_eq!(leased.len(), 2, "the small job and one large one fit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,6 +613,7 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
                         lease_duration: Duration::from_secs(60),
                         worker_id: Some(format!("node-{n}-task-{t}")),
                         running_limit: Some(LIMIT),
+                        max_bytes: usize::MAX,
                         now,
                     };
                     let leased = store.jobs_fetch(fetch).await.unwrap();

@@ -49,6 +49,7 @@ fn leased_job() -> LeasedJob {
             created_at: now,
             attempted_at: Some(now),
             finished_at: None,
+            cut: Vec::new(),
         },
         lease: "5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f".into(),
     }
@@ -142,6 +143,7 @@ fn sqlite_job_life(bencher: Bencher, n: usize) {
                 lease_duration: Duration::from_secs(30),
                 worker_id: Some("bench".into()),
                 running_limit: None,
+                max_bytes: usize::MAX,
                 now,
             };
             let leased = store.jobs_fetch(fetch).await.unwrap_or_default();

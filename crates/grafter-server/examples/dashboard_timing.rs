@@ -98,6 +98,7 @@ async fn fill(store: &dyn Store, want: u64) {
                 lease_duration: Duration::from_secs(600),
                 worker_id: Some("bench-worker".into()),
                 running_limit: None,
+                max_bytes: usize::MAX,
                 now: Utc::now(),
             };
             let leased = store.jobs_fetch(fetch).await.unwrap();

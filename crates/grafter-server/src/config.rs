@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use grafter_core::{Backoff, PushTarget};
 use grafter_engine::maintenance::{MaintenanceConfig, RetentionConfig};
-use grafter_engine::{EngineConfig, PostgresSettings};
+use grafter_engine::{EngineConfig, PostgresSettings, DEFAULT_FETCH_MAX_BYTES};
 use serde::Deserialize;
 
 /// Where `grafter serve` listens when told nothing.
@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub default_lease_ms: u64,
     /// Longest `wait_ms` a long-poll fetch may ask for.
     pub max_wait_ms: u64,
+    /// Most bytes of args one fetch leases (at least one job whatever its size).
+    pub fetch_max_bytes: usize,
     /// Retry backoff for jobs without their own.
     pub retry: Backoff,
     /// Maintenance services.
@@ -138,6 +140,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             default_lease_ms: 30_000,
             max_wait_ms: 30_000,
+            fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
             retry: Backoff::default(),
             maintenance: MaintenanceConfig::default(),
             postgres: PostgresSettings::default(),
@@ -248,6 +251,9 @@ impl ServerConfig {
                 return invalid(field, "must be greater than 0".into());
             }
         }
+        if self.fetch_max_bytes == 0 {
+            return invalid("fetch_max_bytes", "must be greater than 0".into());
+        }
         if m.batch_size == 0 {
             return invalid("maintenance.batch_size", "must be greater than 0".into());
         }
@@ -312,6 +318,7 @@ impl ServerConfig {
             retry: self.retry,
             default_lease: self.default_lease(),
             max_wait: Duration::from_millis(self.max_wait_ms),
+            fetch_max_bytes: self.fetch_max_bytes,
         }
     }
 }

@@ -141,6 +141,7 @@ async fn lease(store: &Arc<dyn Store>, queue: &str, max: usize) -> Vec<LeasedJob
             lease_duration: Duration::from_secs(300),
             worker_id: Some("mailer-1".into()),
             running_limit: None,
+            max_bytes: usize::MAX,
             now: Utc::now(),
         })
         .await

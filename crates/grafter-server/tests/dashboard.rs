@@ -142,6 +142,7 @@ impl Dash {
                 lease_duration: std::time::Duration::from_secs(30),
                 worker_id: Some("worker-<b>1</b>".into()),
                 running_limit: None,
+                max_bytes: usize::MAX,
                 now: Utc::now(),
             })
             .await
@@ -350,6 +351,28 @@ async fn job_data_shows_as_text_never_as_markup() {
     // No inline script at all: the only script is our own file.
     assert_eq!(page.matches("<script").count(), 1);
     assert!(page.contains(r#"<script src="/assets/app.js" defer>"#));
+}
+
+/// The jobs page shows the start of each job's args as JSON text. The store
+/// lists large args cut to the start of their text (the page no longer holds
+/// fifty whole jobs of 1 MB args in memory); that start shows as it is, not
+/// as a quoted string.
+#[tokio::test]
+async fn the_job_list_shows_a_bounded_start_of_large_args() {
+    let dash = dash_with(ServerConfig::default()).await;
+    for _ in 0..50 {
+        let args = json!({"blob": format!("start{}", "x".repeat(1_000_000))});
+        dash.enqueue(NewJob::new("big", args)).await;
+    }
+    let page = dash.get("/jobs").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body.matches("data-job=").count(), 50);
+    assert!(
+        page.body.contains("{&quot;blob&quot;:&quot;startxxx"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.len() < 200 * 1024, "{} bytes", page.body.len());
 }
 
 #[tokio::test]

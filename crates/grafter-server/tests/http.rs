@@ -1,6 +1,11 @@
 //! Every endpoint and every error answer, through `router()` without a socket,
-//! on a real SQLite file.
+//! on a real SQLite file; where the stores could answer differently, on
+//! PostgreSQL too.
 
+#[path = "../../grafter-postgres/tests/common/mod.rs"]
+mod postgres;
+
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +21,8 @@ use tower::ServiceExt;
 
 struct Api {
     app: Router,
-    _dir: tempfile::TempDir,
+    /// The SQLite file's directory, or the PostgreSQL schema's guard.
+    _keep: Box<dyn Any + Send + Sync>,
 }
 
 async fn api_with(config: ServerConfig) -> Api {
@@ -27,7 +33,7 @@ async fn api_with(config: ServerConfig) -> Api {
     let state = AppState::new(Arc::new(store), config, CancellationToken::new());
     Api {
         app: router(state),
-        _dir: dir,
+        _keep: Box::new(dir),
     }
 }
 
@@ -35,8 +41,31 @@ async fn api() -> Api {
     api_with(ServerConfig::default()).await
 }
 
+/// The API on a fresh PostgreSQL schema (the PostgreSQL store's own test
+/// fixture), or `None` when PostgreSQL is not there and CI is not set. Tests
+/// on it run multi-threaded: dropping it blocks its thread until the schema is
+/// dropped, which waits for the store's tasks to let go.
+async fn postgres_api() -> Option<Api> {
+    let harness = postgres::postgres().await?;
+    let state = AppState::new(
+        harness.store.clone(),
+        ServerConfig::default(),
+        CancellationToken::new(),
+    );
+    Some(Api {
+        app: router(state),
+        _keep: Box::new(harness),
+    })
+}
+
 impl Api {
     async fn raw(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let (status, body, _) = self.raw_sized(request).await;
+        (status, body)
+    }
+
+    /// The answer, and its body's size in bytes.
+    async fn raw_sized(&self, request: Request<Body>) -> (StatusCode, Value, usize) {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -46,10 +75,21 @@ impl Api {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        (status, body)
+        (status, body, bytes.len())
     }
 
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (status, body, _) = self.call_sized(method, uri, body).await;
+        (status, body)
+    }
+
+    /// [`Api::call`], with the answer's size in bytes.
+    async fn call_sized(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, usize) {
         let request = Request::builder().method(method).uri(uri);
         let request = match body {
             Some(body) => request
@@ -57,7 +97,7 @@ impl Api {
                 .body(Body::from(body.to_string())),
             None => request.body(Body::empty()),
         };
-        self.raw(request.unwrap()).await
+        self.raw_sized(request.unwrap()).await
     }
 
     async fn text(&self, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
@@ -1166,6 +1206,93 @@ async fn release_hands_a_job_back_uncounted() {
     assert_eq!(snoozed["state"], "scheduled");
 }
 
+/// A fetch names at most 1,000 queues, checked before the store: SQLite binds
+/// each queue as a parameter, and past its 32,766 a fetch answered 500 there.
+async fn fetch_names_at_most_1000_queues(api: Api) {
+    let queues = |n: usize| (0..n).map(|i| format!("q{i}")).collect::<Vec<_>>();
+    api.enqueue(json!({"kind": "k", "queue": "q999"})).await;
+    let (status, body) = api
+        .post("/v1/fetch", json!({"queues": queues(1000), "max": 5}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["jobs"][0]["queue"], "q999", "{body}");
+    for n in [1001, 40_000] {
+        let refused = api.post("/v1/fetch", json!({"queues": queues(n)})).await;
+        assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(refused.1["error"]["field"], "queues", "{}", refused.1);
+    }
+}
+
+/// A hundred jobs of 1 MB args: a list page of them answers a few hundred KB
+/// (the args cut to their start), and a fetch of up to 1,000 leases only as
+/// many as fit in the byte budget, instead of answering 100 MB and more.
+async fn large_jobs_are_listed_cut_and_fetched_within_the_byte_budget(api: Api) {
+    let args = json!({"blob": "x".repeat(1_000_000)});
+    let size = args.to_string().len();
+    for _ in 0..100 {
+        api.enqueue(json!({"kind": "big", "args": args})).await;
+    }
+    let (status, page, bytes) = api
+        .call_sized(Method::GET, "/v1/jobs?limit=100", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 100);
+    assert!(
+        bytes < 256 * 1024,
+        "a list page of 100 answered {bytes} bytes"
+    );
+    let first = &page["jobs"][0];
+    assert_eq!(first["cut"], json!(["args"]), "{}", first["cut"]);
+    let (_, whole) = api.get(&format!("/v1/jobs/{}", first["id"])).await;
+    assert_eq!(whole["args"], args);
+    assert!(whole.get("cut").is_none(), "a job alone is whole");
+
+    let budget = grafter_engine::DEFAULT_FETCH_MAX_BYTES;
+    let (status, fetched, bytes) = api
+        .call_sized(Method::POST, "/v1/fetch", Some(json!({"max": 1000})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", fetched["error"]);
+    let leased = fetched["jobs"].as_array().unwrap();
+    assert_eq!(
+        leased.len(),
+        budget / size,
+        "as many as fit in {budget} bytes"
+    );
+    assert_eq!(leased[0]["args"], args, "a fetch carries whole args");
+    assert!(
+        bytes <= budget + 64 * 1024,
+        "a fetch answered {bytes} bytes"
+    );
+}
+
+/// Each case as two tests, `<case>::sqlite` and `<case>::postgres`: where the
+/// stores could answer differently. On PostgreSQL multi-threaded, as its
+/// fixture needs (see [`postgres_api`]).
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$case(super::api().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(api) = super::postgres_api().await {
+                        super::$case(api).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+on_both_stores!(
+    fetch_names_at_most_1000_queues,
+    large_jobs_are_listed_cut_and_fetched_within_the_byte_budget,
+);
+
 #[tokio::test]
 async fn workers_register_and_list() {
     let api = api().await;
@@ -1189,4 +1316,21 @@ async fn workers_register_and_list() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, listed) = api.get("/v1/workers").await;
     assert_eq!(listed["workers"], json!([]));
+
+    // The queue and kind lists are bounded: they are kept and listed.
+    let names: Vec<String> = (0..1001).map(|i| format!("n{i}")).collect();
+    for field in ["queues", "kinds"] {
+        let mut long = worker.clone();
+        long[field] = json!(names);
+        let refused = api
+            .call(Method::PUT, "/v1/workers/w1", Some(long.clone()))
+            .await;
+        assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(refused.1["error"]["field"], field, "{}", refused.1);
+        long[field] = json!(names[..1000]);
+        let (status, body) = api
+            .call(Method::PUT, "/v1/workers/w1", Some(long.clone()))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
 }

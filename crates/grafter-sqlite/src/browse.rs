@@ -21,7 +21,7 @@ use rusqlite::{params, params_from_iter, Connection};
 use serde_json::Value;
 
 use crate::jobs;
-use crate::row::{job_from_row, micros, timestamp, JOB_COLUMNS};
+use crate::row::{job_preview_from_row, list_columns, micros, timestamp};
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -289,7 +289,10 @@ fn page(conn: &Connection, params: &JobsList) -> Result<JobPage> {
     let checked = residual(&mut Query::default(), params, &params.indexed_filters())?;
 
     let mut sql = Query::default();
-    sql.push(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ("));
+    sql.push(&format!(
+        "SELECT {} FROM jobs WHERE id IN (",
+        list_columns()
+    ));
     // Without row-by-row checks, the first `wanted` ids are the page.
     driver(conn, &mut sql, params, if checked { scan } else { wanted })?;
     sql.push(")");
@@ -298,7 +301,7 @@ fn page(conn: &Connection, params: &JobsList) -> Result<JobPage> {
     let jobs = conn
         .prepare_cached(&sql.text)
         .and_then(|mut stmt| {
-            stmt.query_map(params_from_iter(sql.values), job_from_row)?
+            stmt.query_map(params_from_iter(sql.values), job_preview_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(backend)?;

@@ -88,11 +88,16 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
     let now = micros(params.now);
     let lease_until = now.saturating_add(duration_micros(params.lease_duration));
     let placeholders = (0..params.queues.len())
-        .map(|i| format!("?{}", i + 5))
+        .map(|i| format!("?{}", i + 6))
         .collect::<Vec<_>>()
         .join(", ");
     // The lease never outlives the job's own timeout, so a job that overruns it
     // is rescued as "timed out" even if its worker keeps heartbeating.
+    //
+    // Of the first `max` jobs in hand-out order, those whose args added up
+    // stay within the byte budget ?5 are leased, and always the first (its
+    // running total is its own size). `octet_length` reads a value's size from
+    // the row's header, not the value.
     let timeout = timeout_micros();
     let sql = format!(
         "UPDATE jobs SET
@@ -105,12 +110,16 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
             attempted_at = ?2,
             progress = NULL
          WHERE id IN (
-            SELECT id FROM jobs
-            WHERE state = 'available' AND queue IN ({placeholders})
-              AND queue NOT IN (SELECT name FROM queues WHERE paused)
-              AND (expires_at IS NULL OR expires_at > ?2)
-            ORDER BY priority, run_at, id
-            LIMIT ?4)
+            SELECT id FROM (
+                SELECT id, size, sum(size) OVER (ORDER BY priority, run_at, id
+                                                 ROWS UNBOUNDED PRECEDING) AS upto
+                FROM (SELECT id, priority, run_at, octet_length(args) AS size FROM jobs
+                      WHERE state = 'available' AND queue IN ({placeholders})
+                        AND queue NOT IN (SELECT name FROM queues WHERE paused)
+                        AND (expires_at IS NULL OR expires_at > ?2)
+                      ORDER BY priority, run_at, id
+                      LIMIT ?4))
+            WHERE upto <= ?5 OR upto = size)
          RETURNING {JOB_COLUMNS}, lease"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
@@ -119,6 +128,7 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
         now.into(),
         params.worker_id.clone().into(),
         i64::try_from(max).unwrap_or(i64::MAX).into(),
+        i64::try_from(params.max_bytes).unwrap_or(i64::MAX).into(),
     ];
     values.extend(params.queues.iter().map(|q| q.clone().into()));
     let mut leased = stmt

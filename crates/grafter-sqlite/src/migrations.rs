@@ -23,17 +23,30 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/0007_hot_moves_counted_by_their_statements.sql"),
     ),
+    (
+        8,
+        include_str!("../migrations/0008_job_ids_never_reused.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.
 pub fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
+    apply_up_to(conn, i64::MAX)
+}
+
+/// Applies the migrations up to and including `last`: all of them on open;
+/// fewer in tests, to make a database as an older release left it.
+fn apply_up_to(conn: &mut Connection, last: i64) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS grafter_migrations (
             version    INTEGER PRIMARY KEY,
             applied_at INTEGER NOT NULL
         )",
     )?;
-    for &(version, sql) in MIGRATIONS {
+    for &(version, sql) in MIGRATIONS
+        .iter()
+        .take_while(|(version, _)| *version <= last)
+    {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let applied: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM grafter_migrations WHERE version = ?1)",
@@ -51,4 +64,125 @@ pub fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The indexes and triggers on `jobs`, each as (type, name, SQL with its
+    /// white space folded).
+    fn jobs_schema(conn: &Connection) -> Vec<(String, String, String)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT type, name, sql FROM sqlite_master
+                 WHERE tbl_name = 'jobs' AND type IN ('index', 'trigger') AND sql IS NOT NULL
+                 ORDER BY type, name",
+            )
+            .unwrap();
+        stmt.query_map([], |row| {
+            let sql: String = row.get(2)?;
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                sql.split_whitespace().collect::<Vec<_>>().join(" "),
+            ))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+    }
+
+    /// Every row of a table, as text, in a stable order.
+    fn dump(conn: &Connection, table: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+            .unwrap();
+        let columns = stmt.column_count();
+        stmt.query_map([], |row| {
+            (0..columns)
+                .map(|i| {
+                    row.get::<_, rusqlite::types::Value>(i)
+                        .map(|v| format!("{v:?}"))
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(|values| values.join("|"))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+    }
+
+    fn insert_job(conn: &Connection, queue: &str, tags: &str) -> i64 {
+        conn.query_row(
+            "INSERT INTO jobs (queue, kind, args, state, run_at, max_attempts, tags, created_at)
+             VALUES (?1, 'k', '{}', 'available', 1, 25, ?2, 1) RETURNING id",
+            [queue, tags],
+            |row| row.get(0),
+        )
+        .unwrap()
+    }
+
+    /// A database as release 7 left it, upgraded: its jobs, counters, tag rows,
+    /// indexes and triggers come through unchanged, and ids go on from the
+    /// largest one in the table and are never handed out again.
+    #[test]
+    fn the_upgrade_to_never_reused_ids_keeps_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("grafter.db")).unwrap();
+        apply_up_to(&mut conn, 7).unwrap();
+        for (queue, tags) in [("a", r#"["x"]"#), ("a", "[]"), ("b", r#"["x","y"]"#)] {
+            insert_job(&conn, queue, tags);
+        }
+        let deleted = insert_job(&conn, "b", r#"["z"]"#);
+        conn.execute("DELETE FROM jobs WHERE id = ?1", [deleted])
+            .unwrap();
+        conn.execute("UPDATE jobs SET state = 'dead' WHERE id = 1", [])
+            .unwrap();
+        let schema = jobs_schema(&conn);
+        let before: Vec<Vec<String>> = ["jobs", "job_counts", "job_tags"]
+            .iter()
+            .map(|table| dump(&conn, table))
+            .collect();
+
+        apply(&mut conn).unwrap();
+
+        assert_eq!(jobs_schema(&conn), schema, "indexes and triggers as before");
+        let after: Vec<Vec<String>> = ["jobs", "job_counts", "job_tags"]
+            .iter()
+            .map(|table| dump(&conn, table))
+            .collect();
+        assert_eq!(after, before, "rows, counters and tags as before");
+        let table: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(table.contains("AUTOINCREMENT"), "{table}");
+
+        // The id deleted before the upgrade was recorded nowhere, so ids go on
+        // from the largest one left; after the upgrade none comes twice.
+        let next = insert_job(&conn, "b", r#"["z"]"#);
+        assert_eq!(next, deleted);
+        conn.execute("DELETE FROM jobs WHERE id = ?1", [next])
+            .unwrap();
+        assert_eq!(insert_job(&conn, "b", "[]"), next + 1);
+        // The triggers still keep the counters and tag rows.
+        let b_available: i64 = conn
+            .query_row(
+                "SELECT n FROM job_counts WHERE queue = 'b' AND state = 'available'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(b_available, 2);
+        let z_tags: i64 = conn
+            .query_row("SELECT count(*) FROM job_tags WHERE tag = 'z'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(z_tags, 0);
+    }
 }

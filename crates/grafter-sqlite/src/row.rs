@@ -2,6 +2,7 @@
 //! columns: times and durations as integer microseconds, JSON as text.
 
 use grafter_core::{Job, JobId, JobState, Timestamp};
+use grafter_store::preview::{Preview, Read, PREVIEW_BYTES, PREVIEW_READ_CHARS};
 use grafter_store::StoreError;
 use rusqlite::Row;
 use serde::de::DeserializeOwned;
@@ -13,6 +14,33 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, args, priority, state, run_at, a
 
 /// Index of the first column after [`JOB_COLUMNS`].
 pub const AFTER_JOB_COLUMNS: usize = 23;
+
+/// What a job list selects, in the order [`job_preview_from_row`] reads it:
+/// [`JOB_COLUMNS`] with args, errors and result as much as a list shows of
+/// them (see `grafter_store::preview`), then whether the args and the result
+/// were read whole, and how many errors there are. `octet_length` of a column
+/// is read from the row's header, without loading the value.
+pub fn list_columns() -> String {
+    let whole = |column: &str| format!("octet_length({column}) <= {PREVIEW_BYTES}");
+    let read = |column: &str| {
+        format!(
+            "CASE WHEN {} THEN {column} ELSE substr({column}, 1, {PREVIEW_READ_CHARS}) END",
+            whole(column)
+        )
+    };
+    format!(
+        "id, queue, kind, {args}, priority, state, run_at, attempt, max_attempts, \
+         json_replace(errors -> '$[#-1]', '$.error', \
+                      substr(errors ->> '$[#-1].error', 1, {PREVIEW_READ_CHARS})), \
+         progress, {result}, tags, unique_key, timeout_ms, expires_at, backoff, cancel_requested, \
+         worker_id, lease_expires_at, created_at, attempted_at, finished_at, \
+         {args_whole}, {result_whole}, json_array_length(errors)",
+        args = read("args"),
+        result = read("result"),
+        args_whole = whole("args"),
+        result_whole = whole("result"),
+    )
+}
 
 pub fn micros(t: Timestamp) -> i64 {
     t.timestamp_micros()
@@ -43,7 +71,43 @@ fn opt_json<T: DeserializeOwned>(
     text.map(|t| json(column, &t)).transpose()
 }
 
+/// A job from a row that starts with [`JOB_COLUMNS`].
 pub fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let whole = Preview {
+        args: json(3, &row.get::<_, String>(3)?)?,
+        result: opt_json(11, row.get(11)?)?,
+        errors: json(9, &row.get::<_, String>(9)?)?,
+        cut: Vec::new(),
+    };
+    job_with(row, whole)
+}
+
+/// A listed job from a row of [`list_columns`].
+pub fn job_preview_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let args: String = row.get(3)?;
+    let result: Option<String> = row.get(11)?;
+    let result_whole: Option<bool> = row.get(AFTER_JOB_COLUMNS + 1)?;
+    let error_count: i64 = row.get(AFTER_JOB_COLUMNS + 2)?;
+    let preview = Preview::new(
+        Read {
+            text: &args,
+            whole: row.get(AFTER_JOB_COLUMNS)?,
+        },
+        result.as_deref().map(|text| Read {
+            text,
+            whole: result_whole.unwrap_or(false),
+        }),
+        usize::try_from(error_count).unwrap_or(0),
+        opt_json(9, row.get(9)?)?,
+    )
+    .map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    job_with(row, preview)
+}
+
+/// A job from its row, with its args, result and errors as given.
+fn job_with(row: &Row<'_>, large: Preview) -> rusqlite::Result<Job> {
     let state: String = row.get(5)?;
     let state: JobState = state.parse().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
@@ -52,15 +116,15 @@ pub fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         id: JobId(row.get(0)?),
         queue: row.get(1)?,
         kind: row.get(2)?,
-        args: json(3, &row.get::<_, String>(3)?)?,
+        args: large.args,
         priority: row.get(4)?,
         state,
         run_at: timestamp(row.get(6)?),
         attempt: row.get(7)?,
         max_attempts: row.get(8)?,
-        errors: json(9, &row.get::<_, String>(9)?)?,
+        errors: large.errors,
         progress: opt_json(10, row.get(10)?)?,
-        result: opt_json(11, row.get(11)?)?,
+        result: large.result,
         tags: json(12, &row.get::<_, String>(12)?)?,
         unique_key: row.get(13)?,
         timeout_ms: row.get(14)?,
@@ -72,5 +136,6 @@ pub fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         created_at: timestamp(row.get(20)?),
         attempted_at: row.get::<_, Option<i64>>(21)?.map(timestamp),
         finished_at: row.get::<_, Option<i64>>(22)?.map(timestamp),
+        cut: large.cut,
     })
 }

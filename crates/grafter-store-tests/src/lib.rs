@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance_suite!(@cases $make;
             insert_stores_every_field,
+            ids_are_never_reused,
             insert_in_the_future_is_scheduled_until_due,
             fetch_leases_and_counts_the_attempt,
             fetch_orders_by_priority_then_run_at_then_id,
@@ -55,6 +56,7 @@ macro_rules! conformance_suite {
             rescue_ends_expired_leases_as_failed_attempts,
             timeout_caps_the_lease_and_is_recorded,
             unique_key_dedupes_unfinished_jobs,
+            batches_with_the_same_keys_in_any_order_all_succeed,
             expires_at_expires_unstarted_jobs,
             cancel_by_state,
             retry_revives_finished_jobs,
@@ -68,6 +70,7 @@ macro_rules! conformance_suite {
             complete_many_acks_a_batch_fenced_per_item,
             complete_many_repeats_and_results_answer_as_one_at_a_time,
             running_limit_caps_a_queue_across_fetches,
+            fetch_stops_at_the_byte_budget,
             prune_deletes_old_finished_jobs_only,
             push_target_is_kept_and_removed,
             leadership_is_exclusive_until_it_expires_or_is_released,
@@ -81,6 +84,7 @@ macro_rules! conformance_suite {
             extreme_values_cannot_stop_recovery,
             the_same_input_has_the_same_outcome_on_every_store,
             work_wakes_only_the_fetches_of_its_queue,
+            list_shows_large_fields_cut,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

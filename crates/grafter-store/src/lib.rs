@@ -11,6 +11,7 @@
 
 mod error;
 mod params;
+pub mod preview;
 pub mod transitions;
 mod wakeups;
 
@@ -34,8 +35,10 @@ pub trait Store: Send + Sync + 'static {
     async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>>;
 
     /// Leases up to `max` available jobs of the given queues (paused queues skipped,
-    /// expired jobs skipped), lowest `priority` first, then `run_at`, then id. Each
-    /// leased job is `running` with `attempt + 1` and a fresh lease token.
+    /// expired jobs skipped), lowest `priority` first, then `run_at`, then id,
+    /// stopping before the job whose args would take the total past
+    /// `max_bytes` (never before the first). Each leased job is `running` with
+    /// `attempt + 1` and a fresh lease token.
     async fn jobs_fetch(&self, params: JobsFetch) -> Result<Vec<LeasedJob>>;
 
     /// Marks a running job `completed` with its result. Fenced by the lease.
@@ -65,7 +68,10 @@ pub trait Store: Send + Sync + 'static {
     async fn job_get(&self, id: JobId) -> Result<Option<Job>>;
 
     /// A page of jobs matching a filter, by id (keyset pagination). Every
-    /// filter is answered from an index or within `scan_limit` rows.
+    /// filter is answered from an index or within `scan_limit` rows. Jobs
+    /// come as [`preview::Preview`] shows them: args and results longer than
+    /// [`preview::PREVIEW_BYTES`] cut, the last error only; no store reads
+    /// more than [`preview::PREVIEW_READ_CHARS`] of them into the answer.
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage>;
 
     /// Retries, cancels or deletes many jobs in one transaction, each by the

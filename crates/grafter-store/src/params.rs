@@ -39,6 +39,11 @@ pub struct JobsFetch {
     /// With one queue: lease only as many as keep that queue's running jobs
     /// (on every node) at or under this number. A push queue's concurrency.
     pub running_limit: Option<usize>,
+    /// Lease no more jobs than the first whose args, added up in hand-out
+    /// order, stay within this many bytes ([`crate::preview::json_len`]);
+    /// the first job is leased whatever its size. Keeps one answer's size
+    /// bounded when jobs are large.
+    pub max_bytes: usize,
     /// Current time.
     pub now: Timestamp,
 }

@@ -115,7 +115,8 @@ pub struct ListQuery {
 /// A page of jobs.
 #[derive(Serialize, ToSchema)]
 pub struct JobPageBody {
-    /// The jobs.
+    /// The jobs, each with args and result over 1 KiB of JSON cut to the start
+    /// of their text and its last error alone (its `cut` says which).
     pub jobs: Vec<Job>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
@@ -136,6 +137,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Api
 }
 
 /// Jobs matching a filter, newest first, a page at a time (keyset pagination).
+/// Large args, results and error histories come cut (each job's `cut` says
+/// which); `GET /v1/jobs/{id}` has the whole job.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
     responses((status = 200, body = JobPageBody), (status = 422, body = ErrorBody)))]
 pub async fn list(

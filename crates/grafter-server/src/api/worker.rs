@@ -21,7 +21,7 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchRequest {
-    /// Queues to take jobs from (default `["default"]`).
+    /// Queues to take jobs from (default `["default"]`, at most 1000).
     #[serde(default = "default_queues")]
     pub queues: Vec<String>,
     /// Most jobs to lease (default 1, at most 1000).

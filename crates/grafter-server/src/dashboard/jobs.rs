@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
-use grafter_core::{Job, JobId, JobState};
+use grafter_core::{CutField, Job, JobId, JobState};
 use grafter_store::{BulkAction, BulkOutcome, JobsBulk, JobsList, Order};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -262,7 +262,7 @@ fn table(jobs: &[Job]) -> Markup {
                         td { (state_badge(job.state)) }
                         td { (job.queue) }
                         td { (job.kind) }
-                        td.args { code { (clip(&job.args.to_string(), 80)) } }
+                        td.args { code { (clip(&args_text(job), 80)) } }
                         td.num { (job.attempt) "/" (job.max_attempts) }
                         td { @if job.state.is_finished() { (time_or_dash(job.finished_at)) } @else { (time(job.run_at)) } }
                         td.error { @if let Some(e) = job.errors.last() { (clip(&e.error, 100)) } }
@@ -270,6 +270,17 @@ fn table(jobs: &[Job]) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// A listed job's args as JSON text. The store lists long args cut to the
+/// start of their text (a string), so a page never holds whole args.
+fn args_text(job: &Job) -> String {
+    match &job.args {
+        serde_json::Value::String(start) if job.cut.contains(&CutField::Args) => {
+            format!("{start}…")
+        }
+        args => args.to_string(),
     }
 }
 

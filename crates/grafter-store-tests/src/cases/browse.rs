@@ -2,7 +2,8 @@
 //! the per-queue counts kept for it, throughput per minute, and bulk changes.
 
 use chrono::{DateTime, Utc};
-use grafter_core::{Job, JobId, JobState, LeasedJob, NewJob};
+use grafter_core::{CutField, Job, JobId, JobState, LeasedJob, NewJob};
+use grafter_store::preview::{json_len, PREVIEW_BYTES};
 use grafter_store::{
     ArgsMatch, BulkAction, BulkOutcome, JobCancel, JobFail, JobRelease, JobRetry, JobsBulk,
     JobsCompleteMany, JobsList, JobsPrune, JobsRescue, MaintenanceBatch, MinuteThroughput, Order,
@@ -724,4 +725,104 @@ pub async fn bulk_changes_follow_the_one_job_rules(store: S) {
         store.jobs_bulk(too_many).await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+/// A list shows args and results up to `PREVIEW_BYTES` of compact JSON whole
+/// and longer ones cut to their start, and only the last error: a page of
+/// large jobs stays small. Both stores cut at the same size, even where
+/// PostgreSQL's own text of a value is longer than its compact text.
+pub async fn list_shows_large_fields_cut(store: S) {
+    let now = t0();
+    let n = PREVIEW_BYTES;
+    // `{"a":1,"k":""}` is 14 bytes.
+    let sized = |len: usize| json!({"a": 1, "k": "x".repeat(len - 14)});
+    assert_eq!(json_len(&sized(n)), n);
+    let huge = json!({"blob": "y".repeat(100_000)});
+    let mut jobs = vec![
+        NewJob::new("small", json!({"to": "ada"})),
+        NewJob::new("at_limit", sized(n)),
+        NewJob::new("over", sized(n + 1)),
+        NewJob::new("huge", huge.clone()),
+    ];
+    for kind in [
+        "result_at_limit",
+        "result_over",
+        "failed_once",
+        "failed_thrice",
+    ] {
+        let mut job = NewJob::new(kind, json!({}));
+        job.queue = "work".into();
+        jobs.push(job);
+    }
+    let inserted = insert(&store, jobs, now).await;
+
+    let leased = fetch(&store, "work", 4, now).await;
+    for (leased, result) in leased[..2].iter().zip([sized(n), sized(n + 1)]) {
+        let mut done = complete_params(leased, now);
+        done.result = Some(result);
+        store.job_complete(done).await.unwrap();
+    }
+    store
+        .job_fail(fail_params(&leased[2], "boom", now))
+        .await
+        .unwrap();
+    let long = "é".repeat(n);
+    let mut thrice = leased[3].clone();
+    for attempt in 1..=3 {
+        store
+            .job_fail(fail_params(&thrice, &format!("{attempt}{long}"), now))
+            .await
+            .unwrap();
+        if attempt < 3 {
+            let retry = JobRetry {
+                id: thrice.job.id,
+                args: None,
+                now,
+            };
+            store.job_retry(retry).await.unwrap();
+            thrice = fetch(&store, "work", 1, now).await.remove(0);
+        }
+    }
+
+    let page = store
+        .jobs_list(JobsList {
+            limit: 100,
+            order: Order::Asc,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed = |kind: &str| page.jobs.iter().find(|j| j.kind == kind).unwrap().clone();
+    let cut_text = |value: &serde_json::Value| json!(value.to_string()[..n]);
+
+    assert_eq!(listed("small").args, json!({"to": "ada"}));
+    assert_eq!(listed("at_limit").args, sized(n));
+    assert_eq!(listed("over").args, cut_text(&sized(n + 1)));
+    assert_eq!(listed("huge").args, cut_text(&huge));
+    assert_eq!(listed("result_at_limit").result, Some(sized(n)));
+    assert_eq!(listed("result_over").result, Some(cut_text(&sized(n + 1))));
+    assert_eq!(listed("failed_once").errors[0].error, "boom");
+    let failed = listed("failed_thrice");
+    assert_eq!(failed.errors.len(), 1, "the last error only");
+    assert_eq!(failed.errors[0].attempt, 3);
+    assert_eq!(
+        failed.errors[0].error,
+        format!("3{}", "é".repeat(n / 2 - 1))
+    );
+    for job in &page.jobs {
+        let expected: &[CutField] = match job.kind.as_str() {
+            "over" | "huge" => &[CutField::Args],
+            "result_over" => &[CutField::Result],
+            "failed_thrice" => &[CutField::Errors],
+            _ => &[],
+        };
+        assert_eq!(job.cut, expected, "{}", job.kind);
+    }
+    let answer = serde_json::to_string(&page.jobs).unwrap();
+    assert!(answer.len() < 16 * 1024, "{} bytes", answer.len());
+
+    // The job itself is whole.
+    let huge_job = get(&store, inserted[3].id).await;
+    assert_eq!((huge_job.args, huge_job.cut), (huge, vec![]));
+    assert_eq!(get(&store, failed.id).await.errors.len(), 3);
 }

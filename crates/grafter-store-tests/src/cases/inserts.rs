@@ -1,7 +1,7 @@
-//! Inserting jobs: what is stored, jobs due later, and unique keys.
+//! Inserting jobs: what is stored, ids, jobs due later, and unique keys.
 
 use grafter_core::{Backoff, JobId, JobState, NewJob};
-use grafter_store::{JobsInsert, MaintenanceBatch, Scheduled};
+use grafter_store::{JobCancel, JobsInsert, JobsList, JobsPrune, MaintenanceBatch, Scheduled};
 use serde_json::json;
 
 use super::{complete_params, fetch, get, insert, insert_one, ms, t0, S};
@@ -50,6 +50,58 @@ pub async fn insert_stores_every_field(store: S) {
     assert!(batch.windows(2).all(|w| w[0].id < w[1].id));
     assert!(batch[0].id > job.id);
     assert!(store.job_get(JobId(i64::MAX)).await.unwrap().is_none());
+}
+
+/// An id names one job for good: applications keep ids (push's
+/// `Grafter-Job-Id` for idempotency, status URLs), so a new job must never get
+/// an id another job had, whichever way that job went.
+pub async fn ids_are_never_reused(store: S) {
+    let now = t0();
+    let first = insert(
+        &store,
+        (0..3).map(|i| NewJob::new("k", json!(i))).collect(),
+        now,
+    )
+    .await;
+    let newest = first[2].id;
+    store.job_delete(newest).await.unwrap();
+    let after_delete = insert_one(&store, NewJob::new("k", json!(3)), now).await;
+    assert!(
+        after_delete.id > newest,
+        "job {} got an id at or below the deleted newest job's {newest}",
+        after_delete.id
+    );
+
+    // Every job finished and pruned: the table is empty, and ids go on.
+    for id in [first[0].id, first[1].id, after_delete.id] {
+        store.job_cancel(JobCancel { id, now }).await.unwrap();
+    }
+    let pruned = store
+        .jobs_prune(JobsPrune {
+            states: vec![JobState::Cancelled],
+            finished_before: now + ms(1),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, 3);
+    let left = store
+        .jobs_list(JobsList {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(left.jobs.is_empty(), "{:?}", left.jobs);
+    let mut keyed = NewJob::new("k", json!(4));
+    keyed.unique_key = Some("after-prune".into());
+    let after_prune = insert(&store, vec![NewJob::new("k", json!(5)), keyed], now).await;
+    assert!(
+        after_prune.iter().all(|job| job.id > after_delete.id),
+        "ids after pruning every job: {:?}, the largest before: {}",
+        after_prune.iter().map(|job| job.id).collect::<Vec<_>>(),
+        after_delete.id
+    );
 }
 
 pub async fn insert_in_the_future_is_scheduled_until_due(store: S) {
@@ -136,4 +188,64 @@ pub async fn unique_key_dedupes_unfinished_jobs(store: S) {
         .unwrap();
     assert!(after[0].created);
     assert_ne!(after[0].job.id, inserted[0].job.id);
+}
+
+/// Batches naming the same unique keys in different orders, at once: every
+/// batch is stored (none fails as a deadlock victim), every key is held by one
+/// job, and every batch is answered with that job, in its own order.
+pub async fn batches_with_the_same_keys_in_any_order_all_succeed(store: S) {
+    const TASKS: usize = 6;
+    const ROUNDS: usize = 20;
+    const KEYS: usize = 10;
+    let now = t0();
+    for round in 0..ROUNDS {
+        let batches = (0..TASKS).map(|task| {
+            let store = store.clone();
+            // Each task its own order: rotated, every other one reversed, so
+            // every pair of tasks holds some keys in opposite orders.
+            let mut order: Vec<usize> = (0..KEYS).collect();
+            order.rotate_left((task * 3 + round) % KEYS);
+            if task % 2 == 1 {
+                order.reverse();
+            }
+            tokio::spawn(async move {
+                let jobs = order
+                    .iter()
+                    .map(|k| {
+                        let mut job = NewJob::new("sync", json!({"task": task}));
+                        job.unique_key = Some(format!("round{round}-key{k}"));
+                        job
+                    })
+                    .collect();
+                let inserted = store.jobs_insert_many(JobsInsert { jobs, now }).await;
+                (order, inserted)
+            })
+        });
+        let mut holder: Vec<Option<JobId>> = vec![None; KEYS];
+        let mut created = 0;
+        for batch in batches.collect::<Vec<_>>() {
+            let (order, inserted) = batch.await.unwrap();
+            let inserted =
+                inserted.unwrap_or_else(|e| panic!("round {round}: a batch failed: {e}"));
+            assert_eq!(inserted.len(), KEYS);
+            for (k, one) in order.into_iter().zip(inserted) {
+                let key = format!("round{round}-key{k}");
+                assert_eq!(
+                    one.job.unique_key.as_deref(),
+                    Some(key.as_str()),
+                    "answered in request order"
+                );
+                let id = *holder[k].get_or_insert(one.job.id);
+                assert_eq!(one.job.id, id, "{key} is held by two jobs");
+                created += usize::from(one.created);
+            }
+        }
+        assert_eq!(created, KEYS, "round {round}: one job created per key");
+    }
+    let counts = store.queues_list().await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(
+        counts[0].counts[&JobState::Available],
+        (ROUNDS * KEYS) as u64
+    );
 }

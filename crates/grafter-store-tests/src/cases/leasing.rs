@@ -5,10 +5,11 @@
 use std::collections::HashSet;
 
 use grafter_core::{Backoff, Job, JobId, JobState, LeasedJob, NewJob, Progress};
+use grafter_store::preview::json_len;
 use grafter_store::transitions::TIMED_OUT;
 use grafter_store::{
-    AckOutcome, JobCancel, JobRelease, JobsCompleteMany, JobsRescue, MaintenanceBatch, QueuePause,
-    StoreError,
+    AckOutcome, JobCancel, JobRelease, JobsCompleteMany, JobsFetch, JobsRescue, MaintenanceBatch,
+    QueuePause, StoreError,
 };
 use serde_json::json;
 
@@ -608,4 +609,56 @@ pub async fn running_limit_caps_a_queue_across_fetches(store: S) {
         6,
         "without a limit, the rest"
     );
+}
+
+/// A fetch stops before the job whose args would take it past its byte
+/// budget, in hand-out order, and always leases one job however large: a
+/// fetch of a thousand large jobs must not answer gigabytes.
+pub async fn fetch_stops_at_the_byte_budget(store: S) {
+    let now = t0();
+    let big = || NewJob::new("big", json!({"blob": "x".repeat(100_000)}));
+    let size = json_len(&big().args);
+    let mut small = NewJob::new("small", json!({}));
+    small.priority = 1;
+    let jobs = vec![big(), big(), big(), big(), big(), small];
+    insert(&store, jobs, now).await;
+    let within = |max_bytes: usize| JobsFetch {
+        max_bytes,
+        ..fetch_params("default", 1000, now)
+    };
+    let kinds = |leased: Vec<LeasedJob>| leased.into_iter().map(|l| l.job.kind).collect::<Vec<_>>();
+
+    let three = store.jobs_fetch(within(size * 7 / 2)).await.unwrap();
+    assert_eq!(
+        kinds(three),
+        ["big", "big", "big"],
+        "the fourth would pass the budget"
+    );
+    let one = store.jobs_fetch(within(1)).await.unwrap();
+    assert_eq!(kinds(one), ["big"], "one job whatever its size");
+    let exact = size + json_len(&json!({}));
+    let last = store.jobs_fetch(within(exact)).await.unwrap();
+    assert_eq!(
+        kinds(last),
+        ["big", "small"],
+        "a budget met exactly holds both"
+    );
+
+    // The fetches of several queues and with a running limit keep it too.
+    let on = |queue: &str| NewJob {
+        queue: queue.into(),
+        ..big()
+    };
+    insert(&store, vec![on("a"), on("a"), on("b"), on("b")], now).await;
+    let several = JobsFetch {
+        queues: vec!["a".into(), "b".into()],
+        ..within(size * 3 / 2)
+    };
+    assert_eq!(store.jobs_fetch(several).await.unwrap().len(), 1);
+    let limited = JobsFetch {
+        queues: vec!["b".into()],
+        running_limit: Some(10),
+        ..within(size * 3 / 2)
+    };
+    assert_eq!(store.jobs_fetch(limited).await.unwrap().len(), 1);
 }

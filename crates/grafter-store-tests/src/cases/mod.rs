@@ -74,6 +74,7 @@ async fn insert_one(store: &S, job: NewJob, now: DateTime<Utc>) -> Job {
 fn fetch_params(queue: &str, max: usize, now: DateTime<Utc>) -> JobsFetch {
     JobsFetch {
         running_limit: None,
+        max_bytes: usize::MAX,
         queues: vec![queue.to_owned()],
         max,
         lease_duration: Duration::from_secs(30),
