@@ -83,26 +83,21 @@ LANGUAGE sql SET search_path FROM CURRENT AS $$
     SELECT grafter_v1_refuse(field, 'invalid type: ' || grafter_v1_describe(value) || ', expected ' || expected)
 $$;
 
--- A JSON string's text. NUL cannot be in PostgreSQL text, and a lone UTF-16
--- surrogate is not a character; both are looked for only when the JSON
--- holds an escape at all.
-CREATE FUNCTION grafter_v1_string(field text, value json) RETURNS text
+-- A JSON string's text. PostgreSQL text cannot hold NUL: grafter_v1_parse
+-- wrote each \u0000 as U+FDD0 (a noncharacter) and says so in `nul_marked`.
+CREATE FUNCTION grafter_v1_string(field text, value json, nul_marked boolean) RETURNS text
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    text_out text;
 BEGIN
     IF json_typeof(value) IS DISTINCT FROM 'string' THEN
         PERFORM grafter_v1_invalid_type(field, value, 'a string');
     END IF;
-    IF strpos(value::text, '\u') = 0 THEN
-        RETURN value #>> '{}';
+    text_out := value #>> '{}';
+    IF nul_marked AND strpos(text_out, U&'\FDD0') > 0 THEN
+        PERFORM grafter_v1_refuse(field, 'must not contain control or invisible characters (found U+0000)');
     END IF;
-    BEGIN
-        RETURN value #>> '{}';
-    EXCEPTION
-        WHEN untranslatable_character THEN
-            PERFORM grafter_v1_refuse(field, 'must not contain control or invisible characters (found U+0000)');
-        WHEN invalid_text_representation THEN
-            PERFORM grafter_v1_refuse(field, 'not a valid string (a lone UTF-16 surrogate escape)');
-    END;
+    RETURN text_out;
 END $$;
 
 -- A JSON integer in [min, max]: serde reads 1.0, 1e2 and -0 as floating
@@ -180,10 +175,11 @@ $$;
 
 -- A job's args: what the Rust store would hold for the same JSON (numbers
 -- as serde_json reads and writes them), the length of their compact JSON
--- text (args_bytes) and whether they hold a NUL (refused later, in
--- NewJob::validate's order). serde_json refuses JSON nested deeper than
+-- text (args_bytes) and whether they hold a NUL (see grafter_v1_string;
+-- refused later, in NewJob::validate's order). serde_json refuses JSON nested deeper than
 -- this within a POST /v1/jobs body.
-CREATE FUNCTION grafter_v1_args(field text, raw json, OUT value jsonb, OUT bytes integer, OUT has_nul boolean)
+CREATE FUNCTION grafter_v1_args(field text, raw json, nul_marked boolean,
+                                OUT value jsonb, OUT bytes integer, OUT has_nul boolean)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     text_in text := raw::text;
@@ -211,15 +207,8 @@ BEGIN
         FROM regexp_matches(text_in, '("(?:[^"\\]|\\.)*")|(-?[0-9][0-9.eE+-]*)|([^"0-9-]+)', 'g')
              WITH ORDINALITY AS t(m, o);
     END IF;
-    BEGIN
-        value := text_in::jsonb;
-    EXCEPTION
-        WHEN untranslatable_character THEN
-            has_nul := true;
-            RETURN;
-        WHEN invalid_text_representation THEN
-            PERFORM grafter_v1_refuse(field, 'not valid JSON text (a lone UTF-16 surrogate escape)');
-    END;
+    value := text_in::jsonb;
+    has_nul := nul_marked AND strpos(value::text, U&'\FDD0') > 0;
     IF jsonb_path_exists(value, 'strict $.**{126 to last} ? (@.type() == "array" || @.type() == "object")') THEN
         PERFORM grafter_v1_refuse(field, 'nested more than 126 levels deep (recursion limit exceeded)');
     END IF;
@@ -261,10 +250,10 @@ END $$;
 -- a space or t for T, z or UTC for Z, ±hh:mm or ±hhmm, up to nanoseconds),
 -- within years 1 to 9999, and stored as the Rust driver stores it:
 -- microseconds, the rest cut toward 2000-01-01.
-CREATE FUNCTION grafter_v1_time(field text, raw json) RETURNS timestamptz
+CREATE FUNCTION grafter_v1_time(field text, raw json, nul_marked boolean) RETURNS timestamptz
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
-    input text := grafter_v1_string(field, raw);
+    input text := grafter_v1_string(field, raw, nul_marked);
     m text[];
     year bigint;
     local timestamp;
@@ -334,9 +323,32 @@ DECLARE
     backoff_given boolean := false;
     factor_literal text := '2.0';
     jitter_literal text := '0.1';
+    source text := job::text;
+    nul_marked boolean := false;
+    body text := coalesce(nullif(rtrim(prefix, '.'), ''), 'body');
 BEGIN
+    -- PostgreSQL's JSON functions fail on \u0000 anywhere in an object
+    -- (they unescape every string), so each one not itself escaped becomes
+    -- U+FDD0, and the strings that hold one are refused where serde would
+    -- refuse the NUL.
+    IF strpos(source, '\u0000') > 0 THEN
+        WHILE source ~ '(^|[^\\])(\\\\)*\\u0000' LOOP
+            source := regexp_replace(source, '((^|[^\\])(\\\\)*)\\u0000', '\1\\ufdd0', 'g');
+        END LOOP;
+        nul_marked := true;
+        job := source::json;
+    END IF;
+    -- A lone UTF-16 surrogate escape is not text: refused whole, as JSON
+    -- that does not parse.
+    IF source ~* '\\ud[89a-f]' THEN
+        BEGIN
+            PERFORM source::jsonb;
+        EXCEPTION WHEN invalid_text_representation THEN
+            PERFORM grafter_v1_refuse(body, 'not valid JSON: a lone UTF-16 surrogate escape');
+        END;
+    END IF;
     IF json_typeof(job) IS DISTINCT FROM 'object' THEN
-        PERFORM grafter_v1_invalid_type(coalesce(nullif(rtrim(prefix, '.'), ''), 'body'), job, 'struct NewJob');
+        PERFORM grafter_v1_invalid_type(body, job, 'struct NewJob');
     END IF;
     j.queue := 'default';
     j.priority := 0;
@@ -344,25 +356,24 @@ BEGIN
     j.tags := '{}';
     FOR field IN SELECT key, value FROM json_each(job) LOOP
         IF field.key = ANY (seen) THEN
-            PERFORM grafter_v1_refuse(coalesce(nullif(rtrim(prefix, '.'), ''), 'body'),
-                                      format('duplicate field `%s`', field.key));
+            PERFORM grafter_v1_refuse(body, format('duplicate field `%s`', field.key));
         END IF;
         seen := seen || field.key;
         CASE field.key
         WHEN 'kind' THEN
-            j.kind := grafter_v1_string(prefix || 'kind', field.value);
+            j.kind := grafter_v1_string(prefix || 'kind', field.value, nul_marked);
         WHEN 'args' THEN
-            parsed := grafter_v1_args(prefix || 'args', field.value);
+            parsed := grafter_v1_args(prefix || 'args', field.value, nul_marked);
             j.args := parsed.value;
             j.args_bytes := parsed.bytes;
             has_nul := parsed.has_nul;
         WHEN 'queue' THEN
-            j.queue := grafter_v1_string(prefix || 'queue', field.value);
+            j.queue := grafter_v1_string(prefix || 'queue', field.value, nul_marked);
         WHEN 'priority' THEN
             j.priority := grafter_v1_integer(prefix || 'priority', field.value, -32768, 32767, 'i16');
         WHEN 'run_at' THEN
             IF json_typeof(field.value) <> 'null' THEN
-                j.run_at := grafter_v1_time(prefix || 'run_at', field.value);
+                j.run_at := grafter_v1_time(prefix || 'run_at', field.value, nul_marked);
             END IF;
         WHEN 'max_attempts' THEN
             j.max_attempts := grafter_v1_integer(prefix || 'max_attempts', field.value, -2147483648, 2147483647, 'i32');
@@ -372,12 +383,12 @@ BEGIN
             END IF;
             i := 0;
             FOR tag IN SELECT value FROM json_array_elements(field.value) LOOP
-                j.tags := j.tags || grafter_v1_string(format('%stags[%s]', prefix, i), tag);
+                j.tags := j.tags || grafter_v1_string(format('%stags[%s]', prefix, i), tag, nul_marked);
                 i := i + 1;
             END LOOP;
         WHEN 'unique_key' THEN
             IF json_typeof(field.value) <> 'null' THEN
-                j.unique_key := grafter_v1_string(prefix || 'unique_key', field.value);
+                j.unique_key := grafter_v1_string(prefix || 'unique_key', field.value, nul_marked);
             END IF;
         WHEN 'timeout_ms' THEN
             IF json_typeof(field.value) <> 'null' THEN
@@ -386,7 +397,7 @@ BEGIN
             END IF;
         WHEN 'expires_at' THEN
             IF json_typeof(field.value) <> 'null' THEN
-                j.expires_at := grafter_v1_time(prefix || 'expires_at', field.value);
+                j.expires_at := grafter_v1_time(prefix || 'expires_at', field.value, nul_marked);
             END IF;
         WHEN 'backoff' THEN
             IF json_typeof(field.value) <> 'null' THEN
