@@ -41,6 +41,7 @@ class SqlEnqueuerTest < Minitest::Test
   def teardown
     return unless @pg
 
+    @pg.exec("SET client_min_messages TO warning")
     @pg.exec("DROP SCHEMA IF EXISTS #{@qualified} CASCADE")
     @pg.close
     ActiveRecord::Base.remove_connection if defined?(ActiveRecord::Base) && ActiveRecord::Base.connected?
