@@ -33,8 +33,14 @@ async fn setup(url: &str, odd: &str) -> (Arc<PostgresStore>, Client, String, Dro
     let mut config = PostgresConfig::new(url);
     config.schema = Some(schema.clone());
     config.pool_size = 4;
-    let store = Arc::new(PostgresStore::connect(config).await.expect("connect the store"));
-    let (app, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect the app");
+    let store = Arc::new(
+        PostgresStore::connect(config)
+            .await
+            .expect("connect the store"),
+    );
+    let (app, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect the app");
     tokio::spawn(connection);
     (store, app, schema, guard)
 }
@@ -49,7 +55,10 @@ async fn enqueue_sql(
     schema: &str,
     job: &str,
 ) -> Result<Value, tokio_postgres::Error> {
-    let sql = format!("SELECT {}.grafter_enqueue_v1($1::text::json)", ident(schema));
+    let sql = format!(
+        "SELECT {}.grafter_enqueue_v1($1::text::json)",
+        ident(schema)
+    );
     client.query_one(&sql, &[&job]).await.map(|row| row.get(0))
 }
 
@@ -58,7 +67,10 @@ async fn enqueue_many_sql(
     schema: &str,
     jobs: &str,
 ) -> Result<Value, tokio_postgres::Error> {
-    let sql = format!("SELECT {}.grafter_enqueue_many_v1($1::text::json)", ident(schema));
+    let sql = format!(
+        "SELECT {}.grafter_enqueue_many_v1($1::text::json)",
+        ident(schema)
+    );
     client.query_one(&sql, &[&jobs]).await.map(|row| row.get(0))
 }
 
@@ -125,19 +137,30 @@ async fn a_commit_wakes_a_long_poll_and_a_rollback_leaves_nothing_and_wakes_nobo
     let waiting = poll(store.clone(), wait);
     let started = Instant::now();
     let tx = app.transaction().await.unwrap();
-    let job = enqueue_sql(&tx, &schema, r#"{"kind": "welcome", "queue": "mail", "args": {"n": 2}}"#)
-        .await
-        .unwrap();
+    let job = enqueue_sql(
+        &tx,
+        &schema,
+        r#"{"kind": "welcome", "queue": "mail", "args": {"n": 2}}"#,
+    )
+    .await
+    .unwrap();
     let id = job_of(&job).id;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "woken before the commit");
-    assert_eq!(store.job_get(id).await.unwrap(), None, "visible before the commit");
+    assert_eq!(
+        store.job_get(id).await.unwrap(),
+        None,
+        "visible before the commit"
+    );
     tx.commit().await.unwrap();
     let leased = tokio::time::timeout(PATIENCE, waiting)
         .await
         .expect("the long-poll was not woken")
         .unwrap();
-    assert!(started.elapsed() < wait, "the long-poll ran to its own timeout");
+    assert!(
+        started.elapsed() < wait,
+        "the long-poll ran to its own timeout"
+    );
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].job.id, id);
     assert_eq!(leased[0].job.args, json!({"n": 2}));
@@ -145,7 +168,9 @@ async fn a_commit_wakes_a_long_poll_and_a_rollback_leaves_nothing_and_wakes_nobo
     // Called without the schema on the search path, the function still finds
     // its tables; the caller's search_path is left as it was.
     let before: String = app.query_one("SHOW search_path", &[]).await.unwrap().get(0);
-    enqueue_sql(&app, &schema, r#"{"kind": "again"}"#).await.unwrap();
+    enqueue_sql(&app, &schema, r#"{"kind": "again"}"#)
+        .await
+        .unwrap();
     let after: String = app.query_one("SHOW search_path", &[]).await.unwrap().get(0);
     assert_eq!(before, after);
 }
@@ -197,8 +222,15 @@ async fn a_job_from_the_function_is_the_job_the_api_stores() {
     let mut cases: Vec<String> = ACCEPTED.iter().map(|s| s.to_string()).collect();
     // Sizes at the edges of the rules.
     cases.push(json!({"kind": "é".repeat(127) + "x", "tags": vec!["t"; 64]}).to_string());
-    cases.push(format!(r#"{{"kind": "a", "args": {}{}}}"#, "[".repeat(126), "]".repeat(126)));
-    cases.push(json!({"kind": "a", "args": {"big": "x".repeat(100_000), "n": vec![1.5; 1000]}}).to_string());
+    cases.push(format!(
+        r#"{{"kind": "a", "args": {}{}}}"#,
+        "[".repeat(126),
+        "]".repeat(126)
+    ));
+    cases.push(
+        json!({"kind": "a", "args": {"big": "x".repeat(100_000), "n": vec![1.5; 1000]}})
+            .to_string(),
+    );
 
     let stored = |id: i64| {
         let sql = format!(
@@ -208,16 +240,26 @@ async fn a_job_from_the_function_is_the_job_the_api_stores() {
         let app = &app;
         async move {
             let row = app.query_one(&sql, &[&id]).await.unwrap();
-            (row.get::<_, String>(0), row.get::<_, i32>(1), row.get::<_, String>(2))
+            (
+                row.get::<_, String>(0),
+                row.get::<_, i32>(1),
+                row.get::<_, String>(2),
+            )
         }
     };
     for input in &cases {
         let short: String = input.chars().take(120).collect();
         // The API's path: serde, NewJob::validate, the store's insert.
-        let new_job: NewJob = serde_json::from_str(input).unwrap_or_else(|e| panic!("{short}: {e}"));
-        new_job.validate().unwrap_or_else(|e| panic!("{short}: {e}"));
+        let new_job: NewJob =
+            serde_json::from_str(input).unwrap_or_else(|e| panic!("{short}: {e}"));
+        new_job
+            .validate()
+            .unwrap_or_else(|e| panic!("{short}: {e}"));
         let by_api = store
-            .jobs_insert_many(JobsInsert { jobs: vec![new_job], now: Utc::now() })
+            .jobs_insert_many(JobsInsert {
+                jobs: vec![new_job],
+                now: Utc::now(),
+            })
             .await
             .unwrap()
             .remove(0)
@@ -238,7 +280,10 @@ async fn a_job_from_the_function_is_the_job_the_api_stores() {
         let sql_row = stored(by_sql.id.0).await;
         store.job_delete(by_sql.id).await.unwrap();
 
-        assert_eq!(api_row, sql_row, "{short}: args as stored, args_bytes, state");
+        assert_eq!(
+            api_row, sql_row,
+            "{short}: args as stored, args_bytes, state"
+        );
         let mut expected = by_api.clone();
         expected.id = by_sql.id;
         expected.created_at = by_sql.created_at;
@@ -268,8 +313,14 @@ const REFUSED: &[(&str, &str)] = &[
     (r#"{"kind": "a", "priority": -0}"#, "priority"),
     (r#"{"kind": "a", "priority": 40000}"#, "priority"),
     (r#"{"kind": "a", "priority": "1"}"#, "priority"),
-    (r#"{"kind": "a", "max_attempts": 2147483648}"#, "max_attempts"),
-    (r#"{"kind": "a", "timeout_ms": 9223372036854775808}"#, "timeout_ms"),
+    (
+        r#"{"kind": "a", "max_attempts": 2147483648}"#,
+        "max_attempts",
+    ),
+    (
+        r#"{"kind": "a", "timeout_ms": 9223372036854775808}"#,
+        "timeout_ms",
+    ),
     (r#"{"kind": "a", "timeout_ms": 1.5}"#, "timeout_ms"),
     // Names.
     (r#"{"kind": ""}"#, "kind"),
@@ -294,33 +345,90 @@ const REFUSED: &[(&str, &str)] = &[
     // Counts and ranges.
     (r#"{"kind": "a", "max_attempts": 0}"#, "max_attempts"),
     (r#"{"kind": "a", "timeout_ms": 0}"#, "timeout_ms"),
-    (r#"{"kind": "a", "timeout_ms": 3153600000001}"#, "timeout_ms"),
+    (
+        r#"{"kind": "a", "timeout_ms": 3153600000001}"#,
+        "timeout_ms",
+    ),
     // Times: format and years 1 to 9999.
-    (r#"{"kind": "a", "run_at": "0000-12-31T00:00:00Z"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "0001-01-01T00:00:00+00:01"}"#, "run_at"),
-    (r#"{"kind": "a", "expires_at": "+10000-01-01T00:00:00Z"}"#, "expires_at"),
-    (r#"{"kind": "a", "expires_at": "9999-12-31T23:59:59.9999999Z"}"#, "expires_at"),
-    (r#"{"kind": "a", "run_at": "2030-01-01T00:00:00+24:00"}"#, "run_at"),
+    (
+        r#"{"kind": "a", "run_at": "0000-12-31T00:00:00Z"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "0001-01-01T00:00:00+00:01"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "expires_at": "+10000-01-01T00:00:00Z"}"#,
+        "expires_at",
+    ),
+    (
+        r#"{"kind": "a", "expires_at": "9999-12-31T23:59:59.9999999Z"}"#,
+        "expires_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "2030-01-01T00:00:00+24:00"}"#,
+        "run_at",
+    ),
     (r#"{"kind": "a", "run_at": "2030-01-01T00:00Z"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "2030-01-01T00:00:00"}"#, "run_at"),
+    (
+        r#"{"kind": "a", "run_at": "2030-01-01T00:00:00"}"#,
+        "run_at",
+    ),
     (r#"{"kind": "a", "run_at": "2030-01-01"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "2030-01-01T00:00:00.Z"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "02030-01-01T00:00:00Z"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "2030-02-30T00:00:00Z"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "2030-01-01T24:00:00Z"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "2030-01-01T00:00:00+02"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "2030-01-01T00:00:00,5Z"}"#, "run_at"),
-    (r#"{"kind": "a", "run_at": "2030-01-01T00:00:00+02:00:30"}"#, "run_at"),
+    (
+        r#"{"kind": "a", "run_at": "2030-01-01T00:00:00.Z"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "02030-01-01T00:00:00Z"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "2030-02-30T00:00:00Z"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "2030-01-01T24:00:00Z"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "2030-01-01T00:00:00+02"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "2030-01-01T00:00:00,5Z"}"#,
+        "run_at",
+    ),
+    (
+        r#"{"kind": "a", "run_at": "2030-01-01T00:00:00+02:00:30"}"#,
+        "run_at",
+    ),
     (r#"{"kind": "a", "run_at": 1700000000}"#, "run_at"),
     // Backoff.
     (r#"{"kind": "a", "backoff": {"factor": 0.5}}"#, "backoff"),
     (r#"{"kind": "a", "backoff": {"jitter": 1.5}}"#, "backoff"),
-    (r#"{"kind": "a", "backoff": {"max_ms": 31536000001}}"#, "backoff"),
-    (r#"{"kind": "a", "backoff": {"base_ms": 10, "max_ms": 1}}"#, "backoff"),
+    (
+        r#"{"kind": "a", "backoff": {"max_ms": 31536000001}}"#,
+        "backoff",
+    ),
+    (
+        r#"{"kind": "a", "backoff": {"base_ms": 10, "max_ms": 1}}"#,
+        "backoff",
+    ),
     (r#"{"kind": "a", "backoff": {"foo": 1}}"#, "backoff.foo"),
-    (r#"{"kind": "a", "backoff": {"factor": "2"}}"#, "backoff.factor"),
-    (r#"{"kind": "a", "backoff": {"base_ms": -1}}"#, "backoff.base_ms"),
-    (r#"{"kind": "a", "backoff": {"factor": 1e400}}"#, "backoff.factor"),
+    (
+        r#"{"kind": "a", "backoff": {"factor": "2"}}"#,
+        "backoff.factor",
+    ),
+    (
+        r#"{"kind": "a", "backoff": {"base_ms": -1}}"#,
+        "backoff.base_ms",
+    ),
+    (
+        r#"{"kind": "a", "backoff": {"factor": 1e400}}"#,
+        "backoff.factor",
+    ),
     (r#"{"kind": "a", "backoff": 5}"#, "backoff"),
 ];
 
@@ -333,19 +441,33 @@ fn api_refuses(input: &str) -> bool {
 async fn each_rule_is_refused_as_the_api_refuses_it_naming_the_field() {
     let Some(url) = database().await else { return };
     let (store, app, schema, _guard) = setup(&url, "").await;
-    let mut cases: Vec<(String, &str)> =
-        REFUSED.iter().map(|&(input, field)| (input.to_owned(), field)).collect();
+    let mut cases: Vec<(String, &str)> = REFUSED
+        .iter()
+        .map(|&(input, field)| (input.to_owned(), field))
+        .collect();
     cases.push((json!({"kind": "x".repeat(256)}).to_string(), "kind"));
     cases.push((json!({"kind": "é".repeat(128)}).to_string(), "kind"));
-    cases.push((json!({"kind": "a", "tags": vec!["t"; 65]}).to_string(), "tags"));
-    cases.push((format!(r#"{{"kind": "a", "args": {}{}}}"#, "[".repeat(127), "]".repeat(127)), "args"));
+    cases.push((
+        json!({"kind": "a", "tags": vec!["t"; 65]}).to_string(),
+        "tags",
+    ));
+    cases.push((
+        format!(
+            r#"{{"kind": "a", "args": {}{}}}"#,
+            "[".repeat(127),
+            "]".repeat(127)
+        ),
+        "args",
+    ));
     for (input, field) in &cases {
         let short: String = input.chars().take(100).collect();
         assert!(api_refuses(input), "the API accepts {short}");
         let error = enqueue_sql(&app, &schema, input)
             .await
             .expect_err(&format!("the function accepted {short}"));
-        let db = error.as_db_error().unwrap_or_else(|| panic!("{short}: {error:?}"));
+        let db = error
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{short}: {error:?}"));
         assert_eq!(db.code().code(), "22023", "{short}: {}", db.message());
         assert_eq!(db.column(), Some(*field), "{short}: {}", db.message());
         assert!(
@@ -380,7 +502,10 @@ async fn unique_keys_behave_as_the_apis() {
         job
     };
     let held = store
-        .jobs_insert_many(JobsInsert { jobs: vec![keyed("a")], now: Utc::now() })
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![keyed("a")],
+            now: Utc::now(),
+        })
         .await
         .unwrap()
         .remove(0)
@@ -397,21 +522,39 @@ async fn unique_keys_behave_as_the_apis() {
     .await
     .unwrap();
     let jobs: Vec<Job> = jobs.as_array().unwrap().iter().map(job_of).collect();
-    assert_eq!(jobs[0], held, "the committed holder of a is returned as it is");
-    assert_eq!(jobs[3], jobs[1], "the holder of b from this batch is returned");
+    assert_eq!(
+        jobs[0], held,
+        "the committed holder of a is returned as it is"
+    );
+    assert_eq!(
+        jobs[3], jobs[1],
+        "the holder of b from this batch is returned"
+    );
     assert_eq!(jobs[2].kind, "plain");
     assert!(jobs[1].id < jobs[2].id, "ids follow the batch's order");
     tx.commit().await.unwrap();
     let again = store
-        .jobs_insert_many(JobsInsert { jobs: vec![keyed("b")], now: Utc::now() })
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![keyed("b")],
+            now: Utc::now(),
+        })
         .await
         .unwrap()
         .remove(0);
-    assert!(!again.created, "the function's key holds against the store's own enqueue");
+    assert!(
+        !again.created,
+        "the function's key holds against the store's own enqueue"
+    );
     assert_eq!(again.job.id, jobs[1].id);
 
     // A finished job no longer holds its key.
-    let leased = store.jobs_fetch(JobsFetch { max: 100, ..fetch("default") }).await.unwrap();
+    let leased = store
+        .jobs_fetch(JobsFetch {
+            max: 100,
+            ..fetch("default")
+        })
+        .await
+        .unwrap();
     let a = leased.iter().find(|l| l.job.id == held.id).unwrap();
     store
         .job_complete(grafter_store::JobComplete {
@@ -422,7 +565,11 @@ async fn unique_keys_behave_as_the_apis() {
         })
         .await
         .unwrap();
-    let fresh = job_of(&enqueue_sql(&app, &schema, r#"{"kind": "sync", "unique_key": "a"}"#).await.unwrap());
+    let fresh = job_of(
+        &enqueue_sql(&app, &schema, r#"{"kind": "sync", "unique_key": "a"}"#)
+            .await
+            .unwrap(),
+    );
     assert_ne!(fresh.id, held.id);
     assert_eq!(fresh.state, JobState::Available);
 }
@@ -436,7 +583,11 @@ async fn transactions_racing_for_a_unique_key_get_one_job() {
 
     // The second waits for the first; the first commits: both see its job.
     let tx = first.transaction().await.unwrap();
-    let mine = job_of(&enqueue_sql(&tx, &schema, r#"{"kind": "k", "unique_key": "race"}"#).await.unwrap());
+    let mine = job_of(
+        &enqueue_sql(&tx, &schema, r#"{"kind": "k", "unique_key": "race"}"#)
+            .await
+            .unwrap(),
+    );
     let racing = {
         let schema = schema.clone();
         tokio::spawn(async move {
@@ -447,27 +598,50 @@ async fn transactions_racing_for_a_unique_key_get_one_job() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!racing.is_finished(), "the second did not wait for the first");
+    assert!(
+        !racing.is_finished(),
+        "the second did not wait for the first"
+    );
     tx.commit().await.unwrap();
-    let (theirs, mut second) = tokio::time::timeout(PATIENCE, racing).await.unwrap().unwrap();
+    let (theirs, mut second) = tokio::time::timeout(PATIENCE, racing)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(theirs.unwrap().id, mine.id);
 
     // The first rolls back: the second creates the job.
     let tx = first.transaction().await.unwrap();
-    let rolled_back = job_of(&enqueue_sql(&tx, &schema, r#"{"kind": "k", "unique_key": "race2"}"#).await.unwrap());
+    let rolled_back = job_of(
+        &enqueue_sql(&tx, &schema, r#"{"kind": "k", "unique_key": "race2"}"#)
+            .await
+            .unwrap(),
+    );
     let racing = {
         let schema = schema.clone();
         tokio::spawn(async move {
-            let theirs = enqueue_sql(&second, &schema, r#"{"kind": "k", "unique_key": "race2"}"#).await;
+            let theirs =
+                enqueue_sql(&second, &schema, r#"{"kind": "k", "unique_key": "race2"}"#).await;
             (theirs.map(|v| job_of(&v)), second)
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     tx.rollback().await.unwrap();
-    let (theirs, mut second) = tokio::time::timeout(PATIENCE, racing).await.unwrap().unwrap();
+    let (theirs, mut second) = tokio::time::timeout(PATIENCE, racing)
+        .await
+        .unwrap()
+        .unwrap();
     let theirs = theirs.unwrap();
     assert_ne!(theirs.id, rolled_back.id);
-    assert_eq!(store.job_get(theirs.id).await.unwrap().unwrap().unique_key.as_deref(), Some("race2"));
+    assert_eq!(
+        store
+            .job_get(theirs.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .unique_key
+            .as_deref(),
+        Some("race2")
+    );
 
     // Batches holding the same keys in opposite orders: one after the other,
     // never a deadlock (the advisory locks of inserts.rs).
@@ -507,19 +681,31 @@ async fn huge_and_many_inputs_answer_without_hanging() {
         .collect();
     let tx = app.transaction().await.unwrap();
     let started = Instant::now();
-    let out = enqueue_many_sql(&tx, &schema, &Value::from(jobs).to_string()).await.unwrap();
+    let out = enqueue_many_sql(&tx, &schema, &Value::from(jobs).to_string())
+        .await
+        .unwrap();
     let took = started.elapsed();
     tx.commit().await.unwrap();
     let out = out.as_array().unwrap();
     assert_eq!(out.len(), 10_000);
-    assert!(out.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
+    assert!(out
+        .windows(2)
+        .all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
     eprintln!("10,000 jobs through grafter_enqueue_many_v1 in {took:?}");
     let too_many: Vec<Value> = (0..10_001).map(|_| json!({"kind": "x"})).collect();
-    let error = enqueue_many_sql(&app, &schema, &Value::from(too_many).to_string()).await.unwrap_err();
+    let error = enqueue_many_sql(&app, &schema, &Value::from(too_many).to_string())
+        .await
+        .unwrap_err();
     assert_eq!(error.as_db_error().unwrap().column(), Some("jobs"));
 
     // 8 MB of args.
     let big = json!({"kind": "big", "args": {"blob": "é".repeat(4_000_000)}}).to_string();
     let job = job_of(&enqueue_sql(&app, &schema, &big).await.unwrap());
-    assert_eq!(store.job_get(job.id).await.unwrap().unwrap().args["blob"].as_str().unwrap().len(), 8_000_000);
+    assert_eq!(
+        store.job_get(job.id).await.unwrap().unwrap().args["blob"]
+            .as_str()
+            .unwrap()
+            .len(),
+        8_000_000
+    );
 }
