@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance_suite!(@cases $make;
             insert_stores_every_field,
+            args_numbers_read_back_exactly,
             ids_are_never_reused,
             insert_in_the_future_is_scheduled_until_due,
             fetch_leases_and_counts_the_attempt,
