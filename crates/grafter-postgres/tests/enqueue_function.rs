@@ -603,7 +603,7 @@ async fn transactions_racing_for_a_unique_key_get_one_job() {
         "the second did not wait for the first"
     );
     tx.commit().await.unwrap();
-    let (theirs, mut second) = tokio::time::timeout(PATIENCE, racing)
+    let (theirs, second) = tokio::time::timeout(PATIENCE, racing)
         .await
         .unwrap()
         .unwrap();
