@@ -29,6 +29,7 @@ pub mod maintenance;
 mod observer;
 mod open;
 mod outcome;
+mod schedules;
 pub mod push;
 mod wait;
 
@@ -40,3 +41,4 @@ pub use jobs::{Engine, FetchRequest, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};
 pub use observer::Observer;
 pub use open::{migrate, open, OpenError, PostgresSettings};
 pub use outcome::{Ack, Outcome, Retry, When};
+pub use schedules::{Reconciled, MAX_LIST, MAX_PREVIEW};
