@@ -22,8 +22,8 @@ pub use job::{
 };
 pub use push::PushTarget;
 pub use schedule::{
-    CatchUp, Overlap, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkipReason, SkippedSlots,
-    Timing,
+    CatchUp, Overlap, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkipReason,
+    SkippedSlots, Timing,
 };
 pub use state::{JobState, UnknownState};
 pub use worker::{Worker, WorkerRegistration};

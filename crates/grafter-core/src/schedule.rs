@@ -307,7 +307,10 @@ impl ScheduleSpec {
         if let Some(end) = self.end_at {
             time::validate_time("end_at", end)?;
             if self.start_at.is_some_and(|start| start > end) {
-                return Err(ValidationError::new("end_at", "must not be before start_at"));
+                return Err(ValidationError::new(
+                    "end_at",
+                    "must not be before start_at",
+                ));
             }
         }
         Ok(timing)
@@ -433,7 +436,11 @@ fn parse_cron(expression: &str) -> Result<Cron, ValidationError> {
         .year(Year::Disallowed)
         .build()
         .parse(expression)
-        .map_err(|e| invalid(format!("{expression:?} is not a valid cron expression: {e}")))?;
+        .map_err(|e| {
+            invalid(format!(
+                "{expression:?} is not a valid cron expression: {e}"
+            ))
+        })?;
     // An expression is judged once, the same on every day it is sent: does it
     // fire at all, from 2000 on (croner searches some years ahead)?
     let from = chrono::DateTime::from_timestamp(946_684_800, 0).unwrap_or_default();
@@ -595,7 +602,12 @@ mod tests {
             ["2025-03-09T07:00:00+00:00", "2025-03-10T06:30:00+00:00"]
         );
         assert_eq!(
-            slots("*/20 2 * * *", "America/New_York", "2025-03-09T06:00:00Z", 2),
+            slots(
+                "*/20 2 * * *",
+                "America/New_York",
+                "2025-03-09T06:00:00Z",
+                2
+            ),
             ["2025-03-09T07:00:00+00:00", "2025-03-10T06:00:00+00:00"]
         );
         assert_eq!(
@@ -608,7 +620,12 @@ mod tests {
         );
         // From inside the second pass of 01:xx, the next is 02:00 EST.
         assert_eq!(
-            slots("*/15 1 * * *", "America/New_York", "2025-11-02T06:10:00Z", 1),
+            slots(
+                "*/15 1 * * *",
+                "America/New_York",
+                "2025-11-02T06:10:00Z",
+                1
+            ),
             ["2025-11-03T06:00:00+00:00"]
         );
     }

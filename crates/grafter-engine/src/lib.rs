@@ -29,8 +29,8 @@ pub mod maintenance;
 mod observer;
 mod open;
 mod outcome;
-mod schedules;
 pub mod push;
+mod schedules;
 mod wait;
 
 pub use clock::Clock;

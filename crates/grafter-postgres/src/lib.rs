@@ -58,11 +58,12 @@ use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
-    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
-    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
-    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
+    JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
+    JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
+    MaintenanceBatch, MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result,
+    ScheduleSkipsList, ScheduleWrite, Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store,
+    StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};

@@ -44,7 +44,10 @@ fn schedule_from_row(row: &Row) -> Result<Schedule> {
         next_run_at: row.try_get(4).map_err(pg_error)?,
         last_slot: row.try_get(5).map_err(pg_error)?,
         last_run_at: row.try_get(6).map_err(pg_error)?,
-        last_job_id: row.try_get::<_, Option<i64>>(7).map_err(pg_error)?.map(JobId),
+        last_job_id: row
+            .try_get::<_, Option<i64>>(7)
+            .map_err(pg_error)?
+            .map(JobId),
         skip_before: row.try_get(8).map_err(pg_error)?,
         version: row.try_get(9).map_err(pg_error)?,
         created_at: row.try_get(10).map_err(pg_error)?,
@@ -62,8 +65,8 @@ impl Db {
         const UPDATE: &str = "
             UPDATE schedules SET spec = $2, paused = $3, source = $4, next_run_at = $5,
                 last_slot = $6, last_run_at = $7, last_job_id = $8, skip_before = $9,
-                version = $10, created_at = $11, updated_at = $12
-            WHERE id = $1 AND version = $10 - 1";
+                version = $10::bigint, created_at = $11, updated_at = $12
+            WHERE id = $1 AND version = $10::bigint - 1";
         let s = &params.schedule;
         let client = self.client().await?;
         let sql = if params.expected_version.is_some() {
@@ -240,7 +243,10 @@ impl Db {
             .collect();
         let mut inserting: Vec<(usize, NewJob)> = Vec::with_capacity(wanted.len());
         for (i, job) in wanted {
-            let slot = job.schedule.as_ref().and_then(|s| Some((s.id.clone(), s.slot?)));
+            let slot = job
+                .schedule
+                .as_ref()
+                .and_then(|s| Some((s.id.clone(), s.slot?)));
             if slot.is_some_and(|slot| taken.contains(&slot)) {
                 out[i].duplicates += 1;
             } else {
@@ -290,8 +296,7 @@ impl Db {
                 Ok(SkippedSlots {
                     first_slot: row.try_get(0).map_err(pg_error)?,
                     last_slot: row.try_get(1).map_err(pg_error)?,
-                    count: u64::try_from(row.try_get::<_, i64>(2).map_err(pg_error)?)
-                        .unwrap_or(0),
+                    count: u64::try_from(row.try_get::<_, i64>(2).map_err(pg_error)?).unwrap_or(0),
                     reason: reason.parse().map_err(|e: String| {
                         StoreError::Backend(format!("reading a skip record: {e}"))
                     })?,

@@ -26,11 +26,12 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
-    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
-    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
-    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
+    JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
+    JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
+    MaintenanceBatch, MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result,
+    ScheduleSkipsList, ScheduleWrite, Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store,
+    StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use rusqlite::Connection;
 

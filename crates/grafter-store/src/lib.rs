@@ -11,8 +11,8 @@
 
 mod error;
 mod params;
-mod schedules;
 pub mod preview;
+mod schedules;
 pub mod transitions;
 mod wakeups;
 

@@ -124,7 +124,13 @@ impl Engine {
             if self.store().schedule_write(write).await? {
                 let created = expected.is_none();
                 let version = expected.map_or(1, |v| v + 1);
-                return Ok((Schedule { version, ..schedule }, created));
+                return Ok((
+                    Schedule {
+                        version,
+                        ..schedule
+                    },
+                    created,
+                ));
             }
         }
         Err(busy(id))
@@ -139,7 +145,11 @@ impl Engine {
     }
 
     /// Up to `limit` (at most [`MAX_LIST`]) schedules by id, after `after`.
-    pub async fn schedules_list(&self, after: Option<String>, limit: usize) -> Result<Vec<Schedule>> {
+    pub async fn schedules_list(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Schedule>> {
         if !(1..=MAX_LIST).contains(&limit) {
             return Err(ValidationError::new(
                 "limit",
@@ -343,8 +353,7 @@ impl Engine {
 
     /// Applies firings; answers, per firing, its jobs (`None`: not applied).
     async fn fire(&self, firings: Vec<Firing>) -> Result<Vec<Option<Vec<Job>>>> {
-        let skipped: Vec<Vec<SkippedSlots>> =
-            firings.iter().map(|f| f.skipped.clone()).collect();
+        let skipped: Vec<Vec<SkippedSlots>> = firings.iter().map(|f| f.skipped.clone()).collect();
         let fired = self
             .store()
             .schedules_fire(SchedulesFire {

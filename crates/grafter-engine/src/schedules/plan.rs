@@ -78,7 +78,8 @@ pub(crate) fn plan(
         CatchUp::All => SkipReason::OverMax,
         CatchUp::Skip | CatchUp::Latest => SkipReason::Missed,
     };
-    let (mut paused, mut outside, mut late) = (Range::default(), Range::default(), Range::default());
+    let (mut paused, mut outside, mut late) =
+        (Range::default(), Range::default(), Range::default());
     let mut candidates: VecDeque<Timestamp> = VecDeque::with_capacity(keep.min(64));
     let mut next = schedule.next_run_at;
     let mut walked = 0;
