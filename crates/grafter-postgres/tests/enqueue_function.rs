@@ -23,8 +23,12 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A store on a fresh schema whose name holds `odd` (quotes, spaces…), an
 /// application's own connection, and the schema's name.
-async fn setup(url: &str, odd: &str) -> (Arc<PostgresStore>, Client, String, DropSchema) {
-    let schema = format!("{}{odd}", fresh_schema());
+async fn setup(
+    url: &str,
+    odd: impl Fn(&str) -> String,
+) -> (Arc<PostgresStore>, Client, String, DropSchema) {
+    let fresh = fresh_schema();
+    let schema = format!("{fresh}{}", odd(&fresh));
     let guard = DropSchema {
         url: url.to_owned(),
         // DropSchema wraps the name in double quotes as it is.
@@ -94,9 +98,14 @@ fn job_of(value: &Value) -> Job {
 async fn a_commit_wakes_a_long_poll_and_a_rollback_leaves_nothing_and_wakes_nobody() {
     let Some(url) = database().await else { return };
     // A schema name with quotes, a space, a semicolon and a backslash, long
-    // enough that the channel name is cut (at 63 bytes, inside the é).
-    let (store, mut app, schema, _guard) = setup(&url, " o'd\"d; \\ xxxxxxxxxxé").await;
-    assert!(format!("grafter_jobs:{schema}").len() > 63);
+    // enough that the channel name is cut at 63 bytes, inside the é (padded
+    // to that whatever the length of the fresh name).
+    let odd = |fresh: &str| {
+        let start = format!("grafter_jobs:{fresh} o'd\"d; \\ ");
+        format!(" o'd\"d; \\ {}é", "x".repeat(62 - start.len()))
+    };
+    let (store, mut app, schema, _guard) = setup(&url, odd).await;
+    assert_eq!(format!("grafter_jobs:{schema}").find('é'), Some(62));
     // The wake-up below can only come from the commit's NOTIFY.
     listening(&url, &schema[..schema.find(" ").unwrap()], 1).await;
 
@@ -218,7 +227,7 @@ const ACCEPTED: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_from_the_function_is_the_job_the_api_stores() {
     let Some(url) = database().await else { return };
-    let (store, app, schema, _guard) = setup(&url, "").await;
+    let (store, app, schema, _guard) = setup(&url, |_| String::new()).await;
     let mut cases: Vec<String> = ACCEPTED.iter().map(|s| s.to_string()).collect();
     // Sizes at the edges of the rules.
     cases.push(json!({"kind": "é".repeat(127) + "x", "tags": vec!["t"; 64]}).to_string());
@@ -440,7 +449,7 @@ fn api_refuses(input: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rule_is_refused_as_the_api_refuses_it_naming_the_field() {
     let Some(url) = database().await else { return };
-    let (store, app, schema, _guard) = setup(&url, "").await;
+    let (store, app, schema, _guard) = setup(&url, |_| String::new()).await;
     let mut cases: Vec<(String, &str)> = REFUSED
         .iter()
         .map(|&(input, field)| (input.to_owned(), field))
@@ -495,7 +504,7 @@ async fn each_rule_is_refused_as_the_api_refuses_it_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_keys_behave_as_the_apis() {
     let Some(url) = database().await else { return };
-    let (store, mut app, schema, _guard) = setup(&url, "").await;
+    let (store, mut app, schema, _guard) = setup(&url, |_| String::new()).await;
     let keyed = |key: &str| {
         let mut job = NewJob::new("sync", json!({"key": key}));
         job.unique_key = Some(key.to_owned());
@@ -577,7 +586,7 @@ async fn unique_keys_behave_as_the_apis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_racing_for_a_unique_key_get_one_job() {
     let Some(url) = database().await else { return };
-    let (store, mut first, schema, _guard) = setup(&url, "").await;
+    let (store, mut first, schema, _guard) = setup(&url, |_| String::new()).await;
     let (mut second, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
 
@@ -674,7 +683,7 @@ async fn hold_batch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_and_many_inputs_answer_without_hanging() {
     let Some(url) = database().await else { return };
-    let (store, mut app, schema, _guard) = setup(&url, "").await;
+    let (store, mut app, schema, _guard) = setup(&url, |_| String::new()).await;
     // A 10,000-job batch, the API's largest, in one statement.
     let jobs: Vec<Value> = (0..10_000)
         .map(|i| json!({"kind": "bulk", "args": {"i": i}, "queue": format!("q{}", i % 7)}))

@@ -321,7 +321,9 @@ impl Server {
         }
     }
 
-    /// Every job on `queue`, following `next_cursor` page by page.
+    /// Every job on `queue`, whole, following `next_cursor` page by page. A
+    /// list shortens large parts of a job (`cut`: a long error history comes
+    /// as its last error alone); such a job is read again on its own.
     pub async fn all_jobs(&self, queue: &str, page: usize) -> Vec<Value> {
         let mut jobs = Vec::new();
         let mut cursor: Option<String> = None;
@@ -341,10 +343,18 @@ impl Server {
             );
             match body["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
-                None => return jobs,
+                None => break,
             }
             assert!(jobs.len() <= 100_000, "pagination does not end");
         }
+        for job in &mut jobs {
+            if job.get("cut").is_some() {
+                let (status, whole) = self.get(&format!("/v1/jobs/{}", job["id"])).await;
+                assert_eq!(status, StatusCode::OK, "get: {whole}");
+                *job = whole;
+            }
+        }
+        jobs
     }
 
     /// The counts per state of one queue from `GET /v1/queues`.
