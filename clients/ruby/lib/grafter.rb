@@ -79,7 +79,7 @@ module Grafter
     def default_logger
       @default_logger ||= begin
         require "logger"
-        Logger.new($stderr, progname: "grafter")
+        Logger.new($stderr)
       end
     end
   end
