@@ -79,7 +79,7 @@ module Grafter
     def default_logger
       @default_logger ||= begin
         require "logger"
-        Logger.new($stderr)
+        Logger.new($stderr, level: Logger::INFO)
       end
     end
   end
