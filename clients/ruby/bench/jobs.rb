@@ -1,5 +1,5 @@
-# The benchmark's job, loaded by enqueue.rb and by the worker under test
-# (`grafter-worker --require`, `sidekiq -r`). BENCH_BACKEND picks the
+# The benchmark's jobs, loaded by enqueue.rb, crash.rb and by the worker under
+# test (`grafter-worker --require`, `sidekiq -r`). BENCH_BACKEND picks the
 # ActiveJob adapter: grafter or sidekiq.
 require "json"
 require "logger"
@@ -57,5 +57,16 @@ class NoopJob < ActiveJob::Base
 
   def perform(_n)
     BenchClock.tick
+  end
+end
+
+# crash.rb's job: takes a while, then records that it ran to its end (one
+# appended line per run, so a job run twice shows twice).
+class SlowJob < ActiveJob::Base
+  queue_as :bench
+
+  def perform(n)
+    sleep Float(ENV.fetch("BENCH_JOB_SECONDS", "0.5"))
+    File.open(ENV.fetch("BENCH_RAN_FILE"), "a") { |file| file.write("#{n}\n") }
   end
 end
