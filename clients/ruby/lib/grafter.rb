@@ -29,6 +29,14 @@ module Grafter
     end
   end
 
+  autoload :Worker, "grafter/worker"
+  autoload :CLI, "grafter/cli"
+
+  # Rack integration: Grafter::Rack::PushEndpoint.
+  module Rack
+    autoload :PushEndpoint, "grafter/rack/push_endpoint"
+  end
+
   # A plain-Ruby job handler, registered with Grafter.handle.
   Handler = Struct.new(:kind, :block, :push, keyword_init: true)
 
