@@ -367,9 +367,7 @@ module Grafter
 
     # The URL as shown in messages: without user and password.
     def redact(uri)
-      shown = uri.dup
-      shown.userinfo = "***" if shown.userinfo
-      shown.to_s
+      redact_text(uri.to_s)
     end
 
     def redact_text(text)
