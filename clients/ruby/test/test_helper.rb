@@ -175,6 +175,12 @@ module GrafterTest
       raise Minitest::Assertion, "job #{id} never reached #{states.join('/')}: #{job.inspect}"
     end
 
+    # Queue#pop(timeout:) is Ruby 3.2's: this is the same on 3.1.
+    def pop_within(queue, seconds)
+      wait_until(seconds, message: "a value in the queue") { !queue.empty? }
+      queue.pop
+    end
+
     # A worker on `queue` for the block's length; stopped (and its threads
     # ended) even when the block fails.
     def with_worker(queue, client: self.client, **options)

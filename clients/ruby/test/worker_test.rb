@@ -1,0 +1,169 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "grafter/worker"
+
+class WorkerTest < Minitest::Test
+  # Raised by a job: not a StandardError.
+  class Catastrophe < Exception; end # rubocop:disable Lint/InheritException
+
+  def test_runs_jobs_and_registers_under_its_identifier
+    queue = unique("run")
+    kind = unique("double")
+    Grafter.handle(kind) { |args, job| { "double" => args["n"] * 2, "attempt" => job["attempt"] } }
+    identifier = unique("worker-a")
+    with_worker(queue, identifier: identifier) do |worker|
+      ids = client.enqueue_many(Array.new(20) { |n| { kind: kind, queue: queue, args: { n: n } } }).map { |j| j["id"] }
+      results = ids.map { |id| wait_state(id, "completed")["result"] }
+      assert_equal Array.new(20) { |n| { "double" => n * 2, "attempt" => 1 } }, results
+      registered = client.workers.find { |w| w["id"] == identifier }
+      assert registered, "GET /v1/workers lists #{identifier}"
+      assert_equal [[queue], 2], registered.values_at("queues", "concurrency")
+      assert_includes registered["kinds"], kind
+      assert_equal identifier, worker.id
+    end
+    refute(client.workers.any? { |w| w["id"] == identifier }, "deregistered on stop")
+  end
+
+  def test_progress_shows_in_the_job_and_cancellation_reaches_the_job
+    queue = unique("cancel")
+    kind = unique("loop")
+    seen_cancel = Queue.new
+    Grafter.handle(kind) do
+      execution = Grafter::Execution.current
+      execution.progress!(0.25, "a quarter")
+      sleep 0.05 until execution.cancelled?
+      seen_cancel << true
+      raise "stopping on request"
+    end
+    with_worker(queue) do
+      id = client.enqueue(kind: kind, queue: queue)["id"]
+      wait_until(message: "progress visible") { client.job(id)["progress"] == { "fraction" => 0.25, "message" => "a quarter" } }
+      client.cancel(id)
+      assert pop_within(seen_cancel, 10), "the job saw grafter_cancelled?"
+      job = wait_state(id, "cancelled")
+      assert_match(/cancelled on request/, job["errors"].last["error"])
+    end
+  end
+
+  def test_a_job_past_its_timeout_is_interrupted_and_failed_as_timed_out
+    queue = unique("timeout")
+    kind = unique("forever")
+    ensured = Queue.new
+    Grafter.handle(kind) do
+      sleep
+    rescue StandardError
+      # Grafter::TimeoutError is not a StandardError: this does not catch it.
+      sleep
+    ensure
+      ensured << true
+    end
+    with_worker(queue) do
+      id = client.enqueue(kind: kind, queue: queue, timeout_ms: 300, max_attempts: 1)["id"]
+      job = wait_state(id, "dead")
+      assert_match(/\Atimed out/, job["errors"].last["error"])
+      assert pop_within(ensured, 5), "the job's ensure ran"
+    end
+  end
+
+  def test_exceptions_that_are_not_standard_errors_and_exit_fail_the_job_not_the_worker
+    queue = unique("exit")
+    Grafter.handle(kind_exit = unique("exit")) { exit 3 }
+    Grafter.handle(kind_bad = unique("catastrophe")) { raise Catastrophe, "beyond repair" }
+    Grafter.handle(kind_ok = unique("ok")) { "fine" }
+    with_worker(queue) do
+      exited = client.enqueue(kind: kind_exit, queue: queue, max_attempts: 1)["id"]
+      broken = client.enqueue(kind: kind_bad, queue: queue, max_attempts: 1)["id"]
+      assert_match(/\ASystemExit: exit/, wait_state(exited, "dead")["errors"].last["error"])
+      error = wait_state(broken, "dead")["errors"].last["error"]
+      assert_match(/\AWorkerTest::Catastrophe: beyond repair\n.*worker_test\.rb/, error, "class, message and backtrace")
+      ok = client.enqueue(kind: kind_ok, queue: queue)["id"]
+      assert_equal "fine", wait_state(ok, "completed")["result"]
+    end
+  end
+
+  def test_an_unknown_kind_fails_with_a_clear_error
+    queue = unique("unknown")
+    with_worker(queue) do
+      id = client.enqueue(kind: "nobody_handles_this", queue: queue, max_attempts: 1)["id"]
+      assert_match(/no handler for kind 'nobody_handles_this'/, wait_state(id, "dead")["errors"].last["error"])
+    end
+  end
+
+  def test_graceful_shutdown_lets_short_jobs_finish_and_hands_long_ones_back_uncounted
+    queue = unique("shutdown")
+    Grafter.handle(short = unique("short")) { sleep 0.3; "done" }
+    Grafter.handle(long = unique("long")) { sleep 30 }
+    worker = nil
+    with_worker(queue, shutdown_timeout: 1) do |w|
+      worker = w
+      quick = client.enqueue(kind: short, queue: queue)["id"]
+      slow = client.enqueue(kind: long, queue: queue)["id"]
+      wait_until(message: "both running") { [quick, slow].all? { |id| client.job(id)["state"] == "running" } }
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      worker.stop(1)
+      assert_operator Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, :<, 6
+      assert_equal "completed", client.job(quick)["state"]
+      handed_back = client.job(slow)
+      assert_equal ["available", 0, []], handed_back.values_at("state", "attempt", "errors"),
+                   "handed back at once, the attempt not counted"
+    end
+  end
+
+  def test_an_outcome_is_retried_while_the_server_is_down_and_recorded_when_it_is_back
+    own = GrafterTest::Server.start
+    c = own.client(open_timeout: 1)
+    queue = unique("outage")
+    kind = unique("through-outage")
+    finishing = Queue.new
+    Grafter.handle(kind) do
+      finishing << true
+      sleep 1 # the server dies meanwhile
+      { "survived" => true }
+    end
+    Grafter.handle(failing = unique("fails-through-outage")) do
+      finishing << true
+      sleep 1
+      raise ArgumentError, "recorded later"
+    end
+    with_worker(queue, client: c) do |_worker, log|
+      ok = c.enqueue(kind: kind, queue: queue)["id"]
+      bad = c.enqueue(kind: failing, queue: queue, max_attempts: 1)["id"]
+      2.times { pop_within(finishing, 10) }
+      own.kill
+      wait_until(message: "the worker retrying its outcomes") { log.string.include?("retrying") }
+      sleep 0.5
+      own.start(own.port)
+      assert_equal [{ "survived" => true }, 1], wait_state(ok, "completed", client: c).values_at("result", "attempt")
+      assert_match(/\AArgumentError: recorded later/, wait_state(bad, "dead", client: c)["errors"].last["error"])
+    end
+  ensure
+    own&.cleanup
+  end
+
+  def test_health_port_answers_200_while_working_and_503_when_the_server_is_gone
+    own = GrafterTest::Server.start
+    port = GrafterTest.free_port
+    with_worker(unique("health"), client: own.client(open_timeout: 1), health_port: port, health_host: "127.0.0.1",
+                                  registration_interval: 0.2, wait_ms: 200) do
+      wait_until(message: "healthy") { health(port) == 200 }
+      own.kill
+      wait_until(message: "unhealthy") { health(port) == 503 }
+    end
+  ensure
+    own&.cleanup
+  end
+
+  def test_bad_settings_are_refused
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: [], client: client) }
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], concurrency: 0, client: client) }
+  end
+
+  private
+
+  def health(port)
+    Net::HTTP.get_response(URI("http://127.0.0.1:#{port}/")).code.to_i
+  rescue SystemCallError, IOError
+    nil
+  end
+end
