@@ -132,7 +132,9 @@ module GrafterTest
     end
   end
 
-  at_exit { Server::ALL.each(&:cleanup) }
+  # Minitest runs the tests in its own at_exit hook: an at_exit added here
+  # would run before them. After the run, every server goes.
+  Minitest.after_run { Server::ALL.each(&:cleanup) }
 
   # One server for the tests that need nothing special; each test uses
   # queues of its own.
