@@ -70,3 +70,38 @@ class SlowJob < ActiveJob::Base
     File.open(ENV.fetch("BENCH_RAN_FILE"), "a") { |file| file.write("#{n}\n") }
   end
 end
+
+# BENCH_CALL_STATS=FILE (Grafter only): counts the worker's calls to the
+# server and the jobs each fetch and batch ack carried, written to FILE at
+# exit. Measures the gem from outside; changes nothing it does.
+if ENV["BENCH_CALL_STATS"] && ENV["BENCH_BACKEND"] == "grafter"
+  module BenchCallStats
+    COUNTS = Hash.new(0)
+    LOCK = Mutex.new
+
+    def self.count(call, jobs = nil)
+      LOCK.synchronize do
+        COUNTS["#{call} calls"] += 1
+        COUNTS["#{call} jobs"] += jobs if jobs
+      end
+    end
+
+    def fetch(**options)
+      super.tap { |jobs| BenchCallStats.count("fetch", jobs.size) }
+    end
+
+    def ack_many(acks)
+      BenchCallStats.count("ack_many", acks.size)
+      super
+    end
+
+    %i[ack fail heartbeat register_worker].each do |call|
+      define_method(call) do |*args, **options|
+        BenchCallStats.count(call)
+        super(*args, **options)
+      end
+    end
+  end
+  Grafter::Client.prepend(BenchCallStats)
+  at_exit { File.write(ENV["BENCH_CALL_STATS"], JSON.pretty_generate(BenchCallStats::COUNTS)) }
+end
