@@ -9,7 +9,6 @@ Rails.application.routes.draw do
   # queue to this endpoint and the job runs inside the request.
   post "/pushed/:job", to: "pushed_jobs#create"
   if ENV["GRAFTER_PUSH_SECRET"]
-    require "grafter/rack/push_endpoint"
     mount Grafter::Rack::PushEndpoint.new(secret: ENV["GRAFTER_PUSH_SECRET"]) => "/grafter/jobs"
   end
 end
