@@ -35,8 +35,9 @@ use common::{free_port, skip_or_fail, temp_dir, Server, FAST_CONFIG, PATIENCE};
 /// Appended to [`FAST_CONFIG`] (inside its `[maintenance]` table): a worker
 /// silent this long is dead and its jobs retry at once, so the killed
 /// worker's job comes back within seconds rather than at the end of its 30 s
-/// lease. A live worker re-registers every 5 s, well within it.
-const WORKER_STALE: &str = "worker_stale_ms = 8000\n";
+/// lease (`grafter-worker` has no lease option). A live worker re-registers
+/// every 5 s: twice that leaves a loaded machine 5 s of slack.
+const WORKER_STALE: &str = "worker_stale_ms = 10000\n";
 
 /// How long `NameJob` sleeps: long enough to kill its worker in the middle.
 const NAME_JOB_SECONDS: &str = "3";
