@@ -46,7 +46,7 @@ pub struct EnqueueArgs {
     server: ServerArgs,
 }
 
-fn parse_json_arg(s: &str) -> Result<Value, String> {
+pub(crate) fn parse_json_arg(s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| {
         format!("not valid JSON ({e}); quote it like --args '{{\"to\": \"a@example.com\"}}'")
     })
@@ -131,7 +131,7 @@ pub struct JobArg {
     server: ServerArgs,
 }
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

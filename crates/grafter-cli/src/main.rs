@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod jobs;
+mod schedules;
 mod serve;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Command {
     Jobs(jobs::JobsCommand),
     /// List queues with their job counts, or pause and resume one.
     Queues(jobs::QueuesArgs),
+    /// List, show, put, delete, pause, resume or trigger schedules (periodic jobs).
+    Schedules(schedules::SchedulesArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Measure throughput and latency on a throwaway database (see docs/benchmarks.md).
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
             Command::Enqueue(args) => jobs::enqueue(args).await,
             Command::Jobs(command) => jobs::jobs(command).await,
             Command::Queues(args) => jobs::queues(args).await,
+            Command::Schedules(args) => schedules::schedules(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Openapi => outln!("{}", grafter_server::openapi_json()),
         }

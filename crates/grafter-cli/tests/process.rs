@@ -426,3 +426,85 @@ async fn a_failing_job_is_retried_after_backoff_then_dead() {
     );
     assert_eq!(server.job(id).await["state"], "dead");
 }
+
+/// `grafter schedules put|list|show|pause|resume|trigger|delete` against a
+/// real server: the schedule it makes fires by the server's clock, and bad
+/// input comes back as one line naming the field.
+#[tokio::test]
+async fn the_cli_manages_schedules() {
+    let dir = temp_dir();
+    let server = start(dir.path()).await;
+    let cwd = dir.path();
+    let cli = |args: Vec<&str>| {
+        let mut args = args;
+        args.extend(["--url", server.base.as_str()]);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run_cli(&args, cwd).await;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+    let (ok, text) = cli(vec![
+        "schedules",
+        "put",
+        "tick",
+        "--every-ms",
+        "1000",
+        "--kind",
+        "tick",
+        "--queue",
+        "ticks",
+        "--catch-up",
+        "all",
+    ])
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("every 1000 ms"), "{text}");
+    let (ok, text) = cli(vec!["schedules", "list"]).await;
+    assert!(ok && text.contains("tick"), "{text}");
+    // It fires each second on the server's clock.
+    let mut fired = Vec::new();
+    for _ in 0..100 {
+        fired = server.all_jobs("ticks", 100).await;
+        if fired.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fired.len() >= 2, "{fired:?}");
+    assert_eq!(fired[0]["schedule"]["id"], "tick");
+    let (ok, text) = cli(vec!["schedules", "pause", "tick"]).await;
+    assert!(ok && text.contains("true"), "{text}");
+    let (ok, text) = cli(vec!["schedules", "trigger", "tick"]).await;
+    assert!(ok && text.contains("enqueued job"), "{text}");
+    let (ok, text) = cli(vec!["schedules", "show", "tick", "--json"]).await;
+    assert!(ok, "{text}");
+    let shown: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["paused"], true);
+    let (ok, text) = cli(vec!["schedules", "resume", "tick"]).await;
+    assert!(ok && text.contains("false"), "{text}");
+    let (ok, text) = cli(vec![
+        "schedules",
+        "put",
+        "bad",
+        "--cron",
+        "0 0 31 2 *",
+        "--kind",
+        "k",
+    ])
+    .await;
+    assert!(
+        !ok && text.contains("cron") && text.contains("never fires"),
+        "{text}"
+    );
+    let (ok, text) = cli(vec!["schedules", "delete", "tick"]).await;
+    assert!(ok && text.contains("deleted schedule tick"), "{text}");
+    let (ok, text) = cli(vec!["schedules", "show", "tick"]).await;
+    assert!(!ok && text.contains("not_found"), "{text}");
+}

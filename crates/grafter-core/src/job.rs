@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use chrono::{DateTime, Utc};
 
-use crate::{storable, time, Backoff, JobState};
+use crate::{storable, time, Backoff, JobState, ScheduleRef};
 
 /// The queue a job goes to when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -130,6 +130,10 @@ pub struct Job {
     /// the JSON, everywhere else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cut: Vec<CutField>,
+    /// The schedule and slot this job was made for; absent for jobs
+    /// enqueued otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleRef>,
 }
 
 /// A field of a [`Job`] that a job list may shorten (see [`Job::cut`]).
@@ -194,6 +198,10 @@ pub struct NewJob {
     /// Retry backoff for this job only.
     #[serde(default)]
     pub backoff: Option<Backoff>,
+    /// The schedule and slot it is made for: set by the engine when a
+    /// schedule fires, never by a request.
+    #[serde(skip)]
+    pub schedule: Option<ScheduleRef>,
 }
 
 fn empty_object() -> Value {
@@ -223,6 +231,7 @@ impl NewJob {
             timeout_ms: None,
             expires_at: None,
             backoff: None,
+            schedule: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Grafter's job model, with no I/O: what a job is, the states it moves through,
-//! how a new job is validated, and how long a failed job waits before its next try.
+//! how a new job is validated, how long a failed job waits before its next try,
+//! and when a schedule fires.
 //!
 //! Everything above this crate (stores, server, library, CLI) speaks these types.
 
@@ -7,6 +8,7 @@ mod backoff;
 mod display;
 mod job;
 mod push;
+pub mod schedule;
 mod state;
 pub mod storable;
 pub mod time;
@@ -19,6 +21,10 @@ pub use job::{
     ValidationError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN, MAX_TAGS,
 };
 pub use push::PushTarget;
+pub use schedule::{
+    CatchUp, Overlap, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkipReason,
+    SkippedSlots, Timing,
+};
 pub use state::{JobState, UnknownState};
 pub use worker::{Worker, WorkerRegistration};
 

@@ -9,6 +9,9 @@ pub enum Error {
     /// A field of the call is out of range or malformed; nothing was done.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// No such thing (a schedule; a missing job is the store's `NotFound`).
+    #[error("{0}")]
+    NotFound(String),
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -113,6 +113,11 @@ impl Engine {
         &self.inner.config
     }
 
+    /// Who hears of each change.
+    pub(crate) fn observer(&self) -> &dyn Observer {
+        self.inner.observer.as_ref()
+    }
+
     /// The engine's clock.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
@@ -175,7 +180,7 @@ impl Engine {
 
     /// The rule for waking waiting fetches, in one place: after a change
     /// commits, the queues of the jobs it made `available` are announced.
-    fn announce_available<'j>(&self, jobs: impl IntoIterator<Item = &'j Job>) {
+    pub(crate) fn announce_available<'j>(&self, jobs: impl IntoIterator<Item = &'j Job>) {
         let mut queues: Vec<&str> = jobs
             .into_iter()
             .filter(|job| job.state == JobState::Available)

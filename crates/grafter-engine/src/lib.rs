@@ -30,6 +30,7 @@ mod observer;
 mod open;
 mod outcome;
 pub mod push;
+mod schedules;
 mod wait;
 
 pub use clock::Clock;
@@ -40,3 +41,4 @@ pub use jobs::{Engine, FetchRequest, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};
 pub use observer::Observer;
 pub use open::{migrate, open, OpenError, PostgresSettings};
 pub use outcome::{Ack, Outcome, Retry, When};
+pub use schedules::{Reconciled, MAX_LIST, MAX_PREVIEW};

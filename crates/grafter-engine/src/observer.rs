@@ -1,6 +1,6 @@
 //! What the engine tells whoever counts (the server's metrics) as jobs move.
 
-use grafter_core::Job;
+use grafter_core::{Job, SkipReason};
 
 /// Told of each change the engine makes, after it is durable. Called inline,
 /// so implementations must be quick and must not block.
@@ -13,6 +13,8 @@ pub trait Observer: Send + Sync + 'static {
     fn batch_completed(&self, _count: usize) {}
     /// An attempt failed: `job` is retryable, dead, or cancelled.
     fn failed(&self, _job: &Job) {}
+    /// A schedule skipped `count` slots, for `reason`.
+    fn slots_skipped(&self, _reason: SkipReason, _count: u64) {}
 }
 
 /// The observer of an engine nobody watches.

@@ -44,6 +44,7 @@ mod migrations;
 mod notifier;
 mod queues;
 mod row;
+mod schedules;
 mod workers;
 
 pub use enqueue::enqueue_in;
@@ -55,13 +56,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use grafter_core::{Job, JobId, LeasedJob, Worker};
+use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
-    AckOutcome, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
-    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Scheduled, Store, StoreError,
-    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
+    JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
+    JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
+    MaintenanceBatch, MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result,
+    ScheduleSkipsList, ScheduleWrite, Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store,
+    StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -441,6 +443,37 @@ impl Store for PostgresStore {
 
     async fn workers_prune(&self, params: WorkersPrune) -> Result<u64> {
         self.db.workers_prune(&params).await
+    }
+
+    async fn schedule_write(&self, params: ScheduleWrite) -> Result<bool> {
+        self.db.schedule_write(&params).await
+    }
+
+    async fn schedule_get(&self, id: String) -> Result<Option<Schedule>> {
+        self.db.schedule_get(&id).await
+    }
+
+    async fn schedules_list(&self, params: SchedulesList) -> Result<Vec<Schedule>> {
+        self.db.schedules_list(&params).await
+    }
+
+    async fn schedule_delete(&self, id: String) -> Result<bool> {
+        self.db.schedule_delete(&id).await
+    }
+
+    async fn schedules_due(&self, params: SchedulesDue) -> Result<Vec<DueSchedule>> {
+        self.db.schedules_due(&params).await
+    }
+
+    async fn schedules_fire(&self, params: SchedulesFire) -> Result<Vec<Fired>> {
+        if params.firings.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db.schedules_fire(&params).await
+    }
+
+    async fn schedule_skips_list(&self, params: ScheduleSkipsList) -> Result<Vec<SkippedSlots>> {
+        self.db.schedule_skips_list(&params).await
     }
 
     async fn ping(&self) -> Result<()> {

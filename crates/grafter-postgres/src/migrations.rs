@@ -34,6 +34,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/0008_throughput_only_after_running.sql"),
     ),
     (9, include_str!("../migrations/0009_args_bytes.sql")),
+    (10, include_str!("../migrations/0010_enqueue_function.sql")),
+    (11, include_str!("../migrations/0011_schedules.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
@@ -66,6 +68,14 @@ pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i3
         .await
         .map_err(context("creating the schema"))?;
     }
+    // The enqueue function (migration 10) notifies the channel the nodes
+    // listen on, which only the configuration can tell.
+    tx.execute(
+        "SELECT set_config('grafter.notify_channel', $1, true)",
+        &[&schema.channel()],
+    )
+    .await
+    .map_err(context("setting the notification channel"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS grafter_migrations (
             version    integer     PRIMARY KEY,

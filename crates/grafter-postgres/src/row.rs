@@ -1,7 +1,7 @@
 //! Mapping between `jobs` rows and [`Job`], and the values statements bind:
 //! JSON and counts.
 
-use grafter_core::{AttemptError, Job, JobId, JobState};
+use grafter_core::{AttemptError, Job, JobId, JobState, ScheduleRef};
 use grafter_store::preview::{json_len, Preview, Read, PREVIEW_BYTES, PREVIEW_READ_CHARS};
 use grafter_store::{Result, StoreError};
 use serde_json::Value;
@@ -19,13 +19,14 @@ macro_rules! job_columns {
         "jobs.id, jobs.queue, jobs.kind, jobs.args, jobs.priority, jobs.state, jobs.run_at, \
          jobs.attempt, jobs.max_attempts, jobs.errors, jobs.progress, jobs.result, jobs.tags, \
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, jobs.cancel_requested, \
-         jobs.worker_id, jobs.lease_expires_at, jobs.created_at, jobs.attempted_at, jobs.finished_at"
+         jobs.worker_id, jobs.lease_expires_at, jobs.created_at, jobs.attempted_at, jobs.finished_at, \
+         jobs.schedule_id, jobs.schedule_slot"
     };
 }
 pub(crate) use job_columns;
 
 /// Index of the first column after [`job_columns!`].
-pub(crate) const AFTER_JOB_COLUMNS: usize = 23;
+pub(crate) const AFTER_JOB_COLUMNS: usize = 25;
 
 /// The length of a job's args as compact JSON text, as `args_bytes` keeps it
 /// (migration 9): what a fetch's byte budget and a list's cut count.
@@ -58,7 +59,7 @@ pub(crate) fn list_columns() -> String {
          jobs.progress, left(jobs.result::text, {PREVIEW_READ_CHARS}), jobs.tags, \
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, \
          jobs.cancel_requested, jobs.worker_id, jobs.lease_expires_at, jobs.created_at, \
-         jobs.attempted_at, jobs.finished_at, \
+         jobs.attempted_at, jobs.finished_at, jobs.schedule_id, jobs.schedule_slot, \
          {args_whole}, jsonb_array_length(jobs.errors)"
     )
 }
@@ -104,6 +105,13 @@ fn job_with(row: &Row, large: Preview) -> Result<Job> {
     let state: JobState = state
         .parse()
         .map_err(|e| StoreError::Backend(format!("reading a job row: {e}")))?;
+    let schedule = match row.try_get::<_, Option<String>>(23).map_err(pg_error)? {
+        Some(id) => Some(ScheduleRef {
+            id,
+            slot: row.try_get(24).map_err(pg_error)?,
+        }),
+        None => None,
+    };
     Ok(Job {
         id: JobId(row.try_get(0).map_err(pg_error)?),
         queue: row.try_get(1).map_err(pg_error)?,
@@ -129,6 +137,7 @@ fn job_with(row: &Row, large: Preview) -> Result<Job> {
         attempted_at: row.try_get(21).map_err(pg_error)?,
         finished_at: row.try_get(22).map_err(pg_error)?,
         cut: large.cut,
+        schedule,
     })
 }
 

@@ -2,7 +2,7 @@
 //! cross nodes (and not schemas), the polling fallback, migrations racing on
 //! start and upgrading, jobs from before `args_bytes`, unique keys and worker
 //! pruning racing across nodes, running limits, leadership, batch acks and job
-//! pruning across nodes.
+//! pruning across nodes, and a schedule's firing failing half-way.
 
 mod common;
 
@@ -21,7 +21,10 @@ use grafter_store::{
 use serde_json::json;
 
 use common::{admin, database, fresh_config, listening};
-use grafter_store_tests::cases::an_unreadable_row_is_set_aside_and_the_others_are_rescued;
+use grafter_store_tests::cases::{
+    a_firing_that_fails_half_way_leaves_nothing,
+    an_unreadable_row_is_set_aside_and_the_others_are_rescued,
+};
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -1054,5 +1057,38 @@ async fn a_row_that_cannot_be_read_is_set_aside_and_the_others_are_rescued() {
         );
         admin(&url).await.execute(&sql, &[&id.0]).await.unwrap();
     })
+    .await;
+}
+
+/// A firing that fails between a slot's job and the schedule's record of
+/// the slot leaves neither (the failure injected by a trigger written
+/// behind the store's back).
+#[tokio::test]
+async fn a_firing_that_fails_half_way_leaves_nothing_behind() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = Arc::new(PostgresStore::connect(config).await.unwrap());
+    let schema = guard.schema.clone();
+    a_firing_that_fails_half_way_leaves_nothing(
+        store,
+        async || {
+            // Fires after the job is inserted, when the schedule records it.
+            let sql = format!(
+                "CREATE FUNCTION \"{schema}\".fail_to_record() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'injected: the slot is not recorded'; END $$;
+                 CREATE TRIGGER fail_to_record BEFORE UPDATE OF last_job_id
+                 ON \"{schema}\".schedules FOR EACH ROW
+                 EXECUTE FUNCTION \"{schema}\".fail_to_record()"
+            );
+            admin(&url).await.batch_execute(&sql).await.unwrap();
+        },
+        async || {
+            let sql = format!(
+                "DROP TRIGGER fail_to_record ON \"{}\".schedules",
+                guard.schema
+            );
+            admin(&url).await.batch_execute(&sql).await.unwrap();
+        },
+    )
     .await;
 }

@@ -50,6 +50,7 @@ fn leased_job() -> LeasedJob {
             attempted_at: Some(now),
             finished_at: None,
             cut: Vec::new(),
+            schedule: None,
         },
         lease: "5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f".into(),
     }

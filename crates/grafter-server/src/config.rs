@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use grafter_core::{Backoff, PushTarget};
+use grafter_core::{Backoff, PushTarget, ScheduleSpec};
 use grafter_engine::maintenance::{MaintenanceConfig, RetentionConfig};
 use grafter_engine::{EngineConfig, PostgresSettings, DEFAULT_FETCH_MAX_BYTES};
 use serde::Deserialize;
@@ -55,6 +55,11 @@ pub struct ServerConfig {
     pub queues: BTreeMap<String, QueueConfig>,
     /// How the push dispatcher runs.
     pub push: PushSettings,
+    /// Schedules (`[schedules.ID]`, the keys of `PUT /v1/schedules/{id}`),
+    /// reconciled by id at each start: made or updated to the file, and
+    /// those the file made before but no longer has are deleted. Without a
+    /// `[schedules]` table, no schedule is touched.
+    pub schedules: Option<BTreeMap<String, ScheduleSpec>>,
     /// How HTTP connections are kept.
     pub http: HttpSettings,
 }
@@ -147,6 +152,7 @@ impl Default for ServerConfig {
             retention: RetentionConfig::default(),
             queues: BTreeMap::new(),
             push: PushSettings::default(),
+            schedules: None,
             http: HttpSettings::default(),
         }
     }
@@ -186,6 +192,16 @@ pub enum ConfigError {
     Invalid {
         /// The setting.
         field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A schedule of the file is not usable.
+    #[error("invalid setting schedules.{id}.{field}: {message}")]
+    Schedule {
+        /// The schedule.
+        id: String,
+        /// The setting under it, e.g. `cron`.
+        field: String,
         /// What is wrong.
         message: String,
     },
@@ -236,6 +252,7 @@ impl ServerConfig {
         for (field, value) in [
             ("maintenance.schedule_interval_ms", m.schedule_interval_ms),
             ("maintenance.rescue_interval_ms", m.rescue_interval_ms),
+            ("maintenance.periodic_interval_ms", m.periodic_interval_ms),
             ("maintenance.expire_interval_ms", m.expire_interval_ms),
             ("maintenance.worker_stale_ms", m.worker_stale_ms),
             ("maintenance.leader_ttl_ms", m.leader_ttl_ms),
@@ -275,6 +292,15 @@ impl ServerConfig {
             return invalid("token", message);
         }
         self.push_targets()?;
+        for (id, spec) in self.schedules.iter().flatten() {
+            let invalid = |field: String, message: String| ConfigError::Schedule {
+                id: id.clone(),
+                field,
+                message,
+            };
+            grafter_core::validate_name("id", id).map_err(|e| invalid("id".into(), e.message))?;
+            spec.validate().map_err(|e| invalid(e.field, e.message))?;
+        }
         Ok(())
     }
 
@@ -403,6 +429,50 @@ mod tests {
             "[queues.mail.push]\nurl = \"x\"\nsecret = \"y\"\nsekret = 1"
         )
         .is_err());
+    }
+
+    #[test]
+    fn schedules_come_from_the_file_and_bad_ones_name_their_key() {
+        let config: ServerConfig = toml::from_str(
+            r#"
+            [schedules.nightly]
+            cron = "0 3 * * *"
+            timezone = "Europe/Berlin"
+            catch_up = "latest"
+            job = { kind = "report", args = { full = true }, queue = "reports" }
+
+            [schedules.tick]
+            every_ms = 60000
+            overlap = "skip"
+            [schedules.tick.job]
+            kind = "tick"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let schedules = config.schedules.as_ref().unwrap();
+        assert_eq!(schedules["nightly"].job.queue, "reports");
+        assert_eq!(schedules["tick"].every_ms, Some(60_000));
+        let refused = |text: &str| {
+            let config: ServerConfig = toml::from_str(text).unwrap();
+            config.validate().unwrap_err().to_string()
+        };
+        assert!(
+            refused("[schedules.x]\ncron = \"0 0 31 2 *\"\njob = { kind = \"k\" }")
+                .contains("schedules.x.cron")
+        );
+        assert!(refused(
+            "[schedules.x]\ncron = \"@daily\"\ntimezone = \"Nowhere\"\njob = { kind = \"k\" }"
+        )
+        .contains("schedules.x.timezone"));
+        assert!(toml::from_str::<ServerConfig>(
+            "[schedules.x]\ncron = \"@daily\"\ncatch_up = \"some\"\njob = { kind = \"k\" }"
+        )
+        .is_err());
+        assert!(
+            ServerConfig::default().schedules.is_none(),
+            "no table, no reconciliation"
+        );
     }
 
     #[test]

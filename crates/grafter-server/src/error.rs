@@ -183,6 +183,7 @@ impl From<grafter_engine::Error> for ApiError {
     fn from(e: grafter_engine::Error) -> Self {
         match e {
             grafter_engine::Error::Invalid(e) => e.into(),
+            grafter_engine::Error::NotFound(message) => ApiError::not_found(message),
             grafter_engine::Error::Store(e) => e.into(),
         }
     }

@@ -64,6 +64,17 @@ pub fn router(state: AppState) -> Router {
         .route("/queues/{name}", axum::routing::put(api::queues::update))
         .route("/queues/{name}/pause", post(api::queues::pause))
         .route("/queues/{name}/resume", post(api::queues::resume))
+        .route("/schedules", get(api::schedules::list))
+        .route(
+            "/schedules/{id}",
+            get(api::schedules::show)
+                .put(api::schedules::put)
+                .delete(api::schedules::delete),
+        )
+        .route("/schedules/{id}/pause", post(api::schedules::pause))
+        .route("/schedules/{id}/resume", post(api::schedules::resume))
+        .route("/schedules/{id}/trigger", post(api::schedules::trigger))
+        .route("/schedules/{id}/preview", get(api::schedules::preview))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::auth::require_token,
@@ -120,7 +131,8 @@ fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &traci
 /// lets in-flight ones finish (long-polls answer at once), and stops the
 /// services. Connections slow to send a request, or idle too long between
 /// requests, are closed (`ServerConfig::http`). The config file's push
-/// targets are stored first.
+/// targets are stored first, and its schedules reconciled (when it has a
+/// `[schedules]` table).
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
@@ -131,6 +143,19 @@ pub async fn serve(
     push::apply_configured_targets(state.engine(), state.config())
         .await
         .map_err(std::io::Error::other)?;
+    if let Some(schedules) = &state.config().schedules {
+        let report = state
+            .engine()
+            .schedules_reconcile(schedules)
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!(
+            created = ?report.created,
+            updated = ?report.updated,
+            deleted = ?report.deleted,
+            "schedules of the config file reconciled"
+        );
+    }
     let maintenance = Maintenance::start(
         state.engine(),
         &state.config().maintenance,

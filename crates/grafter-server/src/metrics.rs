@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use grafter_core::Job;
+use grafter_core::{Job, SkipReason};
 use grafter_engine::maintenance::ServiceHealth;
 use grafter_engine::Observer;
 use grafter_store::QueueInfo;
@@ -54,6 +54,12 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+/// The reason a schedule's slots were skipped (a fixed set: no escaping).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueStateLabels {
     pub queue: EscapedText,
@@ -69,6 +75,7 @@ pub struct Metrics {
     jobs: Family<QueueStateLabels, Gauge>,
     maintenance_failing: Family<ServiceLabels, Gauge>,
     maintenance_failures: Family<ServiceLabels, Gauge>,
+    slots_skipped: Family<ReasonLabels, Counter>,
     /// Held from resetting the job gauges until they are written, so a
     /// concurrent scrape never clears them in between.
     rendering: Mutex<()>,
@@ -84,6 +91,13 @@ impl Metrics {
         let jobs = Family::<QueueStateLabels, Gauge>::default();
         let maintenance_failing = Family::<ServiceLabels, Gauge>::default();
         let maintenance_failures = Family::<ServiceLabels, Gauge>::default();
+        let slots_skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "schedule_slots_skipped",
+            "Schedule slots not run, by reason (missed, outside_window, over_max, overlap, paused), \
+             decided on this node",
+            slots_skipped.clone(),
+        );
         registry.register(
             "jobs_enqueued",
             "Jobs created through this server",
@@ -128,6 +142,7 @@ impl Metrics {
             jobs,
             maintenance_failing,
             maintenance_failures,
+            slots_skipped,
             rendering: Mutex::new(()),
         }
     }
@@ -194,5 +209,13 @@ impl Observer for Metrics {
 
     fn failed(&self, job: &Job) {
         Self::count(&self.failed, job);
+    }
+
+    fn slots_skipped(&self, reason: SkipReason, count: u64) {
+        self.slots_skipped
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc_by(count);
     }
 }

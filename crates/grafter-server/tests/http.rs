@@ -1334,3 +1334,131 @@ async fn workers_register_and_list() {
         assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     }
 }
+
+/// Schedules over HTTP: 201 then 200 with `next_run_at` and the next fire
+/// times, list, show, pause, resume, trigger (a job carrying `schedule`),
+/// preview, delete; bad input names its field; on SQLite and PostgreSQL.
+async fn schedules_round_trip(api: Api) {
+    let body = json!({
+        "cron": "0 9 * * 1-5", "timezone": "Europe/Berlin",
+        "job": {"kind": "report", "args": {"full": true}, "queue": "reports"},
+        "catch_up": "latest", "overlap": "skip"
+    });
+    let (status, created) = api
+        .call(
+            Method::PUT,
+            "/v1/schedules/weekday-report",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["id"], "weekday-report");
+    assert_eq!(created["source"], "api");
+    assert_eq!(created["paused"], false);
+    assert!(created["next_run_at"].is_string(), "{created}");
+    assert_eq!(created["upcoming"].as_array().unwrap().len(), 5);
+    assert_eq!(created["next_run_at"], created["upcoming"][0]);
+    let (status, same) = api
+        .call(Method::PUT, "/v1/schedules/weekday-report", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        same["version"], created["version"],
+        "unchanged: not written"
+    );
+
+    let (status, paused) = api
+        .post("/v1/schedules/weekday-report/pause", json!({}))
+        .await;
+    assert_eq!((status, &paused["paused"]), (StatusCode::OK, &json!(true)));
+    let (status, job) = api
+        .post("/v1/schedules/weekday-report/trigger", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(job["kind"], "report");
+    assert_eq!(job["queue"], "reports");
+    assert_eq!(
+        job["schedule"],
+        json!({"id": "weekday-report", "slot": null})
+    );
+    let (status, resumed) = api
+        .post("/v1/schedules/weekday-report/resume", json!({}))
+        .await;
+    assert_eq!(
+        (status, &resumed["paused"]),
+        (StatusCode::OK, &json!(false))
+    );
+    assert_eq!(resumed["last_job_id"], job["id"]);
+    assert_eq!(resumed["last_job_state"], "available");
+
+    let (status, preview) = api
+        .get("/v1/schedules/weekday-report/preview?count=12")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(preview["slots"].as_array().unwrap().len(), 12);
+    let (status, list) = api.get("/v1/schedules").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["schedules"][0]["id"], "weekday-report");
+    assert_eq!(list["next"], Value::Null);
+
+    for (body, field) in [
+        (json!({"cron": "0 0 31 2 *", "job": {"kind": "k"}}), "cron"),
+        (json!({"cron": "nope", "job": {"kind": "k"}}), "cron"),
+        (
+            json!({"cron": "@daily", "timezone": "Mars/Base", "job": {"kind": "k"}}),
+            "timezone",
+        ),
+        (
+            json!({"cron": "@daily", "catch_up": "sometimes", "job": {"kind": "k"}}),
+            "catch_up",
+        ),
+        (
+            json!({"cron": "@daily", "overlap": "queue", "job": {"kind": "k"}}),
+            "overlap",
+        ),
+        (json!({"every_ms": 10, "job": {"kind": "k"}}), "every_ms"),
+        (json!({"every_ms": 1000, "job": {"kind": ""}}), "job.kind"),
+        (
+            json!({"every_ms": 1000, "catch_up_max": 0, "job": {"kind": "k"}}),
+            "catch_up_max",
+        ),
+        (json!({"cron": "@daily"}), "job"),
+    ] {
+        let (status, error) = api
+            .call(Method::PUT, "/v1/schedules/bad", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+        assert_eq!(error["error"]["code"], "invalid_field");
+        assert_eq!(error["error"]["field"], field, "{body}: {error}");
+    }
+    let (status, _) = api.get("/v1/schedules/bad").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .get("/v1/schedules/weekday-report/preview?count=0")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (status, _) = api
+        .call(Method::DELETE, "/v1/schedules/weekday-report", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) = api
+        .post("/v1/schedules/weekday-report/trigger", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    let (_, job) = api.get(&format!("/v1/jobs/{}", job["id"])).await;
+    assert_eq!(job["schedule"]["id"], "weekday-report", "its jobs stay");
+}
+
+#[tokio::test]
+async fn schedules_over_http_on_sqlite() {
+    schedules_round_trip(api().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_over_http_on_postgres() {
+    let Some(api) = postgres_api().await else {
+        return;
+    };
+    schedules_round_trip(api).await;
+}

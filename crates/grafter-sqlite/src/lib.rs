@@ -17,19 +17,21 @@ mod migrations;
 mod queues;
 mod readers;
 mod row;
+mod schedules;
 mod workers;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use grafter_core::{Job, JobId, LeasedJob, Worker};
+use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
-    AckOutcome, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
-    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Scheduled, Store, StoreError,
-    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
+    JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
+    JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
+    MaintenanceBatch, MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result,
+    ScheduleSkipsList, ScheduleWrite, Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store,
+    StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use rusqlite::Connection;
 
@@ -244,6 +246,48 @@ impl Store for SqliteStore {
     async fn workers_prune(&self, params: WorkersPrune) -> Result<u64> {
         self.writer
             .run(move |conn| workers::workers_prune(conn, &params))
+            .await
+    }
+
+    async fn schedule_write(&self, params: ScheduleWrite) -> Result<bool> {
+        self.writer
+            .run(move |conn| schedules::schedule_write(conn, &params))
+            .await
+    }
+
+    async fn schedule_get(&self, id: String) -> Result<Option<Schedule>> {
+        self.readers
+            .run(move |conn| schedules::schedule_get(conn, &id))
+            .await
+    }
+
+    async fn schedules_list(&self, params: SchedulesList) -> Result<Vec<Schedule>> {
+        self.readers
+            .run(move |conn| schedules::schedules_list(conn, &params))
+            .await
+    }
+
+    async fn schedule_delete(&self, id: String) -> Result<bool> {
+        self.writer
+            .run(move |conn| schedules::schedule_delete(conn, &id))
+            .await
+    }
+
+    async fn schedules_due(&self, params: SchedulesDue) -> Result<Vec<DueSchedule>> {
+        self.readers
+            .run(move |conn| schedules::schedules_due(conn, &params))
+            .await
+    }
+
+    async fn schedules_fire(&self, params: SchedulesFire) -> Result<Vec<Fired>> {
+        self.writer
+            .run(move |conn| schedules::schedules_fire(conn, &params))
+            .await
+    }
+
+    async fn schedule_skips_list(&self, params: ScheduleSkipsList) -> Result<Vec<SkippedSlots>> {
+        self.readers
+            .run(move |conn| schedules::schedule_skips_list(conn, &params))
             .await
     }
 

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../migrations/0008_job_ids_never_reused.sql"),
     ),
+    (9, include_str!("../migrations/0009_schedules.sql")),
 ];
 
 /// Brings the schema up to date.
@@ -145,7 +146,7 @@ mod tests {
             .map(|table| dump(&conn, table))
             .collect();
 
-        apply(&mut conn).unwrap();
+        apply_up_to(&mut conn, 8).unwrap();
 
         assert_eq!(jobs_schema(&conn), schema, "indexes and triggers as before");
         let after: Vec<Vec<String>> = ["jobs", "job_counts", "job_tags"]

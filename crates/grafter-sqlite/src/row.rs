@@ -1,7 +1,7 @@
 //! Mapping between `jobs` rows and [`Job`], and between values and their
 //! columns: times and durations as integer microseconds, JSON as text.
 
-use grafter_core::{Job, JobId, JobState, Timestamp};
+use grafter_core::{Job, JobId, JobState, ScheduleRef, Timestamp};
 use grafter_store::preview::{Preview, Read, PREVIEW_BYTES, PREVIEW_READ_CHARS};
 use grafter_store::StoreError;
 use rusqlite::Row;
@@ -10,10 +10,11 @@ use serde::de::DeserializeOwned;
 /// The columns every job query selects, in the order [`job_from_row`] reads them.
 pub const JOB_COLUMNS: &str = "id, queue, kind, args, priority, state, run_at, attempt, \
     max_attempts, errors, progress, result, tags, unique_key, timeout_ms, expires_at, backoff, \
-    cancel_requested, worker_id, lease_expires_at, created_at, attempted_at, finished_at";
+    cancel_requested, worker_id, lease_expires_at, created_at, attempted_at, finished_at, \
+    schedule_id, schedule_slot";
 
 /// Index of the first column after [`JOB_COLUMNS`].
-pub const AFTER_JOB_COLUMNS: usize = 23;
+pub const AFTER_JOB_COLUMNS: usize = 25;
 
 /// What a job list selects, in the order [`job_preview_from_row`] reads it:
 /// [`JOB_COLUMNS`] with args, errors and result as much as a list shows of
@@ -34,7 +35,7 @@ pub fn list_columns() -> String {
                       substr(errors ->> '$[#-1].error', 1, {PREVIEW_READ_CHARS})), \
          progress, {result}, tags, unique_key, timeout_ms, expires_at, backoff, cancel_requested, \
          worker_id, lease_expires_at, created_at, attempted_at, finished_at, \
-         {args_whole}, {result_whole}, json_array_length(errors)",
+         schedule_id, schedule_slot, {args_whole}, {result_whole}, json_array_length(errors)",
         args = read("args"),
         result = read("result"),
         args_whole = whole("args"),
@@ -112,6 +113,13 @@ fn job_with(row: &Row<'_>, large: Preview) -> rusqlite::Result<Job> {
     let state: JobState = state.parse().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
     })?;
+    let schedule = match row.get::<_, Option<String>>(23)? {
+        Some(id) => Some(ScheduleRef {
+            id,
+            slot: row.get::<_, Option<i64>>(24)?.map(timestamp),
+        }),
+        None => None,
+    };
     Ok(Job {
         id: JobId(row.get(0)?),
         queue: row.get(1)?,
@@ -137,5 +145,6 @@ fn job_with(row: &Row<'_>, large: Preview) -> rusqlite::Result<Job> {
         attempted_at: row.get::<_, Option<i64>>(21)?.map(timestamp),
         finished_at: row.get::<_, Option<i64>>(22)?.map(timestamp),
         cut: large.cut,
+        schedule,
     })
 }

@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance_suite!(@cases $make;
             insert_stores_every_field,
+            args_numbers_read_back_exactly,
             ids_are_never_reused,
             insert_in_the_future_is_scheduled_until_due,
             fetch_leases_and_counts_the_attempt,
@@ -85,6 +86,13 @@ macro_rules! conformance_suite {
             the_same_input_has_the_same_outcome_on_every_store,
             work_wakes_only_the_fetches_of_its_queue,
             list_shows_large_fields_cut,
+            schedules_fire_each_slot_once_across_dst_and_odd_dates,
+            three_days_down_under_each_catch_up_policy,
+            overlap_policies_and_trigger,
+            pause_and_edit_exactly_at_a_slot_boundary,
+            two_engines_racing_enqueue_each_slot_once,
+            a_slot_taken_is_never_enqueued_again,
+            config_schedules_are_reconciled_by_id,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

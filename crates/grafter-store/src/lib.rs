@@ -12,14 +12,16 @@
 mod error;
 mod params;
 pub mod preview;
+mod schedules;
 pub mod transitions;
 mod wakeups;
 
 use async_trait::async_trait;
-use grafter_core::{Job, JobId, LeasedJob, Worker};
+use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 
 pub use error::StoreError;
 pub use params::*;
+pub use schedules::*;
 pub use wakeups::{Waiter, Wakeups};
 
 /// Shorthand for store results.
@@ -145,6 +147,35 @@ pub trait Store: Send + Sync + 'static {
     /// of their running jobs now, so the rescuer retries them at once rather
     /// than when the leases would have run out. Returns how many were forgotten.
     async fn workers_prune(&self, params: WorkersPrune) -> Result<u64>;
+
+    /// Writes a schedule whole if its version is still `expected_version`
+    /// (absent for a new one); answers whether it was written.
+    async fn schedule_write(&self, params: ScheduleWrite) -> Result<bool>;
+
+    /// One schedule by id, or `None`.
+    async fn schedule_get(&self, id: String) -> Result<Option<Schedule>>;
+
+    /// Schedules by id, a page at a time.
+    async fn schedules_list(&self, params: SchedulesList) -> Result<Vec<Schedule>>;
+
+    /// Deletes a schedule and its skip records (its jobs stay, and so does
+    /// what makes their slots taken); answers whether it existed.
+    async fn schedule_delete(&self, id: String) -> Result<bool>;
+
+    /// Unpaused schedules whose `next_run_at` has come, earliest first, read
+    /// from an index on `next_run_at` so schedules not due cost nothing.
+    async fn schedules_due(&self, params: SchedulesDue) -> Result<Vec<DueSchedule>>;
+
+    /// Applies firings in one transaction: each whose schedule is still at
+    /// its expected version moves the schedule on and inserts its jobs; a
+    /// slot is taken at most once (a unique index on the jobs' schedule id
+    /// and slot), so no race, failover or restart enqueues it twice, and a
+    /// slot's job and the schedule's move commit together or not at all.
+    async fn schedules_fire(&self, params: SchedulesFire) -> Result<Vec<Fired>>;
+
+    /// A schedule's latest skip records, newest first (at most
+    /// [`SKIPS_KEPT`] are kept).
+    async fn schedule_skips_list(&self, params: ScheduleSkipsList) -> Result<Vec<SkippedSlots>>;
 
     /// Checks the backend answers; `/readyz` calls it.
     async fn ping(&self) -> Result<()>;

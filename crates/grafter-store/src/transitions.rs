@@ -128,6 +128,7 @@ mod tests {
             attempted_at: Some(now),
             finished_at: None,
             cut: Vec::new(),
+            schedule: None,
         }
     }
 

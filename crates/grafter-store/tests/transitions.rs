@@ -68,6 +68,7 @@ fn running(
         attempted_at,
         finished_at: None,
         cut: Vec::new(),
+        schedule: None,
     }
 }
 

@@ -88,6 +88,7 @@ impl From<grafter_engine::Error> for Error {
     fn from(e: grafter_engine::Error) -> Self {
         match e {
             grafter_engine::Error::Invalid(e) => e.into(),
+            grafter_engine::Error::NotFound(message) => Error::rejected("not_found", message),
             grafter_engine::Error::Store(e) => e.into(),
         }
     }

@@ -14,6 +14,8 @@ pub struct MaintenanceConfig {
     pub schedule_interval_ms: u64,
     /// Rescuer: ends expired leases.
     pub rescue_interval_ms: u64,
+    /// Periodic enqueuer: fires due schedules.
+    pub periodic_interval_ms: u64,
     /// Expirer: expires jobs past `expires_at`.
     pub expire_interval_ms: u64,
     /// Most jobs one run of a service touches; a full batch runs again at once.
@@ -31,6 +33,7 @@ impl Default for MaintenanceConfig {
         MaintenanceConfig {
             schedule_interval_ms: 500,
             rescue_interval_ms: 1_000,
+            periodic_interval_ms: 500,
             expire_interval_ms: 1_000,
             batch_size: 1_000,
             worker_stale_ms: 15_000,
@@ -47,6 +50,10 @@ impl MaintenanceConfig {
     /// The rescuer's period.
     pub fn rescue_interval(&self) -> Duration {
         Duration::from_millis(self.rescue_interval_ms)
+    }
+    /// The periodic enqueuer's period.
+    pub fn periodic_interval(&self) -> Duration {
+        Duration::from_millis(self.periodic_interval_ms)
     }
     /// The expirer's period.
     pub fn expire_interval(&self) -> Duration {

@@ -7,7 +7,8 @@
 //! - [`rescuer`]: silent workers are forgotten and expired leases become
 //!   failed attempts;
 //! - [`expirer`]: jobs past `expires_at` become `expired`;
-//! - [`pruner`]: finished jobs past their retention are deleted.
+//! - [`pruner`]: finished jobs past their retention are deleted;
+//! - [`periodic`]: due schedules fire (each slot enqueued once).
 //!
 //! They act only on the node that holds the `maintenance` leadership
 //! ([`leader`]), so a cluster does each job's maintenance once; when the leader
@@ -23,6 +24,7 @@ mod config;
 mod expirer;
 mod health;
 pub mod leader;
+mod periodic;
 mod pruner;
 mod rescuer;
 mod scheduler;
@@ -98,6 +100,12 @@ impl Maintenance {
                 interval: config.expire_interval(),
                 batch_size,
                 pass: with(engine, move |engine| expirer::pass(engine, batch_size)),
+            },
+            Service {
+                name: "periodic",
+                interval: config.periodic_interval(),
+                batch_size,
+                pass: with(engine, move |engine| periodic::pass(engine, batch_size)),
             },
             Service {
                 name: "pruner",

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod queues;
+pub mod schedules;
 pub mod worker;
 
 use std::any::Any;

@@ -50,6 +50,19 @@ async fn woken(waiter: &Waiter) -> bool {
         .is_ok()
 }
 
+/// A waiter on `queue` that has stayed asleep for a moment: a PostgreSQL
+/// listener wakes every waiter once it is up, and the harness sees it up (in
+/// `pg_stat_activity`) a little before that wake, so a waiter taken at once
+/// could be woken by it and fail an assertion that nothing woke it.
+async fn settled_waiter(store: &S, queue: &str) -> Waiter {
+    loop {
+        let waiter = store.wakeups().waiter(&[queue.to_owned()]);
+        if !woken(&waiter).await {
+            return waiter;
+        }
+    }
+}
+
 /// A job with a timeout, a run time and a deadline at the ends of what is
 /// accepted, and rows stored before the ranges were checked (written straight
 /// to the store): none of them stops an ordinary job's expired lease from
@@ -297,9 +310,8 @@ pub async fn the_same_input_has_the_same_outcome_on_every_store(store: S) {
 pub async fn work_wakes_only_the_fetches_of_its_queue(store: S) {
     let now = t0();
     let (engine, clock) = engine(&store, now);
-    let waiting = |queue: &str| store.wakeups().waiter(&[queue.to_owned()]);
-    let mail = waiting("mail");
-    let reports = waiting("reports");
+    let mail = settled_waiter(&store, "mail").await;
+    let reports = settled_waiter(&store, "reports").await;
     let on = |queue: &str| NewJob {
         queue: queue.into(),
         ..NewJob::new("k", json!({}))

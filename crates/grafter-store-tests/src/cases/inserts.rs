@@ -52,6 +52,30 @@ pub async fn insert_stores_every_field(store: S) {
     assert!(store.job_get(JobId(i64::MAX)).await.unwrap().is_none());
 }
 
+/// Args come back as they went in, whatever numbers they hold: PostgreSQL's
+/// jsonb keeps a float as an exact decimal (`1.7976931348623157e308` as 309
+/// digits), which must read back as the same `f64`, not as "out of range" or
+/// off by one in the last place. A job that could be stored but not read would
+/// be lost to every fetch and list.
+pub async fn args_numbers_read_back_exactly(store: S) {
+    let now = t0();
+    let args = json!({
+        "largest": f64::MAX,
+        "smallest": f64::MIN_POSITIVE,
+        "subnormal": 5e-324,
+        "negative": -1.2345e200,
+        "tenth": 0.1,
+        "big_int": u64::MAX,
+        "small_int": i64::MIN,
+        "ratio": 1.0 / 3.0,
+    });
+    let job = insert_one(&store, NewJob::new("numbers", args.clone()), now).await;
+    assert_eq!(job.args, args);
+    assert_eq!(get(&store, job.id).await.args, args);
+    let leased = fetch(&store, "default", 1, now).await;
+    assert_eq!(leased[0].job.args, args);
+}
+
 /// An id names one job for good: applications keep ids (push's
 /// `Grafter-Job-Id` for idempotency, status URLs), so a new job must never get
 /// an id another job had, whichever way that job went.

@@ -3,7 +3,7 @@
 //!
 //! One module per concern, under the names of the stores' own modules
 //! (`leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
-//! `leadership`, `browse`), and `engine`: what the engine's rules (validation,
+//! `leadership`, `browse`, `schedules`), and `engine`: what the engine's rules (validation,
 //! wake-ups, the one outcome path) come to on each store. Here: the helpers they share, the one case about
 //! the store as a whole (`ping_answers`), and every case re-exported, which is
 //! the path `conformance_suite!` names.
@@ -18,6 +18,7 @@ mod leadership;
 mod leasing;
 mod maintenance;
 mod queues;
+mod schedules;
 mod workers;
 
 pub use browse::*;
@@ -28,6 +29,7 @@ pub use leadership::*;
 pub use leasing::*;
 pub use maintenance::*;
 pub use queues::*;
+pub use schedules::*;
 pub use workers::*;
 
 use std::sync::Arc;
