@@ -31,6 +31,7 @@ module Grafter
 
   autoload :Worker, "grafter/worker"
   autoload :CLI, "grafter/cli"
+  autoload :SqlEnqueuer, "grafter/sql_enqueuer"
 
   # Rack integration: Grafter::Rack::PushEndpoint.
   module Rack

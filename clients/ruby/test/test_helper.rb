@@ -187,8 +187,9 @@ module GrafterTest
     # ended) even when the block fails.
     def with_worker(queue, client: self.client, **options)
       log = StringIO.new
+      # A short long-poll: stopping lets the fetch in flight finish.
       worker = Grafter::Worker.new(queues: [queue], client: client, concurrency: 2, heartbeat_interval: 0.3,
-                                   wait_ms: 2000, shutdown_timeout: 2, logger: GrafterTest.logger(log), **options)
+                                   wait_ms: 500, shutdown_timeout: 2, logger: GrafterTest.logger(log), **options)
       worker.start
       yield worker, log
     ensure

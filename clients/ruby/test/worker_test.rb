@@ -110,6 +110,42 @@ class WorkerTest < Minitest::Test
     end
   end
 
+  def test_a_job_leased_by_the_fetch_in_flight_at_shutdown_is_handed_back_uncounted
+    queue = unique("stop-race")
+    with_worker(queue, wait_ms: 3000) do |worker, log|
+      wait_until(message: "registered") { client.workers.any? { |w| w["id"] == worker.id } }
+      sleep 0.3 # its long-poll is waiting
+      stopper = Thread.new { worker.stop(5) }
+      sleep 0.3
+      # Leased to the long-poll of a worker that is already stopping.
+      id = client.enqueue(kind: unique("never-run"), queue: queue)["id"]
+      stopper.join
+      assert_match(/job #{id} handed back/, log.string)
+      assert_equal ["available", 0, []], client.job(id).values_at("state", "attempt", "errors"),
+                   "handed back, the attempt not counted"
+    end
+  end
+
+  def test_prefetched_jobs_stuck_behind_a_slow_job_are_handed_back_for_other_workers
+    queue = unique("prefetch")
+    Grafter.handle(fast = unique("fast")) { "fast" }
+    Grafter.handle(slow = unique("slow")) { sleep 4; "slow" }
+    with_worker(queue, concurrency: 1) do |_worker, log|
+      jobs = client.enqueue_many([{ kind: fast, queue: queue }] * 5 + [{ kind: slow, queue: queue }] +
+                                 [{ kind: fast, queue: queue }] * 5)
+      behind = jobs.last["id"]
+      wait_until(message: "the slow job running") { client.job(jobs[5]["id"])["state"] == "running" }
+      # Prefetched behind the slow job, then handed back while it still runs.
+      wait_until(3, message: "a job behind the slow one available again") do
+        client.job(behind)["state"] == "available"
+      end
+      assert_equal "running", client.job(jobs[5]["id"])["state"]
+      assert_match(/prefetched jobs waited over/, log.string)
+      done = jobs.map { |job| wait_state(job["id"], "completed") }
+      assert_equal [1] * 11, done.map { |job| job["attempt"] }, "handing back does not count an attempt"
+    end
+  end
+
   def test_an_outcome_is_retried_while_the_server_is_down_and_recorded_when_it_is_back
     own = GrafterTest::Server.start
     c = own.client(open_timeout: 1)

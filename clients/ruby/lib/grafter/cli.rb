@@ -9,7 +9,7 @@ module Grafter
   # task `grafter:work` and container setups need no flags.
   class CLI
     Options = Struct.new(:queues, :concurrency, :requires, :identifier, :health_port, :health_host,
-                         :shutdown_timeout, :url, :app_root, keyword_init: true)
+                         :shutdown_timeout, :lease_ms, :wait_ms, :prefetch, :url, :app_root, keyword_init: true)
 
     def self.parse(argv, env = ENV)
       options = Options.new(
@@ -20,6 +20,9 @@ module Grafter
         health_port: env["GRAFTER_HEALTH_PORT"]&.then { |port| Integer(port) },
         health_host: env.fetch("GRAFTER_HEALTH_HOST", "0.0.0.0"),
         shutdown_timeout: Float(env.fetch("GRAFTER_SHUTDOWN_TIMEOUT", "25")),
+        lease_ms: Integer(env.fetch("GRAFTER_LEASE_MS", "30000")),
+        wait_ms: Integer(env.fetch("GRAFTER_WAIT_MS", "2000")),
+        prefetch: env["GRAFTER_PREFETCH"]&.then { |n| Integer(n) },
         url: nil,
         app_root: Dir.pwd
       )
@@ -47,6 +50,16 @@ module Grafter
         o.on("--shutdown-timeout SECONDS", Float,
              "on TERM/INT, how long running jobs may finish before they are handed back (default 25)") do |seconds|
           options.shutdown_timeout = seconds
+        end
+        o.on("--lease-ms N", Integer,
+             "lease of each job, renewed by a heartbeat every third of it; a killed worker's jobs " \
+             "run again when it ends (default 30000)") { |n| options.lease_ms = n }
+        o.on("--wait-ms N", Integer,
+             "longest a fetch waits for a job (long-poll); a shutdown lets the one in flight finish " \
+             "(default 2000)") { |n| options.wait_ms = n }
+        o.on("--prefetch N", Integer,
+             "at most N leased jobs wait for a thread, for short jobs (default: the concurrency; 0: none)") do |n|
+          options.prefetch = n
         end
         o.on("-u", "--url URL", "Grafter server (default GRAFTER_URL or http://127.0.0.1:7380)") { |url| options.url = url }
         o.on("-C", "--app-root DIR", "directory of the app to boot (default: the current one)") { |dir| options.app_root = dir }
@@ -95,7 +108,7 @@ module Grafter
       worker = Grafter::Worker.new(queues: @options.queues, concurrency: @options.concurrency, client: client,
                                    identifier: @options.identifier, health_port: @options.health_port,
                                    health_host: @options.health_host, shutdown_timeout: @options.shutdown_timeout,
-                                   process_title: true)
+                                   lease_ms: @options.lease_ms, wait_ms: @options.wait_ms, prefetch: @options.prefetch, process_title: true)
       signals = Thread::Queue.new
       %w[TERM INT].each { |name| Signal.trap(name) { signals << name } }
       worker.start

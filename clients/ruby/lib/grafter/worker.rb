@@ -10,13 +10,15 @@ require "grafter/recorder"
 module Grafter
   # Runs jobs from Grafter queues on `concurrency` threads.
   #
-  # One fetch thread long-polls POST /v1/fetch for as many jobs as there are
-  # free threads; one heartbeat thread renews every running job's lease well
-  # inside it (carrying the latest progress, and learning of cancels), keeps
-  # the worker registered (PUT /v1/workers/{id}) and enforces timeouts; one
-  # ack thread sends successes in batches. Failures are recorded by the job's
-  # own thread. No outcome is dropped while the server is briefly away: see
-  # Recorder.
+  # One fetch thread long-polls POST /v1/fetch for as many jobs as there is
+  # room for: one per thread, plus a short prefetch buffer so that threads
+  # finishing short jobs find the next one waiting instead of waiting for a
+  # round trip (see #prefetch_limit). One heartbeat thread renews the lease of
+  # every job the worker holds, buffered or running, well inside it (carrying
+  # the latest progress, and learning of cancels), keeps the worker registered
+  # (PUT /v1/workers/{id}) and enforces timeouts; one ack thread sends
+  # successes in batches. Failures are recorded by the job's own thread. No
+  # outcome is dropped while the server is briefly away: see Recorder.
   #
   # Timeouts and stuck jobs: Ruby threads cannot be killed safely, so a job
   # past its `timeout_ms` gets Grafter::TimeoutError raised in its thread
@@ -29,26 +31,48 @@ module Grafter
   # the worker records its outcome and stops renewing its lease, so the job
   # is not held forever.
   #
-  # Shutdown (#stop, or TERM/INT in grafter-worker): stop fetching, let
-  # running jobs finish for up to `shutdown_timeout` seconds, then hand the
-  # rest back with POST /v1/jobs/{id}/release (they run again at once
-  # elsewhere; the attempt is not counted), and deregister.
+  # Shutdown (#stop, or TERM/INT in grafter-worker): stop fetching, hand the
+  # buffered jobs back, let running jobs finish for up to `shutdown_timeout`
+  # seconds, then hand the rest back with POST /v1/jobs/{id}/release (they
+  # run again at once elsewhere; the attempt is not counted), and deregister.
+  # A fetch in flight is let finish (it waits at most `wait_ms`) and what it
+  # brings is handed back too.
   class Worker
-    # Internal: stops the fetch thread's long-poll on shutdown.
+    # Internal: stops the fetch thread's long-poll when the shutdown cannot
+    # wait for it.
     class FetchStop < Exception; end # rubocop:disable Lint/InheritException
 
-    BeatState = Struct.new(:last_beat, :sent_version, :interrupted_at, :given_up)
+    BeatState = Struct.new(:leased_at, :last_beat, :sent_version, :interrupted_at, :given_up)
 
     TICK = 0.1
     # Least time between two progress-carrying heartbeats of one job.
     PROGRESS_GAP = 0.25
+    # A buffered job should start within about this many seconds: the
+    # prefetch holds only as many jobs as the threads are expected to start
+    # in that time, judged by how long recent jobs ran (for no-op jobs, about
+    # a tenth of a second of the worker's throughput). Jobs held longer would
+    # wait here while another worker could run them.
+    PREFETCH_HORIZON = 0.1
+    # A buffered job still waiting after this long (the jobs before it turned
+    # out slower than the recent ones) is handed back, uncounted, for any
+    # worker to take.
+    PREFETCH_HOLD = 1.0
+    # The server's largest `max` for one fetch.
+    MAX_FETCH = 1000
+    # Longest a success waits for others to share its ack request.
+    ACK_LINGER = 0.005
+    # Weight of the latest job in the running mean of job durations.
+    DURATION_WEIGHT = 0.1
 
     attr_reader :id, :queues, :concurrency
 
+    # `prefetch`: at most this many leased jobs wait for a thread (default:
+    # ten per thread; 0 turns the buffer off), fewer when jobs take longer
+    # (PREFETCH_HORIZON).
     def initialize(queues: ["default"], concurrency: 10, client: Grafter.client, identifier: nil,
-                   lease_ms: 30_000, heartbeat_interval: nil, wait_ms: 20_000, shutdown_timeout: 25,
+                   lease_ms: 30_000, heartbeat_interval: nil, wait_ms: 2_000, shutdown_timeout: 25,
                    cancel_grace: 10, interrupt_grace: 5, health_port: nil, health_host: "0.0.0.0",
-                   registration_interval: 5, logger: Grafter.logger, process_title: false)
+                   registration_interval: 5, prefetch: nil, logger: Grafter.logger, process_title: false)
       @queues = Array(queues).flat_map { |queue| queue.to_s.split(",") }.map(&:strip).reject(&:empty?)
       raise ArgumentError, "a worker needs at least one queue" if @queues.empty?
 
@@ -58,6 +82,8 @@ module Grafter
       @client = client
       @id = (identifier.to_s.empty? ? "#{Socket.gethostname}:#{Process.pid}" : identifier.to_s)
       @lease_ms = Integer(lease_ms)
+      raise ArgumentError, "lease_ms must be at least 1000, got #{@lease_ms}" if @lease_ms < 1000
+
       @heartbeat_interval = heartbeat_interval ? Float(heartbeat_interval) : @lease_ms / 3000.0
       @wait_ms = Integer(wait_ms)
       @shutdown_timeout = Float(shutdown_timeout)
@@ -66,15 +92,21 @@ module Grafter
       @health_port = health_port
       @health_host = health_host
       @registration_interval = Float(registration_interval)
+      @prefetch = prefetch.nil? ? [10 * @concurrency, MAX_FETCH - @concurrency].min : Integer(prefetch)
+      raise ArgumentError, "prefetch must be 0 or more, got #{@prefetch}" if @prefetch.negative?
+
       @logger = logger
       @process_title = process_title
       @recorder = Recorder.new(client, logger: logger, grace: @lease_ms / 1000.0)
 
       @lock = Mutex.new
-      @changed = ConditionVariable.new
-      @free = @concurrency
-      @running = {}
-      @ready = Thread::Queue.new
+      @changed = ConditionVariable.new # stopping, stopped, heartbeats done
+      @room = ConditionVariable.new    # a job left the buffer or finished: the fetch thread may fetch
+      @job_ready = ConditionVariable.new # a job entered the buffer
+      @leased = {}   # every job whose lease this worker holds => its BeatState
+      @buffer = []   # leased jobs waiting for a thread, oldest first
+      @running = {}  # jobs running now => their BeatState
+      @mean_duration = nil
       @stopping = false
       @stopped = false
       @in_fetch = false
@@ -86,7 +118,7 @@ module Grafter
     def start
       @started_at = monotonic
       register
-      @acker = Acker.new(@client, recorder: @recorder, logger: @logger)
+      @acker = Acker.new(@client, recorder: @recorder, logger: @logger, target: @concurrency, linger: ACK_LINGER)
       @executors = Array.new(@concurrency) { |i| thread("grafter-job-#{i}") { execute_loop } }
       @heartbeats = thread("grafter-heartbeat") { heartbeat_loop }
       @fetcher = thread("grafter-fetch") { fetch_loop }
@@ -123,26 +155,27 @@ module Grafter
       end
     end
 
-    # Graceful stop: no more fetching; running jobs get `timeout` seconds to
-    # finish, then are handed back uncounted; the worker deregisters.
+    # Graceful stop: no more fetching; buffered jobs are handed back at once,
+    # running jobs get `timeout` seconds to finish, then are handed back
+    # uncounted; the worker deregisters.
     def stop(timeout = @shutdown_timeout)
-      @lock.synchronize do
+      buffered = @lock.synchronize do
         return wait_locked if @stopping
 
         @stopping = true
-        @changed.broadcast
-        @fetcher.raise(FetchStop) if @in_fetch
+        @shutdown_deadline = [@shutdown_deadline, monotonic + timeout].compact.min
+        [@changed, @room, @job_ready].each(&:broadcast)
+        @buffer.slice!(0..)
       end
       @logger.info("grafter: worker #{@id} stopping: #{busy} jobs running, waiting up to #{timeout} s")
-      @ready.close
+      buffered.each { |execution| hand_back(execution) }
       @lock.synchronize do
-        @shutdown_deadline = [@shutdown_deadline, monotonic + timeout].compact.min
         @changed.wait(@lock, TICK) while !@running.empty? && monotonic < @shutdown_deadline
       end
       hand_back_running
       @executors.each { |thread| thread.join(2) }
       @acker.stop(5)
-      @fetcher.join(1)
+      finish_fetch
       @lock.synchronize do
         @heartbeats_done = true
         @changed.broadcast
@@ -189,48 +222,65 @@ module Grafter
       failures = 0
       Thread.handle_interrupt(FetchStop => :never) do
         loop do
-          wanted = take_free_slots
+          wanted = wait_for_room
           break if wanted.zero?
 
           leased = fetch(wanted)
           if leased.nil?
-            give_back_slots(wanted)
             failures += 1
             pause(0.1 * (2**[failures, 6].min))
             next
           end
           failures = 0
-          if stopping?
-            leased.each { |job| hand_back(Execution.new(job, lease_seconds: @lease_ms / 1000.0)) }
-            give_back_slots(wanted)
-            break
-          end
-          leased.each { |job| @ready << Execution.new(job, lease_seconds: @lease_ms / 1000.0) }
-          give_back_slots(wanted - leased.size)
+          executions = leased.map { |job| Execution.new(job, lease_seconds: @lease_ms / 1000.0) }
+          next if take_in(executions)
+
+          # Stopping: what the last fetch brought goes back, uncounted.
+          executions.each { |execution| hand_back(execution) }
+          break
         end
       end
     rescue FetchStop
       nil
     end
 
-    # Waits for at least one free thread and takes them all; 0 when stopping.
-    def take_free_slots
+    # Waits until there is room for a job and answers how many: one per free
+    # thread plus the prefetch; 0 when stopping.
+    def wait_for_room
       @lock.synchronize do
-        @changed.wait(@lock, 1) while @free.zero? && !@stopping
-        return 0 if @stopping
+        loop do
+          return 0 if @stopping
 
-        taken = @free
-        @free = 0
-        taken
+          room = @concurrency + prefetch_limit - @running.size - @buffer.size
+          return [room, MAX_FETCH].min if room.positive?
+
+          @room.wait(@lock)
+        end
       end
     end
 
-    def give_back_slots(count)
-      return if count.zero?
+    # How many jobs may wait for a thread: as many as the threads should
+    # start within PREFETCH_HORIZON at the jobs' recent pace, up to
+    # `prefetch`. None until a job has finished (a worker starting on a queue
+    # of long jobs holds only what it runs), none for jobs that take longer.
+    def prefetch_limit
+      return 0 if @mean_duration.nil? || @prefetch.zero?
 
+      [(PREFETCH_HORIZON * @concurrency / @mean_duration).floor, @prefetch].min
+    end
+
+    # Buffers the jobs for the threads; false (taking nothing) when stopping.
+    def take_in(executions)
       @lock.synchronize do
-        @free += count
-        @changed.broadcast
+        return false if @stopping
+
+        now = monotonic
+        executions.each do |execution|
+          @leased[execution] = BeatState.new(now, now, 0, nil, false)
+          @buffer << execution
+          @job_ready.signal
+        end
+        true
       end
     end
 
@@ -254,6 +304,21 @@ module Grafter
       @lock.synchronize { @in_fetch = false }
     end
 
+    # At shutdown: the fetch in flight is let answer (within `wait_ms`) so
+    # that the jobs the server leased to it are handed back uncounted. Only if
+    # the shutdown deadline (or a second signal) comes first is it cut off:
+    # jobs leased in that same instant then come back when their lease ends,
+    # that attempt counted.
+    def finish_fetch
+      loop do
+        wait = @lock.synchronize { @shutdown_deadline } - monotonic
+        return if @fetcher.join([[wait, TICK].min, 0].max)
+        break if wait <= 0
+      end
+      @lock.synchronize { @fetcher.raise(FetchStop) if @in_fetch }
+      @fetcher.join(1)
+    end
+
     def pause(seconds)
       deadline = monotonic + seconds
       @lock.synchronize { @changed.wait(@lock, deadline - monotonic) while !@stopping && monotonic < deadline }
@@ -262,24 +327,57 @@ module Grafter
     # --- running -------------------------------------------------------------
 
     def execute_loop
-      while (execution = @ready.pop)
-        if stopping?
-          hand_back(execution)
-          give_back_slots(1)
-          next
-        end
+      while (execution = next_job)
         execute(execution)
       end
     end
 
+    # Buffered jobs that waited past PREFETCH_HOLD go back to the server.
+    def hand_back_stale_buffered
+      oldest = monotonic - PREFETCH_HOLD
+      stale = @lock.synchronize do
+        stale = @buffer.select { |execution| @leased[execution].leased_at < oldest }
+        unless stale.empty?
+          @buffer -= stale
+          # The recent pace no longer holds: prefetch nothing until a job
+          # finishes and shows the new one.
+          @mean_duration = nil
+        end
+        stale
+      end
+      return if stale.empty?
+
+      @logger.info("grafter: #{stale.size} prefetched jobs waited over #{PREFETCH_HOLD} s; handing them back")
+      stale.each { |execution| hand_back(execution) }
+    end
+
+    # The oldest buffered job, now counted as running; nil when stopping.
+    def next_job
+      @lock.synchronize do
+        @job_ready.wait(@lock) while @buffer.empty? && !@stopping
+        return nil if @stopping
+
+        execution = @buffer.shift
+        @running[execution] = @leased[execution]
+        execution
+      end
+    end
+
     # A success goes to the ack thread (which batches it with others); a
-    # failure is recorded here, retried while the server is away.
+    # failure is recorded here, retried while the server is away. Progress
+    # reported since the last heartbeat is sent first, so the job's last
+    # progress is what it ends with.
     def execute(execution)
-      @lock.synchronize { @running[execution] = BeatState.new(monotonic, 0, nil, false) }
+      started = monotonic
       outcome = Runner.run(execution)
-      @lock.synchronize { @running.delete(execution) }
+      state = @lock.synchronize do
+        duration = monotonic - started
+        @mean_duration = @mean_duration ? @mean_duration + (DURATION_WEIGHT * (duration - @mean_duration)) : duration
+        @running.delete(execution)
+      end
       return unless execution.settle!
 
+      send_pending_progress(execution, state) unless outcome.action == :none
       if outcome.action == :ack
         @acker.push(execution, outcome.result)
       else
@@ -289,8 +387,21 @@ module Grafter
     rescue Exception => e # rubocop:disable Lint/RescueException
       @logger.error("grafter: job #{execution.id}: could not record its outcome: #{Runner.describe(e)}")
     ensure
-      @lock.synchronize { @running.delete(execution) }
-      give_back_slots(1)
+      @lock.synchronize do
+        @running.delete(execution)
+        @leased.delete(execution)
+        @room.signal
+      end
+    end
+
+    def send_pending_progress(execution, state)
+      version, progress = execution.progress
+      return if state.nil? || version == state.sent_version
+
+      @client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: @lease_ms)
+      state.sent_version = version
+    rescue Grafter::Error => e
+      @logger.warn("grafter: job #{execution.id}: its last progress was not recorded: #{e.message}")
     end
 
     def log_outcome(execution, outcome)
@@ -305,6 +416,8 @@ module Grafter
 
     def hand_back(execution)
       execution.abandon!
+      # No more heartbeats for it: the release ends the lease.
+      @lock.synchronize { @leased.delete(execution) }
       3.times do
         @client.release(execution.id, lease: execution.lease)
         @logger.info("grafter: job #{execution.id} handed back")
@@ -343,7 +456,8 @@ module Grafter
           register
           next_registration = now + @registration_interval
         end
-        @lock.synchronize { @running.to_a }.each do |execution, state|
+        hand_back_stale_buffered
+        @lock.synchronize { @leased.to_a }.each do |execution, state|
           next if state.given_up
 
           watch(execution, state)
