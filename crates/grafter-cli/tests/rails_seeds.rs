@@ -4,18 +4,25 @@
 //! from the app's `Procfile` exactly as written there, against a real
 //! `grafter serve` on a SQLite file.
 //!
-//! - 001: `GET /?name=foo` enqueues a `NameJob` through ActiveJob; the worker is
-//!   killed with SIGKILL while the job runs; a new worker finishes it as
-//!   attempt 2, and the greeting is logged once.
+//! - 001: `GET /?name=foo` enqueues a `NameJob` through ActiveJob; the worker
+//!   (with a short lease) is killed with SIGKILL while the job runs; when the
+//!   lease runs out a new worker finishes it as attempt 2, and the greeting is
+//!   logged once.
 //! - 002: `POST /exports` starts an export job; `GET /exports/:id` shows its
-//!   progress moving, then the job done with the export's path and row count.
+//!   progress moving, then the job done with its final progress, the export's
+//!   path and row count.
 //! - 000: no worker process: the queue pushes to the app's mounted
 //!   `Grafter::Rack::PushEndpoint`; a job that raises once is retried and
 //!   completes, a `discard_on` job completes (never `dead`), and a
 //!   `retry_on attempts: 3` job runs three times and is then `dead`.
+//! - 003: a second app, `clients/ruby/test/rails_pg_app`, on ActiveRecord and
+//!   PostgreSQL, enqueues through `Grafter::SqlEnqueuer` inside its own
+//!   transaction, against a `grafter serve` on the same database (a fresh
+//!   schema, dropped at the end): a rolled-back signup leaves no job and runs
+//!   nothing; a committed one wakes the worker's long-poll and runs.
 //!
-//! Ruby, Rails and puma come from Debian's packages; without them the tests
-//! skip loudly, or fail under `CI`. Every Ruby process is killed when its
+//! Ruby, Rails, puma (and for 003 ruby-pg and PostgreSQL) come from Debian's
+//! packages; without them the tests skip loudly, or fail under `CI`. Every Ruby process is killed when its
 //! handle drops, so a failing assertion leaves none behind, and its output is
 //! printed then. Every wait is a poll with a generous deadline.
 
@@ -30,14 +37,16 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{free_port, skip_or_fail, temp_dir, Server, FAST_CONFIG, PATIENCE};
+use common::{
+    free_port, schema_setup, skip_or_fail, temp_dir, Schema, Server, FAST_CONFIG, PATIENCE,
+};
 
-/// Appended to [`FAST_CONFIG`] (inside its `[maintenance]` table): a worker
-/// silent this long is dead and its jobs retry at once, so the killed
-/// worker's job comes back within seconds rather than at the end of its 30 s
-/// lease (`grafter-worker` has no lease option). A live worker re-registers
-/// every 5 s: twice that leaves a loaded machine 5 s of slack.
-const WORKER_STALE: &str = "worker_stale_ms = 10000\n";
+/// The lease the killed worker's job is leased with (`grafter-worker
+/// --lease-ms`, here through `GRAFTER_LEASE_MS`): the job comes back when it
+/// runs out, the product's normal path after a crash, within seconds rather
+/// than the default 30. Heartbeats renew it every third, so the job's 3 s of
+/// sleep also prove that a lease shorter than the job is kept alive.
+const SHORT_LEASE_MS: &str = "1500";
 
 /// How long `NameJob` sleeps: long enough to kill its worker in the middle.
 const NAME_JOB_SECONDS: &str = "3";
@@ -47,18 +56,38 @@ const EXPORT_STEP_SECONDS: &str = "0.6";
 
 const PUSH_SECRET: &str = "rails-seeds-push-secret-0123456789";
 
-fn rails_app() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/ruby/test/rails_app")
+/// A fixture app: its directory, and a request that Rails (not only puma)
+/// answers with a known status without enqueueing anything.
+struct App {
+    dir: PathBuf,
+    probe: (&'static str, StatusCode),
 }
 
-/// True if Ruby with Debian's Rails and puma can run the app; otherwise says
-/// why through [`skip_or_fail`].
-fn ruby_and_rails_present() -> bool {
+/// The app of seeds 001, 002 and 000 (no database).
+fn rails_app() -> App {
+    App {
+        dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/ruby/test/rails_app"),
+        // No name: a 400, and nothing enqueued.
+        probe: ("/", StatusCode::BAD_REQUEST),
+    }
+}
+
+/// The app of seed 003, on ActiveRecord and PostgreSQL.
+fn rails_pg_app() -> App {
+    App {
+        dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/ruby/test/rails_pg_app"),
+        // Only POST is routed.
+        probe: ("/signups", StatusCode::NOT_FOUND),
+    }
+}
+
+const RAILS: &str = r#"require "rails"; require "action_controller/railtie"; require "active_job/railtie"; require "puma""#;
+
+/// True if Ruby with Debian's Rails and puma (and whatever `also` requires)
+/// can run the app; otherwise says why through [`skip_or_fail`].
+fn ruby_and_rails_present(also: &str) -> bool {
     let probe = Command::new("ruby")
-        .args([
-            "-e",
-            r#"require "rails"; require "action_controller/railtie"; require "active_job/railtie"; require "puma""#,
-        ])
+        .args(["-e", &format!("{RAILS}; {also}")])
         .stdin(Stdio::null())
         .output();
     match probe {
@@ -70,7 +99,7 @@ fn ruby_and_rails_present() -> bool {
         }
         Ok(out) if !out.status.success() => {
             skip_or_fail(&format!(
-                "Ruby cannot load Rails 6.1 and puma ({}); install ruby-rails and puma",
+                "Ruby cannot load Rails 6.1 and puma or what the app needs ({}); install ruby-rails, puma and ruby-pg",
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
             false
@@ -91,8 +120,8 @@ fn ruby_and_rails_present() -> bool {
 }
 
 /// The app's `Procfile`: process type → command.
-fn procfile() -> BTreeMap<String, String> {
-    let path = rails_app().join("Procfile");
+fn procfile(app: &Path) -> BTreeMap<String, String> {
+    let path = app.join("Procfile");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
@@ -119,17 +148,29 @@ impl AppProcess {
     /// `sh -c "exec <command>"`: the shell expands `${PORT:-3000}` as a
     /// Procfile runner would, then becomes the Ruby process, so the pid
     /// killed is Ruby's own.
-    fn start(name: &str, command: &str, env: &[(&str, String)], log: PathBuf) -> AppProcess {
+    fn start(
+        app: &Path,
+        name: &str,
+        command: &str,
+        env: &[(&str, String)],
+        log: PathBuf,
+    ) -> AppProcess {
         let output = File::create(&log).expect("create the process log");
         let mut sh = Command::new("sh");
         sh.arg("-c")
             .arg(format!("exec {command}"))
-            .current_dir(rails_app())
+            .current_dir(app)
             .stdin(Stdio::null())
             .stdout(output.try_clone().expect("clone the log file"))
             .stderr(output);
         // Nothing from the caller's environment may point the app elsewhere.
-        for variable in ["GRAFTER_URL", "GRAFTER_TOKEN", "BUNDLE_GEMFILE", "RUBYOPT"] {
+        for variable in [
+            "GRAFTER_URL",
+            "GRAFTER_TOKEN",
+            "DATABASE_URL",
+            "BUNDLE_GEMFILE",
+            "RUBYOPT",
+        ] {
             sh.env_remove(variable);
         }
         sh.env("RAILS_ENV", "production");
@@ -187,30 +228,74 @@ impl Drop for AppProcess {
     }
 }
 
-/// What every scenario needs: a temp dir, a `grafter serve` on SQLite in it,
-/// and the environment the app's processes share.
+/// What every scenario needs: the app, a temp dir, a `grafter serve`, and
+/// the environment the app's processes share.
 struct Setup {
+    app: App,
     server: Server,
     env: Vec<(&'static str, String)>,
     started: usize,
+    /// The PostgreSQL database's URL and the schema of Grafter's and the app's tables.
+    postgres: Option<(String, String)>,
+    /// After the server: a PostgreSQL schema is dropped once it has exited.
+    _schema: Option<Schema>,
     /// Last: removed only after the server has printed its log from it.
     dir: tempfile::TempDir,
 }
 
 impl Setup {
+    /// The database-less app and a server on a SQLite file.
     async fn new() -> Setup {
         let dir = temp_dir();
         let config = dir.path().join("grafter.toml");
-        std::fs::write(&config, format!("{FAST_CONFIG}{WORKER_STALE}")).expect("write config");
+        std::fs::write(&config, FAST_CONFIG).expect("write config");
         let database = format!("sqlite://{}", dir.path().join("jobs.db").display());
         let server = Server::start(dir.path(), &database, &config).await;
         let env = vec![("GRAFTER_URL", server.base.clone())];
         Setup {
+            app: rails_app(),
             server,
             env,
             started: 0,
+            postgres: None,
+            _schema: None,
             dir,
         }
+    }
+
+    /// The PostgreSQL app and a server on a fresh schema of the test
+    /// database, the app's tables in the same schema; `None` (after
+    /// [`skip_or_fail`]) when PostgreSQL does not answer.
+    async fn on_postgres() -> Option<Setup> {
+        let pg = schema_setup().await?;
+        let server = Server::start(pg.dir.path(), &pg.url, &pg.config).await;
+        let schema = pg.schema.name.clone();
+        common::connect(&pg.url)
+            .await
+            .expect("connect to PostgreSQL")
+            .batch_execute(&format!(
+                "CREATE TABLE \"{schema}\".signups (id bigserial PRIMARY KEY, email text NOT NULL)"
+            ))
+            .await
+            .expect("create the app's table");
+        let separator = if pg.url.contains('?') { '&' } else { '?' };
+        let env = vec![
+            ("GRAFTER_URL", server.base.clone()),
+            (
+                "DATABASE_URL",
+                format!("{}{separator}schema_search_path={schema}", pg.url),
+            ),
+            ("GRAFTER_SCHEMA", schema.clone()),
+        ];
+        Some(Setup {
+            app: rails_pg_app(),
+            server,
+            env,
+            started: 0,
+            postgres: Some((pg.url.clone(), schema)),
+            _schema: Some(pg.schema),
+            dir: pg.dir,
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -219,14 +304,20 @@ impl Setup {
 
     /// Starts the Procfile's process `kind` with the shared environment and `extra`.
     fn start(&mut self, kind: &str, extra: &[(&'static str, String)]) -> AppProcess {
-        let command = procfile()
+        let command = procfile(&self.app.dir)
             .remove(kind)
             .unwrap_or_else(|| panic!("the Procfile has no `{kind}` process"));
         self.started += 1;
         let name = format!("{kind}.{}", self.started);
         let mut env = self.env.clone();
         env.extend_from_slice(extra);
-        AppProcess::start(&name, &command, &env, self.path(&format!("{name}.log")))
+        AppProcess::start(
+            &self.app.dir,
+            &name,
+            &command,
+            &env,
+            self.path(&format!("{name}.log")),
+        )
     }
 
     /// Starts the `web` process on a free port, with `extra` environment, and
@@ -238,16 +329,12 @@ impl Setup {
         let mut process = self.start("web", &env);
         let base = format!("http://127.0.0.1:{port}");
         let http = common::http_client();
+        let (probe, status) = self.app.probe;
         let deadline = Instant::now() + PATIENCE;
         loop {
             process.assert_running();
-            // Any answer from Rails will do: this one (no name) enqueues nothing.
-            if let Ok(response) = http.get(format!("{base}/")).send().await {
-                assert_eq!(
-                    response.status(),
-                    StatusCode::BAD_REQUEST,
-                    "GET / without a name"
-                );
+            if let Ok(response) = http.get(format!("{base}{probe}")).send().await {
+                assert_eq!(response.status(), status, "GET {probe}");
                 return Web {
                     base,
                     http,
@@ -336,7 +423,7 @@ fn errors_of(job: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_001_a_job_whose_worker_is_killed_mid_job_completes_as_attempt_2() {
-    if !ruby_and_rails_present() {
+    if !ruby_and_rails_present("") {
         return;
     }
     let mut setup = Setup::new().await;
@@ -355,7 +442,8 @@ async fn seed_001_a_job_whose_worker_is_killed_mid_job_completes_as_attempt_2() 
     assert_eq!(job["queue"], "default", "{job}");
     assert_eq!(job["state"], "available", "no worker runs yet: {job}");
 
-    let mut first = setup.start("worker", &[]);
+    let lease = [("GRAFTER_LEASE_MS", SHORT_LEASE_MS.to_owned())];
+    let mut first = setup.start("worker", &lease);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = Instant::now() + PATIENCE;
     while !read_log().contains("Started foo") {
@@ -372,7 +460,7 @@ async fn seed_001_a_job_whose_worker_is_killed_mid_job_completes_as_attempt_2() 
     assert_eq!(running["attempt"], 1, "{running}");
     first.kill9();
 
-    let _second = setup.start("worker", &[]);
+    let _second = setup.start("worker", &lease);
     let job = wait_finished(&setup.server, id, 2 * PATIENCE).await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(
@@ -399,7 +487,7 @@ async fn seed_001_a_job_whose_worker_is_killed_mid_job_completes_as_attempt_2() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_002_the_exports_page_shows_progress_moving_then_the_result() {
-    if !ruby_and_rails_present() {
+    if !ruby_and_rails_present("") {
         return;
     }
     let mut setup = Setup::new().await;
@@ -456,6 +544,11 @@ async fn seed_002_the_exports_page_shows_progress_moving_then_the_result() {
     );
 
     assert_eq!(page["state"], "completed", "{page}");
+    assert_eq!(
+        page["progress"],
+        json!({"fraction": 1.0, "message": "500 of 500 rows"}),
+        "the last progress, reported just before the job returned, is kept: {page}"
+    );
     assert_eq!(page["result"]["rows"], 500, "{page}");
     let path = page["result"]["path"]
         .as_str()
@@ -476,7 +569,7 @@ async fn seed_002_the_exports_page_shows_progress_moving_then_the_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_pushed_jobs_retry_discard_and_exhaust_as_rails_documents() {
-    if !ruby_and_rails_present() {
+    if !ruby_and_rails_present("") {
         return;
     }
     let mut setup = Setup::new().await;
@@ -567,4 +660,111 @@ async fn seed_000_pushed_jobs_retry_discard_and_exhaust_as_rails_documents() {
         .expect("request to the push endpoint");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(setup.server.job(ids["flaky"]).await["attempt"], 2);
+}
+
+// ---- 003: enqueue inside the app's PostgreSQL transaction ----
+
+/// The worker's long-poll in 003: a job whose commit did not wake the worker
+/// would wait for its next fetch, up to this long.
+const LONG_POLL_MS: &str = "20000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_003_a_job_enqueued_in_a_rolled_back_transaction_never_exists_and_a_committed_one_runs() {
+    if !ruby_and_rails_present(r#"require "active_record/railtie"; require "pg""#) {
+        return;
+    }
+    let Some(mut setup) = Setup::on_postgres().await else {
+        return;
+    };
+    let welcomes = setup.path("welcome.log");
+    setup
+        .env
+        .push(("WELCOME_LOG", welcomes.display().to_string()));
+    let web = setup.start_web(&[]).await;
+    let mut worker = setup.start("worker", &[("GRAFTER_WAIT_MS", LONG_POLL_MS.to_owned())]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        worker.assert_running();
+        let (status, workers) = setup.server.get("/v1/workers").await;
+        assert_eq!(status, StatusCode::OK, "{workers}");
+        if workers["workers"].as_array().is_some_and(|w| !w.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not register within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Registered, then it fetches: let its long-poll begin.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Enqueued, then the transaction fails: neither the signup nor the job.
+    let (status, rejected) = web
+        .post("/signups?email=gone@example.com&reject=1")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{rejected}");
+    let gone = rejected["grafter_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("the enqueue inside the transaction gave no id: {rejected}"));
+    let (status, body) = setup.server.get(&format!("/v1/jobs/{gone}")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the rolled-back job exists: {body}"
+    );
+
+    // Committed: the commit wakes the worker, which runs the job.
+    let (status, created) = web.post("/signups?email=ada@example.com").await;
+    let committed = Instant::now();
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["grafter_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no Grafter id in {created}"));
+    let job = wait_finished(&setup.server, id, PATIENCE).await;
+    let took = committed.elapsed();
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["kind"], "WelcomeJob", "{job}");
+    assert_eq!(job["attempt"], 1, "{job}");
+    assert_eq!(
+        job["result"],
+        json!({"email": "ada@example.com"}),
+        "the worker read the committed signup: {job}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the commit should wake the worker's {LONG_POLL_MS} ms long-poll; the job finished {took:?} after it"
+    );
+
+    let (status, listed) = setup.server.get("/v1/jobs?kind=WelcomeJob").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let ids: Vec<i64> = listed["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no jobs in {listed}"))
+        .iter()
+        .map(common::id_of)
+        .collect();
+    assert_eq!(ids, vec![id], "only the committed signup's job exists");
+    let (url, schema) = setup.postgres.clone().expect("on PostgreSQL");
+    let emails: Vec<String> = common::connect(&url)
+        .await
+        .expect("connect to PostgreSQL")
+        .query(&format!("SELECT email FROM \"{schema}\".signups"), &[])
+        .await
+        .expect("read the signups")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        emails,
+        vec!["ada@example.com"],
+        "the rolled-back signup went with its job"
+    );
+    let log = std::fs::read_to_string(&welcomes).unwrap_or_default();
+    assert_eq!(
+        log,
+        format!("Welcome ada@example.com (Grafter job {id})\n"),
+        "only the committed signup was welcomed, once"
+    );
+    worker.assert_running();
 }

@@ -266,7 +266,8 @@ module Grafter
     def prefetch_limit
       return 0 if @mean_duration.nil? || @prefetch.zero?
 
-      [(PREFETCH_HORIZON * @concurrency / @mean_duration).floor, @prefetch].min
+      # A job may finish within the clock's resolution: never divide by 0.
+      [(PREFETCH_HORIZON * @concurrency / [@mean_duration, 1e-6].max).floor, @prefetch].min
     end
 
     # Buffers the jobs for the threads; false (taking nothing) when stopping.
