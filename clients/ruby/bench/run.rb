@@ -35,8 +35,10 @@ def run_once(backend, threads, options)
     server = Bench.start_store(backend, dir, env, grafter: options[:grafter], redis: options[:redis])
     load = File.read("/proc/loadavg").split.first(3).join(" ")
 
-    enqueue = JSON.parse(Bench.run_script("enqueue.rb", env, dir))
     store_cpu = -> { server ? Bench.cpu_seconds_of(server) : Bench.redis_cpu_seconds(options[:redis]) }
+    store_cpu_before = store_cpu.call
+    enqueue = JSON.parse(Bench.run_script("enqueue.rb", env, dir))
+    store_cpu_enqueue = store_cpu.call - store_cpu_before
     store_cpu_before = store_cpu.call
 
     worker_log = File.join(dir, "worker.log")
@@ -63,6 +65,7 @@ def run_once(backend, threads, options)
     drain = finished - done["first"]
     {backend: backend, enqueue_threads: threads, jobs: options[:jobs], concurrency: options[:concurrency],
      enqueue_per_second: (options[:jobs] / enqueue["seconds"]).round, enqueue_cpu_seconds: enqueue["cpu_seconds"].round(2),
+     store_enqueue_cpu_seconds: store_cpu_enqueue.round(2),
      processed_per_second: (options[:jobs] / drain).round, worker_ran_last_job_after: (done["last"] - done["first"]).round(3),
      drain_seconds: drain.round(3), worker_cpu_seconds: done["cpu_seconds"].round(2),
      store_cpu_seconds: store_cpu_used.round(2), load_before: load}
