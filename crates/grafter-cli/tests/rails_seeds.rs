@@ -669,7 +669,7 @@ async fn seed_000_pushed_jobs_retry_discard_and_exhaust_as_rails_documents() {
 const LONG_POLL_MS: &str = "20000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_003_a_job_enqueued_in_a_rolled_back_transaction_never_exists_and_a_committed_one_runs() {
+async fn seed_003_a_rolled_back_enqueue_never_exists_and_a_committed_one_runs() {
     if !ruby_and_rails_present(r#"require "active_record/railtie"; require "pg""#) {
         return;
     }
@@ -700,9 +700,7 @@ async fn seed_003_a_job_enqueued_in_a_rolled_back_transaction_never_exists_and_a
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Enqueued, then the transaction fails: neither the signup nor the job.
-    let (status, rejected) = web
-        .post("/signups?email=gone@example.com&reject=1")
-        .await;
+    let (status, rejected) = web.post("/signups?email=gone@example.com&reject=1").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{rejected}");
     let gone = rejected["grafter_id"]
         .as_i64()
