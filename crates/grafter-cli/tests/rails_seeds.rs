@@ -2,7 +2,7 @@
 //! `clients/ruby/test/rails_app` (Debian's Rails, no bundler), served by puma,
 //! its jobs run by the gem's `grafter-worker`, each a separate process started
 //! from the app's `Procfile` exactly as written there, against a real
-//! `grafter serve` on a SQLite file.
+//! `grafter serve` on a SQLite file (for 003, on PostgreSQL).
 //!
 //! - 001: `GET /?name=foo` enqueues a `NameJob` through ActiveJob; the worker
 //!   (with a short lease) is killed with SIGKILL while the job runs; when the
@@ -22,9 +22,10 @@
 //!   nothing; a committed one wakes the worker's long-poll and runs.
 //!
 //! Ruby, Rails, puma (and for 003 ruby-pg and PostgreSQL) come from Debian's
-//! packages; without them the tests skip loudly, or fail under `CI`. Every Ruby process is killed when its
-//! handle drops, so a failing assertion leaves none behind, and its output is
-//! printed then. Every wait is a poll with a generous deadline.
+//! packages; without them the tests skip loudly, or fail under `CI`. Every
+//! Ruby process is killed when its handle drops, so a failing assertion
+//! leaves none behind, and its output is printed then. Every wait is a poll
+//! with a generous deadline.
 
 mod common;
 
