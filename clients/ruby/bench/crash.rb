@@ -6,8 +6,8 @@
 #   ruby clients/ruby/bench/crash.rb [--jobs 200] [--concurrency 10]
 #        [--grafter PATH] [--redis redis://127.0.0.1:6379/13] [--only grafter|sidekiq]
 #
-# Grafter's server is given a 3 s default lease, so that the killed worker's
-# jobs come back within seconds rather than the default 30.
+# Grafter's worker leases for 3 s (GRAFTER_LEASE_MS), so that the killed
+# worker's jobs come back within seconds rather than the default 30.
 require "optparse"
 require "tmpdir"
 require_relative "support"
@@ -29,9 +29,8 @@ QUIET_SECONDS = 10
     ran_file = File.join(dir, "ran.txt")
     File.write(ran_file, "")
     env = {"BENCH_BACKEND" => backend, "BENCH_JOBS" => options[:jobs].to_s, "BENCH_JOB_CLASS" => "SlowJob",
-           "BENCH_RAN_FILE" => ran_file}
-    server = Bench.start_store(backend, dir, env, grafter: options[:grafter], redis: options[:redis],
-                               config: "default_lease_ms = 3000\n")
+           "BENCH_RAN_FILE" => ran_file, "GRAFTER_LEASE_MS" => "3000"}
+    server = Bench.start_store(backend, dir, env, grafter: options[:grafter], redis: options[:redis])
     Bench.run_script("enqueue.rb", env, dir)
     ran = -> { File.readlines(ran_file, chomp: true) }
 

@@ -39,16 +39,12 @@ module Bench
 
   # A fresh store: a `grafter serve` on a new SQLite file in `dir` (its pid),
   # or the Redis database emptied (nil). Sets GRAFTER_URL or REDIS_URL in `env`.
-  def start_store(backend, dir, env, grafter:, redis:, config: nil)
+  def start_store(backend, dir, env, grafter:, redis:)
     if backend == "grafter"
       abort "#{grafter} is not executable" unless File.executable?(grafter)
       port = free_port
       env["GRAFTER_URL"] = "http://127.0.0.1:#{port}"
       command = [grafter, "serve", "--database", "sqlite://#{dir}/bench.db", "--listen", "127.0.0.1:#{port}"]
-      if config
-        File.write(File.join(dir, "grafter.toml"), config)
-        command += ["--config", File.join(dir, "grafter.toml")]
-      end
       pid = spawn(*command, out: File::NULL, err: File.join(dir, "server.log"))
       wait_until("grafter serve up", 30) do
         Net::HTTP.get_response(URI("#{env["GRAFTER_URL"]}/livez")).is_a?(Net::HTTPOK)
