@@ -126,6 +126,35 @@ class ActiveJobTest < Minitest::Test
     assert_equal "AdapterJobs::OkJob", taken.first[:kind]
   end
 
+  def test_perform_all_later_enqueues_all_in_one_call_and_sets_provider_job_ids
+    queue = unique("aj-all")
+    jobs = [AdapterJobs::OkJob.new("a", count: 1), AdapterJobs::OkJob.new("b", count: 2), AdapterJobs::OptionsJob.new(7)]
+    # Rails 6.1's job instances have no #set: their attributes are what it would set.
+    jobs.first(2).each { |job| job.queue_name = queue }
+    jobs[1].scheduled_at = Time.now.to_f + 600
+    assert_equal 3, Grafter.perform_all_later(jobs)
+    stored = jobs.map { |job| client.job(job.provider_job_id) }
+    assert_equal [[queue, "available"], [queue, "scheduled"], %w[reports available]],
+                 stored.map { |job| job.values_at("queue", "state") }
+    assert_equal "report-7", stored.last["unique_key"], "class options apply"
+    assert_equal jobs.map(&:job_id), stored.map { |job| job["args"]["job_id"] }
+    client.cancel(jobs.last.provider_job_id)
+
+    calls = []
+    enqueuer = Object.new
+    enqueuer.define_singleton_method(:enqueue_many) { |list| calls << list and list.each_index.map { |i| { "id" => i + 1 } } }
+    Grafter.configure { |config| config.enqueuer = enqueuer }
+    two = [AdapterJobs::OkJob.new("c", count: 1), AdapterJobs::OkJob.new("d", count: 1)]
+    Grafter.perform_all_later(*two)
+    assert_equal [2], calls.map(&:size), "one call for both"
+    assert_equal [1, 2], two.map(&:provider_job_id)
+
+    invalid = [AdapterJobs::OkJob.new("e", count: 1), AdapterJobs::OptionsJob.new(8)]
+    Grafter.configure { |config| config.enqueuer = nil }
+    invalid.first.priority = 70_000
+    assert_raises(ArgumentError) { Grafter.perform_all_later(invalid) }
+  end
+
   def test_the_worker_runs_jobs_with_results_and_progress
     queue = unique("aj-run")
     name = unique("ok")

@@ -58,6 +58,26 @@ module Grafter
       fields
     end
 
+    # Enqueues the jobs (ActiveJob instances) in one call of the enqueuer's
+    # `enqueue_many` (Grafter::Client: one POST /v1/jobs/batch, one commit;
+    # Grafter::SqlEnqueuer: one statement), all or none; sets each one's
+    # provider_job_id. Enqueue callbacks do not run, as with Rails 7.1's
+    # perform_all_later. Answers how many were enqueued.
+    def enqueue_all(jobs)
+      enqueuer = Grafter.config.enqueuer
+      fields = jobs.map { |job| fields_for(job, job.scheduled_at) }
+      answers = if enqueuer.respond_to?(:enqueue_many)
+                  enqueuer.enqueue_many(fields)
+                else
+                  fields.map { |job_fields| enqueuer.enqueue(**job_fields) }
+                end
+      jobs.zip(answers) do |job, answer|
+        job.provider_job_id = answer["id"] || answer[:id]
+        job.successfully_enqueued = true if job.respond_to?(:successfully_enqueued=)
+      end
+      jobs.size
+    end
+
     # Runs the ActiveJob payload of `execution` as its attempt number
     # `execution.attempt`.
     def execute(execution)
@@ -199,6 +219,12 @@ module ActiveJob
     # Grafter.config.enqueuer (by default Grafter.client; or e.g. a
     # Grafter::SqlEnqueuer, to enqueue inside the app's transaction).
     class GrafterAdapter
+      # Rails 7.1's ActiveJob.perform_all_later; on older Rails,
+      # Grafter.perform_all_later.
+      def enqueue_all(jobs)
+        Grafter::ActiveJobSupport.enqueue_all(jobs)
+      end
+
       def enqueue(job)
         enqueue_at(job, nil)
       end
@@ -219,3 +245,20 @@ module ActiveJob
 end
 
 ActiveSupport.on_load(:active_job) { include Grafter::ActiveJobSupport::JobExtensions }
+
+module Grafter
+  # Enqueues ActiveJob instances in one request, all or none (Rails 6.1 has
+  # no ActiveJob.perform_all_later):
+  #   Grafter.perform_all_later(users.map { |user| WelcomeJob.new(user.id) })
+  # Each job's class must use the :grafter adapter.
+  def self.perform_all_later(*jobs)
+    jobs = jobs.flatten
+    others = jobs.reject { |job| job.class.queue_adapter.is_a?(ActiveJob::QueueAdapters::GrafterAdapter) }
+    unless others.empty?
+      raise ArgumentError, "Grafter.perform_all_later: #{others.map { |job| job.class.name }.uniq.join(', ')} " \
+                           "do not use the :grafter queue adapter"
+    end
+
+    ActiveJobSupport.enqueue_all(jobs)
+  end
+end
