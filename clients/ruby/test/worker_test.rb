@@ -193,6 +193,20 @@ class WorkerTest < Minitest::Test
   def test_bad_settings_are_refused
     assert_raises(ArgumentError) { Grafter::Worker.new(queues: [], client: client) }
     assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], concurrency: 0, client: client) }
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], lease_ms: 999, client: client) }
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], prefetch: -1, client: client) }
+  end
+
+  def test_worker_options_come_from_flags_or_the_environment
+    require "grafter/cli"
+    env = { "GRAFTER_LEASE_MS" => "1500", "GRAFTER_WAIT_MS" => "20000", "GRAFTER_PREFETCH" => "0" }
+    options = Grafter::CLI.parse([], env)
+    assert_equal [1500, 20_000, 0], options.to_h.values_at(:lease_ms, :wait_ms, :prefetch)
+    options = Grafter::CLI.parse(%w[--lease-ms 3000 --wait-ms 500 --prefetch 7], env)
+    assert_equal [3000, 500, 7], options.to_h.values_at(:lease_ms, :wait_ms, :prefetch), "flags win"
+    assert_equal [30_000, 2000, nil], Grafter::CLI.parse([], {}).to_h.values_at(:lease_ms, :wait_ms, :prefetch)
+    error = assert_raises(ArgumentError) { Grafter::CLI.parse([], "GRAFTER_LEASE_MS" => "soon") }
+    assert_equal 'GRAFTER_LEASE_MS must be an integer, got "soon"', error.message
   end
 
   private

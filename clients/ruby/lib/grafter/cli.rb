@@ -14,20 +14,31 @@ module Grafter
     def self.parse(argv, env = ENV)
       options = Options.new(
         queues: env.fetch("GRAFTER_QUEUES", "default").split(","),
-        concurrency: Integer(env.fetch("GRAFTER_CONCURRENCY", "10")),
+        concurrency: number(env, "GRAFTER_CONCURRENCY", 10),
         requires: [],
         identifier: env["GRAFTER_IDENTIFIER"],
-        health_port: env["GRAFTER_HEALTH_PORT"]&.then { |port| Integer(port) },
+        health_port: number(env, "GRAFTER_HEALTH_PORT", nil),
         health_host: env.fetch("GRAFTER_HEALTH_HOST", "0.0.0.0"),
-        shutdown_timeout: Float(env.fetch("GRAFTER_SHUTDOWN_TIMEOUT", "25")),
-        lease_ms: Integer(env.fetch("GRAFTER_LEASE_MS", "30000")),
-        wait_ms: Integer(env.fetch("GRAFTER_WAIT_MS", "2000")),
-        prefetch: env["GRAFTER_PREFETCH"]&.then { |n| Integer(n) },
+        shutdown_timeout: number(env, "GRAFTER_SHUTDOWN_TIMEOUT", 25.0, Float),
+        lease_ms: number(env, "GRAFTER_LEASE_MS", 30_000),
+        wait_ms: number(env, "GRAFTER_WAIT_MS", 2000),
+        prefetch: number(env, "GRAFTER_PREFETCH", nil),
         url: nil,
         app_root: Dir.pwd
       )
       parser(options).parse!(argv.dup)
       options
+    end
+
+    # The variable `name` as a number (`kind` Integer or Float), or `default`
+    # when it is unset; a clear error naming it otherwise.
+    def self.number(env, name, default, kind = Integer)
+      value = env[name]
+      return default if value.nil? || value.empty?
+
+      kind == Float ? Float(value) : Integer(value, 10)
+    rescue ArgumentError
+      raise ArgumentError, "#{name} must be #{kind == Float ? 'a number' : 'an integer'}, got #{value.inspect}"
     end
 
     def self.parser(options)
@@ -58,7 +69,8 @@ module Grafter
              "longest a fetch waits for a job (long-poll); a shutdown lets the one in flight finish " \
              "(default 2000)") { |n| options.wait_ms = n }
         o.on("--prefetch N", Integer,
-             "at most N leased jobs wait for a thread, for short jobs (default: the concurrency; 0: none)") do |n|
+             "at most N leased jobs wait for a thread, for runs of short jobs (default: ten per thread, " \
+             "fewer for longer jobs; 0: none)") do |n|
           options.prefetch = n
         end
         o.on("-u", "--url URL", "Grafter server (default GRAFTER_URL or http://127.0.0.1:7380)") { |url| options.url = url }
@@ -108,7 +120,8 @@ module Grafter
       worker = Grafter::Worker.new(queues: @options.queues, concurrency: @options.concurrency, client: client,
                                    identifier: @options.identifier, health_port: @options.health_port,
                                    health_host: @options.health_host, shutdown_timeout: @options.shutdown_timeout,
-                                   lease_ms: @options.lease_ms, wait_ms: @options.wait_ms, prefetch: @options.prefetch, process_title: true)
+                                   lease_ms: @options.lease_ms, wait_ms: @options.wait_ms, prefetch: @options.prefetch,
+                                   process_title: true)
       signals = Thread::Queue.new
       %w[TERM INT].each { |name| Signal.trap(name) { signals << name } }
       worker.start
