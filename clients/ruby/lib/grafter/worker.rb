@@ -355,12 +355,20 @@ module Grafter
     # The oldest buffered job, now counted as running; nil when stopping.
     def next_job
       @lock.synchronize do
-        @job_ready.wait(@lock) while @buffer.empty? && !@stopping
-        return nil if @stopping
+        loop do
+          @job_ready.wait(@lock) while @buffer.empty? && !@stopping
+          return nil if @stopping
 
-        execution = @buffer.shift
-        @running[execution] = @leased[execution]
-        execution
+          execution = @buffer.shift
+          if execution.interrupt
+            # Its lease was lost while it waited (a heartbeat said so): not run.
+            @leased.delete(execution)
+            @room.signal
+            next
+          end
+          @running[execution] = @leased[execution]
+          return execution
+        end
       end
     end
 
