@@ -1,0 +1,381 @@
+# frozen_string_literal: true
+
+require "json"
+require "net/http"
+require "openssl"
+require "time"
+require "uri"
+
+require "grafter/errors"
+require "grafter/version"
+
+module Grafter
+  # The HTTP API of a Grafter server. Thread-safe: each thread keeps its own
+  # started Net::HTTP (a keep-alive connection), so concurrent workers never
+  # share a socket. Every answer is a Hash with string keys, as the JSON came.
+  class Client
+    DEFAULT_URL = "http://127.0.0.1:7380"
+    FINISHED_STATES = %w[completed dead cancelled expired].freeze
+
+    # Errors that mean the connection broke under a request (the server
+    # restarted, or closed an idle keep-alive connection as we reused it).
+    BROKEN_CONNECTION = [EOFError, IOError, Errno::ECONNRESET, Errno::EPIPE, Errno::ECONNABORTED,
+                         OpenSSL::SSL::SSLError, Net::HTTPBadResponse].freeze
+    # Idle keep-alive connections are reopened after this long, well inside
+    # the server's idle timeout (60 s), so a reused one is rarely stale.
+    KEEP_ALIVE_SECONDS = 30
+
+    attr_reader :url, :open_timeout, :read_timeout
+
+    # `url` and `token` default to GRAFTER_URL and GRAFTER_TOKEN. Timeouts are
+    # seconds; a long-poll fetch waits longer than `read_timeout` when its
+    # `wait_ms` needs it.
+    def initialize(url: nil, token: nil, open_timeout: 5, read_timeout: 35)
+      url = url.to_s.empty? ? ENV.fetch("GRAFTER_URL", DEFAULT_URL) : url.to_s
+      @uri = parse_url(url)
+      @url = redact(@uri)
+      token = ENV["GRAFTER_TOKEN"] if token.nil?
+      @token = token.to_s.empty? ? nil : token.to_s
+      @open_timeout = Float(open_timeout)
+      @read_timeout = Float(read_timeout)
+      @connection_key = :"grafter_connection_#{object_id}"
+    end
+
+    def inspect
+      "#<#{self.class.name} #{@url}#{@token ? ' (with a token)' : ''}>"
+    end
+
+    # --- jobs ---------------------------------------------------------------
+
+    # Enqueues one job; answers the job (an existing one when `unique_key` is
+    # held by an unfinished job). Times may be Time, DateTime or anything with
+    # #to_time; they are sent as RFC 3339 with microseconds.
+    def enqueue(kind:, **fields)
+      post("/v1/jobs", job_fields(fields.merge(kind: kind)))
+    end
+
+    # Enqueues all the jobs in one request, all or none; answers them in order.
+    def enqueue_many(jobs)
+      post("/v1/jobs/batch", { "jobs" => jobs.map { |job| job_fields(job) } }).fetch("jobs")
+    end
+
+    def job(id)
+      get("/v1/jobs/#{job_id(id)}")
+    end
+
+    def cancel(id)
+      post("/v1/jobs/#{job_id(id)}/cancel")
+    end
+
+    def retry(id)
+      post("/v1/jobs/#{job_id(id)}/retry")
+    end
+
+    def delete(id)
+      request(:delete, "/v1/jobs/#{job_id(id)}", idempotent: true)
+    end
+
+    # Runs the job again at `run_at`, or `delay_ms` from now.
+    def reschedule(id, delay_ms: nil, run_at: nil)
+      post("/v1/jobs/#{job_id(id)}/reschedule", compact("delay_ms" => delay_ms, "run_at" => timestamp(run_at)))
+    end
+
+    # One page: {"jobs" => [...], "next_cursor" => "…" or nil}.
+    def jobs(state: nil, queue: nil, kind: nil, tag: nil, args: nil, limit: nil, cursor: nil, order: nil)
+      query = compact("state" => state, "queue" => queue, "kind" => kind, "tag" => tag, "args" => args,
+                      "limit" => limit, "cursor" => cursor, "order" => order)
+      get("/v1/jobs#{query.empty? ? '' : "?#{URI.encode_www_form(query)}"}")
+    end
+
+    # Polls the job until it is finished (completed, dead, cancelled or
+    # expired) and answers it. The block, if any, sees the job each time its
+    # progress or state changes. Raises WaitTimeout after `timeout` seconds.
+    def wait(id, timeout: 60, interval: 0.5)
+      deadline = monotonic + timeout
+      seen = nil
+      loop do
+        job = job(id)
+        change = [job["state"], job["progress"]]
+        yield job if block_given? && change != seen
+        seen = change
+        return job if FINISHED_STATES.include?(job["state"])
+        if monotonic + interval > deadline
+          raise WaitTimeout.new("job #{id} did not finish within #{timeout} s (it is #{job['state']})", job: job)
+        end
+
+        sleep interval
+      end
+    end
+
+    # --- queues and workers ---------------------------------------------------
+
+    def queues
+      get("/v1/queues")
+    end
+
+    # Sets the keys given (e.g. push: {url:, secret:} or push: nil).
+    def update_queue(name, **fields)
+      request(:put, "/v1/queues/#{escape(name)}", body: fields, idempotent: true)
+    end
+
+    def pause_queue(name)
+      post("/v1/queues/#{escape(name)}/pause")
+    end
+
+    def resume_queue(name)
+      post("/v1/queues/#{escape(name)}/resume")
+    end
+
+    def workers
+      get("/v1/workers").fetch("workers")
+    end
+
+    # Registers the worker, or records that it is alive (send every few seconds).
+    def register_worker(id, host:, pid:, queues:, concurrency:, kinds: [])
+      body = { "id" => id, "host" => host, "pid" => pid, "queues" => queues,
+               "concurrency" => concurrency, "kinds" => kinds }
+      request(:put, "/v1/workers/#{escape(id)}", body: body, idempotent: true)
+    end
+
+    def remove_worker(id)
+      request(:delete, "/v1/workers/#{escape(id)}", idempotent: true)
+    end
+
+    # --- the worker protocol ----------------------------------------------------
+
+    # Leases up to `max` jobs, waiting up to `wait_ms` for one to arrive.
+    def fetch(queues:, max: 1, wait_ms: 0, worker_id: nil, lease_ms: nil)
+      body = compact("queues" => Array(queues), "max" => max, "wait_ms" => wait_ms,
+                     "worker_id" => worker_id, "lease_ms" => lease_ms)
+      # The answer may take the whole wait: give it that plus the usual slack.
+      patience = [@read_timeout, (wait_ms.to_f / 1000) + 10].max
+      post("/v1/fetch", body, read_timeout: patience).fetch("jobs")
+    end
+
+    def ack(id, lease:, result: nil)
+      post("/v1/jobs/#{job_id(id)}/ack", compact("lease" => lease, "result" => result))
+    end
+
+    # Completes many jobs in one request; answers one {"id", "ok", "error"?,
+    # "state"?, "attempt"?} per ack, in order. A stale lease fails only its item.
+    def ack_many(acks)
+      items = acks.map do |ack|
+        ack = ack.transform_keys(&:to_s)
+        compact("id" => job_id(ack.fetch("id")), "lease" => ack.fetch("lease"), "result" => ack["result"])
+      end
+      post("/v1/jobs/ack", { "acks" => items }).fetch("results")
+    end
+
+    # A failed attempt: retried after the job's backoff (or `retry_in_ms`), or
+    # dead with `retry: false`.
+    def fail(id, lease:, error:, retry: true, retry_in_ms: nil)
+      # `retry` is a keyword of the language: read the argument by name.
+      retrying = binding.local_variable_get(:retry)
+      body = compact("lease" => lease, "error" => error.to_s, "retry" => retrying,
+                     "retry_in_ms" => retry_in_ms&.round)
+      post("/v1/jobs/#{job_id(id)}/fail", body)
+    end
+
+    # Extends the lease (by `lease_ms`, default the server's) and reports
+    # progress: a fraction, or {fraction:, message:}. The answer's
+    # "cancel_requested" asks the job to stop.
+    def heartbeat(id, lease:, progress: nil, lease_ms: nil)
+      body = compact("lease" => lease, "progress" => progress, "lease_ms" => lease_ms)
+      # Repeating a heartbeat only extends the lease again: safe to resend.
+      request(:post, "/v1/jobs/#{job_id(id)}/heartbeat", body: body, idempotent: true)
+    end
+
+    # Hands a leased job back without counting the attempt: at once, or after
+    # `delay_ms`.
+    def release(id, lease:, delay_ms: nil)
+      post("/v1/jobs/#{job_id(id)}/release", compact("lease" => lease, "delay_ms" => delay_ms))
+    end
+
+    def ready?
+      request(:get, "/readyz", idempotent: true, raw: true).is_a?(Net::HTTPSuccess)
+    rescue Error
+      false
+    end
+
+    # Closes this thread's connection (the next call opens another).
+    def close
+      http = Thread.current[@connection_key]
+      Thread.current[@connection_key] = nil
+      http&.finish if http&.started?
+    rescue IOError
+      nil
+    end
+
+    private
+
+    def get(path)
+      request(:get, path, idempotent: true)
+    end
+
+    def post(path, body = nil, read_timeout: nil)
+      request(:post, path, body: body, read_timeout: read_timeout)
+    end
+
+    # One request on this thread's connection. A connection that broke as it
+    # was reused is opened again and the request resent once, but only for
+    # calls that may safely run twice (`idempotent`): an enqueue or an ack that
+    # might have reached the server is never silently repeated.
+    def request(method, path, body: nil, idempotent: false, read_timeout: nil, raw: false)
+      payload = body.nil? ? nil : encode(body)
+      resent = false
+      begin
+        http, reused = connection
+        http.read_timeout = read_timeout || @read_timeout
+        response = http.request(build(method, path, payload))
+      rescue *BROKEN_CONNECTION => e
+        drop_connection
+        if reused && idempotent && !resent
+          resent = true
+          retry
+        end
+        raise ConnectionError.new("#{@url}: the connection broke during #{method.upcase} #{path} " \
+                                  "(#{e.class}: #{e.message})", url: @url)
+      rescue Net::OpenTimeout
+        drop_connection
+        raise ConnectionError.new("#{@url}: could not connect within #{@open_timeout} s", url: @url)
+      rescue Net::ReadTimeout, Net::WriteTimeout
+        drop_connection
+        raise ConnectionError.new("#{@url}: no answer to #{method.upcase} #{path} within " \
+                                  "#{http&.read_timeout} s", url: @url)
+      rescue SystemCallError, SocketError => e
+        drop_connection
+        raise ConnectionError.new("#{@url}: could not reach the Grafter server (#{e.class}: #{e.message})",
+                                  url: @url)
+      end
+      raw ? response : answer(response, method, path)
+    end
+
+    def connection
+      http = Thread.current[@connection_key]
+      return [http, true] if http&.started?
+
+      http = Net::HTTP.new(@uri.host, @uri.port)
+      http.use_ssl = @uri.scheme == "https"
+      http.open_timeout = @open_timeout
+      http.read_timeout = @read_timeout
+      http.write_timeout = @read_timeout
+      http.keep_alive_timeout = KEEP_ALIVE_SECONDS
+      # Resending is decided above, knowing which calls are safe to repeat.
+      http.max_retries = 0
+      http.start
+      Thread.current[@connection_key] = http
+      [http, false]
+    end
+
+    def drop_connection
+      http = Thread.current[@connection_key]
+      Thread.current[@connection_key] = nil
+      http&.finish if http&.started?
+    rescue IOError, SystemCallError
+      nil
+    end
+
+    def build(method, path, payload)
+      request = Net::HTTPGenericRequest.new(method.to_s.upcase, !payload.nil?, true,
+                                            "#{@uri.path.chomp('/')}#{path}")
+      request["Accept"] = "application/json"
+      request["User-Agent"] = "grafter-ruby/#{VERSION}"
+      request["Authorization"] = "Bearer #{@token}" if @token
+      if payload
+        request["Content-Type"] = "application/json"
+        request.body = payload
+      end
+      request
+    end
+
+    def answer(response, method, path)
+      body = response.body.to_s
+      return (body.empty? ? nil : parse(body, response)) if response.is_a?(Net::HTTPSuccess)
+
+      detail = begin
+        JSON.parse(body).fetch("error")
+      rescue JSON::ParserError, KeyError, TypeError, NoMethodError
+        nil
+      end
+      detail = nil unless detail.is_a?(Hash)
+      message = detail ? detail["message"].to_s : body[0, 500].to_s.strip
+      message = response.message.to_s if message.empty?
+      code = detail && detail["code"]
+      field = detail && detail["field"]
+      text = "#{method.upcase} #{path}: #{response.code}#{code ? " #{code}" : ''}" \
+             "#{field ? " (field #{field})" : ''}: #{message}"
+      retry_after = response["Retry-After"]&.to_i
+      raise ApiError.new(text, status: response.code.to_i, code: code, field: field, retry_after: retry_after)
+    end
+
+    def parse(body, response)
+      JSON.parse(body)
+    rescue JSON::ParserError => e
+      raise ApiError.new("#{@url}: the answer (#{response.code}) is not JSON: #{e.message[0, 200]}",
+                         status: response.code.to_i)
+    end
+
+    def encode(body)
+      JSON.generate(body)
+    rescue JSON::GeneratorError, Encoding::UndefinedConversionError, EncodingError => e
+      raise Error, "the request cannot be sent as JSON (#{e.class}: #{e.message[0, 200]}); " \
+                   "strings must be valid UTF-8"
+    end
+
+    def job_fields(fields)
+      fields = fields.transform_keys(&:to_s)
+      %w[run_at expires_at].each { |key| fields[key] = timestamp(fields[key]) if fields.key?(key) }
+      fields.reject { |_, value| value.nil? }
+    end
+
+    def timestamp(value)
+      case value
+      when nil, String then value
+      when Numeric then Time.at(value).utc.iso8601(6)
+      else
+        raise ArgumentError, "expected a time, got #{value.inspect}" unless value.respond_to?(:to_time)
+
+        value.to_time.utc.iso8601(6)
+      end
+    end
+
+    def compact(hash)
+      hash.reject { |_, value| value.nil? }
+    end
+
+    def job_id(id)
+      id.is_a?(Integer) ? id : Integer(id.to_s, 10)
+    rescue ArgumentError, TypeError
+      raise ArgumentError, "a job id is an integer, got #{id.inspect}"
+    end
+
+    # Percent-encodes a path segment (a worker id like "host:1234", a queue).
+    def escape(segment)
+      segment.to_s.b.gsub(/[^A-Za-z0-9\-._~]/n) { |byte| format("%%%02X", byte.ord) }
+    end
+
+    def parse_url(url)
+      uri = URI.parse(url)
+      unless %w[http https].include?(uri.scheme) && uri.host && !uri.host.empty?
+        raise ArgumentError, "the Grafter URL must be http:// or https:// with a host, got #{redact_text(url)}"
+      end
+
+      uri
+    rescue URI::InvalidURIError
+      raise ArgumentError, "the Grafter URL is not a URL: #{redact_text(url)}"
+    end
+
+    # The URL as shown in messages: without user and password.
+    def redact(uri)
+      redact_text(uri.to_s)
+    end
+
+    def redact_text(text)
+      text.to_s.sub(%r{//[^/@]*@}, "//***@")
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+  end
+end

@@ -1,0 +1,596 @@
+# frozen_string_literal: true
+
+require "json"
+require "socket"
+require "grafter"
+require "grafter/execution"
+require "grafter/runner"
+require "grafter/recorder"
+
+module Grafter
+  # Runs jobs from Grafter queues on `concurrency` threads.
+  #
+  # One fetch thread long-polls POST /v1/fetch for as many jobs as there is
+  # room for: one per thread, plus a short prefetch buffer so that threads
+  # finishing short jobs find the next one waiting instead of waiting for a
+  # round trip (see #prefetch_limit). One heartbeat thread renews the lease of
+  # every job the worker holds, buffered or running, well inside it (carrying
+  # the latest progress, and learning of cancels), keeps the worker registered
+  # (PUT /v1/workers/{id}) and enforces timeouts; one ack thread sends
+  # successes in batches. Failures are recorded by the job's own thread. No
+  # outcome is dropped while the server is briefly away: see Recorder.
+  #
+  # Timeouts and stuck jobs: Ruby threads cannot be killed safely, so a job
+  # past its `timeout_ms` gets Grafter::TimeoutError raised in its thread
+  # (Thread#raise; an Exception, not a StandardError, so `rescue => e` in the
+  # job does not swallow it, and its `ensure` blocks run) and the attempt is
+  # failed as "timed out". A cancel asked through the API is cooperative
+  # (`grafter_cancelled?`); a job still running `cancel_grace` seconds later
+  # gets Grafter::Cancelled the same way. A job that ignores even that keeps
+  # its thread (its slot stays taken), but after `interrupt_grace` seconds
+  # the worker records its outcome and stops renewing its lease, so the job
+  # is not held forever.
+  #
+  # Shutdown (#stop, or TERM/INT in grafter-worker): stop fetching, hand the
+  # buffered jobs back, let running jobs finish for up to `shutdown_timeout`
+  # seconds, then hand the rest back with POST /v1/jobs/{id}/release (they
+  # run again at once elsewhere; the attempt is not counted), and deregister.
+  # A fetch in flight is let finish (it waits at most `wait_ms`) and what it
+  # brings is handed back too.
+  class Worker
+    # Internal: stops the fetch thread's long-poll when the shutdown cannot
+    # wait for it.
+    class FetchStop < Exception; end # rubocop:disable Lint/InheritException
+
+    BeatState = Struct.new(:leased_at, :last_beat, :sent_version, :interrupted_at, :given_up)
+
+    TICK = 0.1
+    # Least time between two progress-carrying heartbeats of one job.
+    PROGRESS_GAP = 0.25
+    # A buffered job should start within about this many seconds: the
+    # prefetch holds only as many jobs as the threads are expected to start
+    # in that time, judged by how long recent jobs ran (for no-op jobs, about
+    # a tenth of a second of the worker's throughput). Jobs held longer would
+    # wait here while another worker could run them.
+    PREFETCH_HORIZON = 0.1
+    # A buffered job still waiting after this long (the jobs before it turned
+    # out slower than the recent ones) is handed back, uncounted, for any
+    # worker to take.
+    PREFETCH_HOLD = 1.0
+    # The server's largest `max` for one fetch.
+    MAX_FETCH = 1000
+    # Longest a success waits for others to share its ack request.
+    ACK_LINGER = 0.005
+    # Weight of the latest job in the running mean of job durations.
+    DURATION_WEIGHT = 0.1
+
+    attr_reader :id, :queues, :concurrency
+
+    # `prefetch`: at most this many leased jobs wait for a thread (default:
+    # ten per thread; 0 turns the buffer off), fewer when jobs take longer
+    # (PREFETCH_HORIZON).
+    def initialize(queues: ["default"], concurrency: 10, client: Grafter.client, identifier: nil,
+                   lease_ms: 30_000, heartbeat_interval: nil, wait_ms: 2_000, shutdown_timeout: 25,
+                   cancel_grace: 10, interrupt_grace: 5, health_port: nil, health_host: "0.0.0.0",
+                   registration_interval: 5, prefetch: nil, logger: Grafter.logger, process_title: false)
+      @queues = Array(queues).flat_map { |queue| queue.to_s.split(",") }.map(&:strip).reject(&:empty?)
+      raise ArgumentError, "a worker needs at least one queue" if @queues.empty?
+
+      @concurrency = Integer(concurrency)
+      raise ArgumentError, "concurrency must be 1 to 1000, got #{@concurrency}" unless (1..1000).cover?(@concurrency)
+
+      @client = client
+      @id = (identifier.to_s.empty? ? "#{Socket.gethostname}:#{Process.pid}" : identifier.to_s)
+      @lease_ms = Integer(lease_ms)
+      raise ArgumentError, "lease_ms must be at least 1000, got #{@lease_ms}" if @lease_ms < 1000
+
+      @heartbeat_interval = heartbeat_interval ? Float(heartbeat_interval) : @lease_ms / 3000.0
+      @wait_ms = Integer(wait_ms)
+      @shutdown_timeout = Float(shutdown_timeout)
+      @cancel_grace = Float(cancel_grace)
+      @interrupt_grace = Float(interrupt_grace)
+      @health_port = health_port
+      @health_host = health_host
+      @registration_interval = Float(registration_interval)
+      @prefetch = prefetch.nil? ? [10 * @concurrency, MAX_FETCH - @concurrency].min : Integer(prefetch)
+      raise ArgumentError, "prefetch must be 0 or more, got #{@prefetch}" if @prefetch.negative?
+
+      @logger = logger
+      @process_title = process_title
+      @recorder = Recorder.new(client, logger: logger, grace: @lease_ms / 1000.0)
+
+      @lock = Mutex.new
+      @changed = ConditionVariable.new # stopping, stopped, heartbeats done
+      @room = ConditionVariable.new    # a job left the buffer or finished: the fetch thread may fetch
+      @job_ready = ConditionVariable.new # a job entered the buffer
+      @leased = {}   # every job whose lease this worker holds => its BeatState
+      @buffer = []   # leased jobs waiting for a thread, oldest first
+      @running = {}  # jobs running now => their BeatState
+      @mean_duration = nil
+      @stopping = false
+      @stopped = false
+      @in_fetch = false
+      @fetch_ok = false
+      @last_beat_ok = nil
+    end
+
+    # Starts the threads and returns at once.
+    def start
+      @started_at = monotonic
+      register
+      @acker = Acker.new(@client, recorder: @recorder, logger: @logger, target: @concurrency, linger: ACK_LINGER)
+      @executors = Array.new(@concurrency) { |i| thread("grafter-job-#{i}") { execute_loop } }
+      @heartbeats = thread("grafter-heartbeat") { heartbeat_loop }
+      @fetcher = thread("grafter-fetch") { fetch_loop }
+      start_health_server if @health_port
+      @logger.info("grafter: worker #{@id} started on #{@queues.join(', ')} with #{@concurrency} threads " \
+                   "against #{@client.url}")
+      self
+    end
+
+    # Starts and blocks until #stop has finished (from another thread).
+    def run
+      start
+      wait
+    end
+
+    def wait
+      @lock.synchronize { @changed.wait(@lock, 1) until @stopped }
+    end
+
+    def stopping?
+      @lock.synchronize { @stopping }
+    end
+
+    # Jobs running now.
+    def busy
+      @lock.synchronize { @running.size }
+    end
+
+    # 200-worthy: the fetch loop and the heartbeats have worked recently.
+    def healthy?
+      @lock.synchronize do
+        !@stopping && @fetch_ok && @fetcher&.alive? && @heartbeats&.alive? &&
+          !@last_beat_ok.nil? && monotonic - @last_beat_ok <= 3 * @registration_interval
+      end
+    end
+
+    # Graceful stop: no more fetching; buffered jobs are handed back at once,
+    # running jobs get `timeout` seconds to finish, then are handed back
+    # uncounted; the worker deregisters.
+    def stop(timeout = @shutdown_timeout)
+      buffered = @lock.synchronize do
+        return wait_locked if @stopping
+
+        @stopping = true
+        @shutdown_deadline = [@shutdown_deadline, monotonic + timeout].compact.min
+        [@changed, @room, @job_ready].each(&:broadcast)
+        @buffer.slice!(0..)
+      end
+      @logger.info("grafter: worker #{@id} stopping: #{busy} jobs running, waiting up to #{timeout} s")
+      buffered.each { |execution| hand_back(execution) }
+      @lock.synchronize do
+        @changed.wait(@lock, TICK) while !@running.empty? && monotonic < @shutdown_deadline
+      end
+      hand_back_running
+      @executors.each { |thread| thread.join(2) }
+      @acker.stop(5)
+      finish_fetch
+      @lock.synchronize do
+        @heartbeats_done = true
+        @changed.broadcast
+      end
+      @heartbeats.join(2)
+      deregister
+      @health_server&.close
+      @lock.synchronize do
+        @stopped = true
+        @changed.broadcast
+      end
+      @logger.info("grafter: worker #{@id} stopped")
+    end
+
+    # During #stop: stop waiting for running jobs and hand them back now.
+    def hand_back_now
+      @lock.synchronize do
+        @shutdown_deadline = monotonic
+        @changed.broadcast
+      end
+    end
+
+    private
+
+    def wait_locked
+      @changed.wait(@lock, 1) until @stopped
+    end
+
+    def thread(name, &block)
+      thread = Thread.new do
+        block.call
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        @logger.error("grafter: #{name} thread died: #{Runner.describe(e)}")
+        raise
+      end
+      thread.name = name
+      thread.report_on_exception = false
+      thread
+    end
+
+    # --- fetching ------------------------------------------------------------
+
+    def fetch_loop
+      failures = 0
+      Thread.handle_interrupt(FetchStop => :never) do
+        loop do
+          wanted = wait_for_room
+          break if wanted.zero?
+
+          leased = fetch(wanted)
+          if leased.nil?
+            failures += 1
+            pause(0.1 * (2**[failures, 6].min))
+            next
+          end
+          failures = 0
+          executions = leased.map { |job| Execution.new(job, lease_seconds: @lease_ms / 1000.0) }
+          next if take_in(executions)
+
+          # Stopping: what the last fetch brought goes back, uncounted.
+          executions.each { |execution| hand_back(execution) }
+          break
+        end
+      end
+    rescue FetchStop
+      nil
+    end
+
+    # Waits until there is room for a job and answers how many: one per free
+    # thread plus the prefetch; 0 when stopping.
+    def wait_for_room
+      @lock.synchronize do
+        loop do
+          return 0 if @stopping
+
+          room = @concurrency + prefetch_limit - @running.size - @buffer.size
+          return [room, MAX_FETCH].min if room.positive?
+
+          @room.wait(@lock)
+        end
+      end
+    end
+
+    # How many jobs may wait for a thread: as many as the threads should
+    # start within PREFETCH_HORIZON at the jobs' recent pace, up to
+    # `prefetch`. None until a job has finished (a worker starting on a queue
+    # of long jobs holds only what it runs), none for jobs that take longer.
+    def prefetch_limit
+      return 0 if @mean_duration.nil? || @prefetch.zero?
+
+      # A job may finish within the clock's resolution: never divide by 0.
+      [(PREFETCH_HORIZON * @concurrency / [@mean_duration, 1e-6].max).floor, @prefetch].min
+    end
+
+    # Buffers the jobs for the threads; false (taking nothing) when stopping.
+    def take_in(executions)
+      @lock.synchronize do
+        return false if @stopping
+
+        now = monotonic
+        executions.each do |execution|
+          @leased[execution] = BeatState.new(now, now, 0, nil, false)
+          @buffer << execution
+          @job_ready.signal
+        end
+        true
+      end
+    end
+
+    # The leased jobs, or nil after logging a failure.
+    def fetch(wanted)
+      @lock.synchronize do
+        return [] if @stopping
+
+        @in_fetch = true
+      end
+      jobs = Thread.handle_interrupt(FetchStop => :immediate) do
+        @client.fetch(queues: @queues, max: wanted, wait_ms: @wait_ms, worker_id: @id, lease_ms: @lease_ms)
+      end
+      @lock.synchronize { @fetch_ok = true }
+      jobs
+    rescue Grafter::Error => e
+      @lock.synchronize { @fetch_ok = false }
+      @logger.warn("grafter: fetch failed: #{e.message}")
+      nil
+    ensure
+      @lock.synchronize { @in_fetch = false }
+    end
+
+    # At shutdown: the fetch in flight is let answer (within `wait_ms`) so
+    # that the jobs the server leased to it are handed back uncounted. Only if
+    # the shutdown deadline (or a second signal) comes first is it cut off:
+    # jobs leased in that same instant then come back when their lease ends,
+    # that attempt counted.
+    def finish_fetch
+      loop do
+        wait = @lock.synchronize { @shutdown_deadline } - monotonic
+        return if @fetcher.join([[wait, TICK].min, 0].max)
+        break if wait <= 0
+      end
+      @lock.synchronize { @fetcher.raise(FetchStop) if @in_fetch }
+      @fetcher.join(1)
+    end
+
+    def pause(seconds)
+      deadline = monotonic + seconds
+      @lock.synchronize { @changed.wait(@lock, deadline - monotonic) while !@stopping && monotonic < deadline }
+    end
+
+    # --- running -------------------------------------------------------------
+
+    def execute_loop
+      while (execution = next_job)
+        execute(execution)
+      end
+    end
+
+    # Buffered jobs that waited past PREFETCH_HOLD go back to the server.
+    def hand_back_stale_buffered
+      oldest = monotonic - PREFETCH_HOLD
+      stale = @lock.synchronize do
+        stale = @buffer.select { |execution| @leased[execution].leased_at < oldest }
+        unless stale.empty?
+          @buffer -= stale
+          # The recent pace no longer holds: prefetch nothing until a job
+          # finishes and shows the new one.
+          @mean_duration = nil
+        end
+        stale
+      end
+      return if stale.empty?
+
+      @logger.info("grafter: #{stale.size} prefetched jobs waited over #{PREFETCH_HOLD} s; handing them back")
+      stale.each { |execution| hand_back(execution) }
+    end
+
+    # The oldest buffered job, now counted as running; nil when stopping.
+    def next_job
+      @lock.synchronize do
+        loop do
+          @job_ready.wait(@lock) while @buffer.empty? && !@stopping
+          return nil if @stopping
+
+          execution = @buffer.shift
+          if execution.interrupt
+            # Its lease was lost while it waited (a heartbeat said so): not run.
+            @leased.delete(execution)
+            @room.signal
+            next
+          end
+          @running[execution] = @leased[execution]
+          return execution
+        end
+      end
+    end
+
+    # A success goes to the ack thread (which batches it with others); a
+    # failure is recorded here, retried while the server is away. Progress
+    # reported since the last heartbeat is sent first, so the job's last
+    # progress is what it ends with.
+    def execute(execution)
+      started = monotonic
+      outcome = Runner.run(execution)
+      state = @lock.synchronize do
+        duration = monotonic - started
+        @mean_duration = @mean_duration ? @mean_duration + (DURATION_WEIGHT * (duration - @mean_duration)) : duration
+        @running.delete(execution)
+      end
+      return unless execution.settle!
+
+      send_pending_progress(execution, state) unless outcome.action == :none
+      if outcome.action == :ack
+        @acker.push(execution, outcome.result)
+      else
+        @recorder.record(execution, outcome)
+      end
+      log_outcome(execution, outcome)
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      @logger.error("grafter: job #{execution.id}: could not record its outcome: #{Runner.describe(e)}")
+    ensure
+      @lock.synchronize do
+        @running.delete(execution)
+        @leased.delete(execution)
+        @room.signal
+      end
+    end
+
+    def send_pending_progress(execution, state)
+      version, progress = execution.progress
+      return if state.nil? || version == state.sent_version
+
+      @client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: @lease_ms)
+      state.sent_version = version
+    rescue Grafter::Error => e
+      @logger.warn("grafter: job #{execution.id}: its last progress was not recorded: #{e.message}")
+    end
+
+    def log_outcome(execution, outcome)
+      case outcome.action
+      when :fail
+        @logger.warn("grafter: job #{execution.id} (#{execution.kind}) attempt #{execution.attempt} failed: " \
+                     "#{outcome.error.lines.first&.chomp}")
+      when :ack
+        @logger.debug { "grafter: job #{execution.id} (#{execution.kind}) completed" }
+      end
+    end
+
+    def hand_back(execution)
+      execution.abandon!
+      # No more heartbeats for it: the release ends the lease.
+      @lock.synchronize { @leased.delete(execution) }
+      3.times do
+        @client.release(execution.id, lease: execution.lease)
+        @logger.info("grafter: job #{execution.id} handed back")
+        return
+      rescue ApiError => e
+        return @logger.warn("grafter: job #{execution.id} not handed back: #{e.message}") if @recorder.final?(e)
+
+        sleep 0.2
+      rescue ConnectionError => e
+        @logger.warn("grafter: job #{execution.id} not handed back yet: #{e.message}")
+        sleep 0.2
+      end
+      @logger.warn("grafter: job #{execution.id} not handed back: it runs again when its lease ends")
+    end
+
+    # At the shutdown deadline: the jobs still running are handed back and
+    # their threads interrupted (their results would no longer count).
+    def hand_back_running
+      left = @lock.synchronize { @running.keys }
+      left.each do |execution|
+        next unless execution.settle!
+
+        execution.interrupt!(:abandoned, Abandoned, "the worker is shutting down; job handed back") ||
+          execution.abandon!
+        hand_back(execution)
+      end
+    end
+
+    # --- heartbeats ----------------------------------------------------------
+
+    def heartbeat_loop
+      next_registration = monotonic + @registration_interval
+      until @lock.synchronize { @heartbeats_done }
+        now = monotonic
+        if now >= next_registration
+          register
+          next_registration = now + @registration_interval
+        end
+        hand_back_stale_buffered
+        @lock.synchronize { @leased.to_a }.each do |execution, state|
+          next if state.given_up
+
+          watch(execution, state)
+          beat(execution, state) if beat_due?(execution, state)
+        end
+        @lock.synchronize { @changed.wait(@lock, TICK) unless @heartbeats_done }
+      end
+    end
+
+    def beat_due?(execution, state)
+      since = monotonic - state.last_beat
+      return true if since >= @heartbeat_interval
+
+      version, = execution.progress
+      version != state.sent_version && since >= PROGRESS_GAP
+    end
+
+    def beat(execution, state)
+      version, progress = execution.progress
+      answer = @client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: @lease_ms)
+      execution.lease_renewed!(@lease_ms / 1000.0)
+      state.last_beat = monotonic
+      state.sent_version = version
+      @lock.synchronize { @last_beat_ok = monotonic }
+      execution.cancel_requested! if answer && answer["cancel_requested"]
+    rescue ApiError => e
+      raise unless @recorder.final?(e) || @recorder.transient?(e)
+
+      return retry_beat_soon(execution, state, e) unless @recorder.final?(e)
+
+      @logger.warn("grafter: job #{execution.id}: lease lost (#{e.message}); stopping it")
+      state.given_up = true
+      execution.interrupt!(:abandoned, Abandoned, "lease lost: #{e.message}") || execution.abandon!
+    rescue ConnectionError => e
+      retry_beat_soon(execution, state, e)
+    end
+
+    def retry_beat_soon(execution, state, error)
+      @logger.warn("grafter: heartbeat of job #{execution.id} failed (#{error.message}); retrying")
+      state.last_beat = monotonic - @heartbeat_interval + 1
+    end
+
+    # Timeouts, cancels that were not heeded, and jobs that ignore both.
+    def watch(execution, state)
+      if execution.past_deadline? &&
+         execution.interrupt!(:timeout, TimeoutError, "job #{execution.id} ran past its timeout_ms (#{execution.timeout_ms} ms)")
+        @logger.warn("grafter: job #{execution.id} timed out after #{execution.timeout_ms} ms; interrupted")
+      end
+      if (waited = execution.cancel_requested_for) && waited >= @cancel_grace &&
+         execution.interrupt!(:cancel, Cancelled, "job #{execution.id} was cancelled")
+        @logger.warn("grafter: job #{execution.id} did not stop #{@cancel_grace} s after its cancel; interrupted")
+      end
+      return unless execution.interrupt && execution.body_running?
+
+      state.interrupted_at ||= monotonic
+      return if monotonic - state.interrupted_at < @interrupt_grace
+
+      give_up_on(execution, state)
+    end
+
+    # A job that ignored its interrupt: record what it came to and stop
+    # renewing its lease. Its thread stays busy until the job returns.
+    def give_up_on(execution, state)
+      state.given_up = true
+      @logger.error("grafter: job #{execution.id} ignored its #{execution.interrupt} interrupt for " \
+                    "#{@interrupt_grace} s; its thread stays taken until it returns")
+      return unless execution.settle!
+
+      outcome = Runner.decide(execution, nil, nil)
+      Thread.new { @recorder.record(execution, outcome) }
+    end
+
+    # --- registration and health ------------------------------------------
+
+    def register
+      @client.register_worker(@id, host: Socket.gethostname, pid: Process.pid, queues: @queues.first(1000),
+                                   concurrency: @concurrency, kinds: Runner.kinds)
+      @lock.synchronize { @last_beat_ok = monotonic }
+      update_title
+    rescue Grafter::Error => e
+      @logger.warn("grafter: could not register worker #{@id}: #{e.message}")
+    end
+
+    def deregister
+      @client.remove_worker(@id)
+    rescue Grafter::Error => e
+      @logger.warn("grafter: could not deregister worker #{@id}: #{e.message}")
+    end
+
+    def update_title
+      return unless @process_title
+
+      state = stopping? ? "stopping" : "#{busy}/#{@concurrency} busy"
+      $0 = "grafter-worker #{@id} [#{@queues.join(',')}] #{state}"
+    end
+
+    def start_health_server
+      @health_server = TCPServer.new(@health_host, Integer(@health_port))
+      thread("grafter-health") do
+        loop do
+          socket = @health_server.accept
+          answer_health(socket)
+        rescue IOError, SystemCallError
+          break if @health_server.closed?
+        end
+      end
+    end
+
+    def answer_health(socket)
+      # Only the request line matters; a client that sends nothing is cut off.
+      socket.wait_readable(1) && socket.read_nonblock(4096, exception: false)
+      ok = healthy?
+      body = JSON.generate("status" => ok ? "ok" : "unhealthy", "worker" => @id, "busy" => busy,
+                           "concurrency" => @concurrency)
+      socket.write("HTTP/1.1 #{ok ? '200 OK' : '503 Service Unavailable'}\r\nContent-Type: application/json\r\n" \
+                   "Content-Length: #{body.bytesize}\r\nConnection: close\r\n\r\n#{body}")
+    rescue IOError, SystemCallError
+      nil
+    ensure
+      socket.close
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+  end
+end

@@ -1,0 +1,209 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+# Debian's ruby-activejob, without Rails.
+require "grafter/active_job"
+require "grafter/worker"
+
+ActiveJob::Base.logger = Logger.new(nil)
+
+module AdapterJobs
+  RUNS = Hash.new(0)
+  LOCK = Mutex.new
+
+  def self.ran(name)
+    LOCK.synchronize { RUNS[name] += 1 }
+  end
+
+  def self.runs(name)
+    LOCK.synchronize { RUNS[name] }
+  end
+
+  class StillBroken < StandardError; end
+  class Unwanted < StandardError; end
+
+  class BaseJob < ActiveJob::Base
+    self.queue_adapter = :grafter
+  end
+
+  class OkJob < BaseJob
+    def perform(name, count:)
+      AdapterJobs.ran(name)
+      grafter_progress(0.5, "half of #{count}")
+      # Long enough for a heartbeat to carry the progress (an ack does not).
+      sleep 0.6 if count > 3
+      { "name" => name, "count" => count, "attempt" => grafter_attempt, "id" => grafter_job_id }
+    end
+  end
+
+  class OptionsJob < BaseJob
+    queue_as :reports
+    queue_with_priority 7
+    grafter_options timeout: 10, expires_in: 3600, max_attempts: 5, tags: ["reports"],
+                    unique: ->(job) { "report-#{job.arguments.first}" }, backoff: { base_ms: 50, factor: 2.0 }
+
+    def perform(_id); end
+  end
+
+  class RetryThreeJob < BaseJob
+    retry_on StillBroken, attempts: 3, wait: 0
+
+    def perform(name)
+      AdapterJobs.ran(name)
+      raise StillBroken, "attempt #{grafter_attempt}"
+    end
+  end
+
+  class DiscardJob < BaseJob
+    discard_on Unwanted
+
+    def perform(name)
+      AdapterJobs.ran(name)
+      raise Unwanted, "not worth doing"
+    end
+  end
+
+  class FailOnceJob < BaseJob
+    grafter_options backoff: { base_ms: 1500, factor: 1.0, max_ms: 1500, jitter: 0.0 }
+
+    def perform(name)
+      AdapterJobs.ran(name)
+      raise ArgumentError, "first attempt fails" if grafter_attempt == 1
+
+      "second time lucky"
+    end
+  end
+end
+
+class ActiveJobTest < Minitest::Test
+  def setup
+    Grafter.configure do |config|
+      config.url = server.url
+      config.enqueuer = nil
+    end
+  end
+
+  def test_perform_later_enqueues_the_serialized_job_and_sets_provider_job_id
+    queue = unique("aj")
+    job = AdapterJobs::OkJob.set(queue: queue, priority: 2).perform_later("ada", count: 3)
+    stored = client.job(job.provider_job_id)
+    assert_equal ["AdapterJobs::OkJob", queue, 2, "available"], stored.values_at("kind", "queue", "priority", "state")
+    assert_equal job.serialize.slice("job_class", "job_id", "arguments"), stored["args"].slice("job_class", "job_id", "arguments")
+
+    scheduled = AdapterJobs::OkJob.set(queue: queue, wait: 600).perform_later("later", count: 1)
+    stored = client.job(scheduled.provider_job_id)
+    assert_equal "scheduled", stored["state"]
+    assert_in_delta Time.now.to_f + 600, Time.iso8601(stored["run_at"]).to_f, 5
+  end
+
+  def test_class_options_and_set_options_become_job_fields
+    job = AdapterJobs::OptionsJob.perform_later(42)
+    stored = client.job(job.provider_job_id)
+    assert_equal ["reports", 7, 10_000, 5, ["reports"], "report-42"],
+                 stored.values_at("queue", "priority", "timeout_ms", "max_attempts", "tags", "unique_key")
+    assert_in_delta Time.now.to_f + 3600, Time.iso8601(stored["expires_at"]).to_f, 5
+    assert_equal({ "base_ms" => 50, "factor" => 2.0 }, stored["backoff"].slice("base_ms", "factor"))
+
+    again = AdapterJobs::OptionsJob.perform_later(42)
+    assert_equal job.provider_job_id, again.provider_job_id, "the unique key holds"
+
+    per_call = AdapterJobs::OptionsJob.set(timeout: 60, max_attempts: 2, unique: "other", tags: %w[x y]).perform_later(1)
+    stored = client.job(per_call.provider_job_id)
+    assert_equal [60_000, 2, "other", %w[x y]], stored.values_at("timeout_ms", "max_attempts", "unique_key", "tags")
+    client.cancel(job.provider_job_id)
+    client.cancel(per_call.provider_job_id)
+
+    assert_raises(ArgumentError) { AdapterJobs::OptionsJob.grafter_options(timout: 1) }
+  end
+
+  def test_a_configured_enqueuer_takes_the_job
+    taken = []
+    enqueuer = Object.new
+    enqueuer.define_singleton_method(:enqueue) { |**fields| taken << fields and { "id" => 999 } }
+    Grafter.configure { |config| config.enqueuer = enqueuer }
+    job = AdapterJobs::OkJob.perform_later("x", count: 1)
+    assert_equal 999, job.provider_job_id
+    assert_equal "AdapterJobs::OkJob", taken.first[:kind]
+  end
+
+  def test_perform_all_later_enqueues_all_in_one_call_and_sets_provider_job_ids
+    queue = unique("aj-all")
+    jobs = [AdapterJobs::OkJob.new("a", count: 1), AdapterJobs::OkJob.new("b", count: 2), AdapterJobs::OptionsJob.new(7)]
+    # Rails 6.1's job instances have no #set: their attributes are what it would set.
+    jobs.first(2).each { |job| job.queue_name = queue }
+    jobs[1].scheduled_at = Time.now.to_f + 600
+    assert_equal 3, Grafter.perform_all_later(jobs)
+    stored = jobs.map { |job| client.job(job.provider_job_id) }
+    assert_equal [[queue, "available"], [queue, "scheduled"], %w[reports available]],
+                 stored.map { |job| job.values_at("queue", "state") }
+    assert_equal "report-7", stored.last["unique_key"], "class options apply"
+    assert_equal jobs.map(&:job_id), stored.map { |job| job["args"]["job_id"] }
+    client.cancel(jobs.last.provider_job_id)
+
+    calls = []
+    enqueuer = Object.new
+    enqueuer.define_singleton_method(:enqueue_many) { |list| calls << list and list.each_index.map { |i| { "id" => i + 1 } } }
+    Grafter.configure { |config| config.enqueuer = enqueuer }
+    two = [AdapterJobs::OkJob.new("c", count: 1), AdapterJobs::OkJob.new("d", count: 1)]
+    Grafter.perform_all_later(*two)
+    assert_equal [2], calls.map(&:size), "one call for both"
+    assert_equal [1, 2], two.map(&:provider_job_id)
+
+    invalid = [AdapterJobs::OkJob.new("e", count: 1), AdapterJobs::OptionsJob.new(8)]
+    Grafter.configure { |config| config.enqueuer = nil }
+    invalid.first.priority = 70_000
+    assert_raises(ArgumentError) { Grafter.perform_all_later(invalid) }
+  end
+
+  def test_the_worker_runs_jobs_with_results_and_progress
+    queue = unique("aj-run")
+    name = unique("ok")
+    with_worker(queue) do
+      job = AdapterJobs::OkJob.set(queue: queue).perform_later(name, count: 4)
+      done = wait_state(job.provider_job_id, "completed")
+      assert_equal({ "name" => name, "count" => 4, "attempt" => 1, "id" => job.provider_job_id }, done["result"])
+      assert_equal({ "fraction" => 0.5, "message" => "half of 4" }, done["progress"])
+    end
+  end
+
+  def test_retry_on_three_attempts_runs_exactly_three_times_then_dead
+    queue = unique("aj-retry")
+    name = unique("retry")
+    with_worker(queue) do
+      job = AdapterJobs::RetryThreeJob.set(queue: queue).perform_later(name)
+      dead = wait_state(job.provider_job_id, "dead")
+      assert_equal 3, dead["attempt"]
+      assert_equal 3, AdapterJobs.runs(name)
+      assert_equal ["AdapterJobs::StillBroken: attempt 1", "AdapterJobs::StillBroken: attempt 2",
+                    "AdapterJobs::StillBroken: attempt 3"], dead["errors"].map { |e| e["error"].lines.first.chomp }
+      assert_equal 1, client.jobs(queue: queue)["jobs"].size, "retries stay in one Grafter job"
+    end
+  end
+
+  def test_discard_on_completes_without_dead
+    queue = unique("aj-discard")
+    name = unique("discard")
+    with_worker(queue) do
+      job = AdapterJobs::DiscardJob.set(queue: queue).perform_later(name)
+      done = wait_state(job.provider_job_id, %w[completed dead])
+      assert_equal ["completed", { "discarded" => "AdapterJobs::Unwanted: not worth doing" }], done.values_at("state", "result")
+      assert_equal 1, AdapterJobs.runs(name)
+    end
+  end
+
+  def test_an_unrescued_error_is_a_failed_attempt_retried_with_grafter_backoff
+    queue = unique("aj-fail")
+    name = unique("fail-once")
+    job = AdapterJobs::FailOnceJob.set(queue: queue).perform_later(name)
+    id = job.provider_job_id
+    with_worker(queue) do
+      retrying = wait_state(id, "retryable")
+      failed_at = Time.iso8601(retrying["errors"].first["at"])
+      assert_in_delta 1.5, Time.iso8601(retrying["run_at"]) - failed_at, 0.2, "run again after the job's backoff"
+      assert_match(/\AArgumentError: first attempt fails\n.*active_job_test\.rb/, retrying["errors"].first["error"])
+      done = wait_state(id, "completed")
+      assert_equal [2, "second time lucky"], done.values_at("attempt", "result")
+      assert_equal 2, AdapterJobs.runs(name)
+    end
+  end
+end

@@ -1,0 +1,144 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+class ClientTest < Minitest::Test
+  def test_enqueue_sends_every_field_and_reads_the_job_back
+    queue = unique("client")
+    run_at = Time.now + 3600.123456
+    expires_at = Time.now + 7200
+    job = client.enqueue(kind: "send_email", args: { to: "ada@example.com", n: [1, 2.5, nil, true] }, queue: queue,
+                         priority: -3, run_at: run_at, max_attempts: 4, tags: %w[vip mail], unique_key: unique("k"),
+                         timeout_ms: 1500, expires_at: expires_at,
+                         backoff: { base_ms: 10, factor: 2.0, max_ms: 100, jitter: 0.0 })
+    assert_kind_of Integer, job["id"]
+    assert_equal "scheduled", job["state"]
+    assert_equal({ "to" => "ada@example.com", "n" => [1, 2.5, nil, true] }, job["args"])
+    assert_equal [queue, -3, 4, %w[vip mail], 1500], job.values_at("queue", "priority", "max_attempts", "tags", "timeout_ms")
+    assert_in_delta run_at.to_f, Time.iso8601(job["run_at"]).to_f, 0.001, "run_at keeps its fraction of a second"
+    assert_equal 10, job.dig("backoff", "base_ms")
+    assert_equal job, client.job(job["id"]).slice(*job.keys)
+
+    again = client.enqueue(kind: "send_email", queue: queue, unique_key: job["unique_key"])
+    assert_equal job["id"], again["id"], "a held unique_key answers the existing job"
+  end
+
+  def test_list_cancel_retry_reschedule
+    queue = unique("manage")
+    ids = client.enqueue_many([{ kind: "a", queue: queue }, { kind: "b", queue: queue, tags: ["t"] }]).map { |j| j["id"] }
+    page = client.jobs(queue: queue, limit: 1, order: "asc")
+    assert_equal [ids.first], page["jobs"].map { |j| j["id"] }
+    assert_equal [ids.last], client.jobs(queue: queue, limit: 1, order: "asc", cursor: page["next_cursor"])["jobs"].map { |j| j["id"] }
+    assert_equal [ids.last], client.jobs(queue: queue, tag: "t")["jobs"].map { |j| j["id"] }
+
+    assert_equal "cancelled", client.cancel(ids.first)["state"]
+    assert_equal "available", client.retry(ids.first)["state"]
+    later = client.reschedule(ids.last, delay_ms: 60_000)
+    assert_equal "scheduled", later["state"]
+    at = Time.now + 120
+    assert_in_delta at.to_f, Time.iso8601(client.reschedule(ids.last, run_at: at)["run_at"]).to_f, 0.001
+  end
+
+  def test_a_batch_with_a_bad_job_stores_nothing_and_names_it
+    queue = unique("batch")
+    error = assert_raises(Grafter::ApiError) { client.enqueue_many([{ kind: "ok", queue: queue }, { queue: queue }]) }
+    assert_equal [422, "invalid_field", "jobs[1].kind"], [error.status, error.code, error.field]
+    assert_empty client.jobs(queue: queue)["jobs"]
+  end
+
+  def test_a_bad_field_raises_with_code_and_field
+    error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "x", max_atempts: 3) }
+    assert_equal [422, "invalid_field", "max_atempts"], [error.status, error.code, error.field]
+    assert_match(/unknown field/, error.message)
+
+    error = assert_raises(Grafter::ApiError) { client.job(123_456_789) }
+    assert_equal [404, "not_found"], [error.status, error.code]
+    assert_raises(ArgumentError) { client.job("1; DROP") }
+  end
+
+  def test_unicode_round_trips_and_nul_is_refused_clearly
+    args = { "text" => "héllo ✓ 🎉 שלום \u200b", "😀" => "key" }
+    assert_equal args, client.job(client.enqueue(kind: "u", queue: unique("u"), args: args)["id"])["args"]
+
+    error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "u", args: { "a" => "x\u0000y" }) }
+    assert_equal [422, "invalid_field", "args"], [error.status, error.code, error.field]
+    assert_match(/NUL/, error.message)
+
+    error = assert_raises(Grafter::Error) { client.enqueue(kind: "u", args: { "a" => "\xFF".dup.force_encoding("UTF-8") }) }
+    assert_match(/UTF-8/, error.message)
+  end
+
+  def test_huge_args_are_refused_by_the_body_limit
+    error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "big", args: { "blob" => "x" * 2_000_000 }) }
+    assert_equal [413, "payload_too_large"], [error.status, error.code]
+    # Just under the limit goes through, and the connection stays usable.
+    job = client.enqueue(kind: "big", queue: unique("big"), args: { "blob" => "y" * 900_000 })
+    assert_equal 900_000, client.job(job["id"])["args"]["blob"].size
+  end
+
+  def test_a_token_server_refuses_requests_without_the_token
+    secured = GrafterTest::Server.start(token: "a-test-token-0123456789")
+    error = assert_raises(Grafter::ApiError) { Grafter::Client.new(url: secured.url, token: "").job(1) }
+    assert_equal [401, "unauthorized"], [error.status, error.code]
+    assert_equal "k", secured.client.enqueue(kind: "k")["kind"]
+  ensure
+    secured&.cleanup
+  end
+
+  def test_a_server_that_is_down_raises_connection_error_naming_the_url_without_credentials
+    port = GrafterTest.free_port
+    down = Grafter::Client.new(url: "http://user:s3cret@127.0.0.1:#{port}", open_timeout: 1)
+    error = assert_raises(Grafter::ConnectionError) { down.enqueue(kind: "x") }
+    assert_includes error.message, "127.0.0.1:#{port}"
+    refute_includes error.message, "s3cret"
+    refute_includes down.inspect, "s3cret"
+    assert_raises(ArgumentError) { Grafter::Client.new(url: "ftp://example.com") }
+  end
+
+  def test_a_restarted_server_is_reached_again_on_a_new_connection
+    own = GrafterTest::Server.start
+    c = own.client
+    id = c.enqueue(kind: "k")["id"]
+    own.restart
+    assert_equal id, c.job(id)["id"], "the stale keep-alive connection is replaced"
+    assert_equal "k", c.enqueue(kind: "k")["kind"]
+  ensure
+    own&.cleanup
+  end
+
+  def test_defaults_come_from_the_environment
+    with_env("GRAFTER_URL" => server.url, "GRAFTER_TOKEN" => nil) do
+      assert_equal server.url, Grafter::Client.new.url
+    end
+    Grafter.configure { |c| c.url = server.url }
+    assert_equal server.url, Grafter.client.url
+    assert_same Grafter.client, Grafter.config.enqueuer
+  end
+
+  def test_wait_yields_progress_and_times_out
+    queue = unique("wait")
+    id = client.enqueue(kind: "w", queue: queue)["id"]
+    error = assert_raises(Grafter::WaitTimeout) { client.wait(id, timeout: 0.3, interval: 0.1) }
+    assert_equal "available", error.job["state"]
+
+    leased = client.fetch(queues: [queue], max: 1).first
+    seen = []
+    waiter = Thread.new { client.wait(id, timeout: 10, interval: 0.05) { |job| seen << job["progress"] } }
+    sleep 0.2
+    client.heartbeat(id, lease: leased["lease"], progress: { fraction: 0.5, message: "half" })
+    sleep 0.2
+    client.ack(id, lease: leased["lease"], result: { "done" => true })
+    assert_equal({ "done" => true }, waiter.value["result"])
+    assert_includes seen, { "fraction" => 0.5, "message" => "half" }
+  end
+
+  private
+
+  def with_env(values)
+    saved = values.keys.to_h { |key| [key, ENV[key]] }
+    values.each { |key, value| ENV[key] = value }
+    yield
+  ensure
+    saved.each { |key, value| ENV[key] = value }
+  end
+end

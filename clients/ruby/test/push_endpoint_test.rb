@@ -1,0 +1,171 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "grafter/active_job"
+require "grafter/rack/push_endpoint"
+require "puma"
+require "puma/configuration"
+require "puma/launcher"
+
+ActiveJob::Base.logger = Logger.new(nil)
+
+module PushJobs
+  RUNS = Hash.new(0)
+  LOCK = Mutex.new
+
+  def self.ran(name)
+    LOCK.synchronize { RUNS[name] += 1 }
+  end
+
+  def self.runs(name)
+    LOCK.synchronize { RUNS[name] }
+  end
+
+  class Broken < StandardError; end
+  class Pointless < StandardError; end
+
+  class BaseJob < ActiveJob::Base
+    self.queue_adapter = :grafter
+  end
+
+  class GreetJob < BaseJob
+    def perform(name)
+      PushJobs.ran(name)
+      { "hello" => name, "attempt" => grafter_attempt }
+    end
+  end
+
+  class GiveUpJob < BaseJob
+    retry_on Broken, attempts: 2, wait: 0
+
+    def perform(name)
+      PushJobs.ran(name)
+      raise Broken, "attempt #{grafter_attempt}"
+    end
+  end
+
+  class DiscardJob < BaseJob
+    discard_on Pointless
+
+    def perform(name)
+      PushJobs.ran(name)
+      raise Pointless, "skip it"
+    end
+  end
+
+  # Longer than a push may last: answered 202, finished through the API.
+  class LongExportJob < BaseJob
+    grafter_options push: :async
+
+    def perform(name)
+      PushJobs.ran(name)
+      grafter_progress(0.5, "half way")
+      sleep 0.8
+      { "exported" => name }
+    end
+  end
+end
+
+class PushEndpointTest < Minitest::Test
+  SECRET = "push-secret-0123456789abcdef"
+
+  def setup
+    Grafter.configure do |config|
+      config.url = server.url
+      config.enqueuer = nil
+    end
+    @port = GrafterTest.free_port
+    endpoint = Grafter::Rack::PushEndpoint.new(secret: SECRET, client: client, logger: GrafterTest.logger)
+    @puma = Puma::Server.new(endpoint, Puma::Events.strings, { min_threads: 0, max_threads: 4 })
+    @puma.add_tcp_listener("127.0.0.1", @port)
+    @puma.run
+    @queue = unique("push")
+    client.update_queue(@queue, push: { url: "http://127.0.0.1:#{@port}/grafter/jobs", secret: SECRET,
+                                        timeout_ms: 5000, concurrency: 4 })
+  end
+
+  def teardown
+    client.update_queue(@queue, push: nil)
+    @puma&.stop(true)
+  end
+
+  def test_a_signed_push_runs_the_job_and_its_result_completes_it
+    name = unique("ada")
+    job = PushJobs::GreetJob.set(queue: @queue).perform_later(name)
+    done = wait_state(job.provider_job_id, "completed")
+    assert_equal({ "hello" => name, "attempt" => 1 }, done["result"])
+    assert_equal 1, PushJobs.runs(name)
+
+    kind = unique("plain")
+    Grafter.handle(kind) { |args, pushed| { "sum" => args["a"] + args["b"], "id" => pushed["id"] } }
+    id = client.enqueue(kind: kind, queue: @queue, args: { a: 2, b: 3 })["id"]
+    assert_equal({ "sum" => 5, "id" => id }, wait_state(id, "completed")["result"])
+  end
+
+  def test_an_error_is_retried_and_retry_on_exhausted_is_dead
+    kind = unique("fails-once")
+    Grafter.handle(kind) do |_args, pushed|
+      raise IOError, "first push fails" if pushed["attempt"] == 1
+
+      "ok"
+    end
+    id = client.enqueue(kind: kind, queue: @queue)["id"]
+    done = wait_state(id, "completed")
+    assert_equal 2, done["attempt"]
+    assert_match(/\A500 .*IOError: first push fails/, done["errors"].first["error"])
+
+    name = unique("give-up")
+    job = PushJobs::GiveUpJob.set(queue: @queue).perform_later(name)
+    dead = wait_state(job.provider_job_id, %w[dead completed])
+    assert_equal ["dead", 2], dead.values_at("state", "attempt"), "retry_on attempts: 2 then Grafter-Retry: false"
+    assert_equal 2, PushJobs.runs(name)
+  end
+
+  def test_discard_on_answers_200_and_the_job_completes
+    name = unique("discard")
+    job = PushJobs::DiscardJob.set(queue: @queue).perform_later(name)
+    done = wait_state(job.provider_job_id, %w[completed dead])
+    assert_equal ["completed", { "discarded" => "PushJobs::Pointless: skip it" }], done.values_at("state", "result")
+  end
+
+  def test_an_async_job_is_answered_202_and_finished_through_the_client
+    name = unique("export")
+    job = PushJobs::LongExportJob.set(queue: @queue).perform_later(name)
+    id = job.provider_job_id
+    wait_until(message: "progress through a heartbeat") { client.job(id)["progress"] }
+    assert_equal "running", client.job(id)["state"]
+    done = wait_state(id, "completed")
+    assert_equal [{ "exported" => name }, 1, []], done.values_at("result", "attempt", "errors")
+  end
+
+  def test_a_wrong_or_stale_signature_is_refused_and_runs_nothing
+    client.update_queue(@queue, push: nil)
+    name = unique("forged")
+    body = JSON.generate("id" => 1, "kind" => "PushJobs::GreetJob", "queue" => @queue, "attempt" => 1,
+                         "max_attempts" => 25, "args" => PushJobs::GreetJob.new(name).serialize)
+    forged = Grafter::Signature.sign(body, ["not-the-secret-0123456789"])
+    stale = Grafter::Signature.sign(body, [SECRET], now: Time.now.to_i - 301)
+    tampered = Grafter::Signature.sign(body.sub(name, "other"), [SECRET])
+    [forged, stale, tampered, nil, "t=abc,v1=zz"].each do |signature|
+      response = post(body, signature)
+      assert_equal "401", response.code, "signature #{signature.inspect}"
+      assert_equal "unauthorized", JSON.parse(response.body).dig("error", "code")
+    end
+    assert_equal 0, PushJobs.runs(name), "nothing ran"
+
+    response = post(body, Grafter::Signature.sign(body, ["old-secret-0123456789", SECRET]))
+    assert_equal "200", response.code, "any v1 may match (rotation)"
+    assert_equal 1, PushJobs.runs(name)
+    assert_equal "405", Net::HTTP.get_response(URI("http://127.0.0.1:#{@port}/grafter/jobs")).code
+  end
+
+  private
+
+  def post(body, signature)
+    request = Net::HTTP::Post.new("/grafter/jobs", "Content-Type" => "application/json")
+    request["Grafter-Signature"] = signature if signature
+    request["Grafter-Lease"] = "lease"
+    request.body = body
+    Net::HTTP.start("127.0.0.1", @port) { |http| http.request(request) }
+  end
+end

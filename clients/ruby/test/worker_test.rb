@@ -1,0 +1,219 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+require "grafter/worker"
+
+class WorkerTest < Minitest::Test
+  # Raised by a job: not a StandardError.
+  class Catastrophe < Exception; end # rubocop:disable Lint/InheritException
+
+  def test_runs_jobs_and_registers_under_its_identifier
+    queue = unique("run")
+    kind = unique("double")
+    Grafter.handle(kind) { |args, job| { "double" => args["n"] * 2, "attempt" => job["attempt"] } }
+    identifier = unique("worker-a")
+    with_worker(queue, identifier: identifier) do |worker|
+      ids = client.enqueue_many(Array.new(20) { |n| { kind: kind, queue: queue, args: { n: n } } }).map { |j| j["id"] }
+      results = ids.map { |id| wait_state(id, "completed")["result"] }
+      assert_equal Array.new(20) { |n| { "double" => n * 2, "attempt" => 1 } }, results
+      registered = client.workers.find { |w| w["id"] == identifier }
+      assert registered, "GET /v1/workers lists #{identifier}"
+      assert_equal [[queue], 2], registered.values_at("queues", "concurrency")
+      assert_includes registered["kinds"], kind
+      assert_equal identifier, worker.id
+    end
+    refute(client.workers.any? { |w| w["id"] == identifier }, "deregistered on stop")
+  end
+
+  def test_progress_shows_in_the_job_and_cancellation_reaches_the_job
+    queue = unique("cancel")
+    kind = unique("loop")
+    seen_cancel = Queue.new
+    Grafter.handle(kind) do
+      execution = Grafter::Execution.current
+      execution.progress!(0.25, "a quarter")
+      sleep 0.05 until execution.cancelled?
+      seen_cancel << true
+      raise "stopping on request"
+    end
+    with_worker(queue) do
+      id = client.enqueue(kind: kind, queue: queue)["id"]
+      wait_until(message: "progress visible") { client.job(id)["progress"] == { "fraction" => 0.25, "message" => "a quarter" } }
+      client.cancel(id)
+      assert pop_within(seen_cancel, 10), "the job saw grafter_cancelled?"
+      job = wait_state(id, "cancelled")
+      assert_match(/cancelled on request/, job["errors"].last["error"])
+    end
+  end
+
+  def test_a_job_past_its_timeout_is_interrupted_and_failed_as_timed_out
+    queue = unique("timeout")
+    kind = unique("forever")
+    ensured = Queue.new
+    Grafter.handle(kind) do
+      sleep
+    rescue StandardError
+      # Grafter::TimeoutError is not a StandardError: this does not catch it.
+      sleep
+    ensure
+      ensured << true
+    end
+    with_worker(queue) do
+      id = client.enqueue(kind: kind, queue: queue, timeout_ms: 300, max_attempts: 1)["id"]
+      job = wait_state(id, "dead")
+      assert_match(/\Atimed out/, job["errors"].last["error"])
+      assert pop_within(ensured, 5), "the job's ensure ran"
+    end
+  end
+
+  def test_exceptions_that_are_not_standard_errors_and_exit_fail_the_job_not_the_worker
+    queue = unique("exit")
+    Grafter.handle(kind_exit = unique("exit")) { exit 3 }
+    Grafter.handle(kind_bad = unique("catastrophe")) { raise Catastrophe, "beyond repair" }
+    Grafter.handle(kind_ok = unique("ok")) { "fine" }
+    with_worker(queue) do
+      exited = client.enqueue(kind: kind_exit, queue: queue, max_attempts: 1)["id"]
+      broken = client.enqueue(kind: kind_bad, queue: queue, max_attempts: 1)["id"]
+      assert_match(/\ASystemExit: exit/, wait_state(exited, "dead")["errors"].last["error"])
+      error = wait_state(broken, "dead")["errors"].last["error"]
+      assert_match(/\AWorkerTest::Catastrophe: beyond repair\n.*worker_test\.rb/, error, "class, message and backtrace")
+      ok = client.enqueue(kind: kind_ok, queue: queue)["id"]
+      assert_equal "fine", wait_state(ok, "completed")["result"]
+    end
+  end
+
+  def test_an_unknown_kind_fails_with_a_clear_error
+    queue = unique("unknown")
+    with_worker(queue) do
+      id = client.enqueue(kind: "nobody_handles_this", queue: queue, max_attempts: 1)["id"]
+      assert_match(/no handler for kind 'nobody_handles_this'/, wait_state(id, "dead")["errors"].last["error"])
+    end
+  end
+
+  def test_graceful_shutdown_lets_short_jobs_finish_and_hands_long_ones_back_uncounted
+    queue = unique("shutdown")
+    Grafter.handle(short = unique("short")) { sleep 0.3; "done" }
+    Grafter.handle(long = unique("long")) { sleep 30 }
+    worker = nil
+    with_worker(queue, shutdown_timeout: 1) do |w|
+      worker = w
+      quick = client.enqueue(kind: short, queue: queue)["id"]
+      slow = client.enqueue(kind: long, queue: queue)["id"]
+      wait_until(message: "both running") { [quick, slow].all? { |id| client.job(id)["state"] == "running" } }
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      worker.stop(1)
+      assert_operator Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, :<, 6
+      assert_equal "completed", client.job(quick)["state"]
+      handed_back = client.job(slow)
+      assert_equal ["available", 0, []], handed_back.values_at("state", "attempt", "errors"),
+                   "handed back at once, the attempt not counted"
+    end
+  end
+
+  def test_a_job_leased_by_the_fetch_in_flight_at_shutdown_is_handed_back_uncounted
+    queue = unique("stop-race")
+    with_worker(queue, wait_ms: 3000) do |worker, log|
+      wait_until(message: "registered") { client.workers.any? { |w| w["id"] == worker.id } }
+      sleep 0.3 # its long-poll is waiting
+      stopper = Thread.new { worker.stop(5) }
+      sleep 0.3
+      # Leased to the long-poll of a worker that is already stopping.
+      id = client.enqueue(kind: unique("never-run"), queue: queue)["id"]
+      stopper.join
+      assert_match(/job #{id} handed back/, log.string)
+      assert_equal ["available", 0, []], client.job(id).values_at("state", "attempt", "errors"),
+                   "handed back, the attempt not counted"
+    end
+  end
+
+  def test_prefetched_jobs_stuck_behind_a_slow_job_are_handed_back_for_other_workers
+    queue = unique("prefetch")
+    Grafter.handle(fast = unique("fast")) { "fast" }
+    Grafter.handle(slow = unique("slow")) { sleep 4; "slow" }
+    with_worker(queue, concurrency: 1) do |_worker, log|
+      jobs = client.enqueue_many([{ kind: fast, queue: queue }] * 5 + [{ kind: slow, queue: queue }] +
+                                 [{ kind: fast, queue: queue }] * 5)
+      behind = jobs.last["id"]
+      wait_until(message: "the slow job running") { client.job(jobs[5]["id"])["state"] == "running" }
+      # Prefetched behind the slow job, then handed back while it still runs.
+      wait_until(3, message: "a job behind the slow one available again") do
+        client.job(behind)["state"] == "available"
+      end
+      assert_equal "running", client.job(jobs[5]["id"])["state"]
+      assert_match(/prefetched jobs waited over/, log.string)
+      done = jobs.map { |job| wait_state(job["id"], "completed") }
+      assert_equal [1] * 11, done.map { |job| job["attempt"] }, "handing back does not count an attempt"
+    end
+  end
+
+  def test_an_outcome_is_retried_while_the_server_is_down_and_recorded_when_it_is_back
+    own = GrafterTest::Server.start
+    c = own.client(open_timeout: 1)
+    queue = unique("outage")
+    kind = unique("through-outage")
+    finishing = Queue.new
+    Grafter.handle(kind) do
+      finishing << true
+      sleep 1 # the server dies meanwhile
+      { "survived" => true }
+    end
+    Grafter.handle(failing = unique("fails-through-outage")) do
+      finishing << true
+      sleep 1
+      raise ArgumentError, "recorded later"
+    end
+    with_worker(queue, client: c) do |_worker, log|
+      ok = c.enqueue(kind: kind, queue: queue)["id"]
+      bad = c.enqueue(kind: failing, queue: queue, max_attempts: 1)["id"]
+      2.times { pop_within(finishing, 10) }
+      own.kill
+      wait_until(message: "the worker retrying its outcomes") { log.string.include?("retrying") }
+      sleep 0.5
+      own.start(own.port)
+      assert_equal [{ "survived" => true }, 1], wait_state(ok, "completed", client: c).values_at("result", "attempt")
+      assert_match(/\AArgumentError: recorded later/, wait_state(bad, "dead", client: c)["errors"].last["error"])
+    end
+  ensure
+    own&.cleanup
+  end
+
+  def test_health_port_answers_200_while_working_and_503_when_the_server_is_gone
+    own = GrafterTest::Server.start
+    port = GrafterTest.free_port
+    with_worker(unique("health"), client: own.client(open_timeout: 1), health_port: port, health_host: "127.0.0.1",
+                                  registration_interval: 0.2, wait_ms: 200) do
+      wait_until(message: "healthy") { health(port) == 200 }
+      own.kill
+      wait_until(message: "unhealthy") { health(port) == 503 }
+    end
+  ensure
+    own&.cleanup
+  end
+
+  def test_bad_settings_are_refused
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: [], client: client) }
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], concurrency: 0, client: client) }
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], lease_ms: 999, client: client) }
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], prefetch: -1, client: client) }
+  end
+
+  def test_worker_options_come_from_flags_or_the_environment
+    require "grafter/cli"
+    env = { "GRAFTER_LEASE_MS" => "1500", "GRAFTER_WAIT_MS" => "20000", "GRAFTER_PREFETCH" => "0" }
+    options = Grafter::CLI.parse([], env)
+    assert_equal [1500, 20_000, 0], options.to_h.values_at(:lease_ms, :wait_ms, :prefetch)
+    options = Grafter::CLI.parse(%w[--lease-ms 3000 --wait-ms 500 --prefetch 7], env)
+    assert_equal [3000, 500, 7], options.to_h.values_at(:lease_ms, :wait_ms, :prefetch), "flags win"
+    assert_equal [30_000, 2000, nil], Grafter::CLI.parse([], {}).to_h.values_at(:lease_ms, :wait_ms, :prefetch)
+    error = assert_raises(ArgumentError) { Grafter::CLI.parse([], "GRAFTER_LEASE_MS" => "soon") }
+    assert_equal 'GRAFTER_LEASE_MS must be an integer, got "soon"', error.message
+  end
+
+  private
+
+  def health(port)
+    Net::HTTP.get_response(URI("http://127.0.0.1:#{port}/")).code.to_i
+  rescue SystemCallError, IOError
+    nil
+  end
+end
