@@ -123,6 +123,10 @@ pub struct Job {
     pub attempted_at: Option<DateTime<Utc>>,
     /// When the job reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The partition given at enqueue: a queue limited `partition_by:
+    /// "partition"` limits each partition apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     /// In a job list only: the fields shortened to keep the list small.
     /// `args` and `result` then hold a string, the start of their JSON text;
     /// `errors` holds the last attempt's error alone, its message cut. The job
@@ -194,6 +198,10 @@ pub struct NewJob {
     /// Retry backoff for this job only.
     #[serde(default)]
     pub backoff: Option<Backoff>,
+    /// The job's partition, for a queue limited per partition
+    /// (`partition_by: "partition"`).
+    #[serde(default)]
+    pub partition: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -223,6 +231,7 @@ impl NewJob {
             timeout_ms: None,
             expires_at: None,
             backoff: None,
+            partition: None,
         }
     }
 
@@ -248,6 +257,9 @@ impl NewJob {
         }
         if let Some(key) = &self.unique_key {
             validate_name("unique_key", key)?;
+        }
+        if let Some(partition) = &self.partition {
+            validate_name("partition", partition)?;
         }
         if let Some(timeout) = self.timeout_ms {
             time::validate_ms("timeout_ms", i128::from(timeout), 1)?;

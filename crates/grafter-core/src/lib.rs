@@ -6,6 +6,7 @@
 mod backoff;
 mod display;
 mod job;
+pub mod limits;
 mod push;
 mod state;
 pub mod storable;
@@ -18,6 +19,7 @@ pub use job::{
     validate_name, AttemptError, CutField, Job, JobId, LeasedJob, NewJob, Progress,
     ValidationError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN, MAX_TAGS,
 };
+pub use limits::{Held, HeldReason, QueueLimits, RateLimit};
 pub use push::PushTarget;
 pub use state::{JobState, UnknownState};
 pub use worker::{Worker, WorkerRegistration};

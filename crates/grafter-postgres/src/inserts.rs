@@ -112,17 +112,17 @@ pub(crate) async fn insert_unkeyed(
             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
                                  $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
                                  $9::bigint[], $10::timestamptz[], $11::jsonb[],
-                                 $12::timestamptz[], $13::integer[])
+                                 $12::timestamptz[], $13::integer[], $14::text[])
                 WITH ORDINALITY
                 AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
-                     timeout_ms, expires_at, backoff, created_at, args_bytes, ord)
+                     timeout_ms, expires_at, backoff, created_at, args_bytes, partition, ord)
         )
         INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                          timeout_ms, expires_at, backoff, created_at, args_bytes)
+                          timeout_ms, expires_at, backoff, created_at, args_bytes, partition)
         SELECT queue, kind, args, priority, state, run_at, max_attempts,
                ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
                      ORDER BY n),
-               timeout_ms, expires_at, backoff, created_at, args_bytes
+               timeout_ms, expires_at, backoff, created_at, args_bytes, partition
         FROM input
         ORDER BY ord
         RETURNING ",
@@ -147,6 +147,7 @@ pub(crate) async fn insert_unkeyed(
     let mut expires = Vec::with_capacity(n);
     let mut backoffs = Vec::with_capacity(n);
     let mut sizes = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
     for (job, &now) in jobs.iter().zip(nows) {
         let run_at = job.run_at.unwrap_or(now);
         queues.push(job.queue.as_str());
@@ -161,6 +162,7 @@ pub(crate) async fn insert_unkeyed(
         expires.push(job.expires_at);
         backoffs.push(job.backoff.as_ref().map(to_json).transpose()?);
         sizes.push(args_bytes(&job.args));
+        partitions.push(job.partition.as_deref());
     }
     let stmt = client.statement(SQL).await?;
     let rows = client
@@ -180,6 +182,7 @@ pub(crate) async fn insert_unkeyed(
                 &backoffs,
                 &nows,
                 &sizes,
+                &partitions,
             ],
         )
         .await?;
@@ -203,8 +206,9 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
     const SQL: &str = concat!(
         "WITH inserted AS (
             INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                              unique_key, timeout_ms, expires_at, backoff, created_at, args_bytes)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                              unique_key, timeout_ms, expires_at, backoff, created_at, args_bytes,
+                              partition)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
             ON CONFLICT (unique_key)
                 WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
                 DO NOTHING
@@ -245,6 +249,7 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
                     &backoff,
                     &now,
                     &size,
+                    &job.partition,
                 ],
             )
             .await?;

@@ -39,6 +39,7 @@ mod inserts;
 mod jobs;
 mod leadership;
 mod leasing;
+mod limits;
 mod maintenance;
 mod migrations;
 mod notifier;
@@ -59,9 +60,9 @@ use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
     AckOutcome, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
     JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Scheduled, Store, StoreError,
-    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, LimitUsage, LimitUsageQuery,
+    Limited, MaintenanceBatch, MinuteThroughput, QueueInfo, QueueLimitsSet, QueuePause, QueuePush,
+    Result, Scheduled, Store, StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -223,6 +224,7 @@ impl PostgresStore {
                 channel: schema.channel(),
                 lock_scope: schema.name().unwrap_or_default().to_owned(),
                 group_insert,
+                limited: Default::default(),
             },
             schema,
             wakeups,
@@ -234,6 +236,15 @@ impl PostgresStore {
         } else {
             store.db.ping().await?;
         }
+        store
+            .db
+            .limited
+            .replace(limits::reread(&store.db.pool).await?);
+        limits::spawn_reread(
+            store.db.pool.clone(),
+            store.db.limited.clone(),
+            cancel.clone(),
+        );
         browse::spawn_rollup(
             store.db.pool.clone(),
             store.db.lock_scope.clone(),
@@ -419,6 +430,14 @@ impl Store for PostgresStore {
         self.db.queue_set_push(&params).await
     }
 
+    async fn queue_set_limits(&self, params: QueueLimitsSet) -> Result<QueueInfo> {
+        self.db.queue_set_limits(&params).await
+    }
+
+    async fn queue_limit_usage(&self, params: LimitUsageQuery) -> Result<LimitUsage> {
+        self.db.queue_limit_usage(&params).await
+    }
+
     async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
         self.db.leader_acquire(&params).await
     }
@@ -445,6 +464,10 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<()> {
         self.db.ping().await
+    }
+
+    fn limited(&self) -> &Limited {
+        &self.db.limited
     }
 
     fn wakeups(&self) -> &Wakeups {

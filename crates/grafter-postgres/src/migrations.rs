@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/0008_throughput_only_after_running.sql"),
     ),
     (9, include_str!("../migrations/0009_args_bytes.sql")),
+    (12, include_str!("../migrations/0012_limits.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -19,13 +19,14 @@ macro_rules! job_columns {
         "jobs.id, jobs.queue, jobs.kind, jobs.args, jobs.priority, jobs.state, jobs.run_at, \
          jobs.attempt, jobs.max_attempts, jobs.errors, jobs.progress, jobs.result, jobs.tags, \
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, jobs.cancel_requested, \
-         jobs.worker_id, jobs.lease_expires_at, jobs.created_at, jobs.attempted_at, jobs.finished_at"
+         jobs.worker_id, jobs.lease_expires_at, jobs.created_at, jobs.attempted_at, jobs.finished_at, \
+         jobs.partition"
     };
 }
 pub(crate) use job_columns;
 
 /// Index of the first column after [`job_columns!`].
-pub(crate) const AFTER_JOB_COLUMNS: usize = 23;
+pub(crate) const AFTER_JOB_COLUMNS: usize = 24;
 
 /// The length of a job's args as compact JSON text, as `args_bytes` keeps it
 /// (migration 9): what a fetch's byte budget and a list's cut count.
@@ -58,7 +59,7 @@ pub(crate) fn list_columns() -> String {
          jobs.progress, left(jobs.result::text, {PREVIEW_READ_CHARS}), jobs.tags, \
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, \
          jobs.cancel_requested, jobs.worker_id, jobs.lease_expires_at, jobs.created_at, \
-         jobs.attempted_at, jobs.finished_at, \
+         jobs.attempted_at, jobs.finished_at, jobs.partition, \
          {args_whole}, jsonb_array_length(jobs.errors)"
     )
 }
@@ -128,6 +129,7 @@ fn job_with(row: &Row, large: Preview) -> Result<Job> {
         created_at: row.try_get(20).map_err(pg_error)?,
         attempted_at: row.try_get(21).map_err(pg_error)?,
         finished_at: row.try_get(22).map_err(pg_error)?,
+        partition: row.try_get(23).map_err(pg_error)?,
         cut: large.cut,
     })
 }

@@ -49,6 +49,7 @@ fn leased_job() -> LeasedJob {
             created_at: now,
             attempted_at: Some(now),
             finished_at: None,
+            partition: None,
             cut: Vec::new(),
         },
         lease: "5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f".into(),

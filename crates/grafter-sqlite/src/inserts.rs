@@ -21,8 +21,8 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
     let mut insert = conn
         .prepare_cached(&format!(
             "INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                unique_key, timeout_ms, expires_at, backoff, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                unique_key, timeout_ms, expires_at, backoff, created_at, partition)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              RETURNING {JOB_COLUMNS}"
         ))
         .map_err(backend)?;
@@ -64,6 +64,7 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
                     job.expires_at.map(micros),
                     backoff,
                     now,
+                    job.partition,
                 ],
                 job_from_row,
             )

@@ -12,6 +12,7 @@ mod inserts;
 mod jobs;
 mod leadership;
 mod leasing;
+mod limits;
 mod maintenance;
 mod migrations;
 mod queues;
@@ -21,15 +22,16 @@ mod workers;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Worker};
 use grafter_store::{
     AckOutcome, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat, JobPage,
     JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, MaintenanceBatch,
-    MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result, Scheduled, Store, StoreError,
-    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease, LimitUsage, LimitUsageQuery,
+    Limited, MaintenanceBatch, MinuteThroughput, QueueInfo, QueueLimitsSet, QueuePause, QueuePush,
+    Result, Scheduled, Store, StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use rusqlite::Connection;
 
@@ -43,6 +45,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Readers,
     wakeups: Wakeups,
+    /// Exact: this process's writer makes every change to the file.
+    limited: Arc<Limited>,
 }
 
 impl SqliteStore {
@@ -53,11 +57,14 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || Writer::start(&writer_path))
             .await
             .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
+        let limited = Arc::new(Limited::default());
+        limited.replace(writer.run(limits::limited_names).await?);
         Ok(SqliteStore {
             readers: Readers::new(path.clone()),
             path,
             writer,
             wakeups: Wakeups::default(),
+            limited,
         })
     }
 
@@ -85,8 +92,9 @@ impl Store for SqliteStore {
         if params.max == 0 || params.queues.is_empty() {
             return Ok(Vec::new());
         }
+        let limited = self.limited.clone();
         self.writer
-            .run(move |conn| leasing::jobs_fetch(conn, &params))
+            .run(move |conn| leasing::jobs_fetch(conn, &params, &limited))
             .await
     }
 
@@ -203,6 +211,23 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn queue_set_limits(&self, params: QueueLimitsSet) -> Result<QueueInfo> {
+        let queue = params.queue.clone();
+        let limited = params.limits.is_some();
+        let info = self
+            .writer
+            .run(move |conn| limits::queue_set_limits(conn, &params))
+            .await?;
+        self.limited.set(&queue, limited);
+        Ok(info)
+    }
+
+    async fn queue_limit_usage(&self, params: LimitUsageQuery) -> Result<LimitUsage> {
+        self.readers
+            .run(move |conn| limits::queue_limit_usage(conn, &params))
+            .await
+    }
+
     async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
         self.writer
             .run(move |conn| leadership::leader_acquire(conn, &params))
@@ -250,6 +275,10 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         self.readers.run(ping).await?;
         self.writer.run(|_| Ok(())).await
+    }
+
+    fn limited(&self) -> &Limited {
+        &self.limited
     }
 
     fn wakeups(&self) -> &Wakeups {

@@ -10,10 +10,11 @@ use serde::de::DeserializeOwned;
 /// The columns every job query selects, in the order [`job_from_row`] reads them.
 pub const JOB_COLUMNS: &str = "id, queue, kind, args, priority, state, run_at, attempt, \
     max_attempts, errors, progress, result, tags, unique_key, timeout_ms, expires_at, backoff, \
-    cancel_requested, worker_id, lease_expires_at, created_at, attempted_at, finished_at";
+    cancel_requested, worker_id, lease_expires_at, created_at, attempted_at, finished_at, \
+    partition";
 
 /// Index of the first column after [`JOB_COLUMNS`].
-pub const AFTER_JOB_COLUMNS: usize = 23;
+pub const AFTER_JOB_COLUMNS: usize = 24;
 
 /// What a job list selects, in the order [`job_preview_from_row`] reads it:
 /// [`JOB_COLUMNS`] with args, errors and result as much as a list shows of
@@ -33,7 +34,7 @@ pub fn list_columns() -> String {
          json_replace(errors -> '$[#-1]', '$.error', \
                       substr(errors ->> '$[#-1].error', 1, {PREVIEW_READ_CHARS})), \
          progress, {result}, tags, unique_key, timeout_ms, expires_at, backoff, cancel_requested, \
-         worker_id, lease_expires_at, created_at, attempted_at, finished_at, \
+         worker_id, lease_expires_at, created_at, attempted_at, finished_at, partition, \
          {args_whole}, {result_whole}, json_array_length(errors)",
         args = read("args"),
         result = read("result"),
@@ -136,6 +137,7 @@ fn job_with(row: &Row<'_>, large: Preview) -> rusqlite::Result<Job> {
         created_at: timestamp(row.get(20)?),
         attempted_at: row.get::<_, Option<i64>>(21)?.map(timestamp),
         finished_at: row.get::<_, Option<i64>>(22)?.map(timestamp),
+        partition: row.get(23)?,
         cut: large.cut,
     })
 }

@@ -85,6 +85,17 @@ macro_rules! conformance_suite {
             the_same_input_has_the_same_outcome_on_every_store,
             work_wakes_only_the_fetches_of_its_queue,
             list_shows_large_fields_cut,
+            concurrency_is_never_exceeded_by_racing_fetches,
+            a_zombie_ack_after_rescue_changes_no_count,
+            rate_window_is_exact_across_edges,
+            a_full_partition_never_blocks_another,
+            partition_field_limits_each_partition,
+            cancel_release_and_delete_free_a_slot,
+            lowering_a_limit_stops_nothing,
+            limits_are_kept_listed_and_removed,
+            push_concurrency_and_limits_both_hold,
+            held_says_what_holds_a_job_back,
+            a_freed_slot_wakes_a_waiting_fetch,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
