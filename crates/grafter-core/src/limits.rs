@@ -188,6 +188,17 @@ pub enum HeldReason {
     Rate,
 }
 
+impl HeldReason {
+    /// The name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldReason::Paused => "paused",
+            HeldReason::Concurrency => "concurrency",
+            HeldReason::Rate => "rate",
+        }
+    }
+}
+
 /// What holds an available job back (`"held"` in `GET /v1/jobs/{id}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
