@@ -33,6 +33,10 @@ pub(crate) struct Db {
     pub(crate) group_insert: GroupInsert,
     /// The queues with limits, as this node last read them (`limits.rs`).
     pub(crate) limited: Arc<Limited>,
+    /// The queues whose limits this node last saw as a queue-wide
+    /// concurrency alone: their fetch tries the one-statement admission
+    /// first (`limits.rs`).
+    pub(crate) concurrency_only: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Db {

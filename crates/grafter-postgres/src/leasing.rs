@@ -98,6 +98,7 @@ macro_rules! lease_picked {
         )
     };
 }
+pub(crate) use lease_picked;
 
 /// A job's own timeout is clamped to 0 to this (100 years) before it is added
 /// to a timestamp, so no stored `timeout_ms` can push a lease out of range.

@@ -225,6 +225,7 @@ impl PostgresStore {
                 lock_scope: schema.name().unwrap_or_default().to_owned(),
                 group_insert,
                 limited: Default::default(),
+                concurrency_only: Default::default(),
             },
             schema,
             wakeups,

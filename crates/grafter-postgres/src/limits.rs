@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
 use crate::error::{pg_error, pool_error};
+use crate::leasing::lease_picked;
 use crate::leasing::{
     lease_set, leased_from_rows, Budget, MAX_TIMEOUT_MS, RUNNING_LIMIT_LOCK_CLASS,
 };
@@ -119,15 +120,70 @@ async fn started(
         .collect()
 }
 
+/// Whether `limits` are a queue-wide concurrency alone (no rate, no
+/// partitions): the shape the one-statement admission handles.
+fn concurrency_only(limits: &QueueLimits) -> bool {
+    limits.concurrency.is_some() && limits.rate.is_none() && limits.partition_by.is_none()
+}
+
 impl Db {
+    /// Records the shape of `queue`'s limits as last read.
+    pub(crate) fn seen(&self, queue: &str, limits: Option<&QueueLimits>) {
+        let mut known = self
+            .concurrency_only
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if limits.is_some_and(concurrency_only) {
+            known.insert(queue.to_owned());
+        } else {
+            known.remove(queue);
+        }
+    }
+
+    fn seen_concurrency_only(&self, queue: &str) -> bool {
+        self.concurrency_only
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(queue)
+    }
+
     /// Leases jobs of one limited queue within its limits, in a transaction
     /// holding the queue's lock; `None` when it turns out to have none.
+    ///
+    /// A queue-wide concurrency alone (the common "at most N at once") is
+    /// admitted by one statement after the lock, as a push queue's running
+    /// limit is: four round trips, the count of running jobs a subquery.
+    /// That statement reads the limits itself (after the lock, so fresh) and
+    /// leases nothing unless they still have that shape; then, or for any
+    /// other shape, the general admission below runs in the same transaction.
     pub(crate) async fn admit(
         &self,
         params: &JobsFetch,
         queue: &str,
         budget: &Budget,
     ) -> Result<Option<Vec<LeasedJob>>> {
+        // $1 queue, $2 now, $3 max, $4 lease end, $5 worker, $6 timeout
+        // clamp, $7 byte budget, $8 a push queue's running limit.
+        const CONCURRENCY_ONLY: &str = concat!(
+            "WITH lim AS (
+                SELECT (limits ->> 'concurrency')::bigint AS n FROM queues
+                WHERE name = $1 AND NOT paused AND limits ? 'concurrency'
+                  AND NOT limits ? 'rate' AND NOT limits ? 'partition_by'
+            ), candidates AS (
+                SELECT id, priority, run_at, ",
+            args_size!(),
+            " AS size FROM jobs
+                WHERE state = 'available'
+                  AND queue = $1
+                  AND (expires_at IS NULL OR expires_at > $2)
+                ORDER BY priority, run_at, id
+                LIMIT least($3, greatest(least(coalesce((SELECT n FROM lim), 0), $8::bigint)
+                                         - (SELECT count(*) FROM jobs
+                                            WHERE state = 'running' AND queue = $1), 0))
+                FOR UPDATE SKIP LOCKED
+            ) ",
+            lease_picked!()
+        );
         const LOOK: &str = concat!(
             "SELECT id, ",
             partition_key!(),
@@ -162,7 +218,39 @@ impl Db {
         tx.execute(&lock, &[&RUNNING_LIMIT_LOCK_CLASS, &key])
             .await
             .map_err(pg_error)?;
+        if budget.first_free && self.seen_concurrency_only(queue) {
+            let stmt = tx
+                .prepare_cached(CONCURRENCY_ONLY)
+                .await
+                .map_err(pg_error)?;
+            let lease_until = time::after(params.now, params.lease_duration);
+            let cap = params.running_limit.map_or(i64::MAX, limit);
+            let rows = tx
+                .query(
+                    &stmt,
+                    &[
+                        &queue,
+                        &params.now,
+                        &limit(budget.max),
+                        &lease_until,
+                        &params.worker_id,
+                        &MAX_TIMEOUT_MS,
+                        &limit(budget.bytes),
+                        &cap,
+                    ],
+                )
+                .await
+                .map_err(pg_error)?;
+            if !rows.is_empty() {
+                let leased = leased_from_rows(&rows)?;
+                tx.commit().await.map_err(pg_error)?;
+                return Ok(Some(leased));
+            }
+            // Full, paused, or no longer that shape: the general admission
+            // tells which.
+        }
         let (paused, limits) = settings(&tx, queue).await?;
+        self.seen(queue, limits.as_ref());
         let Some(limits) = limits else {
             self.limited.set(queue, false);
             return Ok(None);

@@ -67,6 +67,7 @@ impl Db {
         let info = queue_info(&tx, &params.queue).await?;
         tx.commit().await.map_err(pg_error)?;
         self.limited.set(&params.queue, params.limits.is_some());
+        self.seen(&params.queue, params.limits.as_ref());
         Ok(info)
     }
 }
