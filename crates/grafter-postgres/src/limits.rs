@@ -17,7 +17,7 @@ use grafter_core::limits::PartitionBy;
 use grafter_core::{time, LeasedJob, QueueLimits, Timestamp};
 use grafter_store::admission::{Admission, Offer};
 use grafter_store::{JobsFetch, LimitUsage, LimitUsageQuery, Limited, PartitionUsage, Result};
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
@@ -215,32 +215,33 @@ impl Db {
             .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .await
             .map_err(pg_error)?;
-        tx.execute(&lock, &[&RUNNING_LIMIT_LOCK_CLASS, &key])
-            .await
-            .map_err(pg_error)?;
+        let lock_args: [&(dyn ToSql + Sync); 2] = [&RUNNING_LIMIT_LOCK_CLASS, &key];
         if budget.first_free && self.seen_concurrency_only(queue) {
+            // The lock and the statement are sent together (pipelined): the
+            // server runs them in order, so the statement's snapshot is
+            // taken after the lock is held, and the lock is held for one
+            // round trip (the commit's) rather than three.
             let stmt = tx
                 .prepare_cached(CONCURRENCY_ONLY)
                 .await
                 .map_err(pg_error)?;
             let lease_until = time::after(params.now, params.lease_duration);
             let cap = params.running_limit.map_or(i64::MAX, limit);
-            let rows = tx
-                .query(
-                    &stmt,
-                    &[
-                        &queue,
-                        &params.now,
-                        &limit(budget.max),
-                        &lease_until,
-                        &params.worker_id,
-                        &MAX_TIMEOUT_MS,
-                        &limit(budget.bytes),
-                        &cap,
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
+            let (max, bytes) = (limit(budget.max), limit(budget.bytes));
+            let args: [&(dyn ToSql + Sync); 8] = [
+                &queue,
+                &params.now,
+                &max,
+                &lease_until,
+                &params.worker_id,
+                &MAX_TIMEOUT_MS,
+                &bytes,
+                &cap,
+            ];
+            let (locked, rows) =
+                tokio::join!(tx.execute(&lock, &lock_args), tx.query(&stmt, &args));
+            locked.map_err(pg_error)?;
+            let rows = rows.map_err(pg_error)?;
             if !rows.is_empty() {
                 let leased = leased_from_rows(&rows)?;
                 tx.commit().await.map_err(pg_error)?;
@@ -248,6 +249,8 @@ impl Db {
             }
             // Full, paused, or no longer that shape: the general admission
             // tells which.
+        } else {
+            tx.execute(&lock, &lock_args).await.map_err(pg_error)?;
         }
         let (paused, limits) = settings(&tx, queue).await?;
         self.seen(queue, limits.as_ref());
