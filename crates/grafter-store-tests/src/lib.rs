@@ -96,6 +96,7 @@ macro_rules! conformance_suite {
             push_concurrency_and_limits_both_hold,
             held_says_what_holds_a_job_back,
             a_freed_slot_wakes_a_waiting_fetch,
+            a_full_rate_window_wakes_its_waiting_fetch_when_it_frees,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

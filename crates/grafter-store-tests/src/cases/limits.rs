@@ -632,3 +632,48 @@ pub async fn a_freed_slot_wakes_a_waiting_fetch(store: S) {
     assert_eq!(second.len(), 1);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A fetch waiting on a queue whose rate window is full looks again when
+/// the window frees a start (nothing announces the passing of time), not
+/// when its wait is up. On the system clock: the window is 400 ms.
+pub async fn a_full_rate_window_wakes_its_waiting_fetch_when_it_frees(store: S) {
+    let engine = Engine::new(
+        store.clone(),
+        EngineConfig {
+            retry: no_jitter(),
+            ..EngineConfig::default()
+        },
+    );
+    let rate = json!({"rate": {"count": 2, "period_ms": 400}});
+    engine
+        .queue_set_limits("q", Some(limits(rate)))
+        .await
+        .unwrap();
+    for job in jobs_on("q", 3) {
+        engine.enqueue(job).await.unwrap();
+    }
+    let request = FetchRequest {
+        queues: vec!["q".into()],
+        max: 5,
+        wait: Duration::from_secs(20),
+        lease: None,
+        worker_id: Some("w".into()),
+        running_limit: None,
+    };
+    let first = engine
+        .fetch(request.clone(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    let started = std::time::Instant::now();
+    let third = tokio::time::timeout(
+        Duration::from_secs(10),
+        engine.fetch(request, std::future::pending()),
+    )
+    .await
+    .expect("woken when the window freed a start")
+    .unwrap();
+    assert_eq!(third.len(), 1);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+}
