@@ -266,6 +266,30 @@ enum QueuesCommand {
         /// The queue.
         name: String,
     },
+    /// Limit how many of a queue's jobs run at once and start per period,
+    /// on every node (replaces its limits; docs/limits.md).
+    SetLimits {
+        /// The queue.
+        name: String,
+        /// At most this many running at once.
+        #[arg(long)]
+        concurrency: Option<i64>,
+        /// At most this many started in any window of --period-ms.
+        #[arg(long, requires = "period_ms")]
+        rate: Option<i64>,
+        /// The rate's window, in ms.
+        #[arg(long, requires = "rate")]
+        period_ms: Option<i64>,
+        /// Limit each partition apart: `partition` (the job's own) or
+        /// `args.<path>` (e.g. args.customer_id).
+        #[arg(long)]
+        partition_by: Option<String>,
+    },
+    /// Remove a queue's limits.
+    ClearLimits {
+        /// The queue.
+        name: String,
+    },
 }
 
 pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
@@ -278,8 +302,36 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
         Some(QueuesCommand::Resume { name }) => {
             (format!("/v1/queues/{}/resume", encode(name)), Method::POST)
         }
+        Some(QueuesCommand::SetLimits { name, .. } | QueuesCommand::ClearLimits { name }) => {
+            (format!("/v1/queues/{}", encode(name)), Method::PUT)
+        }
     };
-    let body = (method == Method::POST).then(|| json!({}));
+    let body = match &args.command {
+        Some(QueuesCommand::SetLimits {
+            concurrency,
+            rate,
+            period_ms,
+            partition_by,
+            ..
+        }) => {
+            let mut limits = serde_json::Map::new();
+            if let Some(n) = concurrency {
+                limits.insert("concurrency".into(), json!(n));
+            }
+            if let (Some(count), Some(period_ms)) = (rate, period_ms) {
+                limits.insert(
+                    "rate".into(),
+                    json!({"count": count, "period_ms": period_ms}),
+                );
+            }
+            if let Some(by) = partition_by {
+                limits.insert("partition_by".into(), json!(by));
+            }
+            Some(json!({ "limits": limits }))
+        }
+        Some(QueuesCommand::ClearLimits { .. }) => Some(json!({ "limits": null })),
+        _ => (method == Method::POST).then(|| json!({})),
+    };
     let answer: Value = client.call(method, &path, body.as_ref()).await?;
     if args.server.json {
         outln!("{}", serde_json::to_string_pretty(&answer)?)?;
@@ -303,6 +355,7 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
     for state in states {
         header.push_str(&format!(" {state:>10}"));
     }
+    header.push_str("  limits");
     outln!("{header}")?;
     for queue in queues {
         let mut row = format!(
@@ -320,7 +373,31 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
                 queue["counts"][state].as_u64().unwrap_or(0)
             ));
         }
+        row.push_str(&format!("  {}", limits_summary(&queue["limits"])));
         outln!("{row}")?;
     }
     Ok(())
+}
+
+/// A queue's limits in a few words: `2 at once, 10 per 1000 ms, per
+/// args.customer_id`, or `-`.
+fn limits_summary(limits: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = limits["concurrency"].as_i64() {
+        parts.push(format!("{n} at once"));
+    }
+    if let (Some(count), Some(ms)) = (
+        limits["rate"]["count"].as_i64(),
+        limits["rate"]["period_ms"].as_i64(),
+    ) {
+        parts.push(format!("{count} per {ms} ms"));
+    }
+    if let Some(by) = limits["partition_by"].as_str() {
+        parts.push(format!("per {by}"));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -123,6 +123,10 @@ pub struct Job {
     pub attempted_at: Option<DateTime<Utc>>,
     /// When the job reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The partition given at enqueue: a queue limited `partition_by:
+    /// "partition"` limits each partition apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     /// In a job list only: the fields shortened to keep the list small.
     /// `args` and `result` then hold a string, the start of their JSON text;
     /// `errors` holds the last attempt's error alone, its message cut. The job
@@ -202,6 +206,10 @@ pub struct NewJob {
     /// schedule fires, never by a request.
     #[serde(skip)]
     pub schedule: Option<ScheduleRef>,
+    /// The job's partition, for a queue limited per partition
+    /// (`partition_by: "partition"`).
+    #[serde(default)]
+    pub partition: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -232,6 +240,7 @@ impl NewJob {
             expires_at: None,
             backoff: None,
             schedule: None,
+            partition: None,
         }
     }
 
@@ -257,6 +266,9 @@ impl NewJob {
         }
         if let Some(key) = &self.unique_key {
             validate_name("unique_key", key)?;
+        }
+        if let Some(partition) = &self.partition {
+            validate_name("partition", partition)?;
         }
         if let Some(timeout) = self.timeout_ms {
             time::validate_ms("timeout_ms", i128::from(timeout), 1)?;

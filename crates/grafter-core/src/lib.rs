@@ -7,6 +7,7 @@
 mod backoff;
 mod display;
 mod job;
+pub mod limits;
 mod push;
 pub mod schedule;
 mod state;
@@ -20,6 +21,7 @@ pub use job::{
     validate_name, AttemptError, CutField, Job, JobId, LeasedJob, NewJob, Progress,
     ValidationError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN, MAX_TAGS,
 };
+pub use limits::{Held, HeldReason, QueueLimits, RateLimit};
 pub use push::PushTarget;
 pub use schedule::{
     CatchUp, Overlap, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkipReason,

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_core::{
-    storable, time, validate_name, Job, JobId, JobState, LeasedJob, NewJob, Progress, PushTarget,
-    Timestamp, ValidationError, WorkerRegistration,
+    storable, time, validate_name, Held, HeldReason, Job, JobId, JobState, LeasedJob, NewJob,
+    Progress, PushTarget, QueueLimits, Timestamp, ValidationError, WorkerRegistration,
 };
 use grafter_store::{
     AckOutcome, BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat,
     JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    MaintenanceBatch, QueueInfo, QueuePause, QueuePush, Store, StoreError, WorkerBeat,
+    LimitUsage, LimitUsageQuery, MaintenanceBatch, QueueInfo, QueueLimitsSet, QueuePause,
+    QueuePush, Store, StoreError, WorkerBeat,
 };
 use serde_json::Value;
 
@@ -326,7 +327,27 @@ impl Engine {
                 job
             }
         };
+        self.announce_freed(Some(&job.queue));
         Ok(job)
+    }
+
+    /// A running job ended (or may have), freeing its slot: wakes the
+    /// fetches waiting on its queue if the queue is limited, since they may
+    /// have been held back for want of that slot. `None`: jobs of queues not
+    /// told ended (a batch ack, a rescue pass), so every limited queue's
+    /// waiters look once. Unlimited queues are never woken for this.
+    pub(crate) fn announce_freed(&self, queue: Option<&str>) {
+        let limited = self.inner.store.limited();
+        match queue {
+            Some(queue) if limited.contains(queue) => self.inner.store.announce(&[queue]),
+            Some(_) => {}
+            None if limited.is_empty() => {}
+            None => {
+                let names = limited.names();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.inner.store.announce(&names);
+            }
+        }
     }
 
     /// Completes 1 to [`MAX_FETCH`] jobs in one transaction, each fenced by
@@ -359,6 +380,9 @@ impl Engine {
             .filter(|&&o| o == AckOutcome::Completed)
             .count();
         self.inner.observer.batch_completed(completed);
+        if completed > 0 {
+            self.announce_freed(None);
+        }
         Ok(outcomes)
     }
 
@@ -426,7 +450,10 @@ impl Engine {
 
     /// Deletes a job in any state.
     pub async fn delete(&self, id: JobId) -> Result<()> {
-        Ok(self.inner.store.job_delete(id).await?)
+        self.inner.store.job_delete(id).await?;
+        // A running job deleted frees its slot.
+        self.announce_freed(None);
+        Ok(())
     }
 
     /// Retries, cancels or deletes up to [`JobsBulk::MAX_IDS`] jobs in one
@@ -458,6 +485,9 @@ impl Engine {
             // Which queues the retried jobs are on is not told: a rare,
             // operator's action, so every waiting fetch looks once.
             self.inner.store.announce_all();
+        }
+        if action == BulkAction::Delete && outcome.changed > 0 {
+            self.announce_freed(None);
         }
         Ok(outcome)
     }
@@ -514,6 +544,51 @@ impl Engine {
             .await?)
     }
 
+    /// Sets (after checking them) or removes a queue's limits. Takes effect
+    /// at the commit on every node: jobs running go on, and fetches admit
+    /// by the new limits. Wakes the queue's waiting fetches, which a higher
+    /// limit (or none) may now let through.
+    pub async fn queue_set_limits(
+        &self,
+        queue: &str,
+        limits: Option<QueueLimits>,
+    ) -> Result<QueueInfo> {
+        validate_name("name", queue)?;
+        if let Some(limits) = &limits {
+            limits.validate()?;
+        }
+        let info = self
+            .inner
+            .store
+            .queue_set_limits(QueueLimitsSet {
+                queue: queue.to_owned(),
+                limits,
+                now: self.now(),
+            })
+            .await?;
+        self.inner.store.announce(&[queue]);
+        Ok(info)
+    }
+
+    /// What holds an available job back, if anything: its queue paused, or
+    /// its queue's (partition's) concurrency all in use, or its rate window
+    /// full. Other jobs and states: `None`. Reads the queue's usage now (a
+    /// look at its running jobs and window of starts).
+    pub async fn held(&self, job: &Job) -> Result<Option<Held>> {
+        if job.state != JobState::Available {
+            return Ok(None);
+        }
+        let usage = self
+            .inner
+            .store
+            .queue_limit_usage(LimitUsageQuery {
+                queue: job.queue.clone(),
+                now: self.now(),
+            })
+            .await?;
+        Ok(held_by(job, &usage))
+    }
+
     /// Registers a worker or records its heartbeat.
     pub async fn worker_beat(&self, worker: WorkerRegistration) -> Result<()> {
         worker.validate()?;
@@ -529,6 +604,50 @@ impl Engine {
     pub async fn worker_remove(&self, id: &str) -> Result<()> {
         Ok(self.inner.store.worker_remove(id.to_owned()).await?)
     }
+}
+
+/// What of `usage` holds `job` back (see [`Engine::held`]).
+fn held_by(job: &Job, usage: &LimitUsage) -> Option<Held> {
+    if usage.paused {
+        return Some(Held {
+            reason: HeldReason::Paused,
+            message: format!("queue {:?} is paused", job.queue),
+        });
+    }
+    let limits = usage.limits.as_ref()?;
+    let partition = limits.partition_of(job);
+    let used = usage
+        .partitions
+        .iter()
+        .find(|p| p.partition == partition)
+        .cloned()
+        .unwrap_or_default();
+    let of = if limits.partition_by.is_some() {
+        format!("partition {partition:?} of queue {:?}", job.queue)
+    } else {
+        format!("queue {:?}", job.queue)
+    };
+    if let Some(n) = limits.concurrency {
+        if used.running >= n.max(0) as u64 {
+            return Some(Held {
+                reason: HeldReason::Concurrency,
+                message: format!("concurrency {} of {n} in use for {of}", used.running),
+            });
+        }
+    }
+    if let (Some(rate), Some(until)) = (limits.rate, used.rate_full_until) {
+        return Some(Held {
+            reason: HeldReason::Rate,
+            message: format!(
+                "rate {} per {} ms reached for {of} ({} started in the window); full until {}",
+                rate.count,
+                rate.period_ms,
+                used.started,
+                until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+        });
+    }
+    None
 }
 
 /// Checks a progress report and cuts its message to [`MAX_PROGRESS_MESSAGE`],

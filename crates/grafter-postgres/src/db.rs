@@ -12,8 +12,10 @@
 //! batch maintenance uses `FOR UPDATE SKIP LOCKED` so two nodes never wait on
 //! each other's rows.
 
+use std::sync::Arc;
+
 use deadpool_postgres::{Object, Pool};
-use grafter_store::{Inserted, JobsInsert, Result, StoreError};
+use grafter_store::{Inserted, JobsInsert, Limited, Result, StoreError};
 
 use crate::error::{pg_error, pool_error};
 use crate::group_insert::{GroupInsert, GROUPED_BELOW};
@@ -29,6 +31,12 @@ pub(crate) struct Db {
     pub(crate) lock_scope: String,
     /// Where small inserts go to share a statement and a commit.
     pub(crate) group_insert: GroupInsert,
+    /// The queues with limits, as this node last read them (`limits.rs`).
+    pub(crate) limited: Arc<Limited>,
+    /// The queues whose limits this node last saw as a queue-wide
+    /// concurrency alone: their fetch tries the one-statement admission
+    /// first (`limits.rs`).
+    pub(crate) concurrency_only: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Db {

@@ -113,19 +113,20 @@ pub(crate) async fn insert_unkeyed(
                                  $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
                                  $9::bigint[], $10::timestamptz[], $11::jsonb[],
                                  $12::timestamptz[], $13::integer[], $14::text[],
-                                 $15::timestamptz[])
+                                 $15::timestamptz[], $16::text[])
                 WITH ORDINALITY
                 AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
                      timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id,
-                     schedule_slot, ord)
+                     schedule_slot, partition, ord)
         )
         INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                           timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id,
-                          schedule_slot)
+                          schedule_slot, partition)
         SELECT queue, kind, args, priority, state, run_at, max_attempts,
                ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
                      ORDER BY n),
-               timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id, schedule_slot
+               timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id, schedule_slot,
+               partition
         FROM input
         ORDER BY ord
         RETURNING ",
@@ -152,6 +153,7 @@ pub(crate) async fn insert_unkeyed(
     let mut sizes = Vec::with_capacity(n);
     let mut schedule_ids = Vec::with_capacity(n);
     let mut schedule_slots = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
     for (job, &now) in jobs.iter().zip(nows) {
         let run_at = job.run_at.unwrap_or(now);
         queues.push(job.queue.as_str());
@@ -168,6 +170,7 @@ pub(crate) async fn insert_unkeyed(
         sizes.push(args_bytes(&job.args));
         schedule_ids.push(job.schedule.as_ref().map(|s| s.id.as_str()));
         schedule_slots.push(job.schedule.as_ref().and_then(|s| s.slot));
+        partitions.push(job.partition.as_deref());
     }
     let stmt = client.statement(SQL).await?;
     let rows = client
@@ -189,6 +192,7 @@ pub(crate) async fn insert_unkeyed(
                 &sizes,
                 &schedule_ids,
                 &schedule_slots,
+                &partitions,
             ],
         )
         .await?;
@@ -213,8 +217,8 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
         "WITH inserted AS (
             INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                               unique_key, timeout_ms, expires_at, backoff, created_at, args_bytes,
-                              schedule_id, schedule_slot)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                              schedule_id, schedule_slot, partition)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
             ON CONFLICT (unique_key)
                 WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
                 DO NOTHING
@@ -259,6 +263,7 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
                     &size,
                     &schedule_id,
                     &schedule_slot,
+                    &job.partition,
                 ],
             )
             .await?;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
 use grafter_core::{time, Job, JobId, JobState, LeasedJob};
+use grafter_store::preview::json_len;
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
     AckOutcome, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch,
@@ -30,6 +31,36 @@ macro_rules! lease_fence {
         "id = $1 AND CASE WHEN state = 'running' THEN lease END = $2"
     };
 }
+
+/// The `SET` of every fetch, given the parameters holding now, the lease's
+/// end, the worker and the timeout clamp.
+macro_rules! lease_set {
+    ($now:literal, $until:literal, $worker:literal, $clamp:literal) => {
+        concat!(
+            "state = 'running',
+                attempt = attempt + 1,
+                lease = replace(gen_random_uuid()::text, '-', ''),
+                lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ",
+            $until,
+            "::timestamptz
+                    ELSE least(",
+            $until,
+            "::timestamptz, ",
+            $now,
+            "::timestamptz + greatest(least(timeout_ms, ",
+            $clamp,
+            "), 0) * interval '1 millisecond') END,
+                worker_id = ",
+            $worker,
+            ",
+                attempted_at = ",
+            $now,
+            ",
+                progress = NULL"
+        )
+    };
+}
+pub(crate) use lease_set;
 
 /// The second half of every fetch statement: of the rows a `candidates` CTE
 /// chose and locked (`id, priority, run_at, size`: the first `max` in hand-out
@@ -58,32 +89,25 @@ macro_rules! lease_picked {
                 ) AS c
                 WHERE upto <= $7 OR upto = size
             )
-            UPDATE jobs SET
-                state = 'running',
-                attempt = attempt + 1,
-                lease = replace(gen_random_uuid()::text, '-', ''),
-                lease_expires_at = CASE WHEN timeout_ms IS NULL THEN $4::timestamptz
-                    ELSE least($4::timestamptz,
-                               $2 + greatest(least(timeout_ms, $6), 0) * interval '1 millisecond') END,
-                worker_id = $5,
-                attempted_at = $2,
-                progress = NULL
-            WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
+            UPDATE jobs SET ",
+            lease_set!("$2", "$4", "$5", "$6"),
+            " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
             RETURNING ",
             job_columns!(),
             ", jobs.lease"
         )
     };
 }
+pub(crate) use lease_picked;
 
 /// A job's own timeout is clamped to 0 to this (100 years) before it is added
 /// to a timestamp, so no stored `timeout_ms` can push a lease out of range.
-const MAX_TIMEOUT_MS: i64 = time::MAX_DURATION_MS as i64;
+pub(crate) const MAX_TIMEOUT_MS: i64 = time::MAX_DURATION_MS as i64;
 
 /// First key of the advisory lock that serializes fetches with a running limit
 /// on one queue (the second is a hash of the schema and queue). Apart from the
 /// migration lock's class. The bytes spell "grfl".
-const RUNNING_LIMIT_LOCK_CLASS: i32 = 0x6772_666c;
+pub(crate) const RUNNING_LIMIT_LOCK_CLASS: i32 = 0x6772_666c;
 
 /// Runs of a batch ack that PostgreSQL may roll back as a deadlock victim
 /// before the error is returned (see `jobs_complete_many`).
@@ -102,8 +126,91 @@ async fn fence_error(client: &impl GenericClient, id: JobId) -> StoreError {
     }
 }
 
+/// What a fetch may still lease after the queues it has leased from.
+pub(crate) struct Budget {
+    /// Most jobs.
+    pub max: usize,
+    /// Most bytes of args.
+    pub bytes: usize,
+    /// Nothing leased yet: the next job is leased whatever its size.
+    pub first_free: bool,
+}
+
+impl Budget {
+    fn spend(&mut self, leased: &[LeasedJob]) {
+        self.max = self.max.saturating_sub(leased.len());
+        for l in leased {
+            self.bytes = self.bytes.saturating_sub(json_len(&l.job.args));
+            self.first_free = false;
+        }
+    }
+}
+
+/// Leased jobs from rows of `job_columns!(), jobs.lease`.
+pub(crate) fn leased_from_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<LeasedJob>> {
+    rows.iter()
+        .map(|row| {
+            Ok(LeasedJob {
+                job: job_from_row(row)?,
+                lease: row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?,
+            })
+        })
+        .collect()
+}
+
 impl Db {
+    /// Leases jobs: from the fetch's queues without limits with one
+    /// statement (which refuses a queue whose row has limits, whatever this
+    /// node believes), then from each limited queue under its limits
+    /// (`Db::admit`) with what is left of `max` and the byte budget. A fetch
+    /// that comes back short asks whether one of its plain queues has
+    /// become limited through another node, and admits from those at once.
     pub(crate) async fn jobs_fetch(&self, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
+        let mut queues: Vec<&str> = params.queues.iter().map(String::as_str).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        let (mut limited, plain): (Vec<&str>, Vec<&str>) =
+            queues.into_iter().partition(|q| self.limited.contains(q));
+        let mut leased = if plain.is_empty() {
+            Vec::new()
+        } else {
+            self.plain_fetch(params, &plain).await?
+        };
+        if leased.len() < params.max && !plain.is_empty() {
+            let found = self.limited_among(&plain).await?;
+            limited.extend(plain.iter().filter(|q| found.iter().any(|f| f == *q)));
+        }
+        let mut budget = Budget {
+            max: params.max,
+            bytes: params.max_bytes,
+            first_free: true,
+        };
+        budget.spend(&leased);
+        for queue in limited {
+            if budget.max == 0 {
+                break;
+            }
+            let got = match self.admit(params, queue, &budget).await? {
+                Some(got) => got,
+                // Its limits are gone: an ordinary queue again.
+                None => {
+                    let rest = JobsFetch {
+                        max: budget.max,
+                        ..params.clone()
+                    };
+                    self.plain_fetch(&rest, &[queue]).await?
+                }
+            };
+            budget.spend(&got);
+            leased.extend(got);
+        }
+        // RETURNING gives no order; hand jobs out in the order they were chosen.
+        leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+        Ok(leased)
+    }
+
+    /// The fetch of queues without limits: one statement (see `jobs_fetch`).
+    async fn plain_fetch(&self, params: &JobsFetch, queues: &[&str]) -> Result<Vec<LeasedJob>> {
         // `picked` chooses the first `max` available jobs in hand-out order and
         // locks them, skipping rows another fetch holds, so concurrent fetchers
         // never wait for each other nor lease a job twice.
@@ -122,7 +229,7 @@ impl Db {
                 WHERE state = 'available'
                   AND queue = $1
                   AND (expires_at IS NULL OR expires_at > $2)
-                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limits IS NOT NULL))
                 ORDER BY priority, run_at, id
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED
@@ -143,7 +250,7 @@ impl Db {
                     LIMIT $3
                     FOR UPDATE SKIP LOCKED
                 ) AS j
-                WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = q.name AND paused)
+                WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = q.name AND (paused OR limits IS NOT NULL))
                 ORDER BY j.priority, j.run_at, j.id
                 LIMIT $3
             ) ",
@@ -161,7 +268,7 @@ impl Db {
                 WHERE state = 'available'
                   AND queue = $1
                   AND (expires_at IS NULL OR expires_at > $2)
-                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused)
+                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limits IS NOT NULL))
                 ORDER BY priority, run_at, id
                 LIMIT least($3, greatest($8::bigint - (SELECT count(*) FROM jobs
                                                        WHERE state = 'running' AND queue = $1), 0))
@@ -169,10 +276,8 @@ impl Db {
             ) ",
             lease_picked!()
         );
-        // A queue named twice would be read twice, and its jobs picked twice.
-        let mut queues: Vec<&str> = params.queues.iter().map(String::as_str).collect();
-        queues.sort_unstable();
-        queues.dedup();
+        // A queue named twice would be read twice, and its jobs picked twice:
+        // `queues` is deduplicated.
         let mut client = self.client().await?;
         let lease_until = time::after(params.now, params.lease_duration);
         let max = limit(params.max);
@@ -185,7 +290,7 @@ impl Db {
             &MAX_TIMEOUT_MS,
             &max_bytes,
         ];
-        let rows = if let (Some(running_limit), [queue]) = (params.running_limit, &queues[..]) {
+        let rows = if let (Some(running_limit), [queue]) = (params.running_limit, queues) {
             // Serialized per queue: two nodes counting at once would both see
             // room for the same slots.
             let running_limit = limit(running_limit);
@@ -209,7 +314,7 @@ impl Db {
             let rows = tx.query(&stmt, &args).await.map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
             Ok(rows)
-        } else if let [queue] = queues[..] {
+        } else if let [queue] = queues {
             let stmt = client.prepare_cached(ONE_QUEUE).await.map_err(pg_error)?;
             let args: Vec<&(dyn ToSql + Sync)> = std::iter::once(&queue as _).chain(rest).collect();
             client.query(&stmt, &args).await
@@ -220,18 +325,7 @@ impl Db {
             client.query(&stmt, &args).await
         }
         .map_err(pg_error)?;
-        let mut leased = rows
-            .iter()
-            .map(|row| {
-                Ok(LeasedJob {
-                    job: job_from_row(row)?,
-                    lease: row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING gives no order; hand jobs out in the order they were chosen.
-        leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
-        Ok(leased)
+        leased_from_rows(&rows)
     }
 
     pub(crate) async fn job_complete(&self, params: &JobComplete) -> Result<Job> {

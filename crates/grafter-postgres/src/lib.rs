@@ -39,6 +39,7 @@ mod inserts;
 mod jobs;
 mod leadership;
 mod leasing;
+mod limits;
 mod maintenance;
 mod migrations;
 mod notifier;
@@ -61,9 +62,10 @@ use grafter_store::{
     AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
     JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
     JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
-    MaintenanceBatch, MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result,
-    ScheduleSkipsList, ScheduleWrite, Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store,
-    StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput, QueueInfo,
+    QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
+    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups,
+    WorkerBeat, WorkersPrune,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -225,6 +227,8 @@ impl PostgresStore {
                 channel: schema.channel(),
                 lock_scope: schema.name().unwrap_or_default().to_owned(),
                 group_insert,
+                limited: Default::default(),
+                concurrency_only: Default::default(),
             },
             schema,
             wakeups,
@@ -236,6 +240,15 @@ impl PostgresStore {
         } else {
             store.db.ping().await?;
         }
+        store
+            .db
+            .limited
+            .replace(limits::reread(&store.db.pool).await?);
+        limits::spawn_reread(
+            store.db.pool.clone(),
+            store.db.limited.clone(),
+            cancel.clone(),
+        );
         browse::spawn_rollup(
             store.db.pool.clone(),
             store.db.lock_scope.clone(),
@@ -421,6 +434,14 @@ impl Store for PostgresStore {
         self.db.queue_set_push(&params).await
     }
 
+    async fn queue_set_limits(&self, params: QueueLimitsSet) -> Result<QueueInfo> {
+        self.db.queue_set_limits(&params).await
+    }
+
+    async fn queue_limit_usage(&self, params: LimitUsageQuery) -> Result<LimitUsage> {
+        self.db.queue_limit_usage(&params).await
+    }
+
     async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
         self.db.leader_acquire(&params).await
     }
@@ -478,6 +499,10 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<()> {
         self.db.ping().await
+    }
+
+    fn limited(&self) -> &Limited {
+        &self.db.limited
     }
 
     fn wakeups(&self) -> &Wakeups {

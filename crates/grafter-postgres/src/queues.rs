@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
-use grafter_core::{JobState, PushTarget};
-use grafter_store::{QueueInfo, QueuePause, QueuePush, Result};
+use grafter_core::{JobState, PushTarget, QueueLimits};
+use grafter_store::{QueueInfo, QueueLimitsSet, QueuePause, QueuePush, Result};
 use tokio_postgres::types::Json;
 
 use crate::db::Db;
@@ -49,14 +49,35 @@ impl Db {
         tx.commit().await.map_err(pg_error)?;
         Ok(info)
     }
+
+    /// Sets or clears the limits, keeping the queue's other settings, and
+    /// records the change in [`Db::limited`] once it has committed.
+    pub(crate) async fn queue_set_limits(&self, params: &QueueLimitsSet) -> Result<QueueInfo> {
+        const UPSERT: &str = "
+            INSERT INTO queues (name, paused, limits, updated_at) VALUES ($1, false, $2, $3)
+            ON CONFLICT (name) DO UPDATE
+                SET limits = excluded.limits, updated_at = excluded.updated_at";
+        let limits = params.limits.as_ref().map(Json);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(UPSERT).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&params.queue, &limits, &params.now])
+            .await
+            .map_err(pg_error)?;
+        let info = queue_info(&tx, &params.queue).await?;
+        tx.commit().await.map_err(pg_error)?;
+        self.limited.set(&params.queue, params.limits.is_some());
+        self.seen(&params.queue, params.limits.as_ref());
+        Ok(info)
+    }
 }
 
 /// Every queue with settings or jobs (or only `only`): settings, job counts per
 /// state, and the `run_at` of the longest-waiting available job. Separate
 /// statements for one queue, so that each can use the queue's indexes.
 async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<Vec<QueueInfo>> {
-    const SETTINGS_ALL: &str = "SELECT name, paused, push FROM queues";
-    const SETTINGS_ONE: &str = "SELECT name, paused, push FROM queues WHERE name = $1";
+    const SETTINGS_ALL: &str = "SELECT name, paused, push, limits FROM queues";
+    const SETTINGS_ONE: &str = "SELECT name, paused, push, limits FROM queues WHERE name = $1";
     // Kept by triggers (migration 0004): the totals plus the deltas not yet
     // rolled into them, so the jobs table is never counted.
     const COUNTS_ALL: &str = "
@@ -101,6 +122,8 @@ async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<
         let mut info = QueueInfo::empty(name.clone(), row.try_get(1).map_err(pg_error)?);
         let push: Option<Json<PushTarget>> = row.try_get(2).map_err(pg_error)?;
         info.push = push.map(|Json(p)| p);
+        let limits: Option<Json<QueueLimits>> = row.try_get(3).map_err(pg_error)?;
+        info.limits = limits.map(|Json(l)| l);
         queues.insert(name, info);
     }
     for row in query(COUNTS_ALL, COUNTS_ONE).await? {
@@ -131,7 +154,7 @@ async fn queue_infos(client: &impl GenericClient, only: Option<&str>) -> Result<
 }
 
 /// One queue's [`QueueInfo`]; an unknown queue is empty and not paused.
-async fn queue_info(client: &impl GenericClient, name: &str) -> Result<QueueInfo> {
+pub(crate) async fn queue_info(client: &impl GenericClient, name: &str) -> Result<QueueInfo> {
     Ok(queue_infos(client, Some(name))
         .await?
         .pop()

@@ -20,13 +20,13 @@ macro_rules! job_columns {
          jobs.attempt, jobs.max_attempts, jobs.errors, jobs.progress, jobs.result, jobs.tags, \
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, jobs.cancel_requested, \
          jobs.worker_id, jobs.lease_expires_at, jobs.created_at, jobs.attempted_at, jobs.finished_at, \
-         jobs.schedule_id, jobs.schedule_slot"
+         jobs.schedule_id, jobs.schedule_slot, jobs.partition"
     };
 }
 pub(crate) use job_columns;
 
 /// Index of the first column after [`job_columns!`].
-pub(crate) const AFTER_JOB_COLUMNS: usize = 25;
+pub(crate) const AFTER_JOB_COLUMNS: usize = 26;
 
 /// The length of a job's args as compact JSON text, as `args_bytes` keeps it
 /// (migration 9): what a fetch's byte budget and a list's cut count.
@@ -60,6 +60,7 @@ pub(crate) fn list_columns() -> String {
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, \
          jobs.cancel_requested, jobs.worker_id, jobs.lease_expires_at, jobs.created_at, \
          jobs.attempted_at, jobs.finished_at, jobs.schedule_id, jobs.schedule_slot, \
+         jobs.partition, \
          {args_whole}, jsonb_array_length(jobs.errors)"
     )
 }
@@ -136,6 +137,7 @@ fn job_with(row: &Row, large: Preview) -> Result<Job> {
         created_at: row.try_get(20).map_err(pg_error)?,
         attempted_at: row.try_get(21).map_err(pg_error)?,
         finished_at: row.try_get(22).map_err(pg_error)?,
+        partition: row.try_get(25).map_err(pg_error)?,
         cut: large.cut,
         schedule,
     })

@@ -49,6 +49,7 @@ fn leased_job() -> LeasedJob {
             created_at: now,
             attempted_at: Some(now),
             finished_at: None,
+            partition: None,
             cut: Vec::new(),
             schedule: None,
         },

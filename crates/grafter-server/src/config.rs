@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use grafter_core::{Backoff, PushTarget, ScheduleSpec};
+use grafter_core::{Backoff, PushTarget, QueueLimits, ScheduleSpec};
 use grafter_engine::maintenance::{MaintenanceConfig, RetentionConfig};
 use grafter_engine::{EngineConfig, PostgresSettings, DEFAULT_FETCH_MAX_BYTES};
 use serde::Deserialize;
@@ -51,7 +51,8 @@ pub struct ServerConfig {
     pub postgres: PostgresSettings,
     /// How long finished jobs are kept.
     pub retention: RetentionConfig,
-    /// Per-queue settings (`[queues.NAME.push]` makes NAME a push queue).
+    /// Per-queue settings (`[queues.NAME.push]` makes NAME a push queue,
+    /// `[queues.NAME.limits]` limits it).
     pub queues: BTreeMap<String, QueueConfig>,
     /// How the push dispatcher runs.
     pub push: PushSettings,
@@ -107,6 +108,10 @@ pub struct QueueConfig {
     /// `PUT /v1/queues/{name}`. A `secret`, an `old_secrets` entry or a header
     /// value written `${NAME}` is read from the environment variable NAME.
     pub push: Option<PushTarget>,
+    /// The queue's limits (`[queues.NAME.limits]`): the same fields as the
+    /// API's `"limits"` (`concurrency`, `rate = { count, period_ms }`,
+    /// `partition_by`). Stored at start, replacing what the API set.
+    pub limits: Option<QueueLimits>,
 }
 
 /// How the push dispatcher runs.
@@ -301,7 +306,29 @@ impl ServerConfig {
             grafter_core::validate_name("id", id).map_err(|e| invalid("id".into(), e.message))?;
             spec.validate().map_err(|e| invalid(e.field, e.message))?;
         }
+        self.queue_limits()?;
         Ok(())
+    }
+
+    /// The limits of the `[queues.NAME.limits]` tables, each validated.
+    pub fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>, ConfigError> {
+        let mut all = Vec::new();
+        for (queue, settings) in &self.queues {
+            let Some(limits) = &settings.limits else {
+                continue;
+            };
+            let invalid = |field: &str, message: String| ConfigError::Queue {
+                queue: queue.clone(),
+                field: field.to_owned(),
+                message,
+            };
+            grafter_core::validate_name("name", queue).map_err(|e| invalid("name", e.message))?;
+            limits
+                .validate()
+                .map_err(|e| invalid(&e.field, e.message))?;
+            all.push((queue.clone(), limits.clone()));
+        }
+        Ok(all)
     }
 
     /// The push targets of the `[queues.NAME.push]` tables, with `${VAR}`
@@ -352,6 +379,31 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_limits_come_from_the_file_and_are_checked() {
+        let config: ServerConfig = toml::from_str(
+            r#"
+            [queues.exports.limits]
+            concurrency = 2
+            partition_by = "args.customer_id"
+            [queues.stripe.limits]
+            rate = { count = 25, period_ms = 1000 }
+            "#,
+        )
+        .unwrap();
+        let limits = config.queue_limits().unwrap();
+        assert_eq!(limits.len(), 2);
+        assert_eq!(limits[0].1.concurrency, Some(2));
+        assert_eq!(limits[1].1.rate.map(|r| r.count), Some(25));
+        let bad: ServerConfig = toml::from_str(
+            "[queues.x.limits]
+rate = { count = 5, period_ms = 0 }",
+        )
+        .unwrap();
+        let error = bad.validate().unwrap_err().to_string();
+        assert!(error.contains("queues.x.limits.rate.period_ms"), "{error}");
+    }
 
     #[test]
     fn file_overrides_only_what_it_names() {

@@ -126,13 +126,32 @@ fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &traci
     }
 }
 
+/// Stores the limits of the config file's `[queues.NAME.limits]` tables,
+/// replacing what the API set for those queues (the file wins at start).
+async fn apply_configured_limits(state: &AppState) -> std::io::Result<()> {
+    let limits = state
+        .config()
+        .queue_limits()
+        .map_err(std::io::Error::other)?;
+    for (queue, limits) in limits {
+        state
+            .engine()
+            .queue_set_limits(&queue, Some(limits))
+            .await
+            .map_err(|e| {
+                std::io::Error::other(format!("cannot store the limits of queue '{queue}': {e}"))
+            })?;
+    }
+    Ok(())
+}
+
 /// Serves the API on `listener` and runs the maintenance services and the
 /// push dispatcher until `shutdown` is cancelled; then stops taking requests,
 /// lets in-flight ones finish (long-polls answer at once), and stops the
 /// services. Connections slow to send a request, or idle too long between
 /// requests, are closed (`ServerConfig::http`). The config file's push
-/// targets are stored first, and its schedules reconciled (when it has a
-/// `[schedules]` table).
+/// targets and queue limits are stored first, and its schedules reconciled
+/// (when it has a `[schedules]` table).
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
@@ -156,6 +175,7 @@ pub async fn serve(
             "schedules of the config file reconciled"
         );
     }
+    apply_configured_limits(&state).await?;
     let maintenance = Maintenance::start(
         state.engine(),
         &state.config().maintenance,

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use grafter_core::{Job, SkipReason};
 use grafter_engine::maintenance::ServiceHealth;
 use grafter_engine::Observer;
-use grafter_store::QueueInfo;
+use grafter_store::{LimitUsage, QueueInfo};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,6 +61,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueReasonLabels {
+    pub queue: EscapedText,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueStateLabels {
     pub queue: EscapedText,
     pub state: String,
@@ -73,6 +79,9 @@ pub struct Metrics {
     batch_acked: Counter,
     failed: Family<QueueLabels, Counter>,
     jobs: Family<QueueStateLabels, Gauge>,
+    limit_in_use: Family<QueueLabels, Gauge>,
+    limit_started: Family<QueueLabels, Gauge>,
+    limit_throttled: Family<QueueReasonLabels, Gauge>,
     maintenance_failing: Family<ServiceLabels, Gauge>,
     maintenance_failures: Family<ServiceLabels, Gauge>,
     slots_skipped: Family<ReasonLabels, Counter>,
@@ -89,6 +98,9 @@ impl Metrics {
         let batch_acked = Counter::default();
         let failed = Family::<QueueLabels, Counter>::default();
         let jobs = Family::<QueueStateLabels, Gauge>::default();
+        let limit_in_use = Family::<QueueLabels, Gauge>::default();
+        let limit_started = Family::<QueueLabels, Gauge>::default();
+        let limit_throttled = Family::<QueueReasonLabels, Gauge>::default();
         let maintenance_failing = Family::<ServiceLabels, Gauge>::default();
         let maintenance_failures = Family::<ServiceLabels, Gauge>::default();
         let slots_skipped = Family::<ReasonLabels, Counter>::default();
@@ -124,6 +136,22 @@ impl Metrics {
             jobs.clone(),
         );
         registry.register(
+            "queue_limit_in_use",
+            "Running jobs of a limited queue, every partition together: the slots in use",
+            limit_in_use.clone(),
+        );
+        registry.register(
+            "queue_limit_started",
+            "Jobs of a rate-limited queue started within its rate window, every partition together",
+            limit_started.clone(),
+        );
+        registry.register(
+            "queue_limit_throttled",
+            "Partitions of a limited queue (1 for the queue itself when not partitioned) \
+             whose concurrency or rate is all used now, by reason",
+            limit_throttled.clone(),
+        );
+        registry.register(
             "maintenance_failing",
             "1 while a maintenance service's latest pass on this node failed",
             maintenance_failing.clone(),
@@ -140,6 +168,9 @@ impl Metrics {
             batch_acked,
             failed,
             jobs,
+            limit_in_use,
+            limit_started,
+            limit_throttled,
             maintenance_failing,
             maintenance_failures,
             slots_skipped,
@@ -151,13 +182,15 @@ impl Metrics {
         family.get_or_create(&QueueLabels::of(&job.queue)).inc();
     }
 
-    /// Renders the OpenMetrics text, with job gauges set from `queues` and
-    /// maintenance gauges from `maintenance`. The job gauges are reset first:
-    /// a queue whose jobs were all deleted or pruned is not in `queues`, and
-    /// its last counts must not linger as a backlog.
+    /// Renders the OpenMetrics text, with job gauges set from `queues`, limit
+    /// gauges from `limits` (each limited queue's usage) and maintenance
+    /// gauges from `maintenance`. The job and limit gauges are reset first:
+    /// a queue whose jobs were all deleted or pruned (or whose limits were
+    /// removed) is not in them, and its last counts must not linger.
     pub fn render(
         &self,
         queues: &[QueueInfo],
+        limits: &[(String, LimitUsage)],
         maintenance: &BTreeMap<&'static str, ServiceHealth>,
     ) -> String {
         for (service, health) in maintenance {
@@ -182,6 +215,44 @@ impl Metrics {
                 self.jobs
                     .get_or_create(&labels)
                     .set(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+        }
+        self.limit_in_use.clear();
+        self.limit_started.clear();
+        self.limit_throttled.clear();
+        for (queue, usage) in limits {
+            let Some(set) = &usage.limits else {
+                continue;
+            };
+            let labels = QueueLabels::of(queue);
+            let sum = |f: fn(&grafter_store::PartitionUsage) -> u64| {
+                i64::try_from(usage.partitions.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
+            };
+            self.limit_in_use
+                .get_or_create(&labels)
+                .set(sum(|p| p.running));
+            self.limit_started
+                .get_or_create(&labels)
+                .set(sum(|p| p.started));
+            let full_by_concurrency = set.concurrency.map_or(0, |n| {
+                usage
+                    .partitions
+                    .iter()
+                    .filter(|p| p.running >= n.max(0) as u64)
+                    .count()
+            });
+            let full_by_rate = usage
+                .partitions
+                .iter()
+                .filter(|p| p.rate_full_until.is_some())
+                .count();
+            for (reason, n) in [("concurrency", full_by_concurrency), ("rate", full_by_rate)] {
+                self.limit_throttled
+                    .get_or_create(&QueueReasonLabels {
+                        queue: EscapedText(queue.clone()),
+                        reason: reason.to_owned(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
         let mut text = String::new();

@@ -771,3 +771,54 @@ async fn unknown_paths_are_html_outside_the_api_and_json_inside() {
     assert!(api.body.contains(r#""code":"not_found""#), "{}", api.body);
     assert_eq!(dash.get("/jobs/999999").await.status, StatusCode::NOT_FOUND);
 }
+
+/// The queues page shows each queue's limits; a job held back by one says so
+/// on its page, naming the partition, escaped like all job data.
+#[tokio::test]
+async fn limits_and_what_holds_a_job_show() {
+    let dash = dash_with(ServerConfig::default()).await;
+    let limits: grafter_core::QueueLimits =
+        serde_json::from_value(json!({"concurrency": 1, "partition_by": "args.who"})).unwrap();
+    dash.store
+        .queue_set_limits(grafter_store::QueueLimitsSet {
+            queue: "q".into(),
+            limits: Some(limits),
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let job = || {
+        let mut job = NewJob::new("k", json!({"who": "<b>acme</b>"}));
+        job.queue = "q".into();
+        job
+    };
+    dash.enqueue(job()).await;
+    let waiting = dash.enqueue(job()).await;
+    let running = dash
+        .store
+        .jobs_fetch(JobsFetch {
+            queues: vec!["q".into()],
+            max: 5,
+            lease_duration: std::time::Duration::from_secs(30),
+            worker_id: None,
+            running_limit: None,
+            max_bytes: usize::MAX,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1);
+    let queues = dash.get("/queues").await.body;
+    assert!(
+        queues.contains("1 at once") && queues.contains("args.who"),
+        "{queues}"
+    );
+    let page = dash.get(&format!("/jobs/{waiting}")).await.body;
+    assert!(page.contains(r#"data-held="concurrency""#), "{page}");
+    assert!(
+        page.contains("1 of 1 in use") && page.contains("&lt;b&gt;acme"),
+        "{page}"
+    );
+    let page = dash.get(&format!("/jobs/{}", running[0].job.id)).await.body;
+    assert!(!page.contains("data-held"), "a running job is not held");
+}

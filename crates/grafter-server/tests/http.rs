@@ -1462,3 +1462,87 @@ async fn schedules_over_http_on_postgres() {
     };
     schedules_round_trip(api).await;
 }
+
+/// `PUT /v1/queues/{name}` changes only the keys it is given and `null`
+/// removes one; bad limits answer 422 naming the field; an available job
+/// held back says why in `GET /v1/jobs/{id}`.
+#[tokio::test]
+async fn queue_limits_change_only_given_keys_and_say_what_holds_a_job() {
+    let api = api().await;
+    let put = |body: Value| {
+        let api = &api;
+        async move { api.call(Method::PUT, "/v1/queues/q", Some(body)).await }
+    };
+    for (limits, field) in [
+        (json!({"concurrency": 0}), "limits.concurrency"),
+        (json!({"concurrency": -2}), "limits.concurrency"),
+        (
+            json!({"rate": {"count": 5, "period_ms": 0}}),
+            "limits.rate.period_ms",
+        ),
+        (
+            json!({"rate": {"count": 0, "period_ms": 10}}),
+            "limits.rate.count",
+        ),
+        (
+            json!({"concurrency": 1, "partition_by": "args.a..b"}),
+            "limits.partition_by",
+        ),
+        (
+            json!({"concurrency": 1, "partition_by": "tenant"}),
+            "limits.partition_by",
+        ),
+        (json!({}), "limits"),
+    ] {
+        let answer = put(json!({ "limits": limits })).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(answer.1["error"]["field"], field, "{limits}");
+    }
+    let push = json!({"url": "https://app.example.com/jobs", "secret": "s".repeat(16)});
+    let (status, body) = put(json!({ "push": push })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let limits = json!({"concurrency": 1, "partition_by": "partition"});
+    let (_, body) = put(json!({ "limits": limits })).await;
+    assert_eq!(body["limits"], limits);
+    assert!(body["push"].is_object(), "the push target was left: {body}");
+    let (_, body) = put(json!({})).await;
+    assert_eq!(
+        (body["limits"].clone(), body["push"].is_object()),
+        (limits.clone(), true)
+    );
+    let (_, body) = put(json!({"push": null})).await;
+    assert_eq!(
+        (body["limits"].clone(), body["push"].clone()),
+        (limits, Value::Null)
+    );
+
+    let bad = api
+        .post("/v1/jobs", json!({"kind": "k", "partition": " acme"}))
+        .await;
+    assert_eq!(bad.1["error"]["field"], "partition", "{}", bad.1);
+    let job = || json!({"kind": "k", "queue": "q", "partition": "acme"});
+    let first = api.enqueue(job()).await;
+    let second = api.enqueue(job()).await;
+    assert_eq!(first["partition"], "acme");
+    let running = api.fetch_one("q").await;
+    assert_eq!(running["id"], first["id"]);
+    let (_, shown) = api.get(&format!("/v1/jobs/{}", first["id"])).await;
+    assert!(
+        shown.get("held").is_none(),
+        "a running job is not held: {shown}"
+    );
+    let (_, shown) = api.get(&format!("/v1/jobs/{}", second["id"])).await;
+    assert_eq!(shown["held"]["reason"], "concurrency", "{shown}");
+    let message = shown["held"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 of 1") && message.contains("acme"),
+        "{message}"
+    );
+    let (status, _) = api.post("/v1/queues/q/pause", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = api.get(&format!("/v1/jobs/{}", second["id"])).await;
+    assert_eq!(shown["held"]["reason"], "paused", "{shown}");
+    let (_, body) = put(json!({"limits": null})).await;
+    assert_eq!(body["limits"], Value::Null);
+    assert_eq!(body["paused"], true, "the pause was left");
+}

@@ -21,8 +21,9 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
     let mut insert = conn
         .prepare_cached(&format!(
             "INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
-                unique_key, timeout_ms, expires_at, backoff, created_at, schedule_id, schedule_slot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                unique_key, timeout_ms, expires_at, backoff, created_at, schedule_id, schedule_slot,
+                partition)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
              RETURNING {JOB_COLUMNS}"
         ))
         .map_err(backend)?;
@@ -66,6 +67,7 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
                     now,
                     job.schedule.as_ref().map(|s| &s.id),
                     job.schedule.as_ref().and_then(|s| s.slot).map(micros),
+                    job.partition,
                 ],
                 job_from_row,
             )

@@ -7,22 +7,24 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use grafter_core::{time, Job, JobId, JobState, LeasedJob};
+use grafter_store::preview::json_len;
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
     AckOutcome, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch,
-    Result, StoreError,
+    Limited, Result, StoreError,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::backend;
 use crate::jobs::{job_get, job_require};
+use crate::limits;
 use crate::row::{duration_micros, job_from_row, micros, to_json, AFTER_JOB_COLUMNS, JOB_COLUMNS};
 
 /// Counts the jobs of `moved` (one queue name per job) as gone from state
 /// `from` to state `to`. The counter triggers leave the fetch's and the
 /// completions' moves to their statements (migration 7), which call this once
 /// per statement.
-fn count_moved<'q>(
+pub(crate) fn count_moved<'q>(
     conn: &Connection,
     moved: impl IntoIterator<Item = &'q str>,
     from: JobState,
@@ -68,9 +70,100 @@ fn count_completed<'q>(
     Ok(())
 }
 
-pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob>> {
+/// Leases jobs: from the fetch's queues without limits with one statement
+/// (the same as before limits existed), then from each limited queue, each
+/// admitted under its limits (`limits::admit`) with what is left of the
+/// fetch's `max` and byte budget.
+pub fn jobs_fetch(
+    conn: &Connection,
+    params: &JobsFetch,
+    limited: &Limited,
+) -> Result<Vec<LeasedJob>> {
+    let (limited_queues, plain): (Vec<&str>, Vec<&str>) = params
+        .queues
+        .iter()
+        .map(String::as_str)
+        .partition(|q| limited.contains(q));
+    let mut leased = if plain.is_empty() {
+        Vec::new()
+    } else {
+        plain_fetch(conn, params, &plain)?
+    };
+    let mut budget = Budget {
+        max: params.max,
+        bytes: params.max_bytes,
+        first_free: true,
+    };
+    budget.spend(&leased);
+    let mut limited_queues = limited_queues;
+    limited_queues.sort_unstable();
+    limited_queues.dedup();
+    for queue in limited_queues {
+        if budget.max == 0 {
+            break;
+        }
+        let got = match limits::admit(conn, params, queue, &budget, limited)? {
+            Some(got) => got,
+            // Its limits are gone: an ordinary queue again.
+            None => plain_fetch(
+                conn,
+                &JobsFetch {
+                    max: budget.max,
+                    ..params.clone()
+                },
+                &[queue],
+            )?,
+        };
+        budget.spend(&got);
+        leased.extend(got);
+    }
+    // RETURNING gives no order; hand jobs out in the order they were chosen.
+    leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+    Ok(leased)
+}
+
+/// What a fetch may still lease after the queues it has leased from.
+pub(crate) struct Budget {
+    /// Most jobs.
+    pub max: usize,
+    /// Most bytes of args.
+    pub bytes: usize,
+    /// Nothing leased yet: the next job is leased whatever its size.
+    pub first_free: bool,
+}
+
+impl Budget {
+    fn spend(&mut self, leased: &[LeasedJob]) {
+        self.max = self.max.saturating_sub(leased.len());
+        for l in leased {
+            self.bytes = self.bytes.saturating_sub(json_len(&l.job.args));
+            self.first_free = false;
+        }
+    }
+}
+
+/// The `SET` of every fetch: `?1` lease end, `?2` now, `?3` worker. The lease
+/// never outlives the job's own timeout, so a job that overruns it is
+/// rescued as "timed out" even if its worker keeps heartbeating.
+pub(crate) fn lease_set() -> String {
+    let timeout = timeout_micros();
+    format!(
+        "state = 'running',
+            attempt = attempt + 1,
+            lease = lower(hex(randomblob(16))),
+            lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?1
+                               ELSE min(?1, ?2 + {timeout}) END,
+            worker_id = ?3,
+            attempted_at = ?2,
+            progress = NULL"
+    )
+}
+
+/// Leases from queues without limits. Their statement refuses a queue that
+/// has limits (`limits IS NOT NULL`), whatever this process believes.
+fn plain_fetch(conn: &Connection, params: &JobsFetch, queues: &[&str]) -> Result<Vec<LeasedJob>> {
     let mut max = params.max;
-    if let (Some(limit), [queue]) = (params.running_limit, &params.queues[..]) {
+    if let (Some(limit), [queue]) = (params.running_limit, queues) {
         // The one writer makes this count exact: nothing else leases meanwhile,
         // and job_counts moves with every change in the same transaction (by
         // trigger, or for fetches and completions by their own statements).
@@ -87,40 +180,30 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
     }
     let now = micros(params.now);
     let lease_until = now.saturating_add(duration_micros(params.lease_duration));
-    let placeholders = (0..params.queues.len())
+    let placeholders = (0..queues.len())
         .map(|i| format!("?{}", i + 6))
         .collect::<Vec<_>>()
         .join(", ");
-    // The lease never outlives the job's own timeout, so a job that overruns it
-    // is rescued as "timed out" even if its worker keeps heartbeating.
-    //
     // Of the first `max` jobs in hand-out order, those whose args added up
     // stay within the byte budget ?5 are leased, and always the first (its
-    // running total is its own size). `octet_length` reads a value's size from
-    // the row's header, not the value.
-    let timeout = timeout_micros();
+    // running total is its own size). `octet_length` reads a value's size
+    // from the row's header, not the value.
     let sql = format!(
-        "UPDATE jobs SET
-            state = 'running',
-            attempt = attempt + 1,
-            lease = lower(hex(randomblob(16))),
-            lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ?1
-                               ELSE min(?1, ?2 + {timeout}) END,
-            worker_id = ?3,
-            attempted_at = ?2,
-            progress = NULL
+        "UPDATE jobs SET {set}
          WHERE id IN (
             SELECT id FROM (
                 SELECT id, size, sum(size) OVER (ORDER BY priority, run_at, id
                                                  ROWS UNBOUNDED PRECEDING) AS upto
                 FROM (SELECT id, priority, run_at, octet_length(args) AS size FROM jobs
                       WHERE state = 'available' AND queue IN ({placeholders})
-                        AND queue NOT IN (SELECT name FROM queues WHERE paused)
+                        AND queue NOT IN (SELECT name FROM queues
+                                          WHERE paused OR limits IS NOT NULL)
                         AND (expires_at IS NULL OR expires_at > ?2)
                       ORDER BY priority, run_at, id
                       LIMIT ?4))
             WHERE upto <= ?5 OR upto = size)
-         RETURNING {JOB_COLUMNS}, lease"
+         RETURNING {JOB_COLUMNS}, lease",
+        set = lease_set()
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let mut values: Vec<rusqlite::types::Value> = vec![
@@ -130,14 +213,9 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
         i64::try_from(max).unwrap_or(i64::MAX).into(),
         i64::try_from(params.max_bytes).unwrap_or(i64::MAX).into(),
     ];
-    values.extend(params.queues.iter().map(|q| q.clone().into()));
-    let mut leased = stmt
-        .query_map(params_from_iter(values), |row| {
-            Ok(LeasedJob {
-                job: job_from_row(row)?,
-                lease: row.get(AFTER_JOB_COLUMNS)?,
-            })
-        })
+    values.extend(queues.iter().map(|q| (*q).to_owned().into()));
+    let leased = stmt
+        .query_map(params_from_iter(values), leased_from_row)
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
     count_moved(
@@ -146,9 +224,15 @@ pub fn jobs_fetch(conn: &Connection, params: &JobsFetch) -> Result<Vec<LeasedJob
         JobState::Available,
         JobState::Running,
     )?;
-    // RETURNING gives no order; hand jobs out in the order they were chosen.
-    leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
     Ok(leased)
+}
+
+/// A leased job from a row of `JOB_COLUMNS, lease`.
+pub(crate) fn leased_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LeasedJob> {
+    Ok(LeasedJob {
+        job: job_from_row(row)?,
+        lease: row.get(AFTER_JOB_COLUMNS)?,
+    })
 }
 
 /// Explains why a fenced update matched no row.

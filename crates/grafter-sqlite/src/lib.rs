@@ -12,6 +12,7 @@ mod inserts;
 mod jobs;
 mod leadership;
 mod leasing;
+mod limits;
 mod maintenance;
 mod migrations;
 mod queues;
@@ -22,6 +23,7 @@ mod workers;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
@@ -29,9 +31,10 @@ use grafter_store::{
     AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
     JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
     JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
-    MaintenanceBatch, MinuteThroughput, QueueInfo, QueuePause, QueuePush, Result,
-    ScheduleSkipsList, ScheduleWrite, Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store,
-    StoreError, ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
+    LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput, QueueInfo,
+    QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
+    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups,
+    WorkerBeat, WorkersPrune,
 };
 use rusqlite::Connection;
 
@@ -45,6 +48,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Readers,
     wakeups: Wakeups,
+    /// Exact: this process's writer makes every change to the file.
+    limited: Arc<Limited>,
 }
 
 impl SqliteStore {
@@ -55,11 +60,14 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || Writer::start(&writer_path))
             .await
             .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
+        let limited = Arc::new(Limited::default());
+        limited.replace(writer.run(limits::limited_names).await?);
         Ok(SqliteStore {
             readers: Readers::new(path.clone()),
             path,
             writer,
             wakeups: Wakeups::default(),
+            limited,
         })
     }
 
@@ -87,8 +95,9 @@ impl Store for SqliteStore {
         if params.max == 0 || params.queues.is_empty() {
             return Ok(Vec::new());
         }
+        let limited = self.limited.clone();
         self.writer
-            .run(move |conn| leasing::jobs_fetch(conn, &params))
+            .run(move |conn| leasing::jobs_fetch(conn, &params, &limited))
             .await
     }
 
@@ -205,6 +214,23 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn queue_set_limits(&self, params: QueueLimitsSet) -> Result<QueueInfo> {
+        let queue = params.queue.clone();
+        let limited = params.limits.is_some();
+        let info = self
+            .writer
+            .run(move |conn| limits::queue_set_limits(conn, &params))
+            .await?;
+        self.limited.set(&queue, limited);
+        Ok(info)
+    }
+
+    async fn queue_limit_usage(&self, params: LimitUsageQuery) -> Result<LimitUsage> {
+        self.readers
+            .run(move |conn| limits::queue_limit_usage(conn, &params))
+            .await
+    }
+
     async fn leader_acquire(&self, params: LeaderAcquire) -> Result<bool> {
         self.writer
             .run(move |conn| leadership::leader_acquire(conn, &params))
@@ -294,6 +320,10 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         self.readers.run(ping).await?;
         self.writer.run(|_| Ok(())).await
+    }
+
+    fn limited(&self) -> &Limited {
+        &self.limited
     }
 
     fn wakeups(&self) -> &Wakeups {

@@ -15,6 +15,13 @@ fn push_target(
     column: usize,
     text: Option<String>,
 ) -> rusqlite::Result<Option<grafter_core::PushTarget>> {
+    json_column(column, text)
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    column: usize,
+    text: Option<String>,
+) -> rusqlite::Result<Option<T>> {
     text.map(|t| {
         serde_json::from_str(&t).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(
@@ -31,7 +38,9 @@ fn push_target(
 fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> {
     let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
     let mut stmt = conn
-        .prepare_cached("SELECT name, paused, push FROM queues WHERE ?1 IS NULL OR name = ?1")
+        .prepare_cached(
+            "SELECT name, paused, push, limits FROM queues WHERE ?1 IS NULL OR name = ?1",
+        )
         .map_err(backend)?;
     let settings = stmt
         .query_map([only], |row| {
@@ -39,13 +48,15 @@ fn queue_infos(conn: &Connection, only: Option<&str>) -> Result<Vec<QueueInfo>> 
                 row.get::<_, String>(0)?,
                 row.get::<_, bool>(1)?,
                 push_target(2, row.get(2)?)?,
+                json_column::<grafter_core::QueueLimits>(3, row.get(3)?)?,
             ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
-    for (name, paused, push) in settings {
+    for (name, paused, push, limits) in settings {
         let mut info = QueueInfo::empty(name.clone(), paused);
         info.push = push;
+        info.limits = limits;
         queues.insert(name, info);
     }
     // Kept by triggers (migration 0004), so the jobs table is never counted.
@@ -106,7 +117,7 @@ pub fn queues_list(conn: &Connection) -> Result<Vec<QueueInfo>> {
     queue_infos(conn, None)
 }
 
-fn queue_info(conn: &Connection, name: &str) -> Result<QueueInfo> {
+pub(crate) fn queue_info(conn: &Connection, name: &str) -> Result<QueueInfo> {
     Ok(queue_infos(conn, Some(name))?
         .pop()
         .unwrap_or_else(|| QueueInfo::empty(name.to_owned(), false)))

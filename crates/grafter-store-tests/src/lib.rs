@@ -93,6 +93,18 @@ macro_rules! conformance_suite {
             two_engines_racing_enqueue_each_slot_once,
             a_slot_taken_is_never_enqueued_again,
             config_schedules_are_reconciled_by_id,
+            concurrency_is_never_exceeded_by_racing_fetches,
+            a_zombie_ack_after_rescue_changes_no_count,
+            rate_window_is_exact_across_edges,
+            a_full_partition_never_blocks_another,
+            partition_field_limits_each_partition,
+            cancel_release_and_delete_free_a_slot,
+            lowering_a_limit_stops_nothing,
+            limits_are_kept_listed_and_removed,
+            push_concurrency_and_limits_both_hold,
+            held_says_what_holds_a_job_back,
+            a_freed_slot_wakes_a_waiting_fetch,
+            a_full_rate_window_wakes_its_waiting_fetch_when_it_frees,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

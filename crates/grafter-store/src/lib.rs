@@ -9,7 +9,9 @@
 //! changes a signature. Every method that changes job state commits durably before
 //! it returns `Ok`.
 
+pub mod admission;
 mod error;
+mod limited;
 mod params;
 pub mod preview;
 mod schedules;
@@ -20,6 +22,7 @@ use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 
 pub use error::StoreError;
+pub use limited::Limited;
 pub use params::*;
 pub use schedules::*;
 pub use wakeups::{Waiter, Wakeups};
@@ -41,6 +44,11 @@ pub trait Store: Send + Sync + 'static {
     /// stopping before the job whose args would take the total past
     /// `max_bytes` (never before the first). Each leased job is `running` with
     /// `attempt + 1` and a fresh lease token.
+    ///
+    /// A queue with limits admits jobs by [`admission`] under a lock of the
+    /// queue, so no fetch anywhere leases past a limit; its jobs are leased
+    /// before those of unlimited queues named with it. A rate-limited queue
+    /// records each start.
     async fn jobs_fetch(&self, params: JobsFetch) -> Result<Vec<LeasedJob>>;
 
     /// Marks a running job `completed` with its result. Fenced by the lease.
@@ -125,6 +133,16 @@ pub trait Store: Send + Sync + 'static {
     /// Sets or removes a queue's push target (removing turns it back into a pull queue).
     async fn queue_set_push(&self, params: QueuePush) -> Result<QueueInfo>;
 
+    /// Sets or removes a queue's limits. From the commit on, every fetch of
+    /// the queue (on every node) admits jobs by the new limits; jobs already
+    /// running go on. Keeps [`Store::limited`] up to date in this process.
+    async fn queue_set_limits(&self, params: QueueLimitsSet) -> Result<QueueInfo>;
+
+    /// What a queue's limits are using now: per partition with jobs running
+    /// or started within the rate window, how many. Read, not kept: costs a
+    /// look at the running jobs and at the starts within the window.
+    async fn queue_limit_usage(&self, params: LimitUsageQuery) -> Result<LimitUsage>;
+
     /// Takes or renews the named leadership for `node` if it is free, expired,
     /// or already `node`'s; answers whether `node` leads now. Maintenance that
     /// must run once per cluster runs only on the leader.
@@ -179,6 +197,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks the backend answers; `/readyz` calls it.
     async fn ping(&self) -> Result<()>;
+
+    /// The queues with limits, as this process knows them (see [`Limited`]).
+    fn limited(&self) -> &Limited;
 
     /// The waits for work registered in this process, so a long-polling fetch
     /// waits without polling and wakes only for its queues.

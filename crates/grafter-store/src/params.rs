@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use grafter_core::{Backoff, Job, JobId, JobState, NewJob, Progress, PushTarget, Timestamp};
+use grafter_core::{
+    Backoff, Job, JobId, JobState, NewJob, Progress, PushTarget, QueueLimits, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -437,6 +439,51 @@ pub struct QueuePush {
     pub now: Timestamp,
 }
 
+/// Set or remove a queue's limits.
+#[derive(Clone, Debug)]
+pub struct QueueLimitsSet {
+    /// The queue.
+    pub queue: String,
+    /// Validated limits, or `None` to remove them.
+    pub limits: Option<QueueLimits>,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Ask what a queue's limits are using.
+#[derive(Clone, Debug)]
+pub struct LimitUsageQuery {
+    /// The queue.
+    pub queue: String,
+    /// Current time (the rate window ends here).
+    pub now: Timestamp,
+}
+
+/// What a queue's limits are using now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitUsage {
+    /// Whether the queue is paused.
+    pub paused: bool,
+    /// Its limits (`None`: it has none, and `partitions` is empty).
+    pub limits: Option<QueueLimits>,
+    /// Each partition with jobs running or started within the rate window,
+    /// by name (the empty name: the whole queue, or jobs with no partition).
+    pub partitions: Vec<PartitionUsage>,
+}
+
+/// One partition's use of its limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionUsage {
+    /// The partition.
+    pub partition: String,
+    /// Its jobs running now.
+    pub running: u64,
+    /// Its jobs started within the rate window (0 without a rate).
+    pub started: u64,
+    /// With the rate window full: when it next lets one start.
+    pub rate_full_until: Option<Timestamp>,
+}
+
 /// Delete finished jobs.
 #[derive(Clone, Debug)]
 pub struct JobsPrune {
@@ -479,6 +526,8 @@ pub struct QueueInfo {
     pub paused: bool,
     /// Where its jobs are pushed, for a push queue.
     pub push: Option<PushTarget>,
+    /// Its concurrency and rate limits, if any.
+    pub limits: Option<QueueLimits>,
     /// Jobs per state; every state is present, zero or not.
     pub counts: BTreeMap<JobState, u64>,
     /// `run_at` of its longest-waiting available job.
@@ -492,6 +541,7 @@ impl QueueInfo {
             name,
             paused,
             push: None,
+            limits: None,
             counts: JobState::ALL.into_iter().map(|s| (s, 0)).collect(),
             oldest_available_at: None,
         }

@@ -127,6 +127,7 @@ mod tests {
             created_at: now,
             attempted_at: Some(now),
             finished_at: None,
+            partition: None,
             cut: Vec::new(),
             schedule: None,
         }

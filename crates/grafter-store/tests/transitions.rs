@@ -67,6 +67,7 @@ fn running(
         created_at: run_at,
         attempted_at,
         finished_at: None,
+        partition: None,
         cut: Vec::new(),
         schedule: None,
     }

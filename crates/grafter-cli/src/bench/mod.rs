@@ -17,6 +17,8 @@ use clap::{Args, ValueEnum};
 use grafter::{
     Client, Hooks, Job, JobContext, JobError, JobId, JobInfo, JobOutcome, NewJob, Worker,
 };
+use grafter_core::QueueLimits;
+use grafter_store::QueueLimitsSet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -65,6 +67,46 @@ pub struct BenchArgs {
     /// [default: as fast as they can]
     #[arg(long)]
     rate: Option<u64>,
+    /// Limit the queue to this many running jobs at once, on every node
+    /// (docs/limits.md) [default: no limit]
+    #[arg(long)]
+    limit_concurrency: Option<i64>,
+    /// Spread the jobs over this many partitions, round robin (each job's
+    /// `partition`) [default: none]
+    #[arg(long)]
+    partitions: Option<u64>,
+    /// Limit each partition to this many running jobs at once
+    /// (`partition_by: "partition"`); needs --partitions
+    #[arg(long, requires = "partitions")]
+    partition_limit: Option<i64>,
+}
+
+impl BenchArgs {
+    /// The queue's limits the options ask for, if any.
+    fn limits(&self) -> Option<QueueLimits> {
+        match (self.partition_limit, self.limit_concurrency) {
+            (Some(n), _) => Some(QueueLimits {
+                concurrency: Some(n),
+                rate: None,
+                partition_by: Some("partition".into()),
+            }),
+            (None, Some(n)) => Some(QueueLimits {
+                concurrency: Some(n),
+                rate: None,
+                partition_by: None,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    /// The `n`-th benchmark job: a no-op, in partition `p<n mod partitions>`
+    /// with --partitions.
+    fn job(&self, n: u64) -> NewJob {
+        let mut job = NewJob::new(Noop::KIND, serde_json::json!({}));
+        job.queue = QUEUE.to_owned();
+        job.partition = self.partitions.map(|p| format!("p{}", n % p.max(1)));
+        job
+    }
 }
 
 /// Where the workers take jobs from.
@@ -118,12 +160,6 @@ impl Job for Noop {
     async fn perform(self, _ctx: JobContext) -> Result<(), JobError> {
         Ok(())
     }
-}
-
-fn noop_job() -> NewJob {
-    let mut job = NewJob::new(Noop::KIND, serde_json::json!({}));
-    job.queue = QUEUE.to_owned();
-    job
 }
 
 /// What the worker's hooks saw.
@@ -245,6 +281,27 @@ impl Setup {
 }
 
 async fn run_on(args: &BenchArgs, target: &Target) -> Result<Report, Failure> {
+    let mut report = Report::new(args.mode.name(), args.workload.name());
+    if let Some(limits) = args.limits() {
+        limits
+            .validate()
+            .map_err(|e| Failure::Message(format!("{}: {}", e.field, e.message)))?;
+        // Set on the store before any server opens it: a SQLite server reads
+        // which queues are limited when it opens the file.
+        let store = target.open_store().await?;
+        store
+            .queue_set_limits(QueueLimitsSet {
+                queue: QUEUE.to_owned(),
+                limits: Some(limits.clone()),
+                now: chrono::Utc::now(),
+            })
+            .await
+            .map_err(|e| Failure::Message(format!("setting the queue's limits: {e}")))?;
+        report.note(format!(
+            "limits      {}",
+            serde_json::to_string(&limits).unwrap_or_default()
+        ));
+    }
     let setup = match args.mode {
         Mode::Inprocess => Setup {
             client: Client::from_store(target.open_store().await?),
@@ -258,7 +315,6 @@ async fn run_on(args: &BenchArgs, target: &Target) -> Result<Report, Failure> {
             }
         }
     };
-    let mut report = Report::new(args.mode.name(), args.workload.name());
     let outcome = match args.workload {
         Workload::Burndown => burndown(args, &setup, &mut report).await,
         Workload::Continuous => continuous(args, &setup, &mut report).await,
@@ -274,15 +330,16 @@ async fn run_on(args: &BenchArgs, target: &Target) -> Result<Report, Failure> {
 /// each, counting them in `progress`.
 async fn enqueue_all(
     client: &Client,
+    args: &BenchArgs,
     total: u64,
-    batch: usize,
-    producers: usize,
     progress: Arc<AtomicU64>,
 ) -> Result<(), Failure> {
+    let batch = args.batch;
     let claimed = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..producers {
+    for _ in 0..args.producers {
         let (client, claimed, progress) = (client.clone(), claimed.clone(), progress.clone());
+        let args = args.clone();
         tasks.spawn(async move {
             loop {
                 let start = claimed.fetch_add(batch as u64, Ordering::Relaxed);
@@ -291,7 +348,7 @@ async fn enqueue_all(
                 }
                 let n = (total - start).min(batch as u64);
                 client
-                    .enqueue_raw((0..n).map(|_| noop_job()).collect())
+                    .enqueue_raw((start..start + n).map(|i| args.job(i)).collect())
                     .await?;
                 progress.fetch_add(n, Ordering::Relaxed);
             }
@@ -335,7 +392,7 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
     let cpu = setup.cpu();
     let started = Instant::now();
     let enqueued = tokio::select! {
-        enqueued = enqueue_all(&setup.client, total, args.batch, args.producers, progress.counter()) => enqueued,
+        enqueued = enqueue_all(&setup.client, args, total, progress.counter()) => enqueued,
         () = progress.follow(None, None) => Ok(()),
     };
     let enqueue_time = started.elapsed();
@@ -402,12 +459,13 @@ async fn continuous(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Res
             enqueued.clone(),
             args.batch,
         );
+        let args = args.clone();
         producers.spawn(async move {
             let mut next = tokio::time::Instant::now();
             while tokio::time::Instant::now() < deadline {
                 let at = Instant::now();
                 let jobs = client
-                    .enqueue_raw((0..batch).map(|_| noop_job()).collect())
+                    .enqueue_raw((0..batch as u64).map(|i| args.job(i)).collect())
                     .await?;
                 enqueued.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 enqueues
@@ -483,7 +541,7 @@ async fn latency(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Result
             let at = Instant::now();
             let job = setup
                 .client
-                .enqueue_raw(vec![noop_job()])
+                .enqueue_raw(vec![args.job(0)])
                 .await?
                 .pop()
                 .ok_or_else(|| Failure::Message("the enqueue answered no job".into()))?;

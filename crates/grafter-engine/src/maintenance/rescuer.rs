@@ -28,5 +28,10 @@ pub(super) async fn pass(engine: Engine, batch_size: usize, stale_after: Duratio
         limit: batch_size,
         backoff: engine.config().retry,
     };
-    Ok(store.jobs_rescue_expired(rescue).await?)
+    let rescued = store.jobs_rescue_expired(rescue).await?;
+    if rescued > 0 {
+        // Each rescued job held a slot of its queue, if limited.
+        engine.announce_freed(None);
+    }
+    Ok(rescued)
 }

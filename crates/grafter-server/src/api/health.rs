@@ -11,6 +11,8 @@ use grafter_engine::maintenance::ServiceHealth;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use grafter_store::LimitUsageQuery;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -83,8 +85,19 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let queues = state.store().queues_list().await?;
+    let mut limits = Vec::new();
+    for queue in queues.iter().filter(|q| q.limits.is_some()) {
+        let usage = state
+            .store()
+            .queue_limit_usage(LimitUsageQuery {
+                queue: queue.name.clone(),
+                now: state.engine().now(),
+            })
+            .await?;
+        limits.push((queue.name.clone(), usage));
+    }
     let maintenance = state.maintenance_health().snapshot();
-    let text = state.metrics().render(&queues, &maintenance);
+    let text = state.metrics().render(&queues, &limits, &maintenance);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -5,7 +5,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
-use grafter_core::{Job, JobId, JobState, NewJob};
+use grafter_core::{Held, Job, JobId, JobState, NewJob};
 use grafter_engine::When;
 use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
@@ -69,19 +69,33 @@ pub async fn enqueue_batch(
     Ok((StatusCode::CREATED, Json(JobsBody { jobs })))
 }
 
+/// One job, and for an available job what holds it back.
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    /// The job.
+    #[serde(flatten)]
+    pub job: Job,
+    /// For an available job that its queue's pause or limits hold back:
+    /// why (`paused`, `concurrency` or `rate`) and, for people, how much of
+    /// which limit is in use and until when. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+}
+
 /// One job.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
-) -> Result<Json<Job>, ApiError> {
-    state
+) -> Result<Json<JobView>, ApiError> {
+    let job = state
         .store()
         .job_get(id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let held = state.engine().held(&job).await?;
+    Ok(Json(JobView { job, held }))
 }
 
 /// Filters for listing jobs.

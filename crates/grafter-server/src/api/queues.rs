@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
-use grafter_core::PushTarget;
+use grafter_core::{PushTarget, QueueLimits};
 use grafter_store::QueueInfo;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,6 +23,8 @@ pub struct QueueBody {
     pub paused: bool,
     /// Where jobs are pushed, for a push queue (its secrets are never shown).
     pub push: Option<PushView>,
+    /// Its concurrency and rate limits (docs/limits.md), if any.
+    pub limits: Option<QueueLimits>,
     /// Jobs per state (every state present).
     pub counts: BTreeMap<String, u64>,
     /// `run_at` of the longest-waiting available job.
@@ -57,6 +59,7 @@ impl From<QueueInfo> for QueueBody {
                 headers: p.headers.into_keys().collect(),
                 secrets: 1 + p.old_secrets.len(),
             }),
+            limits: info.limits,
             counts: info
                 .counts
                 .into_iter()
@@ -112,19 +115,38 @@ pub async fn resume(
     set_paused(state, name, false).await
 }
 
-/// A queue's settings.
+/// A queue's settings. Only the keys given change; `null` removes one.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     /// Makes it a push queue: Grafter POSTs each due job to `url`, signed with
-    /// `secret` (and each of `old_secrets` while rotating). `null` or absent:
-    /// a pull queue, whose jobs workers fetch.
-    pub push: Option<PushTarget>,
+    /// `secret` (and each of `old_secrets` while rotating). `null`: a pull
+    /// queue again, whose jobs workers fetch. Absent: left as it is.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<PushTarget>)]
+    pub push: Option<Option<PushTarget>>,
+    /// Limits how many of its jobs run at once and start per period, for the
+    /// queue or each partition (docs/limits.md). `null`: no limits. Absent:
+    /// left as they are.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<QueueLimits>)]
+    pub limits: Option<Option<QueueLimits>>,
 }
 
-/// Set a queue's settings: today, its push target. The answer never shows
-/// secrets. Whoever may call this decides where jobs are sent, so keep the
-/// server's token to administrators.
+/// A key that is present: `Some(None)` for `null`, `Some(value)` otherwise
+/// (an absent key stays `None` by `default`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Set a queue's settings: its push target and its limits, each only if
+/// given (`null` removes it). Both are checked before either is stored. The
+/// answer never shows secrets. Whoever may call this decides where jobs are
+/// sent, so keep the server's token to administrators.
 #[utoipa::path(put, path = "/v1/queues/{name}", tag = "queues", params(("name" = String, Path)),
     request_body = QueueSettings,
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
@@ -133,7 +155,31 @@ pub async fn update(
     Path(name): Path<String>,
     ApiJson(settings): ApiJson<QueueSettings>,
 ) -> Result<Json<QueueBody>, ApiError> {
-    let info = state.engine().queue_set_push(&name, settings.push).await?;
-    state.push_targets_changed().notify_one();
+    let engine = state.engine();
+    if let Some(Some(target)) = &settings.push {
+        target.validate()?;
+    }
+    if let Some(Some(limits)) = &settings.limits {
+        limits.validate()?;
+    }
+    let mut info = None;
+    if let Some(push) = settings.push {
+        info = Some(engine.queue_set_push(&name, push).await?);
+        state.push_targets_changed().notify_one();
+    }
+    if let Some(limits) = settings.limits {
+        info = Some(engine.queue_set_limits(&name, limits).await?);
+    }
+    let info = match info {
+        Some(info) => info,
+        // Nothing to change: the queue as it is.
+        None => state
+            .store()
+            .queues_list()
+            .await?
+            .into_iter()
+            .find(|q| q.name == name)
+            .unwrap_or_else(|| QueueInfo::empty(name, false)),
+    };
     Ok(Json(info.into()))
 }

@@ -44,6 +44,9 @@ pub(super) async fn page(
         Ok(job) => job,
         Err(response) => return response,
     };
+    // Why an available job is not starting (a pause or a limit); a failed
+    // look only leaves the note out.
+    let held = state.engine().held(&job).await.ok().flatten();
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let editable = !matches!(job.state, JobState::Running | JobState::Completed);
     html(layout::page(
@@ -53,6 +56,11 @@ pub(super) async fn page(
         html! {
             h1 { "Job #" (job.id) " " code { (job.kind) } }
             div data-live={ "/jobs/" (job.id) "/live" } data-interval="2000" { (status(&job)) }
+            @if let Some(held) = &held {
+                p.held data-held=(held.reason.as_str()) {
+                    strong { "Held back: " } (held.message)
+                }
+            }
             (actions(&job, &ctx))
             section.columns {
                 div {
@@ -83,6 +91,7 @@ pub(super) async fn page(
                         dt { "Priority" } dd { (job.priority) " (lower runs first)" }
                         dt { "Tags" } dd { @if job.tags.is_empty() { span.muted { "none" } } @for t in &job.tags {
                             a.tag href={ "/jobs?tag=" (super::overview::urlencode(t)) } { (t) } " " } }
+                        dt { "Partition" } dd { @if let Some(p) = &job.partition { code { (p) } } @else { span.muted { "none" } } }
                         dt { "Unique key" } dd { @if let Some(k) = &job.unique_key { code { (k) } } @else { span.muted { "none" } } }
                         dt { "Timeout" } dd { @if let Some(t) = job.timeout_ms { (t) " ms" } @else { span.muted { "none" } } }
                         dt { "Expires" } dd { (time_or_dash(job.expires_at)) }

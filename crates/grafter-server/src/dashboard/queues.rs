@@ -1,5 +1,6 @@
 //! Queues: depth, how long the oldest job has waited, paused or not (with the
-//! buttons to change it), and the push target if any — never its secrets.
+//! buttons to change it), its limits, and the push target if any — never its
+//! secrets.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -35,7 +36,7 @@ pub(super) async fn page(
                 table.queues {
                     thead { tr {
                         th { "Queue" } th { "Status" } th.num { "Depth (available)" } th.num { "Scheduled" } th.num { "Retryable" }
-                        th.num { "Running" } th.num { "Dead" } th { "Oldest available waits" } th { "Push target" } th {}
+                        th.num { "Running" } th.num { "Dead" } th { "Oldest available waits" } th { "Limits" } th { "Push target" } th {}
                     } }
                     tbody {
                         @for q in &queues {
@@ -49,6 +50,13 @@ pub(super) async fn page(
                                 td.num { (n(JobState::Running)) }
                                 td.num { a href={ "/jobs?state=dead&queue=" (urlencode(&q.name)) } { (n(JobState::Dead)) } }
                                 td { @if let Some(t) = q.oldest_available_at { (age(now - t)) " (since " (time(t)) ")" } @else { span.muted { "—" } } }
+                                td.limits {
+                                    @if let Some(l) = &q.limits {
+                                        @if let Some(n) = l.concurrency { (n) " at once" br; }
+                                        @if let Some(r) = l.rate { (r.count) " per " (r.period_ms) " ms" br; }
+                                        @if let Some(by) = &l.partition_by { span.muted { "per " code { (by) } } }
+                                    } @else { span.muted { "none" } }
+                                }
                                 td {
                                     @if let Some(p) = &q.push {
                                         code { (p.redacted_url()) } br;
