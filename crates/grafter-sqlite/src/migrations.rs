@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/0008_job_ids_never_reused.sql"),
     ),
     (9, include_str!("../migrations/0009_schedules.sql")),
+    (10, include_str!("../migrations/0010_jobs_of_schedule.sql")),
 ];
 
 /// Brings the schema up to date.

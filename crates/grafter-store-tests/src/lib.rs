@@ -93,6 +93,7 @@ macro_rules! conformance_suite {
             two_engines_racing_enqueue_each_slot_once,
             a_slot_taken_is_never_enqueued_again,
             config_schedules_are_reconciled_by_id,
+            jobs_list_by_schedule,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
