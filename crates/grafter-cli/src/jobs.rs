@@ -101,6 +101,9 @@ pub enum JobsCommand {
         /// Only jobs carrying this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only jobs made by this schedule.
+        #[arg(long)]
+        schedule: Option<String>,
         /// Only jobs whose args hold a value, as path=value (e.g. user.id=42).
         #[arg(long)]
         args: Option<String>,
@@ -149,6 +152,7 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
             queue,
             kind,
             tag,
+            schedule,
             args,
             limit,
             cursor,
@@ -161,6 +165,7 @@ pub async fn jobs(command: JobsCommand) -> Result<(), Failure> {
                 ("queue", queue),
                 ("kind", kind),
                 ("tag", tag),
+                ("schedule", schedule),
                 ("args", args),
                 ("cursor", cursor),
             ] {

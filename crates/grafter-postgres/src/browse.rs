@@ -3,7 +3,8 @@
 //!
 //! A list walks one index in id order (the "driver") and checks any other
 //! filter row by row, at most `scan_limit` rows per page. Drivers, best first:
-//! a tag (`job_tags`), a queue or kind with a state (`jobs_queue_state`,
+//! a tag (`job_tags`), a schedule (`jobs_of_schedule`), a queue or kind with
+//! a state (`jobs_queue_state`,
 //! `jobs_kind_state`), a queue or kind alone (the same indexes, one ordered
 //! range per state merged), a state alone (`jobs_queue_state`, one ordered
 //! range per queue merged), or the primary key; running jobs, which those
@@ -129,6 +130,17 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
         );
         return;
     }
+    if let Some(schedule) = &params.schedule {
+        range(
+            sql,
+            "id",
+            "jobs",
+            &[("schedule_id", Cond::Value(schedule.clone()))],
+            params,
+            limit,
+        );
+        return;
+    }
     let by = match (&params.queue, &params.kind) {
         (Some(queue), _) => Some(("queue", queue.clone())),
         (None, Some(kind)) => Some(("kind", kind.clone())),
@@ -210,6 +222,10 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &IndexedFilters) -> Resu
     }
     if let (Some(kind), false) = (&params.kind, driven.kind) {
         sql.push(" AND kind = ").bind(kind.clone());
+        any = true;
+    }
+    if let (Some(schedule), false) = (&params.schedule, driven.schedule) {
+        sql.push(" AND schedule_id = ").bind(schedule.clone());
         any = true;
     }
     if let Some(args) = &params.args {

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("../migrations/0010_enqueue_function.sql")),
     (11, include_str!("../migrations/0011_schedules.sql")),
     (12, include_str!("../migrations/0012_limits.sql")),
+    (13, include_str!("../migrations/0013_jobs_of_schedule.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: Debian's headless Chromium driven over
 //! WebDriver (chromedriver), against `grafter serve`'s server on a loopback
 //! port. One test walks what a person does: read the overview, filter to dead
-//! jobs, open one, retry it, pause and resume a queue, watch a running job's
-//! progress move, and see hostile job data shown as text. Screenshots of each
+//! jobs, open one, retry it, pause and resume a queue, open a schedule,
+//! trigger and pause it, watch a running job's progress move, and see
+//! hostile job data shown as text. Screenshots of each
 //! page go to `test-artifacts/` at the workspace root.
 //!
 //! Chromium and chromedriver come from `.ci/run` (`apt_install chromium
@@ -17,7 +18,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fantoccini::{Client, ClientBuilder, Locator};
-use grafter_core::{JobId, LeasedJob, NewJob, Progress, WorkerRegistration};
+use grafter_core::{
+    JobId, LeasedJob, NewJob, Progress, ScheduleSource, ScheduleSpec, WorkerRegistration,
+};
+use grafter_engine::{Engine, EngineConfig};
 use grafter_server::ServerConfig;
 use grafter_sqlite::SqliteStore;
 use grafter_store::{JobFail, JobHeartbeat, JobsFetch, JobsInsert, Store, WorkerBeat};
@@ -232,6 +236,18 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
         .await
         .unwrap();
 
+    // A schedule that does not fire during the test: it runs when triggered.
+    let mut nightly = ScheduleSpec::cron(
+        "0 3 * * *",
+        NewJob::new("build_report", json!({"full": true})),
+    );
+    nightly.timezone = "Europe/Berlin".into();
+    nightly.job.queue = "reports".into();
+    Engine::new(store.clone(), EngineConfig::default())
+        .schedule_put("nightly-report", nightly, ScheduleSource::Api)
+        .await
+        .unwrap();
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -375,6 +391,88 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
             .await
             .contains("active"));
         assert!(store.queues_list().await.unwrap().iter().all(|q| !q.paused));
+
+        // A schedule: open it from the list, trigger it (asks first), see
+        // its run among its jobs, pause it.
+        client.goto(&format!("{base}/schedules")).await.unwrap();
+        let row = text(&client, r#"tr[data-schedule="nightly-report"]"#).await;
+        assert!(
+            row.contains("0 3 * * *") && row.contains("Europe/Berlin") && row.contains("active"),
+            "{row}"
+        );
+        shot(&client, "schedules").await;
+        client
+            .find(Locator::Css(
+                r#"tr[data-schedule="nightly-report"] a[href="/schedules/nightly-report"]"#,
+            ))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let upcoming = eventually(&client, "ol.upcoming", "the next fire times", |t| {
+            t.lines().count() == 10
+        })
+        .await;
+        assert!(
+            upcoming.contains("ago") || upcoming.contains("in "),
+            "{upcoming}"
+        );
+        assert!(text(&client, "main")
+            .await
+            .contains("No job of this schedule is kept."));
+        client
+            .find(Locator::Css(
+                r#"form[action="/schedules/nightly-report/trigger"] button"#,
+            ))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        client.accept_alert().await.unwrap();
+        let flash = eventually(&client, "p.flash.ok", "the trigger confirmation", |t| {
+            t.contains("Triggered schedule nightly-report")
+        })
+        .await;
+        let triggered = text(&client, "table.jobs tbody tr").await;
+        assert!(
+            triggered.contains("available") && triggered.contains("triggered"),
+            "{triggered}"
+        );
+        let job_id: String = flash
+            .split('#')
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .trim_end_matches('.')
+            .to_owned();
+        assert!(
+            triggered.contains(&format!("#{job_id}")),
+            "{triggered} / {flash}"
+        );
+        shot(&client, "schedule").await;
+        client
+            .find(Locator::Css(
+                r#"form[action="/schedules/nightly-report/pause"] button"#,
+            ))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        client.accept_alert().await.unwrap();
+        eventually(&client, "p.flash.ok", "the pause confirmation", |t| {
+            t.contains("Paused schedule nightly-report")
+        })
+        .await;
+        assert!(text(&client, "h1").await.contains("paused"));
+        assert!(client
+            .find(Locator::Css(
+                r#"form[action="/schedules/nightly-report/resume"] button"#
+            ))
+            .await
+            .is_ok());
 
         // Workers.
         client.goto(&format!("{base}/workers")).await.unwrap();

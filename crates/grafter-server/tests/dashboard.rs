@@ -204,6 +204,7 @@ async fn every_page_renders_with_security_headers() {
         format!("/jobs/{id}"),
         format!("/jobs/{id}/live"),
         "/queues".into(),
+        "/schedules".into(),
         "/workers".into(),
     ] {
         let answer = dash.get(&uri).await;
@@ -821,4 +822,151 @@ async fn limits_and_what_holds_a_job_show() {
     );
     let page = dash.get(&format!("/jobs/{}", running[0].job.id)).await.body;
     assert!(!page.contains("data-held"), "a running job is not held");
+}
+
+/// The schedules' pages: the list with timing, zone, last job and skipped
+/// slots; a schedule's page with its upcoming times, skips and reasons, and
+/// latest jobs; pause, resume and trigger as CSRF-checked POSTs.
+#[tokio::test]
+async fn schedules_show_their_runs_and_skips_and_act_through_forms() {
+    use grafter_core::{ScheduleSource, ScheduleSpec};
+    use grafter_engine::{Clock, Engine, EngineConfig};
+
+    let dash = dash_with(ServerConfig::default()).await;
+    // Fired on a clock of its own: 00:00 runs, then after a gap 00:10 runs
+    // and the nine minutes between are skipped (catch_up skip).
+    let start: chrono::DateTime<Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    let clock = Clock::manual(start);
+    let engine = Engine::new(dash.store.clone(), EngineConfig::default()).with_clock(clock.clone());
+    let mut spec = ScheduleSpec::every(60_000, NewJob::new("tick", json!({})));
+    spec.timezone = "Asia/Tokyo".into();
+    engine
+        .schedule_put("tick", spec, ScheduleSource::Api)
+        .await
+        .unwrap();
+    engine.schedules_fire_due(100).await.unwrap();
+    clock.set(start + chrono::Duration::minutes(10));
+    engine.schedules_fire_due(100).await.unwrap();
+    let plain = dash.enqueue(NewJob::new("tick", json!({}))).await;
+
+    let list = dash.get("/schedules").await;
+    assert_eq!(list.status, StatusCode::OK);
+    let row = list
+        .body
+        .split(r#"data-schedule="tick""#)
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for tick: {}", list.body));
+    for want in ["every 1 min", "Asia/Tokyo", "active", ">9<", "available"] {
+        assert!(row.contains(want), "{want} in {row}");
+    }
+
+    let page = dash.get("/schedules/tick").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        page.body.matches("<li><time").count(),
+        10,
+        "ten upcoming times"
+    );
+    assert!(page.body.contains("<code>missed</code>"), "{}", page.body);
+    assert!(
+        page.body.contains("2025-06-01 00:01:00 UTC"),
+        "the first skipped slot"
+    );
+    assert_eq!(page.body.matches("data-job=").count(), 2, "the two runs");
+    assert!(!page.body.contains(&format!(r#"data-job="{plain}""#)));
+    assert!(page.body.contains(r#"href="/jobs?schedule=tick""#));
+    let all = dash.get("/jobs?schedule=tick").await;
+    assert_eq!(all.body.matches("data-job=").count(), 2, "{}", all.body);
+    assert_secure_headers(&page);
+
+    let cookie = format!("grafter_csrf={NONCE}");
+    let csrf = dash.csrf_token("/schedules/tick", &cookie).await;
+    let flash_of = |a: &Answer| {
+        let raw = a.set_cookie("grafter_flash").unwrap_or_default();
+        form_urlencoded::parse(raw.replacen("grafter_flash=", "f=", 1).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    for action in ["pause", "trigger"] {
+        let refused = dash
+            .post(
+                &format!("/schedules/tick/{action}"),
+                &cookie,
+                &[("csrf", NONCE)],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{action}");
+    }
+    assert_eq!(
+        dash.get("/schedules/tick/pause").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let schedule = engine.schedule_get("tick").await.unwrap();
+    assert!(!schedule.paused);
+    let last_job = schedule.last_job_id;
+
+    let paused = dash
+        .post("/schedules/tick/pause", &cookie, &[("csrf", &csrf)])
+        .await;
+    assert_eq!(paused.status, StatusCode::SEE_OTHER);
+    assert_eq!(paused.location(), "/schedules/tick");
+    assert!(
+        flash_of(&paused).starts_with("ok|Paused schedule tick"),
+        "{}",
+        flash_of(&paused)
+    );
+    assert!(engine.schedule_get("tick").await.unwrap().paused);
+    assert!(dash
+        .get("/schedules/tick")
+        .await
+        .body
+        .contains(r#"action="/schedules/tick/resume""#));
+
+    let triggered = dash
+        .post("/schedules/tick/trigger", &cookie, &[("csrf", &csrf)])
+        .await;
+    let message = flash_of(&triggered);
+    assert!(
+        message.starts_with("ok|Triggered schedule tick: job #"),
+        "{message}"
+    );
+    let schedule = engine.schedule_get("tick").await.unwrap();
+    assert_ne!(
+        schedule.last_job_id, last_job,
+        "the trigger is the last run"
+    );
+    let id = schedule.last_job_id.unwrap();
+    assert!(message.contains(&format!("#{id} ")), "{message}");
+    let job = dash.store.job_get(id).await.unwrap().unwrap();
+    assert_eq!(job.schedule.unwrap().slot, None);
+    let page = dash.get("/schedules/tick").await.body;
+    assert!(page.contains(&format!(r#"data-job="{id}""#)) && page.contains("triggered"));
+
+    let resumed = dash
+        .post("/schedules/tick/resume", &cookie, &[("csrf", &csrf)])
+        .await;
+    assert!(flash_of(&resumed).starts_with("ok|Resumed schedule tick"));
+    assert!(!engine.schedule_get("tick").await.unwrap().paused);
+
+    let gone = dash
+        .post("/schedules/nope/trigger", &cookie, &[("csrf", &csrf)])
+        .await;
+    assert_eq!(gone.location(), "/schedules");
+    assert!(
+        flash_of(&gone).starts_with("error|There is no schedule"),
+        "{}",
+        flash_of(&gone)
+    );
+    assert_eq!(
+        dash.get("/schedules/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        dash.post("/schedules/tick/explode", &cookie, &[("csrf", &csrf)])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
 }

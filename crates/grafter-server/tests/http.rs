@@ -1390,6 +1390,17 @@ async fn schedules_round_trip(api: Api) {
     );
     assert_eq!(resumed["last_job_id"], job["id"]);
     assert_eq!(resumed["last_job_state"], "available");
+    // The schedule's jobs, by the job list's `schedule` filter.
+    api.post("/v1/jobs", json!({"kind": "report", "queue": "reports"}))
+        .await;
+    let (status, page) = api.get("/v1/jobs?schedule=weekday-report").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed: Vec<&Value> = page["jobs"].as_array().unwrap().iter().collect();
+    assert_eq!(listed.len(), 1, "only the schedule's job: {page}");
+    assert_eq!(listed[0]["id"], job["id"]);
+    let (status, page) = api.get("/v1/jobs?schedule=another").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["jobs"], json!([]));
 
     let (status, preview) = api
         .get("/v1/schedules/weekday-report/preview?count=12")

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (9, include_str!("../migrations/0009_schedules.sql")),
     (10, include_str!("../migrations/0010_limits.sql")),
+    (11, include_str!("../migrations/0011_jobs_of_schedule.sql")),
 ];
 
 /// Brings the schema up to date.

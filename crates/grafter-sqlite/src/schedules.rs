@@ -9,7 +9,7 @@ use grafter_store::{
     DueSchedule, Fired, JobsInsert, Result, ScheduleSkipsList, ScheduleWrite, SchedulesDue,
     SchedulesFire, SchedulesList, StoreError, SKIPS_KEPT,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use crate::error::backend;
 use crate::inserts;
@@ -51,38 +51,49 @@ fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<Schedule> {
 pub fn schedule_write(conn: &Connection, params: &ScheduleWrite) -> Result<bool> {
     let s = &params.schedule;
     let spec = to_json(&s.spec)?;
-    let values = params![
-        s.id,
-        spec,
-        s.paused,
-        s.source.as_str(),
+    let (next_run_at, last_slot, last_run_at) = (
         s.next_run_at.map(micros),
         s.last_slot.map(micros),
         s.last_run_at.map(micros),
-        s.last_job_id.map(|id| id.0),
-        s.skip_before.map(micros),
-        params.expected_version.unwrap_or(0) + 1,
-        micros(s.created_at),
-        micros(s.updated_at),
-        params.expected_version,
+    );
+    let (last_job_id, skip_before) = (s.last_job_id.map(|id| id.0), s.skip_before.map(micros));
+    let version = params.expected_version.unwrap_or(0) + 1;
+    let (created_at, updated_at) = (micros(s.created_at), micros(s.updated_at));
+    let values: [&dyn ToSql; 12] = [
+        &s.id,
+        &spec,
+        &s.paused,
+        &s.source.as_str(),
+        &next_run_at,
+        &last_slot,
+        &last_run_at,
+        &last_job_id,
+        &skip_before,
+        &version,
+        &created_at,
+        &updated_at,
     ];
-    let written = match params.expected_version {
+    let written = match &params.expected_version {
         None => conn
             .prepare_cached(
                 "INSERT INTO schedules (id, spec, paused, source, next_run_at, last_slot,
                     last_run_at, last_job_id, skip_before, version, created_at, updated_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 WHERE ?13 IS NULL
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT (id) DO NOTHING",
             )
-            .and_then(|mut stmt| stmt.execute(values)),
-        Some(_) => conn
+            .and_then(|mut stmt| stmt.execute(&values[..])),
+        Some(expected) => conn
             .prepare_cached(
                 "UPDATE schedules SET spec = ?2, paused = ?3, source = ?4, next_run_at = ?5,
                     last_slot = ?6, last_run_at = ?7, last_job_id = ?8, skip_before = ?9,
                     version = ?10, created_at = ?11, updated_at = ?12
                  WHERE id = ?1 AND version = ?13",
             )
-            .and_then(|mut stmt| stmt.execute(values)),
+            .and_then(|mut stmt| {
+                let mut with_version = values.to_vec();
+                with_version.push(expected);
+                stmt.execute(&with_version[..])
+            }),
     }
     .map_err(backend)?;
     Ok(written == 1)

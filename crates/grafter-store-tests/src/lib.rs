@@ -105,6 +105,7 @@ macro_rules! conformance_suite {
             held_says_what_holds_a_job_back,
             a_freed_slot_wakes_a_waiting_fetch,
             a_full_rate_window_wakes_its_waiting_fetch_when_it_frees,
+            jobs_list_by_schedule,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

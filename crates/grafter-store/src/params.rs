@@ -185,6 +185,8 @@ pub struct JobsList {
     pub kind: Option<String>,
     /// Only jobs carrying this tag.
     pub tag: Option<String>,
+    /// Only jobs made by this schedule (its slots' and its triggered runs).
+    pub schedule: Option<String>,
     /// Only jobs whose args hold this value at this path.
     pub args: Option<ArgsMatch>,
     /// Page size.
@@ -259,24 +261,28 @@ pub struct IndexedFilters {
     pub queue: bool,
     /// The kind filter.
     pub kind: bool,
+    /// The schedule filter.
+    pub schedule: bool,
 }
 
 impl JobsList {
     /// What the index walk for these filters answers: a tag walks the tag index
-    /// alone; otherwise state and queue are indexed, and kind too when no queue
-    /// is named.
+    /// alone, else a schedule its jobs' index (schedule, id) alone; otherwise
+    /// state and queue are indexed, and kind too when no queue is named.
     pub fn indexed_filters(&self) -> IndexedFilters {
-        if self.tag.is_some() {
+        if self.tag.is_some() || self.schedule.is_some() {
             return IndexedFilters {
                 state: false,
                 queue: false,
                 kind: false,
+                schedule: self.tag.is_none(),
             };
         }
         IndexedFilters {
             state: true,
             queue: true,
             kind: self.queue.is_none(),
+            schedule: false,
         }
     }
 }

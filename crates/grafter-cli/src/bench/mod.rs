@@ -7,6 +7,7 @@
 
 mod cpu;
 mod report;
+mod schedules;
 mod target;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,6 +137,9 @@ pub enum Workload {
     Continuous,
     /// One job at a time on an idle queue: enqueue → start.
     Latency,
+    /// `--jobs` schedules (default 10,000) due on the same minute: how soon
+    /// all their jobs are enqueued, and a firing pass's idle cost.
+    Schedules,
 }
 
 impl Workload {
@@ -144,6 +148,7 @@ impl Workload {
             Workload::Burndown => "burndown",
             Workload::Continuous => "continuous",
             Workload::Latency => "latency",
+            Workload::Schedules => "schedules",
         }
     }
 }
@@ -234,6 +239,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             target.durability
         );
     }
+    if args.workload == Workload::Schedules {
+        let outcome = tokio::select! {
+            outcome = schedules::run(&args, &target) => outcome,
+            _ = tokio::signal::ctrl_c() => Err(Failure::Message("interrupted".into())),
+        };
+        target.remove().await;
+        return outcome;
+    }
     let load_before = report::load_average();
     let outcome = tokio::select! {
         outcome = run_on(&args, &target) => outcome,
@@ -319,6 +332,7 @@ async fn run_on(args: &BenchArgs, target: &Target) -> Result<Report, Failure> {
         Workload::Burndown => burndown(args, &setup, &mut report).await,
         Workload::Continuous => continuous(args, &setup, &mut report).await,
         Workload::Latency => latency(args, &setup, &mut report).await,
+        Workload::Schedules => unreachable!("run() hands the schedules workload to its own module"),
     };
     if let Some(server) = setup.server {
         server.stop().await;

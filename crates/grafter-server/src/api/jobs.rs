@@ -111,13 +111,15 @@ pub struct ListQuery {
     pub kind: Option<String>,
     /// Only jobs carrying this tag.
     pub tag: Option<String>,
+    /// Only jobs made by this schedule (by its slots or triggered by hand).
+    pub schedule: Option<String>,
     /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
     /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as
     /// text).
     pub args: Option<String>,
     /// Page size (default 50, at most 1000). A page may hold fewer jobs, even
     /// none, while `next_cursor` is set: when filters are checked job by job
-    /// (args, a tag with anything else, a queue with a kind), one page looks
+    /// (args, a tag or schedule with anything else, a queue with a kind), one page looks
     /// at no more than 10,000 jobs.
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
@@ -209,6 +211,7 @@ pub async fn list(
             queue: name("queue", query.queue)?,
             kind: name("kind", query.kind)?,
             tag: name("tag", query.tag)?,
+            schedule: name("schedule", query.schedule)?,
             args,
             limit,
             after,

@@ -1,6 +1,7 @@
-//! The job list: filters (state, queue, kind, tag, a value inside args), a
-//! jump to an id, newest or oldest first, keyset pages, and bulk retry,
-//! cancel and delete of selected rows or of every dead job a filter matches.
+//! The job list: filters (state, queue, kind, tag, schedule, a value inside
+//! args), a jump to an id, newest or oldest first, keyset pages, and bulk
+//! retry, cancel and delete of selected rows or of every dead job a filter
+//! matches.
 
 use std::time::Instant;
 
@@ -35,6 +36,9 @@ pub(super) struct Filter {
     kind: String,
     #[serde(default)]
     tag: String,
+    /// The schedule that made the jobs.
+    #[serde(default)]
+    schedule: String,
     /// `path=value`, e.g. `user.id=42`.
     #[serde(default)]
     args: String,
@@ -57,6 +61,7 @@ impl Filter {
             queue: get("queue"),
             kind: get("kind"),
             tag: get("tag"),
+            schedule: get("schedule"),
             args: get("args"),
             id: String::new(),
             order: get("order"),
@@ -82,6 +87,7 @@ impl Filter {
             queue: name_filter("queue", self.queue.trim()).map_err(|e| e.to_string())?,
             kind: name_filter("kind", self.kind.trim()).map_err(|e| e.to_string())?,
             tag: name_filter("tag", self.tag.trim()).map_err(|e| e.to_string())?,
+            schedule: name_filter("schedule", self.schedule.trim()).map_err(|e| e.to_string())?,
             args: some(&self.args).map(|a| parse_args(&a)).transpose()?,
             limit,
             after,
@@ -102,6 +108,7 @@ impl Filter {
             ("queue", &self.queue),
             ("kind", &self.kind),
             ("tag", &self.tag),
+            ("schedule", &self.schedule),
             ("args", &self.args),
             ("order", &self.order),
         ] {
@@ -115,7 +122,8 @@ impl Filter {
     fn hidden_fields(&self) -> Markup {
         html! {
             @for (k, v) in [("state", &self.state), ("queue", &self.queue), ("kind", &self.kind),
-                            ("tag", &self.tag), ("args", &self.args), ("order", &self.order)] {
+                            ("tag", &self.tag), ("schedule", &self.schedule), ("args", &self.args),
+                            ("order", &self.order)] {
                 input type="hidden" name=(k) value=(v);
             }
         }
@@ -193,6 +201,7 @@ pub(super) async fn page(
                 datalist id="queue-names" { @for q in &queues { option value=(q.name) {} } }
                 label { "Kind " input name="kind" value=(filter.kind) placeholder="any"; }
                 label { "Tag " input name="tag" value=(filter.tag) placeholder="any"; }
+                label { "Schedule " input name="schedule" value=(filter.schedule) placeholder="any"; }
                 label { "Args " input name="args" value=(filter.args) placeholder="user.id=42"; }
                 label { "Order "
                     select name="order" {

@@ -14,6 +14,7 @@ pub enum Tab {
     Overview,
     Jobs,
     Queues,
+    Schedules,
     Workers,
 }
 
@@ -31,6 +32,7 @@ pub fn page(title: &str, tab: Tab, ctx: &Ctx, body: Markup) -> Markup {
                     (link(Tab::Overview, "/", "Overview"))
                     (link(Tab::Jobs, "/jobs", "Jobs"))
                     (link(Tab::Queues, "/queues", "Queues"))
+                    (link(Tab::Schedules, "/schedules", "Schedules"))
                     (link(Tab::Workers, "/workers", "Workers"))
                     @if ctx.logged_in {
                         form.logout method="post" action="/logout" {

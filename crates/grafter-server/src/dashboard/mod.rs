@@ -20,6 +20,7 @@ mod jobs;
 mod layout;
 mod overview;
 mod queues;
+mod schedules;
 mod workers;
 
 use axum::body::Bytes;
@@ -56,6 +57,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/jobs/{id}/{action}", post(job::act))
         .route("/queues", get(queues::page))
         .route("/queues/{name}/{action}", post(queues::act))
+        .route("/schedules", get(schedules::page))
+        .route("/schedules/{id}", get(schedules::show))
+        .route("/schedules/{id}/{action}", post(schedules::act))
         .route("/workers", get(workers::page))
         .route("/logout", post(auth::logout))
         .route_layer(middleware::from_fn_with_state(

@@ -470,6 +470,124 @@ pub async fn a_slot_taken_is_never_enqueued_again(store: S) {
     );
 }
 
+/// A schedule's jobs, listed by the `schedule` filter: its slots' jobs and
+/// its triggered runs, newest first by id, paged by keyset, with other
+/// filters checked on them; never another schedule's jobs or plain jobs on
+/// the same queue and kind.
+pub async fn jobs_list_by_schedule(store: S) {
+    let clock = Clock::manual(at("2025-06-01T00:00:00Z"));
+    let engine = engine(&store, &clock);
+    // Same kind and queue for both: only the schedule tells them apart.
+    for id in ["mine", "other"] {
+        put(&engine, id, spec("tick", "* * * * *", "UTC")).await;
+    }
+    let mut mine = Vec::new();
+    for minute in 0..5 {
+        clock.set(at("2025-06-01T00:00:00Z") + chrono::Duration::minutes(minute));
+        fire(&engine).await;
+        engine
+            .enqueue(NewJob::new("tick", json!({"plain": minute})))
+            .await
+            .unwrap();
+        if minute == 2 {
+            mine.push(engine.schedule_trigger("mine").await.unwrap().id);
+        }
+    }
+    let listed = |params: JobsList| {
+        let store = store.clone();
+        async move {
+            let page = store.jobs_list(params).await.expect("list");
+            (page.jobs, page.next)
+        }
+    };
+    let all_mine = |jobs: &[grafter_core::Job]| {
+        jobs.iter()
+            .all(|j| j.schedule.as_ref().is_some_and(|s| s.id == "mine"))
+    };
+    let (jobs, next) = listed(JobsList {
+        schedule: Some("mine".into()),
+        limit: 100,
+        ..JobsList::default()
+    })
+    .await;
+    assert_eq!(jobs.len(), 6, "five slots and one trigger");
+    assert!(all_mine(&jobs));
+    assert!(jobs.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert!(next.is_none());
+    assert!(
+        jobs.iter().any(|j| mine.contains(&j.id)),
+        "the triggered run"
+    );
+    assert_eq!(
+        jobs.iter()
+            .filter(|j| j.schedule.as_ref().is_some_and(|s| s.slot.is_none()))
+            .count(),
+        1
+    );
+
+    // Pages of two, oldest first, add up to the same jobs.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = listed(JobsList {
+            schedule: Some("mine".into()),
+            limit: 2,
+            order: Order::Asc,
+            after,
+            ..JobsList::default()
+        })
+        .await;
+        paged.extend(page.into_iter().map(|j| j.id));
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut newest_first: Vec<_> = jobs.iter().map(|j| j.id).collect();
+    newest_first.reverse();
+    assert_eq!(paged, newest_first);
+
+    // With other filters, checked on the schedule's jobs.
+    engine.cancel(jobs[0].id).await.unwrap();
+    let (cancelled, _) = listed(JobsList {
+        schedule: Some("mine".into()),
+        state: Some(JobState::Cancelled),
+        limit: 100,
+        scan_limit: Some(10_000),
+        ..JobsList::default()
+    })
+    .await;
+    assert_eq!(
+        cancelled.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [jobs[0].id]
+    );
+    let (on_queue, _) = listed(JobsList {
+        schedule: Some("mine".into()),
+        queue: Some("default".into()),
+        kind: Some("tick".into()),
+        limit: 100,
+        ..JobsList::default()
+    })
+    .await;
+    assert_eq!(on_queue.len(), 6);
+    assert!(all_mine(&on_queue));
+    let (elsewhere, _) = listed(JobsList {
+        schedule: Some("mine".into()),
+        queue: Some("elsewhere".into()),
+        limit: 100,
+        ..JobsList::default()
+    })
+    .await;
+    assert!(elsewhere.is_empty());
+    let (none, next) = listed(JobsList {
+        schedule: Some("no-such-schedule".into()),
+        limit: 100,
+        ..JobsList::default()
+    })
+    .await;
+    assert!(none.is_empty() && next.is_none());
+}
+
 /// The config file's schedules: made, updated when changed, deleted when
 /// gone from the file; schedules made through the API are left alone.
 pub async fn config_schedules_are_reconciled_by_id(store: S) {
