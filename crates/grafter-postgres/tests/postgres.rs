@@ -159,6 +159,20 @@ async fn without_listen_waiting_fetches_are_woken_by_polling() {
     }
 }
 
+/// A store opened without migrating (`grafter migrate` opens one, then
+/// migrates; a node can be set not to migrate) starts on an empty schema, and
+/// migrating it afterwards works: nothing it reads at start may need tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opened_without_migrating_starts_on_an_empty_schema() {
+    let Some(url) = database().await else { return };
+    let (mut config, _guard) = fresh_config(&url);
+    config.migrate = false;
+    let store = PostgresStore::connect(config)
+        .await
+        .expect("opens on an empty schema");
+    assert!(!store.migrate().await.unwrap().is_empty(), "then migrates");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_apply_each_migration_once() {
     let Some(url) = database().await else { return };
