@@ -7,13 +7,19 @@ require "time"
 require "uri"
 
 require "grafter/errors"
+require "grafter/job_fields"
 require "grafter/version"
+require_relative "monotonic"
 
 module Grafter
   # The HTTP API of a Grafter server. Thread-safe: each thread keeps its own
   # started Net::HTTP (a keep-alive connection), so concurrent workers never
   # share a socket. Every answer is a Hash with string keys, as the JSON came.
   class Client
+    include Monotonic
+
+    include JobFields
+
     DEFAULT_URL = "http://127.0.0.1:7380"
     FINISHED_STATES = %w[completed dead cancelled expired].freeze
 
@@ -322,23 +328,6 @@ module Grafter
                    "strings must be valid UTF-8"
     end
 
-    def job_fields(fields)
-      fields = fields.transform_keys(&:to_s)
-      %w[run_at expires_at].each { |key| fields[key] = timestamp(fields[key]) if fields.key?(key) }
-      fields.reject { |_, value| value.nil? }
-    end
-
-    def timestamp(value)
-      case value
-      when nil, String then value
-      when Numeric then Time.at(value).utc.iso8601(6)
-      else
-        raise ArgumentError, "expected a time, got #{value.inspect}" unless value.respond_to?(:to_time)
-
-        value.to_time.utc.iso8601(6)
-      end
-    end
-
     def compact(hash)
       hash.reject { |_, value| value.nil? }
     end
@@ -372,10 +361,6 @@ module Grafter
 
     def redact_text(text)
       text.to_s.sub(%r{//[^/@]*@}, "//***@")
-    end
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 end

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "grafter/errors"
+require_relative "monotonic"
 
 module Grafter
   # One attempt of a leased job as it runs in this process (a worker thread
@@ -8,6 +9,8 @@ module Grafter
   # was asked for, and what ActiveJob decided (retry_job, discard, retry_on
   # exhausted). `Execution.current` is the one running on this thread.
   class Execution
+    include Monotonic
+
     attr_reader :job, :id, :lease, :attempt, :max_attempts, :kind, :queue, :args, :timeout_ms, :thread
     attr_accessor :retry_request, :discarded, :final_error, :active_job_id
 
@@ -157,12 +160,6 @@ module Grafter
         end
         outcome
       end
-    end
-
-    private
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 end

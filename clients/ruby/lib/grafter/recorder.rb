@@ -2,6 +2,7 @@
 
 require "json"
 require "grafter/errors"
+require_relative "monotonic"
 
 module Grafter
   # Records outcomes (ack, fail, release) so that none is lost to a blip: a
@@ -10,6 +11,8 @@ module Grafter
   # lease_mismatch or a 404 is final: the job was rescued, cancelled or
   # deleted meanwhile, and is logged and dropped.
   class Recorder
+    include Monotonic
+
     FIRST_PAUSE = 0.05
     LONGEST_PAUSE = 2.0
 
@@ -83,12 +86,6 @@ module Grafter
     def final?(error)
       error.is_a?(ApiError) && (error.status == 409 || error.status == 404)
     end
-
-    private
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    end
   end
 
   # Sends the successes of jobs that finish close together in one
@@ -99,6 +96,8 @@ module Grafter
   # Each ack is still retried on its own rules (Recorder) when a batch
   # cannot be sent.
   class Acker
+    include Monotonic
+
     MAX_BATCH = 1000
     # Keeps a batch well under the server's 1 MiB body limit.
     MAX_BATCH_BYTES = 512 * 1024
@@ -223,10 +222,6 @@ module Grafter
           pause = [pause * 2, Recorder::LONGEST_PAUSE].min
         end
       end
-    end
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 end

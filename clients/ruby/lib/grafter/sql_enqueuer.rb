@@ -1,7 +1,8 @@
 # frozen_string_literal: true
 
 require "json"
-require "time"
+
+require_relative "job_fields"
 
 begin
   require "grafter/errors"
@@ -36,6 +37,8 @@ module Grafter
   # statement, it aborts the surrounding transaction; wrap the call in
   # `transaction(requires_new: true)` to keep the transaction going.
   class SqlEnqueuer
+    include JobFields
+
     # The job was refused (SQLSTATE 22023): `field` names it as the HTTP API
     # does ("kind", "jobs[3].run_at"); `code` is the API's "invalid_field".
     class InvalidJob < (Grafter.const_defined?(:ApiError) ? Grafter::ApiError : Grafter::Error)
@@ -113,24 +116,6 @@ module Grafter
       return nil unless field
 
       InvalidJob.new(result.error_field(PG::PG_DIAG_MESSAGE_PRIMARY), field: field)
-    end
-
-    # As Grafter::Client sends them: string keys, times in RFC 3339, nils left out.
-    def job_fields(fields)
-      fields = fields.transform_keys(&:to_s)
-      %w[run_at expires_at].each { |key| fields[key] = timestamp(fields[key]) if fields.key?(key) }
-      fields.reject { |_, value| value.nil? }
-    end
-
-    def timestamp(value)
-      case value
-      when nil, String then value
-      when Numeric then Time.at(value).utc.iso8601(6)
-      else
-        raise ArgumentError, "expected a time, got #{value.inspect}" unless value.respond_to?(:to_time)
-
-        value.to_time.utc.iso8601(6)
-      end
     end
 
     def quote_ident(name)

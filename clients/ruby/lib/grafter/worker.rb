@@ -6,6 +6,7 @@ require "grafter"
 require "grafter/execution"
 require "grafter/runner"
 require "grafter/recorder"
+require_relative "monotonic"
 
 module Grafter
   # Runs jobs from Grafter queues on `concurrency` threads.
@@ -38,6 +39,8 @@ module Grafter
   # A fetch in flight is let finish (it waits at most `wait_ms`) and what it
   # brings is handed back too.
   class Worker
+    include Monotonic
+
     # Internal: stops the fetch thread's long-poll when the shutdown cannot
     # wait for it.
     class FetchStop < Exception; end # rubocop:disable Lint/InheritException
@@ -587,10 +590,6 @@ module Grafter
       nil
     ensure
       socket.close
-    end
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 end

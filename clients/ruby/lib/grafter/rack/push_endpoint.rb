@@ -5,6 +5,7 @@ require "grafter"
 require "grafter/execution"
 require "grafter/runner"
 require "grafter/recorder"
+require_relative "../monotonic"
 
 module Grafter
   module Rack
@@ -35,6 +36,8 @@ module Grafter
     # meanwhile loses nothing: the lease runs out and Grafter pushes the job
     # again.
     class PushEndpoint
+      include Monotonic
+
       MAX_BODY_BYTES = 16 * 1024 * 1024
       # The lease a 202 leaves the job under (the server's default_lease_ms).
       LEASE_MS = 30_000
@@ -158,10 +161,6 @@ module Grafter
 
       def logger
         @logger || Grafter.logger
-      end
-
-      def monotonic
-        Process.clock_gettime(Process::CLOCK_MONOTONIC)
       end
     end
   end
