@@ -11,13 +11,12 @@ use grafter_store::preview::json_len;
 use grafter_store::transitions::{self, Failure};
 use grafter_store::{
     AckOutcome, JobComplete, JobFail, JobHeartbeat, JobRelease, JobsCompleteMany, JobsFetch,
-    Limited, Result, StoreError,
+    Result, StoreError,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::backend;
 use crate::jobs::{job_get, job_require};
-use crate::limits;
 use crate::row::{duration_micros, job_from_row, micros, to_json, AFTER_JOB_COLUMNS, JOB_COLUMNS};
 
 /// Counts the jobs of `moved` (one queue name per job) as gone from state
@@ -70,58 +69,6 @@ fn count_completed<'q>(
     Ok(())
 }
 
-/// Leases jobs: from the fetch's queues without limits with one statement
-/// (the same as before limits existed), then from each limited queue, each
-/// admitted under its limits (`limits::admit`) with what is left of the
-/// fetch's `max` and byte budget.
-pub fn jobs_fetch(
-    conn: &Connection,
-    params: &JobsFetch,
-    limited: &Limited,
-) -> Result<Vec<LeasedJob>> {
-    let (limited_queues, plain): (Vec<&str>, Vec<&str>) = params
-        .queues
-        .iter()
-        .map(String::as_str)
-        .partition(|q| limited.contains(q));
-    let mut leased = if plain.is_empty() {
-        Vec::new()
-    } else {
-        plain_fetch(conn, params, &plain)?
-    };
-    let mut budget = Budget {
-        max: params.max,
-        bytes: params.max_bytes,
-        first_free: true,
-    };
-    budget.spend(&leased);
-    let mut limited_queues = limited_queues;
-    limited_queues.sort_unstable();
-    limited_queues.dedup();
-    for queue in limited_queues {
-        if budget.max == 0 {
-            break;
-        }
-        let got = match limits::admit(conn, params, queue, &budget, limited)? {
-            Some(got) => got,
-            // Its limits are gone: an ordinary queue again.
-            None => plain_fetch(
-                conn,
-                &JobsFetch {
-                    max: budget.max,
-                    ..params.clone()
-                },
-                &[queue],
-            )?,
-        };
-        budget.spend(&got);
-        leased.extend(got);
-    }
-    // RETURNING gives no order; hand jobs out in the order they were chosen.
-    leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
-    Ok(leased)
-}
-
 /// What a fetch may still lease after the queues it has leased from.
 pub(crate) struct Budget {
     /// Most jobs.
@@ -133,7 +80,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    fn spend(&mut self, leased: &[LeasedJob]) {
+    pub(crate) fn spend(&mut self, leased: &[LeasedJob]) {
         self.max = self.max.saturating_sub(leased.len());
         for l in leased {
             self.bytes = self.bytes.saturating_sub(json_len(&l.job.args));
@@ -161,7 +108,11 @@ pub(crate) fn lease_set() -> String {
 
 /// Leases from queues without limits. Their statement refuses a queue that
 /// has limits (`limits IS NOT NULL`), whatever this process believes.
-fn plain_fetch(conn: &Connection, params: &JobsFetch, queues: &[&str]) -> Result<Vec<LeasedJob>> {
+pub(crate) fn plain_fetch(
+    conn: &Connection,
+    params: &JobsFetch,
+    queues: &[&str],
+) -> Result<Vec<LeasedJob>> {
     let mut max = params.max;
     if let (Some(limit), [queue]) = (params.running_limit, queues) {
         // The one writer makes this count exact: nothing else leases meanwhile,

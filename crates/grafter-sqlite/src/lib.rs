@@ -8,6 +8,7 @@
 
 mod browse;
 mod error;
+mod fetch;
 mod inserts;
 mod jobs;
 mod leadership;
@@ -97,7 +98,7 @@ impl Store for SqliteStore {
         }
         let limited = self.limited.clone();
         self.writer
-            .run(move |conn| leasing::jobs_fetch(conn, &params, &limited))
+            .run(move |conn| fetch::jobs_fetch(conn, &params, &limited))
             .await
     }
 
