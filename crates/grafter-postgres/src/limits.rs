@@ -16,7 +16,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use grafter_core::limits::PartitionBy;
 use grafter_core::{time, LeasedJob, QueueLimits, Timestamp};
 use grafter_store::admission::{Admission, Offer};
-use grafter_store::{JobsFetch, LimitUsage, LimitUsageQuery, Limited, PartitionUsage, Result};
+use grafter_store::{JobsFetch, LimitUsage, LimitUsageQuery, Limited, Result};
 use tokio_postgres::types::{Json, ToSql};
 use tokio_util::sync::CancellationToken;
 
@@ -398,37 +398,18 @@ impl Db {
                 partitions: Vec::new(),
             });
         };
-        let by = limits.partition_by();
-        let mut usage: HashMap<String, PartitionUsage> = HashMap::new();
-        for (partition, n) in running(&client, &params.queue, &by).await? {
-            usage.entry(partition).or_default().running = n;
-        }
-        if let Some(rate) = limits.rate {
-            let cut = time::before(
-                params.now,
-                Duration::from_millis(rate.period_ms.max(0) as u64),
-            );
-            for (partition, (n, nth)) in started(&client, &params.queue, cut, rate.count).await? {
-                let entry = usage.entry(partition).or_default();
-                entry.started = n;
-                entry.rate_full_until = nth
-                    .filter(|_| n >= rate.count as u64)
-                    .map(|at| time::after_ms(at, rate.period_ms));
+        let running = running(&client, &params.queue, &limits.partition_by()).await?;
+        let started = match limits.rate {
+            Some(rate) => {
+                let cut = time::before(
+                    params.now,
+                    Duration::from_millis(rate.period_ms.max(0) as u64),
+                );
+                started(&client, &params.queue, cut, rate.count).await?
             }
-        }
-        let mut partitions: Vec<PartitionUsage> = usage
-            .into_iter()
-            .map(|(partition, mut u)| {
-                u.partition = partition;
-                u
-            })
-            .collect();
-        partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
-        Ok(LimitUsage {
-            paused,
-            limits: Some(limits),
-            partitions,
-        })
+            None => HashMap::new(),
+        };
+        Ok(LimitUsage::of(paused, limits, running, started))
     }
 }
 

@@ -9,8 +9,7 @@ use grafter_core::limits::PartitionBy;
 use grafter_core::{LeasedJob, QueueLimits};
 use grafter_store::admission::{Admission, Offer};
 use grafter_store::{
-    JobsFetch, LimitUsage, LimitUsageQuery, Limited, PartitionUsage, QueueInfo, QueueLimitsSet,
-    Result, StoreError,
+    JobsFetch, LimitUsage, LimitUsageQuery, Limited, QueueInfo, QueueLimitsSet, Result, StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -296,33 +295,17 @@ pub fn queue_limit_usage(conn: &Connection, params: &LimitUsageQuery) -> Result<
             partitions: Vec::new(),
         });
     };
-    let by = limits.partition_by();
-    let mut usage: HashMap<String, PartitionUsage> = HashMap::new();
-    for (partition, n) in running(conn, &params.queue, &by)? {
-        usage.entry(partition.clone()).or_default().running = n;
-    }
-    if let Some(rate) = limits.rate {
-        let now = micros(params.now);
-        let cut = now.saturating_sub(rate.period_ms.saturating_mul(1000));
-        for (partition, (n, nth)) in started(conn, &params.queue, cut, rate.count)? {
-            let entry = usage.entry(partition).or_default();
-            entry.started = n;
-            entry.rate_full_until = nth
-                .filter(|_| n >= rate.count as u64)
-                .map(|at| timestamp(at.saturating_add(rate.period_ms.saturating_mul(1000))));
+    let running = running(conn, &params.queue, &limits.partition_by())?;
+    let started = match limits.rate {
+        Some(rate) => {
+            let now = micros(params.now);
+            let cut = now.saturating_sub(rate.period_ms.saturating_mul(1000));
+            started(conn, &params.queue, cut, rate.count)?
+                .into_iter()
+                .map(|(partition, (n, nth))| (partition, (n, nth.map(timestamp))))
+                .collect()
         }
-    }
-    let mut partitions: Vec<PartitionUsage> = usage
-        .into_iter()
-        .map(|(partition, mut u)| {
-            u.partition = partition;
-            u
-        })
-        .collect();
-    partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
-    Ok(LimitUsage {
-        paused,
-        limits: Some(limits),
-        partitions,
-    })
+        None => HashMap::new(),
+    };
+    Ok(LimitUsage::of(paused, limits, running, started))
 }

@@ -477,6 +477,41 @@ pub struct LimitUsage {
     pub partitions: Vec<PartitionUsage>,
 }
 
+impl LimitUsage {
+    /// A limited queue's usage from what its store counted, per partition:
+    /// the jobs running, and the starts within the rate window with the
+    /// start that fills the window (the `count`-th newest, if there are that
+    /// many), whose leaving the window lets the next one start.
+    pub fn of(
+        paused: bool,
+        limits: QueueLimits,
+        running: impl IntoIterator<Item = (String, u64)>,
+        started: impl IntoIterator<Item = (String, (u64, Option<Timestamp>))>,
+    ) -> LimitUsage {
+        let mut usage: BTreeMap<String, PartitionUsage> = BTreeMap::new();
+        for (partition, n) in running {
+            usage.entry(partition).or_default().running = n;
+        }
+        if let Some(rate) = limits.rate {
+            for (partition, (n, nth)) in started {
+                let entry = usage.entry(partition).or_default();
+                entry.started = n;
+                entry.rate_full_until = nth
+                    .filter(|_| n >= rate.count as u64)
+                    .map(|at| grafter_core::time::after_ms(at, rate.period_ms));
+            }
+        }
+        LimitUsage {
+            paused,
+            limits: Some(limits),
+            partitions: usage
+                .into_iter()
+                .map(|(partition, u)| PartitionUsage { partition, ..u })
+                .collect(),
+        }
+    }
+}
+
 /// One partition's use of its limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionUsage {
