@@ -24,6 +24,7 @@
 mod clock;
 mod config;
 mod error;
+mod events;
 mod jobs;
 pub mod maintenance;
 mod observer;
@@ -36,6 +37,7 @@ mod wait;
 pub use clock::Clock;
 pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};
 pub use error::{Error, Result};
+pub use events::{JobEventStream, JobStreamEvent, PROGRESS_EVERY};
 pub use grafter_store::AckOutcome;
 pub use jobs::{Engine, FetchRequest, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};
 pub use observer::Observer;

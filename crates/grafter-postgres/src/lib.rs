@@ -34,6 +34,7 @@ mod conn;
 mod db;
 mod enqueue;
 mod error;
+mod events;
 mod group_insert;
 mod inserts;
 mod jobs;
@@ -67,6 +68,7 @@ use grafter_store::{
     SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups,
     WorkerBeat, WorkersPrune,
 };
+use grafter_store::{JobEvent, JobEventsList, WatchedJob};
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -75,6 +77,8 @@ use error::pool_error;
 
 /// The channel name every node listens on, before the schema is added.
 const CHANNEL_PREFIX: &str = "grafter_jobs";
+/// The channel of live events (changes of watched jobs), before the schema is added.
+const EVENTS_CHANNEL_PREFIX: &str = "grafter_events";
 /// PostgreSQL's longest identifier (and channel name), in bytes.
 const MAX_IDENTIFIER_LEN: usize = 63;
 /// Longest that data sent to the database may go unacknowledged before the
@@ -160,9 +164,18 @@ impl Schema {
     /// This schema's notification channel, so that stores in different schemas of
     /// one database (tenants, parallel tests) do not wake each other.
     fn channel(&self) -> String {
+        self.channel_named(CHANNEL_PREFIX)
+    }
+
+    /// This schema's channel of live events (see `events.rs`).
+    fn events_channel(&self) -> String {
+        self.channel_named(EVENTS_CHANNEL_PREFIX)
+    }
+
+    fn channel_named(&self, prefix: &str) -> String {
         let full = match &self.0 {
-            None => CHANNEL_PREFIX.to_owned(),
-            Some(schema) => format!("{CHANNEL_PREFIX}:{schema}"),
+            None => prefix.to_owned(),
+            Some(schema) => format!("{prefix}:{schema}"),
         };
         // Longer names are cut by LISTEN but refused by pg_notify; cut them the same
         // way for both. Two schemas sharing a 63-byte prefix only share wake-ups.
@@ -183,6 +196,7 @@ pub struct PostgresStore {
     db: Db,
     schema: Schema,
     wakeups: Wakeups,
+    watchers: Wakeups,
     announcer: notifier::Announcer,
     _background: DropGuard,
 }
@@ -232,6 +246,7 @@ impl PostgresStore {
             },
             schema,
             wakeups,
+            watchers: Wakeups::default(),
             announcer,
             _background: cancel.clone().drop_guard(),
         };
@@ -270,13 +285,21 @@ impl PostgresStore {
             listener_config.application_name(name);
             notifier::spawn_listener(
                 listener_config,
-                store.db.channel.clone(),
-                node,
-                store.wakeups.clone(),
+                notifier::Listening {
+                    channel: store.db.channel.clone(),
+                    events_channel: store.schema.events_channel(),
+                    node,
+                    wakeups: store.wakeups.clone(),
+                    watchers: store.watchers.clone(),
+                },
                 cancel,
             );
         } else {
-            notifier::spawn_poller(config.poll_interval, store.wakeups.clone(), cancel);
+            notifier::spawn_poller(
+                config.poll_interval,
+                [store.wakeups.clone(), store.watchers.clone()],
+                cancel,
+            );
         }
         Ok(store)
     }
@@ -503,6 +526,14 @@ impl Store for PostgresStore {
         self.db.schedule_skips_list(&params).await
     }
 
+    async fn job_watch(&self, id: JobId) -> Result<Option<WatchedJob>> {
+        self.db.job_watch(id).await
+    }
+
+    async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>> {
+        self.db.job_events_list(&params).await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.db.ping().await
     }
@@ -513,6 +544,10 @@ impl Store for PostgresStore {
 
     fn wakeups(&self) -> &Wakeups {
         &self.wakeups
+    }
+
+    fn watchers(&self) -> &Wakeups {
+        &self.watchers
     }
 
     /// Wakes this node's own waiters at once, without waiting for its

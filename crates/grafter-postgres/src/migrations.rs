@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("../migrations/0011_schedules.sql")),
     (12, include_str!("../migrations/0012_limits.sql")),
     (13, include_str!("../migrations/0013_jobs_of_schedule.sql")),
+    (14, include_str!("../migrations/0014_job_events.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
@@ -78,6 +79,13 @@ pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i3
     )
     .await
     .map_err(context("setting the notification channel"))?;
+    // Migration 14's trigger notifies the channel of live events.
+    tx.execute(
+        "SELECT set_config('grafter.events_channel', $1, true)",
+        &[&schema.events_channel()],
+    )
+    .await
+    .map_err(context("setting the events channel"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS grafter_migrations (
             version    integer     PRIMARY KEY,

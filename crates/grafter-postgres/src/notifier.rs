@@ -14,9 +14,15 @@
 //! backoff, and wakes every waiter once it is back, since notifications sent
 //! meanwhile were lost.
 //!
+//! The same connection listens on the events channel, where the trigger of
+//! migration 14 sends `job:<id>` for each change of a watched job, and wakes
+//! this node's event streams of that job ([`Store::watchers`]).
+//!
 //! With `listen` off (PgBouncer in transaction mode, where a session is not
-//! kept and `LISTEN` does not work), a task wakes every waiter each
-//! `poll_interval` instead, so waiting fetches look again that often.
+//! kept and `LISTEN` does not work), a task wakes every waiter and every
+//! event stream each `poll_interval` instead, so they look again that often.
+//!
+//! [`Store::watchers`]: grafter_store::Store::watchers
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -173,24 +179,36 @@ async fn send(sending: &Sending, payload: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the listener task for `node`; it ends when `cancel` fires.
+/// What the listener listens to, and whom it wakes.
+pub(crate) struct Listening {
+    /// The channel of new work.
+    pub channel: String,
+    /// The channel of live events.
+    pub events_channel: String,
+    /// This node, whose own notifications of new work it skips.
+    pub node: String,
+    /// The waiting fetches.
+    pub wakeups: Wakeups,
+    /// The event streams.
+    pub watchers: Wakeups,
+}
+
+/// Starts the listener task; it ends when `cancel` fires.
 pub(crate) fn spawn_listener(
     config: tokio_postgres::Config,
-    channel: String,
-    node: String,
-    wakeups: Wakeups,
+    listening: Listening,
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
         let mut delay = MIN_RECONNECT_DELAY;
         loop {
-            match listen(&config, &channel, &node, &wakeups, &cancel).await {
+            match listen(&config, &listening, &cancel).await {
                 Ended::Cancelled => return,
                 Ended::Lost { was_up, error } => {
                     if was_up {
                         delay = MIN_RECONNECT_DELAY;
                     }
-                    tracing::warn!(%error, channel, retry_in = ?delay, "PostgreSQL listener lost its connection");
+                    tracing::warn!(%error, channel = listening.channel, retry_in = ?delay, "PostgreSQL listener lost its connection");
                 }
             }
             tokio::select! {
@@ -202,8 +220,13 @@ pub(crate) fn spawn_listener(
     });
 }
 
-/// Starts the polling fallback; it ends when `cancel` fires.
-pub(crate) fn spawn_poller(every: Duration, wakeups: Wakeups, cancel: CancellationToken) {
+/// Starts the polling fallback, which wakes every waiter of each of
+/// `wakeups`; it ends when `cancel` fires.
+pub(crate) fn spawn_poller<const N: usize>(
+    every: Duration,
+    wakeups: [Wakeups; N],
+    cancel: CancellationToken,
+) {
     let every = every.max(Duration::from_millis(10));
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
@@ -211,7 +234,7 @@ pub(crate) fn spawn_poller(every: Duration, wakeups: Wakeups, cancel: Cancellati
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = ticks.tick() => wakeups.wake_all(),
+                _ = ticks.tick() => wakeups.iter().for_each(Wakeups::wake_all),
             }
         }
     });
@@ -264,11 +287,16 @@ enum Ended {
 /// One listening session, until the connection is lost or the store closes.
 async fn listen(
     config: &tokio_postgres::Config,
-    channel: &str,
-    node: &str,
-    wakeups: &Wakeups,
+    listening: &Listening,
     cancel: &CancellationToken,
 ) -> Ended {
+    let Listening {
+        channel,
+        events_channel,
+        node,
+        wakeups,
+        watchers,
+    } = listening;
     let lost = |was_up, error: String| Ended::Lost { was_up, error };
     let connecting = tokio::select! {
         _ = cancel.cancelled() => return Ended::Cancelled,
@@ -280,10 +308,14 @@ async fn listen(
     };
     // Notifications arrive as messages on the connection, which must be polled
     // for the client's queries to make progress too.
-    let (driver_wakeups, node) = (wakeups.clone(), node.to_owned());
+    let (driver_wakeups, driver_watchers) = (wakeups.clone(), watchers.clone());
+    let (node, events) = (node.clone(), events_channel.clone());
     let mut driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == events => {
+                    driver_watchers.wake([n.payload()])
+                }
                 Some(Ok(AsyncMessage::Notification(n))) => {
                     wake(&driver_wakeups, &node, n.payload())
                 }
@@ -294,12 +326,18 @@ async fn listen(
         }
     });
     let outcome = async {
-        if let Err(e) = client.batch_execute(&format!("LISTEN {}", quote_ident(channel))).await {
+        let sql = format!(
+            "LISTEN {}; LISTEN {}",
+            quote_ident(channel),
+            quote_ident(events_channel)
+        );
+        if let Err(e) = client.batch_execute(&sql).await {
             return lost(false, e.to_string());
         }
-        tracing::debug!(channel, "PostgreSQL listener up");
+        tracing::debug!(channel, events_channel, "PostgreSQL listener up");
         // Anything announced while we were not listening was lost: look again.
         wakeups.wake_all();
+        watchers.wake_all();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ended::Cancelled,

@@ -143,7 +143,10 @@ fn job_with(row: &Row, large: Preview) -> Result<Job> {
     })
 }
 
-fn opt_json<T: serde::de::DeserializeOwned>(row: &Row, column: usize) -> Result<Option<T>> {
+pub(crate) fn opt_json<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    column: usize,
+) -> Result<Option<T>> {
     let value: Option<Json<T>> = row.try_get(column).map_err(pg_error)?;
     Ok(value.map(|Json(v)| v))
 }

@@ -32,7 +32,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_json`, `invalid_field`, `payload_too_large`,
     /// `not_found`, `method_not_allowed`, `lease_mismatch`, `invalid_state`,
-    /// `unauthorized`, `too_many_requests`, `unavailable`, `internal`.
+    /// `unauthorized`, `forbidden`, `too_many_requests`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -99,6 +99,16 @@ impl ApiError {
             "unauthorized",
             "missing or wrong token: send 'Authorization: Bearer <GRAFTER_TOKEN>'",
         )
+    }
+
+    /// Missing or wrong credentials, with why.
+    pub fn unauthorized_because(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// The credentials are good, but not for this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// Too many wrong tokens from this client; it may try again after `wait`.

@@ -17,6 +17,7 @@ mod metrics;
 mod openapi;
 pub mod push;
 mod state;
+mod stream_tokens;
 mod throttle;
 
 use std::sync::Arc;
@@ -75,10 +76,13 @@ pub fn router(state: AppState) -> Router {
         .route("/schedules/{id}/resume", post(api::schedules::resume))
         .route("/schedules/{id}/trigger", post(api::schedules::trigger))
         .route("/schedules/{id}/preview", get(api::schedules::preview))
+        .route("/stream-tokens", post(api::events::mint_stream_token))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::auth::require_token,
-        ));
+        ))
+        // Streams check the server's token or a stream token themselves.
+        .route("/jobs/{id}/events", get(api::events::job_events));
     let body_limit = state.config().body_limit_bytes;
     let metrics = Router::new().route("/metrics", get(api::health::metrics));
     let openapi = Router::new().route("/openapi.json", get(openapi::serve_openapi));

@@ -8,6 +8,7 @@
 
 mod browse;
 mod error;
+mod events;
 mod fetch;
 mod inserts;
 mod jobs;
@@ -37,7 +38,9 @@ use grafter_store::{
     SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups,
     WorkerBeat, WorkersPrune,
 };
+use grafter_store::{JobEvent, JobEventsList, WatchedJob};
 use rusqlite::Connection;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use error::backend;
 use readers::Readers;
@@ -49,8 +52,11 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Readers,
     wakeups: Wakeups,
+    watchers: Wakeups,
     /// Exact: this process's writer makes every change to the file.
     limited: Arc<Limited>,
+    /// Stops the event log's poller (`events.rs`) with the store.
+    _background: DropGuard,
 }
 
 impl SqliteStore {
@@ -63,12 +69,24 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
         let limited = Arc::new(Limited::default());
         limited.replace(writer.run(limits::limited_names).await?);
+        let readers = Readers::new(path.clone());
+        let watchers = Wakeups::default();
+        let cancel = CancellationToken::new();
+        let last_event = writer.run(events::last_logged).await?;
+        events::spawn_poller(
+            readers.clone(),
+            watchers.clone(),
+            last_event,
+            cancel.clone(),
+        );
         Ok(SqliteStore {
-            readers: Readers::new(path.clone()),
+            readers,
             path,
             writer,
             wakeups: Wakeups::default(),
+            watchers,
             limited,
+            _background: cancel.drop_guard(),
         })
     }
 
@@ -318,6 +336,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn job_watch(&self, id: JobId) -> Result<Option<WatchedJob>> {
+        self.writer
+            .run(move |conn| events::job_watch(conn, id))
+            .await
+    }
+
+    async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>> {
+        self.readers
+            .run(move |conn| events::job_events_list(conn, &params))
+            .await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.readers.run(ping).await?;
         self.writer.run(|_| Ok(())).await
@@ -329,6 +359,10 @@ impl Store for SqliteStore {
 
     fn wakeups(&self) -> &Wakeups {
         &self.wakeups
+    }
+
+    fn watchers(&self) -> &Wakeups {
+        &self.watchers
     }
 
     /// One process owns the file (the writer holds it), so the waiters of

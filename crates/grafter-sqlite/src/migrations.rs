@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/0009_schedules.sql")),
     (10, include_str!("../migrations/0010_limits.sql")),
     (11, include_str!("../migrations/0011_jobs_of_schedule.sql")),
+    (12, include_str!("../migrations/0012_job_events.sql")),
 ];
 
 /// Brings the schema up to date.

@@ -65,7 +65,7 @@ fn json<T: DeserializeOwned>(column: usize, text: &str) -> rusqlite::Result<T> {
     })
 }
 
-fn opt_json<T: DeserializeOwned>(
+pub fn opt_json<T: DeserializeOwned>(
     column: usize,
     text: Option<String>,
 ) -> rusqlite::Result<Option<T>> {

@@ -11,6 +11,7 @@
 
 pub mod admission;
 mod error;
+mod events;
 mod limited;
 mod params;
 pub mod preview;
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 
 pub use error::StoreError;
+pub use events::*;
 pub use limited::Limited;
 pub use params::*;
 pub use schedules::*;
@@ -195,6 +197,18 @@ pub trait Store: Send + Sync + 'static {
     /// [`SKIPS_KEPT`] are kept).
     async fn schedule_skips_list(&self, params: ScheduleSkipsList) -> Result<Vec<SkippedSlots>>;
 
+    /// Starts logging a job's changes for live event streams, unless it is
+    /// finished (no change is to come but a retry by hand, and its stream
+    /// ends at once), and answers it with the id of its latest logged event,
+    /// read together; `None` if there is no such job. From the commit on,
+    /// every change of its state, attempt or progress, and its deletion, is
+    /// logged in the transaction that makes it ([`Store::job_events_list`])
+    /// and wakes its watchers in every process ([`Store::watchers`]).
+    async fn job_watch(&self, id: JobId) -> Result<Option<WatchedJob>>;
+
+    /// A watched job's logged events after a point, oldest first.
+    async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>>;
+
     /// Checks the backend answers; `/readyz` calls it.
     async fn ping(&self) -> Result<()>;
 
@@ -204,6 +218,11 @@ pub trait Store: Send + Sync + 'static {
     /// The waits for work registered in this process, so a long-polling fetch
     /// waits without polling and wakes only for its queues.
     fn wakeups(&self) -> &Wakeups;
+
+    /// The waits of this process's event streams, keyed by
+    /// [`job_watch_key`]: woken when an event is logged for their job, by a
+    /// change made by any process.
+    fn watchers(&self) -> &Wakeups;
 
     /// Jobs may have become available on `queues` (a change that committed):
     /// wakes this process's waiters of those queues and, where the store is

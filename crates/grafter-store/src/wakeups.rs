@@ -80,6 +80,11 @@ impl Wakeups {
         }
     }
 
+    /// Whether no wait is registered at all.
+    pub fn is_idle(&self) -> bool {
+        self.registry().queues.is_empty()
+    }
+
     /// How many waits are registered on `queue`, for tests and diagnostics.
     pub fn waiting_on(&self, queue: &str) -> usize {
         self.registry().queues.get(queue).map_or(0, HashMap::len)

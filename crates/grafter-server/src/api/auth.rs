@@ -3,7 +3,7 @@
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
@@ -20,22 +20,33 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.config().token {
-        let client = Client::of(request.extensions());
-        if let Some(wait) = state.auth_failures().throttled(client) {
-            return Err(ApiError::too_many_requests(wait));
-        }
-        match bearer_token(request.headers()) {
-            Some(presented) if secrets_match(presented.as_bytes(), token.as_bytes()) => {}
-            Some(_) => {
-                state.auth_failures().record(client);
-                return Err(ApiError::unauthorized());
-            }
-            // No token at all is a client not set up, not a guess.
-            None => return Err(ApiError::unauthorized()),
-        }
-    }
+    check_bearer(&state, request.extensions(), request.headers())?;
     Ok(next.run(request).await)
+}
+
+/// Whether a request may pass: the server has no token, or the request's
+/// `Authorization: Bearer` is it. Wrong tokens are throttled per client.
+pub(crate) fn check_bearer(
+    state: &AppState,
+    extensions: &Extensions,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let Some(token) = &state.config().token else {
+        return Ok(());
+    };
+    let client = Client::of(extensions);
+    if let Some(wait) = state.auth_failures().throttled(client) {
+        return Err(ApiError::too_many_requests(wait));
+    }
+    match bearer_token(headers) {
+        Some(presented) if secrets_match(presented.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => {
+            state.auth_failures().record(client);
+            Err(ApiError::unauthorized())
+        }
+        // No token at all is a client not set up, not a guess.
+        None => Err(ApiError::unauthorized()),
+    }
 }
 
 /// The token of an `Authorization: Bearer` header.

@@ -1,8 +1,11 @@
 //! Enqueueing, reading and managing jobs.
 
+use std::time::Duration;
+
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use grafter_core::{Held, Job, JobId, JobState, NewJob};
@@ -11,6 +14,7 @@ use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::events::{wait_for_change, EVENT_ID_HEADER, MAX_WAIT_MS};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, PathJobId};
@@ -82,20 +86,58 @@ pub struct JobView {
     pub held: Option<Held>,
 }
 
-/// One job.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+/// A long-poll of one job, for clients without Server-Sent Events.
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ShowQuery {
+    /// Wait up to this many milliseconds (at most 60,000) for the job's next
+    /// change before answering; a finished job answers at once.
+    #[param(maximum = 60_000)]
+    pub wait: Option<u64>,
+    /// With `wait`: the change to wait for is the next after this event id
+    /// (the `Grafter-Event-Id` header of an earlier answer), so a change
+    /// made between two polls answers at once.
+    pub after: Option<i64>,
+}
+
+/// One job. With `wait`, answers once the job changes (or the wait ends),
+/// with the id of its latest event in the `Grafter-Event-Id` header.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path), ShowQuery),
+    responses((status = 200, body = JobView,
+            headers(("Grafter-Event-Id" = String, description = "With wait: the job's latest event id"))),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
-) -> Result<Json<JobView>, ApiError> {
-    let job = state
-        .store()
-        .job_get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    ApiQuery(query): ApiQuery<ShowQuery>,
+) -> Result<Response, ApiError> {
+    let Some(wait) = query.wait else {
+        if query.after.is_some() {
+            return Err(ApiError::invalid_field("after", "only goes with wait"));
+        }
+        let job = state
+            .store()
+            .job_get(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+        let held = state.engine().held(&job).await?;
+        return Ok(Json(JobView { job, held }).into_response());
+    };
+    if wait > MAX_WAIT_MS {
+        return Err(ApiError::invalid_field(
+            "wait",
+            format!("must be at most {MAX_WAIT_MS} ms"),
+        ));
+    }
+    let (job, latest) =
+        wait_for_change(&state, id, Duration::from_millis(wait), query.after).await?;
     let held = state.engine().held(&job).await?;
-    Ok(Json(JobView { job, held }))
+    Ok((
+        [(EVENT_ID_HEADER, latest.to_string())],
+        Json(JobView { job, held }),
+    )
+        .into_response())
 }
 
 /// Filters for listing jobs.

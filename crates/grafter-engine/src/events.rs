@@ -1,0 +1,223 @@
+//! A job's live events (docs/events.md), as every stream shows them: first a
+//! snapshot of the job (or, for a client that reconnects, the events it
+//! missed), then each change of its state and its progress as the store logs
+//! them, then its end.
+//!
+//! The store does the hard part: once a job is watched, it logs every change
+//! in the transaction that makes it and wakes this process's watchers of the
+//! job ([`Store::watchers`]), whichever node made the change. A stream
+//! registers its wait before its first read of the log, so no change falls
+//! between a read and the wait. Progress is coalesced: a progress event
+//! superseded by a later event already logged is skipped, and progress goes
+//! out at most once per [`PROGRESS_EVERY`]; state changes always go out, at
+//! once and in order.
+//!
+//! [`Store::watchers`]: grafter_store::Store::watchers
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use grafter_core::{Job, JobId};
+use grafter_store::{job_watch_key, JobEvent, JobEventKind, JobEventsList, Waiter};
+use tokio::time::Instant;
+
+use crate::{Engine, Result};
+
+/// Least time between two progress events of one stream.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Most logged events read at a time.
+const READ_BATCH: usize = 500;
+
+/// What a job's stream says next.
+#[derive(Clone, Debug)]
+pub enum JobStreamEvent {
+    /// The job as the stream starts; `id` is its latest event's.
+    Snapshot {
+        /// The job.
+        job: Job,
+        /// Resume after this.
+        id: i64,
+    },
+    /// Its state or attempt changed.
+    State(JobEvent),
+    /// Its progress changed.
+    Progress(JobEvent),
+    /// It finished (`job` as it ended) or was deleted (`None`); nothing follows.
+    End {
+        /// The job as it ended, if it still exists.
+        job: Option<Job>,
+        /// Resume after this (a stream resumed here ends at once).
+        id: i64,
+    },
+}
+
+/// One job's events, in order, until its end. See the module docs.
+pub struct JobEventStream {
+    engine: Engine,
+    id: JobId,
+    waiter: Waiter,
+    /// The latest event read from the log.
+    after: i64,
+    snapshot: Option<(Job, i64)>,
+    /// Read from the log, not yet handed out.
+    pending: VecDeque<JobEvent>,
+    /// When the last progress event went out.
+    progress_sent: Option<Instant>,
+    /// The next call ends the stream: the job finished or was deleted.
+    ending: bool,
+    ended: bool,
+}
+
+impl Engine {
+    /// Opens a job's event stream, watching the job from now on; `None` if
+    /// there is no such job. With `resume_after` (a client's Last-Event-ID),
+    /// the stream replays the events after it instead of starting with a
+    /// snapshot; an id the job never had (from the future) gets a snapshot.
+    pub async fn job_events(
+        &self,
+        id: JobId,
+        resume_after: Option<i64>,
+    ) -> Result<Option<JobEventStream>> {
+        let waiter = self
+            .store()
+            .watchers()
+            .waiter(std::slice::from_ref(&job_watch_key(id)));
+        let Some(watched) = self.store().job_watch(id).await? else {
+            return Ok(None);
+        };
+        let resumable = resume_after.filter(|&after| after >= 0 && after <= watched.last_event);
+        let (after, snapshot) = match resumable {
+            Some(after) => (after, None),
+            None => (
+                watched.last_event,
+                Some((watched.job.clone(), watched.last_event)),
+            ),
+        };
+        // A job finished before its watch logs nothing more: it ends once
+        // what is logged is out.
+        let finished = watched.job.state.is_finished();
+        Ok(Some(JobEventStream {
+            engine: self.clone(),
+            id,
+            waiter,
+            after,
+            snapshot,
+            pending: VecDeque::new(),
+            progress_sent: None,
+            ending: finished && after == watched.last_event,
+            ended: false,
+        }))
+    }
+}
+
+impl JobEventStream {
+    /// The job's id.
+    pub fn job_id(&self) -> JobId {
+        self.id
+    }
+
+    /// The next event, waiting for it; `None` after the end.
+    pub async fn next(&mut self) -> Result<Option<JobStreamEvent>> {
+        if self.ended {
+            return Ok(None);
+        }
+        if let Some((job, id)) = self.snapshot.take() {
+            return Ok(Some(JobStreamEvent::Snapshot { job, id }));
+        }
+        loop {
+            if self.ending {
+                self.ended = true;
+                let job = self.engine.store().job_get(self.id).await?;
+                let job = job.filter(|job| job.state.is_finished());
+                return Ok(Some(JobStreamEvent::End {
+                    job,
+                    id: self.after,
+                }));
+            }
+            if let Some(event) = self.next_pending() {
+                match event.kind {
+                    JobEventKind::Deleted => {
+                        self.ended = true;
+                        return Ok(Some(JobStreamEvent::End {
+                            job: None,
+                            id: event.seq,
+                        }));
+                    }
+                    JobEventKind::State => {
+                        self.ending = event.state.is_some_and(|s| s.is_finished());
+                        return Ok(Some(JobStreamEvent::State(event)));
+                    }
+                    JobEventKind::Progress => match self.progress_wait() {
+                        None => {
+                            self.progress_sent = Some(Instant::now());
+                            return Ok(Some(JobStreamEvent::Progress(event)));
+                        }
+                        Some(until) => {
+                            self.pending.push_front(event);
+                            self.wait(Some(until)).await?;
+                            continue;
+                        }
+                    },
+                }
+            }
+            if !self.read().await? {
+                self.wait(None).await?;
+            }
+        }
+    }
+
+    /// The next event worth handing out: a progress event followed by any
+    /// later event is superseded and skipped.
+    fn next_pending(&mut self) -> Option<JobEvent> {
+        while let Some(event) = self.pending.pop_front() {
+            if event.kind == JobEventKind::Progress && !self.pending.is_empty() {
+                continue;
+            }
+            return Some(event);
+        }
+        None
+    }
+
+    /// Until when a progress event must wait, if it must.
+    fn progress_wait(&self) -> Option<Instant> {
+        let until = self.progress_sent? + PROGRESS_EVERY;
+        (Instant::now() < until).then_some(until)
+    }
+
+    /// Reads what the log has after the last event read; whether it had any.
+    async fn read(&mut self) -> Result<bool> {
+        let events = self
+            .engine
+            .store()
+            .job_events_list(JobEventsList {
+                job_id: self.id,
+                after: self.after,
+                limit: READ_BATCH,
+            })
+            .await?;
+        if let Some(last) = events.last() {
+            self.after = last.seq;
+        }
+        let any = !events.is_empty();
+        self.pending.extend(events);
+        Ok(any)
+    }
+
+    /// Waits for the job's next logged change, or until `until`; a change
+    /// logged meanwhile is read into `pending` (a held progress event is then
+    /// superseded by it).
+    async fn wait(&mut self, until: Option<Instant>) -> Result<()> {
+        match until {
+            None => self.waiter.woken().await,
+            Some(until) => {
+                if tokio::time::timeout_at(until, self.waiter.woken())
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        self.read().await.map(drop)
+    }
+}

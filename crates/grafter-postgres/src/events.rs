@@ -1,0 +1,65 @@
+//! Live events (docs/events.md): watching a job and reading its logged
+//! events. The log is written by a trigger (migration 14) in the transaction
+//! of each change, which also notifies the events channel with `job:<id>`;
+//! the listener (`notifier.rs`) wakes this node's streams of that job.
+
+use grafter_core::{JobId, JobState};
+use grafter_store::{JobEvent, JobEventKind, JobEventsList, Result, WatchedJob};
+
+use crate::db::Db;
+use crate::error::pg_error;
+use crate::row::{job_columns, job_from_row, opt_json, AFTER_JOB_COLUMNS};
+
+impl Db {
+    /// Marks an unfinished job watched (committed before anything is read),
+    /// then reads it and its latest event in one statement, so both are of
+    /// the same snapshot.
+    pub(crate) async fn job_watch(&self, id: JobId) -> Result<Option<WatchedJob>> {
+        const WATCH: &str = "UPDATE jobs SET watched = true WHERE id = $1 AND NOT watched \
+             AND state NOT IN ('completed', 'dead', 'cancelled', 'expired')";
+        const READ: &str = concat!(
+            "SELECT ",
+            job_columns!(),
+            ", (SELECT coalesce(max(seq), 0) FROM job_events WHERE job_id = $1) \
+             FROM jobs WHERE id = $1"
+        );
+        let client = self.client().await?;
+        let watch = client.prepare_cached(WATCH).await.map_err(pg_error)?;
+        client.execute(&watch, &[&id.0]).await.map_err(pg_error)?;
+        let read = client.prepare_cached(READ).await.map_err(pg_error)?;
+        let Some(row) = client.query_opt(&read, &[&id.0]).await.map_err(pg_error)? else {
+            return Ok(None);
+        };
+        Ok(Some(WatchedJob {
+            job: job_from_row(&row)?,
+            last_event: row.try_get(AFTER_JOB_COLUMNS).map_err(pg_error)?,
+        }))
+    }
+
+    pub(crate) async fn job_events_list(&self, params: &JobEventsList) -> Result<Vec<JobEvent>> {
+        const SQL: &str = "SELECT seq, job_id, at, kind, state, attempt, progress \
+             FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let limit = i64::try_from(params.limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&stmt, &[&params.job_id.0, &params.after, &limit])
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get(3).map_err(pg_error)?;
+                let state: Option<String> = row.try_get(4).map_err(pg_error)?;
+                Ok(JobEvent {
+                    seq: row.try_get(0).map_err(pg_error)?,
+                    job_id: JobId(row.try_get(1).map_err(pg_error)?),
+                    at: row.try_get(2).map_err(pg_error)?,
+                    kind: JobEventKind::parse(&kind).unwrap_or(JobEventKind::State),
+                    state: state.and_then(|s| s.parse::<JobState>().ok()),
+                    attempt: row.try_get(5).map_err(pg_error)?,
+                    progress: opt_json(row, 6)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,293 @@
+//! Live events over Server-Sent Events (docs/events.md): a job's stream,
+//! the long-poll for clients without SSE, and the stream tokens a browser
+//! opens a stream with.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::HeaderName;
+use axum::http::{Extensions, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use futures_util::stream::{self, Stream};
+use grafter_core::{Job, JobId};
+use grafter_engine::{JobEventStream, JobStreamEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::auth::check_bearer;
+use crate::api::jobs::ApiQuery;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, PathJobId};
+use crate::state::AppState;
+use crate::stream_tokens::{Refusal, StreamGrant, DEFAULT_TTL_MS, MAX_IDS, MAX_TTL_MS};
+
+/// How often an idle stream sends a comment, so proxies keep it open.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// How long a browser waits before reconnecting a dropped stream.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// Longest `wait` of a long-poll.
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// The header that carries the id of a job's latest event (for `after`).
+pub const EVENT_ID_HEADER: HeaderName = HeaderName::from_static("grafter-event-id");
+
+/// How a stream request may be authorized, besides the server's token.
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// A stream token (`POST /v1/stream-tokens`) naming this job, for
+    /// clients that cannot send an `Authorization` header.
+    pub access_token: Option<String>,
+    /// Resume after this event id, as the `Last-Event-ID` header does (the
+    /// header wins).
+    pub last_event_id: Option<String>,
+}
+
+/// A job's events: `snapshot` (the job), then `state` and `progress`
+/// (coalesced, at most four a second) as they happen, then `end` (the job as
+/// it ended, or `null` if deleted), and the stream closes. Each event's `id`
+/// resumes the stream after it when sent back as `Last-Event-ID`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "events",
+    params(("id" = i64, Path), StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn job_events(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    ApiQuery(query): ApiQuery<StreamQuery>,
+    extensions: Extensions,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(
+        &state,
+        &extensions,
+        &headers,
+        query.access_token.as_deref(),
+        id,
+    )?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.last_event_id.as_deref())
+        .and_then(|id| id.trim().parse::<i64>().ok());
+    let events = state
+        .engine()
+        .job_events(id, resume)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let sse =
+        Sse::new(sse_events(events, state)).keep_alive(KeepAlive::new().interval(HEARTBEAT_EVERY));
+    Ok(sse.into_response())
+}
+
+/// Lets a stream request in: with the server's token, or with a stream
+/// token that names the job.
+fn authorize(
+    state: &AppState,
+    extensions: &Extensions,
+    headers: &HeaderMap,
+    access_token: Option<&str>,
+    job: JobId,
+) -> Result<(), ApiError> {
+    let Some(presented) = access_token else {
+        return check_bearer(state, extensions, headers);
+    };
+    let server_token = state.config().token.as_deref();
+    match StreamGrant::verify(presented, server_token, Utc::now()) {
+        Ok(grant) if grant.jobs.contains(&job) => Ok(()),
+        Ok(_) => Err(ApiError::forbidden(format!(
+            "this stream token does not open job {job}'s events"
+        ))),
+        Err(Refusal::Expired) => Err(ApiError::unauthorized_because(
+            "this stream token has expired: mint a new one (POST /v1/stream-tokens)",
+        )),
+        Err(Refusal::Invalid) => {
+            // A forged token is a guess like a wrong bearer token.
+            check_bearer(state, extensions, headers)?;
+            Err(ApiError::unauthorized_because(
+                "this stream token is not valid on this server",
+            ))
+        }
+    }
+}
+
+/// The SSE events of a stream, ending with its end or the server's shutdown.
+fn sse_events(
+    events: JobEventStream,
+    state: AppState,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(Some((events, state)), |open| async move {
+        let (mut events, state) = open?;
+        let next = tokio::select! {
+            _ = state.shutdown().cancelled() => return None,
+            next = events.next() => next,
+        };
+        match next {
+            Ok(Some(event)) => Some((Ok(sse_event(&event)), Some((events, state)))),
+            Ok(None) => None,
+            Err(error) => {
+                // The client reconnects with its Last-Event-ID and misses nothing.
+                tracing::warn!(%error, job = %events.job_id(), "an event stream failed");
+                None
+            }
+        }
+    })
+}
+
+fn sse_event(event: &JobStreamEvent) -> Event {
+    let (name, id, data) = match event {
+        JobStreamEvent::Snapshot { job, id } => ("snapshot", *id, json!(job)),
+        JobStreamEvent::State(e) => (
+            "state",
+            e.seq,
+            json!({"job_id": e.job_id, "state": e.state, "attempt": e.attempt, "at": e.at}),
+        ),
+        JobStreamEvent::Progress(e) => (
+            "progress",
+            e.seq,
+            json!({"job_id": e.job_id, "progress": e.progress, "at": e.at}),
+        ),
+        JobStreamEvent::End { job, id } => {
+            ("end", *id, json!({"deleted": job.is_none(), "job": job}))
+        }
+    };
+    Event::default()
+        .event(name)
+        .id(id.to_string())
+        .retry(RECONNECT_AFTER)
+        .data(data.to_string())
+}
+
+/// Waits up to `wait` for the job's next change after `after` (an event id
+/// from the `Grafter-Event-Id` header of an earlier answer; without it, the
+/// next change from now), then answers the job as it is, with its latest
+/// event id. A finished job answers at once.
+pub async fn wait_for_change(
+    state: &AppState,
+    id: JobId,
+    wait: Duration,
+    after: Option<i64>,
+) -> Result<(Job, i64), ApiError> {
+    let mut events = state
+        .engine()
+        .job_events(id, after)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let mut latest = after.unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown().cancelled() => break,
+            next = tokio::time::timeout_at(deadline, events.next()) => next,
+        };
+        let Ok(next) = next else { break };
+        match next? {
+            Some(JobStreamEvent::Snapshot { job, id }) => {
+                latest = id;
+                if job.state.is_finished() {
+                    return Ok((job, latest));
+                }
+            }
+            Some(JobStreamEvent::State(e) | JobStreamEvent::Progress(e)) => {
+                latest = e.seq;
+                break;
+            }
+            Some(JobStreamEvent::End { job: Some(job), id }) => return Ok((job, id)),
+            Some(JobStreamEvent::End { job: None, .. }) | None => break,
+        }
+    }
+    let job = state
+        .store()
+        .job_get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    Ok((job, latest))
+}
+
+/// What a stream token is to open.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamTokenRequest {
+    /// Jobs whose event streams it opens.
+    #[serde(default)]
+    pub jobs: Vec<i64>,
+    /// Batches whose event streams it opens.
+    #[serde(default)]
+    pub batches: Vec<i64>,
+    /// How long it works, in milliseconds (default 15 minutes, at most 24 hours).
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    pub ttl_ms: Option<i64>,
+}
+
+/// A minted stream token.
+#[derive(Serialize, ToSchema)]
+pub struct StreamToken {
+    /// Pass it as `?access_token=` to the streams it names.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: chrono::DateTime<Utc>,
+}
+
+/// Mint a short-lived read-only token for some jobs' and batches' event
+/// streams, for a browser's `EventSource` (which cannot send headers).
+#[utoipa::path(post, path = "/v1/stream-tokens", tag = "events", request_body = StreamTokenRequest,
+    responses((status = 201, body = StreamToken), (status = 400, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn mint_stream_token(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<StreamTokenRequest>,
+) -> Result<(StatusCode, Json<StreamToken>), ApiError> {
+    let ids = request.jobs.len() + request.batches.len();
+    if ids == 0 {
+        return Err(ApiError::invalid_field(
+            "jobs",
+            "name at least one job or batch",
+        ));
+    }
+    if ids > MAX_IDS {
+        return Err(ApiError::invalid_field(
+            "jobs",
+            format!("at most {MAX_IDS} jobs and batches per token"),
+        ));
+    }
+    if let Some(bad) = request.jobs.iter().find(|&&id| id <= 0) {
+        return Err(ApiError::invalid_field(
+            "jobs",
+            format!("no job has id {bad}"),
+        ));
+    }
+    if let Some(bad) = request.batches.iter().find(|&&id| id <= 0) {
+        return Err(ApiError::invalid_field(
+            "batches",
+            format!("no batch has id {bad}"),
+        ));
+    }
+    let ttl_ms = request.ttl_ms.unwrap_or(DEFAULT_TTL_MS);
+    if !(1..=MAX_TTL_MS).contains(&ttl_ms) {
+        return Err(ApiError::invalid_field(
+            "ttl_ms",
+            format!("must be from 1 to {MAX_TTL_MS} (24 hours)"),
+        ));
+    }
+    let grant = StreamGrant {
+        jobs: request.jobs.into_iter().map(JobId).collect(),
+        batches: request.batches,
+        expires_at: Utc::now() + chrono::Duration::milliseconds(ttl_ms),
+    };
+    let token = grant.sign(state.config().token.as_deref());
+    Ok((
+        StatusCode::CREATED,
+        Json(StreamToken {
+            token,
+            expires_at: grant.expires_at,
+        }),
+    ))
+}
