@@ -21,6 +21,8 @@ CREATE TABLE job_events (
     progress jsonb
 );
 CREATE INDEX job_events_of_job ON job_events (job_id, seq);
+-- The pruner's way to the deletions, which outlive their jobs.
+CREATE INDEX job_events_deletions ON job_events (at) WHERE kind = 'deleted';
 
 DO $migration$
 DECLARE

@@ -139,15 +139,28 @@ impl Db {
         if states.is_empty() || params.limit == 0 {
             return Ok(0);
         }
+        // The deletions logged for event streams (`events.rs`) outlive their
+        // jobs only as long as finished jobs do.
+        const DELETIONS: &str = "
+            DELETE FROM job_events
+            WHERE seq IN (SELECT seq FROM job_events
+                          WHERE kind = 'deleted' AND at < $1
+                          LIMIT $2)";
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-        client
+        let pruned = client
             .execute(
                 &stmt,
                 &[&states, &params.finished_before, &limit(params.limit)],
             )
             .await
-            .map_err(pg_error)
+            .map_err(pg_error)?;
+        let deletions = client.prepare_cached(DELETIONS).await.map_err(pg_error)?;
+        client
+            .execute(&deletions, &[&params.finished_before, &limit(params.limit)])
+            .await
+            .map_err(pg_error)?;
+        Ok(pruned)
     }
 }
 

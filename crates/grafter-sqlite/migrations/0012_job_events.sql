@@ -17,6 +17,8 @@ CREATE TABLE job_events (
     progress TEXT
 );
 CREATE INDEX job_events_of_job ON job_events (job_id, seq);
+-- The pruner's way to the deletions, which outlive their jobs.
+CREATE INDEX job_events_deletions ON job_events (at) WHERE kind = 'deleted';
 
 CREATE TRIGGER jobs_watched_changed AFTER UPDATE OF state, attempt, progress ON jobs
 WHEN NEW.watched

@@ -137,8 +137,17 @@ pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
         limit(params.limit).into(),
     ];
     values.extend(states.iter().map(|s| (*s).to_owned().into()));
-    conn.prepare_cached(&sql)
+    let pruned = conn
+        .prepare_cached(&sql)
         .and_then(|mut stmt| stmt.execute(params_from_iter(values)))
-        .map(|n| n as u64)
-        .map_err(backend)
+        .map_err(backend)?;
+    // The deletions logged for event streams (`events.rs`) outlive their
+    // jobs only as long as finished jobs do.
+    conn.prepare_cached(
+        "DELETE FROM job_events WHERE seq IN (
+            SELECT seq FROM job_events WHERE kind = 'deleted' AND at < ?1 LIMIT ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![micros(params.finished_before), limit(params.limit)]))
+    .map_err(backend)?;
+    Ok(pruned as u64)
 }
