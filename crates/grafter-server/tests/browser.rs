@@ -24,7 +24,7 @@ use grafter_core::{
 use grafter_engine::{Engine, EngineConfig};
 use grafter_server::ServerConfig;
 use grafter_sqlite::SqliteStore;
-use grafter_store::{JobFail, JobHeartbeat, JobsFetch, JobsInsert, Store, WorkerBeat};
+use grafter_store::{JobComplete, JobFail, JobHeartbeat, JobsFetch, JobsInsert, Store, WorkerBeat};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -502,6 +502,19 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
             lease_duration: Duration::from_secs(300),
             now: Utc::now(),
         };
+        // Told by the job's event stream, not by polling.
+        let region = client.find(Locator::Css("div[data-live]")).await.unwrap();
+        for _ in 0..100 {
+            if region.attr("data-stream").await.unwrap().as_deref() == Some("open") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            region.attr("data-stream").await.unwrap().as_deref(),
+            Some("open"),
+            "the page follows the job's event stream"
+        );
         store.job_heartbeat(beat).await.unwrap();
         eventually(&client, "div.progress", "the new progress", |t| {
             t.contains("half way") && t.contains("50%")
@@ -516,6 +529,23 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
             "no reload"
         );
         shot(&client, "job-running").await;
+        store
+            .job_complete(JobComplete {
+                id: running.job.id,
+                lease: running.lease.clone(),
+                result: Some(json!({"rows": 1000})),
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
+        eventually(&client, "section.status", "the end", |t| {
+            t.contains("completed")
+        })
+        .await;
+        assert_eq!(
+            region.attr("data-stream").await.unwrap().as_deref(),
+            Some("ended")
+        );
 
         // Hostile args and errors are text.
         client.goto(&format!("{base}/jobs/{xss}")).await.unwrap();

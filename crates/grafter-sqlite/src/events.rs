@@ -4,9 +4,10 @@
 //!
 //! The log is written by triggers (migration 12) in the transaction of each
 //! change. One process owns the file, so a committed event's `seq` is greater
-//! than every earlier commit's: reading `seq > last seen` every
-//! [`POLL_EVERY`] misses none.
+//! than every earlier commit's: reading `seq > last seen` after each commit
+//! misses none.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_core::{JobId, JobState};
@@ -14,6 +15,7 @@ use grafter_store::{
     job_watch_key, JobEvent, JobEventKind, JobEventsList, Result, Wakeups, WatchedJob,
 };
 use rusqlite::{params, Connection};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::backend;
@@ -21,9 +23,9 @@ use crate::jobs::job_get;
 use crate::readers::Readers;
 use crate::row::{opt_json, timestamp};
 
-/// How often the log is read for new events while a stream is open (the
-/// latency of an event on SQLite is at most this plus the read).
-const POLL_EVERY: Duration = Duration::from_millis(20);
+/// Longest time between two reads of the log while a stream is open (it is
+/// read after each commit; this is a backstop).
+const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How often it is read while no stream is open, only to keep its place.
 const IDLE_POLL_EVERY: Duration = Duration::from_millis(500);
 /// Most events read per poll; more wait for the next one.
@@ -95,22 +97,41 @@ fn logged_after(conn: &Connection, after: i64) -> Result<Vec<(i64, i64)>> {
     rows.collect::<rusqlite::Result<_>>().map_err(backend)
 }
 
-/// Reads the log's new events after `last` (the newest when the store
-/// opened) and wakes the streams of their jobs, until `cancel` fires. It
-/// keeps its place even with no stream open, so a stream is woken for every
-/// event logged after its own first read.
-pub fn spawn_poller(readers: Readers, watchers: Wakeups, last: i64, cancel: CancellationToken) {
+/// What the log's reader needs.
+pub struct Poller {
+    pub readers: Readers,
+    pub watchers: Wakeups,
+    /// Signalled by the writer after each commit.
+    pub committed: Arc<Notify>,
+    /// The newest event when the store opened.
+    pub last: i64,
+}
+
+/// Reads the log's new events after each commit while a stream is open (at
+/// least every [`POLL_EVERY`]) and wakes the streams of their jobs, until
+/// `cancel` fires. It keeps its place even with no stream open (reading
+/// every [`IDLE_POLL_EVERY`]), so a stream is woken for every event logged
+/// after its own first read.
+pub fn spawn_poller(poller: Poller, cancel: CancellationToken) {
+    let Poller {
+        readers,
+        watchers,
+        committed,
+        mut last,
+    } = poller;
     tokio::spawn(async move {
-        let mut last = last;
         loop {
-            let pause = if watchers.is_idle() {
-                IDLE_POLL_EVERY
+            if watchers.is_idle() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(IDLE_POLL_EVERY) => {}
+                }
             } else {
-                POLL_EVERY
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = committed.notified() => {}
+                    _ = tokio::time::sleep(POLL_EVERY) => {}
+                }
             }
             match readers.run(move |conn| logged_after(conn, last)).await {
                 Ok(events) => {

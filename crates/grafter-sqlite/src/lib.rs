@@ -40,6 +40,7 @@ use grafter_store::{
 };
 use grafter_store::{JobEvent, JobEventsList, WatchedJob};
 use rusqlite::Connection;
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use error::backend;
@@ -64,9 +65,12 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let writer_path = path.clone();
-        let writer = tokio::task::spawn_blocking(move || Writer::start(&writer_path))
-            .await
-            .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
+        let committed = Arc::new(Notify::new());
+        let writer_committed = committed.clone();
+        let writer =
+            tokio::task::spawn_blocking(move || Writer::start(&writer_path, writer_committed))
+                .await
+                .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
         let limited = Arc::new(Limited::default());
         limited.replace(writer.run(limits::limited_names).await?);
         let readers = Readers::new(path.clone());
@@ -74,9 +78,12 @@ impl SqliteStore {
         let cancel = CancellationToken::new();
         let last_event = writer.run(events::last_logged).await?;
         events::spawn_poller(
-            readers.clone(),
-            watchers.clone(),
-            last_event,
+            events::Poller {
+                readers: readers.clone(),
+                watchers: watchers.clone(),
+                committed,
+                last: last_event,
+            },
             cancel.clone(),
         );
         Ok(SqliteStore {

@@ -16,12 +16,12 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use grafter_store::{Result, StoreError};
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::migrations;
 
@@ -88,8 +88,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Opens the write connection, migrates, and starts the thread.
-    pub fn start(path: &Path) -> Result<Self> {
+    /// Opens the write connection, migrates, and starts the thread, which
+    /// signals `committed` after each commit.
+    pub fn start(path: &Path, committed: Arc<Notify>) -> Result<Self> {
         let mut conn = open(path).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot open SQLite database {}: {e}",
@@ -101,7 +102,7 @@ impl Writer {
         let (ops, queue) = mpsc::channel::<Box<dyn Op>>();
         std::thread::Builder::new()
             .name("grafter-sqlite-writer".into())
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, &committed))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(Writer { ops })
     }
@@ -166,7 +167,7 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
     outcome
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Box<dyn Op>>) {
+fn run(conn: Connection, queue: mpsc::Receiver<Box<dyn Op>>, committed: &Notify) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -176,6 +177,9 @@ fn run(conn: Connection, queue: mpsc::Receiver<Box<dyn Op>>) {
             }
         }
         let error = commit_group(&conn, &mut group);
+        if error.is_none() {
+            committed.notify_one();
+        }
         for op in group {
             op.answer(error.as_ref());
         }

@@ -78,6 +78,12 @@ impl Sample {
         }
     }
 
+    /// The server process's CPU seconds between `self` and `later`.
+    pub fn server_seconds_until(&self, later: &Sample) -> Option<f64> {
+        let (a, b) = (self.server?, later.server?);
+        Some(b.saturating_sub(a) as f64 / TICKS_PER_SECOND)
+    }
+
     /// A line saying where the CPU went between `self` and `later`, for `jobs` jobs.
     pub fn describe(&self, later: &Sample, jobs: u64, wall: Duration) -> String {
         let seconds = |ticks: u64| ticks as f64 / TICKS_PER_SECOND;

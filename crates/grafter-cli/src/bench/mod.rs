@@ -6,6 +6,7 @@
 //! PostgreSQL schema) and removes it afterwards.
 
 mod cpu;
+mod events;
 mod report;
 mod schedules;
 mod target;
@@ -140,6 +141,9 @@ pub enum Workload {
     /// `--jobs` schedules (default 10,000) due on the same minute: how soon
     /// all their jobs are enqueued, and a firing pass's idle cost.
     Schedules,
+    /// `--jobs` idle event streams (default 10,000) on one server: its
+    /// memory, its idle CPU, and an event's latency.
+    Events,
 }
 
 impl Workload {
@@ -149,6 +153,7 @@ impl Workload {
             Workload::Continuous => "continuous",
             Workload::Latency => "latency",
             Workload::Schedules => "schedules",
+            Workload::Events => "events",
         }
     }
 }
@@ -239,9 +244,15 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             target.durability
         );
     }
-    if args.workload == Workload::Schedules {
+    if matches!(args.workload, Workload::Schedules | Workload::Events) {
+        let own_module = async {
+            match args.workload {
+                Workload::Events => events::run(&args, &target).await,
+                _ => schedules::run(&args, &target).await,
+            }
+        };
         let outcome = tokio::select! {
-            outcome = schedules::run(&args, &target) => outcome,
+            outcome = own_module => outcome,
             _ = tokio::signal::ctrl_c() => Err(Failure::Message("interrupted".into())),
         };
         target.remove().await;
@@ -332,7 +343,9 @@ async fn run_on(args: &BenchArgs, target: &Target) -> Result<Report, Failure> {
         Workload::Burndown => burndown(args, &setup, &mut report).await,
         Workload::Continuous => continuous(args, &setup, &mut report).await,
         Workload::Latency => latency(args, &setup, &mut report).await,
-        Workload::Schedules => unreachable!("run() hands the schedules workload to its own module"),
+        Workload::Schedules | Workload::Events => {
+            unreachable!("run() hands this workload to its own module")
+        }
     };
     if let Some(server) = setup.server {
         server.stop().await;

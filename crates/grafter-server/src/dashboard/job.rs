@@ -1,7 +1,8 @@
 //! One job: its args, state timeline, every attempt, progress and result, and
 //! what can be done to it (retry, run now, cancel, delete, reschedule, edit
 //! the args and retry). The status part refreshes itself while the job is
-//! unfinished (`/jobs/{id}/live`).
+//! unfinished (`/jobs/{id}/live`), as the job's event stream tells of each
+//! change.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -17,6 +18,7 @@ use serde_json::Value;
 use super::layout::{self, csrf_field, state_badge, time, time_or_dash, Tab};
 use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx};
 use crate::state::AppState;
+use crate::stream_tokens::StreamGrant;
 
 fn parse_id(raw: &str) -> Option<JobId> {
     raw.parse().ok().map(JobId)
@@ -55,7 +57,8 @@ pub(super) async fn page(
         &ctx,
         html! {
             h1 { "Job #" (job.id) " " code { (job.kind) } }
-            div data-live={ "/jobs/" (job.id) "/live" } data-interval="2000" { (status(&job)) }
+            div data-live={ "/jobs/" (job.id) "/live" } data-interval="2000"
+                data-events=[(!job.state.is_finished()).then(|| events_url(&state, job.id))] { (status(&job)) }
             @if let Some(held) = &held {
                 p.held data-held=(held.reason.as_str()) {
                     strong { "Held back: " } (held.message)
@@ -103,6 +106,21 @@ pub(super) async fn page(
             (attempts(&job))
         },
     ))
+}
+
+/// How long the page's stream token works; a page left open longer polls.
+const STREAM_TOKEN_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// The job's event stream, with a token for it: the browser's `EventSource`
+/// sends no `Authorization` header.
+fn events_url(state: &AppState, id: JobId) -> String {
+    let grant = StreamGrant {
+        jobs: vec![id],
+        batches: Vec::new(),
+        expires_at: Utc::now() + STREAM_TOKEN_TTL,
+    };
+    let token = grant.sign(state.config().token.as_deref());
+    format!("/v1/jobs/{id}/events?access_token={token}")
 }
 
 /// The status part alone, for the page's own refresh. Tells the script to

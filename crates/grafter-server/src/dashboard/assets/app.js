@@ -23,13 +23,18 @@ function localizeTimes(root) {
   }
 }
 
-// Regions marked data-live="/url" reload their content every data-interval
-// ms, until the content says data-live-done or the page is left.
+// Regions marked data-live="/url" reload their content from that URL until
+// the content says data-live-done or the page is left: each time the event
+// stream named by data-events says the job changed (docs/events.md), or,
+// without one (or once it cannot connect), every data-interval ms.
 function startLive(region) {
   const url = region.dataset.live;
   const every = parseInt(region.dataset.interval || "3000", 10);
-  async function refresh() {
-    if (document.hidden) { setTimeout(refresh, every); return; }
+  const done = () => region.querySelector("[data-live-done]");
+  let loading = false, again = false;
+  async function load() {
+    if (loading) { again = true; return; }
+    loading = true;
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } });
       if (response.ok) {
@@ -38,11 +43,37 @@ function startLive(region) {
         region.dataset.updated = String(Date.now());
       }
     } catch (e) {
-      // The server may be restarting; try again on the next tick.
+      // The server may be restarting; the next change or tick tries again.
     }
-    if (!region.querySelector("[data-live-done]")) setTimeout(refresh, every);
+    loading = false;
+    if (again) { again = false; load(); }
   }
-  if (!region.querySelector("[data-live-done]")) setTimeout(refresh, every);
+  async function poll() {
+    if (!document.hidden) await load();
+    if (!done()) setTimeout(poll, every);
+  }
+  const stream = region.dataset.events;
+  if (stream && window.EventSource && !done()) {
+    const source = new EventSource(stream);
+    source.addEventListener("open", () => { region.dataset.stream = "open"; });
+    source.addEventListener("state", load);
+    source.addEventListener("progress", load);
+    source.addEventListener("end", () => {
+      source.close();
+      region.dataset.stream = "ended";
+      load();
+    });
+    source.addEventListener("error", () => {
+      // A refused stream (an expired token) is closed for good; a dropped
+      // one reconnects by itself, resuming after its last event.
+      if (source.readyState === EventSource.CLOSED) {
+        region.dataset.stream = "closed";
+        setTimeout(poll, every);
+      }
+    });
+    return;
+  }
+  if (!done()) setTimeout(poll, every);
 }
 
 document.addEventListener("submit", (event) => {
