@@ -118,18 +118,49 @@ class ClientTest < Minitest::Test
   def test_wait_yields_progress_and_times_out
     queue = unique("wait")
     id = client.enqueue(kind: "w", queue: queue)["id"]
-    error = assert_raises(Grafter::WaitTimeout) { client.wait(id, timeout: 0.3, interval: 0.1) }
+    error = assert_raises(Grafter::WaitTimeout) { client.wait(id, timeout: 0.3) }
     assert_equal "available", error.job["state"]
 
     leased = client.fetch(queues: [queue], max: 1).first
     seen = []
-    waiter = Thread.new { client.wait(id, timeout: 10, interval: 0.05) { |job| seen << job["progress"] } }
+    waiter = Thread.new { Grafter::Client.new(url: server.url).wait(id, timeout: 10) { |job| seen << job["progress"] } }
     sleep 0.2
     client.heartbeat(id, lease: leased["lease"], progress: { fraction: 0.5, message: "half" })
     sleep 0.2
     client.ack(id, lease: leased["lease"], result: { "done" => true })
     assert_equal({ "done" => true }, waiter.value["result"])
     assert_includes seen, { "fraction" => 0.5, "message" => "half" }
+  end
+
+  def test_events_stream_a_job_to_its_end_and_resume_after_an_id
+    queue = unique("events")
+    id = client.enqueue(kind: "e", queue: queue)["id"]
+    leased = client.fetch(queues: [queue], max: 1).first
+    seen = []
+    streaming = Thread.new do
+      Grafter::Client.new(url: server.url).events(id) { |event| seen << event }
+    end
+    wait_until(message: "the snapshot") { seen.any? }
+    client.heartbeat(id, lease: leased["lease"], progress: 0.5)
+    wait_until(message: "the progress") { seen.any? { |e| e["event"] == "progress" } }
+    client.ack(id, lease: leased["lease"], result: { "rows" => 2 })
+    streaming.join(GrafterTest::PATIENCE)
+    assert_equal %w[snapshot progress state end], seen.map { |e| e["event"] }
+    assert_equal "running", seen.first["data"]["state"]
+    assert_equal({ "rows" => 2 }, seen.last["data"]["job"]["result"])
+
+    resumed = []
+    client.events(id, last_event_id: seen[1]["id"]) { |event| resumed << event }
+    assert_equal [%w[state completed], ["end", nil]],
+                 resumed.map { |e| [e["event"], e["data"]["state"]] }
+  end
+
+  def test_a_stream_token_names_its_jobs
+    id = client.enqueue(kind: "e", queue: unique("tokens"))["id"]
+    minted = client.stream_token(jobs: [id], ttl_ms: 60_000)
+    assert_match(/\Agst1\./, minted["token"])
+    error = assert_raises(Grafter::Error) { client.stream_token(jobs: [], ttl_ms: 0) }
+    assert_match(/jobs/, error.message)
   end
 
   private

@@ -20,6 +20,7 @@ use std::time::Duration;
 use grafter_core::{Job, JobId};
 use grafter_store::{job_watch_key, JobEvent, JobEventKind, JobEventsList, Waiter};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Engine, Result};
 
@@ -107,6 +108,45 @@ impl Engine {
             ending: finished && after == watched.last_event,
             ended: false,
         }))
+    }
+}
+
+impl Engine {
+    /// Waits up to `wait` (or until `stop`) for the job's next change after
+    /// the event id `after` (without it, the next change from now), then
+    /// answers the job as it is with its latest event id; `None` if there is
+    /// no such job. A finished job answers at once. The long-poll of clients
+    /// without event streams.
+    pub async fn job_change(
+        &self,
+        id: JobId,
+        after: Option<i64>,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Option<(Job, i64)>> {
+        let Some(mut events) = self.job_events(id, after).await? else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = tokio::time::timeout_at(deadline, events.next()) => next,
+            };
+            let Ok(next) = next else { break };
+            match next? {
+                Some(JobStreamEvent::Snapshot { job, id }) if job.state.is_finished() => {
+                    return Ok(Some((job, id)));
+                }
+                Some(JobStreamEvent::Snapshot { .. }) => {}
+                Some(JobStreamEvent::State(_) | JobStreamEvent::Progress(_)) => break,
+                Some(JobStreamEvent::End { job: Some(job), id }) => return Ok(Some((job, id))),
+                Some(JobStreamEvent::End { job: None, .. }) | None => return Ok(None),
+            }
+        }
+        // Read after every event read so far: the job includes them all.
+        let job = self.store().job_get(id).await?;
+        Ok(job.map(|job| (job, events.after)))
     }
 }
 

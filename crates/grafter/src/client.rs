@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use grafter_core::{time, Backoff, Job as JobRecord, JobId, JobState, NewJob};
+use grafter_core::{time, Backoff, Job as JobRecord, JobId, NewJob};
 use grafter_engine::{Engine, EngineConfig};
 use grafter_store::Store;
 
@@ -213,7 +213,8 @@ impl Client {
     }
 
     /// Like [`Client::wait`], calling `on_change` whenever the job's state,
-    /// attempt or progress changes.
+    /// attempt or progress changes. Each wait is the server's (or the
+    /// engine's) long-poll of the job's next change: nothing polls.
     pub async fn wait_with_progress(
         &self,
         id: JobId,
@@ -221,23 +222,23 @@ impl Client {
         mut on_change: impl FnMut(&JobRecord),
     ) -> Result<JobRecord> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut last: Option<(JobState, i32, Option<grafter_core::Progress>)> = None;
-        let mut pause = Duration::from_millis(20);
+        let (mut job, mut after) = self.transport.job_change(id, None, Duration::ZERO).await?;
+        on_change(&job);
+        let mut seen = (job.state, job.attempt, job.progress.clone());
         loop {
-            let job = self.get(id).await?;
-            let seen = (job.state, job.attempt, job.progress.clone());
-            if last.as_ref() != Some(&seen) {
-                on_change(&job);
-                last = Some(seen);
-            }
             if job.state.is_finished() {
                 return Ok(job);
             }
-            if tokio::time::Instant::now() + pause > deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
                 return Err(Error::WaitTimeout(id));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            (job, after) = self.transport.job_change(id, Some(after), left).await?;
+            let now = (job.state, job.attempt, job.progress.clone());
+            if now != seen {
+                on_change(&job);
+                seen = now;
+            }
         }
     }
 }

@@ -30,6 +30,10 @@ module Grafter
     # Idle keep-alive connections are reopened after this long, well inside
     # the server's idle timeout (60 s), so a reused one is rarely stale.
     KEEP_ALIVE_SECONDS = 30
+    # The longest wait of the server's long-poll of a job.
+    MAX_CHANGE_WAIT_MS = 60_000
+    # An event stream sends a heartbeat every 15 s: silence for this long is a broken stream.
+    EVENTS_READ_TIMEOUT = 60
 
     attr_reader :url, :open_timeout, :read_timeout
 
@@ -93,24 +97,76 @@ module Grafter
       get("/v1/jobs#{query.empty? ? '' : "?#{URI.encode_www_form(query)}"}")
     end
 
-    # Polls the job until it is finished (completed, dead, cancelled or
+    # Waits until the job is finished (completed, dead, cancelled or
     # expired) and answers it. The block, if any, sees the job each time its
     # progress or state changes. Raises WaitTimeout after `timeout` seconds.
-    def wait(id, timeout: 60, interval: 0.5)
+    # Each wait is the server's long-poll of the job's next change
+    # (`GET /v1/jobs/{id}?wait=`): nothing polls.
+    def wait(id, timeout: 60)
       deadline = monotonic + timeout
+      job, after = change(id, after: nil, wait_ms: 0)
       seen = nil
       loop do
-        job = job(id)
-        change = [job["state"], job["progress"]]
-        yield job if block_given? && change != seen
-        seen = change
+        now = [job["state"], job["attempt"], job["progress"]]
+        yield job if block_given? && now != seen
+        seen = now
         return job if FINISHED_STATES.include?(job["state"])
-        if monotonic + interval > deadline
+
+        left = deadline - monotonic
+        if left <= 0
           raise WaitTimeout.new("job #{id} did not finish within #{timeout} s (it is #{job['state']})", job: job)
         end
 
-        sleep interval
+        job, after = change(id, after: after, wait_ms: [(left * 1000).ceil, MAX_CHANGE_WAIT_MS].min)
       end
+    end
+
+    # The job once it changes after the event id `after` (nil: the next
+    # change from now), or when `wait_ms` ends: [job, its latest event id].
+    def change(id, after: nil, wait_ms: 30_000)
+      query = "wait=#{Integer(wait_ms)}"
+      query += "&after=#{Integer(after)}" if after
+      response = request(:get, "/v1/jobs/#{job_id(id)}?#{query}", idempotent: true,
+                                                                   read_timeout: (wait_ms / 1000.0) + @read_timeout,
+                                                                   raw: true)
+      job = answer(response, :get, "/v1/jobs/#{id}")
+      [job, Integer(response["Grafter-Event-Id"] || after || 0)]
+    end
+
+    # A short-lived token that opens only these jobs' and batches' event
+    # streams (`?access_token=`), for a browser's EventSource: {"token", "expires_at"}.
+    def stream_token(jobs: [], batches: [], ttl_ms: nil)
+      post("/v1/stream-tokens", compact(jobs: jobs, batches: batches, ttl_ms: ttl_ms))
+    end
+
+    # Streams a job's live events (docs/events.md), yielding each as
+    # {"event" => "snapshot" | "state" | "progress" | "end", "id" => "...",
+    # "data" => {...}} until the end. With `last_event_id`, resumes after it.
+    def events(id, last_event_id: nil)
+      http = Net::HTTP.new(@uri.host, @uri.port)
+      http.use_ssl = @uri.scheme == "https"
+      http.open_timeout = @open_timeout
+      http.read_timeout = EVENTS_READ_TIMEOUT
+      http.start do
+        request = build(:get, "/v1/jobs/#{job_id(id)}/events", nil)
+        request["Accept"] = "text/event-stream"
+        request["Last-Event-ID"] = last_event_id.to_s if last_event_id
+        http.request(request) do |response|
+          answer(response, :get, "/v1/jobs/#{id}/events") unless response.is_a?(Net::HTTPSuccess)
+          buffer = +""
+          response.read_body do |chunk|
+            buffer << chunk
+            while (cut = buffer.index("\n\n"))
+              event = sse_event(buffer.slice!(0, cut + 2))
+              yield event if event
+            end
+          end
+        end
+      end
+      nil
+    rescue SystemCallError, SocketError, IOError, Net::OpenTimeout, Net::ReadTimeout => e
+      raise ConnectionError.new("#{@url}: the event stream of job #{id} broke (#{e.class}: #{e.message})",
+                                url: @url)
     end
 
     # --- queues and workers ---------------------------------------------------
@@ -330,6 +386,23 @@ module Grafter
 
     def compact(hash)
       hash.reject { |_, value| value.nil? }
+    end
+
+    # One Server-Sent Event's block as a Hash, or nil for a comment alone.
+    def sse_event(block)
+      event = { "event" => nil, "id" => nil, "data" => +"" }
+      block.each_line(chomp: true) do |line|
+        field, value = line.split(":", 2)
+        value = value.to_s.delete_prefix(" ")
+        case field
+        when "event" then event["event"] = value
+        when "id" then event["id"] = value
+        when "data" then event["data"] << value
+        end
+      end
+      return nil unless event["event"]
+
+      event.merge("data" => JSON.parse(event["data"]))
     end
 
     def job_id(id)

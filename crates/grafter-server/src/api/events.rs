@@ -166,50 +166,19 @@ fn sse_event(event: &JobStreamEvent) -> Event {
         .data(data.to_string())
 }
 
-/// Waits up to `wait` for the job's next change after `after` (an event id
-/// from the `Grafter-Event-Id` header of an earlier answer; without it, the
-/// next change from now), then answers the job as it is, with its latest
-/// event id. A finished job answers at once.
+/// The long-poll of `GET /v1/jobs/{id}?wait=`: the job once it changes
+/// after `after` (or the wait ends), with its latest event id.
 pub async fn wait_for_change(
     state: &AppState,
     id: JobId,
     wait: Duration,
     after: Option<i64>,
 ) -> Result<(Job, i64), ApiError> {
-    let mut events = state
+    state
         .engine()
-        .job_events(id, after)
+        .job_change(id, after, wait, state.shutdown())
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    let mut latest = after.unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let next = tokio::select! {
-            _ = state.shutdown().cancelled() => break,
-            next = tokio::time::timeout_at(deadline, events.next()) => next,
-        };
-        let Ok(next) = next else { break };
-        match next? {
-            Some(JobStreamEvent::Snapshot { job, id }) => {
-                latest = id;
-                if job.state.is_finished() {
-                    return Ok((job, latest));
-                }
-            }
-            Some(JobStreamEvent::State(e) | JobStreamEvent::Progress(e)) => {
-                latest = e.seq;
-                break;
-            }
-            Some(JobStreamEvent::End { job: Some(job), id }) => return Ok((job, id)),
-            Some(JobStreamEvent::End { job: None, .. }) | None => break,
-        }
-    }
-    let job = state
-        .store()
-        .job_get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    Ok((job, latest))
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
 }
 
 /// What a stream token is to open.

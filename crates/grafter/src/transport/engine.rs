@@ -40,6 +40,18 @@ impl Transport for EngineTransport {
             .ok_or(Error::NotFound(id))
     }
 
+    async fn job_change(
+        &self,
+        id: JobId,
+        after: Option<i64>,
+        wait: Duration,
+    ) -> Result<(JobRecord, i64)> {
+        self.engine
+            .job_change(id, after, wait, &CancellationToken::new())
+            .await?
+            .ok_or(Error::NotFound(id))
+    }
+
     async fn cancel(&self, id: JobId) -> Result<JobRecord> {
         Ok(self.engine.cancel(id).await?)
     }

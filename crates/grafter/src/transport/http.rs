@@ -98,21 +98,26 @@ impl HttpTransport {
     ) -> Result<T> {
         self.send(method, path, body, CALL_TIMEOUT)
             .await
-            .map(|(_, answer)| answer)
+            .map(|(_, _, answer)| answer)
             .map_err(|failure| failure.into_error(id))
     }
 
-    /// Sends a request and reads its answer: the parsed body of a 2xx, or
-    /// what went wrong.
+    /// Sends a request (`path` may end in a `?query`) and reads its answer:
+    /// the status, headers and parsed body of a 2xx, or what went wrong.
     async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<(StatusCode, T), Failure> {
+    ) -> Result<(StatusCode, header::HeaderMap, T), Failure> {
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
         let mut url = self.base.clone();
         url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        url.set_query(query);
         let mut request = self.http.request(method, url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -127,6 +132,7 @@ impl HttpTransport {
             .await
             .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.base)))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response
             .bytes()
             .await
@@ -138,7 +144,7 @@ impl HttpTransport {
                 &bytes[..]
             };
             return serde_json::from_slice(bytes)
-                .map(|answer| (status, answer))
+                .map(|answer| (status, headers, answer))
                 .map_err(|e| Failure::Answer {
                     status,
                     code: "invalid_answer".to_owned(),
@@ -196,6 +202,8 @@ impl HttpTransport {
 
 /// Ordinary calls answer quickly; long-polls get their wait on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait the server's long-poll of a job takes.
+const MAX_CHANGE_WAIT: Duration = Duration::from_secs(60);
 /// How long a stopping fetch waits for an answer already in flight.
 const IN_FLIGHT_GRACE: Duration = Duration::from_millis(500);
 /// The server's longest long-poll.
@@ -227,7 +235,7 @@ impl Transport for HttpTransport {
         if let [job] = &jobs[..] {
             // The single-job endpoint says whether it was a duplicate (200) or new (201).
             let body = json_body(job)?;
-            let (status, job) = self
+            let (status, _, job) = self
                 .send(Method::POST, "/v1/jobs", Some(body), CALL_TIMEOUT)
                 .await
                 .map_err(|failure| failure.into_error(None))?;
@@ -255,6 +263,29 @@ impl Transport for HttpTransport {
     async fn get(&self, id: JobId) -> Result<JobRecord> {
         self.call(Method::GET, &format!("/v1/jobs/{id}"), None, Some(id))
             .await
+    }
+
+    async fn job_change(
+        &self,
+        id: JobId,
+        after: Option<i64>,
+        wait: Duration,
+    ) -> Result<(JobRecord, i64)> {
+        let wait = wait.min(MAX_CHANGE_WAIT);
+        let mut path = format!("/v1/jobs/{id}?wait={}", wait.as_millis());
+        if let Some(after) = after {
+            path.push_str(&format!("&after={after}"));
+        }
+        let (_, headers, job) = self
+            .send(Method::GET, &path, None, wait + CALL_TIMEOUT)
+            .await
+            .map_err(|failure| failure.into_error(Some(id)))?;
+        let latest = headers
+            .get("grafter-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| after.unwrap_or_default());
+        Ok((job, latest))
     }
 
     async fn cancel(&self, id: JobId) -> Result<JobRecord> {
@@ -288,14 +319,14 @@ impl Transport for HttpTransport {
         );
         tokio::pin!(request);
         tokio::select! {
-            answer = &mut request => answer.map(|a| a.1.jobs).map_err(|f| f.into_error(None)),
+            answer = &mut request => answer.map(|a| a.2.jobs).map_err(|f| f.into_error(None)),
             _ = stop.cancelled() => {
                 // An answer with leased jobs may already be on its way: wait a
                 // moment for it so they can be handed back at once. Past that,
                 // dropping the request is still safe: jobs leased by an answer we
                 // never read come back when their lease expires.
                 match tokio::time::timeout(IN_FLIGHT_GRACE, request).await {
-                    Ok(Ok((_, answer))) => Ok(answer.jobs),
+                    Ok(Ok((_, _, answer))) => Ok(answer.jobs),
                     _ => Ok(Vec::new()),
                 }
             }
@@ -397,7 +428,7 @@ impl Transport for HttpTransport {
             )
             .await;
         match answer {
-            Ok((_, answer)) if answer.results.len() == n => Ok(answer
+            Ok((_, _, answer)) if answer.results.len() == n => Ok(answer
                 .results
                 .into_iter()
                 .map(|item| match (item.ok, item.error) {
@@ -410,7 +441,7 @@ impl Transport for HttpTransport {
                     },
                 })
                 .collect()),
-            Ok((_, answer)) => Err(Error::Other(format!(
+            Ok((_, _, answer)) => Err(Error::Other(format!(
                 "batch ack of {n} answered {} results",
                 answer.results.len()
             ))),

@@ -22,6 +22,15 @@ pub use http::HttpTransport;
 pub trait Transport: Send + Sync + 'static {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<(JobRecord, bool)>>;
     async fn get(&self, id: JobId) -> Result<JobRecord>;
+    /// Waits up to `wait` for the job's next change after the event id
+    /// `after` (`None`: the next from now), then answers the job with its
+    /// latest event id; a finished job answers at once.
+    async fn job_change(
+        &self,
+        id: JobId,
+        after: Option<i64>,
+        wait: Duration,
+    ) -> Result<(JobRecord, i64)>;
     async fn cancel(&self, id: JobId) -> Result<JobRecord>;
     /// Leases jobs, waiting up to `fetch.wait` for one; returns early (empty)
     /// when `stop` fires.
