@@ -233,8 +233,8 @@ module Grafter
       read_timeout ||= @read_timeout
       resent = false
       begin
-        connection, reused = connection()
-        response = connection.request(head, payload, read_timeout)
+        link, reused = connection
+        response = link.request(head, payload, read_timeout)
       rescue *BROKEN_CONNECTION => e
         drop_connection
         if reused && idempotent && !resent
@@ -262,13 +262,13 @@ module Grafter
     # longer than KEEP_ALIVE_SECONDS, or that the server closed, is replaced
     # rather than risked.
     def connection
-      connection = Thread.current[@connection_key]
-      return [connection, true] if connection && connection.idle_seconds < KEEP_ALIVE_SECONDS && !connection.stale?
+      link = Thread.current[@connection_key]
+      return [link, true] if link && link.idle_seconds < KEEP_ALIVE_SECONDS && !link.stale?
 
-      connection&.close
-      connection = Connection.new(@uri, open_timeout: @open_timeout, write_timeout: @read_timeout)
-      Thread.current[@connection_key] = connection
-      [connection, false]
+      link&.close
+      link = Connection.new(@uri, open_timeout: @open_timeout, write_timeout: @read_timeout)
+      Thread.current[@connection_key] = link
+      [link, false]
     end
 
     def drop_connection
