@@ -6,6 +6,7 @@
 #
 # CPU below wall is time spent waiting: on the server, the disk, the network.
 # The jobs it enqueues are left in the store (use a throwaway one).
+require "net/http"
 require "optparse"
 require_relative "jobs"
 

@@ -17,7 +17,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use grafter_store::{Result, StoreError};
 use rusqlite::Connection;
@@ -168,23 +168,102 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
 }
 
 fn run(conn: Connection, queue: mpsc::Receiver<Box<dyn Op>>, committed: &Notify) {
-    while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
+    let mut gathering = Gathering::default();
+    // What queued up while the last group committed.
+    let mut waiting = Vec::new();
+    loop {
+        let mut group = std::mem::take(&mut waiting);
+        let earlier = group.len();
+        if group.is_empty() {
+            match queue.recv() {
                 Ok(op) => group.push(op),
                 Err(_) => break,
             }
         }
+        gathering.gather(&queue, &mut group, earlier);
+        let started = Instant::now();
         let error = commit_group(&conn, &mut group);
+        let took = started.elapsed();
         if error.is_none() {
             committed.notify_one();
         }
+        let answered = group.len();
         for op in group {
             op.answer(error.as_ref());
         }
+        gathering = Gathering::after_answering(answered, took);
+        take_queued(&queue, &mut waiting);
     }
     tracing::debug!("SQLite writer stopped");
+}
+
+/// Moves what has queued up into `group`, up to [`MAX_GROUP`].
+fn take_queued(queue: &mpsc::Receiver<Box<dyn Op>>, group: &mut Vec<Box<dyn Op>>) {
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(op) => group.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+/// How the next group is gathered after a commit answered its callers.
+///
+/// Callers that wait for their answer before sending again (an app's
+/// request threads enqueueing one job each) come back a little after it.
+/// Committing at once whatever is there splits them: what arrived during
+/// the last commit makes a group of its own, the callers just answered
+/// arrive during its commit and wait for the next one, so each caller waits
+/// for about two commits and each commit syncs half of them. So the writer
+/// waits for as many operations to arrive after an answer as that answer
+/// went to, but never longer after it than the commit took (and at most
+/// [`MAX_GATHER`]): on a disk whose sync takes milliseconds a caller comes
+/// back well within that, and where a commit is quick the wait is as short.
+/// A caller on its own never waits for anyone (its next operation is the one
+/// expected), nor does the first operation after a quiet spell.
+#[derive(Default)]
+struct Gathering {
+    /// Operations answered by the last commit, so expected back.
+    expected: usize,
+    /// No waiting for them after this.
+    until: Option<Instant>,
+}
+
+/// The longest the writer waits for answered callers to come back.
+const MAX_GATHER: Duration = Duration::from_millis(2);
+
+impl Gathering {
+    fn after_answering(answered: usize, commit_took: Duration) -> Self {
+        Gathering {
+            expected: answered,
+            until: Some(Instant::now() + commit_took.min(MAX_GATHER)),
+        }
+    }
+
+    /// Adds to `group`, whose first `earlier` operations arrived before the
+    /// last answer, what has queued up and, while fewer than expected
+    /// arrived since the answer, what arrives before `until`.
+    fn gather(
+        &self,
+        queue: &mpsc::Receiver<Box<dyn Op>>,
+        group: &mut Vec<Box<dyn Op>>,
+        earlier: usize,
+    ) {
+        while group.len() < MAX_GROUP {
+            let next = match queue.try_recv() {
+                Ok(op) => Some(op),
+                Err(_) if group.len() - earlier >= self.expected => None,
+                Err(_) => self
+                    .until
+                    .and_then(|until| until.checked_duration_since(Instant::now()))
+                    .and_then(|left| queue.recv_timeout(left).ok()),
+            };
+            match next {
+                Some(op) => group.push(op),
+                None => break,
+            }
+        }
+    }
 }
 
 /// Runs a group in one transaction and commits it. Returns the error that sank
@@ -309,5 +388,51 @@ mod tests {
         assert!(answers[0].is_ok() && answers[3].is_ok());
         assert!(answers[1].is_err() && answers[2].is_err());
         assert_eq!(values(&conn), [1, 2, 5]);
+    }
+
+    fn noop() -> Box<dyn Op> {
+        op(|_: &Connection| Ok(())).0
+    }
+
+    #[test]
+    fn gathering_waits_for_the_callers_just_answered_and_no_longer() {
+        let (send, receive) = mpsc::channel();
+        // One operation came during the commit; one caller was answered and
+        // comes back 50 ms later: the group waits for it, not for the deadline.
+        let gathering = Gathering {
+            expected: 1,
+            until: Some(Instant::now() + Duration::from_secs(5)),
+        };
+        let late = send.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(late.send(noop()).is_ok());
+        });
+        let started = Instant::now();
+        let mut group = vec![noop()];
+        gathering.gather(&receive, &mut group, 1);
+        assert_eq!(group.len(), 2);
+        assert!(started.elapsed() < Duration::from_secs(4));
+        sender.join().unwrap();
+
+        // A caller on its own is the one expected: nothing to wait for.
+        let started = Instant::now();
+        let mut group = vec![noop()];
+        gathering.gather(&receive, &mut group, 0);
+        assert_eq!(group.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(4));
+
+        // Callers that do not come back are waited for until the deadline only.
+        let gathering = Gathering {
+            expected: 3,
+            until: Some(Instant::now() + Duration::from_millis(100)),
+        };
+        let started = Instant::now();
+        let mut group = vec![noop()];
+        gathering.gather(&receive, &mut group, 0);
+        assert_eq!(group.len(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(90));
+        assert!(started.elapsed() < Duration::from_secs(4));
+        drop(send);
     }
 }

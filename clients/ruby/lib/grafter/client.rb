@@ -6,6 +6,7 @@ require "openssl"
 require "time"
 require "uri"
 
+require "grafter/connection"
 require "grafter/errors"
 require "grafter/job_fields"
 require "grafter/version"
@@ -13,7 +14,7 @@ require_relative "monotonic"
 
 module Grafter
   # The HTTP API of a Grafter server. Thread-safe: each thread keeps its own
-  # started Net::HTTP (a keep-alive connection), so concurrent workers never
+  # keep-alive connection (Grafter::Connection), so concurrent workers never
   # share a socket. Every answer is a Hash with string keys, as the JSON came.
   class Client
     include Monotonic
@@ -26,7 +27,8 @@ module Grafter
     # Errors that mean the connection broke under a request (the server
     # restarted, or closed an idle keep-alive connection as we reused it).
     BROKEN_CONNECTION = [EOFError, IOError, Errno::ECONNRESET, Errno::EPIPE, Errno::ECONNABORTED,
-                         OpenSSL::SSL::SSLError, Net::HTTPBadResponse].freeze
+                         OpenSSL::SSL::SSLError, Connection::BadResponse].freeze
+    METHODS = { get: "GET", post: "POST", put: "PUT", delete: "DELETE" }.freeze
     # Idle keep-alive connections are reopened after this long, well inside
     # the server's idle timeout (60 s), so a reused one is rarely stale.
     KEEP_ALIVE_SECONDS = 30
@@ -46,9 +48,13 @@ module Grafter
       @url = redact(@uri)
       token = ENV["GRAFTER_TOKEN"] if token.nil?
       @token = token.to_s.empty? ? nil : token.to_s
+      raise ArgumentError, "the Grafter token must be one line of text" if @token&.match?(/[\r\n]/)
+
       @open_timeout = Float(open_timeout)
       @read_timeout = Float(read_timeout)
       @connection_key = :"grafter_connection_#{object_id}"
+      @base_path = @uri.path.chomp("/")
+      @headers = fixed_headers
     end
 
     def inspect
@@ -130,7 +136,7 @@ module Grafter
                                                                    read_timeout: (wait_ms / 1000.0) + @read_timeout,
                                                                    raw: true)
       job = answer(response, :get, "/v1/jobs/#{id}")
-      [job, Integer(response["Grafter-Event-Id"] || after || 0)]
+      [job, Integer(response.headers["grafter-event-id"] || after || 0)]
     end
 
     # A short-lived token that opens only these jobs' and batches' event
@@ -142,17 +148,26 @@ module Grafter
     # Streams a job's live events (docs/events.md), yielding each as
     # {"event" => "snapshot" | "state" | "progress" | "end", "id" => "...",
     # "data" => {...}} until the end. With `last_event_id`, resumes after it.
+    # A stream lives long and carries little, so it is Net::HTTP's own
+    # connection (reading the body as it arrives), not the thread's.
     def events(id, last_event_id: nil)
+      path = "/v1/jobs/#{job_id(id)}/events"
       http = Net::HTTP.new(@uri.host, @uri.port)
       http.use_ssl = @uri.scheme == "https"
       http.open_timeout = @open_timeout
       http.read_timeout = EVENTS_READ_TIMEOUT
       http.start do
-        request = build(:get, "/v1/jobs/#{job_id(id)}/events", nil)
+        request = Net::HTTP::Get.new("#{@base_path}#{path}")
         request["Accept"] = "text/event-stream"
+        request["User-Agent"] = "grafter-ruby/#{VERSION}"
+        request["Authorization"] = "Bearer #{@token}" if @token
         request["Last-Event-ID"] = last_event_id.to_s if last_event_id
         http.request(request) do |response|
-          answer(response, :get, "/v1/jobs/#{id}/events") unless response.is_a?(Net::HTTPSuccess)
+          unless response.is_a?(Net::HTTPSuccess)
+            headers = response.to_hash.transform_values(&:first)
+            answer(Connection::Response.new(response.code.to_i, response.message, headers, response.body.to_s),
+                   :get, path)
+          end
           buffer = +""
           response.read_body do |chunk|
             buffer << chunk
@@ -254,18 +269,14 @@ module Grafter
     end
 
     def ready?
-      request(:get, "/readyz", idempotent: true, raw: true).is_a?(Net::HTTPSuccess)
+      request(:get, "/readyz", idempotent: true, raw: true).success?
     rescue Error
       false
     end
 
     # Closes this thread's connection (the next call opens another).
     def close
-      http = Thread.current[@connection_key]
-      Thread.current[@connection_key] = nil
-      http&.finish if http&.started?
-    rescue IOError
-      nil
+      drop_connection
     end
 
     private
@@ -284,11 +295,12 @@ module Grafter
     # might have reached the server is never silently repeated.
     def request(method, path, body: nil, idempotent: false, read_timeout: nil, raw: false)
       payload = body.nil? ? nil : encode(body)
+      head = head(method, path, payload)
+      read_timeout ||= @read_timeout
       resent = false
       begin
-        http, reused = connection
-        http.read_timeout = read_timeout || @read_timeout
-        response = http.request(build(method, path, payload))
+        link, reused = connection
+        response = link.request(head, payload, read_timeout)
       rescue *BROKEN_CONNECTION => e
         drop_connection
         if reused && idempotent && !resent
@@ -297,13 +309,13 @@ module Grafter
         end
         raise ConnectionError.new("#{@url}: the connection broke during #{method.upcase} #{path} " \
                                   "(#{e.class}: #{e.message})", url: @url)
-      rescue Net::OpenTimeout
+      rescue Connection::OpenTimeout
         drop_connection
         raise ConnectionError.new("#{@url}: could not connect within #{@open_timeout} s", url: @url)
-      rescue Net::ReadTimeout, Net::WriteTimeout
+      rescue Connection::ReadTimeout
         drop_connection
-        raise ConnectionError.new("#{@url}: no answer to #{method.upcase} #{path} within " \
-                                  "#{http&.read_timeout} s", url: @url)
+        raise ConnectionError.new("#{@url}: no answer to #{method.upcase} #{path} within #{read_timeout} s",
+                                  url: @url)
       rescue SystemCallError, SocketError => e
         drop_connection
         raise ConnectionError.new("#{@url}: could not reach the Grafter server (#{e.class}: #{e.message})",
@@ -312,47 +324,38 @@ module Grafter
       raw ? response : answer(response, method, path)
     end
 
+    # This thread's connection, and whether it was used before. One idle
+    # longer than KEEP_ALIVE_SECONDS, or that the server closed, is replaced
+    # rather than risked.
     def connection
-      http = Thread.current[@connection_key]
-      return [http, true] if http&.started?
+      link = Thread.current[@connection_key]
+      return [link, true] if link && link.idle_seconds < KEEP_ALIVE_SECONDS && !link.stale?
 
-      http = Net::HTTP.new(@uri.host, @uri.port)
-      http.use_ssl = @uri.scheme == "https"
-      http.open_timeout = @open_timeout
-      http.read_timeout = @read_timeout
-      http.write_timeout = @read_timeout
-      http.keep_alive_timeout = KEEP_ALIVE_SECONDS
-      # Resending is decided above, knowing which calls are safe to repeat.
-      http.max_retries = 0
-      http.start
-      Thread.current[@connection_key] = http
-      [http, false]
+      link&.close
+      link = Connection.new(@uri, open_timeout: @open_timeout, write_timeout: @read_timeout)
+      Thread.current[@connection_key] = link
+      [link, false]
     end
 
     def drop_connection
-      http = Thread.current[@connection_key]
+      Thread.current[@connection_key]&.close
       Thread.current[@connection_key] = nil
-      http&.finish if http&.started?
-    rescue IOError, SystemCallError
-      nil
     end
 
-    def build(method, path, payload)
-      request = Net::HTTPGenericRequest.new(method.to_s.upcase, !payload.nil?, true,
-                                            "#{@uri.path.chomp('/')}#{path}")
-      request["Accept"] = "application/json"
-      request["User-Agent"] = "grafter-ruby/#{VERSION}"
-      request["Authorization"] = "Bearer #{@token}" if @token
-      if payload
-        request["Content-Type"] = "application/json"
-        request.body = payload
-      end
-      request
+    # The request line and headers: only the parts that vary are built per
+    # call. Every request but a GET says its body's length (0 for none), so
+    # that no proxy in front has to guess.
+    def head(method, path, payload)
+      verb = METHODS.fetch(method)
+      line = "#{verb} #{@base_path}#{path} HTTP/1.1\r\n#{@headers}"
+      return "#{line}\r\n" if method == :get
+
+      "#{line}#{payload ? "Content-Type: application/json\r\n" : ''}Content-Length: #{payload ? payload.bytesize : 0}\r\n\r\n"
     end
 
     def answer(response, method, path)
-      body = response.body.to_s
-      return (body.empty? ? nil : parse(body, response)) if response.is_a?(Net::HTTPSuccess)
+      body = response.body
+      return (body.empty? ? nil : parse(body, response)) if response.success?
 
       detail = begin
         JSON.parse(body).fetch("error")
@@ -361,20 +364,20 @@ module Grafter
       end
       detail = nil unless detail.is_a?(Hash)
       message = detail ? detail["message"].to_s : body[0, 500].to_s.strip
-      message = response.message.to_s if message.empty?
+      message = response.reason if message.empty?
       code = detail && detail["code"]
       field = detail && detail["field"]
-      text = "#{method.upcase} #{path}: #{response.code}#{code ? " #{code}" : ''}" \
+      text = "#{method.upcase} #{path}: #{response.status}#{code ? " #{code}" : ''}" \
              "#{field ? " (field #{field})" : ''}: #{message}"
-      retry_after = response["Retry-After"]&.to_i
-      raise ApiError.new(text, status: response.code.to_i, code: code, field: field, retry_after: retry_after)
+      retry_after = response.headers["retry-after"]&.to_i
+      raise ApiError.new(text, status: response.status, code: code, field: field, retry_after: retry_after)
     end
 
     def parse(body, response)
       JSON.parse(body)
     rescue JSON::ParserError => e
-      raise ApiError.new("#{@url}: the answer (#{response.code}) is not JSON: #{e.message[0, 200]}",
-                         status: response.code.to_i)
+      raise ApiError.new("#{@url}: the answer (#{response.status}) is not JSON: #{e.message[0, 200]}",
+                         status: response.status)
     end
 
     def encode(body)
@@ -409,6 +412,13 @@ module Grafter
       id.is_a?(Integer) ? id : Integer(id.to_s, 10)
     rescue ArgumentError, TypeError
       raise ArgumentError, "a job id is an integer, got #{id.inspect}"
+    end
+
+    # The headers every request carries, built once.
+    def fixed_headers
+      host = @uri.port == @uri.default_port ? @uri.host : "#{@uri.host}:#{@uri.port}"
+      "Host: #{host}\r\nAccept: application/json\r\nUser-Agent: grafter-ruby/#{VERSION}\r\n" \
+        "#{@token ? "Authorization: Bearer #{@token}\r\n" : ''}"
     end
 
     # Percent-encodes a path segment (a worker id like "host:1234", a queue).

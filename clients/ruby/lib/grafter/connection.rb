@@ -1,0 +1,253 @@
+# frozen_string_literal: true
+
+require "io/wait"
+require "openssl"
+require "socket"
+
+require_relative "monotonic"
+
+module Grafter
+  # One keep-alive HTTP/1.1 connection to a Grafter server, used by one
+  # thread at a time (Client keeps one per thread).
+  #
+  # Why not Net::HTTP: a request here is a few hundred bytes each way, and
+  # Net::HTTP's generality (header objects, line-by-line reads through its
+  # buffer, content decoding, a response class per status) cost the
+  # enqueueing process more CPU than the whole rest of a `perform_later`
+  # (docs/benchmarks.md). This writes a request in one write and reads the
+  # answer in as few reads as it arrives in, with the same deadlines:
+  # connect within `open_timeout`, each read and write within the request's
+  # timeout.
+  #
+  # Answers have a Content-Length (as the server sends them), are chunked, or
+  # end when the connection closes (as a proxy in front may send them).
+  class Connection
+    include Monotonic
+
+    # The connection could not be opened within the open timeout.
+    class OpenTimeout < StandardError; end
+
+    # No byte could be read or written within the request's timeout.
+    class ReadTimeout < StandardError; end
+
+    # The server's answer is not HTTP/1.x as this client reads it.
+    class BadResponse < StandardError; end
+
+    # An answer: its status, its headers (names in lower case) and its body
+    # (tagged UTF-8: the API speaks JSON).
+    Response = Struct.new(:status, :reason, :headers, :body) do
+      def success?
+        status.between?(200, 299)
+      end
+    end
+
+    READ_SIZE = 16_384
+    HEADER_END = "\r\n\r\n"
+    # The largest status line and headers accepted, so a peer that is not an
+    # HTTP server cannot make this read forever into memory.
+    MAX_HEAD = 65_536
+
+    def initialize(uri, open_timeout:, write_timeout:)
+      @write_timeout = write_timeout
+      @socket = open(uri, open_timeout)
+      @buffer = String.new(capacity: READ_SIZE, encoding: Encoding::BINARY)
+      @chunk = String.new(capacity: READ_SIZE, encoding: Encoding::BINARY)
+      @last_used = monotonic
+      @busy = false
+    end
+
+    # Sends `head` (the request line and headers, ending in a blank line) and
+    # `body`, and reads the answer within `read_timeout` seconds per read. A
+    # request that did not finish (an error, or an exception raised into this
+    # thread) leaves the connection closed: its bytes would be read as the
+    # next answer.
+    def request(head, body, read_timeout)
+      raise IOError, "the connection is closed" if closed?
+
+      @busy = true
+      sent = write(body ? head + body : head)
+      response = read_response(read_timeout)
+      @last_used = monotonic
+      @busy = false
+      close if !sent || response.headers["connection"]&.casecmp?("close")
+      response
+    ensure
+      close if @busy
+    end
+
+    # Seconds since the last answer (or the opening).
+    def idle_seconds
+      monotonic - @last_used
+    end
+
+    def closed?
+      @socket.closed?
+    end
+
+    # Whether the connection can no longer carry a request: closed, or the
+    # server closed its end while it was idle (anything readable between
+    # answers is that, or stray bytes; for TLS it may also be a session
+    # ticket, which reads as nothing).
+    def stale?
+      return true if closed?
+      return false unless @socket.to_io.wait_readable(0)
+
+      !%i[wait_readable wait_writable].include?(@socket.read_nonblock(1, exception: false))
+    rescue IOError, SystemCallError, OpenSSL::SSL::SSLError
+      true
+    end
+
+    def close
+      @busy = false
+      @socket.close unless @socket.closed?
+    rescue IOError, SystemCallError, OpenSSL::SSL::SSLError
+      nil
+    end
+
+    private
+
+    def open(uri, open_timeout)
+      socket = Socket.tcp(uri.hostname, uri.port, connect_timeout: open_timeout)
+      socket.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
+      return socket unless uri.scheme == "https"
+
+      tls = OpenSSL::SSL::SSLSocket.new(socket, tls_context)
+      tls.hostname = uri.hostname
+      tls.sync_close = true
+      handshake(tls, open_timeout)
+      tls
+    rescue Errno::ETIMEDOUT
+      socket&.close
+      raise OpenTimeout
+    end
+
+    def tls_context
+      context = OpenSSL::SSL::SSLContext.new
+      context.set_params(verify_mode: OpenSSL::SSL::VERIFY_PEER)
+      context
+    end
+
+    def handshake(tls, timeout)
+      loop do
+        case tls.connect_nonblock(exception: false)
+        when :wait_readable then tls.to_io.wait_readable(timeout) or raise Errno::ETIMEDOUT
+        when :wait_writable then tls.to_io.wait_writable(timeout) or raise Errno::ETIMEDOUT
+        else break
+        end
+      end
+      tls.post_connection_check(tls.hostname)
+    end
+
+    # Writes the request. A server that refuses a request before reading all
+    # of it (413 for a body over its limit) answers and closes: the write
+    # then breaks, and the answer already sent is what counts, if it came.
+    def write(data)
+      until data.empty?
+        written = @socket.write_nonblock(data, exception: false)
+        case written
+        when :wait_writable then wait(:wait_writable, @write_timeout)
+        when :wait_readable then wait(:wait_readable, @write_timeout)
+        else data = data.byteslice(written, data.bytesize - written)
+        end
+      end
+      true
+    rescue Errno::EPIPE, Errno::ECONNRESET
+      @socket.to_io.wait_readable(0) ? false : raise
+    end
+
+    def read_response(timeout)
+      @buffer.clear
+      until (head_end = @buffer.index(HEADER_END))
+        raise BadResponse, "the answer's headers are over #{MAX_HEAD} bytes" if @buffer.bytesize > MAX_HEAD
+
+        fill(timeout) or raise EOFError, "the server closed the connection"
+      end
+      status, reason, headers = parse_head(@buffer.slice!(0, head_end + HEADER_END.bytesize))
+      body = read_body(status, headers, timeout).force_encoding(Encoding::UTF_8)
+      Response.new(status, reason, headers, body)
+    end
+
+    def parse_head(head)
+      status_line, *lines = head.split("\r\n")
+      match = %r{\AHTTP/1\.[01] (\d{3})(?: (.*))?\z}.match(status_line)
+      raise BadResponse, "not an HTTP/1.1 answer: #{status_line.to_s[0, 80].inspect}" unless match
+
+      headers = {}
+      lines.each do |line|
+        name, value = line.split(":", 2)
+        raise BadResponse, "a malformed header line: #{line[0, 80].inspect}" unless value
+
+        headers[name.downcase] = value.strip
+      end
+      [Integer(match[1], 10), match[2].to_s, headers]
+    end
+
+    def read_body(status, headers, timeout)
+      if status < 200 || status == 204 || status == 304
+        String.new
+      elsif (length = headers["content-length"])
+        length = Integer(length, 10)
+        fill(timeout) or raise EOFError, "the answer ended early" while @buffer.bytesize < length
+        @buffer.slice!(0, length)
+      elsif headers["transfer-encoding"]&.downcase&.end_with?("chunked")
+        read_chunked(timeout)
+      else
+        # No length: the body is what comes until the server closes.
+        nil while fill(timeout)
+        headers["connection"] = "close"
+        @buffer.slice!(0, @buffer.bytesize)
+      end
+    rescue ArgumentError
+      raise BadResponse, "a malformed Content-Length: #{length.inspect}"
+    end
+
+    def read_chunked(timeout)
+      body = String.new(encoding: Encoding::BINARY)
+      loop do
+        line = read_line(timeout)
+        size = Integer(line[/\A\h+/] || raise(BadResponse, "a malformed chunk size"), 16)
+        if size.zero?
+          nil until read_line(timeout).empty? # trailers, then the blank line
+          return body
+        end
+        fill(timeout) or raise EOFError, "the answer ended early" while @buffer.bytesize < size + 2
+        body << @buffer.slice!(0, size)
+        @buffer.slice!(0, 2)
+      end
+    end
+
+    def read_line(timeout)
+      until (eol = @buffer.index("\r\n"))
+        fill(timeout) or raise EOFError, "the answer ended early"
+      end
+      @buffer.slice!(0, eol + 2).chomp("\r\n")
+    end
+
+    # Reads what has arrived into the buffer, waiting up to `timeout` for
+    # something; false at the end of the stream. It waits before reading: an
+    # answer is rarely there already, and a read that finds nothing costs
+    # as much as one that finds it.
+    def fill(timeout)
+      loop do
+        wait(:wait_readable, timeout) unless buffered?
+        case (read = @socket.read_nonblock(READ_SIZE, @chunk, exception: false))
+        when :wait_readable then next
+        when :wait_writable then wait(:wait_writable, timeout)
+        when nil then return false
+        else
+          @buffer << read
+          return true
+        end
+      end
+    end
+
+    # Whether TLS holds decrypted bytes the socket will not signal.
+    def buffered?
+      @socket.is_a?(OpenSSL::SSL::SSLSocket) && @socket.pending.positive?
+    end
+
+    def wait(direction, timeout)
+      @socket.to_io.public_send(direction, timeout) or raise ReadTimeout
+    end
+  end
+end
