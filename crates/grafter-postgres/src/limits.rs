@@ -242,8 +242,9 @@ impl Db {
                 FROM jobs WHERE state = 'running' AND queue = $1 GROUP BY 1
             ), room AS (
                 SELECT n AS each,
-                       least($3, greatest(least($8::bigint, CASE WHEN $10::int = 0 THEN n END)
-                                          - (SELECT coalesce(sum(n), 0) FROM running), 0)) AS most
+                       least($3::bigint,
+                             greatest(least($8::bigint, CASE WHEN $10::int = 0 THEN n END)
+                                      - (SELECT coalesce(sum(n), 0)::bigint FROM running), 0)) AS most
                 FROM lim
             ), look AS (
                 SELECT id, priority, run_at, ",
