@@ -3,7 +3,7 @@
 //! transition ends the running job, count starts in an exact sliding window,
 //! never let one partition block another, and say what holds a job back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -105,6 +105,70 @@ pub async fn concurrency_is_never_exceeded_by_racing_fetches(store: S) {
             done += 1;
         }
         assert_eq!(running(&store, "q", now).await, 0);
+    }
+}
+
+/// Racing fetches on a queue limited per partition: no partition ever runs
+/// more than its limit, each round fills every partition's free slots, and a
+/// fetch whose look meets a partition filling up looks again past it.
+pub async fn partition_concurrency_is_never_exceeded_by_racing_fetches(store: S) {
+    let now = t0();
+    let per = json!({"concurrency": 2, "partition_by": "partition"});
+    set_limits(&store, "q", Some(per), now).await;
+    let job = |partition: &str| {
+        let mut job = NewJob::new("k", json!({}));
+        job.queue = "q".into();
+        job.partition = Some(partition.into());
+        job
+    };
+    // In hand-out order: five of a, then b and c taking turns.
+    let mut jobs: Vec<NewJob> = (0..5).map(|_| job("a")).collect();
+    jobs.extend((0..20).map(|i| job(if i % 2 == 0 { "b" } else { "c" })));
+    insert(&store, jobs, now).await;
+    let got = fetch(&store, "q", 3, now).await;
+    let partitions: Vec<_> = got.iter().filter_map(|l| l.job.partition.clone()).collect();
+    assert_eq!(partitions, ["a", "a", "b"], "past a's third job to b's");
+    for l in &got {
+        store.job_complete(complete_params(l, now)).await.unwrap();
+    }
+    let mut waiting: HashMap<String, usize> =
+        [("a".into(), 3), ("b".into(), 9), ("c".into(), 10)].into();
+    while waiting.values().any(|&n| n > 0) {
+        let racing = (0..8).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.jobs_fetch(fetch_params("q", 2, now)).await })
+        });
+        let mut leased = Vec::new();
+        for task in racing {
+            leased.extend(task.await.unwrap().unwrap());
+        }
+        let mut per_partition: HashMap<String, usize> = HashMap::new();
+        for l in &leased {
+            *per_partition
+                .entry(l.job.partition.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+        let usage = store
+            .queue_limit_usage(LimitUsageQuery {
+                queue: "q".into(),
+                now,
+            })
+            .await
+            .unwrap();
+        for (partition, left) in &mut waiting {
+            let took = per_partition.get(partition).copied().unwrap_or(0);
+            assert_eq!(took, 2.min(*left), "partition {partition} fills its slots");
+            let running = usage
+                .partitions
+                .iter()
+                .find(|p| &p.partition == partition)
+                .map_or(0, |p| p.running);
+            assert_eq!(running as usize, took);
+            *left -= took;
+        }
+        for l in &leased {
+            store.job_complete(complete_params(l, now)).await.unwrap();
+        }
     }
 }
 
