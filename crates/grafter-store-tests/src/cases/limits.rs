@@ -34,17 +34,23 @@ async fn set_limits(store: &S, queue: &str, value: Option<Value>, now: Timestamp
         .unwrap();
 }
 
+/// The running jobs of each of `queue`'s partitions, by name.
+async fn running_per_partition(store: &S, queue: &str, now: Timestamp) -> HashMap<String, u64> {
+    let usage = store.queue_limit_usage(LimitUsageQuery {
+        queue: queue.into(),
+        now,
+    });
+    let partitions = usage.await.unwrap().partitions;
+    partitions
+        .into_iter()
+        .map(|p| (p.partition, p.running))
+        .collect()
+}
+
 async fn running(store: &S, queue: &str, now: Timestamp) -> u64 {
-    store
-        .queue_limit_usage(LimitUsageQuery {
-            queue: queue.into(),
-            now,
-        })
+    running_per_partition(store, queue, now)
         .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.running)
+        .values()
         .sum()
 }
 
@@ -68,6 +74,21 @@ fn engine(store: &S, now: Timestamp) -> (Engine, Clock) {
         Engine::new(store.clone(), config).with_clock(clock.clone()),
         clock,
     )
+}
+
+/// What eight fetches of up to 2 jobs of queue "q", started at once, leased.
+async fn eight_racing_fetches_of_two(store: &S, now: Timestamp) -> Vec<grafter_core::LeasedJob> {
+    let racing: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.jobs_fetch(fetch_params("q", 2, now)).await })
+        })
+        .collect();
+    let mut leased = Vec::new();
+    for task in racing {
+        leased.extend(task.await.unwrap().unwrap());
+    }
+    leased
 }
 
 /// Eight fetches at once, again and again as jobs finish, on a queue limited
@@ -134,36 +155,18 @@ pub async fn partition_concurrency_is_never_exceeded_by_racing_fetches(store: S)
     let mut waiting: HashMap<String, usize> =
         [("a".into(), 3), ("b".into(), 9), ("c".into(), 10)].into();
     while waiting.values().any(|&n| n > 0) {
-        let racing = (0..8).map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.jobs_fetch(fetch_params("q", 2, now)).await })
-        });
-        let mut leased = Vec::new();
-        for task in racing {
-            leased.extend(task.await.unwrap().unwrap());
-        }
+        let leased = eight_racing_fetches_of_two(&store, now).await;
         let mut per_partition: HashMap<String, usize> = HashMap::new();
         for l in &leased {
             *per_partition
                 .entry(l.job.partition.clone().unwrap_or_default())
                 .or_default() += 1;
         }
-        let usage = store
-            .queue_limit_usage(LimitUsageQuery {
-                queue: "q".into(),
-                now,
-            })
-            .await
-            .unwrap();
+        let running = running_per_partition(&store, "q", now).await;
         for (partition, left) in &mut waiting {
             let took = per_partition.get(partition).copied().unwrap_or(0);
             assert_eq!(took, 2.min(*left), "partition {partition} fills its slots");
-            let running = usage
-                .partitions
-                .iter()
-                .find(|p| &p.partition == partition)
-                .map_or(0, |p| p.running);
-            assert_eq!(running as usize, took);
+            assert_eq!(running.get(partition).copied().unwrap_or(0) as usize, took);
             *left -= took;
         }
         for l in &leased {
