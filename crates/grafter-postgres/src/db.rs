@@ -33,10 +33,11 @@ pub(crate) struct Db {
     pub(crate) group_insert: GroupInsert,
     /// The queues with limits, as this node last read them (`limits.rs`).
     pub(crate) limited: Arc<Limited>,
-    /// The queues whose limits this node last saw as a queue-wide
-    /// concurrency alone: their fetch tries the one-statement admission
+    /// The queues whose limits this node last saw as a concurrency without
+    /// a rate, with those limits: their fetch tries the one-trip admission
     /// first (`limits.rs`).
-    pub(crate) concurrency_only: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub(crate) one_trip_shapes:
+        std::sync::Mutex<std::collections::HashMap<String, grafter_core::QueueLimits>>,
 }
 
 impl Db {

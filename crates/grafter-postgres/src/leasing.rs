@@ -98,7 +98,6 @@ macro_rules! lease_picked {
         )
     };
 }
-pub(crate) use lease_picked;
 
 /// A job's own timeout is clamped to 0 to this (100 years) before it is added
 /// to a timestamp, so no stored `timeout_ms` can push a lease out of range.
@@ -127,6 +126,7 @@ async fn fence_error(client: &impl GenericClient, id: JobId) -> StoreError {
 }
 
 /// What a fetch may still lease after the queues it has leased from.
+#[derive(Clone)]
 pub(crate) struct Budget {
     /// Most jobs.
     pub max: usize,
@@ -137,7 +137,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    fn spend(&mut self, leased: &[LeasedJob]) {
+    pub(crate) fn spend(&mut self, leased: &[LeasedJob]) {
         self.max = self.max.saturating_sub(leased.len());
         for l in leased {
             self.bytes = self.bytes.saturating_sub(json_len(&l.job.args));

@@ -242,7 +242,7 @@ impl PostgresStore {
                 lock_scope: schema.name().unwrap_or_default().to_owned(),
                 group_insert,
                 limited: Default::default(),
-                concurrency_only: Default::default(),
+                one_trip_shapes: Default::default(),
             },
             schema,
             wakeups,

@@ -97,6 +97,7 @@ macro_rules! conformance_suite {
             a_slot_taken_is_never_enqueued_again,
             config_schedules_are_reconciled_by_id,
             concurrency_is_never_exceeded_by_racing_fetches,
+            partition_concurrency_is_never_exceeded_by_racing_fetches,
             a_zombie_ack_after_rescue_changes_no_count,
             rate_window_is_exact_across_edges,
             a_full_partition_never_blocks_another,

@@ -3,7 +3,7 @@
 //! transition ends the running job, count starts in an exact sliding window,
 //! never let one partition block another, and say what holds a job back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,17 +34,23 @@ async fn set_limits(store: &S, queue: &str, value: Option<Value>, now: Timestamp
         .unwrap();
 }
 
+/// The running jobs of each of `queue`'s partitions, by name.
+async fn running_per_partition(store: &S, queue: &str, now: Timestamp) -> HashMap<String, u64> {
+    let usage = store.queue_limit_usage(LimitUsageQuery {
+        queue: queue.into(),
+        now,
+    });
+    let partitions = usage.await.unwrap().partitions;
+    partitions
+        .into_iter()
+        .map(|p| (p.partition, p.running))
+        .collect()
+}
+
 async fn running(store: &S, queue: &str, now: Timestamp) -> u64 {
-    store
-        .queue_limit_usage(LimitUsageQuery {
-            queue: queue.into(),
-            now,
-        })
+    running_per_partition(store, queue, now)
         .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.running)
+        .values()
         .sum()
 }
 
@@ -68,6 +74,21 @@ fn engine(store: &S, now: Timestamp) -> (Engine, Clock) {
         Engine::new(store.clone(), config).with_clock(clock.clone()),
         clock,
     )
+}
+
+/// What eight fetches of up to 2 jobs of queue "q", started at once, leased.
+async fn eight_racing_fetches_of_two(store: &S, now: Timestamp) -> Vec<grafter_core::LeasedJob> {
+    let racing: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.jobs_fetch(fetch_params("q", 2, now)).await })
+        })
+        .collect();
+    let mut leased = Vec::new();
+    for task in racing {
+        leased.extend(task.await.unwrap().unwrap());
+    }
+    leased
 }
 
 /// Eight fetches at once, again and again as jobs finish, on a queue limited
@@ -105,6 +126,52 @@ pub async fn concurrency_is_never_exceeded_by_racing_fetches(store: S) {
             done += 1;
         }
         assert_eq!(running(&store, "q", now).await, 0);
+    }
+}
+
+/// Racing fetches on a queue limited per partition: no partition ever runs
+/// more than its limit, each round fills every partition's free slots, and a
+/// fetch whose look meets a partition filling up looks again past it.
+pub async fn partition_concurrency_is_never_exceeded_by_racing_fetches(store: S) {
+    let now = t0();
+    let per = json!({"concurrency": 2, "partition_by": "partition"});
+    set_limits(&store, "q", Some(per), now).await;
+    let job = |partition: &str| {
+        let mut job = NewJob::new("k", json!({}));
+        job.queue = "q".into();
+        job.partition = Some(partition.into());
+        job
+    };
+    // In hand-out order: five of a, then b and c taking turns.
+    let mut jobs: Vec<NewJob> = (0..5).map(|_| job("a")).collect();
+    jobs.extend((0..20).map(|i| job(if i % 2 == 0 { "b" } else { "c" })));
+    insert(&store, jobs, now).await;
+    let got = fetch(&store, "q", 3, now).await;
+    let partitions: Vec<_> = got.iter().filter_map(|l| l.job.partition.clone()).collect();
+    assert_eq!(partitions, ["a", "a", "b"], "past a's third job to b's");
+    for l in &got {
+        store.job_complete(complete_params(l, now)).await.unwrap();
+    }
+    let mut waiting: HashMap<String, usize> =
+        [("a".into(), 3), ("b".into(), 9), ("c".into(), 10)].into();
+    while waiting.values().any(|&n| n > 0) {
+        let leased = eight_racing_fetches_of_two(&store, now).await;
+        let mut per_partition: HashMap<String, usize> = HashMap::new();
+        for l in &leased {
+            *per_partition
+                .entry(l.job.partition.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+        let running = running_per_partition(&store, "q", now).await;
+        for (partition, left) in &mut waiting {
+            let took = per_partition.get(partition).copied().unwrap_or(0);
+            assert_eq!(took, 2.min(*left), "partition {partition} fills its slots");
+            assert_eq!(running.get(partition).copied().unwrap_or(0) as usize, took);
+            *left -= took;
+        }
+        for l in &leased {
+            store.job_complete(complete_params(l, now)).await.unwrap();
+        }
     }
 }
 
