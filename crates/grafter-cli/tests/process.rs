@@ -508,3 +508,67 @@ async fn the_cli_manages_schedules() {
     let (ok, text) = cli(vec!["schedules", "show", "tick"]).await;
     assert!(!ok && text.contains("not_found"), "{text}");
 }
+
+/// `grafter serve` on `listen` with `extra` flags, waited for until `/livez`
+/// answers on loopback; `None` if it exited first (with its stderr).
+async fn serve_open(dir: &Path, listen: &str, extra: &[&str]) -> Result<tokio::process::Child, String> {
+    let port = listen.rsplit(':').next().expect("a port");
+    let database = format!("sqlite://{}", dir.join("open.db").display());
+    let mut child = tokio::process::Command::from(common::grafter())
+        .args(["serve", "--database", &database, "--listen", listen])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn grafter serve");
+    let http = common::http_client();
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            let output = child.wait_with_output().await.expect("its output");
+            assert!(!output.status.success(), "a refusal exits non-zero");
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        let livez = http.get(format!("http://127.0.0.1:{port}/livez")).send().await;
+        if livez.is_ok_and(|r| r.status().is_success()) {
+            return Ok(child);
+        }
+        assert!(std::time::Instant::now() < deadline, "neither started nor refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
+    let dir = temp_dir();
+    let open = format!("0.0.0.0:{}", free_port());
+    let refusal = serve_open(dir.path(), &open, &[])
+        .await
+        .err()
+        .expect("no token on 0.0.0.0 is refused");
+    assert!(
+        refusal.contains("without a token")
+            && refusal.contains("--token")
+            && refusal.contains("GRAFTER_TOKEN")
+            && refusal.contains("--insecure"),
+        "the refusal says how to go on: {refusal}"
+    );
+
+    let mut insecure = serve_open(dir.path(), &open, &["--insecure"])
+        .await
+        .expect("--insecure insists");
+    insecure.kill().await.expect("kill");
+    let with_token = serve_open(
+        dir.path(),
+        &format!("0.0.0.0:{}", free_port()),
+        &["--token", "a-token-of-sixteen-or-more"],
+    )
+    .await
+    .expect("a token makes it safe");
+    drop(with_token);
+    let loopback = serve_open(dir.path(), &format!("127.0.0.1:{}", free_port()), &[])
+        .await
+        .expect("loopback needs no token");
+    drop(loopback);
+}
