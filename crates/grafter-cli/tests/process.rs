@@ -511,7 +511,11 @@ async fn the_cli_manages_schedules() {
 
 /// `grafter serve` on `listen` with `extra` flags, waited for until `/livez`
 /// answers on loopback; `None` if it exited first (with its stderr).
-async fn serve_open(dir: &Path, listen: &str, extra: &[&str]) -> Result<tokio::process::Child, String> {
+async fn serve_open(
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> Result<tokio::process::Child, String> {
     let port = listen.rsplit(':').next().expect("a port");
     let database = format!("sqlite://{}", dir.join("open.db").display());
     let mut child = tokio::process::Command::from(common::grafter())
@@ -530,11 +534,17 @@ async fn serve_open(dir: &Path, listen: &str, extra: &[&str]) -> Result<tokio::p
             assert!(!output.status.success(), "a refusal exits non-zero");
             return Err(String::from_utf8_lossy(&output.stderr).into_owned());
         }
-        let livez = http.get(format!("http://127.0.0.1:{port}/livez")).send().await;
+        let livez = http
+            .get(format!("http://127.0.0.1:{port}/livez"))
+            .send()
+            .await;
         if livez.is_ok_and(|r| r.status().is_success()) {
             return Ok(child);
         }
-        assert!(std::time::Instant::now() < deadline, "neither started nor refused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither started nor refused"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -311,7 +311,8 @@ impl ServerConfig {
             );
             return invalid("token", message);
         }
-        if self.token.is_none() && !self.insecure && !self.listen.ip().to_canonical().is_loopback() {
+        if self.token.is_none() && !self.insecure && !self.listen.ip().to_canonical().is_loopback()
+        {
             return Err(ConfigError::Exposed {
                 listen: self.listen,
             });
@@ -471,7 +472,12 @@ rate = { count = 5, period_ms = 0 }",
             .validate()
             .unwrap();
         }
-        for local in ["127.0.0.1:7380", "127.8.0.1:1", "[::1]:7380", "[::ffff:127.0.0.1]:7380"] {
+        for local in [
+            "127.0.0.1:7380",
+            "127.8.0.1:1",
+            "[::1]:7380",
+            "[::ffff:127.0.0.1]:7380",
+        ] {
             at(local).validate().unwrap();
         }
     }

@@ -45,6 +45,8 @@ pub struct PushView {
     pub headers: Vec<String>,
     /// How many secrets sign each request (more than one while rotating).
     pub secrets: usize,
+    /// Which signature headers each request carries.
+    pub signing: grafter_core::Signing,
 }
 
 impl From<QueueInfo> for QueueBody {
@@ -58,6 +60,7 @@ impl From<QueueInfo> for QueueBody {
                 concurrency: p.concurrency,
                 headers: p.headers.into_keys().collect(),
                 secrets: 1 + p.old_secrets.len(),
+                signing: p.signing,
             }),
             limits: info.limits,
             counts: info

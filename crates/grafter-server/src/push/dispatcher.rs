@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_core::{Job, LeasedJob, PushTarget};
+use grafter_engine::push::signature::unix_now;
 use grafter_engine::push::{
-    signature, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, SIGNATURE_HEADER,
+    signature_headers, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER,
 };
 use grafter_engine::{Clock, FetchRequest, Retry, When};
 use grafter_store::{QueueInfo, StoreError};
@@ -291,18 +292,16 @@ async fn push(
             }
         }
     };
-    let secrets: Vec<&str> = std::iter::once(target.secret.as_str())
-        .chain(target.old_secrets.iter().map(String::as_str))
-        .collect();
-    let signature = signature::sign(&secrets, signature::unix_now(), &body);
     let mut request = http
         .post(&target.url)
         .timeout(timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(JOB_ID_HEADER, leased.job.id.0.to_string())
         .header(ATTEMPT_HEADER, leased.job.attempt.to_string())
-        .header(LEASE_HEADER, &leased.lease)
-        .header(SIGNATURE_HEADER, signature);
+        .header(LEASE_HEADER, &leased.lease);
+    for (name, value) in signature_headers(target, leased.job.id, unix_now(), &body) {
+        request = request.header(name, value);
+    }
     for (name, value) in &target.headers {
         request = request.header(name, value);
     }
