@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// Serve without a token on a non-loopback address (refused otherwise).
     #[arg(long, env = "GRAFTER_INSECURE")]
     insecure: bool,
+    /// Let push targets reach loopback and private addresses (refused otherwise).
+    #[arg(long, env = "GRAFTER_ALLOW_PRIVATE_PUSH")]
+    allow_private_push: bool,
 }
 
 pub fn init_logging() {
@@ -57,6 +60,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         config.token = Some(token);
     }
     config.insecure |= args.insecure;
+    config.push.allow_private |= args.allow_private_push;
     config.validate()?;
 
     let store = grafter_engine::open(&config.database, &config.postgres)

@@ -20,10 +20,12 @@ use tokio::net::TcpListener;
 
 use common::{id_of, skip_or_fail, temp_dir, Server, FAST_CONFIG, PATIENCE};
 
-/// Starts a server on `dir/jobs.db` with [`FAST_CONFIG`] plus `queues` (TOML).
+/// Starts a server on `dir/jobs.db` with [`FAST_CONFIG`] plus `queues`
+/// (TOML), allowed to push to the receivers on loopback.
 async fn start(dir: &Path, queues: &str) -> Server {
     let config = dir.join("grafter.toml");
-    std::fs::write(&config, format!("{FAST_CONFIG}\n{queues}")).expect("write config");
+    let allow = "[push]\nallow_private = true\n";
+    std::fs::write(&config, format!("{FAST_CONFIG}\n{allow}\n{queues}")).expect("write config");
     let database = format!("sqlite://{}", dir.join("jobs.db").display());
     Server::start(dir, &database, &config).await
 }

@@ -125,12 +125,17 @@ pub struct PushSettings {
     /// through another node applies here within this time (at once on the
     /// node that changed it).
     pub refresh_interval_ms: u64,
+    /// Let pushes reach loopback, private, link-local and the other inside
+    /// ranges (docs/push.md, "Guard rails"). Off: such targets are refused
+    /// when set and at each delivery.
+    pub allow_private: bool,
 }
 
 impl Default for PushSettings {
     fn default() -> Self {
         PushSettings {
             refresh_interval_ms: 5_000,
+            allow_private: false,
         }
     }
 }

@@ -109,6 +109,8 @@ async fn env() -> Env {
         ..Default::default()
     };
     config.maintenance.schedule_interval_ms = 50;
+    // The app listens on loopback.
+    config.push.allow_private = true;
     let shutdown = CancellationToken::new();
     tokio::spawn(grafter::server::serve(
         listener,

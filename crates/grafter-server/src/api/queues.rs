@@ -161,6 +161,11 @@ pub async fn update(
     let engine = state.engine();
     if let Some(Some(target)) = &settings.push {
         target.validate()?;
+        if !state.config().push.allow_private {
+            if let Some(why) = crate::push::refused_url(&target.url) {
+                return Err(ApiError::push_target_refused(why));
+            }
+        }
     }
     if let Some(Some(limits)) = &settings.limits {
         limits.validate()?;
