@@ -969,7 +969,7 @@ async fn health_metrics_and_openapi() {
     )
     .unwrap();
     assert!(
-        text.contains("grafter_jobs_enqueued_total{queue=\"mail\"} 1"),
+        text.contains("grafter_jobs_enqueued_total{queue=\"mail\",kind=\"k\"} 1"),
         "{text}"
     );
     assert!(
@@ -1025,9 +1025,68 @@ async fn job_gauges_of_a_queue_whose_jobs_are_all_gone_disappear() {
     assert!(!gauges_of(after, "kept").is_empty(), "{after}");
     // The counter says what this server did, and stays.
     assert!(
-        after.contains("grafter_jobs_enqueued_total{queue=\"gone\"} 1"),
+        after.contains("grafter_jobs_enqueued_total{queue=\"gone\",kind=\"k\"} 1"),
         "{after}"
     );
+}
+
+#[tokio::test]
+async fn metrics_count_finished_attempts_by_kind_and_outcome_and_time_them() {
+    let api = api().await;
+    for kind in ["ok", "ok", "bad", "batched"] {
+        api.enqueue(json!({"kind": kind, "queue": "m", "max_attempts": 1}))
+            .await;
+    }
+    api.enqueue(json!({"kind": "later", "queue": "waiting"}))
+        .await;
+    let (_, fetched) = api
+        .post("/v1/fetch", json!({"queues": ["m"], "max": 4}))
+        .await;
+    for job in fetched["jobs"].as_array().unwrap() {
+        let (id, lease) = (&job["id"], &job["lease"]);
+        let (status, _) = match job["kind"].as_str().unwrap() {
+            "ok" => {
+                api.post(&format!("/v1/jobs/{id}/ack"), json!({"lease": lease}))
+                    .await
+            }
+            "bad" => {
+                let fail = json!({"lease": lease, "error": "no"});
+                api.post(&format!("/v1/jobs/{id}/fail"), fail).await
+            }
+            _ => {
+                let acks = json!({"acks": [{"id": id, "lease": lease}]});
+                api.post("/v1/jobs/ack", acks).await
+            }
+        };
+        assert_eq!(status, StatusCode::OK);
+    }
+    let scrape = api.text(Method::GET, "/metrics", "").await.1;
+    let scrape = scrape.as_str().unwrap();
+    for line in [
+        "grafter_jobs_finished_total{queue=\"m\",kind=\"ok\",outcome=\"completed\"} 2",
+        "grafter_jobs_finished_total{queue=\"m\",kind=\"bad\",outcome=\"dead\"} 1",
+        "grafter_jobs_finished_total{queue=\"m\",kind=\"batched\",outcome=\"completed\"} 1",
+        "grafter_job_queue_wait_seconds_count{queue=\"m\"} 4",
+        "grafter_job_run_time_seconds_count{queue=\"m\"} 4",
+        "# UNIT grafter_job_run_time_seconds seconds",
+    ] {
+        assert!(
+            scrape.lines().any(|l| l == line),
+            "no {line:?} in:\n{scrape}"
+        );
+    }
+    let oldest = scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("grafter_queue_oldest_available_age_seconds{queue=\"waiting\"} ")
+        })
+        .unwrap_or_else(|| panic!("no oldest available age of 'waiting':\n{scrape}"));
+    assert!(oldest.parse::<f64>().unwrap() >= 0.0);
+    assert!(
+        !scrape.contains("grafter_queue_oldest_available_age_seconds{queue=\"m\"}"),
+        "a queue with no available job has no age"
+    );
+    assert!(!scrape.contains("id=\""), "no job id is a label");
 }
 
 /// Asks `/readyz` of a server that is shutting down, and answers the status.

@@ -100,6 +100,12 @@ impl Grafter {
         )
     }
 
+    async fn scrape(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        let response = self.http.get(url).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     async fn put_push(&self, queue: &str, push: Value) -> (StatusCode, Value) {
         self.call(
             reqwest::Method::PUT,
@@ -365,6 +371,11 @@ async fn a_failed_push_is_retried_and_completes_as_attempt_2_with_the_first_erro
         seen[1].header("grafter-lease"),
         "each attempt has its own lease"
     );
+    let scrape = grafter.scrape().await;
+    for class in ["5xx", "2xx"] {
+        let line = format!("grafter_push_deliveries_total{{queue=\"mail\",status=\"{class}\"}} 1");
+        assert!(scrape.lines().any(|l| l == line), "no {line} in\n{scrape}");
+    }
 }
 
 #[tokio::test]
@@ -833,4 +844,9 @@ async fn pushes_never_reach_the_inside_network_unless_allowed() {
         "{literal}"
     );
     assert!(receiver.seen.lock().unwrap().is_empty(), "nothing arrived");
+    let scrape = grafter.scrape().await;
+    for queue in ["named", "literal"] {
+        let line = format!("grafter_push_deliveries_total{{queue=\"{queue}\",status=\"error\"}} 1");
+        assert!(scrape.lines().any(|l| l == line), "no {line} in\n{scrape}");
+    }
 }

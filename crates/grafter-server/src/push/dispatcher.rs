@@ -292,6 +292,7 @@ async fn push(
     // address never reaches the resolver, so it is checked here.
     if !state.config().push.allow_private {
         if let Some(why) = refused_url(&target.url) {
+            state.metrics().push_delivered(&leased.job.queue, None);
             return Outcome::Failed {
                 error: format!("push target refused: {why}"),
                 retry_at: None,
@@ -321,11 +322,20 @@ async fn push(
         request = request.header(name, value);
     }
     match request.body(body).send().await {
-        Ok(response) => Outcome::from_response(response, state.engine().clock().now()).await,
-        Err(error) => Outcome::Failed {
-            error: request_error(error, timeout),
-            retry_at: None,
-        },
+        Ok(response) => {
+            let status = response.status().as_u16();
+            state
+                .metrics()
+                .push_delivered(&leased.job.queue, Some(status));
+            Outcome::from_response(response, state.engine().clock().now()).await
+        }
+        Err(error) => {
+            state.metrics().push_delivered(&leased.job.queue, None);
+            Outcome::Failed {
+                error: request_error(error, timeout),
+                retry_at: None,
+            }
+        }
     }
 }
 
