@@ -582,3 +582,76 @@ async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
         .expect("loopback needs no token");
     drop(loopback);
 }
+
+#[tokio::test]
+async fn info_and_cleanup_from_the_cli() {
+    let dir = temp_dir();
+    let server = start(dir.path()).await;
+    for _ in 0..2 {
+        server.enqueue(json!({"kind": "k", "queue": "ops"})).await;
+    }
+    let leased = server.fetch("ops", 30_000, 0).await.expect("a job");
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/ack", id_of(&leased)),
+            json!({"lease": leased["lease"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let url = server.base.clone();
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(["--url".to_owned(), url.clone()]);
+        let dir = dir.path().to_owned();
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            let output = run_cli(&args, &dir).await;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "{args:?}: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            text
+        }
+    };
+    let info = run(&["info"]).await;
+    assert!(
+        info.contains("store       sqlite (schema version"),
+        "{info}"
+    );
+    assert!(
+        info.lines().any(|l| l.starts_with("queue       ops: ")
+            && l.contains("completed 1")
+            && l.contains("available 1")),
+        "{info}"
+    );
+    let dry = run(&[
+        "cleanup",
+        "--older-than",
+        "0s",
+        "--state",
+        "completed",
+        "--dry-run",
+    ])
+    .await;
+    assert!(dry.contains("would delete 1 jobs"), "{dry}");
+    let done = run(&["cleanup", "--older-than", "0s"]).await;
+    assert!(done.contains("deleted 1 jobs"), "{done}");
+    assert!(!run(&["info"]).await.contains("completed 1"));
+    let refused = run_cli(
+        &[
+            "cleanup",
+            "--older-than",
+            "7d",
+            "--state",
+            "running",
+            "--url",
+            &url,
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a finished state"));
+}

@@ -64,8 +64,8 @@ use grafter_store::{
     JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
     LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput, QueueInfo,
     QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
-    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups,
-    WorkerBeat, WorkersPrune,
+    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo, ThroughputRange,
+    Wakeups, WorkerBeat, WorkersPrune,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -501,6 +501,18 @@ impl Store for PostgresStore {
 
     async fn schedule_skips_list(&self, params: ScheduleSkipsList) -> Result<Vec<SkippedSlots>> {
         self.db.schedule_skips_list(&params).await
+    }
+
+    async fn jobs_prunable_count(&self, params: JobsPrune) -> Result<u64> {
+        self.db.jobs_prunable_count(&params).await
+    }
+
+    async fn store_info(&self) -> Result<StoreInfo> {
+        Ok(StoreInfo {
+            kind: "postgres",
+            schema_version: self.db.schema_version().await?,
+            leaders: self.db.leaders_list().await?,
+        })
     }
 
     async fn ping(&self) -> Result<()> {

@@ -18,6 +18,7 @@ use crate::api;
         api::schedules::put, api::schedules::list, api::schedules::show, api::schedules::delete,
         api::schedules::pause, api::schedules::resume, api::schedules::trigger,
         api::schedules::preview,
+        api::ops::info, api::ops::cleanup,
         api::health::livez, api::health::readyz, api::health::metrics,
     ),
     modifiers(&BearerAuth),
