@@ -510,7 +510,7 @@ async fn the_cli_manages_schedules() {
 }
 
 /// `grafter serve` on `listen` with `extra` flags, waited for until `/livez`
-/// answers on loopback; `None` if it exited first (with its stderr).
+/// answers on loopback; its stderr if it exited first.
 async fn serve_open(
     dir: &Path,
     listen: &str,
@@ -555,8 +555,7 @@ async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
     let open = format!("0.0.0.0:{}", free_port());
     let refusal = serve_open(dir.path(), &open, &[])
         .await
-        .err()
-        .expect("no token on 0.0.0.0 is refused");
+        .expect_err("no token on 0.0.0.0 is refused");
     assert!(
         refusal.contains("without a token")
             && refusal.contains("--token")

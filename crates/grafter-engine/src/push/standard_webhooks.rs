@@ -141,14 +141,20 @@ mod tests {
         let check = |keys: &[Vec<u8>], body: &[u8], now| {
             verify_at(keys, 300, ["job_7", "1700000000", &header], body, now)
         };
-        assert_eq!(check(&[new.clone()], body, 1_700_000_000), Ok(()));
-        assert_eq!(check(&[old.clone()], body, 1_700_000_000), Ok(()));
+        assert_eq!(
+            check(std::slice::from_ref(&new), body, 1_700_000_000),
+            Ok(())
+        );
+        assert_eq!(
+            check(std::slice::from_ref(&old), body, 1_700_000_000),
+            Ok(())
+        );
         assert_eq!(
             check(&[key("a-third-secret-00")], body, 1_700_000_000),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            check(&[new.clone()], b"{}", 1_700_000_000),
+            check(std::slice::from_ref(&new), b"{}", 1_700_000_000),
             Err(SignatureError::Mismatch)
         );
         assert!(matches!(
