@@ -29,12 +29,11 @@ samples = [
 print(json.dumps(samples))
 "#;
 
-/// The samples a scrape holds, as the Python parser reads them; `None` when
-/// the parser cannot run here (after [`skip_or_fail`]).
-async fn parse_with_python(scrape: &str) -> Option<Vec<Value>> {
-    let spawned = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(PARSE_SCRAPE)
+/// `scrape` fed to `program` with `args`, and what it answered; `None` when
+/// the program cannot run here (after [`skip_or_fail`]).
+async fn run_on_scrape(program: &str, args: &[&str], scrape: &str) -> Option<std::process::Output> {
+    let spawned = tokio::process::Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -43,14 +42,20 @@ async fn parse_with_python(scrape: &str) -> Option<Vec<Value>> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
-            skip_or_fail(&format!("cannot run python3 ({error})"));
+            skip_or_fail(&format!("cannot run {program} ({error})"));
             return None;
         }
     };
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(scrape.as_bytes()).await.unwrap();
     drop(stdin);
-    let output = child.wait_with_output().await.unwrap();
+    Some(child.wait_with_output().await.unwrap())
+}
+
+/// The samples a scrape holds, as the Python parser reads them; `None` when
+/// the parser cannot run here (after [`skip_or_fail`]).
+async fn parse_with_python(scrape: &str) -> Option<Vec<Value>> {
+    let output = run_on_scrape("python3", &["-c", PARSE_SCRAPE], scrape).await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.code() == Some(3) && stderr.starts_with("MISSING:") {
         skip_or_fail(&format!(
@@ -160,24 +165,9 @@ async fn promtool_passes_a_scrape_that_counts_an_expired_lease() {
         "the Prometheus text format, not OpenMetrics"
     );
 
-    let spawned = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(error) => {
-            skip_or_fail(&format!("cannot run promtool ({error})"));
-            return;
-        }
+    let Some(output) = run_on_scrape("promtool", &["check", "metrics"], &scrape).await else {
+        return;
     };
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(scrape.as_bytes()).await.unwrap();
-    drop(stdin);
-    let output = child.wait_with_output().await.unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

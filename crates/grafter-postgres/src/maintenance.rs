@@ -21,6 +21,15 @@ const FINISHED: [JobState; 4] = [
     JobState::Expired,
 ];
 
+/// The finished states among those a prune names.
+fn finished_states(params: &JobsPrune) -> Vec<&'static str> {
+    FINISHED
+        .into_iter()
+        .filter(|s| params.states.contains(s))
+        .map(JobState::as_str)
+        .collect()
+}
+
 impl Db {
     pub(crate) async fn jobs_schedule(&self, params: &MaintenanceBatch) -> Result<Scheduled> {
         const SQL: &str = "
@@ -127,11 +136,7 @@ impl Db {
             WHERE state IN ('completed', 'dead', 'cancelled', 'expired')
               AND state = ANY($1::text[])
               AND finished_at < $2";
-        let states: Vec<&str> = FINISHED
-            .into_iter()
-            .filter(|s| params.states.contains(s))
-            .map(JobState::as_str)
-            .collect();
+        let states = finished_states(params);
         if states.is_empty() {
             return Ok(0);
         }
@@ -154,11 +159,7 @@ impl Db {
                          ORDER BY finished_at
                          LIMIT $3
                          FOR UPDATE SKIP LOCKED)";
-        let states: Vec<&str> = FINISHED
-            .into_iter()
-            .filter(|s| params.states.contains(s))
-            .map(JobState::as_str)
-            .collect();
+        let states = finished_states(params);
         if states.is_empty() || params.limit == 0 {
             return Ok(0);
         }
