@@ -159,11 +159,38 @@ class PushEndpointTest < Minitest::Test
     assert_equal "405", Net::HTTP.get_response(URI("http://127.0.0.1:#{@port}/grafter/jobs")).code
   end
 
+  def test_standard_webhooks_signatures_are_checked_too
+    client.update_queue(@queue, push: { url: "http://127.0.0.1:#{@port}/grafter/jobs", secret: SECRET,
+                                        signing: "standard-webhooks" })
+    name = unique("standard")
+    job = PushJobs::GreetJob.set(queue: @queue).perform_later(name)
+    assert_equal({ "hello" => name, "attempt" => 1 }, wait_state(job.provider_job_id, "completed")["result"])
+
+    client.update_queue(@queue, push: nil)
+    other = unique("standard-refused")
+    body = JSON.generate("id" => 2, "kind" => "PushJobs::GreetJob", "queue" => @queue, "attempt" => 1,
+                         "max_attempts" => 25, "args" => PushJobs::GreetJob.new(other).serialize)
+    stale_at = Time.now.to_i - 301
+    stale = standard_headers("job_2", stale_at, Grafter::Signature.sign_standard("job_2", body, [SECRET], now: stale_at))
+    forged = standard_headers("job_2", Time.now.to_i, Grafter::Signature.sign_standard("job_2", body, ["whsec_#{['k' * 24].pack('m0')}"]))
+    [stale, forged, standard_headers("job_2", Time.now.to_i, nil)].each do |headers|
+      assert_equal "401", post(body, nil, headers).code, headers.inspect
+    end
+    assert_equal 0, PushJobs.runs(other), "nothing ran"
+    signed = standard_headers("job_2", Time.now.to_i, Grafter::Signature.sign_standard("job_2", body, ["old-secret-0123456789", SECRET]))
+    assert_equal "200", post(body, nil, signed).code, "any v1, may match (rotation)"
+  end
+
   private
 
-  def post(body, signature)
+  def standard_headers(id, timestamp, signature)
+    { "webhook-id" => id, "webhook-timestamp" => timestamp.to_s, "webhook-signature" => signature }.compact
+  end
+
+  def post(body, signature, headers = {})
     request = Net::HTTP::Post.new("/grafter/jobs", "Content-Type" => "application/json")
     request["Grafter-Signature"] = signature if signature
+    headers.each { |name, value| request[name] = value }
     request["Grafter-Lease"] = "lease"
     request.body = body
     Net::HTTP.start("127.0.0.1", @port) { |http| http.request(request) }

@@ -36,6 +36,11 @@ module GrafterTest
     rescue_interval_ms = 100
     expire_interval_ms = 100
     leader_ttl_ms = 1000
+
+    # The push endpoints under test listen on loopback, which pushes may
+    # not reach unless allowed.
+    [push]
+    allow_private = true
   TOML
 
   def self.free_port

@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod jobs;
+mod ops;
 mod schedules;
 mod serve;
 
@@ -34,6 +35,10 @@ enum Command {
     Queues(jobs::QueuesArgs),
     /// List, show, put, delete, pause, resume or trigger schedules (periodic jobs).
     Schedules(schedules::SchedulesArgs),
+    /// Version, store, schema, queues, workers, leader and maintenance health.
+    Info(ops::InfoArgs),
+    /// Delete finished jobs older than an age (or count them with --dry-run).
+    Cleanup(ops::CleanupArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Measure throughput and latency on a throwaway database (see docs/benchmarks.md).
@@ -114,6 +119,8 @@ fn main() -> ExitCode {
             Command::Queues(args) => jobs::queues(args).await,
             Command::Schedules(args) => schedules::schedules(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Info(args) => ops::info(args).await,
+            Command::Cleanup(args) => ops::cleanup(args).await,
             Command::Openapi => outln!("{}", grafter_server::openapi_json()),
         }
     });

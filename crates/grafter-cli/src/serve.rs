@@ -25,6 +25,12 @@ pub struct ServeArgs {
     /// Require this bearer token on every /v1 request (at least 16 characters).
     #[arg(long, env = "GRAFTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve without a token on a non-loopback address (refused otherwise).
+    #[arg(long, env = "GRAFTER_INSECURE")]
+    insecure: bool,
+    /// Let push targets reach loopback and private addresses (refused otherwise).
+    #[arg(long, env = "GRAFTER_ALLOW_PRIVATE_PUSH")]
+    allow_private_push: bool,
 }
 
 pub fn init_logging() {
@@ -53,6 +59,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(token) = args.token {
         config.token = Some(token);
     }
+    config.insecure |= args.insecure;
+    config.push.allow_private |= args.allow_private_push;
     config.validate()?;
 
     let store = grafter_engine::open(&config.database, &config.postgres)

@@ -508,3 +508,149 @@ async fn the_cli_manages_schedules() {
     let (ok, text) = cli(vec!["schedules", "show", "tick"]).await;
     assert!(!ok && text.contains("not_found"), "{text}");
 }
+
+/// `grafter serve` on `listen` with `extra` flags, waited for until `/livez`
+/// answers on loopback; its stderr if it exited first.
+async fn serve_open(
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> Result<tokio::process::Child, String> {
+    let port = listen.rsplit(':').next().expect("a port");
+    let database = format!("sqlite://{}", dir.join("open.db").display());
+    let mut child = tokio::process::Command::from(common::grafter())
+        .args(["serve", "--database", &database, "--listen", listen])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn grafter serve");
+    let http = common::http_client();
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            let output = child.wait_with_output().await.expect("its output");
+            assert!(!output.status.success(), "a refusal exits non-zero");
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        let livez = http
+            .get(format!("http://127.0.0.1:{port}/livez"))
+            .send()
+            .await;
+        if livez.is_ok_and(|r| r.status().is_success()) {
+            return Ok(child);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither started nor refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
+    let dir = temp_dir();
+    let open = format!("0.0.0.0:{}", free_port());
+    let refusal = serve_open(dir.path(), &open, &[])
+        .await
+        .expect_err("no token on 0.0.0.0 is refused");
+    assert!(
+        refusal.contains("without a token")
+            && refusal.contains("--token")
+            && refusal.contains("GRAFTER_TOKEN")
+            && refusal.contains("--insecure"),
+        "the refusal says how to go on: {refusal}"
+    );
+
+    let mut insecure = serve_open(dir.path(), &open, &["--insecure"])
+        .await
+        .expect("--insecure insists");
+    insecure.kill().await.expect("kill");
+    let with_token = serve_open(
+        dir.path(),
+        &format!("0.0.0.0:{}", free_port()),
+        &["--token", "a-token-of-sixteen-or-more"],
+    )
+    .await
+    .expect("a token makes it safe");
+    drop(with_token);
+    let loopback = serve_open(dir.path(), &format!("127.0.0.1:{}", free_port()), &[])
+        .await
+        .expect("loopback needs no token");
+    drop(loopback);
+}
+
+#[tokio::test]
+async fn info_and_cleanup_from_the_cli() {
+    let dir = temp_dir();
+    let server = start(dir.path()).await;
+    for _ in 0..2 {
+        server.enqueue(json!({"kind": "k", "queue": "ops"})).await;
+    }
+    let leased = server.fetch("ops", 30_000, 0).await.expect("a job");
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/ack", id_of(&leased)),
+            json!({"lease": leased["lease"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let url = server.base.clone();
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(["--url".to_owned(), url.clone()]);
+        let dir = dir.path().to_owned();
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            let output = run_cli(&args, &dir).await;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "{args:?}: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            text
+        }
+    };
+    let info = run(&["info"]).await;
+    assert!(
+        info.contains("store       sqlite (schema version"),
+        "{info}"
+    );
+    assert!(
+        info.lines().any(|l| l.starts_with("queue       ops: ")
+            && l.contains("completed 1")
+            && l.contains("available 1")),
+        "{info}"
+    );
+    let dry = run(&[
+        "cleanup",
+        "--older-than",
+        "0s",
+        "--state",
+        "completed",
+        "--dry-run",
+    ])
+    .await;
+    assert!(dry.contains("would delete 1 jobs"), "{dry}");
+    let done = run(&["cleanup", "--older-than", "0s"]).await;
+    assert!(done.contains("deleted 1 jobs"), "{done}");
+    assert!(!run(&["info"]).await.contains("completed 1"));
+    let refused = run_cli(
+        &[
+            "cleanup",
+            "--older-than",
+            "7d",
+            "--state",
+            "running",
+            "--url",
+            &url,
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a finished state"));
+}

@@ -1,7 +1,8 @@
 //! Push queues with the real binary: `kill -9` of the server in the middle of
 //! pushes loses no job, and the verification snippets of docs/push.md (Python,
 //! JavaScript, Ruby), run exactly as documented, accept what a real `grafter
-//! serve` sends and reject tampered requests.
+//! serve` sends (both signature schemes, two secrets) and reject tampered
+//! requests.
 //!
 //! Every wait is a poll with a generous deadline; nothing asserts on speed.
 
@@ -19,10 +20,12 @@ use tokio::net::TcpListener;
 
 use common::{id_of, skip_or_fail, temp_dir, Server, FAST_CONFIG, PATIENCE};
 
-/// Starts a server on `dir/jobs.db` with [`FAST_CONFIG`] plus `queues` (TOML).
+/// Starts a server on `dir/jobs.db` with [`FAST_CONFIG`] plus `queues`
+/// (TOML), allowed to push to the receivers on loopback.
 async fn start(dir: &Path, queues: &str) -> Server {
     let config = dir.join("grafter.toml");
-    std::fs::write(&config, format!("{FAST_CONFIG}\n{queues}")).expect("write config");
+    let allow = "[push]\nallow_private = true\n";
+    std::fs::write(&config, format!("{FAST_CONFIG}\n{allow}\n{queues}")).expect("write config");
     let database = format!("sqlite://{}", dir.join("jobs.db").display());
     Server::start(dir, &database, &config).await
 }
@@ -187,7 +190,9 @@ fn snippet<'a>(doc: &'a str, lang: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_documented_snippets_accept_grafters_requests_and_reject_tampered_ones() {
-    const NEW: &str = "the-new-push-secret-42";
+    // A Standard Webhooks secret (its key is the base64 after `whsec_`) and
+    // a plain one (its key is its own bytes).
+    const NEW: &str = "whsec_dGhlLW5ldy1wdXNoLWtleS0wMDQy";
     const OLD: &str = "the-old-push-secret-42";
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/push.md"))
         .unwrap();
@@ -202,12 +207,13 @@ async fn the_documented_snippets_accept_grafters_requests_and_reject_tampered_on
     ] {
         let file = dir.path().join(format!("snippet.{extension}"));
         std::fs::write(&file, snippet(&doc, lang)).unwrap();
-        // The receiver holds the old secret: Grafter is mid-rotation and signs
-        // with both, so this also checks the snippets read every v1=.
+        // Grafter is mid-rotation and signs with both secrets, in both
+        // schemes: the receiver checks each signature with its own secret,
+        // so this also checks the snippets read every signature.
         let spawned = tokio::process::Command::new(program)
             .arg(format!("{harnesses}/receiver.{extension}"))
             .arg(&file)
-            .arg(OLD)
+            .args([NEW, OLD])
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn();
@@ -227,7 +233,7 @@ async fn the_documented_snippets_accept_grafters_requests_and_reject_tampered_on
             .unwrap()
             .unwrap_or_else(|| panic!("the {lang} receiver exited"));
         queues.push_str(&format!(
-            "[queues.{lang}.push]\nurl = \"http://127.0.0.1:{port}/jobs\"\nsecret = \"{NEW}\"\nold_secrets = [\"{OLD}\"]\n\n"
+            "[queues.{lang}.push]\nurl = \"http://127.0.0.1:{port}/jobs\"\nsecret = \"{NEW}\"\nold_secrets = [\"{OLD}\"]\nsigning = \"both\"\n\n"
         ));
         receivers.push((lang, child));
     }

@@ -245,11 +245,14 @@ struct Setup {
 }
 
 impl Setup {
-    /// The database-less app and a server on a SQLite file.
+    /// The database-less app and a server on a SQLite file, which may push
+    /// to the app on loopback.
     async fn new() -> Setup {
         let dir = temp_dir();
         let config = dir.path().join("grafter.toml");
-        std::fs::write(&config, FAST_CONFIG).expect("write config");
+        let allow_loopback_pushes = "\n[push]\nallow_private = true\n";
+        std::fs::write(&config, format!("{FAST_CONFIG}{allow_loopback_pushes}"))
+            .expect("write config");
         let database = format!("sqlite://{}", dir.path().join("jobs.db").display());
         let server = Server::start(dir.path(), &database, &config).await;
         let env = vec![("GRAFTER_URL", server.base.clone())];

@@ -22,7 +22,7 @@ pub use job::{
     ValidationError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN, MAX_TAGS,
 };
 pub use limits::{Held, HeldReason, QueueLimits, RateLimit};
-pub use push::PushTarget;
+pub use push::{standard_webhooks_key, PushTarget, Signing};
 pub use schedule::{
     CatchUp, Overlap, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkipReason,
     SkippedSlots, Timing,

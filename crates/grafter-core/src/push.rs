@@ -27,6 +27,59 @@ pub struct PushTarget {
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Which signature headers each request carries.
+    #[serde(default)]
+    pub signing: Signing,
+}
+
+/// The signature schemes a push target's requests carry (docs/push.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Signing {
+    /// `Grafter-Signature` only.
+    #[default]
+    Grafter,
+    /// The Standard Webhooks headers only (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`).
+    StandardWebhooks,
+    /// Both, for receivers moving from one to the other.
+    Both,
+}
+
+impl Signing {
+    /// Whether requests carry `Grafter-Signature`.
+    pub fn grafter(self) -> bool {
+        matches!(self, Signing::Grafter | Signing::Both)
+    }
+    /// Whether requests carry the Standard Webhooks headers.
+    pub fn standard_webhooks(self) -> bool {
+        matches!(self, Signing::StandardWebhooks | Signing::Both)
+    }
+}
+
+/// The prefix of a Standard Webhooks secret whose rest is its key in base64.
+pub const WHSEC_PREFIX: &str = "whsec_";
+
+/// The HMAC key a secret stands for in the Standard Webhooks scheme: a
+/// `whsec_<base64>` secret's key is the decoded base64 (as the spec's
+/// libraries read it); any other secret's key is its own bytes, as for
+/// `Grafter-Signature` (which always uses a secret's own bytes).
+pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let Some(encoded) = secret.strip_prefix(WHSEC_PREFIX) else {
+        return Ok(secret.as_bytes().to_vec());
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| format!("a {WHSEC_PREFIX} secret must be followed by base64"))?;
+    if key.len() < 16 {
+        return Err(format!(
+            "a {WHSEC_PREFIX} secret's key must be at least 16 bytes, got {}",
+            key.len()
+        ));
+    }
+    Ok(key)
 }
 
 fn default_timeout_ms() -> u64 {
@@ -45,6 +98,7 @@ impl std::fmt::Debug for PushTarget {
             .field("timeout_ms", &self.timeout_ms)
             .field("concurrency", &self.concurrency)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("signing", &self.signing)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +166,13 @@ impl PushTarget {
                 "push.old_secrets",
                 format!("each must be 16 to {MAX_SECRET_LEN} bytes long"),
             ));
+        }
+        if self.signing.standard_webhooks() {
+            for (field, secret) in std::iter::once(("push.secret", &self.secret))
+                .chain(self.old_secrets.iter().map(|s| ("push.old_secrets", s)))
+            {
+                standard_webhooks_key(secret).map_err(|m| ValidationError::new(field, m))?;
+            }
         }
         if !(100..=3_600_000).contains(&self.timeout_ms) {
             return Err(ValidationError::new(
@@ -219,7 +280,43 @@ mod tests {
             timeout_ms: default_timeout_ms(),
             concurrency: default_concurrency(),
             headers: BTreeMap::new(),
+            signing: Signing::default(),
         }
+    }
+
+    #[test]
+    fn a_whsec_secret_is_its_base64_key_any_other_its_own_bytes() {
+        assert_eq!(
+            standard_webhooks_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .unwrap()
+                .len(),
+            24
+        );
+        assert_eq!(
+            standard_webhooks_key("a-plain-secret-16").unwrap(),
+            b"a-plain-secret-16"
+        );
+        let mut standard = target("https://app.example.com/ok");
+        standard.signing = Signing::StandardWebhooks;
+        standard.secret = "whsec_not base64!!!!".into();
+        assert_eq!(standard.validate().unwrap_err().field, "push.secret");
+        standard.secret = "whsec_MTIzNDU2Nzg5MA==".into(); // ten bytes
+        assert!(standard
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("16 bytes"));
+        standard.secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into();
+        standard.old_secrets = vec!["whsec_?".repeat(4)];
+        assert_eq!(standard.validate().unwrap_err().field, "push.old_secrets");
+        standard.old_secrets = vec!["an-old-plain-secret".into()];
+        assert!(standard.validate().is_ok());
+        let parsed: PushTarget = serde_json::from_value(serde_json::json!({
+            "url": "https://app.example.com/ok", "secret": "s".repeat(16), "signing": "both"
+        }))
+        .unwrap();
+        assert_eq!(parsed.signing, Signing::Both);
+        assert!(parsed.signing.grafter() && parsed.signing.standard_webhooks());
     }
 
     #[test]

@@ -245,10 +245,13 @@ impl Engine {
             max_bytes: self.inner.config.fetch_max_bytes,
             now: self.now(),
         };
-        Ok(
+        let leased =
             crate::wait::jobs_fetch_waiting(self.store().as_ref(), params, request.wait, stop)
-                .await?,
-        )
+                .await?;
+        for leased in &leased {
+            self.inner.observer.started(&leased.job);
+        }
+        Ok(leased)
     }
 
     /// A lease length asked for, or the default; out of range is refused.
@@ -360,6 +363,7 @@ impl Engine {
             )
             .into());
         }
+        let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let items = acks
             .into_iter()
             .map(|a| {
@@ -375,12 +379,14 @@ impl Engine {
                 now: self.now(),
             })
             .await?;
-        let completed = outcomes
-            .iter()
-            .filter(|&&o| o == AckOutcome::Completed)
-            .count();
-        self.inner.observer.batch_completed(completed);
-        if completed > 0 {
+        let completed: Vec<JobId> = ids
+            .into_iter()
+            .zip(&outcomes)
+            .filter(|(_, &o)| o == AckOutcome::Completed)
+            .map(|(id, _)| id)
+            .collect();
+        self.inner.observer.batch_completed(&completed);
+        if !completed.is_empty() {
             self.announce_freed(None);
         }
         Ok(outcomes)

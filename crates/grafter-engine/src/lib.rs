@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cleanup;
 mod clock;
 mod config;
 mod error;
@@ -34,6 +35,7 @@ pub mod push;
 mod schedules;
 mod wait;
 
+pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;
 pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};
 pub use error::{Error, Result};

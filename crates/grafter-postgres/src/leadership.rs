@@ -2,7 +2,7 @@
 //! node at a time holds, until it expires or is released.
 
 use grafter_core::time;
-use grafter_store::{LeaderAcquire, LeaderRelease, Result};
+use grafter_store::{Leader, LeaderAcquire, LeaderRelease, Result};
 
 use crate::db::Db;
 use crate::error::pg_error;
@@ -41,5 +41,28 @@ impl Db {
             .await
             .map_err(pg_error)?;
         Ok(())
+    }
+
+    pub(crate) async fn leaders_list(&self) -> Result<Vec<Leader>> {
+        const SQL: &str = "SELECT name, node, expires_at FROM leaders ORDER BY name";
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let rows = client.query(&stmt, &[]).await.map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| Leader {
+                name: row.get(0),
+                node: row.get(1),
+                expires_at: row.get(2),
+            })
+            .collect())
+    }
+
+    /// The newest migration applied.
+    pub(crate) async fn schema_version(&self) -> Result<i64> {
+        const SQL: &str = "SELECT coalesce(max(version), 0)::bigint FROM grafter_migrations";
+        let client = self.client().await?;
+        let row = client.query_one(SQL, &[]).await.map_err(pg_error)?;
+        Ok(row.get(0))
     }
 }

@@ -65,8 +65,8 @@ use grafter_store::{
     JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
     LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput, QueueInfo,
     QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
-    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups,
-    WorkerBeat, WorkersPrune,
+    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo, ThroughputRange,
+    Wakeups, WorkerBeat, WorkersPrune,
 };
 use grafter_store::{JobEvent, JobEventsList, WatchedJob};
 use tokio_postgres::NoTls;
@@ -532,6 +532,18 @@ impl Store for PostgresStore {
 
     async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>> {
         self.db.job_events_list(&params).await
+    }
+
+    async fn jobs_prunable_count(&self, params: JobsPrune) -> Result<u64> {
+        self.db.jobs_prunable_count(&params).await
+    }
+
+    async fn store_info(&self) -> Result<StoreInfo> {
+        Ok(StoreInfo {
+            kind: "postgres",
+            schema_version: self.db.schema_version().await?,
+            leaders: self.db.leaders_list().await?,
+        })
     }
 
     async fn ping(&self) -> Result<()> {

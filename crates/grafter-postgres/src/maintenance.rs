@@ -21,6 +21,15 @@ const FINISHED: [JobState; 4] = [
     JobState::Expired,
 ];
 
+/// The finished states among those a prune names.
+fn finished_states(params: &JobsPrune) -> Vec<&'static str> {
+    FINISHED
+        .into_iter()
+        .filter(|s| params.states.contains(s))
+        .map(JobState::as_str)
+        .collect()
+}
+
 impl Db {
     pub(crate) async fn jobs_schedule(&self, params: &MaintenanceBatch) -> Result<Scheduled> {
         const SQL: &str = "
@@ -121,6 +130,25 @@ impl Db {
     /// first, from the `jobs_finished` index (the literal state list is its
     /// predicate, which is what lets the planner use it). Rows another
     /// transaction holds are skipped, so two pruners never wait on each other.
+    pub(crate) async fn jobs_prunable_count(&self, params: &JobsPrune) -> Result<u64> {
+        const SQL: &str = "
+            SELECT count(*) FROM jobs
+            WHERE state IN ('completed', 'dead', 'cancelled', 'expired')
+              AND state = ANY($1::text[])
+              AND finished_at < $2";
+        let states = finished_states(params);
+        if states.is_empty() {
+            return Ok(0);
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = client
+            .query_one(&stmt, &[&states, &params.finished_before])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     pub(crate) async fn jobs_prune(&self, params: &JobsPrune) -> Result<u64> {
         const SQL: &str = "
             DELETE FROM jobs
@@ -131,11 +159,7 @@ impl Db {
                          ORDER BY finished_at
                          LIMIT $3
                          FOR UPDATE SKIP LOCKED)";
-        let states: Vec<&str> = FINISHED
-            .into_iter()
-            .filter(|s| params.states.contains(s))
-            .map(JobState::as_str)
-            .collect();
+        let states = finished_states(params);
         if states.is_empty() || params.limit == 0 {
             return Ok(0);
         }

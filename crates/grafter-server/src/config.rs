@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// (at least [`MIN_TOKEN_CHARS`] characters), and so must `/metrics` and
     /// `/openapi.json` unless made public below.
     pub token: Option<String>,
+    /// Serve without a token on an address other hosts can reach. Without it,
+    /// a non-loopback `listen` and no `token` is refused at start.
+    pub insecure: bool,
     /// Serve `/metrics` without the token even when there is one (for a
     /// scraper that cannot send `Authorization: Bearer`).
     pub metrics_public: bool,
@@ -122,12 +125,17 @@ pub struct PushSettings {
     /// through another node applies here within this time (at once on the
     /// node that changed it).
     pub refresh_interval_ms: u64,
+    /// Let pushes reach loopback, private, link-local and the other inside
+    /// ranges (docs/push.md, "Guard rails"). Off: such targets are refused
+    /// when set and at each delivery.
+    pub allow_private: bool,
 }
 
 impl Default for PushSettings {
     fn default() -> Self {
         PushSettings {
             refresh_interval_ms: 5_000,
+            allow_private: false,
         }
     }
 }
@@ -145,6 +153,7 @@ impl Default for ServerConfig {
             database: DEFAULT_DATABASE.into(),
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             token: None,
+            insecure: false,
             metrics_public: false,
             openapi_public: false,
             body_limit_bytes: 1024 * 1024,
@@ -209,6 +218,17 @@ pub enum ConfigError {
         field: String,
         /// What is wrong.
         message: String,
+    },
+    /// Open to the network with no token and no `insecure` to insist.
+    #[error(
+        "refusing to serve {listen} without a token: anyone who can reach it could enqueue, \
+         run and delete jobs. Add a token (--token, GRAFTER_TOKEN or `token = \"…\"` in the \
+         config file; e.g. `openssl rand -hex 32`), listen on a loopback address, or pass \
+         --insecure (GRAFTER_INSECURE=true, `insecure = true`) to serve it open anyway"
+    )]
+    Exposed {
+        /// The non-loopback address.
+        listen: SocketAddr,
     },
     /// A queue's settings are not usable.
     #[error("invalid setting queues.{queue}.{field}: {message}")]
@@ -295,6 +315,12 @@ impl ServerConfig {
                  (use a long random one, e.g. `openssl rand -hex 32`)"
             );
             return invalid("token", message);
+        }
+        if self.token.is_none() && !self.insecure && !self.listen.ip().to_canonical().is_loopback()
+        {
+            return Err(ConfigError::Exposed {
+                listen: self.listen,
+            });
         }
         self.push_targets()?;
         for (id, spec) in self.schedules.iter().flatten() {
@@ -410,6 +436,7 @@ rate = { count = 5, period_ms = 0 }",
         let config: ServerConfig = toml::from_str(
             r#"
             listen = "0.0.0.0:9000"
+            insecure = true
             [retry]
             base_ms = 500
             [maintenance]
@@ -423,6 +450,41 @@ rate = { count = 5, period_ms = 0 }",
         assert_eq!(config.maintenance.rescue_interval_ms, 200);
         assert_eq!(config.database, DEFAULT_DATABASE);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn an_address_others_can_reach_needs_a_token_or_insecure() {
+        let at = |listen: &str| ServerConfig {
+            listen: listen.parse().unwrap(),
+            ..Default::default()
+        };
+        for open in ["0.0.0.0:7380", "[::]:7380", "192.168.1.20:7380"] {
+            let error = at(open).validate().unwrap_err().to_string();
+            assert!(
+                error.contains("--token") && error.contains("--insecure"),
+                "{open}: {error}"
+            );
+            ServerConfig {
+                token: Some("t".repeat(MIN_TOKEN_CHARS)),
+                ..at(open)
+            }
+            .validate()
+            .unwrap();
+            ServerConfig {
+                insecure: true,
+                ..at(open)
+            }
+            .validate()
+            .unwrap();
+        }
+        for local in [
+            "127.0.0.1:7380",
+            "127.8.0.1:1",
+            "[::1]:7380",
+            "[::ffff:127.0.0.1]:7380",
+        ] {
+            at(local).validate().unwrap();
+        }
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `invalid_json`, `invalid_field`, `payload_too_large`,
+    /// Stable, machine-readable: `invalid_json`, `invalid_field`,
+    /// `push_target_refused`, `payload_too_large`,
     /// `not_found`, `method_not_allowed`, `lease_mismatch`, `invalid_state`,
     /// `unauthorized`, `forbidden`, `too_many_requests`, `unavailable`, `internal`.
     pub code: &'static str,
@@ -66,6 +67,17 @@ impl ApiError {
             format!("{field}: {message}"),
         );
         error.field = Some(field);
+        error
+    }
+
+    /// A push target whose address is inside the server's network.
+    pub fn push_target_refused(message: impl Into<String>) -> Self {
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "push_target_refused",
+            message,
+        );
+        error.field = Some("push.url".into());
         error
     }
 

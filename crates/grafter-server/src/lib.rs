@@ -57,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/release", post(api::worker::release))
         .route("/fetch", post(api::worker::fetch))
         .route("/workers", get(api::worker::workers_list))
+        .route("/info", get(api::ops::info))
+        .route("/cleanup", post(api::ops::cleanup))
         .route(
             "/workers/{id}",
             axum::routing::put(api::worker::worker_heartbeat).delete(api::worker::worker_remove),

@@ -19,6 +19,7 @@ use crate::api;
         api::schedules::pause, api::schedules::resume, api::schedules::trigger,
         api::schedules::preview,
         api::events::job_events, api::events::mint_stream_token,
+        api::ops::info, api::ops::cleanup,
         api::health::livez, api::health::readyz, api::health::metrics,
     ),
     modifiers(&BearerAuth),

@@ -599,6 +599,11 @@ async fn a_server_token_guards_the_dashboard() {
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location(), "/login?next=%2Fjobs%3Fstate%3Ddead");
     assert_eq!(dash.get("/login").await.status, StatusCode::OK);
+    // The login page's browser asks for the icon too: no 404 in its console.
+    let icon = dash.get("/favicon.ico").await;
+    assert_eq!(icon.status, StatusCode::OK);
+    assert_eq!(icon.headers[header::CONTENT_TYPE], "image/x-icon");
+    assert!(icon.body.len() > 100, "an icon, not an empty answer");
     assert_eq!(
         dash.post("/queues/default/pause", &cookie, &[("csrf", csrf)])
             .await

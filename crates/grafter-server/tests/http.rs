@@ -969,7 +969,7 @@ async fn health_metrics_and_openapi() {
     )
     .unwrap();
     assert!(
-        text.contains("grafter_jobs_enqueued_total{queue=\"mail\"} 1"),
+        text.contains("grafter_jobs_enqueued_total{queue=\"mail\",kind=\"k\"} 1"),
         "{text}"
     );
     assert!(
@@ -1025,9 +1025,68 @@ async fn job_gauges_of_a_queue_whose_jobs_are_all_gone_disappear() {
     assert!(!gauges_of(after, "kept").is_empty(), "{after}");
     // The counter says what this server did, and stays.
     assert!(
-        after.contains("grafter_jobs_enqueued_total{queue=\"gone\"} 1"),
+        after.contains("grafter_jobs_enqueued_total{queue=\"gone\",kind=\"k\"} 1"),
         "{after}"
     );
+}
+
+#[tokio::test]
+async fn metrics_count_finished_attempts_by_kind_and_outcome_and_time_them() {
+    let api = api().await;
+    for kind in ["ok", "ok", "bad", "batched"] {
+        api.enqueue(json!({"kind": kind, "queue": "m", "max_attempts": 1}))
+            .await;
+    }
+    api.enqueue(json!({"kind": "later", "queue": "waiting"}))
+        .await;
+    let (_, fetched) = api
+        .post("/v1/fetch", json!({"queues": ["m"], "max": 4}))
+        .await;
+    for job in fetched["jobs"].as_array().unwrap() {
+        let (id, lease) = (&job["id"], &job["lease"]);
+        let (status, _) = match job["kind"].as_str().unwrap() {
+            "ok" => {
+                api.post(&format!("/v1/jobs/{id}/ack"), json!({"lease": lease}))
+                    .await
+            }
+            "bad" => {
+                let fail = json!({"lease": lease, "error": "no"});
+                api.post(&format!("/v1/jobs/{id}/fail"), fail).await
+            }
+            _ => {
+                let acks = json!({"acks": [{"id": id, "lease": lease}]});
+                api.post("/v1/jobs/ack", acks).await
+            }
+        };
+        assert_eq!(status, StatusCode::OK);
+    }
+    let scrape = api.text(Method::GET, "/metrics", "").await.1;
+    let scrape = scrape.as_str().unwrap();
+    for line in [
+        "grafter_jobs_finished_total{queue=\"m\",kind=\"ok\",outcome=\"completed\"} 2",
+        "grafter_jobs_finished_total{queue=\"m\",kind=\"bad\",outcome=\"dead\"} 1",
+        "grafter_jobs_finished_total{queue=\"m\",kind=\"batched\",outcome=\"completed\"} 1",
+        "grafter_job_queue_wait_seconds_count{queue=\"m\"} 4",
+        "grafter_job_run_time_seconds_count{queue=\"m\"} 4",
+        "# UNIT grafter_job_run_time_seconds seconds",
+    ] {
+        assert!(
+            scrape.lines().any(|l| l == line),
+            "no {line:?} in:\n{scrape}"
+        );
+    }
+    let oldest = scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("grafter_queue_oldest_available_age_seconds{queue=\"waiting\"} ")
+        })
+        .unwrap_or_else(|| panic!("no oldest available age of 'waiting':\n{scrape}"));
+    assert!(oldest.parse::<f64>().unwrap() >= 0.0);
+    assert!(
+        !scrape.contains("grafter_queue_oldest_available_age_seconds{queue=\"m\"}"),
+        "a queue with no available job has no age"
+    );
+    assert!(!scrape.contains("id=\""), "no job id is a label");
 }
 
 /// Asks `/readyz` of a server that is shutting down, and answers the status.
@@ -1265,6 +1324,107 @@ async fn large_jobs_are_listed_cut_and_fetched_within_the_byte_budget(api: Api) 
     );
 }
 
+/// `GET /v1/info` describes the store and its queues; `POST /v1/cleanup`
+/// counts (dry run) then deletes old finished jobs per state, never
+/// unfinished ones.
+async fn info_describes_the_store_and_cleanup_deletes_old_finished_jobs(api: Api) {
+    for _ in 0..3 {
+        api.enqueue(json!({"kind": "k", "queue": "ops", "max_attempts": 1}))
+            .await;
+    }
+    let (_, fetched) = api
+        .post("/v1/fetch", json!({"queues": ["ops"], "max": 2}))
+        .await;
+    let jobs = fetched["jobs"].as_array().unwrap().clone();
+    let (id0, id1) = (&jobs[0]["id"], &jobs[1]["id"]);
+    let acked = api
+        .post(
+            &format!("/v1/jobs/{id0}/ack"),
+            json!({"lease": jobs[0]["lease"]}),
+        )
+        .await;
+    assert_eq!(acked.0, StatusCode::OK);
+    let failed = api
+        .post(
+            &format!("/v1/jobs/{id1}/fail"),
+            json!({"lease": jobs[1]["lease"], "error": "no"}),
+        )
+        .await;
+    assert_eq!(failed.1["state"], "dead");
+
+    let (status, info) = api.get("/v1/info").await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert!(["sqlite", "postgres"].contains(&info["store"].as_str().unwrap()));
+    assert!(info["schema_version"].as_i64().unwrap() >= 1, "{info}");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    let queue = info["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "ops")
+        .unwrap_or_else(|| panic!("no queue ops in {info}"));
+    assert_eq!(
+        (
+            &queue["counts"]["completed"],
+            &queue["counts"]["dead"],
+            &queue["counts"]["available"]
+        ),
+        (&json!(1), &json!(1), &json!(1)),
+        "{queue}"
+    );
+    assert!(
+        queue["oldest_available_age_ms"].as_i64().unwrap() >= 0,
+        "{queue}"
+    );
+    assert!(info["workers"].is_array() && info["leaders"].is_array());
+
+    let cleanup = |body: Value| api.post("/v1/cleanup", body);
+    let (status, dry) = cleanup(json!({"older_than_ms": 0, "dry_run": true})).await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(
+        (&dry["dry_run"], &dry["total"], &dry["jobs"]),
+        (
+            &json!(true),
+            &json!(2),
+            &json!({"completed": 1, "dead": 1, "cancelled": 0, "expired": 0})
+        ),
+        "{dry}"
+    );
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{id0}")).await.0,
+        StatusCode::OK,
+        "a dry run deletes nothing"
+    );
+    let (_, young) = cleanup(json!({"older_than_ms": 3_600_000})).await;
+    assert_eq!(young["total"], 0, "nothing finished an hour ago: {young}");
+    let (_, done) = cleanup(json!({"older_than_ms": 0, "states": ["completed"]})).await;
+    assert_eq!(
+        (&done["total"], &done["jobs"]),
+        (&json!(1), &json!({"completed": 1})),
+        "{done}"
+    );
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{id0}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{id1}")).await.0,
+        StatusCode::OK,
+        "dead was not named"
+    );
+
+    let refused = cleanup(json!({"older_than_ms": 0, "states": ["available"]})).await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(refused.1["error"]["field"], "states");
+    let (status, _) = cleanup(json!({"older_than_ms": -1})).await;
+    assert!(status.is_client_error(), "{status}");
+    let (status, _) = cleanup(json!({"states": ["completed"]})).await;
+    assert!(
+        status.is_client_error(),
+        "older_than_ms is required: {status}"
+    );
+}
+
 /// Each case as two tests, `<case>::sqlite` and `<case>::postgres`: where the
 /// stores could answer differently. On PostgreSQL multi-threaded, as its
 /// fixture needs (see [`postgres_api`]).
@@ -1290,6 +1450,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     fetch_names_at_most_1000_queues,
+    info_describes_the_store_and_cleanup_deletes_old_finished_jobs,
     large_jobs_are_listed_cut_and_fetched_within_the_byte_budget,
 );
 

@@ -34,6 +34,8 @@ fn fast_config() -> ServerConfig {
     config.maintenance.rescue_interval_ms = 50;
     config.maintenance.expire_interval_ms = 50;
     config.push.refresh_interval_ms = 100;
+    // The receivers of these tests listen on loopback.
+    config.push.allow_private = true;
     config
 }
 
@@ -96,6 +98,12 @@ impl Grafter {
                 serde_json::from_str(&text).unwrap()
             },
         )
+    }
+
+    async fn scrape(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        let response = self.http.get(url).send().await.unwrap();
+        response.text().await.unwrap()
     }
 
     async fn put_push(&self, queue: &str, push: Value) -> (StatusCode, Value) {
@@ -363,6 +371,11 @@ async fn a_failed_push_is_retried_and_completes_as_attempt_2_with_the_first_erro
         seen[1].header("grafter-lease"),
         "each attempt has its own lease"
     );
+    let scrape = grafter.scrape().await;
+    for class in ["5xx", "2xx"] {
+        let line = format!("grafter_push_deliveries_total{{queue=\"mail\",status=\"{class}\"}} 1");
+        assert!(scrape.lines().any(|l| l == line), "no {line} in\n{scrape}");
+    }
 }
 
 #[tokio::test]
@@ -691,6 +704,14 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
             json!({"url": receiver.url, "secret": SECRET, "old_secrets": vec![SECRET; 5]}),
             "push.old_secrets",
         ),
+        (
+            json!({"url": receiver.url, "secret": "whsec_not base64 at all", "signing": "both"}),
+            "push.secret",
+        ),
+        (
+            json!({"url": receiver.url, "secret": SECRET, "signing": "svix"}),
+            "push",
+        ),
     ] {
         let (status, body) = grafter.put_push("mail", push.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{push} → {body}");
@@ -706,7 +727,7 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["push"],
-        json!({"url": receiver.url, "timeout_ms": 30000, "concurrency": 10, "headers": ["Authorization"], "secrets": 2})
+        json!({"url": receiver.url, "timeout_ms": 30000, "concurrency": 10, "headers": ["Authorization"], "secrets": 2, "signing": "grafter"})
     );
     let (_, queues) = grafter.call(reqwest::Method::GET, "/v1/queues", None).await;
     for text in [body.to_string(), queues.to_string()] {
@@ -747,4 +768,85 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
     assert_eq!(body["jobs"][0]["id"], id, "{body}");
     assert_eq!(body["jobs"][0]["worker_id"], "w");
     assert_eq!(receiver.count(), 0, "nothing was pushed");
+}
+
+/// A node that keeps the SSRF guard on (the default).
+async fn guarded_node(config: ServerConfig) -> Grafter {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("grafter.db"))
+        .await
+        .unwrap();
+    let mut node = start_node(Arc::new(store), config).await;
+    node._dir = Some(dir);
+    node
+}
+
+#[tokio::test]
+async fn pushes_never_reach_the_inside_network_unless_allowed() {
+    let receiver = Receiver::start(vec![], Reply::json(200, json!({}))).await;
+    let port = receiver
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    // A target from the config file skips the API's check: its delivery is
+    // refused all the same.
+    let mut config = fast_config();
+    config.push.allow_private = false;
+    let from_file: grafter_core::PushTarget =
+        serde_json::from_value(json!({"url": receiver.url, "secret": SECRET})).unwrap();
+    config.queues.insert(
+        "literal".into(),
+        grafter_server::config::QueueConfig {
+            push: Some(from_file),
+            limits: None,
+        },
+    );
+    let grafter = guarded_node(config).await;
+
+    for url in [
+        receiver.url.clone(),
+        format!("http://10.1.2.3:{port}/jobs"),
+        format!("http://[::ffff:127.0.0.1]:{port}/jobs"),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "http://2130706433/jobs".to_owned(),
+    ] {
+        let (status, body) = grafter
+            .put_push("mail", json!({"url": url, "secret": SECRET}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "push_target_refused", "{url}");
+        assert_eq!(body["error"]["field"], "push.url");
+    }
+
+    // A name is checked where it resolves: accepted when set, refused at
+    // each delivery, since `localhost` resolves only to loopback.
+    let by_name = format!("http://localhost:{port}/jobs");
+    grafter.push_to("named", &by_name, json!({})).await;
+    let mut failed = Vec::new();
+    for queue in ["named", "literal"] {
+        let id = grafter
+            .enqueue(json!({"kind": "k", "queue": queue, "max_attempts": 1}))
+            .await;
+        failed.push(grafter.wait_state(id, "dead").await);
+    }
+    let named = &error_messages(&failed[0])[0];
+    assert!(
+        named.contains("localhost resolves to") && named.contains("loopback"),
+        "{named}"
+    );
+    let literal = &error_messages(&failed[1])[0];
+    assert!(
+        literal.starts_with("push target refused: 127.0.0.1 is a loopback"),
+        "{literal}"
+    );
+    assert!(receiver.seen.lock().unwrap().is_empty(), "nothing arrived");
+    let scrape = grafter.scrape().await;
+    for queue in ["named", "literal"] {
+        let line = format!("grafter_push_deliveries_total{{queue=\"{queue}\",status=\"error\"}} 1");
+        assert!(scrape.lines().any(|l| l == line), "no {line} in\n{scrape}");
+    }
 }

@@ -2,11 +2,11 @@
 //! node at a time holds, until it expires or is released. Runs on the writer
 //! thread.
 
-use grafter_store::{LeaderAcquire, LeaderRelease, Result};
+use grafter_store::{Leader, LeaderAcquire, LeaderRelease, Result};
 use rusqlite::{params, Connection};
 
 use crate::error::backend;
-use crate::row::{duration_micros, micros};
+use crate::row::{duration_micros, micros, timestamp};
 
 pub fn leader_acquire(conn: &Connection, params: &LeaderAcquire) -> Result<bool> {
     let now = micros(params.now);
@@ -28,4 +28,20 @@ pub fn leader_release(conn: &Connection, params: &LeaderRelease) -> Result<()> {
         .and_then(|mut stmt| stmt.execute(params![params.name, params.node]))
         .map_err(backend)?;
     Ok(())
+}
+
+pub fn leaders_list(conn: &Connection) -> Result<Vec<Leader>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT name, node, expires_at FROM leaders ORDER BY name")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok(Leader {
+                name: row.get(0)?,
+                node: row.get(1)?,
+                expires_at: timestamp(row.get(2)?),
+            })
+        })
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
 }

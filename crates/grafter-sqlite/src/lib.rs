@@ -35,8 +35,8 @@ use grafter_store::{
     JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
     LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput, QueueInfo,
     QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
-    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, ThroughputRange, Wakeups,
-    WorkerBeat, WorkersPrune,
+    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo, ThroughputRange,
+    Wakeups, WorkerBeat, WorkersPrune,
 };
 use grafter_store::{JobEvent, JobEventsList, WatchedJob};
 use rusqlite::Connection;
@@ -352,6 +352,24 @@ impl Store for SqliteStore {
     async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>> {
         self.readers
             .run(move |conn| events::job_events_list(conn, &params))
+            .await
+    }
+
+    async fn jobs_prunable_count(&self, params: JobsPrune) -> Result<u64> {
+        self.readers
+            .run(move |conn| maintenance::jobs_prunable_count(conn, &params))
+            .await
+    }
+
+    async fn store_info(&self) -> Result<StoreInfo> {
+        self.readers
+            .run(|conn| {
+                Ok(StoreInfo {
+                    kind: "sqlite",
+                    schema_version: migrations::schema_version(conn)?,
+                    leaders: leadership::leaders_list(conn)?,
+                })
+            })
             .await
     }
 

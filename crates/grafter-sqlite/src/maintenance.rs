@@ -111,7 +111,10 @@ fn set_aside(conn: &Connection, id: i64, now: Timestamp, error: &StoreError) -> 
     Ok(())
 }
 
-pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
+/// Finished jobs in `params.states` whose `finished_at` is before
+/// `params.finished_before`: the `WHERE` of a prune and its values from
+/// `?first` on.
+fn prunable(params: &JobsPrune, first: usize) -> Option<(String, Vec<rusqlite::types::Value>)> {
     let states: Vec<&str> = params
         .states
         .iter()
@@ -119,24 +122,27 @@ pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
         .map(|s| s.as_str())
         .collect();
     if states.is_empty() {
-        return Ok(0);
+        return None;
     }
     let placeholders = (0..states.len())
-        .map(|i| format!("?{}", i + 3))
+        .map(|i| format!("?{}", first + 1 + i))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
-        "DELETE FROM jobs WHERE id IN (
-            SELECT id FROM jobs
-            WHERE state IN ('completed', 'dead', 'cancelled', 'expired') AND finished_at < ?1
-              AND state IN ({placeholders})
-            LIMIT ?2)"
+    let filter = format!(
+        "state IN ('completed', 'dead', 'cancelled', 'expired') AND finished_at < ?{first}
+         AND state IN ({placeholders})"
     );
-    let mut values: Vec<rusqlite::types::Value> = vec![
-        micros(params.finished_before).into(),
-        limit(params.limit).into(),
-    ];
+    let mut values: Vec<rusqlite::types::Value> = vec![micros(params.finished_before).into()];
     values.extend(states.iter().map(|s| (*s).to_owned().into()));
+    Some((filter, values))
+}
+
+pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
+    let Some((filter, values)) = prunable(params, 2) else {
+        return Ok(0);
+    };
+    let sql = format!("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {filter} LIMIT ?1)");
+    let values = std::iter::once(limit(params.limit).into()).chain(values);
     let pruned = conn
         .prepare_cached(&sql)
         .and_then(|mut stmt| stmt.execute(params_from_iter(values)))
@@ -150,4 +156,15 @@ pub fn jobs_prune(conn: &Connection, params: &JobsPrune) -> Result<u64> {
     .and_then(|mut stmt| stmt.execute(params![micros(params.finished_before), limit(params.limit)]))
     .map_err(backend)?;
     Ok(pruned as u64)
+}
+
+pub fn jobs_prunable_count(conn: &Connection, params: &JobsPrune) -> Result<u64> {
+    let Some((filter, values)) = prunable(params, 1) else {
+        return Ok(0);
+    };
+    let sql = format!("SELECT count(*) FROM jobs WHERE {filter}");
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.query_row(params_from_iter(values), |row| row.get::<_, i64>(0)))
+        .map(|n| n as u64)
+        .map_err(backend)
 }

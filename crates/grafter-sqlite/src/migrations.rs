@@ -38,6 +38,16 @@ pub fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
     apply_up_to(conn, i64::MAX)
 }
 
+/// The newest migration applied.
+pub fn schema_version(conn: &Connection) -> grafter_store::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM grafter_migrations",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(crate::error::backend)
+}
+
 /// Applies the migrations up to and including `last`: all of them on open;
 /// fewer in tests, to make a database as an older release left it.
 fn apply_up_to(conn: &mut Connection, last: i64) -> rusqlite::Result<()> {

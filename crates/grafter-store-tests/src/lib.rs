@@ -75,6 +75,7 @@ macro_rules! conformance_suite {
             prune_deletes_old_finished_jobs_only,
             push_target_is_kept_and_removed,
             leadership_is_exclusive_until_it_expires_or_is_released,
+            store_info_names_its_schema_and_who_leads,
             queues_list_shows_the_oldest_available_job,
             ping_answers,
             a_watched_job_logs_each_change_in_order_and_others_log_nothing,

@@ -125,6 +125,13 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how many went.
     async fn jobs_prune(&self, params: JobsPrune) -> Result<u64>;
 
+    /// How many jobs [`Store::jobs_prune`] with `params` would delete, its
+    /// `limit` aside: what a dry run of a cleanup answers.
+    async fn jobs_prunable_count(&self, params: JobsPrune) -> Result<u64>;
+
+    /// The store's kind, schema version and leaderships.
+    async fn store_info(&self) -> Result<StoreInfo>;
+
     /// Every queue that has jobs or settings, with its job counts per state.
     /// Counts are kept as jobs change, so this never counts the jobs table.
     async fn queues_list(&self) -> Result<Vec<QueueInfo>>;

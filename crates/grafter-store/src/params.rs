@@ -620,3 +620,25 @@ pub struct WorkersPrune {
     /// A worker not heard from for this long is dead.
     pub stale_after: Duration,
 }
+
+/// What a store says of itself (`GET /v1/info`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoreInfo {
+    /// `sqlite` or `postgres`.
+    pub kind: &'static str,
+    /// The newest migration applied.
+    pub schema_version: i64,
+    /// Who holds each leadership (expired ones included, with their expiry).
+    pub leaders: Vec<Leader>,
+}
+
+/// A leadership's row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Leader {
+    /// What is led, e.g. `maintenance`.
+    pub name: String,
+    /// The node holding it.
+    pub node: String,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
+}

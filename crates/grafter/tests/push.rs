@@ -109,6 +109,8 @@ async fn env() -> Env {
         ..Default::default()
     };
     config.maintenance.schedule_interval_ms = 50;
+    // The app listens on loopback.
+    config.push.allow_private = true;
     let shutdown = CancellationToken::new();
     tokio::spawn(grafter::server::serve(
         listener,
@@ -158,10 +160,15 @@ async fn capture(record: Captured, request: Request, next: Next) -> Response {
 
 impl Env {
     async fn push_to(&self, queue: &str, secret: &str) {
+        self.push_with(queue, json!({"url": self.app, "secret": secret}))
+            .await
+    }
+
+    async fn push_with(&self, queue: &str, push: Value) {
         let response = self
             .http
             .put(format!("{}/v1/queues/{queue}", self.grafter))
-            .json(&json!({"push": {"url": self.app, "secret": secret}}))
+            .json(&json!({ "push": push }))
             .send()
             .await
             .unwrap();
@@ -302,7 +309,7 @@ async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_change
     assert_eq!(refused.state, JobState::Dead);
     assert_eq!(
         errors(&refused),
-        ["401 Unauthorized: Grafter-Signature does not match (wrong secret, or the body was changed)"]
+        ["401 Unauthorized: signature does not match (wrong secret, or the body was changed)"]
     );
 
     // A changed body.
@@ -314,7 +321,7 @@ async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_change
         (status, text.as_str()),
         (
             401,
-            "Grafter-Signature does not match (wrong secret, or the body was changed)"
+            "signature does not match (wrong secret, or the body was changed)"
         )
     );
 
@@ -328,6 +335,47 @@ async fn the_endpoint_accepts_grafters_signature_and_rejects_wrong_secret_change
     let (status, text) = env.replay(None, &body).await;
     assert_eq!(
         (status, text.as_str()),
-        (401, "missing Grafter-Signature header")
+        (
+            401,
+            "missing signature header (Grafter-Signature or webhook-signature)"
+        )
     );
+}
+
+#[tokio::test]
+async fn the_endpoint_accepts_standard_webhooks_signatures_alone() {
+    let env = env().await;
+    let push = json!({"url": env.app, "secret": SECRET, "signing": "standard-webhooks"});
+    env.push_with("standard", push).await;
+    let options = EnqueueOptions {
+        queue: Some("standard".into()),
+        ..Default::default()
+    };
+    // Retried once: the second attempt carries the same webhook-id.
+    let to = "flaky@example.com".into();
+    let done = env.run(SendEmail { to }, options).await;
+    assert_eq!((done.state, done.attempt), (JobState::Completed, 2));
+    let (headers, body) = env.captured.lock().unwrap().clone().unwrap();
+    assert!(headers.get(SIGNATURE_HEADER).is_none(), "{headers:?}");
+    assert_eq!(headers["webhook-id"], format!("job_{}", done.id.0).as_str());
+    assert!(headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .starts_with("v1,"));
+
+    let replay = |body: Vec<u8>, timestamp: String| {
+        let request = env
+            .http
+            .post(&env.app)
+            .header("webhook-id", headers["webhook-id"].clone())
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", headers["webhook-signature"].clone())
+            .body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let sent_at = headers["webhook-timestamp"].to_str().unwrap().to_owned();
+    assert_eq!(replay(body.to_vec(), sent_at.clone()).await, 200);
+    assert_eq!(replay(b"{}".to_vec(), sent_at).await, 401, "a changed body");
+    let later = (unix_now() + 600).to_string();
+    assert_eq!(replay(body.to_vec(), later).await, 401, "a moved timestamp");
 }

@@ -3,9 +3,12 @@
 require "openssl"
 
 module Grafter
-  # The Grafter-Signature header of push requests (docs/push.md):
+  # The signatures of push requests (docs/push.md). Grafter-Signature:
   # `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`, one
-  # `v1=` per secret the server signs with (secret rotation).
+  # `v1=` per secret the server signs with (secret rotation). Standard
+  # Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<t>.<raw
+  # body>")>`, space-separated, where a `whsec_` secret's key is its base64
+  # decoded and any other secret's key is its own bytes.
   module Signature
     module_function
 
@@ -32,6 +35,31 @@ module Grafter
         expected = digest(secret, timestamp, body)
         presented.any? { |value| OpenSSL.fixed_length_secure_compare(expected, value) }
       end
+    end
+
+    # The webhook-signature value Grafter would send for `body` as message `id`.
+    def sign_standard(id, body, secrets, now: Time.now.to_i)
+      Array(secrets).map { |secret| "v1,#{standard_digest(secret, id, Integer(now), body)}" }.join(" ")
+    end
+
+    # True when `signatures` (webhook-signature) signs `id` (webhook-id),
+    # `timestamp` (webhook-timestamp) and the raw `body` with any of
+    # `secrets`, and the timestamp is within `tolerance` seconds of `now`.
+    def verify_standard(id, timestamp, signatures, body, secrets, tolerance: 300, now: Time.now.to_i)
+      return false if id.to_s.empty? || !timestamp.to_s.match?(/\A\d{1,15}\z/)
+      return false if (Integer(now) - timestamp.to_i).abs > tolerance
+
+      presented = signatures.to_s.split(" ").select { |value| value.start_with?("v1,") }.map { |value| value[3..] }
+      Array(secrets).any? do |secret|
+        expected = standard_digest(secret, id, timestamp.to_i, body)
+        presented.any? { |value| OpenSSL.secure_compare(expected, value) }
+      end
+    end
+
+    def standard_digest(secret, id, timestamp, body)
+      secret = secret.to_s
+      key = secret.start_with?("whsec_") ? secret.delete_prefix("whsec_").unpack1("m") : secret
+      [OpenSSL::HMAC.digest("SHA256", key, "#{id}.#{timestamp}.".b + body.to_s.b)].pack("m0")
     end
 
     def digest(secret, timestamp, body)

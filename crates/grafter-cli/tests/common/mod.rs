@@ -44,12 +44,13 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Every `GRAFTER_*` variable the binary reads, removed so the caller's
 /// environment cannot change what a test runs against.
-const ENVIRONMENT: [&str; 5] = [
+const ENVIRONMENT: [&str; 6] = [
     "GRAFTER_DATABASE_URL",
     "GRAFTER_LISTEN",
     "GRAFTER_CONFIG",
     "GRAFTER_URL",
     "GRAFTER_TOKEN",
+    "GRAFTER_INSECURE",
 ];
 
 /// A `grafter` command with a clean environment.

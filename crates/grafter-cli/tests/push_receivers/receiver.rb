@@ -1,14 +1,19 @@
 # Test receiver for push queues: loads the Ruby snippet from docs/push.md,
-# checks every request Grafter pushes with it, and answers 200 with what it
-# found (the job's result) or 500 saying which check failed.
+# checks every request Grafter pushes with it (both signature schemes, each
+# with both secrets of a rotation), and answers 200 with what it found (the
+# job's result) or 500 saying which check failed.
 #
-# Usage: ruby receiver.rb SNIPPET_FILE SECRET. Prints its port, then serves.
+# Usage: ruby receiver.rb SNIPPET_FILE NEW_SECRET OLD_SECRET. Prints its port,
+# then serves.
 # Plain sockets: WEBrick is no longer in Ruby's standard library.
 require "json"
 require "socket"
 
-snippet_path, SECRET = ARGV
+snippet_path, NEW_SECRET, OLD_SECRET = ARGV
 load snippet_path
+
+# The example published with the Standard Webhooks spec.
+SPEC = ["msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="].freeze
 
 def answer(client, status, type, text)
   reason = status == 200 ? "OK" : "Internal Server Error"
@@ -26,12 +31,23 @@ def handle(client)
   end
   body = client.read(headers.fetch("content-length", "0").to_i)
   header = headers["grafter-signature"]
+  standard = headers.values_at("webhook-id", "webhook-timestamp", "webhook-signature")
+  later = Time.now.to_i + 301
   checks = {
-    "accepts Grafter's request" => verify_grafter_signature(header, body, SECRET),
-    "rejects a changed body" => !verify_grafter_signature(header, body + " ", SECRET),
+    "accepts Grafter's request with the new secret" => verify_grafter_signature(header, body, NEW_SECRET),
+    "accepts Grafter's request with the old secret" => verify_grafter_signature(header, body, OLD_SECRET),
+    "rejects a changed body" => !verify_grafter_signature(header, body + " ", NEW_SECRET),
     "rejects a wrong secret" => !verify_grafter_signature(header, body, "not-the-secret-0000"),
-    "rejects a stale timestamp" => !verify_grafter_signature(header, body, SECRET, now: Time.now.to_i + 301),
-    "rejects a missing header" => !verify_grafter_signature(nil, body, SECRET),
+    "rejects a stale timestamp" => !verify_grafter_signature(header, body, NEW_SECRET, now: later),
+    "rejects a missing header" => !verify_grafter_signature(nil, body, NEW_SECRET),
+    "standard: accepts the new secret" => verify_standard_webhook(*standard, body, NEW_SECRET),
+    "standard: accepts the old secret" => verify_standard_webhook(*standard, body, OLD_SECRET),
+    "standard: rejects a changed body" => !verify_standard_webhook(*standard, body + " ", NEW_SECRET),
+    "standard: rejects a wrong secret" => !verify_standard_webhook(*standard, body, "not-the-secret-0000"),
+    "standard: rejects a stale timestamp" => !verify_standard_webhook(*standard, body, NEW_SECRET, now: later),
+    "standard: rejects missing headers" => !verify_standard_webhook(nil, nil, nil, body, NEW_SECRET),
+    "standard: the spec's example" => verify_standard_webhook(*SPEC, '{"test": 2432232314}',
+                                                              "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", now: 1614265330),
   }
   failed = checks.reject { |_, ok| ok }.keys
   if failed.empty?

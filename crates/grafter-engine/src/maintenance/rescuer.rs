@@ -30,6 +30,7 @@ pub(super) async fn pass(engine: Engine, batch_size: usize, stale_after: Duratio
     };
     let rescued = store.jobs_rescue_expired(rescue).await?;
     if rescued > 0 {
+        engine.observer().leases_expired(rescued);
         // Each rescued job held a slot of its queue, if limited.
         engine.announce_freed(None);
     }

@@ -1,11 +1,14 @@
 //! The wire format of push deliveries, shared by the server that sends them
 //! and the receivers that check and run them (docs/push.md): the request's
-//! JSON body, its headers, and [`signature`], the `Grafter-Signature` scheme.
+//! JSON body, its headers, and the signatures: [`signature`], the
+//! `Grafter-Signature` scheme (and the receivers' `Verifier` of both), and
+//! [`standard_webhooks`].
 
 pub mod signature;
+pub mod standard_webhooks;
 
 use chrono::{DateTime, Utc};
-use grafter_core::{Job, JobId};
+use grafter_core::{Job, JobId, PushTarget};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -52,4 +55,37 @@ impl From<&Job> for PushRequest {
             enqueued_at: job.created_at,
         }
     }
+}
+
+/// The signature headers of a push of `job`'s `body` at `timestamp` (unix
+/// seconds): those of the schemes the target's `signing` names, each with
+/// one signature per secret (the current one first).
+pub fn signature_headers(
+    target: &PushTarget,
+    job: JobId,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let secrets: Vec<&str> = std::iter::once(target.secret.as_str())
+        .chain(target.old_secrets.iter().map(String::as_str))
+        .collect();
+    let mut headers = Vec::new();
+    if target.signing.grafter() {
+        headers.push((SIGNATURE_HEADER, signature::sign(&secrets, timestamp, body)));
+    }
+    if target.signing.standard_webhooks() {
+        // Validation refused a `whsec_` secret that is not base64 already.
+        let keys: Vec<Vec<u8>> = secrets
+            .iter()
+            .map(|s| {
+                grafter_core::standard_webhooks_key(s).unwrap_or_else(|_| s.as_bytes().to_vec())
+            })
+            .collect();
+        let id = standard_webhooks::message_id(job);
+        let signature = standard_webhooks::sign(&keys, &id, timestamp, body);
+        headers.push((standard_webhooks::ID_HEADER, id));
+        headers.push((standard_webhooks::TIMESTAMP_HEADER, timestamp.to_string()));
+        headers.push((standard_webhooks::SIGNATURE_HEADER, signature));
+    }
+    headers
 }

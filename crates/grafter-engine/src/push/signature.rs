@@ -65,14 +65,15 @@ pub fn unix_now() -> i64 {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureError {
-    /// The request has no `Grafter-Signature` header.
-    #[error("missing Grafter-Signature header")]
+    /// The request has no signature header.
+    #[error("missing signature header (Grafter-Signature or webhook-signature)")]
     Missing,
-    /// The header is not `t=<unix seconds>,v1=<hex>[,v1=<hex>…]`.
-    #[error("malformed Grafter-Signature header: {0}")]
+    /// The header is not `t=<unix seconds>,v1=<hex>[,v1=<hex>…]` (or, for
+    /// Standard Webhooks, the timestamp is no number or no `v1,` is there).
+    #[error("malformed signature header: {0}")]
     Malformed(&'static str),
     /// The timestamp is too far from this clock: a replay, or a clock that is off.
-    #[error("Grafter-Signature timestamp is {skew_secs} s from this clock (tolerance {tolerance_secs} s)")]
+    #[error("signature timestamp is {skew_secs} s from this clock (tolerance {tolerance_secs} s)")]
     Stale {
         /// How far, in seconds.
         skew_secs: u64,
@@ -80,11 +81,13 @@ pub enum SignatureError {
         tolerance_secs: u64,
     },
     /// No `v1=` value matches: the secret differs, or the body was changed.
-    #[error("Grafter-Signature does not match (wrong secret, or the body was changed)")]
+    #[error("signature does not match (wrong secret, or the body was changed)")]
     Mismatch,
 }
 
-/// Checks `Grafter-Signature` headers on the receiving side.
+/// Checks a push's signature on the receiving side: `Grafter-Signature`
+/// ([`Verifier::verify`]) or the Standard Webhooks headers
+/// ([`Verifier::verify_standard_webhooks`]), with the same secrets.
 ///
 /// ```
 /// use grafter_engine::push::signature::{sign, unix_now, SignatureError, Verifier};
@@ -98,6 +101,8 @@ pub enum SignatureError {
 #[derive(Clone)]
 pub struct Verifier {
     secrets: Vec<Vec<u8>>,
+    /// The secrets' Standard Webhooks keys (a `whsec_` secret's base64 decoded).
+    standard_keys: Vec<Vec<u8>>,
     tolerance: Duration,
 }
 
@@ -116,15 +121,26 @@ impl Verifier {
     /// [`DEFAULT_TOLERANCE`] of this clock.
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
         Verifier {
-            secrets: vec![secret.as_ref().to_vec()],
+            secrets: Vec::new(),
+            standard_keys: Vec::new(),
             tolerance: DEFAULT_TOLERANCE,
         }
+        .also_accept(secret)
     }
 
     /// Also accepts signatures made with `secret`: for rotating on the
     /// receiving side first (accept old and new, then switch Grafter over).
     pub fn also_accept(mut self, secret: impl AsRef<[u8]>) -> Self {
-        self.secrets.push(secret.as_ref().to_vec());
+        let secret = secret.as_ref();
+        // A secret that is not text, or a `whsec_` one that is not base64,
+        // was never accepted as a Standard Webhooks secret by Grafter: its
+        // own bytes are as good a key as any.
+        let standard_key = std::str::from_utf8(secret)
+            .ok()
+            .and_then(|text| grafter_core::standard_webhooks_key(text).ok())
+            .unwrap_or_else(|| secret.to_vec());
+        self.secrets.push(secret.to_vec());
+        self.standard_keys.push(standard_key);
         self
     }
 
@@ -165,6 +181,35 @@ impl Verifier {
             }
         }
         Err(SignatureError::Mismatch)
+    }
+}
+
+impl Verifier {
+    /// Checks the Standard Webhooks headers (`webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`, in that order) against the
+    /// raw request body, exactly as received, and this clock.
+    pub fn verify_standard_webhooks(
+        &self,
+        headers: [&str; 3],
+        body: &[u8],
+    ) -> Result<(), SignatureError> {
+        self.verify_standard_webhooks_at(headers, body, unix_now())
+    }
+
+    /// As [`Verifier::verify_standard_webhooks`], with the clock given (unix seconds).
+    pub fn verify_standard_webhooks_at(
+        &self,
+        headers: [&str; 3],
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        super::standard_webhooks::verify_at(
+            &self.standard_keys,
+            self.tolerance.as_secs(),
+            headers,
+            body,
+            now,
+        )
     }
 }
 

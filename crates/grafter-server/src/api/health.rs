@@ -80,10 +80,15 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     (status, Json(health))
 }
 
-/// Prometheus (OpenMetrics) text.
+/// Prometheus metrics: OpenMetrics text, or the Prometheus text format
+/// (0.0.4) for a client whose `Accept` asks for `text/plain` and not for
+/// OpenMetrics (as `curl -H 'Accept: text/plain' … | promtool check metrics`).
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    responses((status = 200, description = "OpenMetrics text (or text/plain; version=0.0.4 when asked for)", content_type = "application/openmetrics-text")))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let queues = state.store().queues_list().await?;
     let mut limits = Vec::new();
     for queue in queues.iter().filter(|q| q.limits.is_some()) {
@@ -97,7 +102,22 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         limits.push((queue.name.clone(), usage));
     }
     let maintenance = state.maintenance_health().snapshot();
-    let text = state.metrics().render(&queues, &limits, &maintenance);
+    let now = state.engine().now();
+    let text = state.metrics().render(&queues, &limits, &maintenance, now);
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::prometheus_text(&text),
+        )
+            .into_response());
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod events;
 pub mod health;
 pub mod jobs;
+pub mod ops;
 pub mod queues;
 pub mod schedules;
 pub mod worker;

@@ -45,6 +45,8 @@ pub struct PushView {
     pub headers: Vec<String>,
     /// How many secrets sign each request (more than one while rotating).
     pub secrets: usize,
+    /// Which signature headers each request carries.
+    pub signing: grafter_core::Signing,
 }
 
 impl From<QueueInfo> for QueueBody {
@@ -58,6 +60,7 @@ impl From<QueueInfo> for QueueBody {
                 concurrency: p.concurrency,
                 headers: p.headers.into_keys().collect(),
                 secrets: 1 + p.old_secrets.len(),
+                signing: p.signing,
             }),
             limits: info.limits,
             counts: info
@@ -158,6 +161,11 @@ pub async fn update(
     let engine = state.engine();
     if let Some(Some(target)) = &settings.push {
         target.validate()?;
+        if !state.config().push.allow_private {
+            if let Some(why) = crate::push::refused_url(&target.url) {
+                return Err(ApiError::push_target_refused(why));
+            }
+        }
     }
     if let Some(Some(limits)) = &settings.limits {
         limits.validate()?;

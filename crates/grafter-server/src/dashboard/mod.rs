@@ -71,6 +71,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
+        .route("/favicon.ico", get(favicon))
         .layer(middleware::from_fn_with_state(state, context))
 }
 
@@ -339,5 +340,17 @@ async fn js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         include_str!("assets/app.js"),
+    )
+}
+
+/// Browsers ask for `/favicon.ico` on every page whether or not a page names
+/// it; answering spares each console a 404.
+async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/x-icon"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_bytes!("assets/favicon.ico").as_slice(),
     )
 }

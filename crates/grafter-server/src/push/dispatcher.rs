@@ -10,16 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_core::{Job, LeasedJob, PushTarget};
+use grafter_engine::push::signature::unix_now;
 use grafter_engine::push::{
-    signature, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, SIGNATURE_HEADER,
+    signature_headers, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER,
 };
-use grafter_engine::{Clock, FetchRequest, Retry, When};
+use grafter_engine::{FetchRequest, Retry, When};
 use grafter_store::{QueueInfo, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::address_guard::{refused_url, GuardedResolver};
 use super::outcome::Outcome;
 use crate::state::AppState;
 
@@ -71,12 +73,16 @@ struct Running {
 /// Runs the dispatcher until `cancel` fires, then stops leasing and lets
 /// pushes in flight finish for a while.
 pub(crate) async fn run(state: AppState, cancel: CancellationToken) {
-    let http = reqwest::Client::builder()
+    let guarded = !state.config().push.allow_private;
+    let mut http = reqwest::Client::builder()
         // A redirect is an answer like any other (a failed attempt): following
         // it would send the signed job somewhere nobody configured.
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("grafter/", env!("CARGO_PKG_VERSION")))
-        .build();
+        .user_agent(concat!("grafter/", env!("CARGO_PKG_VERSION")));
+    if guarded {
+        http = http.dns_resolver(Arc::new(GuardedResolver));
+    }
+    let http = http.build();
     let http = match http {
         Ok(http) => http,
         Err(error) => {
@@ -254,7 +260,7 @@ async fn deliver(
 ) {
     let timeout = request_timeout(&queue.target, &leased.job);
     let outcome = tokio::select! {
-        outcome = push(&shared.http, &queue.target, &leased, timeout, shared.state.engine().clock()) => outcome,
+        outcome = push(&shared.http, &queue.target, &leased, timeout, &shared.state) => outcome,
         // Shutting down and out of time: the lease will end this attempt.
         _ = shared.abort.cancelled() => return,
     };
@@ -280,8 +286,19 @@ async fn push(
     target: &PushTarget,
     leased: &LeasedJob,
     timeout: Duration,
-    clock: &Clock,
+    state: &AppState,
 ) -> Outcome {
+    // A host name is checked as it resolves (GuardedResolver); a literal
+    // address never reaches the resolver, so it is checked here.
+    if !state.config().push.allow_private {
+        if let Some(why) = refused_url(&target.url) {
+            state.metrics().push_delivered(&leased.job.queue, None);
+            return Outcome::Failed {
+                error: format!("push target refused: {why}"),
+                retry_at: None,
+            };
+        }
+    }
     let body = match serde_json::to_vec(&PushRequest::from(&leased.job)) {
         Ok(body) => body,
         Err(error) => {
@@ -291,27 +308,34 @@ async fn push(
             }
         }
     };
-    let secrets: Vec<&str> = std::iter::once(target.secret.as_str())
-        .chain(target.old_secrets.iter().map(String::as_str))
-        .collect();
-    let signature = signature::sign(&secrets, signature::unix_now(), &body);
     let mut request = http
         .post(&target.url)
         .timeout(timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(JOB_ID_HEADER, leased.job.id.0.to_string())
         .header(ATTEMPT_HEADER, leased.job.attempt.to_string())
-        .header(LEASE_HEADER, &leased.lease)
-        .header(SIGNATURE_HEADER, signature);
+        .header(LEASE_HEADER, &leased.lease);
+    for (name, value) in signature_headers(target, leased.job.id, unix_now(), &body) {
+        request = request.header(name, value);
+    }
     for (name, value) in &target.headers {
         request = request.header(name, value);
     }
     match request.body(body).send().await {
-        Ok(response) => Outcome::from_response(response, clock.now()).await,
-        Err(error) => Outcome::Failed {
-            error: request_error(error, timeout),
-            retry_at: None,
-        },
+        Ok(response) => {
+            let status = response.status().as_u16();
+            state
+                .metrics()
+                .push_delivered(&leased.job.queue, Some(status));
+            Outcome::from_response(response, state.engine().clock().now()).await
+        }
+        Err(error) => {
+            state.metrics().push_delivered(&leased.job.queue, None);
+            Outcome::Failed {
+                error: request_error(error, timeout),
+                retry_at: None,
+            }
+        }
     }
 }
 

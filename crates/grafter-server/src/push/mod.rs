@@ -6,8 +6,10 @@
 //!
 //! - `dispatcher`: on every node, leases due jobs of push queues (never more
 //!   running, cluster-wide, than a queue's `concurrency`) and pushes them;
-//! - `outcome`: what an answer means for the job.
+//! - `outcome`: what an answer means for the job;
+//! - `address_guard`: which addresses a push may not reach (SSRF).
 
+mod address_guard;
 mod dispatcher;
 mod outcome;
 
@@ -15,6 +17,7 @@ use grafter_engine::Engine;
 
 use crate::config::{ConfigError, ServerConfig};
 
+pub(crate) use address_guard::refused_url;
 pub(crate) use dispatcher::run as run_dispatcher;
 pub use outcome::{MAX_ERROR_BODY_BYTES, MAX_RESULT_BYTES};
 

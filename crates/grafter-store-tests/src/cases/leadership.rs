@@ -72,3 +72,29 @@ pub async fn leadership_is_exclusive_until_it_expires_or_is_released(store: S) {
         .await
         .unwrap());
 }
+
+pub async fn store_info_names_its_schema_and_who_leads(store: S) {
+    let now = t0();
+    let before = store.store_info().await.unwrap();
+    assert!(["sqlite", "postgres"].contains(&before.kind), "{before:?}");
+    assert!(before.schema_version >= 1, "{before:?}");
+    assert!(before.leaders.is_empty(), "{before:?}");
+    let acquire = LeaderAcquire {
+        name: "maintenance".into(),
+        node: "node-a".into(),
+        ttl: Duration::from_secs(10),
+        now,
+    };
+    assert!(store.leader_acquire(acquire).await.unwrap());
+    let after = store.store_info().await.unwrap();
+    assert_eq!(after.schema_version, before.schema_version);
+    assert_eq!(after.leaders.len(), 1, "{after:?}");
+    assert_eq!(
+        (
+            after.leaders[0].name.as_str(),
+            after.leaders[0].node.as_str()
+        ),
+        ("maintenance", "node-a")
+    );
+    assert_eq!(after.leaders[0].expires_at, now + ms(10_000));
+}

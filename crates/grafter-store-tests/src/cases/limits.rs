@@ -466,6 +466,7 @@ pub async fn limits_are_kept_listed_and_removed(store: S) {
         timeout_ms: 1_000,
         concurrency: 3,
         headers: Default::default(),
+        signing: Default::default(),
     };
     store
         .queue_set_push(QueuePush {

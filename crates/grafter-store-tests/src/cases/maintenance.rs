@@ -116,6 +116,9 @@ pub async fn prune_deletes_old_finished_jobs_only(store: S) {
         JobState::Cancelled,
         JobState::Expired,
     ];
+    // A dry run counts what the prune then deletes.
+    let count = |states: Vec<JobState>, before| store.jobs_prunable_count(prune(states, before));
+    assert_eq!(count(finished.clone(), now).await.unwrap(), 0);
     assert_eq!(
         store
             .jobs_prune(prune(finished.clone(), now))
@@ -123,6 +126,17 @@ pub async fn prune_deletes_old_finished_jobs_only(store: S) {
             .unwrap(),
         0,
         "nothing finished before now"
+    );
+    assert_eq!(
+        count(vec![JobState::Completed], now + ms(20_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        count(finished.clone(), now + ms(20_000)).await.unwrap(),
+        2,
+        "the count ignores the limit and names every finished state asked for"
     );
     assert_eq!(
         store
@@ -137,6 +151,12 @@ pub async fn prune_deletes_old_finished_jobs_only(store: S) {
         "dead jobs were not named"
     );
     // Unfinished states are never pruned, even when named.
+    assert_eq!(
+        count(vec![JobState::Available], now + ms(20_000))
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         store
             .jobs_prune(prune(vec![JobState::Available], now + ms(20_000)))

@@ -42,6 +42,7 @@ pub async fn push_target_is_kept_and_removed(store: S) {
         timeout_ms: 5_000,
         concurrency: 3,
         headers: [("X-App".to_owned(), "demo".to_owned())].into(),
+        signing: grafter_core::Signing::Both,
     };
     let info = store
         .queue_set_push(QueuePush {

@@ -16,7 +16,9 @@ use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{PushRequest, SignatureError, Verifier, RETRY_HEADER, SIGNATURE_HEADER};
+use super::{
+    standard_webhooks, PushRequest, SignatureError, Verifier, RETRY_HEADER, SIGNATURE_HEADER,
+};
 use crate::job::{ErrorAction, Job, JobContext, JobError};
 use crate::worker::{panic_message, Handler, Typed};
 
@@ -54,10 +56,24 @@ impl PushEndpoint {
     /// Answers one push: its headers and raw body, exactly as received. For
     /// servers other than axum, call this and send back what it answers.
     pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Response {
-        let signature = match headers.get(SIGNATURE_HEADER).map(HeaderValue::to_str) {
-            None => Err(SignatureError::Missing),
-            Some(Err(_)) => Err(SignatureError::Malformed("not visible ASCII")),
+        let text = |name: &str| headers.get(name).map(HeaderValue::to_str);
+        // Grafter-Signature when the request has it, else Standard Webhooks.
+        let signature = match text(SIGNATURE_HEADER) {
             Some(Ok(header)) => self.verifier.verify(header, body),
+            Some(Err(_)) => Err(SignatureError::Malformed("not visible ASCII")),
+            None => match [
+                text(standard_webhooks::ID_HEADER),
+                text(standard_webhooks::TIMESTAMP_HEADER),
+                text(standard_webhooks::SIGNATURE_HEADER),
+            ] {
+                [Some(Ok(id)), Some(Ok(timestamp)), Some(Ok(signature))] => self
+                    .verifier
+                    .verify_standard_webhooks([id, timestamp, signature], body),
+                [None, None, None] => Err(SignatureError::Missing),
+                _ => Err(SignatureError::Malformed(
+                    "webhook-id, webhook-timestamp and webhook-signature must all be there, in visible ASCII",
+                )),
+            },
         };
         if let Err(error) = signature {
             // Grafter retries: a secret being fixed or rotated should not kill jobs.

@@ -67,6 +67,8 @@ pub use endpoint::PushEndpoint;
 pub use grafter_engine::push::signature::{
     sign, unix_now, SignatureError, Verifier, DEFAULT_TOLERANCE,
 };
+// The Standard Webhooks headers' names, `sign` and `message_id`.
+pub use grafter_engine::push::standard_webhooks;
 pub use grafter_engine::push::{
     PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER, RETRY_HEADER, SIGNATURE_HEADER,
 };

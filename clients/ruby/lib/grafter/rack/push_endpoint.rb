@@ -14,8 +14,9 @@ module Grafter
     #
     #   mount Grafter::Rack::PushEndpoint.new(secret: ENV["GRAFTER_PUSH_SECRET"]) => "/grafter/jobs"
     #
-    # A request whose Grafter-Signature does not sign its body with the
-    # secret (or `old_secrets`, while rotating), or whose timestamp is more
+    # A request whose Grafter-Signature (or, without one, Standard Webhooks
+    # signature) does not sign its body with the secret (or `old_secrets`,
+    # while rotating), or whose timestamp is more
     # than `tolerance` seconds away, gets 401 and runs nothing. Otherwise the
     # job (an ActiveJob payload or a Grafter.handle handler) runs and the
     # answer follows the outcome contract:
@@ -57,8 +58,8 @@ module Grafter
 
         body = read_body(env)
         return error(413, "payload_too_large", "the body is over #{MAX_BODY_BYTES} bytes") unless body
-        unless Signature.verify(env["HTTP_GRAFTER_SIGNATURE"], body, @secrets, tolerance: @tolerance)
-          return error(401, "unauthorized", "Grafter-Signature is missing, wrong or too old")
+        unless signed?(env, body)
+          return error(401, "unauthorized", "the signature is missing, wrong or too old")
         end
 
         job = parse(body)
@@ -72,6 +73,16 @@ module Grafter
       end
 
       private
+
+      # Grafter-Signature when the request has it, else Standard Webhooks.
+      def signed?(env, body)
+        if env["HTTP_GRAFTER_SIGNATURE"]
+          Signature.verify(env["HTTP_GRAFTER_SIGNATURE"], body, @secrets, tolerance: @tolerance)
+        else
+          Signature.verify_standard(*env.values_at("HTTP_WEBHOOK_ID", "HTTP_WEBHOOK_TIMESTAMP", "HTTP_WEBHOOK_SIGNATURE"),
+                                    body, @secrets, tolerance: @tolerance)
+        end
+      end
 
       def respond(outcome)
         case outcome.action
