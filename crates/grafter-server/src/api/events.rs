@@ -19,12 +19,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::auth::check_bearer;
+use crate::api::auth::{bearer_token, check_bearer};
 use crate::api::jobs::ApiQuery;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, PathJobId};
 use crate::state::AppState;
 use crate::stream_tokens::{Refusal, StreamGrant, DEFAULT_TTL_MS, MAX_IDS, MAX_TTL_MS};
+use crate::throttle::Client;
 
 /// How often an idle stream sends a comment, so proxies keep it open.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
@@ -88,8 +89,9 @@ pub async fn job_events(
     Ok(sse.into_response())
 }
 
-/// Lets a stream request in: with the server's token, or with a stream
-/// token that names the job.
+/// Lets a stream request in: the server has no token (its streams are
+/// open like the rest of its API), the request carries the server's token,
+/// or it carries a stream token that names the job.
 fn authorize(
     state: &AppState,
     extensions: &Extensions,
@@ -97,11 +99,14 @@ fn authorize(
     access_token: Option<&str>,
     job: JobId,
 ) -> Result<(), ApiError> {
-    let Some(presented) = access_token else {
-        return check_bearer(state, extensions, headers);
+    let Some(server_token) = state.config().token.as_deref() else {
+        return Ok(());
     };
-    let server_token = state.config().token.as_deref();
-    match StreamGrant::verify(presented, server_token, Utc::now()) {
+    let presented = match access_token {
+        Some(presented) if bearer_token(headers).is_none() => presented,
+        _ => return check_bearer(state, extensions, headers),
+    };
+    match StreamGrant::verify(presented, Some(server_token), Utc::now()) {
         Ok(grant) if grant.jobs.contains(&job) => Ok(()),
         Ok(_) => Err(ApiError::forbidden(format!(
             "this stream token does not open job {job}'s events"
@@ -111,7 +116,11 @@ fn authorize(
         )),
         Err(Refusal::Invalid) => {
             // A forged token is a guess like a wrong bearer token.
-            check_bearer(state, extensions, headers)?;
+            let client = Client::of(extensions);
+            if let Some(wait) = state.auth_failures().throttled(client) {
+                return Err(ApiError::too_many_requests(wait));
+            }
+            state.auth_failures().record(client);
             Err(ApiError::unauthorized_because(
                 "this stream token is not valid on this server",
             ))
