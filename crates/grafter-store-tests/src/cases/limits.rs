@@ -99,10 +99,13 @@ pub async fn concurrency_is_never_exceeded_by_racing_fetches(store: S) {
     insert(&store, jobs_on("q", 60), now).await;
     let mut done = 0;
     while done < 60 {
-        let racing = (0..8).map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.jobs_fetch(fetch_params("q", 2, now)).await })
-        });
+        // Spawned all before any is awaited, so the fetches really race.
+        let racing: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.jobs_fetch(fetch_params("q", 2, now)).await })
+            })
+            .collect();
         let mut leased = Vec::new();
         for task in racing {
             leased.extend(task.await.unwrap().unwrap());
