@@ -128,6 +128,20 @@ impl<S: Send + Sync> FromRequestParts<S> for PathJobId {
     }
 }
 
+/// Query-string extractor answering 422 with our JSON.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::invalid_field("query", e.body_text()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,8 +102,8 @@ pub enum SignatureError {
 pub struct Verifier {
     secrets: Vec<Vec<u8>>,
     /// The secrets' Standard Webhooks keys (a `whsec_` secret's base64 decoded).
-    standard_keys: Vec<Vec<u8>>,
-    tolerance: Duration,
+    pub(super) standard_keys: Vec<Vec<u8>>,
+    pub(super) tolerance: Duration,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -181,35 +181,6 @@ impl Verifier {
             }
         }
         Err(SignatureError::Mismatch)
-    }
-}
-
-impl Verifier {
-    /// Checks the Standard Webhooks headers (`webhook-id`,
-    /// `webhook-timestamp`, `webhook-signature`, in that order) against the
-    /// raw request body, exactly as received, and this clock.
-    pub fn verify_standard_webhooks(
-        &self,
-        headers: [&str; 3],
-        body: &[u8],
-    ) -> Result<(), SignatureError> {
-        self.verify_standard_webhooks_at(headers, body, unix_now())
-    }
-
-    /// As [`Verifier::verify_standard_webhooks`], with the clock given (unix seconds).
-    pub fn verify_standard_webhooks_at(
-        &self,
-        headers: [&str; 3],
-        body: &[u8],
-        now: i64,
-    ) -> Result<(), SignatureError> {
-        super::standard_webhooks::verify_at(
-            &self.standard_keys,
-            self.tolerance.as_secs(),
-            headers,
-            body,
-            now,
-        )
     }
 }
 

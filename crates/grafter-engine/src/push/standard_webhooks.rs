@@ -17,7 +17,7 @@ use grafter_core::JobId;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::signature::SignatureError;
+use super::signature::{unix_now, SignatureError, Verifier};
 
 /// Request header: the message id, stable across a job's attempts (receivers
 /// may use it to drop duplicates).
@@ -100,6 +100,35 @@ pub(crate) fn verify_at(
         }
     }
     Err(SignatureError::Mismatch)
+}
+
+impl Verifier {
+    /// Checks the Standard Webhooks headers (`webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`, in that order) against the
+    /// raw request body, exactly as received, and this clock.
+    pub fn verify_standard_webhooks(
+        &self,
+        headers: [&str; 3],
+        body: &[u8],
+    ) -> Result<(), SignatureError> {
+        self.verify_standard_webhooks_at(headers, body, unix_now())
+    }
+
+    /// As [`Verifier::verify_standard_webhooks`], with the clock given (unix seconds).
+    pub fn verify_standard_webhooks_at(
+        &self,
+        headers: [&str; 3],
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        verify_at(
+            &self.standard_keys,
+            self.tolerance.as_secs(),
+            headers,
+            body,
+            now,
+        )
+    }
 }
 
 #[cfg(test)]

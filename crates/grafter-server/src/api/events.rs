@@ -20,9 +20,8 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::auth::{bearer_token, check_bearer};
-use crate::api::jobs::ApiQuery;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, PathJobId};
+use crate::extract::{ApiJson, ApiQuery, PathJobId};
 use crate::state::AppState;
 use crate::stream_tokens::{Refusal, StreamGrant, DEFAULT_TTL_MS, MAX_IDS, MAX_TTL_MS};
 use crate::throttle::Client;

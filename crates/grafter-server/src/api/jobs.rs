@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::events::{wait_for_change, EVENT_ID_HEADER, MAX_WAIT_MS};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, PathJobId};
+use crate::extract::{ApiJson, ApiQuery, PathJobId};
 use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
@@ -178,20 +177,6 @@ pub struct JobPageBody {
     pub jobs: Vec<Job>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
-}
-
-/// Query-string extractor answering 422 with our JSON.
-pub struct ApiQuery<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::invalid_field("query", e.body_text()))
-    }
 }
 
 /// Jobs matching a filter, newest first, a page at a time (keyset pagination).

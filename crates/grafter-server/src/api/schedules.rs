@@ -9,9 +9,8 @@ use grafter_core::{Job, JobState, Schedule, ScheduleSource, ScheduleSpec, Skippe
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::jobs::ApiQuery;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
 
 /// Fire times a schedule's answer lists.
