@@ -11,6 +11,7 @@ pub mod limits;
 mod push;
 pub mod schedule;
 mod state;
+pub mod trace;
 pub mod storable;
 pub mod time;
 mod worker;
