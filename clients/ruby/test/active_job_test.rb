@@ -126,6 +126,16 @@ class ActiveJobTest < Minitest::Test
     assert_equal "AdapterJobs::OkJob", taken.first[:kind]
   end
 
+  def test_a_job_enqueued_inside_with_trace_carries_it
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    job = Grafter.with_trace(traceparent, "rojo=1") { AdapterJobs::OkJob.set(queue: unique("aj-trace")).perform_later("t", count: 1) }
+    stored = client.job(job.provider_job_id)
+    assert_equal [traceparent, "rojo=1"], stored.values_at("traceparent", "tracestate")
+    assert_nil Grafter.current_trace, "only inside the block"
+    untraced = AdapterJobs::OkJob.set(queue: unique("aj-trace")).perform_later("u", count: 1)
+    refute client.job(untraced.provider_job_id).key?("traceparent")
+  end
+
   def test_perform_all_later_enqueues_all_in_one_call_and_sets_provider_job_ids
     queue = unique("aj-all")
     jobs = [AdapterJobs::OkJob.new("a", count: 1), AdapterJobs::OkJob.new("b", count: 2), AdapterJobs::OptionsJob.new(7)]
