@@ -83,6 +83,12 @@ class ActiveJobTest < Minitest::Test
     end
   end
 
+  # A test here that configures its own enqueuer must not leave it to the
+  # next test, of whatever class (ClientTest checks the default enqueuer).
+  def teardown
+    Grafter.configure { |config| config.enqueuer = nil }
+  end
+
   def test_perform_later_enqueues_the_serialized_job_and_sets_provider_job_id
     queue = unique("aj")
     job = AdapterJobs::OkJob.set(queue: queue, priority: 2).perform_later("ada", count: 3)
