@@ -11,9 +11,9 @@ pub mod limits;
 mod push;
 pub mod schedule;
 mod state;
-pub mod trace;
 pub mod storable;
 pub mod time;
+pub mod trace;
 mod worker;
 
 pub use backoff::Backoff;

@@ -176,7 +176,8 @@ fn valid_key(key: &str) -> bool {
     };
     match key.split_once('@') {
         None => {
-            key.len() <= 256 && key.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            key.len() <= 256
+                && key.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
                 && rest_ok(key)
         }
         Some((tenant, system)) => {
@@ -187,7 +188,10 @@ fn valid_key(key: &str) -> bool {
                     .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                 && rest_ok(tenant)
                 && system.len() <= 14
-                && system.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && system
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase())
                 && rest_ok(system)
         }
     }

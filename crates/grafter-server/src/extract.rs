@@ -195,8 +195,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceHeaders {
             }
         };
         let tracestate = (!states.is_empty()).then(|| states.join(","));
-        let (traceparent, tracestate, dropped) =
-            keep_valid(traceparent, tracestate.as_deref());
+        let (traceparent, tracestate, dropped) = keep_valid(traceparent, tracestate.as_deref());
         for dropped in dropped {
             tracing::debug!(%dropped, "ignoring a malformed trace context header");
         }

@@ -1828,7 +1828,13 @@ async fn a_malformed_trace_context_is_ignored_never_refused() {
     let too_many = too_many.join(",");
     let uppercase = PARENT.to_uppercase();
     let version_ff = PARENT.replacen("00", "ff", 1);
-    let cases: Vec<(Vec<(&str, &str)>, Value, (Option<&str>, Option<&str>))> = vec![
+    // Headers, body, and what is kept of the trace context.
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Value,
+        (Option<&'a str>, Option<&'a str>),
+    );
+    let cases: Vec<Case> = vec![
         (
             vec![("traceparent", &uppercase)],
             json!({"kind": "k"}),

@@ -879,7 +879,9 @@ async fn pushes_carry_the_trace_context_the_job_was_enqueued_in() {
     let traced = traced["id"].as_i64().unwrap();
     let job = grafter.wait_state(traced, "completed").await;
     assert_eq!(job["attempt"], 2, "{job}");
-    let plain = grafter.enqueue(json!({"kind": "k", "queue": "traced"})).await;
+    let plain = grafter
+        .enqueue(json!({"kind": "k", "queue": "traced"}))
+        .await;
     grafter.wait_state(plain, "completed").await;
 
     let seen = receiver.seen();

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use grafter_core::{Job as JobRecord, JobId, LeasedJob, Progress, WorkerRegistration};
 use grafter_core::trace::JobTrace;
+use grafter_core::{Job as JobRecord, JobId, LeasedJob, Progress, WorkerRegistration};
 use grafter_engine::maintenance::{
     Maintenance, MaintenanceConfig, MaintenanceHealth, RetentionConfig,
 };

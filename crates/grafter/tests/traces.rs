@@ -31,8 +31,7 @@ impl Visit for Fields<'_> {
         self.0.insert(field.name().to_owned(), value.to_owned());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), format!("{value:?}"));
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
     }
 }
 
@@ -62,7 +61,10 @@ impl Job for Traced {
     type Output = ();
 
     async fn perform(self, ctx: JobContext) -> Result<(), JobError> {
-        let given = ctx.traceparent().expect("a worker's run has one").to_owned();
+        let given = ctx
+            .traceparent()
+            .expect("a worker's run has one")
+            .to_owned();
         GIVEN.lock().unwrap().push((ctx.attempt(), given));
         if ctx.attempt() == 1 {
             return Err(JobError::retry("once more"));
@@ -74,7 +76,8 @@ impl Job for Traced {
 #[test]
 fn a_first_attempt_is_a_child_and_a_retry_or_a_scheduled_run_a_linked_new_trace() {
     let spans = JobSpans::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,7 +105,11 @@ fn a_first_attempt_is_a_child_and_a_retry_or_a_scheduled_run_a_linked_new_trace(
             traceparent: Some(PARENT.to_owned()),
             ..Default::default()
         };
-        let retried = client.enqueue_with(Traced, traced.clone()).await.unwrap().job;
+        let retried = client
+            .enqueue_with(Traced, traced.clone())
+            .await
+            .unwrap()
+            .job;
         assert_eq!(retried.traceparent.as_deref(), Some(PARENT));
         let done = client.wait(retried.id, WAIT).await.unwrap();
         assert_eq!((done.state, done.attempt), (JobState::Completed, 2));
@@ -129,8 +136,14 @@ fn a_first_attempt_is_a_child_and_a_retry_or_a_scheduled_run_a_linked_new_trace(
     assert_eq!(child["parent_id"], stored.parent_id);
     assert!(!child.contains_key("link.trace_id"), "{child:?}");
     let own = TraceParent::parse(&given[0].1).unwrap();
-    assert_eq!(own.trace_id, stored.trace_id, "the job's requests join the trace");
-    assert_eq!(own.parent_id, child["span_id"], "as children of the run's span");
+    assert_eq!(
+        own.trace_id, stored.trace_id,
+        "the job's requests join the trace"
+    );
+    assert_eq!(
+        own.parent_id, child["span_id"],
+        "as children of the run's span"
+    );
 
     for (span, (attempt, given)) in spans[1..].iter().zip(&given[1..]) {
         assert_ne!(span["trace_id"], stored.trace_id, "{span:?}");
@@ -142,5 +155,8 @@ fn a_first_attempt_is_a_child_and_a_retry_or_a_scheduled_run_a_linked_new_trace(
         assert_eq!(own.parent_id, span["span_id"]);
     }
     assert_eq!(spans[1]["attempt"], "2", "the retry");
-    assert_eq!(spans[2]["attempt"], "1", "the scheduled run's first attempt");
+    assert_eq!(
+        spans[2]["attempt"], "1",
+        "the scheduled run's first attempt"
+    );
 }
