@@ -151,9 +151,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 pub struct TraceHeaders {
     /// W3C Trace Context `traceparent`, given to every job of the request
     /// that has no `traceparent` field. A malformed value is ignored.
+    #[param(value_type = String, required = false)]
     traceparent: Option<String>,
     /// W3C Trace Context `tracestate`, kept beside a valid `traceparent`
     /// within 32 members and 512 characters; otherwise ignored.
+    #[param(value_type = String, required = false)]
     tracestate: Option<String>,
 }
 
