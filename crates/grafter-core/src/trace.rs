@@ -209,11 +209,17 @@ fn valid_value(value: &str) -> bool {
 
 /// What is kept of a `traceparent` and `tracestate` received together: the
 /// `traceparent` in version-00 form if it parses, the `tracestate` as given
-/// only beside a kept `traceparent` and within the spec's limits.
+/// only beside a kept `traceparent` and within the spec's limits. A
+/// `tracestate` with no member (empty, or only commas and spaces) is none.
 pub fn keep_valid(
     traceparent: Option<&str>,
     tracestate: Option<&str>,
 ) -> (Option<String>, Option<String>, Vec<Dropped>) {
+    let tracestate = tracestate.filter(|state| {
+        state
+            .split(',')
+            .any(|m| !m.trim_matches([' ', '\t']).is_empty())
+    });
     let mut dropped = Vec::new();
     let Some(traceparent) = traceparent else {
         if tracestate.is_some() {
@@ -486,6 +492,11 @@ mod tests {
         job.tracestate = Some("Rojo=1".to_owned());
         assert_eq!(job.keep_valid_trace().len(), 1);
         assert_eq!(job.traceparent.as_deref(), Some(VALID));
+        assert_eq!(job.tracestate, None);
+
+        // One without members is none.
+        job.tracestate = Some(" , ".to_owned());
+        assert!(job.keep_valid_trace().is_empty());
         assert_eq!(job.tracestate, None);
 
         // A bad traceparent takes its tracestate with it.
