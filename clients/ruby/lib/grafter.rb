@@ -79,6 +79,28 @@ module Grafter
       @handlers
     end
 
+    # Runs the block with a W3C trace context that the ActiveJob adapter
+    # gives every job enqueued in it (docs/traces.md), e.g. the current
+    # request's `traceparent` header:
+    #
+    #   Grafter.with_trace(request.headers["traceparent"]) { SendWelcomeJob.perform_later(user) }
+    #
+    # Kept per thread (and fiber); nil or a malformed value is harmless
+    # (the server ignores a malformed one).
+    def with_trace(traceparent, tracestate = nil)
+      previous = Thread.current[:grafter_trace]
+      Thread.current[:grafter_trace] = traceparent && { traceparent: traceparent, tracestate: tracestate }.compact
+      yield
+    ensure
+      Thread.current[:grafter_trace] = previous
+    end
+
+    # The trace context Grafter.with_trace set on this thread: a Hash with
+    # :traceparent (and :tracestate), or nil.
+    def current_trace
+      Thread.current[:grafter_trace]
+    end
+
     def logger
       config.logger || (defined?(::Rails) && ::Rails.respond_to?(:logger) && ::Rails.logger) || default_logger
     end

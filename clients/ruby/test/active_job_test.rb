@@ -83,6 +83,12 @@ class ActiveJobTest < Minitest::Test
     end
   end
 
+  # A test here that configures its own enqueuer must not leave it to the
+  # next test, of whatever class (ClientTest checks the default enqueuer).
+  def teardown
+    Grafter.configure { |config| config.enqueuer = nil }
+  end
+
   def test_perform_later_enqueues_the_serialized_job_and_sets_provider_job_id
     queue = unique("aj")
     job = AdapterJobs::OkJob.set(queue: queue, priority: 2).perform_later("ada", count: 3)
@@ -124,6 +130,16 @@ class ActiveJobTest < Minitest::Test
     job = AdapterJobs::OkJob.perform_later("x", count: 1)
     assert_equal 999, job.provider_job_id
     assert_equal "AdapterJobs::OkJob", taken.first[:kind]
+  end
+
+  def test_a_job_enqueued_inside_with_trace_carries_it
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    job = Grafter.with_trace(traceparent, "rojo=1") { AdapterJobs::OkJob.set(queue: unique("aj-trace")).perform_later("t", count: 1) }
+    stored = client.job(job.provider_job_id)
+    assert_equal [traceparent, "rojo=1"], stored.values_at("traceparent", "tracestate")
+    assert_nil Grafter.current_trace, "only inside the block"
+    untraced = AdapterJobs::OkJob.set(queue: unique("aj-trace")).perform_later("u", count: 1)
+    refute client.job(untraced.provider_job_id).key?("traceparent")
   end
 
   def test_perform_all_later_enqueues_all_in_one_call_and_sets_provider_job_ids

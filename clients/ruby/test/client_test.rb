@@ -23,6 +23,18 @@ class ClientTest < Minitest::Test
     assert_equal job["id"], again["id"], "a held unique_key answers the existing job"
   end
 
+  def test_a_trace_context_goes_to_the_lease_and_a_malformed_one_is_ignored
+    queue = unique("traced")
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    job = client.enqueue(kind: "k", queue: queue, traceparent: traceparent, tracestate: "rojo=1")
+    assert_equal [traceparent, "rojo=1"], job.values_at("traceparent", "tracestate")
+    leased = client.fetch(queues: [queue]).first
+    assert_equal [job["id"], traceparent, "rojo=1"], leased.values_at("id", "traceparent", "tracestate")
+
+    ignored = client.enqueue(kind: "k", queue: queue, traceparent: traceparent.upcase)
+    refute ignored.key?("traceparent"), ignored.inspect
+  end
+
   def test_list_cancel_retry_reschedule
     queue = unique("manage")
     ids = client.enqueue_many([{ kind: "a", queue: queue }, { kind: "b", queue: queue, tags: ["t"] }]).map { |j| j["id"] }

@@ -75,6 +75,8 @@ class SqlEnqueuerTest < Minitest::Test
     assert_nil job_row(gone["id"])
     kept = enqueuer.enqueue(kind: "raw", priority: -1) # autocommit
     assert_equal "-1", job_row(kept["id"])["priority"]
+    traced = enqueuer.enqueue(kind: "raw", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    assert_nil traced["traceparent"], "grafter_enqueue_v1 takes no trace context: dropped, not refused"
   end
 
   def test_a_refused_field_is_named

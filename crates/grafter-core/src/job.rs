@@ -138,6 +138,13 @@ pub struct Job {
     /// enqueued otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleRef>,
+    /// The W3C trace context the job was enqueued in (docs/traces.md), in
+    /// version-00 form; absent when none came or it was malformed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Vendors' trace state that came with `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// A field of a [`Job`] that a job list may shorten (see [`Job::cut`]).
@@ -210,6 +217,15 @@ pub struct NewJob {
     /// (`partition_by: "partition"`).
     #[serde(default)]
     pub partition: Option<String>,
+    /// The W3C `traceparent` of the trace this job continues (default: the
+    /// request's `traceparent` header). A malformed one is dropped, never
+    /// refused (docs/traces.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with `traceparent`; kept only beside
+    /// a valid `traceparent` and within 32 members and 512 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -241,6 +257,8 @@ impl NewJob {
             backoff: None,
             schedule: None,
             partition: None,
+            traceparent: None,
+            tracestate: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod schedule;
 mod state;
 pub mod storable;
 pub mod time;
+pub mod trace;
 mod worker;
 
 pub use backoff::Backoff;

@@ -291,6 +291,17 @@ impl ScheduleSpec {
                 ));
             }
         }
+        for (field, set) in [
+            ("job.traceparent", self.job.traceparent.is_some()),
+            ("job.tracestate", self.job.tracestate.is_some()),
+        ] {
+            if set {
+                return Err(ValidationError::new(
+                    field,
+                    "not allowed in a schedule's job: each run starts a trace of its own",
+                ));
+            }
+        }
         time::validate_ms("catch_up_window_ms", i128::from(self.catch_up_window_ms), 1)?;
         if !(1..=MAX_CATCH_UP_MAX).contains(&self.catch_up_max) {
             return Err(ValidationError::new(
@@ -667,6 +678,10 @@ mod tests {
         let mut run_at = ScheduleSpec::every(1_000, job.clone());
         run_at.job.run_at = Some(at("2030-01-01T00:00:00Z"));
         assert_eq!(field(run_at), "job.run_at");
+        let mut traced = ScheduleSpec::every(1_000, job.clone());
+        traced.job.traceparent =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        assert_eq!(field(traced), "job.traceparent");
         let mut kind = ScheduleSpec::every(1_000, job);
         kind.job.kind = String::new();
         assert_eq!(field(kind), "job.kind");

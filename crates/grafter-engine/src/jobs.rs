@@ -139,15 +139,16 @@ impl Engine {
     }
 
     /// Enqueues one job; a duplicate by `unique_key` answers the existing job.
-    pub async fn enqueue(&self, job: NewJob) -> Result<Inserted> {
+    pub async fn enqueue(&self, mut job: NewJob) -> Result<Inserted> {
         job.validate()?;
+        keep_valid_trace(&mut job);
         let inserted = self.insert(vec![job]).await?.pop();
         inserted.ok_or_else(|| StoreError::Backend("the store returned no job".into()).into())
     }
 
     /// Enqueues 1 to [`MAX_BATCH`] jobs in one transaction: all or none. An
     /// error names the job as `jobs[i].field`.
-    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Inserted>> {
+    pub async fn enqueue_many(&self, mut jobs: Vec<NewJob>) -> Result<Vec<Inserted>> {
         if jobs.is_empty() || jobs.len() > MAX_BATCH {
             return Err(ValidationError::new(
                 "jobs",
@@ -155,9 +156,10 @@ impl Engine {
             )
             .into());
         }
-        for (i, job) in jobs.iter().enumerate() {
+        for (i, job) in jobs.iter_mut().enumerate() {
             job.validate()
                 .map_err(|e| ValidationError::new(format!("jobs[{i}].{}", e.field), e.message))?;
+            keep_valid_trace(job);
         }
         self.insert(jobs).await
     }
@@ -665,4 +667,12 @@ fn cut_message(mut progress: Progress) -> Result<Progress, ValidationError> {
         storable::text(message[..cut].to_owned())
     });
     Ok(progress)
+}
+
+/// Drops a malformed `traceparent` or `tracestate` from a job to enqueue:
+/// tracing is advice, so a bad header never costs the job (docs/traces.md).
+fn keep_valid_trace(job: &mut NewJob) {
+    for dropped in job.keep_valid_trace() {
+        tracing::debug!(kind = %job.kind, %dropped, "ignoring a malformed trace context");
+    }
 }

@@ -43,7 +43,8 @@ const ROLL_BACK: &str =
 ///
 /// # Errors
 ///
-/// `Invalid` for a job that fails [`NewJob::validate`] or a bad schema name;
+/// `Invalid` for a job that fails [`NewJob::validate`] or a bad schema name
+/// (a malformed `traceparent` or `tracestate` is dropped, not refused);
 /// `Unavailable` or `Backend` when the database fails. On error nothing this
 /// call wrote remains in `tx`, and `tx` can go on (it was rolled back to a
 /// savepoint taken on entry), unless its connection was lost.
@@ -63,14 +64,18 @@ const ROLL_BACK: &str =
 pub async fn enqueue_in(
     tx: &Transaction<'_>,
     schema: Option<&str>,
-    jobs: Vec<NewJob>,
+    mut jobs: Vec<NewJob>,
 ) -> Result<Vec<Inserted>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    for (i, job) in jobs.iter().enumerate() {
+    for (i, job) in jobs.iter_mut().enumerate() {
         job.validate()
             .map_err(|e| StoreError::Invalid(format!("jobs[{i}]: {e}")))?;
+        // As the engine does: a malformed trace context is dropped, never refused.
+        for dropped in job.keep_valid_trace() {
+            tracing::debug!(job = i, %dropped, "ignoring a malformed trace context");
+        }
     }
     let schema = Schema::new(schema.map(str::to_owned))?;
     tx.batch_execute(SAVEPOINT).await.map_err(pg_error)?;

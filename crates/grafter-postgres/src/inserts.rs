@@ -113,20 +113,20 @@ pub(crate) async fn insert_unkeyed(
                                  $5::text[], $6::timestamptz[], $7::integer[], $8::jsonb[],
                                  $9::bigint[], $10::timestamptz[], $11::jsonb[],
                                  $12::timestamptz[], $13::integer[], $14::text[],
-                                 $15::timestamptz[], $16::text[])
+                                 $15::timestamptz[], $16::text[], $17::text[], $18::text[])
                 WITH ORDINALITY
                 AS i(queue, kind, args, priority, state, run_at, max_attempts, tags,
                      timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id,
-                     schedule_slot, partition, ord)
+                     schedule_slot, partition, traceparent, tracestate, ord)
         )
         INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                           timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id,
-                          schedule_slot, partition)
+                          schedule_slot, partition, traceparent, tracestate)
         SELECT queue, kind, args, priority, state, run_at, max_attempts,
                ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
                      ORDER BY n),
                timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id, schedule_slot,
-               partition
+               partition, traceparent, tracestate
         FROM input
         ORDER BY ord
         RETURNING ",
@@ -154,6 +154,8 @@ pub(crate) async fn insert_unkeyed(
     let mut schedule_ids = Vec::with_capacity(n);
     let mut schedule_slots = Vec::with_capacity(n);
     let mut partitions = Vec::with_capacity(n);
+    let mut traceparents = Vec::with_capacity(n);
+    let mut tracestates = Vec::with_capacity(n);
     for (job, &now) in jobs.iter().zip(nows) {
         let run_at = job.run_at.unwrap_or(now);
         queues.push(job.queue.as_str());
@@ -171,6 +173,8 @@ pub(crate) async fn insert_unkeyed(
         schedule_ids.push(job.schedule.as_ref().map(|s| s.id.as_str()));
         schedule_slots.push(job.schedule.as_ref().and_then(|s| s.slot));
         partitions.push(job.partition.as_deref());
+        traceparents.push(job.traceparent.as_deref());
+        tracestates.push(job.tracestate.as_deref());
     }
     let stmt = client.statement(SQL).await?;
     let rows = client
@@ -193,6 +197,8 @@ pub(crate) async fn insert_unkeyed(
                 &schedule_ids,
                 &schedule_slots,
                 &partitions,
+                &traceparents,
+                &tracestates,
             ],
         )
         .await?;
@@ -217,8 +223,9 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
         "WITH inserted AS (
             INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                               unique_key, timeout_ms, expires_at, backoff, created_at, args_bytes,
-                              schedule_id, schedule_slot, partition)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                              schedule_id, schedule_slot, partition, traceparent, tracestate)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19)
             ON CONFLICT (unique_key)
                 WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
                 DO NOTHING
@@ -264,6 +271,8 @@ async fn insert_keyed(client: &impl Conn, job: &NewJob, now: Timestamp) -> Resul
                     &schedule_id,
                     &schedule_slot,
                     &job.partition,
+                    &job.traceparent,
+                    &job.tracestate,
                 ],
             )
             .await?;

@@ -142,6 +142,72 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// The W3C trace context headers of an enqueue (docs/traces.md), kept only
+/// if valid: a malformed one is logged at debug and ignored, never refused.
+/// Two `traceparent` headers are malformed; several `tracestate` headers are
+/// one list, as HTTP combines them.
+#[derive(Debug, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct TraceHeaders {
+    /// W3C Trace Context `traceparent`, given to every job of the request
+    /// that has no `traceparent` field. A malformed value is ignored.
+    #[param(value_type = String, required = false)]
+    traceparent: Option<String>,
+    /// W3C Trace Context `tracestate`, kept beside a valid `traceparent`
+    /// within 32 members and 512 characters; otherwise ignored.
+    #[param(value_type = String, required = false)]
+    tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// Gives `job` this request's trace context unless it has a
+    /// `traceparent` of its own (its fields win, `tracestate` included).
+    pub fn apply(&self, job: &mut grafter_core::NewJob) {
+        if job.traceparent.is_none() {
+            job.traceparent.clone_from(&self.traceparent);
+            job.tracestate.clone_from(&self.tracestate);
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TraceHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        use grafter_core::trace::{keep_valid, TRACEPARENT, TRACESTATE};
+        // `None` inside: a value that is not visible ASCII, malformed as a whole.
+        let values = |name: &str| -> Option<Vec<&str>> {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().ok())
+                .collect()
+        };
+        let (Some(parents), Some(states)) = (values(TRACEPARENT), values(TRACESTATE)) else {
+            tracing::debug!("ignoring trace context headers that are not text");
+            return Ok(TraceHeaders::default());
+        };
+        let traceparent = match parents[..] {
+            [] => None,
+            [one] => Some(one),
+            _ => {
+                tracing::debug!("ignoring more than one traceparent header");
+                return Ok(TraceHeaders::default());
+            }
+        };
+        let tracestate = (!states.is_empty()).then(|| states.join(","));
+        let (traceparent, tracestate, dropped) = keep_valid(traceparent, tracestate.as_deref());
+        for dropped in dropped {
+            tracing::debug!(%dropped, "ignoring a malformed trace context header");
+        }
+        Ok(TraceHeaders {
+            traceparent,
+            tracestate,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

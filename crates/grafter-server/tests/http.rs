@@ -1718,3 +1718,193 @@ async fn queue_limits_change_only_given_keys_and_say_what_holds_a_job() {
     assert_eq!(body["limits"], Value::Null);
     assert_eq!(body["paused"], true, "the pause was left");
 }
+
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const OTHER_PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+/// POST `body` to `uri` with `headers`.
+async fn post_with_headers(
+    api: &Api,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    api.raw(request.body(Body::from(body.to_string())).unwrap())
+        .await
+}
+
+/// `traceparent` and `tracestate` of a job's JSON, `None` where absent.
+fn trace_of(job: &Value) -> (Option<&str>, Option<&str>) {
+    (
+        job.get("traceparent").map(|v| v.as_str().unwrap()),
+        job.get("tracestate").map(|v| v.as_str().unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn trace_context_from_header_or_field_round_trips_to_the_lease() {
+    let api = api().await;
+    let state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let (status, from_header) = post_with_headers(
+        &api,
+        "/v1/jobs",
+        &[("traceparent", PARENT), ("tracestate", state)],
+        json!({"kind": "k", "queue": "header"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{from_header}");
+    assert_eq!(trace_of(&from_header), (Some(PARENT), Some(state)));
+    let leased = api.fetch_one("header").await;
+    assert_eq!(leased["id"], from_header["id"]);
+    assert_eq!(trace_of(&leased), (Some(PARENT), Some(state)));
+    let (_, shown) = api.get(&format!("/v1/jobs/{}", from_header["id"])).await;
+    assert_eq!(trace_of(&shown), (Some(PARENT), Some(state)));
+
+    // The job's fields win over the headers, tracestate included.
+    let (status, from_field) = post_with_headers(
+        &api,
+        "/v1/jobs",
+        &[("traceparent", PARENT), ("tracestate", state)],
+        json!({"kind": "k", "queue": "field", "traceparent": OTHER_PARENT}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{from_field}");
+    assert_eq!(trace_of(&from_field), (Some(OTHER_PARENT), None));
+    assert_eq!(
+        trace_of(&api.fetch_one("field").await),
+        (Some(OTHER_PARENT), None)
+    );
+
+    // A later version is read as version 00 goes, and stored as version 00.
+    let later = format!("{}-more", PARENT.replacen("00", "cc", 1));
+    let (_, job) = post_with_headers(
+        &api,
+        "/v1/jobs",
+        &[("traceparent", &later)],
+        json!({"kind": "k"}),
+    )
+    .await;
+    assert_eq!(trace_of(&job), (Some(PARENT), None));
+
+    // Without any, the job's JSON has neither field.
+    let plain = api.enqueue(json!({"kind": "k", "queue": "plain"})).await;
+    assert_eq!(trace_of(&plain), (None, None), "{plain}");
+    assert_eq!(trace_of(&api.fetch_one("plain").await), (None, None));
+}
+
+#[tokio::test]
+async fn batch_enqueue_gives_the_headers_to_jobs_without_their_own() {
+    let api = api().await;
+    let (status, body) = post_with_headers(
+        &api,
+        "/v1/jobs/batch",
+        &[("traceparent", PARENT), ("tracestate", "a=1")],
+        json!({"jobs": [
+            {"kind": "k"},
+            {"kind": "k", "traceparent": OTHER_PARENT, "tracestate": "b=2"},
+            {"kind": "k", "traceparent": "00-bad"},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(trace_of(&jobs[0]), (Some(PARENT), Some("a=1")));
+    assert_eq!(trace_of(&jobs[1]), (Some(OTHER_PARENT), Some("b=2")));
+    // A malformed field wins over the header too, and is then dropped.
+    assert_eq!(trace_of(&jobs[2]), (None, None));
+}
+
+#[tokio::test]
+async fn a_malformed_trace_context_is_ignored_never_refused() {
+    let api = api().await;
+    let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+    let too_many = too_many.join(",");
+    let uppercase = PARENT.to_uppercase();
+    let version_ff = PARENT.replacen("00", "ff", 1);
+    // Headers, body, and what is kept of the trace context.
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Value,
+        (Option<&'a str>, Option<&'a str>),
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![("traceparent", &uppercase)],
+            json!({"kind": "k"}),
+            (None, None),
+        ),
+        (
+            vec![(
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )],
+            json!({"kind": "k"}),
+            (None, None),
+        ),
+        (
+            vec![("traceparent", &version_ff)],
+            json!({"kind": "k"}),
+            (None, None),
+        ),
+        (
+            vec![("traceparent", PARENT), ("traceparent", OTHER_PARENT)],
+            json!({"kind": "k"}),
+            (None, None),
+        ),
+        (
+            vec![("tracestate", "a=1")],
+            json!({"kind": "k"}),
+            (None, None),
+        ),
+        (
+            vec![("traceparent", PARENT), ("tracestate", &too_many)],
+            json!({"kind": "k"}),
+            (Some(PARENT), None),
+        ),
+        (
+            vec![],
+            json!({"kind": "k", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\u{0}"}),
+            (None, None),
+        ),
+        (
+            vec![],
+            json!({"kind": "k", "traceparent": PARENT, "tracestate": "Bad=1"}),
+            (Some(PARENT), None),
+        ),
+    ];
+    for (headers, body, kept) in cases {
+        let (status, job) = post_with_headers(&api, "/v1/jobs", &headers, body.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{headers:?} {body}: {job}");
+        assert_eq!(trace_of(&job), kept, "{headers:?} {body}");
+    }
+    // Several tracestate headers are one list, as HTTP combines them.
+    let (_, job) = post_with_headers(
+        &api,
+        "/v1/jobs",
+        &[
+            ("traceparent", PARENT),
+            ("tracestate", "a=1"),
+            ("tracestate", "b=2"),
+        ],
+        json!({"kind": "k"}),
+    )
+    .await;
+    assert_eq!(trace_of(&job), (Some(PARENT), Some("a=1,b=2")));
+    // A schedule's runs start traces of their own: its job takes none.
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/v1/schedules/traced",
+            Some(json!({"every_ms": 60_000, "job": {"kind": "k", "traceparent": PARENT}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "job.traceparent", "{body}");
+}

@@ -850,3 +850,53 @@ async fn pushes_never_reach_the_inside_network_unless_allowed() {
         assert!(scrape.lines().any(|l| l == line), "no {line} in\n{scrape}");
     }
 }
+
+/// The job's W3C trace context, given as headers of the enqueue, goes with
+/// every push of it (the retry's too); a job enqueued without one is pushed
+/// without `traceparent`.
+#[tokio::test]
+async fn pushes_carry_the_trace_context_the_job_was_enqueued_in() {
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const STATE: &str = "rojo=00f067aa0ba902b7";
+    let receiver = Receiver::start(
+        vec![Reply::new(500, "not yet")],
+        Reply::json(200, json!({})),
+    )
+    .await;
+    let grafter = grafter().await;
+    grafter.push_to("traced", &receiver.url, json!({})).await;
+    let response = grafter
+        .http
+        .post(format!("{}/v1/jobs", grafter.base))
+        .header("traceparent", PARENT)
+        .header("tracestate", STATE)
+        .json(&json!({"kind": "k", "queue": "traced"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let traced: Value = response.json().await.unwrap();
+    let traced = traced["id"].as_i64().unwrap();
+    let job = grafter.wait_state(traced, "completed").await;
+    assert_eq!(job["attempt"], 2, "{job}");
+    let plain = grafter
+        .enqueue(json!({"kind": "k", "queue": "traced"}))
+        .await;
+    grafter.wait_state(plain, "completed").await;
+
+    let seen = receiver.seen();
+    let of = |id: i64| -> Vec<&Seen> {
+        seen.iter()
+            .filter(|s| s.json()["id"] == json!(id))
+            .collect()
+    };
+    assert_eq!(of(traced).len(), 2, "the failed push and the retry");
+    for push in of(traced) {
+        assert_eq!(push.header("traceparent"), PARENT);
+        assert_eq!(push.header("tracestate"), STATE);
+    }
+    let plain = of(plain);
+    assert_eq!(plain.len(), 1);
+    assert!(plain[0].headers.get("traceparent").is_none());
+    assert!(plain[0].headers.get("tracestate").is_none());
+}

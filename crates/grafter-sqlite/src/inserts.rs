@@ -22,8 +22,9 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
         .prepare_cached(&format!(
             "INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                 unique_key, timeout_ms, expires_at, backoff, created_at, schedule_id, schedule_slot,
-                partition)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                partition, traceparent, tracestate)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18)
              RETURNING {JOB_COLUMNS}"
         ))
         .map_err(backend)?;
@@ -68,6 +69,8 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
                     job.schedule.as_ref().map(|s| &s.id),
                     job.schedule.as_ref().and_then(|s| s.slot).map(micros),
                     job.partition,
+                    job.traceparent,
+                    job.tracestate,
                 ],
                 job_from_row,
             )

@@ -111,6 +111,7 @@ macro_rules! conformance_suite {
             a_freed_slot_wakes_a_waiting_fetch,
             a_full_rate_window_wakes_its_waiting_fetch_when_it_frees,
             jobs_list_by_schedule,
+            trace_context_is_stored_and_handed_out_with_the_lease,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

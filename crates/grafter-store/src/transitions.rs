@@ -130,6 +130,8 @@ mod tests {
             partition: None,
             cut: Vec::new(),
             schedule: None,
+            traceparent: None,
+            tracestate: None,
         }
     }
 

@@ -70,6 +70,8 @@ fn running(
         partition: None,
         cut: Vec::new(),
         schedule: None,
+        traceparent: None,
+        tracestate: None,
     }
 }
 

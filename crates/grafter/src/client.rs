@@ -35,6 +35,12 @@ pub struct EnqueueOptions {
     pub tags: Vec<String>,
     /// Retry backoff for this job.
     pub backoff: Option<Backoff>,
+    /// The W3C `traceparent` of the trace the job continues (for example
+    /// the current request's), handed to its worker with the lease and sent
+    /// with its pushes; a malformed one is dropped (docs/traces.md).
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with `traceparent`.
+    pub tracestate: Option<String>,
 }
 
 impl EnqueueOptions {
@@ -57,6 +63,8 @@ impl EnqueueOptions {
         new.expires_at = self.expires_at;
         new.tags = self.tags.clone();
         new.backoff = self.backoff;
+        new.traceparent = self.traceparent.clone();
+        new.tracestate = self.tracestate.clone();
         new.validate()?;
         Ok(new)
     }

@@ -162,6 +162,9 @@ pub struct JobContext {
     pub(crate) queue: String,
     pub(crate) progress: watch::Sender<Option<Progress>>,
     pub(crate) cancel: CancellationToken,
+    /// This run's own W3C trace context (docs/traces.md), where the runtime
+    /// made one.
+    pub(crate) traceparent: Option<String>,
 }
 
 impl JobContext {
@@ -183,6 +186,15 @@ impl JobContext {
     /// The queue the job came from.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// This run's W3C `traceparent` (the worker's `grafter.job` span as the
+    /// parent), for the job to send with its own requests so that what they
+    /// do joins the run's trace. `None` inside a `PushEndpoint`, where the
+    /// request Grafter pushed carries the job's `traceparent` header for the
+    /// app's own HTTP tracing to continue.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// Reports progress (0.0–1.0, clamped) with a message; it is sent with the

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use grafter_core::trace::JobTrace;
 use grafter_core::{Job as JobRecord, JobId, LeasedJob, Progress, WorkerRegistration};
 use grafter_engine::maintenance::{
     Maintenance, MaintenanceConfig, MaintenanceHealth, RetentionConfig,
@@ -486,14 +487,30 @@ async fn execute(
         attempt: job.attempt,
         max_attempts: job.max_attempts,
     };
-    let span = tracing::info_span!("grafter.job", id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempt);
+    // The run's place in the trace the job was enqueued in (docs/traces.md):
+    // a child of the enqueuer's span on a first attempt that ran when due,
+    // else a new trace whose `link.*` fields name the stored context.
+    let trace = JobTrace::for_run(&job);
+    let span = tracing::info_span!(
+        "grafter.job",
+        id = %job.id,
+        kind = %job.kind,
+        queue = %job.queue,
+        attempt = job.attempt,
+        trace_id = %trace.trace_id,
+        span_id = %trace.span_id,
+        parent_id = trace.parent_id.as_deref(),
+        link.trace_id = trace.link.as_ref().map(|l| l.trace_id.as_str()),
+        link.span_id = trace.link.as_ref().map(|l| l.parent_id.as_str()),
+    );
+    let traceparent = trace.traceparent();
     // Boxed: the job's whole life is a large future, and the task would
     // otherwise copy it each time it is moved on its way to being spawned.
     Box::pin(async move {
         for hook in &inner.hooks {
             hook.before_job(&info);
         }
-        let end = run(&inner, &job, &lease, &stop_jobs).await;
+        let end = run(&inner, &job, &lease, traceparent, &stop_jobs).await;
         let (to_record, outcome) = decide(&inner, &job, &info, end).await;
         let outcome = match to_record {
             Some(to_record) => match record(&inner, &acks, slot, &job, &lease, &to_record).await {
@@ -516,6 +533,7 @@ async fn run(
     inner: &Arc<Inner>,
     job: &JobRecord,
     lease: &str,
+    traceparent: String,
     stop_jobs: &CancellationToken,
 ) -> RunEnd {
     let Some(handler) = inner.handlers.get(&job.kind).cloned() else {
@@ -536,6 +554,7 @@ async fn run(
         queue: job.queue.clone(),
         progress,
         cancel: cancel_requested.clone(),
+        traceparent: Some(traceparent),
     };
     // Polled alongside the job rather than spawned: it only waits on timers
     // and the progress channel, and the job runs in a task of its own anyway.

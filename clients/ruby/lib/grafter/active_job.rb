@@ -55,6 +55,7 @@ module Grafter
       fields[:tags] = Array(evaluate(options[:tags], job)).map(&:to_s) if options[:tags]
       fields[:unique_key] = evaluate(options[:unique], job).to_s if options[:unique]
       fields[:backoff] = backoff(options[:backoff]) if options[:backoff]
+      fields.merge!(Grafter.current_trace) if Grafter.current_trace
       fields
     end
 

@@ -65,7 +65,9 @@ module Grafter
 
     # Enqueues one job; answers the job (an existing one when `unique_key` is
     # held by an unfinished job). Times may be Time, DateTime or anything with
-    # #to_time; they are sent as RFC 3339 with microseconds.
+    # #to_time; they are sent as RFC 3339 with microseconds. `traceparent:`
+    # (and `tracestate:`) put the job in a W3C trace (docs/traces.md): its
+    # worker gets them with the lease, a push target as headers.
     def enqueue(kind:, **fields)
       post("/v1/jobs", job_fields(fields.merge(kind: kind)))
     end

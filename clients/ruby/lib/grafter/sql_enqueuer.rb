@@ -87,7 +87,12 @@ module Grafter
 
     private
 
+    # grafter_enqueue_v1 takes no trace context (it is older than it and
+    # refuses unknown fields): dropped, as the server drops a malformed one.
+    TRACE_FIELDS = %w[traceparent tracestate].freeze
+
     def call(sql, body)
+      body = body.is_a?(Array) ? body.map { |job| job.except(*TRACE_FIELDS) } : body.except(*TRACE_FIELDS)
       json = JSON.generate(body)
       answer = @source.respond_to?(:connection) ? via_active_record(sql, json) : via_pg(sql, json)
       answer.is_a?(String) ? JSON.parse(answer) : answer

@@ -57,6 +57,21 @@ impl From<&Job> for PushRequest {
     }
 }
 
+/// The job's W3C trace context as request headers (`traceparent`, and
+/// `tracestate` beside it), so the receiver's work joins the enqueuer's
+/// trace (docs/traces.md). Both were checked at enqueue; none without a
+/// `traceparent`.
+pub fn trace_headers(job: &Job) -> Vec<(&'static str, &str)> {
+    let Some(traceparent) = job.traceparent.as_deref() else {
+        return Vec::new();
+    };
+    let mut headers = vec![(grafter_core::trace::TRACEPARENT, traceparent)];
+    if let Some(tracestate) = job.tracestate.as_deref() {
+        headers.push((grafter_core::trace::TRACESTATE, tracestate));
+    }
+    headers
+}
+
 /// The signature headers of a push of `job`'s `body` at `timestamp` (unix
 /// seconds): those of the schemes the target's `signing` names, each with
 /// one signature per secret (the current one first).

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::events::{wait_for_change, EVENT_ID_HEADER, MAX_WAIT_MS};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, PathJobId};
+use crate::extract::{ApiJson, ApiQuery, PathJobId, TraceHeaders};
 use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
@@ -26,15 +26,19 @@ pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 1_000;
 
 /// Enqueue one job. A `unique_key` held by an unfinished job answers 200 with that job.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = NewJob,
+/// A `traceparent`/`tracestate` (headers, or fields that win over them) is
+/// stored with the job; a malformed one is ignored.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = NewJob, params(TraceHeaders),
     responses(
         (status = 201, description = "Created", body = Job),
         (status = 200, description = "An unfinished job already holds the unique_key", body = Job),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enqueue(
     State(state): State<AppState>,
-    ApiJson(job): ApiJson<NewJob>,
+    trace: TraceHeaders,
+    ApiJson(mut job): ApiJson<NewJob>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
+    trace.apply(&mut job);
     let inserted = state.engine().enqueue(job).await?;
     let status = if inserted.created {
         StatusCode::CREATED
@@ -59,14 +63,21 @@ pub struct JobsBody {
     pub jobs: Vec<Job>,
 }
 
-/// Enqueue many jobs in one transaction: all are stored, or none.
+/// Enqueue many jobs in one transaction: all are stored, or none. The
+/// `traceparent`/`tracestate` headers go to every job without a
+/// `traceparent` field.
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchRequest,
+    params(TraceHeaders),
     responses((status = 201, body = JobsBody), (status = 400, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enqueue_batch(
     State(state): State<AppState>,
-    ApiJson(batch): ApiJson<BatchRequest>,
+    trace: TraceHeaders,
+    ApiJson(mut batch): ApiJson<BatchRequest>,
 ) -> Result<(StatusCode, Json<JobsBody>), ApiError> {
+    for job in &mut batch.jobs {
+        trace.apply(job);
+    }
     let inserted = state.engine().enqueue_many(batch.jobs).await?;
     let jobs = inserted.into_iter().map(|i| i.job).collect();
     Ok((StatusCode::CREATED, Json(JobsBody { jobs })))

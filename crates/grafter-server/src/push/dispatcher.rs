@@ -12,7 +12,7 @@ use std::time::Duration;
 use grafter_core::{Job, LeasedJob, PushTarget};
 use grafter_engine::push::signature::unix_now;
 use grafter_engine::push::{
-    signature_headers, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER,
+    signature_headers, trace_headers, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER,
 };
 use grafter_engine::{FetchRequest, Retry, When};
 use grafter_store::{QueueInfo, StoreError};
@@ -316,6 +316,9 @@ async fn push(
         .header(ATTEMPT_HEADER, leased.job.attempt.to_string())
         .header(LEASE_HEADER, &leased.lease);
     for (name, value) in signature_headers(target, leased.job.id, unix_now(), &body) {
+        request = request.header(name, value);
+    }
+    for (name, value) in trace_headers(&leased.job) {
         request = request.header(name, value);
     }
     for (name, value) in &target.headers {

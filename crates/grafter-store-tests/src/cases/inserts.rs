@@ -1,10 +1,12 @@
 //! Inserting jobs: what is stored, ids, jobs due later, and unique keys.
 
 use grafter_core::{Backoff, JobId, JobState, NewJob};
-use grafter_store::{JobCancel, JobsInsert, JobsList, JobsPrune, MaintenanceBatch, Scheduled};
+use grafter_store::{
+    JobCancel, JobFail, JobRetry, JobsInsert, JobsList, JobsPrune, MaintenanceBatch, Scheduled,
+};
 use serde_json::json;
 
-use super::{complete_params, fetch, get, insert, insert_one, ms, t0, S};
+use super::{complete_params, fail_params, fetch, get, insert, insert_one, ms, t0, S};
 
 pub async fn insert_stores_every_field(store: S) {
     let now = t0();
@@ -272,4 +274,81 @@ pub async fn batches_with_the_same_keys_in_any_order_all_succeed(store: S) {
         counts[0].counts[&JobState::Available],
         (ROUNDS * KEYS) as u64
     );
+}
+
+/// A job's W3C trace context is stored as given (the engine checked it),
+/// read back by get, list and lease, kept by a failed attempt's retry and by
+/// a retry by hand, on jobs inserted in a batch and alone with a unique key
+/// (PostgreSQL's two insert statements), and absent where none was given.
+pub async fn trace_context_is_stored_and_handed_out_with_the_lease(store: S) {
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const STATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let now = t0();
+    let traced = |n: i64| {
+        let mut job = NewJob::new("traced", json!(n));
+        job.traceparent = Some(PARENT.into());
+        job.tracestate = Some(STATE.into());
+        job
+    };
+    let mut keyed = traced(2);
+    keyed.unique_key = Some("traced".into());
+    keyed.tracestate = None;
+    let jobs = insert(
+        &store,
+        vec![traced(1), NewJob::new("plain", json!(0)), keyed],
+        now,
+    )
+    .await;
+    let trace = |job: &grafter_core::Job| (job.traceparent.clone(), job.tracestate.clone());
+    let both = (Some(PARENT.to_owned()), Some(STATE.to_owned()));
+    assert_eq!(trace(&jobs[0]), both);
+    assert_eq!(trace(&jobs[1]), (None, None));
+    assert_eq!(trace(&jobs[2]), (Some(PARENT.to_owned()), None));
+    assert_eq!(trace(&get(&store, jobs[0].id).await), both);
+    let listed = store
+        .jobs_list(JobsList {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<_> = listed.jobs.iter().map(trace).collect();
+    assert!(listed.contains(&both), "{listed:?}");
+
+    let leased = fetch(&store, "default", 3, now).await;
+    assert_eq!(leased.len(), 3);
+    for lease in &leased {
+        let stored = jobs.iter().find(|j| j.id == lease.job.id).unwrap();
+        assert_eq!(trace(&lease.job), trace(stored), "job {}", stored.kind);
+    }
+
+    // A retry (automatic, after a failed attempt, then by hand) keeps it.
+    let first = leased.iter().find(|l| l.job.id == jobs[0].id).unwrap();
+    store
+        .job_fail(fail_params(first, "boom", now))
+        .await
+        .unwrap();
+    let batch = MaintenanceBatch {
+        now: now + ms(60_000),
+        limit: 10,
+    };
+    assert_eq!(store.jobs_schedule(batch).await.unwrap().moved, 1);
+    let again = fetch(&store, "default", 1, now + ms(60_000)).await;
+    assert_eq!(again[0].job.id, jobs[0].id);
+    assert_eq!(again[0].job.attempt, 2);
+    assert_eq!(trace(&again[0].job), both);
+    let dead = JobFail {
+        retry: false,
+        ..fail_params(&again[0], "for good", now + ms(60_000))
+    };
+    store.job_fail(dead).await.unwrap();
+    store
+        .job_retry(JobRetry {
+            id: jobs[0].id,
+            args: None,
+            now: now + ms(61_000),
+        })
+        .await
+        .unwrap();
+    assert_eq!(trace(&get(&store, jobs[0].id).await), both);
 }

@@ -107,6 +107,7 @@ impl PushEndpoint {
             queue: request.queue,
             progress: watch::channel(None).0,
             cancel,
+            traceparent: None,
         };
         match AssertUnwindSafe(handler.run(request.args, ctx))
             .catch_unwind()
