@@ -138,6 +138,9 @@ pub struct Job {
     /// enqueued otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleRef>,
+    /// The batch this job belongs to; absent for jobs outside batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<crate::BatchId>,
 }
 
 /// A field of a [`Job`] that a job list may shorten (see [`Job::cut`]).
