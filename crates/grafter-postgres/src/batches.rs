@@ -34,7 +34,8 @@ fn batch_from_row(row: &Row) -> Result<Batch> {
         .parse()
         .map_err(|e| StoreError::Backend(format!("reading a batch row: {e}")))?;
     let total = get_i64(3)?;
-    let (completed, dead, cancelled, expired) = (get_i64(4)?, get_i64(5)?, get_i64(6)?, get_i64(7)?);
+    let (completed, dead, cancelled, expired) =
+        (get_i64(4)?, get_i64(5)?, get_i64(6)?, get_i64(7)?);
     // The stored callbacks carry their args_bytes for the trigger's insert.
     let callback = |i: usize| -> Result<Option<NewJob>> {
         let value: Option<Value> = opt_json(row, i)?;
@@ -150,7 +151,8 @@ async fn insert_into(
 
 impl Db {
     pub(crate) async fn batch_create(&self, params: &BatchCreate) -> Result<BatchWithJobs> {
-        const SQL: &str = "INSERT INTO batches (open, on_success, on_complete, on_failure, created_at)
+        const SQL: &str =
+            "INSERT INTO batches (open, on_success, on_complete, on_failure, created_at)
             VALUES (true, $1, $2, $3, $4) RETURNING id";
         let callbacks = &params.callbacks;
         let on_success = stored_callback(callbacks.on_success.as_ref())?;
@@ -160,7 +162,10 @@ impl Db {
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
         let row = tx
-            .query_one(&stmt, &[&on_success, &on_complete, &on_failure, &params.now])
+            .query_one(
+                &stmt,
+                &[&on_success, &on_complete, &on_failure, &params.now],
+            )
             .await
             .map_err(pg_error)?;
         let id = BatchId(row.get(0));
@@ -212,7 +217,12 @@ impl Db {
         if batch.finished_at.is_some() {
             return Err(closed(&batch, "a finished batch cannot be cancelled"));
         }
-        for (sql, with_now) in [(FLAG, false), (WAITING, true), (RUNNING, false), (SETTLE, false)] {
+        for (sql, with_now) in [
+            (FLAG, false),
+            (WAITING, true),
+            (RUNNING, false),
+            (SETTLE, false),
+        ] {
             let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
             if with_now {
                 tx.execute(&stmt, &[&batch.id.0, &params.now]).await
@@ -245,7 +255,10 @@ impl Db {
         let rows = client
             .query(
                 &stmt,
-                &[&params.before.map_or(i64::MAX, |b| b.0), &limit(params.limit)],
+                &[
+                    &params.before.map_or(i64::MAX, |b| b.0),
+                    &limit(params.limit),
+                ],
             )
             .await
             .map_err(pg_error)?;

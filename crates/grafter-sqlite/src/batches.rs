@@ -64,9 +64,11 @@ fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<Batch> {
 }
 
 pub fn batch_get(conn: &Connection, id: BatchId) -> Result<Option<Batch>> {
-    conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"))
-        .and_then(|mut stmt| stmt.query_row([id.0], batch_from_row).optional())
-        .map_err(backend)
+    conn.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"
+    ))
+    .and_then(|mut stmt| stmt.query_row([id.0], batch_from_row).optional())
+    .map_err(backend)
 }
 
 fn batch_require(conn: &Connection, id: BatchId) -> Result<Batch> {

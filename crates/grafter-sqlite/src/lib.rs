@@ -384,7 +384,9 @@ impl Store for SqliteStore {
     }
 
     async fn batch_get(&self, id: BatchId) -> Result<Option<Batch>> {
-        self.readers.run(move |conn| batches::batch_get(conn, id)).await
+        self.readers
+            .run(move |conn| batches::batch_get(conn, id))
+            .await
     }
 
     async fn batches_list(&self, params: BatchesList) -> Result<Vec<Batch>> {

@@ -154,7 +154,10 @@ pub async fn batch_counts_follow_each_move_and_settle_once(store: S) {
         .unwrap();
     let b = batch(&store, id).await;
     assert_eq!(b.state, BatchState::CompletedWithFailures);
-    assert_eq!((b.counts.completed, b.counts.dead, b.counts.pending), (2, 2, 0));
+    assert_eq!(
+        (b.counts.completed, b.counts.dead, b.counts.pending),
+        (2, 2, 0)
+    );
     assert_eq!(b.progress, 1.0);
     assert_eq!(callback_kinds(&store).await, ["on_complete", "on_failure"]);
 
@@ -217,7 +220,10 @@ pub async fn a_job_adding_to_its_open_batch_and_finishing_first_fires_nothing_ea
             now,
         })
         .await;
-    assert!(matches!(refused, Err(StoreError::BatchClosed { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::BatchClosed { .. })),
+        "{refused:?}"
+    );
     store.batch_seal(BatchChange { id, now }).await.unwrap();
     assert_eq!(callback_kinds(&store).await.len(), 2);
     assert!(matches!(
@@ -242,7 +248,10 @@ pub async fn concurrent_last_completions_enqueue_one_callback(store: S) {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        assert_eq!(batch(&store, created.batch.id).await.state, BatchState::Succeeded);
+        assert_eq!(
+            batch(&store, created.batch.id).await.state,
+            BatchState::Succeeded
+        );
     }
     let kinds = callback_kinds(&store).await;
     assert_eq!(kinds.iter().filter(|k| *k == "on_success").count(), 5);
@@ -271,7 +280,10 @@ pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store
     assert!(b.finished_at.is_some());
     assert_eq!(callback_kinds(&store).await, ["on_complete"]);
     let again = store.batch_cancel(BatchChange { id, now }).await;
-    assert!(matches!(again, Err(StoreError::BatchClosed { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(StoreError::BatchClosed { .. })),
+        "{again:?}"
+    );
     assert!(matches!(
         store
             .batch_cancel(BatchChange {
@@ -291,7 +303,10 @@ pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store
         .await
         .unwrap();
     let b = batch(&store, other.batch.id).await;
-    assert_eq!((b.state, b.counts.cancelled), (BatchState::CompletedWithFailures, 1));
+    assert_eq!(
+        (b.state, b.counts.cancelled),
+        (BatchState::CompletedWithFailures, 1)
+    );
 }
 
 pub async fn a_ten_thousand_job_fan_in_counts_exactly(store: S) {
@@ -370,7 +385,11 @@ pub async fn pruning_keeps_unfinished_batches_and_takes_finished_ones_whole(stor
     assert!(store.job_get(finished.jobs[0].id).await.unwrap().is_none());
     let kept = batch(&store, unfinished.batch.id).await;
     assert_eq!((kept.counts.total, kept.counts.completed), (2, 1));
-    assert!(store.job_get(unfinished.jobs[0].id).await.unwrap().is_some());
+    assert!(store
+        .job_get(unfinished.jobs[0].id)
+        .await
+        .unwrap()
+        .is_some());
     let listed = store
         .batches_list(BatchesList {
             before: None,
