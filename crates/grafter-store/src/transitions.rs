@@ -130,6 +130,7 @@ mod tests {
             partition: None,
             cut: Vec::new(),
             schedule: None,
+            batch_id: None,
         }
     }
 

@@ -70,6 +70,7 @@ fn running(
         partition: None,
         cut: Vec::new(),
         schedule: None,
+        batch_id: None,
     }
 }
 
