@@ -201,13 +201,29 @@ impl Db {
     }
 
     pub(crate) async fn batch_cancel(&self, params: &BatchChange) -> Result<Batch> {
-        // Flag first, so the settling that the last cancelled job may cause
-        // names the batch cancelled; then as job_cancel (jobs.rs) for all of
-        // its jobs at once.
+        // The waiting jobs are cancelled as job_cancel (jobs.rs) does, all at
+        // once and counted by the statement itself in one write of the
+        // batch's row (the trigger stands aside: see grafter.batch_counted in
+        // migration 15); the batch is flagged cancelled, so its settling
+        // names it so, and settled once.
         const FLAG: &str =
             "UPDATE batches SET cancelled = true, open = false, state = 'cancelled' WHERE id = $1";
-        const WAITING: &str = "UPDATE jobs SET state = 'cancelled', finished_at = $2
-            WHERE batch_id = $1 AND state IN ('scheduled', 'available', 'retryable')";
+        const COUNTED: &str = "SET LOCAL grafter.batch_counted = 'on'";
+        const WAITING: &str = "
+            WITH waiting AS (
+                SELECT id, grafter_batch_share(state, progress) AS share FROM jobs
+                WHERE batch_id = $1 AND state IN ('scheduled', 'available', 'retryable')
+                FOR UPDATE
+            ), moved AS (
+                UPDATE jobs SET state = 'cancelled', finished_at = $2
+                FROM waiting WHERE jobs.id = waiting.id
+                RETURNING waiting.share
+            )
+            UPDATE batches SET
+                cancelled_jobs = cancelled_jobs + (SELECT count(*) FROM moved),
+                progress = progress + (SELECT coalesce(sum(1000000 - share), 0) FROM moved)::bigint
+            WHERE id = $1";
+        const UNCOUNTED: &str = "SET LOCAL grafter.batch_counted = 'off'";
         const RUNNING: &str = "UPDATE jobs SET cancel_requested = true
             WHERE batch_id = $1 AND state = 'running'";
         const SETTLE: &str = "SELECT grafter_batch_settle($1)";
@@ -217,19 +233,15 @@ impl Db {
         if batch.finished_at.is_some() {
             return Err(closed(&batch, "a finished batch cannot be cancelled"));
         }
-        for (sql, with_now) in [
-            (FLAG, false),
-            (WAITING, true),
-            (RUNNING, false),
-            (SETTLE, false),
-        ] {
-            let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
-            if with_now {
-                tx.execute(&stmt, &[&batch.id.0, &params.now]).await
-            } else {
-                tx.execute(&stmt, &[&batch.id.0]).await
-            }
+        tx.batch_execute(COUNTED).await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(WAITING).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&batch.id.0, &params.now])
+            .await
             .map_err(pg_error)?;
+        tx.batch_execute(UNCOUNTED).await.map_err(pg_error)?;
+        for sql in [FLAG, RUNNING, SETTLE] {
+            let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
+            tx.execute(&stmt, &[&batch.id.0]).await.map_err(pg_error)?;
         }
         let batch = batch_get_on(&tx, batch.id, false).await?;
         tx.commit().await.map_err(pg_error)?;

@@ -266,6 +266,8 @@ pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store
     let b = store.batch_cancel(BatchChange { id, now }).await.unwrap();
     assert_eq!((b.state, b.open), (BatchState::Cancelled, false));
     assert_eq!((b.counts.cancelled, b.counts.pending), (2, 1));
+    // Counted once each, progress with them.
+    assert_eq!(b.progress, 2.0 / 3.0);
     let running = get(&store, leased[0].job.id).await;
     assert_eq!(running.state, JobState::Running);
     assert!(running.cancel_requested);
@@ -277,6 +279,7 @@ pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store
         .unwrap();
     let b = batch(&store, id).await;
     assert_eq!(b.state, BatchState::Cancelled);
+    assert_eq!((b.counts.cancelled, b.counts.completed, b.progress), (2, 1, 1.0));
     assert!(b.finished_at.is_some());
     assert_eq!(callback_kinds(&store).await, ["on_complete"]);
     let again = store.batch_cancel(BatchChange { id, now }).await;
