@@ -279,7 +279,10 @@ pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store
         .unwrap();
     let b = batch(&store, id).await;
     assert_eq!(b.state, BatchState::Cancelled);
-    assert_eq!((b.counts.cancelled, b.counts.completed, b.progress), (2, 1, 1.0));
+    assert_eq!(
+        (b.counts.cancelled, b.counts.completed, b.progress),
+        (2, 1, 1.0)
+    );
     assert!(b.finished_at.is_some());
     assert_eq!(callback_kinds(&store).await, ["on_complete"]);
     let again = store.batch_cancel(BatchChange { id, now }).await;
