@@ -118,6 +118,7 @@ macro_rules! conformance_suite {
             cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones,
             a_ten_thousand_job_fan_in_counts_exactly,
             pruning_keeps_unfinished_batches_and_takes_finished_ones_whole,
+            a_worker_lost_mid_batch_still_finishes_it_right,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -408,3 +408,49 @@ pub async fn pruning_keeps_unfinished_batches_and_takes_finished_ones_whole(stor
         [unfinished.batch.id]
     );
 }
+
+pub async fn a_worker_lost_mid_batch_still_finishes_it_right(store: S) {
+    let now = t0();
+    let once = |i: i64| NewJob {
+        queue: "lost".into(),
+        max_attempts: if i == 0 { 1 } else { 2 },
+        ..NewJob::new("part", json!({ "i": i }))
+    };
+    let created = create(&store, (0..2).map(once).collect(), false, now).await;
+    let id = created.batch.id;
+    // The worker holding both dies: their leases run out and are rescued,
+    // one retried (a second attempt), one out of attempts (dead).
+    fetch(&store, "lost", 2, now).await;
+    let later = now + ms(60_000);
+    let rescued = store
+        .jobs_rescue_expired(grafter_store::JobsRescue {
+            now: later,
+            limit: 100,
+            backoff: no_jitter(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rescued, 2);
+    let b = batch(&store, id).await;
+    assert_eq!(
+        (b.counts.dead, b.counts.pending, b.state),
+        (1, 1, BatchState::Running)
+    );
+    assert_eq!(callback_kinds(&store).await, ["on_failure"]);
+    // The retry runs to completion on another worker: the batch settles once.
+    store
+        .jobs_schedule(grafter_store::MaintenanceBatch {
+            now: later + ms(3_600_000),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    complete_all(&store, "lost", later + ms(3_600_000)).await;
+    let b = batch(&store, id).await;
+    assert_eq!(b.state, BatchState::CompletedWithFailures);
+    assert_eq!(
+        (b.counts.completed, b.counts.dead, b.counts.pending),
+        (1, 1, 0)
+    );
+    assert_eq!(callback_kinds(&store).await, ["on_complete", "on_failure"]);
+}
