@@ -58,6 +58,46 @@ class ClientTest < Minitest::Test
     assert_empty client.jobs(queue: queue)["jobs"]
   end
 
+  def test_a_batch_settles_once_and_enqueues_its_callbacks
+    queue = unique("parts")
+    done = unique("done")
+    created = client.create_batch(jobs: [{ kind: "part", queue: queue }], open: true,
+                                  on_success: { kind: "all_done", queue: done, args: { report: 1 } })
+    id = created.dig("batch", "id")
+    assert_equal ["running", 1], [created.dig("batch", "state"), created.dig("batch", "counts", "total")]
+    assert_equal id, created["jobs"].first["batch_id"]
+    added = client.add_to_batch(id, [{ kind: "part", queue: queue }])
+    assert_equal 2, added.dig("batch", "counts", "total")
+    assert_equal 2, client.jobs(queue: queue)["jobs"].count { |j| j["batch_id"] == id }
+
+    2.times do
+      leased = client.fetch(queues: [queue], max: 1)
+      job = leased.first
+      client.ack(job["id"], lease: job["lease"])
+    end
+    assert_equal "running", client.batch(id)["state"], "an open batch waits for its seal"
+    assert_empty client.jobs(queue: done)["jobs"]
+    sealed = client.seal_batch(id)
+    assert_equal ["succeeded", 1.0, ["on_success"]], sealed.values_at("state", "progress", "callbacks_enqueued")
+    assert_equal [{ "report" => 1 }], client.jobs(queue: done)["jobs"].map { |j| j["args"] }
+    assert_includes client.batches(limit: 10)["batches"].map { |b| b["id"] }, id
+
+    error = assert_raises(Grafter::ApiError) { client.cancel_batch(id) }
+    assert_equal [409, "batch_closed"], [error.status, error.code]
+    error = assert_raises(Grafter::ApiError) { client.add_to_batch(id, [{ kind: "late" }]) }
+    assert_equal [409, "batch_closed"], [error.status, error.code]
+    error = assert_raises(Grafter::ApiError) { client.batch(987_654_321) }
+    assert_equal [404, "not_found"], [error.status, error.code]
+  end
+
+  def test_cancelling_a_batch_cancels_its_waiting_jobs
+    queue = unique("cancel")
+    id = client.create_batch(jobs: [{ kind: "a", queue: queue }, { kind: "b", queue: queue }]).dig("batch", "id")
+    cancelled = client.cancel_batch(id)
+    assert_equal ["cancelled", 2], [cancelled["state"], cancelled.dig("counts", "cancelled")]
+    assert(client.jobs(queue: queue)["jobs"].all? { |j| j["state"] == "cancelled" })
+  end
+
   def test_a_bad_field_raises_with_code_and_field
     error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "x", max_atempts: 3) }
     assert_equal [422, "invalid_field", "max_atempts"], [error.status, error.code, error.field]

@@ -1,5 +1,6 @@
 //! `grafter`: run the server, enqueue and manage jobs from a shell.
 
+mod batches;
 mod bench;
 mod client;
 mod jobs;
@@ -35,6 +36,8 @@ enum Command {
     Queues(jobs::QueuesArgs),
     /// List, show, put, delete, pause, resume or trigger schedules (periodic jobs).
     Schedules(schedules::SchedulesArgs),
+    /// List or show batches, or seal or cancel one.
+    Batches(batches::BatchesArgs),
     /// Version, store, schema, queues, workers, leader and maintenance health.
     Info(ops::InfoArgs),
     /// Delete finished jobs older than an age (or count them with --dry-run).
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Command::Jobs(command) => jobs::jobs(command).await,
             Command::Queues(args) => jobs::queues(args).await,
             Command::Schedules(args) => schedules::schedules(args).await,
+            Command::Batches(args) => batches::batches(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Info(args) => ops::info(args).await,
             Command::Cleanup(args) => ops::cleanup(args).await,

@@ -213,3 +213,25 @@ fn burndown_on_postgres_uses_a_schema_of_its_own_and_drops_it() {
     });
     assert_eq!(left, 0, "schema {schema} is dropped");
 }
+
+#[test]
+fn burndown_in_one_batch_counts_every_job_in_it() {
+    for mode in ["inprocess", "http"] {
+        let (line, output) = bench_with_output(&[
+            "--mode",
+            mode,
+            "--in-batch",
+            "--jobs",
+            "300",
+            "--batch",
+            "100",
+            "--concurrency",
+            "20",
+        ]);
+        assert_eq!(line["jobs"], 300);
+        assert!(
+            output.contains("succeeded, 300 completed"),
+            "the batch is checked and reported:\n{output}"
+        );
+    }
+}

@@ -145,6 +145,9 @@ pub struct Job {
     /// Vendors' trace state that came with `traceparent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
+    /// The batch this job belongs to; absent for jobs outside batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<crate::BatchId>,
 }
 
 /// A field of a [`Job`] that a job list may shorten (see [`Job::cut`]).

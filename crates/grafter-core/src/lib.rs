@@ -5,6 +5,7 @@
 //! Everything above this crate (stores, server, library, CLI) speaks these types.
 
 mod backoff;
+pub mod batch;
 mod display;
 mod job;
 pub mod limits;
@@ -17,6 +18,7 @@ pub mod trace;
 mod worker;
 
 pub use backoff::Backoff;
+pub use batch::{Batch, BatchCallbacks, BatchCounts, BatchId, BatchState};
 pub use display::group_thousands;
 pub use job::{
     validate_name, AttemptError, CutField, Job, JobId, LeasedJob, NewJob, Progress,

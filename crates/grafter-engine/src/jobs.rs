@@ -333,6 +333,7 @@ impl Engine {
             }
         };
         self.announce_freed(Some(&job.queue));
+        self.batch_job_finished(&job).await;
         Ok(job)
     }
 

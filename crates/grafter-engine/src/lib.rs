@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batches;
 mod cleanup;
 mod clock;
 mod config;
@@ -35,6 +36,7 @@ pub mod push;
 mod schedules;
 mod wait;
 
+pub use batches::{NewBatch, MAX_BATCH_LIST};
 pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;
 pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};

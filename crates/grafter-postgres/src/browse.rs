@@ -76,6 +76,8 @@ fn direction(order: Order) -> (&'static str, &'static str) {
 enum Cond {
     /// A value, bound as a parameter.
     Value(String),
+    /// A number, bound as a parameter.
+    Number(i64),
     /// A column of an enclosing query (the queue of a per-queue range).
     Column(&'static str),
     /// A state, written as a literal so the planner can tell which partial
@@ -98,6 +100,7 @@ fn range(
     for (column, cond) in conds {
         match cond {
             Cond::Value(value) => sql.push(&format!(" AND {column} = ")).bind(value.clone()),
+            Cond::Number(value) => sql.push(&format!(" AND {column} = ")).bind(*value),
             Cond::Column(other) => sql.push(&format!(" AND {column} = {other}")),
             Cond::State(state) => sql.push(&format!(" AND {column} = '{}'", state.as_str())),
         };
@@ -136,6 +139,17 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
             "id",
             "jobs",
             &[("schedule_id", Cond::Value(schedule.clone()))],
+            params,
+            limit,
+        );
+        return;
+    }
+    if let Some(batch) = params.batch {
+        range(
+            sql,
+            "id",
+            "jobs",
+            &[("batch_id", Cond::Number(batch.0))],
             params,
             limit,
         );
@@ -226,6 +240,10 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &IndexedFilters) -> Resu
     }
     if let (Some(schedule), false) = (&params.schedule, driven.schedule) {
         sql.push(" AND schedule_id = ").bind(schedule.clone());
+        any = true;
+    }
+    if let (Some(batch), false) = (params.batch, driven.batch) {
+        sql.push(" AND batch_id = ").bind(batch.0);
         any = true;
     }
     if let Some(args) = &params.args {

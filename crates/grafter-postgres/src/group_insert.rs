@@ -116,5 +116,5 @@ async fn run_group(pool: &Pool, group: Vec<Request>) {
 
 async fn insert(pool: &Pool, jobs: &[NewJob], nows: &[Timestamp]) -> Result<Vec<Job>> {
     let client = pool.get().await.map_err(pool_error)?;
-    insert_unkeyed(&client, jobs, nows).await
+    insert_unkeyed(&client, jobs, nows, None).await
 }

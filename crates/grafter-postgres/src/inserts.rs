@@ -4,7 +4,7 @@
 //! take no `Db`, so `group_insert.rs` can run them without a cycle (the entry
 //! that chooses the group is `Db::jobs_insert_many`, in `db.rs`).
 
-use grafter_core::{Job, JobState, NewJob, Timestamp};
+use grafter_core::{BatchId, Job, JobState, NewJob, Timestamp};
 use grafter_store::{Inserted, Result, StoreError};
 use tokio_postgres::types::Json;
 
@@ -50,7 +50,7 @@ pub(crate) async fn insert_jobs(
             rest = &rest[1..];
         } else {
             let run = rest.iter().take_while(|j| j.unique_key.is_none()).count();
-            let jobs = insert_unkeyed(client, &rest[..run], &vec![now; run]).await?;
+            let jobs = insert_unkeyed(client, &rest[..run], &vec![now; run], None).await?;
             out.extend(jobs.into_iter().map(created));
             rest = &rest[run..];
         }
@@ -106,6 +106,7 @@ pub(crate) async fn insert_unkeyed(
     client: &impl Conn,
     jobs: &[NewJob],
     nows: &[Timestamp],
+    batch: Option<BatchId>,
 ) -> Result<Vec<Job>> {
     const SQL: &str = concat!(
         "WITH input AS (
@@ -121,12 +122,12 @@ pub(crate) async fn insert_unkeyed(
         )
         INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                           timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id,
-                          schedule_slot, partition, traceparent, tracestate)
+                          schedule_slot, partition, traceparent, tracestate, batch_id)
         SELECT queue, kind, args, priority, state, run_at, max_attempts,
                ARRAY(SELECT t FROM jsonb_array_elements_text(tags) WITH ORDINALITY AS e(t, n)
                      ORDER BY n),
                timeout_ms, expires_at, backoff, created_at, args_bytes, schedule_id, schedule_slot,
-               partition, traceparent, tracestate
+               partition, traceparent, tracestate, $19::bigint
         FROM input
         ORDER BY ord
         RETURNING ",
@@ -199,6 +200,7 @@ pub(crate) async fn insert_unkeyed(
                 &partitions,
                 &traceparents,
                 &tracestates,
+                &batch.map(|b| b.0),
             ],
         )
         .await?;

@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batches;
 mod browse;
 mod conn;
 mod db;
@@ -58,7 +59,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
+use grafter_core::{Batch, BatchId, Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
     AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
     JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
@@ -68,7 +69,10 @@ use grafter_store::{
     SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo, ThroughputRange,
     Wakeups, WorkerBeat, WorkersPrune,
 };
-use grafter_store::{JobEvent, JobEventsList, WatchedJob};
+use grafter_store::{
+    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, JobEvent,
+    JobEventsList, WatchedJob,
+};
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -449,6 +453,34 @@ impl Store for PostgresStore {
 
     async fn jobs_prune(&self, params: JobsPrune) -> Result<u64> {
         self.db.jobs_prune(&params).await
+    }
+
+    async fn batch_create(&self, params: BatchCreate) -> Result<BatchWithJobs> {
+        self.db.batch_create(&params).await
+    }
+
+    async fn batch_add(&self, params: BatchAdd) -> Result<BatchWithJobs> {
+        self.db.batch_add(&params).await
+    }
+
+    async fn batch_seal(&self, params: BatchChange) -> Result<Batch> {
+        self.db.batch_seal(&params).await
+    }
+
+    async fn batch_cancel(&self, params: BatchChange) -> Result<Batch> {
+        self.db.batch_cancel(&params).await
+    }
+
+    async fn batch_get(&self, id: BatchId) -> Result<Option<Batch>> {
+        self.db.batch_get(id).await
+    }
+
+    async fn batches_list(&self, params: BatchesList) -> Result<Vec<Batch>> {
+        self.db.batches_list(&params).await
+    }
+
+    async fn batches_prune(&self, params: BatchesPrune) -> Result<u64> {
+        self.db.batches_prune(&params).await
     }
 
     async fn queues_list(&self) -> Result<Vec<QueueInfo>> {

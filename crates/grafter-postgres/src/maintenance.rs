@@ -135,7 +135,8 @@ impl Db {
             SELECT count(*) FROM jobs
             WHERE state IN ('completed', 'dead', 'cancelled', 'expired')
               AND state = ANY($1::text[])
-              AND finished_at < $2";
+              AND finished_at < $2
+              AND batch_id IS NULL";
         let states = finished_states(params);
         if states.is_empty() {
             return Ok(0);
@@ -156,6 +157,7 @@ impl Db {
                          WHERE state IN ('completed', 'dead', 'cancelled', 'expired')
                            AND state = ANY($1::text[])
                            AND finished_at < $2
+                           AND batch_id IS NULL  -- they go with their batch (batches.rs)
                          ORDER BY finished_at
                          LIMIT $3
                          FOR UPDATE SKIP LOCKED)";

@@ -1,7 +1,7 @@
 //! Mapping between `jobs` rows and [`Job`], and the values statements bind:
 //! JSON and counts.
 
-use grafter_core::{AttemptError, Job, JobId, JobState, ScheduleRef};
+use grafter_core::{AttemptError, BatchId, Job, JobId, JobState, ScheduleRef};
 use grafter_store::preview::{json_len, Preview, Read, PREVIEW_BYTES, PREVIEW_READ_CHARS};
 use grafter_store::{Result, StoreError};
 use serde_json::Value;
@@ -20,13 +20,14 @@ macro_rules! job_columns {
          jobs.attempt, jobs.max_attempts, jobs.errors, jobs.progress, jobs.result, jobs.tags, \
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, jobs.cancel_requested, \
          jobs.worker_id, jobs.lease_expires_at, jobs.created_at, jobs.attempted_at, jobs.finished_at, \
-         jobs.schedule_id, jobs.schedule_slot, jobs.partition, jobs.traceparent, jobs.tracestate"
+         jobs.schedule_id, jobs.schedule_slot, jobs.partition, jobs.traceparent, jobs.tracestate, \
+         jobs.batch_id"
     };
 }
 pub(crate) use job_columns;
 
 /// Index of the first column after [`job_columns!`].
-pub(crate) const AFTER_JOB_COLUMNS: usize = 28;
+pub(crate) const AFTER_JOB_COLUMNS: usize = 29;
 
 /// The length of a job's args as compact JSON text, as `args_bytes` keeps it
 /// (migration 9): what a fetch's byte budget and a list's cut count.
@@ -60,7 +61,7 @@ pub(crate) fn list_columns() -> String {
          jobs.unique_key, jobs.timeout_ms, jobs.expires_at, jobs.backoff, \
          jobs.cancel_requested, jobs.worker_id, jobs.lease_expires_at, jobs.created_at, \
          jobs.attempted_at, jobs.finished_at, jobs.schedule_id, jobs.schedule_slot, \
-         jobs.partition, jobs.traceparent, jobs.tracestate, \
+         jobs.partition, jobs.traceparent, jobs.tracestate, jobs.batch_id, \
          {args_whole}, jsonb_array_length(jobs.errors)"
     )
 }
@@ -142,6 +143,10 @@ fn job_with(row: &Row, large: Preview) -> Result<Job> {
         schedule,
         traceparent: row.try_get(26).map_err(pg_error)?,
         tracestate: row.try_get(27).map_err(pg_error)?,
+        batch_id: row
+            .try_get::<_, Option<i64>>(28)
+            .map_err(pg_error)?
+            .map(BatchId),
     })
 }
 

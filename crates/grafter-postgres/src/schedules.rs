@@ -255,7 +255,7 @@ impl Db {
         }
         if !inserting.is_empty() {
             let jobs: Vec<NewJob> = inserting.iter().map(|(_, job)| job.clone()).collect();
-            let inserted = insert_unkeyed(&tx, &jobs, &vec![params.now; jobs.len()]).await?;
+            let inserted = insert_unkeyed(&tx, &jobs, &vec![params.now; jobs.len()], None).await?;
             let mut last_jobs: HashMap<&str, i64> = HashMap::new();
             for ((i, _), job) in inserting.iter().zip(inserted) {
                 last_jobs.insert(firings[*i].id.as_str(), job.id.0);

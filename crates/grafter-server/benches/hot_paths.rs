@@ -54,6 +54,7 @@ fn leased_job() -> LeasedJob {
             schedule: None,
             traceparent: None,
             tracestate: None,
+            batch_id: None,
         },
         lease: "5f0c2d9e8a7b6c5d4e3f2a1b0c9d8e7f".into(),
     }

@@ -172,7 +172,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
-            StoreError::NotFound(_) => ApiError::not_found(message),
+            StoreError::NotFound(_) | StoreError::BatchNotFound(_) => ApiError::not_found(message),
+            StoreError::BatchClosed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "batch_closed", message)
+            }
             StoreError::LeaseMismatch { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "lease_mismatch", message)
             }

@@ -128,6 +128,23 @@ impl<S: Send + Sync> FromRequestParts<S> for PathJobId {
     }
 }
 
+/// The `{id}` path segment as a batch id; anything else is a 404.
+pub struct PathBatchId(pub grafter_core::BatchId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathBatchId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::not_found(e.to_string()))?;
+        raw.parse::<i64>()
+            .map(|id| PathBatchId(grafter_core::BatchId(id)))
+            .map_err(|_| ApiError::not_found(format!("no batch with id '{raw}': ids are integers")))
+    }
+}
+
 /// Query-string extractor answering 422 with our JSON.
 pub struct ApiQuery<T>(pub T);
 

@@ -78,6 +78,14 @@ pub fn router(state: AppState) -> Router {
         .route("/schedules/{id}/resume", post(api::schedules::resume))
         .route("/schedules/{id}/trigger", post(api::schedules::trigger))
         .route("/schedules/{id}/preview", get(api::schedules::preview))
+        .route(
+            "/batches",
+            post(api::batches::create).get(api::batches::list),
+        )
+        .route("/batches/{id}", get(api::batches::show))
+        .route("/batches/{id}/jobs", post(api::batches::add))
+        .route("/batches/{id}/seal", post(api::batches::seal))
+        .route("/batches/{id}/cancel", post(api::batches::cancel))
         .route("/stream-tokens", post(api::events::mint_stream_token))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -18,6 +18,8 @@ use crate::api;
         api::schedules::put, api::schedules::list, api::schedules::show, api::schedules::delete,
         api::schedules::pause, api::schedules::resume, api::schedules::trigger,
         api::schedules::preview,
+        api::batches::create, api::batches::add, api::batches::seal, api::batches::cancel,
+        api::batches::show, api::batches::list,
         api::events::job_events, api::events::mint_stream_token,
         api::ops::info, api::ops::cleanup,
         api::health::livez, api::health::readyz, api::health::metrics,

@@ -1908,3 +1908,210 @@ async fn a_malformed_trace_context_is_ignored_never_refused() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "job.traceparent", "{body}");
 }
+
+/// A batch's whole life through the API: create with callbacks, its jobs
+/// listed by batch and carrying `batch_id`, progress and counts as they run,
+/// the callbacks enqueued once when it settles.
+async fn a_batch_runs_to_success_and_enqueues_its_callbacks(api: &Api) {
+    let (status, created) = api
+        .post(
+            "/v1/batches",
+            json!({
+                "jobs": [{"kind": "part", "queue": "parts", "args": {"i": 1}},
+                         {"kind": "part", "queue": "parts", "args": {"i": 2}}],
+                "on_success": {"kind": "all_done", "queue": "callbacks"},
+                "on_complete": {"kind": "finished", "queue": "callbacks"},
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let batch = &created["batch"];
+    let id = batch["id"].as_i64().unwrap();
+    assert_eq!(batch["state"], "running");
+    assert_eq!(batch["open"], false);
+    assert_eq!(batch["counts"]["total"], 2);
+    assert_eq!(batch["counts"]["pending"], 2);
+    assert_eq!(batch["progress"], 0.0);
+    assert_eq!(batch["on_success"]["kind"], "all_done");
+    assert_eq!(created["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(created["jobs"][0]["batch_id"], id);
+    let (_, listed) = api.get(&format!("/v1/jobs?batch={id}")).await;
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 2, "{listed}");
+
+    for _ in 0..2 {
+        let leased = api.fetch_one("parts").await;
+        assert_eq!(leased["batch_id"], id);
+        let (status, body) = api
+            .post(
+                &format!("/v1/jobs/{}/ack", leased["id"]),
+                json!({"lease": leased["lease"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, shown) = api.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["state"], "succeeded");
+    assert_eq!(shown["counts"]["completed"], 2);
+    assert_eq!(shown["progress"], 1.0);
+    assert_eq!(
+        shown["callbacks_enqueued"],
+        json!(["on_success", "on_complete"])
+    );
+    let (_, callbacks) = api.get("/v1/jobs?queue=callbacks&order=asc").await;
+    let kinds: Vec<&str> = callbacks["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["all_done", "finished"]);
+    let (_, page) = api.get("/v1/batches").await;
+    assert_eq!(page["batches"][0]["id"], id, "{page}");
+}
+
+#[tokio::test]
+async fn a_batch_runs_to_success_on_sqlite() {
+    a_batch_runs_to_success_and_enqueues_its_callbacks(&api().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_to_success_on_postgres() {
+    let Some(api) = postgres_api().await else {
+        return;
+    };
+    a_batch_runs_to_success_and_enqueues_its_callbacks(&api).await;
+}
+
+#[tokio::test]
+async fn open_batches_take_jobs_until_sealed_and_cancel_stops_them() {
+    let api = api().await;
+    let (status, created) = api
+        .post("/v1/batches", json!({"jobs": [], "open": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["batch"]["id"].as_i64().unwrap();
+    assert_eq!(created["batch"]["state"], "running");
+    let (status, added) = api
+        .post(
+            &format!("/v1/batches/{id}/jobs"),
+            json!({"jobs": [{"kind": "a"}, {"kind": "b"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    assert_eq!(added["batch"]["counts"]["total"], 2);
+    assert_eq!(added["jobs"][1]["batch_id"], id);
+    let running = api.fetch_one("default").await;
+
+    let (status, cancelled) = api
+        .post(&format!("/v1/batches/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["open"], false);
+    assert_eq!(cancelled["counts"]["cancelled"], 1);
+    let (_, job) = api.get(&format!("/v1/jobs/{}", running["id"])).await;
+    assert_eq!(job["cancel_requested"], true);
+    assert_error(
+        &api.post(
+            &format!("/v1/batches/{id}/jobs"),
+            json!({"jobs": [{"kind": "c"}]}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "batch_closed",
+    );
+    // Sealing again is harmless; the running job's end settles it.
+    let (status, _) = api.post(&format!("/v1/batches/{id}/seal"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .post(
+            &format!("/v1/jobs/{}/fail", running["id"]),
+            json!({"lease": running["lease"], "error": "stopped"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = api.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(shown["state"], "cancelled");
+    assert!(shown["finished_at"].is_string(), "{shown}");
+    assert_error(
+        &api.post(&format!("/v1/batches/{id}/cancel"), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "batch_closed",
+    );
+}
+
+#[tokio::test]
+async fn bad_batch_requests_get_json_errors() {
+    let api = api().await;
+    for (body, field) in [
+        (json!({"jobs": [{"kind": ""}]}), "jobs[0].kind"),
+        (
+            json!({"jobs": [{"kind": "a", "unique_key": "k"}]}),
+            "jobs[0].unique_key",
+        ),
+        (
+            json!({"on_success": {"kind": "a", "run_at": "2030-01-01T00:00:00Z"}}),
+            "on_success.run_at",
+        ),
+        (
+            json!({"on_failure": {"kind": "a", "unique_key": "k"}}),
+            "on_failure.unique_key",
+        ),
+        (
+            json!({"on_complete": {"kind": "a", "queue": " q"}}),
+            "on_complete.queue",
+        ),
+    ] {
+        let answer = api.post("/v1/batches", body.clone()).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert!(
+            answer.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{body}: {}",
+            answer.1
+        );
+    }
+    let unknown = api.post("/v1/batches", json!({"jobz": []})).await;
+    assert!(unknown.0.is_client_error(), "{}", unknown.1);
+    let too_many: Vec<Value> = (0..10_001).map(|_| json!({"kind": "a"})).collect();
+    assert_error(
+        &api.post("/v1/batches", json!({"jobs": too_many})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_error(
+        &api.post("/v1/batches/1/jobs", json!({"jobs": []})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    for uri in ["/v1/batches/99", "/v1/batches/nope"] {
+        assert_error(&api.get(uri).await, StatusCode::NOT_FOUND, "not_found");
+    }
+    for uri in ["/v1/batches/99/seal", "/v1/batches/99/cancel"] {
+        assert_error(
+            &api.post(uri, json!({})).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+    }
+    assert_error(
+        &api.post("/v1/batches/99/jobs", json!({"jobs": [{"kind": "a"}]}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &api.get("/v1/jobs?batch=x").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_error(
+        &api.get("/v1/batches?limit=0").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+}

@@ -146,6 +146,17 @@ fn driver(conn: &Connection, sql: &mut Query, params: &JobsList, limit: i64) -> 
         );
         return Ok(());
     }
+    if let Some(batch) = params.batch {
+        range(
+            sql,
+            "id",
+            "jobs INDEXED BY jobs_of_batch",
+            &[("batch_id", Cond::Value(Sql::Integer(batch.0)))],
+            params,
+            limit,
+        );
+        return Ok(());
+    }
     let by = match (&params.queue, &params.kind) {
         (Some(queue), _) => Some(("queue", text(queue))),
         (None, Some(kind)) => Some(("kind", text(kind))),
@@ -240,6 +251,10 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &IndexedFilters) -> Resu
     }
     if let (Some(schedule), false) = (&params.schedule, driven.schedule) {
         sql.push(" AND +schedule_id = ").bind(text(schedule));
+        any = true;
+    }
+    if let (Some(batch), false) = (params.batch, driven.batch) {
+        sql.push(" AND +batch_id = ").bind(Sql::Integer(batch.0));
         any = true;
     }
     if let Some(args) = &params.args {

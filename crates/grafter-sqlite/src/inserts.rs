@@ -2,7 +2,7 @@
 //! unfinished job holds is answered with that job instead. Runs on the writer
 //! thread (see `writer.rs`).
 
-use grafter_core::JobState;
+use grafter_core::{BatchId, JobState, NewJob, Timestamp};
 use grafter_store::{Inserted, JobsInsert, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -12,7 +12,18 @@ use crate::row::{job_from_row, micros, to_json, JOB_COLUMNS};
 const UNFINISHED: &str = "('scheduled', 'available', 'running', 'retryable')";
 
 pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<Inserted>> {
-    let now = micros(params.now);
+    insert_jobs(conn, &params.jobs, params.now, None)
+}
+
+/// Inserts `jobs` at `now`, into a batch if one is given (its counts are the
+/// caller's to add).
+pub fn insert_jobs(
+    conn: &Connection,
+    jobs: &[NewJob],
+    now: Timestamp,
+    batch: Option<BatchId>,
+) -> Result<Vec<Inserted>> {
+    let now = micros(now);
     let mut find_unique = conn
         .prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = ?1 AND state IN {UNFINISHED}"
@@ -22,14 +33,14 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
         .prepare_cached(&format!(
             "INSERT INTO jobs (queue, kind, args, priority, state, run_at, max_attempts, tags,
                 unique_key, timeout_ms, expires_at, backoff, created_at, schedule_id, schedule_slot,
-                partition, traceparent, tracestate)
+                partition, traceparent, tracestate, batch_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                     ?18)
+                     ?18, ?19)
              RETURNING {JOB_COLUMNS}"
         ))
         .map_err(backend)?;
-    let mut out = Vec::with_capacity(params.jobs.len());
-    for job in &params.jobs {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
         if let Some(key) = &job.unique_key {
             if let Some(existing) = find_unique
                 .query_row([key], job_from_row)
@@ -71,6 +82,7 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
                     job.partition,
                     job.traceparent,
                     job.tracestate,
+                    batch.map(|b| b.0),
                 ],
                 job_from_row,
             )

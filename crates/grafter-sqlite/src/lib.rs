@@ -6,6 +6,7 @@
 //! concurrent callers share one fsync, and "database is locked" never reaches a
 //! caller. Reads use their own connections and are never blocked by the writer.
 
+mod batches;
 mod browse;
 mod error;
 mod events;
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
+use grafter_core::{Batch, BatchId, Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
     AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
     JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
@@ -38,7 +39,10 @@ use grafter_store::{
     SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo, ThroughputRange,
     Wakeups, WorkerBeat, WorkersPrune,
 };
-use grafter_store::{JobEvent, JobEventsList, WatchedJob};
+use grafter_store::{
+    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, JobEvent,
+    JobEventsList, WatchedJob,
+};
 use rusqlite::Connection;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -352,6 +356,48 @@ impl Store for SqliteStore {
     async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>> {
         self.readers
             .run(move |conn| events::job_events_list(conn, &params))
+            .await
+    }
+
+    async fn batch_create(&self, params: BatchCreate) -> Result<BatchWithJobs> {
+        self.writer
+            .run(move |conn| batches::batch_create(conn, &params))
+            .await
+    }
+
+    async fn batch_add(&self, params: BatchAdd) -> Result<BatchWithJobs> {
+        self.writer
+            .run(move |conn| batches::batch_add(conn, &params))
+            .await
+    }
+
+    async fn batch_seal(&self, params: BatchChange) -> Result<Batch> {
+        self.writer
+            .run(move |conn| batches::batch_seal(conn, &params))
+            .await
+    }
+
+    async fn batch_cancel(&self, params: BatchChange) -> Result<Batch> {
+        self.writer
+            .run(move |conn| batches::batch_cancel(conn, &params))
+            .await
+    }
+
+    async fn batch_get(&self, id: BatchId) -> Result<Option<Batch>> {
+        self.readers
+            .run(move |conn| batches::batch_get(conn, id))
+            .await
+    }
+
+    async fn batches_list(&self, params: BatchesList) -> Result<Vec<Batch>> {
+        self.readers
+            .run(move |conn| batches::batches_list(conn, &params))
+            .await
+    }
+
+    async fn batches_prune(&self, params: BatchesPrune) -> Result<u64> {
+        self.writer
+            .run(move |conn| batches::batches_prune(conn, &params))
             .await
     }
 

@@ -112,8 +112,8 @@ fn set_aside(conn: &Connection, id: i64, now: Timestamp, error: &StoreError) -> 
 }
 
 /// Finished jobs in `params.states` whose `finished_at` is before
-/// `params.finished_before`: the `WHERE` of a prune and its values from
-/// `?first` on.
+/// `params.finished_before`, outside batches (they go with their batch,
+/// `batches.rs`): the `WHERE` of a prune and its values from `?first` on.
 fn prunable(params: &JobsPrune, first: usize) -> Option<(String, Vec<rusqlite::types::Value>)> {
     let states: Vec<&str> = params
         .states
@@ -130,7 +130,7 @@ fn prunable(params: &JobsPrune, first: usize) -> Option<(String, Vec<rusqlite::t
         .join(", ");
     let filter = format!(
         "state IN ('completed', 'dead', 'cancelled', 'expired') AND finished_at < ?{first}
-         AND state IN ({placeholders})"
+         AND state IN ({placeholders}) AND batch_id IS NULL"
     );
     let mut values: Vec<rusqlite::types::Value> = vec![micros(params.finished_before).into()];
     values.extend(states.iter().map(|s| (*s).to_owned().into()));

@@ -1,7 +1,7 @@
 //! Mapping between `jobs` rows and [`Job`], and between values and their
 //! columns: times and durations as integer microseconds, JSON as text.
 
-use grafter_core::{Job, JobId, JobState, ScheduleRef, Timestamp};
+use grafter_core::{BatchId, Job, JobId, JobState, ScheduleRef, Timestamp};
 use grafter_store::preview::{Preview, Read, PREVIEW_BYTES, PREVIEW_READ_CHARS};
 use grafter_store::StoreError;
 use rusqlite::Row;
@@ -11,10 +11,10 @@ use serde::de::DeserializeOwned;
 pub const JOB_COLUMNS: &str = "id, queue, kind, args, priority, state, run_at, attempt, \
     max_attempts, errors, progress, result, tags, unique_key, timeout_ms, expires_at, backoff, \
     cancel_requested, worker_id, lease_expires_at, created_at, attempted_at, finished_at, \
-    schedule_id, schedule_slot, partition, traceparent, tracestate";
+    schedule_id, schedule_slot, partition, traceparent, tracestate, batch_id";
 
 /// Index of the first column after [`JOB_COLUMNS`].
-pub const AFTER_JOB_COLUMNS: usize = 28;
+pub const AFTER_JOB_COLUMNS: usize = 29;
 
 /// What a job list selects, in the order [`job_preview_from_row`] reads it:
 /// [`JOB_COLUMNS`] with args, errors and result as much as a list shows of
@@ -35,7 +35,7 @@ pub fn list_columns() -> String {
                       substr(errors ->> '$[#-1].error', 1, {PREVIEW_READ_CHARS})), \
          progress, {result}, tags, unique_key, timeout_ms, expires_at, backoff, cancel_requested, \
          worker_id, lease_expires_at, created_at, attempted_at, finished_at, \
-         schedule_id, schedule_slot, partition, traceparent, tracestate, {args_whole}, {result_whole}, json_array_length(errors)",
+         schedule_id, schedule_slot, partition, traceparent, tracestate, batch_id, {args_whole}, {result_whole}, json_array_length(errors)",
         args = read("args"),
         result = read("result"),
         args_whole = whole("args"),
@@ -149,5 +149,6 @@ fn job_with(row: &Row<'_>, large: Preview) -> rusqlite::Result<Job> {
         schedule,
         traceparent: row.get(26)?,
         tracestate: row.get(27)?,
+        batch_id: row.get::<_, Option<i64>>(28)?.map(BatchId),
     })
 }

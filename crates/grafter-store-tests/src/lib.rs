@@ -112,6 +112,14 @@ macro_rules! conformance_suite {
             a_full_rate_window_wakes_its_waiting_fetch_when_it_frees,
             jobs_list_by_schedule,
             trace_context_is_stored_and_handed_out_with_the_lease,
+            a_sealed_batch_without_jobs_succeeds_at_once,
+            batch_counts_follow_each_move_and_settle_once,
+            a_job_adding_to_its_open_batch_and_finishing_first_fires_nothing_early,
+            concurrent_last_completions_enqueue_one_callback,
+            cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones,
+            a_ten_thousand_job_fan_in_counts_exactly,
+            pruning_keeps_unfinished_batches_and_takes_finished_ones_whole,
+            a_worker_lost_mid_batch_still_finishes_it_right,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

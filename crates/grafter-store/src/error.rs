@@ -1,4 +1,4 @@
-use grafter_core::{JobId, JobState};
+use grafter_core::{BatchId, BatchState, JobId, JobState};
 
 /// What can go wrong in a store call. Backends translate their own errors into
 /// these at the edge; nothing above sees a driver error type.
@@ -26,6 +26,20 @@ pub enum StoreError {
         id: JobId,
         /// Its state now.
         state: JobState,
+        /// Why the operation does not apply.
+        message: String,
+    },
+    /// No batch with that id.
+    #[error("batch {0} not found")]
+    BatchNotFound(BatchId),
+    /// The batch is sealed, cancelled or finished: it takes no more jobs, or
+    /// the change does not apply to it.
+    #[error("batch {id} is {state}: {message}")]
+    BatchClosed {
+        /// The batch.
+        id: BatchId,
+        /// Its state now.
+        state: BatchState,
         /// Why the operation does not apply.
         message: String,
     },

@@ -20,7 +20,7 @@ pub mod transitions;
 mod wakeups;
 
 use async_trait::async_trait;
-use grafter_core::{Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
+use grafter_core::{Batch, BatchId, Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 
 pub use error::StoreError;
 pub use events::*;
@@ -121,8 +121,9 @@ pub trait Store: Send + Sync + 'static {
     /// Moves jobs not started by their `expires_at` to `expired`.
     async fn jobs_expire(&self, params: MaintenanceBatch) -> Result<u64>;
 
-    /// Deletes jobs in the given (finished) states that finished before a time.
-    /// Returns how many went.
+    /// Deletes jobs in the given (finished) states that finished before a time,
+    /// except jobs in a batch (they go with their batch,
+    /// [`Store::batches_prune`]). Returns how many went.
     async fn jobs_prune(&self, params: JobsPrune) -> Result<u64>;
 
     /// How many jobs [`Store::jobs_prune`] with `params` would delete, its
@@ -215,6 +216,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// A watched job's logged events after a point, oldest first.
     async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>>;
+
+    /// Creates a batch with its jobs in one transaction (all or none). A
+    /// sealed batch without jobs settles at once (succeeded, callbacks
+    /// enqueued) in that transaction.
+    ///
+    /// From then on the batch's counts and progress change in the
+    /// transaction of each move of its jobs (a trigger whose `WHEN` is false
+    /// for jobs outside batches), and the move that settles it (the last job
+    /// finishing in a sealed batch, the first ending dead) sets its state and
+    /// enqueues its callbacks in the same transaction, each at most once: the
+    /// batch's row is written by every such move, so two finishing at once on
+    /// two nodes go one after the other.
+    async fn batch_create(&self, params: BatchCreate) -> Result<BatchWithJobs>;
+
+    /// Adds jobs to an open batch in one transaction; `BatchClosed` if it is
+    /// sealed or cancelled.
+    async fn batch_add(&self, params: BatchAdd) -> Result<BatchWithJobs>;
+
+    /// Seals a batch: no more jobs; if all of them have finished it settles
+    /// now. Sealing a sealed batch changes nothing.
+    async fn batch_seal(&self, params: BatchChange) -> Result<Batch>;
+
+    /// Cancels a batch: seals it, cancels its jobs waiting to run and asks
+    /// its running ones to stop (as [`Store::job_cancel`]), in one
+    /// transaction. `BatchClosed` if it has already settled.
+    async fn batch_cancel(&self, params: BatchChange) -> Result<Batch>;
+
+    /// One batch by id, or `None`.
+    async fn batch_get(&self, id: BatchId) -> Result<Option<Batch>>;
+
+    /// Batches newest first, a page at a time.
+    async fn batches_list(&self, params: BatchesList) -> Result<Vec<Batch>>;
+
+    /// Deletes finished batches that finished before a time, each with its
+    /// jobs (all finished), oldest first. A batch with an unfinished job has
+    /// no `finished_at` and is never deleted. Returns how many jobs went.
+    async fn batches_prune(&self, params: BatchesPrune) -> Result<u64>;
 
     /// Checks the backend answers; `/readyz` calls it.
     async fn ping(&self) -> Result<()>;

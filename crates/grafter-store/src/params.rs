@@ -187,6 +187,8 @@ pub struct JobsList {
     pub tag: Option<String>,
     /// Only jobs made by this schedule (its slots' and its triggered runs).
     pub schedule: Option<String>,
+    /// Only jobs in this batch.
+    pub batch: Option<grafter_core::BatchId>,
     /// Only jobs whose args hold this value at this path.
     pub args: Option<ArgsMatch>,
     /// Page size.
@@ -263,19 +265,23 @@ pub struct IndexedFilters {
     pub kind: bool,
     /// The schedule filter.
     pub schedule: bool,
+    /// The batch filter.
+    pub batch: bool,
 }
 
 impl JobsList {
     /// What the index walk for these filters answers: a tag walks the tag index
-    /// alone, else a schedule its jobs' index (schedule, id) alone; otherwise
-    /// state and queue are indexed, and kind too when no queue is named.
+    /// alone, else a schedule its jobs' index (schedule, id) alone, else a
+    /// batch its jobs' index (batch, id) alone; otherwise state and queue are
+    /// indexed, and kind too when no queue is named.
     pub fn indexed_filters(&self) -> IndexedFilters {
-        if self.tag.is_some() || self.schedule.is_some() {
+        if self.tag.is_some() || self.schedule.is_some() || self.batch.is_some() {
             return IndexedFilters {
                 state: false,
                 queue: false,
                 kind: false,
                 schedule: self.tag.is_none(),
+                batch: self.tag.is_none() && self.schedule.is_none(),
             };
         }
         IndexedFilters {
@@ -283,6 +289,7 @@ impl JobsList {
             queue: true,
             kind: self.queue.is_none(),
             schedule: false,
+            batch: false,
         }
     }
 }
@@ -641,4 +648,64 @@ pub struct Leader {
     pub node: String,
     /// When it lapses unless renewed.
     pub expires_at: Timestamp,
+}
+
+/// Create a batch with its first jobs, in one transaction.
+#[derive(Clone, Debug)]
+pub struct BatchCreate {
+    /// Already validated jobs without unique keys (0 or more).
+    pub jobs: Vec<NewJob>,
+    /// Whether more jobs may be added until it is sealed.
+    pub open: bool,
+    /// Already validated callbacks.
+    pub callbacks: grafter_core::BatchCallbacks,
+    /// Used for `created_at`, and as for [`JobsInsert::now`].
+    pub now: Timestamp,
+}
+
+/// Add jobs to an open batch, in one transaction.
+#[derive(Clone, Debug)]
+pub struct BatchAdd {
+    /// The batch.
+    pub id: grafter_core::BatchId,
+    /// Already validated jobs without unique keys (1 or more).
+    pub jobs: Vec<NewJob>,
+    /// As for [`JobsInsert::now`].
+    pub now: Timestamp,
+}
+
+/// Seal or cancel a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchChange {
+    /// The batch.
+    pub id: grafter_core::BatchId,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// A batch and the jobs a call inserted into it.
+#[derive(Clone, Debug)]
+pub struct BatchWithJobs {
+    /// The batch after the call.
+    pub batch: grafter_core::Batch,
+    /// The jobs inserted, in request order.
+    pub jobs: Vec<Job>,
+}
+
+/// A page of batches, newest first.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchesList {
+    /// Continue below this id (exclusive).
+    pub before: Option<grafter_core::BatchId>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// Delete finished batches with their jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchesPrune {
+    /// Only batches whose `finished_at` is before this.
+    pub finished_before: Timestamp,
+    /// Most batches to delete in this call (each with all its jobs).
+    pub limit: usize,
 }

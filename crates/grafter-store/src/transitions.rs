@@ -132,6 +132,7 @@ mod tests {
             schedule: None,
             traceparent: None,
             tracestate: None,
+            batch_id: None,
         }
     }
 

@@ -72,6 +72,7 @@ fn running(
         schedule: None,
         traceparent: None,
         tracestate: None,
+        batch_id: None,
     }
 }
 

@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use grafter_core::{time, Backoff, Job as JobRecord, JobId, NewJob};
-use grafter_engine::{Engine, EngineConfig};
+use grafter_core::{
+    time, Backoff, Batch, BatchCallbacks, BatchId, Job as JobRecord, JobId, NewJob,
+};
+use grafter_engine::{Engine, EngineConfig, NewBatch};
 use grafter_store::Store;
 
 use crate::error::{Error, Result};
@@ -202,6 +204,48 @@ impl Client {
             .into_iter()
             .map(|(job, _)| job)
             .collect())
+    }
+
+    /// Creates a batch with its jobs in one transaction (all or none):
+    /// the batch and its jobs (docs/batches.md). Typed jobs become
+    /// [`NewJob`]s with [`EnqueueOptions::to_new_job`].
+    pub async fn create_batch(
+        &self,
+        jobs: Vec<NewJob>,
+        open: bool,
+        callbacks: BatchCallbacks,
+    ) -> Result<(Batch, Vec<JobRecord>)> {
+        self.transport
+            .batch_create(NewBatch {
+                jobs,
+                open,
+                callbacks,
+            })
+            .await
+    }
+
+    /// Adds jobs to an open batch (a job of the batch may, while it runs).
+    pub async fn add_to_batch(
+        &self,
+        id: BatchId,
+        jobs: Vec<NewJob>,
+    ) -> Result<(Batch, Vec<JobRecord>)> {
+        self.transport.batch_add(id, jobs).await
+    }
+
+    /// Seals a batch: no more jobs; it settles once they have all finished.
+    pub async fn seal_batch(&self, id: BatchId) -> Result<Batch> {
+        self.transport.batch_seal(id).await
+    }
+
+    /// Cancels a batch's waiting jobs and asks its running ones to stop.
+    pub async fn cancel_batch(&self, id: BatchId) -> Result<Batch> {
+        self.transport.batch_cancel(id).await
+    }
+
+    /// A batch's state, counts and progress.
+    pub async fn batch(&self, id: BatchId) -> Result<Batch> {
+        self.transport.batch_get(id).await
     }
 
     /// A job's current state.

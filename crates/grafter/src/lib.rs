@@ -71,7 +71,10 @@ mod worker;
 
 pub use client::{Client, EnqueueOptions, Enqueued};
 pub use error::{Error, Result};
-pub use grafter_core::{Job as JobRecord, JobId, JobState, NewJob, Progress};
+pub use grafter_core::{
+    Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, Job as JobRecord, JobId, JobState,
+    NewJob, Progress,
+};
 pub use grafter_engine::Engine;
 pub use hooks::{Hooks, JobInfo, JobOutcome};
 pub use job::{Job, JobContext, JobError};

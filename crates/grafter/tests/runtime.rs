@@ -259,7 +259,68 @@ both_modes!(
     duplicate_unique_keys_return_the_first_job,
     many_jobs_finishing_together_are_acked_in_batches,
     more_slots_than_one_fetch_may_ask_for,
+    a_batch_runs_its_jobs_then_its_callback,
 );
+
+async fn a_batch_runs_its_jobs_then_its_callback(mode: Mode) {
+    let env = env(mode).await;
+    let hooks = SharedRecorder::default();
+    let options = grafter::EnqueueOptions::default();
+    let jobs = (0..3)
+        .map(|a| options.to_new_job(&Add { a, b: 1 }).unwrap())
+        .collect();
+    let callback = options.to_new_job(&Add { a: 100, b: 0 }).unwrap();
+    let (batch, jobs) = env
+        .client
+        .create_batch(
+            jobs,
+            true,
+            grafter::BatchCallbacks {
+                on_success: Some(callback),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j.batch_id == Some(batch.id)));
+    let (batch, added) = env
+        .client
+        .add_to_batch(
+            batch.id,
+            vec![options.to_new_job(&Add { a: 7, b: 1 }).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!((batch.counts.total, added.len()), (4, 1));
+    let running = start(worker(&env.client).register::<Add>().hooks(hooks.clone()));
+    for job in jobs.iter().chain(&added) {
+        env.client.wait(job.id, WAIT).await.unwrap();
+    }
+    // Open: all done, but nothing settles until sealed.
+    let open = env.client.batch(batch.id).await.unwrap();
+    assert_eq!(
+        (open.state, open.counts.completed),
+        (grafter::BatchState::Running, 4)
+    );
+    let sealed = env.client.seal_batch(batch.id).await.unwrap();
+    assert_eq!(sealed.state, grafter::BatchState::Succeeded);
+    assert_eq!(sealed.callbacks_enqueued, ["on_success"]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hooks.0.outcomes.lock().unwrap().len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the callback never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await;
+    let refused = env.client.cancel_batch(batch.id).await;
+    assert!(
+        matches!(&refused, Err(grafter::Error::Rejected { code, .. }) if code == "batch_closed"),
+        "{refused:?}"
+    );
+}
 
 async fn success_stores_the_result(mode: Mode) {
     let env = env(mode).await;

@@ -105,6 +105,45 @@ module Grafter
       get("/v1/jobs#{query.empty? ? '' : "?#{URI.encode_www_form(query)}"}")
     end
 
+    # --- batches (docs/batches.md) -------------------------------------------
+
+    # Creates a batch with its jobs, all or none: {"batch" => {...}, "jobs" => [...]}.
+    # Callbacks are job hashes (kind:, args:, queue:, ...), each enqueued once:
+    # on_success when every job completed, on_complete when every job
+    # finished, on_failure when the first ends dead. An open batch takes more
+    # jobs (add_to_batch) and settles only once sealed.
+    def create_batch(jobs: [], open: false, on_success: nil, on_complete: nil, on_failure: nil)
+      callbacks = { "on_success" => on_success, "on_complete" => on_complete, "on_failure" => on_failure }
+                  .compact.transform_values { |job| job_fields(job) }
+      post("/v1/batches", { "jobs" => jobs.map { |job| job_fields(job) }, "open" => open }.merge(callbacks))
+    end
+
+    # Adds jobs to an open batch (a job of the batch may, while it runs):
+    # {"batch" => {...}, "jobs" => [...the jobs added]}.
+    def add_to_batch(id, jobs)
+      post("/v1/batches/#{batch_id(id)}/jobs", { "jobs" => jobs.map { |job| job_fields(job) } })
+    end
+
+    def seal_batch(id)
+      post("/v1/batches/#{batch_id(id)}/seal")
+    end
+
+    # Cancels the batch's waiting jobs and asks its running ones to stop.
+    def cancel_batch(id)
+      post("/v1/batches/#{batch_id(id)}/cancel")
+    end
+
+    # The batch: "state", "counts", "progress", "callbacks_enqueued", ...
+    def batch(id)
+      get("/v1/batches/#{batch_id(id)}")
+    end
+
+    # One page, newest first: {"batches" => [...], "next_cursor" => "…" or nil}.
+    def batches(limit: nil, cursor: nil)
+      query = compact("limit" => limit, "cursor" => cursor)
+      get("/v1/batches#{query.empty? ? '' : "?#{URI.encode_www_form(query)}"}")
+    end
+
     # Waits until the job is finished (completed, dead, cancelled or
     # expired) and answers it. The block, if any, sees the job each time its
     # progress or state changes. Raises WaitTimeout after `timeout` seconds.
@@ -414,6 +453,12 @@ module Grafter
       id.is_a?(Integer) ? id : Integer(id.to_s, 10)
     rescue ArgumentError, TypeError
       raise ArgumentError, "a job id is an integer, got #{id.inspect}"
+    end
+
+    def batch_id(id)
+      id.is_a?(Integer) ? id : Integer(id.to_s, 10)
+    rescue ArgumentError, TypeError
+      raise ArgumentError, "a batch id is an integer, got #{id.inspect}"
     end
 
     # The headers every request carries, built once.

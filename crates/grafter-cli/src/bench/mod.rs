@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// (`partition_by: "partition"`); needs --partitions
     #[arg(long, requires = "partitions")]
     partition_limit: Option<i64>,
+    /// Put all the jobs in one batch (docs/batches.md), sealed once all are
+    /// in, and check its counts at the end (burndown).
+    #[arg(long)]
+    in_batch: bool,
 }
 
 impl BenchArgs {
@@ -360,6 +364,7 @@ async fn enqueue_all(
     args: &BenchArgs,
     total: u64,
     progress: Arc<AtomicU64>,
+    batch_id: Option<grafter::BatchId>,
 ) -> Result<(), Failure> {
     let batch = args.batch;
     let claimed = Arc::new(AtomicU64::new(0));
@@ -374,9 +379,11 @@ async fn enqueue_all(
                     return Ok::<_, Failure>(());
                 }
                 let n = (total - start).min(batch as u64);
-                client
-                    .enqueue_raw((start..start + n).map(|i| args.job(i)).collect())
-                    .await?;
+                let jobs = (start..start + n).map(|i| args.job(i)).collect();
+                match batch_id {
+                    Some(id) => drop(client.add_to_batch(id, jobs).await?),
+                    None => drop(client.enqueue_raw(jobs).await?),
+                }
                 progress.fetch_add(n, Ordering::Relaxed);
             }
         });
@@ -418,8 +425,17 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
     let progress = Progress::start("enqueue", total);
     let cpu = setup.cpu();
     let started = Instant::now();
+    let batch_id = if args.in_batch {
+        let (batch, _) = setup
+            .client
+            .create_batch(Vec::new(), true, Default::default())
+            .await?;
+        Some(batch.id)
+    } else {
+        None
+    };
     let enqueued = tokio::select! {
-        enqueued = enqueue_all(&setup.client, args, total, progress.counter()) => enqueued,
+        enqueued = enqueue_all(&setup.client, args, total, progress.counter(), batch_id) => enqueued,
         () = progress.follow(None, None) => Ok(()),
     };
     let enqueue_time = started.elapsed();
@@ -435,6 +451,9 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
         args.batch
     ));
     report.note(format!("  cpu       {enqueue_cpu}"));
+    if let Some(id) = batch_id {
+        setup.client.seal_batch(id).await?;
+    }
 
     let tally = Arc::new(Tally::default());
     let worker = setup.worker(args, &tally)?;
@@ -464,6 +483,21 @@ async fn burndown(args: &BenchArgs, setup: &Setup, report: &mut Report) -> Resul
         args.concurrency
     ));
     report.note(format!("  cpu       {work_cpu}"));
+    if let Some(id) = batch_id {
+        // The last completion settles the batch in its own transaction.
+        let batch = setup.client.batch(id).await?;
+        if batch.counts.completed != total as i64 || batch.state != grafter::BatchState::Succeeded {
+            return Err(Failure::Message(format!(
+                "batch {id} is {} with {} of {total} jobs counted completed",
+                batch.state, batch.counts.completed
+            )));
+        }
+        report.note(format!(
+            "batch       {id}: {}, {} completed",
+            batch.state,
+            report::thousands(total)
+        ));
+    }
     Ok(())
 }
 

@@ -1,16 +1,20 @@
 //! Deletes finished jobs past their retention, so the jobs table stays the
-//! size of the work in flight plus a window of history.
+//! size of the work in flight plus a window of history. Jobs in batches go
+//! with their batch, once it has finished, kept as long as the longer of the
+//! two retentions; a batch with an unfinished job is never pruned.
 
 use std::time::Duration;
 
 use grafter_core::{time, JobState};
-use grafter_store::JobsPrune;
+use grafter_store::{BatchesPrune, JobsPrune};
 
 use super::RetentionConfig;
 use crate::{Engine, Result};
 
 /// One pass: up to `batch_size` completed, cancelled and expired jobs, and as
-/// many dead ones, each kept as long as `retention` says.
+/// many dead ones, each kept as long as `retention` says; and one finished
+/// batch with all its jobs (a batch's jobs are deleted in one transaction,
+/// so a pass takes one batch however large).
 pub(super) async fn pass(
     engine: Engine,
     retention: RetentionConfig,
@@ -31,5 +35,10 @@ pub(super) async fn pass(
         limit: batch_size,
     };
     pruned += store.jobs_prune(dead).await?;
+    let batches = BatchesPrune {
+        finished_before: before(retention.finished_ms.max(retention.dead_ms)),
+        limit: 1,
+    };
+    pruned += store.batches_prune(batches).await?;
     Ok(pruned)
 }

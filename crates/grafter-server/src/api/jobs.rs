@@ -165,6 +165,8 @@ pub struct ListQuery {
     pub tag: Option<String>,
     /// Only jobs made by this schedule (by its slots or triggered by hand).
     pub schedule: Option<String>,
+    /// Only jobs in this batch (its id).
+    pub batch: Option<String>,
     /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
     /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as
     /// text).
@@ -242,6 +244,16 @@ pub async fn list(
         .filter(|a| !a.is_empty())
         .map(|a| parse_args(&a).map_err(|e| ApiError::invalid_field("args", e)))
         .transpose()?;
+    let batch = query
+        .batch
+        .as_deref()
+        .filter(|b| !b.is_empty())
+        .map(|b| {
+            b.parse::<i64>()
+                .map(grafter_core::BatchId)
+                .map_err(|_| ApiError::invalid_field("batch", "must be a batch id (an integer)"))
+        })
+        .transpose()?;
     let page = state
         .store()
         .jobs_list(JobsList {
@@ -250,6 +262,7 @@ pub async fn list(
             kind: name("kind", query.kind)?,
             tag: name("tag", query.tag)?,
             schedule: name("schedule", query.schedule)?,
+            batch,
             args,
             limit,
             after,

@@ -88,6 +88,7 @@ impl Filter {
             kind: name_filter("kind", self.kind.trim()).map_err(|e| e.to_string())?,
             tag: name_filter("tag", self.tag.trim()).map_err(|e| e.to_string())?,
             schedule: name_filter("schedule", self.schedule.trim()).map_err(|e| e.to_string())?,
+            batch: None,
             args: some(&self.args).map(|a| parse_args(&a)).transpose()?,
             limit,
             after,

@@ -10,6 +10,7 @@
 
 #![allow(missing_docs)]
 
+mod batches;
 mod browse;
 mod engine;
 mod events;
@@ -23,6 +24,7 @@ mod queues;
 mod schedules;
 mod workers;
 
+pub use batches::*;
 pub use browse::*;
 pub use engine::*;
 pub use events::*;

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use grafter_core::{Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration};
-use grafter_engine::{Ack, AckOutcome, Engine, FetchRequest, Outcome};
+use grafter_core::{
+    Batch, BatchId, Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration,
+};
+use grafter_engine::{Ack, AckOutcome, Engine, FetchRequest, NewBatch, Outcome};
 use tokio_util::sync::CancellationToken;
 
 use super::Transport;
@@ -87,5 +89,27 @@ impl Transport for EngineTransport {
 
     async fn worker_gone(&self, worker_id: &str) -> Result<()> {
         Ok(self.engine.worker_remove(worker_id).await?)
+    }
+
+    async fn batch_create(&self, batch: NewBatch) -> Result<(Batch, Vec<JobRecord>)> {
+        let created = self.engine.batch_create(batch).await?;
+        Ok((created.batch, created.jobs))
+    }
+
+    async fn batch_add(&self, id: BatchId, jobs: Vec<NewJob>) -> Result<(Batch, Vec<JobRecord>)> {
+        let added = self.engine.batch_add(id, jobs).await?;
+        Ok((added.batch, added.jobs))
+    }
+
+    async fn batch_seal(&self, id: BatchId) -> Result<Batch> {
+        Ok(self.engine.batch_seal(id).await?)
+    }
+
+    async fn batch_cancel(&self, id: BatchId) -> Result<Batch> {
+        Ok(self.engine.batch_cancel(id).await?)
+    }
+
+    async fn batch_get(&self, id: BatchId) -> Result<Batch> {
+        Ok(self.engine.batch_get(id).await?)
     }
 }

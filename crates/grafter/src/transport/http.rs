@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use grafter_core::{
-    time, Job as JobRecord, JobId, JobState, LeasedJob, NewJob, Progress, WorkerRegistration,
+    time, Batch, BatchId, Job as JobRecord, JobId, JobState, LeasedJob, NewJob, Progress,
+    WorkerRegistration,
 };
-use grafter_engine::{Ack, AckOutcome, FetchRequest, Outcome, Retry, When};
+use grafter_engine::{Ack, AckOutcome, FetchRequest, NewBatch, Outcome, Retry, When};
 use reqwest::{header, Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -484,4 +485,55 @@ impl Transport for HttpTransport {
             Err(failure) => Err(failure.into_error(None)),
         }
     }
+
+    async fn batch_create(&self, batch: NewBatch) -> Result<(Batch, Vec<JobRecord>)> {
+        let body = json!({
+            "jobs": batch.jobs,
+            "open": batch.open,
+            "on_success": batch.callbacks.on_success,
+            "on_complete": batch.callbacks.on_complete,
+            "on_failure": batch.callbacks.on_failure,
+        });
+        let answer: BatchAnswer = self
+            .call(Method::POST, "/v1/batches", Some(json_body(&body)?), None)
+            .await?;
+        Ok((answer.batch, answer.jobs))
+    }
+
+    async fn batch_add(&self, id: BatchId, jobs: Vec<NewJob>) -> Result<(Batch, Vec<JobRecord>)> {
+        let body = json!({ "jobs": jobs });
+        let answer: BatchAnswer = self
+            .call(
+                Method::POST,
+                &format!("/v1/batches/{id}/jobs"),
+                Some(json_body(&body)?),
+                None,
+            )
+            .await?;
+        Ok((answer.batch, answer.jobs))
+    }
+
+    async fn batch_seal(&self, id: BatchId) -> Result<Batch> {
+        let path = format!("/v1/batches/{id}/seal");
+        self.call(Method::POST, &path, Some(b"{}".to_vec()), None)
+            .await
+    }
+
+    async fn batch_cancel(&self, id: BatchId) -> Result<Batch> {
+        let path = format!("/v1/batches/{id}/cancel");
+        self.call(Method::POST, &path, Some(b"{}".to_vec()), None)
+            .await
+    }
+
+    async fn batch_get(&self, id: BatchId) -> Result<Batch> {
+        self.call(Method::GET, &format!("/v1/batches/{id}"), None, None)
+            .await
+    }
+}
+
+/// The answer of `POST /v1/batches` and `POST /v1/batches/{id}/jobs`.
+#[derive(Deserialize)]
+struct BatchAnswer {
+    batch: Batch,
+    jobs: Vec<JobRecord>,
 }

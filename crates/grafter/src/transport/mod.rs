@@ -8,7 +8,10 @@ mod engine;
 mod http;
 
 use async_trait::async_trait;
-use grafter_core::{Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration};
+use grafter_core::{
+    Batch, BatchId, Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration,
+};
+use grafter_engine::NewBatch;
 use grafter_engine::{Ack, AckOutcome, FetchRequest, Outcome};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -48,4 +51,11 @@ pub trait Transport: Send + Sync + 'static {
     async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<AckOutcome>>;
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()>;
     async fn worker_gone(&self, worker_id: &str) -> Result<()>;
+    /// Creates a batch with its jobs: the batch and its jobs.
+    async fn batch_create(&self, batch: NewBatch) -> Result<(Batch, Vec<JobRecord>)>;
+    /// Adds jobs to an open batch: the batch and the jobs added.
+    async fn batch_add(&self, id: BatchId, jobs: Vec<NewJob>) -> Result<(Batch, Vec<JobRecord>)>;
+    async fn batch_seal(&self, id: BatchId) -> Result<Batch>;
+    async fn batch_cancel(&self, id: BatchId) -> Result<Batch>;
+    async fn batch_get(&self, id: BatchId) -> Result<Batch>;
 }

@@ -1,0 +1,310 @@
+//! Batches: their rows, and the jobs inserted into them. The counts, progress
+//! and settling are kept by the trigger of `migrations/0015_batches.sql`;
+//! this module only creates, adds to, seals, cancels, reads and prunes. Each
+//! change locks the batch's row first, as every counted job move does.
+
+use deadpool_postgres::GenericClient;
+use grafter_core::{
+    Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, Job, NewJob, Timestamp,
+};
+use grafter_store::{
+    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, Result,
+    StoreError,
+};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use crate::db::Db;
+use crate::error::pg_error;
+use crate::inserts::insert_unkeyed;
+use crate::row::{args_bytes, limit, opt_json, to_json};
+
+macro_rules! batch_columns {
+    () => {
+        "id, state, open, total, completed, dead, cancelled_jobs, expired, progress, \
+         on_success, on_complete, on_failure, success_enqueued, complete_enqueued, \
+         failure_enqueued, created_at, finished_at"
+    };
+}
+
+fn batch_from_row(row: &Row) -> Result<Batch> {
+    let get_i64 = |i: usize| row.try_get::<_, i64>(i).map_err(pg_error);
+    let state: String = row.try_get(1).map_err(pg_error)?;
+    let state: BatchState = state
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("reading a batch row: {e}")))?;
+    let total = get_i64(3)?;
+    let (completed, dead, cancelled, expired) =
+        (get_i64(4)?, get_i64(5)?, get_i64(6)?, get_i64(7)?);
+    // The stored callbacks carry their args_bytes for the trigger's insert.
+    let callback = |i: usize| -> Result<Option<NewJob>> {
+        let value: Option<Value> = opt_json(row, i)?;
+        value
+            .map(|mut v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("args_bytes");
+                }
+                serde_json::from_value(v)
+                    .map_err(|e| StoreError::Backend(format!("reading a batch callback: {e}")))
+            })
+            .transpose()
+    };
+    let enqueued = [
+        ("on_success", row.try_get::<_, bool>(12).map_err(pg_error)?),
+        ("on_complete", row.try_get::<_, bool>(13).map_err(pg_error)?),
+        ("on_failure", row.try_get::<_, bool>(14).map_err(pg_error)?),
+    ];
+    Ok(Batch {
+        id: BatchId(get_i64(0)?),
+        state,
+        open: row.try_get(2).map_err(pg_error)?,
+        counts: BatchCounts {
+            total,
+            pending: total - completed - dead - cancelled - expired,
+            completed,
+            dead,
+            cancelled,
+            expired,
+        },
+        progress: grafter_core::batch::progress(get_i64(8)?, total),
+        callbacks: BatchCallbacks {
+            on_success: callback(9)?,
+            on_complete: callback(10)?,
+            on_failure: callback(11)?,
+        },
+        callbacks_enqueued: enqueued
+            .iter()
+            .filter(|(_, done)| *done)
+            .map(|(name, _)| (*name).to_owned())
+            .collect(),
+        created_at: row.try_get(15).map_err(pg_error)?,
+        finished_at: row.try_get(16).map_err(pg_error)?,
+    })
+}
+
+/// A callback as stored: its job JSON with the args_bytes the trigger writes.
+fn stored_callback(job: Option<&NewJob>) -> Result<Option<Value>> {
+    job.map(|job| {
+        let mut value = to_json(job)?;
+        if let Some(o) = value.as_object_mut() {
+            o.insert("args_bytes".into(), args_bytes(&job.args).into());
+        }
+        Ok(value)
+    })
+    .transpose()
+}
+
+async fn batch_get_on(client: &impl GenericClient, id: BatchId, lock: bool) -> Result<Batch> {
+    const GET: &str = concat!("SELECT ", batch_columns!(), " FROM batches WHERE id = $1");
+    const LOCK: &str = concat!(
+        "SELECT ",
+        batch_columns!(),
+        " FROM batches WHERE id = $1 FOR UPDATE"
+    );
+    let stmt = client
+        .prepare_cached(if lock { LOCK } else { GET })
+        .await
+        .map_err(pg_error)?;
+    let row = client
+        .query_opt(&stmt, &[&id.0])
+        .await
+        .map_err(pg_error)?
+        .ok_or(StoreError::BatchNotFound(id))?;
+    batch_from_row(&row)
+}
+
+fn closed(batch: &Batch, message: &str) -> StoreError {
+    StoreError::BatchClosed {
+        id: batch.id,
+        state: batch.state,
+        message: message.to_owned(),
+    }
+}
+
+/// Inserts `jobs` into the batch (its row locked by this transaction) and
+/// adds them to its total, sealing it too unless `open`; settles it if that
+/// makes it finished.
+async fn insert_into(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: BatchId,
+    jobs: &[NewJob],
+    now: Timestamp,
+    open: bool,
+) -> Result<Vec<Job>> {
+    const SQL: &str = "UPDATE batches SET total = total + $2, open = $3 WHERE id = $1";
+    const SETTLE: &str = "SELECT grafter_batch_settle($1)";
+    let jobs = if jobs.is_empty() {
+        Vec::new()
+    } else {
+        insert_unkeyed(tx, jobs, &vec![now; jobs.len()], Some(id)).await?
+    };
+    let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
+    tx.execute(&stmt, &[&id.0, &(jobs.len() as i64), &open])
+        .await
+        .map_err(pg_error)?;
+    if !open {
+        let stmt = tx.prepare_cached(SETTLE).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&id.0]).await.map_err(pg_error)?;
+    }
+    Ok(jobs)
+}
+
+impl Db {
+    pub(crate) async fn batch_create(&self, params: &BatchCreate) -> Result<BatchWithJobs> {
+        const SQL: &str =
+            "INSERT INTO batches (open, on_success, on_complete, on_failure, created_at)
+            VALUES (true, $1, $2, $3, $4) RETURNING id";
+        let callbacks = &params.callbacks;
+        let on_success = stored_callback(callbacks.on_success.as_ref())?;
+        let on_complete = stored_callback(callbacks.on_complete.as_ref())?;
+        let on_failure = stored_callback(callbacks.on_failure.as_ref())?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
+        let row = tx
+            .query_one(
+                &stmt,
+                &[&on_success, &on_complete, &on_failure, &params.now],
+            )
+            .await
+            .map_err(pg_error)?;
+        let id = BatchId(row.get(0));
+        let jobs = insert_into(&tx, id, &params.jobs, params.now, params.open).await?;
+        let batch = batch_get_on(&tx, id, false).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(BatchWithJobs { batch, jobs })
+    }
+
+    pub(crate) async fn batch_add(&self, params: &BatchAdd) -> Result<BatchWithJobs> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let batch = batch_get_on(&tx, params.id, true).await?;
+        if !batch.open {
+            return Err(closed(&batch, "a sealed batch takes no more jobs"));
+        }
+        let jobs = insert_into(&tx, batch.id, &params.jobs, params.now, true).await?;
+        let batch = batch_get_on(&tx, batch.id, false).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(BatchWithJobs { batch, jobs })
+    }
+
+    pub(crate) async fn batch_seal(&self, params: &BatchChange) -> Result<Batch> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let batch = batch_get_on(&tx, params.id, true).await?;
+        if batch.open {
+            insert_into(&tx, batch.id, &[], params.now, false).await?;
+        }
+        let batch = batch_get_on(&tx, batch.id, false).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(batch)
+    }
+
+    pub(crate) async fn batch_cancel(&self, params: &BatchChange) -> Result<Batch> {
+        // The waiting jobs are cancelled as job_cancel (jobs.rs) does, all at
+        // once and counted by the statement itself in one write of the
+        // batch's row (the trigger stands aside: see grafter.batch_counted in
+        // migration 15); the batch is flagged cancelled, so its settling
+        // names it so, and settled once.
+        const FLAG: &str =
+            "UPDATE batches SET cancelled = true, open = false, state = 'cancelled' WHERE id = $1";
+        const COUNTED: &str = "SET LOCAL grafter.batch_counted = 'on'";
+        const WAITING: &str = "
+            WITH waiting AS (
+                SELECT id, grafter_batch_share(state, progress) AS share FROM jobs
+                WHERE batch_id = $1 AND state IN ('scheduled', 'available', 'retryable')
+                FOR UPDATE
+            ), moved AS (
+                UPDATE jobs SET state = 'cancelled', finished_at = $2
+                FROM waiting WHERE jobs.id = waiting.id
+                RETURNING waiting.share
+            )
+            UPDATE batches SET
+                cancelled_jobs = cancelled_jobs + (SELECT count(*) FROM moved),
+                progress = progress + (SELECT coalesce(sum(1000000 - share), 0) FROM moved)::bigint
+            WHERE id = $1";
+        const UNCOUNTED: &str = "SET LOCAL grafter.batch_counted = 'off'";
+        const RUNNING: &str = "UPDATE jobs SET cancel_requested = true
+            WHERE batch_id = $1 AND state = 'running'";
+        const SETTLE: &str = "SELECT grafter_batch_settle($1)";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let batch = batch_get_on(&tx, params.id, true).await?;
+        if batch.finished_at.is_some() {
+            return Err(closed(&batch, "a finished batch cannot be cancelled"));
+        }
+        tx.batch_execute(COUNTED).await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(WAITING).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&batch.id.0, &params.now])
+            .await
+            .map_err(pg_error)?;
+        tx.batch_execute(UNCOUNTED).await.map_err(pg_error)?;
+        for sql in [FLAG, RUNNING, SETTLE] {
+            let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
+            tx.execute(&stmt, &[&batch.id.0]).await.map_err(pg_error)?;
+        }
+        let batch = batch_get_on(&tx, batch.id, false).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(batch)
+    }
+
+    pub(crate) async fn batch_get(&self, id: BatchId) -> Result<Option<Batch>> {
+        match batch_get_on(&self.client().await?, id, false).await {
+            Ok(batch) => Ok(Some(batch)),
+            Err(StoreError::BatchNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) async fn batches_list(&self, params: &BatchesList) -> Result<Vec<Batch>> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            batch_columns!(),
+            " FROM batches WHERE id < $1 ORDER BY id DESC LIMIT $2"
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &params.before.map_or(i64::MAX, |b| b.0),
+                    &limit(params.limit),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter().map(batch_from_row).collect()
+    }
+
+    pub(crate) async fn batches_prune(&self, params: &BatchesPrune) -> Result<u64> {
+        // The batches first, so their jobs' delete trigger has no row to
+        // update; rows another pruner holds are skipped.
+        const SQL: &str = "
+            WITH gone AS (
+                DELETE FROM batches
+                WHERE id IN (SELECT id FROM batches
+                             WHERE finished_at IS NOT NULL AND finished_at < $1
+                             ORDER BY finished_at
+                             LIMIT $2
+                             FOR UPDATE SKIP LOCKED)
+                RETURNING id
+            )
+            SELECT id FROM gone";
+        const JOBS: &str = "DELETE FROM jobs WHERE batch_id = ANY($1::bigint[])";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
+        let ids: Vec<i64> = tx
+            .query(&stmt, &[&params.finished_before, &limit(params.limit)])
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let stmt = tx.prepare_cached(JOBS).await.map_err(pg_error)?;
+        let pruned = tx.execute(&stmt, &[&ids]).await.map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(pruned)
+    }
+}
