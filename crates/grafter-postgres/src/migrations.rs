@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("../migrations/0012_limits.sql")),
     (13, include_str!("../migrations/0013_jobs_of_schedule.sql")),
     (14, include_str!("../migrations/0014_job_events.sql")),
+    (16, include_str!("../migrations/0016_tokens_audit.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/0010_limits.sql")),
     (11, include_str!("../migrations/0011_jobs_of_schedule.sql")),
     (12, include_str!("../migrations/0012_job_events.sql")),
+    (14, include_str!("../migrations/0014_tokens_audit.sql")),
 ];
 
 /// Brings the schema up to date.
