@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod cleanup;
 mod clock;
 mod config;
@@ -35,6 +36,9 @@ pub mod push;
 mod schedules;
 mod wait;
 
+pub use access::{
+    expand_scopes, queue_matches, CreatedToken, TokenSpec, MAX_AUDIT_PAGE, PRESETS, TOKEN_PREFIX,
+};
 pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;
 pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};

@@ -20,6 +20,7 @@ use crate::api;
         api::schedules::preview,
         api::events::job_events, api::events::mint_stream_token,
         api::ops::info, api::ops::cleanup,
+        api::tokens::create, api::tokens::list, api::tokens::revoke, api::audit::list,
         api::health::livez, api::health::readyz, api::health::metrics,
     ),
     modifiers(&BearerAuth),

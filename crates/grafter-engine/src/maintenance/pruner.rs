@@ -1,16 +1,18 @@
 //! Deletes finished jobs past their retention, so the jobs table stays the
-//! size of the work in flight plus a window of history.
+//! size of the work in flight plus a window of history; and audit log
+//! entries past theirs.
 
 use std::time::Duration;
 
 use grafter_core::{time, JobState};
-use grafter_store::JobsPrune;
+use grafter_store::{AuditPrune, JobsPrune};
 
 use super::RetentionConfig;
 use crate::{Engine, Result};
 
 /// One pass: up to `batch_size` completed, cancelled and expired jobs, and as
-/// many dead ones, each kept as long as `retention` says.
+/// many dead ones, and as many audit entries, each kept as long as
+/// `retention` says.
 pub(super) async fn pass(
     engine: Engine,
     retention: RetentionConfig,
@@ -31,5 +33,10 @@ pub(super) async fn pass(
         limit: batch_size,
     };
     pruned += store.jobs_prune(dead).await?;
+    let audit = AuditPrune {
+        before: before(retention.audit_ms),
+        limit: batch_size,
+    };
+    pruned += store.audit_prune(audit).await?;
     Ok(pruned)
 }
