@@ -246,7 +246,11 @@ mod tests {
             ("ab*ba", "aba", false),
             ("ab*ba", "abba", true),
         ] {
-            assert_eq!(queue_matches(pattern, queue), matches, "{pattern} ~ {queue}");
+            assert_eq!(
+                queue_matches(pattern, queue),
+                matches,
+                "{pattern} ~ {queue}"
+            );
         }
     }
 
@@ -261,8 +265,14 @@ mod tests {
             expand_scopes(&names(&["producer"])).unwrap(),
             vec![Scope::Enqueue, Scope::Read]
         );
-        assert_eq!(expand_scopes(&names(&["worker"])).unwrap(), vec![Scope::Work]);
-        assert_eq!(expand_scopes(&names(&["root"])).unwrap_err().field, "scopes");
+        assert_eq!(
+            expand_scopes(&names(&["worker"])).unwrap(),
+            vec![Scope::Work]
+        );
+        assert_eq!(
+            expand_scopes(&names(&["root"])).unwrap_err().field,
+            "scopes"
+        );
         assert_eq!(expand_scopes(&[]).unwrap_err().field, "scopes");
     }
 }

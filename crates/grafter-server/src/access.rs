@@ -160,9 +160,14 @@ pub async fn stored_token(
 /// 401 for a stored token that is revoked or past its expiry.
 pub fn usable(state: &AppState, token: Arc<ApiToken>) -> Result<Access, ApiError> {
     if token.revoked_at.is_some() {
-        return Err(ApiError::unauthorized_because("this token has been revoked"));
+        return Err(ApiError::unauthorized_because(
+            "this token has been revoked",
+        ));
     }
-    if token.expires_at.is_some_and(|at| at <= state.engine().now()) {
+    if token
+        .expires_at
+        .is_some_and(|at| at <= state.engine().now())
+    {
         return Err(ApiError::unauthorized_because("this token has expired"));
     }
     Ok(Access::Token(token))
@@ -182,12 +187,17 @@ pub fn route_needs(method: &Method, route: &str) -> (Scope, Option<&'static str>
         ("POST", "/cleanup") => (Admin, Some("jobs.cleanup")),
         ("GET", _) => (Read, None),
         ("POST", "/stream-tokens") => (Read, None),
-        ("POST", "/jobs" | "/jobs/batch" | "/batches" | "/batches/{id}/jobs" | "/batches/{id}/seal") => {
-            (Enqueue, None)
-        }
         (
             "POST",
-            "/fetch" | "/jobs/ack" | "/jobs/{id}/ack" | "/jobs/{id}/fail" | "/jobs/{id}/heartbeat"
+            "/jobs" | "/jobs/batch" | "/batches" | "/batches/{id}/jobs" | "/batches/{id}/seal",
+        ) => (Enqueue, None),
+        (
+            "POST",
+            "/fetch"
+            | "/jobs/ack"
+            | "/jobs/{id}/ack"
+            | "/jobs/{id}/fail"
+            | "/jobs/{id}/heartbeat"
             | "/jobs/{id}/release",
         )
         | ("PUT" | "DELETE", "/workers/{id}") => (Work, None),

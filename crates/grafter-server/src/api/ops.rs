@@ -186,7 +186,8 @@ pub async fn cleanup(
             dry_run: request.dry_run,
         })
         .await?;
-    let details = json!({"dry_run": dry_run, "older_than_ms": request.older_than_ms, "total": total});
+    let details =
+        json!({"dry_run": dry_run, "older_than_ms": request.older_than_ms, "total": total});
     let mut response = Json(CleanupBody {
         dry_run,
         finished_before,
