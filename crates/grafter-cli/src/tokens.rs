@@ -74,13 +74,17 @@ pub async fn tokens(args: TokensArgs) -> Result<(), Failure> {
                         .ok_or_else(|| Failure::Message("--expires-in is too long".into()))
                 })
                 .transpose()?;
-            let body = json!({"name": name, "scopes": scopes, "queues": queues, "expires_at": expires_at});
+            let body =
+                json!({"name": name, "scopes": scopes, "queues": queues, "expires_at": expires_at});
             let answer: Value = client.call(Method::POST, "/v1/tokens", Some(&body)).await?;
             if json_out {
                 return outln!("{answer}");
             }
             outln!("{}", describe(&answer))?;
-            outln!("secret (shown once): {}", answer["token"].as_str().unwrap_or("?"))
+            outln!(
+                "secret (shown once): {}",
+                answer["token"].as_str().unwrap_or("?")
+            )
         }
         TokensCommand::Revoke { id } => {
             let path = format!("/v1/tokens/{}", crate::jobs::encode(&id));

@@ -668,7 +668,12 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
     let url = server.base.clone();
     let run = |args: &[&str]| {
         let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        all.extend(["--url".to_owned(), url.clone(), "--token".to_owned(), ADMIN.to_owned()]);
+        all.extend([
+            "--url".to_owned(),
+            url.clone(),
+            "--token".to_owned(),
+            ADMIN.to_owned(),
+        ]);
         let dir = dir.path().to_owned();
         async move {
             let args: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -683,8 +688,16 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
         }
     };
     let created = run(&[
-        "tokens", "create", "--name", "mailer", "--scope", "producer", "--queue", "emails*",
-        "--expires-in", "30d",
+        "tokens",
+        "create",
+        "--name",
+        "mailer",
+        "--scope",
+        "producer",
+        "--queue",
+        "emails*",
+        "--expires-in",
+        "30d",
     ])
     .await;
     let secret = created
@@ -697,8 +710,14 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
     assert!(id.starts_with("tok_"), "{created}");
 
     let listed = run(&["tokens", "list"]).await;
-    assert!(listed.contains(&id) && listed.contains("mailer"), "{listed}");
-    assert!(listed.contains("[enqueue,read]") && listed.contains("queues emails*"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("mailer"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("[enqueue,read]") && listed.contains("queues emails*"),
+        "{listed}"
+    );
     assert!(!listed.contains(&secret), "the secret is listed: {listed}");
 
     let http = reqwest::Client::new();
@@ -712,7 +731,10 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
     assert!(revoked.contains("REVOKED"), "{revoked}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while queues().await.unwrap().status() != StatusCode::UNAUTHORIZED {
-        assert!(std::time::Instant::now() < deadline, "the revoked token still works");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked token still works"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -96,8 +96,12 @@ impl Node {
     }
 
     async fn enqueue(&self, token: &str, queue: &str) -> (StatusCode, Value) {
-        self.post(token, "/v1/jobs", json!({"kind": "k", "args": {}, "queue": queue}))
-            .await
+        self.post(
+            token,
+            "/v1/jobs",
+            json!({"kind": "k", "args": {}, "queue": queue}),
+        )
+        .await
     }
 }
 
@@ -131,9 +135,17 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
     let (emails, _) = node
         .token(json!({"name": "mailer", "scopes": ["producer"], "queues": ["emails*"]}))
         .await;
-    assert_eq!(node.enqueue(&emails, "emails-eu").await.0, StatusCode::CREATED);
-    assert_refused(&node.enqueue(&emails, "billing").await, StatusCode::FORBIDDEN, "forbidden");
-    let batch = json!({"jobs": [{"kind": "k", "queue": "emails"}, {"kind": "k", "queue": "billing"}]});
+    assert_eq!(
+        node.enqueue(&emails, "emails-eu").await.0,
+        StatusCode::CREATED
+    );
+    assert_refused(
+        &node.enqueue(&emails, "billing").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let batch =
+        json!({"jobs": [{"kind": "k", "queue": "emails"}, {"kind": "k", "queue": "billing"}]});
     assert_refused(
         &node.post(&emails, "/v1/jobs/batch", batch).await,
         StatusCode::FORBIDDEN,
@@ -142,7 +154,9 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
 
     let (_, job) = node.enqueue(ADMIN, "default").await;
     let id = job["id"].as_i64().unwrap();
-    let (worker, _) = node.token(json!({"name": "worker", "scopes": ["worker"]})).await;
+    let (worker, _) = node
+        .token(json!({"name": "worker", "scopes": ["worker"]}))
+        .await;
     for (method, path) in [
         (Method::POST, format!("/v1/jobs/{id}/retry")),
         (Method::POST, format!("/v1/jobs/{id}/cancel")),
@@ -152,13 +166,26 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
         (Method::POST, "/v1/tokens".to_owned()),
     ] {
         let answer = node
-            .call(&worker, method.clone(), &path, Some(json!({"name": "x", "scopes": ["admin"]})))
+            .call(
+                &worker,
+                method.clone(),
+                &path,
+                Some(json!({"name": "x", "scopes": ["admin"]})),
+            )
             .await;
         assert_refused(&answer, StatusCode::FORBIDDEN, "forbidden");
     }
-    assert_refused(&node.enqueue(&worker, "default").await, StatusCode::FORBIDDEN, "forbidden");
+    assert_refused(
+        &node.enqueue(&worker, "default").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
     let (status, fetched) = node
-        .post(&worker, "/v1/fetch", json!({"queues": ["default"], "worker_id": "w1"}))
+        .post(
+            &worker,
+            "/v1/fetch",
+            json!({"queues": ["default"], "worker_id": "w1"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{fetched}");
     let leased = &fetched["jobs"][0];
@@ -167,14 +194,37 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
     let (status, body) = node.post(&worker, &format!("/v1/jobs/{id}/ack"), ack).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let (reader, _) = node.token(json!({"name": "dashboards", "scopes": ["read"]})).await;
-    assert_refused(&node.enqueue(&reader, "default").await, StatusCode::FORBIDDEN, "forbidden");
-    assert_eq!(node.get(&reader, &format!("/v1/jobs/{id}")).await.0, StatusCode::OK);
+    let (reader, _) = node
+        .token(json!({"name": "dashboards", "scopes": ["read"]}))
+        .await;
+    assert_refused(
+        &node.enqueue(&reader, "default").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_eq!(
+        node.get(&reader, &format!("/v1/jobs/{id}")).await.0,
+        StatusCode::OK
+    );
     assert_eq!(node.get(&reader, "/v1/queues").await.0, StatusCode::OK);
-    assert_refused(&node.get(&reader, "/v1/tokens").await, StatusCode::FORBIDDEN, "forbidden");
-    assert_refused(&node.get(&reader, "/v1/audit").await, StatusCode::FORBIDDEN, "forbidden");
-    assert_refused(&node.get(&reader, "/metrics").await, StatusCode::FORBIDDEN, "forbidden");
-    let (metrics, _) = node.token(json!({"name": "prometheus", "scopes": ["metrics"]})).await;
+    assert_refused(
+        &node.get(&reader, "/v1/tokens").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_refused(
+        &node.get(&reader, "/v1/audit").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_refused(
+        &node.get(&reader, "/metrics").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (metrics, _) = node
+        .token(json!({"name": "prometheus", "scopes": ["metrics"]}))
+        .await;
     assert_eq!(node.get(&metrics, "/metrics").await.0, StatusCode::OK);
     assert_eq!(node.get(&reader, "/livez").await.0, StatusCode::OK);
 
@@ -185,7 +235,9 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
     let (_, billing_job) = node.enqueue(ADMIN, "billing").await;
     let billing = billing_job["id"].as_i64().unwrap();
     assert_refused(
-        &node.post(&operator, &format!("/v1/jobs/{billing}/cancel"), json!({})).await,
+        &node
+            .post(&operator, &format!("/v1/jobs/{billing}/cancel"), json!({}))
+            .await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
@@ -196,26 +248,41 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_refused(
-        &node.post(&operator, "/v1/queues/billing/pause", json!({})).await,
+        &node
+            .post(&operator, "/v1/queues/billing/pause", json!({}))
+            .await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
 
     let unknown = "gft_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    assert_refused(&node.get(unknown, "/v1/jobs").await, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_refused(
+        &node.get(unknown, "/v1/jobs").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
 
     // Listed, never with a secret; the audit log has the changes, newest first.
     let (status, listed) = node.get(ADMIN, "/v1/tokens").await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     let text = listed.to_string();
     for secret in [&emails, &worker, &reader, &operator] {
-        assert!(!text.contains(secret.as_str()), "a secret is listed: {text}");
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret is listed: {text}"
+        );
     }
     let tokens = listed["tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), 5);
     assert!(tokens.iter().all(|t| t.get("token").is_none()), "{text}");
-    let listed_operator = tokens.iter().find(|t| t["id"] == operator_id.as_str()).unwrap();
-    assert_eq!(listed_operator["scopes"], json!(["read", "manage", "queues"]));
+    let listed_operator = tokens
+        .iter()
+        .find(|t| t["id"] == operator_id.as_str())
+        .unwrap();
+    assert_eq!(
+        listed_operator["scopes"],
+        json!(["read", "manage", "queues"])
+    );
     assert_eq!(listed_operator["queues"], json!(["emails*"]));
 
     let (status, audit) = node.get(ADMIN, "/v1/audit?limit=3").await;
@@ -228,7 +295,10 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
     assert_eq!(audit["entries"][1]["action"], "token.create", "{audit}");
     assert_eq!(audit["entries"][1]["actor"], "server token");
     assert_eq!(audit["entries"][1]["details"]["name"], "support desk");
-    assert!(audit["next"].is_i64(), "a full page says where the next starts: {audit}");
+    assert!(
+        audit["next"].is_i64(),
+        "a full page says where the next starts: {audit}"
+    );
     let (_, all) = node.get(ADMIN, "/v1/audit").await;
     let actions: Vec<&str> = all["entries"]
         .as_array()
@@ -236,8 +306,15 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert!(!actions.contains(&"job.enqueue"), "enqueues are not audited: {actions:?}");
-    assert_eq!(actions.iter().filter(|a| **a == "token.create").count(), 5, "{actions:?}");
+    assert!(
+        !actions.contains(&"job.enqueue"),
+        "enqueues are not audited: {actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| **a == "token.create").count(),
+        5,
+        "{actions:?}"
+    );
 }
 
 #[tokio::test]
@@ -264,7 +341,10 @@ async fn until_refused(node: &Node, secret: &str, patience: Duration) -> Duratio
             return start.elapsed();
         }
         assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
-        assert!(start.elapsed() < patience, "still accepted after {patience:?}");
+        assert!(
+            start.elapsed() < patience,
+            "still accepted after {patience:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -285,11 +365,17 @@ async fn a_token_revoked_on_one_node_is_refused_by_another_within_the_bound() {
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
     let took = until_refused(b, &secret, REVOCATION_BOUND).await;
     assert!(took <= REVOCATION_BOUND, "node B refused it after {took:?}");
-    assert_refused(&a.get(&secret, "/v1/queues").await, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_refused(
+        &a.get(&secret, "/v1/queues").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
     let (_, audit) = b.get(ADMIN, "/v1/audit?limit=1").await;
     assert_eq!(audit["entries"][0]["action"], "token.revoke", "{audit}");
     assert_eq!(
-        a.call(ADMIN, Method::DELETE, "/v1/tokens/tok_none", None).await.0,
+        a.call(ADMIN, Method::DELETE, "/v1/tokens/tok_none", None)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
 }
@@ -302,14 +388,25 @@ async fn an_expired_token_gets_401_and_bad_specs_are_refused() {
         .token(json!({"name": "short", "scopes": ["read"], "expires_at": expires_at}))
         .await;
     assert_eq!(node.get(&secret, "/v1/queues").await.0, StatusCode::OK);
-    until_refused(&node, &secret, Duration::from_millis(1_500) + REVOCATION_BOUND).await;
+    until_refused(
+        &node,
+        &secret,
+        Duration::from_millis(1_500) + REVOCATION_BOUND,
+    )
+    .await;
 
     for (spec, field) in [
         (json!({"name": "x", "scopes": ["root"]}), "scopes"),
         (json!({"name": "x", "scopes": []}), "scopes"),
         (json!({"name": "", "scopes": ["read"]}), "name"),
-        (json!({"name": "x", "scopes": ["read"], "queues": [""]}), "queues"),
-        (json!({"name": "x", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
+        (
+            json!({"name": "x", "scopes": ["read"], "queues": [""]}),
+            "queues",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
     ] {
         let answer = node.post(ADMIN, "/v1/tokens", spec).await;
         assert_refused(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
@@ -330,14 +427,21 @@ async fn the_dashboard_gives_a_token_its_powers() {
             (response.status(), response.text().await.unwrap())
         }
     };
-    let (reader, _) = node.token(json!({"name": "viewer", "scopes": ["read"]})).await;
+    let (reader, _) = node
+        .token(json!({"name": "viewer", "scopes": ["read"]}))
+        .await;
     let (status, html) = page(reader.clone()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("Args"), "the job page: {html}");
     for action in ["/cancel", "/delete", "/reschedule"] {
-        assert!(!html.contains(&format!("/jobs/{id}{action}")), "a {action} form is shown");
+        assert!(
+            !html.contains(&format!("/jobs/{id}{action}")),
+            "a {action} form is shown"
+        );
     }
-    let (operator, _) = node.token(json!({"name": "ops", "scopes": ["operator"]})).await;
+    let (operator, _) = node
+        .token(json!({"name": "ops", "scopes": ["operator"]}))
+        .await;
     let (_, html) = page(operator).await;
     assert!(html.contains(&format!("/jobs/{id}/delete")), "{html}");
 
@@ -363,5 +467,8 @@ async fn the_dashboard_gives_a_token_its_powers() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    assert_eq!(node.get(ADMIN, &format!("/v1/jobs/{id}")).await.0, StatusCode::OK);
+    assert_eq!(
+        node.get(ADMIN, &format!("/v1/jobs/{id}")).await.0,
+        StatusCode::OK
+    );
 }

@@ -3,7 +3,7 @@
 //! (`access`), whether the route allows it, and the audit log entry of a
 //! change it made. Wrong tokens are throttled per client (`throttle`).
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{Extensions, HeaderMap};
 use axum::middleware::Next;
@@ -47,7 +47,12 @@ pub async fn require_token(
             "a token limited to some queues cannot change schedules",
         ));
     }
-    let target = request.uri().path().to_owned();
+    // The whole path: under `nest`, the request's own URI has lost `/v1`.
+    let target = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or(request.uri().path(), |uri| uri.0.path())
+        .to_owned();
     request.extensions_mut().insert(access.clone());
     let mut response = next.run(request).await;
     if let Some(action) = action.filter(|_| response.status().is_success()) {
