@@ -237,3 +237,61 @@ pub async fn audit(
         tracing::error!(%error, action, target, "could not write the audit log");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation of the API document, as (method, route without `/v1`).
+    fn operations() -> Vec<(Method, String)> {
+        let document: serde_json::Value =
+            serde_json::from_str(&crate::openapi::openapi_json()).unwrap();
+        let mut operations = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            let Some(route) = path.strip_prefix("/v1") else {
+                continue;
+            };
+            for method in item.as_object().unwrap().keys() {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                operations.push((method, route.to_owned()));
+            }
+        }
+        operations
+    }
+
+    #[test]
+    fn every_api_route_is_given_a_scope() {
+        let operations = operations();
+        assert!(operations.len() > 30, "{operations:?}");
+        for (method, route) in operations {
+            let (scope, action) = route_needs(&method, &route);
+            assert_ne!(action, Some("admin"), "{method} {route} is not mapped");
+            if method == Method::GET && !["/tokens", "/audit"].contains(&route.as_str()) {
+                assert_eq!(scope, Scope::Read, "{method} {route}");
+                assert_eq!(action, None, "reads are not audited: {method} {route}");
+            }
+        }
+    }
+
+    #[test]
+    fn workers_and_producers_are_not_audited_but_changes_are() {
+        for (method, route) in [
+            (Method::POST, "/jobs"),
+            (Method::POST, "/jobs/batch"),
+            (Method::POST, "/fetch"),
+            (Method::POST, "/jobs/{id}/ack"),
+            (Method::POST, "/jobs/ack"),
+        ] {
+            assert_eq!(route_needs(&method, route).1, None, "{method} {route}");
+        }
+        assert_eq!(
+            route_needs(&Method::POST, "/jobs/{id}/retry"),
+            (Scope::Manage, Some("job.retry"))
+        );
+        assert_eq!(
+            route_needs(&Method::PATCH, "/jobs/{id}"),
+            (Scope::Admin, Some("admin")),
+            "an unknown route needs admin"
+        );
+    }
+}

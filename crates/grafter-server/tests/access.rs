@@ -132,7 +132,7 @@ async fn postgres_nodes(count: usize) -> Option<(Vec<Node>, postgres::DropSchema
 }
 
 async fn scopes_and_queue_patterns_hold(node: &Node) {
-    let (emails, _) = node
+    let (emails, emails_id) = node
         .token(json!({"name": "mailer", "scopes": ["producer"], "queues": ["emails*"]}))
         .await;
     assert_eq!(
@@ -284,6 +284,27 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
         json!(["read", "manage", "queues"])
     );
     assert_eq!(listed_operator["queues"], json!(["emails*"]));
+
+    // Its first use is recorded (in the background, so polled for).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, listed) = node.get(ADMIN, "/v1/tokens").await;
+        let mailer = listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == emails_id.as_str())
+            .cloned()
+            .unwrap();
+        if mailer["last_used_at"].is_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last_used_at never set: {mailer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (status, audit) = node.get(ADMIN, "/v1/audit?limit=3").await;
     assert_eq!(status, StatusCode::OK, "{audit}");
