@@ -15,6 +15,7 @@ use axum::http::{Extensions, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
+use grafter_store::Scope;
 use maud::html;
 use serde::Deserialize;
 
@@ -24,7 +25,6 @@ use crate::api::auth::{bearer_token, secrets_match, token_access};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::throttle::{retry_after_secs, Client};
-use grafter_store::Scope;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "grafter_session";
