@@ -22,6 +22,7 @@
 //! ```
 
 mod batches;
+mod access;
 mod cleanup;
 mod clock;
 mod config;
@@ -37,6 +38,9 @@ mod schedules;
 mod wait;
 
 pub use batches::{NewBatch, MAX_BATCH_LIST};
+pub use access::{
+    expand_scopes, queue_matches, CreatedToken, TokenSpec, MAX_AUDIT_PAGE, PRESETS, TOKEN_PREFIX,
+};
 pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;
 pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};

@@ -22,6 +22,7 @@ use crate::api;
         api::batches::show, api::batches::list,
         api::events::job_events, api::events::mint_stream_token,
         api::ops::info, api::ops::cleanup,
+        api::tokens::create, api::tokens::list, api::tokens::revoke, api::audit::list,
         api::health::livez, api::health::readyz, api::health::metrics,
     ),
     modifiers(&BearerAuth),
@@ -37,7 +38,16 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The server's token, or a stored token (`gft_…`, POST /v1/tokens) with \
+                         the scope the route needs: enqueue, read, work, manage, queues, admin \
+                         or metrics (docs/access.md). Outside its scopes or queue patterns: 403.",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -3,12 +3,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use grafter_core::{Batch, BatchCallbacks, BatchId, Job, NewJob};
 use grafter_engine::{NewBatch, MAX_BATCH_LIST};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::Access;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathBatchId};
 use crate::state::AppState;
@@ -60,8 +61,13 @@ pub struct BatchBody {
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     ApiJson(request): ApiJson<CreateBatchRequest>,
 ) -> Result<(StatusCode, Json<BatchBody>), ApiError> {
+    let callbacks = [&request.on_success, &request.on_complete, &request.on_failure];
+    for job in request.jobs.iter().chain(callbacks.into_iter().flatten()) {
+        access.require_queue(&job.queue)?;
+    }
     let created = state
         .engine()
         .batch_create(NewBatch {
@@ -92,9 +98,13 @@ pub async fn create(
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn add(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathBatchId(id): PathBatchId,
     ApiJson(request): ApiJson<AddJobsRequest>,
 ) -> Result<(StatusCode, Json<BatchBody>), ApiError> {
+    for job in &request.jobs {
+        access.require_queue(&job.queue)?;
+    }
     let added = state.engine().batch_add(id, request.jobs).await?;
     Ok((
         StatusCode::CREATED,

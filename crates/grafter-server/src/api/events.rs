@@ -15,11 +15,12 @@ use chrono::Utc;
 use futures_util::stream::{self, Stream};
 use grafter_core::{Job, JobId};
 use grafter_engine::{JobEventStream, JobStreamEvent};
+use grafter_store::Scope;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::auth::{bearer_token, check_bearer};
+use crate::api::auth::{authenticate, bearer_token};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathJobId};
 use crate::state::AppState;
@@ -72,7 +73,8 @@ pub async fn job_events(
         &headers,
         query.access_token.as_deref(),
         id,
-    )?;
+    )
+    .await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -89,9 +91,10 @@ pub async fn job_events(
 }
 
 /// Lets a stream request in: the server has no token (its streams are
-/// open like the rest of its API), the request carries the server's token,
-/// or it carries a stream token that names the job.
-fn authorize(
+/// open like the rest of its API), the request carries a token with the
+/// `read` scope (the server's has every scope), or it carries a stream
+/// token that names the job.
+async fn authorize(
     state: &AppState,
     extensions: &Extensions,
     headers: &HeaderMap,
@@ -103,7 +106,11 @@ fn authorize(
     };
     let presented = match access_token {
         Some(presented) if bearer_token(headers).is_none() => presented,
-        _ => return check_bearer(state, extensions, headers),
+        _ => {
+            return authenticate(state, extensions, headers)
+                .await?
+                .require(Scope::Read)
+        }
     };
     match StreamGrant::verify(presented, Some(server_token), Utc::now()) {
         Ok(grant) if grant.jobs.contains(&job) => Ok(()),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use grafter_core::{Held, Job, JobId, JobState, NewJob};
 use grafter_engine::When;
@@ -13,6 +13,7 @@ use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::Access;
 use crate::api::events::{wait_for_change, EVENT_ID_HEADER, MAX_WAIT_MS};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
@@ -35,9 +36,11 @@ pub const MAX_PAGE: usize = 1_000;
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enqueue(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     trace: TraceHeaders,
     ApiJson(mut job): ApiJson<NewJob>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
+    access.require_queue(&job.queue)?;
     trace.apply(&mut job);
     let inserted = state.engine().enqueue(job).await?;
     let status = if inserted.created {
@@ -72,10 +75,12 @@ pub struct JobsBody {
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enqueue_batch(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     trace: TraceHeaders,
     ApiJson(mut batch): ApiJson<BatchRequest>,
 ) -> Result<(StatusCode, Json<JobsBody>), ApiError> {
     for job in &mut batch.jobs {
+        access.require_queue(&job.queue)?;
         trace.apply(job);
     }
     let inserted = state.engine().enqueue_many(batch.jobs).await?;
@@ -281,8 +286,10 @@ pub async fn list(
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
 ) -> Result<Json<Job>, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     Ok(Json(state.engine().retry(id, None).await?))
 }
 
@@ -292,8 +299,10 @@ pub async fn retry(
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
 ) -> Result<Json<Job>, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     Ok(Json(state.engine().cancel(id).await?))
 }
 
@@ -314,9 +323,11 @@ pub struct RescheduleRequest {
         (status = 422, body = ErrorBody)))]
 pub async fn reschedule(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
     ApiJson(request): ApiJson<RescheduleRequest>,
 ) -> Result<Json<Job>, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     let when = match (request.run_at, request.delay_ms) {
         (Some(at), None) => When::At(at),
         (None, Some(delay)) => When::After(millis("delay_ms", delay, 0)?),
@@ -335,8 +346,23 @@ pub async fn reschedule(
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
 ) -> Result<StatusCode, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     state.engine().delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// 403 when a queue-limited token names a job outside its queues. A job
+/// that does not exist passes, for the operation to answer 404; one moved
+/// between this read and the change cannot be: a job's queue never changes.
+async fn require_job_queue(state: &AppState, access: &Access, id: JobId) -> Result<(), ApiError> {
+    if !access.is_queue_limited() {
+        return Ok(());
+    }
+    match state.store().job_get(id).await? {
+        Some(job) => access.require_queue(&job.queue),
+        None => Ok(()),
+    }
 }

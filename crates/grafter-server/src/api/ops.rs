@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use grafter_core::{JobState, Worker};
 use grafter_engine::{Cleaned, Cleanup};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
+use crate::api::auth::AuditDetails;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -169,7 +172,7 @@ pub struct CleanupBody {
 pub async fn cleanup(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CleanupRequest>,
-) -> Result<Json<CleanupBody>, ApiError> {
+) -> Result<Response, ApiError> {
     let Cleaned {
         dry_run,
         finished_before,
@@ -183,10 +186,15 @@ pub async fn cleanup(
             dry_run: request.dry_run,
         })
         .await?;
-    Ok(Json(CleanupBody {
+    let details =
+        json!({"dry_run": dry_run, "older_than_ms": request.older_than_ms, "total": total});
+    let mut response = Json(CleanupBody {
         dry_run,
         finished_before,
         jobs,
         total,
-    }))
+    })
+    .into_response();
+    response.extensions_mut().insert(AuditDetails(details));
+    Ok(response)
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use grafter_core::{time, Job, JobId, JobState, LeasedJob, Progress, Worker, WorkerRegistration};
 use grafter_engine::{
     Ack, AckOutcome as EngineAckOutcome, FetchRequest as EngineFetch, Outcome, Retry, When,
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::access::Access;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{ApiJson, PathJobId};
 use crate::state::AppState;
@@ -63,8 +64,12 @@ pub(crate) fn millis(field: &str, ms: u64, min: u64) -> Result<Duration, ApiErro
     responses((status = 200, body = FetchResponse), (status = 422, body = ErrorBody)))]
 pub async fn fetch(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     ApiJson(request): ApiJson<FetchRequest>,
 ) -> Result<Json<FetchResponse>, ApiError> {
+    for queue in &request.queues {
+        access.require_queue(queue)?;
+    }
     let fetch = EngineFetch {
         queues: request.queues,
         max: request.max,

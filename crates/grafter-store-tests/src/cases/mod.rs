@@ -2,7 +2,7 @@
 //! no case sleeps to make time pass.
 //!
 //! One module per concern, under the names of the stores' own modules
-//! (`leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
+//! (`access`, `leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
 //! `leadership`, `browse`, `schedules`, `events`), and `engine`: what the engine's rules (validation,
 //! wake-ups, the one outcome path) come to on each store. Here: the helpers they share, the one case about
 //! the store as a whole (`ping_answers`), and every case re-exported, which is
@@ -11,6 +11,7 @@
 #![allow(missing_docs)]
 
 mod batches;
+mod access;
 mod browse;
 mod engine;
 mod events;
@@ -25,6 +26,7 @@ mod schedules;
 mod workers;
 
 pub use batches::*;
+pub use access::*;
 pub use browse::*;
 pub use engine::*;
 pub use events::*;
