@@ -39,8 +39,9 @@ enum Command {
     Info(ops::InfoArgs),
     /// Delete finished jobs older than an age (or count them with --dry-run).
     Cleanup(ops::CleanupArgs),
-    /// Print the OpenAPI document of the HTTP API.
-    Openapi,
+    /// Print the OpenAPI document of the HTTP API, as `serve` with the same
+    /// options would serve it (with a token, its routes need one).
+    Openapi(serve::ServeArgs),
     /// Measure throughput and latency on a throwaway database (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
@@ -121,7 +122,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Info(args) => ops::info(args).await,
             Command::Cleanup(args) => ops::cleanup(args).await,
-            Command::Openapi => outln!("{}", grafter_server::openapi_json()),
+            Command::Openapi(args) => serve::openapi(args),
         }
     });
     match outcome {

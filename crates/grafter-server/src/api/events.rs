@@ -57,8 +57,7 @@ pub struct StreamQuery {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 404, body = ErrorBody)))]
 pub async fn job_events(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
