@@ -8,6 +8,8 @@ mod backoff;
 mod display;
 mod job;
 pub mod limits;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod push;
 pub mod schedule;
 mod state;

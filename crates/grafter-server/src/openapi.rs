@@ -37,8 +37,8 @@ use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
 use utoipa::openapi::{
-    ContentBuilder, HeaderBuilder, KnownFormat, ObjectBuilder, OpenApi as Document, Ref, RefOr,
-    ResponseBuilder, SchemaFormat, Type,
+    Components, ContentBuilder, HeaderBuilder, KnownFormat, ObjectBuilder, OpenApi as Document,
+    Ref, RefOr, ResponseBuilder, Schema, SchemaFormat, Type,
 };
 use utoipa::OpenApi;
 
@@ -147,6 +147,7 @@ pub fn document(config: &ServerConfig) -> Document {
             .responses
             .insert(name.to_owned(), RefOr::T(response.build()));
     }
+    set_maximum(components, "FetchRequest", "wait_ms", config.max_wait_ms);
     if secured {
         components.add_security_scheme(
             BEARER,
@@ -189,6 +190,15 @@ pub fn document(config: &ServerConfig) -> Document {
         doc.security = Some(vec![requirement(BEARER)]);
     }
     doc
+}
+
+/// Sets the `maximum` of a schema's integer property to a configured limit.
+fn set_maximum(components: &mut Components, schema: &str, property: &str, maximum: u64) {
+    if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) {
+        if let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(property) {
+            property.maximum = Some(utoipa::Number::UInt(maximum as usize));
+        }
+    }
 }
 
 /// Adds to `operation` the answers of the machinery around its handler

@@ -192,15 +192,37 @@ pub async fn wait_for_change(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamTokenRequest {
-    /// Jobs whose event streams it opens.
+    /// Jobs whose event streams it opens (jobs and batches: 1 to 100 ids).
     #[serde(default)]
+    #[schema(schema_with = stream_ids)]
     pub jobs: Vec<i64>,
     /// Batches whose event streams it opens.
     #[serde(default)]
+    #[schema(schema_with = stream_ids)]
     pub batches: Vec<i64>,
     /// How long it works, in milliseconds (default 15 minutes, at most 24 hours).
-    #[schema(minimum = 1, maximum = 86_400_000)]
+    #[schema(schema_with = ttl_ms)]
     pub ttl_ms: Option<i64>,
+}
+
+/// Ids a stream token names: positive, at most [`MAX_IDS`].
+fn stream_ids() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Int64,
+                )))
+                .minimum(Some(1)),
+        )
+        .max_items(Some(MAX_IDS))
+        .into()
+}
+
+fn ttl_ms() -> utoipa::openapi::Schema {
+    grafter_core::openapi::millis(1, MAX_TTL_MS as u64, true)
 }
 
 /// A minted stream token.
