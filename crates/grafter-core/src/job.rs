@@ -82,7 +82,7 @@ pub struct Job {
     /// The job's name, e.g. `send_email`; workers dispatch on it.
     pub kind: String,
     /// The job's arguments, any JSON value.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::any))]
     pub args: Value,
     /// Lower runs first.
     pub priority: i16,
@@ -99,7 +99,7 @@ pub struct Job {
     /// The running attempt's last reported progress.
     pub progress: Option<Progress>,
     /// What the worker returned on success.
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::any))]
     pub result: Option<Value>,
     /// Free-form labels for searching.
     pub tags: Vec<String>,

@@ -107,6 +107,11 @@ pub fn timeout_ms() -> Schema {
     millis(1, MAX_DURATION_MS, true)
 }
 
+/// A schedule's `every_ms`: 1 s to 100 years, or `null`.
+pub fn every_ms() -> Schema {
+    millis(crate::schedule::MIN_EVERY_MS, MAX_DURATION_MS, true)
+}
+
 /// Any JSON value at all, `null` included.
 pub fn any() -> Schema {
     ObjectBuilder::new()

@@ -16,11 +16,13 @@ pub struct WorkerRegistration {
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]
     pub host: String,
     /// Process id on that host.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64, minimum = 0, maximum = 4294967295_u64))]
     pub pid: u32,
     /// Queues it takes jobs from (at most 1,000).
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::worker_names))]
     pub queues: Vec<String>,
     /// Most jobs it runs at once.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64, minimum = 0, maximum = 4294967295_u64))]
     pub concurrency: u32,
     /// Job kinds it can run (at most 1,000).
     #[serde(default)]

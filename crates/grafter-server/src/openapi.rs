@@ -32,7 +32,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use utoipa::openapi::path::{Operation, ParameterIn};
+
+use utoipa::openapi::schema::{AdditionalProperties, SchemaType};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
@@ -148,6 +151,7 @@ pub fn document(config: &ServerConfig) -> Document {
             .insert(name.to_owned(), RefOr::T(response.build()));
     }
     set_maximum(components, "FetchRequest", "wait_ms", config.max_wait_ms);
+    open_flattened_requests(components);
     if secured {
         components.add_security_scheme(
             BEARER,
@@ -171,6 +175,7 @@ pub fn document(config: &ServerConfig) -> Document {
             &mut item.delete,
         ];
         for operation in operations.into_iter().flatten() {
+            name_path_parameters(operation);
             add_shared_answers(operation, path, guarded);
             operation.security = match (secured, guarded) {
                 // Nothing to authenticate: no operation names a scheme.
@@ -192,6 +197,54 @@ pub fn document(config: &ServerConfig) -> Document {
     doc
 }
 
+/// Gives a text path parameter the schema of a name: every one is a queue
+/// name, schedule id or worker id, which the server checks as names.
+fn name_path_parameters(operation: &mut Operation) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        let is_text = matches!(&parameter.schema, Some(RefOr::T(Schema::Object(o)))
+            if o.schema_type == SchemaType::Type(Type::String));
+        if parameter.parameter_in == ParameterIn::Path && is_text {
+            parameter.schema = Some(RefOr::T(grafter_core::openapi::name()));
+        }
+    }
+}
+
+/// A request body refuses unknown fields (`additionalProperties: false`),
+/// but an answer that flattens it (a worker is its registration and more)
+/// has more: where a composition (`allOf`) names a closed schema, it gets a
+/// copy that is open.
+fn open_flattened_requests(components: &mut Components) {
+    let closed: BTreeMap<String, Schema> = components
+        .schemas
+        .iter()
+        .filter_map(|(name, schema)| match schema {
+            RefOr::T(Schema::Object(object))
+                if matches!(
+                    object.additional_properties.as_deref(),
+                    Some(AdditionalProperties::FreeForm(false))
+                ) =>
+            {
+                let mut open = object.clone();
+                open.additional_properties = None;
+                Some((format!("#/components/schemas/{name}"), Schema::Object(open)))
+            }
+            _ => None,
+        })
+        .collect();
+    for schema in components.schemas.values_mut() {
+        let RefOr::T(Schema::AllOf(all_of)) = schema else {
+            continue;
+        };
+        for item in &mut all_of.items {
+            if let RefOr::Ref(reference) = item {
+                if let Some(open) = closed.get(&reference.ref_location) {
+                    *item = RefOr::T(open.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Sets the `maximum` of a schema's integer property to a configured limit.
 fn set_maximum(components: &mut Components, schema: &str, property: &str, maximum: u64) {
     if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) {
@@ -210,8 +263,8 @@ fn add_shared_answers(operation: &mut Operation, path: &str, guarded: bool) {
         .any(|p| p.parameter_in == ParameterIn::Query);
     let has_job_id = parameters.iter().any(|p| {
         p.parameter_in == ParameterIn::Path
-            && matches!(&p.schema, Some(RefOr::T(utoipa::openapi::Schema::Object(o)))
-                if o.schema_type == utoipa::openapi::schema::SchemaType::Type(Type::Integer))
+            && matches!(&p.schema, Some(RefOr::T(Schema::Object(o)))
+                if o.schema_type == SchemaType::Type(Type::Integer))
     });
     let has_body = operation.request_body.is_some();
     let mut statuses = vec!["500"];

@@ -48,6 +48,40 @@ pub struct StreamQuery {
     pub last_event_id: Option<String>,
 }
 
+/// One Server-Sent Event of a job's stream, as `sse_event` writes it; its
+/// `data` is JSON text (docs/events.md).
+pub struct StreamEvent;
+
+impl utoipa::PartialSchema for StreamEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "event",
+                string().enum_values(Some(["snapshot", "state", "progress", "end"])),
+            )
+            .property(
+                "id",
+                string().description(Some("Send back as Last-Event-ID to resume after it")),
+            )
+            .property(
+                "retry",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .property("data", string().description(Some("The event as JSON text")))
+            .required("event")
+            .required("id")
+            .required("data")
+            .into()
+    }
+}
+
+impl ToSchema for StreamEvent {}
+
 /// A job's events: `snapshot` (the job), then `state` and `progress`
 /// (coalesced, at most four a second) as they happen, then `end` (the job as
 /// it ended, or `null` if deleted), and the stream closes. Each event's `id`
@@ -56,7 +90,7 @@ pub struct StreamQuery {
     params(("id" = i64, Path), StreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = StreamEvent),
         (status = 404, body = ErrorBody)))]
 pub async fn job_events(
     State(state): State<AppState>,

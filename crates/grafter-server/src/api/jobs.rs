@@ -48,7 +48,8 @@ pub async fn enqueue(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// The jobs, inserted in this order.
+    /// The jobs, inserted in this order (1 to 10,000).
+    #[schema(min_items = 1, max_items = 10000)]
     pub jobs: Vec<NewJob>,
 }
 

@@ -267,7 +267,7 @@ pub async fn fail(
 }
 
 /// Progress as a bare fraction or with a message.
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 pub enum ProgressInput {
     /// `0.5`
@@ -276,13 +276,29 @@ pub enum ProgressInput {
     Full(Progress),
 }
 
+/// The schema of [`ProgressInput`], or `null`.
+fn progress_input() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+    AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0.0))
+                .maximum(Some(1.0)),
+        )
+        .item(utoipa::openapi::Ref::from_schema_name("Progress"))
+        .into()
+}
+
 /// Still working.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The lease received with the job.
     pub lease: String,
-    /// Progress so far.
+    /// Progress so far: a fraction from 0.0 to 1.0, or one with a message.
+    #[schema(schema_with = progress_input)]
     pub progress: Option<ProgressInput>,
     /// New lease length from now in ms (1000 to 86,400,000; default the server's).
     #[schema(schema_with = lease_ms)]
@@ -374,11 +390,13 @@ pub async fn worker_heartbeat(
 
 /// Deregister a worker (on its orderly shutdown).
 #[utoipa::path(delete, path = "/v1/workers/{id}", tag = "worker", params(("id" = String, Path)),
-    responses((status = 204, description = "Gone")))]
+    responses((status = 204, description = "Gone"), (status = 422, body = ErrorBody)))]
 pub async fn worker_remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    // No worker can have an id that is not a name.
+    grafter_core::validate_name("id", &id)?;
     state.engine().worker_remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
