@@ -165,7 +165,9 @@ pub struct ListQuery {
     /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
     /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as
     /// text).
-    #[param(pattern = "^(|[^=]*=.*)$")]
+    #[param(
+        pattern = r#"^(|[^.="\u0000-\u001F\u007F-\u009F]*[^.="\s\u0000-\u001F\u007F-\u009F][^.="\u0000-\u001F\u007F-\u009F]*(?:\.[^.="\u0000-\u001F\u007F-\u009F]*[^.="\s\u0000-\u001F\u007F-\u009F][^.="\u0000-\u001F\u007F-\u009F]*){0,15}=[^\u0000]*)$"#
+    )]
     pub args: Option<String>,
     /// Page size (default 50, at most 1000). A page may hold fewer jobs, even
     /// none, while `next_cursor` is set: when filters are checked job by job
