@@ -25,16 +25,17 @@
 //!   config of the test with the reason.
 //! - Security is the server's: none on an open server; `bearer` on one with
 //!   a token, except the public routes (health, and `/metrics` with
-//!   `metrics_public`); job event streams also open with a stream token.
+//!   `metrics_public`); job event streams also open with a stream token
+//!   (and answer 403 for one that does not name the job).
 //! - A new route goes into `ApiDoc`'s `paths` and, if public, `PUBLIC`.
+
+use std::collections::BTreeMap;
 
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
 use bytes::Bytes;
-use std::collections::BTreeMap;
 use utoipa::openapi::path::{Operation, ParameterIn};
-
 use utoipa::openapi::schema::{AdditionalProperties, SchemaType};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
