@@ -62,17 +62,13 @@ async fn run_schemathesis(config: &str, token: Option<&str>) {
     let seed = std::env::var("GRAFTER_SCHEMATHESIS_SEED").unwrap_or(SEED.into());
     let mut command = tokio::process::Command::new("python3");
     command
-        .args([
-            "-m",
-            "schemathesis.cli",
-            "--no-color",
-            "--config-file",
-            "schemathesis.toml",
-        ])
+        .args(["-m", "schemathesis.cli", "--no-color", "--config-file"])
+        .arg(settings.join("schemathesis.toml"))
         .args(["run", &server.url("/openapi.json"), "--checks", "all"])
         .args(["--max-examples", &examples, "--seed", &seed])
-        // hooks.py is found beside the settings.
-        .current_dir(&settings)
+        .env("SCHEMATHESIS_HOOKS", settings.join("hooks.py"))
+        // Hypothesis keeps files where it runs: not in the source tree.
+        .current_dir(dir.path())
         .kill_on_drop(true);
     if let Some(token) = token {
         command.args(["--header", &format!("Authorization: Bearer {token}")]);
