@@ -45,8 +45,9 @@ enum Command {
     Cleanup(ops::CleanupArgs),
     /// Create, list or revoke scoped API tokens (an admin token is needed).
     Tokens(tokens::TokensArgs),
-    /// Print the OpenAPI document of the HTTP API.
-    Openapi,
+    /// Print the OpenAPI document of the HTTP API, as `serve` with the same
+    /// options would serve it (with a token, its routes need one).
+    Openapi(serve::ServeArgs),
     /// Measure throughput and latency on a throwaway database (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
             Command::Info(args) => ops::info(args).await,
             Command::Cleanup(args) => ops::cleanup(args).await,
             Command::Tokens(args) => tokens::tokens(args).await,
-            Command::Openapi => outln!("{}", grafter_server::openapi_json()),
+            Command::Openapi(args) => serve::openapi(args),
         }
     });
     match outcome {

@@ -9,6 +9,8 @@ pub mod batch;
 mod display;
 mod job;
 pub mod limits;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod push;
 pub mod schedule;
 mod state;

@@ -99,7 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/events", get(api::events::job_events));
     let body_limit = state.config().body_limit_bytes;
     let metrics = Router::new().route("/metrics", get(api::health::metrics));
-    let openapi = Router::new().route("/openapi.json", get(openapi::serve_openapi));
+    let openapi = Router::new().route("/openapi.json", openapi::route(state.config()));
     Router::new()
         .nest("/v1", v1)
         .merge(dashboard::routes(state.clone()))

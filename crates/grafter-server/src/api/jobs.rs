@@ -55,7 +55,8 @@ pub async fn enqueue(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// The jobs, inserted in this order.
+    /// The jobs, inserted in this order (1 to 10,000).
+    #[schema(min_items = 1, max_items = 10000)]
     pub jobs: Vec<NewJob>,
 }
 
@@ -160,30 +161,43 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only jobs in this state.
+    /// Only jobs in this state (empty: any).
+    #[param(
+        pattern = "^(|scheduled|available|running|retryable|completed|dead|cancelled|expired)$"
+    )]
     pub state: Option<String>,
     /// Only jobs on this queue.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub queue: Option<String>,
     /// Only jobs of this kind.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub kind: Option<String>,
     /// Only jobs carrying this tag.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub tag: Option<String>,
     /// Only jobs made by this schedule (by its slots or triggered by hand).
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub schedule: Option<String>,
     /// Only jobs in this batch (its id).
     pub batch: Option<String>,
     /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
     /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as
     /// text).
+    #[param(
+        pattern = r#"^(|[^.="\u0000-\u001F\u007F-\u009F]*[^.="\s\u0000-\u001F\u007F-\u009F][^.="\u0000-\u001F\u007F-\u009F]*(?:\.[^.="\u0000-\u001F\u007F-\u009F]*[^.="\s\u0000-\u001F\u007F-\u009F][^.="\u0000-\u001F\u007F-\u009F]*){0,15}=[^\u0000]*)$"#
+    )]
     pub args: Option<String>,
     /// Page size (default 50, at most 1000). A page may hold fewer jobs, even
     /// none, while `next_cursor` is set: when filters are checked job by job
     /// (args, a tag or schedule with anything else, a queue with a kind), one page looks
     /// at no more than 10,000 jobs.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^(|-?[0-9]{1,18})$")]
     pub cursor: Option<String>,
     /// `desc` (newest first, default) or `asc`.
+    #[param(pattern = "^(|asc|desc)$")]
     pub order: Option<String>,
 }
 
@@ -306,8 +320,8 @@ pub async fn cancel(
     Ok(Json(state.engine().cancel(id).await?))
 }
 
-/// When to run a job: a time, or a delay from now.
-#[derive(Deserialize, ToSchema)]
+/// When to run a job: a time, or a delay from now (exactly one of them).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleRequest {
     /// Run at this time.
@@ -315,6 +329,50 @@ pub struct RescheduleRequest {
     /// Or run this many milliseconds from now.
     pub delay_ms: Option<u64>,
 }
+
+/// Written by hand: a derived schema cannot say "exactly one of".
+impl utoipa::PartialSchema for RescheduleRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let run_at = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::DateTime,
+                )))
+                .description(Some("Run at this time."))
+        };
+        let delay_ms =
+            || grafter_core::openapi::millis(0, grafter_core::time::MAX_DURATION_MS, false);
+        let one = |given: &str| {
+            let object = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .required(given)
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ));
+            if given == "run_at" {
+                object
+                    .property("run_at", run_at())
+                    .property("delay_ms", null())
+            } else {
+                object
+                    .property("delay_ms", delay_ms())
+                    .property("run_at", null())
+            }
+        };
+        OneOfBuilder::new()
+            .item(one("run_at"))
+            .item(one("delay_ms"))
+            .description(Some(
+                "When to run the job: `run_at`, a time, or `delay_ms`, milliseconds from now.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for RescheduleRequest {}
 
 /// Move a not-running job's run time.
 #[utoipa::path(post, path = "/v1/jobs/{id}/reschedule", tag = "jobs", params(("id" = i64, Path)),
