@@ -4,7 +4,7 @@
 //! one would only protect guessable passwords), and lets every node check
 //! each request's token with one indexed read.
 
-use grafter_core::{Timestamp, ValidationError};
+use grafter_core::{validate_name, Timestamp, ValidationError};
 use grafter_store::{
     ApiToken, AuditEntry, AuditList, AuditRecord, Scope, TokenInsert, TokenRevoke, TokenTouch,
 };
@@ -14,8 +14,6 @@ use crate::{Engine, Result};
 
 /// How every token's secret begins, so it is recognizable in a leak scan.
 pub const TOKEN_PREFIX: &str = "gft_";
-/// The longest name of a token.
-pub const MAX_TOKEN_NAME: usize = 200;
 /// Most queue patterns one token names.
 pub const MAX_TOKEN_QUEUES: usize = 100;
 /// The longest page of the audit log.
@@ -106,23 +104,20 @@ impl Engine {
     /// Makes a token; its secret is in the answer and nowhere else.
     pub async fn token_create(&self, spec: TokenSpec) -> Result<CreatedToken> {
         let now = self.now();
-        let name = spec.name.trim();
-        if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
+        // A name and queue patterns are names as queues' are (a `*` is one
+        // more character): no control or invisible characters, no spaces at
+        // either end, at most 255 bytes.
+        validate_name("name", &spec.name)?;
+        let scopes = expand_scopes(&spec.scopes)?;
+        if spec.queues.len() > MAX_TOKEN_QUEUES {
             return Err(ValidationError::new(
-                "name",
-                format!("give the token a name of 1 to {MAX_TOKEN_NAME} characters"),
+                "queues",
+                format!("at most {MAX_TOKEN_QUEUES} patterns"),
             )
             .into());
         }
-        let scopes = expand_scopes(&spec.scopes)?;
-        if spec.queues.len() > MAX_TOKEN_QUEUES
-            || spec.queues.iter().any(|q| q.is_empty() || q.len() > 200)
-        {
-            return Err(ValidationError::new(
-                "queues",
-                format!("up to {MAX_TOKEN_QUEUES} patterns of 1 to 200 bytes"),
-            )
-            .into());
+        for pattern in &spec.queues {
+            validate_name("queues", pattern)?;
         }
         if spec.expires_at.is_some_and(|at| at <= now) {
             return Err(ValidationError::new("expires_at", "must be in the future").into());
@@ -136,7 +131,7 @@ impl Engine {
         );
         let token = ApiToken {
             id: format!("tok_{}", hex::encode(rand::random::<[u8; 8]>())),
-            name: name.to_owned(),
+            name: spec.name,
             scopes,
             queues: spec.queues,
             expires_at: spec.expires_at,

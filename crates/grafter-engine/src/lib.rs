@@ -21,8 +21,8 @@
 //! # Ok(()) }
 //! ```
 
-mod batches;
 mod access;
+mod batches;
 mod cleanup;
 mod clock;
 mod config;
@@ -37,10 +37,11 @@ pub mod push;
 mod schedules;
 mod wait;
 
-pub use batches::{NewBatch, MAX_BATCH_LIST};
 pub use access::{
-    expand_scopes, queue_matches, CreatedToken, TokenSpec, MAX_AUDIT_PAGE, PRESETS, TOKEN_PREFIX,
+    expand_scopes, queue_matches, CreatedToken, TokenSpec, MAX_AUDIT_PAGE, MAX_TOKEN_QUEUES,
+    PRESETS, TOKEN_PREFIX,
 };
+pub use batches::{NewBatch, MAX_BATCH_LIST};
 pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;
 pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};

@@ -163,6 +163,7 @@ pub fn document(config: &ServerConfig) -> Document {
             .insert(name.to_owned(), RefOr::T(response.build()));
     }
     set_maximum(components, "FetchRequest", "wait_ms", config.max_wait_ms);
+    batch_job_schemas(components);
     open_flattened_requests(components);
     if secured {
         components.add_security_scheme(
@@ -226,6 +227,70 @@ fn name_path_parameters(operation: &mut Operation) {
             if o.schema_type == SchemaType::Type(Type::String));
         if parameter.parameter_in == ParameterIn::Path && is_text {
             parameter.schema = Some(RefOr::T(grafter_core::openapi::name()));
+        }
+    }
+}
+
+/// A batch's jobs and callbacks are jobs with fewer fields
+/// (grafter_core::batch): a job in a batch has no `unique_key` (a duplicate
+/// would stand for a job outside it), and a callback, enqueued when the batch
+/// settles, no `run_at`, `expires_at` or `unique_key` either. Each gets a copy
+/// of `NewJob` without them, which the batch requests name instead.
+fn batch_job_schemas(components: &mut Components) {
+    let Some(RefOr::T(Schema::Object(new_job))) = components.schemas.get("NewJob").cloned() else {
+        return;
+    };
+    let without = |fields: &[&str], description: &str| {
+        let mut job = new_job.clone();
+        for field in fields {
+            job.properties.remove(*field);
+        }
+        job.required.retain(|r| !fields.contains(&r.as_str()));
+        job.description = Some(description.to_owned());
+        Schema::Object(job)
+    };
+    components.schemas.insert(
+        "BatchJob".to_owned(),
+        RefOr::T(without(
+            &["unique_key"],
+            "A job of a batch: the fields of POST /v1/jobs but `unique_key`.",
+        )),
+    );
+    components.schemas.insert(
+        "BatchCallback".to_owned(),
+        RefOr::T(without(
+            &["run_at", "expires_at", "unique_key"],
+            "A batch callback: the fields of POST /v1/jobs but `run_at`, `expires_at` and `unique_key`.",
+        )),
+    );
+    let new_job_ref = "#/components/schemas/NewJob";
+    for (request, target) in [
+        ("CreateBatchRequest", "#/components/schemas/BatchJob"),
+        ("AddJobsRequest", "#/components/schemas/BatchJob"),
+    ] {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(request) {
+            if let Some(RefOr::T(Schema::Array(jobs))) = object.properties.get_mut("jobs") {
+                if let utoipa::openapi::schema::ArrayItems::RefOrSchema(items) = &mut jobs.items {
+                    if matches!(items.as_ref(), RefOr::Ref(r) if r.ref_location == new_job_ref) {
+                        **items = RefOr::Ref(Ref::new(target));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut("CreateBatchRequest")
+    {
+        for callback in ["on_success", "on_complete", "on_failure"] {
+            if let Some(RefOr::T(Schema::OneOf(one_of))) = object.properties.get_mut(callback) {
+                for item in &mut one_of.items {
+                    if let RefOr::Ref(reference) = item {
+                        if reference.ref_location == new_job_ref {
+                            // Keeps the reference's description.
+                            reference.ref_location = "#/components/schemas/BatchCallback".into();
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -289,7 +289,11 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
     // A batch's jobs may span queues: not the queue-limited operator's to cancel.
     assert_refused(
         &node
-            .post(&operator, &format!("/v1/batches/{batch_id}/cancel"), json!({}))
+            .post(
+                &operator,
+                &format!("/v1/batches/{batch_id}/cancel"),
+                json!({}),
+            )
             .await,
         StatusCode::FORBIDDEN,
         "forbidden",

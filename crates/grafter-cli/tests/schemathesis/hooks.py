@@ -30,8 +30,11 @@ BEYOND_SCHEMA = [
     ("backoff", "must be at least base_ms"),
     ("jobs[", "must be at least base_ms"),
     ("job.backoff", "must be at least base_ms"),
+    ("on_", "must be at least base_ms"),
     # PUT /v1/queues/{name}: limits need concurrency or rate.
     ("limits", "give concurrency, rate or both"),
+    # POST /v1/tokens: an expiry in the future (the schema cannot say "after now").
+    ("expires_at", "must be in the future"),
     # Names are limited to 255 bytes of UTF-8; maxLength counts characters.
     ("", "bytes, got"),
     # Invisible characters beyond the Basic Multilingual Plane, which a

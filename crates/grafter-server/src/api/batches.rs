@@ -24,6 +24,7 @@ pub struct CreateBatchRequest {
     /// Its first jobs (0 to 10,000; the fields of `POST /v1/jobs`, without
     /// `unique_key`).
     #[serde(default)]
+    #[schema(max_items = 10_000)]
     pub jobs: Vec<NewJob>,
     /// Keep it open for more jobs (`POST /v1/batches/{id}/jobs`) until
     /// sealed; an open batch never settles. Default false.
@@ -42,6 +43,7 @@ pub struct CreateBatchRequest {
 #[serde(deny_unknown_fields)]
 pub struct AddJobsRequest {
     /// 1 to 10,000 jobs.
+    #[schema(min_items = 1, max_items = 10_000)]
     pub jobs: Vec<NewJob>,
 }
 
@@ -64,7 +66,11 @@ pub async fn create(
     Extension(access): Extension<Access>,
     ApiJson(request): ApiJson<CreateBatchRequest>,
 ) -> Result<(StatusCode, Json<BatchBody>), ApiError> {
-    let callbacks = [&request.on_success, &request.on_complete, &request.on_failure];
+    let callbacks = [
+        &request.on_success,
+        &request.on_complete,
+        &request.on_failure,
+    ];
     for job in request.jobs.iter().chain(callbacks.into_iter().flatten()) {
         access.require_queue(&job.queue)?;
     }
@@ -154,8 +160,10 @@ pub async fn show(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size (default 50, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^(|-?[0-9]{1,18})$")]
     pub cursor: Option<String>,
 }
 

@@ -179,6 +179,7 @@ pub struct ListQuery {
     #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub schedule: Option<String>,
     /// Only jobs in this batch (its id).
+    #[param(pattern = "^(|-?[0-9]{1,18})$")]
     pub batch: Option<String>,
     /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
     /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as

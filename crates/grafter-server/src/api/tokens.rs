@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use grafter_engine::TokenSpec;
-use grafter_store::ApiToken;
+use grafter_engine::{TokenSpec, MAX_TOKEN_QUEUES, PRESETS};
+use grafter_store::{ApiToken, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -21,20 +21,41 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// What it is for (1 to 200 characters).
-    #[schema(min_length = 1, max_length = 200)]
+    /// What it is for (a name, as a queue's).
+    #[schema(schema_with = grafter_core::openapi::name)]
     pub name: String,
     /// Scopes (`enqueue`, `read`, `work`, `manage`, `queues`, `admin`,
     /// `metrics`) or presets (`producer` = enqueue + read, `worker` = work,
     /// `operator` = read + manage + queues); at least one.
-    #[schema(min_items = 1)]
+    #[schema(schema_with = scope_names)]
     pub scopes: Vec<String>,
     /// Queue patterns (`*` matches any run of characters) its enqueues,
-    /// fetches and changes are limited to; absent or empty: every queue.
+    /// fetches and changes are limited to, at most 100, each a name as a
+    /// queue's; absent or empty: every queue.
     #[serde(default)]
+    #[schema(schema_with = queue_patterns)]
     pub queues: Vec<String>,
     /// When it stops working (in the future); absent: never.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn scope_names() -> utoipa::openapi::Schema {
+    let names = Scope::ALL
+        .iter()
+        .map(|scope| scope.name())
+        .chain(PRESETS.iter().map(|(preset, _)| *preset));
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .enum_values(Some(names)),
+        )
+        .min_items(Some(1))
+        .into()
+}
+
+fn queue_patterns() -> utoipa::openapi::Schema {
+    grafter_core::openapi::names(0, MAX_TOKEN_QUEUES)
 }
 
 /// A stored token, never with its secret.

@@ -10,8 +10,8 @@
 
 #![allow(missing_docs)]
 
-mod batches;
 mod access;
+mod batches;
 mod browse;
 mod engine;
 mod events;
@@ -25,8 +25,8 @@ mod queues;
 mod schedules;
 mod workers;
 
-pub use batches::*;
 pub use access::*;
+pub use batches::*;
 pub use browse::*;
 pub use engine::*;
 pub use events::*;
