@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch_events;
 mod batches;
 mod cleanup;
 mod clock;
@@ -36,6 +37,7 @@ pub mod push;
 mod schedules;
 mod wait;
 
+pub use batch_events::{BatchEventStream, BatchStreamEvent};
 pub use batches::{NewBatch, MAX_BATCH_LIST};
 pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;
