@@ -20,7 +20,7 @@ use crate::api;
         api::schedules::preview,
         api::batches::create, api::batches::add, api::batches::seal, api::batches::cancel,
         api::batches::show, api::batches::list,
-        api::events::job_events, api::events::mint_stream_token,
+        api::events::job_events, api::events::batch_events, api::events::mint_stream_token,
         api::ops::info, api::ops::cleanup,
         api::health::livez, api::health::readyz, api::health::metrics,
     ),
