@@ -79,7 +79,7 @@ pub async fn job_events(
         .job_events(id, resume_after(&headers, &query))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    Ok(sse_response(Events::Job(events), state))
+    Ok(sse_response(Events::Job(Box::new(events)), state))
 }
 
 /// A batch's events: `snapshot` (the batch as `GET /v1/batches/{id}` shows
@@ -116,7 +116,7 @@ pub async fn batch_events(
         .batch_events(id, resume_after(&headers, &query))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("batch {id} not found")))?;
-    Ok(sse_response(Events::Batch(events), state))
+    Ok(sse_response(Events::Batch(Box::new(events)), state))
 }
 
 /// Where a stream resumes: the `Last-Event-ID` header, else the query's.
@@ -198,10 +198,11 @@ impl StreamGrant {
     }
 }
 
-/// A job's or a batch's stream.
+/// A job's or a batch's stream (boxed: each holds a snapshot, a batch's the
+/// larger).
 enum Events {
-    Job(JobEventStream),
-    Batch(BatchEventStream),
+    Job(Box<JobEventStream>),
+    Batch(Box<BatchEventStream>),
 }
 
 impl Events {
