@@ -177,7 +177,7 @@ pub fn validate_batch_jobs(jobs: &[NewJob], allow_empty: bool) -> Result<(), Val
             ));
         }
     }
-    Ok(())
+    crate::dependency::plan(jobs).map(drop)
 }
 
 /// A batch as stored.

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (14, include_str!("../migrations/0014_job_events.sql")),
     (15, include_str!("../migrations/0015_batches.sql")),
     (17, include_str!("../migrations/0017_trace_context.sql")),
+    (18, include_str!("../migrations/0018_dependencies.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

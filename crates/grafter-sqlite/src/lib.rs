@@ -8,6 +8,7 @@
 
 mod batches;
 mod browse;
+mod dependencies;
 mod error;
 mod events;
 mod fetch;
@@ -164,6 +165,12 @@ impl Store for SqliteStore {
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
         self.readers.run(move |conn| jobs::job_get(conn, id)).await
+    }
+
+    async fn job_dependencies(&self, id: JobId) -> Result<Option<Vec<Job>>> {
+        self.readers
+            .run(move |conn| dependencies::dependencies_of(conn, id))
+            .await
     }
 
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {

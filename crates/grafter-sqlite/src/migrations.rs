@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../migrations/0012_job_events.sql")),
     (13, include_str!("../migrations/0013_batches.sql")),
     (15, include_str!("../migrations/0015_trace_context.sql")),
+    (16, include_str!("../migrations/0016_dependencies.sql")),
 ];
 
 /// Brings the schema up to date.

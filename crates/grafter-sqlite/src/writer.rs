@@ -134,6 +134,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // A dependent cancelled by its upstream's trigger cancels its own
+    // dependents by the same trigger (migrations/0016_dependencies.sql).
+    conn.pragma_update(None, "recursive_triggers", "ON")?;
     // Statement and savepoint journals only ever undo work inside the open
     // transaction; in memory they cost a copy instead of a temporary file's
     // writes. Durability is the WAL's business and does not change.

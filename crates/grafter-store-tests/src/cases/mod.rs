@@ -3,7 +3,7 @@
 //!
 //! One module per concern, under the names of the stores' own modules
 //! (`leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
-//! `leadership`, `browse`, `schedules`, `events`), and `engine`: what the engine's rules (validation,
+//! `leadership`, `browse`, `schedules`, `events`, `batches`, `dependencies`), and `engine`: what the engine's rules (validation,
 //! wake-ups, the one outcome path) come to on each store. Here: the helpers they share, the one case about
 //! the store as a whole (`ping_answers`), and every case re-exported, which is
 //! the path `conformance_suite!` names.
@@ -12,6 +12,7 @@
 
 mod batches;
 mod browse;
+mod dependencies;
 mod engine;
 mod events;
 mod inserts;
@@ -26,6 +27,7 @@ mod workers;
 
 pub use batches::*;
 pub use browse::*;
+pub use dependencies::*;
 pub use engine::*;
 pub use events::*;
 pub use inserts::*;
