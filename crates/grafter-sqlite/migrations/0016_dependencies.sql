@@ -44,6 +44,9 @@ BEGIN
             ELSE finished_at END
     WHERE id IN (SELECT job_id FROM job_dependencies WHERE depends_on = NEW.id)
       AND state = 'pending';
+    SELECT grafter_released(queue) FROM jobs
+    WHERE id IN (SELECT job_id FROM job_dependencies WHERE depends_on = NEW.id)
+      AND state = 'available' AND deps_left = 0;
 END;
 
 -- An unfinished upstream deleted by hand fails its pending dependents as a
@@ -64,6 +67,9 @@ BEGIN
     WHERE id IN (SELECT job_id FROM job_dependencies WHERE depends_on = OLD.id)
       AND state = 'pending'
       AND OLD.state NOT IN ('completed', 'dead', 'cancelled', 'expired');
+    SELECT grafter_released(queue) FROM jobs
+    WHERE id IN (SELECT job_id FROM job_dependencies WHERE depends_on = OLD.id)
+      AND state = 'available' AND deps_left = 0;
     DELETE FROM job_dependencies WHERE depends_on = OLD.id;
 END;
 

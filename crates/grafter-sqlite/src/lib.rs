@@ -72,8 +72,11 @@ impl SqliteStore {
         let writer_path = path.clone();
         let committed = Arc::new(Notify::new());
         let writer_committed = committed.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || Writer::start(&writer_path, writer_committed))
+        let wakeups = Wakeups::default();
+        let writer_wakeups = wakeups.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            Writer::start(&writer_path, writer_committed, writer_wakeups)
+        })
                 .await
                 .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
         let limited = Arc::new(Limited::default());
@@ -95,7 +98,7 @@ impl SqliteStore {
             readers,
             path,
             writer,
-            wakeups: Wakeups::default(),
+            wakeups,
             watchers,
             limited,
             _background: cancel.drop_guard(),

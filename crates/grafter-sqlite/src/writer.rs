@@ -19,7 +19,8 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use grafter_store::{Result, StoreError};
+use grafter_store::{Result, StoreError, Wakeups};
+use rusqlite::functions::FunctionFlags;
 use rusqlite::Connection;
 use tokio::sync::{oneshot, Notify};
 
@@ -90,8 +91,8 @@ pub struct Writer {
 impl Writer {
     /// Opens the write connection, migrates, and starts the thread, which
     /// signals `committed` after each commit.
-    pub fn start(path: &Path, committed: Arc<Notify>) -> Result<Self> {
-        let mut conn = open(path).map_err(|e| {
+    pub fn start(path: &Path, committed: Arc<Notify>, wakeups: Wakeups) -> Result<Self> {
+        let mut conn = open(path, wakeups).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot open SQLite database {}: {e}",
                 path.display()
@@ -126,8 +127,16 @@ impl Writer {
     }
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
+fn open(path: &Path, wakeups: Wakeups) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // A dependent that its upstream's trigger makes available wakes the
+    // waiters of its queue (migrations/0016_dependencies.sql). Before the
+    // commit, but harmlessly: a woken fetch runs on this thread, after it.
+    conn.create_scalar_function("grafter_released", 1, FunctionFlags::SQLITE_UTF8, move |ctx| {
+        let queue: String = ctx.get(0)?;
+        wakeups.wake([queue.as_str()]);
+        Ok(true)
+    })?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // WAL lets readers run beside the writer; FULL syncs the WAL on every commit,
     // which is what makes an acknowledged change survive power loss.

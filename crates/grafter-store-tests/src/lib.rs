@@ -126,6 +126,9 @@ macro_rules! conformance_suite {
             a_dependency_finished_at_insert_is_applied_at_insert,
             pruning_keeps_an_upstream_of_a_pending_job,
             concurrent_completions_of_two_upstreams_release_the_dependent_once,
+            a_released_dependent_wakes_a_waiting_fetch,
+            a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_upstreams,
+            a_graph_in_a_batch_is_counted_with_it,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

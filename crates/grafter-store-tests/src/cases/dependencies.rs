@@ -2,8 +2,11 @@
 //! or cancelled in the transaction of its upstream's last move, a graph
 //! inserted whole or not at all, and upstreams kept from the pruner.
 
-use grafter_core::{DependencyFailure, JobState, Upstream};
-use grafter_store::{JobCancel, JobsList, JobsPrune, StoreError};
+use grafter_core::{BatchState, DependencyFailure, JobState, Upstream};
+use grafter_engine::{Ack, FetchRequest};
+use grafter_store::{
+    BatchAdd, BatchCreate, JobCancel, JobRetry, JobsList, JobsPrune, StoreError,
+};
 use serde_json::json;
 
 use super::*;
@@ -278,4 +281,135 @@ pub async fn concurrent_completions_of_two_upstreams_release_the_dependent_once(
         assert_eq!(leased.len(), 1);
         assert_eq!(leased[0].job.id, jobs[2].id);
     }
+}
+
+pub async fn a_released_dependent_wakes_a_waiting_fetch(store: S) {
+    let now = t0();
+    let (engine, _clock) = super::engine::engine(&store, now);
+    let jobs = engine
+        .enqueue_many(vec![
+            node("first", "up", &[]),
+            node("then", "down", &[r("up")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(jobs[1].job.state, JobState::Pending);
+    let request = |queue: &str| FetchRequest {
+        queues: vec![queue.into()],
+        max: 1,
+        wait: Duration::from_secs(20),
+        lease: None,
+        worker_id: Some("w".into()),
+        running_limit: None,
+    };
+    let up = engine
+        .fetch(request("first"), std::future::pending())
+        .await
+        .unwrap();
+    let waiting = {
+        let engine = engine.clone();
+        let request = request("then");
+        tokio::spawn(async move { engine.fetch(request, std::future::pending()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "nothing to fetch while pending");
+    engine
+        .complete_many(vec![Ack {
+            id: up[0].job.id,
+            lease: up[0].lease.clone(),
+            result: Some(json!({"rows": 3})),
+        }])
+        .await
+        .unwrap();
+    let down = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("woken by the release")
+        .unwrap()
+        .unwrap();
+    assert_eq!(down[0].job.id, jobs[1].job.id);
+    // The dependent reads what its upstream answered.
+    let upstreams = engine.job_dependencies(down[0].job.id).await.unwrap();
+    assert_eq!(upstreams[0].result, Some(json!({"rows": 3})));
+}
+
+pub async fn a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_upstreams(
+    store: S,
+) {
+    let now = t0();
+    let jobs = insert(
+        &store,
+        vec![
+            node("retry-up", "up", &[]),
+            node("retry-down", "down", &[r("up")]),
+        ],
+        now,
+    )
+    .await;
+    store
+        .job_cancel(JobCancel { id: jobs[1].id, now })
+        .await
+        .unwrap();
+    let retried = store
+        .job_retry(JobRetry {
+            id: jobs[1].id,
+            args: None,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(retried.state, JobState::Pending);
+    let leased = fetch(&store, "retry-up", 1, now).await;
+    complete(&store, &leased[0], now).await;
+    assert_eq!(get(&store, jobs[1].id).await.state, JobState::Available);
+    // Retried after its upstream failed, it runs: the retry asked for it.
+    let up = insert_one(&store, node("retry-up", "up2", &[]), now).await;
+    let down = insert_one(&store, node("retry-down", "down2", &[on(&up)]), now).await;
+    end(&store, &up, true, now).await;
+    assert_eq!(get(&store, down.id).await.state, JobState::Cancelled);
+    let retried = store
+        .job_retry(JobRetry {
+            id: down.id,
+            args: None,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(retried.state, JobState::Available);
+}
+
+pub async fn a_graph_in_a_batch_is_counted_with_it(store: S) {
+    let now = t0();
+    let created = store
+        .batch_create(BatchCreate {
+            jobs: vec![
+                node("graph", "a", &[]),
+                node("graph", "b", &[r("a")]),
+            ],
+            open: false,
+            callbacks: Default::default(),
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.jobs[1].state, JobState::Pending);
+    assert_eq!(created.batch.counts.pending, 2);
+    let added = store
+        .batch_add(BatchAdd {
+            id: created.batch.id,
+            jobs: vec![node("graph", "c", &[on(&created.jobs[1])])],
+            now,
+        })
+        .await;
+    // A sealed batch takes no more jobs, graph or not.
+    assert!(matches!(added, Err(StoreError::BatchClosed { .. })));
+    let a = fetch(&store, "graph", 10, now).await;
+    assert_eq!(a.len(), 1);
+    store
+        .job_fail(fail_params(&a[0], "boom", now))
+        .await
+        .unwrap();
+    // b is cancelled with a's death: the batch settles at once.
+    let batch = store.batch_get(created.batch.id).await.unwrap().unwrap();
+    assert_eq!(batch.state, BatchState::CompletedWithFailures);
+    assert_eq!((batch.counts.dead, batch.counts.cancelled), (1, 1));
 }
