@@ -10,6 +10,7 @@ use crate::api;
     info(title = "Grafter", description = "Durable background jobs over HTTP."),
     paths(
         api::jobs::enqueue, api::jobs::enqueue_batch, api::jobs::list, api::jobs::show,
+        api::jobs::dependencies,
         api::jobs::retry, api::jobs::cancel, api::jobs::reschedule, api::jobs::delete,
         api::worker::fetch, api::worker::ack, api::worker::ack_many, api::worker::fail, api::worker::heartbeat,
         api::worker::release, api::worker::worker_heartbeat, api::worker::worker_remove,

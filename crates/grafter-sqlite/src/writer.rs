@@ -321,7 +321,7 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("t.db")).unwrap();
+        let conn = open(&dir.path().join("t.db"), Wakeups::default()).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)")
             .unwrap();
         (dir, conn)
