@@ -119,7 +119,10 @@ pub fn plan(jobs: &[NewJob]) -> Result<Plan, ValidationError> {
                 Upstream::Job(id) => Resolved::Job(*id),
                 Upstream::Ref(name) => match refs.get(name.as_str()) {
                     Some(&j) if j == i => {
-                        return Err(ValidationError::new(field(), "a job cannot depend on itself"))
+                        return Err(ValidationError::new(
+                            field(),
+                            "a job cannot depend on itself",
+                        ))
                     }
                     Some(&j) => Resolved::Index(j),
                     None => {
@@ -171,7 +174,9 @@ fn topological(upstreams: &[Vec<Resolved>]) -> Result<Vec<usize>, ValidationErro
                         Mark::Open => {
                             return Err(ValidationError::new(
                                 format!("jobs[{job}].depends_on"),
-                                format!("jobs[{job}] and jobs[{up}] depend on each other (a cycle)"),
+                                format!(
+                                    "jobs[{job}] and jobs[{up}] depend on each other (a cycle)"
+                                ),
                             ))
                         }
                         Mark::Done => {}
@@ -218,7 +223,10 @@ mod tests {
         ];
         let plan = plan(&jobs).unwrap();
         assert_eq!(plan.upstreams[0], [Resolved::Index(1), Resolved::Index(2)]);
-        assert_eq!(plan.upstreams[2], [Resolved::Index(3), Resolved::Job(JobId(7))]);
+        assert_eq!(
+            plan.upstreams[2],
+            [Resolved::Index(3), Resolved::Job(JobId(7))]
+        );
         let pos = |i| plan.order.iter().position(|&j| j == i).unwrap();
         assert!(pos(1) < pos(0) && pos(2) < pos(0));
         assert_eq!(plan.order.len(), 3);
@@ -226,7 +234,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_graphs() {
-        let cycle = [job("a", &[r("c")]), job("b", &[r("a")]), job("c", &[r("b")])];
+        let cycle = [
+            job("a", &[r("c")]),
+            job("b", &[r("a")]),
+            job("c", &[r("b")]),
+        ];
         assert!(plan(&cycle).unwrap_err().message.contains("cycle"));
         let own = [job("a", &[r("a")])];
         assert_eq!(plan(&own).unwrap_err().field, "jobs[0].depends_on[0]");

@@ -8,15 +8,15 @@ use grafter_core::{
     Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, Job, NewJob, Timestamp,
 };
 use grafter_store::{
-    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, Inserted,
-    Result, StoreError,
+    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, Inserted, Result,
+    StoreError,
 };
 use serde_json::Value;
 use tokio_postgres::Row;
 
 use crate::db::Db;
-use crate::error::pg_error;
 use crate::dependencies;
+use crate::error::pg_error;
 use crate::inserts::{created, insert_unkeyed};
 use crate::row::{args_bytes, limit, opt_json, to_json};
 
@@ -137,11 +137,12 @@ async fn insert_into(
     let jobs = if jobs.is_empty() {
         Vec::new()
     } else {
-        let mut inserted: Vec<Inserted> = insert_unkeyed(tx, jobs, &vec![now; jobs.len()], Some(id))
-            .await?
-            .into_iter()
-            .map(created)
-            .collect();
+        let mut inserted: Vec<Inserted> =
+            insert_unkeyed(tx, jobs, &vec![now; jobs.len()], Some(id))
+                .await?
+                .into_iter()
+                .map(created)
+                .collect();
         dependencies::link(tx, jobs, &mut inserted, now).await?;
         inserted.into_iter().map(|i| i.job).collect()
     };

@@ -96,7 +96,12 @@ pub(crate) async fn dependencies_of(
          ORDER BY id"
     );
     let stmt = client.prepare_cached(EXISTS).await.map_err(pg_error)?;
-    if client.query_opt(&stmt, &[&id.0]).await.map_err(pg_error)?.is_none() {
+    if client
+        .query_opt(&stmt, &[&id.0])
+        .await
+        .map_err(pg_error)?
+        .is_none()
+    {
         return Ok(None);
     }
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;

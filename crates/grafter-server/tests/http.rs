@@ -2163,8 +2163,10 @@ async fn a_graph_runs_in_order_and_bad_graphs_are_refused(api: &Api) {
 
     // An id already completed: available at once.
     let after = api
-        .enqueue(json!({"kind": "report", "queue": "etl", "depends_on": [extract],
-                        "on_dependency_failure": "run"}))
+        .enqueue(
+            json!({"kind": "report", "queue": "etl", "depends_on": [extract],
+                        "on_dependency_failure": "run"}),
+        )
         .await;
     assert_eq!(after["state"], "available");
 
@@ -2193,7 +2195,11 @@ async fn a_graph_runs_in_order_and_bad_graphs_are_refused(api: &Api) {
                             {"kind": "b", "queue": "refused", "depends_on": ["nope"]}]}),
         )
         .await;
-    assert_error(&unknown_ref, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &unknown_ref,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
     assert_eq!(unknown_ref.1["error"]["field"], "jobs[1].depends_on[0]");
     let unknown_id = api
         .post(
@@ -2202,7 +2208,11 @@ async fn a_graph_runs_in_order_and_bad_graphs_are_refused(api: &Api) {
                             {"kind": "b", "queue": "refused", "depends_on": [999999]}]}),
         )
         .await;
-    assert_error(&unknown_id, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_error(
+        &unknown_id,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
     assert!(
         unknown_id.1["error"]["message"]
             .as_str()

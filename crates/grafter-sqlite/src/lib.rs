@@ -77,8 +77,8 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || {
             Writer::start(&writer_path, writer_committed, writer_wakeups)
         })
-                .await
-                .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
+        .await
+        .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
         let limited = Arc::new(Limited::default());
         limited.replace(writer.run(limits::limited_names).await?);
         let readers = Readers::new(path.clone());

@@ -132,11 +132,16 @@ fn open(path: &Path, wakeups: Wakeups) -> rusqlite::Result<Connection> {
     // A dependent that its upstream's trigger makes available wakes the
     // waiters of its queue (migrations/0016_dependencies.sql). Before the
     // commit, but harmlessly: a woken fetch runs on this thread, after it.
-    conn.create_scalar_function("grafter_released", 1, FunctionFlags::SQLITE_UTF8, move |ctx| {
-        let queue: String = ctx.get(0)?;
-        wakeups.wake([queue.as_str()]);
-        Ok(true)
-    })?;
+    conn.create_scalar_function(
+        "grafter_released",
+        1,
+        FunctionFlags::SQLITE_UTF8,
+        move |ctx| {
+            let queue: String = ctx.get(0)?;
+            wakeups.wake([queue.as_str()]);
+            Ok(true)
+        },
+    )?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // WAL lets readers run beside the writer; FULL syncs the WAL on every commit,
     // which is what makes an acknowledged change survive power loss.

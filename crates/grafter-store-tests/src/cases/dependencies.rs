@@ -4,9 +4,7 @@
 
 use grafter_core::{BatchState, DependencyFailure, JobState, Upstream};
 use grafter_engine::{Ack, FetchRequest};
-use grafter_store::{
-    BatchAdd, BatchCreate, JobCancel, JobRetry, JobsList, JobsPrune, StoreError,
-};
+use grafter_store::{BatchAdd, BatchCreate, JobCancel, JobRetry, JobsList, JobsPrune, StoreError};
 use serde_json::json;
 
 use super::*;
@@ -85,7 +83,11 @@ pub async fn a_diamond_graph_runs_in_order(store: S) {
     let ids: Vec<JobId> = upstreams.iter().map(|j| j.id).collect();
     assert_eq!(ids, [jobs[1].id, jobs[2].id]);
     assert!(upstreams.iter().all(|j| j.state == JobState::Completed));
-    assert!(store.job_dependencies(JobId(i64::MAX)).await.unwrap().is_none());
+    assert!(store
+        .job_dependencies(JobId(i64::MAX))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// Ends `job` (fetched alone from its queue) dead or cancelled.
@@ -124,7 +126,8 @@ pub async fn each_dependency_policy_on_a_dead_and_a_cancelled_upstream(store: S)
             )
             .await;
             end(&store, &up, dead, now).await;
-            let (dependent, grandchild) = (get(&store, jobs[0].id).await, get(&store, jobs[1].id).await);
+            let (dependent, grandchild) =
+                (get(&store, jobs[0].id).await, get(&store, jobs[1].id).await);
             match policy {
                 DependencyFailure::Cancel => {
                     // Cancelled at once, and its own dependent (policy cancel) with it.
@@ -173,7 +176,10 @@ pub async fn a_cycle_or_an_unknown_id_is_refused_and_nothing_inserted(store: S) 
         .jobs_insert_many(JobsInsert { jobs: cycle, now })
         .await
         .unwrap_err();
-    assert!(matches!(&err, StoreError::Invalid(m) if m.contains("cycle")), "{err}");
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("cycle")),
+        "{err}"
+    );
     let unknown = vec![
         node("refused", "a", &[]),
         node("refused", "b", &[r("a"), Upstream::Job(JobId(i64::MAX))]),
@@ -229,7 +235,12 @@ pub async fn pruning_keeps_an_upstream_of_a_pending_job(store: S) {
     let now = t0();
     let up = insert_one(&store, node("prune", "up", &[]), now).await;
     let slow = insert_one(&store, node("prune-slow", "slow", &[]), now).await;
-    let dependent = insert_one(&store, node("prune", "dependent", &[on(&up), on(&slow)]), now).await;
+    let dependent = insert_one(
+        &store,
+        node("prune", "dependent", &[on(&up), on(&slow)]),
+        now,
+    )
+    .await;
     let leased = fetch(&store, "prune", 1, now).await;
     complete(&store, &leased[0], now).await;
     let prune = || JobsPrune {
@@ -332,9 +343,7 @@ pub async fn a_released_dependent_wakes_a_waiting_fetch(store: S) {
     assert_eq!(upstreams[0].result, Some(json!({"rows": 3})));
 }
 
-pub async fn a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_upstreams(
-    store: S,
-) {
+pub async fn a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_upstreams(store: S) {
     let now = t0();
     let jobs = insert(
         &store,
@@ -346,7 +355,10 @@ pub async fn a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_up
     )
     .await;
     store
-        .job_cancel(JobCancel { id: jobs[1].id, now })
+        .job_cancel(JobCancel {
+            id: jobs[1].id,
+            now,
+        })
         .await
         .unwrap();
     let retried = store
@@ -381,10 +393,7 @@ pub async fn a_graph_in_a_batch_is_counted_with_it(store: S) {
     let now = t0();
     let created = store
         .batch_create(BatchCreate {
-            jobs: vec![
-                node("graph", "a", &[]),
-                node("graph", "b", &[r("a")]),
-            ],
+            jobs: vec![node("graph", "a", &[]), node("graph", "b", &[r("a")])],
             open: false,
             callbacks: Default::default(),
             now,
