@@ -39,7 +39,15 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     released record;
     now timestamptz := clock_timestamp();
+    -- A batch cancel counts its own jobs (grafter.batch_counted, migration
+    -- 15); the dependents cancelled here are not among them (its waiting
+    -- jobs are all cancelled before any row trigger runs), so their
+    -- batches count them as usual.
+    counted boolean := current_setting('grafter.batch_counted', true) = 'on';
 BEGIN
+    IF counted THEN
+        PERFORM set_config('grafter.batch_counted', 'off', true);
+    END IF;
     FOR released IN
         UPDATE jobs SET
             deps_left = deps_left + delta,
@@ -57,6 +65,9 @@ BEGIN
             PERFORM pg_notify(grafter_v1_channel(), E'\n' || released.queue);
         END IF;
     END LOOP;
+    IF counted THEN
+        PERFORM set_config('grafter.batch_counted', 'on', true);
+    END IF;
 END
 $$;
 

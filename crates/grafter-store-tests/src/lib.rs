@@ -129,6 +129,7 @@ macro_rules! conformance_suite {
             a_released_dependent_wakes_a_waiting_fetch,
             a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_upstreams,
             a_graph_in_a_batch_is_counted_with_it,
+            a_batch_cancel_cascades_to_a_dependent_in_another_batch_which_counts_it,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

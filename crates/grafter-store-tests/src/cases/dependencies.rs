@@ -4,7 +4,9 @@
 
 use grafter_core::{BatchState, DependencyFailure, JobState, Upstream};
 use grafter_engine::{Ack, FetchRequest};
-use grafter_store::{BatchAdd, BatchCreate, JobCancel, JobRetry, JobsList, JobsPrune, StoreError};
+use grafter_store::{
+    BatchAdd, BatchChange, BatchCreate, JobCancel, JobRetry, JobsList, JobsPrune, StoreError,
+};
 use serde_json::json;
 
 use super::*;
@@ -421,4 +423,38 @@ pub async fn a_graph_in_a_batch_is_counted_with_it(store: S) {
     let batch = store.batch_get(created.batch.id).await.unwrap().unwrap();
     assert_eq!(batch.state, BatchState::CompletedWithFailures);
     assert_eq!((batch.counts.dead, batch.counts.cancelled), (1, 1));
+}
+
+pub async fn a_batch_cancel_cascades_to_a_dependent_in_another_batch_which_counts_it(store: S) {
+    let now = t0();
+    let create = |jobs: Vec<NewJob>| {
+        let store = store.clone();
+        async move {
+            store
+                .batch_create(BatchCreate {
+                    jobs,
+                    open: false,
+                    callbacks: Default::default(),
+                    now,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let upstream = create(vec![node("cascade", "up", &[])]).await;
+    let downstream = create(vec![node("cascade", "down", &[on(&upstream.jobs[0])])]).await;
+    store
+        .batch_cancel(BatchChange {
+            id: upstream.batch.id,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&store, downstream.jobs[0].id).await.state,
+        JobState::Cancelled
+    );
+    let batch = store.batch_get(downstream.batch.id).await.unwrap().unwrap();
+    assert_eq!((batch.counts.cancelled, batch.counts.pending), (1, 0));
+    assert_eq!(batch.state, BatchState::CompletedWithFailures);
 }
