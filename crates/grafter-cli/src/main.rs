@@ -7,6 +7,7 @@ mod jobs;
 mod ops;
 mod schedules;
 mod serve;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,8 +43,11 @@ enum Command {
     Info(ops::InfoArgs),
     /// Delete finished jobs older than an age (or count them with --dry-run).
     Cleanup(ops::CleanupArgs),
-    /// Print the OpenAPI document of the HTTP API.
-    Openapi,
+    /// Create, list or revoke scoped API tokens (an admin token is needed).
+    Tokens(tokens::TokensArgs),
+    /// Print the OpenAPI document of the HTTP API, as `serve` with the same
+    /// options would serve it (with a token, its routes need one).
+    Openapi(serve::ServeArgs),
     /// Measure throughput and latency on a throwaway database (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
@@ -125,7 +129,8 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Info(args) => ops::info(args).await,
             Command::Cleanup(args) => ops::cleanup(args).await,
-            Command::Openapi => outln!("{}", grafter_server::openapi_json()),
+            Command::Tokens(args) => tokens::tokens(args).await,
+            Command::Openapi(args) => serve::openapi(args),
         }
     });
     match outcome {

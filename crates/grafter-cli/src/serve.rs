@@ -33,6 +33,36 @@ pub struct ServeArgs {
     allow_private_push: bool,
 }
 
+impl ServeArgs {
+    /// The server's settings: the file's, then the variables' and flags'.
+    fn into_config(self) -> Result<ServerConfig, Failure> {
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::from_file(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(database) = self.database {
+            config.database = database;
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(token) = self.token {
+            config.token = Some(token);
+        }
+        config.insecure |= self.insecure;
+        config.push.allow_private |= self.allow_private_push;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `grafter openapi`: the document a server with these settings serves
+/// (its security and limits follow them).
+pub fn openapi(args: ServeArgs) -> Result<(), Failure> {
+    let config = args.into_config()?;
+    outln!("{}", grafter_server::openapi_json(&config))
+}
+
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -46,22 +76,7 @@ pub fn init_logging() {
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     init_logging();
-    let mut config = match &args.config {
-        Some(path) => ServerConfig::from_file(path)?,
-        None => ServerConfig::default(),
-    };
-    if let Some(database) = args.database {
-        config.database = database;
-    }
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(token) = args.token {
-        config.token = Some(token);
-    }
-    config.insecure |= args.insecure;
-    config.push.allow_private |= args.allow_private_push;
-    config.validate()?;
+    let config = args.into_config()?;
 
     let store = grafter_engine::open(&config.database, &config.postgres)
         .await

@@ -654,3 +654,87 @@ async fn info_and_cleanup_from_the_cli() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a finished state"));
 }
+
+#[tokio::test]
+async fn the_cli_creates_lists_and_revokes_tokens() {
+    const ADMIN: &str = "the-server-token-0123456789";
+    let dir = temp_dir();
+    std::fs::write(
+        dir.path().join("grafter.toml"),
+        format!("token = \"{ADMIN}\"\n{FAST_CONFIG}"),
+    )
+    .expect("write config");
+    let server = start(dir.path()).await;
+    let url = server.base.clone();
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend([
+            "--url".to_owned(),
+            url.clone(),
+            "--token".to_owned(),
+            ADMIN.to_owned(),
+        ]);
+        let dir = dir.path().to_owned();
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            let output = run_cli(&args, &dir).await;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "{args:?}: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            text
+        }
+    };
+    let created = run(&[
+        "tokens",
+        "create",
+        "--name",
+        "mailer",
+        "--scope",
+        "producer",
+        "--queue",
+        "emails*",
+        "--expires-in",
+        "30d",
+    ])
+    .await;
+    let secret = created
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once): "))
+        .expect("the secret is printed")
+        .to_owned();
+    assert!(secret.starts_with("gft_"), "{created}");
+    let id = created.split_whitespace().next().unwrap().to_owned();
+    assert!(id.starts_with("tok_"), "{created}");
+
+    let listed = run(&["tokens", "list"]).await;
+    assert!(
+        listed.contains(&id) && listed.contains("mailer"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("[enqueue,read]") && listed.contains("queues emails*"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "the secret is listed: {listed}");
+
+    let http = reqwest::Client::new();
+    let queues = || {
+        http.get(server.url("/v1/queues"))
+            .bearer_auth(&secret)
+            .send()
+    };
+    assert_eq!(queues().await.unwrap().status(), StatusCode::OK);
+    let revoked = run(&["tokens", "revoke", &id]).await;
+    assert!(revoked.contains("REVOKED"), "{revoked}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while queues().await.unwrap().status() != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

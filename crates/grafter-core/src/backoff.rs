@@ -14,13 +14,17 @@ const MAX_DELAY_MS: u64 = 365 * 24 * 3_600_000;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Backoff {
-    /// Wait after the first failed attempt, in milliseconds.
+    /// Wait after the first failed attempt, in milliseconds (at most `max_ms`).
+    #[cfg_attr(feature = "openapi", schema(maximum = 31536000000_u64))]
     pub base_ms: u64,
-    /// Multiplier applied for each further attempt.
+    /// Multiplier applied for each further attempt (at least 1.0).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1.0))]
     pub factor: f64,
-    /// Upper bound on any single wait, in milliseconds.
+    /// Upper bound on any single wait, in milliseconds (at most 365 days).
+    #[cfg_attr(feature = "openapi", schema(maximum = 31536000000_u64))]
     pub max_ms: u64,
     /// Fraction (0.0–1.0) by which each wait is randomly moved.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub jitter: f64,
 }
 

@@ -36,6 +36,7 @@ impl fmt::Display for JobId {
 #[serde(deny_unknown_fields)]
 pub struct Progress {
     /// From 0.0 (nothing done) to 1.0 (all done).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub fraction: f64,
     /// What the worker is doing now, for people to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,7 +82,7 @@ pub struct Job {
     /// The job's name, e.g. `send_email`; workers dispatch on it.
     pub kind: String,
     /// The job's arguments, any JSON value.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::any))]
     pub args: Value,
     /// Lower runs first.
     pub priority: i16,
@@ -98,7 +99,7 @@ pub struct Job {
     /// The running attempt's last reported progress.
     pub progress: Option<Progress>,
     /// What the worker returned on success.
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::any))]
     pub result: Option<Value>,
     /// Free-form labels for searching.
     pub tags: Vec<String>,
@@ -180,31 +181,38 @@ pub struct LeasedJob {
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// The job's name; workers dispatch on it.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]
     pub kind: String,
-    /// Arguments, any JSON value (default `{}`).
+    /// Arguments, any JSON value without NUL characters (default `{}`).
     #[serde(default = "empty_object")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JsonValue))]
     pub args: Value,
     /// Queue name (default `default`).
     #[serde(default = "default_queue")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]
     pub queue: String,
     /// Lower runs first (default 0).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = -32768, maximum = 32767))]
     pub priority: i16,
     /// Run no earlier than this (default: now).
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
     /// Attempts before the job is `dead` (default 25).
     #[serde(default = "default_max_attempts")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2147483647))]
     pub max_attempts: i32,
-    /// Labels for searching.
+    /// Labels for searching (at most 64).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tags))]
     pub tags: Vec<String>,
     /// Deduplication key among unfinished jobs.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name_or_null))]
     pub unique_key: Option<String>,
-    /// Longest an attempt may run, in milliseconds.
+    /// Longest an attempt may run, in milliseconds (1 to 100 years).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::timeout_ms))]
     pub timeout_ms: Option<i64>,
     /// Do not start after this time.
     #[serde(default)]
@@ -219,6 +227,7 @@ pub struct NewJob {
     /// The job's partition, for a queue limited per partition
     /// (`partition_by: "partition"`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name_or_null))]
     pub partition: Option<String>,
     /// The W3C `traceparent` of the trace this job continues (default: the
     /// request's `traceparent` header). A malformed one is dropped, never

@@ -10,6 +10,8 @@ pub mod dependency;
 mod display;
 mod job;
 pub mod limits;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod push;
 pub mod schedule;
 mod state;

@@ -23,6 +23,7 @@ pub const MAX_PATH_KEYS: usize = 16;
 pub struct QueueLimits {
     /// At most this many jobs running at once (1 to 100,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub concurrency: Option<i64>,
     /// At most `count` jobs started in any `period_ms` (a sliding window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,6 +31,12 @@ pub struct QueueLimits {
     /// `"partition"` (the job's own `partition`) or `"args.<path>"` (the
     /// value at that path of the job's args, keys separated by dots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r#"^(?:partition|args\.[^."\\\u0000-\u001F\u007F-\u009F]+(?:\.[^."\\\u0000-\u001F\u007F-\u009F]+){0,15})$"#
+        )
+    )]
     pub partition_by: Option<String>,
 }
 
@@ -39,8 +46,10 @@ pub struct QueueLimits {
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Starts allowed per window (1 to 100,000).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub count: i64,
     /// The window, in ms (1 to 86,400,000: one day).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400000))]
     pub period_ms: i64,
 }
 

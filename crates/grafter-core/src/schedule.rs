@@ -212,6 +212,7 @@ pub struct ScheduleSpec {
     /// `start_at` or else from the Unix epoch (so `60000` fires on each
     /// whole UTC minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::every_ms))]
     pub every_ms: Option<u64>,
     /// The IANA zone the cron expression is read in (default `UTC`).
     #[serde(default = "utc")]
@@ -224,9 +225,11 @@ pub struct ScheduleSpec {
     pub catch_up: CatchUp,
     /// With `all`: how late a slot may be and still run, in ms (default a day).
     #[serde(default = "default_window")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3153600000000_u64))]
     pub catch_up_window_ms: u64,
     /// With `all`: most missed slots run at once (default 100, at most 1000).
     #[serde(default = "default_max")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub catch_up_max: u32,
     /// When the previous run is unfinished: `allow` (default), `skip`,
     /// `cancel_previous`.

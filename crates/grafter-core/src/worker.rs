@@ -9,18 +9,24 @@ use crate::job::{validate_name, ValidationError};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkerRegistration {
-    /// Unique per start of a worker process.
+    /// Unique per start of a worker process (the path's `{id}`).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]
     pub id: String,
     /// Host name.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]
     pub host: String,
     /// Process id on that host.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64, minimum = 0, maximum = 4294967295_u64))]
     pub pid: u32,
     /// Queues it takes jobs from (at most 1,000).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::worker_names))]
     pub queues: Vec<String>,
     /// Most jobs it runs at once.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64, minimum = 0, maximum = 4294967295_u64))]
     pub concurrency: u32,
     /// Job kinds it can run (at most 1,000).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::worker_names))]
     pub kinds: Vec<String>,
 }
 

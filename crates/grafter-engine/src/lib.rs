@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod batches;
 mod cleanup;
 mod clock;
@@ -36,6 +37,10 @@ pub mod push;
 mod schedules;
 mod wait;
 
+pub use access::{
+    expand_scopes, queue_matches, CreatedToken, TokenSpec, MAX_AUDIT_PAGE, MAX_TOKEN_QUEUES,
+    PRESETS, TOKEN_PREFIX,
+};
 pub use batches::{NewBatch, MAX_BATCH_LIST};
 pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;

@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod batches;
 mod browse;
 mod conn;
@@ -71,8 +72,9 @@ use grafter_store::{
     Wakeups, WorkerBeat, WorkersPrune,
 };
 use grafter_store::{
-    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, JobEvent,
-    JobEventsList, WatchedJob,
+    ApiToken, AuditEntry, AuditList, AuditPrune, AuditRecord, BatchAdd, BatchChange, BatchCreate,
+    BatchWithJobs, BatchesList, BatchesPrune, JobEvent, JobEventsList, TokenInsert, TokenRevoke,
+    TokenTouch, WatchedJob,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -581,6 +583,42 @@ impl Store for PostgresStore {
             schema_version: self.db.schema_version().await?,
             leaders: self.db.leaders_list().await?,
         })
+    }
+
+    async fn token_insert(&self, params: TokenInsert) -> Result<()> {
+        self.db.token_insert(&params).await
+    }
+
+    async fn token_by_secret(&self, secret_sha256: String) -> Result<Option<ApiToken>> {
+        self.db.token_by_secret(&secret_sha256).await
+    }
+
+    async fn token_get(&self, id: String) -> Result<Option<ApiToken>> {
+        self.db.token_get(&id).await
+    }
+
+    async fn tokens_list(&self) -> Result<Vec<ApiToken>> {
+        self.db.tokens_list().await
+    }
+
+    async fn token_revoke(&self, params: TokenRevoke) -> Result<Option<ApiToken>> {
+        self.db.token_revoke(&params).await
+    }
+
+    async fn token_touch(&self, params: TokenTouch) -> Result<()> {
+        self.db.token_touch(&params).await
+    }
+
+    async fn audit_append(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        self.db.audit_append(&entry).await
+    }
+
+    async fn audit_list(&self, params: AuditList) -> Result<Vec<AuditRecord>> {
+        self.db.audit_list(&params).await
+    }
+
+    async fn audit_prune(&self, params: AuditPrune) -> Result<u64> {
+        self.db.audit_prune(&params).await
     }
 
     async fn ping(&self) -> Result<()> {

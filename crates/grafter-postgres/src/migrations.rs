@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("../migrations/0013_jobs_of_schedule.sql")),
     (14, include_str!("../migrations/0014_job_events.sql")),
     (15, include_str!("../migrations/0015_batches.sql")),
+    (16, include_str!("../migrations/0016_tokens_audit.sql")),
     (17, include_str!("../migrations/0017_trace_context.sql")),
     (18, include_str!("../migrations/0018_dependencies.sql")),
 ];

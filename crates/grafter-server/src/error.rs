@@ -104,6 +104,11 @@ impl ApiError {
         )
     }
 
+    /// The status and the message for people.
+    pub fn status_and_message(&self) -> (StatusCode, &str) {
+        (self.status, &self.message)
+    }
+
     /// Missing or wrong token.
     pub fn unauthorized() -> Self {
         Self::new(

@@ -17,7 +17,9 @@ use crate::state::AppState;
 
 /// A JSON body. Any content type is accepted (curl's default form type
 /// included); syntax errors answer 400, missing or mistyped fields 422 naming
-/// the field, bodies over the limit 413.
+/// the field, bodies over the limit 413. Every body is an object: serde
+/// would also read a struct from an array of its fields in order, which the
+/// API does not offer, so any other JSON value answers 422.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -29,7 +31,11 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
-        parse_json(&bytes).map(ApiJson)
+        let body = parse_json(&bytes)?;
+        if !starts_an_object(&bytes) {
+            return Err(ApiError::invalid_field("body", "must be a JSON object"));
+        }
+        Ok(ApiJson(body))
     }
 }
 
@@ -51,6 +57,11 @@ pub async fn refuse_declared_oversize_bodies(
         return ApiError::payload_too_large().into_response();
     }
     next.run(request).await
+}
+
+/// Whether JSON text that parsed is an object: its first non-blank byte.
+fn starts_an_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {

@@ -6,6 +6,7 @@
 //! it without a socket; [`serve`] runs it on a listener together with the
 //! engine's maintenance services and the push dispatcher until shut down.
 
+mod access;
 mod api;
 pub mod config;
 mod connections;
@@ -88,6 +89,9 @@ pub fn router(state: AppState) -> Router {
         .route("/batches/{id}/seal", post(api::batches::seal))
         .route("/batches/{id}/cancel", post(api::batches::cancel))
         .route("/stream-tokens", post(api::events::mint_stream_token))
+        .route("/tokens", post(api::tokens::create).get(api::tokens::list))
+        .route("/tokens/{id}", axum::routing::delete(api::tokens::revoke))
+        .route("/audit", get(api::audit::list))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::auth::require_token,
@@ -96,7 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/events", get(api::events::job_events));
     let body_limit = state.config().body_limit_bytes;
     let metrics = Router::new().route("/metrics", get(api::health::metrics));
-    let openapi = Router::new().route("/openapi.json", get(openapi::serve_openapi));
+    let openapi = Router::new().route("/openapi.json", openapi::route(state.config()));
     Router::new()
         .nest("/v1", v1)
         .merge(dashboard::routes(state.clone()))

@@ -6,12 +6,13 @@ use grafter_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::TokenCache;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::throttle::{AuthFailures, TRACKED_CLIENTS};
 
 /// What every handler shares: the engine, the settings, the counters, the
-/// maintenance services' health, the wrong-token throttle, and the shutdown
+/// maintenance services' health, the wrong-token throttle, the verified tokens, and the shutdown
 /// signal that ends long-polls.
 #[derive(Clone)]
 pub struct AppState {
@@ -28,6 +29,8 @@ struct Inner {
     push_targets_changed: Notify,
     /// Wrong tokens per client, to throttle guessing.
     auth_failures: AuthFailures,
+    /// Stored tokens verified lately (`access::CACHE_TTL`).
+    token_cache: TokenCache,
     /// Signs the dashboard's CSRF tokens when the server has no token of its
     /// own: random, so only this process issues forms it accepts.
     process_key: [u8; 32],
@@ -47,6 +50,7 @@ impl AppState {
                 shutdown,
                 push_targets_changed: Notify::new(),
                 auth_failures: AuthFailures::new(TRACKED_CLIENTS),
+                token_cache: TokenCache::default(),
                 process_key: rand::random(),
             }),
         }
@@ -79,6 +83,10 @@ impl AppState {
 
     pub(crate) fn auth_failures(&self) -> &AuthFailures {
         &self.inner.auth_failures
+    }
+
+    pub(crate) fn token_cache(&self) -> &TokenCache {
+        &self.inner.token_cache
     }
 
     pub(crate) fn process_key(&self) -> &[u8] {

@@ -975,3 +975,119 @@ async fn schedules_show_their_runs_and_skips_and_act_through_forms() {
         StatusCode::NOT_FOUND
     );
 }
+
+impl Dash {
+    /// Calls the API with the server token; the JSON answer.
+    async fn api(&self, method: &str, uri: &str, body: serde_json::Value) -> serde_json::Value {
+        let answer = self
+            .send(
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await;
+        assert!(answer.status.is_success(), "{uri}: {}", answer.body);
+        serde_json::from_str(&answer.body).unwrap()
+    }
+
+    /// A browser logged in with `secret`: its cookies, and its forms' CSRF token.
+    async fn log_in(&self, secret: &str) -> (String, String) {
+        let cookie = format!("grafter_csrf={NONCE}");
+        let csrf = self.csrf_token("/login", &cookie).await;
+        let login = self
+            .post("/login", &cookie, &[("csrf", &csrf), ("token", secret)])
+            .await;
+        let session = login
+            .set_cookie("grafter_session")
+            .unwrap_or_else(|| panic!("no session: {}", login.location()));
+        let logged_in = format!("{cookie}; {session}");
+        let csrf = self.csrf_token("/login", &logged_in).await;
+        (logged_in, csrf)
+    }
+}
+
+#[tokio::test]
+async fn a_stored_token_session_has_that_tokens_powers_until_revoked() {
+    let (dash, _, _) = with_token_logged_out().await;
+    let id = dash.enqueue(NewJob::new("k", json!({}))).await;
+    let reader = dash
+        .api(
+            "POST",
+            "/v1/tokens",
+            json!({"name": "viewer", "scopes": ["read"]}),
+        )
+        .await;
+    let (viewer, viewer_csrf) = dash.log_in(reader["token"].as_str().unwrap()).await;
+    let queues = dash.get_with_cookie("/queues", &viewer).await;
+    assert_eq!(queues.status, StatusCode::OK);
+    assert!(!queues.body.contains("/default/pause"), "{}", queues.body);
+    let job = dash.get_with_cookie(&format!("/jobs/{id}"), &viewer).await;
+    assert_eq!(job.status, StatusCode::OK);
+    assert!(
+        !job.body.contains(&format!("/jobs/{id}/cancel")),
+        "{}",
+        job.body
+    );
+    let jobs = dash.get_with_cookie("/jobs", &viewer).await;
+    assert!(!jobs.body.contains("/jobs/bulk"), "{}", jobs.body);
+    let refused = dash
+        .post("/queues/default/pause", &viewer, &[("csrf", &viewer_csrf)])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(!dash.store.queues_list().await.unwrap()[0].paused);
+
+    let operator = dash
+        .api(
+            "POST",
+            "/v1/tokens",
+            json!({"name": "on call", "scopes": ["operator"]}),
+        )
+        .await;
+    let (on_call, on_call_csrf) = dash.log_in(operator["token"].as_str().unwrap()).await;
+    assert!(dash
+        .get_with_cookie("/queues", &on_call)
+        .await
+        .body
+        .contains("/default/pause"));
+    let paused = dash
+        .post(
+            "/queues/default/pause",
+            &on_call,
+            &[("csrf", &on_call_csrf)],
+        )
+        .await;
+    assert_eq!(paused.status, StatusCode::SEE_OTHER);
+    assert!(dash.store.queues_list().await.unwrap()[0].paused);
+    let audit = dash
+        .api("GET", "/v1/audit?limit=1", serde_json::Value::Null)
+        .await;
+    let entry = &audit["entries"][0];
+    assert_eq!(entry["action"], "queue.pause", "{audit}");
+    assert_eq!(entry["actor"], "on call");
+    assert_eq!(entry["token_id"], operator["id"]);
+    assert_eq!(entry["target"], "/queues/default/pause");
+
+    dash.api(
+        "DELETE",
+        &format!("/v1/tokens/{}", reader["id"].as_str().unwrap()),
+        serde_json::Value::Null,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let page = dash.get_with_cookie("/queues", &viewer).await;
+        if page.status == StatusCode::SEE_OTHER {
+            assert!(page.location().starts_with("/login"), "{}", page.location());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked session still works"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

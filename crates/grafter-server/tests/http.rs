@@ -2264,3 +2264,93 @@ async fn a_graph_runs_in_order_on_postgres() {
     };
     a_graph_runs_in_order_and_bad_graphs_are_refused(&api).await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_follows_the_servers_config() {
+    let open = api_with(ServerConfig {
+        max_wait_ms: 1_234,
+        ..Default::default()
+    })
+    .await;
+    let (status, spec) = open.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    // An open server asks for no credentials and never answers 401 or 429.
+    assert!(spec.get("security").is_none(), "{}", spec["security"]);
+    assert!(spec["components"].get("securitySchemes").is_none());
+    let queues = &spec["paths"]["/v1/queues"]["get"]["responses"];
+    assert!(queues.get("401").is_none() && queues.get("429").is_none());
+    assert!(queues.get("503").is_some() && queues.get("500").is_some());
+    // The extractors' answers, on every operation with a body.
+    let enqueue = &spec["paths"]["/v1/jobs"]["post"]["responses"];
+    for status in ["400", "413", "422"] {
+        assert!(
+            enqueue.get(status).is_some(),
+            "POST /v1/jobs lacks {status}"
+        );
+    }
+    // The configured long-poll cap, and a kind that cannot be empty.
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(
+        schemas["FetchRequest"]["properties"]["wait_ms"]["maximum"],
+        1_234
+    );
+    assert_eq!(schemas["NewJob"]["properties"]["kind"]["minLength"], 1);
+
+    let secured = api_with(ServerConfig {
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await;
+    let (status, spec) = secured.raw(get_request("/openapi.json", true)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(spec["security"], json!([{"bearer": []}]));
+    let queues = &spec["paths"]["/v1/queues"]["get"]["responses"];
+    assert!(queues.get("401").is_some() && queues.get("429").is_some());
+    // Health stays open; a job's stream also opens with a stream token.
+    assert_eq!(spec["paths"]["/livez"]["get"]["security"], json!([{}]));
+    assert_eq!(
+        spec["paths"]["/v1/jobs/{id}/events"]["get"]["security"],
+        json!([{"bearer": []}, {"streamToken": []}])
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_an_object_is_refused() {
+    let api = api().await;
+    // serde reads a struct from an array of its fields; the API does not.
+    for (method, uri, body) in [
+        (Method::PUT, "/v1/queues/q", "[null, null]"),
+        (Method::POST, "/v1/jobs", r#"["k"]"#),
+        (Method::POST, "/v1/fetch", "  [] "),
+    ] {
+        let response = api.text(method, uri, body).await;
+        assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(response.1["error"]["field"], "body", "{uri}");
+    }
+    let (_, queues) = api.get("/v1/queues").await;
+    assert_eq!(queues["queues"], json!([]), "nothing was changed");
+}
+
+#[tokio::test]
+async fn removing_a_worker_whose_id_is_no_name_is_refused() {
+    let api = api().await;
+    let response = api.call(Method::DELETE, "/v1/workers/%20w", None).await;
+    assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(
+        api.call(Method::DELETE, "/v1/workers/w", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn a_cleanup_older_than_a_century_is_refused() {
+    let api = api().await;
+    let response = api
+        .post(
+            "/v1/cleanup",
+            json!({"older_than_ms": 9_223_372_036_854_775_808_u64}),
+        )
+        .await;
+    assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(response.1["error"]["field"], "older_than_ms");
+}

@@ -6,6 +6,7 @@
 //! concurrent callers share one fsync, and "database is locked" never reaches a
 //! caller. Reads use their own connections and are never blocked by the writer.
 
+mod access;
 mod batches;
 mod browse;
 mod dependencies;
@@ -41,8 +42,9 @@ use grafter_store::{
     Wakeups, WorkerBeat, WorkersPrune,
 };
 use grafter_store::{
-    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, JobEvent,
-    JobEventsList, WatchedJob,
+    ApiToken, AuditEntry, AuditList, AuditPrune, AuditRecord, BatchAdd, BatchChange, BatchCreate,
+    BatchWithJobs, BatchesList, BatchesPrune, JobEvent, JobEventsList, TokenInsert, TokenRevoke,
+    TokenTouch, WatchedJob,
 };
 use rusqlite::Connection;
 use tokio::sync::Notify;
@@ -426,6 +428,58 @@ impl Store for SqliteStore {
                     leaders: leadership::leaders_list(conn)?,
                 })
             })
+            .await
+    }
+
+    async fn token_insert(&self, params: TokenInsert) -> Result<()> {
+        self.writer
+            .run(move |conn| access::token_insert(conn, &params))
+            .await
+    }
+
+    async fn token_by_secret(&self, secret_sha256: String) -> Result<Option<ApiToken>> {
+        self.readers
+            .run(move |conn| access::token_by_secret(conn, &secret_sha256))
+            .await
+    }
+
+    async fn token_get(&self, id: String) -> Result<Option<ApiToken>> {
+        self.readers
+            .run(move |conn| access::token_get(conn, &id))
+            .await
+    }
+
+    async fn tokens_list(&self) -> Result<Vec<ApiToken>> {
+        self.readers.run(access::tokens_list).await
+    }
+
+    async fn token_revoke(&self, params: TokenRevoke) -> Result<Option<ApiToken>> {
+        self.writer
+            .run(move |conn| access::token_revoke(conn, &params))
+            .await
+    }
+
+    async fn token_touch(&self, params: TokenTouch) -> Result<()> {
+        self.writer
+            .run(move |conn| access::token_touch(conn, &params))
+            .await
+    }
+
+    async fn audit_append(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        self.writer
+            .run(move |conn| access::audit_append(conn, &entry))
+            .await
+    }
+
+    async fn audit_list(&self, params: AuditList) -> Result<Vec<AuditRecord>> {
+        self.readers
+            .run(move |conn| access::audit_list(conn, &params))
+            .await
+    }
+
+    async fn audit_prune(&self, params: AuditPrune) -> Result<u64> {
+        self.writer
+            .run(move |conn| access::audit_prune(conn, &params))
             .await
     }
 

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../migrations/0011_jobs_of_schedule.sql")),
     (12, include_str!("../migrations/0012_job_events.sql")),
     (13, include_str!("../migrations/0013_batches.sql")),
+    (14, include_str!("../migrations/0014_tokens_audit.sql")),
     (15, include_str!("../migrations/0015_trace_context.sql")),
     (16, include_str!("../migrations/0016_dependencies.sql")),
 ];

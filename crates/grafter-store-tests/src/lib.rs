@@ -40,6 +40,9 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance_suite!(@cases $make;
             insert_stores_every_field,
+            tokens_are_found_by_secret_hash_listed_and_revoked,
+            token_last_use_only_moves_forward,
+            audit_log_pages_newest_first_and_prunes_the_oldest,
             args_numbers_read_back_exactly,
             ids_are_never_reused,
             insert_in_the_future_is_scheduled_until_due,

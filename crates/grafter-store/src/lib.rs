@@ -9,6 +9,7 @@
 //! changes a signature. Every method that changes job state commits durably before
 //! it returns `Ok`.
 
+mod access;
 pub mod admission;
 mod error;
 mod events;
@@ -22,6 +23,7 @@ mod wakeups;
 use async_trait::async_trait;
 use grafter_core::{Batch, BatchId, Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 
+pub use access::*;
 pub use error::StoreError;
 pub use events::*;
 pub use limited::Limited;
@@ -257,6 +259,34 @@ pub trait Store: Send + Sync + 'static {
     /// jobs (all finished), oldest first. A batch with an unfinished job has
     /// no `finished_at` and is never deleted. Returns how many jobs went.
     async fn batches_prune(&self, params: BatchesPrune) -> Result<u64>;
+    /// Stores a new token, durably. Its id and its secret's hash are fresh
+    /// random values (a repeat of either is refused).
+    async fn token_insert(&self, params: TokenInsert) -> Result<()>;
+
+    /// The token whose secret has this SHA-256 (hex), revoked or not.
+    async fn token_by_secret(&self, secret_sha256: String) -> Result<Option<ApiToken>>;
+
+    /// The token with this id, revoked or not.
+    async fn token_get(&self, id: String) -> Result<Option<ApiToken>>;
+
+    /// Every token, revoked ones too, oldest first.
+    async fn tokens_list(&self) -> Result<Vec<ApiToken>>;
+
+    /// Revokes a token (keeping the first time it was revoked); the token as
+    /// it now is, or `None` if there is no such token.
+    async fn token_revoke(&self, params: TokenRevoke) -> Result<Option<ApiToken>>;
+
+    /// Sets a token's `last_used_at` to `now` unless it is later already.
+    async fn token_touch(&self, params: TokenTouch) -> Result<()>;
+
+    /// Appends an entry to the audit log, durably.
+    async fn audit_append(&self, entry: AuditEntry) -> Result<AuditRecord>;
+
+    /// A page of the audit log, newest first.
+    async fn audit_list(&self, params: AuditList) -> Result<Vec<AuditRecord>>;
+
+    /// Deletes up to `limit` of the oldest entries made before `before`; how many.
+    async fn audit_prune(&self, params: AuditPrune) -> Result<u64>;
 
     /// Checks the backend answers; `/readyz` calls it.
     async fn ping(&self) -> Result<()>;

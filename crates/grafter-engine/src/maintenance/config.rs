@@ -69,7 +69,8 @@ impl MaintenanceConfig {
     }
 }
 
-/// How long finished jobs are kept before the pruner deletes them.
+/// How long finished jobs and audit entries are kept before the pruner
+/// deletes them.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
@@ -77,6 +78,8 @@ pub struct RetentionConfig {
     pub finished_ms: u64,
     /// Dead jobs, in ms (default 30 days), to inspect and retry by hand.
     pub dead_ms: u64,
+    /// Audit log entries, in ms (default 90 days).
+    pub audit_ms: u64,
     /// How often the pruner runs, in ms.
     pub interval_ms: u64,
 }
@@ -86,6 +89,7 @@ impl Default for RetentionConfig {
         RetentionConfig {
             finished_ms: 86_400_000,
             dead_ms: 30 * 86_400_000,
+            audit_ms: 90 * 86_400_000,
             interval_ms: 60_000,
         }
     }

@@ -1,52 +1,121 @@
-//! Bearer-token check for `/v1` when the server has a token, with wrong
-//! tokens throttled per client (`throttle`).
+//! The bearer-token check of `/v1` (and of `/metrics` and `/openapi.json`
+//! unless public) when the server has a token: who the caller is
+//! (`access`), whether the route allows it, and the audit log entry of a
+//! change it made. Wrong tokens are throttled per client (`throttle`).
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{Extensions, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
+use grafter_store::Scope;
 use sha2::{Digest, Sha256};
 
+use crate::access::{self, stored_token, usable, Access, TokenKey};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::throttle::Client;
 
-/// Refuses `/v1` requests without the server's token, when it has one; a
-/// client that sent too many wrong tokens is refused with 429 until its
-/// window ends (`throttle`).
+/// What a handler adds to its answer for the audit log entry of its change.
+#[derive(Clone, Debug)]
+pub struct AuditDetails(pub serde_json::Value);
+
+/// Lets a request through if its caller has the scope its route needs
+/// (`access::route_needs`; a queue-limited token may not change schedules,
+/// which enqueue into any queue), with its [`Access`] in the request's
+/// extensions for the handler's queue checks; records a change it made in
+/// the audit log.
 pub async fn require_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check_bearer(&state, request.extensions(), request.headers())?;
-    Ok(next.run(request).await)
+    let access = authenticate(&state, request.extensions(), request.headers()).await?;
+    let matched = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let route = matched.strip_prefix("/v1").unwrap_or(&matched);
+    let (scope, action) = match route {
+        "/metrics" => (Scope::Metrics, None),
+        _ => access::route_needs(request.method(), route),
+    };
+    access.require(scope)?;
+    // A schedule may enqueue into any queue, and a batch's jobs span queues.
+    if action.is_some() && access.is_queue_limited() {
+        for (prefix, what) in [("/schedules/", "schedules"), ("/batches/{id}/", "batches")] {
+            if route.starts_with(prefix) && route != "/batches/{id}/jobs" {
+                return Err(ApiError::forbidden(format!(
+                    "a token limited to some queues cannot change {what}"
+                )));
+            }
+        }
+    }
+    // The whole path: under `nest`, the request's own URI has lost `/v1`.
+    let target = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or(request.uri().path(), |uri| uri.0.path())
+        .to_owned();
+    request.extensions_mut().insert(access.clone());
+    let mut response = next.run(request).await;
+    if let Some(action) = action.filter(|_| response.status().is_success()) {
+        let details = response.extensions_mut().remove::<AuditDetails>();
+        access::audit(&state, &access, action, target, details.map(|d| d.0)).await;
+    }
+    Ok(response)
 }
 
-/// Whether a request may pass: the server has no token, or the request's
-/// `Authorization: Bearer` is it. Wrong tokens are throttled per client.
-pub(crate) fn check_bearer(
+/// Who sent a request: anyone when the server has no token; the server's
+/// token; or a stored token, unrevoked and unexpired. Wrong tokens are
+/// throttled per client; a revoked or expired one is no guess and is not.
+pub(crate) async fn authenticate(
     state: &AppState,
     extensions: &Extensions,
     headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    let Some(token) = &state.config().token else {
-        return Ok(());
-    };
+) -> Result<Access, ApiError> {
+    if state.config().token.is_none() {
+        return Ok(Access::Open);
+    }
     let client = Client::of(extensions);
     if let Some(wait) = state.auth_failures().throttled(client) {
         return Err(ApiError::too_many_requests(wait));
     }
     match bearer_token(headers) {
-        Some(presented) if secrets_match(presented.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => {
-            state.auth_failures().record(client);
-            Err(ApiError::unauthorized())
-        }
+        Some(presented) => match token_access(state, presented).await? {
+            Some(access) => Ok(access),
+            None => {
+                state.auth_failures().record(client);
+                Err(ApiError::unauthorized())
+            }
+        },
         // No token at all is a client not set up, not a guess.
         None => Err(ApiError::unauthorized()),
     }
+}
+
+/// The caller a presented secret makes (on a server with a token): the
+/// server's token, a usable stored token (401 for a revoked or expired
+/// one), or `None` for a secret that is neither.
+pub(crate) async fn token_access(
+    state: &AppState,
+    presented: &str,
+) -> Result<Option<Access>, ApiError> {
+    if let Some(token) = &state.config().token {
+        if secrets_match(presented.as_bytes(), token.as_bytes()) {
+            return Ok(Some(Access::ServerToken));
+        }
+    }
+    match stored_token(state, TokenKey::Secret(presented)).await? {
+        Some(token) => usable(state, token).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The SHA-256 of a secret, as hex.
+pub(crate) fn sha256_hex(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// The token of an `Authorization: Bearer` header.

@@ -3,12 +3,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use grafter_core::{Batch, BatchCallbacks, BatchId, Job, NewJob};
 use grafter_engine::{NewBatch, MAX_BATCH_LIST};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::Access;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathBatchId};
 use crate::state::AppState;
@@ -23,6 +24,7 @@ pub struct CreateBatchRequest {
     /// Its first jobs (0 to 10,000; the fields of `POST /v1/jobs`, without
     /// `unique_key`).
     #[serde(default)]
+    #[schema(max_items = 10_000)]
     pub jobs: Vec<NewJob>,
     /// Keep it open for more jobs (`POST /v1/batches/{id}/jobs`) until
     /// sealed; an open batch never settles. Default false.
@@ -41,6 +43,7 @@ pub struct CreateBatchRequest {
 #[serde(deny_unknown_fields)]
 pub struct AddJobsRequest {
     /// 1 to 10,000 jobs.
+    #[schema(min_items = 1, max_items = 10_000)]
     pub jobs: Vec<NewJob>,
 }
 
@@ -60,8 +63,17 @@ pub struct BatchBody {
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     ApiJson(request): ApiJson<CreateBatchRequest>,
 ) -> Result<(StatusCode, Json<BatchBody>), ApiError> {
+    let callbacks = [
+        &request.on_success,
+        &request.on_complete,
+        &request.on_failure,
+    ];
+    for job in request.jobs.iter().chain(callbacks.into_iter().flatten()) {
+        access.require_queue(&job.queue)?;
+    }
     let created = state
         .engine()
         .batch_create(NewBatch {
@@ -92,9 +104,13 @@ pub async fn create(
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn add(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathBatchId(id): PathBatchId,
     ApiJson(request): ApiJson<AddJobsRequest>,
 ) -> Result<(StatusCode, Json<BatchBody>), ApiError> {
+    for job in &request.jobs {
+        access.require_queue(&job.queue)?;
+    }
     let added = state.engine().batch_add(id, request.jobs).await?;
     Ok((
         StatusCode::CREATED,
@@ -144,8 +160,10 @@ pub async fn show(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size (default 50, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^(|-?[0-9]{1,18})$")]
     pub cursor: Option<String>,
 }
 

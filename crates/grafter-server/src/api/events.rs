@@ -15,11 +15,12 @@ use chrono::Utc;
 use futures_util::stream::{self, Stream};
 use grafter_core::{Job, JobId};
 use grafter_engine::{JobEventStream, JobStreamEvent};
+use grafter_store::Scope;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::auth::{bearer_token, check_bearer};
+use crate::api::auth::{authenticate, bearer_token};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathJobId};
 use crate::state::AppState;
@@ -48,6 +49,40 @@ pub struct StreamQuery {
     pub last_event_id: Option<String>,
 }
 
+/// One Server-Sent Event of a job's stream, as `sse_event` writes it; its
+/// `data` is JSON text (docs/events.md).
+pub struct StreamEvent;
+
+impl utoipa::PartialSchema for StreamEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "event",
+                string().enum_values(Some(["snapshot", "state", "progress", "end"])),
+            )
+            .property(
+                "id",
+                string().description(Some("Send back as Last-Event-ID to resume after it")),
+            )
+            .property(
+                "retry",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .property("data", string().description(Some("The event as JSON text")))
+            .required("event")
+            .required("id")
+            .required("data")
+            .into()
+    }
+}
+
+impl ToSchema for StreamEvent {}
+
 /// A job's events: `snapshot` (the job), then `state` and `progress`
 /// (coalesced, at most four a second) as they happen, then `end` (the job as
 /// it ended, or `null` if deleted), and the stream closes. Each event's `id`
@@ -56,9 +91,8 @@ pub struct StreamQuery {
     params(("id" = i64, Path), StreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = StreamEvent),
+        (status = 404, body = ErrorBody)))]
 pub async fn job_events(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
@@ -72,7 +106,8 @@ pub async fn job_events(
         &headers,
         query.access_token.as_deref(),
         id,
-    )?;
+    )
+    .await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -89,9 +124,10 @@ pub async fn job_events(
 }
 
 /// Lets a stream request in: the server has no token (its streams are
-/// open like the rest of its API), the request carries the server's token,
-/// or it carries a stream token that names the job.
-fn authorize(
+/// open like the rest of its API), the request carries a token with the
+/// `read` scope (the server's has every scope), or it carries a stream
+/// token that names the job.
+async fn authorize(
     state: &AppState,
     extensions: &Extensions,
     headers: &HeaderMap,
@@ -103,7 +139,11 @@ fn authorize(
     };
     let presented = match access_token {
         Some(presented) if bearer_token(headers).is_none() => presented,
-        _ => return check_bearer(state, extensions, headers),
+        _ => {
+            return authenticate(state, extensions, headers)
+                .await?
+                .require(Scope::Read)
+        }
     };
     match StreamGrant::verify(presented, Some(server_token), Utc::now()) {
         Ok(grant) if grant.jobs.contains(&job) => Ok(()),
@@ -193,15 +233,37 @@ pub async fn wait_for_change(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamTokenRequest {
-    /// Jobs whose event streams it opens.
+    /// Jobs whose event streams it opens (jobs and batches: 1 to 100 ids).
     #[serde(default)]
+    #[schema(schema_with = stream_ids)]
     pub jobs: Vec<i64>,
     /// Batches whose event streams it opens.
     #[serde(default)]
+    #[schema(schema_with = stream_ids)]
     pub batches: Vec<i64>,
     /// How long it works, in milliseconds (default 15 minutes, at most 24 hours).
-    #[schema(minimum = 1, maximum = 86_400_000)]
+    #[schema(schema_with = ttl_ms)]
     pub ttl_ms: Option<i64>,
+}
+
+/// Ids a stream token names: positive, at most [`MAX_IDS`].
+fn stream_ids() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Int64,
+                )))
+                .minimum(Some(1)),
+        )
+        .max_items(Some(MAX_IDS))
+        .into()
+}
+
+fn ttl_ms() -> utoipa::openapi::Schema {
+    grafter_core::openapi::millis(1, MAX_TTL_MS as u64, true)
 }
 
 /// A minted stream token.

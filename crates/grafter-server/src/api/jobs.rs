@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use grafter_core::{Held, Job, JobId, JobState, NewJob};
 use grafter_engine::When;
@@ -13,6 +13,7 @@ use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::Access;
 use crate::api::events::{wait_for_change, EVENT_ID_HEADER, MAX_WAIT_MS};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
@@ -35,9 +36,11 @@ pub const MAX_PAGE: usize = 1_000;
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enqueue(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     trace: TraceHeaders,
     ApiJson(mut job): ApiJson<NewJob>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
+    access.require_queue(&job.queue)?;
     trace.apply(&mut job);
     let inserted = state.engine().enqueue(job).await?;
     let status = if inserted.created {
@@ -52,7 +55,8 @@ pub async fn enqueue(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// The jobs, inserted in this order.
+    /// The jobs, inserted in this order (1 to 10,000).
+    #[schema(min_items = 1, max_items = 10000)]
     pub jobs: Vec<NewJob>,
 }
 
@@ -72,10 +76,12 @@ pub struct JobsBody {
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enqueue_batch(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     trace: TraceHeaders,
     ApiJson(mut batch): ApiJson<BatchRequest>,
 ) -> Result<(StatusCode, Json<JobsBody>), ApiError> {
     for job in &mut batch.jobs {
+        access.require_queue(&job.queue)?;
         trace.apply(job);
     }
     let inserted = state.engine().enqueue_many(batch.jobs).await?;
@@ -155,30 +161,44 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only jobs in this state.
+    /// Only jobs in this state (empty: any).
+    #[param(
+        pattern = "^(|scheduled|available|running|retryable|completed|dead|cancelled|expired)$"
+    )]
     pub state: Option<String>,
     /// Only jobs on this queue.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub queue: Option<String>,
     /// Only jobs of this kind.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub kind: Option<String>,
     /// Only jobs carrying this tag.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub tag: Option<String>,
     /// Only jobs made by this schedule (by its slots or triggered by hand).
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub schedule: Option<String>,
     /// Only jobs in this batch (its id).
+    #[param(pattern = "^(|-?[0-9]{1,18})$")]
     pub batch: Option<String>,
     /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
     /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as
     /// text).
+    #[param(
+        pattern = r#"^(|[^.="\u0000-\u001F\u007F-\u009F]*[^.="\s\u0000-\u001F\u007F-\u009F][^.="\u0000-\u001F\u007F-\u009F]*(?:\.[^.="\u0000-\u001F\u007F-\u009F]*[^.="\s\u0000-\u001F\u007F-\u009F][^.="\u0000-\u001F\u007F-\u009F]*){0,15}=[^\u0000]*)$"#
+    )]
     pub args: Option<String>,
     /// Page size (default 50, at most 1000). A page may hold fewer jobs, even
     /// none, while `next_cursor` is set: when filters are checked job by job
     /// (args, a tag or schedule with anything else, a queue with a kind), one page looks
     /// at no more than 10,000 jobs.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^(|-?[0-9]{1,18})$")]
     pub cursor: Option<String>,
     /// `desc` (newest first, default) or `asc`.
+    #[param(pattern = "^(|asc|desc)$")]
     pub order: Option<String>,
 }
 
@@ -303,8 +323,10 @@ pub async fn dependencies(
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
 ) -> Result<Json<Job>, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     Ok(Json(state.engine().retry(id, None).await?))
 }
 
@@ -314,13 +336,15 @@ pub async fn retry(
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
 ) -> Result<Json<Job>, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     Ok(Json(state.engine().cancel(id).await?))
 }
 
-/// When to run a job: a time, or a delay from now.
-#[derive(Deserialize, ToSchema)]
+/// When to run a job: a time, or a delay from now (exactly one of them).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleRequest {
     /// Run at this time.
@@ -329,6 +353,50 @@ pub struct RescheduleRequest {
     pub delay_ms: Option<u64>,
 }
 
+/// Written by hand: a derived schema cannot say "exactly one of".
+impl utoipa::PartialSchema for RescheduleRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let run_at = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::DateTime,
+                )))
+                .description(Some("Run at this time."))
+        };
+        let delay_ms =
+            || grafter_core::openapi::millis(0, grafter_core::time::MAX_DURATION_MS, false);
+        let one = |given: &str| {
+            let object = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .required(given)
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ));
+            if given == "run_at" {
+                object
+                    .property("run_at", run_at())
+                    .property("delay_ms", null())
+            } else {
+                object
+                    .property("delay_ms", delay_ms())
+                    .property("run_at", null())
+            }
+        };
+        OneOfBuilder::new()
+            .item(one("run_at"))
+            .item(one("delay_ms"))
+            .description(Some(
+                "When to run the job: `run_at`, a time, or `delay_ms`, milliseconds from now.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for RescheduleRequest {}
+
 /// Move a not-running job's run time.
 #[utoipa::path(post, path = "/v1/jobs/{id}/reschedule", tag = "jobs", params(("id" = i64, Path)),
     request_body = RescheduleRequest,
@@ -336,9 +404,11 @@ pub struct RescheduleRequest {
         (status = 422, body = ErrorBody)))]
 pub async fn reschedule(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
     ApiJson(request): ApiJson<RescheduleRequest>,
 ) -> Result<Json<Job>, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     let when = match (request.run_at, request.delay_ms) {
         (Some(at), None) => When::At(at),
         (None, Some(delay)) => When::After(millis("delay_ms", delay, 0)?),
@@ -357,8 +427,23 @@ pub async fn reschedule(
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     PathJobId(id): PathJobId,
 ) -> Result<StatusCode, ApiError> {
+    require_job_queue(&state, &access, id).await?;
     state.engine().delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// 403 when a queue-limited token names a job outside its queues. A job
+/// that does not exist passes, for the operation to answer 404; one moved
+/// between this read and the change cannot be: a job's queue never changes.
+async fn require_job_queue(state: &AppState, access: &Access, id: JobId) -> Result<(), ApiError> {
+    if !access.is_queue_limited() {
+        return Ok(());
+    }
+    match state.store().job_get(id).await? {
+        Some(job) => access.require_queue(&job.queue),
+        None => Ok(()),
+    }
 }

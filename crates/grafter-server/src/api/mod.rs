@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod audit;
 pub mod auth;
 pub mod batches;
 pub mod events;
@@ -8,6 +9,7 @@ pub mod jobs;
 pub mod ops;
 pub mod queues;
 pub mod schedules;
+pub mod tokens;
 pub mod worker;
 
 use std::any::Any;

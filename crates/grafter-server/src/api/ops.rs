@@ -2,16 +2,19 @@
 //! deleting old finished jobs by hand (`POST /v1/cleanup`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use grafter_core::{JobState, Worker};
-use grafter_engine::{Cleaned, Cleanup};
+use grafter_engine::{Cleaned, Cleanup, FINISHED_STATES};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
+use crate::api::auth::AuditDetails;
+use crate::api::worker::millis;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -134,17 +137,29 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<InfoBody>, ApiEr
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupRequest {
-    /// Only jobs that finished at least this many ms ago.
-    #[schema(minimum = 0)]
+    /// Only jobs that finished at least this many ms ago (at most 100 years).
+    #[schema(minimum = 0, maximum = 3153600000000_u64)]
     pub older_than_ms: u64,
     /// Only jobs in these finished states (default: completed, dead,
-    /// cancelled and expired). An unfinished state is refused (422).
+    /// cancelled and expired).
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(schema_with = finished_states)]
     pub states: Vec<JobState>,
     /// Count only; delete nothing.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// A list of finished states: a cleanup refuses the others.
+fn finished_states() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(FINISHED_STATES.map(|s| s.to_string()))),
+        )
+        .into()
 }
 
 /// What a cleanup deleted (or would delete).
@@ -169,7 +184,7 @@ pub struct CleanupBody {
 pub async fn cleanup(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CleanupRequest>,
-) -> Result<Json<CleanupBody>, ApiError> {
+) -> Result<Response, ApiError> {
     let Cleaned {
         dry_run,
         finished_before,
@@ -178,15 +193,20 @@ pub async fn cleanup(
     } = state
         .engine()
         .cleanup(Cleanup {
-            older_than: Duration::from_millis(request.older_than_ms),
+            older_than: millis("older_than_ms", request.older_than_ms, 0)?,
             states: request.states,
             dry_run: request.dry_run,
         })
         .await?;
-    Ok(Json(CleanupBody {
+    let details =
+        json!({"dry_run": dry_run, "older_than_ms": request.older_than_ms, "total": total});
+    let mut response = Json(CleanupBody {
         dry_run,
         finished_before,
         jobs,
         total,
-    }))
+    })
+    .into_response();
+    response.extensions_mut().insert(AuditDetails(details));
+    Ok(response)
 }

@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use grafter_core::{PushTarget, QueueLimits};
 use grafter_store::QueueInfo;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::access::Access;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -103,8 +104,10 @@ async fn set_paused(
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
 pub async fn pause(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
 ) -> Result<Json<QueueBody>, ApiError> {
+    access.require_queue(&name)?;
     set_paused(state, name, true).await
 }
 
@@ -113,8 +116,10 @@ pub async fn pause(
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
 ) -> Result<Json<QueueBody>, ApiError> {
+    access.require_queue(&name)?;
     set_paused(state, name, false).await
 }
 
@@ -155,9 +160,11 @@ where
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     ApiJson(settings): ApiJson<QueueSettings>,
 ) -> Result<Json<QueueBody>, ApiError> {
+    access.require_queue(&name)?;
     let engine = state.engine();
     if let Some(Some(target)) = &settings.push {
         target.validate()?;

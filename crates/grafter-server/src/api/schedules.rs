@@ -93,8 +93,10 @@ pub async fn show(
 /// Where a list of schedules starts and how long it is.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Continue after this id (the previous page's `next`).
     pub after: Option<String>,
@@ -173,8 +175,10 @@ pub async fn trigger(
 /// How many fire times to list.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PreviewQuery {
     /// 1 to 1000 (default 10).
+    #[param(minimum = 1, maximum = 1000)]
     pub count: Option<usize>,
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use grafter_core::{time, Job, JobId, JobState, LeasedJob, Progress, Worker, WorkerRegistration};
 use grafter_engine::{
     Ack, AckOutcome as EngineAckOutcome, FetchRequest as EngineFetch, Outcome, Retry, When,
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::access::Access;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{ApiJson, PathJobId};
 use crate::state::AppState;
@@ -23,16 +24,21 @@ use crate::state::AppState;
 pub struct FetchRequest {
     /// Queues to take jobs from (default `["default"]`, at most 1000).
     #[serde(default = "default_queues")]
+    #[schema(schema_with = fetch_queues)]
     pub queues: Vec<String>,
     /// Most jobs to lease (default 1, at most 1000).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max: usize,
-    /// How long to wait for a job when none is available, in ms (default 0, at most 30000).
+    /// How long to wait for a job when none is available, in ms (default 0,
+    /// at most the server's `max_wait_ms`).
     #[serde(default)]
     pub wait_ms: u64,
     /// Who is asking; recorded on the job and its errors.
+    #[schema(schema_with = grafter_core::openapi::name_or_null)]
     pub worker_id: Option<String>,
-    /// Lease length in ms (default the server's, 30000).
+    /// Lease length in ms (1000 to 86,400,000; default the server's).
+    #[schema(schema_with = lease_ms)]
     pub lease_ms: Option<u64>,
 }
 
@@ -42,6 +48,20 @@ fn default_queues() -> Vec<String> {
 
 fn one() -> usize {
     1
+}
+
+fn fetch_queues() -> utoipa::openapi::Schema {
+    grafter_core::openapi::names(1, grafter_engine::MAX_FETCH_QUEUES)
+}
+
+/// A lease length: what the engine accepts.
+fn lease_ms() -> utoipa::openapi::Schema {
+    grafter_core::openapi::millis(1_000, 86_400_000, true)
+}
+
+/// A delay: none to 100 years.
+fn delay_ms() -> utoipa::openapi::Schema {
+    grafter_core::openapi::millis(0, time::MAX_DURATION_MS, true)
 }
 
 /// Leased jobs.
@@ -63,8 +83,12 @@ pub(crate) fn millis(field: &str, ms: u64, min: u64) -> Result<Duration, ApiErro
     responses((status = 200, body = FetchResponse), (status = 422, body = ErrorBody)))]
 pub async fn fetch(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     ApiJson(request): ApiJson<FetchRequest>,
 ) -> Result<Json<FetchResponse>, ApiError> {
+    for queue in &request.queues {
+        access.require_queue(queue)?;
+    }
     let fetch = EngineFetch {
         queues: request.queues,
         max: request.max,
@@ -90,7 +114,7 @@ pub struct AckRequest {
     /// The lease received with the job.
     pub lease: String,
     /// What the job produced, any JSON.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = grafter_core::openapi::any)]
     pub result: Option<Value>,
 }
 
@@ -117,6 +141,7 @@ pub async fn ack(
 #[serde(deny_unknown_fields)]
 pub struct AckManyRequest {
     /// One to 1000 acks; each is fenced by its own lease.
+    #[schema(min_items = 1, max_items = 1000)]
     pub acks: Vec<AckItem>,
 }
 
@@ -130,7 +155,7 @@ pub struct AckItem {
     /// The lease received with the job.
     pub lease: String,
     /// What the job produced, any JSON.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = grafter_core::openapi::any)]
     pub result: Option<Value>,
 }
 
@@ -214,6 +239,7 @@ pub struct FailRequest {
     #[serde(default = "yes")]
     pub retry: bool,
     /// Retry after this many ms instead of the backoff.
+    #[schema(schema_with = delay_ms)]
     pub retry_in_ms: Option<u64>,
 }
 
@@ -246,7 +272,7 @@ pub async fn fail(
 }
 
 /// Progress as a bare fraction or with a message.
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 pub enum ProgressInput {
     /// `0.5`
@@ -255,15 +281,32 @@ pub enum ProgressInput {
     Full(Progress),
 }
 
+/// The schema of [`ProgressInput`], or `null`.
+fn progress_input() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+    AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0.0))
+                .maximum(Some(1.0)),
+        )
+        .item(utoipa::openapi::Ref::from_schema_name("Progress"))
+        .into()
+}
+
 /// Still working.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The lease received with the job.
     pub lease: String,
-    /// Progress so far.
+    /// Progress so far: a fraction from 0.0 to 1.0, or one with a message.
+    #[schema(schema_with = progress_input)]
     pub progress: Option<ProgressInput>,
-    /// New lease length from now in ms (default the server's).
+    /// New lease length from now in ms (1000 to 86,400,000; default the server's).
+    #[schema(schema_with = lease_ms)]
     pub lease_ms: Option<u64>,
 }
 
@@ -304,6 +347,7 @@ pub struct ReleaseRequest {
     /// The lease received with the job.
     pub lease: String,
     /// Run again after this many ms (a snooze); default at once.
+    #[schema(schema_with = delay_ms)]
     pub delay_ms: Option<u64>,
 }
 
@@ -351,11 +395,13 @@ pub async fn worker_heartbeat(
 
 /// Deregister a worker (on its orderly shutdown).
 #[utoipa::path(delete, path = "/v1/workers/{id}", tag = "worker", params(("id" = String, Path)),
-    responses((status = 204, description = "Gone")))]
+    responses((status = 204, description = "Gone"), (status = 422, body = ErrorBody)))]
 pub async fn worker_remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    // No worker can have an id that is not a name.
+    grafter_core::validate_name("id", &id)?;
     state.engine().worker_remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,20 +1,28 @@
-//! Login for a server with a token: a form that checks the token once and
-//! sets a session cookie, `<expiry>.<HMAC-SHA256(token, expiry)>`. Any node
-//! holding the same token verifies it, with no session store; changing the
-//! token ends every session.
+//! Login for a server with a token: a form that checks a token once (the
+//! server's, or a stored one) and sets a session cookie,
+//! `<expiry>.<who>.<HMAC-SHA256(server token, expiry and who)>`, where who is
+//! `server` or the stored token's id. Any node holding the same server token
+//! verifies it, with no session store; changing the server token ends every
+//! session, and a stored token's session ends when the token is revoked or
+//! expires (read again at most every `access::CACHE_TTL`). The session has
+//! its token's powers: pages hide what it may not do, and a change it may
+//! not make is refused with 403.
 
 use axum::body::Bytes;
-use axum::extract::{Query, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Extensions, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
+use grafter_store::Scope;
 use maud::html;
 use serde::Deserialize;
 
 use super::{checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx};
-use crate::api::auth::{bearer_token, secrets_match};
+use crate::access::{self, stored_token, usable, Access, TokenKey};
+use crate::api::auth::{bearer_token, secrets_match, token_access};
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::throttle::{retry_after_secs, Client};
 
@@ -23,56 +31,151 @@ pub const SESSION_COOKIE: &str = "grafter_session";
 /// How long a login lasts.
 const SESSION_SECS: i64 = 12 * 3600;
 
-fn signature(token: &str, expires: i64) -> String {
+fn signature(token: &str, expires: i64, who: &str) -> String {
     signed_hex(
         token.as_bytes(),
-        &[format!("grafter-dashboard-session:{expires}").as_bytes()],
+        &[format!("grafter-dashboard-session:{expires}:{who}").as_bytes()],
     )
 }
 
-/// A session cookie value valid until `expires` (Unix seconds).
-fn session_value(token: &str, expires: i64) -> String {
-    format!("{expires}.{}", signature(token, expires))
+/// Who a session is: the server's token, or a stored token's id.
+const SERVER: &str = "server";
+
+/// A session cookie value for `who` valid until `expires` (Unix seconds).
+fn session_value(token: &str, expires: i64, who: &str) -> String {
+    format!("{expires}.{who}.{}", signature(token, expires, who))
 }
 
-/// Whether a session cookie value is genuine and unexpired.
-fn session_valid(token: &str, value: &str) -> bool {
-    let Some((expires, sig)) = value.split_once('.') else {
-        return false;
-    };
-    let Ok(expires) = expires.parse::<i64>() else {
-        return false;
-    };
-    expires > chrono::Utc::now().timestamp()
-        && secrets_match(sig.as_bytes(), signature(token, expires).as_bytes())
+/// Who a session cookie value is (`server` or a token id), if it is
+/// genuine and unexpired.
+fn session_who<'a>(token: &str, value: &'a str) -> Option<&'a str> {
+    let (expires, rest) = value.split_once('.')?;
+    let (who, sig) = rest.rsplit_once('.')?;
+    let expires = expires.parse::<i64>().ok()?;
+    (expires > chrono::Utc::now().timestamp()
+        && secrets_match(sig.as_bytes(), signature(token, expires, who).as_bytes()))
+    .then_some(who)
 }
 
-/// Lets a request through when the server has no token, or it carries a valid
-/// session cookie or the token as a bearer header. Otherwise pages redirect to
-/// the login form and changes are refused. A wrong bearer token counts
-/// towards the client's throttle, like the API's.
+/// The caller of a session: the server's token, or a stored token still
+/// usable; `None` for no session, or one that no longer stands.
+async fn session_access(state: &AppState, token: &str, value: &str) -> Option<Access> {
+    match session_who(token, value)? {
+        SERVER => Some(Access::ServerToken),
+        id => match stored_token(state, TokenKey::Id(id)).await {
+            Ok(Some(stored)) => usable(state, stored).ok(),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(?error, "could not read a session's token");
+                None
+            }
+        },
+    }
+}
+
+/// What a dashboard change needs, and its audit action, from its route and
+/// the action in its path; `None` for what is no change (pages, logout).
+fn change_needs(route: &str, path: &str) -> Option<(Scope, String)> {
+    let verb = path.rsplit('/').next().unwrap_or_default();
+    match route {
+        "/jobs/bulk" => Some((Scope::Manage, "jobs.bulk".into())),
+        "/jobs/{id}/{action}" => Some((Scope::Manage, format!("job.{verb}"))),
+        "/queues/{name}/{action}" => Some((Scope::Queues, format!("queue.{verb}"))),
+        "/schedules/{id}/{action}" => Some((Scope::Manage, format!("schedule.{verb}"))),
+        _ => None,
+    }
+}
+
+/// Lets a request through when the server has no token, or it carries a
+/// valid session cookie or a token as a bearer header, with the powers of
+/// that token: pages need `read`, changes their scope (a queue-limited token
+/// makes none here), and a change made is written to the audit log. Pages
+/// without a login redirect to the login form and changes are refused. A
+/// wrong bearer token counts towards the client's throttle, like the API's.
 pub(super) async fn require_login(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &state.config().token else {
-        return next.run(request).await;
+    let access = match login_access(&state, request.headers(), request.extensions()).await {
+        Ok(Some(access)) => access,
+        Ok(None) => return to_login(&request),
+        Err(refused) => return refused,
     };
-    let headers = request.headers();
-    if cookie(headers, SESSION_COOKIE).is_some_and(|v| session_valid(token, v)) {
-        return next.run(request).await;
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let path = request.uri().path().to_owned();
+    let change = change_needs(&route, &path);
+    let needs = change.as_ref().map_or(Scope::Read, |(scope, _)| *scope);
+    if route != "/logout" && !access.allows(needs) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            &format!("Your token does not have the '{}' scope.", needs.name()),
+        );
     }
-    if let Some(presented) = bearer_token(headers) {
-        let client = Client::of(request.extensions());
-        if let Some(wait) = state.auth_failures().throttled(client) {
-            return too_many_wrong_tokens(wait);
-        }
-        if secrets_match(presented.as_bytes(), token.as_bytes()) {
-            return next.run(request).await;
-        }
-        state.auth_failures().record(client);
+    if change.is_some() && access.is_queue_limited() {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "A token limited to some queues makes no changes in the dashboard; use the API.",
+        );
     }
+    if let Some(ctx) = request.extensions_mut().get_mut::<Ctx>() {
+        ctx.can_manage = access.allows(Scope::Manage) && !access.is_queue_limited();
+        ctx.can_change_queues = access.allows(Scope::Queues) && !access.is_queue_limited();
+    }
+    let response = next.run(request).await;
+    if let Some((_, action)) = change {
+        if response.extensions().get::<super::Succeeded>().is_some() {
+            access::audit(&state, &access, &action, path, None).await;
+        }
+    }
+    response
+}
+
+/// The caller of a dashboard request: `Open` without a server token, the
+/// session's or the bearer token's; `None` to log in; `Err` with the answer
+/// for a throttled client or an unusable bearer token.
+async fn login_access(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<Option<Access>, Response> {
+    let Some(token) = &state.config().token else {
+        return Ok(Some(Access::Open));
+    };
+    if let Some(value) = cookie(headers, SESSION_COOKIE) {
+        if let Some(access) = session_access(state, token, value).await {
+            return Ok(Some(access));
+        }
+    }
+    let Some(presented) = bearer_token(headers) else {
+        return Ok(None);
+    };
+    let client = Client::of(extensions);
+    if let Some(wait) = state.auth_failures().throttled(client) {
+        return Err(too_many_wrong_tokens(wait));
+    }
+    match token_access(state, presented).await {
+        Ok(Some(access)) => Ok(Some(access)),
+        Ok(None) => {
+            state.auth_failures().record(client);
+            Ok(None)
+        }
+        Err(error) => Err(refused(error)),
+    }
+}
+
+/// A refusal of the API's kind as a page.
+fn refused(error: ApiError) -> Response {
+    let (status, message) = error.status_and_message();
+    error_page(status, message)
+}
+
+/// Pages go to the login form; changes are refused.
+fn to_login(request: &Request) -> Response {
     if request.method() == Method::GET {
         let path = request
             .uri()
@@ -172,19 +275,28 @@ pub(super) async fn login(
     }
     let next = local_path(form.get("next")).to_owned();
     let given = form.get("token").unwrap_or_default();
-    if !secrets_match(given.as_bytes(), token.as_bytes()) {
-        state.auth_failures().record(client);
+    let again = |message: &str| {
         let to: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
-        return redirect_with(
-            &format!("/login?next={to}"),
-            false,
-            "That token is not this server's token.",
-        );
-    }
-    let expires = chrono::Utc::now().timestamp() + SESSION_SECS;
+        redirect_with(&format!("/login?next={to}"), false, message)
+    };
+    let now = chrono::Utc::now().timestamp();
+    let (who, expires) = match token_access(&state, given).await {
+        Ok(Some(Access::Token(stored))) => {
+            // A session lasts no longer than its token.
+            let ends = stored.expires_at.map_or(i64::MAX, |at| at.timestamp());
+            (stored.id.clone(), (now + SESSION_SECS).min(ends))
+        }
+        Ok(Some(_)) => (SERVER.to_owned(), now + SESSION_SECS),
+        Ok(None) => {
+            state.auth_failures().record(client);
+            return again("That token is not a token of this server.");
+        }
+        Err(error) => return again(error.status_and_message().1),
+    };
+    let max_age = expires - now;
     let value = format!(
-        "{SESSION_COOKIE}={}; Path=/; Max-Age={SESSION_SECS}; HttpOnly; SameSite=Strict",
-        session_value(token, expires)
+        "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict",
+        session_value(token, expires, &who)
     );
     let mut response = redirect_with(&next, true, "Logged in.");
     if let Ok(v) = HeaderValue::from_str(&value) {
@@ -216,23 +328,39 @@ mod tests {
     #[test]
     fn sessions_are_signed_and_expire() {
         let later = chrono::Utc::now().timestamp() + 60;
-        assert!(session_valid("secret", &session_value("secret", later)));
-        assert!(
-            !session_valid("other", &session_value("secret", later)),
-            "another token's session"
+        let value = session_value("secret", later, "tok_1");
+        assert_eq!(session_who("secret", &value), Some("tok_1"));
+        assert_eq!(
+            session_who("other", &value),
+            None,
+            "another server token's session"
         );
-        assert!(
-            !session_valid("secret", &session_value("secret", later - 120)),
+        assert_eq!(
+            session_who("secret", &session_value("secret", later - 120, SERVER)),
+            None,
             "expired"
         );
-        assert!(
-            !session_valid(
+        assert_eq!(
+            session_who(
                 "secret",
-                &format!("{}.{}", later + 999, signature("secret", later))
+                &format!(
+                    "{}.tok_1.{}",
+                    later + 999,
+                    signature("secret", later, "tok_1")
+                )
             ),
+            None,
             "moved expiry"
         );
-        assert!(!session_valid("secret", "garbage"));
+        assert_eq!(
+            session_who(
+                "secret",
+                &format!("{later}.server.{}", signature("secret", later, "tok_1"))
+            ),
+            None,
+            "another caller"
+        );
+        assert_eq!(session_who("secret", "garbage"), None);
     }
 
     #[test]

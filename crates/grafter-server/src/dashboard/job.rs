@@ -69,7 +69,7 @@ pub(super) async fn page(
                 div {
                     h2 { "Args" }
                     pre.json { (pretty(&job.args)) }
-                    @if editable {
+                    @if editable && ctx.can_manage {
                         details.edit {
                             summary { "Edit the args and retry" }
                             form method="post" action={ "/jobs/" (job.id) "/edit-retry" } {
@@ -161,7 +161,11 @@ fn status(job: &Job) -> Markup {
     }
 }
 
+/// The job's buttons; none for a caller who may not change jobs.
 fn actions(job: &Job, ctx: &Ctx) -> Markup {
+    if !ctx.can_manage {
+        return html! {};
+    }
     let form = |action: &str, label: &str, confirm: Option<&str>, class: Option<&str>| {
         html! {
             form method="post" action={ "/jobs/" (job.id) "/" (action) } {

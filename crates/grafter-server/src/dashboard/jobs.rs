@@ -219,6 +219,8 @@ pub(super) async fn page(
             }
             @if let Some(problem) = &problem { p.flash.error role="alert" { (problem) } }
             @if let Some(page) = &page {
+                @if !ctx.can_manage { (table(&page.jobs, false)) }
+                @else {
                 form.bulk method="post" action="/jobs/bulk" {
                     (csrf_field(&ctx))
                     (filter.hidden_fields())
@@ -228,7 +230,8 @@ pub(super) async fn page(
                         button type="submit" name="action" value="cancel" data-confirm="Cancel the selected jobs?" { "Cancel" }
                         button.danger type="submit" name="action" value="delete" data-confirm="Delete the selected jobs for good?" { "Delete" }
                     }
-                    (table(&page.jobs))
+                    (table(&page.jobs, true))
+                }
                 }
                 @if page.jobs.is_empty() {
                     p.muted { @if page.next.is_some() { "No match among the " (count(SCAN_LIMIT as u64)) " jobs looked at for this page." } @else { "No jobs match." } }
@@ -239,7 +242,7 @@ pub(super) async fn page(
                     @if !filter.cursor.is_empty() { a href={ "/jobs?" (filter.query()) } { "« First page" } }
                     @if let Some(next) = page.next { a.next href={ "/jobs?" (filter.query()) "&cursor=" (next) } { "Next page »" } }
                 }
-                @if dead {
+                @if dead && ctx.can_manage {
                     form.all method="post" action="/jobs/bulk" {
                         (csrf_field(&ctx))
                         (filter.hidden_fields())
@@ -254,12 +257,13 @@ pub(super) async fn page(
     ))
 }
 
-fn table(jobs: &[Job]) -> Markup {
+/// The jobs, with a box to select each for the bulk form when `selectable`.
+fn table(jobs: &[Job], selectable: bool) -> Markup {
     html! {
         table.jobs {
             thead {
                 tr {
-                    th { input type="checkbox" data-select-all title="Select all on this page"; }
+                    @if selectable { th { input type="checkbox" data-select-all title="Select all on this page"; } }
                     th { "Id" } th { "State" } th { "Queue" } th { "Kind" } th { "Args" } th.num { "Attempt" }
                     th { "Run at / finished" } th { "Last error" }
                 }
@@ -267,7 +271,7 @@ fn table(jobs: &[Job]) -> Markup {
             tbody {
                 @for job in jobs {
                     tr data-job=(job.id) {
-                        td { input type="checkbox" name="ids" value=(job.id) aria-label={ "Select job " (job.id) }; }
+                        @if selectable { td { input type="checkbox" name="ids" value=(job.id) aria-label={ "Select job " (job.id) }; } }
                         td { a href={ "/jobs/" (job.id) } { "#" (job.id) } }
                         td { (state_badge(job.state)) }
                         td { (job.queue) }

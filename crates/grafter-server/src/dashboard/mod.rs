@@ -85,7 +85,16 @@ pub struct Ctx {
     pub flash: Option<Flash>,
     /// Whether a login is in force, so pages offer to log out.
     pub logged_in: bool,
+    /// Whether the caller may change jobs and schedules (else their forms
+    /// are not shown).
+    pub can_manage: bool,
+    /// Whether the caller may pause and resume queues.
+    pub can_change_queues: bool,
 }
+
+/// Marks the answer of a change that was made, for the audit log.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Succeeded;
 
 /// A message shown once at the top of the next page.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,6 +180,9 @@ async fn context(State(state): State<AppState>, mut request: Request, next: Next
         csrf: csrf_token(&state, &nonce, session.unwrap_or_default()),
         flash: flash.clone(),
         logged_in: session.is_some(),
+        // Set by `auth::require_login` from the caller's scopes.
+        can_manage: false,
+        can_change_queues: false,
     };
     request.extensions_mut().insert(ctx.clone());
     let mut response = next.run(request).await;
@@ -227,6 +239,9 @@ fn redirect_with(to: &str, ok: bool, text: &str) -> Response {
     )
     .collect();
     let mut response = Redirect::to(to).into_response();
+    if ok {
+        response.extensions_mut().insert(Succeeded);
+    }
     let value = format!("{FLASH_COOKIE}={encoded}; Path=/; Max-Age=60; HttpOnly; SameSite=Strict");
     if let Ok(v) = HeaderValue::from_str(&value) {
         response.headers_mut().append(header::SET_COOKIE, v);

@@ -64,6 +64,7 @@ pub(super) async fn page(
                                     } @else { span.muted { "pull (workers fetch)" } }
                                 }
                                 td {
+                                    @if ctx.can_change_queues {
                                     form method="post" action={ "/queues/" (path_segment(&q.name)) "/" (if q.paused { "resume" } else { "pause" }) } {
                                         (csrf_field(&ctx))
                                         @if q.paused {
@@ -71,6 +72,7 @@ pub(super) async fn page(
                                         } @else {
                                             button type="submit" data-confirm={ "Pause queue " (q.name) "? Running jobs go on; no new ones start." } { "Pause" }
                                         }
+                                    }
                                     }
                                 }
                             }

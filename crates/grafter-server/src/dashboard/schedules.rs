@@ -316,7 +316,11 @@ fn overlap(overlap: Overlap) -> &'static str {
     }
 }
 
+/// The schedule's buttons; none for a caller who may not change schedules.
 fn actions(s: &Schedule, ctx: &Ctx) -> Markup {
+    if !ctx.can_manage {
+        return html! {};
+    }
     let form = |action: &str, label: &str, confirm: Option<String>| {
         html! {
             form method="post" action={ "/schedules/" (path_segment(&s.id)) "/" (action) } {

@@ -2,7 +2,7 @@
 //! no case sleeps to make time pass.
 //!
 //! One module per concern, under the names of the stores' own modules
-//! (`leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
+//! (`access`, `leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
 //! `leadership`, `browse`, `schedules`, `events`, `batches`, `dependencies`), and `engine`: what the engine's rules (validation,
 //! wake-ups, the one outcome path) come to on each store. Here: the helpers they share, the one case about
 //! the store as a whole (`ping_answers`), and every case re-exported, which is
@@ -10,6 +10,7 @@
 
 #![allow(missing_docs)]
 
+mod access;
 mod batches;
 mod browse;
 mod dependencies;
@@ -25,6 +26,7 @@ mod queues;
 mod schedules;
 mod workers;
 
+pub use access::*;
 pub use batches::*;
 pub use browse::*;
 pub use dependencies::*;

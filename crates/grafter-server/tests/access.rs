@@ -1,0 +1,539 @@
+//! Scoped tokens over real HTTP on loopback (docs/access.md): each scope
+//! and queue pattern enforced, expiry and revocation (across two nodes on
+//! one PostgreSQL database, within the cache's bound), secrets never listed,
+//! the audit log, `/metrics`' scope, and the dashboard's powers.
+
+#[path = "../../grafter-postgres/tests/common/mod.rs"]
+mod postgres;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grafter_postgres::PostgresStore;
+use grafter_server::{serve, ServerConfig};
+use grafter_sqlite::SqliteStore;
+use grafter_store::Store;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "the-server-token-0123456789";
+/// How late a revocation may reach another node: the token cache's life
+/// (`access::CACHE_TTL`, 2 s) and room for a loaded machine.
+const REVOCATION_BOUND: Duration = Duration::from_secs(4);
+
+/// A running `grafter serve` with the server token [`ADMIN`]; stopped on drop.
+struct Node {
+    base: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(store: Arc<dyn Store>) -> Node {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let config = ServerConfig {
+        token: Some(ADMIN.into()),
+        ..Default::default()
+    };
+    tokio::spawn(serve(listener, store, config, shutdown.clone()));
+    Node {
+        base,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl Node {
+    /// Status and JSON body (`Null` when empty, a string when not JSON).
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(token, Method::GET, path, None).await
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(token, Method::POST, path, Some(body)).await
+    }
+
+    /// A new token's secret and id, made with the server's token.
+    async fn token(&self, spec: Value) -> (String, String) {
+        let (status, body) = self.post(ADMIN, "/v1/tokens", spec).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let secret = body["token"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("gft_"), "{secret}");
+        (secret, body["id"].as_str().unwrap().to_owned())
+    }
+
+    async fn enqueue(&self, token: &str, queue: &str) -> (StatusCode, Value) {
+        self.post(
+            token,
+            "/v1/jobs",
+            json!({"kind": "k", "args": {}, "queue": queue}),
+        )
+        .await
+    }
+}
+
+fn assert_refused(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["error"]["code"], code, "{}", answer.1);
+}
+
+async fn sqlite_node() -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("grafter.db"))
+        .await
+        .unwrap();
+    (start(Arc::new(store)).await, dir)
+}
+
+/// `count` nodes on one fresh PostgreSQL schema, and the schema's guard;
+/// `None` when PostgreSQL is absent outside CI.
+async fn postgres_nodes(count: usize) -> Option<(Vec<Node>, postgres::DropSchema)> {
+    let url = postgres::database().await?;
+    let (config, guard) = postgres::fresh_config(&url);
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let store = PostgresStore::connect(config.clone()).await.unwrap();
+        nodes.push(start(Arc::new(store)).await);
+    }
+    Some((nodes, guard))
+}
+
+async fn scopes_and_queue_patterns_hold(node: &Node) {
+    let (emails, emails_id) = node
+        .token(json!({"name": "mailer", "scopes": ["producer"], "queues": ["emails*"]}))
+        .await;
+    assert_eq!(
+        node.enqueue(&emails, "emails-eu").await.0,
+        StatusCode::CREATED
+    );
+    assert_refused(
+        &node.enqueue(&emails, "billing").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let batch =
+        json!({"jobs": [{"kind": "k", "queue": "emails"}, {"kind": "k", "queue": "billing"}]});
+    assert_refused(
+        &node.post(&emails, "/v1/jobs/batch", batch).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // A batch's jobs and callbacks are all held to the patterns.
+    for refused in [
+        json!({"jobs": [{"kind": "k", "queue": "emails"}, {"kind": "k", "queue": "billing"}]}),
+        json!({"jobs": [{"kind": "k", "queue": "emails"}],
+               "on_complete": {"kind": "k", "queue": "billing"}}),
+    ] {
+        assert_refused(
+            &node.post(&emails, "/v1/batches", refused).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+    }
+    let (status, created) = node
+        .post(
+            &emails,
+            "/v1/batches",
+            json!({"jobs": [{"kind": "k", "queue": "emails"}], "open": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let batch_id = created["batch"]["id"].as_i64().unwrap();
+    assert_refused(
+        &node
+            .post(
+                &emails,
+                &format!("/v1/batches/{batch_id}/jobs"),
+                json!({"jobs": [{"kind": "k", "queue": "billing"}]}),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+
+    let (_, job) = node.enqueue(ADMIN, "default").await;
+    let id = job["id"].as_i64().unwrap();
+    let (worker, _) = node
+        .token(json!({"name": "worker", "scopes": ["worker"]}))
+        .await;
+    for (method, path) in [
+        (Method::POST, format!("/v1/jobs/{id}/retry")),
+        (Method::POST, format!("/v1/jobs/{id}/cancel")),
+        (Method::DELETE, format!("/v1/jobs/{id}")),
+        (Method::POST, "/v1/queues/default/pause".to_owned()),
+        (Method::GET, "/v1/jobs".to_owned()),
+        (Method::POST, "/v1/tokens".to_owned()),
+    ] {
+        let answer = node
+            .call(
+                &worker,
+                method.clone(),
+                &path,
+                Some(json!({"name": "x", "scopes": ["admin"]})),
+            )
+            .await;
+        assert_refused(&answer, StatusCode::FORBIDDEN, "forbidden");
+    }
+    assert_refused(
+        &node.enqueue(&worker, "default").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (status, fetched) = node
+        .post(
+            &worker,
+            "/v1/fetch",
+            json!({"queues": ["default"], "worker_id": "w1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{fetched}");
+    let leased = &fetched["jobs"][0];
+    assert_eq!(leased["id"], id);
+    let ack = json!({"lease": leased["lease"]});
+    let (status, body) = node.post(&worker, &format!("/v1/jobs/{id}/ack"), ack).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (reader, _) = node
+        .token(json!({"name": "dashboards", "scopes": ["read"]}))
+        .await;
+    assert_refused(
+        &node.enqueue(&reader, "default").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_eq!(
+        node.get(&reader, &format!("/v1/jobs/{id}")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(node.get(&reader, "/v1/queues").await.0, StatusCode::OK);
+    assert_refused(
+        &node.get(&reader, "/v1/tokens").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_refused(
+        &node.get(&reader, "/v1/audit").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_refused(
+        &node.get(&reader, "/metrics").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (metrics, _) = node
+        .token(json!({"name": "prometheus", "scopes": ["metrics"]}))
+        .await;
+    assert_eq!(node.get(&metrics, "/metrics").await.0, StatusCode::OK);
+    assert_eq!(node.get(&reader, "/livez").await.0, StatusCode::OK);
+
+    // An operator limited to emails* changes jobs of those queues only.
+    let (operator, operator_id) = node
+        .token(json!({"name": "support desk", "scopes": ["operator"], "queues": ["emails*"]}))
+        .await;
+    let (_, billing_job) = node.enqueue(ADMIN, "billing").await;
+    let billing = billing_job["id"].as_i64().unwrap();
+    assert_refused(
+        &node
+            .post(&operator, &format!("/v1/jobs/{billing}/cancel"), json!({}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (_, email_job) = node.enqueue(ADMIN, "emails").await;
+    let email = email_job["id"].as_i64().unwrap();
+    let (status, body) = node
+        .post(&operator, &format!("/v1/jobs/{email}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_refused(
+        &node
+            .post(&operator, "/v1/queues/billing/pause", json!({}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // A batch's jobs may span queues: not the queue-limited operator's to cancel.
+    assert_refused(
+        &node
+            .post(
+                &operator,
+                &format!("/v1/batches/{batch_id}/cancel"),
+                json!({}),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+
+    let unknown = "gft_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    assert_refused(
+        &node.get(unknown, "/v1/jobs").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    // Listed, never with a secret; the audit log has the changes, newest first.
+    let (status, listed) = node.get(ADMIN, "/v1/tokens").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let text = listed.to_string();
+    for secret in [&emails, &worker, &reader, &operator] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret is listed: {text}"
+        );
+    }
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 5);
+    assert!(tokens.iter().all(|t| t.get("token").is_none()), "{text}");
+    let listed_operator = tokens
+        .iter()
+        .find(|t| t["id"] == operator_id.as_str())
+        .unwrap();
+    assert_eq!(
+        listed_operator["scopes"],
+        json!(["read", "manage", "queues"])
+    );
+    assert_eq!(listed_operator["queues"], json!(["emails*"]));
+
+    // Its first use is recorded (in the background, so polled for).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, listed) = node.get(ADMIN, "/v1/tokens").await;
+        let mailer = listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == emails_id.as_str())
+            .cloned()
+            .unwrap();
+        if mailer["last_used_at"].is_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last_used_at never set: {mailer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (status, audit) = node.get(ADMIN, "/v1/audit?limit=3").await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let newest = &audit["entries"][0];
+    assert_eq!(newest["action"], "job.cancel", "{audit}");
+    assert_eq!(newest["actor"], "support desk");
+    assert_eq!(newest["token_id"], operator_id.as_str());
+    assert_eq!(newest["target"], format!("/v1/jobs/{email}/cancel"));
+    assert_eq!(audit["entries"][1]["action"], "token.create", "{audit}");
+    assert_eq!(audit["entries"][1]["actor"], "server token");
+    assert_eq!(audit["entries"][1]["details"]["name"], "support desk");
+    assert!(
+        audit["next"].is_i64(),
+        "a full page says where the next starts: {audit}"
+    );
+    let (_, all) = node.get(ADMIN, "/v1/audit").await;
+    let actions: Vec<&str> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        !actions.contains(&"job.enqueue"),
+        "enqueues are not audited: {actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| **a == "token.create").count(),
+        5,
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn scopes_and_queue_patterns_hold_on_sqlite() {
+    let (node, _dir) = sqlite_node().await;
+    scopes_and_queue_patterns_hold(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_and_queue_patterns_hold_on_postgres() {
+    let Some((nodes, _guard)) = postgres_nodes(1).await else {
+        return;
+    };
+    scopes_and_queue_patterns_hold(&nodes[0]).await;
+}
+
+/// Polls `node` with `secret` until it answers 401; how long that took.
+async fn until_refused(node: &Node, secret: &str, patience: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let answer = node.get(secret, "/v1/queues").await;
+        if answer.0 == StatusCode::UNAUTHORIZED {
+            assert_refused(&answer, StatusCode::UNAUTHORIZED, "unauthorized");
+            return start.elapsed();
+        }
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+        assert!(
+            start.elapsed() < patience,
+            "still accepted after {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_node_is_refused_by_another_within_the_bound() {
+    let Some((nodes, _guard)) = postgres_nodes(2).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (secret, id) = a.token(json!({"name": "ci", "scopes": ["read"]})).await;
+    // Node B has verified it and keeps it in its cache.
+    assert_eq!(b.get(&secret, "/v1/queues").await.0, StatusCode::OK);
+    let (status, revoked) = a
+        .call(ADMIN, Method::DELETE, &format!("/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let took = until_refused(b, &secret, REVOCATION_BOUND).await;
+    assert!(took <= REVOCATION_BOUND, "node B refused it after {took:?}");
+    assert_refused(
+        &a.get(&secret, "/v1/queues").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let (_, audit) = b.get(ADMIN, "/v1/audit?limit=1").await;
+    assert_eq!(audit["entries"][0]["action"], "token.revoke", "{audit}");
+    assert_eq!(
+        a.call(ADMIN, Method::DELETE, "/v1/tokens/tok_none", None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_gets_401_and_bad_specs_are_refused() {
+    let (node, _dir) = sqlite_node().await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(1_500);
+    let (secret, _) = node
+        .token(json!({"name": "short", "scopes": ["read"], "expires_at": expires_at}))
+        .await;
+    assert_eq!(node.get(&secret, "/v1/queues").await.0, StatusCode::OK);
+    until_refused(
+        &node,
+        &secret,
+        Duration::from_millis(1_500) + REVOCATION_BOUND,
+    )
+    .await;
+
+    for (spec, field) in [
+        (json!({"name": "x", "scopes": ["root"]}), "scopes"),
+        (json!({"name": "x", "scopes": []}), "scopes"),
+        (json!({"name": "", "scopes": ["read"]}), "name"),
+        (
+            json!({"name": "x", "scopes": ["read"], "queues": [""]}),
+            "queues",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+    ] {
+        let answer = node.post(ADMIN, "/v1/tokens", spec).await;
+        assert_refused(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(answer.1["error"]["field"], field, "{}", answer.1);
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_gives_a_token_its_powers() {
+    let (node, _dir) = sqlite_node().await;
+    let (_, job) = node.enqueue(ADMIN, "default").await;
+    let id = job["id"].as_i64().unwrap();
+    let page = |token: String| {
+        let http = node.http.clone();
+        let url = format!("{}/jobs/{id}", node.base);
+        async move {
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let (reader, _) = node
+        .token(json!({"name": "viewer", "scopes": ["read"]}))
+        .await;
+    let (status, html) = page(reader.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Args"), "the job page: {html}");
+    for action in ["/cancel", "/delete", "/reschedule"] {
+        assert!(
+            !html.contains(&format!("/jobs/{id}{action}")),
+            "a {action} form is shown"
+        );
+    }
+    let (operator, _) = node
+        .token(json!({"name": "ops", "scopes": ["operator"]}))
+        .await;
+    let (_, html) = page(operator).await;
+    assert!(html.contains(&format!("/jobs/{id}/delete")), "{html}");
+
+    let (status, html) = {
+        let response = node
+            .http
+            .get(format!("{}/queues", node.base))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains("/default/pause"), "{html}");
+
+    let response = node
+        .http
+        .post(format!("{}/jobs/{id}/delete", node.base))
+        .bearer_auth(&reader)
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        node.get(ADMIN, &format!("/v1/jobs/{id}")).await.0,
+        StatusCode::OK
+    );
+}
