@@ -104,8 +104,7 @@ class ClientTest < Minitest::Test
     assert_equal [[extract["id"], "completed", { "rows" => 3 }]], upstreams.map { |j| j.values_at("id", "state", "result") }
 
     error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "k", queue: queue, depends_on: [987_654_321]) }
-    assert_equal [422, "invalid_field"], [error.status, error.code]
-    assert_match(/depends_on\[0\]/, error.message)
+    assert_equal [422, "invalid_field", "depends_on[0]"], [error.status, error.code, error.field]
   end
 
   def test_cancelling_a_batch_cancels_its_waiting_jobs

@@ -241,6 +241,7 @@ pub struct NewJob {
     /// A name other jobs of the same request use in their `depends_on`
     /// (docs/dependencies.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name_or_null))]
     pub r#ref: Option<String>,
     /// Jobs this one waits for: ids of existing jobs, or refs of jobs of the
     /// same request. It is `pending` until they have all finished.

@@ -147,7 +147,13 @@ impl Engine {
             ValidationError::new(field, e.message.clone())
         })?;
         keep_valid_trace(&mut job);
-        let inserted = self.insert(vec![job]).await?.pop();
+        let inserted = match self.insert(vec![job]).await {
+            Err(crate::Error::Store(StoreError::UnknownDependency { field, id })) => {
+                let field = field.strip_prefix("jobs[0].").unwrap_or(&field).to_owned();
+                return Err(StoreError::UnknownDependency { field, id }.into());
+            }
+            inserted => inserted?.pop(),
+        };
         inserted.ok_or_else(|| StoreError::Backend("the store returned no job".into()).into())
     }
 

@@ -63,9 +63,10 @@ pub(crate) async fn link(
                 Resolved::Index(j) => inserted[j].job.id,
             };
             if client.row_opt(&mark, &[&id.0]).await?.is_none() {
-                return Err(StoreError::Invalid(format!(
-                    "jobs[{i}].depends_on[{k}]: job {id} does not exist"
-                )));
+                return Err(StoreError::UnknownDependency {
+                    field: format!("jobs[{i}].depends_on[{k}]"),
+                    id,
+                });
             }
             client.rows(&edge, &[&id.0, &dependent.0]).await?;
         }

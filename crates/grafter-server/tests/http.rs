@@ -2213,14 +2213,19 @@ async fn a_graph_runs_in_order_and_bad_graphs_are_refused(api: &Api) {
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
     );
-    assert!(
-        unknown_id.1["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("jobs[1].depends_on[0]"),
-        "{}",
-        unknown_id.1
+    assert_eq!(unknown_id.1["error"]["field"], "jobs[1].depends_on[0]");
+    let unknown_one = api
+        .post(
+            "/v1/jobs",
+            json!({"kind": "b", "queue": "refused", "depends_on": [999999]}),
+        )
+        .await;
+    assert_error(
+        &unknown_one,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
     );
+    assert_eq!(unknown_one.1["error"]["field"], "depends_on[0]");
     let keyed = api
         .post(
             "/v1/jobs",

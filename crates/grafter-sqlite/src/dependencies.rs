@@ -65,9 +65,10 @@ pub fn link(
                 .optional()
                 .map_err(backend)?;
             if found.is_none() {
-                return Err(StoreError::Invalid(format!(
-                    "jobs[{i}].depends_on[{k}]: job {id} does not exist"
-                )));
+                return Err(StoreError::UnknownDependency {
+                    field: format!("jobs[{i}].depends_on[{k}]"),
+                    id,
+                });
             }
             edge.execute(params![id.0, dependent.0]).map_err(backend)?;
         }

@@ -191,7 +191,8 @@ pub async fn a_cycle_or_an_unknown_id_is_refused_and_nothing_inserted(store: S) 
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Invalid(m) if m.starts_with("jobs[1].depends_on[1]")),
+        matches!(&err, StoreError::UnknownDependency { field, id }
+            if field == "jobs[1].depends_on[1]" && *id == JobId(i64::MAX)),
         "{err}"
     );
     assert_eq!(count(&store, "refused").await, 0);
