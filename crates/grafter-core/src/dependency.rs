@@ -15,7 +15,7 @@ use crate::{JobId, NewJob, ValidationError};
 pub const MAX_DEPENDENCIES: usize = 100;
 
 /// One entry of `depends_on`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Upstream {
@@ -23,6 +23,36 @@ pub enum Upstream {
     Job(JobId),
     /// A job of the same request, by its `ref`.
     Ref(String),
+}
+
+/// By hand rather than `untagged`, so a wrong value is named as serde names
+/// it elsewhere ("invalid type: floating point …"), not as "no variant".
+impl<'de> Deserialize<'de> for Upstream {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Upstream;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a job id (an integer) or a ref of this request (a string)")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Upstream, E> {
+                Ok(Upstream::Job(JobId(v)))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Upstream, E> {
+                i64::try_from(v)
+                    .map(|v| Upstream::Job(JobId(v)))
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Upstream, E> {
+                Ok(Upstream::Ref(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// What a dependent does when an upstream ends `dead`, `cancelled` or
@@ -259,5 +289,10 @@ mod tests {
         .unwrap();
         assert_eq!(job.depends_on, [Upstream::Job(JobId(12)), r("extract")]);
         assert_eq!(job.on_dependency_failure, Some(DependencyFailure::Run));
+        let float = serde_json::from_value::<NewJob>(json!({"kind": "k", "depends_on": [2.0]}));
+        assert!(float
+            .unwrap_err()
+            .to_string()
+            .contains("invalid type: floating point"));
     }
 }
