@@ -48,9 +48,6 @@ BEYOND_SCHEMA = [
     ("depends_on", "does not exist"),
     ("jobs[", "cannot have a unique_key"),
     ("unique_key", "cannot have a unique_key"),
-    # A batch's callbacks are enqueued by the server when it settles: no
-    # run time, key, schedule or dependencies of their own.
-    ("on_", "is not allowed on a batch callback"),
     # Names are limited to 255 bytes of UTF-8; maxLength counts characters.
     ("", "bytes, got"),
     # Invisible characters beyond the Basic Multilingual Plane, which a
