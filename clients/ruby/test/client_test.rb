@@ -224,6 +224,31 @@ class ClientTest < Minitest::Test
                  resumed.map { |e| [e["event"], e["data"]["state"]] }
   end
 
+  def test_batch_events_stream_a_batch_to_its_end_and_resume_after_an_id
+    queue = unique("batch-events")
+    id = client.create_batch(jobs: [{ kind: "part", queue: queue }], open: true).dig("batch", "id")
+    seen = []
+    streaming = Thread.new do
+      Grafter::Client.new(url: server.url).batch_events(id) { |event| seen << event }
+    end
+    wait_until(message: "the snapshot") { seen.any? }
+    client.seal_batch(id)
+    wait_until(message: "the seal") { seen.any? { |e| e["event"] == "state" } }
+    leased = client.fetch(queues: [queue], max: 1).first
+    client.ack(leased["id"], lease: leased["lease"])
+    streaming.join(GrafterTest::PATIENCE)
+    assert_equal "snapshot", seen.first["event"]
+    assert_equal "end", seen.last["event"]
+    assert_equal "succeeded", seen.last["data"]["batch"]["state"]
+
+    resumed = []
+    client.batch_events(id, last_event_id: seen[1]["id"]) { |event| resumed << event }
+    assert_equal "succeeded", resumed.reverse.find { |e| e["event"] == "state" }["data"]["state"]
+    assert_equal "end", resumed.last["event"]
+    error = assert_raises(Grafter::Error) { client.stream_token(batches: [id + 1_000_000]) }
+    assert_match(/batches/, error.message)
+  end
+
   def test_a_stream_token_names_its_jobs
     id = client.enqueue(kind: "e", queue: unique("tokens"))["id"]
     minted = client.stream_token(jobs: [id], ttl_ms: 60_000)

@@ -18,7 +18,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use grafter_core::{Job, JobId};
-use grafter_store::{job_watch_key, JobEvent, JobEventKind, JobEventsList, Waiter};
+use grafter_store::{
+    job_watch_key, BatchEvent, BatchEventKind, JobEvent, JobEventKind, JobEventsList, Waiter,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +29,70 @@ use crate::{Engine, Result};
 /// Least time between two progress events of one stream.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Most logged events read at a time.
-const READ_BATCH: usize = 500;
+pub(crate) const READ_BATCH: usize = 500;
+
+/// A logged event, as coalescing sees it.
+pub(crate) trait Logged {
+    /// Whether it says only that progress changed (a later event supersedes it).
+    fn is_progress(&self) -> bool;
+}
+
+impl Logged for JobEvent {
+    fn is_progress(&self) -> bool {
+        self.kind == JobEventKind::Progress
+    }
+}
+
+impl Logged for BatchEvent {
+    fn is_progress(&self) -> bool {
+        self.kind == BatchEventKind::Progress
+    }
+}
+
+/// What the streams of jobs and of batches share: events read from the log
+/// and not yet handed out, and when progress last went out.
+pub(crate) struct Pending<E> {
+    events: VecDeque<E>,
+    progress_sent: Option<Instant>,
+}
+
+impl<E: Logged> Pending<E> {
+    pub(crate) fn new() -> Self {
+        Pending {
+            events: VecDeque::new(),
+            progress_sent: None,
+        }
+    }
+
+    pub(crate) fn extend(&mut self, events: Vec<E>) {
+        self.events.extend(events);
+    }
+
+    /// The next event worth handing out: a progress event followed by any
+    /// later event is superseded and skipped.
+    pub(crate) fn next(&mut self) -> Option<E> {
+        while let Some(event) = self.events.pop_front() {
+            if event.is_progress() && !self.events.is_empty() {
+                continue;
+            }
+            return Some(event);
+        }
+        None
+    }
+
+    /// A progress event may go out now (and is counted as gone), or must
+    /// wait until the answer (put back first).
+    pub(crate) fn progress_due(&mut self, event: E) -> std::result::Result<E, Instant> {
+        if let Some(until) = self.progress_sent.map(|sent| sent + PROGRESS_EVERY) {
+            if Instant::now() < until {
+                self.events.push_front(event);
+                return Err(until);
+            }
+        }
+        self.progress_sent = Some(Instant::now());
+        Ok(event)
+    }
+}
 
 /// What a job's stream says next.
 #[derive(Clone, Debug)]
@@ -60,10 +125,7 @@ pub struct JobEventStream {
     /// The latest event read from the log.
     after: i64,
     snapshot: Option<(Job, i64)>,
-    /// Read from the log, not yet handed out.
-    pending: VecDeque<JobEvent>,
-    /// When the last progress event went out.
-    progress_sent: Option<Instant>,
+    pending: Pending<JobEvent>,
     /// The next call ends the stream: the job finished or was deleted.
     ending: bool,
     ended: bool,
@@ -103,8 +165,7 @@ impl Engine {
             waiter,
             after,
             snapshot,
-            pending: VecDeque::new(),
-            progress_sent: None,
+            pending: Pending::new(),
             ending: finished && after == watched.last_event,
             ended: false,
         }))
@@ -174,7 +235,7 @@ impl JobEventStream {
                     id: self.after,
                 }));
             }
-            if let Some(event) = self.next_pending() {
+            if let Some(event) = self.pending.next() {
                 match event.kind {
                     JobEventKind::Deleted => {
                         self.ended = true;
@@ -187,13 +248,9 @@ impl JobEventStream {
                         self.ending = event.state.is_some_and(|s| s.is_finished());
                         return Ok(Some(JobStreamEvent::State(event)));
                     }
-                    JobEventKind::Progress => match self.progress_wait() {
-                        None => {
-                            self.progress_sent = Some(Instant::now());
-                            return Ok(Some(JobStreamEvent::Progress(event)));
-                        }
-                        Some(until) => {
-                            self.pending.push_front(event);
+                    JobEventKind::Progress => match self.pending.progress_due(event) {
+                        Ok(event) => return Ok(Some(JobStreamEvent::Progress(event))),
+                        Err(until) => {
                             self.wait(Some(until)).await?;
                             continue;
                         }
@@ -204,24 +261,6 @@ impl JobEventStream {
                 self.wait(None).await?;
             }
         }
-    }
-
-    /// The next event worth handing out: a progress event followed by any
-    /// later event is superseded and skipped.
-    fn next_pending(&mut self) -> Option<JobEvent> {
-        while let Some(event) = self.pending.pop_front() {
-            if event.kind == JobEventKind::Progress && !self.pending.is_empty() {
-                continue;
-            }
-            return Some(event);
-        }
-        None
-    }
-
-    /// Until when a progress event must wait, if it must.
-    fn progress_wait(&self) -> Option<Instant> {
-        let until = self.progress_sent? + PROGRESS_EVERY;
-        (Instant::now() < until).then_some(until)
     }
 
     /// Reads what the log has after the last event read; whether it had any.

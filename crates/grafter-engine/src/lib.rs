@@ -22,6 +22,7 @@
 //! ```
 
 mod access;
+mod batch_events;
 mod batches;
 mod cleanup;
 mod clock;
@@ -41,6 +42,7 @@ pub use access::{
     expand_scopes, queue_matches, CreatedToken, TokenSpec, MAX_AUDIT_PAGE, MAX_TOKEN_QUEUES,
     PRESETS, TOKEN_PREFIX,
 };
+pub use batch_events::{BatchEventStream, BatchStreamEvent};
 pub use batches::{NewBatch, MAX_BATCH_LIST};
 pub use cleanup::{Cleaned, Cleanup, CLEANUP_BATCH, FINISHED_STATES};
 pub use clock::Clock;

@@ -27,8 +27,12 @@ macro_rules! batch_columns {
          failure_enqueued, created_at, finished_at"
     };
 }
+pub(crate) use batch_columns;
 
-fn batch_from_row(row: &Row) -> Result<Batch> {
+/// The index of the first column after [`batch_columns`].
+pub(crate) const AFTER_BATCH_COLUMNS: usize = 17;
+
+pub(crate) fn batch_from_row(row: &Row) -> Result<Batch> {
     let get_i64 = |i: usize| row.try_get::<_, i64>(i).map_err(pg_error);
     let state: String = row.try_get(1).map_err(pg_error)?;
     let state: BatchState = state

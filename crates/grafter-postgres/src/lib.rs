@@ -73,8 +73,8 @@ use grafter_store::{
 };
 use grafter_store::{
     ApiToken, AuditEntry, AuditList, AuditPrune, AuditRecord, BatchAdd, BatchChange, BatchCreate,
-    BatchWithJobs, BatchesList, BatchesPrune, JobEvent, JobEventsList, TokenInsert, TokenRevoke,
-    TokenTouch, WatchedJob,
+    BatchEvent, BatchEventsList, BatchWithJobs, BatchesList, BatchesPrune, JobEvent, JobEventsList,
+    TokenInsert, TokenRevoke, TokenTouch, WatchedBatch, WatchedJob,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -571,6 +571,14 @@ impl Store for PostgresStore {
 
     async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>> {
         self.db.job_events_list(&params).await
+    }
+
+    async fn batch_watch(&self, id: BatchId) -> Result<Option<WatchedBatch>> {
+        self.db.batch_watch(id).await
+    }
+
+    async fn batch_events_list(&self, params: BatchEventsList) -> Result<Vec<BatchEvent>> {
+        self.db.batch_events_list(&params).await
     }
 
     async fn jobs_prunable_count(&self, params: JobsPrune) -> Result<u64> {

@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (16, include_str!("../migrations/0016_tokens_audit.sql")),
     (17, include_str!("../migrations/0017_trace_context.sql")),
     (18, include_str!("../migrations/0018_dependencies.sql")),
+    (19, include_str!("../migrations/0019_batch_events.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -97,7 +97,8 @@ pub fn router(state: AppState) -> Router {
             api::auth::require_token,
         ))
         // Streams check the server's token or a stream token themselves.
-        .route("/jobs/{id}/events", get(api::events::job_events));
+        .route("/jobs/{id}/events", get(api::events::job_events))
+        .route("/batches/{id}/events", get(api::events::batch_events));
     let body_limit = state.config().body_limit_bytes;
     let metrics = Router::new().route("/metrics", get(api::health::metrics));
     let openapi = Router::new().route("/openapi.json", openapi::route(state.config()));

@@ -26,8 +26,8 @@
 //!   config of the test with the reason.
 //! - Security is the server's: none on an open server; `bearer` on one with
 //!   a token, except the public routes (health, and `/metrics` with
-//!   `metrics_public`); job event streams also open with a stream token
-//!   (and answer 403 for one that does not name the job).
+//!   `metrics_public`); job and batch event streams also open with a stream token
+//!   (and answer 403 for one that does not name the job or batch).
 //! - A new route goes into `ApiDoc`'s `paths` and, if public, `PUBLIC`.
 
 use std::collections::BTreeMap;
@@ -93,6 +93,7 @@ use crate::state::AppState;
         api::batches::show,
         api::batches::list,
         api::events::job_events,
+        api::events::batch_events,
         api::events::mint_stream_token,
         api::ops::info,
         api::ops::cleanup,
@@ -110,8 +111,8 @@ struct ApiDoc;
 
 /// Routes no token guards.
 const PUBLIC: [&str; 2] = ["/livez", "/readyz"];
-/// The route that also opens with a stream token.
-const STREAM: &str = "/v1/jobs/{id}/events";
+/// The routes that also open with a stream token.
+const STREAMS: [&str; 2] = ["/v1/jobs/{id}/events", "/v1/batches/{id}/events"];
 /// The security scheme of the server's token.
 const BEARER: &str = "bearer";
 /// The security scheme of stream tokens.
@@ -184,7 +185,7 @@ pub fn document(config: &ServerConfig) -> Document {
             STREAM_TOKEN,
             SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
                 "access_token",
-                "A stream token (POST /v1/stream-tokens) naming the job",
+                "A stream token (POST /v1/stream-tokens) naming the job or batch",
             ))),
         );
     }
@@ -205,8 +206,8 @@ pub fn document(config: &ServerConfig) -> Document {
                 (false, _) => None,
                 // The empty requirement: no credentials needed.
                 (true, false) => Some(vec![SecurityRequirement::default()]),
-                (true, true) if path == STREAM => {
-                    // A stream token that does not name the job.
+                (true, true) if STREAMS.contains(&path.as_str()) => {
+                    // A stream token that does not name the job or batch.
                     add_shared(operation, "403");
                     Some(vec![requirement(BEARER), requirement(STREAM_TOKEN)])
                 }

@@ -575,3 +575,157 @@ async fn a_person_finds_and_fixes_jobs_in_the_browser() {
     let _ = server.await;
     result
 }
+
+/// A batch's page follows the batch's event stream: as the test acks its
+/// jobs through the API, the progress bar fills and the counts move, and
+/// when the last one is acked the final state and the callback show, all
+/// without a reload. The list, the job page's link to its batch and the
+/// batch's job list are checked on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_watches_a_batch_fill_and_finish() {
+    let Some((_driver, driver_url)) = start_driver().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(dir.path().join("grafter.db"))
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(grafter_server::serve(
+        listener,
+        store.clone(),
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
+    let api = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        let request = api.post(format!("{base}{path}")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(status.is_success(), "{status}: {body}");
+            body
+        }
+    };
+    let jobs: Vec<_> = (0..4)
+        .map(|i| json!({"kind": "export", "queue": "exports", "args": {"part": i}}))
+        .collect();
+    let created = post(
+        "/v1/batches".into(),
+        json!({"jobs": jobs, "on_complete": {"kind": "notify", "queue": "callbacks"}}),
+    )
+    .await;
+    let batch = created["batch"]["id"].as_i64().unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let client = browser(&driver_url, profile.path()).await;
+    let result = async {
+        // The list shows it running, and leads to its page.
+        client.goto(&format!("{base}/batches")).await.unwrap();
+        let row = text(&client, &format!(r#"tr[data-batch="{batch}"]"#)).await;
+        assert!(row.contains("running") && row.contains("0%"), "{row}");
+        shot(&client, "batches").await;
+        client
+            .find(Locator::Css(&format!(r#"a[href="/batches/{batch}"]"#)))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually(&client, "h1", "the batch's page", |t| {
+            t.contains(&format!("Batch #{batch}"))
+        })
+        .await;
+        client
+            .execute("window.__stayed = true", vec![])
+            .await
+            .unwrap();
+        let region = client.find(Locator::Css("div[data-live]")).await.unwrap();
+        for _ in 0..100 {
+            if region.attr("data-stream").await.unwrap().as_deref() == Some("open") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            region.attr("data-stream").await.unwrap().as_deref(),
+            Some("open"),
+            "the page follows the batch's event stream"
+        );
+        assert!(text(&client, "section.status").await.contains("not yet"));
+
+        // Acked one at a time through the API: the bar fills.
+        let leased = post("/v1/fetch".into(), json!({"queues": ["exports"], "max": 4})).await;
+        let leased = leased["jobs"].as_array().unwrap().clone();
+        assert_eq!(leased.len(), 4);
+        for (i, job) in leased.iter().enumerate() {
+            let id = job["id"].as_i64().unwrap();
+            post(format!("/v1/jobs/{id}/ack"), json!({"lease": job["lease"]})).await;
+            let percent = format!("{}%", (i + 1) * 25);
+            eventually(&client, "div.progress", "the bar to fill", |t| {
+                t.contains(&percent)
+            })
+            .await;
+            let completed = text(&client, r#"a.count[data-count="completed"] strong"#).await;
+            assert_eq!(completed, (i + 1).to_string());
+            if i == 1 {
+                shot(&client, "batch-running").await;
+            }
+        }
+        let status = eventually(&client, "section.status", "the final state", |t| {
+            t.contains("succeeded")
+        })
+        .await;
+        assert!(status.contains("finished"), "{status}");
+        assert!(
+            !status.contains("not yet"),
+            "the callback shows enqueued: {status}"
+        );
+        for _ in 0..50 {
+            if region.attr("data-stream").await.unwrap().as_deref() == Some("ended") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            region.attr("data-stream").await.unwrap().as_deref(),
+            Some("ended")
+        );
+        assert_eq!(
+            client
+                .execute("return window.__stayed === true", vec![])
+                .await
+                .unwrap(),
+            json!(true),
+            "no reload"
+        );
+        shot(&client, "batch-finished").await;
+
+        // Its jobs, and a job's way back to it.
+        client
+            .goto(&format!("{base}/jobs?batch={batch}"))
+            .await
+            .unwrap();
+        let rows = client
+            .find_all(Locator::Css("table.jobs tbody tr"))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 4);
+        let job = leased[0]["id"].as_i64().unwrap();
+        client.goto(&format!("{base}/jobs/{job}")).await.unwrap();
+        assert_eq!(
+            text(&client, "a[data-batch-link]").await,
+            format!("#{batch}")
+        );
+    }
+    .await;
+    let _ = client.close().await;
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}

@@ -205,6 +205,7 @@ async fn every_page_renders_with_security_headers() {
         format!("/jobs/{id}/live"),
         "/queues".into(),
         "/schedules".into(),
+        "/batches".into(),
         "/workers".into(),
     ] {
         let answer = dash.get(&uri).await;
@@ -1090,4 +1091,83 @@ async fn a_stored_token_session_has_that_tokens_powers_until_revoked() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn batch_pages_show_counts_callbacks_and_a_stream_until_finished() {
+    let dash = dash_with(ServerConfig::default()).await;
+    assert!(dash.get("/batches").await.body.contains("No batches."));
+    let part = |i: i64| NewJob {
+        queue: "parts".into(),
+        ..NewJob::new("part", json!({ "i": i }))
+    };
+    let on_complete = NewJob::new("<b>notify</b>", json!({}));
+    let created = dash
+        .store
+        .batch_create(grafter_store::BatchCreate {
+            jobs: vec![part(1), part(2)],
+            open: false,
+            callbacks: grafter_core::BatchCallbacks {
+                on_complete: Some(on_complete),
+                ..Default::default()
+            },
+            now: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let id = created.batch.id;
+    let list = dash.get("/batches").await.body;
+    assert!(list.contains(&format!(r#"data-batch="{id}""#)), "{list}");
+    let page = dash.get(&format!("/batches/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body
+            .contains(&format!("/v1/batches/{id}/events?access_token=gst1.")),
+        "an unfinished batch's page follows its stream: {}",
+        page.body
+    );
+    assert!(page.body.contains(&format!(r#"href="/jobs?batch={id}""#)));
+    assert!(
+        page.body.contains("&lt;b&gt;notify&lt;/b&gt;"),
+        "callbacks are text"
+    );
+    assert!(page.body.contains("not yet"));
+    let live = dash.get(&format!("/batches/{id}/live")).await.body;
+    assert!(!live.contains("data-live-done"), "{live}");
+    let job = created.jobs[0].id;
+    assert!(dash
+        .get(&format!("/jobs/{job}"))
+        .await
+        .body
+        .contains(&format!(r#"href="/batches/{id}""#)));
+    let of_batch = dash.get(&format!("/jobs?batch={id}")).await.body;
+    assert_eq!(of_batch.matches("data-job=").count(), 2, "{of_batch}");
+
+    // Finished, it shows its end and opens no stream.
+    for _ in 0..2 {
+        dash.kill_next("parts", "no").await;
+    }
+    let page = dash.get(&format!("/batches/{id}")).await.body;
+    assert!(page.contains("completed_with_failures"), "{page}");
+    assert!(!page.contains("/events?access_token="), "{page}");
+    assert!(dash
+        .get(&format!("/batches/{id}/live"))
+        .await
+        .body
+        .contains("data-live-done"));
+
+    for (uri, status) in [
+        (format!("/batches/{}", id.0 + 1000), StatusCode::NOT_FOUND),
+        ("/batches/nope".to_owned(), StatusCode::NOT_FOUND),
+        ("/batches?before=nope".to_owned(), StatusCode::BAD_REQUEST),
+        ("/jobs?batch=nope".to_owned(), StatusCode::OK),
+    ] {
+        let answer = dash.get(&uri).await;
+        assert_eq!(answer.status, status, "{uri}: {}", answer.body);
+    }
+    assert!(dash
+        .get("/jobs?batch=nope")
+        .await
+        .body
+        .contains("a batch id is a number"));
 }

@@ -498,3 +498,211 @@ async fn a_long_poll_answers_at_the_next_change() {
         );
     }
 }
+
+impl Grafter {
+    /// Creates a batch of `jobs` jobs on `queue`: its id.
+    async fn batch(&self, queue: &str, jobs: usize, open: bool) -> i64 {
+        let jobs: Vec<Value> = (0..jobs)
+            .map(|_| json!({"kind": "part", "queue": queue}))
+            .collect();
+        let (status, body) = self
+            .post("/v1/batches", json!({"jobs": jobs, "open": open}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["batch"]["id"].as_i64().unwrap()
+    }
+
+    async fn ack(&self, id: i64, lease: &str) {
+        let (status, body) = self
+            .post(&format!("/v1/jobs/{id}/ack"), json!({"lease": lease}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Opens a batch's stream.
+    async fn batch_stream(
+        &self,
+        id: i64,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.request(
+            reqwest::Method::GET,
+            &format!("/v1/batches/{id}/events{query}"),
+        );
+        if let Some(last) = last_event_id {
+            request = request.header("Last-Event-ID", last);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// The batch states that `state` events announce, in order: (state, open,
+/// finished).
+fn batch_states(events: &[Sse]) -> Vec<(String, bool, bool)> {
+    events
+        .iter()
+        .filter(|e| e.event == "state")
+        .map(|e| {
+            (
+                e.data["state"].as_str().unwrap().to_owned(),
+                e.data["open"].as_bool().unwrap(),
+                e.data["finished"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_finished_batch_streams_its_snapshot_and_its_end_at_once() {
+    let (store, _dir) = sqlite().await;
+    let grafter = start(store, None).await;
+    let id = grafter.batch("b", 1, false).await;
+    let (job, lease) = grafter.fetch("b").await;
+    grafter.ack(job, &lease).await;
+    let events = Events::new(grafter.batch_stream(id, "", None).await)
+        .rest()
+        .await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["snapshot", "end"], "{events:?}");
+    assert_eq!(events[0].data["id"], id);
+    assert_eq!(events[0].data["state"], "succeeded");
+    assert_eq!(events[1].data["batch"]["state"], "succeeded");
+    assert_eq!(events[1].data["batch"]["counts"]["completed"], 1);
+    assert_eq!(events[1].data["batch"]["progress"], 1.0);
+
+    assert_eq!(
+        grafter.batch_stream(id + 1000, "", None).await.status(),
+        404
+    );
+    assert_eq!(grafter.batch_stream(0, "", None).await.status(), 404);
+}
+
+/// Opens a batch's stream, reads its snapshot and one progress event, cuts
+/// it; while no one listens the batch is sealed and its jobs finish; resumed
+/// with the last id seen, the stream replays both state changes in order,
+/// then the end.
+async fn batch_resume_misses_no_state_change(store: Arc<dyn Store>) {
+    let grafter = start(store, None).await;
+    let id = grafter.batch("b", 2, true).await;
+    let (one, lease_one) = grafter.fetch("b").await;
+    let mut first = Events::new(grafter.batch_stream(id, "", None).await);
+    let snapshot = first.next().await.unwrap();
+    assert_eq!(snapshot.event, "snapshot");
+    assert_eq!(snapshot.data["state"], "running");
+    assert_eq!(snapshot.data["open"], true);
+    grafter.progress(one, &lease_one, 0.5).await;
+    let progress = first.next().await.unwrap();
+    assert_eq!(progress.event, "progress", "{progress:?}");
+    assert_eq!(progress.data["progress"], 0.25);
+    assert_eq!(progress.data["counts"]["pending"], 2);
+    drop(first); // the cut
+
+    let (status, body) = grafter
+        .post(&format!("/v1/batches/{id}/seal"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    grafter.ack(one, &lease_one).await;
+    let (two, lease_two) = grafter.fetch("b").await;
+    grafter.ack(two, &lease_two).await;
+
+    let events = Events::new(grafter.batch_stream(id, "", Some(&progress.id)).await)
+        .rest()
+        .await;
+    assert_ne!(
+        events[0].event, "snapshot",
+        "a resumed stream replays: {events:?}"
+    );
+    assert_eq!(
+        batch_states(&events),
+        [
+            ("running".to_owned(), false, false),
+            ("succeeded".to_owned(), false, true),
+        ],
+        "{events:?}"
+    );
+    let end = events.last().unwrap();
+    assert_eq!(end.event, "end");
+    assert_eq!(end.data["batch"]["state"], "succeeded");
+    assert_eq!(end.data["batch"]["counts"]["completed"], 2);
+    let ids: Vec<i64> = events.iter().map(|e| e.id.parse().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] <= w[1]),
+        "ids in order: {ids:?}"
+    );
+
+    // Resumed from its end, a stream ends at once.
+    let again = Events::new(grafter.batch_stream(id, "", Some(&end.id)).await)
+        .rest()
+        .await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].event, "end");
+}
+
+#[tokio::test]
+async fn a_batch_stream_cut_and_resumed_misses_no_state_change_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    batch_resume_misses_no_state_change(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_stream_cut_and_resumed_misses_no_state_change_on_postgres() {
+    let Some(harness) = postgres::postgres().await else {
+        return;
+    };
+    batch_resume_misses_no_state_change(harness.store.clone()).await;
+}
+
+#[tokio::test]
+async fn a_stream_token_for_a_batch_opens_only_that_batch() {
+    let (store, _dir) = sqlite().await;
+    let grafter = start(store, Some(TOKEN)).await;
+    let (x, y) = (
+        grafter.batch("b", 1, true).await,
+        grafter.batch("b", 1, true).await,
+    );
+    let (status, minted) = grafter
+        .post("/v1/stream-tokens", json!({"batches": [x]}))
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    let anonymous = reqwest::Client::new();
+    let open = |id: i64| {
+        let request = anonymous.get(format!(
+            "{}/v1/batches/{id}/events?access_token={token}",
+            grafter.base
+        ));
+        async move { request.send().await.unwrap() }
+    };
+    let mut x_events = Events::new(open(x).await);
+    let snapshot = x_events.next().await.unwrap();
+    assert_eq!(
+        (snapshot.event.as_str(), &snapshot.data["id"]),
+        ("snapshot", &json!(x))
+    );
+    let on_y = open(y).await;
+    assert_eq!(on_y.status(), 403);
+    let body: Value = on_y.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    // A batch's token opens no job of it, and a job's no batch.
+    let job = grafter.enqueue("q").await;
+    let on_job = anonymous
+        .get(format!(
+            "{}/v1/jobs/{job}/events?access_token={token}",
+            grafter.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_job.status(), 403);
+
+    for (bad, field) in [
+        (json!({"batches": [y + 1000]}), "batches"),
+        (json!({"batches": [x, 0]}), "batches"),
+        (json!({"jobs": [job + 1000], "batches": [x]}), "jobs"),
+    ] {
+        let (status, body) = grafter.post("/v1/stream-tokens", bad.clone()).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert_eq!(body["error"]["field"], field, "{bad}: {body}");
+    }
+}

@@ -1,23 +1,25 @@
-//! Live events (docs/events.md): watching a job (on the writer thread), its
-//! logged events (on a read connection), and the task that wakes this
-//! process's streams when events are logged.
+//! Live events (docs/events.md): watching a job or a batch (on the writer
+//! thread), their logged events (on a read connection), and the task that
+//! wakes this process's streams when events are logged.
 //!
-//! The log is written by triggers (migration 12) in the transaction of each
-//! change. One process owns the file, so a committed event's `seq` is greater
-//! than every earlier commit's: reading `seq > last seen` after each commit
-//! misses none.
+//! The logs are written by triggers (migrations 12 and 17) in the
+//! transaction of each change. One process owns the file, so a committed
+//! event's `seq` is greater than every earlier commit's in its log: reading
+//! `seq > last seen` of each log after each commit misses none.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use grafter_core::{JobId, JobState};
+use grafter_core::{batch, BatchCounts, BatchId, BatchState, JobId, JobState};
 use grafter_store::{
-    job_watch_key, JobEvent, JobEventKind, JobEventsList, Result, Wakeups, WatchedJob,
+    batch_watch_key, job_watch_key, BatchEvent, BatchEventKind, BatchEventsList, JobEvent,
+    JobEventKind, JobEventsList, Result, Wakeups, WatchedBatch, WatchedJob,
 };
 use rusqlite::{params, Connection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::batches::batch_get;
 use crate::error::backend;
 use crate::jobs::job_get;
 use crate::readers::Readers;
@@ -77,18 +79,99 @@ pub fn job_events_list(conn: &Connection, params: &JobEventsList) -> Result<Vec<
     rows.collect::<rusqlite::Result<_>>().map_err(backend)
 }
 
-/// The newest event's id (0: none).
-pub fn last_logged(conn: &Connection) -> Result<i64> {
-    conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM job_events")
-        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
-        .map_err(backend)
+/// Marks an unfinished batch watched (the trigger logs its changes from the
+/// commit on) and reads it with its latest event, in the writer's
+/// transaction, so both are of the same moment.
+pub fn batch_watch(conn: &Connection, id: BatchId) -> Result<Option<WatchedBatch>> {
+    conn.prepare_cached(
+        "UPDATE batches SET watched = 1 WHERE id = ?1 AND NOT watched AND finished_at IS NULL",
+    )
+    .and_then(|mut stmt| stmt.execute([id.0]))
+    .map_err(backend)?;
+    let Some(batch) = batch_get(conn, id)? else {
+        return Ok(None);
+    };
+    let last_event = conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM batch_events WHERE batch_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([id.0], |row| row.get(0)))
+        .map_err(backend)?;
+    Ok(Some(WatchedBatch { batch, last_event }))
 }
 
-/// The events logged after `after`: (id, job id), oldest first.
-fn logged_after(conn: &Connection, after: i64) -> Result<Vec<(i64, i64)>> {
+pub fn batch_events_list(conn: &Connection, params: &BatchEventsList) -> Result<Vec<BatchEvent>> {
+    let limit = i64::try_from(params.limit).unwrap_or(i64::MAX);
     let mut stmt = conn
-        .prepare_cached("SELECT seq, job_id FROM job_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        .prepare_cached(
+            "SELECT seq, batch_id, at, kind, state, open, finished, total, completed, dead, \
+             cancelled_jobs, expired, progress FROM batch_events \
+             WHERE batch_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
         .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![params.batch_id.0, params.after, limit], |row| {
+            let kind: String = row.get(3)?;
+            let state: String = row.get(4)?;
+            let state: BatchState = state.parse().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?;
+            let total: i64 = row.get(7)?;
+            let (completed, dead, cancelled, expired): (i64, i64, i64, i64) =
+                (row.get(8)?, row.get(9)?, row.get(10)?, row.get(11)?);
+            Ok(BatchEvent {
+                seq: row.get(0)?,
+                batch_id: BatchId(row.get(1)?),
+                at: timestamp(row.get(2)?),
+                kind: BatchEventKind::parse(&kind).unwrap_or(BatchEventKind::State),
+                state,
+                open: row.get(5)?,
+                finished: row.get(6)?,
+                counts: BatchCounts {
+                    total,
+                    pending: total - completed - dead - cancelled - expired,
+                    completed,
+                    dead,
+                    cancelled,
+                    expired,
+                },
+                progress: batch::progress(row.get(12)?, total),
+            })
+        })
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+}
+
+/// Where the poller stands in each log: the newest event's id read (0: none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogPlace {
+    jobs: i64,
+    batches: i64,
+}
+
+/// The newest events' ids.
+pub fn last_logged(conn: &Connection) -> Result<LogPlace> {
+    conn.prepare_cached(
+        "SELECT (SELECT coalesce(max(seq), 0) FROM job_events), \
+                (SELECT coalesce(max(seq), 0) FROM batch_events)",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row([], |row| {
+            Ok(LogPlace {
+                jobs: row.get(0)?,
+                batches: row.get(1)?,
+            })
+        })
+    })
+    .map_err(backend)
+}
+
+/// The events of one log logged after `after`: (id, job or batch id),
+/// oldest first.
+fn logged_after(conn: &Connection, sql: &str, after: i64) -> Result<Vec<(i64, i64)>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let rows = stmt
         .query_map(params![after, POLL_BATCH as i64], |row| {
             Ok((row.get(0)?, row.get(1)?))
@@ -97,17 +180,41 @@ fn logged_after(conn: &Connection, after: i64) -> Result<Vec<(i64, i64)>> {
     rows.collect::<rusqlite::Result<_>>().map_err(backend)
 }
 
+/// The watch keys of the events logged after `place`, and the place after them.
+fn keys_after(conn: &Connection, place: LogPlace) -> Result<(Vec<String>, LogPlace)> {
+    let jobs = logged_after(
+        conn,
+        "SELECT seq, job_id FROM job_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        place.jobs,
+    )?;
+    let batches = logged_after(
+        conn,
+        "SELECT seq, batch_id FROM batch_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        place.batches,
+    )?;
+    let next = LogPlace {
+        jobs: jobs.last().map_or(place.jobs, |&(seq, _)| seq),
+        batches: batches.last().map_or(place.batches, |&(seq, _)| seq),
+    };
+    let keys = jobs
+        .iter()
+        .map(|&(_, job)| job_watch_key(JobId(job)))
+        .chain(batches.iter().map(|&(_, id)| batch_watch_key(BatchId(id))))
+        .collect();
+    Ok((keys, next))
+}
+
 /// What the log's reader needs.
 pub struct Poller {
     pub readers: Readers,
     pub watchers: Wakeups,
     /// Signalled by the writer after each commit.
     pub committed: Arc<Notify>,
-    /// The newest event when the store opened.
-    pub last: i64,
+    /// The newest events when the store opened.
+    pub last: LogPlace,
 }
 
-/// Reads the log's new events after each commit while a stream is open (at
+/// Reads the logs' new events after each commit while a stream is open (at
 /// least every [`POLL_EVERY`]) and wakes the streams of their jobs, until
 /// `cancel` fires. It keeps its place even with no stream open (reading
 /// every [`IDLE_POLL_EVERY`]), so a stream is woken for every event logged
@@ -133,15 +240,9 @@ pub fn spawn_poller(poller: Poller, cancel: CancellationToken) {
                     _ = tokio::time::sleep(POLL_EVERY) => {}
                 }
             }
-            match readers.run(move |conn| logged_after(conn, last)).await {
-                Ok(events) => {
-                    if let Some(&(seq, _)) = events.last() {
-                        last = seq;
-                    }
-                    let keys: Vec<String> = events
-                        .iter()
-                        .map(|&(_, job)| job_watch_key(JobId(job)))
-                        .collect();
+            match readers.run(move |conn| keys_after(conn, last)).await {
+                Ok((keys, next)) => {
+                    last = next;
                     watchers.wake(keys.iter().map(String::as_str));
                 }
                 Err(error) => tracing::warn!(%error, "reading the event log"),

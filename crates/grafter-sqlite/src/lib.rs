@@ -43,8 +43,8 @@ use grafter_store::{
 };
 use grafter_store::{
     ApiToken, AuditEntry, AuditList, AuditPrune, AuditRecord, BatchAdd, BatchChange, BatchCreate,
-    BatchWithJobs, BatchesList, BatchesPrune, JobEvent, JobEventsList, TokenInsert, TokenRevoke,
-    TokenTouch, WatchedJob,
+    BatchEvent, BatchEventsList, BatchWithJobs, BatchesList, BatchesPrune, JobEvent, JobEventsList,
+    TokenInsert, TokenRevoke, TokenTouch, WatchedBatch, WatchedJob,
 };
 use rusqlite::Connection;
 use tokio::sync::Notify;
@@ -368,6 +368,18 @@ impl Store for SqliteStore {
     async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>> {
         self.readers
             .run(move |conn| events::job_events_list(conn, &params))
+            .await
+    }
+
+    async fn batch_watch(&self, id: BatchId) -> Result<Option<WatchedBatch>> {
+        self.writer
+            .run(move |conn| events::batch_watch(conn, id))
+            .await
+    }
+
+    async fn batch_events_list(&self, params: BatchEventsList) -> Result<Vec<BatchEvent>> {
+        self.readers
+            .run(move |conn| events::batch_events_list(conn, &params))
             .await
     }
 

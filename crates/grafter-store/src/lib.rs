@@ -223,6 +223,17 @@ pub trait Store: Send + Sync + 'static {
     /// A watched job's logged events after a point, oldest first.
     async fn job_events_list(&self, params: JobEventsList) -> Result<Vec<JobEvent>>;
 
+    /// Starts logging a batch's changes for live event streams, unless it
+    /// has finished, and answers it with the id of its latest logged event,
+    /// read together; `None` if there is no such batch. From the commit on,
+    /// every change of its state, sealing, finishing, counts or progress is
+    /// logged in the transaction that makes it ([`Store::batch_events_list`])
+    /// and wakes its watchers ([`batch_watch_key`]) in every process.
+    async fn batch_watch(&self, id: BatchId) -> Result<Option<WatchedBatch>>;
+
+    /// A watched batch's logged events after a point, oldest first.
+    async fn batch_events_list(&self, params: BatchEventsList) -> Result<Vec<BatchEvent>>;
+
     /// Creates a batch with its jobs in one transaction (all or none). A
     /// sealed batch without jobs settles at once (succeeded, callbacks
     /// enqueued) in that transaction.
@@ -299,8 +310,8 @@ pub trait Store: Send + Sync + 'static {
     fn wakeups(&self) -> &Wakeups;
 
     /// The waits of this process's event streams, keyed by
-    /// [`job_watch_key`]: woken when an event is logged for their job, by a
-    /// change made by any process.
+    /// [`job_watch_key`] and [`batch_watch_key`]: woken when an event is
+    /// logged for their job or batch, by a change made by any process.
     fn watchers(&self) -> &Wakeups;
 
     /// Jobs may have become available on `queues` (a change that committed):

@@ -197,40 +197,15 @@ module Grafter
     # Streams a job's live events (docs/events.md), yielding each as
     # {"event" => "snapshot" | "state" | "progress" | "end", "id" => "...",
     # "data" => {...}} until the end. With `last_event_id`, resumes after it.
-    # A stream lives long and carries little, so it is Net::HTTP's own
-    # connection (reading the body as it arrives), not the thread's.
-    def events(id, last_event_id: nil)
-      path = "/v1/jobs/#{job_id(id)}/events"
-      http = Net::HTTP.new(@uri.host, @uri.port)
-      http.use_ssl = @uri.scheme == "https"
-      http.open_timeout = @open_timeout
-      http.read_timeout = EVENTS_READ_TIMEOUT
-      http.start do
-        request = Net::HTTP::Get.new("#{@base_path}#{path}")
-        request["Accept"] = "text/event-stream"
-        request["User-Agent"] = "grafter-ruby/#{VERSION}"
-        request["Authorization"] = "Bearer #{@token}" if @token
-        request["Last-Event-ID"] = last_event_id.to_s if last_event_id
-        http.request(request) do |response|
-          unless response.is_a?(Net::HTTPSuccess)
-            headers = response.to_hash.transform_values(&:first)
-            answer(Connection::Response.new(response.code.to_i, response.message, headers, response.body.to_s),
-                   :get, path)
-          end
-          buffer = +""
-          response.read_body do |chunk|
-            buffer << chunk
-            while (cut = buffer.index("\n\n"))
-              event = sse_event(buffer.slice!(0, cut + 2))
-              yield event if event
-            end
-          end
-        end
-      end
-      nil
-    rescue SystemCallError, SocketError, IOError, Net::OpenTimeout, Net::ReadTimeout => e
-      raise ConnectionError.new("#{@url}: the event stream of job #{id} broke (#{e.class}: #{e.message})",
-                                url: @url)
+    def events(id, last_event_id: nil, &block)
+      stream("/v1/jobs/#{job_id(id)}/events", "job #{id}", last_event_id, &block)
+    end
+
+    # Streams a batch's live events (docs/events.md) as #events does a
+    # job's: its snapshot, its state and (coalesced) progress changes, and
+    # its end when it finishes.
+    def batch_events(id, last_event_id: nil, &block)
+      stream("/v1/batches/#{batch_id(id)}/events", "batch #{id}", last_event_id, &block)
     end
 
     # --- queues and workers ---------------------------------------------------
@@ -455,6 +430,42 @@ module Grafter
       return nil unless event["event"]
 
       event.merge("data" => JSON.parse(event["data"]))
+    end
+
+    # An event stream, yielding each event until the server closes it. A
+    # stream lives long and carries little, so it is Net::HTTP's own
+    # connection (reading the body as it arrives), not the thread's.
+    def stream(path, what, last_event_id)
+      http = Net::HTTP.new(@uri.host, @uri.port)
+      http.use_ssl = @uri.scheme == "https"
+      http.open_timeout = @open_timeout
+      http.read_timeout = EVENTS_READ_TIMEOUT
+      http.start do
+        request = Net::HTTP::Get.new("#{@base_path}#{path}")
+        request["Accept"] = "text/event-stream"
+        request["User-Agent"] = "grafter-ruby/#{VERSION}"
+        request["Authorization"] = "Bearer #{@token}" if @token
+        request["Last-Event-ID"] = last_event_id.to_s if last_event_id
+        http.request(request) do |response|
+          unless response.is_a?(Net::HTTPSuccess)
+            headers = response.to_hash.transform_values(&:first)
+            answer(Connection::Response.new(response.code.to_i, response.message, headers, response.body.to_s),
+                   :get, path)
+          end
+          buffer = +""
+          response.read_body do |chunk|
+            buffer << chunk
+            while (cut = buffer.index("\n\n"))
+              event = sse_event(buffer.slice!(0, cut + 2))
+              yield event if event
+            end
+          end
+        end
+      end
+      nil
+    rescue SystemCallError, SocketError, IOError, Net::OpenTimeout, Net::ReadTimeout => e
+      raise ConnectionError.new("#{@url}: the event stream of #{what} broke (#{e.class}: #{e.message})",
+                                url: @url)
     end
 
     def job_id(id)

@@ -24,6 +24,9 @@ BEYOND_SCHEMA = [
     # at most 100 in all.
     ("jobs", "name at least one job or batch"),
     ("jobs", "jobs and batches per token"),
+    # ... and only jobs and batches that exist (the schema cannot know ids).
+    ("jobs", "no job has id"),
+    ("batches", "no batch has id"),
     # PUT /v1/workers/{id}: the body's id is the path's.
     ("id", "does not match the path's"),
     # A job's backoff: max_ms at least base_ms.

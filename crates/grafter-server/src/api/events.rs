@@ -1,6 +1,6 @@
-//! Live events over Server-Sent Events (docs/events.md): a job's stream,
-//! the long-poll for clients without SSE, and the stream tokens a browser
-//! opens a stream with.
+//! Live events over Server-Sent Events (docs/events.md): a job's stream and
+//! a batch's, the long-poll for clients without SSE, and the stream tokens a
+//! browser opens a stream with.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use futures_util::stream::{self, Stream};
-use grafter_core::{Job, JobId};
-use grafter_engine::{JobEventStream, JobStreamEvent};
+use grafter_core::{BatchId, Job, JobId};
+use grafter_engine::{BatchEventStream, BatchStreamEvent, JobEventStream, JobStreamEvent};
 use grafter_store::Scope;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::auth::{authenticate, bearer_token};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, PathJobId};
+use crate::extract::{ApiJson, ApiQuery, PathBatchId, PathJobId};
 use crate::state::AppState;
 use crate::stream_tokens::{Refusal, StreamGrant, DEFAULT_TTL_MS, MAX_IDS, MAX_TTL_MS};
 use crate::throttle::Client;
@@ -41,15 +41,15 @@ pub const EVENT_ID_HEADER: HeaderName = HeaderName::from_static("grafter-event-i
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
-    /// A stream token (`POST /v1/stream-tokens`) naming this job, for
-    /// clients that cannot send an `Authorization` header.
+    /// A stream token (`POST /v1/stream-tokens`) naming this job or batch,
+    /// for clients that cannot send an `Authorization` header.
     pub access_token: Option<String>,
     /// Resume after this event id, as the `Last-Event-ID` header does (the
     /// header wins).
     pub last_event_id: Option<String>,
 }
 
-/// One Server-Sent Event of a job's stream, as `sse_event` writes it; its
+/// One Server-Sent Event of a job's or a batch's stream, as `sse_event` writes it; its
 /// `data` is JSON text (docs/events.md).
 pub struct StreamEvent;
 
@@ -105,34 +105,94 @@ pub async fn job_events(
         &extensions,
         &headers,
         query.access_token.as_deref(),
-        id,
+        Watched::Job(id),
     )
     .await?;
-    let resume = headers
+    let events = state
+        .engine()
+        .job_events(id, resume_after(&headers, &query))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    Ok(sse_response(Events::Job(Box::new(events)), state))
+}
+
+/// A batch's events: `snapshot` (the batch as `GET /v1/batches/{id}` shows
+/// it), then `state` (its state changed, it was sealed or it finished) and
+/// `progress` (its counts or progress; coalesced, at most four a second),
+/// then `end` (the batch as it finished: succeeded, completed with failures,
+/// or cancelled once its last running job stopped), and the stream closes.
+/// Each event's `id` resumes the stream after it when sent back as
+/// `Last-Event-ID`.
+#[utoipa::path(get, path = "/v1/batches/{id}/events", tag = "events",
+    params(("id" = i64, Path), StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = StreamEvent),
+        (status = 404, body = ErrorBody)))]
+pub async fn batch_events(
+    State(state): State<AppState>,
+    PathBatchId(id): PathBatchId,
+    ApiQuery(query): ApiQuery<StreamQuery>,
+    extensions: Extensions,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(
+        &state,
+        &extensions,
+        &headers,
+        query.access_token.as_deref(),
+        Watched::Batch(id),
+    )
+    .await?;
+    let events = state
+        .engine()
+        .batch_events(id, resume_after(&headers, &query))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("batch {id} not found")))?;
+    Ok(sse_response(Events::Batch(Box::new(events)), state))
+}
+
+/// Where a stream resumes: the `Last-Event-ID` header, else the query's.
+fn resume_after(headers: &HeaderMap, query: &StreamQuery) -> Option<i64> {
+    headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .or(query.last_event_id.as_deref())
-        .and_then(|id| id.trim().parse::<i64>().ok());
-    let events = state
-        .engine()
-        .job_events(id, resume)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    let sse =
-        Sse::new(sse_events(events, state)).keep_alive(KeepAlive::new().interval(HEARTBEAT_EVERY));
-    Ok(sse.into_response())
+        .and_then(|id| id.trim().parse::<i64>().ok())
+}
+
+fn sse_response(events: Events, state: AppState) -> Response {
+    Sse::new(sse_events(events, state))
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT_EVERY))
+        .into_response()
+}
+
+/// What a stream watches.
+#[derive(Clone, Copy)]
+enum Watched {
+    Job(JobId),
+    Batch(BatchId),
+}
+
+impl std::fmt::Display for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Watched::Job(id) => write!(f, "job {id}"),
+            Watched::Batch(id) => write!(f, "batch {id}"),
+        }
+    }
 }
 
 /// Lets a stream request in: the server has no token (its streams are
 /// open like the rest of its API), the request carries a token with the
 /// `read` scope (the server's has every scope), or it carries a stream
-/// token that names the job.
+/// token that names the job or batch.
 async fn authorize(
     state: &AppState,
     extensions: &Extensions,
     headers: &HeaderMap,
     access_token: Option<&str>,
-    job: JobId,
+    watched: Watched,
 ) -> Result<(), ApiError> {
     let Some(server_token) = state.config().token.as_deref() else {
         return Ok(());
@@ -146,9 +206,9 @@ async fn authorize(
         }
     };
     match StreamGrant::verify(presented, Some(server_token), Utc::now()) {
-        Ok(grant) if grant.jobs.contains(&job) => Ok(()),
+        Ok(grant) if grant.opens(watched) => Ok(()),
         Ok(_) => Err(ApiError::forbidden(format!(
-            "this stream token does not open job {job}'s events"
+            "this stream token does not open {watched}'s events"
         ))),
         Err(Refusal::Expired) => Err(ApiError::unauthorized_because(
             "this stream token has expired: mint a new one (POST /v1/stream-tokens)",
@@ -167,11 +227,41 @@ async fn authorize(
     }
 }
 
+impl StreamGrant {
+    fn opens(&self, watched: Watched) -> bool {
+        match watched {
+            Watched::Job(id) => self.jobs.contains(&id),
+            Watched::Batch(id) => self.batches.contains(&id.0),
+        }
+    }
+}
+
+/// A job's or a batch's stream (boxed: each holds a snapshot, a batch's the
+/// larger).
+enum Events {
+    Job(Box<JobEventStream>),
+    Batch(Box<BatchEventStream>),
+}
+
+impl Events {
+    /// The next event as SSE; `None` after the end.
+    async fn next(&mut self) -> grafter_engine::Result<Option<Event>> {
+        Ok(match self {
+            Events::Job(events) => events.next().await?.as_ref().map(job_sse_event),
+            Events::Batch(events) => events.next().await?.as_ref().map(batch_sse_event),
+        })
+    }
+
+    fn watched(&self) -> Watched {
+        match self {
+            Events::Job(events) => Watched::Job(events.job_id()),
+            Events::Batch(events) => Watched::Batch(events.batch_id()),
+        }
+    }
+}
+
 /// The SSE events of a stream, ending with its end or the server's shutdown.
-fn sse_events(
-    events: JobEventStream,
-    state: AppState,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+fn sse_events(events: Events, state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(Some((events, state)), |open| async move {
         let (mut events, state) = open?;
         let next = tokio::select! {
@@ -179,18 +269,18 @@ fn sse_events(
             next = events.next() => next,
         };
         match next {
-            Ok(Some(event)) => Some((Ok(sse_event(&event)), Some((events, state)))),
+            Ok(Some(event)) => Some((Ok(event), Some((events, state)))),
             Ok(None) => None,
             Err(error) => {
                 // The client reconnects with its Last-Event-ID and misses nothing.
-                tracing::warn!(%error, job = %events.job_id(), "an event stream failed");
+                tracing::warn!(%error, watched = %events.watched(), "an event stream failed");
                 None
             }
         }
     })
 }
 
-fn sse_event(event: &JobStreamEvent) -> Event {
+fn job_sse_event(event: &JobStreamEvent) -> Event {
     let (name, id, data) = match event {
         JobStreamEvent::Snapshot { job, id } => ("snapshot", *id, json!(job)),
         JobStreamEvent::State(e) => (
@@ -207,6 +297,24 @@ fn sse_event(event: &JobStreamEvent) -> Event {
             ("end", *id, json!({"deleted": job.is_none(), "job": job}))
         }
     };
+    sse_event(name, id, &data)
+}
+
+fn batch_sse_event(event: &BatchStreamEvent) -> Event {
+    let change = |e: &grafter_store::BatchEvent| {
+        json!({"batch_id": e.batch_id, "state": e.state, "open": e.open,
+               "finished": e.finished, "counts": e.counts, "progress": e.progress, "at": e.at})
+    };
+    let (name, id, data) = match event {
+        BatchStreamEvent::Snapshot { batch, id } => ("snapshot", *id, json!(batch)),
+        BatchStreamEvent::State(e) => ("state", e.seq, change(e)),
+        BatchStreamEvent::Progress(e) => ("progress", e.seq, change(e)),
+        BatchStreamEvent::End { batch, id } => ("end", *id, json!({"batch": batch})),
+    };
+    sse_event(name, id, &data)
+}
+
+fn sse_event(name: &str, id: i64, data: &serde_json::Value) -> Event {
     Event::default()
         .event(name)
         .id(id.to_string())
@@ -276,7 +384,8 @@ pub struct StreamToken {
 }
 
 /// Mint a short-lived read-only token for some jobs' and batches' event
-/// streams, for a browser's `EventSource` (which cannot send headers).
+/// streams, for a browser's `EventSource` (which cannot send headers). Ids
+/// of jobs or batches that do not exist are refused (422).
 #[utoipa::path(post, path = "/v1/stream-tokens", tag = "events", request_body = StreamTokenRequest,
     responses((status = 201, body = StreamToken), (status = 400, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
@@ -297,17 +406,24 @@ pub async fn mint_stream_token(
             format!("at most {MAX_IDS} jobs and batches per token"),
         ));
     }
-    if let Some(bad) = request.jobs.iter().find(|&&id| id <= 0) {
-        return Err(ApiError::invalid_field(
-            "jobs",
-            format!("no job has id {bad}"),
-        ));
+    // A token for what does not exist would open only 404s: most likely a
+    // mix-up of ids, better told now.
+    let store = state.engine().store();
+    for &id in &request.jobs {
+        if id <= 0 || store.job_get(JobId(id)).await?.is_none() {
+            return Err(ApiError::invalid_field(
+                "jobs",
+                format!("no job has id {id}"),
+            ));
+        }
     }
-    if let Some(bad) = request.batches.iter().find(|&&id| id <= 0) {
-        return Err(ApiError::invalid_field(
-            "batches",
-            format!("no batch has id {bad}"),
-        ));
+    for &id in &request.batches {
+        if id <= 0 || store.batch_get(BatchId(id)).await?.is_none() {
+            return Err(ApiError::invalid_field(
+                "batches",
+                format!("no batch has id {id}"),
+            ));
+        }
     }
     let ttl_ms = request.ttl_ms.unwrap_or(DEFAULT_TTL_MS);
     if !(1..=MAX_TTL_MS).contains(&ttl_ms) {

@@ -16,9 +16,8 @@ use maud::{html, Markup};
 use serde_json::Value;
 
 use super::layout::{self, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx};
+use super::{checked_form, error_page, explain, html, redirect_with, store_error, stream_url, Ctx};
 use crate::state::AppState;
-use crate::stream_tokens::StreamGrant;
 
 fn parse_id(raw: &str) -> Option<JobId> {
     raw.parse().ok().map(JobId)
@@ -91,6 +90,9 @@ pub(super) async fn page(
                     h2 { "Details" }
                     dl.details {
                         dt { "Queue" } dd { a href={ "/jobs?queue=" (super::overview::urlencode(&job.queue)) } { (job.queue) } }
+                        @if let Some(batch) = job.batch_id {
+                            dt { "Batch" } dd { a href={ "/batches/" (batch) } data-batch-link { "#" (batch) } }
+                        }
                         dt { "Priority" } dd { (job.priority) " (lower runs first)" }
                         dt { "Tags" } dd { @if job.tags.is_empty() { span.muted { "none" } } @for t in &job.tags {
                             a.tag href={ "/jobs?tag=" (super::overview::urlencode(t)) } { (t) } " " } }
@@ -108,19 +110,14 @@ pub(super) async fn page(
     ))
 }
 
-/// How long the page's stream token works; a page left open longer polls.
-const STREAM_TOKEN_TTL: chrono::Duration = chrono::Duration::hours(1);
-
-/// The job's event stream, with a token for it: the browser's `EventSource`
-/// sends no `Authorization` header.
+/// The job's event stream, with a token for it.
 fn events_url(state: &AppState, id: JobId) -> String {
-    let grant = StreamGrant {
-        jobs: vec![id],
-        batches: Vec::new(),
-        expires_at: Utc::now() + STREAM_TOKEN_TTL,
-    };
-    let token = grant.sign(state.config().token.as_deref());
-    format!("/v1/jobs/{id}/events?access_token={token}")
+    stream_url(
+        state,
+        &format!("/v1/jobs/{id}/events"),
+        vec![id],
+        Vec::new(),
+    )
 }
 
 /// The status part alone, for the page's own refresh. Tells the script to

@@ -1,4 +1,4 @@
-//! The job list: filters (state, queue, kind, tag, schedule, a value inside
+//! The job list: filters (state, queue, kind, tag, schedule, batch, a value inside
 //! args), a jump to an id, newest or oldest first, keyset pages, and bulk
 //! retry, cancel and delete of selected rows or of every dead job a filter
 //! matches.
@@ -39,6 +39,9 @@ pub(super) struct Filter {
     /// The schedule that made the jobs.
     #[serde(default)]
     schedule: String,
+    /// The batch the jobs are in (its id).
+    #[serde(default)]
+    batch: String,
     /// `path=value`, e.g. `user.id=42`.
     #[serde(default)]
     args: String,
@@ -62,6 +65,7 @@ impl Filter {
             kind: get("kind"),
             tag: get("tag"),
             schedule: get("schedule"),
+            batch: get("batch"),
             args: get("args"),
             id: String::new(),
             order: get("order"),
@@ -88,7 +92,13 @@ impl Filter {
             kind: name_filter("kind", self.kind.trim()).map_err(|e| e.to_string())?,
             tag: name_filter("tag", self.tag.trim()).map_err(|e| e.to_string())?,
             schedule: name_filter("schedule", self.schedule.trim()).map_err(|e| e.to_string())?,
-            batch: None,
+            batch: some(&self.batch)
+                .map(|b| {
+                    b.parse::<i64>()
+                        .map(grafter_core::BatchId)
+                        .map_err(|_| "a batch id is a number".to_owned())
+                })
+                .transpose()?,
             args: some(&self.args).map(|a| parse_args(&a)).transpose()?,
             limit,
             after,
@@ -110,6 +120,7 @@ impl Filter {
             ("kind", &self.kind),
             ("tag", &self.tag),
             ("schedule", &self.schedule),
+            ("batch", &self.batch),
             ("args", &self.args),
             ("order", &self.order),
         ] {
@@ -123,7 +134,7 @@ impl Filter {
     fn hidden_fields(&self) -> Markup {
         html! {
             @for (k, v) in [("state", &self.state), ("queue", &self.queue), ("kind", &self.kind),
-                            ("tag", &self.tag), ("schedule", &self.schedule), ("args", &self.args),
+                            ("tag", &self.tag), ("schedule", &self.schedule), ("batch", &self.batch), ("args", &self.args),
                             ("order", &self.order)] {
                 input type="hidden" name=(k) value=(v);
             }
@@ -203,6 +214,7 @@ pub(super) async fn page(
                 label { "Kind " input name="kind" value=(filter.kind) placeholder="any"; }
                 label { "Tag " input name="tag" value=(filter.tag) placeholder="any"; }
                 label { "Schedule " input name="schedule" value=(filter.schedule) placeholder="any"; }
+                label { "Batch " input name="batch" value=(filter.batch) placeholder="any" size="8"; }
                 label { "Args " input name="args" value=(filter.args) placeholder="user.id=42"; }
                 label { "Order "
                     select name="order" {

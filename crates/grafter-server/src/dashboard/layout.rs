@@ -15,6 +15,7 @@ pub enum Tab {
     Jobs,
     Queues,
     Schedules,
+    Batches,
     Workers,
 }
 
@@ -33,6 +34,7 @@ pub fn page(title: &str, tab: Tab, ctx: &Ctx, body: Markup) -> Markup {
                     (link(Tab::Jobs, "/jobs", "Jobs"))
                     (link(Tab::Queues, "/queues", "Queues"))
                     (link(Tab::Schedules, "/schedules", "Schedules"))
+                    (link(Tab::Batches, "/batches", "Batches"))
                     (link(Tab::Workers, "/workers", "Workers"))
                     @if ctx.logged_in {
                         form.logout method="post" action="/logout" {

@@ -14,6 +14,7 @@
 //! works too.
 
 mod auth;
+mod batches;
 mod chart;
 mod job;
 mod jobs;
@@ -35,8 +36,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use maud::Markup;
 use sha2::Sha256;
 
+use grafter_core::JobId;
+
 use crate::api::auth::secrets_match;
 use crate::state::AppState;
+use crate::stream_tokens::StreamGrant;
 
 pub use auth::SESSION_COOKIE;
 
@@ -61,6 +65,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/schedules/{id}", get(schedules::show))
         .route("/schedules/{id}/{action}", post(schedules::act))
         .route("/workers", get(workers::page))
+        .route("/batches", get(batches::page))
+        .route("/batches/{id}", get(batches::show))
+        .route("/batches/{id}/live", get(batches::live))
         .route("/logout", post(auth::logout))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -298,6 +305,21 @@ fn checked_form(
         )));
     }
     Ok(form)
+}
+
+/// How long a page's stream token works; a page left open longer polls.
+const STREAM_TOKEN_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// An event stream's URL (`path`) with a token for these jobs and batches:
+/// the browser's `EventSource` sends no `Authorization` header.
+fn stream_url(state: &AppState, path: &str, jobs: Vec<JobId>, batches: Vec<i64>) -> String {
+    let grant = StreamGrant {
+        jobs,
+        batches,
+        expires_at: chrono::Utc::now() + STREAM_TOKEN_TTL,
+    };
+    let token = grant.sign(state.config().token.as_deref());
+    format!("{path}?access_token={token}")
 }
 
 /// An HTML answer with security headers added by [`context`].

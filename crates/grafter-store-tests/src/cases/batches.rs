@@ -22,7 +22,7 @@ fn callbacks(queue: &str) -> BatchCallbacks {
     }
 }
 
-fn jobs(n: usize, queue: &str) -> Vec<NewJob> {
+pub(super) fn jobs(n: usize, queue: &str) -> Vec<NewJob> {
     (0..n)
         .map(|i| NewJob {
             queue: queue.into(),
@@ -31,7 +31,12 @@ fn jobs(n: usize, queue: &str) -> Vec<NewJob> {
         .collect()
 }
 
-async fn create(store: &S, jobs: Vec<NewJob>, open: bool, now: DateTime<Utc>) -> BatchWithJobs {
+pub(super) async fn create(
+    store: &S,
+    jobs: Vec<NewJob>,
+    open: bool,
+    now: DateTime<Utc>,
+) -> BatchWithJobs {
     store
         .batch_create(BatchCreate {
             jobs,
