@@ -90,6 +90,23 @@ class ClientTest < Minitest::Test
     assert_equal [404, "not_found"], [error.status, error.code]
   end
 
+  def test_a_dependent_waits_for_its_upstream_and_reads_its_result
+    queue = unique("graph")
+    extract, load = client.enqueue_many([{ kind: "extract", queue: queue, ref: "extract" },
+                                         { kind: "load", queue: queue, depends_on: ["extract"],
+                                           on_dependency_failure: "run" }])
+    assert_equal %w[available pending], [extract["state"], load["state"]]
+    leased = client.fetch(queues: [queue], max: 10)
+    assert_equal [extract["id"]], leased.map { |j| j["id"] }
+    client.ack(extract["id"], lease: leased.first["lease"], result: { rows: 3 })
+    assert_equal "available", client.job(load["id"])["state"]
+    upstreams = client.dependencies(load["id"])
+    assert_equal [[extract["id"], "completed", { "rows" => 3 }]], upstreams.map { |j| j.values_at("id", "state", "result") }
+
+    error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "k", queue: queue, depends_on: [987_654_321]) }
+    assert_equal [422, "invalid_field", "depends_on[0]"], [error.status, error.code, error.field]
+  end
+
   def test_cancelling_a_batch_cancels_its_waiting_jobs
     queue = unique("cancel")
     id = client.create_batch(jobs: [{ kind: "a", queue: queue }, { kind: "b", queue: queue }]).dig("batch", "id")

@@ -347,6 +347,7 @@ pub async fn queues(args: QueuesArgs) -> Result<(), Failure> {
         None => vec![answer],
     };
     let states = [
+        "pending",
         "scheduled",
         "available",
         "running",

@@ -126,6 +126,9 @@ impl BatchCallbacks {
                 ("expires_at", job.expires_at.is_some()),
                 ("unique_key", job.unique_key.is_some()),
                 ("schedule", job.schedule.is_some()),
+                ("depends_on", !job.depends_on.is_empty()),
+                ("ref", job.r#ref.is_some()),
+                ("on_dependency_failure", job.on_dependency_failure.is_some()),
             ];
             if let Some((name, _)) = refused.iter().find(|(_, set)| *set) {
                 return Err(ValidationError::new(
@@ -177,7 +180,7 @@ pub fn validate_batch_jobs(jobs: &[NewJob], allow_empty: bool) -> Result<(), Val
             ));
         }
     }
-    Ok(())
+    crate::dependency::plan(jobs).map(drop)
 }
 
 /// A batch as stored.

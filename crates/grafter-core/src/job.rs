@@ -238,6 +238,19 @@ pub struct NewJob {
     /// a valid `traceparent` and within 32 members and 512 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
+    /// A name other jobs of the same request use in their `depends_on`
+    /// (docs/dependencies.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name_or_null))]
+    pub r#ref: Option<String>,
+    /// Jobs this one waits for: ids of existing jobs, or refs of jobs of the
+    /// same request. It is `pending` until they have all finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<crate::Upstream>,
+    /// What to do when an upstream ends `dead`, `cancelled` or `expired`
+    /// (default `cancel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_dependency_failure: Option<crate::DependencyFailure>,
 }
 
 fn empty_object() -> Value {
@@ -271,6 +284,9 @@ impl NewJob {
             partition: None,
             traceparent: None,
             tracestate: None,
+            r#ref: None,
+            depends_on: Vec::new(),
+            on_dependency_failure: None,
         }
     }
 

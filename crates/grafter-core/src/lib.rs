@@ -6,6 +6,7 @@
 
 mod backoff;
 pub mod batch;
+pub mod dependency;
 mod display;
 mod job;
 pub mod limits;
@@ -21,6 +22,7 @@ mod worker;
 
 pub use backoff::Backoff;
 pub use batch::{Batch, BatchCallbacks, BatchCounts, BatchId, BatchState};
+pub use dependency::{DependencyFailure, Upstream};
 pub use display::group_thousands;
 pub use job::{
     validate_name, AttemptError, CutField, Job, JobId, LeasedJob, NewJob, Progress,

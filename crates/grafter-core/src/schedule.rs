@@ -305,6 +305,21 @@ impl ScheduleSpec {
                 ));
             }
         }
+        for (field, set) in [
+            ("job.depends_on", !self.job.depends_on.is_empty()),
+            ("job.ref", self.job.r#ref.is_some()),
+            (
+                "job.on_dependency_failure",
+                self.job.on_dependency_failure.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(ValidationError::new(
+                    field,
+                    "not allowed in a schedule's job: its runs depend on nothing",
+                ));
+            }
+        }
         time::validate_ms("catch_up_window_ms", i128::from(self.catch_up_window_ms), 1)?;
         if !(1..=MAX_CATCH_UP_MAX).contains(&self.catch_up_max) {
             return Err(ValidationError::new(

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for the jobs it depends on (docs/dependencies.md); never
+    /// fetched.
+    Pending,
     /// Waiting for its `run_at`, which is in the future.
     Scheduled,
     /// Due: the next fetch of its queue may lease it.
@@ -28,7 +31,8 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in lifecycle order.
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
+        JobState::Pending,
         JobState::Scheduled,
         JobState::Available,
         JobState::Running,
@@ -42,6 +46,7 @@ impl JobState {
     /// The state's name as it appears in the API and in storage.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Pending => "pending",
             JobState::Scheduled => "scheduled",
             JobState::Available => "available",
             JobState::Running => "running",
@@ -70,7 +75,7 @@ impl fmt::Display for JobState {
 
 /// A state name that is not one of [`JobState::ALL`].
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown job state '{0}' (expected one of scheduled, available, running, retryable, completed, dead, cancelled, expired)")]
+#[error("unknown job state '{0}' (expected one of pending, scheduled, available, running, retryable, completed, dead, cancelled, expired)")]
 pub struct UnknownState(pub String);
 
 impl FromStr for JobState {

@@ -141,8 +141,19 @@ impl Engine {
     /// Enqueues one job; a duplicate by `unique_key` answers the existing job.
     pub async fn enqueue(&self, mut job: NewJob) -> Result<Inserted> {
         job.validate()?;
+        // One job: its refs can name no other job, its field no index.
+        grafter_core::dependency::plan(std::slice::from_ref(&job)).map_err(|e| {
+            let field = e.field.strip_prefix("jobs[0].").unwrap_or(&e.field);
+            ValidationError::new(field, e.message.clone())
+        })?;
         keep_valid_trace(&mut job);
-        let inserted = self.insert(vec![job]).await?.pop();
+        let inserted = match self.insert(vec![job]).await {
+            Err(crate::Error::Store(StoreError::UnknownDependency { field, id })) => {
+                let field = field.strip_prefix("jobs[0].").unwrap_or(&field).to_owned();
+                return Err(StoreError::UnknownDependency { field, id }.into());
+            }
+            inserted => inserted?.pop(),
+        };
         inserted.ok_or_else(|| StoreError::Backend("the store returned no job".into()).into())
     }
 
@@ -161,6 +172,7 @@ impl Engine {
                 .map_err(|e| ValidationError::new(format!("jobs[{i}].{}", e.field), e.message))?;
             keep_valid_trace(job);
         }
+        grafter_core::dependency::plan(&jobs)?;
         self.insert(jobs).await
     }
 
@@ -179,6 +191,15 @@ impl Engine {
             self.inner.observer.enqueued(job);
         }
         Ok(inserted)
+    }
+
+    /// The jobs `id` depends on, with their states and results.
+    pub async fn job_dependencies(&self, id: JobId) -> Result<Vec<Job>> {
+        self.inner
+            .store
+            .job_dependencies(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id).into())
     }
 
     /// The rule for waking waiting fetches, in one place: after a change

@@ -8,15 +8,16 @@ use grafter_core::{
     Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, Job, NewJob, Timestamp,
 };
 use grafter_store::{
-    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, Result,
+    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, Inserted, Result,
     StoreError,
 };
 use serde_json::Value;
 use tokio_postgres::Row;
 
 use crate::db::Db;
+use crate::dependencies;
 use crate::error::pg_error;
-use crate::inserts::insert_unkeyed;
+use crate::inserts::{created, insert_unkeyed};
 use crate::row::{args_bytes, limit, opt_json, to_json};
 
 macro_rules! batch_columns {
@@ -140,7 +141,14 @@ async fn insert_into(
     let jobs = if jobs.is_empty() {
         Vec::new()
     } else {
-        insert_unkeyed(tx, jobs, &vec![now; jobs.len()], Some(id)).await?
+        let mut inserted: Vec<Inserted> =
+            insert_unkeyed(tx, jobs, &vec![now; jobs.len()], Some(id))
+                .await?
+                .into_iter()
+                .map(created)
+                .collect();
+        dependencies::link(tx, jobs, &mut inserted, now).await?;
+        inserted.into_iter().map(|i| i.job).collect()
     };
     let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;
     tx.execute(&stmt, &[&id.0, &(jobs.len() as i64), &open])
@@ -216,7 +224,7 @@ impl Db {
         const WAITING: &str = "
             WITH waiting AS (
                 SELECT id, grafter_batch_share(state, progress) AS share FROM jobs
-                WHERE batch_id = $1 AND state IN ('scheduled', 'available', 'retryable')
+                WHERE batch_id = $1 AND state IN ('pending', 'scheduled', 'available', 'retryable')
                 FOR UPDATE
             ), moved AS (
                 UPDATE jobs SET state = 'cancelled', finished_at = $2

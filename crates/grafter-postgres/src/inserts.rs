@@ -9,6 +9,7 @@ use grafter_store::{Inserted, Result, StoreError};
 use tokio_postgres::types::Json;
 
 use crate::conn::Conn;
+use crate::dependencies;
 use crate::error::pg_error;
 use crate::row::{
     args_bytes, job_columns, job_from_row, jobs_from_rows, to_json, AFTER_JOB_COLUMNS,
@@ -35,7 +36,8 @@ pub(crate) fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
 /// Inserts jobs inside the caller's transaction: the store's own, or an
 /// application's ([`crate::enqueue_in`]). Consecutive jobs without a
 /// `unique_key` go in one multi-row statement; keyed jobs go one at a time
-/// because each may turn out to be a duplicate.
+/// because each may turn out to be a duplicate. Jobs with `depends_on` are
+/// linked after all are in (several statements: a transaction's work).
 pub(crate) async fn insert_jobs(
     client: &impl Conn,
     jobs: &[NewJob],
@@ -55,6 +57,7 @@ pub(crate) async fn insert_jobs(
             rest = &rest[run..];
         }
     }
+    dependencies::link(client, jobs, &mut out, now).await?;
     Ok(out)
 }
 

@@ -72,7 +72,10 @@ impl Db {
                 "completed jobs are not retried; enqueue a new job",
             ));
         }
-        let job = requeue(&tx, &job, params.now, params.now, params.args.as_ref()).await?;
+        requeue(&tx, &job, params.now, params.now, params.args.as_ref()).await?;
+        // Read again: a dependent may have gone back to pending in a trigger,
+        // which RETURNING does not show.
+        let (job, _) = job_lock(&tx, params.id).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -121,6 +124,12 @@ pub(crate) async fn requeue(
         return Err(invalid(
             job,
             "a running job cannot be retried or rescheduled; cancel it first",
+        ));
+    }
+    if job.state == JobState::Pending {
+        return Err(invalid(
+            job,
+            "a pending job runs when its dependencies finish; cancel it first",
         ));
     }
     let state = waiting_state(run_at, now);

@@ -34,6 +34,7 @@ mod batches;
 mod browse;
 mod conn;
 mod db;
+mod dependencies;
 mod enqueue;
 mod error;
 mod events;
@@ -405,6 +406,10 @@ impl Store for PostgresStore {
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
         self.db.job_get(id).await
+    }
+
+    async fn job_dependencies(&self, id: JobId) -> Result<Option<Vec<Job>>> {
+        dependencies::dependencies_of(&self.db.client().await?, id).await
     }
 
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {

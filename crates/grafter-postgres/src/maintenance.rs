@@ -136,7 +136,11 @@ impl Db {
             WHERE state IN ('completed', 'dead', 'cancelled', 'expired')
               AND state = ANY($1::text[])
               AND finished_at < $2
-              AND batch_id IS NULL";
+              AND batch_id IS NULL
+              AND NOT (has_dependents AND EXISTS (  -- an unfinished job waits for it
+                  SELECT 1 FROM job_dependencies AS d JOIN jobs AS w ON w.id = d.job_id
+                  WHERE d.depends_on = jobs.id
+                    AND w.state NOT IN ('completed', 'dead', 'cancelled', 'expired')))";
         let states = finished_states(params);
         if states.is_empty() {
             return Ok(0);
@@ -158,6 +162,10 @@ impl Db {
                            AND state = ANY($1::text[])
                            AND finished_at < $2
                            AND batch_id IS NULL  -- they go with their batch (batches.rs)
+                           AND NOT (has_dependents AND EXISTS (  -- an unfinished job waits for it
+                               SELECT 1 FROM job_dependencies AS d JOIN jobs AS w ON w.id = d.job_id
+                               WHERE d.depends_on = jobs.id
+                                 AND w.state NOT IN ('completed', 'dead', 'cancelled', 'expired')))
                          ORDER BY finished_at
                          LIMIT $3
                          FOR UPDATE SKIP LOCKED)";

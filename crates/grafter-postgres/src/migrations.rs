@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (15, include_str!("../migrations/0015_batches.sql")),
     (16, include_str!("../migrations/0016_tokens_audit.sql")),
     (17, include_str!("../migrations/0017_trace_context.sql")),
+    (18, include_str!("../migrations/0018_dependencies.sql")),
     (19, include_str!("../migrations/0019_batch_events.sql")),
 ];
 

@@ -187,6 +187,9 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidState { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_state", message)
             }
+            StoreError::UnknownDependency { field, id } => {
+                ApiError::invalid_field(field, format!("job {id} does not exist"))
+            }
             StoreError::Invalid(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
             }

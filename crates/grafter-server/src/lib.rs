@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", post(api::jobs::enqueue).get(api::jobs::list))
         .route("/jobs/batch", post(api::jobs::enqueue_batch))
         .route("/jobs/{id}", get(api::jobs::show).delete(api::jobs::delete))
+        .route("/jobs/{id}/dependencies", get(api::jobs::dependencies))
         .route("/jobs/{id}/retry", post(api::jobs::retry))
         .route("/jobs/{id}/cancel", post(api::jobs::cancel))
         .route("/jobs/{id}/reschedule", post(api::jobs::reschedule))

@@ -60,6 +60,7 @@ use crate::state::AppState;
         api::jobs::enqueue_batch,
         api::jobs::list,
         api::jobs::show,
+        api::jobs::dependencies,
         api::jobs::retry,
         api::jobs::cancel,
         api::jobs::reschedule,
@@ -235,7 +236,8 @@ fn name_path_parameters(operation: &mut Operation) {
 /// A batch's jobs and callbacks are jobs with fewer fields
 /// (grafter_core::batch): a job in a batch has no `unique_key` (a duplicate
 /// would stand for a job outside it), and a callback, enqueued when the batch
-/// settles, no `run_at`, `expires_at` or `unique_key` either. Each gets a copy
+/// settles, no `run_at`, `expires_at`, `unique_key` or dependencies
+/// (`depends_on`, `ref`, `on_dependency_failure`) either. Each gets a copy
 /// of `NewJob` without them, which the batch requests name instead.
 fn batch_job_schemas(components: &mut Components) {
     let Some(RefOr::T(Schema::Object(new_job))) = components.schemas.get("NewJob").cloned() else {
@@ -260,8 +262,16 @@ fn batch_job_schemas(components: &mut Components) {
     components.schemas.insert(
         "BatchCallback".to_owned(),
         RefOr::T(without(
-            &["run_at", "expires_at", "unique_key"],
-            "A batch callback: the fields of POST /v1/jobs but `run_at`, `expires_at` and `unique_key`.",
+            &[
+                "run_at",
+                "expires_at",
+                "unique_key",
+                "depends_on",
+                "ref",
+                "on_dependency_failure",
+            ],
+            "A batch callback: the fields of POST /v1/jobs but `run_at`, `expires_at`, \
+             `unique_key`, `depends_on`, `ref` and `on_dependency_failure`.",
         )),
     );
     let new_job_ref = "#/components/schemas/NewJob";

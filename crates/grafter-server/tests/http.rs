@@ -2116,6 +2116,160 @@ async fn bad_batch_requests_get_json_errors() {
     );
 }
 
+/// A graph through the API: refs within a request, ids across requests, the
+/// dependent pending until its upstream completes, then reading its result;
+/// refused graphs answer 422 naming the field and insert nothing.
+async fn a_graph_runs_in_order_and_bad_graphs_are_refused(api: &Api) {
+    let (status, body) = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [
+                {"kind": "extract", "queue": "etl", "ref": "extract"},
+                {"kind": "load", "queue": "etl", "depends_on": ["extract"]},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let extract = body["jobs"][0]["id"].as_i64().unwrap();
+    let load = body["jobs"][1]["id"].as_i64().unwrap();
+    assert_eq!(body["jobs"][0]["state"], "available");
+    assert_eq!(body["jobs"][1]["state"], "pending");
+    let (status, deps) = api.get(&format!("/v1/jobs/{load}/dependencies")).await;
+    assert_eq!(status, StatusCode::OK, "{deps}");
+    assert_eq!(deps["jobs"][0]["id"], extract);
+    assert_eq!(deps["jobs"][0]["state"], "available");
+
+    let leased = api.fetch_one("etl").await;
+    assert_eq!(leased["id"], extract);
+    let (status, body) = api
+        .post(
+            &format!("/v1/jobs/{extract}/ack"),
+            json!({"lease": leased["lease"], "result": {"rows": 2}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, shown) = api.get(&format!("/v1/jobs/{load}")).await;
+    assert_eq!(shown["state"], "available", "{shown}");
+    let (_, deps) = api.get(&format!("/v1/jobs/{load}/dependencies")).await;
+    assert_eq!(deps["jobs"][0]["state"], "completed");
+    assert_eq!(deps["jobs"][0]["result"], json!({"rows": 2}));
+    let (_, none) = api.get(&format!("/v1/jobs/{extract}/dependencies")).await;
+    assert_eq!(none["jobs"], json!([]));
+    assert_error(
+        &api.get("/v1/jobs/999999/dependencies").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // An id already completed: available at once.
+    let after = api
+        .enqueue(
+            json!({"kind": "report", "queue": "etl", "depends_on": [extract],
+                        "on_dependency_failure": "run"}),
+        )
+        .await;
+    assert_eq!(after["state"], "available");
+
+    let cycle = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [
+                {"kind": "a", "queue": "refused", "ref": "a", "depends_on": ["b"]},
+                {"kind": "b", "queue": "refused", "ref": "b", "depends_on": ["a"]},
+            ]}),
+        )
+        .await;
+    assert_error(&cycle, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert!(
+        cycle.1["error"]["field"]
+            .as_str()
+            .unwrap()
+            .ends_with("].depends_on"),
+        "{}",
+        cycle.1
+    );
+    let unknown_ref = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "a", "queue": "refused"},
+                            {"kind": "b", "queue": "refused", "depends_on": ["nope"]}]}),
+        )
+        .await;
+    assert_error(
+        &unknown_ref,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_eq!(unknown_ref.1["error"]["field"], "jobs[1].depends_on[0]");
+    let unknown_id = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "a", "queue": "refused"},
+                            {"kind": "b", "queue": "refused", "depends_on": [999999]}]}),
+        )
+        .await;
+    assert_error(
+        &unknown_id,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_eq!(unknown_id.1["error"]["field"], "jobs[1].depends_on[0]");
+    let unknown_one = api
+        .post(
+            "/v1/jobs",
+            json!({"kind": "b", "queue": "refused", "depends_on": [999999]}),
+        )
+        .await;
+    assert_error(
+        &unknown_one,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
+    assert_eq!(unknown_one.1["error"]["field"], "depends_on[0]");
+    let keyed = api
+        .post(
+            "/v1/jobs",
+            json!({"kind": "k", "queue": "refused", "unique_key": "u", "depends_on": [extract]}),
+        )
+        .await;
+    assert_error(&keyed, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(keyed.1["error"]["field"], "unique_key");
+    let policy = api
+        .post(
+            "/v1/jobs",
+            json!({"kind": "k", "queue": "refused", "on_dependency_failure": "maybe"}),
+        )
+        .await;
+    assert_error(&policy, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let (_, refused) = api.get("/v1/jobs?queue=refused").await;
+    assert_eq!(refused["jobs"], json!([]), "nothing inserted");
+
+    // A graph in a batch.
+    let (status, created) = api
+        .post(
+            "/v1/batches",
+            json!({"jobs": [{"kind": "a", "queue": "batched", "ref": "a"},
+                            {"kind": "b", "queue": "batched", "depends_on": ["a", extract]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["jobs"][1]["state"], "pending");
+    assert_eq!(created["batch"]["counts"]["pending"], 2);
+}
+
+#[tokio::test]
+async fn a_graph_runs_in_order_on_sqlite() {
+    a_graph_runs_in_order_and_bad_graphs_are_refused(&api().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_runs_in_order_on_postgres() {
+    let Some(api) = postgres_api().await else {
+        return;
+    };
+    a_graph_runs_in_order_and_bad_graphs_are_refused(&api).await;
+}
+
 #[tokio::test]
 async fn the_openapi_document_follows_the_servers_config() {
     let open = api_with(ServerConfig {

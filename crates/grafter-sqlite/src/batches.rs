@@ -168,7 +168,7 @@ pub fn batch_cancel(conn: &Connection, params: &BatchChange) -> Result<Batch> {
     // As job_cancel (jobs.rs), for all of the batch's jobs at once.
     conn.prepare_cached(
         "UPDATE jobs INDEXED BY jobs_of_batch SET state = 'cancelled', finished_at = ?2
-         WHERE batch_id = ?1 AND state IN ('scheduled', 'available', 'retryable')",
+         WHERE batch_id = ?1 AND state IN ('pending', 'scheduled', 'available', 'retryable')",
     )
     .and_then(|mut stmt| stmt.execute(params![batch.id.0, micros(params.now)]))
     .map_err(backend)?;

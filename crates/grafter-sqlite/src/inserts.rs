@@ -6,6 +6,7 @@ use grafter_core::{BatchId, JobState, NewJob, Timestamp};
 use grafter_store::{Inserted, JobsInsert, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::dependencies;
 use crate::error::backend;
 use crate::row::{job_from_row, micros, to_json, JOB_COLUMNS};
 
@@ -16,13 +17,14 @@ pub fn jobs_insert_many(conn: &Connection, params: &JobsInsert) -> Result<Vec<In
 }
 
 /// Inserts `jobs` at `now`, into a batch if one is given (its counts are the
-/// caller's to add).
+/// caller's to add), linked to the jobs they depend on.
 pub fn insert_jobs(
     conn: &Connection,
     jobs: &[NewJob],
     now: Timestamp,
     batch: Option<BatchId>,
 ) -> Result<Vec<Inserted>> {
+    let now_at = now;
     let now = micros(now);
     let mut find_unique = conn
         .prepare_cached(&format!(
@@ -92,5 +94,6 @@ pub fn insert_jobs(
             created: true,
         });
     }
+    dependencies::link(conn, jobs, &mut out, now_at)?;
     Ok(out)
 }

@@ -64,6 +64,12 @@ fn requeue(
             "a running job cannot be retried or rescheduled; cancel it first",
         ));
     }
+    if job.state == JobState::Pending {
+        return Err(invalid(
+            job,
+            "a pending job runs when its dependencies finish; cancel it first",
+        ));
+    }
     let state = if run_at > now {
         JobState::Scheduled
     } else {
@@ -105,7 +111,10 @@ pub fn job_retry(conn: &Connection, params: &JobRetry) -> Result<Job> {
         ));
     }
     let now = micros(params.now);
-    requeue(conn, &job, now, now, params.args.as_ref())
+    requeue(conn, &job, now, now, params.args.as_ref())?;
+    // Read again: a dependent may have gone back to pending in a trigger,
+    // which RETURNING does not show.
+    job_require(conn, params.id)
 }
 
 pub fn job_reschedule(conn: &Connection, params: &JobReschedule) -> Result<Job> {

@@ -9,6 +9,7 @@
 mod access;
 mod batches;
 mod browse;
+mod dependencies;
 mod error;
 mod events;
 mod fetch;
@@ -73,10 +74,13 @@ impl SqliteStore {
         let writer_path = path.clone();
         let committed = Arc::new(Notify::new());
         let writer_committed = committed.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || Writer::start(&writer_path, writer_committed))
-                .await
-                .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
+        let wakeups = Wakeups::default();
+        let writer_wakeups = wakeups.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            Writer::start(&writer_path, writer_committed, writer_wakeups)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("opening the writer: {e}")))??;
         let limited = Arc::new(Limited::default());
         limited.replace(writer.run(limits::limited_names).await?);
         let readers = Readers::new(path.clone());
@@ -96,7 +100,7 @@ impl SqliteStore {
             readers,
             path,
             writer,
-            wakeups: Wakeups::default(),
+            wakeups,
             watchers,
             limited,
             _background: cancel.drop_guard(),
@@ -166,6 +170,12 @@ impl Store for SqliteStore {
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>> {
         self.readers.run(move |conn| jobs::job_get(conn, id)).await
+    }
+
+    async fn job_dependencies(&self, id: JobId) -> Result<Option<Vec<Job>>> {
+        self.readers
+            .run(move |conn| dependencies::dependencies_of(conn, id))
+            .await
     }
 
     async fn jobs_list(&self, params: JobsList) -> Result<JobPage> {

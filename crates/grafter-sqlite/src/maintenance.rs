@@ -114,6 +114,8 @@ fn set_aside(conn: &Connection, id: i64, now: Timestamp, error: &StoreError) -> 
 /// Finished jobs in `params.states` whose `finished_at` is before
 /// `params.finished_before`, outside batches (they go with their batch,
 /// `batches.rs`): the `WHERE` of a prune and its values from `?first` on.
+/// Finished jobs outside batches, except an upstream of an unfinished job
+/// (its dependent reads its result, and a pruned upstream would cancel it).
 fn prunable(params: &JobsPrune, first: usize) -> Option<(String, Vec<rusqlite::types::Value>)> {
     let states: Vec<&str> = params
         .states
@@ -130,7 +132,11 @@ fn prunable(params: &JobsPrune, first: usize) -> Option<(String, Vec<rusqlite::t
         .join(", ");
     let filter = format!(
         "state IN ('completed', 'dead', 'cancelled', 'expired') AND finished_at < ?{first}
-         AND state IN ({placeholders}) AND batch_id IS NULL"
+         AND state IN ({placeholders}) AND batch_id IS NULL
+         AND NOT (has_dependents AND EXISTS (
+             SELECT 1 FROM job_dependencies AS d JOIN jobs AS w ON w.id = d.job_id
+             WHERE d.depends_on = jobs.id
+               AND w.state NOT IN ('completed', 'dead', 'cancelled', 'expired')))"
     );
     let mut values: Vec<rusqlite::types::Value> = vec![micros(params.finished_before).into()];
     values.extend(states.iter().map(|s| (*s).to_owned().into()));

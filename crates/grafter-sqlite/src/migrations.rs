@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../migrations/0013_batches.sql")),
     (14, include_str!("../migrations/0014_tokens_audit.sql")),
     (15, include_str!("../migrations/0015_trace_context.sql")),
+    (16, include_str!("../migrations/0016_dependencies.sql")),
     (17, include_str!("../migrations/0017_batch_events.sql")),
 ];
 

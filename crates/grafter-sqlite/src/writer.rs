@@ -19,7 +19,8 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use grafter_store::{Result, StoreError};
+use grafter_store::{Result, StoreError, Wakeups};
+use rusqlite::functions::FunctionFlags;
 use rusqlite::Connection;
 use tokio::sync::{oneshot, Notify};
 
@@ -90,8 +91,8 @@ pub struct Writer {
 impl Writer {
     /// Opens the write connection, migrates, and starts the thread, which
     /// signals `committed` after each commit.
-    pub fn start(path: &Path, committed: Arc<Notify>) -> Result<Self> {
-        let mut conn = open(path).map_err(|e| {
+    pub fn start(path: &Path, committed: Arc<Notify>, wakeups: Wakeups) -> Result<Self> {
+        let mut conn = open(path, wakeups).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot open SQLite database {}: {e}",
                 path.display()
@@ -126,14 +127,30 @@ impl Writer {
     }
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
+fn open(path: &Path, wakeups: Wakeups) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // A dependent that its upstream's trigger makes available wakes the
+    // waiters of its queue (migrations/0016_dependencies.sql). Before the
+    // commit, but harmlessly: a woken fetch runs on this thread, after it.
+    conn.create_scalar_function(
+        "grafter_released",
+        1,
+        FunctionFlags::SQLITE_UTF8,
+        move |ctx| {
+            let queue: String = ctx.get(0)?;
+            wakeups.wake([queue.as_str()]);
+            Ok(true)
+        },
+    )?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // WAL lets readers run beside the writer; FULL syncs the WAL on every commit,
     // which is what makes an acknowledged change survive power loss.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // A dependent cancelled by its upstream's trigger cancels its own
+    // dependents by the same trigger (migrations/0016_dependencies.sql).
+    conn.pragma_update(None, "recursive_triggers", "ON")?;
     // Statement and savepoint journals only ever undo work inside the open
     // transaction; in memory they cost a copy instead of a temporary file's
     // writes. Durability is the WAL's business and does not change.
@@ -309,7 +326,7 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("t.db")).unwrap();
+        let conn = open(&dir.path().join("t.db"), Wakeups::default()).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)")
             .unwrap();
         (dir, conn)

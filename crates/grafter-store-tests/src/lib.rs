@@ -126,6 +126,16 @@ macro_rules! conformance_suite {
             a_ten_thousand_job_fan_in_counts_exactly,
             pruning_keeps_unfinished_batches_and_takes_finished_ones_whole,
             a_worker_lost_mid_batch_still_finishes_it_right,
+            a_diamond_graph_runs_in_order,
+            each_dependency_policy_on_a_dead_and_a_cancelled_upstream,
+            a_cycle_or_an_unknown_id_is_refused_and_nothing_inserted,
+            a_dependency_finished_at_insert_is_applied_at_insert,
+            pruning_keeps_an_upstream_of_a_pending_job,
+            concurrent_completions_of_two_upstreams_release_the_dependent_once,
+            a_released_dependent_wakes_a_waiting_fetch,
+            a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_upstreams,
+            a_graph_in_a_batch_is_counted_with_it,
+            a_batch_cancel_cascades_to_a_dependent_in_another_batch_which_counts_it,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

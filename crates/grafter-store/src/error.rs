@@ -46,6 +46,14 @@ pub enum StoreError {
     /// Input the store cannot accept.
     #[error("{0}")]
     Invalid(String),
+    /// A job names an upstream (`depends_on`) that does not exist.
+    #[error("{field}: job {id} does not exist")]
+    UnknownDependency {
+        /// Where the request names it: `jobs[i].depends_on[k]`.
+        field: String,
+        /// The id it names.
+        id: JobId,
+    },
     /// The backend cannot be reached or failed to commit; retrying may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

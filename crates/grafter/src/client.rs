@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use grafter_core::{
-    time, Backoff, Batch, BatchCallbacks, BatchId, Job as JobRecord, JobId, NewJob,
+    time, Backoff, Batch, BatchCallbacks, BatchId, DependencyFailure, Job as JobRecord, JobId,
+    NewJob, Upstream,
 };
 use grafter_engine::{Engine, EngineConfig, NewBatch};
 use grafter_store::Store;
@@ -43,6 +44,12 @@ pub struct EnqueueOptions {
     pub traceparent: Option<String>,
     /// The W3C `tracestate` that goes with `traceparent`.
     pub tracestate: Option<String>,
+    /// Jobs this one waits for: it is `pending` until they have all
+    /// finished (docs/dependencies.md).
+    pub depends_on: Vec<JobId>,
+    /// What to do when one of them ends dead, cancelled or expired
+    /// (default: cancel this job too).
+    pub on_dependency_failure: Option<DependencyFailure>,
 }
 
 impl EnqueueOptions {
@@ -67,6 +74,8 @@ impl EnqueueOptions {
         new.backoff = self.backoff;
         new.traceparent = self.traceparent.clone();
         new.tracestate = self.tracestate.clone();
+        new.depends_on = self.depends_on.iter().copied().map(Upstream::Job).collect();
+        new.on_dependency_failure = self.on_dependency_failure;
         new.validate()?;
         Ok(new)
     }
@@ -251,6 +260,12 @@ impl Client {
     /// A job's current state.
     pub async fn get(&self, id: JobId) -> Result<JobRecord> {
         self.transport.get(id).await
+    }
+
+    /// The jobs `id` depends on, with their states and results: what a
+    /// dependent reads of the work before it.
+    pub async fn dependencies(&self, id: JobId) -> Result<Vec<JobRecord>> {
+        self.transport.dependencies(id).await
     }
 
     /// Cancels a job; a running one is asked to stop.

@@ -72,8 +72,8 @@ mod worker;
 pub use client::{Client, EnqueueOptions, Enqueued};
 pub use error::{Error, Result};
 pub use grafter_core::{
-    Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, Job as JobRecord, JobId, JobState,
-    NewJob, Progress,
+    Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, DependencyFailure, Job as JobRecord,
+    JobId, JobState, NewJob, Progress, Upstream,
 };
 pub use grafter_engine::Engine;
 pub use hooks::{Hooks, JobInfo, JobOutcome};

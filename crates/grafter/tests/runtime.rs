@@ -260,7 +260,33 @@ both_modes!(
     many_jobs_finishing_together_are_acked_in_batches,
     more_slots_than_one_fetch_may_ask_for,
     a_batch_runs_its_jobs_then_its_callback,
+    a_dependent_runs_after_its_upstream_and_reads_its_result,
 );
+
+async fn a_dependent_runs_after_its_upstream_and_reads_its_result(mode: Mode) {
+    let env = env(mode).await;
+    let upstream = env.client.enqueue(Add { a: 20, b: 22 }).await.unwrap().job;
+    let options = grafter::EnqueueOptions {
+        depends_on: vec![upstream.id],
+        ..Default::default()
+    };
+    let dependent = env
+        .client
+        .enqueue_with(Add { a: 1, b: 1 }, options)
+        .await
+        .unwrap()
+        .job;
+    assert_eq!(dependent.state, grafter::JobState::Pending);
+    let running = start(worker(&env.client).register::<Add>());
+    let done = env.client.wait(dependent.id, WAIT).await.unwrap();
+    assert_eq!(done.state, grafter::JobState::Completed);
+    let upstreams = env.client.dependencies(dependent.id).await.unwrap();
+    assert_eq!(upstreams.len(), 1);
+    assert_eq!(upstreams[0].id, upstream.id);
+    assert_eq!(upstreams[0].result.as_ref().unwrap()["sum"], 42);
+    assert!(upstreams[0].finished_at <= done.attempted_at);
+    running.shutdown().await;
+}
 
 async fn a_batch_runs_its_jobs_then_its_callback(mode: Mode) {
     let env = env(mode).await;

@@ -81,6 +81,14 @@ module Grafter
       get("/v1/jobs/#{job_id(id)}")
     end
 
+    # The jobs a job depends on (its `depends_on`), whole: state and result.
+    # A job enqueued with `depends_on: [id, "ref"]` (ids, or refs of jobs in
+    # the same enqueue_many or batch) is "pending" until they have finished
+    # (docs/dependencies.md).
+    def dependencies(id)
+      get("/v1/jobs/#{job_id(id)}/dependencies").fetch("jobs")
+    end
+
     def cancel(id)
       post("/v1/jobs/#{job_id(id)}/cancel")
     end

@@ -38,6 +38,19 @@ BEYOND_SCHEMA = [
     ("limits", "give concurrency, rate or both"),
     # POST /v1/tokens: an expiry in the future (the schema cannot say "after now").
     ("expires_at", "must be in the future"),
+    # A request's dependency graph (docs/dependencies.md): refs that name a
+    # job of the same request, no cycle, ids of jobs that exist, no
+    # unique_key beside depends_on.
+    ("jobs[", "no job of this request has the ref"),
+    ("depends_on", "no job of this request has the ref"),
+    ("jobs[", "is the ref of an earlier job"),
+    ("jobs[", "cannot depend on itself"),
+    ("depends_on", "cannot depend on itself"),
+    ("jobs[", "(a cycle)"),
+    ("jobs[", "does not exist"),
+    ("depends_on", "does not exist"),
+    ("jobs[", "cannot have a unique_key"),
+    ("unique_key", "cannot have a unique_key"),
     # Names are limited to 255 bytes of UTF-8; maxLength counts characters.
     ("", "bytes, got"),
     # Invisible characters beyond the Basic Multilingual Plane, which a
@@ -52,7 +65,8 @@ BEYOND_SCHEMA = [
 # the SSRF guard that resolves its host) and secrets.
 GRAMMARS = {
     ("PUT", "/v1/schedules/{id}"): ("cron", "timezone", "every_ms", "end_at", "job.run_at",
-                                    "job.expires_at", "job.unique_key"),
+                                    "job.expires_at", "job.unique_key", "job.depends_on",
+                                    "job.ref", "job.on_dependency_failure"),
     ("PUT", "/v1/queues/{name}"): ("push",),
 }
 

@@ -296,7 +296,29 @@ pub async fn list(
     }))
 }
 
+/// The jobs a job depends on (docs/dependencies.md).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DependenciesBody {
+    /// The upstream jobs by id, whole: state, result and errors.
+    pub jobs: Vec<Job>,
+}
+
+/// The jobs this job depends on, with their states and results: what a
+/// dependent reads of the work before it. Empty for a job without
+/// dependencies; an upstream deleted by hand is no longer listed.
+#[utoipa::path(get, path = "/v1/jobs/{id}/dependencies", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, body = DependenciesBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn dependencies(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<DependenciesBody>, ApiError> {
+    let jobs = state.engine().job_dependencies(id).await?;
+    Ok(Json(DependenciesBody { jobs }))
+}
+
 /// Make a dead, cancelled, expired, scheduled or retryable job available now.
+/// A job with dependencies waits again (`pending`) for those unfinished now.
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry(

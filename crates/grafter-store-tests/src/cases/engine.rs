@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{get, insert, no_jitter, t0, S};
 
-fn engine(store: &S, now: Timestamp) -> (Engine, Clock) {
+pub(super) fn engine(store: &S, now: Timestamp) -> (Engine, Clock) {
     let clock = Clock::manual(now);
     let config = EngineConfig {
         retry: no_jitter(),

@@ -3,7 +3,7 @@
 //!
 //! One module per concern, under the names of the stores' own modules
 //! (`access`, `leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
-//! `leadership`, `browse`, `schedules`, `events`), and `engine`: what the engine's rules (validation,
+//! `leadership`, `browse`, `schedules`, `events`, `batches`, `dependencies`), and `engine`: what the engine's rules (validation,
 //! wake-ups, the one outcome path) come to on each store. Here: the helpers they share, the one case about
 //! the store as a whole (`ping_answers`), and every case re-exported, which is
 //! the path `conformance_suite!` names.
@@ -13,6 +13,7 @@
 mod access;
 mod batches;
 mod browse;
+mod dependencies;
 mod engine;
 mod events;
 mod inserts;
@@ -28,6 +29,7 @@ mod workers;
 pub use access::*;
 pub use batches::*;
 pub use browse::*;
+pub use dependencies::*;
 pub use engine::*;
 pub use events::*;
 pub use inserts::*;

@@ -42,6 +42,14 @@ impl Transport for EngineTransport {
             .ok_or(Error::NotFound(id))
     }
 
+    async fn dependencies(&self, id: JobId) -> Result<Vec<JobRecord>> {
+        self.engine
+            .store()
+            .job_dependencies(id)
+            .await?
+            .ok_or(Error::NotFound(id))
+    }
+
     async fn job_change(
         &self,
         id: JobId,

@@ -266,6 +266,18 @@ impl Transport for HttpTransport {
             .await
     }
 
+    async fn dependencies(&self, id: JobId) -> Result<Vec<JobRecord>> {
+        let answer: JobsAnswer = self
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{id}/dependencies"),
+                None,
+                Some(id),
+            )
+            .await?;
+        Ok(answer.jobs)
+    }
+
     async fn job_change(
         &self,
         id: JobId,
@@ -529,6 +541,12 @@ impl Transport for HttpTransport {
         self.call(Method::GET, &format!("/v1/batches/{id}"), None, None)
             .await
     }
+}
+
+/// The answer of `GET /v1/jobs/{id}/dependencies`.
+#[derive(Deserialize)]
+struct JobsAnswer {
+    jobs: Vec<JobRecord>,
 }
 
 /// The answer of `POST /v1/batches` and `POST /v1/batches/{id}/jobs`.
