@@ -129,13 +129,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathJobId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::not_found(e.to_string()))?;
-        raw.parse::<i64>()
-            .map(|id| PathJobId(JobId(id)))
-            .map_err(|_| ApiError::not_found(format!("no job with id '{raw}': ids are integers")))
+        Ok(PathJobId(JobId(path_id(parts, state, "job").await?)))
     }
 }
 
@@ -146,14 +140,24 @@ impl<S: Send + Sync> FromRequestParts<S> for PathBatchId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::not_found(e.to_string()))?;
-        raw.parse::<i64>()
-            .map(|id| PathBatchId(grafter_core::BatchId(id)))
-            .map_err(|_| ApiError::not_found(format!("no batch with id '{raw}': ids are integers")))
+        Ok(PathBatchId(grafter_core::BatchId(
+            path_id(parts, state, "batch").await?,
+        )))
     }
+}
+
+/// The `{id}` path segment as an integer id of a `what`: a segment that is
+/// none names nothing there is, so it is a 404.
+async fn path_id<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    what: &str,
+) -> Result<i64, ApiError> {
+    let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    raw.parse::<i64>()
+        .map_err(|_| ApiError::not_found(format!("no {what} with id '{raw}': ids are integers")))
 }
 
 /// Query-string extractor answering 422 with our JSON.
