@@ -11,10 +11,7 @@ use crate::{storable, time, Backoff, JobState, ScheduleRef};
 pub const DEFAULT_QUEUE: &str = "default";
 /// How many attempts a job gets when none is named.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
-/// Longest queue name, kind, tag or unique key, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
-/// Most tags on one job: every list answer carries them whole.
-pub const MAX_TAGS: usize = 64;
+pub use crate::bounds::{MAX_NAME_LEN, MAX_TAGS};
 
 /// A job's id: assigned by the store, increasing in insertion order, and never
 /// given to another job, even after this one is deleted or pruned

@@ -6,6 +6,7 @@
 
 mod backoff;
 pub mod batch;
+mod bounds;
 pub mod dependency;
 mod display;
 mod job;

@@ -9,7 +9,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{Ref, RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::job::{MAX_NAME_LEN, MAX_TAGS};
+use crate::bounds::{MAX_NAME_LEN, MAX_TAGS, MIN_EVERY_MS};
 use crate::time::MAX_DURATION_MS;
 
 /// The characters [`crate::job`]'s `is_invisible` and `char::is_control` refuse
@@ -109,7 +109,7 @@ pub fn timeout_ms() -> Schema {
 
 /// A schedule's `every_ms`: 1 s to 100 years, or `null`.
 pub fn every_ms() -> Schema {
-    millis(crate::schedule::MIN_EVERY_MS, MAX_DURATION_MS, true)
+    millis(MIN_EVERY_MS, MAX_DURATION_MS, true)
 }
 
 /// Any JSON value at all, `null` included.

@@ -182,8 +182,7 @@ pub const DEFAULT_CATCH_UP_WINDOW_MS: u64 = 86_400_000;
 pub const DEFAULT_CATCH_UP_MAX: u32 = 100;
 /// Largest [`ScheduleSpec::catch_up_max`].
 pub const MAX_CATCH_UP_MAX: u32 = 1_000;
-/// Shortest interval, in ms.
-pub const MIN_EVERY_MS: u64 = 1_000;
+pub use crate::bounds::MIN_EVERY_MS;
 
 fn utc() -> String {
     "UTC".to_owned()

@@ -1,12 +1,11 @@
 //! Who a request comes from and what it may do (docs/access.md): the
 //! server's `--token` (every power), a stored token (its scopes and queue
 //! patterns), or nobody on a server without a token (open: every power).
-//! Verified stored tokens are kept in memory for [`CACHE_TTL`], so a token
+//! Verified stored tokens are kept in memory for
+//! [`crate::token_cache::CACHE_TTL`], so a token
 //! revoked on any node is refused by every node within that bound.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::http::Method;
 use grafter_engine::queue_matches;
@@ -15,11 +14,6 @@ use grafter_store::{ApiToken, Scope};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// How long a verified token is trusted without reading it again: the bound
-/// on how late a revocation (or expiry) reaches a node.
-pub const CACHE_TTL: Duration = Duration::from_secs(2);
-/// Most tokens kept at once (a full cache is emptied, not grown).
-const CACHE_MAX: usize = 10_000;
 /// `last_used_at` is written only when it is older than this, so a busy
 /// token costs one write a minute, not one per request.
 const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
@@ -87,31 +81,6 @@ impl Access {
     }
 }
 
-/// Verified stored tokens by the SHA-256 of their secret or by their id,
-/// each with when it was read.
-#[derive(Default)]
-pub struct TokenCache {
-    entries: Mutex<HashMap<String, (Instant, Arc<ApiToken>)>>,
-}
-
-impl TokenCache {
-    fn get(&self, key: &str) -> Option<Arc<ApiToken>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(key)
-            .filter(|(read, _)| read.elapsed() < CACHE_TTL)
-            .map(|(_, token)| token.clone())
-    }
-
-    fn put(&self, key: String, token: Arc<ApiToken>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= CACHE_MAX {
-            entries.clear();
-        }
-        entries.insert(key, (Instant::now(), token));
-    }
-}
-
 /// How a token is looked up.
 pub enum TokenKey<'a> {
     /// By its secret (a bearer header, the login form).
@@ -128,7 +97,7 @@ pub async fn stored_token(
     key: TokenKey<'_>,
 ) -> Result<Option<Arc<ApiToken>>, ApiError> {
     let cache_key = match key {
-        TokenKey::Secret(secret) => format!("secret:{}", crate::api::auth::sha256_hex(secret)),
+        TokenKey::Secret(secret) => format!("secret:{}", sha256_hex(secret)),
         TokenKey::Id(id) => format!("id:{id}"),
     };
     if let Some(token) = state.token_cache().get(&cache_key) {
@@ -236,6 +205,13 @@ pub async fn audit(
     {
         tracing::error!(%error, action, target, "could not write the audit log");
     }
+}
+
+/// The SHA-256 of a secret, as hex: what a token is cached by, so no
+/// secret sits in memory longer than its request.
+fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod push;
 mod state;
 mod stream_tokens;
 mod throttle;
+mod token_cache;
 
 use std::sync::Arc;
 use std::time::Duration;

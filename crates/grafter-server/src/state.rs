@@ -6,10 +6,10 @@ use grafter_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::TokenCache;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::throttle::{AuthFailures, TRACKED_CLIENTS};
+use crate::token_cache::TokenCache;
 
 /// What every handler shares: the engine, the settings, the counters, the
 /// maintenance services' health, the wrong-token throttle, the verified tokens, and the shutdown
@@ -29,7 +29,7 @@ struct Inner {
     push_targets_changed: Notify,
     /// Wrong tokens per client, to throttle guessing.
     auth_failures: AuthFailures,
-    /// Stored tokens verified lately (`access::CACHE_TTL`).
+    /// Stored tokens verified lately (`token_cache::CACHE_TTL`).
     token_cache: TokenCache,
     /// Signs the dashboard's CSRF tokens when the server has no token of its
     /// own: random, so only this process issues forms it accepts.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "the-server-token-0123456789";
 /// How late a revocation may reach another node: the token cache's life
-/// (`access::CACHE_TTL`, 2 s) and room for a loaded machine.
+/// (`token_cache::CACHE_TTL`, 2 s) and room for a loaded machine.
 const REVOCATION_BOUND: Duration = Duration::from_secs(4);
 
 /// A running `grafter serve` with the server token [`ADMIN`]; stopped on drop.

@@ -113,11 +113,6 @@ pub(crate) async fn token_access(
     }
 }
 
-/// The SHA-256 of a secret, as hex.
-pub(crate) fn sha256_hex(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
 /// The token of an `Authorization: Bearer` header.
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     headers

@@ -4,7 +4,7 @@
 //! `server` or the stored token's id. Any node holding the same server token
 //! verifies it, with no session store; changing the server token ends every
 //! session, and a stored token's session ends when the token is revoked or
-//! expires (read again at most every `access::CACHE_TTL`). The session has
+//! expires (read again at most every `token_cache::CACHE_TTL`). The session has
 //! its token's powers: pages hide what it may not do, and a change it may
 //! not make is refused with 403.
 
