@@ -10,7 +10,7 @@ use grafter_core::{Batch, BatchId};
 use grafter_store::{batch_watch_key, BatchEvent, BatchEventKind, BatchEventsList, Waiter};
 use tokio::time::Instant;
 
-use crate::events::{Pending, READ_BATCH};
+use crate::events::{stream_start, woken, Pending, READ_BATCH};
 use crate::{Engine, Result};
 
 /// What a batch's stream says next.
@@ -42,8 +42,6 @@ pub struct BatchEventStream {
     engine: Engine,
     id: BatchId,
     waiter: Waiter,
-    /// The latest event read from the log.
-    after: i64,
     snapshot: Option<(Batch, i64)>,
     pending: Pending<BatchEvent>,
     /// The next call ends the stream: the batch finished.
@@ -69,14 +67,8 @@ impl Engine {
         let Some(watched) = self.store().batch_watch(id).await? else {
             return Ok(None);
         };
-        let resumable = resume_after.filter(|&after| after >= 0 && after <= watched.last_event);
-        let (after, snapshot) = match resumable {
-            Some(after) => (after, None),
-            None => (
-                watched.last_event,
-                Some((watched.batch.clone(), watched.last_event)),
-            ),
-        };
+        let (after, snapshot) = stream_start(resume_after, watched.last_event);
+        let snapshot = snapshot.then(|| (watched.batch.clone(), watched.last_event));
         // A batch finished before its watch logs nothing more: it ends once
         // what is logged is out.
         let finished = watched.batch.finished_at.is_some();
@@ -84,9 +76,8 @@ impl Engine {
             engine: self.clone(),
             id,
             waiter,
-            after,
             snapshot,
-            pending: Pending::new(),
+            pending: Pending::new(after),
             ending: finished && after == watched.last_event,
             ended: false,
         }))
@@ -113,7 +104,7 @@ impl BatchEventStream {
                 let batch = self.engine.store().batch_get(self.id).await?;
                 return Ok(Some(BatchStreamEvent::End {
                     batch,
-                    id: self.after,
+                    id: self.pending.after(),
                 }));
             }
             if let Some(event) = self.pending.next() {
@@ -144,32 +135,19 @@ impl BatchEventStream {
             .store()
             .batch_events_list(BatchEventsList {
                 batch_id: self.id,
-                after: self.after,
+                after: self.pending.after(),
                 limit: READ_BATCH,
             })
             .await?;
-        if let Some(last) = events.last() {
-            self.after = last.seq;
-        }
-        let any = !events.is_empty();
-        self.pending.extend(events);
-        Ok(any)
+        Ok(self.pending.extend(events))
     }
 
     /// Waits for the batch's next logged change, or until `until`; a change
     /// logged meanwhile is read into `pending`.
     async fn wait(&mut self, until: Option<Instant>) -> Result<()> {
-        match until {
-            None => self.waiter.woken().await,
-            Some(until) => {
-                if tokio::time::timeout_at(until, self.waiter.woken())
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
-            }
+        if woken(&self.waiter, until).await {
+            self.read().await?;
         }
-        self.read().await.map(drop)
+        Ok(())
     }
 }

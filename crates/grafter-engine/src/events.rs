@@ -35,11 +35,17 @@ pub(crate) const READ_BATCH: usize = 500;
 pub(crate) trait Logged {
     /// Whether it says only that progress changed (a later event supersedes it).
     fn is_progress(&self) -> bool;
+    /// Its place in the log.
+    fn seq(&self) -> i64;
 }
 
 impl Logged for JobEvent {
     fn is_progress(&self) -> bool {
         self.kind == JobEventKind::Progress
+    }
+
+    fn seq(&self) -> i64 {
+        self.seq
     }
 }
 
@@ -47,25 +53,64 @@ impl Logged for BatchEvent {
     fn is_progress(&self) -> bool {
         self.kind == BatchEventKind::Progress
     }
+
+    fn seq(&self) -> i64 {
+        self.seq
+    }
 }
 
-/// What the streams of jobs and of batches share: events read from the log
-/// and not yet handed out, and when progress last went out.
+/// What the streams of jobs and of batches share: the latest event read
+/// from the log, the events read and not yet handed out, and when progress
+/// last went out.
 pub(crate) struct Pending<E> {
+    after: i64,
     events: VecDeque<E>,
     progress_sent: Option<Instant>,
 }
 
+/// Where a stream starts in a log whose latest event is `last_event`: after
+/// a client's `resume_after` when the log had it, and whether it then starts
+/// with a snapshot (an id the log never had gets one).
+pub(crate) fn stream_start(resume_after: Option<i64>, last_event: i64) -> (i64, bool) {
+    match resume_after.filter(|&after| after >= 0 && after <= last_event) {
+        Some(after) => (after, false),
+        None => (last_event, true),
+    }
+}
+
+/// Waits for `waiter`'s next wake-up, or until `until`: whether it came.
+pub(crate) async fn woken(waiter: &Waiter, until: Option<Instant>) -> bool {
+    match until {
+        None => {
+            waiter.woken().await;
+            true
+        }
+        Some(until) => tokio::time::timeout_at(until, waiter.woken()).await.is_ok(),
+    }
+}
+
 impl<E: Logged> Pending<E> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(after: i64) -> Self {
         Pending {
+            after,
             events: VecDeque::new(),
             progress_sent: None,
         }
     }
 
-    pub(crate) fn extend(&mut self, events: Vec<E>) {
+    /// The latest event read from the log.
+    pub(crate) fn after(&self) -> i64 {
+        self.after
+    }
+
+    /// Takes events read after [`Pending::after`]; whether there were any.
+    pub(crate) fn extend(&mut self, events: Vec<E>) -> bool {
+        let Some(last) = events.last() else {
+            return false;
+        };
+        self.after = last.seq();
         self.events.extend(events);
+        true
     }
 
     /// The next event worth handing out: a progress event followed by any
@@ -122,8 +167,6 @@ pub struct JobEventStream {
     engine: Engine,
     id: JobId,
     waiter: Waiter,
-    /// The latest event read from the log.
-    after: i64,
     snapshot: Option<(Job, i64)>,
     pending: Pending<JobEvent>,
     /// The next call ends the stream: the job finished or was deleted.
@@ -148,14 +191,8 @@ impl Engine {
         let Some(watched) = self.store().job_watch(id).await? else {
             return Ok(None);
         };
-        let resumable = resume_after.filter(|&after| after >= 0 && after <= watched.last_event);
-        let (after, snapshot) = match resumable {
-            Some(after) => (after, None),
-            None => (
-                watched.last_event,
-                Some((watched.job.clone(), watched.last_event)),
-            ),
-        };
+        let (after, snapshot) = stream_start(resume_after, watched.last_event);
+        let snapshot = snapshot.then(|| (watched.job.clone(), watched.last_event));
         // A job finished before its watch logs nothing more: it ends once
         // what is logged is out.
         let finished = watched.job.state.is_finished();
@@ -163,9 +200,8 @@ impl Engine {
             engine: self.clone(),
             id,
             waiter,
-            after,
             snapshot,
-            pending: Pending::new(),
+            pending: Pending::new(after),
             ending: finished && after == watched.last_event,
             ended: false,
         }))
@@ -207,7 +243,7 @@ impl Engine {
         }
         // Read after every event read so far: the job includes them all.
         let job = self.store().job_get(id).await?;
-        Ok(job.map(|job| (job, events.after)))
+        Ok(job.map(|job| (job, events.pending.after())))
     }
 }
 
@@ -232,7 +268,7 @@ impl JobEventStream {
                 let job = job.filter(|job| job.state.is_finished());
                 return Ok(Some(JobStreamEvent::End {
                     job,
-                    id: self.after,
+                    id: self.pending.after(),
                 }));
             }
             if let Some(event) = self.pending.next() {
@@ -270,33 +306,20 @@ impl JobEventStream {
             .store()
             .job_events_list(JobEventsList {
                 job_id: self.id,
-                after: self.after,
+                after: self.pending.after(),
                 limit: READ_BATCH,
             })
             .await?;
-        if let Some(last) = events.last() {
-            self.after = last.seq;
-        }
-        let any = !events.is_empty();
-        self.pending.extend(events);
-        Ok(any)
+        Ok(self.pending.extend(events))
     }
 
     /// Waits for the job's next logged change, or until `until`; a change
     /// logged meanwhile is read into `pending` (a held progress event is then
     /// superseded by it).
     async fn wait(&mut self, until: Option<Instant>) -> Result<()> {
-        match until {
-            None => self.waiter.woken().await,
-            Some(until) => {
-                if tokio::time::timeout_at(until, self.waiter.woken())
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
-            }
+        if woken(&self.waiter, until).await {
+            self.read().await?;
         }
-        self.read().await.map(drop)
+        Ok(())
     }
 }
