@@ -127,8 +127,8 @@ fn closed(batch: &Batch, message: &str) -> StoreError {
 }
 
 /// Inserts `jobs` into the batch (its row locked by this transaction) and
-/// adds them to its total, sealing it too unless `open`; settles it if that
-/// makes it finished.
+/// adds them to its total, sealing it too unless `open`; the batch's trigger
+/// settles it if that makes it finished (migration 20).
 async fn insert_into(
     tx: &deadpool_postgres::Transaction<'_>,
     id: BatchId,
@@ -137,7 +137,6 @@ async fn insert_into(
     open: bool,
 ) -> Result<Vec<Job>> {
     const SQL: &str = "UPDATE batches SET total = total + $2, open = $3 WHERE id = $1";
-    const SETTLE: &str = "SELECT grafter_batch_settle($1)";
     let jobs = if jobs.is_empty() {
         Vec::new()
     } else {
@@ -154,10 +153,6 @@ async fn insert_into(
     tx.execute(&stmt, &[&id.0, &(jobs.len() as i64), &open])
         .await
         .map_err(pg_error)?;
-    if !open {
-        let stmt = tx.prepare_cached(SETTLE).await.map_err(pg_error)?;
-        tx.execute(&stmt, &[&id.0]).await.map_err(pg_error)?;
-    }
     Ok(jobs)
 }
 
@@ -216,8 +211,9 @@ impl Db {
         // The waiting jobs are cancelled as job_cancel (jobs.rs) does, all at
         // once and counted by the statement itself in one write of the
         // batch's row (the trigger stands aside: see grafter.batch_counted in
-        // migration 15); the batch is flagged cancelled, so its settling
-        // names it so, and settled once.
+        // migration 15). The batch is flagged cancelled first, so that its
+        // trigger, settling it when that closes it or the cancel counts its
+        // last jobs, names it so (migration 20).
         const FLAG: &str =
             "UPDATE batches SET cancelled = true, open = false, state = 'cancelled' WHERE id = $1";
         const COUNTED: &str = "SET LOCAL grafter.batch_counted = 'on'";
@@ -238,23 +234,22 @@ impl Db {
         const UNCOUNTED: &str = "SET LOCAL grafter.batch_counted = 'off'";
         const RUNNING: &str = "UPDATE jobs SET cancel_requested = true
             WHERE batch_id = $1 AND state = 'running'";
-        const SETTLE: &str = "SELECT grafter_batch_settle($1)";
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let batch = batch_get_on(&tx, params.id, true).await?;
         if batch.finished_at.is_some() {
             return Err(closed(&batch, "a finished batch cannot be cancelled"));
         }
+        let stmt = tx.prepare_cached(FLAG).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&batch.id.0]).await.map_err(pg_error)?;
         tx.batch_execute(COUNTED).await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(WAITING).await.map_err(pg_error)?;
         tx.execute(&stmt, &[&batch.id.0, &params.now])
             .await
             .map_err(pg_error)?;
         tx.batch_execute(UNCOUNTED).await.map_err(pg_error)?;
-        for sql in [FLAG, RUNNING, SETTLE] {
-            let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
-            tx.execute(&stmt, &[&batch.id.0]).await.map_err(pg_error)?;
-        }
+        let stmt = tx.prepare_cached(RUNNING).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&batch.id.0]).await.map_err(pg_error)?;
         let batch = batch_get_on(&tx, batch.id, false).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(batch)

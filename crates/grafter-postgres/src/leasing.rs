@@ -354,7 +354,13 @@ impl Db {
     }
 
     /// One statement for the whole batch: the items joined to their rows,
-    /// fenced as in `lease_fence!`. `DISTINCT ON` keeps the first of repeated
+    /// fenced as in `lease_fence!`. The statement counts its jobs' moves into
+    /// their batches itself, one write of each batch's row (`counted`), with
+    /// `grafter.batch_counted` set before any row moves so the per-job row
+    /// trigger stands aside (migration 20). A job's share before its ack is
+    /// its progress, which the ack leaves as it was, so `RETURNING` reads it.
+    /// The setting lasts to the end of the transaction, which is this
+    /// statement's own: never run this inside a wider transaction. `DISTINCT ON` keeps the first of repeated
     /// (job, lease) items, so a job acked twice in one batch answers `true`
     /// once, as it would acked one at a time.
     ///
@@ -378,14 +384,26 @@ impl Db {
                 SELECT DISTINCT ON (id, lease) id, lease, result, ord
                 FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) WITH ORDINALITY
                      AS t(id, lease, result, ord)
+                WHERE (SELECT set_config('grafter.batch_counted', 'on', true)) = 'on'
                 ORDER BY id, lease, ord
+            ), moved AS (
+                UPDATE jobs SET state = 'completed', result = input.result, finished_at = $4,
+                       lease = NULL, lease_expires_at = NULL
+                FROM input
+                WHERE jobs.id = ANY($1) AND jobs.id = input.id
+                  AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
+                RETURNING input.ord, jobs.batch_id,
+                          CASE WHEN jobs.batch_id IS NOT NULL
+                               THEN grafter_batch_share('running', jobs.progress) END AS share
+            ), counted AS (
+                UPDATE batches SET completed = completed + moves.jobs,
+                                   progress = progress + moves.gain
+                FROM (SELECT batch_id, count(*) AS jobs, sum(1000000 - share)::bigint AS gain
+                      FROM moved WHERE batch_id IS NOT NULL
+                      GROUP BY batch_id ORDER BY batch_id) AS moves
+                WHERE batches.id = moves.batch_id
             )
-            UPDATE jobs SET state = 'completed', result = input.result, finished_at = $4,
-                   lease = NULL, lease_expires_at = NULL
-            FROM input
-            WHERE jobs.id = ANY($1) AND jobs.id = input.id
-              AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
-            RETURNING input.ord";
+            SELECT ord FROM moved";
         let n = params.items.len();
         if n == 0 {
             return Ok(Vec::new());

@@ -328,8 +328,20 @@ fn ack_outcomes(
         .collect())
 }
 
+/// A job the batch ack completed: its id, queue, and its batch with the
+/// job's share of the batch's progress before the ack.
+struct Acked {
+    id: i64,
+    queue: String,
+    batch: Option<(i64, i64)>,
+}
+
 /// Completes the items of `batch` with one statement; per item, whether it
-/// completed its job.
+/// completed its job. The statement's jobs are counted into their batches
+/// by one write of each batch's row, with a row in `batch_counting` while
+/// they move so the per-job trigger stands aside (migration 18). A job's
+/// share before its ack is its progress, which the ack leaves as it was, so
+/// `RETURNING` reads it.
 fn complete_batch(conn: &Connection, params: &JobsCompleteMany, batch: &str) -> Result<Vec<bool>> {
     // `+jobs.state`: look each job up by its id, never scan the running ones.
     let mut stmt = conn
@@ -339,24 +351,69 @@ fn complete_batch(conn: &Connection, params: &JobsCompleteMany, batch: &str) -> 
              FROM (SELECT CAST(value ->> 0 AS INTEGER) AS id, value ->> 1 AS lease, value ->> 2 AS result
                    FROM json_each(?1)) AS acks
              WHERE jobs.id = acks.id AND +jobs.state = 'running' AND jobs.lease = acks.lease
-             RETURNING jobs.id, jobs.queue",
+             RETURNING jobs.id, jobs.queue, jobs.batch_id,
+                       coalesce(CAST(round(min(max(jobs.progress ->> '$.fraction', 0.0), 1.0)
+                                           * 1000000) AS INTEGER), 0)",
         )
         .map_err(backend)?;
     let now = micros(params.now);
+    execute(conn, "INSERT INTO batch_counting VALUES (1)")?;
     let rows = stmt
         .query_map(params![batch, now], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            Ok(Acked {
+                id: row.get(0)?,
+                queue: row.get(1)?,
+                batch: match row.get::<_, Option<i64>>(2)? {
+                    Some(batch) => Some((batch, row.get(3)?)),
+                    None => None,
+                },
+            })
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
-    count_completed(conn, rows.iter().map(|(_, queue)| queue.as_str()), now)?;
-    let completed: HashSet<i64> = rows.into_iter().map(|(id, _)| id).collect();
+    execute(conn, "DELETE FROM batch_counting")?;
+    count_completed(conn, rows.iter().map(|acked| acked.queue.as_str()), now)?;
+    count_into_batches(conn, rows.iter().filter_map(|acked| acked.batch))?;
+    let completed: HashSet<i64> = rows.into_iter().map(|acked| acked.id).collect();
     let mut answered = HashSet::with_capacity(completed.len());
     Ok(params
         .items
         .iter()
         .map(|(id, _, _)| completed.contains(&id.0) && answered.insert(id.0))
         .collect())
+}
+
+/// Runs a statement without parameters, prepared once per connection.
+fn execute(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(drop)
+        .map_err(backend)
+}
+
+/// Counts completed jobs, as (batch, share before), into their batches: one
+/// write of each batch's row, whose triggers settle it.
+fn count_into_batches(conn: &Connection, jobs: impl Iterator<Item = (i64, i64)>) -> Result<()> {
+    let mut batches: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for (batch, share) in jobs {
+        let (completed, gain) = batches.entry(batch).or_default();
+        *completed += 1;
+        *gain += 1_000_000 - share;
+    }
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE batches SET completed = completed + ?2, progress = progress + ?3
+             WHERE id = ?1",
+        )
+        .map_err(backend)?;
+    for (batch, (completed, gain)) in batches {
+        stmt.execute(params![batch, completed, gain])
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn complete_one_by_one(conn: &Connection, params: &JobsCompleteMany) -> Result<Vec<bool>> {

@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../migrations/0015_trace_context.sql")),
     (16, include_str!("../migrations/0016_dependencies.sql")),
     (17, include_str!("../migrations/0017_batch_events.sql")),
+    (
+        18,
+        include_str!("../migrations/0018_batch_counts_per_statement.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.

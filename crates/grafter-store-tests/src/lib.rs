@@ -122,6 +122,7 @@ macro_rules! conformance_suite {
             batch_counts_follow_each_move_and_settle_once,
             a_job_adding_to_its_open_batch_and_finishing_first_fires_nothing_early,
             concurrent_last_completions_enqueue_one_callback,
+            a_batch_ack_counts_each_batch_it_spans,
             cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones,
             a_ten_thousand_job_fan_in_counts_exactly,
             pruning_keeps_unfinished_batches_and_takes_finished_ones_whole,

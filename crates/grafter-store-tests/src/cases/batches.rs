@@ -3,8 +3,8 @@
 
 use grafter_core::{Batch, BatchCallbacks, BatchId, BatchState, JobState, NewJob};
 use grafter_store::{
-    BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, JobCancel,
-    JobRetry, JobsCompleteMany, JobsList, JobsPrune, StoreError,
+    AckOutcome, BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune,
+    JobCancel, JobRetry, JobsCompleteMany, JobsList, JobsPrune, StoreError,
 };
 use serde_json::json;
 
@@ -261,6 +261,96 @@ pub async fn concurrent_last_completions_enqueue_one_callback(store: S) {
     let kinds = callback_kinds(&store).await;
     assert_eq!(kinds.iter().filter(|k| *k == "on_success").count(), 5);
     assert_eq!(kinds.iter().filter(|k| *k == "on_complete").count(), 5);
+}
+
+/// A batch ack counts its jobs into each of their batches (once per batch,
+/// with each job's progress before its ack), leaves jobs outside batches
+/// alone, and two racing batch acks of a batch's last jobs settle it once.
+pub async fn a_batch_ack_counts_each_batch_it_spans(store: S) {
+    let now = t0();
+    let a = create(&store, jobs(3, "span"), false, now).await.batch.id;
+    let b = create(&store, jobs(2, "span"), false, now).await.batch.id;
+    let outside = insert_one(
+        &store,
+        NewJob {
+            queue: "span".into(),
+            ..NewJob::new("outside", json!({}))
+        },
+        now,
+    )
+    .await;
+    let leased = fetch(&store, "span", 10, now).await;
+    assert_eq!(leased.len(), 6);
+    let of = |batch: BatchId| -> Vec<&LeasedJob> {
+        leased
+            .iter()
+            .filter(|l| l.job.batch_id == Some(batch))
+            .collect()
+    };
+    let (in_a, in_b) = (of(a), of(b));
+    for (l, fraction) in [(in_a[0], 0.5), (in_a[2], 0.25)] {
+        store
+            .job_heartbeat(JobHeartbeat {
+                progress: Some(grafter_core::Progress {
+                    fraction,
+                    message: None,
+                }),
+                ..heartbeat_params(l, now)
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(batch(&store, a).await.progress, 0.25);
+    let ack = |ls: &[&LeasedJob]| JobsCompleteMany {
+        items: ls
+            .iter()
+            .map(|l| (l.job.id, l.lease.clone(), None))
+            .collect(),
+        now,
+    };
+    let outside_lease = leased.iter().find(|l| l.job.id == outside.id).unwrap();
+    let outcomes = store
+        .jobs_complete_many(ack(&[in_b[1], in_a[0], outside_lease, in_b[0], in_a[1]]))
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(|o| *o == AckOutcome::Completed));
+    let after_a = batch(&store, a).await;
+    assert_eq!((after_a.counts.completed, after_a.counts.pending), (2, 1));
+    assert_eq!(after_a.progress, 0.75);
+    assert_eq!(after_a.state, BatchState::Running);
+    let after_b = batch(&store, b).await;
+    assert_eq!(
+        (after_b.state, after_b.counts.completed, after_b.progress),
+        (BatchState::Succeeded, 2, 1.0)
+    );
+    assert_eq!(get(&store, outside.id).await.state, JobState::Completed);
+    assert_eq!(callback_kinds(&store).await, ["on_complete", "on_success"]);
+
+    // The last jobs of five two-job batches, acked by two batch acks at once.
+    let mut lasts = Vec::new();
+    for _ in 0..5 {
+        create(&store, jobs(2, "race"), false, now).await;
+    }
+    lasts.extend(fetch(&store, "race", 10, now).await);
+    let (first, second): (Vec<_>, Vec<_>) = lasts.iter().partition(|l| l.job.id.0 % 2 == 0);
+    let acks = [ack(&first), ack(&second)].map(|params| {
+        let store = store.clone();
+        tokio::spawn(async move { store.jobs_complete_many(params).await })
+    });
+    for task in acks {
+        task.await.unwrap().unwrap();
+    }
+    let kinds = callback_kinds(&store).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "on_success").count(), 6);
+    assert_eq!(kinds.iter().filter(|k| *k == "on_complete").count(), 6);
+    // The third job of `a`, acked alone, settles it.
+    store.jobs_complete_many(ack(&[in_a[2]])).await.unwrap();
+    let after_a = batch(&store, a).await;
+    assert_eq!(
+        (after_a.state, after_a.progress),
+        (BatchState::Succeeded, 1.0)
+    );
+    assert_eq!(callback_kinds(&store).await.len(), 14);
 }
 
 pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store: S) {
