@@ -18,8 +18,8 @@ use crate::api::events::{wait_for_change, EVENT_ID_HEADER, MAX_WAIT_MS};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathJobId, TraceHeaders};
-use crate::otlp::{JobRef, JobSpan, Operation, SpanStart};
 use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
+use crate::otlp::{JobRef, JobSpan, Operation, SpanStart};
 use crate::state::AppState;
 
 /// Page size when a list names none.

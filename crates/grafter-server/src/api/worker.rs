@@ -438,7 +438,13 @@ pub async fn release(
     let outcome = Outcome::Released { run_at };
     let start = SpanStart::now();
     let answer = state.engine().record(id, &request.lease, outcome).await;
-    Ok(Json(settled(&state, Operation::Release, start, id, answer)?))
+    Ok(Json(settled(
+        &state,
+        Operation::Release,
+        start,
+        id,
+        answer,
+    )?))
 }
 
 /// Register a worker or record its heartbeat (every few seconds). A worker not

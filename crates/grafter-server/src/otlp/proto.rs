@@ -74,8 +74,10 @@ pub struct Span {
     /// The span's name.
     #[prost(string, tag = "5")]
     pub name: String,
-    /// A [`SpanKind`] value.
-    #[prost(enumeration = "SpanKind", tag = "6")]
+    /// A [`SpanKind`] value (an enum on the wire is an int32; prost's
+    /// `enumeration` would take the first variant we list as the default
+    /// and leave it out).
+    #[prost(int32, tag = "6")]
     pub kind: i32,
     /// Start, in nanoseconds since the Unix epoch.
     #[prost(fixed64, tag = "7")]
@@ -95,8 +97,8 @@ pub struct Span {
     pub flags: u32,
 }
 
-/// `Span.SpanKind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+/// `Span.SpanKind`: the kinds Grafter's spans have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum SpanKind {
     /// A synchronous call to a remote service.
@@ -114,16 +116,14 @@ pub struct Status {
     #[prost(string, tag = "2")]
     pub message: String,
     /// A [`StatusCode`] value.
-    #[prost(enumeration = "StatusCode", tag = "3")]
+    #[prost(int32, tag = "3")]
     pub code: i32,
 }
 
-/// `Status.StatusCode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+/// `Status.StatusCode`: Grafter sets a status only on failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum StatusCode {
-    /// No verdict (a span that did not fail).
-    Unset = 0,
     /// The operation failed.
     Error = 2,
 }

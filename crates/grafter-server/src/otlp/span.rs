@@ -151,7 +151,12 @@ impl JobSpan<'_> {
                 parent.flags,
                 CONTEXT_HAS_IS_REMOTE | CONTEXT_IS_REMOTE,
             ),
-            None => (nonzero_id::<16>().to_vec(), Vec::new(), 1, CONTEXT_HAS_IS_REMOTE),
+            None => (
+                nonzero_id::<16>().to_vec(),
+                Vec::new(),
+                1,
+                CONTEXT_HAS_IS_REMOTE,
+            ),
         };
         let op = self.operation;
         let name = match self.job.queue {
