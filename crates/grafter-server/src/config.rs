@@ -692,6 +692,43 @@ rate = { count = 5, period_ms = 0 }",
     }
 
     #[test]
+    fn otlp_export_is_off_until_an_endpoint_is_set_and_resolves_as_otel_does() {
+        let off = ServerConfig::default();
+        assert_eq!(off.otlp.traces_url(), None);
+        let base: ServerConfig =
+            toml::from_str("[otlp]\nendpoint = \"http://collector:4318/\"").unwrap();
+        base.validate().unwrap();
+        assert_eq!(
+            base.otlp.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(base.otlp.service_name, "grafter");
+        let both: ServerConfig = toml::from_str(
+            "[otlp]\nendpoint = \"http://a:4318\"\ntraces_endpoint = \"https://b/x\"",
+        )
+        .unwrap();
+        assert_eq!(both.otlp.traces_url().as_deref(), Some("https://b/x"));
+        let refused = |text: &str| {
+            let config: ServerConfig = toml::from_str(text).unwrap();
+            config.validate().unwrap_err().to_string()
+        };
+        assert!(refused("[otlp]\nendpoint = \"collector:4318\"").contains("otlp.endpoint"));
+        assert!(refused("[otlp]\ntraces_endpoint = \"ftp://c/v1/traces\"")
+            .contains("otlp.traces_endpoint"));
+        assert!(
+            refused("[otlp]\nendpoint = \"http://c\"\ntimeout_ms = 0").contains("otlp.timeout_ms")
+        );
+        assert!(
+            refused("[otlp]\nendpoint = \"http://c\"\nheaders = { \"x-key\" = \"a\\nb\" }")
+                .contains("otlp.headers")
+        );
+        assert!(refused(
+            "[otlp]\nendpoint = \"http://c\"\nheaders = { k = \"${GRAFTER_TEST_UNSET_VARIABLE}\" }"
+        )
+        .contains("GRAFTER_TEST_UNSET_VARIABLE is not set"));
+    }
+
+    #[test]
     fn typos_and_bad_values_are_refused() {
         assert!(toml::from_str::<ServerConfig>("lisen = \"x\"").is_err());
         let config = ServerConfig {
