@@ -491,7 +491,9 @@ async fn the_servers_spans_of_a_job_sit_in_the_jobs_trace() {
     assert_eq!(attribute(process, "error.type"), None);
     assert_eq!(grafter.job_state(pushed).await, "completed");
 
+    grafter.stop().await;
     let received = collector.received.lock().unwrap();
+    assert!(!received.service_names.is_empty());
     assert!(received
         .service_names
         .iter()
@@ -500,8 +502,6 @@ async fn the_servers_spans_of_a_job_sit_in_the_jobs_trace() {
         .content_types
         .iter()
         .all(|t| t == "application/x-protobuf"));
-    drop(received);
-    grafter.stop().await;
 }
 
 #[tokio::test]
