@@ -31,6 +31,17 @@ pub struct ServeArgs {
     /// Let push targets reach loopback and private addresses (refused otherwise).
     #[arg(long, env = "GRAFTER_ALLOW_PRIVATE_PUSH")]
     allow_private_push: bool,
+    /// Export the server's spans over OTLP/HTTP to this collector (its base
+    /// URL; spans go to <URL>/v1/traces).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Export the server's spans over OTLP/HTTP to exactly this URL (wins
+    /// over --otlp-endpoint).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    otlp_traces_endpoint: Option<String>,
+    /// The service.name of exported spans [default: grafter]
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    otel_service_name: Option<String>,
 }
 
 impl ServeArgs {
@@ -51,6 +62,18 @@ impl ServeArgs {
         }
         config.insecure |= self.insecure;
         config.push.allow_private |= self.allow_private_push;
+        // An endpoint given here replaces the file's pair, so the file's
+        // traces_endpoint cannot silently win over a newer base URL.
+        if let Some(endpoint) = self.otlp_endpoint {
+            config.otlp.endpoint = Some(endpoint);
+            config.otlp.traces_endpoint = None;
+        }
+        if let Some(url) = self.otlp_traces_endpoint {
+            config.otlp.traces_endpoint = Some(url);
+        }
+        if let Some(name) = self.otel_service_name {
+            config.otlp.service_name = name;
+        }
         config.validate()?;
         Ok(config)
     }

@@ -15,7 +15,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{enqueue_wakes_long_poll, free_port, id_of, run_cli, temp_dir, Server, FAST_CONFIG};
+use common::{
+    enqueue_wakes_long_poll, free_port, grafter, http_client, id_of, run_cli, temp_dir, Server,
+    FAST_CONFIG, PATIENCE,
+};
 
 /// A server on the SQLite file `dir/jobs.db`, configured by `dir/grafter.toml`
 /// (written with [`FAST_CONFIG`] if missing).
@@ -737,4 +740,99 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Reads one HTTP/1.1 request from `socket` (head and Content-Length body),
+/// answers 200, and hands back the head and the body.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, body_from) = loop {
+        let read = socket.read(&mut chunk).await.expect("read the request");
+        assert!(read > 0, "the connection closed mid-request");
+        bytes.extend_from_slice(&chunk[..read]);
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&bytes[..end]).into_owned(), end + 4);
+        }
+    };
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a Content-Length");
+    while bytes.len() < body_from + length {
+        let read = socket.read(&mut chunk).await.expect("read the body");
+        assert!(read > 0, "the connection closed mid-body");
+        bytes.extend_from_slice(&chunk[..read]);
+    }
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    socket.write_all(answer).await.expect("answer");
+    (head, bytes[body_from..body_from + length].to_vec())
+}
+
+#[tokio::test]
+async fn the_standard_otel_variables_turn_span_export_on() {
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let dir = temp_dir();
+    let port = free_port();
+    let mut child = grafter()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "billing-jobs")
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+        ])
+        .arg(format!("sqlite://{}", dir.path().join("jobs.db").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn grafter serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = http_client();
+    let enqueued = async {
+        loop {
+            let request = http
+                .post(format!("{base}/v1/jobs"))
+                .header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
+                .json(&json!({"kind": "invoice", "queue": "billing"}));
+            if let Ok(response) = request.send().await {
+                assert_eq!(response.status(), StatusCode::CREATED);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, enqueued)
+        .await
+        .expect("the server never took the job");
+    let (mut socket, _) = tokio::time::timeout(PATIENCE, collector.accept())
+        .await
+        .expect("no export reached the collector")
+        .unwrap();
+    let (head, body) = read_request(&mut socket).await;
+    child.kill().expect("stop grafter serve");
+    child.wait().expect("reap grafter serve");
+    assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-protobuf"),
+        "{head}"
+    );
+    // Protobuf keeps strings as they are: the service and the span's name.
+    let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(b"billing-jobs"),
+        "service.name from OTEL_SERVICE_NAME"
+    );
+    assert!(contains(b"send billing"), "the enqueue's span");
 }

@@ -66,6 +66,106 @@ pub struct ServerConfig {
     pub schedules: Option<BTreeMap<String, ScheduleSpec>>,
     /// How HTTP connections are kept.
     pub http: HttpSettings,
+    /// Where the server's own spans are exported over OTLP (off unless an
+    /// endpoint is set).
+    pub otlp: OtlpSettings,
+}
+
+/// OTLP/HTTP (protobuf) export of the server's own spans of its work on
+/// jobs (docs/traces.md). Off unless `endpoint` or `traces_endpoint` is set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// The collector's base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT`: spans go
+    /// to `<endpoint>/v1/traces`.
+    pub endpoint: Option<String>,
+    /// The full URL spans are posted to, as
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; wins over `endpoint`.
+    pub traces_endpoint: Option<String>,
+    /// The `service.name` of the exported resource.
+    pub service_name: String,
+    /// Headers sent with every export (a collector's API key, say). A value
+    /// written `${NAME}` is read from the environment variable NAME.
+    pub headers: BTreeMap<String, String>,
+    /// How long one export request may take before its spans are dropped.
+    pub timeout_ms: u64,
+}
+
+/// The `service.name` when none is configured.
+pub const DEFAULT_SERVICE_NAME: &str = "grafter";
+
+impl Default for OtlpSettings {
+    fn default() -> Self {
+        OtlpSettings {
+            endpoint: None,
+            traces_endpoint: None,
+            service_name: DEFAULT_SERVICE_NAME.into(),
+            headers: BTreeMap::new(),
+            // OpenTelemetry's default export timeout.
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl OtlpSettings {
+    /// Where spans are posted, if export is on: `traces_endpoint` as given,
+    /// or `endpoint` with `/v1/traces` appended (as the OTLP exporter
+    /// specification resolves the two variables).
+    pub fn traces_url(&self) -> Option<String> {
+        if let Some(url) = &self.traces_endpoint {
+            return Some(url.clone());
+        }
+        let base = self.endpoint.as_deref()?;
+        Some(format!("{}/v1/traces", base.trim_end_matches('/')))
+    }
+
+    /// The export's headers, with `${VAR}` values read from the environment.
+    pub fn resolved_headers(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.headers
+            .iter()
+            .map(|(name, value)| {
+                let value = from_env(value).map_err(|message| ConfigError::Invalid {
+                    field: "otlp.headers",
+                    message: format!("{name}: {message}"),
+                })?;
+                Ok((name.clone(), value))
+            })
+            .collect()
+    }
+
+    /// Checks the URL and headers are usable, so a typo fails at start
+    /// rather than dropping every span.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        if let Some(url) = self.traces_url() {
+            let field = if self.traces_endpoint.is_some() {
+                "otlp.traces_endpoint"
+            } else {
+                "otlp.endpoint"
+            };
+            match reqwest::Url::parse(&url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                Ok(_) => return invalid(field, format!("{url:?} is not an http(s) URL")),
+                Err(e) => return invalid(field, format!("{url:?} is not a URL: {e}")),
+            }
+        }
+        if self.timeout_ms == 0 {
+            return invalid("otlp.timeout_ms", "must be greater than 0".into());
+        }
+        if self.service_name.is_empty() {
+            return invalid("otlp.service_name", "must not be empty".into());
+        }
+        for (name, value) in self.resolved_headers()? {
+            let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            if !name_ok || reqwest::header::HeaderValue::from_str(&value).is_err() {
+                return invalid(
+                    "otlp.headers",
+                    format!("{name}: not a valid HTTP header name and value"),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long an HTTP connection may take to send a request, or wait between
@@ -168,6 +268,7 @@ impl Default for ServerConfig {
             push: PushSettings::default(),
             schedules: None,
             http: HttpSettings::default(),
+            otlp: OtlpSettings::default(),
         }
     }
 }
@@ -333,6 +434,7 @@ impl ServerConfig {
             spec.validate().map_err(|e| invalid(e.field, e.message))?;
         }
         self.queue_limits()?;
+        self.otlp.validate()?;
         Ok(())
     }
 
@@ -587,6 +689,43 @@ rate = { count = 5, period_ms = 0 }",
             ServerConfig::default().schedules.is_none(),
             "no table, no reconciliation"
         );
+    }
+
+    #[test]
+    fn otlp_export_is_off_until_an_endpoint_is_set_and_resolves_as_otel_does() {
+        let off = ServerConfig::default();
+        assert_eq!(off.otlp.traces_url(), None);
+        let base: ServerConfig =
+            toml::from_str("[otlp]\nendpoint = \"http://collector:4318/\"").unwrap();
+        base.validate().unwrap();
+        assert_eq!(
+            base.otlp.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(base.otlp.service_name, "grafter");
+        let both: ServerConfig = toml::from_str(
+            "[otlp]\nendpoint = \"http://a:4318\"\ntraces_endpoint = \"https://b/x\"",
+        )
+        .unwrap();
+        assert_eq!(both.otlp.traces_url().as_deref(), Some("https://b/x"));
+        let refused = |text: &str| {
+            let config: ServerConfig = toml::from_str(text).unwrap();
+            config.validate().unwrap_err().to_string()
+        };
+        assert!(refused("[otlp]\nendpoint = \"collector:4318\"").contains("otlp.endpoint"));
+        assert!(refused("[otlp]\ntraces_endpoint = \"ftp://c/v1/traces\"")
+            .contains("otlp.traces_endpoint"));
+        assert!(
+            refused("[otlp]\nendpoint = \"http://c\"\ntimeout_ms = 0").contains("otlp.timeout_ms")
+        );
+        assert!(
+            refused("[otlp]\nendpoint = \"http://c\"\nheaders = { \"x-key\" = \"a\\nb\" }")
+                .contains("otlp.headers")
+        );
+        assert!(refused(
+            "[otlp]\nendpoint = \"http://c\"\nheaders = { k = \"${GRAFTER_TEST_UNSET_VARIABLE}\" }"
+        )
+        .contains("GRAFTER_TEST_UNSET_VARIABLE is not set"));
     }
 
     #[test]

@@ -163,6 +163,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The answer's `code`, e.g. `lease_mismatch`.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
 }
 
 impl From<ValidationError> for ApiError {

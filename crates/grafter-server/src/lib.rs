@@ -16,6 +16,7 @@ mod extract;
 mod filters;
 mod metrics;
 mod openapi;
+mod otlp;
 pub mod push;
 mod state;
 mod stream_tokens;
@@ -37,7 +38,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
-pub use config::{HttpSettings, ServerConfig};
+pub use config::{HttpSettings, OtlpSettings, ServerConfig};
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use state::AppState;
@@ -172,14 +173,18 @@ async fn apply_configured_limits(state: &AppState) -> std::io::Result<()> {
 /// services. Connections slow to send a request, or idle too long between
 /// requests, are closed (`ServerConfig::http`). The config file's push
 /// targets and queue limits are stored first, and its schedules reconciled
-/// (when it has a `[schedules]` table).
+/// (when it has a `[schedules]` table). With `[otlp]` set, the server's
+/// spans are exported until the end, and those still queued are sent last.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = AppState::new(store, config, shutdown.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (tracer, exporter) = otlp::Exporter::start(&config.otlp, metrics.otlp_spans_dropped())
+        .map_err(std::io::Error::other)?;
+    let state = AppState::assemble(store, config, shutdown.clone(), metrics, tracer);
     push::apply_configured_targets(state.engine(), state.config())
         .await
         .map_err(std::io::Error::other)?;
@@ -211,6 +216,9 @@ pub async fn serve(
     maintenance.stop().await;
     if let Err(error) = dispatcher.await {
         tracing::error!(%error, "the push dispatcher failed");
+    }
+    if let Some(exporter) = exporter {
+        exporter.finish().await;
     }
     Ok(())
 }

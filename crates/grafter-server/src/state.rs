@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::otlp::Tracer;
 use crate::throttle::{AuthFailures, TRACKED_CLIENTS};
 use crate::token_cache::TokenCache;
 
@@ -23,6 +24,8 @@ struct Inner {
     engine: Engine,
     config: ServerConfig,
     metrics: Arc<Metrics>,
+    /// The server's spans, exported over OTLP when configured.
+    tracer: Tracer,
     maintenance_health: MaintenanceHealth,
     shutdown: CancellationToken,
     /// Wakes this node's push dispatcher when the API changed a push target.
@@ -37,15 +40,28 @@ struct Inner {
 }
 
 impl AppState {
-    /// State for a router over `store`, with an engine the metrics observe.
+    /// State for a router over `store`, with an engine the metrics observe
+    /// and no span export (`serve` starts it when configured).
     pub fn new(store: Arc<dyn Store>, config: ServerConfig, shutdown: CancellationToken) -> Self {
         let metrics = Arc::new(Metrics::new());
+        Self::assemble(store, config, shutdown, metrics, Tracer::default())
+    }
+
+    /// State with these metrics and this tracer.
+    pub(crate) fn assemble(
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+        tracer: Tracer,
+    ) -> Self {
         let engine = Engine::new(store, config.engine()).with_observer(metrics.clone());
         AppState {
             inner: Arc::new(Inner {
                 engine,
                 config,
                 metrics,
+                tracer,
                 maintenance_health: MaintenanceHealth::default(),
                 shutdown,
                 push_targets_changed: Notify::new(),
@@ -73,6 +89,11 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Where the server's spans go (nowhere unless OTLP export is on).
+    pub(crate) fn tracer(&self) -> &Tracer {
+        &self.inner.tracer
     }
 
     /// How this node's maintenance services are doing (empty when `serve`

@@ -42,9 +42,12 @@ leader_ttl_ms = 1000
 /// may be loaded; a passing test never comes close.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Every `GRAFTER_*` variable the binary reads, removed so the caller's
-/// environment cannot change what a test runs against.
-const ENVIRONMENT: [&str; 6] = [
+/// Every `GRAFTER_*` and OpenTelemetry variable the binary reads, removed so
+/// the caller's environment cannot change what a test runs against.
+const ENVIRONMENT: [&str; 9] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
     "GRAFTER_DATABASE_URL",
     "GRAFTER_LISTEN",
     "GRAFTER_CONFIG",

@@ -19,6 +19,7 @@ use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathJobId, TraceHeaders};
 use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
+use crate::otlp::{JobRef, JobSpan, Operation, SpanStart};
 use crate::state::AppState;
 
 /// Page size when a list names none.
@@ -42,7 +43,17 @@ pub async fn enqueue(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     access.require_queue(&job.queue)?;
     trace.apply(&mut job);
+    let start = SpanStart::now();
     let inserted = state.engine().enqueue(job).await?;
+    if inserted.created {
+        state.tracer().record(JobSpan {
+            operation: Operation::Send,
+            start,
+            job: JobRef::from(&inserted.job),
+            batch_size: None,
+            error: None,
+        });
+    }
     let status = if inserted.created {
         StatusCode::CREATED
     } else {
@@ -84,7 +95,17 @@ pub async fn enqueue_batch(
         access.require_queue(&job.queue)?;
         trace.apply(job);
     }
+    let start = SpanStart::now();
     let inserted = state.engine().enqueue_many(batch.jobs).await?;
+    for created in inserted.iter().filter(|i| i.created) {
+        state.tracer().record(JobSpan {
+            operation: Operation::Send,
+            start,
+            job: JobRef::from(&created.job),
+            batch_size: Some(inserted.len()),
+            error: None,
+        });
+    }
     let jobs = inserted.into_iter().map(|i| i.job).collect();
     Ok((StatusCode::CREATED, Json(JobsBody { jobs })))
 }

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use crate::access::Access;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{ApiJson, PathJobId};
+use crate::otlp::{JobRef, JobSpan, Operation, SpanStart};
 use crate::state::AppState;
 
 /// A worker asking for jobs.
@@ -89,6 +90,7 @@ pub async fn fetch(
     for queue in &request.queues {
         access.require_queue(queue)?;
     }
+    let batch_size = request.max > 1;
     let fetch = EngineFetch {
         queues: request.queues,
         max: request.max,
@@ -100,10 +102,22 @@ pub async fn fetch(
         worker_id: request.worker_id,
         running_limit: None,
     };
+    let start = SpanStart::now();
     let jobs = state
         .engine()
         .fetch(fetch, state.shutdown().cancelled())
         .await?;
+    let tracer = state.tracer();
+    for leased in &jobs {
+        tracer.leased(&leased.job);
+        tracer.record(JobSpan {
+            operation: Operation::Receive,
+            start,
+            job: JobRef::from(&leased.job),
+            batch_size: batch_size.then_some(jobs.len()),
+            error: None,
+        });
+    }
     Ok(Json(FetchResponse { jobs }))
 }
 
@@ -131,9 +145,43 @@ pub async fn ack(
     let outcome = Outcome::Completed {
         result: request.result,
     };
-    Ok(Json(
-        state.engine().record(id, &request.lease, outcome).await?,
-    ))
+    let start = SpanStart::now();
+    let answer = state.engine().record(id, &request.lease, outcome).await;
+    Ok(Json(settled(&state, Operation::Ack, start, id, answer)?))
+}
+
+/// Records the span of a worker's ack, fail or release of job `id` and passes its
+/// answer on. The span names the job as the answer has it, or, when the
+/// settlement was refused, as this node leased it; `error.type` is the
+/// refusal's code.
+fn settled(
+    state: &AppState,
+    operation: Operation,
+    start: SpanStart,
+    id: JobId,
+    answer: grafter_engine::Result<Job>,
+) -> Result<Job, ApiError> {
+    let answer = answer.map_err(ApiError::from);
+    let tracer = state.tracer();
+    if tracer.is_on() {
+        let leased = tracer.settled(id);
+        let job = match (&answer, &leased) {
+            (Ok(job), _) => JobRef::from(job),
+            (Err(_), Some(leased)) => leased.job(),
+            (Err(_), None) => JobRef {
+                id: Some(id),
+                ..JobRef::default()
+            },
+        };
+        tracer.record(JobSpan {
+            operation,
+            start,
+            job,
+            batch_size: None,
+            error: answer.as_ref().err().map(ApiError::code),
+        });
+    }
+    answer
 }
 
 /// Many successes at once.
@@ -205,7 +253,28 @@ pub async fn ack_many(
         })
         .collect();
     let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
+    let start = SpanStart::now();
     let outcomes = state.engine().complete_many(acks).await?;
+    let tracer = state.tracer();
+    if tracer.is_on() {
+        for (&id, outcome) in ids.iter().zip(&outcomes) {
+            let leased = tracer.settled(id);
+            let error = outcome.error(id).map(|e| ApiError::from(e).code());
+            tracer.record(JobSpan {
+                operation: Operation::Ack,
+                start,
+                job: leased.as_ref().map_or(
+                    JobRef {
+                        id: Some(id),
+                        ..JobRef::default()
+                    },
+                    |leased| leased.job(),
+                ),
+                batch_size: Some(ids.len()),
+                error,
+            });
+        }
+    }
     let results = ids
         .into_iter()
         .zip(outcomes)
@@ -266,9 +335,9 @@ pub async fn fail(
         error: request.error,
         retry,
     };
-    Ok(Json(
-        state.engine().record(id, &request.lease, outcome).await?,
-    ))
+    let start = SpanStart::now();
+    let answer = state.engine().record(id, &request.lease, outcome).await;
+    Ok(Json(settled(&state, Operation::Fail, start, id, answer)?))
 }
 
 /// Progress as a bare fraction or with a message.
@@ -367,9 +436,15 @@ pub async fn release(
         Some(ms) => When::After(millis("delay_ms", ms, 0)?),
     };
     let outcome = Outcome::Released { run_at };
-    Ok(Json(
-        state.engine().record(id, &request.lease, outcome).await?,
-    ))
+    let start = SpanStart::now();
+    let answer = state.engine().record(id, &request.lease, outcome).await;
+    Ok(Json(settled(
+        &state,
+        Operation::Release,
+        start,
+        id,
+        answer,
+    )?))
 }
 
 /// Register a worker or record its heartbeat (every few seconds). A worker not

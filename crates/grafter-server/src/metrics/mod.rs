@@ -141,6 +141,7 @@ pub struct Metrics {
     queues: Budget<String>,
     queue_kinds: Budget<(String, String)>,
     running: Running,
+    otlp_spans_dropped: Counter,
     /// Held from resetting the job gauges until they are written, so a
     /// concurrent scrape never clears them in between.
     rendering: Mutex<()>,
@@ -169,6 +170,7 @@ impl Metrics {
             queues: Budget::new(MAX_QUEUES),
             queue_kinds: Budget::new(MAX_QUEUE_KINDS),
             running: Running::default(),
+            otlp_spans_dropped: Counter::default(),
             rendering: Mutex::new(()),
         };
         registry.register(
@@ -253,6 +255,12 @@ impl Metrics {
             "Failed passes and panics of each maintenance service since this node started",
             metrics.maintenance_failures.clone(),
         );
+        registry.register(
+            "otlp_spans_dropped",
+            "Spans of this node not exported over OTLP: the export queue was full, or the \
+             collector failed or did not answer in time",
+            metrics.otlp_spans_dropped.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -307,6 +315,11 @@ impl Metrics {
                 .get_or_create(&self.queue(queue))
                 .observe(seconds_between(started.at, at));
         }
+    }
+
+    /// The count of spans the OTLP exporter dropped, for it to add to.
+    pub fn otlp_spans_dropped(&self) -> Counter {
+        self.otlp_spans_dropped.clone()
     }
 
     /// Counts one push request by its answer's status class (`None`: no answer).

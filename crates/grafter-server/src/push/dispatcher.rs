@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::address_guard::{refused_url, GuardedResolver};
 use super::outcome::Outcome;
+use crate::otlp::{JobRef, JobSpan, Operation, SpanStart};
 use crate::state::AppState;
 
 /// Added to the request timeout for a push's lease: time to record the
@@ -259,6 +260,7 @@ async fn deliver(
     _slot: OwnedSemaphorePermit,
 ) {
     let timeout = request_timeout(&queue.target, &leased.job);
+    let start = SpanStart::now();
     let outcome = tokio::select! {
         outcome = push(&shared.http, &queue.target, &leased, timeout, &shared.state) => outcome,
         // Shutting down and out of time: the lease will end this attempt.
@@ -269,6 +271,13 @@ async fn deliver(
         tracing::warn!(queue = %queue.name, url = %queue.target.redacted_url(), "push target keeps failing; backing off");
     }
     record(&shared.state, &leased, &outcome).await;
+    shared.state.tracer().record(JobSpan {
+        operation: Operation::Process,
+        start,
+        job: JobRef::from(&leased.job),
+        batch_size: None,
+        error: outcome.error_type(),
+    });
 }
 
 /// The request's time limit: the target's, or the job's own timeout if shorter.

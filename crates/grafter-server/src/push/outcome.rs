@@ -51,6 +51,17 @@ impl Outcome {
         matches!(self, Outcome::Later { .. } | Outcome::Failed { .. })
     }
 
+    /// The `error.type` of the push's span: none when the application took
+    /// the job (done, or to finish later), else what the answer made of it.
+    pub fn error_type(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Completed(_) | Outcome::Accepted => None,
+            Outcome::Later { .. } => Some("later"),
+            Outcome::Dead(_) => Some("dead"),
+            Outcome::Failed { .. } => Some("failed"),
+        }
+    }
+
     /// Reads an answer, taking at most what the contract keeps of its body.
     pub async fn from_response(mut response: reqwest::Response, now: DateTime<Utc>) -> Outcome {
         let status = response.status();
