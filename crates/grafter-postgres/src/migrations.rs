@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (17, include_str!("../migrations/0017_trace_context.sql")),
     (18, include_str!("../migrations/0018_dependencies.sql")),
     (19, include_str!("../migrations/0019_batch_events.sql")),
+    (
+        21,
+        include_str!("../migrations/0021_batch_dependencies.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

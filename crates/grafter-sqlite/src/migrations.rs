@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../migrations/0015_trace_context.sql")),
     (16, include_str!("../migrations/0016_dependencies.sql")),
     (17, include_str!("../migrations/0017_batch_events.sql")),
+    (
+        19,
+        include_str!("../migrations/0019_batch_dependencies.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.

@@ -54,6 +54,15 @@ pub enum StoreError {
         /// The id it names.
         id: JobId,
     },
+    /// A job names a batch (`depends_on_batches`) it cannot wait for: no
+    /// batch has that id, the batch is still open, or it is the job's own.
+    #[error("{field}: {message}")]
+    RefusedBatchDependency {
+        /// Where the request names it: `jobs[i].depends_on_batches[k]`.
+        field: String,
+        /// Why it is refused.
+        message: String,
+    },
     /// The backend cannot be reached or failed to commit; retrying may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -63,4 +72,37 @@ pub enum StoreError {
     /// Anything else from the backend.
     #[error("storage error: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// `field` names a batch that does not exist.
+    pub fn unknown_batch(field: String, id: BatchId) -> Self {
+        StoreError::RefusedBatchDependency {
+            field,
+            message: format!("batch {id} does not exist"),
+        }
+    }
+
+    /// `field` names a batch still open: it could yet take a job that waits
+    /// for the dependent, and neither could ever finish.
+    pub fn open_batch(field: String, id: BatchId) -> Self {
+        StoreError::RefusedBatchDependency {
+            field,
+            message: format!(
+                "batch {id} is open: seal it first (an open batch could yet take a job \
+                 that waits for this one)"
+            ),
+        }
+    }
+
+    /// `field` names the dependent's own batch, which finishes only after it.
+    pub fn own_batch(field: String, id: BatchId) -> Self {
+        StoreError::RefusedBatchDependency {
+            field,
+            message: format!(
+                "batch {id} is this job's own batch: it finishes only after the job, \
+                 so the job could never run"
+            ),
+        }
+    }
 }

@@ -50,6 +50,10 @@ BEYOND_SCHEMA = [
     ("jobs[", "does not exist"),
     ("depends_on", "does not exist"),
     ("jobs[", "cannot have a unique_key"),
+    # ... and batches that exist, are sealed and are not the job's own.
+    ("jobs[", "is open: seal it first"),
+    ("depends_on_batches", "is open: seal it first"),
+    ("jobs[", "is this job's own batch"),
     ("unique_key", "cannot have a unique_key"),
     # Names are limited to 255 bytes of UTF-8; maxLength counts characters.
     ("", "bytes, got"),
@@ -66,7 +70,8 @@ BEYOND_SCHEMA = [
 GRAMMARS = {
     ("PUT", "/v1/schedules/{id}"): ("cron", "timezone", "every_ms", "end_at", "job.run_at",
                                     "job.expires_at", "job.unique_key", "job.depends_on",
-                                    "job.ref", "job.on_dependency_failure"),
+                                    "job.depends_on_batches", "job.ref",
+                                    "job.on_dependency_failure"),
     ("PUT", "/v1/queues/{name}"): ("push",),
 }
 

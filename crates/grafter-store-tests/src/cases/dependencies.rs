@@ -81,7 +81,12 @@ pub async fn a_diamond_graph_runs_in_order(store: S) {
     let d = kinds_fetched(&store, "dag", now).await;
     assert_eq!(kinds(&d), ["d"]);
     // The dependent reads its upstreams, with their states.
-    let upstreams = store.job_dependencies(jobs[0].id).await.unwrap().unwrap();
+    let upstreams = store
+        .job_dependencies(jobs[0].id)
+        .await
+        .unwrap()
+        .unwrap()
+        .jobs;
     let ids: Vec<JobId> = upstreams.iter().map(|j| j.id).collect();
     assert_eq!(ids, [jobs[1].id, jobs[2].id]);
     assert!(upstreams.iter().all(|j| j.state == JobState::Completed));
@@ -342,7 +347,7 @@ pub async fn a_released_dependent_wakes_a_waiting_fetch(store: S) {
         .unwrap();
     assert_eq!(down[0].job.id, jobs[1].job.id);
     // The dependent reads what its upstream answered.
-    let upstreams = engine.job_dependencies(down[0].job.id).await.unwrap();
+    let upstreams = engine.job_dependencies(down[0].job.id).await.unwrap().jobs;
     assert_eq!(upstreams[0].result, Some(json!({"rows": 3})));
 }
 
