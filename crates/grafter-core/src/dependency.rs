@@ -108,6 +108,17 @@ impl Plan {
     }
 }
 
+/// Where job `i` of `jobs` names the upstream job `id` (its first mention
+/// in `depends_on`): `jobs[i].depends_on[k]`.
+pub fn field(jobs: &[NewJob], i: usize, id: JobId) -> String {
+    let k = jobs[i]
+        .depends_on
+        .iter()
+        .position(|u| *u == Upstream::Job(id))
+        .unwrap_or(0);
+    format!("jobs[{i}].depends_on[{k}]")
+}
+
 /// Checks a request's graph and resolves its refs. Errors name the field as
 /// `jobs[i].depends_on[k]` (or `jobs[i].ref`): a ref defined twice, a ref
 /// that no job of the request defines, a job that depends on itself, a

@@ -152,9 +152,9 @@ impl Engine {
                 let field = field.strip_prefix("jobs[0].").unwrap_or(&field).to_owned();
                 return Err(StoreError::UnknownDependency { field, id }.into());
             }
-            Err(crate::Error::Store(StoreError::RefusedBatchDependency { field, message })) => {
+            Err(crate::Error::Store(StoreError::RefusedDependency { field, message })) => {
                 let field = field.strip_prefix("jobs[0].").unwrap_or(&field).to_owned();
-                return Err(StoreError::RefusedBatchDependency { field, message }.into());
+                return Err(StoreError::RefusedDependency { field, message }.into());
             }
             inserted => inserted?.pop(),
         };

@@ -190,7 +190,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownDependency { field, id } => {
                 ApiError::invalid_field(field, format!("job {id} does not exist"))
             }
-            StoreError::RefusedBatchDependency { field, message } => {
+            StoreError::RefusedDependency { field, message } => {
                 ApiError::invalid_field(field, message.clone())
             }
             StoreError::Invalid(_) => {

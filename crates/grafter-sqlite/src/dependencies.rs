@@ -70,9 +70,19 @@ pub fn link(
         .map_err(backend)?;
     for i in plan.order {
         let dependent = inserted[i].job.id;
-        for (k, upstream) in plan.upstreams[i].iter().enumerate() {
+        for upstream in &plan.upstreams[i] {
             let id = match *upstream {
-                Resolved::Job(id) => id,
+                Resolved::Job(id) => {
+                    // Only a job that existed before may be named by id,
+                    // so no id closes a cycle (`plan` checks the refs).
+                    if inserted.iter().any(|other| other.job.id == id) {
+                        return Err(StoreError::same_request_job(
+                            dependency::field(jobs, i, id),
+                            id,
+                        ));
+                    }
+                    id
+                }
                 Resolved::Index(j) => inserted[j].job.id,
             };
             let found: Option<i64> = mark
@@ -81,7 +91,7 @@ pub fn link(
                 .map_err(backend)?;
             if found.is_none() {
                 return Err(StoreError::UnknownDependency {
-                    field: format!("jobs[{i}].depends_on[{k}]"),
+                    field: dependency::field(jobs, i, id),
                     id,
                 });
             }

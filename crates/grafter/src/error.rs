@@ -79,7 +79,7 @@ impl From<StoreError> for Error {
             StoreError::InvalidState { .. } => Error::rejected("invalid_state", e.to_string()),
             StoreError::Invalid(_)
             | StoreError::UnknownDependency { .. }
-            | StoreError::RefusedBatchDependency { .. } => {
+            | StoreError::RefusedDependency { .. } => {
                 Error::rejected("invalid_field", e.to_string())
             }
             StoreError::BatchNotFound(_) => Error::rejected("not_found", e.to_string()),

@@ -232,7 +232,7 @@ pub async fn waiting_for_an_unknown_open_or_own_batch_is_refused_and_nothing_ins
     let refused = |err: Option<StoreError>, field: &str, says: &str| {
         let err = err.expect("refused");
         assert!(
-            matches!(&err, StoreError::RefusedBatchDependency { field: f, message }
+            matches!(&err, StoreError::RefusedDependency { field: f, message }
                 if f == field && message.contains(says)),
             "{err}"
         );

@@ -200,6 +200,39 @@ pub async fn a_cycle_or_an_unknown_id_is_refused_and_nothing_inserted(store: S) 
             if field == "jobs[1].depends_on[1]" && *id == JobId(i64::MAX)),
         "{err}"
     );
+    // An id of a job of this same request (guessed: the next id) could
+    // close a cycle: refused. An unknown id is named where it stands.
+    let x = insert_one(&store, node("other", "x", &[]), now).await;
+    let next = JobId(x.id.0 + 1);
+    let guessed = vec![
+        node("refused", "a", &[Upstream::Job(JobId(next.0 + 1))]),
+        node("refused", "b", &[Upstream::Job(next)]),
+    ];
+    let err = store
+        .jobs_insert_many(JobsInsert { jobs: guessed, now })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::RefusedDependency { field, message }
+            if field == "jobs[0].depends_on[0]" && message.contains("this same request")),
+        "{err}"
+    );
+    let repeated = vec![node(
+        "refused",
+        "a",
+        &[on(&x), on(&x), Upstream::Job(JobId(i64::MAX))],
+    )];
+    let err = store
+        .jobs_insert_many(JobsInsert {
+            jobs: repeated,
+            now,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::UnknownDependency { field, .. } if field == "jobs[0].depends_on[2]"),
+        "{err}"
+    );
     assert_eq!(count(&store, "refused").await, 0);
 }
 
