@@ -1,7 +1,7 @@
 //! Job dependencies (docs/dependencies.md): linking new jobs to their
 //! upstream jobs and batches at insert, and reading what a job waits for.
 //! Releasing and cancelling dependents is the triggers' work
-//! (`migrations/0018_dependencies.sql`, `0021_batch_dependencies.sql`).
+//! (`migrations/0018_dependencies.sql`, `0021_batch_and_sql_dependencies.sql`).
 
 use grafter_core::dependency::{self, DependencyFailure, Resolved};
 use grafter_core::{JobId, NewJob, Timestamp};

@@ -46,7 +46,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (19, include_str!("../migrations/0019_batch_events.sql")),
     (
         21,
-        include_str!("../migrations/0021_batch_dependencies.sql"),
+        include_str!("../migrations/0021_batch_and_sql_dependencies.sql"),
     ),
 ];
 
