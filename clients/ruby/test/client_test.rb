@@ -107,6 +107,23 @@ class ClientTest < Minitest::Test
     assert_equal [422, "invalid_field", "depends_on[0]"], [error.status, error.code, error.field]
   end
 
+  def test_a_job_waits_for_a_batch
+    queue = unique("fan_in")
+    batch = client.create_batch(jobs: [{ kind: "page", queue: queue }]).dig("batch", "id")
+    zip = client.enqueue(kind: "zip", queue: queue, depends_on_batches: [batch])
+    assert_equal "pending", zip["state"]
+    assert_equal [[batch, "running"]], client.dependency_batches(zip["id"]).map { |b| b.values_at("id", "state") }
+    leased = client.fetch(queues: [queue], max: 10)
+    assert_equal ["page"], leased.map { |j| j["kind"] }
+    client.ack(leased.first["id"], lease: leased.first["lease"])
+    assert_equal "available", client.job(zip["id"])["state"]
+    assert_equal ["succeeded"], client.dependency_batches(zip["id"]).map { |b| b["state"] }
+    assert_equal [], client.dependencies(zip["id"])
+
+    error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "k", queue: queue, depends_on_batches: [987_654_321]) }
+    assert_equal [422, "invalid_field", "depends_on_batches[0]"], [error.status, error.code, error.field]
+  end
+
   def test_cancelling_a_batch_cancels_its_waiting_jobs
     queue = unique("cancel")
     id = client.create_batch(jobs: [{ kind: "a", queue: queue }, { kind: "b", queue: queue }]).dig("batch", "id")

@@ -127,6 +127,7 @@ impl BatchCallbacks {
                 ("unique_key", job.unique_key.is_some()),
                 ("schedule", job.schedule.is_some()),
                 ("depends_on", !job.depends_on.is_empty()),
+                ("depends_on_batches", !job.depends_on_batches.is_empty()),
                 ("ref", job.r#ref.is_some()),
                 ("on_dependency_failure", job.on_dependency_failure.is_some()),
             ];

@@ -1,9 +1,11 @@
 //! Job dependencies (docs/dependencies.md): what a new job waits for, and the
 //! checks on a request's graph. A job names its upstreams in `depends_on`:
 //! an integer is an existing job's id, a string the `ref` of another job of
-//! the same request. Edges only ever point at jobs that exist when the
-//! dependent is inserted, or at jobs inserted with it, so a cycle can only
-//! lie within one request, and [`plan`] refuses it there.
+//! the same request; and the batches it waits for in `depends_on_batches`.
+//! Edges only ever point at jobs that exist when the dependent is inserted,
+//! at jobs inserted with it, or at sealed batches (whose jobs are all in
+//! already, and which the stores check), so a cycle can only lie within one
+//! request, and [`plan`] refuses it there.
 
 use std::collections::HashMap;
 
@@ -95,7 +97,7 @@ pub enum Resolved {
 pub struct Plan {
     /// Per job of the request, in request order.
     pub upstreams: Vec<Vec<Resolved>>,
-    /// Indexes of the jobs with upstreams, upstreams first.
+    /// Indexes of the jobs with upstreams (jobs or batches), upstreams first.
     pub order: Vec<usize>,
 }
 
@@ -106,11 +108,23 @@ impl Plan {
     }
 }
 
+/// Where job `i` of `jobs` names the upstream job `id` (its first mention
+/// in `depends_on`): `jobs[i].depends_on[k]`.
+pub fn field(jobs: &[NewJob], i: usize, id: JobId) -> String {
+    let k = jobs[i]
+        .depends_on
+        .iter()
+        .position(|u| *u == Upstream::Job(id))
+        .unwrap_or(0);
+    format!("jobs[{i}].depends_on[{k}]")
+}
+
 /// Checks a request's graph and resolves its refs. Errors name the field as
 /// `jobs[i].depends_on[k]` (or `jobs[i].ref`): a ref defined twice, a ref
 /// that no job of the request defines, a job that depends on itself, a
 /// cycle, a `unique_key` on a job with dependencies (a pending job holds no
-/// key, so the key could not keep its promise).
+/// key, so the key could not keep its promise), more than
+/// [`MAX_DEPENDENCIES`] jobs or batches.
 pub fn plan(jobs: &[NewJob]) -> Result<Plan, ValidationError> {
     let mut refs = HashMap::new();
     for (i, job) in jobs.iter().enumerate() {
@@ -136,7 +150,18 @@ pub fn plan(jobs: &[NewJob]) -> Result<Plan, ValidationError> {
                 ),
             ));
         }
-        if !job.depends_on.is_empty() && job.unique_key.is_some() {
+        if job.depends_on_batches.len() > MAX_DEPENDENCIES {
+            return Err(ValidationError::new(
+                format!("jobs[{i}].depends_on_batches"),
+                format!(
+                    "at most {MAX_DEPENDENCIES} batches, got {}",
+                    job.depends_on_batches.len()
+                ),
+            ));
+        }
+        if (!job.depends_on.is_empty() || !job.depends_on_batches.is_empty())
+            && job.unique_key.is_some()
+        {
             return Err(ValidationError::new(
                 format!("jobs[{i}].unique_key"),
                 "a job with depends_on cannot have a unique_key",
@@ -169,13 +194,18 @@ pub fn plan(jobs: &[NewJob]) -> Result<Plan, ValidationError> {
         }
         upstreams.push(resolved);
     }
-    let order = topological(&upstreams)?;
+    let waits: Vec<bool> = jobs
+        .iter()
+        .zip(&upstreams)
+        .map(|(job, up)| !up.is_empty() || !job.depends_on_batches.is_empty())
+        .collect();
+    let order = topological(&upstreams, &waits)?;
     Ok(Plan { upstreams, order })
 }
 
-/// The jobs with upstreams, each after the jobs of the request it depends
-/// on; a cycle is an error naming one of its jobs.
-fn topological(upstreams: &[Vec<Resolved>]) -> Result<Vec<usize>, ValidationError> {
+/// The jobs that wait for something (`waits`), each after the jobs of the
+/// request it depends on; a cycle is an error naming one of its jobs.
+fn topological(upstreams: &[Vec<Resolved>], waits: &[bool]) -> Result<Vec<usize>, ValidationError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -215,7 +245,7 @@ fn topological(upstreams: &[Vec<Resolved>]) -> Result<Vec<usize>, ValidationErro
                 Some(Resolved::Job(_)) => *next += 1,
                 None => {
                     marks[job] = Mark::Done;
-                    if !upstreams[job].is_empty() {
+                    if waits[job] {
                         order.push(job);
                     }
                     stack.pop();
@@ -279,6 +309,24 @@ mod tests {
         let mut keyed = job("b", &[Upstream::Job(JobId(1))]);
         keyed.unique_key = Some("k".into());
         assert_eq!(plan(&[keyed]).unwrap_err().field, "jobs[0].unique_key");
+        let mut keyed = job("b", &[]);
+        keyed.depends_on_batches = vec![crate::BatchId(3)];
+        keyed.unique_key = Some("k".into());
+        assert_eq!(plan(&[keyed]).unwrap_err().field, "jobs[0].unique_key");
+        let mut many = job("b", &[]);
+        many.depends_on_batches = (0..=MAX_DEPENDENCIES as i64).map(crate::BatchId).collect();
+        assert_eq!(
+            plan(&[many]).unwrap_err().field,
+            "jobs[0].depends_on_batches"
+        );
+    }
+
+    #[test]
+    fn a_job_waiting_only_for_a_batch_is_linked_before_its_dependents() {
+        let mut first = job("a", &[]);
+        first.depends_on_batches = vec![crate::BatchId(3)];
+        let jobs = [job("b", &[r("a")]), first];
+        assert_eq!(plan(&jobs).unwrap().order, [1, 0]);
     }
 
     #[test]

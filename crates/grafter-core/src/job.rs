@@ -243,9 +243,17 @@ pub struct NewJob {
     /// Jobs this one waits for: ids of existing jobs, or refs of jobs of the
     /// same request. It is `pending` until they have all finished.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 100))]
     pub depends_on: Vec<crate::Upstream>,
-    /// What to do when an upstream ends `dead`, `cancelled` or `expired`
-    /// (default `cancel`).
+    /// Batches this one waits for, by id: it is `pending` until each has
+    /// finished; one that ends other than `succeeded` counts as a failed
+    /// upstream. Each must be sealed (an open batch could yet take a job
+    /// that waits for this one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 100))]
+    pub depends_on_batches: Vec<crate::BatchId>,
+    /// What to do when an upstream ends `dead`, `cancelled` or `expired`,
+    /// or a batch it waits for ends other than `succeeded` (default `cancel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_dependency_failure: Option<crate::DependencyFailure>,
 }
@@ -283,6 +291,7 @@ impl NewJob {
             tracestate: None,
             r#ref: None,
             depends_on: Vec::new(),
+            depends_on_batches: Vec::new(),
             on_dependency_failure: None,
         }
     }

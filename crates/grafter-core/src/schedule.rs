@@ -306,6 +306,10 @@ impl ScheduleSpec {
         }
         for (field, set) in [
             ("job.depends_on", !self.job.depends_on.is_empty()),
+            (
+                "job.depends_on_batches",
+                !self.job.depends_on_batches.is_empty(),
+            ),
             ("job.ref", self.job.r#ref.is_some()),
             (
                 "job.on_dependency_failure",

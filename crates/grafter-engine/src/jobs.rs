@@ -13,10 +13,10 @@ use grafter_core::{
     Progress, PushTarget, QueueLimits, Timestamp, ValidationError, WorkerRegistration,
 };
 use grafter_store::{
-    AckOutcome, BulkAction, BulkOutcome, Inserted, JobCancel, JobComplete, JobFail, JobHeartbeat,
-    JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch, JobsInsert,
-    LimitUsage, LimitUsageQuery, MaintenanceBatch, QueueInfo, QueueLimitsSet, QueuePause,
-    QueuePush, Store, StoreError, WorkerBeat,
+    AckOutcome, BulkAction, BulkOutcome, Dependencies, Inserted, JobCancel, JobComplete, JobFail,
+    JobHeartbeat, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany, JobsFetch,
+    JobsInsert, LimitUsage, LimitUsageQuery, MaintenanceBatch, QueueInfo, QueueLimitsSet,
+    QueuePause, QueuePush, Store, StoreError, WorkerBeat,
 };
 use serde_json::Value;
 
@@ -152,6 +152,10 @@ impl Engine {
                 let field = field.strip_prefix("jobs[0].").unwrap_or(&field).to_owned();
                 return Err(StoreError::UnknownDependency { field, id }.into());
             }
+            Err(crate::Error::Store(StoreError::RefusedDependency { field, message })) => {
+                let field = field.strip_prefix("jobs[0].").unwrap_or(&field).to_owned();
+                return Err(StoreError::RefusedDependency { field, message }.into());
+            }
             inserted => inserted?.pop(),
         };
         inserted.ok_or_else(|| StoreError::Backend("the store returned no job".into()).into())
@@ -193,8 +197,9 @@ impl Engine {
         Ok(inserted)
     }
 
-    /// The jobs `id` depends on, with their states and results.
-    pub async fn job_dependencies(&self, id: JobId) -> Result<Vec<Job>> {
+    /// The jobs `id` depends on, with their states and results, and the
+    /// batches it waits for.
+    pub async fn job_dependencies(&self, id: JobId) -> Result<Dependencies> {
         self.inner
             .store
             .job_dependencies(id)

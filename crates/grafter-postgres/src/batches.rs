@@ -292,6 +292,12 @@ impl Db {
                 DELETE FROM batches
                 WHERE id IN (SELECT id FROM batches
                              WHERE finished_at IS NOT NULL AND finished_at < $1
+                               AND NOT (has_dependents AND EXISTS (
+                                   SELECT 1 FROM batch_dependencies AS d
+                                   JOIN jobs AS w ON w.id = d.job_id
+                                   WHERE d.batch_id = batches.id
+                                     AND w.state NOT IN ('completed', 'dead', 'cancelled',
+                                                         'expired')))
                              ORDER BY finished_at
                              LIMIT $2
                              FOR UPDATE SKIP LOCKED)

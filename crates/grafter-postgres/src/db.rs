@@ -50,10 +50,11 @@ impl Db {
     /// [`crate::group_insert`]).
     pub(crate) async fn jobs_insert_many(&self, params: JobsInsert) -> Result<Vec<Inserted>> {
         // Linking dependencies takes more statements than the insert.
-        let unkeyed = params
-            .jobs
-            .iter()
-            .all(|job| job.unique_key.is_none() && job.depends_on.is_empty());
+        let unkeyed = params.jobs.iter().all(|job| {
+            job.unique_key.is_none()
+                && job.depends_on.is_empty()
+                && job.depends_on_batches.is_empty()
+        });
         if unkeyed && params.jobs.len() < GROUPED_BELOW {
             let jobs = self.group_insert.insert(params.jobs, params.now).await?;
             return Ok(jobs.into_iter().map(created).collect());

@@ -1,25 +1,29 @@
 //! Job dependencies (docs/dependencies.md): linking new jobs to their
-//! upstreams at insert, and reading a job's upstreams. Releasing and
-//! cancelling dependents is the trigger's work
-//! (`migrations/0018_dependencies.sql`).
+//! upstream jobs and batches at insert, and reading what a job waits for.
+//! Releasing and cancelling dependents is the triggers' work
+//! (`migrations/0018_dependencies.sql`, `0021_batch_and_sql_dependencies.sql`).
 
 use grafter_core::dependency::{self, DependencyFailure, Resolved};
-use grafter_core::{Job, JobId, NewJob, Timestamp};
-use grafter_store::{Inserted, Result, StoreError};
+use grafter_core::{JobId, NewJob, Timestamp};
+use grafter_store::{Dependencies, Inserted, Result, StoreError};
 
+use crate::batches::{batch_columns, batch_from_row};
 use crate::conn::Conn;
 use crate::error::pg_error;
 use crate::row::{job_columns, job_from_row, jobs_from_rows};
 
 /// Links the jobs just inserted (`inserted`, in the order of `jobs`) to
-/// their upstreams, upstreams first, so each dependent starts `pending`,
-/// due, or `cancelled` by what its upstreams are now; replaces each
-/// dependent's entry with its row after linking. Must run in the inserting
-/// transaction: an id that names no job is refused and it rolls back.
+/// their upstream jobs and batches, upstreams first, so each dependent
+/// starts `pending`, due, or `cancelled` by what its upstreams are now;
+/// replaces each dependent's entry with its row after linking. Must run in
+/// the inserting transaction: an id that names no job or batch, an open
+/// batch or the job's own batch is refused and it rolls back.
 ///
-/// The upstream's row is locked (by the write of `has_dependents`) before
-/// its state is read, so an upstream finishing meanwhile on another
-/// connection either is seen finished here or finds the edge and counts.
+/// The upstream's row (a job's or a batch's) is locked (by the write of
+/// `has_dependents`) before its state is read, so an upstream finishing
+/// meanwhile on another connection either is seen finished here or finds
+/// the edge and counts. Every upstream job is locked before any batch, as a
+/// job's move locks the job and then its batch.
 pub(crate) async fn link(
     client: &impl Conn,
     jobs: &[NewJob],
@@ -29,6 +33,12 @@ pub(crate) async fn link(
     const MARK: &str = "UPDATE jobs SET has_dependents = true WHERE id = $1 RETURNING id";
     const EDGE: &str = "INSERT INTO job_dependencies (depends_on, job_id) VALUES ($1, $2)
                         ON CONFLICT DO NOTHING";
+    const MARK_BATCH: &str =
+        "UPDATE batches SET has_dependents = true WHERE id = $1 RETURNING open";
+    const BATCH_EDGE: &str = "INSERT INTO batch_dependencies (batch_id, job_id) VALUES ($1, $2)
+                              ON CONFLICT DO NOTHING";
+    // A batch is finished once `finished_at` is set; it failed the
+    // dependent unless it succeeded.
     const SETTLE: &str = concat!(
         "UPDATE jobs SET
             deps_left = u.unfinished,
@@ -38,12 +48,18 @@ pub(crate) async fn link(
                          ELSE jobs.state END,
             finished_at = CASE WHEN u.failed > 0 AND $2::text IS NULL THEN $3
                                ELSE jobs.finished_at END
-         FROM (SELECT
-                 (count(*) FILTER (WHERE j.state NOT IN ('completed', 'dead', 'cancelled', 'expired')))::integer
-                     AS unfinished,
-                 count(*) FILTER (WHERE j.state IN ('dead', 'cancelled', 'expired')) AS failed
-               FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.depends_on
-               WHERE d.job_id = $1) AS u
+         FROM (SELECT coalesce(sum(unfinished), 0)::integer AS unfinished,
+                      coalesce(sum(failed), 0) AS failed
+               FROM (SELECT (j.state NOT IN ('completed', 'dead', 'cancelled', 'expired'))::integer
+                                AS unfinished,
+                            (j.state IN ('dead', 'cancelled', 'expired'))::integer AS failed
+                     FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.depends_on
+                     WHERE d.job_id = $1
+                     UNION ALL
+                     SELECT (b.finished_at IS NULL)::integer,
+                            (b.finished_at IS NOT NULL AND b.state <> 'succeeded')::integer
+                     FROM batch_dependencies AS d JOIN batches AS b ON b.id = d.batch_id
+                     WHERE d.job_id = $1) AS edges) AS u
          WHERE jobs.id = $1
          RETURNING ",
         job_columns!()
@@ -55,21 +71,59 @@ pub(crate) async fn link(
     let mark = client.statement(MARK).await?;
     let edge = client.statement(EDGE).await?;
     let settle = client.statement(SETTLE).await?;
-    for i in plan.order {
+    for &i in &plan.order {
         let dependent = inserted[i].job.id;
-        for (k, upstream) in plan.upstreams[i].iter().enumerate() {
+        for upstream in &plan.upstreams[i] {
             let id = match *upstream {
-                Resolved::Job(id) => id,
+                Resolved::Job(id) => {
+                    // Only a job that existed before may be named by id,
+                    // so no id closes a cycle (`plan` checks the refs).
+                    if inserted.iter().any(|other| other.job.id == id) {
+                        return Err(StoreError::same_request_job(
+                            dependency::field(jobs, i, id),
+                            id,
+                        ));
+                    }
+                    id
+                }
                 Resolved::Index(j) => inserted[j].job.id,
             };
             if client.row_opt(&mark, &[&id.0]).await?.is_none() {
                 return Err(StoreError::UnknownDependency {
-                    field: format!("jobs[{i}].depends_on[{k}]"),
+                    field: dependency::field(jobs, i, id),
                     id,
                 });
             }
             client.rows(&edge, &[&id.0, &dependent.0]).await?;
         }
+    }
+    if plan
+        .order
+        .iter()
+        .any(|&i| !jobs[i].depends_on_batches.is_empty())
+    {
+        let mark_batch = client.statement(MARK_BATCH).await?;
+        let batch_edge = client.statement(BATCH_EDGE).await?;
+        for &i in &plan.order {
+            let dependent = inserted[i].job.id;
+            for (k, &batch) in jobs[i].depends_on_batches.iter().enumerate() {
+                let field = format!("jobs[{i}].depends_on_batches[{k}]");
+                if inserted[i].job.batch_id == Some(batch) {
+                    return Err(StoreError::own_batch(field, batch));
+                }
+                match client.row_opt(&mark_batch, &[&batch.0]).await? {
+                    None => return Err(StoreError::unknown_batch(field, batch)),
+                    Some(row) if row.try_get::<_, bool>(0).map_err(pg_error)? => {
+                        return Err(StoreError::open_batch(field, batch))
+                    }
+                    Some(_) => {}
+                }
+                client.rows(&batch_edge, &[&batch.0, &dependent.0]).await?;
+            }
+        }
+    }
+    for &i in &plan.order {
+        let dependent = inserted[i].job.id;
         let policy = jobs[i]
             .on_dependency_failure
             .filter(|p| *p == DependencyFailure::Run)
@@ -83,17 +137,25 @@ pub(crate) async fn link(
     Ok(())
 }
 
-/// The jobs `id` depends on, by id; `None` if there is no job `id`.
+/// The jobs and batches `id` waits for, by id; `None` if there is no job
+/// `id`.
 pub(crate) async fn dependencies_of(
     client: &impl deadpool_postgres::GenericClient,
     id: JobId,
-) -> Result<Option<Vec<Job>>> {
+) -> Result<Option<Dependencies>> {
     const EXISTS: &str = "SELECT id FROM jobs WHERE id = $1";
     const SQL: &str = concat!(
         "SELECT ",
         job_columns!(),
         " FROM jobs
          WHERE id IN (SELECT depends_on FROM job_dependencies WHERE job_id = $1)
+         ORDER BY id"
+    );
+    const BATCHES: &str = concat!(
+        "SELECT ",
+        batch_columns!(),
+        " FROM batches
+         WHERE id IN (SELECT batch_id FROM batch_dependencies WHERE job_id = $1)
          ORDER BY id"
     );
     let stmt = client.prepare_cached(EXISTS).await.map_err(pg_error)?;
@@ -107,5 +169,9 @@ pub(crate) async fn dependencies_of(
     }
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
     let rows = client.query(&stmt, &[&id.0]).await.map_err(pg_error)?;
-    jobs_from_rows(&rows).map(Some)
+    let jobs = jobs_from_rows(&rows)?;
+    let stmt = client.prepare_cached(BATCHES).await.map_err(pg_error)?;
+    let rows = client.query(&stmt, &[&id.0]).await.map_err(pg_error)?;
+    let batches = rows.iter().map(batch_from_row).collect::<Result<_>>()?;
+    Ok(Some(Dependencies { jobs, batches }))
 }

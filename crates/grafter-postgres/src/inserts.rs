@@ -36,8 +36,8 @@ pub(crate) fn waiting_state(run_at: Timestamp, now: Timestamp) -> JobState {
 /// Inserts jobs inside the caller's transaction: the store's own, or an
 /// application's ([`crate::enqueue_in`]). Consecutive jobs without a
 /// `unique_key` go in one multi-row statement; keyed jobs go one at a time
-/// because each may turn out to be a duplicate. Jobs with `depends_on` are
-/// linked after all are in (several statements: a transaction's work).
+/// because each may turn out to be a duplicate. Jobs with `depends_on` or
+/// `depends_on_batches` are linked after all are in (several statements: a transaction's work).
 pub(crate) async fn insert_jobs(
     client: &impl Conn,
     jobs: &[NewJob],

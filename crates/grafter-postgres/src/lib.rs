@@ -63,13 +63,13 @@ use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use grafter_core::{Batch, BatchId, Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
-    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
-    JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
-    JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
-    LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput, QueueInfo,
-    QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
-    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo, ThroughputRange,
-    Wakeups, WorkerBeat, WorkersPrune,
+    AckOutcome, BulkOutcome, Dependencies, DueSchedule, Fired, Inserted, JobCancel, JobComplete,
+    JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk,
+    JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire,
+    LeaderRelease, LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput,
+    QueueInfo, QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite,
+    Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo,
+    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use grafter_store::{
     ApiToken, AuditEntry, AuditList, AuditPrune, AuditRecord, BatchAdd, BatchChange, BatchCreate,
@@ -408,7 +408,7 @@ impl Store for PostgresStore {
         self.db.job_get(id).await
     }
 
-    async fn job_dependencies(&self, id: JobId) -> Result<Option<Vec<Job>>> {
+    async fn job_dependencies(&self, id: JobId) -> Result<Option<Dependencies>> {
         dependencies::dependencies_of(&self.db.client().await?, id).await
     }
 

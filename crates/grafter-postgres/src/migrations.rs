@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         20,
         include_str!("../migrations/0020_batch_counts_per_statement.sql"),
     ),
+    (
+        21,
+        include_str!("../migrations/0021_batch_and_sql_dependencies.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

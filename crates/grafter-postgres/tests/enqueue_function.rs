@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use grafter_core::{Job, JobState, NewJob};
 use grafter_postgres::{PostgresConfig, PostgresStore};
-use grafter_store::{JobsFetch, JobsInsert, Store};
+use grafter_store::{BatchCreate, JobFail, JobsFetch, JobsInsert, Store, StoreError};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, NoTls};
 
@@ -717,4 +717,216 @@ async fn huge_and_many_inputs_answer_without_hanging() {
             .len(),
         8_000_000
     );
+}
+
+/// `depends_on` (job ids) and `depends_on_batches` through the function:
+/// stored and linked as the Rust store links them (the same columns, the
+/// same release), refused as the API refuses them, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_are_linked_and_refused_as_the_api_does() {
+    let Some(url) = database().await else { return };
+    let (store, app, schema, _guard) = setup(&url, |_| String::new()).await;
+    let now = Utc::now();
+    let one = |queue: &str| NewJob {
+        queue: queue.into(),
+        max_attempts: 1,
+        ..NewJob::new("up", json!({}))
+    };
+    let up = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![one("up")],
+            now,
+        })
+        .await
+        .unwrap()
+        .remove(0)
+        .job;
+    let batch = store
+        .batch_create(BatchCreate {
+            jobs: vec![one("in-batch")],
+            open: false,
+            callbacks: Default::default(),
+            now,
+        })
+        .await
+        .unwrap()
+        .batch;
+    let input = json!({"kind": "down", "queue": "down", "depends_on": [up.id.0],
+                       "depends_on_batches": [batch.id.0], "on_dependency_failure": "run"});
+    let from_sql = job_of(
+        &enqueue_sql(&app, &schema, &input.to_string())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(from_sql.state, JobState::Pending);
+    let from_api = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![serde_json::from_value(input).unwrap()],
+            now,
+        })
+        .await
+        .unwrap()
+        .remove(0)
+        .job;
+    // Every column the links write, alike.
+    let links = |id: i64| {
+        let sql = format!(
+            "SELECT state, deps_left, on_dependency_failure,
+                    ARRAY(SELECT depends_on FROM {s}.job_dependencies WHERE job_id = $1),
+                    ARRAY(SELECT batch_id FROM {s}.batch_dependencies WHERE job_id = $1)
+             FROM {s}.jobs WHERE id = $1",
+            s = ident(&schema)
+        );
+        let app = &app;
+        async move {
+            let row = app.query_one(&sql, &[&id]).await.unwrap();
+            (
+                row.get::<_, String>(0),
+                row.get::<_, Option<i32>>(1),
+                row.get::<_, Option<String>>(2),
+                row.get::<_, Vec<i64>>(3),
+                row.get::<_, Vec<i64>>(4),
+            )
+        }
+    };
+    let sql_links = links(from_sql.id.0).await;
+    assert_eq!(
+        sql_links,
+        (
+            "pending".to_owned(),
+            Some(2),
+            Some("run".to_owned()),
+            vec![up.id.0],
+            vec![batch.id.0]
+        )
+    );
+    assert_eq!(sql_links, links(from_api.id.0).await);
+    // Released by its upstreams' moves, as the API's.
+    for queue in ["up", "in-batch"] {
+        let leased = store.jobs_fetch(fetch(queue)).await.unwrap();
+        store
+            .job_fail(JobFail {
+                id: leased[0].job.id,
+                lease: leased[0].lease.clone(),
+                error: "boom".into(),
+                retry: false,
+                retry_at: None,
+                backoff: Default::default(),
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
+    }
+    let released = store.jobs_fetch(fetch("down")).await.unwrap();
+    let mut ids: Vec<i64> = released.iter().map(|l| l.job.id.0).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [from_sql.id.0, from_api.id.0], "policy run: both run");
+    // Already finished at the call: a dead upstream cancels at once.
+    let cancelled = job_of(
+        &enqueue_sql(
+            &app,
+            &schema,
+            &json!({"kind": "k", "depends_on": [up.id.0]}).to_string(),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(cancelled.state, JobState::Cancelled);
+
+    let open = store
+        .batch_create(BatchCreate {
+            jobs: vec![],
+            open: true,
+            callbacks: Default::default(),
+            now,
+        })
+        .await
+        .unwrap()
+        .batch;
+    let refused = [
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on": [i64::MAX]}]),
+            "jobs[0].depends_on[0]",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on": [up.id.0, "a-ref"]}]),
+            "jobs[0].depends_on[1]",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on": [1.0]}]),
+            "jobs[0].depends_on[0]",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on": 7}]),
+            "jobs[0].depends_on",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on_batches": [i64::MAX]}]),
+            "jobs[0].depends_on_batches[0]",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on_batches": [open.id.0]}]),
+            "jobs[0].depends_on_batches[0]",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on": [up.id.0], "unique_key": "u"}]),
+            "jobs[0].unique_key",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "on_dependency_failure": "maybe"}]),
+            "jobs[0].on_dependency_failure",
+        ),
+        (
+            json!([{"kind": "k", "queue": "refused", "depends_on": (0..101).collect::<Vec<i64>>()}]),
+            "jobs[0].depends_on",
+        ),
+    ];
+    for (input, field) in refused {
+        let error = enqueue_many_sql(&app, &schema, &input.to_string())
+            .await
+            .expect_err(&format!("the function accepted {input}"));
+        let db = error.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "22023", "{input}: {}", db.message());
+        assert_eq!(db.column(), Some(field), "{input}: {}", db.message());
+        // The API refuses it too, naming the same field.
+        let api = store
+            .jobs_insert_many(JobsInsert {
+                jobs: serde_json::from_value(input.clone()).unwrap_or_default(),
+                now,
+            })
+            .await;
+        if let Err(
+            error @ (StoreError::UnknownDependency { field: f, .. }
+            | StoreError::RefusedDependency { field: f, .. }),
+        ) = &api
+        {
+            assert_eq!(f, field, "{input}");
+            assert_eq!(db.message(), error.to_string(), "{input}");
+        }
+    }
+    // An id of a job of the same call (here: the next ids) could make a
+    // cycle; refused, and nothing of the call is stored.
+    let first = job_of(
+        &enqueue_sql(&app, &schema, r#"{"kind": "probe", "queue": "probe"}"#)
+            .await
+            .unwrap(),
+    );
+    let guessed = json!([{"kind": "a", "queue": "refused", "depends_on": [first.id.0 + 2]},
+                         {"kind": "b", "queue": "refused", "depends_on": [first.id.0 + 1]}]);
+    let error = enqueue_many_sql(&app, &schema, &guessed.to_string())
+        .await
+        .unwrap_err();
+    let db = error.as_db_error().unwrap();
+    assert_eq!(
+        db.column(),
+        Some("jobs[0].depends_on[0]"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        db.message().contains("this same request"),
+        "{}",
+        db.message()
+    );
+    assert!(store.jobs_fetch(fetch("refused")).await.unwrap().is_empty());
 }

@@ -195,6 +195,9 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownDependency { field, id } => {
                 ApiError::invalid_field(field, format!("job {id} does not exist"))
             }
+            StoreError::RefusedDependency { field, message } => {
+                ApiError::invalid_field(field, message.clone())
+            }
             StoreError::Invalid(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
             }

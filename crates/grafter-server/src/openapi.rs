@@ -237,7 +237,8 @@ fn name_path_parameters(operation: &mut Operation) {
 /// (grafter_core::batch): a job in a batch has no `unique_key` (a duplicate
 /// would stand for a job outside it), and a callback, enqueued when the batch
 /// settles, no `run_at`, `expires_at`, `unique_key` or dependencies
-/// (`depends_on`, `ref`, `on_dependency_failure`) either. Each gets a copy
+/// (`depends_on`, `depends_on_batches`, `ref`, `on_dependency_failure`)
+/// either. Each gets a copy
 /// of `NewJob` without them, which the batch requests name instead.
 fn batch_job_schemas(components: &mut Components) {
     let Some(RefOr::T(Schema::Object(new_job))) = components.schemas.get("NewJob").cloned() else {
@@ -267,11 +268,13 @@ fn batch_job_schemas(components: &mut Components) {
                 "expires_at",
                 "unique_key",
                 "depends_on",
+                "depends_on_batches",
                 "ref",
                 "on_dependency_failure",
             ],
             "A batch callback: the fields of POST /v1/jobs but `run_at`, `expires_at`, \
-             `unique_key`, `depends_on`, `ref` and `on_dependency_failure`.",
+             `unique_key`, `depends_on`, `depends_on_batches`, `ref` and \
+             `on_dependency_failure`.",
         )),
     );
     let new_job_ref = "#/components/schemas/NewJob";

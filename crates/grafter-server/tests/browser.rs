@@ -621,10 +621,28 @@ async fn a_page_watches_a_batch_fill_and_finish() {
     )
     .await;
     let batch = created["batch"]["id"].as_i64().unwrap();
+    let zip = post(
+        "/v1/jobs".into(),
+        json!({"kind": "zip", "queue": "zips", "depends_on_batches": [batch]}),
+    )
+    .await;
+    let zip = zip["id"].as_i64().unwrap();
 
     let profile = tempfile::tempdir().unwrap();
     let client = browser(&driver_url, profile.path()).await;
     let result = async {
+        // A job waiting for the batch says so, and links to it.
+        client.goto(&format!("{base}/jobs/{zip}")).await.unwrap();
+        assert!(text(&client, "section.status").await.contains("pending"));
+        let waiting = text(&client, "p[data-waiting-for]").await;
+        assert!(
+            waiting.contains(&format!("batch #{batch}")) && waiting.contains("4 of 4"),
+            "{waiting}"
+        );
+        let upstream = format!(r#"tr[data-upstream-batch="{batch}"]"#);
+        assert!(text(&client, &upstream).await.contains("running"));
+        shot(&client, "job-waiting-for-batch").await;
+
         // The list shows it running, and leads to its page.
         client.goto(&format!("{base}/batches")).await.unwrap();
         let row = text(&client, &format!(r#"tr[data-batch="{batch}"]"#)).await;
@@ -722,6 +740,28 @@ async fn a_page_watches_a_batch_fill_and_finish() {
             text(&client, "a[data-batch-link]").await,
             format!("#{batch}")
         );
+
+        // The job that waited for it is released, its batch shown finished.
+        client.goto(&format!("{base}/jobs/{zip}")).await.unwrap();
+        assert!(text(&client, "section.status").await.contains("available"));
+        assert!(text(&client, &upstream).await.contains("succeeded"));
+        assert!(client
+            .find(Locator::Css("p[data-waiting-for]"))
+            .await
+            .is_err());
+        client
+            .find(Locator::Css(&format!(
+                r#"{upstream} a[href="/batches/{batch}"]"#
+            )))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually(&client, "h1", "the batch's page", |t| {
+            t.contains(&format!("Batch #{batch}"))
+        })
+        .await;
     }
     .await;
     let _ = client.close().await;

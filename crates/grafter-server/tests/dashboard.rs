@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use chrono::{Datelike, Utc};
-use grafter_core::{JobId, JobState, NewJob};
+use grafter_core::{JobId, JobState, NewJob, Upstream};
 use grafter_server::{router, AppState, ServerConfig};
 use grafter_sqlite::SqliteStore;
 use grafter_store::{JobFail, JobsFetch, JobsInsert, Store};
@@ -1170,4 +1170,59 @@ async fn batch_pages_show_counts_callbacks_and_a_stream_until_finished() {
         .await
         .body
         .contains("a batch id is a number"));
+}
+
+#[tokio::test]
+async fn a_job_page_shows_its_upstream_jobs_and_what_it_waits_for() {
+    let dash = dash_with(ServerConfig::default()).await;
+    let now = chrono::Utc::now();
+    let job = |queue: &str, kind: &str| NewJob {
+        queue: queue.into(),
+        max_attempts: 1,
+        ..NewJob::new(kind, json!({}))
+    };
+    let inserted = |jobs| {
+        let store = dash.store.clone();
+        async move {
+            store
+                .jobs_insert_many(grafter_store::JobsInsert { jobs, now })
+                .await
+                .unwrap()
+        }
+    };
+    let ups = inserted(vec![job("first", "<i>extract</i>"), job("second", "load")]).await;
+    let (first, second) = (ups[0].job.id, ups[1].job.id);
+    let dependent = inserted(vec![NewJob {
+        depends_on: vec![Upstream::Job(first), Upstream::Job(second)],
+        ..job("after", "report")
+    }])
+    .await[0]
+        .job
+        .id;
+    let page = dash.get(&format!("/jobs/{dependent}")).await.body;
+    assert!(page.contains("waits for its dependencies"), "{page}");
+    for up in [first, second] {
+        assert!(
+            page.contains(&format!(r#"data-upstream-job="{up}""#))
+                && page.contains(&format!(r#"data-waits-for-job="{up}""#))
+                && page.contains(&format!(r#"href="/jobs/{up}""#)),
+            "{page}"
+        );
+    }
+    assert!(
+        page.contains("&lt;i&gt;extract&lt;/i&gt;"),
+        "kinds are text"
+    );
+    // Its upstream dead, it is cancelled: the rows stay, the note goes.
+    dash.kill_next("first", "no").await;
+    let page = dash.get(&format!("/jobs/{dependent}")).await.body;
+    assert!(page.contains(r#"badge state-dead"#), "{page}");
+    assert!(page.contains(r#"badge state-cancelled"#), "{page}");
+    assert!(!page.contains("data-waiting-for"), "{page}");
+    // A job without dependencies has no section.
+    assert!(!dash
+        .get(&format!("/jobs/{second}"))
+        .await
+        .body
+        .contains("data-dependencies"));
 }

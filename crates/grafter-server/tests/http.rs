@@ -2270,6 +2270,112 @@ async fn a_graph_runs_in_order_on_postgres() {
     a_graph_runs_in_order_and_bad_graphs_are_refused(&api).await;
 }
 
+/// A job waiting for a batch through the API: pending until the batch
+/// succeeds, the batch shown with its dependencies; a batch it cannot wait
+/// for answers 422 naming the field, and nothing is inserted.
+async fn a_job_waits_for_a_batch_and_bad_batches_are_refused(api: &Api) {
+    let (status, created) = api
+        .post(
+            "/v1/batches",
+            json!({"jobs": [{"kind": "page", "queue": "pages"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let batch = created["batch"]["id"].as_i64().unwrap();
+    let zip = api
+        .enqueue(json!({"kind": "zip", "queue": "zips", "depends_on_batches": [batch]}))
+        .await;
+    assert_eq!(zip["state"], "pending", "{zip}");
+    assert_eq!(
+        zip["depends_on_batches"],
+        Value::Null,
+        "not part of a job's answer"
+    );
+    let zip = zip["id"].as_i64().unwrap();
+    let (status, deps) = api.get(&format!("/v1/jobs/{zip}/dependencies")).await;
+    assert_eq!(status, StatusCode::OK, "{deps}");
+    assert_eq!(deps["jobs"], json!([]));
+    assert_eq!(deps["batches"][0]["id"], batch);
+    assert_eq!(deps["batches"][0]["state"], "running");
+    let leased = api.fetch_one("pages").await;
+    let (status, body) = api
+        .post(
+            &format!("/v1/jobs/{}/ack", leased["id"]),
+            json!({"lease": leased["lease"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, shown) = api.get(&format!("/v1/jobs/{zip}")).await;
+    assert_eq!(shown["state"], "available", "{shown}");
+    let (_, deps) = api.get(&format!("/v1/jobs/{zip}/dependencies")).await;
+    assert_eq!(deps["batches"][0]["state"], "succeeded");
+
+    let refused = |answer: &(StatusCode, Value), field: &str| {
+        assert_error(answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(answer.1["error"]["field"], field, "{}", answer.1);
+    };
+    let unknown = api
+        .post(
+            "/v1/jobs",
+            json!({"kind": "k", "queue": "refused", "depends_on_batches": [999999]}),
+        )
+        .await;
+    refused(&unknown, "depends_on_batches[0]");
+    let (_, open) = api
+        .post("/v1/batches", json!({"jobs": [], "open": true}))
+        .await;
+    let open = open["batch"]["id"].as_i64().unwrap();
+    let waits_for_open = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "a", "queue": "refused"},
+                            {"kind": "b", "queue": "refused", "depends_on_batches": [batch, open]}]}),
+        )
+        .await;
+    refused(&waits_for_open, "jobs[1].depends_on_batches[1]");
+    let own = api
+        .post(
+            &format!("/v1/batches/{open}/jobs"),
+            json!({"jobs": [{"kind": "b", "queue": "refused", "depends_on_batches": [open]}]}),
+        )
+        .await;
+    refused(&own, "jobs[0].depends_on_batches[0]");
+    let callback = api
+        .post(
+            "/v1/batches",
+            json!({"jobs": [], "on_success": {"kind": "cb", "depends_on_batches": [batch]}}),
+        )
+        .await;
+    refused(&callback, "on_success.depends_on_batches");
+    let not_an_id = api
+        .post(
+            "/v1/jobs",
+            json!({"kind": "k", "queue": "refused", "depends_on_batches": ["pages"]}),
+        )
+        .await;
+    assert_eq!(
+        not_an_id.0,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        not_an_id.1
+    );
+    let (_, refused) = api.get("/v1/jobs?queue=refused").await;
+    assert_eq!(refused["jobs"], json!([]), "nothing inserted");
+}
+
+#[tokio::test]
+async fn a_job_waits_for_a_batch_on_sqlite() {
+    a_job_waits_for_a_batch_and_bad_batches_are_refused(&api().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waits_for_a_batch_on_postgres() {
+    let Some(api) = postgres_api().await else {
+        return;
+    };
+    a_job_waits_for_a_batch_and_bad_batches_are_refused(&api).await;
+}
+
 #[tokio::test]
 async fn the_openapi_document_follows_the_servers_config() {
     let open = api_with(ServerConfig {

@@ -16,11 +16,12 @@ use crate::error::backend;
 use crate::inserts::insert_jobs;
 use crate::row::{micros, opt_json, timestamp, to_json};
 
-const BATCH_COLUMNS: &str = "id, state, open, total, completed, dead, cancelled_jobs, expired, \
+pub(crate) const BATCH_COLUMNS: &str =
+    "id, state, open, total, completed, dead, cancelled_jobs, expired, \
     progress, on_success, on_complete, on_failure, success_enqueued, complete_enqueued, \
     failure_enqueued, created_at, finished_at";
 
-fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<Batch> {
+pub(crate) fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<Batch> {
     let state: String = row.get(1)?;
     let state: BatchState = state.parse().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
@@ -202,7 +203,12 @@ pub fn batches_prune(conn: &Connection, params: &BatchesPrune) -> Result<u64> {
     let ids: Vec<i64> = conn
         .prepare_cached(
             "SELECT id FROM batches INDEXED BY batches_finished
-             WHERE finished_at IS NOT NULL AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
+             WHERE finished_at IS NOT NULL AND finished_at < ?1
+               AND NOT (has_dependents AND EXISTS (
+                   SELECT 1 FROM batch_dependencies AS d JOIN jobs AS w ON w.id = d.job_id
+                   WHERE d.batch_id = batches.id
+                     AND w.state NOT IN ('completed', 'dead', 'cancelled', 'expired')))
+             ORDER BY finished_at LIMIT ?2",
         )
         .and_then(|mut stmt| {
             stmt.query_map(

@@ -1,21 +1,23 @@
 //! Job dependencies (docs/dependencies.md): linking new jobs to their
-//! upstreams at insert, and reading a job's upstreams. Releasing and
-//! cancelling dependents is the triggers' work
-//! (`migrations/0016_dependencies.sql`).
+//! upstream jobs and batches at insert, and reading what a job waits for.
+//! Releasing and cancelling dependents is the triggers' work
+//! (`migrations/0016_dependencies.sql`, `0019_batch_dependencies.sql`).
 
 use grafter_core::dependency::{self, Resolved};
-use grafter_core::{Job, JobId, NewJob, Timestamp};
-use grafter_store::{Inserted, Result, StoreError};
+use grafter_core::{JobId, NewJob, Timestamp};
+use grafter_store::{Dependencies, Inserted, Result, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::batches::{batch_from_row, BATCH_COLUMNS};
 use crate::error::backend;
 use crate::row::{job_from_row, micros, JOB_COLUMNS};
 
 /// Links the jobs just inserted (`inserted`, in the order of `jobs`) to
-/// their upstreams, upstreams first, so each dependent starts `pending`,
-/// due, or `cancelled` by what its upstreams are now; replaces each
-/// dependent's entry with its row after linking. An id that names no job is
-/// refused (the caller's transaction rolls back).
+/// their upstream jobs and batches, upstreams first, so each dependent
+/// starts `pending`, due, or `cancelled` by what its upstreams are now;
+/// replaces each dependent's entry with its row after linking. An id that
+/// names no job or batch, an open batch or the job's own batch is refused
+/// (the caller's transaction rolls back).
 pub fn link(
     conn: &Connection,
     jobs: &[NewJob],
@@ -34,6 +36,16 @@ pub fn link(
             "INSERT INTO job_dependencies (depends_on, job_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )
         .map_err(backend)?;
+    let mut mark_batch = conn
+        .prepare_cached("UPDATE batches SET has_dependents = 1 WHERE id = ?1 RETURNING open")
+        .map_err(backend)?;
+    let mut batch_edge = conn
+        .prepare_cached(
+            "INSERT INTO batch_dependencies (batch_id, job_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .map_err(backend)?;
+    // A batch is finished once `finished_at` is set; it failed the
+    // dependent unless it succeeded.
     let mut settle = conn
         .prepare_cached(&format!(
             "UPDATE jobs SET
@@ -43,21 +55,34 @@ pub fn link(
                              WHEN u.unfinished > 0 THEN 'pending'
                              ELSE state END,
                 finished_at = CASE WHEN u.failed > 0 AND ?2 IS NULL THEN ?3 ELSE finished_at END
-             FROM (SELECT
-                     count(*) FILTER (WHERE j.state NOT IN ('completed', 'dead', 'cancelled', 'expired'))
-                         AS unfinished,
-                     count(*) FILTER (WHERE j.state IN ('dead', 'cancelled', 'expired')) AS failed
-                   FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.depends_on
-                   WHERE d.job_id = ?1) AS u
+             FROM (SELECT sum(unfinished) AS unfinished, sum(failed) AS failed FROM (
+                     SELECT j.state NOT IN ('completed', 'dead', 'cancelled', 'expired') AS unfinished,
+                            j.state IN ('dead', 'cancelled', 'expired') AS failed
+                     FROM job_dependencies AS d JOIN jobs AS j ON j.id = d.depends_on
+                     WHERE d.job_id = ?1
+                     UNION ALL
+                     SELECT b.finished_at IS NULL, b.finished_at IS NOT NULL AND b.state <> 'succeeded'
+                     FROM batch_dependencies AS d JOIN batches AS b ON b.id = d.batch_id
+                     WHERE d.job_id = ?1)) AS u
              WHERE jobs.id = ?1
              RETURNING {JOB_COLUMNS}"
         ))
         .map_err(backend)?;
     for i in plan.order {
         let dependent = inserted[i].job.id;
-        for (k, upstream) in plan.upstreams[i].iter().enumerate() {
+        for upstream in &plan.upstreams[i] {
             let id = match *upstream {
-                Resolved::Job(id) => id,
+                Resolved::Job(id) => {
+                    // Only a job that existed before may be named by id,
+                    // so no id closes a cycle (`plan` checks the refs).
+                    if inserted.iter().any(|other| other.job.id == id) {
+                        return Err(StoreError::same_request_job(
+                            dependency::field(jobs, i, id),
+                            id,
+                        ));
+                    }
+                    id
+                }
                 Resolved::Index(j) => inserted[j].job.id,
             };
             let found: Option<i64> = mark
@@ -66,11 +91,29 @@ pub fn link(
                 .map_err(backend)?;
             if found.is_none() {
                 return Err(StoreError::UnknownDependency {
-                    field: format!("jobs[{i}].depends_on[{k}]"),
+                    field: dependency::field(jobs, i, id),
                     id,
                 });
             }
             edge.execute(params![id.0, dependent.0]).map_err(backend)?;
+        }
+        for (k, &batch) in jobs[i].depends_on_batches.iter().enumerate() {
+            let field = format!("jobs[{i}].depends_on_batches[{k}]");
+            if inserted[i].job.batch_id == Some(batch) {
+                return Err(StoreError::own_batch(field, batch));
+            }
+            let open: Option<bool> = mark_batch
+                .query_row([batch.0], |row| row.get(0))
+                .optional()
+                .map_err(backend)?;
+            match open {
+                None => return Err(StoreError::unknown_batch(field, batch)),
+                Some(true) => return Err(StoreError::open_batch(field, batch)),
+                Some(false) => {}
+            }
+            batch_edge
+                .execute(params![batch.0, dependent.0])
+                .map_err(backend)?;
         }
         let policy = jobs[i]
             .on_dependency_failure
@@ -83,8 +126,8 @@ pub fn link(
     Ok(())
 }
 
-/// The jobs `id` depends on, by id; `None` if there is no job `id`.
-pub fn dependencies_of(conn: &Connection, id: JobId) -> Result<Option<Vec<Job>>> {
+/// The jobs and batches `id` waits for, by id; `None` if there is no job `id`.
+pub fn dependencies_of(conn: &Connection, id: JobId) -> Result<Option<Dependencies>> {
     let exists: Option<i64> = conn
         .prepare_cached("SELECT id FROM jobs WHERE id = ?1")
         .and_then(|mut stmt| stmt.query_row([id.0], |row| row.get(0)).optional())
@@ -104,5 +147,17 @@ pub fn dependencies_of(conn: &Connection, id: JobId) -> Result<Option<Vec<Job>>>
         .map_err(backend)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(backend)?;
-    Ok(Some(jobs))
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches
+             WHERE id IN (SELECT batch_id FROM batch_dependencies WHERE job_id = ?1)
+             ORDER BY id"
+        ))
+        .map_err(backend)?;
+    let batches = stmt
+        .query_map([id.0], batch_from_row)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    Ok(Some(Dependencies { jobs, batches }))
 }

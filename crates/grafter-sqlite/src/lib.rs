@@ -33,13 +33,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use grafter_core::{Batch, BatchId, Job, JobId, LeasedJob, Schedule, SkippedSlots, Worker};
 use grafter_store::{
-    AckOutcome, BulkOutcome, DueSchedule, Fired, Inserted, JobCancel, JobComplete, JobFail,
-    JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk, JobsCompleteMany,
-    JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire, LeaderRelease,
-    LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput, QueueInfo,
-    QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite, Scheduled,
-    SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo, ThroughputRange,
-    Wakeups, WorkerBeat, WorkersPrune,
+    AckOutcome, BulkOutcome, Dependencies, DueSchedule, Fired, Inserted, JobCancel, JobComplete,
+    JobFail, JobHeartbeat, JobPage, JobRelease, JobReschedule, JobRetry, JobsBulk,
+    JobsCompleteMany, JobsFetch, JobsInsert, JobsList, JobsPrune, JobsRescue, LeaderAcquire,
+    LeaderRelease, LimitUsage, LimitUsageQuery, Limited, MaintenanceBatch, MinuteThroughput,
+    QueueInfo, QueueLimitsSet, QueuePause, QueuePush, Result, ScheduleSkipsList, ScheduleWrite,
+    Scheduled, SchedulesDue, SchedulesFire, SchedulesList, Store, StoreError, StoreInfo,
+    ThroughputRange, Wakeups, WorkerBeat, WorkersPrune,
 };
 use grafter_store::{
     ApiToken, AuditEntry, AuditList, AuditPrune, AuditRecord, BatchAdd, BatchChange, BatchCreate,
@@ -172,7 +172,7 @@ impl Store for SqliteStore {
         self.readers.run(move |conn| jobs::job_get(conn, id)).await
     }
 
-    async fn job_dependencies(&self, id: JobId) -> Result<Option<Vec<Job>>> {
+    async fn job_dependencies(&self, id: JobId) -> Result<Option<Dependencies>> {
         self.readers
             .run(move |conn| dependencies::dependencies_of(conn, id))
             .await

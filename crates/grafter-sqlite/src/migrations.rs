@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         18,
         include_str!("../migrations/0018_batch_counts_per_statement.sql"),
     ),
+    (
+        19,
+        include_str!("../migrations/0019_batch_dependencies.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.

@@ -54,6 +54,18 @@ pub enum StoreError {
         /// The id it names.
         id: JobId,
     },
+    /// A job names an upstream it cannot wait for: a job inserted by the
+    /// same request (by id, which could make a cycle), or a batch
+    /// (`depends_on_batches`) that does not exist, is still open, or is the
+    /// job's own.
+    #[error("{field}: {message}")]
+    RefusedDependency {
+        /// Where the request names it: `jobs[i].depends_on[k]` or
+        /// `jobs[i].depends_on_batches[k]`.
+        field: String,
+        /// Why it is refused.
+        message: String,
+    },
     /// The backend cannot be reached or failed to commit; retrying may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -63,4 +75,49 @@ pub enum StoreError {
     /// Anything else from the backend.
     #[error("storage error: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// `field` names, by id, a job inserted by the same request: only a
+    /// job that existed before may be named by id, so no id makes a cycle.
+    pub fn same_request_job(field: String, id: JobId) -> Self {
+        StoreError::RefusedDependency {
+            field,
+            message: format!(
+                "job {id} is inserted by this same request: name it by its ref \
+                 (an id must name a job that exists already)"
+            ),
+        }
+    }
+
+    /// `field` names a batch that does not exist.
+    pub fn unknown_batch(field: String, id: BatchId) -> Self {
+        StoreError::RefusedDependency {
+            field,
+            message: format!("batch {id} does not exist"),
+        }
+    }
+
+    /// `field` names a batch still open: it could yet take a job that waits
+    /// for the dependent, and neither could ever finish.
+    pub fn open_batch(field: String, id: BatchId) -> Self {
+        StoreError::RefusedDependency {
+            field,
+            message: format!(
+                "batch {id} is open: seal it first (an open batch could yet take a job \
+                 that waits for this one)"
+            ),
+        }
+    }
+
+    /// `field` names the dependent's own batch, which finishes only after it.
+    pub fn own_batch(field: String, id: BatchId) -> Self {
+        StoreError::RefusedDependency {
+            field,
+            message: format!(
+                "batch {id} is this job's own batch: it finishes only after the job, \
+                 so the job could never run"
+            ),
+        }
+    }
 }

@@ -81,9 +81,10 @@ pub trait Store: Send + Sync + 'static {
     /// One job by id, or `None`.
     async fn job_get(&self, id: JobId) -> Result<Option<Job>>;
 
-    /// The jobs `id` depends on (docs/dependencies.md), by id, whole (their
-    /// results are what a dependent reads); `None` if there is no job `id`.
-    async fn job_dependencies(&self, id: JobId) -> Result<Option<Vec<Job>>>;
+    /// What `id` waits for (docs/dependencies.md): its upstream jobs, by id,
+    /// whole (their results are what a dependent reads), and the batches it
+    /// waits for, by id; `None` if there is no job `id`.
+    async fn job_dependencies(&self, id: JobId) -> Result<Option<Dependencies>>;
 
     /// A page of jobs matching a filter, by id (keyset pagination). Every
     /// filter is answered from an index or within `scan_limit` rows. Jobs

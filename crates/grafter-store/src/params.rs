@@ -692,6 +692,15 @@ pub struct BatchWithJobs {
     pub jobs: Vec<Job>,
 }
 
+/// What a job waits for (docs/dependencies.md).
+#[derive(Clone, Debug, Default)]
+pub struct Dependencies {
+    /// Its upstream jobs, by id, whole.
+    pub jobs: Vec<Job>,
+    /// The batches it waits for (`depends_on_batches`), by id.
+    pub batches: Vec<grafter_core::Batch>,
+}
+
 /// A page of batches, newest first.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchesList {

@@ -9,7 +9,7 @@ use grafter_core::{
     NewJob, Upstream,
 };
 use grafter_engine::{Engine, EngineConfig, NewBatch};
-use grafter_store::Store;
+use grafter_store::{Dependencies, Store};
 
 use crate::error::{Error, Result};
 use crate::job::Job;
@@ -47,8 +47,11 @@ pub struct EnqueueOptions {
     /// Jobs this one waits for: it is `pending` until they have all
     /// finished (docs/dependencies.md).
     pub depends_on: Vec<JobId>,
-    /// What to do when one of them ends dead, cancelled or expired
-    /// (default: cancel this job too).
+    /// Sealed batches this one waits for: it is `pending` until they have
+    /// all finished.
+    pub depends_on_batches: Vec<BatchId>,
+    /// What to do when one of them ends dead, cancelled or expired, or a
+    /// batch other than succeeded (default: cancel this job too).
     pub on_dependency_failure: Option<DependencyFailure>,
 }
 
@@ -75,6 +78,7 @@ impl EnqueueOptions {
         new.traceparent = self.traceparent.clone();
         new.tracestate = self.tracestate.clone();
         new.depends_on = self.depends_on.iter().copied().map(Upstream::Job).collect();
+        new.depends_on_batches = self.depends_on_batches.clone();
         new.on_dependency_failure = self.on_dependency_failure;
         new.validate()?;
         Ok(new)
@@ -262,9 +266,10 @@ impl Client {
         self.transport.get(id).await
     }
 
-    /// The jobs `id` depends on, with their states and results: what a
-    /// dependent reads of the work before it.
-    pub async fn dependencies(&self, id: JobId) -> Result<Vec<JobRecord>> {
+    /// What `id` waits for: the jobs it depends on, with their states and
+    /// results (what a dependent reads of the work before it), and the
+    /// batches.
+    pub async fn dependencies(&self, id: JobId) -> Result<Dependencies> {
         self.transport.dependencies(id).await
     }
 

@@ -77,7 +77,9 @@ impl From<StoreError> for Error {
             StoreError::NotFound(id) => Error::NotFound(id),
             StoreError::LeaseMismatch { .. } => Error::LeaseLost(e.to_string()),
             StoreError::InvalidState { .. } => Error::rejected("invalid_state", e.to_string()),
-            StoreError::Invalid(_) | StoreError::UnknownDependency { .. } => {
+            StoreError::Invalid(_)
+            | StoreError::UnknownDependency { .. }
+            | StoreError::RefusedDependency { .. } => {
                 Error::rejected("invalid_field", e.to_string())
             }
             StoreError::BatchNotFound(_) => Error::rejected("not_found", e.to_string()),

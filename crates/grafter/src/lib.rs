@@ -76,6 +76,7 @@ pub use grafter_core::{
     JobId, JobState, NewJob, Progress, Upstream,
 };
 pub use grafter_engine::Engine;
+pub use grafter_store::Dependencies;
 pub use hooks::{Hooks, JobInfo, JobOutcome};
 pub use job::{Job, JobContext, JobError};
 pub use worker::{wait_for_signal, Worker, WorkerBuilder, WorkerHandle};

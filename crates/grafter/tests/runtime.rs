@@ -261,7 +261,41 @@ both_modes!(
     more_slots_than_one_fetch_may_ask_for,
     a_batch_runs_its_jobs_then_its_callback,
     a_dependent_runs_after_its_upstream_and_reads_its_result,
+    a_job_waiting_for_a_batch_runs_after_it_succeeds,
 );
+
+async fn a_job_waiting_for_a_batch_runs_after_it_succeeds(mode: Mode) {
+    let env = env(mode).await;
+    let options = grafter::EnqueueOptions::default();
+    let jobs = (0..2)
+        .map(|a| options.to_new_job(&Add { a, b: 1 }).unwrap())
+        .collect();
+    let (batch, _) = env
+        .client
+        .create_batch(jobs, false, Default::default())
+        .await
+        .unwrap();
+    let waiting = grafter::EnqueueOptions {
+        depends_on_batches: vec![batch.id],
+        ..Default::default()
+    };
+    let dependent = env
+        .client
+        .enqueue_with(Add { a: 1, b: 1 }, waiting)
+        .await
+        .unwrap()
+        .job;
+    assert_eq!(dependent.state, grafter::JobState::Pending);
+    let running = start(worker(&env.client).register::<Add>());
+    let done = env.client.wait(dependent.id, WAIT).await.unwrap();
+    assert_eq!(done.state, grafter::JobState::Completed);
+    let waited = env.client.dependencies(dependent.id).await.unwrap();
+    assert!(waited.jobs.is_empty());
+    assert_eq!(waited.batches.len(), 1);
+    assert_eq!(waited.batches[0].state, grafter::BatchState::Succeeded);
+    assert!(waited.batches[0].finished_at <= done.attempted_at);
+    running.shutdown().await;
+}
 
 async fn a_dependent_runs_after_its_upstream_and_reads_its_result(mode: Mode) {
     let env = env(mode).await;
@@ -280,7 +314,7 @@ async fn a_dependent_runs_after_its_upstream_and_reads_its_result(mode: Mode) {
     let running = start(worker(&env.client).register::<Add>());
     let done = env.client.wait(dependent.id, WAIT).await.unwrap();
     assert_eq!(done.state, grafter::JobState::Completed);
-    let upstreams = env.client.dependencies(dependent.id).await.unwrap();
+    let upstreams = env.client.dependencies(dependent.id).await.unwrap().jobs;
     assert_eq!(upstreams.len(), 1);
     assert_eq!(upstreams[0].id, upstream.id);
     assert_eq!(upstreams[0].result.as_ref().unwrap()["sum"], 42);

@@ -89,6 +89,14 @@ module Grafter
       get("/v1/jobs/#{job_id(id)}/dependencies").fetch("jobs")
     end
 
+    # The batches a job waits for (its `depends_on_batches`: ids of sealed
+    # batches), as #batch shows them. The job is "pending" until each has
+    # finished; one that ends other than "succeeded" fails it as a failed
+    # upstream job would (docs/dependencies.md).
+    def dependency_batches(id)
+      get("/v1/jobs/#{job_id(id)}/dependencies").fetch("batches")
+    end
+
     def cancel(id)
       post("/v1/jobs/#{job_id(id)}/cancel")
     end

@@ -50,6 +50,10 @@ BEYOND_SCHEMA = [
     ("jobs[", "does not exist"),
     ("depends_on", "does not exist"),
     ("jobs[", "cannot have a unique_key"),
+    # ... and batches that exist, are sealed and are not the job's own.
+    ("jobs[", "is open: seal it first"),
+    ("depends_on_batches", "is open: seal it first"),
+    ("jobs[", "is this job's own batch"),
     ("unique_key", "cannot have a unique_key"),
     # Names are limited to 255 bytes of UTF-8; maxLength counts characters.
     ("", "bytes, got"),
@@ -66,7 +70,8 @@ BEYOND_SCHEMA = [
 GRAMMARS = {
     ("PUT", "/v1/schedules/{id}"): ("cron", "timezone", "every_ms", "end_at", "job.run_at",
                                     "job.expires_at", "job.unique_key", "job.depends_on",
-                                    "job.ref", "job.on_dependency_failure"),
+                                    "job.depends_on_batches", "job.ref",
+                                    "job.on_dependency_failure"),
     ("PUT", "/v1/queues/{name}"): ("push",),
 }
 
@@ -82,6 +87,13 @@ def _error(response):
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
     """Keeps every failure but the refusals of schema-valid data explained above."""
+    # A schema-violating body larger than the server's body_limit_bytes
+    # (the coverage phase's 10,001 whole jobs for `jobs`' maxItems: over
+    # 1 MiB) is refused with 413 before its items are counted: refused all
+    # the same, though schemathesis lists 413 among no refusals.
+    if failure.code == "ST201" and response.status_code == 413:
+        error = _error(response)
+        return error is None or "body_limit_bytes" not in error[1]
     if failure.code != "ST202" or response.status_code != 422:
         return True
     error = _error(response)

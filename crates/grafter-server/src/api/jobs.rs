@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
-use grafter_core::{Held, Job, JobId, JobState, NewJob};
+use grafter_core::{Batch, Held, Job, JobId, JobState, NewJob};
 use grafter_engine::When;
 use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
@@ -317,16 +317,20 @@ pub async fn list(
     }))
 }
 
-/// The jobs a job depends on (docs/dependencies.md).
+/// What a job waits for (docs/dependencies.md).
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct DependenciesBody {
     /// The upstream jobs by id, whole: state, result and errors.
     pub jobs: Vec<Job>,
+    /// The batches it waits for (`depends_on_batches`) by id, as `GET
+    /// /v1/batches/{id}` shows them.
+    pub batches: Vec<Batch>,
 }
 
 /// The jobs this job depends on, with their states and results: what a
-/// dependent reads of the work before it. Empty for a job without
-/// dependencies; an upstream deleted by hand is no longer listed.
+/// dependent reads of the work before it; and the batches it waits for.
+/// Both empty for a job without dependencies; an upstream deleted by hand
+/// is no longer listed, nor a batch pruned after the job finished.
 #[utoipa::path(get, path = "/v1/jobs/{id}/dependencies", tag = "jobs", params(("id" = i64, Path)),
     responses((status = 200, body = DependenciesBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
@@ -334,8 +338,11 @@ pub async fn dependencies(
     State(state): State<AppState>,
     PathJobId(id): PathJobId,
 ) -> Result<Json<DependenciesBody>, ApiError> {
-    let jobs = state.engine().job_dependencies(id).await?;
-    Ok(Json(DependenciesBody { jobs }))
+    let dependencies = state.engine().job_dependencies(id).await?;
+    Ok(Json(DependenciesBody {
+        jobs: dependencies.jobs,
+        batches: dependencies.batches,
+    }))
 }
 
 /// Make a dead, cancelled, expired, scheduled or retryable job available now.

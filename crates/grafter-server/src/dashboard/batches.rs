@@ -231,7 +231,7 @@ fn callbacks(batch: &Batch) -> Markup {
 }
 
 /// A batch state as a coloured label.
-fn batch_badge(batch: &Batch) -> Markup {
+pub(super) fn batch_badge(batch: &Batch) -> Markup {
     let class = match batch.state {
         BatchState::Running => "state-running",
         BatchState::Succeeded => "state-completed",

@@ -1,4 +1,5 @@
-//! One job: its args, state timeline, every attempt, progress and result, and
+//! One job: its args, state timeline, every attempt, progress and result,
+//! what it depends on (`job_dependencies`), and
 //! what can be done to it (retry, run now, cancel, delete, reschedule, edit
 //! the args and retry). The status part refreshes itself while the job is
 //! unfinished (`/jobs/{id}/live`), as the job's event stream tells of each
@@ -15,6 +16,7 @@ use grafter_engine::When;
 use maud::{html, Markup};
 use serde_json::Value;
 
+use super::job_dependencies;
 use super::layout::{self, csrf_field, state_badge, time, time_or_dash, Tab};
 use super::{checked_form, error_page, explain, html, redirect_with, store_error, stream_url, Ctx};
 use crate::state::AppState;
@@ -48,6 +50,14 @@ pub(super) async fn page(
     // Why an available job is not starting (a pause or a limit); a failed
     // look only leaves the note out.
     let held = state.engine().held(&job).await.ok().flatten();
+    // What it waits for; a failed read only leaves the section out.
+    let dependencies = state
+        .store()
+        .job_dependencies(job.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let editable = !matches!(job.state, JobState::Running | JobState::Completed);
     html(layout::page(
@@ -64,6 +74,7 @@ pub(super) async fn page(
                 }
             }
             (actions(&job, &ctx))
+            (job_dependencies::section(&job, &dependencies))
             section.columns {
                 div {
                     h2 { "Args" }
@@ -139,6 +150,7 @@ fn status(job: &Job) -> Markup {
                 @match job.state {
                     JobState::Scheduled | JobState::Retryable => { " · runs at " (time(job.run_at)) }
                     JobState::Available => { " · waiting since " (time(job.run_at)) }
+                    JobState::Pending => { " · waits for its dependencies" }
                     JobState::Running => {
                         " · started " (time_or_dash(job.attempted_at))
                         @if let Some(w) = &job.worker_id { " by " code { (w) } }

@@ -17,6 +17,7 @@ mod auth;
 mod batches;
 mod chart;
 mod job;
+mod job_dependencies;
 mod jobs;
 mod layout;
 mod overview;

@@ -81,7 +81,12 @@ pub async fn a_diamond_graph_runs_in_order(store: S) {
     let d = kinds_fetched(&store, "dag", now).await;
     assert_eq!(kinds(&d), ["d"]);
     // The dependent reads its upstreams, with their states.
-    let upstreams = store.job_dependencies(jobs[0].id).await.unwrap().unwrap();
+    let upstreams = store
+        .job_dependencies(jobs[0].id)
+        .await
+        .unwrap()
+        .unwrap()
+        .jobs;
     let ids: Vec<JobId> = upstreams.iter().map(|j| j.id).collect();
     assert_eq!(ids, [jobs[1].id, jobs[2].id]);
     assert!(upstreams.iter().all(|j| j.state == JobState::Completed));
@@ -193,6 +198,39 @@ pub async fn a_cycle_or_an_unknown_id_is_refused_and_nothing_inserted(store: S) 
     assert!(
         matches!(&err, StoreError::UnknownDependency { field, id }
             if field == "jobs[1].depends_on[1]" && *id == JobId(i64::MAX)),
+        "{err}"
+    );
+    // An id of a job of this same request (guessed: the next id) could
+    // close a cycle: refused. An unknown id is named where it stands.
+    let x = insert_one(&store, node("other", "x", &[]), now).await;
+    let next = JobId(x.id.0 + 1);
+    let guessed = vec![
+        node("refused", "a", &[Upstream::Job(JobId(next.0 + 1))]),
+        node("refused", "b", &[Upstream::Job(next)]),
+    ];
+    let err = store
+        .jobs_insert_many(JobsInsert { jobs: guessed, now })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::RefusedDependency { field, message }
+            if field == "jobs[0].depends_on[0]" && message.contains("this same request")),
+        "{err}"
+    );
+    let repeated = vec![node(
+        "refused",
+        "a",
+        &[on(&x), on(&x), Upstream::Job(JobId(i64::MAX))],
+    )];
+    let err = store
+        .jobs_insert_many(JobsInsert {
+            jobs: repeated,
+            now,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::UnknownDependency { field, .. } if field == "jobs[0].depends_on[2]"),
         "{err}"
     );
     assert_eq!(count(&store, "refused").await, 0);
@@ -342,7 +380,7 @@ pub async fn a_released_dependent_wakes_a_waiting_fetch(store: S) {
         .unwrap();
     assert_eq!(down[0].job.id, jobs[1].job.id);
     // The dependent reads what its upstream answered.
-    let upstreams = engine.job_dependencies(down[0].job.id).await.unwrap();
+    let upstreams = engine.job_dependencies(down[0].job.id).await.unwrap().jobs;
     assert_eq!(upstreams[0].result, Some(json!({"rows": 3})));
 }
 

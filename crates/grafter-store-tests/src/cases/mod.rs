@@ -3,7 +3,7 @@
 //!
 //! One module per concern, under the names of the stores' own modules
 //! (`access`, `leasing`, `inserts`, `jobs`, `maintenance`, `queues`, `workers`,
-//! `leadership`, `browse`, `schedules`, `events`, `batches`, `dependencies`), and `engine`: what the engine's rules (validation,
+//! `leadership`, `browse`, `schedules`, `events`, `batches`, `dependencies`, `batch_dependencies`), and `engine`: what the engine's rules (validation,
 //! wake-ups, the one outcome path) come to on each store. Here: the helpers they share, the one case about
 //! the store as a whole (`ping_answers`), and every case re-exported, which is
 //! the path `conformance_suite!` names.
@@ -11,6 +11,7 @@
 #![allow(missing_docs)]
 
 mod access;
+mod batch_dependencies;
 mod batches;
 mod browse;
 mod dependencies;
@@ -27,6 +28,7 @@ mod schedules;
 mod workers;
 
 pub use access::*;
+pub use batch_dependencies::*;
 pub use batches::*;
 pub use browse::*;
 pub use dependencies::*;

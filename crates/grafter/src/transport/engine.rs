@@ -7,6 +7,7 @@ use grafter_core::{
     Batch, BatchId, Job as JobRecord, JobId, LeasedJob, NewJob, Progress, WorkerRegistration,
 };
 use grafter_engine::{Ack, AckOutcome, Engine, FetchRequest, NewBatch, Outcome};
+use grafter_store::Dependencies;
 use tokio_util::sync::CancellationToken;
 
 use super::Transport;
@@ -42,7 +43,7 @@ impl Transport for EngineTransport {
             .ok_or(Error::NotFound(id))
     }
 
-    async fn dependencies(&self, id: JobId) -> Result<Vec<JobRecord>> {
+    async fn dependencies(&self, id: JobId) -> Result<Dependencies> {
         self.engine
             .store()
             .job_dependencies(id)

@@ -9,6 +9,7 @@ use grafter_core::{
     WorkerRegistration,
 };
 use grafter_engine::{Ack, AckOutcome, FetchRequest, NewBatch, Outcome, Retry, When};
+use grafter_store::Dependencies;
 use reqwest::{header, Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -266,8 +267,8 @@ impl Transport for HttpTransport {
             .await
     }
 
-    async fn dependencies(&self, id: JobId) -> Result<Vec<JobRecord>> {
-        let answer: JobsAnswer = self
+    async fn dependencies(&self, id: JobId) -> Result<Dependencies> {
+        let answer: DependenciesAnswer = self
             .call(
                 Method::GET,
                 &format!("/v1/jobs/{id}/dependencies"),
@@ -275,7 +276,10 @@ impl Transport for HttpTransport {
                 Some(id),
             )
             .await?;
-        Ok(answer.jobs)
+        Ok(Dependencies {
+            jobs: answer.jobs,
+            batches: answer.batches,
+        })
     }
 
     async fn job_change(
@@ -545,8 +549,9 @@ impl Transport for HttpTransport {
 
 /// The answer of `GET /v1/jobs/{id}/dependencies`.
 #[derive(Deserialize)]
-struct JobsAnswer {
+struct DependenciesAnswer {
     jobs: Vec<JobRecord>,
+    batches: Vec<Batch>,
 }
 
 /// The answer of `POST /v1/batches` and `POST /v1/batches/{id}/jobs`.

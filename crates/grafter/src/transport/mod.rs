@@ -13,6 +13,7 @@ use grafter_core::{
 };
 use grafter_engine::NewBatch;
 use grafter_engine::{Ack, AckOutcome, FetchRequest, Outcome};
+use grafter_store::Dependencies;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -25,8 +26,9 @@ pub use http::HttpTransport;
 pub trait Transport: Send + Sync + 'static {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<(JobRecord, bool)>>;
     async fn get(&self, id: JobId) -> Result<JobRecord>;
-    /// The jobs `id` depends on, with their states and results.
-    async fn dependencies(&self, id: JobId) -> Result<Vec<JobRecord>>;
+    /// The jobs `id` depends on, with their states and results, and the
+    /// batches it waits for.
+    async fn dependencies(&self, id: JobId) -> Result<Dependencies>;
     /// Waits up to `wait` for the job's next change after the event id
     /// `after` (`None`: the next from now), then answers the job with its
     /// latest event id; a finished job answers at once.

@@ -1,0 +1,66 @@
+//! The job page's dependencies (docs/dependencies.md): the upstream jobs and
+//! the batches a job waits for, each linked with its state, and for a
+//! pending job, which of them it is still waiting for.
+
+use grafter_core::{Job, JobState};
+use grafter_store::Dependencies;
+use maud::{html, Markup};
+
+use super::batches::batch_badge;
+use super::layout::{state_badge, time_or_dash};
+
+/// Nothing for a job without dependencies.
+pub(super) fn section(job: &Job, deps: &Dependencies) -> Markup {
+    if deps.jobs.is_empty() && deps.batches.is_empty() {
+        return html! {};
+    }
+    let waiting_jobs: Vec<&Job> = deps
+        .jobs
+        .iter()
+        .filter(|up| !up.state.is_finished())
+        .collect();
+    let waiting_batches: Vec<_> = deps
+        .batches
+        .iter()
+        .filter(|b| b.finished_at.is_none())
+        .collect();
+    html! {
+        section.dependencies data-dependencies {
+            h2 { "Dependencies" }
+            @if job.state == JobState::Pending {
+                p.waiting data-waiting-for {
+                    strong { "Waiting for: " }
+                    @for up in &waiting_jobs {
+                        a href={ "/jobs/" (up.id) } data-waits-for-job=(up.id) { "job #" (up.id) }
+                        " (" (up.state.as_str()) ") "
+                    }
+                    @for b in &waiting_batches {
+                        a href={ "/batches/" (b.id) } data-waits-for-batch=(b.id) { "batch #" (b.id) }
+                        " (" (b.counts.pending) " of " (b.counts.total) " jobs unfinished) "
+                    }
+                }
+            }
+            table {
+                thead { tr { th { "Upstream" } th { "What" } th { "State" } th { "Finished" } } }
+                tbody {
+                    @for up in &deps.jobs {
+                        tr data-upstream-job=(up.id) {
+                            td { a href={ "/jobs/" (up.id) } { "job #" (up.id) } }
+                            td { code { (up.kind) } }
+                            td { (state_badge(up.state)) }
+                            td { (time_or_dash(up.finished_at)) }
+                        }
+                    }
+                    @for b in &deps.batches {
+                        tr data-upstream-batch=(b.id) {
+                            td { a href={ "/batches/" (b.id) } { "batch #" (b.id) } }
+                            td.muted { (b.counts.completed) " of " (b.counts.total) " completed" }
+                            td { (batch_badge(b)) }
+                            td { (time_or_dash(b.finished_at)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
