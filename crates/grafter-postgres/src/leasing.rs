@@ -33,13 +33,26 @@ macro_rules! lease_fence {
 }
 
 /// The `SET` of every fetch, given the parameters holding now, the lease's
-/// end, the worker and the timeout clamp.
+/// end, the worker, the timeout clamp and the fetch's lease seed
+/// ([`lease_seed`]).
+///
+/// Each job's lease token is the first 128 bits of SHA-256 over the seed and
+/// the job's id, as 32 hex digits. One seed per statement instead of
+/// `gen_random_uuid()` per row: the random draw was a sixth of the fetch's
+/// CPU (docs/benchmarks.md, "PostgreSQL cost per job"). The tokens stay
+/// unguessable: the seed is 128 bits from a CSPRNG, drawn anew for every
+/// fetch and never stored or sent, so knowing the tokens of one's own jobs
+/// (even all of one fetch) means finding a SHA-256 preimage to learn the seed
+/// behind another job's token; truncation also leaves no length extension.
+/// `sha256` is built in (no pgcrypto) and, unlike `md5`, allowed in FIPS mode.
 macro_rules! lease_set {
-    ($now:literal, $until:literal, $worker:literal, $clamp:literal) => {
+    ($now:literal, $until:literal, $worker:literal, $clamp:literal, $seed:literal) => {
         concat!(
             "state = 'running',
                 attempt = attempt + 1,
-                lease = replace(gen_random_uuid()::text, '-', ''),
+                lease = left(encode(sha256(",
+            $seed,
+            "::bytea || int8send(id)), 'hex'), 32),
                 lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ",
             $until,
             "::timestamptz
@@ -62,17 +75,23 @@ macro_rules! lease_set {
 }
 pub(crate) use lease_set;
 
+/// A fresh seed for one fetch's lease tokens (see `lease_set!`): 128 bits
+/// from `rand`'s thread generator, a CSPRNG seeded from the operating system.
+pub(crate) fn lease_seed() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
+}
+
 /// The second half of every fetch statement: of the rows a `candidates` CTE
 /// chose and locked (`id, priority, run_at, size`: the first `max` in hand-out
 /// order), picks those whose args, added up in that order, stay within the
 /// byte budget $7 (and always the first: its running total is its own size),
 /// and leases them. Candidates past the budget stay locked, not leased, until
 /// the statement ends; other fetches skip them meanwhile. The lease token is
-/// a random UUID (122 random bits) as 32 hex digits. The lease never outlives
+/// derived from the seed $8 (`lease_set!`). The lease never outlives
 /// the job's own timeout, so a job that overruns it is rescued as "timed out"
 /// even if its worker keeps heartbeating.
 /// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp, $7 the
-/// byte budget.
+/// byte budget, $8 the lease seed.
 ///
 /// The picked ids go in as an array so that each row is reached through the
 /// primary key. Joined as a table instead, they led the planner to hash the
@@ -90,7 +109,7 @@ macro_rules! lease_picked {
                 WHERE upto <= $7 OR upto = size
             )
             UPDATE jobs SET ",
-            lease_set!("$2", "$4", "$5", "$6"),
+            lease_set!("$2", "$4", "$5", "$6", "$8"),
             " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
             RETURNING ",
             job_columns!(),
@@ -257,7 +276,7 @@ impl Db {
             lease_picked!()
         );
         // With a running limit: the same, leasing no more than keeps the queue's
-        // running jobs (on every node) at or under $8. The count is exact because
+        // running jobs (on every node) at or under $9. The count is exact because
         // every limited fetch of the queue holds the queue's advisory lock from
         // before this statement (and so before its snapshot) until it commits.
         const ONE_QUEUE_LIMITED: &str = concat!(
@@ -270,7 +289,7 @@ impl Db {
                   AND (expires_at IS NULL OR expires_at > $2)
                   AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limits IS NOT NULL))
                 ORDER BY priority, run_at, id
-                LIMIT least($3, greatest($8::bigint - (SELECT count(*) FROM jobs
+                LIMIT least($3, greatest($9::bigint - (SELECT count(*) FROM jobs
                                                        WHERE state = 'running' AND queue = $1), 0))
                 FOR UPDATE SKIP LOCKED
             ) ",
@@ -282,13 +301,15 @@ impl Db {
         let lease_until = time::after(params.now, params.lease_duration);
         let max = limit(params.max);
         let max_bytes = limit(params.max_bytes);
-        let rest: [&(dyn ToSql + Sync); 6] = [
+        let seed = lease_seed();
+        let rest: [&(dyn ToSql + Sync); 7] = [
             &params.now,
             &max,
             &lease_until,
             &params.worker_id,
             &MAX_TIMEOUT_MS,
             &max_bytes,
+            &seed,
         ];
         let rows = if let (Some(running_limit), [queue]) = (params.running_limit, queues) {
             // Serialized per queue: two nodes counting at once would both see
