@@ -85,7 +85,7 @@ pub(crate) fn lease_seed() -> Vec<u8> {
 /// chose and locked (`id, priority, run_at, size`: the first `max` in hand-out
 /// order), picks those whose args, added up in that order, stay within the
 /// byte budget $7 (and always the first: its running total is its own size),
-/// and leases them. Candidates past the budget stay locked, not leased, until
+/// leases them and counts them (`count_moves!`). Candidates past the budget stay locked, not leased, until
 /// the statement ends; other fetches skip them meanwhile. The lease token is
 /// derived from the seed $8 (`lease_set!`). The lease never outlives
 /// the job's own timeout, so a job that overruns it is rescued as "timed out"
@@ -107,13 +107,61 @@ macro_rules! lease_picked {
                     FROM candidates
                 ) AS c
                 WHERE upto <= $7 OR upto = size
-            )
-            UPDATE jobs SET ",
+            ), leased AS (
+                UPDATE jobs SET ",
             lease_set!("$2", "$4", "$5", "$6", "$8"),
             " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
-            RETURNING ",
+                RETURNING ",
             job_columns!(),
-            ", jobs.lease"
+            ", jobs.lease
+            ), ",
+            count_moves!("leased", "available", "running"),
+            " SELECT * FROM leased"
+        )
+    };
+}
+
+/// A CTE of a statement that moves jobs from state `$from` to `$to` (the
+/// rows of CTE `$moved`, with their `queue`): counts the moves into the
+/// queue counts' deltas, one pair of rows per queue. Only the fetches and the
+/// completions make these two moves, and migration 22's row trigger leaves
+/// them to the statements, so every statement making them counts them so.
+macro_rules! count_moves {
+    ($moved:literal, $from:literal, $to:literal) => {
+        concat!(
+            "counted_moves AS (
+                INSERT INTO job_count_deltas (queue, state, n)
+                SELECT c.queue, m.state, m.n
+                FROM (SELECT queue, count(*) AS n FROM ",
+            $moved,
+            " GROUP BY queue) AS c
+                CROSS JOIN LATERAL (VALUES ('",
+            $from,
+            "', -c.n), ('",
+            $to,
+            "', c.n)) AS m(state, n)
+            )"
+        )
+    };
+}
+pub(crate) use count_moves;
+
+/// CTEs of a statement that completes the running jobs of CTE `$moved` at
+/// `$now`: their moves (`count_moves!`) and the attempts they end in that
+/// minute's throughput, as migration 4's trigger counted them.
+macro_rules! count_completions {
+    ($moved:literal, $now:literal) => {
+        concat!(
+            count_moves!($moved, "running", "completed"),
+            ", counted_throughput AS (
+                INSERT INTO job_throughput_deltas (minute, completed, failed)
+                SELECT date_trunc('minute', ",
+            $now,
+            "::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*), 0
+                FROM ",
+            $moved,
+            " HAVING count(*) > 0
+            )"
         )
     };
 }
@@ -351,13 +399,17 @@ impl Db {
 
     pub(crate) async fn job_complete(&self, params: &JobComplete) -> Result<Job> {
         const SQL: &str = concat!(
-            "UPDATE jobs SET state = 'completed', result = $3, finished_at = $4,
-                    lease = NULL, lease_expires_at = NULL
-             WHERE ",
+            "WITH completed AS (
+                UPDATE jobs SET state = 'completed', result = $3, finished_at = $4,
+                       lease = NULL, lease_expires_at = NULL
+                WHERE ",
             lease_fence!(),
             "
-             RETURNING ",
-            job_columns!()
+                RETURNING ",
+            job_columns!(),
+            "), ",
+            count_completions!("completed", "$4"),
+            " SELECT * FROM completed"
         );
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
@@ -375,7 +427,8 @@ impl Db {
     }
 
     /// One statement for the whole batch: the items joined to their rows,
-    /// fenced as in `lease_fence!`. The statement counts its jobs' moves into
+    /// fenced as in `lease_fence!`. It counts its moves into the queue counts
+    /// and the throughput (`count_completions!`). The statement counts its jobs' moves into
     /// their batches itself, one write of each batch's row (`counted`), with
     /// `grafter.batch_counted` set before any row moves so the per-job row
     /// trigger stands aside (migration 20). A job's share before its ack is
@@ -400,8 +453,8 @@ impl Db {
         &self,
         params: &JobsCompleteMany,
     ) -> Result<Vec<AckOutcome>> {
-        const SQL: &str = "
-            WITH input AS (
+        const SQL: &str = concat!(
+            "WITH input AS (
                 SELECT DISTINCT ON (id, lease) id, lease, result, ord
                 FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) WITH ORDINALITY
                      AS t(id, lease, result, ord)
@@ -413,7 +466,7 @@ impl Db {
                 FROM input
                 WHERE jobs.id = ANY($1) AND jobs.id = input.id
                   AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
-                RETURNING input.ord, jobs.batch_id,
+                RETURNING input.ord, jobs.queue, jobs.batch_id,
                           CASE WHEN jobs.batch_id IS NOT NULL
                                THEN grafter_batch_share('running', jobs.progress) END AS share
             ), counted AS (
@@ -423,8 +476,10 @@ impl Db {
                       FROM moved WHERE batch_id IS NOT NULL
                       GROUP BY batch_id ORDER BY batch_id) AS moves
                 WHERE batches.id = moves.batch_id
-            )
-            SELECT ord FROM moved";
+            ), ",
+            count_completions!("moved", "$4"),
+            " SELECT ord FROM moved"
+        );
         let n = params.items.len();
         if n == 0 {
             return Ok(Vec::new());

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::error::{pg_error, pool_error};
 use crate::leasing::{
-    lease_seed, lease_set, leased_from_rows, Budget, MAX_TIMEOUT_MS, RUNNING_LIMIT_LOCK_CLASS,
+    count_moves, lease_seed, lease_set, leased_from_rows, Budget, MAX_TIMEOUT_MS,
+    RUNNING_LIMIT_LOCK_CLASS,
 };
 use crate::row::{args_size, job_columns, limit, AFTER_JOB_COLUMNS};
 
@@ -295,7 +296,9 @@ impl Db {
                 RETURNING ",
             job_columns!(),
             ", jobs.lease
-            )
+            ), ",
+            count_moves!("leased", "available", "running"),
+            "
             SELECT leased.*, summary.* FROM (
                 SELECT EXISTS (SELECT 1 FROM room) AS shaped,
                        coalesce((SELECT count(*) FROM look) = (SELECT most FROM room)
@@ -397,12 +400,16 @@ impl Db {
             FOR UPDATE SKIP LOCKED"
         );
         const LEASE: &str = concat!(
-            "UPDATE jobs SET ",
+            "WITH leased AS (
+                UPDATE jobs SET ",
             lease_set!("$2", "$3", "$4", "$5", "$6"),
             " WHERE jobs.id = ANY($1) AND jobs.state = 'available'
-            RETURNING ",
+                RETURNING ",
             job_columns!(),
-            ", jobs.lease"
+            ", jobs.lease
+            ), ",
+            count_moves!("leased", "available", "running"),
+            " SELECT * FROM leased"
         );
         const LOG: &str = "INSERT INTO queue_starts (queue, partition, started_at)
                            SELECT $1, p, $2 FROM unnest($3::text[]) AS p";

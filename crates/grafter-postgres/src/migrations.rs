@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         20,
         include_str!("../migrations/0020_batch_counts_per_statement.sql"),
     ),
+    (
+        22,
+        include_str!("../migrations/0022_counts_by_the_moving_statement.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
