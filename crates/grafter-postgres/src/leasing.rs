@@ -33,13 +33,26 @@ macro_rules! lease_fence {
 }
 
 /// The `SET` of every fetch, given the parameters holding now, the lease's
-/// end, the worker and the timeout clamp.
+/// end, the worker, the timeout clamp and the fetch's lease seed
+/// ([`lease_seed`]).
+///
+/// Each job's lease token is the first 128 bits of SHA-256 over the seed and
+/// the job's id, as 32 hex digits. One seed per statement instead of
+/// `gen_random_uuid()` per row: the random draw was a sixth of the fetch's
+/// CPU (docs/benchmarks.md, "PostgreSQL cost per job"). The tokens stay
+/// unguessable: the seed is 128 bits from a CSPRNG, drawn anew for every
+/// fetch and never stored or sent, so knowing the tokens of one's own jobs
+/// (even all of one fetch) means finding a SHA-256 preimage to learn the seed
+/// behind another job's token; truncation also leaves no length extension.
+/// `sha256` is built in (no pgcrypto) and, unlike `md5`, allowed in FIPS mode.
 macro_rules! lease_set {
-    ($now:literal, $until:literal, $worker:literal, $clamp:literal) => {
+    ($now:literal, $until:literal, $worker:literal, $clamp:literal, $seed:literal) => {
         concat!(
             "state = 'running',
                 attempt = attempt + 1,
-                lease = replace(gen_random_uuid()::text, '-', ''),
+                lease = left(encode(sha256(",
+            $seed,
+            "::bytea || int8send(id)), 'hex'), 32),
                 lease_expires_at = CASE WHEN timeout_ms IS NULL THEN ",
             $until,
             "::timestamptz
@@ -62,17 +75,23 @@ macro_rules! lease_set {
 }
 pub(crate) use lease_set;
 
+/// A fresh seed for one fetch's lease tokens (see `lease_set!`): 128 bits
+/// from `rand`'s thread generator, a CSPRNG seeded from the operating system.
+pub(crate) fn lease_seed() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
+}
+
 /// The second half of every fetch statement: of the rows a `candidates` CTE
 /// chose and locked (`id, priority, run_at, size`: the first `max` in hand-out
 /// order), picks those whose args, added up in that order, stay within the
 /// byte budget $7 (and always the first: its running total is its own size),
-/// and leases them. Candidates past the budget stay locked, not leased, until
+/// leases them and counts them (`count_moves!`). Candidates past the budget stay locked, not leased, until
 /// the statement ends; other fetches skip them meanwhile. The lease token is
-/// a random UUID (122 random bits) as 32 hex digits. The lease never outlives
+/// derived from the seed $8 (`lease_set!`). The lease never outlives
 /// the job's own timeout, so a job that overruns it is rescued as "timed out"
 /// even if its worker keeps heartbeating.
 /// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp, $7 the
-/// byte budget.
+/// byte budget, $8 the lease seed.
 ///
 /// The picked ids go in as an array so that each row is reached through the
 /// primary key. Joined as a table instead, they led the planner to hash the
@@ -88,13 +107,61 @@ macro_rules! lease_picked {
                     FROM candidates
                 ) AS c
                 WHERE upto <= $7 OR upto = size
-            )
-            UPDATE jobs SET ",
-            lease_set!("$2", "$4", "$5", "$6"),
+            ), leased AS (
+                UPDATE jobs SET ",
+            lease_set!("$2", "$4", "$5", "$6", "$8"),
             " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
-            RETURNING ",
+                RETURNING ",
             job_columns!(),
-            ", jobs.lease"
+            ", jobs.lease
+            ), ",
+            count_moves!("leased", "available", "running"),
+            " SELECT * FROM leased"
+        )
+    };
+}
+
+/// A CTE of a statement that moves jobs from state `$from` to `$to` (the
+/// rows of CTE `$moved`, with their `queue`): counts the moves into the
+/// queue counts' deltas, one pair of rows per queue. Only the fetches and the
+/// completions make these two moves, and migration 22's row trigger leaves
+/// them to the statements, so every statement making them counts them so.
+macro_rules! count_moves {
+    ($moved:literal, $from:literal, $to:literal) => {
+        concat!(
+            "counted_moves AS (
+                INSERT INTO job_count_deltas (queue, state, n)
+                SELECT c.queue, m.state, m.n
+                FROM (SELECT queue, count(*) AS n FROM ",
+            $moved,
+            " GROUP BY queue) AS c
+                CROSS JOIN LATERAL (VALUES ('",
+            $from,
+            "', -c.n), ('",
+            $to,
+            "', c.n)) AS m(state, n)
+            )"
+        )
+    };
+}
+pub(crate) use count_moves;
+
+/// CTEs of a statement that completes the running jobs of CTE `$moved` at
+/// `$now`: their moves (`count_moves!`) and the attempts they end in that
+/// minute's throughput, as migration 4's trigger counted them.
+macro_rules! count_completions {
+    ($moved:literal, $now:literal) => {
+        concat!(
+            count_moves!($moved, "running", "completed"),
+            ", counted_throughput AS (
+                INSERT INTO job_throughput_deltas (minute, completed, failed)
+                SELECT date_trunc('minute', ",
+            $now,
+            "::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*), 0
+                FROM ",
+            $moved,
+            " HAVING count(*) > 0
+            )"
         )
     };
 }
@@ -257,7 +324,7 @@ impl Db {
             lease_picked!()
         );
         // With a running limit: the same, leasing no more than keeps the queue's
-        // running jobs (on every node) at or under $8. The count is exact because
+        // running jobs (on every node) at or under $9. The count is exact because
         // every limited fetch of the queue holds the queue's advisory lock from
         // before this statement (and so before its snapshot) until it commits.
         const ONE_QUEUE_LIMITED: &str = concat!(
@@ -270,7 +337,7 @@ impl Db {
                   AND (expires_at IS NULL OR expires_at > $2)
                   AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND (paused OR limits IS NOT NULL))
                 ORDER BY priority, run_at, id
-                LIMIT least($3, greatest($8::bigint - (SELECT count(*) FROM jobs
+                LIMIT least($3, greatest($9::bigint - (SELECT count(*) FROM jobs
                                                        WHERE state = 'running' AND queue = $1), 0))
                 FOR UPDATE SKIP LOCKED
             ) ",
@@ -282,13 +349,15 @@ impl Db {
         let lease_until = time::after(params.now, params.lease_duration);
         let max = limit(params.max);
         let max_bytes = limit(params.max_bytes);
-        let rest: [&(dyn ToSql + Sync); 6] = [
+        let seed = lease_seed();
+        let rest: [&(dyn ToSql + Sync); 7] = [
             &params.now,
             &max,
             &lease_until,
             &params.worker_id,
             &MAX_TIMEOUT_MS,
             &max_bytes,
+            &seed,
         ];
         let rows = if let (Some(running_limit), [queue]) = (params.running_limit, queues) {
             // Serialized per queue: two nodes counting at once would both see
@@ -330,13 +399,17 @@ impl Db {
 
     pub(crate) async fn job_complete(&self, params: &JobComplete) -> Result<Job> {
         const SQL: &str = concat!(
-            "UPDATE jobs SET state = 'completed', result = $3, finished_at = $4,
-                    lease = NULL, lease_expires_at = NULL
-             WHERE ",
+            "WITH completed AS (
+                UPDATE jobs SET state = 'completed', result = $3, finished_at = $4,
+                       lease = NULL, lease_expires_at = NULL
+                WHERE ",
             lease_fence!(),
             "
-             RETURNING ",
-            job_columns!()
+                RETURNING ",
+            job_columns!(),
+            "), ",
+            count_completions!("completed", "$4"),
+            " SELECT * FROM completed"
         );
         let client = self.client().await?;
         let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
@@ -354,7 +427,8 @@ impl Db {
     }
 
     /// One statement for the whole batch: the items joined to their rows,
-    /// fenced as in `lease_fence!`. The statement counts its jobs' moves into
+    /// fenced as in `lease_fence!`. It counts its moves into the queue counts
+    /// and the throughput (`count_completions!`). The statement counts its jobs' moves into
     /// their batches itself, one write of each batch's row (`counted`), with
     /// `grafter.batch_counted` set before any row moves so the per-job row
     /// trigger stands aside (migration 20). A job's share before its ack is
@@ -379,8 +453,8 @@ impl Db {
         &self,
         params: &JobsCompleteMany,
     ) -> Result<Vec<AckOutcome>> {
-        const SQL: &str = "
-            WITH input AS (
+        const SQL: &str = concat!(
+            "WITH input AS (
                 SELECT DISTINCT ON (id, lease) id, lease, result, ord
                 FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) WITH ORDINALITY
                      AS t(id, lease, result, ord)
@@ -392,7 +466,7 @@ impl Db {
                 FROM input
                 WHERE jobs.id = ANY($1) AND jobs.id = input.id
                   AND CASE WHEN jobs.state = 'running' THEN jobs.lease END = input.lease
-                RETURNING input.ord, jobs.batch_id,
+                RETURNING input.ord, jobs.queue, jobs.batch_id,
                           CASE WHEN jobs.batch_id IS NOT NULL
                                THEN grafter_batch_share('running', jobs.progress) END AS share
             ), counted AS (
@@ -402,8 +476,10 @@ impl Db {
                       FROM moved WHERE batch_id IS NOT NULL
                       GROUP BY batch_id ORDER BY batch_id) AS moves
                 WHERE batches.id = moves.batch_id
-            )
-            SELECT ord FROM moved";
+            ), ",
+            count_completions!("moved", "$4"),
+            " SELECT ord FROM moved"
+        );
         let n = params.items.len();
         if n == 0 {
             return Ok(Vec::new());

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::error::{pg_error, pool_error};
 use crate::leasing::{
-    lease_set, leased_from_rows, Budget, MAX_TIMEOUT_MS, RUNNING_LIMIT_LOCK_CLASS,
+    count_moves, lease_seed, lease_set, leased_from_rows, Budget, MAX_TIMEOUT_MS,
+    RUNNING_LIMIT_LOCK_CLASS,
 };
 use crate::row::{args_size, job_columns, limit, AFTER_JOB_COLUMNS};
 
@@ -238,7 +239,8 @@ impl Db {
         // $1 queue, $2 now, $3 max, $4 lease end, $5 worker, $6 timeout
         // clamp, $7 byte budget, $8 a push queue's running limit, $9 the
         // `partition_by` expected, $10 and $11 its partition_key! kind and
-        // path, $12 whether the first job is leased whatever its size.
+        // path, $12 whether the first job is leased whatever its size, $13
+        // the lease seed.
         const SQL: &str = concat!(
             "WITH lim AS (
                 SELECT (limits ->> 'concurrency')::bigint AS n FROM queues
@@ -289,12 +291,14 @@ impl Db {
                 WHERE upto <= $7 OR ($12 AND upto = size)
             ), leased AS (
                 UPDATE jobs SET ",
-            lease_set!("$2", "$4", "$5", "$6"),
+            lease_set!("$2", "$4", "$5", "$6", "$13"),
             " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
                 RETURNING ",
             job_columns!(),
             ", jobs.lease
-            )
+            ), ",
+            count_moves!("leased", "available", "running"),
+            "
             SELECT leased.*, summary.* FROM (
                 SELECT EXISTS (SELECT 1 FROM room) AS shaped,
                        coalesce((SELECT count(*) FROM look) = (SELECT most FROM room)
@@ -315,7 +319,8 @@ impl Db {
         let lease_until = time::after(params.now, params.lease_duration);
         let cap = params.running_limit.map_or(i64::MAX, limit);
         let (max, bytes) = (limit(budget.max), limit(budget.bytes));
-        let args: [&(dyn ToSql + Sync); 12] = [
+        let seed = lease_seed();
+        let args: [&(dyn ToSql + Sync); 13] = [
             &queue,
             &params.now,
             &max,
@@ -328,6 +333,7 @@ impl Db {
             &kind,
             &path,
             &budget.first_free,
+            &seed,
         ];
         // Sent in this order on the first poll (join! polls in order); a
         // failed lock or statement turns the COMMIT into a rollback, and the
@@ -394,12 +400,16 @@ impl Db {
             FOR UPDATE SKIP LOCKED"
         );
         const LEASE: &str = concat!(
-            "UPDATE jobs SET ",
-            lease_set!("$2", "$3", "$4", "$5"),
+            "WITH leased AS (
+                UPDATE jobs SET ",
+            lease_set!("$2", "$3", "$4", "$5", "$6"),
             " WHERE jobs.id = ANY($1) AND jobs.state = 'available'
-            RETURNING ",
+                RETURNING ",
             job_columns!(),
-            ", jobs.lease"
+            ", jobs.lease
+            ), ",
+            count_moves!("leased", "available", "running"),
+            " SELECT * FROM leased"
         );
         const LOG: &str = "INSERT INTO queue_starts (queue, partition, started_at)
                            SELECT $1, p, $2 FROM unnest($3::text[]) AS p";
@@ -506,6 +516,7 @@ impl Db {
                         &lease_until,
                         &params.worker_id,
                         &MAX_TIMEOUT_MS,
+                        &lease_seed(),
                     ],
                 )
                 .await

@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         21,
         include_str!("../migrations/0021_batch_and_sql_dependencies.sql"),
     ),
+    (
+        22,
+        include_str!("../migrations/0022_counts_by_the_moving_statement.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -1106,3 +1106,62 @@ async fn a_firing_that_fails_half_way_leaves_nothing_behind() {
     )
     .await;
 }
+
+/// Lease tokens come from one random seed per fetch (`lease_set!`): within a
+/// fetch each job's token is its own, each is 32 lowercase hex digits as
+/// before, and a job leased again gets a token unlike its last, which no
+/// longer fences it.
+#[tokio::test]
+async fn each_lease_token_is_its_own_and_a_new_lease_a_new_token() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let store = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    let jobs = (0..50)
+        .map(|n| NewJob::new("k", json!({ "n": n })))
+        .collect();
+    store
+        .jobs_insert_many(JobsInsert { jobs, now })
+        .await
+        .unwrap();
+    let leased = store
+        .jobs_fetch(fetch_params("default", 50, now))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 50);
+    let tokens: std::collections::HashSet<&str> = leased.iter().map(|l| l.lease.as_str()).collect();
+    assert_eq!(tokens.len(), 50, "one token per job");
+    assert!(leased.iter().all(|l| l.lease.len() == 32
+        && l.lease
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
+
+    let first = &leased[0];
+    store
+        .job_release(JobRelease {
+            id: first.job.id,
+            lease: first.lease.clone(),
+            run_at: now,
+            now,
+        })
+        .await
+        .unwrap();
+    let again = store
+        .jobs_fetch(fetch_params("default", 1, now))
+        .await
+        .unwrap();
+    assert_eq!(again[0].job.id, first.job.id);
+    assert_ne!(again[0].lease, first.lease);
+    let stale = store
+        .job_complete(JobComplete {
+            id: first.job.id,
+            lease: first.lease.clone(),
+            result: None,
+            now,
+        })
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::LeaseMismatch { .. })),
+        "{stale:?}"
+    );
+}
