@@ -126,8 +126,9 @@ fn closed(batch: &Batch, message: &str) -> StoreError {
     }
 }
 
-/// Inserts `jobs` into the batch (its row locked by this transaction) and
-/// adds them to its total, sealing it too unless `open`; the batch's trigger
+/// Inserts `jobs` into the batch (its row locked by this transaction), lists
+/// them in `batch_jobs` (the way to a batch's jobs, migration 23) and adds
+/// them to its total, sealing it too unless `open`; the batch's trigger
 /// settles it if that makes it finished (migration 20).
 async fn insert_into(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -137,6 +138,8 @@ async fn insert_into(
     open: bool,
 ) -> Result<Vec<Job>> {
     const SQL: &str = "UPDATE batches SET total = total + $2, open = $3 WHERE id = $1";
+    const MEMBERS: &str =
+        "INSERT INTO batch_jobs (batch_id, job_id) SELECT $1, unnest($2::bigint[])";
     let jobs = if jobs.is_empty() {
         Vec::new()
     } else {
@@ -146,6 +149,9 @@ async fn insert_into(
                 .into_iter()
                 .map(created)
                 .collect();
+        let ids: Vec<i64> = inserted.iter().map(|i| i.job.id.0).collect();
+        let stmt = tx.prepare_cached(MEMBERS).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&id.0, &ids]).await.map_err(pg_error)?;
         dependencies::link(tx, jobs, &mut inserted, now).await?;
         inserted.into_iter().map(|i| i.job).collect()
     };
@@ -220,7 +226,8 @@ impl Db {
         const WAITING: &str = "
             WITH waiting AS (
                 SELECT id, grafter_batch_share(state, progress) AS share FROM jobs
-                WHERE batch_id = $1 AND state IN ('pending', 'scheduled', 'available', 'retryable')
+                WHERE id IN (SELECT job_id FROM batch_jobs WHERE batch_id = $1)
+                  AND state IN ('pending', 'scheduled', 'available', 'retryable')
                 FOR UPDATE
             ), moved AS (
                 UPDATE jobs SET state = 'cancelled', finished_at = $2
@@ -233,7 +240,8 @@ impl Db {
             WHERE id = $1";
         const UNCOUNTED: &str = "SET LOCAL grafter.batch_counted = 'off'";
         const RUNNING: &str = "UPDATE jobs SET cancel_requested = true
-            WHERE batch_id = $1 AND state = 'running'";
+            WHERE id IN (SELECT job_id FROM batch_jobs WHERE batch_id = $1)
+              AND state = 'running'";
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let batch = batch_get_on(&tx, params.id, true).await?;
@@ -304,7 +312,11 @@ impl Db {
                 RETURNING id
             )
             SELECT id FROM gone";
-        const JOBS: &str = "DELETE FROM jobs WHERE batch_id = ANY($1::bigint[])";
+        const JOBS: &str = "
+            WITH members AS (
+                DELETE FROM batch_jobs WHERE batch_id = ANY($1::bigint[]) RETURNING job_id
+            )
+            DELETE FROM jobs WHERE id IN (SELECT job_id FROM members)";
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let stmt = tx.prepare_cached(SQL).await.map_err(pg_error)?;

@@ -147,8 +147,8 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
     if let Some(batch) = params.batch {
         range(
             sql,
-            "id",
-            "jobs",
+            "job_id",
+            "batch_jobs",
             &[("batch_id", Cond::Number(batch.0))],
             params,
             limit,

@@ -125,6 +125,7 @@ macro_rules! conformance_suite {
             a_batch_ack_counts_each_batch_it_spans,
             cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones,
             a_ten_thousand_job_fan_in_counts_exactly,
+            a_batch_lists_its_jobs_in_pages_whatever_their_state,
             pruning_keeps_unfinished_batches_and_takes_finished_ones_whole,
             a_worker_lost_mid_batch_still_finishes_it_right,
             a_diamond_graph_runs_in_order,

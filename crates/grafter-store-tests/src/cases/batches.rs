@@ -4,7 +4,7 @@
 use grafter_core::{Batch, BatchCallbacks, BatchId, BatchState, JobState, NewJob};
 use grafter_store::{
     AckOutcome, BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune,
-    JobCancel, JobRetry, JobsCompleteMany, JobsList, JobsPrune, StoreError,
+    JobCancel, JobRetry, JobsCompleteMany, JobsList, JobsPrune, Order, StoreError,
 };
 use serde_json::json;
 
@@ -440,6 +440,66 @@ pub async fn a_ten_thousand_job_fan_in_counts_exactly(store: S) {
         .await
         .unwrap();
     assert_eq!(listed.jobs.len(), 10_000);
+}
+
+/// A batch's jobs are listed in pages in id order, both ways, whatever state
+/// each is in, with other filters checked row by row; a job deleted by hand
+/// leaves the list and the total.
+pub async fn a_batch_lists_its_jobs_in_pages_whatever_their_state(store: S) {
+    let now = t0();
+    let created = create(&store, jobs(7, "listed"), false, now).await;
+    let id = created.batch.id;
+    create(&store, jobs(3, "listed"), false, now).await;
+    let leased = fetch(&store, "listed", 3, now).await;
+    store
+        .job_complete(complete_params(&leased[0], now))
+        .await
+        .unwrap();
+    let mut ids: Vec<JobId> = created.jobs.iter().map(|j| j.id).collect();
+    store.job_delete(ids[3]).await.unwrap();
+    ids.remove(3);
+    assert_eq!(batch(&store, id).await.counts.total, 6);
+
+    for order in [Order::Asc, Order::Desc] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .jobs_list(JobsList {
+                    batch: Some(id),
+                    limit: 4,
+                    after,
+                    order,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            seen.extend(page.jobs.iter().map(|j| j.id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let mut expected = ids.clone();
+        if order == Order::Desc {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{order:?}");
+    }
+    let running = store
+        .jobs_list(JobsList {
+            batch: Some(id),
+            state: Some(JobState::Running),
+            limit: 10,
+            order: Order::Asc,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        running.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [leased[1].job.id, leased[2].job.id]
+    );
 }
 
 pub async fn pruning_keeps_unfinished_batches_and_takes_finished_ones_whole(store: S) {
