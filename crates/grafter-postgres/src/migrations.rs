@@ -44,10 +44,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (17, include_str!("../migrations/0017_trace_context.sql")),
     (18, include_str!("../migrations/0018_dependencies.sql")),
     (19, include_str!("../migrations/0019_batch_events.sql")),
-    (
-        20,
-        include_str!("../migrations/0020_batch_counts_per_statement.sql"),
-    ),
+    (20, include_str!("../migrations/0020_batch_burn_down.sql")),
     (
         21,
         include_str!("../migrations/0021_batch_and_sql_dependencies.sql"),
@@ -56,7 +53,6 @@ const MIGRATIONS: &[(i32, &str)] = &[
         22,
         include_str!("../migrations/0022_counts_by_the_moving_statement.sql"),
     ),
-    (23, include_str!("../migrations/0023_batch_jobs_apart.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
