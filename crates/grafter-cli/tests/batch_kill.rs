@@ -9,16 +9,17 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use grafter::{Client, Job, JobContext, JobError, Worker};
+use grafter::{Job, JobContext, JobError, Worker};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use common::{schema_setup, temp_dir, Server, FAST_CONFIG};
+use common::{
+    run_worker_process, schema_setup, temp_dir, worker_process_command, Server, FAST_CONFIG,
+};
 
 const QUEUE: &str = "pages";
 const CALLBACKS: &str = "batch-callbacks";
@@ -44,21 +45,15 @@ fn batch_worker() {
     let Ok(url) = std::env::var(WORKER_URL) else {
         return;
     };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let client = Client::http(&url).expect("HTTP client");
-        let worker = Worker::builder(&client)
+    run_worker_process(&url, |client| {
+        Worker::builder(client)
             .register::<Page>()
             .queue(QUEUE, CONCURRENCY)
             .lease(LEASE)
             .poll_wait(Duration::from_secs(1))
             .build()
-            .expect("build the worker");
-        let _running = worker.start();
-        // Runs until killed, or until the test that started it is gone.
-        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read(&mut [0; 1])).await;
-    });
-    std::process::exit(0);
+            .expect("build the worker")
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,10 +77,8 @@ struct WorkerProcess(Child);
 
 impl WorkerProcess {
     fn start(server: &Server) -> WorkerProcess {
-        let child = Command::new(std::env::current_exe().expect("this test binary"))
-            .args(["batch_worker", "--exact", "--ignored", "--nocapture"])
+        let child = worker_process_command("batch_worker")
             .env(WORKER_URL, &server.base)
-            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -59,15 +59,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use grafter::{Client, Hooks, Job, JobContext, JobError, JobId, JobInfo, JobOutcome, Worker};
+use grafter::{Hooks, Job, JobContext, JobError, JobId, JobInfo, JobOutcome, Worker};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
@@ -75,7 +75,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use common::{id_of, schema_setup, steady_port, temp_dir, Server, FAST_CONFIG};
+use common::{
+    id_of, run_worker_process, schema_setup, steady_port, temp_dir, worker_process_command, Server,
+    FAST_CONFIG,
+};
 
 const QUEUE: &str = "chaos";
 /// Jobs enqueued before the workers start.
@@ -147,22 +150,16 @@ fn chaos_worker() {
         .with_env_filter("warn")
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let client = Client::http(&url).expect("HTTP client");
-        let worker = Worker::builder(&client)
+    run_worker_process(&url, |client| {
+        Worker::builder(client)
             .register::<Work>()
             .queue(QUEUE, WORKER_CONCURRENCY)
             .lease(LEASE)
             .poll_wait(Duration::from_secs(1))
             .hooks(Reporting)
             .build()
-            .expect("build the worker");
-        let _running = worker.start();
-        // Runs until killed, or until the test that started it is gone.
-        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read(&mut [0; 1])).await;
-    });
-    std::process::exit(0);
+            .expect("build the worker")
+    })
 }
 
 /// The chaos jobs: a little work, then a result naming the worker and attempt.
@@ -288,12 +285,10 @@ impl WorkerProcess {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).expect("create the worker's log");
         let err = out.try_clone().expect("clone the log file");
-        let child = Command::new(std::env::current_exe().expect("this test binary"))
-            .args(["chaos_worker", "--exact", "--ignored", "--nocapture"])
+        let child = worker_process_command("chaos_worker")
             .env(WORKER_URL, base)
             .env(WORKER_NAME, &name)
             .env(WORKER_REPORT, dir.join(format!("{name}.report")))
-            .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
             .spawn()

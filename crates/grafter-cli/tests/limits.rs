@@ -13,18 +13,17 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use grafter::{Client, Job, JobContext, JobError, Worker};
+use grafter::{Job, JobContext, JobError, Worker};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use common::{connect, run_cli, schema_setup, Server};
+use common::{connect, run_cli, run_worker_process, schema_setup, worker_process_command, Server};
 
 const QUEUE: &str = "limited";
 const JOBS: usize = 1_000;
@@ -146,10 +145,8 @@ async fn concurrency_one_holds_across_three_nodes_and_killed_workers() {
 }
 
 fn start_worker(base: &str) -> Child {
-    Command::new(std::env::current_exe().expect("this test binary"))
-        .args(["limits_worker", "--exact", "--ignored", "--nocapture"])
+    worker_process_command("limits_worker")
         .env(WORKER_URL, base)
-        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -165,20 +162,15 @@ fn limits_worker() {
     let Ok(url) = std::env::var(WORKER_URL) else {
         return;
     };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let client = Client::http(&url).expect("HTTP client");
-        let worker = Worker::builder(&client)
+    run_worker_process(&url, |client| {
+        Worker::builder(client)
             .register::<Limited>()
             .queue(QUEUE, WORKER_SLOTS)
             .lease(LEASE)
             .poll_wait(Duration::from_secs(5))
             .build()
-            .expect("build the worker");
-        let _running = worker.start();
-        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read(&mut [0; 1])).await;
-    });
-    std::process::exit(0);
+            .expect("build the worker")
+    })
 }
 
 /// A job that takes a moment.

@@ -776,3 +776,30 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
+
+/// The command that runs this test binary again as a worker process: only
+/// the ignored test `name` (which does nothing outside such a process), its
+/// stdin piped so the process sees the test that started it end (see
+/// [`run_worker_process`]). Callers add its environment and outputs.
+pub fn worker_process_command(name: &str) -> std::process::Command {
+    let mut command =
+        std::process::Command::new(std::env::current_exe().expect("this test binary"));
+    command
+        .args([name, "--exact", "--ignored", "--nocapture"])
+        .stdin(Stdio::piped());
+    command
+}
+
+/// The body of a worker process started with [`worker_process_command`]:
+/// runs the worker `build` makes on a client of `url` until the process is
+/// killed or the test that started it is gone (its stdin closes), then exits.
+pub fn run_worker_process(url: &str, build: impl FnOnce(&grafter::Client) -> grafter::Worker) -> ! {
+    use std::io::Read;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = grafter::Client::http(url).expect("HTTP client");
+        let _running = build(&client).start();
+        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read(&mut [0; 1])).await;
+    });
+    std::process::exit(0);
+}
