@@ -1,91 +1,23 @@
 //! Batches: their rows, and the jobs inserted into them. The counts, progress
-//! and settling are kept by the trigger of `migrations/0015_batches.sql`;
-//! this module only creates, adds to, seals, cancels, reads and prunes. Each
+//! and settling are kept by the triggers of migrations 15 and 20 (and by the
+//! batch ack, `leasing.rs`); this module only creates, adds to, seals,
+//! cancels, reads and prunes. Each
 //! change locks the batch's row first, as every counted job move does.
 
 use deadpool_postgres::GenericClient;
-use grafter_core::{
-    Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, Job, NewJob, Timestamp,
-};
+use grafter_core::{Batch, BatchId, Job, NewJob, Timestamp};
 use grafter_store::{
     BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, Inserted, Result,
     StoreError,
 };
 use serde_json::Value;
-use tokio_postgres::Row;
 
+use crate::batch_row::{batch_columns, batch_from_row};
 use crate::db::Db;
 use crate::dependencies;
 use crate::error::pg_error;
 use crate::inserts::{created, insert_unkeyed};
-use crate::row::{args_bytes, limit, opt_json, to_json};
-
-macro_rules! batch_columns {
-    () => {
-        "id, state, open, total, completed, dead, cancelled_jobs, expired, progress, \
-         on_success, on_complete, on_failure, success_enqueued, complete_enqueued, \
-         failure_enqueued, created_at, finished_at"
-    };
-}
-pub(crate) use batch_columns;
-
-/// The index of the first column after [`batch_columns`].
-pub(crate) const AFTER_BATCH_COLUMNS: usize = 17;
-
-pub(crate) fn batch_from_row(row: &Row) -> Result<Batch> {
-    let get_i64 = |i: usize| row.try_get::<_, i64>(i).map_err(pg_error);
-    let state: String = row.try_get(1).map_err(pg_error)?;
-    let state: BatchState = state
-        .parse()
-        .map_err(|e| StoreError::Backend(format!("reading a batch row: {e}")))?;
-    let total = get_i64(3)?;
-    let (completed, dead, cancelled, expired) =
-        (get_i64(4)?, get_i64(5)?, get_i64(6)?, get_i64(7)?);
-    // The stored callbacks carry their args_bytes for the trigger's insert.
-    let callback = |i: usize| -> Result<Option<NewJob>> {
-        let value: Option<Value> = opt_json(row, i)?;
-        value
-            .map(|mut v| {
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("args_bytes");
-                }
-                serde_json::from_value(v)
-                    .map_err(|e| StoreError::Backend(format!("reading a batch callback: {e}")))
-            })
-            .transpose()
-    };
-    let enqueued = [
-        ("on_success", row.try_get::<_, bool>(12).map_err(pg_error)?),
-        ("on_complete", row.try_get::<_, bool>(13).map_err(pg_error)?),
-        ("on_failure", row.try_get::<_, bool>(14).map_err(pg_error)?),
-    ];
-    Ok(Batch {
-        id: BatchId(get_i64(0)?),
-        state,
-        open: row.try_get(2).map_err(pg_error)?,
-        counts: BatchCounts {
-            total,
-            pending: total - completed - dead - cancelled - expired,
-            completed,
-            dead,
-            cancelled,
-            expired,
-        },
-        progress: grafter_core::batch::progress(get_i64(8)?, total),
-        callbacks: BatchCallbacks {
-            on_success: callback(9)?,
-            on_complete: callback(10)?,
-            on_failure: callback(11)?,
-        },
-        callbacks_enqueued: enqueued
-            .iter()
-            .filter(|(_, done)| *done)
-            .map(|(name, _)| (*name).to_owned())
-            .collect(),
-        created_at: row.try_get(15).map_err(pg_error)?,
-        finished_at: row.try_get(16).map_err(pg_error)?,
-    })
-}
+use crate::row::{args_bytes, limit, to_json};
 
 /// A callback as stored: its job JSON with the args_bytes the trigger writes.
 fn stored_callback(job: Option<&NewJob>) -> Result<Option<Value>> {
@@ -127,7 +59,7 @@ fn closed(batch: &Batch, message: &str) -> StoreError {
 }
 
 /// Inserts `jobs` into the batch (its row locked by this transaction), lists
-/// them in `batch_jobs` (the way to a batch's jobs, migration 23) and adds
+/// them in `batch_jobs` (the way to a batch's jobs, migration 20) and adds
 /// them to its total, sealing it too unless `open`; the batch's trigger
 /// settles it if that makes it finished (migration 20).
 async fn insert_into(

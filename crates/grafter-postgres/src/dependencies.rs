@@ -7,7 +7,7 @@ use grafter_core::dependency::{self, DependencyFailure, Resolved};
 use grafter_core::{JobId, NewJob, Timestamp};
 use grafter_store::{Dependencies, Inserted, Result, StoreError};
 
-use crate::batches::{batch_columns, batch_from_row};
+use crate::batch_row::{batch_columns, batch_from_row};
 use crate::conn::Conn;
 use crate::error::pg_error;
 use crate::row::{job_columns, job_from_row, jobs_from_rows};

@@ -10,7 +10,7 @@ use grafter_store::{
     StoreError, WatchedBatch, WatchedJob,
 };
 
-use crate::batches::{batch_columns, batch_from_row, AFTER_BATCH_COLUMNS};
+use crate::batch_row::{batch_columns, batch_from_row, AFTER_BATCH_COLUMNS};
 use crate::db::Db;
 use crate::error::pg_error;
 use crate::row::{job_columns, job_from_row, opt_json, AFTER_JOB_COLUMNS};

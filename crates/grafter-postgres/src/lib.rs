@@ -30,6 +30,7 @@
 //! ```
 
 mod access;
+mod batch_row;
 mod batches;
 mod browse;
 mod conn;

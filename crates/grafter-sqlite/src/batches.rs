@@ -1,68 +1,19 @@
 //! Batches: their rows, and the jobs inserted into them (on the writer
 //! thread, see `writer.rs`). The counts, progress and settling are kept by
-//! the triggers of `migrations/0013_batches.sql`; this module only creates,
-//! adds to, seals, cancels, reads and prunes.
+//! the triggers of migrations 13 and 18 (and by the batch ack, `leasing.rs`);
+//! this module only creates, adds to, seals, cancels, reads and prunes.
 
-use grafter_core::{
-    Batch, BatchCallbacks, BatchCounts, BatchId, BatchState, Job, NewJob, Timestamp,
-};
+use grafter_core::{Batch, BatchId, Job, NewJob, Timestamp};
 use grafter_store::{
     BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, BatchesPrune, Result,
     StoreError,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::batch_row::{batch_from_row, BATCH_COLUMNS};
 use crate::error::backend;
 use crate::inserts::insert_jobs;
-use crate::row::{micros, opt_json, timestamp, to_json};
-
-pub(crate) const BATCH_COLUMNS: &str =
-    "id, state, open, total, completed, dead, cancelled_jobs, expired, \
-    progress, on_success, on_complete, on_failure, success_enqueued, complete_enqueued, \
-    failure_enqueued, created_at, finished_at";
-
-pub(crate) fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<Batch> {
-    let state: String = row.get(1)?;
-    let state: BatchState = state.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    let total: i64 = row.get(3)?;
-    let counts = BatchCounts {
-        total,
-        completed: row.get(4)?,
-        dead: row.get(5)?,
-        cancelled: row.get(6)?,
-        expired: row.get(7)?,
-        pending: 0,
-    };
-    let enqueued = [
-        ("on_success", row.get::<_, bool>(12)?),
-        ("on_complete", row.get::<_, bool>(13)?),
-        ("on_failure", row.get::<_, bool>(14)?),
-    ];
-    Ok(Batch {
-        id: BatchId(row.get(0)?),
-        state,
-        open: row.get(2)?,
-        counts: BatchCounts {
-            pending: total - counts.completed - counts.dead - counts.cancelled - counts.expired,
-            ..counts
-        },
-        progress: grafter_core::batch::progress(row.get(8)?, total),
-        callbacks: BatchCallbacks {
-            on_success: opt_json(9, row.get(9)?)?,
-            on_complete: opt_json(10, row.get(10)?)?,
-            on_failure: opt_json(11, row.get(11)?)?,
-        },
-        callbacks_enqueued: enqueued
-            .iter()
-            .filter(|(_, done)| *done)
-            .map(|(name, _)| (*name).to_owned())
-            .collect(),
-        created_at: timestamp(row.get(15)?),
-        finished_at: row.get::<_, Option<i64>>(16)?.map(timestamp),
-    })
-}
+use crate::row::{micros, to_json};
 
 pub fn batch_get(conn: &Connection, id: BatchId) -> Result<Option<Batch>> {
     conn.prepare_cached(&format!(

@@ -8,7 +8,7 @@ use grafter_core::{JobId, NewJob, Timestamp};
 use grafter_store::{Dependencies, Inserted, Result, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::batches::{batch_from_row, BATCH_COLUMNS};
+use crate::batch_row::{batch_from_row, BATCH_COLUMNS};
 use crate::error::backend;
 use crate::row::{job_from_row, micros, JOB_COLUMNS};
 

@@ -7,6 +7,7 @@
 //! caller. Reads use their own connections and are never blocked by the writer.
 
 mod access;
+mod batch_row;
 mod batches;
 mod browse;
 mod dependencies;
