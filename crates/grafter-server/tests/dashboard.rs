@@ -1201,6 +1201,9 @@ async fn a_job_page_shows_its_upstream_jobs_and_what_it_waits_for() {
         .id;
     let page = dash.get(&format!("/jobs/{dependent}")).await.body;
     assert!(page.contains("waits for its dependencies"), "{page}");
+    // Its dependencies move it, not a new run time: no reschedule form.
+    let reschedule = format!(r#"action="/jobs/{dependent}/reschedule""#);
+    assert!(!page.contains(&reschedule), "{page}");
     for up in [first, second] {
         assert!(
             page.contains(&format!(r#"data-upstream-job="{up}""#))
@@ -1219,6 +1222,10 @@ async fn a_job_page_shows_its_upstream_jobs_and_what_it_waits_for() {
     assert!(page.contains(r#"badge state-dead"#), "{page}");
     assert!(page.contains(r#"badge state-cancelled"#), "{page}");
     assert!(!page.contains("data-waiting-for"), "{page}");
+    assert!(
+        page.contains(&reschedule),
+        "a cancelled job may run again later: {page}"
+    );
     // A job without dependencies has no section.
     assert!(!dash
         .get(&format!("/jobs/{second}"))

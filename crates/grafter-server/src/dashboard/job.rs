@@ -197,7 +197,9 @@ fn actions(job: &Job, ctx: &Ctx) -> Markup {
                 (form("cancel", if job.state == JobState::Running { "Ask to cancel" } else { "Cancel" }, Some("Cancel this job?"), None))
             }
             (form("delete", "Delete", Some("Delete this job for good?"), Some("danger")))
-            @if job.state != JobState::Running {
+            // A running job is moved by its worker, a pending one by its
+            // dependencies: the store refuses to reschedule either.
+            @if !matches!(job.state, JobState::Running | JobState::Pending) {
                 form.reschedule method="post" action={ "/jobs/" (job.id) "/reschedule" } {
                     (csrf_field(ctx))
                     label { "Run at " input type="datetime-local" name="when" value=(now_local) min="0001-01-01T00:00" max="9999-12-31T23:59" required; }
