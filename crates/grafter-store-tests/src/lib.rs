@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             a_cancelled_batch_ends_when_its_running_jobs_stop,
             a_batch_change_wakes_the_watchers_of_its_batch_only,
             list_filters_by_tag_args_and_any_combination,
+            lists_merge_many_kinds_and_states_in_id_order,
             queue_counts_follow_every_change,
             throughput_counts_attempts_per_minute,
             bulk_changes_follow_the_one_job_rules,

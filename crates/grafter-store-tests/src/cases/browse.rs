@@ -383,6 +383,159 @@ pub async fn list_filters_by_tag_args_and_any_combination(store: S) {
     ));
 }
 
+/// Lists of a queue with several kinds, and of a kind on several queues, in
+/// every state, interleaved by id: each list merges ordered ranges (per
+/// kind, per queue, per state) and must still give exactly the matching ids
+/// in order, in both orders and across pages.
+pub async fn lists_merge_many_kinds_and_states_in_id_order(store: S) {
+    let now = t0();
+    const KINDS: [&str; 5] = ["k0", "k1", "k2", "k3", "k4"];
+    let mut new = Vec::new();
+    for i in 0..90usize {
+        let mut j = NewJob::new(KINDS[(i * 3 + i / 7) % 5], json!(i));
+        j.queue = if i % 4 == 3 { "other" } else { "busy" }.into();
+        // Hand-out order (priority first) unlike id order, so the jobs
+        // fetched below, and the states they end in, are spread over the ids.
+        j.priority = ((i * 7) % 4) as i16;
+        if i % 9 == 4 {
+            j.run_at = Some(now + chrono::Duration::hours(1));
+        }
+        j.max_attempts = 3;
+        new.push(j);
+    }
+    let jobs = insert(&store, new, now).await;
+    for queue in ["busy", "other"] {
+        let leased = fetch(&store, queue, 40, now).await;
+        for (n, lease) in leased.iter().enumerate() {
+            match n % 5 {
+                0 | 1 => {
+                    store
+                        .job_complete(complete_params(lease, now))
+                        .await
+                        .unwrap();
+                }
+                2 => {
+                    store
+                        .job_fail(JobFail {
+                            retry: false,
+                            ..fail_params(lease, "boom", now)
+                        })
+                        .await
+                        .unwrap();
+                }
+                3 => {
+                    store
+                        .job_fail(fail_params(lease, "again", now))
+                        .await
+                        .unwrap();
+                }
+                _ => {} // left running
+            }
+        }
+    }
+    for job in jobs.iter().filter(|j| j.id.0 % 11 == 0) {
+        // Cancels what is not finished (a running job only asks).
+        let _ = store.job_cancel(JobCancel { id: job.id, now }).await;
+    }
+    let mut all = Vec::new();
+    for job in &jobs {
+        all.push(get(&store, job.id).await);
+    }
+    let states: std::collections::BTreeSet<JobState> = all
+        .iter()
+        .filter(|j| j.queue == "busy")
+        .map(|j| j.state)
+        .collect();
+    for state in [
+        JobState::Available,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Retryable,
+        JobState::Completed,
+        JobState::Dead,
+        JobState::Cancelled,
+    ] {
+        assert!(states.contains(&state), "the busy queue has {state:?} jobs");
+    }
+
+    let mut filters: Vec<(String, JobsList)> = Vec::new();
+    let list = |queue: Option<&str>, kind: Option<&str>, state: Option<JobState>| JobsList {
+        queue: queue.map(Into::into),
+        kind: kind.map(Into::into),
+        state,
+        ..Default::default()
+    };
+    for state in std::iter::once(None).chain(states.iter().copied().map(Some)) {
+        filters.push((format!("busy, {state:?}"), list(Some("busy"), None, state)));
+        filters.push((format!("{state:?}"), list(None, None, state)));
+        for kind in ["k0", "k3"] {
+            filters.push((
+                format!("{kind}, {state:?}"),
+                list(None, Some(kind), state),
+            ));
+            filters.push((
+                format!("busy, {kind}, {state:?}"),
+                list(Some("busy"), Some(kind), state),
+            ));
+        }
+    }
+    for (name, filter) in filters {
+        let expected: Vec<JobId> = all
+            .iter()
+            .rev()
+            .filter(|j| {
+                filter.queue.as_ref().is_none_or(|q| &j.queue == q)
+                    && filter.kind.as_ref().is_none_or(|k| &j.kind == k)
+                    && filter.state.is_none_or(|s| j.state == s)
+            })
+            .map(|j| j.id)
+            .collect();
+        for (limit, scan_limit) in [(100, None), (3, None), (2, Some(5)), (1, Some(1))] {
+            let params = JobsList {
+                limit,
+                scan_limit,
+                ..filter.clone()
+            };
+            assert_eq!(
+                list_all(&store, params.clone()).await,
+                expected,
+                "{name}, limit {limit}, scan {scan_limit:?}"
+            );
+            let mut oldest_first = expected.clone();
+            oldest_first.reverse();
+            assert_eq!(
+                list_all(
+                    &store,
+                    JobsList {
+                        order: Order::Asc,
+                        ..params
+                    }
+                )
+                .await,
+                oldest_first,
+                "{name} oldest first, limit {limit}, scan {scan_limit:?}"
+            );
+        }
+        // A page that starts in the middle: after the 7th match.
+        if let Some(&after) = expected.get(6) {
+            let page = store
+                .jobs_list(JobsList {
+                    limit: 4,
+                    after: Some(after),
+                    ..filter.clone()
+                })
+                .await
+                .unwrap();
+            let want: Vec<_> = expected.iter().skip(7).take(4).copied().collect();
+            assert_eq!(
+                page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+                want,
+                "{name} after {after:?}"
+            );
+        }
+    }
+}
+
 /// Counts per queue and state, the slow way.
 async fn counted(store: &S) -> std::collections::BTreeMap<(String, JobState), u64> {
     let mut counts = std::collections::BTreeMap::new();
