@@ -386,13 +386,14 @@ pub async fn list_filters_by_tag_args_and_any_combination(store: S) {
 /// Lists of a queue with several kinds, and of a kind on several queues, in
 /// every state, interleaved by id: each list merges ordered ranges (per
 /// kind, per queue, per state) and must still give exactly the matching ids
-/// in order, in both orders and across pages.
+/// in order, in both orders and across pages, also with a filter checked row
+/// by row within a scan budget.
 pub async fn lists_merge_many_kinds_and_states_in_id_order(store: S) {
     let now = t0();
     const KINDS: [&str; 5] = ["k0", "k1", "k2", "k3", "k4"];
     let mut new = Vec::new();
     for i in 0..90usize {
-        let mut j = NewJob::new(KINDS[(i * 3 + i / 7) % 5], json!(i));
+        let mut j = NewJob::new(KINDS[(i * 3 + i / 7) % 5], json!({"i": i, "n": i % 3}));
         j.queue = if i % 4 == 3 { "other" } else { "busy" }.into();
         // Hand-out order (priority first) unlike id order, so the jobs
         // fetched below, and the states they end in, are spread over the ids.
@@ -479,6 +480,19 @@ pub async fn lists_merge_many_kinds_and_states_in_id_order(store: S) {
             ));
         }
     }
+    // The same lists with a filter checked row by row, which reads up to
+    // `scan_limit` ids of the merge per page.
+    let checked: Vec<(String, JobsList)> = filters
+        .iter()
+        .map(|(name, filter)| {
+            let args = Some(ArgsMatch {
+                path: vec!["n".into()],
+                value: json!(1),
+            });
+            (format!("{name}, args"), JobsList { args, ..filter.clone() })
+        })
+        .collect();
+    filters.extend(checked);
     for (name, filter) in filters {
         let expected: Vec<JobId> = all
             .iter()
@@ -487,6 +501,7 @@ pub async fn lists_merge_many_kinds_and_states_in_id_order(store: S) {
                 filter.queue.as_ref().is_none_or(|q| &j.queue == q)
                     && filter.kind.as_ref().is_none_or(|k| &j.kind == k)
                     && filter.state.is_none_or(|s| j.state == s)
+                    && (filter.args.is_none() || j.args["n"] == json!(1))
             })
             .map(|j| j.id)
             .collect();
