@@ -470,10 +470,7 @@ pub async fn lists_merge_many_kinds_and_states_in_id_order(store: S) {
         filters.push((format!("busy, {state:?}"), list(Some("busy"), None, state)));
         filters.push((format!("{state:?}"), list(None, None, state)));
         for kind in ["k0", "k3"] {
-            filters.push((
-                format!("{kind}, {state:?}"),
-                list(None, Some(kind), state),
-            ));
+            filters.push((format!("{kind}, {state:?}"), list(None, Some(kind), state)));
             filters.push((
                 format!("busy, {kind}, {state:?}"),
                 list(Some("busy"), Some(kind), state),
@@ -489,7 +486,13 @@ pub async fn lists_merge_many_kinds_and_states_in_id_order(store: S) {
                 path: vec!["n".into()],
                 value: json!(1),
             });
-            (format!("{name}, args"), JobsList { args, ..filter.clone() })
+            (
+                format!("{name}, args"),
+                JobsList {
+                    args,
+                    ..filter.clone()
+                },
+            )
         })
         .collect();
     filters.extend(checked);
