@@ -1165,3 +1165,47 @@ async fn each_lease_token_is_its_own_and_a_new_lease_a_new_token() {
         "{stale:?}"
     );
 }
+
+/// A case that ends while a connection of its own is inside a transaction
+/// (the store's counter rollup can be, and the drop blocks the case's
+/// runtime, so it never commits) still has its schema dropped, instead of
+/// waiting for the lock forever.
+#[tokio::test]
+async fn a_cases_schema_is_dropped_while_its_own_transaction_is_open() {
+    let Some(url) = database().await else { return };
+    let schema = common::fresh_schema();
+    let holder = admin(&url).await;
+    holder
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".t (n int)"
+        ))
+        .await
+        .unwrap();
+    holder
+        .batch_execute(&format!("BEGIN; INSERT INTO \"{schema}\".t VALUES (1)"))
+        .await
+        .unwrap();
+    let guard = common::DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(guard);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the schema's drop waited for the open transaction");
+    let left: i64 = admin(&url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    assert!(holder.is_closed() || holder.batch_execute("COMMIT").await.is_err());
+}

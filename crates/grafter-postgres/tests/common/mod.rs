@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store_tests::Harness;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -41,6 +42,12 @@ pub async fn admin(url: &str) -> tokio_postgres::Client {
 /// Drops the case's schema when the case ends, pass or fail. Runs on its own
 /// thread and runtime because `Drop` cannot await, and waits for it so that the
 /// process does not exit with the schema still there.
+///
+/// Waiting blocks the case's runtime, so a task of the case's store on it
+/// (the counter rollup, say) that is inside a transaction when the case ends
+/// never commits, and its locks would hold the drop forever. Those are the
+/// case's own connections, done with: whoever holds a lock on the schema's
+/// tables when the drop cannot get it is disconnected, and the drop tried again.
 pub struct DropSchema {
     pub url: String,
     pub schema: String,
@@ -48,8 +55,16 @@ pub struct DropSchema {
 
 impl Drop for DropSchema {
     fn drop(&mut self) {
+        const DISCONNECT_HOLDERS: &str = "
+            SELECT pg_terminate_backend(pid) FROM (
+                SELECT DISTINCT l.pid FROM pg_locks AS l
+                JOIN pg_class AS c ON c.oid = l.relation
+                JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE n.nspname = $1 AND l.granted AND l.pid <> pg_backend_pid()
+            ) AS holders";
         let url = self.url.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        let schema = self.schema.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -57,7 +72,16 @@ impl Drop for DropSchema {
             runtime.block_on(async {
                 let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
                 let driver = tokio::spawn(connection);
-                let outcome = client.batch_execute(&sql).await;
+                client.batch_execute("SET lock_timeout = '2s'").await?;
+                let mut outcome = client.batch_execute(&sql).await;
+                for _ in 0..5 {
+                    match &outcome {
+                        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {}
+                        _ => break,
+                    }
+                    client.execute(DISCONNECT_HOLDERS, &[&schema]).await?;
+                    outcome = client.batch_execute(&sql).await;
+                }
                 drop(client);
                 let _ = driver.await;
                 outcome
