@@ -94,6 +94,41 @@ async fn list_all(store: &S, mut params: JobsList) -> Vec<JobId> {
     panic!("the list never ended");
 }
 
+/// Lists `filter` whole, page by page, newest and oldest first, for each
+/// (page size, scan budget) of `pages`: always exactly `expected` (newest
+/// first) in order.
+async fn assert_lists_both_ways(
+    store: &S,
+    name: &str,
+    filter: &JobsList,
+    expected: &[JobId],
+    pages: [(usize, Option<usize>); 4],
+) {
+    let mut oldest_first = expected.to_vec();
+    oldest_first.reverse();
+    for (limit, scan_limit) in pages {
+        let params = JobsList {
+            limit,
+            scan_limit,
+            ..filter.clone()
+        };
+        assert_eq!(
+            list_all(store, params.clone()).await,
+            expected,
+            "{name}, limit {limit}, scan {scan_limit:?}"
+        );
+        let asc = JobsList {
+            order: Order::Asc,
+            ..params
+        };
+        assert_eq!(
+            list_all(store, asc).await,
+            oldest_first,
+            "{name} oldest first, limit {limit}, scan {scan_limit:?}"
+        );
+    }
+}
+
 pub async fn list_filters_by_tag_args_and_any_combination(store: S) {
     let now = t0();
     let mut new = Vec::new();
@@ -313,29 +348,8 @@ pub async fn list_filters_by_tag_args_and_any_combination(store: S) {
             !expected.is_empty(),
             "{name}: the fixture matches something"
         );
-        for (limit, scan_limit) in [(100, None), (2, None), (3, Some(4)), (1, Some(1))] {
-            let params = JobsList {
-                limit,
-                scan_limit,
-                ..filter.clone()
-            };
-            assert_eq!(
-                list_all(&store, params.clone()).await,
-                expected,
-                "{name}, limit {limit}, scan {scan_limit:?}"
-            );
-            let asc = JobsList {
-                order: Order::Asc,
-                ..params
-            };
-            let mut oldest_first = expected.clone();
-            oldest_first.reverse();
-            assert_eq!(
-                list_all(&store, asc).await,
-                oldest_first,
-                "{name} oldest first, limit {limit}"
-            );
-        }
+        let pages = [(100, None), (2, None), (3, Some(4)), (1, Some(1))];
+        assert_lists_both_ways(&store, name, &filter, &expected, pages).await;
     }
     // A scan limit bounds each page: short pages say where to go on.
     let page = store
@@ -508,32 +522,8 @@ pub async fn lists_merge_many_kinds_and_states_in_id_order(store: S) {
             })
             .map(|j| j.id)
             .collect();
-        for (limit, scan_limit) in [(100, None), (3, None), (2, Some(5)), (1, Some(1))] {
-            let params = JobsList {
-                limit,
-                scan_limit,
-                ..filter.clone()
-            };
-            assert_eq!(
-                list_all(&store, params.clone()).await,
-                expected,
-                "{name}, limit {limit}, scan {scan_limit:?}"
-            );
-            let mut oldest_first = expected.clone();
-            oldest_first.reverse();
-            assert_eq!(
-                list_all(
-                    &store,
-                    JobsList {
-                        order: Order::Asc,
-                        ..params
-                    }
-                )
-                .await,
-                oldest_first,
-                "{name} oldest first, limit {limit}, scan {scan_limit:?}"
-            );
-        }
+        let pages = [(100, None), (3, None), (2, Some(5)), (1, Some(1))];
+        assert_lists_both_ways(&store, &name, &filter, &expected, pages).await;
         // A page that starts in the middle: after the 7th match.
         if let Some(&after) = expected.get(6) {
             let page = store
