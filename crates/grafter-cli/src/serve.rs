@@ -42,6 +42,17 @@ pub struct ServeArgs {
     /// The service.name of exported spans [default: grafter]
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     otel_service_name: Option<String>,
+    /// Headers sent with every span export, as name=value pairs separated
+    /// by commas, values percent-encoded (a collector's API key, say).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true)]
+    otlp_headers: Option<String>,
+    /// As --otlp-headers, for the traces endpoint alone (wins over it).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        hide_env_values = true
+    )]
+    otlp_traces_headers: Option<String>,
 }
 
 impl ServeArgs {
@@ -73,6 +84,17 @@ impl ServeArgs {
         }
         if let Some(name) = self.otel_service_name {
             config.otlp.service_name = name;
+        }
+        // Over the file's headers, the general ones, then the traces' own.
+        if let Some(list) = &self.otlp_headers {
+            config
+                .otlp
+                .add_header_list("OTEL_EXPORTER_OTLP_HEADERS", list)?;
+        }
+        if let Some(list) = &self.otlp_traces_headers {
+            config
+                .otlp
+                .add_header_list("OTEL_EXPORTER_OTLP_TRACES_HEADERS", list)?;
         }
         config.validate()?;
         Ok(config)

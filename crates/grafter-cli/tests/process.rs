@@ -783,6 +783,11 @@ async fn the_standard_otel_variables_turn_span_export_on() {
     let mut child = grafter()
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_SERVICE_NAME", "billing-jobs")
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-api-key=s3cr%3Dt,x-team=ops",
+        )
+        .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Team=billing")
         .args([
             "serve",
             "--listen",
@@ -823,10 +828,15 @@ async fn the_standard_otel_variables_turn_span_export_on() {
     child.kill().expect("stop grafter serve");
     child.wait().expect("reap grafter serve");
     assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
+    let head = head.to_ascii_lowercase();
     assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/x-protobuf"),
+        head.contains("content-type: application/x-protobuf"),
         "{head}"
+    );
+    assert!(head.contains("x-api-key: s3cr=t\r\n"), "{head}");
+    assert!(
+        head.contains("x-team: billing\r\n") && !head.contains("x-team: ops"),
+        "the traces' own headers win: {head}"
     );
     // Protobuf keeps strings as they are: the service and the span's name.
     let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);

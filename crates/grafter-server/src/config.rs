@@ -119,6 +119,31 @@ impl OtlpSettings {
         Some(format!("{}/v1/traces", base.trim_end_matches('/')))
     }
 
+    /// Adds headers given as OpenTelemetry's `OTEL_EXPORTER_OTLP_HEADERS`
+    /// writes them (`source` names where they came from, for errors):
+    /// `key=value` pairs separated by commas, values percent-encoded. A
+    /// header already set under the same name in any case is replaced.
+    pub fn add_header_list(&mut self, source: &'static str, list: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            field: source,
+            message,
+        };
+        for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .map(|(n, v)| (n.trim(), v.trim()))
+                .filter(|(n, _)| !n.is_empty())
+                .ok_or_else(|| invalid(format!("{pair:?} is not name=value")))?;
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .map_err(|_| invalid(format!("{name}: the value is not UTF-8 once decoded")))?;
+            self.headers
+                .retain(|known, _| !known.eq_ignore_ascii_case(name));
+            self.headers.insert(name.to_owned(), value.into_owned());
+        }
+        Ok(())
+    }
+
     /// The export's headers, with `${VAR}` values read from the environment.
     pub fn resolved_headers(&self) -> Result<Vec<(String, String)>, ConfigError> {
         self.headers
@@ -726,6 +751,54 @@ rate = { count = 5, period_ms = 0 }",
             "[otlp]\nendpoint = \"http://c\"\nheaders = { k = \"${GRAFTER_TEST_UNSET_VARIABLE}\" }"
         )
         .contains("GRAFTER_TEST_UNSET_VARIABLE is not set"));
+    }
+
+    #[test]
+    fn otlp_header_lists_read_as_opentelemetry_writes_them() {
+        let mut otlp: OtlpSettings = toml::from_str::<ServerConfig>(
+            "[otlp]\nendpoint = \"http://c\"\nheaders = { \"X-Team\" = \"file\", keep = \"k\" }",
+        )
+        .unwrap()
+        .otlp;
+        otlp.add_header_list(
+            "general",
+            " x-team = api%20key ,, authorization=Basic%20YTpi%3D ,",
+        )
+        .unwrap();
+        otlp.add_header_list("traces", "AUTHORIZATION=Bearer t=1%2C2+3")
+            .unwrap();
+        assert_eq!(
+            otlp.resolved_headers().unwrap(),
+            [
+                ("AUTHORIZATION".to_owned(), "Bearer t=1,2+3".to_owned()),
+                ("keep".to_owned(), "k".to_owned()),
+                ("x-team".to_owned(), "api key".to_owned()),
+            ],
+            "one header per name whatever its case, the last given winning; \
+             percent-decoded, '+' kept as OpenTelemetry's SDKs keep it"
+        );
+        for (list, wrong) in [
+            ("novalue", "\"novalue\" is not name=value"),
+            ("=v", "\"=v\" is not name=value"),
+            ("k=%FF", "k: the value is not UTF-8 once decoded"),
+        ] {
+            let error = otlp
+                .add_header_list("OTEL_EXPORTER_OTLP_HEADERS", list)
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("invalid setting OTEL_EXPORTER_OTLP_HEADERS: {wrong}")
+            );
+        }
+        otlp.add_header_list("general", "bad name=v").unwrap();
+        assert!(ServerConfig {
+            otlp,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("bad name: not a valid HTTP header name and value"));
     }
 
     #[test]

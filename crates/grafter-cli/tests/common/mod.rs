@@ -44,9 +44,11 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Every `GRAFTER_*` and OpenTelemetry variable the binary reads, removed so
 /// the caller's environment cannot change what a test runs against.
-const ENVIRONMENT: [&str; 9] = [
+const ENVIRONMENT: [&str; 11] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
     "OTEL_SERVICE_NAME",
     "GRAFTER_DATABASE_URL",
     "GRAFTER_LISTEN",
