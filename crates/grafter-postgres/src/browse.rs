@@ -3,8 +3,9 @@
 //!
 //! A list walks one index in id order (the "driver") and checks any other
 //! filter row by row, at most `scan_limit` rows per page. Drivers, best first:
-//! a tag (`job_tags`), a schedule (`jobs_of_schedule`), a queue or kind with
-//! a state (`jobs_queue_state`,
+//! a tag (`job_tags`), a schedule (`jobs_of_schedule`), a batch
+//! (`batch_jobs`), an upstream job (its dependents, by the key of
+//! `job_dependencies`), a queue or kind with a state (`jobs_queue_state`,
 //! `jobs_kind_state`), a queue or kind alone (the same indexes, one ordered
 //! range per state merged), a state alone (`jobs_queue_state`, one ordered
 //! range per queue merged), or the primary key; running jobs, which those
@@ -155,6 +156,17 @@ fn driver(sql: &mut Query, params: &JobsList, limit: Option<i64>) {
         );
         return;
     }
+    if let Some(upstream) = params.depends_on {
+        range(
+            sql,
+            "job_id",
+            "job_dependencies",
+            &[("depends_on", Cond::Number(upstream.0))],
+            params,
+            limit,
+        );
+        return;
+    }
     let by = match (&params.queue, &params.kind) {
         (Some(queue), _) => Some(("queue", queue.clone())),
         (None, Some(kind)) => Some(("kind", kind.clone())),
@@ -244,6 +256,12 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &IndexedFilters) -> Resu
     }
     if let (Some(batch), false) = (params.batch, driven.batch) {
         sql.push(" AND batch_id = ").bind(batch.0);
+        any = true;
+    }
+    if let (Some(upstream), false) = (params.depends_on, driven.depends_on) {
+        sql.push(" AND EXISTS (SELECT 1 FROM job_dependencies WHERE depends_on = ")
+            .bind(upstream.0)
+            .push(" AND job_id = jobs.id)");
         any = true;
     }
     if let Some(args) = &params.args {

@@ -1201,6 +1201,31 @@ async fn a_job_page_shows_its_upstream_jobs_and_what_it_waits_for() {
         .id;
     let page = dash.get(&format!("/jobs/{dependent}")).await.body;
     assert!(page.contains("waits for its dependencies"), "{page}");
+    // Each upstream's page lists it among its dependents, and the list of
+    // jobs filters by upstream.
+    let upstream_page = dash.get(&format!("/jobs/{first}")).await.body;
+    assert!(
+        upstream_page.contains(&format!(r#"data-dependent-job="{dependent}""#)),
+        "{upstream_page}"
+    );
+    assert!(
+        !upstream_page.contains("data-all-dependents"),
+        "{upstream_page}"
+    );
+    let listed = dash.get(&format!("/jobs?depends_on={second}")).await.body;
+    assert!(
+        listed.contains(&format!(r#"href="/jobs/{dependent}""#)),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&format!(r#"href="/jobs/{first}""#)),
+        "{listed}"
+    );
+    assert!(dash
+        .get("/jobs?depends_on=nope")
+        .await
+        .body
+        .contains("a job id is a number"));
     // Its dependencies move it, not a new run time: no reschedule form.
     let reschedule = format!(r#"action="/jobs/{dependent}/reschedule""#);
     assert!(!page.contains(&reschedule), "{page}");

@@ -2169,6 +2169,27 @@ async fn a_graph_runs_in_order_and_bad_graphs_are_refused(api: &Api) {
         )
         .await;
     assert_eq!(after["state"], "available");
+    // The jobs that depend on one: its dependents, newest first.
+    let (status, dependents) = api.get(&format!("/v1/jobs?depends_on={extract}")).await;
+    assert_eq!(status, StatusCode::OK, "{dependents}");
+    let ids: Vec<&Value> = dependents["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| &j["id"])
+        .collect();
+    assert_eq!(ids, [&after["id"], &json!(load)]);
+    let (_, pending) = api
+        .get(&format!("/v1/jobs?depends_on={extract}&state=pending"))
+        .await;
+    assert_eq!(pending["jobs"], json!([]));
+    let (_, none) = api.get(&format!("/v1/jobs?depends_on={load}")).await;
+    assert_eq!(none["jobs"], json!([]));
+    assert_error(
+        &api.get("/v1/jobs?depends_on=x").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    );
 
     let cycle = api
         .post(

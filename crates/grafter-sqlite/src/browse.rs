@@ -4,8 +4,9 @@
 //!
 //! A list walks one index in id order (the "driver") and checks any other
 //! filter row by row, at most `scan_limit` rows per page. Drivers, best first:
-//! a tag (`job_tags`), a schedule (`jobs_of_schedule`), a queue or kind with
-//! a state (`jobs_queue_state`,
+//! a tag (`job_tags`), a schedule (`jobs_of_schedule`), a batch
+//! (`jobs_of_batch`), an upstream job (its dependents, by the key of
+//! `job_dependencies`), a queue or kind with a state (`jobs_queue_state`,
 //! `jobs_kind_state`), a queue or kind alone (the same indexes, one ordered
 //! range per state merged), a state alone (`jobs_queue_state`, one ordered
 //! range per queue merged), or the primary key; running jobs, which those
@@ -157,6 +158,17 @@ fn driver(conn: &Connection, sql: &mut Query, params: &JobsList, limit: i64) -> 
         );
         return Ok(());
     }
+    if let Some(upstream) = params.depends_on {
+        range(
+            sql,
+            "job_id",
+            "job_dependencies",
+            &[("depends_on", Cond::Value(Sql::Integer(upstream.0)))],
+            params,
+            limit,
+        );
+        return Ok(());
+    }
     let by = match (&params.queue, &params.kind) {
         (Some(queue), _) => Some(("queue", text(queue))),
         (None, Some(kind)) => Some(("kind", text(kind))),
@@ -255,6 +267,12 @@ fn residual(sql: &mut Query, params: &JobsList, driven: &IndexedFilters) -> Resu
     }
     if let (Some(batch), false) = (params.batch, driven.batch) {
         sql.push(" AND +batch_id = ").bind(Sql::Integer(batch.0));
+        any = true;
+    }
+    if let (Some(upstream), false) = (params.depends_on, driven.depends_on) {
+        sql.push(" AND EXISTS (SELECT 1 FROM job_dependencies WHERE depends_on = ")
+            .bind(Sql::Integer(upstream.0))
+            .push(" AND job_id = jobs.id)");
         any = true;
     }
     if let Some(args) = &params.args {

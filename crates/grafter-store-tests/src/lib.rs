@@ -130,6 +130,7 @@ macro_rules! conformance_suite {
             pruning_keeps_unfinished_batches_and_takes_finished_ones_whole,
             a_worker_lost_mid_batch_still_finishes_it_right,
             a_diamond_graph_runs_in_order,
+            an_upstream_lists_its_dependents,
             each_dependency_policy_on_a_dead_and_a_cancelled_upstream,
             a_cycle_or_an_unknown_id_is_refused_and_nothing_inserted,
             a_dependency_finished_at_insert_is_applied_at_insert,

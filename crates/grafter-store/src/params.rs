@@ -189,6 +189,8 @@ pub struct JobsList {
     pub schedule: Option<String>,
     /// Only jobs in this batch.
     pub batch: Option<grafter_core::BatchId>,
+    /// Only the jobs that depend on this one (its dependents, docs/dependencies.md).
+    pub depends_on: Option<JobId>,
     /// Only jobs whose args hold this value at this path.
     pub args: Option<ArgsMatch>,
     /// Page size.
@@ -267,21 +269,31 @@ pub struct IndexedFilters {
     pub schedule: bool,
     /// The batch filter.
     pub batch: bool,
+    /// The dependents filter.
+    pub depends_on: bool,
 }
 
 impl JobsList {
     /// What the index walk for these filters answers: a tag walks the tag index
     /// alone, else a schedule its jobs' index (schedule, id) alone, else a
-    /// batch its jobs' index (batch, id) alone; otherwise state and queue are
-    /// indexed, and kind too when no queue is named.
+    /// batch its jobs' index (batch, id) alone, else an upstream its
+    /// dependents' (the dependency links' key, upstream then dependent);
+    /// otherwise state and queue are indexed, and kind too when no queue is
+    /// named.
     pub fn indexed_filters(&self) -> IndexedFilters {
-        if self.tag.is_some() || self.schedule.is_some() || self.batch.is_some() {
+        let (tag, schedule, batch) = (
+            self.tag.is_some(),
+            self.schedule.is_some(),
+            self.batch.is_some(),
+        );
+        if tag || schedule || batch || self.depends_on.is_some() {
             return IndexedFilters {
                 state: false,
                 queue: false,
                 kind: false,
-                schedule: self.tag.is_none(),
-                batch: self.tag.is_none() && self.schedule.is_none(),
+                schedule: !tag,
+                batch: !tag && !schedule,
+                depends_on: !tag && !schedule && !batch,
             };
         }
         IndexedFilters {
@@ -290,6 +302,7 @@ impl JobsList {
             kind: self.queue.is_none(),
             schedule: false,
             batch: false,
+            depends_on: false,
         }
     }
 }

@@ -202,6 +202,9 @@ pub struct ListQuery {
     /// Only jobs in this batch (its id).
     #[param(pattern = "^(|-?[0-9]{1,18})$")]
     pub batch: Option<String>,
+    /// Only the jobs that depend on this job (its id): its dependents.
+    #[param(pattern = "^(|-?[0-9]{1,18})$")]
+    pub depends_on: Option<String>,
     /// Only jobs whose args hold a value, as `path=value`: `user.id=42`,
     /// `to=ada@example.com` (a JSON scalar is read as JSON, anything else as
     /// text).
@@ -295,6 +298,16 @@ pub async fn list(
                 .map_err(|_| ApiError::invalid_field("batch", "must be a batch id (an integer)"))
         })
         .transpose()?;
+    let depends_on = query
+        .depends_on
+        .as_deref()
+        .filter(|j| !j.is_empty())
+        .map(|j| {
+            j.parse::<i64>()
+                .map(JobId)
+                .map_err(|_| ApiError::invalid_field("depends_on", "must be a job id (an integer)"))
+        })
+        .transpose()?;
     let page = state
         .store()
         .jobs_list(JobsList {
@@ -304,6 +317,7 @@ pub async fn list(
             tag: name("tag", query.tag)?,
             schedule: name("schedule", query.schedule)?,
             batch,
+            depends_on,
             args,
             limit,
             after,

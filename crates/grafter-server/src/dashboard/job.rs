@@ -13,6 +13,7 @@ use axum::Extension;
 use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use grafter_core::{Job, JobId, JobState};
 use grafter_engine::When;
+use grafter_store::JobsList;
 use maud::{html, Markup};
 use serde_json::Value;
 
@@ -38,6 +39,9 @@ async fn load(state: &AppState, raw: &str) -> Result<Job, Response> {
     }
 }
 
+/// How many of a job's dependents its page lists (the rest: a link).
+const DEPENDENTS_SHOWN: usize = 20;
+
 pub(super) async fn page(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
@@ -58,6 +62,19 @@ pub(super) async fn page(
         .ok()
         .flatten()
         .unwrap_or_default();
+    // The first jobs that wait for it; a failed read leaves them out.
+    let dependents = match state
+        .store()
+        .jobs_list(JobsList {
+            depends_on: Some(job.id),
+            limit: DEPENDENTS_SHOWN,
+            ..JobsList::default()
+        })
+        .await
+    {
+        Ok(first) => job_dependencies::dependents(&job, &first),
+        Err(_) => html! {},
+    };
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let editable = !matches!(job.state, JobState::Running | JobState::Completed);
     html(layout::page(
@@ -75,6 +92,7 @@ pub(super) async fn page(
             }
             (actions(&job, &ctx))
             (job_dependencies::section(&job, &dependencies))
+            (dependents)
             section.columns {
                 div {
                     h2 { "Args" }

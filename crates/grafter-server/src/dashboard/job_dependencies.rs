@@ -1,9 +1,10 @@
 //! The job page's dependencies (docs/dependencies.md): the upstream jobs and
 //! the batches a job waits for, each linked with its state, and for a
-//! pending job, which of them it is still waiting for.
+//! pending job, which of them it is still waiting for; and the jobs that
+//! wait for it.
 
 use grafter_core::{Job, JobState};
-use grafter_store::Dependencies;
+use grafter_store::{Dependencies, JobPage};
 use maud::{html, Markup};
 
 use super::batches::batch_badge;
@@ -60,6 +61,34 @@ pub(super) fn section(job: &Job, deps: &Dependencies) -> Markup {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The first jobs that depend on `job`, linked with their states, and a link
+/// to the list of them all when there are more; nothing when none does.
+pub(super) fn dependents(job: &Job, first: &JobPage) -> Markup {
+    if first.jobs.is_empty() {
+        return html! {};
+    }
+    html! {
+        section.dependents data-dependents {
+            h2 { "Dependents" }
+            table {
+                thead { tr { th { "Job" } th { "What" } th { "State" } } }
+                tbody {
+                    @for down in &first.jobs {
+                        tr data-dependent-job=(down.id) {
+                            td { a href={ "/jobs/" (down.id) } { "job #" (down.id) } }
+                            td { code { (down.kind) } }
+                            td { (state_badge(down.state)) }
+                        }
+                    }
+                }
+            }
+            @if first.next.is_some() {
+                p { a href={ "/jobs?depends_on=" (job.id) } data-all-dependents { "All jobs that depend on this one" } }
             }
         }
     }

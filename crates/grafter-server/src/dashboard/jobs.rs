@@ -42,6 +42,9 @@ pub(super) struct Filter {
     /// The batch the jobs are in (its id).
     #[serde(default)]
     batch: String,
+    /// The job the jobs depend on (its id): its dependents.
+    #[serde(default)]
+    depends_on: String,
     /// `path=value`, e.g. `user.id=42`.
     #[serde(default)]
     args: String,
@@ -66,6 +69,7 @@ impl Filter {
             tag: get("tag"),
             schedule: get("schedule"),
             batch: get("batch"),
+            depends_on: get("depends_on"),
             args: get("args"),
             id: String::new(),
             order: get("order"),
@@ -99,6 +103,13 @@ impl Filter {
                         .map_err(|_| "a batch id is a number".to_owned())
                 })
                 .transpose()?,
+            depends_on: some(&self.depends_on)
+                .map(|j| {
+                    j.parse::<i64>()
+                        .map(JobId)
+                        .map_err(|_| "a job id is a number".to_owned())
+                })
+                .transpose()?,
             args: some(&self.args).map(|a| parse_args(&a)).transpose()?,
             limit,
             after,
@@ -121,6 +132,7 @@ impl Filter {
             ("tag", &self.tag),
             ("schedule", &self.schedule),
             ("batch", &self.batch),
+            ("depends_on", &self.depends_on),
             ("args", &self.args),
             ("order", &self.order),
         ] {
@@ -134,8 +146,8 @@ impl Filter {
     fn hidden_fields(&self) -> Markup {
         html! {
             @for (k, v) in [("state", &self.state), ("queue", &self.queue), ("kind", &self.kind),
-                            ("tag", &self.tag), ("schedule", &self.schedule), ("batch", &self.batch), ("args", &self.args),
-                            ("order", &self.order)] {
+                            ("tag", &self.tag), ("schedule", &self.schedule), ("batch", &self.batch),
+                            ("depends_on", &self.depends_on), ("args", &self.args), ("order", &self.order)] {
                 input type="hidden" name=(k) value=(v);
             }
         }
@@ -215,6 +227,7 @@ pub(super) async fn page(
                 label { "Tag " input name="tag" value=(filter.tag) placeholder="any"; }
                 label { "Schedule " input name="schedule" value=(filter.schedule) placeholder="any"; }
                 label { "Batch " input name="batch" value=(filter.batch) placeholder="any" size="8"; }
+                label { "Depends on job " input name="depends_on" value=(filter.depends_on) placeholder="any" size="8"; }
                 label { "Args " input name="args" value=(filter.args) placeholder="user.id=42"; }
                 label { "Order "
                     select name="order" {

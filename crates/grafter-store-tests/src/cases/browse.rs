@@ -80,7 +80,7 @@ pub async fn list_filters_and_pages_by_keyset(store: S) {
 }
 
 /// Every page of a list, following `next` until the end.
-async fn list_all(store: &S, mut params: JobsList) -> Vec<JobId> {
+pub(super) async fn list_all(store: &S, mut params: JobsList) -> Vec<JobId> {
     let mut seen = Vec::new();
     for _ in 0..1_000 {
         let page = store.jobs_list(params.clone()).await.expect("list");
@@ -97,7 +97,7 @@ async fn list_all(store: &S, mut params: JobsList) -> Vec<JobId> {
 /// Lists `filter` whole, page by page, newest and oldest first, for each
 /// (page size, scan budget) of `pages`: always exactly `expected` (newest
 /// first) in order.
-async fn assert_lists_both_ways(
+pub(super) async fn assert_lists_both_ways(
     store: &S,
     name: &str,
     filter: &JobsList,

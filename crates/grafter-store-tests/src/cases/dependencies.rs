@@ -97,6 +97,77 @@ pub async fn a_diamond_graph_runs_in_order(store: S) {
         .is_none());
 }
 
+/// An upstream's dependents list in pages, in id order both ways, from the
+/// dependency links' key: with a state checked on each, and beside a tag.
+pub async fn an_upstream_lists_its_dependents(store: S) {
+    let now = t0();
+    let tagged = |mut job: NewJob| {
+        job.tags = vec!["t".into()];
+        job
+    };
+    let jobs = insert(
+        &store,
+        vec![
+            node("up", "u", &[]),
+            node("up", "v", &[]),
+            node("down", "d0", &[r("u")]),
+            tagged(node("down", "d1", &[r("u"), r("v")])),
+            node("down", "x", &[r("v")]),
+            node("down", "d2", &[r("u")]),
+            tagged(node("down", "d3", &[r("u")])),
+            node("down", "d4", &[r("v"), r("u")]),
+        ],
+        now,
+    )
+    .await;
+    let id = |kind: &str| jobs.iter().find(|j| j.kind == kind).unwrap().id;
+    let of = |upstream: &str, state: Option<JobState>, tag: Option<&str>| JobsList {
+        depends_on: Some(id(upstream)),
+        state,
+        tag: tag.map(Into::into),
+        limit: 50,
+        ..JobsList::default()
+    };
+    let newest_first = |kinds: &[&str]| {
+        let mut ids: Vec<JobId> = kinds.iter().map(|k| id(k)).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids
+    };
+    let pages = [(100, None), (2, None), (3, Some(3)), (1, Some(1))];
+    let all_of_u = newest_first(&["d0", "d1", "d2", "d3", "d4"]);
+    browse::assert_lists_both_ways(&store, "u", &of("u", None, None), &all_of_u, pages).await;
+    let all_of_v = newest_first(&["d1", "x", "d4"]);
+    browse::assert_lists_both_ways(&store, "v", &of("v", None, None), &all_of_v, pages).await;
+    assert!(browse::list_all(&store, of("d0", None, None))
+        .await
+        .is_empty());
+
+    // u completes: its dependents that waited for it alone are released.
+    let leased = fetch(&store, "up", 10, now).await;
+    let u = leased.iter().find(|l| l.job.kind == "u").unwrap();
+    complete(&store, u, now).await;
+    let released = newest_first(&["d0", "d2", "d3"]);
+    let available = of("u", Some(JobState::Available), None);
+    browse::assert_lists_both_ways(&store, "u, available", &available, &released, pages).await;
+    let pending = of("u", Some(JobState::Pending), None);
+    let waiting = newest_first(&["d1", "d4"]);
+    browse::assert_lists_both_ways(&store, "u, pending", &pending, &waiting, pages).await;
+    // A tag walks its own index; the upstream is checked on each job.
+    let tagged_of_u = newest_first(&["d1", "d3"]);
+    browse::assert_lists_both_ways(
+        &store,
+        "u, tag",
+        &of("u", None, Some("t")),
+        &tagged_of_u,
+        pages,
+    )
+    .await;
+    assert_eq!(
+        browse::list_all(&store, of("v", None, Some("t"))).await,
+        newest_first(&["d1"])
+    );
+}
+
 /// Ends `job` (fetched alone from its queue) dead or cancelled.
 async fn end(store: &S, job: &Job, dead: bool, now: DateTime<Utc>) {
     if dead {
