@@ -69,6 +69,8 @@ class ClientTest < Minitest::Test
     added = client.add_to_batch(id, [{ kind: "part", queue: queue }])
     assert_equal 2, added.dig("batch", "counts", "total")
     assert_equal 2, client.jobs(queue: queue)["jobs"].count { |j| j["batch_id"] == id }
+    assert_equal created["jobs"].map { |j| j["id"] } + added["jobs"].map { |j| j["id"] },
+                 client.jobs(batch: id, order: "asc")["jobs"].map { |j| j["id"] }
 
     2.times do
       leased = client.fetch(queues: [queue], max: 1)
@@ -96,6 +98,8 @@ class ClientTest < Minitest::Test
                                          { kind: "load", queue: queue, depends_on: ["extract"],
                                            on_dependency_failure: "run" }])
     assert_equal %w[available pending], [extract["state"], load["state"]]
+    assert_equal [load["id"]], client.jobs(depends_on: extract["id"])["jobs"].map { |j| j["id"] }
+    assert_empty client.jobs(depends_on: extract["id"], state: "available")["jobs"]
     leased = client.fetch(queues: [queue], max: 10)
     assert_equal [extract["id"]], leased.map { |j| j["id"] }
     client.ack(extract["id"], lease: leased.first["lease"], result: { rows: 3 })

@@ -115,9 +115,12 @@ module Grafter
     end
 
     # One page: {"jobs" => [...], "next_cursor" => "…" or nil}.
-    def jobs(state: nil, queue: nil, kind: nil, tag: nil, args: nil, limit: nil, cursor: nil, order: nil)
-      query = compact("state" => state, "queue" => queue, "kind" => kind, "tag" => tag, "args" => args,
-                      "limit" => limit, "cursor" => cursor, "order" => order)
+    # `batch:` lists a batch's jobs, `depends_on:` the jobs that wait for a job.
+    def jobs(state: nil, queue: nil, kind: nil, tag: nil, batch: nil, depends_on: nil, args: nil,
+             limit: nil, cursor: nil, order: nil)
+      query = compact("state" => state, "queue" => queue, "kind" => kind, "tag" => tag, "batch" => batch,
+                      "depends_on" => depends_on, "args" => args, "limit" => limit, "cursor" => cursor,
+                      "order" => order)
       get("/v1/jobs#{query.empty? ? '' : "?#{URI.encode_www_form(query)}"}")
     end
 
