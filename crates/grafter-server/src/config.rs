@@ -137,6 +137,11 @@ impl OtlpSettings {
             let value = percent_encoding::percent_decode_str(value)
                 .decode_utf8()
                 .map_err(|_| invalid(format!("{name}: the value is not UTF-8 once decoded")))?;
+            if !is_header(name, &value) {
+                return Err(invalid(format!(
+                    "{name}: not a valid HTTP header name and value"
+                )));
+            }
             self.headers
                 .retain(|known, _| !known.eq_ignore_ascii_case(name));
             self.headers.insert(name.to_owned(), value.into_owned());
@@ -181,8 +186,7 @@ impl OtlpSettings {
             return invalid("otlp.service_name", "must not be empty".into());
         }
         for (name, value) in self.resolved_headers()? {
-            let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
-            if !name_ok || reqwest::header::HeaderValue::from_str(&value).is_err() {
+            if !is_header(&name, &value) {
                 return invalid(
                     "otlp.headers",
                     format!("{name}: not a valid HTTP header name and value"),
@@ -296,6 +300,12 @@ impl Default for ServerConfig {
             otlp: OtlpSettings::default(),
         }
     }
+}
+
+/// Whether an HTTP request can carry this header.
+fn is_header(name: &str, value: &str) -> bool {
+    reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && reqwest::header::HeaderValue::from_str(value).is_ok()
 }
 
 /// A value written `${NAME}` is the environment variable NAME (which must be
@@ -781,6 +791,11 @@ rate = { count = 5, period_ms = 0 }",
             ("novalue", "\"novalue\" is not name=value"),
             ("=v", "\"=v\" is not name=value"),
             ("k=%FF", "k: the value is not UTF-8 once decoded"),
+            (
+                "bad name=v",
+                "bad name: not a valid HTTP header name and value",
+            ),
+            ("k=a%00b", "k: not a valid HTTP header name and value"),
         ] {
             let error = otlp
                 .add_header_list("OTEL_EXPORTER_OTLP_HEADERS", list)
@@ -790,15 +805,14 @@ rate = { count = 5, period_ms = 0 }",
                 format!("invalid setting OTEL_EXPORTER_OTLP_HEADERS: {wrong}")
             );
         }
-        otlp.add_header_list("general", "bad name=v").unwrap();
-        assert!(ServerConfig {
-            otlp,
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("bad name: not a valid HTTP header name and value"));
+        let from_file = toml::from_str::<ServerConfig>(
+            "[otlp]\nendpoint = \"http://c\"\nheaders = { \"bad name\" = \"v\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            from_file.validate().unwrap_err().to_string(),
+            "invalid setting otlp.headers: bad name: not a valid HTTP header name and value"
+        );
     }
 
     #[test]
