@@ -34,9 +34,12 @@ fn traceparent(trace_id: &str, parent_id: &str, flags: &str) -> String {
 /// What the collector received.
 #[derive(Default)]
 struct Received {
+    /// Of the requests it answered 200.
     spans: Vec<Span>,
     service_names: Vec<String>,
     content_types: Vec<String>,
+    /// Every request's body, whatever it was answered.
+    bodies: Vec<Bytes>,
 }
 
 /// A collector on loopback that keeps every span posted to it.
@@ -45,18 +48,37 @@ struct Collector {
     received: Arc<Mutex<Received>>,
 }
 
+/// How the collector answers a request: a status and a `Retry-After`.
+type Answer = (StatusCode, Option<&'static str>);
+
 impl Collector {
     async fn start() -> Collector {
+        Collector::answering(Vec::new()).await
+    }
+
+    /// A collector whose first requests get `answers`, in order, and the
+    /// rest 200.
+    async fn answering(answers: Vec<Answer>) -> Collector {
         let received = Arc::new(Mutex::new(Received::default()));
         let kept = received.clone();
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
         let app = axum::Router::new().route(
             "/v1/traces",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let kept = kept.clone();
+                let answer = answers.lock().unwrap().next();
                 async move {
-                    let request = ExportTraceServiceRequest::decode(body)
+                    let request = ExportTraceServiceRequest::decode(body.clone())
                         .expect("an OTLP ExportTraceServiceRequest");
                     let mut kept = kept.lock().unwrap();
+                    kept.bodies.push(body);
+                    if let Some((status, retry_after)) = answer {
+                        let mut headers = HeaderMap::new();
+                        if let Some(seconds) = retry_after {
+                            headers.insert("retry-after", seconds.parse().unwrap());
+                        }
+                        return (status, headers);
+                    }
                     let content_type = headers.get("content-type").map(|v| v.to_str().unwrap());
                     kept.content_types
                         .push(content_type.unwrap_or_default().to_owned());
@@ -71,7 +93,7 @@ impl Collector {
                             kept.spans.extend(scope.spans);
                         }
                     }
-                    StatusCode::OK
+                    (StatusCode::OK, HeaderMap::new())
                 }
             }),
         );
@@ -580,6 +602,60 @@ async fn spans_still_queued_at_shutdown_are_sent() {
 }
 
 #[tokio::test]
+async fn an_export_the_collector_asks_to_retry_is_sent_again_and_a_refused_one_is_not() {
+    // 503 with Retry-After: 0 is retried at once; 429 without one after the
+    // first backoff step; then 200.
+    let busy = Collector::answering(vec![
+        (StatusCode::SERVICE_UNAVAILABLE, Some("0")),
+        (StatusCode::TOO_MANY_REQUESTS, None),
+    ])
+    .await;
+    let grafter = Grafter::start(&busy.url).await;
+    let parent = traceparent(TRACE_ID, PARENT_ID, "01");
+    let id = grafter
+        .enqueue(
+            &[("traceparent", &parent)],
+            json!({"kind": "k", "queue": "busy"}),
+        )
+        .await;
+    let spans = busy.spans_of(id, 1).await;
+    assert_eq!(spans[0].name, "send busy");
+    let bodies = busy.received.lock().unwrap().bodies.clone();
+    assert_eq!(bodies.len(), 3, "two refusals, then the export taken");
+    assert!(
+        bodies.iter().all(|body| *body == bodies[0]),
+        "each try sends the same spans"
+    );
+    assert!(grafter
+        .metrics()
+        .await
+        .contains("grafter_otlp_spans_dropped_total 0"));
+    grafter.stop().await;
+
+    // A refusal the collector does not ask to retry drops the batch at once.
+    let refusing = Collector::answering(vec![(StatusCode::BAD_REQUEST, None)]).await;
+    let grafter = Grafter::start(&refusing.url).await;
+    grafter
+        .enqueue(
+            &[("traceparent", &parent)],
+            json!({"kind": "k", "queue": "refused"}),
+        )
+        .await;
+    grafter.wait_dropped(1).await;
+    let later = grafter
+        .enqueue(
+            &[("traceparent", &parent)],
+            json!({"kind": "k", "queue": "later"}),
+        )
+        .await;
+    refusing.spans_of(later, 1).await;
+    let sent = refusing.received.lock().unwrap().bodies.len();
+    assert_eq!(sent, 2, "the refused export was not sent again");
+    assert!(refusing.spans().iter().all(|s| s.name == "send later"));
+    grafter.stop().await;
+}
+
+#[tokio::test]
 async fn a_collector_that_is_down_or_silent_costs_the_job_path_nothing() {
     // Down: nothing listens on the port.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -596,8 +672,9 @@ async fn a_collector_that_is_down_or_silent_costs_the_job_path_nothing() {
         }
     });
 
-    // The refused one's drops are counted as its exports fail; the silent
-    // one's only when the shutdown deadline gives up on them.
+    // The refused one's drops are counted as its exports fail (after their
+    // retries, about 8 s); the silent one's only when the shutdown deadline
+    // gives up on them.
     for (collector, drops_counted) in [(down, true), (silent, false)] {
         let mut config = ServerConfig::default();
         config.otlp.endpoint = Some(collector.clone());
@@ -619,8 +696,7 @@ async fn a_collector_that_is_down_or_silent_costs_the_job_path_nothing() {
             assert_eq!(grafter.job_state(id).await, "completed", "{collector}");
         }
         if drops_counted {
-            // send, receive and ack of 20 jobs.
-            grafter.wait_dropped(60).await;
+            grafter.wait_dropped(1).await;
         }
         let took = grafter.stop().await;
         // The shutdown deadline is 3 s; allow for a slow machine.

@@ -1,7 +1,11 @@
 //! The exporting task: gathers spans from the tracer's bounded queue and
-//! posts them to the collector in batches, as OTLP/HTTP protobuf. A failed
-//! or slow export drops its batch (counted) rather than holding spans, so a
-//! collector that is down costs the job path nothing.
+//! posts them to the collector in batches, as OTLP/HTTP protobuf. An export
+//! the collector asks to retry (429, 502, 503, 504, or no connection) is
+//! tried again after a backoff, as the OTLP specification asks; one that
+//! still fails, or fails otherwise, drops its batch (counted). The job path
+//! never waits for any of it: while an export waits, new spans queue up to
+//! the queue's bound and past it are dropped, so a collector that is down
+//! costs the job path nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +30,16 @@ const MAX_BATCH: usize = 512;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the last spans to reach the collector.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
+/// The waits before each retry of an export (OpenTelemetry's Java SDK's
+/// defaults: 1 s growing by half each time, at most 5 attempts).
+const RETRY_WAITS: [Duration; 4] = [
+    Duration::from_millis(1_000),
+    Duration::from_millis(1_500),
+    Duration::from_millis(2_250),
+    Duration::from_millis(3_375),
+];
+/// The longest wait a collector's `Retry-After` is followed for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The semantic conventions the spans follow.
 const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
 
@@ -137,7 +151,7 @@ impl Batches {
                 _ = sleep_until(flush_at) => {}
             }
             if !batch.is_empty() {
-                self.export(std::mem::take(&mut batch)).await;
+                self.export(std::mem::take(&mut batch), &stop).await;
             }
             flush_at = Instant::now() + FLUSH_EVERY;
         }
@@ -152,7 +166,7 @@ impl Batches {
                 let rest = batch.split_off(batch.len().min(MAX_BATCH));
                 let chunk = std::mem::replace(&mut batch, rest);
                 let sent = chunk.len() as u64;
-                self.export(chunk).await;
+                self.export(chunk, &stop).await;
                 left -= sent;
             }
         };
@@ -165,8 +179,10 @@ impl Batches {
         }
     }
 
-    /// Posts `spans` as one request; on failure they are dropped and counted.
-    async fn export(&mut self, spans: Vec<proto::Span>) {
+    /// Posts `spans` as one request, retried while the collector asks for
+    /// it (see [`RETRY_WAITS`]) and `stop` has not fired (once it fires,
+    /// one last try); if that fails they are dropped and counted.
+    async fn export(&mut self, spans: Vec<proto::Span>, stop: &CancellationToken) {
         let count = spans.len() as u64;
         let body = proto::ExportTraceServiceRequest {
             resource_spans: vec![proto::ResourceSpans {
@@ -182,10 +198,35 @@ impl Batches {
             }],
         }
         .encode_to_vec();
-        let failure = match self.http.post(&self.url).body(body).send().await {
-            Ok(answer) if answer.status().is_success() => None,
-            Ok(answer) => Some(format!("the collector answered {}", answer.status())),
-            Err(error) => Some(format!("{}", error.without_url())),
+        let body = bytes::Bytes::from(body);
+        let mut waits = RETRY_WAITS.into_iter();
+        let failure = loop {
+            let (error, retry_after) =
+                match self.http.post(&self.url).body(body.clone()).send().await {
+                    Ok(answer) if answer.status().is_success() => break None,
+                    Ok(answer) => {
+                        let error = format!("the collector answered {}", answer.status());
+                        if !retryable(answer.status()) {
+                            break Some(error);
+                        }
+                        (error, retry_after(answer.headers()))
+                    }
+                    Err(error) if error.is_connect() => (format!("{}", error.without_url()), None),
+                    Err(error) => break Some(format!("{}", error.without_url())),
+                };
+            let Some(wait) = waits.next().filter(|_| !stop.is_cancelled()) else {
+                break Some(error);
+            };
+            let wait = match retry_after {
+                Some(after) if after > MAX_RETRY_AFTER => break Some(error),
+                Some(after) => after,
+                None => wait,
+            };
+            tracing::debug!(%error, ?wait, "OTLP export: retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => {}
+            }
         };
         match failure {
             None => self.failing = false,
@@ -200,4 +241,16 @@ impl Batches {
             }
         }
     }
+}
+
+/// The answers after which the OTLP specification asks an exporter to try
+/// again: the collector is overloaded or briefly unavailable.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// A `Retry-After` given in seconds (the form collectors send).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    seconds.trim().parse().ok().map(Duration::from_secs)
 }
