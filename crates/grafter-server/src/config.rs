@@ -1,7 +1,7 @@
 //! Server settings: defaults, the optional TOML file, and validation. The CLI
 //! layers `GRAFTER_*` variables and flags over the file (flags > env > file).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -85,8 +85,13 @@ pub struct OtlpSettings {
     /// The `service.name` of the exported resource.
     pub service_name: String,
     /// Headers sent with every export (a collector's API key, say). A value
-    /// written `${NAME}` is read from the environment variable NAME.
+    /// written `${NAME}` in the file is read from the environment variable NAME.
     pub headers: BTreeMap<String, String>,
+    /// The headers of `headers` given by flag or environment
+    /// ([`OtlpSettings::add_header_list`]): their values are taken as they
+    /// are, as OpenTelemetry's SDKs take them, never read as `${NAME}`.
+    #[serde(skip)]
+    literal_headers: BTreeSet<String>,
     /// How long one export request may take before its spans are dropped.
     pub timeout_ms: u64,
 }
@@ -101,6 +106,7 @@ impl Default for OtlpSettings {
             traces_endpoint: None,
             service_name: DEFAULT_SERVICE_NAME.into(),
             headers: BTreeMap::new(),
+            literal_headers: BTreeSet::new(),
             // OpenTelemetry's default export timeout.
             timeout_ms: 10_000,
         }
@@ -144,16 +150,23 @@ impl OtlpSettings {
             }
             self.headers
                 .retain(|known, _| !known.eq_ignore_ascii_case(name));
+            self.literal_headers
+                .retain(|known| !known.eq_ignore_ascii_case(name));
             self.headers.insert(name.to_owned(), value.into_owned());
+            self.literal_headers.insert(name.to_owned());
         }
         Ok(())
     }
 
-    /// The export's headers, with `${VAR}` values read from the environment.
+    /// The export's headers, with the file's `${VAR}` values read from the
+    /// environment.
     pub fn resolved_headers(&self) -> Result<Vec<(String, String)>, ConfigError> {
         self.headers
             .iter()
             .map(|(name, value)| {
+                if self.literal_headers.contains(name) {
+                    return Ok((name.clone(), value.clone()));
+                }
                 let value = from_env(value).map_err(|message| ConfigError::Invalid {
                     field: "otlp.headers",
                     message: format!("{name}: {message}"),
@@ -777,15 +790,22 @@ rate = { count = 5, period_ms = 0 }",
         .unwrap();
         otlp.add_header_list("traces", "AUTHORIZATION=Bearer t=1%2C2+3")
             .unwrap();
+        otlp.add_header_list("general", "x-literal=${GRAFTER_TEST_UNSET_VARIABLE}")
+            .unwrap();
         assert_eq!(
             otlp.resolved_headers().unwrap(),
             [
                 ("AUTHORIZATION".to_owned(), "Bearer t=1,2+3".to_owned()),
                 ("keep".to_owned(), "k".to_owned()),
+                (
+                    "x-literal".to_owned(),
+                    "${GRAFTER_TEST_UNSET_VARIABLE}".to_owned()
+                ),
                 ("x-team".to_owned(), "api key".to_owned()),
             ],
             "one header per name whatever its case, the last given winning; \
-             percent-decoded, '+' kept as OpenTelemetry's SDKs keep it"
+             percent-decoded, '+' kept as OpenTelemetry's SDKs keep it; \
+             a value from a list is taken as it is"
         );
         for (list, wrong) in [
             ("novalue", "\"novalue\" is not name=value"),
