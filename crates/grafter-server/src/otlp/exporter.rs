@@ -151,7 +151,14 @@ impl Batches {
                 _ = sleep_until(flush_at) => {}
             }
             if !batch.is_empty() {
-                self.export(std::mem::take(&mut batch), &stop).await;
+                // Shutdown does not wait for an export under way (the
+                // collector may be slow to answer, or waiting out a retry):
+                // its spans go out again with the rest, within the deadline.
+                // A collector that took them already gets them twice.
+                tokio::select! {
+                    _ = self.export(batch.clone(), &stop) => batch.clear(),
+                    _ = stop.cancelled() => break,
+                }
             }
             flush_at = Instant::now() + FLUSH_EVERY;
         }
@@ -180,8 +187,8 @@ impl Batches {
     }
 
     /// Posts `spans` as one request, retried while the collector asks for
-    /// it (see [`RETRY_WAITS`]) and `stop` has not fired (once it fires,
-    /// one last try); if that fails they are dropped and counted.
+    /// it (see [`RETRY_WAITS`]) unless `stop` has fired; if that fails they
+    /// are dropped and counted.
     async fn export(&mut self, spans: Vec<proto::Span>, stop: &CancellationToken) {
         let count = spans.len() as u64;
         let body = proto::ExportTraceServiceRequest {
@@ -223,10 +230,7 @@ impl Batches {
                 None => wait,
             };
             tracing::debug!(%error, ?wait, "OTLP export: retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => {}
-            }
+            tokio::time::sleep(wait).await;
         };
         match failure {
             None => self.failing = false,
