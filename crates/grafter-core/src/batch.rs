@@ -95,6 +95,27 @@ pub struct BatchCounts {
     pub expired: i64,
 }
 
+impl BatchCounts {
+    /// The counts of a batch of `total` jobs of which these finished: the
+    /// rest are pending.
+    pub fn with_finished(
+        total: i64,
+        completed: i64,
+        dead: i64,
+        cancelled: i64,
+        expired: i64,
+    ) -> Self {
+        BatchCounts {
+            total,
+            pending: total - completed - dead - cancelled - expired,
+            completed,
+            dead,
+            cancelled,
+            expired,
+        }
+    }
+}
+
 /// The jobs a batch enqueues when it settles, each at most once.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

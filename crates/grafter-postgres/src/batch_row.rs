@@ -30,8 +30,8 @@ pub(crate) fn batch_from_row(row: &Row) -> Result<Batch> {
         .parse()
         .map_err(|e| StoreError::Backend(format!("reading a batch row: {e}")))?;
     let total = get_i64(3)?;
-    let (completed, dead, cancelled, expired) =
-        (get_i64(4)?, get_i64(5)?, get_i64(6)?, get_i64(7)?);
+    let counts =
+        BatchCounts::with_finished(total, get_i64(4)?, get_i64(5)?, get_i64(6)?, get_i64(7)?);
     // The stored callbacks carry their args_bytes for the trigger's insert.
     let callback = |i: usize| -> Result<Option<NewJob>> {
         let value: Option<Value> = opt_json(row, i)?;
@@ -54,14 +54,7 @@ pub(crate) fn batch_from_row(row: &Row) -> Result<Batch> {
         id: BatchId(get_i64(0)?),
         state,
         open: row.try_get(2).map_err(pg_error)?,
-        counts: BatchCounts {
-            total,
-            pending: total - completed - dead - cancelled - expired,
-            completed,
-            dead,
-            cancelled,
-            expired,
-        },
+        counts,
         progress: grafter_core::batch::progress(get_i64(8)?, total),
         callbacks: BatchCallbacks {
             on_success: callback(9)?,

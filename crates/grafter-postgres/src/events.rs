@@ -116,8 +116,13 @@ impl Db {
                     .parse()
                     .map_err(|e| StoreError::Backend(format!("reading a batch event: {e}")))?;
                 let total = get_i64(7)?;
-                let (completed, dead, cancelled, expired) =
-                    (get_i64(8)?, get_i64(9)?, get_i64(10)?, get_i64(11)?);
+                let counts = BatchCounts::with_finished(
+                    total,
+                    get_i64(8)?,
+                    get_i64(9)?,
+                    get_i64(10)?,
+                    get_i64(11)?,
+                );
                 Ok(BatchEvent {
                     seq: get_i64(0)?,
                     batch_id: BatchId(get_i64(1)?),
@@ -126,14 +131,7 @@ impl Db {
                     state,
                     open: row.try_get(5).map_err(pg_error)?,
                     finished: row.try_get(6).map_err(pg_error)?,
-                    counts: BatchCounts {
-                        total,
-                        pending: total - completed - dead - cancelled - expired,
-                        completed,
-                        dead,
-                        cancelled,
-                        expired,
-                    },
+                    counts,
                     progress: batch::progress(get_i64(12)?, total),
                 })
             })

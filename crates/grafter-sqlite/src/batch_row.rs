@@ -19,14 +19,8 @@ pub(crate) fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<Batch> {
         rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
     })?;
     let total: i64 = row.get(3)?;
-    let counts = BatchCounts {
-        total,
-        completed: row.get(4)?,
-        dead: row.get(5)?,
-        cancelled: row.get(6)?,
-        expired: row.get(7)?,
-        pending: 0,
-    };
+    let counts =
+        BatchCounts::with_finished(total, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?);
     let enqueued = [
         ("on_success", row.get::<_, bool>(12)?),
         ("on_complete", row.get::<_, bool>(13)?),
@@ -36,10 +30,7 @@ pub(crate) fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<Batch> {
         id: BatchId(row.get(0)?),
         state,
         open: row.get(2)?,
-        counts: BatchCounts {
-            pending: total - counts.completed - counts.dead - counts.cancelled - counts.expired,
-            ..counts
-        },
+        counts,
         progress: grafter_core::batch::progress(row.get(8)?, total),
         callbacks: BatchCallbacks {
             on_success: opt_json(9, row.get(9)?)?,

@@ -119,8 +119,13 @@ pub fn batch_events_list(conn: &Connection, params: &BatchEventsList) -> Result<
                 )
             })?;
             let total: i64 = row.get(7)?;
-            let (completed, dead, cancelled, expired): (i64, i64, i64, i64) =
-                (row.get(8)?, row.get(9)?, row.get(10)?, row.get(11)?);
+            let counts = BatchCounts::with_finished(
+                total,
+                row.get(8)?,
+                row.get(9)?,
+                row.get(10)?,
+                row.get(11)?,
+            );
             Ok(BatchEvent {
                 seq: row.get(0)?,
                 batch_id: BatchId(row.get(1)?),
@@ -129,14 +134,7 @@ pub fn batch_events_list(conn: &Connection, params: &BatchEventsList) -> Result<
                 state,
                 open: row.get(5)?,
                 finished: row.get(6)?,
-                counts: BatchCounts {
-                    total,
-                    pending: total - completed - dead - cancelled - expired,
-                    completed,
-                    dead,
-                    cancelled,
-                    expired,
-                },
+                counts,
                 progress: batch::progress(row.get(12)?, total),
             })
         })
