@@ -1,4 +1,4 @@
-//! Job-list filters that the API and the dashboard read the same way.
+//! List filters that the API and the dashboard read the same way.
 
 use grafter_core::ValidationError;
 use grafter_store::ArgsMatch;
@@ -7,6 +7,15 @@ use serde_json::Value;
 /// How many jobs one page of a filtered list looks at when some filter is
 /// checked row by row; keeps every page fast however rare the matches.
 pub(crate) const SCAN_LIMIT: usize = 10_000;
+
+/// A job or batch id to filter by (a page's cursor is one too): `None` when
+/// empty; refused when it is not an integer.
+pub(crate) fn id_filter(value: &str) -> Result<Option<i64>, std::num::ParseIntError> {
+    Some(value)
+        .filter(|v| !v.is_empty())
+        .map(str::parse)
+        .transpose()
+}
 
 /// A queue, kind or tag to filter by: `None` when empty; refused when it holds
 /// a control character, which no name can (and PostgreSQL cannot compare).

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::access::Access;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathBatchId};
+use crate::filters::id_filter;
 use crate::state::AppState;
 
 /// Page size when a list names none.
@@ -190,16 +191,9 @@ pub async fn list(
             format!("must be between 1 and {MAX_BATCH_LIST}"),
         ));
     }
-    let before = query
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse::<i64>()
-                .map(BatchId)
-                .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from a previous page"))
-        })
-        .transpose()?;
+    let before = id_filter(query.cursor.as_deref().unwrap_or_default())
+        .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from a previous page"))?
+        .map(BatchId);
     let batches = state.engine().batches_list(before, limit).await?;
     let next_cursor = (batches.len() == limit)
         .then(|| batches.last().map(|b| b.id.to_string()))

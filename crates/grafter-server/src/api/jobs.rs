@@ -18,7 +18,7 @@ use crate::api::events::{wait_for_change, EVENT_ID_HEADER, MAX_WAIT_MS};
 use crate::api::worker::millis;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathJobId, TraceHeaders};
-use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
+use crate::filters::{id_filter, name_filter, parse_args, SCAN_LIMIT};
 use crate::otlp::{JobRef, JobSpan, Operation, SpanStart};
 use crate::state::AppState;
 
@@ -261,16 +261,15 @@ pub async fn list(
             format!("must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let after = query
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse::<i64>()
-                .map(JobId)
-                .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from a previous page"))
-        })
-        .transpose()?;
+    let id = |field: &str, value: Option<&str>, message: &str| {
+        id_filter(value.unwrap_or_default()).map_err(|_| ApiError::invalid_field(field, message))
+    };
+    let after = id(
+        "cursor",
+        query.cursor.as_deref(),
+        "not a cursor from a previous page",
+    )?
+    .map(JobId);
     let order = match query.order.as_deref() {
         None | Some("") | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
@@ -288,26 +287,18 @@ pub async fn list(
         .filter(|a| !a.is_empty())
         .map(|a| parse_args(&a).map_err(|e| ApiError::invalid_field("args", e)))
         .transpose()?;
-    let batch = query
-        .batch
-        .as_deref()
-        .filter(|b| !b.is_empty())
-        .map(|b| {
-            b.parse::<i64>()
-                .map(grafter_core::BatchId)
-                .map_err(|_| ApiError::invalid_field("batch", "must be a batch id (an integer)"))
-        })
-        .transpose()?;
-    let depends_on = query
-        .depends_on
-        .as_deref()
-        .filter(|j| !j.is_empty())
-        .map(|j| {
-            j.parse::<i64>()
-                .map(JobId)
-                .map_err(|_| ApiError::invalid_field("depends_on", "must be a job id (an integer)"))
-        })
-        .transpose()?;
+    let batch = id(
+        "batch",
+        query.batch.as_deref(),
+        "must be a batch id (an integer)",
+    )?
+    .map(grafter_core::BatchId);
+    let depends_on = id(
+        "depends_on",
+        query.depends_on.as_deref(),
+        "must be a job id (an integer)",
+    )?
+    .map(JobId);
     let page = state
         .store()
         .jobs_list(JobsList {

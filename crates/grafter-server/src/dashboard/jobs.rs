@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::layout::{self, clip, count, csrf_field, state_badge, time, time_or_dash, Tab};
 use super::{checked_form, explain, html, redirect_with, store_error, Ctx, FormData};
-use crate::filters::{name_filter, parse_args, SCAN_LIMIT};
+use crate::filters::{id_filter, name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
 /// Rows per page.
@@ -83,33 +83,17 @@ impl Filter {
         let state = some(&self.state)
             .map(|s| s.parse::<JobState>().map_err(|e| e.to_string()))
             .transpose()?;
-        let after = some(&self.cursor)
-            .map(|c| {
-                c.parse::<i64>()
-                    .map(JobId)
-                    .map_err(|_| "that page link is broken".to_owned())
-            })
-            .transpose()?;
+        let id =
+            |value: &str, message: &str| id_filter(value.trim()).map_err(|_| message.to_owned());
+        let after = id(&self.cursor, "that page link is broken")?.map(JobId);
         Ok(JobsList {
             state,
             queue: name_filter("queue", self.queue.trim()).map_err(|e| e.to_string())?,
             kind: name_filter("kind", self.kind.trim()).map_err(|e| e.to_string())?,
             tag: name_filter("tag", self.tag.trim()).map_err(|e| e.to_string())?,
             schedule: name_filter("schedule", self.schedule.trim()).map_err(|e| e.to_string())?,
-            batch: some(&self.batch)
-                .map(|b| {
-                    b.parse::<i64>()
-                        .map(grafter_core::BatchId)
-                        .map_err(|_| "a batch id is a number".to_owned())
-                })
-                .transpose()?,
-            depends_on: some(&self.depends_on)
-                .map(|j| {
-                    j.parse::<i64>()
-                        .map(JobId)
-                        .map_err(|_| "a job id is a number".to_owned())
-                })
-                .transpose()?,
+            batch: id(&self.batch, "a batch id is a number")?.map(grafter_core::BatchId),
+            depends_on: id(&self.depends_on, "a job id is a number")?.map(JobId),
             args: some(&self.args).map(|a| parse_args(&a)).transpose()?,
             limit,
             after,
