@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::job::{Job, ValidationError};
+use crate::job::{Job, ValidationError, MAX_NAME_LEN};
 
 /// Most jobs a concurrency limit may allow at once.
 pub const MAX_CONCURRENCY: i64 = 100_000;
@@ -152,6 +152,9 @@ fn parse_partition_by(text: Option<&str>) -> Result<PartitionBy, ValidationError
     let Some(path) = text.strip_prefix("args.") else {
         return invalid("must be \"partition\" or \"args.\" and a path");
     };
+    if text.len() > MAX_NAME_LEN {
+        return invalid(&format!("must be at most {MAX_NAME_LEN} bytes"));
+    }
     let keys: Vec<String> = path.split('.').map(str::to_owned).collect();
     if keys.len() > MAX_PATH_KEYS {
         return invalid(&format!("a path has at most {MAX_PATH_KEYS} keys"));
@@ -166,9 +169,15 @@ fn parse_partition_by(text: Option<&str>) -> Result<PartitionBy, ValidationError
     Ok(PartitionBy::Args(keys))
 }
 
+/// The characters of a partition value that count: a longer value at an
+/// `args.` path is cut to them, so a partition is never longer than a
+/// `partition` field may be (and fits any index of the stores').
+pub const MAX_PARTITION_CHARS: usize = 255;
+
 /// A job's partition under `args.<path>`: the string at the path; a number's
 /// or boolean's JSON text; the empty partition for null or nothing there; the
-/// JSON text of an object or array. Stores compute the same in SQL.
+/// JSON text of an object or array; its first [`MAX_PARTITION_CHARS`]
+/// characters. Stores compute the same in SQL.
 pub fn partition_key(args: &Value, path: &[String]) -> String {
     let mut at = args;
     for key in path {
@@ -177,10 +186,14 @@ pub fn partition_key(args: &Value, path: &[String]) -> String {
             None => return String::new(),
         }
     }
-    match at {
-        Value::Null => String::new(),
+    let whole = match at {
+        Value::Null => return String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    };
+    match whole.char_indices().nth(MAX_PARTITION_CHARS) {
+        Some((cut, _)) => whole[..cut].to_owned(),
+        None => whole,
     }
 }
 
@@ -268,10 +281,24 @@ mod tests {
             assert_eq!(error.field, field, "{value}");
         }
         let deep = format!("args.{}", vec!["k"; MAX_PATH_KEYS + 1].join("."));
-        let error = limits(json!({"concurrency": 1, "partition_by": deep}))
-            .validate()
-            .unwrap_err();
-        assert_eq!(error.field, "limits.partition_by");
+        let long = format!("args.{}", "k".repeat(MAX_NAME_LEN));
+        for path in [deep, long] {
+            let error = limits(json!({"concurrency": 1, "partition_by": path}))
+                .validate()
+                .unwrap_err();
+            assert_eq!(error.field, "limits.partition_by");
+        }
+    }
+
+    #[test]
+    fn a_long_value_counts_by_its_first_characters() {
+        let path = ["c".to_owned()];
+        let long = "é".repeat(MAX_PARTITION_CHARS + 10);
+        let key = partition_key(&json!({ "c": long }), &path);
+        assert_eq!(key.chars().count(), MAX_PARTITION_CHARS);
+        assert!(long.starts_with(&key));
+        let short = "é".repeat(MAX_PARTITION_CHARS);
+        assert_eq!(partition_key(&json!({ "c": short }), &path), short);
     }
 
     #[test]

@@ -34,20 +34,21 @@ const REREAD_EVERY: Duration = Duration::from_secs(1);
 
 /// A job's partition in SQL: parameter `$kind` says which kind (0 the
 /// queue, 1 the `partition` column, 2 the args path `$path`), computed as
-/// `grafter_core::limits::partition_key` does in Rust.
+/// `grafter_core::limits::partition_key` does in Rust, to its first 255
+/// characters (`MAX_PARTITION_CHARS`; `left` counts characters).
 macro_rules! partition_key {
     () => {
         partition_key!("$2", "$3")
     };
     ($kind:literal, $path:literal) => {
         concat!(
-            "CASE ",
+            "left(CASE ",
             $kind,
             "::int WHEN 1 THEN coalesce(jobs.partition, '')
                       WHEN 2 THEN coalesce(jobs.args #>> ",
             $path,
             "::text[], '')
-                      ELSE '' END"
+                      ELSE '' END, 255)"
         )
     };
 }

@@ -19,14 +19,15 @@ use crate::row::{duration_micros, micros, timestamp, to_json, JOB_COLUMNS};
 
 /// A job's partition in SQL (`?9`, renumbered by each statement, is the JSON
 /// path of an `args.` partition),
-/// computed as `grafter_core::limits::partition_key` does in Rust.
+/// computed as `grafter_core::limits::partition_key` does in Rust, to its
+/// first 255 characters (`MAX_PARTITION_CHARS`; `substr` counts characters).
 fn partition_sql(by: &PartitionBy) -> &'static str {
     match by {
         PartitionBy::Queue => "''",
         PartitionBy::Field => "coalesce(partition, '')",
         PartitionBy::Args(_) => {
-            "coalesce(CASE json_type(args, ?9) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
-                      ELSE CAST(json_extract(args, ?9) AS TEXT) END, '')"
+            "substr(coalesce(CASE json_type(args, ?9) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
+                      ELSE CAST(json_extract(args, ?9) AS TEXT) END, ''), 1, 255)"
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use grafter_core::limits::MAX_PARTITION_CHARS;
 use grafter_core::{HeldReason, JobState, NewJob, QueueLimits, Timestamp};
 use grafter_engine::{Clock, Engine, EngineConfig, FetchRequest, Outcome, Retry};
 use grafter_store::{
@@ -342,6 +343,56 @@ pub async fn a_full_partition_never_blocks_another(store: S) {
         .map(|p| (p.partition.as_str(), p.running))
         .collect();
     assert_eq!(per, [("7", 1), ("a", 2), ("b", 1), ("c", 1)]);
+}
+
+/// A partition value longer than [`MAX_PARTITION_CHARS`] counts by its
+/// first characters, under a rate (whose starts the store keeps in an
+/// index) as under a concurrency: two values alike that far share one
+/// partition, and a fetch naming the queue with another leases from both.
+pub async fn a_long_partition_value_counts_by_its_first_characters(store: S) {
+    let now = t0();
+    let one_each = [
+        (
+            "rated",
+            json!({"rate": {"count": 1, "period_ms": 60_000}, "partition_by": "args.c"}),
+        ),
+        (
+            "capped",
+            json!({"concurrency": 1, "partition_by": "args.c"}),
+        ),
+    ];
+    let head = "é".repeat(MAX_PARTITION_CHARS);
+    for (queue, limit) in one_each {
+        set_limits(&store, queue, Some(limit), now).await;
+        let jobs: Vec<NewJob> = [
+            format!("{head}{}", "x".repeat(3000)),
+            format!("{head}y"),
+            "z".into(),
+        ]
+        .into_iter()
+        .map(|c| {
+            let mut job = NewJob::new("k", json!({ "c": c }));
+            job.queue = queue.into();
+            job
+        })
+        .collect();
+        insert(&store, jobs, now).await;
+    }
+    insert(&store, jobs_on("plain", 1), now).await;
+    let mut params = fetch_params("plain", 10, now);
+    params.queues = vec!["plain".into(), "rated".into(), "capped".into()];
+    let got = store.jobs_fetch(params).await.unwrap();
+    let per_queue = |queue: &str| got.iter().filter(|l| l.job.queue == queue).count();
+    assert_eq!(
+        (per_queue("plain"), per_queue("rated"), per_queue("capped")),
+        (1, 2, 2),
+        "one of the two long values and z, in each limited queue"
+    );
+    for queue in ["rated", "capped"] {
+        let running = running_per_partition(&store, queue, now).await;
+        assert_eq!(running.get(&head), Some(&1), "{queue}: {running:?}");
+        assert_eq!(running.get("z"), Some(&1), "{queue}: {running:?}");
+    }
 }
 
 /// `partition_by: "partition"` limits each job's own `partition` apart; jobs
