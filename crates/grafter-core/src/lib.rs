@@ -32,8 +32,8 @@ pub use job::{
 pub use limits::{Held, HeldReason, QueueLimits, RateLimit};
 pub use push::{standard_webhooks_key, PushTarget, Signing};
 pub use schedule::{
-    CatchUp, Overlap, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkipReason,
-    SkippedSlots, Timing,
+    validate_schedule_id, CatchUp, Overlap, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec,
+    SkipReason, SkippedSlots, Timing,
 };
 pub use state::{JobState, UnknownState};
 pub use worker::{Worker, WorkerRegistration};

@@ -1605,6 +1605,26 @@ async fn schedules_round_trip(api: Api) {
     }
     let (status, _) = api.get("/v1/schedules/bad").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // An id no schedule can have (PostgreSQL cannot even compare a NUL) is
+    // refused on every route, as a queue name is.
+    for (method, path) in [
+        (Method::GET, "/v1/schedules/a%00b"),
+        (Method::DELETE, "/v1/schedules/a%00b"),
+        (Method::POST, "/v1/schedules/a%00b/pause"),
+        (Method::POST, "/v1/schedules/a%00b/resume"),
+        (Method::POST, "/v1/schedules/a%00b/trigger"),
+        (Method::GET, "/v1/schedules/a%00b/preview"),
+        (Method::GET, "/v1/schedules?after=%00"),
+    ] {
+        let answer = api.call(method.clone(), path, None).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        let field = if path.contains("after") {
+            "after"
+        } else {
+            "id"
+        };
+        assert_eq!(answer.1["error"]["field"], field, "{method} {path}");
+    }
     let (status, _) = api
         .get("/v1/schedules/weekday-report/preview?count=0")
         .await;

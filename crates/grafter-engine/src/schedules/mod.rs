@@ -14,8 +14,8 @@ mod plan;
 use std::collections::BTreeMap;
 
 use grafter_core::{
-    validate_name, Job, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkippedSlots,
-    Timestamp, ValidationError,
+    validate_name, validate_schedule_id, Job, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec,
+    SkippedSlots, Timestamp, ValidationError,
 };
 use grafter_store::{
     Firing, ScheduleSkipsList, ScheduleWrite, SchedulesDue, SchedulesFire, SchedulesList,
@@ -70,7 +70,7 @@ impl Engine {
         mut spec: ScheduleSpec,
         source: ScheduleSource,
     ) -> Result<(Schedule, bool)> {
-        validate_name("id", id)?;
+        validate_schedule_id(id)?;
         let timing = spec.validate()?;
         let paused = spec.paused.take();
         for _ in 0..WRITE_TRIES {
@@ -138,6 +138,7 @@ impl Engine {
 
     /// One schedule.
     pub async fn schedule_get(&self, id: &str) -> Result<Schedule> {
+        validate_schedule_id(id)?;
         self.store()
             .schedule_get(id.to_owned())
             .await?
@@ -157,6 +158,9 @@ impl Engine {
             )
             .into());
         }
+        if let Some(after) = &after {
+            validate_name("after", after)?;
+        }
         Ok(self
             .store()
             .schedules_list(SchedulesList { after, limit })
@@ -165,6 +169,7 @@ impl Engine {
 
     /// Deletes a schedule (its jobs stay).
     pub async fn schedule_delete(&self, id: &str) -> Result<()> {
+        validate_schedule_id(id)?;
         if self.store().schedule_delete(id.to_owned()).await? {
             Ok(())
         } else {
@@ -250,6 +255,7 @@ impl Engine {
 
     /// A schedule's latest skipped slots, newest first.
     pub async fn schedule_skips(&self, id: &str, limit: usize) -> Result<Vec<SkippedSlots>> {
+        validate_schedule_id(id)?;
         Ok(self
             .store()
             .schedule_skips_list(ScheduleSkipsList {
