@@ -16,6 +16,12 @@ use crate::{JobId, NewJob, ValidationError};
 /// Most upstreams one job may name.
 pub const MAX_DEPENDENCIES: usize = 100;
 
+/// Most levels of a chain of dependencies (a job waiting for one that waits
+/// for one…, through batches too): a failure cancels its chain one nested
+/// trigger per level, within what both stores can nest. The stores'
+/// migrations hold the same number.
+pub const MAX_DEPTH: usize = 100;
+
 /// One entry of `depends_on`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

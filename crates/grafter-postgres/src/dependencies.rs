@@ -3,6 +3,8 @@
 //! Releasing and cancelling dependents is the triggers' work
 //! (`migrations/0018_dependencies.sql`, `0021_batch_and_sql_dependencies.sql`).
 
+use std::collections::HashSet;
+
 use grafter_core::dependency::{self, DependencyFailure, Resolved};
 use grafter_core::{JobId, NewJob, Timestamp};
 use grafter_store::{Dependencies, Inserted, Result, StoreError};
@@ -68,6 +70,10 @@ pub(crate) async fn link(
     if plan.is_empty() {
         return Ok(());
     }
+    // Each upstream's row is written once: writing it again for each of its
+    // dependents made a new row version each time, for later writes and
+    // reads to walk (quadratic in the dependents of one request).
+    let mut marked = HashSet::new();
     let mark = client.statement(MARK).await?;
     let edge = client.statement(EDGE).await?;
     let settle = client.statement(SETTLE).await?;
@@ -88,13 +94,16 @@ pub(crate) async fn link(
                 }
                 Resolved::Index(j) => inserted[j].job.id,
             };
-            if client.row_opt(&mark, &[&id.0]).await?.is_none() {
+            if marked.insert(id) && client.row_opt(&mark, &[&id.0]).await?.is_none() {
                 return Err(StoreError::UnknownDependency {
                     field: dependency::field(jobs, i, id),
                     id,
                 });
             }
-            client.rows(&edge, &[&id.0, &dependent.0]).await?;
+            client
+                .rows(&edge, &[&id.0, &dependent.0])
+                .await
+                .map_err(at_entry(|| dependency::field(jobs, i, id)))?;
         }
     }
     if plan
@@ -118,7 +127,10 @@ pub(crate) async fn link(
                     }
                     Some(_) => {}
                 }
-                client.rows(&batch_edge, &[&batch.0, &dependent.0]).await?;
+                client
+                    .rows(&batch_edge, &[&batch.0, &dependent.0])
+                    .await
+                    .map_err(at_entry(|| field.clone()))?;
             }
         }
     }
@@ -135,6 +147,15 @@ pub(crate) async fn link(
         inserted[i].job = job_from_row(&row)?;
     }
     Ok(())
+}
+
+/// An edge's refusal (a chain too deep) naming the request's entry that
+/// made it.
+fn at_entry(field: impl FnOnce() -> String) -> impl FnOnce(StoreError) -> StoreError {
+    move |e| match e {
+        StoreError::RefusedDependency { .. } => StoreError::too_deep(field()),
+        other => other,
+    }
 }
 
 /// The jobs and batches `id` waits for, by id; `None` if there is no job

@@ -11,6 +11,9 @@ use tokio_postgres::error::SqlState;
 /// retry may cure: serialization failures, deadlocks, a server shutting down or
 /// out of connections) is `Unavailable`; everything else is `Backend`.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    if e.code().map(SqlState::code) == Some(DEPENDENCY_TOO_DEEP) {
+        return StoreError::too_deep("depends_on".into());
+    }
     let message = describe(&e);
     if is_transient(&e) {
         StoreError::Unavailable(message)
@@ -18,6 +21,10 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         StoreError::Backend(message)
     }
 }
+
+/// The SQLSTATE of an edge that would make a chain of dependencies too deep
+/// (migrations/0023_dependency_depth.sql).
+const DEPENDENCY_TOO_DEEP: &str = "GRD01";
 
 /// [`pg_error`] with what the store was doing in front of the message.
 pub(crate) fn pg_error_in(doing: &str, e: tokio_postgres::Error) -> StoreError {

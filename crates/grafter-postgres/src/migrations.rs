@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         22,
         include_str!("../migrations/0022_counts_by_the_moving_statement.sql"),
     ),
+    (23, include_str!("../migrations/0023_dependency_depth.sql")),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -95,7 +95,8 @@ pub fn link(
                     id,
                 });
             }
-            edge.execute(params![id.0, dependent.0]).map_err(backend)?;
+            edge.execute(params![id.0, dependent.0])
+                .map_err(edge_error(|| dependency::field(jobs, i, id)))?;
         }
         for (k, &batch) in jobs[i].depends_on_batches.iter().enumerate() {
             let field = format!("jobs[{i}].depends_on_batches[{k}]");
@@ -113,7 +114,7 @@ pub fn link(
             }
             batch_edge
                 .execute(params![batch.0, dependent.0])
-                .map_err(backend)?;
+                .map_err(edge_error(|| field.clone()))?;
         }
         let policy = jobs[i]
             .on_dependency_failure
@@ -124,6 +125,19 @@ pub fn link(
             .map_err(backend)?;
     }
     Ok(())
+}
+
+/// An edge's insert failing: a chain too deep (the message of
+/// migrations/0020_dependency_depth.sql's triggers) names the request's
+/// entry that made it.
+fn edge_error(field: impl FnOnce() -> String) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| {
+        if e.to_string().contains("grafter: dependency chain too deep") {
+            StoreError::too_deep(field())
+        } else {
+            backend(e)
+        }
+    }
 }
 
 /// The jobs and batches `id` waits for, by id; `None` if there is no job `id`.

@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         19,
         include_str!("../migrations/0019_batch_dependencies.sql"),
     ),
+    (20, include_str!("../migrations/0020_dependency_depth.sql")),
 ];
 
 /// Brings the schema up to date.

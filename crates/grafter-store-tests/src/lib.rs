@@ -141,6 +141,7 @@ macro_rules! conformance_suite {
             a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_upstreams,
             a_graph_in_a_batch_is_counted_with_it,
             a_batch_cancel_cascades_to_a_dependent_in_another_batch_which_counts_it,
+            a_chain_deeper_than_the_bound_is_refused_and_the_deepest_cascades,
             a_job_waiting_for_a_batch_is_released_when_it_succeeds,
             a_batch_with_failures_cancels_or_runs_its_dependents_by_policy,
             a_cancelled_batch_fails_its_dependents_once_it_has_finished,

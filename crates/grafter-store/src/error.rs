@@ -90,6 +90,18 @@ impl StoreError {
         }
     }
 
+    /// `field` names an upstream at the end of a chain already
+    /// [`MAX_DEPTH`](grafter_core::dependency::MAX_DEPTH) deep.
+    pub fn too_deep(field: String) -> Self {
+        StoreError::RefusedDependency {
+            field,
+            message: format!(
+                "the job would wait at the end of a chain of dependencies deeper than {}",
+                grafter_core::dependency::MAX_DEPTH
+            ),
+        }
+    }
+
     /// `field` names a batch that does not exist.
     pub fn unknown_batch(field: String, id: BatchId) -> Self {
         StoreError::RefusedDependency {

@@ -568,3 +568,73 @@ pub async fn a_batch_cancel_cascades_to_a_dependent_in_another_batch_which_count
     assert_eq!((batch.counts.cancelled, batch.counts.pending), (1, 0));
     assert_eq!(batch.state, BatchState::CompletedWithFailures);
 }
+
+/// A chain of dependencies may be [`MAX_DEPTH`] deep, through batches too:
+/// one deeper is refused naming the entry, with nothing inserted; a failure
+/// at the head of the deepest chain allowed cancels all of it in its own
+/// transaction (each level is one nested trigger on both stores).
+pub async fn a_chain_deeper_than_the_bound_is_refused_and_the_deepest_cascades(store: S) {
+    use grafter_core::dependency::MAX_DEPTH;
+    let now = t0();
+    let name = |level: usize| format!("level-{level}");
+    // Levels 0 (the head) to MAX_DEPTH, each waiting for the one before.
+    let chain: Vec<NewJob> = (0..=MAX_DEPTH)
+        .map(|level| {
+            let deps = if level == 0 {
+                vec![]
+            } else {
+                vec![r(&name(level - 1))]
+            };
+            node("chain", &name(level), &deps)
+        })
+        .collect();
+    let chain = insert(&store, chain, now).await;
+    let deepest = chain.last().unwrap();
+    let too_deep = |err: &StoreError, expected: &str| {
+        matches!(err, StoreError::RefusedDependency { field, message }
+            if field == expected && message.contains("deeper than"))
+    };
+    let beyond = vec![node("beyond", "beyond", &[on(&chain[3]), on(deepest)])];
+    let err = store
+        .jobs_insert_many(JobsInsert { jobs: beyond, now })
+        .await
+        .unwrap_err();
+    assert!(too_deep(&err, "jobs[0].depends_on[1]"), "{err}");
+    // Through a batch: a batch holding a job at the bound is as deep.
+    let at_bound = NewJob {
+        depends_on: vec![on(&chain[MAX_DEPTH - 1])],
+        ..NewJob::new("in-batch", json!({}))
+    };
+    let batch = store
+        .batch_create(BatchCreate {
+            jobs: vec![at_bound],
+            open: false,
+            callbacks: Default::default(),
+            now,
+        })
+        .await
+        .unwrap();
+    let after_batch = NewJob {
+        depends_on_batches: vec![batch.batch.id],
+        ..NewJob::new("after-batch", json!({}))
+    };
+    let err = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![after_batch],
+            now,
+        })
+        .await
+        .unwrap_err();
+    assert!(too_deep(&err, "jobs[0].depends_on_batches[0]"), "{err}");
+    assert_eq!(count(&store, "beyond").await, 0);
+
+    end(&store, &chain[0], true, now).await;
+    for job in &chain[1..] {
+        assert_eq!(
+            get(&store, job.id).await.state,
+            JobState::Cancelled,
+            "{}",
+            job.kind
+        );
+    }
+}
