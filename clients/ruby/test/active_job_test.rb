@@ -171,6 +171,11 @@ class ActiveJobTest < Minitest::Test
     assert_raises(ArgumentError) { Grafter.perform_all_later(invalid) }
   end
 
+  def test_perform_all_later_and_enqueue_many_of_nothing_do_nothing
+    assert_equal 0, Grafter.perform_all_later([])
+    assert_equal [], client.enqueue_many([])
+  end
+
   def test_the_worker_runs_jobs_with_results_and_progress
     queue = unique("aj-run")
     name = unique("ok")

@@ -158,6 +158,20 @@ class ClientTest < Minitest::Test
     assert_match(/UTF-8/, error.message)
   end
 
+  # The server takes a request nested 128 levels deep (serde_json's limit)
+  # and answers it deeper still: Ruby's default limit of 100 is not enough.
+  def test_args_nested_as_deep_as_the_server_takes_round_trip
+    queue = unique("deep")
+    deep = nested(124)
+    job = client.enqueue(kind: "deep", queue: queue, args: deep)
+    assert_equal deep, client.job(job["id"])["args"]
+    assert_equal nested(120), client.enqueue_many([{ kind: "deep", queue: queue, args: nested(120) }]).first["args"]
+    assert_equal deep, client.fetch(queues: [queue]).first["args"], "a fetch answer nests it three levels deeper"
+
+    error = assert_raises(Grafter::Error) { client.enqueue(kind: "deep", args: nested(1000)) }
+    assert_match(/too deep/, error.message)
+  end
+
   def test_huge_args_are_refused_by_the_body_limit
     error = assert_raises(Grafter::ApiError) { client.enqueue(kind: "big", args: { "blob" => "x" * 2_000_000 }) }
     assert_equal [413, "payload_too_large"], [error.status, error.code]
@@ -286,5 +300,11 @@ class ClientTest < Minitest::Test
     yield
   ensure
     saved.each { |key, value| ENV[key] = value }
+  end
+
+  private
+
+  def nested(depth)
+    Array.new(depth).inject(1) { |inner, _| { "a" => inner } }
   end
 end

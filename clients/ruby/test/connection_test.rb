@@ -70,12 +70,55 @@ class ConnectionTest < Minitest::Test
     end
   end
 
+  def test_retry_after_as_an_http_date_is_seconds_from_now
+    error = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: %s\r\n\r\n"
+    answers = [format(error, (Time.now + 30).httpdate), format(error, (Time.now - 30).httpdate), format(error, "soon")]
+    with_canned(answers) do |url, _|
+      client = Grafter::Client.new(url: url)
+      retry_afters = Array.new(3) { assert_raises(Grafter::ApiError) { client.enqueue(kind: "k") }.retry_after }
+      assert_includes 28..30, retry_afters[0]
+      assert_equal [0, nil], retry_afters[1..]
+    end
+  end
+
+  def test_a_malformed_or_oversized_answer_is_a_connection_error
+    answers = ["HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n{}",
+               "HTTP/1.1 200 OK\r\ncontent-length: #{Grafter::Connection::MAX_BODY + 1}\r\n\r\n{}",
+               "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n#{' ' * (Grafter::Connection::MAX_BODY + 1)}"]
+    with_canned(answers) do |url, _|
+      client = Grafter::Client.new(url: url)
+      [/malformed Content-Length: "-5"/, /over 67108864 bytes/, /over 67108864 bytes/].each do |message|
+        assert_match(message, assert_raises(Grafter::ConnectionError) { client.enqueue(kind: "k") }.message)
+      end
+    end
+  end
+
+  def test_a_server_trickling_its_answer_is_cut_off_at_the_read_timeout
+    trickle = lambda do |socket|
+      socket.write("HTTP/1.1 200 OK\r\n")
+      # For 3 s, then silence: a client reading with a timeout per read
+      # fails the test rather than hanging it.
+      30.times do
+        sleep 0.1
+        socket.write("x-slow: 1\r\n")
+      end
+    end
+    with_canned([trickle]) do |url, _|
+      client = Grafter::Client.new(url: url, read_timeout: 0.5)
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      error = assert_raises(Grafter::ConnectionError) { client.enqueue(kind: "k") }
+      assert_match(/no answer to POST \/v1\/jobs within 0.5 s/, error.message)
+      assert_in_delta 0.5, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, 0.3
+    end
+  end
+
   private
 
   # A loopback server answering each request with the next of `answers`:
-  # a String (sent as is), :stall (nothing), or :close (closes the
-  # connection without reading, before the next request). Yields its URL and
-  # the requests it read ({connection:, head:, body:}).
+  # a String (sent as is), a Proc (called with the socket), :stall
+  # (nothing), or :close (closes the connection without reading, before the
+  # next request). Yields its URL and the requests it read ({connection:,
+  # head:, body:}).
   def with_canned(answers)
     server = TCPServer.new("127.0.0.1", 0)
     requests = []
@@ -108,6 +151,7 @@ class ConnectionTest < Minitest::Test
       requests << { connection: connection, head: head, body: socket.read(length) }
       answer = answers.shift
       next if answer == :stall
+      next answer.call(socket) if answer.is_a?(Proc)
 
       socket.write(answer)
       return if answer.include?("connection: close")

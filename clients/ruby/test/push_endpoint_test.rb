@@ -128,6 +128,24 @@ class PushEndpointTest < Minitest::Test
     assert_equal ["completed", { "discarded" => "PushJobs::Pointless: skip it" }], done.values_at("state", "result")
   end
 
+  def test_a_result_that_is_not_json_is_dead_without_running_again
+    kind = unique("binary-result")
+    Grafter.handle(kind) { PushJobs.ran(kind) && "\xFF".b }
+    id = client.enqueue(kind: kind, queue: @queue, max_attempts: 3)["id"]
+    dead = wait_state(id, %w[dead completed])
+    assert_equal ["dead", 1], dead.values_at("state", "attempt")
+    assert_match(/the result is not JSON/, dead["errors"].last["error"])
+    assert_equal 1, PushJobs.runs(kind)
+  end
+
+  def test_args_nested_as_deep_as_the_server_takes_are_pushed
+    kind = unique("deep")
+    deep = Array.new(120).inject(1) { |inner, _| [inner] }
+    Grafter.handle(kind) { |args| args == deep }
+    id = client.enqueue(kind: kind, queue: @queue, args: deep)["id"]
+    assert_equal true, wait_state(id, %w[completed dead])["result"]
+  end
+
   def test_an_async_job_is_answered_202_and_finished_through_the_client
     name = unique("export")
     job = PushJobs::LongExportJob.set(queue: @queue).perform_later(name)
@@ -179,6 +197,22 @@ class PushEndpointTest < Minitest::Test
     assert_equal 0, PushJobs.runs(other), "nothing ran"
     signed = standard_headers("job_2", Time.now.to_i, Grafter::Signature.sign_standard("job_2", body, ["old-secret-0123456789", SECRET]))
     assert_equal "200", post(body, nil, signed).code, "any v1, may match (rotation)"
+  end
+
+  def test_a_secret_the_server_would_refuse_is_refused_and_an_empty_key_verifies_nothing
+    ["whsec_", "whsec_!!!!", "whsec_ ", "whsec_#{'x' * 20}", "whsec_#{['k' * 15].pack('m0')}", "short", "s" * 513].each do |secret|
+      error = assert_raises(ArgumentError, secret) { Grafter::Rack::PushEndpoint.new(secret: secret) }
+      assert_match(/push secret/, error.message)
+    end
+    assert_raises(ArgumentError) { Grafter::Rack::PushEndpoint.new(secret: SECRET, old_secrets: ["whsec_"]) }
+    Grafter::Rack::PushEndpoint.new(secret: "whsec_#{['k' * 16].pack('m0')}")
+
+    body = '{"id":1,"kind":"k"}'
+    refute Grafter::Signature.verify(Grafter::Signature.sign(body, [""]), body, [""])
+    ["", "whsec_", "whsec_!!!!"].each do |secret|
+      forged = Grafter::Signature.sign_standard("job_1", body, [secret])
+      refute Grafter::Signature.verify_standard("job_1", Time.now.to_i, forged, body, [secret]), secret
+    end
   end
 
   private

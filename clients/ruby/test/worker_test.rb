@@ -82,6 +82,31 @@ class WorkerTest < Minitest::Test
     end
   end
 
+  # Exceptions whose description used to raise: the outcome was lost.
+  Ünreadable = Class.new(StandardError) # rubocop:disable Naming/AsciiIdentifiers
+  class Mute < StandardError
+    def message
+      raise "no message today"
+    end
+  end
+
+  def test_an_exception_that_cannot_be_described_plainly_still_fails_the_job
+    assert_equal "RuntimeError: héllo", Grafter::Runner.describe(RuntimeError.new("héllo".encode("UTF-16"))).lines.first.chomp
+    binary = Grafter::Runner.describe(Ünreadable.new("\xFF bytes".b))
+    assert_equal "WorkerTest::Ünreadable: ? bytes", binary
+    assert_equal "WorkerTest::Mute (its message could not be read)", Grafter::Runner.describe(Mute.new)
+
+    queue = unique("undescribable")
+    Grafter.handle(kind = unique("utf16")) { raise "tüdelü".encode("UTF-16LE") }
+    Grafter.handle(mute = unique("mute")) { raise Mute }
+    with_worker(queue) do
+      id = client.enqueue(kind: kind, queue: queue, max_attempts: 1)["id"]
+      assert_match(/\ARuntimeError: tüdelü\n/, wait_state(id, "dead", timeout: 5)["errors"].last["error"])
+      id = client.enqueue(kind: mute, queue: queue, max_attempts: 1)["id"]
+      assert_match(/\AWorkerTest::Mute \(its message/, wait_state(id, "dead", timeout: 5)["errors"].last["error"])
+    end
+  end
+
   def test_an_unknown_kind_fails_with_a_clear_error
     queue = unique("unknown")
     with_worker(queue) do
@@ -195,6 +220,41 @@ class WorkerTest < Minitest::Test
     assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], concurrency: 0, client: client) }
     assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], lease_ms: 999, client: client) }
     assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], prefetch: -1, client: client) }
+    # What the server always refuses: the worker would retry it forever.
+    [{ wait_ms: -1 }, { wait_ms: 99_999_999 }, { lease_ms: 999_999_999_999 }, { identifier: "w" * 256 },
+     { queues: ["q" * 256] }, { health_port: -1 }, { health_port: 0 }, { health_port: 99_999 }].each do |bad|
+      assert_raises(ArgumentError, bad.inspect) { Grafter::Worker.new(**{ queues: ["q"], client: client }.merge(bad)) }
+    end
+  end
+
+  def test_a_fetch_the_server_refuses_stops_the_worker
+    worker = Grafter::Worker.new(queues: [unique("refused")], client: client, wait_ms: 40_000,
+                                 logger: GrafterTest.logger(log = StringIO.new))
+    worker.start
+    wait_until(10, message: "the worker stopped by itself") { worker.failure && !client.workers.any? { |w| w["id"] == worker.id } }
+    assert_equal 422, worker.failure.status
+    assert_match(/refuses this worker's fetch/, log.string)
+    assert_equal 1, log.string.scan("refuses this worker's fetch").size, "not retried"
+  ensure
+    worker&.stop(1)
+  end
+
+  def test_grafter_worker_refuses_a_bad_or_taken_health_port_before_registering
+    taken = TCPServer.new("127.0.0.1", 0)
+    identifier = unique("health-taken")
+    [["99999", /the health port must be 1 to 65535, got 99999/],
+     ["-1", /the health port must be 1 to 65535, got -1/],
+     [taken.addr[1].to_s, /the health port 127.0.0.1:#{taken.addr[1]} cannot be opened/]].each do |port, message|
+      status, output = grafter_worker("--health-port", port, "--health-host", "127.0.0.1", "--identifier", identifier)
+      assert_equal 64, status, output
+      assert_match(message, output)
+      refute_match(/\.rb:\d+:in/, output, "no backtrace")
+    end
+    refute(client.workers.any? { |w| w["id"] == identifier }, "nothing registered")
+    status, output = grafter_worker("--wait-ms", "99999999")
+    assert_equal [64, true], [status, output.include?("wait_ms must be 0 to 600000")], output
+  ensure
+    taken&.close
   end
 
   def test_worker_options_come_from_flags_or_the_environment
@@ -210,6 +270,26 @@ class WorkerTest < Minitest::Test
   end
 
   private
+
+  # Runs exe/grafter-worker against the shared server: [exit status, output].
+  # One still running after 10 s (it took settings it should have refused)
+  # is killed.
+  def grafter_worker(*args)
+    exe = File.expand_path("../exe/grafter-worker", __dir__)
+    reader, writer = IO.pipe
+    pid = Process.spawn({ "GRAFTER_URL" => server.url }, RbConfig.ruby, exe, "--queues", unique("cli"), *args,
+                        out: writer, err: writer)
+    writer.close
+    status = wait_until(10, message: "grafter-worker exits") { Process.wait2(pid, Process::WNOHANG)&.last }
+    pid = nil
+    [status.exitstatus, reader.read]
+  ensure
+    if pid
+      Process.kill("KILL", pid)
+      Process.wait(pid)
+    end
+    reader&.close
+  end
 
   def health(port)
     Net::HTTP.get_response(URI("http://127.0.0.1:#{port}/")).code.to_i

@@ -63,8 +63,11 @@ module Grafter
     # `enqueue_many` (Grafter::Client: one POST /v1/jobs/batch, one commit;
     # Grafter::SqlEnqueuer: one statement), all or none; sets each one's
     # provider_job_id. Enqueue callbacks do not run, as with Rails 7.1's
-    # perform_all_later. Answers how many were enqueued.
+    # perform_all_later. Answers how many were enqueued: none for no jobs,
+    # without a call (the server refuses an empty batch).
     def enqueue_all(jobs)
+      return 0 if jobs.empty?
+
       enqueuer = Grafter.config.enqueuer
       fields = jobs.map { |job| fields_for(job, job.scheduled_at) }
       answers = if enqueuer.respond_to?(:enqueue_many)

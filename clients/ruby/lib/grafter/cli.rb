@@ -125,13 +125,19 @@ module Grafter
       signals = Thread::Queue.new
       %w[TERM INT].each { |name| Signal.trap(name) { signals << name } }
       worker.start
+      # A worker also stops by itself when the server refuses its fetch.
+      Thread.new do
+        worker.wait
+        signals << :stopped
+      end
       name = signals.pop
+      abort "grafter-worker: stopped: #{worker.failure.message}" if name == :stopped
+
       Grafter.logger.info("grafter: #{name} received; stopping (another signal hands running jobs back at once)")
       stopper = Thread.new { worker.stop(@options.shutdown_timeout) }
       until stopper.join(0.1)
-        next if signals.empty?
+        next if signals.empty? || signals.pop == :stopped
 
-        signals.pop
         Grafter.logger.info("grafter: second signal; handing running jobs back now")
         worker.hand_back_now
       end

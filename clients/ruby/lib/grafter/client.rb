@@ -36,6 +36,12 @@ module Grafter
     MAX_CHANGE_WAIT_MS = 60_000
     # An event stream sends a heartbeat every 15 s: silence for this long is a broken stream.
     EVENTS_READ_TIMEOUT = 60
+    # JSON nesting read and written. The server takes requests nested up to
+    # 128 levels (serde_json's limit) and answers what it stored a few levels
+    # deeper (args inside a job inside {"jobs": [...]}), where Ruby's default
+    # of 100 would refuse both. Finite, so that a cyclic structure or a
+    # hostile answer ends in an error rather than a stack overflow.
+    MAX_NESTING = 128 + 16
 
     attr_reader :url, :open_timeout, :read_timeout
 
@@ -73,7 +79,10 @@ module Grafter
     end
 
     # Enqueues all the jobs in one request, all or none; answers them in order.
+    # No jobs is no request (the server refuses an empty batch).
     def enqueue_many(jobs)
+      return [] if jobs.empty?
+
       post("/v1/jobs/batch", { "jobs" => jobs.map { |job| job_fields(job) } }).fetch("jobs")
     end
 
@@ -404,19 +413,33 @@ module Grafter
       field = detail && detail["field"]
       text = "#{method.upcase} #{path}: #{response.status}#{code ? " #{code}" : ''}" \
              "#{field ? " (field #{field})" : ''}: #{message}"
-      retry_after = response.headers["retry-after"]&.to_i
+      retry_after = retry_after_seconds(response.headers["retry-after"])
       raise ApiError.new(text, status: response.status, code: code, field: field, retry_after: retry_after)
     end
 
+    # Retry-After in seconds from now: given as seconds, or as an HTTP date
+    # (as a proxy in front may send it); nil when absent or unreadable.
+    def retry_after_seconds(value)
+      return nil if value.nil?
+      return Integer(value, 10) if value.match?(/\A\d+\z/)
+
+      [(Time.httpdate(value) - Time.now).ceil, 0].max
+    rescue ArgumentError
+      nil
+    end
+
     def parse(body, response)
-      JSON.parse(body)
+      JSON.parse(body, max_nesting: MAX_NESTING)
     rescue JSON::ParserError => e
       raise ApiError.new("#{@url}: the answer (#{response.status}) is not JSON: #{e.message[0, 200]}",
                          status: response.status)
     end
 
+    # JSON::NestingError is a ParserError, not a GeneratorError.
     def encode(body)
-      JSON.generate(body)
+      JSON.generate(body, max_nesting: MAX_NESTING)
+    rescue JSON::NestingError => e
+      raise Error, "the request cannot be sent as JSON: #{e.message[0, 200]} (the server takes at most 128 levels)"
     rescue JSON::GeneratorError, Encoding::UndefinedConversionError, EncodingError => e
       raise Error, "the request cannot be sent as JSON (#{e.class}: #{e.message[0, 200]}); " \
                    "strings must be valid UTF-8"
@@ -440,7 +463,7 @@ module Grafter
       end
       return nil unless event["event"]
 
-      event.merge("data" => JSON.parse(event["data"]))
+      event.merge("data" => JSON.parse(event["data"], max_nesting: MAX_NESTING))
     end
 
     # An event stream, yielding each event until the server closes it. A

@@ -16,8 +16,9 @@ module Grafter
   # enqueueing process more CPU than the whole rest of a `perform_later`
   # (docs/benchmarks.md). This writes a request in one write and reads the
   # answer in as few reads as it arrives in, with the same deadlines:
-  # connect within `open_timeout`, each read and write within the request's
-  # timeout.
+  # connect within `open_timeout`, each write within the request's timeout,
+  # and the whole answer within it too (a peer trickling bytes cannot hold
+  # a call past it).
   #
   # Answers have a Content-Length (as the server sends them), are chunked, or
   # end when the connection closes (as a proxy in front may send them).
@@ -27,7 +28,8 @@ module Grafter
     # The connection could not be opened within the open timeout.
     class OpenTimeout < StandardError; end
 
-    # No byte could be read or written within the request's timeout.
+    # No byte could be written, or the whole answer read, within the
+    # request's timeout.
     class ReadTimeout < StandardError; end
 
     # The server's answer is not HTTP/1.x as this client reads it.
@@ -46,6 +48,10 @@ module Grafter
     # The largest status line and headers accepted, so a peer that is not an
     # HTTP server cannot make this read forever into memory.
     MAX_HEAD = 65_536
+    # The largest body accepted, for the same reason. The server's largest
+    # answers (a job with 1 MiB of args and as much result, a page of jobs
+    # whose args are cut at 1 KiB) are far below it.
+    MAX_BODY = 64 * 1024 * 1024
 
     def initialize(uri, open_timeout:, write_timeout:)
       @write_timeout = write_timeout
@@ -57,7 +63,7 @@ module Grafter
     end
 
     # Sends `head` (the request line and headers, ending in a blank line) and
-    # `body`, and reads the answer within `read_timeout` seconds per read. A
+    # `body`, and reads the whole answer within `read_timeout` seconds. A
     # request that did not finish (an error, or an exception raised into this
     # thread) leaves the connection closed: its bytes would be read as the
     # next answer.
@@ -66,7 +72,7 @@ module Grafter
 
       @busy = true
       sent = write(body ? head + body : head)
-      response = read_response(read_timeout)
+      response = read_response(monotonic + read_timeout)
       @last_used = monotonic
       @busy = false
       close if !sent || response.headers["connection"]&.casecmp?("close")
@@ -155,15 +161,15 @@ module Grafter
       @socket.to_io.wait_readable(0) ? false : raise
     end
 
-    def read_response(timeout)
+    def read_response(deadline)
       @buffer.clear
       until (head_end = @buffer.index(HEADER_END))
         raise BadResponse, "the answer's headers are over #{MAX_HEAD} bytes" if @buffer.bytesize > MAX_HEAD
 
-        fill(timeout) or raise EOFError, "the server closed the connection"
+        fill(deadline) or raise EOFError, "the server closed the connection"
       end
       status, reason, headers = parse_head(@buffer.slice!(0, head_end + HEADER_END.bytesize))
-      body = read_body(status, headers, timeout).force_encoding(Encoding::UTF_8)
+      body = read_body(status, headers, deadline).force_encoding(Encoding::UTF_8)
       Response.new(status, reason, headers, body)
     end
 
@@ -182,57 +188,72 @@ module Grafter
       [Integer(match[1], 10), match[2].to_s, headers]
     end
 
-    def read_body(status, headers, timeout)
+    def read_body(status, headers, deadline)
       if status < 200 || status == 204 || status == 304
         String.new
       elsif (length = headers["content-length"])
-        length = Integer(length, 10)
-        fill(timeout) or raise EOFError, "the answer ended early" while @buffer.bytesize < length
-        @buffer.slice!(0, length)
+        read_length(content_length(length), deadline)
       elsif headers["transfer-encoding"]&.downcase&.end_with?("chunked")
-        read_chunked(timeout)
+        read_chunked(deadline)
       else
         # No length: the body is what comes until the server closes.
-        nil while fill(timeout)
+        while fill(deadline)
+          raise BadResponse, "the answer is over #{MAX_BODY} bytes" if @buffer.bytesize > MAX_BODY
+        end
         headers["connection"] = "close"
         @buffer.slice!(0, @buffer.bytesize)
       end
-    rescue ArgumentError
-      raise BadResponse, "a malformed Content-Length: #{length.inspect}"
     end
 
-    def read_chunked(timeout)
+    def content_length(value)
+      length = Integer(value, 10)
+      raise BadResponse, "a malformed Content-Length: #{value.inspect}" if length.negative?
+      raise BadResponse, "the answer is over #{MAX_BODY} bytes (Content-Length: #{length})" if length > MAX_BODY
+
+      length
+    rescue ArgumentError
+      raise BadResponse, "a malformed Content-Length: #{value.inspect}"
+    end
+
+    def read_length(length, deadline)
+      fill(deadline) or raise EOFError, "the answer ended early" while @buffer.bytesize < length
+      @buffer.slice!(0, length)
+    end
+
+    def read_chunked(deadline)
       body = String.new(encoding: Encoding::BINARY)
       loop do
-        line = read_line(timeout)
+        line = read_line(deadline)
         size = Integer(line[/\A\h+/] || raise(BadResponse, "a malformed chunk size"), 16)
         if size.zero?
-          nil until read_line(timeout).empty? # trailers, then the blank line
+          nil until read_line(deadline).empty? # trailers, then the blank line
           return body
         end
-        fill(timeout) or raise EOFError, "the answer ended early" while @buffer.bytesize < size + 2
-        body << @buffer.slice!(0, size)
-        @buffer.slice!(0, 2)
+        raise BadResponse, "the answer is over #{MAX_BODY} bytes" if body.bytesize + size > MAX_BODY
+
+        body << read_length(size + 2, deadline).byteslice(0, size)
       end
     end
 
-    def read_line(timeout)
+    def read_line(deadline)
       until (eol = @buffer.index("\r\n"))
-        fill(timeout) or raise EOFError, "the answer ended early"
+        raise BadResponse, "a line of the answer is over #{MAX_HEAD} bytes" if @buffer.bytesize > MAX_HEAD
+
+        fill(deadline) or raise EOFError, "the answer ended early"
       end
       @buffer.slice!(0, eol + 2).chomp("\r\n")
     end
 
-    # Reads what has arrived into the buffer, waiting up to `timeout` for
-    # something; false at the end of the stream. It waits before reading: an
-    # answer is rarely there already, and a read that finds nothing costs
-    # as much as one that finds it.
-    def fill(timeout)
+    # Reads what has arrived into the buffer, waiting until `deadline` (a
+    # monotonic time) at most for something; false at the end of the
+    # stream. It waits before reading: an answer is rarely there already,
+    # and a read that finds nothing costs as much as one that finds it.
+    def fill(deadline)
       loop do
-        wait(:wait_readable, timeout) unless buffered?
+        wait(:wait_readable, deadline - monotonic) unless buffered?
         case (read = @socket.read_nonblock(READ_SIZE, @chunk, exception: false))
         when :wait_readable then next
-        when :wait_writable then wait(:wait_writable, timeout)
+        when :wait_writable then wait(:wait_writable, deadline - monotonic)
         when nil then return false
         else
           @buffer << read
@@ -247,6 +268,8 @@ module Grafter
     end
 
     def wait(direction, timeout)
+      raise ReadTimeout unless timeout.positive?
+
       @socket.to_io.public_send(direction, timeout) or raise ReadTimeout
     end
   end

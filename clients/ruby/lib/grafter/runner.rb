@@ -54,15 +54,45 @@ module Grafter
 
     # "Class: message" and the first lines of the backtrace, as valid UTF-8
     # without NUL characters (the server refuses them) and at most 16 KiB.
+    # Never raises: an error that cannot be described would lose the job's
+    # outcome.
     def describe(exception)
-      text = "#{exception.class}: #{exception.message}"
-      backtrace = exception.backtrace&.first(BACKTRACE_LINES)
-      text = "#{text}\n#{backtrace.join("\n")}" if backtrace && !backtrace.empty?
+      text = headline(exception)
+      backtrace = safely { exception.backtrace&.first(BACKTRACE_LINES) }
+      text = "#{text}\n#{backtrace.map { |line| utf8(line) }.join("\n")}" if backtrace.is_a?(Array) && !backtrace.empty?
       clean_text(text)
     end
 
+    # "Class: message", or the class alone when its message cannot be read.
+    def headline(exception)
+      name = utf8(safely { exception.class.to_s } || "an exception")
+      message = safely { exception.message }
+      message.nil? ? "#{name} (its message could not be read)" : "#{name}: #{utf8(message)}"
+    end
+
+    # The block's value; nil if it raises (a job's exception may define
+    # #message or #backtrace to do anything).
+    def safely
+      yield
+    rescue Exception # rubocop:disable Lint/RescueException
+      nil
+    end
+
+    # The text as UTF-8: transcoded from another encoding (UTF-16, Latin-1),
+    # or, for binary and UTF-8 text, its invalid bytes replaced.
+    def utf8(text)
+      text = text.to_s
+      if [Encoding::UTF_8, Encoding::BINARY, Encoding::US_ASCII].include?(text.encoding)
+        return text.dup.force_encoding(Encoding::UTF_8).scrub("?")
+      end
+
+      text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace, replace: "?")
+    rescue EncodingError
+      text.dup.force_encoding(Encoding::UTF_8).scrub("?")
+    end
+
     def clean_text(text)
-      text = text.to_s.dup.force_encoding(Encoding::UTF_8).scrub("?").gsub("\u0000", "\\u0000")
+      text = utf8(text).gsub("\u0000", "\\u0000")
       return text if text.bytesize <= MAX_ERROR_BYTES
 
       text.byteslice(0, MAX_ERROR_BYTES).scrub("")
@@ -120,7 +150,7 @@ module Grafter
     def describe_briefly(exception)
       return "discarded" unless exception.is_a?(Exception)
 
-      clean_text("#{exception.class}: #{exception.message}")
+      clean_text(headline(exception))
     end
 
     # The value if it is plain JSON data (what a job returns becomes its

@@ -32,6 +32,9 @@ module Grafter
 
       presented = pairs.select { |key, value| key == "v1" && value&.match?(/\A[0-9a-f]{64}\z/) }.map(&:last)
       Array(secrets).any? do |secret|
+        # Anyone can sign with an empty key: it proves nothing.
+        next false if secret.to_s.empty?
+
         expected = digest(secret, timestamp, body)
         presented.any? { |value| OpenSSL.fixed_length_secure_compare(expected, value) }
       end
@@ -51,15 +54,28 @@ module Grafter
 
       presented = signatures.to_s.split(" ").select { |value| value.start_with?("v1,") }.map { |value| value[3..] }
       Array(secrets).any? do |secret|
+        # Anyone can sign with an empty key (e.g. "whsec_" alone): it proves nothing.
+        next false if standard_key(secret).empty?
+
         expected = standard_digest(secret, id, timestamp.to_i, body)
         presented.any? { |value| OpenSSL.secure_compare(expected, value) }
       end
     end
 
     def standard_digest(secret, id, timestamp, body)
+      [OpenSSL::HMAC.digest("SHA256", standard_key(secret), "#{id}.#{timestamp}.".b + body.to_s.b)].pack("m0")
+    end
+
+    # The Standard Webhooks key of a secret: a `whsec_` secret's base64
+    # decoded (strictly, as the server does; "" when it is not base64), any
+    # other secret's own bytes.
+    def standard_key(secret)
       secret = secret.to_s
-      key = secret.start_with?("whsec_") ? secret.delete_prefix("whsec_").unpack1("m") : secret
-      [OpenSSL::HMAC.digest("SHA256", key, "#{id}.#{timestamp}.".b + body.to_s.b)].pack("m0")
+      return secret unless secret.start_with?("whsec_")
+
+      secret.delete_prefix("whsec_").unpack1("m0")
+    rescue ArgumentError
+      ""
     end
 
     def digest(secret, timestamp, body)

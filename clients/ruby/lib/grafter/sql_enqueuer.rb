@@ -80,8 +80,11 @@ module Grafter
       call(@one_sql, job_fields(fields))
     end
 
-    # Enqueues the jobs in order, all or none; returns their Hashes in order.
+    # Enqueues the jobs in order, all or none; returns their Hashes in order
+    # (none for no jobs, without a statement).
     def enqueue_many(jobs)
+      return [] if jobs.empty?
+
       call(@many_sql, jobs.map { |job| job_fields(job) })
     end
 

@@ -66,8 +66,22 @@ module Grafter
     ACK_LINGER = 0.005
     # Weight of the latest job in the running mean of job durations.
     DURATION_WEIGHT = 0.1
+    # What the server takes (settings it refuses would fail every fetch):
+    # names (queues, the worker id) of 1 to 255 bytes, a lease of 1 s to a
+    # day, a long-poll of at most its max_wait_ms (30 s by default, at most
+    # 10 minutes: a fetch refused as too long stops the worker, see #fetch).
+    MAX_NAME_BYTES = 255
+    LEASE_MS = (1000..86_400_000).freeze
+    WAIT_MS = (0..600_000).freeze
+    PORTS = (1..65_535).freeze
 
     attr_reader :id, :queues, :concurrency
+
+    # The error that stopped the worker by itself (a fetch the server
+    # refuses), or nil.
+    def failure
+      @lock.synchronize { @failure }
+    end
 
     # `prefetch`: at most this many leased jobs wait for a thread (default:
     # ten per thread; 0 turns the buffer off), fewer when jobs take longer
@@ -79,20 +93,21 @@ module Grafter
       @queues = Array(queues).flat_map { |queue| queue.to_s.split(",") }.map(&:strip).reject(&:empty?)
       raise ArgumentError, "a worker needs at least one queue" if @queues.empty?
 
+      @queues.each { |queue| check_name("a queue name", queue) }
+
       @concurrency = Integer(concurrency)
       raise ArgumentError, "concurrency must be 1 to 1000, got #{@concurrency}" unless (1..1000).cover?(@concurrency)
 
       @client = client
       @id = (identifier.to_s.empty? ? "#{Socket.gethostname}:#{Process.pid}" : identifier.to_s)
-      @lease_ms = Integer(lease_ms)
-      raise ArgumentError, "lease_ms must be at least 1000, got #{@lease_ms}" if @lease_ms < 1000
-
+      check_name("the worker identifier", @id)
+      @lease_ms = within(LEASE_MS, "lease_ms", lease_ms)
       @heartbeat_interval = heartbeat_interval ? Float(heartbeat_interval) : @lease_ms / 3000.0
-      @wait_ms = Integer(wait_ms)
+      @wait_ms = within(WAIT_MS, "wait_ms", wait_ms)
       @shutdown_timeout = Float(shutdown_timeout)
       @cancel_grace = Float(cancel_grace)
       @interrupt_grace = Float(interrupt_grace)
-      @health_port = health_port
+      @health_port = health_port && within(PORTS, "the health port", health_port)
       @health_host = health_host
       @registration_interval = Float(registration_interval)
       @prefetch = prefetch.nil? ? [10 * @concurrency, MAX_FETCH - @concurrency].min : Integer(prefetch)
@@ -117,15 +132,16 @@ module Grafter
       @last_beat_ok = nil
     end
 
-    # Starts the threads and returns at once.
+    # Starts the threads and returns at once. The health port is opened
+    # first: a worker that cannot open it registers and fetches nothing.
     def start
       @started_at = monotonic
+      start_health_server if @health_port
       register
       @acker = Acker.new(@client, recorder: @recorder, logger: @logger, target: @concurrency, linger: ACK_LINGER)
       @executors = Array.new(@concurrency) { |i| thread("grafter-job-#{i}") { execute_loop } }
       @heartbeats = thread("grafter-heartbeat") { heartbeat_loop }
       @fetcher = thread("grafter-fetch") { fetch_loop }
-      start_health_server if @health_port
       @logger.info("grafter: worker #{@id} started on #{@queues.join(', ')} with #{@concurrency} threads " \
                    "against #{@client.url}")
       self
@@ -203,6 +219,19 @@ module Grafter
 
     private
 
+    def within(range, name, value)
+      number = Integer(value)
+      raise ArgumentError, "#{name} must be #{range.min} to #{range.max}, got #{number}" unless range.cover?(number)
+
+      number
+    end
+
+    def check_name(what, name)
+      return if name.bytesize <= MAX_NAME_BYTES
+
+      raise ArgumentError, "#{what} must be at most #{MAX_NAME_BYTES} bytes, got #{name.bytesize}: #{name[0, 40]}…"
+    end
+
     def wait_locked
       @changed.wait(@lock, 1) until @stopped
     end
@@ -229,6 +258,8 @@ module Grafter
           break if wanted.zero?
 
           leased = fetch(wanted)
+          break if leased == :refused
+
           if leased.nil?
             failures += 1
             pause(0.1 * (2**[failures, 6].min))
@@ -288,7 +319,10 @@ module Grafter
       end
     end
 
-    # The leased jobs, or nil after logging a failure.
+    # The leased jobs, nil after logging a failure, or :refused when the
+    # server refused the fetch itself (422: a queue name or a wait it does
+    # not take), which no retry can change: the worker then stops, with that
+    # error as its #failure.
     def fetch(wanted)
       @lock.synchronize do
         return [] if @stopping
@@ -302,10 +336,21 @@ module Grafter
       jobs
     rescue Grafter::Error => e
       @lock.synchronize { @fetch_ok = false }
+      return refused(e) if e.is_a?(ApiError) && e.status == 422
+
       @logger.warn("grafter: fetch failed: #{e.message}")
       nil
     ensure
       @lock.synchronize { @in_fetch = false }
+    end
+
+    def refused(error)
+      @logger.error("grafter: the server refuses this worker's fetch, which no retry can change; stopping: " \
+                    "#{error.message}")
+      @lock.synchronize { @failure = error }
+      # #stop waits for this (the fetch) thread: it runs on another.
+      Thread.new { stop }
+      :refused
     end
 
     # At shutdown: the fetch in flight is let answer (within `wait_ms`) so
@@ -567,7 +612,11 @@ module Grafter
     end
 
     def start_health_server
-      @health_server = TCPServer.new(@health_host, Integer(@health_port))
+      @health_server = begin
+        TCPServer.new(@health_host, @health_port)
+      rescue SystemCallError, SocketError => e
+        raise ArgumentError, "the health port #{@health_host}:#{@health_port} cannot be opened (#{e.message})"
+      end
       thread("grafter-health") do
         loop do
           socket = @health_server.accept

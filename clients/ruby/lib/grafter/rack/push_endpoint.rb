@@ -44,9 +44,15 @@ module Grafter
       LEASE_MS = 30_000
       HEARTBEAT_SECONDS = 10
 
+      # The server's bounds for a push secret (crates/grafter-core/src/push.rs).
+      SECRET_BYTES = (16..512).freeze
+      MIN_WHSEC_KEY_BYTES = 16
+
       def initialize(secret:, tolerance: 300, client: nil, old_secrets: [], logger: nil)
         @secrets = [secret, *old_secrets].map(&:to_s).reject(&:empty?)
         raise ArgumentError, "Grafter::Rack::PushEndpoint needs the push queue's secret (secret:)" if @secrets.empty?
+
+        @secrets.each { |each_secret| check_secret(each_secret) }
 
         @tolerance = Integer(tolerance)
         @client = client
@@ -74,6 +80,20 @@ module Grafter
 
       private
 
+      # Refuses a secret the server would refuse for a push queue: it cannot
+      # be the queue's, and a short key (a `whsec_` one may decode to none at
+      # all) would let anyone sign requests.
+      def check_secret(secret)
+        unless SECRET_BYTES.cover?(secret.bytesize)
+          raise ArgumentError, "a push secret must be #{SECRET_BYTES.min} to #{SECRET_BYTES.max} bytes long, " \
+                               "got #{secret.bytesize}"
+        end
+        return unless secret.start_with?("whsec_") && Signature.standard_key(secret).bytesize < MIN_WHSEC_KEY_BYTES
+
+        raise ArgumentError, "a whsec_ push secret must be followed by the base64 of a key of at least " \
+                             "#{MIN_WHSEC_KEY_BYTES} bytes"
+      end
+
       # Grafter-Signature when the request has it, else Standard Webhooks.
       def signed?(env, body)
         if env["HTTP_GRAFTER_SIGNATURE"]
@@ -98,6 +118,11 @@ module Grafter
         else
           [503, { "content-type" => "text/plain; charset=utf-8" }, ["the job was not run"]]
         end
+      rescue JSON::GeneratorError, EncodingError => e
+        # A result that is not JSON (invalid UTF-8) ends the job as a worker
+        # ends it, dead: raising here would be a 500, which Grafter retries,
+        # running the job again.
+        respond(Runner::Outcome.fail(Runner.clean_text("the result is not JSON: #{e.message}"), retry: false))
       end
 
       # 202 now; the job runs on a thread of its own, with heartbeats, and
@@ -158,7 +183,7 @@ module Grafter
       end
 
       def parse(body)
-        job = JSON.parse(body.dup.force_encoding(Encoding::UTF_8))
+        job = JSON.parse(body.dup.force_encoding(Encoding::UTF_8), max_nesting: Client::MAX_NESTING)
         job if job.is_a?(Hash) && job["id"].is_a?(Integer) && job["kind"].is_a?(String)
       rescue JSON::ParserError, EncodingError
         nil
