@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
-use crate::{outln, Failure, ServerArgs};
+use crate::{api_duration, outln, Failure, ServerArgs};
 
 #[derive(Args)]
 pub struct EnqueueArgs {
@@ -25,7 +25,7 @@ pub struct EnqueueArgs {
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i16,
     /// Run after this delay, e.g. 30s, 5m, 2h.
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "run_at")]
+    #[arg(long, value_parser = api_duration, conflicts_with = "run_at")]
     delay: Option<Duration>,
     /// Run at this time (RFC 3339, e.g. 2030-01-01T09:00:00Z).
     #[arg(long)]
@@ -40,7 +40,7 @@ pub struct EnqueueArgs {
     #[arg(long = "tag")]
     tags: Vec<String>,
     /// Longest an attempt may run, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = api_duration)]
     timeout: Option<Duration>,
     #[command(flatten)]
     server: ServerArgs,
@@ -59,13 +59,17 @@ pub async fn enqueue(args: EnqueueArgs) -> Result<(), Failure> {
     job.priority = args.priority;
     job.run_at = match (args.run_at, args.delay) {
         (Some(at), _) => Some(at),
-        (None, Some(delay)) => Some(Utc::now() + chrono::Duration::from_std(delay)?),
+        // `api_duration` bounds the delay, so the sum is far from saturating.
+        (None, Some(delay)) => Some(grafter_core::time::after(Utc::now(), delay)),
         (None, None) => None,
     };
     job.max_attempts = args.max_attempts;
     job.unique_key = args.unique_key;
     job.tags = args.tags;
-    job.timeout_ms = args.timeout.map(|t| t.as_millis() as i64);
+    job.timeout_ms = args
+        .timeout
+        .map(|t| i64::try_from(t.as_millis()))
+        .transpose()?;
     job.validate()?;
     let job: Job = client
         .call(Method::POST, "/v1/jobs", Some(&serde_json::to_value(&job)?))

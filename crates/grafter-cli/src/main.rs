@@ -11,6 +11,7 @@ mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -150,4 +151,21 @@ pub fn existing_file(s: &str) -> Result<PathBuf, String> {
     } else {
         Err(format!("no such file: {s}"))
     }
+}
+
+/// A duration the API accepts (e.g. 30s, 5m, 2h): humantime's syntax, at
+/// most [`grafter_core::time::MAX_DURATION`]. Checked here so that the flag is
+/// named in the error and no later sum or conversion to milliseconds can
+/// overflow.
+pub fn api_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let max = grafter_core::time::MAX_DURATION;
+    if duration > max {
+        // humantime's `y` is 365.25 days, the API's year 365: say it in days.
+        return Err(format!(
+            "must be at most {}d (100 years of 365 days), the longest the API accepts",
+            max.as_secs() / 86_400
+        ));
+    }
+    Ok(duration)
 }

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
-use crate::{outln, Failure, ServerArgs};
+use crate::{api_duration, outln, Failure, ServerArgs};
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -82,7 +82,7 @@ pub async fn info(args: InfoArgs) -> Result<(), Failure> {
 #[derive(Args)]
 pub struct CleanupArgs {
     /// Delete jobs that finished at least this long ago (e.g. 7d, 12h).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = api_duration)]
     older_than: Duration,
     /// Only jobs in this finished state (repeatable; default: completed,
     /// dead, cancelled and expired).
@@ -97,7 +97,7 @@ pub struct CleanupArgs {
 
 /// Deletes finished jobs older than an age, or counts them.
 pub async fn cleanup(args: CleanupArgs) -> Result<(), Failure> {
-    let older_than_ms = u64::try_from(args.older_than.as_millis()).unwrap_or(u64::MAX);
+    let older_than_ms = u64::try_from(args.older_than.as_millis())?;
     let body =
         json!({"older_than_ms": older_than_ms, "states": args.states, "dry_run": args.dry_run});
     let answer: Value = Client::new(&args.server)?

@@ -26,7 +26,7 @@ enum SchedulesCommand {
         /// The schedule's id.
         id: String,
     },
-    /// Create or replace a schedule.
+    /// Create or replace a schedule (replacing keeps its paused state).
     Put(Box<PutArgs>),
     /// Delete a schedule (its jobs stay).
     Delete {
@@ -88,18 +88,18 @@ struct PutArgs {
     /// While the previous run is unfinished: allow, skip or cancel_previous.
     #[arg(long, default_value = "allow")]
     overlap: String,
-    /// Create (or leave) it paused.
+    /// Create it paused, or pause it. Without it, a new schedule starts
+    /// unpaused and one put again stays as it was (see `schedules resume`).
     #[arg(long)]
     paused: bool,
 }
 
 pub async fn schedules(args: SchedulesArgs) -> Result<(), Failure> {
     let client = Client::new(&args.server)?;
-    let path = |id: &str, action: &str| format!("/v1/schedules/{}{action}", encode(id));
+    let path = |id: &str, action: &str| Some(format!("/v1/schedules/{}{action}", encode(id)));
     let (method, path, body) = match &args.command {
-        None | Some(SchedulesCommand::List) => {
-            (Method::GET, "/v1/schedules?limit=1000".to_owned(), None)
-        }
+        // No one path: the list may take several pages (`list_all`).
+        None | Some(SchedulesCommand::List) => (Method::GET, None, None),
         Some(SchedulesCommand::Show { id }) => (Method::GET, path(id, ""), None),
         Some(SchedulesCommand::Put(put)) => (Method::PUT, path(&put.id, ""), Some(definition(put))),
         Some(SchedulesCommand::Delete { id }) => (Method::DELETE, path(id, ""), None),
@@ -111,7 +111,10 @@ pub async fn schedules(args: SchedulesArgs) -> Result<(), Failure> {
             (Method::POST, path(id, "/trigger"), Some(json!({})))
         }
     };
-    let answer: Value = client.call(method, &path, body.as_ref()).await?;
+    let answer: Value = match path {
+        Some(path) => client.call(method, &path, body.as_ref()).await?,
+        None => list_all(&client).await?,
+    };
     if args.server.json {
         return outln!("{}", serde_json::to_string_pretty(&answer)?);
     }
@@ -159,14 +162,36 @@ pub async fn schedules(args: SchedulesArgs) -> Result<(), Failure> {
     }
 }
 
+/// Schedules per request: the most the API gives in one page.
+const PAGE: usize = 1000;
+
+/// Every schedule, following `next` page by page, as one page that has no
+/// `next` (what `--json` prints).
+async fn list_all(client: &Client) -> Result<Value, Failure> {
+    let mut schedules = Vec::new();
+    let mut path = format!("/v1/schedules?limit={PAGE}");
+    loop {
+        let page: Value = client.call(Method::GET, &path, None).await?;
+        schedules.extend(page["schedules"].as_array().into_iter().flatten().cloned());
+        match page["next"].as_str() {
+            Some(after) => path = format!("/v1/schedules?limit={PAGE}&after={}", encode(after)),
+            None => return Ok(json!({"schedules": schedules, "next": null})),
+        }
+    }
+}
+
 fn definition(put: &PutArgs) -> Value {
     let mut body = json!({
         "timezone": put.timezone,
         "job": {"kind": put.kind, "args": put.args, "queue": put.queue},
         "catch_up": put.catch_up,
         "overlap": put.overlap,
-        "paused": put.paused,
     });
+    // An absent `paused` keeps the stored one: sending `false` would resume a
+    // schedule an operator paused, just by putting its definition again.
+    if put.paused {
+        body["paused"] = json!(true);
+    }
     let fields = [
         ("cron", put.cron.as_ref().map(|c| json!(c))),
         ("every_ms", put.every_ms.map(|ms| json!(ms))),
