@@ -509,6 +509,20 @@ async fn retry_after_on_another_failure_sets_when_the_counted_retry_runs() {
     );
 }
 
+/// A queue may push up to 10,000 jobs at once, more than one fetch leases:
+/// its jobs are delivered all the same.
+#[tokio::test]
+async fn a_queue_allowed_more_than_one_fetch_leases_delivers_its_jobs() {
+    let receiver = Receiver::start(vec![], Reply::json(200, json!({"ok": true}))).await;
+    let grafter = grafter().await;
+    grafter
+        .push_to("wide", &receiver.url, json!({"concurrency": 10_000}))
+        .await;
+    let id = grafter.enqueue(json!({"kind": "k", "queue": "wide"})).await;
+    let job = grafter.wait_state(id, "completed").await;
+    assert_eq!(job["attempt"], 1, "{job}");
+}
+
 #[tokio::test]
 async fn grafter_retry_false_makes_the_job_dead_at_once() {
     let receiver = Receiver::start(

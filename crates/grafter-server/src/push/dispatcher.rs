@@ -14,7 +14,7 @@ use grafter_engine::push::signature::unix_now;
 use grafter_engine::push::{
     signature_headers, trace_headers, PushRequest, ATTEMPT_HEADER, JOB_ID_HEADER, LEASE_HEADER,
 };
-use grafter_engine::{FetchRequest, Retry, When};
+use grafter_engine::{FetchRequest, Retry, When, MAX_FETCH};
 use grafter_store::{QueueInfo, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -181,7 +181,9 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
         let Some(mut first) = acquire(&slots, &stop).await else {
             return;
         };
-        let mut want = concurrency;
+        // One fetch leases at most MAX_FETCH; a queue allowed more at once
+        // fills the rest of its slots on the next turns.
+        let mut want = concurrency.min(MAX_FETCH);
         if let Some(pause) = queue.health.pause() {
             // A failing target: wait, then probe it with one push at a time
             // (none other in flight) until one gets through.
