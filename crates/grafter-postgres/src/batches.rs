@@ -174,8 +174,19 @@ impl Db {
         const RUNNING: &str = "UPDATE jobs SET cancel_requested = true
             WHERE id IN (SELECT job_id FROM batch_jobs WHERE batch_id = $1)
               AND state = 'running'";
+        // The jobs it changes are locked before the batch's row, in id
+        // order, as an ack or a heartbeat locks its job and then (by its
+        // trigger) the batch, and a batch ack its jobs by id: taking the
+        // batch first deadlocked with the acks of its running jobs.
+        const LOCK_JOBS: &str = "
+            SELECT id FROM jobs
+            WHERE id IN (SELECT job_id FROM batch_jobs WHERE batch_id = $1)
+              AND state IN ('pending', 'scheduled', 'available', 'retryable', 'running')
+            ORDER BY id FOR UPDATE";
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(LOCK_JOBS).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&params.id.0]).await.map_err(pg_error)?;
         let batch = batch_get_on(&tx, params.id, true).await?;
         if batch.finished_at.is_some() {
             return Err(closed(&batch, "a finished batch cannot be cancelled"));

@@ -126,6 +126,7 @@ macro_rules! conformance_suite {
             concurrent_last_completions_enqueue_one_callback,
             a_batch_ack_counts_each_batch_it_spans,
             cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones,
+            cancelling_a_batch_while_its_jobs_ack_and_beat_deadlocks_nothing,
             a_ten_thousand_job_fan_in_counts_exactly,
             a_batch_lists_its_jobs_in_pages_whatever_their_state,
             pruning_keeps_unfinished_batches_and_takes_finished_ones_whole,

@@ -410,6 +410,51 @@ pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store
     );
 }
 
+/// Cancelling a batch while eight workers report progress on and ack its
+/// running jobs: nothing deadlocks (the cancel takes the jobs before the
+/// batch's row, as an ack and a heartbeat do), every call lands, and the
+/// batch ends cancelled with every job completed.
+pub async fn cancelling_a_batch_while_its_jobs_ack_and_beat_deadlocks_nothing(store: S) {
+    let now = t0();
+    for _ in 0..3 {
+        let id = create(&store, jobs(240, "busy"), false, now).await.batch.id;
+        let leased = fetch(&store, "busy", 240, now).await;
+        let workers: Vec<_> = leased
+            .chunks(30)
+            .map(|chunk| {
+                let (store, chunk) = (store.clone(), chunk.to_vec());
+                tokio::spawn(async move {
+                    for l in &chunk {
+                        let progress = grafter_core::Progress {
+                            fraction: 0.5,
+                            message: None,
+                        };
+                        store
+                            .job_heartbeat(JobHeartbeat {
+                                progress: Some(progress),
+                                ..heartbeat_params(l, now)
+                            })
+                            .await?;
+                        store.job_complete(complete_params(l, now)).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let cancelled = store.batch_cancel(BatchChange { id, now }).await;
+        assert!(cancelled.is_ok(), "{cancelled:?}");
+        for worker in workers {
+            worker
+                .await
+                .unwrap()
+                .expect("every heartbeat and ack lands");
+        }
+        let b = batch(&store, id).await;
+        assert_eq!((b.state, b.counts.completed), (BatchState::Cancelled, 240));
+    }
+}
+
 pub async fn a_ten_thousand_job_fan_in_counts_exactly(store: S) {
     let now = t0();
     let created = create(&store, jobs(10_000, "fan"), false, now).await;
