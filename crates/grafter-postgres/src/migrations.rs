@@ -54,6 +54,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/0022_counts_by_the_moving_statement.sql"),
     ),
     (23, include_str!("../migrations/0023_dependency_depth.sql")),
+    (
+        24,
+        include_str!("../migrations/0024_cancelled_batch_never_succeeds.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -45,6 +45,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/0019_batch_dependencies.sql"),
     ),
     (20, include_str!("../migrations/0020_dependency_depth.sql")),
+    (
+        21,
+        include_str!("../migrations/0021_cancelled_batch_never_succeeds.sql"),
+    ),
 ];
 
 /// Brings the schema up to date.

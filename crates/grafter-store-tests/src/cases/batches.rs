@@ -413,7 +413,8 @@ pub async fn cancelling_a_batch_cancels_waiting_jobs_and_asks_running_ones(store
 /// Cancelling a batch while eight workers report progress on and ack its
 /// running jobs: nothing deadlocks (the cancel takes the jobs before the
 /// batch's row, as an ack and a heartbeat do), every call lands, and the
-/// batch ends cancelled with every job completed.
+/// batch ends cancelled with every job completed, enqueueing on_complete
+/// and not on_success.
 pub async fn cancelling_a_batch_while_its_jobs_ack_and_beat_deadlocks_nothing(store: S) {
     let now = t0();
     for _ in 0..3 {
@@ -453,6 +454,12 @@ pub async fn cancelling_a_batch_while_its_jobs_ack_and_beat_deadlocks_nothing(st
         let b = batch(&store, id).await;
         assert_eq!((b.state, b.counts.completed), (BatchState::Cancelled, 240));
     }
+    // Cancelled, it did not succeed, though every job it had completed; nor
+    // does an open batch cancelled empty.
+    let empty = create(&store, Vec::new(), true, now).await.batch.id;
+    let b = store.batch_cancel(BatchChange { id: empty, now }).await.unwrap();
+    assert_eq!(b.state, BatchState::Cancelled);
+    assert_eq!(callback_kinds(&store).await, ["on_complete"; 4]);
 }
 
 pub async fn a_ten_thousand_job_fan_in_counts_exactly(store: S) {
