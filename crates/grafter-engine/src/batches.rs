@@ -7,7 +7,7 @@ use grafter_core::{Batch, BatchCallbacks, BatchId, Job, NewJob};
 use grafter_store::{BatchAdd, BatchChange, BatchCreate, BatchWithJobs, BatchesList, StoreError};
 
 use crate::error::Result;
-use crate::jobs::Engine;
+use crate::jobs::{keep_valid_trace, Engine};
 
 /// Most batches one page lists.
 pub const MAX_BATCH_LIST: usize = 1_000;
@@ -25,9 +25,20 @@ pub struct NewBatch {
 
 impl Engine {
     /// Creates a batch with its jobs in one transaction (all or none).
-    pub async fn batch_create(&self, batch: NewBatch) -> Result<BatchWithJobs> {
+    pub async fn batch_create(&self, mut batch: NewBatch) -> Result<BatchWithJobs> {
         validate_batch_jobs(&batch.jobs, true)?;
         batch.callbacks.validate()?;
+        let callbacks = &mut batch.callbacks;
+        let callbacks = [
+            &mut callbacks.on_success,
+            &mut callbacks.on_complete,
+            &mut callbacks.on_failure,
+        ];
+        batch
+            .jobs
+            .iter_mut()
+            .chain(callbacks.into_iter().flatten())
+            .for_each(keep_valid_trace);
         let created = self
             .store()
             .batch_create(BatchCreate {
@@ -43,8 +54,9 @@ impl Engine {
 
     /// Adds 1 to [`MAX_BATCH_REQUEST_JOBS`] jobs to an open batch in one
     /// transaction (a job of the batch may add to it while it runs).
-    pub async fn batch_add(&self, id: BatchId, jobs: Vec<NewJob>) -> Result<BatchWithJobs> {
+    pub async fn batch_add(&self, id: BatchId, mut jobs: Vec<NewJob>) -> Result<BatchWithJobs> {
         validate_batch_jobs(&jobs, false)?;
+        jobs.iter_mut().for_each(keep_valid_trace);
         let added = self
             .store()
             .batch_add(BatchAdd {

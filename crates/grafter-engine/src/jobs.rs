@@ -698,7 +698,7 @@ fn cut_message(mut progress: Progress) -> Result<Progress, ValidationError> {
 
 /// Drops a malformed `traceparent` or `tracestate` from a job to enqueue:
 /// tracing is advice, so a bad header never costs the job (docs/traces.md).
-fn keep_valid_trace(job: &mut NewJob) {
+pub(crate) fn keep_valid_trace(job: &mut NewJob) {
     for dropped in job.keep_valid_trace() {
         tracing::debug!(kind = %job.kind, %dropped, "ignoring a malformed trace context");
     }

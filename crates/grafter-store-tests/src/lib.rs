@@ -95,6 +95,7 @@ macro_rules! conformance_suite {
             retry_can_replace_the_args,
             extreme_values_cannot_stop_recovery,
             the_same_input_has_the_same_outcome_on_every_store,
+            a_batch_drops_a_malformed_trace_context_as_an_enqueue_does,
             work_wakes_only_the_fetches_of_its_queue,
             list_shows_large_fields_cut,
             schedules_fire_each_slot_once_across_dst_and_odd_dates,

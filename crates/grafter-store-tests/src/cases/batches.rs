@@ -457,7 +457,10 @@ pub async fn cancelling_a_batch_while_its_jobs_ack_and_beat_deadlocks_nothing(st
     // Cancelled, it did not succeed, though every job it had completed; nor
     // does an open batch cancelled empty.
     let empty = create(&store, Vec::new(), true, now).await.batch.id;
-    let b = store.batch_cancel(BatchChange { id: empty, now }).await.unwrap();
+    let b = store
+        .batch_cancel(BatchChange { id: empty, now })
+        .await
+        .unwrap();
     assert_eq!(b.state, BatchState::Cancelled);
     assert_eq!(callback_kinds(&store).await, ["on_complete"; 4]);
 }

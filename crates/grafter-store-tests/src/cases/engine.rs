@@ -305,6 +305,43 @@ pub async fn the_same_input_has_the_same_outcome_on_every_store(store: S) {
     }
 }
 
+/// A batch's jobs and callbacks drop a malformed trace context as a job
+/// enqueued alone does (tracing is advice): PostgreSQL answered a NUL in one
+/// with an error, SQLite stored it.
+pub async fn a_batch_drops_a_malformed_trace_context_as_an_enqueue_does(store: S) {
+    let now = t0();
+    let (engine, _clock) = engine(&store, now);
+    let traced = |kind: &str, parent: &str, state: &str| NewJob {
+        traceparent: Some(parent.into()),
+        tracestate: Some(state.into()),
+        ..NewJob::new(kind, json!({}))
+    };
+    let created = engine
+        .batch_create(grafter_engine::NewBatch {
+            jobs: vec![traced("a", "garbage", "zz"), traced("b", "\u{0}", "\u{0}x")],
+            open: true,
+            callbacks: grafter_core::BatchCallbacks {
+                on_complete: Some(traced("c", "\u{0}", "x")),
+                ..Default::default()
+            },
+        })
+        .await
+        .expect("created, the trace contexts dropped");
+    let added = engine
+        .batch_add(created.batch.id, vec![traced("d", "junk", "\u{0}")])
+        .await
+        .expect("added, the trace context dropped");
+    for job in created.jobs.iter().chain(&added.jobs) {
+        let job = get(&store, job.id).await;
+        assert_eq!(
+            (job.traceparent, job.tracestate),
+            (None, None),
+            "{}",
+            job.kind
+        );
+    }
+}
+
 /// New work wakes the fetches waiting on its queue and no others: an
 /// enqueue, a release, a retry, a scheduled job coming due, a resumed queue.
 pub async fn work_wakes_only_the_fetches_of_its_queue(store: S) {
