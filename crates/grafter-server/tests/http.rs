@@ -992,6 +992,17 @@ async fn health_metrics_and_openapi() {
         assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     assert!(spec["components"]["schemas"].get("Job").is_some());
+    // The list's `state` filter takes every state, as the route does.
+    let state = spec["paths"]["/v1/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "state")
+        .expect("a state parameter");
+    let pattern = state["schema"]["pattern"].as_str().unwrap();
+    for s in grafter_core::JobState::ALL {
+        assert!(pattern.contains(&format!("|{s}")), "{pattern} lacks {s}");
+    }
 }
 
 #[tokio::test]

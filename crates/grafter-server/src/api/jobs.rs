@@ -184,7 +184,7 @@ pub async fn show(
 pub struct ListQuery {
     /// Only jobs in this state (empty: any).
     #[param(
-        pattern = "^(|scheduled|available|running|retryable|completed|dead|cancelled|expired)$"
+        pattern = "^(|pending|scheduled|available|running|retryable|completed|dead|cancelled|expired)$"
     )]
     pub state: Option<String>,
     /// Only jobs on this queue.
