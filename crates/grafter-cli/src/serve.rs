@@ -75,23 +75,23 @@ impl ServeArgs {
         config.push.allow_private |= self.allow_private_push;
         // An endpoint given here replaces the file's pair, so the file's
         // traces_endpoint cannot silently win over a newer base URL.
-        if let Some(endpoint) = self.otlp_endpoint {
+        if let Some(endpoint) = set(self.otlp_endpoint) {
             config.otlp.endpoint = Some(endpoint);
             config.otlp.traces_endpoint = None;
         }
-        if let Some(url) = self.otlp_traces_endpoint {
+        if let Some(url) = set(self.otlp_traces_endpoint) {
             config.otlp.traces_endpoint = Some(url);
         }
-        if let Some(name) = self.otel_service_name {
+        if let Some(name) = set(self.otel_service_name) {
             config.otlp.service_name = name;
         }
         // Over the file's headers, the general ones, then the traces' own.
-        if let Some(list) = &self.otlp_headers {
+        if let Some(list) = &set(self.otlp_headers) {
             config
                 .otlp
                 .add_header_list("OTEL_EXPORTER_OTLP_HEADERS", list)?;
         }
-        if let Some(list) = &self.otlp_traces_headers {
+        if let Some(list) = &set(self.otlp_traces_headers) {
             config
                 .otlp
                 .add_header_list("OTEL_EXPORTER_OTLP_TRACES_HEADERS", list)?;
@@ -196,18 +196,42 @@ pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A database URL fit for logs: any password replaced by `***`.
+/// An OpenTelemetry setting that was given a value: an empty one (an
+/// `OTEL_…` variable set to nothing) counts as unset, as the OpenTelemetry
+/// specification has it.
+fn set(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// A database URL fit for logs: any password replaced by `***`, whether
+/// in `user:password@` or in a `password=` parameter.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
     };
-    match credentials.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    let mut shown = match rest.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{rest}"),
+        },
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
     }
+    shown
 }
 
 #[cfg(test)]
@@ -222,5 +246,13 @@ mod tests {
         );
         assert_eq!(redact("postgres://app@db/jobs"), "postgres://app@db/jobs");
         assert_eq!(redact("sqlite://grafter.db"), "sqlite://grafter.db");
+        assert_eq!(
+            redact("postgres://app@db/jobs?sslmode=require&Password=s3cret"),
+            "postgres://app@db/jobs?sslmode=require&Password=***"
+        );
+        assert_eq!(
+            redact("postgres://app:pw@db/jobs?password=s3cret"),
+            "postgres://app:***@db/jobs?password=***"
+        );
     }
 }

@@ -846,3 +846,44 @@ async fn the_standard_otel_variables_turn_span_export_on() {
     );
     assert!(contains(b"send billing"), "the enqueue's span");
 }
+
+/// An `OTEL_…` variable set to nothing counts as unset (as the OpenTelemetry
+/// specification has it): the server starts, exporting nothing.
+#[tokio::test]
+async fn empty_otel_variables_are_unset() {
+    let dir = temp_dir();
+    let port = free_port();
+    let mut child = grafter()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+        .env("OTEL_SERVICE_NAME", "")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "")
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+        ])
+        .arg(format!("sqlite://{}", dir.path().join("jobs.db").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn grafter serve");
+    let http = http_client();
+    let live = async {
+        loop {
+            if let Some(status) = child.try_wait().expect("poll grafter serve") {
+                panic!("grafter serve exited: {status}");
+            }
+            let request = http.get(format!("http://127.0.0.1:{port}/livez"));
+            if let Ok(response) = request.send().await {
+                return response.status();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let status = tokio::time::timeout(PATIENCE, live).await;
+    child.kill().expect("stop grafter serve");
+    child.wait().expect("reap grafter serve");
+    assert_eq!(status.expect("the server never answered"), StatusCode::OK);
+}
