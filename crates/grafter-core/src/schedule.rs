@@ -345,6 +345,19 @@ impl ScheduleSpec {
                 ));
             }
         }
+        // A cron search from far in the future gives up (the cron crate looks
+        // only so many years ahead): such a schedule would never fire, so it
+        // is refused rather than kept silently idle. Judged from start_at,
+        // not now, so a schedule accepted once is accepted every day.
+        if let (Some(start), None) = (self.start_at, self.end_at) {
+            if timing.next(start, true).is_none() {
+                return Err(ValidationError::new(
+                    "start_at",
+                    "no slot of the schedule on or after it can be computed: \
+                     give an earlier start_at",
+                ));
+            }
+        }
         Ok(timing)
     }
 }
@@ -681,6 +694,12 @@ mod tests {
         let field = |spec: ScheduleSpec| spec.validate().unwrap_err().field;
         assert_eq!(field(ScheduleSpec::cron("0 0 31 2 *", job.clone())), "cron");
         assert_eq!(field(ScheduleSpec::cron("61 * * * *", job.clone())), "cron");
+        // A start beyond what a cron search reaches: it would never fire.
+        let mut far = ScheduleSpec::cron("0 0 * * *", job.clone());
+        far.start_at = Some(at("9000-06-01T00:00:00Z"));
+        assert_eq!(field(far.clone()), "start_at");
+        far.start_at = Some(at("2900-06-01T00:00:00Z"));
+        far.validate().expect("a start within reach");
         assert_eq!(field(ScheduleSpec::cron("* * * *", job.clone())), "cron");
         assert_eq!(
             field(ScheduleSpec::cron("0 0 1 1 * 2030", job.clone())),
