@@ -58,6 +58,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         24,
         include_str!("../migrations/0024_cancelled_batch_never_succeeds.sql"),
     ),
+    (
+        25,
+        include_str!("../migrations/0025_sql_link_marks_each_upstream_once.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock
