@@ -148,7 +148,12 @@ pub fn usable(state: &AppState, token: Arc<ApiToken>) -> Result<Access, ApiError
 /// named here needs `admin`, so a route added without a thought is closed.
 pub fn route_needs(method: &Method, route: &str) -> (Scope, Option<&'static str>) {
     use Scope::*;
-    let m = method.as_str();
+    // HEAD is a GET without its body: it reads what GET reads.
+    let m = if only_reads(method) {
+        "GET"
+    } else {
+        method.as_str()
+    };
     match (m, route) {
         ("GET", "/tokens") | ("GET", "/audit") => (Admin, None),
         ("POST", "/tokens") => (Admin, Some("token.create")),
@@ -185,6 +190,12 @@ pub fn route_needs(method: &Method, route: &str) -> (Scope, Option<&'static str>
         ("POST", "/queues/{name}/resume") => (Queues, Some("queue.resume")),
         _ => (Admin, Some("admin")),
     }
+}
+
+/// Whether a request with this method only reads (GET, HEAD): every other
+/// method is routed only to changes.
+pub fn only_reads(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
 }
 
 /// Writes a change to the audit log. The change is already durable, so a
@@ -264,6 +275,12 @@ mod tests {
             route_needs(&Method::POST, "/jobs/{id}/retry"),
             (Scope::Manage, Some("job.retry"))
         );
+        assert_eq!(
+            route_needs(&Method::HEAD, "/jobs/{id}"),
+            (Scope::Read, None),
+            "HEAD reads as GET does"
+        );
+        assert_eq!(route_needs(&Method::HEAD, "/audit"), (Scope::Admin, None));
         assert_eq!(
             route_needs(&Method::PATCH, "/jobs/{id}"),
             (Scope::Admin, Some("admin")),

@@ -219,9 +219,11 @@ pub struct HttpSettings {
     /// A request's headers must have arrived this many ms after its first
     /// byte (after the connection opened, for its first request).
     pub header_read_timeout_ms: u64,
+    /// A request's body must have arrived this many ms after its headers.
+    pub body_read_timeout_ms: u64,
     /// A keep-alive connection with no request for this many ms is closed.
-    /// Only the time between requests counts: a long-poll fetch may wait
-    /// longer.
+    /// Only the time between requests counts, from when an answer's body has
+    /// all been sent: a long-poll fetch or an event stream may last longer.
     pub idle_timeout_ms: u64,
 }
 
@@ -229,6 +231,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
         }
     }
@@ -238,6 +241,10 @@ impl HttpSettings {
     /// How long a request's headers may take.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// How long a request's body may take once its headers are in.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
     /// How long a connection may wait for its next request.
     pub fn idle_timeout(&self) -> Duration {
@@ -436,6 +443,7 @@ impl ServerConfig {
                 "http.header_read_timeout_ms",
                 self.http.header_read_timeout_ms,
             ),
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
             ("http.idle_timeout_ms", self.http.idle_timeout_ms),
         ] {
             if value == 0 {

@@ -1,17 +1,19 @@
 //! Serving the router over TCP, one HTTP/1.1 connection (hyper) per task,
-//! with the two deadlines `axum::serve` lacks: a request's headers must
-//! arrive within `header_read_timeout`, and a keep-alive connection may wait
-//! for its next request no longer than `idle_timeout`. Without them, clients
-//! that trickle headers or hold idle sockets keep file descriptors until the
-//! process runs out and stops accepting anyone.
+//! with the three deadlines `axum::serve` lacks: a request's headers must
+//! arrive within `header_read_timeout`, its body within `body_read_timeout`
+//! of its headers, and a keep-alive connection may wait for its next request
+//! no longer than `idle_timeout`. Without them, clients that trickle headers,
+//! declare a body they never send or hold idle sockets keep file descriptors
+//! until the process runs out and stops accepting anyone.
 //!
 //! hyper's own `header_read_timeout` is not used: its clock starts as soon as
 //! a connection waits for a request, so it would also close idle keep-alive
 //! connections after the (short) header timeout, and workers that heartbeat
 //! every few seconds would keep racing a closing socket. Here, as in Go's
 //! `http.Server`, the header clock starts at a request's first byte, and the
-//! idle clock runs only between requests; a request being answered (a
-//! long-poll included) has no deadline.
+//! idle clock runs only between requests: from when the last answer's body
+//! has been sent, so an event stream is never idle. A request being answered
+//! (a long-poll included) has no deadline once its body has arrived.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,7 +23,8 @@ use std::task::{Context, Poll};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,7 +73,10 @@ enum Phase {
     Idle(Instant),
     /// A request started arriving at this instant; its headers are not complete.
     ReadingHeaders(Instant),
-    /// A request is being answered: no deadline.
+    /// A request's headers arrived at this instant; its body has not all
+    /// arrived, and nothing has let go of it unread.
+    ReadingBody(Instant),
+    /// A request is being answered, its answer's body included: no deadline.
     Answering,
 }
 
@@ -106,12 +112,94 @@ impl ConnectionClock {
         }
     }
 
+    /// The request's body has all arrived, or its handler let go of it: what
+    /// is left of the request has no deadline.
+    fn body_done(&self) {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::ReadingBody(_) = *phase {
+            *phase = Phase::Answering;
+            self.moved.notify_one();
+        }
+    }
+
     fn deadline(&self, settings: &HttpSettings) -> Option<Instant> {
         match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
             Phase::Idle(since) => Some(since + settings.idle_timeout()),
             Phase::ReadingHeaders(since) => Some(since + settings.header_read_timeout()),
+            Phase::ReadingBody(since) => Some(since + settings.body_read_timeout()),
             Phase::Answering => None,
         }
+    }
+}
+
+/// A request's body, which tells the clock when it has all been read or is
+/// dropped unread (a handler that takes no body drops it before it runs).
+struct ClockedRequestBody {
+    body: Incoming,
+    clock: Arc<ConnectionClock>,
+}
+
+impl Body for ClockedRequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.clock.body_done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ClockedRequestBody {
+    fn drop(&mut self) {
+        self.clock.body_done();
+    }
+}
+
+/// An answer's body, whose end (hyper drops it once it has all been sent,
+/// or the connection is gone) starts the idle clock: until then the
+/// connection is answering, however long a stream's body takes.
+struct ClockedResponseBody {
+    body: axum::body::Body,
+    clock: Arc<ConnectionClock>,
+}
+
+impl Body for ClockedResponseBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ClockedResponseBody {
+    fn drop(&mut self) {
+        self.clock.set(Phase::Idle(Instant::now()));
     }
 }
 
@@ -181,17 +269,26 @@ async fn serve_connection(
         clock: clock.clone(),
     });
     let request_clock = clock.clone();
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request_clock.set(Phase::Answering);
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        request_clock.set(if request.body().is_end_stream() {
+            Phase::Answering
+        } else {
+            Phase::ReadingBody(Instant::now())
+        });
+        let clock = request_clock.clone();
+        let mut request = request.map(|body| ClockedRequestBody {
+            body,
+            clock: clock.clone(),
+        });
         // Who is asking, for the wrong-token throttle (as `axum::serve` with
         // connect info would attach it).
         request.extensions_mut().insert(ConnectInfo(peer));
-        let clock = request_clock.clone();
         let answered = app.clone().oneshot(request);
         async move {
-            let response = answered.await;
-            clock.set(Phase::Idle(Instant::now()));
-            response
+            let response = answered.await?;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| ClockedResponseBody { body, clock }),
+            )
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()

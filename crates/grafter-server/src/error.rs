@@ -33,7 +33,8 @@ pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_json`, `invalid_field`,
     /// `push_target_refused`, `payload_too_large`,
     /// `not_found`, `method_not_allowed`, `lease_mismatch`, `invalid_state`,
-    /// `unauthorized`, `forbidden`, `too_many_requests`, `unavailable`, `internal`.
+    /// `unauthorized`, `forbidden`, `cross_origin`, `host_not_allowed`,
+    /// `too_many_requests`, `unavailable`, `internal`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -126,6 +127,17 @@ impl ApiError {
     /// The credentials are good, but not for this.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// A browser sent this request for a page of another origin (CSRF).
+    pub fn cross_origin(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "cross_origin", message)
+    }
+
+    /// The request names a host an open loopback server does not answer
+    /// to (DNS rebinding).
+    pub fn host_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "host_not_allowed", message)
     }
 
     /// Too many wrong tokens from this client; it may try again after `wait`.

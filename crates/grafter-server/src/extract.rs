@@ -122,6 +122,22 @@ fn field_name(path: &str, message: &str) -> String {
     }
 }
 
+/// Path parameters, a segment that cannot be read (not UTF-8 once
+/// percent-decoded) answering our JSON 404: it names nothing there is, as a
+/// job id that is not a number does.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|path| ApiPath(path.0))
+            .map_err(|e| ApiError::not_found(e.body_text()))
+    }
+}
+
 /// The `{id}` path segment as a job id; anything else is a 404.
 pub struct PathJobId(pub JobId);
 
@@ -153,9 +169,7 @@ async fn path_id<S: Send + Sync>(
     state: &S,
     what: &str,
 ) -> Result<i64, ApiError> {
-    let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-        .await
-        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    let ApiPath(raw) = ApiPath::<String>::from_request_parts(parts, state).await?;
     raw.parse::<i64>()
         .map_err(|_| ApiError::not_found(format!("no {what} with id '{raw}': ids are integers")))
 }

@@ -16,6 +16,7 @@ mod extract;
 mod filters;
 mod metrics;
 mod openapi;
+mod origin;
 mod otlp;
 pub mod push;
 mod state;
@@ -118,6 +119,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             extract::refuse_declared_oversize_bodies,
         ))
+        .layer(axum::middleware::from_fn(origin::refuse_cross_origin))
         .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
@@ -171,7 +173,8 @@ async fn apply_configured_limits(state: &AppState) -> std::io::Result<()> {
 /// push dispatcher until `shutdown` is cancelled; then stops taking requests,
 /// lets in-flight ones finish (long-polls answer at once), and stops the
 /// services. Connections slow to send a request, or idle too long between
-/// requests, are closed (`ServerConfig::http`). The config file's push
+/// requests, are closed (`ServerConfig::http`). Served open on loopback, it
+/// answers only requests for a loopback name (`origin`). The config file's push
 /// targets and queue limits are stored first, and its schedules reconciled
 /// (when it has a `[schedules]` table). With `[otlp]` set, the server's
 /// spans are exported until the end, and those still queued are sent last.
@@ -211,7 +214,8 @@ pub async fn serve(
     );
     let dispatcher = tokio::spawn(push::run_dispatcher(state.clone(), shutdown.child_token()));
     let http = state.config().http.clone();
-    let app = router(state);
+    let open = state.config().token.is_none();
+    let app = origin::only_loopback_hosts_when_open(router(state), open, listener.local_addr()?);
     connections::serve_connections(listener, app, http, shutdown.clone()).await;
     maintenance.stop().await;
     if let Err(error) = dispatcher.await {

@@ -383,6 +383,74 @@ async fn scopes_and_queue_patterns_hold(node: &Node) {
 }
 
 #[tokio::test]
+async fn a_head_needs_what_its_get_needs_and_is_not_audited() {
+    let (node, _dir) = sqlite_node().await;
+    let (reader, _) = node
+        .token(json!({"name": "reader", "scopes": ["read"]}))
+        .await;
+    for (token, path, status) in [
+        (reader.as_str(), "/v1/jobs", StatusCode::OK),
+        (&reader, "/v1/queues", StatusCode::OK),
+        (&reader, "/v1/info", StatusCode::OK),
+        (&reader, "/v1/audit", StatusCode::FORBIDDEN),
+        (ADMIN, "/v1/jobs", StatusCode::OK),
+        (ADMIN, "/v1/audit", StatusCode::OK),
+    ] {
+        let (answered, _) = node.call(token, Method::HEAD, path, None).await;
+        assert_eq!(answered, status, "HEAD {path}");
+    }
+    let (status, audit) = node.get(ADMIN, "/v1/audit").await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let actions: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["action"])
+        .collect();
+    assert_eq!(actions, [&json!("token.create")], "reads are not audited");
+}
+
+#[tokio::test]
+async fn a_queue_limited_token_cannot_seal_a_batch() {
+    let (node, _dir) = sqlite_node().await;
+    let (emails, _) = node
+        .token(json!({"name": "mailer", "scopes": ["producer"], "queues": ["emails*"]}))
+        .await;
+    let (status, created) = node
+        .post(
+            ADMIN,
+            "/v1/batches",
+            json!({"jobs": [{"kind": "k", "queue": "billing"}], "open": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let batch = created["batch"]["id"].as_i64().unwrap();
+    let refused = node
+        .post(&emails, &format!("/v1/batches/{batch}/seal"), json!({}))
+        .await;
+    assert_refused(&refused, StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot change batches"),
+        "{}",
+        refused.1
+    );
+    let (_, shown) = node.get(ADMIN, &format!("/v1/batches/{batch}")).await;
+    assert_eq!(shown["open"], true, "{shown}");
+    // A token for every queue seals it.
+    let (producer, _) = node
+        .token(json!({"name": "app", "scopes": ["producer"]}))
+        .await;
+    let (status, sealed) = node
+        .post(&producer, &format!("/v1/batches/{batch}/seal"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sealed}");
+    assert_eq!(sealed["open"], false, "{sealed}");
+}
+
+#[tokio::test]
 async fn scopes_and_queue_patterns_hold_on_sqlite() {
     let (node, _dir) = sqlite_node().await;
     scopes_and_queue_patterns_hold(&node).await;

@@ -779,6 +779,35 @@ async fn unknown_paths_are_html_outside_the_api_and_json_inside() {
     assert_eq!(dash.get("/jobs/999999").await.status, StatusCode::NOT_FOUND);
 }
 
+#[tokio::test]
+async fn unreadable_paths_and_queries_answer_html_pages_with_the_security_headers() {
+    let dash = dash_with(ServerConfig::default()).await;
+    let page = dash.get("/jobs").await;
+    let cookie = page.set_cookie("grafter_csrf").unwrap();
+    for (uri, status) in [
+        ("/queues/%FF/pause", StatusCode::NOT_FOUND),
+        ("/schedules/%FF/pause", StatusCode::NOT_FOUND),
+        ("/jobs/1/%FF", StatusCode::NOT_FOUND),
+    ] {
+        let answer = dash.post(uri, &cookie, &[]).await;
+        assert_eq!(answer.status, status, "{uri}: {}", answer.body);
+        assert!(answer.body.contains("<html"), "{uri}: {}", answer.body);
+        assert_secure_headers(&answer);
+    }
+    for (uri, status) in [
+        ("/schedules/%FF", StatusCode::NOT_FOUND),
+        ("/batches/%FF", StatusCode::NOT_FOUND),
+        ("/jobs?state=dead&state=completed", StatusCode::BAD_REQUEST),
+        ("/schedules?after=a&after=b", StatusCode::BAD_REQUEST),
+        ("/nope", StatusCode::NOT_FOUND),
+    ] {
+        let answer = dash.get(uri).await;
+        assert_eq!(answer.status, status, "{uri}: {}", answer.body);
+        assert!(answer.body.contains("<html"), "{uri}: {}", answer.body);
+        assert_secure_headers(&answer);
+    }
+}
+
 /// The queues page shows each queue's limits; a job held back by one says so
 /// on its page, naming the partition, escaped like all job data.
 #[tokio::test]

@@ -378,6 +378,33 @@ async fn unknown_jobs_and_routes_are_404_json() {
 }
 
 #[tokio::test]
+async fn path_segments_that_are_not_utf8_are_404_json() {
+    let api = api().await;
+    for (method, uri) in [
+        (Method::PUT, "/v1/queues/%FF"),
+        (Method::POST, "/v1/queues/%FF/pause"),
+        (Method::GET, "/v1/schedules/%FF"),
+        (Method::PUT, "/v1/schedules/%FF"),
+        (Method::POST, "/v1/schedules/%FF/trigger"),
+        (Method::DELETE, "/v1/tokens/%FF"),
+        (Method::PUT, "/v1/workers/%FF"),
+        (Method::DELETE, "/v1/workers/%FF"),
+        (Method::GET, "/v1/jobs/%FF"),
+    ] {
+        let answer = api.call(method.clone(), uri, Some(json!({}))).await;
+        assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
+        assert!(
+            answer.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("UTF-8"),
+            "{method} {uri}: {}",
+            answer.1
+        );
+    }
+}
+
+#[tokio::test]
 async fn fetch_then_ack_completes_with_the_result() {
     let api = api().await;
     let job = api.enqueue(json!({"kind": "export"})).await;
@@ -620,12 +647,14 @@ async fn heartbeat_stores_progress_and_carries_cancel_requests() {
         .await;
     assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(bad.1["error"]["field"], "progress.fraction");
-    assert_error(
-        &api.post(&uri, json!({"lease": leased["lease"], "lease_ms": 5}))
-            .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_field",
-    );
+    for lease_ms in [5, i64::MAX] {
+        let bad = api
+            .post(&uri, json!({"lease": leased["lease"], "lease_ms": lease_ms}))
+            .await;
+        assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        let message = bad.1["error"]["message"].as_str().unwrap();
+        assert!(message.contains("between 1000 and 86400000"), "{message}");
+    }
 
     let (status, cancelled) = api
         .post(&format!("/v1/jobs/{}/cancel", job["id"]), json!({}))

@@ -656,6 +656,44 @@ async fn an_export_the_collector_asks_to_retry_is_sent_again_and_a_refused_one_i
 }
 
 #[tokio::test]
+async fn a_redirect_is_not_followed_and_the_credentials_stay_home() {
+    let elsewhere = Collector::start().await;
+    let target = format!("{}/v1/traces", elsewhere.url);
+    let asked = Arc::new(Mutex::new(0));
+    let counted = asked.clone();
+    let redirecting = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move || {
+            *counted.lock().unwrap() += 1;
+            let to = target.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, redirecting).await.unwrap() });
+    let mut config = ServerConfig::default();
+    config.otlp.endpoint = Some(endpoint);
+    config
+        .otlp
+        .headers
+        .insert("x-api-key".into(), "collector-key".into());
+    let grafter = Grafter::start_with(config).await;
+    let parent = traceparent(TRACE_ID, PARENT_ID, "01");
+    grafter
+        .enqueue(&[("traceparent", &parent)], json!({"kind": "k"}))
+        .await;
+    // A failed export, dropped and counted like any other.
+    grafter.wait_dropped(1).await;
+    assert!(*asked.lock().unwrap() >= 1);
+    assert!(
+        elsewhere.received.lock().unwrap().bodies.is_empty(),
+        "the export followed the redirect"
+    );
+    grafter.stop().await;
+}
+
+#[tokio::test]
 async fn a_collector_that_is_down_or_silent_costs_the_job_path_nothing() {
     // Down: nothing listens on the port.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,8 +1,9 @@
 //! How `serve` treats connections, over real sockets on loopback and a real
-//! SQLite file: clients that trickle headers or sit idle are disconnected
-//! after the configured timeouts while others are served, a long-poll may
-//! outlast the idle timeout, a declared body over the limit is refused before
-//! it is read, and shutdown answers waiting long-polls and returns.
+//! SQLite file: clients that trickle headers, owe a body or sit idle are
+//! disconnected after the configured timeouts while others are served, a
+//! long-poll or an event stream may outlast the idle timeout, a declared
+//! body over the limit is refused before it is read, and shutdown answers
+//! waiting long-polls and returns.
 //!
 //! Deadlines in these tests are generous upper bounds for a loaded machine;
 //! nothing asserts on speed.
@@ -24,6 +25,14 @@ const PATIENCE: Duration = Duration::from_secs(15);
 /// Headers due within a second, idle connections kept as by default.
 const ONE_SECOND_FOR_HEADERS: HttpSettings = HttpSettings {
     header_read_timeout_ms: 1_000,
+    body_read_timeout_ms: 30_000,
+    idle_timeout_ms: 60_000,
+};
+
+/// A body due within a second of its headers, the rest as by default.
+const ONE_SECOND_FOR_A_BODY: HttpSettings = HttpSettings {
+    header_read_timeout_ms: 10_000,
+    body_read_timeout_ms: 1_000,
     idle_timeout_ms: 60_000,
 };
 
@@ -177,18 +186,19 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_outlasts_the_timeout() {
     let grafter = start(HttpSettings {
         header_read_timeout_ms: 1_000,
+        body_read_timeout_ms: 1_000,
         idle_timeout_ms: 1_500,
     })
     .await;
     let mut idle = grafter.connect().await;
-    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: grafter\r\n\r\n")
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let answer = read_answer(&mut idle).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let answered = Instant::now();
     // Kept alive: a second request on the same connection, within the idle time.
-    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: grafter\r\n\r\n")
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
@@ -217,12 +227,110 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_outlasts_the_ti
 }
 
 #[tokio::test]
+async fn a_client_owing_a_body_is_disconnected_while_others_are_served() {
+    let grafter = start(ONE_SECOND_FOR_A_BODY).await;
+    // The API's JSON and the dashboard's forms: every route reads its body
+    // under the same deadline.
+    let heads = [
+        "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n",
+        "POST /queues/q/pause HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n",
+    ];
+    for head in heads {
+        let mut owing = grafter.connect().await;
+        let request = format!("{head}Content-Length: 100\r\n\r\n{{\"kind\":");
+        owing.write_all(request.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let (answer, ()) = tokio::time::timeout(PATIENCE, async {
+            tokio::join!(read_until_closed(&mut owing), async {
+                // Meanwhile another client is served as usual.
+                let health = reqwest::get(grafter.url("/livez")).await.unwrap();
+                assert_eq!(health.status(), 200);
+            })
+        })
+        .await
+        .unwrap_or_else(|_| panic!("a client owing a body was never disconnected: {head}"));
+        assert_eq!(
+            answer, "",
+            "nothing is answered to a request never sent whole"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "closed before its body was late: {:?}",
+            started.elapsed()
+        );
+    }
+    // A body that arrives in time is read and answered.
+    let job = reqwest::Client::new()
+        .post(grafter.url("/v1/jobs"))
+        .json(&json!({"kind": "export"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job.status(), 201);
+}
+
+#[tokio::test]
+async fn an_event_stream_outlasts_the_idle_timeout_and_still_delivers() {
+    let grafter = start(HttpSettings {
+        header_read_timeout_ms: 1_000,
+        body_read_timeout_ms: 1_000,
+        idle_timeout_ms: 1_000,
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(grafter.url("/v1/jobs"))
+        .json(&json!({"kind": "export"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_i64().unwrap();
+    let mut stream = client
+        .get(grafter.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut received = String::new();
+    while !received.contains("event: snapshot") {
+        let chunk = tokio::time::timeout(PATIENCE, stream.chunk())
+            .await
+            .expect("a snapshot")
+            .unwrap()
+            .expect("the stream open until its snapshot");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Twice the idle timeout with nothing to send: the stream is being
+    // answered, not idle.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let cancelled = client
+        .post(grafter.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    while !received.contains("event: end") {
+        let chunk = tokio::time::timeout(PATIENCE, stream.chunk())
+            .await
+            .expect("the job's end")
+            .expect("the stream was cut")
+            .unwrap_or_else(|| panic!("the stream closed before its end: {received}"));
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(received.contains("\"cancelled\""), "{received}");
+}
+
+#[tokio::test]
 async fn a_declared_body_over_the_limit_answers_413_before_it_is_sent() {
     let grafter = start(HttpSettings::default()).await;
     let mut client = grafter.connect().await;
     client
         .write_all(
-            b"POST /v1/jobs HTTP/1.1\r\nHost: grafter\r\nContent-Type: application/json\r\n\
+            b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
               Content-Length: 99999999999\r\n\r\n{\"kind\":",
         )
         .await
@@ -239,7 +347,7 @@ async fn a_declared_body_over_the_limit_answers_413_before_it_is_sent() {
 async fn shutdown_answers_a_waiting_long_poll_and_closes_idle_connections() {
     let mut grafter = start(HttpSettings::default()).await;
     let mut idle = grafter.connect().await;
-    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: grafter\r\n\r\n")
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     read_answer(&mut idle).await;

@@ -43,7 +43,8 @@ pub async fn require_token(
     };
     access.require(scope)?;
     // A schedule may enqueue into any queue, and a batch's jobs span queues.
-    if action.is_some() && access.is_queue_limited() {
+    // Any change, audited or not (sealing a batch is not).
+    if !access::only_reads(request.method()) && access.is_queue_limited() {
         for (prefix, what) in [("/schedules/", "schedules"), ("/batches/{id}/", "batches")] {
             if route.starts_with(prefix) && route != "/batches/{id}/jobs" {
                 return Err(ApiError::forbidden(format!(

@@ -19,16 +19,23 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
-/// Any path that is not a route: JSON under `/v1`, where clients are programs;
-/// an HTML page elsewhere, where they are people with browsers.
+/// Any path that is not a route.
 pub async fn not_found(uri: Uri) -> Response {
-    if uri.path() == "/v1" || uri.path().starts_with("/v1/") {
-        return ApiError::not_found(format!("no route for {}", uri.path())).into_response();
-    }
-    crate::dashboard::error_page(
-        StatusCode::NOT_FOUND,
+    error_at(
+        uri.path(),
+        ApiError::not_found(format!("no route for {}", uri.path())),
         &format!("There is no page at {}.", uri.path()),
     )
+}
+
+/// An error answered before any route's handler: JSON under `/v1`, where
+/// clients are programs; an HTML page saying `page_message` elsewhere, where
+/// they are people with browsers.
+pub fn error_at(path: &str, error: ApiError, page_message: &str) -> Response {
+    if path == "/v1" || path.starts_with("/v1/") {
+        return error.into_response();
+    }
+    crate::dashboard::error_page(error.status(), page_message)
 }
 
 /// A route that exists, with another method.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use chrono::Utc;
 use grafter_core::{PushTarget, QueueLimits};
@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::access::Access;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// A queue and its jobs per state.
@@ -105,7 +105,7 @@ async fn set_paused(
 pub async fn pause(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<QueueBody>, ApiError> {
     access.require_queue(&name)?;
     set_paused(state, name, true).await
@@ -117,7 +117,7 @@ pub async fn pause(
 pub async fn resume(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<QueueBody>, ApiError> {
     access.require_queue(&name)?;
     set_paused(state, name, false).await
@@ -161,7 +161,7 @@ where
 pub async fn update(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(settings): ApiJson<QueueSettings>,
 ) -> Result<Json<QueueBody>, ApiError> {
     access.require_queue(&name)?;

@@ -1,7 +1,7 @@
 //! Schedules: periodic jobs (docs/schedules.md). Each change is one engine
 //! call; the answers are the schedule as stored.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Fire times a schedule's answer lists.
@@ -64,7 +64,7 @@ async fn view(state: &AppState, schedule: Schedule) -> Result<ScheduleView, ApiE
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(spec): ApiJson<ScheduleSpec>,
 ) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     let (schedule, created) = state
@@ -84,7 +84,7 @@ pub async fn put(
     responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let schedule = state.engine().schedule_get(&id).await?;
     Ok(Json(view(&state, schedule).await?))
@@ -131,7 +131,7 @@ pub async fn list(
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.engine().schedule_delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -142,7 +142,7 @@ pub async fn delete(
     responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
 pub async fn pause(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let schedule = state.engine().schedule_pause(&id, true).await?;
     Ok(Json(view(&state, schedule).await?))
@@ -154,7 +154,7 @@ pub async fn pause(
     responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let schedule = state.engine().schedule_pause(&id, false).await?;
     Ok(Json(view(&state, schedule).await?))
@@ -166,7 +166,7 @@ pub async fn resume(
     responses((status = 201, body = Job), (status = 404, body = ErrorBody)))]
 pub async fn trigger(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let job = state.engine().schedule_trigger(&id).await?;
     Ok((StatusCode::CREATED, Json(job)))
@@ -196,7 +196,7 @@ pub struct PreviewBody {
         (status = 422, body = ErrorBody)))]
 pub async fn preview(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<PreviewQuery>,
 ) -> Result<Json<PreviewBody>, ApiError> {
     let slots = state

@@ -1,7 +1,7 @@
 //! API tokens (docs/access.md): made, listed and revoked by an admin. A
 //! token's secret is in the answer that makes it and nowhere else.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::api::auth::AuditDetails;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// A token to make.
@@ -167,7 +167,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<TokensBody>, Api
         (status = 429, body = ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TokenView>, ApiError> {
     let token = state
         .engine()

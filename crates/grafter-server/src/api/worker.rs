@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use grafter_core::{time, Job, JobId, JobState, LeasedJob, Progress, Worker, WorkerRegistration};
@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::access::Access;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
-use crate::extract::{ApiJson, PathJobId};
+use crate::extract::{ApiJson, ApiPath, PathJobId};
 use crate::otlp::{JobRef, JobSpan, Operation, SpanStart};
 use crate::state::AppState;
 
@@ -97,8 +97,8 @@ pub async fn fetch(
         wait: millis("wait_ms", request.wait_ms, 0)?,
         lease: request
             .lease_ms
-            .map(|ms| millis("lease_ms", ms, 0))
-            .transpose()?,
+            // The engine checks the range and names it.
+            .map(Duration::from_millis),
         worker_id: request.worker_id,
         running_limit: None,
     };
@@ -397,10 +397,8 @@ pub async fn heartbeat(
         },
         ProgressInput::Full(progress) => progress,
     });
-    let extend = request
-        .lease_ms
-        .map(|ms| millis("lease_ms", ms, 0))
-        .transpose()?;
+    // The engine checks the range and names it.
+    let extend = request.lease_ms.map(Duration::from_millis);
     Ok(Json(
         state
             .engine()
@@ -455,7 +453,7 @@ pub async fn release(
     responses((status = 204, description = "Recorded"), (status = 422, body = ErrorBody)))]
 pub async fn worker_heartbeat(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(worker): ApiJson<WorkerRegistration>,
 ) -> Result<StatusCode, ApiError> {
     if worker.id != id {
@@ -473,7 +471,7 @@ pub async fn worker_heartbeat(
     responses((status = 204, description = "Gone"), (status = 422, body = ErrorBody)))]
 pub async fn worker_remove(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     // No worker can have an id that is not a name.
     grafter_core::validate_name("id", &id)?;

@@ -9,7 +9,7 @@
 //! not make is refused with 403.
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Extensions, Method, StatusCode};
 use axum::middleware::Next;
@@ -19,7 +19,9 @@ use grafter_store::Scope;
 use maud::html;
 use serde::Deserialize;
 
-use super::{checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx};
+use super::{
+    checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx, PageQuery,
+};
 use crate::access::{self, stored_token, usable, Access, TokenKey};
 use crate::api::auth::{bearer_token, secrets_match, token_access};
 use crate::error::ApiError;
@@ -234,7 +236,7 @@ fn local_path(next: Option<&str>) -> &str {
 pub(super) async fn login_page(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    Query(query): Query<LoginQuery>,
+    PageQuery(query): PageQuery<LoginQuery>,
 ) -> Response {
     if state.config().token.is_none() {
         return Redirect::to("/").into_response();

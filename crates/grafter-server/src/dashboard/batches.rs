@@ -4,7 +4,7 @@
 //! while the batch is unfinished (`/batches/{id}/live`), as the batch's event
 //! stream tells of each change, and shows the final state when it ends.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::layout::{self, count, time, time_or_dash, Tab};
 use super::overview::urlencode;
-use super::{error_page, html, store_error, stream_url, Ctx};
+use super::{error_page, html, store_error, stream_url, Ctx, PagePath, PageQuery};
 use crate::state::AppState;
 
 /// Batches per page of the list.
@@ -32,7 +32,7 @@ pub(super) struct ListQuery {
 pub(super) async fn page(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    Query(query): Query<ListQuery>,
+    PageQuery(query): PageQuery<ListQuery>,
 ) -> Response {
     let before = match query.before.trim() {
         "" => None,
@@ -112,7 +112,7 @@ async fn load(state: &AppState, raw: &str) -> Result<Batch, Response> {
 pub(super) async fn show(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let batch = match load(&state, &id).await {
         Ok(batch) => batch,
@@ -145,7 +145,10 @@ pub(super) async fn show(
 
 /// The status part alone, for the page's own refresh. Tells the script to
 /// stop asking once the batch has finished.
-pub(super) async fn live(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn live(
+    State(state): State<AppState>,
+    PagePath(id): PagePath<String>,
+) -> Response {
     match load(&state, &id).await {
         Ok(batch) => html(status(&batch)),
         Err(response) => response,

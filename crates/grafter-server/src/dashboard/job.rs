@@ -6,7 +6,7 @@
 //! change.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -19,7 +19,9 @@ use serde_json::Value;
 
 use super::job_dependencies;
 use super::layout::{self, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::{checked_form, error_page, explain, html, redirect_with, store_error, stream_url, Ctx};
+use super::{
+    checked_form, error_page, explain, html, redirect_with, store_error, stream_url, Ctx, PagePath,
+};
 use crate::state::AppState;
 
 fn parse_id(raw: &str) -> Option<JobId> {
@@ -45,7 +47,7 @@ const DEPENDENTS_SHOWN: usize = 20;
 pub(super) async fn page(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let job = match load(&state, &id).await {
         Ok(job) => job,
@@ -151,7 +153,10 @@ fn events_url(state: &AppState, id: JobId) -> String {
 
 /// The status part alone, for the page's own refresh. Tells the script to
 /// stop asking once the job is finished.
-pub(super) async fn live(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn live(
+    State(state): State<AppState>,
+    PagePath(id): PagePath<String>,
+) -> Response {
     match load(&state, &id).await {
         Ok(job) => html(status(&job)),
         Err(response) => response,
@@ -322,7 +327,7 @@ fn picked_time(when: &str, tz_offset: &str) -> Result<DateTime<Utc>, &'static st
 
 pub(super) async fn act(
     State(state): State<AppState>,
-    Path((raw, action)): Path<(String, String)>,
+    PagePath((raw, action)): PagePath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

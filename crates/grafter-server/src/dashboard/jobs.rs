@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
@@ -16,7 +16,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{self, clip, count, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::{checked_form, explain, html, redirect_with, store_error, Ctx, FormData};
+use super::{checked_form, explain, html, redirect_with, store_error, Ctx, FormData, PageQuery};
 use crate::filters::{id_filter, name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 
@@ -141,7 +141,7 @@ impl Filter {
 pub(super) async fn page(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    Query(filter): Query<Filter>,
+    PageQuery(filter): PageQuery<Filter>,
 ) -> Response {
     let id = filter.id.trim().trim_start_matches('#');
     if !id.is_empty() {

@@ -26,8 +26,9 @@ mod schedules;
 mod workers;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -35,6 +36,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use hmac::{Hmac, KeyInit, Mac};
 use maud::Markup;
+use serde::de::DeserializeOwned;
 use sha2::Sha256;
 
 use grafter_core::JobId;
@@ -209,6 +211,12 @@ async fn context(State(state): State<AppState>, mut request: Request, next: Next
             ),
         );
     }
+    add_security_headers(h);
+    response
+}
+
+/// The headers every dashboard answer carries (docs/dashboard.md).
+fn add_security_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -225,7 +233,6 @@ async fn context(State(state): State<AppState>, mut request: Request, next: Next
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    response
 }
 
 fn decode_flash(value: &str) -> Option<Flash> {
@@ -308,6 +315,36 @@ fn checked_form(
     Ok(form)
 }
 
+/// Path parameters, a segment that cannot be read (not UTF-8 once
+/// percent-decoded) answering the HTML 404: it names nothing there is.
+pub struct PagePath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PagePath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|path| PagePath(path.0))
+            .map_err(|e| error_page(StatusCode::NOT_FOUND, &e.body_text()))
+    }
+}
+
+/// A query string, one it cannot read (a field given twice, say) answering
+/// an HTML 400.
+pub struct PageQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|query| PageQuery(query.0))
+            .map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.body_text()))
+    }
+}
+
 /// How long a page's stream token works; a page left open longer polls.
 const STREAM_TOKEN_TTL: chrono::Duration = chrono::Duration::hours(1);
 
@@ -335,7 +372,9 @@ fn html(markup: Markup) -> Response {
         .into_response()
 }
 
-/// A page explaining what went wrong.
+/// A page explaining what went wrong, with the security headers itself: it
+/// is also answered outside the dashboard's routes (an unknown path, a
+/// request refused before any route).
 pub fn error_page(status: StatusCode, message: &str) -> Response {
     let body = layout::bare(
         status.canonical_reason().unwrap_or("Error"),
@@ -345,7 +384,9 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
             p { a href="/" { "Back to the overview" } }
         },
     );
-    (status, html(body)).into_response()
+    let mut response = (status, html(body)).into_response();
+    add_security_headers(response.headers_mut());
+    response
 }
 
 /// A store failure on a page load: 404 for a missing job, 503 when storage is

@@ -3,7 +3,7 @@
 //! secrets.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -13,7 +13,7 @@ use maud::html;
 
 use super::layout::{self, age, count, csrf_field, path_segment, time, Tab};
 use super::overview::urlencode;
-use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx};
+use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PagePath};
 use crate::state::AppState;
 
 pub(super) async fn page(
@@ -86,7 +86,7 @@ pub(super) async fn page(
 
 pub(super) async fn act(
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
+    PagePath((name, action)): PagePath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

@@ -4,7 +4,7 @@
 //! its latest jobs), and pause, resume and trigger.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -15,7 +15,9 @@ use serde::Deserialize;
 
 use super::layout::{self, count, csrf_field, path_segment, state_badge, time, time_or_dash, Tab};
 use super::overview::urlencode;
-use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx};
+use super::{
+    checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PagePath, PageQuery,
+};
 use crate::state::AppState;
 
 /// Schedules per page of the list.
@@ -69,7 +71,7 @@ async fn row(state: &AppState, schedule: Schedule) -> Result<Row, Response> {
 pub(super) async fn page(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    Query(query): Query<ListQuery>,
+    PageQuery(query): PageQuery<ListQuery>,
 ) -> Response {
     let after = Some(query.after.trim().to_owned()).filter(|a| !a.is_empty());
     let schedules = match state.engine().schedules_list(after.clone(), PAGE).await {
@@ -131,7 +133,7 @@ pub(super) async fn page(
 pub(super) async fn show(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let engine = state.engine();
     let schedule = match engine.schedule_get(&id).await {
@@ -221,7 +223,7 @@ pub(super) async fn show(
 /// Pause, resume, trigger: each a POST with the CSRF field.
 pub(super) async fn act(
     State(state): State<AppState>,
-    Path((id, action)): Path<(String, String)>,
+    PagePath((id, action)): PagePath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

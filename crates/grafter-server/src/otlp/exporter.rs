@@ -2,7 +2,8 @@
 //! posts them to the collector in batches, as OTLP/HTTP protobuf. An export
 //! the collector asks to retry (429, 502, 503, 504, or no connection) is
 //! tried again after a backoff, as the OTLP specification asks; one that
-//! still fails, or fails otherwise, drops its batch (counted). The job path
+//! still fails, or fails otherwise (a redirect included: it is never
+//! followed), drops its batch (counted). The job path
 //! never waits for any of it: while an export waits, new spans queue up to
 //! the queue's bound and past it are dropped, so a collector that is down
 //! costs the job path nothing.
@@ -77,6 +78,9 @@ impl Exporter {
         );
         let http = reqwest::Client::builder()
             .default_headers(headers)
+            // A redirect would carry the credential headers to wherever it
+            // points; a collector answering 3xx fails its export instead.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(settings.timeout_ms))
             .build()
             .map_err(|e| ConfigError::Invalid {
