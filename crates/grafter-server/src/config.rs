@@ -405,10 +405,19 @@ impl ServerConfig {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: ServerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+        // As a push secret: a token written `${NAME}` is the variable NAME,
+        // not those characters (which would make a token anyone can read).
+        if let Some(token) = &config.token {
+            config.token = Some(from_env(token).map_err(|message| ConfigError::Invalid {
+                field: "token",
+                message,
+            })?);
+        }
+        Ok(config)
     }
 
     /// Checks every value is usable.
@@ -470,6 +479,17 @@ impl ServerConfig {
             let message = format!(
                 "must be at least {MIN_TOKEN_CHARS} characters: a short token is guessed \
                  (use a long random one, e.g. `openssl rand -hex 32`)"
+            );
+            return invalid("token", message);
+        }
+        if let Some(c) = self
+            .token
+            .as_ref()
+            .and_then(|t| t.chars().find(|c| !c.is_ascii_graphic()))
+        {
+            let message = format!(
+                "must be printable ASCII without spaces, as a client sends it in a header \
+                 (found {c:?})"
             );
             return invalid("token", message);
         }
@@ -643,6 +663,20 @@ rate = { count = 5, period_ms = 0 }",
         ] {
             at(local).validate().unwrap();
         }
+    }
+
+    #[test]
+    fn a_token_written_as_a_variable_in_the_file_is_read_from_it() {
+        // A name no other test uses, so setting it races with nothing.
+        std::env::set_var("GRAFTER_CONFIG_TEST_TOKEN", "a-token-from-the-environment");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grafter.toml");
+        std::fs::write(&file, "token = \"${GRAFTER_CONFIG_TEST_TOKEN}\"\n").unwrap();
+        let config = ServerConfig::from_file(&file).unwrap();
+        assert_eq!(config.token.as_deref(), Some("a-token-from-the-environment"));
+        std::fs::write(&file, "token = \"${GRAFTER_CONFIG_TEST_NO_SUCH_VARIABLE}\"\n").unwrap();
+        let error = ServerConfig::from_file(&file).unwrap_err().to_string();
+        assert!(error.contains("GRAFTER_CONFIG_TEST_NO_SUCH_VARIABLE"), "{error}");
     }
 
     #[test]
@@ -864,6 +898,14 @@ rate = { count = 5, period_ms = 0 }",
             .unwrap_err()
             .to_string()
             .contains("token: must be at least 16 characters"));
+        for unsendable in [" leading-space-token", "tökén-0123456789abcdef"] {
+            let config = ServerConfig {
+                token: Some(unsendable.into()),
+                ..Default::default()
+            };
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("token: must be printable ASCII"), "{error}");
+        }
         ServerConfig {
             token: Some("x".repeat(MIN_TOKEN_CHARS)),
             ..Default::default()
