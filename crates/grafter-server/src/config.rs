@@ -558,6 +558,7 @@ impl ServerConfig {
             }
             target
                 .validate()
+                .and_then(|()| crate::push::check_target_url(&target.url))
                 .map_err(|e| invalid(&e.field, e.message))?;
             targets.push((queue.clone(), target));
         }

@@ -715,6 +715,11 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
             "push.url",
         ),
         (
+            // An IPv6 zone id: no URL the push client can send to.
+            json!({"url": "http://[fe80::1%25eth0]:7425/", "secret": SECRET}),
+            "push.url",
+        ),
+        (
             json!({"url": receiver.url, "secret": SECRET, "old_secrets": vec![SECRET; 5]}),
             "push.old_secrets",
         ),

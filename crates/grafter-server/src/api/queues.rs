@@ -168,6 +168,7 @@ pub async fn update(
     let engine = state.engine();
     if let Some(Some(target)) = &settings.push {
         target.validate()?;
+        crate::push::check_target_url(&target.url)?;
         if !state.config().push.allow_private {
             if let Some(why) = crate::push::refused_url(&target.url) {
                 return Err(ApiError::push_target_refused(why));

@@ -21,6 +21,16 @@ pub(crate) use address_guard::refused_url;
 pub(crate) use dispatcher::run as run_dispatcher;
 pub use outcome::{MAX_ERROR_BODY_BYTES, MAX_RESULT_BYTES};
 
+/// Checks that the push client can read a target's URL as it will send to
+/// it: [`grafter_core::PushTarget::validate`] checks its form only, and a URL
+/// the client cannot parse (an IPv6 zone id, `[fe80::1%eth0]`, say) would
+/// fail every delivery, and pass the address guard unseen.
+pub(crate) fn check_target_url(url: &str) -> Result<(), grafter_core::ValidationError> {
+    reqwest::Url::parse(url).map(drop).map_err(|e| {
+        grafter_core::ValidationError::new("push.url", format!("is not a usable URL: {e}"))
+    })
+}
+
 /// Why the configured push targets could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
