@@ -21,13 +21,17 @@ use crate::row::{duration_micros, micros, timestamp, to_json, JOB_COLUMNS};
 /// path of an `args.` partition),
 /// computed as `grafter_core::limits::partition_key` does in Rust, to its
 /// first 255 characters (`MAX_PARTITION_CHARS`; `substr` counts characters).
+/// A value other than a string is its JSON text as stored (`->`), which is
+/// what Rust prints: a number's text cast from SQLite's REAL would keep 15
+/// digits (0.3 and 0.30000000000000004 one partition) and lose `-0.0`.
 fn partition_sql(by: &PartitionBy) -> &'static str {
     match by {
         PartitionBy::Queue => "''",
         PartitionBy::Field => "coalesce(partition, '')",
         PartitionBy::Args(_) => {
-            "substr(coalesce(CASE json_type(args, ?9) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
-                      ELSE CAST(json_extract(args, ?9) AS TEXT) END, ''), 1, 255)"
+            "substr(coalesce(CASE json_type(args, ?9) WHEN 'text' THEN json_extract(args, ?9)
+                                                    WHEN 'null' THEN NULL
+                                                    ELSE args -> ?9 END, ''), 1, 255)"
         }
     }
 }

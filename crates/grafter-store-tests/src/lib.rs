@@ -112,6 +112,7 @@ macro_rules! conformance_suite {
             a_full_partition_never_blocks_another,
             partition_field_limits_each_partition,
             a_long_partition_value_counts_by_its_first_characters,
+            number_partitions_are_told_apart_by_their_json_text,
             cancel_release_and_delete_free_a_slot,
             lowering_a_limit_stops_nothing,
             limits_are_kept_listed_and_removed,

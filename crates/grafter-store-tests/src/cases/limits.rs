@@ -395,6 +395,30 @@ pub async fn a_long_partition_value_counts_by_its_first_characters(store: S) {
     }
 }
 
+/// Numbers are partitions by their JSON text, on every store: 0.3 and
+/// 0.30000000000000004 are two (SQLite's REAL printed with 15 digits made
+/// them one), and a second 0.3 waits behind the first.
+pub async fn number_partitions_are_told_apart_by_their_json_text(store: S) {
+    let now = t0();
+    let by_c = json!({"concurrency": 1, "partition_by": "args.c"});
+    set_limits(&store, "n", Some(by_c), now).await;
+    let jobs: Vec<NewJob> = [json!(0.3), json!(0.30000000000000004), json!(0.3)]
+        .into_iter()
+        .map(|c| {
+            let mut job = NewJob::new("k", json!({ "c": c }));
+            job.queue = "n".into();
+            job
+        })
+        .collect();
+    let inserted = insert(&store, jobs, now).await;
+    let got = fetch(&store, "n", 10, now).await;
+    let ids: HashSet<_> = got.iter().map(|l| l.job.id).collect();
+    assert_eq!(ids, HashSet::from([inserted[0].id, inserted[1].id]));
+    let running = running_per_partition(&store, "n", now).await;
+    assert_eq!(running.get("0.3"), Some(&1), "{running:?}");
+    assert_eq!(running.get("0.30000000000000004"), Some(&1), "{running:?}");
+}
+
 /// `partition_by: "partition"` limits each job's own `partition` apart; jobs
 /// without one share the unnamed partition. Rates are per partition too.
 pub async fn partition_field_limits_each_partition(store: S) {
