@@ -674,10 +674,20 @@ rate = { count = 5, period_ms = 0 }",
         let file = dir.path().join("grafter.toml");
         std::fs::write(&file, "token = \"${GRAFTER_CONFIG_TEST_TOKEN}\"\n").unwrap();
         let config = ServerConfig::from_file(&file).unwrap();
-        assert_eq!(config.token.as_deref(), Some("a-token-from-the-environment"));
-        std::fs::write(&file, "token = \"${GRAFTER_CONFIG_TEST_NO_SUCH_VARIABLE}\"\n").unwrap();
+        assert_eq!(
+            config.token.as_deref(),
+            Some("a-token-from-the-environment")
+        );
+        std::fs::write(
+            &file,
+            "token = \"${GRAFTER_CONFIG_TEST_NO_SUCH_VARIABLE}\"\n",
+        )
+        .unwrap();
         let error = ServerConfig::from_file(&file).unwrap_err().to_string();
-        assert!(error.contains("GRAFTER_CONFIG_TEST_NO_SUCH_VARIABLE"), "{error}");
+        assert!(
+            error.contains("GRAFTER_CONFIG_TEST_NO_SUCH_VARIABLE"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -649,7 +649,10 @@ async fn heartbeat_stores_progress_and_carries_cancel_requests() {
     assert_eq!(bad.1["error"]["field"], "progress.fraction");
     for lease_ms in [5, i64::MAX] {
         let bad = api
-            .post(&uri, json!({"lease": leased["lease"], "lease_ms": lease_ms}))
+            .post(
+                &uri,
+                json!({"lease": leased["lease"], "lease_ms": lease_ms}),
+            )
             .await;
         assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
         let message = bad.1["error"]["message"].as_str().unwrap();
