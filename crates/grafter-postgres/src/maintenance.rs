@@ -120,7 +120,15 @@ impl Db {
         }
         for (id, error) in &unreadable {
             tracing::error!(job = id, %error, "cannot rescue a job; setting it aside as dead");
-            set_aside(&tx, *id, params.now, error).await?;
+            let aside = tx.savepoint("set_aside").await.map_err(pg_error)?;
+            match set_aside(&aside, *id, params.now, error).await {
+                Ok(()) => aside.commit().await.map_err(pg_error)?,
+                Err(error) => {
+                    aside.rollback().await.map_err(pg_error)?;
+                    tracing::error!(job = id, %error, "cannot set a job aside either; it is looked at again in an hour");
+                    postpone(&tx, *id, params.now).await?;
+                }
+            }
         }
         tx.commit().await.map_err(pg_error)?;
         Ok(rows.len() as u64)
@@ -253,6 +261,21 @@ async fn write_rescued(client: &impl GenericClient, rescued: &[Rescued]) -> Resu
 
 /// Makes a job that maintenance cannot process `dead`, with why appended to
 /// its errors (or as its only error, if its errors are not a list).
+/// Moves the lease end of a job that could be neither rescued nor set
+/// aside out of the rescue's way (see [`transitions::looked_at_again`]):
+/// left as it was, it would come first in every pass and fail it whole.
+async fn postpone(client: &impl GenericClient, id: i64, now: Timestamp) -> Result<()> {
+    let stmt = client
+        .prepare_cached("UPDATE jobs SET lease_expires_at = $2 WHERE id = $1")
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(&stmt, &[&id, &transitions::looked_at_again(now)])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
 async fn set_aside(
     client: &impl GenericClient,
     id: i64,

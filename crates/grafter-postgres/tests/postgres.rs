@@ -23,6 +23,7 @@ use serde_json::json;
 use common::{admin, database, fresh_config, listening};
 use grafter_store_tests::cases::{
     a_firing_that_fails_half_way_leaves_nothing,
+    a_job_that_cannot_even_be_set_aside_stops_no_rescue,
     an_unreadable_row_is_set_aside_and_the_others_are_rescued,
 };
 
@@ -1070,6 +1071,27 @@ async fn a_row_that_cannot_be_read_is_set_aside_and_the_others_are_rescued() {
             guard.schema
         );
         admin(&url).await.execute(&sql, &[&id.0]).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_even_be_set_aside_stops_no_rescue_on_postgres() {
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let store = Arc::new(PostgresStore::connect(config).await.unwrap());
+    let schema = guard.schema.clone();
+    a_job_that_cannot_even_be_set_aside_stops_no_rescue(store, async |id| {
+        // Written behind the store's back: the job refuses every move.
+        let sql = format!(
+            "CREATE FUNCTION \"{schema}\".immovable() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN RAISE EXCEPTION 'injected: this job cannot move'; END $$;
+             CREATE TRIGGER immovable BEFORE UPDATE OF state ON \"{schema}\".jobs
+             FOR EACH ROW WHEN (OLD.id = {})
+             EXECUTE FUNCTION \"{schema}\".immovable()",
+            id.0
+        );
+        admin(&url).await.batch_execute(&sql).await.unwrap();
     })
     .await;
 }

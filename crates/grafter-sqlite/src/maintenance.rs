@@ -85,11 +85,30 @@ pub fn jobs_rescue_expired(conn: &Connection, params: &JobsRescue) -> Result<u64
                 conn.execute_batch("ROLLBACK TO rescue; RELEASE rescue")
                     .map_err(backend)?;
                 tracing::error!(job = id, %error, "cannot rescue a job; setting it aside as dead");
-                set_aside(conn, *id, params.now, &error)?;
+                conn.execute_batch("SAVEPOINT aside").map_err(backend)?;
+                match set_aside(conn, *id, params.now, &error) {
+                    Ok(()) => conn.execute_batch("RELEASE aside").map_err(backend)?,
+                    Err(error) => {
+                        conn.execute_batch("ROLLBACK TO aside; RELEASE aside")
+                            .map_err(backend)?;
+                        tracing::error!(job = id, %error, "cannot set a job aside either; it is looked at again in an hour");
+                        postpone(conn, *id, params.now)?;
+                    }
+                }
             }
         }
     }
     Ok(expired.len() as u64)
+}
+
+/// Moves the lease end of a job that could be neither rescued nor set
+/// aside out of the rescue's way (see [`transitions::looked_at_again`]):
+/// left as it was, it would come first in every pass.
+fn postpone(conn: &Connection, id: i64, now: Timestamp) -> Result<()> {
+    conn.prepare_cached("UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute(params![id, micros(transitions::looked_at_again(now))]))
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// Makes a job that maintenance cannot process `dead`, with why appended to

@@ -14,6 +14,16 @@ pub const TIMED_OUT: &str = "timed out";
 /// How the error begins when maintenance could not process a job (its row
 /// could not be read or written) and made it `dead` so the rest go on.
 pub const SET_ASIDE: &str = "set aside by maintenance";
+/// How long a job that maintenance could neither process nor set aside
+/// (its move to `dead` fails too) stays out of the rescue's way before it is
+/// looked at again, so it cannot stall the rescue of the others.
+pub const SET_ASIDE_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The lease end that puts a job maintenance could not set aside out of
+/// the rescue's way until [`SET_ASIDE_AGAIN_AFTER`] from `now`.
+pub fn looked_at_again(now: grafter_core::Timestamp) -> grafter_core::Timestamp {
+    grafter_core::time::after(now, SET_ASIDE_AGAIN_AFTER)
+}
 
 /// What a job becomes after a failed attempt.
 #[derive(Clone, Debug, PartialEq)]
