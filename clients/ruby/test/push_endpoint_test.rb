@@ -138,6 +138,18 @@ class PushEndpointTest < Minitest::Test
     assert_equal 1, PushJobs.runs(kind)
   end
 
+  # The async path used to drop such an outcome: the job stayed running
+  # until its lease ran out, then ran again.
+  def test_an_async_result_that_is_not_json_is_dead_without_running_again
+    kind = unique("async-binary-result")
+    Grafter.handle(kind, push: :async) { PushJobs.ran(kind) && "\xFF".b }
+    id = client.enqueue(kind: kind, queue: @queue, max_attempts: 3)["id"]
+    dead = wait_state(id, %w[dead completed], timeout: 10)
+    assert_equal ["dead", 1], dead.values_at("state", "attempt")
+    assert_match(/the result is not JSON/, dead["errors"].last["error"])
+    assert_equal 1, PushJobs.runs(kind)
+  end
+
   def test_args_nested_as_deep_as_the_server_takes_are_pushed
     kind = unique("deep")
     deep = Array.new(120).inject(1) { |inner, _| [inner] }

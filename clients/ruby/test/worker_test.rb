@@ -82,6 +82,29 @@ class WorkerTest < Minitest::Test
     end
   end
 
+  # Such a job used to take its thread with it for good, its attempt ending
+  # only when the lease ran out.
+  def test_a_job_that_kills_its_thread_fails_and_the_thread_is_replaced
+    queue = unique("kill-thread")
+    Grafter.handle(killer = unique("kill")) { Thread.current.kill }
+    running = Queue.new
+    go = Queue.new
+    Grafter.handle(pair = unique("pair")) { running << true; go.pop; "both ran" }
+    with_worker(queue, lease_ms: 30_000) do |worker, log|
+      ids = Array.new(2) { client.enqueue(kind: killer, queue: queue, max_attempts: 1)["id"] }
+      ids.each do |id|
+        assert_match(/\AGrafter::Worker::ThreadKilled: the job killed its worker thread/,
+                     wait_state(id, "dead", timeout: 5)["errors"].last["error"])
+      end
+      ids = Array.new(2) { client.enqueue(kind: pair, queue: queue)["id"] }
+      wait_until(5, message: "both jobs running at once on the 2 threads") { running.size == 2 }
+      assert_equal 2, worker.busy
+      2.times { go << true }
+      ids.each { |id| assert_equal "both ran", wait_state(id, "completed")["result"] }
+      assert_match(/thread grafter-job-\d ended early; another took its place/, log.string)
+    end
+  end
+
   # Exceptions whose description used to raise: the outcome was lost.
   Ünreadable = Class.new(StandardError) # rubocop:disable Naming/AsciiIdentifiers
   class Mute < StandardError
@@ -213,6 +236,22 @@ class WorkerTest < Minitest::Test
     end
   ensure
     own&.cleanup
+  end
+
+  # Connections used to be answered one at a time, each given 1 s to speak:
+  # ten idle ones held a probe up for 10 s.
+  def test_idle_connections_do_not_hold_up_the_health_port
+    port = GrafterTest.free_port
+    with_worker(unique("health-idle"), health_port: port, health_host: "127.0.0.1", registration_interval: 0.2) do
+      wait_until(message: "healthy") { health(port) == 200 }
+      idle = Array.new(10) { TCPSocket.new("127.0.0.1", port) }
+      probe = Net::HTTP.new("127.0.0.1", port)
+      probe.open_timeout = probe.read_timeout = 3
+      probe.max_retries = 0
+      assert_equal "200", probe.get("/").code
+    ensure
+      idle&.each(&:close)
+    end
   end
 
   def test_bad_settings_are_refused

@@ -147,8 +147,11 @@ module Grafter
           [Thread.handle_interrupt(JobInterrupt => :immediate) { yield }, nil]
         rescue Exception => e # rubocop:disable Lint/RescueException
           [nil, e]
+        ensure
+          # Also when the job kills its thread (Thread#kill passes every
+          # rescue): no interrupt may be aimed at the worker's code after it.
+          @lock.synchronize { @body_running = false }
         end
-        @lock.synchronize { @body_running = false }
         # An interrupt raised just as the block ended is pending here: take
         # it now, so it cannot fire later in the worker's own code.
         while Thread.pending_interrupt?

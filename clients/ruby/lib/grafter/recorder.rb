@@ -45,6 +45,10 @@ module Grafter
       # but its result cannot be kept; record that instead of losing the run.
       error = "Grafter::ApiError: the job finished but its result could not be recorded: #{e.message}"
       record(execution, Runner::Outcome.fail(Runner.clean_text(error), retry: false))
+    rescue Error => e
+      # The only other error persist lets through: the client could not
+      # encode the request, i.e. the result is not JSON.
+      record(execution, Runner::Outcome.not_json(e))
     end
 
     def release(execution)
@@ -131,8 +135,7 @@ module Grafter
         @changed.broadcast
       end
     rescue JSON::GeneratorError => e
-      @recorder.record(execution, Runner::Outcome.fail(Runner.clean_text("the result is not JSON: #{e.message}"),
-                                                       retry: false))
+      @recorder.record(execution, Runner::Outcome.not_json(e))
     end
 
     # Waits until every queued ack is sent or dropped, at most `timeout` s.

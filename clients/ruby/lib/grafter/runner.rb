@@ -22,6 +22,12 @@ module Grafter
       def self.none
         new(action: :none)
       end
+
+      # A result that cannot be sent as JSON (invalid UTF-8): the job ran and
+      # would return the same again, so it is dead rather than retried.
+      def self.not_json(error)
+        fail(Runner.clean_text("the result is not JSON: #{error.message}"), retry: false)
+      end
     end
 
     # Longest error recorded (the server keeps 16 KiB).

@@ -45,6 +45,9 @@ module Grafter
     # wait for it.
     class FetchStop < Exception; end # rubocop:disable Lint/InheritException
 
+    # The error of a job that killed its own thread (Thread#kill, Thread.exit).
+    class ThreadKilled < Error; end
+
     BeatState = Struct.new(:leased_at, :last_beat, :sent_version, :interrupted_at, :given_up)
 
     TICK = 0.1
@@ -74,6 +77,11 @@ module Grafter
     LEASE_MS = (1000..86_400_000).freeze
     WAIT_MS = (0..600_000).freeze
     PORTS = (1..65_535).freeze
+    # Longest a health connection is given to send its request, and how
+    # many are answered at once (each on a thread of its own, so that idle
+    # ones hold up no probe); connections past that are closed unanswered.
+    HEALTH_READ_WAIT = 1.0
+    HEALTH_CONNECTIONS = 32
 
     attr_reader :id, :queues, :concurrency
 
@@ -139,7 +147,7 @@ module Grafter
       start_health_server if @health_port
       register
       @acker = Acker.new(@client, recorder: @recorder, logger: @logger, target: @concurrency, linger: ACK_LINGER)
-      @executors = Array.new(@concurrency) { |i| thread("grafter-job-#{i}") { execute_loop } }
+      @executors = Array.new(@concurrency) { |i| thread("grafter-job-#{i}") { execute_loop(i) } }
       @heartbeats = thread("grafter-heartbeat") { heartbeat_loop }
       @fetcher = thread("grafter-fetch") { fetch_loop }
       @logger.info("grafter: worker #{@id} started on #{@queues.join(', ')} with #{@concurrency} threads " \
@@ -375,10 +383,24 @@ module Grafter
 
     # --- running -------------------------------------------------------------
 
-    def execute_loop
+    def execute_loop(index)
       while (execution = next_job)
         execute(execution)
       end
+    ensure
+      # Unless stopping, the loop ended early (a job killed its thread):
+      # another thread takes this one's place, or the worker would run fewer
+      # jobs at once than it fetches for.
+      replace_executor(index)
+    end
+
+    def replace_executor(index)
+      @lock.synchronize do
+        return if @stopping
+
+        @executors[index] = thread("grafter-job-#{index}") { execute_loop(index) }
+      end
+      @logger.warn("grafter: thread grafter-job-#{index} ended early; another took its place")
     end
 
     # Buffered jobs that waited past PREFETCH_HOLD go back to the server.
@@ -420,18 +442,34 @@ module Grafter
       end
     end
 
+    def execute(execution)
+      started = monotonic
+      outcome = Runner.run(execution)
+      @lock.synchronize do
+        duration = monotonic - started
+        @mean_duration = @mean_duration ? @mean_duration + (DURATION_WEIGHT * (duration - @mean_duration)) : duration
+      end
+      finish(execution, outcome)
+    ensure
+      # Runner.run did not return: the job killed its thread (Thread#kill
+      # passes every rescue). Its attempt fails here, as the thread ends,
+      # instead of waiting for the lease to run out.
+      unless outcome
+        finish(execution, Runner.decide(execution, nil, ThreadKilled.new("the job killed its worker thread")))
+      end
+      @lock.synchronize do
+        @running.delete(execution)
+        @leased.delete(execution)
+        @room.signal
+      end
+    end
+
     # A success goes to the ack thread (which batches it with others); a
     # failure is recorded here, retried while the server is away. Progress
     # reported since the last heartbeat is sent first, so the job's last
     # progress is what it ends with.
-    def execute(execution)
-      started = monotonic
-      outcome = Runner.run(execution)
-      state = @lock.synchronize do
-        duration = monotonic - started
-        @mean_duration = @mean_duration ? @mean_duration + (DURATION_WEIGHT * (duration - @mean_duration)) : duration
-        @running.delete(execution)
-      end
+    def finish(execution, outcome)
+      state = @lock.synchronize { @running.delete(execution) }
       return unless execution.settle!
 
       send_pending_progress(execution, state) unless outcome.action == :none
@@ -443,12 +481,6 @@ module Grafter
       log_outcome(execution, outcome)
     rescue Exception => e # rubocop:disable Lint/RescueException
       @logger.error("grafter: job #{execution.id}: could not record its outcome: #{Runner.describe(e)}")
-    ensure
-      @lock.synchronize do
-        @running.delete(execution)
-        @leased.delete(execution)
-        @room.signal
-      end
     end
 
     def send_pending_progress(execution, state)
@@ -618,9 +650,15 @@ module Grafter
         raise ArgumentError, "the health port #{@health_host}:#{@health_port} cannot be opened (#{e.message})"
       end
       thread("grafter-health") do
+        answering = []
         loop do
           socket = @health_server.accept
-          answer_health(socket)
+          answering.select!(&:alive?)
+          if answering.size < HEALTH_CONNECTIONS
+            answering << thread("grafter-health-answer") { answer_health(socket) }
+          else
+            socket.close
+          end
         rescue IOError, SystemCallError
           break if @health_server.closed?
         end
@@ -629,7 +667,7 @@ module Grafter
 
     def answer_health(socket)
       # Only the request line matters; a client that sends nothing is cut off.
-      socket.wait_readable(1) && socket.read_nonblock(4096, exception: false)
+      socket.wait_readable(HEALTH_READ_WAIT) && socket.read_nonblock(4096, exception: false)
       ok = healthy?
       body = JSON.generate("status" => ok ? "ok" : "unhealthy", "worker" => @id, "busy" => busy,
                            "concurrency" => @concurrency)

@@ -122,7 +122,7 @@ module Grafter
         # A result that is not JSON (invalid UTF-8) ends the job as a worker
         # ends it, dead: raising here would be a 500, which Grafter retries,
         # running the job again.
-        respond(Runner::Outcome.fail(Runner.clean_text("the result is not JSON: #{e.message}"), retry: false))
+        respond(Runner::Outcome.not_json(e))
       end
 
       # 202 now; the job runs on a thread of its own, with heartbeats, and
