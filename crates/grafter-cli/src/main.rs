@@ -148,6 +148,8 @@ pub fn existing_file(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
     if path.is_file() {
         Ok(path)
+    } else if path.is_dir() {
+        Err(format!("{s} is a directory, not a file"))
     } else {
         Err(format!("no such file: {s}"))
     }

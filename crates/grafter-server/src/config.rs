@@ -186,6 +186,13 @@ impl OtlpSettings {
             } else {
                 "otlp.endpoint"
             };
+            // The base URL as given: `http://` joined with `/v1/traces` would
+            // read as the host `v1`.
+            let given = self.traces_endpoint.as_ref().or(self.endpoint.as_ref());
+            let url = match given.map(|given| reqwest::Url::parse(given)) {
+                Some(Err(e)) => return invalid(field, format!("{given:?} is not a URL: {e}")),
+                _ => url,
+            };
             match reqwest::Url::parse(&url) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
                 Ok(_) => return invalid(field, format!("{url:?} is not an http(s) URL")),
@@ -814,6 +821,8 @@ rate = { count = 5, period_ms = 0 }",
             config.validate().unwrap_err().to_string()
         };
         assert!(refused("[otlp]\nendpoint = \"collector:4318\"").contains("otlp.endpoint"));
+        // Not the host `v1` of `http:///v1/traces`.
+        assert!(refused("[otlp]\nendpoint = \"http://\"").contains("otlp.endpoint"));
         assert!(refused("[otlp]\ntraces_endpoint = \"ftp://c/v1/traces\"")
             .contains("otlp.traces_endpoint"));
         assert!(
