@@ -451,6 +451,66 @@ async fn a_queue_limited_token_cannot_seal_a_batch() {
 }
 
 #[tokio::test]
+async fn a_queue_limited_token_registers_and_removes_only_its_queues_workers() {
+    let (node, _dir) = sqlite_node().await;
+    let (emails, _) = node
+        .token(json!({"name": "mail-workers", "scopes": ["worker"], "queues": ["emails*"]}))
+        .await;
+    let (fleet, _) = node
+        .token(json!({"name": "all-workers", "scopes": ["worker"]}))
+        .await;
+    let register = |token: &str, id: &str, queues: Value| {
+        let body = json!({"id": id, "host": "h", "pid": 1, "queues": queues, "concurrency": 1});
+        let (token, path) = (token.to_owned(), format!("/v1/workers/{id}"));
+        let node = &node;
+        async move { node.call(&token, Method::PUT, &path, Some(body)).await }
+    };
+    let remove = |token: &str, id: &str| {
+        let (token, path) = (token.to_owned(), format!("/v1/workers/{id}"));
+        let node = &node;
+        async move { node.call(&token, Method::DELETE, &path, None).await }
+    };
+    let listed = || async {
+        let (_, body) = node.get(ADMIN, "/v1/workers").await;
+        let workers = body["workers"].as_array().unwrap().iter();
+        workers
+            .map(|w| w["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    let (status, body) = register(&emails, "mail-1", json!(["emails-eu", "emails"])).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let refused = register(&emails, "mixed-1", json!(["emails", "billing"])).await;
+    assert_refused(&refused, StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not 'billing'"),
+        "{}",
+        refused.1
+    );
+    let (status, body) = register(&fleet, "billing-1", json!(["billing"])).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(listed().await, ["mail-1", "billing-1"]);
+
+    assert_refused(
+        &remove(&emails, "billing-1").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // Its own queues' worker, and one there is not, as for any token.
+    for id in ["mail-1", "gone-1"] {
+        let (status, body) = remove(&emails, id).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{id}: {body}");
+    }
+    assert_eq!(listed().await, ["billing-1"]);
+    let (status, body) = remove(&fleet, "billing-1").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert!(listed().await.is_empty());
+}
+
+#[tokio::test]
 async fn scopes_and_queue_patterns_hold_on_sqlite() {
     let (node, _dir) = sqlite_node().await;
     scopes_and_queue_patterns_hold(&node).await;

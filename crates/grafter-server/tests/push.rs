@@ -596,6 +596,97 @@ async fn an_unreachable_target_is_a_failed_attempt() {
     );
 }
 
+/// A loopback target that reads each request whole, then writes `answer`
+/// as raw bytes and closes: answers no HTTP server would send.
+async fn raw_target(answer: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jobs", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0; 4096];
+            // Reading it all, so closing sends no reset ahead of the answer.
+            while !request_read(&request) {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = socket.write_all(&answer).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    url
+}
+
+/// Whether `request` holds a head and the body its Content-Length announces.
+fn request_read(request: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(request);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_http_is_a_failed_attempt_that_says_so() {
+    let huge_header = format!("X-Big: {}\r\n", "a".repeat(2 * 1024 * 1024 + 1));
+    let answers = [
+        (
+            "status-1000",
+            "HTTP/1.1 1000 Big\r\nContent-Length: 0\r\n\r\n".to_owned(),
+        ),
+        (
+            "status-099",
+            "HTTP/1.1 099 Small\r\nContent-Length: 0\r\n\r\n".to_owned(),
+        ),
+        ("not-http", "SSH-2.0-OpenSSH_9.6\r\n\r\n".to_owned()),
+        (
+            "two-lengths",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_owned(),
+        ),
+        (
+            "negative-length",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n".to_owned(),
+        ),
+        (
+            "huge-head",
+            format!("HTTP/1.1 200 OK\r\n{huge_header}Content-Length: 0\r\n\r\n"),
+        ),
+    ];
+    let grafter = grafter().await;
+    let mut jobs = Vec::new();
+    for (queue, answer) in answers {
+        let url = raw_target(answer.into_bytes()).await;
+        grafter.push_to(queue, &url, json!({})).await;
+        let id = grafter
+            .enqueue(json!({"kind": "export", "queue": queue, "max_attempts": 2}))
+            .await;
+        jobs.push((queue, id));
+    }
+    for (queue, id) in jobs {
+        // Retried like any failed attempt, then dead when out of attempts.
+        let job = grafter.wait_state(id, "dead").await;
+        let errors = error_messages(&job);
+        assert_eq!(errors.len(), 2, "{queue}: {job}");
+        for error in errors {
+            assert!(
+                error.starts_with("the push target's answer is not valid HTTP: "),
+                "{queue}: {error}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_push_queue_keeps_to_its_concurrency_across_nodes() {
     let receiver = Receiver::start(

@@ -453,6 +453,7 @@ pub async fn release(
     responses((status = 204, description = "Recorded"), (status = 422, body = ErrorBody)))]
 pub async fn worker_heartbeat(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     ApiPath(id): ApiPath<String>,
     ApiJson(worker): ApiJson<WorkerRegistration>,
 ) -> Result<StatusCode, ApiError> {
@@ -462,6 +463,7 @@ pub async fn worker_heartbeat(
             format!("'{}' does not match the path's '{id}'", worker.id),
         ));
     }
+    require_worker_queues(&access, &worker)?;
     state.engine().worker_beat(worker).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -471,12 +473,30 @@ pub async fn worker_heartbeat(
     responses((status = 204, description = "Gone"), (status = 422, body = ErrorBody)))]
 pub async fn worker_remove(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     // No worker can have an id that is not a name.
     grafter_core::validate_name("id", &id)?;
+    // Only a queue-limited token pays for the look-up; an unknown worker
+    // answers as it does for anyone.
+    if access.is_queue_limited() {
+        let workers = state.store().workers_list().await?;
+        if let Some(worker) = workers.iter().find(|w| w.registration.id == id) {
+            require_worker_queues(&access, &worker.registration)?;
+        }
+    }
     state.engine().worker_remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// 403 unless the caller may act on every queue the worker takes jobs from:
+/// a queue-limited token registers and removes only its own queues' workers.
+fn require_worker_queues(access: &Access, worker: &WorkerRegistration) -> Result<(), ApiError> {
+    worker
+        .queues
+        .iter()
+        .try_for_each(|queue| access.require_queue(queue))
 }
 
 /// Live workers.

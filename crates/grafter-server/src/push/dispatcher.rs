@@ -359,6 +359,9 @@ fn request_error(error: reqwest::Error, timeout: Duration) -> String {
     if error.is_timeout() {
         return format!("timed out: no answer within {} ms", timeout.as_millis());
     }
+    if let Some(parse) = unreadable_answer(&error) {
+        return format!("the push target's answer is not valid HTTP: {parse}");
+    }
     let error = error.without_url();
     let mut message = format!("could not reach the push target: {error}");
     let mut source = std::error::Error::source(&error);
@@ -368,6 +371,17 @@ fn request_error(error: reqwest::Error, timeout: Duration) -> String {
         source = cause.source();
     }
     message
+}
+
+/// Why an answer that arrived could not be read as HTTP (a status of 1000,
+/// differing Content-Lengths, a head too large), if that is what failed:
+/// hyper's parse error, somewhere in the chain of causes of reqwest's "error
+/// sending request". The target was reached then, so "could not reach" would
+/// mislead.
+fn unreadable_answer(error: &reqwest::Error) -> Option<&hyper::Error> {
+    std::iter::successors(std::error::Error::source(error), |cause| cause.source())
+        .find_map(|cause| cause.downcast_ref::<hyper::Error>())
+        .filter(|hyper| hyper.is_parse())
 }
 
 /// Records an outcome under the job's lease, retrying while the store is
