@@ -299,7 +299,7 @@ impl NewJob {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("kind", &self.kind)?;
-        validate_name("queue", &self.queue)?;
+        validate_path_name("queue", &self.queue)?;
         storable::validate_json("args", &self.args)?;
         if self.max_attempts < 1 {
             return Err(ValidationError::new(
@@ -366,6 +366,21 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<(), ValidationE
         return Err(ValidationError::new(
             field,
             "must not start or end with a space",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a name that is also a segment of URLs (a queue, a schedule, a
+/// worker): a name's rules, and not `.` or `..`, which browsers and URL
+/// libraries resolve away as dot segments, however they are escaped, so
+/// nothing could address it.
+pub fn validate_path_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    validate_name(field, value)?;
+    if value == "." || value == ".." {
+        return Err(ValidationError::new(
+            field,
+            "must not be . or .. (no URL can name it)",
         ));
     }
     Ok(())
@@ -457,6 +472,8 @@ mod tests {
             (json!({"kind": "\u{200b}"}), "kind"),
             (json!({"kind": "send\u{200b}email"}), "kind"),
             (json!({"kind": "a", "queue": " sp "}), "queue"),
+            (json!({"kind": "a", "queue": ".."}), "queue"),
+            (json!({"kind": "a", "queue": "."}), "queue"),
             (json!({"kind": "a\u{202e}b"}), "kind"),
             (json!({"kind": "a", "timeout_ms": 0}), "timeout_ms"),
             (json!({"kind": "a", "timeout_ms": i64::MAX}), "timeout_ms"),

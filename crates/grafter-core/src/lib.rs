@@ -26,8 +26,8 @@ pub use batch::{Batch, BatchCallbacks, BatchCounts, BatchId, BatchState};
 pub use dependency::{DependencyFailure, Upstream};
 pub use display::group_thousands;
 pub use job::{
-    validate_name, AttemptError, CutField, Job, JobId, LeasedJob, NewJob, Progress,
-    ValidationError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN, MAX_TAGS,
+    validate_name, validate_path_name, AttemptError, CutField, Job, JobId, LeasedJob, NewJob,
+    Progress, ValidationError, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_NAME_LEN, MAX_TAGS,
 };
 pub use limits::{Held, HeldReason, QueueLimits, RateLimit};
 pub use push::{standard_webhooks_key, PushTarget, Signing};

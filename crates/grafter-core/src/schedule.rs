@@ -26,7 +26,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
 
-use crate::{time, validate_name, JobId, NewJob, Timestamp, ValidationError};
+use crate::{time, validate_path_name, JobId, NewJob, Timestamp, ValidationError};
 
 /// The schedule and slot a job was made for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,7 +364,7 @@ impl ScheduleSpec {
 
 /// Checks a schedule id: the rules of a queue name.
 pub fn validate_schedule_id(id: &str) -> Result<(), ValidationError> {
-    validate_name("id", id)
+    validate_path_name("id", id)
 }
 
 /// When a schedule fires: its parsed expression or interval, with its

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::job::{validate_name, ValidationError};
+use crate::job::{validate_name, validate_path_name, ValidationError};
 
 /// A worker process announcing itself. Sent on start and then as a heartbeat,
 /// so the server can list live workers and rescue the jobs of dead ones.
@@ -39,7 +39,7 @@ impl WorkerRegistration {
     /// Checks the names are usable, and that the lists are bounded: they are
     /// stored, rewritten on every heartbeat and listed with every worker.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate_name("id", &self.id)?;
+        validate_path_name("id", &self.id)?;
         validate_name("host", &self.host)?;
         for (field, names, max) in [
             ("queues", &self.queues, Self::MAX_QUEUES),
