@@ -62,6 +62,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         25,
         include_str!("../migrations/0025_sql_link_marks_each_upstream_once.sql"),
     ),
+    (
+        26,
+        include_str!("../migrations/0026_queue_names_not_dot_segments.sql"),
+    ),
 ];
 
 /// First key of the advisory lock (the second is the schema's hash), so the lock

@@ -439,6 +439,8 @@ const REFUSED: &[(&str, &str)] = &[
         "backoff.factor",
     ),
     (r#"{"kind": "a", "backoff": 5}"#, "backoff"),
+    (r#"{"kind": "a", "queue": ".."}"#, "queue"),
+    (r#"{"kind": "a", "queue": "."}"#, "queue"),
 ];
 
 /// Whether the API refuses `input` (serde or NewJob::validate).
