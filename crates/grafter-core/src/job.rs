@@ -40,13 +40,23 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
+/// A number as an error message shows it: 1e308 in exponent form, not its
+/// 309 digits.
+fn short(n: f64) -> String {
+    if n.abs() < 1e9 {
+        n.to_string()
+    } else {
+        format!("{n:e}")
+    }
+}
+
 impl Progress {
     /// Checks `fraction` is within 0.0–1.0.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if !(0.0..=1.0).contains(&self.fraction) {
             return Err(ValidationError::new(
                 "progress.fraction",
-                format!("must be between 0.0 and 1.0, got {}", self.fraction),
+                format!("must be between 0.0 and 1.0, got {}", short(self.fraction)),
             ));
         }
         Ok(())
@@ -490,6 +500,17 @@ mod tests {
             let job: NewJob = serde_json::from_value(input.clone()).unwrap();
             assert_eq!(job.validate().unwrap_err().field, field, "{input}");
         }
+    }
+
+    #[test]
+    fn a_huge_progress_is_told_short() {
+        let error = Progress {
+            fraction: 1e308,
+            message: None,
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(error.message, "must be between 0.0 and 1.0, got 1e308");
     }
 
     #[test]
