@@ -774,31 +774,43 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
     (head, bytes[body_from..body_from + length].to_vec())
 }
 
-#[tokio::test]
-async fn the_standard_otel_variables_turn_span_export_on() {
-    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", collector.local_addr().unwrap());
-    let dir = temp_dir();
-    let port = free_port();
-    let mut child = grafter()
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_SERVICE_NAME", "billing-jobs")
-        .env(
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            "x-api-key=s3cr%3Dt,x-team=ops",
-        )
-        .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Team=billing")
+/// `grafter serve` on a SQLite file in `dir`, on `port`, with `env` set.
+fn serve_with_env(env: &[(&str, &str)], dir: &std::path::Path, port: u16) -> std::process::Child {
+    let mut command = grafter();
+    command.envs(env.iter().copied());
+    command
         .args([
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--database",
         ])
-        .arg(format!("sqlite://{}", dir.path().join("jobs.db").display()))
+        .arg(format!("sqlite://{}", dir.join("jobs.db").display()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("spawn grafter serve");
+        .expect("spawn grafter serve")
+}
+
+#[tokio::test]
+async fn the_standard_otel_variables_turn_span_export_on() {
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let dir = temp_dir();
+    let port = free_port();
+    let mut child = serve_with_env(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "billing-jobs"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=s3cr%3Dt,x-team=ops",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Team=billing"),
+        ],
+        dir.path(),
+        port,
+    );
     let base = format!("http://127.0.0.1:{port}");
     let http = http_client();
     let enqueued = async {
@@ -853,22 +865,14 @@ async fn the_standard_otel_variables_turn_span_export_on() {
 async fn empty_otel_variables_are_unset() {
     let dir = temp_dir();
     let port = free_port();
-    let mut child = grafter()
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
-        .env("OTEL_SERVICE_NAME", "")
-        .env("OTEL_EXPORTER_OTLP_HEADERS", "")
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database",
-        ])
-        .arg(format!("sqlite://{}", dir.path().join("jobs.db").display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn grafter serve");
+    let unset = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ]
+    .map(|name| (name, ""));
+    let mut child = serve_with_env(&unset, dir.path(), port);
     let http = http_client();
     let live = async {
         loop {

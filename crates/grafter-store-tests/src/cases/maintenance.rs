@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use grafter_core::{JobId, JobState, NewJob};
+use grafter_core::{JobId, JobState, NewJob, Timestamp};
 use grafter_store::transitions::{LEASE_EXPIRED, SET_ASIDE, SET_ASIDE_AGAIN_AFTER};
 use grafter_store::{JobsPrune, JobsRescue, MaintenanceBatch};
 use serde_json::json;
@@ -174,6 +174,16 @@ pub async fn prune_deletes_old_finished_jobs_only(store: S) {
     assert!(store.job_get(jobs[2].id).await.unwrap().is_some());
 }
 
+/// Two jobs leased at `now` for a second, by id.
+async fn two_running_for_a_second(store: &S, now: Timestamp) -> (JobId, JobId) {
+    let jobs = vec![NewJob::new("a", json!({})), NewJob::new("b", json!({}))];
+    let inserted = insert(store, jobs, now).await;
+    let mut params = fetch_params("default", 2, now);
+    params.lease_duration = Duration::from_secs(1);
+    assert_eq!(store.jobs_fetch(params).await.unwrap().len(), 2);
+    (inserted[0].id, inserted[1].id)
+}
+
 /// Not in the suite's list, since only a backend's own test can break a row
 /// behind the store's back: `make_unreadable` does that to one of two jobs
 /// whose leases expired. The rescue pass sets that one aside (dead, with why
@@ -183,12 +193,7 @@ pub async fn an_unreadable_row_is_set_aside_and_the_others_are_rescued(
     make_unreadable: impl AsyncFnOnce(JobId),
 ) {
     let now = t0();
-    let jobs = vec![NewJob::new("a", json!({})), NewJob::new("b", json!({}))];
-    let inserted = insert(&store, jobs, now).await;
-    let mut params = fetch_params("default", 2, now);
-    params.lease_duration = Duration::from_secs(1);
-    assert_eq!(store.jobs_fetch(params).await.unwrap().len(), 2);
-    let (broken, fine) = (inserted[0].id, inserted[1].id);
+    let (broken, fine) = two_running_for_a_second(&store, now).await;
     make_unreadable(broken).await;
     assert!(
         store.job_get(broken).await.is_err(),
@@ -225,12 +230,7 @@ pub async fn a_job_that_cannot_even_be_set_aside_stops_no_rescue(
     make_immovable: impl AsyncFnOnce(JobId),
 ) {
     let now = t0();
-    let jobs = vec![NewJob::new("a", json!({})), NewJob::new("b", json!({}))];
-    let inserted = insert(&store, jobs, now).await;
-    let mut params = fetch_params("default", 2, now);
-    params.lease_duration = Duration::from_secs(1);
-    assert_eq!(store.jobs_fetch(params).await.unwrap().len(), 2);
-    let (stuck, fine) = (inserted[0].id, inserted[1].id);
+    let (stuck, fine) = two_running_for_a_second(&store, now).await;
     make_immovable(stuck).await;
 
     let pass = |at_ms: i64| {
