@@ -196,7 +196,7 @@ pub struct NewJob {
     pub args: Value,
     /// Queue name (default `default`).
     #[serde(default = "default_queue")]
-    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::path_name))]
     pub queue: String,
     /// Lower runs first (default 0).
     #[serde(default)]

@@ -22,22 +22,32 @@ macro_rules! invisible {
     };
 }
 
-/// What [`crate::validate_name`] accepts, as a regular expression that both
-/// ECMAScript and Python read alike: no control or invisible character, no
-/// white space at either end. (Its few invisible characters beyond the
-/// Basic Multilingual Plane are left out: neither dialect writes them the
-/// same way.) `maxLength` counts characters where the rule counts UTF-8
-/// bytes; the description says so.
-pub const NAME_PATTERN: &str = concat!(
-    "^(?:[^",
-    invisible!(),
-    "\\s]",
-    "(?:[^",
-    invisible!(),
-    "]*[^",
-    invisible!(),
-    "\\s])?)$"
-);
+/// What [`crate::validate_name`] accepts after the start of the text, as a
+/// regular expression that both ECMAScript and Python read alike: no
+/// control or invisible character, no white space at either end. (Its few
+/// invisible characters beyond the Basic Multilingual Plane are left out:
+/// neither dialect writes them the same way.) `maxLength` counts characters
+/// where the rule counts UTF-8 bytes; the description says so.
+macro_rules! name_rest {
+    () => {
+        concat!(
+            "(?:[^",
+            invisible!(),
+            "\\s]",
+            "(?:[^",
+            invisible!(),
+            "]*[^",
+            invisible!(),
+            "\\s])?)$"
+        )
+    };
+}
+
+/// What [`crate::validate_name`] accepts.
+pub const NAME_PATTERN: &str = concat!("^", name_rest!());
+
+/// What [`crate::validate_path_name`] accepts: a name, and not `.` or `..`.
+pub const PATH_NAME_PATTERN: &str = concat!("^(?!\\.\\.?$)", name_rest!());
 
 /// A string without the NUL character (what PostgreSQL cannot store).
 const WITHOUT_NUL: &str = "^[^\\u0000]*$";
@@ -59,6 +69,17 @@ pub fn name() -> Schema {
     name_builder(false)
         .description(Some(
             "1 to 255 bytes of UTF-8, no control or invisible characters, no space at either end",
+        ))
+        .into()
+}
+
+/// A queue name, schedule id or worker id ([`crate::validate_path_name`]).
+pub fn path_name() -> Schema {
+    name_builder(false)
+        .pattern(Some(PATH_NAME_PATTERN))
+        .description(Some(
+            "1 to 255 bytes of UTF-8, no control or invisible characters, no space at either \
+             end, not . or ..",
         ))
         .into()
 }

@@ -10,7 +10,7 @@ use crate::job::{validate_name, validate_path_name, ValidationError};
 #[serde(deny_unknown_fields)]
 pub struct WorkerRegistration {
     /// Unique per start of a worker process (the path's `{id}`).
-    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::path_name))]
     pub id: String,
     /// Host name.
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name))]

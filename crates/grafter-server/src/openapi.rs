@@ -221,14 +221,14 @@ pub fn document(config: &ServerConfig) -> Document {
     doc
 }
 
-/// Gives a text path parameter the schema of a name: every one is a queue
-/// name, schedule id or worker id, which the server checks as names.
+/// Gives a text path parameter the schema of a path name: every one is a
+/// queue name, schedule id or worker id, which the server checks as such.
 fn name_path_parameters(operation: &mut Operation) {
     for parameter in operation.parameters.iter_mut().flatten() {
         let is_text = matches!(&parameter.schema, Some(RefOr::T(Schema::Object(o)))
             if o.schema_type == SchemaType::Type(Type::String));
         if parameter.parameter_in == ParameterIn::Path && is_text {
-            parameter.schema = Some(RefOr::T(grafter_core::openapi::name()));
+            parameter.schema = Some(RefOr::T(grafter_core::openapi::path_name()));
         }
     }
 }

@@ -14,8 +14,8 @@ mod plan;
 use std::collections::BTreeMap;
 
 use grafter_core::{
-    validate_name, validate_schedule_id, Job, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec,
-    SkippedSlots, Timestamp, ValidationError,
+    validate_schedule_id, Job, Schedule, ScheduleRef, ScheduleSource, ScheduleSpec, SkippedSlots,
+    Timestamp, ValidationError,
 };
 use grafter_store::{
     Firing, ScheduleSkipsList, ScheduleWrite, SchedulesDue, SchedulesFire, SchedulesList,
@@ -158,8 +158,10 @@ impl Engine {
             )
             .into());
         }
-        if let Some(after) = &after {
-            validate_name("after", after)?;
+        // Any text is a place in the order of ids, but PostgreSQL cannot
+        // compare one holding NUL.
+        if after.as_ref().is_some_and(|after| after.contains('\0')) {
+            return Err(ValidationError::new("after", "must not contain NUL").into());
         }
         Ok(self
             .store()

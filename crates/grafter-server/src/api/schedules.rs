@@ -81,7 +81,8 @@ pub async fn put(
 
 /// One schedule, its next fire times, last run and latest skips.
 #[utoipa::path(get, path = "/v1/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
-    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -99,6 +100,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Continue after this id (the previous page's `next`).
+    #[param(pattern = "^[^\\u0000]*$")]
     pub after: Option<String>,
 }
 
@@ -128,7 +130,8 @@ pub async fn list(
 
 /// Delete a schedule. Its jobs stay; the slots they ran stay taken.
 #[utoipa::path(delete, path = "/v1/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -139,7 +142,8 @@ pub async fn delete(
 
 /// Stop firing: no slot runs while paused.
 #[utoipa::path(post, path = "/v1/schedules/{id}/pause", tag = "schedules", params(("id" = String, Path)),
-    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn pause(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -151,7 +155,8 @@ pub async fn pause(
 /// Fire again from now on; the slots that came while paused are skipped
 /// (recorded with reason `paused`).
 #[utoipa::path(post, path = "/v1/schedules/{id}/resume", tag = "schedules", params(("id" = String, Path)),
-    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -163,7 +168,8 @@ pub async fn resume(
 /// Enqueue the schedule's job now, outside its slots: the job's
 /// `schedule.slot` is `null`. Paused or not; overlap does not apply.
 #[utoipa::path(post, path = "/v1/schedules/{id}/trigger", tag = "schedules", params(("id" = String, Path)),
-    responses((status = 201, body = Job), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = Job), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn trigger(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
