@@ -493,6 +493,12 @@ async fn a_queue_limited_token_registers_and_removes_only_its_queues_workers() {
     let (status, body) = register(&fleet, "billing-1", json!(["billing"])).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert_eq!(listed().await, ["mail-1", "billing-1"]);
+    // Nor does it take over another queue's worker by naming its own queues.
+    assert_refused(
+        &register(&emails, "billing-1", json!(["emails"])).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
 
     assert_refused(
         &remove(&emails, "billing-1").await,

@@ -464,6 +464,8 @@ pub async fn worker_heartbeat(
         ));
     }
     require_worker_queues(&access, &worker)?;
+    // Nor may it take over the id of another queue's worker.
+    require_registered_queues(&state, &access, &id).await?;
     state.engine().worker_beat(worker).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -478,16 +480,27 @@ pub async fn worker_remove(
 ) -> Result<StatusCode, ApiError> {
     // No worker can have an id that is not a name.
     grafter_core::validate_name("id", &id)?;
-    // Only a queue-limited token pays for the look-up; an unknown worker
-    // answers as it does for anyone.
-    if access.is_queue_limited() {
-        let workers = state.store().workers_list().await?;
-        if let Some(worker) = workers.iter().find(|w| w.registration.id == id) {
-            require_worker_queues(&access, &worker.registration)?;
-        }
-    }
+    require_registered_queues(&state, &access, &id).await?;
     state.engine().worker_remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// 403 unless the caller may act on every queue of the worker registered as
+/// `id`, if there is one. Only a queue-limited token pays for the look-up;
+/// an unknown worker answers as it does for anyone.
+async fn require_registered_queues(
+    state: &AppState,
+    access: &Access,
+    id: &str,
+) -> Result<(), ApiError> {
+    if !access.is_queue_limited() {
+        return Ok(());
+    }
+    let workers = state.store().workers_list().await?;
+    match workers.iter().find(|w| w.registration.id == id) {
+        Some(worker) => require_worker_queues(access, &worker.registration),
+        None => Ok(()),
+    }
 }
 
 /// 403 unless the caller may act on every queue the worker takes jobs from:
