@@ -189,10 +189,9 @@ impl OtlpSettings {
             // The base URL as given: `http://` joined with `/v1/traces` would
             // read as the host `v1`.
             let given = self.traces_endpoint.as_ref().or(self.endpoint.as_ref());
-            let url = match given.map(|given| reqwest::Url::parse(given)) {
-                Some(Err(e)) => return invalid(field, format!("{given:?} is not a URL: {e}")),
-                _ => url,
-            };
+            if let Some(Err(e)) = given.map(|given| reqwest::Url::parse(given)) {
+                return invalid(field, format!("{given:?} is not a URL: {e}"));
+            }
             match reqwest::Url::parse(&url) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
                 Ok(_) => return invalid(field, format!("{url:?} is not an http(s) URL")),
@@ -565,7 +564,7 @@ impl ServerConfig {
             }
             target
                 .validate()
-                .and_then(|()| crate::push::check_target_url(&target.url))
+                .and_then(|()| crate::push::address_guard::check_target_url(&target.url))
                 .map_err(|e| invalid(&e.field, e.message))?;
             targets.push((queue.clone(), target));
         }

@@ -168,9 +168,9 @@ pub async fn update(
     let engine = state.engine();
     if let Some(Some(target)) = &settings.push {
         target.validate()?;
-        crate::push::check_target_url(&target.url)?;
+        crate::push::address_guard::check_target_url(&target.url)?;
         if !state.config().push.allow_private {
-            if let Some(why) = crate::push::refused_url(&target.url) {
+            if let Some(why) = crate::push::address_guard::refused_url(&target.url) {
                 return Err(ApiError::push_target_refused(why));
             }
         }

@@ -13,6 +13,9 @@
 //! only the allowed addresses it resolved, so the address connected to is the
 //! address checked (a name that resolves differently a moment later, DNS
 //! rebinding, gains nothing).
+//!
+//! Both checks read the URL as the push client will: one it cannot parse
+//! (`check_target_url` refuses it where it is set) would slip past them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -61,6 +64,16 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
         s if s & 0xffc0 == 0xfec0 => "site-local (fec0::/10)",
         s if s & 0xff00 == 0xff00 => "multicast (ff00::/8)",
         _ => return None,
+    })
+}
+
+/// Checks that the push client can read a target's URL as it will send to
+/// it: [`grafter_core::PushTarget::validate`] checks its form only, and a URL
+/// the client cannot parse (an IPv6 zone id, `[fe80::1%eth0]`, say) would
+/// fail every delivery, and pass the address guard unseen.
+pub(crate) fn check_target_url(url: &str) -> Result<(), grafter_core::ValidationError> {
+    reqwest::Url::parse(url).map(drop).map_err(|e| {
+        grafter_core::ValidationError::new("push.url", format!("is not a usable URL: {e}"))
     })
 }
 

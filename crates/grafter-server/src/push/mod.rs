@@ -9,7 +9,7 @@
 //! - `outcome`: what an answer means for the job;
 //! - `address_guard`: which addresses a push may not reach (SSRF).
 
-mod address_guard;
+pub(crate) mod address_guard;
 mod dispatcher;
 mod outcome;
 
@@ -17,19 +17,8 @@ use grafter_engine::Engine;
 
 use crate::config::{ConfigError, ServerConfig};
 
-pub(crate) use address_guard::refused_url;
 pub(crate) use dispatcher::run as run_dispatcher;
 pub use outcome::{MAX_ERROR_BODY_BYTES, MAX_RESULT_BYTES};
-
-/// Checks that the push client can read a target's URL as it will send to
-/// it: [`grafter_core::PushTarget::validate`] checks its form only, and a URL
-/// the client cannot parse (an IPv6 zone id, `[fe80::1%eth0]`, say) would
-/// fail every delivery, and pass the address guard unseen.
-pub(crate) fn check_target_url(url: &str) -> Result<(), grafter_core::ValidationError> {
-    reqwest::Url::parse(url).map(drop).map_err(|e| {
-        grafter_core::ValidationError::new("push.url", format!("is not a usable URL: {e}"))
-    })
-}
 
 /// Why the configured push targets could not be applied.
 #[derive(Debug, thiserror::Error)]
