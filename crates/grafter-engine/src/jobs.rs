@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grafter_core::{
-    storable, time, validate_name, Held, HeldReason, Job, JobId, JobState, LeasedJob, NewJob,
-    Progress, PushTarget, QueueLimits, Timestamp, ValidationError, WorkerRegistration,
+    storable, time, validate_name, validate_path_name, Held, HeldReason, Job, JobId, JobState,
+    LeasedJob, NewJob, Progress, PushTarget, QueueLimits, Timestamp, ValidationError,
+    WorkerRegistration,
 };
 use grafter_store::{
     AckOutcome, BulkAction, BulkOutcome, Dependencies, Inserted, JobCancel, JobComplete, JobFail,
@@ -529,7 +530,7 @@ impl Engine {
 
     /// Pauses or resumes a queue.
     pub async fn queue_pause(&self, queue: &str, paused: bool) -> Result<QueueInfo> {
-        validate_name("name", queue)?;
+        validate_path_name("name", queue)?;
         let info = self
             .inner
             .store
@@ -564,7 +565,7 @@ impl Engine {
 
     /// Sets (after checking it) or removes a queue's push target.
     pub async fn queue_set_push(&self, queue: &str, push: Option<PushTarget>) -> Result<QueueInfo> {
-        validate_name("name", queue)?;
+        validate_path_name("name", queue)?;
         if let Some(target) = &push {
             target.validate()?;
         }
@@ -588,7 +589,7 @@ impl Engine {
         queue: &str,
         limits: Option<QueueLimits>,
     ) -> Result<QueueInfo> {
-        validate_name("name", queue)?;
+        validate_path_name("name", queue)?;
         if let Some(limits) = &limits {
             limits.validate()?;
         }

@@ -532,7 +532,8 @@ impl ServerConfig {
                 field: field.to_owned(),
                 message,
             };
-            grafter_core::validate_name("name", queue).map_err(|e| invalid("name", e.message))?;
+            grafter_core::validate_path_name("name", queue)
+                .map_err(|e| invalid("name", e.message))?;
             limits
                 .validate()
                 .map_err(|e| invalid(&e.field, e.message))?;
@@ -551,7 +552,8 @@ impl ServerConfig {
                 field: field.to_owned(),
                 message,
             };
-            grafter_core::validate_name("name", queue).map_err(|e| invalid("name", e.message))?;
+            grafter_core::validate_path_name("name", queue)
+                .map_err(|e| invalid("name", e.message))?;
             let Some(push) = &settings.push else { continue };
             let mut target = push.clone();
             target.secret = from_env(&target.secret).map_err(|m| invalid("push.secret", m))?;

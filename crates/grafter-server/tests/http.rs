@@ -1733,6 +1733,20 @@ async fn queue_limits_change_only_given_keys_and_say_what_holds_a_job() {
         assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
         assert_eq!(answer.1["error"]["field"], field, "{limits}");
     }
+    // No job can be on a queue named `.` or `..`: nor can settings be.
+    for uri in [
+        "/v1/queues/%2e",
+        "/v1/queues/%2E%2e",
+        "/v1/queues/%2e%2e/pause",
+    ] {
+        let (method, body) = match uri.ends_with("/pause") {
+            true => (Method::POST, json!({})),
+            false => (Method::PUT, json!({"limits": {"concurrency": 1}})),
+        };
+        let answer = api.call(method, uri, Some(body)).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(answer.1["error"]["field"], "name", "{uri}");
+    }
     let push = json!({"url": "https://app.example.com/jobs", "secret": "s".repeat(16)});
     let (status, body) = put(json!({ "push": push })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
