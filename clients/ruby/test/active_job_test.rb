@@ -227,4 +227,38 @@ class ActiveJobTest < Minitest::Test
       assert_equal 2, AdapterJobs.runs(name)
     end
   end
+
+  # Each used to give an unclear or wrong error (FloatDomainError,
+  # NoMethodError, a garbled or misleading refusal from the server) or none.
+  def test_bad_option_values_raise_argument_errors_naming_the_option_at_enqueue
+    queue = unique("bad-options")
+    {
+      { timeout: 0.0001 } => /timeout must be at least 1 ms/,
+      { timeout: Float::NAN } => /timeout must be a finite number/,
+      { timeout: Float::INFINITY } => /timeout must be a finite number/,
+      { timeout: 1e20 } => /timeout must be at most .*100 years/,
+      { wait: Float::NAN } => /wait must be a finite number/,
+      { wait_until: Time.utc(10_001) } => /wait_until must be between 0001-01-01.* and 9999-12-31/,
+      { backoff: "x" } => /backoff must be a Hash/,
+      { tags: [nil] } => /tags must be an Array of non-empty strings/,
+      { tags: { a: 1 } } => /tags must be an Array of non-empty strings/,
+      { max_attempts: "x" } => /max_attempts must be an integer/,
+      { bogus: 1 } => /unknown Grafter option bogus/,
+      { push: :sync } => /push must be :async/
+    }.each do |options, message|
+      error = assert_raises(ArgumentError, options.inspect) do
+        AdapterJobs::OkJob.set(queue: queue, **options).perform_later("never", count: 1)
+      end
+      assert_match message, error.message, options.inspect
+    end
+    assert_empty client.jobs(queue: queue)["jobs"], "nothing was enqueued"
+    assert_raises(ArgumentError) { Class.new(AdapterJobs::BaseJob) { grafter_options push: :sync } }
+    error = assert_raises(ArgumentError) { AdapterJobs::OkJob.new.grafter_progress(Float::NAN) }
+    assert_match(/progress fraction must be a finite number from 0.0 to 1.0, got NaN/, error.message)
+    error = assert_raises(ArgumentError) { client.enqueue(kind: "k", run_at: Time.utc(10_001)) }
+    assert_match(/run_at must be between/, error.message)
+    # What is fine still is.
+    job = AdapterJobs::OkJob.set(queue: queue, timeout: 0.001, tags: "one", wait: 60).perform_later("fine", count: 1)
+    assert_equal [1, ["one"], "scheduled"], client.job(job.provider_job_id).values_at("timeout_ms", "tags", "state")
+  end
 end

@@ -227,6 +227,105 @@ class PushEndpointTest < Minitest::Test
     end
   end
 
+  # The background thread of an async job ran on past its timeout_ms, its
+  # heartbeats going on after the server had failed the attempt.
+  def test_an_async_job_past_its_timeout_is_interrupted
+    kind = unique("async-forever")
+    stopped = Queue.new
+    Grafter.handle(kind, push: :async) do
+      sleep 30
+    rescue StandardError
+      sleep 30 # Grafter::TimeoutError is not a StandardError
+    ensure
+      stopped << $!.class
+    end
+    id = client.enqueue(kind: kind, queue: @queue, timeout_ms: 500, max_attempts: 1)["id"]
+    assert_equal Grafter::TimeoutError, pop_within(stopped, 5)
+    dead = wait_state(id, %w[dead completed])
+    assert_equal ["dead", 1], dead.values_at("state", "attempt")
+    assert_match(/\Atimed out/, dead["errors"].last["error"])
+  end
+
+  # An async job whose lease is lost (409) is stopped, as a worker stops it,
+  # instead of running on beside the attempt that replaced it.
+  def test_an_async_job_whose_lease_is_lost_is_stopped
+    kind = unique("async-lost")
+    stopped = Queue.new
+    runs = Queue.new
+    Grafter.handle(kind, push: :async) do |_args, pushed|
+      runs << pushed["attempt"]
+      next "the second delivery" if runs.size > 1
+
+      execution = Grafter::Execution.current
+      # As if the lease ran out meanwhile: the job is pushed again.
+      client.release(execution.job["id"], lease: execution.lease)
+      begin
+        150.times do |n|
+          execution.progress!(n / 150.0) # each report brings a heartbeat soon
+          sleep 0.1
+        end
+      ensure
+        stopped << $!.class
+      end
+    end
+    id = client.enqueue(kind: kind, queue: @queue)["id"]
+    assert_equal Grafter::Abandoned, pop_within(stopped, 5)
+    assert_equal "the second delivery", wait_state(id, "completed")["result"]
+  end
+
+  # A message that is not UTF-8 used to drop the whole progress, the
+  # fraction too.
+  def test_an_async_progress_message_that_is_not_utf8_keeps_its_fraction
+    kind = unique("async-binary-progress")
+    Grafter.handle(kind, push: :async) do
+      Grafter::Execution.current.progress!(0.5, "\xFFhalf".b)
+      sleep 1
+      "done"
+    end
+    id = client.enqueue(kind: kind, queue: @queue)["id"]
+    wait_until(5, message: "progress through a heartbeat") { client.job(id)["progress"] }
+    assert_equal({ "fraction" => 0.5, "message" => "\uFFFDhalf" }, client.job(id)["progress"])
+    assert_equal "done", wait_state(id, "completed")["result"]
+  end
+
+  def test_a_replayed_push_is_refused_and_runs_nothing
+    client.update_queue(@queue, push: nil)
+    name = unique("replayed")
+    body = JSON.generate("id" => 3, "kind" => "PushJobs::GreetJob", "queue" => @queue, "attempt" => 1,
+                         "max_attempts" => 25, "args" => PushJobs::GreetJob.new(name).serialize)
+    signature = Grafter::Signature.sign(body, [SECRET])
+    assert_equal "200", post(body, signature, "Grafter-Lease" => "lease-one").code
+    replay = post(body, signature, "Grafter-Lease" => "lease-one")
+    assert_equal ["409", "replayed"], [replay.code, JSON.parse(replay.body).dig("error", "code")]
+    assert_equal 1, PushJobs.runs(name), "the replay ran nothing"
+    assert_equal "200", post(body, Grafter::Signature.sign(body, [SECRET]), "Grafter-Lease" => "lease-two").code,
+                 "another lease is another attempt"
+    assert_equal 2, PushJobs.runs(name)
+  end
+
+  # 16 MiB of an unauthenticated body used to be read before the signature
+  # was checked.
+  def test_a_body_over_what_grafter_pushes_is_refused_unread
+    client.update_queue(@queue, push: nil)
+    name = unique("too-big")
+    job = { "id" => 4, "kind" => "PushJobs::GreetJob", "queue" => @queue, "attempt" => 1, "max_attempts" => 25,
+            "args" => PushJobs::GreetJob.new(name).serialize }
+    body = JSON.generate(job.merge("padding" => "x" * (Grafter::Rack::PushEndpoint::MAX_BODY_BYTES)))
+    response = post(body, Grafter::Signature.sign(body, [SECRET]))
+    assert_equal ["413", "payload_too_large"], [response.code, JSON.parse(response.body).dig("error", "code")]
+    assert_equal 0, PushJobs.runs(name)
+    assert_operator Grafter::Rack::PushEndpoint::MAX_BODY_BYTES, :<, 2 * 1024 * 1024
+
+    # A declared length over the limit is refused without reading the body.
+    endpoint = Grafter::Rack::PushEndpoint.new(secret: SECRET)
+    unreadable = Object.new
+    def unreadable.read(*) = raise("the body was read")
+    def unreadable.rewind = raise("the body was read")
+    status, = endpoint.call("REQUEST_METHOD" => "POST", "CONTENT_LENGTH" => (100 * 1024 * 1024).to_s,
+                            "rack.input" => unreadable)
+    assert_equal 413, status
+  end
+
   private
 
   def standard_headers(id, timestamp, signature)
@@ -236,8 +335,8 @@ class PushEndpointTest < Minitest::Test
   def post(body, signature, headers = {})
     request = Net::HTTP::Post.new("/grafter/jobs", "Content-Type" => "application/json")
     request["Grafter-Signature"] = signature if signature
-    headers.each { |name, value| request[name] = value }
     request["Grafter-Lease"] = "lease"
+    headers.each { |name, value| request[name] = value }
     request.body = body
     Net::HTTP.start("127.0.0.1", @port) { |http| http.request(request) }
   end

@@ -101,6 +101,30 @@ class SqlEnqueuerTest < Minitest::Test
     assert_raises(ActiveRecord::StatementInvalid) { other.enqueue(kind: "a") }
   end
 
+  # The SQL enqueuer took 2 MB args the HTTP API refuses (413) and raised
+  # raw JSON errors where the client raises Grafter::Error.
+  def test_bad_input_raises_what_the_http_client_raises
+    enqueuer = Grafter::SqlEnqueuer.new(@pg, schema: @schema)
+    deep = Array.new(200).inject(1) { |inner, _| [inner] }
+    cases = {
+      "huge args" => [{ kind: "big", args: { "blob" => "x" * 2_000_000 } }, Grafter::ApiError, /payload_too_large/],
+      "nested 200 deep" => [{ kind: "deep", args: deep }, Grafter::Error, /too deep/],
+      "not UTF-8" => [{ kind: "bin", args: { "b" => "\xFF".b } }, Grafter::Error, /UTF-8/]
+    }
+    cases.each do |what, (job, error_class, message)|
+      over_http = assert_raises(Grafter::Error, what) { client.enqueue(**job) }
+      over_sql = assert_raises(Grafter::Error, what) { enqueuer.enqueue(**job) }
+      assert_equal over_http.class, over_sql.class, what
+      assert_equal error_class, over_sql.class, what
+      assert_match message, over_sql.message, what
+      assert_raises(error_class, what) { enqueuer.enqueue_many([job]) }
+    end
+    big = assert_raises(Grafter::ApiError) { enqueuer.enqueue(kind: "big", args: { "blob" => "x" * 2_000_000 }) }
+    assert_equal [413, "payload_too_large"], [big.status, big.code]
+    assert_equal 900_000, enqueuer.enqueue(kind: "big", args: { "blob" => "y" * 900_000 })["args"]["blob"].size,
+                 "under the limit goes through, as over HTTP"
+  end
+
   private
 
   def prerequisite_missing

@@ -308,6 +308,122 @@ class WorkerTest < Minitest::Test
     assert_equal 'GRAFTER_LEASE_MS must be an integer, got "soon"', error.message
   end
 
+  # A job reporting a message that is not UTF-8 used to kill the heartbeat
+  # thread: no lease renewed, no timeout enforced, attempts overlapping.
+  def test_a_progress_message_that_is_not_utf8_or_too_long_is_cleaned_and_the_heartbeats_go_on
+    queue = unique("bad-progress")
+    Grafter.handle(binary = unique("binary-progress")) do
+      Grafter::Execution.current.progress!(0.5, "\xFFok".b)
+      sleep 2.5 # past the 1 s lease: only heartbeats keep it
+      "done"
+    end
+    Grafter.handle(huge = unique("huge-progress")) do
+      Grafter::Execution.current.progress!(0.25, "é" * 1_000_000)
+      sleep 2.5
+      "done"
+    end
+    with_worker(queue, lease_ms: 1000) do |worker, log|
+      a = client.enqueue(kind: binary, queue: queue, max_attempts: 1)["id"]
+      b = client.enqueue(kind: huge, queue: queue, max_attempts: 1)["id"]
+      wait_until(5, message: "both progresses shown") { client.job(a)["progress"] && client.job(b)["progress"] }
+      assert_equal({ "fraction" => 0.5, "message" => "\uFFFDok" }, client.job(a)["progress"], "the fraction kept")
+      progress = client.job(b)["progress"]
+      assert_equal [0.25, "é" * 512], [progress["fraction"], progress["message"]], "cut to the server's 1024 bytes"
+      [a, b].each { |id| assert_equal ["done", 1, []], wait_state(id, "completed").values_at("result", "attempt", "errors") }
+      refute_match(/thread died/, log.string)
+      assert worker.instance_variable_get(:@heartbeats).alive?
+    end
+  end
+
+  # One refused heartbeat (here: progress the server refuses, 422 and 413,
+  # set past the checks of progress!) used to end the heartbeat loop.
+  def test_a_heartbeat_the_server_refuses_drops_its_progress_and_the_heartbeats_go_on
+    queue = unique("refused-beat")
+    refused = [[unique("out-of-range"), { "fraction" => 2.0 }],
+               [unique("too-large"), { "fraction" => 0.5, "message" => "x" * 2_000_000 }]]
+    refused.each do |kind, progress|
+      Grafter.handle(kind) do
+        execution = Grafter::Execution.current
+        execution.instance_variable_get(:@lock).synchronize do
+          execution.instance_variable_set(:@progress, progress)
+          execution.instance_variable_set(:@progress_version, 1)
+        end
+        sleep 2.5 # past the 1 s lease
+        "done"
+      end
+    end
+    interrupted = Queue.new
+    Grafter.handle(timed = unique("times-out")) do
+      sleep 10
+    rescue Grafter::TimeoutError
+      interrupted << true
+      raise
+    end
+    with_worker(queue, lease_ms: 1000) do |_worker, log|
+      ids = refused.map { |kind, _| client.enqueue(kind: kind, queue: queue, max_attempts: 1)["id"] }
+      ids.each { |id| assert_equal ["done", 1, []], wait_state(id, "completed").values_at("result", "attempt", "errors") }
+      assert_match(/progress was refused and is dropped.*422/, log.string)
+      assert_match(/progress was refused and is dropped.*413/, log.string)
+      assert_equal 2, log.string.scan("progress was refused").size, "each dropped once, not sent again"
+      # The watcher runs in the heartbeat loop: timeouts are still enforced.
+      id = client.enqueue(kind: timed, queue: queue, timeout_ms: 300, max_attempts: 1)["id"]
+      assert_match(/timed out/, wait_state(id, "dead", timeout: 5)["errors"].last["error"])
+      assert pop_within(interrupted, 5), "the job was interrupted at its timeout"
+      refute_match(/thread died/, log.string)
+    end
+  end
+
+  def test_grafter_worker_refuses_a_negative_shutdown_timeout_and_a_missing_require
+    status, output = grafter_worker("--shutdown-timeout", "-5")
+    assert_equal 64, status, output
+    assert_match(/--shutdown-timeout must be 0 or more seconds, got -5.0/, output)
+    status, output = grafter_worker("--require", "/nonexistent-#{Process.pid}.rb")
+    assert_equal 64, status, output
+    assert_equal 1, output.lines.size, output
+    assert_match(%r{--require /nonexistent-\d+\.rb: no such file}, output)
+    assert_raises(ArgumentError) { Grafter::Worker.new(queues: ["q"], shutdown_timeout: -1, client: client) }
+  end
+
+  def test_the_health_port_listens_on_loopback_unless_told_otherwise
+    require "grafter/cli"
+    assert_equal "127.0.0.1", Grafter::CLI.parse([], {}).health_host
+    assert_equal "0.0.0.0", Grafter::CLI.parse(%w[--health-host 0.0.0.0], {}).health_host
+    port = GrafterTest.free_port
+    with_worker(unique("health-default"), health_port: port) do |worker|
+      assert_equal "127.0.0.1", worker.instance_variable_get(:@health_server).addr[3]
+    end
+  end
+
+  # QUIT was silently ignored; it now writes every thread's backtrace to
+  # the log and the worker runs on.
+  def test_quit_dumps_the_threads_to_the_log_and_the_worker_runs_on
+    exe = File.expand_path("../exe/grafter-worker", __dir__)
+    identifier = unique("quit")
+    reader, writer = IO.pipe
+    pid = Process.spawn({ "GRAFTER_URL" => server.url }, RbConfig.ruby, exe, "--queues", unique("cli"),
+                        "--identifier", identifier, "--wait-ms", "200", out: writer, err: writer)
+    writer.close
+    output = +""
+    wait_until(10, message: "registered") { client.workers.any? { |w| w["id"] == identifier } }
+    Process.kill("QUIT", pid)
+    wait_until(10, message: "a thread dump") do
+      output << reader.read_nonblock(65_536, exception: false).to_s
+      output.include?("thread grafter-heartbeat") && output.include?("thread grafter-fetch")
+    end
+    assert_nil Process.wait(pid, Process::WNOHANG), "still running"
+    assert(client.workers.any? { |w| w["id"] == identifier })
+    Process.kill("TERM", pid)
+    status = wait_until(10, message: "grafter-worker exits") { Process.wait2(pid, Process::WNOHANG)&.last }
+    pid = nil
+    assert_equal 0, status.exitstatus
+  ensure
+    if pid
+      Process.kill("KILL", pid)
+      Process.wait(pid)
+    end
+    reader&.close
+  end
+
   private
 
   # Runs exe/grafter-worker against the shared server: [exit status, output].

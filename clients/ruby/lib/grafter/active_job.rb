@@ -35,6 +35,12 @@ module Grafter
     #   unique:      unique_key, a string or a proc given the job
     #   push:        :async lets Grafter::Rack::PushEndpoint answer 202 and finish in the background
     OPTION_KEYS = %i[timeout expires_in expires_at max_attempts tags backoff unique push].freeze
+    # What ActiveJob's own `set` (and retry_job) passes to #enqueue.
+    ACTIVE_JOB_KEYS = %i[wait wait_until queue priority error].freeze
+    # The longest duration the server takes: 100 years (crates/grafter-core/src/time.rs).
+    MAX_DURATION_MS = 100 * 365 * 24 * 3_600 * 1000
+    BACKOFF_KEYS = %w[base_ms factor max_ms jitter].freeze
+    MAX_ATTEMPTS = (1..2_147_483_647).freeze
 
     module_function
 
@@ -42,19 +48,21 @@ module Grafter
     # `scheduled_at` (a float of seconds, or nil for now).
     def fields_for(job, scheduled_at)
       options = job.class.grafter_options_hash.merge(job.grafter_call_options)
-      run_at = scheduled_at && Time.at(scheduled_at.to_f).utc
+      check_options!(options)
+      run_at = scheduled_at && (scheduled_at.is_a?(Numeric) ? Time.at(seconds(scheduled_at, :wait)) : scheduled_at.to_time).utc
       fields = { kind: job.class.name, args: job.serialize, queue: job.queue_name.to_s }
       fields[:priority] = priority(job.priority) unless job.priority.nil?
-      fields[:run_at] = run_at if run_at
-      fields[:timeout_ms] = milliseconds(options[:timeout], :timeout) if options[:timeout]
-      fields[:expires_at] = options[:expires_at] if options[:expires_at]
-      if options[:expires_in]
-        fields[:expires_at] = (run_at || Time.now) + (milliseconds(options[:expires_in], :expires_in) / 1000.0)
+      fields[:run_at] = time(run_at, :run_at) if run_at
+      fields[:timeout_ms] = milliseconds(options[:timeout], :timeout) unless options[:timeout].nil?
+      fields[:expires_at] = time(options[:expires_at], :expires_at) unless options[:expires_at].nil?
+      unless options[:expires_in].nil?
+        expires_at = (run_at || Time.now) + (milliseconds(options[:expires_in], :expires_in) / 1000.0)
+        fields[:expires_at] = time(expires_at, :expires_in)
       end
-      fields[:max_attempts] = Integer(options[:max_attempts]) if options[:max_attempts]
-      fields[:tags] = Array(evaluate(options[:tags], job)).map(&:to_s) if options[:tags]
+      fields[:max_attempts] = max_attempts(options[:max_attempts]) unless options[:max_attempts].nil?
+      fields[:tags] = tags(evaluate(options[:tags], job)) unless options[:tags].nil?
       fields[:unique_key] = evaluate(options[:unique], job).to_s if options[:unique]
-      fields[:backoff] = backoff(options[:backoff]) if options[:backoff]
+      fields[:backoff] = backoff(options[:backoff]) unless options[:backoff].nil?
       fields.merge!(Grafter.current_trace) if Grafter.current_trace
       fields
     end
@@ -99,36 +107,103 @@ module Grafter
       ::ActiveJob::Base.descendants.filter_map(&:name)
     end
 
-    def check_options!(options)
-      unknown = options.keys.map(&:to_sym) - OPTION_KEYS
-      return if unknown.empty?
+    # Raises ArgumentError for an option Grafter does not know (beyond
+    # `also`, the ones ActiveJob itself takes) or a `push` other than :async.
+    def check_options!(options, also: [])
+      unknown = options.keys.map(&:to_sym) - OPTION_KEYS - also
+      unless unknown.empty?
+        raise ArgumentError, "unknown Grafter option#{'s' if unknown.size > 1} #{unknown.join(', ')} " \
+                             "(known: #{(OPTION_KEYS + also).join(', ')})"
+      end
+      push = options[:push]
+      return if push.nil? || push == :async
 
-      raise ArgumentError, "unknown Grafter option#{'s' if unknown.size > 1} #{unknown.join(', ')} " \
-                           "(known: #{OPTION_KEYS.join(', ')})"
+      raise ArgumentError, "push must be :async (or left out), got #{push.inspect}"
+    end
+
+    # ActiveJob's own scheduling options, checked before ActiveJob reads
+    # them (a NaN wait would raise FloatDomainError there, a time past year
+    # 9999 a garbled refusal from the server).
+    def check_schedule!(options)
+      seconds(options[:wait], :wait) unless options[:wait].nil?
+      time(options[:wait_until], :wait_until) unless options[:wait_until].nil?
+      time(Time.now + seconds(options[:wait], :wait), :wait) unless options[:wait].nil?
     end
 
     def priority(value)
-      value = Integer(value)
+      value = integer(value, :priority)
       raise ArgumentError, "a Grafter priority is -32768 to 32767, got #{value}" unless value.between?(-32_768, 32_767)
 
       value
     end
 
-    def milliseconds(value, name)
-      ms = (value.to_f * 1000).round
-      raise ArgumentError, "#{name} must be positive, got #{value.inspect}" unless ms.positive?
+    def integer(value, name)
+      return value if value.is_a?(Integer)
 
-      ms
+      Integer(value, 10)
+    rescue ArgumentError, TypeError
+      raise ArgumentError, "#{name} must be an integer, got #{value.inspect}"
+    end
+
+    def max_attempts(value)
+      value = integer(value, :max_attempts)
+      return value if MAX_ATTEMPTS.cover?(value)
+
+      raise ArgumentError, "max_attempts must be #{MAX_ATTEMPTS.min} to #{MAX_ATTEMPTS.max}, got #{value}"
+    end
+
+    # A finite number of seconds (a Numeric or an ActiveSupport::Duration).
+    def seconds(value, name)
+      number = value.is_a?(Numeric) ? value.to_f : nil
+      return number if number&.finite?
+
+      raise ArgumentError, "#{name} must be a finite number of seconds (or a Duration), got #{value.inspect}"
+    end
+
+    # Whole milliseconds from seconds: 1 ms to 100 years, as the server takes.
+    def milliseconds(value, name)
+      ms = (seconds(value, name) * 1000).round
+      if ms < 1
+        raise ArgumentError, "#{name} must be at least 1 ms (0.001 seconds), got #{value.inspect} " \
+                             "(#{value.is_a?(Numeric) && value.to_f.positive? ? 'rounds to 0 ms' : 'not positive'})"
+      end
+      return ms if ms <= MAX_DURATION_MS
+
+      raise ArgumentError, "#{name} must be at most #{MAX_DURATION_MS / 1000} seconds (100 years), got #{value.inspect}"
+    end
+
+    # The time, checked to be within the years the server takes.
+    def time(value, name)
+      JobFields.timestamp(value, name.to_s)
+      value
     end
 
     def evaluate(value, job)
       value.respond_to?(:call) ? value.call(job) : value
     end
 
+    # An Array of tags (or one tag): each a non-empty String, Symbol or Integer.
+    def tags(value)
+      list = value.is_a?(String) || value.is_a?(Symbol) ? [value] : value
+      unless list.is_a?(Array) && list.all? { |tag| [String, Symbol, Integer].any? { |type| tag.is_a?(type) } && !tag.to_s.empty? }
+        raise ArgumentError, "tags must be an Array of non-empty strings, got #{value.inspect}"
+      end
+
+      list.map(&:to_s)
+    end
+
+    # {base_ms:, factor:, max_ms:, jitter:} (any of them); base_ms and max_ms
+    # may be Durations.
     def backoff(options)
-      options.to_h.to_h do |key, value|
-        value = (value.to_f * 1000).round if defined?(::ActiveSupport::Duration) && value.is_a?(::ActiveSupport::Duration)
-        [key.to_s, value]
+      unless options.is_a?(Hash) && (options.keys.map(&:to_s) - BACKOFF_KEYS).empty?
+        raise ArgumentError, "backoff must be a Hash with any of #{BACKOFF_KEYS.join(', ')}, got #{options.inspect}"
+      end
+
+      options.to_h do |key, value|
+        key = key.to_s
+        number = seconds(value, "backoff #{key}")
+        value = (number * 1000).round if defined?(::ActiveSupport::Duration) && value.is_a?(::ActiveSupport::Duration)
+        [key, value]
       end
     end
 
@@ -161,18 +236,22 @@ module Grafter
       end
 
       # MyJob.set(timeout: 1.minute, max_attempts: 3).perform_later(...)
+      # Unknown options and bad values raise ArgumentError here, naming them.
       def enqueue(options = {})
+        ActiveJobSupport.check_options!(options, also: ACTIVE_JOB_KEYS)
+        ActiveJobSupport.check_schedule!(options)
         call_options = options.slice(*OPTION_KEYS)
-        unless call_options.empty?
-          ActiveJobSupport.check_options!(call_options)
-          @grafter_call_options = grafter_call_options.merge(call_options)
-        end
+        @grafter_call_options = grafter_call_options.merge(call_options) unless call_options.empty?
         super
       end
 
       # Reports progress (0.0 to 1.0, and a message) on the running attempt;
-      # the worker's next heartbeat carries it. Does nothing outside Grafter.
+      # the worker's next heartbeat carries it. Does nothing outside Grafter,
+      # but a fraction that is not a finite number from 0 to 1 raises
+      # ArgumentError either way. The message is made valid UTF-8 and cut to
+      # the server's 1024 bytes (Execution#progress!).
       def grafter_progress(fraction, message = nil)
+        Execution.progress_fraction(fraction)
         ActiveJobSupport.execution_of(self)&.progress!(fraction, message)
         nil
       end

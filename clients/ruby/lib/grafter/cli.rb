@@ -18,7 +18,7 @@ module Grafter
         requires: [],
         identifier: env["GRAFTER_IDENTIFIER"],
         health_port: number(env, "GRAFTER_HEALTH_PORT", nil),
-        health_host: env.fetch("GRAFTER_HEALTH_HOST", "0.0.0.0"),
+        health_host: env.fetch("GRAFTER_HEALTH_HOST", "127.0.0.1"),
         shutdown_timeout: number(env, "GRAFTER_SHUTDOWN_TIMEOUT", 25.0, Float),
         lease_ms: number(env, "GRAFTER_LEASE_MS", 30_000),
         wait_ms: number(env, "GRAFTER_WAIT_MS", 2000),
@@ -27,6 +27,10 @@ module Grafter
         app_root: Dir.pwd
       )
       parser(options).parse!(argv.dup)
+      unless options.shutdown_timeout.finite? && options.shutdown_timeout >= 0
+        raise ArgumentError, "--shutdown-timeout must be 0 or more seconds, got #{options.shutdown_timeout}"
+      end
+
       options
     end
 
@@ -57,7 +61,8 @@ module Grafter
         o.on("--health-port N", Integer, "answer GET on this port: 200 while fetching and heartbeats work, else 503") do |port|
           options.health_port = port
         end
-        o.on("--health-host HOST", "address of the health port (default 0.0.0.0)") { |host| options.health_host = host }
+        o.on("--health-host HOST", "address of the health port (default 127.0.0.1, this host only; " \
+                                   "0.0.0.0 for every interface, e.g. in a container)") { |host| options.health_host = host }
         o.on("--shutdown-timeout SECONDS", Float,
              "on TERM/INT, how long running jobs may finish before they are handed back (default 25)") do |seconds|
           options.shutdown_timeout = seconds
@@ -105,7 +110,14 @@ module Grafter
       end
       require "grafter"
       require "grafter/active_job" if defined?(::ActiveJob)
-      options.requires.each { |file| require File.expand_path(file) }
+      options.requires.each do |file|
+        path = File.expand_path(file)
+        unless File.file?(path) || File.file?("#{path}.rb")
+          raise ArgumentError, "--require #{file}: no such file (#{path})"
+        end
+
+        require path
+      end
     end
 
     def initialize(options)
@@ -113,7 +125,8 @@ module Grafter
     end
 
     # Runs until TERM or INT; a second signal cuts the wait for running jobs
-    # short (they are handed back at once).
+    # short (they are handed back at once). QUIT writes every thread's
+    # backtrace to the log (as a JVM's thread dump) and changes nothing.
     def run
       require "grafter/worker"
       client = @options.url ? Grafter::Client.new(url: @options.url) : Grafter.client
@@ -123,23 +136,48 @@ module Grafter
                                    lease_ms: @options.lease_ms, wait_ms: @options.wait_ms, prefetch: @options.prefetch,
                                    process_title: true)
       signals = Thread::Queue.new
-      %w[TERM INT].each { |name| Signal.trap(name) { signals << name } }
+      %w[TERM INT QUIT].each { |name| Signal.trap(name) { signals << name } }
       worker.start
       # A worker also stops by itself when the server refuses its fetch.
       Thread.new do
         worker.wait
         signals << :stopped
       end
-      name = signals.pop
+      name = next_signal(signals)
       abort "grafter-worker: stopped: #{worker.failure.message}" if name == :stopped
 
       Grafter.logger.info("grafter: #{name} received; stopping (another signal hands running jobs back at once)")
       stopper = Thread.new { worker.stop(@options.shutdown_timeout) }
       until stopper.join(0.1)
-        next if signals.empty? || signals.pop == :stopped
+        next if signals.empty?
+
+        name = signals.pop
+        next dump_threads if name == "QUIT"
+        next if name == :stopped
 
         Grafter.logger.info("grafter: second signal; handing running jobs back now")
         worker.hand_back_now
+      end
+    end
+
+    private
+
+    # The next TERM, INT or :stopped; QUITs before it dump the threads.
+    def next_signal(signals)
+      loop do
+        name = signals.pop
+        return name unless name == "QUIT"
+
+        dump_threads
+      end
+    end
+
+    # Every thread's name, state and backtrace, to the log.
+    def dump_threads
+      Thread.list.each do |thread|
+        lines = thread.backtrace || []
+        Grafter.logger.warn("grafter: thread #{thread.name || thread.object_id} (#{thread.status || 'dead'}):\n  " \
+                            "#{lines.join("\n  ")}")
       end
     end
   end

@@ -36,12 +36,8 @@ module Grafter
     MAX_CHANGE_WAIT_MS = 60_000
     # An event stream sends a heartbeat every 15 s: silence for this long is a broken stream.
     EVENTS_READ_TIMEOUT = 60
-    # JSON nesting read and written. The server takes requests nested up to
-    # 128 levels (serde_json's limit) and answers what it stored a few levels
-    # deeper (args inside a job inside {"jobs": [...]}), where Ruby's default
-    # of 100 would refuse both. Finite, so that a cyclic structure or a
-    # hostile answer ends in an error rather than a stack overflow.
-    MAX_NESTING = 128 + 16
+    # JSON nesting read and written (see JobFields::MAX_NESTING).
+    MAX_NESTING = JobFields::MAX_NESTING
 
     attr_reader :url, :open_timeout, :read_timeout
 
@@ -120,7 +116,7 @@ module Grafter
 
     # Runs the job again at `run_at`, or `delay_ms` from now.
     def reschedule(id, delay_ms: nil, run_at: nil)
-      post("/v1/jobs/#{job_id(id)}/reschedule", compact("delay_ms" => delay_ms, "run_at" => timestamp(run_at)))
+      post("/v1/jobs/#{job_id(id)}/reschedule", compact("delay_ms" => delay_ms, "run_at" => timestamp(run_at, "run_at")))
     end
 
     # One page: {"jobs" => [...], "next_cursor" => "…" or nil}.
@@ -435,14 +431,8 @@ module Grafter
                          status: response.status)
     end
 
-    # JSON::NestingError is a ParserError, not a GeneratorError.
     def encode(body)
-      JSON.generate(body, max_nesting: MAX_NESTING)
-    rescue JSON::NestingError => e
-      raise Error, "the request cannot be sent as JSON: #{e.message[0, 200]} (the server takes at most 128 levels)"
-    rescue JSON::GeneratorError, Encoding::UndefinedConversionError, EncodingError => e
-      raise Error, "the request cannot be sent as JSON (#{e.class}: #{e.message[0, 200]}); " \
-                   "strings must be valid UTF-8"
+      encode_json(body)
     end
 
     def compact(hash)

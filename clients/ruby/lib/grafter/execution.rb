@@ -32,8 +32,23 @@ module Grafter
       @interrupt = nil
       @body_running = false
       @body_done = false
-      @lease_expires_at = monotonic + lease_seconds
-      @deadline = @timeout_ms ? monotonic + (@timeout_ms.to_f / 1000) : nil
+      @started_at = monotonic
+      @lease_expires_at = @started_at + lease_seconds
+      @deadline = @timeout_ms ? @started_at + (@timeout_ms.to_f / 1000) : nil
+    end
+
+    # The job's timeout_ms, when the job it was made from did not carry it
+    # (a pushed body does not; a heartbeat's answer does): the deadline
+    # counts from when this attempt arrived. A timeout already known stays.
+    def timeout_learned!(timeout_ms)
+      return unless timeout_ms.is_a?(Integer) && timeout_ms.positive?
+
+      @lock.synchronize do
+        next if @timeout_ms
+
+        @timeout_ms = timeout_ms
+        @deadline = @started_at + (timeout_ms.to_f / 1000)
+      end
     end
 
     def self.current
@@ -49,18 +64,57 @@ module Grafter
       Thread.current[:grafter_execution] = previous
     end
 
-    # Records progress (0.0..1.0, and an optional message); the next heartbeat
-    # carries it.
-    def progress!(fraction, message = nil)
-      fraction = Float(fraction)
-      raise ArgumentError, "progress is a fraction from 0 to 1, got #{fraction}" unless fraction.between?(0.0, 1.0)
+    # Longest progress message the server keeps, in bytes (MAX_PROGRESS_MESSAGE
+    # in crates/grafter-engine/src/jobs.rs): a longer one is cut here, at a
+    # character boundary, so that a heartbeat never carries more.
+    MAX_PROGRESS_MESSAGE_BYTES = 1024
 
+    # Records progress (0.0..1.0, and an optional message); the next heartbeat
+    # carries it. A fraction that is not a finite number from 0 to 1 raises
+    # ArgumentError here, in the job. The message is made valid UTF-8 (text in
+    # another encoding transcoded, invalid bytes replaced by U+FFFD) and cut
+    # to MAX_PROGRESS_MESSAGE_BYTES: the fraction is never lost to it.
+    def progress!(fraction, message = nil)
+      fraction = Execution.progress_fraction(fraction)
       value = { "fraction" => fraction }
-      value["message"] = message.to_s unless message.nil?
+      value["message"] = Execution.progress_message(message) unless message.nil?
       @lock.synchronize do
         @progress = value
         @progress_version += 1
       end
+    end
+
+    # `fraction` as a Float from 0.0 to 1.0, or ArgumentError naming the rule.
+    def self.progress_fraction(fraction)
+      number = begin
+        fraction.is_a?(Numeric) ? fraction.to_f : Float(fraction)
+      rescue TypeError, ArgumentError, RangeError
+        nil
+      end
+      return number if number&.finite? && number.between?(0.0, 1.0)
+
+      raise ArgumentError, "the progress fraction must be a finite number from 0.0 to 1.0, got #{fraction.inspect}"
+    end
+
+    # `message` as valid UTF-8 of at most MAX_PROGRESS_MESSAGE_BYTES.
+    def self.progress_message(message)
+      text = message.to_s
+      text = if [Encoding::UTF_8, Encoding::BINARY, Encoding::US_ASCII].include?(text.encoding)
+               text.dup.force_encoding(Encoding::UTF_8).scrub
+             else
+               text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace)
+             end
+      return text if text.bytesize <= MAX_PROGRESS_MESSAGE_BYTES
+
+      text.byteslice(0, MAX_PROGRESS_MESSAGE_BYTES).scrub("")
+    rescue EncodingError
+      text.dup.force_encoding(Encoding::UTF_8).scrub.byteslice(0, MAX_PROGRESS_MESSAGE_BYTES).scrub("")
+    end
+
+    # Forgets the progress of `version` (one the server refused), unless a
+    # newer report replaced it: heartbeats go on without it.
+    def drop_progress!(version)
+      @lock.synchronize { @progress = nil if @progress_version == version }
     end
 
     # [version, progress]: the version grows with every report.
@@ -92,7 +146,8 @@ module Grafter
     end
 
     def past_deadline?
-      !@deadline.nil? && monotonic >= @deadline
+      deadline = @lock.synchronize { @deadline }
+      !deadline.nil? && monotonic >= deadline
     end
 
     # Why the worker interrupted the job (:timeout, :cancel, :abandoned), or nil.

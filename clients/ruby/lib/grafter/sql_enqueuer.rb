@@ -57,8 +57,15 @@ module Grafter
     end
 
     INVALID_PARAMETER_VALUE = "22023"
+    # The server's default `body_limit_bytes`: the HTTP API refuses a larger
+    # request (413), and so does this enqueuer, with the same error.
+    MAX_BODY_BYTES = 1024 * 1024
+    # `{"jobs":` and `}` around the jobs of an HTTP enqueue_many.
+    BATCH_WRAPPER_BYTES = '{"jobs":}'.bytesize
 
-    def initialize(connection_source, schema: nil)
+    # `max_body_bytes`: the `body_limit_bytes` of the Grafter servers, so that
+    # a job is refused here exactly when the HTTP API would refuse it.
+    def initialize(connection_source, schema: nil, max_body_bytes: MAX_BODY_BYTES)
       unless connection_source.respond_to?(:connection) || connection_source.respond_to?(:exec_params)
         raise ArgumentError, "expected ActiveRecord::Base (or a model class) or a PG::Connection, " \
                              "got #{connection_source.inspect}"
@@ -68,6 +75,7 @@ module Grafter
       end
 
       @source = connection_source
+      @max_body_bytes = Integer(max_body_bytes)
       prefix = schema ? "#{quote_ident(schema.to_s)}." : ""
       @one_sql = "SELECT #{prefix}grafter_enqueue_v1($1::text::json)"
       @many_sql = "SELECT #{prefix}grafter_enqueue_many_v1($1::text::json)"
@@ -96,9 +104,22 @@ module Grafter
 
     def call(sql, body)
       body = body.is_a?(Array) ? body.map { |job| job.except(*TRACE_FIELDS) } : body.except(*TRACE_FIELDS)
-      json = JSON.generate(body)
+      # As Grafter::Client encodes it: the same Grafter::Error for what
+      # cannot be JSON (too deep, not UTF-8), the same 413 over the limit.
+      json = encode_json(body)
+      check_size(json.bytesize + (body.is_a?(Array) ? BATCH_WRAPPER_BYTES : 0))
       answer = @source.respond_to?(:connection) ? via_active_record(sql, json) : via_pg(sql, json)
       answer.is_a?(String) ? JSON.parse(answer) : answer
+    end
+
+    def check_size(bytes)
+      return if bytes <= @max_body_bytes
+
+      message = "SQL enqueue: 413 payload_too_large: the request would be #{bytes} bytes, over the server's " \
+                "limit of #{@max_body_bytes} (setting body_limit_bytes)"
+      raise Grafter::Error, message unless Grafter.const_defined?(:ApiError)
+
+      raise Grafter::ApiError.new(message, status: 413, code: "payload_too_large")
     end
 
     def via_active_record(sql, json)

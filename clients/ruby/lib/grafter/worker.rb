@@ -96,7 +96,7 @@ module Grafter
     # (PREFETCH_HORIZON).
     def initialize(queues: ["default"], concurrency: 10, client: Grafter.client, identifier: nil,
                    lease_ms: 30_000, heartbeat_interval: nil, wait_ms: 2_000, shutdown_timeout: 25,
-                   cancel_grace: 10, interrupt_grace: 5, health_port: nil, health_host: "0.0.0.0",
+                   cancel_grace: 10, interrupt_grace: 5, health_port: nil, health_host: "127.0.0.1",
                    registration_interval: 5, prefetch: nil, logger: Grafter.logger, process_title: false)
       @queues = Array(queues).flat_map { |queue| queue.to_s.split(",") }.map(&:strip).reject(&:empty?)
       raise ArgumentError, "a worker needs at least one queue" if @queues.empty?
@@ -113,6 +113,9 @@ module Grafter
       @heartbeat_interval = heartbeat_interval ? Float(heartbeat_interval) : @lease_ms / 3000.0
       @wait_ms = within(WAIT_MS, "wait_ms", wait_ms)
       @shutdown_timeout = Float(shutdown_timeout)
+      unless @shutdown_timeout.finite? && @shutdown_timeout >= 0
+        raise ArgumentError, "shutdown_timeout must be 0 or more seconds, got #{shutdown_timeout.inspect}"
+      end
       @cancel_grace = Float(cancel_grace)
       @interrupt_grace = Float(interrupt_grace)
       @health_port = health_port && within(PORTS, "the health port", health_port)
@@ -545,15 +548,23 @@ module Grafter
           register
           next_registration = now + @registration_interval
         end
-        hand_back_stale_buffered
+        carry_on("handing back stale jobs") { hand_back_stale_buffered }
         @lock.synchronize { @leased.to_a }.each do |execution, state|
           next if state.given_up
 
-          watch(execution, state)
-          beat(execution, state) if beat_due?(execution, state)
+          carry_on("watching job #{execution.id}") { watch(execution, state) }
+          carry_on("heartbeat of job #{execution.id}") { beat(execution, state) if beat_due?(execution, state) }
         end
         @lock.synchronize { @changed.wait(@lock, TICK) unless @heartbeats_done }
       end
+    end
+
+    # Runs one step of the heartbeat loop: an error in it is logged, and the
+    # loop (which renews every lease and enforces every timeout) goes on.
+    def carry_on(what)
+      yield
+    rescue StandardError => e
+      @logger.error("grafter: #{what} failed: #{Runner.describe(e)}")
     end
 
     def beat_due?(execution, state)
@@ -564,24 +575,48 @@ module Grafter
       version != state.sent_version && since >= PROGRESS_GAP
     end
 
+    # Renews the lease of `execution`, carrying its latest progress. No
+    # answer ends the heartbeats: a progress the server refuses (or that
+    # cannot be sent) is dropped, logged, and the lease renewed without it;
+    # a lost lease (409, 404) stops the job; anything else is retried soon.
     def beat(execution, state)
       version, progress = execution.progress
-      answer = @client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: @lease_ms)
+      answer = begin
+        send_beat(execution, progress)
+      rescue Grafter::Error => e
+        raise if progress.nil? || !progress_refused?(e)
+
+        @logger.warn("grafter: job #{execution.id}: its progress was refused and is dropped (#{e.message})")
+        execution.drop_progress!(version)
+        state.sent_version = version
+        send_beat(execution, nil)
+      end
       execution.lease_renewed!(@lease_ms / 1000.0)
       state.last_beat = monotonic
       state.sent_version = version
       @lock.synchronize { @last_beat_ok = monotonic }
       execution.cancel_requested! if answer && answer["cancel_requested"]
     rescue ApiError => e
-      raise unless @recorder.final?(e) || @recorder.transient?(e)
-
       return retry_beat_soon(execution, state, e) unless @recorder.final?(e)
 
       @logger.warn("grafter: job #{execution.id}: lease lost (#{e.message}); stopping it")
       state.given_up = true
       execution.interrupt!(:abandoned, Abandoned, "lease lost: #{e.message}") || execution.abandon!
-    rescue ConnectionError => e
+    rescue StandardError => e
       retry_beat_soon(execution, state, e)
+    end
+
+    def send_beat(execution, progress)
+      @client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: @lease_ms)
+    end
+
+    # The request was refused for what it carries (it could not be encoded,
+    # or the server answered 4xx other than 404, 409 and 429): with progress,
+    # that is the progress.
+    def progress_refused?(error)
+      return true unless error.is_a?(ApiError) || error.is_a?(ConnectionError)
+
+      error.is_a?(ApiError) && !@recorder.final?(error) && !@recorder.transient?(error) && error.status < 500
     end
 
     def retry_beat_soon(execution, state, error)

@@ -39,31 +39,51 @@ module Grafter
     class PushEndpoint
       include Monotonic
 
-      MAX_BODY_BYTES = 16 * 1024 * 1024
+      # The largest body read, before the signature is checked. A pushed body
+      # is the job's JSON (id, kind, queue, args, attempt, max_attempts,
+      # enqueued_at), and its args came in a request of at most the server's
+      # `body_limit_bytes` (1 MiB by default): that plus headroom. A server
+      # with a larger `body_limit_bytes` needs `max_body_bytes:` raised to match.
+      MAX_BODY_BYTES = (1024 + 64) * 1024
       # The lease a 202 leaves the job under (the server's default_lease_ms).
       LEASE_MS = 30_000
       HEARTBEAT_SECONDS = 10
+      # As the worker's: a cancelled job still running this long after its
+      # cancel gets Grafter::Cancelled raised; a job that ignores its
+      # interrupt this long has its outcome recorded without it.
+      CANCEL_GRACE = 10
+      INTERRUPT_GRACE = 5
+      # Most accepted (job id, lease) pairs remembered to refuse replays.
+      MAX_REMEMBERED = 100_000
 
       # The server's bounds for a push secret (crates/grafter-core/src/push.rs).
       SECRET_BYTES = (16..512).freeze
       MIN_WHSEC_KEY_BYTES = 16
 
-      def initialize(secret:, tolerance: 300, client: nil, old_secrets: [], logger: nil)
+      # `max_body_bytes`: the largest body read (see MAX_BODY_BYTES); a larger
+      # one is answered 413 without being read whole.
+      def initialize(secret:, tolerance: 300, client: nil, old_secrets: [], logger: nil,
+                     max_body_bytes: MAX_BODY_BYTES)
         @secrets = [secret, *old_secrets].map(&:to_s).reject(&:empty?)
         raise ArgumentError, "Grafter::Rack::PushEndpoint needs the push queue's secret (secret:)" if @secrets.empty?
 
         @secrets.each { |each_secret| check_secret(each_secret) }
 
         @tolerance = Integer(tolerance)
+        @max_body_bytes = Integer(max_body_bytes)
+        raise ArgumentError, "max_body_bytes must be at least 1024, got #{@max_body_bytes}" if @max_body_bytes < 1024
+
         @client = client
         @logger = logger
+        @accepted = {} # [job id, lease] => monotonic time until which a replay is refused
+        @accepted_lock = Mutex.new
       end
 
       def call(env)
         return error(405, "method_not_allowed", "push requests are POSTs") unless env["REQUEST_METHOD"] == "POST"
 
         body = read_body(env)
-        return error(413, "payload_too_large", "the body is over #{MAX_BODY_BYTES} bytes") unless body
+        return error(413, "payload_too_large", "the body is over #{@max_body_bytes} bytes") unless body
         unless signed?(env, body)
           return error(401, "unauthorized", "the signature is missing, wrong or too old")
         end
@@ -71,6 +91,9 @@ module Grafter
         job = parse(body)
         # Signed by Grafter yet unreadable: sending it again cannot help.
         return error(422, "invalid_job", "the body is not a Grafter job", final: true) unless job
+        unless first_delivery?(job, env)
+          return error(409, "replayed", "this push (job #{job['id']}, this lease) was already accepted")
+        end
 
         execution = Execution.new(job, lease: env["HTTP_GRAFTER_LEASE"], lease_seconds: LEASE_MS / 1000.0)
         return finish_later(execution) if Runner.push_async?(job)
@@ -101,6 +124,31 @@ module Grafter
         else
           Signature.verify_standard(*env.values_at("HTTP_WEBHOOK_ID", "HTTP_WEBHOOK_TIMESTAMP", "HTTP_WEBHOOK_SIGNATURE"),
                                     body, @secrets, tolerance: @tolerance)
+        end
+      end
+
+      # True the first time this process sees a signed push of this job
+      # under this lease (a replayed request, signature and all, is refused
+      # while its timestamp is within the tolerance, after which the
+      # signature check refuses it). Per process: across processes a replay
+      # is stopped only by the lease fencing of its outcome (an ack or fail
+      # under a lease that has ended is refused), not from running.
+      def first_delivery?(job, env)
+        lease = env["HTTP_GRAFTER_LEASE"]
+        # Grafter always sends a lease; without one, the signature stands for it.
+        key = [job["id"], lease || env.values_at("HTTP_GRAFTER_SIGNATURE", "HTTP_WEBHOOK_ID", "HTTP_WEBHOOK_SIGNATURE")]
+        now = monotonic
+        @accepted_lock.synchronize do
+          expired = @accepted.each_pair.take_while { |_, until_at| until_at <= now }.map(&:first)
+          expired.each { |old| @accepted.delete(old) }
+          return false if @accepted.key?(key)
+
+          # Full of live entries: the oldest goes, as memory must stay bounded.
+          @accepted.delete(@accepted.first.first) while @accepted.size >= MAX_REMEMBERED
+          # A timestamp may be up to `tolerance` ahead of this clock: the
+          # request verifies until twice that from now.
+          @accepted[key] = now + (2 * @tolerance) + 1
+          true
         end
       end
 
@@ -143,43 +191,124 @@ module Grafter
         outcome = Runner.run(execution)
         done << true
         beats.join
-        Recorder.new(client, logger: logger, grace: LEASE_MS / 1000.0).record(execution, outcome)
+        # Unless the heartbeat gave up on a job that ignored its interrupt
+        # and recorded the outcome itself.
+        Recorder.new(client, logger: logger, grace: LEASE_MS / 1000.0).record(execution, outcome) if execution.settle!
       rescue Exception => e # rubocop:disable Lint/RescueException
         logger.error("grafter: pushed job #{execution.id}: #{Runner.describe(e)}")
       end
 
       # Renews the lease every HEARTBEAT_SECONDS, sooner when progress
-      # changes, until the job ends.
+      # changes, until the job ends; enforces the job's timeout_ms and
+      # unheeded cancels as the worker does (Grafter::TimeoutError or
+      # Grafter::Cancelled raised in the job's thread), and stops the job
+      # when its lease is lost (409 or 404: another attempt may run it).
       def heartbeat(client, execution, done)
-        last = monotonic
+        # The first heartbeat goes at once: its answer brings the job's
+        # timeout_ms, which the pushed body does not carry.
+        last = monotonic - HEARTBEAT_SECONDS
         sent = 0
+        interrupted_at = nil
         loop do
           break unless done.empty?
 
           sleep 0.1
+          watch(execution)
+          if execution.interrupt
+            interrupted_at ||= monotonic
+            next unless monotonic - interrupted_at >= INTERRUPT_GRACE && execution.body_running?
+
+            give_up_on(client, execution)
+            break
+          end
           version, progress = execution.progress
           next unless monotonic - last >= HEARTBEAT_SECONDS || (version != sent && monotonic - last >= 0.25)
 
-          begin
-            answer = client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: LEASE_MS)
-            execution.lease_renewed!(LEASE_MS / 1000.0)
-            execution.cancel_requested! if answer && answer["cancel_requested"]
-            sent = version
-          rescue Grafter::Error => e
-            logger.warn("grafter: heartbeat of pushed job #{execution.id} failed: #{e.message}")
+          case beat(client, execution, progress)
+          when :lost then break
+          when :progress_refused, :ok then sent = version
           end
           last = monotonic
         end
+      rescue StandardError => e
+        logger.error("grafter: heartbeats of pushed job #{execution.id} ended: #{Runner.describe(e)}")
       end
 
+      def watch(execution)
+        if execution.past_deadline? &&
+           execution.interrupt!(:timeout, TimeoutError,
+                                "job #{execution.id} ran past its timeout_ms (#{execution.timeout_ms} ms)")
+          logger.warn("grafter: pushed job #{execution.id} timed out after #{execution.timeout_ms} ms; interrupted")
+        end
+        return unless (waited = execution.cancel_requested_for) && waited >= CANCEL_GRACE &&
+                      execution.interrupt!(:cancel, Cancelled, "job #{execution.id} was cancelled")
+
+        logger.warn("grafter: pushed job #{execution.id} did not stop #{CANCEL_GRACE} s after its cancel; interrupted")
+      end
+
+      # One heartbeat: :ok, :progress_refused (sent again without it), :lost
+      # or :failed (tried again at the next one).
+      def beat(client, execution, progress)
+        answer = begin
+          client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: LEASE_MS)
+        rescue Grafter::Error => e
+          raise unless progress && progress_refused?(e)
+
+          logger.warn("grafter: pushed job #{execution.id}: its progress was refused and is dropped (#{e.message})")
+          execution.drop_progress!(execution.progress.first)
+          client.heartbeat(execution.id, lease: execution.lease, lease_ms: LEASE_MS)
+          progress = nil
+        end
+        execution.lease_renewed!(LEASE_MS / 1000.0)
+        execution.timeout_learned!(answer["timeout_ms"]) if answer.is_a?(Hash)
+        execution.cancel_requested! if answer && answer["cancel_requested"]
+        progress ? :ok : :progress_refused
+      rescue ApiError => e
+        unless e.status == 409 || e.status == 404
+          logger.warn("grafter: heartbeat of pushed job #{execution.id} failed: #{e.message}")
+          return :failed
+        end
+
+        logger.warn("grafter: pushed job #{execution.id}: lease lost (#{e.message}); stopping it")
+        execution.interrupt!(:abandoned, Abandoned, "lease lost: #{e.message}") || execution.abandon!
+        :lost
+      rescue Grafter::Error => e
+        logger.warn("grafter: heartbeat of pushed job #{execution.id} failed: #{e.message}")
+        :failed
+      end
+
+      # Refused for what it carries (it cannot be encoded, or a 4xx other
+      # than 404, 409 and 429).
+      def progress_refused?(error)
+        return true unless error.is_a?(ApiError) || error.is_a?(ConnectionError)
+
+        error.is_a?(ApiError) && error.status.between?(400, 499) && ![404, 409, 429].include?(error.status)
+      end
+
+      # A job that ignored its interrupt: its outcome is recorded now and its
+      # lease no longer renewed; its thread runs on until the job returns.
+      def give_up_on(client, execution)
+        logger.error("grafter: pushed job #{execution.id} ignored its #{execution.interrupt} interrupt for " \
+                     "#{INTERRUPT_GRACE} s; recording its outcome without it")
+        return unless execution.settle!
+
+        Recorder.new(client, logger: logger, grace: LEASE_MS / 1000.0).record(execution, Runner.decide(execution, nil, nil))
+      end
+
+      # The body, or nil when it is over @max_body_bytes: refused by its
+      # Content-Length before anything is read, else once one byte more
+      # than the limit has been.
       def read_body(env)
+        length = env["CONTENT_LENGTH"].to_s
+        return nil if length.match?(/\A\d+\z/) && length.to_i > @max_body_bytes
+
         input = env["rack.input"]
         return "".b unless input
 
         input.rewind if input.respond_to?(:rewind)
-        body = input.read(MAX_BODY_BYTES + 1).to_s.b
+        body = input.read(@max_body_bytes + 1).to_s.b
         input.rewind if input.respond_to?(:rewind)
-        body.bytesize > MAX_BODY_BYTES ? nil : body
+        body.bytesize > @max_body_bytes ? nil : body
       end
 
       def parse(body)
