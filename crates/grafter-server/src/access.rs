@@ -71,6 +71,14 @@ impl Access {
         )))
     }
 
+    /// The caller's stored token, if it is one.
+    pub fn stored(&self) -> Option<&Arc<ApiToken>> {
+        match self {
+            Access::Token(token) => Some(token),
+            Access::Open | Access::ServerToken => None,
+        }
+    }
+
     /// Who the caller is, for the audit log: the token's id, and a name.
     pub fn actor(&self) -> (Option<String>, String) {
         match self {
@@ -128,18 +136,25 @@ pub async fn stored_token(
 
 /// 401 for a stored token that is revoked or past its expiry.
 pub fn usable(state: &AppState, token: Arc<ApiToken>) -> Result<Access, ApiError> {
+    match unusable_because(&token, state.engine().now()) {
+        Some(why) => Err(ApiError::unauthorized_because(format!("this token {why}"))),
+        None => Ok(Access::Token(token)),
+    }
+}
+
+/// Why a stored token no longer works at `now` ("has been revoked", "has
+/// expired"), or `None` while it does.
+pub fn unusable_because(
+    token: &ApiToken,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<&'static str> {
     if token.revoked_at.is_some() {
-        return Err(ApiError::unauthorized_because(
-            "this token has been revoked",
-        ));
+        Some("has been revoked")
+    } else if token.expires_at.is_some_and(|at| at <= now) {
+        Some("has expired")
+    } else {
+        None
     }
-    if token
-        .expires_at
-        .is_some_and(|at| at <= state.engine().now())
-    {
-        return Err(ApiError::unauthorized_because("this token has expired"));
-    }
-    Ok(Access::Token(token))
 }
 
 /// What a `/v1` route needs, by method and route pattern (without `/v1`),

@@ -671,3 +671,226 @@ async fn the_dashboard_gives_a_token_its_powers() {
         StatusCode::OK
     );
 }
+
+impl Node {
+    /// `GET /v1/jobs/{job}/events` with `access_token` and no other
+    /// credentials.
+    async fn stream(&self, job: i64, access_token: &str) -> reqwest::Response {
+        self.http
+            .get(format!(
+                "{}/v1/jobs/{job}/events?access_token={access_token}",
+                self.base
+            ))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A stream token for `job`, asked for 24 hours, minted with `token`:
+    /// the token and its `expires_at`.
+    async fn stream_token(&self, token: &str, job: i64) -> (String, chrono::DateTime<chrono::Utc>) {
+        let (status, minted) = self
+            .post(
+                token,
+                "/v1/stream-tokens",
+                json!({"jobs": [job], "ttl_ms": 86_400_000}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{minted}");
+        let expires_at = minted["expires_at"].as_str().unwrap().parse().unwrap();
+        (minted["token"].as_str().unwrap().to_owned(), expires_at)
+    }
+}
+
+/// Opens `job`'s stream with `access_token` until it is refused: the 401's
+/// message.
+async fn until_stream_refused(
+    node: &Node,
+    job: i64,
+    access_token: &str,
+    patience: Duration,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let response = node.stream(job, access_token).await;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+            return body["error"]["message"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            start.elapsed() < patience,
+            "the stream token still opens a stream after {patience:?}"
+        );
+        drop(response);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads an open event stream until the server closes it; panics if it is
+/// still open after `patience`.
+async fn until_closed(mut stream: reqwest::Response, patience: Duration) {
+    assert_eq!(stream.status(), StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.chunk()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            Err(_) => panic!("the stream is still open after {patience:?}"),
+        }
+    }
+}
+
+/// A stream token minted with a stored token on `a`, used on `b`: it works
+/// until that token is revoked, then neither opens a stream nor keeps one
+/// open (nor does a stream opened with the stored token itself) within the
+/// revocation's bound; the server token's stream tokens go on working.
+async fn a_stream_token_ends_with_the_token_that_minted_it(a: &Node, b: &Node) {
+    let (_, job) = a.enqueue(ADMIN, "default").await;
+    let job = job["id"].as_i64().unwrap();
+    let (secret, id) = a.token(json!({"name": "victim", "scopes": ["read"]})).await;
+    let (stream_token, expires_at) = a.stream_token(&secret, job).await;
+    assert!(
+        expires_at > chrono::Utc::now() + chrono::Duration::hours(23),
+        "a token without expiry mints for the whole ttl: {expires_at}"
+    );
+    let (server_minted, _) = a.stream_token(ADMIN, job).await;
+    let open = b.stream(job, &stream_token).await;
+    assert_eq!(open.status(), StatusCode::OK);
+    let with_bearer = b
+        .http
+        .get(format!("{}/v1/jobs/{job}/events", b.base))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_bearer.status(), StatusCode::OK);
+
+    let (status, revoked) = a
+        .call(ADMIN, Method::DELETE, &format!("/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    let revoked_at = Instant::now();
+    let message = until_stream_refused(b, job, &stream_token, REVOCATION_BOUND).await;
+    assert!(message.contains("revoked"), "{message}");
+    // Open streams end at their next look at the token (every second).
+    let patience = REVOCATION_BOUND + Duration::from_secs(1);
+    let left = patience.saturating_sub(revoked_at.elapsed());
+    tokio::join!(until_closed(open, left), until_closed(with_bearer, left));
+    assert_refused(
+        &b.get(&secret, "/v1/queues").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    // Not signed by a stored token: revocable only by changing the server's token.
+    assert_eq!(b.stream(job, &server_minted).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stream_token_ends_with_the_token_that_minted_it_on_sqlite() {
+    let (node, _dir) = sqlite_node().await;
+    a_stream_token_ends_with_the_token_that_minted_it(&node, &node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_token_ends_with_the_token_that_minted_it_across_postgres_nodes() {
+    let Some((nodes, _guard)) = postgres_nodes(2).await else {
+        return;
+    };
+    a_stream_token_ends_with_the_token_that_minted_it(&nodes[0], &nodes[1]).await;
+}
+
+#[tokio::test]
+async fn a_stream_token_expires_no_later_than_the_token_that_minted_it() {
+    let (node, _dir) = sqlite_node().await;
+    let (_, job) = node.enqueue(ADMIN, "default").await;
+    let job = job["id"].as_i64().unwrap();
+    let ends = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let (secret, _) = node
+        .token(json!({"name": "short", "scopes": ["read"], "expires_at": ends}))
+        .await;
+    let (stream_token, expires_at) = node.stream_token(&secret, job).await;
+    assert_eq!(
+        expires_at.timestamp_millis(),
+        ends.timestamp_millis(),
+        "capped at the minter's expiry"
+    );
+    let open = node.stream(job, &stream_token).await;
+    assert_eq!(open.status(), StatusCode::OK);
+    let message = until_stream_refused(
+        &node,
+        job,
+        &stream_token,
+        Duration::from_secs(3) + REVOCATION_BOUND,
+    )
+    .await;
+    assert!(message.contains("expired"), "{message}");
+    until_closed(open, REVOCATION_BOUND).await;
+}
+
+#[tokio::test]
+async fn the_dashboards_stream_tokens_end_with_the_token_of_its_caller() {
+    let (node, _dir) = sqlite_node().await;
+    let (_, job) = node.enqueue(ADMIN, "default").await;
+    let job = job["id"].as_i64().unwrap();
+    let (secret, id) = node
+        .token(json!({"name": "viewer", "scopes": ["read"]}))
+        .await;
+    let page = node
+        .http
+        .get(format!("{}/jobs/{job}", node.base))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let at = html.find("access_token=").expect("the page's stream") + "access_token=".len();
+    let stream_token = &html[at..at + html[at..].find('"').unwrap()];
+    assert!(stream_token.contains(&id), "{stream_token}");
+    assert_eq!(
+        node.stream(job, stream_token).await.status(),
+        StatusCode::OK
+    );
+    let (status, _) = node
+        .call(ADMIN, Method::DELETE, &format!("/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    until_stream_refused(&node, job, stream_token, REVOCATION_BOUND).await;
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case_and_is_no_wrong_token() {
+    let (node, _dir) = sqlite_node().await;
+    let (_, job) = node.enqueue(ADMIN, "default").await;
+    let job = job["id"].as_i64().unwrap();
+    let (reader, _) = node
+        .token(json!({"name": "reader", "scopes": ["read"]}))
+        .await;
+    let get = |path: String, authorization: String| {
+        let request = node
+            .http
+            .get(format!("{}{path}", node.base))
+            .header("authorization", authorization);
+        async move { request.send().await.unwrap() }
+    };
+    // More than the ten wrong tokens a minute that would be throttled.
+    for round in 0..4 {
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            for token in [ADMIN, reader.as_str()] {
+                let authorization = format!("{scheme} {token}");
+                let answer = get("/v1/queues".into(), authorization.clone()).await;
+                assert_eq!(answer.status(), StatusCode::OK, "{round}: {authorization}");
+                let stream = get(format!("/v1/jobs/{job}/events"), authorization.clone()).await;
+                assert_eq!(stream.status(), StatusCode::OK, "{authorization}");
+            }
+        }
+    }
+    // The dashboard reads it alike: the page, not the login form.
+    let page = get(format!("/jobs/{job}"), format!("bearer {reader}")).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("Args"));
+    let wrong = get("/v1/queues".into(), "bearer gft_wrong".into()).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+}

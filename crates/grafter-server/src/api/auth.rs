@@ -114,12 +114,14 @@ pub(crate) async fn token_access(
     }
 }
 
-/// The token of an `Authorization: Bearer` header.
+/// The token of an `Authorization: Bearer` header. The scheme is matched
+/// in any case, as RFC 7235 has it (`bearer`, `BEARER`), then spaces.
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Whether a presented secret (a token, a signature) is the expected one,
@@ -137,7 +139,24 @@ pub(crate) fn secrets_match(presented: &[u8], expected: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::secrets_match;
+    use super::{bearer_token, secrets_match};
+    use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let token = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            bearer_token(&headers).map(str::to_owned)
+        };
+        for value in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR  t0k"] {
+            assert_eq!(token(value).as_deref(), Some("t0k"), "{value}");
+        }
+        for value in ["Basic dDBr", "Bearert0k", "Bearer", "Bearers t0k", "t0k"] {
+            assert_eq!(token(value), None, "{value}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn secrets_match_only_themselves_whatever_their_length() {

@@ -10,7 +10,7 @@ use axum::http::header::HeaderName;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use futures_util::stream::{self, Stream};
 use grafter_core::{BatchId, Job, JobId};
@@ -20,15 +20,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::Access;
 use crate::api::auth::{authenticate, bearer_token};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, PathBatchId, PathJobId};
 use crate::state::AppState;
-use crate::stream_tokens::{Refusal, StreamGrant, DEFAULT_TTL_MS, MAX_IDS, MAX_TTL_MS};
+use crate::stream_tokens::{
+    minter_works, Refusal, StreamGrant, DEFAULT_TTL_MS, MAX_IDS, MAX_TTL_MS,
+};
 use crate::throttle::Client;
 
 /// How often an idle stream sends a comment, so proxies keep it open.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// How often an open stream opened on a stored token's authority looks that
+/// token up again (in the token cache), to end once it is revoked or expired.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a browser waits before reconnecting a dropped stream.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// Longest `wait` of a long-poll.
@@ -100,7 +106,7 @@ pub async fn job_events(
     extensions: Extensions,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(
+    let opened_by = authorize(
         &state,
         &extensions,
         &headers,
@@ -113,7 +119,11 @@ pub async fn job_events(
         .job_events(id, resume_after(&headers, &query))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    Ok(sse_response(Events::Job(Box::new(events)), state))
+    Ok(sse_response(
+        Events::Job(Box::new(events)),
+        state,
+        opened_by,
+    ))
 }
 
 /// A batch's events: `snapshot` (the batch as `GET /v1/batches/{id}` shows
@@ -136,7 +146,7 @@ pub async fn batch_events(
     extensions: Extensions,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(
+    let opened_by = authorize(
         &state,
         &extensions,
         &headers,
@@ -149,7 +159,11 @@ pub async fn batch_events(
         .batch_events(id, resume_after(&headers, &query))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("batch {id} not found")))?;
-    Ok(sse_response(Events::Batch(Box::new(events)), state))
+    Ok(sse_response(
+        Events::Batch(Box::new(events)),
+        state,
+        opened_by,
+    ))
 }
 
 /// Where a stream resumes: the `Last-Event-ID` header, else the query's.
@@ -161,8 +175,8 @@ fn resume_after(headers: &HeaderMap, query: &StreamQuery) -> Option<i64> {
         .and_then(|id| id.trim().parse::<i64>().ok())
 }
 
-fn sse_response(events: Events, state: AppState) -> Response {
-    Sse::new(sse_events(events, state))
+fn sse_response(events: Events, state: AppState, opened_by: Option<String>) -> Response {
+    Sse::new(sse_events(events, state, opened_by))
         .keep_alive(KeepAlive::new().interval(HEARTBEAT_EVERY))
         .into_response()
 }
@@ -186,32 +200,43 @@ impl std::fmt::Display for Watched {
 /// Lets a stream request in: the server has no token (its streams are
 /// open like the rest of its API), the request carries a token with the
 /// `read` scope (the server's has every scope), or it carries a stream
-/// token that names the job or batch.
+/// token that names the job or batch, minted by a token that still works.
+/// Answers the id of the stored token the stream is opened on the authority
+/// of (the bearer token, or the stream token's minter), which the open
+/// stream keeps checking.
 async fn authorize(
     state: &AppState,
     extensions: &Extensions,
     headers: &HeaderMap,
     access_token: Option<&str>,
     watched: Watched,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let Some(server_token) = state.config().token.as_deref() else {
-        return Ok(());
+        return Ok(None);
     };
     let presented = match access_token {
         Some(presented) if bearer_token(headers).is_none() => presented,
         _ => {
-            return authenticate(state, extensions, headers)
-                .await?
-                .require(Scope::Read)
+            let access = authenticate(state, extensions, headers).await?;
+            access.require(Scope::Read)?;
+            return Ok(access.stored().map(|token| token.id.clone()));
         }
     };
     match StreamGrant::verify(presented, Some(server_token), Utc::now()) {
-        Ok(grant) if grant.opens(watched) => Ok(()),
-        Ok(_) => Err(ApiError::forbidden(format!(
-            "this stream token does not open {watched}'s events"
-        ))),
+        Ok(grant) => {
+            minter_works(state, grant.minted_by.as_deref()).await?;
+            if !grant.opens(watched) {
+                return Err(ApiError::forbidden(format!(
+                    "this stream token does not open {watched}'s events"
+                )));
+            }
+            Ok(grant.minted_by)
+        }
         Err(Refusal::Expired) => Err(ApiError::unauthorized_because(
             "this stream token has expired: mint a new one (POST /v1/stream-tokens)",
+        )),
+        Err(Refusal::Outdated) => Err(ApiError::unauthorized_because(
+            "this stream token is of an older format: mint a new one (POST /v1/stream-tokens)",
         )),
         Err(Refusal::Invalid) => {
             // A forged token is a guess like a wrong bearer token.
@@ -260,16 +285,43 @@ impl Events {
     }
 }
 
-/// The SSE events of a stream, ending with its end or the server's shutdown.
-fn sse_events(events: Events, state: AppState) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(Some((events, state)), |open| async move {
-        let (mut events, state) = open?;
-        let next = tokio::select! {
-            _ = state.shutdown().cancelled() => return None,
-            next = events.next() => next,
+/// The SSE events of a stream, ending with its end or the server's
+/// shutdown, or once the stored token it was opened on the authority of
+/// (`opened_by`) is revoked or expired: looked up every [`RECHECK_EVERY`]
+/// through the token cache, so within about
+/// [`crate::token_cache::CACHE_TTL`] and that.
+fn sse_events(
+    events: Events,
+    state: AppState,
+    opened_by: Option<String>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let recheck_at = tokio::time::Instant::now() + RECHECK_EVERY;
+    let open = Some((events, state, opened_by, recheck_at));
+    stream::unfold(open, |open| async move {
+        let (mut events, state, opened_by, mut recheck_at) = open?;
+        let next = {
+            // Never dropped for a check: the next event is not lost.
+            let next = events.next();
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    _ = state.shutdown().cancelled() => return None,
+                    next = &mut next => break next,
+                    _ = tokio::time::sleep_until(recheck_at), if opened_by.is_some() => {
+                        if let Err(error) = minter_works(&state, opened_by.as_deref()).await {
+                            if error.status_and_message().0 == StatusCode::UNAUTHORIZED {
+                                return None;
+                            }
+                            // The store is unreachable: the stream's own read
+                            // tells; the token is looked up again next time.
+                        }
+                        recheck_at = tokio::time::Instant::now() + RECHECK_EVERY;
+                    }
+                }
+            }
         };
         match next {
-            Ok(Some(event)) => Some((Ok(event), Some((events, state)))),
+            Ok(Some(event)) => Some((Ok(event), Some((events, state, opened_by, recheck_at)))),
             Ok(None) => None,
             Err(error) => {
                 // The client reconnects with its Last-Event-ID and misses nothing.
@@ -379,18 +431,22 @@ fn ttl_ms() -> utoipa::openapi::Schema {
 pub struct StreamToken {
     /// Pass it as `?access_token=` to the streams it names.
     pub token: String,
-    /// When it stops working.
+    /// When it stops working: `ttl_ms` from now, or the minting token's
+    /// expiry if that is sooner.
     pub expires_at: chrono::DateTime<Utc>,
 }
 
 /// Mint a short-lived read-only token for some jobs' and batches' event
 /// streams, for a browser's `EventSource` (which cannot send headers). Ids
-/// of jobs or batches that do not exist are refused (422).
+/// of jobs or batches that do not exist are refused (422). A token minted
+/// with a stored token expires no later than it, and stops working when it
+/// is revoked.
 #[utoipa::path(post, path = "/v1/stream-tokens", tag = "events", request_body = StreamTokenRequest,
     responses((status = 201, body = StreamToken), (status = 400, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub async fn mint_stream_token(
     State(state): State<AppState>,
+    Extension(access): Extension<Access>,
     ApiJson(request): ApiJson<StreamTokenRequest>,
 ) -> Result<(StatusCode, Json<StreamToken>), ApiError> {
     let ids = request.jobs.len() + request.batches.len();
@@ -432,11 +488,12 @@ pub async fn mint_stream_token(
             format!("must be from 1 to {MAX_TTL_MS} (24 hours)"),
         ));
     }
-    let grant = StreamGrant {
-        jobs: request.jobs.into_iter().map(JobId).collect(),
-        batches: request.batches,
-        expires_at: Utc::now() + chrono::Duration::milliseconds(ttl_ms),
-    };
+    let grant = StreamGrant::new(
+        access.stored().map(|token| &**token),
+        request.jobs.into_iter().map(JobId).collect(),
+        request.batches,
+        Utc::now() + chrono::Duration::milliseconds(ttl_ms),
+    );
     let token = grant.sign(state.config().token.as_deref());
     Ok((
         StatusCode::CREATED,

@@ -127,6 +127,7 @@ pub(super) async fn require_login(
     if let Some(ctx) = request.extensions_mut().get_mut::<Ctx>() {
         ctx.can_manage = access.allows(Scope::Manage) && !access.is_queue_limited();
         ctx.can_change_queues = access.allows(Scope::Queues) && !access.is_queue_limited();
+        ctx.token = access.stored().cloned();
     }
     let response = next.run(request).await;
     if let Some((_, action)) = change {

@@ -121,6 +121,7 @@ pub(super) async fn show(
     let events = batch.finished_at.is_none().then(|| {
         stream_url(
             &state,
+            &ctx,
             &format!("/v1/batches/{}/events", batch.id),
             Vec::new(),
             vec![batch.id.0],

@@ -86,7 +86,7 @@ pub(super) async fn page(
         html! {
             h1 { "Job #" (job.id) " " code { (job.kind) } }
             div data-live={ "/jobs/" (job.id) "/live" } data-interval="2000"
-                data-events=[(!job.state.is_finished()).then(|| events_url(&state, job.id))] { (status(&job)) }
+                data-events=[(!job.state.is_finished()).then(|| events_url(&state, &ctx, job.id))] { (status(&job)) }
             @if let Some(held) = &held {
                 p.held data-held=(held.reason.as_str()) {
                     strong { "Held back: " } (held.message)
@@ -142,9 +142,10 @@ pub(super) async fn page(
 }
 
 /// The job's event stream, with a token for it.
-fn events_url(state: &AppState, id: JobId) -> String {
+fn events_url(state: &AppState, ctx: &Ctx, id: JobId) -> String {
     stream_url(
         state,
+        ctx,
         &format!("/v1/jobs/{id}/events"),
         vec![id],
         Vec::new(),

@@ -25,6 +25,8 @@ mod queues;
 mod schedules;
 mod workers;
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
@@ -40,6 +42,7 @@ use serde::de::DeserializeOwned;
 use sha2::Sha256;
 
 use grafter_core::JobId;
+use grafter_store::ApiToken;
 
 use crate::api::auth::secrets_match;
 use crate::state::AppState;
@@ -100,6 +103,9 @@ pub struct Ctx {
     pub can_manage: bool,
     /// Whether the caller may pause and resume queues.
     pub can_change_queues: bool,
+    /// The caller's stored token, if it is one: the stream tokens of its
+    /// pages are minted by it (ending when it does).
+    pub token: Option<Arc<ApiToken>>,
 }
 
 /// Marks the answer of a change that was made, for the audit log.
@@ -193,6 +199,7 @@ async fn context(State(state): State<AppState>, mut request: Request, next: Next
         // Set by `auth::require_login` from the caller's scopes.
         can_manage: false,
         can_change_queues: false,
+        token: None,
     };
     request.extensions_mut().insert(ctx.clone());
     let mut response = next.run(request).await;
@@ -348,14 +355,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for PageQuery<T> {
 /// How long a page's stream token works; a page left open longer polls.
 const STREAM_TOKEN_TTL: chrono::Duration = chrono::Duration::hours(1);
 
-/// An event stream's URL (`path`) with a token for these jobs and batches:
-/// the browser's `EventSource` sends no `Authorization` header.
-fn stream_url(state: &AppState, path: &str, jobs: Vec<JobId>, batches: Vec<i64>) -> String {
-    let grant = StreamGrant {
+/// An event stream's URL (`path`) with a token for these jobs and batches,
+/// minted by the caller's token: the browser's `EventSource` sends no
+/// `Authorization` header.
+fn stream_url(
+    state: &AppState,
+    ctx: &Ctx,
+    path: &str,
+    jobs: Vec<JobId>,
+    batches: Vec<i64>,
+) -> String {
+    let grant = StreamGrant::new(
+        ctx.token.as_deref(),
         jobs,
         batches,
-        expires_at: chrono::Utc::now() + STREAM_TOKEN_TTL,
-    };
+        chrono::Utc::now() + STREAM_TOKEN_TTL,
+    );
     let token = grant.sign(state.config().token.as_deref());
     format!("{path}?access_token={token}")
 }
