@@ -215,7 +215,8 @@ impl PostgresStore {
     ///
     /// Fails with `Unavailable` if the database cannot be reached within
     /// [`PostgresConfig::connect_timeout`], and with `Invalid` for a bad URL or
-    /// schema name.
+    /// schema name, or a schema that records a migration this build does not
+    /// know (a later release's: upgrade first).
     pub async fn connect(config: PostgresConfig) -> Result<Self> {
         let schema = Schema::new(config.schema.clone())?;
         let mut pg_config: tokio_postgres::Config = config
@@ -262,6 +263,9 @@ impl PostgresStore {
             store.migrate().await?;
         } else {
             store.db.ping().await?;
+            // Not migrating is no licence to run on a schema from a later
+            // release.
+            migrations::check(&store.db.client().await?).await?;
         }
         match limits::reread(&store.db.pool).await {
             Ok(names) => store.db.limited.replace(names),

@@ -2,7 +2,7 @@
 //! lock, so that several nodes starting at once neither race nor half-apply.
 
 use deadpool_postgres::Object;
-use grafter_store::Result;
+use grafter_store::{Result, StoreError};
 use tokio_postgres::types::ToSql;
 
 use crate::error::pg_error_in;
@@ -68,6 +68,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
 ];
 
+/// The newest migration this build knows.
+const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 /// First key of the advisory lock (the second is the schema's hash), so the lock
 /// does not collide with an application's own advisory locks by accident.
 /// The bytes spell "grft".
@@ -128,6 +131,9 @@ pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i3
         .iter()
         .map(|row| row.get(0))
         .collect();
+    // Under the lock, so a newer node's migration is either all seen or not
+    // begun: an older node never applies its migrations beside it.
+    refuse_unknown(&done)?;
     let mut applied = Vec::new();
     for &(version, sql) in MIGRATIONS {
         if done.contains(&version) {
@@ -153,4 +159,47 @@ pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i3
         .await
         .map_err(context("committing migrations"))?;
     Ok(applied)
+}
+
+/// Fails when the store's schema records a migration this build does not
+/// know; nothing when it has no `grafter_migrations` yet (not migrated). For
+/// a node that does not migrate on connect.
+pub(crate) async fn check(client: &Object) -> Result<()> {
+    let context = |doing: &'static str| move |e| pg_error_in(doing, e);
+    let rows = client
+        .query("SELECT version FROM grafter_migrations", &[])
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        // Not created yet: nothing to refuse.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(())
+        }
+        Err(e) => return Err(context("reading grafter_migrations")(e)),
+    };
+    let done: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    refuse_unknown(&done)
+}
+
+/// Fails (`Invalid`) if `done` holds a version this build does not know:
+/// one a later release applied, or one no release has. Running on a newer
+/// schema would read and write it as if it were this build's, half
+/// honouring a later release's tables, triggers and functions.
+fn refuse_unknown(done: &[i32]) -> Result<()> {
+    if let Some(&newest) = done.iter().max().filter(|&&v| v > LATEST) {
+        return Err(StoreError::Invalid(format!(
+            "the database's schema is at version {newest}, newer than this grafter's \
+             {LATEST} (a later release migrated it): upgrade grafter to open it"
+        )));
+    }
+    if let Some(&unknown) = done
+        .iter()
+        .find(|v| !MIGRATIONS.iter().any(|(known, _)| known == *v))
+    {
+        return Err(StoreError::Invalid(format!(
+            "the database records schema version {unknown}, which no grafter release has \
+             (this one knows 1 to {LATEST}): refusing to open it"
+        )));
+    }
+    Ok(())
 }

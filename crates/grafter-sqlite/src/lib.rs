@@ -25,8 +25,11 @@ mod queues;
 mod readers;
 mod row;
 mod schedules;
+mod serve_lock;
 mod workers;
 mod writer;
+
+pub use serve_lock::ServeLock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +73,9 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies migrations.
+    ///
+    /// Fails with `Invalid` when the file records a migration this build does
+    /// not know: a later release's (upgrade first), or a version no release has.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let writer_path = path.clone();

@@ -1,5 +1,6 @@
 //! Numbered migrations, applied in order on open, each in its own transaction.
 
+use grafter_store::StoreError;
 use rusqlite::Connection;
 
 /// (version, SQL). Append only: a released migration never changes.
@@ -51,9 +52,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
-/// Brings the schema up to date.
-pub fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
-    apply_up_to(conn, i64::MAX)
+/// The newest migration this build knows.
+pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Brings the schema up to date. Refuses (`Invalid`, changing nothing) a
+/// database that records a migration this build does not know: one a later
+/// release applied, or a version no release has.
+pub fn apply(conn: &mut Connection) -> grafter_store::Result<()> {
+    let sqlite = |e: rusqlite::Error| StoreError::Backend(format!("migrating: {e}"));
+    create_table(conn).map_err(sqlite)?;
+    refuse_unknown(conn)?;
+    apply_up_to(conn, i64::MAX).map_err(sqlite)
 }
 
 /// The newest migration applied.
@@ -66,15 +75,44 @@ pub fn schema_version(conn: &Connection) -> grafter_store::Result<i64> {
     .map_err(crate::error::backend)
 }
 
-/// Applies the migrations up to and including `last`: all of them on open;
-/// fewer in tests, to make a database as an older release left it.
-fn apply_up_to(conn: &mut Connection, last: i64) -> rusqlite::Result<()> {
+fn create_table(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS grafter_migrations (
             version    INTEGER PRIMARY KEY,
             applied_at INTEGER NOT NULL
         )",
-    )?;
+    )
+}
+
+/// Fails if `grafter_migrations` records a version this build does not
+/// know. Running on a newer schema would read and write it as if it were
+/// this build's: a later release's tables, triggers and constraints would
+/// be half honoured and the database left as no release wrote it.
+fn refuse_unknown(conn: &Connection) -> grafter_store::Result<()> {
+    let (newest, oldest): (Option<i64>, Option<i64>) = conn
+        .query_row(
+            "SELECT max(version), min(version) FROM grafter_migrations",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(|e| StoreError::Backend(format!("reading grafter_migrations: {e}")))?;
+    match (newest, oldest) {
+        (Some(newest), _) if newest > LATEST => Err(StoreError::Invalid(format!(
+            "the database's schema is at version {newest}, newer than this grafter's \
+             {LATEST} (a later release migrated it): upgrade grafter to open it"
+        ))),
+        (_, Some(oldest)) if oldest < 1 => Err(StoreError::Invalid(format!(
+            "the database records schema version {oldest}, which no grafter release has \
+             (this one knows 1 to {LATEST}): refusing to open it"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Applies the migrations up to and including `last`: all of them on open;
+/// fewer in tests, to make a database as an older release left it.
+fn apply_up_to(conn: &mut Connection, last: i64) -> rusqlite::Result<()> {
+    create_table(conn)?;
     for &(version, sql) in MIGRATIONS
         .iter()
         .take_while(|(version, _)| *version <= last)
@@ -101,6 +139,14 @@ fn apply_up_to(conn: &mut Connection, last: i64) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `refuse_unknown` takes for granted: the versions are 1 to
+    /// `LATEST`, each once, so any outside that range is unknown.
+    #[test]
+    fn versions_run_from_one_without_gaps() {
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, (1..=LATEST).collect::<Vec<_>>());
+    }
 
     /// The indexes and triggers on `jobs`, each as (type, name, SQL with its
     /// white space folded).

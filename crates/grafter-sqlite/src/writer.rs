@@ -98,8 +98,11 @@ impl Writer {
                 path.display()
             ))
         })?;
-        migrations::apply(&mut conn)
-            .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
+        migrations::apply(&mut conn).map_err(|e| match e {
+            StoreError::Invalid(m) => StoreError::Invalid(format!("{}: {m}", path.display())),
+            StoreError::Backend(m) => StoreError::Backend(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
         let (ops, queue) = mpsc::channel::<Box<dyn Op>>();
         std::thread::Builder::new()
             .name("grafter-sqlite-writer".into())
