@@ -116,6 +116,11 @@ pub fn init_logging() {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written is lost, nothing more: the
+        // fallback report of it goes through `eprintln!`, which panics on a
+        // closed stderr (a log shipper that went away) inside whatever task
+        // was logging, shutdown's own included.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -123,6 +128,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     init_logging();
     let config = args.into_config()?;
 
+    // Held until the process ends: one server owns a SQLite file.
+    let _lock = lock_sqlite(&config.database)?;
     let store = grafter_engine::open(&config.database, &config.postgres)
         .await
         .map_err(|e| format!("cannot open database {}: {e}", redact(&config.database)))?;
@@ -141,6 +148,30 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     grafter_server::serve(listener, store, config, shutdown).await?;
     tracing::info!("Grafter stopped");
     Ok(())
+}
+
+/// Takes the lock of the SQLite file `database` names (see
+/// [`grafter_sqlite::ServeLock`]); none for PostgreSQL, an in-memory
+/// database or a `file:` URI.
+fn lock_sqlite(database: &str) -> Result<Option<grafter_sqlite::ServeLock>, Failure> {
+    let Some(path) = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+    else {
+        return Ok(None);
+    };
+    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
+        return Ok(None);
+    }
+    let lock = grafter_sqlite::ServeLock::acquire(std::path::Path::new(path)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            e.to_string()
+        } else {
+            format!("cannot serve {database}: {e}")
+        }
+    })?;
+    tracing::debug!(lock = %lock.path().display(), "holding the SQLite file's serve lock");
+    Ok(Some(lock))
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -20,6 +20,73 @@ use common::{
     FAST_CONFIG, PATIENCE,
 };
 
+/// A server whose stderr closes (the log shipper reading it went away) goes
+/// on serving and still stops on SIGTERM: a log line it cannot write is
+/// lost, and nothing panics over it, at start-up or in the shutdown.
+#[tokio::test]
+async fn a_closed_stderr_neither_stops_the_server_nor_its_shutdown() {
+    use std::io::BufRead;
+    let dir = temp_dir();
+    let port = free_port();
+    let mut child = grafter()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.path().join("jobs.db").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn grafter serve");
+    // Its first log line, then no reader: every later line meets a closed pipe.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    stderr
+        .read_line(&mut first)
+        .expect("read the first log line");
+    drop(stderr);
+
+    let http = http_client();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("grafter serve exited ({status}) once its stderr closed");
+        }
+        if let Ok(answer) = http.get(format!("{base}/livez")).send().await {
+            if answer.status().is_success() {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"kind": "k"}))
+        .send()
+        .await
+        .expect("enqueue");
+    assert_eq!(answer.status(), StatusCode::CREATED);
+
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("sh")
+        .args(["-c", "kill -TERM \"$0\"", &pid])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let stop_by = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > stop_by {
+            let _ = child.kill();
+            panic!("grafter serve still running 15 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exited with {status} after SIGTERM");
+}
+
 /// A server on the SQLite file `dir/jobs.db`, configured by `dir/grafter.toml`
 /// (written with [`FAST_CONFIG`] if missing).
 async fn start(dir: &Path) -> Server {
@@ -571,18 +638,20 @@ async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
         .await
         .expect("--insecure insists");
     insecure.kill().await.expect("kill");
-    let with_token = serve_open(
+    // Each killed and waited for before the next starts: one server owns a
+    // SQLite file, and the next is refused while the last has not exited.
+    let mut with_token = serve_open(
         dir.path(),
         &format!("0.0.0.0:{}", free_port()),
         &["--token", "a-token-of-sixteen-or-more"],
     )
     .await
     .expect("a token makes it safe");
-    drop(with_token);
-    let loopback = serve_open(dir.path(), &format!("127.0.0.1:{}", free_port()), &[])
+    with_token.kill().await.expect("kill");
+    let mut loopback = serve_open(dir.path(), &format!("127.0.0.1:{}", free_port()), &[])
         .await
         .expect("loopback needs no token");
-    drop(loopback);
+    loopback.kill().await.expect("kill");
 }
 
 #[tokio::test]

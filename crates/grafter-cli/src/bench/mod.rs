@@ -239,6 +239,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .init();
     let target = Target::prepare(args.database.as_deref()).await?;
     if !target.durability_is_default() {
