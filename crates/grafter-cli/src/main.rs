@@ -9,6 +9,7 @@ mod schedules;
 mod serve;
 mod tokens;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            error_line(&format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -137,10 +138,16 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
         Err(Failure::Message(message)) => {
-            eprintln!("error: {message}");
+            error_line(&message);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Says why the command failed on stderr; a closed stderr is not a reason to
+/// panic on the way out (`eprintln!` would).
+fn error_line(message: &str) {
+    let _ = writeln!(std::io::stderr(), "error: {message}");
 }
 
 /// A path argument that must exist.
@@ -155,12 +162,15 @@ pub fn existing_file(s: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// A duration the API accepts (e.g. 30s, 5m, 2h): humantime's syntax, at
-/// most [`grafter_core::time::MAX_DURATION`]. Checked here so that the flag is
-/// named in the error and no later sum or conversion to milliseconds can
-/// overflow.
+/// A duration the API accepts (e.g. 30s, 5m, 2h): humantime's syntax, whole
+/// milliseconds, at most [`grafter_core::time::MAX_DURATION`]. Checked here so
+/// that the flag is named in the error, no part of it is silently dropped in
+/// the conversion to the API's milliseconds, and no later sum can overflow.
 pub fn api_duration(s: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err("must be whole milliseconds (e.g. 1ms, 250ms, 2s), the API's unit".into());
+    }
     let max = grafter_core::time::MAX_DURATION;
     if duration > max {
         // humantime's `y` is 365.25 days, the API's year 365: say it in days.

@@ -65,6 +65,15 @@ async fn durations_beyond_the_api_limit_are_refused_naming_the_flag() {
             "{args:?}: {text}"
         );
     }
+    // Below the API's millisecond: refused, not rounded down to nothing.
+    for args in [
+        vec!["enqueue", "k", "--timeout", "1ns"],
+        vec!["enqueue", "k", "--delay", "1500us"],
+    ] {
+        let (ok, code, text) = cli(&server, cwd, &args).await;
+        assert!(!ok && code == Some(2), "{args:?} was not refused: {text}");
+        assert!(text.contains("whole milliseconds"), "{args:?}: {text}");
+    }
     let (status, page) = server.get("/v1/jobs?limit=10").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["jobs"], json!([]), "a refused enqueue stored a job");
