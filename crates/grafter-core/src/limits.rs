@@ -2,9 +2,8 @@
 //! start per period, for the whole queue or for each partition of it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::job::{Job, ValidationError, MAX_NAME_LEN};
+use crate::job::{ValidationError, MAX_NAME_LEN};
 
 /// Most jobs a concurrency limit may allow at once.
 pub const MAX_CONCURRENCY: i64 = 100_000;
@@ -124,16 +123,6 @@ impl QueueLimits {
             (a, b) => a.or(b),
         }
     }
-
-    /// The partition `job` belongs to under these limits (see
-    /// [`partition_key`]).
-    pub fn partition_of(&self, job: &Job) -> String {
-        match self.partition_by() {
-            PartitionBy::Queue => String::new(),
-            PartitionBy::Field => job.partition.clone().unwrap_or_default(),
-            PartitionBy::Args(path) => partition_key(&job.args, &path),
-        }
-    }
 }
 
 fn parse_partition_by(text: Option<&str>) -> Result<PartitionBy, ValidationError> {
@@ -174,29 +163,6 @@ fn parse_partition_by(text: Option<&str>) -> Result<PartitionBy, ValidationError
 /// `partition` field may be (and fits any index of the stores').
 pub const MAX_PARTITION_CHARS: usize = 255;
 
-/// A job's partition under `args.<path>`: the string at the path; a number's
-/// or boolean's JSON text; the empty partition for null or nothing there; the
-/// JSON text of an object or array; its first [`MAX_PARTITION_CHARS`]
-/// characters. Stores compute the same in SQL.
-pub fn partition_key(args: &Value, path: &[String]) -> String {
-    let mut at = args;
-    for key in path {
-        match at.get(key) {
-            Some(next) => at = next,
-            None => return String::new(),
-        }
-    }
-    let whole = match at {
-        Value::Null => return String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    match whole.char_indices().nth(MAX_PARTITION_CHARS) {
-        Some((cut, _)) => whole[..cut].to_owned(),
-        None => whole,
-    }
-}
-
 /// Why an available job is not being started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -234,7 +200,7 @@ pub struct Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn limits(value: Value) -> QueueLimits {
         serde_json::from_value(value).unwrap()
@@ -291,17 +257,6 @@ mod tests {
     }
 
     #[test]
-    fn a_long_value_counts_by_its_first_characters() {
-        let path = ["c".to_owned()];
-        let long = "é".repeat(MAX_PARTITION_CHARS + 10);
-        let key = partition_key(&json!({ "c": long }), &path);
-        assert_eq!(key.chars().count(), MAX_PARTITION_CHARS);
-        assert!(long.starts_with(&key));
-        let short = "é".repeat(MAX_PARTITION_CHARS);
-        assert_eq!(partition_key(&json!({ "c": short }), &path), short);
-    }
-
-    #[test]
     fn partitions_come_from_the_field_or_a_path() {
         let ok = limits(json!({"concurrency": 2, "partition_by": "args.customer.id"}));
         ok.validate().unwrap();
@@ -309,15 +264,6 @@ mod tests {
             ok.partition_by(),
             PartitionBy::Args(vec!["customer".into(), "id".into()])
         );
-        let path = ["customer".to_owned(), "id".to_owned()];
-        assert_eq!(
-            partition_key(&json!({"customer": {"id": "acme"}}), &path),
-            "acme"
-        );
-        assert_eq!(partition_key(&json!({"customer": {"id": 42}}), &path), "42");
-        assert_eq!(partition_key(&json!({"customer": {"id": null}}), &path), "");
-        assert_eq!(partition_key(&json!({"customer": 1}), &path), "");
-        assert_eq!(partition_key(&json!([]), &path), "");
         let field =
             limits(json!({"rate": {"count": 1, "period_ms": 1000}, "partition_by": "partition"}));
         field.validate().unwrap();

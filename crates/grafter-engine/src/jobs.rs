@@ -619,6 +619,7 @@ impl Engine {
             .store
             .queue_limit_usage(LimitUsageQuery {
                 queue: job.queue.clone(),
+                job: Some(job.id),
                 now: self.now(),
             })
             .await?;
@@ -642,7 +643,12 @@ impl Engine {
     }
 }
 
-/// What of `usage` holds `job` back (see [`Engine::held`]).
+/// What of `usage` holds `job` back (see [`Engine::held`]). The job's
+/// partition is the one its store computed from its row
+/// ([`LimitUsage::job_partition`]), by the expression the store's admission
+/// counts by: computed in Rust, a value of the args the store writes
+/// otherwise (PostgreSQL: `{"a": 1}`, `1e23` in full) would name no
+/// partition's usage. No partition: the job has left the queue.
 fn held_by(job: &Job, usage: &LimitUsage) -> Option<Held> {
     if usage.paused {
         return Some(Held {
@@ -651,7 +657,7 @@ fn held_by(job: &Job, usage: &LimitUsage) -> Option<Held> {
         });
     }
     let limits = usage.limits.as_ref()?;
-    let partition = limits.partition_of(job);
+    let partition = usage.job_partition.as_deref()?;
     let used = usage
         .partitions
         .iter()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Pool};
 use grafter_core::limits::PartitionBy;
-use grafter_core::{time, LeasedJob, QueueLimits, Timestamp};
+use grafter_core::{time, JobId, LeasedJob, QueueLimits, Timestamp};
 use grafter_store::admission::{Admission, Offer};
 use grafter_store::{JobsFetch, LimitUsage, LimitUsageQuery, Limited, Result, StoreError};
 use tokio_postgres::types::{Json, ToSql};
@@ -98,6 +98,29 @@ async fn running(
             Ok((row.try_get(0).map_err(pg_error)?, n.max(0) as u64))
         })
         .collect()
+}
+
+/// The partition of job `id` of `queue` by the expression admission counts
+/// by ([`partition_key!`] on its row); `None` if no such job is on `queue`.
+async fn partition_of_job(
+    client: &impl GenericClient,
+    queue: &str,
+    id: JobId,
+    by: &PartitionBy,
+) -> Result<Option<String>> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        partition_key!(),
+        " FROM jobs WHERE id = $1 AND queue = $4"
+    );
+    let (kind, path) = partition_params(by);
+    let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
+    client
+        .query_opt(&stmt, &[&id.0, &kind, &path, &queue])
+        .await
+        .map_err(pg_error)?
+        .map(|row| row.try_get(0).map_err(pg_error))
+        .transpose()
 }
 
 /// Starts of `queue` per partition after `cut`: (count, the N-th newest
@@ -567,11 +590,15 @@ impl Db {
         let Some(limits) = limits else {
             return Ok(LimitUsage {
                 paused,
-                limits: None,
-                partitions: Vec::new(),
+                ..LimitUsage::default()
             });
         };
-        let running = running(&client, &params.queue, &limits.partition_by()).await?;
+        let by = limits.partition_by();
+        let job_partition = match params.job {
+            Some(id) => partition_of_job(&client, &params.queue, id, &by).await?,
+            None => None,
+        };
+        let running = running(&client, &params.queue, &by).await?;
         let started = match limits.rate {
             Some(rate) => {
                 let cut = time::before(
@@ -582,7 +609,10 @@ impl Db {
             }
             None => HashMap::new(),
         };
-        Ok(LimitUsage::of(paused, limits, running, started))
+        Ok(LimitUsage {
+            job_partition,
+            ..LimitUsage::of(paused, limits, running, started)
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use grafter_core::limits::PartitionBy;
-use grafter_core::{LeasedJob, QueueLimits};
+use grafter_core::{JobId, LeasedJob, QueueLimits};
 use grafter_store::admission::{Admission, Offer};
 use grafter_store::{
     JobsFetch, LimitUsage, LimitUsageQuery, Limited, QueueInfo, QueueLimitsSet, Result, StoreError,
@@ -85,6 +85,27 @@ fn running(conn: &Connection, queue: &str, by: &PartitionBy) -> Result<HashMap<S
     };
     rows.and_then(|rows| rows.collect::<rusqlite::Result<HashMap<_, _>>>())
         .map_err(backend)
+}
+
+/// The partition of job `id` of `queue` by the expression admission counts
+/// by ([`partition_sql`] on its row); `None` if no such job is on `queue`.
+fn partition_of_job(
+    conn: &Connection,
+    queue: &str,
+    id: JobId,
+    by: &PartitionBy,
+) -> Result<Option<String>> {
+    let sql = format!(
+        "SELECT {key} FROM jobs WHERE id = ?1 AND queue = ?2",
+        key = partition_sql(by).replace("?9", "?3")
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let row = if matches!(by, PartitionBy::Args(_)) {
+        stmt.query_row(params![id.0, queue, json_path(by)], |row| row.get(0))
+    } else {
+        stmt.query_row(params![id.0, queue], |row| row.get(0))
+    };
+    row.optional().map_err(backend)
 }
 
 fn count_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u64)> {
@@ -296,11 +317,15 @@ pub fn queue_limit_usage(conn: &Connection, params: &LimitUsageQuery) -> Result<
     let Some(limits) = limits else {
         return Ok(LimitUsage {
             paused,
-            limits: None,
-            partitions: Vec::new(),
+            ..LimitUsage::default()
         });
     };
-    let running = running(conn, &params.queue, &limits.partition_by())?;
+    let by = limits.partition_by();
+    let job_partition = match params.job {
+        Some(id) => partition_of_job(conn, &params.queue, id, &by)?,
+        None => None,
+    };
+    let running = running(conn, &params.queue, &by)?;
     let started = match limits.rate {
         Some(rate) => {
             let now = micros(params.now);
@@ -312,5 +337,8 @@ pub fn queue_limit_usage(conn: &Connection, params: &LimitUsageQuery) -> Result<
         }
         None => HashMap::new(),
     };
-    Ok(LimitUsage::of(paused, limits, running, started))
+    Ok(LimitUsage {
+        job_partition,
+        ..LimitUsage::of(paused, limits, running, started)
+    })
 }

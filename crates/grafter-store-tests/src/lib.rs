@@ -118,6 +118,7 @@ macro_rules! conformance_suite {
             limits_are_kept_listed_and_removed,
             push_concurrency_and_limits_both_hold,
             held_says_what_holds_a_job_back,
+            held_names_the_partition_its_store_counts,
             a_freed_slot_wakes_a_waiting_fetch,
             a_full_rate_window_wakes_its_waiting_fetch_when_it_frees,
             jobs_list_by_schedule,

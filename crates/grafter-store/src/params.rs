@@ -481,6 +481,11 @@ pub struct QueueLimitsSet {
 pub struct LimitUsageQuery {
     /// The queue.
     pub queue: String,
+    /// A job of the queue whose partition to report in
+    /// [`LimitUsage::job_partition`] (what holds it back is read from its
+    /// partition's usage), or `None` (the queue's usage alone, as for
+    /// metrics).
+    pub job: Option<JobId>,
     /// Current time (the rate window ends here).
     pub now: Timestamp,
 }
@@ -495,6 +500,15 @@ pub struct LimitUsage {
     /// Each partition with jobs running or started within the rate window,
     /// by name (the empty name: the whole queue, or jobs with no partition).
     pub partitions: Vec<PartitionUsage>,
+    /// The partition of the job asked about ([`LimitUsageQuery::job`]),
+    /// computed by the store from the job's row with the very expression its
+    /// admission counts by, so it names an entry of `partitions` whenever
+    /// that partition has jobs running or started (a value of the job's args
+    /// may be written otherwise than in Rust: PostgreSQL prints
+    /// `{"a": 1}` and `1e23` as `100000000000000000000000`). `None` when no
+    /// job was asked about, the queue has no limits, or the job is not on
+    /// the queue.
+    pub job_partition: Option<String>,
 }
 
 impl LimitUsage {
@@ -528,6 +542,7 @@ impl LimitUsage {
                 .into_iter()
                 .map(|(partition, u)| PartitionUsage { partition, ..u })
                 .collect(),
+            job_partition: None,
         }
     }
 }

@@ -96,6 +96,7 @@ pub async fn metrics(
             .store()
             .queue_limit_usage(LimitUsageQuery {
                 queue: queue.name.clone(),
+                job: None,
                 now: state.engine().now(),
             })
             .await?;

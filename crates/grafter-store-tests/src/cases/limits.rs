@@ -39,6 +39,7 @@ async fn set_limits(store: &S, queue: &str, value: Option<Value>, now: Timestamp
 async fn running_per_partition(store: &S, queue: &str, now: Timestamp) -> HashMap<String, u64> {
     let usage = store.queue_limit_usage(LimitUsageQuery {
         queue: queue.into(),
+        job: None,
         now,
     });
     let partitions = usage.await.unwrap().partitions;
@@ -333,6 +334,7 @@ pub async fn a_full_partition_never_blocks_another(store: S) {
     let usage = store
         .queue_limit_usage(LimitUsageQuery {
             queue: "q".into(),
+            job: None,
             now,
         })
         .await
@@ -728,6 +730,99 @@ pub async fn held_says_what_holds_a_job_back(store: S) {
         None,
         "the window moved on"
     );
+}
+
+/// An `args.` partition whose value is an object, an array or a number in
+/// exponent notation is held back by its partition's usage as the store
+/// counts it: the store reports the job's partition from its row with the
+/// expression its admission uses (PostgreSQL writes `{"a": 1}` and `1e23`
+/// as `100000000000000000000000`, where Rust writes `{"a":1}` and `1e23`),
+/// and `held` names that partition; a job of a free partition is not held.
+pub async fn held_names_the_partition_its_store_counts(store: S) {
+    let now = t0();
+    let (engine, _clock) = engine(&store, now);
+    let per = json!({"concurrency": 1, "partition_by": "args.p"});
+    engine
+        .queue_set_limits("objp", Some(limits(per)))
+        .await
+        .unwrap();
+    let job = |p: Value| {
+        let mut job = NewJob::new("k", json!({ "p": p }));
+        job.queue = "objp".into();
+        job
+    };
+    let values = [
+        json!({"a": 1, "b": [true, null]}),
+        json!([1, "x", {"c": 2}]),
+        json!(1e23),
+    ];
+    let mut second = Vec::new();
+    for value in &values {
+        engine.enqueue(job(value.clone())).await.unwrap();
+        second.push(engine.enqueue(job(value.clone())).await.unwrap().job);
+    }
+    let request = FetchRequest {
+        queues: vec!["objp".into()],
+        max: 10,
+        wait: Duration::ZERO,
+        lease: None,
+        worker_id: Some("w".into()),
+        running_limit: None,
+    };
+    let running = engine
+        .fetch(request.clone(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(running.len(), values.len(), "one per partition");
+    assert!(engine
+        .fetch(request, std::future::pending())
+        .await
+        .unwrap()
+        .is_empty());
+    for (value, waiting) in values.iter().zip(&second) {
+        let usage = store
+            .queue_limit_usage(LimitUsageQuery {
+                queue: "objp".into(),
+                job: Some(waiting.id),
+                now,
+            })
+            .await
+            .unwrap();
+        let partition = usage.job_partition.clone().expect("the job's partition");
+        let counted = usage.partitions.iter().find(|p| p.partition == partition);
+        assert_eq!(
+            counted.map(|p| p.running),
+            Some(1),
+            "{value}: {partition:?} among {:?}",
+            usage.partitions
+        );
+        let held = engine
+            .held(&get(&store, waiting.id).await)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{value} ({partition:?}) is held"));
+        assert_eq!(held.reason, HeldReason::Concurrency, "{value}");
+        assert_eq!(
+            held.message,
+            format!("concurrency 1 of 1 in use for partition {partition:?} of queue \"objp\""),
+            "{value}"
+        );
+    }
+    for value in [json!({"a": 2}), json!([2]), json!(2e23)] {
+        let free = engine.enqueue(job(value.clone())).await.unwrap().job;
+        assert_eq!(engine.held(&free).await.unwrap(), None, "{value}");
+    }
+    // Without a job asked about, no partition is reported.
+    let usage = store
+        .queue_limit_usage(LimitUsageQuery {
+            queue: "objp".into(),
+            job: None,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(usage.job_partition, None);
+    assert_eq!(usage.partitions.len(), values.len());
 }
 
 /// A fetch waiting on a limited queue held back by its concurrency wakes
