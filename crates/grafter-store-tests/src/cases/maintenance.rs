@@ -11,12 +11,15 @@ use serde_json::json;
 
 use super::{complete_params, fail_params, fetch, fetch_params, get, insert, ms, no_jitter, t0, S};
 
+/// Past `lease_expires_at` a lease is still current until the rescuer takes
+/// the job back: an outcome arriving in between is recorded (docs/protocol.md).
 pub async fn rescue_ends_expired_leases_as_failed_attempts(store: S) {
     let now = t0();
     let mut last = NewJob::new("last", json!({}));
     last.max_attempts = 1;
-    insert(&store, vec![NewJob::new("k", json!({})), last], now).await;
-    let leased = fetch(&store, "default", 2, now).await;
+    let late = NewJob::new("late", json!({}));
+    insert(&store, vec![NewJob::new("k", json!({})), last, late], now).await;
+    let leased = fetch(&store, "default", 3, now).await;
     let rescue = |now| JobsRescue {
         now,
         limit: 10,
@@ -29,6 +32,11 @@ pub async fn rescue_ends_expired_leases_as_failed_attempts(store: S) {
             .unwrap(),
         0
     );
+    let acked = store
+        .job_complete(complete_params(&leased[2], now + ms(30_500)))
+        .await
+        .expect("an outcome after the lease's end, before the rescue, is recorded");
+    assert_eq!(acked.state, JobState::Completed);
     assert_eq!(
         store
             .jobs_rescue_expired(rescue(now + ms(30_000)))
