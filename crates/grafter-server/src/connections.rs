@@ -14,14 +14,27 @@
 //! idle clock runs only between requests: from when the last answer's body
 //! has been sent, so an event stream is never idle. A request being answered
 //! (a long-poll included) has no deadline once its body has arrived.
+//!
+//! A late header or idle connection is closed without a word: no request
+//! was made. A late body is answered: the body being read fails with
+//! [`BodyTimedOut`] at its deadline, so whatever was reading it answers a JSON
+//! 408 (`request_timeout`), and the connection closes once that is sent (the
+//! rest of the body would be read as the next request). A connection whose
+//! body is neither read nor let go of (no route holds one) is closed a little
+//! later, `UNREAD_BODY_GRACE` past the deadline.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -29,12 +42,38 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::HttpSettings;
+use crate::error::ApiError;
+
+/// How long past its body's deadline a connection is kept when nothing has
+/// read the body to fail it: room for the 408 of a body that failed at its
+/// deadline to be sent before the connection's own deadline closes it.
+const UNREAD_BODY_GRACE: Duration = Duration::from_secs(5);
+
+/// The error of a request body that did not all arrive within
+/// `body_read_timeout` of its headers.
+#[derive(Debug)]
+pub(crate) struct BodyTimedOut {
+    /// The timeout it missed.
+    pub(crate) after: Duration,
+}
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive within {} ms",
+            self.after.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
 
 /// Accepts connections until `shutdown` fires, then stops accepting, asks
 /// every connection to close once its request in flight is answered, and
@@ -87,6 +126,9 @@ struct ConnectionClock {
     /// Tells the serving task the deadline moved (a stored permit, so no
     /// change is missed between two looks).
     moved: Notify,
+    /// The request's body missed its deadline: its answer is a 408 that
+    /// closes the connection.
+    body_timed_out: AtomicBool,
 }
 
 impl ConnectionClock {
@@ -95,6 +137,7 @@ impl ConnectionClock {
             // A new connection owes its first request's headers at once.
             phase: Mutex::new(Phase::ReadingHeaders(Instant::now())),
             moved: Notify::new(),
+            body_timed_out: AtomicBool::new(false),
         }
     }
 
@@ -122,36 +165,69 @@ impl ConnectionClock {
         }
     }
 
+    /// The request's body missed its deadline and has failed: it is being
+    /// answered (a 408), which the connection's deadline must not cut off.
+    fn body_timed_out(&self) {
+        self.body_timed_out.store(true, Ordering::Relaxed);
+        self.body_done();
+    }
+
+    /// Whether the request's body missed its deadline (asked once per answer).
+    fn take_body_timed_out(&self) -> bool {
+        self.body_timed_out.swap(false, Ordering::Relaxed)
+    }
+
     fn deadline(&self, settings: &HttpSettings) -> Option<Instant> {
         match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
             Phase::Idle(since) => Some(since + settings.idle_timeout()),
             Phase::ReadingHeaders(since) => Some(since + settings.header_read_timeout()),
-            Phase::ReadingBody(since) => Some(since + settings.body_read_timeout()),
+            Phase::ReadingBody(since) => {
+                Some(since + settings.body_read_timeout() + UNREAD_BODY_GRACE)
+            }
             Phase::Answering => None,
         }
     }
 }
 
 /// A request's body, which tells the clock when it has all been read or is
-/// dropped unread (a handler that takes no body drops it before it runs).
+/// dropped unread (a handler that takes no body drops it before it runs),
+/// and fails with [`BodyTimedOut`] when it is read past its deadline.
 struct ClockedRequestBody {
     body: Incoming,
     clock: Arc<ConnectionClock>,
+    /// When the body must have arrived, while it has not; `None` once it
+    /// has, or has failed.
+    deadline: Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
 }
 
 impl Body for ClockedRequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = axum::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
-            self.clock.body_done();
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.deadline = None;
+            this.clock.body_done();
         }
-        polled
+        if polled.is_pending() {
+            if let Some(deadline) = &mut this.deadline {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    this.deadline = None;
+                    this.clock.body_timed_out();
+                    let late = BodyTimedOut {
+                        after: this.timeout,
+                    };
+                    return Poll::Ready(Some(Err(late.into())));
+                }
+            }
+        }
+        polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -269,23 +345,42 @@ async fn serve_connection(
         clock: clock.clone(),
     });
     let request_clock = clock.clone();
+    let body_timeout = settings.body_read_timeout();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        request_clock.set(if request.body().is_end_stream() {
-            Phase::Answering
+        let headers_in = Instant::now();
+        let deadline = if request.body().is_end_stream() {
+            request_clock.set(Phase::Answering);
+            None
         } else {
-            Phase::ReadingBody(Instant::now())
-        });
+            request_clock.set(Phase::ReadingBody(headers_in));
+            Some(Box::pin(tokio::time::sleep_until(
+                headers_in + body_timeout,
+            )))
+        };
         let clock = request_clock.clone();
         let mut request = request.map(|body| ClockedRequestBody {
             body,
             clock: clock.clone(),
+            deadline,
+            timeout: body_timeout,
         });
         // Who is asking, for the wrong-token throttle (as `axum::serve` with
         // connect info would attach it).
         request.extensions_mut().insert(ConnectInfo(peer));
         let answered = app.clone().oneshot(request);
         async move {
-            let response = answered.await?;
+            let mut response = answered.await?;
+            if clock.take_body_timed_out() {
+                // Whatever read the body answers its failure; a reader
+                // that words it otherwise (axum's own) is answered for.
+                if response.status() != StatusCode::REQUEST_TIMEOUT {
+                    response = ApiError::request_timeout(body_timeout).into_response();
+                }
+                // What is left of the body would be read as the next request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, std::convert::Infallible>(
                 response.map(|body| ClockedResponseBody { body, clock }),
             )

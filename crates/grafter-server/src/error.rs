@@ -30,8 +30,9 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `invalid_json`, `invalid_field`,
-    /// `push_target_refused`, `payload_too_large`,
+    /// Stable, machine-readable: `invalid_json`, `invalid_body`,
+    /// `invalid_field`, `push_target_refused`, `payload_too_large`,
+    /// `request_timeout`, `unsupported_encoding`,
     /// `not_found`, `method_not_allowed`, `lease_mismatch`, `invalid_state`,
     /// `unauthorized`, `forbidden`, `cross_origin`, `host_not_allowed`,
     /// `too_many_requests`, `unavailable`, `internal`.
@@ -57,6 +58,38 @@ impl ApiError {
     /// The body is not JSON.
     pub fn invalid_json(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+    }
+
+    /// The body could not be read (a malformed chunked encoding, a
+    /// connection cut mid-body): nothing can be said of its JSON.
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+    }
+
+    /// The body did not all arrive within `timeout` of the headers.
+    pub fn request_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms of its headers \
+                 (setting body_read_timeout_ms)",
+                timeout.as_millis()
+            ),
+        )
+    }
+
+    /// The body has a `Content-Encoding` (`encoding`, as sent) the server
+    /// does not decode: it reads only bodies sent as they are.
+    pub fn unsupported_encoding(encoding: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "the request body has Content-Encoding '{encoding}': the server reads only \
+                 bodies without a Content-Encoding (or 'identity'); send it uncompressed"
+            ),
+        )
     }
 
     /// A field is missing or not acceptable.

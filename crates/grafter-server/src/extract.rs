@@ -1,10 +1,12 @@
 //! Request extractors that answer with our JSON errors instead of axum's text,
-//! and the check of a declared body size that runs before any of them.
+//! and the checks of a declared body size and encoding that run before any
+//! of them.
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
 use axum::http::request::Parts;
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,8 +18,11 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// A JSON body. Any content type is accepted (curl's default form type
-/// included); syntax errors answer 400, missing or mistyped fields 422 naming
-/// the field, bodies over the limit 413. Every body is an object: serde
+/// included); syntax errors answer 400 `invalid_json`, a body that cannot be
+/// read (a malformed chunked encoding) 400 `invalid_body`, one that does not
+/// arrive in time 408 (`connections`), missing or mistyped fields 422 naming
+/// the field, bodies over the limit 413, and encoded bodies (gzip…) 415
+/// before they are read (`refuse_encoded_bodies`). Every body is an object: serde
 /// would also read a struct from an array of its fields in order, which the
 /// API does not offer, so any other JSON value answers 422.
 pub struct ApiJson<T>(pub T);
@@ -59,16 +64,64 @@ pub async fn refuse_declared_oversize_bodies(
     next.run(request).await
 }
 
+/// Answers 415 at once when a request's body has a `Content-Encoding` other
+/// than `identity`: the server does not decompress, and would otherwise read
+/// a gzip body as (bad) JSON or a form, or take a body that says it is
+/// compressed as if it were not. A request without a body is let through:
+/// there is nothing encoded to read.
+pub async fn refuse_encoded_bodies(request: Request, next: Next) -> Response {
+    use hyper::body::Body as _;
+    if !request.body().is_end_stream() {
+        if let Some(encoding) = unsupported_encoding(request.headers()) {
+            let mut response = ApiError::unsupported_encoding(&encoding).into_response();
+            response
+                .headers_mut()
+                .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// The first content coding of `headers` that is not `identity`, as sent
+/// (cut to 64 characters), if any.
+fn unsupported_encoding(headers: &axum::http::HeaderMap) -> Option<String> {
+    for value in headers.get_all(CONTENT_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return Some("(not text)".to_owned());
+        };
+        let coding = text
+            .split(',')
+            .map(str::trim)
+            .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+        if let Some(coding) = coding {
+            return Some(coding.chars().take(64).collect());
+        }
+    }
+    None
+}
+
 /// Whether JSON text that parsed is an object: its first non-blank byte.
 fn starts_an_object(json: &[u8]) -> bool {
     json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
+/// What a body that could not be read answers: 413 over the limit, 408 late
+/// (the connection's deadline, which also closes it), otherwise 400
+/// `invalid_body`: the bytes never all arrived, so nothing is known of their
+/// JSON.
 fn body_error(rejection: BytesRejection) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = source {
+        if let Some(late) = error.downcast_ref::<crate::connections::BodyTimedOut>() {
+            return ApiError::request_timeout(late.after);
+        }
+        source = error.source();
+    }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large()
     } else {
-        ApiError::invalid_json(format!("could not read the request body: {rejection}"))
+        ApiError::invalid_body(format!("could not read the request body: {rejection}"))
     }
 }
 
@@ -88,10 +141,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 Err(e) => {
                     let path = e.path().to_string();
                     let inner = e.into_inner();
-                    Err(ApiError::invalid_field(
-                        field_name(&path, &inner.to_string()),
-                        inner,
-                    ))
+                    let field = field_name(&path, &inner.to_string());
+                    // Valid JSON whose string could not be read as text: serde
+                    // words a lone surrogate by its parser's state ("unexpected
+                    // end of hex escape"); name the escape instead.
+                    let lone = (inner.classify() == serde_json::error::Category::Syntax)
+                        .then(|| lone_surrogate(read_before(bytes, &inner)))
+                        .flatten();
+                    match lone {
+                        Some(escape) => Err(ApiError::invalid_field(
+                            field,
+                            format!(
+                                "invalid \\u escape: {escape} is a lone UTF-16 surrogate, \
+                                 which is not text (a character beyond U+FFFF is written \
+                                 as a pair of them, such as \\ud83d\\ude00)"
+                            ),
+                        )),
+                        None => Err(ApiError::invalid_field(field, inner)),
+                    }
                 }
                 // The value parsed and the body is valid JSON: what follows it was not.
                 Ok(_) => {
@@ -102,6 +169,55 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
         }
     }
+}
+
+/// What the parser had read of `json` when it failed with `error`: the text
+/// up to its line and column (counted in bytes).
+fn read_before<'a>(json: &'a [u8], error: &serde_json::Error) -> &'a [u8] {
+    // Line n starts after the (n-1)th newline.
+    let line_start = match error.line().checked_sub(2) {
+        None => 0,
+        Some(newlines_before) => json
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(newlines_before)
+            .map_or(json.len(), |(at, _)| at + 1),
+    };
+    &json[..line_start.saturating_add(error.column()).min(json.len())]
+}
+
+/// The first `\u` escape in JSON text (that parsed) of a UTF-16 surrogate
+/// without its other half, as written (`\ud800`). Every backslash of valid
+/// JSON text is in a string and starts an escape.
+fn lone_surrogate(json: &[u8]) -> Option<String> {
+    let escape = |at: usize| String::from_utf8_lossy(&json[at..at + 6]).into_owned();
+    // A leading surrogate's escape, waiting for its trailing one right after it.
+    let mut leading: Option<usize> = None;
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            if let Some(at) = leading {
+                return Some(escape(at));
+            }
+            i += 1;
+            continue;
+        }
+        let unit = (json.get(i + 1) == Some(&b'u'))
+            .then(|| json.get(i + 2..i + 6))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+        match (unit, leading.take()) {
+            (Some(0xDC00..=0xDFFF), Some(_)) => {}
+            (Some(0xDC00..=0xDFFF), None) => return Some(escape(i)),
+            (_, Some(at)) => return Some(escape(at)),
+            (Some(0xD800..=0xDBFF), None) => leading = Some(i),
+            _ => {}
+        }
+        i += if unit.is_some() { 6 } else { 2 };
+    }
+    leading.map(escape)
 }
 
 fn syntax_error(e: serde_json::Error) -> ApiError {
@@ -273,6 +389,46 @@ mod tests {
                 (status, detail.field.unwrap_or_default())
             }
         }
+    }
+
+    fn message(body: &str) -> (StatusCode, String, String) {
+        let e = parse_json::<Body>(body.as_bytes()).unwrap_err();
+        let status = e.status();
+        let detail = e.into_detail();
+        (status, detail.field.unwrap_or_default(), detail.message)
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_named_not_worded_by_the_parsers_state() {
+        for (body, escape) in [
+            (r#"{"kind": "\ud800"}"#, r"\ud800"),
+            (r#"{"kind": "a\uD83Db"}"#, r"\uD83D"),
+            (r#"{"kind": "\udc00"}"#, r"\udc00"),
+            (r#"{"kind": "\ud800\u0041"}"#, r"\ud800"),
+            (r#"{"kind": "\ud83d\ude00\ud800\n"}"#, r"\ud800"),
+            (r#"{"kind": "\\ud800 \ude00"}"#, r"\ude00"),
+            ("{\n  \"kind\":\n  \"\\ud800\"\n}", r"\ud800"),
+        ] {
+            let (status, field, message) = message(body);
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(field, "kind", "{body}");
+            assert!(
+                message.contains(&format!("{escape} is a lone UTF-16 surrogate")),
+                "{body}: {message}"
+            );
+        }
+        // A pair is one character; an escaped backslash starts no escape.
+        assert_eq!(
+            code(r#"{"kind": "\ud83d\ude00"}"#),
+            (StatusCode::OK, "😀".into())
+        );
+        assert_eq!(
+            code(r#"{"kind": "\\ud800"}"#),
+            (StatusCode::OK, r"\ud800".into())
+        );
+        // Other errors keep their words, even beside a lone surrogate later on.
+        let (_, _, message) = message(r#"{"kind": 1, "x": "\ud800"}"#);
+        assert!(!message.contains("surrogate"), "{message}");
     }
 
     #[test]

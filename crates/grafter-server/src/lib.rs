@@ -115,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(extract::refuse_encoded_bodies))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             extract::refuse_declared_oversize_bodies,

@@ -11,7 +11,9 @@
 //! - It does not list the answers of the machinery around it: `document`
 //!   adds them to every operation from shared responses
 //!   (`#/components/responses/…`), by what the operation has:
-//!   a request body (`ApiJson`): 400 not JSON, 413 too large, 422 bad field;
+//!   a request body (`ApiJson`): 400 not JSON or not readable, 408 not
+//!   arrived within `body_read_timeout_ms`, 413 too large, 415 encoded
+//!   (`Content-Encoding`), 422 bad field;
 //!   query parameters (`ApiQuery`): 422; an integer `{id}` (`PathJobId`):
 //!   404 for a segment that is not one; under the token (a server with
 //!   one): 401, 403 (a stored token without the route's scope or queue,
@@ -119,12 +121,14 @@ const BEARER: &str = "bearer";
 const STREAM_TOKEN: &str = "streamToken";
 
 /// The shared error answers: status, component name, description.
-const SHARED: [(&str, &str, &str); 9] = [
-    ("400", "InvalidJson", "The body is not JSON (`invalid_json`)."),
+const SHARED: [(&str, &str, &str); 11] = [
+    ("400", "InvalidJson", "The body is not JSON (`invalid_json`), or could not be read, as a malformed chunked encoding (`invalid_body`)."),
     ("401", "Unauthorized", "Missing or wrong token (`unauthorized`)."),
     ("403", "Forbidden", "The credentials are good, but not for this (`forbidden`)."),
     ("404", "NotFound", "No such thing, or an id that is not one (`not_found`)."),
+    ("408", "RequestTimeout", "The body did not all arrive within `body_read_timeout_ms` of the headers (`request_timeout`); the connection is closed."),
     ("413", "PayloadTooLarge", "The body is over `body_limit_bytes` (`payload_too_large`)."),
+    ("415", "UnsupportedEncoding", "The body has a `Content-Encoding` other than `identity` (`unsupported_encoding`): the server reads only bodies sent as they are."),
     ("422", "InvalidField", "A field or query parameter is missing or not acceptable (`invalid_field`, naming it in `field`)."),
     ("429", "TooManyRequests", "Too many wrong tokens from this address; try again after `Retry-After` seconds (`too_many_requests`)."),
     ("500", "Internal", "A server error; the server's log has the details (`internal`)."),
@@ -146,6 +150,15 @@ pub fn document(config: &ServerConfig) -> Document {
                 .schema(Some(Ref::from_schema_name("ErrorBody")))
                 .build(),
         );
+        if status == "415" {
+            response = response.header(
+                "Accept-Encoding",
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some("`identity`: the only coding the server reads"))
+                    .build(),
+            );
+        }
         if status == "429" {
             response = response.header(
                 "Retry-After",
@@ -372,7 +385,7 @@ fn add_shared_answers(operation: &mut Operation, path: &str, guarded: bool) {
         statuses.push("503");
     }
     if has_body {
-        statuses.extend(["400", "413", "422"]);
+        statuses.extend(["400", "408", "413", "415", "422"]);
     }
     if has_query {
         statuses.push("422");

@@ -1038,6 +1038,91 @@ async fn health_metrics_and_openapi() {
 }
 
 #[tokio::test]
+async fn metrics_honour_the_q_values_of_accept() {
+    let api = api().await;
+    const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+    for (accept, format) in [
+        (None, OPENMETRICS),
+        (Some("*/*"), OPENMETRICS),
+        (Some("text/plain"), TEXT),
+        (
+            Some("text/plain, application/openmetrics-text"),
+            OPENMETRICS,
+        ),
+        // q=0 is "not acceptable".
+        (Some("application/openmetrics-text;q=0, text/plain"), TEXT),
+        (Some("application/openmetrics-text;q=0"), TEXT),
+        (Some("text/plain;q=0, */*"), OPENMETRICS),
+        // The higher q-value wins.
+        (
+            Some("application/openmetrics-text;q=0.3, text/plain;q=0.8"),
+            TEXT,
+        ),
+        (
+            Some("application/openmetrics-text;q=0.8, text/plain;q=0.3"),
+            OPENMETRICS,
+        ),
+    ] {
+        let mut request = Request::get("/metrics");
+        if let Some(accept) = accept {
+            request = request.header(header::ACCEPT, accept);
+        }
+        let response = api
+            .app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            format,
+            "{accept:?}"
+        );
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(
+            text.ends_with("# EOF\n"),
+            format == OPENMETRICS,
+            "{accept:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_lone_surrogate_escape_is_named_in_the_error() {
+    let api = api().await;
+    let response = api
+        .text(Method::POST, "/v1/jobs", r#"{"kind":"\ud800"}"#)
+        .await;
+    assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(response.1["error"]["field"], "kind");
+    let message = response.1["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(r"invalid \u escape: \ud800 is a lone UTF-16 surrogate"),
+        "{message}"
+    );
+    // A pair is one character.
+    let job = api.enqueue(json!({"kind": "\u{1f600}"})).await;
+    assert_eq!(job["kind"], "\u{1f600}");
+}
+
+#[tokio::test]
+async fn an_encoded_body_is_refused_with_415() {
+    let api = api().await;
+    let request = Request::post("/v1/fetch")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(r#"{"queues": ["q"], "worker_id": "w"}"#))
+        .unwrap();
+    assert_error(
+        &api.raw(request).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_encoding",
+    );
+}
+
+#[tokio::test]
 async fn job_gauges_of_a_queue_whose_jobs_are_all_gone_disappear() {
     let api = api().await;
     let gone = api.enqueue(json!({"kind": "k", "queue": "gone"})).await;
@@ -2491,12 +2576,13 @@ async fn the_openapi_document_follows_the_servers_config() {
     assert!(queues.get("503").is_some() && queues.get("500").is_some());
     // The extractors' answers, on every operation with a body.
     let enqueue = &spec["paths"]["/v1/jobs"]["post"]["responses"];
-    for status in ["400", "413", "422"] {
+    for status in ["400", "408", "413", "415", "422"] {
         assert!(
             enqueue.get(status).is_some(),
             "POST /v1/jobs lacks {status}"
         );
     }
+    assert!(queues.get("415").is_none(), "a GET reads no body");
     // The configured long-poll cap, and a kind that cannot be empty.
     let schemas = &spec["components"]["schemas"];
     assert_eq!(

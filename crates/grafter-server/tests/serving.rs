@@ -1,9 +1,11 @@
 //! How `serve` treats connections, over real sockets on loopback and a real
-//! SQLite file: clients that trickle headers, owe a body or sit idle are
-//! disconnected after the configured timeouts while others are served, a
-//! long-poll or an event stream may outlast the idle timeout, a declared
-//! body over the limit is refused before it is read, and shutdown answers
-//! waiting long-polls and returns.
+//! SQLite file: clients that trickle headers or sit idle are disconnected
+//! after the configured timeouts while others are served, one that owes a
+//! body is answered 408 and disconnected, a long-poll or an event stream may
+//! outlast the idle timeout, a declared body over the limit or an encoded
+//! one is refused before it is read, a malformed chunked body is a body that
+//! cannot be read (not bad JSON), and shutdown answers waiting long-polls
+//! and returns.
 //!
 //! Deadlines in these tests are generous upper bounds for a loaded machine;
 //! nothing asserts on speed.
@@ -226,8 +228,18 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_outlasts_the_ti
     assert!(waited.elapsed() >= Duration::from_millis(2_900));
 }
 
+/// The status line and the JSON body of an answer read whole.
+fn status_and_json(answer: &str) -> (&str, Value) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {answer:?}"));
+    let status = head.lines().next().unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (status, body)
+}
+
 #[tokio::test]
-async fn a_client_owing_a_body_is_disconnected_while_others_are_served() {
+async fn a_client_owing_a_body_is_answered_408_and_disconnected_while_others_are_served() {
     let grafter = start(ONE_SECOND_FOR_A_BODY).await;
     // The API's JSON and the dashboard's forms: every route reads its body
     // under the same deadline.
@@ -250,15 +262,23 @@ async fn a_client_owing_a_body_is_disconnected_while_others_are_served() {
         })
         .await
         .unwrap_or_else(|_| panic!("a client owing a body was never disconnected: {head}"));
-        assert_eq!(
-            answer, "",
-            "nothing is answered to a request never sent whole"
-        );
         assert!(
             started.elapsed() >= Duration::from_millis(900),
             "closed before its body was late: {:?}",
             started.elapsed()
         );
+        // Told why, then disconnected (read_until_closed returned).
+        let (status, body) = status_and_json(&answer);
+        assert_eq!(status, "HTTP/1.1 408 Request Timeout", "{head}{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{answer}"
+        );
+        assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("1000 ms"), "{message}");
     }
     // A body that arrives in time is read and answered.
     let job = reqwest::Client::new()
@@ -341,6 +361,107 @@ async fn a_declared_body_over_the_limit_answers_413_before_it_is_sent() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+}
+
+#[tokio::test]
+async fn an_encoded_body_answers_415_before_it_is_read() {
+    let grafter = start(HttpSettings::default()).await;
+    let client = reqwest::Client::new();
+    // gzip of {"kind":"k"}, and a plain body that only says it is compressed:
+    // neither is read as JSON.
+    let gzipped: &[u8] = &[
+        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xab, 0x56, 0xca, 0xce, 0xcc,
+        0x4b, 0x51, 0xb2, 0x52, 0xca, 0x56, 0xaa, 0x05, 0x00, 0x4b, 0xcb, 0xe8, 0xf5, 0x0c, 0x00,
+        0x00, 0x00,
+    ];
+    for (encoding, body) in [
+        ("gzip", gzipped),
+        ("gzip", br#"{"kind":"k"}"#.as_slice()),
+        ("identity, br", br#"{"kind":"k"}"#.as_slice()),
+    ] {
+        let answer = client
+            .post(grafter.url("/v1/jobs"))
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 415, "{encoding}");
+        assert_eq!(answer.headers()["accept-encoding"], "identity");
+        let error: Value = answer.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "unsupported_encoding", "{error}");
+        let coding = encoding.rsplit(", ").next().unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("'{coding}'")), "{message}");
+    }
+    // The dashboard's forms are refused alike.
+    let form = client
+        .post(grafter.url("/queues/q/pause"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("content-encoding", "deflate")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    // `identity` is no encoding; a request without a body has nothing encoded.
+    let plain = client
+        .post(grafter.url("/v1/jobs"))
+        .header("content-encoding", "Identity")
+        .json(&json!({"kind": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 201);
+    let bodiless = client
+        .get(grafter.url("/v1/queues"))
+        .header("content-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bodiless.status(), 200);
+    // Only the plain job was stored.
+    let page: Value = client
+        .get(grafter.url("/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_unreadable_not_invalid_json() {
+    let grafter = start(HttpSettings::default()).await;
+    let mut client = grafter.connect().await;
+    client
+        .write_all(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\n\r\nzz\r\n{\"kind\":\"k\"}\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_until_closed(&mut client))
+        .await
+        .expect("no answer to a malformed chunked body");
+    let (status, body) = status_and_json(&answer);
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "{answer}");
+    assert_eq!(body["error"]["code"], "invalid_body", "{body}");
+    // Bad JSON sent whole is still bad JSON.
+    let bad = reqwest::Client::new()
+        .post(grafter.url("/v1/jobs"))
+        .body("{\"kind\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_json"
+    );
 }
 
 #[tokio::test]

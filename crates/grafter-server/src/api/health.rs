@@ -81,10 +81,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
 }
 
 /// Prometheus metrics: OpenMetrics text, or the Prometheus text format
-/// (0.0.4) for a client whose `Accept` asks for `text/plain` and not for
-/// OpenMetrics (as `curl -H 'Accept: text/plain' … | promtool check metrics`).
+/// (0.0.4) for a client whose `Accept` prefers `text/plain` to OpenMetrics
+/// by q-value, or refuses OpenMetrics (`q=0`) and not `text/plain` (as
+/// `curl -H 'Accept: text/plain' … | promtool check metrics`).
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "OpenMetrics text (or text/plain; version=0.0.4 when asked for)", content_type = "application/openmetrics-text")))]
+    responses((status = 200, description = "OpenMetrics text (or text/plain; version=0.0.4 when Accept prefers it)", content_type = "application/openmetrics-text")))]
 pub async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -106,10 +107,12 @@ pub async fn metrics(
     let now = state.engine().now();
     let text = state.metrics().render(&queues, &limits, &maintenance, now);
     let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    if crate::metrics::wants_prometheus_text(&accept) {
         return Ok((
             [(
                 header::CONTENT_TYPE,

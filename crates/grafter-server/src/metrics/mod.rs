@@ -5,9 +5,11 @@
 //! (`budget.rs`).
 
 mod budget;
+mod negotiation;
 mod running;
 mod text_format;
 
+pub use negotiation::wants_prometheus_text;
 pub use text_format::prometheus_text;
 
 use std::collections::BTreeMap;
