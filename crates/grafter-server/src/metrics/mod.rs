@@ -366,20 +366,22 @@ impl Metrics {
         let _rendering = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         self.jobs.clear();
         self.oldest_available.clear();
+        // Queues past the label budget add up under `_other` (the oldest
+        // job's age: the oldest of theirs).
         for queue in queues {
+            let label = self.queue(&queue.name);
             for (state, count) in &queue.counts {
                 let labels = QueueStateLabels {
-                    queue: EscapedText(queue.name.clone()),
+                    queue: label.queue.clone(),
                     state: state.to_string(),
                 };
                 self.jobs
                     .get_or_create(&labels)
-                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
+                    .inc_by(i64::try_from(*count).unwrap_or(i64::MAX));
             }
             if let Some(oldest) = queue.oldest_available_at {
-                self.oldest_available
-                    .get_or_create(&QueueLabels::of(&queue.name))
-                    .set(seconds_between(oldest, now));
+                let age = self.oldest_available.get_or_create(&label);
+                age.set(age.get().max(seconds_between(oldest, now)));
             }
         }
         self.limit_in_use.clear();
@@ -389,16 +391,16 @@ impl Metrics {
             let Some(set) = &usage.limits else {
                 continue;
             };
-            let labels = QueueLabels::of(queue);
+            let labels = self.queue(queue);
             let sum = |f: fn(&grafter_store::PartitionUsage) -> u64| {
                 i64::try_from(usage.partitions.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
             };
             self.limit_in_use
                 .get_or_create(&labels)
-                .set(sum(|p| p.running));
+                .inc_by(sum(|p| p.running));
             self.limit_started
                 .get_or_create(&labels)
-                .set(sum(|p| p.started));
+                .inc_by(sum(|p| p.started));
             let full_by_concurrency = set.concurrency.map_or(0, |n| {
                 usage
                     .partitions
@@ -414,10 +416,10 @@ impl Metrics {
             for (reason, n) in [("concurrency", full_by_concurrency), ("rate", full_by_rate)] {
                 self.limit_throttled
                     .get_or_create(&QueueReasonLabels {
-                        queue: EscapedText(queue.clone()),
+                        queue: labels.queue.clone(),
                         reason: reason.to_owned(),
                     })
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    .inc_by(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
         let mut text = String::new();
@@ -487,5 +489,49 @@ impl Observer for Metrics {
                 reason: reason.as_str(),
             })
             .inc_by(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The job gauges keep to the queue label budget, as the counters do:
+    /// queues past it add up under `_other`.
+    #[test]
+    fn queues_past_the_label_budget_add_up_under_other() {
+        let metrics = Metrics::new();
+        let now = Utc::now();
+        let queues: Vec<QueueInfo> = (0..MAX_QUEUES + 2)
+            .map(|i| {
+                let mut queue = QueueInfo::empty(format!("q{i:04}"), false);
+                queue.counts.insert(JobState::Available, 1);
+                queue.oldest_available_at = Some(now - chrono::Duration::seconds(i as i64));
+                queue
+            })
+            .collect();
+        let text = metrics.render(&queues, &[], &BTreeMap::new(), now);
+        let samples = |family: &str| -> Vec<&str> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .filter(|l| !l.contains("state=") || l.contains("state=\"available\""))
+                .collect()
+        };
+        let jobs = samples("grafter_jobs");
+        assert_eq!(jobs.len(), MAX_QUEUES + 1, "{jobs:?}");
+        assert!(
+            jobs.contains(&"grafter_jobs{queue=\"_other\",state=\"available\"} 2"),
+            "{jobs:?}"
+        );
+        let ages = samples("grafter_queue_oldest_available_age_seconds");
+        assert_eq!(ages.len(), MAX_QUEUES + 1, "{ages:?}");
+        let other = ages
+            .iter()
+            .find(|l| l.contains("queue=\"_other\""))
+            .expect("an _other age");
+        assert!(
+            other.ends_with(&format!(" {}.0", MAX_QUEUES + 1)),
+            "{other}"
+        );
     }
 }
