@@ -55,6 +55,18 @@ async fn every_way_refuses(
     assert_eq!(versions(url, &schema).await, before, "left as it was");
 }
 
+/// Records `version` in `schema`'s migrations table behind the store's back.
+async fn record_version(url: &str, schema: &str, version: i32) {
+    admin(url)
+        .await
+        .execute(
+            &format!("INSERT INTO \"{schema}\".grafter_migrations (version) VALUES ($1)"),
+            &[&version],
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_newer_than_this_build_is_refused() {
     let Some(url) = database().await else { return };
@@ -64,17 +76,7 @@ async fn a_schema_newer_than_this_build_is_refused() {
         let latest = *versions(&url, &guard.schema).await.last().unwrap();
         // None stands for the very next version.
         let newer = newer.unwrap_or(latest + 1);
-        admin(&url)
-            .await
-            .execute(
-                &format!(
-                    "INSERT INTO \"{}\".grafter_migrations (version) VALUES ($1)",
-                    guard.schema
-                ),
-                &[&newer],
-            )
-            .await
-            .unwrap();
+        record_version(&url, &guard.schema, newer).await;
         let expected = format!(
             "the database's schema is at version {newer}, newer than this grafter's {latest} \
              (a later release migrated it): upgrade grafter"
@@ -90,17 +92,7 @@ async fn a_version_no_release_has_is_refused() {
         let (config, guard) = fresh_config(&url);
         let store = PostgresStore::connect(config.clone()).await.unwrap();
         let latest = *versions(&url, &guard.schema).await.last().unwrap();
-        admin(&url)
-            .await
-            .execute(
-                &format!(
-                    "INSERT INTO \"{}\".grafter_migrations (version) VALUES ($1)",
-                    guard.schema
-                ),
-                &[&junk],
-            )
-            .await
-            .unwrap();
+        record_version(&url, &guard.schema, junk).await;
         let expected = format!(
             "the database records schema version {junk}, which no grafter release has \
              (this one knows 1 to {latest})"

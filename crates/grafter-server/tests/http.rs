@@ -1109,20 +1109,6 @@ async fn a_lone_surrogate_escape_is_named_in_the_error() {
 }
 
 #[tokio::test]
-async fn an_encoded_body_is_refused_with_415() {
-    let api = api().await;
-    let request = Request::post("/v1/fetch")
-        .header(header::CONTENT_ENCODING, "gzip")
-        .body(Body::from(r#"{"queues": ["q"], "worker_id": "w"}"#))
-        .unwrap();
-    assert_error(
-        &api.raw(request).await,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_encoding",
-    );
-}
-
-#[tokio::test]
 async fn job_gauges_of_a_queue_whose_jobs_are_all_gone_disappear() {
     let api = api().await;
     let gone = api.enqueue(json!({"kind": "k", "queue": "gone"})).await;
