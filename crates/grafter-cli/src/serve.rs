@@ -128,8 +128,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     init_logging();
     let config = args.into_config()?;
 
-    // Held until the process ends: one server owns a SQLite file.
-    let _lock = lock_sqlite(&config.database)?;
+    // One server owns a SQLite file: held until the process ends.
+    let lock = lock_sqlite(&config.database)?;
     let store = grafter_engine::open(&config.database, &config.postgres)
         .await
         .map_err(|e| format!("cannot open database {}: {e}", redact(&config.database)))?;
@@ -147,12 +147,16 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     grafter_server::serve(listener, store, config, shutdown).await?;
     tracing::info!("Grafter stopped");
+    // Its descriptor of the database closes with the process, after the
+    // store's: closed sooner, it would release SQLite's own locks on the file.
+    std::mem::forget(lock);
     Ok(())
 }
 
 /// Takes the lock of the SQLite file `database` names (see
-/// [`grafter_sqlite::ServeLock`]); none for PostgreSQL, an in-memory
-/// database or a `file:` URI.
+/// [`grafter_sqlite::ServeLock`]); none for PostgreSQL or an in-memory
+/// database. A `file:` URI is refused: SQLite reads its path and options
+/// its own way, so no lock could be sure to be on the file it opens.
 fn lock_sqlite(database: &str) -> Result<Option<grafter_sqlite::ServeLock>, Failure> {
     let Some(path) = database
         .strip_prefix("sqlite://")
@@ -160,8 +164,14 @@ fn lock_sqlite(database: &str) -> Result<Option<grafter_sqlite::ServeLock>, Fail
     else {
         return Ok(None);
     };
-    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
+    if path.is_empty() || path == ":memory:" {
         return Ok(None);
+    }
+    if path.starts_with("file:") {
+        return Err(Failure::Message(format!(
+            "cannot serve {database}: grafter serve takes a file's path, sqlite://PATH, \
+             not a file: URI"
+        )));
     }
     let lock = grafter_sqlite::ServeLock::acquire(std::path::Path::new(path)).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {

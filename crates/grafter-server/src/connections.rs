@@ -21,7 +21,8 @@
 //! 408 (`request_timeout`), and the connection closes once that is sent (the
 //! rest of the body would be read as the next request). A connection whose
 //! body is neither read nor let go of (no route holds one) is closed a little
-//! later, `UNREAD_BODY_GRACE` past the deadline.
+//! later, `UNREAD_BODY_GRACE` past the deadline. Once the server shuts
+//! down, a request still arriving has `SHUTDOWN_READ_GRACE` to arrive.
 
 use std::future::Future;
 use std::io;
@@ -54,6 +55,10 @@ use crate::error::ApiError;
 /// read the body to fail it: room for the 408 of a body that failed at its
 /// deadline to be sent before the connection's own deadline closes it.
 const UNREAD_BODY_GRACE: Duration = Duration::from_secs(5);
+
+/// How long, once the server is shutting down, a request still arriving
+/// (its headers or its body) has to arrive before its connection is closed.
+const SHUTDOWN_READ_GRACE: Duration = Duration::from_secs(1);
 
 /// The error of a request body that did not all arrive within
 /// `body_read_timeout` of its headers.
@@ -177,14 +182,23 @@ impl ConnectionClock {
         self.body_timed_out.swap(false, Ordering::Relaxed)
     }
 
-    fn deadline(&self, settings: &HttpSettings) -> Option<Instant> {
-        match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
-            Phase::Idle(since) => Some(since + settings.idle_timeout()),
-            Phase::ReadingHeaders(since) => Some(since + settings.header_read_timeout()),
-            Phase::ReadingBody(since) => {
-                Some(since + settings.body_read_timeout() + UNREAD_BODY_GRACE)
-            }
-            Phase::Answering => None,
+    /// When the connection is closed unless its phase moves on; once the
+    /// server is `closing` (since that instant), a request still arriving
+    /// has [`SHUTDOWN_READ_GRACE`] at most, so a slow client cannot hold the
+    /// shutdown up for its whole header or body timeout.
+    fn deadline(&self, settings: &HttpSettings, closing: Option<Instant>) -> Option<Instant> {
+        let (at, arriving) = match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
+            Phase::Idle(since) => (since + settings.idle_timeout(), false),
+            Phase::ReadingHeaders(since) => (since + settings.header_read_timeout(), true),
+            Phase::ReadingBody(since) => (
+                since + settings.body_read_timeout() + UNREAD_BODY_GRACE,
+                true,
+            ),
+            Phase::Answering => return None,
+        };
+        match closing {
+            Some(since) if arriving => Some(at.min(since + SHUTDOWN_READ_GRACE)),
+            _ => Some(at),
         }
     }
 }
@@ -391,9 +405,9 @@ async fn serve_connection(
         .header_read_timeout(None)
         .serve_connection(io, service);
     tokio::pin!(connection);
-    let mut closing = false;
+    let mut closing: Option<Instant> = None;
     loop {
-        let deadline = clock.deadline(&settings);
+        let deadline = clock.deadline(&settings, closing);
         let expired = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -409,13 +423,13 @@ async fn serve_connection(
             }
             () = clock.moved.notified() => {}
             () = expired => {
-                if clock.deadline(&settings).is_some_and(|at| at <= Instant::now()) {
+                if clock.deadline(&settings, closing).is_some_and(|at| at <= Instant::now()) {
                     // Dropping the connection closes the socket.
                     return;
                 }
             }
-            () = shutdown.cancelled(), if !closing => {
-                closing = true;
+            () = shutdown.cancelled(), if closing.is_none() => {
+                closing = Some(Instant::now());
                 connection.as_mut().graceful_shutdown();
             }
         }

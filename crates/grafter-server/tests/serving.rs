@@ -464,6 +464,41 @@ async fn a_malformed_chunked_body_is_unreadable_not_invalid_json() {
     );
 }
 
+/// A client still sending its request when the server stops (its headers or
+/// its body trickling in) holds the shutdown up for a moment at most, not
+/// for its whole header or body timeout (a minute here).
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_request_still_arriving() {
+    let minute = HttpSettings {
+        header_read_timeout_ms: 60_000,
+        body_read_timeout_ms: 60_000,
+        ..HttpSettings::default()
+    };
+    let mut grafter = start(minute).await;
+    let mut body_owed = grafter.connect().await;
+    body_owed
+        .write_all(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 50\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut headers_owed = grafter.connect().await;
+    headers_owed
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    grafter.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), &mut grafter.served)
+        .await
+        .expect("serve waited for the requests still arriving")
+        .unwrap()
+        .unwrap();
+    read_until_closed(&mut body_owed).await;
+    read_until_closed(&mut headers_owed).await;
+}
+
 #[tokio::test]
 async fn shutdown_answers_a_waiting_long_poll_and_closes_idle_connections() {
     let mut grafter = start(HttpSettings::default()).await;

@@ -33,19 +33,13 @@ enum Backend {
 }
 
 /// The SQLite files a database may leave beside it.
-fn sqlite_files(path: &std::path::Path) -> [PathBuf; 4] {
+fn sqlite_files(path: &std::path::Path) -> [PathBuf; 3] {
     let with = |suffix: &str| {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
         PathBuf::from(name)
     };
-    // The lock file `grafter serve` keeps beside it (HTTP mode's server).
-    [
-        path.to_path_buf(),
-        with("-wal"),
-        with("-shm"),
-        with("-serve.lock"),
-    ]
+    [path.to_path_buf(), with("-wal"), with("-shm")]
 }
 
 impl Target {
