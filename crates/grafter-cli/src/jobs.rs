@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
-use crate::{api_duration, outln, Failure, ServerArgs};
+use crate::{api_duration, outln, path_name, Failure, ServerArgs};
 
 #[derive(Args)]
 pub struct EnqueueArgs {
@@ -268,17 +268,20 @@ enum QueuesCommand {
     /// Stop handing out a queue's jobs.
     Pause {
         /// The queue.
+        #[arg(value_parser = path_name)]
         name: String,
     },
     /// Hand out a queue's jobs again.
     Resume {
         /// The queue.
+        #[arg(value_parser = path_name)]
         name: String,
     },
     /// Limit how many of a queue's jobs run at once and start per period,
     /// on every node (replaces its limits; docs/limits.md).
     SetLimits {
         /// The queue.
+        #[arg(value_parser = path_name)]
         name: String,
         /// At most this many running at once.
         #[arg(long)]
@@ -297,6 +300,7 @@ enum QueuesCommand {
     /// Remove a queue's limits.
     ClearLimits {
         /// The queue.
+        #[arg(value_parser = path_name)]
         name: String,
     },
 }

@@ -162,6 +162,14 @@ pub fn existing_file(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// A queue name or schedule id as the API takes it in a URL
+/// ([`grafter_core::validate_path_name`]); checked here because a URL
+/// library resolves `.` and `..` away before the server could refuse them.
+pub fn path_name(s: &str) -> Result<String, String> {
+    grafter_core::validate_path_name("name", s).map_err(|e| e.message)?;
+    Ok(s.to_owned())
+}
+
 /// A duration the API accepts (e.g. 30s, 5m, 2h): humantime's syntax, whole
 /// milliseconds, at most [`grafter_core::time::MAX_DURATION`]. Checked here so
 /// that the flag is named in the error, no part of it is silently dropped in

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::jobs::{encode, parse_json_arg};
-use crate::{outln, Failure, ServerArgs};
+use crate::{outln, path_name, Failure, ServerArgs};
 
 #[derive(Args)]
 pub struct SchedulesArgs {
@@ -24,6 +24,7 @@ enum SchedulesCommand {
     /// One schedule: its definition, next fire times, last run and skipped slots.
     Show {
         /// The schedule's id.
+        #[arg(value_parser = path_name)]
         id: String,
     },
     /// Create or replace a schedule (replacing keeps its paused state).
@@ -31,21 +32,25 @@ enum SchedulesCommand {
     /// Delete a schedule (its jobs stay).
     Delete {
         /// The schedule's id.
+        #[arg(value_parser = path_name)]
         id: String,
     },
     /// Stop firing a schedule.
     Pause {
         /// The schedule's id.
+        #[arg(value_parser = path_name)]
         id: String,
     },
     /// Fire a schedule again from now on (slots missed while paused are skipped).
     Resume {
         /// The schedule's id.
+        #[arg(value_parser = path_name)]
         id: String,
     },
     /// Enqueue a schedule's job now, outside its slots.
     Trigger {
         /// The schedule's id.
+        #[arg(value_parser = path_name)]
         id: String,
     },
 }

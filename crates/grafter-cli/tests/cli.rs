@@ -38,9 +38,10 @@ async fn cli(server: &Server, cwd: &Path, args: &[&str]) -> (bool, Option<i32>, 
 /// Delays, timeouts and ages past the API's 100 years are refused before
 /// anything is sent, naming the flag and the limit: no panic, no vague
 /// overflow message, no wrapped negative `timeout_ms`. The limit itself is
-/// accepted and sent exactly.
+/// accepted and sent exactly. So are durations below a millisecond and
+/// names no URL can carry.
 #[tokio::test]
-async fn durations_beyond_the_api_limit_are_refused_naming_the_flag() {
+async fn values_the_api_cannot_take_are_refused_before_anything_is_sent() {
     let dir = temp_dir();
     let server = start(dir.path()).await;
     let cwd = dir.path();
@@ -64,6 +65,17 @@ async fn durations_beyond_the_api_limit_are_refused_naming_the_flag() {
             text.contains(flag) && text.contains("at most 36500d") && !text.contains("panicked"),
             "{args:?}: {text}"
         );
+    }
+    // `.` and `..` name no queue or schedule: refused here, before a URL
+    // library resolves them into another route.
+    for args in [
+        vec!["queues", "pause", ".."],
+        vec!["queues", "set-limits", ".", "--concurrency", "1"],
+        vec!["schedules", "delete", ".."],
+    ] {
+        let (ok, code, text) = cli(&server, cwd, &args).await;
+        assert!(!ok && code == Some(2), "{args:?} was not refused: {text}");
+        assert!(text.contains("must not be . or .."), "{args:?}: {text}");
     }
     // Below the API's millisecond: refused, not rounded down to nothing.
     for args in [
