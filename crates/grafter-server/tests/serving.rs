@@ -450,6 +450,26 @@ async fn a_malformed_chunked_body_is_unreadable_not_invalid_json() {
     let (status, body) = status_and_json(&answer);
     assert_eq!(status, "HTTP/1.1 400 Bad Request", "{answer}");
     assert_eq!(body["error"]["code"], "invalid_body", "{body}");
+    // A dashboard form's is answered with the dashboard's error page.
+    let mut client = grafter.connect().await;
+    client
+        .write_all(
+            b"POST /queues/q/pause HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\
+              Transfer-Encoding: chunked\r\n\r\nzz\r\nx=1\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_until_closed(&mut client))
+        .await
+        .expect("no answer to a malformed chunked form");
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{answer}"
+    );
     // Bad JSON sent whole is still bad JSON.
     let bad = reqwest::Client::new()
         .post(grafter.url("/v1/jobs"))

@@ -8,7 +8,6 @@
 //! its token's powers: pages hide what it may not do, and a change it may
 //! not make is refused with 403.
 
-use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Extensions, Method, StatusCode};
@@ -19,6 +18,7 @@ use grafter_store::Scope;
 use maud::html;
 use serde::Deserialize;
 
+use super::PageBody;
 use super::{
     checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx, PageQuery,
 };
@@ -263,7 +263,7 @@ pub(super) async fn login(
     State(state): State<AppState>,
     extensions: Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Response {
     let form = match checked_form(&state, &headers, &body) {
         Ok(form) => form,
@@ -311,7 +311,7 @@ pub(super) async fn login(
 pub(super) async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Response {
     if let Err(refused) = checked_form(&state, &headers, &body) {
         return *refused;

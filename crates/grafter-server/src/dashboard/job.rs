@@ -5,7 +5,6 @@
 //! unfinished (`/jobs/{id}/live`), as the job's event stream tells of each
 //! change.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -19,6 +18,7 @@ use serde_json::Value;
 
 use super::job_dependencies;
 use super::layout::{self, csrf_field, state_badge, time, time_or_dash, Tab};
+use super::PageBody;
 use super::{
     checked_form, error_page, explain, html, redirect_with, store_error, stream_url, Ctx, PagePath,
 };
@@ -330,7 +330,7 @@ pub(super) async fn act(
     State(state): State<AppState>,
     PagePath((raw, action)): PagePath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Response {
     let form = match checked_form(&state, &headers, &body) {
         Ok(form) => form,

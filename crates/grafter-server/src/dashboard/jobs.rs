@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -16,6 +15,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{self, clip, count, csrf_field, state_badge, time, time_or_dash, Tab};
+use super::PageBody;
 use super::{checked_form, explain, html, redirect_with, store_error, Ctx, FormData, PageQuery};
 use crate::filters::{id_filter, name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
@@ -312,7 +312,7 @@ fn args_text(job: &Job) -> String {
 pub(super) async fn bulk(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Response {
     let form = match checked_form(&state, &headers, &body) {
         Ok(form) => form,

@@ -28,7 +28,7 @@ mod workers;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -334,6 +334,23 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PagePat
             .await
             .map(|path| PagePath(path.0))
             .map_err(|e| error_page(StatusCode::NOT_FOUND, &e.body_text()))
+    }
+}
+
+/// A form's body, one that cannot be read (a malformed chunked encoding, a
+/// connection cut short, one over the size limit) answering the HTML error
+/// page with its status. (One that does not arrive in time is answered 408
+/// by the connection, whatever answers here.)
+pub struct PageBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for PageBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(request, state)
+            .await
+            .map(PageBody)
+            .map_err(|e| error_page(e.status(), &e.body_text()))
     }
 }
 

@@ -2,7 +2,6 @@
 //! buttons to change it), its limits, and the push target if any — never its
 //! secrets.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -13,6 +12,7 @@ use maud::html;
 
 use super::layout::{self, age, count, csrf_field, path_segment, time, Tab};
 use super::overview::urlencode;
+use super::PageBody;
 use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PagePath};
 use crate::state::AppState;
 
@@ -88,7 +88,7 @@ pub(super) async fn act(
     State(state): State<AppState>,
     PagePath((name, action)): PagePath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Response {
     if let Err(refused) = checked_form(&state, &headers, &body) {
         return *refused;

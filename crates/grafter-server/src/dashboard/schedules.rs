@@ -3,7 +3,6 @@
 //! (its definition, upcoming fire times, recent skips with their reasons,
 //! its latest jobs), and pause, resume and trigger.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -15,6 +14,7 @@ use serde::Deserialize;
 
 use super::layout::{self, count, csrf_field, path_segment, state_badge, time, time_or_dash, Tab};
 use super::overview::urlencode;
+use super::PageBody;
 use super::{
     checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PagePath, PageQuery,
 };
@@ -225,7 +225,7 @@ pub(super) async fn act(
     State(state): State<AppState>,
     PagePath((id, action)): PagePath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Response {
     if let Err(refused) = checked_form(&state, &headers, &body) {
         return *refused;
