@@ -140,16 +140,18 @@ class WorkerTest < Minitest::Test
 
   def test_graceful_shutdown_lets_short_jobs_finish_and_hands_long_ones_back_uncounted
     queue = unique("shutdown")
-    Grafter.handle(short = unique("short")) { sleep 0.3; "done" }
+    # The short job runs long enough that both are seen running on a busy
+    # machine, and ends well within the shutdown's deadline.
+    Grafter.handle(short = unique("short")) { sleep 1; "done" }
     Grafter.handle(long = unique("long")) { sleep 30 }
     worker = nil
-    with_worker(queue, shutdown_timeout: 1) do |w|
+    with_worker(queue, shutdown_timeout: 3) do |w|
       worker = w
       quick = client.enqueue(kind: short, queue: queue)["id"]
       slow = client.enqueue(kind: long, queue: queue)["id"]
       wait_until(message: "both running") { [quick, slow].all? { |id| client.job(id)["state"] == "running" } }
       started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      worker.stop(1)
+      worker.stop(3)
       assert_operator Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, :<, 6
       assert_equal "completed", client.job(quick)["state"]
       handed_back = client.job(slow)
