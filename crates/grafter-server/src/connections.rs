@@ -17,9 +17,10 @@
 //!
 //! A late header or idle connection is closed without a word: no request
 //! was made. A late body is answered: the body being read fails with
-//! [`BodyTimedOut`] at its deadline, so whatever was reading it answers a JSON
-//! 408 (`request_timeout`), and the connection closes once that is sent (the
-//! rest of the body would be read as the next request). A connection whose
+//! [`BodyTimedOut`] at its deadline, which ends whatever was reading it;
+//! the connection answers the request a JSON 408 (`request_timeout`) in
+//! place of what that reader made of the failure, and closes once it is
+//! sent (the rest of the body would be read as the next request). A connection whose
 //! body is neither read nor let go of (no route holds one) is closed a little
 //! later, `UNREAD_BODY_GRACE` past the deadline. Once the server shuts
 //! down, a request still arriving has `SHUTDOWN_READ_GRACE` to arrive.
@@ -34,7 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
@@ -63,9 +64,9 @@ const SHUTDOWN_READ_GRACE: Duration = Duration::from_secs(1);
 /// The error of a request body that did not all arrive within
 /// `body_read_timeout` of its headers.
 #[derive(Debug)]
-pub(crate) struct BodyTimedOut {
+struct BodyTimedOut {
     /// The timeout it missed.
-    pub(crate) after: Duration,
+    after: Duration,
 }
 
 impl std::fmt::Display for BodyTimedOut {
@@ -385,11 +386,8 @@ async fn serve_connection(
         async move {
             let mut response = answered.await?;
             if clock.take_body_timed_out() {
-                // Whatever read the body answers its failure; a reader
-                // that words it otherwise (axum's own) is answered for.
-                if response.status() != StatusCode::REQUEST_TIMEOUT {
-                    response = ApiError::request_timeout(body_timeout).into_response();
-                }
+                // The reader of the body saw only a failed read.
+                response = ApiError::request_timeout(body_timeout).into_response();
                 // What is left of the body would be read as the next request.
                 response
                     .headers_mut()

@@ -106,18 +106,11 @@ fn starts_an_object(json: &[u8]) -> bool {
     json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-/// What a body that could not be read answers: 413 over the limit, 408 late
-/// (the connection's deadline, which also closes it), otherwise 400
-/// `invalid_body`: the bytes never all arrived, so nothing is known of their
-/// JSON.
+/// What a body that could not be read answers: 413 over the limit,
+/// otherwise 400 `invalid_body`: the bytes never all arrived, so nothing is
+/// known of their JSON. (A body late past its deadline is answered 408 by
+/// the connection, whatever this says: `connections`.)
 fn body_error(rejection: BytesRejection) -> ApiError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
-    while let Some(error) = source {
-        if let Some(late) = error.downcast_ref::<crate::connections::BodyTimedOut>() {
-            return ApiError::request_timeout(late.after);
-        }
-        source = error.source();
-    }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large()
     } else {
