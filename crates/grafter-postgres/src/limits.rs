@@ -33,9 +33,10 @@ use crate::row::{args_size, job_columns, limit, AFTER_JOB_COLUMNS};
 const REREAD_EVERY: Duration = Duration::from_secs(1);
 
 /// A job's partition in SQL: parameter `$kind` says which kind (0 the
-/// queue, 1 the `partition` column, 2 the args path `$path`), computed as
-/// `grafter_core::limits::partition_key` does in Rust, to its first 255
-/// characters (`MAX_PARTITION_CHARS`; `left` counts characters).
+/// queue, 1 the `partition` column, 2 the args path `$path`: the string
+/// there, other values as PostgreSQL prints their JSON, nothing or null
+/// the empty partition), to its first 255 characters
+/// (`MAX_PARTITION_CHARS`; `left` counts characters).
 macro_rules! partition_key {
     () => {
         partition_key!("$2", "$3")

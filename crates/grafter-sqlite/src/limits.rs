@@ -18,12 +18,12 @@ use crate::leasing::{count_moved, lease_set, leased_from_row, Budget};
 use crate::row::{duration_micros, micros, timestamp, to_json, JOB_COLUMNS};
 
 /// A job's partition in SQL (`?9`, renumbered by each statement, is the JSON
-/// path of an `args.` partition),
-/// computed as `grafter_core::limits::partition_key` does in Rust, to its
-/// first 255 characters (`MAX_PARTITION_CHARS`; `substr` counts characters).
-/// A value other than a string is its JSON text as stored (`->`), which is
-/// what Rust prints: a number's text cast from SQLite's REAL would keep 15
-/// digits (0.3 and 0.30000000000000004 one partition) and lose `-0.0`.
+/// path of an `args.` partition): the string there, nothing or null the
+/// empty partition, to its first 255 characters (`MAX_PARTITION_CHARS`;
+/// `substr` counts characters). A value other than a string is its JSON
+/// text as stored (`->`): a number's text cast from SQLite's REAL would
+/// keep 15 digits (0.3 and 0.30000000000000004 one partition) and lose
+/// `-0.0`.
 fn partition_sql(by: &PartitionBy) -> &'static str {
     match by {
         PartitionBy::Queue => "''",

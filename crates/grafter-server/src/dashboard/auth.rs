@@ -18,9 +18,9 @@ use grafter_store::Scope;
 use maud::html;
 use serde::Deserialize;
 
-use super::PageBody;
 use super::{
-    checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx, PageQuery,
+    checked_form, cookie, error_page, html, layout, redirect_with, signed_hex, Ctx, PageBody,
+    PageQuery,
 };
 use crate::access::{self, stored_token, usable, Access, TokenKey};
 use crate::api::auth::{bearer_token, secrets_match, token_access};

@@ -18,9 +18,9 @@ use serde_json::Value;
 
 use super::job_dependencies;
 use super::layout::{self, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::PageBody;
 use super::{
-    checked_form, error_page, explain, html, redirect_with, store_error, stream_url, Ctx, PagePath,
+    checked_form, error_page, explain, html, redirect_with, store_error, stream_url, Ctx, PageBody,
+    PagePath,
 };
 use crate::state::AppState;
 

@@ -15,8 +15,9 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{self, clip, count, csrf_field, state_badge, time, time_or_dash, Tab};
-use super::PageBody;
-use super::{checked_form, explain, html, redirect_with, store_error, Ctx, FormData, PageQuery};
+use super::{
+    checked_form, explain, html, redirect_with, store_error, Ctx, FormData, PageBody, PageQuery,
+};
 use crate::filters::{id_filter, name_filter, parse_args, SCAN_LIMIT};
 use crate::state::AppState;
 

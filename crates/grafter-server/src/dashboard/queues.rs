@@ -12,8 +12,9 @@ use maud::html;
 
 use super::layout::{self, age, count, csrf_field, path_segment, time, Tab};
 use super::overview::urlencode;
-use super::PageBody;
-use super::{checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PagePath};
+use super::{
+    checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PageBody, PagePath,
+};
 use crate::state::AppState;
 
 pub(super) async fn page(

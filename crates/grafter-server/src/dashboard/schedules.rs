@@ -14,9 +14,9 @@ use serde::Deserialize;
 
 use super::layout::{self, count, csrf_field, path_segment, state_badge, time, time_or_dash, Tab};
 use super::overview::urlencode;
-use super::PageBody;
 use super::{
-    checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PagePath, PageQuery,
+    checked_form, error_page, explain, html, redirect_with, store_error, Ctx, PageBody, PagePath,
+    PageQuery,
 };
 use crate::state::AppState;
 
