@@ -2,7 +2,7 @@
 //! lock, so that several nodes starting at once neither race nor half-apply.
 
 use deadpool_postgres::Object;
-use grafter_store::{Result, StoreError};
+use grafter_store::Result;
 use tokio_postgres::types::ToSql;
 
 use crate::error::pg_error_in;
@@ -181,25 +181,24 @@ pub(crate) async fn check(client: &Object) -> Result<()> {
     refuse_unknown(&done)
 }
 
-/// Fails (`Invalid`) if `done` holds a version this build does not know:
-/// one a later release applied, or one no release has. Running on a newer
-/// schema would read and write it as if it were this build's, half
-/// honouring a later release's tables, triggers and functions.
+/// Fails if `done` holds a version this build does not know
+/// ([`grafter_store::schema::refuse_unknown_versions`]).
 fn refuse_unknown(done: &[i32]) -> Result<()> {
-    if let Some(&newest) = done.iter().max().filter(|&&v| v > LATEST) {
-        return Err(StoreError::Invalid(format!(
-            "the database's schema is at version {newest}, newer than this grafter's \
-             {LATEST} (a later release migrated it): upgrade grafter to open it"
-        )));
+    grafter_store::schema::refuse_unknown_versions(
+        done.iter().map(|&v| i64::from(v)),
+        i64::from(LATEST),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `refuse_unknown_versions` takes for granted: the versions are 1
+    /// to `LATEST`, each once, so any outside that range is unknown.
+    #[test]
+    fn versions_run_from_one_without_gaps() {
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, (1..=LATEST).collect::<Vec<_>>());
     }
-    if let Some(&unknown) = done
-        .iter()
-        .find(|v| !MIGRATIONS.iter().any(|(known, _)| known == *v))
-    {
-        return Err(StoreError::Invalid(format!(
-            "the database records schema version {unknown}, which no grafter release has \
-             (this one knows 1 to {LATEST}): refusing to open it"
-        )));
-    }
-    Ok(())
 }

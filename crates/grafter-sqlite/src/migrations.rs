@@ -85,28 +85,16 @@ fn create_table(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Fails if `grafter_migrations` records a version this build does not
-/// know. Running on a newer schema would read and write it as if it were
-/// this build's: a later release's tables, triggers and constraints would
-/// be half honoured and the database left as no release wrote it.
+/// know ([`grafter_store::schema::refuse_unknown_versions`]).
 fn refuse_unknown(conn: &Connection) -> grafter_store::Result<()> {
-    let (newest, oldest): (Option<i64>, Option<i64>) = conn
-        .query_row(
-            "SELECT max(version), min(version) FROM grafter_migrations",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+    let recorded = conn
+        .prepare("SELECT version FROM grafter_migrations")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()
+        })
         .map_err(|e| StoreError::Backend(format!("reading grafter_migrations: {e}")))?;
-    match (newest, oldest) {
-        (Some(newest), _) if newest > LATEST => Err(StoreError::Invalid(format!(
-            "the database's schema is at version {newest}, newer than this grafter's \
-             {LATEST} (a later release migrated it): upgrade grafter to open it"
-        ))),
-        (_, Some(oldest)) if oldest < 1 => Err(StoreError::Invalid(format!(
-            "the database records schema version {oldest}, which no grafter release has \
-             (this one knows 1 to {LATEST}): refusing to open it"
-        ))),
-        _ => Ok(()),
-    }
+    grafter_store::schema::refuse_unknown_versions(recorded, LATEST)
 }
 
 /// Applies the migrations up to and including `last`: all of them on open;
@@ -140,8 +128,8 @@ fn apply_up_to(conn: &mut Connection, last: i64) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
-    /// What `refuse_unknown` takes for granted: the versions are 1 to
-    /// `LATEST`, each once, so any outside that range is unknown.
+    /// What `refuse_unknown_versions` takes for granted: the versions are 1
+    /// to `LATEST`, each once, so any outside that range is unknown.
     #[test]
     fn versions_run_from_one_without_gaps() {
         let versions: Vec<i64> = MIGRATIONS.iter().map(|(v, _)| *v).collect();

@@ -17,6 +17,7 @@ mod limited;
 mod params;
 pub mod preview;
 mod schedules;
+pub mod schema;
 pub mod transitions;
 mod wakeups;
 
