@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use common::{run_cli, temp_dir, Server, FAST_CONFIG};
+use common::{output_text, run_cli, temp_dir, Server, FAST_CONFIG};
 
 /// A server on the SQLite file `dir/jobs.db`.
 async fn start(dir: &Path) -> Server {
@@ -27,11 +27,7 @@ async fn cli(server: &Server, cwd: &Path, args: &[&str]) -> (bool, Option<i32>, 
     let mut args = args.to_vec();
     args.extend(["--url", &server.base]);
     let out = run_cli(&args, cwd).await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     (out.status.success(), out.status.code(), text)
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use common::{
-    connect, free_port, grafter, http_client, id_of, run_cli, schema_setup, skip_or_fail, temp_dir,
-    Server, FAST_CONFIG, PATIENCE,
+    connect, free_port, grafter, http_client, id_of, output_text, run_cli, schema_setup,
+    skip_or_fail, temp_dir, Server, FAST_CONFIG, PATIENCE,
 };
 
 /// `grafter serve --database <database> [--config <config>]` on a free port:
@@ -67,11 +67,7 @@ async fn migrate(database: &str, config: Option<&Path>, cwd: &Path) -> (bool, St
         args.extend(["--config", config]);
     }
     let out = run_cli(&args, cwd).await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     (out.status.success(), text)
 }
 

@@ -16,8 +16,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use common::{
-    enqueue_wakes_long_poll, free_port, grafter, http_client, id_of, run_cli, temp_dir, Server,
-    FAST_CONFIG, PATIENCE,
+    enqueue_wakes_long_poll, free_port, grafter, http_client, id_of, output_text, run_cli,
+    temp_dir, Server, FAST_CONFIG, PATIENCE,
 };
 
 /// A server whose stderr closes (the log shipper reading it went away) goes
@@ -512,11 +512,7 @@ async fn the_cli_manages_schedules() {
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = run_cli(&args, cwd).await;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let text = output_text(&out);
             (out.status.success(), text)
         }
     };

@@ -446,6 +446,15 @@ pub async fn run_cli(args: &[&str], cwd: &Path) -> std::process::Output {
         .expect("run grafter")
 }
 
+/// A command's stdout and stderr together, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Reports that a test cannot run here (no PostgreSQL, no interpreter for a
 /// snippet, …): under CI (`CI` set) that fails the test; elsewhere it says so
 /// loudly and the test returns early.
