@@ -4,6 +4,7 @@ require "json"
 require "socket"
 require "grafter"
 require "grafter/execution"
+require "grafter/heartbeat"
 require "grafter/runner"
 require "grafter/recorder"
 require_relative "monotonic"
@@ -96,8 +97,8 @@ module Grafter
     # (PREFETCH_HORIZON).
     def initialize(queues: ["default"], concurrency: 10, client: Grafter.client, identifier: nil,
                    lease_ms: 30_000, heartbeat_interval: nil, wait_ms: 2_000, shutdown_timeout: 25,
-                   cancel_grace: 10, interrupt_grace: 5, health_port: nil, health_host: "127.0.0.1",
-                   registration_interval: 5, prefetch: nil, logger: Grafter.logger, process_title: false)
+                   cancel_grace: Heartbeat::CANCEL_GRACE, interrupt_grace: Heartbeat::INTERRUPT_GRACE,
+                   health_port: nil, health_host: "127.0.0.1", registration_interval: 5, prefetch: nil, logger: Grafter.logger, process_title: false)
       @queues = Array(queues).flat_map { |queue| queue.to_s.split(",") }.map(&:strip).reject(&:empty?)
       raise ArgumentError, "a worker needs at least one queue" if @queues.empty?
 
@@ -581,21 +582,12 @@ module Grafter
     # a lost lease (409, 404) stops the job; anything else is retried soon.
     def beat(execution, state)
       version, progress = execution.progress
-      answer = begin
-        send_beat(execution, progress)
-      rescue Grafter::Error => e
-        raise if progress.nil? || !progress_refused?(e)
-
-        @logger.warn("grafter: job #{execution.id}: its progress was refused and is dropped (#{e.message})")
-        execution.drop_progress!(version)
+      Heartbeat.renew(@client, execution, version, progress, lease_ms: @lease_ms, logger: @logger) do
         state.sent_version = version
-        send_beat(execution, nil)
       end
-      execution.lease_renewed!(@lease_ms / 1000.0)
       state.last_beat = monotonic
       state.sent_version = version
       @lock.synchronize { @last_beat_ok = monotonic }
-      execution.cancel_requested! if answer && answer["cancel_requested"]
     rescue ApiError => e
       return retry_beat_soon(execution, state, e) unless @recorder.final?(e)
 
@@ -606,19 +598,6 @@ module Grafter
       retry_beat_soon(execution, state, e)
     end
 
-    def send_beat(execution, progress)
-      @client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: @lease_ms)
-    end
-
-    # The request was refused for what it carries (it could not be encoded,
-    # or the server answered 4xx other than 404, 409 and 429): with progress,
-    # that is the progress.
-    def progress_refused?(error)
-      return true unless error.is_a?(ApiError) || error.is_a?(ConnectionError)
-
-      error.is_a?(ApiError) && !@recorder.final?(error) && !@recorder.transient?(error) && error.status < 500
-    end
-
     def retry_beat_soon(execution, state, error)
       @logger.warn("grafter: heartbeat of job #{execution.id} failed (#{error.message}); retrying")
       state.last_beat = monotonic - @heartbeat_interval + 1
@@ -626,14 +605,7 @@ module Grafter
 
     # Timeouts, cancels that were not heeded, and jobs that ignore both.
     def watch(execution, state)
-      if execution.past_deadline? &&
-         execution.interrupt!(:timeout, TimeoutError, "job #{execution.id} ran past its timeout_ms (#{execution.timeout_ms} ms)")
-        @logger.warn("grafter: job #{execution.id} timed out after #{execution.timeout_ms} ms; interrupted")
-      end
-      if (waited = execution.cancel_requested_for) && waited >= @cancel_grace &&
-         execution.interrupt!(:cancel, Cancelled, "job #{execution.id} was cancelled")
-        @logger.warn("grafter: job #{execution.id} did not stop #{@cancel_grace} s after its cancel; interrupted")
-      end
+      Heartbeat.enforce(execution, cancel_grace: @cancel_grace, logger: @logger)
       return unless execution.interrupt && execution.body_running?
 
       state.interrupted_at ||= monotonic

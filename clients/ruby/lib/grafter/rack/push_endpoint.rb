@@ -3,6 +3,7 @@
 require "json"
 require "grafter"
 require "grafter/execution"
+require "grafter/heartbeat"
 require "grafter/runner"
 require "grafter/recorder"
 require_relative "../monotonic"
@@ -48,11 +49,6 @@ module Grafter
       # The lease a 202 leaves the job under (the server's default_lease_ms).
       LEASE_MS = 30_000
       HEARTBEAT_SECONDS = 10
-      # As the worker's: a cancelled job still running this long after its
-      # cancel gets Grafter::Cancelled raised; a job that ignores its
-      # interrupt this long has its outcome recorded without it.
-      CANCEL_GRACE = 10
-      INTERRUPT_GRACE = 5
       # Most accepted (job id, lease) pairs remembered to refuse replays.
       MAX_REMEMBERED = 100_000
 
@@ -213,10 +209,10 @@ module Grafter
           break unless done.empty?
 
           sleep 0.1
-          watch(execution)
+          Heartbeat.enforce(execution, cancel_grace: Heartbeat::CANCEL_GRACE, logger: logger, label: "pushed job")
           if execution.interrupt
             interrupted_at ||= monotonic
-            next unless monotonic - interrupted_at >= INTERRUPT_GRACE && execution.body_running?
+            next unless monotonic - interrupted_at >= Heartbeat::INTERRUPT_GRACE && execution.body_running?
 
             give_up_on(client, execution)
             break
@@ -224,9 +220,9 @@ module Grafter
           version, progress = execution.progress
           next unless monotonic - last >= HEARTBEAT_SECONDS || (version != sent && monotonic - last >= 0.25)
 
-          case beat(client, execution, progress)
+          case beat(client, execution, version, progress)
           when :lost then break
-          when :progress_refused, :ok then sent = version
+          when :ok then sent = version
           end
           last = monotonic
         end
@@ -234,35 +230,11 @@ module Grafter
         logger.error("grafter: heartbeats of pushed job #{execution.id} ended: #{Runner.describe(e)}")
       end
 
-      def watch(execution)
-        if execution.past_deadline? &&
-           execution.interrupt!(:timeout, TimeoutError,
-                                "job #{execution.id} ran past its timeout_ms (#{execution.timeout_ms} ms)")
-          logger.warn("grafter: pushed job #{execution.id} timed out after #{execution.timeout_ms} ms; interrupted")
-        end
-        return unless (waited = execution.cancel_requested_for) && waited >= CANCEL_GRACE &&
-                      execution.interrupt!(:cancel, Cancelled, "job #{execution.id} was cancelled")
-
-        logger.warn("grafter: pushed job #{execution.id} did not stop #{CANCEL_GRACE} s after its cancel; interrupted")
-      end
-
-      # One heartbeat: :ok, :progress_refused (sent again without it), :lost
-      # or :failed (tried again at the next one).
-      def beat(client, execution, progress)
-        answer = begin
-          client.heartbeat(execution.id, lease: execution.lease, progress: progress, lease_ms: LEASE_MS)
-        rescue Grafter::Error => e
-          raise unless progress && progress_refused?(e)
-
-          logger.warn("grafter: pushed job #{execution.id}: its progress was refused and is dropped (#{e.message})")
-          execution.drop_progress!(execution.progress.first)
-          client.heartbeat(execution.id, lease: execution.lease, lease_ms: LEASE_MS)
-          progress = nil
-        end
-        execution.lease_renewed!(LEASE_MS / 1000.0)
-        execution.timeout_learned!(answer["timeout_ms"]) if answer.is_a?(Hash)
-        execution.cancel_requested! if answer && answer["cancel_requested"]
-        progress ? :ok : :progress_refused
+      # One heartbeat: :ok (its progress sent, or refused and dropped),
+      # :lost, or :failed (tried again at the next one).
+      def beat(client, execution, version, progress)
+        Heartbeat.renew(client, execution, version, progress, lease_ms: LEASE_MS, logger: logger, label: "pushed job")
+        :ok
       rescue ApiError => e
         unless e.status == 409 || e.status == 404
           logger.warn("grafter: heartbeat of pushed job #{execution.id} failed: #{e.message}")
@@ -277,19 +249,11 @@ module Grafter
         :failed
       end
 
-      # Refused for what it carries (it cannot be encoded, or a 4xx other
-      # than 404, 409 and 429).
-      def progress_refused?(error)
-        return true unless error.is_a?(ApiError) || error.is_a?(ConnectionError)
-
-        error.is_a?(ApiError) && error.status.between?(400, 499) && ![404, 409, 429].include?(error.status)
-      end
-
       # A job that ignored its interrupt: its outcome is recorded now and its
       # lease no longer renewed; its thread runs on until the job returns.
       def give_up_on(client, execution)
         logger.error("grafter: pushed job #{execution.id} ignored its #{execution.interrupt} interrupt for " \
-                     "#{INTERRUPT_GRACE} s; recording its outcome without it")
+                     "#{Heartbeat::INTERRUPT_GRACE} s; recording its outcome without it")
         return unless execution.settle!
 
         Recorder.new(client, logger: logger, grace: LEASE_MS / 1000.0).record(execution, Runner.decide(execution, nil, nil))
