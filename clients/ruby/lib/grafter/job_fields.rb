@@ -14,6 +14,8 @@ module Grafter
     # of 100 would refuse both. Finite, so that a cyclic structure or a
     # hostile answer ends in an error rather than a stack overflow.
     MAX_NESTING = 128 + 16
+    # The server's default `body_limit_bytes`: the largest request it takes.
+    SERVER_BODY_LIMIT_BYTES = 1024 * 1024
     # The times the server takes: years 1 to 9999 (crates/grafter-core/src/time.rs).
     EARLIEST = Time.utc(1, 1, 1).freeze
     LATEST = Time.utc(9999, 12, 31, 23, 59, 59.999999r).freeze

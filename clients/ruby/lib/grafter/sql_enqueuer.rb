@@ -57,9 +57,9 @@ module Grafter
     end
 
     INVALID_PARAMETER_VALUE = "22023"
-    # The server's default `body_limit_bytes`: the HTTP API refuses a larger
-    # request (413), and so does this enqueuer, with the same error.
-    MAX_BODY_BYTES = 1024 * 1024
+    # The HTTP API refuses a larger request (413), and so does this
+    # enqueuer, with the same error.
+    MAX_BODY_BYTES = JobFields::SERVER_BODY_LIMIT_BYTES
     # `{"jobs":` and `}` around the jobs of an HTTP enqueue_many.
     BATCH_WRAPPER_BYTES = '{"jobs":}'.bytesize
 

@@ -98,7 +98,8 @@ module Grafter
     def initialize(queues: ["default"], concurrency: 10, client: Grafter.client, identifier: nil,
                    lease_ms: 30_000, heartbeat_interval: nil, wait_ms: 2_000, shutdown_timeout: 25,
                    cancel_grace: Heartbeat::CANCEL_GRACE, interrupt_grace: Heartbeat::INTERRUPT_GRACE,
-                   health_port: nil, health_host: "127.0.0.1", registration_interval: 5, prefetch: nil, logger: Grafter.logger, process_title: false)
+                   health_port: nil, health_host: "127.0.0.1", registration_interval: 5, prefetch: nil,
+                   logger: Grafter.logger, process_title: false)
       @queues = Array(queues).flat_map { |queue| queue.to_s.split(",") }.map(&:strip).reject(&:empty?)
       raise ArgumentError, "a worker needs at least one queue" if @queues.empty?
 

@@ -45,7 +45,7 @@ module Grafter
       # enqueued_at), and its args came in a request of at most the server's
       # `body_limit_bytes` (1 MiB by default): that plus headroom. A server
       # with a larger `body_limit_bytes` needs `max_body_bytes:` raised to match.
-      MAX_BODY_BYTES = (1024 + 64) * 1024
+      MAX_BODY_BYTES = JobFields::SERVER_BODY_LIMIT_BYTES + (64 * 1024)
       # The lease a 202 leaves the job under (the server's default_lease_ms).
       LEASE_MS = 30_000
       HEARTBEAT_SECONDS = 10
