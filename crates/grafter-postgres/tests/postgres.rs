@@ -1,8 +1,9 @@
 //! What only the PostgreSQL store does, beyond the shared suite: wake-ups that
 //! cross nodes (and not schemas), the polling fallback, migrations racing on
 //! start and upgrading, jobs from before `args_bytes`, unique keys and worker
-//! pruning racing across nodes, running limits, leadership, batch acks and job
-//! pruning across nodes, and a schedule's firing failing half-way.
+//! pruning racing across nodes, running limits, queue limits reshaped through
+//! another node, leadership, batch acks and job pruning across nodes, and a
+//! schedule's firing failing half-way.
 
 mod common;
 
@@ -15,8 +16,8 @@ use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store::preview::json_len;
 use grafter_store::{
     AckOutcome, JobComplete, JobHeartbeat, JobRelease, JobRetry, JobsCompleteMany, JobsFetch,
-    JobsInsert, JobsList, JobsPrune, LeaderAcquire, QueuePause, Store, StoreError, Waiter,
-    WorkerBeat, WorkersPrune,
+    JobsInsert, JobsList, JobsPrune, LeaderAcquire, QueueLimitsSet, QueuePause, Store, StoreError,
+    Waiter, WorkerBeat, WorkersPrune,
 };
 use serde_json::json;
 
@@ -673,6 +674,91 @@ async fn nodes_fetching_with_a_running_limit_never_exceed_it_together() {
         most_running.max(most_held),
         LIMIT as i64,
         "the limit was reached, so it was tested"
+    );
+}
+
+/// Sets `queue`'s limits through `store` (`None` removes them).
+async fn set_limits(store: &PostgresStore, queue: &str, limits: Option<serde_json::Value>) {
+    let limits = limits.map(|l| serde_json::from_value(l).unwrap());
+    store
+        .queue_set_limits(QueueLimitsSet {
+            queue: queue.into(),
+            limits,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+}
+
+/// A node admits by the limits the queue has when it fetches, not by the
+/// shape it last saw: limits changed through another node (a whole-queue
+/// limit made per partition, and back, then a pause) rule this node's next
+/// fetch at once.
+#[tokio::test]
+async fn limits_reshaped_through_another_node_rule_the_next_fetch() {
+    let Some(url) = database().await else { return };
+    let (config, _guard) = fresh_config(&url);
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let now = Utc::now();
+    let jobs = (0..12)
+        .map(|i| {
+            let mut job = NewJob::new("k", json!({ "i": i }));
+            job.queue = "q".into();
+            job.partition = Some(format!("p{}", i % 2));
+            job
+        })
+        .collect();
+    a.jobs_insert_many(JobsInsert { jobs, now }).await.unwrap();
+
+    set_limits(&a, "q", Some(json!({"concurrency": 5}))).await;
+    let first = a.jobs_fetch(fetch_params("q", 1, now)).await.unwrap();
+    assert_eq!(
+        first.len(),
+        1,
+        "a whole-queue limit of 5 admits the one asked for"
+    );
+    ack_all(&a, &first, now).await;
+
+    set_limits(
+        &b,
+        "q",
+        Some(json!({"concurrency": 1, "partition_by": "partition"})),
+    )
+    .await;
+    let per_partition = a.jobs_fetch(fetch_params("q", 10, now)).await.unwrap();
+    let mut partitions: Vec<_> = per_partition
+        .iter()
+        .map(|l| l.job.partition.clone().unwrap())
+        .collect();
+    partitions.sort();
+    assert_eq!(
+        partitions,
+        ["p0", "p1"],
+        "one per partition, as the new limits say"
+    );
+    ack_all(&a, &per_partition, now).await;
+
+    set_limits(&b, "q", Some(json!({"concurrency": 3}))).await;
+    let whole = a.jobs_fetch(fetch_params("q", 10, now)).await.unwrap();
+    assert_eq!(
+        whole.len(),
+        3,
+        "three for the whole queue, as the new limits say"
+    );
+    ack_all(&a, &whole, now).await;
+
+    b.queue_set_paused(QueuePause {
+        queue: "q".into(),
+        paused: true,
+        now,
+    })
+    .await
+    .unwrap();
+    let paused = a.jobs_fetch(fetch_params("q", 10, now)).await.unwrap();
+    assert!(
+        paused.is_empty(),
+        "a pause through another node stops this one's fetch"
     );
 }
 
