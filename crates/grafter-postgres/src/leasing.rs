@@ -81,45 +81,50 @@ pub(crate) fn lease_seed() -> Vec<u8> {
     rand::random::<[u8; 16]>().to_vec()
 }
 
-/// The second half of every fetch statement: of the rows a `candidates` CTE
-/// chose and locked (`id, priority, run_at, size`: the first `max` in hand-out
-/// order), picks those whose args, added up in that order, stay within the
-/// byte budget $7 (and always the first: its running total is its own size),
-/// leases them and counts them (`count_moves!`). Candidates past the budget stay locked, not leased, until
-/// the statement ends; other fetches skip them meanwhile. The lease token is
-/// derived from the seed $8 (`lease_set!`). The lease never outlives
-/// the job's own timeout, so a job that overruns it is rescued as "timed out"
-/// even if its worker keeps heartbeating.
-/// Parameters: $2 now, $4 lease end, $5 worker, $6 the timeout clamp, $7 the
-/// byte budget, $8 the lease seed.
+/// The second half of every fetch statement, as CTEs: of the rows CTE
+/// `$from` chose and locked (`id, priority, run_at, size`: the first `max` in
+/// hand-out order), picks those whose args, added up in that order, stay
+/// within the byte budget $7 (and the first whatever its size when
+/// `$first_free` holds: its running total is its own size), leases them as
+/// `leased` and counts them (`count_moves!`). Candidates past the budget stay
+/// locked, not leased, until the statement ends; other fetches skip them
+/// meanwhile. The lease token is derived from the seed `$seed`
+/// (`lease_set!`). The lease never outlives the job's own timeout, so a job
+/// that overruns it is rescued as "timed out" even if its worker keeps
+/// heartbeating. Other parameters: $2 now, $4 lease end, $5 worker, $6 the
+/// timeout clamp.
 ///
 /// The picked ids go in as an array so that each row is reached through the
 /// primary key. Joined as a table instead, they led the planner to hash the
 /// whole jobs table on every fetch (it cannot tell how few rows `picked` holds),
 /// a cost that grows with the table.
 macro_rules! lease_picked {
-    () => {
+    ($from:literal, $first_free:literal, $seed:literal) => {
         concat!(
-            ", picked AS (
+            "picked AS (
                 SELECT id FROM (
                     SELECT id, size, sum(size) OVER (ORDER BY priority, run_at, id
                                                      ROWS UNBOUNDED PRECEDING) AS upto
-                    FROM candidates
+                    FROM ",
+            $from,
+            "
                 ) AS c
-                WHERE upto <= $7 OR upto = size
+                WHERE upto <= $7 OR (",
+            $first_free,
+            " AND upto = size)
             ), leased AS (
                 UPDATE jobs SET ",
-            lease_set!("$2", "$4", "$5", "$6", "$8"),
+            lease_set!("$2", "$4", "$5", "$6", $seed),
             " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
                 RETURNING ",
             job_columns!(),
             ", jobs.lease
             ), ",
-            count_moves!("leased", "available", "running"),
-            " SELECT * FROM leased"
+            count_moves!("leased", "available", "running")
         )
     };
 }
+pub(crate) use lease_picked;
 
 /// A CTE of a statement that moves jobs from state `$from` to `$to` (the
 /// rows of CTE `$moved`, with their `queue`): counts the moves into the
@@ -300,8 +305,9 @@ impl Db {
                 ORDER BY priority, run_at, id
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED
-            ) ",
-            lease_picked!()
+            ), ",
+            lease_picked!("candidates", "true", "$8"),
+            " SELECT * FROM leased"
         );
         const MANY_QUEUES: &str = concat!(
             "WITH candidates AS (
@@ -320,8 +326,9 @@ impl Db {
                 WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = q.name AND (paused OR limits IS NOT NULL))
                 ORDER BY j.priority, j.run_at, j.id
                 LIMIT $3
-            ) ",
-            lease_picked!()
+            ), ",
+            lease_picked!("candidates", "true", "$8"),
+            " SELECT * FROM leased"
         );
         // With a running limit: the same, leasing no more than keeps the queue's
         // running jobs (on every node) at or under $9. The count is exact because
@@ -340,8 +347,9 @@ impl Db {
                 LIMIT least($3, greatest($9::bigint - (SELECT count(*) FROM jobs
                                                        WHERE state = 'running' AND queue = $1), 0))
                 FOR UPDATE SKIP LOCKED
-            ) ",
-            lease_picked!()
+            ), ",
+            lease_picked!("candidates", "true", "$8"),
+            " SELECT * FROM leased"
         );
         // A queue named twice would be read twice, and its jobs picked twice:
         // `queues` is deduplicated.

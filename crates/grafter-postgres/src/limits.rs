@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::error::{pg_error, pool_error};
 use crate::leasing::{
-    count_moves, lease_seed, lease_set, leased_from_rows, Budget, MAX_TIMEOUT_MS,
+    count_moves, lease_picked, lease_seed, lease_set, leased_from_rows, Budget, MAX_TIMEOUT_MS,
     RUNNING_LIMIT_LOCK_CLASS,
 };
 use crate::row::{args_size, job_columns, limit, AFTER_JOB_COLUMNS};
@@ -309,22 +309,8 @@ impl Db {
                 FROM look
             ), admitted AS (
                 SELECT id, priority, run_at, size FROM ranked WHERE nth <= (SELECT each FROM room)
-            ), picked AS (
-                SELECT id FROM (
-                    SELECT id, size, sum(size) OVER (ORDER BY priority, run_at, id
-                                                     ROWS UNBOUNDED PRECEDING) AS upto
-                    FROM admitted
-                ) AS c
-                WHERE upto <= $7 OR ($12 AND upto = size)
-            ), leased AS (
-                UPDATE jobs SET ",
-            lease_set!("$2", "$4", "$5", "$6", "$13"),
-            " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
-                RETURNING ",
-            job_columns!(),
-            ", jobs.lease
             ), ",
-            count_moves!("leased", "available", "running"),
+            lease_picked!("admitted", "$12", "$13"),
             "
             SELECT leased.*, summary.* FROM (
                 SELECT EXISTS (SELECT 1 FROM room) AS shaped,
@@ -357,22 +343,8 @@ impl Db {
                 ORDER BY priority, run_at, id
                 LIMIT coalesce((SELECT most FROM room), 0)
                 FOR UPDATE SKIP LOCKED
-            ), picked AS (
-                SELECT id FROM (
-                    SELECT id, size, sum(size) OVER (ORDER BY priority, run_at, id
-                                                     ROWS UNBOUNDED PRECEDING) AS upto
-                    FROM look
-                ) AS c
-                WHERE upto <= $7 OR ($9 AND upto = size)
-            ), leased AS (
-                UPDATE jobs SET ",
-            lease_set!("$2", "$4", "$5", "$6", "$10"),
-            " WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked))
-                RETURNING ",
-            job_columns!(),
-            ", jobs.lease
             ), ",
-            count_moves!("leased", "available", "running"),
+            lease_picked!("look", "$9", "$10"),
             "
             SELECT leased.*, summary.* FROM (
                 SELECT EXISTS (SELECT 1 FROM room) AS shaped, false AS more
