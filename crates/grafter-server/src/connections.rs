@@ -12,8 +12,10 @@
 //! every few seconds would keep racing a closing socket. Here, as in Go's
 //! `http.Server`, the header clock starts at a request's first byte, and the
 //! idle clock runs only between requests: from when the last answer's body
-//! has been sent, so an event stream is never idle. A request being answered
-//! (a long-poll included) has no deadline once its body has arrived.
+//! has been produced and the socket last took some of it, so an event stream
+//! is never idle and a large answer read slowly is not cut off. A request
+//! being answered (a long-poll included) has no deadline once its body has
+//! arrived.
 //!
 //! A late header or idle connection is closed without a word: no request
 //! was made. A late body is answered: the body being read fails with
@@ -23,7 +25,8 @@
 //! sent (the rest of the body would be read as the next request). A connection whose
 //! body is neither read nor let go of (no route holds one) is closed a little
 //! later, `UNREAD_BODY_GRACE` past the deadline. Once the server shuts
-//! down, a request still arriving has `SHUTDOWN_READ_GRACE` to arrive.
+//! down, a request still arriving has `SHUTDOWN_READ_GRACE` to arrive, and
+//! an answer still being sent `SHUTDOWN_SEND_GRACE` to be read.
 
 use std::future::Future;
 use std::io;
@@ -60,6 +63,11 @@ const UNREAD_BODY_GRACE: Duration = Duration::from_secs(5);
 /// How long, once the server is shutting down, a request still arriving
 /// (its headers or its body) has to arrive before its connection is closed.
 const SHUTDOWN_READ_GRACE: Duration = Duration::from_secs(1);
+
+/// How long, once the server is shutting down, a client has to read what is
+/// left of an answer already made before its connection is closed: a client
+/// that stopped reading cannot hold the shutdown up for the idle timeout.
+const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(5);
 
 /// The error of a request body that did not all arrive within
 /// `body_read_timeout` of its headers.
@@ -114,7 +122,9 @@ pub(crate) async fn serve_connections(
 /// Where a connection is in its life, which decides its deadline.
 #[derive(Clone, Copy)]
 enum Phase {
-    /// Waiting for the first byte of the next request since this instant.
+    /// The last answer's body has been produced; since this instant the
+    /// socket has taken none of it (it may all have been sent), and no byte
+    /// of a next request has come.
     Idle(Instant),
     /// A request started arriving at this instant; its headers are not complete.
     ReadingHeaders(Instant),
@@ -161,6 +171,16 @@ impl ConnectionClock {
         }
     }
 
+    /// The socket took bytes of an answer: a connection still sending the
+    /// last one is not idle. (The deadline only moves later, which the
+    /// serving task sees when the old one passes.)
+    fn bytes_sent(&self) {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::Idle(Instant::now());
+        }
+    }
+
     /// The request's body has all arrived, or its handler let go of it: what
     /// is left of the request has no deadline.
     fn body_done(&self) {
@@ -185,22 +205,26 @@ impl ConnectionClock {
 
     /// When the connection is closed unless its phase moves on; once the
     /// server is `closing` (since that instant), a request still arriving
-    /// has [`SHUTDOWN_READ_GRACE`] at most, so a slow client cannot hold the
-    /// shutdown up for its whole header or body timeout.
+    /// has [`SHUTDOWN_READ_GRACE`] at most and an answer still being sent
+    /// [`SHUTDOWN_SEND_GRACE`], so a slow client cannot hold the shutdown up
+    /// for its whole header, body or idle timeout. (A connection with
+    /// nothing left to send is closed at once by the graceful shutdown.)
     fn deadline(&self, settings: &HttpSettings, closing: Option<Instant>) -> Option<Instant> {
-        let (at, arriving) = match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
-            Phase::Idle(since) => (since + settings.idle_timeout(), false),
-            Phase::ReadingHeaders(since) => (since + settings.header_read_timeout(), true),
+        let (at, grace) = match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
+            Phase::Idle(since) => (since + settings.idle_timeout(), SHUTDOWN_SEND_GRACE),
+            Phase::ReadingHeaders(since) => {
+                (since + settings.header_read_timeout(), SHUTDOWN_READ_GRACE)
+            }
             Phase::ReadingBody(since) => (
                 since + settings.body_read_timeout() + UNREAD_BODY_GRACE,
-                true,
+                SHUTDOWN_READ_GRACE,
             ),
             Phase::Answering => return None,
         };
-        match closing {
-            Some(since) if arriving => Some(at.min(since + SHUTDOWN_READ_GRACE)),
-            _ => Some(at),
-        }
+        Some(match closing {
+            Some(since) => at.min(since + grace),
+            None => at,
+        })
     }
 }
 
@@ -260,9 +284,11 @@ impl Drop for ClockedRequestBody {
     }
 }
 
-/// An answer's body, whose end (hyper drops it once it has all been sent,
+/// An answer's body, whose end (hyper drops it once it has taken all of it,
 /// or the connection is gone) starts the idle clock: until then the
-/// connection is answering, however long a stream's body takes.
+/// connection is answering, however long a stream's body takes. What hyper
+/// has taken may still be on its way to the socket: the clock starts over
+/// each time the socket takes some (`ClockedStream`).
 struct ClockedResponseBody {
     body: axum::body::Body,
     clock: Arc<ConnectionClock>,
@@ -294,7 +320,8 @@ impl Drop for ClockedResponseBody {
     }
 }
 
-/// A socket that reports incoming bytes to its connection's clock.
+/// A socket that reports the bytes it takes in and sends out to its
+/// connection's clock.
 struct ClockedStream {
     stream: TcpStream,
     clock: Arc<ConnectionClock>,
@@ -321,7 +348,11 @@ impl AsyncWrite for ClockedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.bytes_sent();
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -329,7 +360,11 @@ impl AsyncWrite for ClockedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.bytes_sent();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

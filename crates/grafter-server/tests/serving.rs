@@ -4,8 +4,9 @@
 //! body is answered 408 and disconnected, a long-poll or an event stream may
 //! outlast the idle timeout, a declared body over the limit or an encoded
 //! one is refused before it is read, a malformed chunked body is a body that
-//! cannot be read (not bad JSON), and shutdown answers waiting long-polls
-//! and returns.
+//! cannot be read (not bad JSON), a large answer read slowly is sent whole
+//! past the idle timeout, and shutdown answers waiting long-polls and
+//! returns without waiting for slow clients.
 //!
 //! Deadlines in these tests are generous upper bounds for a loaded machine;
 //! nothing asserts on speed.
@@ -53,6 +54,14 @@ impl Drop for Grafter {
 }
 
 async fn start(http: HttpSettings) -> Grafter {
+    start_with(ServerConfig {
+        http,
+        ..Default::default()
+    })
+    .await
+}
+
+async fn start_with(config: ServerConfig) -> Grafter {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("grafter.db"))
         .await
@@ -60,10 +69,6 @@ async fn start(http: HttpSettings) -> Grafter {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let config = ServerConfig {
-        http,
-        ..Default::default()
-    };
     let served = tokio::spawn(serve(listener, Arc::new(store), config, shutdown.clone()));
     Grafter {
         address,
@@ -546,6 +551,103 @@ async fn shutdown_answers_a_waiting_long_poll_and_closes_idle_connections() {
     tokio::time::timeout(PATIENCE, &mut grafter.served)
         .await
         .expect("serve did not return after shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// A fetch of ten jobs of 900 KB each (about 9 MB, more than the server's
+/// socket can hold at once), asked for on a connection whose receive buffer
+/// is small.
+async fn ask_for_a_large_answer(grafter: &Grafter) -> TcpStream {
+    let client = reqwest::Client::new();
+    let text = "a".repeat(900_000);
+    for _ in 0..10 {
+        let enqueued = client
+            .post(grafter.url("/v1/jobs"))
+            .json(&json!({"kind": "big", "args": {"text": text}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(enqueued.status(), 201);
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(grafter.address).await.unwrap();
+    let body = json!({"queues": ["default"], "max": 10, "worker_id": "w"}).to_string();
+    let request = format!(
+        "POST /v1/fetch HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A large answer read slowly arrives whole, though reading it takes longer
+/// than the idle timeout: the connection is not idle while the socket still
+/// takes bytes of an answer.
+#[tokio::test]
+async fn a_large_answer_read_slowly_outlasts_the_idle_timeout() {
+    let grafter = start_with(ServerConfig {
+        http: HttpSettings {
+            idle_timeout_ms: 1_000,
+            ..HttpSettings::default()
+        },
+        fetch_max_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await;
+    let mut stream = ask_for_a_large_answer(&grafter).await;
+    let mut received = Vec::new();
+    let mut buffer = vec![0; 16 * 1024];
+    let mut since_pause = 0;
+    let answer = loop {
+        let n = stream.read(&mut buffer).await.unwrap_or(0);
+        received.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&received);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                break body.to_owned();
+            }
+        }
+        assert!(n > 0, "closed after {} bytes of the answer", received.len());
+        // About 3 MB a second: three seconds for the whole answer. (The
+        // socket takes more only once half its buffer is free, about every
+        // 2 MB here: well within the idle timeout.)
+        since_pause += n;
+        if since_pause >= 128 * 1024 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    };
+    let fetched: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(fetched["jobs"].as_array().unwrap().len(), 10);
+}
+
+/// A client that stops reading a large answer does not hold the shutdown
+/// up for the idle timeout (a minute here).
+#[tokio::test]
+async fn shutdown_does_not_wait_a_minute_for_a_client_that_stopped_reading() {
+    let mut grafter = start_with(ServerConfig {
+        fetch_max_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await;
+    let mut stream = ask_for_a_large_answer(&grafter).await;
+    let mut head = [0; 1024];
+    assert!(stream.read(&mut head).await.unwrap() > 0, "no answer began");
+    grafter.shutdown.cancel();
+    tokio::time::timeout(PATIENCE, &mut grafter.served)
+        .await
+        .expect("serve waited for a client that stopped reading")
         .unwrap()
         .unwrap();
 }
