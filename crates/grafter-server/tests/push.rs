@@ -355,7 +355,8 @@ async fn a_failed_push_is_retried_and_completes_as_attempt_2_with_the_first_erro
                 "id",
                 "kind",
                 "max_attempts",
-                "queue"
+                "queue",
+                "timeout_ms"
             ]
         );
         assert_eq!(body["id"], id);
@@ -365,6 +366,7 @@ async fn a_failed_push_is_retried_and_completes_as_attempt_2_with_the_first_erro
         assert_eq!(body["attempt"], attempt);
         assert_eq!(body["max_attempts"], 25);
         assert_eq!(body["enqueued_at"], job["created_at"]);
+        assert_eq!(body["timeout_ms"], 30_000, "the target's timeout");
     }
     assert_ne!(
         seen[0].header("grafter-lease"),
@@ -397,6 +399,23 @@ async fn a_push_that_times_out_is_a_failed_attempt() {
     assert_eq!(job["attempt"], 2, "{job}");
     assert_eq!(error_messages(&job), ["timed out: no answer within 300 ms"]);
     assert_eq!(job["result"], json!({"ok": true}));
+    let told = receiver.seen()[0].json();
+    assert_eq!(
+        told["timeout_ms"], 300,
+        "the request says how long it is awaited"
+    );
+}
+
+#[tokio::test]
+async fn a_jobs_own_shorter_timeout_is_the_requests() {
+    let receiver = Receiver::start(Vec::new(), Reply::json(200, json!({"ok": true}))).await;
+    let grafter = grafter().await;
+    grafter.push_to("mail", &receiver.url, json!({})).await;
+    let id = grafter
+        .enqueue(json!({"kind": "send_email", "queue": "mail", "timeout_ms": 1_500}))
+        .await;
+    grafter.wait_state(id, "completed").await;
+    assert_eq!(receiver.seen()[0].json()["timeout_ms"], 1_500);
 }
 
 #[tokio::test]

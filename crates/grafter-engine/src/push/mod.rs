@@ -7,6 +7,8 @@
 pub mod signature;
 pub mod standard_webhooks;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use grafter_core::{Job, JobId, PushTarget};
 use serde::{Deserialize, Serialize};
@@ -41,10 +43,17 @@ pub struct PushRequest {
     pub max_attempts: i32,
     /// When the job was enqueued.
     pub enqueued_at: DateTime<Utc>,
+    /// How long Grafter waits for the answer, in milliseconds (the target's
+    /// timeout, or the job's own if shorter): a receiver that cannot tell
+    /// when Grafter hangs up stops the job then. Absent from the pushes of
+    /// servers before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
-impl From<&Job> for PushRequest {
-    fn from(job: &Job) -> Self {
+impl PushRequest {
+    /// The push of `job`, whose answer is awaited for `timeout`.
+    pub fn new(job: &Job, timeout: Duration) -> Self {
         PushRequest {
             id: job.id,
             kind: job.kind.clone(),
@@ -53,6 +62,7 @@ impl From<&Job> for PushRequest {
             attempt: job.attempt,
             max_attempts: job.max_attempts,
             enqueued_at: job.created_at,
+            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }

@@ -310,7 +310,7 @@ async fn push(
             };
         }
     }
-    let body = match serde_json::to_vec(&PushRequest::from(&leased.job)) {
+    let body = match serde_json::to_vec(&PushRequest::new(&leased.job, timeout)) {
         Ok(body) => body,
         Err(error) => {
             return Outcome::Failed {
