@@ -25,7 +25,9 @@ use crate::row::{job_columns, job_from_row, jobs_from_rows};
 /// `has_dependents`) before its state is read, so an upstream finishing
 /// meanwhile on another connection either is seen finished here or finds
 /// the edge and counts. Every upstream job is locked before any batch, as a
-/// job's move locks the job and then its batch.
+/// job's move locks the job and then its batch, and each kind in id order,
+/// so two requests naming the same upstreams in other orders wait for each
+/// other instead of deadlocking.
 pub(crate) async fn link(
     client: &impl Conn,
     jobs: &[NewJob],
@@ -77,6 +79,24 @@ pub(crate) async fn link(
     let mark = client.statement(MARK).await?;
     let edge = client.statement(EDGE).await?;
     let settle = client.statement(SETTLE).await?;
+    // Jobs that existed before, in id order; one that does not exist is
+    // left to the walk below, which names the entry that named it.
+    let mut existing: Vec<JobId> = plan
+        .upstreams
+        .iter()
+        .flatten()
+        .filter_map(|upstream| match *upstream {
+            Resolved::Job(id) => Some(id),
+            Resolved::Index(_) => None,
+        })
+        .collect();
+    existing.sort_unstable();
+    existing.dedup();
+    for id in existing {
+        if client.row_opt(&mark, &[&id.0]).await?.is_some() {
+            marked.insert(id);
+        }
+    }
     for &i in &plan.order {
         let dependent = inserted[i].job.id;
         for upstream in &plan.upstreams[i] {
@@ -113,6 +133,17 @@ pub(crate) async fn link(
     {
         let mark_batch = client.statement(MARK_BATCH).await?;
         let batch_edge = client.statement(BATCH_EDGE).await?;
+        let mut batches: Vec<_> = plan
+            .order
+            .iter()
+            .flat_map(|&i| jobs[i].depends_on_batches.iter().copied())
+            .collect();
+        batches.sort_unstable();
+        batches.dedup();
+        for batch in batches {
+            // Only locks: the walk below reads each answer, in order.
+            client.row_opt(&mark_batch, &[&batch.0]).await?;
+        }
         for &i in &plan.order {
             let dependent = inserted[i].job.id;
             for (k, &batch) in jobs[i].depends_on_batches.iter().enumerate() {

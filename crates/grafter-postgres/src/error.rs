@@ -14,6 +14,14 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.code().map(SqlState::code) == Some(DEPENDENCY_TOO_DEEP) {
         return StoreError::too_deep("depends_on".into());
     }
+    if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        return StoreError::Unavailable(format!(
+            "waited over {} s for a lock another transaction holds (an open transaction \
+             that enqueued a dependent of this job or batch holds it until it ends): {}",
+            crate::LOCK_TIMEOUT.as_secs(),
+            describe(&e)
+        ));
+    }
     let message = describe(&e);
     if is_transient(&e) {
         StoreError::Unavailable(message)

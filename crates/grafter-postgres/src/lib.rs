@@ -93,6 +93,17 @@ const MAX_IDENTIFIER_LEN: usize = 63;
 /// connection counts as lost (unless the URL sets `tcp_user_timeout`).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a statement of the store waits for a lock (`lock_timeout` of every
+/// pooled connection) before it fails as unavailable (a 503 the caller
+/// retries). The store's own locks are held for a statement or a short
+/// transaction; what can hold one for long is an application's transaction
+/// that enqueued a dependent of a job (`grafter_enqueue_v1`, `enqueue_in`)
+/// and has not ended: it holds the upstream job's row. Without the bound, the
+/// heartbeats and acks of that job would each hold a pooled connection until
+/// it ends, and enough of them would stall the node. Migrations wait for
+/// each other without it.
+pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How to reach the database and how to behave there.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -349,8 +360,12 @@ fn build_pool(
     // scans do), so between vacuums each one would visit every job that ever
     // passed through a partial index: 150–280 ms instead of 1–3 ms for the
     // running jobs of a database that ran a million. And JIT compiling took
-    // 80 ms for list queries that run in 2.
-    let mut session = String::from("SET jit = off; SET enable_bitmapscan = off;");
+    // 80 ms for list queries that run in 2. The lock timeout: see
+    // `LOCK_TIMEOUT`.
+    let mut session = format!(
+        "SET jit = off; SET enable_bitmapscan = off; SET lock_timeout = {};",
+        LOCK_TIMEOUT.as_millis()
+    );
     if let Some(schema) = schema.quoted() {
         session.push_str(&format!(" SET search_path TO {schema};"));
     }

@@ -66,6 +66,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         26,
         include_str!("../migrations/0026_queue_names_not_dot_segments.sql"),
     ),
+    (
+        27,
+        include_str!("../migrations/0027_sql_link_locks_upstreams_in_id_order.sql"),
+    ),
 ];
 
 /// The newest migration this build knows.
@@ -83,8 +87,12 @@ pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i3
         .transaction()
         .await
         .map_err(context("starting the migration"))?;
-    // Held until commit. Other nodes block here, then find every version applied.
-    // The schema is part of the key: migrating one schema does not hold up another.
+    // Held until commit. Other nodes block here (however long a migration
+    // takes: no `LOCK_TIMEOUT`), then find every version applied. The schema
+    // is part of the key: migrating one schema does not hold up another.
+    tx.batch_execute("SET LOCAL lock_timeout = 0")
+        .await
+        .map_err(context("lifting the lock timeout"))?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[

@@ -2,7 +2,9 @@
 //! `grafter_enqueue_many_v1`): the job they store is the job the Rust store
 //! stores for the same JSON, they refuse what the API refuses, naming the
 //! field, and they enqueue inside the caller's transaction, waking waiting
-//! fetches on commit and only then.
+//! fetches on commit and only then; a transaction left open holding an
+//! upstream stalls nothing but that upstream's changes, and only for the
+//! lock timeout; racing calls never deadlock on their upstreams.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use grafter_core::{Job, JobState, NewJob};
 use grafter_postgres::{PostgresConfig, PostgresStore};
-use grafter_store::{BatchCreate, JobFail, JobsFetch, JobsInsert, Store, StoreError};
+use grafter_store::{BatchCreate, JobFail, JobHeartbeat, JobsFetch, JobsInsert, Store, StoreError};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, NoTls};
 
@@ -931,4 +933,117 @@ async fn dependencies_are_linked_and_refused_as_the_api_does() {
         db.message()
     );
     assert!(store.jobs_fetch(fetch("refused")).await.unwrap().is_empty());
+}
+
+/// An application's transaction that enqueued a dependent holds its upstream
+/// job's row until it ends: the upstream's heartbeat waits for it no longer
+/// than the store's lock timeout, then fails as unavailable (a retry), and
+/// succeeds once the transaction has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_holding_an_upstream_makes_its_heartbeat_unavailable_not_stuck() {
+    let Some(url) = database().await else { return };
+    let (store, mut app, schema, _guard) = setup(&url, |_| String::new()).await;
+    let up = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![NewJob {
+                queue: "up".into(),
+                ..NewJob::new("up", json!({}))
+            }],
+            now: Utc::now(),
+        })
+        .await
+        .unwrap()
+        .remove(0)
+        .job;
+    let leased = store.jobs_fetch(fetch("up")).await.unwrap().remove(0);
+    let heartbeat = || {
+        store.job_heartbeat(JobHeartbeat {
+            id: up.id,
+            lease: leased.lease.clone(),
+            progress: None,
+            lease_duration: Duration::from_secs(30),
+            now: Utc::now(),
+        })
+    };
+    let open = app.transaction().await.unwrap();
+    let dependent = json!({"kind": "down", "depends_on": [up.id.0]}).to_string();
+    enqueue_sql(&open, &schema, &dependent).await.unwrap();
+    let waited = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(60), heartbeat())
+        .await
+        .expect("the heartbeat waited for the transaction");
+    match answer {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("lock"), "{message}")
+        }
+        other => panic!("not unavailable: {other:?}"),
+    }
+    assert!(
+        waited.elapsed() >= Duration::from_secs(4),
+        "it did wait for the lock"
+    );
+    open.rollback().await.unwrap();
+    heartbeat()
+        .await
+        .expect("the lock is gone with the transaction");
+}
+
+/// Requests naming the same upstreams in opposite orders, racing, through
+/// the store and through the SQL function: each upstream is locked in id
+/// order, so none deadlocks (PostgreSQL would fail one to break it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_naming_upstreams_in_other_orders_never_deadlock() {
+    let Some(url) = database().await else { return };
+    let (store, app, schema, _guard) = setup(&url, |_| String::new()).await;
+    let upstreams: Vec<i64> = store
+        .jobs_insert_many(JobsInsert {
+            jobs: vec![NewJob::new("up", json!({})), NewJob::new("up", json!({}))],
+            now: Utc::now(),
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|inserted| inserted.job.id.0)
+        .collect();
+    let (x, y) = (upstreams[0], upstreams[1]);
+    let through_store = |order: [i64; 2]| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                let job: NewJob = serde_json::from_value(
+                    json!({"kind": "down", "queue": "down", "depends_on": order}),
+                )
+                .unwrap();
+                store
+                    .jobs_insert_many(JobsInsert {
+                        jobs: vec![job],
+                        now: Utc::now(),
+                    })
+                    .await
+                    .expect("no deadlock through the store");
+            }
+        })
+    };
+    let (other, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let through_sql = |client: Client, order: [i64; 2]| {
+        let schema = schema.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                let job = json!({"kind": "down", "depends_on": order}).to_string();
+                enqueue_sql(&client, &schema, &job)
+                    .await
+                    .expect("no deadlock through the SQL function");
+            }
+        })
+    };
+    let racing = [
+        through_store([x, y]),
+        through_store([y, x]),
+        through_sql(app, [x, y]),
+        through_sql(other, [y, x]),
+    ];
+    for task in racing {
+        task.await.unwrap();
+    }
 }
