@@ -15,7 +15,7 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Pool};
 use grafter_core::limits::PartitionBy;
 use grafter_core::{time, JobId, LeasedJob, QueueLimits, Timestamp};
-use grafter_store::admission::{Admission, Offer};
+use grafter_store::admission::{Admission, Offer, STARTS_KEPT_PAST_WINDOW};
 use grafter_store::{JobsFetch, LimitUsage, LimitUsageQuery, Limited, Result, StoreError};
 use tokio_postgres::types::{Json, ToSql};
 use tokio_util::sync::CancellationToken;
@@ -494,16 +494,19 @@ impl Db {
                 .prepare_cached("DELETE FROM queue_starts WHERE queue = $1 AND started_at <= $2")
                 .await
                 .map_err(pg_error)?;
-            tx.execute(&stmt, &[&queue, &cut]).await.map_err(pg_error)?;
+            let gone = time::before(cut, STARTS_KEPT_PAST_WINDOW);
+            tx.execute(&stmt, &[&queue, &gone]).await.map_err(pg_error)?;
             for (partition, (n, _)) in started(&tx, queue, cut, rate.count).await? {
                 started_now.insert(partition, n);
             }
             let stmt = tx
-                .prepare_cached("SELECT min(started_at) FROM queue_starts WHERE queue = $1")
+                .prepare_cached(
+                    "SELECT min(started_at) FROM queue_starts WHERE queue = $1 AND started_at > $2",
+                )
                 .await
                 .map_err(pg_error)?;
             oldest_start = tx
-                .query_one(&stmt, &[&queue])
+                .query_one(&stmt, &[&queue, &cut])
                 .await
                 .map_err(pg_error)?
                 .try_get::<_, Option<Timestamp>>(0)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use grafter_core::limits::PartitionBy;
 use grafter_core::{JobId, LeasedJob, QueueLimits};
-use grafter_store::admission::{Admission, Offer};
+use grafter_store::admission::{Admission, Offer, STARTS_KEPT_PAST_WINDOW};
 use grafter_store::{
     JobsFetch, LimitUsage, LimitUsageQuery, Limited, QueueInfo, QueueLimitsSet, Result, StoreError,
 };
@@ -164,15 +164,20 @@ pub(crate) fn admit(
     let mut oldest_start = None;
     if let Some(rate) = limits.rate {
         let cut = now.saturating_sub(rate.period_ms.saturating_mul(1000));
+        let kept = STARTS_KEPT_PAST_WINDOW.as_micros() as i64;
         conn.prepare_cached("DELETE FROM queue_starts WHERE queue = ?1 AND started_at <= ?2")
-            .and_then(|mut stmt| stmt.execute(params![queue, cut]))
+            .and_then(|mut stmt| stmt.execute(params![queue, cut.saturating_sub(kept)]))
             .map_err(backend)?;
         for (partition, (n, _)) in started(conn, queue, cut, rate.count)? {
             started_now.insert(partition, n);
         }
         oldest_start = conn
-            .prepare_cached("SELECT min(started_at) FROM queue_starts WHERE queue = ?1")
-            .and_then(|mut stmt| stmt.query_row([queue], |row| row.get::<_, Option<i64>>(0)))
+            .prepare_cached(
+                "SELECT min(started_at) FROM queue_starts WHERE queue = ?1 AND started_at > ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![queue, cut], |row| row.get::<_, Option<i64>>(0))
+            })
             .map_err(backend)?;
     }
     let mut admission = Admission::new(

@@ -109,6 +109,7 @@ macro_rules! conformance_suite {
             partition_concurrency_is_never_exceeded_by_racing_fetches,
             a_zombie_ack_after_rescue_changes_no_count,
             rate_window_is_exact_across_edges,
+            a_fetch_with_an_earlier_clock_still_counts_its_window,
             a_full_partition_never_blocks_another,
             partition_field_limits_each_partition,
             a_long_partition_value_counts_by_its_first_characters,

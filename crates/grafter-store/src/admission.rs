@@ -17,6 +17,14 @@ use std::collections::{BTreeSet, HashMap};
 use grafter_core::limits::PartitionBy;
 use grafter_core::QueueLimits;
 
+/// How long past its rate window a start is kept before a fetch deletes it.
+/// A fetch reads its clock before it waits (for a connection, for the
+/// queue's lock), so one that waited admits with an earlier `now` than one
+/// that went ahead of it: it must still find every start of its own window,
+/// which the other's window had already left. Those waits are bounded well
+/// under this (the pool's and the lock's timeouts).
+pub const STARTS_KEPT_PAST_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What [`Admission::offer`] did with a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {

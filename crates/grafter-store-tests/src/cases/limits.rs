@@ -286,6 +286,26 @@ pub async fn rate_window_is_exact_across_edges(store: S) {
     }
 }
 
+/// A fetch whose clock was read before another fetch went ahead of it (it
+/// waited for a connection or for the queue's lock) still counts the starts
+/// of its own window, though the other's window had left them behind.
+pub async fn a_fetch_with_an_earlier_clock_still_counts_its_window(store: S) {
+    let now = t0();
+    let rate = json!({"rate": {"count": 10, "period_ms": 1000}});
+    set_limits(&store, "q", Some(rate), now).await;
+    insert(&store, jobs_on("q", 10), now).await;
+    assert_eq!(fetch(&store, "q", 10, now + ms(1000)).await.len(), 10);
+    // Nothing to lease at +2000, where the starts at +1000 are out of the window.
+    assert!(fetch(&store, "q", 10, now + ms(2000)).await.is_empty());
+    insert(&store, jobs_on("q", 10), now).await;
+    let late = fetch(&store, "q", 10, now + ms(1500)).await;
+    assert!(
+        late.is_empty(),
+        "the window (+500, +1500] already holds 10 starts, yet {} more started",
+        late.len()
+    );
+}
+
 /// A failed attempt retried at once, as a worker's `retry_at` does.
 struct JobFailAt;
 
