@@ -1029,3 +1029,41 @@ async fn pushes_carry_the_trace_context_the_job_was_enqueued_in() {
     assert!(plain[0].headers.get("traceparent").is_none());
     assert!(plain[0].headers.get("tracestate").is_none());
 }
+
+/// A push queue with a rate pushes as often as its rate allows, not once per
+/// idle poll (a second): an empty look at a full window sleeps until the
+/// window frees a start.
+#[tokio::test]
+async fn a_rate_limited_push_queue_pushes_as_its_window_frees() {
+    let receiver = Receiver::start(Vec::new(), Reply::json(200, json!({"ok": true}))).await;
+    let grafter = grafter().await;
+    grafter.push_to("metered", &receiver.url, json!({})).await;
+    let (status, body) = grafter
+        .call(
+            reqwest::Method::PUT,
+            "/v1/queues/metered",
+            Some(json!({"limits": {"rate": {"count": 1, "period_ms": 250}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            grafter
+                .enqueue(json!({"kind": "metered", "queue": "metered"}))
+                .await,
+        );
+    }
+    for id in ids {
+        grafter.wait_state(id, "completed").await;
+    }
+    let seen = receiver.seen();
+    let mut gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].at - w[0].at).collect();
+    gaps.sort();
+    // The idle poll is a second: a dispatcher that waited for it would
+    // space every push a second apart or more.
+    assert!(
+        gaps[gaps.len() / 2] < Duration::from_millis(900),
+        "pushed once per idle poll, not as the window freed: {gaps:?}"
+    );
+}

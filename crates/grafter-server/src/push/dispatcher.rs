@@ -217,13 +217,23 @@ async fn run_queue(shared: Arc<Shared>, queue: Arc<Queue>, stop: CancellationTok
             worker_id: Some(shared.worker_id.clone()),
             running_limit: Some(concurrency),
         };
+        let asked_at = engine.now();
         match engine.fetch(fetch, std::future::pending()).await {
             Ok(jobs) if jobs.is_empty() => {
                 drop(permits);
+                // A rate window that frees a start announces nothing: look
+                // again then, as the store's admission said (as a waiting
+                // fetch does).
+                let reopens = engine
+                    .store()
+                    .limited()
+                    .reopens_at(std::slice::from_ref(&queue.name))
+                    .and_then(|at| (at - asked_at).to_std().ok())
+                    .map_or(IDLE_POLL, |after| after.min(IDLE_POLL));
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = waiter.woken() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = tokio::time::sleep(reopens) => {}
                 }
             }
             Ok(jobs) => {
