@@ -495,7 +495,9 @@ impl Db {
                 .await
                 .map_err(pg_error)?;
             let gone = time::before(cut, STARTS_KEPT_PAST_WINDOW);
-            tx.execute(&stmt, &[&queue, &gone]).await.map_err(pg_error)?;
+            tx.execute(&stmt, &[&queue, &gone])
+                .await
+                .map_err(pg_error)?;
             for (partition, (n, _)) in started(&tx, queue, cut, rate.count).await? {
                 started_now.insert(partition, n);
             }

@@ -176,8 +176,9 @@ impl Db {
                 last_slot = coalesce(f.last_slot, s.last_slot), skip_before = f.skip_before,
                 version = s.version + 1, updated_at = $6
             FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[],
-                        $5::timestamptz[]) AS f(id, expected, next_run_at, last_slot, skip_before)
-            WHERE s.id = f.id AND s.version = f.expected
+                        $5::timestamptz[], $7::timestamptz[])
+                 AS f(id, expected, next_run_at, last_slot, skip_before, created_at)
+            WHERE s.id = f.id AND s.version = f.expected AND s.created_at = f.created_at
             RETURNING s.id";
         const TAKEN: &str = "
             SELECT jobs.schedule_id, jobs.schedule_slot FROM jobs
@@ -196,11 +197,20 @@ impl Db {
         let next: Vec<Option<Timestamp>> = firings.iter().map(|f| f.next_run_at).collect();
         let last: Vec<Option<Timestamp>> = firings.iter().map(|f| f.last_slot).collect();
         let skip_before: Vec<Option<Timestamp>> = firings.iter().map(|f| f.skip_before).collect();
+        let created: Vec<Timestamp> = firings.iter().map(|f| f.created_at).collect();
         let stmt = tx.prepare_cached(MOVE).await.map_err(pg_error)?;
         let moved: HashSet<String> = tx
             .query(
                 &stmt,
-                &[&ids, &expected, &next, &last, &skip_before, &params.now],
+                &[
+                    &ids,
+                    &expected,
+                    &next,
+                    &last,
+                    &skip_before,
+                    &params.now,
+                    &created,
+                ],
             )
             .await
             .map_err(pg_error)?

@@ -164,7 +164,7 @@ pub fn schedules_fire(conn: &Connection, params: &SchedulesFire) -> Result<Vec<F
             .prepare_cached(
                 "UPDATE schedules SET next_run_at = ?3, last_slot = coalesce(?4, last_slot),
                     skip_before = ?5, version = version + 1, updated_at = ?6
-                 WHERE id = ?1 AND version = ?2",
+                 WHERE id = ?1 AND version = ?2 AND created_at = ?7",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -174,6 +174,7 @@ pub fn schedules_fire(conn: &Connection, params: &SchedulesFire) -> Result<Vec<F
                     firing.last_slot.map(micros),
                     firing.skip_before.map(micros),
                     now,
+                    micros(firing.created_at),
                 ])
             })
             .map_err(backend)?;

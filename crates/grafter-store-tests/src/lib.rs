@@ -104,6 +104,7 @@ macro_rules! conformance_suite {
             pause_and_edit_exactly_at_a_slot_boundary,
             two_engines_racing_enqueue_each_slot_once,
             a_slot_taken_is_never_enqueued_again,
+            a_firing_of_a_deleted_schedule_is_not_applied_to_one_made_again,
             config_schedules_are_reconciled_by_id,
             concurrency_is_never_exceeded_by_racing_fetches,
             partition_concurrency_is_never_exceeded_by_racing_fetches,

@@ -48,6 +48,9 @@ pub struct Firing {
     /// The version it was decided from: if the schedule changed since, this
     /// firing is not applied at all.
     pub expected_version: i64,
+    /// When the schedule it was decided from was made: one deleted and made
+    /// again under the same id starts its versions over, and is not it.
+    pub created_at: Timestamp,
     /// Its next slot after this (`None`: none left).
     pub next_run_at: Option<Timestamp>,
     /// The latest slot fired or skipped by this firing, if any.

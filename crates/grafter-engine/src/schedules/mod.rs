@@ -220,6 +220,7 @@ impl Engine {
             let firing = Firing {
                 id: id.to_owned(),
                 expected_version: schedule.version,
+                created_at: schedule.created_at,
                 next_run_at: schedule.next_run_at,
                 last_slot: None,
                 skip_before: schedule.skip_before,
@@ -331,6 +332,7 @@ impl Engine {
                     firings.push(Firing {
                         id: due.schedule.id.clone(),
                         expected_version: due.schedule.version,
+                        created_at: due.schedule.created_at,
                         next_run_at: None,
                         last_slot: None,
                         skip_before: None,

@@ -162,6 +162,7 @@ pub(crate) fn plan(
         firing: Firing {
             id: schedule.id.clone(),
             expected_version: schedule.version,
+            created_at: schedule.created_at,
             next_run_at,
             last_slot,
             skip_before: schedule

@@ -9,10 +9,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use grafter_core::{
-    CatchUp, JobState, NewJob, Overlap, ScheduleSource, ScheduleSpec, SkipReason, Timestamp,
+    CatchUp, JobState, NewJob, Overlap, ScheduleRef, ScheduleSource, ScheduleSpec, SkipReason,
+    Timestamp,
 };
 use grafter_engine::{Clock, Engine, EngineConfig, FetchRequest, Outcome};
-use grafter_store::{JobsList, Order};
+use grafter_store::{Firing, JobsList, Order, SchedulesFire};
 use serde_json::json;
 
 use super::S;
@@ -467,6 +468,49 @@ pub async fn a_slot_taken_is_never_enqueued_again(store: S) {
         engine.schedule_get("again").await.unwrap().next_run_at,
         Some(at("2025-06-01T11:00:00Z")),
         "moved on all the same"
+    );
+}
+
+/// A firing decided from a schedule that was then deleted and made again
+/// under its id (its versions start over) is not applied to the new one: no
+/// job of the old definition, and the new one's next slot is its own.
+pub async fn a_firing_of_a_deleted_schedule_is_not_applied_to_one_made_again(store: S) {
+    let clock = Clock::manual(at("2025-06-01T10:00:00Z"));
+    let engine = engine(&store, &clock);
+    put(&engine, "reborn", spec("old", "0 * * * *", "UTC")).await;
+    let old = engine.schedule_get("reborn").await.unwrap();
+    let mut job = old.spec.job.clone();
+    job.schedule = Some(ScheduleRef {
+        id: "reborn".into(),
+        slot: old.next_run_at,
+    });
+    let decided = Firing {
+        id: "reborn".into(),
+        expected_version: old.version,
+        created_at: old.created_at,
+        next_run_at: Some(at("2025-06-01T11:00:00Z")),
+        last_slot: old.next_run_at,
+        skip_before: None,
+        jobs: vec![job],
+        skipped: Vec::new(),
+    };
+    engine.schedule_delete("reborn").await.unwrap();
+    clock.set(at("2025-06-01T10:00:01Z"));
+    put(&engine, "reborn", spec("new", "30 10 * * *", "UTC")).await;
+    let new = engine.schedule_get("reborn").await.unwrap();
+    assert_eq!(new.version, old.version, "the versions started over");
+    let fired = store
+        .schedules_fire(SchedulesFire {
+            firings: vec![decided],
+            now: clock.now(),
+        })
+        .await
+        .unwrap();
+    assert!(!fired[0].applied, "applied to the schedule made again");
+    assert!(jobs_of(&store, "old").await.is_empty());
+    assert_eq!(
+        engine.schedule_get("reborn").await.unwrap().next_run_at,
+        Some(at("2025-06-01T10:30:00Z"))
     );
 }
 
