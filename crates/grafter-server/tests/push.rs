@@ -1067,3 +1067,30 @@ async fn a_rate_limited_push_queue_pushes_as_its_window_frees() {
         "pushed once per idle poll, not as the window freed: {gaps:?}"
     );
 }
+
+/// A target that takes the request and closes without answering was
+/// reached (the job may have run): the attempt's error says so, not that
+/// the target could not be reached.
+#[tokio::test]
+async fn a_target_closing_without_an_answer_is_not_called_unreachable() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jobs", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0; 4096];
+            let _ = socket.read(&mut request).await;
+            // Dropped: closed without a word.
+        }
+    });
+    let grafter = grafter().await;
+    grafter.push_to("mute", &url, json!({})).await;
+    let id = grafter
+        .enqueue(json!({"kind": "export", "queue": "mute", "max_attempts": 1}))
+        .await;
+    let job = grafter.wait_state(id, "dead").await;
+    assert_eq!(
+        error_messages(&job),
+        ["the push target closed the connection without answering (the job may have run)"]
+    );
+}

@@ -372,6 +372,11 @@ fn request_error(error: reqwest::Error, timeout: Duration) -> String {
     if let Some(parse) = unreadable_answer(&error) {
         return format!("the push target's answer is not valid HTTP: {parse}");
     }
+    if closed_without_answer(&error) {
+        // Reached, and perhaps ran the job: "could not reach" would mislead.
+        return "the push target closed the connection without answering (the job may have run)"
+            .to_owned();
+    }
     let error = error.without_url();
     let mut message = format!("could not reach the push target: {error}");
     let mut source = std::error::Error::source(&error);
@@ -392,6 +397,14 @@ fn unreadable_answer(error: &reqwest::Error) -> Option<&hyper::Error> {
     std::iter::successors(std::error::Error::source(error), |cause| cause.source())
         .find_map(|cause| cause.downcast_ref::<hyper::Error>())
         .filter(|hyper| hyper.is_parse())
+}
+
+/// Whether the target closed the connection before any answer came (hyper's
+/// "incomplete message"), rather than not being reachable at all.
+fn closed_without_answer(error: &reqwest::Error) -> bool {
+    std::iter::successors(std::error::Error::source(error), |cause| cause.source())
+        .filter_map(|cause| cause.downcast_ref::<hyper::Error>())
+        .any(hyper::Error::is_incomplete_message)
 }
 
 /// Records an outcome under the job's lease, retrying while the store is
