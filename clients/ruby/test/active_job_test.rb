@@ -63,6 +63,41 @@ module AdapterJobs
     end
   end
 
+  class Flaky < StandardError; end
+
+  # Polls: runs again later (retry_job, no retry_on) until ready.
+  class PollJob < BaseJob
+    grafter_options max_attempts: 1
+
+    def perform(name)
+      runs = AdapterJobs.ran(name)
+      return "ready after #{runs} runs" if runs >= 3
+
+      retry_job(wait: 0.1)
+    end
+  end
+
+  # Retries its own way: rescue_from with retry_job, no retry_on.
+  class RescueRetryJob < BaseJob
+    grafter_options max_attempts: 1
+    rescue_from(Flaky) { retry_job wait: 0.1 }
+
+    def perform(name)
+      runs = AdapterJobs.ran(name)
+      raise Flaky, "not yet" if runs < 3
+
+      "worked after #{runs} runs"
+    end
+  end
+
+  # ActiveJob ignores what perform returns, here by accident 2.4 MB.
+  class BigReturnJob < BaseJob
+    def perform(name)
+      AdapterJobs.ran(name)
+      Array.new(300_000) { "abcdef" }
+    end
+  end
+
   class FailOnceJob < BaseJob
     grafter_options backoff: { base_ms: 1500, factor: 1.0, max_ms: 1500, jitter: 0.0 }
 
@@ -171,6 +206,36 @@ class ActiveJobTest < Minitest::Test
     assert_raises(ArgumentError) { Grafter.perform_all_later(invalid) }
   end
 
+  # One request for all used to be refused (413) past 1 MiB of jobs, and
+  # by the server past 10,000 jobs.
+  def test_perform_all_later_of_many_jobs_splits_them_under_the_servers_limits_in_order
+    queue = unique("aj-many")
+    jobs = Array.new(10_000) { |n| AdapterJobs::OkJob.new("job-#{n}", count: n) }
+    jobs.each { |job| job.queue_name = queue }
+    assert_equal 10_000, Grafter.perform_all_later(jobs)
+    ids = jobs.map(&:provider_job_id)
+    assert_equal ids.sort, ids, "in order"
+    assert_equal 10_000, ids.uniq.size
+    [jobs.first, jobs[5_000], jobs.last].each do |job|
+      assert_equal [job.job_id, queue], client.job(job.provider_job_id).then { |j| [j["args"]["job_id"], j["queue"]] }
+    end
+
+    calls = []
+    enqueuer = Object.new
+    enqueuer.define_singleton_method(:enqueue_many) do |list|
+      calls << [list.size, JSON.generate("jobs" => list.map { |job| Grafter::JobFields.job_fields(job) }).bytesize]
+      list.each_index.map { |i| { "id" => calls.sum(&:first) - list.size + i + 1 } }
+    end
+    Grafter.configure { |config| config.enqueuer = enqueuer }
+    some = jobs.first(4_000)
+    Grafter.perform_all_later(some)
+    assert_operator calls.size, :>, 1
+    assert(calls.all? { |_, bytes| bytes <= Grafter::JobFields::SERVER_BODY_LIMIT_BYTES }, calls.inspect)
+    assert_equal (1..4_000).to_a, some.map(&:provider_job_id)
+    assert_equal [10_000, 1], Grafter::JobFields.batches(Array.new(10_001) { { kind: "k" } }).map(&:size),
+                 "at most 10,000 jobs a request"
+  end
+
   def test_perform_all_later_and_enqueue_many_of_nothing_do_nothing
     assert_equal 0, Grafter.perform_all_later([])
     assert_equal [], client.enqueue_many([])
@@ -198,6 +263,51 @@ class ActiveJobTest < Minitest::Test
       assert_equal ["AdapterJobs::StillBroken: attempt 1", "AdapterJobs::StillBroken: attempt 2",
                     "AdapterJobs::StillBroken: attempt 3"], dead["errors"].map { |e| e["error"].lines.first.chomp }
       assert_equal 1, client.jobs(queue: queue)["jobs"].size, "retries stay in one Grafter job"
+    end
+  end
+
+  # retry_job without retry_on used to fail the attempt ("retry_job without
+  # an error"): dead at max_attempts, where Sidekiq enqueues it again.
+  def test_retry_job_without_retry_on_runs_again_without_using_up_attempts
+    queue = unique("aj-poll")
+    with_worker(queue) do
+      polled = AdapterJobs::PollJob.set(queue: queue).perform_later(poll = unique("poll"))
+      rescued = AdapterJobs::RescueRetryJob.set(queue: queue).perform_later(rescue_name = unique("rescue"))
+      assert_equal ["completed", "ready after 3 runs", 1, []],
+                   wait_state(polled.provider_job_id, %w[completed dead]).values_at("state", "result", "attempt", "errors")
+      assert_equal ["completed", "worked after 3 runs", 1, []],
+                   wait_state(rescued.provider_job_id, %w[completed dead]).values_at("state", "result", "attempt", "errors")
+      assert_equal [3, 3], [AdapterJobs.runs(poll), AdapterJobs.runs(rescue_name)]
+    end
+  end
+
+  # A job run first with perform_now, whose retry_on enqueued it, started
+  # its executions again from 0 in Grafter: it ran attempts + 1 times.
+  def test_executions_before_the_grafter_job_count_towards_retry_on
+    queue = unique("aj-perform-now")
+    name = unique("now-then-later")
+    job = AdapterJobs::RetryThreeJob.new(name)
+    job.queue_name = queue
+    job.perform_now
+    assert_equal 1, AdapterJobs.runs(name)
+    with_worker(queue) do
+      dead = wait_state(job.provider_job_id, %w[dead completed])
+      assert_equal ["dead", 2], dead.values_at("state", "attempt"), "3 runs in all: 1 at once, 2 in Grafter"
+      assert_equal 3, AdapterJobs.runs(name)
+    end
+  end
+
+  # Such a result used to make the job dead ("its result could not be
+  # recorded", 413), as if it had failed.
+  def test_a_return_value_too_large_to_record_is_dropped_and_the_job_completes
+    queue = unique("aj-big-return")
+    name = unique("big")
+    with_worker(queue) do |_worker, log|
+      job = AdapterJobs::BigReturnJob.set(queue: queue).perform_later(name)
+      done = wait_state(job.provider_job_id, %w[completed dead])
+      assert_equal ["completed", nil, 1, []], done.values_at("state", "result", "attempt", "errors")
+      assert_equal 1, log.string.scan(/job #{job.provider_job_id} completed; its result is too large/).size, log.string
+      assert_equal 1, AdapterJobs.runs(name)
     end
   end
 

@@ -112,7 +112,54 @@ class ConnectionTest < Minitest::Test
     end
   end
 
+  # A forked process used to go on with its parent's keep-alive connection:
+  # both wrote into one socket and read each other's answers.
+  def test_a_forked_process_opens_a_connection_of_its_own
+    with_answering do |url, connections|
+      client = Grafter::Client.new(url: url)
+      assert_equal({ "id" => 42 }, client.job(1))
+      pid = fork do
+        answer = client.job(2)
+        # exit!: the child runs no at_exit hook (minitest's would run the tests).
+        exit!(answer == { "id" => 42 } ? 0 : 1)
+      end
+      assert Process.wait2(pid).last.success?, "the child got its answer"
+      assert_equal 2, connections.size, "the child opened its own connection"
+      assert_equal({ "id" => 42 }, client.job(3), "the parent's still works")
+      assert_equal 2, connections.size
+    end
+  end
+
   private
+
+  # A loopback server answering every request of every connection (each on
+  # a thread of its own) with JSON_OK. Yields its URL and a Queue of the
+  # connections it accepted.
+  def with_answering
+    server = TCPServer.new("127.0.0.1", 0)
+    connections = Queue.new
+    thread = Thread.new do
+      loop do
+        socket = server.accept
+        connections << socket
+        Thread.new(socket) do |peer|
+          while (head = peer.gets("\r\n\r\n"))
+            peer.read(head[/^content-length: *(\d+)/i, 1].to_i)
+            peer.write(JSON_OK)
+          end
+        rescue IOError, SystemCallError
+          nil
+        end
+      end
+    rescue IOError, SystemCallError
+      nil
+    end
+    yield "http://127.0.0.1:#{server.addr[1]}", connections
+  ensure
+    thread&.kill
+    server&.close
+    connections&.size&.times { connections.pop.close }
+  end
 
   # A loopback server answering each request with the next of `answers`:
   # a String (sent as is), a Proc (called with the socket), :stall

@@ -53,6 +53,23 @@ module PushJobs
     end
   end
 
+  # Polls: runs again later (retry_job) until ready, using up no attempt.
+  class PollJob < BaseJob
+    grafter_options max_attempts: 1
+
+    def perform(name)
+      runs = PushJobs.ran(name)
+      return "ready after #{runs} runs" if runs >= 3
+
+      retry_job(wait: 0)
+    end
+  end
+
+  # The same, finished after a 202.
+  class AsyncPollJob < PollJob
+    grafter_options push: :async
+  end
+
   # Longer than a push may last: answered 202, finished through the API.
   class LongExportJob < BaseJob
     grafter_options push: :async
@@ -186,7 +203,8 @@ class PushEndpointTest < Minitest::Test
     response = post(body, Grafter::Signature.sign(body, ["old-secret-0123456789", SECRET]))
     assert_equal "200", response.code, "any v1 may match (rotation)"
     assert_equal 1, PushJobs.runs(name)
-    assert_equal "405", Net::HTTP.get_response(URI("http://127.0.0.1:#{@port}/grafter/jobs")).code
+    not_allowed = Net::HTTP.get_response(URI("http://127.0.0.1:#{@port}/grafter/jobs"))
+    assert_equal %w[405 POST], [not_allowed.code, not_allowed["allow"]]
   end
 
   def test_standard_webhooks_signatures_are_checked_too
@@ -288,19 +306,99 @@ class PushEndpointTest < Minitest::Test
     assert_equal "done", wait_state(id, "completed")["result"]
   end
 
-  def test_a_replayed_push_is_refused_and_runs_nothing
+  # Replays used to be told apart by Grafter-Lease or the raw signature
+  # header, which the signature does not cover: changing, dropping or
+  # respacing them ran the job again.
+  def test_a_replayed_push_is_refused_and_runs_nothing_whatever_its_unsigned_headers
     client.update_queue(@queue, push: nil)
     name = unique("replayed")
-    body = JSON.generate("id" => 3, "kind" => "PushJobs::GreetJob", "queue" => @queue, "attempt" => 1,
-                         "max_attempts" => 25, "args" => PushJobs::GreetJob.new(name).serialize)
-    signature = Grafter::Signature.sign(body, [SECRET])
-    assert_equal "200", post(body, signature, "Grafter-Lease" => "lease-one").code
-    replay = post(body, signature, "Grafter-Lease" => "lease-one")
-    assert_equal ["409", "replayed"], [replay.code, JSON.parse(replay.body).dig("error", "code")]
-    assert_equal 1, PushJobs.runs(name), "the replay ran nothing"
-    assert_equal "200", post(body, Grafter::Signature.sign(body, [SECRET]), "Grafter-Lease" => "lease-two").code,
-                 "another lease is another attempt"
+    job = { "id" => 3, "kind" => "PushJobs::GreetJob", "queue" => @queue, "attempt" => 1, "max_attempts" => 25,
+            "args" => PushJobs::GreetJob.new(name).serialize }
+    body = JSON.generate(job)
+    now = Time.now.to_i
+    signature = Grafter::Signature.sign(body, [SECRET], now: now)
+    assert_equal "200", post(body, signature, { "Grafter-Lease" => "lease-one" }).code
+    replays = { "the same" => [signature, { "Grafter-Lease" => "lease-one" }],
+                "another lease" => [signature, { "Grafter-Lease" => "lease-two" }],
+                "no lease" => [signature, { "Grafter-Lease" => nil }],
+                "respaced" => [signature.sub(",", ", "), {}],
+                "as Standard Webhooks" => [nil, standard_headers("job_3", now, Grafter::Signature.sign_standard("job_3", body, [SECRET], now: now))] }
+    replays.each do |what, (header, headers)|
+      replay = post(body, header, headers)
+      assert_equal ["409", "replayed"], [replay.code, JSON.parse(replay.body).dig("error", "code")], what
+    end
+    assert_equal 1, PushJobs.runs(name), "no replay ran"
+
+    # While rotating: the v1 of either secret is the same signed request.
+    endpoint = Grafter::Rack::PushEndpoint.new(secret: SECRET, old_secrets: ["old-secret-0123456789"])
+    both = Grafter::Signature.sign(body, [SECRET, "old-secret-0123456789"], now: now)
+    old_only = Grafter::Signature.sign(body, ["old-secret-0123456789"], now: now)
+    statuses = [both, old_only].map do |header|
+      endpoint.call("REQUEST_METHOD" => "POST", "rack.input" => StringIO.new(body), "HTTP_GRAFTER_SIGNATURE" => header,
+                    "HTTP_GRAFTER_LEASE" => "lease-one").first
+    end
+    assert_equal [200, 409], statuses
     assert_equal 2, PushJobs.runs(name)
+
+    again = JSON.generate(job.merge("attempt" => 2))
+    assert_equal "200", post(again, Grafter::Signature.sign(again, [SECRET], now: now)).code,
+                 "another attempt is another signed body"
+    assert_equal 3, PushJobs.runs(name)
+  end
+
+  # Only a job finished after a 202 learnt a timeout (from its heartbeat):
+  # one run inside the request ran on past the request's timeout_ms, which
+  # the body carries.
+  def test_a_job_run_inside_the_request_is_interrupted_at_the_bodys_timeout_ms
+    client.update_queue(@queue, push: nil)
+    kind = unique("sync-too-long")
+    stopped = Queue.new
+    Grafter.handle(kind) do
+      sleep 3
+    rescue StandardError
+      sleep 3 # Grafter::TimeoutError is not a StandardError
+    ensure
+      stopped << $!.class
+    end
+    body = JSON.generate("id" => 5, "kind" => kind, "queue" => @queue, "attempt" => 1, "max_attempts" => 25,
+                         "timeout_ms" => 300)
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    response = post(body, Grafter::Signature.sign(body, [SECRET]), read_timeout: 2)
+    assert_in_delta 0.3, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, 0.25
+    assert_equal "500", response.code
+    assert_match(/\Atimed out: the job ran past its timeout_ms \(300 ms\)/, response.body)
+    assert_equal Grafter::TimeoutError, pop_within(stopped, 1)
+  end
+
+  # The body's timeout_ms is the request's: a job answered 202 runs past it,
+  # bound by its own (none here).
+  def test_an_async_job_is_not_held_to_the_requests_timeout_ms
+    client.update_queue(@queue, push: nil)
+    kind = unique("async-past-the-request")
+    Grafter.handle(kind, push: :async) do
+      sleep 1
+      "done"
+    end
+    other = unique("pull")
+    id = client.enqueue(kind: kind, queue: other)["id"]
+    leased = client.fetch(queues: [other]).first
+    body = JSON.generate("id" => id, "kind" => kind, "queue" => other, "attempt" => 1, "max_attempts" => 25,
+                         "timeout_ms" => 300)
+    assert_equal "202", post(body, Grafter::Signature.sign(body, [SECRET]), { "Grafter-Lease" => leased["lease"] }).code
+    assert_equal ["done", []], wait_state(id, %w[completed dead], timeout: 5).values_at("result", "errors")
+  end
+
+  # retry_job without retry_on used to answer 500: a failed attempt, and
+  # dead at max_attempts.
+  def test_retry_job_is_answered_503_and_runs_again_without_using_an_attempt
+    [PushJobs::PollJob, PushJobs::AsyncPollJob].each do |job_class|
+      name = unique("poll")
+      job = job_class.set(queue: @queue).perform_later(name)
+      done = wait_state(job.provider_job_id, %w[completed dead], timeout: 10)
+      assert_equal ["completed", "ready after 3 runs", 1, []], done.values_at("state", "result", "attempt", "errors"),
+                   job_class.name
+      assert_equal 3, PushJobs.runs(name)
+    end
   end
 
   # 16 MiB of an unauthenticated body used to be read before the signature
@@ -332,12 +430,13 @@ class PushEndpointTest < Minitest::Test
     { "webhook-id" => id, "webhook-timestamp" => timestamp.to_s, "webhook-signature" => signature }.compact
   end
 
-  def post(body, signature, headers = {})
+  # A header given as nil is left out.
+  def post(body, signature, headers = {}, read_timeout: 60)
     request = Net::HTTP::Post.new("/grafter/jobs", "Content-Type" => "application/json")
     request["Grafter-Signature"] = signature if signature
     request["Grafter-Lease"] = "lease"
-    headers.each { |name, value| request[name] = value }
+    headers.each { |name, value| value.nil? ? request.delete(name) : request[name] = value }
     request.body = body
-    Net::HTTP.start("127.0.0.1", @port) { |http| http.request(request) }
+    Net::HTTP.start("127.0.0.1", @port, read_timeout: read_timeout) { |http| http.request(request) }
   end
 end

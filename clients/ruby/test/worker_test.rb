@@ -7,6 +7,18 @@ class WorkerTest < Minitest::Test
   # Raised by a job: not a StandardError.
   class Catastrophe < Exception; end # rubocop:disable Lint/InheritException
 
+  # Counts the fetches sent through it.
+  class CountingClient < Grafter::Client
+    def fetches
+      @fetches || 0
+    end
+
+    def fetch(**)
+      @fetches = fetches + 1
+      super
+    end
+  end
+
   def test_runs_jobs_and_registers_under_its_identifier
     queue = unique("run")
     kind = unique("double")
@@ -194,6 +206,123 @@ class WorkerTest < Minitest::Test
       done = jobs.map { |job| wait_state(job["id"], "completed") }
       assert_equal [1] * 11, done.map { |job| job["attempt"] }, "handing back does not count an attempt"
     end
+  end
+
+  # 16 of 20 such jobs used to go dead without starting, their lease (capped
+  # at the fetch plus their timeout) running out in the prefetch buffer.
+  def test_prefetched_jobs_with_a_timeout_never_wait_out_their_lease_in_the_buffer
+    queue = unique("prefetch-timeout")
+    Grafter.handle(fast = unique("fast")) { "fast" }
+    Grafter.handle(slow = unique("slow")) { sleep 1.5; "slow" }
+    Grafter.handle(short = unique("short")) { "short" }
+    with_worker(queue, concurrency: 1) do |_worker, log|
+      jobs = client.enqueue_many([{ kind: fast, queue: queue }] * 20 + [{ kind: slow, queue: queue }] +
+                                 [{ kind: short, queue: queue, timeout_ms: 400, max_attempts: 1 }] * 10)
+      done = jobs.map { |job| wait_state(job["id"], %w[completed dead]) }
+      assert_equal [["completed", 1, []]] * 31, done.map { |job| job.values_at("state", "attempt", "errors") }
+      assert_match(/jobs with a timeout_ms found no free thread; handing them back/, log.string)
+      refute_match(/not handed back/, log.string)
+    end
+  end
+
+  # With no long-poll an idle worker used to ask again at once: some 600
+  # fetches a second.
+  def test_an_idle_worker_without_a_long_poll_fetches_once_a_second
+    queue = unique("no-long-poll")
+    counting = CountingClient.new(url: server.url)
+    Grafter.handle(kind = unique("polled")) { "found" }
+    with_worker(queue, client: counting, wait_ms: 0) do
+      sleep 2.5
+      assert_includes 2..4, counting.fetches
+      id = client.enqueue(kind: kind, queue: queue)["id"]
+      assert_equal "found", wait_state(id, "completed", timeout: 3)["result"]
+    end
+  end
+
+  # A wrong token used to be retried forever, keeping the whole host locked
+  # out (429) by the server's throttle of wrong tokens.
+  def test_grafter_worker_with_a_wrong_token_exits_at_once_naming_it
+    own = GrafterTest::Server.start(token: "the-right-token-#{rand(1 << 30)}")
+    identifier = unique("wrong-token")
+    status, output = grafter_worker("--identifier", identifier, server: own, token: "a-wrong-token")
+    assert_equal 1, status, output
+    assert_match(/grafter-worker: the server refuses this worker's token \(set GRAFTER_TOKEN to a token it accepts\): .*401/,
+                 output)
+    refute_match(/\.rb:\d+:in/, output, "no backtrace")
+    refute(own.client.workers.any? { |w| w["id"] == identifier }, "nothing registered")
+  ensure
+    own&.cleanup
+  end
+
+  # A 429 (this address sent too many wrong tokens) used to be retried
+  # within the second, and on.
+  def test_a_locked_out_worker_waits_for_the_lockout_to_end
+    own = GrafterTest::Server.start(token: "the-right-token-#{rand(1 << 30)}")
+    guesser = Grafter::Client.new(url: own.url, token: "a-guess")
+    10.times { assert_raises(Grafter::ApiError) { guesser.queues } }
+    assert_equal 429, assert_raises(Grafter::ApiError) { own.client.queues }.status, "the address is locked out"
+    counting = CountingClient.new(url: own.url, token: own.token)
+    with_worker(unique("locked-out"), client: counting, wait_ms: 0, registration_interval: 0.2) do |_worker, log|
+      sleep 2
+      assert_equal 1, counting.fetches
+      assert_equal 1, log.string.scan("could not register").size, log.string
+      assert_match(/fetch failed: .*429 too_many_requests/, log.string)
+    end
+  ensure
+    own&.cleanup
+  end
+
+  # A revoked token used to leave the worker fetching (401) forever.
+  def test_a_worker_whose_token_is_revoked_stops_once_its_running_jobs_end
+    own = GrafterTest::Server.start(token: "the-right-token-#{rand(1 << 30)}")
+    admin = own.client
+    token = admin.send(:post, "/v1/tokens", { "name" => unique("worker"), "scopes" => ["worker"] })
+    queue = unique("revoked")
+    running = Queue.new
+    ended = Queue.new
+    Grafter.handle(kind = unique("outlives-its-token")) do
+      running << true
+      sleep 2
+    ensure
+      ended << $!
+    end
+    worker = Grafter::Worker.new(queues: [queue], client: Grafter::Client.new(url: own.url, token: token["token"]),
+                                 wait_ms: 200, shutdown_timeout: 5, logger: GrafterTest.logger(log = StringIO.new))
+    worker.start
+    admin.enqueue(kind: kind, queue: queue)
+    pop_within(running, 5)
+    admin.send(:request, :delete, "/v1/tokens/#{token['id']}", idempotent: true)
+    wait_until(10, message: "the worker stopped by itself") { worker.failure && worker.busy.zero? }
+    assert_equal 401, worker.failure.status
+    assert_match(/the server refuses this worker's token .*; stopping/, log.string)
+    assert_nil pop_within(ended, 1), "the running job was let finish"
+    worker.wait
+  ensure
+    worker&.stop(1)
+    own&.cleanup
+  end
+
+  # Outcomes used to be retried within the second through a 429's lockout,
+  # and a refused token's failure recorded as the job's own.
+  def test_an_outcome_waits_for_retry_after_and_a_refused_token_is_not_retried
+    asked = []
+    answers = [Grafter::ApiError.new("locked out", status: 429, retry_after: 1), nil,
+               Grafter::ApiError.new("unauthorized", status: 401)]
+    fake = Object.new
+    fake.define_singleton_method(:ack) do |_id, lease:, result:|
+      asked << Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      error = answers.shift
+      raise error if error
+
+      {}
+    end
+    recorder = Grafter::Recorder.new(fake, logger: GrafterTest.logger(log = StringIO.new), grace: 30)
+    execution = Grafter::Execution.new({ "id" => 1, "lease" => "lease" })
+    assert recorder.ack(execution, nil)
+    assert_operator asked[1] - asked[0], :>=, 1, "not before the Retry-After"
+    refute recorder.ack(execution, nil)
+    assert_equal 3, asked.size, "a refused token is not asked again"
+    assert_match(/ack of job 1 not recorded, dropped: unauthorized/, log.string)
   end
 
   def test_an_outcome_is_retried_while_the_server_is_down_and_recorded_when_it_is_back
@@ -428,14 +557,14 @@ class WorkerTest < Minitest::Test
 
   private
 
-  # Runs exe/grafter-worker against the shared server: [exit status, output].
-  # One still running after 10 s (it took settings it should have refused)
-  # is killed.
-  def grafter_worker(*args)
+  # Runs exe/grafter-worker against `server` (the shared one), with `token`:
+  # [exit status, output]. One still running after 10 s (it took settings
+  # it should have refused) is killed.
+  def grafter_worker(*args, server: self.server, token: nil)
     exe = File.expand_path("../exe/grafter-worker", __dir__)
     reader, writer = IO.pipe
-    pid = Process.spawn({ "GRAFTER_URL" => server.url }, RbConfig.ruby, exe, "--queues", unique("cli"), *args,
-                        out: writer, err: writer)
+    pid = Process.spawn({ "GRAFTER_URL" => server.url, "GRAFTER_TOKEN" => token }, RbConfig.ruby, exe,
+                        "--queues", unique("cli"), *args, out: writer, err: writer)
     writer.close
     status = wait_until(10, message: "grafter-worker exits") { Process.wait2(pid, Process::WNOHANG)&.last }
     pid = nil

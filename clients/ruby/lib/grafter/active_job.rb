@@ -17,15 +17,21 @@ module Grafter
   # The retry rule: Grafter owns retries. An error that escapes `perform` is
   # a failed attempt, retried with Grafter's backoff and `dead` when
   # `max_attempts` run out. `retry_on` keeps its documented meaning without a
-  # second job: inside a Grafter attempt, `retry_job` fails the running
+  # second job: inside a Grafter attempt, its `retry_job` fails the running
   # attempt with `retry_in_ms` = the retry_on wait, so one Grafter job shows
   # every attempt; once `attempts` are used up the error is final (`dead`,
-  # whatever Grafter attempts remain). Attempts are counted by Grafter: the
-  # n-th attempt runs with `executions == n`, and retry_on counts every
-  # attempt of the job (as Rails 6.0 did), not only those that raised its
-  # own exception. `discard_on` ends the job `completed`, with the result
-  # {"discarded" => "Class: message"}, never `dead`. retry_on's `queue:` and
-  # `priority:` do not move the job: an attempt reruns where it is.
+  # whatever Grafter attempts remain). A `retry_job` of the job's own
+  # (polling, or in a rescue_from: no error given) is a new run, as an
+  # enqueue would be: the attempt is released to run again after the wait,
+  # not counted, as often as the job asks (and `executions` does not grow:
+  # Grafter counts attempts, not releases). Attempts are counted by
+  # Grafter: the n-th attempt runs with `executions == n` (plus the runs
+  # before it was enqueued, e.g. a perform_now whose retry_on enqueued it),
+  # and retry_on counts every attempt of the job (as Rails 6.0 did), not
+  # only those that raised its own exception. `discard_on` ends the job
+  # `completed`, with the result {"discarded" => "Class: message"}, never
+  # `dead`. retry_on's `queue:` and `priority:` do not move the job: an
+  # attempt reruns where it is.
   module ActiveJobSupport
     # Grafter's options, per class (grafter_options) or per call (set).
     #   timeout:     longest an attempt may run (seconds or a Duration) → timeout_ms
@@ -67,33 +73,43 @@ module Grafter
       fields
     end
 
-    # Enqueues the jobs (ActiveJob instances) in one call of the enqueuer's
+    # Enqueues the jobs (ActiveJob instances) with the enqueuer's
     # `enqueue_many` (Grafter::Client: one POST /v1/jobs/batch, one commit;
-    # Grafter::SqlEnqueuer: one statement), all or none; sets each one's
-    # provider_job_id. Enqueue callbacks do not run, as with Rails 7.1's
-    # perform_all_later. Answers how many were enqueued: none for no jobs,
-    # without a call (the server refuses an empty batch).
+    # Grafter::SqlEnqueuer: one statement), all or none, in as few calls as
+    # the server's limits allow (JobFields.batches: 10,000 jobs, 1 MiB), in
+    # order; sets each one's provider_job_id as its call returns (a call
+    # that fails leaves the earlier ones enqueued). Every job is checked
+    # before the first call. Enqueue callbacks do not run, as with Rails
+    # 7.1's perform_all_later. Answers how many were enqueued: none for no
+    # jobs, without a call (the server refuses an empty batch).
     def enqueue_all(jobs)
       return 0 if jobs.empty?
 
       enqueuer = Grafter.config.enqueuer
       fields = jobs.map { |job| fields_for(job, job.scheduled_at) }
-      answers = if enqueuer.respond_to?(:enqueue_many)
-                  enqueuer.enqueue_many(fields)
-                else
-                  fields.map { |job_fields| enqueuer.enqueue(**job_fields) }
-                end
-      jobs.zip(answers) do |job, answer|
-        job.provider_job_id = answer["id"] || answer[:id]
-        job.successfully_enqueued = true if job.respond_to?(:successfully_enqueued=)
+      done = 0
+      JobFields.batches(fields).each do |batch|
+        answers = if enqueuer.respond_to?(:enqueue_many)
+                    enqueuer.enqueue_many(batch)
+                  else
+                    batch.map { |job_fields| enqueuer.enqueue(**job_fields) }
+                  end
+        jobs[done, batch.size].zip(answers) do |job, answer|
+          job.provider_job_id = answer["id"] || answer[:id]
+          job.successfully_enqueued = true if job.respond_to?(:successfully_enqueued=)
+        end
+        done += batch.size
       end
       jobs.size
     end
 
     # Runs the ActiveJob payload of `execution` as its attempt number
-    # `execution.attempt`.
+    # `execution.attempt`. Its `executions` count the runs before the
+    # Grafter job was enqueued (a perform_now whose retry_on enqueued it)
+    # and its attempts before this one.
     def execute(execution)
-      job_data = execution.args.merge("provider_job_id" => execution.id, "executions" => execution.attempt - 1)
+      executions = execution.args["executions"].to_i + execution.attempt - 1
+      job_data = execution.args.merge("provider_job_id" => execution.id, "executions" => executions)
       execution.active_job_id = job_data["job_id"]
       ::ActiveJob::Base.execute(job_data)
     end
@@ -314,8 +330,9 @@ module ActiveJob
 
       def enqueue_at(job, timestamp)
         if (execution = Grafter::ActiveJobSupport.execution_of(job))
-          # retry_job of the running attempt: fail it, to run again after the
-          # wait, instead of enqueueing a second Grafter job.
+          # retry_job of the running attempt: it runs again after the wait
+          # (Runner.decide: a failed attempt for retry_on, else a release)
+          # instead of enqueueing a second Grafter job.
           delay_ms = timestamp ? [((timestamp.to_f - Time.now.to_f) * 1000).round, 0].max : 0
           execution.retry_request = { delay_ms: delay_ms, error: job.instance_variable_get(:@grafter_retry_error) }
           return
@@ -330,8 +347,8 @@ end
 ActiveSupport.on_load(:active_job) { include Grafter::ActiveJobSupport::JobExtensions }
 
 module Grafter
-  # Enqueues ActiveJob instances in one request, all or none (Rails 6.1 has
-  # no ActiveJob.perform_all_later):
+  # Enqueues ActiveJob instances in one request per 10,000 jobs or 1 MiB,
+  # all or none each (Rails 6.1 has no ActiveJob.perform_all_later):
   #   Grafter.perform_all_later(users.map { |user| WelcomeJob.new(user.id) })
   # Each job's class must use the :grafter adapter.
   def self.perform_all_later(*jobs)

@@ -71,8 +71,8 @@ module Grafter
              "lease of each job, renewed by a heartbeat every third of it; a killed worker's jobs " \
              "run again when it ends (default 30000)") { |n| options.lease_ms = n }
         o.on("--wait-ms N", Integer,
-             "longest a fetch waits for a job (long-poll); a shutdown lets the one in flight finish " \
-             "(default 2000)") { |n| options.wait_ms = n }
+             "longest a fetch waits for a job (long-poll; under 1000, an idle worker polls once a " \
+             "second); a shutdown lets the one in flight finish (default 2000)") { |n| options.wait_ms = n }
         o.on("--prefetch N", Integer,
              "at most N leased jobs wait for a thread, for runs of short jobs (default: ten per thread, " \
              "fewer for longer jobs; 0: none)") do |n|
@@ -137,8 +137,13 @@ module Grafter
                                    process_title: true)
       signals = Thread::Queue.new
       %w[TERM INT QUIT].each { |name| Signal.trap(name) { signals << name } }
-      worker.start
-      # A worker also stops by itself when the server refuses its fetch.
+      begin
+        worker.start
+      rescue Grafter::ApiError => e
+        # The server refuses the token: as a wrong password at boot, no retry helps.
+        abort "grafter-worker: #{e.message}"
+      end
+      # A worker also stops by itself when the server refuses its token or fetch.
       Thread.new do
         worker.wait
         signals << :stopped

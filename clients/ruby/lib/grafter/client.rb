@@ -366,10 +366,11 @@ module Grafter
 
     # This thread's connection, and whether it was used before. One idle
     # longer than KEEP_ALIVE_SECONDS, or that the server closed, is replaced
-    # rather than risked.
+    # rather than risked; so is one opened before a fork, by the parent
+    # (the thread that forked is the child's main thread, with its locals).
     def connection
       link = Thread.current[@connection_key]
-      return [link, true] if link && link.idle_seconds < KEEP_ALIVE_SECONDS && !link.stale?
+      return [link, true] if link && !link.inherited? && link.idle_seconds < KEEP_ALIVE_SECONDS && !link.stale?
 
       link&.close
       link = Connection.new(@uri, open_timeout: @open_timeout, write_timeout: @read_timeout)

@@ -55,6 +55,7 @@ module Grafter
 
     def initialize(uri, open_timeout:, write_timeout:)
       @write_timeout = write_timeout
+      @pid = Process.pid
       @socket = open(uri, open_timeout)
       @buffer = String.new(capacity: READ_SIZE, encoding: Encoding::BINARY)
       @chunk = String.new(capacity: READ_SIZE, encoding: Encoding::BINARY)
@@ -90,6 +91,13 @@ module Grafter
       @socket.closed?
     end
 
+    # Whether another process opened it, and this one got it by forking:
+    # both would write requests into the one socket and read each other's
+    # answers. Such a connection is never used, only let go (#close).
+    def inherited?
+      @pid != Process.pid
+    end
+
     # Whether the connection can no longer carry a request: closed, or the
     # server closed its end while it was idle (anything readable between
     # answers is that, or stray bytes; for TLS it may also be a session
@@ -103,9 +111,13 @@ module Grafter
       true
     end
 
+    # Closes the connection; one #inherited? only in this process (its
+    # descriptor here), without a TLS close_notify, which would end the
+    # session of the process that still uses it.
     def close
       @busy = false
-      @socket.close unless @socket.closed?
+      socket = inherited? ? @socket.to_io : @socket
+      socket.close unless socket.closed?
     rescue IOError, SystemCallError, OpenSSL::SSL::SSLError
       nil
     end

@@ -14,8 +14,10 @@ module Grafter
     attr_reader :job, :id, :lease, :attempt, :max_attempts, :kind, :queue, :args, :timeout_ms, :thread
     attr_accessor :retry_request, :discarded, :final_error, :active_job_id
 
-    # `lease_seconds`: how long the lease runs from now (the fetch's or push's).
-    def initialize(job, lease: job["lease"], lease_seconds: 30)
+    # `started_at`: when the attempt arrived (monotonic: the fetch's answer,
+    # the push request), from which its lease (`lease_seconds` long) and
+    # its `timeout_ms` (default the job's) run.
+    def initialize(job, lease: job["lease"], lease_seconds: 30, started_at: monotonic, timeout_ms: job["timeout_ms"])
       @job = job
       @id = job.fetch("id")
       @lease = lease
@@ -24,7 +26,7 @@ module Grafter
       @kind = job["kind"]
       @queue = job["queue"]
       @args = job["args"]
-      @timeout_ms = job["timeout_ms"]
+      @timeout_ms = timeout_ms
       @lock = Mutex.new
       @progress = nil
       @progress_version = 0
@@ -32,14 +34,15 @@ module Grafter
       @interrupt = nil
       @body_running = false
       @body_done = false
-      @started_at = monotonic
+      @started_at = started_at
       @lease_expires_at = @started_at + lease_seconds
       @deadline = @timeout_ms ? @started_at + (@timeout_ms.to_f / 1000) : nil
     end
 
-    # The job's timeout_ms, when the job it was made from did not carry it
-    # (a pushed body does not; a heartbeat's answer does): the deadline
-    # counts from when this attempt arrived. A timeout already known stays.
+    # The job's timeout_ms, when the execution was made without it (a job
+    # finished after a push's 202 learns it from a heartbeat's answer): the
+    # deadline counts from when this attempt arrived. A timeout already
+    # known stays.
     def timeout_learned!(timeout_ms)
       return unless timeout_ms.is_a?(Integer) && timeout_ms.positive?
 
@@ -146,8 +149,14 @@ module Grafter
     end
 
     def past_deadline?
+      left = time_left
+      !left.nil? && left <= 0
+    end
+
+    # Seconds until the timeout (negative once past it), or nil without one.
+    def time_left
       deadline = @lock.synchronize { @deadline }
-      !deadline.nil? && monotonic >= deadline
+      deadline && deadline - monotonic
     end
 
     # Why the worker interrupted the job (:timeout, :cancel, :abandoned), or nil.

@@ -33,7 +33,8 @@ module Grafter
       end
       execution.lease_renewed!(lease_ms / 1000.0)
       if answer.is_a?(Hash)
-        # A pushed job learns its timeout here: the pushed body does not carry it.
+        # A job finished after a push's 202 learns its own timeout here (the
+        # pushed body carries the request's).
         execution.timeout_learned!(answer["timeout_ms"])
         execution.cancel_requested! if answer["cancel_requested"]
       end

@@ -16,6 +16,11 @@ module Grafter
     MAX_NESTING = 128 + 16
     # The server's default `body_limit_bytes`: the largest request it takes.
     SERVER_BODY_LIMIT_BYTES = 1024 * 1024
+    # The most jobs one enqueue_many takes (POST /v1/jobs/batch,
+    # grafter_enqueue_many_v1).
+    MAX_BATCH_JOBS = 10_000
+    # `{"jobs":` and `}` around the jobs of an enqueue_many.
+    BATCH_WRAPPER_BYTES = '{"jobs":}'.bytesize
     # The times the server takes: years 1 to 9999 (crates/grafter-core/src/time.rs).
     EARLIEST = Time.utc(1, 1, 1).freeze
     LATEST = Time.utc(9999, 12, 31, 23, 59, 59.999999r).freeze
@@ -48,6 +53,26 @@ module Grafter
       end
 
       time.utc.iso8601(6)
+    end
+
+    # The jobs (field Hashes), in order, cut into as few runs as one
+    # enqueue_many each takes: at most MAX_BATCH_JOBS, and at most
+    # `max_bytes` of request (a job over it alone is a run of its own, for
+    # the server to refuse as it would refuse it enqueued alone).
+    def batches(jobs, max_bytes: SERVER_BODY_LIMIT_BYTES)
+      batches = []
+      bytes = 0
+      jobs.each do |job|
+        # Its JSON, and the comma (or bracket) after it.
+        size = encode_json(job_fields(job)).bytesize + 1
+        if batches.empty? || batches.last.size >= MAX_BATCH_JOBS || bytes + size > max_bytes
+          batches << []
+          bytes = BATCH_WRAPPER_BYTES + 1
+        end
+        batches.last << job
+        bytes += size
+      end
+      batches
     end
 
     # The request's JSON, or Grafter::Error when it cannot be sent as JSON:

@@ -6,10 +6,12 @@ require_relative "monotonic"
 
 module Grafter
   # Records outcomes (ack, fail, release) so that none is lost to a blip: a
-  # server that cannot be reached, or answers 503 (its store is away), is
-  # asked again with backoff for as long as the lease makes it worth it. A 409
-  # lease_mismatch or a 404 is final: the job was rescued, cancelled or
-  # deleted meanwhile, and is logged and dropped.
+  # server that cannot be reached, or answers 503 (its store is away) or 429
+  # (this address sent too many wrong tokens), is asked again with backoff,
+  # never sooner than its Retry-After, for as long as the lease makes it
+  # worth it. A 409 lease_mismatch or a 404 is final: the job was rescued,
+  # cancelled or deleted meanwhile, and is logged and dropped; so is a 401
+  # (the token is refused), which no retry changes.
   class Recorder
     include Monotonic
 
@@ -34,6 +36,7 @@ module Grafter
           @client.fail(execution.id, lease: execution.lease, error: outcome.error, retry: outcome.retry,
                                      retry_in_ms: outcome.retry_in_ms)
         end
+      when :release then release(execution, outcome.retry_in_ms)
       else true
       end
     end
@@ -41,8 +44,16 @@ module Grafter
     def ack(execution, result)
       persist(execution, "ack") { @client.ack(execution.id, lease: execution.lease, result: result) }
     rescue ApiError => e
-      # The result itself was refused (too large, NUL in it): the job ran,
-      # but its result cannot be kept; record that instead of losing the run.
+      if e.status == 413 && !result.nil?
+        # A result over the server's body limit: the job succeeded, and only
+        # its result is lost (as a push's answer over 64 KiB is; ActiveJob
+        # ignores what perform returns, often by accident a large value).
+        @logger.warn("grafter: job #{execution.id} completed; its result is too large to keep and is dropped " \
+                     "(#{e.message})")
+        return ack(execution, nil)
+      end
+      # The result itself was refused (NUL in it): the job ran, but its
+      # result cannot be kept; record that instead of losing the run.
       error = "Grafter::ApiError: the job finished but its result could not be recorded: #{e.message}"
       record(execution, Runner::Outcome.fail(Runner.clean_text(error), retry: false))
     rescue Error => e
@@ -51,8 +62,10 @@ module Grafter
       record(execution, Runner::Outcome.not_json(e))
     end
 
-    def release(execution)
-      persist(execution, "release") { @client.release(execution.id, lease: execution.lease) }
+    # Hands the job back, the attempt not counted, to run again after
+    # `delay_ms` (at once without).
+    def release(execution, delay_ms = nil)
+      persist(execution, "release") { @client.release(execution.id, lease: execution.lease, delay_ms: delay_ms) }
     end
 
     def give_up_at(execution)
@@ -61,7 +74,7 @@ module Grafter
 
     # Calls the block until it succeeds, the answer is final, or the lease is
     # past hope. Raises ApiError only for a request the server refused as
-    # malformed (4xx other than 404/409), which no retry can fix.
+    # malformed (4xx other than 401/404/409/429), which no retry can fix.
     def persist(execution, what)
       pause = FIRST_PAUSE
       loop do
@@ -69,15 +82,16 @@ module Grafter
           yield
           return true
         rescue ConnectionError, ApiError => e
-          raise if e.is_a?(ApiError) && !transient?(e) && !final?(e)
+          raise unless transient?(e) || final?(e) || unauthorized?(e)
 
-          if (e.is_a?(ApiError) && final?(e)) || monotonic + pause > give_up_at(execution)
+          wait = wait_after(e, pause)
+          if final?(e) || unauthorized?(e) || monotonic + wait > give_up_at(execution)
             @logger.warn("grafter: #{what} of job #{execution.id} not recorded, dropped: #{e.message}" \
-                         "#{final?(e) ? '' : ' (the lease is over: the job will run again)'}")
+                         "#{transient?(e) ? ' (the lease is over: the job will run again)' : ''}")
             return false
           end
-          @logger.warn("grafter: could not #{what} job #{execution.id} (#{e.message}); retrying in #{pause.round(2)} s")
-          sleep pause
+          @logger.warn("grafter: could not #{what} job #{execution.id} (#{e.message}); retrying in #{wait.round(2)} s")
+          sleep wait
           pause = [pause * 2, LONGEST_PAUSE].min
         end
       end
@@ -85,6 +99,18 @@ module Grafter
 
     def transient?(error)
       error.is_a?(ConnectionError) || [429, 502, 503, 504].include?(error.status)
+    end
+
+    # How long to wait before trying again after `error`: `pause`, or the
+    # server's Retry-After if longer.
+    def wait_after(error, pause)
+      [pause, (error.retry_after if error.is_a?(ApiError))].compact.max
+    end
+
+    # The server refuses the token (wrong, revoked, expired): every request
+    # with it will be refused.
+    def unauthorized?(error)
+      error.is_a?(ApiError) && error.status == 401
     end
 
     def final?(error)
@@ -210,18 +236,22 @@ module Grafter
           end
           return
         rescue ConnectionError, ApiError => e
+          if @recorder.unauthorized?(e)
+            return @logger.warn("grafter: acks of #{batch.size} jobs not recorded, dropped: #{e.message}")
+          end
           # A batch the server refused as such (too large, a result it
           # rejects): each job is acked alone, by the recorder's rules.
           return batch.each { |item| @recorder.ack(item.execution, item.result) } unless @recorder.transient?(e)
 
+          wait = @recorder.wait_after(e, pause)
           batch = batch.select do |item|
-            keep = monotonic + pause <= @recorder.give_up_at(item.execution)
+            keep = monotonic + wait <= @recorder.give_up_at(item.execution)
             @logger.warn("grafter: ack of job #{item.execution.id} not recorded, dropped (the lease is over: " \
                          "the job will run again): #{e.message}") unless keep
             keep
           end
-          @logger.warn("grafter: could not ack #{batch.size} jobs (#{e.message}); retrying in #{pause.round(2)} s") unless batch.empty?
-          sleep pause unless batch.empty?
+          @logger.warn("grafter: could not ack #{batch.size} jobs (#{e.message}); retrying in #{wait.round(2)} s") unless batch.empty?
+          sleep wait unless batch.empty?
           pause = [pause * 2, Recorder::LONGEST_PAUSE].min
         end
       end

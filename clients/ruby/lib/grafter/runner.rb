@@ -8,7 +8,8 @@ module Grafter
   # Shared by the worker and the push endpoint.
   module Runner
     # What to tell the server: :ack (with `result`), :fail (with `error`,
-    # `retry`, `retry_in_ms`), or :none (the job was handed back or its lease
+    # `retry`, `retry_in_ms`), :release (run again after `retry_in_ms`, the
+    # attempt not counted), or :none (the job was handed back or its lease
     # lost: nothing to record).
     Outcome = Struct.new(:action, :result, :error, :retry, :retry_in_ms, keyword_init: true) do
       def self.ack(result = nil)
@@ -17,6 +18,10 @@ module Grafter
 
       def self.fail(error, retry: true, retry_in_ms: nil)
         new(action: :fail, error: error, retry: binding.local_variable_get(:retry), retry_in_ms: retry_in_ms)
+      end
+
+      def self.release(delay_ms)
+        new(action: :release, retry_in_ms: delay_ms)
       end
 
       def self.none
@@ -145,8 +150,13 @@ module Grafter
       end
 
       if (request = execution.retry_request)
-        reason = request[:error] ? describe(request[:error]) : "retry_job without an error"
-        return Outcome.fail(reason, retry_in_ms: request[:delay_ms])
+        # retry_on's retry_job (it passes the error) is a failed attempt, so
+        # its `attempts` count; a retry_job of the job's own (a poll, a
+        # rescue_from) is a new run later, as an enqueue would be, and uses
+        # up no attempt.
+        return Outcome.fail(describe(request[:error]), retry_in_ms: request[:delay_ms]) if request[:error]
+
+        return Outcome.release(request[:delay_ms])
       end
       return Outcome.ack("discarded" => describe_briefly(execution.discarded)) if execution.discarded
 

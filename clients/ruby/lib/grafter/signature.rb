@@ -20,24 +20,33 @@ module Grafter
     end
 
     # True when `header` signs the raw `body` with any of `secrets` and its
-    # timestamp is within `tolerance` seconds of `now`. Each comparison takes
-    # the same time wherever the strings differ.
+    # timestamp is within `tolerance` seconds of `now`.
     def verify(header, body, secrets, tolerance: 300, now: Time.now.to_i)
+      !verified_at(header, body, secrets, tolerance: tolerance, now: now).nil?
+    end
+
+    # The timestamp (unix seconds) `header` signs the raw `body` at, when it
+    # signs it with any of `secrets` and the timestamp is within `tolerance`
+    # seconds of `now`; else nil. The timestamp and the body are all a
+    # signature covers: what identifies a signed request. Each comparison
+    # takes the same time wherever the strings differ.
+    def verified_at(header, body, secrets, tolerance: 300, now: Time.now.to_i)
       pairs = header.to_s.split(",").map { |part| part.strip.split("=", 2) }
       timestamps = pairs.select { |key, _| key == "t" }.map(&:last)
-      return false unless timestamps.size == 1 && timestamps.first.to_s.match?(/\A\d{1,15}\z/)
+      return nil unless timestamps.size == 1 && timestamps.first.to_s.match?(/\A\d{1,15}\z/)
 
       timestamp = timestamps.first.to_i
-      return false if (Integer(now) - timestamp).abs > tolerance
+      return nil if (Integer(now) - timestamp).abs > tolerance
 
       presented = pairs.select { |key, value| key == "v1" && value&.match?(/\A[0-9a-f]{64}\z/) }.map(&:last)
-      Array(secrets).any? do |secret|
+      signed = Array(secrets).any? do |secret|
         # Anyone can sign with an empty key: it proves nothing.
         next false if secret.to_s.empty?
 
         expected = digest(secret, timestamp, body)
         presented.any? { |value| OpenSSL.fixed_length_secure_compare(expected, value) }
       end
+      timestamp if signed
     end
 
     # The webhook-signature value Grafter would send for `body` as message `id`.
@@ -49,17 +58,23 @@ module Grafter
     # `timestamp` (webhook-timestamp) and the raw `body` with any of
     # `secrets`, and the timestamp is within `tolerance` seconds of `now`.
     def verify_standard(id, timestamp, signatures, body, secrets, tolerance: 300, now: Time.now.to_i)
-      return false if id.to_s.empty? || !timestamp.to_s.match?(/\A\d{1,15}\z/)
-      return false if (Integer(now) - timestamp.to_i).abs > tolerance
+      !verified_standard_at(id, timestamp, signatures, body, secrets, tolerance: tolerance, now: now).nil?
+    end
+
+    # The timestamp (unix seconds) when #verify_standard would be true, else nil.
+    def verified_standard_at(id, timestamp, signatures, body, secrets, tolerance: 300, now: Time.now.to_i)
+      return nil if id.to_s.empty? || !timestamp.to_s.match?(/\A\d{1,15}\z/)
+      return nil if (Integer(now) - timestamp.to_i).abs > tolerance
 
       presented = signatures.to_s.split(" ").select { |value| value.start_with?("v1,") }.map { |value| value[3..] }
-      Array(secrets).any? do |secret|
+      signed = Array(secrets).any? do |secret|
         # Anyone can sign with an empty key (e.g. "whsec_" alone): it proves nothing.
         next false if standard_key(secret).empty?
 
         expected = standard_digest(secret, id, timestamp.to_i, body)
         presented.any? { |value| OpenSSL.secure_compare(expected, value) }
       end
+      timestamp.to_i if signed
     end
 
     def standard_digest(secret, id, timestamp, body)

@@ -60,8 +60,6 @@ module Grafter
     # The HTTP API refuses a larger request (413), and so does this
     # enqueuer, with the same error.
     MAX_BODY_BYTES = JobFields::SERVER_BODY_LIMIT_BYTES
-    # `{"jobs":` and `}` around the jobs of an HTTP enqueue_many.
-    BATCH_WRAPPER_BYTES = '{"jobs":}'.bytesize
 
     # `max_body_bytes`: the `body_limit_bytes` of the Grafter servers, so that
     # a job is refused here exactly when the HTTP API would refuse it.

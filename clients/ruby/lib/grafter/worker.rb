@@ -33,6 +33,12 @@ module Grafter
   # the worker records its outcome and stops renewing its lease, so the job
   # is not held forever.
   #
+  # A server that refuses the worker's token (401), or its token the work
+  # of its queues (403), refuses every try: #start raises it at the
+  # registration, and later in life (a token revoked) the worker stops as
+  # on #stop, with the error as its #failure. A 429 (its address sent too
+  # many wrong tokens) is waited out, not prolonged.
+  #
   # Shutdown (#stop, or TERM/INT in grafter-worker): stop fetching, hand the
   # buffered jobs back, let running jobs finish for up to `shutdown_timeout`
   # seconds, then hand the rest back with POST /v1/jobs/{id}/release (they
@@ -66,6 +72,16 @@ module Grafter
     PREFETCH_HOLD = 1.0
     # The server's largest `max` for one fetch.
     MAX_FETCH = 1000
+    # Fetches that bring nothing come at most this often: with a `wait_ms`
+    # under it (0: no long-poll), the worker polls every POLL_INTERVAL.
+    POLL_INTERVAL = 1.0
+    # How long the server refuses an address that sent too many wrong tokens
+    # (429), when its answer does not say.
+    LOCKOUT = 60
+    # Answers no retry can change: the token refused (401) or not allowed
+    # this work (403), and, for a fetch, its settings refused (422).
+    TOKEN_REFUSED = [401, 403].freeze
+    REFUSED = (TOKEN_REFUSED + [422]).freeze
     # Longest a success waits for others to share its ack request.
     ACK_LINGER = 0.005
     # Weight of the latest job in the running mean of job durations.
@@ -86,8 +102,8 @@ module Grafter
 
     attr_reader :id, :queues, :concurrency
 
-    # The error that stopped the worker by itself (a fetch the server
-    # refuses), or nil.
+    # The error that stopped the worker by itself (the server refusing its
+    # token or its fetch), or nil.
     def failure
       @lock.synchronize { @failure }
     end
@@ -138,6 +154,7 @@ module Grafter
       @buffer = []   # leased jobs waiting for a thread, oldest first
       @running = {}  # jobs running now => their BeatState
       @mean_duration = nil
+      @fetching_timeouts = false # the last fetch brought jobs with a timeout_ms
       @stopping = false
       @stopped = false
       @in_fetch = false
@@ -147,10 +164,17 @@ module Grafter
 
     # Starts the threads and returns at once. The health port is opened
     # first: a worker that cannot open it registers and fetches nothing.
+    # Raises Grafter::ApiError, starting nothing, when the server refuses
+    # the registration for the token (401, 403).
     def start
       @started_at = monotonic
       start_health_server if @health_port
-      register
+      begin
+        @next_registration = register
+      rescue ApiError
+        @health_server&.close
+        raise
+      end
       @acker = Acker.new(@client, recorder: @recorder, logger: @logger, target: @concurrency, linger: ACK_LINGER)
       @executors = Array.new(@concurrency) { |i| thread("grafter-job-#{i}") { execute_loop(i) } }
       @heartbeats = thread("grafter-heartbeat") { heartbeat_loop }
@@ -270,25 +294,46 @@ module Grafter
           wanted = wait_for_room
           break if wanted.zero?
 
+          asked_at = monotonic
           leased = fetch(wanted)
           break if leased == :refused
 
-          if leased.nil?
+          if leased.is_a?(Grafter::Error)
             failures += 1
-            pause(0.1 * (2**[failures, 6].min))
+            pause(fetch_pause(leased, failures))
             next
           end
           failures = 0
-          executions = leased.map { |job| Execution.new(job, lease_seconds: @lease_ms / 1000.0) }
-          next if take_in(executions)
+          # Nothing came, sooner than the poll interval (no long-poll, or a
+          # short one): not asked again at once, which would busy-poll.
+          next pause(POLL_INTERVAL - (monotonic - asked_at)) if leased.empty?
 
-          # Stopping: what the last fetch brought goes back, uncounted.
-          executions.each { |execution| hand_back(execution) }
-          break
+          executions = leased.map { |job| Execution.new(job, lease_seconds: @lease_ms / 1000.0) }
+          unheld = take_in(executions)
+          unless unheld
+            # Stopping: what the last fetch brought goes back, uncounted.
+            executions.each { |execution| hand_back(execution) }
+            break
+          end
+          hand_back_unheld(unheld)
         end
       end
     rescue FetchStop
       nil
+    end
+
+    # After a failed fetch: 0.1 s doubling to 6.4 s, or the server's
+    # Retry-After when longer; after a 429, the lockout.
+    def fetch_pause(error, failures)
+      lockout(error) || @recorder.wait_after(error, 0.1 * (2**[failures, 6].min))
+    end
+
+    # After a 429 (this address sent too many wrong tokens): the seconds
+    # until the server takes its requests again (its Retry-After, else
+    # LOCKOUT), which retrying sooner cannot shorten, only prolong with a
+    # wrong token. Nil after any other error.
+    def lockout(error)
+      error.retry_after || LOCKOUT if error.is_a?(ApiError) && error.status == 429
     end
 
     # Waits until there is room for a job and answers how many: one per free
@@ -309,33 +354,50 @@ module Grafter
     # How many jobs may wait for a thread: as many as the threads should
     # start within PREFETCH_HORIZON at the jobs' recent pace, up to
     # `prefetch`. None until a job has finished (a worker starting on a queue
-    # of long jobs holds only what it runs), none for jobs that take longer.
+    # of long jobs holds only what it runs), none for jobs that take longer,
+    # none while the fetches bring jobs with a timeout_ms (#take_in would
+    # hand them back).
     def prefetch_limit
-      return 0 if @mean_duration.nil? || @prefetch.zero?
+      return 0 if @mean_duration.nil? || @prefetch.zero? || @fetching_timeouts
 
       # A job may finish within the clock's resolution: never divide by 0.
       [(PREFETCH_HORIZON * @concurrency / [@mean_duration, 1e-6].max).floor, @prefetch].min
     end
 
-    # Buffers the jobs for the threads; false (taking nothing) when stopping.
+    # Buffers the jobs for the threads, and answers those it does not take
+    # (nil, taking none, when stopping): a job with a timeout_ms waits for
+    # no thread. The server ends its lease at that timeout from the fetch,
+    # waiting included, so a wait would use up its time, or its attempt.
     def take_in(executions)
       @lock.synchronize do
-        return false if @stopping
+        return nil if @stopping
 
+        @fetching_timeouts = executions.any?(&:timeout_ms)
         now = monotonic
-        executions.each do |execution|
+        executions.select do |execution|
+          next true if execution.timeout_ms && @buffer.size >= @concurrency - @running.size
+
           @leased[execution] = BeatState.new(now, now, 0, nil, false)
           @buffer << execution
           @job_ready.signal
+          false
         end
-        true
       end
     end
 
-    # The leased jobs, nil after logging a failure, or :refused when the
-    # server refused the fetch itself (422: a queue name or a wait it does
-    # not take), which no retry can change: the worker then stops, with that
-    # error as its #failure.
+    # Jobs with a timeout_ms that found no free thread go back at once,
+    # uncounted, for this worker or another to start when a thread is free.
+    def hand_back_unheld(unheld)
+      return if unheld.empty?
+
+      @logger.info("grafter: #{unheld.size} fetched jobs with a timeout_ms found no free thread; handing them back")
+      unheld.each { |execution| hand_back(execution) }
+    end
+
+    # The leased jobs, the Grafter::Error of a fetch that failed (logged),
+    # or :refused when the server refused the fetch itself (REFUSED: the
+    # token, or a queue name or a wait it does not take), which no retry can
+    # change: the worker then stops, with that error as its #failure.
     def fetch(wanted)
       @lock.synchronize do
         return [] if @stopping
@@ -349,19 +411,39 @@ module Grafter
       jobs
     rescue Grafter::Error => e
       @lock.synchronize { @fetch_ok = false }
-      return refused(e) if e.is_a?(ApiError) && e.status == 422
+      return refused(e) if refused?(e)
 
       @logger.warn("grafter: fetch failed: #{e.message}")
-      nil
+      e
     ensure
       @lock.synchronize { @in_fetch = false }
     end
 
+    def refused?(error, statuses = REFUSED)
+      error.is_a?(ApiError) && statuses.include?(error.status)
+    end
+
+    # `error` (REFUSED) explained, for the log and grafter-worker's last line.
+    def refusal(error)
+      why = case error.status
+            when 401 then "the server refuses this worker's token (set GRAFTER_TOKEN to a token it accepts)"
+            when 403 then "the server does not let this worker's token work its queues (it needs the work scope)"
+            else "the server refuses this worker's fetch, which no retry can change"
+            end
+      ApiError.new("#{why}: #{error.message}", status: error.status, code: error.code, field: error.field)
+    end
+
+    # Stops the worker as #stop does (running jobs finish, up to the
+    # shutdown timeout), with `error` explained as its #failure.
     def refused(error)
-      @logger.error("grafter: the server refuses this worker's fetch, which no retry can change; stopping: " \
-                    "#{error.message}")
-      @lock.synchronize { @failure = error }
-      # #stop waits for this (the fetch) thread: it runs on another.
+      failure = refusal(error)
+      @lock.synchronize do
+        return :refused if @failure
+
+        @failure = failure
+      end
+      @logger.error("grafter: #{failure.message}; stopping")
+      # #stop waits for the fetch and heartbeat threads: it runs on another.
       Thread.new { stop }
       :refused
     end
@@ -505,6 +587,8 @@ module Grafter
                      "#{outcome.error.lines.first&.chomp}")
       when :ack
         @logger.debug { "grafter: job #{execution.id} (#{execution.kind}) completed" }
+      when :release
+        @logger.debug { "grafter: job #{execution.id} (#{execution.kind}) runs again in #{outcome.retry_in_ms} ms" }
       end
     end
 
@@ -517,7 +601,9 @@ module Grafter
         @logger.info("grafter: job #{execution.id} handed back")
         return
       rescue ApiError => e
-        return @logger.warn("grafter: job #{execution.id} not handed back: #{e.message}") if @recorder.final?(e)
+        if @recorder.final?(e) || @recorder.unauthorized?(e)
+          return @logger.warn("grafter: job #{execution.id} not handed back: #{e.message}")
+        end
 
         sleep 0.2
       rescue ConnectionError => e
@@ -543,12 +629,15 @@ module Grafter
     # --- heartbeats ----------------------------------------------------------
 
     def heartbeat_loop
-      next_registration = monotonic + @registration_interval
       until @lock.synchronize { @heartbeats_done }
-        now = monotonic
-        if now >= next_registration
-          register
-          next_registration = now + @registration_interval
+        if monotonic >= @next_registration
+          @next_registration = begin
+            register
+          rescue ApiError => e
+            # The token was revoked (or the server's changed) meanwhile.
+            refused(e)
+            Float::INFINITY
+          end
         end
         carry_on("handing back stale jobs") { hand_back_stale_buffered }
         @lock.synchronize { @leased.to_a }.each do |execution, state|
@@ -599,9 +688,13 @@ module Grafter
       retry_beat_soon(execution, state, e)
     end
 
+    # In a second, or the server's Retry-After; a refused token not before
+    # the next beat is due anyway (every try is refused, and counted against
+    # this address if the token is a wrong one).
     def retry_beat_soon(execution, state, error)
       @logger.warn("grafter: heartbeat of job #{execution.id} failed (#{error.message}); retrying")
-      state.last_beat = monotonic - @heartbeat_interval + 1
+      wait = @recorder.unauthorized?(error) ? @heartbeat_interval : @recorder.wait_after(error, 1)
+      state.last_beat = monotonic - @heartbeat_interval + wait
     end
 
     # Timeouts, cancels that were not heeded, and jobs that ignore both.
@@ -629,13 +722,21 @@ module Grafter
 
     # --- registration and health ------------------------------------------
 
+    # Registers the worker (or renews its registration) and answers when
+    # to do so next: after the registration interval, or after a 429's
+    # lockout. Raises, explained, a refusal of the token (401, 403); any
+    # other failure is logged.
     def register
       @client.register_worker(@id, host: Socket.gethostname, pid: Process.pid, queues: @queues.first(1000),
                                    concurrency: @concurrency, kinds: Runner.kinds)
       @lock.synchronize { @last_beat_ok = monotonic }
       update_title
+      monotonic + @registration_interval
     rescue Grafter::Error => e
+      raise refusal(e) if refused?(e, TOKEN_REFUSED)
+
       @logger.warn("grafter: could not register worker #{@id}: #{e.message}")
+      monotonic + (lockout(e) || @registration_interval)
     end
 
     def deregister

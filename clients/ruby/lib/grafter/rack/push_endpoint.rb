@@ -28,6 +28,14 @@ module Grafter
     #                       (Grafter records it and retries with backoff)
     #   retry_on waiting    500 with Retry-After: the wait
     #   retry_on exhausted  500 with Grafter-Retry: false (dead)
+    #   retry_job alone     503 with Retry-After: the wait (at least 1 s),
+    #                       which Grafter does not count as an attempt
+    #
+    # The body's `timeout_ms` (the request timeout Grafter applies: the
+    # push target's, or the job's own if shorter) is enforced as the worker
+    # enforces a job's: Grafter::TimeoutError is raised in the job then,
+    # counted from when the request arrived. A body without it (an older
+    # server) runs as long as the job takes.
     #
     # Work longer than a push may last: declare it with `grafter_options
     # push: :async` (ActiveJob) or `Grafter.handle("kind", push: :async)`.
@@ -49,7 +57,7 @@ module Grafter
       # The lease a 202 leaves the job under (the server's default_lease_ms).
       LEASE_MS = 30_000
       HEARTBEAT_SECONDS = 10
-      # Most accepted (job id, lease) pairs remembered to refuse replays.
+      # Most accepted signatures remembered to refuse replays.
       MAX_REMEMBERED = 100_000
 
       # The server's bounds for a push secret (crates/grafter-core/src/push.rs).
@@ -71,30 +79,37 @@ module Grafter
 
         @client = client
         @logger = logger
-        @accepted = {} # [job id, lease] => monotonic time until which a replay is refused
+        @accepted = {} # [timestamp, body digest] => monotonic time until which a replay is refused
         @accepted_lock = Mutex.new
       end
 
       def call(env)
-        return error(405, "method_not_allowed", "push requests are POSTs") unless env["REQUEST_METHOD"] == "POST"
+        received_at = monotonic
+        unless env["REQUEST_METHOD"] == "POST"
+          return error(405, "method_not_allowed", "push requests are POSTs", headers: { "allow" => "POST" })
+        end
 
         body = read_body(env)
         return error(413, "payload_too_large", "the body is over #{@max_body_bytes} bytes") unless body
-        unless signed?(env, body)
-          return error(401, "unauthorized", "the signature is missing, wrong or too old")
-        end
+
+        timestamp = signed_at(env, body)
+        return error(401, "unauthorized", "the signature is missing, wrong or too old") unless timestamp
 
         job = parse(body)
         # Signed by Grafter yet unreadable: sending it again cannot help.
         return error(422, "invalid_job", "the body is not a Grafter job", final: true) unless job
-        unless first_delivery?(job, env)
-          return error(409, "replayed", "this push (job #{job['id']}, this lease) was already accepted")
+        unless first_delivery?(timestamp, body)
+          return error(409, "replayed", "this signed push (job #{job['id']}) was already accepted")
         end
 
-        execution = Execution.new(job, lease: env["HTTP_GRAFTER_LEASE"], lease_seconds: LEASE_MS / 1000.0)
-        return finish_later(execution) if Runner.push_async?(job)
+        async = Runner.push_async?(job)
+        # The body's timeout_ms bounds the request, not a job finished after
+        # the 202: that one learns its own from its first heartbeat.
+        execution = Execution.new(job, lease: env["HTTP_GRAFTER_LEASE"], lease_seconds: LEASE_MS / 1000.0,
+                                       started_at: received_at, timeout_ms: async ? nil : request_timeout_ms(job))
+        return finish_later(execution) if async
 
-        respond(Runner.run(execution))
+        respond(later_by_a_second(run_now(execution)))
       end
 
       private
@@ -113,26 +128,30 @@ module Grafter
                              "#{MIN_WHSEC_KEY_BYTES} bytes"
       end
 
-      # Grafter-Signature when the request has it, else Standard Webhooks.
-      def signed?(env, body)
+      # The timestamp the request's signature verified: Grafter-Signature's
+      # when the request has it, else Standard Webhooks'. Nil when unsigned.
+      def signed_at(env, body)
         if env["HTTP_GRAFTER_SIGNATURE"]
-          Signature.verify(env["HTTP_GRAFTER_SIGNATURE"], body, @secrets, tolerance: @tolerance)
+          Signature.verified_at(env["HTTP_GRAFTER_SIGNATURE"], body, @secrets, tolerance: @tolerance)
         else
-          Signature.verify_standard(*env.values_at("HTTP_WEBHOOK_ID", "HTTP_WEBHOOK_TIMESTAMP", "HTTP_WEBHOOK_SIGNATURE"),
-                                    body, @secrets, tolerance: @tolerance)
+          Signature.verified_standard_at(*env.values_at("HTTP_WEBHOOK_ID", "HTTP_WEBHOOK_TIMESTAMP", "HTTP_WEBHOOK_SIGNATURE"),
+                                         body, @secrets, tolerance: @tolerance)
         end
       end
 
-      # True the first time this process sees a signed push of this job
-      # under this lease (a replayed request, signature and all, is refused
-      # while its timestamp is within the tolerance, after which the
-      # signature check refuses it). Per process: across processes a replay
-      # is stopped only by the lease fencing of its outcome (an ack or fail
-      # under a lease that has ended is refused), not from running.
-      def first_delivery?(job, env)
-        lease = env["HTTP_GRAFTER_LEASE"]
-        # Grafter always sends a lease; without one, the signature stands for it.
-        key = [job["id"], lease || env.values_at("HTTP_GRAFTER_SIGNATURE", "HTTP_WEBHOOK_ID", "HTTP_WEBHOOK_SIGNATURE")]
+      # True the first time this process accepts a signature over this
+      # timestamp and body: a replay is refused while its timestamp is
+      # within the tolerance, after which the signature check refuses it.
+      # Keyed on what the signature covers and nothing else: any other
+      # header (Grafter-Lease, the header's spacing, which of the rotated
+      # secrets' v1 it carries, which scheme) can be changed by whoever
+      # replays it. Grafter signs every delivery anew (a new attempt's body
+      # differs, and a push again after a 503 comes in a later second).
+      # Per process: across processes a replay is stopped only by the lease
+      # fencing of its outcome (an ack or fail under a lease that has ended
+      # is refused), not from running.
+      def first_delivery?(timestamp, body)
+        key = [timestamp, OpenSSL::Digest::SHA256.digest(body)]
         now = monotonic
         @accepted_lock.synchronize do
           expired = @accepted.each_pair.take_while { |_, until_at| until_at <= now }.map(&:first)
@@ -148,6 +167,38 @@ module Grafter
         end
       end
 
+      # The timeout_ms of a pushed body (a positive integer), or nil.
+      def request_timeout_ms(job)
+        timeout_ms = job["timeout_ms"]
+        timeout_ms if timeout_ms.is_a?(Integer) && timeout_ms.positive?
+      end
+
+      # Runs the job inside the request. Past its timeout (Grafter has
+      # stopped waiting for the answer and failed the attempt) it gets
+      # Grafter::TimeoutError, from a thread that sleeps until then.
+      def run_now(execution)
+        watch = execution.timeout_ms && Thread.new { interrupt_at_timeout(execution) }
+        Runner.run(execution)
+      ensure
+        watch&.kill
+      end
+
+      def interrupt_at_timeout(execution)
+        while (left = execution.time_left).positive?
+          sleep left
+        end
+        Heartbeat.enforce(execution, cancel_grace: Heartbeat::CANCEL_GRACE, logger: logger, label: "pushed job")
+      end
+
+      # A run again later (retry_job) comes at least a second later, so that
+      # Grafter signs its push anew: the same body signed in the same second
+      # would be refused as a replay.
+      def later_by_a_second(outcome)
+        return outcome unless outcome.action == :release
+
+        Runner::Outcome.release([outcome.retry_in_ms, 1000].max)
+      end
+
       def respond(outcome)
         case outcome.action
         when :ack
@@ -159,6 +210,11 @@ module Grafter
           headers["grafter-retry"] = "false" unless outcome.retry
           headers["retry-after"] = (outcome.retry_in_ms / 1000.0).ceil.to_s if outcome.retry && outcome.retry_in_ms
           [500, headers, [outcome.error]]
+        when :release
+          # "Not now": Grafter pushes it again then, the attempt uncounted.
+          seconds = (outcome.retry_in_ms / 1000.0).ceil
+          [503, { "content-type" => "text/plain; charset=utf-8", "retry-after" => seconds.to_s },
+           ["retry_job: run again in #{seconds} s"]]
         else
           [503, { "content-type" => "text/plain; charset=utf-8" }, ["the job was not run"]]
         end
@@ -184,7 +240,7 @@ module Grafter
         client = @client || Grafter.client
         done = Queue.new
         beats = Thread.new { heartbeat(client, execution, done) }
-        outcome = Runner.run(execution)
+        outcome = later_by_a_second(Runner.run(execution))
         done << true
         beats.join
         # Unless the heartbeat gave up on a job that ignored its interrupt
@@ -200,8 +256,8 @@ module Grafter
       # Grafter::Cancelled raised in the job's thread), and stops the job
       # when its lease is lost (409 or 404: another attempt may run it).
       def heartbeat(client, execution, done)
-        # The first heartbeat goes at once: its answer brings the job's
-        # timeout_ms, which the pushed body does not carry.
+        # The first heartbeat goes at once: its answer brings the job's own
+        # timeout_ms (the pushed body's is the request's).
         last = monotonic - HEARTBEAT_SECONDS
         sent = 0
         interrupted_at = nil
@@ -282,8 +338,8 @@ module Grafter
         nil
       end
 
-      def error(status, code, message, final: false)
-        headers = { "content-type" => "application/json" }
+      def error(status, code, message, final: false, headers: {})
+        headers = headers.merge("content-type" => "application/json")
         headers["grafter-retry"] = "false" if final
         [status, headers, [JSON.generate("error" => { "code" => code, "message" => message })]]
       end
