@@ -66,16 +66,7 @@ impl Db {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let (job, _) = job_lock(&tx, params.id).await?;
-        if job.state == JobState::Completed {
-            return Err(invalid(
-                &job,
-                "completed jobs are not retried; enqueue a new job",
-            ));
-        }
-        requeue(&tx, &job, params.now, params.now, params.args.as_ref()).await?;
-        // Read again: a dependent may have gone back to pending in a trigger,
-        // which RETURNING does not show.
-        let (job, _) = job_lock(&tx, params.id).await?;
+        let job = requeue(&tx, &job, params.now, params.now, params.args.as_ref()).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(job)
     }
@@ -103,8 +94,9 @@ impl Db {
     }
 }
 
-/// Puts a locked, not-running job back in line at `run_at`, giving it one more
-/// attempt if it has none left, with new `args` if given.
+/// Puts a locked job back in line at `run_at` (a running, pending or
+/// completed one is refused), giving it one more attempt if it has none left,
+/// with new `args` if given, and answers it as stored.
 pub(crate) async fn requeue(
     client: &impl GenericClient,
     job: &Job,
@@ -112,14 +104,11 @@ pub(crate) async fn requeue(
     now: Timestamp,
     args: Option<&Value>,
 ) -> Result<Job> {
-    const SQL: &str = concat!(
-        "UPDATE jobs SET state = $2, run_at = $3, finished_at = NULL, cancel_requested = false,
-                max_attempts = greatest(max_attempts, attempt + 1), args = coalesce($4, args),
-                args_bytes = coalesce($5, args_bytes)
-         WHERE id = $1
-         RETURNING ",
-        job_columns!()
-    );
+    const SQL: &str = "UPDATE jobs SET state = $2, run_at = $3, finished_at = NULL,
+                cancel_requested = false, max_attempts = greatest(max_attempts, attempt + 1),
+                args = coalesce($4, args), args_bytes = coalesce($5, args_bytes),
+                expires_at = CASE WHEN $6 THEN NULL ELSE expires_at END
+         WHERE id = $1";
     if job.state == JobState::Running {
         return Err(invalid(
             job,
@@ -132,11 +121,32 @@ pub(crate) async fn requeue(
             "a pending job runs when its dependencies finish; cancel it first",
         ));
     }
+    // Its result stands, and a batch it is in may have fired on_success.
+    if job.state == JobState::Completed {
+        return Err(invalid(
+            job,
+            "completed jobs are not retried or rescheduled; enqueue a new job",
+        ));
+    }
     let state = waiting_state(run_at, now);
+    // The deadline was for the run that did not happen; the expirer would end
+    // the one asked for by hand at once.
+    let deadline_passed =
+        job.state == JobState::Expired || job.expires_at.is_some_and(|at| at <= run_at.max(now));
     let size = args.map(args_bytes);
     let stmt = client.prepare_cached(SQL).await.map_err(pg_error)?;
-    let row = client
-        .query_one(&stmt, &[&job.id.0, &state.as_str(), &run_at, &args, &size])
+    client
+        .execute(
+            &stmt,
+            &[
+                &job.id.0,
+                &state.as_str(),
+                &run_at,
+                &args,
+                &size,
+                &deadline_passed,
+            ],
+        )
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -145,7 +155,11 @@ pub(crate) async fn requeue(
                 pg_error(e)
             }
         })?;
-    job_from_row(&row)
+    // Read again rather than take the row from RETURNING: a dependent may
+    // have gone back to pending in a trigger after it.
+    job_get_on(client, job.id)
+        .await?
+        .ok_or(StoreError::NotFound(job.id))
 }
 
 /// Cancels a locked job: at once if it is waiting, by request if it is running

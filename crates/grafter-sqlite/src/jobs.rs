@@ -49,8 +49,9 @@ pub fn job_cancel(conn: &Connection, params: &JobCancel) -> Result<Job> {
     result.map_err(backend)
 }
 
-/// Puts a not-running job back in line at `run_at`, giving it one more attempt if
-/// it has none left, with new args if given.
+/// Puts a job back in line at `run_at` (a running, pending or completed one is
+/// refused), giving it one more attempt if it has none left, with new args if
+/// given, and answers it as stored.
 fn requeue(
     conn: &Connection,
     job: &Job,
@@ -70,23 +71,39 @@ fn requeue(
             "a pending job runs when its dependencies finish; cancel it first",
         ));
     }
+    // Its result stands, and a batch it is in may have fired on_success.
+    if job.state == JobState::Completed {
+        return Err(invalid(
+            job,
+            "completed jobs are not retried or rescheduled; enqueue a new job",
+        ));
+    }
     let state = if run_at > now {
         JobState::Scheduled
     } else {
         JobState::Available
     };
+    // The deadline was for the run that did not happen; the expirer would end
+    // the one asked for by hand at once.
+    let deadline_passed = job.state == JobState::Expired
+        || job
+            .expires_at
+            .is_some_and(|at| micros(at) <= run_at.max(now));
     let args = args.map(to_json).transpose()?;
-    conn.prepare_cached(&format!(
+    conn.prepare_cached(
         "UPDATE jobs SET state = ?2, run_at = ?3, finished_at = NULL, cancel_requested = 0,
-                max_attempts = max(max_attempts, attempt + 1), args = coalesce(?4, args)
-         WHERE id = ?1
-         RETURNING {JOB_COLUMNS}"
-    ))
+                max_attempts = max(max_attempts, attempt + 1), args = coalesce(?4, args),
+                expires_at = CASE WHEN ?5 THEN NULL ELSE expires_at END
+         WHERE id = ?1",
+    )
     .and_then(|mut stmt| {
-        stmt.query_row(
-            params![job.id.0, state.as_str(), run_at, args],
-            job_from_row,
-        )
+        stmt.execute(params![
+            job.id.0,
+            state.as_str(),
+            run_at,
+            args,
+            deadline_passed
+        ])
     })
     .map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _)
@@ -99,22 +116,16 @@ fn requeue(
             }
         }
         e => backend(e),
-    })
+    })?;
+    // Read again rather than take the row from RETURNING: a dependent may
+    // have gone back to pending in a trigger after it.
+    job_require(conn, job.id)
 }
 
 pub fn job_retry(conn: &Connection, params: &JobRetry) -> Result<Job> {
     let job = job_require(conn, params.id)?;
-    if job.state == JobState::Completed {
-        return Err(invalid(
-            &job,
-            "completed jobs are not retried; enqueue a new job",
-        ));
-    }
     let now = micros(params.now);
-    requeue(conn, &job, now, now, params.args.as_ref())?;
-    // Read again: a dependent may have gone back to pending in a trigger,
-    // which RETURNING does not show.
-    job_require(conn, params.id)
+    requeue(conn, &job, now, now, params.args.as_ref())
 }
 
 pub fn job_reschedule(conn: &Connection, params: &JobReschedule) -> Result<Job> {

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         21,
         include_str!("../migrations/0021_cancelled_batch_never_succeeds.sql"),
     ),
+    (
+        22,
+        include_str!("../migrations/0022_counts_add_up_in_any_trigger_order.sql"),
+    ),
 ];
 
 /// The newest migration this build knows.
@@ -252,5 +256,96 @@ mod tests {
             })
             .unwrap();
         assert_eq!(z_tags, 0);
+    }
+
+    /// Counts per queue and state as the triggers keep them (without the
+    /// zeros a job moving on leaves behind) and as the jobs table has them.
+    fn counts_kept_and_counted(conn: &Connection) -> (Vec<String>, Vec<String>) {
+        let read = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |row| {
+                Ok(format!(
+                    "{}|{}|{}",
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?
+                ))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+        };
+        (
+            read("SELECT queue, state, n FROM job_counts WHERE n <> 0 ORDER BY 1, 2"),
+            read("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY 1, 2"),
+        )
+    }
+
+    /// A cancelled dependent in `queue`, its upstream unfinished, made
+    /// available by hand: a trigger moves it on to pending.
+    fn retry_a_waiting_dependent(conn: &Connection, queue: &str) {
+        let upstream = insert_job(conn, "upstreams", "[]");
+        let dependent: i64 = conn
+            .query_row(
+                "INSERT INTO jobs (queue, kind, args, state, run_at, max_attempts, tags, created_at,
+                                   finished_at, deps_left)
+                 VALUES (?1, 'k', '{}', 'cancelled', 1, 25, '[]', 1, 1, 1) RETURNING id",
+                [queue],
+                |row| row.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            "UPDATE jobs SET has_dependents = 1 WHERE id = ?1",
+            [upstream],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO job_dependencies (depends_on, job_id) VALUES (?1, ?2)",
+            [upstream, dependent],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE jobs SET state = 'available', finished_at = NULL WHERE id = ?1",
+            [dependent],
+        )
+        .unwrap();
+        let state: String = conn
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [dependent], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(state, "pending");
+    }
+
+    /// Counts that drifted under the trigger order before migration 22 (a
+    /// retried dependent counted as available and pending at once, in a
+    /// queue without available jobs) are counted again by the upgrade, and
+    /// the same move keeps them exact after it.
+    #[test]
+    fn the_upgrade_recounts_drifted_queue_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("grafter.db")).unwrap();
+        // As on the writer connection: the dependency triggers call it (to
+        // wake waiters, of whom there are none here) and nest.
+        conn.create_scalar_function(
+            "grafter_released",
+            1,
+            rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+            |_| Ok(true),
+        )
+        .unwrap();
+        conn.pragma_update(None, "recursive_triggers", "ON")
+            .unwrap();
+        apply_up_to(&mut conn, 21).unwrap();
+        retry_a_waiting_dependent(&conn, "before");
+        let (kept, counted) = counts_kept_and_counted(&conn);
+        assert_ne!(kept, counted, "drifted before the upgrade");
+
+        apply_up_to(&mut conn, 22).unwrap();
+        let (kept, counted) = counts_kept_and_counted(&conn);
+        assert_eq!(kept, counted, "counted again by the upgrade");
+        retry_a_waiting_dependent(&conn, "after");
+        let (kept, counted) = counts_kept_and_counted(&conn);
+        assert_eq!(kept, counted, "and kept exact after it");
     }
 }

@@ -222,8 +222,9 @@ fn actions(job: &Job, ctx: &Ctx) -> Markup {
             }
             (form("delete", "Delete", Some("Delete this job for good?"), Some("danger")))
             // A running job is moved by its worker, a pending one by its
-            // dependencies: the store refuses to reschedule either.
-            @if !matches!(job.state, JobState::Running | JobState::Pending) {
+            // dependencies, and a completed one stands: the store refuses to
+            // reschedule them.
+            @if !matches!(job.state, JobState::Running | JobState::Pending | JobState::Completed) {
                 form.reschedule method="post" action={ "/jobs/" (job.id) "/reschedule" } {
                     (csrf_field(ctx))
                     label { "Run at " input type="datetime-local" name="when" value=(now_local) min="0001-01-01T00:00" max="9999-12-31T23:59" required; }

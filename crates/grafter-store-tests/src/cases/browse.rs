@@ -562,7 +562,7 @@ async fn counted(store: &S) -> std::collections::BTreeMap<(String, JobState), u6
     counts
 }
 
-async fn assert_counts_exact(store: &S, when: &str) {
+pub(super) async fn assert_counts_exact(store: &S, when: &str) {
     let expected = counted(store).await;
     let mut kept = std::collections::BTreeMap::new();
     for queue in store.queues_list().await.unwrap() {

@@ -5,7 +5,8 @@
 use grafter_core::{BatchState, DependencyFailure, JobState, Upstream};
 use grafter_engine::{Ack, FetchRequest};
 use grafter_store::{
-    BatchAdd, BatchChange, BatchCreate, JobCancel, JobRetry, JobsList, JobsPrune, StoreError,
+    BatchAdd, BatchChange, BatchCreate, JobCancel, JobReschedule, JobRetry, JobsList, JobsPrune,
+    StoreError,
 };
 use serde_json::json;
 
@@ -499,6 +500,179 @@ pub async fn a_cancelled_dependent_retried_by_hand_waits_again_for_unfinished_up
         .await
         .unwrap();
     assert_eq!(retried.state, JobState::Available);
+}
+
+pub async fn a_finished_dependent_rescheduled_by_hand_waits_again_and_answers_so(store: S) {
+    let now = t0();
+    let jobs = insert(
+        &store,
+        vec![
+            node("reschedule-up", "up", &[]),
+            node("reschedule-down", "down", &[r("up")]),
+        ],
+        now,
+    )
+    .await;
+    let down = jobs[1].id;
+    for run_at in [now, now + ms(60_000)] {
+        store.job_cancel(JobCancel { id: down, now }).await.unwrap();
+        let answered = store
+            .job_reschedule(JobReschedule {
+                id: down,
+                run_at,
+                now,
+            })
+            .await
+            .unwrap();
+        assert_eq!(answered.state, JobState::Pending, "run at {run_at}");
+        assert_eq!(answered, get(&store, down).await, "answered as stored");
+    }
+    let leased = fetch(&store, "reschedule-up", 1, now).await;
+    complete(&store, &leased[0], now).await;
+    assert_eq!(get(&store, down).await.state, JobState::Scheduled);
+}
+
+/// One job of a chain `first` <- `middle` <- `last`, each in a queue of its own.
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    First,
+    Middle,
+    Last,
+}
+
+/// A change to one link of a chain: by hand, or a worker's fetch and ack.
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    Cancel(Link),
+    Retry(Link),
+    RescheduleNow(Link),
+    RescheduleLater(Link),
+    FetchAndComplete(Link),
+}
+
+/// Cancels, retries and reschedules of upstreams and dependents, in several
+/// orders, each on a fresh chain in queues of its own, with its dependents due
+/// at insert and a minute ahead: a dependent retried or rescheduled while an
+/// upstream is unfinished goes back to pending by way of a state its queue
+/// may never have held. After every move the queue counts are what listing
+/// the jobs shows, and a retry or reschedule answers the job as stored.
+pub async fn queue_counts_follow_dependents_and_upstreams_moved_by_hand(store: S) {
+    use Link::{First, Last, Middle};
+    use Move::{Cancel, FetchAndComplete, RescheduleLater, RescheduleNow, Retry};
+    let scenarios: [&[Move]; 8] = [
+        &[Cancel(Middle), Retry(Middle)],
+        &[Cancel(Middle), RescheduleLater(Middle)],
+        &[
+            Cancel(Middle),
+            RescheduleNow(Middle),
+            FetchAndComplete(First),
+            FetchAndComplete(Middle),
+        ],
+        &[
+            Cancel(First),
+            Retry(First),
+            Retry(Middle),
+            Retry(Last),
+            FetchAndComplete(First),
+            FetchAndComplete(Middle),
+            FetchAndComplete(Last),
+        ],
+        &[Cancel(First), Retry(Middle), Retry(First)],
+        &[
+            Cancel(First),
+            RescheduleLater(First),
+            RescheduleLater(Middle),
+            RescheduleNow(Last),
+            Cancel(First),
+            Retry(Middle),
+        ],
+        &[
+            FetchAndComplete(First),
+            Cancel(Middle),
+            Retry(Middle),
+            RescheduleLater(Last),
+        ],
+        &[
+            Cancel(Last),
+            Cancel(Middle),
+            Retry(Last),
+            Retry(Middle),
+            Cancel(First),
+        ],
+    ];
+    let now = t0();
+    // A store may count a new dependent in the state its run_at gives it
+    // before it makes it pending (SQLite does), so its queue may hold a count
+    // of that state already: each chain is run with its dependents due and
+    // ahead, so that a retry and a reschedule each pass through a state the
+    // queue has never held.
+    let chains = scenarios.into_iter().enumerate().flat_map(|(i, moves)| {
+        [("due", now), ("ahead", now + ms(60_000))]
+            .map(|(when, dependents_run_at)| (format!("{i}-{when}"), moves, dependents_run_at))
+    });
+    for (scenario, moves, dependents_run_at) in chains {
+        let queue = |link: Link| format!("counts-{scenario}-{link:?}");
+        let dependent = |link: Link, name: &str, upstream: &str| NewJob {
+            run_at: Some(dependents_run_at),
+            ..node(&queue(link), name, &[r(upstream)])
+        };
+        let chain = insert(
+            &store,
+            vec![
+                node(&queue(First), "first", &[]),
+                dependent(Middle, "middle", "first"),
+                dependent(Last, "last", "middle"),
+            ],
+            now,
+        )
+        .await;
+        let id = |link: Link| chain[link as usize].id;
+        for (step, change) in moves.iter().enumerate() {
+            let what = format!("scenario {scenario}, move {step}: {change:?}");
+            let answered = match *change {
+                Cancel(link) => {
+                    store
+                        .job_cancel(JobCancel { id: id(link), now })
+                        .await
+                        .expect(&what);
+                    None
+                }
+                Retry(link) => Some(
+                    store
+                        .job_retry(JobRetry {
+                            id: id(link),
+                            args: None,
+                            now,
+                        })
+                        .await
+                        .expect(&what),
+                ),
+                RescheduleNow(link) | RescheduleLater(link) => {
+                    let later = matches!(change, RescheduleLater(_));
+                    Some(
+                        store
+                            .job_reschedule(JobReschedule {
+                                id: id(link),
+                                run_at: if later { now + ms(60_000) } else { now },
+                                now,
+                            })
+                            .await
+                            .expect(&what),
+                    )
+                }
+                FetchAndComplete(link) => {
+                    let leased = fetch(&store, &queue(link), 1, now).await;
+                    assert_eq!(leased.len(), 1, "{what}");
+                    complete(&store, &leased[0], now).await;
+                    None
+                }
+            };
+            if let Some(answered) = answered {
+                assert_eq!(answered, get(&store, answered.id).await, "{what}");
+            }
+            browse::assert_counts_exact(&store, &what).await;
+        }
+    }
 }
 
 pub async fn a_graph_in_a_batch_is_counted_with_it(store: S) {
