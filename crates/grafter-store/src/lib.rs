@@ -112,7 +112,9 @@ pub trait Store: Send + Sync + 'static {
     /// with new args if given. A job with no attempts left gets one more.
     async fn job_retry(&self, params: JobRetry) -> Result<Job>;
 
-    /// Moves a not-running job's `run_at`, making it `scheduled` or `available`.
+    /// Moves a job's `run_at`, making it `scheduled` or `available` (or
+    /// `pending` again while an upstream is unfinished); refuses a running,
+    /// pending or completed job as `job_retry` does.
     async fn job_reschedule(&self, params: JobReschedule) -> Result<Job>;
 
     /// Deletes a job in any state; a worker holding its lease gets `NotFound` later.
