@@ -114,10 +114,12 @@ impl PushTarget {
     /// Checks the target is usable.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let url = self.url.as_str();
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.len() < 10
-            || url.len() > MAX_URL_LEN
-        {
+        // A scheme is case-insensitive (RFC 3986, 3.1): `HTTP://` is `http://`.
+        let is_http = ["http://", "https://"].iter().any(|scheme| {
+            url.get(..scheme.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+        });
+        if !is_http || url.len() < 10 || url.len() > MAX_URL_LEN {
             return Err(ValidationError::new(
                 "push.url",
                 format!("must be an http:// or https:// URL of at most {MAX_URL_LEN} bytes"),
@@ -223,9 +225,18 @@ impl PushTarget {
         Ok(())
     }
 
+    /// Writes the URL's scheme in lower case, as URL parsers (the push
+    /// client's too) read it, so a target is stored and shown as it is used.
+    pub fn lowercase_scheme(&mut self) {
+        if let Some(end) = self.url.find("://") {
+            self.url[..end].make_ascii_lowercase();
+        }
+    }
+
     /// The URL as it may be shown (API answers, the dashboard, logs): the
-    /// credentials of `user:password@` and the values of query parameters,
-    /// which often carry tokens, are replaced by `***`.
+    /// credentials of `user:password@`, the values of query parameters and
+    /// query parameters without a value (`?s3cr3t`), which often carry
+    /// tokens, are replaced by `***`.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
@@ -255,7 +266,8 @@ fn redact_url(url: &str) -> String {
             .split('&')
             .map(|pair| match pair.split_once('=') {
                 Some((key, _)) => format!("{key}=***"),
-                None => pair.to_owned(),
+                None if pair.is_empty() => String::new(),
+                None => "***".to_owned(),
             })
             .collect();
         shown.push('?');
@@ -324,7 +336,16 @@ mod tests {
         let shown = |url: &str| target(url).redacted_url();
         assert_eq!(
             shown("https://user:pass@app.example.com:8443/jobs?tok=abc&x=1&flag#f"),
-            "https://***@app.example.com:8443/jobs?tok=***&x=***&flag#f"
+            "https://***@app.example.com:8443/jobs?tok=***&x=***&***#f"
+        );
+        // A parameter without `=` may be the secret itself.
+        assert_eq!(
+            shown("https://app.example.com/jobs?secretkey"),
+            "https://app.example.com/jobs?***"
+        );
+        assert_eq!(
+            shown("https://app.example.com/jobs?a=1&&s3cr3t&"),
+            "https://app.example.com/jobs?a=***&&***&"
         );
         assert_eq!(
             shown("https://app.example.com/grafter/jobs"),
@@ -333,6 +354,26 @@ mod tests {
         assert_eq!(shown("http://a@b@host?"), "http://***@host?");
         let debug = format!("{:?}", target("https://u:p@h.example/x?key=v"));
         assert!(!debug.contains("u:p") && !debug.contains("=v"), "{debug}");
+    }
+
+    #[test]
+    fn a_scheme_in_any_case_is_accepted_and_written_in_lower_case() {
+        for url in [
+            "HTTP://app.example.com/jobs",
+            "Https://app.example.com/jobs",
+        ] {
+            let mut target = target(url);
+            assert!(target.validate().is_ok(), "{url}");
+            target.lowercase_scheme();
+            assert!(target.url.starts_with("http"), "{}", target.url);
+            assert!(
+                target.url.ends_with("://app.example.com/jobs"),
+                "{}",
+                target.url
+            );
+        }
+        assert!(target("FTP://app.example.com/jobs").validate().is_err());
+        assert!(target("HTTPé://app.example.com/jobs").validate().is_err());
     }
 
     #[test]

@@ -71,6 +71,19 @@ impl Access {
         )))
     }
 
+    /// 403 unless the caller holds the server's own token (or the server has
+    /// none): only its holder decides where a queue's jobs are pushed
+    /// (docs/push.md), so no stored token may, not even an `admin` one, whose
+    /// scopes and queue patterns say nothing about where jobs may go.
+    pub fn require_server_token(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Access::Open | Access::ServerToken => Ok(()),
+            Access::Token(_) => Err(ApiError::forbidden(format!(
+                "only the server's token can {what}, not a stored token"
+            ))),
+        }
+    }
+
     /// The caller's stored token, if it is one.
     pub fn stored(&self) -> Option<&Arc<ApiToken>> {
         match self {
@@ -207,6 +220,41 @@ pub fn route_needs(method: &Method, route: &str) -> (Scope, Option<&'static str>
     }
 }
 
+/// Whether a change on `route` keeps to the queues its handler holds a
+/// queue-limited token to: each job's queue (enqueues, a batch's creation
+/// and added jobs, a job's retry, cancel, reschedule and delete), the queues
+/// named (fetches, queue changes, a worker's registration), or a lease
+/// (acks, fails, heartbeats and releases touch only the job it was given
+/// for). Minting a stream token only reads. Every other change reaches
+/// beyond any token's queues: tokens (a new one could have every queue),
+/// cleanups, schedules (one may enqueue into any queue), a batch's seal and
+/// cancel (its jobs may span queues), and any route added later until it is
+/// named here.
+pub fn stays_within_queues(route: &str) -> bool {
+    matches!(
+        route,
+        "/jobs"
+            | "/jobs/batch"
+            | "/batches"
+            | "/batches/{id}/jobs"
+            | "/jobs/{id}"
+            | "/jobs/{id}/retry"
+            | "/jobs/{id}/cancel"
+            | "/jobs/{id}/reschedule"
+            | "/fetch"
+            | "/jobs/ack"
+            | "/jobs/{id}/ack"
+            | "/jobs/{id}/fail"
+            | "/jobs/{id}/heartbeat"
+            | "/jobs/{id}/release"
+            | "/workers/{id}"
+            | "/queues/{name}"
+            | "/queues/{name}/pause"
+            | "/queues/{name}/resume"
+            | "/stream-tokens"
+    )
+}
+
 /// Whether a request with this method only reads (GET, HEAD): every other
 /// method is routed only to changes.
 pub fn only_reads(method: &Method) -> bool {
@@ -273,6 +321,35 @@ mod tests {
                 assert_eq!(action, None, "reads are not audited: {method} {route}");
             }
         }
+    }
+
+    #[test]
+    fn only_the_changes_whose_handlers_check_queues_are_open_to_queue_limited_tokens() {
+        let changes: Vec<String> = operations()
+            .into_iter()
+            .filter(|(method, _)| !only_reads(method))
+            .map(|(method, route)| format!("{method} {route}"))
+            .collect();
+        let beyond: Vec<&String> = changes
+            .iter()
+            .filter(|change| !stays_within_queues(change.split_once(' ').unwrap().1))
+            .collect();
+        assert_eq!(
+            beyond,
+            [
+                "POST /batches/{id}/cancel",
+                "POST /batches/{id}/seal",
+                "POST /cleanup",
+                "DELETE /schedules/{id}",
+                "PUT /schedules/{id}",
+                "POST /schedules/{id}/pause",
+                "POST /schedules/{id}/resume",
+                "POST /schedules/{id}/trigger",
+                "POST /tokens",
+                "DELETE /tokens/{id}",
+            ],
+            "every change: {changes:?}"
+        );
     }
 
     #[test]

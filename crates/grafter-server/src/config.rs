@@ -568,6 +568,7 @@ impl ServerConfig {
                 .validate()
                 .and_then(|()| crate::push::address_guard::check_target_url(&target.url))
                 .map_err(|e| invalid(&e.field, e.message))?;
+            target.lowercase_scheme();
             targets.push((queue.clone(), target));
         }
         Ok(targets)
@@ -708,7 +709,7 @@ rate = { count = 5, period_ms = 0 }",
         let config: ServerConfig = toml::from_str(
             r#"
             [queues.mail.push]
-            url = "https://app.example.com/grafter"
+            url = "HTTPS://app.example.com/grafter"
             secret = "${GRAFTER_CONFIG_TEST_PUSH_SECRET}"
             old_secrets = ["an-old-secret-in-the-file"]
             concurrency = 4
@@ -723,6 +724,10 @@ rate = { count = 5, period_ms = 0 }",
         assert_eq!(targets.len(), 1, "a queue without push is no push target");
         let (queue, target) = &targets[0];
         assert_eq!(queue, "mail");
+        assert_eq!(
+            target.url, "https://app.example.com/grafter",
+            "a scheme in any case, stored as the push client reads it"
+        );
         assert_eq!(target.secret, "from-the-environment-123");
         assert_eq!(target.old_secrets, ["an-old-secret-in-the-file"]);
         assert_eq!(

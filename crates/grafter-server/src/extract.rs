@@ -2,14 +2,14 @@
 //! and the checks of a declared body size and encoding that run before any
 //! of them.
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use grafter_core::JobId;
 use serde::de::DeserializeOwned;
@@ -46,7 +46,8 @@ where
 
 /// Answers 413 at once when a request declares a `Content-Length` over
 /// `body_limit_bytes`, before its body is read: the limit on reading would
-/// otherwise wait for bytes a client may never send.
+/// otherwise wait for bytes a client may never send. JSON under `/v1`, the
+/// error page elsewhere (`api::error_at`).
 pub async fn refuse_declared_oversize_bodies(
     State(state): State<AppState>,
     request: Request,
@@ -59,7 +60,11 @@ pub async fn refuse_declared_oversize_bodies(
         .and_then(|v| v.parse::<u64>().ok());
     let limit = u64::try_from(state.config().body_limit_bytes).unwrap_or(u64::MAX);
     if declared.is_some_and(|length| length > limit) {
-        return ApiError::payload_too_large().into_response();
+        return crate::api::error_at(
+            request.uri().path(),
+            ApiError::payload_too_large(),
+            "The request's body is larger than this server takes (setting body_limit_bytes).",
+        );
     }
     next.run(request).await
 }
@@ -68,12 +73,20 @@ pub async fn refuse_declared_oversize_bodies(
 /// than `identity`: the server does not decompress, and would otherwise read
 /// a gzip body as (bad) JSON or a form, or take a body that says it is
 /// compressed as if it were not. A request without a body is let through:
-/// there is nothing encoded to read.
+/// there is nothing encoded to read. JSON under `/v1`, the error page
+/// elsewhere (`api::error_at`).
 pub async fn refuse_encoded_bodies(request: Request, next: Next) -> Response {
     use hyper::body::Body as _;
     if !request.body().is_end_stream() {
         if let Some(encoding) = unsupported_encoding(request.headers()) {
-            let mut response = ApiError::unsupported_encoding(&encoding).into_response();
+            let mut response = crate::api::error_at(
+                request.uri().path(),
+                ApiError::unsupported_encoding(&encoding),
+                &format!(
+                    "The request's body is encoded ('{encoding}'): this server reads only \
+                     bodies sent as they are."
+                ),
+            );
             response
                 .headers_mut()
                 .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -134,7 +147,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 Err(e) => {
                     let path = e.path().to_string();
                     let inner = e.into_inner();
-                    let field = field_name(&path, &inner.to_string());
+                    let field = field_name(&path, &inner.to_string(), "body");
                     // Valid JSON whose string could not be read as text: serde
                     // words a lone surrogate by its parser's state ("unexpected
                     // end of hex escape"); name the escape instead.
@@ -217,15 +230,16 @@ fn syntax_error(e: serde_json::Error) -> ApiError {
     ApiError::invalid_json(format!("request body is not valid JSON: {e}"))
 }
 
-/// The dotted name of the field an error is about. serde reports a missing
-/// field at its parent's path, with the name only in the message.
-fn field_name(path: &str, message: &str) -> String {
+/// The dotted name of the field an error is about (`whole` for an error
+/// about the whole of the input). serde reports a missing field at its
+/// parent's path, with the name only in the message.
+fn field_name(path: &str, message: &str, whole: &str) -> String {
     let missing = message
         .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next());
     match (path, missing) {
         (".", Some(name)) => name.to_owned(),
-        (".", None) => "body".to_owned(),
+        (".", None) => whole.to_owned(),
         (path, Some(name)) => format!("{path}.{name}"),
         (path, None) => path.to_owned(),
     }
@@ -293,8 +307,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::invalid_field("query", e.body_text()))
+            .map_err(|rejection| query_error(&rejection))
     }
+}
+
+/// The 422 of a query string that could not be read, naming the parameter
+/// (`limit`) when the error is about one, `query` otherwise. axum reads the
+/// query through `serde_path_to_error`, whose error, with the parameter's
+/// path, is in the rejection's chain of sources.
+fn query_error(rejection: &QueryRejection) -> ApiError {
+    type PathError = serde_path_to_error::Error<serde::de::value::Error>;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if let Some(error) = error.downcast_ref::<PathError>() {
+            let message = error.inner().to_string();
+            let field = field_name(&error.path().to_string(), &message, "query");
+            return ApiError::invalid_field(field, message);
+        }
+        source = error.source();
+    }
+    ApiError::invalid_field("query", rejection.body_text())
 }
 
 /// The W3C trace context headers of an enqueue (docs/traces.md), kept only

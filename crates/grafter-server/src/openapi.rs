@@ -189,7 +189,8 @@ pub fn document(config: &ServerConfig) -> Document {
                     .description(Some(
                         "The server's token, or a stored token (`gft_…`, POST /v1/tokens) with \
                          the scope the route needs: enqueue, read, work, manage, queues, admin \
-                         or metrics (docs/access.md). Outside its scopes or queue patterns: 403.",
+                         or metrics (docs/access.md). Outside its scopes or queue patterns, \
+                         or a stored token setting a queue's push target: 403.",
                     ))
                     .build(),
             ),

@@ -433,7 +433,7 @@ async fn a_queue_limited_token_cannot_seal_a_batch() {
         refused.1["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("cannot change batches"),
+            .contains("cannot POST /v1/batches/{id}/seal"),
         "{}",
         refused.1
     );
@@ -514,6 +514,265 @@ async fn a_queue_limited_token_registers_and_removes_only_its_queues_workers() {
     let (status, body) = remove(&fleet, "billing-1").await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert!(listed().await.is_empty());
+}
+
+/// A push target decides where a queue's jobs, arguments and all, are sent:
+/// only the server's token sets, changes or removes one (docs/push.md).
+#[tokio::test]
+async fn only_the_server_token_sets_changes_or_removes_a_push_target() {
+    let (node, _dir) = sqlite_node().await;
+    let put = |token: &str, body: Value| {
+        let token = token.to_owned();
+        let node = &node;
+        async move {
+            node.call(&token, Method::PUT, "/v1/queues/mail", Some(body))
+                .await
+        }
+    };
+    let secret = "the-push-secret-0123456789";
+    let target = |url: &str| json!({"url": url, "secret": secret});
+    let (operator, _) = node
+        .token(json!({"name": "ops", "scopes": ["operator"]}))
+        .await;
+    let (admin, _) = node
+        .token(json!({"name": "root-ish", "scopes": ["admin"]}))
+        .await;
+    for token in [&operator, &admin] {
+        for body in [
+            json!({"push": target("https://attacker.example/collect")}),
+            json!({"push": target("https://attacker.example/collect"), "limits": {"concurrency": 1}}),
+            json!({"push": null}),
+        ] {
+            let refused = put(token, body.clone()).await;
+            assert_refused(&refused, StatusCode::FORBIDDEN, "forbidden");
+            let message = refused.1["error"]["message"].as_str().unwrap();
+            assert!(message.contains("server's token"), "{body}: {message}");
+        }
+    }
+    let (_, queues) = node.get(ADMIN, "/v1/queues").await;
+    assert_eq!(queues["queues"], json!([]), "nothing was stored: {queues}");
+
+    let limits = json!({"concurrency": 2});
+    let (status, body) = put(
+        ADMIN,
+        json!({"push": target("https://user:pw@app.example.com/jobs?key=k1"), "limits": limits}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The queue's other settings stay the `queues` scope's.
+    let (status, body) = put(&operator, json!({"limits": {"concurrency": 3}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["push"]["url"], "https://***@app.example.com/jobs?key=***",
+        "{body}"
+    );
+    for token in [&operator, &admin] {
+        let refused = put(token, json!({"push": null})).await;
+        assert_refused(&refused, StatusCode::FORBIDDEN, "forbidden");
+    }
+    let (status, body) = put(ADMIN, json!({"push": null})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["push"], Value::Null);
+
+    // Each update's audit entry says what it changed, never a secret.
+    let (_, audit) = node.get(ADMIN, "/v1/audit").await;
+    let updates: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "queue.update")
+        .map(|e| &e["details"])
+        .collect();
+    assert_eq!(updates.len(), 3, "refusals are not audited: {audit}");
+    assert_eq!(updates[0], &json!({"push": null}));
+    assert_eq!(updates[1], &json!({"limits": {"concurrency": 3}}));
+    assert_eq!(updates[2]["limits"], limits);
+    assert_eq!(
+        updates[2]["push"]["url"],
+        "https://***@app.example.com/jobs?key=***"
+    );
+    let text = audit.to_string();
+    assert!(
+        !text.contains(secret) && !text.contains("pw@") && !text.contains("k1"),
+        "{text}"
+    );
+}
+
+/// A token limited to some queues does nothing whose effect reaches past
+/// them: tokens (a new one could have every queue), cleanups of every queue.
+#[tokio::test]
+async fn a_queue_limited_admin_reaches_no_further_than_its_queues() {
+    let (node, _dir) = sqlite_node().await;
+    let (limited, limited_id) = node
+        .token(json!({"name": "mail admin", "scopes": ["admin"], "queues": ["emails*"]}))
+        .await;
+    let (_, other_id) = node
+        .token(json!({"name": "billing app", "scopes": ["producer"]}))
+        .await;
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/tokens".to_owned(),
+            Some(json!({"name": "escape", "scopes": ["admin"]})),
+        ),
+        (
+            Method::POST,
+            "/v1/tokens".to_owned(),
+            Some(json!({"name": "narrower", "scopes": ["read"], "queues": ["emails-eu"]})),
+        ),
+        (Method::DELETE, format!("/v1/tokens/{other_id}"), None),
+        (Method::DELETE, format!("/v1/tokens/{limited_id}"), None),
+        (
+            Method::POST,
+            "/v1/cleanup".to_owned(),
+            Some(json!({"older_than_ms": 0})),
+        ),
+        (
+            Method::POST,
+            "/v1/cleanup".to_owned(),
+            Some(json!({"older_than_ms": 0, "dry_run": true})),
+        ),
+    ] {
+        let refused = node.call(&limited, method.clone(), &path, body).await;
+        assert_refused(&refused, StatusCode::FORBIDDEN, "forbidden");
+        let message = refused.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("limited to some queues"),
+            "{method} {path}: {message}"
+        );
+    }
+    let (_, listed) = node.get(ADMIN, "/v1/tokens").await;
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{listed}");
+    assert!(tokens.iter().all(|t| t["revoked_at"].is_null()), "{listed}");
+    // Its own queues it still runs, and it reads as any admin.
+    assert_eq!(
+        node.enqueue(&limited, "emails").await.0,
+        StatusCode::CREATED
+    );
+    let (status, body) = node
+        .post(&limited, "/v1/queues/emails/pause", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(node.get(&limited, "/v1/tokens").await.0, StatusCode::OK);
+    assert_eq!(node.get(&limited, "/v1/audit").await.0, StatusCode::OK);
+    // An admin for every queue makes tokens and cleans up.
+    let (admin, _) = node
+        .token(json!({"name": "admin", "scopes": ["admin"]}))
+        .await;
+    let (status, body) = node
+        .post(
+            &admin,
+            "/v1/tokens",
+            json!({"name": "made", "scopes": ["read"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = node
+        .post(
+            &admin,
+            "/v1/cleanup",
+            json!({"older_than_ms": 0, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// When a worker's registration goes silent, every lease held under its id
+/// ends, whatever the queue: a queue-limited token may not register (or
+/// heartbeat) an id under which other queues' jobs run.
+#[tokio::test]
+async fn a_queue_limited_worker_cannot_take_an_id_holding_other_queues_jobs() {
+    let (node, _dir) = sqlite_node().await;
+    let (emails, _) = node
+        .token(json!({"name": "mail-workers", "scopes": ["worker"], "queues": ["emails*"]}))
+        .await;
+    let register = |id: &str| {
+        let body = json!({"id": id, "host": "h", "pid": 1, "queues": ["emails"],
+                          "concurrency": 1, "kinds": []});
+        let (token, path) = (emails.clone(), format!("/v1/workers/{id}"));
+        let node = &node;
+        async move { node.call(&token, Method::PUT, &path, Some(body)).await }
+    };
+    let lease = |queue: &str, worker_id: &str| {
+        let node = &node;
+        let (queue, worker_id) = (queue.to_owned(), worker_id.to_owned());
+        async move {
+            assert_eq!(node.enqueue(ADMIN, &queue).await.0, StatusCode::CREATED);
+            let (status, fetched) = node
+                .post(
+                    ADMIN,
+                    "/v1/fetch",
+                    json!({"queues": [queue], "worker_id": worker_id}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{fetched}");
+            assert_eq!(fetched["jobs"].as_array().unwrap().len(), 1, "{fetched}");
+        }
+    };
+    // A worker that never registers holds a billing job.
+    lease("billing2", "billing-host-1").await;
+    let refused = register("billing-host-1").await;
+    assert_refused(&refused, StatusCode::FORBIDDEN, "forbidden");
+    let message = refused.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains("'billing2'"), "{message}");
+    let (_, workers) = node.get(ADMIN, "/v1/workers").await;
+    assert_eq!(workers["workers"], json!([]), "{workers}");
+    // Its own queues' jobs under the id are its own business.
+    lease("emails", "mail-1").await;
+    let (status, body) = register("mail-1").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // An id a billing job was leased under after it registered: its next
+    // heartbeat is refused.
+    lease("billing2", "mail-1").await;
+    assert_refused(
+        &register("mail-1").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+}
+
+/// A queue update checks everything, then stores the limits before the push
+/// target: when storing the limits fails, no target went live without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_target_never_goes_live_without_the_limits_sent_with_it() {
+    let Some((nodes, guard)) = postgres_nodes(1).await else {
+        return;
+    };
+    let node = &nodes[0];
+    let schema = &guard.schema;
+    postgres::admin(&guard.url)
+        .await
+        .batch_execute(&format!(
+            r#"CREATE FUNCTION "{schema}".refuse_limits() RETURNS trigger LANGUAGE plpgsql
+                   AS $$ BEGIN RAISE EXCEPTION 'the test refuses limits'; END $$;
+               CREATE TRIGGER refuse_limits BEFORE INSERT OR UPDATE ON "{schema}".queues
+                   FOR EACH ROW WHEN (NEW.limits IS NOT NULL)
+                   EXECUTE FUNCTION "{schema}".refuse_limits();"#
+        ))
+        .await
+        .unwrap();
+    let body = json!({
+        "push": {"url": "https://app.example.com/jobs", "secret": "the-push-secret-0123456789"},
+        "limits": {"concurrency": 1},
+    });
+    let (status, answer) = node
+        .call(ADMIN, Method::PUT, "/v1/queues/mail", Some(body))
+        .await;
+    assert!(status.is_server_error(), "{status}: {answer}");
+    let (_, queues) = node.get(ADMIN, "/v1/queues").await;
+    assert_eq!(queues["queues"], json!([]), "nothing was stored: {queues}");
+    // Invalid limits beside a valid target: refused before anything is stored.
+    let body = json!({
+        "push": {"url": "https://app.example.com/jobs", "secret": "the-push-secret-0123456789"},
+        "limits": {"concurrency": 0},
+    });
+    let refused = node
+        .call(ADMIN, Method::PUT, "/v1/queues/mail", Some(body))
+        .await;
+    assert_refused(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let (_, queues) = node.get(ADMIN, "/v1/queues").await;
+    assert_eq!(queues["queues"], json!([]), "nothing was stored: {queues}");
 }
 
 #[tokio::test]

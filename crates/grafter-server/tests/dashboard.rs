@@ -779,6 +779,67 @@ async fn unknown_paths_are_html_outside_the_api_and_json_inside() {
     assert_eq!(dash.get("/jobs/999999").await.status, StatusCode::NOT_FOUND);
 }
 
+/// What the router answers before any handler (a wrong method, a body over
+/// the limit, an encoded body) is a page outside `/v1`, JSON inside.
+#[tokio::test]
+async fn refusals_before_any_handler_answer_html_pages_outside_the_api() {
+    let dash = dash_with(ServerConfig {
+        body_limit_bytes: 1024,
+        ..Default::default()
+    })
+    .await;
+    // Declared: refused before it is read.
+    let oversized = |uri: &str| {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::CONTENT_LENGTH, 2048)
+            .body(Body::from("x".repeat(2048)))
+            .unwrap()
+    };
+    let gzipped = |uri: &str| {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .body(Body::from("token=x"))
+            .unwrap()
+    };
+    let wrong_method = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    for (page, api, status) in [
+        (
+            wrong_method("/jobs/1/retry"),
+            Request::put("/v1/jobs").body(Body::empty()).unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            oversized("/queues/q/pause"),
+            oversized("/v1/jobs"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            gzipped("/login"),
+            gzipped("/v1/jobs"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ] {
+        let page = dash.send(page).await;
+        assert_eq!(page.status, status, "{}", page.body);
+        assert!(page.body.contains("<html"), "{status}: {}", page.body);
+        assert_eq!(
+            page.headers[header::CONTENT_TYPE],
+            "text/html; charset=utf-8",
+            "{status}"
+        );
+        assert_secure_headers(&page);
+        let api = dash.send(api).await;
+        assert_eq!(api.status, status, "{}", api.body);
+        assert_eq!(api.headers[header::CONTENT_TYPE], "application/json");
+        assert!(api.body.starts_with(r#"{"error":"#), "{}", api.body);
+    }
+    // An encoded body is refused with the coding it may use, page or not.
+    let page = dash.send(gzipped("/login")).await;
+    assert_eq!(page.headers[header::ACCEPT_ENCODING], "identity");
+}
+
 #[tokio::test]
 async fn unreadable_paths_and_queries_answer_html_pages_with_the_security_headers() {
     let dash = dash_with(ServerConfig::default()).await;

@@ -1773,6 +1773,50 @@ async fn schedules_over_http_on_postgres() {
 /// removes one; bad limits answer 422 naming the field; an available job
 /// held back says why in `GET /v1/jobs/{id}`.
 #[tokio::test]
+async fn a_push_url_hides_a_bare_query_parameter_and_takes_its_scheme_in_any_case() {
+    let api = api().await;
+    let secret = "the-push-secret-0123456789";
+    let push = json!({"url": "HTTP://app.example.com/jobs?secretkey", "secret": secret});
+    let (status, body) = api
+        .call(Method::PUT, "/v1/queues/q", Some(json!({ "push": push })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["push"]["url"], "http://app.example.com/jobs?***");
+    let (_, listed) = api.get("/v1/queues").await;
+    assert_eq!(listed["queues"][0]["push"]["url"], body["push"]["url"]);
+    // The audit log shows the change as the API does.
+    let (_, audit) = api.get("/v1/audit").await;
+    let entry = &audit["entries"][0];
+    assert_eq!(entry["action"], "queue.update", "{audit}");
+    assert_eq!(entry["details"]["push"], body["push"], "{audit}");
+    for shown in [body.to_string(), listed.to_string(), audit.to_string()] {
+        assert!(
+            !shown.contains("secretkey") && !shown.contains(secret),
+            "{shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_query_value_names_its_parameter() {
+    let api = api().await;
+    for (uri, field) in [
+        ("/v1/jobs?limit=abc", "limit"),
+        ("/v1/jobs?limit=-1", "limit"),
+        ("/v1/audit?before=abc", "before"),
+        ("/v1/jobs/1?wait=soon", "wait"),
+        ("/v1/schedules?limit=x", "limit"),
+        ("/v1/audit?nope=1", "nope"),
+    ] {
+        let answer = api.get(uri).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(answer.1["error"]["field"], field, "{uri}: {}", answer.1);
+        let message = answer.1["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{field}: ")), "{message}");
+    }
+}
+
+#[tokio::test]
 async fn queue_limits_change_only_given_keys_and_say_what_holds_a_job() {
     let api = api().await;
     let put = |body: Value| {

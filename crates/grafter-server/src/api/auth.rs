@@ -21,10 +21,10 @@ use crate::throttle::Client;
 pub struct AuditDetails(pub serde_json::Value);
 
 /// Lets a request through if its caller has the scope its route needs
-/// (`access::route_needs`; a queue-limited token may not change schedules,
-/// which enqueue into any queue), with its [`Access`] in the request's
-/// extensions for the handler's queue checks; records a change it made in
-/// the audit log.
+/// (`access::route_needs`; a queue-limited token makes only the changes
+/// that keep to its queues, `access::stays_within_queues`), with its
+/// [`Access`] in the request's extensions for the handler's queue checks;
+/// records a change it made in the audit log.
 pub async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
@@ -42,16 +42,15 @@ pub async fn require_token(
         _ => access::route_needs(request.method(), route),
     };
     access.require(scope)?;
-    // A schedule may enqueue into any queue, and a batch's jobs span queues.
     // Any change, audited or not (sealing a batch is not).
-    if !access::only_reads(request.method()) && access.is_queue_limited() {
-        for (prefix, what) in [("/schedules/", "schedules"), ("/batches/{id}/", "batches")] {
-            if route.starts_with(prefix) && route != "/batches/{id}/jobs" {
-                return Err(ApiError::forbidden(format!(
-                    "a token limited to some queues cannot change {what}"
-                )));
-            }
-        }
+    if !access::only_reads(request.method())
+        && access.is_queue_limited()
+        && !access::stays_within_queues(route)
+    {
+        return Err(ApiError::forbidden(format!(
+            "a token limited to some queues cannot {} /v1{route}: it reaches beyond its queues",
+            request.method()
+        )));
     }
     // The whole path: under `nest`, the request's own URI has lost `/v1`.
     let target = request

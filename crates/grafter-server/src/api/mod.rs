@@ -14,7 +14,7 @@ pub mod worker;
 
 use std::any::Any;
 
-use axum::http::{StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
@@ -39,8 +39,12 @@ pub fn error_at(path: &str, error: ApiError, page_message: &str) -> Response {
 }
 
 /// A route that exists, with another method.
-pub async fn method_not_allowed() -> Response {
-    ApiError::method_not_allowed().into_response()
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_at(
+        uri.path(),
+        ApiError::method_not_allowed(),
+        &format!("{} does not take a {method} request.", uri.path()),
+    )
 }
 
 /// A handler panicked: answer 500 JSON rather than dropping the connection.

@@ -3,14 +3,17 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use grafter_core::{PushTarget, QueueLimits};
 use grafter_store::QueueInfo;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::access::Access;
+use crate::api::auth::AuditDetails;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
@@ -50,19 +53,25 @@ pub struct PushView {
     pub signing: grafter_core::Signing,
 }
 
+impl From<&PushTarget> for PushView {
+    fn from(target: &PushTarget) -> Self {
+        PushView {
+            url: target.redacted_url(),
+            timeout_ms: target.timeout_ms,
+            concurrency: target.concurrency,
+            headers: target.headers.keys().cloned().collect(),
+            secrets: 1 + target.old_secrets.len(),
+            signing: target.signing,
+        }
+    }
+}
+
 impl From<QueueInfo> for QueueBody {
     fn from(info: QueueInfo) -> Self {
         QueueBody {
             name: info.name,
             paused: info.paused,
-            push: info.push.map(|p| PushView {
-                url: p.redacted_url(),
-                timeout_ms: p.timeout_ms,
-                concurrency: p.concurrency,
-                headers: p.headers.into_keys().collect(),
-                secrets: 1 + p.old_secrets.len(),
-                signing: p.signing,
-            }),
+            push: info.push.as_ref().map(PushView::from),
             limits: info.limits,
             counts: info
                 .counts
@@ -152,9 +161,13 @@ where
 }
 
 /// Set a queue's settings: its push target and its limits, each only if
-/// given (`null` removes it). Both are checked before either is stored. The
-/// answer never shows secrets. Whoever may call this decides where jobs are
-/// sent, so keep the server's token to administrators.
+/// given (`null` removes it). Everything is checked before anything is
+/// stored; then the limits are stored, then the push target, so a target
+/// never goes live without the limits sent with it (should storing the
+/// target fail, the limits stay set: send the request again). The answer
+/// never shows secrets. A push target decides where jobs, arguments and
+/// all, are sent, so only the server's token sets, changes or removes one
+/// (403 for a stored token, even an admin one).
 #[utoipa::path(put, path = "/v1/queues/{name}", tag = "queues", params(("name" = String, Path)),
     request_body = QueueSettings,
     responses((status = 200, body = QueueBody), (status = 422, body = ErrorBody)))]
@@ -162,11 +175,16 @@ pub async fn update(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(settings): ApiJson<QueueSettings>,
-) -> Result<Json<QueueBody>, ApiError> {
+    ApiJson(mut settings): ApiJson<QueueSettings>,
+) -> Result<Response, ApiError> {
     access.require_queue(&name)?;
-    let engine = state.engine();
-    if let Some(Some(target)) = &settings.push {
+    if settings.push.is_some() {
+        access.require_server_token("set, change or remove a push target")?;
+    }
+    // The engine checks the name at each write; here it is checked before the
+    // first, so neither write can fail on it.
+    grafter_core::validate_path_name("name", &name)?;
+    if let Some(Some(target)) = &mut settings.push {
         target.validate()?;
         crate::push::address_guard::check_target_url(&target.url)?;
         if !state.config().push.allow_private {
@@ -174,17 +192,21 @@ pub async fn update(
                 return Err(ApiError::push_target_refused(why));
             }
         }
+        target.lowercase_scheme();
     }
     if let Some(Some(limits)) = &settings.limits {
         limits.validate()?;
     }
+    let details = changed(&settings);
+    let engine = state.engine();
     let mut info = None;
+    // The limits first: a target never goes live without those sent with it.
+    if let Some(limits) = settings.limits {
+        info = Some(engine.queue_set_limits(&name, limits).await?);
+    }
     if let Some(push) = settings.push {
         info = Some(engine.queue_set_push(&name, push).await?);
         state.push_targets_changed().notify_one();
-    }
-    if let Some(limits) = settings.limits {
-        info = Some(engine.queue_set_limits(&name, limits).await?);
     }
     let info = match info {
         Some(info) => info,
@@ -197,5 +219,20 @@ pub async fn update(
             .find(|q| q.name == name)
             .unwrap_or_else(|| QueueInfo::empty(name, false)),
     };
-    Ok(Json(info.into()))
+    let mut response = Json(QueueBody::from(info)).into_response();
+    response.extensions_mut().insert(AuditDetails(details));
+    Ok(response)
+}
+
+/// What a queue update changes, for its audit log entry: each setting given,
+/// a push target as the API shows it (no secrets, header names only).
+fn changed(settings: &QueueSettings) -> serde_json::Value {
+    let mut details = serde_json::Map::new();
+    if let Some(push) = &settings.push {
+        details.insert("push".into(), json!(push.as_ref().map(PushView::from)));
+    }
+    if let Some(limits) = &settings.limits {
+        details.insert("limits".into(), json!(limits));
+    }
+    serde_json::Value::Object(details)
 }

@@ -9,6 +9,7 @@ use grafter_core::{time, Job, JobId, JobState, LeasedJob, Progress, Worker, Work
 use grafter_engine::{
     Ack, AckOutcome as EngineAckOutcome, FetchRequest as EngineFetch, Outcome, Retry, When,
 };
+use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -464,8 +465,9 @@ pub async fn worker_heartbeat(
         ));
     }
     require_worker_queues(&access, &worker)?;
-    // Nor may it take over the id of another queue's worker.
+    // Nor may it take over the id of another queue's worker, registered or not.
     require_registered_queues(&state, &access, &id).await?;
+    require_no_foreign_leases(&state, &access, &id).await?;
     state.engine().worker_beat(worker).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -500,6 +502,54 @@ async fn require_registered_queues(
     match workers.iter().find(|w| w.registration.id == id) {
         Some(worker) => require_worker_queues(access, &worker.registration),
         None => Ok(()),
+    }
+}
+
+/// 403 when a queue-limited caller names a worker id under which jobs of
+/// queues outside its patterns are running: when a registration goes silent,
+/// the rescue of silent workers ends every lease held under its id, whatever
+/// the queue, so registering that id would let the caller end (and run
+/// twice) another queue's jobs, leased by a worker that never registered.
+/// Running jobs are few (at most the workers' concurrency), and only a
+/// queue-limited token pays for reading them, at each heartbeat, since jobs
+/// may be leased under the id after it registered.
+async fn require_no_foreign_leases(
+    state: &AppState,
+    access: &Access,
+    id: &str,
+) -> Result<(), ApiError> {
+    if !access.is_queue_limited() {
+        return Ok(());
+    }
+    let mut after = None;
+    loop {
+        let page = state
+            .store()
+            .jobs_list(JobsList {
+                state: Some(JobState::Running),
+                limit: crate::api::jobs::MAX_PAGE,
+                after,
+                order: Order::Asc,
+                ..JobsList::default()
+            })
+            .await?;
+        let held = page
+            .jobs
+            .iter()
+            .filter(|job| job.worker_id.as_deref() == Some(id));
+        for job in held {
+            if access.require_queue(&job.queue).is_err() {
+                return Err(ApiError::forbidden(format!(
+                    "jobs of queue '{}', outside this token's queues, are running under \
+                     the worker id '{id}'",
+                    job.queue
+                )));
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(()),
+        }
     }
 }
 
