@@ -135,11 +135,11 @@ pub struct Job {
     /// "partition"` limits each partition apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
-    /// In a job list only: the fields shortened to keep the list small.
-    /// `args` and `result` then hold a string, the start of their JSON text;
-    /// `errors` holds the last attempt's error alone, its message cut. The job
-    /// itself (`GET /v1/jobs/{id}`) has them whole. Empty, and left out of
-    /// the JSON, everywhere else.
+    /// In a job list and a fetch's answer only: the fields shortened to keep
+    /// them small. `args` and `result` (in a list) then hold a string, the
+    /// start of their JSON text; `errors` (in both) holds the last attempt's
+    /// error alone, its message cut. The job itself (`GET /v1/jobs/{id}`)
+    /// has them whole. Empty, and left out of the JSON, everywhere else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cut: Vec<CutField>,
     /// The schedule and slot this job was made for; absent for jobs

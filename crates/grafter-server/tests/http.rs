@@ -2679,3 +2679,40 @@ async fn a_cleanup_older_than_a_century_is_refused() {
     assert_error(&response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(response.1["error"]["field"], "older_than_ms");
 }
+
+/// A fetch's answer carries each job's errors as a list does (the last one,
+/// its message cut to 1 KiB, and `cut` says so): its size does not grow with
+/// how often the jobs failed. The job itself still has them all.
+#[tokio::test]
+async fn a_fetched_job_carries_its_last_error_alone() {
+    let api = api().await;
+    let id = api
+        .enqueue(json!({"kind": "flaky", "max_attempts": 10}))
+        .await["id"]
+        .clone();
+    for attempt in 1..=3 {
+        let leased = api.fetch_one("default").await;
+        let error = format!("attempt {attempt}: {}", "x".repeat(3_000));
+        let (status, body) = api
+            .post(
+                &format!("/v1/jobs/{id}/fail"),
+                json!({"lease": leased["lease"], "error": error, "retry_in_ms": 0}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = api.post(&format!("/v1/jobs/{id}/retry"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let leased = api.fetch_one("default").await;
+    let errors = leased["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{leased}");
+    assert_eq!(errors[0]["attempt"], 3);
+    assert!(errors[0]["error"].as_str().unwrap().len() <= 1_024);
+    assert_eq!(leased["cut"], json!(["errors"]));
+    let (_, job) = api.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(
+        job["errors"].as_array().unwrap().len(),
+        3,
+        "the job has them all"
+    );
+}

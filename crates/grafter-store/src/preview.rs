@@ -14,7 +14,7 @@
 
 use std::io;
 
-use grafter_core::{AttemptError, CutField};
+use grafter_core::{AttemptError, CutField, Job};
 use serde_json::Value;
 
 use crate::transitions::truncate;
@@ -97,14 +97,7 @@ impl Preview {
             }
             None => None,
         };
-        let mut errors: Vec<AttemptError> = last_error.into_iter().collect();
-        let mut errors_cut = error_count > errors.len();
-        for error in &mut errors {
-            if error.error.len() > PREVIEW_BYTES {
-                error.error = truncate(&error.error, PREVIEW_BYTES).to_owned();
-                errors_cut = true;
-            }
-        }
+        let (errors, errors_cut) = last_error_alone(last_error, error_count);
         if errors_cut {
             cut.push(CutField::Errors);
         }
@@ -114,6 +107,33 @@ impl Preview {
             errors,
             cut,
         })
+    }
+}
+
+/// The last of `count` errors alone, its message cut to [`PREVIEW_BYTES`],
+/// and whether anything was left out.
+fn last_error_alone(last: Option<AttemptError>, count: usize) -> (Vec<AttemptError>, bool) {
+    let mut errors: Vec<AttemptError> = last.into_iter().collect();
+    let mut cut = count > errors.len();
+    for error in &mut errors {
+        if error.error.len() > PREVIEW_BYTES {
+            error.error = truncate(&error.error, PREVIEW_BYTES).to_owned();
+            cut = true;
+        }
+    }
+    (errors, cut)
+}
+
+/// Shortens a whole job's errors as a list shows them (the last attempt's
+/// error alone, its message cut), naming `errors` in its `cut` if anything
+/// was left out: for answers that carry many jobs otherwise whole (a fetch's),
+/// whose size must not grow with each job's history of failures.
+pub fn shorten_errors(job: &mut Job) {
+    let count = job.errors.len();
+    let (errors, cut) = last_error_alone(job.errors.pop(), count);
+    job.errors = errors;
+    if cut && !job.cut.contains(&CutField::Errors) {
+        job.cut.push(CutField::Errors);
     }
 }
 

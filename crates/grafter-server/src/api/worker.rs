@@ -9,6 +9,7 @@ use grafter_core::{time, Job, JobId, JobState, LeasedJob, Progress, Worker, Work
 use grafter_engine::{
     Ack, AckOutcome as EngineAckOutcome, FetchRequest as EngineFetch, Outcome, Retry, When,
 };
+use grafter_store::preview::shorten_errors;
 use grafter_store::{JobsList, Order};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -104,10 +105,16 @@ pub async fn fetch(
         running_limit: None,
     };
     let start = SpanStart::now();
-    let jobs = state
+    let mut jobs = state
         .engine()
         .fetch(fetch, state.shutdown().cancelled())
         .await?;
+    // The byte budget counts args; a job's errors grow with every attempt
+    // (16 KiB each) and are sent as a list shows them, so a fetch of 1,000
+    // jobs stays small whatever their history.
+    for leased in &mut jobs {
+        shorten_errors(&mut leased.job);
+    }
     let tracer = state.tracer();
     for leased in &jobs {
         tracer.leased(&leased.job);
