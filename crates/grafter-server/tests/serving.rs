@@ -101,28 +101,37 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
     }
 }
 
+/// The body of an answer `received` holds whole (its head and a body of
+/// the length it declares), if it does.
+fn whole_answer_body(received: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(received);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    (body.len() >= length).then(|| body.to_owned())
+}
+
 /// Reads one answer to a request on a kept-alive connection: its head and a
 /// body of the length it declares.
 async fn read_answer(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
     let mut buffer = [0; 4096];
     loop {
-        let text = String::from_utf8_lossy(&received).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            if body.len() >= length {
-                return text;
-            }
+        if whole_answer_body(&received).is_some() {
+            return String::from_utf8_lossy(&received).into_owned();
         }
         let n = stream.read(&mut buffer).await.unwrap();
-        assert!(n > 0, "closed before answering: {text}");
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&received)
+        );
         received.extend_from_slice(&buffer[..n]);
     }
 }
@@ -604,19 +613,8 @@ async fn a_large_answer_read_slowly_outlasts_the_idle_timeout() {
     let answer = loop {
         let n = stream.read(&mut buffer).await.unwrap_or(0);
         received.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&received);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            if body.len() >= length {
-                break body.to_owned();
-            }
+        if let Some(body) = whole_answer_body(&received) {
+            break body;
         }
         assert!(n > 0, "closed after {} bytes of the answer", received.len());
         // About 3 MB a second: three seconds for the whole answer. (The
