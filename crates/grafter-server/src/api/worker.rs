@@ -512,6 +512,9 @@ async fn require_registered_queues(
     }
 }
 
+/// Running jobs read per page by [`require_no_foreign_leases`].
+const RUNNING_PAGE: usize = 1_000;
+
 /// 403 when a queue-limited caller names a worker id under which jobs of
 /// queues outside its patterns are running: when a registration goes silent,
 /// the rescue of silent workers ends every lease held under its id, whatever
@@ -534,7 +537,7 @@ async fn require_no_foreign_leases(
             .store()
             .jobs_list(JobsList {
                 state: Some(JobState::Running),
-                limit: crate::api::jobs::MAX_PAGE,
+                limit: RUNNING_PAGE,
                 after,
                 order: Order::Asc,
                 ..JobsList::default()
