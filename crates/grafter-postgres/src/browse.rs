@@ -357,9 +357,6 @@ impl Db {
                     return Err(invalid(&job, "not in the state the bulk change is for"));
                 }
                 match params.action {
-                    BulkAction::Retry if job.state == JobState::Completed => {
-                        Err(invalid(&job, "completed jobs are not retried"))
-                    }
                     BulkAction::Retry => requeue(&item, &job, params.now, params.now, None)
                         .await
                         .map(drop),
