@@ -27,6 +27,15 @@
 //! later, `UNREAD_BODY_GRACE` past the deadline. Once the server shuts
 //! down, a request still arriving has `SHUTDOWN_READ_GRACE` to arrive, and
 //! an answer still being sent `SHUTDOWN_SEND_GRACE` to be read.
+//!
+//! A connection whose last request was answered before its body all arrived
+//! (a 413 read from the headers, a route that takes no body, a late body's
+//! 408) closes lingering, as Apache and nginx do: closing a socket with
+//! bytes still coming in makes the kernel send a reset, and a reset that
+//! reaches the client before it has read the answer throws the answer away.
+//! So the answer's side is shut first (the client reads the answer, then
+//! the end), and what still arrives is read and thrown away until the
+//! client closes its side or `LINGER_LIMIT` passes.
 
 use std::future::Future;
 use std::io;
@@ -68,6 +77,18 @@ const SHUTDOWN_READ_GRACE: Duration = Duration::from_secs(1);
 /// left of an answer already made before its connection is closed: a client
 /// that stopped reading cannot hold the shutdown up for the idle timeout.
 const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a connection closing with a request body left unread goes on
+/// reading (and discarding) what the client still sends, so that the
+/// client can read the answer before the socket is closed.
+const LINGER_LIMIT: Duration = Duration::from_secs(5);
+
+/// How much a lingering close reads from the socket at once.
+const LINGER_READ_BYTES: usize = 16 * 1024;
+
+/// How many reads a lingering close makes before letting other tasks run
+/// (a client sending at loopback speed always has more).
+const LINGER_READS_PER_POLL: usize = 64;
 
 /// The error of a request body that did not all arrive within
 /// `body_read_timeout` of its headers.
@@ -145,6 +166,9 @@ struct ConnectionClock {
     /// The request's body missed its deadline: its answer is a 408 that
     /// closes the connection.
     body_timed_out: AtomicBool,
+    /// The request's body was let go of before it all arrived: if the
+    /// connection closes now, it closes lingering.
+    body_left_unread: AtomicBool,
 }
 
 impl ConnectionClock {
@@ -154,6 +178,7 @@ impl ConnectionClock {
             phase: Mutex::new(Phase::ReadingHeaders(Instant::now())),
             moved: Notify::new(),
             body_timed_out: AtomicBool::new(false),
+            body_left_unread: AtomicBool::new(false),
         }
     }
 
@@ -238,6 +263,8 @@ struct ClockedRequestBody {
     /// has, or has failed.
     deadline: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
+    /// Whether the body has all been read.
+    arrived: bool,
 }
 
 impl Body for ClockedRequestBody {
@@ -252,6 +279,7 @@ impl Body for ClockedRequestBody {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
             this.deadline = None;
+            this.arrived = true;
             this.clock.body_done();
         }
         if polled.is_pending() {
@@ -280,6 +308,9 @@ impl Body for ClockedRequestBody {
 
 impl Drop for ClockedRequestBody {
     fn drop(&mut self) {
+        if !self.arrived && !self.body.is_end_stream() {
+            self.clock.body_left_unread.store(true, Ordering::Relaxed);
+        }
         self.clock.body_done();
     }
 }
@@ -321,10 +352,53 @@ impl Drop for ClockedResponseBody {
 }
 
 /// A socket that reports the bytes it takes in and sends out to its
-/// connection's clock.
+/// connection's clock, and closes lingering when a request's body was left
+/// unread (see the module doc).
 struct ClockedStream {
     stream: TcpStream,
     clock: Arc<ConnectionClock>,
+    /// Once the answer's side is shut: until when the close lingers.
+    lingering_until: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClockedStream {
+    /// Reads and throws away what the client still sends, until it closes
+    /// its side (or the socket fails), the linger's time is up, or nothing
+    /// is waiting to be read of a connection whose requests were all read
+    /// whole (nothing more is owed, so there is nothing to wait for).
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut body_left_unread = self.clock.body_left_unread.load(Ordering::Relaxed);
+        let mut scratch = [0; LINGER_READ_BYTES];
+        let mut drained = false;
+        for _ in 0..LINGER_READS_PER_POLL {
+            let mut buffer = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buffer) {
+                Poll::Ready(Ok(())) if buffer.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {
+                    // The client is still sending: wait for its end.
+                    body_left_unread = true;
+                    self.clock.body_left_unread.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending if !body_left_unread => return Poll::Ready(()),
+                Poll::Pending => {
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        let Some(until) = &mut self.lingering_until else {
+            return Poll::Ready(());
+        };
+        if until.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if !drained {
+            // More may already be waiting: come back once others have run.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for ClockedStream {
@@ -376,7 +450,12 @@ impl AsyncWrite for ClockedStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.lingering_until.is_none() {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.lingering_until = Some(Box::pin(tokio::time::sleep(LINGER_LIMIT)));
+        }
+        this.poll_linger(cx).map(Ok)
     }
 }
 
@@ -393,11 +472,15 @@ async fn serve_connection(
     let io = TokioIo::new(ClockedStream {
         stream,
         clock: clock.clone(),
+        lingering_until: None,
     });
     let request_clock = clock.clone();
     let body_timeout = settings.body_read_timeout();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let headers_in = Instant::now();
+        request_clock
+            .body_left_unread
+            .store(false, Ordering::Relaxed);
         let deadline = if request.body().is_end_stream() {
             request_clock.set(Phase::Answering);
             None
@@ -413,6 +496,7 @@ async fn serve_connection(
             clock: clock.clone(),
             deadline,
             timeout: body_timeout,
+            arrived: false,
         });
         // Who is asking, for the wrong-token throttle (as `axum::serve` with
         // connect info would attach it).

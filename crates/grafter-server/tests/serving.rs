@@ -3,7 +3,8 @@
 //! after the configured timeouts while others are served, one that owes a
 //! body is answered 408 and disconnected, a long-poll or an event stream may
 //! outlast the idle timeout, a declared body over the limit or an encoded
-//! one is refused before it is read, a malformed chunked body is a body that
+//! one is refused before it is read (and its answer is not lost to the
+//! rest of the body arriving), a malformed chunked body is a body that
 //! cannot be read (not bad JSON), a large answer read slowly is sent whole
 //! past the idle timeout, and shutdown answers waiting long-polls and
 //! returns without waiting for slow clients.
@@ -375,6 +376,53 @@ async fn a_declared_body_over_the_limit_answers_413_before_it_is_sent() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+}
+
+/// Sends a request whose body of `body_bytes` arrives in two parts, the
+/// second after the server has had time to answer from the first, and reads
+/// until the server closes: what the client read, and whether the whole
+/// body was taken.
+async fn answer_to_a_body_sent_late(
+    grafter: &Grafter,
+    request_line: &str,
+    body_bytes: usize,
+) -> (String, bool) {
+    const FIRST_PART: usize = 64 * 1024;
+    let mut client = grafter.connect().await;
+    let head = format!(
+        "{request_line}\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {body_bytes}\r\n\r\n"
+    );
+    let body = vec![b' '; body_bytes];
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body[..FIRST_PART]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rest_sent = client.write_all(&body[FIRST_PART..]).await.is_ok();
+    let answer = tokio::time::timeout(PATIENCE, read_until_closed(&mut client))
+        .await
+        .expect("the connection was not closed");
+    (answer, rest_sent)
+}
+
+#[tokio::test]
+async fn an_answer_given_before_its_body_arrived_is_not_lost_to_the_rest_of_the_body() {
+    let grafter = start(HttpSettings::default()).await;
+    // Refused from its headers: a body over the limit.
+    let (answer, rest_sent) =
+        answer_to_a_body_sent_late(&grafter, "POST /v1/jobs HTTP/1.1", 2 << 20).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(whole_answer_body(answer.as_bytes()).is_some(), "{answer:?}");
+    assert!(rest_sent, "the rest of the body was refused by a reset");
+    // A route that takes no body answers without reading one under the limit.
+    let (answer, rest_sent) = answer_to_a_body_sent_late(
+        &grafter,
+        "POST /v1/queues/default/pause HTTP/1.1",
+        512 << 10,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(whole_answer_body(answer.as_bytes()).is_some(), "{answer:?}");
+    assert!(rest_sent, "the rest of the body was refused by a reset");
 }
 
 #[tokio::test]
