@@ -26,11 +26,15 @@ pub struct ServeArgs {
     #[arg(long, env = "GRAFTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Serve without a token on a non-loopback address (refused otherwise).
-    #[arg(long, env = "GRAFTER_INSECURE")]
-    insecure: bool,
-    /// Let push targets reach loopback and private addresses (refused otherwise).
-    #[arg(long, env = "GRAFTER_ALLOW_PRIVATE_PUSH")]
-    allow_private_push: bool,
+    /// `--insecure=false` (or GRAFTER_INSECURE=false) overrides the file.
+    #[arg(long, env = "GRAFTER_INSECURE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: Option<bool>,
+    /// Let push targets reach loopback and private addresses (refused
+    /// otherwise). `--allow-private-push=false` overrides the file.
+    #[arg(long, env = "GRAFTER_ALLOW_PRIVATE_PUSH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_private_push: Option<bool>,
     /// Export the server's spans over OTLP/HTTP to this collector (its base
     /// URL; spans go to <URL>/v1/traces).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -71,8 +75,12 @@ impl ServeArgs {
         if let Some(token) = self.token {
             config.token = Some(token);
         }
-        config.insecure |= self.insecure;
-        config.push.allow_private |= self.allow_private_push;
+        if let Some(insecure) = self.insecure {
+            config.insecure = insecure;
+        }
+        if let Some(allow) = self.allow_private_push {
+            config.push.allow_private = allow;
+        }
         // An endpoint given here replaces the file's pair, so the file's
         // traces_endpoint cannot silently win over a newer base URL.
         if let Some(endpoint) = set(self.otlp_endpoint) {
@@ -212,27 +220,33 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 /// `grafter migrate`: bring the database's schema up to date and exit.
 #[derive(Args)]
 pub struct MigrateArgs {
-    /// The database: sqlite://PATH or postgres://…
-    #[arg(long, env = "GRAFTER_DATABASE_URL", default_value = grafter_server::config::DEFAULT_DATABASE)]
-    database: String,
-    /// TOML file whose [postgres] settings (schema) apply.
+    /// The database: sqlite://PATH or postgres://… [default: the file's
+    /// `database`, else sqlite://grafter.db]
+    #[arg(long, env = "GRAFTER_DATABASE_URL")]
+    database: Option<String>,
+    /// TOML file whose `database` and [postgres] settings (schema) apply, as
+    /// for `grafter serve`.
     #[arg(long, env = "GRAFTER_CONFIG", value_parser = crate::existing_file)]
     config: Option<PathBuf>,
 }
 
 pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
     init_logging();
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => ServerConfig::from_file(path)?,
         None => ServerConfig::default(),
     };
-    let applied = grafter_engine::migrate(&args.database, &config.postgres)
+    if let Some(database) = args.database {
+        config.database = database;
+    }
+    let database = &config.database;
+    let applied = grafter_engine::migrate(database, &config.postgres)
         .await
-        .map_err(|e| format!("cannot migrate {}: {e}", redact(&args.database)))?;
+        .map_err(|e| format!("cannot migrate {}: {e}", redact(database)))?;
     if applied.is_empty() {
-        outln!("{}: schema is up to date", redact(&args.database))?;
+        outln!("{}: schema is up to date", redact(database))?;
     } else {
-        outln!("{}: applied migrations {applied:?}", redact(&args.database))?;
+        outln!("{}: applied migrations {applied:?}", redact(database))?;
     }
     Ok(())
 }

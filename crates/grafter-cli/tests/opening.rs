@@ -1,7 +1,9 @@
 //! What `grafter serve` and `grafter migrate` refuse to open, with the real
 //! binary: a schema this build does not know (a later release's, or a
-//! version no release has) on SQLite and PostgreSQL, and a SQLite file
-//! another `grafter serve` is already serving.
+//! version no release has) on SQLite and PostgreSQL, a PostgreSQL schema not
+//! yet migrated by a node told not to migrate, an in-memory SQLite database,
+//! and a SQLite file another `grafter serve` is already serving; and that
+//! `grafter migrate` migrates the database its config file names.
 
 mod common;
 
@@ -176,6 +178,56 @@ async fn a_sqlite_schema_this_build_does_not_know_is_refused_by_serve_and_migrat
             "{refusal}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_node_told_not_to_migrate_refuses_an_unmigrated_schema_until_migrate_runs_on_the_files_database(
+) {
+    let Some(setup) = schema_setup().await else {
+        return;
+    };
+    let cwd = setup.dir.path();
+    // The deploy the README describes: the database in the file, nodes
+    // that do not migrate, `grafter migrate` run first.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let deploy = cwd.join("deploy.toml");
+    std::fs::write(
+        &deploy,
+        format!("database = \"{}\"\n{text}migrate = false\n", setup.url),
+    )
+    .unwrap();
+    let refusal = serve(&setup.url, Some(&deploy), cwd)
+        .await
+        .expect_err("an unmigrated schema is refused");
+    assert!(
+        refusal.contains("lacks migrations") && refusal.contains("run `grafter migrate`"),
+        "{refusal}"
+    );
+    let deploy_arg = deploy.display().to_string();
+    let out = run_cli(&["migrate", "--config", &deploy_arg], cwd).await;
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("applied migrations"), "{text}");
+    assert!(
+        !cwd.join("grafter.db").exists(),
+        "the file's database was migrated, not a SQLite file beside it"
+    );
+    let mut server = serve(&setup.url, Some(&deploy), cwd)
+        .await
+        .expect("serves once migrated");
+    server.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused() {
+    let dir = temp_dir();
+    let refusal = serve("sqlite://:memory:", None, dir.path())
+        .await
+        .expect_err("nothing could be served from it");
+    assert!(
+        refusal.contains("in-memory database") && refusal.contains("sqlite://PATH"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]

@@ -575,18 +575,21 @@ async fn the_cli_manages_schedules() {
     assert!(!ok && text.contains("not_found"), "{text}");
 }
 
-/// `grafter serve` on `listen` with `extra` flags, waited for until `/livez`
-/// answers on loopback; its stderr if it exited first.
+/// `grafter serve` on `listen` with `extra` flags and `env` variables,
+/// waited for until `/livez` answers on loopback; its stderr if it exited
+/// first.
 async fn serve_open(
     dir: &Path,
     listen: &str,
     extra: &[&str],
+    env: &[(&str, &str)],
 ) -> Result<tokio::process::Child, String> {
     let port = listen.rsplit(':').next().expect("a port");
     let database = format!("sqlite://{}", dir.join("open.db").display());
     let mut child = tokio::process::Command::from(common::grafter())
         .args(["serve", "--database", &database, "--listen", listen])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -619,7 +622,7 @@ async fn serve_open(
 async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
     let dir = temp_dir();
     let open = format!("0.0.0.0:{}", free_port());
-    let refusal = serve_open(dir.path(), &open, &[])
+    let refusal = serve_open(dir.path(), &open, &[], &[])
         .await
         .expect_err("no token on 0.0.0.0 is refused");
     assert!(
@@ -630,7 +633,22 @@ async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
         "the refusal says how to go on: {refusal}"
     );
 
-    let mut insecure = serve_open(dir.path(), &open, &["--insecure"])
+    // The file's `insecure = true` gives way to a flag or a variable saying
+    // false, as any setting of the file does.
+    let file = dir.path().join("insecure.toml");
+    std::fs::write(&file, "insecure = true\n").unwrap();
+    let file = file.display().to_string();
+    for (flags, env) in [
+        (vec!["--config", &file, "--insecure=false"], vec![]),
+        (vec!["--config", &file], vec![("GRAFTER_INSECURE", "false")]),
+    ] {
+        let refusal = serve_open(dir.path(), &open, &flags, &env)
+            .await
+            .expect_err("told false, the file's true does not open it");
+        assert!(refusal.contains("without a token"), "{refusal}");
+    }
+
+    let mut insecure = serve_open(dir.path(), &open, &["--insecure"], &[])
         .await
         .expect("--insecure insists");
     insecure.kill().await.expect("kill");
@@ -640,11 +658,12 @@ async fn serve_refuses_an_open_address_without_a_token_unless_told_insecure() {
         dir.path(),
         &format!("0.0.0.0:{}", free_port()),
         &["--token", "a-token-of-sixteen-or-more"],
+        &[],
     )
     .await
     .expect("a token makes it safe");
     with_token.kill().await.expect("kill");
-    let mut loopback = serve_open(dir.path(), &format!("127.0.0.1:{}", free_port()), &[])
+    let mut loopback = serve_open(dir.path(), &format!("127.0.0.1:{}", free_port()), &[], &[])
         .await
         .expect("loopback needs no token");
     loopback.kill().await.expect("kill");

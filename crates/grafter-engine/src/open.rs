@@ -50,6 +50,24 @@ pub enum OpenError {
         /// The cargo feature that adds its backend.
         feature: &'static str,
     },
+    /// A PostgreSQL schema that lacks migrations, opened by a node that
+    /// does not apply them.
+    #[error(
+        "the database's schema lacks migrations {pending:?} of this grafter, and \
+         postgres.migrate is off: run `grafter migrate` with the same settings first"
+    )]
+    NotMigrated {
+        /// The versions not applied.
+        pending: Vec<i32>,
+    },
+    /// An SQLite database only in memory: each of a store's connections
+    /// would have its own, empty and apart.
+    #[error(
+        "'{0}' is an in-memory database, which grafter cannot serve (its reads run on \
+         connections of their own, and each would see a database of its own): use \
+         sqlite://PATH"
+    )]
+    InMemory(String),
     /// The store would not open.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -68,6 +86,9 @@ fn backend(url: &str) -> Result<Backend<'_>, OpenError> {
     {
         if path.is_empty() {
             return Err(OpenError::Unsupported(url.to_owned()));
+        }
+        if path == ":memory:" {
+            return Err(OpenError::InMemory(url.to_owned()));
         }
         return Ok(Backend::Sqlite(path));
     }
@@ -130,9 +151,14 @@ async fn open_postgres(
     settings: &PostgresSettings,
 ) -> Result<Arc<dyn Store>, OpenError> {
     let config = postgres_config(url, settings);
-    Ok(Arc::new(
-        grafter_postgres::PostgresStore::connect(config).await?,
-    ))
+    let store = grafter_postgres::PostgresStore::connect(config).await?;
+    if !settings.migrate {
+        let pending = store.pending_migrations().await?;
+        if !pending.is_empty() {
+            return Err(OpenError::NotMigrated { pending });
+        }
+    }
+    Ok(Arc::new(store))
 }
 
 #[cfg(feature = "postgres")]

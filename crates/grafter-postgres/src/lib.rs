@@ -275,8 +275,9 @@ impl PostgresStore {
         } else {
             store.db.ping().await?;
             // Not migrating is no licence to run on a schema from a later
-            // release.
-            migrations::check(&store.db.client().await?).await?;
+            // release. (One not migrated yet is opened: `grafter migrate`
+            // opens the store, then migrates it.)
+            migrations::pending(&store.db.client().await?).await?;
         }
         match limits::reread(&store.db.pool).await {
             Ok(names) => store.db.limited.replace(names),
@@ -333,6 +334,13 @@ impl PostgresStore {
     pub async fn migrate(&self) -> Result<Vec<i32>> {
         let mut client = self.db.pool.get().await.map_err(pool_error)?;
         migrations::apply(&mut client, &self.schema).await
+    }
+
+    /// The migrations this build knows that the schema has not applied: a
+    /// node that does not migrate on connect must not serve until there
+    /// are none.
+    pub async fn pending_migrations(&self) -> Result<Vec<i32>> {
+        migrations::pending(&self.db.client().await?).await
     }
 
     /// The schema holding the tables, if one was configured.

@@ -169,24 +169,27 @@ pub(crate) async fn apply(client: &mut Object, schema: &Schema) -> Result<Vec<i3
     Ok(applied)
 }
 
-/// Fails when the store's schema records a migration this build does not
-/// know; nothing when it has no `grafter_migrations` yet (not migrated). For
-/// a node that does not migrate on connect.
-pub(crate) async fn check(client: &Object) -> Result<()> {
+/// The migrations this build knows that the store's schema has not applied
+/// (all of them when it has no `grafter_migrations` yet); fails when the
+/// schema records a migration this build does not know. For a node that
+/// does not migrate on connect.
+pub(crate) async fn pending(client: &Object) -> Result<Vec<i32>> {
     let context = |doing: &'static str| move |e| pg_error_in(doing, e);
     let rows = client
         .query("SELECT version FROM grafter_migrations", &[])
         .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        // Not created yet: nothing to refuse.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            return Ok(())
-        }
+    let done: Vec<i32> = match rows {
+        Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+        // Not created yet: not migrated at all.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
         Err(e) => return Err(context("reading grafter_migrations")(e)),
     };
-    let done: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    refuse_unknown(&done)
+    refuse_unknown(&done)?;
+    Ok(MIGRATIONS
+        .iter()
+        .map(|&(version, _)| version)
+        .filter(|version| !done.contains(version))
+        .collect())
 }
 
 /// Fails if `done` holds a version this build does not know
