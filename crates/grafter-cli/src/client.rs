@@ -6,6 +6,12 @@ use serde_json::Value;
 
 use crate::{Failure, ServerArgs};
 
+/// How long a command waits for the server's answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How much of an answer that is not Grafter's JSON error a failure shows.
+const SHOWN_BODY_CHARS: usize = 300;
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -14,9 +20,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(args: &ServerArgs) -> Result<Self, Failure> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()?;
+        let http = reqwest::Client::builder().timeout(ANSWER_TIMEOUT).build()?;
         Ok(Client {
             http,
             base: args.url.trim_end_matches('/').to_owned(),
@@ -41,11 +45,17 @@ impl Client {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
+            if e.is_connect() {
                 Failure::Message(format!(
                     "cannot reach Grafter at {} ({}); is `grafter serve` running? Set GRAFTER_URL or --url to point elsewhere",
                     self.base,
                     root_cause(&e)
+                ))
+            } else if e.is_timeout() {
+                Failure::Message(format!(
+                    "no answer from {url} within {} s: the request may still have been \
+                     carried out, so look before sending it again",
+                    ANSWER_TIMEOUT.as_secs()
                 ))
             } else {
                 Failure::Message(format!("request to {url} failed: {}", root_cause(&e)))
@@ -82,6 +92,15 @@ fn describe_error(status: StatusCode, body: &str) -> String {
             error.get("code").and_then(Value::as_str).unwrap_or("?"),
             status.as_u16()
         ),
-        None => format!("server answered HTTP {}: {}", status.as_u16(), body.trim()),
+        None => {
+            let body = body.trim();
+            let shown: String = body.chars().take(SHOWN_BODY_CHARS).collect();
+            let rest = if shown.len() < body.len() {
+                format!("… ({} bytes in all)", body.len())
+            } else {
+                String::new()
+            };
+            format!("server answered HTTP {}: {shown}{rest}", status.as_u16())
+        }
     }
 }

@@ -58,6 +58,7 @@ enum SchedulesCommand {
 #[derive(Args)]
 struct PutArgs {
     /// The schedule's id.
+    #[arg(value_parser = path_name)]
     id: String,
     /// Cron expression: 5 fields, or 6 with seconds first, or @hourly etc.
     #[arg(

@@ -42,6 +42,7 @@ enum TokensCommand {
     /// Revoke a token: every node refuses it within seconds.
     Revoke {
         /// The token's id (tok_…).
+        #[arg(value_parser = crate::path_name)]
         id: String,
     },
 }

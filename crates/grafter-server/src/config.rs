@@ -15,6 +15,10 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7380";
 /// Where `grafter serve` keeps jobs when told nothing.
 pub const DEFAULT_DATABASE: &str = "sqlite://grafter.db";
+
+/// Most pooled PostgreSQL connections a node may be set to hold: far above
+/// what any PostgreSQL serves, and small enough for the pool to set aside.
+const MAX_POOL_SIZE: usize = 10_000;
 /// The shortest server token accepted.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
@@ -471,8 +475,11 @@ impl ServerConfig {
         if m.batch_size == 0 {
             return invalid("maintenance.batch_size", "must be greater than 0".into());
         }
-        if self.postgres.pool_size == 0 {
-            return invalid("postgres.pool_size", "must be greater than 0".into());
+        if !(1..=MAX_POOL_SIZE).contains(&self.postgres.pool_size) {
+            return invalid(
+                "postgres.pool_size",
+                format!("must be 1 to {MAX_POOL_SIZE} (connections of each node)"),
+            );
         }
         if self.postgres.poll_interval_ms == 0 {
             return invalid("postgres.poll_interval_ms", "must be greater than 0".into());
@@ -512,7 +519,8 @@ impl ServerConfig {
                 field,
                 message,
             };
-            grafter_core::validate_name("id", id).map_err(|e| invalid("id".into(), e.message))?;
+            grafter_core::validate_path_name("id", id)
+                .map_err(|e| invalid("id".into(), e.message))?;
             spec.validate().map_err(|e| invalid(e.field, e.message))?;
         }
         self.queue_limits()?;
@@ -568,6 +576,13 @@ impl ServerConfig {
                 .validate()
                 .and_then(|()| crate::push::address_guard::check_target_url(&target.url))
                 .map_err(|e| invalid(&e.field, e.message))?;
+            // Refused at start, as the API refuses it when set: else every
+            // delivery would fail and spend the jobs' attempts.
+            if !self.push.allow_private {
+                if let Some(why) = crate::push::address_guard::refused_url(&target.url) {
+                    return Err(invalid("push.url", why));
+                }
+            }
             target.lowercase_scheme();
             targets.push((queue.clone(), target));
         }
@@ -944,5 +959,34 @@ rate = { count = 5, period_ms = 0 }",
             .unwrap_err()
             .to_string()
             .contains("http.idle_timeout_ms: must be greater than 0"));
+        let huge_pool: ServerConfig =
+            toml::from_str("[postgres]\npool_size = 18446744073709551615").unwrap();
+        assert!(huge_pool
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("postgres.pool_size: must be 1 to 10000"));
+        let dotted: ServerConfig =
+            toml::from_str("[schedules.\"..\"]\ncron = \"@daily\"\njob = { kind = \"k\" }")
+                .unwrap();
+        assert!(
+            dotted.validate().is_err(),
+            "a schedule id . or .. is refused"
+        );
+    }
+
+    #[test]
+    fn a_push_target_in_the_server_s_own_network_is_refused_at_start_unless_allowed() {
+        let text =
+            "[queues.q.push]\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"0123456789abcdef\"\n";
+        let config: ServerConfig = toml::from_str(text).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("queues.q.push.url") && error.contains("loopback"),
+            "{error}"
+        );
+        let allowed: ServerConfig =
+            toml::from_str(&format!("{text}[push]\nallow_private = true\n")).unwrap();
+        allowed.validate().unwrap();
     }
 }
