@@ -110,6 +110,19 @@ pub const MAX_SECRET_LEN: usize = 512;
 /// Longest push URL, in bytes.
 pub const MAX_URL_LEN: usize = 2_048;
 
+/// Headers a push target may not set: they govern the connection or the
+/// message's framing (RFC 9110 section 7.6.1, and `Expect`).
+const CONNECTION_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
 impl PushTarget {
     /// Checks the target is usable.
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -188,8 +201,15 @@ impl PushTarget {
                 "must be between 1 and 10000",
             ));
         }
+        let mut seen = std::collections::HashSet::new();
         for (name, value) in &self.headers {
             let lower = name.to_ascii_lowercase();
+            if !seen.insert(lower.clone()) {
+                return Err(ValidationError::new(
+                    "push.headers",
+                    format!("'{name}' is given twice (header names ignore case)"),
+                ));
+            }
             if name.is_empty()
                 || !name
                     .bytes()
@@ -201,6 +221,7 @@ impl PushTarget {
                 ));
             }
             if lower.starts_with("grafter-")
+                || lower.starts_with("webhook-")
                 || lower == "content-type"
                 || lower == "content-length"
                 || lower == "host"
@@ -208,6 +229,16 @@ impl PushTarget {
                 return Err(ValidationError::new(
                     "push.headers",
                     format!("'{name}' is set by Grafter"),
+                ));
+            }
+            // They govern the connection or the message's framing, not the
+            // app: a proxy would act on them (`Connection` names headers to
+            // strip, the signature's included) and the body would go out
+            // framed otherwise than Grafter sends it.
+            if CONNECTION_HEADERS.contains(&lower.as_str()) {
+                return Err(ValidationError::new(
+                    "push.headers",
+                    format!("'{name}' governs the connection, which Grafter manages"),
                 ));
             }
             // HTTP allows visible ASCII and spaces in values; anything else
@@ -354,6 +385,39 @@ mod tests {
         assert_eq!(shown("http://a@b@host?"), "http://***@host?");
         let debug = format!("{:?}", target("https://u:p@h.example/x?key=v"));
         assert!(!debug.contains("u:p") && !debug.contains("=v"), "{debug}");
+    }
+
+    #[test]
+    fn headers_that_grafter_or_the_connection_owns_or_given_twice_are_refused() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut t = target("https://app.example.com/jobs");
+            t.headers = pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            t.validate().map_err(|e| e.message)
+        };
+        assert!(with(&[("X-App", "web"), ("User-Agent", "app")]).is_ok());
+        for name in [
+            "Transfer-Encoding",
+            "connection",
+            "TE",
+            "Upgrade",
+            "Expect",
+            "Keep-Alive",
+        ] {
+            let refusal = with(&[(name, "x")]).unwrap_err();
+            assert!(
+                refusal.contains("governs the connection"),
+                "{name}: {refusal}"
+            );
+        }
+        for name in ["webhook-signature", "Webhook-Id", "Grafter-Lease", "Host"] {
+            let refusal = with(&[(name, "x")]).unwrap_err();
+            assert!(refusal.contains("is set by Grafter"), "{name}: {refusal}");
+        }
+        let refusal = with(&[("X-App", "a"), ("x-app", "b")]).unwrap_err();
+        assert!(refusal.contains("given twice"), "{refusal}");
     }
 
     #[test]

@@ -156,8 +156,9 @@ async fn read_prefix(response: &mut reqwest::Response, limit: usize) -> (Vec<u8>
     }
 }
 
-/// `Retry-After` as a time: seconds from now, or an HTTP date; never in the
-/// past, never further than [`MAX_RETRY_AFTER`].
+/// `Retry-After` as a time: seconds from now, or an HTTP date in any of the
+/// three forms RFC 9110 has a recipient accept; never in the past, never
+/// further than [`MAX_RETRY_AFTER`].
 pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let value = value.trim();
     let latest = now + chrono::Duration::from_std(MAX_RETRY_AFTER).expect("a day fits");
@@ -171,9 +172,7 @@ pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
             .and_then(|d| now.checked_add_signed(d))
             .unwrap_or(latest)
     } else {
-        DateTime::parse_from_rfc2822(value)
-            .ok()?
-            .with_timezone(&Utc)
+        DateTime::<Utc>::from(httpdate::parse_http_date(value).ok()?)
     };
     Some(at.clamp(now, latest))
 }
@@ -200,6 +199,15 @@ mod tests {
             retry_after("Mon, 01 Jan 2029 00:00:00 GMT", now),
             Some(now),
             "past dates mean now"
+        );
+        // RFC 850's and asctime's forms, which a recipient must accept too.
+        assert_eq!(
+            retry_after("Tuesday, 01-Jan-30 00:05:00 GMT", now),
+            Some(now + chrono::Duration::minutes(5))
+        );
+        assert_eq!(
+            retry_after("Tue Jan  1 00:05:00 2030", now),
+            Some(now + chrono::Duration::minutes(5))
         );
         assert_eq!(
             retry_after("18446744073709551615", now),
