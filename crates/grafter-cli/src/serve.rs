@@ -8,6 +8,8 @@ use grafter_server::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use grafter_engine::redact_url as redact;
+
 use crate::{outln, Failure};
 
 /// Settings: flags win over `GRAFTER_*` variables, which win over the file.
@@ -136,14 +138,16 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     init_logging();
     let config = args.into_config()?;
 
+    // The address first: a server that cannot listen leaves the database
+    // as it found it (not created, not migrated).
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     // One server owns a SQLite file: held until the process ends.
     let lock = lock_sqlite(&config.database)?;
     let store = grafter_engine::open(&config.database, &config.postgres)
         .await
         .map_err(|e| format!("cannot open database {}: {e}", redact(&config.database)))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(
         database = %redact(&config.database),
@@ -256,58 +260,4 @@ pub async fn migrate(args: MigrateArgs) -> Result<(), Failure> {
 /// specification has it.
 fn set(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
-}
-
-/// A database URL fit for logs: any password replaced by `***`, whether
-/// in `user:password@` or in a `password=` parameter.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, Some(query)),
-        None => (rest, None),
-    };
-    let mut shown = match rest.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-            None => format!("{scheme}://{rest}"),
-        },
-        None => format!("{scheme}://{rest}"),
-    };
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&pairs.join("&"));
-    }
-    shown
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_reach_the_log() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/jobs"),
-            "postgres://app:***@db:5432/jobs"
-        );
-        assert_eq!(redact("postgres://app@db/jobs"), "postgres://app@db/jobs");
-        assert_eq!(redact("sqlite://grafter.db"), "sqlite://grafter.db");
-        assert_eq!(
-            redact("postgres://app@db/jobs?sslmode=require&Password=s3cret"),
-            "postgres://app@db/jobs?sslmode=require&Password=***"
-        );
-        assert_eq!(
-            redact("postgres://app:pw@db/jobs?password=s3cret"),
-            "postgres://app:***@db/jobs?password=***"
-        );
-    }
 }

@@ -52,6 +52,6 @@ pub use events::{JobEventStream, JobStreamEvent, PROGRESS_EVERY};
 pub use grafter_store::AckOutcome;
 pub use jobs::{Engine, FetchRequest, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};
 pub use observer::Observer;
-pub use open::{migrate, open, OpenError, PostgresSettings};
+pub use open::{migrate, open, redact_url, OpenError, PostgresSettings};
 pub use outcome::{Ack, Outcome, Retry, When};
 pub use schedules::{Reconciled, MAX_LIST, MAX_PREVIEW};

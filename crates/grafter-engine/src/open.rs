@@ -85,7 +85,7 @@ fn backend(url: &str) -> Result<Backend<'_>, OpenError> {
         .or_else(|| url.strip_prefix("sqlite:"))
     {
         if path.is_empty() {
-            return Err(OpenError::Unsupported(url.to_owned()));
+            return Err(OpenError::Unsupported(redact_url(url)));
         }
         if path == ":memory:" {
             return Err(OpenError::InMemory(url.to_owned()));
@@ -95,7 +95,50 @@ fn backend(url: &str) -> Result<Backend<'_>, OpenError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Backend::Postgres);
     }
-    Err(OpenError::Unsupported(url.to_owned()))
+    Err(OpenError::Unsupported(redact_url(url)))
+}
+
+/// A database URL fit for logs and messages: any password replaced by
+/// `***`, whether in `user:password@`, in a `password=` query parameter, or
+/// in libpq's `key=value` form (`host=db password=…`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_key_values(url);
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let mut shown = match rest.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{rest}"),
+        },
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
+/// libpq's `key=value` form with the password's value hidden: everything
+/// from `password` on, as a quoted value may hold spaces (and a value is
+/// not worth parsing to show the settings after it).
+fn redact_key_values(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    match lower.find("password") {
+        Some(at) => format!("{}password=***", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (also `sqlite:PATH`)
@@ -185,4 +228,34 @@ async fn open_postgres(
 #[cfg(not(feature = "postgres"))]
 async fn migrate_postgres(url: &str, settings: &PostgresSettings) -> Result<Vec<i32>, OpenError> {
     open_postgres(url, settings).await.map(|_| Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/jobs"),
+            "postgres://app:***@db:5432/jobs"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/jobs"),
+            "postgres://app@db/jobs"
+        );
+        assert_eq!(redact_url("sqlite://grafter.db"), "sqlite://grafter.db");
+        assert_eq!(
+            redact_url("postgres://app@db/jobs?sslmode=require&Password=s3cret"),
+            "postgres://app@db/jobs?sslmode=require&Password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://app:pw@db/jobs?password=s3cret"),
+            "postgres://app:***@db/jobs?password=***"
+        );
+        assert_eq!(
+            redact_url("host=db user=app PassWord='s3 cret' dbname=jobs"),
+            "host=db user=app password=***"
+        );
+    }
 }

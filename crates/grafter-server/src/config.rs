@@ -193,8 +193,10 @@ impl OtlpSettings {
             // The base URL as given: `http://` joined with `/v1/traces` would
             // read as the host `v1`.
             let given = self.traces_endpoint.as_ref().or(self.endpoint.as_ref());
-            if let Some(Err(e)) = given.map(|given| reqwest::Url::parse(given)) {
-                return invalid(field, format!("{given:?} is not a URL: {e}"));
+            if let Some(given) = given {
+                if let Err(e) = reqwest::Url::parse(given) {
+                    return invalid(field, format!("{given:?} is not a URL: {e}"));
+                }
             }
             match reqwest::Url::parse(&url) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}

@@ -51,8 +51,14 @@ pub fn duration_micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// A stored instant; one past chrono's range (a lease or leader expiry
+/// computed from a huge setting) reads as the latest instant, not 1970.
 pub fn timestamp(micros: i64) -> Timestamp {
-    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or(if micros < 0 {
+        chrono::DateTime::<chrono::Utc>::MIN_UTC
+    } else {
+        chrono::DateTime::<chrono::Utc>::MAX_UTC
+    })
 }
 
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {

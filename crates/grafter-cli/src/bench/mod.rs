@@ -226,12 +226,21 @@ impl Hooks for Counting {
     }
 }
 
+/// The longest `--duration`: a benchmark, not a service.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Runs `grafter bench`.
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
-    if args.batch == 0 || args.producers == 0 || args.concurrency == 0 {
+    if args.batch == 0 || args.producers == 0 || args.concurrency == 0 || args.rate == Some(0) {
         return Err(Failure::Message(
-            "--batch, --producers and --concurrency must be at least 1".into(),
+            "--batch, --producers, --concurrency and --rate must be at least 1".into(),
         ));
+    }
+    if args.duration > MAX_DURATION {
+        return Err(Failure::Message(format!(
+            "--duration must be at most {}",
+            humantime::format_duration(MAX_DURATION)
+        )));
     }
     // Only warnings: the summary is the output.
     tracing_subscriber::fmt()
