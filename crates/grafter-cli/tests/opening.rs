@@ -1,7 +1,8 @@
 //! What `grafter serve` and `grafter migrate` refuse to open, with the real
 //! binary: a schema this build does not know (a later release's, or a
 //! version no release has) on SQLite and PostgreSQL, a PostgreSQL schema not
-//! yet migrated by a node told not to migrate, an in-memory SQLite database,
+//! yet migrated by a node told not to migrate, `sslmode=require` (there is
+//! no TLS to give it), an in-memory SQLite database,
 //! and a SQLite file another `grafter serve` is already serving; and that
 //! `grafter migrate` migrates the database its config file names.
 
@@ -216,6 +217,22 @@ async fn a_node_told_not_to_migrate_refuses_an_unmigrated_schema_until_migrate_r
         .await
         .expect("serves once migrated");
     server.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn sslmode_require_is_refused_saying_there_is_no_tls() {
+    let Some(setup) = schema_setup().await else {
+        return;
+    };
+    let separator = if setup.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}sslmode=require", setup.url);
+    let refusal = serve(&url, Some(&setup.config), setup.dir.path())
+        .await
+        .expect_err("no TLS to give it");
+    assert!(
+        refusal.contains("sslmode=require") && refusal.contains("without TLS"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]

@@ -234,6 +234,14 @@ impl PostgresStore {
             .url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
+        if pg_config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(StoreError::Invalid(
+                "sslmode=require: this grafter connects to PostgreSQL without TLS; on a \
+                 network that needs it, reach the database through a TLS tunnel (a \
+                 sidecar proxy, stunnel) and leave sslmode out"
+                    .into(),
+            ));
+        }
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("grafter");
         }
