@@ -293,7 +293,12 @@ impl Client {
         timeout: Duration,
         mut on_change: impl FnMut(&JobRecord),
     ) -> Result<JobRecord> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout past what an instant can hold (`Duration::MAX`) waits
+        // as long as a century: for ever, in practice.
+        let start = tokio::time::Instant::now();
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
         let (mut job, mut after) = self.transport.job_change(id, None, Duration::ZERO).await?;
         on_change(&job);
         let mut seen = (job.state, job.attempt, job.progress.clone());

@@ -79,7 +79,7 @@ pub use grafter_engine::Engine;
 pub use grafter_store::Dependencies;
 pub use hooks::{Hooks, JobInfo, JobOutcome};
 pub use job::{Job, JobContext, JobError};
-pub use worker::{wait_for_signal, Worker, WorkerBuilder, WorkerHandle};
+pub use worker::{wait_for_signal, Worker, WorkerBuilder, WorkerHandle, MAX_CONCURRENCY};
 
 /// Running Grafter's HTTP API in this process, on the same store as an
 /// in-process client (feature `server`):

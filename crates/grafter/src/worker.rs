@@ -14,6 +14,7 @@ use grafter_engine::maintenance::{
     Maintenance, MaintenanceConfig, MaintenanceHealth, RetentionConfig,
 };
 use grafter_engine::{Ack, AckOutcome, Engine, FetchRequest, Outcome, Retry, When};
+use grafter_store::transitions::{truncate, MAX_ERROR_LEN};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,9 @@ impl<J: Job> Handler for Typed<J> {
     }
 }
 
+/// Most jobs one queue of a worker may run at once.
+pub const MAX_CONCURRENCY: usize = 1_000_000;
+
 /// Configures a [`Worker`].
 pub struct WorkerBuilder {
     client: Client,
@@ -71,9 +75,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// Takes jobs from `queue`, running at most `concurrency` at once.
+    /// Takes jobs from `queue`, running at most `concurrency` at once (1 to
+    /// [`MAX_CONCURRENCY`]; [`WorkerBuilder::build`] refuses others).
     pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
-        self.queues.push((queue.into(), concurrency.max(1)));
+        self.queues.push((queue.into(), concurrency));
         self
     }
 
@@ -130,6 +135,23 @@ impl WorkerBuilder {
         if queues.is_empty() {
             queues.push((grafter_core::DEFAULT_QUEUE.to_owned(), 10));
         }
+        for (queue, concurrency) in &queues {
+            grafter_core::validate_path_name("queue", queue)
+                .map_err(|e| Error::Other(format!("queue {queue:?}: {}", e.message)))?;
+            if !(1..=MAX_CONCURRENCY).contains(concurrency) {
+                return Err(Error::Other(format!(
+                    "queue {queue:?}: concurrency must be 1 to {MAX_CONCURRENCY}, got {concurrency}"
+                )));
+            }
+        }
+        let heartbeat_interval = self.heartbeat_interval.unwrap_or(self.lease / 3);
+        if heartbeat_interval >= self.lease {
+            return Err(Error::Other(format!(
+                "the heartbeat interval ({heartbeat_interval:?}) must be shorter than the lease \
+                 ({:?}), which it renews",
+                self.lease
+            )));
+        }
         let host = hostname();
         let pid = std::process::id();
         let registration = WorkerRegistration {
@@ -137,14 +159,15 @@ impl WorkerBuilder {
             host,
             pid,
             queues: queues.iter().map(|(q, _)| q.clone()).collect(),
-            concurrency: queues.iter().map(|(_, c)| *c as u32).sum(),
+            concurrency: queues.iter().fold(0u32, |sum, (_, c)| {
+                sum.saturating_add(u32::try_from(*c).unwrap_or(u32::MAX))
+            }),
             kinds: {
                 let mut kinds: Vec<_> = self.handlers.keys().cloned().collect();
                 kinds.sort();
                 kinds
             },
         };
-        let heartbeat_interval = self.heartbeat_interval.unwrap_or(self.lease / 3);
         Ok(Worker {
             inner: Arc::new(Inner {
                 transport: self.client.transport.clone(),
@@ -246,7 +269,9 @@ impl Worker {
         &self.inner.registration.id
     }
 
-    /// Starts fetching and running jobs in the background.
+    /// Starts fetching and running jobs in the background, until
+    /// [`WorkerHandle::shutdown`] (dropping the handle does not stop it).
+    #[must_use = "the worker runs until WorkerHandle::shutdown; keep the handle to stop it"]
     pub fn start(&self) -> WorkerHandle {
         let handle = WorkerHandle {
             inner: self.inner.clone(),
@@ -508,20 +533,22 @@ async fn execute(
     // otherwise copy it each time it is moved on its way to being spawned.
     Box::pin(async move {
         for hook in &inner.hooks {
-            hook.before_job(&info);
+            call_hook("before_job", || hook.before_job(&info));
         }
         let end = run(&inner, &job, &lease, traceparent, &stop_jobs).await;
         let (to_record, outcome) = decide(&inner, &job, &info, end).await;
         let outcome = match to_record {
-            Some(to_record) => match record(&inner, &acks, slot, &job, &lease, &to_record).await {
-                Ok(recorded) => refine(outcome, recorded.as_ref()),
-                Err(_) => JobOutcome::LeaseLost,
-            },
+            Some(to_record) => {
+                match record(&inner, &acks, slot, &job, &lease, &to_record, &stop_jobs).await {
+                    Ok(recorded) => refine(outcome, recorded.as_ref()),
+                    Err(_) => JobOutcome::LeaseLost,
+                }
+            }
             None => outcome,
         };
         tracing::debug!(?outcome, "job finished");
         for hook in &inner.hooks {
-            hook.after_job(&info, &outcome);
+            call_hook("after_job", || hook.after_job(&info, &outcome));
         }
     })
     .instrument(span)
@@ -633,12 +660,23 @@ async fn heartbeat_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let current = progress.borrow_and_update().clone();
-        match inner
-            .transport
-            .heartbeat(id, lease, current, inner.lease)
-            .await
-        {
+        let mut current = progress.borrow_and_update().clone();
+        let answer = loop {
+            let answer = inner
+                .transport
+                .heartbeat(id, lease, current.clone(), inner.lease)
+                .await;
+            match answer {
+                // Progress the server refuses (over its body limit, say) would
+                // be refused again at every beat, and the lease would run out.
+                Err(ref e @ Error::Rejected { .. }) if current.is_some() => {
+                    tracing::warn!(error = %e, "progress refused and dropped; renewing the lease without it");
+                    current = None;
+                }
+                answer => break answer,
+            }
+        };
+        match answer {
             Ok(job) if job.cancel_requested => cancel_requested.cancel(),
             Ok(_) => {}
             Err(Error::LeaseLost(reason)) => {
@@ -656,6 +694,14 @@ async fn heartbeat_loop(
     }
 }
 
+/// Calls one hook; a hook that panics is logged, and the job's outcome is
+/// recorded all the same.
+fn call_hook(name: &str, hook: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)) {
+        tracing::error!(hook = name, panic = %panic_message(payload), "a hook panicked");
+    }
+}
+
 /// Turns how the run ended into what to record, and tells the failure hooks.
 async fn decide(
     inner: &Arc<Inner>,
@@ -666,7 +712,7 @@ async fn decide(
     let retry_left = job.attempt < job.max_attempts;
     let failed = |error: String, retry: Retry| {
         for hook in &inner.hooks {
-            hook.on_failure(info, &error);
+            call_hook("on_failure", || hook.on_failure(info, &error));
         }
         let outcome = JobOutcome::Failed {
             error: error.clone(),
@@ -718,6 +764,17 @@ fn refine(outcome: JobOutcome, recorded: Option<&JobRecord>) -> JobOutcome {
         return outcome;
     };
     match (&outcome, recorded.state) {
+        // A success whose result could not be recorded was recorded as a failure.
+        (JobOutcome::Completed, state) if state != grafter_core::JobState::Completed => {
+            JobOutcome::Failed {
+                error: recorded
+                    .errors
+                    .last()
+                    .map(|e| e.error.clone())
+                    .unwrap_or_default(),
+                will_retry: state == grafter_core::JobState::Retryable,
+            }
+        }
         (JobOutcome::Failed { .. }, grafter_core::JobState::Cancelled) => JobOutcome::Cancelled,
         (JobOutcome::Failed { error, .. }, state) => JobOutcome::Failed {
             error: error.clone(),
@@ -729,12 +786,20 @@ fn refine(outcome: JobOutcome, recorded: Option<&JobRecord>) -> JobOutcome {
 
 /// Records the outcome, retrying while the server or database is unreachable so
 /// that a finished job's result is not lost to a blip. Gives up once the lease
-/// has surely expired: the job will run again elsewhere.
+/// has surely expired, or the worker's shutdown stops its jobs: the job will
+/// run again elsewhere.
 /// Successes go through `acks`, batched with other jobs' (no record comes back).
 /// The job's `slot` is held until the outcome is recorded, except for a
 /// success: its slot goes to the next job as soon as it has a place in the ack
 /// backlog, so a worker keeps running `concurrency` jobs while their
 /// predecessors' acks commit.
+///
+/// An outcome the server or store refuses is not given up on: a success
+/// whose result is over the server's body limit is recorded without it (the
+/// job ran; only its result is lost), one whose result cannot be stored
+/// otherwise becomes a failure saying so, with no retry (running it again
+/// would make the same result), and an error message is cut to what the
+/// store keeps before it is sent.
 async fn record(
     inner: &Arc<Inner>,
     acks: &Acks,
@@ -742,15 +807,23 @@ async fn record(
     job: &JobRecord,
     lease: &str,
     outcome: &Outcome,
+    stop_jobs: &CancellationToken,
 ) -> Result<Option<JobRecord>> {
     let _held = match outcome {
         Outcome::Completed { .. } => acks.hand_over(slot).await,
         _ => slot,
     };
+    let mut outcome = match outcome {
+        Outcome::Failed { error, retry } => Outcome::Failed {
+            error: truncate(error, MAX_ERROR_LEN).to_owned(),
+            retry: *retry,
+        },
+        other => other.clone(),
+    };
     let give_up = tokio::time::Instant::now() + inner.lease;
     let mut pause = Duration::from_millis(50);
     loop {
-        let recorded = match outcome {
+        let recorded = match &outcome {
             Outcome::Completed { result } => match acks.send(job.id, lease, result.clone()).await {
                 Ok(AckOutcome::Completed) => Ok(None),
                 Ok(AckOutcome::NotFound) => Err(Error::NotFound(job.id)),
@@ -764,9 +837,31 @@ async fn record(
         };
         match recorded {
             Ok(recorded) => return Ok(recorded),
-            Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+            Err(e @ Error::Rejected { .. })
+                if matches!(outcome, Outcome::Completed { result: Some(_) }) =>
+            {
+                outcome = if is_too_large(&e) {
+                    tracing::warn!(error = %e, "the job completed; its result is too large to keep and is dropped");
+                    Outcome::Completed { result: None }
+                } else {
+                    Outcome::Failed {
+                        error: format!(
+                            "the job finished but its result could not be recorded: {e}"
+                        ),
+                        retry: Retry::Never,
+                    }
+                };
+            }
+            Err(e)
+                if e.is_transient()
+                    && tokio::time::Instant::now() + pause < give_up
+                    && !stop_jobs.is_cancelled() =>
+            {
                 tracing::warn!(error = %e, ?pause, "could not record the outcome; retrying");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = stop_jobs.cancelled() => {}
+                }
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
             Err(e) => {
@@ -775,6 +870,12 @@ async fn record(
             }
         }
     }
+}
+
+/// Whether a refusal says the request was over the server's body limit.
+fn is_too_large(e: &Error) -> bool {
+    matches!(e, Error::Rejected { code, status, .. }
+        if code == "payload_too_large" || *status == Some(413))
 }
 
 /// Most jobs asked for in one fetch: the server's limit.
@@ -884,10 +985,28 @@ async fn ack_loop(
 async fn send_acks(transport: &dyn Transport, batch: Vec<PendingAck>) {
     let (acks, replies): (Vec<Ack>, Vec<_>) = batch.into_iter().map(|p| (p.ack, p.reply)).unzip();
     let n = acks.len();
-    match transport.complete_many(acks).await {
+    match transport.complete_many(acks.clone()).await {
         Ok(done) if done.len() == n => {
             for (reply, outcome) in replies.into_iter().zip(done) {
                 let _ = reply.send(Ok(outcome));
+            }
+        }
+        // One ack the server refuses (a result over its body limit, or one
+        // it cannot store) refuses its batch: each is sent alone, so that
+        // only it is refused, and that job's answer is the refusal itself.
+        Err(e @ Error::Rejected { .. }) => {
+            if n == 1 {
+                let _ = replies.into_iter().next().map(|reply| reply.send(Err(e)));
+                return;
+            }
+            tracing::debug!(error = %e, "a batch ack of {n} was refused; acking one by one");
+            for (ack, reply) in acks.into_iter().zip(replies) {
+                let outcome = transport.complete_many(vec![ack]).await.and_then(|done| {
+                    done.into_iter()
+                        .next()
+                        .ok_or_else(|| Error::Other("an ack answered no result".into()))
+                });
+                let _ = reply.send(outcome);
             }
         }
         outcome => {

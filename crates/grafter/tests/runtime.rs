@@ -216,6 +216,65 @@ struct Recorder {
     outcomes: Mutex<Vec<JobOutcome>>,
 }
 
+/// Larger than the server's default body limit (1 MiB).
+const OVER_THE_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Returns a string of `bytes` bytes.
+#[derive(Serialize, Deserialize)]
+struct Sized {
+    bytes: usize,
+}
+
+impl Job for Sized {
+    const KIND: &'static str = "sized";
+    type Output = String;
+
+    async fn perform(self, _: JobContext) -> Result<String, JobError> {
+        Ok("r".repeat(self.bytes))
+    }
+}
+
+/// Reports a progress message over the body limit, then outlives its lease
+/// (heartbeats must go on renewing it), then succeeds.
+#[derive(Serialize, Deserialize)]
+struct HugeProgress;
+
+impl Job for HugeProgress {
+    const KIND: &'static str = "huge_progress";
+    type Output = ();
+
+    async fn perform(self, ctx: JobContext) -> Result<(), JobError> {
+        ctx.progress(0.5, "p".repeat(OVER_THE_BODY_LIMIT)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok(())
+    }
+}
+
+/// Fails for good with an error message over the body limit.
+#[derive(Serialize, Deserialize)]
+struct HugeError;
+
+impl Job for HugeError {
+    const KIND: &'static str = "huge_error";
+    type Output = ();
+
+    async fn perform(self, _: JobContext) -> Result<(), JobError> {
+        Err(JobError::fail("e".repeat(OVER_THE_BODY_LIMIT)))
+    }
+}
+
+/// Hooks that panic.
+struct PanickingHooks;
+
+impl Hooks for PanickingHooks {
+    fn on_failure(&self, _job: &JobInfo, _error: &str) {
+        panic!("a hook's bug");
+    }
+    fn after_job(&self, _job: &JobInfo, _outcome: &JobOutcome) {
+        panic!("another hook's bug");
+    }
+}
+
 #[derive(Clone, Default)]
 struct SharedRecorder(Arc<Recorder>);
 
@@ -262,7 +321,126 @@ both_modes!(
     a_batch_runs_its_jobs_then_its_callback,
     a_dependent_runs_after_its_upstream_and_reads_its_result,
     a_job_waiting_for_a_batch_runs_after_it_succeeds,
+    results_that_together_outgrow_one_request_are_all_recorded,
+    a_result_over_the_body_limit_is_dropped_and_the_job_completes,
+    progress_over_the_body_limit_is_dropped_and_the_lease_still_renewed,
+    an_error_over_the_body_limit_is_cut_and_recorded,
+    a_panicking_hook_does_not_lose_the_outcome,
 );
+
+/// 300 successes of 4 KiB each finish together: more than one request of
+/// the server's body limit holds, and all are recorded at their first attempt.
+async fn results_that_together_outgrow_one_request_are_all_recorded(mode: Mode) {
+    let env = env(mode).await;
+    let jobs = env
+        .client
+        .enqueue_many((0..300).map(|_| Sized { bytes: 4096 }))
+        .await
+        .unwrap();
+    let running = start(worker(&env.client).queue("default", 300).register::<Sized>());
+    for job in &jobs {
+        let done = env.client.wait(job.id, WAIT).await.unwrap();
+        assert_eq!((done.state, done.attempt), (JobState::Completed, 1));
+        assert_eq!(done.result.unwrap().as_str().unwrap().len(), 4096);
+    }
+    running.shutdown().await;
+}
+
+/// Over HTTP a result over the server's body limit cannot be sent: the job
+/// ran, so it completes without it, and does not run again.
+async fn a_result_over_the_body_limit_is_dropped_and_the_job_completes(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(worker(&env.client).register::<Sized>());
+    let job = env
+        .client
+        .enqueue(Sized {
+            bytes: OVER_THE_BODY_LIMIT,
+        })
+        .await
+        .unwrap()
+        .job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!((done.state, done.attempt), (JobState::Completed, 1));
+    match mode {
+        Mode::InProcess => assert!(done.result.is_some(), "no body limit in process"),
+        Mode::Http => assert_eq!(done.result, None),
+    }
+}
+
+async fn progress_over_the_body_limit_is_dropped_and_the_lease_still_renewed(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(worker(&env.client).register::<HugeProgress>());
+    let job = env.client.enqueue(HugeProgress).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(
+        (done.state, done.attempt),
+        (JobState::Completed, 1),
+        "{:?}",
+        done.errors
+    );
+}
+
+async fn an_error_over_the_body_limit_is_cut_and_recorded(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(worker(&env.client).register::<HugeError>());
+    let job = env.client.enqueue(HugeError).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!((done.state, done.attempt), (JobState::Dead, 1));
+    let error = &done.errors[0].error;
+    assert!(
+        error.starts_with("eeee") && error.len() <= 16 * 1024,
+        "{}",
+        error.len()
+    );
+}
+
+async fn a_panicking_hook_does_not_lose_the_outcome(mode: Mode) {
+    let env = env(mode).await;
+    let running = start(
+        worker(&env.client)
+            .register::<BadInput>()
+            .hooks(PanickingHooks),
+    );
+    let job = env.client.enqueue(BadInput).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!((done.state, done.attempt), (JobState::Dead, 1));
+    assert_eq!(done.errors[0].error, "invalid address");
+}
+
+#[tokio::test]
+async fn settings_a_worker_could_never_work_with_are_refused_when_built() {
+    let env = env(Mode::InProcess).await;
+    let refusal = |builder: grafter::WorkerBuilder| match builder.register::<Add>().build() {
+        Ok(_) => panic!("built"),
+        Err(e) => e.to_string(),
+    };
+    let zero = refusal(Worker::builder(&env.client).queue("default", 0));
+    assert!(zero.contains("concurrency must be 1 to"), "{zero}");
+    let huge = refusal(Worker::builder(&env.client).queue("default", usize::MAX));
+    assert!(huge.contains("concurrency must be 1 to"), "{huge}");
+    let name = refusal(Worker::builder(&env.client).queue("bad name ", 1));
+    assert!(name.contains("\"bad name \""), "{name}");
+    let beat = refusal(
+        Worker::builder(&env.client)
+            .lease(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_secs(5)),
+    );
+    assert!(beat.contains("must be shorter than the lease"), "{beat}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_ever_is_a_long_wait_not_a_panic() {
+    let env = env(Mode::InProcess).await;
+    let running = start(worker(&env.client).register::<Add>());
+    let job = env.client.enqueue(Add { a: 1, b: 2 }).await.unwrap().job;
+    let done = env.client.wait(job.id, Duration::MAX).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Completed);
+}
 
 async fn a_job_waiting_for_a_batch_runs_after_it_succeeds(mode: Mode) {
     let env = env(mode).await;

@@ -67,7 +67,13 @@ impl Transport for EngineTransport {
         Ok(self.engine.cancel(id).await?)
     }
 
-    async fn fetch(&self, fetch: FetchRequest, stop: &CancellationToken) -> Result<Vec<LeasedJob>> {
+    async fn fetch(
+        &self,
+        mut fetch: FetchRequest,
+        stop: &CancellationToken,
+    ) -> Result<Vec<LeasedJob>> {
+        // As the server does: a longer wait is only a longer poll, not an error.
+        fetch.wait = fetch.wait.min(self.engine.config().max_wait);
         Ok(self.engine.fetch(fetch, stop.cancelled()).await?)
     }
 

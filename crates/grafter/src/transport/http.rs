@@ -200,10 +200,65 @@ impl HttpTransport {
         }
         Ok(done)
     }
+
+    /// Sends one batch ack body of `n` acks: their outcomes, or `None` from
+    /// a server from before batch acks.
+    async fn send_acks(&self, n: usize, body: Vec<u8>) -> Result<Option<Vec<AckOutcome>>> {
+        #[derive(Deserialize)]
+        struct Item {
+            ok: bool,
+            error: Option<ItemError>,
+            state: Option<JobState>,
+            attempt: Option<i32>,
+        }
+        #[derive(Deserialize)]
+        struct ItemError {
+            code: String,
+        }
+        #[derive(Deserialize)]
+        struct Outcomes {
+            results: Vec<Item>,
+        }
+        let answer = self
+            .send::<Outcomes>(Method::POST, "/v1/jobs/ack", Some(body), CALL_TIMEOUT)
+            .await;
+        match answer {
+            Ok((_, _, answer)) if answer.results.len() == n => Ok(Some(
+                answer
+                    .results
+                    .into_iter()
+                    .map(|item| match (item.ok, item.error) {
+                        (true, _) => AckOutcome::Completed,
+                        (false, Some(e)) if e.code == "not_found" => AckOutcome::NotFound,
+                        (false, _) => AckOutcome::LeaseMismatch {
+                            // Servers before 0.1 leave these out; the worker only logs them.
+                            state: item.state.unwrap_or(JobState::Running),
+                            attempt: item.attempt.unwrap_or_default(),
+                        },
+                    })
+                    .collect(),
+            )),
+            Ok((_, _, answer)) => Err(Error::Other(format!(
+                "batch ack of {n} answered {} results",
+                answer.results.len()
+            ))),
+            // A server from before batch acks, where the path means a job
+            // named "ack": 404 or 405.
+            Err(Failure::Answer {
+                status: StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED,
+                ..
+            }) => Ok(None),
+            Err(failure) => Err(failure.into_error(None)),
+        }
+    }
 }
 
 /// Ordinary calls answer quickly; long-polls get their wait on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest batch ack body sent at once: well under the server's default
+/// body limit (1 MiB), as the Ruby worker's.
+const MAX_ACK_BODY_BYTES: usize = 512 * 1024;
 /// The longest wait the server's long-poll of a job takes.
 const MAX_CHANGE_WAIT: Duration = Duration::from_secs(60);
 /// How long a stopping fetch waits for an answer already in flight.
@@ -397,21 +452,6 @@ impl Transport for HttpTransport {
     }
 
     async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<AckOutcome>> {
-        #[derive(Deserialize)]
-        struct Item {
-            ok: bool,
-            error: Option<ItemError>,
-            state: Option<JobState>,
-            attempt: Option<i32>,
-        }
-        #[derive(Deserialize)]
-        struct ItemError {
-            code: String,
-        }
-        #[derive(Deserialize)]
-        struct Outcomes {
-            results: Vec<Item>,
-        }
         if !self.batch_ack.load(Ordering::Relaxed) {
             return self.complete_one_by_one(acks).await;
         }
@@ -421,58 +461,45 @@ impl Transport for HttpTransport {
             lease: &'a str,
             result: &'a Option<Value>,
         }
-        #[derive(Serialize)]
-        struct SentAcks<'a> {
-            acks: Vec<SentAck<'a>>,
-        }
-        let sent = SentAcks {
-            acks: acks
-                .iter()
-                .map(|a| SentAck {
-                    id: a.id,
-                    lease: &a.lease,
-                    result: &a.result,
-                })
-                .collect(),
-        };
-        let n = sent.acks.len();
-        let answer = self
-            .send::<Outcomes>(
-                Method::POST,
-                "/v1/jobs/ack",
-                Some(json_body(&sent)?),
-                CALL_TIMEOUT,
-            )
-            .await;
-        match answer {
-            Ok((_, _, answer)) if answer.results.len() == n => Ok(answer
-                .results
-                .into_iter()
-                .map(|item| match (item.ok, item.error) {
-                    (true, _) => AckOutcome::Completed,
-                    (false, Some(e)) if e.code == "not_found" => AckOutcome::NotFound,
-                    (false, _) => AckOutcome::LeaseMismatch {
-                        // Servers before 0.1 leave these out; the worker only logs them.
-                        state: item.state.unwrap_or(JobState::Running),
-                        attempt: item.attempt.unwrap_or_default(),
-                    },
-                })
-                .collect()),
-            Ok((_, _, answer)) => Err(Error::Other(format!(
-                "batch ack of {n} answered {} results",
-                answer.results.len()
-            ))),
-            // A server from before batch acks, where the path means a job
-            // named "ack": 404 or 405. Ack one by one from now on.
-            Err(Failure::Answer {
-                status: StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED,
-                ..
-            }) => {
-                self.batch_ack.store(false, Ordering::Relaxed);
-                self.complete_one_by_one(acks).await
+        // Bodies of at most `MAX_ACK_BODY_BYTES` (an ack alone may be
+        // larger), so that jobs with sizeable results do not make a batch the
+        // server's body limit refuses; each body is `{"acks":[…]}` of acks
+        // encoded once.
+        let mut bodies: Vec<(usize, Vec<u8>)> = Vec::new();
+        for ack in &acks {
+            let encoded = json_body(&SentAck {
+                id: ack.id,
+                lease: &ack.lease,
+                result: &ack.result,
+            })?;
+            match bodies.last_mut() {
+                Some((count, body)) if body.len() + encoded.len() + 2 <= MAX_ACK_BODY_BYTES => {
+                    body.push(b',');
+                    body.extend_from_slice(&encoded);
+                    *count += 1;
+                }
+                _ => {
+                    let mut body = b"{\"acks\":[".to_vec();
+                    body.extend_from_slice(&encoded);
+                    bodies.push((1, body));
+                }
             }
-            Err(failure) => Err(failure.into_error(None)),
         }
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for (n, mut body) in bodies {
+            body.extend_from_slice(b"]}");
+            match self.send_acks(n, body).await? {
+                Some(done) => outcomes.extend(done),
+                // A server from before batch acks: ack one by one from now on.
+                None => {
+                    self.batch_ack.store(false, Ordering::Relaxed);
+                    let rest = acks.into_iter().skip(outcomes.len()).collect();
+                    outcomes.extend(self.complete_one_by_one(rest).await?);
+                    break;
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     async fn worker_beat(&self, worker: &WorkerRegistration) -> Result<()> {
