@@ -337,7 +337,11 @@ async fn results_that_together_outgrow_one_request_are_all_recorded(mode: Mode) 
         .enqueue_many((0..300).map(|_| Sized { bytes: 4096 }))
         .await
         .unwrap();
-    let running = start(worker(&env.client).queue("default", 300).register::<Sized>());
+    let running = start(
+        worker(&env.client)
+            .queue("default", 300)
+            .register::<Sized>(),
+    );
     for job in &jobs {
         let done = env.client.wait(job.id, WAIT).await.unwrap();
         assert_eq!((done.state, done.attempt), (JobState::Completed, 1));
