@@ -19,9 +19,23 @@ impl Db {
     /// Marks an unfinished job watched (committed before anything is read),
     /// then reads it and its latest event in one statement, so both are of
     /// the same snapshot.
+    ///
+    /// Marking it writes its row, and a fetch that looks meanwhile skips the
+    /// row (`FOR UPDATE SKIP LOCKED`). Watching follows enqueueing at once
+    /// (enqueue, then wait for the result), just as the enqueue's wake-up
+    /// sends the waiting fetches of its queue to look: they would skip the
+    /// new job, find nothing and wait again, for as long as their wait.
+    /// So marking an `available` job also notifies its queue, as an
+    /// application's enqueue does (no sending node: every node's fetches,
+    /// this one's included, look again), delivered when the mark commits
+    /// and the row is free. A job marked already, or in any other state, is
+    /// not written again or not fetchable, and sends nothing.
     pub(crate) async fn job_watch(&self, id: JobId) -> Result<Option<WatchedJob>> {
-        const WATCH: &str = "UPDATE jobs SET watched = true WHERE id = $1 AND NOT watched \
-             AND state NOT IN ('completed', 'dead', 'cancelled', 'expired')";
+        const WATCH: &str = "WITH marked AS ( \
+                 UPDATE jobs SET watched = true WHERE id = $1 AND NOT watched \
+                 AND state NOT IN ('completed', 'dead', 'cancelled', 'expired') \
+                 RETURNING queue, state) \
+             SELECT pg_notify($2, E'\\n' || queue) FROM marked WHERE state = 'available'";
         const READ: &str = concat!(
             "SELECT ",
             job_columns!(),
@@ -30,7 +44,10 @@ impl Db {
         );
         let client = self.client().await?;
         let watch = client.prepare_cached(WATCH).await.map_err(pg_error)?;
-        client.execute(&watch, &[&id.0]).await.map_err(pg_error)?;
+        client
+            .execute(&watch, &[&id.0, &self.channel])
+            .await
+            .map_err(pg_error)?;
         let read = client.prepare_cached(READ).await.map_err(pg_error)?;
         let Some(row) = client.query_opt(&read, &[&id.0]).await.map_err(pg_error)? else {
             return Ok(None);

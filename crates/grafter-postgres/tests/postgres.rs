@@ -2,8 +2,8 @@
 //! cross nodes (and not schemas), the polling fallback, migrations racing on
 //! start and upgrading, jobs from before `args_bytes`, unique keys and worker
 //! pruning racing across nodes, running limits, queue limits reshaped through
-//! another node, leadership, batch acks and job pruning across nodes, and a
-//! schedule's firing failing half-way.
+//! another node, leadership, batch acks and job pruning across nodes, a
+//! schedule's firing failing half-way, and a watch racing a waiting fetch.
 
 mod common;
 
@@ -1316,4 +1316,79 @@ async fn a_cases_schema_is_dropped_while_its_own_transaction_is_open() {
         .get(0);
     assert_eq!(left, 0);
     assert!(holder.is_closed() || holder.batch_execute("COMMIT").await.is_err());
+}
+
+/// A long-polling fetch of `queue`, as the engine's (`jobs_fetch_waiting`):
+/// a waiter registered before the first look, then looks until a job is
+/// leased, each look after a wake-up or after `wait`.
+async fn fetch_waiting(store: &PostgresStore, queue: &str, wait: Duration) -> Vec<LeasedJob> {
+    let waiter = store.wakeups().waiter(&queues(&[queue]));
+    loop {
+        let leased = store
+            .jobs_fetch(fetch_params(queue, 10, Utc::now()))
+            .await
+            .unwrap();
+        if !leased.is_empty() {
+            return leased;
+        }
+        let _ = tokio::time::timeout(wait, waiter.woken()).await;
+    }
+}
+
+/// Watching a job (`job_watch`, what `Client::wait` does right after an
+/// enqueue) writes its row: a fetch woken by the enqueue that looks while
+/// the watch holds the row skips it (`SKIP LOCKED`), finds nothing and waits
+/// again. The watch of an available job wakes the fetches of its queue on
+/// every node once it commits, so each job is still leased at once, by a
+/// fetch on the enqueuing node as by one on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_watched_as_a_waiting_fetch_looks_is_still_leased_at_once_on_every_node() {
+    const ROUNDS: usize = 30;
+    const WAIT: Duration = Duration::from_secs(10);
+    const BOUND: Duration = Duration::from_secs(2);
+    let Some(url) = database().await else { return };
+    let (config, guard) = fresh_config(&url);
+    let a = Arc::new(PostgresStore::connect(config.clone()).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(config).await.unwrap());
+    listening(&url, &guard.schema, 2).await;
+    for (node, fetching) in [("the enqueuing node", &a), ("another node", &b)] {
+        let (sender, mut leased) = tokio::sync::mpsc::unbounded_channel();
+        let fetcher = tokio::spawn({
+            let fetching = fetching.clone();
+            async move {
+                loop {
+                    for l in fetch_waiting(&fetching, "watched", WAIT).await {
+                        if sender.send(l.job.id).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut late = Vec::new();
+        for round in 0..ROUNDS {
+            // The fetch is idle, waiting.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut job = NewJob::new("k", json!({ "round": round }));
+            job.queue = "watched".into();
+            let id = insert(&a, job).await[0].job.id;
+            a.announce(&["watched"]);
+            a.job_watch(id).await.unwrap().expect("the job is there");
+            match tokio::time::timeout(BOUND, leased.recv()).await {
+                Ok(got) => assert_eq!(got, Some(id), "{node}, round {round}"),
+                Err(_) => {
+                    late.push(round);
+                    // Leased once the fetch looks again: make it look now.
+                    fetching.announce(&["watched"]);
+                    let got = tokio::time::timeout(PATIENCE, leased.recv()).await;
+                    assert_eq!(got, Ok(Some(id)), "{node}, round {round}");
+                }
+            }
+        }
+        fetcher.abort();
+        assert!(
+            late.is_empty(),
+            "{node}: jobs of rounds {late:?} of {ROUNDS} were not leased within {BOUND:?}"
+        );
+    }
 }
