@@ -34,7 +34,7 @@ pub const MAX_FETCH_QUEUES: usize = 1_000;
 /// Most jobs in one batch enqueue.
 pub const MAX_BATCH: usize = 10_000;
 /// Shortest and longest lease a worker may ask for, in milliseconds.
-const LEASE_RANGE_MS: RangeInclusive<u64> = 1_000..=86_400_000;
+pub const LEASE_RANGE_MS: RangeInclusive<u64> = 1_000..=86_400_000;
 /// Longest progress message kept, in bytes; longer ones are cut.
 const MAX_PROGRESS_MESSAGE: usize = 1_024;
 
@@ -307,8 +307,16 @@ impl Engine {
     /// Records how an attempt ended, fenced by its lease: the one path every
     /// worker's and push target's outcome takes. A NUL in the result or the
     /// error is replaced (see [`grafter_core::storable`]): the outcome of work
-    /// that is done is never refused for its text.
+    /// that is done is never refused for its text. A result nested deeper
+    /// than [`storable::MAX_JSON_DEPTH`] is refused (field `result`) and the
+    /// job left as it is: no store could read it back.
     pub async fn record(&self, id: JobId, lease: &str, outcome: Outcome) -> Result<Job> {
+        if let Outcome::Completed {
+            result: Some(result),
+        } = &outcome
+        {
+            storable::validate_json_depth("result", result)?;
+        }
         let store = &self.inner.store;
         let now = self.now();
         let lease = storable::text(lease.to_owned());
@@ -384,7 +392,10 @@ impl Engine {
     }
 
     /// Completes 1 to [`MAX_FETCH`] jobs in one transaction, each fenced by
-    /// its own lease; answers per ack, in order, what it came to.
+    /// its own lease; answers per ack, in order, what it came to. A result
+    /// nested too deep (see [`Engine::record`]) refuses the whole batch,
+    /// naming it (`acks[i].result`), as the API refuses a body it cannot
+    /// parse; the caller acks the others alone.
     pub async fn complete_many(&self, acks: Vec<Ack>) -> Result<Vec<AckOutcome>> {
         if acks.is_empty() || acks.len() > MAX_FETCH {
             return Err(ValidationError::new(
@@ -392,6 +403,11 @@ impl Engine {
                 format!("must hold 1 to {MAX_FETCH} acks, got {}", acks.len()),
             )
             .into());
+        }
+        for (i, ack) in acks.iter().enumerate() {
+            if let Some(result) = &ack.result {
+                storable::validate_json_depth(&format!("acks[{i}].result"), result)?;
+            }
         }
         let ids: Vec<JobId> = acks.iter().map(|a| a.id).collect();
         let items = acks

@@ -50,7 +50,7 @@ pub use config::{EngineConfig, DEFAULT_FETCH_MAX_BYTES};
 pub use error::{Error, Result};
 pub use events::{JobEventStream, JobStreamEvent, PROGRESS_EVERY};
 pub use grafter_store::AckOutcome;
-pub use jobs::{Engine, FetchRequest, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};
+pub use jobs::{Engine, FetchRequest, LEASE_RANGE_MS, MAX_BATCH, MAX_FETCH, MAX_FETCH_QUEUES};
 pub use observer::Observer;
 pub use open::{migrate, open, redact_url, OpenError, PostgresSettings};
 pub use outcome::{Ack, Outcome, Retry, When};

@@ -70,6 +70,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         27,
         include_str!("../migrations/0027_sql_link_locks_upstreams_in_id_order.sql"),
     ),
+    (
+        28,
+        include_str!("../migrations/0028_args_nested_at_most_124_deep.sql"),
+    ),
 ];
 
 /// The newest migration this build knows.

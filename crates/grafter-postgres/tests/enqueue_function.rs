@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use grafter_core::storable::MAX_JSON_DEPTH;
 use grafter_core::{Job, JobState, NewJob};
 use grafter_postgres::{PostgresConfig, PostgresStore};
 use grafter_store::{BatchCreate, JobFail, JobHeartbeat, JobsFetch, JobsInsert, Store, StoreError};
@@ -235,8 +236,8 @@ async fn a_job_from_the_function_is_the_job_the_api_stores() {
     cases.push(json!({"kind": "é".repeat(127) + "x", "tags": vec!["t"; 64]}).to_string());
     cases.push(format!(
         r#"{{"kind": "a", "args": {}{}}}"#,
-        "[".repeat(126),
-        "]".repeat(126)
+        "[".repeat(MAX_JSON_DEPTH),
+        "]".repeat(MAX_JSON_DEPTH)
     ));
     cases.push(
         json!({"kind": "a", "args": {"big": "x".repeat(100_000), "n": vec![1.5; 1000]}})
@@ -467,8 +468,16 @@ async fn each_rule_is_refused_as_the_api_refuses_it_naming_the_field() {
     cases.push((
         format!(
             r#"{{"kind": "a", "args": {}{}}}"#,
-            "[".repeat(127),
-            "]".repeat(127)
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        ),
+        "args",
+    ));
+    cases.push((
+        format!(
+            r#"{{"kind": "a", "args": {{"a": {}{}}}}}"#,
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
         ),
         "args",
     ));

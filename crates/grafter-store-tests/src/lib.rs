@@ -97,6 +97,7 @@ macro_rules! conformance_suite {
             retry_or_reschedule_runs_an_expired_job_again,
             extreme_values_cannot_stop_recovery,
             the_same_input_has_the_same_outcome_on_every_store,
+            json_nested_too_deep_is_refused_and_nothing_stored,
             a_batch_drops_a_malformed_trace_context_as_an_enqueue_does,
             work_wakes_only_the_fetches_of_its_queue,
             list_shows_large_fields_cut,

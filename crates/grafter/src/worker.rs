@@ -144,6 +144,14 @@ impl WorkerBuilder {
                 )));
             }
         }
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        if !grafter_engine::LEASE_RANGE_MS.contains(&lease_ms) {
+            return Err(Error::Other(format!(
+                "the lease must be {} to {} ms, got {lease_ms}",
+                grafter_engine::LEASE_RANGE_MS.start(),
+                grafter_engine::LEASE_RANGE_MS.end()
+            )));
+        }
         let heartbeat_interval = self.heartbeat_interval.unwrap_or(self.lease / 3);
         if heartbeat_interval >= self.lease {
             return Err(Error::Other(format!(

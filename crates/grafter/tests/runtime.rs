@@ -434,6 +434,11 @@ async fn settings_a_worker_could_never_work_with_are_refused_when_built() {
             .heartbeat_interval(Duration::from_secs(5)),
     );
     assert!(beat.contains("must be shorter than the lease"), "{beat}");
+    let lease = refusal(Worker::builder(&env.client).lease(Duration::from_secs(48 * 3600)));
+    assert!(
+        lease.contains("the lease must be 1000 to 86400000 ms"),
+        "{lease}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
