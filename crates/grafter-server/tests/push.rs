@@ -899,17 +899,6 @@ async fn push_targets_are_validated_never_echo_secrets_and_can_be_removed() {
     assert_eq!(receiver.count(), 0, "nothing was pushed");
 }
 
-/// A node that keeps the SSRF guard on (the default).
-async fn guarded_node(config: ServerConfig) -> Grafter {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("grafter.db"))
-        .await
-        .unwrap();
-    let mut node = start_node(Arc::new(store), config).await;
-    node._dir = Some(dir);
-    node
-}
-
 #[tokio::test]
 async fn pushes_never_reach_the_inside_network_unless_allowed() {
     let receiver = Receiver::start(vec![], Reply::json(200, json!({}))).await;
@@ -921,20 +910,38 @@ async fn pushes_never_reach_the_inside_network_unless_allowed() {
         .split('/')
         .next()
         .unwrap();
-    // A target from the config file skips the API's check: its delivery is
-    // refused all the same.
+    // A target in the config file is refused at start, as the API refuses
+    // it when set.
     let mut config = fast_config();
     config.push.allow_private = false;
+    let mut refused = config.clone();
     let from_file: grafter_core::PushTarget =
         serde_json::from_value(json!({"url": receiver.url, "secret": SECRET})).unwrap();
-    config.queues.insert(
+    refused.queues.insert(
         "literal".into(),
         grafter_server::config::QueueConfig {
-            push: Some(from_file),
+            push: Some(from_file.clone()),
             limits: None,
         },
     );
-    let grafter = guarded_node(config).await;
+    let error = refused.validate().unwrap_err().to_string();
+    assert!(error.contains("queues.literal.push.url"), "{error}");
+    // One stored before (while the server allowed it) is refused at each
+    // delivery.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("grafter.db"))
+        .await
+        .unwrap();
+    store
+        .queue_set_push(grafter_store::QueuePush {
+            queue: "literal".into(),
+            push: Some(from_file),
+            now: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let mut grafter = start_node(Arc::new(store), config).await;
+    grafter._dir = Some(dir);
 
     for url in [
         receiver.url.clone(),
