@@ -441,6 +441,48 @@ async fn settings_a_worker_could_never_work_with_are_refused_when_built() {
     );
 }
 
+/// Sleeps a second.
+#[derive(Serialize, Deserialize)]
+struct Sleeps;
+
+impl Job for Sleeps {
+    const KIND: &'static str = "sleeps";
+    type Output = ();
+
+    async fn perform(self, _: JobContext) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
+    }
+}
+
+/// With the server gone, a shutdown's deadline still holds: the job it
+/// stops cannot be handed back, and is not retried for the whole lease (it
+/// runs again once its lease expires, as after a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeps_its_deadline_when_the_server_is_gone() {
+    let mut env = env(Mode::Http).await;
+    let running = start(
+        Worker::builder(&env.client)
+            .register::<Sleeps>()
+            .lease(Duration::from_secs(60))
+            .poll_wait(Duration::from_millis(200)),
+    );
+    let job = env.client.enqueue(Sleeps).await.unwrap().job;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.client.get(job.id).await.unwrap().state != JobState::Running {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    env._shutdown = None;
+    let stopping = std::time::Instant::now();
+    running.shutdown_within(Duration::from_millis(100)).await;
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "shutdown took {took:?}, not its 100 ms plus a failed call"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_ever_is_a_long_wait_not_a_panic() {
     let env = env(Mode::InProcess).await;
