@@ -26,7 +26,7 @@ pub(super) fn engine(store: &S, now: Timestamp) -> (Engine, Clock) {
     )
 }
 
-fn fetch(queue: &str, max: usize, lease_ms: u64) -> FetchRequest {
+pub(super) fn fetch(queue: &str, max: usize, lease_ms: u64) -> FetchRequest {
     FetchRequest {
         queues: vec![queue.into()],
         max,
@@ -37,7 +37,7 @@ fn fetch(queue: &str, max: usize, lease_ms: u64) -> FetchRequest {
     }
 }
 
-fn refused(result: Result<impl std::fmt::Debug, Error>, field: &str) {
+pub(super) fn refused(result: Result<impl std::fmt::Debug, Error>, field: &str) {
     match result {
         Err(Error::Invalid(e)) => assert_eq!(e.field, field, "{e}"),
         other => panic!("expected {field} to be refused, got {other:?}"),

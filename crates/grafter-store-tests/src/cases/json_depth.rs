@@ -2,33 +2,13 @@
 //! as invalid before anything is stored, so it can neither fail a fetch that
 //! picks it (and stall the jobs leased with it) nor make a job unreadable.
 
-use std::time::Duration;
-
 use grafter_core::storable::MAX_JSON_DEPTH;
 use grafter_core::{BatchCallbacks, JobState, NewJob};
-use grafter_engine::{Ack, Error, FetchRequest, NewBatch, Outcome};
+use grafter_engine::{Ack, NewBatch, Outcome};
 use serde_json::{json, Value};
 
-use super::engine::engine;
+use super::engine::{engine, fetch, refused};
 use super::{get, t0, S};
-
-fn fetch(queue: &str, max: usize) -> FetchRequest {
-    FetchRequest {
-        queues: vec![queue.into()],
-        max,
-        wait: Duration::ZERO,
-        lease: Some(Duration::from_secs(30)),
-        worker_id: Some("w".into()),
-        running_limit: None,
-    }
-}
-
-fn refused(result: Result<impl std::fmt::Debug, Error>, field: &str) {
-    match result {
-        Err(Error::Invalid(e)) => assert_eq!(e.field, field, "{e}"),
-        other => panic!("expected {field} to be refused as invalid, got {other:?}"),
-    }
-}
 
 /// `levels` arrays, one inside the other, around a number.
 fn nested(levels: usize) -> Value {
@@ -89,7 +69,10 @@ pub async fn json_nested_too_deep_is_refused_and_nothing_stored(store: S) {
     let last = engine.enqueue(on("q", json!({"n": 2}))).await.unwrap().job;
 
     // Only the three jobs accepted are there, and one fetch leases them all.
-    let leased = engine.fetch(fetch("q", 10), async {}).await.unwrap();
+    let leased = engine
+        .fetch(fetch("q", 10, 30_000), async {})
+        .await
+        .unwrap();
     let ids: Vec<_> = leased.iter().map(|l| l.job.id).collect();
     assert_eq!(ids, vec![first.id, deep.id, last.id]);
     assert_eq!(leased[1].job.args, deepest);
