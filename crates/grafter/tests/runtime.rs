@@ -483,6 +483,22 @@ async fn shutdown_keeps_its_deadline_when_the_server_is_gone() {
     );
 }
 
+/// A poll wait longer than the engine allows is a shorter poll in process,
+/// as over HTTP, not a fetch refused for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_wait_past_the_engines_longest_still_fetches() {
+    let env = env(Mode::InProcess).await;
+    let running = start(
+        Worker::builder(&env.client)
+            .register::<Add>()
+            .poll_wait(Duration::from_secs(45)),
+    );
+    let job = env.client.enqueue(Add { a: 1, b: 1 }).await.unwrap().job;
+    let done = env.client.wait(job.id, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(done.state, JobState::Completed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_ever_is_a_long_wait_not_a_panic() {
     let env = env(Mode::InProcess).await;
