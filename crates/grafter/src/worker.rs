@@ -82,21 +82,25 @@ impl WorkerBuilder {
         self
     }
 
-    /// Lease length per fetch (default 30 s). Heartbeats renew it every third of it,
-    /// so a job may run far longer; a dead worker's jobs come back after it.
+    /// Lease length per fetch (default 30 s; at least 1 s, and
+    /// [`WorkerBuilder::build`] refuses more than 24 h). Heartbeats renew it
+    /// every third of it, so a job may run far longer; a dead worker's jobs
+    /// come back after it.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_secs(1));
         self
     }
 
-    /// How often a running job's lease is renewed (default a third of the lease).
+    /// How often a running job's lease is renewed (default a third of the
+    /// lease; [`WorkerBuilder::build`] refuses one not shorter than the lease).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = Some(interval.max(Duration::from_millis(50)));
         self
     }
 
-    /// How long one fetch waits for jobs on an idle queue (default 10 s). New jobs
-    /// wake it at once; this only bounds each wait.
+    /// How long one fetch waits for jobs on an idle queue (default 10 s; past
+    /// the server's or engine's `max_wait_ms`, 30 s by default, it waits that
+    /// long). New jobs wake it at once; this only bounds each wait.
     pub fn poll_wait(mut self, wait: Duration) -> Self {
         self.poll_wait = wait;
         self
