@@ -574,18 +574,13 @@ impl ServerConfig {
                 *value =
                     from_env(value).map_err(|m| invalid(&format!("push.headers.{name}"), m))?;
             }
-            target
-                .validate()
-                .and_then(|()| crate::push::address_guard::check_target_url(&target.url))
-                .map_err(|e| invalid(&e.field, e.message))?;
-            // Refused at start, as the API refuses it when set: else every
+            // Refused at start as the API refuses it when set: else every
             // delivery would fail and spend the jobs' attempts.
-            if !self.push.allow_private {
-                if let Some(why) = crate::push::address_guard::refused_url(&target.url) {
-                    return Err(invalid("push.url", why));
-                }
-            }
-            target.lowercase_scheme();
+            use crate::push::address_guard::{admit_target, TargetRefusal};
+            admit_target(&mut target, self.push.allow_private).map_err(|e| match e {
+                TargetRefusal::Invalid(e) => invalid(&e.field, e.message),
+                TargetRefusal::Guarded(why) => invalid("push.url", why),
+            })?;
             targets.push((queue.clone(), target));
         }
         Ok(targets)

@@ -185,14 +185,12 @@ pub async fn update(
     // first, so neither write can fail on it.
     grafter_core::validate_path_name("name", &name)?;
     if let Some(Some(target)) = &mut settings.push {
-        target.validate()?;
-        crate::push::address_guard::check_target_url(&target.url)?;
-        if !state.config().push.allow_private {
-            if let Some(why) = crate::push::address_guard::refused_url(&target.url) {
-                return Err(ApiError::push_target_refused(why));
-            }
+        use crate::push::address_guard::{admit_target, TargetRefusal};
+        match admit_target(target, state.config().push.allow_private) {
+            Ok(()) => {}
+            Err(TargetRefusal::Invalid(e)) => return Err(e.into()),
+            Err(TargetRefusal::Guarded(why)) => return Err(ApiError::push_target_refused(why)),
         }
-        target.lowercase_scheme();
     }
     if let Some(Some(limits)) = &settings.limits {
         limits.validate()?;

@@ -71,10 +71,38 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// it: [`grafter_core::PushTarget::validate`] checks its form only, and a URL
 /// the client cannot parse (an IPv6 zone id, `[fe80::1%eth0]`, say) would
 /// fail every delivery, and pass the address guard unseen.
-pub(crate) fn check_target_url(url: &str) -> Result<(), grafter_core::ValidationError> {
+fn check_target_url(url: &str) -> Result<(), grafter_core::ValidationError> {
     reqwest::Url::parse(url).map(drop).map_err(|e| {
         grafter_core::ValidationError::new("push.url", format!("is not a usable URL: {e}"))
     })
+}
+
+/// Why a push target may not be set.
+pub(crate) enum TargetRefusal {
+    /// Its settings are not usable (the field and why).
+    Invalid(grafter_core::ValidationError),
+    /// Its URL's literal address is inside the server's own network.
+    Guarded(String),
+}
+
+/// Checks a push target as it is set, by the API or the config file, and
+/// writes its URL's scheme in lower case: its settings, that the push client
+/// can read its URL, and, unless the server allows private addresses, that a
+/// literal address is not inside its network (a host name is checked where
+/// it resolves).
+pub(crate) fn admit_target(
+    target: &mut grafter_core::PushTarget,
+    allow_private: bool,
+) -> Result<(), TargetRefusal> {
+    target.validate().map_err(TargetRefusal::Invalid)?;
+    check_target_url(&target.url).map_err(TargetRefusal::Invalid)?;
+    if !allow_private {
+        if let Some(why) = refused_url(&target.url) {
+            return Err(TargetRefusal::Guarded(why));
+        }
+    }
+    target.lowercase_scheme();
+    Ok(())
 }
 
 /// Why a URL whose host is a refused literal address may not be a push
