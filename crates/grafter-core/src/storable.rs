@@ -94,13 +94,9 @@ fn flaw(value: &Value, levels: usize, nul: bool) -> Option<Flaw> {
     }
 }
 
+/// Whether a string or key inside `value` holds a NUL, however deep.
 fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
+    flaw(value, usize::MAX, true).is_some()
 }
 
 /// `text` with each NUL replaced by [`NUL_REPLACEMENT`].
